@@ -1,0 +1,15 @@
+//! Braid's numeric core.
+//!
+//! Everything here works on plain `f32` slices and label vectors, with no deep-learning
+//! dependency, so it builds and tests in seconds:
+//! - [`params`]: flat parameter vectors and their arithmetic (weighted means, deltas, norms);
+//! - [`server_opt`]: server-side optimizers applied to the averaged client update
+//!   (plain FedAvg, FedAvgM, FedAdam, FedYogi, DiLoCo's outer Nesterov step);
+//! - [`partition`]: splitting a labelled data set over clients (IID, Dirichlet, shards,
+//!   extended Dirichlet, quantity skew) and per-client label histograms;
+//! - [`seed`]: deriving independent, reproducible random streams from one experiment seed.
+
+pub mod params;
+pub mod partition;
+pub mod seed;
+pub mod server_opt;
