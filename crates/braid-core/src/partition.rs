@@ -9,7 +9,8 @@
 //!   at most `shards_per_client` classes;
 //! - `extended-dirichlet`: each client owns `classes_per_client` classes (every class has at
 //!   least one owner), each class is split over its owners ~ Dir(alpha) (used by GPSL);
-//! - `quantity-skew`: IID labels, client sizes proportional to Dir(alpha) draws.
+//! - `quantity-skew`: IID labels, client sizes proportional to Dir(alpha) draws;
+//! - `natural`: the data set's own grouping (e.g. Synthetic(alpha, beta)'s generating groups).
 
 use rand::seq::SliceRandom;
 use rand::Rng as _;
@@ -50,6 +51,8 @@ pub enum PartitionScheme {
         /// Concentration of the size distribution.
         alpha: f64,
     },
+    /// The data set's own grouping: client `k` gets the samples of group `k`.
+    Natural,
 }
 
 fn default_min_size() -> usize {
@@ -89,6 +92,9 @@ pub enum PartitionError {
         /// The requested minimum.
         min_size: usize,
     },
+    /// The natural split needs group ids that match the clients.
+    #[error("partition.kind = \"natural\" {0}")]
+    Natural(String),
     /// A label is not below the number of classes.
     #[error("label {label} at sample {index} is not below num_classes = {num_classes}")]
     BadLabel {
@@ -105,6 +111,7 @@ pub enum PartitionError {
 pub fn partition(
     scheme: &PartitionScheme,
     labels: &[u8],
+    groups: Option<&[u32]>,
     num_classes: usize,
     clients: usize,
     rng: &mut Rng,
@@ -165,6 +172,7 @@ pub fn partition(
             check_alpha(alpha)?;
             Ok(quantity_skew(n, clients, alpha, rng))
         }
+        PartitionScheme::Natural => natural(groups, n, clients),
     }
 }
 
@@ -334,6 +342,24 @@ fn quantity_skew(n: usize, clients: usize, alpha: f64, rng: &mut Rng) -> Vec<Vec
     out
 }
 
+fn natural(groups: Option<&[u32]>, n: usize, clients: usize) -> Result<Vec<Vec<usize>>, PartitionError> {
+    let groups = groups.ok_or_else(|| PartitionError::Natural("needs a data set with natural groups (dataset = \"synthetic\")".into()))?;
+    if groups.len() != n {
+        return Err(PartitionError::Natural(format!("got {} group ids for {n} samples", groups.len())));
+    }
+    let mut parts = vec![Vec::new(); clients];
+    for (i, &g) in groups.iter().enumerate() {
+        let slot = parts.get_mut(g as usize).ok_or_else(|| {
+            PartitionError::Natural(format!("sample {i} is in group {g} but partition.clients = {clients}; set clients to the number of groups"))
+        })?;
+        slot.push(i);
+    }
+    if let Some(k) = parts.iter().position(Vec::is_empty) {
+        return Err(PartitionError::Natural(format!("client {k} has no group; set partition.clients to the number of groups")));
+    }
+    Ok(parts)
+}
+
 /// Per-client label counts: `hist[client][class]`.
 pub fn label_histogram(labels: &[u8], parts: &[Vec<usize>], num_classes: usize) -> Vec<Vec<usize>> {
     parts
@@ -385,9 +411,9 @@ mod tests {
     fn deterministic_by_seed() {
         let y = labels(500, 10);
         for s in schemes() {
-            let a = partition(&s, &y, 10, 7, &mut seed::rng(3, &[1])).unwrap();
-            let b = partition(&s, &y, 10, 7, &mut seed::rng(3, &[1])).unwrap();
-            let c = partition(&s, &y, 10, 7, &mut seed::rng(4, &[1])).unwrap();
+            let a = partition(&s, &y, None, 10, 7, &mut seed::rng(3, &[1])).unwrap();
+            let b = partition(&s, &y, None, 10, 7, &mut seed::rng(3, &[1])).unwrap();
+            let c = partition(&s, &y, None, 10, 7, &mut seed::rng(4, &[1])).unwrap();
             assert_eq!(a, b, "{s:?}");
             assert_ne!(a, c, "{s:?}");
         }
@@ -395,7 +421,7 @@ mod tests {
 
     #[test]
     fn iid_sizes_are_near_equal() {
-        let parts = partition(&PartitionScheme::Iid, &labels(103, 10), 10, 10, &mut seed::rng(0, &[])).unwrap();
+        let parts = partition(&PartitionScheme::Iid, &labels(103, 10), None, 10, 10, &mut seed::rng(0, &[])).unwrap();
         let sizes: Vec<usize> = parts.iter().map(Vec::len).collect();
         assert_eq!(sizes, vec![11, 11, 11, 10, 10, 10, 10, 10, 10, 10]);
     }
@@ -403,7 +429,7 @@ mod tests {
     #[test]
     fn shards_limit_classes_per_client() {
         let y = labels(1000, 10);
-        let parts = partition(&PartitionScheme::Shards { shards_per_client: 2 }, &y, 10, 10, &mut seed::rng(1, &[])).unwrap();
+        let parts = partition(&PartitionScheme::Shards { shards_per_client: 2 }, &y, None, 10, 10, &mut seed::rng(1, &[])).unwrap();
         for h in label_histogram(&y, &parts, 10) {
             assert!(h.iter().filter(|&&c| c > 0).count() <= 2, "{h:?}");
         }
@@ -414,7 +440,7 @@ mod tests {
         let y = labels(2000, 10);
         let parts = partition(
             &PartitionScheme::ExtendedDirichlet { classes_per_client: 2, alpha: 3.0 },
-            &y, 10, 16, &mut seed::rng(5, &[]),
+            &y, None, 10, 16, &mut seed::rng(5, &[]),
         ).unwrap();
         assert_exact_cover(&parts, 2000);
         for h in label_histogram(&y, &parts, 10) {
@@ -426,7 +452,7 @@ mod tests {
     fn small_alpha_is_more_skewed_than_large() {
         let y = labels(5000, 10);
         let skew = |alpha| {
-            let parts = partition(&PartitionScheme::Dirichlet { alpha, min_size: 1 }, &y, 10, 10, &mut seed::rng(9, &[])).unwrap();
+            let parts = partition(&PartitionScheme::Dirichlet { alpha, min_size: 1 }, &y, None, 10, 10, &mut seed::rng(9, &[])).unwrap();
             // Mean over clients of the largest class share.
             label_histogram(&y, &parts, 10).iter().map(|h| {
                 let tot: usize = h.iter().sum();
@@ -440,13 +466,22 @@ mod tests {
     fn bad_inputs_are_errors() {
         let y = labels(10, 10);
         let mut r = seed::rng(0, &[]);
-        assert_eq!(partition(&PartitionScheme::Iid, &y, 10, 11, &mut r), Err(PartitionError::TooManyClients { clients: 11, samples: 10 }));
-        assert_eq!(partition(&PartitionScheme::Iid, &y, 10, 0, &mut r), Err(PartitionError::NoClients));
-        assert_eq!(partition(&PartitionScheme::Dirichlet { alpha: 0.0, min_size: 1 }, &y, 10, 2, &mut r), Err(PartitionError::BadAlpha(0.0)));
-        assert_eq!(partition(&PartitionScheme::QuantitySkew { alpha: -1.0 }, &y, 10, 2, &mut r), Err(PartitionError::BadAlpha(-1.0)));
-        assert!(matches!(partition(&PartitionScheme::Shards { shards_per_client: 0 }, &y, 10, 2, &mut r), Err(PartitionError::OutOfRange { .. })));
-        assert!(matches!(partition(&PartitionScheme::ExtendedDirichlet { classes_per_client: 1, alpha: 1.0 }, &y, 10, 2, &mut r), Err(PartitionError::OutOfRange { .. })));
-        assert!(matches!(partition(&PartitionScheme::Iid, &[12], 10, 1, &mut r), Err(PartitionError::BadLabel { .. })));
+        assert_eq!(partition(&PartitionScheme::Iid, &y, None, 10, 11, &mut r), Err(PartitionError::TooManyClients { clients: 11, samples: 10 }));
+        assert_eq!(partition(&PartitionScheme::Iid, &y, None, 10, 0, &mut r), Err(PartitionError::NoClients));
+        assert_eq!(partition(&PartitionScheme::Dirichlet { alpha: 0.0, min_size: 1 }, &y, None, 10, 2, &mut r), Err(PartitionError::BadAlpha(0.0)));
+        assert_eq!(partition(&PartitionScheme::QuantitySkew { alpha: -1.0 }, &y, None, 10, 2, &mut r), Err(PartitionError::BadAlpha(-1.0)));
+        assert!(matches!(partition(&PartitionScheme::Shards { shards_per_client: 0 }, &y, None, 10, 2, &mut r), Err(PartitionError::OutOfRange { .. })));
+        assert!(matches!(partition(&PartitionScheme::ExtendedDirichlet { classes_per_client: 1, alpha: 1.0 }, &y, None, 10, 2, &mut r), Err(PartitionError::OutOfRange { .. })));
+        assert!(matches!(partition(&PartitionScheme::Iid, &[12], None, 10, 1, &mut r), Err(PartitionError::BadLabel { .. })));
+    }
+
+    #[test]
+    fn natural_follows_groups() {
+        let y = labels(6, 10);
+        let parts = partition(&PartitionScheme::Natural, &y, Some(&[1, 0, 1, 0, 2, 2]), 10, 3, &mut seed::rng(0, &[])).unwrap();
+        assert_eq!(parts, vec![vec![1, 3], vec![0, 2], vec![4, 5]]);
+        assert!(matches!(partition(&PartitionScheme::Natural, &y, None, 10, 3, &mut seed::rng(0, &[])), Err(PartitionError::Natural(_))));
+        assert!(matches!(partition(&PartitionScheme::Natural, &y, Some(&[0, 0, 0, 0, 0, 5]), 10, 3, &mut seed::rng(0, &[])), Err(PartitionError::Natural(_))));
     }
 
     proptest! {
@@ -458,7 +493,7 @@ mod tests {
             let y = labels(n, 10);
             let scheme = schemes()[which].clone();
             let clients = if matches!(scheme, PartitionScheme::ExtendedDirichlet { .. }) { clients.max(5) } else { clients };
-            let parts = partition(&scheme, &y, 10, clients, &mut seed::rng(seed_v, &[])).unwrap();
+            let parts = partition(&scheme, &y, None, 10, clients, &mut seed::rng(seed_v, &[])).unwrap();
             prop_assert_eq!(parts.len(), clients);
             assert_exact_cover(&parts, n);
             match scheme {
@@ -475,7 +510,7 @@ mod tests {
                     let max = parts.iter().map(Vec::len).max().unwrap();
                     prop_assert!(max - min <= shards_per_client);
                 }
-                PartitionScheme::ExtendedDirichlet { .. } => {}
+                PartitionScheme::ExtendedDirichlet { .. } | PartitionScheme::Natural => {}
             }
         }
     }

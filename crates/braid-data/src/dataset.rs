@@ -1,0 +1,182 @@
+//! An in-memory labelled data set.
+//!
+//! Images are kept as bytes (a quarter of the memory of `f32`) and scaled to `f32` only when a
+//! batch is assembled; synthetic features are kept as `f32`.
+
+use crate::DataError;
+
+/// Feature storage.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Features {
+    /// Bytes, turned into `f32` as `byte * scale` when batched (images: scale = 1/255).
+    U8 {
+        /// Row-major values, `sample_len` per sample.
+        data: Vec<u8>,
+        /// Multiplier applied when converting to `f32`.
+        scale: f32,
+    },
+    /// Plain `f32` values, `sample_len` per sample.
+    F32(Vec<f32>),
+}
+
+/// A labelled data set held in memory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dataset {
+    features: Features,
+    labels: Vec<u8>,
+    sample_shape: Vec<usize>,
+    num_classes: usize,
+    groups: Option<Vec<u32>>,
+}
+
+/// A training set and a test set of the same shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataSplit {
+    /// Training samples, split over clients.
+    pub train: Dataset,
+    /// Held-out samples for evaluation.
+    pub test: Dataset,
+}
+
+impl Dataset {
+    /// Builds a data set, checking that features, labels and shape agree.
+    pub fn new(features: Features, labels: Vec<u8>, sample_shape: Vec<usize>, num_classes: usize) -> Result<Self, DataError> {
+        let sample_len: usize = sample_shape.iter().product();
+        let values = match &features {
+            Features::U8 { data, .. } => data.len(),
+            Features::F32(data) => data.len(),
+        };
+        if sample_len == 0 || values != sample_len * labels.len() {
+            return Err(DataError::Mismatch(format!(
+                "{} labels with samples of shape {sample_shape:?} need {} feature values, got {values}",
+                labels.len(),
+                sample_len * labels.len()
+            )));
+        }
+        if let Some((i, l)) = labels.iter().enumerate().find(|(_, &l)| usize::from(l) >= num_classes) {
+            return Err(DataError::Mismatch(format!("label {l} at sample {i} is not below the {num_classes} classes")));
+        }
+        Ok(Self { features, labels, sample_shape, num_classes, groups: None })
+    }
+
+    /// Attaches a natural grouping (e.g. the generating client of a synthetic sample).
+    pub fn with_groups(mut self, groups: Vec<u32>) -> Result<Self, DataError> {
+        if groups.len() != self.labels.len() {
+            return Err(DataError::Mismatch(format!("{} group ids for {} samples", groups.len(), self.labels.len())));
+        }
+        self.groups = Some(groups);
+        Ok(self)
+    }
+
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// True when the set holds no samples.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Shape of one sample, e.g. `[1, 28, 28]`.
+    pub fn sample_shape(&self) -> &[usize] {
+        &self.sample_shape
+    }
+
+    /// Number of values in one sample.
+    pub fn sample_len(&self) -> usize {
+        self.sample_shape.iter().product()
+    }
+
+    /// Number of classes.
+    pub fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+
+    /// All labels.
+    pub fn labels(&self) -> &[u8] {
+        &self.labels
+    }
+
+    /// The natural grouping, if the source has one.
+    pub fn groups(&self) -> Option<&[u32]> {
+        self.groups.as_deref()
+    }
+
+    /// Appends the features of samples `idx` (as `f32`) to `x` and their labels to `y`.
+    /// Indices come from partitioners over this set; an out-of-range index is a bug, and panics.
+    pub fn gather(&self, idx: &[usize], x: &mut Vec<f32>, y: &mut Vec<i64>) {
+        let len = self.sample_len();
+        x.reserve(idx.len() * len);
+        for &i in idx {
+            match &self.features {
+                Features::U8 { data, scale } => {
+                    x.extend(data[i * len..(i + 1) * len].iter().map(|&b| f32::from(b) * scale))
+                }
+                Features::F32(data) => x.extend_from_slice(&data[i * len..(i + 1) * len]),
+            }
+            y.push(i64::from(self.labels[i]));
+        }
+    }
+
+    /// A new data set holding samples `idx`, in that order.
+    pub fn select(&self, idx: &[usize]) -> Self {
+        let len = self.sample_len();
+        let features = match &self.features {
+            Features::U8 { data, scale } => Features::U8 {
+                data: idx.iter().flat_map(|&i| data[i * len..(i + 1) * len].iter().copied()).collect(),
+                scale: *scale,
+            },
+            Features::F32(data) => Features::F32(idx.iter().flat_map(|&i| data[i * len..(i + 1) * len].iter().copied()).collect()),
+        };
+        Self {
+            features,
+            labels: idx.iter().map(|&i| self.labels[i]).collect(),
+            sample_shape: self.sample_shape.clone(),
+            num_classes: self.num_classes,
+            groups: self.groups.as_ref().map(|g| idx.iter().map(|&i| g[i]).collect()),
+        }
+    }
+
+    /// Number of samples of each class.
+    pub fn class_counts(&self) -> Vec<usize> {
+        let mut c = vec![0; self.num_classes];
+        for &l in &self.labels {
+            c[usize::from(l)] += 1;
+        }
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> Dataset {
+        Dataset::new(Features::U8 { data: vec![0, 255, 51, 102], scale: 1.0 / 255.0 }, vec![1, 0], vec![2], 2).unwrap()
+    }
+
+    #[test]
+    fn gathers_scaled_batches() {
+        let d = tiny();
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        d.gather(&[1, 0], &mut x, &mut y);
+        assert_eq!(y, vec![0, 1]);
+        assert!((x[0] - 0.2).abs() < 1e-6 && (x[1] - 0.4).abs() < 1e-6 && x[2] == 0.0 && x[3] == 1.0);
+    }
+
+    #[test]
+    fn select_keeps_order() {
+        let s = tiny().select(&[1]);
+        assert_eq!(s.labels(), &[0]);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.class_counts(), vec![1, 0]);
+    }
+
+    #[test]
+    fn rejects_mismatches() {
+        assert!(Dataset::new(Features::F32(vec![0.0; 3]), vec![0, 1], vec![2], 2).is_err());
+        assert!(Dataset::new(Features::F32(vec![0.0; 4]), vec![0, 2], vec![2], 2).is_err());
+        assert!(tiny().with_groups(vec![0]).is_err());
+    }
+}
