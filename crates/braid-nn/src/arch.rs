@@ -1,0 +1,204 @@
+//! The model registry: architectures by name, their parameter layout, and seeded init.
+//!
+//! Every architecture is a stack of conv blocks (each: one or two 3x3 convolutions with
+//! padding 1 and ReLU, then 2x2 max-pooling) followed by fully connected layers (ReLU between
+//! them). Parameters are laid out block by block: conv weight `[out, in, 3, 3]`, conv bias,
+//! ..., then per linear layer weight `[in, out]` (burn's layout) and bias.
+
+use braid_core::seed;
+use rand::Rng as _;
+use serde::{Deserialize, Serialize};
+
+use crate::NnError;
+
+/// Model names accepted in the config (`[model] name = ...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelName {
+    /// McMahan et al.'s 2NN: fc(in->200)-fc(200->200)-fc(200->classes). Works on any input.
+    Mlp,
+    /// The reference CNN: conv(1->32)-pool-conv(32->64)-pool-fc(3136->128)-fc(128->10).
+    Cnn,
+    /// A narrow CNN: conv(1->8)-pool-conv(8->16)-pool-fc(784->32)-fc(32->10).
+    CnnSmall,
+    /// A deeper, wider CNN: [conv(1->32), conv(32->32)]-pool-[conv(32->64), conv(64->64)]-pool-fc(3136->256)-fc(256->10).
+    CnnDeep,
+}
+
+impl ModelName {
+    /// All names, for help texts.
+    pub const ALL: [ModelName; 4] = [ModelName::Mlp, ModelName::Cnn, ModelName::CnnSmall, ModelName::CnnDeep];
+
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelName::Mlp => "mlp",
+            ModelName::Cnn => "cnn",
+            ModelName::CnnSmall => "cnn-small",
+            ModelName::CnnDeep => "cnn-deep",
+        }
+    }
+}
+
+/// A concrete architecture: a model name bound to an input shape and a number of classes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Arch {
+    /// Registry name.
+    pub name: ModelName,
+    /// Input sample shape, `[channels, height, width]` for CNNs or `[features]`.
+    pub input: Vec<usize>,
+    /// Conv blocks: output channels of each convolution in the block.
+    pub blocks: Vec<Vec<usize>>,
+    /// Widths of the fully connected layers, the last one being the number of classes.
+    pub fc: Vec<usize>,
+}
+
+/// The shape of one parameter tensor and its init bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamShape {
+    /// Name as saved in safetensors files, e.g. `blocks.0.convs.1.weight`.
+    pub name: String,
+    /// Dimensions.
+    pub dims: Vec<usize>,
+    /// Fan-in, which sets the init bound `1/sqrt(fan_in)`.
+    pub fan_in: usize,
+}
+
+impl Arch {
+    /// Binds a model name to a data set's sample shape and number of classes.
+    pub fn new(name: ModelName, input: &[usize], classes: usize) -> Result<Self, NnError> {
+        let (blocks, hidden): (Vec<Vec<usize>>, Vec<usize>) = match name {
+            ModelName::Mlp => (vec![], vec![200, 200]),
+            ModelName::Cnn => (vec![vec![32], vec![64]], vec![128]),
+            ModelName::CnnSmall => (vec![vec![8], vec![16]], vec![32]),
+            ModelName::CnnDeep => (vec![vec![32, 32], vec![64, 64]], vec![256]),
+        };
+        if !blocks.is_empty() {
+            let ok = input.len() == 3 && input[1] >= 4 && input[2] >= 4;
+            if !ok {
+                return Err(NnError::Shape(format!(
+                    "model {} needs image input [channels, height >= 4, width >= 4], but the data has samples of shape {input:?}; use model \"mlp\"",
+                    name.as_str()
+                )));
+            }
+        }
+        if classes < 2 {
+            return Err(NnError::Shape(format!("need at least 2 classes, got {classes}")));
+        }
+        let mut fc = hidden;
+        fc.push(classes);
+        Ok(Self { name, input: input.to_vec(), blocks, fc })
+    }
+
+    /// Number of values entering the first fully connected layer.
+    pub fn flat_features(&self) -> usize {
+        if self.blocks.is_empty() {
+            return self.input.iter().product();
+        }
+        let (mut h, mut w) = (self.input[1], self.input[2]);
+        for _ in &self.blocks {
+            h /= 2;
+            w /= 2;
+        }
+        let channels = self.blocks.last().and_then(|b| b.last()).copied().unwrap_or(self.input[0]);
+        channels * h * w
+    }
+
+    /// All parameter tensors in flat order.
+    pub fn param_shapes(&self) -> Vec<ParamShape> {
+        let mut out = Vec::new();
+        let mut ch = self.input.first().copied().unwrap_or(1);
+        for (b, block) in self.blocks.iter().enumerate() {
+            for (c, &o) in block.iter().enumerate() {
+                let fan_in = ch * 9;
+                out.push(ParamShape { name: format!("blocks.{b}.convs.{c}.weight"), dims: vec![o, ch, 3, 3], fan_in });
+                out.push(ParamShape { name: format!("blocks.{b}.convs.{c}.bias"), dims: vec![o], fan_in });
+                ch = o;
+            }
+        }
+        let mut inp = self.flat_features();
+        for (l, &o) in self.fc.iter().enumerate() {
+            out.push(ParamShape { name: format!("fc.{l}.weight"), dims: vec![inp, o], fan_in: inp });
+            out.push(ParamShape { name: format!("fc.{l}.bias"), dims: vec![o], fan_in: inp });
+            inp = o;
+        }
+        out
+    }
+
+    /// Total number of parameters.
+    pub fn num_params(&self) -> usize {
+        self.param_shapes().iter().map(|p| p.dims.iter().product::<usize>()).sum()
+    }
+
+    /// Seeded init, the same rule as PyTorch's default for conv and linear layers: weights and
+    /// biases uniform in `[-1/sqrt(fan_in), 1/sqrt(fan_in)]`. Independent of the backend and threads.
+    pub fn init_params(&self, seed_value: u64) -> Vec<f32> {
+        let mut rng = seed::rng(seed_value, &[seed::stream::INIT]);
+        let mut out = Vec::with_capacity(self.num_params());
+        for p in self.param_shapes() {
+            let bound = 1.0 / (p.fan_in as f32).sqrt();
+            let n: usize = p.dims.iter().product();
+            out.extend((0..n).map(|_| rng.random_range(-bound..bound)));
+        }
+        out
+    }
+
+    /// Forward FLOPs of one sample (multiply-adds counted as 2), for reports.
+    pub fn forward_flops(&self) -> u64 {
+        let mut flops = 0u64;
+        let (mut h, mut w) = (self.input.get(1).copied().unwrap_or(1), self.input.get(2).copied().unwrap_or(1));
+        let mut ch = self.input.first().copied().unwrap_or(1);
+        for block in &self.blocks {
+            for &o in block {
+                flops += 2 * (ch * 9 * o * h * w) as u64;
+                ch = o;
+            }
+            h /= 2;
+            w /= 2;
+        }
+        let mut inp = self.flat_features();
+        for &o in &self.fc {
+            flops += 2 * (inp * o) as u64;
+            inp = o;
+        }
+        flops
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_cnn_has_the_expected_size() {
+        let a = Arch::new(ModelName::Cnn, &[1, 28, 28], 10).unwrap();
+        assert_eq!(a.flat_features(), 3136);
+        // conv1 320 + conv2 18496 + fc1 401536 + fc2 1290
+        assert_eq!(a.num_params(), 320 + 18_496 + 401_536 + 1_290);
+    }
+
+    #[test]
+    fn architectures_differ_clearly_in_size() {
+        let n = |m| Arch::new(m, &[1, 28, 28], 10).unwrap().num_params();
+        assert!(n(ModelName::CnnSmall) * 5 < n(ModelName::Cnn));
+        assert!(n(ModelName::Cnn) * 2 < n(ModelName::CnnDeep));
+        assert_eq!(n(ModelName::Mlp), 784 * 200 + 200 + 200 * 200 + 200 + 200 * 10 + 10);
+    }
+
+    #[test]
+    fn init_is_seeded_and_bounded() {
+        let a = Arch::new(ModelName::CnnSmall, &[1, 28, 28], 10).unwrap();
+        let p = a.init_params(1);
+        assert_eq!(p.len(), a.num_params());
+        assert_eq!(p, a.init_params(1));
+        assert_ne!(p, a.init_params(2));
+        assert!(p[..72].iter().all(|v| v.abs() <= 1.0 / 3.0)); // conv1: fan_in 9
+    }
+
+    #[test]
+    fn cnn_on_vectors_is_a_clear_error() {
+        let e = Arch::new(ModelName::Cnn, &[60], 10).unwrap_err().to_string();
+        assert!(e.contains("mlp") && e.contains("[60]"), "{e}");
+        assert!(Arch::new(ModelName::Mlp, &[60], 10).is_ok());
+    }
+}

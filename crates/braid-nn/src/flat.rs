@@ -1,0 +1,51 @@
+//! All parameters of a module as one `Vec<f32>`, in the module's visiting order.
+//!
+//! Writing goes through `Param::transform_for_load`, which keeps the parameter's id (so the
+//! optimizer state stays attached) and marks it `require_grad` again on an autodiff device: a
+//! tensor freshly made from data is otherwise an untracked leaf and would silently get no gradient.
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::tensor::{Tensor, TensorData};
+
+struct Reader(Vec<f32>);
+
+impl ModuleVisitor for Reader {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let data = param.val().into_data();
+        // Parameters are always float tensors; a conversion failure would be a burn bug.
+        let values = data.try_into_vec_as::<f32>().unwrap_or_default();
+        self.0.extend_from_slice(&values);
+    }
+}
+
+/// Reads every float parameter of `module` into one vector.
+pub fn flatten<M: Module>(module: &M) -> Vec<f32> {
+    let mut r = Reader(Vec::with_capacity(module.num_params()));
+    module.visit(&mut r);
+    r.0
+}
+
+struct Writer<'a> {
+    src: &'a [f32],
+    offset: usize,
+}
+
+impl ModuleMapper for Writer<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let shape = param.lazy_shape();
+        let n = shape.num_elements();
+        let device = param.lazy_device();
+        let end = (self.offset + n).min(self.src.len());
+        let mut values = self.src[self.offset.min(end)..end].to_vec();
+        values.resize(n, 0.0); // only reachable when the caller skipped the length check
+        self.offset += n;
+        let tensor = Tensor::<D>::from_data(TensorData::new(values, shape), &device);
+        let id = param.id;
+        param.transform_for_load(tensor, id)
+    }
+}
+
+/// Writes `values` into `module`'s parameters. The caller checks `values.len() == module.num_params()`.
+pub fn load_flat<M: Module>(module: M, values: &[f32]) -> M {
+    module.map(&mut Writer { src: values, offset: 0 })
+}

@@ -1,0 +1,56 @@
+//! Braid's models and local training, on burn (the `flex` CPU backend by default, `cuda` behind
+//! a cargo feature).
+//!
+//! - [`arch`]: the model registry (MLP and three CNNs), parameter shapes and seeded init, all
+//!   without touching the tensor backend;
+//! - [`net`]: the burn module that runs every architecture;
+//! - [`flat`]: reading and writing all parameters as one `Vec<f32>` in a fixed order;
+//! - [`train`]: local training (SGD with momentum/Nesterov/weight decay, AdamW, FedProx's
+//!   proximal term) and evaluation;
+//! - [`store`]: safetensors files that PyTorch can read;
+//! - [`device`]: choosing the device from the config.
+
+pub mod arch;
+pub mod device;
+pub mod flat;
+pub mod net;
+pub mod store;
+pub mod train;
+
+pub use arch::{Arch, ModelName};
+pub use device::DeviceKind;
+pub use train::{EvalOutcome, OptimizerConfig, TrainOutcome, TrainSpec, Trainer};
+
+use thiserror::Error;
+
+/// Errors from the models-and-training layer.
+#[derive(Debug, Error)]
+pub enum NnError {
+    /// A parameter vector does not fit the model.
+    #[error("model {model} has {expected} parameters but got {got}")]
+    ParamCount {
+        /// The model's name.
+        model: String,
+        /// Its parameter count.
+        expected: usize,
+        /// Values given.
+        got: usize,
+    },
+    /// The data does not fit the model.
+    #[error("{0}")]
+    Shape(String),
+    /// A configuration value is invalid.
+    #[error("{0}")]
+    Config(String),
+    /// Reading or writing a weights file failed.
+    #[error("weights file {path}: {why}")]
+    Store {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        why: String,
+    },
+    /// Training produced NaN or infinite values.
+    #[error("training diverged (loss or parameters not finite); lower the learning rate")]
+    Diverged,
+}

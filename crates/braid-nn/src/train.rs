@@ -1,0 +1,335 @@
+//! Local training and evaluation of one model on one shard.
+//!
+//! A [`Trainer`] owns one burn module and reuses it across calls: each call loads the given
+//! flat parameters, runs, and hands back flat parameters, so clients hold no model between
+//! rounds and memory grows with the number of trainers (worker threads), not clients.
+
+use braid_core::seed;
+use braid_data::Dataset;
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{AdamWConfig, GradientsParams, SgdConfig};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+use crate::arch::Arch;
+use crate::device::DeviceKind;
+use crate::flat;
+use crate::net::Net;
+use crate::NnError;
+
+/// The local optimizer (config: `[train.optimizer]`). A fresh optimizer is made for every
+/// local training call, as in Flower's and McMahan et al.'s FedAvg.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum OptimizerConfig {
+    /// SGD, PyTorch semantics (no dampening; weight decay added to the gradient).
+    Sgd {
+        /// Learning rate.
+        lr: f64,
+        /// Momentum (0 = plain SGD).
+        #[serde(default)]
+        momentum: f64,
+        /// L2 weight decay.
+        #[serde(default)]
+        weight_decay: f64,
+        /// Nesterov momentum.
+        #[serde(default)]
+        nesterov: bool,
+    },
+    /// AdamW (decoupled weight decay), PyTorch defaults.
+    Adamw {
+        /// Learning rate.
+        lr: f64,
+        /// First-moment decay.
+        #[serde(default = "beta1")]
+        beta1: f32,
+        /// Second-moment decay.
+        #[serde(default = "beta2")]
+        beta2: f32,
+        /// Numerical epsilon.
+        #[serde(default = "eps")]
+        eps: f32,
+        /// Decoupled weight decay.
+        #[serde(default = "adamw_wd")]
+        weight_decay: f32,
+    },
+}
+
+fn beta1() -> f32 {
+    0.9
+}
+fn beta2() -> f32 {
+    0.999
+}
+fn eps() -> f32 {
+    1e-8
+}
+fn adamw_wd() -> f32 {
+    0.01
+}
+
+impl OptimizerConfig {
+    /// Checks the hyper-parameters; the error names the field.
+    pub fn validate(&self) -> Result<(), NnError> {
+        let bad = |f: &str, v: f64, rule: &str| Err(NnError::Config(format!("train.optimizer.{f} = {v} {rule}")));
+        match *self {
+            Self::Sgd { lr, momentum, weight_decay, nesterov } => {
+                if !(lr.is_finite() && lr > 0.0) {
+                    return bad("lr", lr, "must be > 0");
+                }
+                if !(0.0..1.0).contains(&momentum) {
+                    return bad("momentum", momentum, "must be in [0, 1)");
+                }
+                if !(weight_decay.is_finite() && weight_decay >= 0.0) {
+                    return bad("weight_decay", weight_decay, "must be >= 0");
+                }
+                if nesterov && momentum == 0.0 {
+                    return Err(NnError::Config("train.optimizer.nesterov = true needs momentum > 0".into()));
+                }
+                Ok(())
+            }
+            Self::Adamw { lr, beta1, beta2, eps, weight_decay } => {
+                if !(lr.is_finite() && lr > 0.0) {
+                    return bad("lr", lr, "must be > 0");
+                }
+                for (f, v) in [("beta1", beta1), ("beta2", beta2)] {
+                    if !(0.0..1.0).contains(&v) {
+                        return bad(f, f64::from(v), "must be in [0, 1)");
+                    }
+                }
+                if !(eps > 0.0) || !(weight_decay >= 0.0) {
+                    return bad("eps/weight_decay", f64::from(eps.min(weight_decay)), "must be > 0 / >= 0");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn lr(&self) -> f64 {
+        match *self {
+            Self::Sgd { lr, .. } | Self::Adamw { lr, .. } => lr,
+        }
+    }
+
+    fn build(&self) -> burn::optim::ModuleOptimizer {
+        match *self {
+            Self::Sgd { momentum, weight_decay, nesterov, .. } => {
+                let mut c = SgdConfig::new();
+                if momentum > 0.0 {
+                    c = c.with_momentum(Some(
+                        MomentumConfig::new().with_momentum(momentum).with_dampening(0.0).with_nesterov(nesterov),
+                    ));
+                }
+                if weight_decay > 0.0 {
+                    c = c.with_weight_decay(Some(WeightDecayConfig::new(weight_decay as f32)));
+                }
+                c.init()
+            }
+            Self::Adamw { beta1, beta2, eps, weight_decay, .. } => AdamWConfig::new()
+                .with_beta_1(beta1)
+                .with_beta_2(beta2)
+                .with_epsilon(eps)
+                .with_weight_decay(weight_decay)
+                .init(),
+        }
+    }
+}
+
+/// What one local training call does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainSpec {
+    /// The optimizer.
+    pub optimizer: OptimizerConfig,
+    /// Mini-batch size (the last batch of an epoch may be smaller).
+    pub batch_size: usize,
+    /// Passes over the shard.
+    pub epochs: usize,
+    /// If set, stop after this many steps (overrides `epochs`; batches keep cycling epochs).
+    pub max_steps: Option<usize>,
+    /// FedProx's proximal weight: adds `mu/2 * ||w - w_start||^2` to the loss (0 = off).
+    pub prox_mu: f32,
+}
+
+/// The result of local training.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainOutcome {
+    /// Parameters after training.
+    pub params: Vec<f32>,
+    /// Samples processed (counting repeats).
+    pub samples: usize,
+    /// Optimizer steps taken.
+    pub steps: usize,
+    /// Mean training loss over the steps (without the proximal term).
+    pub mean_loss: f64,
+}
+
+/// The result of an evaluation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EvalOutcome {
+    /// Fraction of correctly classified samples.
+    pub accuracy: f64,
+    /// Mean cross-entropy.
+    pub loss: f64,
+    /// Samples evaluated.
+    pub samples: usize,
+}
+
+/// Trains and evaluates models of one architecture on one device.
+pub struct Trainer {
+    arch: Arch,
+    device: Device,
+    model: Option<Net>,
+    loss: CrossEntropyLoss,
+    eval_batch: usize,
+}
+
+struct Collect(Vec<Tensor<1>>);
+
+impl ModuleVisitor for Collect {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.0.push(param.val().reshape([-1]));
+    }
+}
+
+impl Trainer {
+    /// A trainer for `arch` on `device`.
+    pub fn new(arch: Arch, device: &DeviceKind) -> Result<Self, NnError> {
+        let device = device.device()?.autodiff();
+        let model = Net::new(&arch, &device);
+        let loss = CrossEntropyLossConfig::new().init(&device);
+        Ok(Self { arch, device, model: Some(model), loss, eval_batch: 1000 })
+    }
+
+    /// The architecture.
+    pub fn arch(&self) -> &Arch {
+        &self.arch
+    }
+
+    fn check(&self, params: &[f32], data: &Dataset) -> Result<(), NnError> {
+        let expected = self.arch.num_params();
+        if params.len() != expected {
+            return Err(NnError::ParamCount { model: self.arch.name.as_str().into(), expected, got: params.len() });
+        }
+        if data.sample_shape() != self.arch.input.as_slice() {
+            return Err(NnError::Shape(format!(
+                "model {} expects samples of shape {:?}, data has {:?}",
+                self.arch.name.as_str(),
+                self.arch.input,
+                data.sample_shape()
+            )));
+        }
+        Ok(())
+    }
+
+    fn loaded(&mut self, params: &[f32]) -> Net {
+        let model = self.model.take().unwrap_or_else(|| Net::new(&self.arch, &self.device));
+        flat::load_flat(model, params)
+    }
+
+    fn batch(&self, data: &Dataset, idx: &[usize], device: &Device) -> (Tensor<2>, Tensor<1, Int>) {
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        data.gather(idx, &mut x, &mut y);
+        let xs = Tensor::<2>::from_data(TensorData::new(x, [idx.len(), data.sample_len()]), device);
+        let ys = Tensor::<1, Int>::from_data(TensorData::new(y, [idx.len()]), device);
+        (xs, ys)
+    }
+
+    /// Trains from `params` on samples `shard` of `data`; batch order is drawn from `seed_value`.
+    pub fn train(
+        &mut self,
+        params: &[f32],
+        data: &Dataset,
+        shard: &[usize],
+        spec: &TrainSpec,
+        seed_value: u64,
+    ) -> Result<TrainOutcome, NnError> {
+        self.check(params, data)?;
+        spec.optimizer.validate()?;
+        if spec.batch_size == 0 {
+            return Err(NnError::Config("train.batch_size must be at least 1".into()));
+        }
+        if shard.is_empty() {
+            return Ok(TrainOutcome { params: params.to_vec(), samples: 0, steps: 0, mean_loss: 0.0 });
+        }
+        let mut model = self.loaded(params);
+        let mut optim = spec.optimizer.build();
+        let lr = spec.optimizer.lr();
+        let anchor = (spec.prox_mu > 0.0)
+            .then(|| Tensor::<1>::from_data(TensorData::new(params.to_vec(), [params.len()]), &self.device.clone().inner()));
+        let mut rng = seed::rng(seed_value, &[]);
+        let mut order: Vec<usize> = shard.to_vec();
+        let total_steps = spec.max_steps.unwrap_or(spec.epochs * shard.len().div_ceil(spec.batch_size));
+        let (mut steps, mut samples) = (0usize, 0usize);
+        let mut loss_sum: Option<Tensor<1>> = None;
+        'outer: while steps < total_steps {
+            order.shuffle(&mut rng);
+            for chunk in order.chunks(spec.batch_size) {
+                if steps == total_steps {
+                    break 'outer;
+                }
+                let (x, y) = self.batch(data, chunk, &self.device);
+                let logits = model.forward(&self.arch, x);
+                let ce = self.loss.forward(logits, y);
+                let ce_value = ce.clone().detach();
+                let loss = match &anchor {
+                    Some(a) => {
+                        let mut c = Collect(Vec::new());
+                        model.visit(&mut c);
+                        let w = Tensor::cat(c.0, 0);
+                        let diff = w - a.clone().set_require_grad(false);
+                        ce + diff.powi_scalar(2).sum().mul_scalar(spec.prox_mu / 2.0)
+                    }
+                    None => ce,
+                };
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                model = optim.step(lr, model, grads);
+                loss_sum = Some(match loss_sum {
+                    Some(s) => s + ce_value,
+                    None => ce_value,
+                });
+                steps += 1;
+                samples += chunk.len();
+            }
+        }
+        let mean_loss = loss_sum.map(|s| f64::from(s.into_scalar::<f32>())).unwrap_or(0.0) / steps.max(1) as f64;
+        let out = flat::flatten(&model);
+        self.model = Some(model);
+        if !mean_loss.is_finite() || !braid_core::params::all_finite(&out) {
+            return Err(NnError::Diverged);
+        }
+        Ok(TrainOutcome { params: out, samples, steps, mean_loss })
+    }
+
+    /// Accuracy and mean loss of `params` on samples `idx` of `data` (all samples if `None`).
+    pub fn evaluate(&mut self, params: &[f32], data: &Dataset, idx: Option<&[usize]>) -> Result<EvalOutcome, NnError> {
+        self.check(params, data)?;
+        let all: Vec<usize>;
+        let idx = match idx {
+            Some(i) => i,
+            None => {
+                all = (0..data.len()).collect();
+                &all
+            }
+        };
+        let model = self.loaded(params);
+        let valid = model.valid();
+        let device = self.device.clone().inner();
+        let loss_fn = CrossEntropyLossConfig::new().init(&device);
+        let (mut correct, mut loss_sum) = (0i64, 0f64);
+        for chunk in idx.chunks(self.eval_batch) {
+            let (x, y) = self.batch(data, chunk, &device);
+            let logits = valid.forward(&self.arch, x);
+            let loss = loss_fn.forward(logits.clone(), y.clone()).into_scalar::<f32>();
+            loss_sum += f64::from(loss) * chunk.len() as f64;
+            let pred = logits.argmax(1).reshape([chunk.len() as i32]);
+            correct += pred.equal(y).int().sum().into_scalar::<i64>();
+        }
+        self.model = Some(model);
+        let n = idx.len().max(1) as f64;
+        Ok(EvalOutcome { accuracy: correct as f64 / n, loss: loss_sum / n, samples: idx.len() })
+    }
+}
