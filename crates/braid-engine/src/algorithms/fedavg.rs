@@ -1,0 +1,218 @@
+//! Server-based federated averaging: one server, many clients, synchronous rounds.
+//!
+//! Round `r`: the server samples `clients_per_round` clients (seeded by round), sends them the
+//! global parameters; each client trains locally on its shard and replies with its parameters
+//! and sample count; when every sampled client has replied, the server averages the replies
+//! weighted by samples (in client-id order, so the result does not depend on arrival order),
+//! applies the server optimizer, evaluates, and reports the round.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use braid_core::params::{self, weighted_mean};
+use braid_core::seed;
+use braid_core::server_opt::{ServerOptimizer, ServerOptimizerConfig};
+use rand::seq::index::sample;
+
+use crate::node::{EngineError, Event, Node, NodeCtx, RoundMetrics};
+use crate::wire::{NodeId, Payload};
+
+/// The server's id.
+pub const SERVER: NodeId = 0;
+
+/// Settings of the server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// Number of rounds.
+    pub rounds: u32,
+    /// Clients sampled per round.
+    pub clients_per_round: usize,
+    /// Evaluate the global model every this many rounds (and always after the last).
+    pub eval_every: u32,
+    /// Server optimizer applied to the averaged update.
+    pub server_optimizer: ServerOptimizerConfig,
+    /// Experiment seed (client sampling).
+    pub seed: u64,
+}
+
+struct Reply {
+    num_samples: u64,
+    train_loss: f32,
+    params: Vec<f32>,
+}
+
+/// The FedAvg server.
+pub struct FedAvgServer {
+    config: ServerConfig,
+    clients: Vec<NodeId>,
+    params: Vec<f32>,
+    optimizer: ServerOptimizer,
+    round: u32,
+    waiting: BTreeMap<NodeId, Option<Reply>>,
+    bytes_down: u64,
+    bytes_up: u64,
+}
+
+impl FedAvgServer {
+    /// A server for `clients`, starting from `initial` parameters.
+    pub fn new(config: ServerConfig, clients: Vec<NodeId>, initial: Vec<f32>) -> Result<Self, EngineError> {
+        if clients.is_empty() {
+            return Err(EngineError::Setup("FedAvg needs at least one client".into()));
+        }
+        if config.clients_per_round == 0 || config.clients_per_round > clients.len() {
+            return Err(EngineError::Setup(format!(
+                "algorithm.clients_per_round = {} must be between 1 and the {} clients",
+                config.clients_per_round,
+                clients.len()
+            )));
+        }
+        let optimizer = ServerOptimizer::new(config.server_optimizer.clone());
+        Ok(Self { config, clients, params: initial, optimizer, round: 0, waiting: BTreeMap::new(), bytes_down: 0, bytes_up: 0 })
+    }
+
+    /// The current global parameters.
+    pub fn params(&self) -> &[f32] {
+        &self.params
+    }
+
+    fn start_round(&mut self, ctx: &mut NodeCtx<'_>) {
+        self.round += 1;
+        let mut rng = seed::rng(self.config.seed, &[seed::stream::SAMPLING, u64::from(self.round)]);
+        let mut chosen: Vec<NodeId> = if self.config.clients_per_round == self.clients.len() {
+            self.clients.clone()
+        } else {
+            sample(&mut rng, self.clients.len(), self.config.clients_per_round).into_iter().map(|i| self.clients[i]).collect()
+        };
+        chosen.sort_unstable();
+        let shared = Arc::new(self.params.clone());
+        self.waiting.clear();
+        self.bytes_down = 0;
+        self.bytes_up = 0;
+        for c in chosen {
+            self.waiting.insert(c, None);
+            self.bytes_down += ctx.send(c, Payload::TrainRequest { round: self.round, params: Arc::clone(&shared) }) as u64;
+        }
+    }
+
+    fn finish_round(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+        let replies: Vec<Reply> = std::mem::take(&mut self.waiting).into_values().flatten().collect();
+        let items: Vec<(&[f32], f64)> = replies.iter().map(|r| (r.params.as_slice(), r.num_samples as f64)).collect();
+        let mean = weighted_mean(&items)?;
+        self.optimizer.step(&mut self.params, &mean)?;
+        let samples: u64 = replies.iter().map(|r| r.num_samples).sum();
+        let train_loss = replies.iter().map(|r| f64::from(r.train_loss) * r.num_samples as f64).sum::<f64>() / samples.max(1) as f64;
+        let last = self.round == self.config.rounds;
+        let (accuracy, loss) = if last || self.round % self.config.eval_every.max(1) == 0 {
+            let e = ctx.trainer.evaluate(&self.params)?;
+            (Some(e.accuracy), Some(e.loss))
+        } else {
+            (None, None)
+        };
+        ctx.emit(Event::Round(RoundMetrics {
+            round: self.round,
+            accuracy,
+            loss,
+            train_loss,
+            clients: replies.len(),
+            samples,
+            bytes_up: self.bytes_up,
+            bytes_down: self.bytes_down,
+        }));
+        if last {
+            ctx.emit(Event::Finished { params: self.params.clone() });
+        } else {
+            self.start_round(ctx);
+        }
+        Ok(())
+    }
+}
+
+impl Node for FedAvgServer {
+    fn id(&self) -> NodeId {
+        SERVER
+    }
+
+    fn on_start(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+        if self.config.rounds == 0 {
+            ctx.emit(Event::Finished { params: self.params.clone() });
+            return Ok(());
+        }
+        self.start_round(ctx);
+        Ok(())
+    }
+
+    fn on_message(&mut self, from: NodeId, payload: Payload, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+        let kind = payload.kind();
+        let reject = |why: String| EngineError::Rejected { node: SERVER, from, kind, why };
+        let bytes = payload.encoded_len() as u64;
+        let Payload::TrainReply { round, num_samples, train_loss, params, .. } = payload else {
+            return Err(reject("the server only accepts train replies".into()));
+        };
+        if round != self.round {
+            return Err(reject(format!("reply is for round {round}, the current round is {}", self.round)));
+        }
+        let slot = self.waiting.get_mut(&from).ok_or_else(|| reject("this client was not asked to train this round".into()))?;
+        if slot.is_some() {
+            return Err(reject("duplicate reply".into()));
+        }
+        if params.len() != self.params.len() {
+            return Err(reject(format!("update has {} parameters, the model has {}", params.len(), self.params.len())));
+        }
+        if !params::all_finite(&params) {
+            return Err(reject("update contains NaN or infinite values".into()));
+        }
+        *slot = Some(Reply { num_samples, train_loss, params });
+        self.bytes_up += bytes;
+        if self.waiting.values().all(Option::is_some) {
+            self.finish_round(ctx)?;
+        }
+        Ok(())
+    }
+}
+
+/// A FedAvg client: holds its shard of the training set, trains when asked.
+pub struct FedAvgClient {
+    id: NodeId,
+    shard: Arc<Vec<usize>>,
+    seed: u64,
+}
+
+impl FedAvgClient {
+    /// Client `id` holding training samples `shard`.
+    pub fn new(id: NodeId, shard: Arc<Vec<usize>>, seed: u64) -> Self {
+        Self { id, shard, seed }
+    }
+}
+
+impl Node for FedAvgClient {
+    fn id(&self) -> NodeId {
+        self.id
+    }
+
+    fn on_start(&mut self, _ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    fn on_message(&mut self, from: NodeId, payload: Payload, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+        let kind = payload.kind();
+        let Payload::TrainRequest { round, params } = payload else {
+            return Err(EngineError::Rejected { node: self.id, from, kind, why: "a client only accepts train requests".into() });
+        };
+        if from != SERVER {
+            return Err(EngineError::Rejected { node: self.id, from, kind, why: "train requests must come from the server".into() });
+        }
+        let s = seed::derive(self.seed, &[seed::stream::LOCAL_TRAIN, u64::from(round), u64::from(self.id)]);
+        let out = ctx.trainer.train(&params, &self.shard, s)?;
+        ctx.send(
+            SERVER,
+            Payload::TrainReply {
+                round,
+                num_samples: self.shard.len() as u64,
+                steps: out.steps as u32,
+                train_loss: out.mean_loss as f32,
+                params: out.params,
+            },
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,8 @@
+//! Algorithms, one file each, every role a [`crate::node::Node`].
+//!
+//! - [`fedavg`]: server-based federated learning: FedAvg (sample-weighted averaging), FedProx
+//!   (the client-side proximal term is a training option), partial participation, and server
+//!   optimizers on the averaged update (FedAvgM, FedAdam, FedYogi, DiLoCo's Nesterov step). The
+//!   centralized baseline is the same algorithm with one client holding all data.
+
+pub mod fedavg;

@@ -1,0 +1,127 @@
+//! From a config to a finished run: load data, partition, build nodes and workers, simulate.
+
+use std::sync::Arc;
+
+use braid_core::partition::{self, label_histogram};
+use braid_core::seed;
+use braid_data::DataSplit;
+use braid_nn::{Arch, EvalOutcome, TrainOutcome, TrainSpec, Trainer};
+
+use crate::algorithms::fedavg::{FedAvgClient, FedAvgServer, ServerConfig, SERVER};
+use crate::config::ExperimentConfig;
+use crate::node::{EngineError, Event, LocalTrainer, Node};
+use crate::sim::{SimOutcome, Simulator, Worker};
+use crate::wire::NodeId;
+
+/// A config with its data loaded and partitioned, ready to run.
+pub struct Prepared {
+    /// The config.
+    pub config: ExperimentConfig,
+    /// Train and test data.
+    pub data: Arc<DataSplit>,
+    /// Training-sample indices of each client.
+    pub parts: Vec<Vec<usize>>,
+    /// The model architecture bound to the data.
+    pub arch: Arch,
+    /// Human-readable data source.
+    pub data_description: String,
+}
+
+/// Loads the data, partitions it and binds the model; errors name what is wrong.
+pub fn prepare(config: &ExperimentConfig) -> Result<Prepared, EngineError> {
+    let data = braid_data::load(&config.data, config.seed).map_err(|e| EngineError::Setup(e.to_string()))?;
+    let data_description = match &config.data {
+        braid_data::DataConfig::FashionMnist { source, .. } => braid_data::FashionSource::resolve(source)
+            .map(|s| s.describe())
+            .unwrap_or_else(|_| source.clone()),
+        braid_data::DataConfig::Synthetic(c) => format!("Synthetic({}, {}) with {} groups", c.alpha, c.beta, c.groups),
+    };
+    let arch = Arch::new(config.model.name, data.train.sample_shape(), data.train.num_classes())?;
+    let scheme = config.partition.scheme().map_err(EngineError::Setup)?;
+    let clients = config.num_clients();
+    let parts = if clients == 1 {
+        vec![(0..data.train.len()).collect()]
+    } else {
+        let mut rng = seed::rng(config.seed, &[seed::stream::PARTITION]);
+        partition::partition(&scheme, data.train.labels(), data.train.groups(), data.train.num_classes(), clients, &mut rng)
+            .map_err(|e| EngineError::Setup(e.to_string()))?
+    };
+    Ok(Prepared { config: config.clone(), data: Arc::new(data), parts, arch, data_description })
+}
+
+impl Prepared {
+    /// Per-client label counts.
+    pub fn histogram(&self) -> Vec<Vec<usize>> {
+        label_histogram(self.data.train.labels(), &self.parts, self.data.train.num_classes())
+    }
+
+    /// Number of worker threads this run uses.
+    pub fn workers(&self) -> usize {
+        let auto = if self.config.runtime.device.is_accelerator() {
+            1
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        };
+        self.config.runtime.workers.unwrap_or(auto).min(self.config.clients_per_round()).max(1)
+    }
+}
+
+/// A [`LocalTrainer`] on burn: trains on the shared training set, evaluates on the test set.
+pub struct BurnTrainer {
+    trainer: Trainer,
+    data: Arc<DataSplit>,
+    spec: TrainSpec,
+}
+
+impl BurnTrainer {
+    /// A trainer for `prepared`'s model and data.
+    pub fn new(prepared: &Prepared) -> Result<Self, EngineError> {
+        Ok(Self {
+            trainer: Trainer::new(prepared.arch.clone(), &prepared.config.runtime.device)?,
+            data: Arc::clone(&prepared.data),
+            spec: prepared.config.train_spec(),
+        })
+    }
+}
+
+impl LocalTrainer for BurnTrainer {
+    fn train(&mut self, params: &[f32], shard: &[usize], seed: u64) -> Result<TrainOutcome, EngineError> {
+        Ok(self.trainer.train(params, &self.data.train, shard, &self.spec, seed)?)
+    }
+
+    fn evaluate(&mut self, params: &[f32]) -> Result<EvalOutcome, EngineError> {
+        Ok(self.trainer.evaluate(params, &self.data.test, None)?)
+    }
+}
+
+/// Builds the FedAvg-family nodes (server first) for a prepared run.
+pub fn build_nodes(prepared: &Prepared) -> Result<Vec<Box<dyn Node>>, EngineError> {
+    let c = &prepared.config;
+    let clients: Vec<NodeId> = (1..=prepared.parts.len() as NodeId).collect();
+    let server = FedAvgServer::new(
+        ServerConfig {
+            rounds: c.algorithm.rounds,
+            clients_per_round: c.clients_per_round(),
+            eval_every: c.algorithm.eval_every,
+            server_optimizer: c.algorithm.server_optimizer.clone(),
+            seed: c.seed,
+        },
+        clients.clone(),
+        prepared.arch.init_params(c.seed),
+    )?;
+    let mut nodes: Vec<Box<dyn Node>> = vec![Box::new(server)];
+    for (id, part) in clients.iter().zip(&prepared.parts) {
+        nodes.push(Box::new(FedAvgClient::new(*id, Arc::new(part.clone()), c.seed)));
+    }
+    debug_assert_eq!(nodes[0].id(), SERVER);
+    Ok(nodes)
+}
+
+/// Runs a prepared experiment in the simulator, reporting events to `observer`.
+pub fn run(prepared: &Prepared, observer: &mut dyn FnMut(&Event)) -> Result<SimOutcome, EngineError> {
+    let nodes = build_nodes(prepared)?;
+    let workers = (0..prepared.workers())
+        .map(|_| Worker::new(Box::new(BurnTrainer::new(prepared)?)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Simulator::new(nodes, workers)?.run(observer)
+}

@@ -1,0 +1,19 @@
+//! Braid's engine.
+//!
+//! - [`wire`]: the messages nodes exchange and their validated byte encoding;
+//! - [`transport`]: the transport interface and the in-process transport (byte-counting);
+//! - [`node`]: the sans-IO node trait every algorithm role implements;
+//! - [`algorithms`]: the algorithms, one file each;
+//! - [`sim`]: the simulator driver (parallel, deterministic);
+//! - [`config`]: the experiment file;
+//! - [`experiment`]: config to finished run;
+//! - [`report`]: metrics files, plots and the final weights.
+
+pub mod algorithms;
+pub mod config;
+pub mod experiment;
+pub mod node;
+pub mod report;
+pub mod sim;
+pub mod transport;
+pub mod wire;

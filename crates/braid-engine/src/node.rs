@@ -1,0 +1,116 @@
+//! The shape every algorithm role has: a message-driven state machine ("sans-IO").
+//!
+//! A [`Node`] reacts to its start and to messages; it sends by pushing onto its [`NodeCtx`],
+//! trains and evaluates through the [`LocalTrainer`] the driver lends it, and reports progress
+//! as [`Event`]s. It never touches sockets, threads or clocks, so the same code runs in the
+//! simulator and across real processes.
+
+use braid_nn::{EvalOutcome, TrainOutcome};
+use thiserror::Error;
+
+use crate::wire::{NodeId, Payload};
+
+/// Local training and evaluation, lent to a node by the driver. A driver keeps one per worker
+/// thread, so nodes (clients) hold no model between calls.
+pub trait LocalTrainer: Send {
+    /// Trains from `params` on the training samples `shard`; batch order from `seed`.
+    fn train(&mut self, params: &[f32], shard: &[usize], seed: u64) -> Result<TrainOutcome, EngineError>;
+    /// Evaluates `params` on the test set.
+    fn evaluate(&mut self, params: &[f32]) -> Result<EvalOutcome, EngineError>;
+}
+
+/// Metrics of one completed round, as the server sees them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundMetrics {
+    /// Round number, from 1.
+    pub round: u32,
+    /// Test accuracy of the global model (None if not evaluated this round).
+    pub accuracy: Option<f64>,
+    /// Test loss of the global model (None if not evaluated this round).
+    pub loss: Option<f64>,
+    /// Sample-weighted mean of the clients' training losses.
+    pub train_loss: f64,
+    /// Clients whose updates were aggregated.
+    pub clients: usize,
+    /// Training samples processed by them.
+    pub samples: u64,
+    /// Encoded bytes clients sent to the server this round.
+    pub bytes_up: u64,
+    /// Encoded bytes the server sent to clients this round.
+    pub bytes_down: u64,
+}
+
+/// What a node reports to the driver.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A round completed.
+    Round(RoundMetrics),
+    /// The run is over; these are the final global parameters.
+    Finished {
+        /// Final parameters.
+        params: Vec<f32>,
+    },
+}
+
+/// Errors inside the engine.
+#[derive(Debug, Error)]
+pub enum EngineError {
+    /// Training or evaluation failed.
+    #[error(transparent)]
+    Nn(#[from] braid_nn::NnError),
+    /// Combining parameters failed.
+    #[error(transparent)]
+    Params(#[from] braid_core::params::ParamsError),
+    /// A node got a message it cannot accept (wrong round, unknown sender, bad shape).
+    #[error("node {node} rejected a {kind} from node {from}: {why}")]
+    Rejected {
+        /// Receiving node.
+        node: NodeId,
+        /// Sender.
+        from: NodeId,
+        /// Message kind.
+        kind: &'static str,
+        /// Reason.
+        why: String,
+    },
+    /// The run cannot be set up as configured.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// What a node can do while handling an event.
+pub struct NodeCtx<'a> {
+    outbox: &'a mut Vec<(NodeId, Payload)>,
+    events: &'a mut Vec<Event>,
+    /// Training and evaluation.
+    pub trainer: &'a mut dyn LocalTrainer,
+}
+
+impl<'a> NodeCtx<'a> {
+    /// A context writing into the given buffers (drivers and tests build these).
+    pub fn new(outbox: &'a mut Vec<(NodeId, Payload)>, events: &'a mut Vec<Event>, trainer: &'a mut dyn LocalTrainer) -> Self {
+        Self { outbox, events, trainer }
+    }
+
+    /// Sends `payload` to `to`; returns its encoded size in bytes.
+    pub fn send(&mut self, to: NodeId, payload: Payload) -> usize {
+        let n = payload.encoded_len();
+        self.outbox.push((to, payload));
+        n
+    }
+
+    /// Reports an event to the driver.
+    pub fn emit(&mut self, event: Event) {
+        self.events.push(event);
+    }
+}
+
+/// One role of an algorithm on one participant.
+pub trait Node: Send {
+    /// This node's id.
+    fn id(&self) -> NodeId;
+    /// Called once when the run starts.
+    fn on_start(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError>;
+    /// Called for every message delivered to this node.
+    fn on_message(&mut self, from: NodeId, payload: Payload, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError>;
+}

@@ -1,0 +1,175 @@
+//! The simulator: a driver that runs every node of a run inside one process.
+//!
+//! It delivers messages through an [`InProcessTransport`] in rounds of "everything that is
+//! ready": the ready messages are grouped by receiver, receivers are handled in parallel on
+//! `workers` threads (each with its own single-threaded rayon pool and its own
+//! [`LocalTrainer`]), and their outgoing messages are queued in receiver-id order. Handling is
+//! deterministic per node and outputs are merged in a fixed order, so results do not depend
+//! on the number of workers or on thread timing. When only one node has work (the server
+//! aggregating and evaluating), it runs on the global rayon pool and uses every core.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crate::node::{EngineError, Event, LocalTrainer, Node, NodeCtx, RoundMetrics};
+use crate::transport::{Envelope, InProcessTransport, NodeTraffic, Transport};
+use crate::wire::{NodeId, Payload};
+
+/// A worker thread's resources.
+pub struct Worker {
+    trainer: Box<dyn LocalTrainer>,
+    pool: rayon::ThreadPool,
+}
+
+impl Worker {
+    /// A worker with its own trainer and a single-threaded rayon pool.
+    pub fn new(trainer: Box<dyn LocalTrainer>) -> Result<Self, EngineError> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .map_err(|e| EngineError::Setup(format!("cannot start a worker thread pool: {e}")))?;
+        Ok(Self { trainer, pool })
+    }
+}
+
+/// The result of a simulated run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimOutcome {
+    /// Per-round metrics with the wall-clock seconds since the start of the run.
+    pub rounds: Vec<(RoundMetrics, f64)>,
+    /// Final global parameters.
+    pub final_params: Option<Vec<f32>>,
+    /// Traffic per node id.
+    pub traffic: Vec<NodeTraffic>,
+}
+
+struct TaskOutput {
+    outbox: Vec<(NodeId, Payload)>,
+    events: Vec<Event>,
+}
+
+/// Runs nodes in one process.
+pub struct Simulator {
+    nodes: Vec<Option<Box<dyn Node>>>,
+    transport: InProcessTransport,
+    workers: Vec<Worker>,
+}
+
+fn handle(node: &mut dyn Node, inbox: Vec<Envelope>, trainer: &mut dyn LocalTrainer, start: bool) -> Result<TaskOutput, EngineError> {
+    let (mut outbox, mut events) = (Vec::new(), Vec::new());
+    let mut ctx = NodeCtx::new(&mut outbox, &mut events, trainer);
+    if start {
+        node.on_start(&mut ctx)?;
+    }
+    for env in inbox {
+        node.on_message(env.from, env.payload, &mut ctx)?;
+    }
+    Ok(TaskOutput { outbox, events })
+}
+
+impl Simulator {
+    /// A simulator over `nodes` (ids must be 0..n in order) with at least one worker.
+    pub fn new(nodes: Vec<Box<dyn Node>>, workers: Vec<Worker>) -> Result<Self, EngineError> {
+        if workers.is_empty() {
+            return Err(EngineError::Setup("the simulator needs at least one worker".into()));
+        }
+        if let Some((i, n)) = nodes.iter().enumerate().find(|(i, n)| n.id() as usize != *i) {
+            return Err(EngineError::Setup(format!("node at position {i} has id {}", n.id())));
+        }
+        Ok(Self { nodes: nodes.into_iter().map(Some).collect(), transport: InProcessTransport::new(), workers })
+    }
+
+    /// Runs until no message is left, calling `observer` for every event as it happens.
+    pub fn run(&mut self, observer: &mut dyn FnMut(&Event)) -> Result<SimOutcome, EngineError> {
+        let t0 = Instant::now();
+        let mut outcome = SimOutcome { rounds: Vec::new(), final_params: None, traffic: Vec::new() };
+        let ids: Vec<NodeId> = (0..self.nodes.len() as NodeId).collect();
+        let mut tasks: Vec<(NodeId, Vec<Envelope>, bool)> = ids.iter().map(|&i| (i, Vec::new(), true)).collect();
+        while !tasks.is_empty() {
+            let outputs = self.run_tasks(tasks)?;
+            for (from, out) in outputs {
+                for ev in out.events {
+                    observer(&ev);
+                    match ev {
+                        Event::Round(m) => outcome.rounds.push((m, t0.elapsed().as_secs_f64())),
+                        Event::Finished { params } => outcome.final_params = Some(params),
+                    }
+                }
+                for (to, payload) in out.outbox {
+                    if to as usize >= self.nodes.len() {
+                        return Err(EngineError::Setup(format!("node {from} sent a message to unknown node {to}")));
+                    }
+                    self.transport.send(Envelope { from, to, payload });
+                }
+            }
+            let mut by_node: Vec<Vec<Envelope>> = vec![Vec::new(); self.nodes.len()];
+            for env in self.transport.drain() {
+                by_node[env.to as usize].push(env);
+            }
+            tasks = by_node
+                .into_iter()
+                .enumerate()
+                .filter(|(_, inbox)| !inbox.is_empty())
+                .map(|(i, inbox)| (i as NodeId, inbox, false))
+                .collect();
+        }
+        outcome.traffic = ids.iter().map(|&i| self.transport.traffic(i)).collect();
+        Ok(outcome)
+    }
+
+    /// Handles each task's node; returns outputs in node-id order.
+    fn run_tasks(&mut self, tasks: Vec<(NodeId, Vec<Envelope>, bool)>) -> Result<Vec<(NodeId, TaskOutput)>, EngineError> {
+        let mut work = Vec::with_capacity(tasks.len());
+        for (id, inbox, start) in tasks {
+            let node = self.nodes[id as usize].take().ok_or_else(|| EngineError::Setup(format!("node {id} is missing")))?;
+            work.push((id, node, inbox, start));
+        }
+        let results: Vec<(NodeId, Box<dyn Node>, Result<TaskOutput, EngineError>)> = if work.len() == 1 || self.workers.len() == 1 {
+            let trainer = &mut self.workers[0].trainer;
+            work.into_iter()
+                .map(|(id, mut node, inbox, start)| {
+                    let r = handle(node.as_mut(), inbox, trainer.as_mut(), start);
+                    (id, node, r)
+                })
+                .collect()
+        } else {
+            let n = work.len();
+            let queue: Vec<Mutex<Option<(NodeId, Box<dyn Node>, Vec<Envelope>, bool)>>> =
+                work.into_iter().map(|w| Mutex::new(Some(w))).collect();
+            let done: Vec<Mutex<Option<(NodeId, Box<dyn Node>, Result<TaskOutput, EngineError>)>>> =
+                (0..n).map(|_| Mutex::new(None)).collect();
+            let next = AtomicUsize::new(0);
+            std::thread::scope(|s| {
+                for worker in self.workers.iter_mut() {
+                    let (queue, done, next) = (&queue, &done, &next);
+                    s.spawn(move || {
+                        let Worker { trainer, pool } = worker;
+                        pool.install(|| loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            if i >= n {
+                                break;
+                            }
+                            let taken = queue[i].lock().ok().and_then(|mut q| q.take());
+                            if let Some((id, mut node, inbox, start)) = taken {
+                                let r = handle(node.as_mut(), inbox, trainer.as_mut(), start);
+                                if let Ok(mut slot) = done[i].lock() {
+                                    *slot = Some((id, node, r));
+                                }
+                            }
+                        });
+                    });
+                }
+            });
+            done.into_iter()
+                .map(|m| m.into_inner().ok().flatten().ok_or_else(|| EngineError::Setup("a worker thread failed".into())))
+                .collect::<Result<_, _>>()?
+        };
+        let mut outputs = Vec::with_capacity(results.len());
+        for (id, node, r) in results {
+            self.nodes[id as usize] = Some(node);
+            outputs.push((id, r?));
+        }
+        Ok(outputs)
+    }
+}

@@ -1,0 +1,216 @@
+//! The messages nodes exchange, and their byte encoding.
+//!
+//! Every byte count braid reports is the length of this encoding: the in-process transport
+//! counts [`Payload::encoded_len`] (equal to `encode().len()`, tested), and a network transport
+//! sends exactly [`Payload::encode`]. [`Payload::decode`] validates everything (magic, version,
+//! kind, lengths against a configured maximum, exact total size) before anything is used.
+
+use std::sync::Arc;
+
+use thiserror::Error;
+
+/// Identifies a node in a run (the server of server-based FL is node 0).
+pub type NodeId = u32;
+
+const MAGIC: &[u8; 3] = b"BRD";
+const VERSION: u8 = 1;
+const KIND_TRAIN_REQUEST: u8 = 1;
+const KIND_TRAIN_REPLY: u8 = 2;
+
+/// A message body.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Payload {
+    /// Server to client: train from these parameters for round `round`.
+    TrainRequest {
+        /// Round number, from 1.
+        round: u32,
+        /// Global model parameters (shared, not copied, between the clients of a round in-process).
+        params: Arc<Vec<f32>>,
+    },
+    /// Client to server: the locally trained parameters.
+    TrainReply {
+        /// Round being answered.
+        round: u32,
+        /// Training samples the client holds (FedAvg's weight).
+        num_samples: u64,
+        /// Local optimizer steps taken.
+        steps: u32,
+        /// Mean local training loss.
+        train_loss: f32,
+        /// Parameters after local training.
+        params: Vec<f32>,
+    },
+}
+
+/// Why a message was rejected.
+#[derive(Debug, Error, PartialEq)]
+pub enum WireError {
+    /// Too short to hold what its header announces.
+    #[error("message truncated: {0}")]
+    Truncated(String),
+    /// Not a braid message, or an unknown version or kind.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// Announces more parameters than allowed.
+    #[error("message carries {got} parameters, more than the allowed {max}")]
+    TooLarge {
+        /// Announced count.
+        got: usize,
+        /// Configured maximum.
+        max: usize,
+    },
+}
+
+impl Payload {
+    /// Short name, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::TrainRequest { .. } => "train-request",
+            Self::TrainReply { .. } => "train-reply",
+        }
+    }
+
+    /// Length of [`Payload::encode`]'s output, without encoding.
+    pub fn encoded_len(&self) -> usize {
+        let header = MAGIC.len() + 2;
+        match self {
+            Self::TrainRequest { params, .. } => header + 4 + 4 + 4 * params.len(),
+            Self::TrainReply { params, .. } => header + 4 + 8 + 4 + 4 + 4 + 4 * params.len(),
+        }
+    }
+
+    /// The byte encoding (little-endian).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.encoded_len());
+        out.extend_from_slice(MAGIC);
+        out.push(VERSION);
+        let put_params = |out: &mut Vec<u8>, p: &[f32]| {
+            out.extend_from_slice(&(p.len() as u32).to_le_bytes());
+            for v in p {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        };
+        match self {
+            Self::TrainRequest { round, params } => {
+                out.push(KIND_TRAIN_REQUEST);
+                out.extend_from_slice(&round.to_le_bytes());
+                put_params(&mut out, params);
+            }
+            Self::TrainReply { round, num_samples, steps, train_loss, params } => {
+                out.push(KIND_TRAIN_REPLY);
+                out.extend_from_slice(&round.to_le_bytes());
+                out.extend_from_slice(&num_samples.to_le_bytes());
+                out.extend_from_slice(&steps.to_le_bytes());
+                out.extend_from_slice(&train_loss.to_le_bytes());
+                put_params(&mut out, params);
+            }
+        }
+        out
+    }
+
+    /// Decodes and validates a message carrying at most `max_params` parameters.
+    pub fn decode(bytes: &[u8], max_params: usize) -> Result<Self, WireError> {
+        let mut r = Reader { bytes, pos: 0 };
+        if r.take(3, "magic")? != MAGIC {
+            return Err(WireError::Malformed("not a braid message (bad magic)".into()));
+        }
+        let version = r.u8("version")?;
+        if version != VERSION {
+            return Err(WireError::Malformed(format!("unsupported version {version} (this braid speaks {VERSION})")));
+        }
+        let payload = match r.u8("kind")? {
+            KIND_TRAIN_REQUEST => {
+                let round = r.u32("round")?;
+                Self::TrainRequest { round, params: Arc::new(r.params(max_params)?) }
+            }
+            KIND_TRAIN_REPLY => {
+                let round = r.u32("round")?;
+                let num_samples = u64::from_le_bytes(r.array("num_samples")?);
+                let steps = r.u32("steps")?;
+                let train_loss = f32::from_le_bytes(r.array("train_loss")?);
+                Self::TrainReply { round, num_samples, steps, train_loss, params: r.params(max_params)? }
+            }
+            k => return Err(WireError::Malformed(format!("unknown message kind {k}"))),
+        };
+        if r.pos != bytes.len() {
+            return Err(WireError::Malformed(format!("{} trailing bytes", bytes.len() - r.pos)));
+        }
+        Ok(payload)
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], WireError> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or_else(|| {
+            WireError::Truncated(format!("{what} needs {n} bytes at offset {}, message has {}", self.pos, self.bytes.len()))
+        })?;
+        let s = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], WireError> {
+        let s = self.take(N, what)?;
+        let mut a = [0u8; N];
+        a.copy_from_slice(s);
+        Ok(a)
+    }
+    fn u8(&mut self, what: &str) -> Result<u8, WireError> {
+        Ok(self.take(1, what)?[0])
+    }
+    fn u32(&mut self, what: &str) -> Result<u32, WireError> {
+        Ok(u32::from_le_bytes(self.array(what)?))
+    }
+    fn params(&mut self, max: usize) -> Result<Vec<f32>, WireError> {
+        let n = self.u32("parameter count")? as usize;
+        if n > max {
+            return Err(WireError::TooLarge { got: n, max });
+        }
+        let raw = self.take(n * 4, "parameters")?;
+        Ok(raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn reply(params: Vec<f32>) -> Payload {
+        Payload::TrainReply { round: 3, num_samples: 600, steps: 19, train_loss: 0.5, params }
+    }
+
+    #[test]
+    fn rejects_hostile_input() {
+        let good = reply(vec![1.0, 2.0]).encode();
+        for cut in 0..good.len() {
+            assert!(Payload::decode(&good[..cut], 10).is_err(), "prefix of {cut} bytes accepted");
+        }
+        let mut long = good.clone();
+        long.push(0);
+        assert!(matches!(Payload::decode(&long, 10), Err(WireError::Malformed(_))));
+        assert_eq!(Payload::decode(&good, 1), Err(WireError::TooLarge { got: 2, max: 1 }));
+        let mut bad_kind = good.clone();
+        bad_kind[4] = 99;
+        assert!(matches!(Payload::decode(&bad_kind, 10), Err(WireError::Malformed(_))));
+        let mut huge = good[..5].to_vec();
+        huge.extend_from_slice(&3u32.to_le_bytes());
+        huge.extend_from_slice(&u32::MAX.to_le_bytes()); // announces 4 billion parameters
+        assert!(Payload::decode(&huge, usize::MAX).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn encoding_round_trips_with_exact_length(params in prop::collection::vec(-1e6f32..1e6, 0..64), round in 0u32..1000) {
+            for p in [Payload::TrainRequest { round, params: Arc::new(params.clone()) }, reply(params.clone())] {
+                let bytes = p.encode();
+                prop_assert_eq!(bytes.len(), p.encoded_len());
+                prop_assert_eq!(Payload::decode(&bytes, 64).unwrap(), p);
+            }
+        }
+    }
+}
