@@ -1,0 +1,243 @@
+//! `braid`: a thin command line over braid's engine.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use braid_engine::config::{AlgorithmName, ExperimentConfig};
+use braid_engine::experiment::{self, Prepared};
+use braid_engine::node::Event;
+use braid_engine::report;
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+mod bench;
+
+/// The bundled quick-start experiment, compiled in so `braid demo` works from any directory.
+const QUICKSTART: &str = include_str!("../../../configs/quickstart.toml");
+
+#[derive(Parser)]
+#[command(name = "braid", version, about = "Federated, decentralized and split training, simulated or deployed")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the experiment described by a TOML file.
+    Run {
+        /// The experiment file.
+        file: PathBuf,
+        /// Override a config value, e.g. `--set algorithm.rounds=3` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Write results here instead of the config's output_dir.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Also run the centralized baseline (one client, all data) and compare.
+        #[arg(long)]
+        baseline: bool,
+        /// No progress bar.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Run the bundled quick-start (FedAvg, 10 clients, bundled Fashion-MNIST, CNN).
+    Demo {
+        /// Override a config value (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Write results here (default: runs/quickstart).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// No progress bar.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Show how an experiment splits its training data: per-client label histograms.
+    Partition {
+        /// The experiment file.
+        file: PathBuf,
+        /// Override a config value (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+    /// Print the quick-start config, a starting point for your own experiments.
+    Init,
+    /// Measure throughput and framework overhead (see the README's benchmark section).
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match dispatch(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("error: {}", chain.join(": "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run { file, set, out, baseline, quiet } => {
+            let config = ExperimentConfig::load(&file, &set)?;
+            run_and_report(config, out, baseline, quiet)
+        }
+        Command::Demo { set, out, quiet } => {
+            let config = ExperimentConfig::parse(QUICKSTART, "quickstart.toml", &set)?;
+            run_and_report(config, out, false, quiet)
+        }
+        Command::Partition { file, set } => {
+            let config = ExperimentConfig::load(&file, &set)?;
+            let prepared = experiment::prepare(&config)?;
+            print_histogram(&prepared);
+            Ok(())
+        }
+        Command::Init => {
+            print!("{QUICKSTART}");
+            Ok(())
+        }
+        Command::Bench(args) => bench::run(args),
+    }
+}
+
+fn run_and_report(config: ExperimentConfig, out: Option<PathBuf>, baseline: bool, quiet: bool) -> Result<()> {
+    let dir = out.unwrap_or_else(|| config.output_dir());
+    let main_acc = run_one(&config, &dir, quiet)?;
+    if baseline && config.algorithm.name != AlgorithmName::Centralized {
+        let mut central = config.clone();
+        central.name = format!("{}-centralized", config.name);
+        central.algorithm.name = AlgorithmName::Centralized;
+        central.algorithm.clients_per_round = None;
+        central.algorithm.mu = None;
+        central.algorithm.server_optimizer = Default::default();
+        println!();
+        let base_acc = run_one(&central, &dir.join("baseline"), quiet)?;
+        if let (Some(a), Some(b)) = (main_acc, base_acc) {
+            println!(
+                "\n{} final accuracy {:.4} vs centralized baseline {:.4} (gap {:+.4})",
+                algorithm_label(&config),
+                a,
+                b,
+                a - b
+            );
+        }
+    }
+    Ok(())
+}
+
+fn algorithm_label(config: &ExperimentConfig) -> String {
+    format!("{:?}", config.algorithm.name).to_lowercase()
+}
+
+/// Peak resident memory of this process in MiB (Linux `VmHWM`), if known.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Runs one experiment, writes its outputs, prints a summary; returns the final accuracy.
+fn run_one(config: &ExperimentConfig, dir: &Path, quiet: bool) -> Result<Option<f64>> {
+    let t0 = Instant::now();
+    let prepared = experiment::prepare(config)?;
+    println!(
+        "braid: {} | {} | {} clients ({} per round) | model {} ({} parameters) | {} worker thread(s) | seed {}",
+        algorithm_label(config),
+        prepared.data_description,
+        prepared.parts.len(),
+        config.clients_per_round(),
+        config.model.name.as_str(),
+        prepared.arch.num_params(),
+        prepared.workers(),
+        config.seed
+    );
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        let b = ProgressBar::new(u64::from(config.algorithm.rounds));
+        b.set_style(
+            ProgressStyle::with_template("{spinner} round {pos}/{len} [{bar:30}] {elapsed_precise} eta {eta} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        b.enable_steady_tick(std::time::Duration::from_millis(200));
+        b
+    };
+    let mut on_event = |e: &Event| {
+        if let Event::Round(m) = e {
+            bar.set_position(u64::from(m.round));
+            if let Some(a) = m.accuracy {
+                bar.set_message(format!("accuracy {a:.4}"));
+            }
+        }
+    };
+    let outcome = experiment::run(&prepared, &mut on_event).context("run failed")?;
+    bar.finish_and_clear();
+    let rows = report::rows(&outcome);
+    println!("{:>5}  {:>8}  {:>8}  {:>10}  {:>9}  {:>9}  {:>8}", "round", "accuracy", "loss", "train_loss", "MB up", "MB down", "wall_s");
+    for r in &rows {
+        let f = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.4}"));
+        println!(
+            "{:>5}  {:>8}  {:>8}  {:>10.4}  {:>9.2}  {:>9.2}  {:>8.1}",
+            r.round,
+            f(r.accuracy),
+            f(r.loss),
+            r.train_loss,
+            r.bytes_up as f64 / 1e6,
+            r.bytes_down as f64 / 1e6,
+            r.wall_s
+        );
+    }
+    let written = report::write_all(dir, config, &prepared.arch, &outcome).map_err(anyhow::Error::msg)?;
+    let final_acc = rows.iter().rev().find_map(|r| r.accuracy);
+    let total_bytes = rows.last().map_or(0, |r| r.cum_bytes);
+    println!(
+        "final test accuracy {} after {} rounds | {:.1} MB communicated | {:.1} s | peak memory {} | results in {} ({} files)",
+        final_acc.map_or("-".into(), |a| format!("{a:.4}")),
+        rows.len(),
+        total_bytes as f64 / 1e6,
+        t0.elapsed().as_secs_f64(),
+        peak_rss_mib().map_or("-".into(), |m| format!("{m:.0} MiB")),
+        dir.display(),
+        written.len()
+    );
+    Ok(final_acc)
+}
+
+fn print_histogram(p: &Prepared) {
+    let hist = p.histogram();
+    let classes = p.data.train.num_classes();
+    println!(
+        "{} | {} clients | partition {:?}",
+        p.data_description,
+        p.parts.len(),
+        p.config.partition.scheme().map(|s| format!("{s:?}")).unwrap_or_default()
+    );
+    print!("{:>7} {:>6} |", "client", "total");
+    for c in 0..classes {
+        print!(" {c:>5}");
+    }
+    println!();
+    for (i, h) in hist.iter().enumerate() {
+        print!("{:>7} {:>6} |", i + 1, h.iter().sum::<usize>());
+        for v in h {
+            print!(" {v:>5}");
+        }
+        println!();
+    }
+    let totals: Vec<usize> = (0..classes).map(|c| hist.iter().map(|h| h[c]).sum()).collect();
+    print!("{:>7} {:>6} |", "all", totals.iter().sum::<usize>());
+    for v in totals {
+        print!(" {v:>5}");
+    }
+    println!();
+}
