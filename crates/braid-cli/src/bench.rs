@@ -81,12 +81,20 @@ workers = {workers}
 pub fn run(args: BenchArgs) -> Result<()> {
     let per_round = args.per_round.unwrap_or(args.clients);
     let first = experiment::prepare(&config(&args, 1)?)?;
-    let steps_per_round: usize = first.parts.iter().take(per_round).map(|p| p.len().div_ceil(32)).sum();
+    let steps_per_round: usize = first
+        .parts
+        .iter()
+        .take(per_round)
+        .map(|p| p.len().div_ceil(32))
+        .sum();
     println!(
         "FedAvg bench: {} | {} clients, {} per round, {} rounds | CNN, SGD lr 0.05, batch 32, 1 local epoch | ~{} SGD steps per round",
         first.data_description, args.clients, per_round, args.rounds, steps_per_round
     );
-    println!("{:<28} {:>8} {:>10} {:>16} {:>12} {:>9}", "setup", "wall_s", "s/round", "client upd/s", "samples/s", "accuracy");
+    println!(
+        "{:<28} {:>8} {:>10} {:>16} {:>12} {:>9}",
+        "setup", "wall_s", "s/round", "client upd/s", "samples/s", "accuracy"
+    );
     let mut best: Option<(usize, f64)> = None;
     for &w in &args.workers {
         let prepared = experiment::prepare(&config(&args, w)?)?;
@@ -94,7 +102,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let out = experiment::run(&prepared, &mut |_| {})?;
         let wall = t0.elapsed().as_secs_f64();
         let samples: u64 = out.rounds.iter().map(|(m, _)| m.samples).sum();
-        let acc = out.rounds.last().and_then(|(m, _)| m.accuracy).unwrap_or(f64::NAN);
+        let acc = out
+            .rounds
+            .last()
+            .and_then(|(m, _)| m.accuracy)
+            .unwrap_or(f64::NAN);
         println!(
             "{:<28} {:>8.2} {:>10.2} {:>16.2} {:>12.0} {:>9.4}",
             format!("braid, {} worker(s)", prepared.workers()),
@@ -120,7 +132,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 "",
                 acc
             );
-            println!("framework overhead (braid wall / bare wall, {w} thread(s)): {:.3}", braid_wall / wall);
+            println!(
+                "framework overhead (braid wall / bare wall, {w} thread(s)): {:.3}",
+                braid_wall / wall
+            );
         }
     }
     Ok(())
@@ -131,14 +146,17 @@ fn bare_loop(p: &Prepared, per_round: usize, rounds: u32, threads: usize) -> Res
     let arch = &p.arch;
     let device = Device::flex().autodiff();
     let init = braid_nn::flat::load_flat(Net::new(arch, &device), &arch.init_params(p.config.seed));
-    let pools: Vec<rayon::ThreadPool> =
-        (0..threads).map(|_| rayon::ThreadPoolBuilder::new().num_threads(1).build()).collect::<Result<_, _>>()?;
+    let pools: Vec<rayon::ThreadPool> = (0..threads)
+        .map(|_| rayon::ThreadPoolBuilder::new().num_threads(1).build())
+        .collect::<Result<_, _>>()?;
     let data = &p.data;
     let t0 = Instant::now();
     let mut last: Option<Net> = None;
     for r in 0..rounds {
         let next = AtomicUsize::new(0);
-        let results: Vec<std::sync::Mutex<Option<Net>>> = (0..per_round).map(|_| std::sync::Mutex::new(None)).collect();
+        let results: Vec<std::sync::Mutex<Option<Net>>> = (0..per_round)
+            .map(|_| std::sync::Mutex::new(None))
+            .collect();
         std::thread::scope(|s| {
             for pool in &pools {
                 let (next, results, init, device) = (&next, &results, &init, &device);
@@ -156,8 +174,14 @@ fn bare_loop(p: &Prepared, per_round: usize, rounds: u32, threads: usize) -> Res
                         for chunk in order.chunks(32) {
                             let (mut x, mut y) = (Vec::new(), Vec::new());
                             data.train.gather(chunk, &mut x, &mut y);
-                            let x = Tensor::<2>::from_data(TensorData::new(x, [chunk.len(), data.train.sample_len()]), device);
-                            let y = Tensor::<1, Int>::from_data(TensorData::new(y, [chunk.len()]), device);
+                            let x = Tensor::<2>::from_data(
+                                TensorData::new(x, [chunk.len(), data.train.sample_len()]),
+                                device,
+                            );
+                            let y = Tensor::<1, Int>::from_data(
+                                TensorData::new(y, [chunk.len()]),
+                                device,
+                            );
                             let loss = loss_fn.forward(model.forward(arch, x), y);
                             let grads = GradientsParams::from_grads(loss.backward(), &model);
                             model = optim.step(0.05, model, grads);
@@ -169,20 +193,34 @@ fn bare_loop(p: &Prepared, per_round: usize, rounds: u32, threads: usize) -> Res
                 });
             }
         });
-        last = results.into_iter().last().and_then(|m| m.into_inner().ok().flatten());
+        last = results
+            .into_iter()
+            .last()
+            .and_then(|m| m.into_inner().ok().flatten());
     }
     // One evaluation of a trained model on the test set, as braid does after its last round.
-    let model = last.ok_or_else(|| anyhow::anyhow!("bare loop trained no model"))?.valid();
+    let model = last
+        .ok_or_else(|| anyhow::anyhow!("bare loop trained no model"))?
+        .valid();
     let inner = device.clone().inner();
     let idx: Vec<usize> = (0..data.test.len()).collect();
     let mut correct = 0i64;
     for chunk in idx.chunks(1000) {
         let (mut x, mut y) = (Vec::new(), Vec::new());
         data.test.gather(chunk, &mut x, &mut y);
-        let x = Tensor::<2>::from_data(TensorData::new(x, [chunk.len(), data.test.sample_len()]), &inner);
+        let x = Tensor::<2>::from_data(
+            TensorData::new(x, [chunk.len(), data.test.sample_len()]),
+            &inner,
+        );
         let y = Tensor::<1, Int>::from_data(TensorData::new(y, [chunk.len()]), &inner);
-        let pred = model.forward(arch, x).argmax(1).reshape([chunk.len() as i32]);
+        let pred = model
+            .forward(arch, x)
+            .argmax(1)
+            .reshape([chunk.len() as i32]);
         correct += pred.equal(y).int().sum().into_scalar::<i64>();
     }
-    Ok((t0.elapsed().as_secs_f64(), correct as f64 / data.test.len() as f64))
+    Ok((
+        t0.elapsed().as_secs_f64(),
+        correct as f64 / data.test.len() as f64,
+    ))
 }

@@ -18,7 +18,11 @@ mod bench;
 const QUICKSTART: &str = include_str!("../../../configs/quickstart.toml");
 
 #[derive(Parser)]
-#[command(name = "braid", version, about = "Federated, decentralized and split training, simulated or deployed")]
+#[command(
+    name = "braid",
+    version,
+    about = "Federated, decentralized and split training, simulated or deployed"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -71,7 +75,9 @@ enum Command {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     match dispatch(Cli::parse()) {
@@ -86,7 +92,13 @@ fn main() -> ExitCode {
 
 fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Run { file, set, out, baseline, quiet } => {
+        Command::Run {
+            file,
+            set,
+            out,
+            baseline,
+            quiet,
+        } => {
             let config = ExperimentConfig::load(&file, &set)?;
             run_and_report(config, out, baseline, quiet)
         }
@@ -108,7 +120,12 @@ fn dispatch(cli: Cli) -> Result<()> {
     }
 }
 
-fn run_and_report(config: ExperimentConfig, out: Option<PathBuf>, baseline: bool, quiet: bool) -> Result<()> {
+fn run_and_report(
+    config: ExperimentConfig,
+    out: Option<PathBuf>,
+    baseline: bool,
+    quiet: bool,
+) -> Result<()> {
     let dir = out.unwrap_or_else(|| config.output_dir());
     let main_acc = run_one(&config, &dir, quiet)?;
     if baseline && config.algorithm.name != AlgorithmName::Centralized {
@@ -165,9 +182,11 @@ fn run_one(config: &ExperimentConfig, dir: &Path, quiet: bool) -> Result<Option<
     } else {
         let b = ProgressBar::new(u64::from(config.algorithm.rounds));
         b.set_style(
-            ProgressStyle::with_template("{spinner} round {pos}/{len} [{bar:30}] {elapsed_precise} eta {eta} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{spinner} round {pos}/{len} [{bar:30}] {elapsed_precise} eta {eta} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
         );
         b.enable_steady_tick(std::time::Duration::from_millis(200));
         b
@@ -183,7 +202,10 @@ fn run_one(config: &ExperimentConfig, dir: &Path, quiet: bool) -> Result<Option<
     let outcome = experiment::run(&prepared, &mut on_event).context("run failed")?;
     bar.finish_and_clear();
     let rows = report::rows(&outcome);
-    println!("{:>5}  {:>8}  {:>8}  {:>10}  {:>9}  {:>9}  {:>8}", "round", "accuracy", "loss", "train_loss", "MB up", "MB down", "wall_s");
+    println!(
+        "{:>5}  {:>8}  {:>8}  {:>10}  {:>9}  {:>9}  {:>8}",
+        "round", "accuracy", "loss", "train_loss", "MB up", "MB down", "wall_s"
+    );
     for r in &rows {
         let f = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.4}"));
         println!(
@@ -197,7 +219,8 @@ fn run_one(config: &ExperimentConfig, dir: &Path, quiet: bool) -> Result<Option<
             r.wall_s
         );
     }
-    let written = report::write_all(dir, config, &prepared.arch, &outcome).map_err(anyhow::Error::msg)?;
+    let written =
+        report::write_all(dir, config, &prepared.arch, &outcome).map_err(anyhow::Error::msg)?;
     let final_acc = rows.iter().rev().find_map(|r| r.accuracy);
     let total_bytes = rows.last().map_or(0, |r| r.cum_bytes);
     println!(
@@ -220,7 +243,11 @@ fn print_histogram(p: &Prepared) {
         "{} | {} clients | partition {:?}",
         p.data_description,
         p.parts.len(),
-        p.config.partition.scheme().map(|s| format!("{s:?}")).unwrap_or_default()
+        p.config
+            .partition
+            .scheme()
+            .map(|s| format!("{s:?}"))
+            .unwrap_or_default()
     );
     print!("{:>7} {:>6} |", "client", "total");
     for c in 0..classes {
@@ -234,7 +261,9 @@ fn print_histogram(p: &Prepared) {
         }
         println!();
     }
-    let totals: Vec<usize> = (0..classes).map(|c| hist.iter().map(|h| h[c]).sum()).collect();
+    let totals: Vec<usize> = (0..classes)
+        .map(|c| hist.iter().map(|h| h[c]).sum())
+        .collect();
     print!("{:>7} {:>6} |", "all", totals.iter().sum::<usize>());
     for v in totals {
         print!(" {v:>5}");

@@ -9,7 +9,9 @@ use thiserror::Error;
 #[derive(Debug, Error, PartialEq)]
 pub enum ParamsError {
     /// Two vectors that must have the same length do not.
-    #[error("parameter vector has {got} values, expected {expected} (models of different shapes?)")]
+    #[error(
+        "parameter vector has {got} values, expected {expected} (models of different shapes?)"
+    )]
     LengthMismatch {
         /// Length of the first vector.
         expected: usize,
@@ -101,10 +103,19 @@ mod tests {
     fn rejects_mismatched_and_bad_weights() {
         assert_eq!(
             weighted_mean(&[(&[1.0], 1.0), (&[1.0, 2.0], 1.0)]),
-            Err(ParamsError::LengthMismatch { expected: 1, got: 2 })
+            Err(ParamsError::LengthMismatch {
+                expected: 1,
+                got: 2
+            })
         );
-        assert!(matches!(weighted_mean(&[(&[1.0], 0.0)]), Err(ParamsError::BadWeights(_))));
-        assert!(matches!(weighted_mean(&[(&[1.0], f64::NAN)]), Err(ParamsError::BadWeights(_))));
+        assert!(matches!(
+            weighted_mean(&[(&[1.0], 0.0)]),
+            Err(ParamsError::BadWeights(_))
+        ));
+        assert!(matches!(
+            weighted_mean(&[(&[1.0], f64::NAN)]),
+            Err(ParamsError::BadWeights(_))
+        ));
         assert_eq!(weighted_mean(&[]), Err(ParamsError::Empty));
     }
 

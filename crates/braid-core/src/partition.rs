@@ -5,8 +5,8 @@
 //! - `iid`: a seeded permutation cut into near-equal parts;
 //! - `dirichlet`: label skew, per class proportions over clients ~ Dir(alpha) (Hsu et al. 2019);
 //! - `shards`: pathological non-IID (McMahan et al. 2017): sort by label, cut into
-//!   `clients * shards_per_client` shards, give each client that many shards, so a client sees
-//!   at most `shards_per_client` classes;
+//!   `clients * shards_per_client` equal shards, give each client that many shards; a shard is
+//!   one class unless it straddles a class boundary, so a client sees few classes;
 //! - `extended-dirichlet`: each client owns `classes_per_client` classes (every class has at
 //!   least one owner), each class is split over its owners ~ Dir(alpha) (used by GPSL);
 //! - `quantity-skew`: IID labels, client sizes proportional to Dir(alpha) draws;
@@ -36,7 +36,7 @@ pub enum PartitionScheme {
     },
     /// Pathological shards: each client gets `shards_per_client` label-sorted shards.
     Shards {
-        /// Shards per client (so at most this many classes per client).
+        /// Shards per client (each shard mostly one class).
         shards_per_client: usize,
     },
     /// Each client owns `classes_per_client` classes; each class is split over its owners by Dir(alpha).
@@ -121,10 +121,21 @@ pub fn partition(
         return Err(PartitionError::NoClients);
     }
     if clients > n {
-        return Err(PartitionError::TooManyClients { clients, samples: n });
+        return Err(PartitionError::TooManyClients {
+            clients,
+            samples: n,
+        });
     }
-    if let Some((index, &l)) = labels.iter().enumerate().find(|(_, &l)| usize::from(l) >= num_classes) {
-        return Err(PartitionError::BadLabel { label: usize::from(l), index, num_classes });
+    if let Some((index, &l)) = labels
+        .iter()
+        .enumerate()
+        .find(|(_, &l)| usize::from(l) >= num_classes)
+    {
+        return Err(PartitionError::BadLabel {
+            label: usize::from(l),
+            index,
+            num_classes,
+        });
     }
     match *scheme {
         PartitionScheme::Iid => Ok(iid(n, clients, rng)),
@@ -150,7 +161,10 @@ pub fn partition(
             }
             Ok(shards(labels, clients, shards_per_client, rng))
         }
-        PartitionScheme::ExtendedDirichlet { classes_per_client, alpha } => {
+        PartitionScheme::ExtendedDirichlet {
+            classes_per_client,
+            alpha,
+        } => {
             check_alpha(alpha)?;
             if classes_per_client == 0 || classes_per_client > num_classes {
                 return Err(PartitionError::OutOfRange {
@@ -166,7 +180,14 @@ pub fn partition(
                     why: format!("{clients} clients x {classes_per_client} classes cannot cover all {num_classes} classes"),
                 });
             }
-            Ok(extended_dirichlet(labels, num_classes, clients, classes_per_client, alpha, rng))
+            Ok(extended_dirichlet(
+                labels,
+                num_classes,
+                clients,
+                classes_per_client,
+                alpha,
+                rng,
+            ))
         }
         PartitionScheme::QuantitySkew { alpha } => {
             check_alpha(alpha)?;
@@ -205,7 +226,11 @@ fn split_by_proportions(items: &[usize], props: &[f64]) -> Vec<Vec<usize>> {
     let mut start = 0;
     for (i, p) in props.iter().enumerate() {
         cum += p;
-        let end = if i + 1 == props.len() { n } else { ((cum * n as f64).round() as usize).clamp(start, n) };
+        let end = if i + 1 == props.len() {
+            n
+        } else {
+            ((cum * n as f64).round() as usize).clamp(start, n)
+        };
         out.push(items[start..end].to_vec());
         start = end;
     }
@@ -278,7 +303,11 @@ fn shards(labels: &[u8], clients: usize, per_client: usize, rng: &mut Rng) -> Ve
     let all_shards = split_even(&order, clients * per_client);
     shard_ids
         .chunks(per_client)
-        .map(|ids| ids.iter().flat_map(|&s| all_shards[s].iter().copied()).collect())
+        .map(|ids| {
+            ids.iter()
+                .flat_map(|&s| all_shards[s].iter().copied())
+                .collect()
+        })
         .collect()
 }
 
@@ -329,7 +358,11 @@ fn quantity_skew(n: usize, clients: usize, alpha: f64, rng: &mut Rng) -> Vec<Vec
     let mut given = 0;
     for (i, p) in props.iter().enumerate() {
         cum += p;
-        let upto = if i + 1 == clients { spare } else { ((cum * spare as f64).round() as usize).clamp(given, spare) };
+        let upto = if i + 1 == clients {
+            spare
+        } else {
+            ((cum * spare as f64).round() as usize).clamp(given, spare)
+        };
         sizes.push(1 + upto - given);
         given = upto;
     }
@@ -342,10 +375,21 @@ fn quantity_skew(n: usize, clients: usize, alpha: f64, rng: &mut Rng) -> Vec<Vec
     out
 }
 
-fn natural(groups: Option<&[u32]>, n: usize, clients: usize) -> Result<Vec<Vec<usize>>, PartitionError> {
-    let groups = groups.ok_or_else(|| PartitionError::Natural("needs a data set with natural groups (dataset = \"synthetic\")".into()))?;
+fn natural(
+    groups: Option<&[u32]>,
+    n: usize,
+    clients: usize,
+) -> Result<Vec<Vec<usize>>, PartitionError> {
+    let groups = groups.ok_or_else(|| {
+        PartitionError::Natural(
+            "needs a data set with natural groups (dataset = \"synthetic\")".into(),
+        )
+    })?;
     if groups.len() != n {
-        return Err(PartitionError::Natural(format!("got {} group ids for {n} samples", groups.len())));
+        return Err(PartitionError::Natural(format!(
+            "got {} group ids for {n} samples",
+            groups.len()
+        )));
     }
     let mut parts = vec![Vec::new(); clients];
     for (i, &g) in groups.iter().enumerate() {
@@ -355,7 +399,9 @@ fn natural(groups: Option<&[u32]>, n: usize, clients: usize) -> Result<Vec<Vec<u
         slot.push(i);
     }
     if let Some(k) = parts.iter().position(Vec::is_empty) {
-        return Err(PartitionError::Natural(format!("client {k} has no group; set partition.clients to the number of groups")));
+        return Err(PartitionError::Natural(format!(
+            "client {k} has no group; set partition.clients to the number of groups"
+        )));
     }
     Ok(parts)
 }
@@ -400,9 +446,17 @@ mod tests {
     fn schemes() -> Vec<PartitionScheme> {
         vec![
             PartitionScheme::Iid,
-            PartitionScheme::Dirichlet { alpha: 0.5, min_size: 1 },
-            PartitionScheme::Shards { shards_per_client: 2 },
-            PartitionScheme::ExtendedDirichlet { classes_per_client: 2, alpha: 3.0 },
+            PartitionScheme::Dirichlet {
+                alpha: 0.5,
+                min_size: 1,
+            },
+            PartitionScheme::Shards {
+                shards_per_client: 2,
+            },
+            PartitionScheme::ExtendedDirichlet {
+                classes_per_client: 2,
+                alpha: 3.0,
+            },
             PartitionScheme::QuantitySkew { alpha: 1.0 },
         ]
     }
@@ -421,7 +475,15 @@ mod tests {
 
     #[test]
     fn iid_sizes_are_near_equal() {
-        let parts = partition(&PartitionScheme::Iid, &labels(103, 10), None, 10, 10, &mut seed::rng(0, &[])).unwrap();
+        let parts = partition(
+            &PartitionScheme::Iid,
+            &labels(103, 10),
+            None,
+            10,
+            10,
+            &mut seed::rng(0, &[]),
+        )
+        .unwrap();
         let sizes: Vec<usize> = parts.iter().map(Vec::len).collect();
         assert_eq!(sizes, vec![11, 11, 11, 10, 10, 10, 10, 10, 10, 10]);
     }
@@ -429,7 +491,17 @@ mod tests {
     #[test]
     fn shards_limit_classes_per_client() {
         let y = labels(1000, 10);
-        let parts = partition(&PartitionScheme::Shards { shards_per_client: 2 }, &y, None, 10, 10, &mut seed::rng(1, &[])).unwrap();
+        let parts = partition(
+            &PartitionScheme::Shards {
+                shards_per_client: 2,
+            },
+            &y,
+            None,
+            10,
+            10,
+            &mut seed::rng(1, &[]),
+        )
+        .unwrap();
         for h in label_histogram(&y, &parts, 10) {
             assert!(h.iter().filter(|&&c| c > 0).count() <= 2, "{h:?}");
         }
@@ -439,9 +511,17 @@ mod tests {
     fn extended_dirichlet_gives_exact_class_counts() {
         let y = labels(2000, 10);
         let parts = partition(
-            &PartitionScheme::ExtendedDirichlet { classes_per_client: 2, alpha: 3.0 },
-            &y, None, 10, 16, &mut seed::rng(5, &[]),
-        ).unwrap();
+            &PartitionScheme::ExtendedDirichlet {
+                classes_per_client: 2,
+                alpha: 3.0,
+            },
+            &y,
+            None,
+            10,
+            16,
+            &mut seed::rng(5, &[]),
+        )
+        .unwrap();
         assert_exact_cover(&parts, 2000);
         for h in label_histogram(&y, &parts, 10) {
             assert!(h.iter().filter(|&&c| c > 0).count() <= 2, "{h:?}");
@@ -452,12 +532,24 @@ mod tests {
     fn small_alpha_is_more_skewed_than_large() {
         let y = labels(5000, 10);
         let skew = |alpha| {
-            let parts = partition(&PartitionScheme::Dirichlet { alpha, min_size: 1 }, &y, None, 10, 10, &mut seed::rng(9, &[])).unwrap();
+            let parts = partition(
+                &PartitionScheme::Dirichlet { alpha, min_size: 1 },
+                &y,
+                None,
+                10,
+                10,
+                &mut seed::rng(9, &[]),
+            )
+            .unwrap();
             // Mean over clients of the largest class share.
-            label_histogram(&y, &parts, 10).iter().map(|h| {
-                let tot: usize = h.iter().sum();
-                *h.iter().max().unwrap() as f64 / tot as f64
-            }).sum::<f64>() / 10.0
+            label_histogram(&y, &parts, 10)
+                .iter()
+                .map(|h| {
+                    let tot: usize = h.iter().sum();
+                    *h.iter().max().unwrap() as f64 / tot as f64
+                })
+                .sum::<f64>()
+                / 10.0
         };
         assert!(skew(0.1) > skew(100.0) + 0.3);
     }
@@ -466,22 +558,110 @@ mod tests {
     fn bad_inputs_are_errors() {
         let y = labels(10, 10);
         let mut r = seed::rng(0, &[]);
-        assert_eq!(partition(&PartitionScheme::Iid, &y, None, 10, 11, &mut r), Err(PartitionError::TooManyClients { clients: 11, samples: 10 }));
-        assert_eq!(partition(&PartitionScheme::Iid, &y, None, 10, 0, &mut r), Err(PartitionError::NoClients));
-        assert_eq!(partition(&PartitionScheme::Dirichlet { alpha: 0.0, min_size: 1 }, &y, None, 10, 2, &mut r), Err(PartitionError::BadAlpha(0.0)));
-        assert_eq!(partition(&PartitionScheme::QuantitySkew { alpha: -1.0 }, &y, None, 10, 2, &mut r), Err(PartitionError::BadAlpha(-1.0)));
-        assert!(matches!(partition(&PartitionScheme::Shards { shards_per_client: 0 }, &y, None, 10, 2, &mut r), Err(PartitionError::OutOfRange { .. })));
-        assert!(matches!(partition(&PartitionScheme::ExtendedDirichlet { classes_per_client: 1, alpha: 1.0 }, &y, None, 10, 2, &mut r), Err(PartitionError::OutOfRange { .. })));
-        assert!(matches!(partition(&PartitionScheme::Iid, &[12], None, 10, 1, &mut r), Err(PartitionError::BadLabel { .. })));
+        assert_eq!(
+            partition(&PartitionScheme::Iid, &y, None, 10, 11, &mut r),
+            Err(PartitionError::TooManyClients {
+                clients: 11,
+                samples: 10
+            })
+        );
+        assert_eq!(
+            partition(&PartitionScheme::Iid, &y, None, 10, 0, &mut r),
+            Err(PartitionError::NoClients)
+        );
+        assert_eq!(
+            partition(
+                &PartitionScheme::Dirichlet {
+                    alpha: 0.0,
+                    min_size: 1
+                },
+                &y,
+                None,
+                10,
+                2,
+                &mut r
+            ),
+            Err(PartitionError::BadAlpha(0.0))
+        );
+        assert_eq!(
+            partition(
+                &PartitionScheme::QuantitySkew { alpha: -1.0 },
+                &y,
+                None,
+                10,
+                2,
+                &mut r
+            ),
+            Err(PartitionError::BadAlpha(-1.0))
+        );
+        assert!(matches!(
+            partition(
+                &PartitionScheme::Shards {
+                    shards_per_client: 0
+                },
+                &y,
+                None,
+                10,
+                2,
+                &mut r
+            ),
+            Err(PartitionError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            partition(
+                &PartitionScheme::ExtendedDirichlet {
+                    classes_per_client: 1,
+                    alpha: 1.0
+                },
+                &y,
+                None,
+                10,
+                2,
+                &mut r
+            ),
+            Err(PartitionError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            partition(&PartitionScheme::Iid, &[12], None, 10, 1, &mut r),
+            Err(PartitionError::BadLabel { .. })
+        ));
     }
 
     #[test]
     fn natural_follows_groups() {
         let y = labels(6, 10);
-        let parts = partition(&PartitionScheme::Natural, &y, Some(&[1, 0, 1, 0, 2, 2]), 10, 3, &mut seed::rng(0, &[])).unwrap();
+        let parts = partition(
+            &PartitionScheme::Natural,
+            &y,
+            Some(&[1, 0, 1, 0, 2, 2]),
+            10,
+            3,
+            &mut seed::rng(0, &[]),
+        )
+        .unwrap();
         assert_eq!(parts, vec![vec![1, 3], vec![0, 2], vec![4, 5]]);
-        assert!(matches!(partition(&PartitionScheme::Natural, &y, None, 10, 3, &mut seed::rng(0, &[])), Err(PartitionError::Natural(_))));
-        assert!(matches!(partition(&PartitionScheme::Natural, &y, Some(&[0, 0, 0, 0, 0, 5]), 10, 3, &mut seed::rng(0, &[])), Err(PartitionError::Natural(_))));
+        assert!(matches!(
+            partition(
+                &PartitionScheme::Natural,
+                &y,
+                None,
+                10,
+                3,
+                &mut seed::rng(0, &[])
+            ),
+            Err(PartitionError::Natural(_))
+        ));
+        assert!(matches!(
+            partition(
+                &PartitionScheme::Natural,
+                &y,
+                Some(&[0, 0, 0, 0, 0, 5]),
+                10,
+                3,
+                &mut seed::rng(0, &[])
+            ),
+            Err(PartitionError::Natural(_))
+        ));
     }
 
     proptest! {

@@ -112,7 +112,9 @@ impl ServerOptimizerConfig {
             if (0.0..1.0).contains(&v) {
                 Ok(())
             } else {
-                Err(format!("server_optimizer.{name} must be in [0, 1) (got {v})"))
+                Err(format!(
+                    "server_optimizer.{name} must be in [0, 1) (got {v})"
+                ))
             }
         };
         match *self {
@@ -121,7 +123,18 @@ impl ServerOptimizerConfig {
                 pos("lr", lr)?;
                 unit("momentum", momentum)
             }
-            Self::Adam { lr, beta1, beta2, tau } | Self::Yogi { lr, beta1, beta2, tau } => {
+            Self::Adam {
+                lr,
+                beta1,
+                beta2,
+                tau,
+            }
+            | Self::Yogi {
+                lr,
+                beta1,
+                beta2,
+                tau,
+            } => {
                 pos("lr", lr)?;
                 unit("beta1", beta1)?;
                 unit("beta2", beta2)?;
@@ -142,13 +155,20 @@ pub struct ServerOptimizer {
 impl ServerOptimizer {
     /// A fresh optimizer with empty state.
     pub fn new(config: ServerOptimizerConfig) -> Self {
-        Self { config, m: Vec::new(), v: Vec::new() }
+        Self {
+            config,
+            m: Vec::new(),
+            v: Vec::new(),
+        }
     }
 
     /// Applies one server step to `x` given the averaged client model `mean`.
     pub fn step(&mut self, x: &mut [f32], mean: &[f32]) -> Result<(), ParamsError> {
         if x.len() != mean.len() {
-            return Err(ParamsError::LengthMismatch { expected: x.len(), got: mean.len() });
+            return Err(ParamsError::LengthMismatch {
+                expected: x.len(),
+                got: mean.len(),
+            });
         }
         let n = x.len();
         if self.m.len() != n {
@@ -167,8 +187,18 @@ impl ServerOptimizer {
                     *xi += lr * *buf;
                 }
             }
-            ServerOptimizerConfig::Adam { lr, beta1, beta2, tau }
-            | ServerOptimizerConfig::Yogi { lr, beta1, beta2, tau } => {
+            ServerOptimizerConfig::Adam {
+                lr,
+                beta1,
+                beta2,
+                tau,
+            }
+            | ServerOptimizerConfig::Yogi {
+                lr,
+                beta1,
+                beta2,
+                tau,
+            } => {
                 let yogi = matches!(self.config, ServerOptimizerConfig::Yogi { .. });
                 for i in 0..n {
                     let d = mean[i] - x[i];
@@ -201,13 +231,18 @@ mod tests {
     #[test]
     fn plain_lr_one_is_fedavg() {
         let mut x = vec![1.0, 2.0];
-        ServerOptimizer::new(ServerOptimizerConfig::default()).step(&mut x, &[3.0, -1.0]).unwrap();
+        ServerOptimizer::new(ServerOptimizerConfig::default())
+            .step(&mut x, &[3.0, -1.0])
+            .unwrap();
         assert_eq!(x, vec![3.0, -1.0]);
     }
 
     #[test]
     fn momentum_accumulates() {
-        let mut opt = ServerOptimizer::new(ServerOptimizerConfig::Momentum { lr: 1.0, momentum: 0.5 });
+        let mut opt = ServerOptimizer::new(ServerOptimizerConfig::Momentum {
+            lr: 1.0,
+            momentum: 0.5,
+        });
         let mut x = vec![0.0];
         opt.step(&mut x, &[1.0]).unwrap(); // m = 1, x = 1
         assert_eq!(x, vec![1.0]);
@@ -217,7 +252,10 @@ mod tests {
 
     #[test]
     fn nesterov_matches_hand_computation() {
-        let mut opt = ServerOptimizer::new(ServerOptimizerConfig::Nesterov { lr: 0.5, momentum: 0.9 });
+        let mut opt = ServerOptimizer::new(ServerOptimizerConfig::Nesterov {
+            lr: 0.5,
+            momentum: 0.9,
+        });
         let mut x = vec![1.0];
         opt.step(&mut x, &[0.0]).unwrap(); // g = 1, m = 1, x = 1 - 0.5 * (1 + 0.9) = 0.05
         assert!((x[0] - 0.05).abs() < 1e-6);
@@ -226,7 +264,10 @@ mod tests {
     #[test]
     fn adam_moves_toward_mean_by_about_lr() {
         let mut opt = ServerOptimizer::new(ServerOptimizerConfig::Adam {
-            lr: 0.1, beta1: 0.9, beta2: 0.99, tau: 1e-3,
+            lr: 0.1,
+            beta1: 0.9,
+            beta2: 0.99,
+            tau: 1e-3,
         });
         let mut x = vec![0.0, 0.0];
         opt.step(&mut x, &[1.0, -1.0]).unwrap();
@@ -238,7 +279,10 @@ mod tests {
     #[test]
     fn yogi_moves_toward_mean() {
         let mut opt = ServerOptimizer::new(ServerOptimizerConfig::Yogi {
-            lr: 0.1, beta1: 0.9, beta2: 0.99, tau: 1e-3,
+            lr: 0.1,
+            beta1: 0.9,
+            beta2: 0.99,
+            tau: 1e-3,
         });
         let mut x = vec![0.0];
         opt.step(&mut x, &[2.0]).unwrap();
@@ -247,14 +291,24 @@ mod tests {
 
     #[test]
     fn validation_names_the_field() {
-        let e = ServerOptimizerConfig::Momentum { lr: 1.0, momentum: 1.5 }.validate().unwrap_err();
+        let e = ServerOptimizerConfig::Momentum {
+            lr: 1.0,
+            momentum: 1.5,
+        }
+        .validate()
+        .unwrap_err();
         assert!(e.contains("momentum"));
-        assert!(ServerOptimizerConfig::Plain { lr: -1.0 }.validate().unwrap_err().contains("lr"));
+        assert!(ServerOptimizerConfig::Plain { lr: -1.0 }
+            .validate()
+            .unwrap_err()
+            .contains("lr"));
     }
 
     #[test]
     fn length_mismatch_is_an_error() {
         let mut x = vec![0.0];
-        assert!(ServerOptimizer::new(ServerOptimizerConfig::default()).step(&mut x, &[1.0, 2.0]).is_err());
+        assert!(ServerOptimizer::new(ServerOptimizerConfig::default())
+            .step(&mut x, &[1.0, 2.0])
+            .is_err());
     }
 }

@@ -40,7 +40,12 @@ pub struct DataSplit {
 
 impl Dataset {
     /// Builds a data set, checking that features, labels and shape agree.
-    pub fn new(features: Features, labels: Vec<u8>, sample_shape: Vec<usize>, num_classes: usize) -> Result<Self, DataError> {
+    pub fn new(
+        features: Features,
+        labels: Vec<u8>,
+        sample_shape: Vec<usize>,
+        num_classes: usize,
+    ) -> Result<Self, DataError> {
         let sample_len: usize = sample_shape.iter().product();
         let values = match &features {
             Features::U8 { data, .. } => data.len(),
@@ -53,16 +58,32 @@ impl Dataset {
                 sample_len * labels.len()
             )));
         }
-        if let Some((i, l)) = labels.iter().enumerate().find(|(_, &l)| usize::from(l) >= num_classes) {
-            return Err(DataError::Mismatch(format!("label {l} at sample {i} is not below the {num_classes} classes")));
+        if let Some((i, l)) = labels
+            .iter()
+            .enumerate()
+            .find(|(_, &l)| usize::from(l) >= num_classes)
+        {
+            return Err(DataError::Mismatch(format!(
+                "label {l} at sample {i} is not below the {num_classes} classes"
+            )));
         }
-        Ok(Self { features, labels, sample_shape, num_classes, groups: None })
+        Ok(Self {
+            features,
+            labels,
+            sample_shape,
+            num_classes,
+            groups: None,
+        })
     }
 
     /// Attaches a natural grouping (e.g. the generating client of a synthetic sample).
     pub fn with_groups(mut self, groups: Vec<u32>) -> Result<Self, DataError> {
         if groups.len() != self.labels.len() {
-            return Err(DataError::Mismatch(format!("{} group ids for {} samples", groups.len(), self.labels.len())));
+            return Err(DataError::Mismatch(format!(
+                "{} group ids for {} samples",
+                groups.len(),
+                self.labels.len()
+            )));
         }
         self.groups = Some(groups);
         Ok(self)
@@ -110,9 +131,11 @@ impl Dataset {
         x.reserve(idx.len() * len);
         for &i in idx {
             match &self.features {
-                Features::U8 { data, scale } => {
-                    x.extend(data[i * len..(i + 1) * len].iter().map(|&b| f32::from(b) * scale))
-                }
+                Features::U8 { data, scale } => x.extend(
+                    data[i * len..(i + 1) * len]
+                        .iter()
+                        .map(|&b| f32::from(b) * scale),
+                ),
                 Features::F32(data) => x.extend_from_slice(&data[i * len..(i + 1) * len]),
             }
             y.push(i64::from(self.labels[i]));
@@ -124,17 +147,27 @@ impl Dataset {
         let len = self.sample_len();
         let features = match &self.features {
             Features::U8 { data, scale } => Features::U8 {
-                data: idx.iter().flat_map(|&i| data[i * len..(i + 1) * len].iter().copied()).collect(),
+                data: idx
+                    .iter()
+                    .flat_map(|&i| data[i * len..(i + 1) * len].iter().copied())
+                    .collect(),
                 scale: *scale,
             },
-            Features::F32(data) => Features::F32(idx.iter().flat_map(|&i| data[i * len..(i + 1) * len].iter().copied()).collect()),
+            Features::F32(data) => Features::F32(
+                idx.iter()
+                    .flat_map(|&i| data[i * len..(i + 1) * len].iter().copied())
+                    .collect(),
+            ),
         };
         Self {
             features,
             labels: idx.iter().map(|&i| self.labels[i]).collect(),
             sample_shape: self.sample_shape.clone(),
             num_classes: self.num_classes,
-            groups: self.groups.as_ref().map(|g| idx.iter().map(|&i| g[i]).collect()),
+            groups: self
+                .groups
+                .as_ref()
+                .map(|g| idx.iter().map(|&i| g[i]).collect()),
         }
     }
 
@@ -153,7 +186,16 @@ mod tests {
     use super::*;
 
     fn tiny() -> Dataset {
-        Dataset::new(Features::U8 { data: vec![0, 255, 51, 102], scale: 1.0 / 255.0 }, vec![1, 0], vec![2], 2).unwrap()
+        Dataset::new(
+            Features::U8 {
+                data: vec![0, 255, 51, 102],
+                scale: 1.0 / 255.0,
+            },
+            vec![1, 0],
+            vec![2],
+            2,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -162,7 +204,9 @@ mod tests {
         let (mut x, mut y) = (Vec::new(), Vec::new());
         d.gather(&[1, 0], &mut x, &mut y);
         assert_eq!(y, vec![0, 1]);
-        assert!((x[0] - 0.2).abs() < 1e-6 && (x[1] - 0.4).abs() < 1e-6 && x[2] == 0.0 && x[3] == 1.0);
+        assert!(
+            (x[0] - 0.2).abs() < 1e-6 && (x[1] - 0.4).abs() < 1e-6 && x[2] == 0.0 && x[3] == 1.0
+        );
     }
 
     #[test]

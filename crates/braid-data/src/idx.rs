@@ -25,8 +25,14 @@ pub const MAX_IDX_BYTES: usize = 1 << 31;
 
 /// Reads an IDX file; gzip is detected from the content, not the name.
 pub fn read_idx(path: &Path) -> Result<IdxArray, DataError> {
-    let raw = std::fs::read(path).map_err(|source| DataError::Io { path: path.to_owned(), source })?;
-    parse_idx(&raw).map_err(|why| DataError::BadIdx { path: path.to_owned(), why })
+    let raw = std::fs::read(path).map_err(|source| DataError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_idx(&raw).map_err(|why| DataError::BadIdx {
+        path: path.to_owned(),
+        why,
+    })
 }
 
 /// Parses IDX bytes (gzipped or not).
@@ -46,35 +52,59 @@ pub fn parse_idx(raw: &[u8]) -> Result<IdxArray, String> {
 }
 
 fn parse_plain(raw: &[u8]) -> Result<IdxArray, String> {
-    let header = raw.get(..4).ok_or_else(|| format!("file has {} bytes, too short for the 4-byte header", raw.len()))?;
+    let header = raw.get(..4).ok_or_else(|| {
+        format!(
+            "file has {} bytes, too short for the 4-byte header",
+            raw.len()
+        )
+    })?;
     if header[0] != 0 || header[1] != 0 {
-        return Err(format!("bad magic bytes {:02x} {:02x} (expected 00 00)", header[0], header[1]));
+        return Err(format!(
+            "bad magic bytes {:02x} {:02x} (expected 00 00)",
+            header[0], header[1]
+        ));
     }
     if header[2] != 0x08 {
-        return Err(format!("element type 0x{:02x} is not supported (only 0x08, unsigned byte)", header[2]));
+        return Err(format!(
+            "element type 0x{:02x} is not supported (only 0x08, unsigned byte)",
+            header[2]
+        ));
     }
     let ndim = usize::from(header[3]);
     if ndim == 0 || ndim > 4 {
         return Err(format!("{ndim} dimensions (expected 1 to 4)"));
     }
     let dims_end = 4 + 4 * ndim;
-    let dim_bytes = raw.get(4..dims_end).ok_or("truncated in the dimension header")?;
+    let dim_bytes = raw
+        .get(4..dims_end)
+        .ok_or("truncated in the dimension header")?;
     let dims: Vec<usize> = dim_bytes
         .chunks_exact(4)
         .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
         .collect();
     let count = dims
         .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d).filter(|&v| v <= MAX_IDX_BYTES))
+        .try_fold(1usize, |acc, &d| {
+            acc.checked_mul(d).filter(|&v| v <= MAX_IDX_BYTES)
+        })
         .ok_or_else(|| format!("dimensions {dims:?} are too large"))?;
     let body = &raw[dims_end..];
     if body.len() < count {
-        return Err(format!("truncated: header {dims:?} promises {count} values, file holds {}", body.len()));
+        return Err(format!(
+            "truncated: header {dims:?} promises {count} values, file holds {}",
+            body.len()
+        ));
     }
     if body.len() > count {
-        return Err(format!("{} unexpected bytes after the {count} values that header {dims:?} promises", body.len() - count));
+        return Err(format!(
+            "{} unexpected bytes after the {count} values that header {dims:?} promises",
+            body.len() - count
+        ));
     }
-    Ok(IdxArray { dims, data: body.to_vec() })
+    Ok(IdxArray {
+        dims,
+        data: body.to_vec(),
+    })
 }
 
 #[cfg(test)]
@@ -107,16 +137,26 @@ mod tests {
     #[test]
     fn rejects_malformed() {
         let good = encode_idx(&[2, 3], &[1, 2, 3, 4, 5, 6]);
-        assert!(parse_idx(&good[..good.len() - 1]).unwrap_err().contains("truncated"));
+        assert!(parse_idx(&good[..good.len() - 1])
+            .unwrap_err()
+            .contains("truncated"));
         let mut long = good.clone();
         long.push(0);
         assert!(parse_idx(&long).unwrap_err().contains("unexpected bytes"));
         assert!(parse_idx(&[1, 0, 8, 1]).unwrap_err().contains("magic"));
-        assert!(parse_idx(&[0, 0, 0x0d, 1]).unwrap_err().contains("not supported"));
+        assert!(parse_idx(&[0, 0, 0x0d, 1])
+            .unwrap_err()
+            .contains("not supported"));
         assert!(parse_idx(&[0, 0]).unwrap_err().contains("too short"));
-        assert!(parse_idx(&[0, 0, 8, 2, 0, 0]).unwrap_err().contains("dimension header"));
-        assert!(parse_idx(&encode_idx(&[u32::MAX, u32::MAX], &[])).unwrap_err().contains("too large"));
-        assert!(parse_idx(&[0x1f, 0x8b, 0, 1, 2]).unwrap_err().contains("gzip"));
+        assert!(parse_idx(&[0, 0, 8, 2, 0, 0])
+            .unwrap_err()
+            .contains("dimension header"));
+        assert!(parse_idx(&encode_idx(&[u32::MAX, u32::MAX], &[]))
+            .unwrap_err()
+            .contains("too large"));
+        assert!(parse_idx(&[0x1f, 0x8b, 0, 1, 2])
+            .unwrap_err()
+            .contains("gzip"));
     }
 
     #[test]

@@ -15,8 +15,10 @@ pub const SYSTEM_FASHION_DIR: &str = "/usr/share/datasets/fashion-mnist";
 /// Number of samples of the bundled subset used for training; the rest (2000) are its test set.
 pub const BUNDLED_TRAIN: usize = 8000;
 
-const BUNDLED_IMAGES: &[u8] = include_bytes!("../../../data/fashion-mnist-subset/t10k-images-idx3-ubyte.gz");
-const BUNDLED_LABELS: &[u8] = include_bytes!("../../../data/fashion-mnist-subset/t10k-labels-idx1-ubyte.gz");
+const BUNDLED_IMAGES: &[u8] =
+    include_bytes!("../../../data/fashion-mnist-subset/t10k-images-idx3-ubyte.gz");
+const BUNDLED_LABELS: &[u8] =
+    include_bytes!("../../../data/fashion-mnist-subset/t10k-labels-idx1-ubyte.gz");
 
 /// The data set of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,7 +48,11 @@ fn default_source() -> String {
 
 impl Default for DataConfig {
     fn default() -> Self {
-        Self::FashionMnist { source: default_source(), train_limit: None, test_limit: None }
+        Self::FashionMnist {
+            source: default_source(),
+            train_limit: None,
+            test_limit: None,
+        }
     }
 }
 
@@ -96,12 +102,25 @@ impl FashionSource {
 /// Loads the data set named by `config`.
 pub fn load(config: &DataConfig, seed: u64) -> Result<DataSplit, DataError> {
     match config {
-        DataConfig::FashionMnist { source, train_limit, test_limit } => {
+        DataConfig::FashionMnist {
+            source,
+            train_limit,
+            test_limit,
+        } => {
             let mut split = load_fashion(&FashionSource::resolve(source)?)?;
-            for (limit, set, field) in [(train_limit, &mut split.train, "train_limit"), (test_limit, &mut split.test, "test_limit")] {
+            for (limit, set, field) in [
+                (train_limit, &mut split.train, "train_limit"),
+                (test_limit, &mut split.test, "test_limit"),
+            ] {
                 if let Some(n) = *limit {
                     if n == 0 || n > set.len() {
-                        return Err(DataError::BadConfig { field, why: format!("{n} is not between 1 and the {} samples available", set.len()) });
+                        return Err(DataError::BadConfig {
+                            field,
+                            why: format!(
+                                "{n} is not between 1 and the {} samples available",
+                                set.len()
+                            ),
+                        });
                     }
                     *set = set.select(&(0..n).collect::<Vec<_>>());
                 }
@@ -116,7 +135,10 @@ pub fn load(config: &DataConfig, seed: u64) -> Result<DataSplit, DataError> {
 pub fn load_fashion(source: &FashionSource) -> Result<DataSplit, DataError> {
     match source {
         FashionSource::Bundled => {
-            let bad = |why| DataError::BadIdx { path: PathBuf::from("<bundled subset>"), why };
+            let bad = |why| DataError::BadIdx {
+                path: PathBuf::from("<bundled subset>"),
+                why,
+            };
             let all = images_with_labels(
                 parse_idx(BUNDLED_IMAGES).map_err(bad)?,
                 parse_idx(BUNDLED_LABELS).map_err(bad)?,
@@ -149,9 +171,16 @@ fn read_pair(dir: &Path, prefix: &str) -> Result<Dataset, DataError> {
     images_with_labels(images, labels, &format!("{} ({prefix})", dir.display()))
 }
 
-fn images_with_labels(images: IdxArray, labels: IdxArray, what: &str) -> Result<Dataset, DataError> {
+fn images_with_labels(
+    images: IdxArray,
+    labels: IdxArray,
+    what: &str,
+) -> Result<Dataset, DataError> {
     if images.dims.len() != 3 {
-        return Err(DataError::Mismatch(format!("{what}: images have dimensions {:?}, expected [count, rows, cols]", images.dims)));
+        return Err(DataError::Mismatch(format!(
+            "{what}: images have dimensions {:?}, expected [count, rows, cols]",
+            images.dims
+        )));
     }
     if labels.dims.len() != 1 || labels.dims[0] != images.dims[0] {
         return Err(DataError::Mismatch(format!(
@@ -160,7 +189,10 @@ fn images_with_labels(images: IdxArray, labels: IdxArray, what: &str) -> Result<
         )));
     }
     Dataset::new(
-        Features::U8 { data: images.data, scale: 1.0 / 255.0 },
+        Features::U8 {
+            data: images.data,
+            scale: 1.0 / 255.0,
+        },
         labels.data,
         vec![1, images.dims[1], images.dims[2]],
         10,
@@ -185,16 +217,29 @@ mod tests {
 
     #[test]
     fn limits_apply_and_are_checked() {
-        let c = DataConfig::FashionMnist { source: "bundled".into(), train_limit: Some(100), test_limit: Some(50) };
+        let c = DataConfig::FashionMnist {
+            source: "bundled".into(),
+            train_limit: Some(100),
+            test_limit: Some(50),
+        };
         let s = load(&c, 0).unwrap();
         assert_eq!((s.train.len(), s.test.len()), (100, 50));
-        let bad = DataConfig::FashionMnist { source: "bundled".into(), train_limit: Some(0), test_limit: None };
-        assert!(load(&bad, 0).unwrap_err().to_string().contains("train_limit"));
+        let bad = DataConfig::FashionMnist {
+            source: "bundled".into(),
+            train_limit: Some(0),
+            test_limit: None,
+        };
+        assert!(load(&bad, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("train_limit"));
     }
 
     #[test]
     fn unknown_source_is_a_clear_error() {
-        let e = FashionSource::resolve("/no/such/dir").unwrap_err().to_string();
+        let e = FashionSource::resolve("/no/such/dir")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("/no/such/dir") && e.contains("bundled"), "{e}");
     }
 
@@ -202,10 +247,20 @@ mod tests {
     fn directory_with_mismatched_counts_is_rejected() {
         let dir = tempfile::tempdir().unwrap();
         for p in ["train", "t10k"] {
-            std::fs::write(dir.path().join(format!("{p}-images-idx3-ubyte")), encode_idx(&[2, 2, 2], &[0; 8])).unwrap();
-            std::fs::write(dir.path().join(format!("{p}-labels-idx1-ubyte")), encode_idx(&[3], &[0, 1, 2])).unwrap();
+            std::fs::write(
+                dir.path().join(format!("{p}-images-idx3-ubyte")),
+                encode_idx(&[2, 2, 2], &[0; 8]),
+            )
+            .unwrap();
+            std::fs::write(
+                dir.path().join(format!("{p}-labels-idx1-ubyte")),
+                encode_idx(&[3], &[0, 1, 2]),
+            )
+            .unwrap();
         }
-        let e = load_fashion(&FashionSource::Dir(dir.path().to_owned())).unwrap_err().to_string();
+        let e = load_fashion(&FashionSource::Dir(dir.path().to_owned()))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("2 images") && e.contains("[3]"), "{e}");
     }
 
@@ -215,8 +270,17 @@ mod tests {
         let mut img = encode_idx(&[2, 2, 2], &[0; 8]);
         img.truncate(img.len() - 3);
         std::fs::write(dir.path().join("train-images-idx3-ubyte"), img).unwrap();
-        std::fs::write(dir.path().join("train-labels-idx1-ubyte"), encode_idx(&[2], &[0, 1])).unwrap();
-        let e = load_fashion(&FashionSource::Dir(dir.path().to_owned())).unwrap_err().to_string();
-        assert!(e.contains("train-images-idx3-ubyte") && e.contains("truncated"), "{e}");
+        std::fs::write(
+            dir.path().join("train-labels-idx1-ubyte"),
+            encode_idx(&[2], &[0, 1]),
+        )
+        .unwrap();
+        let e = load_fashion(&FashionSource::Dir(dir.path().to_owned()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("train-images-idx3-ubyte") && e.contains("truncated"),
+            "{e}"
+        );
     }
 }

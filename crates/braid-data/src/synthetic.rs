@@ -88,7 +88,13 @@ pub fn generate(c: &SyntheticConfig, seed_value: u64) -> Result<DataSplit, DataE
         return bad("beta", format!("must be >= 0 (got {})", c.beta));
     }
     if c.groups == 0 || c.dim == 0 || !(2..=256).contains(&c.classes) {
-        return bad("groups", format!("need groups >= 1, dim >= 1 and 2 <= classes <= 256 (got {}, {}, {})", c.groups, c.dim, c.classes));
+        return bad(
+            "groups",
+            format!(
+                "need groups >= 1, dim >= 1 and 2 <= classes <= 256 (got {}, {}, {})",
+                c.groups, c.dim, c.classes
+            ),
+        );
     }
     let n_test = (c.samples_per_group as f64 * c.test_fraction).round() as usize;
     if !(0.0..1.0).contains(&c.test_fraction) || n_test == 0 || n_test >= c.samples_per_group {
@@ -104,17 +110,36 @@ pub fn generate(c: &SyntheticConfig, seed_value: u64) -> Result<DataSplit, DataE
         let mut rng = seed::rng(seed_value, &[seed::stream::SYNTHETIC, k as u64]);
         let u = normal(0.0, c.alpha.sqrt()).sample(&mut rng);
         let b_mean = normal(0.0, c.beta.sqrt()).sample(&mut rng);
-        let w: Vec<f64> = (0..c.classes * c.dim).map(|_| normal(u, 1.0).sample(&mut rng)).collect();
-        let b: Vec<f64> = (0..c.classes).map(|_| normal(u, 1.0).sample(&mut rng)).collect();
-        let v: Vec<f64> = (0..c.dim).map(|_| normal(b_mean, 1.0).sample(&mut rng)).collect();
+        let w: Vec<f64> = (0..c.classes * c.dim)
+            .map(|_| normal(u, 1.0).sample(&mut rng))
+            .collect();
+        let b: Vec<f64> = (0..c.classes)
+            .map(|_| normal(u, 1.0).sample(&mut rng))
+            .collect();
+        let v: Vec<f64> = (0..c.dim)
+            .map(|_| normal(b_mean, 1.0).sample(&mut rng))
+            .collect();
         for s in 0..c.samples_per_group {
-            let x: Vec<f64> = (0..c.dim).map(|j| normal(v[j], sigma_sd[j]).sample(&mut rng)).collect();
-            let logits = (0..c.classes).map(|cl| b[cl] + (0..c.dim).map(|j| w[cl * c.dim + j] * x[j]).sum::<f64>());
+            let x: Vec<f64> = (0..c.dim)
+                .map(|j| normal(v[j], sigma_sd[j]).sample(&mut rng))
+                .collect();
+            let logits = (0..c.classes)
+                .map(|cl| b[cl] + (0..c.dim).map(|j| w[cl * c.dim + j] * x[j]).sum::<f64>());
             let y = logits
                 .enumerate()
-                .fold((0usize, f64::NEG_INFINITY), |best, (i, l)| if l > best.1 { (i, l) } else { best })
+                .fold((0usize, f64::NEG_INFINITY), |best, (i, l)| {
+                    if l > best.1 {
+                        (i, l)
+                    } else {
+                        best
+                    }
+                })
                 .0 as u8;
-            let (xs, ys) = if s < n_test { (&mut te_x, &mut te_y) } else { (&mut tr_x, &mut tr_y) };
+            let (xs, ys) = if s < n_test {
+                (&mut te_x, &mut te_y)
+            } else {
+                (&mut tr_x, &mut tr_y)
+            };
             xs.extend(x.iter().map(|&v| v as f32));
             ys.push(y);
             if s >= n_test {
@@ -122,7 +147,8 @@ pub fn generate(c: &SyntheticConfig, seed_value: u64) -> Result<DataSplit, DataE
             }
         }
     }
-    let train = Dataset::new(Features::F32(tr_x), tr_y, vec![c.dim], c.classes)?.with_groups(tr_g)?;
+    let train =
+        Dataset::new(Features::F32(tr_x), tr_y, vec![c.dim], c.classes)?.with_groups(tr_g)?;
     let test = Dataset::new(Features::F32(te_x), te_y, vec![c.dim], c.classes)?;
     Ok(DataSplit { train, test })
 }
@@ -133,21 +159,42 @@ mod tests {
 
     #[test]
     fn shapes_groups_and_determinism() {
-        let c = SyntheticConfig { groups: 5, samples_per_group: 50, ..Default::default() };
+        let c = SyntheticConfig {
+            groups: 5,
+            samples_per_group: 50,
+            ..Default::default()
+        };
         let a = generate(&c, 1).unwrap();
         assert_eq!(a.train.len(), 5 * 40);
         assert_eq!(a.test.len(), 5 * 10);
         assert_eq!(a.train.sample_shape(), &[60]);
-        assert_eq!(a.train.groups().unwrap().iter().filter(|&&g| g == 4).count(), 40);
+        assert_eq!(
+            a.train
+                .groups()
+                .unwrap()
+                .iter()
+                .filter(|&&g| g == 4)
+                .count(),
+            40
+        );
         assert_eq!(a, generate(&c, 1).unwrap());
         assert_ne!(a, generate(&c, 2).unwrap());
     }
 
     #[test]
     fn bad_parameters_name_the_field() {
-        let c = SyntheticConfig { alpha: -1.0, ..Default::default() };
+        let c = SyntheticConfig {
+            alpha: -1.0,
+            ..Default::default()
+        };
         assert!(generate(&c, 0).unwrap_err().to_string().contains("alpha"));
-        let c = SyntheticConfig { test_fraction: 1.5, ..Default::default() };
-        assert!(generate(&c, 0).unwrap_err().to_string().contains("test_fraction"));
+        let c = SyntheticConfig {
+            test_fraction: 1.5,
+            ..Default::default()
+        };
+        assert!(generate(&c, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("test_fraction"));
     }
 }

@@ -111,15 +111,26 @@ fn default_kind() -> PartitionKind {
 
 impl Default for PartitionConfig {
     fn default() -> Self {
-        Self { clients: default_clients(), kind: default_kind(), alpha: None, min_size: None, shards_per_client: None, classes_per_client: None }
+        Self {
+            clients: default_clients(),
+            kind: default_kind(),
+            alpha: None,
+            min_size: None,
+            shards_per_client: None,
+            classes_per_client: None,
+        }
     }
 }
 
 impl PartitionConfig {
     /// The scheme, checking that exactly the fields the kind needs are given.
     pub fn scheme(&self) -> Result<PartitionScheme, String> {
-        let need = |v: Option<f64>, f: &str| v.ok_or_else(|| format!("partition.kind = {:?} needs partition.{f}", self.kind));
-        let needu = |v: Option<usize>, f: &str| v.ok_or_else(|| format!("partition.kind = {:?} needs partition.{f}", self.kind));
+        let need = |v: Option<f64>, f: &str| {
+            v.ok_or_else(|| format!("partition.kind = {:?} needs partition.{f}", self.kind))
+        };
+        let needu = |v: Option<usize>, f: &str| {
+            v.ok_or_else(|| format!("partition.kind = {:?} needs partition.{f}", self.kind))
+        };
         let given: Vec<&str> = [
             ("alpha", self.alpha.is_some()),
             ("min_size", self.min_size.is_some()),
@@ -134,12 +145,18 @@ impl PartitionConfig {
             PartitionKind::Iid => (PartitionScheme::Iid, &[]),
             PartitionKind::Natural => (PartitionScheme::Natural, &[]),
             PartitionKind::Dirichlet => (
-                PartitionScheme::Dirichlet { alpha: need(self.alpha, "alpha")?, min_size: self.min_size.unwrap_or(1) },
+                PartitionScheme::Dirichlet {
+                    alpha: need(self.alpha, "alpha")?,
+                    min_size: self.min_size.unwrap_or(1),
+                },
                 &["alpha", "min_size"],
             ),
-            PartitionKind::Shards => {
-                (PartitionScheme::Shards { shards_per_client: needu(self.shards_per_client, "shards_per_client")? }, &["shards_per_client"])
-            }
+            PartitionKind::Shards => (
+                PartitionScheme::Shards {
+                    shards_per_client: needu(self.shards_per_client, "shards_per_client")?,
+                },
+                &["shards_per_client"],
+            ),
             PartitionKind::ExtendedDirichlet => (
                 PartitionScheme::ExtendedDirichlet {
                     classes_per_client: needu(self.classes_per_client, "classes_per_client")?,
@@ -147,10 +164,18 @@ impl PartitionConfig {
                 },
                 &["classes_per_client", "alpha"],
             ),
-            PartitionKind::QuantitySkew => (PartitionScheme::QuantitySkew { alpha: need(self.alpha, "alpha")? }, &["alpha"]),
+            PartitionKind::QuantitySkew => (
+                PartitionScheme::QuantitySkew {
+                    alpha: need(self.alpha, "alpha")?,
+                },
+                &["alpha"],
+            ),
         };
         if let Some(extra) = given.iter().find(|f| !allowed.contains(f)) {
-            return Err(format!("partition.{extra} does not apply to partition.kind = {:?}", self.kind));
+            return Err(format!(
+                "partition.{extra} does not apply to partition.kind = {:?}",
+                self.kind
+            ));
         }
         Ok(scheme)
     }
@@ -189,12 +214,22 @@ fn default_epochs() -> usize {
     1
 }
 fn default_optimizer() -> OptimizerConfig {
-    OptimizerConfig::Sgd { lr: 0.05, momentum: 0.0, weight_decay: 0.0, nesterov: false }
+    OptimizerConfig::Sgd {
+        lr: 0.05,
+        momentum: 0.0,
+        weight_decay: 0.0,
+        nesterov: false,
+    }
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        Self { batch_size: default_batch(), local_epochs: default_epochs(), local_steps: None, optimizer: default_optimizer() }
+        Self {
+            batch_size: default_batch(),
+            local_epochs: default_epochs(),
+            local_steps: None,
+            optimizer: default_optimizer(),
+        }
     }
 }
 
@@ -265,10 +300,16 @@ fn one_line(src: &str, e: &toml::de::Error) -> String {
 impl ExperimentConfig {
     /// Parses a config from TOML text, applying `key.path=value` overrides, and validates it.
     pub fn parse(src: &str, origin: &str, overrides: &[String]) -> Result<Self, ConfigError> {
-        let err = |message: String| ConfigError { origin: origin.to_owned(), message };
+        let err = |message: String| ConfigError {
+            origin: origin.to_owned(),
+            message,
+        };
         let mut value: toml::Table = toml::from_str(src).map_err(|e| err(one_line(src, &e)))?;
         for o in overrides {
-            apply_override(&mut value, o).map_err(|m| ConfigError { origin: "--set".into(), message: m })?;
+            apply_override(&mut value, o).map_err(|m| ConfigError {
+                origin: "--set".into(),
+                message: m,
+            })?;
         }
         let text = toml::to_string(&value).map_err(|e| err(e.to_string()))?;
         let config: Self = toml::from_str(&text).map_err(|e| {
@@ -286,13 +327,17 @@ impl ExperimentConfig {
     /// Reads and parses a config file.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
         let origin = path.display().to_string();
-        let src = std::fs::read_to_string(path).map_err(|e| ConfigError { origin: origin.clone(), message: format!("cannot read: {e}") })?;
+        let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            origin: origin.clone(),
+            message: format!("cannot read: {e}"),
+        })?;
         Self::parse(&src, &origin, overrides)
     }
 
     /// The config as TOML (written next to the results).
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# config could not be serialized: {e}\n"))
+        toml::to_string_pretty(self)
+            .unwrap_or_else(|e| format!("# config could not be serialized: {e}\n"))
     }
 
     /// Checks values the types cannot express.
@@ -311,12 +356,17 @@ impl ExperimentConfig {
             return Err("train.local_steps must be at least 1".into());
         }
         self.train.optimizer.validate().map_err(|e| e.to_string())?;
-        self.algorithm.server_optimizer.validate().map_err(|e| format!("algorithm.{e}"))?;
+        self.algorithm
+            .server_optimizer
+            .validate()
+            .map_err(|e| format!("algorithm.{e}"))?;
         if self.algorithm.eval_every == 0 {
             return Err("algorithm.eval_every must be at least 1".into());
         }
         match (self.algorithm.name, self.algorithm.mu) {
-            (AlgorithmName::Fedprox, None) => return Err("algorithm.name = \"fedprox\" needs algorithm.mu (e.g. 0.01)".into()),
+            (AlgorithmName::Fedprox, None) => {
+                return Err("algorithm.name = \"fedprox\" needs algorithm.mu (e.g. 0.01)".into())
+            }
             (AlgorithmName::Fedprox, Some(mu)) if !(mu.is_finite() && mu >= 0.0) => {
                 return Err(format!("algorithm.mu must be >= 0 (got {mu})"))
             }
@@ -334,7 +384,9 @@ impl ExperimentConfig {
             }
         }
         if self.runtime.workers == Some(0) {
-            return Err("runtime.workers must be at least 1 (or leave it out for automatic)".into());
+            return Err(
+                "runtime.workers must be at least 1 (or leave it out for automatic)".into(),
+            );
         }
         Ok(())
     }
@@ -349,7 +401,9 @@ impl ExperimentConfig {
 
     /// Clients sampled per round.
     pub fn clients_per_round(&self) -> usize {
-        self.algorithm.clients_per_round.unwrap_or(self.num_clients())
+        self.algorithm
+            .clients_per_round
+            .unwrap_or(self.num_clients())
     }
 
     /// The local training specification.
@@ -365,13 +419,17 @@ impl ExperimentConfig {
 
     /// The output directory.
     pub fn output_dir(&self) -> PathBuf {
-        self.output_dir.clone().unwrap_or_else(|| PathBuf::from("runs").join(&self.name))
+        self.output_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("runs").join(&self.name))
     }
 }
 
 /// Applies `a.b.c=value` to a TOML table; the value is parsed as TOML, else taken as a string.
 fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<(), String> {
-    let (key, raw) = assignment.split_once('=').ok_or_else(|| format!("{assignment:?} is not of the form key.path=value"))?;
+    let (key, raw) = assignment
+        .split_once('=')
+        .ok_or_else(|| format!("{assignment:?} is not of the form key.path=value"))?;
     let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
         .ok()
         .and_then(|mut t| t.remove("v"))
@@ -380,8 +438,12 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<(), Strin
     let (last, path) = parts.split_last().ok_or("empty key")?;
     let mut cur = table;
     for p in path {
-        let entry = cur.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        cur = entry.as_table_mut().ok_or_else(|| format!("{key}: {p} is not a table"))?;
+        let entry = cur
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("{key}: {p} is not a table"))?;
     }
     cur.insert(last.to_string(), value);
     Ok(())
@@ -415,13 +477,28 @@ rounds = 2
     fn errors_name_the_field_on_one_line() {
         let cases = [
             (BASE.replace("\"cnn\"", "\"resnet\""), "cnn-small"),
-            (BASE.replace("rounds = 2", "rounds = 2\nroundz = 3"), "roundz"),
-            (format!("{BASE}[partition]\nkind = \"dirichlet\"\n"), "partition.alpha"),
-            (format!("{BASE}[partition]\nkind = \"dirichlet\"\nalpha = 0.0\n"), "alpha"),
-            (format!("{BASE}[partition]\nkind = \"iid\"\nalpha = 0.5\n"), "does not apply"),
+            (
+                BASE.replace("rounds = 2", "rounds = 2\nroundz = 3"),
+                "roundz",
+            ),
+            (
+                format!("{BASE}[partition]\nkind = \"dirichlet\"\n"),
+                "partition.alpha",
+            ),
+            (
+                format!("{BASE}[partition]\nkind = \"dirichlet\"\nalpha = 0.0\n"),
+                "alpha",
+            ),
+            (
+                format!("{BASE}[partition]\nkind = \"iid\"\nalpha = 0.5\n"),
+                "does not apply",
+            ),
             (BASE.replace("\"fedavg\"", "\"fedprox\""), "algorithm.mu"),
             (format!("{BASE}[runtime]\ndevice = \"tpu\"\n"), "cuda:N"),
-            (format!("{BASE}[train.optimizer]\nname = \"sgd\"\nlr = -1.0\n"), "lr"),
+            (
+                format!("{BASE}[train.optimizer]\nname = \"sgd\"\nlr = -1.0\n"),
+                "lr",
+            ),
             ("name = ".to_string(), "line 1"),
         ];
         for (src, needle) in cases {
@@ -438,9 +515,24 @@ rounds = 2
 
     #[test]
     fn overrides_apply() {
-        let c = ExperimentConfig::parse(BASE, "t.toml", &["algorithm.rounds=7".into(), "partition.kind=dirichlet".into(), "partition.alpha=0.1".into()]).unwrap();
+        let c = ExperimentConfig::parse(
+            BASE,
+            "t.toml",
+            &[
+                "algorithm.rounds=7".into(),
+                "partition.kind=dirichlet".into(),
+                "partition.alpha=0.1".into(),
+            ],
+        )
+        .unwrap();
         assert_eq!(c.algorithm.rounds, 7);
-        assert_eq!(c.partition.scheme().unwrap(), PartitionScheme::Dirichlet { alpha: 0.1, min_size: 1 });
+        assert_eq!(
+            c.partition.scheme().unwrap(),
+            PartitionScheme::Dirichlet {
+                alpha: 0.1,
+                min_size: 1
+            }
+        );
         assert!(ExperimentConfig::parse(BASE, "t.toml", &["nonsense".into()]).is_err());
     }
 }

@@ -29,30 +29,57 @@ pub struct Prepared {
 
 /// Loads the data, partitions it and binds the model; errors name what is wrong.
 pub fn prepare(config: &ExperimentConfig) -> Result<Prepared, EngineError> {
-    let data = braid_data::load(&config.data, config.seed).map_err(|e| EngineError::Setup(e.to_string()))?;
+    let data = braid_data::load(&config.data, config.seed)
+        .map_err(|e| EngineError::Setup(e.to_string()))?;
     let data_description = match &config.data {
-        braid_data::DataConfig::FashionMnist { source, .. } => braid_data::FashionSource::resolve(source)
-            .map(|s| s.describe())
-            .unwrap_or_else(|_| source.clone()),
-        braid_data::DataConfig::Synthetic(c) => format!("Synthetic({}, {}) with {} groups", c.alpha, c.beta, c.groups),
+        braid_data::DataConfig::FashionMnist { source, .. } => {
+            braid_data::FashionSource::resolve(source)
+                .map(|s| s.describe())
+                .unwrap_or_else(|_| source.clone())
+        }
+        braid_data::DataConfig::Synthetic(c) => format!(
+            "Synthetic({}, {}) with {} groups",
+            c.alpha, c.beta, c.groups
+        ),
     };
-    let arch = Arch::new(config.model.name, data.train.sample_shape(), data.train.num_classes())?;
+    let arch = Arch::new(
+        config.model.name,
+        data.train.sample_shape(),
+        data.train.num_classes(),
+    )?;
     let scheme = config.partition.scheme().map_err(EngineError::Setup)?;
     let clients = config.num_clients();
     let parts = if clients == 1 {
         vec![(0..data.train.len()).collect()]
     } else {
         let mut rng = seed::rng(config.seed, &[seed::stream::PARTITION]);
-        partition::partition(&scheme, data.train.labels(), data.train.groups(), data.train.num_classes(), clients, &mut rng)
-            .map_err(|e| EngineError::Setup(e.to_string()))?
+        partition::partition(
+            &scheme,
+            data.train.labels(),
+            data.train.groups(),
+            data.train.num_classes(),
+            clients,
+            &mut rng,
+        )
+        .map_err(|e| EngineError::Setup(e.to_string()))?
     };
-    Ok(Prepared { config: config.clone(), data: Arc::new(data), parts, arch, data_description })
+    Ok(Prepared {
+        config: config.clone(),
+        data: Arc::new(data),
+        parts,
+        arch,
+        data_description,
+    })
 }
 
 impl Prepared {
     /// Per-client label counts.
     pub fn histogram(&self) -> Vec<Vec<usize>> {
-        label_histogram(self.data.train.labels(), &self.parts, self.data.train.num_classes())
+        label_histogram(
+            self.data.train.labels(),
+            &self.parts,
+            self.data.train.num_classes(),
+        )
     }
 
     /// Number of worker threads this run uses.
@@ -62,7 +89,12 @@ impl Prepared {
         } else {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         };
-        self.config.runtime.workers.unwrap_or(auto).min(self.config.clients_per_round()).max(1)
+        self.config
+            .runtime
+            .workers
+            .unwrap_or(auto)
+            .min(self.config.clients_per_round())
+            .max(1)
     }
 }
 
@@ -85,8 +117,15 @@ impl BurnTrainer {
 }
 
 impl LocalTrainer for BurnTrainer {
-    fn train(&mut self, params: &[f32], shard: &[usize], seed: u64) -> Result<TrainOutcome, EngineError> {
-        Ok(self.trainer.train(params, &self.data.train, shard, &self.spec, seed)?)
+    fn train(
+        &mut self,
+        params: &[f32],
+        shard: &[usize],
+        seed: u64,
+    ) -> Result<TrainOutcome, EngineError> {
+        Ok(self
+            .trainer
+            .train(params, &self.data.train, shard, &self.spec, seed)?)
     }
 
     fn evaluate(&mut self, params: &[f32]) -> Result<EvalOutcome, EngineError> {
@@ -111,14 +150,21 @@ pub fn build_nodes(prepared: &Prepared) -> Result<Vec<Box<dyn Node>>, EngineErro
     )?;
     let mut nodes: Vec<Box<dyn Node>> = vec![Box::new(server)];
     for (id, part) in clients.iter().zip(&prepared.parts) {
-        nodes.push(Box::new(FedAvgClient::new(*id, Arc::new(part.clone()), c.seed)));
+        nodes.push(Box::new(FedAvgClient::new(
+            *id,
+            Arc::new(part.clone()),
+            c.seed,
+        )));
     }
     debug_assert_eq!(nodes[0].id(), SERVER);
     Ok(nodes)
 }
 
 /// Runs a prepared experiment in the simulator, reporting events to `observer`.
-pub fn run(prepared: &Prepared, observer: &mut dyn FnMut(&Event)) -> Result<SimOutcome, EngineError> {
+pub fn run(
+    prepared: &Prepared,
+    observer: &mut dyn FnMut(&Event),
+) -> Result<SimOutcome, EngineError> {
     let nodes = build_nodes(prepared)?;
     let workers = (0..prepared.workers())
         .map(|_| Worker::new(Box::new(BurnTrainer::new(prepared)?)))

@@ -14,7 +14,12 @@ use crate::wire::{NodeId, Payload};
 /// thread, so nodes (clients) hold no model between calls.
 pub trait LocalTrainer: Send {
     /// Trains from `params` on the training samples `shard`; batch order from `seed`.
-    fn train(&mut self, params: &[f32], shard: &[usize], seed: u64) -> Result<TrainOutcome, EngineError>;
+    fn train(
+        &mut self,
+        params: &[f32],
+        shard: &[usize],
+        seed: u64,
+    ) -> Result<TrainOutcome, EngineError>;
     /// Evaluates `params` on the test set.
     fn evaluate(&mut self, params: &[f32]) -> Result<EvalOutcome, EngineError>;
 }
@@ -32,7 +37,7 @@ pub struct RoundMetrics {
     pub train_loss: f64,
     /// Clients whose updates were aggregated.
     pub clients: usize,
-    /// Training samples processed by them.
+    /// Training samples they hold (the FedAvg weights).
     pub samples: u64,
     /// Encoded bytes clients sent to the server this round.
     pub bytes_up: u64,
@@ -88,8 +93,16 @@ pub struct NodeCtx<'a> {
 
 impl<'a> NodeCtx<'a> {
     /// A context writing into the given buffers (drivers and tests build these).
-    pub fn new(outbox: &'a mut Vec<(NodeId, Payload)>, events: &'a mut Vec<Event>, trainer: &'a mut dyn LocalTrainer) -> Self {
-        Self { outbox, events, trainer }
+    pub fn new(
+        outbox: &'a mut Vec<(NodeId, Payload)>,
+        events: &'a mut Vec<Event>,
+        trainer: &'a mut dyn LocalTrainer,
+    ) -> Self {
+        Self {
+            outbox,
+            events,
+            trainer,
+        }
     }
 
     /// Sends `payload` to `to`; returns its encoded size in bytes.
@@ -112,5 +125,10 @@ pub trait Node: Send {
     /// Called once when the run starts.
     fn on_start(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError>;
     /// Called for every message delivered to this node.
-    fn on_message(&mut self, from: NodeId, payload: Payload, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError>;
+    fn on_message(
+        &mut self,
+        from: NodeId,
+        payload: Payload,
+        ctx: &mut NodeCtx<'_>,
+    ) -> Result<(), EngineError>;
 }

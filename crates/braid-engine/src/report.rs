@@ -25,7 +25,7 @@ pub struct MetricsRow {
     pub train_loss: f64,
     /// Clients aggregated.
     pub clients: usize,
-    /// Samples trained on.
+    /// Training samples held by the aggregated clients.
     pub samples: u64,
     /// Bytes clients sent this round.
     pub bytes_up: u64,
@@ -44,9 +44,29 @@ pub fn rows(outcome: &SimOutcome) -> Vec<MetricsRow> {
         .rounds
         .iter()
         .map(|(m, wall)| {
-            let RoundMetrics { round, accuracy, loss, train_loss, clients, samples, bytes_up, bytes_down } = m.clone();
+            let RoundMetrics {
+                round,
+                accuracy,
+                loss,
+                train_loss,
+                clients,
+                samples,
+                bytes_up,
+                bytes_down,
+            } = m.clone();
             cum += bytes_up + bytes_down;
-            MetricsRow { round, accuracy, loss, train_loss, clients, samples, bytes_up, bytes_down, cum_bytes: cum, wall_s: *wall }
+            MetricsRow {
+                round,
+                accuracy,
+                loss,
+                train_loss,
+                clients,
+                samples,
+                bytes_up,
+                bytes_down,
+                cum_bytes: cum,
+                wall_s: *wall,
+            }
         })
         .collect()
 }
@@ -59,7 +79,9 @@ fn io(path: &Path, e: impl std::fmt::Display) -> String {
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), String> {
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     let mut f = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
-    f.write_all(contents).and_then(|_| f.sync_all()).map_err(|e| io(&tmp, e))?;
+    f.write_all(contents)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| io(path, e))
 }
 
@@ -68,7 +90,12 @@ fn opt(v: Option<f64>) -> String {
 }
 
 /// Writes every output file; returns the paths written.
-pub fn write_all(dir: &Path, config: &ExperimentConfig, arch: &Arch, outcome: &SimOutcome) -> Result<Vec<PathBuf>, String> {
+pub fn write_all(
+    dir: &Path,
+    config: &ExperimentConfig,
+    arch: &Arch,
+    outcome: &SimOutcome,
+) -> Result<Vec<PathBuf>, String> {
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     let mut written = Vec::new();
     let rows = rows(outcome);
@@ -77,12 +104,23 @@ pub fn write_all(dir: &Path, config: &ExperimentConfig, arch: &Arch, outcome: &S
     write_atomic(&p, config.to_toml().as_bytes())?;
     written.push(p);
 
-    let mut csv = String::from("round,accuracy,loss,train_loss,clients,samples,bytes_up,bytes_down,cum_bytes,wall_s\n");
+    let mut csv = String::from(
+        "round,accuracy,loss,train_loss,clients,samples,bytes_up,bytes_down,cum_bytes,wall_s\n",
+    );
     let mut jsonl = String::new();
     for r in &rows {
         csv.push_str(&format!(
             "{},{},{},{:.6},{},{},{},{},{},{:.3}\n",
-            r.round, opt(r.accuracy), opt(r.loss), r.train_loss, r.clients, r.samples, r.bytes_up, r.bytes_down, r.cum_bytes, r.wall_s
+            r.round,
+            opt(r.accuracy),
+            opt(r.loss),
+            r.train_loss,
+            r.clients,
+            r.samples,
+            r.bytes_up,
+            r.bytes_down,
+            r.cum_bytes,
+            r.wall_s
         ));
         jsonl.push_str(&serde_json::to_string(r).map_err(|e| e.to_string())?);
         jsonl.push('\n');
@@ -93,10 +131,14 @@ pub fn write_all(dir: &Path, config: &ExperimentConfig, arch: &Arch, outcome: &S
         written.push(p);
     }
 
-    let mut traffic = String::from("node,role,bytes_sent,bytes_received,messages_sent,messages_received\n");
+    let mut traffic =
+        String::from("node,role,bytes_sent,bytes_received,messages_sent,messages_received\n");
     for (i, t) in outcome.traffic.iter().enumerate() {
         let role = if i == 0 { "server" } else { "client" };
-        traffic.push_str(&format!("{i},{role},{},{},{},{}\n", t.bytes_sent, t.bytes_received, t.messages_sent, t.messages_received));
+        traffic.push_str(&format!(
+            "{i},{role},{},{},{},{}\n",
+            t.bytes_sent, t.bytes_received, t.messages_sent, t.messages_received
+        ));
     }
     let p = dir.join("traffic.csv");
     write_atomic(&p, traffic.as_bytes())?;
@@ -108,14 +150,23 @@ pub fn write_all(dir: &Path, config: &ExperimentConfig, arch: &Arch, outcome: &S
         written.push(p);
     }
 
-    let points: Vec<(f64, f64, f64)> =
-        rows.iter().filter_map(|r| r.accuracy.map(|a| (f64::from(r.round), r.cum_bytes as f64 / 1e6, a))).collect();
+    let points: Vec<(f64, f64, f64)> = rows
+        .iter()
+        .filter_map(|r| {
+            r.accuracy
+                .map(|a| (f64::from(r.round), r.cum_bytes as f64 / 1e6, a))
+        })
+        .collect();
     if !points.is_empty() {
         let by_round: Vec<(f64, f64)> = points.iter().map(|p| (p.0, p.2)).collect();
         let by_bytes: Vec<(f64, f64)> = points.iter().map(|p| (p.1, p.2)).collect();
         for (name, xlabel, series) in [
             ("accuracy_vs_round.png", "round", by_round),
-            ("accuracy_vs_bytes.png", "MB communicated (up + down)", by_bytes),
+            (
+                "accuracy_vs_bytes.png",
+                "MB communicated (up + down)",
+                by_bytes,
+            ),
         ] {
             let p = dir.join(name);
             plot(&p, &config.name, xlabel, &series)?;
@@ -142,7 +193,11 @@ pub fn plot(path: &Path, title: &str, xlabel: &str, points: &[(f64, f64)]) -> Re
     let root = BitMapBackend::new(path, (800, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let xmax = points.iter().map(|p| p.0).fold(0.0f64, f64::max).max(1.0);
-    let xmin = points.iter().map(|p| p.0).fold(f64::INFINITY, f64::min).min(xmax);
+    let xmin = points
+        .iter()
+        .map(|p| p.0)
+        .fold(f64::INFINITY, f64::min)
+        .min(xmax);
     let ymin = points.iter().map(|p| p.1).fold(1.0f64, f64::min);
     let ylo = (ymin - 0.05).clamp(0.0, 1.0);
     let mut chart = ChartBuilder::on(&root)
@@ -160,10 +215,17 @@ pub fn plot(path: &Path, title: &str, xlabel: &str, points: &[(f64, f64)]) -> Re
         .draw()
         .map_err(|e| err(&e))?;
     chart
-        .draw_series(LineSeries::new(points.iter().copied(), BLUE.stroke_width(2)))
+        .draw_series(LineSeries::new(
+            points.iter().copied(),
+            BLUE.stroke_width(2),
+        ))
         .map_err(|e| err(&e))?;
     chart
-        .draw_series(points.iter().map(|&(x, y)| Circle::new((x, y), 3, BLUE.filled())))
+        .draw_series(
+            points
+                .iter()
+                .map(|&(x, y)| Circle::new((x, y), 3, BLUE.filled())),
+        )
         .map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))?;
     Ok(())

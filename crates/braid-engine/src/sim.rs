@@ -56,7 +56,12 @@ pub struct Simulator {
     workers: Vec<Worker>,
 }
 
-fn handle(node: &mut dyn Node, inbox: Vec<Envelope>, trainer: &mut dyn LocalTrainer, start: bool) -> Result<TaskOutput, EngineError> {
+fn handle(
+    node: &mut dyn Node,
+    inbox: Vec<Envelope>,
+    trainer: &mut dyn LocalTrainer,
+    start: bool,
+) -> Result<TaskOutput, EngineError> {
     let (mut outbox, mut events) = (Vec::new(), Vec::new());
     let mut ctx = NodeCtx::new(&mut outbox, &mut events, trainer);
     if start {
@@ -72,20 +77,38 @@ impl Simulator {
     /// A simulator over `nodes` (ids must be 0..n in order) with at least one worker.
     pub fn new(nodes: Vec<Box<dyn Node>>, workers: Vec<Worker>) -> Result<Self, EngineError> {
         if workers.is_empty() {
-            return Err(EngineError::Setup("the simulator needs at least one worker".into()));
+            return Err(EngineError::Setup(
+                "the simulator needs at least one worker".into(),
+            ));
         }
-        if let Some((i, n)) = nodes.iter().enumerate().find(|(i, n)| n.id() as usize != *i) {
-            return Err(EngineError::Setup(format!("node at position {i} has id {}", n.id())));
+        if let Some((i, n)) = nodes
+            .iter()
+            .enumerate()
+            .find(|(i, n)| n.id() as usize != *i)
+        {
+            return Err(EngineError::Setup(format!(
+                "node at position {i} has id {}",
+                n.id()
+            )));
         }
-        Ok(Self { nodes: nodes.into_iter().map(Some).collect(), transport: InProcessTransport::new(), workers })
+        Ok(Self {
+            nodes: nodes.into_iter().map(Some).collect(),
+            transport: InProcessTransport::new(),
+            workers,
+        })
     }
 
     /// Runs until no message is left, calling `observer` for every event as it happens.
     pub fn run(&mut self, observer: &mut dyn FnMut(&Event)) -> Result<SimOutcome, EngineError> {
         let t0 = Instant::now();
-        let mut outcome = SimOutcome { rounds: Vec::new(), final_params: None, traffic: Vec::new() };
+        let mut outcome = SimOutcome {
+            rounds: Vec::new(),
+            final_params: None,
+            traffic: Vec::new(),
+        };
         let ids: Vec<NodeId> = (0..self.nodes.len() as NodeId).collect();
-        let mut tasks: Vec<(NodeId, Vec<Envelope>, bool)> = ids.iter().map(|&i| (i, Vec::new(), true)).collect();
+        let mut tasks: Vec<(NodeId, Vec<Envelope>, bool)> =
+            ids.iter().map(|&i| (i, Vec::new(), true)).collect();
         while !tasks.is_empty() {
             let outputs = self.run_tasks(tasks)?;
             for (from, out) in outputs {
@@ -98,7 +121,9 @@ impl Simulator {
                 }
                 for (to, payload) in out.outbox {
                     if to as usize >= self.nodes.len() {
-                        return Err(EngineError::Setup(format!("node {from} sent a message to unknown node {to}")));
+                        return Err(EngineError::Setup(format!(
+                            "node {from} sent a message to unknown node {to}"
+                        )));
                     }
                     self.transport.send(Envelope { from, to, payload });
                 }
@@ -119,26 +144,30 @@ impl Simulator {
     }
 
     /// Handles each task's node; returns outputs in node-id order.
-    fn run_tasks(&mut self, tasks: Vec<(NodeId, Vec<Envelope>, bool)>) -> Result<Vec<(NodeId, TaskOutput)>, EngineError> {
+    fn run_tasks(
+        &mut self,
+        tasks: Vec<(NodeId, Vec<Envelope>, bool)>,
+    ) -> Result<Vec<(NodeId, TaskOutput)>, EngineError> {
         let mut work = Vec::with_capacity(tasks.len());
         for (id, inbox, start) in tasks {
-            let node = self.nodes[id as usize].take().ok_or_else(|| EngineError::Setup(format!("node {id} is missing")))?;
-            work.push((id, node, inbox, start));
+            let node = self.nodes[id as usize]
+                .take()
+                .ok_or_else(|| EngineError::Setup(format!("node {id} is missing")))?;
+            work.push(Task {
+                id,
+                node,
+                inbox,
+                start,
+            });
         }
-        let results: Vec<(NodeId, Box<dyn Node>, Result<TaskOutput, EngineError>)> = if work.len() == 1 || self.workers.len() == 1 {
+        let results: Vec<Done> = if work.len() == 1 || self.workers.len() == 1 {
             let trainer = &mut self.workers[0].trainer;
-            work.into_iter()
-                .map(|(id, mut node, inbox, start)| {
-                    let r = handle(node.as_mut(), inbox, trainer.as_mut(), start);
-                    (id, node, r)
-                })
-                .collect()
+            work.into_iter().map(|t| t.run(trainer.as_mut())).collect()
         } else {
             let n = work.len();
-            let queue: Vec<Mutex<Option<(NodeId, Box<dyn Node>, Vec<Envelope>, bool)>>> =
+            let queue: Vec<Mutex<Option<Task>>> =
                 work.into_iter().map(|w| Mutex::new(Some(w))).collect();
-            let done: Vec<Mutex<Option<(NodeId, Box<dyn Node>, Result<TaskOutput, EngineError>)>>> =
-                (0..n).map(|_| Mutex::new(None)).collect();
+            let done: Vec<Mutex<Option<Done>>> = (0..n).map(|_| Mutex::new(None)).collect();
             let next = AtomicUsize::new(0);
             std::thread::scope(|s| {
                 for worker in self.workers.iter_mut() {
@@ -151,10 +180,10 @@ impl Simulator {
                                 break;
                             }
                             let taken = queue[i].lock().ok().and_then(|mut q| q.take());
-                            if let Some((id, mut node, inbox, start)) = taken {
-                                let r = handle(node.as_mut(), inbox, trainer.as_mut(), start);
+                            if let Some(task) = taken {
+                                let d = task.run(trainer.as_mut());
                                 if let Ok(mut slot) = done[i].lock() {
-                                    *slot = Some((id, node, r));
+                                    *slot = Some(d);
                                 }
                             }
                         });
@@ -162,14 +191,45 @@ impl Simulator {
                 }
             });
             done.into_iter()
-                .map(|m| m.into_inner().ok().flatten().ok_or_else(|| EngineError::Setup("a worker thread failed".into())))
+                .map(|m| {
+                    m.into_inner()
+                        .ok()
+                        .flatten()
+                        .ok_or_else(|| EngineError::Setup("a worker thread failed".into()))
+                })
                 .collect::<Result<_, _>>()?
         };
         let mut outputs = Vec::with_capacity(results.len());
-        for (id, node, r) in results {
+        for Done { id, node, result } in results {
             self.nodes[id as usize] = Some(node);
-            outputs.push((id, r?));
+            outputs.push((id, result?));
         }
         Ok(outputs)
+    }
+}
+
+/// One node's share of a delivery step.
+struct Task {
+    id: NodeId,
+    node: Box<dyn Node>,
+    inbox: Vec<Envelope>,
+    start: bool,
+}
+
+/// A handled task: the node goes back to the simulator with its output.
+struct Done {
+    id: NodeId,
+    node: Box<dyn Node>,
+    result: Result<TaskOutput, EngineError>,
+}
+
+impl Task {
+    fn run(mut self, trainer: &mut dyn LocalTrainer) -> Done {
+        let result = handle(self.node.as_mut(), self.inbox, trainer, self.start);
+        Done {
+            id: self.id,
+            node: self.node,
+            result,
+        }
     }
 }

@@ -95,10 +95,24 @@ mod tests {
     #[test]
     fn counts_encoded_bytes_both_ways_and_keeps_order() {
         let mut t = InProcessTransport::new();
-        let p = Payload::TrainRequest { round: 1, params: Arc::new(vec![0.0; 10]) };
+        let p = Payload::TrainRequest {
+            round: 1,
+            params: Arc::new(vec![0.0; 10]),
+        };
         let n = p.encode().len();
-        assert_eq!(t.send(Envelope { from: 0, to: 1, payload: p.clone() }), n);
-        t.send(Envelope { from: 0, to: 2, payload: p.clone() });
+        assert_eq!(
+            t.send(Envelope {
+                from: 0,
+                to: 1,
+                payload: p.clone()
+            }),
+            n
+        );
+        t.send(Envelope {
+            from: 0,
+            to: 2,
+            payload: p.clone(),
+        });
         assert_eq!(t.traffic(0).bytes_sent, 2 * n as u64);
         assert_eq!(t.traffic(2).bytes_received, n as u64);
         assert_eq!(t.traffic(7), NodeTraffic::default());

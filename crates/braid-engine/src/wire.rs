@@ -96,7 +96,13 @@ impl Payload {
                 out.extend_from_slice(&round.to_le_bytes());
                 put_params(&mut out, params);
             }
-            Self::TrainReply { round, num_samples, steps, train_loss, params } => {
+            Self::TrainReply {
+                round,
+                num_samples,
+                steps,
+                train_loss,
+                params,
+            } => {
                 out.push(KIND_TRAIN_REPLY);
                 out.extend_from_slice(&round.to_le_bytes());
                 out.extend_from_slice(&num_samples.to_le_bytes());
@@ -112,28 +118,44 @@ impl Payload {
     pub fn decode(bytes: &[u8], max_params: usize) -> Result<Self, WireError> {
         let mut r = Reader { bytes, pos: 0 };
         if r.take(3, "magic")? != MAGIC {
-            return Err(WireError::Malformed("not a braid message (bad magic)".into()));
+            return Err(WireError::Malformed(
+                "not a braid message (bad magic)".into(),
+            ));
         }
         let version = r.u8("version")?;
         if version != VERSION {
-            return Err(WireError::Malformed(format!("unsupported version {version} (this braid speaks {VERSION})")));
+            return Err(WireError::Malformed(format!(
+                "unsupported version {version} (this braid speaks {VERSION})"
+            )));
         }
         let payload = match r.u8("kind")? {
             KIND_TRAIN_REQUEST => {
                 let round = r.u32("round")?;
-                Self::TrainRequest { round, params: Arc::new(r.params(max_params)?) }
+                Self::TrainRequest {
+                    round,
+                    params: Arc::new(r.params(max_params)?),
+                }
             }
             KIND_TRAIN_REPLY => {
                 let round = r.u32("round")?;
                 let num_samples = u64::from_le_bytes(r.array("num_samples")?);
                 let steps = r.u32("steps")?;
                 let train_loss = f32::from_le_bytes(r.array("train_loss")?);
-                Self::TrainReply { round, num_samples, steps, train_loss, params: r.params(max_params)? }
+                Self::TrainReply {
+                    round,
+                    num_samples,
+                    steps,
+                    train_loss,
+                    params: r.params(max_params)?,
+                }
             }
             k => return Err(WireError::Malformed(format!("unknown message kind {k}"))),
         };
         if r.pos != bytes.len() {
-            return Err(WireError::Malformed(format!("{} trailing bytes", bytes.len() - r.pos)));
+            return Err(WireError::Malformed(format!(
+                "{} trailing bytes",
+                bytes.len() - r.pos
+            )));
         }
         Ok(payload)
     }
@@ -146,9 +168,17 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], WireError> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or_else(|| {
-            WireError::Truncated(format!("{what} needs {n} bytes at offset {}, message has {}", self.pos, self.bytes.len()))
-        })?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or_else(|| {
+                WireError::Truncated(format!(
+                    "{what} needs {n} bytes at offset {}, message has {}",
+                    self.pos,
+                    self.bytes.len()
+                ))
+            })?;
         let s = &self.bytes[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -171,7 +201,10 @@ impl<'a> Reader<'a> {
             return Err(WireError::TooLarge { got: n, max });
         }
         let raw = self.take(n * 4, "parameters")?;
-        Ok(raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        Ok(raw
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
     }
 }
 
@@ -181,22 +214,40 @@ mod tests {
     use proptest::prelude::*;
 
     fn reply(params: Vec<f32>) -> Payload {
-        Payload::TrainReply { round: 3, num_samples: 600, steps: 19, train_loss: 0.5, params }
+        Payload::TrainReply {
+            round: 3,
+            num_samples: 600,
+            steps: 19,
+            train_loss: 0.5,
+            params,
+        }
     }
 
     #[test]
     fn rejects_hostile_input() {
         let good = reply(vec![1.0, 2.0]).encode();
         for cut in 0..good.len() {
-            assert!(Payload::decode(&good[..cut], 10).is_err(), "prefix of {cut} bytes accepted");
+            assert!(
+                Payload::decode(&good[..cut], 10).is_err(),
+                "prefix of {cut} bytes accepted"
+            );
         }
         let mut long = good.clone();
         long.push(0);
-        assert!(matches!(Payload::decode(&long, 10), Err(WireError::Malformed(_))));
-        assert_eq!(Payload::decode(&good, 1), Err(WireError::TooLarge { got: 2, max: 1 }));
+        assert!(matches!(
+            Payload::decode(&long, 10),
+            Err(WireError::Malformed(_))
+        ));
+        assert_eq!(
+            Payload::decode(&good, 1),
+            Err(WireError::TooLarge { got: 2, max: 1 })
+        );
         let mut bad_kind = good.clone();
         bad_kind[4] = 99;
-        assert!(matches!(Payload::decode(&bad_kind, 10), Err(WireError::Malformed(_))));
+        assert!(matches!(
+            Payload::decode(&bad_kind, 10),
+            Err(WireError::Malformed(_))
+        ));
         let mut huge = good[..5].to_vec();
         huge.extend_from_slice(&3u32.to_le_bytes());
         huge.extend_from_slice(&u32::MAX.to_le_bytes()); // announces 4 billion parameters

@@ -27,7 +27,12 @@ pub enum ModelName {
 
 impl ModelName {
     /// All names, for help texts.
-    pub const ALL: [ModelName; 4] = [ModelName::Mlp, ModelName::Cnn, ModelName::CnnSmall, ModelName::CnnDeep];
+    pub const ALL: [ModelName; 4] = [
+        ModelName::Mlp,
+        ModelName::Cnn,
+        ModelName::CnnSmall,
+        ModelName::CnnDeep,
+    ];
 
     /// The config spelling.
     pub fn as_str(self) -> &'static str {
@@ -83,11 +88,18 @@ impl Arch {
             }
         }
         if classes < 2 {
-            return Err(NnError::Shape(format!("need at least 2 classes, got {classes}")));
+            return Err(NnError::Shape(format!(
+                "need at least 2 classes, got {classes}"
+            )));
         }
         let mut fc = hidden;
         fc.push(classes);
-        Ok(Self { name, input: input.to_vec(), blocks, fc })
+        Ok(Self {
+            name,
+            input: input.to_vec(),
+            blocks,
+            fc,
+        })
     }
 
     /// Number of values entering the first fully connected layer.
@@ -100,7 +112,12 @@ impl Arch {
             h /= 2;
             w /= 2;
         }
-        let channels = self.blocks.last().and_then(|b| b.last()).copied().unwrap_or(self.input[0]);
+        let channels = self
+            .blocks
+            .last()
+            .and_then(|b| b.last())
+            .copied()
+            .unwrap_or(self.input[0]);
         channels * h * w
     }
 
@@ -111,15 +128,31 @@ impl Arch {
         for (b, block) in self.blocks.iter().enumerate() {
             for (c, &o) in block.iter().enumerate() {
                 let fan_in = ch * 9;
-                out.push(ParamShape { name: format!("blocks.{b}.convs.{c}.weight"), dims: vec![o, ch, 3, 3], fan_in });
-                out.push(ParamShape { name: format!("blocks.{b}.convs.{c}.bias"), dims: vec![o], fan_in });
+                out.push(ParamShape {
+                    name: format!("blocks.{b}.convs.{c}.weight"),
+                    dims: vec![o, ch, 3, 3],
+                    fan_in,
+                });
+                out.push(ParamShape {
+                    name: format!("blocks.{b}.convs.{c}.bias"),
+                    dims: vec![o],
+                    fan_in,
+                });
                 ch = o;
             }
         }
         let mut inp = self.flat_features();
         for (l, &o) in self.fc.iter().enumerate() {
-            out.push(ParamShape { name: format!("fc.{l}.weight"), dims: vec![inp, o], fan_in: inp });
-            out.push(ParamShape { name: format!("fc.{l}.bias"), dims: vec![o], fan_in: inp });
+            out.push(ParamShape {
+                name: format!("fc.{l}.weight"),
+                dims: vec![inp, o],
+                fan_in: inp,
+            });
+            out.push(ParamShape {
+                name: format!("fc.{l}.bias"),
+                dims: vec![o],
+                fan_in: inp,
+            });
             inp = o;
         }
         out
@@ -127,7 +160,10 @@ impl Arch {
 
     /// Total number of parameters.
     pub fn num_params(&self) -> usize {
-        self.param_shapes().iter().map(|p| p.dims.iter().product::<usize>()).sum()
+        self.param_shapes()
+            .iter()
+            .map(|p| p.dims.iter().product::<usize>())
+            .sum()
     }
 
     /// Seeded init, the same rule as PyTorch's default for conv and linear layers: weights and
@@ -146,7 +182,10 @@ impl Arch {
     /// Forward FLOPs of one sample (multiply-adds counted as 2), for reports.
     pub fn forward_flops(&self) -> u64 {
         let mut flops = 0u64;
-        let (mut h, mut w) = (self.input.get(1).copied().unwrap_or(1), self.input.get(2).copied().unwrap_or(1));
+        let (mut h, mut w) = (
+            self.input.get(1).copied().unwrap_or(1),
+            self.input.get(2).copied().unwrap_or(1),
+        );
         let mut ch = self.input.first().copied().unwrap_or(1);
         for block in &self.blocks {
             for &o in block {
@@ -182,7 +221,10 @@ mod tests {
         let n = |m| Arch::new(m, &[1, 28, 28], 10).unwrap().num_params();
         assert!(n(ModelName::CnnSmall) * 5 < n(ModelName::Cnn));
         assert!(n(ModelName::Cnn) * 2 < n(ModelName::CnnDeep));
-        assert_eq!(n(ModelName::Mlp), 784 * 200 + 200 + 200 * 200 + 200 + 200 * 10 + 10);
+        assert_eq!(
+            n(ModelName::Mlp),
+            784 * 200 + 200 + 200 * 200 + 200 + 200 * 10 + 10
+        );
     }
 
     #[test]
@@ -197,7 +239,9 @@ mod tests {
 
     #[test]
     fn cnn_on_vectors_is_a_clear_error() {
-        let e = Arch::new(ModelName::Cnn, &[60], 10).unwrap_err().to_string();
+        let e = Arch::new(ModelName::Cnn, &[60], 10)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("mlp") && e.contains("[60]"), "{e}");
         assert!(Arch::new(ModelName::Mlp, &[60], 10).is_ok());
     }

@@ -6,19 +6,14 @@ use serde::{Deserialize, Serialize};
 use crate::NnError;
 
 /// A device named in the config.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(try_from = "String", into = "String")]
 pub enum DeviceKind {
     /// burn's pure-Rust `flex` CPU backend.
+    #[default]
     Cpu,
     /// burn's CUDA backend, GPU `index` (needs the `cuda` cargo feature).
     Cuda(usize),
-}
-
-impl Default for DeviceKind {
-    fn default() -> Self {
-        Self::Cpu
-    }
 }
 
 impl TryFrom<String> for DeviceKind {
@@ -31,7 +26,9 @@ impl TryFrom<String> for DeviceKind {
                 .strip_prefix("cuda:")
                 .and_then(|i| i.parse().ok())
                 .map(Self::Cuda)
-                .ok_or_else(|| format!("unknown device {other:?} (allowed: \"cpu\", \"cuda\", \"cuda:N\")")),
+                .ok_or_else(|| {
+                    format!("unknown device {other:?} (allowed: \"cpu\", \"cuda\", \"cuda:N\")")
+                }),
         }
     }
 }

@@ -47,5 +47,8 @@ impl ModuleMapper for Writer<'_> {
 
 /// Writes `values` into `module`'s parameters. The caller checks `values.len() == module.num_params()`.
 pub fn load_flat<M: Module>(module: M, values: &[f32]) -> M {
-    module.map(&mut Writer { src: values, offset: 0 })
+    module.map(&mut Writer {
+        src: values,
+        offset: 0,
+    })
 }

@@ -51,7 +51,9 @@ impl Net {
             .fc
             .iter()
             .map(|&o| {
-                let l = LinearConfig::new(inp, o).with_initializer(Initializer::Zeros).init(device);
+                let l = LinearConfig::new(inp, o)
+                    .with_initializer(Initializer::Zeros)
+                    .init(device);
                 inp = o;
                 l
             })

@@ -14,25 +14,42 @@ use crate::net::Net;
 use crate::NnError;
 
 fn err(path: &Path, why: impl ToString) -> NnError {
-    NnError::Store { path: path.display().to_string(), why: why.to_string() }
+    NnError::Store {
+        path: path.display().to_string(),
+        why: why.to_string(),
+    }
 }
 
 /// Writes `params` of `arch` to `path` atomically.
 pub fn save(arch: &Arch, params: &[f32], path: &Path) -> Result<(), NnError> {
     if params.len() != arch.num_params() {
-        return Err(NnError::ParamCount { model: arch.name.as_str().into(), expected: arch.num_params(), got: params.len() });
+        return Err(NnError::ParamCount {
+            model: arch.name.as_str().into(),
+            expected: arch.num_params(),
+            got: params.len(),
+        });
     }
     let device = burn::tensor::Device::flex();
     let net = flat::load_flat(Net::new(arch, &device), params);
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("weights"),
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("weights"),
         std::process::id()
     ));
-    let mut store = SafetensorsStore::from_file(&tmp).overwrite(true).with_to_adapter(BurnToPyTorchAdapter);
-    net.save_into(&mut store).map_err(|e| err(path, format!("{e:?}")))?;
-    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| err(path, e))?;
+    let mut store = SafetensorsStore::from_file(&tmp)
+        .overwrite(true)
+        .with_to_adapter(BurnToPyTorchAdapter);
+    net.save_into(&mut store)
+        .map_err(|e| err(path, format!("{e:?}")))?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| err(path, e))?;
     std::fs::rename(&tmp, path).map_err(|e| err(path, e))?;
     Ok(())
 }
@@ -45,14 +62,19 @@ pub fn load(arch: &Arch, path: &Path) -> Result<Vec<f32>, NnError> {
     let device = burn::tensor::Device::flex();
     let mut net = Net::new(arch, &device);
     let mut store = SafetensorsStore::from_file(path).with_from_adapter(PyTorchToBurnAdapter);
-    let result = net.load_from(&mut store).map_err(|e| err(path, format!("{e:?}")))?;
+    let result = net
+        .load_from(&mut store)
+        .map_err(|e| err(path, format!("{e:?}")))?;
     if !result.errors.is_empty() || !result.missing.is_empty() {
-        return Err(err(path, format!(
-            "does not fit model {} (missing: {:?}, errors: {:?})",
-            arch.name.as_str(),
-            result.missing,
-            result.errors
-        )));
+        return Err(err(
+            path,
+            format!(
+                "does not fit model {} (missing: {:?}, errors: {:?})",
+                arch.name.as_str(),
+                result.missing,
+                result.errors
+            ),
+        ));
     }
     Ok(flat::flatten(&net))
 }

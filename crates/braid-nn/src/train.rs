@@ -75,9 +75,16 @@ fn adamw_wd() -> f32 {
 impl OptimizerConfig {
     /// Checks the hyper-parameters; the error names the field.
     pub fn validate(&self) -> Result<(), NnError> {
-        let bad = |f: &str, v: f64, rule: &str| Err(NnError::Config(format!("train.optimizer.{f} = {v} {rule}")));
+        let bad = |f: &str, v: f64, rule: &str| {
+            Err(NnError::Config(format!("train.optimizer.{f} = {v} {rule}")))
+        };
         match *self {
-            Self::Sgd { lr, momentum, weight_decay, nesterov } => {
+            Self::Sgd {
+                lr,
+                momentum,
+                weight_decay,
+                nesterov,
+            } => {
                 if !(lr.is_finite() && lr > 0.0) {
                     return bad("lr", lr, "must be > 0");
                 }
@@ -88,11 +95,19 @@ impl OptimizerConfig {
                     return bad("weight_decay", weight_decay, "must be >= 0");
                 }
                 if nesterov && momentum == 0.0 {
-                    return Err(NnError::Config("train.optimizer.nesterov = true needs momentum > 0".into()));
+                    return Err(NnError::Config(
+                        "train.optimizer.nesterov = true needs momentum > 0".into(),
+                    ));
                 }
                 Ok(())
             }
-            Self::Adamw { lr, beta1, beta2, eps, weight_decay } => {
+            Self::Adamw {
+                lr,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            } => {
                 if !(lr.is_finite() && lr > 0.0) {
                     return bad("lr", lr, "must be > 0");
                 }
@@ -101,8 +116,11 @@ impl OptimizerConfig {
                         return bad(f, f64::from(v), "must be in [0, 1)");
                     }
                 }
-                if !(eps > 0.0) || !(weight_decay >= 0.0) {
-                    return bad("eps/weight_decay", f64::from(eps.min(weight_decay)), "must be > 0 / >= 0");
+                if !(eps.is_finite() && eps > 0.0) {
+                    return bad("eps", f64::from(eps), "must be > 0");
+                }
+                if !(weight_decay.is_finite() && weight_decay >= 0.0) {
+                    return bad("weight_decay", f64::from(weight_decay), "must be >= 0");
                 }
                 Ok(())
             }
@@ -117,11 +135,19 @@ impl OptimizerConfig {
 
     fn build(&self) -> burn::optim::ModuleOptimizer {
         match *self {
-            Self::Sgd { momentum, weight_decay, nesterov, .. } => {
+            Self::Sgd {
+                momentum,
+                weight_decay,
+                nesterov,
+                ..
+            } => {
                 let mut c = SgdConfig::new();
                 if momentum > 0.0 {
                     c = c.with_momentum(Some(
-                        MomentumConfig::new().with_momentum(momentum).with_dampening(0.0).with_nesterov(nesterov),
+                        MomentumConfig::new()
+                            .with_momentum(momentum)
+                            .with_dampening(0.0)
+                            .with_nesterov(nesterov),
                     ));
                 }
                 if weight_decay > 0.0 {
@@ -129,7 +155,13 @@ impl OptimizerConfig {
                 }
                 c.init()
             }
-            Self::Adamw { beta1, beta2, eps, weight_decay, .. } => AdamWConfig::new()
+            Self::Adamw {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                ..
+            } => AdamWConfig::new()
                 .with_beta_1(beta1)
                 .with_beta_2(beta2)
                 .with_epsilon(eps)
@@ -201,7 +233,13 @@ impl Trainer {
         let device = device.device()?.autodiff();
         let model = Net::new(&arch, &device);
         let loss = CrossEntropyLossConfig::new().init(&device);
-        Ok(Self { arch, device, model: Some(model), loss, eval_batch: 1000 })
+        Ok(Self {
+            arch,
+            device,
+            model: Some(model),
+            loss,
+            eval_batch: 1000,
+        })
     }
 
     /// The architecture.
@@ -212,7 +250,11 @@ impl Trainer {
     fn check(&self, params: &[f32], data: &Dataset) -> Result<(), NnError> {
         let expected = self.arch.num_params();
         if params.len() != expected {
-            return Err(NnError::ParamCount { model: self.arch.name.as_str().into(), expected, got: params.len() });
+            return Err(NnError::ParamCount {
+                model: self.arch.name.as_str().into(),
+                expected,
+                got: params.len(),
+            });
         }
         if data.sample_shape() != self.arch.input.as_slice() {
             return Err(NnError::Shape(format!(
@@ -226,7 +268,10 @@ impl Trainer {
     }
 
     fn loaded(&mut self, params: &[f32]) -> Net {
-        let model = self.model.take().unwrap_or_else(|| Net::new(&self.arch, &self.device));
+        let model = self
+            .model
+            .take()
+            .unwrap_or_else(|| Net::new(&self.arch, &self.device));
         flat::load_flat(model, params)
     }
 
@@ -250,19 +295,32 @@ impl Trainer {
         self.check(params, data)?;
         spec.optimizer.validate()?;
         if spec.batch_size == 0 {
-            return Err(NnError::Config("train.batch_size must be at least 1".into()));
+            return Err(NnError::Config(
+                "train.batch_size must be at least 1".into(),
+            ));
         }
         if shard.is_empty() {
-            return Ok(TrainOutcome { params: params.to_vec(), samples: 0, steps: 0, mean_loss: 0.0 });
+            return Ok(TrainOutcome {
+                params: params.to_vec(),
+                samples: 0,
+                steps: 0,
+                mean_loss: 0.0,
+            });
         }
         let mut model = self.loaded(params);
         let mut optim = spec.optimizer.build();
         let lr = spec.optimizer.lr();
-        let anchor = (spec.prox_mu > 0.0)
-            .then(|| Tensor::<1>::from_data(TensorData::new(params.to_vec(), [params.len()]), &self.device.clone().inner()));
+        let anchor = (spec.prox_mu > 0.0).then(|| {
+            Tensor::<1>::from_data(
+                TensorData::new(params.to_vec(), [params.len()]),
+                &self.device.clone().inner(),
+            )
+        });
         let mut rng = seed::rng(seed_value, &[]);
         let mut order: Vec<usize> = shard.to_vec();
-        let total_steps = spec.max_steps.unwrap_or(spec.epochs * shard.len().div_ceil(spec.batch_size));
+        let total_steps = spec
+            .max_steps
+            .unwrap_or(spec.epochs * shard.len().div_ceil(spec.batch_size));
         let (mut steps, mut samples) = (0usize, 0usize);
         let mut loss_sum: Option<Tensor<1>> = None;
         'outer: while steps < total_steps {
@@ -295,17 +353,30 @@ impl Trainer {
                 samples += chunk.len();
             }
         }
-        let mean_loss = loss_sum.map(|s| f64::from(s.into_scalar::<f32>())).unwrap_or(0.0) / steps.max(1) as f64;
+        let mean_loss = loss_sum
+            .map(|s| f64::from(s.into_scalar::<f32>()))
+            .unwrap_or(0.0)
+            / steps.max(1) as f64;
         let out = flat::flatten(&model);
         self.model = Some(model);
         if !mean_loss.is_finite() || !braid_core::params::all_finite(&out) {
             return Err(NnError::Diverged);
         }
-        Ok(TrainOutcome { params: out, samples, steps, mean_loss })
+        Ok(TrainOutcome {
+            params: out,
+            samples,
+            steps,
+            mean_loss,
+        })
     }
 
     /// Accuracy and mean loss of `params` on samples `idx` of `data` (all samples if `None`).
-    pub fn evaluate(&mut self, params: &[f32], data: &Dataset, idx: Option<&[usize]>) -> Result<EvalOutcome, NnError> {
+    pub fn evaluate(
+        &mut self,
+        params: &[f32],
+        data: &Dataset,
+        idx: Option<&[usize]>,
+    ) -> Result<EvalOutcome, NnError> {
         self.check(params, data)?;
         let all: Vec<usize>;
         let idx = match idx {
@@ -323,13 +394,19 @@ impl Trainer {
         for chunk in idx.chunks(self.eval_batch) {
             let (x, y) = self.batch(data, chunk, &device);
             let logits = valid.forward(&self.arch, x);
-            let loss = loss_fn.forward(logits.clone(), y.clone()).into_scalar::<f32>();
+            let loss = loss_fn
+                .forward(logits.clone(), y.clone())
+                .into_scalar::<f32>();
             loss_sum += f64::from(loss) * chunk.len() as f64;
             let pred = logits.argmax(1).reshape([chunk.len() as i32]);
             correct += pred.equal(y).int().sum().into_scalar::<i64>();
         }
         self.model = Some(model);
         let n = idx.len().max(1) as f64;
-        Ok(EvalOutcome { accuracy: correct as f64 / n, loss: loss_sum / n, samples: idx.len() })
+        Ok(EvalOutcome {
+            accuracy: correct as f64 / n,
+            loss: loss_sum / n,
+            samples: idx.len(),
+        })
     }
 }

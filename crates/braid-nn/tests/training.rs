@@ -6,7 +6,12 @@ use braid_nn::{store, DeviceKind, NnError, OptimizerConfig, TrainSpec, Trainer};
 
 fn sgd(lr: f64) -> TrainSpec {
     TrainSpec {
-        optimizer: OptimizerConfig::Sgd { lr, momentum: 0.0, weight_decay: 0.0, nesterov: false },
+        optimizer: OptimizerConfig::Sgd {
+            lr,
+            momentum: 0.0,
+            weight_decay: 0.0,
+            nesterov: false,
+        },
         batch_size: 32,
         epochs: 1,
         max_steps: None,
@@ -22,7 +27,10 @@ fn flat_params_round_trip_through_the_module() {
         let data = load_fashion(&FashionSource::Bundled).unwrap().test;
         let mut t = Trainer::new(arch.clone(), &DeviceKind::Cpu).unwrap();
         // Zero steps of training return exactly what went in.
-        let spec = TrainSpec { max_steps: Some(0), ..sgd(0.1) };
+        let spec = TrainSpec {
+            max_steps: Some(0),
+            ..sgd(0.1)
+        };
         let out = t.train(&p, &data, &[0, 1, 2], &spec, 0).unwrap();
         assert_eq!(out.params, p, "{}", name.as_str());
         assert_eq!(out.steps, 0);
@@ -49,10 +57,15 @@ fn every_parameter_gets_a_gradient_and_training_learns() {
         offset += n;
     }
     let after = t.evaluate(&out.params, &split.test, None).unwrap();
-    assert!(after.accuracy > before.accuracy + 0.15, "{before:?} -> {after:?}");
+    assert!(
+        after.accuracy > before.accuracy + 0.15,
+        "{before:?} -> {after:?}"
+    );
     assert!(after.loss < before.loss);
     // A second call from the trained parameters keeps learning (the reused module is re-loaded).
-    let again = t.train(&out.params, &split.train, &shard, &sgd(0.05), 8).unwrap();
+    let again = t
+        .train(&out.params, &split.train, &shard, &sgd(0.05), 8)
+        .unwrap();
     assert!(again.mean_loss < out.mean_loss);
 }
 
@@ -78,9 +91,25 @@ fn proximal_term_keeps_the_model_near_its_start() {
     let shard: Vec<usize> = (0..640).collect();
     let mut t = Trainer::new(arch, &DeviceKind::Cpu).unwrap();
     let free = t.train(&p0, &split.train, &shard, &sgd(0.1), 1).unwrap();
-    let prox = t.train(&p0, &split.train, &shard, &TrainSpec { prox_mu: 5.0, ..sgd(0.1) }, 1).unwrap();
+    let prox = t
+        .train(
+            &p0,
+            &split.train,
+            &shard,
+            &TrainSpec {
+                prox_mu: 5.0,
+                ..sgd(0.1)
+            },
+            1,
+        )
+        .unwrap();
     let d = |p: &[f32]| braid_core::params::sq_dist(p, &p0).unwrap();
-    assert!(d(&prox.params) < 0.5 * d(&free.params), "{} vs {}", d(&prox.params), d(&free.params));
+    assert!(
+        d(&prox.params) < 0.5 * d(&free.params),
+        "{} vs {}",
+        d(&prox.params),
+        d(&free.params)
+    );
 }
 
 #[test]
@@ -92,10 +121,24 @@ fn momentum_nesterov_and_adamw_train() {
     let mut t = Trainer::new(arch, &DeviceKind::Cpu).unwrap();
     let base = t.evaluate(&p0, &split.test, None).unwrap().accuracy;
     for opt in [
-        OptimizerConfig::Sgd { lr: 0.02, momentum: 0.9, weight_decay: 5e-4, nesterov: true },
-        OptimizerConfig::Adamw { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 },
+        OptimizerConfig::Sgd {
+            lr: 0.02,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            nesterov: true,
+        },
+        OptimizerConfig::Adamw {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        },
     ] {
-        let spec = TrainSpec { optimizer: opt.clone(), ..sgd(0.1) };
+        let spec = TrainSpec {
+            optimizer: opt.clone(),
+            ..sgd(0.1)
+        };
         let out = t.train(&p0, &split.train, &shard, &spec, 2).unwrap();
         let acc = t.evaluate(&out.params, &split.test, None).unwrap().accuracy;
         assert!(acc > base + 0.25, "{opt:?}: {base} -> {acc}");
@@ -107,11 +150,15 @@ fn wrong_shapes_are_errors_not_panics() {
     let split = load_fashion(&FashionSource::Bundled).unwrap();
     let arch = Arch::new(ModelName::CnnSmall, &[1, 28, 28], 10).unwrap();
     let mut t = Trainer::new(arch, &DeviceKind::Cpu).unwrap();
-    let e = t.train(&[0.0; 10], &split.train, &[0], &sgd(0.1), 0).unwrap_err();
+    let e = t
+        .train(&[0.0; 10], &split.train, &[0], &sgd(0.1), 0)
+        .unwrap_err();
     assert!(matches!(e, NnError::ParamCount { got: 10, .. }), "{e}");
     let vec_arch = Arch::new(ModelName::Mlp, &[60], 10).unwrap();
     let mut t = Trainer::new(vec_arch.clone(), &DeviceKind::Cpu).unwrap();
-    let e = t.evaluate(&vec_arch.init_params(0), &split.test, None).unwrap_err();
+    let e = t
+        .evaluate(&vec_arch.init_params(0), &split.test, None)
+        .unwrap_err();
     assert!(e.to_string().contains("[60]"), "{e}");
 }
 
@@ -126,10 +173,16 @@ fn safetensors_round_trip_and_reject_other_models() {
     assert_eq!(store::load(&arch, &path).unwrap(), p);
     let other = Arch::new(ModelName::CnnDeep, &[1, 28, 28], 10).unwrap();
     assert!(store::load(&other, &path).is_err());
-    assert!(store::load(&arch, &dir.path().join("missing.safetensors")).unwrap_err().to_string().contains("missing"));
+    assert!(store::load(&arch, &dir.path().join("missing.safetensors"))
+        .unwrap_err()
+        .to_string()
+        .contains("missing"));
     // The file is plain safetensors: an 8-byte header length, then a JSON header naming tensors.
     let bytes = std::fs::read(&path).unwrap();
     let hlen = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let header = std::str::from_utf8(&bytes[8..8 + hlen]).unwrap();
-    assert!(header.contains("\"fc.0.weight\"") && header.contains("[128,3136]"), "{header}");
+    assert!(
+        header.contains("\"fc.0.weight\"") && header.contains("[128,3136]"),
+        "{header}"
+    );
 }

@@ -55,9 +55,15 @@ pub struct FedAvgServer {
 
 impl FedAvgServer {
     /// A server for `clients`, starting from `initial` parameters.
-    pub fn new(config: ServerConfig, clients: Vec<NodeId>, initial: Vec<f32>) -> Result<Self, EngineError> {
+    pub fn new(
+        config: ServerConfig,
+        clients: Vec<NodeId>,
+        initial: Vec<f32>,
+    ) -> Result<Self, EngineError> {
         if clients.is_empty() {
-            return Err(EngineError::Setup("FedAvg needs at least one client".into()));
+            return Err(EngineError::Setup(
+                "FedAvg needs at least one client".into(),
+            ));
         }
         if config.clients_per_round == 0 || config.clients_per_round > clients.len() {
             return Err(EngineError::Setup(format!(
@@ -67,7 +73,16 @@ impl FedAvgServer {
             )));
         }
         let optimizer = ServerOptimizer::new(config.server_optimizer.clone());
-        Ok(Self { config, clients, params: initial, optimizer, round: 0, waiting: BTreeMap::new(), bytes_down: 0, bytes_up: 0 })
+        Ok(Self {
+            config,
+            clients,
+            params: initial,
+            optimizer,
+            round: 0,
+            waiting: BTreeMap::new(),
+            bytes_down: 0,
+            bytes_up: 0,
+        })
     }
 
     /// The current global parameters.
@@ -77,11 +92,17 @@ impl FedAvgServer {
 
     fn start_round(&mut self, ctx: &mut NodeCtx<'_>) {
         self.round += 1;
-        let mut rng = seed::rng(self.config.seed, &[seed::stream::SAMPLING, u64::from(self.round)]);
+        let mut rng = seed::rng(
+            self.config.seed,
+            &[seed::stream::SAMPLING, u64::from(self.round)],
+        );
         let mut chosen: Vec<NodeId> = if self.config.clients_per_round == self.clients.len() {
             self.clients.clone()
         } else {
-            sample(&mut rng, self.clients.len(), self.config.clients_per_round).into_iter().map(|i| self.clients[i]).collect()
+            sample(&mut rng, self.clients.len(), self.config.clients_per_round)
+                .into_iter()
+                .map(|i| self.clients[i])
+                .collect()
         };
         chosen.sort_unstable();
         let shared = Arc::new(self.params.clone());
@@ -90,19 +111,35 @@ impl FedAvgServer {
         self.bytes_up = 0;
         for c in chosen {
             self.waiting.insert(c, None);
-            self.bytes_down += ctx.send(c, Payload::TrainRequest { round: self.round, params: Arc::clone(&shared) }) as u64;
+            self.bytes_down += ctx.send(
+                c,
+                Payload::TrainRequest {
+                    round: self.round,
+                    params: Arc::clone(&shared),
+                },
+            ) as u64;
         }
     }
 
     fn finish_round(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
-        let replies: Vec<Reply> = std::mem::take(&mut self.waiting).into_values().flatten().collect();
-        let items: Vec<(&[f32], f64)> = replies.iter().map(|r| (r.params.as_slice(), r.num_samples as f64)).collect();
+        let replies: Vec<Reply> = std::mem::take(&mut self.waiting)
+            .into_values()
+            .flatten()
+            .collect();
+        let items: Vec<(&[f32], f64)> = replies
+            .iter()
+            .map(|r| (r.params.as_slice(), r.num_samples as f64))
+            .collect();
         let mean = weighted_mean(&items)?;
         self.optimizer.step(&mut self.params, &mean)?;
         let samples: u64 = replies.iter().map(|r| r.num_samples).sum();
-        let train_loss = replies.iter().map(|r| f64::from(r.train_loss) * r.num_samples as f64).sum::<f64>() / samples.max(1) as f64;
+        let train_loss = replies
+            .iter()
+            .map(|r| f64::from(r.train_loss) * r.num_samples as f64)
+            .sum::<f64>()
+            / samples.max(1) as f64;
         let last = self.round == self.config.rounds;
-        let (accuracy, loss) = if last || self.round % self.config.eval_every.max(1) == 0 {
+        let (accuracy, loss) = if last || self.round.is_multiple_of(self.config.eval_every.max(1)) {
             let e = ctx.trainer.evaluate(&self.params)?;
             (Some(e.accuracy), Some(e.loss))
         } else {
@@ -119,7 +156,9 @@ impl FedAvgServer {
             bytes_down: self.bytes_down,
         }));
         if last {
-            ctx.emit(Event::Finished { params: self.params.clone() });
+            ctx.emit(Event::Finished {
+                params: self.params.clone(),
+            });
         } else {
             self.start_round(ctx);
         }
@@ -134,34 +173,67 @@ impl Node for FedAvgServer {
 
     fn on_start(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
         if self.config.rounds == 0 {
-            ctx.emit(Event::Finished { params: self.params.clone() });
+            ctx.emit(Event::Finished {
+                params: self.params.clone(),
+            });
             return Ok(());
         }
         self.start_round(ctx);
         Ok(())
     }
 
-    fn on_message(&mut self, from: NodeId, payload: Payload, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+    fn on_message(
+        &mut self,
+        from: NodeId,
+        payload: Payload,
+        ctx: &mut NodeCtx<'_>,
+    ) -> Result<(), EngineError> {
         let kind = payload.kind();
-        let reject = |why: String| EngineError::Rejected { node: SERVER, from, kind, why };
+        let reject = |why: String| EngineError::Rejected {
+            node: SERVER,
+            from,
+            kind,
+            why,
+        };
         let bytes = payload.encoded_len() as u64;
-        let Payload::TrainReply { round, num_samples, train_loss, params, .. } = payload else {
+        let Payload::TrainReply {
+            round,
+            num_samples,
+            train_loss,
+            params,
+            ..
+        } = payload
+        else {
             return Err(reject("the server only accepts train replies".into()));
         };
         if round != self.round {
-            return Err(reject(format!("reply is for round {round}, the current round is {}", self.round)));
+            return Err(reject(format!(
+                "reply is for round {round}, the current round is {}",
+                self.round
+            )));
         }
-        let slot = self.waiting.get_mut(&from).ok_or_else(|| reject("this client was not asked to train this round".into()))?;
+        let slot = self
+            .waiting
+            .get_mut(&from)
+            .ok_or_else(|| reject("this client was not asked to train this round".into()))?;
         if slot.is_some() {
             return Err(reject("duplicate reply".into()));
         }
         if params.len() != self.params.len() {
-            return Err(reject(format!("update has {} parameters, the model has {}", params.len(), self.params.len())));
+            return Err(reject(format!(
+                "update has {} parameters, the model has {}",
+                params.len(),
+                self.params.len()
+            )));
         }
         if !params::all_finite(&params) {
             return Err(reject("update contains NaN or infinite values".into()));
         }
-        *slot = Some(Reply { num_samples, train_loss, params });
+        *slot = Some(Reply {
+            num_samples,
+            train_loss,
+            params,
+        });
         self.bytes_up += bytes;
         if self.waiting.values().all(Option::is_some) {
             self.finish_round(ctx)?;
@@ -193,15 +265,37 @@ impl Node for FedAvgClient {
         Ok(())
     }
 
-    fn on_message(&mut self, from: NodeId, payload: Payload, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+    fn on_message(
+        &mut self,
+        from: NodeId,
+        payload: Payload,
+        ctx: &mut NodeCtx<'_>,
+    ) -> Result<(), EngineError> {
         let kind = payload.kind();
         let Payload::TrainRequest { round, params } = payload else {
-            return Err(EngineError::Rejected { node: self.id, from, kind, why: "a client only accepts train requests".into() });
+            return Err(EngineError::Rejected {
+                node: self.id,
+                from,
+                kind,
+                why: "a client only accepts train requests".into(),
+            });
         };
         if from != SERVER {
-            return Err(EngineError::Rejected { node: self.id, from, kind, why: "train requests must come from the server".into() });
+            return Err(EngineError::Rejected {
+                node: self.id,
+                from,
+                kind,
+                why: "train requests must come from the server".into(),
+            });
         }
-        let s = seed::derive(self.seed, &[seed::stream::LOCAL_TRAIN, u64::from(round), u64::from(self.id)]);
+        let s = seed::derive(
+            self.seed,
+            &[
+                seed::stream::LOCAL_TRAIN,
+                u64::from(round),
+                u64::from(self.id),
+            ],
+        );
         let out = ctx.trainer.train(&params, &self.shard, s)?;
         ctx.send(
             SERVER,

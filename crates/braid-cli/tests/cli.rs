@@ -1,0 +1,228 @@
+//! The `braid` binary as a user runs it: the demo, the partition report, and malformed inputs,
+//! each of which must exit non-zero with one clear line and never panic.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn braid(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_braid"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("braid runs")
+}
+
+const GOOD: &str = r#"
+name = "cli"
+[data]
+dataset = "fashion-mnist"
+source = "bundled"
+train_limit = 400
+test_limit = 200
+[partition]
+clients = 4
+kind = "iid"
+[model]
+name = "cnn-small"
+[train]
+local_steps = 2
+[algorithm]
+name = "fedavg"
+rounds = 1
+"#;
+
+/// Writes `config` into `dir`, runs `braid run` on it, and checks for one clean error line.
+fn expect_error(config: &str, needle: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("exp.toml"), config).unwrap();
+    let out = braid(&["run", "exp.toml", "-q"], dir.path());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted: {config}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {err}");
+    assert!(
+        lines[0].starts_with("error: ") && lines[0].contains(needle),
+        "{needle:?} not in {err:?}"
+    );
+}
+
+#[test]
+fn malformed_inputs_get_one_clear_line() {
+    expect_error("name = \n", "line 1");
+    expect_error(
+        &GOOD.replace("\"cnn-small\"", "\"resnet50\""),
+        "unknown variant `resnet50`",
+    );
+    expect_error(
+        &GOOD.replace("kind = \"iid\"", "kind = \"dirichlet\"\nalpha = 0.0"),
+        "partition.alpha must be",
+    );
+    expect_error(
+        &GOOD.replace("kind = \"iid\"", "kind = \"dirichlet\"\nalpha = -2.0"),
+        "partition.alpha must be",
+    );
+    expect_error(
+        &GOOD.replace("clients = 4", "clients = 500"),
+        "partition.clients = 500 but the training set has only 400 samples",
+    );
+    expect_error(
+        &GOOD.replace("rounds = 1", "rounds = 1\nclients_per_round = 9"),
+        "clients_per_round",
+    );
+    expect_error(
+        &GOOD.replace("source = \"bundled\"", "source = \"/nonexistent/idx\""),
+        "/nonexistent/idx",
+    );
+    expect_error(
+        &format!("{GOOD}[runtime]\ndevice = \"tpu\"\n"),
+        "unknown device",
+    );
+    expect_error(
+        &GOOD.replace("[train]", "[train]\nbatch_size = 0"),
+        "train.batch_size",
+    );
+}
+
+#[test]
+fn corrupt_idx_files_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let idx = dir.path().join("idx");
+    std::fs::create_dir(&idx).unwrap();
+    // A truncated image file: header promises 2 x 28 x 28 bytes, holds 10.
+    let mut img = vec![0u8, 0, 8, 3];
+    for d in [2u32, 28, 28] {
+        img.extend_from_slice(&d.to_be_bytes());
+    }
+    img.extend_from_slice(&[0; 10]);
+    std::fs::write(idx.join("train-images-idx3-ubyte"), &img).unwrap();
+    std::fs::write(
+        idx.join("train-labels-idx1-ubyte"),
+        [0u8, 0, 8, 1, 0, 0, 0, 2, 1, 2],
+    )
+    .unwrap();
+    let cfg = GOOD.replace(
+        "source = \"bundled\"",
+        &format!("source = {:?}", idx.display().to_string()),
+    );
+    expect_error(
+        &cfg,
+        "train-images-idx3-ubyte: not a valid IDX file: truncated",
+    );
+    // Garbage instead of gzip.
+    std::fs::remove_file(idx.join("train-images-idx3-ubyte")).unwrap();
+    std::fs::write(
+        idx.join("train-images-idx3-ubyte.gz"),
+        [0x1f, 0x8b, 1, 2, 3],
+    )
+    .unwrap();
+    expect_error(&cfg, "corrupt gzip");
+}
+
+#[test]
+fn missing_config_file_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = braid(&["run", "nope.toml"], dir.path());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("error: nope.toml: cannot read") && !err.contains("panicked"),
+        "{err}"
+    );
+}
+
+#[test]
+fn demo_runs_and_writes_every_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = braid(
+        &[
+            "demo",
+            "-q",
+            "--set",
+            "algorithm.rounds=2",
+            "--set",
+            "data.train_limit=600",
+            "--set",
+            "data.test_limit=300",
+            "--set",
+            "train.local_steps=3",
+            "--out",
+            "res",
+        ],
+        dir.path(),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("final test accuracy 0."), "{stdout}");
+    let res = dir.path().join("res");
+    for f in [
+        "config.toml",
+        "metrics.csv",
+        "metrics.jsonl",
+        "traffic.csv",
+        "final.safetensors",
+        "accuracy_vs_round.png",
+        "accuracy_vs_bytes.png",
+    ] {
+        assert!(res.join(f).is_file(), "{f} missing");
+    }
+    let csv = std::fs::read_to_string(res.join("metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    assert!(csv.starts_with(
+        "round,accuracy,loss,train_loss,clients,samples,bytes_up,bytes_down,cum_bytes,wall_s"
+    ));
+    // The written config reproduces the run.
+    let rerun = braid(
+        &["run", "res/config.toml", "-q", "--out", "res2"],
+        dir.path(),
+    );
+    assert!(rerun.status.success());
+    let strip = |s: String| {
+        s.lines()
+            .map(|l| {
+                l.rsplit_once(',')
+                    .map_or(l.to_string(), |(a, _)| a.to_string())
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        strip(csv),
+        strip(std::fs::read_to_string(dir.path().join("res2/metrics.csv")).unwrap()),
+        "same config, different metrics"
+    );
+}
+
+#[test]
+fn partition_prints_label_histograms() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("exp.toml"),
+        GOOD.replace("kind = \"iid\"", "kind = \"shards\"\nshards_per_client = 2"),
+    )
+    .unwrap();
+    let out = braid(&["partition", "exp.toml"], dir.path());
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{s}");
+    let rows: Vec<&str> = s.lines().collect();
+    assert_eq!(rows.len(), 1 + 1 + 4 + 1, "{s}");
+    assert!(
+        rows.last().unwrap().trim_start().starts_with("all    400"),
+        "{s}"
+    );
+    // Shards of 50 label-sorted samples (classes hold ~40 here): each shard spans at most two
+    // classes, so a client with two shards sees at most four of the ten.
+    for r in &rows[2..6] {
+        let nonzero = r
+            .split('|')
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .filter(|v| *v != "0")
+            .count();
+        assert!(nonzero <= 4, "{r}");
+    }
+}

@@ -1,0 +1,276 @@
+//! The FedAvg state machines and the simulator, driven with a pure-Rust fake trainer (fast,
+//! no tensor backend): aggregation weights, partial participation, hostile messages,
+//! determinism and independence from the number of worker threads.
+
+use std::sync::Arc;
+
+use braid_core::server_opt::ServerOptimizerConfig;
+use braid_engine::algorithms::fedavg::{FedAvgClient, FedAvgServer, ServerConfig, SERVER};
+use braid_engine::node::{EngineError, Event, LocalTrainer, Node, NodeCtx};
+use braid_engine::sim::{Simulator, Worker};
+use braid_engine::wire::{NodeId, Payload};
+use braid_nn::{EvalOutcome, TrainOutcome};
+
+/// "Training" moves every parameter to the mean of the shard's indices plus a seed-dependent
+/// jitter; evaluation reports the first parameter as "accuracy".
+struct FakeTrainer {
+    jitter: bool,
+}
+
+impl LocalTrainer for FakeTrainer {
+    fn train(
+        &mut self,
+        params: &[f32],
+        shard: &[usize],
+        seed: u64,
+    ) -> Result<TrainOutcome, EngineError> {
+        let mean = shard.iter().sum::<usize>() as f32 / shard.len().max(1) as f32;
+        let j = if self.jitter {
+            (seed % 1000) as f32 * 1e-3
+        } else {
+            0.0
+        };
+        Ok(TrainOutcome {
+            params: params.iter().map(|_| mean + j).collect(),
+            samples: shard.len(),
+            steps: 1,
+            mean_loss: 1.0,
+        })
+    }
+    fn evaluate(&mut self, params: &[f32]) -> Result<EvalOutcome, EngineError> {
+        Ok(EvalOutcome {
+            accuracy: f64::from(params[0]),
+            loss: 0.0,
+            samples: 1,
+        })
+    }
+}
+
+fn nodes(
+    shards: &[Vec<usize>],
+    per_round: usize,
+    rounds: u32,
+    opt: ServerOptimizerConfig,
+) -> Vec<Box<dyn Node>> {
+    let clients: Vec<NodeId> = (1..=shards.len() as NodeId).collect();
+    let config = ServerConfig {
+        rounds,
+        clients_per_round: per_round,
+        eval_every: 1,
+        server_optimizer: opt,
+        seed: 9,
+    };
+    let mut v: Vec<Box<dyn Node>> = vec![Box::new(
+        FedAvgServer::new(config, clients.clone(), vec![0.0; 4]).unwrap(),
+    )];
+    for (id, s) in clients.iter().zip(shards) {
+        v.push(Box::new(FedAvgClient::new(*id, Arc::new(s.clone()), 9)));
+    }
+    v
+}
+
+fn workers(n: usize, jitter: bool) -> Vec<Worker> {
+    (0..n)
+        .map(|_| Worker::new(Box::new(FakeTrainer { jitter })).unwrap())
+        .collect()
+}
+
+#[test]
+fn fedavg_weights_clients_by_samples() {
+    // Client 1 holds {0} (mean 0, 1 sample); client 2 holds {1..=3} (mean 2, 3 samples).
+    let shards = vec![vec![0], vec![1, 2, 3]];
+    let mut sim = Simulator::new(
+        nodes(&shards, 2, 1, ServerOptimizerConfig::default()),
+        workers(2, false),
+    )
+    .unwrap();
+    let out = sim.run(&mut |_| {}).unwrap();
+    let expect = (0.0 * 1.0 + 2.0 * 3.0) / 4.0;
+    assert_eq!(out.final_params.unwrap(), vec![expect; 4]);
+    let (m, _) = &out.rounds[0];
+    assert_eq!((m.round, m.clients, m.samples), (1, 2, 4));
+    assert_eq!(m.accuracy, Some(f64::from(expect)));
+    // Bytes: 2 requests down and 2 replies up, each exactly its encoding's length.
+    let req = Payload::TrainRequest {
+        round: 1,
+        params: Arc::new(vec![0.0; 4]),
+    }
+    .encode()
+    .len() as u64;
+    assert_eq!(m.bytes_down, 2 * req);
+    assert_eq!(out.traffic[0].bytes_sent, 2 * req);
+    assert_eq!(out.traffic[0].bytes_received, m.bytes_up);
+    assert_eq!(
+        out.traffic[1].bytes_received + out.traffic[2].bytes_received,
+        2 * req
+    );
+}
+
+#[test]
+fn partial_participation_is_seeded_and_deterministic() {
+    let shards: Vec<Vec<usize>> = (0..20).map(|k| vec![k * 10, k * 10 + 1]).collect();
+    let run = |w: usize| {
+        let mut sim = Simulator::new(
+            nodes(&shards, 5, 6, ServerOptimizerConfig::default()),
+            workers(w, true),
+        )
+        .unwrap();
+        sim.run(&mut |_| {}).unwrap()
+    };
+    let a = run(1);
+    let b = run(2);
+    let c = run(3);
+    let strip = |o: &braid_engine::sim::SimOutcome| {
+        (
+            o.rounds.iter().map(|(m, _)| m.clone()).collect::<Vec<_>>(),
+            o.final_params.clone(),
+            o.traffic.clone(),
+        )
+    };
+    assert_eq!(
+        strip(&a),
+        strip(&b),
+        "results depend on the number of workers"
+    );
+    assert_eq!(strip(&a), strip(&c));
+    assert!(a.rounds.iter().all(|(m, _)| m.clients == 5));
+    // Over 6 rounds, 5 of 20 clients each: several different clients took part.
+    let active = a.traffic[1..]
+        .iter()
+        .filter(|t| t.messages_received > 0)
+        .count();
+    assert!(active > 5, "only {active} clients ever sampled");
+}
+
+#[test]
+fn server_optimizer_changes_the_trajectory() {
+    let shards = vec![vec![4], vec![6]];
+    let run = |opt| {
+        let mut sim = Simulator::new(nodes(&shards, 2, 3, opt), workers(1, false)).unwrap();
+        sim.run(&mut |_| {}).unwrap().final_params.unwrap()[0]
+    };
+    assert_eq!(run(ServerOptimizerConfig::default()), 5.0);
+    let m = run(ServerOptimizerConfig::Momentum {
+        lr: 1.0,
+        momentum: 0.9,
+    });
+    assert!(m > 5.0, "momentum should overshoot the mean, got {m}");
+    let half = run(ServerOptimizerConfig::Plain { lr: 0.5 });
+    assert!(half > 0.0 && half < 5.0);
+}
+
+/// What handling one message produced: the result, the messages sent and the events.
+type Handled = (Result<(), EngineError>, Vec<(NodeId, Payload)>, Vec<Event>);
+
+fn drive(node: &mut dyn Node, from: NodeId, payload: Payload) -> Handled {
+    let (mut out, mut ev) = (Vec::new(), Vec::new());
+    let mut t = FakeTrainer { jitter: false };
+    let mut ctx = NodeCtx::new(&mut out, &mut ev, &mut t);
+    let r = node.on_message(from, payload, &mut ctx);
+    (r, out, ev)
+}
+
+#[test]
+fn server_rejects_hostile_or_stale_updates() {
+    let config = ServerConfig {
+        rounds: 2,
+        clients_per_round: 2,
+        eval_every: 1,
+        server_optimizer: Default::default(),
+        seed: 0,
+    };
+    let mut server = FedAvgServer::new(config, vec![1, 2], vec![0.0; 3]).unwrap();
+    let (mut out, mut ev) = (Vec::new(), Vec::new());
+    let mut t = FakeTrainer { jitter: false };
+    server
+        .on_start(&mut NodeCtx::new(&mut out, &mut ev, &mut t))
+        .unwrap();
+    assert_eq!(out.len(), 2);
+    let reply = |round, params: Vec<f32>| Payload::TrainReply {
+        round,
+        num_samples: 1,
+        steps: 1,
+        train_loss: 0.0,
+        params,
+    };
+    let cases = [
+        (1, reply(2, vec![0.0; 3]), "round 2"),
+        (7, reply(1, vec![0.0; 3]), "not asked"),
+        (1, reply(1, vec![0.0; 5]), "5 parameters"),
+        (1, reply(1, vec![f32::NAN, 0.0, 0.0]), "NaN"),
+        (
+            1,
+            Payload::TrainRequest {
+                round: 1,
+                params: Arc::new(vec![]),
+            },
+            "only accepts",
+        ),
+    ];
+    for (from, p, needle) in cases {
+        let (r, _, _) = drive(&mut server, from, p);
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains(needle), "{needle:?} not in {e:?}");
+    }
+    assert!(drive(&mut server, 1, reply(1, vec![1.0; 3])).0.is_ok());
+    let dup = drive(&mut server, 1, reply(1, vec![1.0; 3]))
+        .0
+        .unwrap_err()
+        .to_string();
+    assert!(dup.contains("duplicate"), "{dup}");
+    // The rejected messages changed nothing: one more good reply completes the round.
+    let (r, out, ev) = drive(&mut server, 2, reply(1, vec![3.0; 3]));
+    r.unwrap();
+    assert_eq!(server.params(), &[2.0, 2.0, 2.0]);
+    assert!(matches!(&ev[0], Event::Round(m) if m.round == 1 && m.clients == 2));
+    assert_eq!(out.len(), 2, "round 2 requests");
+}
+
+#[test]
+fn client_only_obeys_the_server() {
+    let mut client = FedAvgClient::new(3, Arc::new(vec![1, 2]), 0);
+    let (r, out, _) = drive(
+        &mut client,
+        5,
+        Payload::TrainRequest {
+            round: 1,
+            params: Arc::new(vec![0.0]),
+        },
+    );
+    assert!(r.unwrap_err().to_string().contains("from the server"));
+    assert!(out.is_empty());
+    let (r, out, _) = drive(
+        &mut client,
+        SERVER,
+        Payload::TrainRequest {
+            round: 4,
+            params: Arc::new(vec![0.0]),
+        },
+    );
+    r.unwrap();
+    assert!(matches!(
+        &out[0],
+        (
+            SERVER,
+            Payload::TrainReply {
+                round: 4,
+                num_samples: 2,
+                ..
+            }
+        )
+    ));
+}
+
+#[test]
+fn bad_setups_are_errors() {
+    let config = ServerConfig {
+        rounds: 1,
+        clients_per_round: 3,
+        eval_every: 1,
+        server_optimizer: Default::default(),
+        seed: 0,
+    };
+    assert!(FedAvgServer::new(config.clone(), vec![1, 2], vec![0.0]).is_err());
+    assert!(FedAvgServer::new(config, vec![], vec![0.0]).is_err());
+    assert!(Simulator::new(nodes(&[vec![0]], 1, 1, Default::default()), vec![]).is_err());
+}
