@@ -206,7 +206,8 @@ fn run_one(config: &ExperimentConfig, dir: &Path, quiet: bool) -> Result<Option<
         "{:>5}  {:>8}  {:>8}  {:>10}  {:>9}  {:>9}  {:>8}",
         "round", "accuracy", "loss", "train_loss", "MB up", "MB down", "wall_s"
     );
-    for r in &rows {
+    for row in &rows {
+        let r = &row.metrics;
         let f = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.4}"));
         println!(
             "{:>5}  {:>8}  {:>8}  {:>10.4}  {:>9.2}  {:>9.2}  {:>8.1}",
@@ -216,12 +217,12 @@ fn run_one(config: &ExperimentConfig, dir: &Path, quiet: bool) -> Result<Option<
             r.train_loss,
             r.bytes_up as f64 / 1e6,
             r.bytes_down as f64 / 1e6,
-            r.wall_s
+            row.wall_s
         );
     }
     let written =
         report::write_all(dir, config, &prepared.arch, &outcome).map_err(anyhow::Error::msg)?;
-    let final_acc = rows.iter().rev().find_map(|r| r.accuracy);
+    let final_acc = rows.iter().rev().find_map(|r| r.metrics.accuracy);
     let total_bytes = rows.last().map_or(0, |r| r.cum_bytes);
     println!(
         "final test accuracy {} after {} rounds | {:.1} MB communicated | {:.1} s | peak memory {} | results in {} ({} files)",

@@ -175,6 +175,17 @@ fn demo_runs_and_writes_every_output() {
     assert!(csv.starts_with(
         "round,accuracy,loss,train_loss,clients,samples,bytes_up,bytes_down,cum_bytes,wall_s"
     ));
+    let jsonl = std::fs::read_to_string(res.join("metrics.jsonl")).unwrap();
+    let first = jsonl.lines().next().unwrap();
+    for key in [
+        "\"round\":1",
+        "\"accuracy\":0.",
+        "\"bytes_up\":",
+        "\"cum_bytes\":",
+        "\"wall_s\":",
+    ] {
+        assert!(first.contains(key), "{key} not in {first}");
+    }
     // The written config reproduces the run.
     let rerun = braid(
         &["run", "res/config.toml", "-q", "--out", "res2"],

@@ -25,7 +25,7 @@ pub trait LocalTrainer: Send {
 }
 
 /// Metrics of one completed round, as the server sees them.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct RoundMetrics {
     /// Round number, from 1.
     pub round: u32,

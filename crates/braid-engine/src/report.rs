@@ -12,25 +12,12 @@ use crate::config::ExperimentConfig;
 use crate::node::RoundMetrics;
 use crate::sim::SimOutcome;
 
-/// One line of `metrics.csv` / `metrics.jsonl`.
+/// One line of `metrics.csv` / `metrics.jsonl`: the server's round metrics plus run totals.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MetricsRow {
-    /// Round number.
-    pub round: u32,
-    /// Test accuracy (empty when not evaluated).
-    pub accuracy: Option<f64>,
-    /// Test loss.
-    pub loss: Option<f64>,
-    /// Mean local training loss.
-    pub train_loss: f64,
-    /// Clients aggregated.
-    pub clients: usize,
-    /// Training samples held by the aggregated clients.
-    pub samples: u64,
-    /// Bytes clients sent this round.
-    pub bytes_up: u64,
-    /// Bytes the server sent this round.
-    pub bytes_down: u64,
+    /// The round's metrics.
+    #[serde(flatten)]
+    pub metrics: RoundMetrics,
     /// Bytes up + down since the start.
     pub cum_bytes: u64,
     /// Seconds since the start of the run.
@@ -44,26 +31,9 @@ pub fn rows(outcome: &SimOutcome) -> Vec<MetricsRow> {
         .rounds
         .iter()
         .map(|(m, wall)| {
-            let RoundMetrics {
-                round,
-                accuracy,
-                loss,
-                train_loss,
-                clients,
-                samples,
-                bytes_up,
-                bytes_down,
-            } = m.clone();
-            cum += bytes_up + bytes_down;
+            cum += m.bytes_up + m.bytes_down;
             MetricsRow {
-                round,
-                accuracy,
-                loss,
-                train_loss,
-                clients,
-                samples,
-                bytes_up,
-                bytes_down,
+                metrics: m.clone(),
                 cum_bytes: cum,
                 wall_s: *wall,
             }
@@ -108,7 +78,8 @@ pub fn write_all(
         "round,accuracy,loss,train_loss,clients,samples,bytes_up,bytes_down,cum_bytes,wall_s\n",
     );
     let mut jsonl = String::new();
-    for r in &rows {
+    for row in &rows {
+        let r = &row.metrics;
         csv.push_str(&format!(
             "{},{},{},{:.6},{},{},{},{},{},{:.3}\n",
             r.round,
@@ -119,10 +90,10 @@ pub fn write_all(
             r.samples,
             r.bytes_up,
             r.bytes_down,
-            r.cum_bytes,
-            r.wall_s
+            row.cum_bytes,
+            row.wall_s
         ));
-        jsonl.push_str(&serde_json::to_string(r).map_err(|e| e.to_string())?);
+        jsonl.push_str(&serde_json::to_string(row).map_err(|e| e.to_string())?);
         jsonl.push('\n');
     }
     for (name, body) in [("metrics.csv", csv), ("metrics.jsonl", jsonl)] {
@@ -153,8 +124,9 @@ pub fn write_all(
     let points: Vec<(f64, f64, f64)> = rows
         .iter()
         .filter_map(|r| {
-            r.accuracy
-                .map(|a| (f64::from(r.round), r.cum_bytes as f64 / 1e6, a))
+            r.metrics
+                .accuracy
+                .map(|a| (f64::from(r.metrics.round), r.cum_bytes as f64 / 1e6, a))
         })
         .collect();
     if !points.is_empty() {
