@@ -97,3 +97,46 @@ fn centralized_baseline_uses_one_client_with_all_data() {
         .iter()
         .all(|(m, _)| m.clients == 1 && m.samples == 1200));
 }
+
+#[test]
+fn synthetic_data_with_its_natural_split_trains_an_mlp() {
+    let src = r#"
+name = "synthetic"
+seed = 3
+[data]
+dataset = "synthetic"
+alpha = 0.5
+beta = 0.5
+groups = 8
+samples_per_group = 150
+[partition]
+clients = 8
+kind = "natural"
+[model]
+name = "mlp"
+[train]
+batch_size = 16
+local_steps = 20
+[algorithm]
+name = "fedavg"
+rounds = 6
+"#;
+    let c = ExperimentConfig::parse(src, "synthetic.toml", &[]).unwrap();
+    let p = experiment::prepare(&c).unwrap();
+    assert_eq!(p.parts.len(), 8);
+    assert!(p.parts.iter().all(|part| part.len() == 120));
+    let out = experiment::run(&p, &mut |_| {}).unwrap();
+    let first = out.rounds[0].0.accuracy.unwrap();
+    let last = out.rounds.last().unwrap().0.accuracy.unwrap();
+    assert!(
+        last > 0.3 && last > first,
+        "accuracy {first} -> {last} (chance is 0.1)"
+    );
+    // A CNN cannot run on 60-dimensional vectors: a clear setup error, not a panic.
+    let bad = ExperimentConfig::parse(src, "s", &["model.name=cnn".into()]).unwrap();
+    let e = experiment::prepare(&bad)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("mlp"), "{e}");
+}
