@@ -288,7 +288,7 @@ fn one_line(src: &str, e: &toml::de::Error) -> String {
     let msg = e.message().trim().replace('\n', " ");
     match e.span() {
         Some(span) => {
-            let before = &src[..span.start.min(src.len())];
+            let before = src.get(..span.start).unwrap_or(src);
             let line = before.matches('\n').count() + 1;
             let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
             format!("line {line}, column {col}: {msg}")
