@@ -237,3 +237,28 @@ fn partition_prints_label_histograms() {
         assert!(nonzero <= 4, "{r}");
     }
 }
+
+#[test]
+fn baseline_flag_runs_the_centralized_reference_too() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("exp.toml"), GOOD).unwrap();
+    let out = braid(
+        &["run", "exp.toml", "-q", "--baseline", "--out", "res"],
+        dir.path(),
+    );
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{s}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        s.contains("braid: centralized") && s.contains("vs centralized baseline"),
+        "{s}"
+    );
+    let central = std::fs::read_to_string(dir.path().join("res/baseline/config.toml")).unwrap();
+    assert!(central.contains("name = \"centralized\""), "{central}");
+    let csv = std::fs::read_to_string(dir.path().join("res/baseline/metrics.csv")).unwrap();
+    // One client holding all 400 training samples.
+    assert!(csv.lines().nth(1).unwrap().contains(",1,400,"), "{csv}");
+}
