@@ -69,6 +69,21 @@ enum Command {
     },
     /// Print the quick-start config, a starting point for your own experiments.
     Init,
+    /// Spectral gap and messages per round of every topology, for a number of nodes and a budget r.
+    Topology {
+        /// Number of nodes.
+        #[arg(long, default_value_t = 16)]
+        nodes: usize,
+        /// Budget: extra peers per node per round (fractional part: probability of one more).
+        #[arg(long, default_value_t = 1.0)]
+        r: f64,
+        /// Rounds sampled for random and time-varying topologies.
+        #[arg(long, default_value_t = 50)]
+        samples: u64,
+        /// Seed for random topologies.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
     /// Measure throughput and framework overhead (see the README's benchmark section).
     Bench(bench::BenchArgs),
 }
@@ -117,6 +132,12 @@ fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench(args) => bench::run(args),
+        Command::Topology {
+            nodes,
+            r,
+            samples,
+            seed,
+        } => print_topologies(nodes, r, samples, seed),
     }
 }
 
@@ -270,4 +291,53 @@ fn print_histogram(p: &Prepared) {
         print!(" {v:>5}");
     }
     println!();
+}
+
+fn print_topologies(nodes: usize, r: f64, samples: u64, seed_value: u64) -> Result<()> {
+    use braid_core::topology::{expected_spectral_gap, Topology, TopologyConfig};
+    if !(r.is_finite() && r >= 0.0) {
+        anyhow::bail!("--r must be >= 0 (got {r})");
+    }
+    println!("{nodes} nodes, budget r = {r}: spectral gap 1 - |lambda_2| of the expected mixing matrix E[W] ({samples} sampled rounds where the graph changes)");
+    println!(
+        "{:<22} {:<20} {:>12} {:>16}",
+        "topology", "mixing", "gap", "messages/round"
+    );
+    let configs = [
+        ("ring", TopologyConfig::Ring),
+        ("torus", TopologyConfig::Torus),
+        ("exponential", TopologyConfig::Exponential),
+        ("one-peer-exponential", TopologyConfig::OnePeerExponential),
+        ("complete", TopologyConfig::Complete),
+        ("erdos-renyi p=0.2", TopologyConfig::ErdosRenyi { p: 0.2 }),
+        ("random", TopologyConfig::Random),
+        (
+            "base-random (ring)",
+            TopologyConfig::BaseRandom {
+                base: Box::new(TopologyConfig::Ring),
+            },
+        ),
+    ];
+    for (name, config) in configs {
+        let mut rng = braid_core::seed::rng(seed_value, &[]);
+        match Topology::new(config, nodes, &mut rng) {
+            Ok(t) => {
+                let rule = t.default_mixing();
+                let gap = expected_spectral_gap(&t, rule, r, samples, &mut rng)
+                    .map_err(anyhow::Error::msg)?;
+                let msgs: usize = (0..samples.max(1))
+                    .map(|s| t.round_graph(s, r, &mut rng).edges())
+                    .sum();
+                println!(
+                    "{:<22} {:<20} {:>12.6} {:>16.1}",
+                    name,
+                    format!("{rule:?}"),
+                    gap,
+                    msgs as f64 / samples.max(1) as f64
+                );
+            }
+            Err(e) => println!("{name:<22} {e}"),
+        }
+    }
+    Ok(())
 }

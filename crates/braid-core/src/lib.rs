@@ -7,9 +7,13 @@
 //!   (plain FedAvg, FedAvgM, FedAdam, FedYogi, DiLoCo's outer Nesterov step);
 //! - [`partition`]: splitting a labelled data set over clients (IID, Dirichlet, shards,
 //!   extended Dirichlet, quantity skew) and per-client label histograms;
+//! - [`topology`]: peer graphs for decentralized training, mixing matrices, spectral gaps;
+//! - [`schedule`]: communication schedules (every k steps, budgets r(p) over training);
 //! - [`seed`]: deriving independent, reproducible random streams from one experiment seed.
 
 pub mod params;
 pub mod partition;
+pub mod schedule;
 pub mod seed;
 pub mod server_opt;
+pub mod topology;
