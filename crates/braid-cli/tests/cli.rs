@@ -262,3 +262,43 @@ fn baseline_flag_runs_the_centralized_reference_too() {
     // One client holding all 400 training samples.
     assert!(csv.lines().nth(1).unwrap().contains(",1,400,"), "{csv}");
 }
+
+#[test]
+fn topology_report_lists_every_topology() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = braid(&["topology", "--nodes", "16", "--samples", "8"], dir.path());
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{s}");
+    for name in [
+        "ring",
+        "torus",
+        "exponential",
+        "one-peer-exponential",
+        "complete",
+        "erdos-renyi",
+        "random",
+        "base-random",
+    ] {
+        assert!(
+            s.lines().any(|l| l.starts_with(name)),
+            "{name} missing in {s}"
+        );
+    }
+    let complete = s.lines().find(|l| l.starts_with("complete")).unwrap();
+    assert!(
+        complete.contains("1.000000") && complete.contains("240.0"),
+        "{complete}"
+    );
+    // 7 nodes: no torus, said in its row, the rest still reported.
+    let out = braid(&["topology", "--nodes", "7", "--samples", "4"], dir.path());
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && s.contains("torus needs a node count"),
+        "{s}"
+    );
+    let bad = braid(&["topology", "--r=-1"], dir.path());
+    assert!(
+        !bad.status.success()
+            && String::from_utf8_lossy(&bad.stderr).starts_with("error: --r must be >= 0")
+    );
+}
