@@ -173,7 +173,7 @@ fn demo_runs_and_writes_every_output() {
     let csv = std::fs::read_to_string(res.join("metrics.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3, "{csv}");
     assert!(csv.starts_with(
-        "round,accuracy,loss,train_loss,clients,samples,bytes_up,bytes_down,cum_bytes,wall_s"
+        "round,accuracy,loss,train_loss,clients,samples,local_steps,bytes_up,bytes_down,cum_bytes,wall_s"
     ));
     let jsonl = std::fs::read_to_string(res.join("metrics.jsonl")).unwrap();
     let first = jsonl.lines().next().unwrap();
@@ -260,7 +260,8 @@ fn baseline_flag_runs_the_centralized_reference_too() {
     assert!(central.contains("name = \"centralized\""), "{central}");
     let csv = std::fs::read_to_string(dir.path().join("res/baseline/metrics.csv")).unwrap();
     // One client holding all 400 training samples.
-    assert!(csv.lines().nth(1).unwrap().contains(",1,400,"), "{csv}");
+    // local_steps = 2 per round for the one client.
+    assert!(csv.lines().nth(1).unwrap().contains(",1,400,2,"), "{csv}");
 }
 
 #[test]

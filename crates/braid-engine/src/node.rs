@@ -39,6 +39,8 @@ pub struct RoundMetrics {
     pub clients: usize,
     /// Training samples they hold (the FedAvg weights).
     pub samples: u64,
+    /// Local optimizer steps they took this round, summed over clients.
+    pub local_steps: u64,
     /// Encoded bytes clients sent to the server this round.
     pub bytes_up: u64,
     /// Encoded bytes the server sent to clients this round.

@@ -95,7 +95,7 @@ fn centralized_baseline_uses_one_client_with_all_data() {
     assert!(out
         .rounds
         .iter()
-        .all(|(m, _)| m.clients == 1 && m.samples == 1200));
+        .all(|(m, _)| m.clients == 1 && m.samples == 1200 && m.local_steps == 5));
 }
 
 #[test]

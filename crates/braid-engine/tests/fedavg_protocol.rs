@@ -88,7 +88,7 @@ fn fedavg_weights_clients_by_samples() {
     let expect = (0.0 * 1.0 + 2.0 * 3.0) / 4.0;
     assert_eq!(out.final_params.unwrap(), vec![expect; 4]);
     let (m, _) = &out.rounds[0];
-    assert_eq!((m.round, m.clients, m.samples), (1, 2, 4));
+    assert_eq!((m.round, m.clients, m.samples, m.local_steps), (1, 2, 4, 2));
     assert_eq!(m.accuracy, Some(f64::from(expect)));
     // Bytes: 2 requests down and 2 replies up, each exactly its encoding's length.
     let req = Payload::TrainRequest {

@@ -37,6 +37,7 @@ pub struct ServerConfig {
 
 struct Reply {
     num_samples: u64,
+    steps: u32,
     train_loss: f32,
     params: Vec<f32>,
 }
@@ -133,6 +134,7 @@ impl FedAvgServer {
         let mean = weighted_mean(&items)?;
         self.optimizer.step(&mut self.params, &mean)?;
         let samples: u64 = replies.iter().map(|r| r.num_samples).sum();
+        let local_steps: u64 = replies.iter().map(|r| u64::from(r.steps)).sum();
         let train_loss = replies
             .iter()
             .map(|r| f64::from(r.train_loss) * r.num_samples as f64)
@@ -152,6 +154,7 @@ impl FedAvgServer {
             train_loss,
             clients: replies.len(),
             samples,
+            local_steps,
             bytes_up: self.bytes_up,
             bytes_down: self.bytes_down,
         }));
@@ -199,9 +202,9 @@ impl Node for FedAvgServer {
         let Payload::TrainReply {
             round,
             num_samples,
+            steps,
             train_loss,
             params,
-            ..
         } = payload
         else {
             return Err(reject("the server only accepts train replies".into()));
@@ -231,6 +234,7 @@ impl Node for FedAvgServer {
         }
         *slot = Some(Reply {
             num_samples,
+            steps,
             train_loss,
             params,
         });
