@@ -40,7 +40,9 @@ enum Command {
         /// Write results here instead of the config's output_dir.
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Also run the centralized baseline (one client, all data) and compare.
+        /// Also run the reference and compare: for server-based runs the centralized baseline
+        /// (one client, all data); for `dsgd` parallel SGD (an exact global average after every
+        /// local step) on the same peers, data and number of steps.
         #[arg(long)]
         baseline: bool,
         /// No progress bar.
@@ -149,11 +151,29 @@ fn run_and_report(
 ) -> Result<()> {
     let dir = out.unwrap_or_else(|| config.output_dir());
     let main_acc = run_one(&config, &dir, quiet)?;
-    if baseline && config.algorithm.name != AlgorithmName::Centralized {
+    if baseline && config.algorithm.name == AlgorithmName::Dsgd {
+        let mut reference = config.clone();
+        reference.name = format!("{}-parallel-sgd", config.name);
+        let mut d = config.decentralized.clone().unwrap_or_default();
+        d.every = 1;
+        d.budget = braid_core::schedule::Budget::Fixed {
+            r: config.partition.clients.saturating_sub(1) as f64,
+        };
+        reference.decentralized = Some(d);
+        println!();
+        let base_acc = run_one(&reference, &dir.join("baseline"), quiet)?;
+        if let (Some(a), Some(b)) = (main_acc, base_acc) {
+            println!(
+                "\ndsgd merged-model accuracy {a:.4} vs parallel SGD reference {b:.4} (gap {:+.4})",
+                a - b
+            );
+        }
+    } else if baseline && config.algorithm.name != AlgorithmName::Centralized {
         let mut central = config.clone();
         central.name = format!("{}-centralized", config.name);
         central.algorithm.name = AlgorithmName::Centralized;
         central.algorithm.clients_per_round = None;
+        central.decentralized = None;
         central.algorithm.mu = None;
         central.algorithm.server_optimizer = Default::default();
         println!();
@@ -187,41 +207,73 @@ pub fn peak_rss_mib() -> Option<f64> {
 fn run_one(config: &ExperimentConfig, dir: &Path, quiet: bool) -> Result<Option<f64>> {
     let t0 = Instant::now();
     let prepared = experiment::prepare(config)?;
+    let who = if config.algorithm.name == AlgorithmName::Dsgd {
+        let d = config.decentralized.clone().unwrap_or_default();
+        format!(
+            "{} peers, topology {:?}, every {} step(s), budget {:?}",
+            prepared.parts.len(),
+            d.topology,
+            d.every,
+            d.budget
+        )
+    } else {
+        format!(
+            "{} clients ({} per round)",
+            prepared.parts.len(),
+            config.clients_per_round()
+        )
+    };
     println!(
-        "braid: {} | {} | {} clients ({} per round) | model {} ({} parameters) | {} worker thread(s) | seed {}",
+        "braid: {} | {} | {} | model {} ({} parameters) | {} worker thread(s) | seed {}",
         algorithm_label(config),
         prepared.data_description,
-        prepared.parts.len(),
-        config.clients_per_round(),
+        who,
         config.model.name.as_str(),
         prepared.arch.num_params(),
         prepared.workers(),
         config.seed
     );
+    let dsgd = config.algorithm.name == AlgorithmName::Dsgd;
     let bar = if quiet {
         ProgressBar::hidden()
     } else {
-        let b = ProgressBar::new(u64::from(config.algorithm.rounds));
+        let (len, unit) = if dsgd {
+            (config.algorithm.steps.unwrap_or(0), "step")
+        } else {
+            (u64::from(config.algorithm.rounds()), "round")
+        };
+        let b = ProgressBar::new(len);
         b.set_style(
-            ProgressStyle::with_template(
-                "{spinner} round {pos}/{len} [{bar:30}] {elapsed_precise} eta {eta} {msg}",
-            )
+            ProgressStyle::with_template(&format!(
+                "{{spinner}} {unit} {{pos}}/{{len}} [{{bar:30}}] {{elapsed_precise}} eta {{eta}} {{msg}}"
+            ))
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
         );
         b.enable_steady_tick(std::time::Duration::from_millis(200));
         b
     };
-    let mut on_event = |e: &Event| {
-        if let Event::Round(m) = e {
+    let mut on_event = |e: &Event| match e {
+        Event::Round(m) => {
             bar.set_position(u64::from(m.round));
             if let Some(a) = m.accuracy {
                 bar.set_message(format!("accuracy {a:.4}"));
             }
         }
+        Event::Gossip(m) => {
+            bar.set_position(m.step);
+            bar.set_message(format!(
+                "merged {:.4} local mean {:.4}",
+                m.merged_accuracy, m.local_mean
+            ));
+        }
+        Event::Finished { .. } => {}
     };
     let outcome = experiment::run(&prepared, &mut on_event).context("run failed")?;
     bar.finish_and_clear();
+    if dsgd {
+        return report_gossip(config, &prepared, &outcome, dir, t0);
+    }
     let rows = report::rows(&outcome);
     println!(
         "{:>5}  {:>8}  {:>8}  {:>10}  {:>9}  {:>9}  {:>8}",
@@ -256,6 +308,60 @@ fn run_one(config: &ExperimentConfig, dir: &Path, quiet: bool) -> Result<Option<
         written.len()
     );
     Ok(final_acc)
+}
+
+/// Summary of a decentralized run; returns the merged model's final accuracy.
+fn report_gossip(
+    config: &ExperimentConfig,
+    prepared: &Prepared,
+    outcome: &braid_engine::sim::SimOutcome,
+    dir: &Path,
+    t0: Instant,
+) -> Result<Option<f64>> {
+    println!(
+        "{:>7} {:>8} {:>6} {:>9} {:>9} {:>9} {:>8} {:>8} {:>10} {:>9} {:>8}",
+        "step",
+        "progress",
+        "r",
+        "local",
+        "min",
+        "max",
+        "merged",
+        "gap",
+        "consensus",
+        "MB/peer",
+        "wall_s"
+    );
+    for (m, wall) in &outcome.gossip {
+        println!(
+            "{:>7} {:>8.3} {:>6.2} {:>9.4} {:>9.4} {:>9.4} {:>8.4} {:>+8.4} {:>10.4} {:>9.2} {:>8.1}",
+            m.step,
+            m.progress,
+            m.budget,
+            m.local_mean,
+            m.local_min,
+            m.local_max,
+            m.merged_accuracy,
+            m.gap,
+            m.consensus,
+            m.bytes_per_peer / 1e6,
+            wall
+        );
+    }
+    let written =
+        report::write_all(dir, config, &prepared.arch, outcome).map_err(anyhow::Error::msg)?;
+    let last = outcome.gossip.last().map(|(m, _)| m);
+    println!(
+        "final: merged model {} | local mean {} | {:.1} MB gossip per peer | {:.1} s | peak memory {} | results in {} ({} files)",
+        last.map_or("-".into(), |m| format!("{:.4}", m.merged_accuracy)),
+        last.map_or("-".into(), |m| format!("{:.4}", m.local_mean)),
+        last.map_or(0.0, |m| m.bytes_per_peer / 1e6),
+        t0.elapsed().as_secs_f64(),
+        peak_rss_mib().map_or("-".into(), |m| format!("{m:.0} MiB")),
+        dir.display(),
+        written.len()
+    );
+    Ok(last.map(|m| m.merged_accuracy))
 }
 
 fn print_histogram(p: &Prepared) {

@@ -40,6 +40,10 @@ pub mod stream {
     pub const LOCAL_TRAIN: u64 = 4;
     /// Synthetic data generation.
     pub const SYNTHETIC: u64 = 5;
+    /// A decentralized run's communication graph in a round.
+    pub const TOPOLOGY: u64 = 6;
+    /// Choosing the test samples local models are evaluated on.
+    pub const EVAL: u64 = 7;
 }
 
 #[cfg(test)]

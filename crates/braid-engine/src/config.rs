@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use braid_core::partition::PartitionScheme;
+use braid_core::schedule::{Budget, CommSchedule};
 use braid_core::server_opt::ServerOptimizerConfig;
+use braid_core::topology::{MixingRule, TopologyConfig};
 use braid_data::DataConfig;
 use braid_nn::{DeviceKind, ModelName, OptimizerConfig, TrainSpec};
 use serde::{Deserialize, Serialize};
@@ -48,6 +50,9 @@ pub struct ExperimentConfig {
     pub train: TrainConfig,
     /// The federated algorithm.
     pub algorithm: AlgorithmConfig,
+    /// Topology and communication schedule (algorithm `dsgd` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decentralized: Option<DecentralizedConfig>,
     /// Where and how it runs.
     #[serde(default)]
     pub runtime: RuntimeConfig,
@@ -243,23 +248,30 @@ pub enum AlgorithmName {
     Fedprox,
     /// One client holding all training data: the reference every federated run is compared with.
     Centralized,
+    /// Decentralized SGD: peers on a topology, no server (configured in `[decentralized]`).
+    Dsgd,
 }
 
 /// `[algorithm]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlgorithmConfig {
-    /// `fedavg`, `fedprox` or `centralized`.
+    /// `fedavg`, `fedprox`, `centralized` or `dsgd`.
     pub name: AlgorithmName,
-    /// Rounds (for `centralized`: epochs, one per round when local_epochs = 1).
-    pub rounds: u32,
+    /// Rounds (for `centralized`: epochs, one per round when local_epochs = 1). Not for `dsgd`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rounds: Option<u32>,
+    /// Local SGD steps per peer (`dsgd` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<u64>,
     /// Clients per round (default: all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clients_per_round: Option<usize>,
     /// FedProx's proximal weight (fedprox only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mu: Option<f32>,
-    /// Evaluate every this many rounds (and after the last).
+    /// Evaluate every this many rounds (and after the last); for `dsgd`, every this many
+    /// local steps (and at the start and the end).
     #[serde(default = "default_eval_every")]
     pub eval_every: u32,
     /// Server optimizer applied to the averaged client models.
@@ -269,6 +281,71 @@ pub struct AlgorithmConfig {
 
 fn default_eval_every() -> u32 {
     1
+}
+
+impl AlgorithmConfig {
+    /// Rounds of a server-based run (0 for `dsgd`).
+    pub fn rounds(&self) -> u32 {
+        self.rounds.unwrap_or(0)
+    }
+}
+
+/// `[decentralized]`: who talks to whom, when, and how much (algorithm `dsgd`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecentralizedConfig {
+    /// The peer graph, e.g. `{ kind = "random" }` or `{ kind = "ring" }` (default: random).
+    #[serde(default = "default_topology")]
+    pub topology: TopologyConfig,
+    /// `metropolis-hastings` or `uniform` (default: Metropolis-Hastings on undirected
+    /// topologies, uniform on directed ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mixing: Option<MixingRule>,
+    /// Local steps between communication rounds.
+    #[serde(default = "default_every")]
+    pub every: u64,
+    /// The budget r(p), e.g. `{ kind = "fixed", r = 1 }` (default: fixed r = 1).
+    #[serde(default = "default_budget")]
+    pub budget: Budget,
+    /// Test samples each local model is evaluated on at an evaluation point (the merged model
+    /// always uses the whole test set).
+    #[serde(default = "default_eval_samples")]
+    pub eval_samples: usize,
+}
+
+fn default_topology() -> TopologyConfig {
+    TopologyConfig::Random
+}
+fn default_every() -> u64 {
+    1
+}
+fn default_budget() -> Budget {
+    Budget::Fixed { r: 1.0 }
+}
+fn default_eval_samples() -> usize {
+    2000
+}
+
+impl Default for DecentralizedConfig {
+    fn default() -> Self {
+        Self {
+            topology: default_topology(),
+            mixing: None,
+            every: default_every(),
+            budget: default_budget(),
+            eval_samples: default_eval_samples(),
+        }
+    }
+}
+
+impl DecentralizedConfig {
+    /// The communication schedule.
+    pub fn schedule(&self) -> CommSchedule {
+        CommSchedule {
+            every: self.every,
+            budget: self.budget.clone(),
+        }
+    }
 }
 
 /// `[runtime]`.
@@ -363,6 +440,49 @@ impl ExperimentConfig {
         if self.algorithm.eval_every == 0 {
             return Err("algorithm.eval_every must be at least 1".into());
         }
+        let dsgd = self.algorithm.name == AlgorithmName::Dsgd;
+        match (dsgd, self.algorithm.rounds, self.algorithm.steps) {
+            (true, Some(_), _) => {
+                return Err("algorithm.rounds does not apply to \"dsgd\"; set algorithm.steps (local steps per peer)".into())
+            }
+            (true, _, None) => {
+                return Err("algorithm.name = \"dsgd\" needs algorithm.steps (local steps per peer)".into())
+            }
+            (false, None, _) => {
+                return Err(format!("algorithm.name = {:?} needs algorithm.rounds", self.algorithm.name).to_lowercase())
+            }
+            (false, _, Some(_)) => {
+                return Err("algorithm.steps only applies to \"dsgd\" (use train.local_steps for steps per round)".into())
+            }
+            _ => {}
+        }
+        if !dsgd && self.decentralized.is_some() {
+            return Err("[decentralized] only applies to algorithm.name = \"dsgd\"".into());
+        }
+        if dsgd {
+            if self.partition.clients < 2 {
+                return Err("\"dsgd\" needs partition.clients >= 2 peers".into());
+            }
+            if self.algorithm.clients_per_round.is_some() {
+                return Err(
+                    "algorithm.clients_per_round does not apply to \"dsgd\" (every peer trains)"
+                        .into(),
+                );
+            }
+            if self.algorithm.server_optimizer != ServerOptimizerConfig::default() {
+                return Err(
+                    "algorithm.server_optimizer does not apply to \"dsgd\" (there is no server)"
+                        .into(),
+                );
+            }
+            let d = self.decentralized.clone().unwrap_or_default();
+            d.schedule()
+                .validate()
+                .map_err(|e| format!("decentralized.{}", e.trim_start_matches("schedule.")))?;
+            if d.eval_samples == 0 {
+                return Err("decentralized.eval_samples must be at least 1".into());
+            }
+        }
         match (self.algorithm.name, self.algorithm.mu) {
             (AlgorithmName::Fedprox, None) => {
                 return Err("algorithm.name = \"fedprox\" needs algorithm.mu (e.g. 0.01)".into())
@@ -370,7 +490,7 @@ impl ExperimentConfig {
             (AlgorithmName::Fedprox, Some(mu)) if !(mu.is_finite() && mu >= 0.0) => {
                 return Err(format!("algorithm.mu must be >= 0 (got {mu})"))
             }
-            (AlgorithmName::Fedavg | AlgorithmName::Centralized, Some(_)) => {
+            (AlgorithmName::Fedavg | AlgorithmName::Centralized | AlgorithmName::Dsgd, Some(_)) => {
                 return Err("algorithm.mu only applies to algorithm.name = \"fedprox\"".into())
             }
             _ => {}
@@ -525,7 +645,7 @@ rounds = 2
             ],
         )
         .unwrap();
-        assert_eq!(c.algorithm.rounds, 7);
+        assert_eq!(c.algorithm.rounds(), 7);
         assert_eq!(
             c.partition.scheme().unwrap(),
             PartitionScheme::Dirichlet {

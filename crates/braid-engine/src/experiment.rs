@@ -4,11 +4,14 @@ use std::sync::Arc;
 
 use braid_core::partition::{self, label_histogram};
 use braid_core::seed;
+use braid_core::topology::Topology;
 use braid_data::DataSplit;
-use braid_nn::{Arch, EvalOutcome, TrainOutcome, TrainSpec, Trainer};
+use braid_nn::{Arch, EvalOutcome, OptimizerState, TrainOutcome, TrainSpec, Trainer};
+use rand::seq::SliceRandom;
 
+use crate::algorithms::dsgd::{DsgdMonitor, DsgdPeer, DsgdSettings};
 use crate::algorithms::fedavg::{FedAvgClient, FedAvgServer, ServerConfig, SERVER};
-use crate::config::ExperimentConfig;
+use crate::config::{AlgorithmName, ExperimentConfig};
 use crate::node::{EngineError, Event, LocalTrainer, Node};
 use crate::sim::{SimOutcome, Simulator, Worker};
 use crate::wire::NodeId;
@@ -103,6 +106,8 @@ pub struct BurnTrainer {
     trainer: Trainer,
     data: Arc<DataSplit>,
     spec: TrainSpec,
+    /// The test set in a seeded order; `evaluate_sample(n)` uses its first `n` entries.
+    eval_order: Vec<usize>,
 }
 
 impl BurnTrainer {
@@ -112,6 +117,11 @@ impl BurnTrainer {
             trainer: Trainer::new(prepared.arch.clone(), &prepared.config.runtime.device)?,
             data: Arc::clone(&prepared.data),
             spec: prepared.config.train_spec(),
+            eval_order: {
+                let mut order: Vec<usize> = (0..prepared.data.test.len()).collect();
+                order.shuffle(&mut seed::rng(prepared.config.seed, &[seed::stream::EVAL]));
+                order
+            },
         })
     }
 }
@@ -128,18 +138,79 @@ impl LocalTrainer for BurnTrainer {
             .train(params, &self.data.train, shard, &self.spec, seed)?)
     }
 
+    fn train_batches(
+        &mut self,
+        params: &[f32],
+        batches: &[Vec<usize>],
+        state: &mut OptimizerState,
+    ) -> Result<TrainOutcome, EngineError> {
+        Ok(self
+            .trainer
+            .train_batches(params, &self.data.train, batches, &self.spec, state)?)
+    }
+
     fn evaluate(&mut self, params: &[f32]) -> Result<EvalOutcome, EngineError> {
         Ok(self.trainer.evaluate(params, &self.data.test, None)?)
     }
+
+    fn evaluate_sample(
+        &mut self,
+        params: &[f32],
+        max_samples: usize,
+    ) -> Result<EvalOutcome, EngineError> {
+        if max_samples >= self.eval_order.len() {
+            return self.evaluate(params);
+        }
+        let idx = &self.eval_order[..max_samples];
+        Ok(self.trainer.evaluate(params, &self.data.test, Some(idx))?)
+    }
 }
 
-/// Builds the FedAvg-family nodes (server first) for a prepared run.
+/// The settings of a decentralized run (algorithm `dsgd`).
+pub fn dsgd_settings(prepared: &Prepared) -> Result<DsgdSettings, EngineError> {
+    let c = &prepared.config;
+    let d = c.decentralized.clone().unwrap_or_default();
+    let mut rng = seed::rng(c.seed, &[seed::stream::TOPOLOGY]);
+    let topology = Topology::new(d.topology.clone(), prepared.parts.len(), &mut rng)
+        .map_err(|e| EngineError::Setup(format!("decentralized.{e}")))?;
+    let settings = DsgdSettings {
+        mixing: d.mixing.unwrap_or_else(|| topology.default_mixing()),
+        topology,
+        schedule: d.schedule(),
+        total_steps: c.algorithm.steps.unwrap_or(0),
+        eval_every: u64::from(c.algorithm.eval_every),
+        eval_samples: d.eval_samples,
+        batch_size: c.train.batch_size,
+        num_params: prepared.arch.num_params(),
+        seed: c.seed,
+    };
+    settings.validate()?;
+    Ok(settings)
+}
+
+/// Builds a run's nodes: for the FedAvg family the server first, then the clients; for
+/// `dsgd` the peers, then the monitor.
 pub fn build_nodes(prepared: &Prepared) -> Result<Vec<Box<dyn Node>>, EngineError> {
     let c = &prepared.config;
+    if c.algorithm.name == AlgorithmName::Dsgd {
+        let settings = Arc::new(dsgd_settings(prepared)?);
+        let init = prepared.arch.init_params(c.seed);
+        let mut nodes: Vec<Box<dyn Node>> = Vec::with_capacity(prepared.parts.len() + 1);
+        for (id, part) in prepared.parts.iter().enumerate() {
+            nodes.push(Box::new(DsgdPeer::new(
+                id as NodeId,
+                Arc::clone(&settings),
+                part.clone(),
+                init.clone(),
+            )));
+        }
+        nodes.push(Box::new(DsgdMonitor::new(settings)));
+        return Ok(nodes);
+    }
     let clients: Vec<NodeId> = (1..=prepared.parts.len() as NodeId).collect();
     let server = FedAvgServer::new(
         ServerConfig {
-            rounds: c.algorithm.rounds,
+            rounds: c.algorithm.rounds(),
             clients_per_round: c.clients_per_round(),
             eval_every: c.algorithm.eval_every,
             server_optimizer: c.algorithm.server_optimizer.clone(),

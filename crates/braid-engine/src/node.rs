@@ -5,7 +5,7 @@
 //! as [`Event`]s. It never touches sockets, threads or clocks, so the same code runs in the
 //! simulator and across real processes.
 
-use braid_nn::{EvalOutcome, TrainOutcome};
+use braid_nn::{EvalOutcome, OptimizerState, TrainOutcome};
 use thiserror::Error;
 
 use crate::wire::{NodeId, Payload};
@@ -20,8 +20,24 @@ pub trait LocalTrainer: Send {
         shard: &[usize],
         seed: u64,
     ) -> Result<TrainOutcome, EngineError>;
+    /// One optimizer step per batch (training-sample indices), continuing from `state`'s
+    /// optimizer state and updating it: for participants that keep their optimizer across
+    /// rounds (decentralized peers).
+    fn train_batches(
+        &mut self,
+        params: &[f32],
+        batches: &[Vec<usize>],
+        state: &mut OptimizerState,
+    ) -> Result<TrainOutcome, EngineError>;
     /// Evaluates `params` on the test set.
     fn evaluate(&mut self, params: &[f32]) -> Result<EvalOutcome, EngineError>;
+    /// Evaluates `params` on a fixed, seeded sample of at most `max_samples` test samples
+    /// (the same sample for every call of a run), for cheap per-participant metrics.
+    fn evaluate_sample(
+        &mut self,
+        params: &[f32],
+        max_samples: usize,
+    ) -> Result<EvalOutcome, EngineError>;
 }
 
 /// Metrics of one completed round, as the server sees them.
@@ -47,11 +63,46 @@ pub struct RoundMetrics {
     pub bytes_down: u64,
 }
 
+/// Metrics of a decentralized run at one evaluation point, as the monitor sees them.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct GossipMetrics {
+    /// Local steps every peer has taken.
+    pub step: u64,
+    /// Training progress, `step / total steps`.
+    pub progress: f64,
+    /// Communication rounds so far (`step / every`, counting rounds with no edges).
+    pub comm_rounds: u64,
+    /// The budget r(p) at this point.
+    pub budget: f64,
+    /// Mean test accuracy of the local models (on the evaluation sample).
+    pub local_mean: f64,
+    /// Worst local model.
+    pub local_min: f64,
+    /// Best local model.
+    pub local_max: f64,
+    /// Test accuracy of the global merge (exact average of all local models), full test set.
+    pub merged_accuracy: f64,
+    /// Test loss of the global merge.
+    pub merged_loss: f64,
+    /// Mergeability gap: merged accuracy minus mean local accuracy.
+    pub gap: f64,
+    /// Consensus distance: mean squared L2 distance of the local models to their average.
+    pub consensus: f64,
+    /// Mean training loss of the peers since the previous evaluation point.
+    pub train_loss: f64,
+    /// Gossip bytes sent per peer so far, mean over peers.
+    pub bytes_per_peer: f64,
+    /// Gossip bytes sent so far by the busiest peer.
+    pub bytes_max_peer: u64,
+}
+
 /// What a node reports to the driver.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// A round completed.
     Round(RoundMetrics),
+    /// A decentralized run reached an evaluation point.
+    Gossip(GossipMetrics),
     /// The run is over; these are the final global parameters.
     Finished {
         /// Final parameters.

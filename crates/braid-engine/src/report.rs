@@ -1,5 +1,7 @@
 //! What a run leaves in its output directory: `config.toml`, `metrics.csv`, `metrics.jsonl`,
-//! `traffic.csv`, `final.safetensors`, `accuracy_vs_round.png` and `accuracy_vs_bytes.png`.
+//! `traffic.csv`, `final.safetensors`, and plots: `accuracy_vs_round.png` and
+//! `accuracy_vs_bytes.png` for server-based runs; `accuracy_vs_progress.png` (local mean,
+//! min, max and merged model) and `accuracy_vs_bytes.png` for decentralized runs.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -8,8 +10,8 @@ use braid_nn::Arch;
 use plotters::prelude::*;
 use serde::Serialize;
 
-use crate::config::ExperimentConfig;
-use crate::node::RoundMetrics;
+use crate::config::{AlgorithmName, ExperimentConfig};
+use crate::node::{GossipMetrics, RoundMetrics};
 use crate::sim::SimOutcome;
 
 /// One line of `metrics.csv` / `metrics.jsonl`: the server's round metrics plus run totals.
@@ -74,11 +76,143 @@ pub fn write_all(
     write_atomic(&p, config.to_toml().as_bytes())?;
     written.push(p);
 
+    if !outcome.gossip.is_empty() {
+        written.extend(write_gossip(dir, config, &outcome.gossip)?);
+    } else {
+        written.extend(write_rounds(dir, config, &rows)?);
+    }
+
+    let mut traffic =
+        String::from("node,role,bytes_sent,bytes_received,messages_sent,messages_received\n");
+    let dsgd = config.algorithm.name == AlgorithmName::Dsgd;
+    let peers = outcome.traffic.len().saturating_sub(1);
+    for (i, t) in outcome.traffic.iter().enumerate() {
+        let role = match (dsgd, i) {
+            (true, i) if i == peers => "monitor",
+            (true, _) => "peer",
+            (false, 0) => "server",
+            (false, _) => "client",
+        };
+        traffic.push_str(&format!(
+            "{i},{role},{},{},{},{}\n",
+            t.bytes_sent, t.bytes_received, t.messages_sent, t.messages_received
+        ));
+    }
+    let p = dir.join("traffic.csv");
+    write_atomic(&p, traffic.as_bytes())?;
+    written.push(p);
+
+    if let Some(params) = &outcome.final_params {
+        let p = dir.join("final.safetensors");
+        braid_nn::store::save(arch, params, &p).map_err(|e| e.to_string())?;
+        written.push(p);
+    }
+    Ok(written)
+}
+
+/// `metrics.csv` header of a decentralized run.
+pub const GOSSIP_CSV_HEADER: &str = "step,progress,comm_rounds,budget,local_mean,local_min,local_max,merged_accuracy,merged_loss,gap,consensus,train_loss,bytes_per_peer,bytes_max_peer,wall_s";
+
+/// One line of a decentralized run's `metrics.jsonl`.
+#[derive(Serialize)]
+struct GossipRow<'a> {
+    #[serde(flatten)]
+    metrics: &'a GossipMetrics,
+    wall_s: f64,
+}
+
+fn write_gossip(
+    dir: &Path,
+    config: &ExperimentConfig,
+    points: &[(GossipMetrics, f64)],
+) -> Result<Vec<PathBuf>, String> {
+    let mut written = Vec::new();
+    let mut csv = format!("{GOSSIP_CSV_HEADER}\n");
+    let mut jsonl = String::new();
+    for (m, wall) in points {
+        csv.push_str(&format!(
+            "{},{:.6},{},{:.4},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.1},{},{:.3}\n",
+            m.step,
+            m.progress,
+            m.comm_rounds,
+            m.budget,
+            m.local_mean,
+            m.local_min,
+            m.local_max,
+            m.merged_accuracy,
+            m.merged_loss,
+            m.gap,
+            m.consensus,
+            m.train_loss,
+            m.bytes_per_peer,
+            m.bytes_max_peer,
+            wall
+        ));
+        let row = GossipRow {
+            metrics: m,
+            wall_s: *wall,
+        };
+        jsonl.push_str(&serde_json::to_string(&row).map_err(|e| e.to_string())?);
+        jsonl.push('\n');
+    }
+    for (name, body) in [("metrics.csv", csv), ("metrics.jsonl", jsonl)] {
+        let p = dir.join(name);
+        write_atomic(&p, body.as_bytes())?;
+        written.push(p);
+    }
+    let series = |f: fn(&GossipMetrics) -> f64, x: fn(&GossipMetrics) -> f64| -> Vec<(f64, f64)> {
+        points.iter().map(|(m, _)| (x(m), f(m))).collect()
+    };
+    let progress = |m: &GossipMetrics| m.progress;
+    let mb = |m: &GossipMetrics| m.bytes_per_peer / 1e6;
+    for (name, xlabel, x) in [
+        (
+            "accuracy_vs_progress.png",
+            "training progress (local steps / total)",
+            progress as fn(&GossipMetrics) -> f64,
+        ),
+        (
+            "accuracy_vs_bytes.png",
+            "MB of gossip sent per peer",
+            mb as fn(&GossipMetrics) -> f64,
+        ),
+    ] {
+        let p = dir.join(name);
+        plot_lines(
+            &p,
+            &config.name,
+            xlabel,
+            &[
+                ("merged model", BLUE, series(|m| m.merged_accuracy, x)),
+                ("local mean", RED, series(|m| m.local_mean, x)),
+                (
+                    "local min",
+                    RGBColor(240, 160, 160),
+                    series(|m| m.local_min, x),
+                ),
+                (
+                    "local max",
+                    RGBColor(240, 160, 160),
+                    series(|m| m.local_max, x),
+                ),
+            ],
+        )?;
+        written.push(p);
+    }
+    Ok(written)
+}
+
+fn write_rounds(
+    dir: &Path,
+    config: &ExperimentConfig,
+    rows: &[MetricsRow],
+) -> Result<Vec<PathBuf>, String> {
+    let mut written = Vec::new();
     let mut csv = String::from(
         "round,accuracy,loss,train_loss,clients,samples,local_steps,bytes_up,bytes_down,cum_bytes,wall_s\n",
     );
     let mut jsonl = String::new();
-    for row in &rows {
+    for row in rows {
         let r = &row.metrics;
         csv.push_str(&format!(
             "{},{},{},{:.6},{},{},{},{},{},{},{:.3}\n",
@@ -103,25 +237,6 @@ pub fn write_all(
         written.push(p);
     }
 
-    let mut traffic =
-        String::from("node,role,bytes_sent,bytes_received,messages_sent,messages_received\n");
-    for (i, t) in outcome.traffic.iter().enumerate() {
-        let role = if i == 0 { "server" } else { "client" };
-        traffic.push_str(&format!(
-            "{i},{role},{},{},{},{}\n",
-            t.bytes_sent, t.bytes_received, t.messages_sent, t.messages_received
-        ));
-    }
-    let p = dir.join("traffic.csv");
-    write_atomic(&p, traffic.as_bytes())?;
-    written.push(p);
-
-    if let Some(params) = &outcome.final_params {
-        let p = dir.join("final.safetensors");
-        braid_nn::store::save(arch, params, &p).map_err(|e| e.to_string())?;
-        written.push(p);
-    }
-
     let points: Vec<(f64, f64, f64)> = rows
         .iter()
         .filter_map(|r| {
@@ -142,7 +257,7 @@ pub fn write_all(
             ),
         ] {
             let p = dir.join(name);
-            plot(&p, &config.name, xlabel, &series)?;
+            plot_lines(&p, &config.name, xlabel, &[("test accuracy", BLUE, series)])?;
             written.push(p);
         }
     }
@@ -159,19 +274,29 @@ fn ensure_font() {
     });
 }
 
-/// Draws test accuracy against `xlabel` into a PNG.
-pub fn plot(path: &Path, title: &str, xlabel: &str, points: &[(f64, f64)]) -> Result<(), String> {
+/// One curve of a plot: label, colour, `(x, accuracy)` points.
+pub type Line<'a> = (&'a str, RGBColor, Vec<(f64, f64)>);
+
+/// Draws test-accuracy curves against `xlabel` into a PNG, with a legend if more than one.
+pub fn plot_lines(
+    path: &Path,
+    title: &str,
+    xlabel: &str,
+    lines: &[Line<'_>],
+) -> Result<(), String> {
     ensure_font();
     let err = |e: &dyn std::fmt::Display| format!("cannot draw {}: {e}", path.display());
     let root = BitMapBackend::new(path, (800, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
-    let xmax = points.iter().map(|p| p.0).fold(0.0f64, f64::max).max(1.0);
-    let xmin = points
-        .iter()
-        .map(|p| p.0)
-        .fold(f64::INFINITY, f64::min)
-        .min(xmax);
-    let ymin = points.iter().map(|p| p.1).fold(1.0f64, f64::min);
+    let all = || lines.iter().flat_map(|l| l.2.iter().copied());
+    let xmax = all().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max);
+    let xmin = all().map(|p| p.0).fold(f64::INFINITY, f64::min);
+    let (xmin, xmax) = if xmax.is_finite() && xmin < xmax {
+        (xmin, xmax)
+    } else {
+        (0.0, xmax.max(0.0) + 1.0)
+    };
+    let ymin = all().map(|p| p.1).fold(1.0f64, f64::min);
     let ylo = (ymin - 0.05).clamp(0.0, 1.0);
     let mut chart = ChartBuilder::on(&root)
         .caption(format!("{title}: test accuracy"), ("sans-serif", 24))
@@ -187,19 +312,36 @@ pub fn plot(path: &Path, title: &str, xlabel: &str, points: &[(f64, f64)]) -> Re
         .label_style(("sans-serif", 15))
         .draw()
         .map_err(|e| err(&e))?;
-    chart
-        .draw_series(LineSeries::new(
-            points.iter().copied(),
-            BLUE.stroke_width(2),
-        ))
-        .map_err(|e| err(&e))?;
-    chart
-        .draw_series(
-            points
-                .iter()
-                .map(|&(x, y)| Circle::new((x, y), 3, BLUE.filled())),
-        )
-        .map_err(|e| err(&e))?;
+    for (name, color, points) in lines {
+        let color = *color;
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().copied(),
+                color.stroke_width(2),
+            ))
+            .map_err(|e| err(&e))?
+            .label(*name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(
+                points
+                    .iter()
+                    .map(|&(x, y)| Circle::new((x, y), 3, color.filled())),
+            )
+            .map_err(|e| err(&e))?;
+    }
+    if lines.len() > 1 {
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 15))
+            .position(SeriesLabelPosition::LowerRight)
+            .draw()
+            .map_err(|e| err(&e))?;
+    }
     root.present().map_err(|e| err(&e))?;
     Ok(())
 }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::node::{EngineError, Event, LocalTrainer, Node, NodeCtx, RoundMetrics};
+use crate::node::{EngineError, Event, GossipMetrics, LocalTrainer, Node, NodeCtx, RoundMetrics};
 use crate::transport::{Envelope, InProcessTransport, NodeTraffic, Transport};
 use crate::wire::{NodeId, Payload};
 
@@ -38,6 +38,8 @@ impl Worker {
 pub struct SimOutcome {
     /// Per-round metrics with the wall-clock seconds since the start of the run.
     pub rounds: Vec<(RoundMetrics, f64)>,
+    /// Evaluation points of a decentralized run, with the wall-clock seconds.
+    pub gossip: Vec<(GossipMetrics, f64)>,
     /// Final global parameters.
     pub final_params: Option<Vec<f32>>,
     /// Traffic per node id.
@@ -103,6 +105,7 @@ impl Simulator {
         let t0 = Instant::now();
         let mut outcome = SimOutcome {
             rounds: Vec::new(),
+            gossip: Vec::new(),
             final_params: None,
             traffic: Vec::new(),
         };
@@ -116,6 +119,7 @@ impl Simulator {
                     observer(&ev);
                     match ev {
                         Event::Round(m) => outcome.rounds.push((m, t0.elapsed().as_secs_f64())),
+                        Event::Gossip(m) => outcome.gossip.push((m, t0.elapsed().as_secs_f64())),
                         Event::Finished { params } => outcome.final_params = Some(params),
                     }
                 }

@@ -16,6 +16,8 @@ const MAGIC: &[u8; 3] = b"BRD";
 const VERSION: u8 = 1;
 const KIND_TRAIN_REQUEST: u8 = 1;
 const KIND_TRAIN_REPLY: u8 = 2;
+const KIND_GOSSIP: u8 = 3;
+const KIND_SNAPSHOT: u8 = 4;
 
 /// A message body.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,6 +40,29 @@ pub enum Payload {
         /// Mean local training loss.
         train_loss: f32,
         /// Parameters after local training.
+        params: Vec<f32>,
+    },
+    /// Peer to peer (decentralized SGD): my parameters for gossip round `round`.
+    Gossip {
+        /// Communication round, from 1.
+        round: u32,
+        /// The sender's parameters (shared between its out-neighbours in-process).
+        params: Arc<Vec<f32>>,
+    },
+    /// Peer to monitor (decentralized SGD): my local model at an evaluation point, for the
+    /// run's metrics and the counterfactual global merge. Measurement traffic, not gossip.
+    Snapshot {
+        /// Local steps taken so far.
+        step: u64,
+        /// Mean training loss since the previous snapshot.
+        train_loss: f32,
+        /// Test accuracy of the local model.
+        accuracy: f32,
+        /// Test loss of the local model.
+        loss: f32,
+        /// Gossip bytes this peer has sent so far.
+        gossip_bytes: u64,
+        /// The local parameters.
         params: Vec<f32>,
     },
 }
@@ -67,6 +92,8 @@ impl Payload {
         match self {
             Self::TrainRequest { .. } => "train-request",
             Self::TrainReply { .. } => "train-reply",
+            Self::Gossip { .. } => "gossip",
+            Self::Snapshot { .. } => "snapshot",
         }
     }
 
@@ -76,6 +103,8 @@ impl Payload {
         match self {
             Self::TrainRequest { params, .. } => header + 4 + 4 + 4 * params.len(),
             Self::TrainReply { params, .. } => header + 4 + 8 + 4 + 4 + 4 + 4 * params.len(),
+            Self::Gossip { params, .. } => header + 4 + 4 + 4 * params.len(),
+            Self::Snapshot { params, .. } => header + 8 + 4 + 4 + 4 + 8 + 4 + 4 * params.len(),
         }
     }
 
@@ -108,6 +137,27 @@ impl Payload {
                 out.extend_from_slice(&num_samples.to_le_bytes());
                 out.extend_from_slice(&steps.to_le_bytes());
                 out.extend_from_slice(&train_loss.to_le_bytes());
+                put_params(&mut out, params);
+            }
+            Self::Gossip { round, params } => {
+                out.push(KIND_GOSSIP);
+                out.extend_from_slice(&round.to_le_bytes());
+                put_params(&mut out, params);
+            }
+            Self::Snapshot {
+                step,
+                train_loss,
+                accuracy,
+                loss,
+                gossip_bytes,
+                params,
+            } => {
+                out.push(KIND_SNAPSHOT);
+                out.extend_from_slice(&step.to_le_bytes());
+                out.extend_from_slice(&train_loss.to_le_bytes());
+                out.extend_from_slice(&accuracy.to_le_bytes());
+                out.extend_from_slice(&loss.to_le_bytes());
+                out.extend_from_slice(&gossip_bytes.to_le_bytes());
                 put_params(&mut out, params);
             }
         }
@@ -146,6 +196,28 @@ impl Payload {
                     num_samples,
                     steps,
                     train_loss,
+                    params: r.params(max_params)?,
+                }
+            }
+            KIND_GOSSIP => {
+                let round = r.u32("round")?;
+                Self::Gossip {
+                    round,
+                    params: Arc::new(r.params(max_params)?),
+                }
+            }
+            KIND_SNAPSHOT => {
+                let step = u64::from_le_bytes(r.array("step")?);
+                let train_loss = f32::from_le_bytes(r.array("train_loss")?);
+                let accuracy = f32::from_le_bytes(r.array("accuracy")?);
+                let loss = f32::from_le_bytes(r.array("loss")?);
+                let gossip_bytes = u64::from_le_bytes(r.array("gossip_bytes")?);
+                Self::Snapshot {
+                    step,
+                    train_loss,
+                    accuracy,
+                    loss,
+                    gossip_bytes,
                     params: r.params(max_params)?,
                 }
             }
@@ -225,6 +297,26 @@ mod tests {
 
     #[test]
     fn rejects_hostile_input() {
+        for p in [
+            Payload::Gossip {
+                round: 1,
+                params: Arc::new(vec![1.0; 3]),
+            },
+            Payload::Snapshot {
+                step: 5,
+                train_loss: 0.1,
+                accuracy: 0.2,
+                loss: 0.3,
+                gossip_bytes: 9,
+                params: vec![1.0; 3],
+            },
+        ] {
+            let bytes = p.encode();
+            for cut in 0..bytes.len() {
+                assert!(Payload::decode(&bytes[..cut], 10).is_err());
+            }
+            assert!(Payload::decode(&bytes, 2).is_err());
+        }
         let good = reply(vec![1.0, 2.0]).encode();
         for cut in 0..good.len() {
             assert!(
@@ -257,7 +349,9 @@ mod tests {
     proptest! {
         #[test]
         fn encoding_round_trips_with_exact_length(params in prop::collection::vec(-1e6f32..1e6, 0..64), round in 0u32..1000) {
-            for p in [Payload::TrainRequest { round, params: Arc::new(params.clone()) }, reply(params.clone())] {
+            let snapshot = Payload::Snapshot { step: u64::from(round) * 7, train_loss: 0.25, accuracy: 0.5, loss: 1.5, gossip_bytes: 1 << 40, params: params.clone() };
+            let gossip = Payload::Gossip { round, params: Arc::new(params.clone()) };
+            for p in [Payload::TrainRequest { round, params: Arc::new(params.clone()) }, reply(params.clone()), gossip, snapshot] {
                 let bytes = p.encode();
                 prop_assert_eq!(bytes.len(), p.encoded_len());
                 prop_assert_eq!(Payload::decode(&bytes, 64).unwrap(), p);

@@ -140,3 +140,92 @@ rounds = 6
         .unwrap_or_default();
     assert!(e.contains("mlp"), "{e}");
 }
+
+fn dsgd(extra: &[&str]) -> ExperimentConfig {
+    let src = r#"
+name = "dsgd"
+seed = 5
+[data]
+dataset = "fashion-mnist"
+source = "bundled"
+train_limit = 1200
+test_limit = 300
+[partition]
+clients = 4
+kind = "dirichlet"
+alpha = 0.3
+[model]
+name = "cnn-small"
+[train]
+batch_size = 16
+[train.optimizer]
+name = "sgd"
+lr = 0.05
+momentum = 0.9
+[algorithm]
+name = "dsgd"
+steps = 12
+eval_every = 6
+[decentralized]
+topology = { kind = "random" }
+every = 2
+budget = { kind = "fixed", r = 0.5 }
+eval_samples = 100
+"#;
+    let overrides: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    ExperimentConfig::parse(src, "dsgd.toml", &overrides).unwrap()
+}
+
+#[test]
+fn dsgd_is_deterministic_and_merges_at_the_end() {
+    let run = |extra: &[&str]| {
+        let p = experiment::prepare(&dsgd(extra)).unwrap();
+        experiment::run(&p, &mut |_| {}).unwrap()
+    };
+    let a = run(&["runtime.workers=1"]);
+    let b = run(&["runtime.workers=2"]);
+    let pts = |o: &braid_engine::sim::SimOutcome| {
+        o.gossip.iter().map(|(m, _)| m.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(pts(&a), pts(&b));
+    assert_eq!(a.final_params, b.final_params);
+    let steps: Vec<u64> = pts(&a).iter().map(|m| m.step).collect();
+    assert_eq!(steps, vec![0, 6, 12]);
+    let last = pts(&a).pop().unwrap();
+    assert!(last.consensus > 0.0 && last.bytes_per_peer > 0.0);
+    assert!(last.local_min <= last.local_mean && last.local_mean <= last.local_max);
+    assert!((last.gap - (last.merged_accuracy - last.local_mean)).abs() < 1e-12);
+    // A different seed gives a different run.
+    assert_ne!(pts(&run(&["seed=6"])), pts(&a));
+}
+
+#[test]
+fn dsgd_config_errors_name_the_field() {
+    let base = dsgd(&[]).to_toml();
+    for (overrides, needle) in [
+        (vec!["algorithm.rounds=3"], "algorithm.rounds"),
+        (vec!["decentralized.every=0"], "decentralized.every"),
+        (vec!["decentralized.budget.r=-1"], "decentralized.budget.r"),
+        (vec!["algorithm.clients_per_round=2"], "clients_per_round"),
+        (vec!["partition.clients=1"], "partition.clients"),
+        (vec!["decentralized.eval_samples=0"], "eval_samples"),
+        (vec!["decentralized.topology.kind=moebius"], "moebius"),
+    ] {
+        let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        let e = ExperimentConfig::parse(&base, "d.toml", &o)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(needle), "{needle:?} not in {e:?}");
+    }
+    let e = ExperimentConfig::parse(&base.replace("steps = 12\n", ""), "d.toml", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("algorithm.steps"), "{e}");
+    // Metropolis-Hastings on the directed random topology: a setup error.
+    let c = dsgd(&["decentralized.mixing=metropolis-hastings"]);
+    let p = experiment::prepare(&c).unwrap();
+    let e = experiment::run(&p, &mut |_| {})
+        .err()
+        .map(|e| e.to_string());
+    assert!(e.unwrap_or_default().contains("undirected"));
+}

@@ -9,7 +9,7 @@ use braid_engine::algorithms::fedavg::{FedAvgClient, FedAvgServer, ServerConfig,
 use braid_engine::node::{EngineError, Event, LocalTrainer, Node, NodeCtx};
 use braid_engine::sim::{Simulator, Worker};
 use braid_engine::wire::{NodeId, Payload};
-use braid_nn::{EvalOutcome, TrainOutcome};
+use braid_nn::{EvalOutcome, OptimizerState, TrainOutcome};
 
 /// "Training" moves every parameter to the mean of the shard's indices plus a seed-dependent
 /// jitter; evaluation reports the first parameter as "accuracy".
@@ -37,12 +37,25 @@ impl LocalTrainer for FakeTrainer {
             mean_loss: 1.0,
         })
     }
+    fn train_batches(
+        &mut self,
+        _params: &[f32],
+        _batches: &[Vec<usize>],
+        _state: &mut OptimizerState,
+    ) -> Result<TrainOutcome, EngineError> {
+        Err(EngineError::Setup(
+            "FedAvg never trains on explicit batches".into(),
+        ))
+    }
     fn evaluate(&mut self, params: &[f32]) -> Result<EvalOutcome, EngineError> {
         Ok(EvalOutcome {
             accuracy: f64::from(params[0]),
             loss: 0.0,
             samples: 1,
         })
+    }
+    fn evaluate_sample(&mut self, params: &[f32], _n: usize) -> Result<EvalOutcome, EngineError> {
+        self.evaluate(params)
     }
 }
 

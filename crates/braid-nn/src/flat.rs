@@ -4,7 +4,7 @@
 //! optimizer state stays attached) and marks it `require_grad` again on an autodiff device: a
 //! tensor freshly made from data is otherwise an untracked leaf and would silently get no gradient.
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::{Tensor, TensorData};
 
 struct Reader(Vec<f32>);
@@ -51,4 +51,22 @@ pub fn load_flat<M: Module>(module: M, values: &[f32]) -> M {
         src: values,
         offset: 0,
     })
+}
+
+struct Renumber(u64);
+
+impl ModuleMapper for Renumber {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let id = ParamId::from(self.0);
+        self.0 += 1;
+        let tensor = param.val();
+        param.transform_for_load(tensor, id)
+    }
+}
+
+/// Gives `module`'s parameters the ids 0, 1, 2, ... in visiting order, so optimizer state
+/// (keyed by parameter id) saved from one module instance applies to any other of the same
+/// architecture: a peer's momentum can move between worker threads and processes.
+pub fn renumber<M: Module>(module: M) -> M {
+    module.map(&mut Renumber(0))
 }

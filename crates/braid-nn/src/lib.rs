@@ -19,7 +19,7 @@ pub mod train;
 
 pub use arch::{Arch, ModelName};
 pub use device::DeviceKind;
-pub use train::{EvalOutcome, OptimizerConfig, TrainOutcome, TrainSpec, Trainer};
+pub use train::{EvalOutcome, OptimizerConfig, OptimizerState, TrainOutcome, TrainSpec, Trainer};
 
 use thiserror::Error;
 

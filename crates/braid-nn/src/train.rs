@@ -210,6 +210,22 @@ pub struct EvalOutcome {
     pub samples: usize,
 }
 
+/// Optimizer state (momentum buffers, Adam moments) carried between training calls.
+///
+/// Keyed by parameter position (trainers number their parameters 0, 1, 2, ...), so state saved
+/// by one trainer is valid in any other trainer of the same architecture. Empty for plain SGD.
+#[derive(Debug, Default)]
+pub struct OptimizerState {
+    record: Option<burn::optim::OptimizerRecord>,
+}
+
+impl OptimizerState {
+    /// True before the first step, and always for plain SGD (which keeps no state).
+    pub fn is_empty(&self) -> bool {
+        self.record.is_none()
+    }
+}
+
 /// Trains and evaluates models of one architecture on one device.
 pub struct Trainer {
     arch: Arch,
@@ -231,15 +247,22 @@ impl Trainer {
     /// A trainer for `arch` on `device`.
     pub fn new(arch: Arch, device: &DeviceKind) -> Result<Self, NnError> {
         let device = device.device()?.autodiff();
-        let model = Net::new(&arch, &device);
+        let model = flat::renumber(Net::new(&arch, &device));
         let loss = CrossEntropyLossConfig::new().init(&device);
         Ok(Self {
             arch,
             device,
             model: Some(model),
             loss,
-            eval_batch: 1000,
+            eval_batch: 256,
         })
+    }
+
+    /// Evaluates in batches of `n` samples (default 256): larger batches are no faster on a
+    /// CPU and hold more activation memory.
+    pub fn with_eval_batch(mut self, n: usize) -> Self {
+        self.eval_batch = n.max(1);
+        self
     }
 
     /// The architecture.
@@ -271,7 +294,7 @@ impl Trainer {
         let model = self
             .model
             .take()
-            .unwrap_or_else(|| Net::new(&self.arch, &self.device));
+            .unwrap_or_else(|| flat::renumber(Net::new(&self.arch, &self.device)));
         flat::load_flat(model, params)
     }
 
@@ -283,7 +306,8 @@ impl Trainer {
         (xs, ys)
     }
 
-    /// Trains from `params` on samples `shard` of `data`; batch order is drawn from `seed_value`.
+    /// Trains from `params` on samples `shard` of `data` with a fresh optimizer: `spec.epochs`
+    /// shuffled passes (or `spec.max_steps` steps); batch order is drawn from `seed_value`.
     pub fn train(
         &mut self,
         params: &[f32],
@@ -292,14 +316,53 @@ impl Trainer {
         spec: &TrainSpec,
         seed_value: u64,
     ) -> Result<TrainOutcome, NnError> {
-        self.check(params, data)?;
-        spec.optimizer.validate()?;
         if spec.batch_size == 0 {
             return Err(NnError::Config(
                 "train.batch_size must be at least 1".into(),
             ));
         }
-        if shard.is_empty() {
+        let total_steps = spec
+            .max_steps
+            .unwrap_or(spec.epochs * shard.len().div_ceil(spec.batch_size));
+        let mut batches: Vec<Vec<usize>> = Vec::with_capacity(total_steps.min(1 << 20));
+        if !shard.is_empty() {
+            let mut rng = seed::rng(seed_value, &[]);
+            let mut order: Vec<usize> = shard.to_vec();
+            'outer: while batches.len() < total_steps {
+                order.shuffle(&mut rng);
+                for chunk in order.chunks(spec.batch_size) {
+                    if batches.len() == total_steps {
+                        break 'outer;
+                    }
+                    batches.push(chunk.to_vec());
+                }
+            }
+        }
+        self.train_batches(params, data, &batches, spec, &mut OptimizerState::default())
+    }
+
+    /// Takes one optimizer step per entry of `batches` (sample indices into `data`), starting
+    /// from `params` and from the optimizer state in `state`, which is updated in place (a
+    /// decentralized peer keeps its momentum between calls). `spec`'s optimizer and proximal
+    /// weight apply; its batch size, epochs and step limit do not.
+    pub fn train_batches(
+        &mut self,
+        params: &[f32],
+        data: &Dataset,
+        batches: &[Vec<usize>],
+        spec: &TrainSpec,
+        state: &mut OptimizerState,
+    ) -> Result<TrainOutcome, NnError> {
+        self.check(params, data)?;
+        spec.optimizer.validate()?;
+        if let Some(bad) = batches.iter().flatten().find(|&&i| i >= data.len()) {
+            return Err(NnError::Config(format!(
+                "batch sample index {bad} is outside the {} training samples",
+                data.len()
+            )));
+        }
+        let batches: Vec<&Vec<usize>> = batches.iter().filter(|b| !b.is_empty()).collect();
+        if batches.is_empty() {
             return Ok(TrainOutcome {
                 params: params.to_vec(),
                 samples: 0,
@@ -309,6 +372,9 @@ impl Trainer {
         }
         let mut model = self.loaded(params);
         let mut optim = spec.optimizer.build();
+        if let Some(record) = state.record.take() {
+            optim = optim.load_record(record);
+        }
         let lr = spec.optimizer.lr();
         let anchor = (spec.prox_mu > 0.0).then(|| {
             Tensor::<1>::from_data(
@@ -316,42 +382,31 @@ impl Trainer {
                 &self.device.clone().inner(),
             )
         });
-        let mut rng = seed::rng(seed_value, &[]);
-        let mut order: Vec<usize> = shard.to_vec();
-        let total_steps = spec
-            .max_steps
-            .unwrap_or(spec.epochs * shard.len().div_ceil(spec.batch_size));
         let (mut steps, mut samples) = (0usize, 0usize);
         let mut loss_sum: Option<Tensor<1>> = None;
-        'outer: while steps < total_steps {
-            order.shuffle(&mut rng);
-            for chunk in order.chunks(spec.batch_size) {
-                if steps == total_steps {
-                    break 'outer;
+        for chunk in batches {
+            let (x, y) = self.batch(data, chunk, &self.device);
+            let logits = model.forward(&self.arch, x);
+            let ce = self.loss.forward(logits, y);
+            let ce_value = ce.clone().detach();
+            let loss = match &anchor {
+                Some(a) => {
+                    let mut c = Collect(Vec::new());
+                    model.visit(&mut c);
+                    let w = Tensor::cat(c.0, 0);
+                    let diff = w - a.clone().set_require_grad(false);
+                    ce + diff.powi_scalar(2).sum().mul_scalar(spec.prox_mu / 2.0)
                 }
-                let (x, y) = self.batch(data, chunk, &self.device);
-                let logits = model.forward(&self.arch, x);
-                let ce = self.loss.forward(logits, y);
-                let ce_value = ce.clone().detach();
-                let loss = match &anchor {
-                    Some(a) => {
-                        let mut c = Collect(Vec::new());
-                        model.visit(&mut c);
-                        let w = Tensor::cat(c.0, 0);
-                        let diff = w - a.clone().set_require_grad(false);
-                        ce + diff.powi_scalar(2).sum().mul_scalar(spec.prox_mu / 2.0)
-                    }
-                    None => ce,
-                };
-                let grads = GradientsParams::from_grads(loss.backward(), &model);
-                model = optim.step(lr, model, grads);
-                loss_sum = Some(match loss_sum {
-                    Some(s) => s + ce_value,
-                    None => ce_value,
-                });
-                steps += 1;
-                samples += chunk.len();
-            }
+                None => ce,
+            };
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(lr, model, grads);
+            loss_sum = Some(match loss_sum {
+                Some(s) => s + ce_value,
+                None => ce_value,
+            });
+            steps += 1;
+            samples += chunk.len();
         }
         let mean_loss = loss_sum
             .map(|s| f64::from(s.into_scalar::<f32>()))
@@ -359,6 +414,10 @@ impl Trainer {
             / steps.max(1) as f64;
         let out = flat::flatten(&model);
         self.model = Some(model);
+        let record = optim.to_record();
+        if !record.is_empty() {
+            state.record = Some(record);
+        }
         if !mean_loss.is_finite() || !braid_core::params::all_finite(&out) {
             return Err(NnError::Diverged);
         }

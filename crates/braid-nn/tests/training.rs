@@ -186,3 +186,53 @@ fn safetensors_round_trip_and_reject_other_models() {
         "{header}"
     );
 }
+
+#[test]
+fn optimizer_state_carries_momentum_between_calls_and_trainers() {
+    let split = load_fashion(&FashionSource::Bundled).unwrap();
+    let arch = Arch::new(ModelName::Mlp, &[1, 28, 28], 10).unwrap();
+    let p0 = arch.init_params(2);
+    let spec = TrainSpec {
+        optimizer: OptimizerConfig::Sgd {
+            lr: 0.05,
+            momentum: 0.9,
+            weight_decay: 0.0,
+            nesterov: false,
+        },
+        ..sgd(0.05)
+    };
+    let batches: Vec<Vec<usize>> = (0..8).map(|b| (b * 16..(b + 1) * 16).collect()).collect();
+    let mut a = Trainer::new(arch.clone(), &DeviceKind::Cpu).unwrap();
+    let mut b = Trainer::new(arch.clone(), &DeviceKind::Cpu).unwrap();
+    // Eight steps in one call...
+    let mut s = braid_nn::OptimizerState::default();
+    let whole = a
+        .train_batches(&p0, &split.train, &batches, &spec, &mut s)
+        .unwrap();
+    assert!(!s.is_empty());
+    // ...equal four + four steps in two calls on two different trainers, with the state carried.
+    let mut s = braid_nn::OptimizerState::default();
+    let first = b
+        .train_batches(&p0, &split.train, &batches[..4], &spec, &mut s)
+        .unwrap();
+    let second = a
+        .train_batches(&first.params, &split.train, &batches[4..], &spec, &mut s)
+        .unwrap();
+    assert_eq!(second.params, whole.params);
+    // Without the state (momentum restarted) the result differs.
+    let fresh = a
+        .train_batches(
+            &first.params,
+            &split.train,
+            &batches[4..],
+            &spec,
+            &mut braid_nn::OptimizerState::default(),
+        )
+        .unwrap();
+    assert_ne!(fresh.params, whole.params);
+    // Indices outside the data set are an error, not a panic.
+    let bad = vec![vec![split.train.len()]];
+    assert!(a
+        .train_batches(&p0, &split.train, &bad, &spec, &mut s)
+        .is_err());
+}

@@ -4,5 +4,8 @@
 //!   (the client-side proximal term is a training option), partial participation, and server
 //!   optimizers on the averaged update (FedAvgM, FedAdam, FedYogi, DiLoCo's Nesterov step). The
 //!   centralized baseline is the same algorithm with one client holding all data.
+//! - [`dsgd`]: decentralized SGD without a server: peers on a topology gossip under a
+//!   communication budget, and a monitor reports local and merged-model metrics.
 
+pub mod dsgd;
 pub mod fedavg;

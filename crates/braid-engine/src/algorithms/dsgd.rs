@@ -1,0 +1,537 @@
+//! Decentralized SGD without a server, with communication budgets and the single global merge
+//! (Zhu et al., "A Single Merging Suffices", arXiv 2507.06542).
+//!
+//! Peers are nodes `0..n`. Each holds its own model, optimizer state (momentum survives
+//! between rounds) and stream of mini-batches over its shard, and takes local SGD steps.
+//! After every `every` local steps comes communication round `t`: the round's graph is drawn
+//! from the topology under the budget `r(p)` (p = training progress) with a random stream
+//! derived from `(seed, t)`, so every peer computes the same graph without coordination and
+//! can check that a message really comes from one of its in-neighbours. A peer sends its
+//! parameters to every peer that listens to it, waits for its own in-neighbours, and replaces
+//! its parameters by the mixing-weighted mean (`x_i <- sum_j W_ij x_j`). A round with no
+//! in-neighbour (r = 0, or a fractional draw that failed) costs nothing and does not wait.
+//!
+//! At evaluation points (step 0, every `eval_every` steps, and the last step) each peer
+//! evaluates its local model and sends a snapshot to the monitor, node `n`. The monitor
+//! averages all local models exactly (the global merge, a counterfactual that does not change
+//! training), evaluates it, and reports the run's metrics; after the last step the merge is
+//! the run's final model. None of the registry's models has batch-norm, so the merged model
+//! needs no statistics recalibration.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use braid_core::batches::EpochBatches;
+use braid_core::params::{self, weighted_mean};
+use braid_core::schedule::CommSchedule;
+use braid_core::seed;
+use braid_core::topology::{Graph, Mixing, MixingRule, Topology};
+use braid_nn::OptimizerState;
+
+use crate::node::{EngineError, Event, GossipMetrics, Node, NodeCtx};
+use crate::wire::{NodeId, Payload};
+
+/// Settings shared by every peer and the monitor of a decentralized run.
+#[derive(Debug, Clone)]
+pub struct DsgdSettings {
+    /// The topology, bound to the number of peers.
+    pub topology: Topology,
+    /// Mixing weights.
+    pub mixing: MixingRule,
+    /// When peers communicate and how much.
+    pub schedule: CommSchedule,
+    /// Local steps per peer.
+    pub total_steps: u64,
+    /// Evaluate every this many local steps (and at step 0 and at the end); 0 = only those two.
+    pub eval_every: u64,
+    /// Test samples each local model is evaluated on (the merged model uses the whole test set).
+    pub eval_samples: usize,
+    /// Mini-batch size.
+    pub batch_size: usize,
+    /// Number of model parameters (incoming messages are checked against it).
+    pub num_params: usize,
+    /// Experiment seed.
+    pub seed: u64,
+}
+
+impl DsgdSettings {
+    /// Checks the settings; the error names the config field.
+    pub fn validate(&self) -> Result<(), EngineError> {
+        self.schedule
+            .validate()
+            .map_err(|e| EngineError::Setup(format!("decentralized.{e}")))?;
+        if self.batch_size == 0 {
+            return Err(EngineError::Setup(
+                "train.batch_size must be at least 1".into(),
+            ));
+        }
+        if self.mixing == MixingRule::MetropolisHastings
+            && self.topology.default_mixing() != MixingRule::MetropolisHastings
+        {
+            return Err(EngineError::Setup(
+                "decentralized.mixing = \"metropolis-hastings\" needs an undirected topology (ring, torus, complete, erdos-renyi); this one is directed, use \"uniform\"".into(),
+            ));
+        }
+        let rounds = self.total_steps / self.schedule.every.max(1);
+        if rounds > u64::from(u32::MAX) {
+            return Err(EngineError::Setup(format!(
+                "{rounds} communication rounds is more than braid supports ({})",
+                u32::MAX
+            )));
+        }
+        Ok(())
+    }
+
+    /// Number of peers.
+    pub fn peers(&self) -> usize {
+        self.topology.nodes()
+    }
+
+    /// The monitor's node id (one past the last peer).
+    pub fn monitor(&self) -> NodeId {
+        self.peers() as NodeId
+    }
+
+    /// True if local step `step` is an evaluation point.
+    pub fn evaluates_at(&self, step: u64) -> bool {
+        step == 0
+            || step == self.total_steps
+            || (self.eval_every > 0 && step.is_multiple_of(self.eval_every))
+    }
+
+    /// The local step after which communication round `round` (from 1) happens.
+    pub fn round_step(&self, round: u32) -> u64 {
+        u64::from(round) * self.schedule.every
+    }
+
+    /// The budget r at local step `step`.
+    pub fn budget_at(&self, step: u64) -> f64 {
+        self.schedule
+            .budget
+            .r_at(step as f64 / self.total_steps.max(1) as f64)
+    }
+
+    /// The graph of communication round `round`: the same on every peer.
+    pub fn round_graph(&self, round: u32) -> Graph {
+        let r = self.budget_at(self.round_step(round));
+        let mut rng = seed::rng(self.seed, &[seed::stream::TOPOLOGY, u64::from(round)]);
+        self.topology.round_graph(u64::from(round), r, &mut rng)
+    }
+
+    fn last_round(&self) -> u32 {
+        if !self.schedule.communicates_after(self.schedule.every) {
+            return 0; // local only
+        }
+        (self.total_steps / self.schedule.every) as u32
+    }
+}
+
+struct Waiting {
+    round: u32,
+    graph: Graph,
+}
+
+/// One decentralized peer.
+pub struct DsgdPeer {
+    id: NodeId,
+    settings: Arc<DsgdSettings>,
+    params: Vec<f32>,
+    optimizer: OptimizerState,
+    batches: EpochBatches,
+    step: u64,
+    waiting: Option<Waiting>,
+    /// Parameters received for the current or a later round, by (round, sender).
+    inbox: BTreeMap<(u32, NodeId), Arc<Vec<f32>>>,
+    /// Rounds whose mixing is done (messages for them are stale).
+    mixed_through: u32,
+    gossip_bytes: u64,
+    loss_sum: f64,
+    loss_steps: u64,
+}
+
+impl DsgdPeer {
+    /// Peer `id` holding training samples `shard`, starting from `initial` parameters.
+    pub fn new(
+        id: NodeId,
+        settings: Arc<DsgdSettings>,
+        shard: Vec<usize>,
+        initial: Vec<f32>,
+    ) -> Self {
+        let batch_seed = seed::derive(settings.seed, &[seed::stream::LOCAL_TRAIN, u64::from(id)]);
+        let batches = EpochBatches::new(shard, settings.batch_size, batch_seed);
+        Self {
+            id,
+            settings,
+            params: initial,
+            optimizer: OptimizerState::default(),
+            batches,
+            step: 0,
+            waiting: None,
+            inbox: BTreeMap::new(),
+            mixed_through: 0,
+            gossip_bytes: 0,
+            loss_sum: 0.0,
+            loss_steps: 0,
+        }
+    }
+
+    /// The current local parameters.
+    pub fn params(&self) -> &[f32] {
+        &self.params
+    }
+
+    /// Local steps taken.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    fn next_stop(&self) -> u64 {
+        let s = &self.settings;
+        let mut next = s.total_steps;
+        let every = s.schedule.every.max(1);
+        next = next.min((self.step / every + 1) * every);
+        if let Some(k) = self.step.checked_div(s.eval_every) {
+            next = next.min((k + 1) * s.eval_every);
+        }
+        next
+    }
+
+    fn snapshot(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+        let e = ctx
+            .trainer
+            .evaluate_sample(&self.params, self.settings.eval_samples)?;
+        let train_loss = if self.loss_steps > 0 {
+            self.loss_sum / self.loss_steps as f64
+        } else {
+            0.0
+        };
+        self.loss_sum = 0.0;
+        self.loss_steps = 0;
+        ctx.send(
+            self.settings.monitor(),
+            Payload::Snapshot {
+                step: self.step,
+                train_loss: train_loss as f32,
+                accuracy: e.accuracy as f32,
+                loss: e.loss as f32,
+                gossip_bytes: self.gossip_bytes,
+                params: self.params.clone(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Starts communication round `round`: sends to the peers listening to this one and
+    /// waits for this one's in-neighbours, if any.
+    fn start_round(&mut self, round: u32, ctx: &mut NodeCtx<'_>) {
+        let graph = self.settings.round_graph(round);
+        let me = self.id as usize;
+        let shared = Arc::new(self.params.clone());
+        for (j, listens_to) in graph.peers.iter().enumerate() {
+            if listens_to.contains(&me) {
+                self.gossip_bytes += ctx.send(
+                    j as NodeId,
+                    Payload::Gossip {
+                        round,
+                        params: Arc::clone(&shared),
+                    },
+                ) as u64;
+            }
+        }
+        if graph.peers[me].is_empty() {
+            self.mixed_through = round;
+        } else {
+            self.waiting = Some(Waiting { round, graph });
+        }
+    }
+
+    /// Mixes if every in-neighbour of the awaited round has sent; returns whether it did.
+    fn try_mix(&mut self) -> Result<bool, EngineError> {
+        let Some(w) = &self.waiting else {
+            return Ok(true);
+        };
+        let me = self.id as usize;
+        let ready = w.graph.peers[me]
+            .iter()
+            .all(|&j| self.inbox.contains_key(&(w.round, j as NodeId)));
+        if !ready {
+            return Ok(false);
+        }
+        let row = Mixing::new(&w.graph, self.settings.mixing)
+            .map_err(EngineError::Setup)?
+            .rows
+            .swap_remove(me);
+        let round = w.round;
+        let mut items: Vec<(&[f32], f64)> = Vec::with_capacity(row.len());
+        for &(j, weight) in &row {
+            let p: &[f32] = if j == me {
+                &self.params
+            } else {
+                self.inbox
+                    .get(&(round, j as NodeId))
+                    .map(|p| p.as_slice())
+                    .ok_or_else(|| EngineError::Setup(format!("peer {me} lost a message")))?
+            };
+            items.push((p, weight));
+        }
+        let mixed = weighted_mean(&items)?;
+        self.params = mixed;
+        self.inbox.retain(|&(r, _), _| r > round);
+        self.waiting = None;
+        self.mixed_through = round;
+        Ok(true)
+    }
+
+    /// Trains and communicates until the run ends or a round waits for messages.
+    fn run(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+        loop {
+            if self.waiting.is_some() {
+                if !self.try_mix()? {
+                    return Ok(());
+                }
+                if self.settings.evaluates_at(self.step) {
+                    self.snapshot(ctx)?;
+                }
+            }
+            if self.step >= self.settings.total_steps {
+                return Ok(());
+            }
+            let next = self.next_stop();
+            let batches = self.batches.take((next - self.step) as usize);
+            let out = ctx
+                .trainer
+                .train_batches(&self.params, &batches, &mut self.optimizer)?;
+            self.params = out.params;
+            self.loss_sum += out.mean_loss * out.steps as f64;
+            self.loss_steps += out.steps as u64;
+            self.step = next;
+            if self.settings.schedule.communicates_after(self.step) {
+                let round = (self.step / self.settings.schedule.every) as u32;
+                self.start_round(round, ctx);
+                if self.waiting.is_some() {
+                    continue;
+                }
+            }
+            if self.settings.evaluates_at(self.step) {
+                self.snapshot(ctx)?;
+            }
+        }
+    }
+}
+
+impl Node for DsgdPeer {
+    fn id(&self) -> NodeId {
+        self.id
+    }
+
+    fn on_start(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+        self.snapshot(ctx)?;
+        self.run(ctx)
+    }
+
+    fn on_message(
+        &mut self,
+        from: NodeId,
+        payload: Payload,
+        ctx: &mut NodeCtx<'_>,
+    ) -> Result<(), EngineError> {
+        let kind = payload.kind();
+        let reject = |why: String| EngineError::Rejected {
+            node: self.id,
+            from,
+            kind,
+            why,
+        };
+        let Payload::Gossip { round, params } = payload else {
+            return Err(reject("a peer only accepts gossip".into()));
+        };
+        if from as usize >= self.settings.peers() {
+            return Err(reject("the sender is not a peer of this run".into()));
+        }
+        if round <= self.mixed_through || round > self.settings.last_round() {
+            return Err(reject(format!(
+                "round {round} is not open (mixed through round {}, last round {})",
+                self.mixed_through,
+                self.settings.last_round()
+            )));
+        }
+        let listens = match &self.waiting {
+            Some(w) if w.round == round => {
+                w.graph.peers[self.id as usize].contains(&(from as usize))
+            }
+            _ => {
+                self.settings.round_graph(round).peers[self.id as usize].contains(&(from as usize))
+            }
+        };
+        if !listens {
+            return Err(reject(format!(
+                "the sender is not an in-neighbour of this peer in round {round}"
+            )));
+        }
+        if self.inbox.contains_key(&(round, from)) {
+            return Err(reject("duplicate gossip".into()));
+        }
+        if params.len() != self.settings.num_params {
+            return Err(reject(format!(
+                "{} parameters, the model has {}",
+                params.len(),
+                self.settings.num_params
+            )));
+        }
+        if !params::all_finite(&params) {
+            return Err(reject("parameters contain NaN or infinite values".into()));
+        }
+        self.inbox.insert((round, from), params);
+        if self.waiting.as_ref().is_some_and(|w| w.round == round) {
+            self.run(ctx)?;
+        }
+        Ok(())
+    }
+}
+
+struct Snap {
+    train_loss: f32,
+    accuracy: f32,
+    gossip_bytes: u64,
+    params: Vec<f32>,
+}
+
+/// The monitor of a decentralized run: collects the peers' snapshots at every evaluation
+/// point, merges them exactly, evaluates the merge and reports the metrics. It never sends.
+pub struct DsgdMonitor {
+    settings: Arc<DsgdSettings>,
+    pending: BTreeMap<u64, BTreeMap<NodeId, Snap>>,
+    done: BTreeSet<u64>,
+}
+
+impl DsgdMonitor {
+    /// The monitor for `settings`' peers.
+    pub fn new(settings: Arc<DsgdSettings>) -> Self {
+        Self {
+            settings,
+            pending: BTreeMap::new(),
+            done: BTreeSet::new(),
+        }
+    }
+
+    fn report(
+        &mut self,
+        step: u64,
+        snaps: BTreeMap<NodeId, Snap>,
+        ctx: &mut NodeCtx<'_>,
+    ) -> Result<(), EngineError> {
+        let n = snaps.len() as f64;
+        let items: Vec<(&[f32], f64)> =
+            snaps.values().map(|s| (s.params.as_slice(), 1.0)).collect();
+        let merged = weighted_mean(&items)?;
+        let consensus = snaps
+            .values()
+            .map(|s| params::sq_dist(&s.params, &merged))
+            .collect::<Result<Vec<f64>, _>>()?
+            .iter()
+            .sum::<f64>()
+            / n;
+        let e = ctx.trainer.evaluate(&merged)?;
+        let accs: Vec<f64> = snaps.values().map(|s| f64::from(s.accuracy)).collect();
+        let local_mean = accs.iter().sum::<f64>() / n;
+        let s = &self.settings;
+        ctx.emit(Event::Gossip(GossipMetrics {
+            step,
+            progress: step as f64 / s.total_steps.max(1) as f64,
+            comm_rounds: step / s.schedule.every.max(1),
+            budget: s.budget_at(step),
+            local_mean,
+            local_min: accs.iter().copied().fold(f64::INFINITY, f64::min),
+            local_max: accs.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            merged_accuracy: e.accuracy,
+            merged_loss: e.loss,
+            gap: e.accuracy - local_mean,
+            consensus,
+            train_loss: snaps.values().map(|s| f64::from(s.train_loss)).sum::<f64>() / n,
+            bytes_per_peer: snaps.values().map(|s| s.gossip_bytes as f64).sum::<f64>() / n,
+            bytes_max_peer: snaps.values().map(|s| s.gossip_bytes).max().unwrap_or(0),
+        }));
+        if step == s.total_steps {
+            ctx.emit(Event::Finished { params: merged });
+        }
+        Ok(())
+    }
+}
+
+impl Node for DsgdMonitor {
+    fn id(&self) -> NodeId {
+        self.settings.monitor()
+    }
+
+    fn on_start(&mut self, _ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    fn on_message(
+        &mut self,
+        from: NodeId,
+        payload: Payload,
+        ctx: &mut NodeCtx<'_>,
+    ) -> Result<(), EngineError> {
+        let kind = payload.kind();
+        let reject = |why: String| EngineError::Rejected {
+            node: self.settings.monitor(),
+            from,
+            kind,
+            why,
+        };
+        let Payload::Snapshot {
+            step,
+            train_loss,
+            accuracy,
+            gossip_bytes,
+            params,
+            ..
+        } = payload
+        else {
+            return Err(reject("the monitor only accepts snapshots".into()));
+        };
+        let s = &self.settings;
+        if from as usize >= s.peers() {
+            return Err(reject("the sender is not a peer of this run".into()));
+        }
+        if step > s.total_steps || !s.evaluates_at(step) || self.done.contains(&step) {
+            return Err(reject(format!(
+                "step {step} is not an open evaluation point"
+            )));
+        }
+        if params.len() != s.num_params {
+            return Err(reject(format!(
+                "{} parameters, the model has {}",
+                params.len(),
+                s.num_params
+            )));
+        }
+        if !params::all_finite(&params) || !accuracy.is_finite() || !train_loss.is_finite() {
+            return Err(reject("snapshot contains NaN or infinite values".into()));
+        }
+        let slot = self.pending.entry(step).or_default();
+        if slot.contains_key(&from) {
+            return Err(reject("duplicate snapshot".into()));
+        }
+        slot.insert(
+            from,
+            Snap {
+                train_loss,
+                accuracy,
+                gossip_bytes,
+                params,
+            },
+        );
+        let peers = s.peers();
+        while let Some(entry) = self.pending.first_entry() {
+            if entry.get().len() < peers {
+                break;
+            }
+            let (step, snaps) = entry.remove_entry();
+            self.done.insert(step);
+            self.report(step, snaps, ctx)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,280 @@
+//! The decentralized-SGD peers and monitor in the simulator, driven by a pure-Rust fake
+//! trainer: gossip preserves the average, complete gossip is an exact global average, local
+//! only sends nothing, bytes are counted per peer, outsiders cannot inject parameters, and
+//! results do not depend on the number of worker threads.
+
+use std::sync::Arc;
+
+use braid_core::schedule::{Budget, CommSchedule};
+use braid_core::topology::{MixingRule, Topology, TopologyConfig};
+use braid_engine::algorithms::dsgd::{DsgdMonitor, DsgdPeer, DsgdSettings};
+use braid_engine::node::{EngineError, Event, GossipMetrics, LocalTrainer, Node, NodeCtx};
+use braid_engine::sim::{SimOutcome, Simulator, Worker};
+use braid_engine::wire::{NodeId, Payload};
+use braid_nn::{EvalOutcome, OptimizerState, TrainOutcome};
+
+const P: usize = 6;
+
+/// A step pulls every parameter 10% of the way toward the batch's mean sample index (or does
+/// nothing if `frozen`); "accuracy" is the first parameter / 100.
+struct Fake {
+    frozen: bool,
+}
+
+impl LocalTrainer for Fake {
+    fn train(&mut self, _: &[f32], _: &[usize], _: u64) -> Result<TrainOutcome, EngineError> {
+        Err(EngineError::Setup("peers train on explicit batches".into()))
+    }
+    fn train_batches(
+        &mut self,
+        params: &[f32],
+        batches: &[Vec<usize>],
+        _state: &mut OptimizerState,
+    ) -> Result<TrainOutcome, EngineError> {
+        let mut p = params.to_vec();
+        if !self.frozen {
+            for b in batches {
+                let target = b.iter().sum::<usize>() as f32 / b.len() as f32;
+                for v in &mut p {
+                    *v += 0.1 * (target - *v);
+                }
+            }
+        }
+        Ok(TrainOutcome {
+            params: p,
+            samples: batches.iter().map(Vec::len).sum(),
+            steps: batches.len(),
+            mean_loss: 1.0,
+        })
+    }
+    fn evaluate(&mut self, params: &[f32]) -> Result<EvalOutcome, EngineError> {
+        Ok(EvalOutcome {
+            accuracy: f64::from(params[0]) / 100.0,
+            loss: 0.0,
+            samples: 1,
+        })
+    }
+    fn evaluate_sample(&mut self, params: &[f32], _: usize) -> Result<EvalOutcome, EngineError> {
+        self.evaluate(params)
+    }
+}
+
+fn settings(topology: TopologyConfig, every: u64, budget: Budget, steps: u64) -> DsgdSettings {
+    let mut rng = braid_core::seed::rng(1, &[]);
+    let topology = Topology::new(topology, 8, &mut rng).unwrap();
+    DsgdSettings {
+        mixing: topology.default_mixing(),
+        topology,
+        schedule: CommSchedule { every, budget },
+        total_steps: steps,
+        eval_every: 4,
+        eval_samples: 10,
+        batch_size: 4,
+        num_params: P,
+        seed: 3,
+    }
+}
+
+/// Peer `i` holds samples `[20 i, 20 i + 20)` and starts from parameters all equal to `10 i`.
+fn nodes(s: &Arc<DsgdSettings>) -> Vec<Box<dyn Node>> {
+    let n = s.peers();
+    let mut v: Vec<Box<dyn Node>> = (0..n)
+        .map(|i| {
+            Box::new(DsgdPeer::new(
+                i as NodeId,
+                Arc::clone(s),
+                (20 * i..20 * i + 20).collect(),
+                vec![10.0 * i as f32; P],
+            )) as Box<dyn Node>
+        })
+        .collect();
+    v.push(Box::new(DsgdMonitor::new(Arc::clone(s))));
+    v
+}
+
+fn run(s: DsgdSettings, workers: usize, frozen: bool) -> SimOutcome {
+    let s = Arc::new(s);
+    let w = (0..workers)
+        .map(|_| Worker::new(Box::new(Fake { frozen })).unwrap())
+        .collect();
+    Simulator::new(nodes(&s), w)
+        .unwrap()
+        .run(&mut |_| {})
+        .unwrap()
+}
+
+fn points(o: &SimOutcome) -> Vec<GossipMetrics> {
+    o.gossip.iter().map(|(m, _)| m.clone()).collect()
+}
+
+#[test]
+fn doubly_stochastic_gossip_preserves_the_average_and_contracts() {
+    // No training: only gossip moves the models. Ring with Metropolis-Hastings weights.
+    let o = run(
+        settings(TopologyConfig::Ring, 1, Budget::Fixed { r: 1.0 }, 12),
+        2,
+        true,
+    );
+    let pts = points(&o);
+    assert_eq!(
+        pts.iter().map(|m| m.step).collect::<Vec<_>>(),
+        vec![0, 4, 8, 12]
+    );
+    for m in &pts {
+        // The merged model is the average of the starting points 0, 10, ..., 70 = 35.
+        assert!((m.merged_accuracy - 0.35).abs() < 1e-5, "{m:?}");
+    }
+    for w in pts.windows(2) {
+        assert!(w[1].consensus < w[0].consensus, "{:?}", w);
+    }
+    for v in o.final_params.unwrap() {
+        assert!((v - 35.0).abs() < 1e-3);
+    }
+    // Every peer sends its parameters to its two ring neighbours each round.
+    let msg = Payload::Gossip {
+        round: 1,
+        params: Arc::new(vec![0.0; P]),
+    }
+    .encoded_len() as f64;
+    assert_eq!(pts[3].bytes_per_peer, 12.0 * 2.0 * msg);
+    assert_eq!(pts[3].comm_rounds, 12);
+}
+
+#[test]
+fn complete_gossip_is_an_exact_global_average() {
+    let o = run(
+        settings(TopologyConfig::Random, 2, Budget::Fixed { r: 7.0 }, 8),
+        2,
+        false,
+    );
+    // After each communication round every local model equals the merge.
+    for m in points(&o).iter().skip(1) {
+        assert!(m.consensus < 1e-6, "{m:?}");
+        assert!((m.local_mean - m.merged_accuracy).abs() < 1e-5);
+        assert!(m.local_max - m.local_min < 1e-5);
+    }
+}
+
+#[test]
+fn local_only_sends_nothing_and_merges_at_the_end() {
+    let o = run(
+        settings(TopologyConfig::Random, 1, Budget::LocalOnly, 8),
+        1,
+        false,
+    );
+    let last = points(&o).pop().unwrap();
+    assert_eq!(last.bytes_per_peer, 0.0);
+    assert!(last.consensus > 1.0);
+    assert!(last.local_max > last.local_min);
+    // No gossip message at all; the only traffic is the snapshots to the monitor.
+    for t in &o.traffic[..8] {
+        assert_eq!(t.messages_sent, 3, "snapshots at steps 0, 4 and 8");
+    }
+}
+
+#[test]
+fn windowed_budget_communicates_only_inside_the_window() {
+    let budget = Budget::Window {
+        r_start: 0.0,
+        r_end: 7.0,
+        point1: 0.5,
+        width: 0.3125,
+    };
+    let o = run(settings(TopologyConfig::Random, 1, budget, 16), 2, false);
+    let pts = points(&o);
+    let by_step = |s: u64| pts.iter().find(|m| m.step == s).unwrap();
+    // Rounds after steps 8..=12 fall in the window (p = 0.5 ..= 0.75).
+    assert_eq!(by_step(4).bytes_per_peer, 0.0, "nothing before the window");
+    assert!(by_step(8).bytes_per_peer > 0.0);
+    assert!(by_step(12).bytes_per_peer > by_step(8).bytes_per_peer);
+    assert!(
+        by_step(12).consensus < 1e-6,
+        "exact average at the end of the window"
+    );
+    assert_eq!(by_step(16).bytes_per_peer, by_step(12).bytes_per_peer);
+}
+
+#[test]
+fn results_do_not_depend_on_worker_threads() {
+    let s = || {
+        settings(
+            TopologyConfig::BaseRandom {
+                base: Box::new(TopologyConfig::Exponential),
+            },
+            1,
+            Budget::Fixed { r: 1.5 },
+            12,
+        )
+    };
+    let a = run(s(), 1, false);
+    let b = run(s(), 2, false);
+    assert_eq!(points(&a), points(&b));
+    assert_eq!(a.final_params, b.final_params);
+    assert_eq!(a.traffic, b.traffic);
+}
+
+#[test]
+fn metropolis_hastings_on_a_directed_topology_is_refused() {
+    let mut s = settings(TopologyConfig::Random, 1, Budget::Fixed { r: 1.0 }, 4);
+    s.mixing = MixingRule::MetropolisHastings;
+    assert!(matches!(s.validate(), Err(EngineError::Setup(_))));
+}
+
+/// Drives one peer by hand: outsiders, wrong rounds, wrong sizes and non-finite values are
+/// rejected before they touch the model.
+#[test]
+fn a_peer_rejects_what_it_did_not_ask_for() {
+    let s = Arc::new(settings(
+        TopologyConfig::Ring,
+        1,
+        Budget::Fixed { r: 1.0 },
+        4,
+    ));
+    let mut peer = DsgdPeer::new(0, Arc::clone(&s), (0..20).collect(), vec![0.0; P]);
+    let mut trainer = Fake { frozen: false };
+    let (mut out, mut ev) = (Vec::new(), Vec::<Event>::new());
+    {
+        let mut ctx = NodeCtx::new(&mut out, &mut ev, &mut trainer);
+        peer.on_start(&mut ctx).unwrap();
+    }
+    // It trained one step, sent to its ring neighbours 1 and 7, and waits for round 1.
+    let sent: Vec<NodeId> = out.iter().map(|(to, _)| *to).collect();
+    assert!(sent.contains(&1) && sent.contains(&7) && sent.contains(&s.monitor()));
+    assert_eq!(peer.step(), 1);
+    let before = peer.params().to_vec();
+    let gossip = |round: u32, v: f32, n: usize| Payload::Gossip {
+        round,
+        params: Arc::new(vec![v; n]),
+    };
+    let mut ctx = NodeCtx::new(&mut out, &mut ev, &mut trainer);
+    let cases: Vec<(NodeId, Payload)> = vec![
+        (4, gossip(1, 1.0, P)),      // not a ring neighbour of 0
+        (99, gossip(1, 1.0, P)),     // not a peer at all
+        (1, gossip(0, 1.0, P)),      // round 0 does not exist
+        (1, gossip(9, 1.0, P)),      // beyond the last round
+        (1, gossip(1, 1.0, P + 1)),  // wrong model size
+        (1, gossip(1, f32::NAN, P)), // not finite
+        (
+            1,
+            Payload::TrainRequest {
+                round: 1,
+                params: Arc::new(vec![0.0; P]),
+            },
+        ),
+    ];
+    for (from, p) in cases {
+        let kind = p.kind();
+        let e = peer.on_message(from, p, &mut ctx).unwrap_err();
+        assert!(
+            matches!(e, EngineError::Rejected { .. }),
+            "{kind} from {from}: {e}"
+        );
+    }
+    assert_eq!(peer.params(), before.as_slice());
+    // The two real neighbours complete round 1; a duplicate is then stale.
+    peer.on_message(1, gossip(1, 1.0, P), &mut ctx).unwrap();
+    assert!(peer.on_message(1, gossip(1, 1.0, P), &mut ctx).is_err());
+    peer.on_message(7, gossip(1, 1.0, P), &mut ctx).unwrap();
+    assert!(peer.step() >= 2, "mixed and moved on");
+    assert!(peer.on_message(7, gossip(1, 1.0, P), &mut ctx).is_err());
+}
