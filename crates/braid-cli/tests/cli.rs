@@ -303,3 +303,53 @@ fn topology_report_lists_every_topology() {
             && String::from_utf8_lossy(&bad.stderr).starts_with("error: --r must be >= 0")
     );
 }
+
+#[test]
+fn dsgd_runs_with_its_parallel_sgd_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = GOOD
+        .replace("local_steps = 2\n", "")
+        .replace(
+            "name = \"fedavg\"\nrounds = 1\n",
+            "name = \"dsgd\"\nsteps = 4\neval_every = 2\n[decentralized]\nbudget = { kind = \"window\", r_start = 0.2, r_end = 3, point1 = 0.5, width = 0.5 }\neval_samples = 50\n",
+        );
+    std::fs::write(dir.path().join("exp.toml"), config).unwrap();
+    let out = braid(
+        &["run", "exp.toml", "-q", "--baseline", "--out", "o"],
+        dir.path(),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("vs parallel SGD reference"), "{text}");
+    for sub in ["o", "o/baseline"] {
+        let csv = std::fs::read_to_string(dir.path().join(sub).join("metrics.csv")).unwrap();
+        assert!(
+            csv.starts_with("step,progress,comm_rounds,budget,local_mean"),
+            "{csv}"
+        );
+        assert_eq!(csv.lines().count(), 4, "steps 0, 2 and 4: {csv}");
+        for f in [
+            "accuracy_vs_progress.png",
+            "accuracy_vs_bytes.png",
+            "final.safetensors",
+        ] {
+            assert!(dir.path().join(sub).join(f).exists(), "{sub}/{f}");
+        }
+        let traffic = std::fs::read_to_string(dir.path().join(sub).join("traffic.csv")).unwrap();
+        assert!(
+            traffic.contains(",peer,") && traffic.contains(",monitor,"),
+            "{traffic}"
+        );
+    }
+    // The reference is an exact average every step: all local models agree at the end.
+    let base = std::fs::read_to_string(dir.path().join("o/baseline/metrics.csv")).unwrap();
+    let last: Vec<&str> = base.lines().last().unwrap().split(',').collect();
+    assert_eq!(
+        last[5], last[6],
+        "local min = local max in parallel SGD: {base}"
+    );
+}

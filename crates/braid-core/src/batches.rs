@@ -54,14 +54,14 @@ impl EpochBatches {
         if self.shard.is_empty() {
             return None;
         }
+        let end = (self.pos + self.batch_size).min(self.order.len());
+        let batch = self.order[self.pos..end].to_vec();
+        self.pos = end;
         if self.pos >= self.order.len() {
             self.epoch += 1;
             self.pos = 0;
             self.shuffle();
         }
-        let end = (self.pos + self.batch_size).min(self.order.len());
-        let batch = self.order[self.pos..end].to_vec();
-        self.pos = end;
         Some(batch)
     }
 

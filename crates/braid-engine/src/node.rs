@@ -84,7 +84,8 @@ pub struct GossipMetrics {
     pub merged_accuracy: f64,
     /// Test loss of the global merge.
     pub merged_loss: f64,
-    /// Mergeability gap: merged accuracy minus mean local accuracy.
+    /// Mergeability gap: the merge's accuracy minus the mean local accuracy, both on the
+    /// local models' evaluation sample (so the two are measured on the same samples).
     pub gap: f64,
     /// Consensus distance: mean squared L2 distance of the local models to their average.
     pub consensus: f64,

@@ -62,8 +62,8 @@ pub enum Payload {
         loss: f32,
         /// Gossip bytes this peer has sent so far.
         gossip_bytes: u64,
-        /// The local parameters.
-        params: Vec<f32>,
+        /// The local parameters (shared with the peer's own copy in-process).
+        params: Arc<Vec<f32>>,
     },
 }
 
@@ -218,7 +218,7 @@ impl Payload {
                     accuracy,
                     loss,
                     gossip_bytes,
-                    params: r.params(max_params)?,
+                    params: Arc::new(r.params(max_params)?),
                 }
             }
             k => return Err(WireError::Malformed(format!("unknown message kind {k}"))),
@@ -308,7 +308,7 @@ mod tests {
                 accuracy: 0.2,
                 loss: 0.3,
                 gossip_bytes: 9,
-                params: vec![1.0; 3],
+                params: Arc::new(vec![1.0; 3]),
             },
         ] {
             let bytes = p.encode();
@@ -349,7 +349,7 @@ mod tests {
     proptest! {
         #[test]
         fn encoding_round_trips_with_exact_length(params in prop::collection::vec(-1e6f32..1e6, 0..64), round in 0u32..1000) {
-            let snapshot = Payload::Snapshot { step: u64::from(round) * 7, train_loss: 0.25, accuracy: 0.5, loss: 1.5, gossip_bytes: 1 << 40, params: params.clone() };
+            let snapshot = Payload::Snapshot { step: u64::from(round) * 7, train_loss: 0.25, accuracy: 0.5, loss: 1.5, gossip_bytes: 1 << 40, params: Arc::new(params.clone()) };
             let gossip = Payload::Gossip { round, params: Arc::new(params.clone()) };
             for p in [Payload::TrainRequest { round, params: Arc::new(params.clone()) }, reply(params.clone()), gossip, snapshot] {
                 let bytes = p.encode();

@@ -135,7 +135,8 @@ struct Waiting {
 pub struct DsgdPeer {
     id: NodeId,
     settings: Arc<DsgdSettings>,
-    params: Vec<f32>,
+    /// Shared with the gossip messages and snapshot that carry it, so sending copies nothing.
+    params: Arc<Vec<f32>>,
     optimizer: OptimizerState,
     batches: EpochBatches,
     step: u64,
@@ -162,7 +163,7 @@ impl DsgdPeer {
         Self {
             id,
             settings,
-            params: initial,
+            params: Arc::new(initial),
             optimizer: OptimizerState::default(),
             batches,
             step: 0,
@@ -215,7 +216,7 @@ impl DsgdPeer {
                 accuracy: e.accuracy as f32,
                 loss: e.loss as f32,
                 gossip_bytes: self.gossip_bytes,
-                params: self.params.clone(),
+                params: Arc::clone(&self.params),
             },
         );
         Ok(())
@@ -226,14 +227,14 @@ impl DsgdPeer {
     fn start_round(&mut self, round: u32, ctx: &mut NodeCtx<'_>) {
         let graph = self.settings.round_graph(round);
         let me = self.id as usize;
-        let shared = Arc::new(self.params.clone());
+        let shared = &self.params;
         for (j, listens_to) in graph.peers.iter().enumerate() {
             if listens_to.contains(&me) {
                 self.gossip_bytes += ctx.send(
                     j as NodeId,
                     Payload::Gossip {
                         round,
-                        params: Arc::clone(&shared),
+                        params: Arc::clone(shared),
                     },
                 ) as u64;
             }
@@ -275,7 +276,7 @@ impl DsgdPeer {
             items.push((p, weight));
         }
         let mixed = weighted_mean(&items)?;
-        self.params = mixed;
+        self.params = Arc::new(mixed);
         self.inbox.retain(|&(r, _), _| r > round);
         self.waiting = None;
         self.mixed_through = round;
@@ -301,7 +302,7 @@ impl DsgdPeer {
             let out = ctx
                 .trainer
                 .train_batches(&self.params, &batches, &mut self.optimizer)?;
-            self.params = out.params;
+            self.params = Arc::new(out.params);
             self.loss_sum += out.mean_loss * out.steps as f64;
             self.loss_steps += out.steps as u64;
             self.step = next;
@@ -393,7 +394,7 @@ struct Snap {
     train_loss: f32,
     accuracy: f32,
     gossip_bytes: u64,
-    params: Vec<f32>,
+    params: Arc<Vec<f32>>,
 }
 
 /// The monitor of a decentralized run: collects the peers' snapshots at every evaluation
@@ -432,6 +433,9 @@ impl DsgdMonitor {
             .sum::<f64>()
             / n;
         let e = ctx.trainer.evaluate(&merged)?;
+        let on_sample = ctx
+            .trainer
+            .evaluate_sample(&merged, self.settings.eval_samples)?;
         let accs: Vec<f64> = snaps.values().map(|s| f64::from(s.accuracy)).collect();
         let local_mean = accs.iter().sum::<f64>() / n;
         let s = &self.settings;
@@ -445,7 +449,7 @@ impl DsgdMonitor {
             local_max: accs.iter().copied().fold(f64::NEG_INFINITY, f64::max),
             merged_accuracy: e.accuracy,
             merged_loss: e.loss,
-            gap: e.accuracy - local_mean,
+            gap: on_sample.accuracy - local_mean,
             consensus,
             train_loss: snaps.values().map(|s| f64::from(s.train_loss)).sum::<f64>() / n,
             bytes_per_peer: snaps.values().map(|s| s.gossip_bytes as f64).sum::<f64>() / n,
