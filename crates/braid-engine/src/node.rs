@@ -137,6 +137,21 @@ pub enum EngineError {
     Setup(String),
 }
 
+/// Checks a received parameter vector before use: `expected` values, all finite. The error
+/// says what is wrong, for [`EngineError::Rejected`].
+pub fn check_params(params: &[f32], expected: usize) -> Result<(), String> {
+    if params.len() != expected {
+        return Err(format!(
+            "{} parameters, the model has {expected}",
+            params.len()
+        ));
+    }
+    if !braid_core::params::all_finite(params) {
+        return Err("parameters contain NaN or infinite values".into());
+    }
+    Ok(())
+}
+
 /// What a node can do while handling an event.
 pub struct NodeCtx<'a> {
     outbox: &'a mut Vec<(NodeId, Payload)>,

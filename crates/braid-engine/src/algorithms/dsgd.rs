@@ -28,7 +28,7 @@ use braid_core::seed;
 use braid_core::topology::{Graph, Mixing, MixingRule, Topology};
 use braid_nn::OptimizerState;
 
-use crate::node::{EngineError, Event, GossipMetrics, Node, NodeCtx};
+use crate::node::{check_params, EngineError, Event, GossipMetrics, Node, NodeCtx};
 use crate::wire::{NodeId, Payload};
 
 /// Settings shared by every peer and the monitor of a decentralized run.
@@ -372,16 +372,7 @@ impl Node for DsgdPeer {
         if self.inbox.contains_key(&(round, from)) {
             return Err(reject("duplicate gossip".into()));
         }
-        if params.len() != self.settings.num_params {
-            return Err(reject(format!(
-                "{} parameters, the model has {}",
-                params.len(),
-                self.settings.num_params
-            )));
-        }
-        if !params::all_finite(&params) {
-            return Err(reject("parameters contain NaN or infinite values".into()));
-        }
+        check_params(&params, self.settings.num_params).map_err(reject)?;
         self.inbox.insert((round, from), params);
         if self.waiting.as_ref().is_some_and(|w| w.round == round) {
             self.run(ctx)?;
@@ -504,14 +495,8 @@ impl Node for DsgdMonitor {
                 "step {step} is not an open evaluation point"
             )));
         }
-        if params.len() != s.num_params {
-            return Err(reject(format!(
-                "{} parameters, the model has {}",
-                params.len(),
-                s.num_params
-            )));
-        }
-        if !params::all_finite(&params) || !accuracy.is_finite() || !train_loss.is_finite() {
+        check_params(&params, s.num_params).map_err(reject)?;
+        if !accuracy.is_finite() || !train_loss.is_finite() {
             return Err(reject("snapshot contains NaN or infinite values".into()));
         }
         let slot = self.pending.entry(step).or_default();

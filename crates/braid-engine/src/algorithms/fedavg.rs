@@ -9,12 +9,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use braid_core::params::{self, weighted_mean};
+use braid_core::params::weighted_mean;
 use braid_core::seed;
 use braid_core::server_opt::{ServerOptimizer, ServerOptimizerConfig};
 use rand::seq::index::sample;
 
-use crate::node::{EngineError, Event, Node, NodeCtx, RoundMetrics};
+use crate::node::{check_params, EngineError, Event, Node, NodeCtx, RoundMetrics};
 use crate::wire::{NodeId, Payload};
 
 /// The server's id.
@@ -222,16 +222,7 @@ impl Node for FedAvgServer {
         if slot.is_some() {
             return Err(reject("duplicate reply".into()));
         }
-        if params.len() != self.params.len() {
-            return Err(reject(format!(
-                "update has {} parameters, the model has {}",
-                params.len(),
-                self.params.len()
-            )));
-        }
-        if !params::all_finite(&params) {
-            return Err(reject("update contains NaN or infinite values".into()));
-        }
+        check_params(&params, self.params.len()).map_err(|why| reject(format!("update: {why}")))?;
         *slot = Some(Reply {
             num_samples,
             steps,
