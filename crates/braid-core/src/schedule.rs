@@ -105,22 +105,21 @@ impl Budget {
         }
     }
 
-    /// Checks the parameters; the message names the field.
+    /// Checks the parameters; the message names the field relative to the table that holds
+    /// the schedule (callers prefix it, e.g. `decentralized.`).
     pub fn validate(&self) -> Result<(), String> {
         let r_ok = |name: &str, r: f64| {
             if r.is_finite() && r >= 0.0 {
                 Ok(())
             } else {
-                Err(format!("schedule.budget.{name} must be >= 0 (got {r})"))
+                Err(format!("budget.{name} must be >= 0 (got {r})"))
             }
         };
         let p_ok = |name: &str, p: f64| {
             if (0.0..=1.0).contains(&p) {
                 Ok(())
             } else {
-                Err(format!(
-                    "schedule.budget.{name} must be in [0, 1] (got {p})"
-                ))
+                Err(format!("budget.{name} must be in [0, 1] (got {p})"))
             }
         };
         match *self {
@@ -147,9 +146,7 @@ impl Budget {
                 if width > 0.0 && width <= 1.0 {
                     Ok(())
                 } else {
-                    Err(format!(
-                        "schedule.budget.width must be in (0, 1] (got {width})"
-                    ))
+                    Err(format!("budget.width must be in (0, 1] (got {width})"))
                 }
             }
             Self::Linear { r_start, r_end } | Self::Cosine { r_start, r_end } => {
@@ -172,7 +169,7 @@ impl CommSchedule {
     /// Checks the schedule.
     pub fn validate(&self) -> Result<(), String> {
         if self.every == 0 {
-            return Err("schedule.every must be at least 1".into());
+            return Err("every must be at least 1".into());
         }
         self.budget.validate()
     }

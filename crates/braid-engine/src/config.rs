@@ -478,7 +478,7 @@ impl ExperimentConfig {
             let d = self.decentralized.clone().unwrap_or_default();
             d.schedule()
                 .validate()
-                .map_err(|e| format!("decentralized.{}", e.trim_start_matches("schedule.")))?;
+                .map_err(|e| format!("decentralized.{e}"))?;
             if d.eval_samples == 0 {
                 return Err("decentralized.eval_samples must be at least 1".into());
             }
