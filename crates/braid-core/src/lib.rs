@@ -9,10 +9,12 @@
 //!   extended Dirichlet, quantity skew) and per-client label histograms;
 //! - [`topology`]: peer graphs for decentralized training, mixing matrices, spectral gaps;
 //! - [`schedule`]: communication schedules (every k steps, budgets r(p) over training);
+//! - [`lr_schedule`]: learning-rate schedules over training progress (cosine, linear, step);
 //! - [`batches`]: a participant's reproducible stream of mini-batches, epoch by epoch;
 //! - [`seed`]: deriving independent, reproducible random streams from one experiment seed.
 
 pub mod batches;
+pub mod lr_schedule;
 pub mod params;
 pub mod partition;
 pub mod schedule;

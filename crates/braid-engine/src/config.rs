@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use braid_core::lr_schedule::LrSchedule;
 use braid_core::partition::PartitionScheme;
 use braid_core::schedule::{Budget, CommSchedule};
 use braid_core::server_opt::ServerOptimizerConfig;
@@ -210,6 +211,13 @@ pub struct TrainConfig {
     /// The local optimizer.
     #[serde(default = "default_optimizer")]
     pub optimizer: OptimizerConfig,
+    /// Learning-rate schedule over training progress (default: constant).
+    #[serde(default, skip_serializing_if = "is_constant")]
+    pub lr_schedule: LrSchedule,
+}
+
+fn is_constant(s: &LrSchedule) -> bool {
+    *s == LrSchedule::Constant
 }
 
 fn default_batch() -> usize {
@@ -234,6 +242,7 @@ impl Default for TrainConfig {
             local_epochs: default_epochs(),
             local_steps: None,
             optimizer: default_optimizer(),
+            lr_schedule: LrSchedule::Constant,
         }
     }
 }
@@ -426,6 +435,10 @@ impl ExperimentConfig {
         if self.train.batch_size == 0 {
             return Err("train.batch_size must be at least 1".into());
         }
+        self.train
+            .lr_schedule
+            .validate()
+            .map_err(|e| format!("train.lr_schedule.{e}"))?;
         if self.train.local_epochs == 0 && self.train.local_steps.is_none() {
             return Err("train.local_epochs must be at least 1 (or set train.local_steps)".into());
         }
@@ -534,6 +547,7 @@ impl ExperimentConfig {
             epochs: self.train.local_epochs,
             max_steps: self.train.local_steps,
             prox_mu: self.algorithm.mu.unwrap_or(0.0),
+            lr_scale: 1.0,
         }
     }
 

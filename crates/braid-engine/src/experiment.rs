@@ -132,10 +132,15 @@ impl LocalTrainer for BurnTrainer {
         params: &[f32],
         shard: &[usize],
         seed: u64,
+        lr_scale: f64,
     ) -> Result<TrainOutcome, EngineError> {
+        let spec = TrainSpec {
+            lr_scale,
+            ..self.spec.clone()
+        };
         Ok(self
             .trainer
-            .train(params, &self.data.train, shard, &self.spec, seed)?)
+            .train(params, &self.data.train, shard, &spec, seed)?)
     }
 
     fn train_batches(
@@ -143,10 +148,15 @@ impl LocalTrainer for BurnTrainer {
         params: &[f32],
         batches: &[Vec<usize>],
         state: &mut OptimizerState,
+        lr_scale: f64,
     ) -> Result<TrainOutcome, EngineError> {
+        let spec = TrainSpec {
+            lr_scale,
+            ..self.spec.clone()
+        };
         Ok(self
             .trainer
-            .train_batches(params, &self.data.train, batches, &self.spec, state)?)
+            .train_batches(params, &self.data.train, batches, &spec, state)?)
     }
 
     fn evaluate(&mut self, params: &[f32]) -> Result<EvalOutcome, EngineError> {
@@ -182,6 +192,7 @@ pub fn dsgd_settings(prepared: &Prepared) -> Result<DsgdSettings, EngineError> {
         eval_samples: d.eval_samples,
         batch_size: c.train.batch_size,
         num_params: prepared.arch.num_params(),
+        lr_schedule: c.train.lr_schedule.clone(),
         seed: c.seed,
     };
     settings.validate()?;
@@ -221,11 +232,10 @@ pub fn build_nodes(prepared: &Prepared) -> Result<Vec<Box<dyn Node>>, EngineErro
     )?;
     let mut nodes: Vec<Box<dyn Node>> = vec![Box::new(server)];
     for (id, part) in clients.iter().zip(&prepared.parts) {
-        nodes.push(Box::new(FedAvgClient::new(
-            *id,
-            Arc::new(part.clone()),
-            c.seed,
-        )));
+        nodes.push(Box::new(
+            FedAvgClient::new(*id, Arc::new(part.clone()), c.seed)
+                .with_lr_schedule(c.train.lr_schedule.clone(), c.algorithm.rounds()),
+        ));
     }
     debug_assert_eq!(nodes[0].id(), SERVER);
     Ok(nodes)

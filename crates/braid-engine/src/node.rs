@@ -13,21 +13,24 @@ use crate::wire::{NodeId, Payload};
 /// Local training and evaluation, lent to a node by the driver. A driver keeps one per worker
 /// thread, so nodes (clients) hold no model between calls.
 pub trait LocalTrainer: Send {
-    /// Trains from `params` on the training samples `shard`; batch order from `seed`.
+    /// Trains from `params` on the training samples `shard`; batch order from `seed`; the
+    /// configured learning rate is multiplied by `lr_scale`.
     fn train(
         &mut self,
         params: &[f32],
         shard: &[usize],
         seed: u64,
+        lr_scale: f64,
     ) -> Result<TrainOutcome, EngineError>;
     /// One optimizer step per batch (training-sample indices), continuing from `state`'s
     /// optimizer state and updating it: for participants that keep their optimizer across
-    /// rounds (decentralized peers).
+    /// rounds (decentralized peers). The learning rate is multiplied by `lr_scale`.
     fn train_batches(
         &mut self,
         params: &[f32],
         batches: &[Vec<usize>],
         state: &mut OptimizerState,
+        lr_scale: f64,
     ) -> Result<TrainOutcome, EngineError>;
     /// Evaluates `params` on the test set.
     fn evaluate(&mut self, params: &[f32]) -> Result<EvalOutcome, EngineError>;

@@ -211,6 +211,11 @@ fn dsgd_config_errors_name_the_field() {
         (vec!["partition.clients=1"], "partition.clients"),
         (vec!["decentralized.eval_samples=0"], "eval_samples"),
         (vec!["decentralized.topology.kind=moebius"], "moebius"),
+        (
+            vec!["train.lr_schedule={kind=\"cosine\",warmup=1.5}"],
+            "train.lr_schedule.warmup",
+        ),
+        (vec!["train.lr_schedule={kind=\"wavy\"}"], "wavy"),
     ] {
         let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
         let e = ExperimentConfig::parse(&base, "d.toml", &o)

@@ -3,8 +3,9 @@
 //! only sends nothing, bytes are counted per peer, outsiders cannot inject parameters, and
 //! results do not depend on the number of worker threads.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use braid_core::lr_schedule::LrSchedule;
 use braid_core::schedule::{Budget, CommSchedule};
 use braid_core::topology::{MixingRule, Topology, TopologyConfig};
 use braid_engine::algorithms::dsgd::{DsgdMonitor, DsgdPeer, DsgdSettings};
@@ -15,14 +16,31 @@ use braid_nn::{EvalOutcome, OptimizerState, TrainOutcome};
 
 const P: usize = 6;
 
-/// A step pulls every parameter 10% of the way toward the batch's mean sample index (or does
-/// nothing if `frozen`); "accuracy" is the first parameter / 100.
+/// A step pulls every parameter `10% * lr_scale` of the way toward the batch's mean sample
+/// index (or does nothing if `frozen`); "accuracy" is the first parameter / 100. Every call's
+/// (steps, lr_scale) goes to `calls`.
 struct Fake {
     frozen: bool,
+    calls: Arc<Mutex<Vec<(usize, f64)>>>,
+}
+
+impl Fake {
+    fn new(frozen: bool) -> Self {
+        Self {
+            frozen,
+            calls: Arc::default(),
+        }
+    }
 }
 
 impl LocalTrainer for Fake {
-    fn train(&mut self, _: &[f32], _: &[usize], _: u64) -> Result<TrainOutcome, EngineError> {
+    fn train(
+        &mut self,
+        _: &[f32],
+        _: &[usize],
+        _: u64,
+        _: f64,
+    ) -> Result<TrainOutcome, EngineError> {
         Err(EngineError::Setup("peers train on explicit batches".into()))
     }
     fn train_batches(
@@ -30,13 +48,15 @@ impl LocalTrainer for Fake {
         params: &[f32],
         batches: &[Vec<usize>],
         _state: &mut OptimizerState,
+        lr_scale: f64,
     ) -> Result<TrainOutcome, EngineError> {
+        self.calls.lock().unwrap().push((batches.len(), lr_scale));
         let mut p = params.to_vec();
         if !self.frozen {
             for b in batches {
                 let target = b.iter().sum::<usize>() as f32 / b.len() as f32;
                 for v in &mut p {
-                    *v += 0.1 * (target - *v);
+                    *v += 0.1 * lr_scale as f32 * (target - *v);
                 }
             }
         }
@@ -71,6 +91,7 @@ fn settings(topology: TopologyConfig, every: u64, budget: Budget, steps: u64) ->
         eval_samples: 10,
         batch_size: 4,
         num_params: P,
+        lr_schedule: LrSchedule::Constant,
         seed: 3,
     }
 }
@@ -95,7 +116,7 @@ fn nodes(s: &Arc<DsgdSettings>) -> Vec<Box<dyn Node>> {
 fn run(s: DsgdSettings, workers: usize, frozen: bool) -> SimOutcome {
     let s = Arc::new(s);
     let w = (0..workers)
-        .map(|_| Worker::new(Box::new(Fake { frozen })).unwrap())
+        .map(|_| Worker::new(Box::new(Fake::new(frozen))).unwrap())
         .collect();
     Simulator::new(nodes(&s), w)
         .unwrap()
@@ -231,7 +252,7 @@ fn a_peer_rejects_what_it_did_not_ask_for() {
         4,
     ));
     let mut peer = DsgdPeer::new(0, Arc::clone(&s), (0..20).collect(), vec![0.0; P]);
-    let mut trainer = Fake { frozen: false };
+    let mut trainer = Fake::new(false);
     let (mut out, mut ev) = (Vec::new(), Vec::<Event>::new());
     {
         let mut ctx = NodeCtx::new(&mut out, &mut ev, &mut trainer);
@@ -277,4 +298,50 @@ fn a_peer_rejects_what_it_did_not_ask_for() {
     peer.on_message(7, gossip(1, 1.0, P), &mut ctx).unwrap();
     assert!(peer.step() >= 2, "mixed and moved on");
     assert!(peer.on_message(7, gossip(1, 1.0, P), &mut ctx).is_err());
+}
+
+#[test]
+fn a_learning_rate_schedule_sets_every_steps_rate_even_between_rounds() {
+    let mut s = settings(TopologyConfig::Ring, 4, Budget::Fixed { r: 2.0 }, 8);
+    s.lr_schedule = LrSchedule::Linear {
+        warmup: 0.0,
+        final_factor: 0.0,
+    };
+    let s = Arc::new(s);
+    let fake = Fake::new(false);
+    let calls = Arc::clone(&fake.calls);
+    Simulator::new(nodes(&s), vec![Worker::new(Box::new(fake)).unwrap()])
+        .unwrap()
+        .run(&mut |_| {})
+        .unwrap();
+    let calls = calls.lock().unwrap();
+    assert_eq!(calls.len(), 8 * s.peers(), "one call per step and peer");
+    assert!(calls.iter().all(|&(steps, _)| steps == 1));
+    let mut scales: Vec<f64> = calls.iter().map(|&(_, x)| x).collect();
+    scales.sort_by(f64::total_cmp);
+    scales.dedup();
+    let want: Vec<f64> = (1..=8).map(|k| f64::from(k) / 8.0).collect();
+    assert_eq!(
+        scales, want,
+        "linear decay from 1 at step 0 to 1/8 at step 7"
+    );
+
+    // A constant schedule keeps one call per communication interval.
+    let s = Arc::new(settings(
+        TopologyConfig::Ring,
+        4,
+        Budget::Fixed { r: 2.0 },
+        8,
+    ));
+    let fake = Fake::new(false);
+    let calls = Arc::clone(&fake.calls);
+    Simulator::new(nodes(&s), vec![Worker::new(Box::new(fake)).unwrap()])
+        .unwrap()
+        .run(&mut |_| {})
+        .unwrap();
+    assert!(calls
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|&(steps, x)| steps == 4 && x == 1.0));
 }

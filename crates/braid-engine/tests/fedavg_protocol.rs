@@ -23,6 +23,7 @@ impl LocalTrainer for FakeTrainer {
         params: &[f32],
         shard: &[usize],
         seed: u64,
+        _lr_scale: f64,
     ) -> Result<TrainOutcome, EngineError> {
         let mean = shard.iter().sum::<usize>() as f32 / shard.len().max(1) as f32;
         let j = if self.jitter {
@@ -42,6 +43,7 @@ impl LocalTrainer for FakeTrainer {
         _params: &[f32],
         _batches: &[Vec<usize>],
         _state: &mut OptimizerState,
+        _lr_scale: f64,
     ) -> Result<TrainOutcome, EngineError> {
         Err(EngineError::Setup(
             "FedAvg never trains on explicit batches".into(),
@@ -286,4 +288,63 @@ fn bad_setups_are_errors() {
     assert!(FedAvgServer::new(config.clone(), vec![1, 2], vec![0.0]).is_err());
     assert!(FedAvgServer::new(config, vec![], vec![0.0]).is_err());
     assert!(Simulator::new(nodes(&[vec![0]], 1, 1, Default::default()), vec![]).is_err());
+}
+
+/// Records the learning-rate scale of every training call.
+struct LrRecorder(Vec<f64>);
+
+impl LocalTrainer for LrRecorder {
+    fn train(
+        &mut self,
+        params: &[f32],
+        shard: &[usize],
+        _seed: u64,
+        lr_scale: f64,
+    ) -> Result<TrainOutcome, EngineError> {
+        self.0.push(lr_scale);
+        Ok(TrainOutcome {
+            params: params.to_vec(),
+            samples: shard.len(),
+            steps: 1,
+            mean_loss: 1.0,
+        })
+    }
+    fn train_batches(
+        &mut self,
+        _: &[f32],
+        _: &[Vec<usize>],
+        _: &mut OptimizerState,
+        _: f64,
+    ) -> Result<TrainOutcome, EngineError> {
+        Err(EngineError::Setup("unused".into()))
+    }
+    fn evaluate(&mut self, _: &[f32]) -> Result<EvalOutcome, EngineError> {
+        Err(EngineError::Setup("unused".into()))
+    }
+    fn evaluate_sample(&mut self, _: &[f32], _: usize) -> Result<EvalOutcome, EngineError> {
+        Err(EngineError::Setup("unused".into()))
+    }
+}
+
+#[test]
+fn clients_follow_the_learning_rate_schedule_by_round() {
+    use braid_core::lr_schedule::LrSchedule;
+    let mut client = FedAvgClient::new(1, Arc::new(vec![0, 1]), 9).with_lr_schedule(
+        LrSchedule::Step {
+            milestones: vec![0.5],
+            gamma: 0.1,
+        },
+        4,
+    );
+    let mut rec = LrRecorder(Vec::new());
+    let (mut out, mut ev) = (Vec::new(), Vec::new());
+    for round in 1..=4 {
+        let mut ctx = NodeCtx::new(&mut out, &mut ev, &mut rec);
+        let req = Payload::TrainRequest {
+            round,
+            params: Arc::new(vec![0.0; 4]),
+        };
+        client.on_message(SERVER, req, &mut ctx).unwrap();
+    }
+    assert_eq!(rec.0, vec![1.0, 1.0, 0.1, 0.1], "progress (round - 1) / 4");
 }

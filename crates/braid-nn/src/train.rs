@@ -184,6 +184,9 @@ pub struct TrainSpec {
     pub max_steps: Option<usize>,
     /// FedProx's proximal weight: adds `mu/2 * ||w - w_start||^2` to the loss (0 = off).
     pub prox_mu: f32,
+    /// Multiplies the optimizer's learning rate for this call (1 = as configured); callers set
+    /// it from a [`braid_core::lr_schedule::LrSchedule`].
+    pub lr_scale: f64,
 }
 
 /// The result of local training.
@@ -355,6 +358,12 @@ impl Trainer {
     ) -> Result<TrainOutcome, NnError> {
         self.check(params, data)?;
         spec.optimizer.validate()?;
+        if !(spec.lr_scale.is_finite() && spec.lr_scale > 0.0) {
+            return Err(NnError::Config(format!(
+                "learning-rate scale {} must be > 0",
+                spec.lr_scale
+            )));
+        }
         if let Some(bad) = batches.iter().flatten().find(|&&i| i >= data.len()) {
             return Err(NnError::Config(format!(
                 "batch sample index {bad} is outside the {} training samples",
@@ -375,7 +384,7 @@ impl Trainer {
         if let Some(record) = state.record.take() {
             optim = optim.load_record(record);
         }
-        let lr = spec.optimizer.lr();
+        let lr = spec.optimizer.lr() * spec.lr_scale;
         let anchor = (spec.prox_mu > 0.0).then(|| {
             Tensor::<1>::from_data(
                 TensorData::new(params.to_vec(), [params.len()]),

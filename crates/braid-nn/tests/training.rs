@@ -16,6 +16,7 @@ fn sgd(lr: f64) -> TrainSpec {
         epochs: 1,
         max_steps: None,
         prox_mu: 0.0,
+        lr_scale: 1.0,
     }
 }
 
@@ -235,4 +236,29 @@ fn optimizer_state_carries_momentum_between_calls_and_trainers() {
     assert!(a
         .train_batches(&p0, &split.train, &bad, &spec, &mut s)
         .is_err());
+}
+
+#[test]
+fn lr_scale_multiplies_the_learning_rate() {
+    let split = load_fashion(&FashionSource::Bundled).unwrap();
+    let arch = Arch::new(ModelName::Mlp, &[1, 28, 28], 10).unwrap();
+    let p0 = arch.init_params(4);
+    let mut t = Trainer::new(arch, &DeviceKind::Cpu).unwrap();
+    let shard: Vec<usize> = (0..256).collect();
+    let halved = TrainSpec {
+        lr_scale: 0.5,
+        ..sgd(0.1)
+    };
+    let a = t.train(&p0, &split.train, &shard, &halved, 5).unwrap();
+    let b = t.train(&p0, &split.train, &shard, &sgd(0.05), 5).unwrap();
+    assert_eq!(a.params, b.params, "0.1 x 0.5 is exactly 0.05");
+    let c = t.train(&p0, &split.train, &shard, &sgd(0.1), 5).unwrap();
+    assert_ne!(a.params, c.params);
+    for bad in [0.0, -1.0, f64::NAN] {
+        let spec = TrainSpec {
+            lr_scale: bad,
+            ..sgd(0.1)
+        };
+        assert!(t.train(&p0, &split.train, &shard, &spec, 5).is_err());
+    }
 }

@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use braid_core::batches::EpochBatches;
+use braid_core::lr_schedule::LrSchedule;
 use braid_core::params::{self, weighted_mean};
 use braid_core::schedule::CommSchedule;
 use braid_core::seed;
@@ -50,6 +51,8 @@ pub struct DsgdSettings {
     pub batch_size: usize,
     /// Number of model parameters (incoming messages are checked against it).
     pub num_params: usize,
+    /// Learning-rate schedule over progress `step / total_steps`.
+    pub lr_schedule: LrSchedule,
     /// Experiment seed.
     pub seed: u64,
 }
@@ -60,6 +63,9 @@ impl DsgdSettings {
         self.schedule
             .validate()
             .map_err(|e| EngineError::Setup(format!("decentralized.{e}")))?;
+        self.lr_schedule
+            .validate()
+            .map_err(|e| EngineError::Setup(format!("train.lr_schedule.{e}")))?;
         if self.batch_size == 0 {
             return Err(EngineError::Setup(
                 "train.batch_size must be at least 1".into(),
@@ -102,6 +108,12 @@ impl DsgdSettings {
     /// The local step after which communication round `round` (from 1) happens.
     pub fn round_step(&self, round: u32) -> u64 {
         u64::from(round) * self.schedule.every
+    }
+
+    /// The learning-rate factor of the local step taken after `step` steps.
+    pub fn lr_scale_at(&self, step: u64) -> f64 {
+        self.lr_schedule
+            .factor(step as f64 / self.total_steps.max(1) as f64)
     }
 
     /// The budget r at local step `step`.
@@ -283,6 +295,21 @@ impl DsgdPeer {
         Ok(true)
     }
 
+    fn train(
+        &mut self,
+        batches: &[Vec<usize>],
+        lr_scale: f64,
+        ctx: &mut NodeCtx<'_>,
+    ) -> Result<(), EngineError> {
+        let out =
+            ctx.trainer
+                .train_batches(&self.params, batches, &mut self.optimizer, lr_scale)?;
+        self.params = Arc::new(out.params);
+        self.loss_sum += out.mean_loss * out.steps as f64;
+        self.loss_steps += out.steps as u64;
+        Ok(())
+    }
+
     /// Trains and communicates until the run ends or a round waits for messages.
     fn run(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
         loop {
@@ -299,12 +326,15 @@ impl DsgdPeer {
             }
             let next = self.next_stop();
             let batches = self.batches.take((next - self.step) as usize);
-            let out = ctx
-                .trainer
-                .train_batches(&self.params, &batches, &mut self.optimizer)?;
-            self.params = Arc::new(out.params);
-            self.loss_sum += out.mean_loss * out.steps as f64;
-            self.loss_steps += out.steps as u64;
+            if self.settings.lr_schedule == LrSchedule::Constant {
+                self.train(&batches, 1.0, ctx)?;
+            } else {
+                // One call per step, so every step gets its own learning rate.
+                for (k, batch) in batches.chunks(1).enumerate() {
+                    let scale = self.settings.lr_scale_at(self.step + k as u64);
+                    self.train(batch, scale, ctx)?;
+                }
+            }
             self.step = next;
             if self.settings.schedule.communicates_after(self.step) {
                 let round = (self.step / self.settings.schedule.every) as u32;

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use braid_core::lr_schedule::LrSchedule;
 use braid_core::params::weighted_mean;
 use braid_core::seed;
 use braid_core::server_opt::{ServerOptimizer, ServerOptimizerConfig};
@@ -242,12 +243,27 @@ pub struct FedAvgClient {
     id: NodeId,
     shard: Arc<Vec<usize>>,
     seed: u64,
+    lr_schedule: LrSchedule,
+    rounds: u32,
 }
 
 impl FedAvgClient {
-    /// Client `id` holding training samples `shard`.
+    /// Client `id` holding training samples `shard`, training at the configured learning rate.
     pub fn new(id: NodeId, shard: Arc<Vec<usize>>, seed: u64) -> Self {
-        Self { id, shard, seed }
+        Self {
+            id,
+            shard,
+            seed,
+            lr_schedule: LrSchedule::Constant,
+            rounds: 1,
+        }
+    }
+
+    /// Scales the learning rate of round `r` by `schedule` at progress `(r - 1) / rounds`.
+    pub fn with_lr_schedule(mut self, schedule: LrSchedule, rounds: u32) -> Self {
+        self.lr_schedule = schedule;
+        self.rounds = rounds.max(1);
+        self
     }
 }
 
@@ -291,7 +307,9 @@ impl Node for FedAvgClient {
                 u64::from(self.id),
             ],
         );
-        let out = ctx.trainer.train(&params, &self.shard, s)?;
+        let progress = f64::from(round.saturating_sub(1)) / f64::from(self.rounds);
+        let lr_scale = self.lr_schedule.factor(progress);
+        let out = ctx.trainer.train(&params, &self.shard, s, lr_scale)?;
         ctx.send(
             SERVER,
             Payload::TrainReply {
