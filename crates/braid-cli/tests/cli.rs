@@ -173,7 +173,7 @@ fn demo_runs_and_writes_every_output() {
     let csv = std::fs::read_to_string(res.join("metrics.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3, "{csv}");
     assert!(csv.starts_with(
-        "round,accuracy,loss,train_loss,clients,samples,local_steps,bytes_up,bytes_down,cum_bytes,wall_s"
+        "round,accuracy,loss,train_loss,clients,stragglers,samples,local_steps,bytes_up,bytes_down,cum_bytes,wall_s"
     ));
     let jsonl = std::fs::read_to_string(res.join("metrics.jsonl")).unwrap();
     let first = jsonl.lines().next().unwrap();

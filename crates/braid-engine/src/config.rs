@@ -286,6 +286,14 @@ pub struct AlgorithmConfig {
     /// Server optimizer applied to the averaged client models.
     #[serde(default)]
     pub server_optimizer: ServerOptimizerConfig,
+    /// Seconds the server waits for a round's clients before skipping the ones that have not
+    /// replied (default: wait for every client).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round_timeout_s: Option<f64>,
+    /// Replies needed to close a round at its deadline (default 1); with fewer, the server
+    /// asks the missing clients again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_replies: Option<usize>,
 }
 
 fn default_eval_every() -> u32 {
@@ -296,6 +304,12 @@ impl AlgorithmConfig {
     /// Rounds of a server-based run (0 for `dsgd`).
     pub fn rounds(&self) -> u32 {
         self.rounds.unwrap_or(0)
+    }
+
+    /// The round deadline, if set.
+    pub fn round_deadline(&self) -> Option<std::time::Duration> {
+        self.round_timeout_s
+            .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok())
     }
 }
 
@@ -515,6 +529,16 @@ impl ExperimentConfig {
             if k == 0 || k > self.partition.clients {
                 return Err(format!("algorithm.clients_per_round = {k} must be between 1 and partition.clients = {}", self.partition.clients));
             }
+        }
+        if let Some(t) = self.algorithm.round_timeout_s {
+            if !(t.is_finite() && t > 0.0 && t < 1e9) {
+                return Err(format!(
+                    "algorithm.round_timeout_s = {t} must be a positive number of seconds"
+                ));
+            }
+        }
+        if self.algorithm.min_replies == Some(0) {
+            return Err("algorithm.min_replies must be at least 1".into());
         }
         if self.runtime.workers == Some(0) {
             return Err(

@@ -226,6 +226,8 @@ pub fn build_nodes(prepared: &Prepared) -> Result<Vec<Box<dyn Node>>, EngineErro
             eval_every: c.algorithm.eval_every,
             server_optimizer: c.algorithm.server_optimizer.clone(),
             seed: c.seed,
+            round_deadline: c.algorithm.round_deadline(),
+            min_replies: c.algorithm.min_replies.unwrap_or(1),
         },
         clients.clone(),
         prepared.arch.init_params(c.seed),

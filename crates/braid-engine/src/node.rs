@@ -5,6 +5,8 @@
 //! as [`Event`]s. It never touches sockets, threads or clocks, so the same code runs in the
 //! simulator and across real processes.
 
+use std::time::Duration;
+
 use braid_nn::{EvalOutcome, OptimizerState, TrainOutcome};
 use thiserror::Error;
 
@@ -56,6 +58,8 @@ pub struct RoundMetrics {
     pub train_loss: f64,
     /// Clients whose updates were aggregated.
     pub clients: usize,
+    /// Clients asked to train that had not replied by the round's deadline (skipped).
+    pub stragglers: usize,
     /// Training samples they hold (the FedAvg weights).
     pub samples: u64,
     /// Local optimizer steps they took this round, summed over clients.
@@ -159,6 +163,7 @@ pub fn check_params(params: &[f32], expected: usize) -> Result<(), String> {
 pub struct NodeCtx<'a> {
     outbox: &'a mut Vec<(NodeId, Payload)>,
     events: &'a mut Vec<Event>,
+    deadlines: Vec<(u64, Duration)>,
     /// Training and evaluation.
     pub trainer: &'a mut dyn LocalTrainer,
 }
@@ -173,8 +178,22 @@ impl<'a> NodeCtx<'a> {
         Self {
             outbox,
             events,
+            deadlines: Vec::new(),
             trainer,
         }
+    }
+
+    /// Asks the driver to call [`Node::on_deadline`] with `token` once `after` has passed
+    /// (wall-clock time across processes; in the simulator, virtual time that advances only
+    /// when no message is left to deliver, so a deadline fires there only if someone never
+    /// answers). Deadlines cannot be cancelled: a node ignores tokens it no longer needs.
+    pub fn set_deadline(&mut self, token: u64, after: Duration) {
+        self.deadlines.push((token, after));
+    }
+
+    /// The deadlines set so far (for drivers).
+    pub fn take_deadlines(&mut self) -> Vec<(u64, Duration)> {
+        std::mem::take(&mut self.deadlines)
     }
 
     /// Sends `payload` to `to`; returns its encoded size in bytes.
@@ -203,4 +222,8 @@ pub trait Node: Send {
         payload: Payload,
         ctx: &mut NodeCtx<'_>,
     ) -> Result<(), EngineError>;
+    /// Called when a deadline set with [`NodeCtx::set_deadline`] has passed.
+    fn on_deadline(&mut self, _token: u64, _ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+        Ok(())
+    }
 }

@@ -209,18 +209,19 @@ fn write_rounds(
 ) -> Result<Vec<PathBuf>, String> {
     let mut written = Vec::new();
     let mut csv = String::from(
-        "round,accuracy,loss,train_loss,clients,samples,local_steps,bytes_up,bytes_down,cum_bytes,wall_s\n",
+        "round,accuracy,loss,train_loss,clients,stragglers,samples,local_steps,bytes_up,bytes_down,cum_bytes,wall_s\n",
     );
     let mut jsonl = String::new();
     for row in rows {
         let r = &row.metrics;
         csv.push_str(&format!(
-            "{},{},{},{:.6},{},{},{},{},{},{},{:.3}\n",
+            "{},{},{},{:.6},{},{},{},{},{},{},{},{:.3}\n",
             r.round,
             opt(r.accuracy),
             opt(r.loss),
             r.train_loss,
             r.clients,
+            r.stragglers,
             r.samples,
             r.local_steps,
             r.bytes_up,

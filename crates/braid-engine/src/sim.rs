@@ -7,10 +7,17 @@
 //! deterministic per node and outputs are merged in a fixed order, so results do not depend
 //! on the number of workers or on thread timing. When only one node has work (the server
 //! aggregating and evaluating), it runs on the global rayon pool and uses every core.
+//!
+//! Deadlines ([`NodeCtx::set_deadline`]) run on a virtual clock that moves only when no
+//! message is left to deliver: then the earliest pending deadline fires. Nodes that all answer
+//! never see a deadline pass; a node that never answers (a crashed participant in a test)
+//! lets the others' deadlines fire, as they would across a real network.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::node::{EngineError, Event, GossipMetrics, LocalTrainer, Node, NodeCtx, RoundMetrics};
 use crate::transport::{Envelope, InProcessTransport, NodeTraffic, Transport};
@@ -49,6 +56,7 @@ pub struct SimOutcome {
 struct TaskOutput {
     outbox: Vec<(NodeId, Payload)>,
     events: Vec<Event>,
+    deadlines: Vec<(u64, Duration)>,
 }
 
 /// Runs nodes in one process.
@@ -60,19 +68,33 @@ pub struct Simulator {
 
 fn handle(
     node: &mut dyn Node,
-    inbox: Vec<Envelope>,
+    task: Work,
     trainer: &mut dyn LocalTrainer,
-    start: bool,
 ) -> Result<TaskOutput, EngineError> {
     let (mut outbox, mut events) = (Vec::new(), Vec::new());
     let mut ctx = NodeCtx::new(&mut outbox, &mut events, trainer);
-    if start {
-        node.on_start(&mut ctx)?;
+    match task {
+        Work::Start => node.on_start(&mut ctx)?,
+        Work::Deliver(inbox) => {
+            for env in inbox {
+                node.on_message(env.from, env.payload, &mut ctx)?;
+            }
+        }
+        Work::Deadline(token) => node.on_deadline(token, &mut ctx)?,
     }
-    for env in inbox {
-        node.on_message(env.from, env.payload, &mut ctx)?;
-    }
-    Ok(TaskOutput { outbox, events })
+    let deadlines = ctx.take_deadlines();
+    Ok(TaskOutput {
+        outbox,
+        events,
+        deadlines,
+    })
+}
+
+/// What a node is given to handle.
+enum Work {
+    Start,
+    Deliver(Vec<Envelope>),
+    Deadline(u64),
 }
 
 impl Simulator {
@@ -110,11 +132,17 @@ impl Simulator {
             traffic: Vec::new(),
         };
         let ids: Vec<NodeId> = (0..self.nodes.len() as NodeId).collect();
-        let mut tasks: Vec<(NodeId, Vec<Envelope>, bool)> =
-            ids.iter().map(|&i| (i, Vec::new(), true)).collect();
+        let mut tasks: Vec<(NodeId, Work)> = ids.iter().map(|&i| (i, Work::Start)).collect();
+        // Pending deadlines on the virtual clock: (due, sequence number, node, token).
+        let mut timers: BinaryHeap<Reverse<(Duration, u64, NodeId, u64)>> = BinaryHeap::new();
+        let (mut now, mut seq) = (Duration::ZERO, 0u64);
         while !tasks.is_empty() {
             let outputs = self.run_tasks(tasks)?;
             for (from, out) in outputs {
+                for (token, after) in out.deadlines {
+                    timers.push(Reverse((now + after, seq, from, token)));
+                    seq += 1;
+                }
                 for ev in out.events {
                     observer(&ev);
                     match ev {
@@ -140,8 +168,14 @@ impl Simulator {
                 .into_iter()
                 .enumerate()
                 .filter(|(_, inbox)| !inbox.is_empty())
-                .map(|(i, inbox)| (i as NodeId, inbox, false))
+                .map(|(i, inbox)| (i as NodeId, Work::Deliver(inbox)))
                 .collect();
+            if tasks.is_empty() {
+                if let Some(Reverse((due, _, node, token))) = timers.pop() {
+                    now = due;
+                    tasks.push((node, Work::Deadline(token)));
+                }
+            }
         }
         outcome.traffic = ids.iter().map(|&i| self.transport.traffic(i)).collect();
         Ok(outcome)
@@ -150,19 +184,14 @@ impl Simulator {
     /// Handles each task's node; returns outputs in node-id order.
     fn run_tasks(
         &mut self,
-        tasks: Vec<(NodeId, Vec<Envelope>, bool)>,
+        tasks: Vec<(NodeId, Work)>,
     ) -> Result<Vec<(NodeId, TaskOutput)>, EngineError> {
         let mut work = Vec::with_capacity(tasks.len());
-        for (id, inbox, start) in tasks {
+        for (id, what) in tasks {
             let node = self.nodes[id as usize]
                 .take()
                 .ok_or_else(|| EngineError::Setup(format!("node {id} is missing")))?;
-            work.push(Task {
-                id,
-                node,
-                inbox,
-                start,
-            });
+            work.push(Task { id, node, what });
         }
         let results: Vec<Done> = if work.len() == 1 || self.workers.len() == 1 {
             let trainer = &mut self.workers[0].trainer;
@@ -216,8 +245,7 @@ impl Simulator {
 struct Task {
     id: NodeId,
     node: Box<dyn Node>,
-    inbox: Vec<Envelope>,
-    start: bool,
+    what: Work,
 }
 
 /// A handled task: the node goes back to the simulator with its output.
@@ -229,7 +257,7 @@ struct Done {
 
 impl Task {
     fn run(mut self, trainer: &mut dyn LocalTrainer) -> Done {
-        let result = handle(self.node.as_mut(), self.inbox, trainer, self.start);
+        let result = handle(self.node.as_mut(), self.what, trainer);
         Done {
             id: self.id,
             node: self.node,

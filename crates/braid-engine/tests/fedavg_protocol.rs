@@ -74,6 +74,8 @@ fn nodes(
         eval_every: 1,
         server_optimizer: opt,
         seed: 9,
+        round_deadline: None,
+        min_replies: 1,
     };
     let mut v: Vec<Box<dyn Node>> = vec![Box::new(
         FedAvgServer::new(config, clients.clone(), vec![0.0; 4]).unwrap(),
@@ -193,6 +195,8 @@ fn server_rejects_hostile_or_stale_updates() {
         eval_every: 1,
         server_optimizer: Default::default(),
         seed: 0,
+        round_deadline: None,
+        min_replies: 1,
     };
     let mut server = FedAvgServer::new(config, vec![1, 2], vec![0.0; 3]).unwrap();
     let (mut out, mut ev) = (Vec::new(), Vec::new());
@@ -284,6 +288,8 @@ fn bad_setups_are_errors() {
         eval_every: 1,
         server_optimizer: Default::default(),
         seed: 0,
+        round_deadline: None,
+        min_replies: 1,
     };
     assert!(FedAvgServer::new(config.clone(), vec![1, 2], vec![0.0]).is_err());
     assert!(FedAvgServer::new(config, vec![], vec![0.0]).is_err());
@@ -347,4 +353,103 @@ fn clients_follow_the_learning_rate_schedule_by_round() {
         client.on_message(SERVER, req, &mut ctx).unwrap();
     }
     assert_eq!(rec.0, vec![1.0, 1.0, 0.1, 0.1], "progress (round - 1) / 4");
+}
+
+/// A client that ignores the first `drop` train requests it gets (crashed, then back).
+struct Flaky {
+    inner: FedAvgClient,
+    drop: usize,
+}
+
+impl Node for Flaky {
+    fn id(&self) -> NodeId {
+        self.inner.id()
+    }
+    fn on_start(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+        self.inner.on_start(ctx)
+    }
+    fn on_message(
+        &mut self,
+        from: NodeId,
+        payload: Payload,
+        ctx: &mut NodeCtx<'_>,
+    ) -> Result<(), EngineError> {
+        if self.drop > 0 {
+            self.drop -= 1;
+            return Ok(());
+        }
+        self.inner.on_message(from, payload, ctx)
+    }
+}
+
+/// Server with a 30 s round deadline over clients holding {0}, {1, 2, 3}, {10, 20}; client 3
+/// ignores its first `drop` requests.
+fn flaky_run(drop: usize, min_replies: usize, rounds: u32) -> braid_engine::sim::SimOutcome {
+    let shards = [vec![0], vec![1, 2, 3], vec![10, 20]];
+    let config = ServerConfig {
+        rounds,
+        clients_per_round: 3,
+        eval_every: 1,
+        server_optimizer: Default::default(),
+        seed: 0,
+        round_deadline: Some(std::time::Duration::from_secs(30)),
+        min_replies,
+    };
+    let mut v: Vec<Box<dyn Node>> = vec![Box::new(
+        FedAvgServer::new(config, vec![1, 2, 3], vec![0.0; 4]).unwrap(),
+    )];
+    for (i, s) in shards.iter().enumerate() {
+        let c = FedAvgClient::new(i as NodeId + 1, Arc::new(s.clone()), 0);
+        v.push(if i == 2 {
+            Box::new(Flaky { inner: c, drop })
+        } else {
+            Box::new(c)
+        });
+    }
+    Simulator::new(v, workers(2, false))
+        .unwrap()
+        .run(&mut |_| {})
+        .unwrap()
+}
+
+#[test]
+fn a_dead_client_is_skipped_at_the_deadline_and_the_weights_adjust() {
+    let out = flaky_run(usize::MAX, 1, 3);
+    assert_eq!(
+        out.rounds.len(),
+        3,
+        "every round completes without client 3"
+    );
+    for (m, _) in &out.rounds {
+        assert_eq!((m.clients, m.stragglers, m.samples), (2, 1, 4));
+    }
+    // Weighted over the two that answered: (0 * 1 + 2 * 3) / 4.
+    assert_eq!(out.final_params.unwrap(), vec![1.5; 4]);
+    // Nobody dead: no deadline passes, all three count.
+    let all = flaky_run(0, 1, 2);
+    assert!(all
+        .rounds
+        .iter()
+        .all(|(m, _)| m.stragglers == 0 && m.clients == 3));
+    assert_eq!(all.final_params.unwrap(), vec![(6.0 + 30.0) / 6.0; 4]);
+}
+
+#[test]
+fn with_min_replies_the_server_asks_again_and_a_returning_client_rejoins() {
+    // Client 3 misses round 1's first request; the server needs all 3 replies, so at the
+    // deadline it asks client 3 again, which now answers from the current global model.
+    let out = flaky_run(1, 3, 2);
+    assert_eq!(out.rounds.len(), 2);
+    for (m, _) in &out.rounds {
+        assert_eq!((m.clients, m.stragglers), (3, 0));
+    }
+    // Round 1 sent 3 requests and 1 repeat: 4 requests' worth of bytes down.
+    let req = Payload::TrainRequest {
+        round: 1,
+        params: Arc::new(vec![0.0; 4]),
+    }
+    .encoded_len() as u64;
+    assert_eq!(out.rounds[0].0.bytes_down, 4 * req);
+    assert_eq!(out.rounds[1].0.bytes_down, 3 * req);
+    assert_eq!(out.final_params.unwrap(), vec![6.0; 4]);
 }

@@ -5,9 +5,16 @@
 //! and sample count; when every sampled client has replied, the server averages the replies
 //! weighted by samples (in client-id order, so the result does not depend on arrival order),
 //! applies the server optimizer, evaluates, and reports the round.
+//!
+//! With a round deadline, a round also ends when the deadline passes and at least
+//! `min_replies` clients have answered: the clients that have not are skipped (counted as
+//! stragglers) and the average is weighted over those that replied. With fewer replies the
+//! server asks the missing clients again and waits another deadline, so a client that was
+//! restarted picks up the current round and the current global model.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use braid_core::lr_schedule::LrSchedule;
 use braid_core::params::weighted_mean;
@@ -34,6 +41,10 @@ pub struct ServerConfig {
     pub server_optimizer: ServerOptimizerConfig,
     /// Experiment seed (client sampling).
     pub seed: u64,
+    /// Give up waiting for the clients of a round after this long (None: wait for all).
+    pub round_deadline: Option<Duration>,
+    /// Replies needed to close a round at its deadline (at least 1).
+    pub min_replies: usize,
 }
 
 struct Reply {
@@ -74,6 +85,12 @@ impl FedAvgServer {
                 clients.len()
             )));
         }
+        if config.min_replies > config.clients_per_round {
+            return Err(EngineError::Setup(format!(
+                "algorithm.min_replies = {} is more than the {} clients asked per round",
+                config.min_replies, config.clients_per_round
+            )));
+        }
         let optimizer = ServerOptimizer::new(config.server_optimizer.clone());
         Ok(Self {
             config,
@@ -107,12 +124,23 @@ impl FedAvgServer {
                 .collect()
         };
         chosen.sort_unstable();
-        let shared = Arc::new(self.params.clone());
-        self.waiting.clear();
+        self.waiting = chosen.into_iter().map(|c| (c, None)).collect();
         self.bytes_down = 0;
         self.bytes_up = 0;
-        for c in chosen {
-            self.waiting.insert(c, None);
+        self.ask_missing(ctx);
+    }
+
+    /// Sends the round's request to every chosen client that has not replied yet, and arms
+    /// the round's deadline.
+    fn ask_missing(&mut self, ctx: &mut NodeCtx<'_>) {
+        let shared = Arc::new(self.params.clone());
+        let missing: Vec<NodeId> = self
+            .waiting
+            .iter()
+            .filter(|(_, r)| r.is_none())
+            .map(|(&c, _)| c)
+            .collect();
+        for c in missing {
             self.bytes_down += ctx.send(
                 c,
                 Payload::TrainRequest {
@@ -121,13 +149,18 @@ impl FedAvgServer {
                 },
             ) as u64;
         }
+        if let Some(d) = self.config.round_deadline {
+            ctx.set_deadline(u64::from(self.round), d);
+        }
     }
 
     fn finish_round(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+        let asked = self.waiting.len();
         let replies: Vec<Reply> = std::mem::take(&mut self.waiting)
             .into_values()
             .flatten()
             .collect();
+        let stragglers = asked - replies.len();
         let items: Vec<(&[f32], f64)> = replies
             .iter()
             .map(|r| (r.params.as_slice(), r.num_samples as f64))
@@ -154,6 +187,7 @@ impl FedAvgServer {
             loss,
             train_loss,
             clients: replies.len(),
+            stragglers,
             samples,
             local_steps,
             bytes_up: self.bytes_up,
@@ -235,6 +269,19 @@ impl Node for FedAvgServer {
             self.finish_round(ctx)?;
         }
         Ok(())
+    }
+
+    fn on_deadline(&mut self, token: u64, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+        if token != u64::from(self.round) || self.waiting.is_empty() {
+            return Ok(()); // a round that already completed
+        }
+        let replied = self.waiting.values().filter(|r| r.is_some()).count();
+        if replied >= self.config.min_replies.max(1) {
+            self.finish_round(ctx)
+        } else {
+            self.ask_missing(ctx);
+            Ok(())
+        }
     }
 }
 
