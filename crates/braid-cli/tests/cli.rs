@@ -261,7 +261,7 @@ fn baseline_flag_runs_the_centralized_reference_too() {
     let csv = std::fs::read_to_string(dir.path().join("res/baseline/metrics.csv")).unwrap();
     // One client holding all 400 training samples.
     // local_steps = 2 per round for the one client.
-    assert!(csv.lines().nth(1).unwrap().contains(",1,400,2,"), "{csv}");
+    assert!(csv.lines().nth(1).unwrap().contains(",1,0,400,2,"), "{csv}");
 }
 
 #[test]
