@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 mod bench;
+mod node;
 
 /// The bundled quick-start experiment, compiled in so `braid demo` works from any directory.
 const QUICKSTART: &str = include_str!("../../../configs/quickstart.toml");
@@ -88,6 +89,10 @@ enum Command {
     },
     /// Measure throughput and framework overhead (see the README's benchmark section).
     Bench(bench::BenchArgs),
+    /// Write a new ed25519 identity to a key file and print its peer id.
+    Keygen(node::KeygenArgs),
+    /// Run one participant of a deployed experiment (server, client or peer) in this process.
+    Node(node::NodeArgs),
 }
 
 fn main() -> ExitCode {
@@ -134,6 +139,8 @@ fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench(args) => bench::run(args),
+        Command::Keygen(args) => node::keygen(args),
+        Command::Node(args) => node::node(args),
         Command::Topology {
             nodes,
             r,

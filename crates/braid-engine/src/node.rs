@@ -222,6 +222,11 @@ pub trait Node: Send {
         payload: Payload,
         ctx: &mut NodeCtx<'_>,
     ) -> Result<(), EngineError>;
+    /// True once this node has nothing left to do in the run (a network driver then exits
+    /// after its last messages are delivered).
+    fn finished(&self) -> bool {
+        false
+    }
     /// Called when a deadline set with [`NodeCtx::set_deadline`] has passed.
     fn on_deadline(&mut self, _token: u64, _ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
         Ok(())

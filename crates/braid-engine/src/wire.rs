@@ -18,6 +18,7 @@ const KIND_TRAIN_REQUEST: u8 = 1;
 const KIND_TRAIN_REPLY: u8 = 2;
 const KIND_GOSSIP: u8 = 3;
 const KIND_SNAPSHOT: u8 = 4;
+const KIND_SHUTDOWN: u8 = 5;
 
 /// A message body.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,6 +66,11 @@ pub enum Payload {
         /// The local parameters (shared with the peer's own copy in-process).
         params: Arc<Vec<f32>>,
     },
+    /// Server to client: the run is over (after round `round`); the client may exit.
+    Shutdown {
+        /// The last round.
+        round: u32,
+    },
 }
 
 /// Why a message was rejected.
@@ -94,6 +100,7 @@ impl Payload {
             Self::TrainReply { .. } => "train-reply",
             Self::Gossip { .. } => "gossip",
             Self::Snapshot { .. } => "snapshot",
+            Self::Shutdown { .. } => "shutdown",
         }
     }
 
@@ -105,6 +112,7 @@ impl Payload {
             Self::TrainReply { params, .. } => header + 4 + 8 + 4 + 4 + 4 + 4 * params.len(),
             Self::Gossip { params, .. } => header + 4 + 4 + 4 * params.len(),
             Self::Snapshot { params, .. } => header + 8 + 4 + 4 + 4 + 8 + 4 + 4 * params.len(),
+            Self::Shutdown { .. } => header + 4,
         }
     }
 
@@ -159,6 +167,10 @@ impl Payload {
                 out.extend_from_slice(&loss.to_le_bytes());
                 out.extend_from_slice(&gossip_bytes.to_le_bytes());
                 put_params(&mut out, params);
+            }
+            Self::Shutdown { round } => {
+                out.push(KIND_SHUTDOWN);
+                out.extend_from_slice(&round.to_le_bytes());
             }
         }
         out
@@ -221,6 +233,9 @@ impl Payload {
                     params: Arc::new(r.params(max_params)?),
                 }
             }
+            KIND_SHUTDOWN => Self::Shutdown {
+                round: r.u32("round")?,
+            },
             k => return Err(WireError::Malformed(format!("unknown message kind {k}"))),
         };
         if r.pos != bytes.len() {
@@ -351,7 +366,7 @@ mod tests {
         fn encoding_round_trips_with_exact_length(params in prop::collection::vec(-1e6f32..1e6, 0..64), round in 0u32..1000) {
             let snapshot = Payload::Snapshot { step: u64::from(round) * 7, train_loss: 0.25, accuracy: 0.5, loss: 1.5, gossip_bytes: 1 << 40, params: Arc::new(params.clone()) };
             let gossip = Payload::Gossip { round, params: Arc::new(params.clone()) };
-            for p in [Payload::TrainRequest { round, params: Arc::new(params.clone()) }, reply(params.clone()), gossip, snapshot] {
+            for p in [Payload::TrainRequest { round, params: Arc::new(params.clone()) }, reply(params.clone()), gossip, snapshot, Payload::Shutdown { round }] {
                 let bytes = p.encode();
                 prop_assert_eq!(bytes.len(), p.encoded_len());
                 prop_assert_eq!(Payload::decode(&bytes, 64).unwrap(), p);

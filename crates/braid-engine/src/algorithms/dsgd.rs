@@ -355,6 +355,10 @@ impl Node for DsgdPeer {
         self.id
     }
 
+    fn finished(&self) -> bool {
+        self.step >= self.settings.total_steps && self.waiting.is_none()
+    }
+
     fn on_start(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
         self.snapshot(ctx)?;
         self.run(ctx)
@@ -486,6 +490,10 @@ impl DsgdMonitor {
 impl Node for DsgdMonitor {
     fn id(&self) -> NodeId {
         self.settings.monitor()
+    }
+
+    fn finished(&self) -> bool {
+        self.done.contains(&self.settings.total_steps)
     }
 
     fn on_start(&mut self, _ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {

@@ -64,6 +64,7 @@ pub struct FedAvgServer {
     waiting: BTreeMap<NodeId, Option<Reply>>,
     bytes_down: u64,
     bytes_up: u64,
+    done: bool,
 }
 
 impl FedAvgServer {
@@ -101,6 +102,7 @@ impl FedAvgServer {
             waiting: BTreeMap::new(),
             bytes_down: 0,
             bytes_up: 0,
+            done: false,
         })
     }
 
@@ -197,6 +199,10 @@ impl FedAvgServer {
             ctx.emit(Event::Finished {
                 params: self.params.clone(),
             });
+            for &c in &self.clients {
+                ctx.send(c, Payload::Shutdown { round: self.round });
+            }
+            self.done = true;
         } else {
             self.start_round(ctx);
         }
@@ -214,6 +220,10 @@ impl Node for FedAvgServer {
             ctx.emit(Event::Finished {
                 params: self.params.clone(),
             });
+            for &c in &self.clients {
+                ctx.send(c, Payload::Shutdown { round: 0 });
+            }
+            self.done = true;
             return Ok(());
         }
         self.start_round(ctx);
@@ -271,6 +281,10 @@ impl Node for FedAvgServer {
         Ok(())
     }
 
+    fn finished(&self) -> bool {
+        self.done
+    }
+
     fn on_deadline(&mut self, token: u64, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
         if token != u64::from(self.round) || self.waiting.is_empty() {
             return Ok(()); // a round that already completed
@@ -292,6 +306,7 @@ pub struct FedAvgClient {
     seed: u64,
     lr_schedule: LrSchedule,
     rounds: u32,
+    done: bool,
 }
 
 impl FedAvgClient {
@@ -303,6 +318,7 @@ impl FedAvgClient {
             seed,
             lr_schedule: LrSchedule::Constant,
             rounds: 1,
+            done: false,
         }
     }
 
@@ -319,6 +335,10 @@ impl Node for FedAvgClient {
         self.id
     }
 
+    fn finished(&self) -> bool {
+        self.done
+    }
+
     fn on_start(&mut self, _ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
         Ok(())
     }
@@ -330,22 +350,29 @@ impl Node for FedAvgClient {
         ctx: &mut NodeCtx<'_>,
     ) -> Result<(), EngineError> {
         let kind = payload.kind();
-        let Payload::TrainRequest { round, params } = payload else {
-            return Err(EngineError::Rejected {
-                node: self.id,
-                from,
-                kind,
-                why: "a client only accepts train requests".into(),
-            });
-        };
         if from != SERVER {
             return Err(EngineError::Rejected {
                 node: self.id,
                 from,
                 kind,
-                why: "train requests must come from the server".into(),
+                why: "a client only listens to the server".into(),
             });
         }
+        let (round, params) = match payload {
+            Payload::TrainRequest { round, params } => (round, params),
+            Payload::Shutdown { .. } => {
+                self.done = true;
+                return Ok(());
+            }
+            _ => {
+                return Err(EngineError::Rejected {
+                    node: self.id,
+                    from,
+                    kind,
+                    why: "a client only accepts train requests".into(),
+                })
+            }
+        };
         let s = seed::derive(
             self.seed,
             &[

@@ -1,0 +1,206 @@
+//! `braid keygen` and `braid node`: one participant of a deployed run per process.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use braid_engine::config::{AlgorithmName, ExperimentConfig};
+use braid_engine::experiment::{self, BurnTrainer};
+use braid_engine::node::Event;
+use braid_engine::report;
+use braid_engine::sim::SimOutcome;
+use braid_net::roster::Roster;
+use braid_net::runtime::{self, RuntimeOptions};
+use clap::Args;
+
+/// `braid keygen`.
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Where to write the key (never overwritten).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// `braid node`.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// The experiment file (with a `[network]` table naming every participant).
+    pub file: PathBuf,
+    /// This participant's key file (from `braid keygen`); its peer id picks the node id.
+    #[arg(long)]
+    pub key: PathBuf,
+    /// Address to listen on (repeatable), e.g. `/ip4/0.0.0.0/tcp/4100`. Default: the address
+    /// given for this node in `[network]`, else a random local port.
+    #[arg(long)]
+    pub listen: Vec<String>,
+    /// Override a config value (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Write this node's results here (default: the config's output dir + `/node-<id>`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Writes a fresh key and prints its peer id.
+pub fn keygen(args: KeygenArgs) -> Result<()> {
+    let key = braid_net::identity::generate();
+    braid_net::identity::save(&key, &args.out)?;
+    println!("{}", braid_net::identity::peer_id(&key));
+    Ok(())
+}
+
+/// Runs one node of a deployed experiment until its part of the run is over.
+pub fn node(args: NodeArgs) -> Result<()> {
+    let t0 = Instant::now();
+    let config = ExperimentConfig::load(&args.file, &args.set)?;
+    let Some(net) = config.network.clone() else {
+        bail!(
+            "{} has no [network] table: braid node needs the participants (node, peer_id, addr)",
+            args.file.display()
+        );
+    };
+    let roster = Roster::from_config(&net)?;
+    let key = braid_net::identity::load(&args.key)?;
+    let me = braid_net::identity::peer_id(&key);
+    let id = roster
+        .node_of(&me)
+        .with_context(|| format!("this key's peer id {me} is not in network.participants"))?;
+    let prepared = experiment::prepare(&config)?;
+    let mut nodes = experiment::build_nodes(&prepared)?;
+    if id as usize >= nodes.len() {
+        bail!(
+            "node {id} does not exist in this run: it has {} nodes (0..{})",
+            nodes.len(),
+            nodes.len() - 1
+        );
+    }
+    let node = nodes.swap_remove(id as usize);
+    drop(nodes);
+    let role = role(&config, id, prepared.parts.len());
+    let listen = if args.listen.is_empty() {
+        let own = roster
+            .iter()
+            .find(|(n, _, _)| *n == id)
+            .and_then(|(_, _, a)| a.cloned());
+        vec![own.unwrap_or_else(|| "/ip4/127.0.0.1/tcp/0".parse().expect("a valid multiaddr"))]
+    } else {
+        args.listen
+            .iter()
+            .map(|a| {
+                a.parse()
+                    .with_context(|| format!("--listen {a:?} is not a multiaddress"))
+            })
+            .collect::<Result<_>>()?
+    };
+    let options = RuntimeOptions {
+        listen,
+        max_message_bytes: net.max_message_mib << 20,
+        max_params: prepared.arch.num_params(),
+        request_timeout: Duration::from_secs(net.request_timeout_s),
+        retry_for: Duration::from_secs(net.retry_s),
+    };
+    println!(
+        "braid node {id} ({role}) | peer id {me} | {} | model {} ({} parameters) | {} participants",
+        prepared.data_description,
+        config.model.name.as_str(),
+        prepared.arch.num_params(),
+        roster.len()
+    );
+    let trainer = BurnTrainer::new(&prepared)?;
+    let observer = Box::new(move |e: &Event| match e {
+        Event::Round(m) => println!(
+            "round {:>4} | accuracy {} | clients {} (stragglers {}) | {:.1} s",
+            m.round,
+            m.accuracy.map_or("-".into(), |a| format!("{a:.4}")),
+            m.clients,
+            m.stragglers,
+            t0.elapsed().as_secs_f64()
+        ),
+        Event::Gossip(m) => println!(
+            "step {:>6} | merged {:.4} | local mean {:.4} | {:.1} s",
+            m.step,
+            m.merged_accuracy,
+            m.local_mean,
+            t0.elapsed().as_secs_f64()
+        ),
+        Event::Finished { .. } => println!("finished"),
+    });
+    let on_listen = Box::new(move |a: &braid_net::Multiaddr| {
+        println!("listening on {a}/p2p/{me}");
+    });
+    let report = runtime::run(
+        node,
+        Box::new(trainer),
+        key,
+        roster,
+        options,
+        observer,
+        on_listen,
+    )
+    .context("node failed")?;
+    let mut outcome = SimOutcome {
+        rounds: Vec::new(),
+        gossip: Vec::new(),
+        final_params: None,
+        traffic: Vec::new(),
+    };
+    for (e, wall) in report.events {
+        match e {
+            Event::Round(m) => outcome.rounds.push((m, wall)),
+            Event::Gossip(m) => outcome.gossip.push((m, wall)),
+            Event::Finished { params } => outcome.final_params = Some(params),
+        }
+    }
+    let dir = args
+        .out
+        .unwrap_or_else(|| config.output_dir().join(format!("node-{id}")));
+    let produced = !outcome.rounds.is_empty() || !outcome.gossip.is_empty();
+    if produced {
+        report::write_all(&dir, &config, &prepared.arch, &outcome).map_err(anyhow::Error::msg)?;
+    }
+    write_node_summary(
+        &dir,
+        id,
+        role,
+        &report.traffic,
+        report.refused_connections,
+        report.refused_messages,
+    )?;
+    println!(
+        "node {id} done | sent {:.1} MB in {} messages, received {:.1} MB in {} | refused {} connections, {} messages | {:.1} s | results in {}",
+        report.traffic.bytes_sent as f64 / 1e6,
+        report.traffic.messages_sent,
+        report.traffic.bytes_received as f64 / 1e6,
+        report.traffic.messages_received,
+        report.refused_connections,
+        report.refused_messages,
+        t0.elapsed().as_secs_f64(),
+        dir.display()
+    );
+    Ok(())
+}
+
+fn role(config: &ExperimentConfig, id: u32, parts: usize) -> &'static str {
+    match (config.algorithm.name, id) {
+        (AlgorithmName::Dsgd, i) if i as usize == parts => "monitor",
+        (AlgorithmName::Dsgd, _) => "peer",
+        (_, 0) => "server",
+        _ => "client",
+    }
+}
+
+fn write_node_summary(
+    dir: &Path,
+    id: u32,
+    role: &str,
+    t: &braid_engine::transport::NodeTraffic,
+    refused_connections: u64,
+    refused_messages: u64,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let body = format!(
+        "node,role,bytes_sent,bytes_received,messages_sent,messages_received,refused_connections,refused_messages\n{id},{role},{},{},{},{},{refused_connections},{refused_messages}\n",
+        t.bytes_sent, t.bytes_received, t.messages_sent, t.messages_received
+    );
+    report::write_atomic(&dir.join("node.csv"), body.as_bytes()).map_err(anyhow::Error::msg)
+}

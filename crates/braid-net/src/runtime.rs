@@ -1,0 +1,417 @@
+//! Runs one braid node in this process over libp2p.
+//!
+//! Two threads of control:
+//! - the node thread owns the algorithm's [`Node`] and the [`LocalTrainer`]; it handles one
+//!   message or deadline at a time, exactly as the simulator would, so training never blocks
+//!   the network;
+//! - the network task (tokio) owns the libp2p swarm: it sends what the node sends, receives,
+//!   checks and acknowledges what arrives, retries deliveries to participants that are not
+//!   reachable yet (or have restarted), and keeps dialing participants whose address is known.
+//!
+//! Admission: only the run's participants may connect (libp2p's allow-list, checked after the
+//! Noise handshake has proved the peer holds its key); anyone else is refused and logged.
+//! A message that fails to decode, or that the node rejects, is logged and dropped; the run
+//! goes on.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use braid_engine::node::{EngineError, Event, LocalTrainer, Node, NodeCtx};
+use braid_engine::transport::NodeTraffic;
+use braid_engine::wire::{NodeId, Payload};
+use futures::StreamExt;
+use libp2p::identity::Keypair;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::{DialError, ListenError, NetworkBehaviour, SwarmEvent};
+use libp2p::{allow_block_list, identify, noise, tcp, yamux, Multiaddr, PeerId, Swarm};
+use tokio::sync::mpsc as tokio_mpsc;
+use tracing::{debug, info, warn};
+
+use crate::codec::{Ack, FrameCodec, PROTOCOL};
+use crate::roster::Roster;
+use crate::NetError;
+
+/// How a node process talks to the network.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// Addresses to listen on, e.g. `/ip4/0.0.0.0/tcp/4100`.
+    pub listen: Vec<Multiaddr>,
+    /// Largest message accepted, in bytes.
+    pub max_message_bytes: u64,
+    /// Largest parameter vector accepted in a message.
+    pub max_params: usize,
+    /// Time allowed to deliver and acknowledge one message.
+    pub request_timeout: Duration,
+    /// How long to keep retrying a message to an unreachable participant.
+    pub retry_for: Duration,
+}
+
+/// What a finished node process reports.
+#[derive(Debug, Clone, Default)]
+pub struct RunReport {
+    /// Every event the node emitted, with seconds since the start.
+    pub events: Vec<(Event, f64)>,
+    /// Bytes and messages this node sent (first attempts; retries are not counted twice)
+    /// and accepted.
+    pub traffic: NodeTraffic,
+    /// Connections refused because the peer is not a participant.
+    pub refused_connections: u64,
+    /// Messages refused (malformed, too large, or rejected by the node).
+    pub refused_messages: u64,
+}
+
+/// Something the node thread asks of the network task.
+enum ToNet {
+    Send(NodeId, Payload),
+    Finished,
+    Failed(String),
+}
+
+/// Something the network task hands the node thread.
+enum ToNode {
+    Message(NodeId, Payload),
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    allow: allow_block_list::Behaviour<allow_block_list::AllowedPeers>,
+    identify: identify::Behaviour,
+    msg: request_response::Behaviour<FrameCodec>,
+}
+
+struct Outgoing {
+    to: NodeId,
+    peer: PeerId,
+    bytes: Arc<Vec<u8>>,
+    since: Instant,
+}
+
+/// Runs `node` until it reports [`Node::finished`] and its last messages are delivered.
+///
+/// `observer` sees every event as the node emits it (on the node thread); `on_listen` is
+/// called with every address the process listens on.
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    node: Box<dyn Node>,
+    trainer: Box<dyn LocalTrainer>,
+    key: Keypair,
+    roster: Roster,
+    options: RuntimeOptions,
+    observer: Box<dyn FnMut(&Event) + Send>,
+    on_listen: Box<dyn FnMut(&Multiaddr) + Send>,
+) -> Result<RunReport, NetError> {
+    let me = crate::identity::peer_id(&key);
+    let my_node = node.id();
+    match roster.node_of(&me) {
+        Some(n) if n == my_node => {}
+        Some(n) => {
+            return Err(NetError::Config(format!(
+                "this key ({me}) is node {n} in network.participants, not node {my_node}"
+            )))
+        }
+        None => {
+            return Err(NetError::Config(format!(
+                "this key ({me}) is not in network.participants"
+            )))
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| NetError::Io(format!("cannot start the network runtime: {e}")))?;
+    let (to_net, from_node) = tokio_mpsc::unbounded_channel();
+    let (to_node, from_net) = std_mpsc::channel();
+    let start = Instant::now();
+    let node_thread = std::thread::Builder::new()
+        .name(format!("braid-node-{my_node}"))
+        .spawn(move || node_loop(node, trainer, from_net, to_net, observer, start))
+        .map_err(|e| NetError::Io(format!("cannot start the node thread: {e}")))?;
+    let net = rt.block_on(network_loop(
+        key, roster, options, from_node, to_node, on_listen,
+    ));
+    let node_result = node_thread
+        .join()
+        .map_err(|_| NetError::Node("the node thread panicked".into()))?;
+    let (mut report, node_report) = (net?, node_result?);
+    report.events = node_report.0;
+    report.refused_messages += node_report.1;
+    Ok(report)
+}
+
+type NodeOutcome = (Vec<(Event, f64)>, u64);
+
+fn node_loop(
+    mut node: Box<dyn Node>,
+    mut trainer: Box<dyn LocalTrainer>,
+    inbox: std_mpsc::Receiver<ToNode>,
+    to_net: tokio_mpsc::UnboundedSender<ToNet>,
+    mut observer: Box<dyn FnMut(&Event) + Send>,
+    start: Instant,
+) -> Result<NodeOutcome, NetError> {
+    let mut events = Vec::new();
+    let mut rejected = 0u64;
+    let mut timers: BinaryHeap<Reverse<(Instant, u64, u64)>> = BinaryHeap::new();
+    let mut seq = 0u64;
+    let mut first = Some(());
+    let result = loop {
+        // What to do next: start, a message, or a deadline.
+        enum Work {
+            Start,
+            Message(NodeId, Payload),
+            Deadline(u64),
+        }
+        let work = if first.take().is_some() {
+            Work::Start
+        } else if node.finished() {
+            break Ok(());
+        } else {
+            let next = timers.peek().map(|Reverse((due, _, _))| *due);
+            let got = match next {
+                Some(due) => {
+                    let wait = due.saturating_duration_since(Instant::now());
+                    match inbox.recv_timeout(wait) {
+                        Ok(m) => Some(m),
+                        Err(std_mpsc::RecvTimeoutError::Timeout) => None,
+                        Err(std_mpsc::RecvTimeoutError::Disconnected) => {
+                            break Err(NetError::Io("the network task stopped".into()))
+                        }
+                    }
+                }
+                None => match inbox.recv() {
+                    Ok(m) => Some(m),
+                    Err(_) => break Err(NetError::Io("the network task stopped".into())),
+                },
+            };
+            match got {
+                Some(ToNode::Message(from, p)) => Work::Message(from, p),
+                None => match timers.pop() {
+                    Some(Reverse((_, _, token))) => Work::Deadline(token),
+                    None => continue,
+                },
+            }
+        };
+        let (mut outbox, mut emitted) = (Vec::new(), Vec::new());
+        let mut ctx = NodeCtx::new(&mut outbox, &mut emitted, trainer.as_mut());
+        let r = match work {
+            Work::Start => node.on_start(&mut ctx),
+            Work::Message(from, p) => node.on_message(from, p, &mut ctx),
+            Work::Deadline(token) => node.on_deadline(token, &mut ctx),
+        };
+        let now = Instant::now();
+        for (token, after) in ctx.take_deadlines() {
+            timers.push(Reverse((now + after, seq, token)));
+            seq += 1;
+        }
+        match r {
+            Ok(()) => {}
+            Err(e @ EngineError::Rejected { .. }) => {
+                warn!("dropped a message: {e}");
+                rejected += 1;
+            }
+            Err(e) => break Err(NetError::Node(e.to_string())),
+        }
+        for ev in emitted {
+            observer(&ev);
+            events.push((ev, start.elapsed().as_secs_f64()));
+        }
+        for (to, p) in outbox {
+            if to_net.send(ToNet::Send(to, p)).is_err() {
+                return Err(NetError::Io("the network task stopped".into()));
+            }
+        }
+    };
+    let _ = to_net.send(match &result {
+        Ok(()) => ToNet::Finished,
+        Err(e) => ToNet::Failed(e.to_string()),
+    });
+    result.map(|()| (events, rejected))
+}
+
+fn build_swarm(
+    key: Keypair,
+    roster: &Roster,
+    options: &RuntimeOptions,
+) -> Result<Swarm<Behaviour>, NetError> {
+    let io = |e: &dyn std::fmt::Display| NetError::Io(format!("cannot build the network: {e}"));
+    let max = options.max_message_bytes;
+    let timeout = options.request_timeout;
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| io(&e))?
+        .with_behaviour(|key| Behaviour {
+            allow: allow_block_list::Behaviour::default(),
+            identify: identify::Behaviour::new(identify::Config::new(
+                "/braid/id/1".into(),
+                key.public(),
+            )),
+            msg: request_response::Behaviour::with_codec(
+                FrameCodec::new(max),
+                [(PROTOCOL, ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(timeout),
+            ),
+        })
+        .map_err(|e| io(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+        .build();
+    for (_, peer, addr) in roster.iter() {
+        swarm.behaviour_mut().allow.allow_peer(peer);
+        if let Some(a) = addr {
+            swarm.add_peer_address(peer, a.clone());
+        }
+    }
+    for addr in &options.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| NetError::Io(format!("cannot listen on {addr}: {e}")))?;
+    }
+    Ok(swarm)
+}
+
+async fn network_loop(
+    key: Keypair,
+    roster: Roster,
+    options: RuntimeOptions,
+    mut from_node: tokio_mpsc::UnboundedReceiver<ToNet>,
+    to_node: std_mpsc::Sender<ToNode>,
+    mut on_listen: Box<dyn FnMut(&Multiaddr) + Send>,
+) -> Result<RunReport, NetError> {
+    let me = crate::identity::peer_id(&key);
+    let mut swarm = build_swarm(key, &roster, &options)?;
+    let mut report = RunReport::default();
+    let mut pending: HashMap<OutboundRequestId, Outgoing> = HashMap::new();
+    let mut retry: Vec<(Instant, Outgoing)> = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut last_dial = Instant::now() - Duration::from_secs(60);
+    let mut node_done = false;
+    loop {
+        if node_done && pending.is_empty() && retry.is_empty() {
+            return Ok(report);
+        }
+        tokio::select! {
+            cmd = from_node.recv() => match cmd {
+                Some(ToNet::Send(to, payload)) => {
+                    let Some(peer) = roster.peer_of(to) else {
+                        warn!("node {to} is not in network.participants; dropped a {}", payload.kind());
+                        continue;
+                    };
+                    let bytes = Arc::new(payload.encode());
+                    report.traffic.bytes_sent += bytes.len() as u64;
+                    report.traffic.messages_sent += 1;
+                    let out = Outgoing { to, peer, bytes, since: Instant::now() };
+                    let id = swarm.behaviour_mut().msg.send_request(&peer, Arc::clone(&out.bytes));
+                    pending.insert(id, out);
+                }
+                Some(ToNet::Finished) | None => node_done = true,
+                Some(ToNet::Failed(e)) => return Err(NetError::Node(e)),
+            },
+            _ = tick.tick() => {
+                let now = Instant::now();
+                let (due, later): (Vec<_>, Vec<_>) = retry.drain(..).partition(|(t, _)| *t <= now);
+                retry = later;
+                for (_, out) in due {
+                    let id = swarm.behaviour_mut().msg.send_request(&out.peer, Arc::clone(&out.bytes));
+                    pending.insert(id, out);
+                }
+                if now.duration_since(last_dial) >= Duration::from_secs(2) {
+                    last_dial = now;
+                    for (_, peer, addr) in roster.iter() {
+                        if let (Some(a), false) = (addr, peer == me || swarm.is_connected(&peer)) {
+                            let opts = DialOpts::peer_id(peer).addresses(vec![a.clone()]).build();
+                            if let Err(e) = swarm.dial(opts) {
+                                debug!("dial {peer}: {e}");
+                            }
+                        }
+                    }
+                }
+            },
+            ev = swarm.select_next_some() => match ev {
+                SwarmEvent::NewListenAddr { address, .. } => on_listen(&address),
+                SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+                    info!("connected to node {:?} ({peer_id}) at {}", roster.node_of(&peer_id), endpoint.get_remote_address());
+                }
+                SwarmEvent::ConnectionClosed { peer_id, cause, .. } => {
+                    info!("connection to node {:?} closed: {cause:?}", roster.node_of(&peer_id));
+                }
+                SwarmEvent::IncomingConnectionError { peer_id, error: ListenError::Denied { cause }, send_back_addr, .. } => {
+                    report.refused_connections += 1;
+                    warn!("refused a connection from {peer_id:?} at {send_back_addr}: {cause}");
+                }
+                SwarmEvent::OutgoingConnectionError { peer_id, error: DialError::Denied { cause }, .. } => {
+                    report.refused_connections += 1;
+                    warn!("refused a connection to {peer_id:?}: {cause}");
+                }
+                SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                    debug!("dial {peer_id:?} failed: {error}");
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }))
+                    if roster.node_of(&peer_id).is_some() =>
+                {
+                    for a in info.listen_addrs {
+                        swarm.add_peer_address(peer_id, a);
+                    }
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Msg(e)) => match e {
+                    request_response::Event::Message { peer, message, .. } => match message {
+                        request_response::Message::Request { request, channel, .. } => {
+                            let ack = match roster.node_of(&peer) {
+                                None => {
+                                    warn!("refused a message from {peer}: not a participant");
+                                    report.refused_messages += 1;
+                                    Ack::Refused("not a participant".into())
+                                }
+                                Some(from) => match Payload::decode(&request, options.max_params) {
+                                    Ok(p) => {
+                                        report.traffic.bytes_received += request.len() as u64;
+                                        report.traffic.messages_received += 1;
+                                        if to_node.send(ToNode::Message(from, p)).is_err() {
+                                            node_done = true;
+                                        }
+                                        Ack::Accepted
+                                    }
+                                    Err(e) => {
+                                        warn!("refused a message from node {from}: {e}");
+                                        report.refused_messages += 1;
+                                        Ack::Refused(e.to_string())
+                                    }
+                                },
+                            };
+                            let _ = swarm.behaviour_mut().msg.send_response(channel, ack);
+                        }
+                        request_response::Message::Response { request_id, response } => {
+                            if let Some(out) = pending.remove(&request_id) {
+                                if let Ack::Refused(why) = response {
+                                    warn!("node {} refused our message: {why}", out.to);
+                                }
+                            }
+                        }
+                    },
+                    request_response::Event::OutboundFailure { request_id, error, .. } => {
+                        if let Some(out) = pending.remove(&request_id) {
+                            if out.since.elapsed() < options.retry_for {
+                                debug!("delivery to node {} failed ({error}); retrying", out.to);
+                                retry.push((Instant::now() + Duration::from_secs(1), out));
+                            } else {
+                                warn!("gave up delivering a message to node {}: {error}", out.to);
+                            }
+                        }
+                    }
+                    request_response::Event::InboundFailure { peer, error, .. } => {
+                        debug!("inbound message from {peer} failed: {error}");
+                    }
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+    }
+}
