@@ -1,0 +1,229 @@
+//! Deployment across real processes on loopback: `braid node` processes talking over libp2p
+//! (TCP, Noise, yamux) give the simulator's results bit for bit; an outsider's key is refused;
+//! a client killed mid-run is skipped at the round deadline.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn braid() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_braid"))
+}
+
+fn keygen(dir: &Path, name: &str) -> String {
+    let out = braid()
+        .args(["keygen", "--out"])
+        .arg(dir.join(format!("{name}.key")))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A FedAvg run on the bundled data: `clients` clients, MLP, 3 rounds; the server (node 0)
+/// listens on a fixed loopback port, clients dial it.
+fn write_config(dir: &Path, clients: usize, extra: &str) -> Vec<String> {
+    let peers: Vec<String> = (0..=clients)
+        .map(|i| keygen(dir, &format!("k{i}")))
+        .collect();
+    let port = free_port();
+    let mut parts = String::new();
+    for (i, p) in peers.iter().enumerate() {
+        let addr = if i == 0 {
+            format!(", addr = \"/ip4/127.0.0.1/tcp/{port}\"")
+        } else {
+            String::new()
+        };
+        parts.push_str(&format!("  {{ node = {i}, peer_id = \"{p}\"{addr} }},\n"));
+    }
+    let config = format!(
+        r#"name = "net"
+seed = 7
+[data]
+dataset = "fashion-mnist"
+source = "bundled"
+[partition]
+clients = {clients}
+kind = "dirichlet"
+alpha = 0.5
+[model]
+name = "mlp"
+[train]
+batch_size = 32
+local_steps = 5
+[algorithm]
+name = "fedavg"
+rounds = 3
+{extra}
+[network]
+retry_s = 60
+participants = [
+{parts}]
+"#
+    );
+    std::fs::write(dir.join("exp.toml"), config).unwrap();
+    peers
+}
+
+fn spawn_node(dir: &Path, key: &str, out: &str) -> Child {
+    braid()
+        .current_dir(dir)
+        .args(["node", "exp.toml", "--key", key, "--out", out])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for `child` at most `limit`; kills it and fails the test on timeout.
+fn finish(mut child: Child, limit: Duration, what: &str) -> Output {
+    let t0 = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "{what} did not finish in {limit:?}\nstdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// metrics.csv without the wall-clock column.
+fn metrics(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| l.rsplit_once(',').unwrap().0.to_string())
+        .collect()
+}
+
+#[test]
+fn fedavg_across_processes_matches_the_simulator_and_refuses_outsiders() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_config(d, 3, "");
+    // An outsider with its own key, claiming to be client 1 in a forged copy of the config.
+    let outsider = keygen(d, "outsider");
+    let forged = std::fs::read_to_string(d.join("exp.toml")).unwrap();
+    let real_1 = forged
+        .lines()
+        .find(|l| l.contains("node = 1,"))
+        .unwrap()
+        .to_string();
+    let forged = forged.replace(
+        &real_1,
+        &format!("  {{ node = 1, peer_id = \"{outsider}\" }},"),
+    );
+    std::fs::create_dir(d.join("evil")).unwrap();
+    std::fs::write(d.join("evil/exp.toml"), forged).unwrap();
+    std::fs::copy(d.join("outsider.key"), d.join("evil/outsider.key")).unwrap();
+
+    let server = spawn_node(d, "k0.key", "out0");
+    let evil = braid()
+        .current_dir(d.join("evil"))
+        .args(["node", "exp.toml", "--key", "outsider.key", "--out", "o"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Give the outsider a head start at dialing the server.
+    std::thread::sleep(Duration::from_millis(1500));
+    let clients: Vec<Child> = (1..=3)
+        .map(|i| spawn_node(d, &format!("k{i}.key"), &format!("out{i}")))
+        .collect();
+    let limit = Duration::from_secs(120);
+    let s = finish(server, limit, "server");
+    ok(&s, "server");
+    for (i, c) in clients.into_iter().enumerate() {
+        let o = finish(c, limit, "client");
+        ok(&o, &format!("client {}", i + 1));
+    }
+    let mut evil = evil;
+    let _ = evil.kill();
+    let _ = evil.wait();
+
+    // The simulator on the same config.
+    let sim = braid()
+        .current_dir(d)
+        .args(["run", "exp.toml", "-q", "--out", "sim"])
+        .output()
+        .unwrap();
+    ok(&sim, "braid run");
+    let net = metrics(&d.join("out0/metrics.csv"));
+    assert_eq!(net.len(), 4, "{net:?}");
+    assert_eq!(
+        net,
+        metrics(&d.join("sim/metrics.csv")),
+        "bit-identical metrics"
+    );
+
+    // The outsider never got in: the server refused its connection (after Noise proved
+    // its key), and every round aggregated exactly the three real clients.
+    let node_csv = std::fs::read_to_string(d.join("out0/node.csv")).unwrap();
+    let refused: u64 = node_csv
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .nth(6)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(refused >= 1, "{node_csv}");
+    assert!(net[1..].iter().all(|l| l.split(',').nth(4) == Some("3")));
+    let stderr = String::from_utf8_lossy(&s.stderr);
+    assert!(stderr.contains("refused a connection"), "{stderr}");
+}
+
+#[test]
+fn a_client_killed_mid_run_is_skipped_at_the_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_config(d, 3, "round_timeout_s = 3\n");
+    let server = spawn_node(d, "k0.key", "out0");
+    let c1 = spawn_node(d, "k1.key", "out1");
+    let c2 = spawn_node(d, "k2.key", "out2");
+    // Client 3 is killed (SIGKILL) before it can answer anything.
+    let mut c3 = spawn_node(d, "k3.key", "out3");
+    std::thread::sleep(Duration::from_millis(300));
+    c3.kill().unwrap();
+    c3.wait().unwrap();
+    let limit = Duration::from_secs(120);
+    let s = finish(server, limit, "server");
+    ok(&s, "server");
+    for c in [c1, c2] {
+        ok(&finish(c, limit, "client"), "client");
+    }
+    let csv = std::fs::read_to_string(d.join("out0/metrics.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(rows.len(), 3, "{csv}");
+    for r in rows {
+        let f: Vec<&str> = r.split(',').collect();
+        assert_eq!((f[4], f[5]), ("2", "1"), "2 clients, 1 straggler: {csv}");
+    }
+}
