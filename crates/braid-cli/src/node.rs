@@ -36,9 +36,14 @@ pub struct NodeArgs {
     /// Override a config value (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// Write this node's results here (default: the config's output dir + `/node-<id>`).
+    /// Write this node's results and checkpoint here (default: the config's output dir +
+    /// `/node-<id>`).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Continue from the checkpoint in the output directory (after a crash or kill -9): the
+    /// server resumes after its last completed round; clients simply rejoin.
+    #[arg(long)]
+    pub resume: bool,
 }
 
 /// Writes a fresh key and prints its peer id.
@@ -92,12 +97,18 @@ pub fn node(args: NodeArgs) -> Result<()> {
             })
             .collect::<Result<_>>()?
     };
+    let dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| config.output_dir().join(format!("node-{id}")));
     let options = RuntimeOptions {
         listen,
         max_message_bytes: net.max_message_mib << 20,
         max_params: prepared.arch.num_params(),
         request_timeout: Duration::from_secs(net.request_timeout_s),
         retry_for: Duration::from_secs(net.retry_s),
+        checkpoint: Some(dir.join("checkpoint.ckpt")),
+        resume: args.resume,
     };
     println!(
         "braid node {id} ({role}) | peer id {me} | {} | model {} ({} parameters) | {} participants",
@@ -151,9 +162,6 @@ pub fn node(args: NodeArgs) -> Result<()> {
             Event::Finished { params } => outcome.final_params = Some(params),
         }
     }
-    let dir = args
-        .out
-        .unwrap_or_else(|| config.output_dir().join(format!("node-{id}")));
     let produced = !outcome.rounds.is_empty() || !outcome.gossip.is_empty();
     if produced {
         report::write_all(&dir, &config, &prepared.arch, &outcome).map_err(anyhow::Error::msg)?;

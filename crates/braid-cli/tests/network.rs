@@ -227,3 +227,73 @@ fn a_client_killed_mid_run_is_skipped_at_the_deadline() {
         assert_eq!((f[4], f[5]), ("2", "1"), "2 clients, 1 straggler: {csv}");
     }
 }
+
+#[test]
+fn a_server_killed_mid_run_resumes_from_its_checkpoint_with_no_round_lost() {
+    use braid_engine::checkpoint::Checkpoint;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_config(d, 3, "");
+    let cfg = std::fs::read_to_string(d.join("exp.toml"))
+        .unwrap()
+        .replace("rounds = 3", "rounds = 8")
+        .replace("local_steps = 5", "local_steps = 30");
+    std::fs::write(d.join("exp.toml"), cfg).unwrap();
+    let mut server = spawn_node(d, "k0.key", "out0");
+    let clients: Vec<Child> = (1..=3)
+        .map(|i| spawn_node(d, &format!("k{i}.key"), &format!("out{i}")))
+        .collect();
+    // Kill -9 the server once at least two rounds are checkpointed (and the run is not over).
+    let ckpt = d.join("out0/checkpoint.ckpt");
+    let t0 = Instant::now();
+    let killed_after = loop {
+        assert!(t0.elapsed() < Duration::from_secs(120), "no checkpoint");
+        if let Ok(c) = Checkpoint::load(&ckpt) {
+            let done = c.state.meta_u64("completed_rounds").unwrap();
+            if done >= 2 {
+                server.kill().unwrap();
+                break done;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    server.wait().unwrap();
+    assert!(
+        killed_after < 8,
+        "the run ended before the kill; make rounds longer"
+    );
+    // What survived the kill: a whole checkpoint, never a torn one.
+    let survived = Checkpoint::load(&ckpt).unwrap();
+    let at_kill = survived.state.meta_u64("completed_rounds").unwrap();
+    assert!(at_kill >= killed_after);
+    let resumed = braid()
+        .current_dir(d)
+        .args([
+            "node", "exp.toml", "--key", "k0.key", "--out", "out0", "--resume",
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let limit = Duration::from_secs(180);
+    let s = finish(resumed, limit, "resumed server");
+    ok(&s, "resumed server");
+    assert!(String::from_utf8_lossy(&s.stderr).contains("resumed from"));
+    for c in clients {
+        ok(&finish(c, limit, "client"), "client");
+    }
+    let sim = braid()
+        .current_dir(d)
+        .args(["run", "exp.toml", "-q", "--out", "sim"])
+        .output()
+        .unwrap();
+    ok(&sim, "braid run");
+    let net = metrics(&d.join("out0/metrics.csv"));
+    assert_eq!(net.len(), 9, "every round reported once: {net:?}");
+    assert_eq!(
+        net,
+        metrics(&d.join("sim/metrics.csv")),
+        "bit-identical to the simulator"
+    );
+}

@@ -162,6 +162,33 @@ impl ServerOptimizer {
         }
     }
 
+    /// The moment buffers (empty before the first step), for checkpoints.
+    pub fn buffers(&self) -> (&[f32], &[f32]) {
+        (&self.m, &self.v)
+    }
+
+    /// Restores buffers saved with [`ServerOptimizer::buffers`]: both empty, or both of the
+    /// model's length `n`.
+    pub fn restore(&mut self, m: Vec<f32>, v: Vec<f32>, n: usize) -> Result<(), ParamsError> {
+        for b in [&m, &v] {
+            if !b.is_empty() && b.len() != n {
+                return Err(ParamsError::LengthMismatch {
+                    expected: n,
+                    got: b.len(),
+                });
+            }
+        }
+        if m.len() != v.len() {
+            return Err(ParamsError::LengthMismatch {
+                expected: m.len(),
+                got: v.len(),
+            });
+        }
+        self.m = m;
+        self.v = v;
+        Ok(())
+    }
+
     /// Applies one server step to `x` given the averaged client model `mean`.
     pub fn step(&mut self, x: &mut [f32], mean: &[f32]) -> Result<(), ParamsError> {
         if x.len() != mean.len() {

@@ -46,7 +46,7 @@ pub trait LocalTrainer: Send {
 }
 
 /// Metrics of one completed round, as the server sees them.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RoundMetrics {
     /// Round number, from 1.
     pub round: u32,
@@ -71,7 +71,7 @@ pub struct RoundMetrics {
 }
 
 /// Metrics of a decentralized run at one evaluation point, as the monitor sees them.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct GossipMetrics {
     /// Local steps every peer has taken.
     pub step: u64,
@@ -159,6 +159,34 @@ pub fn check_params(params: &[f32], expected: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// A node's durable state: small metadata and named parameter-sized vectors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeState {
+    /// Counters and flags (JSON object).
+    pub meta: serde_json::Value,
+    /// Named vectors (model, optimizer buffers).
+    pub tensors: Vec<(String, Vec<f32>)>,
+}
+
+impl NodeState {
+    /// The vector called `name`.
+    pub fn tensor(&self, name: &str) -> Result<&[f32], EngineError> {
+        self.tensors
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.as_slice())
+            .ok_or_else(|| EngineError::Setup(format!("checkpoint has no {name:?}")))
+    }
+
+    /// The unsigned integer `name` in the metadata.
+    pub fn meta_u64(&self, name: &str) -> Result<u64, EngineError> {
+        self.meta
+            .get(name)
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| EngineError::Setup(format!("checkpoint has no number {name:?}")))
+    }
+}
+
 /// What a node can do while handling an event.
 pub struct NodeCtx<'a> {
     outbox: &'a mut Vec<(NodeId, Payload)>,
@@ -222,6 +250,21 @@ pub trait Node: Send {
         payload: Payload,
         ctx: &mut NodeCtx<'_>,
     ) -> Result<(), EngineError>;
+    /// Changes whenever the node's durable state changes (a completed round); 0 for nodes
+    /// that keep nothing worth a checkpoint. Drivers checkpoint when it changes.
+    fn state_version(&self) -> u64 {
+        0
+    }
+    /// The state to checkpoint, for nodes that keep one.
+    fn save_state(&self) -> Option<NodeState> {
+        None
+    }
+    /// Restores a checkpoint taken by [`Node::save_state`], before [`Node::on_start`].
+    fn load_state(&mut self, _state: NodeState) -> Result<(), EngineError> {
+        Err(EngineError::Setup(
+            "this node keeps no state to resume from".into(),
+        ))
+    }
     /// True once this node has nothing left to do in the run (a network driver then exits
     /// after its last messages are delivered).
     fn finished(&self) -> bool {

@@ -115,11 +115,13 @@ fn fedavg_weights_clients_by_samples() {
     .encode()
     .len() as u64;
     assert_eq!(m.bytes_down, 2 * req);
-    assert_eq!(out.traffic[0].bytes_sent, 2 * req);
+    // The server also tells both clients the run is over.
+    let bye = Payload::Shutdown { round: 1 }.encode().len() as u64;
+    assert_eq!(out.traffic[0].bytes_sent, 2 * req + 2 * bye);
     assert_eq!(out.traffic[0].bytes_received, m.bytes_up);
     assert_eq!(
         out.traffic[1].bytes_received + out.traffic[2].bytes_received,
-        2 * req
+        2 * req + 2 * bye
     );
 }
 
@@ -256,7 +258,10 @@ fn client_only_obeys_the_server() {
             params: Arc::new(vec![0.0]),
         },
     );
-    assert!(r.unwrap_err().to_string().contains("from the server"));
+    assert!(r
+        .unwrap_err()
+        .to_string()
+        .contains("only listens to the server"));
     assert!(out.is_empty());
     let (r, out, _) = drive(
         &mut client,
@@ -452,4 +457,54 @@ fn with_min_replies_the_server_asks_again_and_a_returning_client_rejoins() {
     assert_eq!(out.rounds[0].0.bytes_down, 4 * req);
     assert_eq!(out.rounds[1].0.bytes_down, 3 * req);
     assert_eq!(out.final_params.unwrap(), vec![6.0; 4]);
+}
+
+#[test]
+fn a_server_resumed_from_its_state_finishes_like_an_uninterrupted_one() {
+    use braid_engine::node::NodeState;
+    let shards = vec![vec![0], vec![1, 2, 3], vec![10, 20]];
+    let run = |rounds: u32, state: Option<NodeState>| {
+        let mut v = nodes(&shards, 2, rounds, ServerOptimizerConfig::default());
+        if let Some(s) = state {
+            v[0].load_state(s).unwrap();
+        }
+        let mut sim = Simulator::new(v, workers(2, true)).unwrap();
+        sim.run(&mut |_| {}).unwrap()
+    };
+    let whole = run(5, None);
+    // The state after round 2 of a 5-round run, taken by the server itself.
+    let mut server = FedAvgServer::new(
+        ServerConfig {
+            rounds: 5,
+            clients_per_round: 2,
+            eval_every: 1,
+            server_optimizer: ServerOptimizerConfig::default(),
+            seed: 9,
+            round_deadline: None,
+            min_replies: 1,
+        },
+        vec![1, 2, 3],
+        vec![0.0; 4],
+    )
+    .unwrap();
+    let two = run(2, None);
+    let mut state = server.save_state().unwrap();
+    state.meta = serde_json::json!({ "completed_rounds": 2 });
+    state.tensors[0].1 = two.final_params.clone().unwrap();
+    server.load_state(state.clone()).unwrap();
+    let resumed = run(5, Some(state.clone()));
+    assert_eq!(resumed.final_params, whole.final_params);
+    let tail: Vec<_> = whole.rounds[2..].iter().map(|(m, _)| m.clone()).collect();
+    let got: Vec<_> = resumed.rounds.iter().map(|(m, _)| m.clone()).collect();
+    assert_eq!(got, tail, "rounds 3..=5, identical");
+    // Damaged states are refused.
+    let mut bad = state.clone();
+    bad.tensors[0].1.pop();
+    assert!(server.load_state(bad).is_err());
+    let mut bad = state.clone();
+    bad.meta = serde_json::json!({ "completed_rounds": 6 });
+    assert!(server.load_state(bad).is_err());
+    let mut bad = state;
+    bad.tensors.retain(|(n, _)| n != "params");
+    assert!(server.load_state(bad).is_err());
 }

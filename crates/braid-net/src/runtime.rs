@@ -15,10 +15,12 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::path::PathBuf;
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use braid_engine::checkpoint::{Checkpoint, Reported};
 use braid_engine::node::{EngineError, Event, LocalTrainer, Node, NodeCtx};
 use braid_engine::transport::NodeTraffic;
 use braid_engine::wire::{NodeId, Payload};
@@ -48,6 +50,12 @@ pub struct RuntimeOptions {
     pub request_timeout: Duration,
     /// How long to keep retrying a message to an unreachable participant.
     pub retry_for: Duration,
+    /// Where the node's checkpoint is written after every change of its durable state (for
+    /// nodes that keep one: the FedAvg server after each round).
+    pub checkpoint: Option<PathBuf>,
+    /// Continue from the checkpoint instead of starting fresh (nodes without durable state
+    /// simply start; they rejoin from the messages they receive).
+    pub resume: bool,
 }
 
 /// What a finished node process reports.
@@ -123,6 +131,23 @@ pub fn run(
             )))
         }
     }
+    let mut node = node;
+    let mut restored = Vec::new();
+    if let (true, Some(path)) = (options.resume, &options.checkpoint) {
+        if path.exists() {
+            let c = Checkpoint::load(path).map_err(|e| NetError::Node(e.to_string()))?;
+            node.load_state(c.state)
+                .map_err(|e| NetError::Node(format!("cannot resume: {e}")))?;
+            info!("resumed from {}", path.display());
+            restored = c.reported;
+        } else if node.save_state().is_some() {
+            return Err(NetError::Config(format!(
+                "--resume: no checkpoint at {}",
+                path.display()
+            )));
+        }
+    }
+    let checkpoint = options.checkpoint.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -133,7 +158,11 @@ pub fn run(
     let start = Instant::now();
     let node_thread = std::thread::Builder::new()
         .name(format!("braid-node-{my_node}"))
-        .spawn(move || node_loop(node, trainer, from_net, to_net, observer, start))
+        .spawn(move || {
+            node_loop(
+                node, trainer, from_net, to_net, observer, start, checkpoint, restored,
+            )
+        })
         .map_err(|e| NetError::Io(format!("cannot start the node thread: {e}")))?;
     let net = rt.block_on(network_loop(
         key, roster, options, from_node, to_node, on_listen,
@@ -149,6 +178,7 @@ pub fn run(
 
 type NodeOutcome = (Vec<(Event, f64)>, u64);
 
+#[allow(clippy::too_many_arguments)]
 fn node_loop(
     mut node: Box<dyn Node>,
     mut trainer: Box<dyn LocalTrainer>,
@@ -156,8 +186,17 @@ fn node_loop(
     to_net: tokio_mpsc::UnboundedSender<ToNet>,
     mut observer: Box<dyn FnMut(&Event) + Send>,
     start: Instant,
+    checkpoint: Option<PathBuf>,
+    restored: Vec<(Reported, f64)>,
 ) -> Result<NodeOutcome, NetError> {
-    let mut events = Vec::new();
+    // Wall-clock seconds continue from the restored metrics.
+    let offset = restored.last().map_or(0.0, |(_, w)| *w);
+    let mut reported = restored;
+    let mut events: Vec<(Event, f64)> = reported
+        .iter()
+        .map(|(r, w)| (r.clone().into_event(), *w))
+        .collect();
+    let mut saved_version = 0u64;
     let mut rejected = 0u64;
     let mut timers: BinaryHeap<Reverse<(Instant, u64, u64)>> = BinaryHeap::new();
     let mut seq = 0u64;
@@ -221,7 +260,26 @@ fn node_loop(
         }
         for ev in emitted {
             observer(&ev);
-            events.push((ev, start.elapsed().as_secs_f64()));
+            let wall = offset + start.elapsed().as_secs_f64();
+            if let Some(r) = Reported::from_event(&ev) {
+                reported.push((r, wall));
+            }
+            events.push((ev, wall));
+        }
+        if let Some(path) = &checkpoint {
+            let v = node.state_version();
+            if v != saved_version {
+                if let Some(state) = node.save_state() {
+                    let c = Checkpoint {
+                        state,
+                        reported: reported.clone(),
+                    };
+                    if let Err(e) = c.save(path) {
+                        break Err(NetError::Io(e.to_string()));
+                    }
+                }
+                saved_version = v;
+            }
         }
         for (to, p) in outbox {
             if to_net.send(ToNet::Send(to, p)).is_err() {

@@ -22,7 +22,7 @@ use braid_core::seed;
 use braid_core::server_opt::{ServerOptimizer, ServerOptimizerConfig};
 use rand::seq::index::sample;
 
-use crate::node::{check_params, EngineError, Event, Node, NodeCtx, RoundMetrics};
+use crate::node::{check_params, EngineError, Event, Node, NodeCtx, NodeState, RoundMetrics};
 use crate::wire::{NodeId, Payload};
 
 /// The server's id.
@@ -65,6 +65,8 @@ pub struct FedAvgServer {
     bytes_down: u64,
     bytes_up: u64,
     done: bool,
+    /// Rounds completed (the state a checkpoint holds is as of the end of this round).
+    completed: u32,
 }
 
 impl FedAvgServer {
@@ -103,6 +105,7 @@ impl FedAvgServer {
             bytes_down: 0,
             bytes_up: 0,
             done: false,
+            completed: 0,
         })
     }
 
@@ -163,6 +166,7 @@ impl FedAvgServer {
             .flatten()
             .collect();
         let stragglers = asked - replies.len();
+        self.completed = self.round;
         let items: Vec<(&[f32], f64)> = replies
             .iter()
             .map(|r| (r.params.as_slice(), r.num_samples as f64))
@@ -216,17 +220,62 @@ impl Node for FedAvgServer {
     }
 
     fn on_start(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
-        if self.config.rounds == 0 {
+        // A fresh server starts at round 0; a resumed one after its last completed round.
+        self.round = self.completed;
+        if self.completed >= self.config.rounds {
             ctx.emit(Event::Finished {
                 params: self.params.clone(),
             });
             for &c in &self.clients {
-                ctx.send(c, Payload::Shutdown { round: 0 });
+                ctx.send(
+                    c,
+                    Payload::Shutdown {
+                        round: self.completed,
+                    },
+                );
             }
             self.done = true;
             return Ok(());
         }
         self.start_round(ctx);
+        Ok(())
+    }
+
+    fn state_version(&self) -> u64 {
+        1 + u64::from(self.completed)
+    }
+
+    fn save_state(&self) -> Option<NodeState> {
+        let (m, v) = self.optimizer.buffers();
+        Some(NodeState {
+            meta: serde_json::json!({ "completed_rounds": self.completed }),
+            tensors: vec![
+                ("params".into(), self.params.clone()),
+                ("server_optimizer.m".into(), m.to_vec()),
+                ("server_optimizer.v".into(), v.to_vec()),
+            ],
+        })
+    }
+
+    fn load_state(&mut self, state: NodeState) -> Result<(), EngineError> {
+        let completed = u32::try_from(state.meta_u64("completed_rounds")?)
+            .map_err(|_| EngineError::Setup("checkpoint: completed_rounds is too large".into()))?;
+        if completed > self.config.rounds {
+            return Err(EngineError::Setup(format!(
+                "checkpoint has {completed} completed rounds, the run has {}",
+                self.config.rounds
+            )));
+        }
+        let params = state.tensor("params")?;
+        check_params(params, self.params.len())
+            .map_err(|why| EngineError::Setup(format!("checkpoint params: {why}")))?;
+        self.optimizer.restore(
+            state.tensor("server_optimizer.m")?.to_vec(),
+            state.tensor("server_optimizer.v")?.to_vec(),
+            self.params.len(),
+        )?;
+        self.params = params.to_vec();
+        self.completed = completed;
         Ok(())
     }
 
