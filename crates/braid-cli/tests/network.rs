@@ -297,3 +297,64 @@ fn a_server_killed_mid_run_resumes_from_its_checkpoint_with_no_round_lost() {
         "bit-identical to the simulator"
     );
 }
+
+#[test]
+fn dsgd_peers_and_monitor_across_processes_match_the_simulator() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 4 peers on a ring plus the monitor (node 4); every node has an address.
+    let mut parts = String::new();
+    for i in 0..5 {
+        let p = keygen(d, &format!("k{i}"));
+        let port = free_port();
+        parts.push_str(&format!(
+            "  {{ node = {i}, peer_id = \"{p}\", addr = \"/ip4/127.0.0.1/tcp/{port}\" }},\n"
+        ));
+    }
+    let config = format!(
+        r#"name = "net-dsgd"
+seed = 3
+[data]
+dataset = "fashion-mnist"
+source = "bundled"
+[partition]
+clients = 4
+kind = "dirichlet"
+alpha = 0.5
+[model]
+name = "mlp"
+[train]
+batch_size = 16
+optimizer = {{ name = "sgd", lr = 0.05, momentum = 0.9 }}
+[algorithm]
+name = "dsgd"
+steps = 12
+eval_every = 6
+[decentralized]
+topology = {{ kind = "ring" }}
+every = 2
+eval_samples = 300
+[network]
+retry_s = 60
+participants = [
+{parts}]
+"#
+    );
+    std::fs::write(d.join("exp.toml"), config).unwrap();
+    let nodes: Vec<Child> = (0..5)
+        .map(|i| spawn_node(d, &format!("k{i}.key"), &format!("out{i}")))
+        .collect();
+    let limit = Duration::from_secs(180);
+    for (i, n) in nodes.into_iter().enumerate() {
+        ok(&finish(n, limit, "dsgd node"), &format!("node {i}"));
+    }
+    let sim = braid()
+        .current_dir(d)
+        .args(["run", "exp.toml", "-q", "--out", "sim"])
+        .output()
+        .unwrap();
+    ok(&sim, "braid run");
+    let net = metrics(&d.join("out4/metrics.csv"));
+    assert_eq!(net.len(), 4, "steps 0, 6, 12: {net:?}");
+    assert_eq!(net, metrics(&d.join("sim/metrics.csv")), "bit-identical");
+}

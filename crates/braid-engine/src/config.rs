@@ -414,6 +414,10 @@ pub struct DecentralizedConfig {
     /// always uses the whole test set).
     #[serde(default = "default_eval_samples")]
     pub eval_samples: usize,
+    /// Seconds a peer waits for its in-neighbours in a round before mixing with those that
+    /// sent (default: wait for all). For deployments where peers can fail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gossip_timeout_s: Option<f64>,
 }
 
 fn default_topology() -> TopologyConfig {
@@ -437,6 +441,7 @@ impl Default for DecentralizedConfig {
             every: default_every(),
             budget: default_budget(),
             eval_samples: default_eval_samples(),
+            gossip_timeout_s: None,
         }
     }
 }
@@ -588,6 +593,13 @@ impl ExperimentConfig {
                 .map_err(|e| format!("decentralized.{e}"))?;
             if d.eval_samples == 0 {
                 return Err("decentralized.eval_samples must be at least 1".into());
+            }
+            if let Some(t) = d.gossip_timeout_s {
+                if !(t.is_finite() && t > 0.0 && t < 1e9) {
+                    return Err(format!(
+                        "decentralized.gossip_timeout_s = {t} must be a positive number of seconds"
+                    ));
+                }
             }
         }
         match (self.algorithm.name, self.algorithm.mu) {

@@ -193,6 +193,9 @@ pub fn dsgd_settings(prepared: &Prepared) -> Result<DsgdSettings, EngineError> {
         batch_size: c.train.batch_size,
         num_params: prepared.arch.num_params(),
         lr_schedule: c.train.lr_schedule.clone(),
+        gossip_deadline: d
+            .gossip_timeout_s
+            .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok()),
         seed: c.seed,
     };
     settings.validate()?;

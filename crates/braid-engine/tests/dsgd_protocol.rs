@@ -92,6 +92,7 @@ fn settings(topology: TopologyConfig, every: u64, budget: Budget, steps: u64) ->
         batch_size: 4,
         num_params: P,
         lr_schedule: LrSchedule::Constant,
+        gossip_deadline: None,
         seed: 3,
     }
 }
@@ -344,4 +345,55 @@ fn a_learning_rate_schedule_sets_every_steps_rate_even_between_rounds() {
         .unwrap()
         .iter()
         .all(|&(steps, x)| steps == 4 && x == 1.0));
+}
+
+/// A peer that crashed before the run: it never sends anything and ignores what it gets.
+struct Dead(NodeId);
+
+impl Node for Dead {
+    fn id(&self) -> NodeId {
+        self.0
+    }
+    fn on_start(&mut self, _: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+        Ok(())
+    }
+    fn on_message(
+        &mut self,
+        _: NodeId,
+        _: Payload,
+        _: &mut NodeCtx<'_>,
+    ) -> Result<(), EngineError> {
+        Ok(())
+    }
+}
+
+#[test]
+fn with_a_gossip_deadline_peers_go_on_without_a_dead_neighbour() {
+    let mut s = settings(TopologyConfig::Ring, 2, Budget::Fixed { r: 2.0 }, 8);
+    s.gossip_deadline = Some(std::time::Duration::from_secs(5));
+    let s = Arc::new(s);
+    let mut v = nodes(&s);
+    v[3] = Box::new(Dead(3));
+    let out = Simulator::new(v, vec![Worker::new(Box::new(Fake::new(true))).unwrap()])
+        .unwrap()
+        .run(&mut |_| {})
+        .unwrap();
+    // Every evaluation point (steps 0, 4, 8) is reported, from the 7 live peers.
+    let pts = points(&out);
+    assert_eq!(
+        pts.iter().map(|m| m.step).collect::<Vec<_>>(),
+        vec![0, 4, 8]
+    );
+    // Frozen training: peers only mix. Live starting values are 10 i for i != 3; the merge is
+    // their mean, and a missing neighbour's weight stays with the peer, so the values stay
+    // within the live range.
+    let merged = out.final_params.unwrap();
+    let live: Vec<f32> = (0..8)
+        .filter(|&i| i != 3)
+        .map(|i| 10.0 * i as f32)
+        .collect();
+    assert!(merged.iter().all(|&x| (0.0..=70.0).contains(&x)));
+    assert!(merged[0] > 0.0 && (merged[0] - live.iter().sum::<f32>() / 7.0).abs() < 10.0);
+    // Peers 2 and 4 (the dead peer's ring neighbours) sent gossip every round.
+    assert!(out.traffic[2].messages_sent >= 4 && out.traffic[4].messages_sent >= 4);
 }

@@ -53,6 +53,11 @@ pub struct DsgdSettings {
     pub num_params: usize,
     /// Learning-rate schedule over progress `step / total_steps`.
     pub lr_schedule: LrSchedule,
+    /// How long a peer waits for its in-neighbours in a round before mixing with those that
+    /// have sent (a missing neighbour's weight goes to the peer's own model); the monitor
+    /// waits three times as long for the snapshots of an evaluation point. None: wait for
+    /// everyone.
+    pub gossip_deadline: Option<std::time::Duration>,
     /// Experiment seed.
     pub seed: u64,
 }
@@ -157,6 +162,8 @@ pub struct DsgdPeer {
     inbox: BTreeMap<(u32, NodeId), Arc<Vec<f32>>>,
     /// Rounds whose mixing is done (messages for them are stale).
     mixed_through: u32,
+    /// In-neighbours that missed a gossip deadline: not waited for until they send again.
+    absent: BTreeSet<NodeId>,
     gossip_bytes: u64,
     loss_sum: f64,
     loss_steps: u64,
@@ -182,6 +189,7 @@ impl DsgdPeer {
             waiting: None,
             inbox: BTreeMap::new(),
             mixed_through: 0,
+            absent: BTreeSet::new(),
             gossip_bytes: 0,
             loss_sum: 0.0,
             loss_steps: 0,
@@ -255,37 +263,53 @@ impl DsgdPeer {
             self.mixed_through = round;
         } else {
             self.waiting = Some(Waiting { round, graph });
+            if let Some(d) = self.settings.gossip_deadline {
+                ctx.set_deadline(u64::from(round), d);
+            }
         }
     }
 
-    /// Mixes if every in-neighbour of the awaited round has sent; returns whether it did.
-    fn try_mix(&mut self) -> Result<bool, EngineError> {
+    /// Mixes if every in-neighbour of the awaited round has sent (or, if `force`, with those
+    /// that have); returns whether it did.
+    fn try_mix(&mut self, force: bool) -> Result<bool, EngineError> {
         let Some(w) = &self.waiting else {
             return Ok(true);
         };
         let me = self.id as usize;
-        let ready = w.graph.peers[me]
-            .iter()
-            .all(|&j| self.inbox.contains_key(&(w.round, j as NodeId)));
-        if !ready {
+        let ready = w.graph.peers[me].iter().all(|&j| {
+            self.inbox.contains_key(&(w.round, j as NodeId)) || self.absent.contains(&(j as NodeId))
+        });
+        if !ready && !force {
             return Ok(false);
+        }
+        for &j in &w.graph.peers[me] {
+            if !self.inbox.contains_key(&(w.round, j as NodeId)) {
+                self.absent.insert(j as NodeId);
+            }
         }
         let row = Mixing::new(&w.graph, self.settings.mixing)
             .map_err(EngineError::Setup)?
             .rows
             .swap_remove(me);
         let round = w.round;
+        // Weight of neighbours that did not send in time: kept by this peer's own model.
+        let missing: f64 = row
+            .iter()
+            .filter(|&&(j, _)| j != me && !self.inbox.contains_key(&(round, j as NodeId)))
+            .map(|&(_, w)| w)
+            .sum();
         let mut items: Vec<(&[f32], f64)> = Vec::with_capacity(row.len());
+        let mut own_listed = false;
         for &(j, weight) in &row {
-            let p: &[f32] = if j == me {
-                &self.params
-            } else {
-                self.inbox
-                    .get(&(round, j as NodeId))
-                    .map(|p| p.as_slice())
-                    .ok_or_else(|| EngineError::Setup(format!("peer {me} lost a message")))?
-            };
-            items.push((p, weight));
+            if j == me {
+                items.push((&self.params, weight + missing));
+                own_listed = true;
+            } else if let Some(p) = self.inbox.get(&(round, j as NodeId)) {
+                items.push((p.as_slice(), weight));
+            }
+        }
+        if !own_listed && missing > 0.0 {
+            items.push((&self.params, missing));
         }
         let mixed = weighted_mean(&items)?;
         self.params = Arc::new(mixed);
@@ -314,7 +338,7 @@ impl DsgdPeer {
     fn run(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
         loop {
             if self.waiting.is_some() {
-                if !self.try_mix()? {
+                if !self.try_mix(false)? {
                     return Ok(());
                 }
                 if self.settings.evaluates_at(self.step) {
@@ -364,6 +388,19 @@ impl Node for DsgdPeer {
         self.run(ctx)
     }
 
+    fn on_deadline(&mut self, token: u64, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+        match &self.waiting {
+            Some(w) if u64::from(w.round) == token => {}
+            _ => return Ok(()), // that round was mixed in time
+        }
+        // Some in-neighbour is gone or stalled: mix with those that sent, and go on.
+        self.try_mix(true)?;
+        if self.settings.evaluates_at(self.step) {
+            self.snapshot(ctx)?;
+        }
+        self.run(ctx)
+    }
+
     fn on_message(
         &mut self,
         from: NodeId,
@@ -383,6 +420,8 @@ impl Node for DsgdPeer {
         if from as usize >= self.settings.peers() {
             return Err(reject("the sender is not a peer of this run".into()));
         }
+        // A neighbour that missed a deadline is alive again: wait for it from now on.
+        self.absent.remove(&from);
         if round <= self.mixed_through || round > self.settings.last_round() {
             return Err(reject(format!(
                 "round {round} is not open (mixed through round {}, last round {})",
@@ -428,6 +467,8 @@ pub struct DsgdMonitor {
     settings: Arc<DsgdSettings>,
     pending: BTreeMap<u64, BTreeMap<NodeId, Snap>>,
     done: BTreeSet<u64>,
+    /// Peers that missed an evaluation point's deadline: not waited for until they report.
+    absent: BTreeSet<NodeId>,
 }
 
 impl DsgdMonitor {
@@ -437,7 +478,22 @@ impl DsgdMonitor {
             settings,
             pending: BTreeMap::new(),
             done: BTreeSet::new(),
+            absent: BTreeSet::new(),
         }
+    }
+
+    /// Reports, in step order, every evaluation point that every present peer has reached.
+    fn report_complete(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+        let present = self.settings.peers() - self.absent.len();
+        while let Some(entry) = self.pending.first_entry() {
+            if entry.get().len() < present {
+                break;
+            }
+            let (step, snaps) = entry.remove_entry();
+            self.done.insert(step);
+            self.report(step, snaps, ctx)?;
+        }
+        Ok(())
     }
 
     fn report(
@@ -496,6 +552,21 @@ impl Node for DsgdMonitor {
         self.done.contains(&self.settings.total_steps)
     }
 
+    fn on_deadline(&mut self, step: u64, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+        // Some peer's snapshot did not come in time: report the evaluation point without it.
+        let Some(snaps) = self.pending.remove(&step) else {
+            return Ok(());
+        };
+        for p in 0..self.settings.peers() as NodeId {
+            if !snaps.contains_key(&p) {
+                self.absent.insert(p);
+            }
+        }
+        self.done.insert(step);
+        self.report(step, snaps, ctx)?;
+        self.report_complete(ctx)
+    }
+
     fn on_start(&mut self, _ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
         Ok(())
     }
@@ -537,6 +608,11 @@ impl Node for DsgdMonitor {
         if !accuracy.is_finite() || !train_loss.is_finite() {
             return Err(reject("snapshot contains NaN or infinite values".into()));
         }
+        if !self.pending.contains_key(&step) {
+            if let Some(d) = s.gossip_deadline {
+                ctx.set_deadline(step, 3 * d);
+            }
+        }
         let slot = self.pending.entry(step).or_default();
         if slot.contains_key(&from) {
             return Err(reject("duplicate snapshot".into()));
@@ -550,15 +626,7 @@ impl Node for DsgdMonitor {
                 params,
             },
         );
-        let peers = s.peers();
-        while let Some(entry) = self.pending.first_entry() {
-            if entry.get().len() < peers {
-                break;
-            }
-            let (step, snaps) = entry.remove_entry();
-            self.done.insert(step);
-            self.report(step, snaps, ctx)?;
-        }
-        Ok(())
+        self.absent.remove(&from);
+        self.report_complete(ctx)
     }
 }
