@@ -298,11 +298,8 @@ fn a_server_killed_mid_run_resumes_from_its_checkpoint_with_no_round_lost() {
     );
 }
 
-#[test]
-fn dsgd_peers_and_monitor_across_processes_match_the_simulator() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    // 4 peers on a ring plus the monitor (node 4); every node has an address.
+/// 4 dsgd peers on a ring plus the monitor (node 4), every node with an address.
+fn write_dsgd_config(d: &Path, steps: u32, extra: &str) {
     let mut parts = String::new();
     for i in 0..5 {
         let p = keygen(d, &format!("k{i}"));
@@ -328,12 +325,13 @@ batch_size = 16
 optimizer = {{ name = "sgd", lr = 0.05, momentum = 0.9 }}
 [algorithm]
 name = "dsgd"
-steps = 12
+steps = {steps}
 eval_every = 6
 [decentralized]
 topology = {{ kind = "ring" }}
 every = 2
 eval_samples = 300
+{extra}
 [network]
 retry_s = 60
 participants = [
@@ -341,6 +339,13 @@ participants = [
 "#
     );
     std::fs::write(d.join("exp.toml"), config).unwrap();
+}
+
+#[test]
+fn dsgd_peers_and_monitor_across_processes_match_the_simulator() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_dsgd_config(d, 12, "");
     let nodes: Vec<Child> = (0..5)
         .map(|i| spawn_node(d, &format!("k{i}.key"), &format!("out{i}")))
         .collect();
@@ -357,4 +362,35 @@ participants = [
     let net = metrics(&d.join("out4/metrics.csv"));
     assert_eq!(net.len(), 4, "steps 0, 6, 12: {net:?}");
     assert_eq!(net, metrics(&d.join("sim/metrics.csv")), "bit-identical");
+}
+
+#[test]
+fn dsgd_peers_go_on_without_a_killed_neighbour() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_dsgd_config(d, 12, "gossip_timeout_s = 1");
+    // Peer 2 is killed (SIGKILL) at once; its ring neighbours 1 and 3 must not wait forever.
+    let mut dead = spawn_node(d, "k2.key", "out2");
+    std::thread::sleep(Duration::from_millis(200));
+    dead.kill().unwrap();
+    dead.wait().unwrap();
+    let nodes: Vec<Child> = [0, 1, 3, 4]
+        .iter()
+        .map(|i| spawn_node(d, &format!("k{i}.key"), &format!("out{i}")))
+        .collect();
+    let limit = Duration::from_secs(120);
+    for n in nodes {
+        ok(&finish(n, limit, "dsgd node"), "dsgd node");
+    }
+    let csv = std::fs::read_to_string(d.join("out4/metrics.csv")).unwrap();
+    let steps: Vec<&str> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
+    assert_eq!(steps, vec!["0", "6", "12"], "{csv}");
+    // The merge of the three live peers learned: well above where it started.
+    let merged = |line: &str| -> f64 { line.split(',').nth(7).unwrap().parse().unwrap() };
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert!(merged(rows[2]) > merged(rows[0]) + 0.1, "{csv}");
 }
