@@ -149,18 +149,9 @@ pub fn node(args: NodeArgs) -> Result<()> {
         on_listen,
     )
     .context("node failed")?;
-    let mut outcome = SimOutcome {
-        rounds: Vec::new(),
-        gossip: Vec::new(),
-        final_params: None,
-        traffic: Vec::new(),
-    };
+    let mut outcome = SimOutcome::default();
     for (e, wall) in report.events {
-        match e {
-            Event::Round(m) => outcome.rounds.push((m, wall)),
-            Event::Gossip(m) => outcome.gossip.push((m, wall)),
-            Event::Finished { params } => outcome.final_params = Some(params),
-        }
+        outcome.record(e, wall);
     }
     let produced = !outcome.rounds.is_empty() || !outcome.gossip.is_empty();
     if produced {

@@ -7,7 +7,6 @@
 //! every length against the file before using anything.
 
 use std::fs;
-use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -136,29 +135,14 @@ impl Checkpoint {
         })
     }
 
-    /// Writes the checkpoint to `path` atomically and durably.
+    /// Writes the checkpoint to `path` atomically and durably ([`crate::report::write_atomic`]).
     pub fn save(&self, path: &Path) -> Result<(), EngineError> {
-        let io = |e: std::io::Error| {
-            EngineError::Setup(format!("cannot write checkpoint {}: {e}", path.display()))
-        };
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
-        if let Some(d) = dir {
-            fs::create_dir_all(d).map_err(io)?;
+        if let Some(d) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(d).map_err(|e| {
+                EngineError::Setup(format!("cannot write checkpoint {}: {e}", path.display()))
+            })?;
         }
-        let tmp = path.with_extension("ckpt.tmp");
-        {
-            let mut f = fs::File::create(&tmp).map_err(io)?;
-            f.write_all(&self.encode()?).map_err(io)?;
-            f.sync_all().map_err(io)?;
-        }
-        fs::rename(&tmp, path).map_err(io)?;
-        // Make the rename itself durable.
-        if let Some(d) = dir {
-            if let Ok(f) = fs::File::open(d) {
-                let _ = f.sync_all();
-            }
-        }
-        Ok(())
+        crate::report::write_atomic(path, &self.encode()?).map_err(EngineError::Setup)
     }
 
     /// Reads a checkpoint written by [`Checkpoint::save`].

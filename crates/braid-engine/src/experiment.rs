@@ -134,13 +134,10 @@ impl LocalTrainer for BurnTrainer {
         seed: u64,
         lr_scale: f64,
     ) -> Result<TrainOutcome, EngineError> {
-        let spec = TrainSpec {
-            lr_scale,
-            ..self.spec.clone()
-        };
+        self.spec.lr_scale = lr_scale;
         Ok(self
             .trainer
-            .train(params, &self.data.train, shard, &spec, seed)?)
+            .train(params, &self.data.train, shard, &self.spec, seed)?)
     }
 
     fn train_batches(
@@ -150,13 +147,10 @@ impl LocalTrainer for BurnTrainer {
         state: &mut OptimizerState,
         lr_scale: f64,
     ) -> Result<TrainOutcome, EngineError> {
-        let spec = TrainSpec {
-            lr_scale,
-            ..self.spec.clone()
-        };
+        self.spec.lr_scale = lr_scale;
         Ok(self
             .trainer
-            .train_batches(params, &self.data.train, batches, &spec, state)?)
+            .train_batches(params, &self.data.train, batches, &self.spec, state)?)
     }
 
     fn evaluate(&mut self, params: &[f32]) -> Result<EvalOutcome, EngineError> {

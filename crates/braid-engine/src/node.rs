@@ -237,6 +237,28 @@ impl<'a> NodeCtx<'a> {
     }
 }
 
+/// One thing a driver hands a node: the same three in the simulator and across processes.
+#[derive(Debug)]
+pub enum Input {
+    /// The run starts.
+    Start,
+    /// A message arrived from a node.
+    Message(NodeId, Payload),
+    /// A deadline set with [`NodeCtx::set_deadline`] has passed.
+    Deadline(u64),
+}
+
+impl Input {
+    /// Hands this input to `node`.
+    pub fn apply(self, node: &mut dyn Node, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+        match self {
+            Self::Start => node.on_start(ctx),
+            Self::Message(from, p) => node.on_message(from, p, ctx),
+            Self::Deadline(token) => node.on_deadline(token, ctx),
+        }
+    }
+}
+
 /// One role of an algorithm on one participant.
 pub trait Node: Send {
     /// This node's id.

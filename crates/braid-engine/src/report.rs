@@ -47,14 +47,22 @@ fn io(path: &Path, e: impl std::fmt::Display) -> String {
     format!("cannot write {}: {e}", path.display())
 }
 
-/// Writes `contents` to `path` atomically (temp file, sync, rename).
+/// Writes `contents` to `path` atomically and durably (temp file, sync, rename, sync of the
+/// directory), so a crash leaves either the old file or the new one, never a torn one.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), String> {
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     let mut f = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
     f.write_all(contents)
         .and_then(|_| f.sync_all())
         .map_err(|e| io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io(path, e))
+    std::fs::rename(&tmp, path).map_err(|e| io(path, e))?;
+    // Make the rename itself durable (best effort: not every platform can sync a directory).
+    if let Some(d) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if let Ok(dir) = std::fs::File::open(d) {
+            let _ = dir.sync_all();
+        }
+    }
+    Ok(())
 }
 
 fn opt(v: Option<f64>) -> String {

@@ -19,7 +19,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::node::{EngineError, Event, GossipMetrics, LocalTrainer, Node, NodeCtx, RoundMetrics};
+use crate::node::{
+    EngineError, Event, GossipMetrics, Input, LocalTrainer, Node, NodeCtx, RoundMetrics,
+};
 use crate::transport::{Envelope, InProcessTransport, NodeTraffic, Transport};
 use crate::wire::{NodeId, Payload};
 
@@ -41,7 +43,7 @@ impl Worker {
 }
 
 /// The result of a simulated run.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct SimOutcome {
     /// Per-round metrics with the wall-clock seconds since the start of the run.
     pub rounds: Vec<(RoundMetrics, f64)>,
@@ -51,6 +53,17 @@ pub struct SimOutcome {
     pub final_params: Option<Vec<f32>>,
     /// Traffic per node id.
     pub traffic: Vec<NodeTraffic>,
+}
+
+impl SimOutcome {
+    /// Records an event a node emitted `wall` seconds into the run.
+    pub fn record(&mut self, event: Event, wall: f64) {
+        match event {
+            Event::Round(m) => self.rounds.push((m, wall)),
+            Event::Gossip(m) => self.gossip.push((m, wall)),
+            Event::Finished { params } => self.final_params = Some(params),
+        }
+    }
 }
 
 struct TaskOutput {
@@ -68,19 +81,13 @@ pub struct Simulator {
 
 fn handle(
     node: &mut dyn Node,
-    task: Work,
+    inputs: Vec<Input>,
     trainer: &mut dyn LocalTrainer,
 ) -> Result<TaskOutput, EngineError> {
     let (mut outbox, mut events) = (Vec::new(), Vec::new());
     let mut ctx = NodeCtx::new(&mut outbox, &mut events, trainer);
-    match task {
-        Work::Start => node.on_start(&mut ctx)?,
-        Work::Deliver(inbox) => {
-            for env in inbox {
-                node.on_message(env.from, env.payload, &mut ctx)?;
-            }
-        }
-        Work::Deadline(token) => node.on_deadline(token, &mut ctx)?,
+    for input in inputs {
+        input.apply(node, &mut ctx)?;
     }
     let deadlines = ctx.take_deadlines();
     Ok(TaskOutput {
@@ -88,13 +95,6 @@ fn handle(
         events,
         deadlines,
     })
-}
-
-/// What a node is given to handle.
-enum Work {
-    Start,
-    Deliver(Vec<Envelope>),
-    Deadline(u64),
 }
 
 impl Simulator {
@@ -125,14 +125,10 @@ impl Simulator {
     /// Runs until no message is left, calling `observer` for every event as it happens.
     pub fn run(&mut self, observer: &mut dyn FnMut(&Event)) -> Result<SimOutcome, EngineError> {
         let t0 = Instant::now();
-        let mut outcome = SimOutcome {
-            rounds: Vec::new(),
-            gossip: Vec::new(),
-            final_params: None,
-            traffic: Vec::new(),
-        };
+        let mut outcome = SimOutcome::default();
         let ids: Vec<NodeId> = (0..self.nodes.len() as NodeId).collect();
-        let mut tasks: Vec<(NodeId, Work)> = ids.iter().map(|&i| (i, Work::Start)).collect();
+        let mut tasks: Vec<(NodeId, Vec<Input>)> =
+            ids.iter().map(|&i| (i, vec![Input::Start])).collect();
         // Pending deadlines on the virtual clock: (due, sequence number, node, token).
         let mut timers: BinaryHeap<Reverse<(Duration, u64, NodeId, u64)>> = BinaryHeap::new();
         let (mut now, mut seq) = (Duration::ZERO, 0u64);
@@ -145,11 +141,7 @@ impl Simulator {
                 }
                 for ev in out.events {
                     observer(&ev);
-                    match ev {
-                        Event::Round(m) => outcome.rounds.push((m, t0.elapsed().as_secs_f64())),
-                        Event::Gossip(m) => outcome.gossip.push((m, t0.elapsed().as_secs_f64())),
-                        Event::Finished { params } => outcome.final_params = Some(params),
-                    }
+                    outcome.record(ev, t0.elapsed().as_secs_f64());
                 }
                 for (to, payload) in out.outbox {
                     if to as usize >= self.nodes.len() {
@@ -168,12 +160,18 @@ impl Simulator {
                 .into_iter()
                 .enumerate()
                 .filter(|(_, inbox)| !inbox.is_empty())
-                .map(|(i, inbox)| (i as NodeId, Work::Deliver(inbox)))
+                .map(|(i, inbox)| {
+                    let inputs = inbox
+                        .into_iter()
+                        .map(|e| Input::Message(e.from, e.payload))
+                        .collect();
+                    (i as NodeId, inputs)
+                })
                 .collect();
             if tasks.is_empty() {
                 if let Some(Reverse((due, _, node, token))) = timers.pop() {
                     now = due;
-                    tasks.push((node, Work::Deadline(token)));
+                    tasks.push((node, vec![Input::Deadline(token)]));
                 }
             }
         }
@@ -184,7 +182,7 @@ impl Simulator {
     /// Handles each task's node; returns outputs in node-id order.
     fn run_tasks(
         &mut self,
-        tasks: Vec<(NodeId, Work)>,
+        tasks: Vec<(NodeId, Vec<Input>)>,
     ) -> Result<Vec<(NodeId, TaskOutput)>, EngineError> {
         let mut work = Vec::with_capacity(tasks.len());
         for (id, what) in tasks {
@@ -245,7 +243,7 @@ impl Simulator {
 struct Task {
     id: NodeId,
     node: Box<dyn Node>,
-    what: Work,
+    what: Vec<Input>,
 }
 
 /// A handled task: the node goes back to the simulator with its output.

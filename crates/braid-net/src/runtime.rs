@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use braid_engine::checkpoint::{Checkpoint, Reported};
-use braid_engine::node::{EngineError, Event, LocalTrainer, Node, NodeCtx};
+use braid_engine::node::{EngineError, Event, Input, LocalTrainer, Node, NodeCtx};
 use braid_engine::transport::NodeTraffic;
 use braid_engine::wire::{NodeId, Payload};
 use futures::StreamExt;
@@ -77,11 +77,6 @@ enum ToNet {
     Send(NodeId, Payload),
     Finished,
     Failed(String),
-}
-
-/// Something the network task hands the node thread.
-enum ToNode {
-    Message(NodeId, Payload),
 }
 
 #[derive(NetworkBehaviour)]
@@ -140,7 +135,7 @@ pub fn run(
                 .map_err(|e| NetError::Node(format!("cannot resume: {e}")))?;
             info!("resumed from {}", path.display());
             restored = c.reported;
-        } else if node.save_state().is_some() {
+        } else if node.state_version() != 0 {
             return Err(NetError::Config(format!(
                 "--resume: no checkpoint at {}",
                 path.display()
@@ -182,7 +177,7 @@ type NodeOutcome = (Vec<(Event, f64)>, u64);
 fn node_loop(
     mut node: Box<dyn Node>,
     mut trainer: Box<dyn LocalTrainer>,
-    inbox: std_mpsc::Receiver<ToNode>,
+    inbox: std_mpsc::Receiver<Input>,
     to_net: tokio_mpsc::UnboundedSender<ToNet>,
     mut observer: Box<dyn FnMut(&Event) + Send>,
     start: Instant,
@@ -203,13 +198,8 @@ fn node_loop(
     let mut first = Some(());
     let result = loop {
         // What to do next: start, a message, or a deadline.
-        enum Work {
-            Start,
-            Message(NodeId, Payload),
-            Deadline(u64),
-        }
-        let work = if first.take().is_some() {
-            Work::Start
+        let input = if first.take().is_some() {
+            Input::Start
         } else if node.finished() {
             break Ok(());
         } else {
@@ -231,20 +221,16 @@ fn node_loop(
                 },
             };
             match got {
-                Some(ToNode::Message(from, p)) => Work::Message(from, p),
+                Some(message) => message,
                 None => match timers.pop() {
-                    Some(Reverse((_, _, token))) => Work::Deadline(token),
+                    Some(Reverse((_, _, token))) => Input::Deadline(token),
                     None => continue,
                 },
             }
         };
         let (mut outbox, mut emitted) = (Vec::new(), Vec::new());
         let mut ctx = NodeCtx::new(&mut outbox, &mut emitted, trainer.as_mut());
-        let r = match work {
-            Work::Start => node.on_start(&mut ctx),
-            Work::Message(from, p) => node.on_message(from, p, &mut ctx),
-            Work::Deadline(token) => node.on_deadline(token, &mut ctx),
-        };
+        let r = input.apply(node.as_mut(), &mut ctx);
         let now = Instant::now();
         for (token, after) in ctx.take_deadlines() {
             timers.push(Reverse((now + after, seq, token)));
@@ -344,7 +330,7 @@ async fn network_loop(
     roster: Roster,
     options: RuntimeOptions,
     mut from_node: tokio_mpsc::UnboundedReceiver<ToNet>,
-    to_node: std_mpsc::Sender<ToNode>,
+    to_node: std_mpsc::Sender<Input>,
     mut on_listen: Box<dyn FnMut(&Multiaddr) + Send>,
 ) -> Result<RunReport, NetError> {
     let me = crate::identity::peer_id(&key);
@@ -446,7 +432,7 @@ async fn network_loop(
                                     Ok(p) => {
                                         report.traffic.bytes_received += request.len() as u64;
                                         report.traffic.messages_received += 1;
-                                        if to_node.send(ToNode::Message(from, p)).is_err() {
+                                        if to_node.send(Input::Message(from, p)).is_err() {
                                             node_done = true;
                                         }
                                         Ack::Accepted

@@ -159,6 +159,22 @@ impl FedAvgServer {
         }
     }
 
+    /// Ends the run: reports the final model and tells every client.
+    fn finish(&mut self, ctx: &mut NodeCtx<'_>) {
+        ctx.emit(Event::Finished {
+            params: self.params.clone(),
+        });
+        for &c in &self.clients {
+            ctx.send(
+                c,
+                Payload::Shutdown {
+                    round: self.completed,
+                },
+            );
+        }
+        self.done = true;
+    }
+
     fn finish_round(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
         let asked = self.waiting.len();
         let replies: Vec<Reply> = std::mem::take(&mut self.waiting)
@@ -200,13 +216,7 @@ impl FedAvgServer {
             bytes_down: self.bytes_down,
         }));
         if last {
-            ctx.emit(Event::Finished {
-                params: self.params.clone(),
-            });
-            for &c in &self.clients {
-                ctx.send(c, Payload::Shutdown { round: self.round });
-            }
-            self.done = true;
+            self.finish(ctx);
         } else {
             self.start_round(ctx);
         }
@@ -223,18 +233,7 @@ impl Node for FedAvgServer {
         // A fresh server starts at round 0; a resumed one after its last completed round.
         self.round = self.completed;
         if self.completed >= self.config.rounds {
-            ctx.emit(Event::Finished {
-                params: self.params.clone(),
-            });
-            for &c in &self.clients {
-                ctx.send(
-                    c,
-                    Payload::Shutdown {
-                        round: self.completed,
-                    },
-                );
-            }
-            self.done = true;
+            self.finish(ctx);
             return Ok(());
         }
         self.start_round(ctx);
