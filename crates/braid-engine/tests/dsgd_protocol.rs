@@ -397,3 +397,38 @@ fn with_a_gossip_deadline_peers_go_on_without_a_dead_neighbour() {
     // Peers 2 and 4 (the dead peer's ring neighbours) sent gossip every round.
     assert!(out.traffic[2].messages_sent >= 4 && out.traffic[4].messages_sent >= 4);
 }
+
+#[test]
+fn the_monitor_reports_in_step_order_even_when_snapshots_arrive_out_of_order() {
+    let mut s = settings(TopologyConfig::Ring, 2, Budget::Fixed { r: 2.0 }, 8);
+    s.gossip_deadline = Some(std::time::Duration::from_secs(1));
+    let s = Arc::new(s);
+    let mut monitor = DsgdMonitor::new(Arc::clone(&s));
+    let mut trainer = Fake::new(true);
+    let (mut out, mut ev) = (Vec::new(), Vec::new());
+    let mut ctx = NodeCtx::new(&mut out, &mut ev, &mut trainer);
+    let snap = |step: u64| Payload::Snapshot {
+        step,
+        train_loss: 1.0,
+        accuracy: 0.5,
+        loss: 1.0,
+        gossip_bytes: 0,
+        params: Arc::new(vec![1.0; P]),
+    };
+    // Step 4's first snapshot arrives before any of step 0's, so its deadline comes first.
+    monitor.on_message(0, snap(4), &mut ctx).unwrap();
+    monitor.on_message(1, snap(0), &mut ctx).unwrap();
+    monitor.on_deadline(4, &mut ctx).unwrap();
+    // A snapshot for a point already reported is stale.
+    let late = monitor.on_message(2, snap(0), &mut ctx);
+    assert!(matches!(late, Err(EngineError::Rejected { .. })));
+    drop(ctx);
+    let steps: Vec<u64> = ev
+        .iter()
+        .filter_map(|e| match e {
+            Event::Gossip(m) => Some(m.step),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(steps, vec![0, 4]);
+}

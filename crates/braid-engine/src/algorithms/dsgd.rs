@@ -553,17 +553,22 @@ impl Node for DsgdMonitor {
     }
 
     fn on_deadline(&mut self, step: u64, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
-        // Some peer's snapshot did not come in time: report the evaluation point without it.
-        let Some(snaps) = self.pending.remove(&step) else {
-            return Ok(());
-        };
-        for p in 0..self.settings.peers() as NodeId {
-            if !snaps.contains_key(&p) {
-                self.absent.insert(p);
+        // Some peer's snapshot did not come in time: report the evaluation point without it,
+        // and every earlier one still open first (messages can arrive out of order across a
+        // network, so an earlier point's deadline may be the later one), keeping step order.
+        let due: Vec<u64> = self.pending.range(..=step).map(|(&s, _)| s).collect();
+        for s in due {
+            let Some(snaps) = self.pending.remove(&s) else {
+                continue;
+            };
+            for p in 0..self.settings.peers() as NodeId {
+                if !snaps.contains_key(&p) {
+                    self.absent.insert(p);
+                }
             }
+            self.done.insert(s);
+            self.report(s, snaps, ctx)?;
         }
-        self.done.insert(step);
-        self.report(step, snaps, ctx)?;
         self.report_complete(ctx)
     }
 
@@ -599,7 +604,10 @@ impl Node for DsgdMonitor {
         if from as usize >= s.peers() {
             return Err(reject("the sender is not a peer of this run".into()));
         }
-        if step > s.total_steps || !s.evaluates_at(step) || self.done.contains(&step) {
+        // Points are reported in step order: a snapshot at or before the last reported one is
+        // stale.
+        let stale = self.done.last().is_some_and(|&last| step <= last);
+        if step > s.total_steps || !s.evaluates_at(step) || stale {
             return Err(reject(format!(
                 "step {step} is not an open evaluation point"
             )));
