@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 mod bench;
+mod launch;
 mod node;
 
 /// The bundled quick-start experiment, compiled in so `braid demo` works from any directory.
@@ -93,6 +94,9 @@ enum Command {
     Keygen(node::KeygenArgs),
     /// Run one participant of a deployed experiment (server, client or peer) in this process.
     Node(node::NodeArgs),
+    /// Run a deployed experiment on this machine: one `braid node` process per participant on
+    /// loopback ports, with generated keys; results collected into one output directory.
+    Launch(launch::LaunchArgs),
 }
 
 fn main() -> ExitCode {
@@ -101,6 +105,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match dispatch(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -141,6 +146,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Keygen(args) => node::keygen(args),
         Command::Node(args) => node::node(args),
+        Command::Launch(args) => launch::launch(args),
         Command::Topology {
             nodes,
             r,

@@ -64,6 +64,12 @@ pub fn node(args: NodeArgs) -> Result<()> {
             args.file.display()
         );
     };
+    if net.participants.is_empty() {
+        bail!(
+            "{}: network.participants is empty: braid node needs every participant's node, peer_id and addr (braid launch fills them in on one machine)",
+            args.file.display()
+        );
+    }
     let roster = Roster::from_config(&net)?;
     let key = braid_net::identity::load(&args.key)?;
     let me = braid_net::identity::peer_id(&key);

@@ -402,3 +402,179 @@ fn dsgd_peers_go_on_without_a_killed_neighbour() {
     let rows: Vec<&str> = csv.lines().skip(1).collect();
     assert!(merged(rows[2]) > merged(rows[0]) + 0.1, "{csv}");
 }
+
+#[test]
+fn malformed_messages_from_an_admitted_peer_are_refused_and_logged_and_the_run_is_unharmed() {
+    use braid_engine::wire::Payload;
+    use braid_net::codec::Ack;
+    use braid_net::probe::{self, Outcome};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_config(d, 2, "");
+    // A rogue participant: admitted (node 3 in the allow-list) but not part of the run.
+    let rogue = keygen(d, "rogue");
+    let text = std::fs::read_to_string(d.join("exp.toml"))
+        .unwrap()
+        .replacen(
+            "participants = [\n",
+            &format!("participants = [\n  {{ node = 3, peer_id = \"{rogue}\" }},\n"),
+            1,
+        );
+    std::fs::write(d.join("exp.toml"), &text).unwrap();
+    let port: u16 = text
+        .split("/tcp/")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let server_peer: braid_net::PeerId = text
+        .lines()
+        .find(|l| l.contains("node = 0,"))
+        .and_then(|l| l.split('"').nth(1))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let server = spawn_node(d, "k0.key", "out0");
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "server never listened"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let frame = |body: &[u8]| -> Vec<u8> {
+        let mut f = (body.len() as u64).to_le_bytes().to_vec();
+        f.extend_from_slice(body);
+        f
+    };
+    // A well-formed reply for round 1 with the wrong number of parameters, from a node that
+    // is not a client of this run: it decodes, so it is acknowledged, but the server drops it.
+    let injected = Payload::TrainReply {
+        round: 1,
+        num_samples: 1_000_000,
+        steps: 1,
+        train_loss: 0.0,
+        params: vec![1e6; 10],
+    }
+    .encode();
+    let mut cut_short = frame(&[7u8; 1000]);
+    cut_short.truncate(8 + 10);
+    let streams = vec![
+        frame(b"certainly not a braid message"),
+        frame(&injected[..injected.len() / 2]),
+        cut_short,
+        u64::MAX.to_le_bytes().to_vec(),
+        frame(&injected),
+    ];
+    let key = braid_net::identity::load(&d.join("rogue.key")).unwrap();
+    let addr: braid_net::Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+    let outcomes =
+        probe::send_raw(key, addr, server_peer, streams, Duration::from_secs(10)).unwrap();
+    let refused = |o: &Outcome, why: &str| match o {
+        Outcome::Answered(Ack::Refused(r)) => assert!(r.contains(why), "{r}"),
+        other => panic!("expected a refusal ({why}), got {other:?}"),
+    };
+    refused(&outcomes[0], "malformed");
+    refused(&outcomes[1], "truncated");
+    // Frames cut short or announcing more than the limit are refused from what was read.
+    refused(&outcomes[2], "message truncated: 10 of 1000 bytes");
+    refused(&outcomes[3], "larger than the allowed");
+    assert_eq!(outcomes[4], Outcome::Answered(Ack::Accepted));
+    // The clients start only now, so every probe lands while the server waits for round 1.
+    let clients: Vec<Child> = (1..=2)
+        .map(|i| spawn_node(d, &format!("k{i}.key"), &format!("out{i}")))
+        .collect();
+
+    let limit = Duration::from_secs(120);
+    let s = finish(server, limit, "server");
+    ok(&s, "server");
+    for c in clients {
+        ok(&finish(c, limit, "client"), "client");
+    }
+    // Nothing got in: the run is bit-identical to the simulator, with the two real clients.
+    assert_matches_simulator(d, "out0/metrics.csv", 4);
+    let node_csv = std::fs::read_to_string(d.join("out0/node.csv")).unwrap();
+    let refused_messages: u64 = node_csv
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .nth(7)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(refused_messages, 5, "{node_csv}");
+    let stderr = String::from_utf8_lossy(&s.stderr);
+    assert!(stderr.contains("message truncated"), "{stderr}");
+    assert!(stderr.contains("larger than the allowed"), "{stderr}");
+    assert!(stderr.contains("dropped a message"), "{stderr}");
+}
+
+#[test]
+fn launch_runs_every_participant_as_a_process_and_collects_the_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("exp.toml"),
+        r#"name = "launched"
+seed = 5
+[data]
+dataset = "fashion-mnist"
+source = "bundled"
+[partition]
+clients = 2
+kind = "iid"
+[model]
+name = "mlp"
+[train]
+batch_size = 32
+local_steps = 5
+[algorithm]
+name = "fedavg"
+rounds = 3
+"#,
+    )
+    .unwrap();
+    let launch = braid()
+        .current_dir(d)
+        .args(["launch", "exp.toml", "--nodes", "3", "--out", "run"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = finish(launch, Duration::from_secs(120), "braid launch");
+    ok(&out, "braid launch");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("[server] round    3"), "{stdout}");
+    assert!(stdout.contains("[client 3] node 3 done"), "{stdout}");
+    // One process per participant, each with its own key and log; the server's results and
+    // every node's traffic collected at the top.
+    for i in 0..4 {
+        assert!(d.join(format!("run/keys/node-{i}.key")).exists());
+        assert!(d.join(format!("run/node-{i}/log.txt")).exists());
+    }
+    let nodes = std::fs::read_to_string(d.join("run/nodes.csv")).unwrap();
+    assert_eq!(nodes.lines().count(), 5, "{nodes}");
+    assert!(nodes.contains("\n0,server,") && nodes.contains("\n3,client,"));
+    // The launched run is the simulated run: `--nodes 3` made it 3 clients.
+    let sim = braid()
+        .current_dir(d)
+        .args(["run", "exp.toml", "-q", "--set", "partition.clients=3"])
+        .args(["--out", "sim"])
+        .output()
+        .unwrap();
+    ok(&sim, "braid run");
+    let launched = metrics(&d.join("run/metrics.csv"));
+    assert_eq!(launched.len(), 4);
+    assert_eq!(launched, metrics(&d.join("sim/metrics.csv")));
+    // Launching into the same directory again would reuse the keys: refused without --resume.
+    let again = braid()
+        .current_dir(d)
+        .args(["launch", "exp.toml", "--out", "run"])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
+}

@@ -68,7 +68,9 @@ pub struct ExperimentConfig {
 #[serde(deny_unknown_fields)]
 pub struct NetworkConfig {
     /// The allow-list: every participant's node id, libp2p peer id (derived from its ed25519
-    /// public key, printed by `braid keygen`) and, optionally, an address to dial.
+    /// public key, printed by `braid keygen`) and, optionally, an address to dial. May be
+    /// left out for `braid launch`, which fills it in.
+    #[serde(default)]
     pub participants: Vec<Participant>,
     /// Largest message accepted, in MiB (default 1024).
     #[serde(default = "default_max_message_mib")]
@@ -79,6 +81,17 @@ pub struct NetworkConfig {
     /// Seconds a node keeps retrying a message to an unreachable participant (default 600).
     #[serde(default = "default_retry_s")]
     pub retry_s: u64,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            participants: Vec::new(),
+            max_message_mib: default_max_message_mib(),
+            request_timeout_s: default_request_timeout_s(),
+            retry_s: default_retry_s(),
+        }
+    }
 }
 
 fn default_max_message_mib() -> u64 {

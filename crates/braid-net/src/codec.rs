@@ -27,6 +27,17 @@ pub enum Ack {
     Refused(String),
 }
 
+/// One incoming or outgoing message stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// A whole frame's bytes (a payload encoding, not yet validated).
+    Bytes(std::sync::Arc<Vec<u8>>),
+    /// An incoming frame that could not be read whole: too large, or cut short. Handed on
+    /// (instead of failing the stream) so the receiver can log the sender and refuse it with
+    /// the reason.
+    Unreadable(String),
+}
+
 /// Length-prefixed frames with a size limit.
 #[derive(Debug, Clone)]
 pub struct FrameCodec {
@@ -62,6 +73,19 @@ pub async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, max: u64) -> io
     Ok(buf)
 }
 
+/// Reads one acknowledgement.
+pub async fn read_ack<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Ack> {
+    let b = read_frame(io, MAX_ACK).await?;
+    match b.split_first() {
+        Some((0, [])) => Ok(Ack::Accepted),
+        Some((1, why)) => Ok(Ack::Refused(String::from_utf8_lossy(why).into_owned())),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "malformed acknowledgement",
+        )),
+    }
+}
+
 /// Writes one frame.
 pub async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: &[u8]) -> io::Result<()> {
     io.write_all(&(bytes.len() as u64).to_le_bytes()).await?;
@@ -71,43 +95,50 @@ pub async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, bytes: &[u8])
 
 impl request_response::Codec for FrameCodec {
     type Protocol = StreamProtocol;
-    type Request = std::sync::Arc<Vec<u8>>;
+    type Request = Frame;
     type Response = Ack;
 
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Self::Request>
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Frame>
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io, self.max_bytes)
-            .await
-            .map(std::sync::Arc::new)
+        match read_frame(io, self.max_bytes).await {
+            Ok(b) => Ok(Frame::Bytes(std::sync::Arc::new(b))),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                Ok(Frame::Unreadable(e.to_string()))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Ack>
     where
         T: AsyncRead + Unpin + Send,
     {
-        let b = read_frame(io, MAX_ACK).await?;
-        match b.split_first() {
-            Some((0, [])) => Ok(Ack::Accepted),
-            Some((1, why)) => Ok(Ack::Refused(String::from_utf8_lossy(why).into_owned())),
-            _ => Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "malformed acknowledgement",
-            )),
-        }
+        read_ack(io).await
     }
 
     async fn write_request<T>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        req: Self::Request,
+        req: Frame,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &req).await
+        match req {
+            Frame::Bytes(b) => write_frame(io, &b).await,
+            Frame::Unreadable(_) => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "an unreadable frame cannot be sent",
+            )),
+        }
     }
 
     async fn write_response<T>(

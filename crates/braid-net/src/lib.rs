@@ -6,11 +6,13 @@
 //!   run's allow-list names;
 //! - [`roster`]: the run's participants (node id, peer id, address) from `[network]`;
 //! - [`codec`]: length-prefixed message frames with a size limit, and acknowledgements;
+//! - [`probe`]: hand-made (malformed) messages, for testing a deployment's input checks;
 //! - [`runtime`]: the node thread and the network task that connect a node to its peers
 //!   (TCP, Noise, yamux), with admission, retries and deadlines.
 
 pub mod codec;
 pub mod identity;
+pub mod probe;
 pub mod roster;
 pub mod runtime;
 

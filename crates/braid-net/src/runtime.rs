@@ -33,7 +33,7 @@ use libp2p::{allow_block_list, identify, noise, tcp, yamux, Multiaddr, PeerId, S
 use tokio::sync::mpsc as tokio_mpsc;
 use tracing::{debug, info, warn};
 
-use crate::codec::{Ack, FrameCodec, PROTOCOL};
+use crate::codec::{Ack, Frame, FrameCodec, PROTOCOL};
 use crate::roster::Roster;
 use crate::NetError;
 
@@ -94,6 +94,9 @@ struct Outgoing {
     peer: PeerId,
     bytes: Arc<Vec<u8>>,
     since: Instant,
+    /// A last word (`Shutdown`): its receiver may exit as soon as it has read it, so a
+    /// connection that closes before the acknowledgement counts as delivered.
+    last_word: bool,
 }
 
 /// Runs `node` until it reports [`Node::finished`] and its last messages are delivered (or
@@ -342,10 +345,13 @@ async fn network_loop(
     let mut last_dial = Instant::now() - Duration::from_secs(60);
     let mut node_done = false;
     let mut done_at: Option<Instant> = None;
+    // Acknowledgements queued but not yet written: a finished node flushes them before it
+    // exits, so its senders do not retry into a closed socket.
+    let mut acks_in_flight = 0usize;
     loop {
         if node_done {
             let since = *done_at.get_or_insert_with(Instant::now);
-            if pending.is_empty() && retry.is_empty() {
+            if pending.is_empty() && retry.is_empty() && acks_in_flight == 0 {
                 return Ok(report);
             }
             if since.elapsed() > FINISH_GRACE {
@@ -366,8 +372,9 @@ async fn network_loop(
                     let bytes = Arc::new(payload.encode());
                     report.traffic.bytes_sent += bytes.len() as u64;
                     report.traffic.messages_sent += 1;
-                    let out = Outgoing { to, peer, bytes, since: Instant::now() };
-                    let id = swarm.behaviour_mut().msg.send_request(&peer, Arc::clone(&out.bytes));
+                    let last_word = matches!(payload, Payload::Shutdown { .. });
+                    let out = Outgoing { to, peer, bytes, since: Instant::now(), last_word };
+                    let id = swarm.behaviour_mut().msg.send_request(&peer, Frame::Bytes(Arc::clone(&out.bytes)));
                     pending.insert(id, out);
                 }
                 Some(ToNet::Finished) | None => node_done = true,
@@ -378,7 +385,7 @@ async fn network_loop(
                 let (due, later): (Vec<_>, Vec<_>) = retry.drain(..).partition(|(t, _)| *t <= now);
                 retry = later;
                 for (_, out) in due {
-                    let id = swarm.behaviour_mut().msg.send_request(&out.peer, Arc::clone(&out.bytes));
+                    let id = swarm.behaviour_mut().msg.send_request(&out.peer, Frame::Bytes(Arc::clone(&out.bytes)));
                     pending.insert(id, out);
                 }
                 if now.duration_since(last_dial) >= Duration::from_secs(2) {
@@ -428,7 +435,13 @@ async fn network_loop(
                                     report.refused_messages += 1;
                                     Ack::Refused("not a participant".into())
                                 }
-                                Some(from) => match Payload::decode(&request, options.max_params) {
+                                Some(from) => match request {
+                                    Frame::Unreadable(why) => {
+                                        warn!("refused a message from node {from}: {why}");
+                                        report.refused_messages += 1;
+                                        Ack::Refused(why)
+                                    }
+                                    Frame::Bytes(request) => match Payload::decode(&request, options.max_params) {
                                     Ok(p) => {
                                         report.traffic.bytes_received += request.len() as u64;
                                         report.traffic.messages_received += 1;
@@ -442,9 +455,12 @@ async fn network_loop(
                                         report.refused_messages += 1;
                                         Ack::Refused(e.to_string())
                                     }
+                                    },
                                 },
                             };
-                            let _ = swarm.behaviour_mut().msg.send_response(channel, ack);
+                            if swarm.behaviour_mut().msg.send_response(channel, ack).is_ok() {
+                                acks_in_flight += 1;
+                            }
                         }
                         request_response::Message::Response { request_id, response } => {
                             if let Some(out) = pending.remove(&request_id) {
@@ -456,7 +472,9 @@ async fn network_loop(
                     },
                     request_response::Event::OutboundFailure { request_id, error, .. } => {
                         if let Some(out) = pending.remove(&request_id) {
-                            if out.since.elapsed() < options.retry_for {
+                            if out.last_word && matches!(error, request_response::OutboundFailure::ConnectionClosed) {
+                                debug!("node {} closed its connection after our last message", out.to);
+                            } else if out.since.elapsed() < options.retry_for {
                                 debug!("delivery to node {} failed ({error}); retrying", out.to);
                                 retry.push((Instant::now() + Duration::from_secs(1), out));
                             } else {
@@ -464,10 +482,17 @@ async fn network_loop(
                             }
                         }
                     }
+                    request_response::Event::ResponseSent { .. } => {
+                        acks_in_flight = acks_in_flight.saturating_sub(1);
+                    }
                     request_response::Event::InboundFailure { peer, error, .. } => {
+                        // Also reported for a response that could not be sent.
+                        // Also reported for an acknowledgement that could not be sent.
+                        if matches!(error, request_response::InboundFailure::ConnectionClosed | request_response::InboundFailure::Io(_) | request_response::InboundFailure::Timeout) {
+                            acks_in_flight = acks_in_flight.saturating_sub(1);
+                        }
                         debug!("inbound message from {peer} failed: {error}");
                     }
-                    _ => {}
                 },
                 _ => {}
             }

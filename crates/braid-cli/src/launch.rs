@@ -1,0 +1,336 @@
+//! `braid launch`: a deployed run on one machine, for trying deployment out and for tests.
+//!
+//! It writes one key per participant, picks free loopback ports, writes the experiment with a
+//! `[network]` table naming every participant (`launch.toml`), starts one `braid node` process
+//! per participant, relays their output with a role prefix, and collects the results of the
+//! node that evaluates (the FedAvg server or the dsgd monitor) and every node's traffic into
+//! the output directory.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use braid_engine::config::{AlgorithmName, ExperimentConfig, Participant};
+use braid_engine::report;
+use clap::Args;
+
+/// `braid launch`.
+#[derive(Debug, Args)]
+pub struct LaunchArgs {
+    /// The experiment file (a `[network]` table is optional: its limits are kept, its
+    /// participants replaced by the launched ones).
+    pub file: PathBuf,
+    /// Participants holding data: clients (FedAvg family) or peers (dsgd); sets
+    /// `partition.clients`. One more process runs the server or the dsgd monitor.
+    /// Default: the config's `partition.clients`.
+    #[arg(long)]
+    pub nodes: Option<usize>,
+    /// Override a config value (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Output directory (default: the config's output dir). Holds `launch.toml`, `keys/`,
+    /// one `node-<id>/` per process (with its `log.txt`), the evaluating node's results and
+    /// `nodes.csv` (traffic and refusals of every node).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Pass `--resume` to every node and reuse the keys in `<out>/keys` (after a crash).
+    #[arg(long)]
+    pub resume: bool,
+    /// After the evaluating node has finished, seconds to wait for the others before they are
+    /// stopped.
+    #[arg(long, default_value_t = 60)]
+    pub grace_s: u64,
+}
+
+/// One launched process.
+struct Launched {
+    id: u32,
+    label: String,
+    child: Child,
+    status: Option<ExitStatus>,
+}
+
+/// Runs every participant of the experiment as its own process on loopback.
+pub fn launch(args: LaunchArgs) -> Result<()> {
+    let t0 = Instant::now();
+    let mut config = ExperimentConfig::load(&args.file, &args.set)?;
+    if let Some(n) = args.nodes {
+        if n == 0 {
+            bail!("--nodes must be at least 1");
+        }
+        config.partition.clients = n;
+    }
+    let participants = config.partition.clients;
+    let dsgd = config.algorithm.name == AlgorithmName::Dsgd;
+    if config.algorithm.name == AlgorithmName::Centralized {
+        bail!("algorithm.name = \"centralized\" has nothing to deploy: use braid run");
+    }
+    // Total processes: FedAvg = server (0) + clients 1..=n; dsgd = peers 0..n + monitor (n).
+    let total = participants + 1;
+    let evaluator = if dsgd { participants as u32 } else { 0 };
+    let dir = args.out.clone().unwrap_or_else(|| config.output_dir());
+    std::fs::create_dir_all(dir.join("keys"))
+        .with_context(|| format!("cannot create {}", dir.join("keys").display()))?;
+
+    let mut peers = Vec::with_capacity(total);
+    for i in 0..total {
+        let path = key_path(&dir, i);
+        let key = if path.exists() {
+            if !args.resume {
+                bail!(
+                    "{} exists: launch into a fresh --out, or pass --resume to continue that run",
+                    path.display()
+                );
+            }
+            braid_net::identity::load(&path)?
+        } else {
+            let key = braid_net::identity::generate();
+            braid_net::identity::save(&key, &path)?;
+            key
+        };
+        peers.push(braid_net::identity::peer_id(&key).to_string());
+    }
+    let ports = free_ports(total)?;
+    let mut network = config.network.clone().unwrap_or_default();
+    network.participants = (0..total)
+        .map(|i| Participant {
+            node: i as u32,
+            peer_id: peers[i].clone(),
+            addr: Some(format!("/ip4/127.0.0.1/tcp/{}", ports[i])),
+        })
+        .collect();
+    config.network = Some(network);
+    config.validate().map_err(anyhow::Error::msg)?;
+    let launch_file = dir.join("launch.toml");
+    report::write_atomic(&launch_file, config.to_toml().as_bytes()).map_err(anyhow::Error::msg)?;
+
+    println!(
+        "braid launch: {} | {} {} + {} | {total} processes on 127.0.0.1 | config {}",
+        config.name,
+        participants,
+        if dsgd { "peers" } else { "clients" },
+        if dsgd { "monitor" } else { "server" },
+        launch_file.display()
+    );
+    let exe = std::env::current_exe().context("cannot find the braid executable")?;
+    let stdout = Arc::new(Mutex::new(std::io::stdout()));
+    let mut launched = Vec::with_capacity(total);
+    let mut relays = Vec::new();
+    for i in 0..total {
+        let id = i as u32;
+        let label = label(dsgd, id, participants);
+        let node_dir = dir.join(format!("node-{id}"));
+        std::fs::create_dir_all(&node_dir)
+            .with_context(|| format!("cannot create {}", node_dir.display()))?;
+        let mut cmd = Command::new(&exe);
+        cmd.arg("node")
+            .arg(&launch_file)
+            .arg("--key")
+            .arg(key_path(&dir, i))
+            .arg("--out")
+            .arg(&node_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if args.resume {
+            cmd.arg("--resume");
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {label}"))?;
+        let log = Arc::new(Mutex::new(
+            std::fs::File::create(node_dir.join("log.txt"))
+                .with_context(|| format!("cannot create {}/log.txt", node_dir.display()))?,
+        ));
+        if let Some(out) = child.stdout.take() {
+            relays.push(relay(out, label.clone(), log.clone(), stdout.clone()));
+        }
+        if let Some(err) = child.stderr.take() {
+            relays.push(relay(err, label.clone(), log, stdout.clone()));
+        }
+        launched.push(Launched {
+            id,
+            label,
+            child,
+            status: None,
+        });
+    }
+
+    let outcome = supervise(&mut launched, evaluator, Duration::from_secs(args.grace_s));
+    for r in relays {
+        let _ = r.join();
+    }
+    outcome?;
+    let collected = collect(&dir, evaluator, total)?;
+    let failed: Vec<String> = launched
+        .iter()
+        .filter(|l| !l.status.is_some_and(|s| s.success()))
+        .map(|l| format!("{} ({})", l.label, describe(l.status)))
+        .collect();
+    println!(
+        "braid launch: done in {:.1} s | results of {} and nodes.csv in {} ({} files){}",
+        t0.elapsed().as_secs_f64(),
+        label(dsgd, evaluator, participants),
+        dir.display(),
+        collected,
+        if failed.is_empty() {
+            String::new()
+        } else {
+            format!(" | did not finish cleanly: {}", failed.join(", "))
+        }
+    );
+    Ok(())
+}
+
+fn key_path(dir: &Path, i: usize) -> PathBuf {
+    dir.join("keys").join(format!("node-{i}.key"))
+}
+
+fn label(dsgd: bool, id: u32, participants: usize) -> String {
+    match (dsgd, id) {
+        (true, i) if i as usize == participants => "monitor".into(),
+        (true, i) => format!("peer {i}"),
+        (false, 0) => "server".into(),
+        (false, i) => format!("client {i}"),
+    }
+}
+
+fn describe(status: Option<ExitStatus>) -> String {
+    match status {
+        Some(s) => s.to_string(),
+        None => "stopped by the launcher".into(),
+    }
+}
+
+/// `n` distinct free loopback ports (all held open while picking, so they differ).
+fn free_ports(n: usize) -> Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("cannot find free loopback ports")?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("cannot read a loopback port")
+}
+
+/// Copies each line of a child's output to its log file and, prefixed, to our stdout.
+fn relay(
+    from: impl std::io::Read + Send + 'static,
+    label: String,
+    log: Arc<Mutex<std::fs::File>>,
+    stdout: Arc<Mutex<std::io::Stdout>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(mut f) = log.lock() {
+                let _ = writeln!(f, "{line}");
+            }
+            if let Ok(mut out) = stdout.lock() {
+                let _ = writeln!(out, "[{label}] {line}");
+            }
+        }
+    })
+}
+
+/// Waits for the processes. A failing evaluator stops the run (an error); other failures are
+/// reported and the run goes on (fault tolerance is the nodes' job). Once the evaluator is
+/// done, the others get `grace` to finish before they are killed.
+fn supervise(launched: &mut [Launched], evaluator: u32, grace: Duration) -> Result<()> {
+    let mut evaluator_done: Option<Instant> = None;
+    loop {
+        let mut running = 0;
+        let mut evaluator_failed = None;
+        for l in launched.iter_mut() {
+            if l.status.is_some() {
+                continue;
+            }
+            match l.child.try_wait() {
+                Ok(Some(s)) => {
+                    l.status = Some(s);
+                    if l.id == evaluator {
+                        if !s.success() {
+                            evaluator_failed = Some(format!("the {} failed ({s})", l.label));
+                        }
+                        evaluator_done = Some(Instant::now());
+                    } else if !s.success() {
+                        eprintln!(
+                            "braid launch: {} exited ({s}); the run goes on without it",
+                            l.label
+                        );
+                    }
+                }
+                Ok(None) => running += 1,
+                Err(e) => bail!("cannot wait for {}: {e}", l.label),
+            }
+        }
+        if let Some(why) = evaluator_failed {
+            kill_all(launched);
+            bail!("{why}; stopped every node (see the node-*/log.txt files)");
+        }
+        if running == 0 {
+            return Ok(());
+        }
+        if evaluator_done.is_some_and(|t| t.elapsed() > grace) {
+            eprintln!(
+                "braid launch: {running} node(s) still running {} s after the evaluator finished; stopping them",
+                grace.as_secs()
+            );
+            kill_all(launched);
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn kill_all(launched: &mut [Launched]) {
+    for l in launched.iter_mut().filter(|l| l.status.is_none()) {
+        let _ = l.child.kill();
+        let _ = l.child.wait();
+    }
+}
+
+/// Copies the evaluator's result files into `dir` and joins every `node.csv` into
+/// `nodes.csv`; returns how many files were written.
+fn collect(dir: &Path, evaluator: u32, total: usize) -> Result<usize> {
+    let from = dir.join(format!("node-{evaluator}"));
+    let mut written = 0;
+    let entries =
+        std::fs::read_dir(&from).with_context(|| format!("cannot read {}", from.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot read {}", from.display()))?;
+        let name = entry.file_name();
+        let keep = name
+            .to_str()
+            .is_some_and(|n| !matches!(n, "checkpoint.ckpt" | "log.txt" | "node.csv"));
+        if keep && entry.file_type().is_ok_and(|t| t.is_file()) {
+            let bytes = std::fs::read(entry.path())
+                .with_context(|| format!("cannot read {}", entry.path().display()))?;
+            report::write_atomic(&dir.join(&name), &bytes).map_err(anyhow::Error::msg)?;
+            written += 1;
+        }
+    }
+    let mut nodes = String::new();
+    for i in 0..total {
+        let path = dir.join(format!("node-{i}")).join("node.csv");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue; // a node that died never wrote its summary
+        };
+        let mut lines = text.lines();
+        let header = lines.next().unwrap_or_default();
+        if nodes.is_empty() {
+            nodes.push_str(header);
+            nodes.push('\n');
+        }
+        for l in lines {
+            nodes.push_str(l);
+            nodes.push('\n');
+        }
+    }
+    report::write_atomic(&dir.join("nodes.csv"), nodes.as_bytes()).map_err(anyhow::Error::msg)?;
+    Ok(written + 1)
+}
