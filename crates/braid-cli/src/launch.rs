@@ -205,7 +205,7 @@ fn describe(status: Option<ExitStatus>) -> String {
 }
 
 /// `n` distinct free loopback ports (all held open while picking, so they differ).
-fn free_ports(n: usize) -> Result<Vec<u16>> {
+pub(crate) fn free_ports(n: usize) -> Result<Vec<u16>> {
     let listeners = (0..n)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
         .collect::<std::io::Result<Vec<_>>>()

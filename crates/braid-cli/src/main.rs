@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 mod bench;
+mod bench_net;
 mod launch;
 mod node;
 
@@ -90,6 +91,9 @@ enum Command {
     },
     /// Measure throughput and framework overhead (see the README's benchmark section).
     Bench(bench::BenchArgs),
+    /// Measure braid's network stack (FedAvg rounds over libp2p on loopback) against a raw
+    /// TCP copy of the same bytes.
+    BenchNet(bench_net::BenchNetArgs),
     /// Write a new ed25519 identity to a key file and print its peer id.
     Keygen(node::KeygenArgs),
     /// Run one participant of a deployed experiment (server, client or peer) in this process.
@@ -144,6 +148,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench(args) => bench::run(args),
+        Command::BenchNet(args) => bench_net::run(args),
         Command::Keygen(args) => node::keygen(args),
         Command::Node(args) => node::node(args),
         Command::Launch(args) => launch::launch(args),

@@ -578,3 +578,140 @@ rounds = 3
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
 }
+
+#[test]
+fn a_killed_dsgd_peer_restarted_with_resume_rejoins_from_its_neighbours() {
+    use braid_engine::checkpoint::Checkpoint;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_dsgd_config(d, 600, "gossip_timeout_s = 2");
+    let cfg = std::fs::read_to_string(d.join("exp.toml"))
+        .unwrap()
+        .replace("eval_every = 6", "eval_every = 100");
+    std::fs::write(d.join("exp.toml"), cfg).unwrap();
+    let mut nodes: Vec<Child> = (0..5)
+        .map(|i| spawn_node(d, &format!("k{i}.key"), &format!("out{i}")))
+        .collect();
+    // Peer 2 is killed (SIGKILL) once it has checkpointed step 100, and restarted at once.
+    let ckpt = d.join("out2/checkpoint.ckpt");
+    let t0 = Instant::now();
+    let saved_step = loop {
+        assert!(t0.elapsed() < Duration::from_secs(120), "no checkpoint");
+        if let Ok(c) = Checkpoint::load(&ckpt) {
+            let step = c.state.meta_u64("step").unwrap();
+            if step >= 100 {
+                nodes[2].kill().unwrap();
+                break step;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    nodes[2].wait().unwrap();
+    let back = braid()
+        .current_dir(d)
+        .args([
+            "node", "exp.toml", "--key", "k2.key", "--out", "out2", "--resume",
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let limit = Duration::from_secs(180);
+    let back = finish(back, limit, "restarted peer");
+    ok(&back, "restarted peer");
+    for (i, n) in nodes.into_iter().enumerate() {
+        if i != 2 {
+            ok(&finish(n, limit, "dsgd node"), &format!("node {i}"));
+        }
+    }
+    // It took over a neighbour's current step and model instead of starting again.
+    let log = String::from_utf8_lossy(&back.stderr);
+    let rejoined_at: u64 = log
+        .split("rejoins at step ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no rejoin in the log:\n{log}"))
+        .parse()
+        .unwrap();
+    eprintln!("checkpointed step {saved_step}, rejoined at step {rejoined_at}");
+    assert!(rejoined_at >= saved_step, "{rejoined_at} < {saved_step}");
+    // The run completed: every evaluation point reported, the last at step 600.
+    let csv = std::fs::read_to_string(d.join("out4/metrics.csv")).unwrap();
+    let steps: Vec<&str> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        vec!["0", "100", "200", "300", "400", "500", "600"],
+        "{csv}"
+    );
+    // After rejoining it gossiped again (its node.csv counts only the restarted process).
+    let node_csv = std::fs::read_to_string(d.join("out2/node.csv")).unwrap();
+    let sent: u64 = node_csv
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .nth(4)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(sent > 10, "{node_csv}");
+}
+
+#[test]
+fn a_fedavg_client_killed_and_restarted_rejoins_with_the_current_model() {
+    use braid_engine::checkpoint::Checkpoint;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_config(d, 3, "round_timeout_s = 2\n");
+    let cfg = std::fs::read_to_string(d.join("exp.toml"))
+        .unwrap()
+        .replace("rounds = 3", "rounds = 8")
+        .replace("local_steps = 5", "local_steps = 30");
+    std::fs::write(d.join("exp.toml"), cfg).unwrap();
+    let server = spawn_node(d, "k0.key", "out0");
+    let mut clients: Vec<Child> = (1..=3)
+        .map(|i| spawn_node(d, &format!("k{i}.key"), &format!("out{i}")))
+        .collect();
+    // Client 3 is killed (SIGKILL) once round 1 is done, and started again at once.
+    let ckpt = d.join("out0/checkpoint.ckpt");
+    let t0 = Instant::now();
+    while Checkpoint::load(&ckpt)
+        .ok()
+        .and_then(|c| c.state.meta_u64("completed_rounds").ok())
+        .unwrap_or(0)
+        < 1
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "round 1 never completed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    clients[2].kill().unwrap();
+    clients[2].wait().unwrap();
+    clients[2] = spawn_node(d, "k3.key", "out3");
+    let limit = Duration::from_secs(120);
+    ok(&finish(server, limit, "server"), "server");
+    for c in clients {
+        ok(&finish(c, limit, "client"), "client");
+    }
+    let csv = std::fs::read_to_string(d.join("out0/metrics.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|r| r.split(',').collect())
+        .collect();
+    assert_eq!(rows.len(), 8, "{csv}");
+    // Every round accounts for all three clients; the restarted client is back for the
+    // last round, trained from the current global model (the server sends it every round).
+    for r in &rows {
+        let asked: u32 = r[4].parse::<u32>().unwrap() + r[5].parse::<u32>().unwrap();
+        assert_eq!(asked, 3, "{csv}");
+    }
+    assert_eq!((rows[7][4], rows[7][5]), ("3", "0"), "{csv}");
+}

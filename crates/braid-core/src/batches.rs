@@ -69,11 +69,60 @@ impl EpochBatches {
     pub fn take(&mut self, k: usize) -> Vec<Vec<usize>> {
         (0..k).map_while(|_| self.next_batch()).collect()
     }
+
+    /// Back to the first batch of the first epoch.
+    pub fn rewind(&mut self) {
+        self.epoch = 0;
+        self.pos = 0;
+        self.shuffle();
+    }
+
+    /// Moves past the next `n` batches without producing them (shuffling only the epoch it
+    /// lands in): where the stream is after `n` calls of [`EpochBatches::next_batch`].
+    pub fn skip(&mut self, n: u64) {
+        let per_epoch = self.steps_per_epoch() as u64;
+        if per_epoch == 0 || n == 0 {
+            return;
+        }
+        let done_in_epoch = (self.pos / self.batch_size) as u64;
+        let total = done_in_epoch + n;
+        let epochs = total / per_epoch;
+        self.pos = (total % per_epoch) as usize * self.batch_size;
+        if epochs > 0 {
+            self.epoch += epochs;
+            self.shuffle();
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn skip_lands_where_taking_would() {
+        for (len, bs) in [(10, 3), (9, 3), (1, 4), (7, 1)] {
+            for n in 0..25u64 {
+                for first in 0..4 {
+                    let mut taken = EpochBatches::new((0..len).collect(), bs, 11);
+                    let mut skipped = taken.clone();
+                    taken.take(first);
+                    skipped.take(first);
+                    taken.take(n as usize);
+                    skipped.skip(n);
+                    assert_eq!(
+                        skipped.position(),
+                        taken.position(),
+                        "len {len} bs {bs} n {n}"
+                    );
+                    assert_eq!(skipped.take(5), taken.take(5));
+                }
+            }
+        }
+        let mut empty = EpochBatches::new(Vec::new(), 3, 1);
+        empty.skip(5);
+        assert!(empty.next_batch().is_none());
+    }
     use proptest::prelude::*;
 
     proptest! {

@@ -3,8 +3,8 @@
 //! One file, written atomically (temp file, fsync, rename, fsync of the directory), so a crash
 //! at any moment leaves either the previous checkpoint or the new one, never a torn file:
 //! `BRDCKPT1`, an 8-byte little-endian header length, a JSON header (metadata, metrics so far,
-//! names and lengths of the vectors), then the vectors as little-endian f32. Loading checks
-//! every length against the file before using anything.
+//! names and lengths of the vectors and byte strings), then the vectors as little-endian f32,
+//! then the byte strings. Loading checks every length against the file before using anything.
 
 use std::fs;
 use std::path::Path;
@@ -60,6 +60,8 @@ struct Header {
     meta: serde_json::Value,
     reported: Vec<(Reported, f64)>,
     tensors: Vec<(String, u64)>,
+    #[serde(default)]
+    blobs: Vec<(String, u64)>,
 }
 
 fn bad(path: &Path, why: impl std::fmt::Display) -> EngineError {
@@ -78,10 +80,22 @@ impl Checkpoint {
                 .iter()
                 .map(|(n, t)| (n.clone(), t.len() as u64))
                 .collect(),
+            blobs: self
+                .state
+                .blobs
+                .iter()
+                .map(|(n, b)| (n.clone(), b.len() as u64))
+                .collect(),
         };
         let h = serde_json::to_vec(&header)
             .map_err(|e| EngineError::Setup(format!("cannot encode a checkpoint: {e}")))?;
-        let data: usize = self.state.tensors.iter().map(|(_, t)| 4 * t.len()).sum();
+        let data: usize = self
+            .state
+            .tensors
+            .iter()
+            .map(|(_, t)| 4 * t.len())
+            .sum::<usize>()
+            + self.state.blobs.iter().map(|(_, b)| b.len()).sum::<usize>();
         let mut out = Vec::with_capacity(16 + h.len() + data);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&(h.len() as u64).to_le_bytes());
@@ -90,6 +104,9 @@ impl Checkpoint {
             for v in t {
                 out.extend_from_slice(&v.to_le_bytes());
             }
+        }
+        for (_, b) in &self.state.blobs {
+            out.extend_from_slice(b);
         }
         Ok(out)
     }
@@ -123,6 +140,17 @@ impl Checkpoint {
             pos = end;
             tensors.push((name, t));
         }
+        let mut blobs = Vec::with_capacity(header.blobs.len());
+        for (name, len) in header.blobs {
+            let end = u64::try_from(pos)
+                .ok()
+                .and_then(|p| p.checked_add(len))
+                .filter(|&e| e <= bytes.len() as u64)
+                .ok_or_else(|| bad(path, format!("{name:?} is truncated")))?
+                as usize;
+            blobs.push((name, bytes[pos..end].to_vec()));
+            pos = end;
+        }
         if pos != bytes.len() {
             return Err(bad(path, format!("{} trailing bytes", bytes.len() - pos)));
         }
@@ -130,6 +158,7 @@ impl Checkpoint {
             state: NodeState {
                 meta: header.meta,
                 tensors,
+                blobs,
             },
             reported: header.reported,
         })
@@ -166,6 +195,7 @@ mod tests {
                     ("params".into(), vec![1.0, -2.5, f32::MIN_POSITIVE]),
                     ("empty".into(), vec![]),
                 ],
+                blobs: vec![("optimizer".into(), vec![0, 255, 7])],
             },
             reported: vec![(
                 Reported::Round(RoundMetrics {

@@ -166,6 +166,8 @@ pub struct NodeState {
     pub meta: serde_json::Value,
     /// Named vectors (model, optimizer buffers).
     pub tensors: Vec<(String, Vec<f32>)>,
+    /// Named opaque byte strings (e.g. a trainer's serialized optimizer state).
+    pub blobs: Vec<(String, Vec<u8>)>,
 }
 
 impl NodeState {
@@ -175,6 +177,15 @@ impl NodeState {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, t)| t.as_slice())
+            .ok_or_else(|| EngineError::Setup(format!("checkpoint has no {name:?}")))
+    }
+
+    /// The byte string called `name`.
+    pub fn blob(&self, name: &str) -> Result<&[u8], EngineError> {
+        self.blobs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, b)| b.as_slice())
             .ok_or_else(|| EngineError::Setup(format!("checkpoint has no {name:?}")))
     }
 
@@ -287,6 +298,13 @@ pub trait Node: Send {
             "this node keeps no state to resume from".into(),
         ))
     }
+    /// Called before [`Node::on_start`] by drivers that checkpoint: nodes whose durable state
+    /// costs something to capture capture it only after this. Default: nothing to do.
+    fn keep_checkpoints(&mut self) {}
+    /// Called before [`Node::on_start`] (after any [`Node::load_state`]) when the process was
+    /// restarted into a run that went on without it (`braid node --resume`): nodes that can
+    /// catch up from their peers prepare to. Default: nothing to do.
+    fn rejoin(&mut self) {}
     /// True once this node has nothing left to do in the run (a network driver then exits
     /// after its last messages are delivered).
     fn finished(&self) -> bool {

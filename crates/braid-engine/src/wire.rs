@@ -19,6 +19,8 @@ const KIND_TRAIN_REPLY: u8 = 2;
 const KIND_GOSSIP: u8 = 3;
 const KIND_SNAPSHOT: u8 = 4;
 const KIND_SHUTDOWN: u8 = 5;
+const KIND_JOIN_REQUEST: u8 = 6;
+const KIND_JOIN_REPLY: u8 = 7;
 
 /// A message body.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,6 +73,21 @@ pub enum Payload {
         /// The last round.
         round: u32,
     },
+    /// Peer to peer (decentralized SGD): I restarted; where is the run now?
+    JoinRequest {
+        /// Local steps the asking peer has (from its checkpoint, 0 without one).
+        step: u64,
+    },
+    /// Peer to peer: the answer to a [`Payload::JoinRequest`], the sender's current state.
+    JoinReply {
+        /// Local steps the sender has taken.
+        step: u64,
+        /// The last communication round the sender has mixed.
+        mixed_through: u32,
+        /// The sender's parameters (those it sent for round `mixed_through + 1` if it is
+        /// waiting for that round's gossip).
+        params: Arc<Vec<f32>>,
+    },
 }
 
 /// Why a message was rejected.
@@ -101,6 +118,8 @@ impl Payload {
             Self::Gossip { .. } => "gossip",
             Self::Snapshot { .. } => "snapshot",
             Self::Shutdown { .. } => "shutdown",
+            Self::JoinRequest { .. } => "join-request",
+            Self::JoinReply { .. } => "join-reply",
         }
     }
 
@@ -113,6 +132,8 @@ impl Payload {
             Self::Gossip { params, .. } => header + 4 + 4 + 4 * params.len(),
             Self::Snapshot { params, .. } => header + 8 + 4 + 4 + 4 + 8 + 4 + 4 * params.len(),
             Self::Shutdown { .. } => header + 4,
+            Self::JoinRequest { .. } => header + 8,
+            Self::JoinReply { params, .. } => header + 8 + 4 + 4 + 4 * params.len(),
         }
     }
 
@@ -123,8 +144,12 @@ impl Payload {
         out.push(VERSION);
         let put_params = |out: &mut Vec<u8>, p: &[f32]| {
             out.extend_from_slice(&(p.len() as u32).to_le_bytes());
-            for v in p {
-                out.extend_from_slice(&v.to_le_bytes());
+            // One resize, then fixed-size chunks: compiles to a straight copy on
+            // little-endian machines instead of a capacity check per float.
+            let start = out.len();
+            out.resize(start + 4 * p.len(), 0);
+            for (dst, v) in out[start..].chunks_exact_mut(4).zip(p) {
+                dst.copy_from_slice(&v.to_le_bytes());
             }
         };
         match self {
@@ -171,6 +196,20 @@ impl Payload {
             Self::Shutdown { round } => {
                 out.push(KIND_SHUTDOWN);
                 out.extend_from_slice(&round.to_le_bytes());
+            }
+            Self::JoinRequest { step } => {
+                out.push(KIND_JOIN_REQUEST);
+                out.extend_from_slice(&step.to_le_bytes());
+            }
+            Self::JoinReply {
+                step,
+                mixed_through,
+                params,
+            } => {
+                out.push(KIND_JOIN_REPLY);
+                out.extend_from_slice(&step.to_le_bytes());
+                out.extend_from_slice(&mixed_through.to_le_bytes());
+                put_params(&mut out, params);
             }
         }
         out
@@ -236,6 +275,18 @@ impl Payload {
             KIND_SHUTDOWN => Self::Shutdown {
                 round: r.u32("round")?,
             },
+            KIND_JOIN_REQUEST => Self::JoinRequest {
+                step: u64::from_le_bytes(r.array("step")?),
+            },
+            KIND_JOIN_REPLY => {
+                let step = u64::from_le_bytes(r.array("step")?);
+                let mixed_through = r.u32("mixed_through")?;
+                Self::JoinReply {
+                    step,
+                    mixed_through,
+                    params: Arc::new(r.params(max_params)?),
+                }
+            }
             k => return Err(WireError::Malformed(format!("unknown message kind {k}"))),
         };
         if r.pos != bytes.len() {
@@ -366,7 +417,7 @@ mod tests {
         fn encoding_round_trips_with_exact_length(params in prop::collection::vec(-1e6f32..1e6, 0..64), round in 0u32..1000) {
             let snapshot = Payload::Snapshot { step: u64::from(round) * 7, train_loss: 0.25, accuracy: 0.5, loss: 1.5, gossip_bytes: 1 << 40, params: Arc::new(params.clone()) };
             let gossip = Payload::Gossip { round, params: Arc::new(params.clone()) };
-            for p in [Payload::TrainRequest { round, params: Arc::new(params.clone()) }, reply(params.clone()), gossip, snapshot, Payload::Shutdown { round }] {
+            for p in [Payload::TrainRequest { round, params: Arc::new(params.clone()) }, reply(params.clone()), gossip, snapshot, Payload::Shutdown { round }, Payload::JoinRequest { step: u64::from(round) << 33 }, Payload::JoinReply { step: 5, mixed_through: round, params: Arc::new(params.clone()) }] {
                 let bytes = p.encode();
                 prop_assert_eq!(bytes.len(), p.encoded_len());
                 prop_assert_eq!(Payload::decode(&bytes, 64).unwrap(), p);

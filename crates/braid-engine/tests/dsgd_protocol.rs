@@ -432,3 +432,128 @@ fn the_monitor_reports_in_step_order_even_when_snapshots_arrive_out_of_order() {
         .collect();
     assert_eq!(steps, vec![0, 4]);
 }
+
+/// Drives one node with one input; returns what it sent.
+fn drive(
+    node: &mut dyn Node,
+    trainer: &mut Fake,
+    f: impl FnOnce(&mut dyn Node, &mut NodeCtx<'_>) -> Result<(), EngineError>,
+) -> Vec<(NodeId, Payload)> {
+    let (mut out, mut ev) = (Vec::new(), Vec::<Event>::new());
+    let mut ctx = NodeCtx::new(&mut out, &mut ev, trainer);
+    f(node, &mut ctx).unwrap();
+    out
+}
+
+#[test]
+fn a_restarted_peer_rejoins_from_a_live_peers_current_state() {
+    let mut s = settings(TopologyConfig::Ring, 1, Budget::Fixed { r: 1.0 }, 12);
+    s.gossip_deadline = Some(std::time::Duration::from_secs(1));
+    let s = Arc::new(s);
+    let mut trainer = Fake::new(false);
+    // Peer 1 is alive: one step taken, round 1 gossiped, waiting for 0 and 2; 2 has sent.
+    let mut alive = DsgdPeer::new(1, Arc::clone(&s), (20..40).collect(), vec![10.0; P]);
+    drive(&mut alive, &mut trainer, |n, c| n.on_start(c));
+    let p2 = Payload::Gossip {
+        round: 1,
+        params: Arc::new(vec![20.0; P]),
+    };
+    drive(&mut alive, &mut trainer, |n, c| n.on_message(2, p2, c));
+    assert_eq!(alive.step(), 1);
+    let alive_params = alive.params().to_vec();
+
+    // Peer 0 restarts (no checkpoint): it asks every other peer, and trains nothing yet.
+    let mut back = DsgdPeer::new(0, Arc::clone(&s), (0..20).collect(), vec![0.0; P]);
+    back.rejoin();
+    let asked = drive(&mut back, &mut trainer, |n, c| n.on_start(c));
+    assert_eq!(asked.len(), 7);
+    assert!(asked
+        .iter()
+        .all(|(_, p)| matches!(p, Payload::JoinRequest { step: 0 })));
+    assert!(!back.finished());
+
+    // Peer 1 answers with where it is; peer 0 takes that over and joins round 1 at once.
+    let reply = drive(&mut alive, &mut trainer, |n, c| {
+        n.on_message(0, Payload::JoinRequest { step: 0 }, c)
+    });
+    let [(to, reply)] = <[_; 1]>::try_from(reply).unwrap();
+    assert_eq!(to, 0);
+    assert!(matches!(
+        &reply,
+        Payload::JoinReply {
+            step: 1,
+            mixed_through: 0,
+            ..
+        }
+    ));
+    let sent = drive(&mut back, &mut trainer, |n, c| n.on_message(1, reply, c));
+    assert_eq!(back.step(), 1);
+    assert_eq!(back.params(), alive_params.as_slice());
+    let gossip_to: Vec<NodeId> = sent
+        .iter()
+        .filter(|(_, p)| matches!(p, Payload::Gossip { round: 1, .. }))
+        .map(|(to, _)| *to)
+        .collect();
+    assert_eq!(gossip_to, vec![1, 7]);
+    // Its round-1 gossip completes peer 1's round.
+    let (_, g) = sent.into_iter().find(|(to, _)| *to == 1).unwrap();
+    drive(&mut alive, &mut trainer, |n, c| n.on_message(0, g, c));
+    assert!(alive.step() >= 2, "peer 1 mixed round 1 and moved on");
+    // A second, late answer changes nothing.
+    let late = Payload::JoinReply {
+        step: 5,
+        mixed_through: 4,
+        params: Arc::new(vec![99.0; P]),
+    };
+    drive(&mut back, &mut trainer, |n, c| n.on_message(3, late, c));
+    assert_eq!(back.step(), 1);
+    // Peer 7 is gone too: at the deadline peer 0 mixes with peer 1's model and goes on.
+    drive(&mut back, &mut trainer, |n, c| n.on_deadline(1, c));
+    assert!(back.step() >= 2);
+    // A restarted peer that nobody answers goes on from its own state at the join deadline.
+    let mut alone = DsgdPeer::new(5, Arc::clone(&s), (100..120).collect(), vec![0.0; P]);
+    alone.rejoin();
+    drive(&mut alone, &mut trainer, |n, c| n.on_start(c));
+    assert_eq!(alone.step(), 0);
+    drive(&mut alone, &mut trainer, |n, c| n.on_deadline(u64::MAX, c));
+    assert_eq!(
+        alone.step(),
+        1,
+        "trained its first step and waits for round 1"
+    );
+}
+
+#[test]
+fn a_peer_checkpoint_restores_its_step_model_and_counters() {
+    let s = Arc::new(settings(TopologyConfig::Ring, 1, Budget::LocalOnly, 8));
+    let mut trainer = Fake::new(false);
+    let mut a = DsgdPeer::new(2, Arc::clone(&s), (40..60).collect(), vec![20.0; P]);
+    assert!(a.save_state().is_none(), "nothing captured unless asked");
+    a.keep_checkpoints();
+    assert_eq!(a.state_version(), 0);
+    drive(&mut a, &mut trainer, |n, c| n.on_start(c));
+    // Local only: it ran to the end, capturing the state at steps 0, 4 and 8.
+    assert_eq!(a.state_version(), 3);
+    let state = a.save_state().unwrap();
+    assert_eq!(state.meta_u64("step").unwrap(), 8);
+    let mut b = DsgdPeer::new(2, Arc::clone(&s), (40..60).collect(), vec![0.0; P]);
+    b.load_state(state.clone()).unwrap();
+    assert_eq!(b.step(), 8);
+    assert_eq!(b.params(), a.params());
+    // Damaged or foreign checkpoints are errors, not panics.
+    let mut wrong = state.clone();
+    wrong.meta = serde_json::json!({ "step": 99, "mixed_through": 0, "gossip_bytes": 0 });
+    assert!(DsgdPeer::new(2, Arc::clone(&s), vec![], vec![0.0; P])
+        .load_state(wrong)
+        .is_err());
+    let mut wrong = state.clone();
+    wrong.tensors[0].1.push(1.0);
+    assert!(DsgdPeer::new(2, Arc::clone(&s), vec![], vec![0.0; P])
+        .load_state(wrong)
+        .is_err());
+    let mut wrong = state;
+    wrong.blobs[0].1 = b"not an optimizer state".to_vec();
+    assert!(DsgdPeer::new(2, Arc::clone(&s), vec![], vec![0.0; P])
+        .load_state(wrong)
+        .is_err());
+}

@@ -145,9 +145,15 @@ pub fn run(
             )));
         }
     }
+    if options.checkpoint.is_some() {
+        node.keep_checkpoints();
+    }
+    if options.resume {
+        node.rejoin();
+    }
     let checkpoint = options.checkpoint.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| NetError::Io(format!("cannot start the network runtime: {e}")))?;

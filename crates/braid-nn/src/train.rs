@@ -227,6 +227,36 @@ impl OptimizerState {
     pub fn is_empty(&self) -> bool {
         self.record.is_none()
     }
+
+    /// The state as bytes (burn's burnpack format), for checkpoints; empty when there is no
+    /// state. Takes `&mut` because burn's record is consumed by serializing; it is rebuilt.
+    pub fn to_bytes(&mut self) -> Result<Vec<u8>, NnError> {
+        let Some(record) = self.record.take() else {
+            return Ok(Vec::new());
+        };
+        let err = |e: burn::store::RecordError| {
+            NnError::Config(format!("cannot serialize the optimizer state: {e}"))
+        };
+        let bytes = record.into_bytes().map_err(err)?;
+        let out = bytes.to_vec();
+        self.record = Some(burn::optim::OptimizerRecord::from_bytes(bytes).map_err(err)?);
+        Ok(out)
+    }
+
+    /// Reads what [`OptimizerState::to_bytes`] wrote (empty: no state). Malformed bytes are an
+    /// error; whether the state fits the model is checked when it is next used.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, NnError> {
+        if bytes.is_empty() {
+            return Ok(Self::default());
+        }
+        let record = burn::optim::OptimizerRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(
+            bytes.to_vec(),
+        ))
+        .map_err(|e| NnError::Config(format!("malformed optimizer state: {e}")))?;
+        Ok(Self {
+            record: Some(record),
+        })
+    }
 }
 
 /// Trains and evaluates models of one architecture on one device.

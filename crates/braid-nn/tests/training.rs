@@ -220,6 +220,29 @@ fn optimizer_state_carries_momentum_between_calls_and_trainers() {
         .train_batches(&first.params, &split.train, &batches[4..], &spec, &mut s)
         .unwrap();
     assert_eq!(second.params, whole.params);
+    // ...and when the state goes through bytes (a checkpoint) between the two calls.
+    let mut s = braid_nn::OptimizerState::default();
+    let first = b
+        .train_batches(&p0, &split.train, &batches[..4], &spec, &mut s)
+        .unwrap();
+    let bytes = s.to_bytes().unwrap();
+    assert!(!bytes.is_empty() && !s.is_empty());
+    let mut restored = braid_nn::OptimizerState::from_bytes(&bytes).unwrap();
+    let second = a
+        .train_batches(
+            &first.params,
+            &split.train,
+            &batches[4..],
+            &spec,
+            &mut restored,
+        )
+        .unwrap();
+    assert_eq!(second.params, whole.params);
+    assert!(braid_nn::OptimizerState::from_bytes(&bytes[..bytes.len() / 2]).is_err());
+    assert!(braid_nn::OptimizerState::from_bytes(b"garbage").is_err());
+    assert!(braid_nn::OptimizerState::from_bytes(&[])
+        .unwrap()
+        .is_empty());
     // Without the state (momentum restarted) the result differs.
     let fresh = a
         .train_batches(

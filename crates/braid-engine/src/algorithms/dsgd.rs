@@ -29,7 +29,7 @@ use braid_core::seed;
 use braid_core::topology::{Graph, Mixing, MixingRule, Topology};
 use braid_nn::OptimizerState;
 
-use crate::node::{check_params, EngineError, Event, GossipMetrics, Node, NodeCtx};
+use crate::node::{check_params, EngineError, Event, GossipMetrics, Node, NodeCtx, NodeState};
 use crate::wire::{NodeId, Payload};
 
 /// Settings shared by every peer and the monitor of a decentralized run.
@@ -167,7 +167,30 @@ pub struct DsgdPeer {
     gossip_bytes: u64,
     loss_sum: f64,
     loss_steps: u64,
+    /// Restarted into a running run: asking the other peers where it is now.
+    rejoining: bool,
+    /// Capture the state at evaluation points (only a driver that checkpoints asks).
+    keep_checkpoints: bool,
+    /// The state at the last evaluation point, for checkpoints.
+    saved: Option<Saved>,
+    /// Evaluation points passed (the checkpoint version).
+    snapshots: u64,
 }
+
+/// A peer's durable state, captured at an evaluation point (all parts consistent).
+struct Saved {
+    step: u64,
+    mixed_through: u32,
+    gossip_bytes: u64,
+    params: Arc<Vec<f32>>,
+    optimizer: Vec<u8>,
+}
+
+/// Deadline token of the wait for join replies (gossip deadlines use round numbers).
+const JOIN_DEADLINE: u64 = u64::MAX;
+
+/// How long a restarted peer waits for a join reply without a gossip deadline configured.
+const DEFAULT_JOIN_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl DsgdPeer {
     /// Peer `id` holding training samples `shard`, starting from `initial` parameters.
@@ -193,7 +216,59 @@ impl DsgdPeer {
             gossip_bytes: 0,
             loss_sum: 0.0,
             loss_steps: 0,
+            rejoining: false,
+            keep_checkpoints: false,
+            saved: None,
+            snapshots: 0,
         }
+    }
+
+    /// The batch stream as it is after `self.step` steps (it is a pure function of the seed).
+    fn batch_stream(&self) -> EpochBatches {
+        let mut b = self.batches.clone();
+        b.rewind();
+        b.skip(self.step);
+        b
+    }
+
+    /// Takes over another peer's state (a join reply): its step, round and parameters.
+    fn adopt(
+        &mut self,
+        from: NodeId,
+        step: u64,
+        mixed_through: u32,
+        params: Arc<Vec<f32>>,
+        ctx: &mut NodeCtx<'_>,
+    ) -> Result<(), EngineError> {
+        tracing::info!(
+            "peer {} rejoins at step {step} (round {mixed_through} mixed) with peer {from}'s model",
+            self.id
+        );
+        self.rejoining = false;
+        self.step = step;
+        self.mixed_through = mixed_through;
+        self.params = Arc::clone(&params);
+        self.waiting = None;
+        self.inbox.retain(|&(r, _), _| r > mixed_through);
+        self.batches = self.batch_stream();
+        self.loss_sum = 0.0;
+        self.loss_steps = 0;
+        // If the sender is waiting for round `mixed_through + 1` at this step, its parameters
+        // are what it sent for that round: join the round with them.
+        let every = self.settings.schedule.every.max(1);
+        let round = mixed_through + 1;
+        let in_round = step < self.settings.total_steps
+            && self.settings.schedule.communicates_after(step)
+            && step == u64::from(round) * every;
+        if in_round {
+            let listens =
+                self.settings.round_graph(round).peers[self.id as usize].contains(&(from as usize));
+            if listens {
+                self.inbox.insert((round, from), params);
+            }
+            self.start_round(round, ctx);
+        }
+        self.run(ctx)
     }
 
     /// The current local parameters.
@@ -228,6 +303,16 @@ impl DsgdPeer {
         };
         self.loss_sum = 0.0;
         self.loss_steps = 0;
+        if self.keep_checkpoints {
+            self.saved = Some(Saved {
+                step: self.step,
+                mixed_through: self.mixed_through,
+                gossip_bytes: self.gossip_bytes,
+                params: Arc::clone(&self.params),
+                optimizer: self.optimizer.to_bytes().map_err(EngineError::Nn)?,
+            });
+            self.snapshots += 1;
+        }
         ctx.send(
             self.settings.monitor(),
             Payload::Snapshot {
@@ -380,15 +465,90 @@ impl Node for DsgdPeer {
     }
 
     fn finished(&self) -> bool {
-        self.step >= self.settings.total_steps && self.waiting.is_none()
+        !self.rejoining && self.step >= self.settings.total_steps && self.waiting.is_none()
+    }
+
+    fn state_version(&self) -> u64 {
+        self.snapshots
+    }
+
+    fn save_state(&self) -> Option<NodeState> {
+        let s = self.saved.as_ref()?;
+        Some(NodeState {
+            meta: serde_json::json!({
+                "step": s.step,
+                "mixed_through": s.mixed_through,
+                "gossip_bytes": s.gossip_bytes,
+            }),
+            tensors: vec![("params".into(), s.params.to_vec())],
+            blobs: vec![("optimizer".into(), s.optimizer.clone())],
+        })
+    }
+
+    fn load_state(&mut self, state: NodeState) -> Result<(), EngineError> {
+        let bad = |why: String| EngineError::Setup(format!("checkpoint: {why}"));
+        let step = state.meta_u64("step")?;
+        if step > self.settings.total_steps {
+            return Err(bad(format!(
+                "step {step} is past the run's {} steps",
+                self.settings.total_steps
+            )));
+        }
+        let mixed_through = u32::try_from(state.meta_u64("mixed_through")?)
+            .ok()
+            .filter(|&r| r <= self.settings.last_round())
+            .ok_or_else(|| bad("mixed_through is past the run's last round".into()))?;
+        let params = state.tensor("params")?;
+        check_params(params, self.settings.num_params).map_err(|w| bad(format!("params: {w}")))?;
+        self.optimizer =
+            OptimizerState::from_bytes(state.blob("optimizer")?).map_err(|e| bad(e.to_string()))?;
+        self.gossip_bytes = state.meta_u64("gossip_bytes")?;
+        self.params = Arc::new(params.to_vec());
+        self.step = step;
+        self.mixed_through = mixed_through;
+        self.batches = self.batch_stream();
+        self.rejoining = true;
+        Ok(())
+    }
+
+    fn keep_checkpoints(&mut self) {
+        self.keep_checkpoints = true;
+    }
+
+    fn rejoin(&mut self) {
+        self.rejoining = true;
     }
 
     fn on_start(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+        if self.rejoining {
+            // Ask every other peer where the run is; the first useful answer wins, and
+            // without one this peer goes on from its own state when the wait is over.
+            for j in 0..self.settings.peers() as NodeId {
+                if j != self.id {
+                    ctx.send(j, Payload::JoinRequest { step: self.step });
+                }
+            }
+            let wait = self.settings.gossip_deadline.unwrap_or(DEFAULT_JOIN_WAIT);
+            ctx.set_deadline(JOIN_DEADLINE, wait);
+            return Ok(());
+        }
         self.snapshot(ctx)?;
         self.run(ctx)
     }
 
     fn on_deadline(&mut self, token: u64, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+        if token == JOIN_DEADLINE {
+            if !self.rejoining {
+                return Ok(());
+            }
+            tracing::info!(
+                "peer {}: no peer answered; going on from its own step {}",
+                self.id,
+                self.step
+            );
+            self.rejoining = false;
+            return self.run(ctx);
+        }
         match &self.waiting {
             Some(w) if u64::from(w.round) == token => {}
             _ => return Ok(()), // that round was mixed in time
@@ -414,12 +574,47 @@ impl Node for DsgdPeer {
             kind,
             why,
         };
-        let Payload::Gossip { round, params } = payload else {
-            return Err(reject("a peer only accepts gossip".into()));
-        };
         if from as usize >= self.settings.peers() {
             return Err(reject("the sender is not a peer of this run".into()));
         }
+        let (round, params) = match payload {
+            Payload::Gossip { round, params } => (round, params),
+            Payload::JoinRequest { .. } => {
+                // A restarted peer asks where the run is: tell it.
+                ctx.send(
+                    from,
+                    Payload::JoinReply {
+                        step: self.step,
+                        mixed_through: self.mixed_through,
+                        params: Arc::clone(&self.params),
+                    },
+                );
+                return Ok(());
+            }
+            Payload::JoinReply {
+                step,
+                mixed_through,
+                params,
+            } => {
+                if step > self.settings.total_steps || mixed_through > self.settings.last_round() {
+                    return Err(reject(format!(
+                        "step {step} or round {mixed_through} is past the run's end"
+                    )));
+                }
+                check_params(&params, self.settings.num_params).map_err(reject)?;
+                // Late answers, and answers from peers behind this one's own state, are not
+                // needed.
+                if self.rejoining && step >= self.step {
+                    return self.adopt(from, step, mixed_through, params, ctx);
+                }
+                return Ok(());
+            }
+            _ => {
+                return Err(reject(
+                    "a peer only accepts gossip and join messages".into(),
+                ))
+            }
+        };
         // A neighbour that missed a deadline is alive again: wait for it from now on.
         self.absent.remove(&from);
         if round <= self.mixed_through || round > self.settings.last_round() {

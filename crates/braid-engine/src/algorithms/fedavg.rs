@@ -253,6 +253,7 @@ impl Node for FedAvgServer {
                 ("server_optimizer.m".into(), m.to_vec()),
                 ("server_optimizer.v".into(), v.to_vec()),
             ],
+            blobs: Vec::new(),
         })
     }
 
