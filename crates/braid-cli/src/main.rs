@@ -71,6 +71,10 @@ enum Command {
         /// Override a config value (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
+        /// Also write every participant's shard as IDX files to `DIR/node-<id>/` (node ids
+        /// as in a deployed run), for `braid node --data`.
+        #[arg(long, value_name = "DIR")]
+        write: Option<PathBuf>,
     },
     /// Print the quick-start config, a starting point for your own experiments.
     Init,
@@ -137,10 +141,13 @@ fn dispatch(cli: Cli) -> Result<()> {
             let config = ExperimentConfig::parse(QUICKSTART, "quickstart.toml", &set)?;
             run_and_report(config, out, false, quiet)
         }
-        Command::Partition { file, set } => {
+        Command::Partition { file, set, write } => {
             let config = ExperimentConfig::load(&file, &set)?;
             let prepared = experiment::prepare(&config)?;
             print_histogram(&prepared);
+            if let Some(dir) = write {
+                write_shards(&prepared, &dir)?;
+            }
             Ok(())
         }
         Command::Init => {
@@ -380,6 +387,28 @@ fn report_gossip(
         written.len()
     );
     Ok(last.map(|m| m.merged_accuracy))
+}
+
+/// Writes each participant's training shard as IDX files under `dir/node-<id>/`.
+fn write_shards(p: &Prepared, dir: &Path) -> Result<()> {
+    for (k, part) in p.parts.iter().enumerate() {
+        let id = experiment::node_of_shard(&p.config, k);
+        let d = dir.join(format!("node-{id}"));
+        std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+        let (images, labels) = p.data.train.select(part).to_idx()?;
+        for (name, bytes) in [
+            ("train-images-idx3-ubyte", images),
+            ("train-labels-idx1-ubyte", labels),
+        ] {
+            report::write_atomic(&d.join(name), &bytes).map_err(anyhow::Error::msg)?;
+        }
+    }
+    println!(
+        "wrote {} shards to {}/node-<id>/ (for braid node --data)",
+        p.parts.len(),
+        dir.display()
+    );
+    Ok(())
 }
 
 fn print_histogram(p: &Prepared) {

@@ -40,6 +40,11 @@ pub struct NodeArgs {
     /// `/node-<id>`).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Train on the IDX training files in this directory (this participant's own data, e.g.
+    /// a shard from `braid partition --write`) instead of its share of the experiment's
+    /// partition. The experiment's data source still gives the test set and the model shape.
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
     /// Continue from the checkpoint in the output directory (after a crash or kill -9): the
     /// server resumes after its last completed round; clients simply rejoin.
     #[arg(long)]
@@ -76,7 +81,19 @@ pub fn node(args: NodeArgs) -> Result<()> {
     let id = roster
         .node_of(&me)
         .with_context(|| format!("this key's peer id {me} is not in network.participants"))?;
-    let prepared = experiment::prepare(&config)?;
+    let mut prepared = experiment::prepare(&config)?;
+    if let Some(dir) = &args.data {
+        let k = experiment::shard_of_node(&config, id, prepared.parts.len()).with_context(|| {
+            format!("--data: node {id} holds no training data in this run (it is the server or the monitor)")
+        })?;
+        let own =
+            braid_data::load_train_dir(dir).with_context(|| format!("--data {}", dir.display()))?;
+        let n = own.len();
+        prepared
+            .use_own_data(k, own)
+            .with_context(|| format!("--data {}", dir.display()))?;
+        prepared.data_description = format!("own data {} ({n} train samples)", dir.display());
+    }
     let mut nodes = experiment::build_nodes(&prepared)?;
     if id as usize >= nodes.len() {
         bail!(

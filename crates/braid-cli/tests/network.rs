@@ -715,3 +715,61 @@ fn a_fedavg_client_killed_and_restarted_rejoins_with_the_current_model() {
     }
     assert_eq!((rows[7][4], rows[7][5]), ("3", "0"), "{csv}");
 }
+
+#[test]
+fn clients_on_their_own_data_shards_match_the_simulator() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_config(d, 3, "");
+    // The operator writes each client's shard once; each client then trains only on its own
+    // files (here the same split the simulator makes, so the run must be bit-identical).
+    let split = braid()
+        .current_dir(d)
+        .args(["partition", "exp.toml", "--write", "shards"])
+        .output()
+        .unwrap();
+    ok(&split, "braid partition --write");
+    for i in 1..=3 {
+        assert!(d
+            .join(format!("shards/node-{i}/train-images-idx3-ubyte"))
+            .exists());
+    }
+    // The server holds no training data: --data is refused for it.
+    let wrong = braid()
+        .current_dir(d)
+        .args([
+            "node",
+            "exp.toml",
+            "--key",
+            "k0.key",
+            "--data",
+            "shards/node-1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("holds no training data"));
+
+    let server = spawn_node(d, "k0.key", "out0");
+    let clients: Vec<Child> = (1..=3)
+        .map(|i| {
+            braid()
+                .current_dir(d)
+                .args(["node", "exp.toml", "--key", &format!("k{i}.key")])
+                .args(["--out", &format!("out{i}")])
+                .args(["--data", &format!("shards/node-{i}")])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let limit = Duration::from_secs(120);
+    ok(&finish(server, limit, "server"), "server");
+    for c in clients {
+        let out = finish(c, limit, "client");
+        ok(&out, "client");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("own data shards/node-"));
+    }
+    assert_matches_simulator(d, "out0/metrics.csv", 4);
+}

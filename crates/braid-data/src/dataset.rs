@@ -171,6 +171,26 @@ impl Dataset {
         }
     }
 
+    /// The data set as a pair of IDX files (images, labels), the layout Fashion-MNIST ships
+    /// in; only for byte images of shape `[1, rows, cols]`.
+    pub fn to_idx(&self) -> Result<(Vec<u8>, Vec<u8>), DataError> {
+        let (Features::U8 { data, .. }, [1, rows, cols]) =
+            (&self.features, self.sample_shape.as_slice())
+        else {
+            return Err(DataError::Mismatch(format!(
+                "only byte images of shape [1, rows, cols] can be written as IDX files (this data has shape {:?})",
+                self.sample_shape
+            )));
+        };
+        let dim = |v: usize| {
+            u32::try_from(v)
+                .map_err(|_| DataError::Mismatch(format!("{v} does not fit an IDX dimension")))
+        };
+        let images = crate::idx::encode_idx(&[dim(self.len())?, dim(*rows)?, dim(*cols)?], data);
+        let labels = crate::idx::encode_idx(&[dim(self.len())?], &self.labels);
+        Ok((images, labels))
+    }
+
     /// Number of samples of each class.
     pub fn class_counts(&self) -> Vec<usize> {
         let mut c = vec![0; self.num_classes];

@@ -107,8 +107,8 @@ fn parse_plain(raw: &[u8]) -> Result<IdxArray, String> {
     })
 }
 
-#[cfg(test)]
-pub(crate) fn encode_idx(dims: &[u32], data: &[u8]) -> Vec<u8> {
+/// The IDX encoding of unsigned-byte data with dimensions `dims` (what [`parse_idx`] reads).
+pub fn encode_idx(dims: &[u32], data: &[u8]) -> Vec<u8> {
     let mut out = vec![0, 0, 0x08, dims.len() as u8];
     for d in dims {
         out.extend_from_slice(&d.to_be_bytes());

@@ -11,7 +11,7 @@ pub mod source;
 pub mod synthetic;
 
 pub use dataset::{DataSplit, Dataset};
-pub use source::{load, DataConfig, FashionSource};
+pub use source::{load, load_train_dir, DataConfig, FashionSource};
 
 use std::path::PathBuf;
 use thiserror::Error;

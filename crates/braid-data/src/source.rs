@@ -157,6 +157,13 @@ pub fn load_fashion(source: &FashionSource) -> Result<DataSplit, DataError> {
     }
 }
 
+/// Reads a training set alone from `dir` (`train-images-idx3-ubyte[.gz]` and
+/// `train-labels-idx1-ubyte[.gz]`): one participant's own data, e.g. a shard written by
+/// `braid partition --write`.
+pub fn load_train_dir(dir: &Path) -> Result<Dataset, DataError> {
+    read_pair(dir, "train")
+}
+
 fn find(dir: &Path, stem: &str) -> Result<PathBuf, DataError> {
     [format!("{stem}.gz"), stem.to_owned()]
         .iter()
@@ -213,6 +220,22 @@ mod tests {
         assert_eq!(s.train.sample_shape(), &[1, 28, 28]);
         // Fashion-MNIST's test set is balanced: every class is present in the bundled train part.
         assert!(s.train.class_counts().iter().all(|&c| c > 700));
+    }
+
+    #[test]
+    fn a_shard_written_as_idx_reads_back_equal() {
+        let s = load_fashion(&FashionSource::Bundled).unwrap();
+        let shard = s.train.select(&[5, 3, 7999, 0]);
+        let (images, labels) = shard.to_idx().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("train-images-idx3-ubyte"), images).unwrap();
+        std::fs::write(dir.path().join("train-labels-idx1-ubyte"), labels).unwrap();
+        assert_eq!(load_train_dir(dir.path()).unwrap(), shard);
+        let empty = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            load_train_dir(empty.path()),
+            Err(DataError::NotFound(_))
+        ));
     }
 
     #[test]

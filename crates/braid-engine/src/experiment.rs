@@ -75,7 +75,57 @@ pub fn prepare(config: &ExperimentConfig) -> Result<Prepared, EngineError> {
     })
 }
 
+/// The node id of the participant holding shard `k` (FedAvg family: clients are nodes 1..;
+/// dsgd: peers are nodes 0..).
+pub fn node_of_shard(config: &ExperimentConfig, k: usize) -> NodeId {
+    let k = k as NodeId;
+    if config.algorithm.name == AlgorithmName::Dsgd {
+        k
+    } else {
+        k + 1
+    }
+}
+
+/// The shard index of node `id`, if it holds one (not the server or the dsgd monitor).
+pub fn shard_of_node(config: &ExperimentConfig, id: NodeId, shards: usize) -> Option<usize> {
+    let k = if config.algorithm.name == AlgorithmName::Dsgd {
+        id as usize
+    } else {
+        (id as usize).checked_sub(1)?
+    };
+    (k < shards).then_some(k)
+}
+
 impl Prepared {
+    /// Replaces shard `k` by `own`, a participant's own training data (`braid node --data`):
+    /// the participant trains on all of it; the test set and the model stay as configured.
+    /// For one node's process only: the other shards' indices no longer mean anything.
+    pub fn use_own_data(&mut self, k: usize, own: braid_data::Dataset) -> Result<(), EngineError> {
+        let train = &self.data.train;
+        if own.sample_shape() != train.sample_shape() || own.num_classes() != train.num_classes() {
+            return Err(EngineError::Setup(format!(
+                "own data has samples of shape {:?} with {} classes; the experiment's have {:?} with {}",
+                own.sample_shape(),
+                own.num_classes(),
+                train.sample_shape(),
+                train.num_classes()
+            )));
+        }
+        if own.is_empty() {
+            return Err(EngineError::Setup("own data holds no samples".into()));
+        }
+        let part = self
+            .parts
+            .get_mut(k)
+            .ok_or_else(|| EngineError::Setup(format!("there is no shard {k}")))?;
+        *part = (0..own.len()).collect();
+        self.data = Arc::new(DataSplit {
+            train: own,
+            test: self.data.test.clone(),
+        });
+        Ok(())
+    }
+
     /// Per-client label counts.
     pub fn histogram(&self) -> Vec<Vec<usize>> {
         label_histogram(
