@@ -162,7 +162,7 @@ pub fn node(args: NodeArgs) -> Result<()> {
     let on_listen = Box::new(move |a: &braid_net::Multiaddr| {
         println!("listening on {a}/p2p/{me}");
     });
-    let report = runtime::run(
+    let mut report = runtime::run(
         node,
         Box::new(trainer),
         key,
@@ -173,21 +173,14 @@ pub fn node(args: NodeArgs) -> Result<()> {
     )
     .context("node failed")?;
     let mut outcome = SimOutcome::default();
-    for (e, wall) in report.events {
+    for (e, wall) in std::mem::take(&mut report.events) {
         outcome.record(e, wall);
     }
     let produced = !outcome.rounds.is_empty() || !outcome.gossip.is_empty();
     if produced {
         report::write_all(&dir, &config, &prepared.arch, &outcome).map_err(anyhow::Error::msg)?;
     }
-    write_node_summary(
-        &dir,
-        id,
-        role,
-        &report.traffic,
-        report.refused_connections,
-        report.refused_messages,
-    )?;
+    write_node_summary(&dir, id, role, &report)?;
     println!(
         "node {id} done | sent {:.1} MB in {} messages, received {:.1} MB in {} | refused {} connections, {} messages | {:.1} s | results in {}",
         report.traffic.bytes_sent as f64 / 1e6,
@@ -211,18 +204,27 @@ fn role(config: &ExperimentConfig, id: u32, parts: usize) -> &'static str {
     }
 }
 
+/// `node.csv`: this node's traffic, refusals and compute (one row; `braid launch` joins them).
 fn write_node_summary(
     dir: &Path,
     id: u32,
     role: &str,
-    t: &braid_engine::transport::NodeTraffic,
-    refused_connections: u64,
-    refused_messages: u64,
+    r: &braid_net::runtime::RunReport,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let (t, c) = (&r.traffic, &r.compute);
     let body = format!(
-        "node,role,bytes_sent,bytes_received,messages_sent,messages_received,refused_connections,refused_messages\n{id},{role},{},{},{},{},{refused_connections},{refused_messages}\n",
-        t.bytes_sent, t.bytes_received, t.messages_sent, t.messages_received
+        "node,role,bytes_sent,bytes_received,messages_sent,messages_received,refused_connections,refused_messages,train_samples,eval_samples,flops,compute_s\n{id},{role},{},{},{},{},{},{},{},{},{},{:.3}\n",
+        t.bytes_sent,
+        t.bytes_received,
+        t.messages_sent,
+        t.messages_received,
+        r.refused_connections,
+        r.refused_messages,
+        c.train_samples,
+        c.eval_samples,
+        c.flops,
+        c.seconds
     );
     report::write_atomic(&dir.join("node.csv"), body.as_bytes()).map_err(anyhow::Error::msg)
 }

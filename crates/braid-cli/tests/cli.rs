@@ -353,3 +353,69 @@ fn dsgd_runs_with_its_parallel_sgd_reference() {
         "local min = local max in parallel SGD: {base}"
     );
 }
+
+#[test]
+fn accounting_adds_up_to_an_independent_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("exp.toml"),
+        r#"name = "acc"
+seed = 5
+[data]
+dataset = "fashion-mnist"
+source = "bundled"
+[partition]
+clients = 3
+kind = "iid"
+[model]
+name = "mlp"
+[train]
+batch_size = 32
+local_steps = 5
+[algorithm]
+name = "fedavg"
+rounds = 2
+"#,
+    )
+    .unwrap();
+    let out = braid(&["run", "exp.toml", "-q", "--out", "o"], d);
+    assert!(out.status.success(), "{out:?}");
+    let csv = std::fs::read_to_string(d.join("o/accounting.csv")).unwrap();
+    let rows: Vec<Vec<String>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(String::from).collect())
+        .collect();
+    let num = |r: &[String], i: usize| -> u64 { r[i].parse().unwrap() };
+    // Independent count: the MLP 784-200-200-10 forward pass, by hand (2 FLOPs per
+    // multiply-add, 1 per bias and per ReLU); training = 3 forward passes.
+    let forward: u64 =
+        (2 * 784 * 200 + 200 + 200) + (2 * 200 * 200 + 200 + 200) + (2 * 200 * 10 + 10);
+    // Each client: 2 rounds x 5 steps x 32 samples; the server evaluates the 2,000 bundled
+    // test images after each round.
+    assert_eq!(rows.len(), 5, "{csv}");
+    for client in &rows[1..4] {
+        assert_eq!(num(client, 2), 2 * 5 * 32, "{csv}");
+        assert_eq!(num(client, 4), 2 * 5 * 32 * 3 * forward, "{csv}");
+    }
+    assert_eq!((num(&rows[0], 2), num(&rows[0], 3)), (0, 2 * 2000), "{csv}");
+    assert_eq!(num(&rows[0], 4), 2 * 2000 * forward, "{csv}");
+    // The total row is the sum, and matches the steps metrics.csv reports.
+    let total = &rows[4];
+    assert_eq!(total[0], "all");
+    for col in 2..5 {
+        assert_eq!(
+            num(total, col),
+            rows[..4].iter().map(|r| num(r, col)).sum::<u64>(),
+            "column {col}"
+        );
+    }
+    let metrics = std::fs::read_to_string(d.join("o/metrics.csv")).unwrap();
+    let steps: u64 = metrics
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(7).unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(num(total, 2), steps * 32);
+}

@@ -569,6 +569,14 @@ rounds = 3
     let launched = metrics(&d.join("run/metrics.csv"));
     assert_eq!(launched.len(), 4);
     assert_eq!(launched, metrics(&d.join("sim/metrics.csv")));
+    // Each process counted the same compute as the simulator attributes to that node.
+    let sim_acc = std::fs::read_to_string(d.join("sim/accounting.csv")).unwrap();
+    let cols = |l: &str, from: usize| -> Vec<String> {
+        l.split(',').skip(from).take(3).map(String::from).collect()
+    };
+    for (net, sim) in nodes.lines().skip(1).zip(sim_acc.lines().skip(1)) {
+        assert_eq!(cols(net, 8), cols(sim, 2), "{nodes}\n{sim_acc}");
+    }
     // Launching into the same directory again would reuse the keys: refused without --resume.
     let again = braid()
         .current_dir(d)

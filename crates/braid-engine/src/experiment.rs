@@ -177,6 +177,14 @@ impl BurnTrainer {
 }
 
 impl LocalTrainer for BurnTrainer {
+    fn flops_per_sample(&self) -> crate::accounting::FlopsPerSample {
+        let arch = self.trainer.arch();
+        crate::accounting::FlopsPerSample {
+            train: arch.train_flops(),
+            forward: arch.forward_flops(),
+        }
+    }
+
     fn train(
         &mut self,
         params: &[f32],

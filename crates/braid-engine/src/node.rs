@@ -43,6 +43,11 @@ pub trait LocalTrainer: Send {
         params: &[f32],
         max_samples: usize,
     ) -> Result<EvalOutcome, EngineError>;
+    /// FLOPs of training and of evaluating one sample, for compute accounting (zero if the
+    /// trainer does not know its model).
+    fn flops_per_sample(&self) -> crate::accounting::FlopsPerSample {
+        crate::accounting::FlopsPerSample::default()
+    }
 }
 
 /// Metrics of one completed round, as the server sees them.

@@ -92,23 +92,26 @@ pub fn write_all(
 
     let mut traffic =
         String::from("node,role,bytes_sent,bytes_received,messages_sent,messages_received\n");
-    let dsgd = config.algorithm.name == AlgorithmName::Dsgd;
-    let peers = outcome.traffic.len().saturating_sub(1);
+    let n = outcome.traffic.len();
     for (i, t) in outcome.traffic.iter().enumerate() {
-        let role = match (dsgd, i) {
-            (true, i) if i == peers => "monitor",
-            (true, _) => "peer",
-            (false, 0) => "server",
-            (false, _) => "client",
-        };
         traffic.push_str(&format!(
-            "{i},{role},{},{},{},{}\n",
-            t.bytes_sent, t.bytes_received, t.messages_sent, t.messages_received
+            "{i},{},{},{},{},{}\n",
+            role(config, i, n),
+            t.bytes_sent,
+            t.bytes_received,
+            t.messages_sent,
+            t.messages_received
         ));
     }
     let p = dir.join("traffic.csv");
     write_atomic(&p, traffic.as_bytes())?;
     written.push(p);
+
+    if !outcome.compute.is_empty() {
+        let p = dir.join("accounting.csv");
+        write_atomic(&p, accounting_csv(config, outcome).as_bytes())?;
+        written.push(p);
+    }
 
     if let Some(params) = &outcome.final_params {
         let p = dir.join("final.safetensors");
@@ -116,6 +119,59 @@ pub fn write_all(
         written.push(p);
     }
     Ok(written)
+}
+
+/// `accounting.csv` header: compute and traffic per participant, then the run's total.
+pub const ACCOUNTING_CSV_HEADER: &str = "node,role,train_samples,eval_samples,flops,compute_s,bytes_sent,bytes_received,messages_sent,messages_received";
+
+/// The role of node `i` of `n` nodes in a run of `config`.
+pub fn role(config: &ExperimentConfig, i: usize, n: usize) -> &'static str {
+    let dsgd = config.algorithm.name == AlgorithmName::Dsgd;
+    match (dsgd, i) {
+        (true, i) if i + 1 == n => "monitor",
+        (true, _) => "peer",
+        (false, 0) => "server",
+        (false, _) => "client",
+    }
+}
+
+fn accounting_csv(config: &ExperimentConfig, outcome: &SimOutcome) -> String {
+    let mut out = format!("{ACCOUNTING_CSV_HEADER}\n");
+    let n = outcome.compute.len();
+    let mut total = crate::accounting::Compute::default();
+    let mut t_total = crate::transport::NodeTraffic::default();
+    for (i, c) in outcome.compute.iter().enumerate() {
+        let t = outcome.traffic.get(i).copied().unwrap_or_default();
+        out.push_str(&format!(
+            "{i},{},{},{},{},{:.3},{},{},{},{}\n",
+            role(config, i, n),
+            c.train_samples,
+            c.eval_samples,
+            c.flops,
+            c.seconds,
+            t.bytes_sent,
+            t.bytes_received,
+            t.messages_sent,
+            t.messages_received
+        ));
+        total.add(c);
+        t_total.bytes_sent += t.bytes_sent;
+        t_total.bytes_received += t.bytes_received;
+        t_total.messages_sent += t.messages_sent;
+        t_total.messages_received += t.messages_received;
+    }
+    out.push_str(&format!(
+        "all,all,{},{},{},{:.3},{},{},{},{}\n",
+        total.train_samples,
+        total.eval_samples,
+        total.flops,
+        total.seconds,
+        t_total.bytes_sent,
+        t_total.bytes_received,
+        t_total.messages_sent,
+        t_total.messages_received
+    ));
+    out
 }
 
 /// `metrics.csv` header of a decentralized run.

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::accounting::{Compute, Metered};
 use crate::node::{
     EngineError, Event, GossipMetrics, Input, LocalTrainer, Node, NodeCtx, RoundMetrics,
 };
@@ -53,6 +54,8 @@ pub struct SimOutcome {
     pub final_params: Option<Vec<f32>>,
     /// Traffic per node id.
     pub traffic: Vec<NodeTraffic>,
+    /// Compute per node id (samples, FLOPs, seconds in the trainer).
+    pub compute: Vec<Compute>,
 }
 
 impl SimOutcome {
@@ -70,6 +73,7 @@ struct TaskOutput {
     outbox: Vec<(NodeId, Payload)>,
     events: Vec<Event>,
     deadlines: Vec<(u64, Duration)>,
+    compute: Compute,
 }
 
 /// Runs nodes in one process.
@@ -85,7 +89,8 @@ fn handle(
     trainer: &mut dyn LocalTrainer,
 ) -> Result<TaskOutput, EngineError> {
     let (mut outbox, mut events) = (Vec::new(), Vec::new());
-    let mut ctx = NodeCtx::new(&mut outbox, &mut events, trainer);
+    let mut metered = Metered::new(trainer);
+    let mut ctx = NodeCtx::new(&mut outbox, &mut events, &mut metered);
     for input in inputs {
         input.apply(node, &mut ctx)?;
     }
@@ -94,6 +99,7 @@ fn handle(
         outbox,
         events,
         deadlines,
+        compute: metered.compute,
     })
 }
 
@@ -125,7 +131,10 @@ impl Simulator {
     /// Runs until no message is left, calling `observer` for every event as it happens.
     pub fn run(&mut self, observer: &mut dyn FnMut(&Event)) -> Result<SimOutcome, EngineError> {
         let t0 = Instant::now();
-        let mut outcome = SimOutcome::default();
+        let mut outcome = SimOutcome {
+            compute: vec![Compute::default(); self.nodes.len()],
+            ..SimOutcome::default()
+        };
         let ids: Vec<NodeId> = (0..self.nodes.len() as NodeId).collect();
         let mut tasks: Vec<(NodeId, Vec<Input>)> =
             ids.iter().map(|&i| (i, vec![Input::Start])).collect();
@@ -135,6 +144,9 @@ impl Simulator {
         while !tasks.is_empty() {
             let outputs = self.run_tasks(tasks)?;
             for (from, out) in outputs {
+                if let Some(c) = outcome.compute.get_mut(from as usize) {
+                    c.add(&out.compute);
+                }
                 for (token, after) in out.deadlines {
                     timers.push(Reverse((now + after, seq, from, token)));
                     seq += 1;

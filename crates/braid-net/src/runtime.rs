@@ -20,6 +20,7 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use braid_engine::accounting::{Compute, Metered};
 use braid_engine::checkpoint::{Checkpoint, Reported};
 use braid_engine::node::{EngineError, Event, Input, LocalTrainer, Node, NodeCtx};
 use braid_engine::transport::NodeTraffic;
@@ -70,6 +71,8 @@ pub struct RunReport {
     pub refused_connections: u64,
     /// Messages refused (malformed, too large, or rejected by the node).
     pub refused_messages: u64,
+    /// Compute this node spent in its trainer.
+    pub compute: Compute,
 }
 
 /// Something the node thread asks of the network task.
@@ -177,10 +180,11 @@ pub fn run(
     let (mut report, node_report) = (net?, node_result?);
     report.events = node_report.0;
     report.refused_messages += node_report.1;
+    report.compute = node_report.2;
     Ok(report)
 }
 
-type NodeOutcome = (Vec<(Event, f64)>, u64);
+type NodeOutcome = (Vec<(Event, f64)>, u64, Compute);
 
 #[allow(clippy::too_many_arguments)]
 fn node_loop(
@@ -202,6 +206,7 @@ fn node_loop(
         .collect();
     let mut saved_version = 0u64;
     let mut rejected = 0u64;
+    let mut compute = Compute::default();
     let mut timers: BinaryHeap<Reverse<(Instant, u64, u64)>> = BinaryHeap::new();
     let mut seq = 0u64;
     let mut first = Some(());
@@ -238,13 +243,15 @@ fn node_loop(
             }
         };
         let (mut outbox, mut emitted) = (Vec::new(), Vec::new());
-        let mut ctx = NodeCtx::new(&mut outbox, &mut emitted, trainer.as_mut());
+        let mut metered = Metered::new(trainer.as_mut());
+        let mut ctx = NodeCtx::new(&mut outbox, &mut emitted, &mut metered);
         let r = input.apply(node.as_mut(), &mut ctx);
         let now = Instant::now();
         for (token, after) in ctx.take_deadlines() {
             timers.push(Reverse((now + after, seq, token)));
             seq += 1;
         }
+        compute.add(&metered.compute);
         match r {
             Ok(()) => {}
             Err(e @ EngineError::Rejected { .. }) => {
@@ -286,7 +293,7 @@ fn node_loop(
         Ok(()) => ToNet::Finished,
         Err(e) => ToNet::Failed(e.to_string()),
     });
-    result.map(|()| (events, rejected))
+    result.map(|()| (events, rejected, compute))
 }
 
 fn build_swarm(

@@ -158,6 +158,46 @@ impl Arch {
         out
     }
 
+    /// Floating-point operations of one forward pass of one sample: 2 per multiply-add
+    /// (convolutions, linear layers), 1 per bias add and per ReLU, 3 per 2x2 max-pool output
+    /// (the max of 4); the softmax and loss are not counted.
+    pub fn forward_flops(&self) -> u64 {
+        let mut flops = 0u64;
+        let mut ch = self.input.first().copied().unwrap_or(1) as u64;
+        if !self.blocks.is_empty() {
+            let (mut h, mut w) = (self.input[1] as u64, self.input[2] as u64);
+            for block in &self.blocks {
+                for &o in block {
+                    let out = o as u64 * h * w; // 3x3 convolution, padding 1: same size
+                    flops += 2 * out * ch * 9 + out + out; // multiply-adds, bias, ReLU
+                    ch = o as u64;
+                }
+                h /= 2;
+                w /= 2;
+                flops += 3 * ch * h * w; // 2x2 max-pool
+            }
+        }
+        let mut inp = self.flat_features() as u64;
+        let last = self.fc.len().saturating_sub(1);
+        for (l, &o) in self.fc.iter().enumerate() {
+            let o = o as u64;
+            flops += 2 * inp * o + o; // multiply-adds, bias
+            if l < last {
+                flops += o; // ReLU
+            }
+            inp = o;
+        }
+        flops
+    }
+
+    /// Floating-point operations of training on one sample: forward plus backward, counted
+    /// as 3 forward passes (the backward pass computes gradients for both the inputs and the
+    /// weights of every layer, about twice the forward cost; the usual convention for
+    /// training-compute estimates). The optimizer update is not counted.
+    pub fn train_flops(&self) -> u64 {
+        3 * self.forward_flops()
+    }
+
     /// Total number of parameters.
     pub fn num_params(&self) -> usize {
         self.param_shapes()
@@ -178,35 +218,31 @@ impl Arch {
         }
         out
     }
-
-    /// Forward FLOPs of one sample (multiply-adds counted as 2), for reports.
-    pub fn forward_flops(&self) -> u64 {
-        let mut flops = 0u64;
-        let (mut h, mut w) = (
-            self.input.get(1).copied().unwrap_or(1),
-            self.input.get(2).copied().unwrap_or(1),
-        );
-        let mut ch = self.input.first().copied().unwrap_or(1);
-        for block in &self.blocks {
-            for &o in block {
-                flops += 2 * (ch * 9 * o * h * w) as u64;
-                ch = o;
-            }
-            h /= 2;
-            w /= 2;
-        }
-        let mut inp = self.flat_features();
-        for &o in &self.fc {
-            flops += 2 * (inp * o) as u64;
-            inp = o;
-        }
-        flops
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flops_match_a_hand_count() {
+        let cnn = Arch::new(ModelName::Cnn, &[1, 28, 28], 10).unwrap();
+        // conv 1->32 on 28x28: 32*28*28 = 25,088 outputs, 9 multiply-adds each, + bias + ReLU
+        let conv1 = 2 * 25_088 * 9 + 25_088 + 25_088;
+        let pool1 = 3 * 32 * 14 * 14;
+        // conv 32->64 on 14x14: 64*14*14 = 12,544 outputs, 32*9 = 288 multiply-adds each
+        let conv2 = 2 * 12_544 * 288 + 12_544 + 12_544;
+        let pool2 = 3 * 64 * 7 * 7;
+        let fc1 = 2 * 3_136 * 128 + 128 + 128; // + ReLU
+        let fc2 = 2 * 128 * 10 + 10; // logits: no ReLU
+        let hand: u64 = conv1 + pool1 + conv2 + pool2 + fc1 + fc2;
+        assert_eq!(hand, 8_586_058);
+        assert_eq!(cnn.forward_flops(), hand);
+        assert_eq!(cnn.train_flops(), 3 * hand);
+        let mlp = Arch::new(ModelName::Mlp, &[1, 28, 28], 10).unwrap();
+        let hand = (2 * 784 * 200 + 200 + 200) + (2 * 200 * 200 + 200 + 200) + (2 * 200 * 10 + 10);
+        assert_eq!(mlp.forward_flops(), hand);
+    }
 
     #[test]
     fn reference_cnn_has_the_expected_size() {

@@ -1,0 +1,142 @@
+//! Compute accounting: what each participant spent on training and evaluation.
+//!
+//! Drivers hand nodes a [`Metered`] trainer, which passes every call through to the real one
+//! and adds up samples, floating-point operations (from the model's per-sample counts, see
+//! `braid_nn::Arch::train_flops`) and wall-clock seconds. The simulator attributes each
+//! node's calls to that node, whichever worker thread ran them; the network runtime has one
+//! node per process. Totals go to `accounting.csv` (simulation) and `node.csv` (deployment).
+
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::node::{EngineError, LocalTrainer};
+use braid_nn::{EvalOutcome, OptimizerState, TrainOutcome};
+
+/// Compute spent by one participant (or one round, or a whole run).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Compute {
+    /// Training samples processed (counting repeats over epochs).
+    pub train_samples: u64,
+    /// Samples evaluated (forward passes only).
+    pub eval_samples: u64,
+    /// Floating-point operations: training samples x train FLOPs per sample + evaluated
+    /// samples x forward FLOPs per sample.
+    pub flops: u64,
+    /// Wall-clock seconds spent inside the trainer.
+    pub seconds: f64,
+}
+
+impl Compute {
+    /// Adds `other` to this total.
+    pub fn add(&mut self, other: &Compute) {
+        self.train_samples += other.train_samples;
+        self.eval_samples += other.eval_samples;
+        self.flops = self.flops.saturating_add(other.flops);
+        self.seconds += other.seconds;
+    }
+
+    /// True if nothing was computed.
+    pub fn is_zero(&self) -> bool {
+        self.train_samples == 0 && self.eval_samples == 0
+    }
+}
+
+/// FLOPs of one sample, as a trainer reports them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlopsPerSample {
+    /// Training one sample (forward and backward).
+    pub train: u64,
+    /// Evaluating one sample (forward only).
+    pub forward: u64,
+}
+
+/// A trainer that counts the compute going through it.
+pub struct Metered<'a> {
+    inner: &'a mut dyn LocalTrainer,
+    per_sample: FlopsPerSample,
+    /// What has gone through so far.
+    pub compute: Compute,
+}
+
+impl<'a> Metered<'a> {
+    /// Meters `inner`.
+    pub fn new(inner: &'a mut dyn LocalTrainer) -> Self {
+        let per_sample = inner.flops_per_sample();
+        Self {
+            inner,
+            per_sample,
+            compute: Compute::default(),
+        }
+    }
+
+    fn trained(&mut self, out: &TrainOutcome, t0: Instant) {
+        let n = out.samples as u64;
+        self.compute.train_samples += n;
+        self.compute.flops = self
+            .compute
+            .flops
+            .saturating_add(n.saturating_mul(self.per_sample.train));
+        self.compute.seconds += t0.elapsed().as_secs_f64();
+    }
+
+    fn evaluated(&mut self, out: &EvalOutcome, t0: Instant) {
+        let n = out.samples as u64;
+        self.compute.eval_samples += n;
+        self.compute.flops = self
+            .compute
+            .flops
+            .saturating_add(n.saturating_mul(self.per_sample.forward));
+        self.compute.seconds += t0.elapsed().as_secs_f64();
+    }
+}
+
+impl LocalTrainer for Metered<'_> {
+    fn train(
+        &mut self,
+        params: &[f32],
+        shard: &[usize],
+        seed: u64,
+        lr_scale: f64,
+    ) -> Result<TrainOutcome, EngineError> {
+        let t0 = Instant::now();
+        let out = self.inner.train(params, shard, seed, lr_scale)?;
+        self.trained(&out, t0);
+        Ok(out)
+    }
+
+    fn train_batches(
+        &mut self,
+        params: &[f32],
+        batches: &[Vec<usize>],
+        state: &mut OptimizerState,
+        lr_scale: f64,
+    ) -> Result<TrainOutcome, EngineError> {
+        let t0 = Instant::now();
+        let out = self.inner.train_batches(params, batches, state, lr_scale)?;
+        self.trained(&out, t0);
+        Ok(out)
+    }
+
+    fn evaluate(&mut self, params: &[f32]) -> Result<EvalOutcome, EngineError> {
+        let t0 = Instant::now();
+        let out = self.inner.evaluate(params)?;
+        self.evaluated(&out, t0);
+        Ok(out)
+    }
+
+    fn evaluate_sample(
+        &mut self,
+        params: &[f32],
+        max_samples: usize,
+    ) -> Result<EvalOutcome, EngineError> {
+        let t0 = Instant::now();
+        let out = self.inner.evaluate_sample(params, max_samples)?;
+        self.evaluated(&out, t0);
+        Ok(out)
+    }
+
+    fn flops_per_sample(&self) -> FlopsPerSample {
+        self.per_sample
+    }
+}
