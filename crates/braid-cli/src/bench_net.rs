@@ -216,6 +216,7 @@ fn braid_rounds(args: &BenchNetArgs) -> Result<Vec<f64>> {
             retry_for: Duration::from_secs(60),
             checkpoint: None,
             resume: false,
+            run_log: None,
         };
         let roster = roster.clone();
         handles.push(std::thread::spawn(move || {

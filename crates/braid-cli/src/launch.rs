@@ -304,9 +304,12 @@ fn collect(dir: &Path, evaluator: u32, total: usize) -> Result<usize> {
     for entry in entries {
         let entry = entry.with_context(|| format!("cannot read {}", from.display()))?;
         let name = entry.file_name();
-        let keep = name
-            .to_str()
-            .is_some_and(|n| !matches!(n, "checkpoint.ckpt" | "log.txt" | "node.csv"));
+        let keep = name.to_str().is_some_and(|n| {
+            !matches!(
+                n,
+                "checkpoint.ckpt" | "log.txt" | "node.csv" | "runlog.jsonl"
+            )
+        });
         if keep && entry.file_type().is_ok_and(|t| t.is_file()) {
             let bytes = std::fs::read(entry.path())
                 .with_context(|| format!("cannot read {}", entry.path().display()))?;

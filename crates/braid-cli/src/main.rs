@@ -12,6 +12,7 @@ use braid_engine::report;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+mod audit;
 mod bench;
 mod bench_net;
 mod launch;
@@ -105,6 +106,10 @@ enum Command {
     /// Run a deployed experiment on this machine: one `braid node` process per participant on
     /// loopback ports, with generated keys; results collected into one output directory.
     Launch(launch::LaunchArgs),
+    /// Check a deployed run's signed logs (`verify`) or account for its compute and traffic
+    /// (`report`).
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 fn main() -> ExitCode {
@@ -159,6 +164,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Keygen(args) => node::keygen(args),
         Command::Node(args) => node::node(args),
         Command::Launch(args) => launch::launch(args),
+        Command::Audit(cmd) => audit::run(cmd),
         Command::Topology {
             nodes,
             r,

@@ -132,6 +132,10 @@ pub fn node(args: NodeArgs) -> Result<()> {
         retry_for: Duration::from_secs(net.retry_s),
         checkpoint: Some(dir.join("checkpoint.ckpt")),
         resume: args.resume,
+        run_log: Some((
+            dir.join("runlog.jsonl"),
+            braid_net::runlog::sha256_hex(config.to_toml().as_bytes()),
+        )),
     };
     println!(
         "braid node {id} ({role}) | peer id {me} | {} | model {} ({} parameters) | {} participants",

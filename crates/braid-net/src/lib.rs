@@ -7,6 +7,7 @@
 //! - [`roster`]: the run's participants (node id, peer id, address) from `[network]`;
 //! - [`codec`]: length-prefixed message frames with a size limit, and acknowledgements;
 //! - [`probe`]: hand-made (malformed) messages, for testing a deployment's input checks;
+//! - [`runlog`]: the tamper-evident run log (hash-chained, signed entries) and its checks;
 //! - [`runtime`]: the node thread and the network task that connect a node to its peers
 //!   (TCP, Noise, yamux), with admission, retries and deadlines.
 
@@ -14,6 +15,7 @@ pub mod codec;
 pub mod identity;
 pub mod probe;
 pub mod roster;
+pub mod runlog;
 pub mod runtime;
 
 pub use libp2p::{Multiaddr, PeerId};

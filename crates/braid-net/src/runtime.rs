@@ -17,7 +17,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::path::PathBuf;
 use std::sync::mpsc as std_mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use braid_engine::accounting::{Compute, Metered};
@@ -36,6 +36,7 @@ use tracing::{debug, info, warn};
 
 use crate::codec::{Ack, Frame, FrameCodec, PROTOCOL};
 use crate::roster::Roster;
+use crate::runlog::{model_hash, sha256_hex, LogEvent, RunLog};
 use crate::NetError;
 
 /// How a node process talks to the network.
@@ -57,6 +58,49 @@ pub struct RuntimeOptions {
     /// Continue from the checkpoint instead of starting fresh (nodes without durable state
     /// simply start; they rejoin from the messages they receive).
     pub resume: bool,
+    /// Where to keep this node's signed run log (see [`crate::runlog`]), and the run's
+    /// configuration hash to record in it.
+    pub run_log: Option<(PathBuf, String)>,
+}
+
+/// The run log shared by the node thread and the network task.
+type SharedLog = Option<Arc<Mutex<RunLog>>>;
+
+/// Appends `event` to the run log, if there is one.
+fn record(log: &SharedLog, event: LogEvent) -> Result<(), NetError> {
+    match log {
+        Some(l) => l
+            .lock()
+            .map_err(|_| NetError::Io("the run log's lock is poisoned".into()))?
+            .append(event),
+        None => Ok(()),
+    }
+}
+
+fn sync_log(log: &SharedLog) -> Result<(), NetError> {
+    match log {
+        Some(l) => l
+            .lock()
+            .map_err(|_| NetError::Io("the run log's lock is poisoned".into()))?
+            .sync(),
+        None => Ok(()),
+    }
+}
+
+/// The round (or step) a message belongs to, for compute entries.
+fn round_of(input: &Input) -> Option<u64> {
+    match input {
+        Input::Message(_, p) => match p {
+            Payload::TrainRequest { round, .. }
+            | Payload::TrainReply { round, .. }
+            | Payload::Gossip { round, .. }
+            | Payload::Shutdown { round } => Some(u64::from(*round)),
+            Payload::Snapshot { step, .. }
+            | Payload::JoinRequest { step }
+            | Payload::JoinReply { step, .. } => Some(*step),
+        },
+        _ => None,
+    }
 }
 
 /// What a finished node process reports.
@@ -97,6 +141,8 @@ struct Outgoing {
     peer: PeerId,
     bytes: Arc<Vec<u8>>,
     since: Instant,
+    /// The message kind, for the run log.
+    what: &'static str,
     /// A last word (`Shutdown`): its receiver may exit as soon as it has read it, so a
     /// connection that closes before the acknowledgement counts as delivered.
     last_word: bool,
@@ -154,6 +200,19 @@ pub fn run(
     if options.resume {
         node.rejoin();
     }
+    let log: SharedLog = match &options.run_log {
+        Some((path, run)) => {
+            let mut l = RunLog::open(path, key.clone(), my_node)?;
+            l.append(LogEvent::Join {
+                run: run.clone(),
+                peer_id: me.to_string(),
+                public_key: crate::identity::hex(&key.public().encode_protobuf()),
+                resumed: options.resume,
+            })?;
+            Some(Arc::new(Mutex::new(l)))
+        }
+        None => None,
+    };
     let checkpoint = options.checkpoint.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -163,20 +222,33 @@ pub fn run(
     let (to_net, from_node) = tokio_mpsc::unbounded_channel();
     let (to_node, from_net) = std_mpsc::channel();
     let start = Instant::now();
+    let node_log = log.clone();
     let node_thread = std::thread::Builder::new()
         .name(format!("braid-node-{my_node}"))
         .spawn(move || {
             node_loop(
-                node, trainer, from_net, to_net, observer, start, checkpoint, restored,
+                node, trainer, from_net, to_net, observer, start, checkpoint, restored, node_log,
             )
         })
         .map_err(|e| NetError::Io(format!("cannot start the node thread: {e}")))?;
     let net = rt.block_on(network_loop(
-        key, roster, options, from_node, to_node, on_listen,
+        key,
+        roster,
+        options,
+        from_node,
+        to_node,
+        on_listen,
+        log.clone(),
     ));
     let node_result = node_thread
         .join()
         .map_err(|_| NetError::Node("the node thread panicked".into()))?;
+    let reason = match (&net, &node_result) {
+        (Ok(_), Ok(_)) => "finished".to_string(),
+        (Err(e), _) | (_, Err(e)) => format!("failed: {e}"),
+    };
+    record(&log, LogEvent::Leave { reason })?;
+    sync_log(&log)?;
     let (mut report, node_report) = (net?, node_result?);
     report.events = node_report.0;
     report.refused_messages += node_report.1;
@@ -196,6 +268,7 @@ fn node_loop(
     start: Instant,
     checkpoint: Option<PathBuf>,
     restored: Vec<(Reported, f64)>,
+    log: SharedLog,
 ) -> Result<NodeOutcome, NetError> {
     // Wall-clock seconds continue from the restored metrics.
     let offset = restored.last().map_or(0.0, |(_, w)| *w);
@@ -243,6 +316,7 @@ fn node_loop(
             }
         };
         let (mut outbox, mut emitted) = (Vec::new(), Vec::new());
+        let round = round_of(&input);
         let mut metered = Metered::new(trainer.as_mut());
         let mut ctx = NodeCtx::new(&mut outbox, &mut emitted, &mut metered);
         let r = input.apply(node.as_mut(), &mut ctx);
@@ -252,13 +326,58 @@ fn node_loop(
             seq += 1;
         }
         compute.add(&metered.compute);
+        let c = metered.compute;
+        if !c.is_zero() {
+            let e = LogEvent::Compute {
+                round,
+                train_samples: c.train_samples,
+                eval_samples: c.eval_samples,
+                flops: c.flops,
+                seconds: c.seconds,
+            };
+            if let Err(e) = record(&log, e) {
+                break Err(e);
+            }
+        }
         match r {
             Ok(()) => {}
             Err(e @ EngineError::Rejected { .. }) => {
                 warn!("dropped a message: {e}");
                 rejected += 1;
+                let (from, why) = match &e {
+                    EngineError::Rejected {
+                        from, why, kind, ..
+                    } => (format!("node {from}"), format!("{kind}: {why}")),
+                    _ => (String::new(), e.to_string()),
+                };
+                if let Err(e) = record(&log, LogEvent::Refused { from, why }) {
+                    break Err(e);
+                }
             }
             Err(e) => break Err(NetError::Node(e.to_string())),
+        }
+        let mut log_failed = None;
+        for ev in &emitted {
+            let entry = match ev {
+                Event::Round(m) => LogEvent::Progress {
+                    round: u64::from(m.round),
+                    accuracy: m.accuracy,
+                },
+                Event::Gossip(m) => LogEvent::Progress {
+                    round: m.step,
+                    accuracy: Some(m.merged_accuracy),
+                },
+                Event::Finished { params } => LogEvent::Final {
+                    model_hash: model_hash(params),
+                },
+            };
+            if let Err(e) = record(&log, entry) {
+                log_failed = Some(e);
+                break;
+            }
+        }
+        if let Some(e) = log_failed {
+            break Err(e);
         }
         for ev in emitted {
             observer(&ev);
@@ -278,6 +397,9 @@ fn node_loop(
                     };
                     if let Err(e) = c.save(path) {
                         break Err(NetError::Io(e.to_string()));
+                    }
+                    if let Err(e) = sync_log(&log) {
+                        break Err(e);
                     }
                 }
                 saved_version = v;
@@ -341,6 +463,16 @@ fn build_swarm(
     Ok(swarm)
 }
 
+fn sent_entry(out: &Outgoing) -> LogEvent {
+    LogEvent::Sent {
+        to: out.to,
+        what: out.what.into(),
+        bytes: out.bytes.len() as u64,
+        hash: sha256_hex(&out.bytes),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn network_loop(
     key: Keypair,
     roster: Roster,
@@ -348,6 +480,7 @@ async fn network_loop(
     mut from_node: tokio_mpsc::UnboundedReceiver<ToNet>,
     to_node: std_mpsc::Sender<Input>,
     mut on_listen: Box<dyn FnMut(&Multiaddr) + Send>,
+    log: SharedLog,
 ) -> Result<RunReport, NetError> {
     let me = crate::identity::peer_id(&key);
     let mut swarm = build_swarm(key, &roster, &options)?;
@@ -386,7 +519,7 @@ async fn network_loop(
                     report.traffic.bytes_sent += bytes.len() as u64;
                     report.traffic.messages_sent += 1;
                     let last_word = matches!(payload, Payload::Shutdown { .. });
-                    let out = Outgoing { to, peer, bytes, since: Instant::now(), last_word };
+                    let out = Outgoing { to, peer, bytes, since: Instant::now(), what: payload.kind(), last_word };
                     let id = swarm.behaviour_mut().msg.send_request(&peer, Frame::Bytes(Arc::clone(&out.bytes)));
                     pending.insert(id, out);
                 }
@@ -424,6 +557,10 @@ async fn network_loop(
                 SwarmEvent::IncomingConnectionError { peer_id, error: ListenError::Denied { cause }, send_back_addr, .. } => {
                     report.refused_connections += 1;
                     warn!("refused a connection from {peer_id:?} at {send_back_addr}: {cause}");
+                    record(&log, LogEvent::Refused {
+                        from: peer_id.map_or_else(|| send_back_addr.to_string(), |p| p.to_string()),
+                        why: format!("connection: {cause}"),
+                    })?;
                 }
                 SwarmEvent::OutgoingConnectionError { peer_id, error: DialError::Denied { cause }, .. } => {
                     report.refused_connections += 1;
@@ -452,12 +589,21 @@ async fn network_loop(
                                     Frame::Unreadable(why) => {
                                         warn!("refused a message from node {from}: {why}");
                                         report.refused_messages += 1;
+                                        record(&log, LogEvent::Refused { from: format!("node {from}"), why: why.clone() })?;
                                         Ack::Refused(why)
                                     }
                                     Frame::Bytes(request) => match Payload::decode(&request, options.max_params) {
                                     Ok(p) => {
                                         report.traffic.bytes_received += request.len() as u64;
                                         report.traffic.messages_received += 1;
+                                        // Recorded before it is acknowledged, so a message its
+                                        // sender logs as delivered is always in this log.
+                                        record(&log, LogEvent::Received {
+                                            from,
+                                            what: p.kind().into(),
+                                            bytes: request.len() as u64,
+                                            hash: sha256_hex(&request),
+                                        })?;
                                         if to_node.send(Input::Message(from, p)).is_err() {
                                             node_done = true;
                                         }
@@ -466,6 +612,7 @@ async fn network_loop(
                                     Err(e) => {
                                         warn!("refused a message from node {from}: {e}");
                                         report.refused_messages += 1;
+                                        record(&log, LogEvent::Refused { from: format!("node {from}"), why: e.to_string() })?;
                                         Ack::Refused(e.to_string())
                                     }
                                     },
@@ -477,8 +624,9 @@ async fn network_loop(
                         }
                         request_response::Message::Response { request_id, response } => {
                             if let Some(out) = pending.remove(&request_id) {
-                                if let Ack::Refused(why) = response {
-                                    warn!("node {} refused our message: {why}", out.to);
+                                match response {
+                                    Ack::Refused(why) => warn!("node {} refused our message: {why}", out.to),
+                                    Ack::Accepted => record(&log, sent_entry(&out))?,
                                 }
                             }
                         }
@@ -487,6 +635,7 @@ async fn network_loop(
                         if let Some(out) = pending.remove(&request_id) {
                             if out.last_word && matches!(error, request_response::OutboundFailure::ConnectionClosed) {
                                 debug!("node {} closed its connection after our last message", out.to);
+                                record(&log, sent_entry(&out))?;
                             } else if out.since.elapsed() < options.retry_for {
                                 debug!("delivery to node {} failed ({error}); retrying", out.to);
                                 retry.push((Instant::now() + Duration::from_secs(1), out));

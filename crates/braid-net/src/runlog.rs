@@ -1,0 +1,568 @@
+//! The tamper-evident run log: an append-only, hash-chained, signed record per node.
+//!
+//! One line per entry: `<signature hex> <entry JSON>`. The JSON holds a sequence number, the
+//! SHA-256 of the previous line (64 zeros for the first), the node id, the time (Unix
+//! seconds), and what happened ([`LogEvent`]): joining (with the run's config hash and the
+//! node's public key), every message sent (once acknowledged) and received (before it is
+//! acknowledged) with its SHA-256, refusals, compute spent, metrics reported, the final model's
+//! hash, leaving. The signature is the node's ed25519 signature over the JSON bytes exactly
+//! as written. Each entry is one `write` call, so a killed process leaves whole entries; the
+//! file is synced to disk at checkpoints and at exit.
+//!
+//! [`verify`] checks one log (parse, sequence, chain, signatures, one node, a join first and
+//! its key matching the allow-list) and [`cross_check`] checks logs against each other: every
+//! message one node says it sent, the receiver says it received, and the other way round. Any
+//! edited, removed, reordered or forged entry breaks a signature, the chain or the sequence and
+//! is reported with its position.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use braid_engine::wire::NodeId;
+use libp2p::identity::{Keypair, PublicKey};
+use libp2p::PeerId;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::identity::{hex, unhex};
+use crate::NetError;
+
+/// SHA-256 of `bytes`, as lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+/// SHA-256 of a parameter vector's little-endian f32 bytes (a model hash).
+pub fn model_hash(params: &[f32]) -> String {
+    let mut h = Sha256::new();
+    for v in params {
+        h.update(v.to_le_bytes());
+    }
+    hex(&h.finalize())
+}
+
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// What an entry records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum LogEvent {
+    /// The node joined the run (always the first entry of a log; again after a restart).
+    Join {
+        /// SHA-256 of the run's configuration (the same on every node of a run).
+        run: String,
+        /// The node's libp2p peer id.
+        peer_id: String,
+        /// Its ed25519 public key (libp2p protobuf encoding, hex), which signs every entry.
+        public_key: String,
+        /// Restarted with `--resume`.
+        resumed: bool,
+    },
+    /// A message the receiver acknowledged.
+    Sent {
+        /// Receiver.
+        to: NodeId,
+        /// Message kind.
+        what: String,
+        /// Encoded size.
+        bytes: u64,
+        /// SHA-256 of the encoding.
+        hash: String,
+    },
+    /// A message accepted from a participant (recorded before it is acknowledged).
+    Received {
+        /// Sender.
+        from: NodeId,
+        /// Message kind.
+        what: String,
+        /// Encoded size.
+        bytes: u64,
+        /// SHA-256 of the encoding.
+        hash: String,
+    },
+    /// A connection or message refused.
+    Refused {
+        /// Who (a peer id or node id).
+        from: String,
+        /// Why.
+        why: String,
+    },
+    /// Compute spent handling one input.
+    Compute {
+        /// The round (FedAvg) or step (dsgd) of the message that caused it, if any.
+        round: Option<u64>,
+        /// Training samples processed.
+        train_samples: u64,
+        /// Samples evaluated.
+        eval_samples: u64,
+        /// Floating-point operations.
+        flops: u64,
+        /// Seconds in the trainer.
+        seconds: f64,
+    },
+    /// Metrics the node reported (a FedAvg round, a dsgd evaluation point).
+    Progress {
+        /// Round or step.
+        round: u64,
+        /// Test accuracy reported then, if evaluated.
+        accuracy: Option<f64>,
+    },
+    /// The run's final model, as this node computed it.
+    Final {
+        /// [`model_hash`] of its parameters.
+        model_hash: String,
+    },
+    /// An authorized halt was obeyed.
+    Halted {
+        /// Peer id of the key that signed the halt.
+        by: String,
+    },
+    /// The node left the run.
+    Leave {
+        /// `finished`, `halted` or the error.
+        reason: String,
+    },
+}
+
+/// One entry as signed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Position in the log, from 0.
+    pub seq: u64,
+    /// SHA-256 of the previous line (64 zeros for the first).
+    pub prev: String,
+    /// The node that wrote it.
+    pub node: NodeId,
+    /// When, in seconds since the Unix epoch (this machine's clock).
+    pub t: f64,
+    /// What happened.
+    #[serde(flatten)]
+    pub event: LogEvent,
+}
+
+/// A node's open run log.
+pub struct RunLog {
+    path: PathBuf,
+    file: File,
+    key: Keypair,
+    node: NodeId,
+    seq: u64,
+    prev: String,
+}
+
+impl RunLog {
+    /// Opens `path` for appending as node `node` signing with `key`: a new log, or (after a
+    /// restart) the existing one, whose chain continues after its last whole line.
+    pub fn open(path: &Path, key: Keypair, node: NodeId) -> Result<Self, NetError> {
+        let io = |e: std::io::Error| NetError::Io(format!("run log {}: {e}", path.display()));
+        if let Some(d) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(d).map_err(io)?;
+        }
+        let (mut seq, mut prev) = (0, GENESIS.to_string());
+        if path.exists() {
+            let text = std::fs::read(path).map_err(io)?;
+            // Only whole lines count: a torn last line (a crash mid-write) is cut off.
+            let whole = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            if whole < text.len() {
+                let f = OpenOptions::new().write(true).open(path).map_err(io)?;
+                f.set_len(whole as u64).map_err(io)?;
+            }
+            for line in text[..whole]
+                .split(|&b| b == b'\n')
+                .filter(|l| !l.is_empty())
+            {
+                seq += 1;
+                prev = sha256_hex(line);
+            }
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(io)?;
+        Ok(Self {
+            path: path.to_owned(),
+            file,
+            key,
+            node,
+            seq,
+            prev,
+        })
+    }
+
+    /// Appends one signed entry (one `write` call).
+    pub fn append(&mut self, event: LogEvent) -> Result<(), NetError> {
+        let entry = Entry {
+            seq: self.seq,
+            prev: self.prev.clone(),
+            node: self.node,
+            t: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+            event,
+        };
+        let json = serde_json::to_vec(&entry)
+            .map_err(|e| NetError::Io(format!("run log: cannot encode an entry: {e}")))?;
+        let sig = self
+            .key
+            .sign(&json)
+            .map_err(|e| NetError::Key(format!("run log: cannot sign: {e}")))?;
+        let mut line = hex(&sig).into_bytes();
+        line.push(b' ');
+        line.extend_from_slice(&json);
+        self.prev = sha256_hex(&line);
+        line.push(b'\n');
+        self.file
+            .write_all(&line)
+            .map_err(|e| NetError::Io(format!("run log {}: {e}", self.path.display())))?;
+        self.seq += 1;
+        Ok(())
+    }
+
+    /// Forces everything written so far to disk.
+    pub fn sync(&mut self) -> Result<(), NetError> {
+        self.file
+            .sync_data()
+            .map_err(|e| NetError::Io(format!("run log {}: {e}", self.path.display())))
+    }
+}
+
+/// What [`verify`] found in one log.
+#[derive(Debug, Clone, Default)]
+pub struct LogCheck {
+    /// The node the log belongs to (from its first entry).
+    pub node: Option<NodeId>,
+    /// Entries that verified, in order (checking stops at the first broken one).
+    pub entries: Vec<Entry>,
+    /// Problems, each naming the entry's position (0-based line number).
+    pub problems: Vec<String>,
+    /// The last line is cut short (a crash while writing): the entries before it stand.
+    pub torn_tail: bool,
+}
+
+/// Checks one log's lines, sequence, chain and signatures. With `allowed`, the signing key
+/// must belong to that peer (the node's entry in the run's allow-list).
+pub fn verify(bytes: &[u8], allowed: Option<&dyn Fn(NodeId) -> Option<PeerId>>) -> LogCheck {
+    let mut check = LogCheck::default();
+    let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    check.torn_tail = whole < bytes.len();
+    let mut prev = GENESIS.to_string();
+    let mut key: Option<PublicKey> = None;
+    for (i, line) in bytes[..whole]
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .enumerate()
+    {
+        let fail = |why: String| format!("entry {i}: {why}");
+        let Some(space) = line.iter().position(|&b| b == b' ') else {
+            check.problems.push(fail("not a signed entry".into()));
+            break;
+        };
+        let (sig, json) = (&line[..space], &line[space + 1..]);
+        let Some(sig) = std::str::from_utf8(sig).ok().and_then(unhex) else {
+            check.problems.push(fail("the signature is not hex".into()));
+            break;
+        };
+        let entry: Entry = match serde_json::from_slice(json) {
+            Ok(e) => e,
+            Err(e) => {
+                check.problems.push(fail(format!("unreadable entry ({e})")));
+                break;
+            }
+        };
+        if let LogEvent::Join {
+            public_key,
+            peer_id,
+            ..
+        } = &entry.event
+        {
+            let pk = unhex(public_key).and_then(|b| PublicKey::try_decode_protobuf(&b).ok());
+            let Some(pk) = pk else {
+                check
+                    .problems
+                    .push(fail("the join entry's public key is unreadable".into()));
+                break;
+            };
+            if pk.to_peer_id().to_string() != *peer_id {
+                check.problems.push(fail(
+                    "the join entry's public key is not its peer id's".into(),
+                ));
+                break;
+            }
+            if let Some(k) = &key {
+                if *k != pk {
+                    check
+                        .problems
+                        .push(fail("a later join entry names another key".into()));
+                    break;
+                }
+            }
+            if let Some(lookup) = allowed {
+                if lookup(entry.node) != Some(pk.to_peer_id()) {
+                    check.problems.push(fail(format!(
+                        "signed by {}, which is not node {}'s key in the allow-list",
+                        pk.to_peer_id(),
+                        entry.node
+                    )));
+                    break;
+                }
+            }
+            key = Some(pk);
+        }
+        let Some(k) = &key else {
+            check
+                .problems
+                .push(fail("the log does not start with a join entry".into()));
+            break;
+        };
+        if !k.verify(json, &sig) {
+            check.problems.push(fail(
+                "the signature does not verify (the entry was edited or forged)".into(),
+            ));
+            break;
+        }
+        if entry.seq != i as u64 {
+            check.problems.push(fail(format!(
+                "sequence number {}, expected {i} (an entry was removed, added or moved)",
+                entry.seq
+            )));
+            break;
+        }
+        if entry.prev != prev {
+            check.problems.push(fail(
+                "it does not chain to the entry before it (an entry was removed, added or moved)"
+                    .into(),
+            ));
+            break;
+        }
+        match check.node {
+            None => check.node = Some(entry.node),
+            Some(n) if n != entry.node => {
+                check.problems.push(fail(format!(
+                    "written by node {}, not node {n}",
+                    entry.node
+                )));
+                break;
+            }
+            Some(_) => {}
+        }
+        prev = sha256_hex(line);
+        check.entries.push(entry);
+    }
+    check
+}
+
+/// Checks the logs of a run against each other: every acknowledged message a node says it
+/// sent, its receiver says it received, and every message received was sent. Nodes without a
+/// log (never started, or its log is missing) are reported once.
+pub fn cross_check(logs: &[(NodeId, &[Entry])]) -> Vec<String> {
+    use std::collections::BTreeMap;
+    let have: std::collections::BTreeSet<NodeId> = logs.iter().map(|(n, _)| *n).collect();
+    // (from, to, what, hash) -> (sent count, received count)
+    let mut flows: BTreeMap<(NodeId, NodeId, String, String), (u64, u64)> = BTreeMap::new();
+    for (node, entries) in logs {
+        for e in entries.iter() {
+            match &e.event {
+                LogEvent::Sent { to, what, hash, .. } => {
+                    flows
+                        .entry((*node, *to, what.clone(), hash.clone()))
+                        .or_default()
+                        .0 += 1;
+                }
+                LogEvent::Received {
+                    from, what, hash, ..
+                } => {
+                    flows
+                        .entry((*from, *node, what.clone(), hash.clone()))
+                        .or_default()
+                        .1 += 1;
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut problems = Vec::new();
+    let mut missing_logs = std::collections::BTreeSet::new();
+    for ((from, to, what, hash), (sent, received)) in flows {
+        if sent == received {
+            continue;
+        }
+        let absent = if sent > received { to } else { from };
+        if !have.contains(&absent) {
+            missing_logs.insert(absent);
+            continue;
+        }
+        let short = &hash[..hash.len().min(12)];
+        if sent > received {
+            problems.push(format!(
+                "node {from} says it sent {sent} {what} message(s) {short}... to node {to}, which records receiving {received}"
+            ));
+        } else {
+            problems.push(format!(
+                "node {to} says it received {received} {what} message(s) {short}... from node {from}, which records sending {sent}"
+            ));
+        }
+    }
+    for n in missing_logs {
+        problems.push(format!(
+            "node {n} exchanged messages with the others but has no log to check"
+        ));
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_log(dir: &Path, key: &Keypair, node: NodeId, n: usize) -> PathBuf {
+        let p = dir.join(format!("log-{node}"));
+        let mut log = RunLog::open(&p, key.clone(), node).unwrap();
+        log.append(LogEvent::Join {
+            run: sha256_hex(b"config"),
+            peer_id: key.public().to_peer_id().to_string(),
+            public_key: hex(&key.public().encode_protobuf()),
+            resumed: false,
+        })
+        .unwrap();
+        for i in 0..n {
+            log.append(LogEvent::Sent {
+                to: 1 - node,
+                what: "gossip".into(),
+                bytes: 10,
+                hash: sha256_hex(&[i as u8]),
+            })
+            .unwrap();
+            log.append(LogEvent::Received {
+                from: 1 - node,
+                what: "gossip".into(),
+                bytes: 10,
+                hash: sha256_hex(&[i as u8]),
+            })
+            .unwrap();
+        }
+        log.append(LogEvent::Leave {
+            reason: "finished".into(),
+        })
+        .unwrap();
+        log.sync().unwrap();
+        p
+    }
+
+    fn lines(bytes: &[u8]) -> Vec<Vec<u8>> {
+        bytes
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| l.to_vec())
+            .collect()
+    }
+
+    fn join(lines: &[Vec<u8>]) -> Vec<u8> {
+        lines
+            .iter()
+            .flat_map(|l| l.iter().copied().chain([b'\n']))
+            .collect()
+    }
+
+    #[test]
+    fn a_log_verifies_and_every_kind_of_tampering_is_found_where_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = crate::identity::generate();
+        let p = write_log(dir.path(), &key, 0, 3);
+        let good = std::fs::read(&p).unwrap();
+        let me = key.public().to_peer_id();
+        let allow = move |n: NodeId| (n == 0).then_some(me);
+        let c = verify(&good, Some(&allow));
+        assert!(c.problems.is_empty(), "{:?}", c.problems);
+        assert_eq!(c.entries.len(), 8);
+        assert!(!c.torn_tail);
+        let ls = lines(&good);
+
+        // A changed byte in entry 3's JSON: its signature fails.
+        let mut edited = ls.clone();
+        let pos = edited[3].len() - 5;
+        edited[3][pos] ^= 1;
+        let c = verify(&join(&edited), None);
+        assert!(c.problems[0].starts_with("entry 3:"), "{:?}", c.problems);
+        assert_eq!(c.entries.len(), 3);
+
+        // A removed entry: the next one no longer fits.
+        let mut removed = ls.clone();
+        removed.remove(4);
+        let c = verify(&join(&removed), None);
+        assert!(c.problems[0].starts_with("entry 4:"), "{:?}", c.problems);
+
+        // Two entries swapped.
+        let mut swapped = ls.clone();
+        swapped.swap(2, 5);
+        let c = verify(&join(&swapped), None);
+        assert!(c.problems[0].starts_with("entry 2:"), "{:?}", c.problems);
+
+        // An entry re-signed by another key (a forgery): its signature fails.
+        let other = crate::identity::generate();
+        let mut forged = ls.clone();
+        let json = &forged[5][forged[5].iter().position(|&b| b == b' ').unwrap() + 1..];
+        let mut line = hex(&other.sign(json).unwrap()).into_bytes();
+        line.push(b' ');
+        line.extend_from_slice(json);
+        forged[5] = line;
+        let c = verify(&join(&forged), None);
+        assert!(c.problems[0].starts_with("entry 5:"), "{:?}", c.problems);
+
+        // A whole log written by a key that is not the node's in the allow-list.
+        let q = write_log(&dir.path().join("x"), &other, 0, 1);
+        let c = verify(&std::fs::read(q).unwrap(), Some(&allow));
+        assert!(
+            c.problems[0].contains("not node 0's key"),
+            "{:?}",
+            c.problems
+        );
+
+        // A torn last line (crash mid-write): the prefix stands, and is reported as such.
+        let mut torn = good.clone();
+        torn.extend_from_slice(b"abc123 {\"seq\":8");
+        let c = verify(&torn, None);
+        assert!(c.problems.is_empty() && c.torn_tail && c.entries.len() == 8);
+
+        // Reopening continues the chain after the last whole line, cutting the torn one off.
+        std::fs::write(&p, &torn).unwrap();
+        let mut log = RunLog::open(&p, key.clone(), 0).unwrap();
+        log.append(LogEvent::Leave {
+            reason: "again".into(),
+        })
+        .unwrap();
+        let c = verify(&std::fs::read(&p).unwrap(), Some(&allow));
+        assert!(c.problems.is_empty() && !c.torn_tail, "{:?}", c.problems);
+        assert_eq!(c.entries.len(), 9);
+    }
+
+    #[test]
+    fn cross_checking_finds_messages_one_side_does_not_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (k0, k1) = (crate::identity::generate(), crate::identity::generate());
+        let a = verify(
+            &std::fs::read(write_log(dir.path(), &k0, 0, 3)).unwrap(),
+            None,
+        );
+        let b = verify(
+            &std::fs::read(write_log(dir.path(), &k1, 1, 3)).unwrap(),
+            None,
+        );
+        assert!(cross_check(&[(0, &a.entries), (1, &b.entries)]).is_empty());
+        // Node 1 "forgets" receiving one message (its entry dropped before verification).
+        let mut b_short = b.entries.clone();
+        b_short.retain(
+            |e| !matches!(&e.event, LogEvent::Received { hash, .. } if *hash == sha256_hex(&[1])),
+        );
+        let p = cross_check(&[(0, &a.entries), (1, &b_short)]);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("node 0 says it sent 1 gossip"), "{p:?}");
+        // A node with no log at all is named once.
+        let p = cross_check(&[(0, &a.entries)]);
+        assert_eq!(
+            p,
+            vec!["node 1 exchanged messages with the others but has no log to check"]
+        );
+    }
+}
