@@ -317,7 +317,7 @@ fn totals(audit: &Audit) -> RunTotals {
                 LogEvent::Leave { reason } => {
                     t.participation.push((e.t, format!("leave: {reason}")))
                 }
-                LogEvent::Progress { .. } => {}
+                LogEvent::Progress { .. } | LogEvent::Delivered { .. } => {}
             }
         }
         nodes.push(t);

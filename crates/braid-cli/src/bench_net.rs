@@ -217,6 +217,7 @@ fn braid_rounds(args: &BenchNetArgs) -> Result<Vec<f64>> {
             checkpoint: None,
             resume: false,
             run_log: None,
+            run_id: None,
         };
         let roster = roster.clone();
         handles.push(std::thread::spawn(move || {

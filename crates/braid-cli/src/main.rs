@@ -106,6 +106,9 @@ enum Command {
     /// Run a deployed experiment on this machine: one `braid node` process per participant on
     /// loopback ports, with generated keys; results collected into one output directory.
     Launch(launch::LaunchArgs),
+    /// Halt a deployed run: a halt signed with a key from `network.halt_keys`, sent to every
+    /// participant with an address and forwarded by the nodes to the rest.
+    Halt(node::HaltArgs),
     /// Check a deployed run's signed logs (`verify`) or account for its compute and traffic
     /// (`report`).
     #[command(subcommand)]
@@ -165,6 +168,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Node(args) => node::node(args),
         Command::Launch(args) => launch::launch(args),
         Command::Audit(cmd) => audit::run(cmd),
+        Command::Halt(args) => node::halt(args),
         Command::Topology {
             nodes,
             r,

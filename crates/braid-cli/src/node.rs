@@ -124,6 +124,7 @@ pub fn node(args: NodeArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| config.output_dir().join(format!("node-{id}")));
+    let run_id = braid_net::runlog::sha256_hex(config.to_toml().as_bytes());
     let options = RuntimeOptions {
         listen,
         max_message_bytes: net.max_message_mib << 20,
@@ -132,13 +133,11 @@ pub fn node(args: NodeArgs) -> Result<()> {
         retry_for: Duration::from_secs(net.retry_s),
         checkpoint: Some(dir.join("checkpoint.ckpt")),
         resume: args.resume,
-        run_log: Some((
-            dir.join("runlog.jsonl"),
-            braid_net::runlog::sha256_hex(config.to_toml().as_bytes()),
-        )),
+        run_log: Some(dir.join("runlog.jsonl")),
+        run_id: Some(run_id.clone()),
     };
     println!(
-        "braid node {id} ({role}) | peer id {me} | {} | model {} ({} parameters) | {} participants",
+        "braid node {id} ({role}) | peer id {me} | {} | model {} ({} parameters) | {} participants | run {run_id}",
         prepared.data_description,
         config.model.name.as_str(),
         prepared.arch.num_params(),
@@ -231,4 +230,88 @@ fn write_node_summary(
         c.seconds
     );
     report::write_atomic(&dir.join("node.csv"), body.as_bytes()).map_err(anyhow::Error::msg)
+}
+
+/// `braid halt`.
+#[derive(Debug, Args)]
+pub struct HaltArgs {
+    /// The run's experiment file (its `[network]` gives the participants' addresses; for a
+    /// launched run, `<out>/launch.toml`).
+    pub file: PathBuf,
+    /// A key named in `network.halt_keys`.
+    #[arg(long)]
+    pub key: PathBuf,
+    /// The run id the nodes printed (default: computed from FILE, as the nodes do).
+    #[arg(long)]
+    pub run: Option<String>,
+    /// The same overrides the nodes were started with (they change the run id).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Seconds to wait for each participant's answer.
+    #[arg(long, default_value_t = 10)]
+    pub timeout_s: u64,
+}
+
+/// Sends a signed halt to every participant with an address; nodes forward it to the rest.
+pub fn halt(args: HaltArgs) -> Result<()> {
+    let config = ExperimentConfig::load(&args.file, &args.set)?;
+    let net = config
+        .network
+        .clone()
+        .with_context(|| format!("{} has no [network] table", args.file.display()))?;
+    let roster = Roster::from_config(&net)?;
+    let key = braid_net::identity::load(&args.key)?;
+    let me = braid_net::identity::peer_id(&key);
+    if !roster.may_halt(&me) {
+        bail!("this key ({me}) is not in network.halt_keys: the nodes would refuse its halt");
+    }
+    let run_hex = args
+        .run
+        .clone()
+        .unwrap_or_else(|| braid_net::runlog::sha256_hex(config.to_toml().as_bytes()));
+    let run = braid_net::halt::run_id(&run_hex)?;
+    let issued_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let payload = braid_net::halt::sign(&key, run, issued_at)?;
+    let targets: Vec<_> = roster
+        .iter()
+        .filter_map(|(n, p, a)| a.map(|a| (n, p, a.clone())))
+        .collect();
+    if targets.is_empty() {
+        bail!("no participant in network.participants has an addr to send the halt to");
+    }
+    let t0 = Instant::now();
+    let mut accepted = 0;
+    for (node, outcome) in braid_net::halt::send(
+        &key,
+        &targets,
+        &payload,
+        Duration::from_secs(args.timeout_s),
+    ) {
+        match outcome {
+            Ok(braid_net::probe::Outcome::Answered(braid_net::codec::Ack::Accepted)) => {
+                accepted += 1;
+                println!("node {node}: halt accepted");
+            }
+            Ok(braid_net::probe::Outcome::Answered(braid_net::codec::Ack::Refused(why))) => {
+                println!("node {node}: refused the halt: {why}")
+            }
+            Ok(braid_net::probe::Outcome::NoAnswer(why)) => {
+                println!("node {node}: no answer ({why}; a node that has halted stops listening)")
+            }
+            Err(e) => {
+                println!("node {node}: not reached ({e}; a node that has halted stops listening)")
+            }
+        }
+    }
+    println!(
+        "halt for run {run_hex} signed by {me}: accepted by {accepted} of {} nodes reached directly in {:.2} s; nodes forward it to the others",
+        targets.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    if accepted == 0 {
+        bail!("no node accepted the halt");
+    }
+    Ok(())
 }

@@ -139,4 +139,8 @@ impl LocalTrainer for Metered<'_> {
     fn flops_per_sample(&self) -> FlopsPerSample {
         self.per_sample
     }
+
+    fn set_stop_flag(&mut self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+        self.inner.set_stop_flag(flag);
+    }
 }

@@ -81,6 +81,10 @@ pub struct NetworkConfig {
     /// Seconds a node keeps retrying a message to an unreachable participant (default 600).
     #[serde(default = "default_retry_s")]
     pub retry_s: u64,
+    /// Peer ids of the keys allowed to halt the run (`braid halt`); they may connect, but
+    /// only to send a halt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub halt_keys: Vec<String>,
 }
 
 impl Default for NetworkConfig {
@@ -90,6 +94,7 @@ impl Default for NetworkConfig {
             max_message_mib: default_max_message_mib(),
             request_timeout_s: default_request_timeout_s(),
             retry_s: default_retry_s(),
+            halt_keys: Vec::new(),
         }
     }
 }

@@ -177,6 +177,10 @@ impl BurnTrainer {
 }
 
 impl LocalTrainer for BurnTrainer {
+    fn set_stop_flag(&mut self, flag: Arc<std::sync::atomic::AtomicBool>) {
+        self.trainer.set_stop_flag(flag);
+    }
+
     fn flops_per_sample(&self) -> crate::accounting::FlopsPerSample {
         let arch = self.trainer.arch();
         crate::accounting::FlopsPerSample {

@@ -48,6 +48,9 @@ pub trait LocalTrainer: Send {
     fn flops_per_sample(&self) -> crate::accounting::FlopsPerSample {
         crate::accounting::FlopsPerSample::default()
     }
+    /// Asks the trainer to stop after the step in progress once `flag` is set (a halt).
+    /// Default: ignored (the call finishes).
+    fn set_stop_flag(&mut self, _flag: std::sync::Arc<std::sync::atomic::AtomicBool>) {}
 }
 
 /// Metrics of one completed round, as the server sees them.

@@ -21,6 +21,9 @@ const KIND_SNAPSHOT: u8 = 4;
 const KIND_SHUTDOWN: u8 = 5;
 const KIND_JOIN_REQUEST: u8 = 6;
 const KIND_JOIN_REPLY: u8 = 7;
+const KIND_HALT: u8 = 8;
+/// Longest public key or signature a halt may carry.
+const MAX_HALT_FIELD: usize = 1024;
 
 /// A message body.
 #[derive(Debug, Clone, PartialEq)]
@@ -88,6 +91,26 @@ pub enum Payload {
         /// waiting for that round's gossip).
         params: Arc<Vec<f32>>,
     },
+    /// Anyone to node: stop the run. Signed by a key the run authorizes to halt it (checked
+    /// by the network runtime, which obeys and forwards it; algorithms never see it).
+    Halt {
+        /// The run's configuration hash (SHA-256).
+        run: [u8; 32],
+        /// When it was issued (Unix seconds).
+        issued_at: u64,
+        /// The signer's public key (libp2p protobuf encoding).
+        signer: Vec<u8>,
+        /// Signature over [`halt_message`]`(run, issued_at)`.
+        signature: Vec<u8>,
+    },
+}
+
+/// The bytes a halt's signature covers.
+pub fn halt_message(run: &[u8; 32], issued_at: u64) -> Vec<u8> {
+    let mut m = b"braid-halt-v1".to_vec();
+    m.extend_from_slice(run);
+    m.extend_from_slice(&issued_at.to_le_bytes());
+    m
 }
 
 /// Why a message was rejected.
@@ -120,6 +143,7 @@ impl Payload {
             Self::Shutdown { .. } => "shutdown",
             Self::JoinRequest { .. } => "join-request",
             Self::JoinReply { .. } => "join-reply",
+            Self::Halt { .. } => "halt",
         }
     }
 
@@ -134,6 +158,16 @@ impl Payload {
             Self::Shutdown { .. } => header + 4,
             Self::JoinRequest { .. } => header + 8,
             Self::JoinReply { params, .. } => header + 8 + 4 + 4 + 4 * params.len(),
+            Self::Halt {
+                signer, signature, ..
+            } => {
+                header
+                    + 32
+                    + 8
+                    + 4
+                    + signer.len().min(MAX_HALT_FIELD)
+                    + signature.len().min(MAX_HALT_FIELD)
+            }
         }
     }
 
@@ -211,6 +245,22 @@ impl Payload {
                 out.extend_from_slice(&mixed_through.to_le_bytes());
                 put_params(&mut out, params);
             }
+            Self::Halt {
+                run,
+                issued_at,
+                signer,
+                signature,
+            } => {
+                out.push(KIND_HALT);
+                out.extend_from_slice(run);
+                out.extend_from_slice(&issued_at.to_le_bytes());
+                for field in [signer, signature] {
+                    // Longer fields are refused when decoding; encode what fits.
+                    let n = field.len().min(MAX_HALT_FIELD);
+                    out.extend_from_slice(&(n as u16).to_le_bytes());
+                    out.extend_from_slice(&field[..n]);
+                }
+            }
         }
         out
     }
@@ -285,6 +335,27 @@ impl Payload {
                     step,
                     mixed_through,
                     params: Arc::new(r.params(max_params)?),
+                }
+            }
+            KIND_HALT => {
+                let run = r.array("run")?;
+                let issued_at = u64::from_le_bytes(r.array("issued_at")?);
+                let mut field = |name: &'static str| -> Result<Vec<u8>, WireError> {
+                    let n = u16::from_le_bytes(r.array(name)?) as usize;
+                    if n > MAX_HALT_FIELD {
+                        return Err(WireError::Malformed(format!(
+                            "{name} of {n} bytes (at most {MAX_HALT_FIELD})"
+                        )));
+                    }
+                    Ok(r.take(n, name)?.to_vec())
+                };
+                let signer = field("signer")?;
+                let signature = field("signature")?;
+                Self::Halt {
+                    run,
+                    issued_at,
+                    signer,
+                    signature,
                 }
             }
             k => return Err(WireError::Malformed(format!("unknown message kind {k}"))),
@@ -417,7 +488,7 @@ mod tests {
         fn encoding_round_trips_with_exact_length(params in prop::collection::vec(-1e6f32..1e6, 0..64), round in 0u32..1000) {
             let snapshot = Payload::Snapshot { step: u64::from(round) * 7, train_loss: 0.25, accuracy: 0.5, loss: 1.5, gossip_bytes: 1 << 40, params: Arc::new(params.clone()) };
             let gossip = Payload::Gossip { round, params: Arc::new(params.clone()) };
-            for p in [Payload::TrainRequest { round, params: Arc::new(params.clone()) }, reply(params.clone()), gossip, snapshot, Payload::Shutdown { round }, Payload::JoinRequest { step: u64::from(round) << 33 }, Payload::JoinReply { step: 5, mixed_through: round, params: Arc::new(params.clone()) }] {
+            for p in [Payload::TrainRequest { round, params: Arc::new(params.clone()) }, reply(params.clone()), gossip, snapshot, Payload::Shutdown { round }, Payload::JoinRequest { step: u64::from(round) << 33 }, Payload::JoinReply { step: 5, mixed_through: round, params: Arc::new(params.clone()) }, Payload::Halt { run: [round as u8; 32], issued_at: 7, signer: vec![1, 2, 3], signature: params.iter().map(|v| *v as u8).collect() }] {
                 let bytes = p.encode();
                 prop_assert_eq!(bytes.len(), p.encoded_len());
                 prop_assert_eq!(Payload::decode(&bytes, 64).unwrap(), p);

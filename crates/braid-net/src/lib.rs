@@ -5,6 +5,7 @@
 //! - [`identity`]: ed25519 key files (`braid keygen`), whose public keys are the peer ids the
 //!   run's allow-list names;
 //! - [`roster`]: the run's participants (node id, peer id, address) from `[network]`;
+//! - [`halt`]: signed halt messages: signing, checking against the authorized keys, sending;
 //! - [`codec`]: length-prefixed message frames with a size limit, and acknowledgements;
 //! - [`probe`]: hand-made (malformed) messages, for testing a deployment's input checks;
 //! - [`runlog`]: the tamper-evident run log (hash-chained, signed entries) and its checks;
@@ -12,6 +13,7 @@
 //!   (TCP, Noise, yamux), with admission, retries and deadlines.
 
 pub mod codec;
+pub mod halt;
 pub mod identity;
 pub mod probe;
 pub mod roster;

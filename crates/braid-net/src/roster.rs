@@ -13,6 +13,7 @@ use crate::NetError;
 pub struct Roster {
     by_node: BTreeMap<NodeId, (PeerId, Option<Multiaddr>)>,
     by_peer: HashMap<PeerId, NodeId>,
+    halters: Vec<PeerId>,
 }
 
 impl Roster {
@@ -43,7 +44,32 @@ impl Roster {
             by_node.insert(p.node, (peer, addr));
             by_peer.insert(peer, p.node);
         }
-        Ok(Self { by_node, by_peer })
+        let halters = config
+            .halt_keys
+            .iter()
+            .map(|h| {
+                h.parse::<PeerId>().map_err(|e| {
+                    NetError::Config(format!(
+                        "network.halt_keys: {h:?} is not a libp2p peer id: {e}"
+                    ))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            by_node,
+            by_peer,
+            halters,
+        })
+    }
+
+    /// Keys allowed to halt the run.
+    pub fn halters(&self) -> &[PeerId] {
+        &self.halters
+    }
+
+    /// True if `peer` may halt the run.
+    pub fn may_halt(&self, peer: &PeerId) -> bool {
+        self.halters.contains(peer)
     }
 
     /// The node id of an admitted peer.

@@ -5,7 +5,8 @@
 //! seconds), and what happened ([`LogEvent`]): joining (with the run's config hash and the
 //! node's public key), every message sent (once acknowledged) and received (before it is
 //! acknowledged) with its SHA-256, refusals, compute spent, metrics reported, the final model's
-//! hash, leaving. The signature is the node's ed25519 signature over the JSON bytes exactly
+//! hash, leaving (a message sent gets a `sent` entry when handed to the network and a
+//! `delivered` entry when acknowledged). The signature is the node's ed25519 signature over the JSON bytes exactly
 //! as written. Each entry is one `write` call, so a killed process leaves whole entries; the
 //! file is synced to disk at checkpoints and at exit.
 //!
@@ -59,7 +60,7 @@ pub enum LogEvent {
         /// Restarted with `--resume`.
         resumed: bool,
     },
-    /// A message the receiver acknowledged.
+    /// A message handed to the network (its first attempt).
     Sent {
         /// Receiver.
         to: NodeId,
@@ -67,6 +68,15 @@ pub enum LogEvent {
         what: String,
         /// Encoded size.
         bytes: u64,
+        /// SHA-256 of the encoding.
+        hash: String,
+    },
+    /// A sent message the receiver acknowledged.
+    Delivered {
+        /// Receiver.
+        to: NodeId,
+        /// Message kind.
+        what: String,
         /// SHA-256 of the encoding.
         hash: String,
     },
@@ -353,14 +363,21 @@ pub fn verify(bytes: &[u8], allowed: Option<&dyn Fn(NodeId) -> Option<PeerId>>) 
     check
 }
 
-/// Checks the logs of a run against each other: every acknowledged message a node says it
-/// sent, its receiver says it received, and every message received was sent. Nodes without a
-/// log (never started, or its log is missing) are reported once.
+/// Checks the logs of a run against each other, in both directions, in a way that holds
+/// even when nodes crash or halt between sending and acknowledging:
+/// - every message a node records receiving, its sender records sending (nobody invents
+///   messages, or loses the record of one it sent);
+/// - every message a node records as delivered (acknowledged), its receiver records receiving
+///   (nobody drops the record of a message it accepted).
+///
+/// A message sent but never acknowledged may or may not have arrived, so it is not checked.
+/// Nodes without a log (never started, or the log is missing) are reported once.
 pub fn cross_check(logs: &[(NodeId, &[Entry])]) -> Vec<String> {
-    use std::collections::BTreeMap;
-    let have: std::collections::BTreeSet<NodeId> = logs.iter().map(|(n, _)| *n).collect();
-    // (from, to, what, hash) -> (sent count, received count)
-    let mut flows: BTreeMap<(NodeId, NodeId, String, String), (u64, u64)> = BTreeMap::new();
+    use std::collections::{BTreeMap, BTreeSet};
+    let have: BTreeSet<NodeId> = logs.iter().map(|(n, _)| *n).collect();
+    // (from, to, what, hash) -> (sent, delivered, received)
+    type Flow = (NodeId, NodeId, String, String);
+    let mut flows: BTreeMap<Flow, (u64, u64, u64)> = BTreeMap::new();
     for (node, entries) in logs {
         for e in entries.iter() {
             match &e.event {
@@ -370,38 +387,45 @@ pub fn cross_check(logs: &[(NodeId, &[Entry])]) -> Vec<String> {
                         .or_default()
                         .0 += 1;
                 }
+                LogEvent::Delivered { to, what, hash } => {
+                    flows
+                        .entry((*node, *to, what.clone(), hash.clone()))
+                        .or_default()
+                        .1 += 1;
+                }
                 LogEvent::Received {
                     from, what, hash, ..
                 } => {
                     flows
                         .entry((*from, *node, what.clone(), hash.clone()))
                         .or_default()
-                        .1 += 1;
+                        .2 += 1;
                 }
                 _ => {}
             }
         }
     }
     let mut problems = Vec::new();
-    let mut missing_logs = std::collections::BTreeSet::new();
-    for ((from, to, what, hash), (sent, received)) in flows {
-        if sent == received {
-            continue;
-        }
-        let absent = if sent > received { to } else { from };
-        if !have.contains(&absent) {
-            missing_logs.insert(absent);
-            continue;
-        }
+    let mut missing_logs = BTreeSet::new();
+    for ((from, to, what, hash), (sent, delivered, received)) in flows {
         let short = &hash[..hash.len().min(12)];
-        if sent > received {
-            problems.push(format!(
-                "node {from} says it sent {sent} {what} message(s) {short}... to node {to}, which records receiving {received}"
-            ));
-        } else {
-            problems.push(format!(
-                "node {to} says it received {received} {what} message(s) {short}... from node {from}, which records sending {sent}"
-            ));
+        if received > sent {
+            if have.contains(&from) {
+                problems.push(format!(
+                    "node {to} says it received {received} {what} message(s) {short}... from node {from}, which records sending {sent}"
+                ));
+            } else {
+                missing_logs.insert(from);
+            }
+        }
+        if delivered > received {
+            if have.contains(&to) {
+                problems.push(format!(
+                    "node {from} says it sent {delivered} {what} message(s) {short}... to node {to} and had them acknowledged; node {to} records receiving {received}"
+                ));
+            } else {
+                missing_logs.insert(to);
+            }
         }
     }
     for n in missing_logs {
@@ -431,6 +455,12 @@ mod tests {
                 to: 1 - node,
                 what: "gossip".into(),
                 bytes: 10,
+                hash: sha256_hex(&[i as u8]),
+            })
+            .unwrap();
+            log.append(LogEvent::Delivered {
+                to: 1 - node,
+                what: "gossip".into(),
                 hash: sha256_hex(&[i as u8]),
             })
             .unwrap();
@@ -475,7 +505,7 @@ mod tests {
         let allow = move |n: NodeId| (n == 0).then_some(me);
         let c = verify(&good, Some(&allow));
         assert!(c.problems.is_empty(), "{:?}", c.problems);
-        assert_eq!(c.entries.len(), 8);
+        assert_eq!(c.entries.len(), 11);
         assert!(!c.torn_tail);
         let ls = lines(&good);
 
@@ -523,7 +553,7 @@ mod tests {
         let mut torn = good.clone();
         torn.extend_from_slice(b"abc123 {\"seq\":8");
         let c = verify(&torn, None);
-        assert!(c.problems.is_empty() && c.torn_tail && c.entries.len() == 8);
+        assert!(c.problems.is_empty() && c.torn_tail && c.entries.len() == 11);
 
         // Reopening continues the chain after the last whole line, cutting the torn one off.
         std::fs::write(&p, &torn).unwrap();
@@ -534,7 +564,7 @@ mod tests {
         .unwrap();
         let c = verify(&std::fs::read(&p).unwrap(), Some(&allow));
         assert!(c.problems.is_empty() && !c.torn_tail, "{:?}", c.problems);
-        assert_eq!(c.entries.len(), 9);
+        assert_eq!(c.entries.len(), 12);
     }
 
     #[test]
@@ -558,6 +588,23 @@ mod tests {
         let p = cross_check(&[(0, &a.entries), (1, &b_short)]);
         assert_eq!(p.len(), 1, "{p:?}");
         assert!(p[0].starts_with("node 0 says it sent 1 gossip"), "{p:?}");
+        // Node 0 "forgets" sending one: node 1's record of receiving it has no sender.
+        let mut a_short = a.entries.clone();
+        a_short.retain(|e| {
+            !matches!(&e.event, LogEvent::Sent { hash, .. } | LogEvent::Delivered { hash, .. } if *hash == sha256_hex(&[2]))
+        });
+        let p = cross_check(&[(0, &a_short), (1, &b.entries)]);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("node 1 says it received 1 gossip"),
+            "{p:?}"
+        );
+        // Sent but never acknowledged (the receiver crashed or halted first): not a problem.
+        let mut a_unacked = a.entries.clone();
+        a_unacked.retain(|e| !matches!(&e.event, LogEvent::Delivered { .. }));
+        let mut b_lost = b.entries.clone();
+        b_lost.retain(|e| !matches!(&e.event, LogEvent::Received { .. }));
+        assert!(cross_check(&[(0, &a_unacked), (1, &b_lost)]).is_empty());
         // A node with no log at all is named once.
         let p = cross_check(&[(0, &a.entries)]);
         assert_eq!(

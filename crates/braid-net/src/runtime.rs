@@ -16,6 +16,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -58,9 +59,19 @@ pub struct RuntimeOptions {
     /// Continue from the checkpoint instead of starting fresh (nodes without durable state
     /// simply start; they rejoin from the messages they receive).
     pub resume: bool,
-    /// Where to keep this node's signed run log (see [`crate::runlog`]), and the run's
-    /// configuration hash to record in it.
-    pub run_log: Option<(PathBuf, String)>,
+    /// Where to keep this node's signed run log (see [`crate::runlog`]).
+    pub run_log: Option<PathBuf>,
+    /// The run's configuration hash (SHA-256, hex): recorded in the run log, and the run a
+    /// halt must name. Without it the node cannot be halted.
+    pub run_id: Option<String>,
+}
+
+/// What the network task hands the node thread.
+enum ToNode {
+    /// An input for the node.
+    Input(Input),
+    /// An authorized halt: stop now.
+    Halt,
 }
 
 /// The run log shared by the node thread and the network task.
@@ -98,6 +109,7 @@ fn round_of(input: &Input) -> Option<u64> {
             Payload::Snapshot { step, .. }
             | Payload::JoinRequest { step }
             | Payload::JoinReply { step, .. } => Some(*step),
+            Payload::Halt { .. } => None,
         },
         _ => None,
     }
@@ -117,6 +129,8 @@ pub struct RunReport {
     pub refused_messages: u64,
     /// Compute this node spent in its trainer.
     pub compute: Compute,
+    /// The run was halted by an authorized key.
+    pub halted: bool,
 }
 
 /// Something the node thread asks of the network task.
@@ -143,6 +157,9 @@ struct Outgoing {
     since: Instant,
     /// The message kind, for the run log.
     what: &'static str,
+    /// Retry on failure (not for forwarded halts: a node that cannot be reached has
+    /// usually halted already, and the halt reaches it by other paths too).
+    retry: bool,
     /// A last word (`Shutdown`): its receiver may exit as soon as it has read it, so a
     /// connection that closes before the acknowledgement counts as delivered.
     last_word: bool,
@@ -201,10 +218,10 @@ pub fn run(
         node.rejoin();
     }
     let log: SharedLog = match &options.run_log {
-        Some((path, run)) => {
+        Some(path) => {
             let mut l = RunLog::open(path, key.clone(), my_node)?;
             l.append(LogEvent::Join {
-                run: run.clone(),
+                run: options.run_id.clone().unwrap_or_default(),
                 peer_id: me.to_string(),
                 public_key: crate::identity::hex(&key.public().encode_protobuf()),
                 resumed: options.resume,
@@ -213,6 +230,9 @@ pub fn run(
         }
         None => None,
     };
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut trainer = trainer;
+    trainer.set_stop_flag(Arc::clone(&stop));
     let checkpoint = options.checkpoint.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -223,11 +243,13 @@ pub fn run(
     let (to_node, from_net) = std_mpsc::channel();
     let start = Instant::now();
     let node_log = log.clone();
+    let node_stop = Arc::clone(&stop);
     let node_thread = std::thread::Builder::new()
         .name(format!("braid-node-{my_node}"))
         .spawn(move || {
             node_loop(
                 node, trainer, from_net, to_net, observer, start, checkpoint, restored, node_log,
+                node_stop,
             )
         })
         .map_err(|e| NetError::Io(format!("cannot start the node thread: {e}")))?;
@@ -239,11 +261,13 @@ pub fn run(
         to_node,
         on_listen,
         log.clone(),
+        stop,
     ));
     let node_result = node_thread
         .join()
         .map_err(|_| NetError::Node("the node thread panicked".into()))?;
     let reason = match (&net, &node_result) {
+        (Ok(_), Ok(n)) if n.3 => "halted".to_string(),
         (Ok(_), Ok(_)) => "finished".to_string(),
         (Err(e), _) | (_, Err(e)) => format!("failed: {e}"),
     };
@@ -253,22 +277,25 @@ pub fn run(
     report.events = node_report.0;
     report.refused_messages += node_report.1;
     report.compute = node_report.2;
+    report.halted = node_report.3;
     Ok(report)
 }
 
-type NodeOutcome = (Vec<(Event, f64)>, u64, Compute);
+/// Events, rejected messages, compute, halted.
+type NodeOutcome = (Vec<(Event, f64)>, u64, Compute, bool);
 
 #[allow(clippy::too_many_arguments)]
 fn node_loop(
     mut node: Box<dyn Node>,
     mut trainer: Box<dyn LocalTrainer>,
-    inbox: std_mpsc::Receiver<Input>,
+    inbox: std_mpsc::Receiver<ToNode>,
     to_net: tokio_mpsc::UnboundedSender<ToNet>,
     mut observer: Box<dyn FnMut(&Event) + Send>,
     start: Instant,
     checkpoint: Option<PathBuf>,
     restored: Vec<(Reported, f64)>,
     log: SharedLog,
+    stop: Arc<AtomicBool>,
 ) -> Result<NodeOutcome, NetError> {
     // Wall-clock seconds continue from the restored metrics.
     let offset = restored.last().map_or(0.0, |(_, w)| *w);
@@ -285,10 +312,22 @@ fn node_loop(
     let mut first = Some(());
     let result = loop {
         // What to do next: start, a message, or a deadline.
-        let input = if first.take().is_some() {
+        let input = if stop.load(Ordering::Relaxed) {
+            // Halted: the durable state as it stands, then nothing more.
+            if let (Some(path), Some(state)) = (&checkpoint, node.save_state()) {
+                let c = Checkpoint {
+                    state,
+                    reported: reported.clone(),
+                };
+                if let Err(e) = c.save(path) {
+                    break Err(NetError::Io(e.to_string()));
+                }
+            }
+            break Ok(true);
+        } else if first.take().is_some() {
             Input::Start
         } else if node.finished() {
-            break Ok(());
+            break Ok(false);
         } else {
             let next = timers.peek().map(|Reverse((due, _, _))| *due);
             let got = match next {
@@ -308,7 +347,8 @@ fn node_loop(
                 },
             };
             match got {
-                Some(message) => message,
+                Some(ToNode::Input(message)) => message,
+                Some(ToNode::Halt) => continue, // the flag is set: stop at the top
                 None => match timers.pop() {
                     Some(Reverse((_, _, token))) => Input::Deadline(token),
                     None => continue,
@@ -412,10 +452,10 @@ fn node_loop(
         }
     };
     let _ = to_net.send(match &result {
-        Ok(()) => ToNet::Finished,
+        Ok(_) => ToNet::Finished,
         Err(e) => ToNet::Failed(e.to_string()),
     });
-    result.map(|()| (events, rejected, compute))
+    result.map(|halted| (events, rejected, compute, halted))
 }
 
 fn build_swarm(
@@ -455,6 +495,10 @@ fn build_swarm(
             swarm.add_peer_address(peer, a.clone());
         }
     }
+    // Halt keys may connect; the network task accepts only a halt from them.
+    for peer in roster.halters() {
+        swarm.behaviour_mut().allow.allow_peer(*peer);
+    }
     for addr in &options.listen {
         swarm
             .listen_on(addr.clone())
@@ -463,25 +507,21 @@ fn build_swarm(
     Ok(swarm)
 }
 
-fn sent_entry(out: &Outgoing) -> LogEvent {
-    LogEvent::Sent {
-        to: out.to,
-        what: out.what.into(),
-        bytes: out.bytes.len() as u64,
-        hash: sha256_hex(&out.bytes),
-    }
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn network_loop(
     key: Keypair,
     roster: Roster,
     options: RuntimeOptions,
     mut from_node: tokio_mpsc::UnboundedReceiver<ToNet>,
-    to_node: std_mpsc::Sender<Input>,
+    to_node: std_mpsc::Sender<ToNode>,
     mut on_listen: Box<dyn FnMut(&Multiaddr) + Send>,
     log: SharedLog,
+    stop: Arc<AtomicBool>,
 ) -> Result<RunReport, NetError> {
+    let run_id = match &options.run_id {
+        Some(h) => Some(crate::halt::run_id(h)?),
+        None => None,
+    };
     let me = crate::identity::peer_id(&key);
     let mut swarm = build_swarm(key, &roster, &options)?;
     let mut report = RunReport::default();
@@ -496,6 +536,9 @@ async fn network_loop(
     let mut acks_in_flight = 0usize;
     loop {
         if node_done {
+            if stop.load(Ordering::Relaxed) {
+                retry.clear(); // halted: nothing more to deliver
+            }
             let since = *done_at.get_or_insert_with(Instant::now);
             if pending.is_empty() && retry.is_empty() && acks_in_flight == 0 {
                 return Ok(report);
@@ -518,8 +561,14 @@ async fn network_loop(
                     let bytes = Arc::new(payload.encode());
                     report.traffic.bytes_sent += bytes.len() as u64;
                     report.traffic.messages_sent += 1;
+                    record(&log, LogEvent::Sent {
+                        to,
+                        what: payload.kind().into(),
+                        bytes: bytes.len() as u64,
+                        hash: sha256_hex(&bytes),
+                    })?;
                     let last_word = matches!(payload, Payload::Shutdown { .. });
-                    let out = Outgoing { to, peer, bytes, since: Instant::now(), what: payload.kind(), last_word };
+                    let out = Outgoing { to, peer, bytes, since: Instant::now(), what: payload.kind(), retry: true, last_word };
                     let id = swarm.behaviour_mut().msg.send_request(&peer, Frame::Bytes(Arc::clone(&out.bytes)));
                     pending.insert(id, out);
                 }
@@ -579,21 +628,89 @@ async fn network_loop(
                 SwarmEvent::Behaviour(BehaviourEvent::Msg(e)) => match e {
                     request_response::Event::Message { peer, message, .. } => match message {
                         request_response::Message::Request { request, channel, .. } => {
-                            let ack = match roster.node_of(&peer) {
-                                None => {
+                            let sender = roster.node_of(&peer);
+                            let who = sender.map_or_else(|| peer.to_string(), |n| format!("node {n}"));
+                            let ack = match (sender, request) {
+                                (None, _) if !roster.may_halt(&peer) => {
                                     warn!("refused a message from {peer}: not a participant");
                                     report.refused_messages += 1;
                                     Ack::Refused("not a participant".into())
                                 }
-                                Some(from) => match request {
-                                    Frame::Unreadable(why) => {
-                                        warn!("refused a message from node {from}: {why}");
+                                (_, Frame::Unreadable(why)) => {
+                                    warn!("refused a message from {who}: {why}");
+                                    report.refused_messages += 1;
+                                    record(&log, LogEvent::Refused { from: who, why: why.clone() })?;
+                                    Ack::Refused(why)
+                                }
+                                (_, Frame::Bytes(request)) => match Payload::decode(&request, options.max_params) {
+                                    Err(e) => {
+                                        warn!("refused a message from {who}: {e}");
                                         report.refused_messages += 1;
-                                        record(&log, LogEvent::Refused { from: format!("node {from}"), why: why.clone() })?;
-                                        Ack::Refused(why)
+                                        record(&log, LogEvent::Refused { from: who, why: e.to_string() })?;
+                                        Ack::Refused(e.to_string())
                                     }
-                                    Frame::Bytes(request) => match Payload::decode(&request, options.max_params) {
+                                    Ok(p @ Payload::Halt { .. }) => {
+                                        let checked = match &run_id {
+                                            Some(run) => crate::halt::verify(&p, run, roster.halters()),
+                                            None => Err("this node was started without a run id".into()),
+                                        };
+                                        match checked {
+                                            Err(why) => {
+                                                warn!("refused a halt from {who}: {why}");
+                                                report.refused_messages += 1;
+                                                record(&log, LogEvent::Refused { from: who, why: format!("halt: {why}") })?;
+                                                Ack::Refused(why)
+                                            }
+                                            Ok(by) => {
+                                                if let Some(from) = sender {
+                                                    record(&log, LogEvent::Received {
+                                                        from,
+                                                        what: p.kind().into(),
+                                                        bytes: request.len() as u64,
+                                                        hash: sha256_hex(&request),
+                                                    })?;
+                                                }
+                                                if !stop.swap(true, Ordering::SeqCst) {
+                                                    warn!("halted by {by} (via {who}); stopping and forwarding the halt");
+                                                    record(&log, LogEvent::Halted { by: by.to_string() })?;
+                                                    let _ = to_node.send(ToNode::Halt);
+                                                    // Every other participant hears it from us too.
+                                                    for (n, p, _) in roster.iter() {
+                                                        if p == me || p == peer {
+                                                            continue;
+                                                        }
+                                                        report.traffic.bytes_sent += request.len() as u64;
+                                                        report.traffic.messages_sent += 1;
+                                                        record(&log, LogEvent::Sent {
+                                                            to: n,
+                                                            what: "halt".into(),
+                                                            bytes: request.len() as u64,
+                                                            hash: sha256_hex(&request),
+                                                        })?;
+                                                        let out = Outgoing {
+                                                            to: n,
+                                                            peer: p,
+                                                            bytes: Arc::clone(&request),
+                                                            since: Instant::now(),
+                                                            what: "halt",
+                                                            retry: false,
+                                                            last_word: true,
+                                                        };
+                                                        let id = swarm.behaviour_mut().msg.send_request(&p, Frame::Bytes(Arc::clone(&out.bytes)));
+                                                        pending.insert(id, out);
+                                                    }
+                                                }
+                                                Ack::Accepted
+                                            }
+                                        }
+                                    }
+                                    Ok(_) if sender.is_none() => {
+                                        warn!("refused a message from {peer}: a halt key may only send a halt");
+                                        report.refused_messages += 1;
+                                        Ack::Refused("a halt key may only send a halt".into())
+                                    }
                                     Ok(p) => {
+                                        let from = sender.unwrap_or_default();
                                         report.traffic.bytes_received += request.len() as u64;
                                         report.traffic.messages_received += 1;
                                         // Recorded before it is acknowledged, so a message its
@@ -604,18 +721,11 @@ async fn network_loop(
                                             bytes: request.len() as u64,
                                             hash: sha256_hex(&request),
                                         })?;
-                                        if to_node.send(Input::Message(from, p)).is_err() {
+                                        if to_node.send(ToNode::Input(Input::Message(from, p))).is_err() {
                                             node_done = true;
                                         }
                                         Ack::Accepted
                                     }
-                                    Err(e) => {
-                                        warn!("refused a message from node {from}: {e}");
-                                        report.refused_messages += 1;
-                                        record(&log, LogEvent::Refused { from: format!("node {from}"), why: e.to_string() })?;
-                                        Ack::Refused(e.to_string())
-                                    }
-                                    },
                                 },
                             };
                             if swarm.behaviour_mut().msg.send_response(channel, ack).is_ok() {
@@ -626,7 +736,11 @@ async fn network_loop(
                             if let Some(out) = pending.remove(&request_id) {
                                 match response {
                                     Ack::Refused(why) => warn!("node {} refused our message: {why}", out.to),
-                                    Ack::Accepted => record(&log, sent_entry(&out))?,
+                                    Ack::Accepted => record(&log, LogEvent::Delivered {
+                                        to: out.to,
+                                        what: out.what.into(),
+                                        hash: sha256_hex(&out.bytes),
+                                    })?,
                                 }
                             }
                         }
@@ -635,7 +749,8 @@ async fn network_loop(
                         if let Some(out) = pending.remove(&request_id) {
                             if out.last_word && matches!(error, request_response::OutboundFailure::ConnectionClosed) {
                                 debug!("node {} closed its connection after our last message", out.to);
-                                record(&log, sent_entry(&out))?;
+                            } else if !out.retry || stop.load(Ordering::Relaxed) {
+                                debug!("could not forward a {} to node {}: {error}", out.what, out.to);
                             } else if out.since.elapsed() < options.retry_for {
                                 debug!("delivery to node {} failed ({error}); retrying", out.to);
                                 retry.push((Instant::now() + Duration::from_secs(1), out));

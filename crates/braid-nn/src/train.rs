@@ -266,6 +266,7 @@ pub struct Trainer {
     model: Option<Net>,
     loss: CrossEntropyLoss,
     eval_batch: usize,
+    stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 struct Collect(Vec<Tensor<1>>);
@@ -288,7 +289,14 @@ impl Trainer {
             model: Some(model),
             loss,
             eval_batch: 256,
+            stop: None,
         })
+    }
+
+    /// Training stops after the step in progress once `flag` is set (a halted run): the
+    /// outcome then covers the steps taken.
+    pub fn set_stop_flag(&mut self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+        self.stop = Some(flag);
     }
 
     /// Evaluates in batches of `n` samples (default 256): larger batches are no faster on a
@@ -424,6 +432,13 @@ impl Trainer {
         let (mut steps, mut samples) = (0usize, 0usize);
         let mut loss_sum: Option<Tensor<1>> = None;
         for chunk in batches {
+            if self
+                .stop
+                .as_ref()
+                .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed))
+            {
+                break;
+            }
             let (x, y) = self.batch(data, chunk, &self.device);
             let logits = model.forward(&self.arch, x);
             let ce = self.loss.forward(logits, y);

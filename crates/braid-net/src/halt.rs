@@ -1,0 +1,149 @@
+//! Halting a run: a signed halt message that every honest node verifies, obeys and forwards.
+//!
+//! The run's `network.halt_keys` name the keys allowed to halt it. A halt carries the run's
+//! configuration hash, the time it was issued, the signer's public key and an ed25519
+//! signature over both ([`braid_engine::wire::halt_message`]), so it can be forwarded by any
+//! node and still be checked by every other: a node obeys only a halt for its own run, signed
+//! by an authorized key. `braid halt` ([`send`]) delivers one to every participant it can
+//! reach; nodes forward it to all the others.
+
+use std::time::Duration;
+
+use braid_engine::wire::{halt_message, NodeId, Payload};
+use libp2p::identity::{Keypair, PublicKey};
+use libp2p::{Multiaddr, PeerId};
+
+use crate::probe::{self, Outcome};
+use crate::NetError;
+
+/// The SHA-256 configuration hash (hex, as in the run log) as bytes.
+pub fn run_id(hex: &str) -> Result<[u8; 32], NetError> {
+    crate::identity::unhex(hex)
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or_else(|| NetError::Config(format!("{hex:?} is not a run id (64 hex digits)")))
+}
+
+/// A halt for run `run`, signed by `key`.
+pub fn sign(key: &Keypair, run: [u8; 32], issued_at: u64) -> Result<Payload, NetError> {
+    let signature = key
+        .sign(&halt_message(&run, issued_at))
+        .map_err(|e| NetError::Key(format!("cannot sign the halt: {e}")))?;
+    Ok(Payload::Halt {
+        run,
+        issued_at,
+        signer: key.public().encode_protobuf(),
+        signature,
+    })
+}
+
+/// Checks a halt against this run and its authorized keys; returns the signer.
+pub fn verify(halt: &Payload, run: &[u8; 32], authorized: &[PeerId]) -> Result<PeerId, String> {
+    let Payload::Halt {
+        run: r,
+        issued_at,
+        signer,
+        signature,
+    } = halt
+    else {
+        return Err("not a halt".into());
+    };
+    let key = PublicKey::try_decode_protobuf(signer)
+        .map_err(|e| format!("the signer's key is unreadable: {e}"))?;
+    let who = key.to_peer_id();
+    if !authorized.contains(&who) {
+        return Err(format!(
+            "signed by {who}, which is not in network.halt_keys"
+        ));
+    }
+    if !key.verify(&halt_message(r, *issued_at), signature) {
+        return Err(format!("the signature by {who} does not verify"));
+    }
+    if r != run {
+        return Err("it is for another run".into());
+    }
+    Ok(who)
+}
+
+/// Sends `halt` as `key` to every target (node id, peer id, address); returns what each
+/// answered.
+pub fn send(
+    key: &Keypair,
+    targets: &[(NodeId, PeerId, Multiaddr)],
+    halt: &Payload,
+    timeout: Duration,
+) -> Vec<(NodeId, Result<Outcome, NetError>)> {
+    let body = halt.encode();
+    let mut frame = (body.len() as u64).to_le_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    targets
+        .iter()
+        .map(|(node, peer, addr)| {
+            let r = probe::send_raw(
+                key.clone(),
+                addr.clone(),
+                *peer,
+                vec![frame.clone()],
+                timeout,
+            )
+            .and_then(|mut v| v.pop().ok_or_else(|| NetError::Io("no answer".into())));
+            (*node, r)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_authorized_signature_for_this_run_verifies() {
+        let boss = crate::identity::generate();
+        let other = crate::identity::generate();
+        let run = [7u8; 32];
+        let ok = sign(&boss, run, 100).unwrap();
+        let authorized = [boss.public().to_peer_id()];
+        assert_eq!(
+            verify(&ok, &run, &authorized),
+            Ok(boss.public().to_peer_id())
+        );
+        // Survives the wire.
+        let back = Payload::decode(&ok.encode(), 0).unwrap();
+        assert!(verify(&back, &run, &authorized).is_ok());
+        // Another run, an unauthorized signer, a tampered field, a key swapped in.
+        assert!(verify(&ok, &[8u8; 32], &authorized).is_err());
+        let forged = sign(&other, run, 100).unwrap();
+        assert!(verify(&forged, &run, &authorized)
+            .unwrap_err()
+            .contains("not in network.halt_keys"));
+        let Payload::Halt {
+            signer, signature, ..
+        } = ok.clone()
+        else {
+            unreachable!()
+        };
+        let later = Payload::Halt {
+            run,
+            issued_at: 101,
+            signer: signer.clone(),
+            signature: signature.clone(),
+        };
+        assert!(verify(&later, &run, &authorized)
+            .unwrap_err()
+            .contains("does not verify"));
+        let Payload::Halt {
+            signature: other_sig,
+            ..
+        } = forged
+        else {
+            unreachable!()
+        };
+        let spliced = Payload::Halt {
+            run,
+            issued_at: 100,
+            signer,
+            signature: other_sig,
+        };
+        assert!(verify(&spliced, &run, &authorized).is_err());
+        assert!(run_id(&"ab".repeat(32)).is_ok() && run_id("xyz").is_err());
+    }
+}
