@@ -418,4 +418,26 @@ rounds = 2
         .map(|l| l.split(',').nth(7).unwrap().parse::<u64>().unwrap())
         .sum();
     assert_eq!(num(total, 2), steps * 32);
+    // Per round: each client trained 5 x 32 samples in each of rounds 1 and 2, and the
+    // server evaluated 2,000 samples after each.
+    let by_round = std::fs::read_to_string(d.join("o/accounting-rounds.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = by_round
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    for node in 0..4 {
+        for round in ["1", "2"] {
+            let r = rows
+                .iter()
+                .find(|r| r[0] == node.to_string() && r[2] == round)
+                .unwrap_or_else(|| panic!("no row for node {node} round {round}: {by_round}"));
+            let (train, eval) = if node == 0 {
+                ("0", "2000")
+            } else {
+                ("160", "0")
+            };
+            assert_eq!((r[3], r[4]), (train, eval), "{by_round}");
+        }
+    }
 }

@@ -268,6 +268,24 @@ pub enum Input {
 }
 
 impl Input {
+    /// The round (FedAvg family, dsgd gossip) or step (dsgd snapshots and joins) carried by
+    /// the message, for attributing the compute it causes; `None` for starts and deadlines.
+    pub fn round(&self) -> Option<u64> {
+        match self {
+            Self::Message(_, p) => match p {
+                Payload::TrainRequest { round, .. }
+                | Payload::TrainReply { round, .. }
+                | Payload::Gossip { round, .. }
+                | Payload::Shutdown { round } => Some(u64::from(*round)),
+                Payload::Snapshot { step, .. }
+                | Payload::JoinRequest { step }
+                | Payload::JoinReply { step, .. } => Some(*step),
+                Payload::Halt { .. } => None,
+            },
+            Self::Start | Self::Deadline(_) => None,
+        }
+    }
+
     /// Hands this input to `node`.
     pub fn apply(self, node: &mut dyn Node, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
         match self {

@@ -111,6 +111,23 @@ pub fn write_all(
         let p = dir.join("accounting.csv");
         write_atomic(&p, accounting_csv(config, outcome).as_bytes())?;
         written.push(p);
+        let n = outcome.compute.len();
+        let mut rounds =
+            String::from("node,role,round,train_samples,eval_samples,flops,compute_s\n");
+        for ((node, round), c) in &outcome.compute_by_round {
+            rounds.push_str(&format!(
+                "{node},{},{},{},{},{},{:.3}\n",
+                role(config, *node as usize, n),
+                round.map_or(String::new(), |r| r.to_string()),
+                c.train_samples,
+                c.eval_samples,
+                c.flops,
+                c.seconds
+            ));
+        }
+        let p = dir.join("accounting-rounds.csv");
+        write_atomic(&p, rounds.as_bytes())?;
+        written.push(p);
     }
 
     if let Some(params) = &outcome.final_params {

@@ -56,6 +56,9 @@ pub struct SimOutcome {
     pub traffic: Vec<NodeTraffic>,
     /// Compute per node id (samples, FLOPs, seconds in the trainer).
     pub compute: Vec<Compute>,
+    /// Compute per (node id, round of the message that caused it; `None`: the start or a
+    /// deadline).
+    pub compute_by_round: std::collections::BTreeMap<(NodeId, Option<u64>), Compute>,
 }
 
 impl SimOutcome {
@@ -73,7 +76,8 @@ struct TaskOutput {
     outbox: Vec<(NodeId, Payload)>,
     events: Vec<Event>,
     deadlines: Vec<(u64, Duration)>,
-    compute: Compute,
+    /// Compute spent, by the round of the input that caused it.
+    compute: Vec<(Option<u64>, Compute)>,
 }
 
 /// Runs nodes in one process.
@@ -88,18 +92,24 @@ fn handle(
     inputs: Vec<Input>,
     trainer: &mut dyn LocalTrainer,
 ) -> Result<TaskOutput, EngineError> {
-    let (mut outbox, mut events) = (Vec::new(), Vec::new());
-    let mut metered = Metered::new(trainer);
-    let mut ctx = NodeCtx::new(&mut outbox, &mut events, &mut metered);
+    let (mut outbox, mut events, mut deadlines) = (Vec::new(), Vec::new(), Vec::new());
+    let mut compute = Vec::new();
     for input in inputs {
+        // Metered per input, so compute is attributed to the round that caused it.
+        let round = input.round();
+        let mut metered = Metered::new(&mut *trainer);
+        let mut ctx = NodeCtx::new(&mut outbox, &mut events, &mut metered);
         input.apply(node, &mut ctx)?;
+        deadlines.extend(ctx.take_deadlines());
+        if !metered.compute.is_zero() {
+            compute.push((round, metered.compute));
+        }
     }
-    let deadlines = ctx.take_deadlines();
     Ok(TaskOutput {
         outbox,
         events,
         deadlines,
-        compute: metered.compute,
+        compute,
     })
 }
 
@@ -144,8 +154,15 @@ impl Simulator {
         while !tasks.is_empty() {
             let outputs = self.run_tasks(tasks)?;
             for (from, out) in outputs {
-                if let Some(c) = outcome.compute.get_mut(from as usize) {
-                    c.add(&out.compute);
+                for (round, c) in &out.compute {
+                    if let Some(total) = outcome.compute.get_mut(from as usize) {
+                        total.add(c);
+                    }
+                    outcome
+                        .compute_by_round
+                        .entry((from, *round))
+                        .or_default()
+                        .add(c);
                 }
                 for (token, after) in out.deadlines {
                     timers.push(Reverse((now + after, seq, from, token)));

@@ -98,23 +98,6 @@ fn sync_log(log: &SharedLog) -> Result<(), NetError> {
     }
 }
 
-/// The round (or step) a message belongs to, for compute entries.
-fn round_of(input: &Input) -> Option<u64> {
-    match input {
-        Input::Message(_, p) => match p {
-            Payload::TrainRequest { round, .. }
-            | Payload::TrainReply { round, .. }
-            | Payload::Gossip { round, .. }
-            | Payload::Shutdown { round } => Some(u64::from(*round)),
-            Payload::Snapshot { step, .. }
-            | Payload::JoinRequest { step }
-            | Payload::JoinReply { step, .. } => Some(*step),
-            Payload::Halt { .. } => None,
-        },
-        _ => None,
-    }
-}
-
 /// What a finished node process reports.
 #[derive(Debug, Clone, Default)]
 pub struct RunReport {
@@ -356,7 +339,7 @@ fn node_loop(
             }
         };
         let (mut outbox, mut emitted) = (Vec::new(), Vec::new());
-        let round = round_of(&input);
+        let round = input.round();
         let mut metered = Metered::new(trainer.as_mut());
         let mut ctx = NodeCtx::new(&mut outbox, &mut emitted, &mut metered);
         let r = input.apply(node.as_mut(), &mut ctx);
