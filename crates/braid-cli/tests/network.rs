@@ -852,6 +852,29 @@ rounds = 2
     assert_eq!(report["total_train_samples"].as_u64(), Some(3 * 2 * 4 * 16));
     assert_eq!(report["final_models"].as_array().unwrap().len(), 1);
     assert!(d.join("run/audit-report.md").exists());
+    // Each local training is logged with the model hash before and after.
+    let client_log = std::fs::read_to_string(d.join("run/node-1/runlog.jsonl")).unwrap();
+    let trained: Vec<serde_json::Value> = client_log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l.split_once(' ')?.1).ok())
+        .filter(|e| e["kind"] == "compute")
+        .collect();
+    assert_eq!(trained.len(), 2, "{client_log}");
+    for e in &trained {
+        assert_eq!(e["train_samples"].as_u64(), Some(4 * 16));
+        let (b, a) = (
+            e["model_before"].as_str().unwrap(),
+            e["model_after"].as_str().unwrap(),
+        );
+        assert!(b.len() == 64 && a.len() == 64 && a != b, "{e}");
+    }
+    assert_eq!(
+        trained
+            .iter()
+            .map(|e| e["round"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![1, 2]
+    );
 
     // Tampering, one kind at a time, each found and placed.
     let log = d.join("run/node-2/runlog.jsonl");

@@ -10,6 +10,8 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use sha2::{Digest, Sha256};
+
 use crate::node::{EngineError, LocalTrainer};
 use braid_nn::{EvalOutcome, OptimizerState, TrainOutcome};
 
@@ -51,12 +53,26 @@ pub struct FlopsPerSample {
     pub forward: u64,
 }
 
+/// SHA-256 of a parameter vector's little-endian f32 bytes (hex): a model's identity in logs
+/// and reports.
+pub fn model_hash(params: &[f32]) -> String {
+    let mut h = Sha256::new();
+    for v in params {
+        h.update(v.to_le_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A trainer that counts the compute going through it.
 pub struct Metered<'a> {
     inner: &'a mut dyn LocalTrainer,
     per_sample: FlopsPerSample,
     /// What has gone through so far.
     pub compute: Compute,
+    hash_models: bool,
+    /// With [`Metered::hashing_models`]: [`model_hash`] of the parameters the first training
+    /// call started from and of those the last one returned.
+    pub models: Option<(String, String)>,
 }
 
 impl<'a> Metered<'a> {
@@ -67,6 +83,24 @@ impl<'a> Metered<'a> {
             inner,
             per_sample,
             compute: Compute::default(),
+            hash_models: false,
+            models: None,
+        }
+    }
+
+    /// Also records the model hash before and after training (for run logs).
+    pub fn hashing_models(mut self) -> Self {
+        self.hash_models = true;
+        self
+    }
+
+    fn hash(&mut self, before: &[f32], after: &[f32]) {
+        if self.hash_models {
+            let after = model_hash(after);
+            match &mut self.models {
+                Some((_, a)) => *a = after,
+                None => self.models = Some((model_hash(before), after)),
+            }
         }
     }
 
@@ -102,6 +136,7 @@ impl LocalTrainer for Metered<'_> {
         let t0 = Instant::now();
         let out = self.inner.train(params, shard, seed, lr_scale)?;
         self.trained(&out, t0);
+        self.hash(params, &out.params);
         Ok(out)
     }
 
@@ -115,6 +150,7 @@ impl LocalTrainer for Metered<'_> {
         let t0 = Instant::now();
         let out = self.inner.train_batches(params, batches, state, lr_scale)?;
         self.trained(&out, t0);
+        self.hash(params, &out.params);
         Ok(out)
     }
 

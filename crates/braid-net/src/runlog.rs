@@ -34,14 +34,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 
-/// SHA-256 of a parameter vector's little-endian f32 bytes (a model hash).
-pub fn model_hash(params: &[f32]) -> String {
-    let mut h = Sha256::new();
-    for v in params {
-        h.update(v.to_le_bytes());
-    }
-    hex(&h.finalize())
-}
+pub use braid_engine::accounting::model_hash;
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -110,6 +103,12 @@ pub enum LogEvent {
         flops: u64,
         /// Seconds in the trainer.
         seconds: f64,
+        /// Model hash before training (the parameters it started from), if it trained.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model_before: Option<String>,
+        /// Model hash after training.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model_after: Option<String>,
     },
     /// Metrics the node reported (a FedAvg round, a dsgd evaluation point).
     Progress {

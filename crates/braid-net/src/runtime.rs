@@ -341,6 +341,9 @@ fn node_loop(
         let (mut outbox, mut emitted) = (Vec::new(), Vec::new());
         let round = input.round();
         let mut metered = Metered::new(trainer.as_mut());
+        if log.is_some() {
+            metered = metered.hashing_models();
+        }
         let mut ctx = NodeCtx::new(&mut outbox, &mut emitted, &mut metered);
         let r = input.apply(node.as_mut(), &mut ctx);
         let now = Instant::now();
@@ -350,13 +353,17 @@ fn node_loop(
         }
         compute.add(&metered.compute);
         let c = metered.compute;
+        let models = metered.models.take();
         if !c.is_zero() {
+            let (model_before, model_after) = models.unzip();
             let e = LogEvent::Compute {
                 round,
                 train_samples: c.train_samples,
                 eval_samples: c.eval_samples,
                 flops: c.flops,
                 seconds: c.seconds,
+                model_before,
+                model_after,
             };
             if let Err(e) = record(&log, e) {
                 break Err(e);
