@@ -213,7 +213,7 @@ fn check(dir: &Path, config: Option<&Path>) -> Result<Audit> {
     if runs.len() > 1 {
         let parts: Vec<String> = runs
             .iter()
-            .map(|(h, n)| format!("{}... by nodes {n:?}", &h[..12.min(h.len())]))
+            .map(|(h, n)| format!("{}... by nodes {n:?}", h.get(..12).unwrap_or(h)))
             .collect();
         run_problems.push(format!(
             "the nodes ran different configurations: {}",
@@ -298,17 +298,17 @@ fn totals(audit: &Audit) -> RunTotals {
                     seconds,
                     ..
                 } => {
-                    t.train_samples += train_samples;
-                    t.eval_samples += eval_samples;
+                    t.train_samples = t.train_samples.saturating_add(*train_samples);
+                    t.eval_samples = t.eval_samples.saturating_add(*eval_samples);
                     t.flops = t.flops.saturating_add(*flops);
                     t.compute_s += seconds;
                 }
                 LogEvent::Sent { bytes, .. } => {
-                    t.bytes_sent += bytes;
+                    t.bytes_sent = t.bytes_sent.saturating_add(*bytes);
                     t.messages_sent += 1;
                 }
                 LogEvent::Received { bytes, .. } => {
-                    t.bytes_received += bytes;
+                    t.bytes_received = t.bytes_received.saturating_add(*bytes);
                     t.messages_received += 1;
                 }
                 LogEvent::Refused { .. } => t.refused += 1,
@@ -329,9 +329,15 @@ fn totals(audit: &Audit) -> RunTotals {
             .iter()
             .map(|n| n.flops)
             .fold(0u64, u64::saturating_add),
-        total_train_samples: nodes.iter().map(|n| n.train_samples).sum(),
+        total_train_samples: nodes
+            .iter()
+            .map(|n| n.train_samples)
+            .fold(0u64, u64::saturating_add),
         total_compute_s: nodes.iter().map(|n| n.compute_s).sum(),
-        total_bytes_sent: nodes.iter().map(|n| n.bytes_sent).sum(),
+        total_bytes_sent: nodes
+            .iter()
+            .map(|n| n.bytes_sent)
+            .fold(0u64, u64::saturating_add),
         nodes,
         final_models,
         problems: audit.problems(),

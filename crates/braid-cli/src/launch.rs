@@ -137,9 +137,13 @@ pub fn launch(args: LaunchArgs) -> Result<()> {
         if args.resume {
             cmd.arg("--resume");
         }
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {label}"))?;
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                kill_all(&mut launched);
+                return Err(e).with_context(|| format!("cannot start {label}"));
+            }
+        };
         let log = Arc::new(Mutex::new(
             std::fs::File::create(node_dir.join("log.txt"))
                 .with_context(|| format!("cannot create {}/log.txt", node_dir.display()))?,

@@ -124,7 +124,7 @@ pub fn node(args: NodeArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| config.output_dir().join(format!("node-{id}")));
-    let run_id = braid_net::runlog::sha256_hex(config.to_toml().as_bytes());
+    let run_id = braid_net::halt::run_id_of(&config);
     let options = RuntimeOptions {
         listen,
         max_message_bytes: net.max_message_mib << 20,
@@ -268,7 +268,7 @@ pub fn halt(args: HaltArgs) -> Result<()> {
     let run_hex = args
         .run
         .clone()
-        .unwrap_or_else(|| braid_net::runlog::sha256_hex(config.to_toml().as_bytes()));
+        .unwrap_or_else(|| braid_net::halt::run_id_of(&config));
     let run = braid_net::halt::run_id(&run_hex)?;
     let issued_at = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -990,11 +990,8 @@ fn an_authorized_halt_stops_every_node_and_a_forged_one_changes_nothing() {
     };
     let rogue_key = braid_net::identity::load(&d.join("rogue.key")).unwrap();
     let halter_key = braid_net::identity::load(&d.join("halter.key")).unwrap();
-    let run = braid_net::halt::run_id(&braid_net::runlog::sha256_hex(
-        braid_engine::config::ExperimentConfig::load(&d.join("exp.toml"), &[])
-            .unwrap()
-            .to_toml()
-            .as_bytes(),
+    let run = braid_net::halt::run_id(&braid_net::halt::run_id_of(
+        &braid_engine::config::ExperimentConfig::load(&d.join("exp.toml"), &[]).unwrap(),
     ))
     .unwrap();
     let forged = braid_net::halt::sign(&rogue_key, run, 1).unwrap();

@@ -9,12 +9,26 @@
 
 use std::time::Duration;
 
+use braid_engine::config::ExperimentConfig;
 use braid_engine::wire::{halt_message, NodeId, Payload};
 use libp2p::identity::{Keypair, PublicKey};
 use libp2p::{Multiaddr, PeerId};
 
 use crate::probe::{self, Outcome};
 use crate::NetError;
+
+/// A run's id: the SHA-256 (hex) of its configuration without the participants' addresses
+/// (where a node listens is not part of what is run, and changes when a launched run is
+/// resumed on new ports). Every node records it in its log and a halt must name it.
+pub fn run_id_of(config: &ExperimentConfig) -> String {
+    let mut c = config.clone();
+    if let Some(net) = &mut c.network {
+        for p in &mut net.participants {
+            p.addr = None;
+        }
+    }
+    crate::runlog::sha256_hex(c.to_toml().as_bytes())
+}
 
 /// The SHA-256 configuration hash (hex, as in the run log) as bytes.
 pub fn run_id(hex: &str) -> Result<[u8; 32], NetError> {
@@ -36,8 +50,18 @@ pub fn sign(key: &Keypair, run: [u8; 32], issued_at: u64) -> Result<Payload, Net
     })
 }
 
-/// Checks a halt against this run and its authorized keys; returns the signer.
-pub fn verify(halt: &Payload, run: &[u8; 32], authorized: &[PeerId]) -> Result<PeerId, String> {
+/// How far a halt's issue time may lie before a node's start (clock skew between machines).
+pub const CLOCK_SKEW_S: u64 = 300;
+
+/// Checks a halt against this run, its authorized keys and the node's start time (Unix
+/// seconds: a halt issued more than [`CLOCK_SKEW_S`] before it is a replay of an old one, e.g.
+/// against a resumed run); returns the signer.
+pub fn verify(
+    halt: &Payload,
+    run: &[u8; 32],
+    authorized: &[PeerId],
+    started_at: u64,
+) -> Result<PeerId, String> {
     let Payload::Halt {
         run: r,
         issued_at,
@@ -60,6 +84,11 @@ pub fn verify(halt: &Payload, run: &[u8; 32], authorized: &[PeerId]) -> Result<P
     }
     if r != run {
         return Err("it is for another run".into());
+    }
+    if issued_at.saturating_add(CLOCK_SKEW_S) < started_at {
+        return Err(format!(
+            "it was issued at {issued_at}, before this node started at {started_at} (a replayed halt?)"
+        ));
     }
     Ok(who)
 }
@@ -103,16 +132,16 @@ mod tests {
         let ok = sign(&boss, run, 100).unwrap();
         let authorized = [boss.public().to_peer_id()];
         assert_eq!(
-            verify(&ok, &run, &authorized),
+            verify(&ok, &run, &authorized, 0),
             Ok(boss.public().to_peer_id())
         );
         // Survives the wire.
         let back = Payload::decode(&ok.encode(), 0).unwrap();
-        assert!(verify(&back, &run, &authorized).is_ok());
+        assert!(verify(&back, &run, &authorized, 0).is_ok());
         // Another run, an unauthorized signer, a tampered field, a key swapped in.
-        assert!(verify(&ok, &[8u8; 32], &authorized).is_err());
+        assert!(verify(&ok, &[8u8; 32], &authorized, 0).is_err());
         let forged = sign(&other, run, 100).unwrap();
-        assert!(verify(&forged, &run, &authorized)
+        assert!(verify(&forged, &run, &authorized, 0)
             .unwrap_err()
             .contains("not in network.halt_keys"));
         let Payload::Halt {
@@ -127,7 +156,7 @@ mod tests {
             signer: signer.clone(),
             signature: signature.clone(),
         };
-        assert!(verify(&later, &run, &authorized)
+        assert!(verify(&later, &run, &authorized, 0)
             .unwrap_err()
             .contains("does not verify"));
         let Payload::Halt {
@@ -143,7 +172,12 @@ mod tests {
             signer,
             signature: other_sig,
         };
-        assert!(verify(&spliced, &run, &authorized).is_err());
+        assert!(verify(&spliced, &run, &authorized, 0).is_err());
         assert!(run_id(&"ab".repeat(32)).is_ok() && run_id("xyz").is_err());
+        // Replayed against a node started long after it was issued.
+        assert!(verify(&ok, &run, &authorized, 100 + CLOCK_SKEW_S).is_ok());
+        assert!(verify(&ok, &run, &authorized, 101 + CLOCK_SKEW_S)
+            .unwrap_err()
+            .contains("replayed"));
     }
 }

@@ -384,6 +384,9 @@ fn node_loop(
                     break Err(e);
                 }
             }
+            // Halted in the middle of handling this input: drop what it produced (a partial
+            // training result), and stop at the top of the loop.
+            Err(_) if stop.load(Ordering::Relaxed) => continue,
             Err(e) => break Err(NetError::Node(e.to_string())),
         }
         let mut log_failed = None;
@@ -512,6 +515,9 @@ async fn network_loop(
         Some(h) => Some(crate::halt::run_id(h)?),
         None => None,
     };
+    let started_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let me = crate::identity::peer_id(&key);
     let mut swarm = build_swarm(key, &roster, &options)?;
     let mut report = RunReport::default();
@@ -641,7 +647,7 @@ async fn network_loop(
                                     }
                                     Ok(p @ Payload::Halt { .. }) => {
                                         let checked = match &run_id {
-                                            Some(run) => crate::halt::verify(&p, run, roster.halters()),
+                                            Some(run) => crate::halt::verify(&p, run, roster.halters(), started_at),
                                             None => Err("this node was started without a run id".into()),
                                         };
                                         match checked {

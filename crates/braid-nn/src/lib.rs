@@ -53,4 +53,7 @@ pub enum NnError {
     /// Training produced NaN or infinite values.
     #[error("training diverged (loss or parameters not finite); lower the learning rate")]
     Diverged,
+    /// Training was stopped by a halt before it finished (its result is discarded).
+    #[error("training stopped: the run was halted")]
+    Halted,
 }

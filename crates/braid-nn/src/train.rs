@@ -293,8 +293,8 @@ impl Trainer {
         })
     }
 
-    /// Training stops after the step in progress once `flag` is set (a halted run): the
-    /// outcome then covers the steps taken.
+    /// Training stops after the step in progress once `flag` is set (a halted run), with
+    /// [`NnError::Halted`].
     pub fn set_stop_flag(&mut self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) {
         self.stop = Some(flag);
     }
@@ -437,7 +437,9 @@ impl Trainer {
                 .as_ref()
                 .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed))
             {
-                break;
+                // A halted run: the partial result must not be used as if it were whole.
+                self.model = Some(model);
+                return Err(NnError::Halted);
             }
             let (x, y) = self.batch(data, chunk, &self.device);
             let logits = model.forward(&self.arch, x);

@@ -580,7 +580,11 @@ impl Node for DsgdPeer {
         let (round, params) = match payload {
             Payload::Gossip { round, params } => (round, params),
             Payload::JoinRequest { .. } => {
-                // A restarted peer asks where the run is: tell it.
+                // A restarted peer asks where the run is: tell it (unless this peer is itself
+                // rejoining: its state is a checkpoint, not where the run is).
+                if self.rejoining {
+                    return Ok(());
+                }
                 ctx.send(
                     from,
                     Payload::JoinReply {
