@@ -11,9 +11,12 @@
 //! - [`schedule`]: communication schedules (every k steps, budgets r(p) over training);
 //! - [`lr_schedule`]: learning-rate schedules over training progress (cosine, linear, step);
 //! - [`batches`]: a participant's reproducible stream of mini-batches, epoch by epoch;
+//! - [`compress`]: compressed vectors for the wire (top-k / random-k, fp16, bf16, int8, int4,
+//!   QSGD) with exact sizes, error bounds and error feedback;
 //! - [`seed`]: deriving independent, reproducible random streams from one experiment seed.
 
 pub mod batches;
+pub mod compress;
 pub mod lr_schedule;
 pub mod params;
 pub mod partition;
