@@ -211,6 +211,7 @@ fn run_and_report(
         central.decentralized = None;
         central.algorithm.mu = None;
         central.algorithm.server_optimizer = Default::default();
+        central.compression = None;
         println!();
         let base_acc = run_one(&central, &dir.join("baseline"), quiet)?;
         if let (Some(a), Some(b)) = (main_acc, base_acc) {

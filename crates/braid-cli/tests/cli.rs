@@ -82,6 +82,18 @@ fn malformed_inputs_get_one_clear_line() {
         &GOOD.replace("[train]", "[train]\nbatch_size = 0"),
         "train.batch_size",
     );
+    expect_error(
+        &format!("{GOOD}[compression]\nuplink = {{ sparsify = {{ kind = \"top-k\", fraction = 1.5 }} }}\n"),
+        "compression.uplink: compression: sparsify.fraction = 1.5",
+    );
+    expect_error(
+        &format!("{GOOD}[compression]\ndownlink = {{ sparsify = {{ kind = \"top-k\", fraction = 0.1 }} }}\n"),
+        "compression.downlink: only quantizers",
+    );
+    expect_error(
+        &format!("{GOOD}[compression]\nuplink = {{ quantize = {{ kind = \"int3\" }} }}\n"),
+        "unknown variant `int3`",
+    );
 }
 
 #[test]

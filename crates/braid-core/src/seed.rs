@@ -44,6 +44,8 @@ pub mod stream {
     pub const TOPOLOGY: u64 = 6;
     /// Choosing the test samples local models are evaluated on.
     pub const EVAL: u64 = 7;
+    /// Random choices of compression (random-k subsets, QSGD levels).
+    pub const COMPRESS: u64 = 8;
 }
 
 #[cfg(test)]

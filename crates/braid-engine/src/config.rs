@@ -61,6 +61,9 @@ pub struct ExperimentConfig {
     /// the simulator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkConfig>,
+    /// `[compression]`: what is compressed on the wire (FedAvg family).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<CompressionConfig>,
 }
 
 /// `[network]`: the participants of a deployed run and the transport's limits.
@@ -107,6 +110,43 @@ fn default_request_timeout_s() -> u64 {
 }
 fn default_retry_s() -> u64 {
     600
+}
+
+/// `[compression]`: compressed messages of the FedAvg family.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompressionConfig {
+    /// Client updates (trained parameters minus the model received), e.g.
+    /// `{ sparsify = { kind = "top-k", fraction = 0.01 }, quantize = { kind = "fp16" } }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<braid_core::compress::Compression>,
+    /// Clients keep what compression dropped from their update and add it next time.
+    #[serde(default)]
+    pub error_feedback: bool,
+    /// The global model sent to clients (quantizers only: every client gets the whole model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downlink: Option<braid_core::compress::Compression>,
+}
+
+impl CompressionConfig {
+    /// Checks each setting.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, c) in [("uplink", &self.uplink), ("downlink", &self.downlink)] {
+            if let Some(c) = c {
+                c.validate()
+                    .map_err(|e| format!("compression.{name}: {e}"))?;
+            }
+        }
+        if let Some(d) = &self.downlink {
+            if d.sparsify != braid_core::compress::Sparsify::None {
+                return Err("compression.downlink: only quantizers (no sparsify): clients need the whole model".into());
+            }
+        }
+        if self.error_feedback && self.uplink.is_none() {
+            return Err("compression.error_feedback needs compression.uplink".into());
+        }
+        Ok(())
+    }
 }
 
 /// One admitted participant.
@@ -547,6 +587,18 @@ impl ExperimentConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.partition.clients == 0 {
             return Err("partition.clients must be at least 1".into());
+        }
+        if let Some(c) = &self.compression {
+            c.validate()?;
+            if matches!(
+                self.algorithm.name,
+                AlgorithmName::Dsgd | AlgorithmName::Centralized
+            ) {
+                return Err(
+                    "[compression] applies to the FedAvg family (dsgd gossip compression is not built yet)"
+                        .into(),
+                );
+            }
         }
         self.partition.scheme()?;
         if self.train.batch_size == 0 {

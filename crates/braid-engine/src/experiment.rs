@@ -290,12 +290,17 @@ pub fn build_nodes(prepared: &Prepared) -> Result<Vec<Box<dyn Node>>, EngineErro
         },
         clients.clone(),
         prepared.arch.init_params(c.seed),
-    )?;
+    )?
+    .with_downlink(c.compression.and_then(|k| k.downlink));
     let mut nodes: Vec<Box<dyn Node>> = vec![Box::new(server)];
     for (id, part) in clients.iter().zip(&prepared.parts) {
         nodes.push(Box::new(
             FedAvgClient::new(*id, Arc::new(part.clone()), c.seed)
-                .with_lr_schedule(c.train.lr_schedule.clone(), c.algorithm.rounds()),
+                .with_lr_schedule(c.train.lr_schedule.clone(), c.algorithm.rounds())
+                .with_compression(
+                    &c.compression.unwrap_or_default(),
+                    prepared.arch.num_params(),
+                ),
         ));
     }
     debug_assert_eq!(nodes[0].id(), SERVER);

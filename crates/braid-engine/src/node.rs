@@ -275,6 +275,8 @@ impl Input {
             Self::Message(_, p) => match p {
                 Payload::TrainRequest { round, .. }
                 | Payload::TrainReply { round, .. }
+                | Payload::PackedRequest { round, .. }
+                | Payload::PackedReply { round, .. }
                 | Payload::Gossip { round, .. }
                 | Payload::Shutdown { round } => Some(u64::from(*round)),
                 Payload::Snapshot { step, .. }

@@ -22,6 +22,8 @@ const KIND_SHUTDOWN: u8 = 5;
 const KIND_JOIN_REQUEST: u8 = 6;
 const KIND_JOIN_REPLY: u8 = 7;
 const KIND_HALT: u8 = 8;
+const KIND_PACKED_REQUEST: u8 = 9;
+const KIND_PACKED_REPLY: u8 = 10;
 /// Longest public key or signature a halt may carry.
 const MAX_HALT_FIELD: usize = 1024;
 
@@ -91,6 +93,28 @@ pub enum Payload {
         /// waiting for that round's gossip).
         params: Arc<Vec<f32>>,
     },
+    /// Server to client: a [`Payload::TrainRequest`] whose model is compressed
+    /// (`braid_core::compress`).
+    PackedRequest {
+        /// Round number, from 1.
+        round: u32,
+        /// The global model, compressed (shared between the clients of a round in-process).
+        model: Arc<Vec<u8>>,
+    },
+    /// Client to server: a [`Payload::TrainReply`] carrying the compressed update (trained
+    /// parameters minus the model the client received) instead of the parameters.
+    PackedReply {
+        /// Round being answered.
+        round: u32,
+        /// Training samples the client holds (FedAvg's weight).
+        num_samples: u64,
+        /// Local optimizer steps taken.
+        steps: u32,
+        /// Mean local training loss.
+        train_loss: f32,
+        /// The update, compressed.
+        update: Vec<u8>,
+    },
     /// Anyone to node: stop the run. Signed by a key the run authorizes to halt it (checked
     /// by the network runtime, which obeys and forwards it; algorithms never see it).
     Halt {
@@ -144,6 +168,8 @@ impl Payload {
             Self::JoinRequest { .. } => "join-request",
             Self::JoinReply { .. } => "join-reply",
             Self::Halt { .. } => "halt",
+            Self::PackedRequest { .. } => "packed-request",
+            Self::PackedReply { .. } => "packed-reply",
         }
     }
 
@@ -158,6 +184,8 @@ impl Payload {
             Self::Shutdown { .. } => header + 4,
             Self::JoinRequest { .. } => header + 8,
             Self::JoinReply { params, .. } => header + 8 + 4 + 4 + 4 * params.len(),
+            Self::PackedRequest { model, .. } => header + 4 + 4 + model.len(),
+            Self::PackedReply { update, .. } => header + 4 + 8 + 4 + 4 + 4 + update.len(),
             Self::Halt {
                 signer, signature, ..
             } => {
@@ -244,6 +272,27 @@ impl Payload {
                 out.extend_from_slice(&step.to_le_bytes());
                 out.extend_from_slice(&mixed_through.to_le_bytes());
                 put_params(&mut out, params);
+            }
+            Self::PackedRequest { round, model } => {
+                out.push(KIND_PACKED_REQUEST);
+                out.extend_from_slice(&round.to_le_bytes());
+                out.extend_from_slice(&(model.len() as u32).to_le_bytes());
+                out.extend_from_slice(model);
+            }
+            Self::PackedReply {
+                round,
+                num_samples,
+                steps,
+                train_loss,
+                update,
+            } => {
+                out.push(KIND_PACKED_REPLY);
+                out.extend_from_slice(&round.to_le_bytes());
+                out.extend_from_slice(&num_samples.to_le_bytes());
+                out.extend_from_slice(&steps.to_le_bytes());
+                out.extend_from_slice(&train_loss.to_le_bytes());
+                out.extend_from_slice(&(update.len() as u32).to_le_bytes());
+                out.extend_from_slice(update);
             }
             Self::Halt {
                 run,
@@ -337,6 +386,26 @@ impl Payload {
                     params: Arc::new(r.params(max_params)?),
                 }
             }
+            KIND_PACKED_REQUEST => {
+                let round = r.u32("round")?;
+                Self::PackedRequest {
+                    round,
+                    model: Arc::new(r.packed(max_params)?),
+                }
+            }
+            KIND_PACKED_REPLY => {
+                let round = r.u32("round")?;
+                let num_samples = u64::from_le_bytes(r.array("num_samples")?);
+                let steps = r.u32("steps")?;
+                let train_loss = f32::from_le_bytes(r.array("train_loss")?);
+                Self::PackedReply {
+                    round,
+                    num_samples,
+                    steps,
+                    train_loss,
+                    update: r.packed(max_params)?,
+                }
+            }
             KIND_HALT => {
                 let run = r.array("run")?;
                 let issued_at = u64::from_le_bytes(r.array("issued_at")?);
@@ -404,6 +473,18 @@ impl<'a> Reader<'a> {
     fn u32(&mut self, what: &str) -> Result<u32, WireError> {
         Ok(u32::from_le_bytes(self.array(what)?))
     }
+    /// A compressed vector of at most `max` values: its byte length, then the bytes (the
+    /// receiver decodes and checks them against its model's size).
+    fn packed(&mut self, max: usize) -> Result<Vec<u8>, WireError> {
+        let n = self.u32("packed length")? as usize;
+        // The largest encoding of `max` values: a header, then an index and an f32 each.
+        let limit = 64usize.saturating_add(max.saturating_mul(8));
+        if n > limit {
+            return Err(WireError::TooLarge { got: n, max: limit });
+        }
+        Ok(self.take(n, "packed vector")?.to_vec())
+    }
+
     fn params(&mut self, max: usize) -> Result<Vec<f32>, WireError> {
         let n = self.u32("parameter count")? as usize;
         if n > max {
@@ -488,7 +569,7 @@ mod tests {
         fn encoding_round_trips_with_exact_length(params in prop::collection::vec(-1e6f32..1e6, 0..64), round in 0u32..1000) {
             let snapshot = Payload::Snapshot { step: u64::from(round) * 7, train_loss: 0.25, accuracy: 0.5, loss: 1.5, gossip_bytes: 1 << 40, params: Arc::new(params.clone()) };
             let gossip = Payload::Gossip { round, params: Arc::new(params.clone()) };
-            for p in [Payload::TrainRequest { round, params: Arc::new(params.clone()) }, reply(params.clone()), gossip, snapshot, Payload::Shutdown { round }, Payload::JoinRequest { step: u64::from(round) << 33 }, Payload::JoinReply { step: 5, mixed_through: round, params: Arc::new(params.clone()) }, Payload::Halt { run: [round as u8; 32], issued_at: 7, signer: vec![1, 2, 3], signature: params.iter().map(|v| *v as u8).collect() }] {
+            for p in [Payload::TrainRequest { round, params: Arc::new(params.clone()) }, reply(params.clone()), gossip, snapshot, Payload::Shutdown { round }, Payload::JoinRequest { step: u64::from(round) << 33 }, Payload::JoinReply { step: 5, mixed_through: round, params: Arc::new(params.clone()) }, Payload::Halt { run: [round as u8; 32], issued_at: 7, signer: vec![1, 2, 3], signature: params.iter().map(|v| *v as u8).collect() }, Payload::PackedRequest { round, model: Arc::new(params.iter().map(|v| *v as u8).collect()) }, Payload::PackedReply { round, num_samples: 3, steps: 4, train_loss: 0.5, update: params.iter().map(|v| *v as u8).collect() }] {
                 let bytes = p.encode();
                 prop_assert_eq!(bytes.len(), p.encoded_len());
                 prop_assert_eq!(Payload::decode(&bytes, 64).unwrap(), p);

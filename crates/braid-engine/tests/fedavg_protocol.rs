@@ -508,3 +508,127 @@ fn a_server_resumed_from_its_state_finishes_like_an_uninterrupted_one() {
     bad.tensors.retain(|(n, _)| n != "params");
     assert!(server.load_state(bad).is_err());
 }
+
+fn compressed_nodes(
+    shards: &[Vec<usize>],
+    rounds: u32,
+    cfg: &braid_engine::config::CompressionConfig,
+) -> Vec<Box<dyn Node>> {
+    let n = 100;
+    let clients: Vec<NodeId> = (1..=shards.len() as NodeId).collect();
+    let config = ServerConfig {
+        rounds,
+        clients_per_round: shards.len(),
+        eval_every: 1,
+        server_optimizer: ServerOptimizerConfig::default(),
+        seed: 9,
+        round_deadline: None,
+        min_replies: 1,
+    };
+    let mut v: Vec<Box<dyn Node>> = vec![Box::new(
+        FedAvgServer::new(config, clients.clone(), vec![0.0; n])
+            .unwrap()
+            .with_downlink(cfg.downlink),
+    )];
+    for (id, s) in clients.iter().zip(shards) {
+        v.push(Box::new(
+            FedAvgClient::new(*id, Arc::new(s.clone()), 9).with_compression(cfg, n),
+        ));
+    }
+    v
+}
+
+#[test]
+fn compressed_messages_are_counted_exactly_and_lossless_settings_change_nothing() {
+    use braid_core::compress::{encoded_len, Compression, Quantize, Sparsify};
+    use braid_engine::config::CompressionConfig;
+    let shards = vec![vec![0, 1], vec![5, 6, 7]];
+    let run = |cfg: &CompressionConfig, w: usize| {
+        Simulator::new(compressed_nodes(&shards, 3, cfg), workers(w, true))
+            .unwrap()
+            .run(&mut |_| {})
+            .unwrap()
+    };
+    let plain = run(&CompressionConfig::default(), 1);
+    // Top-k of everything in f32 is lossless: the same model, though the bytes differ.
+    let lossless = CompressionConfig {
+        uplink: Some(Compression {
+            sparsify: Sparsify::TopK { fraction: 1.0 },
+            quantize: Quantize::F32,
+        }),
+        error_feedback: true,
+        downlink: None,
+    };
+    assert_eq!(run(&lossless, 2).final_params, plain.final_params);
+
+    let lossy = CompressionConfig {
+        uplink: Some(Compression {
+            sparsify: Sparsify::TopK { fraction: 0.1 },
+            quantize: Quantize::Fp16,
+        }),
+        error_feedback: true,
+        downlink: Some(Compression {
+            sparsify: Sparsify::None,
+            quantize: Quantize::Int8 { block: 16 },
+        }),
+    };
+    let out = run(&lossy, 2);
+    assert_eq!(
+        out.final_params,
+        run(&lossy, 1).final_params,
+        "deterministic"
+    );
+    let up = Payload::PackedReply {
+        round: 1,
+        num_samples: 0,
+        steps: 0,
+        train_loss: 0.0,
+        update: vec![0; encoded_len(100, lossy.uplink.as_ref().unwrap())],
+    }
+    .encoded_len() as u64;
+    let down = Payload::PackedRequest {
+        round: 1,
+        model: Arc::new(vec![0; encoded_len(100, lossy.downlink.as_ref().unwrap())]),
+    }
+    .encoded_len() as u64;
+    for (m, _) in &out.rounds {
+        assert_eq!((m.bytes_up, m.bytes_down), (2 * up, 2 * down));
+        // 10 indices and fp16 values plus headers, against 100 f32 values.
+        assert!(m.bytes_up * 3 < plain.rounds[0].0.bytes_up);
+    }
+    // A compressed update that does not fit the model is refused, not applied.
+    let mut server = FedAvgServer::new(
+        ServerConfig {
+            rounds: 1,
+            clients_per_round: 1,
+            eval_every: 1,
+            server_optimizer: ServerOptimizerConfig::default(),
+            seed: 0,
+            round_deadline: None,
+            min_replies: 1,
+        },
+        vec![1],
+        vec![0.0; 100],
+    )
+    .unwrap();
+    let mut t = FakeTrainer { jitter: false };
+    let (mut o, mut e) = (Vec::new(), Vec::new());
+    server
+        .on_start(&mut NodeCtx::new(&mut o, &mut e, &mut t))
+        .unwrap();
+    let mut rng = braid_core::seed::rng(1, &[]);
+    let wrong_size =
+        braid_core::compress::encode(&[1.0; 99], lossy.uplink.as_ref().unwrap(), &mut rng).unwrap();
+    let r = server.on_message(
+        1,
+        Payload::PackedReply {
+            round: 1,
+            num_samples: 1,
+            steps: 1,
+            train_loss: 0.0,
+            update: wrong_size,
+        },
+        &mut NodeCtx::new(&mut o, &mut e, &mut t),
+    );
+    assert!(matches!(r, Err(EngineError::Rejected { .. })), "{r:?}");
+}

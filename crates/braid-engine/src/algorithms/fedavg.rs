@@ -11,17 +11,24 @@
 //! stragglers) and the average is weighted over those that replied. With fewer replies the
 //! server asks the missing clients again and waits another deadline, so a client that was
 //! restarted picks up the current round and the current global model.
+//!
+//! With `[compression]`, the server can send the model quantized (`downlink`) and clients
+//! send their update (trained parameters minus the model they received) compressed
+//! (`uplink`), optionally with error feedback; the server adds each decoded update to its
+//! exact global model before averaging, so only what crosses the wire is approximated.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use braid_core::compress::{self, Compression, ErrorFeedback};
 use braid_core::lr_schedule::LrSchedule;
 use braid_core::params::weighted_mean;
 use braid_core::seed;
 use braid_core::server_opt::{ServerOptimizer, ServerOptimizerConfig};
 use rand::seq::index::sample;
 
+use crate::config::CompressionConfig;
 use crate::node::{check_params, EngineError, Event, Node, NodeCtx, NodeState, RoundMetrics};
 use crate::wire::{NodeId, Payload};
 
@@ -67,6 +74,8 @@ pub struct FedAvgServer {
     done: bool,
     /// Rounds completed (the state a checkpoint holds is as of the end of this round).
     completed: u32,
+    /// Compression of the model sent to clients.
+    downlink: Option<Compression>,
 }
 
 impl FedAvgServer {
@@ -106,7 +115,14 @@ impl FedAvgServer {
             bytes_up: 0,
             done: false,
             completed: 0,
+            downlink: None,
         })
+    }
+
+    /// Sends the global model compressed with `c` (a quantizer) instead of as f32.
+    pub fn with_downlink(mut self, c: Option<Compression>) -> Self {
+        self.downlink = c;
+        self
     }
 
     /// The current global parameters.
@@ -114,7 +130,7 @@ impl FedAvgServer {
         &self.params
     }
 
-    fn start_round(&mut self, ctx: &mut NodeCtx<'_>) {
+    fn start_round(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
         self.round += 1;
         let mut rng = seed::rng(
             self.config.seed,
@@ -132,31 +148,47 @@ impl FedAvgServer {
         self.waiting = chosen.into_iter().map(|c| (c, None)).collect();
         self.bytes_down = 0;
         self.bytes_up = 0;
-        self.ask_missing(ctx);
+        self.ask_missing(ctx)
     }
 
     /// Sends the round's request to every chosen client that has not replied yet, and arms
     /// the round's deadline.
-    fn ask_missing(&mut self, ctx: &mut NodeCtx<'_>) {
-        let shared = Arc::new(self.params.clone());
+    fn ask_missing(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
         let missing: Vec<NodeId> = self
             .waiting
             .iter()
             .filter(|(_, r)| r.is_none())
             .map(|(&c, _)| c)
             .collect();
-        for c in missing {
-            self.bytes_down += ctx.send(
-                c,
-                Payload::TrainRequest {
+        let request = match &self.downlink {
+            Some(c) => {
+                let mut rng = seed::rng(
+                    self.config.seed,
+                    &[
+                        seed::stream::COMPRESS,
+                        u64::from(SERVER),
+                        u64::from(self.round),
+                    ],
+                );
+                let model = compress::encode(&self.params, c, &mut rng)
+                    .map_err(|e| EngineError::Setup(e.to_string()))?;
+                Payload::PackedRequest {
                     round: self.round,
-                    params: Arc::clone(&shared),
-                },
-            ) as u64;
+                    model: Arc::new(model),
+                }
+            }
+            None => Payload::TrainRequest {
+                round: self.round,
+                params: Arc::new(self.params.clone()),
+            },
+        };
+        for c in missing {
+            self.bytes_down += ctx.send(c, request.clone()) as u64;
         }
         if let Some(d) = self.config.round_deadline {
             ctx.set_deadline(u64::from(self.round), d);
         }
+        Ok(())
     }
 
     /// Ends the run: reports the final model and tells every client.
@@ -218,7 +250,7 @@ impl FedAvgServer {
         if last {
             self.finish(ctx);
         } else {
-            self.start_round(ctx);
+            self.start_round(ctx)?;
         }
         Ok(())
     }
@@ -236,8 +268,7 @@ impl Node for FedAvgServer {
             self.finish(ctx);
             return Ok(());
         }
-        self.start_round(ctx);
-        Ok(())
+        self.start_round(ctx)
     }
 
     fn state_version(&self) -> u64 {
@@ -293,15 +324,29 @@ impl Node for FedAvgServer {
             why,
         };
         let bytes = payload.encoded_len() as u64;
-        let Payload::TrainReply {
-            round,
-            num_samples,
-            steps,
-            train_loss,
-            params,
-        } = payload
-        else {
-            return Err(reject("the server only accepts train replies".into()));
+        let (round, num_samples, steps, train_loss, params) = match payload {
+            Payload::TrainReply {
+                round,
+                num_samples,
+                steps,
+                train_loss,
+                params,
+            } => (round, num_samples, steps, train_loss, params),
+            Payload::PackedReply {
+                round,
+                num_samples,
+                steps,
+                train_loss,
+                update,
+            } => {
+                // The update applies to the exact global model (clients may have trained
+                // from a compressed copy of it).
+                let delta = compress::decode(&update, self.params.len())
+                    .map_err(|e| reject(format!("update: {e}")))?;
+                let params = self.params.iter().zip(&delta).map(|(p, d)| p + d).collect();
+                (round, num_samples, steps, train_loss, params)
+            }
+            _ => return Err(reject("the server only accepts train replies".into())),
         };
         if round != self.round {
             return Err(reject(format!(
@@ -342,8 +387,7 @@ impl Node for FedAvgServer {
         if replied >= self.config.min_replies.max(1) {
             self.finish_round(ctx)
         } else {
-            self.ask_missing(ctx);
-            Ok(())
+            self.ask_missing(ctx)
         }
     }
 }
@@ -356,6 +400,10 @@ pub struct FedAvgClient {
     lr_schedule: LrSchedule,
     rounds: u32,
     done: bool,
+    /// The model's size (to decode compressed requests).
+    num_params: usize,
+    /// Compression of this client's updates, and its error-feedback memory if used.
+    uplink: Option<(Compression, Option<ErrorFeedback>)>,
 }
 
 impl FedAvgClient {
@@ -368,7 +416,20 @@ impl FedAvgClient {
             lr_schedule: LrSchedule::Constant,
             rounds: 1,
             done: false,
+            num_params: 0,
+            uplink: None,
         }
+    }
+
+    /// Accepts compressed requests for a model of `num_params` values, and compresses its
+    /// updates as `compression` says.
+    pub fn with_compression(mut self, compression: &CompressionConfig, num_params: usize) -> Self {
+        self.num_params = num_params;
+        self.uplink = compression.uplink.map(|c| {
+            let ef = compression.error_feedback.then(ErrorFeedback::default);
+            (c, ef)
+        });
+        self
     }
 
     /// Scales the learning rate of round `r` by `schedule` at progress `(r - 1) / rounds`.
@@ -407,8 +468,19 @@ impl Node for FedAvgClient {
                 why: "a client only listens to the server".into(),
             });
         }
+        let reject = |why: String| EngineError::Rejected {
+            node: self.id,
+            from,
+            kind,
+            why,
+        };
         let (round, params) = match payload {
             Payload::TrainRequest { round, params } => (round, params),
+            Payload::PackedRequest { round, model } => {
+                let params = compress::decode(&model, self.num_params)
+                    .map_err(|e| reject(format!("model: {e}")))?;
+                (round, Arc::new(params))
+            }
             Payload::Shutdown { .. } => {
                 self.done = true;
                 return Ok(());
@@ -433,16 +505,40 @@ impl Node for FedAvgClient {
         let progress = f64::from(round.saturating_sub(1)) / f64::from(self.rounds);
         let lr_scale = self.lr_schedule.factor(progress);
         let out = ctx.trainer.train(&params, &self.shard, s, lr_scale)?;
-        ctx.send(
-            SERVER,
-            Payload::TrainReply {
+        let reply = match &mut self.uplink {
+            None => Payload::TrainReply {
                 round,
                 num_samples: self.shard.len() as u64,
                 steps: out.steps as u32,
                 train_loss: out.mean_loss as f32,
                 params: out.params,
             },
-        );
+            Some((c, ef)) => {
+                let delta: Vec<f32> = out
+                    .params
+                    .iter()
+                    .zip(params.iter())
+                    .map(|(a, b)| a - b)
+                    .collect();
+                let mut rng = seed::rng(
+                    self.seed,
+                    &[seed::stream::COMPRESS, u64::from(self.id), u64::from(round)],
+                );
+                let update = match ef {
+                    Some(ef) => ef.encode(&delta, c, &mut rng),
+                    None => compress::encode(&delta, c, &mut rng),
+                }
+                .map_err(|e| EngineError::Setup(e.to_string()))?;
+                Payload::PackedReply {
+                    round,
+                    num_samples: self.shard.len() as u64,
+                    steps: out.steps as u32,
+                    train_loss: out.mean_loss as f32,
+                    update,
+                }
+            }
+        };
+        ctx.send(SERVER, reply);
         Ok(())
     }
 }
