@@ -83,6 +83,30 @@ fn spawn_node(dir: &Path, key: &str, out: &str) -> Child {
         .unwrap()
 }
 
+/// Restarts node `key` with `--resume`, logging at info level.
+fn spawn_resumed(dir: &Path, key: &str, out: &str) -> Child {
+    braid()
+        .current_dir(dir)
+        .args(["node", "exp.toml", "--key", key, "--out", out, "--resume"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Column `col` of a node's `node.csv` (one data row), and the file for messages.
+fn node_csv_field(path: &Path, col: usize) -> (u64, String) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let v = text
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split(',').nth(col))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no column {col} in {text}"));
+    (v, text)
+}
+
 /// Waits for `child` at most `limit`; kills it and fails the test on timeout.
 fn finish(mut child: Child, limit: Duration, what: &str) -> Output {
     let t0 = Instant::now();
@@ -190,16 +214,7 @@ fn fedavg_across_processes_matches_the_simulator_and_refuses_outsiders() {
 
     // The outsider never got in: the server refused its connection (after Noise proved
     // its key), and every round aggregated exactly the three real clients.
-    let node_csv = std::fs::read_to_string(d.join("out0/node.csv")).unwrap();
-    let refused: u64 = node_csv
-        .lines()
-        .nth(1)
-        .unwrap()
-        .split(',')
-        .nth(6)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (refused, node_csv) = node_csv_field(&d.join("out0/node.csv"), 6);
     assert!(refused >= 1, "{node_csv}");
     assert!(net[1..].iter().all(|l| l.split(',').nth(4) == Some("3")));
     let stderr = String::from_utf8_lossy(&s.stderr);
@@ -294,16 +309,7 @@ fn a_server_killed_mid_run_resumes_from_its_checkpoint_with_no_round_lost() {
     let survived = Checkpoint::load(&ckpt).unwrap();
     let at_kill = survived.state.meta_u64("completed_rounds").unwrap();
     assert!(at_kill >= killed_after);
-    let resumed = braid()
-        .current_dir(d)
-        .args([
-            "node", "exp.toml", "--key", "k0.key", "--out", "out0", "--resume",
-        ])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let resumed = spawn_resumed(d, "k0.key", "out0");
     let limit = Duration::from_secs(180);
     let s = finish(resumed, limit, "resumed server");
     ok(&s, "resumed server");
@@ -495,16 +501,7 @@ fn malformed_messages_from_an_admitted_peer_are_refused_and_logged_and_the_run_i
     }
     // Nothing got in: the run is bit-identical to the simulator, with the two real clients.
     assert_matches_simulator(d, "out0/metrics.csv", 4);
-    let node_csv = std::fs::read_to_string(d.join("out0/node.csv")).unwrap();
-    let refused_messages: u64 = node_csv
-        .lines()
-        .nth(1)
-        .unwrap()
-        .split(',')
-        .nth(7)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (refused_messages, node_csv) = node_csv_field(&d.join("out0/node.csv"), 7);
     assert_eq!(refused_messages, 5, "{node_csv}");
     let stderr = String::from_utf8_lossy(&s.stderr);
     assert!(stderr.contains("message truncated"), "{stderr}");
@@ -615,16 +612,7 @@ fn a_killed_dsgd_peer_restarted_with_resume_rejoins_from_its_neighbours() {
         std::thread::sleep(Duration::from_millis(10));
     };
     nodes[2].wait().unwrap();
-    let back = braid()
-        .current_dir(d)
-        .args([
-            "node", "exp.toml", "--key", "k2.key", "--out", "out2", "--resume",
-        ])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let back = spawn_resumed(d, "k2.key", "out2");
     let limit = Duration::from_secs(180);
     let back = finish(back, limit, "restarted peer");
     ok(&back, "restarted peer");
@@ -657,16 +645,7 @@ fn a_killed_dsgd_peer_restarted_with_resume_rejoins_from_its_neighbours() {
         "{csv}"
     );
     // After rejoining it gossiped again (its node.csv counts only the restarted process).
-    let node_csv = std::fs::read_to_string(d.join("out2/node.csv")).unwrap();
-    let sent: u64 = node_csv
-        .lines()
-        .nth(1)
-        .unwrap()
-        .split(',')
-        .nth(4)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (sent, node_csv) = node_csv_field(&d.join("out2/node.csv"), 4);
     assert!(sent > 10, "{node_csv}");
 }
 

@@ -236,31 +236,17 @@ pub fn encode(x: &[f32], c: &Compression, rng: &mut impl Rng) -> Result<Vec<u8>,
             .for_each(|v| out.extend_from_slice(&half::bf16::from_f32(*v).to_le_bytes())),
         Quantize::Int8 { block } => {
             for chunk in values.chunks(block) {
-                let scale = absmax(chunk) / 127.0;
+                let (scale, levels) = block_levels(chunk, 127);
                 out.extend_from_slice(&scale.to_le_bytes());
-                for v in chunk {
-                    let q = if scale > 0.0 {
-                        (v / scale).round()
-                    } else {
-                        0.0
-                    };
-                    out.push(q.clamp(-127.0, 127.0) as i8 as u8);
-                }
+                out.extend(levels.iter().map(|&q| q as u8));
             }
         }
         Quantize::Int4 { block } => {
             let mut nibbles = Vec::with_capacity(m);
             for chunk in values.chunks(block) {
-                let scale = absmax(chunk) / 7.0;
+                let (scale, levels) = block_levels(chunk, 7);
                 out.extend_from_slice(&scale.to_le_bytes());
-                for v in chunk {
-                    let q = if scale > 0.0 {
-                        (v / scale).round()
-                    } else {
-                        0.0
-                    };
-                    nibbles.push((q.clamp(-7.0, 7.0) as i8 + 8) as u8);
-                }
+                nibbles.extend(levels.iter().map(|&q| (q + 8) as u8));
             }
             for pair in nibbles.chunks(2) {
                 out.push(pair[0] | (pair.get(1).copied().unwrap_or(8) << 4));
@@ -294,6 +280,25 @@ pub fn encode(x: &[f32], c: &Compression, rng: &mut impl Rng) -> Result<Vec<u8>,
     }
     debug_assert_eq!(out.len(), encoded_len(n, c));
     Ok(out)
+}
+
+/// One block's scale (its largest magnitude over `max`) and its values as integer levels
+/// in `-max..=max`, rounded to nearest.
+fn block_levels(chunk: &[f32], max: i8) -> (f32, Vec<i8>) {
+    let m = f32::from(max);
+    let scale = absmax(chunk) / m;
+    let levels = chunk
+        .iter()
+        .map(|v| {
+            let q = if scale > 0.0 {
+                (v / scale).round()
+            } else {
+                0.0
+            };
+            q.clamp(-m, m) as i8
+        })
+        .collect();
+    (scale, levels)
 }
 
 fn absmax(v: &[f32]) -> f32 {

@@ -500,6 +500,33 @@ fn build_swarm(
     Ok(swarm)
 }
 
+/// A message's first attempt: counted as traffic, logged as sent, handed to the swarm.
+fn first_send(
+    swarm: &mut Swarm<Behaviour>,
+    pending: &mut HashMap<OutboundRequestId, Outgoing>,
+    report: &mut RunReport,
+    log: &SharedLog,
+    out: Outgoing,
+) -> Result<(), NetError> {
+    report.traffic.bytes_sent += out.bytes.len() as u64;
+    report.traffic.messages_sent += 1;
+    record(
+        log,
+        LogEvent::Sent {
+            to: out.to,
+            what: out.what.into(),
+            bytes: out.bytes.len() as u64,
+            hash: sha256_hex(&out.bytes),
+        },
+    )?;
+    let id = swarm
+        .behaviour_mut()
+        .msg
+        .send_request(&out.peer, Frame::Bytes(Arc::clone(&out.bytes)));
+    pending.insert(id, out);
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn network_loop(
     key: Keypair,
@@ -555,18 +582,9 @@ async fn network_loop(
                         continue;
                     };
                     let bytes = Arc::new(payload.encode());
-                    report.traffic.bytes_sent += bytes.len() as u64;
-                    report.traffic.messages_sent += 1;
-                    record(&log, LogEvent::Sent {
-                        to,
-                        what: payload.kind().into(),
-                        bytes: bytes.len() as u64,
-                        hash: sha256_hex(&bytes),
-                    })?;
                     let last_word = matches!(payload, Payload::Shutdown { .. });
                     let out = Outgoing { to, peer, bytes, since: Instant::now(), what: payload.kind(), retry: true, last_word };
-                    let id = swarm.behaviour_mut().msg.send_request(&peer, Frame::Bytes(Arc::clone(&out.bytes)));
-                    pending.insert(id, out);
+                    first_send(&mut swarm, &mut pending, &mut report, &log, out)?;
                 }
                 Some(ToNet::Finished) | None => node_done = true,
                 Some(ToNet::Failed(e)) => return Err(NetError::Node(e)),
@@ -675,14 +693,6 @@ async fn network_loop(
                                                         if p == me || p == peer {
                                                             continue;
                                                         }
-                                                        report.traffic.bytes_sent += request.len() as u64;
-                                                        report.traffic.messages_sent += 1;
-                                                        record(&log, LogEvent::Sent {
-                                                            to: n,
-                                                            what: "halt".into(),
-                                                            bytes: request.len() as u64,
-                                                            hash: sha256_hex(&request),
-                                                        })?;
                                                         let out = Outgoing {
                                                             to: n,
                                                             peer: p,
@@ -692,8 +702,7 @@ async fn network_loop(
                                                             retry: false,
                                                             last_word: true,
                                                         };
-                                                        let id = swarm.behaviour_mut().msg.send_request(&p, Frame::Bytes(Arc::clone(&out.bytes)));
-                                                        pending.insert(id, out);
+                                                        first_send(&mut swarm, &mut pending, &mut report, &log, out)?;
                                                     }
                                                 }
                                                 Ack::Accepted
