@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use braid_engine::config::{AlgorithmName, ExperimentConfig};
+use braid_engine::config::ExperimentConfig;
 use braid_engine::experiment::{self, BurnTrainer};
 use braid_engine::node::Event;
 use braid_engine::report;
@@ -104,7 +104,8 @@ pub fn node(args: NodeArgs) -> Result<()> {
     }
     let node = nodes.swap_remove(id as usize);
     drop(nodes);
-    let role = role(&config, id, prepared.parts.len());
+    // Nodes are the participants holding data plus the server (FedAvg) or monitor (dsgd).
+    let role = report::role(&config, id as usize, prepared.parts.len() + 1);
     let listen = if args.listen.is_empty() {
         let own = roster
             .iter()
@@ -196,15 +197,6 @@ pub fn node(args: NodeArgs) -> Result<()> {
         dir.display()
     );
     Ok(())
-}
-
-fn role(config: &ExperimentConfig, id: u32, parts: usize) -> &'static str {
-    match (config.algorithm.name, id) {
-        (AlgorithmName::Dsgd, i) if i as usize == parts => "monitor",
-        (AlgorithmName::Dsgd, _) => "peer",
-        (_, 0) => "server",
-        _ => "client",
-    }
 }
 
 /// `node.csv`: this node's traffic, refusals and compute (one row; `braid launch` joins them).

@@ -83,6 +83,26 @@ fn spawn_node(dir: &Path, key: &str, out: &str) -> Child {
         .unwrap()
 }
 
+/// Polls the checkpoint at `path` until its metadata number `key` is at least `at_least`
+/// (failing the test after 120 s); returns the value seen.
+fn wait_for_checkpoint(path: &Path, key: &str, at_least: u64) -> u64 {
+    let t0 = Instant::now();
+    loop {
+        let seen = braid_engine::checkpoint::Checkpoint::load(path)
+            .ok()
+            .and_then(|c| c.state.meta_u64(key).ok());
+        if let Some(v) = seen.filter(|&v| v >= at_least) {
+            return v;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "{} never reached {key} = {at_least}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Restarts node `key` with `--resume`, logging at info level.
 fn spawn_resumed(dir: &Path, key: &str, out: &str) -> Child {
     braid()
@@ -223,7 +243,6 @@ fn fedavg_across_processes_matches_the_simulator_and_refuses_outsiders() {
 
 #[test]
 fn a_client_killed_mid_run_is_skipped_at_the_deadline() {
-    use braid_engine::checkpoint::Checkpoint;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     write_config(d, 3, "round_timeout_s = 3\n");
@@ -232,20 +251,7 @@ fn a_client_killed_mid_run_is_skipped_at_the_deadline() {
     let c2 = spawn_node(d, "k2.key", "out2");
     let mut c3 = spawn_node(d, "k3.key", "out3");
     // Client 3 is killed (SIGKILL) once round 1 has completed with all three clients.
-    let t0 = Instant::now();
-    let ckpt = d.join("out0/checkpoint.ckpt");
-    while Checkpoint::load(&ckpt)
-        .ok()
-        .and_then(|c| c.state.meta_u64("completed_rounds").ok())
-        .unwrap_or(0)
-        < 1
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "round 1 never completed"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_checkpoint(&d.join("out0/checkpoint.ckpt"), "completed_rounds", 1);
     c3.kill().unwrap();
     c3.wait().unwrap();
     let limit = Duration::from_secs(120);
@@ -288,18 +294,8 @@ fn a_server_killed_mid_run_resumes_from_its_checkpoint_with_no_round_lost() {
         .collect();
     // Kill -9 the server once at least two rounds are checkpointed (and the run is not over).
     let ckpt = d.join("out0/checkpoint.ckpt");
-    let t0 = Instant::now();
-    let killed_after = loop {
-        assert!(t0.elapsed() < Duration::from_secs(120), "no checkpoint");
-        if let Ok(c) = Checkpoint::load(&ckpt) {
-            let done = c.state.meta_u64("completed_rounds").unwrap();
-            if done >= 2 {
-                server.kill().unwrap();
-                break done;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let killed_after = wait_for_checkpoint(&ckpt, "completed_rounds", 2);
+    server.kill().unwrap();
     server.wait().unwrap();
     assert!(
         killed_after < 8,
@@ -586,7 +582,6 @@ rounds = 3
 
 #[test]
 fn a_killed_dsgd_peer_restarted_with_resume_rejoins_from_its_neighbours() {
-    use braid_engine::checkpoint::Checkpoint;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     write_dsgd_config(d, 600, "gossip_timeout_s = 2");
@@ -598,19 +593,8 @@ fn a_killed_dsgd_peer_restarted_with_resume_rejoins_from_its_neighbours() {
         .map(|i| spawn_node(d, &format!("k{i}.key"), &format!("out{i}")))
         .collect();
     // Peer 2 is killed (SIGKILL) once it has checkpointed step 100, and restarted at once.
-    let ckpt = d.join("out2/checkpoint.ckpt");
-    let t0 = Instant::now();
-    let saved_step = loop {
-        assert!(t0.elapsed() < Duration::from_secs(120), "no checkpoint");
-        if let Ok(c) = Checkpoint::load(&ckpt) {
-            let step = c.state.meta_u64("step").unwrap();
-            if step >= 100 {
-                nodes[2].kill().unwrap();
-                break step;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let saved_step = wait_for_checkpoint(&d.join("out2/checkpoint.ckpt"), "step", 100);
+    nodes[2].kill().unwrap();
     nodes[2].wait().unwrap();
     let back = spawn_resumed(d, "k2.key", "out2");
     let limit = Duration::from_secs(180);
@@ -651,7 +635,6 @@ fn a_killed_dsgd_peer_restarted_with_resume_rejoins_from_its_neighbours() {
 
 #[test]
 fn a_fedavg_client_killed_and_restarted_rejoins_with_the_current_model() {
-    use braid_engine::checkpoint::Checkpoint;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     write_config(d, 3, "round_timeout_s = 2\n");
@@ -665,20 +648,7 @@ fn a_fedavg_client_killed_and_restarted_rejoins_with_the_current_model() {
         .map(|i| spawn_node(d, &format!("k{i}.key"), &format!("out{i}")))
         .collect();
     // Client 3 is killed (SIGKILL) once round 1 is done, and started again at once.
-    let ckpt = d.join("out0/checkpoint.ckpt");
-    let t0 = Instant::now();
-    while Checkpoint::load(&ckpt)
-        .ok()
-        .and_then(|c| c.state.meta_u64("completed_rounds").ok())
-        .unwrap_or(0)
-        < 1
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "round 1 never completed"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_checkpoint(&d.join("out0/checkpoint.ckpt"), "completed_rounds", 1);
     clients[2].kill().unwrap();
     clients[2].wait().unwrap();
     clients[2] = spawn_node(d, "k3.key", "out3");
@@ -942,19 +912,7 @@ fn an_authorized_halt_stops_every_node_and_a_forged_one_changes_nothing() {
         .map(|i| spawn_node(d, &format!("k{i}.key"), &format!("out{i}")))
         .collect();
     // Running: peer 0 has checkpointed an evaluation point past step 0.
-    let t0 = Instant::now();
-    while braid_engine::checkpoint::Checkpoint::load(&d.join("out0/checkpoint.ckpt"))
-        .ok()
-        .and_then(|c| c.state.meta_u64("step").ok())
-        .unwrap_or(0)
-        < 50
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "the run never got going"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_checkpoint(&d.join("out0/checkpoint.ckpt"), "step", 50);
 
     // Forged: an admitted participant sends a halt signed by itself, and the real halter's
     // signature on a halt for another run. Both refused, logged; the run goes on.
