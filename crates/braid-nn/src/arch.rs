@@ -56,6 +56,9 @@ pub struct Arch {
     pub blocks: Vec<Vec<usize>>,
     /// Widths of the fully connected layers, the last one being the number of classes.
     pub fc: Vec<usize>,
+    /// ReLU on the output of the last layer: false for a whole model (its output is the
+    /// logits), true for the client part of a split model that ends in a hidden layer.
+    pub relu_out: bool,
 }
 
 /// The shape of one parameter tensor and its init bound.
@@ -99,6 +102,7 @@ impl Arch {
             input: input.to_vec(),
             blocks,
             fc,
+            relu_out: false,
         })
     }
 
@@ -119,6 +123,15 @@ impl Arch {
             .copied()
             .unwrap_or(self.input[0]);
         channels * h * w
+    }
+
+    /// Number of values the model outputs per sample (the classes for a whole model; the
+    /// activations at the cut for the client part of a split model).
+    pub fn output_features(&self) -> usize {
+        self.fc
+            .last()
+            .copied()
+            .unwrap_or_else(|| self.flat_features())
     }
 
     /// All parameter tensors in flat order.
@@ -182,7 +195,7 @@ impl Arch {
         for (l, &o) in self.fc.iter().enumerate() {
             let o = o as u64;
             flops += 2 * inp * o + o; // multiply-adds, bias
-            if l < last {
+            if l < last || self.relu_out {
                 flops += o; // ReLU
             }
             inp = o;

@@ -7,6 +7,7 @@
 //! - [`flat`]: reading and writing all parameters as one `Vec<f32>` in a fixed order;
 //! - [`train`]: local training (SGD with momentum/Nesterov/weight decay, AdamW, FedProx's
 //!   proximal term) and evaluation;
+//! - [`split`]: a model cut at a named layer into client and server parts, for split learning;
 //! - [`store`]: safetensors files that PyTorch can read;
 //! - [`device`]: choosing the device from the config.
 
@@ -14,11 +15,13 @@ pub mod arch;
 pub mod device;
 pub mod flat;
 pub mod net;
+pub mod split;
 pub mod store;
 pub mod train;
 
 pub use arch::{Arch, ModelName};
 pub use device::DeviceKind;
+pub use split::{ServerStep, SplitArch, SplitTrainer};
 pub use train::{EvalOutcome, OptimizerConfig, OptimizerState, TrainOutcome, TrainSpec, Trainer};
 
 use thiserror::Error;

@@ -79,7 +79,7 @@ impl Net {
         let last = self.fc.len().saturating_sub(1);
         for (i, layer) in self.fc.iter().enumerate() {
             h = layer.forward(h);
-            if i < last {
+            if i < last || arch.relu_out {
                 h = relu(h);
             }
         }

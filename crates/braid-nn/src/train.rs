@@ -127,13 +127,13 @@ impl OptimizerConfig {
         }
     }
 
-    fn lr(&self) -> f64 {
+    pub(crate) fn lr(&self) -> f64 {
         match *self {
             Self::Sgd { lr, .. } | Self::Adamw { lr, .. } => lr,
         }
     }
 
-    fn build(&self) -> burn::optim::ModuleOptimizer {
+    pub(crate) fn build(&self) -> burn::optim::ModuleOptimizer {
         match *self {
             Self::Sgd {
                 momentum,
@@ -241,6 +241,17 @@ impl OptimizerState {
         let out = bytes.to_vec();
         self.record = Some(burn::optim::OptimizerRecord::from_bytes(bytes).map_err(err)?);
         Ok(out)
+    }
+
+    pub(crate) fn take_record(&mut self) -> Option<burn::optim::OptimizerRecord> {
+        self.record.take()
+    }
+
+    /// Keeps `record` unless it is empty (plain SGD keeps no state).
+    pub(crate) fn put_record(&mut self, record: burn::optim::OptimizerRecord) {
+        if !record.is_empty() {
+            self.record = Some(record);
+        }
     }
 
     /// Reads what [`OptimizerState::to_bytes`] wrote (empty: no state). Malformed bytes are an
