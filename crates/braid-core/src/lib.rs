@@ -13,14 +13,19 @@
 //! - [`batches`]: a participant's reproducible stream of mini-batches, epoch by epoch;
 //! - [`compress`]: compressed vectors for the wire (top-k / random-k, fp16, bf16, int8, int4,
 //!   QSGD) with exact sizes, error bounds and error feedback;
+//! - [`split_batches`]: per-client batch sizes of parallel split learning (global sampling,
+//!   fixed local and fixed proportional batches);
+//! - [`latency`]: a straggler and link model giving the simulated time of synchronous steps;
 //! - [`seed`]: deriving independent, reproducible random streams from one experiment seed.
 
 pub mod batches;
 pub mod compress;
+pub mod latency;
 pub mod lr_schedule;
 pub mod params;
 pub mod partition;
 pub mod schedule;
 pub mod seed;
 pub mod server_opt;
+pub mod split_batches;
 pub mod topology;
