@@ -212,6 +212,7 @@ fn run_and_report(
         central.algorithm.mu = None;
         central.algorithm.server_optimizer = Default::default();
         central.compression = None;
+        central.split = None;
         println!();
         let base_acc = run_one(&central, &dir.join("baseline"), quiet)?;
         if let (Some(a), Some(b)) = (main_acc, base_acc) {
@@ -251,6 +252,17 @@ fn run_one(config: &ExperimentConfig, dir: &Path, quiet: bool) -> Result<Option<
             d.topology,
             d.every,
             d.budget
+        )
+    } else if let Some(split) = &prepared.split {
+        let sc = config.split.clone().unwrap_or_default();
+        format!(
+            "{} clients, sampler {}, global batch {}, cut after {} ({} client-part parameters, {} values per sample at the cut)",
+            prepared.parts.len(),
+            sc.sampler.as_str(),
+            config.train.batch_size,
+            split.cut,
+            split.client_params(),
+            split.cut_features()
         )
     } else {
         format!(
@@ -303,12 +315,21 @@ fn run_one(config: &ExperimentConfig, dir: &Path, quiet: bool) -> Result<Option<
                 m.merged_accuracy, m.local_mean
             ));
         }
+        Event::Split(m) => {
+            bar.set_position(u64::from(m.epoch));
+            if let Some(a) = m.accuracy {
+                bar.set_message(format!("accuracy {a:.4}"));
+            }
+        }
         Event::Finished { .. } => {}
     };
     let outcome = experiment::run(&prepared, &mut on_event).context("run failed")?;
     bar.finish_and_clear();
     if dsgd {
         return report_gossip(config, &prepared, &outcome, dir, t0);
+    }
+    if prepared.split.is_some() {
+        return report_split(config, &prepared, &outcome, dir, t0);
     }
     let rows = report::rows(&outcome);
     println!(
@@ -398,6 +419,66 @@ fn report_gossip(
         written.len()
     );
     Ok(last.map(|m| m.merged_accuracy))
+}
+
+/// Summary of a split-learning run; returns the final accuracy.
+fn report_split(
+    config: &ExperimentConfig,
+    prepared: &Prepared,
+    outcome: &braid_engine::sim::SimOutcome,
+    dir: &Path,
+    t0: Instant,
+) -> Result<Option<f64>> {
+    println!(
+        "{:>5}  {:>8}  {:>8}  {:>10}  {:>6}  {:>9}  {:>8}  {:>9}  {:>9}  {:>8}",
+        "epoch",
+        "accuracy",
+        "loss",
+        "train_loss",
+        "steps",
+        "batch",
+        "clients",
+        "MB total",
+        "sim_s",
+        "wall_s"
+    );
+    let f = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.4}"));
+    for (m, wall) in &outcome.split {
+        println!(
+            "{:>5}  {:>8}  {:>8}  {:>10.4}  {:>6}  {:>9}  {:>8.1}  {:>9.1}  {:>9.1}  {:>8.1}",
+            m.epoch,
+            f(m.accuracy),
+            f(m.loss),
+            m.train_loss,
+            m.steps,
+            format!("{}-{}", m.min_batch, m.max_batch),
+            m.mean_clients,
+            (m.bytes_up + m.bytes_down) as f64 / 1e6,
+            m.sim_time_s,
+            wall
+        );
+    }
+    let written =
+        report::write_all(dir, config, &prepared.arch, outcome).map_err(anyhow::Error::msg)?;
+    let final_acc = outcome.split.iter().rev().find_map(|(m, _)| m.accuracy);
+    let bytes: u64 = outcome
+        .split
+        .iter()
+        .map(|(m, _)| m.bytes_up + m.bytes_down)
+        .sum();
+    let sim: f64 = outcome.split.iter().map(|(m, _)| m.sim_time_s).sum();
+    println!(
+        "final test accuracy {} after {} epochs | {:.1} MB communicated | {:.0} s simulated | {:.1} s | peak memory {} | results in {} ({} files)",
+        f(final_acc),
+        outcome.split.len(),
+        bytes as f64 / 1e6,
+        sim,
+        t0.elapsed().as_secs_f64(),
+        peak_rss_mib().map_or("-".into(), |m| format!("{m:.0} MiB")),
+        dir.display(),
+        written.len()
+    );
+    Ok(final_acc)
 }
 
 /// Writes each participant's training shard as IDX files under `dir/node-<id>/`.

@@ -161,6 +161,13 @@ pub fn node(args: NodeArgs) -> Result<()> {
             m.local_mean,
             t0.elapsed().as_secs_f64()
         ),
+        Event::Split(m) => println!(
+            "epoch {:>4} | accuracy {} | {} steps | {:.1} s",
+            m.epoch,
+            m.accuracy.map_or("-".into(), |a| format!("{a:.4}")),
+            m.steps,
+            t0.elapsed().as_secs_f64()
+        ),
         Event::Finished { .. } => println!("finished"),
     });
     let on_listen = Box::new(move |a: &braid_net::Multiaddr| {
@@ -180,7 +187,8 @@ pub fn node(args: NodeArgs) -> Result<()> {
     for (e, wall) in std::mem::take(&mut report.events) {
         outcome.record(e, wall);
     }
-    let produced = !outcome.rounds.is_empty() || !outcome.gossip.is_empty();
+    let produced =
+        !outcome.rounds.is_empty() || !outcome.gossip.is_empty() || !outcome.split.is_empty();
     if produced {
         report::write_all(&dir, &config, &prepared.arch, &outcome).map_err(anyhow::Error::msg)?;
     }

@@ -453,3 +453,108 @@ rounds = 2
         }
     }
 }
+
+const SPLIT: &str = r#"
+name = "split"
+[data]
+dataset = "fashion-mnist"
+source = "bundled"
+train_limit = 600
+test_limit = 200
+[partition]
+clients = 8
+kind = "extended-dirichlet"
+classes_per_client = 2
+alpha = 3.0
+[model]
+name = "cnn-small"
+[train]
+batch_size = 32
+optimizer = { name = "sgd", lr = 0.05 }
+[algorithm]
+name = "split"
+rounds = 2
+[split]
+sampler = "global"
+cut = "blocks.1"
+"#;
+
+#[test]
+fn split_learning_runs_reproducibly_and_reports_epochs() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("s.toml"), SPLIT).unwrap();
+    let metrics = |out: &str| {
+        let o = braid(&["run", "s.toml", "-q", "--out", out], dir.path());
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let csv = std::fs::read_to_string(dir.path().join(out).join("metrics.csv")).unwrap();
+        // Everything but the wall-clock column.
+        csv.lines()
+            .map(|l| l.rsplit_once(',').map_or(l, |(a, _)| a).to_string())
+            .collect::<Vec<_>>()
+    };
+    let a = metrics("a");
+    assert_eq!(a[0], "epoch,accuracy,loss,train_loss,steps,samples,min_batch,max_batch,mean_clients,bytes_up,bytes_down,cum_bytes,sim_time_s,cum_sim_time_s");
+    assert_eq!(a.len(), 3, "{a:?}");
+    let cols: Vec<&str> = a[2].split(',').collect();
+    // 600 samples in ceil(600 / 32) = 19 steps of 31 or 32.
+    assert_eq!(&cols[4..8], ["19", "600", "31", "32"], "{a:?}");
+    assert_eq!(a, metrics("b"), "same config and seed, same metrics");
+    // Global sampling draws uniform global batches: the test loss tracks the centralized
+    // reference's (same model, B, learning rate, epochs).
+    let central = SPLIT
+        .replace("\"split\"\nrounds", "\"centralized\"\nrounds")
+        .replace("[split]\nsampler = \"global\"\ncut = \"blocks.1\"\n", "");
+    std::fs::write(dir.path().join("c.toml"), central).unwrap();
+    let o = braid(&["run", "c.toml", "-q", "--out", "c"], dir.path());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let c = std::fs::read_to_string(dir.path().join("c/metrics.csv")).unwrap();
+    let loss = |line: &str| line.split(',').nth(2).unwrap().parse::<f64>().unwrap();
+    let (split_loss, central_loss) = (loss(&a[2]), loss(c.lines().nth(2).unwrap()));
+    assert!(split_loss < loss(&a[1]), "the loss falls: {a:?}");
+    assert!(
+        (split_loss - central_loss).abs() < 0.02,
+        "{split_loss} vs {central_loss}"
+    );
+    for f in [
+        "accuracy_vs_epoch.png",
+        "accuracy_vs_sim_time.png",
+        "accounting.csv",
+        "final.safetensors",
+    ] {
+        assert!(dir.path().join("a").join(f).exists(), "{f}");
+    }
+    // The clients' compute is counted: 2 epochs x 600 samples trained by the server and by
+    // the clients together.
+    let acc_csv = std::fs::read_to_string(dir.path().join("a/accounting.csv")).unwrap();
+    let server: Vec<&str> = acc_csv.lines().nth(1).unwrap().split(',').collect();
+    assert_eq!(server[1..3], ["server", "1200"], "{acc_csv}");
+    let clients: u64 = acc_csv
+        .lines()
+        .skip(2)
+        .filter(|l| l.contains(",client,"))
+        .map(|l| l.split(',').nth(2).unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(clients, 1200, "{acc_csv}");
+}
+
+#[test]
+fn split_config_errors_are_clear() {
+    expect_error(
+        &SPLIT.replace("\"blocks.1\"", "\"conv1\""),
+        "use one of blocks.0, blocks.1, fc.0",
+    );
+    expect_error(
+        &SPLIT
+            .replace("\"global\"", "\"fixed-local\"")
+            .replace("batch_size = 32", "batch_size = 4"),
+        "B = 4 must be at least the 8 clients",
+    );
+    expect_error(
+        &SPLIT.replace("\"split\"\nrounds", "\"fedavg\"\nrounds"),
+        "[split] only applies",
+    );
+    expect_error(
+        &SPLIT.replace("cut = \"blocks.1\"", "latency = { slowdown = 0.5 }"),
+        "split.latency.slowdown",
+    );
+}

@@ -46,6 +46,8 @@ pub mod stream {
     pub const EVAL: u64 = 7;
     /// Random choices of compression (random-k subsets, QSGD levels).
     pub const COMPRESS: u64 = 8;
+    /// Choosing which simulated clients are stragglers.
+    pub const LATENCY: u64 = 9;
 }
 
 #[cfg(test)]

@@ -40,7 +40,7 @@ impl Compute {
 
     /// True if nothing was computed.
     pub fn is_zero(&self) -> bool {
-        self.train_samples == 0 && self.eval_samples == 0
+        self.train_samples == 0 && self.eval_samples == 0 && self.flops == 0 && self.seconds == 0.0
     }
 }
 
@@ -114,6 +114,12 @@ impl<'a> Metered<'a> {
         self.compute.seconds += t0.elapsed().as_secs_f64();
     }
 
+    fn spent(&mut self, train_samples: u64, flops: u64, t0: Instant) {
+        self.compute.train_samples += train_samples;
+        self.compute.flops = self.compute.flops.saturating_add(flops);
+        self.compute.seconds += t0.elapsed().as_secs_f64();
+    }
+
     fn evaluated(&mut self, out: &EvalOutcome, t0: Instant) {
         let n = out.samples as u64;
         self.compute.eval_samples += n;
@@ -174,6 +180,69 @@ impl LocalTrainer for Metered<'_> {
 
     fn flops_per_sample(&self) -> FlopsPerSample {
         self.per_sample
+    }
+
+    fn split_forward(
+        &mut self,
+        params: &[f32],
+        samples: &[usize],
+    ) -> Result<(Vec<f32>, Vec<u8>), EngineError> {
+        let t0 = Instant::now();
+        let out = self.inner.split_forward(params, samples)?;
+        // The forward half of training: samples are counted once, at the backward pass.
+        self.spent(0, samples.len() as u64 * self.inner.split_flops().0, t0);
+        Ok(out)
+    }
+
+    fn split_backward(
+        &mut self,
+        params: &[f32],
+        samples: &[usize],
+        grad: &[f32],
+    ) -> Result<Vec<f32>, EngineError> {
+        let t0 = Instant::now();
+        let out = self.inner.split_backward(params, samples, grad)?;
+        // The forward pass again (it is recomputed), then the backward pass (2x forward).
+        let n = samples.len() as u64;
+        self.spent(n, 3 * n * self.inner.split_flops().0, t0);
+        Ok(out)
+    }
+
+    fn split_server_step(
+        &mut self,
+        params: &[f32],
+        acts: &[f32],
+        labels: &[u8],
+        state: &mut OptimizerState,
+        lr_scale: f64,
+    ) -> Result<braid_nn::ServerStep, EngineError> {
+        let t0 = Instant::now();
+        let out = self
+            .inner
+            .split_server_step(params, acts, labels, state, lr_scale)?;
+        let n = labels.len() as u64;
+        self.spent(n, 3 * n * self.inner.split_flops().1, t0);
+        self.hash(params, &out.params);
+        Ok(out)
+    }
+
+    fn split_client_update(
+        &mut self,
+        params: &[f32],
+        grad: &[f32],
+        state: &mut OptimizerState,
+        lr_scale: f64,
+    ) -> Result<Vec<f32>, EngineError> {
+        let t0 = Instant::now();
+        let out = self
+            .inner
+            .split_client_update(params, grad, state, lr_scale)?;
+        self.spent(0, 0, t0);
+        Ok(out)
+    }
+
+    fn split_flops(&self) -> (u64, u64) {
+        self.inner.split_flops()
     }
 
     fn set_stop_flag(&mut self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) {

@@ -25,6 +25,8 @@ pub enum Reported {
     Round(RoundMetrics),
     /// A decentralized evaluation point.
     Gossip(GossipMetrics),
+    /// A split-learning epoch.
+    Split(crate::algorithms::split::SplitMetrics),
 }
 
 impl Reported {
@@ -33,6 +35,7 @@ impl Reported {
         match e {
             Event::Round(m) => Some(Self::Round(m.clone())),
             Event::Gossip(m) => Some(Self::Gossip(m.clone())),
+            Event::Split(m) => Some(Self::Split(m.clone())),
             Event::Finished { .. } => None,
         }
     }
@@ -42,6 +45,7 @@ impl Reported {
         match self {
             Self::Round(m) => Event::Round(m),
             Self::Gossip(m) => Event::Gossip(m),
+            Self::Split(m) => Event::Split(m),
         }
     }
 }

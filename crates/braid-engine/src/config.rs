@@ -61,6 +61,9 @@ pub struct ExperimentConfig {
     /// the simulator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkConfig>,
+    /// `[split]`: the cut and the sampler (algorithm `split` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<SplitConfig>,
     /// `[compression]`: what is compressed on the wire (FedAvg family).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<CompressionConfig>,
@@ -147,6 +150,52 @@ impl CompressionConfig {
         }
         Ok(())
     }
+}
+
+/// `[split]`: parallel split learning (algorithm `split`). The global batch B is
+/// `train.batch_size` and the epochs are `algorithm.rounds`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitConfig {
+    /// `global` (GPSL), `fixed-local` (FLS) or `fixed-proportional` (FPLS).
+    #[serde(default = "default_sampler")]
+    pub sampler: braid_core::split_batches::Sampler,
+    /// The layer the model is cut after, e.g. `blocks.0` (default: the first one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cut: Option<String>,
+    /// How the clients' gradients of the client part are combined: `sum` (default; the
+    /// gradient of the global batch's loss, as the authors' code does) or `mean`.
+    #[serde(default)]
+    pub client_gradients: ClientGradients,
+    /// The straggler and link model for the simulated time.
+    #[serde(default)]
+    pub latency: braid_core::latency::LatencyConfig,
+}
+
+fn default_sampler() -> braid_core::split_batches::Sampler {
+    braid_core::split_batches::Sampler::Global
+}
+
+impl Default for SplitConfig {
+    fn default() -> Self {
+        Self {
+            sampler: default_sampler(),
+            cut: None,
+            client_gradients: ClientGradients::default(),
+            latency: braid_core::latency::LatencyConfig::default(),
+        }
+    }
+}
+
+/// How client-part gradients are combined in split learning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientGradients {
+    /// Summed over the step's clients.
+    #[default]
+    Sum,
+    /// Averaged over the step's clients.
+    Mean,
 }
 
 /// One admitted participant.
@@ -397,13 +446,16 @@ pub enum AlgorithmName {
     Centralized,
     /// Decentralized SGD: peers on a topology, no server (configured in `[decentralized]`).
     Dsgd,
+    /// Parallel split learning: clients run the first layers, the server the rest
+    /// (configured in `[split]`; `rounds` are epochs, `train.batch_size` the global batch).
+    Split,
 }
 
 /// `[algorithm]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlgorithmConfig {
-    /// `fedavg`, `fedprox`, `centralized` or `dsgd`.
+    /// `fedavg`, `fedprox`, `centralized`, `dsgd` or `split`.
     pub name: AlgorithmName,
     /// Rounds (for `centralized`: epochs, one per round when local_epochs = 1). Not for `dsgd`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -592,7 +644,7 @@ impl ExperimentConfig {
             c.validate()?;
             if matches!(
                 self.algorithm.name,
-                AlgorithmName::Dsgd | AlgorithmName::Centralized
+                AlgorithmName::Dsgd | AlgorithmName::Centralized | AlgorithmName::Split
             ) {
                 return Err(
                     "[compression] applies to the FedAvg family (dsgd gossip compression is not built yet)"
@@ -638,6 +690,30 @@ impl ExperimentConfig {
             }
             _ => {}
         }
+        let split = self.algorithm.name == AlgorithmName::Split;
+        if !split && self.split.is_some() {
+            return Err("[split] only applies to algorithm.name = \"split\"".into());
+        }
+        if split {
+            if self.algorithm.clients_per_round.is_some() {
+                return Err("algorithm.clients_per_round does not apply to \"split\" (the sampler decides who takes part in each step)".into());
+            }
+            if self.algorithm.server_optimizer != ServerOptimizerConfig::default() {
+                return Err("algorithm.server_optimizer does not apply to \"split\" (the server part uses train.optimizer)".into());
+            }
+            if self.algorithm.round_timeout_s.is_some() || self.algorithm.min_replies.is_some() {
+                return Err("algorithm.round_timeout_s and min_replies do not apply to \"split\" (every step waits for its clients)".into());
+            }
+            if self.train.local_steps.is_some() || self.train.local_epochs != 1 {
+                return Err("train.local_epochs and local_steps do not apply to \"split\" (algorithm.rounds are epochs)".into());
+            }
+            self.split
+                .clone()
+                .unwrap_or_default()
+                .latency
+                .validate()
+                .map_err(|e| format!("split.latency.{e}"))?;
+        }
         if !dsgd && self.decentralized.is_some() {
             return Err("[decentralized] only applies to algorithm.name = \"dsgd\"".into());
         }
@@ -679,9 +755,13 @@ impl ExperimentConfig {
             (AlgorithmName::Fedprox, Some(mu)) if !(mu.is_finite() && mu >= 0.0) => {
                 return Err(format!("algorithm.mu must be >= 0 (got {mu})"))
             }
-            (AlgorithmName::Fedavg | AlgorithmName::Centralized | AlgorithmName::Dsgd, Some(_)) => {
-                return Err("algorithm.mu only applies to algorithm.name = \"fedprox\"".into())
-            }
+            (
+                AlgorithmName::Fedavg
+                | AlgorithmName::Centralized
+                | AlgorithmName::Dsgd
+                | AlgorithmName::Split,
+                Some(_),
+            ) => return Err("algorithm.mu only applies to algorithm.name = \"fedprox\"".into()),
             _ => {}
         }
         if let Some(k) = self.algorithm.clients_per_round {

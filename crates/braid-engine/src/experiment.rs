@@ -6,11 +6,15 @@ use braid_core::partition::{self, label_histogram};
 use braid_core::seed;
 use braid_core::topology::Topology;
 use braid_data::DataSplit;
-use braid_nn::{Arch, EvalOutcome, OptimizerState, TrainOutcome, TrainSpec, Trainer};
+use braid_nn::{
+    Arch, EvalOutcome, OptimizerState, ServerStep, SplitArch, SplitTrainer, TrainOutcome,
+    TrainSpec, Trainer,
+};
 use rand::seq::SliceRandom;
 
 use crate::algorithms::dsgd::{DsgdMonitor, DsgdPeer, DsgdSettings};
 use crate::algorithms::fedavg::{FedAvgClient, FedAvgServer, ServerConfig, SERVER};
+use crate::algorithms::split::{SplitClient, SplitServer, SplitSettings};
 use crate::config::{AlgorithmName, ExperimentConfig};
 use crate::node::{EngineError, Event, LocalTrainer, Node};
 use crate::sim::{SimOutcome, Simulator, Worker};
@@ -28,6 +32,8 @@ pub struct Prepared {
     pub arch: Arch,
     /// Human-readable data source.
     pub data_description: String,
+    /// The model cut in two (algorithm `split`).
+    pub split: Option<SplitArch>,
 }
 
 /// Loads the data, partitions it and binds the model; errors name what is wrong.
@@ -66,12 +72,30 @@ pub fn prepare(config: &ExperimentConfig) -> Result<Prepared, EngineError> {
         )
         .map_err(|e| EngineError::Setup(e.to_string()))?
     };
+    let split = match config.algorithm.name {
+        AlgorithmName::Split => {
+            let cut = config
+                .split
+                .as_ref()
+                .and_then(|s| s.cut.clone())
+                .or_else(|| arch.cut_points().into_iter().next())
+                .ok_or_else(|| {
+                    EngineError::Setup(format!(
+                        "model {} has no layer to cut after",
+                        arch.name.as_str()
+                    ))
+                })?;
+            Some(arch.split(&cut)?)
+        }
+        _ => None,
+    };
     Ok(Prepared {
         config: config.clone(),
         data: Arc::new(data),
         parts,
         arch,
         data_description,
+        split,
     })
 }
 
@@ -149,11 +173,43 @@ impl Prepared {
             .min(self.config.clients_per_round())
             .max(1)
     }
+
+    /// The settings of a split-learning run (algorithm `split`).
+    pub fn split_settings(&self) -> Result<SplitSettings, EngineError> {
+        let c = &self.config;
+        let split = self
+            .split
+            .as_ref()
+            .ok_or_else(|| EngineError::Setup("not a split-learning run".into()))?;
+        let sc = c.split.clone().unwrap_or_default();
+        let mut rng = seed::rng(c.seed, &[seed::stream::LATENCY]);
+        Ok(SplitSettings {
+            sampler: sc.sampler,
+            batch: c.train.batch_size,
+            epochs: c.algorithm.rounds(),
+            eval_every: c.algorithm.eval_every,
+            client_gradients: sc.client_gradients,
+            counts: self.parts.iter().map(Vec::len).collect(),
+            client_params: split.client_params(),
+            num_params: self.arch.num_params(),
+            cut_features: split.cut_features(),
+            flops: (split.client.forward_flops(), split.server.forward_flops()),
+            latency: braid_core::latency::LatencyModel::new(
+                &sc.latency,
+                self.parts.len(),
+                &mut rng,
+            ),
+            lr_schedule: c.train.lr_schedule.clone(),
+            seed: c.seed,
+        })
+    }
 }
 
 /// A [`LocalTrainer`] on burn: trains on the shared training set, evaluates on the test set.
 pub struct BurnTrainer {
     trainer: Trainer,
+    /// The split model's two parts (algorithm `split`).
+    split: Option<SplitTrainer>,
     data: Arc<DataSplit>,
     spec: TrainSpec,
     /// The test set in a seeded order; `evaluate_sample(n)` uses its first `n` entries.
@@ -163,8 +219,14 @@ pub struct BurnTrainer {
 impl BurnTrainer {
     /// A trainer for `prepared`'s model and data.
     pub fn new(prepared: &Prepared) -> Result<Self, EngineError> {
+        let device = &prepared.config.runtime.device;
         Ok(Self {
-            trainer: Trainer::new(prepared.arch.clone(), &prepared.config.runtime.device)?,
+            trainer: Trainer::new(prepared.arch.clone(), device)?,
+            split: prepared
+                .split
+                .clone()
+                .map(|s| SplitTrainer::new(s, device))
+                .transpose()?,
             data: Arc::clone(&prepared.data),
             spec: prepared.config.train_spec(),
             eval_order: {
@@ -176,7 +238,74 @@ impl BurnTrainer {
     }
 }
 
+impl BurnTrainer {
+    fn split_part(&mut self) -> Result<&mut SplitTrainer, EngineError> {
+        self.split.as_mut().ok_or_else(|| {
+            EngineError::Setup("this run has no split model (algorithm.name = \"split\")".into())
+        })
+    }
+}
+
 impl LocalTrainer for BurnTrainer {
+    fn split_forward(
+        &mut self,
+        params: &[f32],
+        samples: &[usize],
+    ) -> Result<(Vec<f32>, Vec<u8>), EngineError> {
+        let data = Arc::clone(&self.data);
+        Ok(self
+            .split_part()?
+            .client_forward(params, &data.train, samples)?)
+    }
+
+    fn split_backward(
+        &mut self,
+        params: &[f32],
+        samples: &[usize],
+        grad: &[f32],
+    ) -> Result<Vec<f32>, EngineError> {
+        let data = Arc::clone(&self.data);
+        Ok(self
+            .split_part()?
+            .client_backward(params, &data.train, samples, grad)?)
+    }
+
+    fn split_server_step(
+        &mut self,
+        params: &[f32],
+        acts: &[f32],
+        labels: &[u8],
+        state: &mut OptimizerState,
+        lr_scale: f64,
+    ) -> Result<ServerStep, EngineError> {
+        let opt = self.spec.optimizer.clone();
+        Ok(self
+            .split_part()?
+            .server_step(params, acts, labels, &opt, state, lr_scale)?)
+    }
+
+    fn split_client_update(
+        &mut self,
+        params: &[f32],
+        grad: &[f32],
+        state: &mut OptimizerState,
+        lr_scale: f64,
+    ) -> Result<Vec<f32>, EngineError> {
+        let opt = self.spec.optimizer.clone();
+        Ok(self
+            .split_part()?
+            .client_update(params, grad, &opt, state, lr_scale)?)
+    }
+
+    fn split_flops(&self) -> (u64, u64) {
+        self.split.as_ref().map_or((0, 0), |s| {
+            (
+                s.split().client.forward_flops(),
+                s.split().server.forward_flops(),
+            )
+        })
+    }
+
     fn set_stop_flag(&mut self, flag: Arc<std::sync::atomic::AtomicBool>) {
         self.trainer.set_stop_flag(flag);
     }
@@ -262,6 +391,21 @@ pub fn dsgd_settings(prepared: &Prepared) -> Result<DsgdSettings, EngineError> {
 /// `dsgd` the peers, then the monitor.
 pub fn build_nodes(prepared: &Prepared) -> Result<Vec<Box<dyn Node>>, EngineError> {
     let c = &prepared.config;
+    if c.algorithm.name == AlgorithmName::Split {
+        let settings = Arc::new(prepared.split_settings()?);
+        let mut nodes: Vec<Box<dyn Node>> = vec![Box::new(SplitServer::new(
+            Arc::clone(&settings),
+            prepared.arch.init_params(c.seed),
+        )?)];
+        for (k, part) in prepared.parts.iter().enumerate() {
+            nodes.push(Box::new(SplitClient::new(
+                k as NodeId + 1,
+                Arc::new(part.clone()),
+                c.seed,
+            )));
+        }
+        return Ok(nodes);
+    }
     if c.algorithm.name == AlgorithmName::Dsgd {
         let settings = Arc::new(dsgd_settings(prepared)?);
         let init = prepared.arch.init_params(c.seed);

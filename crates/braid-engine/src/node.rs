@@ -51,6 +51,58 @@ pub trait LocalTrainer: Send {
     /// Asks the trainer to stop after the step in progress once `flag` is set (a halt).
     /// Default: ignored (the call finishes).
     fn set_stop_flag(&mut self, _flag: std::sync::Arc<std::sync::atomic::AtomicBool>) {}
+    /// Split learning, client side: the client part's activations at the cut for training
+    /// samples `samples` (row by row), and their labels.
+    fn split_forward(
+        &mut self,
+        _params: &[f32],
+        _samples: &[usize],
+    ) -> Result<(Vec<f32>, Vec<u8>), EngineError> {
+        Err(no_split())
+    }
+    /// Split learning, client side: the gradient of the client part's parameters given the
+    /// loss's gradient `grad` with respect to the activations of `samples`.
+    fn split_backward(
+        &mut self,
+        _params: &[f32],
+        _samples: &[usize],
+        _grad: &[f32],
+    ) -> Result<Vec<f32>, EngineError> {
+        Err(no_split())
+    }
+    /// Split learning, server side: one optimizer step of the server part on a global batch
+    /// of activations; returns the new parameters and the activations' gradient.
+    fn split_server_step(
+        &mut self,
+        _params: &[f32],
+        _acts: &[f32],
+        _labels: &[u8],
+        _state: &mut OptimizerState,
+        _lr_scale: f64,
+    ) -> Result<braid_nn::ServerStep, EngineError> {
+        Err(no_split())
+    }
+    /// Split learning: one optimizer step of the client part with an aggregated gradient.
+    fn split_client_update(
+        &mut self,
+        _params: &[f32],
+        _grad: &[f32],
+        _state: &mut OptimizerState,
+        _lr_scale: f64,
+    ) -> Result<Vec<f32>, EngineError> {
+        Err(no_split())
+    }
+    /// Forward FLOPs per sample of the client part and of the server part of a split model
+    /// (zero if the trainer has no split model).
+    fn split_flops(&self) -> (u64, u64) {
+        (0, 0)
+    }
+}
+
+fn no_split() -> EngineError {
+    EngineError::Setup(
+        "this trainer has no split model (algorithm.name = \"split\" sets one up)".into(),
+    )
 }
 
 /// Metrics of one completed round, as the server sees them.
@@ -119,6 +171,8 @@ pub enum Event {
     Round(RoundMetrics),
     /// A decentralized run reached an evaluation point.
     Gossip(GossipMetrics),
+    /// A split-learning epoch completed.
+    Split(crate::algorithms::split::SplitMetrics),
     /// The run is over; these are the final global parameters.
     Finished {
         /// Final parameters.
@@ -268,7 +322,8 @@ pub enum Input {
 }
 
 impl Input {
-    /// The round (FedAvg family, dsgd gossip) or step (dsgd snapshots and joins) carried by
+    /// The round (FedAvg family, dsgd gossip) or step (dsgd snapshots and joins, split
+    /// learning) carried by
     /// the message, for attributing the compute it causes; `None` for starts and deadlines.
     pub fn round(&self) -> Option<u64> {
         match self {
@@ -281,7 +336,11 @@ impl Input {
                 | Payload::Shutdown { round } => Some(u64::from(*round)),
                 Payload::Snapshot { step, .. }
                 | Payload::JoinRequest { step }
-                | Payload::JoinReply { step, .. } => Some(*step),
+                | Payload::JoinReply { step, .. }
+                | Payload::SplitRequest { step, .. }
+                | Payload::SplitActivations { step, .. }
+                | Payload::SplitGradient { step, .. }
+                | Payload::SplitClientGrad { step, .. } => Some(*step),
                 Payload::Halt { .. } => None,
             },
             Self::Start | Self::Deadline(_) => None,

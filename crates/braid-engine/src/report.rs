@@ -1,6 +1,7 @@
 //! What a run leaves in its output directory: `config.toml`, `metrics.csv`, `metrics.jsonl`,
 //! `traffic.csv`, `final.safetensors`, and plots: `accuracy_vs_round.png` and
-//! `accuracy_vs_bytes.png` for server-based runs; `accuracy_vs_progress.png` (local mean,
+//! `accuracy_vs_bytes.png` for server-based runs; `accuracy_vs_epoch.png` and
+//! `accuracy_vs_sim_time.png` for split-learning runs; `accuracy_vs_progress.png` (local mean,
 //! min, max and merged model) and `accuracy_vs_bytes.png` for decentralized runs.
 
 use std::io::Write;
@@ -10,6 +11,7 @@ use braid_nn::Arch;
 use plotters::prelude::*;
 use serde::Serialize;
 
+use crate::algorithms::split::SplitMetrics;
 use crate::config::{AlgorithmName, ExperimentConfig};
 use crate::node::{GossipMetrics, RoundMetrics};
 use crate::sim::SimOutcome;
@@ -86,6 +88,8 @@ pub fn write_all(
 
     if !outcome.gossip.is_empty() {
         written.extend(write_gossip(dir, config, &outcome.gossip)?);
+    } else if !outcome.split.is_empty() {
+        written.extend(write_split(dir, config, &outcome.split)?);
     } else {
         written.extend(write_rounds(dir, config, &rows)?);
     }
@@ -279,6 +283,85 @@ fn write_gossip(
             ],
         )?;
         written.push(p);
+    }
+    Ok(written)
+}
+
+/// `metrics.csv` header of a split-learning run.
+pub const SPLIT_CSV_HEADER: &str = "epoch,accuracy,loss,train_loss,steps,samples,min_batch,max_batch,mean_clients,bytes_up,bytes_down,cum_bytes,sim_time_s,cum_sim_time_s,wall_s";
+
+/// One line of a split-learning run's `metrics.jsonl`.
+#[derive(Serialize)]
+struct SplitRow<'a> {
+    #[serde(flatten)]
+    metrics: &'a SplitMetrics,
+    cum_bytes: u64,
+    cum_sim_time_s: f64,
+    wall_s: f64,
+}
+
+fn write_split(
+    dir: &Path,
+    config: &ExperimentConfig,
+    epochs: &[(SplitMetrics, f64)],
+) -> Result<Vec<PathBuf>, String> {
+    let mut written = Vec::new();
+    let mut csv = format!("{SPLIT_CSV_HEADER}\n");
+    let mut jsonl = String::new();
+    let (mut cum_bytes, mut cum_time) = (0u64, 0f64);
+    let (mut by_epoch, mut by_time) = (Vec::new(), Vec::new());
+    for (m, wall) in epochs {
+        cum_bytes += m.bytes_up + m.bytes_down;
+        cum_time += m.sim_time_s;
+        csv.push_str(&format!(
+            "{},{},{},{:.6},{},{},{},{},{:.3},{},{},{},{:.3},{:.3},{:.3}\n",
+            m.epoch,
+            opt(m.accuracy),
+            opt(m.loss),
+            m.train_loss,
+            m.steps,
+            m.samples,
+            m.min_batch,
+            m.max_batch,
+            m.mean_clients,
+            m.bytes_up,
+            m.bytes_down,
+            cum_bytes,
+            m.sim_time_s,
+            cum_time,
+            wall
+        ));
+        let row = SplitRow {
+            metrics: m,
+            cum_bytes,
+            cum_sim_time_s: cum_time,
+            wall_s: *wall,
+        };
+        jsonl.push_str(&serde_json::to_string(&row).map_err(|e| e.to_string())?);
+        jsonl.push('\n');
+        if let Some(a) = m.accuracy {
+            by_epoch.push((f64::from(m.epoch), a));
+            by_time.push((cum_time, a));
+        }
+    }
+    for (name, body) in [("metrics.csv", csv), ("metrics.jsonl", jsonl)] {
+        let p = dir.join(name);
+        write_atomic(&p, body.as_bytes())?;
+        written.push(p);
+    }
+    if !by_epoch.is_empty() {
+        for (name, xlabel, series) in [
+            ("accuracy_vs_epoch.png", "epoch", by_epoch),
+            (
+                "accuracy_vs_sim_time.png",
+                "simulated seconds (straggler and link model)",
+                by_time,
+            ),
+        ] {
+            let p = dir.join(name);
+            plot_lines(&p, &config.name, xlabel, &[("test accuracy", BLUE, series)])?;
+            written.push(p);
+        }
     }
     Ok(written)
 }

@@ -50,6 +50,8 @@ pub struct SimOutcome {
     pub rounds: Vec<(RoundMetrics, f64)>,
     /// Evaluation points of a decentralized run, with the wall-clock seconds.
     pub gossip: Vec<(GossipMetrics, f64)>,
+    /// Epochs of a split-learning run, with the wall-clock seconds.
+    pub split: Vec<(crate::algorithms::split::SplitMetrics, f64)>,
     /// Final global parameters.
     pub final_params: Option<Vec<f32>>,
     /// Traffic per node id.
@@ -67,6 +69,7 @@ impl SimOutcome {
         match event {
             Event::Round(m) => self.rounds.push((m, wall)),
             Event::Gossip(m) => self.gossip.push((m, wall)),
+            Event::Split(m) => self.split.push((m, wall)),
             Event::Finished { params } => self.final_params = Some(params),
         }
     }

@@ -24,6 +24,10 @@ const KIND_JOIN_REPLY: u8 = 7;
 const KIND_HALT: u8 = 8;
 const KIND_PACKED_REQUEST: u8 = 9;
 const KIND_PACKED_REPLY: u8 = 10;
+const KIND_SPLIT_REQUEST: u8 = 11;
+const KIND_SPLIT_ACTIVATIONS: u8 = 12;
+const KIND_SPLIT_GRADIENT: u8 = 13;
+const KIND_SPLIT_CLIENT_GRAD: u8 = 14;
 /// Longest public key or signature a halt may carry.
 const MAX_HALT_FIELD: usize = 1024;
 
@@ -115,6 +119,45 @@ pub enum Payload {
         /// The update, compressed.
         update: Vec<u8>,
     },
+    /// Server to client (split learning): run your part on `count` of your samples, starting
+    /// at position `offset` of your epoch-`epoch` sample order, with these client-part
+    /// parameters; send back the activations.
+    SplitRequest {
+        /// Global step, from 1.
+        step: u64,
+        /// Epoch, from 1 (selects the client's shuffled sample order).
+        epoch: u32,
+        /// Position in that order of the first sample to use.
+        offset: u32,
+        /// Samples to use.
+        count: u32,
+        /// The client part's current parameters (shared between the step's clients in-process).
+        params: Arc<Vec<f32>>,
+    },
+    /// Client to server (split learning): activations at the cut for a [`Payload::SplitRequest`].
+    SplitActivations {
+        /// The step being answered.
+        step: u64,
+        /// Labels of the samples, one byte each.
+        labels: Vec<u8>,
+        /// Activations, sample by sample.
+        acts: Vec<f32>,
+    },
+    /// Server to client (split learning): the loss's gradient with respect to the client's
+    /// activations of step `step`.
+    SplitGradient {
+        /// The step.
+        step: u64,
+        /// The gradient, same layout as the activations.
+        grad: Vec<f32>,
+    },
+    /// Client to server (split learning): the gradient of the client part's parameters.
+    SplitClientGrad {
+        /// The step.
+        step: u64,
+        /// One value per client-part parameter.
+        grad: Vec<f32>,
+    },
     /// Anyone to node: stop the run. Signed by a key the run authorizes to halt it (checked
     /// by the network runtime, which obeys and forwards it; algorithms never see it).
     Halt {
@@ -170,6 +213,10 @@ impl Payload {
             Self::Halt { .. } => "halt",
             Self::PackedRequest { .. } => "packed-request",
             Self::PackedReply { .. } => "packed-reply",
+            Self::SplitRequest { .. } => "split-request",
+            Self::SplitActivations { .. } => "split-activations",
+            Self::SplitGradient { .. } => "split-gradient",
+            Self::SplitClientGrad { .. } => "split-client-grad",
         }
     }
 
@@ -186,6 +233,13 @@ impl Payload {
             Self::JoinReply { params, .. } => header + 8 + 4 + 4 + 4 * params.len(),
             Self::PackedRequest { model, .. } => header + 4 + 4 + model.len(),
             Self::PackedReply { update, .. } => header + 4 + 8 + 4 + 4 + 4 + update.len(),
+            Self::SplitRequest { params, .. } => header + 8 + 4 + 4 + 4 + 4 + 4 * params.len(),
+            Self::SplitActivations { labels, acts, .. } => {
+                header + 8 + 4 + labels.len() + 4 + 4 * acts.len()
+            }
+            Self::SplitGradient { grad, .. } | Self::SplitClientGrad { grad, .. } => {
+                header + 8 + 4 + 4 * grad.len()
+            }
             Self::Halt {
                 signer, signature, ..
             } => {
@@ -293,6 +347,37 @@ impl Payload {
                 out.extend_from_slice(&train_loss.to_le_bytes());
                 out.extend_from_slice(&(update.len() as u32).to_le_bytes());
                 out.extend_from_slice(update);
+            }
+            Self::SplitRequest {
+                step,
+                epoch,
+                offset,
+                count,
+                params,
+            } => {
+                out.push(KIND_SPLIT_REQUEST);
+                out.extend_from_slice(&step.to_le_bytes());
+                out.extend_from_slice(&epoch.to_le_bytes());
+                out.extend_from_slice(&offset.to_le_bytes());
+                out.extend_from_slice(&count.to_le_bytes());
+                put_params(&mut out, params);
+            }
+            Self::SplitActivations { step, labels, acts } => {
+                out.push(KIND_SPLIT_ACTIVATIONS);
+                out.extend_from_slice(&step.to_le_bytes());
+                out.extend_from_slice(&(labels.len() as u32).to_le_bytes());
+                out.extend_from_slice(labels);
+                put_params(&mut out, acts);
+            }
+            Self::SplitGradient { step, grad } => {
+                out.push(KIND_SPLIT_GRADIENT);
+                out.extend_from_slice(&step.to_le_bytes());
+                put_params(&mut out, grad);
+            }
+            Self::SplitClientGrad { step, grad } => {
+                out.push(KIND_SPLIT_CLIENT_GRAD);
+                out.extend_from_slice(&step.to_le_bytes());
+                put_params(&mut out, grad);
             }
             Self::Halt {
                 run,
@@ -406,6 +491,43 @@ impl Payload {
                     update: r.packed(max_params)?,
                 }
             }
+            KIND_SPLIT_REQUEST => {
+                let step = u64::from_le_bytes(r.array("step")?);
+                let epoch = r.u32("epoch")?;
+                let offset = r.u32("offset")?;
+                let count = r.u32("count")?;
+                Self::SplitRequest {
+                    step,
+                    epoch,
+                    offset,
+                    count,
+                    params: Arc::new(r.params(max_params)?),
+                }
+            }
+            KIND_SPLIT_ACTIVATIONS => {
+                let step = u64::from_le_bytes(r.array("step")?);
+                let n = r.u32("label count")? as usize;
+                if n > max_params {
+                    return Err(WireError::TooLarge {
+                        got: n,
+                        max: max_params,
+                    });
+                }
+                let labels = r.take(n, "labels")?.to_vec();
+                Self::SplitActivations {
+                    step,
+                    labels,
+                    acts: r.params(max_params)?,
+                }
+            }
+            KIND_SPLIT_GRADIENT => Self::SplitGradient {
+                step: u64::from_le_bytes(r.array("step")?),
+                grad: r.params(max_params)?,
+            },
+            KIND_SPLIT_CLIENT_GRAD => Self::SplitClientGrad {
+                step: u64::from_le_bytes(r.array("step")?),
+                grad: r.params(max_params)?,
+            },
             KIND_HALT => {
                 let run = r.array("run")?;
                 let issued_at = u64::from_le_bytes(r.array("issued_at")?);
@@ -569,7 +691,7 @@ mod tests {
         fn encoding_round_trips_with_exact_length(params in prop::collection::vec(-1e6f32..1e6, 0..64), round in 0u32..1000) {
             let snapshot = Payload::Snapshot { step: u64::from(round) * 7, train_loss: 0.25, accuracy: 0.5, loss: 1.5, gossip_bytes: 1 << 40, params: Arc::new(params.clone()) };
             let gossip = Payload::Gossip { round, params: Arc::new(params.clone()) };
-            for p in [Payload::TrainRequest { round, params: Arc::new(params.clone()) }, reply(params.clone()), gossip, snapshot, Payload::Shutdown { round }, Payload::JoinRequest { step: u64::from(round) << 33 }, Payload::JoinReply { step: 5, mixed_through: round, params: Arc::new(params.clone()) }, Payload::Halt { run: [round as u8; 32], issued_at: 7, signer: vec![1, 2, 3], signature: params.iter().map(|v| *v as u8).collect() }, Payload::PackedRequest { round, model: Arc::new(params.iter().map(|v| *v as u8).collect()) }, Payload::PackedReply { round, num_samples: 3, steps: 4, train_loss: 0.5, update: params.iter().map(|v| *v as u8).collect() }] {
+            for p in [Payload::TrainRequest { round, params: Arc::new(params.clone()) }, reply(params.clone()), gossip, snapshot, Payload::Shutdown { round }, Payload::JoinRequest { step: u64::from(round) << 33 }, Payload::JoinReply { step: 5, mixed_through: round, params: Arc::new(params.clone()) }, Payload::Halt { run: [round as u8; 32], issued_at: 7, signer: vec![1, 2, 3], signature: params.iter().map(|v| *v as u8).collect() }, Payload::PackedRequest { round, model: Arc::new(params.iter().map(|v| *v as u8).collect()) }, Payload::PackedReply { round, num_samples: 3, steps: 4, train_loss: 0.5, update: params.iter().map(|v| *v as u8).collect() }, Payload::SplitRequest { step: u64::from(round) << 20, epoch: round, offset: 7, count: 2, params: Arc::new(params.clone()) }, Payload::SplitActivations { step: 9, labels: params.iter().map(|v| *v as u8).collect(), acts: params.clone() }, Payload::SplitGradient { step: 1, grad: params.clone() }, Payload::SplitClientGrad { step: 2, grad: params.clone() }] {
                 let bytes = p.encode();
                 prop_assert_eq!(bytes.len(), p.encoded_len());
                 prop_assert_eq!(Payload::decode(&bytes, 64).unwrap(), p);

@@ -400,6 +400,10 @@ fn node_loop(
                     round: m.step,
                     accuracy: Some(m.merged_accuracy),
                 },
+                Event::Split(m) => LogEvent::Progress {
+                    round: u64::from(m.epoch),
+                    accuracy: m.accuracy,
+                },
                 Event::Finished { params } => LogEvent::Final {
                     model_hash: model_hash(params),
                 },

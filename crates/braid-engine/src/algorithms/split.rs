@@ -1,0 +1,685 @@
+//! Parallel split learning (PSL) with global sampling (GPSL, Kohankhaki et al.) and its
+//! fixed-batch baselines.
+//!
+//! The model is cut in two (`braid_nn::split`). Each step `t` of epoch `e`:
+//! 1. the server sends every client with a non-zero local batch `b[t][k]` a
+//!    [`Payload::SplitRequest`]: the client part's current parameters, and which of the
+//!    client's samples to use (a window of its epoch-`e` shuffled order, so a client keeps no
+//!    state between steps);
+//! 2. each client runs its part and replies with the activations at the cut and the labels;
+//! 3. the server concatenates them in client-id order, runs its part, takes the mean
+//!    cross-entropy over the global batch, updates its part, and sends each client its rows of
+//!    the gradient at the cut;
+//! 4. each client back-propagates them through its part (recomputing the forward pass) and
+//!    replies with the gradient of the client part's parameters;
+//! 5. the server combines those (summed, as the authors' code does, which makes the update
+//!    the gradient of the global batch's loss; or averaged) and applies the optimizer to the
+//!    client part, which every client receives with its next request. The client parts are
+//!    thus identical by construction.
+//!
+//! Local batch sizes come from `braid_core::split_batches` (global sampling, FLS, FPLS).
+//! Every step's simulated time follows `braid_core::latency`: the slowest forward leg, the
+//! server's compute, the slowest backward leg.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use braid_core::latency::{LatencyModel, Leg};
+use braid_core::lr_schedule::LrSchedule;
+use braid_core::seed;
+use braid_core::split_batches::{plan_epoch, Sampler};
+use braid_nn::OptimizerState;
+use rand::seq::SliceRandom;
+
+use crate::config::ClientGradients;
+use crate::node::{check_params, EngineError, Event, Node, NodeCtx, NodeState};
+use crate::wire::{NodeId, Payload};
+
+/// The server's id.
+pub const SERVER: NodeId = 0;
+
+/// Settings shared by the server and its clients.
+#[derive(Debug, Clone)]
+pub struct SplitSettings {
+    /// How local batch sizes are chosen.
+    pub sampler: Sampler,
+    /// The global batch size B.
+    pub batch: usize,
+    /// Epochs.
+    pub epochs: u32,
+    /// Evaluate every this many epochs (and after the last).
+    pub eval_every: u32,
+    /// How client-part gradients are combined.
+    pub client_gradients: ClientGradients,
+    /// Training samples of each client (client `k` is node `k + 1`).
+    pub counts: Vec<usize>,
+    /// Parameters of the client part (the first values of the whole model's vector).
+    pub client_params: usize,
+    /// Parameters of the whole model.
+    pub num_params: usize,
+    /// Activation values per sample at the cut.
+    pub cut_features: usize,
+    /// Forward FLOPs per sample of the client part and of the server part.
+    pub flops: (u64, u64),
+    /// Client speeds and links for the simulated time.
+    pub latency: LatencyModel,
+    /// Learning-rate schedule over training progress (steps done / total).
+    pub lr_schedule: LrSchedule,
+    /// Experiment seed.
+    pub seed: u64,
+}
+
+/// What one epoch did, as the server reports it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SplitMetrics {
+    /// Epoch, from 1.
+    pub epoch: u32,
+    /// Test accuracy of the whole model (None if not evaluated this epoch).
+    pub accuracy: Option<f64>,
+    /// Test loss of the whole model.
+    pub loss: Option<f64>,
+    /// Mean training loss over the epoch's samples.
+    pub train_loss: f64,
+    /// Steps (server updates) in the epoch.
+    pub steps: u64,
+    /// Training samples used.
+    pub samples: u64,
+    /// Smallest and largest global batch of the epoch.
+    pub min_batch: u64,
+    /// Largest global batch.
+    pub max_batch: u64,
+    /// Mean number of clients taking part in a step.
+    pub mean_clients: f64,
+    /// Encoded bytes clients sent to the server this epoch.
+    pub bytes_up: u64,
+    /// Encoded bytes the server sent to clients this epoch.
+    pub bytes_down: u64,
+    /// Simulated seconds of the epoch under the straggler and link model.
+    pub sim_time_s: f64,
+}
+
+/// Per asked client: its labels and activations, once they arrive.
+type Activations = BTreeMap<NodeId, Option<(Vec<u8>, Vec<f32>)>>;
+
+enum Phase {
+    /// Waiting for activations.
+    Forward(Activations),
+    /// Waiting for client-part gradients.
+    Backward(BTreeMap<NodeId, Option<Vec<f32>>>),
+    Idle,
+}
+
+#[derive(Default)]
+struct EpochTotals {
+    steps: u64,
+    samples: u64,
+    loss_sum: f64,
+    min_batch: u64,
+    max_batch: u64,
+    clients: u64,
+    bytes_up: u64,
+    bytes_down: u64,
+    sim_time_s: f64,
+}
+
+/// The split-learning server: runs the server part and keeps the client part's parameters.
+pub struct SplitServer {
+    settings: Arc<SplitSettings>,
+    client_params: Vec<f32>,
+    server_params: Vec<f32>,
+    client_opt: OptimizerState,
+    server_opt: OptimizerState,
+    epoch: u32,
+    plan: Vec<Vec<usize>>,
+    t: usize,
+    offsets: Vec<usize>,
+    step: u64,
+    total_steps_hint: u64,
+    phase: Phase,
+    totals: EpochTotals,
+    /// Bytes and legs of the step in progress, per client: (request bytes, activation bytes).
+    legs: BTreeMap<NodeId, (u64, u64)>,
+    step_forward_s: f64,
+    /// Bytes of each client-part gradient received in the step in progress.
+    backward_up: BTreeMap<NodeId, u64>,
+    completed: u32,
+    done: bool,
+    keep: bool,
+    saved_blobs: Vec<(String, Vec<u8>)>,
+}
+
+impl SplitServer {
+    /// A server starting from the whole model's `initial` parameters.
+    pub fn new(settings: Arc<SplitSettings>, initial: Vec<f32>) -> Result<Self, EngineError> {
+        check_params(&initial, settings.num_params)
+            .map_err(|why| EngineError::Setup(format!("initial parameters: {why}")))?;
+        if settings.client_params >= settings.num_params {
+            return Err(EngineError::Setup(
+                "the client part must leave layers to the server".into(),
+            ));
+        }
+        // Checks the sampler against the data once, so a bad B fails before the run starts.
+        plan_epoch(
+            settings.sampler,
+            &settings.counts,
+            settings.batch,
+            &mut seed::rng(0, &[]),
+        )
+        .map_err(|e| EngineError::Setup(format!("split: {e}")))?;
+        let (c, s) = initial.split_at(settings.client_params);
+        let n = settings.counts.len();
+        Ok(Self {
+            client_params: c.to_vec(),
+            server_params: s.to_vec(),
+            client_opt: OptimizerState::default(),
+            server_opt: OptimizerState::default(),
+            epoch: 0,
+            plan: Vec::new(),
+            t: 0,
+            offsets: vec![0; n],
+            step: 0,
+            total_steps_hint: 0,
+            phase: Phase::Idle,
+            totals: EpochTotals::default(),
+            legs: BTreeMap::new(),
+            step_forward_s: 0.0,
+            backward_up: BTreeMap::new(),
+            completed: 0,
+            done: false,
+            keep: false,
+            saved_blobs: Vec::new(),
+            settings,
+        })
+    }
+
+    fn client_of(&self, node: NodeId) -> Option<usize> {
+        (node as usize)
+            .checked_sub(1)
+            .filter(|&k| k < self.settings.counts.len())
+    }
+
+    fn whole(&self) -> Vec<f32> {
+        let mut p = self.client_params.clone();
+        p.extend_from_slice(&self.server_params);
+        p
+    }
+
+    fn lr_scale(&self) -> f64 {
+        let total = self.total_steps_hint.max(1) as f64;
+        self.settings
+            .lr_schedule
+            .factor((self.step.saturating_sub(1)) as f64 / total)
+    }
+
+    fn start_epoch(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+        self.epoch += 1;
+        let s = &self.settings;
+        let mut rng = seed::rng(s.seed, &[seed::stream::SAMPLING, u64::from(self.epoch)]);
+        self.plan = plan_epoch(s.sampler, &s.counts, s.batch, &mut rng)
+            .map_err(|e| EngineError::Setup(format!("split: {e}")))?;
+        // Steps of the whole run, for the learning-rate schedule: this epoch's count for
+        // every epoch (exact for the fixed samplers and global sampling alike).
+        self.total_steps_hint = self.plan.len() as u64 * u64::from(s.epochs);
+        self.t = 0;
+        self.offsets.iter_mut().for_each(|o| *o = 0);
+        self.totals = EpochTotals {
+            min_batch: u64::MAX,
+            ..EpochTotals::default()
+        };
+        self.start_step(ctx);
+        Ok(())
+    }
+
+    fn start_step(&mut self, ctx: &mut NodeCtx<'_>) {
+        self.step += 1;
+        let params = Arc::new(self.client_params.clone());
+        let mut waiting = BTreeMap::new();
+        self.legs.clear();
+        for (k, &count) in self.plan[self.t].iter().enumerate() {
+            if count == 0 {
+                continue;
+            }
+            let node = k as NodeId + 1;
+            let bytes = ctx.send(
+                node,
+                Payload::SplitRequest {
+                    step: self.step,
+                    epoch: self.epoch,
+                    offset: self.offsets[k] as u32,
+                    count: count as u32,
+                    params: Arc::clone(&params),
+                },
+            ) as u64;
+            self.totals.bytes_down += bytes;
+            self.legs.insert(node, (bytes, 0));
+            self.offsets[k] += count;
+            waiting.insert(node, None);
+        }
+        self.phase = Phase::Forward(waiting);
+    }
+
+    /// Every activation is in: run the server part and send back the gradients.
+    fn server_step(
+        &mut self,
+        got: Activations,
+        ctx: &mut NodeCtx<'_>,
+    ) -> Result<(), EngineError> {
+        let (mut labels, mut acts, mut rows) = (Vec::new(), Vec::new(), Vec::new());
+        for (node, reply) in got {
+            let (l, a) = reply.unwrap_or_default();
+            rows.push((node, l.len()));
+            labels.extend(l);
+            acts.extend(a);
+        }
+        let lr = self.lr_scale();
+        let out = ctx.trainer.split_server_step(
+            &self.server_params,
+            &acts,
+            &labels,
+            &mut self.server_opt,
+            lr,
+        )?;
+        self.server_params = out.params;
+        let b = labels.len() as u64;
+        let s = &self.settings;
+        let forward: Vec<Leg> = rows
+            .iter()
+            .map(|&(node, n)| {
+                let (down, up) = self.legs.get(&node).copied().unwrap_or_default();
+                Leg {
+                    client: node as usize - 1,
+                    bytes_down: down,
+                    flops: (n as u64 * s.flops.0) as f64,
+                    bytes_up: up,
+                }
+            })
+            .collect();
+        self.step_forward_s =
+            s.latency.phase(&forward) + s.latency.server((3 * b * s.flops.1) as f64);
+        self.totals.loss_sum += out.loss * b as f64;
+        self.totals.samples += b;
+        self.totals.min_batch = self.totals.min_batch.min(b);
+        self.totals.max_batch = self.totals.max_batch.max(b);
+        self.totals.clients += rows.len() as u64;
+        let f = s.cut_features;
+        let mut waiting = BTreeMap::new();
+        let mut start = 0;
+        for (node, n) in rows {
+            let grad = out.grad[start * f..(start + n) * f].to_vec();
+            start += n;
+            let bytes = ctx.send(
+                node,
+                Payload::SplitGradient {
+                    step: self.step,
+                    grad,
+                },
+            ) as u64;
+            self.totals.bytes_down += bytes;
+            self.legs.insert(node, (bytes, n as u64));
+            waiting.insert(node, None);
+        }
+        self.phase = Phase::Backward(waiting);
+        Ok(())
+    }
+
+    /// Every client-part gradient is in: update the client part and move on.
+    fn client_step(
+        &mut self,
+        got: BTreeMap<NodeId, Option<Vec<f32>>>,
+        backward_up: &BTreeMap<NodeId, u64>,
+        ctx: &mut NodeCtx<'_>,
+    ) -> Result<(), EngineError> {
+        let n = got.len();
+        let mut sum = vec![0.0f32; self.client_params.len()];
+        for g in got.into_values().flatten() {
+            for (s, v) in sum.iter_mut().zip(g) {
+                *s += v;
+            }
+        }
+        if self.settings.client_gradients == ClientGradients::Mean && n > 0 {
+            let inv = 1.0 / n as f32;
+            sum.iter_mut().for_each(|v| *v *= inv);
+        }
+        let lr = self.lr_scale();
+        self.client_params =
+            ctx.trainer
+                .split_client_update(&self.client_params, &sum, &mut self.client_opt, lr)?;
+        let s = &self.settings;
+        let backward: Vec<Leg> = self
+            .legs
+            .iter()
+            .map(|(&node, &(down, samples))| Leg {
+                client: node as usize - 1,
+                bytes_down: down,
+                flops: (3 * samples * s.flops.0) as f64,
+                bytes_up: backward_up.get(&node).copied().unwrap_or(0),
+            })
+            .collect();
+        self.totals.sim_time_s += self.step_forward_s + s.latency.phase(&backward);
+        self.totals.steps += 1;
+        self.t += 1;
+        if self.t < self.plan.len() {
+            self.start_step(ctx);
+            return Ok(());
+        }
+        self.finish_epoch(ctx)
+    }
+
+    fn finish_epoch(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+        self.completed = self.epoch;
+        let last = self.epoch >= self.settings.epochs;
+        let whole = self.whole();
+        let (accuracy, loss) = if last || self.epoch.is_multiple_of(self.settings.eval_every.max(1))
+        {
+            let e = ctx.trainer.evaluate(&whole)?;
+            (Some(e.accuracy), Some(e.loss))
+        } else {
+            (None, None)
+        };
+        let t = std::mem::take(&mut self.totals);
+        ctx.emit(Event::Split(SplitMetrics {
+            epoch: self.epoch,
+            accuracy,
+            loss,
+            train_loss: t.loss_sum / t.samples.max(1) as f64,
+            steps: t.steps,
+            samples: t.samples,
+            min_batch: if t.steps == 0 { 0 } else { t.min_batch },
+            max_batch: t.max_batch,
+            mean_clients: t.clients as f64 / t.steps.max(1) as f64,
+            bytes_up: t.bytes_up,
+            bytes_down: t.bytes_down,
+            sim_time_s: t.sim_time_s,
+        }));
+        if self.keep {
+            self.saved_blobs = vec![
+                ("client_optimizer".into(), self.client_opt.to_bytes()?),
+                ("server_optimizer".into(), self.server_opt.to_bytes()?),
+            ];
+        }
+        if last {
+            self.finish(ctx);
+            Ok(())
+        } else {
+            self.start_epoch(ctx)
+        }
+    }
+
+    fn finish(&mut self, ctx: &mut NodeCtx<'_>) {
+        self.phase = Phase::Idle;
+        ctx.emit(Event::Finished {
+            params: self.whole(),
+        });
+        for k in 0..self.settings.counts.len() {
+            ctx.send(
+                k as NodeId + 1,
+                Payload::Shutdown {
+                    round: self.completed,
+                },
+            );
+        }
+        self.done = true;
+    }
+}
+
+impl Node for SplitServer {
+    fn id(&self) -> NodeId {
+        SERVER
+    }
+
+    fn on_start(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+        // A fresh server starts at epoch 0; a resumed one after its last completed epoch.
+        self.epoch = self.completed;
+        if self.completed >= self.settings.epochs {
+            self.finish(ctx);
+            return Ok(());
+        }
+        self.start_epoch(ctx)
+    }
+
+    fn keep_checkpoints(&mut self) {
+        self.keep = true;
+    }
+
+    fn state_version(&self) -> u64 {
+        1 + u64::from(self.completed)
+    }
+
+    fn save_state(&self) -> Option<NodeState> {
+        Some(NodeState {
+            meta: serde_json::json!({ "completed_epochs": self.completed, "step": self.step }),
+            tensors: vec![("params".into(), self.whole())],
+            blobs: self.saved_blobs.clone(),
+        })
+    }
+
+    fn load_state(&mut self, state: NodeState) -> Result<(), EngineError> {
+        let completed = u32::try_from(state.meta_u64("completed_epochs")?)
+            .ok()
+            .filter(|&c| c <= self.settings.epochs)
+            .ok_or_else(|| {
+                EngineError::Setup(format!(
+                    "checkpoint: completed_epochs is more than the run's {} epochs",
+                    self.settings.epochs
+                ))
+            })?;
+        let params = state.tensor("params")?;
+        check_params(params, self.settings.num_params)
+            .map_err(|why| EngineError::Setup(format!("checkpoint params: {why}")))?;
+        let (c, s) = params.split_at(self.settings.client_params);
+        self.client_params = c.to_vec();
+        self.server_params = s.to_vec();
+        self.client_opt =
+            OptimizerState::from_bytes(state.blob("client_optimizer").unwrap_or(&[]))?;
+        self.server_opt =
+            OptimizerState::from_bytes(state.blob("server_optimizer").unwrap_or(&[]))?;
+        self.step = state.meta_u64("step")?;
+        self.completed = completed;
+        Ok(())
+    }
+
+    fn finished(&self) -> bool {
+        self.done
+    }
+
+    fn on_message(
+        &mut self,
+        from: NodeId,
+        payload: Payload,
+        ctx: &mut NodeCtx<'_>,
+    ) -> Result<(), EngineError> {
+        let kind = payload.kind();
+        let reject = |why: String| EngineError::Rejected {
+            node: SERVER,
+            from,
+            kind,
+            why,
+        };
+        let bytes = payload.encoded_len() as u64;
+        if self.client_of(from).is_none() {
+            return Err(reject("not a client of this run".into()));
+        }
+        let step = self.step;
+        match (payload, &mut self.phase) {
+            (
+                Payload::SplitActivations {
+                    step: s,
+                    labels,
+                    acts,
+                },
+                Phase::Forward(waiting),
+            ) => {
+                if s != step {
+                    return Err(reject(format!("for step {s}, the current step is {step}")));
+                }
+                let Some(slot) = waiting.get_mut(&from) else {
+                    return Err(reject(format!("node {from} was not asked in step {step}")));
+                };
+                if slot.is_some() {
+                    return Err(reject(format!("a second answer for step {step}")));
+                }
+                let asked = self.plan[self.t][from as usize - 1];
+                let f = self.settings.cut_features;
+                if labels.len() != asked {
+                    return Err(reject(format!(
+                        "{} labels, {asked} samples were asked for",
+                        labels.len()
+                    )));
+                }
+                if acts.len() != asked * f {
+                    return Err(reject(format!(
+                        "activations of {} values for {asked} samples; the cut has {f} values per sample",
+                        acts.len()
+                    )));
+                }
+                *slot = Some((labels, acts));
+                self.totals.bytes_up += bytes;
+                if let Some(l) = self.legs.get_mut(&from) {
+                    l.1 = bytes;
+                }
+                if waiting.values().all(Option::is_some) {
+                    let got = std::mem::take(waiting);
+                    self.server_step(got, ctx)?;
+                }
+                Ok(())
+            }
+            (Payload::SplitClientGrad { step: s, grad }, Phase::Backward(waiting)) => {
+                if s != step {
+                    return Err(reject(format!("for step {s}, the current step is {step}")));
+                }
+                let Some(slot) = waiting.get_mut(&from) else {
+                    return Err(reject(format!("node {from} was not asked in step {step}")));
+                };
+                if slot.is_some() {
+                    return Err(reject(format!("a second answer for step {step}")));
+                }
+                check_params(&grad, self.client_params.len()).map_err(reject)?;
+                *slot = Some(grad);
+                self.totals.bytes_up += bytes;
+                self.backward_up.insert(from, bytes);
+                if waiting.values().all(Option::is_some) {
+                    let got = std::mem::take(waiting);
+                    let up = std::mem::take(&mut self.backward_up);
+                    self.client_step(got, &up, ctx)?;
+                }
+                Ok(())
+            }
+            (p, _) => Err(reject(format!("unexpected {} in step {step}", p.kind()))),
+        }
+    }
+}
+
+/// A split-learning client: runs the client part on its own samples.
+pub struct SplitClient {
+    id: NodeId,
+    shard: Arc<Vec<usize>>,
+    seed: u64,
+    /// The epoch whose sample order is cached, and that order.
+    order: Option<(u32, Vec<usize>)>,
+    /// The request being served: step, samples, client-part parameters.
+    pending: Option<(u64, Vec<usize>, Arc<Vec<f32>>)>,
+    done: bool,
+}
+
+impl SplitClient {
+    /// Client `id` holding training samples `shard`.
+    pub fn new(id: NodeId, shard: Arc<Vec<usize>>, seed: u64) -> Self {
+        Self {
+            id,
+            shard,
+            seed,
+            order: None,
+            pending: None,
+            done: false,
+        }
+    }
+
+    fn order(&mut self, epoch: u32) -> &[usize] {
+        if self.order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            let mut o = self.shard.as_ref().clone();
+            o.shuffle(&mut seed::rng(
+                self.seed,
+                &[
+                    seed::stream::LOCAL_TRAIN,
+                    u64::from(self.id),
+                    u64::from(epoch),
+                ],
+            ));
+            self.order = Some((epoch, o));
+        }
+        self.order.as_ref().map_or(&[], |(_, o)| o.as_slice())
+    }
+}
+
+impl Node for SplitClient {
+    fn id(&self) -> NodeId {
+        self.id
+    }
+
+    fn on_start(&mut self, _ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    fn finished(&self) -> bool {
+        self.done
+    }
+
+    fn on_message(
+        &mut self,
+        from: NodeId,
+        payload: Payload,
+        ctx: &mut NodeCtx<'_>,
+    ) -> Result<(), EngineError> {
+        let kind = payload.kind();
+        let node = self.id;
+        let reject = |why: String| EngineError::Rejected {
+            node,
+            from,
+            kind,
+            why,
+        };
+        if from != SERVER {
+            return Err(reject("only the server sends to split clients".into()));
+        }
+        match payload {
+            Payload::SplitRequest {
+                step,
+                epoch,
+                offset,
+                count,
+                params,
+            } => {
+                let (offset, count) = (offset as usize, count as usize);
+                let held = self.shard.len();
+                if offset.checked_add(count).is_none_or(|end| end > held) {
+                    return Err(reject(format!(
+                        "samples {offset}..{} asked for, this client holds {held}",
+                        offset.saturating_add(count)
+                    )));
+                }
+                let samples = self.order(epoch)[offset..offset + count].to_vec();
+                let (acts, labels) = ctx.trainer.split_forward(&params, &samples)?;
+                ctx.send(SERVER, Payload::SplitActivations { step, labels, acts });
+                self.pending = Some((step, samples, params));
+                Ok(())
+            }
+            Payload::SplitGradient { step, grad } => {
+                let Some((s, samples, params)) = self.pending.take() else {
+                    return Err(reject(format!("no request is open for step {step}")));
+                };
+                if s != step {
+                    self.pending = Some((s, samples, params));
+                    return Err(reject(format!("for step {step}, the open step is {s}")));
+                }
+                let grad = ctx.trainer.split_backward(&params, &samples, &grad)?;
+                ctx.send(SERVER, Payload::SplitClientGrad { step, grad });
+                Ok(())
+            }
+            Payload::Shutdown { .. } => {
+                self.done = true;
+                Ok(())
+            }
+            p => Err(reject(format!("unexpected {}", p.kind()))),
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! The split-learning state machines and the simulator, driven with a pure-Rust fake trainer
+//! (fast, no tensor backend): every sample used once per epoch, batch sizes as planned, byte
+//! accounting, the client gradients' aggregation, simulated time, hostile messages, and
+//! determinism across worker threads.
+
+use std::sync::{Arc, Mutex};
+
+use braid_core::latency::{LatencyConfig, LatencyModel};
+use braid_core::lr_schedule::LrSchedule;
+use braid_core::seed;
+use braid_core::split_batches::Sampler;
+use braid_engine::algorithms::split::{SplitClient, SplitServer, SplitSettings, SERVER};
+use braid_engine::config::ClientGradients;
+use braid_engine::node::{EngineError, Event, LocalTrainer, Node, NodeCtx};
+use braid_engine::sim::{SimOutcome, Simulator, Worker};
+use braid_engine::wire::{NodeId, Payload};
+use braid_nn::{EvalOutcome, OptimizerState, ServerStep, TrainOutcome};
+
+const F: usize = 3; // values per sample at the cut
+const CLIENT_PARAMS: usize = 2;
+const NUM_PARAMS: usize = 5;
+
+/// Activations are the sample index repeated F times; the server's gradient is all ones; a
+/// client-part gradient is (samples, 1); the client update subtracts the aggregated gradient.
+/// Records every sample that went through a client forward pass.
+#[derive(Clone, Default)]
+struct Fake {
+    seen: Arc<Mutex<Vec<usize>>>,
+}
+
+impl LocalTrainer for Fake {
+    fn train(
+        &mut self,
+        _: &[f32],
+        _: &[usize],
+        _: u64,
+        _: f64,
+    ) -> Result<TrainOutcome, EngineError> {
+        Err(EngineError::Setup("not used".into()))
+    }
+    fn train_batches(
+        &mut self,
+        _: &[f32],
+        _: &[Vec<usize>],
+        _: &mut OptimizerState,
+        _: f64,
+    ) -> Result<TrainOutcome, EngineError> {
+        Err(EngineError::Setup("not used".into()))
+    }
+    fn evaluate(&mut self, params: &[f32]) -> Result<EvalOutcome, EngineError> {
+        Ok(EvalOutcome {
+            accuracy: f64::from(params[0]),
+            loss: 0.0,
+            samples: 1,
+        })
+    }
+    fn evaluate_sample(&mut self, params: &[f32], _: usize) -> Result<EvalOutcome, EngineError> {
+        self.evaluate(params)
+    }
+    fn split_forward(
+        &mut self,
+        params: &[f32],
+        samples: &[usize],
+    ) -> Result<(Vec<f32>, Vec<u8>), EngineError> {
+        assert_eq!(params.len(), CLIENT_PARAMS);
+        if let Ok(mut s) = self.seen.lock() {
+            s.extend_from_slice(samples);
+        }
+        let acts = samples
+            .iter()
+            .flat_map(|&i| std::iter::repeat_n(i as f32, F))
+            .collect();
+        Ok((acts, samples.iter().map(|&i| (i % 10) as u8).collect()))
+    }
+    fn split_backward(
+        &mut self,
+        _: &[f32],
+        samples: &[usize],
+        grad: &[f32],
+    ) -> Result<Vec<f32>, EngineError> {
+        assert_eq!(grad.len(), samples.len() * F);
+        Ok(vec![samples.len() as f32, 1.0])
+    }
+    fn split_server_step(
+        &mut self,
+        params: &[f32],
+        acts: &[f32],
+        labels: &[u8],
+        _: &mut OptimizerState,
+        _: f64,
+    ) -> Result<ServerStep, EngineError> {
+        Ok(ServerStep {
+            params: params.iter().map(|p| p + 1.0).collect(),
+            grad: vec![1.0; acts.len()],
+            loss: labels.len() as f64,
+        })
+    }
+    fn split_client_update(
+        &mut self,
+        params: &[f32],
+        grad: &[f32],
+        _: &mut OptimizerState,
+        _: f64,
+    ) -> Result<Vec<f32>, EngineError> {
+        Ok(params.iter().zip(grad).map(|(p, g)| p - g).collect())
+    }
+    fn split_flops(&self) -> (u64, u64) {
+        (100, 1000)
+    }
+}
+
+fn settings(
+    counts: Vec<usize>,
+    sampler: Sampler,
+    batch: usize,
+    latency: LatencyConfig,
+) -> SplitSettings {
+    let k = counts.len();
+    SplitSettings {
+        sampler,
+        batch,
+        epochs: 2,
+        eval_every: 1,
+        client_gradients: ClientGradients::Sum,
+        counts,
+        client_params: CLIENT_PARAMS,
+        num_params: NUM_PARAMS,
+        cut_features: F,
+        flops: (100, 1000),
+        latency: LatencyModel::new(&latency, k, &mut seed::rng(1, &[])),
+        lr_schedule: LrSchedule::Constant,
+        seed: 7,
+    }
+}
+
+/// Clients hold consecutive sample ranges of the given sizes.
+fn nodes(s: &Arc<SplitSettings>) -> Vec<Box<dyn Node>> {
+    let mut v: Vec<Box<dyn Node>> = vec![Box::new(
+        SplitServer::new(Arc::clone(s), vec![0.0; NUM_PARAMS]).unwrap(),
+    )];
+    let mut start = 0;
+    for (k, &n) in s.counts.iter().enumerate() {
+        v.push(Box::new(SplitClient::new(
+            k as NodeId + 1,
+            Arc::new((start..start + n).collect()),
+            s.seed,
+        )));
+        start += n;
+    }
+    v
+}
+
+fn run(s: SplitSettings, workers: usize) -> (SimOutcome, Vec<usize>) {
+    let s = Arc::new(s);
+    let fake = Fake::default();
+    let w = (0..workers)
+        .map(|_| Worker::new(Box::new(fake.clone())).unwrap())
+        .collect();
+    let out = Simulator::new(nodes(&s), w)
+        .unwrap()
+        .run(&mut |_| {})
+        .unwrap();
+    let seen = fake.seen.lock().unwrap().clone();
+    (out, seen)
+}
+
+#[test]
+fn every_sample_is_used_once_per_epoch_in_planned_batches() {
+    for sampler in [
+        Sampler::Global,
+        Sampler::FixedLocal,
+        Sampler::FixedProportional,
+    ] {
+        let counts = vec![9, 5, 2, 0, 4];
+        let (out, seen) = run(
+            settings(counts.clone(), sampler, 8, LatencyConfig::default()),
+            2,
+        );
+        assert_eq!(out.split.len(), 2, "{sampler:?}");
+        let mut seen = seen;
+        seen.sort_unstable();
+        let once: Vec<usize> = (0..20).collect();
+        let twice: Vec<usize> = once.iter().flat_map(|&i| [i, i]).collect();
+        assert_eq!(
+            seen, twice,
+            "{sampler:?}: two epochs, each sample once per epoch"
+        );
+        for (m, _) in &out.split {
+            assert_eq!(m.samples, 20);
+            assert!(m.min_batch >= 1, "{m:?}");
+            match sampler {
+                // ceil(20 / 8) near-equal chunks: 7, 7, 6.
+                Sampler::Global => assert_eq!((m.steps, m.min_batch, m.max_batch), (3, 6, 7)),
+                // round(8 / 5) = 2 each: the 9-sample client needs 5 steps.
+                Sampler::FixedLocal => assert_eq!(m.steps, 5),
+                // max(1, round(8 N_k / 20)) = 4, 2, 1, 1, 2: the first step takes 9 > B
+                // samples (the rounding), and the 9- and 5-sample clients need 3 steps.
+                Sampler::FixedProportional => {
+                    assert_eq!((m.steps, m.max_batch), (3, 9))
+                }
+            }
+            assert!(m.sim_time_s > 0.0);
+        }
+        // The server's part moved once per step; the client part by the summed gradients.
+        let steps: u64 = out.split.iter().map(|(m, _)| m.steps).sum();
+        let p = out.final_params.clone().unwrap();
+        assert_eq!(p[CLIENT_PARAMS], steps as f32, "{sampler:?}");
+        // Client-part gradient per step: (samples of the step, clients of the step), summed.
+        assert_eq!(p[0], -40.0, "{sampler:?}: every sample once per epoch");
+        let clients: f64 = out
+            .split
+            .iter()
+            .map(|(m, _)| m.mean_clients * m.steps as f64)
+            .sum();
+        assert!((f64::from(p[1]) + clients).abs() < 1e-6, "{sampler:?}");
+    }
+}
+
+#[test]
+fn bytes_are_counted_as_encoded() {
+    let (out, _) = run(
+        settings(vec![6, 6], Sampler::Global, 4, LatencyConfig::default()),
+        1,
+    );
+    let reported: u64 = out
+        .split
+        .iter()
+        .map(|(m, _)| m.bytes_up + m.bytes_down)
+        .sum();
+    let shutdowns = 2 * Payload::Shutdown { round: 2 }.encoded_len() as u64;
+    let sent: u64 = out.traffic.iter().map(|t| t.bytes_sent).sum();
+    assert_eq!(reported + shutdowns, sent);
+    // Activations up: 12 samples x F floats, twice.
+    let header_free = 2 * 12 * F as u64 * 4;
+    let up: u64 = out.split.iter().map(|(m, _)| m.bytes_up).sum();
+    assert!(up > header_free, "{up}");
+}
+
+#[test]
+fn results_do_not_depend_on_workers_and_stragglers_slow_the_clock() {
+    // No latency: a step's time is bytes and FLOPs, which a straggler's slowdown scales.
+    let fast = LatencyConfig {
+        latency_ms: 0.0,
+        ..LatencyConfig::default()
+    };
+    let s = || settings(vec![7, 3, 5, 5], Sampler::Global, 6, fast);
+    let (a, _) = run(s(), 1);
+    let (b, _) = run(s(), 3);
+    let strip = |o: &SimOutcome| o.split.iter().map(|(m, _)| m.clone()).collect::<Vec<_>>();
+    assert_eq!(strip(&a), strip(&b));
+    assert_eq!(a.final_params, b.final_params);
+    let slow = LatencyConfig {
+        slow_fraction: 0.5,
+        slowdown: 10.0,
+        ..fast
+    };
+    let (c, _) = run(settings(vec![7, 3, 5, 5], Sampler::Global, 6, slow), 1);
+    assert!(c.split[0].0.sim_time_s > 2.0 * a.split[0].0.sim_time_s);
+    assert_eq!(strip(&a)[0].accuracy, strip(&c)[0].accuracy);
+}
+
+impl Fake {
+    fn ctx_run(
+        node: &mut dyn Node,
+        from: NodeId,
+        p: Payload,
+    ) -> (Result<(), EngineError>, Vec<(NodeId, Payload)>) {
+        let (mut out, mut ev) = (Vec::new(), Vec::<Event>::new());
+        let mut t = Fake::default();
+        let mut ctx = NodeCtx::new(&mut out, &mut ev, &mut t);
+        let r = node.on_message(from, p, &mut ctx);
+        (r, out)
+    }
+}
+
+#[test]
+fn hostile_messages_get_clear_errors() {
+    let s = Arc::new(settings(
+        vec![4, 4],
+        Sampler::Global,
+        8,
+        LatencyConfig::default(),
+    ));
+    let mut server = SplitServer::new(Arc::clone(&s), vec![0.0; NUM_PARAMS]).unwrap();
+    let (mut out, mut ev) = (Vec::new(), Vec::new());
+    let mut t = Fake::default();
+    server
+        .on_start(&mut NodeCtx::new(&mut out, &mut ev, &mut t))
+        .unwrap();
+    assert_eq!(out.len(), 2, "both clients asked");
+    let acts = |n: usize, f: usize, step: u64| Payload::SplitActivations {
+        step,
+        labels: vec![1; n],
+        acts: vec![0.0; n * f],
+    };
+    let cases = [
+        (1, acts(4, F + 1, 1), "the cut has 3 values per sample"),
+        (1, acts(3, F, 1), "3 labels, 4 samples were asked for"),
+        (1, acts(4, F, 2), "for step 2, the current step is 1"),
+        (9, acts(4, F, 1), "not a client"),
+        (
+            1,
+            Payload::SplitClientGrad {
+                step: 1,
+                grad: vec![0.0; 2],
+            },
+            "unexpected split-client-grad",
+        ),
+    ];
+    for (from, p, needle) in cases {
+        let (r, _) = Fake::ctx_run(&mut server, from, p);
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains(needle), "{needle:?} not in {e:?}");
+    }
+    // A good answer is taken, a second one refused.
+    let (r, _) = Fake::ctx_run(&mut server, 1, acts(4, F, 1));
+    r.unwrap();
+    let (r, _) = Fake::ctx_run(&mut server, 1, acts(4, F, 1));
+    assert!(r.unwrap_err().to_string().contains("second answer"));
+
+    // Clients refuse windows outside their data and gradients for steps they did not run.
+    let mut client = SplitClient::new(1, Arc::new(vec![0, 1, 2]), 7);
+    let req = |offset, count| Payload::SplitRequest {
+        step: 1,
+        epoch: 1,
+        offset,
+        count,
+        params: Arc::new(vec![0.0; CLIENT_PARAMS]),
+    };
+    let (r, _) = Fake::ctx_run(&mut client, SERVER, req(2, 2));
+    assert!(r.unwrap_err().to_string().contains("this client holds 3"));
+    let (r, _) = Fake::ctx_run(&mut client, SERVER, req(u32::MAX, 2));
+    assert!(r.is_err());
+    let (r, _) = Fake::ctx_run(&mut client, 2, req(0, 1));
+    assert!(r.unwrap_err().to_string().contains("only the server"));
+    let g = Payload::SplitGradient {
+        step: 1,
+        grad: vec![0.0; F],
+    };
+    let (r, _) = Fake::ctx_run(&mut client, SERVER, g.clone());
+    assert!(r.unwrap_err().to_string().contains("no request is open"));
+    let (r, sent) = Fake::ctx_run(&mut client, SERVER, req(0, 1));
+    r.unwrap();
+    assert!(matches!(sent[0].1, Payload::SplitActivations { .. }));
+    let (r, sent) = Fake::ctx_run(&mut client, SERVER, g);
+    r.unwrap();
+    assert!(matches!(sent[0].1, Payload::SplitClientGrad { .. }));
+}
+
+#[test]
+fn a_bad_global_batch_is_refused_before_the_run() {
+    let s = Arc::new(settings(
+        vec![4; 10],
+        Sampler::FixedLocal,
+        5,
+        LatencyConfig::default(),
+    ));
+    let e = SplitServer::new(s, vec![0.0; NUM_PARAMS])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("B = 5 must be at least the 10 clients"), "{e}");
+    let ok = Arc::new(settings(
+        vec![4; 10],
+        Sampler::Global,
+        5,
+        LatencyConfig::default(),
+    ));
+    assert!(SplitServer::new(ok, vec![0.0; NUM_PARAMS]).is_ok());
+}
