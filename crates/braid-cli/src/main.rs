@@ -15,6 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 mod audit;
 mod bench;
 mod bench_net;
+mod compare;
 mod launch;
 mod node;
 
@@ -109,6 +110,8 @@ enum Command {
     /// Halt a deployed run: a halt signed with a key from `network.halt_keys`, sent to every
     /// participant with an address and forwarded by the nodes to the rest.
     Halt(node::HaltArgs),
+    /// Plot the test accuracy of several finished runs on one chart (from their metrics.csv).
+    Compare(compare::CompareArgs),
     /// Check a deployed run's signed logs (`verify`) or account for its compute and traffic
     /// (`report`).
     #[command(subcommand)]
@@ -168,6 +171,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Node(args) => node::node(args),
         Command::Launch(args) => launch::launch(args),
         Command::Audit(cmd) => audit::run(cmd),
+        Command::Compare(args) => compare::run(args),
         Command::Halt(args) => node::halt(args),
         Command::Topology {
             nodes,

@@ -439,6 +439,9 @@ fn ensure_font() {
     });
 }
 
+/// Plot colours (plotters' RGB type), for callers of [`plot_lines`].
+pub use plotters::style::RGBColor;
+
 /// One curve of a plot: label, colour, `(x, accuracy)` points.
 pub type Line<'a> = (&'a str, RGBColor, Vec<(f64, f64)>);
 

@@ -259,11 +259,7 @@ impl SplitServer {
     }
 
     /// Every activation is in: run the server part and send back the gradients.
-    fn server_step(
-        &mut self,
-        got: Activations,
-        ctx: &mut NodeCtx<'_>,
-    ) -> Result<(), EngineError> {
+    fn server_step(&mut self, got: Activations, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
         let (mut labels, mut acts, mut rows) = (Vec::new(), Vec::new(), Vec::new());
         for (node, reply) in got {
             let (l, a) = reply.unwrap_or_default();
