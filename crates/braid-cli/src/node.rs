@@ -129,7 +129,7 @@ pub fn node(args: NodeArgs) -> Result<()> {
     let options = RuntimeOptions {
         listen,
         max_message_bytes: net.max_message_mib << 20,
-        max_params: prepared.arch.num_params(),
+        max_params: prepared.max_message_values(),
         request_timeout: Duration::from_secs(net.request_timeout_s),
         retry_for: Duration::from_secs(net.retry_s),
         checkpoint: Some(dir.join("checkpoint.ckpt")),

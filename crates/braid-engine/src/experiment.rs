@@ -174,6 +174,16 @@ impl Prepared {
             .max(1)
     }
 
+    /// The most values one message of this run may carry (the decoder's limit): a model, or in
+    /// split learning also one client's activations or their gradient, at most a global batch.
+    pub fn max_message_values(&self) -> usize {
+        let activations = self.split.as_ref().map_or(0, |s| {
+            s.cut_features()
+                .saturating_mul(self.config.train.batch_size)
+        });
+        self.arch.num_params().max(activations)
+    }
+
     /// The settings of a split-learning run (algorithm `split`).
     pub fn split_settings(&self) -> Result<SplitSettings, EngineError> {
         let c = &self.config;
