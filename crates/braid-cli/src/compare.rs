@@ -1,7 +1,7 @@
 //! `braid compare`: one plot of the test accuracy of several finished runs, read from their
 //! `metrics.csv` (any algorithm), against a column they share.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use braid_engine::report::{plot_lines, Line, RGBColor};
@@ -40,7 +40,7 @@ const COLORS: [RGBColor; 8] = [
 ];
 
 /// Reads `(x, y)` points of one run; rows with an empty value are skipped.
-fn points(run: &PathBuf, x: &str, y: &str) -> Result<Vec<(f64, f64)>> {
+fn points(run: &Path, x: &str, y: &str) -> Result<Vec<(f64, f64)>> {
     let path = run.join("metrics.csv");
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read {}", path.display()))?;
