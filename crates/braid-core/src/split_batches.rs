@@ -73,18 +73,14 @@ fn round_even(x: f64) -> usize {
     r.max(0.0) as usize
 }
 
-/// The fixed local batch sizes of FLS / FPLS for clients holding `counts` samples.
-pub fn fixed_sizes(
-    sampler: Sampler,
-    counts: &[usize],
-    batch: usize,
-) -> Result<Vec<usize>, PlanError> {
-    let total: usize = counts.iter().sum();
+/// Checks that `sampler` can plan epochs with global batch `batch` for clients holding
+/// `counts` samples (what [`plan_epoch`] would refuse).
+pub fn check(sampler: Sampler, counts: &[usize], batch: usize) -> Result<(), PlanError> {
     let holders = counts.iter().filter(|&&n| n > 0).count();
     if batch == 0 {
         return Err(PlanError::ZeroBatch);
     }
-    if total == 0 {
+    if holders == 0 {
         return Err(PlanError::NoData);
     }
     if sampler != Sampler::Global && batch < holders {
@@ -94,6 +90,17 @@ pub fn fixed_sizes(
             clients: holders,
         });
     }
+    Ok(())
+}
+
+/// The fixed local batch sizes of FLS / FPLS for clients holding `counts` samples.
+pub fn fixed_sizes(
+    sampler: Sampler,
+    counts: &[usize],
+    batch: usize,
+) -> Result<Vec<usize>, PlanError> {
+    check(sampler, counts, batch)?;
+    let total: usize = counts.iter().sum();
     let k = counts.len() as f64;
     Ok(counts
         .iter()
@@ -112,13 +119,8 @@ pub fn plan_epoch(
     batch: usize,
     rng: &mut impl rand::Rng,
 ) -> Result<Vec<Vec<usize>>, PlanError> {
+    check(sampler, counts, batch)?;
     let total: usize = counts.iter().sum();
-    if batch == 0 {
-        return Err(PlanError::ZeroBatch);
-    }
-    if total == 0 {
-        return Err(PlanError::NoData);
-    }
     let k = counts.len();
     match sampler {
         Sampler::Global => {

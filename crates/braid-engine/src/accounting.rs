@@ -67,6 +67,8 @@ pub fn model_hash(params: &[f32]) -> String {
 pub struct Metered<'a> {
     inner: &'a mut dyn LocalTrainer,
     per_sample: FlopsPerSample,
+    /// Forward FLOPs per sample of a split model's client and server parts.
+    split_per_sample: (u64, u64),
     /// What has gone through so far.
     pub compute: Compute,
     hash_models: bool,
@@ -79,9 +81,11 @@ impl<'a> Metered<'a> {
     /// Meters `inner`.
     pub fn new(inner: &'a mut dyn LocalTrainer) -> Self {
         let per_sample = inner.flops_per_sample();
+        let split_per_sample = inner.split_flops();
         Self {
             inner,
             per_sample,
+            split_per_sample,
             compute: Compute::default(),
             hash_models: false,
             models: None,
@@ -106,12 +110,7 @@ impl<'a> Metered<'a> {
 
     fn trained(&mut self, out: &TrainOutcome, t0: Instant) {
         let n = out.samples as u64;
-        self.compute.train_samples += n;
-        self.compute.flops = self
-            .compute
-            .flops
-            .saturating_add(n.saturating_mul(self.per_sample.train));
-        self.compute.seconds += t0.elapsed().as_secs_f64();
+        self.spent(n, n.saturating_mul(self.per_sample.train), t0);
     }
 
     fn spent(&mut self, train_samples: u64, flops: u64, t0: Instant) {
@@ -190,7 +189,7 @@ impl LocalTrainer for Metered<'_> {
         let t0 = Instant::now();
         let out = self.inner.split_forward(params, samples)?;
         // The forward half of training: samples are counted once, at the backward pass.
-        self.spent(0, samples.len() as u64 * self.inner.split_flops().0, t0);
+        self.spent(0, samples.len() as u64 * self.split_per_sample.0, t0);
         Ok(out)
     }
 
@@ -204,7 +203,7 @@ impl LocalTrainer for Metered<'_> {
         let out = self.inner.split_backward(params, samples, grad)?;
         // The forward pass again (it is recomputed), then the backward pass (2x forward).
         let n = samples.len() as u64;
-        self.spent(n, 3 * n * self.inner.split_flops().0, t0);
+        self.spent(n, 3 * n * self.split_per_sample.0, t0);
         Ok(out)
     }
 
@@ -221,7 +220,7 @@ impl LocalTrainer for Metered<'_> {
             .inner
             .split_server_step(params, acts, labels, state, lr_scale)?;
         let n = labels.len() as u64;
-        self.spent(n, 3 * n * self.inner.split_flops().1, t0);
+        self.spent(n, 3 * n * self.split_per_sample.1, t0);
         self.hash(params, &out.params);
         Ok(out)
     }
@@ -242,7 +241,7 @@ impl LocalTrainer for Metered<'_> {
     }
 
     fn split_flops(&self) -> (u64, u64) {
-        self.inner.split_flops()
+        self.split_per_sample
     }
 
     fn set_stop_flag(&mut self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) {

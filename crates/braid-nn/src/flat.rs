@@ -53,6 +53,22 @@ pub fn load_flat<M: Module>(module: M, values: &[f32]) -> M {
     })
 }
 
+struct Collect(Vec<Tensor<1>>);
+
+impl ModuleVisitor for Collect {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.0.push(param.val().reshape([-1]));
+    }
+}
+
+/// Every float parameter of `module` as one tensor (in visiting order) that stays in the
+/// autodiff graph, for losses over all parameters (FedProx's proximal term, surrogate losses).
+pub fn concat<M: Module>(module: &M) -> Tensor<1> {
+    let mut c = Collect(Vec::new());
+    module.visit(&mut c);
+    Tensor::cat(c.0, 0)
+}
+
 struct Renumber(u64);
 
 impl ModuleMapper for Renumber {

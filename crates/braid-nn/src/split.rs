@@ -217,19 +217,11 @@ impl SplitTrainer {
     }
 
     fn client_model(&mut self, params: &[f32]) -> Net {
-        let m = self
-            .client
-            .take()
-            .unwrap_or_else(|| flat::renumber(Net::new(&self.split.client, &self.device)));
-        flat::load_flat(m, params)
+        Net::loaded(&mut self.client, &self.split.client, &self.device, params)
     }
 
     fn server_model(&mut self, params: &[f32]) -> Net {
-        let m = self
-            .server
-            .take()
-            .unwrap_or_else(|| flat::renumber(Net::new(&self.split.server, &self.device)));
-        flat::load_flat(m, params)
+        Net::loaded(&mut self.server, &self.split.server, &self.device, params)
     }
 
     /// The client part's activations for samples `idx` of `data` (`idx.len() x
@@ -375,9 +367,7 @@ impl SplitTrainer {
         optimizer.validate()?;
         let model = self.client_model(params);
         // The gradient of sum(w * g) with respect to w is g: the optimizer sees exactly `grad`.
-        let mut c = Collect(Vec::new());
-        model.visit(&mut c);
-        let w = Tensor::cat(c.0, 0);
+        let w = flat::concat(&model);
         let g = Tensor::<1>::from_data(TensorData::new(grad.to_vec(), [grad.len()]), &self.device);
         let surrogate = (w * g.set_require_grad(false)).sum();
         let gp = GradientsParams::from_grads(surrogate.backward(), &model);
@@ -404,14 +394,6 @@ impl SplitTrainer {
         let model = optim.step(optimizer.lr() * lr_scale, model, grads);
         state.put_record(optim.to_record());
         model
-    }
-}
-
-struct Collect(Vec<Tensor<1>>);
-
-impl ModuleVisitor for Collect {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        self.0.push(param.val().reshape([-1]));
     }
 }
 

@@ -6,7 +6,7 @@
 
 use braid_core::seed;
 use braid_data::Dataset;
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::Module;
 use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
@@ -280,14 +280,6 @@ pub struct Trainer {
     stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
-struct Collect(Vec<Tensor<1>>);
-
-impl ModuleVisitor for Collect {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        self.0.push(param.val().reshape([-1]));
-    }
-}
-
 impl Trainer {
     /// A trainer for `arch` on `device`.
     pub fn new(arch: Arch, device: &DeviceKind) -> Result<Self, NnError> {
@@ -343,11 +335,7 @@ impl Trainer {
     }
 
     fn loaded(&mut self, params: &[f32]) -> Net {
-        let model = self
-            .model
-            .take()
-            .unwrap_or_else(|| flat::renumber(Net::new(&self.arch, &self.device)));
-        flat::load_flat(model, params)
+        Net::loaded(&mut self.model, &self.arch, &self.device, params)
     }
 
     fn batch(&self, data: &Dataset, idx: &[usize], device: &Device) -> (Tensor<2>, Tensor<1, Int>) {
@@ -458,9 +446,7 @@ impl Trainer {
             let ce_value = ce.clone().detach();
             let loss = match &anchor {
                 Some(a) => {
-                    let mut c = Collect(Vec::new());
-                    model.visit(&mut c);
-                    let w = Tensor::cat(c.0, 0);
+                    let w = flat::concat(&model);
                     let diff = w - a.clone().set_require_grad(false);
                     ce + diff.powi_scalar(2).sum().mul_scalar(spec.prox_mu / 2.0)
                 }

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use braid_core::latency::{LatencyModel, Leg};
 use braid_core::lr_schedule::LrSchedule;
 use braid_core::seed;
-use braid_core::split_batches::{plan_epoch, Sampler};
+use braid_core::split_batches::{self, plan_epoch, Sampler};
 use braid_nn::OptimizerState;
 use rand::seq::SliceRandom;
 
@@ -134,14 +134,13 @@ pub struct SplitServer {
     t: usize,
     offsets: Vec<usize>,
     step: u64,
-    total_steps_hint: u64,
     phase: Phase,
     totals: EpochTotals,
-    /// Bytes and legs of the step in progress, per client: (request bytes, activation bytes).
-    legs: BTreeMap<NodeId, (u64, u64)>,
+    /// Each asked client's leg of the phase in progress, for the simulated time: bytes down
+    /// and FLOPs when asked, bytes up once it answers.
+    legs: BTreeMap<NodeId, Leg>,
+    /// Simulated seconds of the step's forward phase and server compute.
     step_forward_s: f64,
-    /// Bytes of each client-part gradient received in the step in progress.
-    backward_up: BTreeMap<NodeId, u64>,
     completed: u32,
     done: bool,
     keep: bool,
@@ -158,14 +157,9 @@ impl SplitServer {
                 "the client part must leave layers to the server".into(),
             ));
         }
-        // Checks the sampler against the data once, so a bad B fails before the run starts.
-        plan_epoch(
-            settings.sampler,
-            &settings.counts,
-            settings.batch,
-            &mut seed::rng(0, &[]),
-        )
-        .map_err(|e| EngineError::Setup(format!("split: {e}")))?;
+        // A bad B fails before the run starts, not at the first epoch.
+        split_batches::check(settings.sampler, &settings.counts, settings.batch)
+            .map_err(|e| EngineError::Setup(format!("split: {e}")))?;
         let (c, s) = initial.split_at(settings.client_params);
         let n = settings.counts.len();
         Ok(Self {
@@ -178,12 +172,10 @@ impl SplitServer {
             t: 0,
             offsets: vec![0; n],
             step: 0,
-            total_steps_hint: 0,
             phase: Phase::Idle,
             totals: EpochTotals::default(),
             legs: BTreeMap::new(),
             step_forward_s: 0.0,
-            backward_up: BTreeMap::new(),
             completed: 0,
             done: false,
             keep: false,
@@ -205,7 +197,9 @@ impl SplitServer {
     }
 
     fn lr_scale(&self) -> f64 {
-        let total = self.total_steps_hint.max(1) as f64;
+        // Steps of the whole run: this epoch's count for every epoch (exact for the fixed
+        // samplers and global sampling alike).
+        let total = (self.plan.len() as u64 * u64::from(self.settings.epochs)).max(1) as f64;
         self.settings
             .lr_schedule
             .factor((self.step.saturating_sub(1)) as f64 / total)
@@ -217,9 +211,6 @@ impl SplitServer {
         let mut rng = seed::rng(s.seed, &[seed::stream::SAMPLING, u64::from(self.epoch)]);
         self.plan = plan_epoch(s.sampler, &s.counts, s.batch, &mut rng)
             .map_err(|e| EngineError::Setup(format!("split: {e}")))?;
-        // Steps of the whole run, for the learning-rate schedule: this epoch's count for
-        // every epoch (exact for the fixed samplers and global sampling alike).
-        self.total_steps_hint = self.plan.len() as u64 * u64::from(s.epochs);
         self.t = 0;
         self.offsets.iter_mut().for_each(|o| *o = 0);
         self.totals = EpochTotals {
@@ -251,7 +242,15 @@ impl SplitServer {
                 },
             ) as u64;
             self.totals.bytes_down += bytes;
-            self.legs.insert(node, (bytes, 0));
+            self.legs.insert(
+                node,
+                Leg {
+                    client: k,
+                    bytes_down: bytes,
+                    flops: (count as u64 * self.settings.flops.0) as f64,
+                    bytes_up: 0,
+                },
+            );
             self.offsets[k] += count;
             waiting.insert(node, None);
         }
@@ -278,18 +277,7 @@ impl SplitServer {
         self.server_params = out.params;
         let b = labels.len() as u64;
         let s = &self.settings;
-        let forward: Vec<Leg> = rows
-            .iter()
-            .map(|&(node, n)| {
-                let (down, up) = self.legs.get(&node).copied().unwrap_or_default();
-                Leg {
-                    client: node as usize - 1,
-                    bytes_down: down,
-                    flops: (n as u64 * s.flops.0) as f64,
-                    bytes_up: up,
-                }
-            })
-            .collect();
+        let forward: Vec<Leg> = std::mem::take(&mut self.legs).into_values().collect();
         self.step_forward_s =
             s.latency.phase(&forward) + s.latency.server((3 * b * s.flops.1) as f64);
         self.totals.loss_sum += out.loss * b as f64;
@@ -311,7 +299,16 @@ impl SplitServer {
                 },
             ) as u64;
             self.totals.bytes_down += bytes;
-            self.legs.insert(node, (bytes, n as u64));
+            // Backward: the client's forward pass again, then its backward pass (2x).
+            self.legs.insert(
+                node,
+                Leg {
+                    client: node as usize - 1,
+                    bytes_down: bytes,
+                    flops: (3 * n as u64 * s.flops.0) as f64,
+                    bytes_up: 0,
+                },
+            );
             waiting.insert(node, None);
         }
         self.phase = Phase::Backward(waiting);
@@ -322,7 +319,6 @@ impl SplitServer {
     fn client_step(
         &mut self,
         got: BTreeMap<NodeId, Option<Vec<f32>>>,
-        backward_up: &BTreeMap<NodeId, u64>,
         ctx: &mut NodeCtx<'_>,
     ) -> Result<(), EngineError> {
         let n = got.len();
@@ -340,18 +336,8 @@ impl SplitServer {
         self.client_params =
             ctx.trainer
                 .split_client_update(&self.client_params, &sum, &mut self.client_opt, lr)?;
-        let s = &self.settings;
-        let backward: Vec<Leg> = self
-            .legs
-            .iter()
-            .map(|(&node, &(down, samples))| Leg {
-                client: node as usize - 1,
-                bytes_down: down,
-                flops: (3 * samples * s.flops.0) as f64,
-                bytes_up: backward_up.get(&node).copied().unwrap_or(0),
-            })
-            .collect();
-        self.totals.sim_time_s += self.step_forward_s + s.latency.phase(&backward);
+        let backward: Vec<Leg> = std::mem::take(&mut self.legs).into_values().collect();
+        self.totals.sim_time_s += self.step_forward_s + self.settings.latency.phase(&backward);
         self.totals.steps += 1;
         self.t += 1;
         if self.t < self.plan.len() {
@@ -531,7 +517,7 @@ impl Node for SplitServer {
                 *slot = Some((labels, acts));
                 self.totals.bytes_up += bytes;
                 if let Some(l) = self.legs.get_mut(&from) {
-                    l.1 = bytes;
+                    l.bytes_up = bytes;
                 }
                 if waiting.values().all(Option::is_some) {
                     let got = std::mem::take(waiting);
@@ -552,11 +538,12 @@ impl Node for SplitServer {
                 check_params(&grad, self.client_params.len()).map_err(reject)?;
                 *slot = Some(grad);
                 self.totals.bytes_up += bytes;
-                self.backward_up.insert(from, bytes);
+                if let Some(l) = self.legs.get_mut(&from) {
+                    l.bytes_up = bytes;
+                }
                 if waiting.values().all(Option::is_some) {
                     let got = std::mem::take(waiting);
-                    let up = std::mem::take(&mut self.backward_up);
-                    self.client_step(got, &up, ctx)?;
+                    self.client_step(got, ctx)?;
                 }
                 Ok(())
             }
