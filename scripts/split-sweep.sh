@@ -3,7 +3,10 @@
 # clients, severe (2 classes per client) and mild (5 classes) extended-Dirichlet non-IID, plus
 # the centralized reference; same model, B, learning rate and epochs for all.
 #   scripts/split-sweep.sh [EPOCHS] [OUT]      (defaults: 3, runs/split-sweep)
+#   CLIENTS="32 16" scripts/split-sweep.sh     (only some client counts; default "64 32 16")
 # Writes OUT/summary.csv: one line per run with the final accuracy and per-epoch means.
+# A run whose OUT/<name>/metrics.csv already holds EPOCHS epochs is not run again, so an
+# interrupted sweep resumes where it stopped.
 set -euo pipefail
 epochs=${1:-3}
 out=${2:-runs/split-sweep}
@@ -33,12 +36,18 @@ else:
 PY
 }
 
-"$braid" run examples/split/centralized.toml --set algorithm.rounds="$epochs" --out "$out/centralized" --quiet
+clients=${CLIENTS:-64 32 16}
+# True when DIR/metrics.csv has EPOCHS data lines (the run finished).
+done_already() { [ -f "$1/metrics.csv" ] && [ "$(($(wc -l < "$1/metrics.csv") - 1))" -ge "$epochs" ]; }
+
+done_already "$out/centralized" ||
+  "$braid" run examples/split/centralized.toml --set algorithm.rounds="$epochs" --out "$out/centralized" --quiet
 collect centralized 1 - centralized "$out/centralized"
-for k in 64 32 16; do
+for k in $clients; do
   for c in 2 5; do
     for s in global fixed-proportional fixed-local; do
       name="k$k-c$c-$s"
+      done_already "$out/$name" ||
       "$braid" run examples/split/gpsl.toml --set algorithm.rounds="$epochs" \
         --set partition.clients="$k" --set partition.classes_per_client="$c" \
         --set split.sampler="$s" --out "$out/$name" --quiet

@@ -7,6 +7,8 @@
 //! - [`flat`]: reading and writing all parameters as one `Vec<f32>` in a fixed order;
 //! - [`train`]: local training (SGD with momentum/Nesterov/weight decay, AdamW, FedProx's
 //!   proximal term) and evaluation;
+//! - [`mutual`]: several models, of any architectures, trained together by mutual learning
+//!   (distillation between them), for DFML and its baselines;
 //! - [`split`]: a model cut at a named layer into client and server parts, for split learning;
 //! - [`store`]: safetensors files that PyTorch can read;
 //! - [`device`]: choosing the device from the config.
@@ -14,6 +16,7 @@
 pub mod arch;
 pub mod device;
 pub mod flat;
+pub mod mutual;
 pub mod net;
 pub mod split;
 pub mod store;
@@ -21,6 +24,7 @@ pub mod train;
 
 pub use arch::{Arch, ModelName};
 pub use device::DeviceKind;
+pub use mutual::{Member, MutualOutcome, MutualSpec, MutualTrainer, SupervisedLoss};
 pub use split::{ServerStep, SplitArch, SplitTrainer};
 pub use train::{EvalOutcome, OptimizerConfig, OptimizerState, TrainOutcome, TrainSpec, Trainer};
 
