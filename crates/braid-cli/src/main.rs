@@ -217,6 +217,7 @@ fn run_and_report(
         central.algorithm.server_optimizer = Default::default();
         central.compression = None;
         central.split = None;
+        central.mutual = None;
         println!();
         let base_acc = run_one(&central, &dir.join("baseline"), quiet)?;
         if let (Some(a), Some(b)) = (main_acc, base_acc) {
@@ -257,6 +258,17 @@ fn run_one(config: &ExperimentConfig, dir: &Path, quiet: bool) -> Result<Option<
             d.every,
             d.budget
         )
+    } else if config.algorithm.name.is_mutual() {
+        let counts: Vec<String> = prepared
+            .models
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let n = prepared.client_models.iter().filter(|&&m| m == i).count();
+                format!("{n} x {} ({} parameters)", a.name.as_str(), a.num_params())
+            })
+            .collect();
+        format!("{} clients: {}", prepared.parts.len(), counts.join(", "))
     } else if let Some(split) = &prepared.split {
         let sc = config.split.clone().unwrap_or_default();
         format!(
@@ -325,6 +337,10 @@ fn run_one(config: &ExperimentConfig, dir: &Path, quiet: bool) -> Result<Option<
                 bar.set_message(format!("accuracy {a:.4}"));
             }
         }
+        Event::Mutual(m) => {
+            bar.set_position(u64::from(m.round));
+            bar.set_message(format!("global accuracy {:.4}", m.accuracy));
+        }
         Event::Finished { .. } => {}
     };
     let outcome = experiment::run(&prepared, &mut on_event).context("run failed")?;
@@ -334,6 +350,9 @@ fn run_one(config: &ExperimentConfig, dir: &Path, quiet: bool) -> Result<Option<
     }
     if prepared.split.is_some() {
         return report_split(config, &prepared, &outcome, dir, t0);
+    }
+    if config.algorithm.name.is_mutual() {
+        return report_mutual(config, &prepared, &outcome, dir, t0);
     }
     let rows = report::rows(&outcome);
     println!(
@@ -423,6 +442,63 @@ fn report_gossip(
         written.len()
     );
     Ok(last.map(|m| m.merged_accuracy))
+}
+
+/// Summary of a mutual-learning run; returns the final global accuracy (the peak models'
+/// where there are any).
+fn report_mutual(
+    config: &ExperimentConfig,
+    prepared: &Prepared,
+    outcome: &braid_engine::sim::SimOutcome,
+    dir: &Path,
+    t0: Instant,
+) -> Result<Option<f64>> {
+    let f = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.4}"));
+    let names: Vec<&str> = prepared.models.iter().map(|a| a.name.as_str()).collect();
+    let mut head = format!(
+        "{:>5}  {:>5}  {:>8}  {:>8}  {:>8}  {:>8}",
+        "round", "alpha", "global", "peak", "min", "max"
+    );
+    for n in &names {
+        head.push_str(&format!("  {n:>9}"));
+    }
+    head.push_str(&format!("  {:>9}  {:>8}", "MB/round", "wall_s"));
+    println!("{head}");
+    for (m, wall) in &outcome.mutual {
+        let mut line = format!(
+            "{:>5}  {:>5.2}  {:>8.4}  {:>8}  {:>8.4}  {:>8.4}",
+            m.round,
+            m.alpha,
+            m.accuracy,
+            f(m.peak_accuracy),
+            m.min_accuracy,
+            m.max_accuracy
+        );
+        for v in &m.per_arch {
+            line.push_str(&format!("  {:>9}", f(*v)));
+        }
+        line.push_str(&format!(
+            "  {:>9.2}  {:>8.1}",
+            m.bytes_per_round / 1e6,
+            wall
+        ));
+        println!("{line}");
+    }
+    let written =
+        report::write_all(dir, config, &prepared.arch, outcome).map_err(anyhow::Error::msg)?;
+    let last = outcome.mutual.last().map(|(m, _)| m);
+    println!(
+        "final global accuracy {} (peak models {}) after {} rounds | {:.1} MB of models sent | {:.1} s | peak memory {} | results in {} ({} files)",
+        f(last.map(|m| m.accuracy)),
+        f(last.and_then(|m| m.peak_accuracy)),
+        last.map_or(0, |m| m.round),
+        last.map_or(0.0, |m| m.cum_bytes as f64 / 1e6),
+        t0.elapsed().as_secs_f64(),
+        peak_rss_mib().map_or("-".into(), |m| format!("{m:.0} MiB")),
+        dir.display(),
+        written.len()
+    );
+    Ok(last.map(|m| m.peak_accuracy.unwrap_or(m.accuracy)))
 }
 
 /// Summary of a split-learning run; returns the final accuracy.

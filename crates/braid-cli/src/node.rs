@@ -168,6 +168,12 @@ pub fn node(args: NodeArgs) -> Result<()> {
             m.steps,
             t0.elapsed().as_secs_f64()
         ),
+        Event::Mutual(m) => println!(
+            "round {:>5} | global accuracy {:.4} | {:.1} s",
+            m.round,
+            m.accuracy,
+            t0.elapsed().as_secs_f64()
+        ),
         Event::Finished { .. } => println!("finished"),
     });
     let on_listen = Box::new(move |a: &braid_net::Multiaddr| {

@@ -16,12 +16,15 @@
 //! - [`split_batches`]: per-client batch sizes of parallel split learning (global sampling,
 //!   fixed local and fixed proportional batches);
 //! - [`latency`]: a straggler and link model giving the simulated time of synchronous steps;
+//! - [`mutual`]: mutual learning between heterogeneous clients (DFML and its baselines):
+//!   architecture assignment, round roles, the cyclic distillation weight, per-architecture means;
 //! - [`seed`]: deriving independent, reproducible random streams from one experiment seed.
 
 pub mod batches;
 pub mod compress;
 pub mod latency;
 pub mod lr_schedule;
+pub mod mutual;
 pub mod params;
 pub mod partition;
 pub mod schedule;

@@ -48,6 +48,10 @@ pub mod stream {
     pub const COMPRESS: u64 = 8;
     /// Choosing which simulated clients are stragglers.
     pub const LATENCY: u64 = 9;
+    /// Roles in a mutual-learning round (DFML's aggregator and senders, Def-KT's pairs).
+    pub const MUTUAL: u64 = 10;
+    /// Drawing clients' architectures at random.
+    pub const ARCH: u64 = 11;
 }
 
 #[cfg(test)]

@@ -244,6 +244,46 @@ impl LocalTrainer for Metered<'_> {
         self.split_per_sample
     }
 
+    fn mutual_train(
+        &mut self,
+        members: &[braid_nn::Member<'_>],
+        batches: &[Vec<usize>],
+        alpha: f64,
+        lr_scale: f64,
+    ) -> Result<braid_nn::MutualOutcome, EngineError> {
+        let t0 = Instant::now();
+        let out = self.inner.mutual_train(members, batches, alpha, lr_scale)?;
+        // Every member trains on every sample: samples and FLOPs count once per member.
+        let n = out.samples as u64;
+        let flops = members.iter().fold(0u64, |acc, m| {
+            acc.saturating_add(n.saturating_mul(self.inner.arch_flops(m.arch).train))
+        });
+        self.spent(n * members.len() as u64, flops, t0);
+        Ok(out)
+    }
+
+    fn evaluate_arch(
+        &mut self,
+        arch: usize,
+        params: &[f32],
+        max_samples: usize,
+    ) -> Result<EvalOutcome, EngineError> {
+        let t0 = Instant::now();
+        let out = self.inner.evaluate_arch(arch, params, max_samples)?;
+        let n = out.samples as u64;
+        self.compute.eval_samples += n;
+        self.compute.flops = self
+            .compute
+            .flops
+            .saturating_add(n.saturating_mul(self.inner.arch_flops(arch).forward));
+        self.compute.seconds += t0.elapsed().as_secs_f64();
+        Ok(out)
+    }
+
+    fn arch_flops(&self, arch: usize) -> FlopsPerSample {
+        self.inner.arch_flops(arch)
+    }
+
     fn set_stop_flag(&mut self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) {
         self.inner.set_stop_flag(flag);
     }

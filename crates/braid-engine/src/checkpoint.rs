@@ -27,6 +27,8 @@ pub enum Reported {
     Gossip(GossipMetrics),
     /// A split-learning epoch.
     Split(crate::algorithms::split::SplitMetrics),
+    /// A mutual-learning evaluation point.
+    Mutual(crate::algorithms::mutual::MutualMetrics),
 }
 
 impl Reported {
@@ -36,6 +38,7 @@ impl Reported {
             Event::Round(m) => Some(Self::Round(m.clone())),
             Event::Gossip(m) => Some(Self::Gossip(m.clone())),
             Event::Split(m) => Some(Self::Split(m.clone())),
+            Event::Mutual(m) => Some(Self::Mutual(m.clone())),
             Event::Finished { .. } => None,
         }
     }
@@ -46,6 +49,7 @@ impl Reported {
             Self::Round(m) => Event::Round(m),
             Self::Gossip(m) => Event::Gossip(m),
             Self::Split(m) => Event::Split(m),
+            Self::Mutual(m) => Event::Mutual(m),
         }
     }
 }

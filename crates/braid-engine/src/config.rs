@@ -67,6 +67,76 @@ pub struct ExperimentConfig {
     /// `[compression]`: what is compressed on the wire (FedAvg family).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<CompressionConfig>,
+    /// `[mutual]`: heterogeneous models and distillation (algorithms `dfml`, `local`, `fml`,
+    /// `def-kt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mutual: Option<MutualConfig>,
+}
+
+/// `[mutual]`: mutual learning between clients with different models (DFML and its baselines).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MutualConfig {
+    /// The models clients may have, e.g. `["cnn-small", "mlp", "cnn"]` (default: `[model.name]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<ModelName>,
+    /// How clients get their model: `{ kind = "cycle" }` (client k gets models[k mod m]),
+    /// `{ kind = "ratio", weights = [2, 1, 1] }` or `{ kind = "random" }` (seeded).
+    #[serde(default = "default_assign")]
+    pub assign: braid_core::mutual::Assign,
+    /// DFML: senders per round; Def-KT: (teacher, student) pairs per round (default:
+    /// a fifth of the clients, at least 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub senders: Option<usize>,
+    /// The distillation weight over rounds: `{ shape = "cosine" | "triangular" | "constant",
+    /// period = 10, min = 0.0, max = 0.8 }`; peak models are taken at rounds `period, 2 period, ...`.
+    #[serde(default)]
+    pub alpha: braid_core::mutual::AlphaCycle,
+    /// Softmax temperature of the distillation term (default 1).
+    #[serde(default = "default_temperature")]
+    pub temperature: f64,
+    /// Supervised loss: `ce` (cross-entropy, default) or `wsm` (re-weighted softmax, for non-IID data).
+    #[serde(default)]
+    pub supervised: braid_nn::SupervisedLoss,
+    /// Test samples each client's model is evaluated on at an evaluation point (default 2000).
+    #[serde(default = "default_eval_samples")]
+    pub eval_samples: usize,
+    /// FML: the global model's architecture (default: the first of `models`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global_model: Option<ModelName>,
+}
+
+fn default_assign() -> braid_core::mutual::Assign {
+    braid_core::mutual::Assign::Cycle
+}
+fn default_temperature() -> f64 {
+    1.0
+}
+
+impl Default for MutualConfig {
+    fn default() -> Self {
+        Self {
+            models: Vec::new(),
+            assign: default_assign(),
+            senders: None,
+            alpha: braid_core::mutual::AlphaCycle::default(),
+            temperature: default_temperature(),
+            supervised: braid_nn::SupervisedLoss::default(),
+            eval_samples: default_eval_samples(),
+            global_model: None,
+        }
+    }
+}
+
+impl MutualConfig {
+    /// The list of models: `models`, or `[model]` when empty.
+    pub fn model_list(&self, model: ModelName) -> Vec<ModelName> {
+        if self.models.is_empty() {
+            vec![model]
+        } else {
+            self.models.clone()
+        }
+    }
 }
 
 /// `[network]`: the participants of a deployed run and the transport's limits.
@@ -449,13 +519,28 @@ pub enum AlgorithmName {
     /// Parallel split learning: clients run the first layers, the server the rest
     /// (configured in `[split]`; `rounds` are epochs, `train.batch_size` the global batch).
     Split,
+    /// DFML: serverless mutual learning between heterogeneous models (configured in `[mutual]`).
+    Dfml,
+    /// Isolated local training of each client's own model (a baseline; `[mutual]` sets the models).
+    Local,
+    /// Federated mutual learning: a server-held global model distilled with each client's model.
+    Fml,
+    /// Def-KT: decentralized mutual knowledge transfer between pairs of clients.
+    DefKt,
+}
+
+impl AlgorithmName {
+    /// True for the mutual-learning family (DFML and its baselines), configured in `[mutual]`.
+    pub fn is_mutual(self) -> bool {
+        matches!(self, Self::Dfml | Self::Local | Self::Fml | Self::DefKt)
+    }
 }
 
 /// `[algorithm]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlgorithmConfig {
-    /// `fedavg`, `fedprox`, `centralized`, `dsgd` or `split`.
+    /// `fedavg`, `fedprox`, `centralized`, `dsgd`, `split`, `dfml`, `local`, `fml` or `def-kt`.
     pub name: AlgorithmName,
     /// Rounds (for `centralized`: epochs, one per round when local_epochs = 1). Not for `dsgd`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -714,6 +799,78 @@ impl ExperimentConfig {
                 .validate()
                 .map_err(|e| format!("split.latency.{e}"))?;
         }
+        let mutual = self.algorithm.name.is_mutual();
+        if !mutual && self.mutual.is_some() {
+            return Err("[mutual] only applies to algorithm.name = \"dfml\", \"local\", \"fml\" or \"def-kt\"".into());
+        }
+        if mutual {
+            let m = self.mutual.clone().unwrap_or_default();
+            let name = format!("{:?}", self.algorithm.name).to_lowercase();
+            if self.compression.is_some() {
+                return Err(format!(
+                    "[compression] does not apply to {name:?} (not built for mutual learning yet)"
+                ));
+            }
+            if self.algorithm.server_optimizer != ServerOptimizerConfig::default()
+                || self.algorithm.round_timeout_s.is_some()
+                || self.algorithm.min_replies.is_some()
+            {
+                return Err(format!("algorithm.server_optimizer, round_timeout_s and min_replies do not apply to {name:?}"));
+            }
+            if self.train.local_steps.is_some() {
+                return Err(format!(
+                    "train.local_steps does not apply to {name:?} (use train.local_epochs)"
+                ));
+            }
+            if self.partition.clients < 2 {
+                return Err(format!("{name:?} needs partition.clients >= 2"));
+            }
+            m.alpha.validate().map_err(|e| format!("mutual.{e}"))?;
+            if !(m.temperature.is_finite() && m.temperature > 0.0) {
+                return Err(format!(
+                    "mutual.temperature = {} must be > 0",
+                    m.temperature
+                ));
+            }
+            if m.eval_samples == 0 {
+                return Err("mutual.eval_samples must be at least 1".into());
+            }
+            let models = m.model_list(self.model.name);
+            m.assign
+                .assign(self.partition.clients, models.len(), self.seed)
+                .map_err(|e| format!("mutual.{e}"))?;
+            if let Some(g) = m.global_model {
+                if self.algorithm.name != AlgorithmName::Fml {
+                    return Err("mutual.global_model only applies to \"fml\"".into());
+                }
+                if !models.contains(&g) {
+                    return Err(format!(
+                        "mutual.global_model = {:?} is not in mutual.models",
+                        g.as_str()
+                    ));
+                }
+            }
+            let n = self.partition.clients;
+            match (self.algorithm.name, m.senders) {
+                (AlgorithmName::Dfml, Some(s)) if s == 0 || s >= n => {
+                    return Err(format!("mutual.senders = {s} must be between 1 and partition.clients - 1 = {}", n - 1))
+                }
+                (AlgorithmName::DefKt, Some(s)) if s == 0 || 2 * s > n => {
+                    return Err(format!("mutual.senders = {s} (Def-KT pairs) must be between 1 and partition.clients / 2 = {}", n / 2))
+                }
+                (AlgorithmName::Local | AlgorithmName::Fml, Some(_)) => {
+                    return Err(format!("mutual.senders does not apply to {name:?} (use algorithm.clients_per_round)"))
+                }
+                _ => {}
+            }
+            if matches!(
+                self.algorithm.name,
+                AlgorithmName::Dfml | AlgorithmName::DefKt
+            ) && self.algorithm.clients_per_round.is_some()
+            {
+                return Err(format!("algorithm.clients_per_round does not apply to {name:?} (mutual.senders sets who takes part)"));
+            }
+        }
         if !dsgd && self.decentralized.is_some() {
             return Err("[decentralized] only applies to algorithm.name = \"dsgd\"".into());
         }
@@ -755,13 +912,9 @@ impl ExperimentConfig {
             (AlgorithmName::Fedprox, Some(mu)) if !(mu.is_finite() && mu >= 0.0) => {
                 return Err(format!("algorithm.mu must be >= 0 (got {mu})"))
             }
-            (
-                AlgorithmName::Fedavg
-                | AlgorithmName::Centralized
-                | AlgorithmName::Dsgd
-                | AlgorithmName::Split,
-                Some(_),
-            ) => return Err("algorithm.mu only applies to algorithm.name = \"fedprox\"".into()),
+            (name, Some(_)) if name != AlgorithmName::Fedprox => {
+                return Err("algorithm.mu only applies to algorithm.name = \"fedprox\"".into())
+            }
             _ => {}
         }
         if let Some(k) = self.algorithm.clients_per_round {

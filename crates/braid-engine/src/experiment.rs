@@ -7,13 +7,14 @@ use braid_core::seed;
 use braid_core::topology::Topology;
 use braid_data::DataSplit;
 use braid_nn::{
-    Arch, EvalOutcome, OptimizerState, ServerStep, SplitArch, SplitTrainer, TrainOutcome,
-    TrainSpec, Trainer,
+    Arch, EvalOutcome, Member, MutualOutcome, MutualSpec, MutualTrainer, OptimizerState,
+    ServerStep, SplitArch, SplitTrainer, SupervisedLoss, TrainOutcome, TrainSpec, Trainer,
 };
 use rand::seq::SliceRandom;
 
 use crate::algorithms::dsgd::{DsgdMonitor, DsgdPeer, DsgdSettings};
 use crate::algorithms::fedavg::{FedAvgClient, FedAvgServer, ServerConfig, SERVER};
+use crate::algorithms::mutual::{MutualClient, MutualHub, MutualSettings, Variant};
 use crate::algorithms::split::{SplitClient, SplitServer, SplitSettings};
 use crate::config::{AlgorithmName, ExperimentConfig};
 use crate::node::{EngineError, Event, LocalTrainer, Node};
@@ -34,6 +35,10 @@ pub struct Prepared {
     pub data_description: String,
     /// The model cut in two (algorithm `split`).
     pub split: Option<SplitArch>,
+    /// The run's list of models bound to the data (`[mutual] models`; `[arch]` otherwise).
+    pub models: Vec<Arch>,
+    /// Each client's model, an index into `models` (all 0 outside mutual learning).
+    pub client_models: Vec<usize>,
 }
 
 /// Loads the data, partitions it and binds the model; errors name what is wrong.
@@ -89,6 +94,21 @@ pub fn prepare(config: &ExperimentConfig) -> Result<Prepared, EngineError> {
         }
         _ => None,
     };
+    let (models, client_models) = if config.algorithm.name.is_mutual() {
+        let m = config.mutual.clone().unwrap_or_default();
+        let models = m
+            .model_list(config.model.name)
+            .into_iter()
+            .map(|name| Arch::new(name, data.train.sample_shape(), data.train.num_classes()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let assigned = m
+            .assign
+            .assign(parts.len(), models.len(), config.seed)
+            .map_err(|e| EngineError::Setup(format!("mutual.{e}")))?;
+        (models, assigned)
+    } else {
+        (vec![arch.clone()], vec![0; parts.len()])
+    };
     Ok(Prepared {
         config: config.clone(),
         data: Arc::new(data),
@@ -96,6 +116,8 @@ pub fn prepare(config: &ExperimentConfig) -> Result<Prepared, EngineError> {
         arch,
         data_description,
         split,
+        models,
+        client_models,
     })
 }
 
@@ -181,7 +203,51 @@ impl Prepared {
             s.cut_features()
                 .saturating_mul(self.config.train.batch_size)
         });
-        self.arch.num_params().max(activations)
+        let largest = self.models.iter().map(Arch::num_params).max().unwrap_or(0);
+        self.arch.num_params().max(activations).max(largest)
+    }
+
+    /// The settings of a mutual-learning run (algorithms `dfml`, `local`, `fml`, `def-kt`).
+    pub fn mutual_settings(&self) -> Result<MutualSettings, EngineError> {
+        let c = &self.config;
+        let variant = match c.algorithm.name {
+            AlgorithmName::Dfml => Variant::Dfml,
+            AlgorithmName::Local => Variant::Local,
+            AlgorithmName::Fml => Variant::Fml,
+            AlgorithmName::DefKt => Variant::DefKt,
+            _ => return Err(EngineError::Setup("not a mutual-learning run".into())),
+        };
+        let m = c.mutual.clone().unwrap_or_default();
+        let n = self.parts.len();
+        let names = m.model_list(c.model.name);
+        let global_model = m
+            .global_model
+            .and_then(|g| names.iter().position(|&x| x == g))
+            .unwrap_or(0);
+        let senders = m.senders.unwrap_or(match variant {
+            Variant::DefKt => (n / 5).clamp(1, (n / 2).max(1)),
+            _ => (n / 5).clamp(1, n.saturating_sub(1).max(1)),
+        });
+        let settings = MutualSettings {
+            variant,
+            rounds: c.algorithm.rounds(),
+            eval_every: c.algorithm.eval_every,
+            eval_samples: m.eval_samples,
+            model_names: names.iter().map(|n| n.as_str().to_string()).collect(),
+            model_params: self.models.iter().map(Arch::num_params).collect(),
+            archs: self.client_models.clone(),
+            counts: self.parts.iter().map(Vec::len).collect(),
+            senders,
+            clients_per_round: c.clients_per_round(),
+            alpha: m.alpha,
+            batch_size: c.train.batch_size,
+            local_epochs: c.train.local_epochs,
+            global_model,
+            lr_schedule: c.train.lr_schedule.clone(),
+            seed: c.seed,
+        };
+        settings.validate()?;
+        Ok(settings)
     }
 
     /// The settings of a split-learning run (algorithm `split`).
@@ -218,6 +284,11 @@ impl Prepared {
 /// A [`LocalTrainer`] on burn: trains on the shared training set, evaluates on the test set.
 pub struct BurnTrainer {
     trainer: Trainer,
+    /// Mutual learning over the run's list of models, and one evaluator per model (made on
+    /// first use).
+    mutual: Option<(MutualTrainer, Vec<Option<Trainer>>)>,
+    mutual_spec: (f64, SupervisedLoss),
+    device: braid_nn::DeviceKind,
     /// The split model's two parts (algorithm `split`).
     split: Option<SplitTrainer>,
     data: Arc<DataSplit>,
@@ -232,6 +303,19 @@ impl BurnTrainer {
         let device = &prepared.config.runtime.device;
         Ok(Self {
             trainer: Trainer::new(prepared.arch.clone(), device)?,
+            mutual: if prepared.config.algorithm.name.is_mutual() {
+                Some((
+                    MutualTrainer::new(prepared.models.clone(), device)?,
+                    prepared.models.iter().map(|_| None).collect(),
+                ))
+            } else {
+                None
+            },
+            mutual_spec: prepared
+                .config
+                .mutual
+                .as_ref()
+                .map_or((1.0, SupervisedLoss::Ce), |m| (m.temperature, m.supervised)),
             split: prepared
                 .split
                 .clone()
@@ -239,6 +323,7 @@ impl BurnTrainer {
                 .transpose()?,
             data: Arc::clone(&prepared.data),
             spec: prepared.config.train_spec(),
+            device: device.clone(),
             eval_order: {
                 let mut order: Vec<usize> = (0..prepared.data.test.len()).collect();
                 order.shuffle(&mut seed::rng(prepared.config.seed, &[seed::stream::EVAL]));
@@ -246,6 +331,12 @@ impl BurnTrainer {
             },
         })
     }
+}
+
+fn no_models() -> EngineError {
+    EngineError::Setup(
+        "this run has no list of models (a mutual-learning algorithm sets one up)".into(),
+    )
 }
 
 impl BurnTrainer {
@@ -257,6 +348,59 @@ impl BurnTrainer {
 }
 
 impl LocalTrainer for BurnTrainer {
+    fn mutual_train(
+        &mut self,
+        members: &[Member<'_>],
+        batches: &[Vec<usize>],
+        alpha: f64,
+        lr_scale: f64,
+    ) -> Result<MutualOutcome, EngineError> {
+        let spec = MutualSpec {
+            optimizer: self.spec.optimizer.clone(),
+            alpha,
+            temperature: self.mutual_spec.0,
+            supervised: self.mutual_spec.1,
+            lr_scale,
+        };
+        let data = Arc::clone(&self.data);
+        let (trainer, _) = self.mutual.as_mut().ok_or_else(no_models)?;
+        Ok(trainer.train(members, &data.train, batches, &spec)?)
+    }
+
+    fn evaluate_arch(
+        &mut self,
+        arch: usize,
+        params: &[f32],
+        max_samples: usize,
+    ) -> Result<EvalOutcome, EngineError> {
+        let device = self.device.clone();
+        let (trainer, evaluators) = self.mutual.as_mut().ok_or_else(no_models)?;
+        let model = trainer.archs().get(arch).cloned().ok_or_else(|| {
+            EngineError::Setup(format!("model index {arch} is outside the list of models"))
+        })?;
+        let slot = evaluators
+            .get_mut(arch)
+            .ok_or_else(|| EngineError::Setup(format!("no evaluator for model {arch}")))?;
+        if slot.is_none() {
+            *slot = Some(Trainer::new(model, &device)?);
+        }
+        let Some(evaluator) = slot.as_mut() else {
+            return Err(no_models());
+        };
+        let idx = &self.eval_order[..max_samples.min(self.eval_order.len())];
+        Ok(evaluator.evaluate(params, &self.data.test, Some(idx))?)
+    }
+
+    fn arch_flops(&self, arch: usize) -> crate::accounting::FlopsPerSample {
+        self.mutual
+            .as_ref()
+            .and_then(|(t, _)| t.archs().get(arch))
+            .map_or_else(Default::default, |a| crate::accounting::FlopsPerSample {
+                train: a.train_flops(),
+                forward: a.forward_flops(),
+            })
+    }
+
     fn split_forward(
         &mut self,
         params: &[f32],
@@ -401,6 +545,27 @@ pub fn dsgd_settings(prepared: &Prepared) -> Result<DsgdSettings, EngineError> {
 /// `dsgd` the peers, then the monitor.
 pub fn build_nodes(prepared: &Prepared) -> Result<Vec<Box<dyn Node>>, EngineError> {
     let c = &prepared.config;
+    if c.algorithm.name.is_mutual() {
+        let settings = Arc::new(prepared.mutual_settings()?);
+        let global = if settings.variant == Variant::Fml {
+            prepared.models[settings.global_model].init_params(c.seed)
+        } else {
+            Vec::new()
+        };
+        let mut nodes: Vec<Box<dyn Node>> =
+            vec![Box::new(MutualHub::new(Arc::clone(&settings), global))];
+        for (k, part) in prepared.parts.iter().enumerate() {
+            // Clients with the same model start from the same seeded init, as FedAvg's do.
+            let init = prepared.models[prepared.client_models[k]].init_params(c.seed);
+            nodes.push(Box::new(MutualClient::new(
+                k,
+                Arc::clone(&settings),
+                Arc::new(part.clone()),
+                init,
+            )));
+        }
+        return Ok(nodes);
+    }
     if c.algorithm.name == AlgorithmName::Split {
         let settings = Arc::new(prepared.split_settings()?);
         let mut nodes: Vec<Box<dyn Node>> = vec![Box::new(SplitServer::new(

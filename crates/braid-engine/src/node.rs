@@ -97,6 +97,38 @@ pub trait LocalTrainer: Send {
     fn split_flops(&self) -> (u64, u64) {
         (0, 0)
     }
+    /// Mutual learning: trains `members` (models of the run's list of architectures)
+    /// together on `batches` of training samples with distillation weight `alpha` (see
+    /// [`braid_nn::mutual`]); the learning rate is multiplied by `lr_scale`.
+    fn mutual_train(
+        &mut self,
+        _members: &[braid_nn::Member<'_>],
+        _batches: &[Vec<usize>],
+        _alpha: f64,
+        _lr_scale: f64,
+    ) -> Result<braid_nn::MutualOutcome, EngineError> {
+        Err(no_mutual())
+    }
+    /// Evaluates `params`, a model of architecture `arch` of the run's list, on a fixed,
+    /// seeded sample of at most `max_samples` test samples.
+    fn evaluate_arch(
+        &mut self,
+        _arch: usize,
+        _params: &[f32],
+        _max_samples: usize,
+    ) -> Result<EvalOutcome, EngineError> {
+        Err(no_mutual())
+    }
+    /// FLOPs per sample of architecture `arch` of the run's list (zero if unknown).
+    fn arch_flops(&self, _arch: usize) -> crate::accounting::FlopsPerSample {
+        crate::accounting::FlopsPerSample::default()
+    }
+}
+
+fn no_mutual() -> EngineError {
+    EngineError::Setup(
+        "this trainer has no list of models (the mutual-learning algorithms set one up)".into(),
+    )
 }
 
 fn no_split() -> EngineError {
@@ -173,6 +205,8 @@ pub enum Event {
     Gossip(GossipMetrics),
     /// A split-learning epoch completed.
     Split(crate::algorithms::split::SplitMetrics),
+    /// A mutual-learning run (DFML and its baselines) reached an evaluation point.
+    Mutual(crate::algorithms::mutual::MutualMetrics),
     /// The run is over; these are the final global parameters.
     Finished {
         /// Final parameters.
@@ -333,6 +367,8 @@ impl Input {
                 | Payload::PackedRequest { round, .. }
                 | Payload::PackedReply { round, .. }
                 | Payload::Gossip { round, .. }
+                | Payload::MutualModel { round, .. }
+                | Payload::MutualReport { round, .. }
                 | Payload::Shutdown { round } => Some(u64::from(*round)),
                 Payload::Snapshot { step, .. }
                 | Payload::JoinRequest { step }

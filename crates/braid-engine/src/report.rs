@@ -11,6 +11,7 @@ use braid_nn::Arch;
 use plotters::prelude::*;
 use serde::Serialize;
 
+use crate::algorithms::mutual::MutualMetrics;
 use crate::algorithms::split::SplitMetrics;
 use crate::config::{AlgorithmName, ExperimentConfig};
 use crate::node::{GossipMetrics, RoundMetrics};
@@ -90,6 +91,8 @@ pub fn write_all(
         written.extend(write_gossip(dir, config, &outcome.gossip)?);
     } else if !outcome.split.is_empty() {
         written.extend(write_split(dir, config, &outcome.split)?);
+    } else if !outcome.mutual.is_empty() {
+        written.extend(write_mutual(dir, config, &outcome.mutual)?);
     } else {
         written.extend(write_rounds(dir, config, &rows)?);
     }
@@ -148,6 +151,13 @@ pub const ACCOUNTING_CSV_HEADER: &str = "node,role,train_samples,eval_samples,fl
 /// The role of node `i` of `n` nodes in a run of `config`.
 pub fn role(config: &ExperimentConfig, i: usize, n: usize) -> &'static str {
     let dsgd = config.algorithm.name == AlgorithmName::Dsgd;
+    if config.algorithm.name.is_mutual() {
+        return match (config.algorithm.name, i) {
+            (AlgorithmName::Fml, 0) => "server",
+            (_, 0) => "monitor",
+            _ => "client",
+        };
+    }
     match (dsgd, i) {
         (true, i) if i + 1 == n => "monitor",
         (true, _) => "peer",
@@ -363,6 +373,107 @@ fn write_split(
             written.push(p);
         }
     }
+    Ok(written)
+}
+
+/// `metrics.csv` columns of a mutual-learning run before the per-model ones
+/// (`acc_<model>` for each model of the list, then `peak_<model>`).
+pub const MUTUAL_CSV_HEADER: &str = "round,alpha,accuracy,loss,min_accuracy,max_accuracy,peak_accuracy,global_model_accuracy,train_loss,bytes_per_round,cum_bytes,wall_s";
+
+/// A plot line with an owned name.
+type OwnedLine = (String, RGBColor, Vec<(f64, f64)>);
+
+fn write_mutual(
+    dir: &Path,
+    config: &ExperimentConfig,
+    points: &[(MutualMetrics, f64)],
+) -> Result<Vec<PathBuf>, String> {
+    let names = config
+        .mutual
+        .clone()
+        .unwrap_or_default()
+        .model_list(config.model.name);
+    let mut csv = String::from(MUTUAL_CSV_HEADER);
+    for prefix in ["acc", "peak"] {
+        for n in &names {
+            csv.push_str(&format!(",{prefix}_{}", n.as_str()));
+        }
+    }
+    csv.push('\n');
+    let mut jsonl = String::new();
+    for (m, wall) in points {
+        csv.push_str(&format!(
+            "{},{:.4},{:.6},{:.6},{:.6},{:.6},{},{},{},{:.1},{},{:.3}",
+            m.round,
+            m.alpha,
+            m.accuracy,
+            m.loss,
+            m.min_accuracy,
+            m.max_accuracy,
+            opt(m.peak_accuracy),
+            opt(m.global_model_accuracy),
+            opt(m.train_loss),
+            m.bytes_per_round,
+            m.cum_bytes,
+            wall
+        ));
+        for v in m.per_arch.iter().chain(&m.per_arch_peak) {
+            csv.push_str(&format!(",{}", opt(*v)));
+        }
+        csv.push('\n');
+        jsonl.push_str(&serde_json::to_string(&(m, wall)).map_err(|e| e.to_string())?);
+        jsonl.push('\n');
+    }
+    let mut written = Vec::new();
+    for (name, body) in [("metrics.csv", csv), ("metrics.jsonl", jsonl)] {
+        let p = dir.join(name);
+        write_atomic(&p, body.as_bytes())?;
+        written.push(p);
+    }
+    let x = |m: &MutualMetrics| f64::from(m.round);
+    let mut lines: Vec<OwnedLine> = vec![(
+        "global accuracy (mean over clients)".into(),
+        BLUE,
+        points.iter().map(|(m, _)| (x(m), m.accuracy)).collect(),
+    )];
+    let peak: Vec<(f64, f64)> = points
+        .iter()
+        .filter_map(|(m, _)| m.peak_accuracy.map(|a| (x(m), a)))
+        .collect();
+    if !peak.is_empty() {
+        lines.push(("peak models".into(), RED, peak));
+    }
+    let global: Vec<(f64, f64)> = points
+        .iter()
+        .filter_map(|(m, _)| m.global_model_accuracy.map(|a| (x(m), a)))
+        .collect();
+    if !global.is_empty() {
+        lines.push(("FML global model".into(), BLACK, global));
+    }
+    let palette = [
+        RGBColor(90, 170, 90),
+        RGBColor(220, 150, 40),
+        RGBColor(150, 90, 190),
+        RGBColor(90, 180, 200),
+    ];
+    if names.len() > 1 {
+        for (a, n) in names.iter().enumerate() {
+            let series: Vec<(f64, f64)> = points
+                .iter()
+                .filter_map(|(m, _)| m.per_arch.get(a).copied().flatten().map(|v| (x(m), v)))
+                .collect();
+            if !series.is_empty() {
+                lines.push((n.as_str().to_string(), palette[a % palette.len()], series));
+            }
+        }
+    }
+    let refs: Vec<Line<'_>> = lines
+        .iter()
+        .map(|(n, c, v)| (n.as_str(), *c, v.clone()))
+        .collect();
+    let p = dir.join("accuracy_vs_round.png");
+    plot_lines(&p, &config.name, "round", &refs)?;
+    written.push(p);
     Ok(written)
 }
 

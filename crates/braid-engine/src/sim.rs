@@ -52,6 +52,8 @@ pub struct SimOutcome {
     pub gossip: Vec<(GossipMetrics, f64)>,
     /// Epochs of a split-learning run, with the wall-clock seconds.
     pub split: Vec<(crate::algorithms::split::SplitMetrics, f64)>,
+    /// Mutual-learning evaluation points, with wall-clock seconds.
+    pub mutual: Vec<(crate::algorithms::mutual::MutualMetrics, f64)>,
     /// Final global parameters.
     pub final_params: Option<Vec<f32>>,
     /// Traffic per node id.
@@ -70,6 +72,7 @@ impl SimOutcome {
             Event::Round(m) => self.rounds.push((m, wall)),
             Event::Gossip(m) => self.gossip.push((m, wall)),
             Event::Split(m) => self.split.push((m, wall)),
+            Event::Mutual(m) => self.mutual.push((m, wall)),
             Event::Finished { params } => self.final_params = Some(params),
         }
     }

@@ -28,6 +28,8 @@ const KIND_SPLIT_REQUEST: u8 = 11;
 const KIND_SPLIT_ACTIVATIONS: u8 = 12;
 const KIND_SPLIT_GRADIENT: u8 = 13;
 const KIND_SPLIT_CLIENT_GRAD: u8 = 14;
+const KIND_MUTUAL_MODEL: u8 = 15;
+const KIND_MUTUAL_REPORT: u8 = 16;
 /// Longest public key or signature a halt may carry.
 const MAX_HALT_FIELD: usize = 1024;
 
@@ -158,6 +160,35 @@ pub enum Payload {
         /// One value per client-part parameter.
         grad: Vec<f32>,
     },
+    /// Participant to participant (mutual learning: DFML, Def-KT, FML): a whole model for
+    /// round `round`, to be trained by mutual learning or handed back after it.
+    MutualModel {
+        /// Round, from 1.
+        round: u32,
+        /// The model's architecture: an index into the run's list of models.
+        arch: u32,
+        /// Its parameters.
+        params: Arc<Vec<f32>>,
+    },
+    /// Client to monitor (mutual learning): how the client's models do after round `round`.
+    MutualReport {
+        /// Round, from 1.
+        round: u32,
+        /// The client's architecture (index into the run's list of models).
+        arch: u32,
+        /// Test accuracy of the current model.
+        accuracy: f32,
+        /// Its test loss.
+        loss: f32,
+        /// Test accuracy of the peak model (NaN before the first peak).
+        peak_accuracy: f32,
+        /// Its test loss (NaN before the first peak).
+        peak_loss: f32,
+        /// Mean training loss of the training this client did since its last report (NaN if none).
+        train_loss: f32,
+        /// Bytes of models this client has sent so far.
+        bytes_sent: u64,
+    },
     /// Anyone to node: stop the run. Signed by a key the run authorizes to halt it (checked
     /// by the network runtime, which obeys and forwards it; algorithms never see it).
     Halt {
@@ -217,6 +248,8 @@ impl Payload {
             Self::SplitActivations { .. } => "split-activations",
             Self::SplitGradient { .. } => "split-gradient",
             Self::SplitClientGrad { .. } => "split-client-grad",
+            Self::MutualModel { .. } => "mutual-model",
+            Self::MutualReport { .. } => "mutual-report",
         }
     }
 
@@ -240,6 +273,8 @@ impl Payload {
             Self::SplitGradient { grad, .. } | Self::SplitClientGrad { grad, .. } => {
                 header + 8 + 4 + 4 * grad.len()
             }
+            Self::MutualModel { params, .. } => header + 4 + 4 + 4 + 4 * params.len(),
+            Self::MutualReport { .. } => header + 4 + 4 + 5 * 4 + 8,
             Self::Halt {
                 signer, signature, ..
             } => {
@@ -378,6 +413,34 @@ impl Payload {
                 out.push(KIND_SPLIT_CLIENT_GRAD);
                 out.extend_from_slice(&step.to_le_bytes());
                 put_params(&mut out, grad);
+            }
+            Self::MutualModel {
+                round,
+                arch,
+                params,
+            } => {
+                out.push(KIND_MUTUAL_MODEL);
+                out.extend_from_slice(&round.to_le_bytes());
+                out.extend_from_slice(&arch.to_le_bytes());
+                put_params(&mut out, params);
+            }
+            Self::MutualReport {
+                round,
+                arch,
+                accuracy,
+                loss,
+                peak_accuracy,
+                peak_loss,
+                train_loss,
+                bytes_sent,
+            } => {
+                out.push(KIND_MUTUAL_REPORT);
+                out.extend_from_slice(&round.to_le_bytes());
+                out.extend_from_slice(&arch.to_le_bytes());
+                for v in [accuracy, loss, peak_accuracy, peak_loss, train_loss] {
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+                out.extend_from_slice(&bytes_sent.to_le_bytes());
             }
             Self::Halt {
                 run,
@@ -528,6 +591,36 @@ impl Payload {
                 step: u64::from_le_bytes(r.array("step")?),
                 grad: r.params(max_params)?,
             },
+            KIND_MUTUAL_MODEL => {
+                let round = r.u32("round")?;
+                let arch = r.u32("arch")?;
+                Self::MutualModel {
+                    round,
+                    arch,
+                    params: Arc::new(r.params(max_params)?),
+                }
+            }
+            KIND_MUTUAL_REPORT => {
+                let round = r.u32("round")?;
+                let arch = r.u32("arch")?;
+                let mut f =
+                    |name| -> Result<f32, WireError> { Ok(f32::from_le_bytes(r.array(name)?)) };
+                let accuracy = f("accuracy")?;
+                let loss = f("loss")?;
+                let peak_accuracy = f("peak_accuracy")?;
+                let peak_loss = f("peak_loss")?;
+                let train_loss = f("train_loss")?;
+                Self::MutualReport {
+                    round,
+                    arch,
+                    accuracy,
+                    loss,
+                    peak_accuracy,
+                    peak_loss,
+                    train_loss,
+                    bytes_sent: u64::from_le_bytes(r.array("bytes_sent")?),
+                }
+            }
             KIND_HALT => {
                 let run = r.array("run")?;
                 let issued_at = u64::from_le_bytes(r.array("issued_at")?);
@@ -650,6 +743,11 @@ mod tests {
                 gossip_bytes: 9,
                 params: Arc::new(vec![1.0; 3]),
             },
+            Payload::MutualModel {
+                round: 2,
+                arch: 1,
+                params: Arc::new(vec![1.0; 3]),
+            },
         ] {
             let bytes = p.encode();
             for cut in 0..bytes.len() {
@@ -691,7 +789,7 @@ mod tests {
         fn encoding_round_trips_with_exact_length(params in prop::collection::vec(-1e6f32..1e6, 0..64), round in 0u32..1000) {
             let snapshot = Payload::Snapshot { step: u64::from(round) * 7, train_loss: 0.25, accuracy: 0.5, loss: 1.5, gossip_bytes: 1 << 40, params: Arc::new(params.clone()) };
             let gossip = Payload::Gossip { round, params: Arc::new(params.clone()) };
-            for p in [Payload::TrainRequest { round, params: Arc::new(params.clone()) }, reply(params.clone()), gossip, snapshot, Payload::Shutdown { round }, Payload::JoinRequest { step: u64::from(round) << 33 }, Payload::JoinReply { step: 5, mixed_through: round, params: Arc::new(params.clone()) }, Payload::Halt { run: [round as u8; 32], issued_at: 7, signer: vec![1, 2, 3], signature: params.iter().map(|v| *v as u8).collect() }, Payload::PackedRequest { round, model: Arc::new(params.iter().map(|v| *v as u8).collect()) }, Payload::PackedReply { round, num_samples: 3, steps: 4, train_loss: 0.5, update: params.iter().map(|v| *v as u8).collect() }, Payload::SplitRequest { step: u64::from(round) << 20, epoch: round, offset: 7, count: 2, params: Arc::new(params.clone()) }, Payload::SplitActivations { step: 9, labels: params.iter().map(|v| *v as u8).collect(), acts: params.clone() }, Payload::SplitGradient { step: 1, grad: params.clone() }, Payload::SplitClientGrad { step: 2, grad: params.clone() }] {
+            for p in [Payload::TrainRequest { round, params: Arc::new(params.clone()) }, reply(params.clone()), gossip, snapshot, Payload::Shutdown { round }, Payload::JoinRequest { step: u64::from(round) << 33 }, Payload::JoinReply { step: 5, mixed_through: round, params: Arc::new(params.clone()) }, Payload::Halt { run: [round as u8; 32], issued_at: 7, signer: vec![1, 2, 3], signature: params.iter().map(|v| *v as u8).collect() }, Payload::PackedRequest { round, model: Arc::new(params.iter().map(|v| *v as u8).collect()) }, Payload::PackedReply { round, num_samples: 3, steps: 4, train_loss: 0.5, update: params.iter().map(|v| *v as u8).collect() }, Payload::SplitRequest { step: u64::from(round) << 20, epoch: round, offset: 7, count: 2, params: Arc::new(params.clone()) }, Payload::SplitActivations { step: 9, labels: params.iter().map(|v| *v as u8).collect(), acts: params.clone() }, Payload::SplitGradient { step: 1, grad: params.clone() }, Payload::SplitClientGrad { step: 2, grad: params.clone() }, Payload::MutualModel { round, arch: 2, params: Arc::new(params.clone()) }, Payload::MutualReport { round, arch: 1, accuracy: 0.5, loss: 1.5, peak_accuracy: 0.75, peak_loss: 0.9, train_loss: 0.25, bytes_sent: 1 << 40 }] {
                 let bytes = p.encode();
                 prop_assert_eq!(bytes.len(), p.encoded_len());
                 prop_assert_eq!(Payload::decode(&bytes, 64).unwrap(), p);

@@ -404,6 +404,10 @@ fn node_loop(
                     round: u64::from(m.epoch),
                     accuracy: m.accuracy,
                 },
+                Event::Mutual(m) => LogEvent::Progress {
+                    round: u64::from(m.round),
+                    accuracy: Some(m.accuracy),
+                },
                 Event::Finished { params } => LogEvent::Final {
                     model_hash: model_hash(params),
                 },

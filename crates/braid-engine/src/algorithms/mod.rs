@@ -6,9 +6,12 @@
 //!   centralized baseline is the same algorithm with one client holding all data.
 //! - [`dsgd`]: decentralized SGD without a server: peers on a topology gossip under a
 //!   communication budget, and a monitor reports local and merged-model metrics.
+//! - [`mutual`]: mutual learning between clients with different architectures: DFML and
+//!   its baselines (isolated training, FML, Def-KT).
 //! - [`split`]: parallel split learning: clients run the first layers of a cut model, the
 //!   server the rest, with global sampling (GPSL) or fixed local batches (FLS, FPLS).
 
 pub mod dsgd;
 pub mod fedavg;
+pub mod mutual;
 pub mod split;
