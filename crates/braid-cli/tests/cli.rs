@@ -558,3 +558,129 @@ fn split_config_errors_are_clear() {
         "split.latency.slowdown",
     );
 }
+
+const DFML: &str = r#"
+name = "dfml"
+[data]
+dataset = "fashion-mnist"
+source = "bundled"
+train_limit = 600
+test_limit = 200
+[partition]
+clients = 6
+kind = "iid"
+[model]
+name = "cnn-small"
+[train]
+batch_size = 16
+local_epochs = 5
+optimizer = { name = "sgd", lr = 0.05, momentum = 0.9 }
+[algorithm]
+name = "dfml"
+rounds = 4
+eval_every = 2
+[mutual]
+models = ["cnn-small", "mlp"]
+senders = 5
+alpha = { shape = "cosine", period = 2, min = 0.0, max = 0.8 }
+supervised = "wsm"
+eval_samples = 100
+"#;
+
+#[test]
+fn dfml_runs_heterogeneous_models_reproducibly() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("d.toml"), DFML).unwrap();
+    let metrics = |out: &str| {
+        let o = braid(&["run", "d.toml", "-q", "--out", out], dir.path());
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let stdout = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(
+            stdout.contains("3 x cnn-small") && stdout.contains("3 x mlp"),
+            "{stdout}"
+        );
+        let csv = std::fs::read_to_string(dir.path().join(out).join("metrics.csv")).unwrap();
+        // Everything but the wall-clock column (the 12th).
+        csv.lines()
+            .map(|l| {
+                let mut c: Vec<&str> = l.split(',').collect();
+                c.remove(11);
+                c.join(",")
+            })
+            .collect::<Vec<_>>()
+    };
+    let a = metrics("a");
+    assert_eq!(a[0], "round,alpha,accuracy,loss,min_accuracy,max_accuracy,peak_accuracy,global_model_accuracy,train_loss,bytes_per_round,cum_bytes,acc_cnn-small,acc_mlp,peak_cnn-small,peak_mlp");
+    assert_eq!(a.len(), 3, "{a:?}");
+    assert_eq!(a, metrics("b"), "same config and seed, same metrics");
+    let last: Vec<&str> = a[2].split(',').collect();
+    // Round 4 is a peak (period 2): the peak models are the current ones.
+    assert_eq!(last[0], "4");
+    assert_eq!(last[2], last[6]);
+    // Every model is trained every round here (5 senders of 6 clients), so all of them learn.
+    let acc: f64 = last[2].parse().unwrap();
+    assert!(acc > 0.3, "learns: {a:?}");
+    for f in ["accuracy_vs_round.png", "accounting.csv", "traffic.csv"] {
+        assert!(dir.path().join("a").join(f).exists(), "{f}");
+    }
+    // Each baseline runs from the same file with its own name.
+    for (name, extra) in [
+        ("local", "clients_per_round = 2\n"),
+        ("fml", "clients_per_round = 2\n"),
+        ("def-kt", ""),
+    ] {
+        let mut c = DFML.replace(
+            "name = \"dfml\"\nrounds",
+            &format!("name = \"{name}\"\nrounds"),
+        );
+        c = c.replace("eval_every = 2\n", &format!("eval_every = 2\n{extra}"));
+        if name != "def-kt" {
+            c = c.replace("senders = 5\n", "");
+        } else {
+            c = c.replace("senders = 5\n", "senders = 2\n");
+        }
+        std::fs::write(dir.path().join(format!("{name}.toml")), c).unwrap();
+        let o = braid(
+            &["run", &format!("{name}.toml"), "-q", "--out", name],
+            dir.path(),
+        );
+        assert!(
+            o.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let csv = std::fs::read_to_string(dir.path().join(name).join("metrics.csv")).unwrap();
+        assert_eq!(csv.lines().count(), 3, "{name}: {csv}");
+    }
+}
+
+#[test]
+fn dfml_config_errors_are_clear() {
+    expect_error(
+        &DFML.replace("senders = 5", "senders = 6"),
+        "mutual.senders = 6",
+    );
+    expect_error(
+        &DFML.replace(
+            "models = [\"cnn-small\", \"mlp\"]",
+            "models = [\"cnn-small\", \"resnet\"]",
+        ),
+        "resnet",
+    );
+    expect_error(
+        &DFML.replace("min = 0.0, max = 0.8", "min = 0.9, max = 0.8"),
+        "mutual.alpha.min",
+    );
+    expect_error(
+        &DFML.replace("\"dfml\"\nrounds", "\"fedavg\"\nrounds"),
+        "[mutual] only applies",
+    );
+    expect_error(
+        &DFML.replace("senders = 5", "senders = 5\nglobal_model = \"cnn-small\""),
+        "global_model only applies",
+    );
+    expect_error(
+        &DFML.replace("supervised = \"wsm\"", "supervised = \"focal\""),
+        "focal",
+    );
+}

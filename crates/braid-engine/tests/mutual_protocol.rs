@@ -1,0 +1,447 @@
+//! The mutual-learning state machines (DFML, isolated training, FML, Def-KT) and the
+//! simulator, driven with a pure-Rust fake trainer (fast, no tensor backend): averaging only
+//! within an architecture, peak models, byte accounting, determinism across worker threads,
+//! and hostile messages.
+
+use std::sync::{Arc, Mutex};
+
+use braid_core::lr_schedule::LrSchedule;
+use braid_core::mutual::{dfml_round, AlphaCycle, CycleShape};
+use braid_engine::algorithms::mutual::{
+    client_node, MutualClient, MutualHub, MutualSettings, Variant, HUB,
+};
+use braid_engine::node::{EngineError, LocalTrainer, Node, NodeCtx};
+use braid_engine::sim::{SimOutcome, Simulator, Worker};
+use braid_engine::wire::{NodeId, Payload};
+use braid_nn::{EvalOutcome, Member, MutualOutcome, OptimizerState, TrainOutcome};
+
+/// Parameter counts of the two architectures.
+const SIZES: [usize; 2] = [2, 3];
+
+/// Mutual training adds 1 to every parameter of every member and records the call; a model's
+/// "accuracy" is its first parameter / 1000.
+#[derive(Clone, Default)]
+struct Fake {
+    calls: Arc<Mutex<Vec<Vec<usize>>>>,
+}
+
+impl LocalTrainer for Fake {
+    fn train(
+        &mut self,
+        _: &[f32],
+        _: &[usize],
+        _: u64,
+        _: f64,
+    ) -> Result<TrainOutcome, EngineError> {
+        Err(EngineError::Setup("not used".into()))
+    }
+    fn train_batches(
+        &mut self,
+        _: &[f32],
+        _: &[Vec<usize>],
+        _: &mut OptimizerState,
+        _: f64,
+    ) -> Result<TrainOutcome, EngineError> {
+        Err(EngineError::Setup("not used".into()))
+    }
+    fn evaluate(&mut self, _: &[f32]) -> Result<EvalOutcome, EngineError> {
+        Err(EngineError::Setup("not used".into()))
+    }
+    fn evaluate_sample(&mut self, _: &[f32], _: usize) -> Result<EvalOutcome, EngineError> {
+        Err(EngineError::Setup("not used".into()))
+    }
+    fn mutual_train(
+        &mut self,
+        members: &[Member<'_>],
+        batches: &[Vec<usize>],
+        _alpha: f64,
+        _lr_scale: f64,
+    ) -> Result<MutualOutcome, EngineError> {
+        for m in members {
+            assert_eq!(
+                m.params.len(),
+                SIZES[m.arch],
+                "a model reached training with the wrong size"
+            );
+        }
+        if let Ok(mut c) = self.calls.lock() {
+            c.push(members.iter().map(|m| m.arch).collect());
+        }
+        Ok(MutualOutcome {
+            params: members
+                .iter()
+                .map(|m| m.params.iter().map(|v| v + 1.0).collect())
+                .collect(),
+            supervised: vec![0.5; members.len()],
+            distill: vec![0.1; members.len()],
+            steps: batches.len(),
+            samples: batches.iter().map(Vec::len).sum(),
+        })
+    }
+    fn evaluate_arch(
+        &mut self,
+        arch: usize,
+        params: &[f32],
+        _: usize,
+    ) -> Result<EvalOutcome, EngineError> {
+        assert_eq!(params.len(), SIZES[arch]);
+        Ok(EvalOutcome {
+            accuracy: f64::from(params[0]) / 1000.0,
+            loss: 1.0,
+            samples: 10,
+        })
+    }
+}
+
+fn settings(variant: Variant, clients: usize, rounds: u32) -> MutualSettings {
+    MutualSettings {
+        variant,
+        rounds,
+        eval_every: 1,
+        eval_samples: 10,
+        model_names: vec!["small".into(), "big".into()],
+        model_params: SIZES.to_vec(),
+        archs: (0..clients).map(|k| k % 2).collect(),
+        counts: (0..clients).map(|k| 10 + k).collect(),
+        senders: 2,
+        clients_per_round: 2,
+        alpha: AlphaCycle {
+            shape: CycleShape::Cosine,
+            period: 2,
+            min: 0.0,
+            max: 0.8,
+        },
+        batch_size: 4,
+        local_epochs: 1,
+        global_model: 1,
+        lr_schedule: LrSchedule::Constant,
+        seed: 3,
+    }
+}
+
+/// Client k starts from `10 k` in every parameter.
+fn nodes(s: &Arc<MutualSettings>) -> Vec<Box<dyn Node>> {
+    let global = if s.variant == Variant::Fml {
+        vec![500.0; SIZES[s.global_model]]
+    } else {
+        Vec::new()
+    };
+    let mut out: Vec<Box<dyn Node>> = vec![Box::new(MutualHub::new(Arc::clone(s), global))];
+    for k in 0..s.clients() {
+        let shard: Vec<usize> = (k * 20..k * 20 + 10).collect();
+        out.push(Box::new(MutualClient::new(
+            k,
+            Arc::clone(s),
+            Arc::new(shard),
+            vec![10.0 * k as f32; SIZES[s.archs[k]]],
+        )));
+    }
+    out
+}
+
+fn simulate(s: MutualSettings, workers: usize) -> (SimOutcome, Vec<Vec<usize>>) {
+    let s = Arc::new(s);
+    let fake = Fake::default();
+    let ws = (0..workers)
+        .map(|_| Worker::new(Box::new(fake.clone())).unwrap())
+        .collect();
+    let out = Simulator::new(nodes(&s), ws)
+        .unwrap()
+        .run(&mut |_| {})
+        .unwrap();
+    let calls = fake.calls.lock().unwrap().clone();
+    (out, calls)
+}
+
+/// Runs `node`'s handler for `input`; returns what it sent.
+fn step(
+    node: &mut dyn Node,
+    fake: &mut Fake,
+    from: Option<(NodeId, Payload)>,
+) -> Result<Vec<(NodeId, Payload)>, EngineError> {
+    let (mut outbox, mut events) = (Vec::new(), Vec::new());
+    let mut ctx = NodeCtx::new(&mut outbox, &mut events, fake);
+    match from {
+        None => node.on_start(&mut ctx)?,
+        Some((f, p)) => node.on_message(f, p, &mut ctx)?,
+    }
+    Ok(outbox)
+}
+
+#[test]
+fn a_dfml_round_averages_models_only_within_their_architecture() {
+    let s = Arc::new(settings(Variant::Dfml, 6, 1));
+    let round = dfml_round(s.seed, 1, 6, 2);
+    let mut all = nodes(&s);
+    let mut fake = Fake::default();
+    let agg = round.aggregator;
+    // Senders send their models at the start; the aggregator sends nothing yet.
+    let mut to_agg = Vec::new();
+    for k in 0..6 {
+        let sent = step(all[k + 1].as_mut(), &mut fake, None).unwrap();
+        let models: Vec<_> = sent
+            .into_iter()
+            .filter(|(_, p)| matches!(p, Payload::MutualModel { .. }))
+            .collect();
+        if round.senders.contains(&k) {
+            assert_eq!(models.len(), 1);
+            assert_eq!(models[0].0, client_node(agg));
+            to_agg.push((client_node(k), models[0].1.clone()));
+        } else {
+            assert!(
+                models.is_empty(),
+                "client {k} sent a model but is not a sender"
+            );
+        }
+    }
+    let mut returned = Vec::new();
+    for (from, p) in to_agg {
+        returned.extend(step(all[agg + 1].as_mut(), &mut fake, Some((from, p))).unwrap());
+    }
+    // One mutual training of the aggregator's model and both senders' models.
+    let calls = fake.calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].len(), 3);
+    // Expected: each model + 1, then the mean over the models of its architecture.
+    let members: Vec<usize> = std::iter::once(agg)
+        .chain(round.senders.iter().copied())
+        .collect();
+    let mean_of = |arch: usize| {
+        let group: Vec<f32> = members
+            .iter()
+            .filter(|&&k| k % 2 == arch)
+            .map(|&k| 10.0 * k as f32 + 1.0)
+            .collect();
+        group.iter().sum::<f32>() / group.len() as f32
+    };
+    let backs: Vec<_> = returned
+        .iter()
+        .filter_map(|(to, p)| match p {
+            Payload::MutualModel { arch, params, .. } => {
+                Some((*to, *arch as usize, params.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(backs.len(), 2);
+    for (to, arch, params) in backs {
+        let k = (to - 1) as usize;
+        assert!(round.senders.contains(&k));
+        assert_eq!(arch, k % 2);
+        assert_eq!(params.len(), SIZES[arch]);
+        assert!(
+            params.iter().all(|&v| (v - mean_of(arch)).abs() < 1e-5),
+            "{params:?}"
+        );
+    }
+}
+
+#[test]
+fn simulated_dfml_reports_peaks_counts_bytes_and_is_deterministic() {
+    let s = settings(Variant::Dfml, 6, 4);
+    let (one, calls) = simulate(s.clone(), 1);
+    let (two, _) = simulate(s.clone(), 2);
+    let metrics = |o: &SimOutcome| o.mutual.iter().map(|(m, _)| m.clone()).collect::<Vec<_>>();
+    assert_eq!(metrics(&one), metrics(&two));
+    assert_eq!(one.traffic, two.traffic);
+    // One aggregation per round, each with the aggregator and 2 senders.
+    assert_eq!(calls.len(), 4);
+    assert!(calls.iter().all(|c| c.len() == 3));
+    let m = metrics(&one);
+    assert_eq!(
+        m.iter().map(|x| x.round).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+    // Peaks at rounds 2 and 4 (period 2): none before, equal to the current models at a peak.
+    assert_eq!(m[0].peak_accuracy, None);
+    for i in [1, 3] {
+        let peak = m[i].peak_accuracy.unwrap();
+        assert!((peak - m[i].accuracy).abs() < 1e-9);
+    }
+    assert!(m[2].peak_accuracy.is_some());
+    // Bytes: every round, each sender's model goes to the aggregator and comes back.
+    let model_bytes = |arch: usize| {
+        Payload::MutualModel {
+            round: 1,
+            arch: 0,
+            params: Arc::new(vec![0.0; SIZES[arch]]),
+        }
+        .encoded_len() as u64
+    };
+    let want: u64 = (1..=4)
+        .map(|t| {
+            dfml_round(s.seed, t, 6, 2)
+                .senders
+                .iter()
+                .map(|&k| 2 * model_bytes(s.archs[k]))
+                .sum::<u64>()
+        })
+        .sum();
+    assert_eq!(m[3].cum_bytes, want);
+    // Global accuracy is the mean over all clients.
+    assert!(m
+        .iter()
+        .all(|x| x.min_accuracy <= x.accuracy && x.accuracy <= x.max_accuracy));
+    assert_eq!(m[0].per_arch.len(), 2);
+}
+
+#[test]
+fn baselines_run_with_their_roles() {
+    // Isolated: 2 clients train alone per round, nothing is sent.
+    let (out, calls) = simulate(settings(Variant::Local, 6, 3), 2);
+    assert_eq!(calls.len(), 6);
+    assert!(calls.iter().all(|c| c.len() == 1));
+    assert_eq!(out.mutual.last().unwrap().0.cum_bytes, 0);
+    // Def-KT: 2 pairs per round: 2 local trainings and 2 two-model trainings.
+    let (out, calls) = simulate(settings(Variant::DefKt, 6, 3), 2);
+    assert_eq!(calls.iter().filter(|c| c.len() == 1).count(), 6);
+    assert_eq!(calls.iter().filter(|c| c.len() == 2).count(), 6);
+    assert_eq!(out.mutual.len(), 3);
+    // FML: 2 clients per round train their model with the global one (architecture 1).
+    let s = settings(Variant::Fml, 6, 3);
+    let (out, calls) = simulate(s.clone(), 2);
+    assert_eq!(calls.len(), 6);
+    assert!(calls.iter().all(|c| c.len() == 2 && c[1] == 1));
+    let last = &out.mutual.last().unwrap().0;
+    // The global model started at 500 and gains 1 per round (every returned copy gains 1).
+    assert!((last.global_model_accuracy.unwrap() - 0.503).abs() < 1e-9);
+    let per_model = Payload::MutualModel {
+        round: 1,
+        arch: 1,
+        params: Arc::new(vec![0.0; SIZES[1]]),
+    }
+    .encoded_len() as u64;
+    assert_eq!(last.cum_bytes, 3 * 2 * 2 * per_model);
+}
+
+#[test]
+fn hostile_messages_are_rejected_not_obeyed() {
+    let s = Arc::new(settings(Variant::Dfml, 6, 2));
+    let r = dfml_round(s.seed, 1, 6, 2);
+    let agg = r.aggregator;
+    let sender = r.senders[0];
+    let idle = (0..6)
+        .find(|k| *k != agg && !r.senders.contains(k))
+        .unwrap();
+    let model = |round, arch: usize, n: usize| Payload::MutualModel {
+        round,
+        arch: arch as u32,
+        params: Arc::new(vec![1.0; n]),
+    };
+    let mut fake = Fake::default();
+    let cases: Vec<(usize, NodeId, Payload, &str)> = vec![
+        // Wrong architecture for the sender.
+        (
+            agg,
+            client_node(sender),
+            model(1, 1 - sender % 2, SIZES[1 - sender % 2]),
+            "architecture",
+        ),
+        // Wrong length.
+        (
+            agg,
+            client_node(sender),
+            model(1, sender % 2, 7),
+            "parameters",
+        ),
+        // Not a sender of this round.
+        (
+            agg,
+            client_node(idle),
+            model(1, idle % 2, SIZES[idle % 2]),
+            "no model",
+        ),
+        // A round past the end.
+        (
+            agg,
+            client_node(sender),
+            model(9, sender % 2, SIZES[sender % 2]),
+            "round 9",
+        ),
+        // Unknown node.
+        (agg, 77, model(1, 0, 2), "participant"),
+        // Reports go to the hub only.
+        (
+            agg,
+            client_node(sender),
+            Payload::MutualReport {
+                round: 1,
+                arch: 0,
+                accuracy: 0.5,
+                loss: 1.0,
+                peak_accuracy: f32::NAN,
+                peak_loss: f32::NAN,
+                train_loss: 0.1,
+                bytes_sent: 0,
+            },
+            "only takes models",
+        ),
+    ];
+    for (k, from, payload, word) in cases {
+        let mut all = nodes(&s);
+        let e = step(all[k + 1].as_mut(), &mut fake, Some((from, payload))).unwrap_err();
+        assert!(matches!(e, EngineError::Rejected { .. }), "{e}");
+        assert!(e.to_string().contains(word), "{e} (expected {word:?})");
+    }
+    // NaN parameters.
+    let mut all = nodes(&s);
+    let nan = Payload::MutualModel {
+        round: 1,
+        arch: (sender % 2) as u32,
+        params: Arc::new(vec![f32::NAN; SIZES[sender % 2]]),
+    };
+    let e = step(
+        all[agg + 1].as_mut(),
+        &mut fake,
+        Some((client_node(sender), nan)),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("NaN"), "{e}");
+    // A second copy of the same model.
+    let mut all = nodes(&s);
+    let p = model(1, sender % 2, SIZES[sender % 2]);
+    step(
+        all[agg + 1].as_mut(),
+        &mut fake,
+        Some((client_node(sender), p.clone())),
+    )
+    .unwrap();
+    let e = step(
+        all[agg + 1].as_mut(),
+        &mut fake,
+        Some((client_node(sender), p)),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("second"), "{e}");
+    // The hub: a report with the wrong architecture, accuracy out of range, or twice.
+    let report = |arch: u32, accuracy: f32| Payload::MutualReport {
+        round: 1,
+        arch,
+        accuracy,
+        loss: 1.0,
+        peak_accuracy: f32::NAN,
+        peak_loss: f32::NAN,
+        train_loss: 0.1,
+        bytes_sent: 0,
+    };
+    let mut all = nodes(&s);
+    let hub = all[HUB as usize].as_mut();
+    assert!(step(hub, &mut fake, Some((client_node(1), report(0, 0.5)))).is_err());
+    assert!(step(hub, &mut fake, Some((client_node(1), report(1, 1.5)))).is_err());
+    step(hub, &mut fake, Some((client_node(1), report(1, 0.5)))).unwrap();
+    let e = step(hub, &mut fake, Some((client_node(1), report(1, 0.5)))).unwrap_err();
+    assert!(e.to_string().contains("second"), "{e}");
+}
+
+#[test]
+fn the_hub_emits_each_evaluation_point_once_all_clients_reported() {
+    let s = settings(Variant::Local, 4, 2);
+    let (out, _) = simulate(s, 1);
+    let rounds: Vec<u32> = out.mutual.iter().map(|(m, _)| m.round).collect();
+    assert_eq!(rounds, vec![1, 2]);
+    let first = &out.mutual[0].0;
+    // Accuracy = first parameter / 1000; clients start at 0, 10, 20, 30 and the 2 that
+    // trained in round 1 gained 1.
+    assert!((first.accuracy - (60.0 + 2.0) / 4.0 / 1000.0).abs() < 1e-9);
+    assert_eq!(first.train_loss, Some(0.5));
+}
