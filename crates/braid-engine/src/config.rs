@@ -98,7 +98,8 @@ pub struct MutualConfig {
     /// Supervised loss: `ce` (cross-entropy, default) or `wsm` (re-weighted softmax, for non-IID data).
     #[serde(default)]
     pub supervised: braid_nn::SupervisedLoss,
-    /// Test samples each client's model is evaluated on at an evaluation point (default 2000).
+    /// Test samples each client's model is evaluated on at an evaluation point (default 2000;
+    /// the last round uses the whole test set).
     #[serde(default = "default_eval_samples")]
     pub eval_samples: usize,
     /// FML: the global model's architecture (default: the first of `models`).

@@ -31,8 +31,9 @@
 //!   global models weighted by the clients' sample counts.
 //!
 //! At evaluation points (every `eval_every` rounds and the last round) every client evaluates
-//! its model (and its peak model) on a fixed sample of the test set and reports to the hub,
-//! which reports the run's metrics: global accuracy is the mean over all clients' models.
+//! its model (and its peak model) on a fixed sample of the test set (the whole test set after
+//! the last round) and reports to the hub, which reports the run's metrics: global accuracy is
+//! the mean over all clients' models.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -74,7 +75,8 @@ pub struct MutualSettings {
     pub rounds: u32,
     /// Evaluate every this many rounds (and after the last); 0 = only after the last.
     pub eval_every: u32,
-    /// Test samples each model is evaluated on.
+    /// Test samples each model is evaluated on at intermediate evaluation points (the last
+    /// round uses the whole test set).
     pub eval_samples: usize,
     /// The run's models: config names, in index order.
     pub model_names: Vec<String>,
@@ -185,6 +187,16 @@ impl MutualSettings {
     /// True if round `round` is an evaluation point.
     pub fn evaluates_at(&self, round: u32) -> bool {
         round == self.rounds || (self.eval_every > 0 && round.is_multiple_of(self.eval_every))
+    }
+
+    /// Test samples evaluated after round `round`: `eval_samples`, and the whole test set
+    /// after the last round.
+    pub fn eval_samples_at(&self, round: u32) -> usize {
+        if round >= self.rounds {
+            usize::MAX
+        } else {
+            self.eval_samples
+        }
     }
 
     /// The learning-rate factor of round `round`.
@@ -443,11 +455,12 @@ impl MutualClient {
             self.peak = Some(Arc::clone(&self.params));
         }
         if s.evaluates_at(t) {
+            let samples = s.eval_samples_at(t);
             let cur = ctx
                 .trainer
-                .evaluate_arch(self.arch(), &self.params, s.eval_samples)?;
+                .evaluate_arch(self.arch(), &self.params, samples)?;
             let peak = match &self.peak {
-                Some(p) => Some(ctx.trainer.evaluate_arch(self.arch(), p, s.eval_samples)?),
+                Some(p) => Some(ctx.trainer.evaluate_arch(self.arch(), p, samples)?),
                 None => None,
             };
             let train_loss = if self.loss_count > 0 {
@@ -804,7 +817,7 @@ impl Node for MutualHub {
                         let e = ctx.trainer.evaluate_arch(
                             s.global_model,
                             &self.global,
-                            s.eval_samples,
+                            s.eval_samples_at(round),
                         )?;
                         self.global_eval.insert(round, e.accuracy);
                     }
