@@ -193,8 +193,10 @@ pub fn node(args: NodeArgs) -> Result<()> {
     for (e, wall) in std::mem::take(&mut report.events) {
         outcome.record(e, wall);
     }
-    let produced =
-        !outcome.rounds.is_empty() || !outcome.gossip.is_empty() || !outcome.split.is_empty();
+    let produced = !outcome.rounds.is_empty()
+        || !outcome.gossip.is_empty()
+        || !outcome.split.is_empty()
+        || !outcome.mutual.is_empty();
     if produced {
         report::write_all(&dir, &config, &prepared.arch, &outcome).map_err(anyhow::Error::msg)?;
     }

@@ -1047,7 +1047,89 @@ cut = "blocks.0"
     ok(&sim, "braid run");
     // Activations, gradients and client parts crossed real sockets: the same epochs, bytes
     // and simulated time as in one process.
-    let launched = metrics(&d.join("run/metrics.csv"));
+    // Every column but wall_s (the 12th; per-model columns follow it).
+    let rows = |p: &str| -> Vec<String> {
+        std::fs::read_to_string(d.join(p))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut c: Vec<&str> = l.split(',').collect();
+                c.remove(11);
+                c.join(",")
+            })
+            .collect()
+    };
+    let launched = rows("run/metrics.csv");
     assert_eq!(launched.len(), 3);
-    assert_eq!(launched, metrics(&d.join("sim/metrics.csv")));
+    assert_eq!(launched, rows("sim/metrics.csv"));
+}
+
+/// DFML across real processes: clients with two architectures exchange models over libp2p and
+/// the monitor's metrics equal the simulator's.
+#[test]
+fn dfml_across_processes_matches_the_simulator() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("exp.toml"),
+        r#"name = "dfml"
+seed = 3
+[data]
+dataset = "fashion-mnist"
+source = "bundled"
+train_limit = 300
+test_limit = 200
+[partition]
+clients = 4
+kind = "dirichlet"
+alpha = 0.5
+[model]
+name = "cnn-small"
+[train]
+batch_size = 32
+optimizer = { name = "sgd", lr = 0.05 }
+[algorithm]
+name = "dfml"
+rounds = 4
+eval_every = 2
+[mutual]
+models = ["cnn-small", "mlp"]
+senders = 2
+alpha = { shape = "cosine", period = 2, min = 0.0, max = 0.8 }
+eval_samples = 100
+"#,
+    )
+    .unwrap();
+    let launch = braid()
+        .current_dir(d)
+        .args(["launch", "exp.toml", "--out", "run"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = finish(launch, Duration::from_secs(120), "braid launch");
+    ok(&out, "braid launch");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("[server] round     4"), "{stdout}");
+    let sim = braid()
+        .current_dir(d)
+        .args(["run", "exp.toml", "-q", "--out", "sim"])
+        .output()
+        .unwrap();
+    ok(&sim, "braid run");
+    // Every column but wall_s (the 12th; per-model columns follow it).
+    let rows = |p: &str| -> Vec<String> {
+        std::fs::read_to_string(d.join(p))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut c: Vec<&str> = l.split(',').collect();
+                c.remove(11);
+                c.join(",")
+            })
+            .collect()
+    };
+    let launched = rows("run/metrics.csv");
+    assert_eq!(launched.len(), 3);
+    assert_eq!(launched, rows("sim/metrics.csv"));
 }
