@@ -3,12 +3,12 @@
 # same 50 clients, data and heterogeneous models (cnn-small, mlp, cnn by turns), under
 # Dirichlet(0.5) non-IID and IID data; and a homogeneous setting (every client cnn-small,
 # non-IID) where FedAvg can take part too.
-#   scripts/dfml-compare.sh [ROUNDS] [OUT]        (defaults: 200, runs/dfml-compare)
+#   scripts/dfml-compare.sh [ROUNDS] [OUT]        (defaults: 100, runs/dfml-compare)
 #   SETTINGS="noniid" scripts/dfml-compare.sh     (only some settings; default "noniid iid homog")
 # A run whose OUT/<name>/metrics.csv already reaches round ROUNDS is not run again, so an
 # interrupted comparison resumes. Writes OUT/summary.csv and one accuracy plot per setting.
 set -euo pipefail
-rounds=${1:-200}
+rounds=${1:-100}
 out=${2:-runs/dfml-compare}
 braid=${BRAID:-./target/release/braid}
 [ -x "$braid" ] || cargo build --release -p braid

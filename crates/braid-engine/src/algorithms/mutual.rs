@@ -460,6 +460,8 @@ impl MutualClient {
                 .trainer
                 .evaluate_arch(self.arch(), &self.params, samples)?;
             let peak = match &self.peak {
+                // Taken this round (or not trained since): the current model's result.
+                Some(p) if Arc::ptr_eq(p, &self.params) => Some(cur),
                 Some(p) => Some(ctx.trainer.evaluate_arch(self.arch(), p, samples)?),
                 None => None,
             };
