@@ -680,6 +680,13 @@ fn dfml_config_errors_are_clear() {
         "global_model only applies",
     );
     expect_error(
+        &DFML.replace(
+            "[\"cnn-small\", \"mlp\"]",
+            "[\"mlp\", \"cnn-small\", \"mlp\"]",
+        ),
+        "lists \"mlp\" twice",
+    );
+    expect_error(
         &DFML.replace("supervised = \"wsm\"", "supervised = \"focal\""),
         "focal",
     );

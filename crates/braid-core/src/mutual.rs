@@ -53,7 +53,9 @@ impl Assign {
                     ));
                 }
                 let total: f64 = weights.iter().sum();
-                if weights.iter().any(|w| !w.is_finite() || *w < 0.0) || total <= 0.0 {
+                if weights.iter().any(|w| !w.is_finite() || *w < 0.0)
+                    || !(total.is_finite() && total > 0.0)
+                {
                     return Err("assign.weights must be >= 0 with a positive sum".into());
                 }
                 // Largest remainders: floor shares, then one more to the largest fractions.

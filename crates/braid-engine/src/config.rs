@@ -837,6 +837,11 @@ impl ExperimentConfig {
                 return Err("mutual.eval_samples must be at least 1".into());
             }
             let models = m.model_list(self.model.name);
+            for (i, a) in models.iter().enumerate() {
+                if models[..i].contains(a) {
+                    return Err(format!("mutual.models lists {:?} twice", a.as_str()));
+                }
+            }
             m.assign
                 .assign(self.partition.clients, models.len(), self.seed)
                 .map_err(|e| format!("mutual.{e}"))?;

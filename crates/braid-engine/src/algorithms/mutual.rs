@@ -365,7 +365,7 @@ impl MutualClient {
             s.alpha.at(round),
             s.lr_scale(round),
         )?;
-        if let Some(l) = out.supervised.first() {
+        if let (Some(l), true) = (out.supervised.first(), out.steps > 0) {
             self.loss_sum += l;
             self.loss_count += 1;
         }
@@ -540,9 +540,11 @@ impl Node for MutualClient {
             )));
         }
         check_params(&params, s.model_params[want]).map_err(reject)?;
-        if self.inbox.insert((round, from), params).is_some() {
+        // Checked before storing: a refused duplicate must not replace the first copy.
+        if self.inbox.contains_key(&(round, from)) {
             return Err(reject(format!("a second model for round {round}")));
         }
+        self.inbox.insert((round, from), params);
         self.advance(ctx)
     }
 
@@ -687,8 +689,10 @@ impl MutualHub {
                     })
                     .collect()
             };
-            let cum = reports.values().map(|x| x.bytes_sent).sum::<u64>()
-                + self.sent_through.get(&r).copied().unwrap_or(0);
+            let cum = reports
+                .values()
+                .fold(0u64, |a, x| a.saturating_add(x.bytes_sent))
+                .saturating_add(self.sent_through.get(&r).copied().unwrap_or(0));
             let rounds = r - self.prev_bytes.0;
             let m = MutualMetrics {
                 round: r,
@@ -771,6 +775,9 @@ impl Node for MutualHub {
                 if !unit(accuracy) || !(peak_accuracy.is_nan() || unit(peak_accuracy)) {
                     return Err(reject("accuracy outside [0, 1]".into()));
                 }
+                if !loss.is_finite() {
+                    return Err(reject("a loss that is not finite".into()));
+                }
                 let finite = |v: f32| v.is_finite().then_some(f64::from(v));
                 let entry = self.reports.entry(round).or_default();
                 if entry.contains_key(&from) {
@@ -805,14 +812,28 @@ impl Node for MutualHub {
                     )));
                 }
                 check_params(&params, s.model_params[s.global_model]).map_err(reject)?;
-                if self.returned.insert(from, params).is_some() {
+                if self.returned.contains_key(&from) {
                     return Err(reject(format!("a second model for round {round}")));
                 }
+                self.returned.insert(from, params);
                 if self.returned.len() == self.chosen(round).len() {
+                    // Weighted by sample counts; equal weights if the clients hold no samples.
+                    let total: usize = self
+                        .returned
+                        .keys()
+                        .map(|f| s.counts[(*f - 1) as usize])
+                        .sum();
                     let items: Vec<(&[f32], f64)> = self
                         .returned
                         .iter()
-                        .map(|(f, p)| (p.as_slice(), s.counts[(*f - 1) as usize] as f64))
+                        .map(|(f, p)| {
+                            let w = if total == 0 {
+                                1.0
+                            } else {
+                                s.counts[(*f - 1) as usize] as f64
+                            };
+                            (p.as_slice(), w)
+                        })
                         .collect();
                     self.global = Arc::new(weighted_mean(&items)?);
                     if s.evaluates_at(round) {
