@@ -18,6 +18,8 @@
 //! - [`latency`]: a straggler and link model giving the simulated time of synchronous steps;
 //! - [`mutual`]: mutual learning between heterogeneous clients (DFML and its baselines):
 //!   architecture assignment, round roles, the cyclic distillation weight, per-architecture means;
+//! - [`privacy`]: the Renyi-DP accountant of the subsampled Gaussian mechanism and its
+//!   conversion to (epsilon, delta);
 //! - [`seed`]: deriving independent, reproducible random streams from one experiment seed.
 
 pub mod batches;
@@ -27,6 +29,7 @@ pub mod lr_schedule;
 pub mod mutual;
 pub mod params;
 pub mod partition;
+pub mod privacy;
 pub mod schedule;
 pub mod seed;
 pub mod server_opt;
