@@ -377,8 +377,12 @@ fn run_one(config: &ExperimentConfig, dir: &Path, quiet: bool) -> Result<Option<
         report::write_all(dir, config, &prepared.arch, &outcome).map_err(anyhow::Error::msg)?;
     let final_acc = rows.iter().rev().find_map(|r| r.metrics.accuracy);
     let total_bytes = rows.last().map_or(0, |r| r.cum_bytes);
+    let privacy = match (&config.privacy, rows.last().and_then(|r| r.metrics.epsilon)) {
+        (Some(p), Some(e)) => format!(" | ({e:.3}, {:e})-DP, {:?}", p.delta, p.mode).to_lowercase(),
+        _ => String::new(),
+    };
     println!(
-        "final test accuracy {} after {} rounds | {:.1} MB communicated | {:.1} s | peak memory {} | results in {} ({} files)",
+        "final test accuracy {} after {} rounds{privacy} | {:.1} MB communicated | {:.1} s | peak memory {} | results in {} ({} files)",
         final_acc.map_or("-".into(), |a| format!("{a:.4}")),
         rows.len(),
         total_bytes as f64 / 1e6,

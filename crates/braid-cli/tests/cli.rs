@@ -185,7 +185,7 @@ fn demo_runs_and_writes_every_output() {
     let csv = std::fs::read_to_string(res.join("metrics.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3, "{csv}");
     assert!(csv.starts_with(
-        "round,accuracy,loss,train_loss,clients,stragglers,samples,local_steps,bytes_up,bytes_down,cum_bytes,wall_s"
+        "round,accuracy,loss,train_loss,clients,stragglers,samples,local_steps,bytes_up,bytes_down,cum_bytes,epsilon,wall_s"
     ));
     let jsonl = std::fs::read_to_string(res.join("metrics.jsonl")).unwrap();
     let first = jsonl.lines().next().unwrap();
@@ -689,5 +689,59 @@ fn dfml_config_errors_are_clear() {
     expect_error(
         &DFML.replace("supervised = \"wsm\"", "supervised = \"focal\""),
         "focal",
+    );
+}
+
+const DP: &str = r#"
+name = "dp"
+[data]
+dataset = "fashion-mnist"
+source = "bundled"
+train_limit = 400
+test_limit = 100
+[partition]
+clients = 8
+kind = "iid"
+[model]
+name = "cnn-small"
+[train]
+batch_size = 32
+optimizer = { name = "sgd", lr = 0.05 }
+[algorithm]
+name = "fedavg"
+rounds = 6
+clients_per_round = 4
+[privacy]
+mode = "central"
+clip = 1.0
+noise_multiplier = 1.0
+target_epsilon = 5.0
+"#;
+
+#[test]
+fn dp_fedavg_reports_epsilon_and_stops_at_the_target() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("dp.toml"), DP).unwrap();
+    let o = braid(&["run", "dp.toml", "--out", "a"], dir.path());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("-dp, central"), "{stdout}");
+    let csv = std::fs::read_to_string(dir.path().join("a/metrics.csv")).unwrap();
+    let eps: Vec<f64> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(11).unwrap().parse().unwrap())
+        .collect();
+    // q = 4/8, sigma = 1: epsilon grows every round and the run ends before it passes 5.
+    assert!(eps.windows(2).all(|w| w[0] < w[1]), "{eps:?}");
+    assert!(eps.len() < 6 && *eps.last().unwrap() <= 5.0, "{eps:?}");
+    expect_error(&DP.replace("clip = 1.0", "clip = 0.0"), "privacy.clip");
+    expect_error(
+        &DP.replace("\"fedavg\"\nrounds", "\"centralized\"\nrounds"),
+        "[privacy] applies",
+    );
+    expect_error(
+        &DP.replace("target_epsilon = 5.0", "target_epsilon = 0.01"),
+        "spent by a single round",
     );
 }

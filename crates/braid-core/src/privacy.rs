@@ -248,15 +248,80 @@ impl RdpAccountant {
         Ok(())
     }
 
+    /// The RDP spent so far, per order (for checkpoints).
+    pub fn rdp(&self) -> &[f64] {
+        &self.rdp
+    }
+
+    /// Restores what [`RdpAccountant::rdp`] returned.
+    pub fn restore(&mut self, rdp: Vec<f64>) -> Result<(), PrivacyError> {
+        if rdp.len() != self.orders.len() || rdp.iter().any(|r| r.is_nan() || *r < 0.0) {
+            return Err(PrivacyError::Invalid(format!(
+                "an accountant state of {} values for {} orders",
+                rdp.len(),
+                self.orders.len()
+            )));
+        }
+        self.rdp = rdp;
+        Ok(())
+    }
+
     /// Epsilon spent so far for `delta` (improved conversion), and the best order.
     pub fn epsilon(&self, delta: f64) -> Result<(f64, f64), PrivacyError> {
         epsilon(&self.orders, &self.rdp, delta, Conversion::Improved)
     }
 }
 
+/// Scales `v` down to L2 norm at most `clip` (unchanged if already within); returns the norm
+/// it had.
+pub fn clip_to_norm(v: &mut [f32], clip: f64) -> f64 {
+    let norm = crate::params::l2_norm(v);
+    if norm > clip && norm > 0.0 {
+        let s = (clip / norm) as f32;
+        v.iter_mut().for_each(|x| *x *= s);
+    }
+    norm
+}
+
+/// Adds independent Gaussian noise of standard deviation `std` to every entry of `v`.
+pub fn add_gaussian_noise(v: &mut [f32], std: f64, rng: &mut impl rand::Rng) {
+    if std <= 0.0 {
+        return;
+    }
+    let normal = rand_distr::StandardNormal;
+    for x in v.iter_mut() {
+        let z: f64 = rng.sample(normal);
+        *x += (z * std) as f32;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clipping_bounds_the_norm_and_noise_has_the_asked_spread() {
+        let mut v = vec![3.0f32, 4.0];
+        assert!((clip_to_norm(&mut v, 1.0) - 5.0).abs() < 1e-9);
+        assert!((crate::params::l2_norm(&v) - 1.0).abs() < 1e-6);
+        assert!((v[0] - 0.6).abs() < 1e-6);
+        let mut small = vec![0.1f32, 0.1];
+        clip_to_norm(&mut small, 1.0);
+        assert_eq!(small, vec![0.1, 0.1]);
+        let mut z = vec![0.0f32; 100_000];
+        add_gaussian_noise(&mut z, 2.0, &mut crate::seed::rng(1, &[]));
+        let n = z.len() as f64;
+        let mean = z.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
+        let var = z
+            .iter()
+            .map(|&x| (f64::from(x) - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        assert!(
+            mean.abs() < 0.02 && (var.sqrt() - 2.0).abs() < 0.02,
+            "{mean} {var}"
+        );
+    }
 
     fn close(got: f64, want: f64, rel: f64) -> bool {
         (got - want).abs() <= rel * want.abs().max(1e-12)

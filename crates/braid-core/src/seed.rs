@@ -52,6 +52,8 @@ pub mod stream {
     pub const MUTUAL: u64 = 10;
     /// Drawing clients' architectures at random.
     pub const ARCH: u64 = 11;
+    /// Differential-privacy noise.
+    pub const PRIVACY: u64 = 12;
 }
 
 #[cfg(test)]

@@ -217,6 +217,7 @@ mod tests {
                     local_steps: 4,
                     bytes_up: 7,
                     bytes_down: 8,
+                    epsilon: Some(1.5),
                 }),
                 0.25,
             )],

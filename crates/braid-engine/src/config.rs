@@ -71,6 +71,83 @@ pub struct ExperimentConfig {
     /// `def-kt`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mutual: Option<MutualConfig>,
+    /// `[privacy]`: differentially private FedAvg (central or local DP) with an RDP accountant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<PrivacyConfig>,
+}
+
+/// `[privacy]`: user-level differential privacy for the FedAvg family (DP-FedAvg, McMahan et
+/// al. 2018): every client's update (trained minus received parameters) is clipped to L2 norm
+/// `clip`, Gaussian noise of standard deviation `noise_multiplier * clip` is added, and the
+/// server averages with equal weights over the `clients_per_round` it asked.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacyConfig {
+    /// `central`: the (trusted) server clips every update and adds one noise draw to their
+    /// sum; `local`: each client clips and noises its own update before sending it.
+    pub mode: DpMode,
+    /// L2 bound on each client's update.
+    pub clip: f64,
+    /// Noise standard deviation in units of `clip`.
+    pub noise_multiplier: f64,
+    /// The delta of the reported (epsilon, delta) (default 1e-5).
+    #[serde(default = "default_delta")]
+    pub delta: f64,
+    /// Stop (or warn, see `on_target`) before a round would take epsilon past this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_epsilon: Option<f64>,
+    /// `stop` (default: the run ends before exceeding the target) or `warn` (it goes on).
+    #[serde(default)]
+    pub on_target: OnTarget,
+}
+
+/// Where DP noise is added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DpMode {
+    /// At the server, once per round, on the sum of clipped updates.
+    Central,
+    /// At every client, on its own clipped update.
+    Local,
+}
+
+/// What happens when the privacy budget would be exceeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnTarget {
+    /// End the run after the last round that stays within the target.
+    #[default]
+    Stop,
+    /// Log a warning and go on.
+    Warn,
+}
+
+fn default_delta() -> f64 {
+    1e-5
+}
+
+impl PrivacyConfig {
+    /// Checks the fields; the error names the one that is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.clip.is_finite() && self.clip > 0.0) {
+            return Err(format!("privacy.clip = {} must be > 0", self.clip));
+        }
+        if !(self.noise_multiplier.is_finite() && self.noise_multiplier >= 0.0) {
+            return Err(format!(
+                "privacy.noise_multiplier = {} must be >= 0",
+                self.noise_multiplier
+            ));
+        }
+        if !(self.delta > 0.0 && self.delta < 1.0) {
+            return Err(format!("privacy.delta = {} must be in (0, 1)", self.delta));
+        }
+        if let Some(t) = self.target_epsilon {
+            if !(t.is_finite() && t > 0.0) {
+                return Err(format!("privacy.target_epsilon = {t} must be > 0"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[mutual]`: mutual learning between clients with different models (DFML and its baselines).
@@ -799,6 +876,18 @@ impl ExperimentConfig {
                 .latency
                 .validate()
                 .map_err(|e| format!("split.latency.{e}"))?;
+        }
+        if let Some(p) = &self.privacy {
+            p.validate()?;
+            if !matches!(
+                self.algorithm.name,
+                AlgorithmName::Fedavg | AlgorithmName::Fedprox
+            ) {
+                return Err("[privacy] applies to \"fedavg\" and \"fedprox\"".into());
+            }
+            if self.compression.is_some() {
+                return Err("[privacy] and [compression] cannot be combined yet".into());
+            }
         }
         let mutual = self.algorithm.name.is_mutual();
         if !mutual && self.mutual.is_some() {

@@ -610,7 +610,8 @@ pub fn build_nodes(prepared: &Prepared) -> Result<Vec<Box<dyn Node>>, EngineErro
         clients.clone(),
         prepared.arch.init_params(c.seed),
     )?
-    .with_downlink(c.compression.and_then(|k| k.downlink));
+    .with_downlink(c.compression.and_then(|k| k.downlink))
+    .with_privacy(c.privacy, prepared.parts.len());
     let mut nodes: Vec<Box<dyn Node>> = vec![Box::new(server)];
     for (id, part) in clients.iter().zip(&prepared.parts) {
         nodes.push(Box::new(
@@ -619,7 +620,8 @@ pub fn build_nodes(prepared: &Prepared) -> Result<Vec<Box<dyn Node>>, EngineErro
                 .with_compression(
                     &c.compression.unwrap_or_default(),
                     prepared.arch.num_params(),
-                ),
+                )
+                .with_privacy(c.privacy),
         ));
     }
     debug_assert_eq!(nodes[0].id(), SERVER);

@@ -160,6 +160,9 @@ pub struct RoundMetrics {
     pub bytes_up: u64,
     /// Encoded bytes the server sent to clients this round.
     pub bytes_down: u64,
+    /// Differential privacy spent so far: epsilon at the configured delta (`[privacy]` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon: Option<f64>,
 }
 
 /// Metrics of a decentralized run at one evaluation point, as the monitor sees them.

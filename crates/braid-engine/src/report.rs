@@ -484,13 +484,13 @@ fn write_rounds(
 ) -> Result<Vec<PathBuf>, String> {
     let mut written = Vec::new();
     let mut csv = String::from(
-        "round,accuracy,loss,train_loss,clients,stragglers,samples,local_steps,bytes_up,bytes_down,cum_bytes,wall_s\n",
+        "round,accuracy,loss,train_loss,clients,stragglers,samples,local_steps,bytes_up,bytes_down,cum_bytes,epsilon,wall_s\n",
     );
     let mut jsonl = String::new();
     for row in rows {
         let r = &row.metrics;
         csv.push_str(&format!(
-            "{},{},{},{:.6},{},{},{},{},{},{},{},{:.3}\n",
+            "{},{},{},{:.6},{},{},{},{},{},{},{},{},{:.3}\n",
             r.round,
             opt(r.accuracy),
             opt(r.loss),
@@ -502,6 +502,7 @@ fn write_rounds(
             r.bytes_up,
             r.bytes_down,
             row.cum_bytes,
+            opt(r.epsilon),
             row.wall_s
         ));
         jsonl.push_str(&serde_json::to_string(row).map_err(|e| e.to_string())?);

@@ -16,6 +16,13 @@
 //! send their update (trained parameters minus the model they received) compressed
 //! (`uplink`), optionally with error feedback; the server adds each decoded update to its
 //! exact global model before averaging, so only what crosses the wire is approximated.
+//!
+//! With `[privacy]` (DP-FedAvg, McMahan et al. 2018), updates are clipped to an L2 bound and
+//! Gaussian noise is added, by the server to the sum of the round's clipped updates (central)
+//! or by every client to its own (local); the server then averages the updates with equal
+//! weights over the `clients_per_round` it asked (a fixed denominator, so one client's
+//! influence is bounded) and keeps a Renyi-DP accountant, reporting epsilon after every
+//! round and stopping before a round would pass a target.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,7 +35,9 @@ use braid_core::seed;
 use braid_core::server_opt::{ServerOptimizer, ServerOptimizerConfig};
 use rand::seq::index::sample;
 
-use crate::config::CompressionConfig;
+use braid_core::privacy::{self, RdpAccountant};
+
+use crate::config::{CompressionConfig, DpMode, OnTarget, PrivacyConfig};
 use crate::node::{check_params, EngineError, Event, Node, NodeCtx, NodeState, RoundMetrics};
 use crate::wire::{NodeId, Payload};
 
@@ -76,6 +85,49 @@ pub struct FedAvgServer {
     completed: u32,
     /// Compression of the model sent to clients.
     downlink: Option<Compression>,
+    /// Differential privacy: the settings and the spending so far.
+    privacy: Option<DpServer>,
+}
+
+/// The server's side of DP-FedAvg.
+struct DpServer {
+    config: PrivacyConfig,
+    /// Sampling rate of a client in a round: clients per round / clients.
+    q: f64,
+    /// Central DP: the RDP of the rounds so far.
+    accountant: RdpAccountant,
+    /// Local DP: rounds each client has sent a (noised) update in.
+    participations: BTreeMap<NodeId, u64>,
+    warned: bool,
+}
+
+impl DpServer {
+    /// Epsilon after the rounds so far plus `extra` more (each client in every extra round,
+    /// for local DP).
+    fn epsilon_after(&self, extra: u64) -> Result<f64, EngineError> {
+        let c = &self.config;
+        let err = |e: privacy::PrivacyError| EngineError::Setup(format!("privacy: {e}"));
+        match c.mode {
+            DpMode::Central => {
+                let mut a = self.accountant.clone();
+                if extra > 0 {
+                    a.step(self.q, c.noise_multiplier, extra).map_err(err)?;
+                }
+                Ok(a.epsilon(c.delta).map_err(err)?.0)
+            }
+            DpMode::Local => {
+                // Each client's own noised updates, seen one by one by the server: the Gaussian
+                // mechanism without amplification by sampling, for the client sent most often.
+                let most = self.participations.values().copied().max().unwrap_or(0) + extra;
+                if most == 0 {
+                    return Ok(0.0);
+                }
+                let mut a = RdpAccountant::default();
+                a.step(1.0, c.noise_multiplier, most).map_err(err)?;
+                Ok(a.epsilon(c.delta).map_err(err)?.0)
+            }
+        }
+    }
 }
 
 impl FedAvgServer {
@@ -116,7 +168,61 @@ impl FedAvgServer {
             done: false,
             completed: 0,
             downlink: None,
+            privacy: None,
         })
+    }
+
+    /// Runs DP-FedAvg with `config`, for `total_clients` clients in all (the sampling rate is
+    /// `clients_per_round / total_clients`).
+    pub fn with_privacy(mut self, config: Option<PrivacyConfig>, total_clients: usize) -> Self {
+        self.privacy = config.map(|config| DpServer {
+            config,
+            q: self.config.clients_per_round as f64 / total_clients.max(1) as f64,
+            accountant: RdpAccountant::default(),
+            participations: BTreeMap::new(),
+            warned: false,
+        });
+        self
+    }
+
+    /// DP-FedAvg's average: the clipped (central: and noised) updates summed, divided by the
+    /// clients asked per round, added to the global model.
+    fn private_mean(&mut self, replies: &[(NodeId, &Reply)]) -> Result<Vec<f32>, EngineError> {
+        let Some(dp) = self.privacy.as_mut() else {
+            return Err(EngineError::Setup("no [privacy] configured".into()));
+        };
+        let mut sum = vec![0f32; self.params.len()];
+        for (id, r) in replies {
+            let mut delta = braid_core::params::sub(&r.params, &self.params)?;
+            if dp.config.mode == DpMode::Central {
+                privacy::clip_to_norm(&mut delta, dp.config.clip);
+            } else {
+                *dp.participations.entry(*id).or_default() += 1;
+            }
+            braid_core::params::axpy(&mut sum, 1.0, &delta)?;
+        }
+        if dp.config.mode == DpMode::Central {
+            let mut rng = seed::rng(
+                self.config.seed,
+                &[
+                    seed::stream::PRIVACY,
+                    u64::from(SERVER),
+                    u64::from(self.round),
+                ],
+            );
+            let std = dp.config.noise_multiplier * dp.config.clip;
+            privacy::add_gaussian_noise(&mut sum, std, &mut rng);
+            dp.accountant
+                .step(dp.q, dp.config.noise_multiplier, 1)
+                .map_err(|e| EngineError::Setup(format!("privacy: {e}")))?;
+        }
+        let m = self.config.clients_per_round.max(1) as f32;
+        Ok(self
+            .params
+            .iter()
+            .zip(&sum)
+            .map(|(p, s)| p + s / m)
+            .collect())
     }
 
     /// Sends the global model compressed with `c` (a quantizer) instead of as f32.
@@ -209,17 +315,22 @@ impl FedAvgServer {
 
     fn finish_round(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
         let asked = self.waiting.len();
-        let replies: Vec<Reply> = std::mem::take(&mut self.waiting)
-            .into_values()
-            .flatten()
-            .collect();
+        let (ids, replies): (Vec<NodeId>, Vec<Reply>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .filter_map(|(id, r)| Some((id, r?)))
+            .unzip();
         let stragglers = asked - replies.len();
         self.completed = self.round;
-        let items: Vec<(&[f32], f64)> = replies
-            .iter()
-            .map(|r| (r.params.as_slice(), r.num_samples as f64))
-            .collect();
-        let mean = weighted_mean(&items)?;
+        let mean = if self.privacy.is_some() {
+            let ids: Vec<(NodeId, &Reply)> = ids.into_iter().zip(&replies).collect();
+            self.private_mean(&ids)?
+        } else {
+            let items: Vec<(&[f32], f64)> = replies
+                .iter()
+                .map(|r| (r.params.as_slice(), r.num_samples as f64))
+                .collect();
+            weighted_mean(&items)?
+        };
         self.optimizer.step(&mut self.params, &mean)?;
         let samples: u64 = replies.iter().map(|r| r.num_samples).sum();
         let local_steps: u64 = replies.iter().map(|r| u64::from(r.steps)).sum();
@@ -228,7 +339,38 @@ impl FedAvgServer {
             .map(|r| f64::from(r.train_loss) * r.num_samples as f64)
             .sum::<f64>()
             / samples.max(1) as f64;
-        let last = self.round == self.config.rounds;
+        let epsilon = match &self.privacy {
+            Some(dp) => Some(dp.epsilon_after(0)?),
+            None => None,
+        };
+        // Would one more round pass the privacy target?
+        let mut over_budget = false;
+        if let Some(dp) = self.privacy.as_mut() {
+            if let Some(target) = dp.config.target_epsilon {
+                let next = dp.epsilon_after(1)?;
+                if next > target && self.round < self.config.rounds {
+                    match dp.config.on_target {
+                        OnTarget::Stop => {
+                            tracing::warn!(
+                                "privacy: round {} would take epsilon to {next:.3}, past the target {target}; stopping after round {}",
+                                self.round + 1,
+                                self.round
+                            );
+                            over_budget = true;
+                        }
+                        OnTarget::Warn if !dp.warned => {
+                            tracing::warn!(
+                                "privacy: round {} takes epsilon to {next:.3}, past the target {target}; going on (on_target = \"warn\")",
+                                self.round + 1
+                            );
+                            dp.warned = true;
+                        }
+                        OnTarget::Warn => {}
+                    }
+                }
+            }
+        }
+        let last = self.round == self.config.rounds || over_budget;
         let (accuracy, loss) = if last || self.round.is_multiple_of(self.config.eval_every.max(1)) {
             let e = ctx.trainer.evaluate(&self.params)?;
             (Some(e.accuracy), Some(e.loss))
@@ -246,6 +388,7 @@ impl FedAvgServer {
             local_steps,
             bytes_up: self.bytes_up,
             bytes_down: self.bytes_down,
+            epsilon,
         }));
         if last {
             self.finish(ctx);
@@ -262,6 +405,16 @@ impl Node for FedAvgServer {
     }
 
     fn on_start(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+        if let Some(dp) = &self.privacy {
+            if let Some(target) = dp.config.target_epsilon {
+                let first = dp.epsilon_after(1)?;
+                if self.completed == 0 && first > target {
+                    return Err(EngineError::Setup(format!(
+                        "privacy.target_epsilon = {target} is spent by a single round (epsilon {first:.3}); raise privacy.noise_multiplier"
+                    )));
+                }
+            }
+        }
         // A fresh server starts at round 0; a resumed one after its last completed round.
         self.round = self.completed;
         if self.completed >= self.config.rounds {
@@ -277,8 +430,14 @@ impl Node for FedAvgServer {
 
     fn save_state(&self) -> Option<NodeState> {
         let (m, v) = self.optimizer.buffers();
+        let privacy = self.privacy.as_ref().map(|dp| {
+            serde_json::json!({
+                "rdp": dp.accountant.rdp(),
+                "participations": dp.participations.iter().map(|(k, v)| (k.to_string(), *v)).collect::<BTreeMap<String, u64>>(),
+            })
+        });
         Some(NodeState {
-            meta: serde_json::json!({ "completed_rounds": self.completed }),
+            meta: serde_json::json!({ "completed_rounds": self.completed, "privacy": privacy }),
             tensors: vec![
                 ("params".into(), self.params.clone()),
                 ("server_optimizer.m".into(), m.to_vec()),
@@ -305,6 +464,25 @@ impl Node for FedAvgServer {
             state.tensor("server_optimizer.v")?.to_vec(),
             self.params.len(),
         )?;
+        if let Some(dp) = self.privacy.as_mut() {
+            let bad = || EngineError::Setup("checkpoint: malformed privacy accountant".into());
+            let p = state.meta.get("privacy").ok_or_else(bad)?;
+            let rdp: Vec<f64> = p
+                .get("rdp")
+                .and_then(|v| serde_json::from_value(v.clone()).ok())
+                .ok_or_else(bad)?;
+            dp.accountant
+                .restore(rdp)
+                .map_err(|e| EngineError::Setup(format!("checkpoint: {e}")))?;
+            let parts: BTreeMap<String, u64> = p
+                .get("participations")
+                .and_then(|v| serde_json::from_value(v.clone()).ok())
+                .ok_or_else(bad)?;
+            dp.participations = parts
+                .into_iter()
+                .map(|(k, v)| Ok((k.parse::<NodeId>().map_err(|_| bad())?, v)))
+                .collect::<Result<_, EngineError>>()?;
+        }
         self.params = params.to_vec();
         self.completed = completed;
         Ok(())
@@ -404,6 +582,8 @@ pub struct FedAvgClient {
     num_params: usize,
     /// Compression of this client's updates, and its error-feedback memory if used.
     uplink: Option<(Compression, Option<ErrorFeedback>)>,
+    /// Local DP: clip bound and noise standard deviation of this client's updates.
+    local_dp: Option<(f64, f64)>,
 }
 
 impl FedAvgClient {
@@ -418,7 +598,17 @@ impl FedAvgClient {
             done: false,
             num_params: 0,
             uplink: None,
+            local_dp: None,
         }
+    }
+
+    /// With local DP (`[privacy] mode = "local"`), clips its update to `clip` and adds
+    /// Gaussian noise of standard deviation `noise_multiplier * clip` before sending.
+    pub fn with_privacy(mut self, config: Option<PrivacyConfig>) -> Self {
+        self.local_dp = config
+            .filter(|c| c.mode == DpMode::Local)
+            .map(|c| (c.clip, c.noise_multiplier * c.clip));
+        self
     }
 
     /// Accepts compressed requests for a model of `num_params` values, and compresses its
@@ -504,7 +694,17 @@ impl Node for FedAvgClient {
         );
         let progress = f64::from(round.saturating_sub(1)) / f64::from(self.rounds);
         let lr_scale = self.lr_schedule.factor(progress);
-        let out = ctx.trainer.train(&params, &self.shard, s, lr_scale)?;
+        let mut out = ctx.trainer.train(&params, &self.shard, s, lr_scale)?;
+        if let Some((clip, std)) = self.local_dp {
+            let mut delta = braid_core::params::sub(&out.params, &params)?;
+            privacy::clip_to_norm(&mut delta, clip);
+            let mut rng = seed::rng(
+                self.seed,
+                &[seed::stream::PRIVACY, u64::from(self.id), u64::from(round)],
+            );
+            privacy::add_gaussian_noise(&mut delta, std, &mut rng);
+            out.params = params.iter().zip(&delta).map(|(p, d)| p + d).collect();
+        }
         let reply = match &mut self.uplink {
             None => Payload::TrainReply {
                 round,

@@ -1,0 +1,184 @@
+//! DP-FedAvg with a pure-Rust fake trainer: updates are clipped to the bound, the noise has the
+//! configured spread, epsilon follows the RDP accountant round by round, and a target epsilon
+//! ends the run before it is passed.
+
+use std::sync::Arc;
+
+use braid_core::privacy::RdpAccountant;
+use braid_core::server_opt::ServerOptimizerConfig;
+use braid_engine::algorithms::fedavg::{FedAvgClient, FedAvgServer, ServerConfig};
+use braid_engine::config::{DpMode, OnTarget, PrivacyConfig};
+use braid_engine::node::{EngineError, LocalTrainer, Node};
+use braid_engine::sim::{SimOutcome, Simulator, Worker};
+use braid_nn::{EvalOutcome, OptimizerState, TrainOutcome};
+
+/// Local training moves every parameter by `step`.
+struct Shift {
+    step: f32,
+}
+
+impl LocalTrainer for Shift {
+    fn train(
+        &mut self,
+        params: &[f32],
+        shard: &[usize],
+        _: u64,
+        _: f64,
+    ) -> Result<TrainOutcome, EngineError> {
+        Ok(TrainOutcome {
+            params: params.iter().map(|p| p + self.step).collect(),
+            samples: shard.len(),
+            steps: 1,
+            mean_loss: 0.5,
+        })
+    }
+    fn train_batches(
+        &mut self,
+        _: &[f32],
+        _: &[Vec<usize>],
+        _: &mut OptimizerState,
+        _: f64,
+    ) -> Result<TrainOutcome, EngineError> {
+        Err(EngineError::Setup("not used".into()))
+    }
+    fn evaluate(&mut self, _: &[f32]) -> Result<EvalOutcome, EngineError> {
+        Ok(EvalOutcome {
+            accuracy: 0.5,
+            loss: 1.0,
+            samples: 1,
+        })
+    }
+    fn evaluate_sample(&mut self, p: &[f32], _: usize) -> Result<EvalOutcome, EngineError> {
+        self.evaluate(p)
+    }
+}
+
+const CLIENTS: usize = 10;
+
+fn dp(mode: DpMode, clip: f64, sigma: f64, target: Option<f64>) -> PrivacyConfig {
+    PrivacyConfig {
+        mode,
+        clip,
+        noise_multiplier: sigma,
+        delta: 1e-5,
+        target_epsilon: target,
+        on_target: OnTarget::Stop,
+    }
+}
+
+fn run(
+    privacy: PrivacyConfig,
+    per_round: usize,
+    rounds: u32,
+    n: usize,
+    step: f32,
+) -> Result<SimOutcome, EngineError> {
+    let clients: Vec<u32> = (1..=CLIENTS as u32).collect();
+    let config = ServerConfig {
+        rounds,
+        clients_per_round: per_round,
+        eval_every: 1,
+        server_optimizer: ServerOptimizerConfig::default(),
+        seed: 5,
+        round_deadline: None,
+        min_replies: 1,
+    };
+    let mut nodes: Vec<Box<dyn Node>> = vec![Box::new(
+        FedAvgServer::new(config, clients.clone(), vec![0.0; n])?
+            .with_privacy(Some(privacy), CLIENTS),
+    )];
+    for id in clients {
+        nodes.push(Box::new(
+            FedAvgClient::new(id, Arc::new(vec![0, 1, 2]), 9).with_privacy(Some(privacy)),
+        ));
+    }
+    let workers = vec![Worker::new(Box::new(Shift { step }))?];
+    Simulator::new(nodes, workers)?.run(&mut |_| {})
+}
+
+#[test]
+fn without_noise_every_update_is_clipped_to_the_bound() {
+    // Each client moves all 100 parameters by 1 (norm 10); clipped to 0.5 and averaged.
+    for mode in [DpMode::Central, DpMode::Local] {
+        let out = run(dp(mode, 0.5, 0.0, None), 4, 1, 100, 1.0).unwrap();
+        let p = out.final_params.unwrap();
+        let norm = braid_core::params::l2_norm(&p);
+        assert!((norm - 0.5).abs() < 1e-5, "{mode:?}: {norm}");
+        // No noise: no privacy.
+        assert_eq!(out.rounds[0].0.epsilon, Some(f64::INFINITY));
+    }
+    // A small update is not scaled up.
+    let out = run(dp(DpMode::Central, 0.5, 0.0, None), 4, 1, 100, 0.01).unwrap();
+    let norm = braid_core::params::l2_norm(&out.final_params.unwrap());
+    assert!((norm - 0.1).abs() < 1e-5, "{norm}");
+}
+
+#[test]
+fn the_noise_on_the_average_has_the_configured_spread() {
+    // Updates of 0: the global model after one round is the noise / clients per round.
+    let (n, m, clip, sigma) = (20_000, 4usize, 2.0, 1.5);
+    for mode in [DpMode::Central, DpMode::Local] {
+        let out = run(dp(mode, clip, sigma, None), m, 1, n, 0.0).unwrap();
+        let p = out.final_params.unwrap();
+        let mean = p.iter().map(|&v| f64::from(v)).sum::<f64>() / n as f64;
+        let sd = (p
+            .iter()
+            .map(|&v| (f64::from(v) - mean).powi(2))
+            .sum::<f64>()
+            / n as f64)
+            .sqrt();
+        // Central: one draw of sigma * clip on the sum; local: m draws, sqrt(m) times larger.
+        let want = match mode {
+            DpMode::Central => sigma * clip / m as f64,
+            DpMode::Local => sigma * clip * (m as f64).sqrt() / m as f64,
+        };
+        assert!(
+            (sd - want).abs() < 0.03 * want,
+            "{mode:?}: sd {sd}, want {want}"
+        );
+        assert!(mean.abs() < 0.05 * want, "{mode:?}: mean {mean}");
+    }
+}
+
+#[test]
+fn epsilon_follows_the_accountant_and_the_target_stops_the_run() {
+    let (m, sigma) = (2usize, 1.0);
+    let out = run(dp(DpMode::Central, 1.0, sigma, None), m, 5, 10, 1.0).unwrap();
+    let mut acc = RdpAccountant::default();
+    for (r, (metrics, _)) in out.rounds.iter().enumerate() {
+        acc.step(m as f64 / CLIENTS as f64, sigma, 1).unwrap();
+        let want = acc.epsilon(1e-5).unwrap().0;
+        assert!(
+            (metrics.epsilon.unwrap() - want).abs() < 1e-9,
+            "round {}",
+            r + 1
+        );
+    }
+    // A target between rounds 3 and 4's epsilon: the run ends after round 3.
+    let eps: Vec<f64> = out.rounds.iter().map(|(m, _)| m.epsilon.unwrap()).collect();
+    let target = (eps[2] + eps[3]) / 2.0;
+    let stopped = run(dp(DpMode::Central, 1.0, sigma, Some(target)), m, 5, 10, 1.0).unwrap();
+    assert_eq!(stopped.rounds.len(), 3);
+    assert!(stopped.rounds[2].0.epsilon.unwrap() <= target);
+    assert!(stopped.final_params.is_some(), "the run finishes cleanly");
+    // Local DP: the client asked most often, without amplification by sampling.
+    let out = run(dp(DpMode::Local, 1.0, sigma, None), m, 5, 10, 1.0).unwrap();
+    let last = out.rounds.last().unwrap().0.epsilon.unwrap();
+    // Between one and five unamplified Gaussian releases (at most one per round).
+    let plain = |k: u64| {
+        let mut a = RdpAccountant::default();
+        a.step(1.0, sigma, k).unwrap();
+        a.epsilon(1e-5).unwrap().0
+    };
+    assert!(plain(1) <= last && last <= plain(5) + 1e-9, "{last}");
+    assert!(
+        last > eps[4],
+        "local DP spends more than central DP at the same noise"
+    );
+}
+
+#[test]
+fn a_target_spent_by_one_round_is_refused_at_the_start() {
+    let e = run(dp(DpMode::Central, 1.0, 0.3, Some(0.01)), 2, 5, 10, 1.0).unwrap_err();
+    assert!(e.to_string().contains("target_epsilon"), "{e}");
+}
