@@ -198,6 +198,7 @@ fn braid_rounds(args: &BenchNetArgs) -> Result<Vec<f64>> {
             seed: 1,
             round_deadline: None,
             min_replies: 1,
+            aggregator: Default::default(),
         },
         clients.clone(),
         vec![0.5; args.params],

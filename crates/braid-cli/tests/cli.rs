@@ -745,3 +745,36 @@ fn dp_fedavg_reports_epsilon_and_stops_at_the_target() {
         "spent by a single round",
     );
 }
+
+#[test]
+fn robust_aggregation_and_attacks_run_from_toml() {
+    let base = DP.replace(
+        "[privacy]\nmode = \"central\"\nclip = 1.0\nnoise_multiplier = 1.0\ntarget_epsilon = 5.0\n",
+        "[attack]\nfraction = 0.25\nkind = { kind = \"scale\", scale = 50.0 }\n",
+    );
+    let robust = base.replace(
+        "clients_per_round = 4\n",
+        "clients_per_round = 8\naggregator = { kind = \"median\" }\n",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("r.toml"), &robust).unwrap();
+    let o = braid(&["run", "r.toml", "-q", "--out", "r"], dir.path());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let csv = std::fs::read_to_string(dir.path().join("r/metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 7, "{csv}");
+    expect_error(
+        &robust.replace("{ kind = \"median\" }", "{ kind = \"krum\", f = 3 }"),
+        "needs at least 9 clients per round",
+    );
+    expect_error(
+        &base.replace("fraction = 0.25", "fraction = 1.5"),
+        "attack.fraction",
+    );
+    expect_error(
+        &robust.replace(
+            "{ kind = \"median\" }",
+            "{ kind = \"trimmed-mean\", trim = 0.7 }",
+        ),
+        "aggregator.trim",
+    );
+}

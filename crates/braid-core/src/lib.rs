@@ -20,6 +20,8 @@
 //!   architecture assignment, round roles, the cyclic distillation weight, per-architecture means;
 //! - [`privacy`]: the Renyi-DP accountant of the subsampled Gaussian mechanism and its
 //!   conversion to (epsilon, delta);
+//! - [`robust`]: robust aggregation of client updates (median, trimmed mean, Krum,
+//!   Multi-Krum, norm clipping);
 //! - [`seed`]: deriving independent, reproducible random streams from one experiment seed.
 
 pub mod batches;
@@ -30,6 +32,7 @@ pub mod mutual;
 pub mod params;
 pub mod partition;
 pub mod privacy;
+pub mod robust;
 pub mod schedule;
 pub mod seed;
 pub mod server_opt;

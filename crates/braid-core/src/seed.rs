@@ -54,6 +54,8 @@ pub mod stream {
     pub const ARCH: u64 = 11;
     /// Differential-privacy noise.
     pub const PRIVACY: u64 = 12;
+    /// Choosing the bad clients of a simulated attack, and their random updates.
+    pub const ATTACK: u64 = 13;
 }
 
 #[cfg(test)]

@@ -74,6 +74,21 @@ pub struct ExperimentConfig {
     /// `[privacy]`: differentially private FedAvg (central or local DP) with an RDP accountant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub privacy: Option<PrivacyConfig>,
+    /// `[attack]`: a simulated attack by a fraction of the clients (FedAvg family).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attack: Option<AttackConfig>,
+}
+
+/// `[attack]`: a fraction of the clients, drawn with the seed, turn their update into the
+/// attacker's before sending it (FedAvg family; for testing robust aggregators).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttackConfig {
+    /// Fraction of the clients that attack, in [0, 1].
+    pub fraction: f64,
+    /// What they do: `{ kind = "sign-flip", scale = 1 }`, `{ kind = "scale", scale = 10 }` or
+    /// `{ kind = "gaussian", std = 1 }`.
+    pub kind: braid_core::robust::Attack,
 }
 
 /// `[privacy]`: user-level differential privacy for the FedAvg family (DP-FedAvg, McMahan et
@@ -639,6 +654,10 @@ pub struct AlgorithmConfig {
     /// Server optimizer applied to the averaged client models.
     #[serde(default)]
     pub server_optimizer: ServerOptimizerConfig,
+    /// How client updates are combined (FedAvg family): `{ kind = "mean" }` (default),
+    /// `median`, `trimmed-mean` (trim), `krum` (f), `multi-krum` (f, m), `norm-clip` (clip).
+    #[serde(default, skip_serializing_if = "is_mean")]
+    pub aggregator: braid_core::robust::Aggregator,
     /// Seconds the server waits for a round's clients before skipping the ones that have not
     /// replied (default: wait for every client).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -651,6 +670,10 @@ pub struct AlgorithmConfig {
 
 fn default_eval_every() -> u32 {
     1
+}
+
+fn is_mean(a: &braid_core::robust::Aggregator) -> bool {
+    *a == braid_core::robust::Aggregator::Mean
 }
 
 impl AlgorithmConfig {
@@ -876,6 +899,45 @@ impl ExperimentConfig {
                 .latency
                 .validate()
                 .map_err(|e| format!("split.latency.{e}"))?;
+        }
+        let fedavg_family = matches!(
+            self.algorithm.name,
+            AlgorithmName::Fedavg | AlgorithmName::Fedprox
+        );
+        self.algorithm
+            .aggregator
+            .validate()
+            .map_err(|e| format!("algorithm.{e}"))?;
+        if !is_mean(&self.algorithm.aggregator) {
+            if !fedavg_family {
+                return Err("algorithm.aggregator applies to \"fedavg\" and \"fedprox\"".into());
+            }
+            if self.privacy.is_some() {
+                return Err("algorithm.aggregator and [privacy] cannot be combined yet".into());
+            }
+            let need = self.algorithm.aggregator.min_updates();
+            let per_round = self.clients_per_round();
+            if per_round < need {
+                return Err(format!(
+                    "algorithm.aggregator {:?} needs at least {need} clients per round, the run has {per_round}",
+                    self.algorithm.aggregator
+                ));
+            }
+        }
+        if let Some(a) = &self.attack {
+            if !fedavg_family {
+                return Err("[attack] applies to \"fedavg\" and \"fedprox\"".into());
+            }
+            if !(0.0..=1.0).contains(&a.fraction) {
+                return Err(format!(
+                    "attack.fraction = {} must be in [0, 1]",
+                    a.fraction
+                ));
+            }
+            a.kind.validate().map_err(|e| format!("attack.{e}"))?;
+            if self.compression.is_some() {
+                return Err("[attack] and [compression] cannot be combined yet".into());
+            }
         }
         if let Some(p) = &self.privacy {
             p.validate()?;

@@ -606,6 +606,7 @@ pub fn build_nodes(prepared: &Prepared) -> Result<Vec<Box<dyn Node>>, EngineErro
             seed: c.seed,
             round_deadline: c.algorithm.round_deadline(),
             min_replies: c.algorithm.min_replies.unwrap_or(1),
+            aggregator: c.algorithm.aggregator,
         },
         clients.clone(),
         prepared.arch.init_params(c.seed),
@@ -613,7 +614,14 @@ pub fn build_nodes(prepared: &Prepared) -> Result<Vec<Box<dyn Node>>, EngineErro
     .with_downlink(c.compression.and_then(|k| k.downlink))
     .with_privacy(c.privacy, prepared.parts.len());
     let mut nodes: Vec<Box<dyn Node>> = vec![Box::new(server)];
-    for (id, part) in clients.iter().zip(&prepared.parts) {
+    let bad = c.attack.map_or_else(Vec::new, |a| {
+        braid_core::robust::bad_clients(clients.len(), a.fraction, c.seed)
+    });
+    for (k, (id, part)) in clients.iter().zip(&prepared.parts).enumerate() {
+        let attack = c
+            .attack
+            .filter(|_| bad.binary_search(&k).is_ok())
+            .map(|a| a.kind);
         nodes.push(Box::new(
             FedAvgClient::new(*id, Arc::new(part.clone()), c.seed)
                 .with_lr_schedule(c.train.lr_schedule.clone(), c.algorithm.rounds())
@@ -621,7 +629,8 @@ pub fn build_nodes(prepared: &Prepared) -> Result<Vec<Box<dyn Node>>, EngineErro
                     &c.compression.unwrap_or_default(),
                     prepared.arch.num_params(),
                 )
-                .with_privacy(c.privacy),
+                .with_privacy(c.privacy)
+                .with_attack(attack),
         ));
     }
     debug_assert_eq!(nodes[0].id(), SERVER);

@@ -82,6 +82,7 @@ fn run(
         seed: 5,
         round_deadline: None,
         min_replies: 1,
+        aggregator: Default::default(),
     };
     let mut nodes: Vec<Box<dyn Node>> = vec![Box::new(
         FedAvgServer::new(config, clients.clone(), vec![0.0; n])?

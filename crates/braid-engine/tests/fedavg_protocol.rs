@@ -76,6 +76,7 @@ fn nodes(
         seed: 9,
         round_deadline: None,
         min_replies: 1,
+        aggregator: Default::default(),
     };
     let mut v: Vec<Box<dyn Node>> = vec![Box::new(
         FedAvgServer::new(config, clients.clone(), vec![0.0; 4]).unwrap(),
@@ -199,6 +200,7 @@ fn server_rejects_hostile_or_stale_updates() {
         seed: 0,
         round_deadline: None,
         min_replies: 1,
+        aggregator: Default::default(),
     };
     let mut server = FedAvgServer::new(config, vec![1, 2], vec![0.0; 3]).unwrap();
     let (mut out, mut ev) = (Vec::new(), Vec::new());
@@ -295,6 +297,7 @@ fn bad_setups_are_errors() {
         seed: 0,
         round_deadline: None,
         min_replies: 1,
+        aggregator: Default::default(),
     };
     assert!(FedAvgServer::new(config.clone(), vec![1, 2], vec![0.0]).is_err());
     assert!(FedAvgServer::new(config, vec![], vec![0.0]).is_err());
@@ -399,6 +402,7 @@ fn flaky_run(drop: usize, min_replies: usize, rounds: u32) -> braid_engine::sim:
         seed: 0,
         round_deadline: Some(std::time::Duration::from_secs(30)),
         min_replies,
+        aggregator: Default::default(),
     };
     let mut v: Vec<Box<dyn Node>> = vec![Box::new(
         FedAvgServer::new(config, vec![1, 2, 3], vec![0.0; 4]).unwrap(),
@@ -482,6 +486,7 @@ fn a_server_resumed_from_its_state_finishes_like_an_uninterrupted_one() {
             seed: 9,
             round_deadline: None,
             min_replies: 1,
+            aggregator: Default::default(),
         },
         vec![1, 2, 3],
         vec![0.0; 4],
@@ -524,6 +529,7 @@ fn compressed_nodes(
         seed: 9,
         round_deadline: None,
         min_replies: 1,
+        aggregator: Default::default(),
     };
     let mut v: Vec<Box<dyn Node>> = vec![Box::new(
         FedAvgServer::new(config, clients.clone(), vec![0.0; n])
@@ -606,6 +612,7 @@ fn compressed_messages_are_counted_exactly_and_lossless_settings_change_nothing(
             seed: 0,
             round_deadline: None,
             min_replies: 1,
+            aggregator: Default::default(),
         },
         vec![1],
         vec![0.0; 100],

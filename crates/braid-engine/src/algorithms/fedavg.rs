@@ -61,6 +61,8 @@ pub struct ServerConfig {
     pub round_deadline: Option<Duration>,
     /// Replies needed to close a round at its deadline (at least 1).
     pub min_replies: usize,
+    /// How the round's updates are combined.
+    pub aggregator: braid_core::robust::Aggregator,
 }
 
 struct Reply {
@@ -324,12 +326,26 @@ impl FedAvgServer {
         let mean = if self.privacy.is_some() {
             let ids: Vec<(NodeId, &Reply)> = ids.into_iter().zip(&replies).collect();
             self.private_mean(&ids)?
-        } else {
+        } else if self.config.aggregator == braid_core::robust::Aggregator::Mean {
             let items: Vec<(&[f32], f64)> = replies
                 .iter()
                 .map(|r| (r.params.as_slice(), r.num_samples as f64))
                 .collect();
             weighted_mean(&items)?
+        } else {
+            // Robust rules combine updates (trained minus global parameters).
+            let deltas = replies
+                .iter()
+                .map(|r| braid_core::params::sub(&r.params, &self.params))
+                .collect::<Result<Vec<_>, _>>()?;
+            let refs: Vec<&[f32]> = deltas.iter().map(Vec::as_slice).collect();
+            let weights: Vec<f64> = replies.iter().map(|r| r.num_samples as f64).collect();
+            let agg = self
+                .config
+                .aggregator
+                .aggregate(&refs, &weights)
+                .map_err(|e| EngineError::Setup(format!("round {}: {e}", self.round)))?;
+            self.params.iter().zip(&agg).map(|(p, d)| p + d).collect()
         };
         self.optimizer.step(&mut self.params, &mean)?;
         let samples: u64 = replies.iter().map(|r| r.num_samples).sum();
@@ -584,6 +600,8 @@ pub struct FedAvgClient {
     uplink: Option<(Compression, Option<ErrorFeedback>)>,
     /// Local DP: clip bound and noise standard deviation of this client's updates.
     local_dp: Option<(f64, f64)>,
+    /// A simulated attacker: what it does to its update.
+    attack: Option<braid_core::robust::Attack>,
 }
 
 impl FedAvgClient {
@@ -599,7 +617,14 @@ impl FedAvgClient {
             num_params: 0,
             uplink: None,
             local_dp: None,
+            attack: None,
         }
+    }
+
+    /// Makes this client an attacker that applies `attack` to every update it sends.
+    pub fn with_attack(mut self, attack: Option<braid_core::robust::Attack>) -> Self {
+        self.attack = attack;
+        self
     }
 
     /// With local DP (`[privacy] mode = "local"`), clips its update to `clip` and adds
@@ -695,6 +720,15 @@ impl Node for FedAvgClient {
         let progress = f64::from(round.saturating_sub(1)) / f64::from(self.rounds);
         let lr_scale = self.lr_schedule.factor(progress);
         let mut out = ctx.trainer.train(&params, &self.shard, s, lr_scale)?;
+        if let Some(attack) = self.attack {
+            let mut delta = braid_core::params::sub(&out.params, &params)?;
+            let mut rng = seed::rng(
+                self.seed,
+                &[seed::stream::ATTACK, u64::from(self.id), u64::from(round)],
+            );
+            attack.apply(&mut delta, &mut rng);
+            out.params = params.iter().zip(&delta).map(|(p, d)| p + d).collect();
+        }
         if let Some((clip, std)) = self.local_dp {
             let mut delta = braid_core::params::sub(&out.params, &params)?;
             privacy::clip_to_norm(&mut delta, clip);

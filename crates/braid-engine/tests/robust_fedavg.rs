@@ -1,0 +1,115 @@
+//! Robust aggregation in FedAvg against simulated attackers, with a pure-Rust fake trainer:
+//! every honest client moves each parameter by +1; attackers send a boosted or flipped update.
+
+use std::sync::Arc;
+
+use braid_core::robust::{Aggregator, Attack};
+use braid_engine::algorithms::fedavg::{FedAvgClient, FedAvgServer, ServerConfig};
+use braid_engine::node::{EngineError, LocalTrainer, Node};
+use braid_engine::sim::{Simulator, Worker};
+use braid_nn::{EvalOutcome, OptimizerState, TrainOutcome};
+
+struct Shift;
+
+impl LocalTrainer for Shift {
+    fn train(
+        &mut self,
+        p: &[f32],
+        shard: &[usize],
+        _: u64,
+        _: f64,
+    ) -> Result<TrainOutcome, EngineError> {
+        Ok(TrainOutcome {
+            params: p.iter().map(|v| v + 1.0).collect(),
+            samples: shard.len(),
+            steps: 1,
+            mean_loss: 0.5,
+        })
+    }
+    fn train_batches(
+        &mut self,
+        _: &[f32],
+        _: &[Vec<usize>],
+        _: &mut OptimizerState,
+        _: f64,
+    ) -> Result<TrainOutcome, EngineError> {
+        Err(EngineError::Setup("not used".into()))
+    }
+    fn evaluate(&mut self, _: &[f32]) -> Result<EvalOutcome, EngineError> {
+        Ok(EvalOutcome {
+            accuracy: 0.5,
+            loss: 1.0,
+            samples: 1,
+        })
+    }
+    fn evaluate_sample(&mut self, p: &[f32], _: usize) -> Result<EvalOutcome, EngineError> {
+        self.evaluate(p)
+    }
+}
+
+/// One round with 10 clients, of which `bad` (by index) attack; returns the global model.
+fn one_round(
+    aggregator: Aggregator,
+    attack: Attack,
+    bad: &[usize],
+) -> Result<Vec<f32>, EngineError> {
+    let clients: Vec<u32> = (1..=10).collect();
+    let config = ServerConfig {
+        rounds: 1,
+        clients_per_round: 10,
+        eval_every: 1,
+        server_optimizer: Default::default(),
+        seed: 1,
+        round_deadline: None,
+        min_replies: 1,
+        aggregator,
+    };
+    let mut nodes: Vec<Box<dyn Node>> = vec![Box::new(FedAvgServer::new(
+        config,
+        clients.clone(),
+        vec![0.0; 5],
+    )?)];
+    for (k, id) in clients.into_iter().enumerate() {
+        let a = bad.contains(&k).then_some(attack);
+        nodes.push(Box::new(
+            FedAvgClient::new(id, Arc::new(vec![0, 1]), 3).with_attack(a),
+        ));
+    }
+    let out = Simulator::new(nodes, vec![Worker::new(Box::new(Shift))?])?.run(&mut |_| {})?;
+    out.final_params
+        .ok_or_else(|| EngineError::Setup("no final model".into()))
+}
+
+#[test]
+fn robust_rules_ignore_a_minority_of_attackers_that_the_mean_follows() {
+    let boost = Attack::Scale { scale: 100.0 };
+    let flip = Attack::SignFlip { scale: 50.0 };
+    // The mean follows the attackers: 8 x 1 + 2 x 100 over 10.
+    let mean = one_round(Aggregator::Mean, boost, &[2, 7]).unwrap();
+    assert!(mean.iter().all(|v| (v - 20.8).abs() < 1e-4), "{mean:?}");
+    for rule in [
+        Aggregator::Median,
+        Aggregator::TrimmedMean { trim: 0.2 },
+        Aggregator::Krum { f: 2 },
+        Aggregator::MultiKrum { f: 2, m: 5 },
+    ] {
+        for attack in [boost, flip] {
+            let p = one_round(rule, attack, &[2, 7]).unwrap();
+            assert!(
+                p.iter().all(|v| (v - 1.0).abs() < 1e-5),
+                "{rule:?} {attack:?}: {p:?}"
+            );
+        }
+    }
+    // Norm clipping bounds each update's pull: with clip 1 (an honest update has norm sqrt 5),
+    // the boosted ones count no more than the honest ones.
+    let p = one_round(Aggregator::NormClip { clip: 1.0 }, boost, &[2, 7]).unwrap();
+    let norm = braid_core::params::l2_norm(&p);
+    assert!(norm <= 1.0 + 1e-5, "{norm}");
+}
+
+#[test]
+fn krum_needs_enough_clients() {
+    let e = one_round(Aggregator::Krum { f: 4 }, Attack::Scale { scale: 2.0 }, &[]).unwrap_err();
+    assert!(e.to_string().contains("at least 11"), "{e}");
+}
