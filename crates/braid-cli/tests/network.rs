@@ -1047,21 +1047,9 @@ cut = "blocks.0"
     ok(&sim, "braid run");
     // Activations, gradients and client parts crossed real sockets: the same epochs, bytes
     // and simulated time as in one process.
-    // Every column but wall_s (the 12th; per-model columns follow it).
-    let rows = |p: &str| -> Vec<String> {
-        std::fs::read_to_string(d.join(p))
-            .unwrap()
-            .lines()
-            .map(|l| {
-                let mut c: Vec<&str> = l.split(',').collect();
-                c.remove(11);
-                c.join(",")
-            })
-            .collect()
-    };
-    let launched = rows("run/metrics.csv");
+    let launched = metrics(&d.join("run/metrics.csv"));
     assert_eq!(launched.len(), 3);
-    assert_eq!(launched, rows("sim/metrics.csv"));
+    assert_eq!(launched, metrics(&d.join("sim/metrics.csv")));
 }
 
 /// DFML across real processes: clients with two architectures exchange models over libp2p and
