@@ -243,6 +243,23 @@ pub enum EngineError {
     Setup(String),
 }
 
+impl EngineError {
+    /// A function that turns a reason into [`EngineError::Rejected`] for a `kind` message from
+    /// `from` received by `node`: every node's message handler refuses through one.
+    pub fn rejecter(
+        node: NodeId,
+        from: NodeId,
+        kind: &'static str,
+    ) -> impl Fn(String) -> EngineError + Copy {
+        move |why| EngineError::Rejected {
+            node,
+            from,
+            kind,
+            why,
+        }
+    }
+}
+
 /// Checks a received parameter vector before use: `expected` values, all finite. The error
 /// says what is wrong, for [`EngineError::Rejected`].
 pub fn check_params(params: &[f32], expected: usize) -> Result<(), String> {

@@ -568,12 +568,7 @@ impl Node for DsgdPeer {
         ctx: &mut NodeCtx<'_>,
     ) -> Result<(), EngineError> {
         let kind = payload.kind();
-        let reject = |why: String| EngineError::Rejected {
-            node: self.id,
-            from,
-            kind,
-            why,
-        };
+        let reject = EngineError::rejecter(self.id, from, kind);
         if from as usize >= self.settings.peers() {
             return Err(reject("the sender is not a peer of this run".into()));
         }
@@ -782,12 +777,7 @@ impl Node for DsgdMonitor {
         ctx: &mut NodeCtx<'_>,
     ) -> Result<(), EngineError> {
         let kind = payload.kind();
-        let reject = |why: String| EngineError::Rejected {
-            node: self.settings.monitor(),
-            from,
-            kind,
-            why,
-        };
+        let reject = EngineError::rejecter(self.settings.monitor(), from, kind);
         let Payload::Snapshot {
             step,
             train_loss,

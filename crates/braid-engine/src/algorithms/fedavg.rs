@@ -511,12 +511,7 @@ impl Node for FedAvgServer {
         ctx: &mut NodeCtx<'_>,
     ) -> Result<(), EngineError> {
         let kind = payload.kind();
-        let reject = |why: String| EngineError::Rejected {
-            node: SERVER,
-            from,
-            kind,
-            why,
-        };
+        let reject = EngineError::rejecter(SERVER, from, kind);
         let bytes = payload.encoded_len() as u64;
         let (round, num_samples, steps, train_loss, params) = match payload {
             Payload::TrainReply {
@@ -584,6 +579,19 @@ impl Node for FedAvgServer {
             self.ask_missing(ctx)
         }
     }
+}
+
+/// Applies `f` to the update `trained - received` and writes `received + update` back into
+/// `trained`.
+fn rewrite_update(
+    trained: &mut Vec<f32>,
+    received: &[f32],
+    f: impl FnOnce(&mut [f32]),
+) -> Result<(), EngineError> {
+    let mut delta = braid_core::params::sub(trained, received)?;
+    f(&mut delta);
+    *trained = received.iter().zip(&delta).map(|(p, d)| p + d).collect();
+    Ok(())
 }
 
 /// A FedAvg client: holds its shard of the training set, trains when asked.
@@ -683,12 +691,7 @@ impl Node for FedAvgClient {
                 why: "a client only listens to the server".into(),
             });
         }
-        let reject = |why: String| EngineError::Rejected {
-            node: self.id,
-            from,
-            kind,
-            why,
-        };
+        let reject = EngineError::rejecter(self.id, from, kind);
         let (round, params) = match payload {
             Payload::TrainRequest { round, params } => (round, params),
             Payload::PackedRequest { round, model } => {
@@ -720,24 +723,18 @@ impl Node for FedAvgClient {
         let progress = f64::from(round.saturating_sub(1)) / f64::from(self.rounds);
         let lr_scale = self.lr_schedule.factor(progress);
         let mut out = ctx.trainer.train(&params, &self.shard, s, lr_scale)?;
+        // An attacker's or a local-DP client's update is rewritten before it is sent.
+        let rng = |stream| seed::rng(self.seed, &[stream, u64::from(self.id), u64::from(round)]);
         if let Some(attack) = self.attack {
-            let mut delta = braid_core::params::sub(&out.params, &params)?;
-            let mut rng = seed::rng(
-                self.seed,
-                &[seed::stream::ATTACK, u64::from(self.id), u64::from(round)],
-            );
-            attack.apply(&mut delta, &mut rng);
-            out.params = params.iter().zip(&delta).map(|(p, d)| p + d).collect();
+            rewrite_update(&mut out.params, &params, |d| {
+                attack.apply(d, &mut rng(seed::stream::ATTACK));
+            })?;
         }
         if let Some((clip, std)) = self.local_dp {
-            let mut delta = braid_core::params::sub(&out.params, &params)?;
-            privacy::clip_to_norm(&mut delta, clip);
-            let mut rng = seed::rng(
-                self.seed,
-                &[seed::stream::PRIVACY, u64::from(self.id), u64::from(round)],
-            );
-            privacy::add_gaussian_noise(&mut delta, std, &mut rng);
-            out.params = params.iter().zip(&delta).map(|(p, d)| p + d).collect();
+            rewrite_update(&mut out.params, &params, |d| {
+                privacy::clip_to_norm(d, clip);
+                privacy::add_gaussian_noise(d, std, &mut rng(seed::stream::PRIVACY));
+            })?;
         }
         let reply = match &mut self.uplink {
             None => Payload::TrainReply {

@@ -508,12 +508,7 @@ impl Node for MutualClient {
     ) -> Result<(), EngineError> {
         let kind = payload.kind();
         let node = self.id();
-        let reject = |why: String| EngineError::Rejected {
-            node,
-            from,
-            kind,
-            why,
-        };
+        let reject = EngineError::rejecter(node, from, kind);
         let Payload::MutualModel {
             round,
             arch,
@@ -739,12 +734,7 @@ impl Node for MutualHub {
         ctx: &mut NodeCtx<'_>,
     ) -> Result<(), EngineError> {
         let kind = payload.kind();
-        let reject = |why: String| EngineError::Rejected {
-            node: HUB,
-            from,
-            kind,
-            why,
-        };
+        let reject = EngineError::rejecter(HUB, from, kind);
         let s = Arc::clone(&self.settings);
         if from == HUB || from as usize > s.clients() {
             return Err(reject("not a client of this run".into()));

@@ -471,12 +471,7 @@ impl Node for SplitServer {
         ctx: &mut NodeCtx<'_>,
     ) -> Result<(), EngineError> {
         let kind = payload.kind();
-        let reject = |why: String| EngineError::Rejected {
-            node: SERVER,
-            from,
-            kind,
-            why,
-        };
+        let reject = EngineError::rejecter(SERVER, from, kind);
         let bytes = payload.encoded_len() as u64;
         if self.client_of(from).is_none() {
             return Err(reject("not a client of this run".into()));
@@ -615,12 +610,7 @@ impl Node for SplitClient {
     ) -> Result<(), EngineError> {
         let kind = payload.kind();
         let node = self.id;
-        let reject = |why: String| EngineError::Rejected {
-            node,
-            from,
-            kind,
-            why,
-        };
+        let reject = EngineError::rejecter(node, from, kind);
         if from != SERVER {
             return Err(reject("only the server sends to split clients".into()));
         }
