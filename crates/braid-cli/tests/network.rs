@@ -165,6 +165,28 @@ fn metrics(path: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Launches `d/exp.toml` across processes into `d/run` (its server's output must contain
+/// `expect`), then runs it in the simulator into `d/sim`.
+fn launch_and_simulate(d: &Path, expect: &str) {
+    let launch = braid()
+        .current_dir(d)
+        .args(["launch", "exp.toml", "--out", "run"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = finish(launch, Duration::from_secs(120), "braid launch");
+    ok(&out, "braid launch");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(expect), "{stdout}");
+    let sim = braid()
+        .current_dir(d)
+        .args(["run", "exp.toml", "-q", "--out", "sim"])
+        .output()
+        .unwrap();
+    ok(&sim, "braid run");
+}
+
 /// Runs the same experiment in the simulator and checks the node's `metrics.csv` (`rows` lines
 /// with the header) equals the simulator's in every column but `wall_s`.
 fn assert_matches_simulator(d: &Path, node_metrics: &str, rows: usize) {
@@ -1028,23 +1050,7 @@ cut = "blocks.0"
 "#,
     )
     .unwrap();
-    let launch = braid()
-        .current_dir(d)
-        .args(["launch", "exp.toml", "--out", "run"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = finish(launch, Duration::from_secs(120), "braid launch");
-    ok(&out, "braid launch");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("[server] epoch    2"), "{stdout}");
-    let sim = braid()
-        .current_dir(d)
-        .args(["run", "exp.toml", "-q", "--out", "sim"])
-        .output()
-        .unwrap();
-    ok(&sim, "braid run");
+    launch_and_simulate(d, "[server] epoch    2");
     // Activations, gradients and client parts crossed real sockets: the same epochs, bytes
     // and simulated time as in one process.
     let launched = metrics(&d.join("run/metrics.csv"));
@@ -1088,23 +1094,7 @@ eval_samples = 100
 "#,
     )
     .unwrap();
-    let launch = braid()
-        .current_dir(d)
-        .args(["launch", "exp.toml", "--out", "run"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = finish(launch, Duration::from_secs(120), "braid launch");
-    ok(&out, "braid launch");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("[server] round     4"), "{stdout}");
-    let sim = braid()
-        .current_dir(d)
-        .args(["run", "exp.toml", "-q", "--out", "sim"])
-        .output()
-        .unwrap();
-    ok(&sim, "braid run");
+    launch_and_simulate(d, "[server] round     4");
     // Every column but wall_s (the 12th; per-model columns follow it).
     let rows = |p: &str| -> Vec<String> {
         std::fs::read_to_string(d.join(p))

@@ -596,10 +596,11 @@ pub struct MutualHub {
     /// The evaluation points already reported.
     reported: u32,
     prev_bytes: (u32, u64),
-    /// FML: the global model, the round in progress and the returned models.
+    /// FML: the global model, the round in progress, and the clients asked in it with the
+    /// models they have returned.
     global: Arc<Vec<f32>>,
     round: u32,
-    returned: BTreeMap<NodeId, Arc<Vec<f32>>>,
+    returned: BTreeMap<NodeId, Option<Arc<Vec<f32>>>>,
     global_eval: BTreeMap<u32, f64>,
     bytes_sent: u64,
     /// FML: bytes the hub had sent once round `t`'s global model was out.
@@ -629,18 +630,15 @@ impl MutualHub {
         self.settings.variant == Variant::Fml
     }
 
-    fn chosen(&self, round: u32) -> Vec<NodeId> {
-        let s = &self.settings;
-        round_subset(s.seed, round, s.clients(), s.clients_per_round)
-            .into_iter()
-            .map(client_node)
-            .collect()
-    }
-
     fn start_round(&mut self, ctx: &mut NodeCtx<'_>, round: u32) {
+        let s = Arc::clone(&self.settings);
         self.round = round;
-        self.returned.clear();
-        for to in self.chosen(round) {
+        self.returned = round_subset(s.seed, round, s.clients(), s.clients_per_round)
+            .into_iter()
+            .map(|k| (client_node(k), None))
+            .collect();
+        let asked: Vec<NodeId> = self.returned.keys().copied().collect();
+        for to in asked {
             let n = ctx.send(
                 to,
                 Payload::MutualModel {
@@ -790,7 +788,7 @@ impl Node for MutualHub {
                 arch,
                 params,
             } if self.fml() => {
-                if round != self.round || !self.chosen(round).contains(&from) {
+                if round != self.round || !self.returned.contains_key(&from) {
                     return Err(reject(format!(
                         "not asked for round {round} (the round is {})",
                         self.round
@@ -802,11 +800,14 @@ impl Node for MutualHub {
                     )));
                 }
                 check_params(&params, s.model_params[s.global_model]).map_err(reject)?;
-                if self.returned.contains_key(&from) {
+                let slot = self.returned.get_mut(&from);
+                if slot.as_ref().is_some_and(|m| m.is_some()) {
                     return Err(reject(format!("a second model for round {round}")));
                 }
-                self.returned.insert(from, params);
-                if self.returned.len() == self.chosen(round).len() {
+                if let Some(slot) = slot {
+                    *slot = Some(params);
+                }
+                if self.returned.values().all(Option::is_some) {
                     // Weighted by sample counts; equal weights if the clients hold no samples.
                     let total: usize = self
                         .returned
@@ -816,13 +817,13 @@ impl Node for MutualHub {
                     let items: Vec<(&[f32], f64)> = self
                         .returned
                         .iter()
-                        .map(|(f, p)| {
+                        .filter_map(|(f, p)| {
                             let w = if total == 0 {
                                 1.0
                             } else {
                                 s.counts[(*f - 1) as usize] as f64
                             };
-                            (p.as_slice(), w)
+                            Some((p.as_ref()?.as_slice(), w))
                         })
                         .collect();
                     self.global = Arc::new(weighted_mean(&items)?);
