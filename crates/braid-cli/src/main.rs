@@ -15,6 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 mod audit;
 mod bench;
 mod bench_net;
+mod bench_step;
 mod compare;
 mod launch;
 mod node;
@@ -100,6 +101,8 @@ enum Command {
     /// Measure braid's network stack (FedAvg rounds over libp2p on loopback) against a raw
     /// TCP copy of the same bytes.
     BenchNet(bench_net::BenchNetArgs),
+    /// Time one training step (forward, backward, SGD update) of a model at a batch size.
+    BenchStep(bench_step::BenchStepArgs),
     /// Write a new ed25519 identity to a key file and print its peer id.
     Keygen(node::KeygenArgs),
     /// Run one participant of a deployed experiment (server, client or peer) in this process.
@@ -167,6 +170,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Bench(args) => bench::run(args),
         Command::BenchNet(args) => bench_net::run(args),
+        Command::BenchStep(args) => bench_step::run(args),
         Command::Keygen(args) => node::keygen(args),
         Command::Node(args) => node::node(args),
         Command::Launch(args) => launch::launch(args),

@@ -16,6 +16,7 @@
 pub mod arch;
 pub mod device;
 pub mod flat;
+pub mod kernels;
 pub mod mutual;
 pub mod net;
 pub mod split;

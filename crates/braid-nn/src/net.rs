@@ -76,7 +76,19 @@ impl Net {
     }
 
     /// Logits for a batch `x` of shape `[batch, sample_len]` (images are reshaped to `input`).
+    /// On the CPU the conv blocks run braid's own kernels ([`crate::kernels`]).
     pub fn forward(&self, arch: &Arch, x: Tensor<2>) -> Tensor<2> {
+        let own_kernels = crate::kernels::applies_to(&x.device());
+        self.forward_with(arch, x, own_kernels)
+    }
+
+    /// [`Net::forward`] with burn's own convolution, ReLU and pooling everywhere: the reference
+    /// the CPU kernels are tested against.
+    pub fn forward_reference(&self, arch: &Arch, x: Tensor<2>) -> Tensor<2> {
+        self.forward_with(arch, x, false)
+    }
+
+    fn forward_with(&self, arch: &Arch, x: Tensor<2>, own_kernels: bool) -> Tensor<2> {
         let [batch, _] = x.dims();
         let mut h = if self.blocks.is_empty() {
             x
@@ -84,9 +96,18 @@ impl Net {
             let mut t: Tensor<4> = x.reshape([batch, arch.input[0], arch.input[1], arch.input[2]]);
             for block in &self.blocks {
                 for conv in &block.convs {
-                    t = relu(conv.forward(t));
+                    t = match (&conv.bias, own_kernels) {
+                        (Some(bias), true) => {
+                            crate::kernels::conv3x3_relu(t, conv.weight.val(), bias.val())
+                        }
+                        _ => relu(conv.forward(t)),
+                    };
                 }
-                t = block.pool.forward(t);
+                t = if own_kernels {
+                    crate::kernels::max_pool2x2(t)
+                } else {
+                    block.pool.forward(t)
+                };
             }
             t.flatten::<2>(1, 3)
         };
@@ -98,5 +119,64 @@ impl Net {
             }
         }
         h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::ModelName;
+    use burn::nn::loss::CrossEntropyLossConfig;
+    use burn::optim::{GradientsParams, SgdConfig};
+    use burn::tensor::{Int, TensorData};
+
+    /// Loss and one SGD step (lr 1, so the step is the gradient) through either path.
+    fn step(arch: &Arch, params: &[f32], own: bool, batch: usize) -> (Vec<f32>, f32, Vec<f32>) {
+        let device = Device::flex().autodiff();
+        let model = crate::flat::load_flat(crate::flat::renumber(Net::new(arch, &device)), params);
+        let len: usize = arch.input.iter().product();
+        let x: Vec<f32> = (0..batch * len)
+            .map(|i| ((i * 7919) % 255) as f32 / 255.0)
+            .collect();
+        let y: Vec<i64> = (0..batch).map(|i| (i % 10) as i64).collect();
+        let x = Tensor::<2>::from_data(TensorData::new(x, [batch, len]), &device);
+        let y = Tensor::<1, Int>::from_data(TensorData::new(y, [batch]), &device);
+        let logits = model.forward_with(arch, x, own);
+        let loss = CrossEntropyLossConfig::new()
+            .init(&device)
+            .forward(logits.clone(), y);
+        let loss_value: f32 = loss.clone().into_scalar();
+        let logits = logits.into_data().try_to_vec::<f32>().unwrap_or_default();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let next = SgdConfig::new().init().step(1.0, model, grads);
+        let grad = params
+            .iter()
+            .zip(crate::flat::flatten(&next))
+            .map(|(a, b)| a - b)
+            .collect();
+        (logits, loss_value, grad)
+    }
+
+    #[test]
+    fn cpu_kernels_match_burns_operations_in_values_and_gradients() {
+        for name in [ModelName::Cnn, ModelName::CnnSmall, ModelName::CnnDeep] {
+            let arch = Arch::new(name, &[1, 28, 28], 10).expect("arch");
+            let params = arch.init_params(3);
+            let (logits_k, loss_k, grad_k) = step(&arch, &params, true, 5);
+            let (logits_r, loss_r, grad_r) = step(&arch, &params, false, 5);
+            assert_eq!(logits_k.len(), logits_r.len());
+            for (a, b) in logits_k.iter().zip(&logits_r) {
+                assert!((a - b).abs() < 1e-4, "{name:?} logits {a} vs {b}");
+            }
+            assert!((loss_k - loss_r).abs() < 1e-5, "{name:?} loss");
+            let scale = grad_r.iter().fold(0.0f32, |m, g| m.max(g.abs()));
+            assert!(scale > 0.0, "{name:?}: no gradient");
+            for (i, (a, b)) in grad_k.iter().zip(&grad_r).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-4 * scale + 1e-6,
+                    "{name:?} gradient {i}: {a} vs {b}"
+                );
+            }
+        }
     }
 }

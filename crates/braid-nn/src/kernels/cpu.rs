@@ -1,0 +1,569 @@
+//! The CPU kernels behind [`super`]: a 3x3 convolution (stride 1, padding 1) fused with its
+//! bias and ReLU, and 2x2 max-pooling, forward and backward, on plain `f32` slices in NCHW order.
+//!
+//! The convolution is an im2col + GEMM: the input is unfolded once into a `[cin*9, n*h*w]`
+//! matrix (kept for the weight gradient), and each of the forward, weight-gradient and
+//! input-gradient products is one large matrix product over the whole batch, done by the
+//! `gemm` crate with the threads of the current rayon pool. The input gradient is skipped when
+//! the input needs none (the first layer).
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// The shape of a 3x3 convolution's input: `[n, cin, h, w]`, and its output channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvShape {
+    /// Batch size.
+    pub n: usize,
+    /// Input channels.
+    pub cin: usize,
+    /// Output channels.
+    pub cout: usize,
+    /// Height (input and output).
+    pub h: usize,
+    /// Width (input and output).
+    pub w: usize,
+}
+
+impl ConvShape {
+    /// Pixels per image plane.
+    pub fn hw(&self) -> usize {
+        self.h * self.w
+    }
+    /// Rows of the unfolded input: `cin * 9`.
+    pub fn k(&self) -> usize {
+        self.cin * 9
+    }
+    /// Columns of the unfolded input: `n * h * w`.
+    pub fn cols(&self) -> usize {
+        self.n * self.hw()
+    }
+}
+
+/// A row-major or strided view of a matrix for [`matmul`].
+#[derive(Clone, Copy)]
+struct Mat<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a> Mat<'a> {
+    fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self {
+            data,
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+    fn t(self) -> Self {
+        Self {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+        }
+    }
+    /// The largest index the view touches (none if empty).
+    fn fits(&self) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride
+                < self.data.len()
+    }
+}
+
+fn parallelism() -> Parallelism {
+    match rayon::current_num_threads() {
+        0 | 1 => Parallelism::None,
+        t => Parallelism::Rayon(t),
+    }
+}
+
+/// `dst[m, n] (row-major) = a · b`, or `dst += a · b` when `accumulate`.
+fn matmul(dst: &mut [f32], a: Mat<'_>, b: Mat<'_>, accumulate: bool) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert!(
+        b.rows == k && dst.len() == m * n && a.fits() && b.fits(),
+        "matmul: shapes do not agree"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst.fill(0.0);
+        }
+        return;
+    }
+    // SAFETY: every index the product reads or writes is in bounds (checked above: `fits` for
+    // the operands, `m * n` for the row-major destination), the destination does not alias the
+    // operands (it is a distinct `&mut`), and f32 is a type gemm supports.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.data.as_ptr(),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism(),
+        );
+    }
+}
+
+/// Unfolds `x` (`[n, cin, h, w]`) into `col` (`[cin*9, n*h*w]`, row `ci*9 + ky*3 + kx`):
+/// `col[(ci,ky,kx), (b,i,j)] = x[b, ci, i+ky-1, j+kx-1]`, zero outside the image.
+pub fn im2col(x: &[f32], s: ConvShape) -> Vec<f32> {
+    let (hw, cols) = (s.hw(), s.cols());
+    let mut col = vec![0.0f32; s.k() * cols];
+    if cols == 0 {
+        return col;
+    }
+    col.par_chunks_mut(cols).enumerate().for_each(|(r, row)| {
+        let (ci, ky, kx) = (r / 9, (r % 9) / 3, r % 3);
+        for b in 0..s.n {
+            let plane = &x[(b * s.cin + ci) * hw..][..hw];
+            let out = &mut row[b * hw..][..hw];
+            for i in 0..s.h {
+                let dst = &mut out[i * s.w..][..s.w];
+                let Some(si) = (i + ky).checked_sub(1).filter(|&si| si < s.h) else {
+                    continue; // zero padding row (already zero)
+                };
+                let src = &plane[si * s.w..][..s.w];
+                match kx {
+                    0 => dst[1..].copy_from_slice(&src[..s.w - 1]),
+                    1 => dst.copy_from_slice(src),
+                    _ => dst[..s.w - 1].copy_from_slice(&src[1..]),
+                }
+            }
+        }
+    });
+    col
+}
+
+/// Folds `dcol` (`[cin*9, n*h*w]`) back onto the input: the adjoint of [`im2col`].
+fn col2im(dcol: &[f32], s: ConvShape) -> Vec<f32> {
+    let (hw, cols) = (s.hw(), s.cols());
+    let mut dx = vec![0.0f32; s.n * s.cin * hw];
+    if hw == 0 {
+        return dx;
+    }
+    dx.par_chunks_mut(hw)
+        .enumerate()
+        .for_each(|(plane_idx, plane)| {
+            let (b, ci) = (plane_idx / s.cin, plane_idx % s.cin);
+            for ky in 0..3 {
+                for kx in 0..3 {
+                    let row = &dcol[(ci * 9 + ky * 3 + kx) * cols + b * hw..][..hw];
+                    for i in 0..s.h {
+                        let Some(si) = (i + ky).checked_sub(1).filter(|&si| si < s.h) else {
+                            continue;
+                        };
+                        let src = &row[i * s.w..][..s.w];
+                        let dst = &mut plane[si * s.w..][..s.w];
+                        let (d, r) = match kx {
+                            0 => (&mut dst[..s.w - 1], &src[1..]),
+                            1 => (&mut dst[..], src),
+                            _ => (&mut dst[1..], &src[..s.w - 1]),
+                        };
+                        for (d, r) in d.iter_mut().zip(r) {
+                            *d += r;
+                        }
+                    }
+                }
+            }
+        });
+    dx
+}
+
+/// What the forward pass keeps for the backward pass.
+#[derive(Debug, Clone)]
+pub struct ConvSaved {
+    /// The shape.
+    pub shape: ConvShape,
+    /// The unfolded input, `[cin*9, n*h*w]`.
+    pub col: Vec<f32>,
+}
+
+/// `relu(conv3x3(x, weight) + bias)` for `x: [n, cin, h, w]`, `weight: [cout, cin, 3, 3]`,
+/// `bias: [cout]`; returns the output `[n, cout, h, w]` and the unfolded input.
+pub fn conv3x3_relu_forward(
+    x: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    s: ConvShape,
+) -> (Vec<f32>, ConvSaved) {
+    assert!(
+        x.len() == s.n * s.cin * s.hw() && weight.len() == s.cout * s.k() && bias.len() == s.cout,
+        "conv3x3_relu_forward: buffer sizes do not match the shape"
+    );
+    let col = im2col(x, s);
+    let (hw, cols) = (s.hw(), s.cols());
+    // y2[co, b*hw + p] = sum_k w[co, k] col[k, b*hw + p]
+    let mut y2 = vec![0.0f32; s.cout * cols];
+    matmul(
+        &mut y2,
+        Mat::row_major(weight, s.cout, s.k()),
+        Mat::row_major(&col, s.k(), cols),
+        false,
+    );
+    // To NCHW, with the bias and the ReLU.
+    let mut y = vec![0.0f32; s.n * s.cout * hw];
+    if hw > 0 {
+        y.par_chunks_mut(hw)
+            .enumerate()
+            .for_each(|(plane_idx, out)| {
+                let (b, co) = (plane_idx / s.cout, plane_idx % s.cout);
+                let src = &y2[co * cols + b * hw..][..hw];
+                let bias = bias[co];
+                for (o, v) in out.iter_mut().zip(src) {
+                    *o = (v + bias).max(0.0);
+                }
+            });
+    }
+    (y, ConvSaved { shape: s, col })
+}
+
+/// Gradients of [`conv3x3_relu_forward`] from the output gradient `dy` and the output `y`:
+/// `(dx, dweight, dbias)`, with `dx` only when `need_dx`.
+pub fn conv3x3_relu_backward(
+    dy: &[f32],
+    y: &[f32],
+    weight: &[f32],
+    saved: &ConvSaved,
+    need_dx: bool,
+) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
+    let s = saved.shape;
+    let (hw, cols) = (s.hw(), s.cols());
+    assert!(
+        dy.len() == s.n * s.cout * hw && y.len() == dy.len() && weight.len() == s.cout * s.k(),
+        "conv3x3_relu_backward: buffer sizes do not match the shape"
+    );
+    // g2[co, b*hw + p] = dy[b, co, p] where the ReLU let the value through.
+    let mut g2 = vec![0.0f32; s.cout * cols];
+    if cols > 0 {
+        g2.par_chunks_mut(cols).enumerate().for_each(|(co, row)| {
+            for b in 0..s.n {
+                let at = (b * s.cout + co) * hw;
+                let (dyp, yp) = (&dy[at..][..hw], &y[at..][..hw]);
+                for ((g, d), v) in row[b * hw..][..hw].iter_mut().zip(dyp).zip(yp) {
+                    *g = if *v > 0.0 { *d } else { 0.0 };
+                }
+            }
+        });
+    }
+    let dbias: Vec<f32> = if cols > 0 {
+        g2.chunks(cols).map(|r| r.iter().sum()).collect()
+    } else {
+        vec![0.0; s.cout]
+    };
+    // dw[co, k] = sum_c g2[co, c] col[k, c]
+    let mut dweight = vec![0.0f32; s.cout * s.k()];
+    matmul(
+        &mut dweight,
+        Mat::row_major(&g2, s.cout, cols),
+        Mat::row_major(&saved.col, s.k(), cols).t(),
+        false,
+    );
+    let dx = need_dx.then(|| {
+        // dcol[k, c] = sum_co w[co, k] g2[co, c]
+        let mut dcol = vec![0.0f32; s.k() * cols];
+        matmul(
+            &mut dcol,
+            Mat::row_major(weight, s.cout, s.k()).t(),
+            Mat::row_major(&g2, s.cout, cols),
+            false,
+        );
+        col2im(&dcol, s)
+    });
+    (dx, dweight, dbias)
+}
+
+/// 2x2 max-pooling with stride 2 of `x: [planes, h, w]` (a trailing odd row or column is
+/// dropped, as burn's and PyTorch's floor mode do). Returns the output `[planes, h/2, w/2]`
+/// and, per output, which of the four inputs won (0..4, row-major in the window). NaN wins.
+pub fn max_pool2x2_forward(x: &[f32], planes: usize, h: usize, w: usize) -> (Vec<f32>, Vec<u8>) {
+    assert!(
+        x.len() == planes * h * w,
+        "max_pool2x2_forward: buffer size does not match"
+    );
+    let (oh, ow) = (h / 2, w / 2);
+    let mut out = vec![0.0f32; planes * oh * ow];
+    let mut arg = vec![0u8; planes * oh * ow];
+    if oh * ow == 0 {
+        return (out, arg);
+    }
+    out.par_chunks_mut(oh * ow)
+        .zip(arg.par_chunks_mut(oh * ow))
+        .enumerate()
+        .for_each(|(p, (out, arg))| {
+            let plane = &x[p * h * w..][..h * w];
+            for i in 0..oh {
+                let (r0, r1) = (&plane[2 * i * w..][..w], &plane[(2 * i + 1) * w..][..w]);
+                for j in 0..ow {
+                    let cand = [r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]];
+                    let (mut best, mut at) = (cand[0], 0u8);
+                    for (idx, &v) in cand.iter().enumerate().skip(1) {
+                        if v > best || (v.is_nan() && !best.is_nan()) {
+                            best = v;
+                            at = idx as u8;
+                        }
+                    }
+                    out[i * ow + j] = best;
+                    arg[i * ow + j] = at;
+                }
+            }
+        });
+    (out, arg)
+}
+
+/// The gradient of [`max_pool2x2_forward`]: each output gradient goes to the input that won.
+pub fn max_pool2x2_backward(
+    dout: &[f32],
+    arg: &[u8],
+    planes: usize,
+    h: usize,
+    w: usize,
+) -> Vec<f32> {
+    let (oh, ow) = (h / 2, w / 2);
+    assert!(
+        dout.len() == planes * oh * ow && arg.len() == dout.len(),
+        "max_pool2x2_backward: buffer sizes do not match"
+    );
+    let mut dx = vec![0.0f32; planes * h * w];
+    if h * w == 0 || oh * ow == 0 {
+        return dx;
+    }
+    dx.par_chunks_mut(h * w).enumerate().for_each(|(p, plane)| {
+        let (d, a) = (
+            &dout[p * oh * ow..][..oh * ow],
+            &arg[p * oh * ow..][..oh * ow],
+        );
+        for i in 0..oh {
+            for j in 0..ow {
+                let at = a[i * ow + j] as usize;
+                plane[(2 * i + at / 2) * w + 2 * j + at % 2] = d[i * ow + j];
+            }
+        }
+    });
+    dx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Direct 3x3 convolution with padding 1, bias and ReLU (the definition).
+    fn conv_direct(x: &[f32], wt: &[f32], bias: &[f32], s: ConvShape) -> Vec<f32> {
+        let mut y = vec![0.0; s.n * s.cout * s.hw()];
+        for b in 0..s.n {
+            for co in 0..s.cout {
+                for i in 0..s.h {
+                    for j in 0..s.w {
+                        let mut acc = bias[co];
+                        for ci in 0..s.cin {
+                            for ky in 0..3 {
+                                for kx in 0..3 {
+                                    let (si, sj) = (
+                                        i as isize + ky as isize - 1,
+                                        j as isize + kx as isize - 1,
+                                    );
+                                    if si < 0 || sj < 0 || si >= s.h as isize || sj >= s.w as isize
+                                    {
+                                        continue;
+                                    }
+                                    acc += wt[((co * s.cin + ci) * 3 + ky) * 3 + kx]
+                                        * x[((b * s.cin + ci) * s.h + si as usize) * s.w
+                                            + sj as usize];
+                                }
+                            }
+                        }
+                        y[((b * s.cout + co) * s.h + i) * s.w + j] = acc.max(0.0);
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        (0..len)
+            .map(|i| {
+                let v = (i as u32)
+                    .wrapping_mul(2_654_435_761)
+                    .wrapping_add(seed.wrapping_mul(40_503));
+                (v >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    #[test]
+    fn conv_forward_matches_the_direct_definition() {
+        for s in [
+            ConvShape {
+                n: 2,
+                cin: 3,
+                cout: 4,
+                h: 5,
+                w: 6,
+            },
+            ConvShape {
+                n: 1,
+                cin: 1,
+                cout: 2,
+                h: 1,
+                w: 1,
+            },
+            ConvShape {
+                n: 3,
+                cin: 2,
+                cout: 5,
+                h: 4,
+                w: 2,
+            },
+        ] {
+            let x = values(s.n * s.cin * s.hw(), 1);
+            let wt = values(s.cout * s.k(), 2);
+            let bias = values(s.cout, 3);
+            let (y, _) = conv3x3_relu_forward(&x, &wt, &bias, s);
+            let want = conv_direct(&x, &wt, &bias, s);
+            for (a, b) in y.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-5, "{a} vs {b} for {s:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn col2im_is_the_adjoint_of_im2col() {
+        // <im2col(x), c> == <x, col2im(c)> for any x and c.
+        let s = ConvShape {
+            n: 2,
+            cin: 3,
+            cout: 1,
+            h: 4,
+            w: 5,
+        };
+        let x = values(s.n * s.cin * s.hw(), 4);
+        let c = values(s.k() * s.cols(), 5);
+        let lhs: f64 = im2col(&x, s)
+            .iter()
+            .zip(&c)
+            .map(|(a, b)| f64::from(a * b))
+            .sum();
+        let rhs: f64 = x
+            .iter()
+            .zip(&col2im(&c, s))
+            .map(|(a, b)| f64::from(a * b))
+            .sum();
+        assert!((lhs - rhs).abs() < 1e-4, "{lhs} vs {rhs}");
+    }
+
+    #[test]
+    fn conv_backward_matches_finite_differences() {
+        let s = ConvShape {
+            n: 2,
+            cin: 2,
+            cout: 3,
+            h: 4,
+            w: 3,
+        };
+        let x = values(s.n * s.cin * s.hw(), 6);
+        let wt = values(s.cout * s.k(), 7);
+        let bias: Vec<f32> = values(s.cout, 8).iter().map(|v| v + 0.3).collect();
+        let r = values(s.n * s.cout * s.hw(), 9); // loss = <y, r>
+                                                  // The loss <y, r> and which ReLUs let their value through.
+        let loss = |x: &[f32], wt: &[f32], bias: &[f32]| -> (f64, Vec<bool>) {
+            let (y, _) = conv3x3_relu_forward(x, wt, bias, s);
+            let l = y
+                .iter()
+                .zip(&r)
+                .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                .sum();
+            (l, y.iter().map(|v| *v > 0.0).collect())
+        };
+        let (y, saved) = conv3x3_relu_forward(&x, &wt, &bias, s);
+        let (dx, dw, db) = conv3x3_relu_backward(&r, &y, &wt, &saved, true);
+        let dx = dx.expect("dx was asked for");
+        let eps = 1e-2f32;
+        let mut checked = 0;
+        // Central differences, where the step flips no ReLU (the loss is linear there).
+        let mut check = |what: &str,
+                         i: usize,
+                         analytic: f32,
+                         plus: (f64, Vec<bool>),
+                         minus: (f64, Vec<bool>)| {
+            if plus.1 != minus.1 {
+                return;
+            }
+            let numeric = (plus.0 - minus.0) / (2.0 * f64::from(eps));
+            assert!(
+                (f64::from(analytic) - numeric).abs() < 1e-3,
+                "{what}[{i}]: {analytic} vs {numeric}"
+            );
+            checked += 1;
+        };
+        for i in 0..x.len() {
+            let (mut p, mut m) = (x.clone(), x.clone());
+            p[i] += eps;
+            m[i] -= eps;
+            check("dx", i, dx[i], loss(&p, &wt, &bias), loss(&m, &wt, &bias));
+        }
+        for i in 0..wt.len() {
+            let (mut p, mut m) = (wt.clone(), wt.clone());
+            p[i] += eps;
+            m[i] -= eps;
+            check("dw", i, dw[i], loss(&x, &p, &bias), loss(&x, &m, &bias));
+        }
+        for i in 0..bias.len() {
+            let (mut p, mut m) = (bias.clone(), bias.clone());
+            p[i] += eps;
+            m[i] -= eps;
+            check("db", i, db[i], loss(&x, &wt, &p), loss(&x, &wt, &m));
+        }
+        assert!(
+            checked > (x.len() + wt.len()) / 2,
+            "only {checked} gradients checked"
+        );
+        let (none, dw2, db2) = conv3x3_relu_backward(&r, &y, &wt, &saved, false);
+        assert!(none.is_none());
+        assert_eq!((dw2, db2), (dw, db));
+    }
+
+    #[test]
+    fn max_pool_picks_the_window_maximum_and_routes_its_gradient() {
+        // One 3x5 plane: the odd last row and column are dropped.
+        let x = [
+            1.0, 5.0, 2.0, 0.0, 9.0, //
+            3.0, 4.0, 8.0, 7.0, 9.0, //
+            9.0, 9.0, 9.0, 9.0, 9.0,
+        ];
+        let (out, arg) = max_pool2x2_forward(&x, 1, 3, 5);
+        assert_eq!(out, vec![5.0, 8.0]);
+        assert_eq!(arg, vec![1, 2]);
+        let dx = max_pool2x2_backward(&[10.0, 20.0], &arg, 1, 3, 5);
+        let mut want = vec![0.0; 15];
+        want[1] = 10.0;
+        want[7] = 20.0;
+        assert_eq!(dx, want);
+        let (nan, _) = max_pool2x2_forward(&[1.0, f32::NAN, 3.0, 2.0], 1, 2, 2);
+        assert!(nan[0].is_nan());
+    }
+}
