@@ -6,7 +6,8 @@
 # usage: scripts/bench-flower.sh [REPEATS] [OUT]
 #   env: ROUNDS (5), SETTINGS ("a": 10 clients all per round; "b": 100 clients, 10 per round),
 #        FLOWER_DIR (../shared/bench/flower), PY (~/.venv-flower/bin/python, made by
-#        scripts/setup-flower.sh)
+#        scripts/setup-flower.sh), BRAID_SEEDS ("42 1 2": repeat i runs braid with the i-th seed,
+#        cycling; the reference job's seeds are fixed in its code)
 # Nothing else should run on the machine meanwhile; compare ratios from the same sitting.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,7 @@ REPEATS=${1:-2}
 OUT=${2:-runs/bench-flower}
 ROUNDS=${ROUNDS:-5}
 SETTINGS=${SETTINGS:-a}
+read -r -a SEEDS <<< "${BRAID_SEEDS:-42 1 2}"
 FLOWER=${FLOWER_DIR:-../shared/bench/flower}
 PY=${PY:-$HOME/.venv-flower/bin/python}
 if [[ ! -x $PY ]]; then
@@ -37,11 +39,12 @@ for rep in $(seq 1 "$REPEATS"); do
     "$PY" "$FLOWER/memwrap.py" "$OUT/flower_${s}_$rep.mem.json" -- \
       "$PY" "$FLOWER/flower_fedavg.py" --clients $clients --fraction $fraction --rounds "$ROUNDS" \
       --out "$OUT/flower_${s}_$rep.json" > "$OUT/flower_${s}_$rep.log" 2>&1
-    echo "== repeat $rep, setting $s: braid"
+    seed=${SEEDS[$(( (rep - 1) % ${#SEEDS[@]} ))]}
+    echo "== repeat $rep, setting $s: braid (seed $seed)"
     rm -rf "$OUT/braid_${s}_$rep"
     "$PY" "$FLOWER/memwrap.py" "$OUT/braid_${s}_$rep.mem.json" -- \
       ./target/release/braid run configs/reference-fedavg.toml -q --out "$OUT/braid_${s}_$rep" \
-      --set algorithm.rounds="$ROUNDS" --set partition.clients=$clients \
+      --set seed="$seed" --set algorithm.rounds="$ROUNDS" --set partition.clients=$clients \
       --set algorithm.clients_per_round=$per > "$OUT/braid_${s}_$rep.log" 2>&1
   done
 done

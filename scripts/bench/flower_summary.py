@@ -40,6 +40,9 @@ def runs(impl, setting):
             with open(os.path.join(D, f"braid_{setting}_{rep}", "metrics.csv")) as f:
                 rows = list(csv.DictReader(f))
             r["acc"] = [float(x["accuracy"]) for x in rows]
+            with open(os.path.join(D, f"braid_{setting}_{rep}", "config.toml")) as f:
+                seed = re.search(r"^seed\s*=\s*(\d+)", f.read(), re.M)
+            r["seed"] = seed.group(1) if seed else "?"
             walls = [0.0] + [float(x["wall_s"]) for x in rows]
             r["round"] = statistics.median(b - a for a, b in zip(walls, walls[1:]))
         out.append(r)
@@ -71,7 +74,8 @@ for s in settings:
     print()
     rounds = min(min(len(r["acc"]) for r in fl), min(len(r["acc"]) for r in br))
     print("| round | " + " | ".join(f"Flower {r['rep']}" for r in fl) + " | "
-          + " | ".join(f"braid {r['rep']}" for r in br) + " | braid - Flower (medians, points) |")
+          + " | ".join(f"braid {r['rep']} (seed {r['seed']})" for r in br)
+          + " | braid - Flower (medians, points) |")
     print("|---" * (2 + len(fl) + len(br)) + "|")
     for i in range(rounds):
         fa = [r["acc"][i] for r in fl]

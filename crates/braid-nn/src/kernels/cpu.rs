@@ -265,13 +265,15 @@ pub fn conv3x3_relu_backward(
                 let at = (b * s.cout + co) * hw;
                 let (dyp, yp) = (&dy[at..][..hw], &y[at..][..hw]);
                 for ((g, d), v) in row[b * hw..][..hw].iter_mut().zip(dyp).zip(yp) {
-                    *g = if *v > 0.0 { *d } else { 0.0 };
+                    // Branch-free (a ReLU passes about half its inputs, so a branch mispredicts).
+                    let keep = u32::from(*v > 0.0).wrapping_neg();
+                    *g = f32::from_bits(d.to_bits() & keep);
                 }
             }
         });
     }
     let dbias: Vec<f32> = if cols > 0 {
-        g2.chunks(cols).map(|r| r.iter().sum()).collect()
+        g2.par_chunks(cols).map(sum).collect()
     } else {
         vec![0.0; s.cout]
     };
@@ -297,6 +299,26 @@ pub fn conv3x3_relu_backward(
     (dx, dweight, dbias)
 }
 
+/// A sum in eight lanes (vectorizes; a plain fold is one long dependency chain).
+fn sum(v: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let chunks = v.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for (l, x) in lanes.iter_mut().zip(c) {
+            *l += x;
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// The larger of two values and whether it is the second; NaN wins. Branch-free.
+#[inline(always)]
+fn pick(a: f32, b: f32) -> (f32, bool) {
+    let second = (b > a) | b.is_nan();
+    (if second { b } else { a }, second)
+}
+
 /// 2x2 max-pooling with stride 2 of `x: [planes, h, w]` (a trailing odd row or column is
 /// dropped, as burn's and PyTorch's floor mode do). Returns the output `[planes, h/2, w/2]`
 /// and, per output, which of the four inputs won (0..4, row-major in the window). NaN wins.
@@ -318,17 +340,13 @@ pub fn max_pool2x2_forward(x: &[f32], planes: usize, h: usize, w: usize) -> (Vec
             let plane = &x[p * h * w..][..h * w];
             for i in 0..oh {
                 let (r0, r1) = (&plane[2 * i * w..][..w], &plane[(2 * i + 1) * w..][..w]);
+                let (out, arg) = (&mut out[i * ow..][..ow], &mut arg[i * ow..][..ow]);
                 for j in 0..ow {
-                    let cand = [r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]];
-                    let (mut best, mut at) = (cand[0], 0u8);
-                    for (idx, &v) in cand.iter().enumerate().skip(1) {
-                        if v > best || (v.is_nan() && !best.is_nan()) {
-                            best = v;
-                            at = idx as u8;
-                        }
-                    }
-                    out[i * ow + j] = best;
-                    arg[i * ow + j] = at;
+                    let (top, t) = pick(r0[2 * j], r0[2 * j + 1]);
+                    let (bottom, b) = pick(r1[2 * j], r1[2 * j + 1]);
+                    let (best, lower) = pick(top, bottom);
+                    out[j] = best;
+                    arg[j] = (u8::from(lower) << 1) | (u8::from(lower & b) | u8::from(!lower & t));
                 }
             }
         });
