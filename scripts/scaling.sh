@@ -38,10 +38,13 @@ run() {
   fi
   # Median time of the rounds before the last (the last one also evaluates).
   local per_round
-  per_round=$(awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == "wall_s") c = i; next }
-    { w[NR - 1] = $c } END { n = 0; for (r = 1; r < NR - 1; r++) d[n++] = w[r] - (r > 1 ? w[r - 1] : 0);
-      if (n == 0) { d[n++] = w[1] } asort(d); m = (n % 2) ? d[(n + 1) / 2] : (d[n / 2] + d[n / 2 + 1]) / 2;
-      printf "%.3f", m }' "$dir/metrics.csv")
+  per_round=$(python3 - "$dir/metrics.csv" <<'PY'
+import csv, statistics, sys
+w = [float(r["wall_s"]) for r in csv.DictReader(open(sys.argv[1]))]
+d = [b - a for a, b in zip([0.0] + w, w)]
+print(f"{statistics.median(d[:-1] or d):.3f}")
+PY
+)
   echo "$per_round $peak"
 }
 
@@ -49,11 +52,15 @@ curve() { # curve NAME HEADER_X then rows "x clients per model"
   local name=$1 xname=$2
   shift 2
   mkdir -p "$OUT/$name"
-  echo "$xname,clients,clients_per_round,model,s_per_round,peak_mib" > "$OUT/$name/metrics.csv"
+  local header="clients,clients_per_round,model,s_per_round,peak_mib"
+  [[ $xname == clients ]] || header="$xname,$header"
+  echo "$header" > "$OUT/$name/metrics.csv"
   for row in "$@"; do
     read -r x clients per model <<< "$row"
     read -r t m <<< "$(run "$name-$x" "$clients" "$per" "$model")"
-    echo "$x,$clients,$per,$model,$t,$m" | tee -a "$OUT/$name/metrics.csv"
+    local line="$clients,$per,$model,$t,$m"
+    [[ $xname == clients ]] || line="$x,$line"
+    echo "$line" | tee -a "$OUT/$name/metrics.csv"
   done
 }
 
@@ -61,17 +68,20 @@ for c in $ONLY; do
   case $c in
     sampled) curve sampled clients "10 10 10 cnn" "100 100 10 cnn" "1000 1000 10 cnn" ;;
     all) curve all clients "10 10 10 cnn" "50 50 50 cnn" "100 100 100 cnn" ;;
-    models) curve models params \
-      "$($B bench-step --model mlp --steps 1 --warmup 0 --threads 1 | awk 'NR==1 { gsub(/[()]/, ""); print $4 }') 10 10 mlp" \
-      "$($B bench-step --model cnn-small --steps 1 --warmup 0 --threads 1 | awk 'NR==1 { gsub(/[()]/, ""); print $4 }') 10 10 cnn-small" \
-      "$($B bench-step --model cnn --steps 1 --warmup 0 --threads 1 | awk 'NR==1 { gsub(/[()]/, ""); print $4 }') 10 10 cnn" \
-      "$($B bench-step --model cnn-deep --steps 1 --warmup 0 --threads 1 | awk 'NR==1 { gsub(/[()]/, ""); print $4 }') 10 10 cnn-deep" ;;
+    models)
+      rows=()
+      for m in mlp cnn-small cnn cnn-deep; do
+        # "train step: NAME (PARAMS parameters, MFLOP MFLOP per training sample), ..."
+        mflop=$($B bench-step --model $m --steps 1 --warmup 0 --threads 1 | awk 'NR == 1 { print $6 }')
+        rows+=("$mflop 10 10 $m")
+      done
+      curve models train_mflop_per_sample "${rows[@]}" ;;
     *) echo "unknown curve $c" >&2; exit 1 ;;
   esac
 done
 for c in $ONLY; do
   x=clients
-  [[ $c == models ]] && x=params
-  $B compare "$OUT/$c" --x $x --y s_per_round --title "seconds per round ($c)" --out "$OUT/$c-time.png"
-  $B compare "$OUT/$c" --x $x --y peak_mib --title "peak memory, MiB ($c)" --out "$OUT/$c-memory.png"
+  [[ $c == models ]] && x=train_mflop_per_sample
+  $B compare "$OUT/$c" --x $x --log-x --y s_per_round --title "seconds per round ($c)" --out "$OUT/$c-time.png"
+  $B compare "$OUT/$c" --x $x --log-x --y peak_mib --title "peak memory, MiB ($c)" --out "$OUT/$c-memory.png"
 done

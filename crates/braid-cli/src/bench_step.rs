@@ -149,9 +149,10 @@ pub fn run(args: BenchStepArgs) -> Result<()> {
         })
         .collect();
     println!(
-        "train step: {} ({} parameters), batch {}, SGD lr 0.05, burn flex | {} warm-up + {} timed steps | {}",
+        "train step: {} ({} parameters, {:.2} MFLOP per training sample), batch {}, SGD lr 0.05, burn flex | {} warm-up + {} timed steps | {}",
         model.as_str(),
         arch.num_params(),
+        arch.train_flops() as f64 / 1e6,
         args.batch,
         args.warmup,
         args.steps,

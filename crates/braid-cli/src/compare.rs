@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use braid_engine::report::{plot_lines, Line, RGBColor};
+use braid_engine::report::{plot_lines, plot_values, Line, RGBColor};
 use clap::Args;
 
 /// Arguments of `braid compare`.
@@ -26,6 +26,9 @@ pub struct CompareArgs {
     /// Plot title.
     #[arg(long, default_value = "comparison")]
     title: String,
+    /// Plot log10 of the x column (for client counts and model sizes spanning decades).
+    #[arg(long)]
+    log_x: bool,
 }
 
 const COLORS: [RGBColor; 8] = [
@@ -87,18 +90,30 @@ pub fn run(args: CompareArgs) -> Result<()> {
             || run.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
         );
-        series.push((label, COLORS[i], points(run, &args.x, &args.y)?));
+        let mut pts = points(run, &args.x, &args.y)?;
+        if args.log_x {
+            if let Some(bad) = pts.iter().find(|p| p.0 <= 0.0) {
+                bail!("--log-x: {} has x = {} (must be > 0)", run.display(), bad.0);
+            }
+            pts.iter_mut().for_each(|p| p.0 = p.0.log10());
+        }
+        series.push((label, COLORS[i], pts));
     }
     let lines: Vec<Line<'_>> = series
         .iter()
         .map(|(l, c, p)| (l.as_str(), *c, p.clone()))
         .collect();
-    let xlabel = if args.x == "index" {
-        "round / epoch / step"
-    } else {
-        &args.x
+    let xlabel = match (args.x.as_str(), args.log_x) {
+        ("index", false) => "round / epoch / step".to_string(),
+        (x, false) => x.to_string(),
+        (x, true) => format!("log10 {x}"),
     };
-    plot_lines(&args.out, &args.title, xlabel, &lines).map_err(anyhow::Error::msg)?;
+    if args.y.contains("accuracy") {
+        plot_lines(&args.out, &args.title, &xlabel, &lines)
+    } else {
+        plot_values(&args.out, &args.title, (&xlabel, &args.y), &lines)
+    }
+    .map_err(anyhow::Error::msg)?;
     println!("wrote {}", args.out.display());
     Ok(())
 }

@@ -564,6 +564,46 @@ pub fn plot_lines(
     xlabel: &str,
     lines: &[Line<'_>],
 ) -> Result<(), String> {
+    let ymin = lines
+        .iter()
+        .flat_map(|l| l.2.iter().map(|p| p.1))
+        .fold(1.0f64, f64::min);
+    let ylo = (ymin - 0.05).clamp(0.0, 1.0);
+    plot_xy(
+        path,
+        &format!("{title}: test accuracy"),
+        (xlabel, "test accuracy"),
+        (ylo, 1.0),
+        lines,
+    )
+}
+
+/// Draws curves of any quantity (y from 0 to 10% above the largest value) into a PNG.
+pub fn plot_values(
+    path: &Path,
+    title: &str,
+    labels: (&str, &str),
+    lines: &[Line<'_>],
+) -> Result<(), String> {
+    let ymax = lines
+        .iter()
+        .flat_map(|l| l.2.iter().map(|p| p.1))
+        .fold(0.0f64, f64::max);
+    let ymax = if ymax.is_finite() && ymax > 0.0 {
+        ymax * 1.1
+    } else {
+        1.0
+    };
+    plot_xy(path, title, labels, (0.0, ymax), lines)
+}
+
+fn plot_xy(
+    path: &Path,
+    caption: &str,
+    (xlabel, ylabel): (&str, &str),
+    (ylo, yhi): (f64, f64),
+    lines: &[Line<'_>],
+) -> Result<(), String> {
     ensure_font();
     let err = |e: &dyn std::fmt::Display| format!("cannot draw {}: {e}", path.display());
     let root = BitMapBackend::new(path, (800, 500)).into_drawing_area();
@@ -576,19 +616,17 @@ pub fn plot_lines(
     } else {
         (0.0, xmax.max(0.0) + 1.0)
     };
-    let ymin = all().map(|p| p.1).fold(1.0f64, f64::min);
-    let ylo = (ymin - 0.05).clamp(0.0, 1.0);
     let mut chart = ChartBuilder::on(&root)
-        .caption(format!("{title}: test accuracy"), ("sans-serif", 24))
+        .caption(caption, ("sans-serif", 24))
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(60)
-        .build_cartesian_2d(xmin..xmax, ylo..1.0)
+        .build_cartesian_2d(xmin..xmax, ylo..yhi)
         .map_err(|e| err(&e))?;
     chart
         .configure_mesh()
         .x_desc(xlabel)
-        .y_desc("test accuracy")
+        .y_desc(ylabel)
         .label_style(("sans-serif", 15))
         .draw()
         .map_err(|e| err(&e))?;

@@ -341,12 +341,18 @@ pub fn max_pool2x2_forward(x: &[f32], planes: usize, h: usize, w: usize) -> (Vec
             for i in 0..oh {
                 let (r0, r1) = (&plane[2 * i * w..][..w], &plane[(2 * i + 1) * w..][..w]);
                 let (out, arg) = (&mut out[i * ow..][..ow], &mut arg[i * ow..][..ow]);
-                for j in 0..ow {
-                    let (top, t) = pick(r0[2 * j], r0[2 * j + 1]);
-                    let (bottom, b) = pick(r1[2 * j], r1[2 * j + 1]);
+                // Iterators rather than indices: no bounds checks in the loop.
+                for (((o, a), top), bottom) in out
+                    .iter_mut()
+                    .zip(arg.iter_mut())
+                    .zip(r0.chunks_exact(2))
+                    .zip(r1.chunks_exact(2))
+                {
+                    let (top, t) = pick(top[0], top[1]);
+                    let (bottom, b) = pick(bottom[0], bottom[1]);
                     let (best, lower) = pick(top, bottom);
-                    out[j] = best;
-                    arg[j] = (u8::from(lower) << 1) | (u8::from(lower & b) | u8::from(!lower & t));
+                    *o = best;
+                    *a = (u8::from(lower) << 1) | u8::from(if lower { b } else { t });
                 }
             }
         });
