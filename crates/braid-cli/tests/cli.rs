@@ -770,6 +770,43 @@ fn robust_aggregation_and_attacks_run_from_toml() {
         &base.replace("fraction = 0.25", "fraction = 1.5"),
         "attack.fraction",
     );
+    // Label flipping: every client trains on labels l -> 9 - l, so the model learns the
+    // mirrored classes and scores far below the same run without attackers.
+    let accuracy = |toml: &str, out: &str| -> f64 {
+        std::fs::write(dir.path().join("l.toml"), toml).unwrap();
+        let o = braid(&["run", "l.toml", "-q", "--out", out], dir.path());
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let csv = std::fs::read_to_string(dir.path().join(out).join("metrics.csv")).unwrap();
+        csv.lines()
+            .last()
+            .unwrap()
+            .split(',')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let learns = base
+        .replace("train_limit = 400", "train_limit = 2000")
+        .replace("name = \"cnn-small\"", "name = \"mlp\"")
+        .replace("batch_size = 32", "batch_size = 32\nlocal_epochs = 5")
+        .replace("rounds = 6", "rounds = 10")
+        .replace("clients_per_round = 4", "clients_per_round = 8");
+    let clean = accuracy(
+        &learns.replace("fraction = 0.25", "fraction = 0.0"),
+        "clean",
+    );
+    let flipped = accuracy(
+        &learns.replace("fraction = 0.25", "fraction = 1.0").replace(
+            "{ kind = \"scale\", scale = 50.0 }",
+            "{ kind = \"label-flip\" }",
+        ),
+        "flipped",
+    );
+    assert!(
+        flipped < clean - 0.2,
+        "clean {clean}, all flipping {flipped}"
+    );
     expect_error(
         &robust.replace(
             "{ kind = \"median\" }",

@@ -184,6 +184,9 @@ pub enum Attack {
         /// Standard deviation of every coordinate.
         std: f64,
     },
+    /// Trains on its data with every label `l` replaced by `classes - 1 - l` and sends the
+    /// resulting update unchanged (data poisoning rather than update forging).
+    LabelFlip,
 }
 
 fn one() -> f64 {
@@ -196,6 +199,7 @@ impl Attack {
         let v = match *self {
             Self::SignFlip { scale } | Self::Scale { scale } => scale,
             Self::Gaussian { std } => std,
+            Self::LabelFlip => return Ok(()),
         };
         if v.is_finite() && v >= 0.0 {
             Ok(())
@@ -206,9 +210,16 @@ impl Attack {
         }
     }
 
-    /// Turns an honest `update` into the attacker's.
+    /// True when the attack poisons the training data instead of the update.
+    pub fn poisons_labels(&self) -> bool {
+        matches!(self, Self::LabelFlip)
+    }
+
+    /// Turns an honest `update` into the attacker's (a label-flipping attacker's update is
+    /// already the attack: unchanged).
     pub fn apply(&self, update: &mut [f32], rng: &mut impl rand::Rng) {
         match *self {
+            Self::LabelFlip => {}
             Self::SignFlip { scale } => update.iter_mut().for_each(|x| *x *= -(scale as f32)),
             Self::Scale { scale } => update.iter_mut().for_each(|x| *x *= scale as f32),
             Self::Gaussian { std } => {
@@ -338,6 +349,12 @@ mod tests {
         let sd = (g.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / 1e4).sqrt();
         assert!((sd - 3.0).abs() < 0.1, "{sd}");
         assert!(Attack::Scale { scale: f64::NAN }.validate().is_err());
+        // A label flipper's update is honest training on poisoned data: left as it is.
+        let mut l = vec![1.0f32, -2.0];
+        Attack::LabelFlip.apply(&mut l, &mut rng);
+        assert_eq!(l, vec![1.0, -2.0]);
+        assert!(Attack::LabelFlip.poisons_labels() && Attack::LabelFlip.validate().is_ok());
+        assert!(!Attack::Scale { scale: 2.0 }.poisons_labels());
         let bad = bad_clients(20, 0.2, 7);
         assert_eq!(bad.len(), 4);
         assert_eq!(bad, bad_clients(20, 0.2, 7));

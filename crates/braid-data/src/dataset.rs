@@ -142,6 +142,17 @@ impl Dataset {
         }
     }
 
+    /// The same samples with every label `l` replaced by `classes - 1 - l`: the data a
+    /// label-flipping attacker trains on.
+    pub fn with_labels_flipped(&self) -> Self {
+        let mut flipped = self.clone();
+        let top = self.num_classes().saturating_sub(1);
+        for l in &mut flipped.labels {
+            *l = u8::try_from(top.saturating_sub(usize::from(*l))).unwrap_or(0);
+        }
+        flipped
+    }
+
     /// A new data set holding samples `idx`, in that order.
     pub fn select(&self, idx: &[usize]) -> Self {
         let len = self.sample_len();
@@ -216,6 +227,18 @@ mod tests {
             2,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn flipping_labels_maps_l_to_classes_minus_one_minus_l() {
+        let d = tiny();
+        let f = d.with_labels_flipped();
+        assert_eq!(f.labels(), &[0, 1]);
+        assert_eq!(f.with_labels_flipped(), d);
+        let (mut x, mut x2, mut y) = (Vec::new(), Vec::new(), Vec::new());
+        d.gather(&[0, 1], &mut x, &mut y);
+        f.gather(&[0, 1], &mut x2, &mut y);
+        assert_eq!(x, x2, "features unchanged");
     }
 
     #[test]

@@ -145,6 +145,22 @@ impl LocalTrainer for Metered<'_> {
         Ok(out)
     }
 
+    fn train_label_flipped(
+        &mut self,
+        params: &[f32],
+        shard: &[usize],
+        seed: u64,
+        lr_scale: f64,
+    ) -> Result<TrainOutcome, EngineError> {
+        let t0 = Instant::now();
+        let out = self
+            .inner
+            .train_label_flipped(params, shard, seed, lr_scale)?;
+        self.trained(&out, t0);
+        self.hash(params, &out.params);
+        Ok(out)
+    }
+
     fn train_batches(
         &mut self,
         params: &[f32],

@@ -292,6 +292,8 @@ pub struct BurnTrainer {
     /// The split model's two parts (algorithm `split`).
     split: Option<SplitTrainer>,
     data: Arc<DataSplit>,
+    /// The training set with flipped labels, made on first use by a label-flipping attacker.
+    flipped: Option<braid_data::Dataset>,
     spec: TrainSpec,
     /// The test set in a seeded order; `evaluate_sample(n)` uses its first `n` entries.
     eval_order: Vec<usize>,
@@ -322,6 +324,7 @@ impl BurnTrainer {
                 .map(|s| SplitTrainer::new(s, device))
                 .transpose()?,
             data: Arc::clone(&prepared.data),
+            flipped: None,
             spec: prepared.config.train_spec(),
             device: device.clone(),
             eval_order: {
@@ -483,6 +486,23 @@ impl LocalTrainer for BurnTrainer {
         Ok(self
             .trainer
             .train(params, &self.data.train, shard, &self.spec, seed)?)
+    }
+
+    fn train_label_flipped(
+        &mut self,
+        params: &[f32],
+        shard: &[usize],
+        seed: u64,
+        lr_scale: f64,
+    ) -> Result<TrainOutcome, EngineError> {
+        self.spec.lr_scale = lr_scale;
+        let data = &self.data;
+        let flipped = self
+            .flipped
+            .get_or_insert_with(|| data.train.with_labels_flipped());
+        Ok(self
+            .trainer
+            .train(params, flipped, shard, &self.spec, seed)?)
     }
 
     fn train_batches(

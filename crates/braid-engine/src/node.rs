@@ -24,6 +24,19 @@ pub trait LocalTrainer: Send {
         seed: u64,
         lr_scale: f64,
     ) -> Result<TrainOutcome, EngineError>;
+    /// [`LocalTrainer::train`] on the same samples with every label `l` replaced by
+    /// `classes - 1 - l` (a label-flipping attacker). Default: refused.
+    fn train_label_flipped(
+        &mut self,
+        _params: &[f32],
+        _shard: &[usize],
+        _seed: u64,
+        _lr_scale: f64,
+    ) -> Result<TrainOutcome, EngineError> {
+        Err(EngineError::Setup(
+            "this trainer cannot train on flipped labels (attack kind \"label-flip\")".into(),
+        ))
+    }
     /// One optimizer step per batch (training-sample indices), continuing from `state`'s
     /// optimizer state and updating it: for participants that keep their optimizer across
     /// rounds (decentralized peers). The learning rate is multiplied by `lr_scale`.

@@ -722,7 +722,12 @@ impl Node for FedAvgClient {
         );
         let progress = f64::from(round.saturating_sub(1)) / f64::from(self.rounds);
         let lr_scale = self.lr_schedule.factor(progress);
-        let mut out = ctx.trainer.train(&params, &self.shard, s, lr_scale)?;
+        let mut out = if self.attack.is_some_and(|a| a.poisons_labels()) {
+            ctx.trainer
+                .train_label_flipped(&params, &self.shard, s, lr_scale)?
+        } else {
+            ctx.trainer.train(&params, &self.shard, s, lr_scale)?
+        };
         // An attacker's or a local-DP client's update is rewritten before it is sent.
         let rng = |stream| seed::rng(self.seed, &[stream, u64::from(self.id), u64::from(round)]);
         if let Some(attack) = self.attack {
