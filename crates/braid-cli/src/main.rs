@@ -222,6 +222,9 @@ fn run_and_report(
         central.compression = None;
         central.split = None;
         central.mutual = None;
+        central.privacy = None;
+        central.attack = None;
+        central.secure_aggregation = None;
         println!();
         let base_acc = run_one(&central, &dir.join("baseline"), quiet)?;
         if let (Some(a), Some(b)) = (main_acc, base_acc) {

@@ -34,6 +34,7 @@ pub mod partition;
 pub mod privacy;
 pub mod robust;
 pub mod schedule;
+pub mod secagg;
 pub mod seed;
 pub mod server_opt;
 pub mod split_batches;

@@ -77,6 +77,37 @@ pub struct ExperimentConfig {
     /// `[attack]`: a simulated attack by a fraction of the clients (FedAvg family).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attack: Option<AttackConfig>,
+    /// `[secure_aggregation]`: the server learns only the sum of each round's updates
+    /// (FedAvg family).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure_aggregation: Option<SecureAggregationConfig>,
+}
+
+/// `[secure_aggregation]`: pairwise-masked aggregation (Bonawitz et al. 2017) with x25519
+/// key agreement, ChaCha20 masks and Shamir shares, so the server learns only each round's
+/// sum and the sum survives clients dropping out after sharing their keys.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecureAggregationConfig {
+    /// Shares needed to unmask, between 2 and the clients per round (default: a majority,
+    /// `clients_per_round / 2 + 1`). Up to `clients_per_round - threshold` clients may drop out
+    /// of a round; fewer than `threshold` colluding clients learn nothing with the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<usize>,
+    /// Fractional bits of the fixed-point encoding of updates (default 24, in 8..=40).
+    #[serde(default = "default_scale_bits")]
+    pub scale_bits: u32,
+}
+
+fn default_scale_bits() -> u32 {
+    24
+}
+
+impl SecureAggregationConfig {
+    /// The threshold for `clients_per_round` clients per round.
+    pub fn threshold_for(&self, clients_per_round: usize) -> usize {
+        self.threshold.unwrap_or(clients_per_round / 2 + 1)
+    }
 }
 
 /// `[attack]`: a fraction of the clients, drawn with the seed, turn their update into the
@@ -937,6 +968,33 @@ impl ExperimentConfig {
             a.kind.validate().map_err(|e| format!("attack.{e}"))?;
             if self.compression.is_some() {
                 return Err("[attack] and [compression] cannot be combined yet".into());
+            }
+        }
+        if let Some(sa) = &self.secure_aggregation {
+            if !fedavg_family {
+                return Err("[secure_aggregation] applies to \"fedavg\" and \"fedprox\"".into());
+            }
+            let m = self.clients_per_round();
+            let t = sa.threshold_for(m);
+            if t < 2 || t > m {
+                return Err(format!(
+                    "secure_aggregation.threshold = {t} must be between 2 and the {m} clients per round"
+                ));
+            }
+            if !(8..=40).contains(&sa.scale_bits) {
+                return Err(format!(
+                    "secure_aggregation.scale_bits = {} must be in 8..=40",
+                    sa.scale_bits
+                ));
+            }
+            if !is_mean(&self.algorithm.aggregator) {
+                return Err("[secure_aggregation] hides single updates, which algorithm.aggregator needs: they cannot be combined".into());
+            }
+            if self.privacy.is_some_and(|p| p.mode == DpMode::Central) {
+                return Err("[secure_aggregation] hides single updates, which central DP clips at the server: use [privacy] mode = \"local\"".into());
+            }
+            if self.compression.is_some_and(|c| c.uplink.is_some()) {
+                return Err("[secure_aggregation] and compression.uplink cannot be combined (masked updates are ring elements); compression.downlink can".into());
             }
         }
         if let Some(p) = &self.privacy {

@@ -13,7 +13,7 @@ use braid_nn::{
 use rand::seq::SliceRandom;
 
 use crate::algorithms::dsgd::{DsgdMonitor, DsgdPeer, DsgdSettings};
-use crate::algorithms::fedavg::{FedAvgClient, FedAvgServer, ServerConfig, SERVER};
+use crate::algorithms::fedavg::{FedAvgClient, FedAvgServer, SecureSettings, ServerConfig, SERVER};
 use crate::algorithms::mutual::{MutualClient, MutualHub, MutualSettings, Variant};
 use crate::algorithms::split::{SplitClient, SplitServer, SplitSettings};
 use crate::config::{AlgorithmName, ExperimentConfig};
@@ -617,6 +617,10 @@ pub fn build_nodes(prepared: &Prepared) -> Result<Vec<Box<dyn Node>>, EngineErro
         return Ok(nodes);
     }
     let clients: Vec<NodeId> = (1..=prepared.parts.len() as NodeId).collect();
+    let secure = c.secure_aggregation.map(|sa| SecureSettings {
+        threshold: sa.threshold_for(c.clients_per_round()),
+        scale_bits: sa.scale_bits,
+    });
     let server = FedAvgServer::new(
         ServerConfig {
             rounds: c.algorithm.rounds(),
@@ -632,7 +636,8 @@ pub fn build_nodes(prepared: &Prepared) -> Result<Vec<Box<dyn Node>>, EngineErro
         prepared.arch.init_params(c.seed),
     )?
     .with_downlink(c.compression.and_then(|k| k.downlink))
-    .with_privacy(c.privacy, prepared.parts.len());
+    .with_privacy(c.privacy, prepared.parts.len())
+    .with_secure_aggregation(secure);
     let mut nodes: Vec<Box<dyn Node>> = vec![Box::new(server)];
     let bad = c.attack.map_or_else(Vec::new, |a| {
         braid_core::robust::bad_clients(clients.len(), a.fraction, c.seed)
@@ -650,7 +655,8 @@ pub fn build_nodes(prepared: &Prepared) -> Result<Vec<Box<dyn Node>>, EngineErro
                     prepared.arch.num_params(),
                 )
                 .with_privacy(c.privacy)
-                .with_attack(attack),
+                .with_attack(attack)
+                .with_secure_aggregation(secure),
         ));
     }
     debug_assert_eq!(nodes[0].id(), SERVER);

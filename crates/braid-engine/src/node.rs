@@ -399,6 +399,7 @@ impl Input {
                 | Payload::TrainReply { round, .. }
                 | Payload::PackedRequest { round, .. }
                 | Payload::PackedReply { round, .. }
+                | Payload::SecAgg { round, .. }
                 | Payload::Gossip { round, .. }
                 | Payload::MutualModel { round, .. }
                 | Payload::MutualReport { round, .. }

@@ -30,6 +30,7 @@ const KIND_SPLIT_GRADIENT: u8 = 13;
 const KIND_SPLIT_CLIENT_GRAD: u8 = 14;
 const KIND_MUTUAL_MODEL: u8 = 15;
 const KIND_MUTUAL_REPORT: u8 = 16;
+const KIND_SECAGG: u8 = 17;
 /// Longest public key or signature a halt may carry.
 const MAX_HALT_FIELD: usize = 1024;
 
@@ -120,6 +121,14 @@ pub enum Payload {
         train_loss: f32,
         /// The update, compressed.
         update: Vec<u8>,
+    },
+    /// Secure aggregation (FedAvg family), either way: a `braid_core::secagg::Message` of
+    /// round `round`, encoded; its own decoder validates it.
+    SecAgg {
+        /// Round number, from 1.
+        round: u32,
+        /// The encoded protocol message (shared between recipients in-process).
+        body: Arc<Vec<u8>>,
     },
     /// Server to client (split learning): run your part on `count` of your samples, starting
     /// at position `offset` of your epoch-`epoch` sample order, with these client-part
@@ -244,6 +253,7 @@ impl Payload {
             Self::Halt { .. } => "halt",
             Self::PackedRequest { .. } => "packed-request",
             Self::PackedReply { .. } => "packed-reply",
+            Self::SecAgg { .. } => "secagg",
             Self::SplitRequest { .. } => "split-request",
             Self::SplitActivations { .. } => "split-activations",
             Self::SplitGradient { .. } => "split-gradient",
@@ -266,6 +276,7 @@ impl Payload {
             Self::JoinReply { params, .. } => header + 8 + 4 + 4 + 4 * params.len(),
             Self::PackedRequest { model, .. } => header + 4 + 4 + model.len(),
             Self::PackedReply { update, .. } => header + 4 + 8 + 4 + 4 + 4 + update.len(),
+            Self::SecAgg { body, .. } => header + 4 + 4 + body.len(),
             Self::SplitRequest { params, .. } => header + 8 + 4 + 4 + 4 + 4 + 4 * params.len(),
             Self::SplitActivations { labels, acts, .. } => {
                 header + 8 + 4 + labels.len() + 4 + 4 * acts.len()
@@ -367,6 +378,12 @@ impl Payload {
                 out.extend_from_slice(&round.to_le_bytes());
                 out.extend_from_slice(&(model.len() as u32).to_le_bytes());
                 out.extend_from_slice(model);
+            }
+            Self::SecAgg { round, body } => {
+                out.push(KIND_SECAGG);
+                out.extend_from_slice(&round.to_le_bytes());
+                out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+                out.extend_from_slice(body);
             }
             Self::PackedReply {
                 round,
@@ -539,6 +556,20 @@ impl Payload {
                 Self::PackedRequest {
                     round,
                     model: Arc::new(r.packed(max_params)?),
+                }
+            }
+            KIND_SECAGG => {
+                let round = r.u32("round")?;
+                let n = r.u32("secagg length")? as usize;
+                // A masked vector of `max` parameters and a few statistics, or the keys and
+                // shares of up to a few thousand clients.
+                let limit = (1usize << 20).saturating_add(max_params.saturating_mul(8));
+                if n > limit {
+                    return Err(WireError::TooLarge { got: n, max: limit });
+                }
+                Self::SecAgg {
+                    round,
+                    body: Arc::new(r.take(n, "secagg message")?.to_vec()),
                 }
             }
             KIND_PACKED_REPLY => {
@@ -789,7 +820,7 @@ mod tests {
         fn encoding_round_trips_with_exact_length(params in prop::collection::vec(-1e6f32..1e6, 0..64), round in 0u32..1000) {
             let snapshot = Payload::Snapshot { step: u64::from(round) * 7, train_loss: 0.25, accuracy: 0.5, loss: 1.5, gossip_bytes: 1 << 40, params: Arc::new(params.clone()) };
             let gossip = Payload::Gossip { round, params: Arc::new(params.clone()) };
-            for p in [Payload::TrainRequest { round, params: Arc::new(params.clone()) }, reply(params.clone()), gossip, snapshot, Payload::Shutdown { round }, Payload::JoinRequest { step: u64::from(round) << 33 }, Payload::JoinReply { step: 5, mixed_through: round, params: Arc::new(params.clone()) }, Payload::Halt { run: [round as u8; 32], issued_at: 7, signer: vec![1, 2, 3], signature: params.iter().map(|v| *v as u8).collect() }, Payload::PackedRequest { round, model: Arc::new(params.iter().map(|v| *v as u8).collect()) }, Payload::PackedReply { round, num_samples: 3, steps: 4, train_loss: 0.5, update: params.iter().map(|v| *v as u8).collect() }, Payload::SplitRequest { step: u64::from(round) << 20, epoch: round, offset: 7, count: 2, params: Arc::new(params.clone()) }, Payload::SplitActivations { step: 9, labels: params.iter().map(|v| *v as u8).collect(), acts: params.clone() }, Payload::SplitGradient { step: 1, grad: params.clone() }, Payload::SplitClientGrad { step: 2, grad: params.clone() }, Payload::MutualModel { round, arch: 2, params: Arc::new(params.clone()) }, Payload::MutualReport { round, arch: 1, accuracy: 0.5, loss: 1.5, peak_accuracy: 0.75, peak_loss: 0.9, train_loss: 0.25, bytes_sent: 1 << 40 }] {
+            for p in [Payload::TrainRequest { round, params: Arc::new(params.clone()) }, reply(params.clone()), gossip, snapshot, Payload::Shutdown { round }, Payload::JoinRequest { step: u64::from(round) << 33 }, Payload::JoinReply { step: 5, mixed_through: round, params: Arc::new(params.clone()) }, Payload::Halt { run: [round as u8; 32], issued_at: 7, signer: vec![1, 2, 3], signature: params.iter().map(|v| *v as u8).collect() }, Payload::PackedRequest { round, model: Arc::new(params.iter().map(|v| *v as u8).collect()) }, Payload::PackedReply { round, num_samples: 3, steps: 4, train_loss: 0.5, update: params.iter().map(|v| *v as u8).collect() }, Payload::SplitRequest { step: u64::from(round) << 20, epoch: round, offset: 7, count: 2, params: Arc::new(params.clone()) }, Payload::SplitActivations { step: 9, labels: params.iter().map(|v| *v as u8).collect(), acts: params.clone() }, Payload::SplitGradient { step: 1, grad: params.clone() }, Payload::SplitClientGrad { step: 2, grad: params.clone() }, Payload::MutualModel { round, arch: 2, params: Arc::new(params.clone()) }, Payload::MutualReport { round, arch: 1, accuracy: 0.5, loss: 1.5, peak_accuracy: 0.75, peak_loss: 0.9, train_loss: 0.25, bytes_sent: 1 << 40 }, Payload::SecAgg { round, body: Arc::new(params.iter().map(|v| *v as u8).collect()) }] {
                 let bytes = p.encode();
                 prop_assert_eq!(bytes.len(), p.encoded_len());
                 prop_assert_eq!(Payload::decode(&bytes, 64).unwrap(), p);

@@ -41,6 +41,9 @@ use crate::config::{CompressionConfig, DpMode, OnTarget, PrivacyConfig};
 use crate::node::{check_params, EngineError, Event, Node, NodeCtx, NodeState, RoundMetrics};
 use crate::wire::{NodeId, Payload};
 
+mod secure;
+pub use secure::{SecureSettings, MAX_RESTARTS};
+
 /// The server's id.
 pub const SERVER: NodeId = 0;
 
@@ -63,6 +66,15 @@ pub struct ServerConfig {
     pub min_replies: usize,
     /// How the round's updates are combined.
     pub aggregator: braid_core::robust::Aggregator,
+}
+
+/// What a round's aggregation reports besides the average.
+struct Aggregated {
+    clients: usize,
+    stragglers: usize,
+    samples: u64,
+    local_steps: u64,
+    train_loss: f64,
 }
 
 struct Reply {
@@ -89,6 +101,9 @@ pub struct FedAvgServer {
     downlink: Option<Compression>,
     /// Differential privacy: the settings and the spending so far.
     privacy: Option<DpServer>,
+    /// Secure aggregation: the settings, and the current round's state.
+    secure: Option<SecureSettings>,
+    sec: Option<secure::SecRound>,
 }
 
 /// The server's side of DP-FedAvg.
@@ -171,6 +186,8 @@ impl FedAvgServer {
             completed: 0,
             downlink: None,
             privacy: None,
+            secure: None,
+            sec: None,
         })
     }
 
@@ -253,6 +270,15 @@ impl FedAvgServer {
                 .collect()
         };
         chosen.sort_unstable();
+        if let Some(settings) = self.secure {
+            self.sec = Some(secure::SecRound::new(
+                self.round,
+                settings,
+                self.params.len(),
+                chosen.clone(),
+                0,
+            )?);
+        }
         self.waiting = chosen.into_iter().map(|c| (c, None)).collect();
         self.bytes_down = 0;
         self.bytes_up = 0;
@@ -262,12 +288,15 @@ impl FedAvgServer {
     /// Sends the round's request to every chosen client that has not replied yet, and arms
     /// the round's deadline.
     fn ask_missing(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
-        let missing: Vec<NodeId> = self
-            .waiting
-            .iter()
-            .filter(|(_, r)| r.is_none())
-            .map(|(&c, _)| c)
-            .collect();
+        let missing: Vec<NodeId> = match &self.sec {
+            Some(sr) => sr.missing(),
+            None => self
+                .waiting
+                .iter()
+                .filter(|(_, r)| r.is_none())
+                .map(|(&c, _)| c)
+                .collect(),
+        };
         let request = match &self.downlink {
             Some(c) => {
                 let mut rng = seed::rng(
@@ -347,7 +376,6 @@ impl FedAvgServer {
                 .map_err(|e| EngineError::Setup(format!("round {}: {e}", self.round)))?;
             self.params.iter().zip(&agg).map(|(p, d)| p + d).collect()
         };
-        self.optimizer.step(&mut self.params, &mean)?;
         let samples: u64 = replies.iter().map(|r| r.num_samples).sum();
         let local_steps: u64 = replies.iter().map(|r| u64::from(r.steps)).sum();
         let train_loss = replies
@@ -355,6 +383,36 @@ impl FedAvgServer {
             .map(|r| f64::from(r.train_loss) * r.num_samples as f64)
             .sum::<f64>()
             / samples.max(1) as f64;
+        self.close_round(
+            ctx,
+            mean,
+            Aggregated {
+                clients: replies.len(),
+                stragglers,
+                samples,
+                local_steps,
+                train_loss,
+            },
+        )
+    }
+
+    /// Applies the server optimizer to the round's average `mean` (parameters), evaluates,
+    /// reports the round and starts the next one or ends the run.
+    fn close_round(
+        &mut self,
+        ctx: &mut NodeCtx<'_>,
+        mean: Vec<f32>,
+        agg: Aggregated,
+    ) -> Result<(), EngineError> {
+        self.completed = self.round;
+        self.optimizer.step(&mut self.params, &mean)?;
+        let Aggregated {
+            clients,
+            stragglers,
+            samples,
+            local_steps,
+            train_loss,
+        } = agg;
         let epsilon = match &self.privacy {
             Some(dp) => Some(dp.epsilon_after(0)?),
             None => None,
@@ -398,7 +456,7 @@ impl FedAvgServer {
             accuracy,
             loss,
             train_loss,
-            clients: replies.len(),
+            clients,
             stragglers,
             samples,
             local_steps,
@@ -513,6 +571,14 @@ impl Node for FedAvgServer {
         let kind = payload.kind();
         let reject = EngineError::rejecter(SERVER, from, kind);
         let bytes = payload.encoded_len() as u64;
+        if let Payload::SecAgg { round, body } = &payload {
+            return self.on_secagg(from, *round, body, bytes, ctx);
+        }
+        if self.secure.is_some() {
+            return Err(reject(
+                "secure aggregation is on: updates come only as secagg messages".into(),
+            ));
+        }
         let (round, num_samples, steps, train_loss, params) = match payload {
             Payload::TrainReply {
                 round,
@@ -569,6 +635,9 @@ impl Node for FedAvgServer {
     }
 
     fn on_deadline(&mut self, token: u64, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+        if self.secure.is_some() {
+            return self.secure_deadline(token, ctx);
+        }
         if token != u64::from(self.round) || self.waiting.is_empty() {
             return Ok(()); // a round that already completed
         }
@@ -610,6 +679,9 @@ pub struct FedAvgClient {
     local_dp: Option<(f64, f64)>,
     /// A simulated attacker: what it does to its update.
     attack: Option<braid_core::robust::Attack>,
+    /// Secure aggregation: the settings, and the current round's state.
+    secure: Option<SecureSettings>,
+    sec: Option<secure::ClientSec>,
 }
 
 impl FedAvgClient {
@@ -626,6 +698,8 @@ impl FedAvgClient {
             uplink: None,
             local_dp: None,
             attack: None,
+            secure: None,
+            sec: None,
         }
     }
 
@@ -703,6 +777,7 @@ impl Node for FedAvgClient {
                 self.done = true;
                 return Ok(());
             }
+            Payload::SecAgg { round, body } => return self.on_secagg(round, &body, ctx),
             _ => {
                 return Err(EngineError::Rejected {
                     node: self.id,
@@ -740,6 +815,17 @@ impl Node for FedAvgClient {
                 privacy::clip_to_norm(d, clip);
                 privacy::add_gaussian_noise(d, std, &mut rng(seed::stream::PRIVACY));
             })?;
+        }
+        if self.secure.is_some() {
+            let update = braid_core::params::sub(&out.params, &params)?;
+            return self.secure_start(
+                round,
+                &update,
+                self.shard.len() as u64,
+                out.steps as u32,
+                out.mean_loss as f32,
+                ctx,
+            );
         }
         let reply = match &mut self.uplink {
             None => Payload::TrainReply {
