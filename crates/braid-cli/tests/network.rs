@@ -1138,3 +1138,26 @@ fn secure_aggregation_across_processes_matches_the_simulator() {
         "{net:?}"
     );
 }
+
+/// The downlink as compressed changes to the clients' copies, across processes: every client
+/// process keeps its own copy, and the server's metrics equal the simulator's.
+#[test]
+fn downlink_changes_across_processes_match_the_simulator() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_config(
+        d,
+        3,
+        "[compression]\nuplink = { sparsify = { kind = \"top-k\", fraction = 0.05 }, quantize = { kind = \"int8\", block = 256 } }\nerror_feedback = true\ndownlink = { sparsify = { kind = \"top-k\", fraction = 0.05 }, quantize = { kind = \"int8\", block = 256 } }\ndownlink_delta = true\n",
+    );
+    let server = spawn_node(d, "k0.key", "out0");
+    let clients: Vec<Child> = (1..=3)
+        .map(|i| spawn_node(d, &format!("k{i}.key"), &format!("out{i}")))
+        .collect();
+    let limit = Duration::from_secs(120);
+    ok(&finish(server, limit, "server"), "server");
+    for (i, c) in clients.into_iter().enumerate() {
+        ok(&finish(c, limit, "client"), &format!("client {}", i + 1));
+    }
+    assert_matches_simulator(d, "out0/metrics.csv", 4);
+}

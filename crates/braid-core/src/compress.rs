@@ -18,7 +18,9 @@
 //!
 //! Sparsifiers keep the chosen entries (then quantized) and zero the rest; top-k keeps the
 //! largest magnitudes (ties by lower index), random-k a uniform random subset (not rescaled:
-//! meant for use with error feedback). [`ErrorFeedback`] keeps what compression dropped and
+//! meant for use with error feedback). The kept positions are written as a sorted list of u32
+//! indices or, when that is smaller (more than 1/32 of the entries kept), as a bitmap of one
+//! bit per entry. [`ErrorFeedback`] keeps what compression dropped and
 //! adds it to the next vector it compresses, so nothing is lost for good: the decoded outputs
 //! plus the final residual sum to the inputs.
 
@@ -98,7 +100,7 @@ pub enum CompressError {
     Malformed(String),
 }
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 const HEADER: usize = 1 + 1 + 1 + 4 + 4 + 4; // version, sparsify, quantize, n, m, param
 
 impl Compression {
@@ -140,13 +142,23 @@ impl Compression {
     }
 }
 
+/// Whether the `m` kept positions of `n` are written as a bitmap (else as u32 indices).
+fn uses_bitmap(n: usize, m: usize) -> bool {
+    n.div_ceil(8) < 4 * m
+}
+
+/// Bytes of the kept positions: the smaller of `m` u32 indices and an `n`-bit bitmap.
+fn index_bytes(n: usize, m: usize) -> usize {
+    (4 * m).min(n.div_ceil(8))
+}
+
 /// Exact length of [`encode`]'s output for a vector of `n` values.
 pub fn encoded_len(n: usize, c: &Compression) -> usize {
     let m = c.kept(n);
     let indices = if matches!(c.sparsify, Sparsify::None) {
         0
     } else {
-        4 * m
+        index_bytes(n, m)
     };
     let values = match c.quantize {
         Quantize::F32 => 4 * m,
@@ -219,8 +231,16 @@ pub fn encode(x: &[f32], c: &Compression, rng: &mut impl Rng) -> Result<Vec<u8>,
     out.extend_from_slice(&(m as u32).to_le_bytes());
     out.extend_from_slice(&p.to_le_bytes());
     if let Some(ix) = &idx {
-        for i in ix {
-            out.extend_from_slice(&i.to_le_bytes());
+        if uses_bitmap(n, m) {
+            let mut bits = vec![0u8; n.div_ceil(8)];
+            for &i in ix {
+                bits[i as usize / 8] |= 1 << (i % 8);
+            }
+            out.extend_from_slice(&bits);
+        } else {
+            for i in ix {
+                out.extend_from_slice(&i.to_le_bytes());
+            }
         }
     }
     match c.quantize {
@@ -345,7 +365,7 @@ pub fn decode(bytes: &[u8], n: usize) -> Result<Vec<f32>, CompressError> {
     };
     let sparse = !matches!(sparsify, Sparsify::None);
     // The expected length from the header's own m (the fraction is not stored).
-    let indices = if sparse { 4 * m } else { 0 };
+    let indices = if sparse { index_bytes(n, m) } else { 0 };
     let values_len = encoded_len(
         m,
         &Compression {
@@ -357,24 +377,12 @@ pub fn decode(bytes: &[u8], n: usize) -> Result<Vec<f32>, CompressError> {
     if bytes.len() != want {
         return Err(bad(format!("{} bytes, expected {want}", bytes.len())));
     }
-    let mut pos = HEADER;
-    let idx: Option<Vec<usize>> = if sparse {
-        let mut v = Vec::with_capacity(m);
-        let mut last: Option<usize> = None;
-        for _ in 0..m {
-            let i = u32_at(pos) as usize;
-            pos += 4;
-            if i >= n || last.is_some_and(|l| i <= l) {
-                return Err(bad(format!("index {i} out of order or range")));
-            }
-            last = Some(i);
-            v.push(i);
-        }
-        Some(v)
+    let idx = if sparse {
+        Some(read_indices(&bytes[HEADER..HEADER + indices], n, m)?)
     } else {
         None
     };
-    let body = &bytes[pos..];
+    let body = &bytes[HEADER + indices..];
     let values: Vec<f32> = match quantize {
         Quantize::F32 => body
             .chunks_exact(4)
@@ -444,6 +452,44 @@ pub fn decode(bytes: &[u8], n: usize) -> Result<Vec<f32>, CompressError> {
     })
 }
 
+/// The `m` kept positions of `n`, from their encoding (`index_bytes(n, m)` bytes): strictly
+/// increasing u32 indices below `n`, or a bitmap with exactly `m` bits set and no bit at or
+/// past `n`.
+fn read_indices(bytes: &[u8], n: usize, m: usize) -> Result<Vec<usize>, CompressError> {
+    let bad = |why: String| CompressError::Malformed(why);
+    let mut v = Vec::with_capacity(m);
+    if uses_bitmap(n, m) {
+        for (k, &byte) in bytes.iter().enumerate() {
+            for bit in 0..8 {
+                if byte & (1 << bit) != 0 {
+                    let i = 8 * k + bit;
+                    if i >= n {
+                        return Err(bad(format!("bitmap marks position {i} of {n}")));
+                    }
+                    v.push(i);
+                }
+            }
+        }
+        if v.len() != m {
+            return Err(bad(format!(
+                "bitmap marks {} positions, the header {m}",
+                v.len()
+            )));
+        }
+    } else {
+        let mut last: Option<usize> = None;
+        for c in bytes.chunks_exact(4) {
+            let i = u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize;
+            if i >= n || last.is_some_and(|l| i <= l) {
+                return Err(bad(format!("index {i} out of order or range")));
+            }
+            last = Some(i);
+            v.push(i);
+        }
+    }
+    Ok(v)
+}
+
 /// Error feedback: what compression dropped from one vector is added to the next.
 #[derive(Debug, Clone, Default)]
 pub struct ErrorFeedback {
@@ -487,6 +533,8 @@ mod tests {
             Sparsify::None,
             Sparsify::TopK { fraction: 0.3 },
             Sparsify::RandomK { fraction: 0.3 },
+            // Few enough kept that the positions go as a list, not a bitmap.
+            Sparsify::TopK { fraction: 0.02 },
         ] {
             for quantize in [
                 Quantize::F32,
@@ -536,9 +584,10 @@ mod tests {
                 let kept_idx: Vec<usize> = if matches!(c.sparsify, Sparsify::None) {
                     (0..x.len()).collect()
                 } else {
-                    // Recover the kept set from the encoding's index list.
+                    // Recover the kept set from the encoding's positions.
                     let m = u32::from_le_bytes([bytes[7], bytes[8], bytes[9], bytes[10]]) as usize;
-                    (0..m).map(|k| u32::from_le_bytes(bytes[HEADER + 4 * k..HEADER + 4 * k + 4].try_into().unwrap()) as usize).collect()
+                    prop_assert_eq!(m, c.kept(x.len()));
+                    read_indices(&bytes[HEADER..HEADER + index_bytes(x.len(), m)], x.len(), m).unwrap()
                 };
                 let values: Vec<f32> = kept_idx.iter().map(|&i| x[i]).collect();
                 for (k, &i) in kept_idx.iter().enumerate() {
@@ -626,6 +675,15 @@ mod tests {
             quantize: Quantize::Int4 { block: 64 },
         };
         assert_eq!(encoded_len(n, &int4), HEADER + 500_000 + 4 * 15_625);
+        // 10% kept: a bitmap of a million bits is smaller than 100,000 indices.
+        let top10_int8 = Compression {
+            sparsify: Sparsify::TopK { fraction: 0.1 },
+            quantize: Quantize::Int8 { block: 256 },
+        };
+        assert_eq!(
+            encoded_len(n, &top10_int8),
+            HEADER + 125_000 + 100_000 + 4 * 391
+        );
         for bad in [
             Compression {
                 sparsify: Sparsify::TopK { fraction: 0.0 },
@@ -647,5 +705,28 @@ mod tests {
                 .unwrap();
         assert_eq!(cfg.kept(1000), 10);
         assert!(decode(b"garbage that is long enough", 3).is_err());
+    }
+
+    #[test]
+    fn bitmaps_with_the_wrong_count_or_stray_bits_are_refused() {
+        let c = Compression {
+            sparsify: Sparsify::TopK { fraction: 0.5 },
+            quantize: Quantize::F32,
+        };
+        let x: Vec<f32> = (0..13).map(|i| i as f32 - 6.2).collect();
+        let bytes = encode(&x, &c, &mut crate::seed::rng(1, &[])).unwrap();
+        assert!(uses_bitmap(13, 7));
+        assert!(decode(&bytes, 13).is_ok());
+        // Bit 13 lies past the vector; clearing a kept bit leaves 6 where the header says 7.
+        for (byte, flip) in [(HEADER + 1, 1u8 << 5), (HEADER, 0)] {
+            let mut bad = bytes.clone();
+            if flip == 0 {
+                let lowest = bad[byte] & bad[byte].wrapping_neg();
+                bad[byte] &= !lowest;
+            } else {
+                bad[byte] |= flip;
+            }
+            assert!(matches!(decode(&bad, 13), Err(CompressError::Malformed(_))));
+        }
     }
 }

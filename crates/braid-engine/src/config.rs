@@ -320,9 +320,14 @@ pub struct CompressionConfig {
     /// Clients keep what compression dropped from their update and add it next time.
     #[serde(default)]
     pub error_feedback: bool,
-    /// The global model sent to clients (quantizers only: every client gets the whole model).
+    /// The global model sent to clients (quantizers only: every client gets the whole model),
+    /// or with `downlink_delta` the change to the clients' copy (any setting).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub downlink: Option<braid_core::compress::Compression>,
+    /// Clients keep a copy of the model between rounds and the server sends the compressed
+    /// change to it, keeping what compression dropped for later rounds.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub downlink_delta: bool,
 }
 
 impl CompressionConfig {
@@ -334,10 +339,16 @@ impl CompressionConfig {
                     .map_err(|e| format!("compression.{name}: {e}"))?;
             }
         }
-        if let Some(d) = &self.downlink {
-            if d.sparsify != braid_core::compress::Sparsify::None {
-                return Err("compression.downlink: only quantizers (no sparsify): clients need the whole model".into());
+        match &self.downlink {
+            Some(d)
+                if d.sparsify != braid_core::compress::Sparsify::None && !self.downlink_delta =>
+            {
+                return Err("compression.downlink: only quantizers (no sparsify) unless downlink_delta = true: clients need the whole model".into());
             }
+            None if self.downlink_delta => {
+                return Err("compression.downlink_delta needs compression.downlink".into());
+            }
+            _ => {}
         }
         if self.error_feedback && self.uplink.is_none() {
             return Err("compression.error_feedback needs compression.uplink".into());

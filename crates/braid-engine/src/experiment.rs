@@ -621,6 +621,8 @@ pub fn build_nodes(prepared: &Prepared) -> Result<Vec<Box<dyn Node>>, EngineErro
         threshold: sa.threshold_for(c.clients_per_round()),
         scale_bits: sa.scale_bits,
     });
+    let delta = c.compression.is_some_and(|k| k.downlink_delta);
+    let initial = prepared.arch.init_params(c.seed);
     let server = FedAvgServer::new(
         ServerConfig {
             rounds: c.algorithm.rounds(),
@@ -633,9 +635,10 @@ pub fn build_nodes(prepared: &Prepared) -> Result<Vec<Box<dyn Node>>, EngineErro
             aggregator: c.algorithm.aggregator,
         },
         clients.clone(),
-        prepared.arch.init_params(c.seed),
+        initial.clone(),
     )?
-    .with_downlink(c.compression.and_then(|k| k.downlink))
+    .with_downlink(c.compression.and_then(|k| k.downlink).filter(|_| !delta))
+    .with_downlink_delta(c.compression.and_then(|k| k.downlink).filter(|_| delta))
     .with_privacy(c.privacy, prepared.parts.len())
     .with_secure_aggregation(secure);
     let mut nodes: Vec<Box<dyn Node>> = vec![Box::new(server)];
@@ -656,7 +659,8 @@ pub fn build_nodes(prepared: &Prepared) -> Result<Vec<Box<dyn Node>>, EngineErro
                 )
                 .with_privacy(c.privacy)
                 .with_attack(attack)
-                .with_secure_aggregation(secure),
+                .with_secure_aggregation(secure)
+                .with_model_copy(delta.then(|| initial.clone())),
         ));
     }
     debug_assert_eq!(nodes[0].id(), SERVER);

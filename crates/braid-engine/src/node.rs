@@ -398,6 +398,7 @@ impl Input {
                 Payload::TrainRequest { round, .. }
                 | Payload::TrainReply { round, .. }
                 | Payload::PackedRequest { round, .. }
+                | Payload::DeltaRequest { round, .. }
                 | Payload::PackedReply { round, .. }
                 | Payload::SecAgg { round, .. }
                 | Payload::Gossip { round, .. }

@@ -564,6 +564,7 @@ fn compressed_messages_are_counted_exactly_and_lossless_settings_change_nothing(
         }),
         error_feedback: true,
         downlink: None,
+        downlink_delta: false,
     };
     assert_eq!(run(&lossless, 2).final_params, plain.final_params);
 
@@ -577,6 +578,7 @@ fn compressed_messages_are_counted_exactly_and_lossless_settings_change_nothing(
             sparsify: Sparsify::None,
             quantize: Quantize::Int8 { block: 16 },
         }),
+        downlink_delta: false,
     };
     let out = run(&lossy, 2);
     assert_eq!(

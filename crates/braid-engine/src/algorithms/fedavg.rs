@@ -16,6 +16,8 @@
 //! send their update (trained parameters minus the model they received) compressed
 //! (`uplink`), optionally with error feedback; the server adds each decoded update to its
 //! exact global model before averaging, so only what crosses the wire is approximated.
+//! With `downlink_delta`, clients keep a copy of the model and the server sends the
+//! compressed change to it instead (`fedavg/downlink.rs`).
 //!
 //! With `[privacy]` (DP-FedAvg, McMahan et al. 2018), updates are clipped to an L2 bound and
 //! Gaussian noise is added, by the server to the sum of the round's clipped updates (central)
@@ -41,6 +43,7 @@ use crate::config::{CompressionConfig, DpMode, OnTarget, PrivacyConfig};
 use crate::node::{check_params, EngineError, Event, Node, NodeCtx, NodeState, RoundMetrics};
 use crate::wire::{NodeId, Payload};
 
+mod downlink;
 mod secure;
 pub use secure::{SecureSettings, MAX_RESTARTS};
 
@@ -99,6 +102,8 @@ pub struct FedAvgServer {
     completed: u32,
     /// Compression of the model sent to clients.
     downlink: Option<Compression>,
+    /// With `downlink_delta`: the clients' copy of the model, which the server sends changes to.
+    copy: Option<downlink::ServerCopy>,
     /// Differential privacy: the settings and the spending so far.
     privacy: Option<DpServer>,
     /// Secure aggregation: the settings, and the current round's state.
@@ -185,6 +190,7 @@ impl FedAvgServer {
             done: false,
             completed: 0,
             downlink: None,
+            copy: None,
             privacy: None,
             secure: None,
             sec: None,
@@ -250,6 +256,14 @@ impl FedAvgServer {
         self
     }
 
+    /// Sends each round the change to a copy of the model that the clients keep, compressed
+    /// with `c`, instead of the model; the copy starts as this server's initial parameters,
+    /// which every client must start from too ([`FedAvgClient::with_model_copy`]).
+    pub fn with_downlink_delta(mut self, c: Option<Compression>) -> Self {
+        self.copy = c.map(|c| downlink::ServerCopy::new(c, &self.params));
+        self
+    }
+
     /// The current global parameters.
     pub fn params(&self) -> &[f32] {
         &self.params
@@ -270,6 +284,9 @@ impl FedAvgServer {
                 .collect()
         };
         chosen.sort_unstable();
+        if let Some(copy) = self.copy.as_mut() {
+            copy.advance(self.round, &self.params, self.config.seed)?;
+        }
         if let Some(settings) = self.secure {
             self.sec = Some(secure::SecRound::new(
                 self.round,
@@ -297,6 +314,15 @@ impl FedAvgServer {
                 .map(|(&c, _)| c)
                 .collect(),
         };
+        if let Some(copy) = &self.copy {
+            for c in missing {
+                self.bytes_down += ctx.send(c, copy.request_for(c)) as u64;
+            }
+            if let Some(d) = self.config.round_deadline {
+                ctx.set_deadline(u64::from(self.round), d);
+            }
+            return Ok(());
+        }
         let request = match &self.downlink {
             Some(c) => {
                 let mut rng = seed::rng(
@@ -510,7 +536,7 @@ impl Node for FedAvgServer {
                 "participations": dp.participations.iter().map(|(k, v)| (k.to_string(), *v)).collect::<BTreeMap<String, u64>>(),
             })
         });
-        Some(NodeState {
+        let mut state = NodeState {
             meta: serde_json::json!({ "completed_rounds": self.completed, "privacy": privacy }),
             tensors: vec![
                 ("params".into(), self.params.clone()),
@@ -518,7 +544,11 @@ impl Node for FedAvgServer {
                 ("server_optimizer.v".into(), v.to_vec()),
             ],
             blobs: Vec::new(),
-        })
+        };
+        if let Some(copy) = &self.copy {
+            copy.save(&mut state);
+        }
+        Some(state)
     }
 
     fn load_state(&mut self, state: NodeState) -> Result<(), EngineError> {
@@ -557,6 +587,9 @@ impl Node for FedAvgServer {
                 .map(|(k, v)| Ok((k.parse::<NodeId>().map_err(|_| bad())?, v)))
                 .collect::<Result<_, EngineError>>()?;
         }
+        if let Some(copy) = self.copy.as_mut() {
+            copy.load(&state)?;
+        }
         self.params = params.to_vec();
         self.completed = completed;
         Ok(())
@@ -586,7 +619,19 @@ impl Node for FedAvgServer {
                 steps,
                 train_loss,
                 params,
-            } => (round, num_samples, steps, train_loss, params),
+            } => match &self.copy {
+                // Trained from the clients' copy: the update applies to the exact model.
+                Some(copy) if params.len() == self.params.len() => {
+                    let params = params
+                        .iter()
+                        .zip(copy.copy())
+                        .zip(&self.params)
+                        .map(|((t, c), p)| p + (t - c))
+                        .collect();
+                    (round, num_samples, steps, train_loss, params)
+                }
+                _ => (round, num_samples, steps, train_loss, params),
+            },
             Payload::PackedReply {
                 round,
                 num_samples,
@@ -617,6 +662,9 @@ impl Node for FedAvgServer {
             return Err(reject("duplicate reply".into()));
         }
         check_params(&params, self.params.len()).map_err(|why| reject(format!("update: {why}")))?;
+        if let Some(copy) = self.copy.as_mut() {
+            copy.answered(from);
+        }
         *slot = Some(Reply {
             num_samples,
             steps,
@@ -682,6 +730,8 @@ pub struct FedAvgClient {
     /// Secure aggregation: the settings, and the current round's state.
     secure: Option<SecureSettings>,
     sec: Option<secure::ClientSec>,
+    /// With `downlink_delta`: this client's copy of the model.
+    copy: Option<downlink::ClientCopy>,
 }
 
 impl FedAvgClient {
@@ -700,7 +750,15 @@ impl FedAvgClient {
             attack: None,
             secure: None,
             sec: None,
+            copy: None,
         }
+    }
+
+    /// Keeps a copy of the model, starting from `initial` (the server's initial model), to
+    /// which the server sends changes (`compression.downlink_delta`).
+    pub fn with_model_copy(mut self, initial: Option<Vec<f32>>) -> Self {
+        self.copy = initial.map(downlink::ClientCopy::new);
+        self
     }
 
     /// Makes this client an attacker that applies `attack` to every update it sends.
@@ -767,7 +825,23 @@ impl Node for FedAvgClient {
         }
         let reject = EngineError::rejecter(self.id, from, kind);
         let (round, params) = match payload {
-            Payload::TrainRequest { round, params } => (round, params),
+            Payload::TrainRequest { round, params } => {
+                if let Some(copy) = self.copy.as_mut() {
+                    copy.replace(round, &params)
+                        .map_err(|e| reject(format!("model: {e}")))?;
+                }
+                (round, params)
+            }
+            Payload::DeltaRequest { round, base, delta } => {
+                let copy = self
+                    .copy
+                    .as_mut()
+                    .ok_or_else(|| reject("this client keeps no copy of the model".into()))?;
+                let params = copy
+                    .apply(round, base, &delta)
+                    .map_err(|e| reject(format!("model change: {e}")))?;
+                (round, Arc::new(params.to_vec()))
+            }
             Payload::PackedRequest { round, model } => {
                 let params = compress::decode(&model, self.num_params)
                     .map_err(|e| reject(format!("model: {e}")))?;

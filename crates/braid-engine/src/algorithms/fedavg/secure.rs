@@ -143,6 +143,10 @@ impl FedAvgServer {
         match (sr.step, msg) {
             (0, Message::Keys(k)) => {
                 sr.keys.insert(from, k);
+                // It trained from this round's model copy (downlink_delta).
+                if let Some(copy) = self.copy.as_mut() {
+                    copy.answered(from);
+                }
             }
             (1, Message::Shares(s)) => {
                 sr.shares.insert(from, s);
