@@ -388,8 +388,12 @@ fn run_one(config: &ExperimentConfig, dir: &Path, quiet: bool) -> Result<Option<
         (Some(p), Some(e)) => format!(" | ({e:.3}, {:e})-DP, {:?}", p.delta, p.mode).to_lowercase(),
         _ => String::new(),
     };
+    let simulated = rows
+        .last()
+        .and_then(|r| r.metrics.sim_time_s)
+        .map_or(String::new(), |t| format!(" | {t:.1} s simulated"));
     println!(
-        "final test accuracy {} after {} rounds{privacy} | {:.1} MB communicated | {:.1} s | peak memory {} | results in {} ({} files)",
+        "final test accuracy {} after {} rounds{privacy} | {:.1} MB communicated{simulated} | {:.1} s | peak memory {} | results in {} ({} files)",
         final_acc.map_or("-".into(), |a| format!("{a:.4}")),
         rows.len(),
         total_bytes as f64 / 1e6,

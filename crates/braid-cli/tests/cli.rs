@@ -189,7 +189,7 @@ fn demo_runs_and_writes_every_output() {
     let csv = std::fs::read_to_string(res.join("metrics.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3, "{csv}");
     assert!(csv.starts_with(
-        "round,accuracy,loss,train_loss,clients,stragglers,samples,local_steps,bytes_up,bytes_down,cum_bytes,epsilon,wall_s"
+        "round,accuracy,loss,train_loss,clients,stragglers,samples,local_steps,bytes_up,bytes_down,cum_bytes,epsilon,sim_time_s,staleness_mean,staleness_max,wall_s"
     ));
     let jsonl = std::fs::read_to_string(res.join("metrics.jsonl")).unwrap();
     let first = jsonl.lines().next().unwrap();
@@ -922,5 +922,76 @@ fn the_downlink_as_a_compressed_change_runs_from_toml() {
     assert!(
         b[5] > 0.5 && b[5] > a[5] - 0.1,
         "plain {a:?}, compressed {b:?}"
+    );
+}
+
+#[test]
+fn fedbuff_and_simulated_time_run_from_toml() {
+    let base = DP
+        .replace(
+            "[privacy]\nmode = \"central\"\nclip = 1.0\nnoise_multiplier = 1.0\ntarget_epsilon = 5.0\n",
+            "[latency]\nclient_gflops = 1.0\nslow_fraction = 0.25\nslowdown = 10.0\n",
+        )
+        .replace("clients_per_round = 4", "clients_per_round = 8");
+    let fedbuff = base
+        .replace("name = \"fedavg\"", "name = \"fedbuff\"")
+        .replace("rounds = 6", "rounds = 12")
+        + "[fedbuff]\nconcurrency = 8\nbuffer = 4\n";
+    let dir = tempfile::tempdir().unwrap();
+    let csv = |out: &str| -> Vec<Vec<String>> {
+        std::fs::read_to_string(dir.path().join(out).join("metrics.csv"))
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').map(str::to_string).collect())
+            .collect()
+    };
+    for (toml, out) in [(&base, "sync"), (&fedbuff, "async"), (&fedbuff, "again")] {
+        std::fs::write(dir.path().join("f.toml"), toml).unwrap();
+        let o = braid(&["run", "f.toml", "-q", "--out", out], dir.path());
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(String::from_utf8_lossy(&o.stdout).contains("s simulated"));
+    }
+    let (sync, asyn) = (csv("sync"), csv("async"));
+    // Columns: 12 sim_time_s, 13 staleness_mean, 14 staleness_max.
+    let t = |rows: &[Vec<String>]| -> f64 { rows.last().unwrap()[12].parse().unwrap() };
+    assert_eq!((sync.len(), asyn.len()), (6, 12));
+    // Both used 48 client updates; the asynchronous server did not wait for the stragglers.
+    assert!(
+        t(&asyn) < t(&sync),
+        "fedbuff {} s, fedavg {} s",
+        t(&asyn),
+        t(&sync)
+    );
+    assert!(sync.iter().all(|r| r[13].is_empty()));
+    assert!(asyn.iter().all(|r| r[4] == "4" && !r[14].is_empty()));
+    // Deterministic: the same metrics but wall time.
+    let drop_wall = |rows: Vec<Vec<String>>| -> Vec<Vec<String>> {
+        rows.into_iter()
+            .map(|mut r| {
+                r.pop();
+                r
+            })
+            .collect()
+    };
+    assert_eq!(drop_wall(csv("async")), drop_wall(csv("again")));
+    expect_error(
+        &fedbuff.replace("concurrency = 8", "concurrency = 9"),
+        "fedbuff.concurrency = 9",
+    );
+    expect_error(
+        &format!("{base}[fedbuff]\nbuffer = 2\n"),
+        "[fedbuff] only applies",
+    );
+    expect_error(
+        &base.replace("slowdown = 10.0", "slowdown = 0.5"),
+        "latency.slowdown",
+    );
+    expect_error(
+        &fedbuff.replace(
+            "buffer = 4",
+            "buffer = 4\nstaleness = { kind = \"poly\", a = -1.0 }",
+        ),
+        "fedbuff.staleness.a",
     );
 }

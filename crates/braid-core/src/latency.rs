@@ -160,6 +160,24 @@ impl LatencyModel {
     pub fn server(&self, flops: f64) -> f64 {
         flops / self.server_flops
     }
+
+    /// Seconds client `client` takes for `flops` (unknown clients take no time).
+    pub fn client_compute_s(&self, client: usize, flops: f64) -> f64 {
+        self.flops.get(client).map_or(0.0, |f| flops / f)
+    }
+
+    /// Seconds `bytes` take over client `client`'s link, without the latency (unknown
+    /// clients take no time).
+    pub fn client_transfer_s(&self, client: usize, bytes: u64) -> f64 {
+        self.bytes_per_s
+            .get(client)
+            .map_or(0.0, |b| bytes as f64 / b)
+    }
+
+    /// One-way latency of every link, in seconds.
+    pub fn latency_s(&self) -> f64 {
+        self.latency_s
+    }
 }
 
 #[cfg(test)]

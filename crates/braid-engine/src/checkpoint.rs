@@ -218,6 +218,8 @@ mod tests {
                     bytes_up: 7,
                     bytes_down: 8,
                     epsilon: Some(1.5),
+                    sim_time_s: Some(2.5),
+                    staleness: None,
                 }),
                 0.25,
             )],

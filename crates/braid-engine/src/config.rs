@@ -77,10 +77,49 @@ pub struct ExperimentConfig {
     /// `[attack]`: a simulated attack by a fraction of the clients (FedAvg family).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attack: Option<AttackConfig>,
+    /// `[fedbuff]`: the asynchronous server's settings (algorithm `fedbuff`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fedbuff: Option<FedBuffConfig>,
+    /// `[latency]`: simulate time on clients of these speeds and links (FedAvg family and
+    /// `fedbuff`, in the simulator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<braid_core::latency::LatencyConfig>,
     /// `[secure_aggregation]`: the server learns only the sum of each round's updates
     /// (FedAvg family).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secure_aggregation: Option<SecureAggregationConfig>,
+}
+
+/// `[fedbuff]`: FedBuff's asynchronous server (algorithm `fedbuff`).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FedBuffConfig {
+    /// Clients training at once (default: `algorithm.clients_per_round`, itself all clients
+    /// by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<usize>,
+    /// Updates per server step (default: half the concurrency, at least 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buffer: Option<usize>,
+    /// `{ kind = "sqrt" }` (1 / sqrt(1 + tau), the default), `constant` or `poly` (a).
+    #[serde(default)]
+    pub staleness: crate::algorithms::fedbuff::Staleness,
+    /// Updates from models more than this many server steps old are dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_staleness: Option<u32>,
+}
+
+impl FedBuffConfig {
+    /// The concurrency for a run whose clients per round is `per_round`.
+    pub fn concurrency_for(&self, per_round: usize) -> usize {
+        self.concurrency.unwrap_or(per_round)
+    }
+
+    /// The buffer size for a run whose clients per round is `per_round`.
+    pub fn buffer_for(&self, per_round: usize) -> usize {
+        self.buffer
+            .unwrap_or((self.concurrency_for(per_round) / 2).max(1))
+    }
 }
 
 /// `[secure_aggregation]`: pairwise-masked aggregation (Bonawitz et al. 2017) with x25519
@@ -662,6 +701,8 @@ pub enum AlgorithmName {
     Fml,
     /// Def-KT: decentralized mutual knowledge transfer between pairs of clients.
     DefKt,
+    /// FedBuff: an asynchronous server that steps on every `buffer` updates (`[fedbuff]`).
+    Fedbuff,
 }
 
 impl AlgorithmName {
@@ -1006,6 +1047,44 @@ impl ExperimentConfig {
             }
             if self.compression.is_some_and(|c| c.uplink.is_some()) {
                 return Err("[secure_aggregation] and compression.uplink cannot be combined (masked updates are ring elements); compression.downlink can".into());
+            }
+        }
+        let fedbuff = self.algorithm.name == AlgorithmName::Fedbuff;
+        if !fedbuff && self.fedbuff.is_some() {
+            return Err("[fedbuff] only applies to algorithm.name = \"fedbuff\"".into());
+        }
+        if fedbuff {
+            let f = self.fedbuff.unwrap_or_default();
+            let per_round = self.clients_per_round();
+            let c = f.concurrency_for(per_round);
+            if c == 0 || c > self.partition.clients {
+                return Err(format!(
+                    "fedbuff.concurrency = {c} must be between 1 and the {} clients",
+                    self.partition.clients
+                ));
+            }
+            if f.buffer_for(per_round) == 0 {
+                return Err("fedbuff.buffer must be at least 1".into());
+            }
+            if let crate::algorithms::fedbuff::Staleness::Poly { a } = f.staleness {
+                if !(a.is_finite() && a >= 0.0) {
+                    return Err(format!("fedbuff.staleness.a = {a} must be >= 0"));
+                }
+            }
+            if self.algorithm.min_replies.is_some() {
+                return Err("algorithm.min_replies does not apply to \"fedbuff\" (the server steps on every fedbuff.buffer updates)".into());
+            }
+            if self.compression.is_some_and(|c| c.downlink_delta) {
+                return Err(
+                    "compression.downlink_delta needs synchronous rounds: not with \"fedbuff\""
+                        .into(),
+                );
+            }
+        }
+        if let Some(l) = &self.latency {
+            l.validate().map_err(|e| format!("latency.{e}"))?;
+            if !(fedavg_family || fedbuff) {
+                return Err("[latency] applies to \"fedavg\", \"fedprox\" and \"fedbuff\" (split learning has [split.latency])".into());
             }
         }
         if let Some(p) = &self.privacy {

@@ -14,11 +14,12 @@ use rand::seq::SliceRandom;
 
 use crate::algorithms::dsgd::{DsgdMonitor, DsgdPeer, DsgdSettings};
 use crate::algorithms::fedavg::{FedAvgClient, FedAvgServer, SecureSettings, ServerConfig, SERVER};
+use crate::algorithms::fedbuff::{FedBuffServer, FedBuffSettings};
 use crate::algorithms::mutual::{MutualClient, MutualHub, MutualSettings, Variant};
 use crate::algorithms::split::{SplitClient, SplitServer, SplitSettings};
 use crate::config::{AlgorithmName, ExperimentConfig};
 use crate::node::{EngineError, Event, LocalTrainer, Node};
-use crate::sim::{SimOutcome, Simulator, Worker};
+use crate::sim::{SimOutcome, Simulator, Timing, Worker};
 use crate::wire::NodeId;
 
 /// A config with its data loaded and partitioned, ready to run.
@@ -623,25 +624,44 @@ pub fn build_nodes(prepared: &Prepared) -> Result<Vec<Box<dyn Node>>, EngineErro
     });
     let delta = c.compression.is_some_and(|k| k.downlink_delta);
     let initial = prepared.arch.init_params(c.seed);
-    let server = FedAvgServer::new(
-        ServerConfig {
-            rounds: c.algorithm.rounds(),
-            clients_per_round: c.clients_per_round(),
-            eval_every: c.algorithm.eval_every,
-            server_optimizer: c.algorithm.server_optimizer.clone(),
-            seed: c.seed,
-            round_deadline: c.algorithm.round_deadline(),
-            min_replies: c.algorithm.min_replies.unwrap_or(1),
-            aggregator: c.algorithm.aggregator,
-        },
-        clients.clone(),
-        initial.clone(),
-    )?
-    .with_downlink(c.compression.and_then(|k| k.downlink).filter(|_| !delta))
-    .with_downlink_delta(c.compression.and_then(|k| k.downlink).filter(|_| delta))
-    .with_privacy(c.privacy, prepared.parts.len())
-    .with_secure_aggregation(secure);
-    let mut nodes: Vec<Box<dyn Node>> = vec![Box::new(server)];
+    let server_config = ServerConfig {
+        rounds: c.algorithm.rounds(),
+        clients_per_round: c.clients_per_round(),
+        eval_every: c.algorithm.eval_every,
+        server_optimizer: c.algorithm.server_optimizer.clone(),
+        seed: c.seed,
+        round_deadline: c.algorithm.round_deadline(),
+        min_replies: c.algorithm.min_replies.unwrap_or(1),
+        aggregator: c.algorithm.aggregator,
+    };
+    let downlink = c.compression.and_then(|k| k.downlink);
+    let server: Box<dyn Node> = if c.algorithm.name == AlgorithmName::Fedbuff {
+        let f = c.fedbuff.unwrap_or_default();
+        let per_round = c.clients_per_round();
+        Box::new(
+            FedBuffServer::new(
+                server_config,
+                FedBuffSettings {
+                    concurrency: f.concurrency_for(per_round),
+                    buffer: f.buffer_for(per_round),
+                    staleness: f.staleness,
+                    max_staleness: f.max_staleness,
+                },
+                clients.clone(),
+                initial.clone(),
+            )?
+            .with_downlink(downlink),
+        )
+    } else {
+        Box::new(
+            FedAvgServer::new(server_config, clients.clone(), initial.clone())?
+                .with_downlink(downlink.filter(|_| !delta))
+                .with_downlink_delta(downlink.filter(|_| delta))
+                .with_privacy(c.privacy, prepared.parts.len())
+                .with_secure_aggregation(secure),
+        )
+    };
+    let mut nodes: Vec<Box<dyn Node>> = vec![server];
     let bad = c.attack.map_or_else(Vec::new, |a| {
         braid_core::robust::bad_clients(clients.len(), a.fraction, c.seed)
     });
@@ -667,6 +687,20 @@ pub fn build_nodes(prepared: &Prepared) -> Result<Vec<Box<dyn Node>>, EngineErro
     Ok(nodes)
 }
 
+/// The simulated-time model of a run with `[latency]`: the server (node 0) at the server's
+/// speed, clients with stragglers drawn from the seed.
+pub fn timing(prepared: &Prepared) -> Option<Timing> {
+    let c = &prepared.config;
+    c.latency.map(|l| {
+        Timing::new(
+            &l,
+            prepared.parts.len() + 1,
+            &[SERVER],
+            &mut braid_core::seed::rng(c.seed, &[braid_core::seed::stream::LATENCY]),
+        )
+    })
+}
+
 /// Runs a prepared experiment in the simulator, reporting events to `observer`.
 pub fn run(
     prepared: &Prepared,
@@ -676,5 +710,7 @@ pub fn run(
     let workers = (0..prepared.workers())
         .map(|_| Worker::new(Box::new(BurnTrainer::new(prepared)?)))
         .collect::<Result<Vec<_>, _>>()?;
-    Simulator::new(nodes, workers)?.run(observer)
+    Simulator::new(nodes, workers)?
+        .with_timing(timing(prepared))
+        .run(observer)
 }

@@ -176,6 +176,14 @@ pub struct RoundMetrics {
     /// Differential privacy spent so far: epsilon at the configured delta (`[privacy]` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epsilon: Option<f64>,
+    /// Simulated seconds from the start to the end of the round (set by the simulator when
+    /// it runs with a `[latency]` model; nodes leave it `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sim_time_s: Option<f64>,
+    /// How many server updates old the models were that this round's updates were trained
+    /// from: mean and largest (asynchronous servers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staleness: Option<(f64, u32)>,
 }
 
 /// Metrics of a decentralized run at one evaluation point, as the monitor sees them.
@@ -471,5 +479,10 @@ pub trait Node: Send {
     /// Called when a deadline set with [`NodeCtx::set_deadline`] has passed.
     fn on_deadline(&mut self, _token: u64, _ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
         Ok(())
+    }
+    /// The nodes this node accepts messages from, if only some (`None`: any node). Drivers
+    /// with simulated time use it to run nodes at once that no other node can interrupt.
+    fn listens_to(&self) -> Option<Vec<NodeId>> {
+        None
     }
 }

@@ -484,13 +484,13 @@ fn write_rounds(
 ) -> Result<Vec<PathBuf>, String> {
     let mut written = Vec::new();
     let mut csv = String::from(
-        "round,accuracy,loss,train_loss,clients,stragglers,samples,local_steps,bytes_up,bytes_down,cum_bytes,epsilon,wall_s\n",
+        "round,accuracy,loss,train_loss,clients,stragglers,samples,local_steps,bytes_up,bytes_down,cum_bytes,epsilon,sim_time_s,staleness_mean,staleness_max,wall_s\n",
     );
     let mut jsonl = String::new();
     for row in rows {
         let r = &row.metrics;
         csv.push_str(&format!(
-            "{},{},{},{:.6},{},{},{},{},{},{},{},{},{:.3}\n",
+            "{},{},{},{:.6},{},{},{},{},{},{},{},{},{},{},{},{:.3}\n",
             r.round,
             opt(r.accuracy),
             opt(r.loss),
@@ -503,6 +503,9 @@ fn write_rounds(
             r.bytes_down,
             row.cum_bytes,
             opt(r.epsilon),
+            opt(r.sim_time_s),
+            opt(r.staleness.map(|s| s.0)),
+            r.staleness.map_or(String::new(), |s| s.1.to_string()),
             row.wall_s
         ));
         jsonl.push_str(&serde_json::to_string(row).map_err(|e| e.to_string())?);

@@ -12,6 +12,10 @@
 //! message is left to deliver: then the earliest pending deadline fires. Nodes that all answer
 //! never see a deadline pass; a node that never answers (a crashed participant in a test)
 //! lets the others' deadlines fire, as they would across a real network.
+//!
+//! With a [`Timing`] model ([`Simulator::with_timing`]) the simulator instead keeps simulated
+//! time: every message arrives when it would on participants of the modelled speeds and
+//! links, and deadlines fall due at their simulated time (module [`timed`]).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -25,6 +29,9 @@ use crate::node::{
 };
 use crate::transport::{Envelope, InProcessTransport, NodeTraffic, Transport};
 use crate::wire::{NodeId, Payload};
+
+pub mod timed;
+pub use timed::Timing;
 
 /// A worker thread's resources.
 pub struct Worker {
@@ -84,6 +91,17 @@ struct TaskOutput {
     deadlines: Vec<(u64, Duration)>,
     /// Compute spent, by the round of the input that caused it.
     compute: Vec<(Option<u64>, Compute)>,
+    /// Per input, in order: where its messages, events and deadlines end in the lists above,
+    /// and the FLOPs it cost.
+    marks: Vec<Mark>,
+}
+
+/// The end of one input's share of a [`TaskOutput`].
+struct Mark {
+    outbox: usize,
+    events: usize,
+    deadlines: usize,
+    flops: u64,
 }
 
 /// Runs nodes in one process.
@@ -91,6 +109,7 @@ pub struct Simulator {
     nodes: Vec<Option<Box<dyn Node>>>,
     transport: InProcessTransport,
     workers: Vec<Worker>,
+    timing: Option<Timing>,
 }
 
 fn handle(
@@ -99,7 +118,7 @@ fn handle(
     trainer: &mut dyn LocalTrainer,
 ) -> Result<TaskOutput, EngineError> {
     let (mut outbox, mut events, mut deadlines) = (Vec::new(), Vec::new(), Vec::new());
-    let mut compute = Vec::new();
+    let (mut compute, mut marks) = (Vec::new(), Vec::new());
     for input in inputs {
         // Metered per input, so compute is attributed to the round that caused it.
         let round = input.round();
@@ -110,12 +129,19 @@ fn handle(
         if !metered.compute.is_zero() {
             compute.push((round, metered.compute));
         }
+        marks.push(Mark {
+            outbox: outbox.len(),
+            events: events.len(),
+            deadlines: deadlines.len(),
+            flops: metered.compute.flops,
+        });
     }
     Ok(TaskOutput {
         outbox,
         events,
         deadlines,
         compute,
+        marks,
     })
 }
 
@@ -141,11 +167,23 @@ impl Simulator {
             nodes: nodes.into_iter().map(Some).collect(),
             transport: InProcessTransport::new(),
             workers,
+            timing: None,
         })
+    }
+
+    /// Keeps simulated time with `timing` (see [`timed`]).
+    pub fn with_timing(mut self, timing: Option<Timing>) -> Self {
+        self.timing = timing;
+        self
     }
 
     /// Runs until no message is left, calling `observer` for every event as it happens.
     pub fn run(&mut self, observer: &mut dyn FnMut(&Event)) -> Result<SimOutcome, EngineError> {
+        if let Some(timing) = self.timing.take() {
+            let out = self.run_timed(&timing, observer);
+            self.timing = Some(timing);
+            return out;
+        }
         let t0 = Instant::now();
         let mut outcome = SimOutcome {
             compute: vec![Compute::default(); self.nodes.len()],

@@ -323,28 +323,12 @@ impl FedAvgServer {
             }
             return Ok(());
         }
-        let request = match &self.downlink {
-            Some(c) => {
-                let mut rng = seed::rng(
-                    self.config.seed,
-                    &[
-                        seed::stream::COMPRESS,
-                        u64::from(SERVER),
-                        u64::from(self.round),
-                    ],
-                );
-                let model = compress::encode(&self.params, c, &mut rng)
-                    .map_err(|e| EngineError::Setup(e.to_string()))?;
-                Payload::PackedRequest {
-                    round: self.round,
-                    model: Arc::new(model),
-                }
-            }
-            None => Payload::TrainRequest {
-                round: self.round,
-                params: Arc::new(self.params.clone()),
-            },
-        };
+        let request = model_request(
+            self.round,
+            &self.params,
+            self.downlink.as_ref(),
+            self.config.seed,
+        )?;
         for c in missing {
             self.bytes_down += ctx.send(c, request.clone()) as u64;
         }
@@ -489,6 +473,8 @@ impl FedAvgServer {
             bytes_up: self.bytes_up,
             bytes_down: self.bytes_down,
             epsilon,
+            sim_time_s: None,
+            staleness: None,
         }));
         if last {
             self.finish(ctx);
@@ -698,6 +684,34 @@ impl Node for FedAvgServer {
     }
 }
 
+/// The request to train from `params` in round `round`: the model in f32, or compressed with
+/// `downlink` (random choices seeded by the experiment seed and the round).
+pub(crate) fn model_request(
+    round: u32,
+    params: &[f32],
+    downlink: Option<&Compression>,
+    experiment_seed: u64,
+) -> Result<Payload, EngineError> {
+    Ok(match downlink {
+        Some(c) => {
+            let mut rng = seed::rng(
+                experiment_seed,
+                &[seed::stream::COMPRESS, u64::from(SERVER), u64::from(round)],
+            );
+            let model = compress::encode(params, c, &mut rng)
+                .map_err(|e| EngineError::Setup(e.to_string()))?;
+            Payload::PackedRequest {
+                round,
+                model: Arc::new(model),
+            }
+        }
+        None => Payload::TrainRequest {
+            round,
+            params: Arc::new(params.to_vec()),
+        },
+    })
+}
+
 /// Applies `f` to the update `trained - received` and writes `received + update` back into
 /// `trained`.
 fn rewrite_update(
@@ -798,6 +812,10 @@ impl FedAvgClient {
 impl Node for FedAvgClient {
     fn id(&self) -> NodeId {
         self.id
+    }
+
+    fn listens_to(&self) -> Option<Vec<NodeId>> {
+        Some(vec![SERVER])
     }
 
     fn finished(&self) -> bool {

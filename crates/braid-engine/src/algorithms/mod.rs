@@ -4,6 +4,8 @@
 //!   (the client-side proximal term is a training option), partial participation, and server
 //!   optimizers on the averaged update (FedAvgM, FedAdam, FedYogi, DiLoCo's Nesterov step). The
 //!   centralized baseline is the same algorithm with one client holding all data.
+//! - [`fedbuff`]: FedBuff, an asynchronous server that steps whenever a buffer of client
+//!   updates is full, weighting each by its staleness.
 //! - [`dsgd`]: decentralized SGD without a server: peers on a topology gossip under a
 //!   communication budget, and a monitor reports local and merged-model metrics.
 //! - [`mutual`]: mutual learning between clients with different architectures: DFML and
@@ -13,5 +15,6 @@
 
 pub mod dsgd;
 pub mod fedavg;
+pub mod fedbuff;
 pub mod mutual;
 pub mod split;

@@ -1,0 +1,468 @@
+//! Simulated time and the asynchronous FedBuff server, with a fake trainer whose compute is
+//! known exactly: a synchronous round lasts as long as its slowest client; stragglers slow
+//! FedAvg's rounds but not FedBuff's steps; FedBuff's staleness, weights, dropped updates and
+//! deadlines; results independent of the worker count.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use braid_core::latency::LatencyConfig;
+use braid_engine::accounting::FlopsPerSample;
+use braid_engine::algorithms::fedavg::{FedAvgClient, FedAvgServer, ServerConfig};
+use braid_engine::algorithms::fedbuff::{FedBuffServer, FedBuffSettings, Staleness};
+use braid_engine::node::{EngineError, LocalTrainer, Node, NodeCtx};
+use braid_engine::sim::{SimOutcome, Simulator, Timing, Worker};
+use braid_engine::wire::{NodeId, Payload};
+use braid_nn::{EvalOutcome, OptimizerState, TrainOutcome};
+
+/// GFLOP per training sample of the fake model.
+const GFLOP: u64 = 1_000_000_000;
+
+/// "Training" moves every parameter halfway to the shard's first index, and costs one GFLOP
+/// per sample held; evaluation costs nothing and reports the first parameter.
+struct Fake;
+
+impl LocalTrainer for Fake {
+    fn train(
+        &mut self,
+        params: &[f32],
+        shard: &[usize],
+        _seed: u64,
+        _lr_scale: f64,
+    ) -> Result<TrainOutcome, EngineError> {
+        let target = shard.first().copied().unwrap_or(0) as f32;
+        Ok(TrainOutcome {
+            params: params.iter().map(|p| 0.5 * (p + target)).collect(),
+            samples: shard.len(),
+            steps: 1,
+            mean_loss: 0.5,
+        })
+    }
+    fn train_batches(
+        &mut self,
+        _: &[f32],
+        _: &[Vec<usize>],
+        _: &mut OptimizerState,
+        _: f64,
+    ) -> Result<TrainOutcome, EngineError> {
+        Err(EngineError::Setup("not used".into()))
+    }
+    fn evaluate(&mut self, p: &[f32]) -> Result<EvalOutcome, EngineError> {
+        Ok(EvalOutcome {
+            accuracy: f64::from(p[0]),
+            loss: 0.0,
+            samples: 1,
+        })
+    }
+    fn evaluate_sample(&mut self, p: &[f32], _: usize) -> Result<EvalOutcome, EngineError> {
+        self.evaluate(p)
+    }
+    fn flops_per_sample(&self) -> FlopsPerSample {
+        FlopsPerSample {
+            train: GFLOP,
+            forward: 0,
+        }
+    }
+}
+
+/// A client that never answers.
+struct Dead(NodeId);
+
+impl Node for Dead {
+    fn id(&self) -> NodeId {
+        self.0
+    }
+    fn on_start(&mut self, _: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+        Ok(())
+    }
+    fn on_message(
+        &mut self,
+        _: NodeId,
+        _: Payload,
+        _: &mut NodeCtx<'_>,
+    ) -> Result<(), EngineError> {
+        Ok(())
+    }
+}
+
+const PARAMS: usize = 8;
+
+/// 1 GFLOP/s clients on 8 Mbit/s (1 MB/s) links with 10 ms latency; `slow` of them 10x
+/// slower.
+fn latency(slow: f64) -> LatencyConfig {
+    LatencyConfig {
+        client_gflops: 1.0,
+        server_gflops: 1000.0,
+        link_mbps: 8.0,
+        latency_ms: 10.0,
+        slow_fraction: slow,
+        slowdown: 10.0,
+    }
+}
+
+/// Client k (k = 1..=n) holds k samples starting at index 10 k.
+fn shard(k: usize) -> Vec<usize> {
+    (0..k).map(|i| 10 * k + i).collect()
+}
+
+fn server_config(rounds: u32, per_round: usize) -> ServerConfig {
+    ServerConfig {
+        rounds,
+        clients_per_round: per_round,
+        eval_every: 1,
+        server_optimizer: Default::default(),
+        seed: 3,
+        round_deadline: None,
+        min_replies: 1,
+        aggregator: Default::default(),
+    }
+}
+
+fn run(
+    server: Box<dyn Node>,
+    clients: usize,
+    dead: &[NodeId],
+    timing: Option<Timing>,
+    workers: usize,
+) -> SimOutcome {
+    let mut nodes = vec![server];
+    for k in 1..=clients {
+        let id = k as NodeId;
+        nodes.push(if dead.contains(&id) {
+            Box::new(Dead(id))
+        } else {
+            Box::new(FedAvgClient::new(id, Arc::new(shard(k)), 3))
+        });
+    }
+    let workers = (0..workers)
+        .map(|_| Worker::new(Box::new(Fake)).unwrap())
+        .collect();
+    Simulator::new(nodes, workers)
+        .unwrap()
+        .with_timing(timing)
+        .run(&mut |_| {})
+        .unwrap()
+}
+
+fn timing(clients: usize, slow: f64) -> Timing {
+    Timing::new(
+        &latency(slow),
+        clients + 1,
+        &[0],
+        &mut braid_core::seed::rng(3, &[]),
+    )
+}
+
+fn fedavg(rounds: u32, clients: usize) -> Box<dyn Node> {
+    Box::new(
+        FedAvgServer::new(
+            server_config(rounds, clients),
+            (1..=clients as NodeId).collect(),
+            vec![0.0; PARAMS],
+        )
+        .unwrap(),
+    )
+}
+
+fn fedbuff(rounds: u32, clients: usize, settings: FedBuffSettings) -> Box<dyn Node> {
+    Box::new(
+        FedBuffServer::new(
+            server_config(rounds, clients),
+            settings,
+            (1..=clients as NodeId).collect(),
+            vec![0.0; PARAMS],
+        )
+        .unwrap(),
+    )
+}
+
+/// Bytes of a request and of a reply for the fake model.
+fn sizes() -> (u64, u64) {
+    let req = Payload::TrainRequest {
+        round: 1,
+        params: Arc::new(vec![0.0; PARAMS]),
+    }
+    .encoded_len() as u64;
+    let rep = Payload::TrainReply {
+        round: 1,
+        num_samples: 1,
+        steps: 1,
+        train_loss: 0.0,
+        params: vec![0.0; PARAMS],
+    }
+    .encoded_len() as u64;
+    (req, rep)
+}
+
+#[test]
+fn a_synchronous_round_lasts_as_long_as_its_slowest_client() {
+    let clients = 4;
+    let plain = run(fedavg(3, clients), clients, &[], None, 2);
+    let timed = run(
+        fedavg(3, clients),
+        clients,
+        &[],
+        Some(timing(clients, 0.0)),
+        2,
+    );
+    // Time changes when things happen, not what a synchronous round computes.
+    assert_eq!(plain.final_params, timed.final_params);
+    assert!(plain.rounds.iter().all(|(m, _)| m.sim_time_s.is_none()));
+    // Client 4 is the slowest: 4 samples at 1 GFLOP/s, plus the request and reply over 1 MB/s
+    // links and 10 ms each way.
+    let (req, rep) = sizes();
+    let round = 0.02 + 4.0 + (req + rep) as f64 / 1e6;
+    for (r, (m, _)) in timed.rounds.iter().enumerate() {
+        let t = m.sim_time_s.unwrap();
+        assert!(
+            (t - round * (r + 1) as f64).abs() < 1e-6,
+            "round {}: {t}",
+            r + 1
+        );
+    }
+    // Stragglers (here 2 of 4, 10x slower) set the pace of every round.
+    let slow = run(
+        fedavg(3, clients),
+        clients,
+        &[],
+        Some(timing(clients, 0.5)),
+        2,
+    );
+    let t = |o: &SimOutcome| o.rounds.last().unwrap().0.sim_time_s.unwrap();
+    assert!(t(&slow) > 2.0 * t(&timed), "{} vs {}", t(&slow), t(&timed));
+    assert_eq!(slow.final_params, plain.final_params);
+}
+
+#[test]
+fn fedbuff_steps_without_waiting_for_stragglers() {
+    let clients = 8;
+    let settings = FedBuffSettings {
+        concurrency: 8,
+        buffer: 2,
+        staleness: Staleness::Sqrt,
+        max_staleness: None,
+    };
+    let sync = run(
+        fedavg(4, clients),
+        clients,
+        &[],
+        Some(timing(clients, 0.25)),
+        2,
+    );
+    let asyn = run(
+        fedbuff(16, clients, settings),
+        clients,
+        &[],
+        Some(timing(clients, 0.25)),
+        2,
+    );
+    assert_eq!(asyn.rounds.len(), 16);
+    // Both took 32 client updates; FedBuff did not wait for the two 10x slower clients.
+    let updates = |o: &SimOutcome| o.rounds.iter().map(|(m, _)| m.clients).sum::<usize>();
+    assert_eq!((updates(&sync), updates(&asyn)), (32, 32));
+    let t = |o: &SimOutcome| o.rounds.last().unwrap().0.sim_time_s.unwrap();
+    assert!(
+        t(&asyn) * 2.0 < t(&sync),
+        "fedbuff {} vs fedavg {}",
+        t(&asyn),
+        t(&sync)
+    );
+    // Simulated time only moves forward; every step reports its updates' staleness.
+    let times: Vec<f64> = asyn
+        .rounds
+        .iter()
+        .map(|(m, _)| m.sim_time_s.unwrap())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    assert!(asyn
+        .rounds
+        .iter()
+        .all(|(m, _)| m.clients == 2 && m.staleness.is_some()));
+    assert!(asyn.rounds.iter().any(|(m, _)| m.staleness.unwrap().1 > 0));
+    // The same with one worker: the order of events is the model's, not the threads'.
+    let again = run(
+        fedbuff(16, clients, settings),
+        clients,
+        &[],
+        Some(timing(clients, 0.25)),
+        1,
+    );
+    assert_eq!(again.final_params, asyn.final_params);
+    assert_eq!(
+        again
+            .rounds
+            .iter()
+            .map(|(m, _)| m.clone())
+            .collect::<Vec<_>>(),
+        asyn.rounds
+            .iter()
+            .map(|(m, _)| m.clone())
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_buffer_of_every_client_at_once_is_one_fedavg_round() {
+    let clients = 5;
+    let settings = FedBuffSettings {
+        concurrency: 5,
+        buffer: 5,
+        staleness: Staleness::Constant,
+        max_staleness: None,
+    };
+    // Without simulated time every first reply arrives before any second one: the buffer holds
+    // each client once. (With time, fast clients come back before slow ones answer.)
+    let a = run(fedbuff(1, clients, settings), clients, &[], None, 2);
+    let b = run(fedavg(1, clients), clients, &[], None, 2);
+    let (x, y) = (a.final_params.unwrap(), b.final_params.unwrap());
+    assert!(
+        x.iter().zip(&y).all(|(p, q)| (p - q).abs() < 1e-5),
+        "{x:?} vs {y:?}"
+    );
+    assert_eq!(a.rounds[0].0.staleness, Some((0.0, 0)));
+}
+
+#[test]
+fn stale_updates_weigh_less_or_are_dropped() {
+    let clients = 6;
+    let base = FedBuffSettings {
+        concurrency: 6,
+        buffer: 1,
+        staleness: Staleness::Constant,
+        max_staleness: None,
+    };
+    let t = || Some(timing(clients, 0.0));
+    let constant = run(fedbuff(6, clients, base), clients, &[], t(), 2);
+    let sqrt = run(
+        fedbuff(
+            6,
+            clients,
+            FedBuffSettings {
+                staleness: Staleness::Sqrt,
+                ..base
+            },
+        ),
+        clients,
+        &[],
+        t(),
+        2,
+    );
+    // Client k trains k seconds, so the slow ones answer after several steps.
+    let stale: Vec<u32> = constant
+        .rounds
+        .iter()
+        .map(|(m, _)| m.staleness.unwrap().1)
+        .collect();
+    assert!(stale.iter().any(|&s| s >= 2), "{stale:?}");
+    assert_ne!(constant.final_params, sqrt.final_params);
+    // With max_staleness = 0 only fresh updates count; the others are dropped and counted.
+    let capped = run(
+        fedbuff(
+            6,
+            clients,
+            FedBuffSettings {
+                max_staleness: Some(0),
+                ..base
+            },
+        ),
+        clients,
+        &[],
+        t(),
+        2,
+    );
+    assert_eq!(capped.rounds.len(), 6);
+    assert!(capped
+        .rounds
+        .iter()
+        .all(|(m, _)| m.staleness == Some((0.0, 0))));
+    let dropped: usize = capped.rounds.iter().map(|(m, _)| m.stragglers).sum();
+    assert!(dropped >= 1, "{:?}", capped.rounds);
+}
+
+#[test]
+fn a_client_that_never_answers_is_replaced_at_its_deadline() {
+    let clients = 3;
+    let mut config = server_config(10, clients);
+    config.round_deadline = Some(Duration::from_secs(5));
+    let server = FedBuffServer::new(
+        config,
+        FedBuffSettings {
+            concurrency: 3,
+            buffer: 1,
+            staleness: Staleness::Sqrt,
+            max_staleness: None,
+        },
+        vec![1, 2, 3],
+        vec![0.0; PARAMS],
+    )
+    .unwrap();
+    let out = run(
+        Box::new(server),
+        clients,
+        &[2],
+        Some(timing(clients, 0.0)),
+        2,
+    );
+    assert_eq!(out.rounds.len(), 10);
+    // Client 2 holds its slot until the deadline, then counts as dropped.
+    let dropped: usize = out.rounds.iter().map(|(m, _)| m.stragglers).sum();
+    assert!(dropped >= 1, "{:?}", out.rounds);
+}
+
+#[test]
+fn fedbuff_refuses_bad_settings_and_replies_it_did_not_ask_for() {
+    let make = |concurrency, buffer| {
+        FedBuffServer::new(
+            server_config(2, 3),
+            FedBuffSettings {
+                concurrency,
+                buffer,
+                staleness: Staleness::Sqrt,
+                max_staleness: None,
+            },
+            vec![1, 2, 3],
+            vec![0.0; PARAMS],
+        )
+    };
+    assert!(make(0, 1).is_err());
+    assert!(make(4, 1).is_err());
+    assert!(make(2, 0).is_err());
+    let mut server = make(1, 1).unwrap();
+    let mut t = Fake;
+    let (mut out, mut ev) = (Vec::new(), Vec::new());
+    let ctx = &mut NodeCtx::new(&mut out, &mut ev, &mut t);
+    server.on_start(ctx).unwrap();
+    let asked = match ctx_sent(&out) {
+        Some(c) => c,
+        None => panic!("no request sent"),
+    };
+    let (mut out2, mut ev2) = (Vec::new(), Vec::new());
+    let ctx = &mut NodeCtx::new(&mut out2, &mut ev2, &mut t);
+    let reply = |round, params: Vec<f32>| Payload::TrainReply {
+        round,
+        num_samples: 1,
+        steps: 1,
+        train_loss: 0.0,
+        params,
+    };
+    let other = (1..=3).find(|c| *c != asked).unwrap();
+    for (from, p) in [
+        (other, reply(1, vec![0.0; PARAMS])),
+        (asked, reply(2, vec![0.0; PARAMS])),
+        (asked, reply(1, vec![0.0; PARAMS - 1])),
+        (asked, reply(1, vec![f32::NAN; PARAMS])),
+    ] {
+        let r = server.on_message(from, p, ctx);
+        assert!(matches!(r, Err(EngineError::Rejected { .. })), "{r:?}");
+    }
+    server
+        .on_message(asked, reply(1, vec![1.0; PARAMS]), ctx)
+        .unwrap();
+    assert_eq!(ev2.len(), 1, "one server step");
+}
+
+fn ctx_sent(out: &[(NodeId, Payload)]) -> Option<NodeId> {
+    out.iter()
+        .find(|(_, p)| matches!(p, Payload::TrainRequest { .. }))
+        .map(|(c, _)| *c)
+}
