@@ -466,3 +466,79 @@ fn ctx_sent(out: &[(NodeId, Payload)]) -> Option<NodeId> {
         .find(|(_, p)| matches!(p, Payload::TrainRequest { .. }))
         .map(|(c, _)| *c)
 }
+
+/// Counts one sample the second time it trains on a shard (a node whose compute drops).
+struct Shrinking {
+    seen: std::collections::BTreeSet<usize>,
+}
+
+impl LocalTrainer for Shrinking {
+    fn train(
+        &mut self,
+        params: &[f32],
+        shard: &[usize],
+        seed: u64,
+        lr: f64,
+    ) -> Result<TrainOutcome, EngineError> {
+        let mut out = Fake.train(params, shard, seed, lr)?;
+        if !self.seen.insert(shard[0]) {
+            out.samples = 1;
+        }
+        Ok(out)
+    }
+    fn train_batches(
+        &mut self,
+        p: &[f32],
+        b: &[Vec<usize>],
+        s: &mut OptimizerState,
+        l: f64,
+    ) -> Result<TrainOutcome, EngineError> {
+        Fake.train_batches(p, b, s, l)
+    }
+    fn evaluate(&mut self, p: &[f32]) -> Result<EvalOutcome, EngineError> {
+        Fake.evaluate(p)
+    }
+    fn evaluate_sample(&mut self, p: &[f32], n: usize) -> Result<EvalOutcome, EngineError> {
+        Fake.evaluate_sample(p, n)
+    }
+    fn flops_per_sample(&self) -> FlopsPerSample {
+        Fake.flops_per_sample()
+    }
+}
+
+#[test]
+fn a_node_computing_faster_than_ever_before_is_an_error_not_a_wrong_order() {
+    // Client 1 (9 samples) answers at 9 s and is sent the model again; the simulator expects
+    // it to take 9 s again, so it lets the server handle client 2's reply of 15 s meanwhile.
+    // Client 1 then takes 1 s: its reply would arrive in the server's past.
+    let server = FedBuffServer::new(
+        server_config(5, 2),
+        FedBuffSettings {
+            concurrency: 2,
+            buffer: 1,
+            staleness: Staleness::Constant,
+            max_staleness: None,
+        },
+        vec![1, 2],
+        vec![0.0; PARAMS],
+    )
+    .unwrap();
+    let nodes: Vec<Box<dyn Node>> = vec![
+        Box::new(server),
+        Box::new(FedAvgClient::new(1, Arc::new((0..9).collect()), 3)),
+        Box::new(FedAvgClient::new(2, Arc::new((100..115).collect()), 3)),
+    ];
+    let worker = Worker::new(Box::new(Shrinking {
+        seen: Default::default(),
+    }))
+    .unwrap();
+    let err = Simulator::new(nodes, vec![worker])
+        .unwrap()
+        .with_timing(Some(timing(2, 0.0)))
+        .run(&mut |_| {})
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("computed faster than it ever had"),
+        "{err}"
+    );
+}
