@@ -31,11 +31,14 @@ setting() { # name -> the [compression] table's lines, one per line
     delta-topk20) printf '%s\n' "$UP20" 'error_feedback = true' "$DOWN20" 'downlink_delta = true' ;;
     delta-topk10) printf '%s\n' "$UP10" 'error_feedback = true' "$DOWN10" 'downlink_delta = true' ;;
     delta-topk5) printf '%s\n' "$UP5" 'error_feedback = true' "$DOWN5" 'downlink_delta = true' ;;
+    # PowerSGD: each weight matrix as rank-4 factors in fp16, with error feedback.
+    powersgd4) printf '%s\n' 'uplink = { sparsify = { kind = "power-sgd", rank = 4 }, quantize = { kind = "fp16" } }' 'error_feedback = true' ;;
+    powersgd4-delta) printf '%s\n' 'uplink = { sparsify = { kind = "power-sgd", rank = 4 }, quantize = { kind = "fp16" } }' 'error_feedback = true' "$DOWN20" 'downlink_delta = true' ;;
     delta-topk1) printf '%s\n' "$UP1" 'error_feedback = true' "$DOWN1" 'downlink_delta = true' ;;
     *) echo "unknown setting $1" >&2; exit 2 ;;
   esac
 }
-ALL="none fp16 int8 int4 topk1 topk1-ef topk1-ef-int8 topk1-ef-int4 delta-topk20 delta-topk10 delta-topk5 delta-topk1"
+ALL="none fp16 int8 int4 topk1 topk1-ef topk1-ef-int8 topk1-ef-int4 delta-topk20 delta-topk10 delta-topk5 delta-topk1 powersgd4 powersgd4-delta"
 for name in ${@:-$ALL}; do
   lines=$(setting "$name")
   if [ -f "$OUT/$name/metrics.csv" ] && tail -n 1 "$OUT/$name/metrics.csv" | grep -q '^10,'; then

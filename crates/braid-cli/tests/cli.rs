@@ -995,3 +995,48 @@ fn fedbuff_and_simulated_time_run_from_toml() {
         "fedbuff.staleness.a",
     );
 }
+
+#[test]
+fn power_sgd_runs_from_toml() {
+    let plain = DP
+        .replace(
+            "[privacy]\nmode = \"central\"\nclip = 1.0\nnoise_multiplier = 1.0\ntarget_epsilon = 5.0\n",
+            "",
+        )
+        .replace("clients_per_round = 4", "clients_per_round = 8")
+        .replace("train_limit = 400", "train_limit = 2000")
+        .replace("name = \"cnn-small\"", "name = \"mlp\"")
+        .replace("batch_size = 32", "batch_size = 32\nlocal_epochs = 5");
+    let low = format!(
+        "{plain}[compression]\nuplink = {{ sparsify = {{ kind = \"power-sgd\", rank = 4 }} }}\nerror_feedback = true\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let column = |out: &str, col: usize| -> Vec<f64> {
+        let csv = std::fs::read_to_string(dir.path().join(out).join("metrics.csv")).unwrap();
+        csv.lines()
+            .skip(1)
+            .map(|l| l.split(',').nth(col).unwrap().parse().unwrap())
+            .collect()
+    };
+    for (toml, out) in [(&plain, "plain"), (&low, "low")] {
+        std::fs::write(dir.path().join("p.toml"), toml).unwrap();
+        let o = braid(&["run", "p.toml", "-q", "--out", out], dir.path());
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    // The MLP's three weight matrices as rank-4 factors: about 30x fewer bytes up.
+    let (up_a, up_b) = (column("plain", 8), column("low", 8));
+    assert!(
+        up_a.iter().zip(&up_b).all(|(a, b)| b * 20.0 < *a),
+        "{up_a:?} {up_b:?}"
+    );
+    let (a, b) = (column("plain", 1), column("low", 1));
+    assert!(b[5] > 0.5, "plain {a:?}, power-sgd {b:?}");
+    expect_error(
+        &format!("{plain}[compression]\ndownlink = {{ sparsify = {{ kind = \"power-sgd\", rank = 4 }} }}\n"),
+        "power-sgd applies to the uplink only",
+    );
+    expect_error(
+        &format!("{plain}[compression]\nuplink = {{ sparsify = {{ kind = \"power-sgd\", rank = 0 }} }}\n"),
+        "sparsify.rank = 0",
+    );
+}

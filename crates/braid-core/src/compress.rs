@@ -46,6 +46,13 @@ pub enum Sparsify {
         /// Fraction kept, in (0, 1].
         fraction: f64,
     },
+    /// PowerSGD: every matrix-shaped tensor as two rank-`rank` factors, the rest whole
+    /// ([`crate::lowrank`]; needs the model's layout, so it is encoded by
+    /// [`crate::lowrank::PowerSgd`], not [`encode`]).
+    PowerSgd {
+        /// The factors' rank (at least 1).
+        rank: usize,
+    },
 }
 
 /// How kept values are written.
@@ -114,6 +121,11 @@ impl Compression {
                     "sparsify.fraction = {fraction} must be in (0, 1]"
                 )))
             }
+            Sparsify::PowerSgd { rank } if rank == 0 || rank > u32::MAX as usize => {
+                return Err(CompressError::Config(format!(
+                    "sparsify.rank = {rank} must be at least 1"
+                )))
+            }
             _ => {}
         }
         match self.quantize {
@@ -134,7 +146,7 @@ impl Compression {
     /// Entries kept of a vector of `n`.
     pub fn kept(&self, n: usize) -> usize {
         match self.sparsify {
-            Sparsify::None => n,
+            Sparsify::None | Sparsify::PowerSgd { .. } => n,
             Sparsify::TopK { fraction } | Sparsify::RandomK { fraction } => {
                 ((n as f64 * fraction).ceil() as usize).clamp(n.min(1), n)
             }
@@ -152,10 +164,11 @@ fn index_bytes(n: usize, m: usize) -> usize {
     (4 * m).min(n.div_ceil(8))
 }
 
-/// Exact length of [`encode`]'s output for a vector of `n` values.
+/// Exact length of [`encode`]'s output for a vector of `n` values (PowerSGD's depends on the
+/// layout: see [`crate::lowrank::encoded_len`]; here it counts the vector dense).
 pub fn encoded_len(n: usize, c: &Compression) -> usize {
     let m = c.kept(n);
-    let indices = if matches!(c.sparsify, Sparsify::None) {
+    let indices = if matches!(c.sparsify, Sparsify::None | Sparsify::PowerSgd { .. }) {
         0
     } else {
         index_bytes(n, m)
@@ -172,7 +185,7 @@ pub fn encoded_len(n: usize, c: &Compression) -> usize {
 
 fn kinds(c: &Compression) -> (u8, u8, u32) {
     let s = match c.sparsify {
-        Sparsify::None => 0,
+        Sparsify::None | Sparsify::PowerSgd { .. } => 0,
         Sparsify::TopK { .. } => 1,
         Sparsify::RandomK { .. } => 2,
     };
@@ -200,6 +213,11 @@ pub fn encode(x: &[f32], c: &Compression, rng: &mut impl Rng) -> Result<Vec<u8>,
     let m = c.kept(n);
     let idx: Option<Vec<u32>> = match c.sparsify {
         Sparsify::None => None,
+        Sparsify::PowerSgd { .. } => {
+            return Err(CompressError::Config(
+                "power-sgd needs the model's layout: encode with lowrank::PowerSgd".into(),
+            ))
+        }
         Sparsify::TopK { .. } => {
             let mut order: Vec<u32> = (0..n as u32).collect();
             if m < n {
@@ -333,6 +351,9 @@ pub fn decode(bytes: &[u8], n: usize) -> Result<Vec<f32>, CompressError> {
             "{} bytes, shorter than its header",
             bytes.len()
         )));
+    }
+    if bytes[0] == crate::lowrank::TAG {
+        return crate::lowrank::decode(bytes, n);
     }
     if bytes[0] != VERSION {
         return Err(bad(format!("unknown version {}", bytes[0])));
@@ -504,11 +525,21 @@ impl ErrorFeedback {
         c: &Compression,
         rng: &mut impl Rng,
     ) -> Result<Vec<u8>, CompressError> {
+        self.encode_with(x, |v| encode(v, c, rng))
+    }
+
+    /// [`ErrorFeedback::encode`] with any encoder whose output [`decode`] reads (such as
+    /// [`crate::lowrank::PowerSgd`]).
+    pub fn encode_with(
+        &mut self,
+        x: &[f32],
+        encoder: impl FnOnce(&[f32]) -> Result<Vec<u8>, CompressError>,
+    ) -> Result<Vec<u8>, CompressError> {
         if self.residual.len() != x.len() {
             self.residual = vec![0.0; x.len()];
         }
         let corrected: Vec<f32> = x.iter().zip(&self.residual).map(|(a, r)| a + r).collect();
-        let bytes = encode(&corrected, c, rng)?;
+        let bytes = encoder(&corrected)?;
         let sent = decode(&bytes, x.len())?;
         for ((r, c), s) in self.residual.iter_mut().zip(&corrected).zip(&sent) {
             *r = c - s;

@@ -9,6 +9,7 @@
 //!   extended Dirichlet, quantity skew) and per-client label histograms;
 //! - [`topology`]: peer graphs for decentralized training, mixing matrices, spectral gaps;
 //! - [`schedule`]: communication schedules (every k steps, budgets r(p) over training);
+//! - [`lowrank`]: PowerSGD low-rank compression of matrix-shaped tensors;
 //! - [`lr_schedule`]: learning-rate schedules over training progress (cosine, linear, step);
 //! - [`batches`]: a participant's reproducible stream of mini-batches, epoch by epoch;
 //! - [`compress`]: compressed vectors for the wire (top-k / random-k, fp16, bf16, int8, int4,
@@ -27,6 +28,7 @@
 pub mod batches;
 pub mod compress;
 pub mod latency;
+pub mod lowrank;
 pub mod lr_schedule;
 pub mod mutual;
 pub mod params;

@@ -378,6 +378,12 @@ impl CompressionConfig {
                     .map_err(|e| format!("compression.{name}: {e}"))?;
             }
         }
+        if matches!(
+            self.downlink.map(|d| d.sparsify),
+            Some(braid_core::compress::Sparsify::PowerSgd { .. })
+        ) {
+            return Err("compression.downlink: power-sgd applies to the uplink only".into());
+        }
         match &self.downlink {
             Some(d)
                 if d.sparsify != braid_core::compress::Sparsify::None && !self.downlink_delta =>

@@ -623,6 +623,7 @@ pub fn build_nodes(prepared: &Prepared) -> Result<Vec<Box<dyn Node>>, EngineErro
         scale_bits: sa.scale_bits,
     });
     let delta = c.compression.is_some_and(|k| k.downlink_delta);
+    let blocks = matrix_blocks(&prepared.arch);
     let initial = prepared.arch.init_params(c.seed);
     let server_config = ServerConfig {
         rounds: c.algorithm.rounds(),
@@ -677,6 +678,7 @@ pub fn build_nodes(prepared: &Prepared) -> Result<Vec<Box<dyn Node>>, EngineErro
                     &c.compression.unwrap_or_default(),
                     prepared.arch.num_params(),
                 )
+                .with_matrix_blocks(blocks.clone())
                 .with_privacy(c.privacy)
                 .with_attack(attack)
                 .with_secure_aggregation(secure)
@@ -685,6 +687,25 @@ pub fn build_nodes(prepared: &Prepared) -> Result<Vec<Box<dyn Node>>, EngineErro
     }
     debug_assert_eq!(nodes[0].id(), SERVER);
     Ok(nodes)
+}
+
+/// The model's matrix-shaped tensors in its flat parameter vector (a convolution's
+/// `[out, in, kh, kw]` as `out` rows), for PowerSGD.
+pub fn matrix_blocks(arch: &braid_nn::Arch) -> Vec<braid_core::lowrank::Block> {
+    let mut offset = 0;
+    let mut blocks = Vec::new();
+    for shape in arch.param_shapes() {
+        let len: usize = shape.dims.iter().product();
+        if shape.dims.len() >= 2 {
+            blocks.push(braid_core::lowrank::Block {
+                offset,
+                rows: shape.dims[0],
+                cols: len / shape.dims[0].max(1),
+            });
+        }
+        offset += len;
+    }
+    blocks
 }
 
 /// The simulated-time model of a run with `[latency]`: the server (node 0) at the server's
@@ -713,4 +734,38 @@ pub fn run(
     Simulator::new(nodes, workers)?
         .with_timing(timing(prepared))
         .run(observer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use braid_nn::{Arch, ModelName};
+
+    #[test]
+    fn matrix_blocks_cover_every_weight_of_each_model_in_order() {
+        for name in [
+            ModelName::Mlp,
+            ModelName::Cnn,
+            ModelName::CnnSmall,
+            ModelName::CnnDeep,
+        ] {
+            let arch = Arch::new(name, &[1, 28, 28], 10).unwrap();
+            let blocks = matrix_blocks(&arch);
+            let weights: Vec<_> = arch
+                .param_shapes()
+                .into_iter()
+                .filter(|s| s.dims.len() >= 2)
+                .collect();
+            assert_eq!(blocks.len(), weights.len());
+            for (b, w) in blocks.iter().zip(&weights) {
+                assert_eq!(b.rows * b.cols, w.dims.iter().product::<usize>());
+            }
+            // In order, inside the vector; biases lie between them.
+            assert!(blocks
+                .windows(2)
+                .all(|p| p[0].offset + p[0].rows * p[0].cols < p[1].offset));
+            let last = blocks.last().unwrap();
+            assert!(last.offset + last.rows * last.cols < arch.num_params());
+        }
+    }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use braid_core::compress::{encoded_len, Compression, Quantize, Sparsify};
+use braid_core::lowrank::Block;
 use braid_engine::algorithms::fedavg::{FedAvgClient, FedAvgServer, ServerConfig, SERVER};
 use braid_engine::config::CompressionConfig;
 use braid_engine::node::{EngineError, LocalTrainer, Node, NodeCtx};
@@ -133,6 +134,11 @@ fn run(cfg: &CompressionConfig, rounds: u32, flaky: usize, workers: usize) -> Si
     for k in 0..2usize {
         let c = FedAvgClient::new(k as NodeId + 1, Arc::new(vec![k]), 4)
             .with_compression(cfg, N)
+            .with_matrix_blocks(vec![Block {
+                offset: 0,
+                rows: 10,
+                cols: 20,
+            }])
             .with_model_copy(delta.then(|| initial.clone()));
         nodes.push(if k == 1 && flaky > 0 {
             Box::new(Flaky {
@@ -358,4 +364,48 @@ fn the_servers_copy_survives_a_checkpoint() {
         }
     }
     assert!(make().load_state(bad).is_err());
+}
+
+#[test]
+fn power_sgd_with_error_feedback_converges_in_fewer_bytes() {
+    // The 200 values as one 10 x 20 matrix, sent as rank-1 factors: 30 values a round.
+    let uplink = Some(Compression {
+        sparsify: Sparsify::PowerSgd { rank: 1 },
+        quantize: Quantize::F32,
+    });
+    let ef = run(
+        &CompressionConfig {
+            uplink,
+            error_feedback: true,
+            ..Default::default()
+        },
+        300,
+        0,
+        2,
+    );
+    assert!(relative_error(&ef) < 0.1, "{}", relative_error(&ef));
+    let plain = run(&CompressionConfig::default(), 300, 0, 2);
+    for ((a, _), (b, _)) in ef.rounds.iter().zip(&plain.rounds) {
+        assert!(
+            a.bytes_up * 4 < b.bytes_up,
+            "{} vs {}",
+            a.bytes_up,
+            b.bytes_up
+        );
+    }
+    assert_eq!(
+        run(
+            &CompressionConfig {
+                uplink,
+                error_feedback: true,
+                ..Default::default()
+            },
+            300,
+            0,
+            1,
+        )
+        .final_params,
+        ef.final_params,
+        "deterministic across workers"
+    );
 }

@@ -30,7 +30,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use braid_core::compress::{self, Compression, ErrorFeedback};
+use braid_core::compress::{self, Compression, ErrorFeedback, Sparsify};
+use braid_core::lowrank::{Block, PowerSgd};
 use braid_core::lr_schedule::LrSchedule;
 use braid_core::params::weighted_mean;
 use braid_core::seed;
@@ -737,6 +738,8 @@ pub struct FedAvgClient {
     num_params: usize,
     /// Compression of this client's updates, and its error-feedback memory if used.
     uplink: Option<(Compression, Option<ErrorFeedback>)>,
+    /// The model's matrix-shaped tensors and PowerSGD's warm-start state (power-sgd uplink).
+    lowrank: (Vec<Block>, PowerSgd),
     /// Local DP: clip bound and noise standard deviation of this client's updates.
     local_dp: Option<(f64, f64)>,
     /// A simulated attacker: what it does to its update.
@@ -760,6 +763,7 @@ impl FedAvgClient {
             done: false,
             num_params: 0,
             uplink: None,
+            lowrank: Default::default(),
             local_dp: None,
             attack: None,
             secure: None,
@@ -798,6 +802,12 @@ impl FedAvgClient {
             let ef = compression.error_feedback.then(ErrorFeedback::default);
             (c, ef)
         });
+        self
+    }
+
+    /// The model's matrix-shaped tensors, which a `power-sgd` uplink compresses.
+    pub fn with_matrix_blocks(mut self, blocks: Vec<Block>) -> Self {
+        self.lowrank.0 = blocks;
         self
     }
 
@@ -938,9 +948,18 @@ impl Node for FedAvgClient {
                     self.seed,
                     &[seed::stream::COMPRESS, u64::from(self.id), u64::from(round)],
                 );
-                let update = match ef {
-                    Some(ef) => ef.encode(&delta, c, &mut rng),
-                    None => compress::encode(&delta, c, &mut rng),
+                let update = match (c.sparsify, ef) {
+                    (Sparsify::PowerSgd { rank }, ef) => {
+                        let (blocks, ps) = &mut self.lowrank;
+                        let mut encode =
+                            |v: &[f32]| ps.encode(v, blocks, rank, c.quantize, &mut rng);
+                        match ef {
+                            Some(ef) => ef.encode_with(&delta, encode),
+                            None => encode(&delta),
+                        }
+                    }
+                    (_, Some(ef)) => ef.encode(&delta, c, &mut rng),
+                    (_, None) => compress::encode(&delta, c, &mut rng),
                 }
                 .map_err(|e| EngineError::Setup(e.to_string()))?;
                 Payload::PackedReply {
