@@ -203,6 +203,8 @@ fn run_and_report(
             r: config.partition.clients.saturating_sub(1) as f64,
         };
         reference.decentralized = Some(d);
+        // The reference averages exactly: no quantized gossip.
+        reference.compression = None;
         println!();
         let base_acc = run_one(&reference, &dir.join("baseline"), quiet)?;
         if let (Some(a), Some(b)) = (main_acc, base_acc) {

@@ -361,6 +361,50 @@ fn dsgd_runs_with_its_parallel_sgd_reference() {
             "{traffic}"
         );
     }
+    // Gossip quantized to int8: about a quarter of the bytes per peer.
+    let int8 = std::fs::read_to_string(dir.path().join("exp.toml")).unwrap()
+        + "[compression]\ngossip = { quantize = { kind = \"int8\", block = 256 } }\n";
+    std::fs::write(dir.path().join("q.toml"), &int8).unwrap();
+    let out = braid(&["run", "q.toml", "-q", "--out", "q"], dir.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = |sub: &str| -> f64 {
+        let csv = std::fs::read_to_string(dir.path().join(sub).join("metrics.csv")).unwrap();
+        let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+        let col = header.iter().position(|h| *h == "bytes_per_peer").unwrap();
+        csv.lines()
+            .last()
+            .unwrap()
+            .split(',')
+            .nth(col)
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (f32_bytes, int8_bytes) = (bytes("o"), bytes("q"));
+    assert!(
+        int8_bytes * 3.5 < f32_bytes && int8_bytes > 0.0,
+        "{int8_bytes} vs {f32_bytes}"
+    );
+    expect_error(
+        &int8.replace(
+            "kind = \"int8\", block = 256 }",
+            "kind = \"int8\", block = 256 }, sparsify = { kind = \"top-k\", fraction = 0.1 }",
+        ),
+        "compression.gossip: only quantizers",
+    );
+    expect_error(
+        &format!("{GOOD}[compression]\ngossip = {{ quantize = {{ kind = \"fp16\" }} }}\n"),
+        "compression.gossip applies to",
+    );
+    expect_error(
+        &(std::fs::read_to_string(dir.path().join("exp.toml")).unwrap()
+            + "[compression]\nuplink = { quantize = { kind = \"fp16\" } }\n"),
+        "takes only gossip",
+    );
     // The reference is an exact average every step: all local models agree at the end.
     let base = std::fs::read_to_string(dir.path().join("o/baseline/metrics.csv")).unwrap();
     let last: Vec<&str> = base.lines().last().unwrap().split(',').collect();

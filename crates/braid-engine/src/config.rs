@@ -367,12 +367,20 @@ pub struct CompressionConfig {
     /// change to it, keeping what compression dropped for later rounds.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub downlink_delta: bool,
+    /// `dsgd`: the parameters peers gossip, quantized (quantizers only: every neighbour needs
+    /// the whole model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gossip: Option<braid_core::compress::Compression>,
 }
 
 impl CompressionConfig {
     /// Checks each setting.
     pub fn validate(&self) -> Result<(), String> {
-        for (name, c) in [("uplink", &self.uplink), ("downlink", &self.downlink)] {
+        for (name, c) in [
+            ("uplink", &self.uplink),
+            ("downlink", &self.downlink),
+            ("gossip", &self.gossip),
+        ] {
             if let Some(c) = c {
                 c.validate()
                     .map_err(|e| format!("compression.{name}: {e}"))?;
@@ -917,14 +925,23 @@ impl ExperimentConfig {
         }
         if let Some(c) = &self.compression {
             c.validate()?;
+            let dsgd = self.algorithm.name == AlgorithmName::Dsgd;
             if matches!(
                 self.algorithm.name,
-                AlgorithmName::Dsgd | AlgorithmName::Centralized | AlgorithmName::Split
+                AlgorithmName::Centralized | AlgorithmName::Split
             ) {
-                return Err(
-                    "[compression] applies to the FedAvg family (dsgd gossip compression is not built yet)"
-                        .into(),
-                );
+                return Err("[compression] applies to the FedAvg family and dsgd".into());
+            }
+            if dsgd && (c.uplink.is_some() || c.downlink.is_some() || c.error_feedback) {
+                return Err("dsgd has no server: its [compression] takes only gossip".into());
+            }
+            if let Some(g) = c.gossip {
+                if !dsgd {
+                    return Err("compression.gossip applies to \"dsgd\" only".into());
+                }
+                if g.sparsify != braid_core::compress::Sparsify::None {
+                    return Err("compression.gossip: only quantizers (no sparsify): every neighbour mixes the whole model".into());
+                }
             }
         }
         self.partition.scheme()?;

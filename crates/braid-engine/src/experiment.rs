@@ -557,6 +557,7 @@ pub fn dsgd_settings(prepared: &Prepared) -> Result<DsgdSettings, EngineError> {
             .gossip_timeout_s
             .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok()),
         seed: c.seed,
+        gossip_compression: c.compression.and_then(|k| k.gossip),
     };
     settings.validate()?;
     Ok(settings)

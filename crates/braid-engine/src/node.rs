@@ -410,6 +410,7 @@ impl Input {
                 | Payload::PackedReply { round, .. }
                 | Payload::SecAgg { round, .. }
                 | Payload::Gossip { round, .. }
+                | Payload::PackedGossip { round, .. }
                 | Payload::MutualModel { round, .. }
                 | Payload::MutualReport { round, .. }
                 | Payload::Shutdown { round } => Some(u64::from(*round)),

@@ -94,6 +94,7 @@ fn settings(topology: TopologyConfig, every: u64, budget: Budget, steps: u64) ->
         lr_schedule: LrSchedule::Constant,
         gossip_deadline: None,
         seed: 3,
+        gossip_compression: None,
     }
 }
 
@@ -160,6 +161,62 @@ fn doubly_stochastic_gossip_preserves_the_average_and_contracts() {
     .encoded_len() as f64;
     assert_eq!(pts[3].bytes_per_peer, 12.0 * 2.0 * msg);
     assert_eq!(pts[3].comm_rounds, 12);
+}
+
+#[test]
+fn quantized_gossip_costs_its_encoded_bytes_and_still_reaches_consensus() {
+    use braid_core::compress::{encoded_len, Compression, Quantize, Sparsify};
+    let q = Compression {
+        sparsify: Sparsify::None,
+        quantize: Quantize::Int8 { block: 3 },
+    };
+    let mut s = settings(TopologyConfig::Ring, 1, Budget::Fixed { r: 1.0 }, 12);
+    s.gossip_compression = Some(q);
+    let o = run(s.clone(), 2, true);
+    let pts = points(&o);
+    let msg = Payload::PackedGossip {
+        round: 1,
+        model: Arc::new(vec![0; encoded_len(P, &q)]),
+    }
+    .encoded_len() as f64;
+    assert_eq!(pts[3].bytes_per_peer, 12.0 * 2.0 * msg);
+    // Neighbours see rounded models, so the average drifts a little, but the peers agree.
+    for w in pts.windows(2) {
+        assert!(w[1].consensus < w[0].consensus, "{:?}", w);
+    }
+    for m in &pts {
+        assert!((m.merged_accuracy - 0.35).abs() < 0.01, "{m:?}");
+    }
+    assert_eq!(
+        run(s, 1, true).final_params,
+        o.final_params,
+        "deterministic"
+    );
+    // A packed model of the wrong size is refused.
+    let mut peer = DsgdPeer::new(
+        1,
+        Arc::new(settings(
+            TopologyConfig::Ring,
+            1,
+            Budget::Fixed { r: 1.0 },
+            12,
+        )),
+        (0..20).collect(),
+        vec![0.0; P],
+    );
+    let bad = braid_core::compress::encode(&[0.0; P + 1], &q, &mut braid_core::seed::rng(1, &[]))
+        .unwrap();
+    let mut t = Fake::new(true);
+    let (mut out, mut ev) = (Vec::new(), Vec::new());
+    let r = peer.on_message(
+        0,
+        Payload::PackedGossip {
+            round: 1,
+            model: Arc::new(bad),
+        },
+        &mut NodeCtx::new(&mut out, &mut ev, &mut t),
+    );
+    assert!(matches!(r, Err(EngineError::Rejected { .. })), "{r:?}");
 }
 
 #[test]

@@ -565,6 +565,7 @@ fn compressed_messages_are_counted_exactly_and_lossless_settings_change_nothing(
         error_feedback: true,
         downlink: None,
         downlink_delta: false,
+        gossip: None,
     };
     assert_eq!(run(&lossless, 2).final_params, plain.final_params);
 
@@ -579,6 +580,7 @@ fn compressed_messages_are_counted_exactly_and_lossless_settings_change_nothing(
             quantize: Quantize::Int8 { block: 16 },
         }),
         downlink_delta: false,
+        gossip: None,
     };
     let out = run(&lossy, 2);
     assert_eq!(

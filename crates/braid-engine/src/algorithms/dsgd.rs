@@ -60,6 +60,8 @@ pub struct DsgdSettings {
     pub gossip_deadline: Option<std::time::Duration>,
     /// Experiment seed.
     pub seed: u64,
+    /// Quantizer of the parameters peers gossip (`compression.gossip`; None: f32).
+    pub gossip_compression: Option<braid_core::compress::Compression>,
 }
 
 impl DsgdSettings {
@@ -266,7 +268,7 @@ impl DsgdPeer {
             if listens {
                 self.inbox.insert((round, from), params);
             }
-            self.start_round(round, ctx);
+            self.start_round(round, ctx)?;
         }
         self.run(ctx)
     }
@@ -329,19 +331,30 @@ impl DsgdPeer {
 
     /// Starts communication round `round`: sends to the peers listening to this one and
     /// waits for this one's in-neighbours, if any.
-    fn start_round(&mut self, round: u32, ctx: &mut NodeCtx<'_>) {
+    fn start_round(&mut self, round: u32, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
         let graph = self.settings.round_graph(round);
         let me = self.id as usize;
-        let shared = &self.params;
+        let message = match &self.settings.gossip_compression {
+            Some(c) => {
+                let mut rng = seed::rng(
+                    self.settings.seed,
+                    &[seed::stream::COMPRESS, u64::from(self.id), u64::from(round)],
+                );
+                let model = braid_core::compress::encode(&self.params, c, &mut rng)
+                    .map_err(|e| EngineError::Setup(e.to_string()))?;
+                Payload::PackedGossip {
+                    round,
+                    model: Arc::new(model),
+                }
+            }
+            None => Payload::Gossip {
+                round,
+                params: Arc::clone(&self.params),
+            },
+        };
         for (j, listens_to) in graph.peers.iter().enumerate() {
             if listens_to.contains(&me) {
-                self.gossip_bytes += ctx.send(
-                    j as NodeId,
-                    Payload::Gossip {
-                        round,
-                        params: Arc::clone(shared),
-                    },
-                ) as u64;
+                self.gossip_bytes += ctx.send(j as NodeId, message.clone()) as u64;
             }
         }
         if graph.peers[me].is_empty() {
@@ -352,6 +365,7 @@ impl DsgdPeer {
                 ctx.set_deadline(u64::from(round), d);
             }
         }
+        Ok(())
     }
 
     /// Mixes if every in-neighbour of the awaited round has sent (or, if `force`, with those
@@ -447,7 +461,7 @@ impl DsgdPeer {
             self.step = next;
             if self.settings.schedule.communicates_after(self.step) {
                 let round = (self.step / self.settings.schedule.every) as u32;
-                self.start_round(round, ctx);
+                self.start_round(round, ctx)?;
                 if self.waiting.is_some() {
                     continue;
                 }
@@ -574,6 +588,11 @@ impl Node for DsgdPeer {
         }
         let (round, params) = match payload {
             Payload::Gossip { round, params } => (round, params),
+            Payload::PackedGossip { round, model } => {
+                let params = braid_core::compress::decode(&model, self.settings.num_params)
+                    .map_err(|e| reject(format!("parameters: {e}")))?;
+                (round, Arc::new(params))
+            }
             Payload::JoinRequest { .. } => {
                 // A restarted peer asks where the run is: tell it (unless this peer is itself
                 // rejoining: its state is a checkpoint, not where the run is).
