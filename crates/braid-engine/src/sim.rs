@@ -110,12 +110,18 @@ pub struct Simulator {
     transport: InProcessTransport,
     workers: Vec<Worker>,
     timing: Option<Timing>,
+    /// With simulated time, messages can arrive late (a straggler's reply after its round
+    /// closed): nodes reject them and the run goes on, as across processes.
+    drop_rejected: bool,
 }
 
+/// Hands `inputs` to `node` in order. With `drop_rejected`, a message the node rejects is
+/// dropped and logged, as the network runtime does, instead of ending the run.
 fn handle(
     node: &mut dyn Node,
     inputs: Vec<Input>,
     trainer: &mut dyn LocalTrainer,
+    drop_rejected: bool,
 ) -> Result<TaskOutput, EngineError> {
     let (mut outbox, mut events, mut deadlines) = (Vec::new(), Vec::new(), Vec::new());
     let (mut compute, mut marks) = (Vec::new(), Vec::new());
@@ -124,7 +130,12 @@ fn handle(
         let round = input.round();
         let mut metered = Metered::new(&mut *trainer);
         let mut ctx = NodeCtx::new(&mut outbox, &mut events, &mut metered);
-        input.apply(node, &mut ctx)?;
+        match input.apply(node, &mut ctx) {
+            Err(e @ EngineError::Rejected { .. }) if drop_rejected => {
+                tracing::info!("simulated time: dropped a message: {e}");
+            }
+            other => other?,
+        }
         deadlines.extend(ctx.take_deadlines());
         if !metered.compute.is_zero() {
             compute.push((round, metered.compute));
@@ -168,6 +179,7 @@ impl Simulator {
             transport: InProcessTransport::new(),
             workers,
             timing: None,
+            drop_rejected: false,
         })
     }
 
@@ -180,7 +192,9 @@ impl Simulator {
     /// Runs until no message is left, calling `observer` for every event as it happens.
     pub fn run(&mut self, observer: &mut dyn FnMut(&Event)) -> Result<SimOutcome, EngineError> {
         if let Some(timing) = self.timing.take() {
+            self.drop_rejected = true;
             let out = self.run_timed(&timing, observer);
+            self.drop_rejected = false;
             self.timing = Some(timing);
             return out;
         }
@@ -262,7 +276,12 @@ impl Simulator {
             let node = self.nodes[id as usize]
                 .take()
                 .ok_or_else(|| EngineError::Setup(format!("node {id} is missing")))?;
-            work.push(Task { id, node, what });
+            work.push(Task {
+                id,
+                node,
+                what,
+                drop_rejected: self.drop_rejected,
+            });
         }
         let results: Vec<Done> = if work.len() == 1 || self.workers.len() == 1 {
             let trainer = &mut self.workers[0].trainer;
@@ -317,6 +336,7 @@ struct Task {
     id: NodeId,
     node: Box<dyn Node>,
     what: Vec<Input>,
+    drop_rejected: bool,
 }
 
 /// A handled task: the node goes back to the simulator with its output.
@@ -328,7 +348,7 @@ struct Done {
 
 impl Task {
     fn run(mut self, trainer: &mut dyn LocalTrainer) -> Done {
-        let result = handle(self.node.as_mut(), self.what, trainer);
+        let result = handle(self.node.as_mut(), self.what, trainer, self.drop_rejected);
         Done {
             id: self.id,
             node: self.node,

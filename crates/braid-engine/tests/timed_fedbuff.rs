@@ -542,3 +542,26 @@ fn a_node_computing_faster_than_ever_before_is_an_error_not_a_wrong_order() {
         "{err}"
     );
 }
+
+#[test]
+fn a_round_deadline_in_simulated_time_skips_the_slow_clients() {
+    // Client k trains k seconds; the round closes after 2.5 s with clients 1 and 2. The
+    // others' replies arrive in a later round and are dropped, as across processes.
+    let clients = 4;
+    let mut config = server_config(3, clients);
+    config.round_deadline = Some(Duration::from_secs_f64(2.5));
+    let server = FedAvgServer::new(config, (1..=4).collect(), vec![0.0; PARAMS]).unwrap();
+    let out = run(
+        Box::new(server),
+        clients,
+        &[],
+        Some(timing(clients, 0.0)),
+        2,
+    );
+    assert_eq!(out.rounds.len(), 3);
+    for (r, (m, _)) in out.rounds.iter().enumerate() {
+        assert_eq!((m.clients, m.stragglers), (2, 2));
+        let t = m.sim_time_s.unwrap();
+        assert!((t - 2.5 * (r + 1) as f64).abs() < 1e-6, "{t}");
+    }
+}
