@@ -31,6 +31,24 @@ name = "fedavg"
 rounds = 1
 "#;
 
+/// Column `col` of every row of `dir/metrics.csv`, as numbers.
+fn metrics_column(dir: &Path, col: usize) -> Vec<f64> {
+    let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    csv.lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(col).unwrap().parse().unwrap())
+        .collect()
+}
+
+/// Runs each `(config, out)` in `dir` (quietly, into `dir/out`) and checks it succeeded.
+fn run_all(dir: &Path, runs: &[(&str, &str)]) {
+    for (toml, out) in runs {
+        std::fs::write(dir.join("run.toml"), toml).unwrap();
+        let o = braid(&["run", "run.toml", "-q", "--out", out], dir);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+}
+
 /// Writes `config` into `dir`, runs `braid run` on it, and checks for one clean error line.
 fn expect_error(config: &str, needle: &str) {
     let dir = tempfile::tempdir().unwrap();
@@ -872,18 +890,8 @@ fn secure_aggregation_runs_from_toml_and_matches_plain_fedavg() {
     );
     let secure = format!("{plain}[secure_aggregation]\nthreshold = 3\n");
     let dir = tempfile::tempdir().unwrap();
-    let column = |out: &str, col: usize| -> Vec<f64> {
-        let csv = std::fs::read_to_string(dir.path().join(out).join("metrics.csv")).unwrap();
-        csv.lines()
-            .skip(1)
-            .map(|l| l.split(',').nth(col).unwrap().parse().unwrap())
-            .collect()
-    };
-    for (toml, out) in [(&plain, "plain"), (&secure, "secure")] {
-        std::fs::write(dir.path().join("s.toml"), toml).unwrap();
-        let o = braid(&["run", "s.toml", "-q", "--out", out], dir.path());
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    }
+    let column = |out: &str, col: usize| metrics_column(&dir.path().join(out), col);
+    run_all(dir.path(), &[(&plain, "plain"), (&secure, "secure")]);
     // The unmasked sum is FedAvg's weighted sum up to the 2^-24 fixed-point step, so the
     // accuracy per round agrees; the protocol's messages cost bytes.
     let (a, b) = (column("plain", 1), column("secure", 1));
@@ -941,18 +949,8 @@ fn the_downlink_as_a_compressed_change_runs_from_toml() {
         "{plain}[compression]\nuplink = {{ sparsify = {{ kind = \"top-k\", fraction = 0.1 }}, quantize = {{ kind = \"int8\", block = 256 }} }}\nerror_feedback = true\ndownlink = {{ sparsify = {{ kind = \"top-k\", fraction = 0.1 }}, quantize = {{ kind = \"int8\", block = 256 }} }}\ndownlink_delta = true\n"
     );
     let dir = tempfile::tempdir().unwrap();
-    let column = |out: &str, col: usize| -> Vec<f64> {
-        let csv = std::fs::read_to_string(dir.path().join(out).join("metrics.csv")).unwrap();
-        csv.lines()
-            .skip(1)
-            .map(|l| l.split(',').nth(col).unwrap().parse().unwrap())
-            .collect()
-    };
-    for (toml, out) in [(&plain, "plain"), (&delta, "delta")] {
-        std::fs::write(dir.path().join("d.toml"), toml).unwrap();
-        let o = braid(&["run", "d.toml", "-q", "--out", out], dir.path());
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    }
+    let column = |out: &str, col: usize| metrics_column(&dir.path().join(out), col);
+    run_all(dir.path(), &[(&plain, "plain"), (&delta, "delta")]);
     // Top-10% in int8 with a bitmap of positions: under a quarter of a byte per value each
     // way, against 4 for f32.
     let (down_a, down_b) = (column("plain", 9), column("delta", 9));
@@ -1055,18 +1053,8 @@ fn power_sgd_runs_from_toml() {
         "{plain}[compression]\nuplink = {{ sparsify = {{ kind = \"power-sgd\", rank = 4 }} }}\nerror_feedback = true\n"
     );
     let dir = tempfile::tempdir().unwrap();
-    let column = |out: &str, col: usize| -> Vec<f64> {
-        let csv = std::fs::read_to_string(dir.path().join(out).join("metrics.csv")).unwrap();
-        csv.lines()
-            .skip(1)
-            .map(|l| l.split(',').nth(col).unwrap().parse().unwrap())
-            .collect()
-    };
-    for (toml, out) in [(&plain, "plain"), (&low, "low")] {
-        std::fs::write(dir.path().join("p.toml"), toml).unwrap();
-        let o = braid(&["run", "p.toml", "-q", "--out", out], dir.path());
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    }
+    let column = |out: &str, col: usize| metrics_column(&dir.path().join(out), col);
+    run_all(dir.path(), &[(&plain, "plain"), (&low, "low")]);
     // The MLP's three weight matrices as rank-4 factors: about 30x fewer bytes up.
     let (up_a, up_b) = (column("plain", 8), column("low", 8));
     assert!(

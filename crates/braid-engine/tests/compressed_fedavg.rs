@@ -4,6 +4,8 @@
 //! costs exactly its encoded bytes, and falls back to the whole copy for a client that missed
 //! a round.
 
+mod common;
+use common::Flaky;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,33 +80,6 @@ impl LocalTrainer for Quadratic {
     }
     fn evaluate_sample(&mut self, p: &[f32], _: usize) -> Result<EvalOutcome, EngineError> {
         self.evaluate(p)
-    }
-}
-
-/// A client that ignores the first `drop` messages it gets.
-struct Flaky {
-    inner: FedAvgClient,
-    drop: usize,
-}
-
-impl Node for Flaky {
-    fn id(&self) -> NodeId {
-        self.inner.id()
-    }
-    fn on_start(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
-        self.inner.on_start(ctx)
-    }
-    fn on_message(
-        &mut self,
-        from: NodeId,
-        payload: Payload,
-        ctx: &mut NodeCtx<'_>,
-    ) -> Result<(), EngineError> {
-        if self.drop > 0 {
-            self.drop -= 1;
-            return Ok(());
-        }
-        self.inner.on_message(from, payload, ctx)
     }
 }
 

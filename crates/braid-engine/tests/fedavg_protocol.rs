@@ -2,6 +2,8 @@
 //! no tensor backend): aggregation weights, partial participation, hostile messages,
 //! determinism and independence from the number of worker threads.
 
+mod common;
+use common::Flaky;
 use std::sync::Arc;
 
 use braid_core::server_opt::ServerOptimizerConfig;
@@ -361,33 +363,6 @@ fn clients_follow_the_learning_rate_schedule_by_round() {
         client.on_message(SERVER, req, &mut ctx).unwrap();
     }
     assert_eq!(rec.0, vec![1.0, 1.0, 0.1, 0.1], "progress (round - 1) / 4");
-}
-
-/// A client that ignores the first `drop` train requests it gets (crashed, then back).
-struct Flaky {
-    inner: FedAvgClient,
-    drop: usize,
-}
-
-impl Node for Flaky {
-    fn id(&self) -> NodeId {
-        self.inner.id()
-    }
-    fn on_start(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
-        self.inner.on_start(ctx)
-    }
-    fn on_message(
-        &mut self,
-        from: NodeId,
-        payload: Payload,
-        ctx: &mut NodeCtx<'_>,
-    ) -> Result<(), EngineError> {
-        if self.drop > 0 {
-            self.drop -= 1;
-            return Ok(());
-        }
-        self.inner.on_message(from, payload, ctx)
-    }
 }
 
 /// Server with a 30 s round deadline over clients holding {0}, {1, 2, 3}, {10, 20}; client 3

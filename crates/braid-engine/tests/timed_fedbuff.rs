@@ -565,3 +565,50 @@ fn a_round_deadline_in_simulated_time_skips_the_slow_clients() {
         assert!((t - 2.5 * (r + 1) as f64).abs() < 1e-6, "{t}");
     }
 }
+
+#[test]
+fn a_fedbuff_checkpoint_keeps_its_steps_model_and_optimizer() {
+    let settings = FedBuffSettings {
+        concurrency: 2,
+        buffer: 1,
+        staleness: Staleness::Sqrt,
+        max_staleness: None,
+    };
+    let make = || {
+        FedBuffServer::new(
+            server_config(6, 3),
+            settings,
+            vec![1, 2, 3],
+            vec![0.0; PARAMS],
+        )
+        .unwrap()
+    };
+    let mut server = make();
+    let mut t = Fake;
+    let (mut out, mut ev) = (Vec::new(), Vec::new());
+    let ctx = &mut NodeCtx::new(&mut out, &mut ev, &mut t);
+    server.on_start(ctx).unwrap();
+    let asked = ctx_sent(&out).unwrap();
+    let (mut out2, mut ev2) = (Vec::new(), Vec::new());
+    let ctx = &mut NodeCtx::new(&mut out2, &mut ev2, &mut t);
+    let reply = Payload::TrainReply {
+        round: 1,
+        num_samples: 1,
+        steps: 1,
+        train_loss: 0.0,
+        params: vec![2.0; PARAMS],
+    };
+    server.on_message(asked, reply, ctx).unwrap();
+    let state = server.save_state().unwrap();
+    assert_eq!(state.meta_u64("completed_rounds").unwrap(), 1);
+    let mut restored = make();
+    restored.load_state(state.clone()).unwrap();
+    assert_eq!(restored.save_state().unwrap(), state);
+    // More steps than the run has, or a model of the wrong size, are refused.
+    let mut bad = state.clone();
+    bad.meta = serde_json::json!({ "completed_rounds": 7 });
+    assert!(make().load_state(bad).is_err());
+    let mut bad = state;
+    bad.tensors[0].1.pop();
+    assert!(make().load_state(bad).is_err());
+}

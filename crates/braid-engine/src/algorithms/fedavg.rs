@@ -516,22 +516,17 @@ impl Node for FedAvgServer {
     }
 
     fn save_state(&self) -> Option<NodeState> {
-        let (m, v) = self.optimizer.buffers();
         let privacy = self.privacy.as_ref().map(|dp| {
             serde_json::json!({
                 "rdp": dp.accountant.rdp(),
                 "participations": dp.participations.iter().map(|(k, v)| (k.to_string(), *v)).collect::<BTreeMap<String, u64>>(),
             })
         });
-        let mut state = NodeState {
-            meta: serde_json::json!({ "completed_rounds": self.completed, "privacy": privacy }),
-            tensors: vec![
-                ("params".into(), self.params.clone()),
-                ("server_optimizer.m".into(), m.to_vec()),
-                ("server_optimizer.v".into(), v.to_vec()),
-            ],
-            blobs: Vec::new(),
-        };
+        let mut state = server_state(
+            serde_json::json!({ "completed_rounds": self.completed, "privacy": privacy }),
+            &self.params,
+            &self.optimizer,
+        );
         if let Some(copy) = &self.copy {
             copy.save(&mut state);
         }
@@ -539,21 +534,11 @@ impl Node for FedAvgServer {
     }
 
     fn load_state(&mut self, state: NodeState) -> Result<(), EngineError> {
-        let completed = u32::try_from(state.meta_u64("completed_rounds")?)
-            .map_err(|_| EngineError::Setup("checkpoint: completed_rounds is too large".into()))?;
-        if completed > self.config.rounds {
-            return Err(EngineError::Setup(format!(
-                "checkpoint has {completed} completed rounds, the run has {}",
-                self.config.rounds
-            )));
-        }
-        let params = state.tensor("params")?;
-        check_params(params, self.params.len())
-            .map_err(|why| EngineError::Setup(format!("checkpoint params: {why}")))?;
-        self.optimizer.restore(
-            state.tensor("server_optimizer.m")?.to_vec(),
-            state.tensor("server_optimizer.v")?.to_vec(),
+        let (completed, params) = restore_server(
+            &state,
+            self.config.rounds,
             self.params.len(),
+            &mut self.optimizer,
         )?;
         if let Some(dp) = self.privacy.as_mut() {
             let bad = || EngineError::Setup("checkpoint: malformed privacy accountant".into());
@@ -577,7 +562,7 @@ impl Node for FedAvgServer {
         if let Some(copy) = self.copy.as_mut() {
             copy.load(&state)?;
         }
-        self.params = params.to_vec();
+        self.params = params;
         self.completed = completed;
         Ok(())
     }
@@ -683,6 +668,51 @@ impl Node for FedAvgServer {
             self.ask_missing(ctx)
         }
     }
+}
+
+/// A server's checkpoint: `meta` (with `completed_rounds`), the global model and the server
+/// optimizer's buffers.
+pub(crate) fn server_state(
+    meta: serde_json::Value,
+    params: &[f32],
+    optimizer: &ServerOptimizer,
+) -> NodeState {
+    let (m, v) = optimizer.buffers();
+    NodeState {
+        meta,
+        tensors: vec![
+            ("params".into(), params.to_vec()),
+            ("server_optimizer.m".into(), m.to_vec()),
+            ("server_optimizer.v".into(), v.to_vec()),
+        ],
+        blobs: Vec::new(),
+    }
+}
+
+/// Reads back what [`server_state`] wrote for a run of `rounds` rounds and a model of `len`
+/// values: restores `optimizer` and returns the completed rounds and the global model.
+pub(crate) fn restore_server(
+    state: &NodeState,
+    rounds: u32,
+    len: usize,
+    optimizer: &mut ServerOptimizer,
+) -> Result<(u32, Vec<f32>), EngineError> {
+    let completed = u32::try_from(state.meta_u64("completed_rounds")?)
+        .map_err(|_| EngineError::Setup("checkpoint: completed_rounds is too large".into()))?;
+    if completed > rounds {
+        return Err(EngineError::Setup(format!(
+            "checkpoint has {completed} completed rounds, the run has {rounds}"
+        )));
+    }
+    let params = state.tensor("params")?;
+    check_params(params, len)
+        .map_err(|why| EngineError::Setup(format!("checkpoint params: {why}")))?;
+    optimizer.restore(
+        state.tensor("server_optimizer.m")?.to_vec(),
+        state.tensor("server_optimizer.v")?.to_vec(),
+        len,
+    )?;
+    Ok((completed, params.to_vec()))
 }
 
 /// The request to train from `params` in round `round`: the model in f32, or compressed with

@@ -29,7 +29,7 @@ use braid_core::server_opt::ServerOptimizer;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::fedavg::{model_request, ServerConfig, SERVER};
+use super::fedavg::{model_request, restore_server, server_state, ServerConfig, SERVER};
 use crate::node::{check_params, EngineError, Event, Node, NodeCtx, NodeState, RoundMetrics};
 use crate::wire::{NodeId, Payload};
 
@@ -401,37 +401,24 @@ impl Node for FedBuffServer {
         1 + u64::from(self.version)
     }
 
+    /// The model and the server optimizer, as of the last step (the buffer and the clients
+    /// in flight are not kept: a resumed server sends the model afresh).
     fn save_state(&self) -> Option<NodeState> {
-        let (m, v) = self.optimizer.buffers();
-        Some(NodeState {
-            meta: serde_json::json!({ "completed_rounds": self.version }),
-            tensors: vec![
-                ("params".into(), self.params.clone()),
-                ("server_optimizer.m".into(), m.to_vec()),
-                ("server_optimizer.v".into(), v.to_vec()),
-            ],
-            blobs: Vec::new(),
-        })
+        Some(server_state(
+            serde_json::json!({ "completed_rounds": self.version }),
+            &self.params,
+            &self.optimizer,
+        ))
     }
 
     fn load_state(&mut self, state: NodeState) -> Result<(), EngineError> {
-        let version = u32::try_from(state.meta_u64("completed_rounds")?)
-            .map_err(|_| EngineError::Setup("checkpoint: completed_rounds is too large".into()))?;
-        if version > self.config.rounds {
-            return Err(EngineError::Setup(format!(
-                "checkpoint has {version} completed rounds, the run has {}",
-                self.config.rounds
-            )));
-        }
-        let params = state.tensor("params")?;
-        check_params(params, self.params.len())
-            .map_err(|why| EngineError::Setup(format!("checkpoint params: {why}")))?;
-        self.optimizer.restore(
-            state.tensor("server_optimizer.m")?.to_vec(),
-            state.tensor("server_optimizer.v")?.to_vec(),
+        let (version, params) = restore_server(
+            &state,
+            self.config.rounds,
             self.params.len(),
+            &mut self.optimizer,
         )?;
-        self.params = params.to_vec();
+        self.params = params;
         self.version = version;
         Ok(())
     }
