@@ -721,7 +721,44 @@ fn dfml_runs_heterogeneous_models_reproducibly() {
 }
 
 #[test]
+fn dfml_with_quantized_models_runs_from_toml() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = format!(
+        "{DFML}[compression]\nmodels = {{ quantize = {{ kind = \"int8\", block = 256 }} }}\n"
+    );
+    run_all(dir.path(), &[(DFML, "plain"), (&q, "int8")]);
+    let bytes = |out: &str| -> f64 {
+        let csv = std::fs::read_to_string(dir.path().join(out).join("metrics.csv")).unwrap();
+        let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+        let col = header.iter().position(|h| *h == "cum_bytes").unwrap();
+        csv.lines()
+            .last()
+            .unwrap()
+            .split(',')
+            .nth(col)
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    // One byte per value and a scale per 256 instead of four bytes.
+    let (a, b) = (bytes("plain"), bytes("int8"));
+    assert!(b * 3.5 < a && b > 0.0, "{b} vs {a}");
+}
+
+#[test]
 fn dfml_config_errors_are_clear() {
+    expect_error(
+        &format!("{DFML}[compression]\nuplink = {{ quantize = {{ kind = \"fp16\" }} }}\n"),
+        "takes only models",
+    );
+    expect_error(
+        &format!("{DFML}[compression]\nmodels = {{ sparsify = {{ kind = \"top-k\", fraction = 0.1 }} }}\n"),
+        "compression.models: only quantizers",
+    );
+    expect_error(
+        &format!("{GOOD}[compression]\nmodels = {{ quantize = {{ kind = \"fp16\" }} }}\n"),
+        "compression.models applies to",
+    );
     expect_error(
         &DFML.replace("senders = 5", "senders = 6"),
         "mutual.senders = 6",

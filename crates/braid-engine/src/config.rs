@@ -371,6 +371,10 @@ pub struct CompressionConfig {
     /// the whole model).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gossip: Option<braid_core::compress::Compression>,
+    /// Mutual learning (`dfml`, `fml`, `def-kt`): the models nodes exchange, quantized
+    /// (quantizers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models: Option<braid_core::compress::Compression>,
 }
 
 impl CompressionConfig {
@@ -380,6 +384,7 @@ impl CompressionConfig {
             ("uplink", &self.uplink),
             ("downlink", &self.downlink),
             ("gossip", &self.gossip),
+            ("models", &self.models),
         ] {
             if let Some(c) = c {
                 c.validate()
@@ -930,10 +935,25 @@ impl ExperimentConfig {
                 self.algorithm.name,
                 AlgorithmName::Centralized | AlgorithmName::Split
             ) {
-                return Err("[compression] applies to the FedAvg family and dsgd".into());
+                return Err(
+                    "[compression] applies to the FedAvg family, dsgd and mutual learning".into(),
+                );
             }
-            if dsgd && (c.uplink.is_some() || c.downlink.is_some() || c.error_feedback) {
+            let mutual = self.algorithm.name.is_mutual();
+            let server_side = c.uplink.is_some() || c.downlink.is_some() || c.error_feedback;
+            if dsgd && (server_side || c.models.is_some()) {
                 return Err("dsgd has no server: its [compression] takes only gossip".into());
+            }
+            if mutual && (server_side || c.gossip.is_some()) {
+                return Err("mutual learning's [compression] takes only models".into());
+            }
+            if let Some(m) = c.models {
+                if !mutual {
+                    return Err("compression.models applies to \"dfml\", \"local\", \"fml\" and \"def-kt\" only".into());
+                }
+                if m.sparsify != braid_core::compress::Sparsify::None {
+                    return Err("compression.models: only quantizers (no sparsify): the receiver trains the whole model".into());
+                }
             }
             if let Some(g) = c.gossip {
                 if !dsgd {
@@ -1129,11 +1149,6 @@ impl ExperimentConfig {
         if mutual {
             let m = self.mutual.clone().unwrap_or_default();
             let name = format!("{:?}", self.algorithm.name).to_lowercase();
-            if self.compression.is_some() {
-                return Err(format!(
-                    "[compression] does not apply to {name:?} (not built for mutual learning yet)"
-                ));
-            }
             if self.algorithm.server_optimizer != ServerOptimizerConfig::default()
                 || self.algorithm.round_timeout_s.is_some()
                 || self.algorithm.min_replies.is_some()

@@ -246,6 +246,7 @@ impl Prepared {
             global_model,
             lr_schedule: c.train.lr_schedule.clone(),
             seed: c.seed,
+            model_compression: c.compression.and_then(|k| k.models),
         };
         settings.validate()?;
         Ok(settings)

@@ -412,6 +412,7 @@ impl Input {
                 | Payload::Gossip { round, .. }
                 | Payload::PackedGossip { round, .. }
                 | Payload::MutualModel { round, .. }
+                | Payload::PackedMutualModel { round, .. }
                 | Payload::MutualReport { round, .. }
                 | Payload::Shutdown { round } => Some(u64::from(*round)),
                 Payload::Snapshot { step, .. }

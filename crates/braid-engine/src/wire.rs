@@ -33,6 +33,7 @@ const KIND_MUTUAL_REPORT: u8 = 16;
 const KIND_SECAGG: u8 = 17;
 const KIND_DELTA_REQUEST: u8 = 18;
 const KIND_PACKED_GOSSIP: u8 = 19;
+const KIND_PACKED_MUTUAL_MODEL: u8 = 20;
 /// Longest public key or signature a halt may carry.
 const MAX_HALT_FIELD: usize = 1024;
 
@@ -119,6 +120,16 @@ pub enum Payload {
         base: u32,
         /// The change, compressed (shared between the clients of a round in-process).
         delta: Arc<Vec<u8>>,
+    },
+    /// Either way (mutual learning with `compression.models`): a [`Payload::MutualModel`]
+    /// whose parameters are compressed.
+    PackedMutualModel {
+        /// Round number, from 1.
+        round: u32,
+        /// The model's architecture (index into the run's list).
+        arch: u32,
+        /// The parameters, compressed.
+        model: Arc<Vec<u8>>,
     },
     /// Peer to peer (dsgd with `compression.gossip`): a [`Payload::Gossip`] whose parameters
     /// are compressed.
@@ -274,6 +285,7 @@ impl Payload {
             Self::PackedRequest { .. } => "packed-request",
             Self::DeltaRequest { .. } => "delta-request",
             Self::PackedGossip { .. } => "packed-gossip",
+            Self::PackedMutualModel { .. } => "packed-mutual-model",
             Self::PackedReply { .. } => "packed-reply",
             Self::SecAgg { .. } => "secagg",
             Self::SplitRequest { .. } => "split-request",
@@ -299,6 +311,7 @@ impl Payload {
             Self::PackedRequest { model, .. } => header + 4 + 4 + model.len(),
             Self::DeltaRequest { delta, .. } => header + 4 + 4 + 4 + delta.len(),
             Self::PackedGossip { model, .. } => header + 4 + 4 + model.len(),
+            Self::PackedMutualModel { model, .. } => header + 4 + 4 + 4 + model.len(),
             Self::PackedReply { update, .. } => header + 4 + 8 + 4 + 4 + 4 + update.len(),
             Self::SecAgg { body, .. } => header + 4 + 4 + body.len(),
             Self::SplitRequest { params, .. } => header + 8 + 4 + 4 + 4 + 4 + 4 * params.len(),
@@ -400,6 +413,13 @@ impl Payload {
             Self::PackedRequest { round, model } => {
                 out.push(KIND_PACKED_REQUEST);
                 out.extend_from_slice(&round.to_le_bytes());
+                out.extend_from_slice(&(model.len() as u32).to_le_bytes());
+                out.extend_from_slice(model);
+            }
+            Self::PackedMutualModel { round, arch, model } => {
+                out.push(KIND_PACKED_MUTUAL_MODEL);
+                out.extend_from_slice(&round.to_le_bytes());
+                out.extend_from_slice(&arch.to_le_bytes());
                 out.extend_from_slice(&(model.len() as u32).to_le_bytes());
                 out.extend_from_slice(model);
             }
@@ -592,6 +612,15 @@ impl Payload {
                 let round = r.u32("round")?;
                 Self::PackedRequest {
                     round,
+                    model: Arc::new(r.packed(max_params)?),
+                }
+            }
+            KIND_PACKED_MUTUAL_MODEL => {
+                let round = r.u32("round")?;
+                let arch = r.u32("arch")?;
+                Self::PackedMutualModel {
+                    round,
+                    arch,
                     model: Arc::new(r.packed(max_params)?),
                 }
             }
@@ -873,7 +902,7 @@ mod tests {
         fn encoding_round_trips_with_exact_length(params in prop::collection::vec(-1e6f32..1e6, 0..64), round in 0u32..1000) {
             let snapshot = Payload::Snapshot { step: u64::from(round) * 7, train_loss: 0.25, accuracy: 0.5, loss: 1.5, gossip_bytes: 1 << 40, params: Arc::new(params.clone()) };
             let gossip = Payload::Gossip { round, params: Arc::new(params.clone()) };
-            for p in [Payload::TrainRequest { round, params: Arc::new(params.clone()) }, reply(params.clone()), gossip, snapshot, Payload::Shutdown { round }, Payload::JoinRequest { step: u64::from(round) << 33 }, Payload::JoinReply { step: 5, mixed_through: round, params: Arc::new(params.clone()) }, Payload::Halt { run: [round as u8; 32], issued_at: 7, signer: vec![1, 2, 3], signature: params.iter().map(|v| *v as u8).collect() }, Payload::PackedRequest { round, model: Arc::new(params.iter().map(|v| *v as u8).collect()) }, Payload::PackedReply { round, num_samples: 3, steps: 4, train_loss: 0.5, update: params.iter().map(|v| *v as u8).collect() }, Payload::SplitRequest { step: u64::from(round) << 20, epoch: round, offset: 7, count: 2, params: Arc::new(params.clone()) }, Payload::SplitActivations { step: 9, labels: params.iter().map(|v| *v as u8).collect(), acts: params.clone() }, Payload::SplitGradient { step: 1, grad: params.clone() }, Payload::SplitClientGrad { step: 2, grad: params.clone() }, Payload::MutualModel { round, arch: 2, params: Arc::new(params.clone()) }, Payload::MutualReport { round, arch: 1, accuracy: 0.5, loss: 1.5, peak_accuracy: 0.75, peak_loss: 0.9, train_loss: 0.25, bytes_sent: 1 << 40 }, Payload::SecAgg { round, body: Arc::new(params.iter().map(|v| *v as u8).collect()) }, Payload::DeltaRequest { round, base: round / 2, delta: Arc::new(params.iter().map(|v| *v as u8).collect()) }, Payload::PackedGossip { round, model: Arc::new(params.iter().map(|v| *v as u8).collect()) }] {
+            for p in [Payload::TrainRequest { round, params: Arc::new(params.clone()) }, reply(params.clone()), gossip, snapshot, Payload::Shutdown { round }, Payload::JoinRequest { step: u64::from(round) << 33 }, Payload::JoinReply { step: 5, mixed_through: round, params: Arc::new(params.clone()) }, Payload::Halt { run: [round as u8; 32], issued_at: 7, signer: vec![1, 2, 3], signature: params.iter().map(|v| *v as u8).collect() }, Payload::PackedRequest { round, model: Arc::new(params.iter().map(|v| *v as u8).collect()) }, Payload::PackedReply { round, num_samples: 3, steps: 4, train_loss: 0.5, update: params.iter().map(|v| *v as u8).collect() }, Payload::SplitRequest { step: u64::from(round) << 20, epoch: round, offset: 7, count: 2, params: Arc::new(params.clone()) }, Payload::SplitActivations { step: 9, labels: params.iter().map(|v| *v as u8).collect(), acts: params.clone() }, Payload::SplitGradient { step: 1, grad: params.clone() }, Payload::SplitClientGrad { step: 2, grad: params.clone() }, Payload::MutualModel { round, arch: 2, params: Arc::new(params.clone()) }, Payload::MutualReport { round, arch: 1, accuracy: 0.5, loss: 1.5, peak_accuracy: 0.75, peak_loss: 0.9, train_loss: 0.25, bytes_sent: 1 << 40 }, Payload::SecAgg { round, body: Arc::new(params.iter().map(|v| *v as u8).collect()) }, Payload::DeltaRequest { round, base: round / 2, delta: Arc::new(params.iter().map(|v| *v as u8).collect()) }, Payload::PackedGossip { round, model: Arc::new(params.iter().map(|v| *v as u8).collect()) }, Payload::PackedMutualModel { round, arch: 1, model: Arc::new(params.iter().map(|v| *v as u8).collect()) }] {
                 let bytes = p.encode();
                 prop_assert_eq!(bytes.len(), p.encoded_len());
                 prop_assert_eq!(Payload::decode(&bytes, 64).unwrap(), p);

@@ -541,6 +541,7 @@ fn compressed_messages_are_counted_exactly_and_lossless_settings_change_nothing(
         downlink: None,
         downlink_delta: false,
         gossip: None,
+        models: None,
     };
     assert_eq!(run(&lossless, 2).final_params, plain.final_params);
 
@@ -556,6 +557,7 @@ fn compressed_messages_are_counted_exactly_and_lossless_settings_change_nothing(
         }),
         downlink_delta: false,
         gossip: None,
+        models: None,
     };
     let out = run(&lossy, 2);
     assert_eq!(

@@ -116,6 +116,7 @@ fn settings(variant: Variant, clients: usize, rounds: u32) -> MutualSettings {
         global_model: 1,
         lr_schedule: LrSchedule::Constant,
         seed: 3,
+        model_compression: None,
     }
 }
 
@@ -283,6 +284,61 @@ fn simulated_dfml_reports_peaks_counts_bytes_and_is_deterministic() {
         .iter()
         .all(|x| x.min_accuracy <= x.accuracy && x.accuracy <= x.max_accuracy));
     assert_eq!(m[0].per_arch.len(), 2);
+}
+
+#[test]
+fn quantized_models_cost_their_encoded_bytes_and_keep_dfml_deterministic() {
+    use braid_core::compress::{encoded_len, Compression, Quantize, Sparsify};
+    let q = Compression {
+        sparsify: Sparsify::None,
+        quantize: Quantize::Int8 { block: 4 },
+    };
+    let mut s = settings(Variant::Dfml, 6, 4);
+    s.model_compression = Some(q);
+    let (one, _) = simulate(s.clone(), 1);
+    let (two, _) = simulate(s.clone(), 2);
+    let metrics = |o: &SimOutcome| o.mutual.iter().map(|(m, _)| m.clone()).collect::<Vec<_>>();
+    assert_eq!(metrics(&one), metrics(&two));
+    let (plain, _) = simulate(settings(Variant::Dfml, 6, 4), 1);
+    assert_ne!(metrics(&one), metrics(&plain), "models went through int8");
+    let model_bytes = |arch: usize| {
+        Payload::PackedMutualModel {
+            round: 1,
+            arch: 0,
+            model: Arc::new(vec![0; encoded_len(SIZES[arch], &q)]),
+        }
+        .encoded_len() as u64
+    };
+    let want: u64 = (1..=4)
+        .map(|t| {
+            dfml_round(s.seed, t, 6, 2)
+                .senders
+                .iter()
+                .map(|&k| 2 * model_bytes(s.archs[k]))
+                .sum::<u64>()
+        })
+        .sum();
+    assert_eq!(metrics(&one)[3].cum_bytes, want);
+    // A packed model of an architecture the run does not have, or of the wrong size, is
+    // refused.
+    let mut nodes = nodes(&Arc::new(s));
+    let mut t = Fake::default();
+    for (arch, len) in [(7u32, SIZES[0]), (0, SIZES[0] + 1)] {
+        let model =
+            braid_core::compress::encode(&vec![0.5; len], &q, &mut braid_core::seed::rng(1, &[]))
+                .unwrap();
+        let (mut out, mut ev) = (Vec::new(), Vec::new());
+        let r = nodes[1].on_message(
+            2,
+            Payload::PackedMutualModel {
+                round: 1,
+                arch,
+                model: Arc::new(model),
+            },
+            &mut NodeCtx::new(&mut out, &mut ev, &mut t),
+        );
+        assert!(matches!(r, Err(EngineError::Rejected { .. })), "{r:?}");
+    }
 }
 
 #[test]

@@ -102,6 +102,64 @@ pub struct MutualSettings {
     pub lr_schedule: LrSchedule,
     /// Experiment seed.
     pub seed: u64,
+    /// Quantizer of the models nodes exchange (`compression.models`; None: f32).
+    pub model_compression: Option<braid_core::compress::Compression>,
+}
+
+impl MutualSettings {
+    /// The message carrying model `params` of architecture `arch` for round `round` from
+    /// `from`: quantized if the run says so (random choices seeded by sender and round).
+    fn model_message(
+        &self,
+        round: u32,
+        arch: usize,
+        params: Arc<Vec<f32>>,
+        from: NodeId,
+    ) -> Result<Payload, EngineError> {
+        let arch32 = arch as u32;
+        Ok(match &self.model_compression {
+            None => Payload::MutualModel {
+                round,
+                arch: arch32,
+                params,
+            },
+            Some(c) => {
+                let mut rng = seed::rng(
+                    self.seed,
+                    &[seed::stream::COMPRESS, u64::from(from), u64::from(round)],
+                );
+                let model = braid_core::compress::encode(&params, c, &mut rng)
+                    .map_err(|e| EngineError::Setup(e.to_string()))?;
+                Payload::PackedMutualModel {
+                    round,
+                    arch: arch32,
+                    model: Arc::new(model),
+                }
+            }
+        })
+    }
+
+    /// A quantized model as the [`Payload::MutualModel`] it stands for (other messages as
+    /// they are); the error says why it does not decode.
+    fn unpack(&self, payload: Payload) -> Result<Payload, String> {
+        match payload {
+            Payload::PackedMutualModel { round, arch, model } => {
+                let n = self
+                    .model_params
+                    .get(arch as usize)
+                    .copied()
+                    .ok_or_else(|| format!("no architecture {arch} in this run"))?;
+                let params =
+                    braid_core::compress::decode(&model, n).map_err(|e| format!("model: {e}"))?;
+                Ok(Payload::MutualModel {
+                    round,
+                    arch,
+                    params: Arc::new(params),
+                })
+            }
+            other => Ok(other),
+        }
+    }
 }
 
 /// What a client does in a round.
@@ -329,16 +387,12 @@ impl MutualClient {
         round: u32,
         arch: usize,
         params: Arc<Vec<f32>>,
-    ) {
-        let n = ctx.send(
-            to,
-            Payload::MutualModel {
-                round,
-                arch: arch as u32,
-                params,
-            },
-        );
-        self.bytes_sent += n as u64;
+    ) -> Result<(), EngineError> {
+        let message = self
+            .settings
+            .model_message(round, arch, params, self.id())?;
+        self.bytes_sent += ctx.send(to, message) as u64;
+        Ok(())
     }
 
     /// Trains `others` (architecture, parameters) together with the own model in round
@@ -389,7 +443,7 @@ impl MutualClient {
                 Role::Send(to) => {
                     if self.sent < t {
                         let p = Arc::clone(&self.params);
-                        self.send_model(ctx, to, t, self.arch(), p);
+                        self.send_model(ctx, to, t, self.arch(), p)?;
                         self.sent = t;
                     }
                     let Some(back) = self.inbox.remove(&(t, to)) else {
@@ -419,13 +473,13 @@ impl MutualClient {
                         self.params = Arc::new(own);
                     }
                     for ((to, (arch, _)), p) in senders.iter().zip(&received).zip(means) {
-                        self.send_model(ctx, *to, t, *arch, Arc::new(p));
+                        self.send_model(ctx, *to, t, *arch, Arc::new(p))?;
                     }
                 }
                 Role::Teach(student) => {
                     self.train_with(ctx, t, &[])?;
                     let p = Arc::clone(&self.params);
-                    self.send_model(ctx, student, t, self.arch(), p);
+                    self.send_model(ctx, student, t, self.arch(), p)?;
                 }
                 Role::Learn(teacher) => {
                     let Some(p) = self.inbox.remove(&(t, teacher)) else {
@@ -440,7 +494,7 @@ impl MutualClient {
                     };
                     let trained = self.train_with(ctx, t, &[(s.global_model, p)])?;
                     let back = trained.into_iter().next().unwrap_or_default();
-                    self.send_model(ctx, HUB, t, s.global_model, Arc::new(back));
+                    self.send_model(ctx, HUB, t, s.global_model, Arc::new(back))?;
                 }
             }
             self.complete(ctx, t)?;
@@ -509,6 +563,7 @@ impl Node for MutualClient {
         let kind = payload.kind();
         let node = self.id();
         let reject = EngineError::rejecter(node, from, kind);
+        let payload = self.settings.unpack(payload).map_err(reject)?;
         let Payload::MutualModel {
             round,
             arch,
@@ -630,7 +685,7 @@ impl MutualHub {
         self.settings.variant == Variant::Fml
     }
 
-    fn start_round(&mut self, ctx: &mut NodeCtx<'_>, round: u32) {
+    fn start_round(&mut self, ctx: &mut NodeCtx<'_>, round: u32) -> Result<(), EngineError> {
         let s = Arc::clone(&self.settings);
         self.round = round;
         self.returned = round_subset(s.seed, round, s.clients(), s.clients_per_round)
@@ -639,17 +694,16 @@ impl MutualHub {
             .collect();
         let asked: Vec<NodeId> = self.returned.keys().copied().collect();
         for to in asked {
-            let n = ctx.send(
-                to,
-                Payload::MutualModel {
-                    round,
-                    arch: self.settings.global_model as u32,
-                    params: Arc::clone(&self.global),
-                },
-            );
-            self.bytes_sent += n as u64;
+            let message = self.settings.model_message(
+                round,
+                self.settings.global_model,
+                Arc::clone(&self.global),
+                HUB,
+            )?;
+            self.bytes_sent += ctx.send(to, message) as u64;
         }
         self.sent_through.insert(round, self.bytes_sent);
+        Ok(())
     }
 
     /// Emits the metrics of every evaluation point whose reports are all in.
@@ -720,7 +774,7 @@ impl Node for MutualHub {
 
     fn on_start(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
         if self.fml() {
-            self.start_round(ctx, 1);
+            self.start_round(ctx, 1)?;
         }
         Ok(())
     }
@@ -737,6 +791,7 @@ impl Node for MutualHub {
         if from == HUB || from as usize > s.clients() {
             return Err(reject("not a client of this run".into()));
         }
+        let payload = s.unpack(payload).map_err(reject)?;
         match payload {
             Payload::MutualReport {
                 round,
@@ -836,7 +891,7 @@ impl Node for MutualHub {
                         self.global_eval.insert(round, e.accuracy);
                     }
                     if round < s.rounds {
-                        self.start_round(ctx, round + 1);
+                        self.start_round(ctx, round + 1)?;
                     }
                 }
             }
