@@ -1109,3 +1109,58 @@ fn power_sgd_runs_from_toml() {
         "sparsify.rank = 0",
     );
 }
+
+#[test]
+fn privacy_and_attacks_combine_with_compression() {
+    let learns = DP
+        .replace("train_limit = 400", "train_limit = 2000")
+        .replace("name = \"cnn-small\"", "name = \"mlp\"")
+        .replace("batch_size = 32", "batch_size = 32\nlocal_epochs = 5")
+        .replace("clients_per_round = 4", "clients_per_round = 8")
+        .replace("target_epsilon = 5.0\n", "");
+    let int8 = "[compression]\nuplink = { sparsify = { kind = \"top-k\", fraction = 0.2 }, quantize = { kind = \"int8\", block = 256 } }\nerror_feedback = true\n";
+    // Local DP: each client clips and noises its update, then compresses it.
+    let local = format!(
+        "{}{int8}",
+        learns
+            .replace("mode = \"central\"", "mode = \"local\"")
+            .replace("noise_multiplier = 1.0", "noise_multiplier = 0.01")
+    );
+    let central = format!("{learns}{int8}");
+    // 2 of 8 clients send 50x their update; the median ignores them under compression too.
+    let attacked = learns.replace(
+        "[privacy]\nmode = \"central\"\nclip = 1.0\nnoise_multiplier = 1.0\n",
+        "[attack]\nfraction = 0.25\nkind = { kind = \"scale\", scale = 50.0 }\n",
+    ) + int8;
+    let median = attacked.replace(
+        "clients_per_round = 8\n",
+        "clients_per_round = 8\naggregator = { kind = \"median\" }\n",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    run_all(
+        dir.path(),
+        &[
+            (&local, "local"),
+            (&central, "central"),
+            (&attacked, "mean"),
+            (&median, "median"),
+        ],
+    );
+    let last = |out: &str, col: usize| *metrics_column(&dir.path().join(out), col).last().unwrap();
+    for out in ["local", "central"] {
+        assert!(last(out, 11) > 0.0, "{out}: epsilon reported");
+        // Top-20% in int8: over 5x fewer bytes up than 8 clients' f32 updates.
+        let f32_up = 8.0 * 4.0 * 199_210.0;
+        assert!(last(out, 8) * 5.0 < f32_up, "{out}: {}", last(out, 8));
+    }
+    assert!(
+        last("local", 1) > 0.5,
+        "local DP at sigma 0.01 still learns"
+    );
+    assert!(
+        last("median", 1) > last("mean", 1) + 0.2,
+        "median {} vs mean {}",
+        last("median", 1),
+        last("mean", 1)
+    );
+}

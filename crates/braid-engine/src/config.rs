@@ -1039,7 +1039,7 @@ impl ExperimentConfig {
                 return Err("algorithm.aggregator applies to \"fedavg\" and \"fedprox\"".into());
             }
             if self.privacy.is_some() {
-                return Err("algorithm.aggregator and [privacy] cannot be combined yet".into());
+                return Err("algorithm.aggregator and [privacy] cannot be combined: the accountant assumes the clipped updates are summed, and a robust rule's sensitivity is not that of a sum".into());
             }
             let need = self.algorithm.aggregator.min_updates();
             let per_round = self.clients_per_round();
@@ -1061,9 +1061,6 @@ impl ExperimentConfig {
                 ));
             }
             a.kind.validate().map_err(|e| format!("attack.{e}"))?;
-            if self.compression.is_some() {
-                return Err("[attack] and [compression] cannot be combined yet".into());
-            }
         }
         if let Some(sa) = &self.secure_aggregation {
             if !fedavg_family {
@@ -1137,9 +1134,6 @@ impl ExperimentConfig {
                 AlgorithmName::Fedavg | AlgorithmName::Fedprox
             ) {
                 return Err("[privacy] applies to \"fedavg\" and \"fedprox\"".into());
-            }
-            if self.compression.is_some() {
-                return Err("[privacy] and [compression] cannot be combined yet".into());
             }
         }
         let mutual = self.algorithm.name.is_mutual();
