@@ -387,7 +387,14 @@ fn run_one(config: &ExperimentConfig, dir: &Path, quiet: bool) -> Result<Option<
     let final_acc = rows.iter().rev().find_map(|r| r.metrics.accuracy);
     let total_bytes = rows.last().map_or(0, |r| r.cum_bytes);
     let privacy = match (&config.privacy, rows.last().and_then(|r| r.metrics.epsilon)) {
-        (Some(p), Some(e)) => format!(" | ({e:.3}, {:e})-DP, {:?}", p.delta, p.mode).to_lowercase(),
+        (Some(p), Some(e)) => {
+            let mode = match p.mode {
+                braid_engine::config::DpMode::Central => "central",
+                braid_engine::config::DpMode::Local => "local",
+                braid_engine::config::DpMode::DpSgd => "dp-sgd, per sample, worst client",
+            };
+            format!(" | ({e:.3}, {:e})-DP, {mode}", p.delta).to_lowercase()
+        }
         _ => String::new(),
     };
     let simulated = rows

@@ -161,17 +161,21 @@ pub struct AttackConfig {
     pub kind: braid_core::robust::Attack,
 }
 
-/// `[privacy]`: user-level differential privacy for the FedAvg family (DP-FedAvg, McMahan et
-/// al. 2018): every client's update (trained minus received parameters) is clipped to L2 norm
-/// `clip`, Gaussian noise of standard deviation `noise_multiplier * clip` is added, and the
-/// server averages with equal weights over the `clients_per_round` it asked.
+/// `[privacy]`: differential privacy for the FedAvg family. `central` and `local` are
+/// user-level DP (DP-FedAvg, McMahan et al. 2018): every client's update (trained minus
+/// received parameters) is clipped to L2 norm `clip`, Gaussian noise of standard deviation
+/// `noise_multiplier * clip` is added, and the server averages with equal weights over the
+/// `clients_per_round` it asked. `dp-sgd` is sample-level DP inside local training (Abadi et
+/// al. 2016): Poisson-sampled batches, each sample's gradient clipped to `clip`, noise on
+/// every step; the server aggregates as usual.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PrivacyConfig {
     /// `central`: the (trusted) server clips every update and adds one noise draw to their
-    /// sum; `local`: each client clips and noises its own update before sending it.
+    /// sum; `local`: each client clips and noises its own update before sending it;
+    /// `dp-sgd`: each client trains with DP-SGD (per-sample clipping and noise).
     pub mode: DpMode,
-    /// L2 bound on each client's update.
+    /// L2 bound on each client's update (`dp-sgd`: on each sample's gradient).
     pub clip: f64,
     /// Noise standard deviation in units of `clip`.
     pub noise_multiplier: f64,
@@ -194,6 +198,9 @@ pub enum DpMode {
     Central,
     /// At every client, on its own clipped update.
     Local,
+    /// Inside every client's local training, on every step's sum of per-sample clipped
+    /// gradients (sample-level DP for each client's data).
+    DpSgd,
 }
 
 /// What happens when the privacy budget would be exceeded.
@@ -1038,8 +1045,8 @@ impl ExperimentConfig {
             if !fedavg_family {
                 return Err("algorithm.aggregator applies to \"fedavg\" and \"fedprox\"".into());
             }
-            if self.privacy.is_some() {
-                return Err("algorithm.aggregator and [privacy] cannot be combined: the accountant assumes the clipped updates are summed, and a robust rule's sensitivity is not that of a sum".into());
+            if self.privacy.is_some_and(|p| p.mode != DpMode::DpSgd) {
+                return Err("algorithm.aggregator and [privacy] mode = \"central\" or \"local\" cannot be combined: the accountant assumes the clipped updates are summed, and a robust rule's sensitivity is not that of a sum (mode = \"dp-sgd\" can: its guarantee holds for whatever the server does with the updates)".into());
             }
             let need = self.algorithm.aggregator.min_updates();
             let per_round = self.clients_per_round();
@@ -1084,6 +1091,9 @@ impl ExperimentConfig {
             }
             if self.privacy.is_some_and(|p| p.mode == DpMode::Central) {
                 return Err("[secure_aggregation] hides single updates, which central DP clips at the server: use [privacy] mode = \"local\"".into());
+            }
+            if self.privacy.is_some_and(|p| p.mode == DpMode::DpSgd) {
+                return Err("[secure_aggregation] hides each client's sample count and steps, which the server's DP-SGD accountant needs: use [privacy] mode = \"local\"".into());
             }
             if self.compression.is_some_and(|c| c.uplink.is_some()) {
                 return Err("[secure_aggregation] and compression.uplink cannot be combined (masked updates are ring elements); compression.downlink can".into());
@@ -1307,6 +1317,13 @@ impl ExperimentConfig {
             max_steps: self.train.local_steps,
             prox_mu: self.algorithm.mu.unwrap_or(0.0),
             lr_scale: 1.0,
+            dp_sgd: self
+                .privacy
+                .filter(|p| p.mode == DpMode::DpSgd)
+                .map(|p| braid_nn::DpSgd {
+                    clip: p.clip,
+                    noise_multiplier: p.noise_multiplier,
+                }),
         }
     }
 

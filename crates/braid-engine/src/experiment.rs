@@ -660,7 +660,7 @@ pub fn build_nodes(prepared: &Prepared) -> Result<Vec<Box<dyn Node>>, EngineErro
             FedAvgServer::new(server_config, clients.clone(), initial.clone())?
                 .with_downlink(downlink.filter(|_| !delta))
                 .with_downlink_delta(downlink.filter(|_| delta))
-                .with_privacy(c.privacy, prepared.parts.len())
+                .with_privacy(c.privacy, prepared.parts.len(), c.train.batch_size)
                 .with_secure_aggregation(secure),
         )
     };

@@ -8,8 +8,9 @@ use braid_core::privacy::RdpAccountant;
 use braid_core::server_opt::ServerOptimizerConfig;
 use braid_engine::algorithms::fedavg::{FedAvgClient, FedAvgServer, ServerConfig};
 use braid_engine::config::{DpMode, OnTarget, PrivacyConfig};
-use braid_engine::node::{EngineError, LocalTrainer, Node};
+use braid_engine::node::{EngineError, LocalTrainer, Node, NodeCtx};
 use braid_engine::sim::{SimOutcome, Simulator, Worker};
+use braid_engine::wire::Payload;
 use braid_nn::{EvalOutcome, OptimizerState, TrainOutcome};
 
 /// Local training moves every parameter by `step`.
@@ -66,6 +67,40 @@ fn dp(mode: DpMode, clip: f64, sigma: f64, target: Option<f64>) -> PrivacyConfig
     }
 }
 
+fn server_config(rounds: u32, per_round: usize) -> ServerConfig {
+    ServerConfig {
+        rounds,
+        clients_per_round: per_round,
+        eval_every: 1,
+        server_optimizer: ServerOptimizerConfig::default(),
+        seed: 5,
+        round_deadline: None,
+        min_replies: 1,
+        aggregator: Default::default(),
+    }
+}
+
+/// DP-SGD: client k (1..=10) holds 8k samples; the server accounts batches of 4.
+fn run_dp_sgd(privacy: PrivacyConfig, rounds: u32) -> Result<SimOutcome, EngineError> {
+    let clients: Vec<u32> = (1..=CLIENTS as u32).collect();
+    let mut nodes: Vec<Box<dyn Node>> = vec![Box::new(
+        FedAvgServer::new(
+            server_config(rounds, CLIENTS),
+            clients.clone(),
+            vec![0.0; 10],
+        )?
+        .with_privacy(Some(privacy), CLIENTS, 4),
+    )];
+    for id in clients {
+        let shard: Vec<usize> = (0..8 * id as usize).collect();
+        nodes.push(Box::new(
+            FedAvgClient::new(id, Arc::new(shard), 9).with_privacy(Some(privacy)),
+        ));
+    }
+    let workers = vec![Worker::new(Box::new(Shift { step: 1.0 }))?];
+    Simulator::new(nodes, workers)?.run(&mut |_| {})
+}
+
 fn run(
     privacy: PrivacyConfig,
     per_round: usize,
@@ -85,8 +120,11 @@ fn run(
         aggregator: Default::default(),
     };
     let mut nodes: Vec<Box<dyn Node>> = vec![Box::new(
-        FedAvgServer::new(config, clients.clone(), vec![0.0; n])?
-            .with_privacy(Some(privacy), CLIENTS),
+        FedAvgServer::new(config, clients.clone(), vec![0.0; n])?.with_privacy(
+            Some(privacy),
+            CLIENTS,
+            32,
+        ),
     )];
     for id in clients {
         nodes.push(Box::new(
@@ -132,6 +170,7 @@ fn the_noise_on_the_average_has_the_configured_spread() {
         let want = match mode {
             DpMode::Central => sigma * clip / m as f64,
             DpMode::Local => sigma * clip * (m as f64).sqrt() / m as f64,
+            DpMode::DpSgd => unreachable!("not in this loop"),
         };
         assert!(
             (sd - want).abs() < 0.03 * want,
@@ -182,4 +221,69 @@ fn epsilon_follows_the_accountant_and_the_target_stops_the_run() {
 fn a_target_spent_by_one_round_is_refused_at_the_start() {
     let e = run(dp(DpMode::Central, 1.0, 0.3, Some(0.01)), 2, 5, 10, 1.0).unwrap_err();
     assert!(e.to_string().contains("target_epsilon"), "{e}");
+}
+
+#[test]
+fn dp_sgd_epsilon_is_the_worst_clients_and_its_target_stops_the_run() {
+    let sigma = 1.1;
+    let out = run_dp_sgd(dp(DpMode::DpSgd, 1.0, sigma, None), 5).unwrap();
+    // The smallest client (8 samples, batches of 4: rate 0.5) spends most, one step a round.
+    let mut worst = RdpAccountant::default();
+    let mut eps = Vec::new();
+    for (r, (metrics, _)) in out.rounds.iter().enumerate() {
+        worst.step(0.5, sigma, 1).unwrap();
+        let want = worst.epsilon(1e-5).unwrap().0;
+        let got = metrics.epsilon.unwrap();
+        assert!(
+            (got - want).abs() < 1e-9 * want,
+            "round {}: {got} vs {want}",
+            r + 1
+        );
+        eps.push(got);
+    }
+    // The server averages as FedAvg does (weighted by samples, no clipping): every client
+    // moved every parameter by 1.
+    assert!(out
+        .final_params
+        .unwrap()
+        .iter()
+        .all(|p| (p - 5.0).abs() < 1e-4));
+    let target = (eps[1] + eps[2]) / 2.0;
+    let stopped = run_dp_sgd(dp(DpMode::DpSgd, 1.0, sigma, Some(target)), 5).unwrap();
+    assert_eq!(stopped.rounds.len(), 2);
+}
+
+#[test]
+fn dp_sgd_budgets_survive_a_checkpoint() {
+    let privacy = dp(DpMode::DpSgd, 1.0, 1.0, None);
+    let make = || {
+        FedAvgServer::new(server_config(3, 2), vec![1, 2], vec![0.0; 4])
+            .unwrap()
+            .with_privacy(Some(privacy), 2, 4)
+    };
+    let mut t = Shift { step: 0.0 };
+    let mut server = make();
+    let (mut out, mut ev) = (Vec::new(), Vec::new());
+    let ctx = &mut NodeCtx::new(&mut out, &mut ev, &mut t);
+    server.on_start(ctx).unwrap();
+    for (id, samples) in [(1, 8), (2, 40)] {
+        let reply = Payload::TrainReply {
+            round: 1,
+            num_samples: samples,
+            steps: 3,
+            train_loss: 0.1,
+            params: vec![0.0; 4],
+        };
+        server.on_message(id, reply, ctx).unwrap();
+    }
+    let state = server.save_state().unwrap();
+    let clients = &state.meta["privacy"]["clients"];
+    assert_eq!(clients["1"]["q"], 0.5);
+    assert_eq!(clients["2"]["steps"], 3);
+    let mut restored = make();
+    restored.load_state(state.clone()).unwrap();
+    assert_eq!(restored.save_state().unwrap(), state);
+    let mut bad = state;
+    bad.meta["privacy"]["clients"]["1"]["q"] = serde_json::json!(1.5);
+    assert!(make().load_state(bad).is_err());
 }

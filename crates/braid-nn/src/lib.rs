@@ -27,7 +27,9 @@ pub use arch::{Arch, ModelName};
 pub use device::DeviceKind;
 pub use mutual::{Member, MutualOutcome, MutualSpec, MutualTrainer, SupervisedLoss};
 pub use split::{ServerStep, SplitArch, SplitTrainer};
-pub use train::{EvalOutcome, OptimizerConfig, OptimizerState, TrainOutcome, TrainSpec, Trainer};
+pub use train::{
+    DpSgd, EvalOutcome, OptimizerConfig, OptimizerState, TrainOutcome, TrainSpec, Trainer,
+};
 
 use thiserror::Error;
 

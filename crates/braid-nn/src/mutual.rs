@@ -473,6 +473,7 @@ mod tests {
             max_steps: None,
             prox_mu: 0.0,
             lr_scale: 1.0,
+            dp_sgd: None,
         };
         let want = reference
             .train_batches(&p, &d, &b, &train_spec, &mut OptimizerState::default())

@@ -517,6 +517,7 @@ mod tests {
             max_steps: None,
             prox_mu: 0.0,
             lr_scale: 1.0,
+            dp_sgd: None,
         };
         let mut pw = p.clone();
         let mut sw = OptimizerState::default();

@@ -6,7 +6,7 @@
 
 use braid_core::seed;
 use braid_data::Dataset;
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
@@ -187,6 +187,24 @@ pub struct TrainSpec {
     /// Multiplies the optimizer's learning rate for this call (1 = as configured); callers set
     /// it from a [`braid_core::lr_schedule::LrSchedule`].
     pub lr_scale: f64,
+    /// DP-SGD inside this training call (per-sample clipping and noise), or `None`.
+    pub dp_sgd: Option<DpSgd>,
+}
+
+/// DP-SGD (Abadi et al. 2016) for [`Trainer::train`]: every step's batch is a Poisson sample
+/// of the shard (each sample in with probability `batch_size / shard size`), each sample's
+/// gradient is clipped to L2 norm `clip`, Gaussian noise of standard deviation
+/// `noise_multiplier * clip` is added to their sum, and the sum is divided by the expected
+/// batch size before the optimizer step. A step whose batch came out empty is still taken,
+/// on noise alone, so the number of steps reveals nothing. Per-sample gradients come from
+/// one backward pass per sample (burn has no vectorized per-sample gradients), so a step
+/// costs about a batch of single-sample steps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DpSgd {
+    /// L2 bound on each sample's gradient.
+    pub clip: f64,
+    /// Noise standard deviation in units of `clip`.
+    pub noise_multiplier: f64,
 }
 
 /// The result of local training.
@@ -270,6 +288,48 @@ impl OptimizerState {
     }
 }
 
+/// Appends every parameter's gradient in `grads` to `out`, in visiting order (zeros for a
+/// parameter without one).
+struct GradReader<'a> {
+    grads: &'a GradientsParams,
+    out: &'a mut Vec<f32>,
+}
+
+impl ModuleVisitor for GradReader<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let n = param.lazy_shape().num_elements();
+        let values = self
+            .grads
+            .get::<D>(param.id)
+            .and_then(|g| g.into_data().try_into_vec_as::<f32>().ok());
+        match values {
+            Some(v) if v.len() == n => self.out.extend_from_slice(&v),
+            _ => self.out.resize(self.out.len() + n, 0.0),
+        }
+    }
+}
+
+/// Registers `src` (all parameters' gradients, in visiting order) as `grads`.
+struct GradWriter<'a> {
+    src: &'a [f32],
+    offset: usize,
+    device: &'a Device,
+    grads: &'a mut GradientsParams,
+}
+
+impl ModuleVisitor for GradWriter<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let shape = param.lazy_shape();
+        let n = shape.num_elements();
+        let end = (self.offset + n).min(self.src.len());
+        let mut values = self.src[self.offset.min(end)..end].to_vec();
+        values.resize(n, 0.0);
+        self.offset += n;
+        let t = Tensor::<D>::from_data(TensorData::new(values, shape), self.device);
+        self.grads.register(param.id, t);
+    }
+}
+
 /// Trains and evaluates models of one architecture on one device.
 pub struct Trainer {
     arch: Arch,
@@ -334,6 +394,135 @@ impl Trainer {
         Ok(())
     }
 
+    /// The checks every training call makes: parameter count, sample shape, hyper-parameters.
+    fn check_call(&self, params: &[f32], data: &Dataset, spec: &TrainSpec) -> Result<(), NnError> {
+        self.check(params, data)?;
+        spec.optimizer.validate()?;
+        if !(spec.lr_scale.is_finite() && spec.lr_scale > 0.0) {
+            return Err(NnError::Config(format!(
+                "learning-rate scale {} must be > 0",
+                spec.lr_scale
+            )));
+        }
+        Ok(())
+    }
+
+    fn halted(&self) -> bool {
+        self.stop
+            .as_ref()
+            .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// [`Trainer::train`] under DP-SGD (see [`DpSgd`]): `steps` steps on Poisson-sampled
+    /// batches, per-sample clipped gradients, Gaussian noise from `seed_value`.
+    #[allow(clippy::too_many_arguments)]
+    fn train_dp_sgd(
+        &mut self,
+        params: &[f32],
+        data: &Dataset,
+        shard: &[usize],
+        spec: &TrainSpec,
+        dp: DpSgd,
+        steps: usize,
+        seed_value: u64,
+    ) -> Result<TrainOutcome, NnError> {
+        self.check_call(params, data, spec)?;
+        if !(dp.clip.is_finite() && dp.clip > 0.0) {
+            return Err(NnError::Config(format!(
+                "DP-SGD clip = {} must be > 0",
+                dp.clip
+            )));
+        }
+        if !(dp.noise_multiplier.is_finite() && dp.noise_multiplier >= 0.0) {
+            return Err(NnError::Config(format!(
+                "DP-SGD noise multiplier = {} must be >= 0",
+                dp.noise_multiplier
+            )));
+        }
+        if let Some(bad) = shard.iter().find(|&&i| i >= data.len()) {
+            return Err(NnError::Config(format!(
+                "shard sample index {bad} is outside the {} training samples",
+                data.len()
+            )));
+        }
+        if shard.is_empty() || steps == 0 {
+            return Ok(TrainOutcome {
+                params: params.to_vec(),
+                samples: 0,
+                steps: 0,
+                mean_loss: 0.0,
+            });
+        }
+        // Poisson sampling: the amplification the accountant assumes.
+        let q = (spec.batch_size as f64 / shard.len() as f64).min(1.0);
+        let expected = q * shard.len() as f64;
+        let mut sampler = seed::rng(seed_value, &[]);
+        let mut noise = seed::rng(seed_value, &[seed::stream::PRIVACY]);
+        let std = dp.noise_multiplier * dp.clip;
+        let mut model = self.loaded(params);
+        let mut optim = spec.optimizer.build();
+        let lr = spec.optimizer.lr() * spec.lr_scale;
+        let inner = self.device.clone().inner();
+        let n = params.len();
+        let (mut samples, mut loss_sum) = (0usize, 0f64);
+        let mut sum = vec![0f32; n];
+        let mut one = Vec::with_capacity(n);
+        for _ in 0..steps {
+            if self.halted() {
+                self.model = Some(model);
+                return Err(NnError::Halted);
+            }
+            sum.iter_mut().for_each(|x| *x = 0.0);
+            for &i in shard {
+                if !rand::Rng::random_bool(&mut sampler, q) {
+                    continue;
+                }
+                let (x, y) = self.batch(data, &[i], &self.device);
+                let ce = self.loss.forward(model.forward(&self.arch, x), y);
+                loss_sum += f64::from(ce.clone().detach().into_scalar::<f32>());
+                let grads = GradientsParams::from_grads(ce.backward(), &model);
+                one.clear();
+                model.visit(&mut GradReader {
+                    grads: &grads,
+                    out: &mut one,
+                });
+                braid_core::privacy::clip_to_norm(&mut one, dp.clip);
+                sum.iter_mut().zip(&one).for_each(|(s, g)| *s += g);
+                samples += 1;
+            }
+            braid_core::privacy::add_gaussian_noise(&mut sum, std, &mut noise);
+            let scale = (1.0 / expected) as f32;
+            sum.iter_mut().for_each(|x| *x *= scale);
+            if spec.prox_mu > 0.0 {
+                // FedProx's term depends on no sample: its gradient is added unclipped.
+                let w = flat::flatten(&model);
+                for ((s, w), a) in sum.iter_mut().zip(&w).zip(params) {
+                    *s += spec.prox_mu * (w - a);
+                }
+            }
+            let mut grads = GradientsParams::new();
+            model.visit(&mut GradWriter {
+                src: &sum,
+                offset: 0,
+                device: &inner,
+                grads: &mut grads,
+            });
+            model = optim.step(lr, model, grads);
+        }
+        let out = flat::flatten(&model);
+        self.model = Some(model);
+        let mean_loss = loss_sum / samples.max(1) as f64;
+        if !mean_loss.is_finite() || !braid_core::params::all_finite(&out) {
+            return Err(NnError::Diverged);
+        }
+        Ok(TrainOutcome {
+            params: out,
+            samples,
+            steps,
+            mean_loss,
+        })
+    }
+
     fn loaded(&mut self, params: &[f32]) -> Net {
         Net::loaded(&mut self.model, &self.arch, &self.device, params)
     }
@@ -364,6 +553,9 @@ impl Trainer {
         let total_steps = spec
             .max_steps
             .unwrap_or(spec.epochs * shard.len().div_ceil(spec.batch_size));
+        if let Some(dp) = spec.dp_sgd {
+            return self.train_dp_sgd(params, data, shard, spec, dp, total_steps, seed_value);
+        }
         let mut batches: Vec<Vec<usize>> = Vec::with_capacity(total_steps.min(1 << 20));
         if !shard.is_empty() {
             let mut rng = seed::rng(seed_value, &[]);
@@ -393,14 +585,12 @@ impl Trainer {
         spec: &TrainSpec,
         state: &mut OptimizerState,
     ) -> Result<TrainOutcome, NnError> {
-        self.check(params, data)?;
-        spec.optimizer.validate()?;
-        if !(spec.lr_scale.is_finite() && spec.lr_scale > 0.0) {
-            return Err(NnError::Config(format!(
-                "learning-rate scale {} must be > 0",
-                spec.lr_scale
-            )));
+        if spec.dp_sgd.is_some() {
+            return Err(NnError::Config(
+                "DP-SGD draws its own (Poisson) batches: train through Trainer::train".into(),
+            ));
         }
+        self.check_call(params, data, spec)?;
         if let Some(bad) = batches.iter().flatten().find(|&&i| i >= data.len()) {
             return Err(NnError::Config(format!(
                 "batch sample index {bad} is outside the {} training samples",
@@ -431,11 +621,7 @@ impl Trainer {
         let (mut steps, mut samples) = (0usize, 0usize);
         let mut loss_sum: Option<Tensor<1>> = None;
         for chunk in batches {
-            if self
-                .stop
-                .as_ref()
-                .is_some_and(|f| f.load(std::sync::atomic::Ordering::Relaxed))
-            {
+            if self.halted() {
                 // A halted run: the partial result must not be used as if it were whole.
                 self.model = Some(model);
                 return Err(NnError::Halted);

@@ -17,6 +17,7 @@ fn sgd(lr: f64) -> TrainSpec {
         max_steps: None,
         prox_mu: 0.0,
         lr_scale: 1.0,
+        dp_sgd: None,
     }
 }
 

@@ -121,7 +121,19 @@ struct DpServer {
     accountant: RdpAccountant,
     /// Local DP: rounds each client has sent a (noised) update in.
     participations: BTreeMap<NodeId, u64>,
+    /// DP-SGD: the local batch size (a client's sampling rate is it over its sample count).
+    batch_size: usize,
+    /// DP-SGD: each client's own accountant, and its last round's sampling rate and steps.
+    clients: BTreeMap<NodeId, ClientBudget>,
     warned: bool,
+}
+
+/// A DP-SGD client's spending as the server accounts it from its replies.
+#[derive(Debug, Clone)]
+struct ClientBudget {
+    accountant: RdpAccountant,
+    q: f64,
+    steps: u64,
 }
 
 impl DpServer {
@@ -149,7 +161,39 @@ impl DpServer {
                 a.step(1.0, c.noise_multiplier, most).map_err(err)?;
                 Ok(a.epsilon(c.delta).map_err(err)?.0)
             }
+            DpMode::DpSgd => {
+                // Sample-level DP of each client's data: the worst client heard from so far,
+                // each extra round repeating its last one.
+                let mut worst = 0f64;
+                for b in self.clients.values() {
+                    let mut a = b.accountant.clone();
+                    if extra > 0 {
+                        a.step(b.q, c.noise_multiplier, extra * b.steps)
+                            .map_err(err)?;
+                    }
+                    worst = worst.max(a.epsilon(c.delta).map_err(err)?.0);
+                }
+                Ok(worst)
+            }
         }
+    }
+
+    /// DP-SGD: client `id`, holding `samples` samples, took `steps` noised steps.
+    fn spent(&mut self, id: NodeId, samples: u64, steps: u32) -> Result<(), EngineError> {
+        if self.config.mode != DpMode::DpSgd || steps == 0 {
+            return Ok(());
+        }
+        let q = (self.batch_size as f64 / samples.max(1) as f64).min(1.0);
+        let b = self.clients.entry(id).or_insert_with(|| ClientBudget {
+            accountant: RdpAccountant::default(),
+            q,
+            steps: 0,
+        });
+        b.q = q;
+        b.steps = u64::from(steps);
+        b.accountant
+            .step(q, self.config.noise_multiplier, u64::from(steps))
+            .map_err(|e| EngineError::Setup(format!("privacy: {e}")))
     }
 }
 
@@ -199,13 +243,21 @@ impl FedAvgServer {
     }
 
     /// Runs DP-FedAvg with `config`, for `total_clients` clients in all (the sampling rate is
-    /// `clients_per_round / total_clients`).
-    pub fn with_privacy(mut self, config: Option<PrivacyConfig>, total_clients: usize) -> Self {
+    /// `clients_per_round / total_clients`); under DP-SGD, accounts each client's steps at
+    /// sampling rate `batch_size` over its sample count.
+    pub fn with_privacy(
+        mut self,
+        config: Option<PrivacyConfig>,
+        total_clients: usize,
+        batch_size: usize,
+    ) -> Self {
         self.privacy = config.map(|config| DpServer {
             config,
             q: self.config.clients_per_round as f64 / total_clients.max(1) as f64,
             accountant: RdpAccountant::default(),
             participations: BTreeMap::new(),
+            batch_size,
+            clients: BTreeMap::new(),
             warned: false,
         });
         self
@@ -363,7 +415,11 @@ impl FedAvgServer {
             .unzip();
         let stragglers = asked - replies.len();
         self.completed = self.round;
-        let mean = if self.privacy.is_some() {
+        let mean = if self
+            .privacy
+            .as_ref()
+            .is_some_and(|p| p.config.mode != DpMode::DpSgd)
+        {
             let ids: Vec<(NodeId, &Reply)> = ids.into_iter().zip(&replies).collect();
             self.private_mean(&ids)?
         } else if self.config.aggregator == braid_core::robust::Aggregator::Mean {
@@ -495,6 +551,7 @@ impl Node for FedAvgServer {
         if let Some(dp) = &self.privacy {
             if let Some(target) = dp.config.target_epsilon {
                 let first = dp.epsilon_after(1)?;
+                // (DP-SGD: unknown until clients report their sample counts.)
                 if self.completed == 0 && first > target {
                     return Err(EngineError::Setup(format!(
                         "privacy.target_epsilon = {target} is spent by a single round (epsilon {first:.3}); raise privacy.noise_multiplier"
@@ -520,6 +577,9 @@ impl Node for FedAvgServer {
             serde_json::json!({
                 "rdp": dp.accountant.rdp(),
                 "participations": dp.participations.iter().map(|(k, v)| (k.to_string(), *v)).collect::<BTreeMap<String, u64>>(),
+                "clients": dp.clients.iter().map(|(k, b)| (k.to_string(), serde_json::json!({
+                    "rdp": b.accountant.rdp(), "q": b.q, "steps": b.steps,
+                }))).collect::<BTreeMap<String, serde_json::Value>>(),
             })
         });
         let mut state = server_state(
@@ -557,6 +617,37 @@ impl Node for FedAvgServer {
             dp.participations = parts
                 .into_iter()
                 .map(|(k, v)| Ok((k.parse::<NodeId>().map_err(|_| bad())?, v)))
+                .collect::<Result<_, EngineError>>()?;
+            #[derive(serde::Deserialize)]
+            struct Saved {
+                rdp: Vec<f64>,
+                q: f64,
+                steps: u64,
+            }
+            let clients: BTreeMap<String, Saved> = match p.get("clients") {
+                Some(v) => serde_json::from_value(v.clone()).map_err(|_| bad())?,
+                None => BTreeMap::new(), // written before DP-SGD existed
+            };
+            dp.clients = clients
+                .into_iter()
+                .map(|(k, v)| {
+                    let id = k.parse::<NodeId>().map_err(|_| bad())?;
+                    if !(v.q > 0.0 && v.q <= 1.0) {
+                        return Err(bad());
+                    }
+                    let mut accountant = RdpAccountant::default();
+                    accountant
+                        .restore(v.rdp)
+                        .map_err(|e| EngineError::Setup(format!("checkpoint: {e}")))?;
+                    Ok((
+                        id,
+                        ClientBudget {
+                            accountant,
+                            q: v.q,
+                            steps: v.steps,
+                        },
+                    ))
+                })
                 .collect::<Result<_, EngineError>>()?;
         }
         if let Some(copy) = self.copy.as_mut() {
@@ -636,6 +727,9 @@ impl Node for FedAvgServer {
         check_params(&params, self.params.len()).map_err(|why| reject(format!("update: {why}")))?;
         if let Some(copy) = self.copy.as_mut() {
             copy.answered(from);
+        }
+        if let Some(dp) = self.privacy.as_mut() {
+            dp.spent(from, num_samples, steps)?;
         }
         *slot = Some(Reply {
             num_samples,
