@@ -272,6 +272,12 @@ impl RdpAccountant {
     }
 }
 
+/// The Poisson sampling rate of DP-SGD: each of `samples` samples joins a batch with
+/// probability `batch_size / samples`, at most 1 (0 samples counts as 1).
+pub fn poisson_rate(batch_size: usize, samples: u64) -> f64 {
+    (batch_size as f64 / samples.max(1) as f64).min(1.0)
+}
+
 /// Scales `v` down to L2 norm at most `clip` (unchanged if already within); returns the norm
 /// it had.
 pub fn clip_to_norm(v: &mut [f32], clip: f64) -> f64 {

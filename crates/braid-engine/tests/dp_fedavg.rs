@@ -109,16 +109,7 @@ fn run(
     step: f32,
 ) -> Result<SimOutcome, EngineError> {
     let clients: Vec<u32> = (1..=CLIENTS as u32).collect();
-    let config = ServerConfig {
-        rounds,
-        clients_per_round: per_round,
-        eval_every: 1,
-        server_optimizer: ServerOptimizerConfig::default(),
-        seed: 5,
-        round_deadline: None,
-        min_replies: 1,
-        aggregator: Default::default(),
-    };
+    let config = server_config(rounds, per_round);
     let mut nodes: Vec<Box<dyn Node>> = vec![Box::new(
         FedAvgServer::new(config, clients.clone(), vec![0.0; n])?.with_privacy(
             Some(privacy),

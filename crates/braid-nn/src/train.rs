@@ -220,6 +220,27 @@ pub struct TrainOutcome {
     pub mean_loss: f64,
 }
 
+impl TrainOutcome {
+    /// The outcome of a finished training run, or [`NnError::Diverged`] if the loss or any
+    /// parameter is not finite.
+    fn checked(
+        params: Vec<f32>,
+        samples: usize,
+        steps: usize,
+        mean_loss: f64,
+    ) -> Result<Self, NnError> {
+        if !mean_loss.is_finite() || !braid_core::params::all_finite(&params) {
+            return Err(NnError::Diverged);
+        }
+        Ok(Self {
+            params,
+            samples,
+            steps,
+            mean_loss,
+        })
+    }
+}
+
 /// The result of an evaluation.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EvalOutcome {
@@ -454,7 +475,7 @@ impl Trainer {
             });
         }
         // Poisson sampling: the amplification the accountant assumes.
-        let q = (spec.batch_size as f64 / shard.len() as f64).min(1.0);
+        let q = braid_core::privacy::poisson_rate(spec.batch_size, shard.len() as u64);
         let expected = q * shard.len() as f64;
         let mut sampler = seed::rng(seed_value, &[]);
         let mut noise = seed::rng(seed_value, &[seed::stream::PRIVACY]);
@@ -512,15 +533,7 @@ impl Trainer {
         let out = flat::flatten(&model);
         self.model = Some(model);
         let mean_loss = loss_sum / samples.max(1) as f64;
-        if !mean_loss.is_finite() || !braid_core::params::all_finite(&out) {
-            return Err(NnError::Diverged);
-        }
-        Ok(TrainOutcome {
-            params: out,
-            samples,
-            steps,
-            mean_loss,
-        })
+        TrainOutcome::checked(out, samples, steps, mean_loss)
     }
 
     fn loaded(&mut self, params: &[f32]) -> Net {
@@ -657,15 +670,7 @@ impl Trainer {
         if !record.is_empty() {
             state.record = Some(record);
         }
-        if !mean_loss.is_finite() || !braid_core::params::all_finite(&out) {
-            return Err(NnError::Diverged);
-        }
-        Ok(TrainOutcome {
-            params: out,
-            samples,
-            steps,
-            mean_loss,
-        })
+        TrainOutcome::checked(out, samples, steps, mean_loss)
     }
 
     /// Accuracy and mean loss of `params` on samples `idx` of `data` (all samples if `None`).

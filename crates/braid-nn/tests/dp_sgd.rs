@@ -22,6 +22,13 @@ fn spec(lr: f64, batch_size: usize, dp: Option<DpSgd>) -> TrainSpec {
     }
 }
 
+fn dp_sgd(clip: f64, noise_multiplier: f64) -> Option<DpSgd> {
+    Some(DpSgd {
+        clip,
+        noise_multiplier,
+    })
+}
+
 fn setup() -> (Arch, Vec<f32>, Trainer, Dataset) {
     let arch = Arch::new(ModelName::Mlp, &[1, 28, 28], 10).unwrap();
     let p = arch.init_params(5);
@@ -70,40 +77,14 @@ fn clipping_bounds_the_step_and_noise_has_the_configured_spread() {
     // lr 1, rate 1: the step is (sum of clipped gradients + noise) / 16.
     let clip = 1e-3;
     let clipped = t
-        .train(
-            &p,
-            &data,
-            &shard,
-            &spec(
-                1.0,
-                16,
-                Some(DpSgd {
-                    clip,
-                    noise_multiplier: 0.0,
-                }),
-            ),
-            1,
-        )
+        .train(&p, &data, &shard, &spec(1.0, 16, dp_sgd(clip, 0.0)), 1)
         .unwrap();
     let step = norm(&clipped.params, &p);
     assert!(step > 0.0 && step <= clip * (1.0 + 1e-3), "step {step}");
     // Clip so small the gradients vanish next to the noise: each entry moves by N(0, (s C / 16)^2).
     let (clip, sigma) = (1e-2, 3.0);
     let noised = t
-        .train(
-            &p,
-            &data,
-            &shard,
-            &spec(
-                1.0,
-                16,
-                Some(DpSgd {
-                    clip,
-                    noise_multiplier: sigma,
-                }),
-            ),
-            1,
-        )
+        .train(&p, &data, &shard, &spec(1.0, 16, dp_sgd(clip, sigma)), 1)
         .unwrap();
     let d: Vec<f64> = noised
         .params
@@ -122,10 +103,7 @@ fn clipping_bounds_the_step_and_noise_has_the_configured_spread() {
 fn batches_are_poisson_samples_and_runs_repeat_by_seed() {
     let (_, p, mut t, data) = setup();
     let shard: Vec<usize> = (0..200).collect();
-    let dp = Some(DpSgd {
-        clip: 1.0,
-        noise_multiplier: 1.0,
-    });
+    let dp = dp_sgd(1.0, 1.0);
     let s = spec(0.05, 20, dp);
     let a = t.train(&p, &data, &shard, &s, 11).unwrap();
     let b = t.train(&p, &data, &shard, &s, 11).unwrap();
@@ -149,19 +127,13 @@ fn bad_settings_and_the_batch_api_are_clear_errors() {
         (1.0, -1.0),
         (1.0, f64::INFINITY),
     ] {
-        let dp = Some(DpSgd {
-            clip,
-            noise_multiplier: noise,
-        });
+        let dp = dp_sgd(clip, noise);
         let e = t
             .train(&p, &data, &shard, &spec(0.1, 4, dp), 0)
             .unwrap_err();
         assert!(matches!(e, NnError::Config(_)), "{e}");
     }
-    let dp = Some(DpSgd {
-        clip: 1.0,
-        noise_multiplier: 1.0,
-    });
+    let dp = dp_sgd(1.0, 1.0);
     let bad = t
         .train(&p, &data, &[data.len()], &spec(0.1, 4, dp), 0)
         .unwrap_err();

@@ -183,7 +183,7 @@ impl DpServer {
         if self.config.mode != DpMode::DpSgd || steps == 0 {
             return Ok(());
         }
-        let q = (self.batch_size as f64 / samples.max(1) as f64).min(1.0);
+        let q = braid_core::privacy::poisson_rate(self.batch_size, samples);
         let b = self.clients.entry(id).or_insert_with(|| ClientBudget {
             accountant: RdpAccountant::default(),
             q,
