@@ -604,6 +604,34 @@ fn split_learning_runs_reproducibly_and_reports_epochs() {
 }
 
 #[test]
+fn split_learning_with_quantized_messages_runs_from_toml() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = format!(
+        "{SPLIT}[compression]\nsplit = {{ quantize = {{ kind = \"int8\", block = 256 }} }}\n"
+    );
+    run_all(dir.path(), &[(SPLIT, "plain"), (&q, "int8")]);
+    let (plain, int8) = (dir.path().join("plain"), dir.path().join("int8"));
+    // cum_bytes: one byte per value and a scale per 256 instead of four bytes.
+    let (a, b) = (metrics_column(&plain, 11)[1], metrics_column(&int8, 11)[1]);
+    assert!(b * 3.5 < a && b > 0.0, "{b} vs {a}");
+    // The test loss after two epochs barely moves.
+    let (la, lb) = (metrics_column(&plain, 2)[1], metrics_column(&int8, 2)[1]);
+    assert!((la - lb).abs() < 0.02, "{lb} vs {la}");
+    expect_error(
+        &format!("{SPLIT}[compression]\nsplit = {{ sparsify = {{ kind = \"top-k\", fraction = 0.1 }} }}\n"),
+        "compression.split: only quantizers",
+    );
+    expect_error(
+        &format!("{SPLIT}[compression]\nuplink = {{ quantize = {{ kind = \"fp16\" }} }}\n"),
+        "takes only split",
+    );
+    expect_error(
+        &format!("{GOOD}[compression]\nsplit = {{ quantize = {{ kind = \"fp16\" }} }}\n"),
+        "compression.split applies to",
+    );
+}
+
+#[test]
 fn split_config_errors_are_clear() {
     expect_error(
         &SPLIT.replace("\"blocks.1\"", "\"conv1\""),

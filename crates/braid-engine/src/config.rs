@@ -382,6 +382,10 @@ pub struct CompressionConfig {
     /// (quantizers only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub models: Option<braid_core::compress::Compression>,
+    /// `split`: every split-learning message's values (activations and gradients at the cut,
+    /// the client part and its gradient), quantized (quantizers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<braid_core::compress::Compression>,
 }
 
 impl CompressionConfig {
@@ -392,6 +396,7 @@ impl CompressionConfig {
             ("downlink", &self.downlink),
             ("gossip", &self.gossip),
             ("models", &self.models),
+            ("split", &self.split),
         ] {
             if let Some(c) = c {
                 c.validate()
@@ -937,37 +942,58 @@ impl ExperimentConfig {
         }
         if let Some(c) = &self.compression {
             c.validate()?;
-            let dsgd = self.algorithm.name == AlgorithmName::Dsgd;
-            if matches!(
-                self.algorithm.name,
-                AlgorithmName::Centralized | AlgorithmName::Split
-            ) {
+            let name = self.algorithm.name;
+            let (dsgd, split, mutual) = (
+                name == AlgorithmName::Dsgd,
+                name == AlgorithmName::Split,
+                name.is_mutual(),
+            );
+            if name == AlgorithmName::Centralized {
                 return Err(
-                    "[compression] applies to the FedAvg family, dsgd and mutual learning".into(),
+                    "[compression] does not apply to \"centralized\" (nothing is sent)".into(),
                 );
             }
-            let mutual = self.algorithm.name.is_mutual();
             let server_side = c.uplink.is_some() || c.downlink.is_some() || c.error_feedback;
-            if dsgd && (server_side || c.models.is_some()) {
+            if dsgd && (server_side || c.models.is_some() || c.split.is_some()) {
                 return Err("dsgd has no server: its [compression] takes only gossip".into());
             }
-            if mutual && (server_side || c.gossip.is_some()) {
+            if mutual && (server_side || c.gossip.is_some() || c.split.is_some()) {
                 return Err("mutual learning's [compression] takes only models".into());
             }
-            if let Some(m) = c.models {
-                if !mutual {
-                    return Err("compression.models applies to \"dfml\", \"local\", \"fml\" and \"def-kt\" only".into());
-                }
-                if m.sparsify != braid_core::compress::Sparsify::None {
-                    return Err("compression.models: only quantizers (no sparsify): the receiver trains the whole model".into());
-                }
+            if split && (server_side || c.gossip.is_some() || c.models.is_some()) {
+                return Err("split learning's [compression] takes only split".into());
             }
-            if let Some(g) = c.gossip {
-                if !dsgd {
-                    return Err("compression.gossip applies to \"dsgd\" only".into());
+            for (field, setting, applies, to, why) in [
+                (
+                    "models",
+                    c.models,
+                    mutual,
+                    "\"dfml\", \"local\", \"fml\" and \"def-kt\"",
+                    "the receiver trains the whole model",
+                ),
+                (
+                    "gossip",
+                    c.gossip,
+                    dsgd,
+                    "\"dsgd\"",
+                    "every neighbour mixes the whole model",
+                ),
+                (
+                    "split",
+                    c.split,
+                    split,
+                    "\"split\"",
+                    "each side needs every value at the cut",
+                ),
+            ] {
+                let Some(setting) = setting else { continue };
+                if !applies {
+                    return Err(format!("compression.{field} applies to {to} only"));
                 }
-                if g.sparsify != braid_core::compress::Sparsify::None {
-                    return Err("compression.gossip: only quantizers (no sparsify): every neighbour mixes the whole model".into());
+                if setting.sparsify != braid_core::compress::Sparsify::None {
+                    return Err(format!(
+                        "compression.{field}: only quantizers (no sparsify): {why}"
+                    ));
                 }
             }
         }

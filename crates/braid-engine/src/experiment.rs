@@ -279,6 +279,7 @@ impl Prepared {
             ),
             lr_schedule: c.train.lr_schedule.clone(),
             seed: c.seed,
+            compression: c.compression.and_then(|k| k.split),
         })
     }
 }
@@ -596,11 +597,10 @@ pub fn build_nodes(prepared: &Prepared) -> Result<Vec<Box<dyn Node>>, EngineErro
             prepared.arch.init_params(c.seed),
         )?)];
         for (k, part) in prepared.parts.iter().enumerate() {
-            nodes.push(Box::new(SplitClient::new(
-                k as NodeId + 1,
-                Arc::new(part.clone()),
-                c.seed,
-            )));
+            nodes.push(Box::new(
+                SplitClient::new(k as NodeId + 1, Arc::new(part.clone()), c.seed)
+                    .with_compression(&settings),
+            ));
         }
         return Ok(nodes);
     }

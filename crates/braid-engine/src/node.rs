@@ -421,7 +421,9 @@ impl Input {
                 | Payload::SplitRequest { step, .. }
                 | Payload::SplitActivations { step, .. }
                 | Payload::SplitGradient { step, .. }
-                | Payload::SplitClientGrad { step, .. } => Some(*step),
+                | Payload::SplitClientGrad { step, .. }
+                | Payload::PackedSplitRequest { step, .. }
+                | Payload::PackedSplit { step, .. } => Some(*step),
                 Payload::Halt { .. } => None,
             },
             Self::Start | Self::Deadline(_) => None,

@@ -34,6 +34,8 @@ const KIND_SECAGG: u8 = 17;
 const KIND_DELTA_REQUEST: u8 = 18;
 const KIND_PACKED_GOSSIP: u8 = 19;
 const KIND_PACKED_MUTUAL_MODEL: u8 = 20;
+const KIND_PACKED_SPLIT_REQUEST: u8 = 21;
+const KIND_PACKED_SPLIT: u8 = 22;
 /// Longest public key or signature a halt may carry.
 const MAX_HALT_FIELD: usize = 1024;
 
@@ -200,6 +202,32 @@ pub enum Payload {
         /// One value per client-part parameter.
         grad: Vec<f32>,
     },
+    /// Server to client (split learning with `compression.split`): a
+    /// [`Payload::SplitRequest`] whose client-part parameters are compressed.
+    PackedSplitRequest {
+        /// Global step, from 1.
+        step: u64,
+        /// Epoch, from 1.
+        epoch: u32,
+        /// Position in the client's epoch order of the first sample to use.
+        offset: u32,
+        /// Samples to use.
+        count: u32,
+        /// The client part's parameters, compressed (shared between the step's clients).
+        params: Arc<Vec<u8>>,
+    },
+    /// Either way (split learning with `compression.split`): activations, a gradient at the
+    /// cut or a client-part gradient, compressed.
+    PackedSplit {
+        /// The step.
+        step: u64,
+        /// Which of the three it is.
+        part: SplitPart,
+        /// Labels of the samples (activations only; empty otherwise).
+        labels: Vec<u8>,
+        /// The values, compressed.
+        data: Vec<u8>,
+    },
     /// Participant to participant (mutual learning: DFML, Def-KT, FML): a whole model for
     /// round `round`, to be trained by mutual learning or handed back after it.
     MutualModel {
@@ -270,6 +298,27 @@ pub enum WireError {
     },
 }
 
+/// What a [`Payload::PackedSplit`] carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SplitPart {
+    /// A [`Payload::SplitActivations`].
+    Activations,
+    /// A [`Payload::SplitGradient`].
+    Gradient,
+    /// A [`Payload::SplitClientGrad`].
+    ClientGrad,
+}
+
+impl SplitPart {
+    fn code(self) -> u8 {
+        match self {
+            Self::Activations => 0,
+            Self::Gradient => 1,
+            Self::ClientGrad => 2,
+        }
+    }
+}
+
 impl Payload {
     /// Short name, for logs.
     pub fn kind(&self) -> &'static str {
@@ -292,6 +341,8 @@ impl Payload {
             Self::SplitActivations { .. } => "split-activations",
             Self::SplitGradient { .. } => "split-gradient",
             Self::SplitClientGrad { .. } => "split-client-grad",
+            Self::PackedSplitRequest { .. } => "packed-split-request",
+            Self::PackedSplit { .. } => "packed-split",
             Self::MutualModel { .. } => "mutual-model",
             Self::MutualReport { .. } => "mutual-report",
         }
@@ -315,6 +366,10 @@ impl Payload {
             Self::PackedReply { update, .. } => header + 4 + 8 + 4 + 4 + 4 + update.len(),
             Self::SecAgg { body, .. } => header + 4 + 4 + body.len(),
             Self::SplitRequest { params, .. } => header + 8 + 4 + 4 + 4 + 4 + 4 * params.len(),
+            Self::PackedSplitRequest { params, .. } => header + 8 + 4 + 4 + 4 + 4 + params.len(),
+            Self::PackedSplit { labels, data, .. } => {
+                header + 8 + 1 + 4 + labels.len() + 4 + data.len()
+            }
             Self::SplitActivations { labels, acts, .. } => {
                 header + 8 + 4 + labels.len() + 4 + 4 * acts.len()
             }
@@ -487,6 +542,35 @@ impl Payload {
                 out.push(KIND_SPLIT_CLIENT_GRAD);
                 out.extend_from_slice(&step.to_le_bytes());
                 put_params(&mut out, grad);
+            }
+            Self::PackedSplitRequest {
+                step,
+                epoch,
+                offset,
+                count,
+                params,
+            } => {
+                out.push(KIND_PACKED_SPLIT_REQUEST);
+                out.extend_from_slice(&step.to_le_bytes());
+                out.extend_from_slice(&epoch.to_le_bytes());
+                out.extend_from_slice(&offset.to_le_bytes());
+                out.extend_from_slice(&count.to_le_bytes());
+                out.extend_from_slice(&(params.len() as u32).to_le_bytes());
+                out.extend_from_slice(params);
+            }
+            Self::PackedSplit {
+                step,
+                part,
+                labels,
+                data,
+            } => {
+                out.push(KIND_PACKED_SPLIT);
+                out.extend_from_slice(&step.to_le_bytes());
+                out.push(part.code());
+                out.extend_from_slice(&(labels.len() as u32).to_le_bytes());
+                out.extend_from_slice(labels);
+                out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+                out.extend_from_slice(data);
             }
             Self::MutualModel {
                 round,
@@ -704,6 +788,46 @@ impl Payload {
                 step: u64::from_le_bytes(r.array("step")?),
                 grad: r.params(max_params)?,
             },
+            KIND_PACKED_SPLIT_REQUEST => {
+                let step = u64::from_le_bytes(r.array("step")?);
+                let epoch = r.u32("epoch")?;
+                let offset = r.u32("offset")?;
+                let count = r.u32("count")?;
+                Self::PackedSplitRequest {
+                    step,
+                    epoch,
+                    offset,
+                    count,
+                    params: Arc::new(r.packed(max_params)?),
+                }
+            }
+            KIND_PACKED_SPLIT => {
+                let step = u64::from_le_bytes(r.array("step")?);
+                let part = match r.u8("part")? {
+                    0 => SplitPart::Activations,
+                    1 => SplitPart::Gradient,
+                    2 => SplitPart::ClientGrad,
+                    other => {
+                        return Err(WireError::Malformed(format!(
+                            "split part {other} (0, 1 or 2 expected)"
+                        )))
+                    }
+                };
+                let n = r.u32("label count")? as usize;
+                if n > max_params {
+                    return Err(WireError::TooLarge {
+                        got: n,
+                        max: max_params,
+                    });
+                }
+                let labels = r.take(n, "labels")?.to_vec();
+                Self::PackedSplit {
+                    step,
+                    part,
+                    labels,
+                    data: r.packed(max_params)?,
+                }
+            }
             KIND_MUTUAL_MODEL => {
                 let round = r.u32("round")?;
                 let arch = r.u32("arch")?;
@@ -902,7 +1026,7 @@ mod tests {
         fn encoding_round_trips_with_exact_length(params in prop::collection::vec(-1e6f32..1e6, 0..64), round in 0u32..1000) {
             let snapshot = Payload::Snapshot { step: u64::from(round) * 7, train_loss: 0.25, accuracy: 0.5, loss: 1.5, gossip_bytes: 1 << 40, params: Arc::new(params.clone()) };
             let gossip = Payload::Gossip { round, params: Arc::new(params.clone()) };
-            for p in [Payload::TrainRequest { round, params: Arc::new(params.clone()) }, reply(params.clone()), gossip, snapshot, Payload::Shutdown { round }, Payload::JoinRequest { step: u64::from(round) << 33 }, Payload::JoinReply { step: 5, mixed_through: round, params: Arc::new(params.clone()) }, Payload::Halt { run: [round as u8; 32], issued_at: 7, signer: vec![1, 2, 3], signature: params.iter().map(|v| *v as u8).collect() }, Payload::PackedRequest { round, model: Arc::new(params.iter().map(|v| *v as u8).collect()) }, Payload::PackedReply { round, num_samples: 3, steps: 4, train_loss: 0.5, update: params.iter().map(|v| *v as u8).collect() }, Payload::SplitRequest { step: u64::from(round) << 20, epoch: round, offset: 7, count: 2, params: Arc::new(params.clone()) }, Payload::SplitActivations { step: 9, labels: params.iter().map(|v| *v as u8).collect(), acts: params.clone() }, Payload::SplitGradient { step: 1, grad: params.clone() }, Payload::SplitClientGrad { step: 2, grad: params.clone() }, Payload::MutualModel { round, arch: 2, params: Arc::new(params.clone()) }, Payload::MutualReport { round, arch: 1, accuracy: 0.5, loss: 1.5, peak_accuracy: 0.75, peak_loss: 0.9, train_loss: 0.25, bytes_sent: 1 << 40 }, Payload::SecAgg { round, body: Arc::new(params.iter().map(|v| *v as u8).collect()) }, Payload::DeltaRequest { round, base: round / 2, delta: Arc::new(params.iter().map(|v| *v as u8).collect()) }, Payload::PackedGossip { round, model: Arc::new(params.iter().map(|v| *v as u8).collect()) }, Payload::PackedMutualModel { round, arch: 1, model: Arc::new(params.iter().map(|v| *v as u8).collect()) }] {
+            for p in [Payload::TrainRequest { round, params: Arc::new(params.clone()) }, reply(params.clone()), gossip, snapshot, Payload::Shutdown { round }, Payload::JoinRequest { step: u64::from(round) << 33 }, Payload::JoinReply { step: 5, mixed_through: round, params: Arc::new(params.clone()) }, Payload::Halt { run: [round as u8; 32], issued_at: 7, signer: vec![1, 2, 3], signature: params.iter().map(|v| *v as u8).collect() }, Payload::PackedRequest { round, model: Arc::new(params.iter().map(|v| *v as u8).collect()) }, Payload::PackedReply { round, num_samples: 3, steps: 4, train_loss: 0.5, update: params.iter().map(|v| *v as u8).collect() }, Payload::SplitRequest { step: u64::from(round) << 20, epoch: round, offset: 7, count: 2, params: Arc::new(params.clone()) }, Payload::SplitActivations { step: 9, labels: params.iter().map(|v| *v as u8).collect(), acts: params.clone() }, Payload::SplitGradient { step: 1, grad: params.clone() }, Payload::SplitClientGrad { step: 2, grad: params.clone() }, Payload::MutualModel { round, arch: 2, params: Arc::new(params.clone()) }, Payload::MutualReport { round, arch: 1, accuracy: 0.5, loss: 1.5, peak_accuracy: 0.75, peak_loss: 0.9, train_loss: 0.25, bytes_sent: 1 << 40 }, Payload::SecAgg { round, body: Arc::new(params.iter().map(|v| *v as u8).collect()) }, Payload::DeltaRequest { round, base: round / 2, delta: Arc::new(params.iter().map(|v| *v as u8).collect()) }, Payload::PackedGossip { round, model: Arc::new(params.iter().map(|v| *v as u8).collect()) }, Payload::PackedMutualModel { round, arch: 1, model: Arc::new(params.iter().map(|v| *v as u8).collect()) }, Payload::PackedSplitRequest { step: u64::from(round) << 20, epoch: round, offset: 7, count: 2, params: Arc::new(params.iter().map(|v| *v as u8).collect()) }, Payload::PackedSplit { step: 3, part: SplitPart::Activations, labels: vec![1, 2], data: params.iter().map(|v| *v as u8).collect() }, Payload::PackedSplit { step: 4, part: SplitPart::ClientGrad, labels: Vec::new(), data: vec![9; 3] }] {
                 let bytes = p.encode();
                 prop_assert_eq!(bytes.len(), p.encoded_len());
                 prop_assert_eq!(Payload::decode(&bytes, 64).unwrap(), p);

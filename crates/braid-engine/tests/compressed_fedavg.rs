@@ -199,6 +199,7 @@ fn the_downlink_as_a_compressed_change_converges_with_exact_bytes() {
         downlink_delta: true,
         gossip: None,
         models: None,
+        split: None,
     };
     let out = run(&cfg, 300, 0, 2);
     assert!(relative_error(&out) < 0.1, "{}", relative_error(&out));

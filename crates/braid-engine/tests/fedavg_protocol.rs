@@ -542,6 +542,7 @@ fn compressed_messages_are_counted_exactly_and_lossless_settings_change_nothing(
         downlink_delta: false,
         gossip: None,
         models: None,
+        split: None,
     };
     assert_eq!(run(&lossless, 2).final_params, plain.final_params);
 
@@ -558,6 +559,7 @@ fn compressed_messages_are_counted_exactly_and_lossless_settings_change_nothing(
         downlink_delta: false,
         gossip: None,
         models: None,
+        split: None,
     };
     let out = run(&lossy, 2);
     assert_eq!(

@@ -17,6 +17,10 @@
 //!    client part, which every client receives with its next request. The client parts are
 //!    thus identical by construction.
 //!
+//! With `compression.split` every one of these messages carries its values compressed
+//! ([`Payload::PackedSplitRequest`], [`Payload::PackedSplit`]; quantizers only): the server
+//! keeps the exact client part, and each side decodes what it receives before using it.
+//!
 //! Local batch sizes come from `braid_core::split_batches` (global sampling, FLS, FPLS).
 //! Every step's simulated time follows `braid_core::latency`: the slowest forward leg, the
 //! server's compute, the slowest backward leg.
@@ -24,6 +28,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use braid_core::compress::{self, Compression};
 use braid_core::latency::{LatencyModel, Leg};
 use braid_core::lr_schedule::LrSchedule;
 use braid_core::seed;
@@ -33,7 +38,7 @@ use rand::seq::SliceRandom;
 
 use crate::config::ClientGradients;
 use crate::node::{check_params, EngineError, Event, Node, NodeCtx, NodeState};
-use crate::wire::{NodeId, Payload};
+use crate::wire::{NodeId, Payload, SplitPart};
 
 /// The server's id.
 pub const SERVER: NodeId = 0;
@@ -67,6 +72,78 @@ pub struct SplitSettings {
     pub lr_schedule: LrSchedule,
     /// Experiment seed.
     pub seed: u64,
+    /// Codec of every split message's values (`compression.split`; None: f32).
+    pub compression: Option<Compression>,
+}
+
+/// The message carrying `values` (`part` of step `step`, from `from` to `to`): plain, or
+/// compressed with `compression`, its random choices seeded by the run, both ends, the step
+/// and the part.
+fn split_message(
+    compression: Option<&Compression>,
+    seed: u64,
+    (from, to): (NodeId, NodeId),
+    step: u64,
+    part: SplitPart,
+    labels: Vec<u8>,
+    values: Vec<f32>,
+) -> Result<Payload, EngineError> {
+    let Some(c) = compression else {
+        return Ok(match part {
+            SplitPart::Activations => Payload::SplitActivations {
+                step,
+                labels,
+                acts: values,
+            },
+            SplitPart::Gradient => Payload::SplitGradient { step, grad: values },
+            SplitPart::ClientGrad => Payload::SplitClientGrad { step, grad: values },
+        });
+    };
+    let mut rng = seed::rng(
+        seed,
+        &[
+            seed::stream::COMPRESS,
+            u64::from(from),
+            u64::from(to),
+            step,
+            part as u64,
+        ],
+    );
+    let data = compress::encode(&values, c, &mut rng)
+        .map_err(|e| EngineError::Setup(format!("compression.split: {e}")))?;
+    Ok(Payload::PackedSplit {
+        step,
+        part,
+        labels,
+        data,
+    })
+}
+
+/// Why a message's form does not match the run's `compression.split`, if it does not.
+fn form_mismatch(compressed: bool, payload: &Payload) -> Option<String> {
+    let packed = matches!(
+        payload,
+        Payload::PackedSplit { .. } | Payload::PackedSplitRequest { .. }
+    );
+    let plain = matches!(
+        payload,
+        Payload::SplitRequest { .. }
+            | Payload::SplitActivations { .. }
+            | Payload::SplitGradient { .. }
+            | Payload::SplitClientGrad { .. }
+    );
+    if packed && !compressed {
+        Some("compressed, but this run has no compression.split".into())
+    } else if plain && compressed {
+        Some("uncompressed, but this run sets compression.split".into())
+    } else {
+        None
+    }
+}
+
+/// Decodes `n` values of a compressed split message.
+fn unpack(data: &[u8], n: usize, what: &str) -> Result<Vec<f32>, String> {
+    compress::decode(data, n).map_err(|e| format!("{what}: {e}"))
 }
 
 /// What one epoch did, as the server reports it.
@@ -217,13 +294,25 @@ impl SplitServer {
             min_batch: u64::MAX,
             ..EpochTotals::default()
         };
-        self.start_step(ctx);
-        Ok(())
+        self.start_step(ctx)
     }
 
-    fn start_step(&mut self, ctx: &mut NodeCtx<'_>) {
+    fn start_step(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
         self.step += 1;
         let params = Arc::new(self.client_params.clone());
+        // Compressed once per step, shared by the step's clients.
+        let packed = match &self.settings.compression {
+            Some(c) => {
+                let mut rng = seed::rng(
+                    self.settings.seed,
+                    &[seed::stream::COMPRESS, u64::from(SERVER), self.step],
+                );
+                let bytes = compress::encode(&params, c, &mut rng)
+                    .map_err(|e| EngineError::Setup(format!("compression.split: {e}")))?;
+                Some(Arc::new(bytes))
+            }
+            None => None,
+        };
         let mut waiting = BTreeMap::new();
         self.legs.clear();
         for (k, &count) in self.plan[self.t].iter().enumerate() {
@@ -231,16 +320,25 @@ impl SplitServer {
                 continue;
             }
             let node = k as NodeId + 1;
-            let bytes = ctx.send(
-                node,
-                Payload::SplitRequest {
-                    step: self.step,
-                    epoch: self.epoch,
-                    offset: self.offsets[k] as u32,
-                    count: count as u32,
+            let (step, epoch, offset, count32) =
+                (self.step, self.epoch, self.offsets[k] as u32, count as u32);
+            let request = match &packed {
+                Some(p) => Payload::PackedSplitRequest {
+                    step,
+                    epoch,
+                    offset,
+                    count: count32,
+                    params: Arc::clone(p),
+                },
+                None => Payload::SplitRequest {
+                    step,
+                    epoch,
+                    offset,
+                    count: count32,
                     params: Arc::clone(&params),
                 },
-            ) as u64;
+            };
+            let bytes = ctx.send(node, request) as u64;
             self.totals.bytes_down += bytes;
             self.legs.insert(
                 node,
@@ -255,6 +353,7 @@ impl SplitServer {
             waiting.insert(node, None);
         }
         self.phase = Phase::Forward(waiting);
+        Ok(())
     }
 
     /// Every activation is in: run the server part and send back the gradients.
@@ -291,13 +390,16 @@ impl SplitServer {
         for (node, n) in rows {
             let grad = out.grad[start * f..(start + n) * f].to_vec();
             start += n;
-            let bytes = ctx.send(
-                node,
-                Payload::SplitGradient {
-                    step: self.step,
-                    grad,
-                },
-            ) as u64;
+            let message = split_message(
+                s.compression.as_ref(),
+                s.seed,
+                (SERVER, node),
+                self.step,
+                SplitPart::Gradient,
+                Vec::new(),
+                grad,
+            )?;
+            let bytes = ctx.send(node, message) as u64;
             self.totals.bytes_down += bytes;
             // Backward: the client's forward pass again, then its backward pass (2x).
             self.legs.insert(
@@ -341,8 +443,7 @@ impl SplitServer {
         self.totals.steps += 1;
         self.t += 1;
         if self.t < self.plan.len() {
-            self.start_step(ctx);
-            return Ok(());
+            return self.start_step(ctx);
         }
         self.finish_epoch(ctx)
     }
@@ -473,9 +574,43 @@ impl Node for SplitServer {
         let kind = payload.kind();
         let reject = EngineError::rejecter(SERVER, from, kind);
         let bytes = payload.encoded_len() as u64;
-        if self.client_of(from).is_none() {
+        let Some(k) = self.client_of(from) else {
             return Err(reject("not a client of this run".into()));
+        };
+        if let Some(why) = form_mismatch(self.settings.compression.is_some(), &payload) {
+            return Err(reject(why));
         }
+        let payload = match payload {
+            Payload::PackedSplit {
+                step,
+                part: SplitPart::Activations,
+                labels,
+                data,
+            } => {
+                // As many values as the labels announce; the count is checked below.
+                let n = labels.len().saturating_mul(self.settings.cut_features);
+                let asked = self.plan.get(self.t).map_or(0, |p| p[k]);
+                if labels.len() != asked {
+                    return Err(reject(format!(
+                        "{} labels, {asked} samples were asked for",
+                        labels.len()
+                    )));
+                }
+                let acts = unpack(&data, n, "activations").map_err(&reject)?;
+                Payload::SplitActivations { step, labels, acts }
+            }
+            Payload::PackedSplit {
+                step,
+                part: SplitPart::ClientGrad,
+                data,
+                ..
+            } => {
+                let n = self.client_params.len();
+                let grad = unpack(&data, n, "client-part gradient").map_err(&reject)?;
+                Payload::SplitClientGrad { step, grad }
+            }
+            p => p,
+        };
         let step = self.step;
         match (payload, &mut self.phase) {
             (
@@ -556,6 +691,9 @@ pub struct SplitClient {
     order: Option<(u32, Vec<usize>)>,
     /// The request being served: step, samples, client-part parameters.
     pending: Option<(u64, Vec<usize>, Arc<Vec<f32>>)>,
+    /// `compression.split`, the client part's parameter count and the cut's values per
+    /// sample (the sizes it decodes messages to).
+    compression: Option<(Compression, usize, usize)>,
     done: bool,
 }
 
@@ -568,8 +706,18 @@ impl SplitClient {
             seed,
             order: None,
             pending: None,
+            compression: None,
             done: false,
         }
+    }
+
+    /// Compresses what it sends and expects compressed messages if the run's settings have
+    /// `compression.split`.
+    pub fn with_compression(mut self, settings: &SplitSettings) -> Self {
+        self.compression = settings
+            .compression
+            .map(|c| (c, settings.client_params, settings.cut_features));
+        self
     }
 
     fn order(&mut self, epoch: u32) -> &[usize] {
@@ -614,6 +762,45 @@ impl Node for SplitClient {
         if from != SERVER {
             return Err(reject("only the server sends to split clients".into()));
         }
+        if let Some(why) = form_mismatch(self.compression.is_some(), &payload) {
+            return Err(reject(why));
+        }
+        let payload = match payload {
+            Payload::PackedSplitRequest {
+                step,
+                epoch,
+                offset,
+                count,
+                params,
+            } => {
+                let n = self.compression.map_or(0, |(_, n, _)| n);
+                let params = unpack(&params, n, "client part").map_err(&reject)?;
+                Payload::SplitRequest {
+                    step,
+                    epoch,
+                    offset,
+                    count,
+                    params: Arc::new(params),
+                }
+            }
+            Payload::PackedSplit {
+                step,
+                part: SplitPart::Gradient,
+                data,
+                ..
+            } => {
+                let Some((_, samples, _)) = &self.pending else {
+                    return Err(reject(format!("no request is open for step {step}")));
+                };
+                // The gradient has the activations' shape: features per sample x samples.
+                let f = self.compression.map_or(0, |(_, _, f)| f);
+                let n = f.saturating_mul(samples.len());
+                let grad = unpack(&data, n, "gradient").map_err(&reject)?;
+                Payload::SplitGradient { step, grad }
+            }
+            p => p,
+        };
+        let compression = self.compression.map(|(c, _, _)| c);
         match payload {
             Payload::SplitRequest {
                 step,
@@ -632,7 +819,16 @@ impl Node for SplitClient {
                 }
                 let samples = self.order(epoch)[offset..offset + count].to_vec();
                 let (acts, labels) = ctx.trainer.split_forward(&params, &samples)?;
-                ctx.send(SERVER, Payload::SplitActivations { step, labels, acts });
+                let message = split_message(
+                    compression.as_ref(),
+                    self.seed,
+                    (node, SERVER),
+                    step,
+                    SplitPart::Activations,
+                    labels,
+                    acts,
+                )?;
+                ctx.send(SERVER, message);
                 self.pending = Some((step, samples, params));
                 Ok(())
             }
@@ -645,7 +841,16 @@ impl Node for SplitClient {
                     return Err(reject(format!("for step {step}, the open step is {s}")));
                 }
                 let grad = ctx.trainer.split_backward(&params, &samples, &grad)?;
-                ctx.send(SERVER, Payload::SplitClientGrad { step, grad });
+                let message = split_message(
+                    compression.as_ref(),
+                    self.seed,
+                    (node, SERVER),
+                    step,
+                    SplitPart::ClientGrad,
+                    Vec::new(),
+                    grad,
+                )?;
+                ctx.send(SERVER, message);
                 Ok(())
             }
             Payload::Shutdown { .. } => {
