@@ -298,6 +298,20 @@ pub enum WireError {
     },
 }
 
+/// A split request's step, epoch, offset and count.
+fn put_window(out: &mut Vec<u8>, step: u64, epoch: u32, offset: u32, count: u32) {
+    out.extend_from_slice(&step.to_le_bytes());
+    for v in [epoch, offset, count] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// A u32 length, then the bytes.
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
 /// What a [`Payload::PackedSplit`] carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SplitPart {
@@ -468,34 +482,29 @@ impl Payload {
             Self::PackedRequest { round, model } => {
                 out.push(KIND_PACKED_REQUEST);
                 out.extend_from_slice(&round.to_le_bytes());
-                out.extend_from_slice(&(model.len() as u32).to_le_bytes());
-                out.extend_from_slice(model);
+                put_bytes(&mut out, model);
             }
             Self::PackedMutualModel { round, arch, model } => {
                 out.push(KIND_PACKED_MUTUAL_MODEL);
                 out.extend_from_slice(&round.to_le_bytes());
                 out.extend_from_slice(&arch.to_le_bytes());
-                out.extend_from_slice(&(model.len() as u32).to_le_bytes());
-                out.extend_from_slice(model);
+                put_bytes(&mut out, model);
             }
             Self::PackedGossip { round, model } => {
                 out.push(KIND_PACKED_GOSSIP);
                 out.extend_from_slice(&round.to_le_bytes());
-                out.extend_from_slice(&(model.len() as u32).to_le_bytes());
-                out.extend_from_slice(model);
+                put_bytes(&mut out, model);
             }
             Self::DeltaRequest { round, base, delta } => {
                 out.push(KIND_DELTA_REQUEST);
                 out.extend_from_slice(&round.to_le_bytes());
                 out.extend_from_slice(&base.to_le_bytes());
-                out.extend_from_slice(&(delta.len() as u32).to_le_bytes());
-                out.extend_from_slice(delta);
+                put_bytes(&mut out, delta);
             }
             Self::SecAgg { round, body } => {
                 out.push(KIND_SECAGG);
                 out.extend_from_slice(&round.to_le_bytes());
-                out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-                out.extend_from_slice(body);
+                put_bytes(&mut out, body);
             }
             Self::PackedReply {
                 round,
@@ -509,8 +518,7 @@ impl Payload {
                 out.extend_from_slice(&num_samples.to_le_bytes());
                 out.extend_from_slice(&steps.to_le_bytes());
                 out.extend_from_slice(&train_loss.to_le_bytes());
-                out.extend_from_slice(&(update.len() as u32).to_le_bytes());
-                out.extend_from_slice(update);
+                put_bytes(&mut out, update);
             }
             Self::SplitRequest {
                 step,
@@ -520,17 +528,13 @@ impl Payload {
                 params,
             } => {
                 out.push(KIND_SPLIT_REQUEST);
-                out.extend_from_slice(&step.to_le_bytes());
-                out.extend_from_slice(&epoch.to_le_bytes());
-                out.extend_from_slice(&offset.to_le_bytes());
-                out.extend_from_slice(&count.to_le_bytes());
+                put_window(&mut out, *step, *epoch, *offset, *count);
                 put_params(&mut out, params);
             }
             Self::SplitActivations { step, labels, acts } => {
                 out.push(KIND_SPLIT_ACTIVATIONS);
                 out.extend_from_slice(&step.to_le_bytes());
-                out.extend_from_slice(&(labels.len() as u32).to_le_bytes());
-                out.extend_from_slice(labels);
+                put_bytes(&mut out, labels);
                 put_params(&mut out, acts);
             }
             Self::SplitGradient { step, grad } => {
@@ -551,12 +555,8 @@ impl Payload {
                 params,
             } => {
                 out.push(KIND_PACKED_SPLIT_REQUEST);
-                out.extend_from_slice(&step.to_le_bytes());
-                out.extend_from_slice(&epoch.to_le_bytes());
-                out.extend_from_slice(&offset.to_le_bytes());
-                out.extend_from_slice(&count.to_le_bytes());
-                out.extend_from_slice(&(params.len() as u32).to_le_bytes());
-                out.extend_from_slice(params);
+                put_window(&mut out, *step, *epoch, *offset, *count);
+                put_bytes(&mut out, params);
             }
             Self::PackedSplit {
                 step,
@@ -567,10 +567,8 @@ impl Payload {
                 out.push(KIND_PACKED_SPLIT);
                 out.extend_from_slice(&step.to_le_bytes());
                 out.push(part.code());
-                out.extend_from_slice(&(labels.len() as u32).to_le_bytes());
-                out.extend_from_slice(labels);
-                out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-                out.extend_from_slice(data);
+                put_bytes(&mut out, labels);
+                put_bytes(&mut out, data);
             }
             Self::MutualModel {
                 round,
@@ -752,10 +750,7 @@ impl Payload {
                 }
             }
             KIND_SPLIT_REQUEST => {
-                let step = u64::from_le_bytes(r.array("step")?);
-                let epoch = r.u32("epoch")?;
-                let offset = r.u32("offset")?;
-                let count = r.u32("count")?;
+                let (step, epoch, offset, count) = r.window()?;
                 Self::SplitRequest {
                     step,
                     epoch,
@@ -766,14 +761,7 @@ impl Payload {
             }
             KIND_SPLIT_ACTIVATIONS => {
                 let step = u64::from_le_bytes(r.array("step")?);
-                let n = r.u32("label count")? as usize;
-                if n > max_params {
-                    return Err(WireError::TooLarge {
-                        got: n,
-                        max: max_params,
-                    });
-                }
-                let labels = r.take(n, "labels")?.to_vec();
+                let labels = r.labels(max_params)?;
                 Self::SplitActivations {
                     step,
                     labels,
@@ -789,10 +777,7 @@ impl Payload {
                 grad: r.params(max_params)?,
             },
             KIND_PACKED_SPLIT_REQUEST => {
-                let step = u64::from_le_bytes(r.array("step")?);
-                let epoch = r.u32("epoch")?;
-                let offset = r.u32("offset")?;
-                let count = r.u32("count")?;
+                let (step, epoch, offset, count) = r.window()?;
                 Self::PackedSplitRequest {
                     step,
                     epoch,
@@ -813,14 +798,7 @@ impl Payload {
                         )))
                     }
                 };
-                let n = r.u32("label count")? as usize;
-                if n > max_params {
-                    return Err(WireError::TooLarge {
-                        got: n,
-                        max: max_params,
-                    });
-                }
-                let labels = r.take(n, "labels")?.to_vec();
+                let labels = r.labels(max_params)?;
                 Self::PackedSplit {
                     step,
                     part,
@@ -935,6 +913,26 @@ impl<'a> Reader<'a> {
             return Err(WireError::TooLarge { got: n, max: limit });
         }
         Ok(self.take(n, "packed vector")?.to_vec())
+    }
+
+    /// A split request's step, epoch, offset and count.
+    fn window(&mut self) -> Result<(u64, u32, u32, u32), WireError> {
+        let step = u64::from_le_bytes(self.array("step")?);
+        Ok((
+            step,
+            self.u32("epoch")?,
+            self.u32("offset")?,
+            self.u32("count")?,
+        ))
+    }
+
+    /// A label count of at most `max`, then the labels.
+    fn labels(&mut self, max: usize) -> Result<Vec<u8>, WireError> {
+        let n = self.u32("label count")? as usize;
+        if n > max {
+            return Err(WireError::TooLarge { got: n, max });
+        }
+        Ok(self.take(n, "labels")?.to_vec())
     }
 
     fn params(&mut self, max: usize) -> Result<Vec<f32>, WireError> {
