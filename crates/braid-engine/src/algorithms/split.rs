@@ -99,24 +99,23 @@ fn split_message(
             SplitPart::ClientGrad => Payload::SplitClientGrad { step, grad: values },
         });
     };
-    let mut rng = seed::rng(
-        seed,
-        &[
-            seed::stream::COMPRESS,
-            u64::from(from),
-            u64::from(to),
-            step,
-            part as u64,
-        ],
-    );
-    let data = compress::encode(&values, c, &mut rng)
-        .map_err(|e| EngineError::Setup(format!("compression.split: {e}")))?;
+    let key = [u64::from(from), u64::from(to), step, part as u64];
+    let data = pack(&values, c, seed, &key)?;
     Ok(Payload::PackedSplit {
         step,
         part,
         labels,
         data,
     })
+}
+
+/// `values` compressed with `c`, its random choices seeded by the run and `key`.
+fn pack(values: &[f32], c: &Compression, seed: u64, key: &[u64]) -> Result<Vec<u8>, EngineError> {
+    let stream: Vec<u64> = std::iter::once(seed::stream::COMPRESS)
+        .chain(key.iter().copied())
+        .collect();
+    compress::encode(values, c, &mut seed::rng(seed, &stream))
+        .map_err(|e| EngineError::Setup(format!("compression.split: {e}")))
 }
 
 /// Why a message's form does not match the run's `compression.split`, if it does not.
@@ -303,13 +302,8 @@ impl SplitServer {
         // Compressed once per step, shared by the step's clients.
         let packed = match &self.settings.compression {
             Some(c) => {
-                let mut rng = seed::rng(
-                    self.settings.seed,
-                    &[seed::stream::COMPRESS, u64::from(SERVER), self.step],
-                );
-                let bytes = compress::encode(&params, c, &mut rng)
-                    .map_err(|e| EngineError::Setup(format!("compression.split: {e}")))?;
-                Some(Arc::new(bytes))
+                let key = [u64::from(SERVER), self.step];
+                Some(Arc::new(pack(&params, c, self.settings.seed, &key)?))
             }
             None => None,
         };
@@ -587,7 +581,8 @@ impl Node for SplitServer {
                 labels,
                 data,
             } => {
-                // As many values as the labels announce; the count is checked below.
+                // The label count is checked before decoding, so a hostile count cannot size the
+                // decoded vector; the values per label are checked below.
                 let n = labels.len().saturating_mul(self.settings.cut_features);
                 let asked = self.plan.get(self.t).map_or(0, |p| p[k]);
                 if labels.len() != asked {
