@@ -76,13 +76,14 @@ impl Net {
     }
 
     /// Logits for a batch `x` of shape `[batch, sample_len]` (images are reshaped to `input`).
-    /// On the CPU the conv blocks run braid's own kernels ([`crate::kernels`]).
+    /// On the CPU the conv blocks and the fully connected layers run braid's own kernels
+    /// ([`crate::kernels`]).
     pub fn forward(&self, arch: &Arch, x: Tensor<2>) -> Tensor<2> {
         let own_kernels = crate::kernels::applies_to(&x.device());
         self.forward_with(arch, x, own_kernels)
     }
 
-    /// [`Net::forward`] with burn's own convolution, ReLU and pooling everywhere: the reference
+    /// [`Net::forward`] with burn's own convolution, ReLU, pooling and linear layers everywhere: the reference
     /// the CPU kernels are tested against.
     pub fn forward_reference(&self, arch: &Arch, x: Tensor<2>) -> Tensor<2> {
         self.forward_with(arch, x, false)
@@ -113,7 +114,10 @@ impl Net {
         };
         let last = self.fc.len().saturating_sub(1);
         for (i, layer) in self.fc.iter().enumerate() {
-            h = layer.forward(h);
+            h = match (&layer.bias, own_kernels) {
+                (Some(bias), true) => crate::kernels::linear(h, layer.weight.val(), bias.val()),
+                _ => layer.forward(h),
+            };
             if i < last || arch.relu_out {
                 h = relu(h);
             }
@@ -159,7 +163,12 @@ mod tests {
 
     #[test]
     fn cpu_kernels_match_burns_operations_in_values_and_gradients() {
-        for name in [ModelName::Cnn, ModelName::CnnSmall, ModelName::CnnDeep] {
+        for name in [
+            ModelName::Mlp,
+            ModelName::Cnn,
+            ModelName::CnnSmall,
+            ModelName::CnnDeep,
+        ] {
             let arch = Arch::new(name, &[1, 28, 28], 10).expect("arch");
             let params = arch.init_params(3);
             let (logits_k, loss_k, grad_k) = step(&arch, &params, true, 5);

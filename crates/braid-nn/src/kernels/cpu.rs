@@ -85,7 +85,26 @@ fn parallelism() -> Parallelism {
     }
 }
 
-/// `dst[m, n] (row-major) = a · b`, or `dst += a · b` when `accumulate`.
+/// The most inner-dimension values one `gemm` call sums: every product is split into depth
+/// blocks of this size, summed in order. `gemm` chooses its own depth blocking from the CPU's
+/// cache sizes and vector width when the inner dimension is larger, which makes the rounding,
+/// and so the bits of every result, depend on the machine; at or below this size it takes the
+/// whole depth in one block on every x86-64 CPU. See docs/architecture.md, "Numerics".
+pub const DEPTH_BLOCK: usize = 512;
+
+/// True when `gemm` 0.19 would compute `a · b` with dot products reduced across SIMD lanes (its
+/// "horizontal" microkernels for small outputs, and its row-major matrix-vector product): both
+/// operands contiguous along the inner dimension, and an output of at most 16 x 16 values or
+/// a single row or column. The number of lanes, and so the order of the sum, depends on the
+/// CPU (8 with AVX2, 16 with AVX-512); its other kernels accumulate each output in inner order.
+fn reduces_across_lanes(a: &Mat<'_>, b: &Mat<'_>) -> bool {
+    let (m, n) = (a.rows, b.cols);
+    a.col_stride == 1 && b.row_stride == 1 && (m * n <= 16 * 16 || m <= 1 || n <= 1)
+}
+
+/// `dst[m, n] (row-major) = a · b`, or `dst += a · b` when `accumulate`, with bits that do not
+/// depend on the CPU: the inner dimension is summed in blocks of [`DEPTH_BLOCK`], and an
+/// operand is copied into another layout when `gemm` would otherwise reduce across SIMD lanes.
 fn matmul(dst: &mut [f32], a: Mat<'_>, b: Mat<'_>, accumulate: bool) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert!(
@@ -101,32 +120,150 @@ fn matmul(dst: &mut [f32], a: Mat<'_>, b: Mat<'_>, accumulate: bool) {
         }
         return;
     }
-    // SAFETY: every index the product reads or writes is in bounds (checked above: `fits` for
-    // the operands, `m * n` for the row-major destination), the destination does not alias the
-    // operands (it is a distinct `&mut`), and f32 is a type gemm supports.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a.col_stride as isize,
-            a.row_stride as isize,
-            b.data.as_ptr(),
-            b.col_stride as isize,
-            b.row_stride as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism(),
-        );
+    if reduces_across_lanes(&a, &b) {
+        if m == 1 && n == 1 {
+            // A dot product: in inner order.
+            let dot = (0..k).fold(0.0f32, |acc, p| {
+                acc + a.data[p * a.col_stride] * b.data[p * b.row_stride]
+            });
+            dst[0] = if accumulate { dst[0] + dot } else { dot };
+            return;
+        }
+        if n == 1 {
+            // `a` column-major: gemm then adds one column of `a` per inner index.
+            let cols: Vec<f32> = (0..k)
+                .flat_map(|p| (0..m).map(move |i| (i, p)))
+                .map(|(i, p)| a.data[i * a.row_stride + p * a.col_stride])
+                .collect();
+            let a = Mat {
+                data: &cols,
+                rows: m,
+                cols: k,
+                row_stride: 1,
+                col_stride: m,
+            };
+            return matmul_blocks(dst, a, b, accumulate);
+        }
+        // `b` row-major: gemm then adds one row of `b` per inner index.
+        let rows: Vec<f32> = (0..k)
+            .flat_map(|p| (0..n).map(move |j| (p, j)))
+            .map(|(p, j)| b.data[p * b.row_stride + j * b.col_stride])
+            .collect();
+        return matmul_blocks(dst, a, Mat::row_major(&rows, k, n), accumulate);
     }
+    matmul_blocks(dst, a, b, accumulate)
+}
+
+/// [`matmul`]'s products, one `gemm` call per depth block.
+fn matmul_blocks(dst: &mut [f32], a: Mat<'_>, b: Mat<'_>, accumulate: bool) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    let mut depth = 0;
+    while depth < k {
+        let block = (k - depth).min(DEPTH_BLOCK);
+        // SAFETY: every index the product reads or writes is in bounds: `matmul` checked with
+        // `fits` that the operands hold all `k` inner indices (a copy made there holds them
+        // too), and this block reads inner indices `depth..depth + block` only (the pointers
+        // are offset by `depth` inner steps); the row-major destination holds `m * n` values.
+        // The destination does not alias the operands (it is a distinct `&mut`), and f32 is a
+        // type gemm supports.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                block,
+                dst.as_mut_ptr(),
+                1,
+                n as isize,
+                accumulate || depth > 0,
+                a.data.as_ptr().add(depth * a.col_stride),
+                a.col_stride as isize,
+                a.row_stride as isize,
+                b.data.as_ptr().add(depth * b.row_stride),
+                b.col_stride as isize,
+                b.row_stride as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism(),
+            );
+        }
+        depth += block;
+    }
+}
+
+/// `x · weight + bias` for `x: [rows, inputs]`, `weight: [inputs, outputs]` (burn's layout),
+/// `bias: [outputs]`: a fully connected layer, `[rows, outputs]`.
+pub fn linear_forward(
+    x: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    rows: usize,
+    inputs: usize,
+    outputs: usize,
+) -> Vec<f32> {
+    assert!(
+        x.len() == rows * inputs && weight.len() == inputs * outputs && bias.len() == outputs,
+        "linear_forward: buffer sizes do not match the shape"
+    );
+    let mut y = vec![0.0f32; rows * outputs];
+    if outputs == 0 {
+        return y;
+    }
+    for row in y.chunks_exact_mut(outputs) {
+        row.copy_from_slice(bias);
+    }
+    matmul(
+        &mut y,
+        Mat::row_major(x, rows, inputs),
+        Mat::row_major(weight, inputs, outputs),
+        true,
+    );
+    y
+}
+
+/// Gradients of [`linear_forward`] from the output gradient `dy`: `(dx, dweight, dbias)`, with
+/// `dx` only when `need_dx`. The bias gradient sums the rows in order.
+pub fn linear_backward(
+    dy: &[f32],
+    x: &[f32],
+    weight: &[f32],
+    (rows, inputs, outputs): (usize, usize, usize),
+    need_dx: bool,
+) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
+    assert!(
+        dy.len() == rows * outputs && x.len() == rows * inputs && weight.len() == inputs * outputs,
+        "linear_backward: buffer sizes do not match the shape"
+    );
+    let mut dbias = vec![0.0f32; outputs];
+    if outputs > 0 {
+        for row in dy.chunks_exact(outputs) {
+            for (d, g) in dbias.iter_mut().zip(row) {
+                *d += g;
+            }
+        }
+    }
+    // dw[i, o] = sum_r x[r, i] dy[r, o]
+    let mut dweight = vec![0.0f32; inputs * outputs];
+    matmul(
+        &mut dweight,
+        Mat::row_major(x, rows, inputs).t(),
+        Mat::row_major(dy, rows, outputs),
+        false,
+    );
+    let dx = need_dx.then(|| {
+        // dx[r, i] = sum_o dy[r, o] w[i, o]
+        let mut dx = vec![0.0f32; rows * inputs];
+        matmul(
+            &mut dx,
+            Mat::row_major(dy, rows, outputs),
+            Mat::row_major(weight, inputs, outputs).t(),
+            false,
+        );
+        dx
+    });
+    (dx, dweight, dbias)
 }
 
 /// Unfolds `x` (`[n, cin, h, w]`) into `col` (`[cin*9, n*h*w]`, row `ci*9 + ky*3 + kx`):
@@ -589,5 +726,95 @@ mod tests {
         assert_eq!(dx, want);
         let (nan, _) = max_pool2x2_forward(&[1.0, f32::NAN, 3.0, 2.0], 1, 2, 2);
         assert!(nan[0].is_nan());
+    }
+
+    #[test]
+    fn linear_matches_the_definition_in_values_and_gradients() {
+        // Inner dimensions below, at and above one depth block.
+        for (rows, inputs, outputs) in [
+            (3, 5, 4),
+            (2, DEPTH_BLOCK, 3),
+            (4, 2 * DEPTH_BLOCK + 37, 6),
+            (1, 600, 3),
+            (5, 700, 1),
+            (1, 9, 1),
+            (40, 30, 20),
+        ] {
+            let x = values(rows * inputs, 10);
+            let w = values(inputs * outputs, 11);
+            let b = values(outputs, 12);
+            let dy = values(rows * outputs, 13);
+            let y = linear_forward(&x, &w, &b, rows, inputs, outputs);
+            let (dx, dw, db) = linear_backward(&dy, &x, &w, (rows, inputs, outputs), true);
+            let dx = dx.expect("dx was asked for");
+            let close = |a: f32, b: f64, what: &str| {
+                assert!((f64::from(a) - b).abs() < 1e-4, "{what}: {a} vs {b}");
+            };
+            for r in 0..rows {
+                for o in 0..outputs {
+                    let want = f64::from(b[o])
+                        + (0..inputs)
+                            .map(|i| f64::from(x[r * inputs + i]) * f64::from(w[i * outputs + o]))
+                            .sum::<f64>();
+                    close(y[r * outputs + o], want, "y");
+                }
+                for i in 0..inputs {
+                    let want: f64 = (0..outputs)
+                        .map(|o| f64::from(dy[r * outputs + o]) * f64::from(w[i * outputs + o]))
+                        .sum();
+                    close(dx[r * inputs + i], want, "dx");
+                }
+            }
+            for i in 0..inputs {
+                for o in 0..outputs {
+                    let want: f64 = (0..rows)
+                        .map(|r| f64::from(x[r * inputs + i]) * f64::from(dy[r * outputs + o]))
+                        .sum();
+                    close(dw[i * outputs + o], want, "dw");
+                }
+            }
+            for o in 0..outputs {
+                let want: f64 = (0..rows).map(|r| f64::from(dy[r * outputs + o])).sum();
+                close(db[o], want, "db");
+            }
+            let (none, dw2, db2) = linear_backward(&dy, &x, &w, (rows, inputs, outputs), false);
+            assert!(none.is_none());
+            assert_eq!((dw2, db2), (dw, db));
+        }
+    }
+
+    #[test]
+    fn deep_products_sum_their_depth_blocks_in_order() {
+        // A product deeper than one block equals the first block's product, then each
+        // following block's product added to it: the fixed order that makes the bits the same
+        // on every CPU.
+        let (m, k, n) = (5, 2 * DEPTH_BLOCK + 100, 7);
+        let a = values(m * k, 14);
+        let b = values(k * n, 15);
+        let mut whole = vec![0.0; m * n];
+        matmul(
+            &mut whole,
+            Mat::row_major(&a, m, k),
+            Mat::row_major(&b, k, n),
+            false,
+        );
+        let mut blocks = vec![0.0; m * n];
+        for (i, start) in (0..k).step_by(DEPTH_BLOCK).enumerate() {
+            let len = (k - start).min(DEPTH_BLOCK);
+            let a_block: Vec<f32> = (0..m)
+                .flat_map(|r| a[r * k + start..][..len].to_vec())
+                .collect();
+            let b_block = &b[start * n..][..len * n];
+            matmul(
+                &mut blocks,
+                Mat::row_major(&a_block, m, len),
+                Mat::row_major(b_block, len, n),
+                i > 0,
+            );
+        }
+        assert_eq!(
+            whole.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            blocks.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
     }
 }

@@ -1,5 +1,5 @@
-//! braid's own kernels for the hot operations of its CNNs on the CPU, plugged into burn through
-//! its backend-extension mechanism with hand-written backward passes.
+//! braid's own kernels for the hot operations of its models on the CPU, plugged into burn
+//! through its backend-extension mechanism with hand-written backward passes.
 //!
 //! Profiling a training step of the reference CNN on burn's `flex` backend (docs/step-profile.md)
 //! showed most of the time in three places: 2x2 max-pooling (a generic windowed loop), the
@@ -7,9 +7,12 @@
 //! output gradient) and its input gradient (a transposed convolution). This module replaces a
 //! `conv3x3 + bias + ReLU` and a `2x2 max-pool` by two operations whose forward and backward
 //! passes are written here ([`cpu`]): im2col + one large GEMM per product, and a direct pool
-//! that remembers the winning input. They are used only on the `flex` device; other devices
-//! (CUDA) keep burn's own operations. Tests check them against burn's operations, values and
-//! gradients.
+//! that remembers the winning input. Fully connected layers run here too ([`linear`]), so that
+//! every matrix product of training sums its inner dimension in the same blocks on every CPU
+//! ([`cpu::DEPTH_BLOCK`]): burn's own product lets `gemm` pick the blocking from the cache
+//! sizes, which changes the bits of the results from one machine to another. They are used
+//! only on the `flex` device; other devices keep burn's own operations. Tests check them
+//! against burn's operations, values and gradients.
 
 pub mod cpu;
 
@@ -27,10 +30,10 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use cpu::{ConvSaved, ConvShape};
 
-/// The extension: two operations on float tensors, implemented for `flex` and for autodiff
+/// The extension: three operations on float tensors, implemented for `flex` and for autodiff
 /// over `flex`.
 #[backend_extension(Flex, Autodiff)]
-pub trait CnnKernels: burn::backend::Backend {
+pub trait CpuKernels: burn::backend::Backend {
     /// `relu(conv2d(x, weight, bias))` with a 3x3 kernel, stride 1 and padding 1:
     /// `x: [n, cin, h, w]`, `weight: [cout, cin, 3, 3]`, `bias: [cout]`.
     fn conv3x3_relu(
@@ -40,6 +43,12 @@ pub trait CnnKernels: burn::backend::Backend {
     ) -> FloatTensor<Self>;
     /// 2x2 max-pooling with stride 2 of `x: [n, c, h, w]`.
     fn max_pool2x2(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `x · weight + bias`: `x: [rows, inputs]`, `weight: [inputs, outputs]`, `bias: [outputs]`.
+    fn linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
 }
 
 /// True when `device` runs on `flex`, where these kernels apply.
@@ -59,6 +68,15 @@ pub fn conv3x3_relu(x: Tensor<4>, weight: Tensor<4>, bias: Tensor<1>) -> Tensor<
 /// 2x2 max-pooling with stride 2, on the `flex` device.
 pub fn max_pool2x2(x: Tensor<4>) -> Tensor<4> {
     Tensor::from_dispatch(Dispatch::max_pool2x2(x.into_dispatch()))
+}
+
+/// `x · weight + bias` (a fully connected layer), on the `flex` device.
+pub fn linear(x: Tensor<2>, weight: Tensor<2>, bias: Tensor<1>) -> Tensor<2> {
+    Tensor::from_dispatch(Dispatch::linear(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        bias.into_dispatch(),
+    ))
 }
 
 /// The contiguous `f32` values of a flex tensor, and its shape.
@@ -103,6 +121,22 @@ fn conv_forward(x: &FlexTensor, weight: &FlexTensor, bias: &FlexTensor) -> (Flex
     (tensor(y, &[s.n, s.cout, s.h, s.w]), saved)
 }
 
+/// `[rows, inputs, outputs]` of a linear layer's input and weight.
+fn linear_shape(x: &[usize], weight: &[usize]) -> (usize, usize, usize) {
+    assert!(
+        x.len() == 2 && weight.len() == 2 && x[1] == weight[0],
+        "linear: input {x:?} and weight {weight:?} do not fit"
+    );
+    (x[0], x[1], weight[1])
+}
+
+fn linear_forward(x: &FlexTensor, weight: &FlexTensor, bias: &FlexTensor) -> FlexTensor {
+    let ((xv, xd), (wv, wd), (bv, _)) = (values(x), values(weight), values(bias));
+    let (rows, inputs, outputs) = linear_shape(&xd, &wd);
+    let y = cpu::linear_forward(&xv, &wv, &bv, rows, inputs, outputs);
+    tensor(y, &[rows, outputs])
+}
+
 fn pool_forward(x: &FlexTensor) -> (FlexTensor, Vec<u8>, [usize; 4]) {
     let (xv, d) = values(x);
     assert!(d.len() == 4, "max_pool2x2: input {d:?} is not [n, c, h, w]");
@@ -114,13 +148,43 @@ fn pool_forward(x: &FlexTensor) -> (FlexTensor, Vec<u8>, [usize; 4]) {
     )
 }
 
-impl CnnKernels for Flex {
+impl CpuKernels for Flex {
     fn conv3x3_relu(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
         conv_forward(&x, &weight, &bias).0
     }
 
     fn max_pool2x2(x: FlexTensor) -> FlexTensor {
         pool_forward(&x).0
+    }
+
+    fn linear(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
+        linear_forward(&x, &weight, &bias)
+    }
+}
+
+#[derive(Debug)]
+struct LinearBackward;
+
+impl Backward<Flex, 3> for LinearBackward {
+    /// The input and the weight.
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_w, node_b] = ops.parents;
+        let dy = grads.consume::<Flex>(&ops.node);
+        let (x, weight) = ops.state;
+        let ((dyv, _), (xv, xd), (wv, wd)) = (values(&dy), values(&x), values(&weight));
+        let shape = linear_shape(&xd, &wd);
+        let (dx, dw, db) = cpu::linear_backward(&dyv, &xv, &wv, shape, node_x.is_some());
+        if let (Some(node), Some(dx)) = (node_x, dx) {
+            grads.register::<Flex>(node.id, tensor(dx, &xd));
+        }
+        if let Some(node) = node_w {
+            grads.register::<Flex>(node.id, tensor(dw, &wd));
+        }
+        if let Some(node) = node_b {
+            grads.register::<Flex>(node.id, tensor(db, &[shape.2]));
+        }
     }
 }
 
@@ -169,7 +233,7 @@ impl Backward<Flex, 1> for MaxPool2x2Backward {
     }
 }
 
-impl<C: CheckpointStrategy> CnnKernels for Autodiff<Flex, C> {
+impl<C: CheckpointStrategy> CpuKernels for Autodiff<Flex, C> {
     fn conv3x3_relu(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -201,6 +265,28 @@ impl<C: CheckpointStrategy> CnnKernels for Autodiff<Flex, C> {
                 prep.finish((Arc::new(arg), d), out)
             }
             OpsKind::UnTracked(prep) => prep.finish(pool_forward(x.primitive()).0),
+        }
+    }
+
+    fn linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        match LinearBackward
+            .prepare::<C>([x.node(), weight.node(), bias.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let y = linear_forward(x.primitive(), weight.primitive(), bias.primitive());
+                prep.finish((x.into_primitive(), weight.into_primitive()), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(linear_forward(
+                x.primitive(),
+                weight.primitive(),
+                bias.primitive(),
+            )),
         }
     }
 }
