@@ -12,6 +12,8 @@ use std::time::Instant;
 
 use anyhow::Result;
 use braid_core::seed;
+use braid_engine::algorithm::Algorithm;
+use braid_engine::algorithms::fedavg::FedAvg;
 use braid_engine::config::ExperimentConfig;
 use braid_engine::experiment::{self, Prepared};
 use braid_nn::net::Net;
@@ -96,13 +98,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
     );
     let mut best: Option<(usize, f64)> = None;
     for &w in &args.workers {
-        let prepared = experiment::prepare(&config(&args, w)?)?;
+        let config = config(&args, w)?;
+        let prepared = experiment::prepare(&config)?;
+        let settings = FedAvg::config(&config).map_err(anyhow::Error::msg)?;
         let t0 = Instant::now();
-        let out = experiment::run(&prepared, &mut |_| {})?;
+        let out = experiment::simulate::<FedAvg>(&prepared, &settings, &mut |_| {})?;
         let wall = t0.elapsed().as_secs_f64();
-        let samples: u64 = out.rounds.iter().map(|(m, _)| m.samples).sum();
+        let samples: u64 = out.rows.iter().map(|(m, _)| m.samples).sum();
         let acc = out
-            .rounds
+            .rows
             .last()
             .and_then(|(m, _)| m.accuracy)
             .unwrap_or(f64::NAN);

@@ -16,9 +16,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use braid_engine::algorithms::fedavg::{FedAvgClient, FedAvgServer, ServerConfig};
+use braid_engine::algorithms::fedavg::{Msg, RoundMetrics};
 use braid_engine::config::{NetworkConfig, Participant};
-use braid_engine::node::{EngineError, Event, LocalTrainer, Node};
-use braid_engine::wire::Payload;
+use braid_engine::node::{BoxNode, EngineError, LocalTrainer};
+use braid_engine::wire::{Body, Limits, Tensor};
+use braid_engine::wire_node::{WireEvent, WireNode, Wired};
 use braid_net::roster::Roster;
 use braid_net::runtime::{self, RuntimeOptions};
 use braid_nn::train::{EvalOutcome, OptimizerState, TrainOutcome};
@@ -108,18 +110,18 @@ pub fn run(args: BenchNetArgs) -> Result<()> {
         bail!("--params must be at least 1");
     }
     let clients = args.nodes - 1;
-    let down = Payload::TrainRequest {
+    let down = Body::Msg(Msg::Request {
         round: 1,
-        params: Arc::new(vec![0.0; args.params]),
-    }
+        model: Tensor::exact(vec![0.0; args.params]),
+    })
     .encoded_len();
-    let up = Payload::TrainReply {
+    let up = Body::Msg(Msg::Reply {
         round: 1,
         num_samples: 1,
         steps: 1,
         train_loss: 0.0,
-        params: vec![0.0; args.params],
-    }
+        update: Tensor::exact(vec![0.0; args.params]),
+    })
     .encoded_len();
     let per_round = (clients * (down + up)) as f64;
     println!(
@@ -203,16 +205,20 @@ fn braid_rounds(args: &BenchNetArgs) -> Result<Vec<f64>> {
         clients.clone(),
         vec![0.5; args.params],
     )?;
-    let mut nodes: Vec<Box<dyn Node>> = vec![Box::new(server)];
+    let mut nodes: Vec<BoxNode<Msg, RoundMetrics>> = vec![Box::new(server)];
     for &c in &clients {
         nodes.push(Box::new(FedAvgClient::new(c, Arc::new(vec![0]), 1)));
     }
+    let limits = Limits::new(args.params);
+    let nodes: Vec<Box<dyn WireNode>> = nodes
+        .into_iter()
+        .map(|n| Box::new(Wired::new(n, limits)) as Box<dyn WireNode>)
+        .collect();
     let mut handles = Vec::new();
     for (i, (node, key)) in nodes.into_iter().zip(keys).enumerate() {
         let options = RuntimeOptions {
             listen: vec![format!("/ip4/127.0.0.1/tcp/{}", ports[i]).parse()?],
             max_message_bytes: 1 << 40,
-            max_params: args.params,
             request_timeout: Duration::from_secs(120),
             retry_for: Duration::from_secs(60),
             checkpoint: None,
@@ -228,7 +234,7 @@ fn braid_rounds(args: &BenchNetArgs) -> Result<Vec<f64>> {
                 key,
                 roster,
                 options,
-                Box::new(|_: &Event| {}),
+                Box::new(|_: &WireEvent| {}),
                 Box::new(|_: &braid_net::Multiaddr| {}),
             )
         }));
@@ -247,7 +253,7 @@ fn braid_rounds(args: &BenchNetArgs) -> Result<Vec<f64>> {
         .map(|r| {
             r.events
                 .iter()
-                .filter(|(e, _)| matches!(e, Event::Round(_)))
+                .filter(|(e, _)| matches!(e, WireEvent::Metrics { .. }))
                 .map(|(_, w)| *w)
                 .collect()
         })

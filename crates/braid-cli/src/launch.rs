@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use braid_engine::config::{AlgorithmName, ExperimentConfig, Participant};
+use braid_engine::algorithm::Registry;
+use braid_engine::config::{ExperimentConfig, Participant};
 use braid_engine::report;
 use clap::Args;
 
@@ -64,13 +65,32 @@ pub fn launch(args: LaunchArgs) -> Result<()> {
         config.partition.clients = n;
     }
     let participants = config.partition.clients;
-    let dsgd = config.algorithm.name == AlgorithmName::Dsgd;
-    if config.algorithm.name == AlgorithmName::Centralized {
-        bail!("algorithm.name = \"centralized\" has nothing to deploy: use braid run");
+    let registry = Registry::builtin();
+    let algorithm = registry.of(&config).map_err(anyhow::Error::msg)?;
+    if algorithm.shards(&config) < 2 {
+        bail!(
+            "algorithm.name = \"{}\" has nothing to deploy: use braid run",
+            algorithm.name()
+        );
     }
-    // Total processes: FedAvg = server (0) + clients 1..=n; dsgd = peers 0..n + monitor (n).
+    // Total processes: the participants holding data and one more (a server or a monitor);
+    // the one holding no data evaluates and reports.
     let total = participants + 1;
-    let evaluator = if dsgd { participants as u32 } else { 0 };
+    let evaluator = (0..total as u32)
+        .find(|&id| algorithm.shard_of_node(id, participants).is_none())
+        .unwrap_or(0);
+    let labels: Vec<String> = (0..total as u32)
+        .map(|id| {
+            let role = algorithm.role(&config, id as usize, total);
+            match algorithm.shard_of_node(id, participants) {
+                Some(_) => format!("{role} {id}"),
+                None => role.to_string(),
+            }
+        })
+        .collect();
+    let label = |id: u32| labels[id as usize].clone();
+    let data_role = algorithm.role(&config, algorithm.node_of_shard(0) as usize, total);
+    let evaluator_role = algorithm.role(&config, evaluator as usize, total);
     let dir = args.out.clone().unwrap_or_else(|| config.output_dir());
     std::fs::create_dir_all(dir.join("keys"))
         .with_context(|| format!("cannot create {}", dir.join("keys").display()))?;
@@ -108,11 +128,10 @@ pub fn launch(args: LaunchArgs) -> Result<()> {
     report::write_atomic(&launch_file, config.to_toml().as_bytes()).map_err(anyhow::Error::msg)?;
 
     println!(
-        "braid launch: {} | {} {} + {} | {total} processes on 127.0.0.1 | config {}",
+        "braid launch: {} | {} {data_role}s + {} | {total} processes on 127.0.0.1 | config {}",
         config.name,
         participants,
-        if dsgd { "peers" } else { "clients" },
-        if dsgd { "monitor" } else { "server" },
+        evaluator_role,
         launch_file.display()
     );
     let exe = std::env::current_exe().context("cannot find the braid executable")?;
@@ -121,7 +140,7 @@ pub fn launch(args: LaunchArgs) -> Result<()> {
     let mut relays = Vec::new();
     for i in 0..total {
         let id = i as u32;
-        let label = label(dsgd, id, participants);
+        let label = label(id);
         let node_dir = dir.join(format!("node-{id}"));
         std::fs::create_dir_all(&node_dir)
             .with_context(|| format!("cannot create {}", node_dir.display()))?;
@@ -176,7 +195,7 @@ pub fn launch(args: LaunchArgs) -> Result<()> {
     println!(
         "braid launch: done in {:.1} s | results of {} and nodes.csv in {} ({} files){}",
         t0.elapsed().as_secs_f64(),
-        label(dsgd, evaluator, participants),
+        label(evaluator),
         dir.display(),
         collected,
         if failed.is_empty() {
@@ -190,15 +209,6 @@ pub fn launch(args: LaunchArgs) -> Result<()> {
 
 fn key_path(dir: &Path, i: usize) -> PathBuf {
     dir.join("keys").join(format!("node-{i}.key"))
-}
-
-fn label(dsgd: bool, id: u32, participants: usize) -> String {
-    match (dsgd, id) {
-        (true, i) if i as usize == participants => "monitor".into(),
-        (true, i) => format!("peer {i}"),
-        (false, 0) => "server".into(),
-        (false, i) => format!("client {i}"),
-    }
 }
 
 fn describe(status: Option<ExitStatus>) -> String {

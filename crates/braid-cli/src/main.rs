@@ -5,9 +5,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use braid_engine::config::{AlgorithmName, ExperimentConfig};
-use braid_engine::experiment::{self, Prepared};
-use braid_engine::node::Event;
+use braid_engine::algorithm::Registry;
+use braid_engine::config::ExperimentConfig;
+use braid_engine::experiment::Prepared;
 use braid_engine::report;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -140,6 +140,7 @@ fn main() -> ExitCode {
 }
 
 fn dispatch(cli: Cli) -> Result<()> {
+    let registry = Registry::builtin();
     match cli.command {
         Command::Run {
             file,
@@ -148,19 +149,21 @@ fn dispatch(cli: Cli) -> Result<()> {
             baseline,
             quiet,
         } => {
-            let config = ExperimentConfig::load(&file, &set)?;
-            run_and_report(config, out, baseline, quiet)
+            let config = ExperimentConfig::load_with(&file, &set, &registry)?;
+            run_and_report(&registry, config, out, baseline, quiet)
         }
         Command::Demo { set, out, quiet } => {
-            let config = ExperimentConfig::parse(QUICKSTART, "quickstart.toml", &set)?;
-            run_and_report(config, out, false, quiet)
+            let config =
+                ExperimentConfig::parse_with(QUICKSTART, "quickstart.toml", &set, &registry)?;
+            run_and_report(&registry, config, out, false, quiet)
         }
         Command::Partition { file, set, write } => {
-            let config = ExperimentConfig::load(&file, &set)?;
-            let prepared = experiment::prepare(&config)?;
+            let config = ExperimentConfig::load_with(&file, &set, &registry)?;
+            let algorithm = registry.of(&config).map_err(anyhow::Error::msg)?;
+            let prepared = algorithm.prepare(&config)?;
             print_histogram(&prepared);
             if let Some(dir) = write {
-                write_shards(&prepared, &dir)?;
+                write_shards(&prepared, |k| algorithm.node_of_shard(k), &dir)?;
             }
             Ok(())
         }
@@ -187,63 +190,35 @@ fn dispatch(cli: Cli) -> Result<()> {
 }
 
 fn run_and_report(
+    registry: &Registry,
     config: ExperimentConfig,
     out: Option<PathBuf>,
     baseline: bool,
     quiet: bool,
 ) -> Result<()> {
     let dir = out.unwrap_or_else(|| config.output_dir());
-    let main_acc = run_one(&config, &dir, quiet)?;
-    if baseline && config.algorithm.name == AlgorithmName::Dsgd {
-        let mut reference = config.clone();
-        reference.name = format!("{}-parallel-sgd", config.name);
-        let mut d = config.decentralized.clone().unwrap_or_default();
-        d.every = 1;
-        d.budget = braid_core::schedule::Budget::Fixed {
-            r: config.partition.clients.saturating_sub(1) as f64,
-        };
-        reference.decentralized = Some(d);
-        // The reference averages exactly: no quantized gossip.
-        reference.compression = None;
+    let main_acc = run_one(registry, &config, &dir, quiet)?;
+    let reference = if baseline {
+        registry
+            .of(&config)
+            .map_err(anyhow::Error::msg)?
+            .baseline(&config)
+    } else {
+        None
+    };
+    if let Some(b) = reference {
         println!();
-        let base_acc = run_one(&reference, &dir.join("baseline"), quiet)?;
-        if let (Some(a), Some(b)) = (main_acc, base_acc) {
+        let base_acc = run_one(registry, &b.config, &dir.join("baseline"), quiet)?;
+        if let (Some(a), Some(r)) = (main_acc, base_acc) {
             println!(
-                "\ndsgd merged-model accuracy {a:.4} vs parallel SGD reference {b:.4} (gap {:+.4})",
-                a - b
-            );
-        }
-    } else if baseline && config.algorithm.name != AlgorithmName::Centralized {
-        let mut central = config.clone();
-        central.name = format!("{}-centralized", config.name);
-        central.algorithm.name = AlgorithmName::Centralized;
-        central.algorithm.clients_per_round = None;
-        central.decentralized = None;
-        central.algorithm.mu = None;
-        central.algorithm.server_optimizer = Default::default();
-        central.compression = None;
-        central.split = None;
-        central.mutual = None;
-        central.privacy = None;
-        central.attack = None;
-        central.secure_aggregation = None;
-        println!();
-        let base_acc = run_one(&central, &dir.join("baseline"), quiet)?;
-        if let (Some(a), Some(b)) = (main_acc, base_acc) {
-            println!(
-                "\n{} final accuracy {:.4} vs centralized baseline {:.4} (gap {:+.4})",
-                algorithm_label(&config),
-                a,
-                b,
-                a - b
+                "\n{} {a:.4} vs {} {r:.4} (gap {:+.4})",
+                b.subject,
+                b.what,
+                a - r
             );
         }
     }
     Ok(())
-}
-
-fn algorithm_label(config: &ExperimentConfig) -> String {
-    format!("{:?}", config.algorithm.name).to_lowercase()
 }
 
 /// Peak resident memory of this process in MiB (Linux `VmHWM`), if known.
@@ -254,67 +229,31 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-/// Runs one experiment, writes its outputs, prints a summary; returns the final accuracy.
-fn run_one(config: &ExperimentConfig, dir: &Path, quiet: bool) -> Result<Option<f64>> {
+/// Runs one experiment, writes its outputs, prints a summary; returns the accuracy a baseline
+/// is compared with.
+fn run_one(
+    registry: &Registry,
+    config: &ExperimentConfig,
+    dir: &Path,
+    quiet: bool,
+) -> Result<Option<f64>> {
     let t0 = Instant::now();
-    let prepared = experiment::prepare(config)?;
-    let who = if config.algorithm.name == AlgorithmName::Dsgd {
-        let d = config.decentralized.clone().unwrap_or_default();
-        format!(
-            "{} peers, topology {:?}, every {} step(s), budget {:?}",
-            prepared.parts.len(),
-            d.topology,
-            d.every,
-            d.budget
-        )
-    } else if config.algorithm.name.is_mutual() {
-        let counts: Vec<String> = prepared
-            .models
-            .iter()
-            .enumerate()
-            .map(|(i, a)| {
-                let n = prepared.client_models.iter().filter(|&&m| m == i).count();
-                format!("{n} x {} ({} parameters)", a.name.as_str(), a.num_params())
-            })
-            .collect();
-        format!("{} clients: {}", prepared.parts.len(), counts.join(", "))
-    } else if let Some(split) = &prepared.split {
-        let sc = config.split.clone().unwrap_or_default();
-        format!(
-            "{} clients, sampler {}, global batch {}, cut after {} ({} client-part parameters, {} values per sample at the cut)",
-            prepared.parts.len(),
-            sc.sampler.as_str(),
-            config.train.batch_size,
-            split.cut,
-            split.client_params(),
-            split.cut_features()
-        )
-    } else {
-        format!(
-            "{} clients ({} per round)",
-            prepared.parts.len(),
-            config.clients_per_round()
-        )
-    };
+    let algorithm = registry.of(config).map_err(anyhow::Error::msg)?;
+    let prepared = algorithm.prepare(config)?;
     println!(
         "braid: {} | {} | {} | model {} ({} parameters) | {} worker thread(s) | seed {}",
-        algorithm_label(config),
+        algorithm.name(),
         prepared.data_description,
-        who,
+        algorithm.describe(&prepared)?,
         config.model.name.as_str(),
         prepared.arch.num_params(),
         prepared.workers(),
         config.seed
     );
-    let dsgd = config.algorithm.name == AlgorithmName::Dsgd;
     let bar = if quiet {
         ProgressBar::hidden()
     } else {
-        let (len, unit) = if dsgd {
-            (config.algorithm.steps.unwrap_or(0), "step")
-        } else {
-            (u64::from(config.algorithm.rounds()), "round")
-        };
+        let (unit, len) = algorithm.progress(config)?;
         let b = ProgressBar::new(len);
         b.set_style(
             ProgressStyle::with_template(&format!(
@@ -326,269 +265,33 @@ fn run_one(config: &ExperimentConfig, dir: &Path, quiet: bool) -> Result<Option<
         b.enable_steady_tick(std::time::Duration::from_millis(200));
         b
     };
-    let mut on_event = |e: &Event| match e {
-        Event::Round(m) => {
-            bar.set_position(u64::from(m.round));
-            if let Some(a) = m.accuracy {
+    let finished = algorithm
+        .simulate(&prepared, &mut |at, accuracy| {
+            bar.set_position(at);
+            if let Some(a) = accuracy {
                 bar.set_message(format!("accuracy {a:.4}"));
             }
-        }
-        Event::Gossip(m) => {
-            bar.set_position(m.step);
-            bar.set_message(format!(
-                "merged {:.4} local mean {:.4}",
-                m.merged_accuracy, m.local_mean
-            ));
-        }
-        Event::Split(m) => {
-            bar.set_position(u64::from(m.epoch));
-            if let Some(a) = m.accuracy {
-                bar.set_message(format!("accuracy {a:.4}"));
-            }
-        }
-        Event::Mutual(m) => {
-            bar.set_position(u64::from(m.round));
-            bar.set_message(format!("global accuracy {:.4}", m.accuracy));
-        }
-        Event::Finished { .. } => {}
-    };
-    let outcome = experiment::run(&prepared, &mut on_event).context("run failed")?;
+        })
+        .context("run failed")?;
     bar.finish_and_clear();
-    if dsgd {
-        return report_gossip(config, &prepared, &outcome, dir, t0);
-    }
-    if prepared.split.is_some() {
-        return report_split(config, &prepared, &outcome, dir, t0);
-    }
-    if config.algorithm.name.is_mutual() {
-        return report_mutual(config, &prepared, &outcome, dir, t0);
-    }
-    let rows = report::rows(&outcome);
+    print!("{}", finished.table());
+    let written = finished.write(dir).map_err(anyhow::Error::msg)?;
+    let summary = finished.summary();
     println!(
-        "{:>5}  {:>8}  {:>8}  {:>10}  {:>9}  {:>9}  {:>8}",
-        "round", "accuracy", "loss", "train_loss", "MB up", "MB down", "wall_s"
-    );
-    for row in &rows {
-        let r = &row.metrics;
-        let f = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.4}"));
-        println!(
-            "{:>5}  {:>8}  {:>8}  {:>10.4}  {:>9.2}  {:>9.2}  {:>8.1}",
-            r.round,
-            f(r.accuracy),
-            f(r.loss),
-            r.train_loss,
-            r.bytes_up as f64 / 1e6,
-            r.bytes_down as f64 / 1e6,
-            row.wall_s
-        );
-    }
-    let written =
-        report::write_all(dir, config, &prepared.arch, &outcome).map_err(anyhow::Error::msg)?;
-    let final_acc = rows.iter().rev().find_map(|r| r.metrics.accuracy);
-    let total_bytes = rows.last().map_or(0, |r| r.cum_bytes);
-    let privacy = match (&config.privacy, rows.last().and_then(|r| r.metrics.epsilon)) {
-        (Some(p), Some(e)) => {
-            let mode = match p.mode {
-                braid_engine::config::DpMode::Central => "central",
-                braid_engine::config::DpMode::Local => "local",
-                braid_engine::config::DpMode::DpSgd => "dp-sgd, per sample, worst client",
-            };
-            format!(" | ({e:.3}, {:e})-DP, {mode}", p.delta).to_lowercase()
-        }
-        _ => String::new(),
-    };
-    let simulated = rows
-        .last()
-        .and_then(|r| r.metrics.sim_time_s)
-        .map_or(String::new(), |t| format!(" | {t:.1} s simulated"));
-    println!(
-        "final test accuracy {} after {} rounds{privacy} | {:.1} MB communicated{simulated} | {:.1} s | peak memory {} | results in {} ({} files)",
-        final_acc.map_or("-".into(), |a| format!("{a:.4}")),
-        rows.len(),
-        total_bytes as f64 / 1e6,
+        "{} | {:.1} s | peak memory {} | results in {} ({} files)",
+        summary.line,
         t0.elapsed().as_secs_f64(),
         peak_rss_mib().map_or("-".into(), |m| format!("{m:.0} MiB")),
         dir.display(),
         written.len()
     );
-    Ok(final_acc)
-}
-
-/// Summary of a decentralized run; returns the merged model's final accuracy.
-fn report_gossip(
-    config: &ExperimentConfig,
-    prepared: &Prepared,
-    outcome: &braid_engine::sim::SimOutcome,
-    dir: &Path,
-    t0: Instant,
-) -> Result<Option<f64>> {
-    println!(
-        "{:>7} {:>8} {:>6} {:>9} {:>9} {:>9} {:>8} {:>8} {:>10} {:>9} {:>8}",
-        "step",
-        "progress",
-        "r",
-        "local",
-        "min",
-        "max",
-        "merged",
-        "gap",
-        "consensus",
-        "MB/peer",
-        "wall_s"
-    );
-    for (m, wall) in &outcome.gossip {
-        println!(
-            "{:>7} {:>8.3} {:>6.2} {:>9.4} {:>9.4} {:>9.4} {:>8.4} {:>+8.4} {:>10.4} {:>9.2} {:>8.1}",
-            m.step,
-            m.progress,
-            m.budget,
-            m.local_mean,
-            m.local_min,
-            m.local_max,
-            m.merged_accuracy,
-            m.gap,
-            m.consensus,
-            m.bytes_per_peer / 1e6,
-            wall
-        );
-    }
-    let written =
-        report::write_all(dir, config, &prepared.arch, outcome).map_err(anyhow::Error::msg)?;
-    let last = outcome.gossip.last().map(|(m, _)| m);
-    println!(
-        "final: merged model {} | local mean {} | {:.1} MB gossip per peer | {:.1} s | peak memory {} | results in {} ({} files)",
-        last.map_or("-".into(), |m| format!("{:.4}", m.merged_accuracy)),
-        last.map_or("-".into(), |m| format!("{:.4}", m.local_mean)),
-        last.map_or(0.0, |m| m.bytes_per_peer / 1e6),
-        t0.elapsed().as_secs_f64(),
-        peak_rss_mib().map_or("-".into(), |m| format!("{m:.0} MiB")),
-        dir.display(),
-        written.len()
-    );
-    Ok(last.map(|m| m.merged_accuracy))
-}
-
-/// Summary of a mutual-learning run; returns the final global accuracy (the peak models'
-/// where there are any).
-fn report_mutual(
-    config: &ExperimentConfig,
-    prepared: &Prepared,
-    outcome: &braid_engine::sim::SimOutcome,
-    dir: &Path,
-    t0: Instant,
-) -> Result<Option<f64>> {
-    let f = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.4}"));
-    let names: Vec<&str> = prepared.models.iter().map(|a| a.name.as_str()).collect();
-    let mut head = format!(
-        "{:>5}  {:>5}  {:>8}  {:>8}  {:>8}  {:>8}",
-        "round", "alpha", "global", "peak", "min", "max"
-    );
-    for n in &names {
-        head.push_str(&format!("  {n:>9}"));
-    }
-    head.push_str(&format!("  {:>9}  {:>8}", "MB/round", "wall_s"));
-    println!("{head}");
-    for (m, wall) in &outcome.mutual {
-        let mut line = format!(
-            "{:>5}  {:>5.2}  {:>8.4}  {:>8}  {:>8.4}  {:>8.4}",
-            m.round,
-            m.alpha,
-            m.accuracy,
-            f(m.peak_accuracy),
-            m.min_accuracy,
-            m.max_accuracy
-        );
-        for v in &m.per_arch {
-            line.push_str(&format!("  {:>9}", f(*v)));
-        }
-        line.push_str(&format!(
-            "  {:>9.2}  {:>8.1}",
-            m.bytes_per_round / 1e6,
-            wall
-        ));
-        println!("{line}");
-    }
-    let written =
-        report::write_all(dir, config, &prepared.arch, outcome).map_err(anyhow::Error::msg)?;
-    let last = outcome.mutual.last().map(|(m, _)| m);
-    println!(
-        "final global accuracy {} (peak models {}) after {} rounds | {:.1} MB of models sent | {:.1} s | peak memory {} | results in {} ({} files)",
-        f(last.map(|m| m.accuracy)),
-        f(last.and_then(|m| m.peak_accuracy)),
-        last.map_or(0, |m| m.round),
-        last.map_or(0.0, |m| m.cum_bytes as f64 / 1e6),
-        t0.elapsed().as_secs_f64(),
-        peak_rss_mib().map_or("-".into(), |m| format!("{m:.0} MiB")),
-        dir.display(),
-        written.len()
-    );
-    Ok(last.map(|m| m.peak_accuracy.unwrap_or(m.accuracy)))
-}
-
-/// Summary of a split-learning run; returns the final accuracy.
-fn report_split(
-    config: &ExperimentConfig,
-    prepared: &Prepared,
-    outcome: &braid_engine::sim::SimOutcome,
-    dir: &Path,
-    t0: Instant,
-) -> Result<Option<f64>> {
-    println!(
-        "{:>5}  {:>8}  {:>8}  {:>10}  {:>6}  {:>9}  {:>8}  {:>9}  {:>9}  {:>8}",
-        "epoch",
-        "accuracy",
-        "loss",
-        "train_loss",
-        "steps",
-        "batch",
-        "clients",
-        "MB total",
-        "sim_s",
-        "wall_s"
-    );
-    let f = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.4}"));
-    for (m, wall) in &outcome.split {
-        println!(
-            "{:>5}  {:>8}  {:>8}  {:>10.4}  {:>6}  {:>9}  {:>8.1}  {:>9.1}  {:>9.1}  {:>8.1}",
-            m.epoch,
-            f(m.accuracy),
-            f(m.loss),
-            m.train_loss,
-            m.steps,
-            format!("{}-{}", m.min_batch, m.max_batch),
-            m.mean_clients,
-            (m.bytes_up + m.bytes_down) as f64 / 1e6,
-            m.sim_time_s,
-            wall
-        );
-    }
-    let written =
-        report::write_all(dir, config, &prepared.arch, outcome).map_err(anyhow::Error::msg)?;
-    let final_acc = outcome.split.iter().rev().find_map(|(m, _)| m.accuracy);
-    let bytes: u64 = outcome
-        .split
-        .iter()
-        .map(|(m, _)| m.bytes_up + m.bytes_down)
-        .sum();
-    let sim: f64 = outcome.split.iter().map(|(m, _)| m.sim_time_s).sum();
-    println!(
-        "final test accuracy {} after {} epochs | {:.1} MB communicated | {:.0} s simulated | {:.1} s | peak memory {} | results in {} ({} files)",
-        f(final_acc),
-        outcome.split.len(),
-        bytes as f64 / 1e6,
-        sim,
-        t0.elapsed().as_secs_f64(),
-        peak_rss_mib().map_or("-".into(), |m| format!("{m:.0} MiB")),
-        dir.display(),
-        written.len()
-    );
-    Ok(final_acc)
+    Ok(summary.accuracy)
 }
 
 /// Writes each participant's training shard as IDX files under `dir/node-<id>/`.
-fn write_shards(p: &Prepared, dir: &Path) -> Result<()> {
+fn write_shards(p: &Prepared, node_of_shard: impl Fn(usize) -> u32, dir: &Path) -> Result<()> {
     for (k, part) in p.parts.iter().enumerate() {
-        let id = experiment::node_of_shard(&p.config, k);
+        let id = node_of_shard(k);
         let d = dir.join(format!("node-{id}"));
         std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
         let (images, labels) = p.data.train.select(part).to_idx()?;

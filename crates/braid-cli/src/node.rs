@@ -4,11 +4,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use braid_engine::algorithm::Registry;
 use braid_engine::config::ExperimentConfig;
-use braid_engine::experiment::{self, BurnTrainer};
-use braid_engine::node::Event;
+use braid_engine::experiment::BurnTrainer;
 use braid_engine::report;
-use braid_engine::sim::SimOutcome;
+use braid_engine::wire_node::WireEvent;
 use braid_net::roster::Roster;
 use braid_net::runtime::{self, RuntimeOptions};
 use clap::Args;
@@ -81,9 +81,11 @@ pub fn node(args: NodeArgs) -> Result<()> {
     let id = roster
         .node_of(&me)
         .with_context(|| format!("this key's peer id {me} is not in network.participants"))?;
-    let mut prepared = experiment::prepare(&config)?;
+    let registry = Registry::builtin();
+    let algorithm = registry.of(&config).map_err(anyhow::Error::msg)?;
+    let mut prepared = algorithm.prepare(&config)?;
     if let Some(dir) = &args.data {
-        let k = experiment::shard_of_node(&config, id, prepared.parts.len()).with_context(|| {
+        let k = algorithm.shard_of_node(id, prepared.parts.len()).with_context(|| {
             format!("--data: node {id} holds no training data in this run (it is the server or the monitor)")
         })?;
         let own =
@@ -94,18 +96,9 @@ pub fn node(args: NodeArgs) -> Result<()> {
             .with_context(|| format!("--data {}", dir.display()))?;
         prepared.data_description = format!("own data {} ({n} train samples)", dir.display());
     }
-    let mut nodes = experiment::build_nodes(&prepared)?;
-    if id as usize >= nodes.len() {
-        bail!(
-            "node {id} does not exist in this run: it has {} nodes (0..{})",
-            nodes.len(),
-            nodes.len() - 1
-        );
-    }
-    let node = nodes.swap_remove(id as usize);
-    drop(nodes);
+    let node = algorithm.deploy(&prepared, id)?;
     // Nodes are the participants holding data plus the server (FedAvg) or monitor (dsgd).
-    let role = report::role(&config, id as usize, prepared.parts.len() + 1);
+    let role = algorithm.role(&config, id as usize, prepared.parts.len() + 1);
     let listen = if args.listen.is_empty() {
         let own = roster
             .iter()
@@ -129,7 +122,6 @@ pub fn node(args: NodeArgs) -> Result<()> {
     let options = RuntimeOptions {
         listen,
         max_message_bytes: net.max_message_mib << 20,
-        max_params: prepared.max_message_values(),
         request_timeout: Duration::from_secs(net.request_timeout_s),
         retry_for: Duration::from_secs(net.retry_s),
         checkpoint: Some(dir.join("checkpoint.ckpt")),
@@ -145,36 +137,11 @@ pub fn node(args: NodeArgs) -> Result<()> {
         roster.len()
     );
     let trainer = BurnTrainer::new(&prepared)?;
-    let observer = Box::new(move |e: &Event| match e {
-        Event::Round(m) => println!(
-            "round {:>4} | accuracy {} | clients {} (stragglers {}) | {:.1} s",
-            m.round,
-            m.accuracy.map_or("-".into(), |a| format!("{a:.4}")),
-            m.clients,
-            m.stragglers,
-            t0.elapsed().as_secs_f64()
-        ),
-        Event::Gossip(m) => println!(
-            "step {:>6} | merged {:.4} | local mean {:.4} | {:.1} s",
-            m.step,
-            m.merged_accuracy,
-            m.local_mean,
-            t0.elapsed().as_secs_f64()
-        ),
-        Event::Split(m) => println!(
-            "epoch {:>4} | accuracy {} | {} steps | {:.1} s",
-            m.epoch,
-            m.accuracy.map_or("-".into(), |a| format!("{a:.4}")),
-            m.steps,
-            t0.elapsed().as_secs_f64()
-        ),
-        Event::Mutual(m) => println!(
-            "round {:>5} | global accuracy {:.4} | {:.1} s",
-            m.round,
-            m.accuracy,
-            t0.elapsed().as_secs_f64()
-        ),
-        Event::Finished { .. } => println!("finished"),
+    let observer = Box::new(move |e: &WireEvent| match e {
+        WireEvent::Metrics { line, .. } => {
+            println!("{line} | {:.1} s", t0.elapsed().as_secs_f64())
+        }
+        WireEvent::Finished { .. } => println!("finished"),
     });
     let on_listen = Box::new(move |a: &braid_net::Multiaddr| {
         println!("listening on {a}/p2p/{me}");
@@ -189,16 +156,19 @@ pub fn node(args: NodeArgs) -> Result<()> {
         on_listen,
     )
     .context("node failed")?;
-    let mut outcome = SimOutcome::default();
+    let mut rows = Vec::new();
+    let mut final_params = None;
     for (e, wall) in std::mem::take(&mut report.events) {
-        outcome.record(e, wall);
+        match e {
+            WireEvent::Metrics { row, .. } => rows.push((row, wall)),
+            WireEvent::Finished { params } => final_params = Some(params),
+        }
     }
-    let produced = !outcome.rounds.is_empty()
-        || !outcome.gossip.is_empty()
-        || !outcome.split.is_empty()
-        || !outcome.mutual.is_empty();
-    if produced {
-        report::write_all(&dir, &config, &prepared.arch, &outcome).map_err(anyhow::Error::msg)?;
+    if !rows.is_empty() {
+        algorithm
+            .finished_from_rows(&prepared, rows, final_params)?
+            .write(&dir)
+            .map_err(anyhow::Error::msg)?;
     }
     write_node_summary(&dir, id, role, &report)?;
     println!(

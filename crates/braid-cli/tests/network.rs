@@ -88,7 +88,7 @@ fn spawn_node(dir: &Path, key: &str, out: &str) -> Child {
 fn wait_for_checkpoint(path: &Path, key: &str, at_least: u64) -> u64 {
     let t0 = Instant::now();
     loop {
-        let seen = braid_engine::checkpoint::Checkpoint::load(path)
+        let seen = braid_engine::checkpoint::Checkpoint::<serde_json::Value>::load(path)
             .ok()
             .and_then(|c| c.state.meta_u64(key).ok());
         if let Some(v) = seen.filter(|&v| v >= at_least) {
@@ -324,7 +324,7 @@ fn a_server_killed_mid_run_resumes_from_its_checkpoint_with_no_round_lost() {
         "the run ended before the kill; make rounds longer"
     );
     // What survived the kill: a whole checkpoint, never a torn one.
-    let survived = Checkpoint::load(&ckpt).unwrap();
+    let survived = Checkpoint::<serde_json::Value>::load(&ckpt).unwrap();
     let at_kill = survived.state.meta_u64("completed_rounds").unwrap();
     assert!(at_kill >= killed_after);
     let resumed = spawn_resumed(d, "k0.key", "out0");
@@ -429,7 +429,8 @@ fn dsgd_peers_go_on_without_a_killed_neighbour() {
 
 #[test]
 fn malformed_messages_from_an_admitted_peer_are_refused_and_logged_and_the_run_is_unharmed() {
-    use braid_engine::wire::Payload;
+    use braid_engine::algorithms::fedavg::Msg;
+    use braid_engine::wire::{Body, Tensor};
     use braid_net::codec::Ack;
     use braid_net::probe::{self, Outcome};
     let dir = tempfile::tempdir().unwrap();
@@ -475,21 +476,29 @@ fn malformed_messages_from_an_admitted_peer_are_refused_and_logged_and_the_run_i
     };
     // A well-formed reply for round 1 with the wrong number of parameters, from a node that
     // is not a client of this run: it decodes, so it is acknowledged, but the server drops it.
-    let injected = Payload::TrainReply {
+    let injected = Body::Msg(Msg::Reply {
         round: 1,
         num_samples: 1_000_000,
         steps: 1,
         train_loss: 0.0,
-        params: vec![1e6; 10],
-    }
+        update: Tensor::exact(vec![1e6; 10]),
+    })
     .encode();
     let mut cut_short = frame(&[7u8; 1000]);
     cut_short.truncate(8 + 10);
+    // The same reply in protocol 2 (dsgd's), and as version 9 of fedavg's protocol: the
+    // header (magic "BR", protocol tag, version) names what this node does not speak.
+    let mut other_protocol = injected.clone();
+    other_protocol[2] = 2;
+    let mut other_version = injected.clone();
+    other_version[3] = 9;
     let streams = vec![
         frame(b"certainly not a braid message"),
         frame(&injected[..injected.len() / 2]),
         cut_short,
         u64::MAX.to_le_bytes().to_vec(),
+        frame(&other_protocol),
+        frame(&other_version),
         frame(&injected),
     ];
     let key = braid_net::identity::load(&d.join("rogue.key")).unwrap();
@@ -505,7 +514,15 @@ fn malformed_messages_from_an_admitted_peer_are_refused_and_logged_and_the_run_i
     // Frames cut short or announcing more than the limit are refused from what was read.
     refused(&outcomes[2], "message truncated: 10 of 1000 bytes");
     refused(&outcomes[3], "larger than the allowed");
-    assert_eq!(outcomes[4], Outcome::Answered(Ack::Accepted));
+    refused(
+        &outcomes[4],
+        "a message of protocol 2 (dsgd), which this node does not speak (it speaks fedavg)",
+    );
+    refused(
+        &outcomes[5],
+        "a fedavg message of version 9; this node speaks version 1",
+    );
+    assert_eq!(outcomes[6], Outcome::Answered(Ack::Accepted));
     // The clients start only now, so every probe lands while the server waits for round 1.
     let clients: Vec<Child> = (1..=2)
         .map(|i| spawn_node(d, &format!("k{i}.key"), &format!("out{i}")))
@@ -520,10 +537,15 @@ fn malformed_messages_from_an_admitted_peer_are_refused_and_logged_and_the_run_i
     // Nothing got in: the run is bit-identical to the simulator, with the two real clients.
     assert_matches_simulator(d, "out0/metrics.csv", 4);
     let (refused_messages, node_csv) = node_csv_field(&d.join("out0/node.csv"), 7);
-    assert_eq!(refused_messages, 5, "{node_csv}");
+    assert_eq!(refused_messages, 7, "{node_csv}");
     let stderr = String::from_utf8_lossy(&s.stderr);
     assert!(stderr.contains("message truncated"), "{stderr}");
     assert!(stderr.contains("larger than the allowed"), "{stderr}");
+    assert!(
+        stderr.contains("which this node does not speak"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("of version 9"), "{stderr}");
     assert!(stderr.contains("dropped a message"), "{stderr}");
 }
 
@@ -909,7 +931,6 @@ rounds = 2
 
 #[test]
 fn an_authorized_halt_stops_every_node_and_a_forged_one_changes_nothing() {
-    use braid_engine::wire::Payload;
     use braid_net::codec::Ack;
     use braid_net::probe::{self, Outcome};
     let dir = tempfile::tempdir().unwrap();
@@ -941,8 +962,8 @@ fn an_authorized_halt_stops_every_node_and_a_forged_one_changes_nothing() {
     let line = text.lines().find(|l| l.contains("node = 0,")).unwrap();
     let peer0: braid_net::PeerId = line.split('"').nth(1).unwrap().parse().unwrap();
     let addr0: braid_net::Multiaddr = line.split('"').nth(3).unwrap().parse().unwrap();
-    let frame = |p: Payload| -> Vec<u8> {
-        let body = p.encode();
+    let frame = |c: braid_engine::wire::Control| -> Vec<u8> {
+        let body = c.frame();
         let mut f = (body.len() as u64).to_le_bytes().to_vec();
         f.extend_from_slice(&body);
         f
@@ -1094,7 +1115,9 @@ eval_samples = 100
 "#,
     )
     .unwrap();
-    launch_and_simulate(d, "[server] round     4");
+    // Node 0 of a DFML run only evaluates: `braid launch` labels it as `braid node` and
+    // traffic.csv always did (before the registry, launch called it the server).
+    launch_and_simulate(d, "[monitor] round     4");
     // Every column but wall_s (the 12th; per-model columns follow it).
     let rows = |p: &str| -> Vec<String> {
         std::fs::read_to_string(d.join(p))

@@ -24,6 +24,7 @@
 //! adds it to the next vector it compresses, so nothing is lost for good: the decoded outputs
 //! plus the final residual sum to the inputs.
 
+use crate::bytes::{ReadError, Reader, Writer};
 use rand::seq::index::sample;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -243,51 +244,51 @@ pub fn encode(x: &[f32], c: &Compression, rng: &mut impl Rng) -> Result<Vec<u8>,
         None => x.to_vec(),
     };
     let (s, q, p) = kinds(c);
-    let mut out = Vec::with_capacity(encoded_len(n, c));
-    out.extend_from_slice(&[VERSION, s, q]);
-    out.extend_from_slice(&(n as u32).to_le_bytes());
-    out.extend_from_slice(&(m as u32).to_le_bytes());
-    out.extend_from_slice(&p.to_le_bytes());
+    let mut out = Writer::with_capacity(encoded_len(n, c));
+    for b in [VERSION, s, q] {
+        out.u8(b);
+    }
+    out.u32(n as u32);
+    out.u32(m as u32);
+    out.u32(p);
     if let Some(ix) = &idx {
         if uses_bitmap(n, m) {
             let mut bits = vec![0u8; n.div_ceil(8)];
             for &i in ix {
                 bits[i as usize / 8] |= 1 << (i % 8);
             }
-            out.extend_from_slice(&bits);
+            out.raw(&bits);
         } else {
-            for i in ix {
-                out.extend_from_slice(&i.to_le_bytes());
+            for &i in ix {
+                out.u32(i);
             }
         }
     }
     match c.quantize {
-        Quantize::F32 => values
-            .iter()
-            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        Quantize::F32 => out.f32s(&values),
         Quantize::Fp16 => values.iter().for_each(|v| {
             let v = v.clamp(-65504.0, 65504.0);
-            out.extend_from_slice(&half::f16::from_f32(v).to_le_bytes())
+            out.raw(&half::f16::from_f32(v).to_le_bytes())
         }),
         Quantize::Bf16 => values
             .iter()
-            .for_each(|v| out.extend_from_slice(&half::bf16::from_f32(*v).to_le_bytes())),
+            .for_each(|v| out.raw(&half::bf16::from_f32(*v).to_le_bytes())),
         Quantize::Int8 { block } => {
             for chunk in values.chunks(block) {
                 let (scale, levels) = block_levels(chunk, 127);
-                out.extend_from_slice(&scale.to_le_bytes());
-                out.extend(levels.iter().map(|&q| q as u8));
+                out.f32(scale);
+                levels.iter().for_each(|&q| out.u8(q as u8));
             }
         }
         Quantize::Int4 { block } => {
             let mut nibbles = Vec::with_capacity(m);
             for chunk in values.chunks(block) {
                 let (scale, levels) = block_levels(chunk, 7);
-                out.extend_from_slice(&scale.to_le_bytes());
+                out.f32(scale);
                 nibbles.extend(levels.iter().map(|&q| (q + 8) as u8));
             }
             for pair in nibbles.chunks(2) {
-                out.push(pair[0] | (pair.get(1).copied().unwrap_or(8) << 4));
+                out.u8(pair[0] | (pair.get(1).copied().unwrap_or(8) << 4));
             }
         }
         Quantize::Qsgd { levels } => {
@@ -296,7 +297,7 @@ pub fn encode(x: &[f32], c: &Compression, rng: &mut impl Rng) -> Result<Vec<u8>,
                 .map(|v| f64::from(*v).powi(2))
                 .sum::<f64>()
                 .sqrt() as f32;
-            out.extend_from_slice(&norm.to_le_bytes());
+            out.f32(norm);
             let s = levels as f32;
             for v in &values {
                 let level = if norm > 0.0 {
@@ -312,10 +313,11 @@ pub fn encode(x: &[f32], c: &Compression, rng: &mut impl Rng) -> Result<Vec<u8>,
                     0.0
                 };
                 let sign = if *v < 0.0 { 0x80 } else { 0 };
-                out.push(sign | (level.min(s) as u8));
+                out.u8(sign | (level.min(s) as u8));
             }
         }
     }
+    let out = out.into_vec();
     debug_assert_eq!(out.len(), encoded_len(n, c));
     Ok(out)
 }
@@ -343,6 +345,12 @@ fn absmax(v: &[f32]) -> f32 {
     v.iter().fold(0.0f32, |a, b| a.max(b.abs()))
 }
 
+impl From<ReadError> for CompressError {
+    fn from(e: ReadError) -> Self {
+        CompressError::Malformed(e.to_string())
+    }
+}
+
 /// Decodes a vector that must have `n` values; every length and field is checked first.
 pub fn decode(bytes: &[u8], n: usize) -> Result<Vec<f32>, CompressError> {
     let bad = |why: String| CompressError::Malformed(why);
@@ -355,19 +363,23 @@ pub fn decode(bytes: &[u8], n: usize) -> Result<Vec<f32>, CompressError> {
     if bytes[0] == crate::lowrank::TAG {
         return crate::lowrank::decode(bytes, n);
     }
-    if bytes[0] != VERSION {
-        return Err(bad(format!("unknown version {}", bytes[0])));
+    let mut r = Reader::new(bytes);
+    let (version, s, q) = (r.u8("version")?, r.u8("sparsifier")?, r.u8("quantizer")?);
+    if version != VERSION {
+        return Err(bad(format!("unknown version {version}")));
     }
-    let u32_at =
-        |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
-    let (got_n, m, p) = (u32_at(3) as usize, u32_at(7) as usize, u32_at(11));
+    let (got_n, m, p) = (
+        r.u32("length")? as usize,
+        r.u32("kept")? as usize,
+        r.u32("quantizer parameter")?,
+    );
     if got_n != n {
         return Err(bad(format!("{got_n} values, expected {n}")));
     }
     if m > n {
         return Err(bad(format!("{m} kept of {n}")));
     }
-    let sparsify = match bytes[1] {
+    let sparsify = match s {
         0 if m == n => Sparsify::None,
         0 => return Err(bad("a dense vector must keep every value".into())),
         // The fraction is not needed to decode; any value in range describes the layout.
@@ -375,7 +387,7 @@ pub fn decode(bytes: &[u8], n: usize) -> Result<Vec<f32>, CompressError> {
         2 => Sparsify::RandomK { fraction: 1.0 },
         k => return Err(bad(format!("unknown sparsifier {k}"))),
     };
-    let quantize = match (bytes[2], p) {
+    let quantize = match (q, p) {
         (0, _) => Quantize::F32,
         (1, _) => Quantize::Fp16,
         (2, _) => Quantize::Bf16,
@@ -399,52 +411,51 @@ pub fn decode(bytes: &[u8], n: usize) -> Result<Vec<f32>, CompressError> {
         return Err(bad(format!("{} bytes, expected {want}", bytes.len())));
     }
     let idx = if sparse {
-        Some(read_indices(&bytes[HEADER..HEADER + indices], n, m)?)
+        Some(read_indices(r.take(indices, "positions")?, n, m)?)
     } else {
         None
     };
-    let body = &bytes[HEADER + indices..];
     let values: Vec<f32> = match quantize {
-        Quantize::F32 => body
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        Quantize::Fp16 => body
+        Quantize::F32 => r.f32s(m, "values")?,
+        Quantize::Fp16 => r
+            .take(2 * m, "values")?
             .chunks_exact(2)
             .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
             .collect(),
-        Quantize::Bf16 => body
+        Quantize::Bf16 => r
+            .take(2 * m, "values")?
             .chunks_exact(2)
             .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
             .collect(),
         Quantize::Int8 { block } => {
             let mut v = Vec::with_capacity(m);
-            let mut rest = body;
             while v.len() < m {
                 let k = block.min(m - v.len());
-                let scale = f32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
-                v.extend(rest[4..4 + k].iter().map(|&b| f32::from(b as i8) * scale));
-                rest = &rest[4 + k..];
+                let scale = r.f32("block scale")?;
+                v.extend(
+                    r.take(k, "block")?
+                        .iter()
+                        .map(|&b| f32::from(b as i8) * scale),
+                );
             }
             v
         }
         Quantize::Int4 { block } => {
             let nblocks = m.div_ceil(block);
-            let (scales, packed) = body.split_at(4 * nblocks);
+            let scales = r.f32s(nblocks, "block scales")?;
+            let packed = r.take(m.div_ceil(2), "values")?;
             (0..m)
                 .map(|i| {
-                    let s = &scales[4 * (i / block)..4 * (i / block) + 4];
-                    let scale = f32::from_le_bytes([s[0], s[1], s[2], s[3]]);
                     let byte = packed[i / 2];
                     let nib = if i % 2 == 0 { byte & 0x0f } else { byte >> 4 };
-                    f32::from(nib as i8 - 8) * scale
+                    f32::from(nib as i8 - 8) * scales[i / block]
                 })
                 .collect()
         }
         Quantize::Qsgd { levels } => {
-            let norm = f32::from_le_bytes([body[0], body[1], body[2], body[3]]);
+            let norm = r.f32("norm")?;
             let s = levels as f32;
-            body[4..]
+            r.take(m, "values")?
                 .iter()
                 .map(|&b| {
                     let level = f32::from(b & 0x7f).min(s);
@@ -458,6 +469,7 @@ pub fn decode(bytes: &[u8], n: usize) -> Result<Vec<f32>, CompressError> {
                 .collect()
         }
     };
+    r.finish()?;
     if values.iter().any(|v| !v.is_finite()) {
         return Err(bad("a value is not finite".into()));
     }
@@ -499,8 +511,9 @@ fn read_indices(bytes: &[u8], n: usize, m: usize) -> Result<Vec<usize>, Compress
         }
     } else {
         let mut last: Option<usize> = None;
-        for c in bytes.chunks_exact(4) {
-            let i = u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as usize;
+        let mut r = Reader::new(bytes);
+        while r.remaining() > 0 {
+            let i = r.u32("position")? as usize;
             if i >= n || last.is_some_and(|l| i <= l) {
                 return Err(bad(format!("index {i} out of order or range")));
             }

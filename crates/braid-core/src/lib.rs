@@ -12,6 +12,8 @@
 //! - [`lowrank`]: PowerSGD low-rank compression of matrix-shaped tensors;
 //! - [`lr_schedule`]: learning-rate schedules over training progress (cosine, linear, step);
 //! - [`batches`]: a participant's reproducible stream of mini-batches, epoch by epoch;
+//! - [`bytes`]: the one little-endian byte writer and length-checking reader behind every
+//!   binary encoding (wire messages, secure aggregation, compressed vectors, checkpoints);
 //! - [`compress`]: compressed vectors for the wire (top-k / random-k, fp16, bf16, int8, int4,
 //!   QSGD) with exact sizes, error bounds and error feedback;
 //! - [`split_batches`]: per-client batch sizes of parallel split learning (global sampling,
@@ -26,6 +28,7 @@
 //! - [`seed`]: deriving independent, reproducible random streams from one experiment seed.
 
 pub mod batches;
+pub mod bytes;
 pub mod compress;
 pub mod latency;
 pub mod lowrank;

@@ -16,6 +16,7 @@
 
 use rand::Rng;
 
+use crate::bytes::{Reader, Writer};
 use crate::compress::{self, CompressError, Compression, Quantize, Sparsify};
 
 /// The first byte of a PowerSGD encoding (distinct from [`crate::compress`]'s versions).
@@ -152,22 +153,22 @@ impl PowerSgd {
             used.push((*b, r));
         }
         values.extend_from_slice(&x[next..]);
-        let mut out = Vec::with_capacity(HEADER + BLOCK * used.len());
-        out.push(TAG);
-        out.extend_from_slice(&(x.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(rank as u32).to_le_bytes());
-        out.extend_from_slice(&(used.len() as u32).to_le_bytes());
+        let mut out = Writer::with_capacity(HEADER + BLOCK * used.len());
+        out.u8(TAG);
+        for v in [x.len(), rank, used.len()] {
+            out.u32(v as u32);
+        }
         for (b, _) in &used {
             for v in [b.offset, b.rows, b.cols] {
-                out.extend_from_slice(&(v as u32).to_le_bytes());
+                out.u32(v as u32);
             }
         }
         let dense = Compression {
             sparsify: Sparsify::None,
             quantize,
         };
-        out.extend(compress::encode(&values, &dense, rng)?);
-        Ok(out)
+        out.raw(&compress::encode(&values, &dense, rng)?);
+        Ok(out.into_vec())
     }
 }
 
@@ -212,26 +213,22 @@ pub(crate) fn decode(bytes: &[u8], n: usize) -> Result<Vec<f32>, CompressError> 
     if bytes.len() < HEADER {
         return Err(bad("a power-sgd vector shorter than its header".into()));
     }
-    let u32_at = |i: usize| -> Result<usize, CompressError> {
-        bytes
-            .get(i..i + 4)
-            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]) as usize)
-            .ok_or_else(|| bad("truncated power-sgd header".into()))
-    };
-    let (got_n, rank, count) = (u32_at(1)?, u32_at(5)?, u32_at(9)?);
+    let mut r = Reader::new(bytes);
+    r.u8("tag")?;
+    let (got_n, rank) = (r.u32("length")? as usize, r.u32("rank")? as usize);
     if got_n != n {
         return Err(bad(format!("{got_n} values, expected {n}")));
     }
-    if count.saturating_mul(BLOCK) > bytes.len() - HEADER {
+    let count = r.u32("blocks")? as usize;
+    if count.saturating_mul(BLOCK) > r.remaining() {
         return Err(bad(format!("{count} blocks do not fit the message")));
     }
     let mut blocks = Vec::with_capacity(count);
-    for k in 0..count {
-        let at = HEADER + BLOCK * k;
+    for _ in 0..count {
         blocks.push(Block {
-            offset: u32_at(at)?,
-            rows: u32_at(at + 4)?,
-            cols: u32_at(at + 8)?,
+            offset: r.u32("block offset")? as usize,
+            rows: r.u32("block rows")? as usize,
+            cols: r.u32("block columns")? as usize,
         });
     }
     check_blocks(&blocks, n).map_err(bad)?;
@@ -248,7 +245,7 @@ pub(crate) fn decode(bytes: &[u8], n: usize) -> Result<Vec<f32>, CompressError> 
         values_len = values_len - b.len() + (b.rows + b.cols) * r;
         ranks.push(r);
     }
-    let values = compress::decode(&bytes[HEADER + BLOCK * count..], values_len)?;
+    let values = compress::decode(r.rest(), values_len)?;
     let mut out = Vec::with_capacity(n);
     let mut pos = 0;
     for (b, r) in blocks.iter().zip(ranks) {

@@ -43,6 +43,8 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 use x25519_dalek::{x25519, X25519_BASEPOINT_BYTES};
 
+use crate::bytes::{ReadError, Reader, Writer};
+
 /// A client's id in the protocol (its node id).
 pub type ClientId = u32;
 
@@ -183,26 +185,18 @@ pub struct Share {
 const SHARE_BYTES: usize = 8 * (1 + LIMBS);
 
 impl Share {
-    fn write(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.x.to_le_bytes());
+    fn write(&self, out: &mut Writer) {
+        out.u64(self.x);
         for y in self.y {
-            out.extend_from_slice(&y.to_le_bytes());
+            out.u64(y);
         }
     }
 
-    fn read(bytes: &[u8]) -> Result<Self, SecAggError> {
-        if bytes.len() != SHARE_BYTES {
-            return Err(malformed("a share has the wrong length"));
-        }
-        let word = |i: usize| {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(&bytes[8 * i..8 * i + 8]);
-            u64::from_le_bytes(w)
-        };
-        let x = word(0);
+    fn read(r: &mut Reader<'_>) -> Result<Self, SecAggError> {
+        let x = r.u64("share point")?;
         let mut y = [0u64; LIMBS];
-        for (k, v) in y.iter_mut().enumerate() {
-            *v = word(k + 1);
+        for v in y.iter_mut() {
+            *v = r.u64("share value")?;
         }
         if x == 0 || x >= P || y.iter().any(|&v| v >= P) {
             return Err(malformed("a share is not a field element"));
@@ -418,40 +412,23 @@ const TAG_MASKED: u8 = 5;
 const TAG_UNMASK: u8 = 6;
 const TAG_REVEAL: u8 = 7;
 
-struct Reader<'a> {
-    bytes: &'a [u8],
+impl From<ReadError> for SecAggError {
+    fn from(e: ReadError) -> Self {
+        malformed(e.to_string())
+    }
 }
 
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], SecAggError> {
-        if self.bytes.len() < n {
-            return Err(malformed("truncated"));
-        }
-        let (head, rest) = self.bytes.split_at(n);
-        self.bytes = rest;
-        Ok(head)
+/// A count of items of `item_bytes` each, checked against the bytes left.
+fn count(r: &mut Reader<'_>, item_bytes: usize) -> Result<usize, SecAggError> {
+    let n = r.u32("count")? as usize;
+    if n.saturating_mul(item_bytes) > r.remaining() {
+        return Err(malformed(format!("{n} items do not fit in the message")));
     }
+    Ok(n)
+}
 
-    fn u32(&mut self) -> Result<u32, SecAggError> {
-        let mut w = [0u8; 4];
-        w.copy_from_slice(self.take(4)?);
-        Ok(u32::from_le_bytes(w))
-    }
-
-    fn key(&mut self) -> Result<[u8; 32], SecAggError> {
-        let mut k = [0u8; 32];
-        k.copy_from_slice(self.take(32)?);
-        Ok(k)
-    }
-
-    /// A count of items of `item_bytes` each, checked against the bytes left.
-    fn count(&mut self, item_bytes: usize) -> Result<usize, SecAggError> {
-        let n = self.u32()? as usize;
-        if n.saturating_mul(item_bytes) > self.bytes.len() {
-            return Err(malformed(format!("{n} items do not fit in the message")));
-        }
-        Ok(n)
-    }
+fn key(r: &mut Reader<'_>) -> Result<[u8; 32], SecAggError> {
+    Ok(r.array("key")?)
 }
 
 /// Ids of a list must increase strictly.
@@ -469,59 +446,59 @@ fn check_increasing(ids: impl Iterator<Item = ClientId>) -> Result<(), SecAggErr
 impl Message {
     /// The byte encoding.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.encoded_len());
-        let count = |out: &mut Vec<u8>, n: usize| out.extend_from_slice(&(n as u32).to_le_bytes());
+        let mut out = Writer::with_capacity(self.encoded_len());
+        let count = |out: &mut Writer, n: usize| out.u32(n as u32);
         match self {
             Self::Keys(k) => {
-                out.push(TAG_KEYS);
-                out.extend_from_slice(&k.cipher);
-                out.extend_from_slice(&k.mask);
+                out.u8(TAG_KEYS);
+                out.raw(&k.cipher);
+                out.raw(&k.mask);
             }
             Self::Roster(r) => {
-                out.push(TAG_ROSTER);
+                out.u8(TAG_ROSTER);
                 count(&mut out, r.len());
                 for (id, k) in r {
-                    out.extend_from_slice(&id.to_le_bytes());
-                    out.extend_from_slice(&k.cipher);
-                    out.extend_from_slice(&k.mask);
+                    out.u32(*id);
+                    out.raw(&k.cipher);
+                    out.raw(&k.mask);
                 }
             }
             Self::Shares(s) | Self::SharesFor(s) => {
-                out.push(if matches!(self, Self::Shares(_)) {
+                out.u8(if matches!(self, Self::Shares(_)) {
                     TAG_SHARES
                 } else {
                     TAG_SHARES_FOR
                 });
                 count(&mut out, s.len());
                 for (id, c) in s {
-                    out.extend_from_slice(&id.to_le_bytes());
-                    out.extend_from_slice(c);
+                    out.u32(*id);
+                    out.raw(c);
                 }
             }
             Self::Masked(y) => {
-                out.push(TAG_MASKED);
+                out.u8(TAG_MASKED);
                 count(&mut out, y.len());
                 for v in y {
-                    out.extend_from_slice(&v.to_le_bytes());
+                    out.u64(*v);
                 }
             }
             Self::Unmask(ids) => {
-                out.push(TAG_UNMASK);
+                out.u8(TAG_UNMASK);
                 count(&mut out, ids.len());
                 for id in ids {
-                    out.extend_from_slice(&id.to_le_bytes());
+                    out.u32(*id);
                 }
             }
             Self::Reveal(shares) => {
-                out.push(TAG_REVEAL);
+                out.u8(TAG_REVEAL);
                 count(&mut out, shares.len());
                 for (id, s) in shares {
-                    out.extend_from_slice(&id.to_le_bytes());
+                    out.u32(*id);
                     s.write(&mut out);
                 }
             }
         }
-        out
+        out.into_vec()
     }
 
     /// `encode().len()`, without encoding.
@@ -540,22 +517,22 @@ impl Message {
 
     /// Parses and validates a message: lengths, strictly increasing ids, field elements.
     pub fn decode(bytes: &[u8]) -> Result<Self, SecAggError> {
-        let mut r = Reader { bytes };
-        let tag = r.take(1)?[0];
+        let mut r = Reader::new(bytes);
+        let tag = r.u8("tag")?;
         let msg = match tag {
             TAG_KEYS => Self::Keys(PublicKeys {
-                cipher: r.key()?,
-                mask: r.key()?,
+                cipher: key(&mut r)?,
+                mask: key(&mut r)?,
             }),
             TAG_ROSTER => {
-                let n = r.count(68)?;
+                let n = count(&mut r, 68)?;
                 let mut v = Vec::with_capacity(n);
                 for _ in 0..n {
                     v.push((
-                        r.u32()?,
+                        r.u32("client id")?,
                         PublicKeys {
-                            cipher: r.key()?,
-                            mask: r.key()?,
+                            cipher: key(&mut r)?,
+                            mask: key(&mut r)?,
                         },
                     ));
                 }
@@ -563,10 +540,13 @@ impl Message {
                 Self::Roster(v)
             }
             TAG_SHARES | TAG_SHARES_FOR => {
-                let n = r.count(4 + SEALED_BYTES)?;
+                let n = count(&mut r, 4 + SEALED_BYTES)?;
                 let mut v = Vec::with_capacity(n);
                 for _ in 0..n {
-                    v.push((r.u32()?, r.take(SEALED_BYTES)?.to_vec()));
+                    v.push((
+                        r.u32("client id")?,
+                        r.take(SEALED_BYTES, "sealed shares")?.to_vec(),
+                    ));
                 }
                 check_increasing(v.iter().map(|(id, _)| *id))?;
                 if tag == TAG_SHARES {
@@ -576,39 +556,36 @@ impl Message {
                 }
             }
             TAG_MASKED => {
-                let n = r.count(8)?;
-                let body = r.take(8 * n)?;
+                let n = count(&mut r, 8)?;
                 Self::Masked(
-                    body.chunks_exact(8)
-                        .map(|c| {
-                            let mut w = [0u8; 8];
-                            w.copy_from_slice(c);
-                            u64::from_le_bytes(w)
-                        })
-                        .collect(),
+                    (0..n)
+                        .map(|_| r.u64("masked value"))
+                        .collect::<Result<_, _>>()?,
                 )
             }
             TAG_UNMASK => {
-                let n = r.count(4)?;
-                let ids = (0..n).map(|_| r.u32()).collect::<Result<Vec<_>, _>>()?;
+                let n = count(&mut r, 4)?;
+                let ids = (0..n)
+                    .map(|_| r.u32("client id"))
+                    .collect::<Result<Vec<_>, _>>()?;
                 check_increasing(ids.iter().copied())?;
                 Self::Unmask(ids)
             }
             TAG_REVEAL => {
-                let n = r.count(4 + SHARE_BYTES)?;
+                let n = count(&mut r, 4 + SHARE_BYTES)?;
                 let mut v = Vec::with_capacity(n);
                 for _ in 0..n {
-                    v.push((r.u32()?, Share::read(r.take(SHARE_BYTES)?)?));
+                    v.push((r.u32("client id")?, Share::read(&mut r)?));
                 }
                 check_increasing(v.iter().map(|(id, _)| *id))?;
                 Self::Reveal(v)
             }
             t => return Err(malformed(format!("unknown message tag {t}"))),
         };
-        if !r.bytes.is_empty() {
+        if r.remaining() > 0 {
             return Err(malformed(format!(
                 "{} bytes after the message",
-                r.bytes.len()
+                r.remaining()
             )));
         }
         Ok(msg)
@@ -728,12 +705,13 @@ impl Client {
                 self.held.insert(self.id, (*ks, *ss));
                 continue;
             }
-            let mut plain = Vec::with_capacity(PLAIN_BYTES);
-            plain.extend_from_slice(&self.round.to_le_bytes());
-            plain.extend_from_slice(&self.id.to_le_bytes());
-            plain.extend_from_slice(&id.to_le_bytes());
+            let mut plain = Writer::with_capacity(PLAIN_BYTES);
+            plain.u32(self.round);
+            plain.u32(self.id);
+            plain.u32(*id);
             ks.write(&mut plain);
             ss.write(&mut plain);
+            let plain = plain.into_vec();
             let sealed = cipher_for(self.round, self.id, *id, &self.cipher_secret, &keys.cipher)
                 .encrypt(
                     Nonce::from_slice(&nonce(self.round, self.id, *id)),
@@ -781,17 +759,17 @@ impl Client {
                 sealed.as_slice(),
             )
             .map_err(|_| malformed(format!("the shares from {from} do not decrypt")))?;
+            let mut r = Reader::new(&plain);
             if plain.len() != PLAIN_BYTES
-                || plain[..4] != self.round.to_le_bytes()
-                || plain[4..8] != from.to_le_bytes()
-                || plain[8..12] != self.id.to_le_bytes()
+                || r.u32("round")? != self.round
+                || r.u32("sender")? != *from
+                || r.u32("recipient")? != self.id
             {
                 return Err(malformed(format!(
                     "the shares from {from} are for another round or client"
                 )));
             }
-            let ks = Share::read(&plain[12..12 + SHARE_BYTES])?;
-            let ss = Share::read(&plain[12 + SHARE_BYTES..])?;
+            let (ks, ss) = (Share::read(&mut r)?, Share::read(&mut r)?);
             if ks.x != point_of(self.id) || ss.x != point_of(self.id) {
                 return Err(malformed(format!(
                     "the shares from {from} are not at this client's point"

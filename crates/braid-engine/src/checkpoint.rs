@@ -9,64 +9,30 @@
 use std::fs;
 use std::path::Path;
 
+use braid_core::bytes::{Reader, Writer};
 use serde::{Deserialize, Serialize};
 
-use crate::node::{EngineError, Event, GossipMetrics, NodeState, RoundMetrics};
+use crate::node::{EngineError, NodeState};
 
-const MAGIC: &[u8; 8] = b"BRDCKPT1";
+/// The file's first bytes. Version 2: the metrics rows are the algorithm's own type (version
+/// 1 tagged them with one of four built-in kinds).
+const MAGIC: &[u8; 8] = b"BRDCKPT2";
 /// Largest header accepted (the metrics of a very long run fit easily).
 const MAX_HEADER: u64 = 256 << 20;
 
-/// A metrics event worth keeping across a restart.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
-pub enum Reported {
-    /// A round's metrics.
-    Round(RoundMetrics),
-    /// A decentralized evaluation point.
-    Gossip(GossipMetrics),
-    /// A split-learning epoch.
-    Split(crate::algorithms::split::SplitMetrics),
-    /// A mutual-learning evaluation point.
-    Mutual(crate::algorithms::mutual::MutualMetrics),
-}
-
-impl Reported {
-    /// The event, if it is a metrics event.
-    pub fn from_event(e: &Event) -> Option<Self> {
-        match e {
-            Event::Round(m) => Some(Self::Round(m.clone())),
-            Event::Gossip(m) => Some(Self::Gossip(m.clone())),
-            Event::Split(m) => Some(Self::Split(m.clone())),
-            Event::Mutual(m) => Some(Self::Mutual(m.clone())),
-            Event::Finished { .. } => None,
-        }
-    }
-
-    /// Back to an event.
-    pub fn into_event(self) -> Event {
-        match self {
-            Self::Round(m) => Event::Round(m),
-            Self::Gossip(m) => Event::Gossip(m),
-            Self::Split(m) => Event::Split(m),
-            Self::Mutual(m) => Event::Mutual(m),
-        }
-    }
-}
-
-/// What a checkpoint holds.
+/// What a checkpoint holds, for a node whose algorithm reports rows `R`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Checkpoint {
+pub struct Checkpoint<R> {
     /// The node's state.
     pub state: NodeState,
     /// Metrics reported so far, with their wall-clock seconds.
-    pub reported: Vec<(Reported, f64)>,
+    pub reported: Vec<(R, f64)>,
 }
 
 #[derive(Serialize, Deserialize)]
-struct Header {
+struct Header<R> {
     meta: serde_json::Value,
-    reported: Vec<(Reported, f64)>,
+    reported: Vec<(R, f64)>,
     tensors: Vec<(String, u64)>,
     #[serde(default)]
     blobs: Vec<(String, u64)>,
@@ -76,7 +42,7 @@ fn bad(path: &Path, why: impl std::fmt::Display) -> EngineError {
     EngineError::Setup(format!("checkpoint {} is unusable: {why}", path.display()))
 }
 
-impl Checkpoint {
+impl<R: Serialize + serde::de::DeserializeOwned + Clone> Checkpoint<R> {
     /// The file's bytes.
     pub fn encode(&self) -> Result<Vec<u8>, EngineError> {
         let header = Header {
@@ -104,63 +70,56 @@ impl Checkpoint {
             .map(|(_, t)| 4 * t.len())
             .sum::<usize>()
             + self.state.blobs.iter().map(|(_, b)| b.len()).sum::<usize>();
-        let mut out = Vec::with_capacity(16 + h.len() + data);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&(h.len() as u64).to_le_bytes());
-        out.extend_from_slice(&h);
+        let mut out = Writer::with_capacity(16 + h.len() + data);
+        out.raw(MAGIC);
+        out.u64(h.len() as u64);
+        out.raw(&h);
         for (_, t) in &self.state.tensors {
-            for v in t {
-                out.extend_from_slice(&v.to_le_bytes());
-            }
+            out.f32s(t);
         }
         for (_, b) in &self.state.blobs {
-            out.extend_from_slice(b);
+            out.raw(b);
         }
-        Ok(out)
+        Ok(out.into_vec())
     }
 
     /// Parses and validates a checkpoint file's bytes (`path` only names it in errors).
     pub fn decode(bytes: &[u8], path: &Path) -> Result<Self, EngineError> {
         if bytes.len() < 16 || &bytes[..8] != MAGIC {
-            return Err(bad(path, "not a braid checkpoint"));
+            return Err(bad(
+                path,
+                "not a braid checkpoint (or one written by an older braid)",
+            ));
         }
-        let mut n = [0u8; 8];
-        n.copy_from_slice(&bytes[8..16]);
-        let hlen = u64::from_le_bytes(n);
-        if hlen > MAX_HEADER || hlen > (bytes.len() - 16) as u64 {
+        let mut r = Reader::new(&bytes[8..]);
+        let hlen = r.u64("header length").map_err(|e| bad(path, e))?;
+        if hlen > MAX_HEADER || hlen > r.remaining() as u64 {
             return Err(bad(path, format!("header of {hlen} bytes does not fit")));
         }
-        let hend = 16 + hlen as usize;
-        let header: Header = serde_json::from_slice(&bytes[16..hend]).map_err(|e| bad(path, e))?;
-        let mut pos = hend;
+        let header: Header<R> =
+            serde_json::from_slice(r.take(hlen as usize, "header").map_err(|e| bad(path, e))?)
+                .map_err(|e| bad(path, e))?;
+        let truncated = |name: &str| bad(path, format!("{name:?} is truncated"));
         let mut tensors = Vec::with_capacity(header.tensors.len());
         for (name, len) in header.tensors {
-            let end = len
-                .checked_mul(4)
-                .and_then(|b| u64::try_from(pos).ok()?.checked_add(b))
-                .filter(|&e| e <= bytes.len() as u64)
-                .ok_or_else(|| bad(path, format!("{name:?} is truncated")))?
-                as usize;
-            let t: Vec<f32> = bytes[pos..end]
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            pos = end;
+            let n = usize::try_from(len)
+                .ok()
+                .filter(|n| n.checked_mul(4).is_some_and(|b| b <= r.remaining()))
+                .ok_or_else(|| truncated(&name))?;
+            let t = r.f32s(n, "tensor").map_err(|_| truncated(&name))?;
             tensors.push((name, t));
         }
         let mut blobs = Vec::with_capacity(header.blobs.len());
         for (name, len) in header.blobs {
-            let end = u64::try_from(pos)
+            let n = usize::try_from(len)
                 .ok()
-                .and_then(|p| p.checked_add(len))
-                .filter(|&e| e <= bytes.len() as u64)
-                .ok_or_else(|| bad(path, format!("{name:?} is truncated")))?
-                as usize;
-            blobs.push((name, bytes[pos..end].to_vec()));
-            pos = end;
+                .filter(|&n| n <= r.remaining())
+                .ok_or_else(|| truncated(&name))?;
+            let b = r.take(n, "blob").map_err(|_| truncated(&name))?.to_vec();
+            blobs.push((name, b));
         }
-        if pos != bytes.len() {
-            return Err(bad(path, format!("{} trailing bytes", bytes.len() - pos)));
+        if r.remaining() > 0 {
+            return Err(bad(path, format!("{} trailing bytes", r.remaining())));
         }
         Ok(Self {
             state: NodeState {
@@ -194,8 +153,9 @@ impl Checkpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::algorithms::fedavg::RoundMetrics;
 
-    fn sample() -> Checkpoint {
+    fn sample() -> Checkpoint<RoundMetrics> {
         Checkpoint {
             state: NodeState {
                 meta: serde_json::json!({ "round": 3, "done": false }),
@@ -206,7 +166,7 @@ mod tests {
                 blobs: vec![("optimizer".into(), vec![0, 255, 7])],
             },
             reported: vec![(
-                Reported::Round(RoundMetrics {
+                RoundMetrics {
                     round: 1,
                     accuracy: Some(0.5),
                     loss: None,
@@ -220,7 +180,7 @@ mod tests {
                     epsilon: Some(1.5),
                     sim_time_s: Some(2.5),
                     staleness: None,
-                }),
+                },
                 0.25,
             )],
         }
@@ -231,16 +191,19 @@ mod tests {
         let c = sample();
         let bytes = c.encode().unwrap();
         let p = Path::new("x.ckpt");
-        assert_eq!(Checkpoint::decode(&bytes, p).unwrap(), c);
+        assert_eq!(Checkpoint::<RoundMetrics>::decode(&bytes, p).unwrap(), c);
         for cut in 0..bytes.len() {
-            assert!(Checkpoint::decode(&bytes[..cut], p).is_err(), "cut {cut}");
+            assert!(
+                Checkpoint::<RoundMetrics>::decode(&bytes[..cut], p).is_err(),
+                "cut {cut}"
+            );
         }
         let mut long = bytes.clone();
         long.push(0);
-        assert!(Checkpoint::decode(&long, p).is_err());
+        assert!(Checkpoint::<RoundMetrics>::decode(&long, p).is_err());
         let mut huge = bytes;
         huge[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert!(Checkpoint::decode(&huge, p).is_err());
+        assert!(Checkpoint::<RoundMetrics>::decode(&huge, p).is_err());
     }
 
     #[test]
@@ -251,9 +214,9 @@ mod tests {
         c.save(&p).unwrap();
         c.state.meta = serde_json::json!({ "round": 4 });
         c.save(&p).unwrap();
-        assert_eq!(Checkpoint::load(&p).unwrap(), c);
+        assert_eq!(Checkpoint::<RoundMetrics>::load(&p).unwrap(), c);
         let leftovers: Vec<_> = fs::read_dir(dir.path().join("n")).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temp files left behind");
-        assert!(Checkpoint::load(&dir.path().join("missing")).is_err());
+        assert!(Checkpoint::<RoundMetrics>::load(&dir.path().join("missing")).is_err());
     }
 }

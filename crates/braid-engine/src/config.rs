@@ -3,15 +3,16 @@
 //! Every table and field is documented in the README's config reference. Unknown fields are
 //! errors (a typo never silently falls back to a default), and every error names the field.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use braid_core::lr_schedule::LrSchedule;
 use braid_core::partition::PartitionScheme;
-use braid_core::schedule::{Budget, CommSchedule};
 use braid_core::server_opt::ServerOptimizerConfig;
-use braid_core::topology::{MixingRule, TopologyConfig};
 use braid_data::DataConfig;
 use braid_nn::{DeviceKind, ModelName, OptimizerConfig, TrainSpec};
+
+use crate::algorithm::{Feature, Registry};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -25,7 +26,28 @@ pub struct ConfigError {
     pub message: String,
 }
 
-/// A whole experiment.
+/// The top-level keys of the config that are not an algorithm's own tables.
+pub const COMMON_TABLES: [&str; 16] = [
+    "name",
+    "seed",
+    "output_dir",
+    "data",
+    "partition",
+    "model",
+    "train",
+    "algorithm",
+    "runtime",
+    "network",
+    "compression",
+    "privacy",
+    "attack",
+    "latency",
+    "secure_aggregation",
+    "tables",
+];
+
+/// A whole experiment: the sections every algorithm shares, the feature layers' tables, and
+/// the tables the chosen algorithm owns (kept as written; the algorithm reads them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExperimentConfig {
@@ -49,11 +71,8 @@ pub struct ExperimentConfig {
     /// Local training.
     #[serde(default)]
     pub train: TrainConfig,
-    /// The federated algorithm.
-    pub algorithm: AlgorithmConfig,
-    /// Topology and communication schedule (algorithm `dsgd` only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub decentralized: Option<DecentralizedConfig>,
+    /// `[algorithm]`: which algorithm, and the fields the algorithms share.
+    pub algorithm: AlgorithmTable,
     /// Where and how it runs.
     #[serde(default)]
     pub runtime: RuntimeConfig,
@@ -61,25 +80,15 @@ pub struct ExperimentConfig {
     /// the simulator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkConfig>,
-    /// `[split]`: the cut and the sampler (algorithm `split` only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub split: Option<SplitConfig>,
-    /// `[compression]`: what is compressed on the wire (FedAvg family).
+    /// `[compression]`: what is compressed on the wire (each algorithm takes its fields).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<CompressionConfig>,
-    /// `[mutual]`: heterogeneous models and distillation (algorithms `dfml`, `local`, `fml`,
-    /// `def-kt`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mutual: Option<MutualConfig>,
     /// `[privacy]`: differentially private FedAvg (central or local DP) with an RDP accountant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub privacy: Option<PrivacyConfig>,
     /// `[attack]`: a simulated attack by a fraction of the clients (FedAvg family).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attack: Option<AttackConfig>,
-    /// `[fedbuff]`: the asynchronous server's settings (algorithm `fedbuff`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fedbuff: Option<FedBuffConfig>,
     /// `[latency]`: simulate time on clients of these speeds and links (FedAvg family and
     /// `fedbuff`, in the simulator).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -88,38 +97,9 @@ pub struct ExperimentConfig {
     /// (FedAvg family).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secure_aggregation: Option<SecureAggregationConfig>,
-}
-
-/// `[fedbuff]`: FedBuff's asynchronous server (algorithm `fedbuff`).
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FedBuffConfig {
-    /// Clients training at once (default: `algorithm.clients_per_round`, itself all clients
-    /// by default).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub concurrency: Option<usize>,
-    /// Updates per server step (default: half the concurrency, at least 1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub buffer: Option<usize>,
-    /// `{ kind = "sqrt" }` (1 / sqrt(1 + tau), the default), `constant` or `poly` (a).
-    #[serde(default)]
-    pub staleness: crate::algorithms::fedbuff::Staleness,
-    /// Updates from models more than this many server steps old are dropped.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_staleness: Option<u32>,
-}
-
-impl FedBuffConfig {
-    /// The concurrency for a run whose clients per round is `per_round`.
-    pub fn concurrency_for(&self, per_round: usize) -> usize {
-        self.concurrency.unwrap_or(per_round)
-    }
-
-    /// The buffer size for a run whose clients per round is `per_round`.
-    pub fn buffer_for(&self, per_round: usize) -> usize {
-        self.buffer
-            .unwrap_or((self.concurrency_for(per_round) / 2).max(1))
-    }
+    /// The algorithm's own tables (e.g. `[decentralized]`), as written.
+    #[serde(skip)]
+    pub tables: BTreeMap<String, toml::Value>,
 }
 
 /// `[secure_aggregation]`: pairwise-masked aggregation (Bonawitz et al. 2017) with x25519
@@ -242,73 +222,6 @@ impl PrivacyConfig {
     }
 }
 
-/// `[mutual]`: mutual learning between clients with different models (DFML and its baselines).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MutualConfig {
-    /// The models clients may have, e.g. `["cnn-small", "mlp", "cnn"]` (default: `[model.name]`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub models: Vec<ModelName>,
-    /// How clients get their model: `{ kind = "cycle" }` (client k gets models[k mod m]),
-    /// `{ kind = "ratio", weights = [2, 1, 1] }` or `{ kind = "random" }` (seeded).
-    #[serde(default = "default_assign")]
-    pub assign: braid_core::mutual::Assign,
-    /// DFML: senders per round; Def-KT: (teacher, student) pairs per round (default:
-    /// a fifth of the clients, at least 1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub senders: Option<usize>,
-    /// The distillation weight over rounds: `{ shape = "cosine" | "triangular" | "constant",
-    /// period = 10, min = 0.0, max = 0.8 }`; peak models are taken at rounds `period, 2 period, ...`.
-    #[serde(default)]
-    pub alpha: braid_core::mutual::AlphaCycle,
-    /// Softmax temperature of the distillation term (default 1).
-    #[serde(default = "default_temperature")]
-    pub temperature: f64,
-    /// Supervised loss: `ce` (cross-entropy, default) or `wsm` (re-weighted softmax, for non-IID data).
-    #[serde(default)]
-    pub supervised: braid_nn::SupervisedLoss,
-    /// Test samples each client's model is evaluated on at an evaluation point (default 2000;
-    /// the last round uses the whole test set).
-    #[serde(default = "default_eval_samples")]
-    pub eval_samples: usize,
-    /// FML: the global model's architecture (default: the first of `models`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub global_model: Option<ModelName>,
-}
-
-fn default_assign() -> braid_core::mutual::Assign {
-    braid_core::mutual::Assign::Cycle
-}
-fn default_temperature() -> f64 {
-    1.0
-}
-
-impl Default for MutualConfig {
-    fn default() -> Self {
-        Self {
-            models: Vec::new(),
-            assign: default_assign(),
-            senders: None,
-            alpha: braid_core::mutual::AlphaCycle::default(),
-            temperature: default_temperature(),
-            supervised: braid_nn::SupervisedLoss::default(),
-            eval_samples: default_eval_samples(),
-            global_model: None,
-        }
-    }
-}
-
-impl MutualConfig {
-    /// The list of models: `models`, or `[model]` when empty.
-    pub fn model_list(&self, model: ModelName) -> Vec<ModelName> {
-        if self.models.is_empty() {
-            vec![model]
-        } else {
-            self.models.clone()
-        }
-    }
-}
-
 /// `[network]`: the participants of a deployed run and the transport's limits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -425,52 +338,6 @@ impl CompressionConfig {
         }
         Ok(())
     }
-}
-
-/// `[split]`: parallel split learning (algorithm `split`). The global batch B is
-/// `train.batch_size` and the epochs are `algorithm.rounds`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SplitConfig {
-    /// `global` (GPSL), `fixed-local` (FLS) or `fixed-proportional` (FPLS).
-    #[serde(default = "default_sampler")]
-    pub sampler: braid_core::split_batches::Sampler,
-    /// The layer the model is cut after, e.g. `blocks.0` (default: the first one).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cut: Option<String>,
-    /// How the clients' gradients of the client part are combined: `sum` (default; the
-    /// gradient of the global batch's loss, as the authors' code does) or `mean`.
-    #[serde(default)]
-    pub client_gradients: ClientGradients,
-    /// The straggler and link model for the simulated time.
-    #[serde(default)]
-    pub latency: braid_core::latency::LatencyConfig,
-}
-
-fn default_sampler() -> braid_core::split_batches::Sampler {
-    braid_core::split_batches::Sampler::Global
-}
-
-impl Default for SplitConfig {
-    fn default() -> Self {
-        Self {
-            sampler: default_sampler(),
-            cut: None,
-            client_gradients: ClientGradients::default(),
-            latency: braid_core::latency::LatencyConfig::default(),
-        }
-    }
-}
-
-/// How client-part gradients are combined in split learning.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ClientGradients {
-    /// Summed over the step's clients.
-    #[default]
-    Sum,
-    /// Averaged over the step's clients.
-    Mean,
 }
 
 /// One admitted participant.
@@ -709,47 +576,16 @@ impl Default for TrainConfig {
     }
 }
 
-/// Algorithm names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AlgorithmName {
-    /// FedAvg (McMahan et al. 2017), with optional server optimizer.
-    Fedavg,
-    /// FedProx (Li et al. 2020): FedAvg plus a proximal term `mu/2 ||w - w_global||^2` in local training.
-    Fedprox,
-    /// One client holding all training data: the reference every federated run is compared with.
-    Centralized,
-    /// Decentralized SGD: peers on a topology, no server (configured in `[decentralized]`).
-    Dsgd,
-    /// Parallel split learning: clients run the first layers, the server the rest
-    /// (configured in `[split]`; `rounds` are epochs, `train.batch_size` the global batch).
-    Split,
-    /// DFML: serverless mutual learning between heterogeneous models (configured in `[mutual]`).
-    Dfml,
-    /// Isolated local training of each client's own model (a baseline; `[mutual]` sets the models).
-    Local,
-    /// Federated mutual learning: a server-held global model distilled with each client's model.
-    Fml,
-    /// Def-KT: decentralized mutual knowledge transfer between pairs of clients.
-    DefKt,
-    /// FedBuff: an asynchronous server that steps on every `buffer` updates (`[fedbuff]`).
-    Fedbuff,
-}
-
-impl AlgorithmName {
-    /// True for the mutual-learning family (DFML and its baselines), configured in `[mutual]`.
-    pub fn is_mutual(self) -> bool {
-        matches!(self, Self::Dfml | Self::Local | Self::Fml | Self::DefKt)
-    }
-}
-
-/// `[algorithm]`.
+/// `[algorithm]`: the algorithm's name and the fields the built-in algorithms read from
+/// this table. Each algorithm refuses the fields it does not use, naming the rule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AlgorithmConfig {
-    /// `fedavg`, `fedprox`, `centralized`, `dsgd`, `split`, `dfml`, `local`, `fml` or `def-kt`.
-    pub name: AlgorithmName,
-    /// Rounds (for `centralized`: epochs, one per round when local_epochs = 1). Not for `dsgd`.
+pub struct AlgorithmTable {
+    /// A registered algorithm: `fedavg`, `fedprox`, `centralized`, `fedbuff`, `dsgd`,
+    /// `split`, `dfml`, `local`, `fml`, `def-kt`, or one a program registers.
+    pub name: String,
+    /// Rounds (for `centralized`: epochs, one per round when local_epochs = 1; for `split`:
+    /// epochs). Not for `dsgd`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rounds: Option<u32>,
     /// Local SGD steps per peer (`dsgd` only).
@@ -786,11 +622,12 @@ fn default_eval_every() -> u32 {
     1
 }
 
-fn is_mean(a: &braid_core::robust::Aggregator) -> bool {
+/// True for the plain mean (the default aggregator).
+pub fn is_mean(a: &braid_core::robust::Aggregator) -> bool {
     *a == braid_core::robust::Aggregator::Mean
 }
 
-impl AlgorithmConfig {
+impl AlgorithmTable {
     /// Rounds of a server-based run (0 for `dsgd`).
     pub fn rounds(&self) -> u32 {
         self.rounds.unwrap_or(0)
@@ -800,69 +637,6 @@ impl AlgorithmConfig {
     pub fn round_deadline(&self) -> Option<std::time::Duration> {
         self.round_timeout_s
             .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok())
-    }
-}
-
-/// `[decentralized]`: who talks to whom, when, and how much (algorithm `dsgd`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DecentralizedConfig {
-    /// The peer graph, e.g. `{ kind = "random" }` or `{ kind = "ring" }` (default: random).
-    #[serde(default = "default_topology")]
-    pub topology: TopologyConfig,
-    /// `metropolis-hastings` or `uniform` (default: Metropolis-Hastings on undirected
-    /// topologies, uniform on directed ones).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mixing: Option<MixingRule>,
-    /// Local steps between communication rounds.
-    #[serde(default = "default_every")]
-    pub every: u64,
-    /// The budget r(p), e.g. `{ kind = "fixed", r = 1 }` (default: fixed r = 1).
-    #[serde(default = "default_budget")]
-    pub budget: Budget,
-    /// Test samples each local model is evaluated on at an evaluation point (the merged model
-    /// always uses the whole test set).
-    #[serde(default = "default_eval_samples")]
-    pub eval_samples: usize,
-    /// Seconds a peer waits for its in-neighbours in a round before mixing with those that
-    /// sent (default: wait for all). For deployments where peers can fail.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gossip_timeout_s: Option<f64>,
-}
-
-fn default_topology() -> TopologyConfig {
-    TopologyConfig::Random
-}
-fn default_every() -> u64 {
-    1
-}
-fn default_budget() -> Budget {
-    Budget::Fixed { r: 1.0 }
-}
-fn default_eval_samples() -> usize {
-    2000
-}
-
-impl Default for DecentralizedConfig {
-    fn default() -> Self {
-        Self {
-            topology: default_topology(),
-            mixing: None,
-            every: default_every(),
-            budget: default_budget(),
-            eval_samples: default_eval_samples(),
-            gossip_timeout_s: None,
-        }
-    }
-}
-
-impl DecentralizedConfig {
-    /// The communication schedule.
-    pub fn schedule(&self) -> CommSchedule {
-        CommSchedule {
-            every: self.every,
-            budget: self.budget.clone(),
-        }
     }
 }
 
@@ -893,8 +667,24 @@ fn one_line(src: &str, e: &toml::de::Error) -> String {
 }
 
 impl ExperimentConfig {
-    /// Parses a config from TOML text, applying `key.path=value` overrides, and validates it.
+    /// Parses a config from TOML text, applying `key.path=value` overrides, and validates it
+    /// against braid's built-in algorithms.
     pub fn parse(src: &str, origin: &str, overrides: &[String]) -> Result<Self, ConfigError> {
+        Self::parse_with(
+            src,
+            origin,
+            overrides,
+            &crate::algorithm::Registry::builtin(),
+        )
+    }
+
+    /// Parses and validates a config whose algorithm is one of `registry`'s.
+    pub fn parse_with(
+        src: &str,
+        origin: &str,
+        overrides: &[String],
+        registry: &Registry,
+    ) -> Result<Self, ConfigError> {
         let err = |message: String| ConfigError {
             origin: origin.to_owned(),
             message,
@@ -906,8 +696,32 @@ impl ExperimentConfig {
                 message: m,
             })?;
         }
+        // The tables algorithms own are the algorithm's to read; anything else must be one
+        // of the common keys.
+        let owned = registry.tables();
+        let mut tables = BTreeMap::new();
+        for t in &owned {
+            if let Some(v) = value.remove(*t) {
+                tables.insert((*t).to_string(), v);
+            }
+        }
+        if let Some(k) = value
+            .keys()
+            .find(|k| !COMMON_TABLES.contains(&k.as_str()) || k.as_str() == "tables")
+        {
+            let mut expected: Vec<&str> = COMMON_TABLES[..COMMON_TABLES.len() - 1].to_vec();
+            expected.extend(owned.iter().copied());
+            return Err(err(format!(
+                "unknown field `{k}`, expected one of {}",
+                expected
+                    .iter()
+                    .map(|e| format!("`{e}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
         let text = toml::to_string(&value).map_err(|e| err(e.to_string()))?;
-        let config: Self = toml::from_str(&text).map_err(|e| {
+        let mut config: Self = toml::from_str(&text).map_err(|e| {
             // Report positions in the user's file when there were no overrides.
             if overrides.is_empty() {
                 err(one_line(src, &e))
@@ -915,87 +729,71 @@ impl ExperimentConfig {
                 err(e.message().trim().replace('\n', " "))
             }
         })?;
-        config.validate().map_err(err)?;
+        config.tables = tables;
+        config.validate_with(registry).map_err(err)?;
         Ok(config)
     }
 
-    /// Reads and parses a config file.
+    /// Reads and parses a config file (braid's built-in algorithms).
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
+        Self::load_with(path, overrides, &crate::algorithm::Registry::builtin())
+    }
+
+    /// Reads and parses a config file whose algorithm is one of `registry`'s.
+    pub fn load_with(
+        path: &Path,
+        overrides: &[String],
+        registry: &Registry,
+    ) -> Result<Self, ConfigError> {
         let origin = path.display().to_string();
         let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
             origin: origin.clone(),
             message: format!("cannot read: {e}"),
         })?;
-        Self::parse(&src, &origin, overrides)
+        Self::parse_with(&src, &origin, overrides, registry)
     }
 
-    /// The config as TOML (written next to the results).
+    /// The config as TOML (written next to the results): the common sections, then the
+    /// algorithm's own tables.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self)
+        let mut table = match toml::Table::try_from(self) {
+            Ok(t) => t,
+            Err(e) => return format!("# config could not be serialized: {e}\n"),
+        };
+        for (k, v) in &self.tables {
+            table.insert(k.clone(), v.clone());
+        }
+        toml::to_string_pretty(&table)
             .unwrap_or_else(|e| format!("# config could not be serialized: {e}\n"))
     }
 
-    /// Checks values the types cannot express.
+    /// The algorithm's own table `name`, if the config has it, read as `T`; the error names
+    /// the table.
+    pub fn table<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<Option<T>, String> {
+        self.tables
+            .get(name)
+            .map(|v| {
+                T::deserialize(v.clone())
+                    .map_err(|e| format!("{name}: {}", e.message().trim().replace('\n', " ")))
+            })
+            .transpose()
+    }
+
+    /// Checks values the types cannot express, for braid's built-in algorithms.
     pub fn validate(&self) -> Result<(), String> {
+        self.validate_with(&crate::algorithm::Registry::builtin())
+    }
+
+    /// Checks values the types cannot express: the common sections, then the algorithm's own
+    /// settings ([`crate::algorithm::Algorithm::config`]), then that every table and feature
+    /// layer set is one the algorithm takes.
+    pub fn validate_with(&self, registry: &Registry) -> Result<(), String> {
+        let algorithm = registry.of(self)?;
         if self.partition.clients == 0 {
             return Err("partition.clients must be at least 1".into());
         }
         if let Some(c) = &self.compression {
             c.validate()?;
-            let name = self.algorithm.name;
-            let (dsgd, split, mutual) = (
-                name == AlgorithmName::Dsgd,
-                name == AlgorithmName::Split,
-                name.is_mutual(),
-            );
-            if name == AlgorithmName::Centralized {
-                return Err(
-                    "[compression] does not apply to \"centralized\" (nothing is sent)".into(),
-                );
-            }
-            let server_side = c.uplink.is_some() || c.downlink.is_some() || c.error_feedback;
-            if dsgd && (server_side || c.models.is_some() || c.split.is_some()) {
-                return Err("dsgd has no server: its [compression] takes only gossip".into());
-            }
-            if mutual && (server_side || c.gossip.is_some() || c.split.is_some()) {
-                return Err("mutual learning's [compression] takes only models".into());
-            }
-            if split && (server_side || c.gossip.is_some() || c.models.is_some()) {
-                return Err("split learning's [compression] takes only split".into());
-            }
-            for (field, setting, applies, to, why) in [
-                (
-                    "models",
-                    c.models,
-                    mutual,
-                    "\"dfml\", \"local\", \"fml\" and \"def-kt\"",
-                    "the receiver trains the whole model",
-                ),
-                (
-                    "gossip",
-                    c.gossip,
-                    dsgd,
-                    "\"dsgd\"",
-                    "every neighbour mixes the whole model",
-                ),
-                (
-                    "split",
-                    c.split,
-                    split,
-                    "\"split\"",
-                    "each side needs every value at the cut",
-                ),
-            ] {
-                let Some(setting) = setting else { continue };
-                if !applies {
-                    return Err(format!("compression.{field} applies to {to} only"));
-                }
-                if setting.sparsify != braid_core::compress::Sparsify::None {
-                    return Err(format!(
-                        "compression.{field}: only quantizers (no sparsify): {why}"
-                    ));
-                }
-            }
         }
         self.partition.scheme()?;
         if self.train.batch_size == 0 {
@@ -1019,74 +817,11 @@ impl ExperimentConfig {
         if self.algorithm.eval_every == 0 {
             return Err("algorithm.eval_every must be at least 1".into());
         }
-        let dsgd = self.algorithm.name == AlgorithmName::Dsgd;
-        match (dsgd, self.algorithm.rounds, self.algorithm.steps) {
-            (true, Some(_), _) => {
-                return Err("algorithm.rounds does not apply to \"dsgd\"; set algorithm.steps (local steps per peer)".into())
-            }
-            (true, _, None) => {
-                return Err("algorithm.name = \"dsgd\" needs algorithm.steps (local steps per peer)".into())
-            }
-            (false, None, _) => {
-                return Err(format!("algorithm.name = {:?} needs algorithm.rounds", self.algorithm.name).to_lowercase())
-            }
-            (false, _, Some(_)) => {
-                return Err("algorithm.steps only applies to \"dsgd\" (use train.local_steps for steps per round)".into())
-            }
-            _ => {}
-        }
-        let split = self.algorithm.name == AlgorithmName::Split;
-        if !split && self.split.is_some() {
-            return Err("[split] only applies to algorithm.name = \"split\"".into());
-        }
-        if split {
-            if self.algorithm.clients_per_round.is_some() {
-                return Err("algorithm.clients_per_round does not apply to \"split\" (the sampler decides who takes part in each step)".into());
-            }
-            if self.algorithm.server_optimizer != ServerOptimizerConfig::default() {
-                return Err("algorithm.server_optimizer does not apply to \"split\" (the server part uses train.optimizer)".into());
-            }
-            if self.algorithm.round_timeout_s.is_some() || self.algorithm.min_replies.is_some() {
-                return Err("algorithm.round_timeout_s and min_replies do not apply to \"split\" (every step waits for its clients)".into());
-            }
-            if self.train.local_steps.is_some() || self.train.local_epochs != 1 {
-                return Err("train.local_epochs and local_steps do not apply to \"split\" (algorithm.rounds are epochs)".into());
-            }
-            self.split
-                .clone()
-                .unwrap_or_default()
-                .latency
-                .validate()
-                .map_err(|e| format!("split.latency.{e}"))?;
-        }
-        let fedavg_family = matches!(
-            self.algorithm.name,
-            AlgorithmName::Fedavg | AlgorithmName::Fedprox
-        );
         self.algorithm
             .aggregator
             .validate()
             .map_err(|e| format!("algorithm.{e}"))?;
-        if !is_mean(&self.algorithm.aggregator) {
-            if !fedavg_family {
-                return Err("algorithm.aggregator applies to \"fedavg\" and \"fedprox\"".into());
-            }
-            if self.privacy.is_some_and(|p| p.mode != DpMode::DpSgd) {
-                return Err("algorithm.aggregator and [privacy] mode = \"central\" or \"local\" cannot be combined: the accountant assumes the clipped updates are summed, and a robust rule's sensitivity is not that of a sum (mode = \"dp-sgd\" can: its guarantee holds for whatever the server does with the updates)".into());
-            }
-            let need = self.algorithm.aggregator.min_updates();
-            let per_round = self.clients_per_round();
-            if per_round < need {
-                return Err(format!(
-                    "algorithm.aggregator {:?} needs at least {need} clients per round, the run has {per_round}",
-                    self.algorithm.aggregator
-                ));
-            }
-        }
         if let Some(a) = &self.attack {
-            if !fedavg_family {
-                return Err("[attack] applies to \"fedavg\" and \"fedprox\"".into());
-            }
             if !(0.0..=1.0).contains(&a.fraction) {
                 return Err(format!(
                     "attack.fraction = {} must be in [0, 1]",
@@ -1095,208 +830,11 @@ impl ExperimentConfig {
             }
             a.kind.validate().map_err(|e| format!("attack.{e}"))?;
         }
-        if let Some(sa) = &self.secure_aggregation {
-            if !fedavg_family {
-                return Err("[secure_aggregation] applies to \"fedavg\" and \"fedprox\"".into());
-            }
-            let m = self.clients_per_round();
-            let t = sa.threshold_for(m);
-            if t < 2 || t > m {
-                return Err(format!(
-                    "secure_aggregation.threshold = {t} must be between 2 and the {m} clients per round"
-                ));
-            }
-            if !(8..=40).contains(&sa.scale_bits) {
-                return Err(format!(
-                    "secure_aggregation.scale_bits = {} must be in 8..=40",
-                    sa.scale_bits
-                ));
-            }
-            if !is_mean(&self.algorithm.aggregator) {
-                return Err("[secure_aggregation] hides single updates, which algorithm.aggregator needs: they cannot be combined".into());
-            }
-            if self.privacy.is_some_and(|p| p.mode == DpMode::Central) {
-                return Err("[secure_aggregation] hides single updates, which central DP clips at the server: use [privacy] mode = \"local\"".into());
-            }
-            if self.privacy.is_some_and(|p| p.mode == DpMode::DpSgd) {
-                return Err("[secure_aggregation] hides each client's sample count and steps, which the server's DP-SGD accountant needs: use [privacy] mode = \"local\"".into());
-            }
-            if self.compression.is_some_and(|c| c.uplink.is_some()) {
-                return Err("[secure_aggregation] and compression.uplink cannot be combined (masked updates are ring elements); compression.downlink can".into());
-            }
-        }
-        let fedbuff = self.algorithm.name == AlgorithmName::Fedbuff;
-        if !fedbuff && self.fedbuff.is_some() {
-            return Err("[fedbuff] only applies to algorithm.name = \"fedbuff\"".into());
-        }
-        if fedbuff {
-            let f = self.fedbuff.unwrap_or_default();
-            let per_round = self.clients_per_round();
-            let c = f.concurrency_for(per_round);
-            if c == 0 || c > self.partition.clients {
-                return Err(format!(
-                    "fedbuff.concurrency = {c} must be between 1 and the {} clients",
-                    self.partition.clients
-                ));
-            }
-            if f.buffer_for(per_round) == 0 {
-                return Err("fedbuff.buffer must be at least 1".into());
-            }
-            if let crate::algorithms::fedbuff::Staleness::Poly { a } = f.staleness {
-                if !(a.is_finite() && a >= 0.0) {
-                    return Err(format!("fedbuff.staleness.a = {a} must be >= 0"));
-                }
-            }
-            if self.algorithm.min_replies.is_some() {
-                return Err("algorithm.min_replies does not apply to \"fedbuff\" (the server steps on every fedbuff.buffer updates)".into());
-            }
-            if self.compression.is_some_and(|c| c.downlink_delta) {
-                return Err(
-                    "compression.downlink_delta needs synchronous rounds: not with \"fedbuff\""
-                        .into(),
-                );
-            }
-        }
         if let Some(l) = &self.latency {
             l.validate().map_err(|e| format!("latency.{e}"))?;
-            if !(fedavg_family || fedbuff) {
-                return Err("[latency] applies to \"fedavg\", \"fedprox\" and \"fedbuff\" (split learning has [split.latency])".into());
-            }
         }
         if let Some(p) = &self.privacy {
             p.validate()?;
-            if !matches!(
-                self.algorithm.name,
-                AlgorithmName::Fedavg | AlgorithmName::Fedprox
-            ) {
-                return Err("[privacy] applies to \"fedavg\" and \"fedprox\"".into());
-            }
-        }
-        let mutual = self.algorithm.name.is_mutual();
-        if !mutual && self.mutual.is_some() {
-            return Err("[mutual] only applies to algorithm.name = \"dfml\", \"local\", \"fml\" or \"def-kt\"".into());
-        }
-        if mutual {
-            let m = self.mutual.clone().unwrap_or_default();
-            let name = format!("{:?}", self.algorithm.name).to_lowercase();
-            if self.algorithm.server_optimizer != ServerOptimizerConfig::default()
-                || self.algorithm.round_timeout_s.is_some()
-                || self.algorithm.min_replies.is_some()
-            {
-                return Err(format!("algorithm.server_optimizer, round_timeout_s and min_replies do not apply to {name:?}"));
-            }
-            if self.train.local_steps.is_some() {
-                return Err(format!(
-                    "train.local_steps does not apply to {name:?} (use train.local_epochs)"
-                ));
-            }
-            if self.partition.clients < 2 {
-                return Err(format!("{name:?} needs partition.clients >= 2"));
-            }
-            m.alpha.validate().map_err(|e| format!("mutual.{e}"))?;
-            if !(m.temperature.is_finite() && m.temperature > 0.0) {
-                return Err(format!(
-                    "mutual.temperature = {} must be > 0",
-                    m.temperature
-                ));
-            }
-            if m.eval_samples == 0 {
-                return Err("mutual.eval_samples must be at least 1".into());
-            }
-            let models = m.model_list(self.model.name);
-            for (i, a) in models.iter().enumerate() {
-                if models[..i].contains(a) {
-                    return Err(format!("mutual.models lists {:?} twice", a.as_str()));
-                }
-            }
-            m.assign
-                .assign(self.partition.clients, models.len(), self.seed)
-                .map_err(|e| format!("mutual.{e}"))?;
-            if let Some(g) = m.global_model {
-                if self.algorithm.name != AlgorithmName::Fml {
-                    return Err("mutual.global_model only applies to \"fml\"".into());
-                }
-                if !models.contains(&g) {
-                    return Err(format!(
-                        "mutual.global_model = {:?} is not in mutual.models",
-                        g.as_str()
-                    ));
-                }
-            }
-            let n = self.partition.clients;
-            match (self.algorithm.name, m.senders) {
-                (AlgorithmName::Dfml, Some(s)) if s == 0 || s >= n => {
-                    return Err(format!("mutual.senders = {s} must be between 1 and partition.clients - 1 = {}", n - 1))
-                }
-                (AlgorithmName::DefKt, Some(s)) if s == 0 || 2 * s > n => {
-                    return Err(format!("mutual.senders = {s} (Def-KT pairs) must be between 1 and partition.clients / 2 = {}", n / 2))
-                }
-                (AlgorithmName::Local | AlgorithmName::Fml, Some(_)) => {
-                    return Err(format!("mutual.senders does not apply to {name:?} (use algorithm.clients_per_round)"))
-                }
-                _ => {}
-            }
-            if matches!(
-                self.algorithm.name,
-                AlgorithmName::Dfml | AlgorithmName::DefKt
-            ) && self.algorithm.clients_per_round.is_some()
-            {
-                return Err(format!("algorithm.clients_per_round does not apply to {name:?} (mutual.senders sets who takes part)"));
-            }
-        }
-        if !dsgd && self.decentralized.is_some() {
-            return Err("[decentralized] only applies to algorithm.name = \"dsgd\"".into());
-        }
-        if dsgd {
-            if self.partition.clients < 2 {
-                return Err("\"dsgd\" needs partition.clients >= 2 peers".into());
-            }
-            if self.algorithm.clients_per_round.is_some() {
-                return Err(
-                    "algorithm.clients_per_round does not apply to \"dsgd\" (every peer trains)"
-                        .into(),
-                );
-            }
-            if self.algorithm.server_optimizer != ServerOptimizerConfig::default() {
-                return Err(
-                    "algorithm.server_optimizer does not apply to \"dsgd\" (there is no server)"
-                        .into(),
-                );
-            }
-            let d = self.decentralized.clone().unwrap_or_default();
-            d.schedule()
-                .validate()
-                .map_err(|e| format!("decentralized.{e}"))?;
-            if d.eval_samples == 0 {
-                return Err("decentralized.eval_samples must be at least 1".into());
-            }
-            if let Some(t) = d.gossip_timeout_s {
-                if !(t.is_finite() && t > 0.0 && t < 1e9) {
-                    return Err(format!(
-                        "decentralized.gossip_timeout_s = {t} must be a positive number of seconds"
-                    ));
-                }
-            }
-        }
-        match (self.algorithm.name, self.algorithm.mu) {
-            (AlgorithmName::Fedprox, None) => {
-                return Err("algorithm.name = \"fedprox\" needs algorithm.mu (e.g. 0.01)".into())
-            }
-            (AlgorithmName::Fedprox, Some(mu)) if !(mu.is_finite() && mu >= 0.0) => {
-                return Err(format!("algorithm.mu must be >= 0 (got {mu})"))
-            }
-            (name, Some(_)) if name != AlgorithmName::Fedprox => {
-                return Err("algorithm.mu only applies to algorithm.name = \"fedprox\"".into())
-            }
-            _ => {}
-        }
-        if let Some(k) = self.algorithm.clients_per_round {
-            if self.algorithm.name == AlgorithmName::Centralized {
-                return Err("algorithm.clients_per_round does not apply to \"centralized\" (one client holds all data)".into());
-            }
-            if k == 0 || k > self.partition.clients {
-                return Err(format!("algorithm.clients_per_round = {k} must be between 1 and partition.clients = {}", self.partition.clients));
-            }
         }
         if let Some(t) = self.algorithm.round_timeout_s {
             if !(t.is_finite() && t > 0.0 && t < 1e9) {
@@ -1308,6 +846,31 @@ impl ExperimentConfig {
         if self.algorithm.min_replies == Some(0) {
             return Err("algorithm.min_replies must be at least 1".into());
         }
+        for t in self.tables.keys() {
+            if !algorithm.tables().contains(&t.as_str()) {
+                let owners = registry.who(|e| e.tables().contains(&t.as_str()), "or");
+                return Err(format!("[{t}] only applies to algorithm.name = {owners}"));
+            }
+        }
+        for f in Feature::ALL {
+            if f.is_set(self) && !algorithm.features().contains(&f) {
+                let refusal = match f {
+                    Feature::Compression => {
+                        format!("[compression] does not apply to \"{}\"", algorithm.name())
+                    }
+                    _ => format!(
+                        "{} applies to {}",
+                        f.name(),
+                        registry.who(|e| e.features().contains(&f), "and")
+                    ),
+                };
+                return Err(match algorithm.instead(f) {
+                    Some(hint) => format!("{refusal} ({hint})"),
+                    None => refusal,
+                });
+            }
+        }
+        algorithm.check(self)?;
         if let Some(n) = &self.network {
             n.validate()?;
         }
@@ -1319,22 +882,14 @@ impl ExperimentConfig {
         Ok(())
     }
 
-    /// Number of clients actually simulated (1 for the centralized baseline).
-    pub fn num_clients(&self) -> usize {
-        match self.algorithm.name {
-            AlgorithmName::Centralized => 1,
-            _ => self.partition.clients,
-        }
-    }
-
-    /// Clients sampled per round.
+    /// Clients sampled per round (`algorithm.clients_per_round`, or all of `partition.clients`).
     pub fn clients_per_round(&self) -> usize {
         self.algorithm
             .clients_per_round
-            .unwrap_or(self.num_clients())
+            .unwrap_or(self.partition.clients)
     }
 
-    /// The local training specification.
+    /// The local training specification (`prox_mu`: FedProx's proximal weight, 0 without).
     pub fn train_spec(&self) -> TrainSpec {
         TrainSpec {
             optimizer: self.train.optimizer.clone(),
@@ -1359,6 +914,26 @@ impl ExperimentConfig {
             .clone()
             .unwrap_or_else(|| PathBuf::from("runs").join(&self.name))
     }
+}
+
+/// The centralized baseline of `config`: one client holding all data, the same model, data,
+/// training, rounds and evaluation, no feature layers.
+pub fn centralized(config: &ExperimentConfig) -> ExperimentConfig {
+    let mut central = config.clone();
+    central.name = format!("{}-centralized", config.name);
+    central.algorithm.name = "centralized".into();
+    central.algorithm.clients_per_round = None;
+    central.algorithm.steps = None;
+    central.algorithm.mu = None;
+    central.algorithm.server_optimizer = Default::default();
+    central.algorithm.aggregator = Default::default();
+    central.tables.clear();
+    central.latency = None;
+    central.compression = None;
+    central.privacy = None;
+    central.attack = None;
+    central.secure_aggregation = None;
+    central
 }
 
 /// Applies `a.b.c=value` to a TOML table; the value is parsed as TOML, else taken as a string.
@@ -1436,6 +1011,20 @@ rounds = 2
                 "lr",
             ),
             ("name = ".to_string(), "line 1"),
+            // Features an algorithm refuses, said by the registry; an algorithm can say what
+            // it offers instead.
+            (
+                format!("{}[latency]\nslow_fraction = 0.5\n", BASE.replace("\"fedavg\"", "\"split\"")),
+                "[latency] applies to \"fedavg\", \"fedprox\" and \"fedbuff\" (split learning has [split.latency])",
+            ),
+            (
+                format!("{}[privacy]\nmode = \"central\"\nclip = 1.0\nnoise_multiplier = 1.0\n", BASE.replace("\"fedavg\"", "\"dsgd\"")),
+                "[privacy] applies to \"fedavg\" and \"fedprox\"",
+            ),
+            (
+                format!("{BASE}[split]\ncut = \"blocks.0\"\n"),
+                "[split] only applies to algorithm.name = \"split\"",
+            ),
         ];
         for (src, needle) in cases {
             let res = ExperimentConfig::parse(&src, "f.toml", &[]);

@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use braid_core::partition::{self, label_histogram};
 use braid_core::seed;
-use braid_core::topology::Topology;
 use braid_data::DataSplit;
 use braid_nn::{
     Arch, EvalOutcome, Member, MutualOutcome, MutualSpec, MutualTrainer, OptimizerState,
@@ -12,17 +11,13 @@ use braid_nn::{
 };
 use rand::seq::SliceRandom;
 
-use crate::algorithms::dsgd::{DsgdMonitor, DsgdPeer, DsgdSettings};
-use crate::algorithms::fedavg::{FedAvgClient, FedAvgServer, SecureSettings, ServerConfig, SERVER};
-use crate::algorithms::fedbuff::{FedBuffServer, FedBuffSettings};
-use crate::algorithms::mutual::{MutualClient, MutualHub, MutualSettings, Variant};
-use crate::algorithms::split::{SplitClient, SplitServer, SplitSettings};
-use crate::config::{AlgorithmName, ExperimentConfig};
-use crate::node::{EngineError, Event, LocalTrainer, Node};
-use crate::sim::{SimOutcome, Simulator, Timing, Worker};
-use crate::wire::NodeId;
+use crate::algorithm::Algorithm;
+use crate::config::ExperimentConfig;
+use crate::node::{EngineError, Event, LocalTrainer};
+use crate::sim::{SimOutcome, Simulator, Worker};
 
 /// A config with its data loaded and partitioned, ready to run.
+#[derive(Clone)]
 pub struct Prepared {
     /// The config.
     pub config: ExperimentConfig,
@@ -34,16 +29,21 @@ pub struct Prepared {
     pub arch: Arch,
     /// Human-readable data source.
     pub data_description: String,
-    /// The model cut in two (algorithm `split`).
+    /// The model cut in two (split learning sets it).
     pub split: Option<SplitArch>,
-    /// The run's list of models bound to the data (`[mutual] models`; `[arch]` otherwise).
+    /// The run's list of models bound to the data (mutual learning sets it; empty
+    /// otherwise).
     pub models: Vec<Arch>,
-    /// Each client's model, an index into `models` (all 0 outside mutual learning).
+    /// Each client's model, an index into `models` (mutual learning; empty otherwise).
     pub client_models: Vec<usize>,
+    /// Mutual learning's distillation temperature and supervised loss (mutual learning sets
+    /// it).
+    pub mutual_spec: Option<(f64, SupervisedLoss)>,
 }
 
-/// Loads the data, partitions it and binds the model; errors name what is wrong.
-pub fn prepare(config: &ExperimentConfig) -> Result<Prepared, EngineError> {
+/// Loads the data, partitions it into `shards` shards and binds the model; errors name what
+/// is wrong. Algorithms add what they need with [`Algorithm::prepare`].
+pub fn prepare_data(config: &ExperimentConfig, shards: usize) -> Result<Prepared, EngineError> {
     let data = braid_data::load(&config.data, config.seed)
         .map_err(|e| EngineError::Setup(e.to_string()))?;
     let data_description = match &config.data {
@@ -63,8 +63,7 @@ pub fn prepare(config: &ExperimentConfig) -> Result<Prepared, EngineError> {
         data.train.num_classes(),
     )?;
     let scheme = config.partition.scheme().map_err(EngineError::Setup)?;
-    let clients = config.num_clients();
-    let parts = if clients == 1 {
+    let parts = if shards == 1 {
         vec![(0..data.train.len()).collect()]
     } else {
         let mut rng = seed::rng(config.seed, &[seed::stream::PARTITION]);
@@ -73,42 +72,10 @@ pub fn prepare(config: &ExperimentConfig) -> Result<Prepared, EngineError> {
             data.train.labels(),
             data.train.groups(),
             data.train.num_classes(),
-            clients,
+            shards,
             &mut rng,
         )
         .map_err(|e| EngineError::Setup(e.to_string()))?
-    };
-    let split = match config.algorithm.name {
-        AlgorithmName::Split => {
-            let cut = config
-                .split
-                .as_ref()
-                .and_then(|s| s.cut.clone())
-                .or_else(|| arch.cut_points().into_iter().next())
-                .ok_or_else(|| {
-                    EngineError::Setup(format!(
-                        "model {} has no layer to cut after",
-                        arch.name.as_str()
-                    ))
-                })?;
-            Some(arch.split(&cut)?)
-        }
-        _ => None,
-    };
-    let (models, client_models) = if config.algorithm.name.is_mutual() {
-        let m = config.mutual.clone().unwrap_or_default();
-        let models = m
-            .model_list(config.model.name)
-            .into_iter()
-            .map(|name| Arch::new(name, data.train.sample_shape(), data.train.num_classes()))
-            .collect::<Result<Vec<_>, _>>()?;
-        let assigned = m
-            .assign
-            .assign(parts.len(), models.len(), config.seed)
-            .map_err(|e| EngineError::Setup(format!("mutual.{e}")))?;
-        (models, assigned)
-    } else {
-        (vec![arch.clone()], vec![0; parts.len()])
     };
     Ok(Prepared {
         config: config.clone(),
@@ -116,31 +83,45 @@ pub fn prepare(config: &ExperimentConfig) -> Result<Prepared, EngineError> {
         parts,
         arch,
         data_description,
-        split,
-        models,
-        client_models,
+        split: None,
+        models: Vec::new(),
+        client_models: Vec::new(),
+        mutual_spec: None,
     })
 }
 
-/// The node id of the participant holding shard `k` (FedAvg family: clients are nodes 1..;
-/// dsgd: peers are nodes 0..).
-pub fn node_of_shard(config: &ExperimentConfig, k: usize) -> NodeId {
-    let k = k as NodeId;
-    if config.algorithm.name == AlgorithmName::Dsgd {
-        k
-    } else {
-        k + 1
-    }
+/// Loads, partitions and prepares `config` for its algorithm in braid's built-in registry.
+pub fn prepare(config: &ExperimentConfig) -> Result<Prepared, EngineError> {
+    crate::algorithm::Registry::builtin()
+        .of(config)
+        .map_err(EngineError::Setup)?
+        .prepare(config)
 }
 
-/// The shard index of node `id`, if it holds one (not the server or the dsgd monitor).
-pub fn shard_of_node(config: &ExperimentConfig, id: NodeId, shards: usize) -> Option<usize> {
-    let k = if config.algorithm.name == AlgorithmName::Dsgd {
-        id as usize
-    } else {
-        (id as usize).checked_sub(1)?
-    };
-    (k < shards).then_some(k)
+/// Runs a prepared experiment of algorithm `A` in the simulator, reporting events to
+/// `observer`.
+pub fn simulate<A: Algorithm>(
+    prepared: &Prepared,
+    settings: &A::Config,
+    observer: &mut dyn FnMut(&Event<A::Metrics>),
+) -> Result<SimOutcome<A::Metrics>, EngineError> {
+    let nodes = A::build(prepared, settings)?;
+    let workers = (0..prepared.workers())
+        .map(|_| Worker::new(Box::new(BurnTrainer::new(prepared)?)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Simulator::new(nodes, workers)?
+        .with_timing(A::timing(prepared, settings))
+        .run(observer)
+}
+
+/// Runs `prepared`, whose config names algorithm `A`, in the simulator: [`simulate`] with the
+/// settings `A` reads from the config.
+pub fn run<A: Algorithm>(
+    prepared: &Prepared,
+    observer: &mut dyn FnMut(&Event<A::Metrics>),
+) -> Result<SimOutcome<A::Metrics>, EngineError> {
+    let settings = A::config(&prepared.config).map_err(EngineError::Setup)?;
+    simulate::<A>(prepared, &settings, observer)
 }
 
 impl Prepared {
@@ -196,92 +177,6 @@ impl Prepared {
             .min(self.config.clients_per_round())
             .max(1)
     }
-
-    /// The most values one message of this run may carry (the decoder's limit): a model, or in
-    /// split learning also one client's activations or their gradient, at most a global batch.
-    pub fn max_message_values(&self) -> usize {
-        let activations = self.split.as_ref().map_or(0, |s| {
-            s.cut_features()
-                .saturating_mul(self.config.train.batch_size)
-        });
-        let largest = self.models.iter().map(Arch::num_params).max().unwrap_or(0);
-        self.arch.num_params().max(activations).max(largest)
-    }
-
-    /// The settings of a mutual-learning run (algorithms `dfml`, `local`, `fml`, `def-kt`).
-    pub fn mutual_settings(&self) -> Result<MutualSettings, EngineError> {
-        let c = &self.config;
-        let variant = match c.algorithm.name {
-            AlgorithmName::Dfml => Variant::Dfml,
-            AlgorithmName::Local => Variant::Local,
-            AlgorithmName::Fml => Variant::Fml,
-            AlgorithmName::DefKt => Variant::DefKt,
-            _ => return Err(EngineError::Setup("not a mutual-learning run".into())),
-        };
-        let m = c.mutual.clone().unwrap_or_default();
-        let n = self.parts.len();
-        let names = m.model_list(c.model.name);
-        let global_model = m
-            .global_model
-            .and_then(|g| names.iter().position(|&x| x == g))
-            .unwrap_or(0);
-        let senders = m.senders.unwrap_or(match variant {
-            Variant::DefKt => (n / 5).clamp(1, (n / 2).max(1)),
-            _ => (n / 5).clamp(1, n.saturating_sub(1).max(1)),
-        });
-        let settings = MutualSettings {
-            variant,
-            rounds: c.algorithm.rounds(),
-            eval_every: c.algorithm.eval_every,
-            eval_samples: m.eval_samples,
-            model_names: names.iter().map(|n| n.as_str().to_string()).collect(),
-            model_params: self.models.iter().map(Arch::num_params).collect(),
-            archs: self.client_models.clone(),
-            counts: self.parts.iter().map(Vec::len).collect(),
-            senders,
-            clients_per_round: c.clients_per_round(),
-            alpha: m.alpha,
-            batch_size: c.train.batch_size,
-            local_epochs: c.train.local_epochs,
-            global_model,
-            lr_schedule: c.train.lr_schedule.clone(),
-            seed: c.seed,
-            model_compression: c.compression.and_then(|k| k.models),
-        };
-        settings.validate()?;
-        Ok(settings)
-    }
-
-    /// The settings of a split-learning run (algorithm `split`).
-    pub fn split_settings(&self) -> Result<SplitSettings, EngineError> {
-        let c = &self.config;
-        let split = self
-            .split
-            .as_ref()
-            .ok_or_else(|| EngineError::Setup("not a split-learning run".into()))?;
-        let sc = c.split.clone().unwrap_or_default();
-        let mut rng = seed::rng(c.seed, &[seed::stream::LATENCY]);
-        Ok(SplitSettings {
-            sampler: sc.sampler,
-            batch: c.train.batch_size,
-            epochs: c.algorithm.rounds(),
-            eval_every: c.algorithm.eval_every,
-            client_gradients: sc.client_gradients,
-            counts: self.parts.iter().map(Vec::len).collect(),
-            client_params: split.client_params(),
-            num_params: self.arch.num_params(),
-            cut_features: split.cut_features(),
-            flops: (split.client.forward_flops(), split.server.forward_flops()),
-            latency: braid_core::latency::LatencyModel::new(
-                &sc.latency,
-                self.parts.len(),
-                &mut rng,
-            ),
-            lr_schedule: c.train.lr_schedule.clone(),
-            seed: c.seed,
-            compression: c.compression.and_then(|k| k.split),
-        })
-    }
 }
 
 /// A [`LocalTrainer`] on burn: trains on the shared training set, evaluates on the test set.
@@ -308,7 +203,7 @@ impl BurnTrainer {
         let device = &prepared.config.runtime.device;
         Ok(Self {
             trainer: Trainer::new(prepared.arch.clone(), device)?,
-            mutual: if prepared.config.algorithm.name.is_mutual() {
+            mutual: if prepared.mutual_spec.is_some() {
                 Some((
                     MutualTrainer::new(prepared.models.clone(), device)?,
                     prepared.models.iter().map(|_| None).collect(),
@@ -316,11 +211,7 @@ impl BurnTrainer {
             } else {
                 None
             },
-            mutual_spec: prepared
-                .config
-                .mutual
-                .as_ref()
-                .map_or((1.0, SupervisedLoss::Ce), |m| (m.temperature, m.supervised)),
+            mutual_spec: prepared.mutual_spec.unwrap_or((1.0, SupervisedLoss::Ce)),
             split: prepared
                 .split
                 .clone()
@@ -538,159 +429,6 @@ impl LocalTrainer for BurnTrainer {
     }
 }
 
-/// The settings of a decentralized run (algorithm `dsgd`).
-pub fn dsgd_settings(prepared: &Prepared) -> Result<DsgdSettings, EngineError> {
-    let c = &prepared.config;
-    let d = c.decentralized.clone().unwrap_or_default();
-    let mut rng = seed::rng(c.seed, &[seed::stream::TOPOLOGY]);
-    let topology = Topology::new(d.topology.clone(), prepared.parts.len(), &mut rng)
-        .map_err(|e| EngineError::Setup(format!("decentralized.{e}")))?;
-    let settings = DsgdSettings {
-        mixing: d.mixing.unwrap_or_else(|| topology.default_mixing()),
-        topology,
-        schedule: d.schedule(),
-        total_steps: c.algorithm.steps.unwrap_or(0),
-        eval_every: u64::from(c.algorithm.eval_every),
-        eval_samples: d.eval_samples,
-        batch_size: c.train.batch_size,
-        num_params: prepared.arch.num_params(),
-        lr_schedule: c.train.lr_schedule.clone(),
-        gossip_deadline: d
-            .gossip_timeout_s
-            .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok()),
-        seed: c.seed,
-        gossip_compression: c.compression.and_then(|k| k.gossip),
-    };
-    settings.validate()?;
-    Ok(settings)
-}
-
-/// Builds a run's nodes: for the FedAvg family the server first, then the clients; for
-/// `dsgd` the peers, then the monitor.
-pub fn build_nodes(prepared: &Prepared) -> Result<Vec<Box<dyn Node>>, EngineError> {
-    let c = &prepared.config;
-    if c.algorithm.name.is_mutual() {
-        let settings = Arc::new(prepared.mutual_settings()?);
-        let global = if settings.variant == Variant::Fml {
-            prepared.models[settings.global_model].init_params(c.seed)
-        } else {
-            Vec::new()
-        };
-        let mut nodes: Vec<Box<dyn Node>> =
-            vec![Box::new(MutualHub::new(Arc::clone(&settings), global))];
-        for (k, part) in prepared.parts.iter().enumerate() {
-            // Clients with the same model start from the same seeded init, as FedAvg's do.
-            let init = prepared.models[prepared.client_models[k]].init_params(c.seed);
-            nodes.push(Box::new(MutualClient::new(
-                k,
-                Arc::clone(&settings),
-                Arc::new(part.clone()),
-                init,
-            )));
-        }
-        return Ok(nodes);
-    }
-    if c.algorithm.name == AlgorithmName::Split {
-        let settings = Arc::new(prepared.split_settings()?);
-        let mut nodes: Vec<Box<dyn Node>> = vec![Box::new(SplitServer::new(
-            Arc::clone(&settings),
-            prepared.arch.init_params(c.seed),
-        )?)];
-        for (k, part) in prepared.parts.iter().enumerate() {
-            nodes.push(Box::new(
-                SplitClient::new(k as NodeId + 1, Arc::new(part.clone()), c.seed)
-                    .with_compression(&settings),
-            ));
-        }
-        return Ok(nodes);
-    }
-    if c.algorithm.name == AlgorithmName::Dsgd {
-        let settings = Arc::new(dsgd_settings(prepared)?);
-        let init = prepared.arch.init_params(c.seed);
-        let mut nodes: Vec<Box<dyn Node>> = Vec::with_capacity(prepared.parts.len() + 1);
-        for (id, part) in prepared.parts.iter().enumerate() {
-            nodes.push(Box::new(DsgdPeer::new(
-                id as NodeId,
-                Arc::clone(&settings),
-                part.clone(),
-                init.clone(),
-            )));
-        }
-        nodes.push(Box::new(DsgdMonitor::new(settings)));
-        return Ok(nodes);
-    }
-    let clients: Vec<NodeId> = (1..=prepared.parts.len() as NodeId).collect();
-    let secure = c.secure_aggregation.map(|sa| SecureSettings {
-        threshold: sa.threshold_for(c.clients_per_round()),
-        scale_bits: sa.scale_bits,
-    });
-    let delta = c.compression.is_some_and(|k| k.downlink_delta);
-    let blocks = matrix_blocks(&prepared.arch);
-    let initial = prepared.arch.init_params(c.seed);
-    let server_config = ServerConfig {
-        rounds: c.algorithm.rounds(),
-        clients_per_round: c.clients_per_round(),
-        eval_every: c.algorithm.eval_every,
-        server_optimizer: c.algorithm.server_optimizer.clone(),
-        seed: c.seed,
-        round_deadline: c.algorithm.round_deadline(),
-        min_replies: c.algorithm.min_replies.unwrap_or(1),
-        aggregator: c.algorithm.aggregator,
-    };
-    let downlink = c.compression.and_then(|k| k.downlink);
-    let server: Box<dyn Node> = if c.algorithm.name == AlgorithmName::Fedbuff {
-        let f = c.fedbuff.unwrap_or_default();
-        let per_round = c.clients_per_round();
-        Box::new(
-            FedBuffServer::new(
-                server_config,
-                FedBuffSettings {
-                    concurrency: f.concurrency_for(per_round),
-                    buffer: f.buffer_for(per_round),
-                    staleness: f.staleness,
-                    max_staleness: f.max_staleness,
-                },
-                clients.clone(),
-                initial.clone(),
-            )?
-            .with_downlink(downlink),
-        )
-    } else {
-        Box::new(
-            FedAvgServer::new(server_config, clients.clone(), initial.clone())?
-                .with_downlink(downlink.filter(|_| !delta))
-                .with_downlink_delta(downlink.filter(|_| delta))
-                .with_privacy(c.privacy, prepared.parts.len(), c.train.batch_size)
-                .with_secure_aggregation(secure),
-        )
-    };
-    let mut nodes: Vec<Box<dyn Node>> = vec![server];
-    let bad = c.attack.map_or_else(Vec::new, |a| {
-        braid_core::robust::bad_clients(clients.len(), a.fraction, c.seed)
-    });
-    for (k, (id, part)) in clients.iter().zip(&prepared.parts).enumerate() {
-        let attack = c
-            .attack
-            .filter(|_| bad.binary_search(&k).is_ok())
-            .map(|a| a.kind);
-        nodes.push(Box::new(
-            FedAvgClient::new(*id, Arc::new(part.clone()), c.seed)
-                .with_lr_schedule(c.train.lr_schedule.clone(), c.algorithm.rounds())
-                .with_compression(
-                    &c.compression.unwrap_or_default(),
-                    prepared.arch.num_params(),
-                )
-                .with_matrix_blocks(blocks.clone())
-                .with_privacy(c.privacy)
-                .with_attack(attack)
-                .with_secure_aggregation(secure)
-                .with_model_copy(delta.then(|| initial.clone())),
-        ));
-    }
-    debug_assert_eq!(nodes[0].id(), SERVER);
-    Ok(nodes)
-}
-
 /// The model's matrix-shaped tensors in its flat parameter vector (a convolution's
 /// `[out, in, kh, kw]` as `out` rows), for PowerSGD.
 pub fn matrix_blocks(arch: &braid_nn::Arch) -> Vec<braid_core::lowrank::Block> {
@@ -708,34 +446,6 @@ pub fn matrix_blocks(arch: &braid_nn::Arch) -> Vec<braid_core::lowrank::Block> {
         offset += len;
     }
     blocks
-}
-
-/// The simulated-time model of a run with `[latency]`: the server (node 0) at the server's
-/// speed, clients with stragglers drawn from the seed.
-pub fn timing(prepared: &Prepared) -> Option<Timing> {
-    let c = &prepared.config;
-    c.latency.map(|l| {
-        Timing::new(
-            &l,
-            prepared.parts.len() + 1,
-            &[SERVER],
-            &mut braid_core::seed::rng(c.seed, &[braid_core::seed::stream::LATENCY]),
-        )
-    })
-}
-
-/// Runs a prepared experiment in the simulator, reporting events to `observer`.
-pub fn run(
-    prepared: &Prepared,
-    observer: &mut dyn FnMut(&Event),
-) -> Result<SimOutcome, EngineError> {
-    let nodes = build_nodes(prepared)?;
-    let workers = (0..prepared.workers())
-        .map(|_| Worker::new(Box::new(BurnTrainer::new(prepared)?)))
-        .collect::<Result<Vec<_>, _>>()?;
-    Simulator::new(nodes, workers)?
-        .with_timing(timing(prepared))
-        .run(observer)
 }
 
 #[cfg(test)]

@@ -1,10 +1,14 @@
 //! Braid's engine.
 //!
-//! - [`wire`]: the messages nodes exchange and their validated byte encoding;
-//! - [`transport`]: the transport interface and the in-process transport (byte-counting);
+//! - [`algorithm`]: the [`algorithm::Algorithm`] contract every algorithm implements, and the
+//!   [`algorithm::Registry`] that lists them;
+//! - [`algorithms`]: the built-in algorithms, one folder each;
+//! - [`wire`]: the frame every message travels in (protocol, version, the protocol's bytes),
+//!   control messages and the tensor payload;
 //! - [`node`]: the sans-IO node trait every algorithm role implements;
-//! - [`algorithms`]: the algorithms, one file each;
+//! - [`transport`]: the transport interface and the in-process transport (byte-counting);
 //! - [`sim`]: the simulator driver (parallel, deterministic);
+//! - [`wire_node`]: nodes with their protocol erased to bytes, for the network runtime;
 //! - [`accounting`]: compute spent per participant (samples, FLOPs, seconds);
 //! - [`checkpoint`]: atomic checkpoints of a node's state and metrics (for resuming);
 //! - [`config`]: the experiment file;
@@ -12,6 +16,7 @@
 //! - [`report`]: metrics files, plots and the final weights.
 
 pub mod accounting;
+pub mod algorithm;
 pub mod algorithms;
 pub mod checkpoint;
 pub mod config;
@@ -21,3 +26,4 @@ pub mod report;
 pub mod sim;
 pub mod transport;
 pub mod wire;
+pub mod wire_node;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use braid_nn::{EvalOutcome, OptimizerState, TrainOutcome};
 use thiserror::Error;
 
-use crate::wire::{NodeId, Payload};
+use crate::wire::{Body, Control, Message, NodeId};
 
 /// Local training and evaluation, lent to a node by the driver. A driver keeps one per worker
 /// thread, so nodes (clients) hold no model between calls.
@@ -150,87 +150,33 @@ fn no_split() -> EngineError {
     )
 }
 
-/// Metrics of one completed round, as the server sees them.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RoundMetrics {
-    /// Round number, from 1.
-    pub round: u32,
-    /// Test accuracy of the global model (None if not evaluated this round).
-    pub accuracy: Option<f64>,
-    /// Test loss of the global model (None if not evaluated this round).
-    pub loss: Option<f64>,
-    /// Sample-weighted mean of the clients' training losses.
-    pub train_loss: f64,
-    /// Clients whose updates were aggregated.
-    pub clients: usize,
-    /// Clients asked to train that had not replied by the round's deadline (skipped).
-    pub stragglers: usize,
-    /// Training samples they hold (the FedAvg weights).
-    pub samples: u64,
-    /// Local optimizer steps they took this round, summed over clients.
-    pub local_steps: u64,
-    /// Encoded bytes clients sent to the server this round.
-    pub bytes_up: u64,
-    /// Encoded bytes the server sent to clients this round.
-    pub bytes_down: u64,
-    /// Differential privacy spent so far: epsilon at the configured delta (`[privacy]` only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub epsilon: Option<f64>,
-    /// Simulated seconds from the start to the end of the round (set by the simulator when
-    /// it runs with a `[latency]` model; nodes leave it `None`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sim_time_s: Option<f64>,
-    /// How many server updates old the models were that this round's updates were trained
-    /// from: mean and largest (asynchronous servers only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub staleness: Option<(f64, u32)>,
-}
-
-/// Metrics of a decentralized run at one evaluation point, as the monitor sees them.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct GossipMetrics {
-    /// Local steps every peer has taken.
-    pub step: u64,
-    /// Training progress, `step / total steps`.
-    pub progress: f64,
-    /// Communication rounds so far (`step / every`, counting rounds with no edges).
-    pub comm_rounds: u64,
-    /// The budget r(p) at this point.
-    pub budget: f64,
-    /// Mean test accuracy of the local models (on the evaluation sample).
-    pub local_mean: f64,
-    /// Worst local model.
-    pub local_min: f64,
-    /// Best local model.
-    pub local_max: f64,
-    /// Test accuracy of the global merge (exact average of all local models), full test set.
-    pub merged_accuracy: f64,
-    /// Test loss of the global merge.
-    pub merged_loss: f64,
-    /// Mergeability gap: the merge's accuracy minus the mean local accuracy, both on the
-    /// local models' evaluation sample (so the two are measured on the same samples).
-    pub gap: f64,
-    /// Consensus distance: mean squared L2 distance of the local models to their average.
-    pub consensus: f64,
-    /// Mean training loss of the peers since the previous evaluation point.
-    pub train_loss: f64,
-    /// Gossip bytes sent per peer so far, mean over peers.
-    pub bytes_per_peer: f64,
-    /// Gossip bytes sent so far by the busiest peer.
-    pub bytes_max_peer: u64,
+/// A row of an algorithm's metrics (`metrics.csv`): what its reporting node emits at each
+/// round, evaluation point or epoch.
+pub trait Metrics:
+    Clone
+    + std::fmt::Debug
+    + PartialEq
+    + Send
+    + serde::Serialize
+    + serde::de::DeserializeOwned
+    + 'static
+{
+    /// How far the run is (the round, step or epoch) and the accuracy reported there, for
+    /// progress bars and run logs.
+    fn progress(&self) -> (u64, Option<f64>);
+    /// The line a deployed node prints when it reports the row (`braid node` adds the wall
+    /// time), e.g. `round    3 | accuracy 0.7712 | clients 10 (stragglers 0)`.
+    fn line(&self) -> String;
+    /// Records the simulated time at which the row was reported (by a simulator keeping
+    /// time). Default: nothing to record.
+    fn set_sim_time(&mut self, _seconds: f64) {}
 }
 
 /// What a node reports to the driver.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Event {
-    /// A round completed.
-    Round(RoundMetrics),
-    /// A decentralized run reached an evaluation point.
-    Gossip(GossipMetrics),
-    /// A split-learning epoch completed.
-    Split(crate::algorithms::split::SplitMetrics),
-    /// A mutual-learning run (DFML and its baselines) reached an evaluation point.
-    Mutual(crate::algorithms::mutual::MutualMetrics),
+pub enum Event<R> {
+    /// A row of the algorithm's metrics.
+    Metrics(R),
     /// The run is over; these are the final global parameters.
     Finished {
         /// Final parameters.
@@ -335,20 +281,21 @@ impl NodeState {
     }
 }
 
-/// What a node can do while handling an event.
-pub struct NodeCtx<'a> {
-    outbox: &'a mut Vec<(NodeId, Payload)>,
-    events: &'a mut Vec<Event>,
+/// What a node can do while handling an event: send messages of protocol `M`, report
+/// metrics rows `R`, set deadlines, and train and evaluate.
+pub struct NodeCtx<'a, M, R> {
+    outbox: &'a mut Vec<(NodeId, Body<M>)>,
+    events: &'a mut Vec<Event<R>>,
     deadlines: Vec<(u64, Duration)>,
     /// Training and evaluation.
     pub trainer: &'a mut dyn LocalTrainer,
 }
 
-impl<'a> NodeCtx<'a> {
+impl<'a, M: Message, R> NodeCtx<'a, M, R> {
     /// A context writing into the given buffers (drivers and tests build these).
     pub fn new(
-        outbox: &'a mut Vec<(NodeId, Payload)>,
-        events: &'a mut Vec<Event>,
+        outbox: &'a mut Vec<(NodeId, Body<M>)>,
+        events: &'a mut Vec<Event<R>>,
         trainer: &'a mut dyn LocalTrainer,
     ) -> Self {
         Self {
@@ -372,87 +319,123 @@ impl<'a> NodeCtx<'a> {
         std::mem::take(&mut self.deadlines)
     }
 
-    /// Sends `payload` to `to`; returns its encoded size in bytes.
-    pub fn send(&mut self, to: NodeId, payload: Payload) -> usize {
-        let n = payload.encoded_len();
-        self.outbox.push((to, payload));
+    /// Sends `msg` to `to`; returns its encoded size in bytes (frame included).
+    pub fn send(&mut self, to: NodeId, msg: M) -> usize {
+        self.send_body(to, Body::Msg(msg))
+    }
+
+    /// Sends a control message to `to`; returns its encoded size in bytes.
+    pub fn send_control(&mut self, to: NodeId, c: Control) -> usize {
+        self.send_body(to, Body::Control(c))
+    }
+
+    fn send_body(&mut self, to: NodeId, body: Body<M>) -> usize {
+        let n = body.encoded_len();
+        self.outbox.push((to, body));
         n
     }
 
     /// Reports an event to the driver.
-    pub fn emit(&mut self, event: Event) {
+    pub fn emit(&mut self, event: Event<R>) {
         self.events.push(event);
     }
 }
 
-/// One thing a driver hands a node: the same three in the simulator and across processes.
+/// One thing a driver hands a node: the same in the simulator and across processes.
 #[derive(Debug)]
-pub enum Input {
+pub enum Input<M> {
     /// The run starts.
     Start,
-    /// A message arrived from a node.
-    Message(NodeId, Payload),
+    /// A message of the run's protocol arrived from a node.
+    Message(NodeId, M),
+    /// A control message arrived from a node.
+    Control(NodeId, Control),
     /// A deadline set with [`NodeCtx::set_deadline`] has passed.
     Deadline(u64),
 }
 
-impl Input {
-    /// The round (FedAvg family, dsgd gossip) or step (dsgd snapshots and joins, split
-    /// learning) carried by
-    /// the message, for attributing the compute it causes; `None` for starts and deadlines.
+impl<M: Message> Input<M> {
+    /// What arrived from `from`.
+    pub fn arrived(from: NodeId, body: Body<M>) -> Self {
+        match body {
+            Body::Msg(m) => Self::Message(from, m),
+            Body::Control(c) => Self::Control(from, c),
+        }
+    }
+
+    /// The round or step carried by the message, for attributing the compute it causes;
+    /// `None` for starts and deadlines.
     pub fn round(&self) -> Option<u64> {
         match self {
-            Self::Message(_, p) => match p {
-                Payload::TrainRequest { round, .. }
-                | Payload::TrainReply { round, .. }
-                | Payload::PackedRequest { round, .. }
-                | Payload::DeltaRequest { round, .. }
-                | Payload::PackedReply { round, .. }
-                | Payload::SecAgg { round, .. }
-                | Payload::Gossip { round, .. }
-                | Payload::PackedGossip { round, .. }
-                | Payload::MutualModel { round, .. }
-                | Payload::PackedMutualModel { round, .. }
-                | Payload::MutualReport { round, .. }
-                | Payload::Shutdown { round } => Some(u64::from(*round)),
-                Payload::Snapshot { step, .. }
-                | Payload::JoinRequest { step }
-                | Payload::JoinReply { step, .. }
-                | Payload::SplitRequest { step, .. }
-                | Payload::SplitActivations { step, .. }
-                | Payload::SplitGradient { step, .. }
-                | Payload::SplitClientGrad { step, .. }
-                | Payload::PackedSplitRequest { step, .. }
-                | Payload::PackedSplit { step, .. } => Some(*step),
-                Payload::Halt { .. } => None,
-            },
+            Self::Message(_, m) => m.round(),
+            Self::Control(_, c) => c.round(),
             Self::Start | Self::Deadline(_) => None,
         }
     }
 
+    /// The input's kind, for logs and the simulator's time model.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Start => "start",
+            Self::Message(_, m) => m.kind(),
+            Self::Control(_, c) => c.kind(),
+            Self::Deadline(_) => "deadline",
+        }
+    }
+
     /// Hands this input to `node`.
-    pub fn apply(self, node: &mut dyn Node, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+    pub fn apply<R>(
+        self,
+        node: &mut dyn Node<Msg = M, Metrics = R>,
+        ctx: &mut NodeCtx<'_, M, R>,
+    ) -> Result<(), EngineError> {
         match self {
             Self::Start => node.on_start(ctx),
-            Self::Message(from, p) => node.on_message(from, p, ctx),
+            Self::Message(from, m) => node.on_message(from, m, ctx),
+            Self::Control(from, c) => node.on_control(from, c, ctx),
             Self::Deadline(token) => node.on_deadline(token, ctx),
         }
     }
 }
 
+/// A node's context, from its own types.
+pub type Ctx<'a, N> = NodeCtx<'a, <N as Node>::Msg, <N as Node>::Metrics>;
+
 /// One role of an algorithm on one participant.
 pub trait Node: Send {
+    /// The protocol it speaks.
+    type Msg: Message;
+    /// The metrics rows it reports (nodes that report none use their algorithm's type).
+    type Metrics;
     /// This node's id.
     fn id(&self) -> NodeId;
     /// Called once when the run starts.
-    fn on_start(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError>;
-    /// Called for every message delivered to this node.
+    fn on_start(
+        &mut self,
+        ctx: &mut NodeCtx<'_, Self::Msg, Self::Metrics>,
+    ) -> Result<(), EngineError>;
+    /// Called for every message of the run's protocol delivered to this node.
     fn on_message(
         &mut self,
         from: NodeId,
-        payload: Payload,
-        ctx: &mut NodeCtx<'_>,
+        msg: Self::Msg,
+        ctx: &mut NodeCtx<'_, Self::Msg, Self::Metrics>,
     ) -> Result<(), EngineError>;
+    /// Called for every control message delivered to this node (halts never reach nodes:
+    /// the network runtime handles them). Default: refused.
+    fn on_control(
+        &mut self,
+        from: NodeId,
+        c: Control,
+        _ctx: &mut NodeCtx<'_, Self::Msg, Self::Metrics>,
+    ) -> Result<(), EngineError> {
+        Err(EngineError::Rejected {
+            node: self.id(),
+            from,
+            kind: c.kind(),
+            why: "this node takes no control messages".into(),
+        })
+    }
     /// Changes whenever the node's durable state changes (a completed round); 0 for nodes
     /// that keep nothing worth a checkpoint. Drivers checkpoint when it changes.
     fn state_version(&self) -> u64 {
@@ -481,7 +464,11 @@ pub trait Node: Send {
         false
     }
     /// Called when a deadline set with [`NodeCtx::set_deadline`] has passed.
-    fn on_deadline(&mut self, _token: u64, _ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+    fn on_deadline(
+        &mut self,
+        _token: u64,
+        _ctx: &mut NodeCtx<'_, Self::Msg, Self::Metrics>,
+    ) -> Result<(), EngineError> {
         Ok(())
     }
     /// The nodes this node accepts messages from, if only some (`None`: any node). Drivers
@@ -490,3 +477,6 @@ pub trait Node: Send {
         None
     }
 }
+
+/// A boxed node of protocol `M` reporting rows `R`.
+pub type BoxNode<M, R> = Box<dyn Node<Msg = M, Metrics = R>>;

@@ -1,49 +1,55 @@
-//! What a run leaves in its output directory: `config.toml`, `metrics.csv`, `metrics.jsonl`,
-//! `traffic.csv`, `final.safetensors`, and plots: `accuracy_vs_round.png` and
-//! `accuracy_vs_bytes.png` for server-based runs; `accuracy_vs_epoch.png` and
-//! `accuracy_vs_sim_time.png` for split-learning runs; `accuracy_vs_progress.png` (local mean,
-//! min, max and merged model) and `accuracy_vs_bytes.png` for decentralized runs.
+//! What a run leaves in its output directory: `config.toml`, `traffic.csv`, `accounting.csv`,
+//! `accounting-rounds.csv` and `final.safetensors` for every algorithm, and the algorithm's
+//! own `metrics.csv`, `metrics.jsonl` and plots ([`Rows`], implemented by each algorithm's
+//! metrics row in its folder).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use braid_nn::Arch;
 use plotters::prelude::*;
-use serde::Serialize;
 
-use crate::algorithms::mutual::MutualMetrics;
-use crate::algorithms::split::SplitMetrics;
-use crate::config::{AlgorithmName, ExperimentConfig};
-use crate::node::{GossipMetrics, RoundMetrics};
+use crate::algorithm::{Algorithm, Finished, Summary};
+use crate::config::ExperimentConfig;
+use crate::experiment::Prepared;
 use crate::sim::SimOutcome;
 
-/// One line of `metrics.csv` / `metrics.jsonl`: the server's round metrics plus run totals.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct MetricsRow {
-    /// The round's metrics.
-    #[serde(flatten)]
-    pub metrics: RoundMetrics,
-    /// Bytes up + down since the start.
-    pub cum_bytes: u64,
-    /// Seconds since the start of the run.
-    pub wall_s: f64,
+pub use plotters::style::{BLACK, BLUE, RED};
+
+/// The rows of an algorithm's `metrics.csv`, with the files and the table that go with them.
+pub trait Rows: Sized {
+    /// Writes `metrics.csv`, `metrics.jsonl` and the plots of `rows` (each with its wall-clock
+    /// seconds) into `dir`; returns the paths written.
+    fn write(
+        dir: &Path,
+        config: &ExperimentConfig,
+        rows: &[(Self, f64)],
+    ) -> Result<Vec<PathBuf>, String>;
+    /// The table printed after a run.
+    fn table(config: &ExperimentConfig, rows: &[(Self, f64)]) -> String;
 }
 
-/// Metrics rows of a finished run.
-pub fn rows(outcome: &SimOutcome) -> Vec<MetricsRow> {
-    let mut cum = 0;
-    outcome
-        .rounds
-        .iter()
-        .map(|(m, wall)| {
-            cum += m.bytes_up + m.bytes_down;
-            MetricsRow {
-                metrics: m.clone(),
-                cum_bytes: cum,
-                wall_s: *wall,
-            }
-        })
-        .collect()
+/// A finished run of algorithm `A`: what [`Finished`] prints and writes.
+pub struct Outcome<A: Algorithm> {
+    /// The run.
+    pub prepared: Prepared,
+    /// Its algorithm's settings.
+    pub settings: A::Config,
+    /// What it produced.
+    pub outcome: SimOutcome<A::Metrics>,
+}
+
+impl<A: Algorithm> Finished for Outcome<A> {
+    fn table(&self) -> String {
+        <A::Metrics as Rows>::table(&self.prepared.config, &self.outcome.rows)
+    }
+
+    fn write(&self, dir: &Path) -> Result<Vec<PathBuf>, String> {
+        write_all::<A>(dir, &self.prepared, &self.settings, &self.outcome)
+    }
+
+    fn summary(&self) -> Summary {
+        A::summary(&self.prepared, &self.settings, &self.outcome.rows)
+    }
 }
 
 fn io(path: &Path, e: impl std::fmt::Display) -> String {
@@ -68,42 +74,36 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-fn opt(v: Option<f64>) -> String {
+/// An optional value as a CSV field (empty when absent).
+pub fn opt(v: Option<f64>) -> String {
     v.map(|x| format!("{x:.6}")).unwrap_or_default()
 }
 
-/// Writes every output file; returns the paths written.
-pub fn write_all(
+/// Writes every output file of a run of `A`; returns the paths written.
+pub fn write_all<A: Algorithm>(
     dir: &Path,
-    config: &ExperimentConfig,
-    arch: &Arch,
-    outcome: &SimOutcome,
+    prepared: &Prepared,
+    settings: &A::Config,
+    outcome: &SimOutcome<A::Metrics>,
 ) -> Result<Vec<PathBuf>, String> {
+    let config = &prepared.config;
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     let mut written = Vec::new();
-    let rows = rows(outcome);
 
     let p = dir.join("config.toml");
     write_atomic(&p, config.to_toml().as_bytes())?;
     written.push(p);
 
-    if !outcome.gossip.is_empty() {
-        written.extend(write_gossip(dir, config, &outcome.gossip)?);
-    } else if !outcome.split.is_empty() {
-        written.extend(write_split(dir, config, &outcome.split)?);
-    } else if !outcome.mutual.is_empty() {
-        written.extend(write_mutual(dir, config, &outcome.mutual)?);
-    } else {
-        written.extend(write_rounds(dir, config, &rows)?);
-    }
+    written.extend(<A::Metrics as Rows>::write(dir, config, &outcome.rows)?);
 
+    let role = |i: usize, n: usize| A::role(settings, i, n);
     let mut traffic =
         String::from("node,role,bytes_sent,bytes_received,messages_sent,messages_received\n");
     let n = outcome.traffic.len();
     for (i, t) in outcome.traffic.iter().enumerate() {
         traffic.push_str(&format!(
             "{i},{},{},{},{},{}\n",
-            role(config, i, n),
+            role(i, n),
             t.bytes_sent,
             t.bytes_received,
             t.messages_sent,
@@ -116,7 +116,7 @@ pub fn write_all(
 
     if !outcome.compute.is_empty() {
         let p = dir.join("accounting.csv");
-        write_atomic(&p, accounting_csv(config, outcome).as_bytes())?;
+        write_atomic(&p, accounting_csv(&role, outcome).as_bytes())?;
         written.push(p);
         let n = outcome.compute.len();
         let mut rounds =
@@ -124,7 +124,7 @@ pub fn write_all(
         for ((node, round), c) in &outcome.compute_by_round {
             rounds.push_str(&format!(
                 "{node},{},{},{},{},{},{:.3}\n",
-                role(config, *node as usize, n),
+                role(*node as usize, n),
                 round.map_or(String::new(), |r| r.to_string()),
                 c.train_samples,
                 c.eval_samples,
@@ -139,7 +139,7 @@ pub fn write_all(
 
     if let Some(params) = &outcome.final_params {
         let p = dir.join("final.safetensors");
-        braid_nn::store::save(arch, params, &p).map_err(|e| e.to_string())?;
+        braid_nn::store::save(&prepared.arch, params, &p).map_err(|e| e.to_string())?;
         written.push(p);
     }
     Ok(written)
@@ -148,25 +148,10 @@ pub fn write_all(
 /// `accounting.csv` header: compute and traffic per participant, then the run's total.
 pub const ACCOUNTING_CSV_HEADER: &str = "node,role,train_samples,eval_samples,flops,compute_s,bytes_sent,bytes_received,messages_sent,messages_received";
 
-/// The role of node `i` of `n` nodes in a run of `config`.
-pub fn role(config: &ExperimentConfig, i: usize, n: usize) -> &'static str {
-    let dsgd = config.algorithm.name == AlgorithmName::Dsgd;
-    if config.algorithm.name.is_mutual() {
-        return match (config.algorithm.name, i) {
-            (AlgorithmName::Fml, 0) => "server",
-            (_, 0) => "monitor",
-            _ => "client",
-        };
-    }
-    match (dsgd, i) {
-        (true, i) if i + 1 == n => "monitor",
-        (true, _) => "peer",
-        (false, 0) => "server",
-        (false, _) => "client",
-    }
-}
-
-fn accounting_csv(config: &ExperimentConfig, outcome: &SimOutcome) -> String {
+fn accounting_csv<R>(
+    role: &dyn Fn(usize, usize) -> &'static str,
+    outcome: &SimOutcome<R>,
+) -> String {
     let mut out = format!("{ACCOUNTING_CSV_HEADER}\n");
     let n = outcome.compute.len();
     let mut total = crate::accounting::Compute::default();
@@ -175,7 +160,7 @@ fn accounting_csv(config: &ExperimentConfig, outcome: &SimOutcome) -> String {
         let t = outcome.traffic.get(i).copied().unwrap_or_default();
         out.push_str(&format!(
             "{i},{},{},{},{},{:.3},{},{},{},{}\n",
-            role(config, i, n),
+            role(i, n),
             c.train_samples,
             c.eval_samples,
             c.flops,
@@ -203,345 +188,6 @@ fn accounting_csv(config: &ExperimentConfig, outcome: &SimOutcome) -> String {
         t_total.messages_received
     ));
     out
-}
-
-/// `metrics.csv` header of a decentralized run.
-pub const GOSSIP_CSV_HEADER: &str = "step,progress,comm_rounds,budget,local_mean,local_min,local_max,merged_accuracy,merged_loss,gap,consensus,train_loss,bytes_per_peer,bytes_max_peer,wall_s";
-
-/// One line of a decentralized run's `metrics.jsonl`.
-#[derive(Serialize)]
-struct GossipRow<'a> {
-    #[serde(flatten)]
-    metrics: &'a GossipMetrics,
-    wall_s: f64,
-}
-
-fn write_gossip(
-    dir: &Path,
-    config: &ExperimentConfig,
-    points: &[(GossipMetrics, f64)],
-) -> Result<Vec<PathBuf>, String> {
-    let mut written = Vec::new();
-    let mut csv = format!("{GOSSIP_CSV_HEADER}\n");
-    let mut jsonl = String::new();
-    for (m, wall) in points {
-        csv.push_str(&format!(
-            "{},{:.6},{},{:.4},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.1},{},{:.3}\n",
-            m.step,
-            m.progress,
-            m.comm_rounds,
-            m.budget,
-            m.local_mean,
-            m.local_min,
-            m.local_max,
-            m.merged_accuracy,
-            m.merged_loss,
-            m.gap,
-            m.consensus,
-            m.train_loss,
-            m.bytes_per_peer,
-            m.bytes_max_peer,
-            wall
-        ));
-        let row = GossipRow {
-            metrics: m,
-            wall_s: *wall,
-        };
-        jsonl.push_str(&serde_json::to_string(&row).map_err(|e| e.to_string())?);
-        jsonl.push('\n');
-    }
-    for (name, body) in [("metrics.csv", csv), ("metrics.jsonl", jsonl)] {
-        let p = dir.join(name);
-        write_atomic(&p, body.as_bytes())?;
-        written.push(p);
-    }
-    let series = |f: fn(&GossipMetrics) -> f64, x: fn(&GossipMetrics) -> f64| -> Vec<(f64, f64)> {
-        points.iter().map(|(m, _)| (x(m), f(m))).collect()
-    };
-    let progress = |m: &GossipMetrics| m.progress;
-    let mb = |m: &GossipMetrics| m.bytes_per_peer / 1e6;
-    for (name, xlabel, x) in [
-        (
-            "accuracy_vs_progress.png",
-            "training progress (local steps / total)",
-            progress as fn(&GossipMetrics) -> f64,
-        ),
-        (
-            "accuracy_vs_bytes.png",
-            "MB of gossip sent per peer",
-            mb as fn(&GossipMetrics) -> f64,
-        ),
-    ] {
-        let p = dir.join(name);
-        plot_lines(
-            &p,
-            &config.name,
-            xlabel,
-            &[
-                ("merged model", BLUE, series(|m| m.merged_accuracy, x)),
-                ("local mean", RED, series(|m| m.local_mean, x)),
-                (
-                    "local min",
-                    RGBColor(240, 160, 160),
-                    series(|m| m.local_min, x),
-                ),
-                (
-                    "local max",
-                    RGBColor(240, 160, 160),
-                    series(|m| m.local_max, x),
-                ),
-            ],
-        )?;
-        written.push(p);
-    }
-    Ok(written)
-}
-
-/// `metrics.csv` header of a split-learning run.
-pub const SPLIT_CSV_HEADER: &str = "epoch,accuracy,loss,train_loss,steps,samples,min_batch,max_batch,mean_clients,bytes_up,bytes_down,cum_bytes,sim_time_s,cum_sim_time_s,wall_s";
-
-/// One line of a split-learning run's `metrics.jsonl`.
-#[derive(Serialize)]
-struct SplitRow<'a> {
-    #[serde(flatten)]
-    metrics: &'a SplitMetrics,
-    cum_bytes: u64,
-    cum_sim_time_s: f64,
-    wall_s: f64,
-}
-
-fn write_split(
-    dir: &Path,
-    config: &ExperimentConfig,
-    epochs: &[(SplitMetrics, f64)],
-) -> Result<Vec<PathBuf>, String> {
-    let mut written = Vec::new();
-    let mut csv = format!("{SPLIT_CSV_HEADER}\n");
-    let mut jsonl = String::new();
-    let (mut cum_bytes, mut cum_time) = (0u64, 0f64);
-    let (mut by_epoch, mut by_time) = (Vec::new(), Vec::new());
-    for (m, wall) in epochs {
-        cum_bytes += m.bytes_up + m.bytes_down;
-        cum_time += m.sim_time_s;
-        csv.push_str(&format!(
-            "{},{},{},{:.6},{},{},{},{},{:.3},{},{},{},{:.3},{:.3},{:.3}\n",
-            m.epoch,
-            opt(m.accuracy),
-            opt(m.loss),
-            m.train_loss,
-            m.steps,
-            m.samples,
-            m.min_batch,
-            m.max_batch,
-            m.mean_clients,
-            m.bytes_up,
-            m.bytes_down,
-            cum_bytes,
-            m.sim_time_s,
-            cum_time,
-            wall
-        ));
-        let row = SplitRow {
-            metrics: m,
-            cum_bytes,
-            cum_sim_time_s: cum_time,
-            wall_s: *wall,
-        };
-        jsonl.push_str(&serde_json::to_string(&row).map_err(|e| e.to_string())?);
-        jsonl.push('\n');
-        if let Some(a) = m.accuracy {
-            by_epoch.push((f64::from(m.epoch), a));
-            by_time.push((cum_time, a));
-        }
-    }
-    for (name, body) in [("metrics.csv", csv), ("metrics.jsonl", jsonl)] {
-        let p = dir.join(name);
-        write_atomic(&p, body.as_bytes())?;
-        written.push(p);
-    }
-    if !by_epoch.is_empty() {
-        for (name, xlabel, series) in [
-            ("accuracy_vs_epoch.png", "epoch", by_epoch),
-            (
-                "accuracy_vs_sim_time.png",
-                "simulated seconds (straggler and link model)",
-                by_time,
-            ),
-        ] {
-            let p = dir.join(name);
-            plot_lines(&p, &config.name, xlabel, &[("test accuracy", BLUE, series)])?;
-            written.push(p);
-        }
-    }
-    Ok(written)
-}
-
-/// `metrics.csv` columns of a mutual-learning run before the per-model ones
-/// (`acc_<model>` for each model of the list, then `peak_<model>`).
-pub const MUTUAL_CSV_HEADER: &str = "round,alpha,accuracy,loss,min_accuracy,max_accuracy,peak_accuracy,global_model_accuracy,train_loss,bytes_per_round,cum_bytes,wall_s";
-
-/// A plot line with an owned name.
-type OwnedLine = (String, RGBColor, Vec<(f64, f64)>);
-
-fn write_mutual(
-    dir: &Path,
-    config: &ExperimentConfig,
-    points: &[(MutualMetrics, f64)],
-) -> Result<Vec<PathBuf>, String> {
-    let names = config
-        .mutual
-        .clone()
-        .unwrap_or_default()
-        .model_list(config.model.name);
-    let mut csv = String::from(MUTUAL_CSV_HEADER);
-    for prefix in ["acc", "peak"] {
-        for n in &names {
-            csv.push_str(&format!(",{prefix}_{}", n.as_str()));
-        }
-    }
-    csv.push('\n');
-    let mut jsonl = String::new();
-    for (m, wall) in points {
-        csv.push_str(&format!(
-            "{},{:.4},{:.6},{:.6},{:.6},{:.6},{},{},{},{:.1},{},{:.3}",
-            m.round,
-            m.alpha,
-            m.accuracy,
-            m.loss,
-            m.min_accuracy,
-            m.max_accuracy,
-            opt(m.peak_accuracy),
-            opt(m.global_model_accuracy),
-            opt(m.train_loss),
-            m.bytes_per_round,
-            m.cum_bytes,
-            wall
-        ));
-        for v in m.per_arch.iter().chain(&m.per_arch_peak) {
-            csv.push_str(&format!(",{}", opt(*v)));
-        }
-        csv.push('\n');
-        jsonl.push_str(&serde_json::to_string(&(m, wall)).map_err(|e| e.to_string())?);
-        jsonl.push('\n');
-    }
-    let mut written = Vec::new();
-    for (name, body) in [("metrics.csv", csv), ("metrics.jsonl", jsonl)] {
-        let p = dir.join(name);
-        write_atomic(&p, body.as_bytes())?;
-        written.push(p);
-    }
-    let x = |m: &MutualMetrics| f64::from(m.round);
-    let mut lines: Vec<OwnedLine> = vec![(
-        "global accuracy (mean over clients)".into(),
-        BLUE,
-        points.iter().map(|(m, _)| (x(m), m.accuracy)).collect(),
-    )];
-    let peak: Vec<(f64, f64)> = points
-        .iter()
-        .filter_map(|(m, _)| m.peak_accuracy.map(|a| (x(m), a)))
-        .collect();
-    if !peak.is_empty() {
-        lines.push(("peak models".into(), RED, peak));
-    }
-    let global: Vec<(f64, f64)> = points
-        .iter()
-        .filter_map(|(m, _)| m.global_model_accuracy.map(|a| (x(m), a)))
-        .collect();
-    if !global.is_empty() {
-        lines.push(("FML global model".into(), BLACK, global));
-    }
-    let palette = [
-        RGBColor(90, 170, 90),
-        RGBColor(220, 150, 40),
-        RGBColor(150, 90, 190),
-        RGBColor(90, 180, 200),
-    ];
-    if names.len() > 1 {
-        for (a, n) in names.iter().enumerate() {
-            let series: Vec<(f64, f64)> = points
-                .iter()
-                .filter_map(|(m, _)| m.per_arch.get(a).copied().flatten().map(|v| (x(m), v)))
-                .collect();
-            if !series.is_empty() {
-                lines.push((n.as_str().to_string(), palette[a % palette.len()], series));
-            }
-        }
-    }
-    let refs: Vec<Line<'_>> = lines
-        .iter()
-        .map(|(n, c, v)| (n.as_str(), *c, v.clone()))
-        .collect();
-    let p = dir.join("accuracy_vs_round.png");
-    plot_lines(&p, &config.name, "round", &refs)?;
-    written.push(p);
-    Ok(written)
-}
-
-fn write_rounds(
-    dir: &Path,
-    config: &ExperimentConfig,
-    rows: &[MetricsRow],
-) -> Result<Vec<PathBuf>, String> {
-    let mut written = Vec::new();
-    let mut csv = String::from(
-        "round,accuracy,loss,train_loss,clients,stragglers,samples,local_steps,bytes_up,bytes_down,cum_bytes,epsilon,sim_time_s,staleness_mean,staleness_max,wall_s\n",
-    );
-    let mut jsonl = String::new();
-    for row in rows {
-        let r = &row.metrics;
-        csv.push_str(&format!(
-            "{},{},{},{:.6},{},{},{},{},{},{},{},{},{},{},{},{:.3}\n",
-            r.round,
-            opt(r.accuracy),
-            opt(r.loss),
-            r.train_loss,
-            r.clients,
-            r.stragglers,
-            r.samples,
-            r.local_steps,
-            r.bytes_up,
-            r.bytes_down,
-            row.cum_bytes,
-            opt(r.epsilon),
-            opt(r.sim_time_s),
-            opt(r.staleness.map(|s| s.0)),
-            r.staleness.map_or(String::new(), |s| s.1.to_string()),
-            row.wall_s
-        ));
-        jsonl.push_str(&serde_json::to_string(row).map_err(|e| e.to_string())?);
-        jsonl.push('\n');
-    }
-    for (name, body) in [("metrics.csv", csv), ("metrics.jsonl", jsonl)] {
-        let p = dir.join(name);
-        write_atomic(&p, body.as_bytes())?;
-        written.push(p);
-    }
-
-    let points: Vec<(f64, f64, f64)> = rows
-        .iter()
-        .filter_map(|r| {
-            r.metrics
-                .accuracy
-                .map(|a| (f64::from(r.metrics.round), r.cum_bytes as f64 / 1e6, a))
-        })
-        .collect();
-    if !points.is_empty() {
-        let by_round: Vec<(f64, f64)> = points.iter().map(|p| (p.0, p.2)).collect();
-        let by_bytes: Vec<(f64, f64)> = points.iter().map(|p| (p.1, p.2)).collect();
-        for (name, xlabel, series) in [
-            ("accuracy_vs_round.png", "round", by_round),
-            (
-                "accuracy_vs_bytes.png",
-                "MB communicated (up + down)",
-                by_bytes,
-            ),
-        ] {
-            let p = dir.join(name);
-            plot_lines(&p, &config.name, xlabel, &[("test accuracy", BLUE, series)])?;
-            written.push(p);
-        }
-    }
-    Ok(written)
 }
 
 static FONT: &[u8] = include_bytes!("../../../assets/fonts/DejaVuSans.ttf");

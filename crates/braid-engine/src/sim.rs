@@ -24,11 +24,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::accounting::{Compute, Metered};
-use crate::node::{
-    EngineError, Event, GossipMetrics, Input, LocalTrainer, Node, NodeCtx, RoundMetrics,
-};
+use crate::node::{BoxNode, EngineError, Event, Input, LocalTrainer, Metrics, Node, NodeCtx};
 use crate::transport::{Envelope, InProcessTransport, NodeTraffic, Transport};
-use crate::wire::{NodeId, Payload};
+use crate::wire::{Body, Message, NodeId};
 
 pub mod timed;
 pub use timed::Timing;
@@ -50,17 +48,11 @@ impl Worker {
     }
 }
 
-/// The result of a simulated run.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct SimOutcome {
-    /// Per-round metrics with the wall-clock seconds since the start of the run.
-    pub rounds: Vec<(RoundMetrics, f64)>,
-    /// Evaluation points of a decentralized run, with the wall-clock seconds.
-    pub gossip: Vec<(GossipMetrics, f64)>,
-    /// Epochs of a split-learning run, with the wall-clock seconds.
-    pub split: Vec<(crate::algorithms::split::SplitMetrics, f64)>,
-    /// Mutual-learning evaluation points, with wall-clock seconds.
-    pub mutual: Vec<(crate::algorithms::mutual::MutualMetrics, f64)>,
+/// The result of a simulated run whose reporting node emits rows `R`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimOutcome<R> {
+    /// The metrics rows, with the wall-clock seconds since the start of the run.
+    pub rows: Vec<(R, f64)>,
     /// Final global parameters.
     pub final_params: Option<Vec<f32>>,
     /// Traffic per node id.
@@ -72,22 +64,31 @@ pub struct SimOutcome {
     pub compute_by_round: std::collections::BTreeMap<(NodeId, Option<u64>), Compute>,
 }
 
-impl SimOutcome {
+impl<R> Default for SimOutcome<R> {
+    fn default() -> Self {
+        Self {
+            rows: Vec::new(),
+            final_params: None,
+            traffic: Vec::new(),
+            compute: Vec::new(),
+            compute_by_round: Default::default(),
+        }
+    }
+}
+
+impl<R> SimOutcome<R> {
     /// Records an event a node emitted `wall` seconds into the run.
-    pub fn record(&mut self, event: Event, wall: f64) {
+    pub fn record(&mut self, event: Event<R>, wall: f64) {
         match event {
-            Event::Round(m) => self.rounds.push((m, wall)),
-            Event::Gossip(m) => self.gossip.push((m, wall)),
-            Event::Split(m) => self.split.push((m, wall)),
-            Event::Mutual(m) => self.mutual.push((m, wall)),
+            Event::Metrics(m) => self.rows.push((m, wall)),
             Event::Finished { params } => self.final_params = Some(params),
         }
     }
 }
 
-struct TaskOutput {
-    outbox: Vec<(NodeId, Payload)>,
-    events: Vec<Event>,
+struct TaskOutput<M, R> {
+    outbox: Vec<(NodeId, Body<M>)>,
+    events: Vec<Event<R>>,
     deadlines: Vec<(u64, Duration)>,
     /// Compute spent, by the round of the input that caused it.
     compute: Vec<(Option<u64>, Compute)>,
@@ -104,10 +105,10 @@ struct Mark {
     flops: u64,
 }
 
-/// Runs nodes in one process.
-pub struct Simulator {
-    nodes: Vec<Option<Box<dyn Node>>>,
-    transport: InProcessTransport,
+/// Runs the nodes of a run of protocol `M` (reporting rows `R`) in one process.
+pub struct Simulator<M, R> {
+    nodes: Vec<Option<BoxNode<M, R>>>,
+    transport: InProcessTransport<M>,
     workers: Vec<Worker>,
     timing: Option<Timing>,
     /// With simulated time, messages can arrive late (a straggler's reply after its round
@@ -117,12 +118,12 @@ pub struct Simulator {
 
 /// Hands `inputs` to `node` in order. With `drop_rejected`, a message the node rejects is
 /// dropped and logged, as the network runtime does, instead of ending the run.
-fn handle(
-    node: &mut dyn Node,
-    inputs: Vec<Input>,
+fn handle<M: Message, R>(
+    node: &mut dyn Node<Msg = M, Metrics = R>,
+    inputs: Vec<Input<M>>,
     trainer: &mut dyn LocalTrainer,
     drop_rejected: bool,
-) -> Result<TaskOutput, EngineError> {
+) -> Result<TaskOutput<M, R>, EngineError> {
     let (mut outbox, mut events, mut deadlines) = (Vec::new(), Vec::new(), Vec::new());
     let (mut compute, mut marks) = (Vec::new(), Vec::new());
     for input in inputs {
@@ -156,9 +157,9 @@ fn handle(
     })
 }
 
-impl Simulator {
+impl<M: Message, R: Metrics> Simulator<M, R> {
     /// A simulator over `nodes` (ids must be 0..n in order) with at least one worker.
-    pub fn new(nodes: Vec<Box<dyn Node>>, workers: Vec<Worker>) -> Result<Self, EngineError> {
+    pub fn new(nodes: Vec<BoxNode<M, R>>, workers: Vec<Worker>) -> Result<Self, EngineError> {
         if workers.is_empty() {
             return Err(EngineError::Setup(
                 "the simulator needs at least one worker".into(),
@@ -190,7 +191,10 @@ impl Simulator {
     }
 
     /// Runs until no message is left, calling `observer` for every event as it happens.
-    pub fn run(&mut self, observer: &mut dyn FnMut(&Event)) -> Result<SimOutcome, EngineError> {
+    pub fn run(
+        &mut self,
+        observer: &mut dyn FnMut(&Event<R>),
+    ) -> Result<SimOutcome<R>, EngineError> {
         if let Some(timing) = self.timing.take() {
             self.drop_rejected = true;
             let out = self.run_timed(&timing, observer);
@@ -204,7 +208,7 @@ impl Simulator {
             ..SimOutcome::default()
         };
         let ids: Vec<NodeId> = (0..self.nodes.len() as NodeId).collect();
-        let mut tasks: Vec<(NodeId, Vec<Input>)> =
+        let mut tasks: Vec<(NodeId, Vec<Input<M>>)> =
             ids.iter().map(|&i| (i, vec![Input::Start])).collect();
         // Pending deadlines on the virtual clock: (due, sequence number, node, token).
         let mut timers: BinaryHeap<Reverse<(Duration, u64, NodeId, u64)>> = BinaryHeap::new();
@@ -230,16 +234,17 @@ impl Simulator {
                     observer(&ev);
                     outcome.record(ev, t0.elapsed().as_secs_f64());
                 }
-                for (to, payload) in out.outbox {
+                for (to, body) in out.outbox {
                     if to as usize >= self.nodes.len() {
                         return Err(EngineError::Setup(format!(
                             "node {from} sent a message to unknown node {to}"
                         )));
                     }
-                    self.transport.send(Envelope { from, to, payload });
+                    self.transport.send(Envelope { from, to, body });
                 }
             }
-            let mut by_node: Vec<Vec<Envelope>> = vec![Vec::new(); self.nodes.len()];
+            let mut by_node: Vec<Vec<Envelope<M>>> =
+                (0..self.nodes.len()).map(|_| Vec::new()).collect();
             for env in self.transport.drain() {
                 by_node[env.to as usize].push(env);
             }
@@ -250,7 +255,7 @@ impl Simulator {
                 .map(|(i, inbox)| {
                     let inputs = inbox
                         .into_iter()
-                        .map(|e| Input::Message(e.from, e.payload))
+                        .map(|e| Input::arrived(e.from, e.body))
                         .collect();
                     (i as NodeId, inputs)
                 })
@@ -267,10 +272,11 @@ impl Simulator {
     }
 
     /// Handles each task's node; returns outputs in node-id order.
+    #[allow(clippy::type_complexity)]
     fn run_tasks(
         &mut self,
-        tasks: Vec<(NodeId, Vec<Input>)>,
-    ) -> Result<Vec<(NodeId, TaskOutput)>, EngineError> {
+        tasks: Vec<(NodeId, Vec<Input<M>>)>,
+    ) -> Result<Vec<(NodeId, TaskOutput<M, R>)>, EngineError> {
         let mut work = Vec::with_capacity(tasks.len());
         for (id, what) in tasks {
             let node = self.nodes[id as usize]
@@ -283,14 +289,14 @@ impl Simulator {
                 drop_rejected: self.drop_rejected,
             });
         }
-        let results: Vec<Done> = if work.len() == 1 || self.workers.len() == 1 {
+        let results: Vec<Done<M, R>> = if work.len() == 1 || self.workers.len() == 1 {
             let trainer = &mut self.workers[0].trainer;
             work.into_iter().map(|t| t.run(trainer.as_mut())).collect()
         } else {
             let n = work.len();
-            let queue: Vec<Mutex<Option<Task>>> =
+            let queue: Vec<Mutex<Option<Task<M, R>>>> =
                 work.into_iter().map(|w| Mutex::new(Some(w))).collect();
-            let done: Vec<Mutex<Option<Done>>> = (0..n).map(|_| Mutex::new(None)).collect();
+            let done: Vec<Mutex<Option<Done<M, R>>>> = (0..n).map(|_| Mutex::new(None)).collect();
             let next = AtomicUsize::new(0);
             std::thread::scope(|s| {
                 for worker in self.workers.iter_mut() {
@@ -332,22 +338,22 @@ impl Simulator {
 }
 
 /// One node's share of a delivery step.
-struct Task {
+struct Task<M, R> {
     id: NodeId,
-    node: Box<dyn Node>,
-    what: Vec<Input>,
+    node: BoxNode<M, R>,
+    what: Vec<Input<M>>,
     drop_rejected: bool,
 }
 
 /// A handled task: the node goes back to the simulator with its output.
-struct Done {
+struct Done<M, R> {
     id: NodeId,
-    node: Box<dyn Node>,
-    result: Result<TaskOutput, EngineError>,
+    node: BoxNode<M, R>,
+    result: Result<TaskOutput<M, R>, EngineError>,
 }
 
-impl Task {
-    fn run(mut self, trainer: &mut dyn LocalTrainer) -> Done {
+impl<M: Message, R> Task<M, R> {
+    fn run(mut self, trainer: &mut dyn LocalTrainer) -> Done<M, R> {
         let result = handle(self.node.as_mut(), self.what, trainer, self.drop_rejected);
         Done {
             id: self.id,

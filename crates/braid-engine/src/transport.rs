@@ -6,17 +6,17 @@
 
 use std::collections::VecDeque;
 
-use crate::wire::{NodeId, Payload};
+use crate::wire::{Body, Message, NodeId};
 
 /// A message in flight.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Envelope {
+pub struct Envelope<M> {
     /// Sender.
     pub from: NodeId,
     /// Receiver.
     pub to: NodeId,
-    /// Body.
-    pub payload: Payload,
+    /// What it carries.
+    pub body: Body<M>,
 }
 
 /// Bytes and messages one node sent and received.
@@ -32,25 +32,34 @@ pub struct NodeTraffic {
     pub messages_received: u64,
 }
 
-/// Moves messages between nodes and counts every byte.
-pub trait Transport {
+/// Moves messages of protocol `M` between nodes and counts every byte.
+pub trait Transport<M> {
     /// Queues `envelope` for delivery and returns its encoded size in bytes.
-    fn send(&mut self, envelope: Envelope) -> usize;
+    fn send(&mut self, envelope: Envelope<M>) -> usize;
     /// Takes every message that is ready, in a deterministic order.
-    fn drain(&mut self) -> Vec<Envelope>;
+    fn drain(&mut self) -> Vec<Envelope<M>>;
     /// Traffic of node `id` so far.
     fn traffic(&self, id: NodeId) -> NodeTraffic;
 }
 
 /// Delivers messages inside one process, in the order they were sent (FIFO), counting the
 /// encoded size of each without copying parameter buffers.
-#[derive(Debug, Default)]
-pub struct InProcessTransport {
-    queue: VecDeque<Envelope>,
+#[derive(Debug)]
+pub struct InProcessTransport<M> {
+    queue: VecDeque<Envelope<M>>,
     traffic: Vec<NodeTraffic>,
 }
 
-impl InProcessTransport {
+impl<M> Default for InProcessTransport<M> {
+    fn default() -> Self {
+        Self {
+            queue: VecDeque::new(),
+            traffic: Vec::new(),
+        }
+    }
+}
+
+impl<M> InProcessTransport<M> {
     /// An empty transport.
     pub fn new() -> Self {
         Self::default()
@@ -65,9 +74,9 @@ impl InProcessTransport {
     }
 }
 
-impl Transport for InProcessTransport {
-    fn send(&mut self, envelope: Envelope) -> usize {
-        let bytes = envelope.payload.encoded_len();
+impl<M: Message> Transport<M> for InProcessTransport<M> {
+    fn send(&mut self, envelope: Envelope<M>) -> usize {
+        let bytes = envelope.body.encoded_len();
         let s = self.slot(envelope.from);
         s.bytes_sent += bytes as u64;
         s.messages_sent += 1;
@@ -78,7 +87,7 @@ impl Transport for InProcessTransport {
         bytes
     }
 
-    fn drain(&mut self) -> Vec<Envelope> {
+    fn drain(&mut self) -> Vec<Envelope<M>> {
         self.queue.drain(..).collect()
     }
 
@@ -90,28 +99,29 @@ impl Transport for InProcessTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
+    use crate::algorithms::fedavg::Msg;
+    use crate::wire::Tensor;
 
     #[test]
     fn counts_encoded_bytes_both_ways_and_keeps_order() {
         let mut t = InProcessTransport::new();
-        let p = Payload::TrainRequest {
+        let p = Body::Msg(Msg::Request {
             round: 1,
-            params: Arc::new(vec![0.0; 10]),
-        };
+            model: Tensor::exact(vec![0.0; 10]),
+        });
         let n = p.encode().len();
         assert_eq!(
             t.send(Envelope {
                 from: 0,
                 to: 1,
-                payload: p.clone()
+                body: p.clone()
             }),
             n
         );
         t.send(Envelope {
             from: 0,
             to: 2,
-            payload: p.clone(),
+            body: p.clone(),
         });
         assert_eq!(t.traffic(0).bytes_sent, 2 * n as u64);
         assert_eq!(t.traffic(2).bytes_received, n as u64);

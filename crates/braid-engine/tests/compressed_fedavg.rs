@@ -11,11 +11,13 @@ use std::time::Duration;
 
 use braid_core::compress::{encoded_len, Compression, Quantize, Sparsify};
 use braid_core::lowrank::Block;
-use braid_engine::algorithms::fedavg::{FedAvgClient, FedAvgServer, ServerConfig, SERVER};
+use braid_engine::algorithms::fedavg::{
+    FedAvgClient, FedAvgServer, Msg, RoundMetrics, ServerConfig, SERVER,
+};
 use braid_engine::config::CompressionConfig;
-use braid_engine::node::{EngineError, LocalTrainer, Node, NodeCtx};
+use braid_engine::node::{BoxNode, EngineError, LocalTrainer, Node, NodeCtx};
 use braid_engine::sim::{SimOutcome, Simulator, Worker};
-use braid_engine::wire::{NodeId, Payload};
+use braid_engine::wire::{Body, NodeId, Tensor};
 use braid_nn::{EvalOutcome, OptimizerState, TrainOutcome};
 
 const N: usize = 200;
@@ -98,14 +100,19 @@ fn config(rounds: u32) -> ServerConfig {
 
 /// Two clients (shards `[0]` and `[1]`) from the zero model; client 2 ignores its first
 /// `flaky` messages.
-fn run(cfg: &CompressionConfig, rounds: u32, flaky: usize, workers: usize) -> SimOutcome {
+fn run(
+    cfg: &CompressionConfig,
+    rounds: u32,
+    flaky: usize,
+    workers: usize,
+) -> SimOutcome<RoundMetrics> {
     let initial = vec![0.0f32; N];
     let delta = cfg.downlink_delta;
     let server = FedAvgServer::new(config(rounds), vec![1, 2], initial.clone())
         .unwrap()
         .with_downlink(cfg.downlink.filter(|_| !delta))
         .with_downlink_delta(cfg.downlink.filter(|_| delta));
-    let mut nodes: Vec<Box<dyn Node>> = vec![Box::new(server)];
+    let mut nodes: Vec<BoxNode<Msg, RoundMetrics>> = vec![Box::new(server)];
     for k in 0..2usize {
         let c = FedAvgClient::new(k as NodeId + 1, Arc::new(vec![k]), 4)
             .with_compression(cfg, N)
@@ -134,7 +141,7 @@ fn run(cfg: &CompressionConfig, rounds: u32, flaky: usize, workers: usize) -> Si
 }
 
 /// ||x - x*|| / ||x*|| of the final model.
-fn relative_error(out: &SimOutcome) -> f64 {
+fn relative_error(out: &SimOutcome<RoundMetrics>) -> f64 {
     let x = out.final_params.as_ref().unwrap();
     let o = optimum();
     let d: f64 = x
@@ -204,13 +211,13 @@ fn the_downlink_as_a_compressed_change_converges_with_exact_bytes() {
     let out = run(&cfg, 300, 0, 2);
     assert!(relative_error(&out) < 0.1, "{}", relative_error(&out));
     // Every round both clients hold the previous copy, so both get the change.
-    let request = Payload::DeltaRequest {
+    let request = Body::Msg(Msg::DeltaRequest {
         round: 1,
         base: 0,
-        delta: Arc::new(vec![0; encoded_len(N, &down)]),
-    }
+        delta: Tensor::packed(vec![0; encoded_len(N, &down)]),
+    })
     .encoded_len() as u64;
-    assert!(out.rounds.iter().all(|(m, _)| m.bytes_down == 2 * request));
+    assert!(out.rows.iter().all(|(m, _)| m.bytes_down == 2 * request));
     // The same with one worker or two.
     assert_eq!(run(&cfg, 300, 0, 1).final_params, out.final_params);
     // A change sent whole (top-100% in f32) tracks the uncompressed run.
@@ -239,19 +246,19 @@ fn a_client_that_missed_a_round_is_sent_the_whole_copy() {
     // Client 2 ignores round 1's request: a straggler; in round 2 it does not hold round 1's
     // copy, so it gets the copy whole; from round 3 on it gets changes again.
     let out = run(&cfg, 4, 1, 2);
-    let delta = Payload::DeltaRequest {
+    let delta = Body::Msg(Msg::DeltaRequest {
         round: 1,
         base: 0,
-        delta: Arc::new(vec![0; encoded_len(N, &down)]),
-    }
+        delta: Tensor::packed(vec![0; encoded_len(N, &down)]),
+    })
     .encoded_len() as u64;
-    let whole = Payload::TrainRequest {
+    let whole = Body::Msg(Msg::Request {
         round: 1,
-        params: Arc::new(vec![0.0; N]),
-    }
+        model: Tensor::exact(vec![0.0; N]),
+    })
     .encoded_len() as u64;
     let rows: Vec<(usize, usize, u64)> = out
-        .rounds
+        .rows
         .iter()
         .map(|(m, _)| (m.clients, m.stragglers, m.bytes_down))
         .collect();
@@ -276,10 +283,10 @@ fn a_client_applies_a_change_once_and_only_to_the_copy_it_was_made_for() {
         &mut braid_core::seed::rng(1, &[]),
     )
     .unwrap();
-    let ask = |round: u32, base: u32| Payload::DeltaRequest {
+    let ask = |round: u32, base: u32| Msg::DeltaRequest {
         round,
         base,
-        delta: Arc::new(change.clone()),
+        delta: Tensor::packed(change.clone()),
     };
     let mut replies = Vec::new();
     for request in [ask(1, 0), ask(1, 0)] {
@@ -307,9 +314,9 @@ fn a_client_applies_a_change_once_and_only_to_the_copy_it_was_made_for() {
     // A whole model of the wrong size is refused.
     let r = client.on_message(
         SERVER,
-        Payload::TrainRequest {
+        Msg::Request {
             round: 2,
-            params: Arc::new(vec![0.0; N - 1]),
+            model: Tensor::exact(vec![0.0; N - 1]),
         },
         ctx,
     );
@@ -363,7 +370,7 @@ fn power_sgd_with_error_feedback_converges_in_fewer_bytes() {
     );
     assert!(relative_error(&ef) < 0.1, "{}", relative_error(&ef));
     let plain = run(&CompressionConfig::default(), 300, 0, 2);
-    for ((a, _), (b, _)) in ef.rounds.iter().zip(&plain.rounds) {
+    for ((a, _), (b, _)) in ef.rows.iter().zip(&plain.rows) {
         assert!(
             a.bytes_up * 4 < b.bytes_up,
             "{} vs {}",

@@ -1,9 +1,10 @@
 //! Real training (burn, bundled data): the same config and seed give the same metrics, whatever
 //! the number of worker threads; FedProx and server optimizers run end to end.
 
+use braid_engine::algorithms::dsgd::Dsgd;
+use braid_engine::algorithms::fedavg::{Centralized, FedAvg, FedProx, RoundMetrics};
 use braid_engine::config::ExperimentConfig;
 use braid_engine::experiment;
-use braid_engine::node::RoundMetrics;
 
 fn config(extra: &[&str]) -> ExperimentConfig {
     let src = r#"
@@ -32,11 +33,17 @@ clients_per_round = 4
     ExperimentConfig::parse(src, "det.toml", &overrides).unwrap()
 }
 
+/// Runs the FedAvg family member that `extra` names (FedAvg unless it sets `algorithm.name`).
 fn metrics(extra: &[&str]) -> (Vec<RoundMetrics>, Vec<f32>) {
     let p = experiment::prepare(&config(extra)).unwrap();
-    let out = experiment::run(&p, &mut |_| {}).unwrap();
+    let out = if extra.contains(&"algorithm.name=fedprox") {
+        experiment::run::<FedProx>(&p, &mut |_| {})
+    } else {
+        experiment::run::<FedAvg>(&p, &mut |_| {})
+    }
+    .unwrap();
     (
-        out.rounds.into_iter().map(|(m, _)| m).collect(),
+        out.rows.into_iter().map(|(m, _)| m).collect(),
         out.final_params.unwrap(),
     )
 }
@@ -91,9 +98,9 @@ fn centralized_baseline_uses_one_client_with_all_data() {
     let p = experiment::prepare(&c).unwrap();
     assert_eq!(p.parts.len(), 1);
     assert_eq!(p.parts[0].len(), 1200);
-    let out = experiment::run(&p, &mut |_| {}).unwrap();
+    let out = experiment::run::<Centralized>(&p, &mut |_| {}).unwrap();
     assert!(out
-        .rounds
+        .rows
         .iter()
         .all(|(m, _)| m.clients == 1 && m.samples == 1200 && m.local_steps == 5));
 }
@@ -125,9 +132,9 @@ rounds = 6
     let p = experiment::prepare(&c).unwrap();
     assert_eq!(p.parts.len(), 8);
     assert!(p.parts.iter().all(|part| part.len() == 120));
-    let out = experiment::run(&p, &mut |_| {}).unwrap();
-    let first = out.rounds[0].0.accuracy.unwrap();
-    let last = out.rounds.last().unwrap().0.accuracy.unwrap();
+    let out = experiment::run::<FedAvg>(&p, &mut |_| {}).unwrap();
+    let first = out.rows[0].0.accuracy.unwrap();
+    let last = out.rows.last().unwrap().0.accuracy.unwrap();
     assert!(
         last > 0.3 && last > first,
         "accuracy {first} -> {last} (chance is 0.1)"
@@ -180,12 +187,12 @@ eval_samples = 500
 fn dsgd_is_deterministic_and_merges_at_the_end() {
     let run = |extra: &[&str]| {
         let p = experiment::prepare(&dsgd(extra)).unwrap();
-        experiment::run(&p, &mut |_| {}).unwrap()
+        experiment::run::<Dsgd>(&p, &mut |_| {}).unwrap()
     };
     let a = run(&["runtime.workers=1"]);
     let b = run(&["runtime.workers=2"]);
-    let pts = |o: &braid_engine::sim::SimOutcome| {
-        o.gossip.iter().map(|(m, _)| m.clone()).collect::<Vec<_>>()
+    let pts = |o: &braid_engine::sim::SimOutcome<braid_engine::algorithms::dsgd::GossipMetrics>| {
+        o.rows.iter().map(|(m, _)| m.clone()).collect::<Vec<_>>()
     };
     assert_eq!(pts(&a), pts(&b));
     assert_eq!(a.final_params, b.final_params);
@@ -230,7 +237,7 @@ fn dsgd_config_errors_name_the_field() {
     // Metropolis-Hastings on the directed random topology: a setup error.
     let c = dsgd(&["decentralized.mixing=metropolis-hastings"]);
     let p = experiment::prepare(&c).unwrap();
-    let e = experiment::run(&p, &mut |_| {})
+    let e = experiment::run::<Dsgd>(&p, &mut |_| {})
         .err()
         .map(|e| e.to_string());
     assert!(e.unwrap_or_default().contains("undirected"));

@@ -6,11 +6,13 @@ use std::sync::Arc;
 
 use braid_core::privacy::RdpAccountant;
 use braid_core::server_opt::ServerOptimizerConfig;
-use braid_engine::algorithms::fedavg::{FedAvgClient, FedAvgServer, ServerConfig};
+use braid_engine::algorithms::fedavg::{
+    FedAvgClient, FedAvgServer, Msg, RoundMetrics, ServerConfig,
+};
 use braid_engine::config::{DpMode, OnTarget, PrivacyConfig};
-use braid_engine::node::{EngineError, LocalTrainer, Node, NodeCtx};
+use braid_engine::node::{BoxNode, EngineError, LocalTrainer, Node, NodeCtx};
 use braid_engine::sim::{SimOutcome, Simulator, Worker};
-use braid_engine::wire::Payload;
+use braid_engine::wire::Tensor;
 use braid_nn::{EvalOutcome, OptimizerState, TrainOutcome};
 
 /// Local training moves every parameter by `step`.
@@ -81,9 +83,12 @@ fn server_config(rounds: u32, per_round: usize) -> ServerConfig {
 }
 
 /// DP-SGD: client k (1..=10) holds 8k samples; the server accounts batches of 4.
-fn run_dp_sgd(privacy: PrivacyConfig, rounds: u32) -> Result<SimOutcome, EngineError> {
+fn run_dp_sgd(
+    privacy: PrivacyConfig,
+    rounds: u32,
+) -> Result<SimOutcome<RoundMetrics>, EngineError> {
     let clients: Vec<u32> = (1..=CLIENTS as u32).collect();
-    let mut nodes: Vec<Box<dyn Node>> = vec![Box::new(
+    let mut nodes: Vec<BoxNode<Msg, RoundMetrics>> = vec![Box::new(
         FedAvgServer::new(
             server_config(rounds, CLIENTS),
             clients.clone(),
@@ -107,10 +112,10 @@ fn run(
     rounds: u32,
     n: usize,
     step: f32,
-) -> Result<SimOutcome, EngineError> {
+) -> Result<SimOutcome<RoundMetrics>, EngineError> {
     let clients: Vec<u32> = (1..=CLIENTS as u32).collect();
     let config = server_config(rounds, per_round);
-    let mut nodes: Vec<Box<dyn Node>> = vec![Box::new(
+    let mut nodes: Vec<BoxNode<Msg, RoundMetrics>> = vec![Box::new(
         FedAvgServer::new(config, clients.clone(), vec![0.0; n])?.with_privacy(
             Some(privacy),
             CLIENTS,
@@ -135,7 +140,7 @@ fn without_noise_every_update_is_clipped_to_the_bound() {
         let norm = braid_core::params::l2_norm(&p);
         assert!((norm - 0.5).abs() < 1e-5, "{mode:?}: {norm}");
         // No noise: no privacy.
-        assert_eq!(out.rounds[0].0.epsilon, Some(f64::INFINITY));
+        assert_eq!(out.rows[0].0.epsilon, Some(f64::INFINITY));
     }
     // A small update is not scaled up.
     let out = run(dp(DpMode::Central, 0.5, 0.0, None), 4, 1, 100, 0.01).unwrap();
@@ -176,7 +181,7 @@ fn epsilon_follows_the_accountant_and_the_target_stops_the_run() {
     let (m, sigma) = (2usize, 1.0);
     let out = run(dp(DpMode::Central, 1.0, sigma, None), m, 5, 10, 1.0).unwrap();
     let mut acc = RdpAccountant::default();
-    for (r, (metrics, _)) in out.rounds.iter().enumerate() {
+    for (r, (metrics, _)) in out.rows.iter().enumerate() {
         acc.step(m as f64 / CLIENTS as f64, sigma, 1).unwrap();
         let want = acc.epsilon(1e-5).unwrap().0;
         assert!(
@@ -186,15 +191,15 @@ fn epsilon_follows_the_accountant_and_the_target_stops_the_run() {
         );
     }
     // A target between rounds 3 and 4's epsilon: the run ends after round 3.
-    let eps: Vec<f64> = out.rounds.iter().map(|(m, _)| m.epsilon.unwrap()).collect();
+    let eps: Vec<f64> = out.rows.iter().map(|(m, _)| m.epsilon.unwrap()).collect();
     let target = (eps[2] + eps[3]) / 2.0;
     let stopped = run(dp(DpMode::Central, 1.0, sigma, Some(target)), m, 5, 10, 1.0).unwrap();
-    assert_eq!(stopped.rounds.len(), 3);
-    assert!(stopped.rounds[2].0.epsilon.unwrap() <= target);
+    assert_eq!(stopped.rows.len(), 3);
+    assert!(stopped.rows[2].0.epsilon.unwrap() <= target);
     assert!(stopped.final_params.is_some(), "the run finishes cleanly");
     // Local DP: the client asked most often, without amplification by sampling.
     let out = run(dp(DpMode::Local, 1.0, sigma, None), m, 5, 10, 1.0).unwrap();
-    let last = out.rounds.last().unwrap().0.epsilon.unwrap();
+    let last = out.rows.last().unwrap().0.epsilon.unwrap();
     // Between one and five unamplified Gaussian releases (at most one per round).
     let plain = |k: u64| {
         let mut a = RdpAccountant::default();
@@ -221,7 +226,7 @@ fn dp_sgd_epsilon_is_the_worst_clients_and_its_target_stops_the_run() {
     // The smallest client (8 samples, batches of 4: rate 0.5) spends most, one step a round.
     let mut worst = RdpAccountant::default();
     let mut eps = Vec::new();
-    for (r, (metrics, _)) in out.rounds.iter().enumerate() {
+    for (r, (metrics, _)) in out.rows.iter().enumerate() {
         worst.step(0.5, sigma, 1).unwrap();
         let want = worst.epsilon(1e-5).unwrap().0;
         let got = metrics.epsilon.unwrap();
@@ -241,7 +246,7 @@ fn dp_sgd_epsilon_is_the_worst_clients_and_its_target_stops_the_run() {
         .all(|p| (p - 5.0).abs() < 1e-4));
     let target = (eps[1] + eps[2]) / 2.0;
     let stopped = run_dp_sgd(dp(DpMode::DpSgd, 1.0, sigma, Some(target)), 5).unwrap();
-    assert_eq!(stopped.rounds.len(), 2);
+    assert_eq!(stopped.rows.len(), 2);
 }
 
 #[test]
@@ -258,12 +263,12 @@ fn dp_sgd_budgets_survive_a_checkpoint() {
     let ctx = &mut NodeCtx::new(&mut out, &mut ev, &mut t);
     server.on_start(ctx).unwrap();
     for (id, samples) in [(1, 8), (2, 40)] {
-        let reply = Payload::TrainReply {
+        let reply = Msg::Reply {
             round: 1,
             num_samples: samples,
             steps: 3,
             train_loss: 0.1,
-            params: vec![0.0; 4],
+            update: Tensor::exact(vec![0.0; 4]),
         };
         server.on_message(id, reply, ctx).unwrap();
     }

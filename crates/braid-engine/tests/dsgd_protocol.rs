@@ -8,10 +8,12 @@ use std::sync::{Arc, Mutex};
 use braid_core::lr_schedule::LrSchedule;
 use braid_core::schedule::{Budget, CommSchedule};
 use braid_core::topology::{MixingRule, Topology, TopologyConfig};
-use braid_engine::algorithms::dsgd::{DsgdMonitor, DsgdPeer, DsgdSettings};
-use braid_engine::node::{EngineError, Event, GossipMetrics, LocalTrainer, Node, NodeCtx};
+use braid_engine::algorithms::dsgd::{
+    DsgdCtx, DsgdMonitor, DsgdPeer, DsgdSettings, GossipMetrics, Msg,
+};
+use braid_engine::node::{BoxNode, EngineError, Event, LocalTrainer, Node, NodeCtx};
 use braid_engine::sim::{SimOutcome, Simulator, Worker};
-use braid_engine::wire::{NodeId, Payload};
+use braid_engine::wire::{Body, Control, NodeId, Tensor};
 use braid_nn::{EvalOutcome, OptimizerState, TrainOutcome};
 
 const P: usize = 6;
@@ -99,23 +101,23 @@ fn settings(topology: TopologyConfig, every: u64, budget: Budget, steps: u64) ->
 }
 
 /// Peer `i` holds samples `[20 i, 20 i + 20)` and starts from parameters all equal to `10 i`.
-fn nodes(s: &Arc<DsgdSettings>) -> Vec<Box<dyn Node>> {
+fn nodes(s: &Arc<DsgdSettings>) -> Vec<BoxNode<Msg, GossipMetrics>> {
     let n = s.peers();
-    let mut v: Vec<Box<dyn Node>> = (0..n)
+    let mut v: Vec<BoxNode<Msg, GossipMetrics>> = (0..n)
         .map(|i| {
             Box::new(DsgdPeer::new(
                 i as NodeId,
                 Arc::clone(s),
                 (20 * i..20 * i + 20).collect(),
                 vec![10.0 * i as f32; P],
-            )) as Box<dyn Node>
+            )) as BoxNode<Msg, GossipMetrics>
         })
         .collect();
     v.push(Box::new(DsgdMonitor::new(Arc::clone(s))));
     v
 }
 
-fn run(s: DsgdSettings, workers: usize, frozen: bool) -> SimOutcome {
+fn run(s: DsgdSettings, workers: usize, frozen: bool) -> SimOutcome<GossipMetrics> {
     let s = Arc::new(s);
     let w = (0..workers)
         .map(|_| Worker::new(Box::new(Fake::new(frozen))).unwrap())
@@ -126,8 +128,8 @@ fn run(s: DsgdSettings, workers: usize, frozen: bool) -> SimOutcome {
         .unwrap()
 }
 
-fn points(o: &SimOutcome) -> Vec<GossipMetrics> {
-    o.gossip.iter().map(|(m, _)| m.clone()).collect()
+fn points(o: &SimOutcome<GossipMetrics>) -> Vec<GossipMetrics> {
+    o.rows.iter().map(|(m, _)| m.clone()).collect()
 }
 
 #[test]
@@ -154,10 +156,10 @@ fn doubly_stochastic_gossip_preserves_the_average_and_contracts() {
         assert!((v - 35.0).abs() < 1e-3);
     }
     // Every peer sends its parameters to its two ring neighbours each round.
-    let msg = Payload::Gossip {
+    let msg = Body::Msg(Msg::Gossip {
         round: 1,
-        params: Arc::new(vec![0.0; P]),
-    }
+        model: Tensor::exact(vec![0.0; P]),
+    })
     .encoded_len() as f64;
     assert_eq!(pts[3].bytes_per_peer, 12.0 * 2.0 * msg);
     assert_eq!(pts[3].comm_rounds, 12);
@@ -174,10 +176,10 @@ fn quantized_gossip_costs_its_encoded_bytes_and_still_reaches_consensus() {
     s.gossip_compression = Some(q);
     let o = run(s.clone(), 2, true);
     let pts = points(&o);
-    let msg = Payload::PackedGossip {
+    let msg = Body::Msg(Msg::Gossip {
         round: 1,
-        model: Arc::new(vec![0; encoded_len(P, &q)]),
-    }
+        model: Tensor::packed(vec![0; encoded_len(P, &q)]),
+    })
     .encoded_len() as f64;
     assert_eq!(pts[3].bytes_per_peer, 12.0 * 2.0 * msg);
     // Neighbours see rounded models, so the average drifts a little, but the peers agree.
@@ -210,9 +212,9 @@ fn quantized_gossip_costs_its_encoded_bytes_and_still_reaches_consensus() {
     let (mut out, mut ev) = (Vec::new(), Vec::new());
     let r = peer.on_message(
         0,
-        Payload::PackedGossip {
+        Msg::Gossip {
             round: 1,
-            model: Arc::new(bad),
+            model: Tensor::packed(bad),
         },
         &mut NodeCtx::new(&mut out, &mut ev, &mut t),
     );
@@ -311,7 +313,7 @@ fn a_peer_rejects_what_it_did_not_ask_for() {
     ));
     let mut peer = DsgdPeer::new(0, Arc::clone(&s), (0..20).collect(), vec![0.0; P]);
     let mut trainer = Fake::new(false);
-    let (mut out, mut ev) = (Vec::new(), Vec::<Event>::new());
+    let (mut out, mut ev) = (Vec::new(), Vec::<Event<GossipMetrics>>::new());
     {
         let mut ctx = NodeCtx::new(&mut out, &mut ev, &mut trainer);
         peer.on_start(&mut ctx).unwrap();
@@ -321,12 +323,12 @@ fn a_peer_rejects_what_it_did_not_ask_for() {
     assert!(sent.contains(&1) && sent.contains(&7) && sent.contains(&s.monitor()));
     assert_eq!(peer.step(), 1);
     let before = peer.params().to_vec();
-    let gossip = |round: u32, v: f32, n: usize| Payload::Gossip {
+    let gossip = |round: u32, v: f32, n: usize| Msg::Gossip {
         round,
-        params: Arc::new(vec![v; n]),
+        model: Tensor::exact(vec![v; n]),
     };
     let mut ctx = NodeCtx::new(&mut out, &mut ev, &mut trainer);
-    let cases: Vec<(NodeId, Payload)> = vec![
+    let cases: Vec<(NodeId, Msg)> = vec![
         (4, gossip(1, 1.0, P)),      // not a ring neighbour of 0
         (99, gossip(1, 1.0, P)),     // not a peer at all
         (1, gossip(0, 1.0, P)),      // round 0 does not exist
@@ -335,14 +337,18 @@ fn a_peer_rejects_what_it_did_not_ask_for() {
         (1, gossip(1, f32::NAN, P)), // not finite
         (
             1,
-            Payload::TrainRequest {
-                round: 1,
-                params: Arc::new(vec![0.0; P]),
+            Msg::Snapshot {
+                step: 1,
+                train_loss: 0.0,
+                accuracy: 0.0,
+                loss: 0.0,
+                gossip_bytes: 0,
+                model: Tensor::exact(vec![0.0; P]),
             },
-        ),
+        ), // a peer takes no snapshots
     ];
     for (from, p) in cases {
-        let kind = p.kind();
+        let kind = braid_engine::wire::Message::kind(&p);
         let e = peer.on_message(from, p, &mut ctx).unwrap_err();
         assert!(
             matches!(e, EngineError::Rejected { .. }),
@@ -408,18 +414,16 @@ fn a_learning_rate_schedule_sets_every_steps_rate_even_between_rounds() {
 struct Dead(NodeId);
 
 impl Node for Dead {
+    type Msg = Msg;
+    type Metrics = GossipMetrics;
+
     fn id(&self) -> NodeId {
         self.0
     }
-    fn on_start(&mut self, _: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+    fn on_start(&mut self, _: &mut DsgdCtx<'_>) -> Result<(), EngineError> {
         Ok(())
     }
-    fn on_message(
-        &mut self,
-        _: NodeId,
-        _: Payload,
-        _: &mut NodeCtx<'_>,
-    ) -> Result<(), EngineError> {
+    fn on_message(&mut self, _: NodeId, _: Msg, _: &mut DsgdCtx<'_>) -> Result<(), EngineError> {
         Ok(())
     }
 }
@@ -464,13 +468,13 @@ fn the_monitor_reports_in_step_order_even_when_snapshots_arrive_out_of_order() {
     let mut trainer = Fake::new(true);
     let (mut out, mut ev) = (Vec::new(), Vec::new());
     let mut ctx = NodeCtx::new(&mut out, &mut ev, &mut trainer);
-    let snap = |step: u64| Payload::Snapshot {
+    let snap = |step: u64| Msg::Snapshot {
         step,
         train_loss: 1.0,
         accuracy: 0.5,
         loss: 1.0,
         gossip_bytes: 0,
-        params: Arc::new(vec![1.0; P]),
+        model: Tensor::exact(vec![1.0; P]),
     };
     // Step 4's first snapshot arrives before any of step 0's, so its deadline comes first.
     monitor.on_message(0, snap(4), &mut ctx).unwrap();
@@ -483,7 +487,7 @@ fn the_monitor_reports_in_step_order_even_when_snapshots_arrive_out_of_order() {
     let steps: Vec<u64> = ev
         .iter()
         .filter_map(|e| match e {
-            Event::Gossip(m) => Some(m.step),
+            Event::Metrics(m) => Some(m.step),
             _ => None,
         })
         .collect();
@@ -492,11 +496,14 @@ fn the_monitor_reports_in_step_order_even_when_snapshots_arrive_out_of_order() {
 
 /// Drives one node with one input; returns what it sent.
 fn drive(
-    node: &mut dyn Node,
+    node: &mut dyn Node<Msg = Msg, Metrics = GossipMetrics>,
     trainer: &mut Fake,
-    f: impl FnOnce(&mut dyn Node, &mut NodeCtx<'_>) -> Result<(), EngineError>,
-) -> Vec<(NodeId, Payload)> {
-    let (mut out, mut ev) = (Vec::new(), Vec::<Event>::new());
+    f: impl FnOnce(
+        &mut dyn Node<Msg = Msg, Metrics = GossipMetrics>,
+        &mut DsgdCtx<'_>,
+    ) -> Result<(), EngineError>,
+) -> Vec<(NodeId, Body<Msg>)> {
+    let (mut out, mut ev) = (Vec::new(), Vec::<Event<GossipMetrics>>::new());
     let mut ctx = NodeCtx::new(&mut out, &mut ev, trainer);
     f(node, &mut ctx).unwrap();
     out
@@ -511,9 +518,9 @@ fn a_restarted_peer_rejoins_from_a_live_peers_current_state() {
     // Peer 1 is alive: one step taken, round 1 gossiped, waiting for 0 and 2; 2 has sent.
     let mut alive = DsgdPeer::new(1, Arc::clone(&s), (20..40).collect(), vec![10.0; P]);
     drive(&mut alive, &mut trainer, |n, c| n.on_start(c));
-    let p2 = Payload::Gossip {
+    let p2 = Msg::Gossip {
         round: 1,
-        params: Arc::new(vec![20.0; P]),
+        model: Tensor::exact(vec![20.0; P]),
     };
     drive(&mut alive, &mut trainer, |n, c| n.on_message(2, p2, c));
     assert_eq!(alive.step(), 1);
@@ -526,43 +533,49 @@ fn a_restarted_peer_rejoins_from_a_live_peers_current_state() {
     assert_eq!(asked.len(), 7);
     assert!(asked
         .iter()
-        .all(|(_, p)| matches!(p, Payload::JoinRequest { step: 0 })));
+        .all(|(_, p)| matches!(p, Body::Control(Control::JoinRequest { step: 0 }))));
     assert!(!back.finished());
 
     // Peer 1 answers with where it is; peer 0 takes that over and joins round 1 at once.
     let reply = drive(&mut alive, &mut trainer, |n, c| {
-        n.on_message(0, Payload::JoinRequest { step: 0 }, c)
+        n.on_control(0, Control::JoinRequest { step: 0 }, c)
     });
     let [(to, reply)] = <[_; 1]>::try_from(reply).unwrap();
     assert_eq!(to, 0);
+    let Body::Control(reply) = reply else {
+        panic!("not a control message: {reply:?}")
+    };
     assert!(matches!(
         &reply,
-        Payload::JoinReply {
+        Control::JoinReply {
             step: 1,
-            mixed_through: 0,
+            round: 0,
             ..
         }
     ));
-    let sent = drive(&mut back, &mut trainer, |n, c| n.on_message(1, reply, c));
+    let sent = drive(&mut back, &mut trainer, |n, c| n.on_control(1, reply, c));
     assert_eq!(back.step(), 1);
     assert_eq!(back.params(), alive_params.as_slice());
     let gossip_to: Vec<NodeId> = sent
         .iter()
-        .filter(|(_, p)| matches!(p, Payload::Gossip { round: 1, .. }))
+        .filter(|(_, p)| matches!(p, Body::Msg(Msg::Gossip { round: 1, .. })))
         .map(|(to, _)| *to)
         .collect();
     assert_eq!(gossip_to, vec![1, 7]);
     // Its round-1 gossip completes peer 1's round.
     let (_, g) = sent.into_iter().find(|(to, _)| *to == 1).unwrap();
+    let Body::Msg(g) = g else {
+        panic!("not gossip: {g:?}")
+    };
     drive(&mut alive, &mut trainer, |n, c| n.on_message(0, g, c));
     assert!(alive.step() >= 2, "peer 1 mixed round 1 and moved on");
     // A second, late answer changes nothing.
-    let late = Payload::JoinReply {
+    let late = Control::JoinReply {
         step: 5,
-        mixed_through: 4,
-        params: Arc::new(vec![99.0; P]),
+        round: 4,
+        model: Tensor::exact(vec![99.0; P]),
     };
-    drive(&mut back, &mut trainer, |n, c| n.on_message(3, late, c));
+    drive(&mut back, &mut trainer, |n, c| n.on_control(3, late, c));
     assert_eq!(back.step(), 1);
     // Peer 7 is gone too: at the deadline peer 0 mixes with peer 1's model and goes on.
     drive(&mut back, &mut trainer, |n, c| n.on_deadline(1, c));

@@ -7,10 +7,12 @@ use common::Flaky;
 use std::sync::Arc;
 
 use braid_core::server_opt::ServerOptimizerConfig;
-use braid_engine::algorithms::fedavg::{FedAvgClient, FedAvgServer, ServerConfig, SERVER};
-use braid_engine::node::{EngineError, Event, LocalTrainer, Node, NodeCtx};
+use braid_engine::algorithms::fedavg::{
+    FedAvgClient, FedAvgServer, Msg, RoundMetrics, ServerConfig, SERVER,
+};
+use braid_engine::node::{BoxNode, EngineError, Event, LocalTrainer, Node, NodeCtx};
 use braid_engine::sim::{Simulator, Worker};
-use braid_engine::wire::{NodeId, Payload};
+use braid_engine::wire::{Body, Control, NodeId, Tensor};
 use braid_nn::{EvalOutcome, OptimizerState, TrainOutcome};
 
 /// "Training" moves every parameter to the mean of the shard's indices plus a seed-dependent
@@ -68,7 +70,7 @@ fn nodes(
     per_round: usize,
     rounds: u32,
     opt: ServerOptimizerConfig,
-) -> Vec<Box<dyn Node>> {
+) -> Vec<BoxNode<Msg, RoundMetrics>> {
     let clients: Vec<NodeId> = (1..=shards.len() as NodeId).collect();
     let config = ServerConfig {
         rounds,
@@ -80,7 +82,7 @@ fn nodes(
         min_replies: 1,
         aggregator: Default::default(),
     };
-    let mut v: Vec<Box<dyn Node>> = vec![Box::new(
+    let mut v: Vec<BoxNode<Msg, RoundMetrics>> = vec![Box::new(
         FedAvgServer::new(config, clients.clone(), vec![0.0; 4]).unwrap(),
     )];
     for (id, s) in clients.iter().zip(shards) {
@@ -107,19 +109,19 @@ fn fedavg_weights_clients_by_samples() {
     let out = sim.run(&mut |_| {}).unwrap();
     let expect = (0.0 * 1.0 + 2.0 * 3.0) / 4.0;
     assert_eq!(out.final_params.unwrap(), vec![expect; 4]);
-    let (m, _) = &out.rounds[0];
+    let (m, _) = &out.rows[0];
     assert_eq!((m.round, m.clients, m.samples, m.local_steps), (1, 2, 4, 2));
     assert_eq!(m.accuracy, Some(f64::from(expect)));
     // Bytes: 2 requests down and 2 replies up, each exactly its encoding's length.
-    let req = Payload::TrainRequest {
+    let req = Body::Msg(Msg::Request {
         round: 1,
-        params: Arc::new(vec![0.0; 4]),
-    }
+        model: Tensor::exact(vec![0.0; 4]),
+    })
     .encode()
     .len() as u64;
     assert_eq!(m.bytes_down, 2 * req);
     // The server also tells both clients the run is over.
-    let bye = Payload::Shutdown { round: 1 }.encode().len() as u64;
+    let bye = Control::Shutdown { round: 1 }.frame().len() as u64;
     assert_eq!(out.traffic[0].bytes_sent, 2 * req + 2 * bye);
     assert_eq!(out.traffic[0].bytes_received, m.bytes_up);
     assert_eq!(
@@ -142,9 +144,9 @@ fn partial_participation_is_seeded_and_deterministic() {
     let a = run(1);
     let b = run(2);
     let c = run(3);
-    let strip = |o: &braid_engine::sim::SimOutcome| {
+    let strip = |o: &braid_engine::sim::SimOutcome<RoundMetrics>| {
         (
-            o.rounds.iter().map(|(m, _)| m.clone()).collect::<Vec<_>>(),
+            o.rows.iter().map(|(m, _)| m.clone()).collect::<Vec<_>>(),
             o.final_params.clone(),
             o.traffic.clone(),
         )
@@ -155,7 +157,7 @@ fn partial_participation_is_seeded_and_deterministic() {
         "results depend on the number of workers"
     );
     assert_eq!(strip(&a), strip(&c));
-    assert!(a.rounds.iter().all(|(m, _)| m.clients == 5));
+    assert!(a.rows.iter().all(|(m, _)| m.clients == 5));
     // Over 6 rounds, 5 of 20 clients each: several different clients took part.
     let active = a.traffic[1..]
         .iter()
@@ -182,9 +184,17 @@ fn server_optimizer_changes_the_trajectory() {
 }
 
 /// What handling one message produced: the result, the messages sent and the events.
-type Handled = (Result<(), EngineError>, Vec<(NodeId, Payload)>, Vec<Event>);
+type Handled = (
+    Result<(), EngineError>,
+    Vec<(NodeId, Body<Msg>)>,
+    Vec<Event<RoundMetrics>>,
+);
 
-fn drive(node: &mut dyn Node, from: NodeId, payload: Payload) -> Handled {
+fn drive(
+    node: &mut dyn Node<Msg = Msg, Metrics = RoundMetrics>,
+    from: NodeId,
+    payload: Msg,
+) -> Handled {
     let (mut out, mut ev) = (Vec::new(), Vec::new());
     let mut t = FakeTrainer { jitter: false };
     let mut ctx = NodeCtx::new(&mut out, &mut ev, &mut t);
@@ -211,12 +221,12 @@ fn server_rejects_hostile_or_stale_updates() {
         .on_start(&mut NodeCtx::new(&mut out, &mut ev, &mut t))
         .unwrap();
     assert_eq!(out.len(), 2);
-    let reply = |round, params: Vec<f32>| Payload::TrainReply {
+    let reply = |round, params: Vec<f32>| Msg::Reply {
         round,
         num_samples: 1,
         steps: 1,
         train_loss: 0.0,
-        params,
+        update: Tensor::exact(params),
     };
     let cases = [
         (1, reply(2, vec![0.0; 3]), "round 2"),
@@ -225,9 +235,9 @@ fn server_rejects_hostile_or_stale_updates() {
         (1, reply(1, vec![f32::NAN, 0.0, 0.0]), "NaN"),
         (
             1,
-            Payload::TrainRequest {
+            Msg::Request {
                 round: 1,
-                params: Arc::new(vec![]),
+                model: Tensor::exact(vec![]),
             },
             "only accepts",
         ),
@@ -247,7 +257,7 @@ fn server_rejects_hostile_or_stale_updates() {
     let (r, out, ev) = drive(&mut server, 2, reply(1, vec![3.0; 3]));
     r.unwrap();
     assert_eq!(server.params(), &[2.0, 2.0, 2.0]);
-    assert!(matches!(&ev[0], Event::Round(m) if m.round == 1 && m.clients == 2));
+    assert!(matches!(&ev[0], Event::Metrics(m) if m.round == 1 && m.clients == 2));
     assert_eq!(out.len(), 2, "round 2 requests");
 }
 
@@ -257,9 +267,9 @@ fn client_only_obeys_the_server() {
     let (r, out, _) = drive(
         &mut client,
         5,
-        Payload::TrainRequest {
+        Msg::Request {
             round: 1,
-            params: Arc::new(vec![0.0]),
+            model: Tensor::exact(vec![0.0]),
         },
     );
     assert!(r
@@ -270,9 +280,9 @@ fn client_only_obeys_the_server() {
     let (r, out, _) = drive(
         &mut client,
         SERVER,
-        Payload::TrainRequest {
+        Msg::Request {
             round: 4,
-            params: Arc::new(vec![0.0]),
+            model: Tensor::exact(vec![0.0]),
         },
     );
     r.unwrap();
@@ -280,11 +290,11 @@ fn client_only_obeys_the_server() {
         &out[0],
         (
             SERVER,
-            Payload::TrainReply {
+            Body::Msg(Msg::Reply {
                 round: 4,
                 num_samples: 2,
                 ..
-            }
+            })
         )
     ));
 }
@@ -356,9 +366,9 @@ fn clients_follow_the_learning_rate_schedule_by_round() {
     let (mut out, mut ev) = (Vec::new(), Vec::new());
     for round in 1..=4 {
         let mut ctx = NodeCtx::new(&mut out, &mut ev, &mut rec);
-        let req = Payload::TrainRequest {
+        let req = Msg::Request {
             round,
-            params: Arc::new(vec![0.0; 4]),
+            model: Tensor::exact(vec![0.0; 4]),
         };
         client.on_message(SERVER, req, &mut ctx).unwrap();
     }
@@ -367,7 +377,11 @@ fn clients_follow_the_learning_rate_schedule_by_round() {
 
 /// Server with a 30 s round deadline over clients holding {0}, {1, 2, 3}, {10, 20}; client 3
 /// ignores its first `drop` requests.
-fn flaky_run(drop: usize, min_replies: usize, rounds: u32) -> braid_engine::sim::SimOutcome {
+fn flaky_run(
+    drop: usize,
+    min_replies: usize,
+    rounds: u32,
+) -> braid_engine::sim::SimOutcome<RoundMetrics> {
     let shards = [vec![0], vec![1, 2, 3], vec![10, 20]];
     let config = ServerConfig {
         rounds,
@@ -379,7 +393,7 @@ fn flaky_run(drop: usize, min_replies: usize, rounds: u32) -> braid_engine::sim:
         min_replies,
         aggregator: Default::default(),
     };
-    let mut v: Vec<Box<dyn Node>> = vec![Box::new(
+    let mut v: Vec<BoxNode<Msg, RoundMetrics>> = vec![Box::new(
         FedAvgServer::new(config, vec![1, 2, 3], vec![0.0; 4]).unwrap(),
     )];
     for (i, s) in shards.iter().enumerate() {
@@ -399,12 +413,8 @@ fn flaky_run(drop: usize, min_replies: usize, rounds: u32) -> braid_engine::sim:
 #[test]
 fn a_dead_client_is_skipped_at_the_deadline_and_the_weights_adjust() {
     let out = flaky_run(usize::MAX, 1, 3);
-    assert_eq!(
-        out.rounds.len(),
-        3,
-        "every round completes without client 3"
-    );
-    for (m, _) in &out.rounds {
+    assert_eq!(out.rows.len(), 3, "every round completes without client 3");
+    for (m, _) in &out.rows {
         assert_eq!((m.clients, m.stragglers, m.samples), (2, 1, 4));
     }
     // Weighted over the two that answered: (0 * 1 + 2 * 3) / 4.
@@ -412,7 +422,7 @@ fn a_dead_client_is_skipped_at_the_deadline_and_the_weights_adjust() {
     // Nobody dead: no deadline passes, all three count.
     let all = flaky_run(0, 1, 2);
     assert!(all
-        .rounds
+        .rows
         .iter()
         .all(|(m, _)| m.stragglers == 0 && m.clients == 3));
     assert_eq!(all.final_params.unwrap(), vec![(6.0 + 30.0) / 6.0; 4]);
@@ -423,18 +433,18 @@ fn with_min_replies_the_server_asks_again_and_a_returning_client_rejoins() {
     // Client 3 misses round 1's first request; the server needs all 3 replies, so at the
     // deadline it asks client 3 again, which now answers from the current global model.
     let out = flaky_run(1, 3, 2);
-    assert_eq!(out.rounds.len(), 2);
-    for (m, _) in &out.rounds {
+    assert_eq!(out.rows.len(), 2);
+    for (m, _) in &out.rows {
         assert_eq!((m.clients, m.stragglers), (3, 0));
     }
     // Round 1 sent 3 requests and 1 repeat: 4 requests' worth of bytes down.
-    let req = Payload::TrainRequest {
+    let req = Body::Msg(Msg::Request {
         round: 1,
-        params: Arc::new(vec![0.0; 4]),
-    }
+        model: Tensor::exact(vec![0.0; 4]),
+    })
     .encoded_len() as u64;
-    assert_eq!(out.rounds[0].0.bytes_down, 4 * req);
-    assert_eq!(out.rounds[1].0.bytes_down, 3 * req);
+    assert_eq!(out.rows[0].0.bytes_down, 4 * req);
+    assert_eq!(out.rows[1].0.bytes_down, 3 * req);
     assert_eq!(out.final_params.unwrap(), vec![6.0; 4]);
 }
 
@@ -474,8 +484,8 @@ fn a_server_resumed_from_its_state_finishes_like_an_uninterrupted_one() {
     server.load_state(state.clone()).unwrap();
     let resumed = run(5, Some(state.clone()));
     assert_eq!(resumed.final_params, whole.final_params);
-    let tail: Vec<_> = whole.rounds[2..].iter().map(|(m, _)| m.clone()).collect();
-    let got: Vec<_> = resumed.rounds.iter().map(|(m, _)| m.clone()).collect();
+    let tail: Vec<_> = whole.rows[2..].iter().map(|(m, _)| m.clone()).collect();
+    let got: Vec<_> = resumed.rows.iter().map(|(m, _)| m.clone()).collect();
     assert_eq!(got, tail, "rounds 3..=5, identical");
     // Damaged states are refused.
     let mut bad = state.clone();
@@ -493,7 +503,7 @@ fn compressed_nodes(
     shards: &[Vec<usize>],
     rounds: u32,
     cfg: &braid_engine::config::CompressionConfig,
-) -> Vec<Box<dyn Node>> {
+) -> Vec<BoxNode<Msg, RoundMetrics>> {
     let n = 100;
     let clients: Vec<NodeId> = (1..=shards.len() as NodeId).collect();
     let config = ServerConfig {
@@ -506,7 +516,7 @@ fn compressed_nodes(
         min_replies: 1,
         aggregator: Default::default(),
     };
-    let mut v: Vec<Box<dyn Node>> = vec![Box::new(
+    let mut v: Vec<BoxNode<Msg, RoundMetrics>> = vec![Box::new(
         FedAvgServer::new(config, clients.clone(), vec![0.0; n])
             .unwrap()
             .with_downlink(cfg.downlink),
@@ -567,23 +577,23 @@ fn compressed_messages_are_counted_exactly_and_lossless_settings_change_nothing(
         run(&lossy, 1).final_params,
         "deterministic"
     );
-    let up = Payload::PackedReply {
+    let up = Body::Msg(Msg::Reply {
         round: 1,
         num_samples: 0,
         steps: 0,
         train_loss: 0.0,
-        update: vec![0; encoded_len(100, lossy.uplink.as_ref().unwrap())],
-    }
+        update: Tensor::packed(vec![0; encoded_len(100, lossy.uplink.as_ref().unwrap())]),
+    })
     .encoded_len() as u64;
-    let down = Payload::PackedRequest {
+    let down = Body::Msg(Msg::Request {
         round: 1,
-        model: Arc::new(vec![0; encoded_len(100, lossy.downlink.as_ref().unwrap())]),
-    }
+        model: Tensor::packed(vec![0; encoded_len(100, lossy.downlink.as_ref().unwrap())]),
+    })
     .encoded_len() as u64;
-    for (m, _) in &out.rounds {
+    for (m, _) in &out.rows {
         assert_eq!((m.bytes_up, m.bytes_down), (2 * up, 2 * down));
         // 10 indices and fp16 values plus headers, against 100 f32 values.
-        assert!(m.bytes_up * 3 < plain.rounds[0].0.bytes_up);
+        assert!(m.bytes_up * 3 < plain.rows[0].0.bytes_up);
     }
     // A compressed update that does not fit the model is refused, not applied.
     let mut server = FedAvgServer::new(
@@ -611,12 +621,12 @@ fn compressed_messages_are_counted_exactly_and_lossless_settings_change_nothing(
         braid_core::compress::encode(&[1.0; 99], lossy.uplink.as_ref().unwrap(), &mut rng).unwrap();
     let r = server.on_message(
         1,
-        Payload::PackedReply {
+        Msg::Reply {
             round: 1,
             num_samples: 1,
             steps: 1,
             train_loss: 0.0,
-            update: wrong_size,
+            update: Tensor::packed(wrong_size),
         },
         &mut NodeCtx::new(&mut o, &mut e, &mut t),
     );

@@ -8,11 +8,11 @@ use std::sync::{Arc, Mutex};
 use braid_core::lr_schedule::LrSchedule;
 use braid_core::mutual::{dfml_round, AlphaCycle, CycleShape};
 use braid_engine::algorithms::mutual::{
-    client_node, MutualClient, MutualHub, MutualSettings, Variant, HUB,
+    client_node, Msg, MutualClient, MutualHub, MutualMetrics, MutualSettings, Variant, HUB,
 };
-use braid_engine::node::{EngineError, LocalTrainer, Node, NodeCtx};
+use braid_engine::node::{BoxNode, EngineError, LocalTrainer, Node, NodeCtx};
 use braid_engine::sim::{SimOutcome, Simulator, Worker};
-use braid_engine::wire::{NodeId, Payload};
+use braid_engine::wire::{Body, NodeId, Tensor};
 use braid_nn::{EvalOutcome, Member, MutualOutcome, OptimizerState, TrainOutcome};
 
 /// Parameter counts of the two architectures.
@@ -121,13 +121,14 @@ fn settings(variant: Variant, clients: usize, rounds: u32) -> MutualSettings {
 }
 
 /// Client k starts from `10 k` in every parameter.
-fn nodes(s: &Arc<MutualSettings>) -> Vec<Box<dyn Node>> {
+fn nodes(s: &Arc<MutualSettings>) -> Vec<BoxNode<Msg, MutualMetrics>> {
     let global = if s.variant == Variant::Fml {
         vec![500.0; SIZES[s.global_model]]
     } else {
         Vec::new()
     };
-    let mut out: Vec<Box<dyn Node>> = vec![Box::new(MutualHub::new(Arc::clone(s), global))];
+    let mut out: Vec<BoxNode<Msg, MutualMetrics>> =
+        vec![Box::new(MutualHub::new(Arc::clone(s), global))];
     for k in 0..s.clients() {
         let shard: Vec<usize> = (k * 20..k * 20 + 10).collect();
         out.push(Box::new(MutualClient::new(
@@ -140,7 +141,7 @@ fn nodes(s: &Arc<MutualSettings>) -> Vec<Box<dyn Node>> {
     out
 }
 
-fn simulate(s: MutualSettings, workers: usize) -> (SimOutcome, Vec<Vec<usize>>) {
+fn simulate(s: MutualSettings, workers: usize) -> (SimOutcome<MutualMetrics>, Vec<Vec<usize>>) {
     let s = Arc::new(s);
     let fake = Fake::default();
     let ws = (0..workers)
@@ -156,10 +157,10 @@ fn simulate(s: MutualSettings, workers: usize) -> (SimOutcome, Vec<Vec<usize>>) 
 
 /// Runs `node`'s handler for `input`; returns what it sent.
 fn step(
-    node: &mut dyn Node,
+    node: &mut dyn Node<Msg = Msg, Metrics = MutualMetrics>,
     fake: &mut Fake,
-    from: Option<(NodeId, Payload)>,
-) -> Result<Vec<(NodeId, Payload)>, EngineError> {
+    from: Option<(NodeId, Msg)>,
+) -> Result<Vec<(NodeId, Body<Msg>)>, EngineError> {
     let (mut outbox, mut events) = (Vec::new(), Vec::new());
     let mut ctx = NodeCtx::new(&mut outbox, &mut events, fake);
     match from {
@@ -182,7 +183,10 @@ fn a_dfml_round_averages_models_only_within_their_architecture() {
         let sent = step(all[k + 1].as_mut(), &mut fake, None).unwrap();
         let models: Vec<_> = sent
             .into_iter()
-            .filter(|(_, p)| matches!(p, Payload::MutualModel { .. }))
+            .filter_map(|(to, p)| match p {
+                Body::Msg(m @ Msg::Model { .. }) => Some((to, m)),
+                _ => None,
+            })
             .collect();
         if round.senders.contains(&k) {
             assert_eq!(models.len(), 1);
@@ -218,8 +222,8 @@ fn a_dfml_round_averages_models_only_within_their_architecture() {
     let backs: Vec<_> = returned
         .iter()
         .filter_map(|(to, p)| match p {
-            Payload::MutualModel { arch, params, .. } => {
-                Some((*to, *arch as usize, params.clone()))
+            Body::Msg(Msg::Model { arch, model, .. }) => {
+                Some((*to, *arch as usize, model.exact_values().ok()?.clone()))
             }
             _ => None,
         })
@@ -242,7 +246,8 @@ fn simulated_dfml_reports_peaks_counts_bytes_and_is_deterministic() {
     let s = settings(Variant::Dfml, 6, 4);
     let (one, calls) = simulate(s.clone(), 1);
     let (two, _) = simulate(s.clone(), 2);
-    let metrics = |o: &SimOutcome| o.mutual.iter().map(|(m, _)| m.clone()).collect::<Vec<_>>();
+    let metrics =
+        |o: &SimOutcome<MutualMetrics>| o.rows.iter().map(|(m, _)| m.clone()).collect::<Vec<_>>();
     assert_eq!(metrics(&one), metrics(&two));
     assert_eq!(one.traffic, two.traffic);
     // One aggregation per round, each with the aggregator and 2 senders.
@@ -262,11 +267,11 @@ fn simulated_dfml_reports_peaks_counts_bytes_and_is_deterministic() {
     assert!(m[2].peak_accuracy.is_some());
     // Bytes: every round, each sender's model goes to the aggregator and comes back.
     let model_bytes = |arch: usize| {
-        Payload::MutualModel {
+        Body::Msg(Msg::Model {
             round: 1,
             arch: 0,
-            params: Arc::new(vec![0.0; SIZES[arch]]),
-        }
+            model: Tensor::exact(vec![0.0; SIZES[arch]]),
+        })
         .encoded_len() as u64
     };
     let want: u64 = (1..=4)
@@ -297,16 +302,17 @@ fn quantized_models_cost_their_encoded_bytes_and_keep_dfml_deterministic() {
     s.model_compression = Some(q);
     let (one, _) = simulate(s.clone(), 1);
     let (two, _) = simulate(s.clone(), 2);
-    let metrics = |o: &SimOutcome| o.mutual.iter().map(|(m, _)| m.clone()).collect::<Vec<_>>();
+    let metrics =
+        |o: &SimOutcome<MutualMetrics>| o.rows.iter().map(|(m, _)| m.clone()).collect::<Vec<_>>();
     assert_eq!(metrics(&one), metrics(&two));
     let (plain, _) = simulate(settings(Variant::Dfml, 6, 4), 1);
     assert_ne!(metrics(&one), metrics(&plain), "models went through int8");
     let model_bytes = |arch: usize| {
-        Payload::PackedMutualModel {
+        Body::Msg(Msg::Model {
             round: 1,
             arch: 0,
-            model: Arc::new(vec![0; encoded_len(SIZES[arch], &q)]),
-        }
+            model: Tensor::packed(vec![0; encoded_len(SIZES[arch], &q)]),
+        })
         .encoded_len() as u64
     };
     let want: u64 = (1..=4)
@@ -330,10 +336,10 @@ fn quantized_models_cost_their_encoded_bytes_and_keep_dfml_deterministic() {
         let (mut out, mut ev) = (Vec::new(), Vec::new());
         let r = nodes[1].on_message(
             2,
-            Payload::PackedMutualModel {
+            Msg::Model {
                 round: 1,
                 arch,
-                model: Arc::new(model),
+                model: Tensor::packed(model),
             },
             &mut NodeCtx::new(&mut out, &mut ev, &mut t),
         );
@@ -347,25 +353,25 @@ fn baselines_run_with_their_roles() {
     let (out, calls) = simulate(settings(Variant::Local, 6, 3), 2);
     assert_eq!(calls.len(), 6);
     assert!(calls.iter().all(|c| c.len() == 1));
-    assert_eq!(out.mutual.last().unwrap().0.cum_bytes, 0);
+    assert_eq!(out.rows.last().unwrap().0.cum_bytes, 0);
     // Def-KT: 2 pairs per round: 2 local trainings and 2 two-model trainings.
     let (out, calls) = simulate(settings(Variant::DefKt, 6, 3), 2);
     assert_eq!(calls.iter().filter(|c| c.len() == 1).count(), 6);
     assert_eq!(calls.iter().filter(|c| c.len() == 2).count(), 6);
-    assert_eq!(out.mutual.len(), 3);
+    assert_eq!(out.rows.len(), 3);
     // FML: 2 clients per round train their model with the global one (architecture 1).
     let s = settings(Variant::Fml, 6, 3);
     let (out, calls) = simulate(s.clone(), 2);
     assert_eq!(calls.len(), 6);
     assert!(calls.iter().all(|c| c.len() == 2 && c[1] == 1));
-    let last = &out.mutual.last().unwrap().0;
+    let last = &out.rows.last().unwrap().0;
     // The global model started at 500 and gains 1 per round (every returned copy gains 1).
     assert!((last.global_model_accuracy.unwrap() - 0.503).abs() < 1e-9);
-    let per_model = Payload::MutualModel {
+    let per_model = Body::Msg(Msg::Model {
         round: 1,
         arch: 1,
-        params: Arc::new(vec![0.0; SIZES[1]]),
-    }
+        model: Tensor::exact(vec![0.0; SIZES[1]]),
+    })
     .encoded_len() as u64;
     assert_eq!(last.cum_bytes, 3 * 2 * 2 * per_model);
 }
@@ -379,13 +385,13 @@ fn hostile_messages_are_rejected_not_obeyed() {
     let idle = (0..6)
         .find(|k| *k != agg && !r.senders.contains(k))
         .unwrap();
-    let model = |round, arch: usize, n: usize| Payload::MutualModel {
+    let model = |round, arch: usize, n: usize| Msg::Model {
         round,
         arch: arch as u32,
-        params: Arc::new(vec![1.0; n]),
+        model: Tensor::exact(vec![1.0; n]),
     };
     let mut fake = Fake::default();
-    let cases: Vec<(usize, NodeId, Payload, &str)> = vec![
+    let cases: Vec<(usize, NodeId, Msg, &str)> = vec![
         // Wrong architecture for the sender.
         (
             agg,
@@ -420,7 +426,7 @@ fn hostile_messages_are_rejected_not_obeyed() {
         (
             agg,
             client_node(sender),
-            Payload::MutualReport {
+            Msg::Report {
                 round: 1,
                 arch: 0,
                 accuracy: 0.5,
@@ -441,10 +447,10 @@ fn hostile_messages_are_rejected_not_obeyed() {
     }
     // NaN parameters.
     let mut all = nodes(&s);
-    let nan = Payload::MutualModel {
+    let nan = Msg::Model {
         round: 1,
         arch: (sender % 2) as u32,
-        params: Arc::new(vec![f32::NAN; SIZES[sender % 2]]),
+        model: Tensor::exact(vec![f32::NAN; SIZES[sender % 2]]),
     };
     let e = step(
         all[agg + 1].as_mut(),
@@ -470,7 +476,7 @@ fn hostile_messages_are_rejected_not_obeyed() {
     .unwrap_err();
     assert!(e.to_string().contains("second"), "{e}");
     // The hub: a report with the wrong architecture, accuracy out of range, or twice.
-    let report = |arch: u32, accuracy: f32| Payload::MutualReport {
+    let report = |arch: u32, accuracy: f32| Msg::Report {
         round: 1,
         arch,
         accuracy,
@@ -493,9 +499,9 @@ fn hostile_messages_are_rejected_not_obeyed() {
 fn the_hub_emits_each_evaluation_point_once_all_clients_reported() {
     let s = settings(Variant::Local, 4, 2);
     let (out, _) = simulate(s, 1);
-    let rounds: Vec<u32> = out.mutual.iter().map(|(m, _)| m.round).collect();
+    let rounds: Vec<u32> = out.rows.iter().map(|(m, _)| m.round).collect();
     assert_eq!(rounds, vec![1, 2]);
-    let first = &out.mutual[0].0;
+    let first = &out.rows[0].0;
     // Accuracy = first parameter / 1000; clients start at 0, 10, 20, 30 and the 2 that
     // trained in round 1 gained 1.
     assert!((first.accuracy - (60.0 + 2.0) / 4.0 / 1000.0).abs() < 1e-9);

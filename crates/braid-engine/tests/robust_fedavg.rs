@@ -4,8 +4,10 @@
 use std::sync::Arc;
 
 use braid_core::robust::{Aggregator, Attack};
-use braid_engine::algorithms::fedavg::{FedAvgClient, FedAvgServer, ServerConfig};
-use braid_engine::node::{EngineError, LocalTrainer, Node};
+use braid_engine::algorithms::fedavg::{
+    FedAvgClient, FedAvgServer, Msg, RoundMetrics, ServerConfig,
+};
+use braid_engine::node::{BoxNode, EngineError, LocalTrainer};
 use braid_engine::sim::{Simulator, Worker};
 use braid_nn::{EvalOutcome, OptimizerState, TrainOutcome};
 
@@ -64,7 +66,7 @@ fn one_round(
         min_replies: 1,
         aggregator,
     };
-    let mut nodes: Vec<Box<dyn Node>> = vec![Box::new(FedAvgServer::new(
+    let mut nodes: Vec<BoxNode<Msg, RoundMetrics>> = vec![Box::new(FedAvgServer::new(
         config,
         clients.clone(),
         vec![0.0; 5],

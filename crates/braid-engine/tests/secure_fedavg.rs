@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use braid_core::secagg::{self, Message};
 use braid_engine::algorithms::fedavg::{
-    FedAvgClient, FedAvgServer, SecureSettings, ServerConfig, MAX_RESTARTS,
+    FedAvgClient, FedAvgServer, FedCtx, Msg, RoundMetrics, SecureSettings, ServerConfig,
+    MAX_RESTARTS,
 };
-use braid_engine::node::{EngineError, LocalTrainer, Node, NodeCtx};
+use braid_engine::node::{BoxNode, EngineError, LocalTrainer, Node};
 use braid_engine::sim::{SimOutcome, Simulator, Worker};
-use braid_engine::wire::{NodeId, Payload};
+use braid_engine::wire::{Control, NodeId};
 use braid_nn::{EvalOutcome, OptimizerState, TrainOutcome};
 
 /// "Training" adds the mean of the shard's indices plus a seed-dependent fraction to every
@@ -70,20 +71,31 @@ struct Dropout {
 }
 
 impl Node for Dropout {
+    type Msg = Msg;
+    type Metrics = RoundMetrics;
+
+    fn on_control(
+        &mut self,
+        from: NodeId,
+        c: Control,
+        ctx: &mut FedCtx<'_>,
+    ) -> Result<(), EngineError> {
+        self.inner.on_control(from, c, ctx)
+    }
     fn id(&self) -> NodeId {
         self.inner.id()
     }
-    fn on_start(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+    fn on_start(&mut self, ctx: &mut FedCtx<'_>) -> Result<(), EngineError> {
         self.inner.on_start(ctx)
     }
     fn on_message(
         &mut self,
         from: NodeId,
-        payload: Payload,
-        ctx: &mut NodeCtx<'_>,
+        payload: Msg,
+        ctx: &mut FedCtx<'_>,
     ) -> Result<(), EngineError> {
         if self.keys_only {
-            if matches!(payload, Payload::SecAgg { .. }) {
+            if matches!(payload, Msg::SecAgg { .. }) {
                 return Ok(());
             }
         } else if self.answers == 0 {
@@ -96,7 +108,7 @@ impl Node for Dropout {
 }
 
 /// Every message the server received, with its sender.
-type Log = Arc<Mutex<Vec<(NodeId, Payload)>>>;
+type Log = Arc<Mutex<Vec<(NodeId, Msg)>>>;
 
 /// Records every message the server receives, then hands it on.
 struct Spy {
@@ -105,17 +117,20 @@ struct Spy {
 }
 
 impl Node for Spy {
+    type Msg = Msg;
+    type Metrics = RoundMetrics;
+
     fn id(&self) -> NodeId {
         self.inner.id()
     }
-    fn on_start(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+    fn on_start(&mut self, ctx: &mut FedCtx<'_>) -> Result<(), EngineError> {
         self.inner.on_start(ctx)
     }
     fn on_message(
         &mut self,
         from: NodeId,
-        payload: Payload,
-        ctx: &mut NodeCtx<'_>,
+        payload: Msg,
+        ctx: &mut FedCtx<'_>,
     ) -> Result<(), EngineError> {
         if let Ok(mut s) = self.seen.lock() {
             s.push((from, payload.clone()));
@@ -125,7 +140,7 @@ impl Node for Spy {
     fn finished(&self) -> bool {
         self.inner.finished()
     }
-    fn on_deadline(&mut self, token: u64, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+    fn on_deadline(&mut self, token: u64, ctx: &mut FedCtx<'_>) -> Result<(), EngineError> {
         self.inner.on_deadline(token, ctx)
     }
 }
@@ -149,7 +164,7 @@ struct Setup {
     keys_only: Vec<usize>,
 }
 
-fn run(s: &Setup, seen: Option<Log>) -> Result<SimOutcome, EngineError> {
+fn run(s: &Setup, seen: Option<Log>) -> Result<SimOutcome<RoundMetrics>, EngineError> {
     let ids: Vec<NodeId> = (1..=s.clients as NodeId).collect();
     let config = ServerConfig {
         rounds: s.rounds,
@@ -163,7 +178,7 @@ fn run(s: &Setup, seen: Option<Log>) -> Result<SimOutcome, EngineError> {
     };
     let server = FedAvgServer::new(config, ids.clone(), vec![0.5; PARAMS])?
         .with_secure_aggregation(s.secure);
-    let mut nodes: Vec<Box<dyn Node>> = vec![match seen {
+    let mut nodes: Vec<BoxNode<Msg, RoundMetrics>> = vec![match seen {
         Some(seen) => Box::new(Spy {
             inner: server,
             seen,
@@ -234,7 +249,7 @@ fn secure_fedavg_trains_the_same_model_as_plain_fedavg() {
         .unwrap();
         let (p, s) = (plain.final_params.unwrap(), sec.final_params.unwrap());
         assert!(close(&p, &s, 1e-5), "{p:?} vs {s:?}");
-        for ((a, _), (b, _)) in plain.rounds.iter().zip(&sec.rounds) {
+        for ((a, _), (b, _)) in plain.rows.iter().zip(&sec.rows) {
             assert_eq!(
                 (a.clients, a.samples, a.local_steps),
                 (b.clients, b.samples, b.local_steps)
@@ -264,7 +279,7 @@ fn dropouts_at_every_step_leave_the_exact_mean_of_the_survivors() {
         None,
     )
     .unwrap();
-    let (m, _) = &sec.rounds[0];
+    let (m, _) = &sec.rows[0];
     assert_eq!((m.clients, m.stragglers), (3, 3));
     // Plain FedAvg over the three survivors alone gives the same model.
     let survivors = [2usize, 4, 5];
@@ -329,7 +344,7 @@ fn a_client_dropping_before_unmasking_is_still_counted() {
         None,
     )
     .unwrap();
-    assert_eq!(sec.rounds[0].0.clients, 4);
+    assert_eq!(sec.rows[0].0.clients, 4);
     assert!(close(
         &sec.final_params.unwrap(),
         &plain.final_params.unwrap(),
@@ -377,12 +392,15 @@ fn the_server_never_receives_an_update_in_the_clear() {
         Some(Arc::clone(&seen)),
     )
     .unwrap();
-    assert_eq!(out.rounds.len(), 2);
+    assert_eq!(out.rows.len(), 2);
     let seen = seen.lock().unwrap();
     let mut masked = 0;
     for (from, p) in seen.iter() {
-        let Payload::SecAgg { round, body } = p else {
-            panic!("the server got a {} message from {from}", p.kind());
+        let Msg::SecAgg { round, body } = p else {
+            panic!(
+                "the server got a {} message from {from}",
+                braid_engine::wire::Message::kind(p)
+            );
         };
         if let Message::Masked(y) = Message::decode(body).unwrap() {
             masked += 1;

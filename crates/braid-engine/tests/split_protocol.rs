@@ -10,11 +10,12 @@ use braid_core::latency::{LatencyConfig, LatencyModel};
 use braid_core::lr_schedule::LrSchedule;
 use braid_core::seed;
 use braid_core::split_batches::Sampler;
-use braid_engine::algorithms::split::{SplitClient, SplitServer, SplitSettings, SERVER};
-use braid_engine::config::ClientGradients;
-use braid_engine::node::{EngineError, Event, LocalTrainer, Node, NodeCtx};
+use braid_engine::algorithms::split::{
+    ClientGradients, Msg, SplitClient, SplitMetrics, SplitServer, SplitSettings, SERVER,
+};
+use braid_engine::node::{BoxNode, EngineError, Event, LocalTrainer, Node, NodeCtx};
 use braid_engine::sim::{SimOutcome, Simulator, Worker};
-use braid_engine::wire::{NodeId, Payload, SplitPart};
+use braid_engine::wire::{Body, Control, NodeId, Tensor};
 use braid_nn::{EvalOutcome, OptimizerState, ServerStep, TrainOutcome};
 
 const F: usize = 3; // values per sample at the cut
@@ -136,8 +137,8 @@ fn settings(
 }
 
 /// Clients hold consecutive sample ranges of the given sizes.
-fn nodes(s: &Arc<SplitSettings>) -> Vec<Box<dyn Node>> {
-    let mut v: Vec<Box<dyn Node>> = vec![Box::new(
+fn nodes(s: &Arc<SplitSettings>) -> Vec<BoxNode<Msg, SplitMetrics>> {
+    let mut v: Vec<BoxNode<Msg, SplitMetrics>> = vec![Box::new(
         SplitServer::new(Arc::clone(s), vec![0.0; NUM_PARAMS]).unwrap(),
     )];
     let mut start = 0;
@@ -155,7 +156,7 @@ fn nodes(s: &Arc<SplitSettings>) -> Vec<Box<dyn Node>> {
     v
 }
 
-fn run(s: SplitSettings, workers: usize) -> (SimOutcome, Vec<usize>) {
+fn run(s: SplitSettings, workers: usize) -> (SimOutcome<SplitMetrics>, Vec<usize>) {
     let s = Arc::new(s);
     let fake = Fake::default();
     let w = (0..workers)
@@ -181,7 +182,7 @@ fn every_sample_is_used_once_per_epoch_in_planned_batches() {
             settings(counts.clone(), sampler, 8, LatencyConfig::default()),
             2,
         );
-        assert_eq!(out.split.len(), 2, "{sampler:?}");
+        assert_eq!(out.rows.len(), 2, "{sampler:?}");
         let mut seen = seen;
         seen.sort_unstable();
         let once: Vec<usize> = (0..20).collect();
@@ -190,7 +191,7 @@ fn every_sample_is_used_once_per_epoch_in_planned_batches() {
             seen, twice,
             "{sampler:?}: two epochs, each sample once per epoch"
         );
-        for (m, _) in &out.split {
+        for (m, _) in &out.rows {
             assert_eq!(m.samples, 20);
             assert!(m.min_batch >= 1, "{m:?}");
             match sampler {
@@ -207,13 +208,13 @@ fn every_sample_is_used_once_per_epoch_in_planned_batches() {
             assert!(m.sim_time_s > 0.0);
         }
         // The server's part moved once per step; the client part by the summed gradients.
-        let steps: u64 = out.split.iter().map(|(m, _)| m.steps).sum();
+        let steps: u64 = out.rows.iter().map(|(m, _)| m.steps).sum();
         let p = out.final_params.clone().unwrap();
         assert_eq!(p[CLIENT_PARAMS], steps as f32, "{sampler:?}");
         // Client-part gradient per step: (samples of the step, clients of the step), summed.
         assert_eq!(p[0], -40.0, "{sampler:?}: every sample once per epoch");
         let clients: f64 = out
-            .split
+            .rows
             .iter()
             .map(|(m, _)| m.mean_clients * m.steps as f64)
             .sum();
@@ -228,16 +229,16 @@ fn bytes_are_counted_as_encoded() {
         1,
     );
     let reported: u64 = out
-        .split
+        .rows
         .iter()
         .map(|(m, _)| m.bytes_up + m.bytes_down)
         .sum();
-    let shutdowns = 2 * Payload::Shutdown { round: 2 }.encoded_len() as u64;
+    let shutdowns = 2 * Control::Shutdown { round: 2 }.frame().len() as u64;
     let sent: u64 = out.traffic.iter().map(|t| t.bytes_sent).sum();
     assert_eq!(reported + shutdowns, sent);
     // Activations up: 12 samples x F floats, twice.
     let header_free = 2 * 12 * F as u64 * 4;
-    let up: u64 = out.split.iter().map(|(m, _)| m.bytes_up).sum();
+    let up: u64 = out.rows.iter().map(|(m, _)| m.bytes_up).sum();
     assert!(up > header_free, "{up}");
 }
 
@@ -251,7 +252,8 @@ fn results_do_not_depend_on_workers_and_stragglers_slow_the_clock() {
     let s = || settings(vec![7, 3, 5, 5], Sampler::Global, 6, fast);
     let (a, _) = run(s(), 1);
     let (b, _) = run(s(), 3);
-    let strip = |o: &SimOutcome| o.split.iter().map(|(m, _)| m.clone()).collect::<Vec<_>>();
+    let strip =
+        |o: &SimOutcome<SplitMetrics>| o.rows.iter().map(|(m, _)| m.clone()).collect::<Vec<_>>();
     assert_eq!(strip(&a), strip(&b));
     assert_eq!(a.final_params, b.final_params);
     let slow = LatencyConfig {
@@ -260,17 +262,20 @@ fn results_do_not_depend_on_workers_and_stragglers_slow_the_clock() {
         ..fast
     };
     let (c, _) = run(settings(vec![7, 3, 5, 5], Sampler::Global, 6, slow), 1);
-    assert!(c.split[0].0.sim_time_s > 2.0 * a.split[0].0.sim_time_s);
+    assert!(c.rows[0].0.sim_time_s > 2.0 * a.rows[0].0.sim_time_s);
     assert_eq!(strip(&a)[0].accuracy, strip(&c)[0].accuracy);
 }
 
+/// What a node's handling of one message returned, and what it sent.
+type Handled = (Result<(), EngineError>, Vec<(NodeId, Body<Msg>)>);
+
 impl Fake {
     fn ctx_run(
-        node: &mut dyn Node,
+        node: &mut dyn Node<Msg = Msg, Metrics = SplitMetrics>,
         from: NodeId,
-        p: Payload,
-    ) -> (Result<(), EngineError>, Vec<(NodeId, Payload)>) {
-        let (mut out, mut ev) = (Vec::new(), Vec::<Event>::new());
+        p: Msg,
+    ) -> Handled {
+        let (mut out, mut ev) = (Vec::new(), Vec::<Event<SplitMetrics>>::new());
         let mut t = Fake::default();
         let mut ctx = NodeCtx::new(&mut out, &mut ev, &mut t);
         let r = node.on_message(from, p, &mut ctx);
@@ -293,10 +298,10 @@ fn hostile_messages_get_clear_errors() {
         .on_start(&mut NodeCtx::new(&mut out, &mut ev, &mut t))
         .unwrap();
     assert_eq!(out.len(), 2, "both clients asked");
-    let acts = |n: usize, f: usize, step: u64| Payload::SplitActivations {
+    let acts = |n: usize, f: usize, step: u64| Msg::Activations {
         step,
         labels: vec![1; n],
-        acts: vec![0.0; n * f],
+        acts: Tensor::exact(vec![0.0; n * f]),
     };
     let cases = [
         (1, acts(4, F + 1, 1), "the cut has 3 values per sample"),
@@ -305,9 +310,9 @@ fn hostile_messages_get_clear_errors() {
         (9, acts(4, F, 1), "not a client"),
         (
             1,
-            Payload::SplitClientGrad {
+            Msg::ClientGrad {
                 step: 1,
-                grad: vec![0.0; 2],
+                grad: Tensor::exact(vec![0.0; 2]),
             },
             "unexpected split-client-grad",
         ),
@@ -325,12 +330,12 @@ fn hostile_messages_get_clear_errors() {
 
     // Clients refuse windows outside their data and gradients for steps they did not run.
     let mut client = SplitClient::new(1, Arc::new(vec![0, 1, 2]), 7);
-    let req = |offset, count| Payload::SplitRequest {
+    let req = |offset, count| Msg::Request {
         step: 1,
         epoch: 1,
         offset,
         count,
-        params: Arc::new(vec![0.0; CLIENT_PARAMS]),
+        client_part: Tensor::exact(vec![0.0; CLIENT_PARAMS]),
     };
     let (r, _) = Fake::ctx_run(&mut client, SERVER, req(2, 2));
     assert!(r.unwrap_err().to_string().contains("this client holds 3"));
@@ -338,18 +343,18 @@ fn hostile_messages_get_clear_errors() {
     assert!(r.is_err());
     let (r, _) = Fake::ctx_run(&mut client, 2, req(0, 1));
     assert!(r.unwrap_err().to_string().contains("only the server"));
-    let g = Payload::SplitGradient {
+    let g = Msg::Gradient {
         step: 1,
-        grad: vec![0.0; F],
+        grad: Tensor::exact(vec![0.0; F]),
     };
     let (r, _) = Fake::ctx_run(&mut client, SERVER, g.clone());
     assert!(r.unwrap_err().to_string().contains("no request is open"));
     let (r, sent) = Fake::ctx_run(&mut client, SERVER, req(0, 1));
     r.unwrap();
-    assert!(matches!(sent[0].1, Payload::SplitActivations { .. }));
+    assert!(matches!(sent[0].1, Body::Msg(Msg::Activations { .. })));
     let (r, sent) = Fake::ctx_run(&mut client, SERVER, g);
     r.unwrap();
-    assert!(matches!(sent[0].1, Payload::SplitClientGrad { .. }));
+    assert!(matches!(sent[0].1, Body::Msg(Msg::ClientGrad { .. })));
 }
 
 #[test]
@@ -401,15 +406,15 @@ fn compressed_messages_carry_the_same_run() {
     // The fake's values are small integers, which fp16 holds exactly: the same run.
     let (b, _) = run(compressed(Quantize::Fp16), 2);
     assert_eq!(a.final_params, b.final_params);
-    let bytes = |o: &SimOutcome| -> (u64, u64) {
-        o.split
+    let bytes = |o: &SimOutcome<SplitMetrics>| -> (u64, u64) {
+        o.rows
             .iter()
             .fold((0, 0), |(u, d), (m, _)| (u + m.bytes_up, d + m.bytes_down))
     };
     // Bytes are counted as encoded (the fake's vectors are too short for fp16 to save bytes
     // after the codec's header; the CLI test shows the saving on a real model).
     let (up_b, down_b) = bytes(&b);
-    let shutdowns = 4 * Payload::Shutdown { round: 2 }.encoded_len() as u64;
+    let shutdowns = 4 * Control::Shutdown { round: 2 }.frame().len() as u64;
     let sent: u64 = b.traffic.iter().map(|t| t.bytes_sent).sum();
     assert_eq!(up_b + down_b + shutdowns, sent);
     // Stochastic rounding is seeded by run, ends, step and part: worker count changes nothing.
@@ -433,39 +438,36 @@ fn compressed_split_messages_are_checked() {
         .on_start(&mut NodeCtx::new(&mut out, &mut ev, &mut t))
         .unwrap();
     let c = s.compression.unwrap();
-    let Payload::PackedSplitRequest { params, .. } = &out[0].1 else {
+    let Body::Msg(Msg::Request { client_part, .. }) = &out[0].1 else {
         panic!("{:?}", out[0].1);
     };
     assert_eq!(
-        params.len(),
+        client_part.packed_bytes().unwrap().len(),
         braid_core::compress::encoded_len(CLIENT_PARAMS, &c)
     );
     let pack = |v: &[f32]| braid_core::compress::encode(v, &c, &mut seed::rng(0, &[])).unwrap();
-    let acts = |labels: usize, values: usize| Payload::PackedSplit {
+    let acts = |labels: usize, values: usize| Msg::Activations {
         step: 1,
-        part: SplitPart::Activations,
         labels: vec![1; labels],
-        data: pack(&vec![0.5; values]),
+        acts: Tensor::packed(pack(&vec![0.5; values])),
     };
     let cases = [
         (acts(4, 4 * F + 1), "activations: compressed vector"),
         (acts(3, 3 * F), "3 labels, 4 samples were asked for"),
         (
-            Payload::SplitActivations {
+            Msg::Activations {
                 step: 1,
                 labels: vec![1; 4],
-                acts: vec![0.0; 4 * F],
+                acts: Tensor::exact(vec![0.0; 4 * F]),
             },
             "uncompressed, but this run sets compression.split",
         ),
         (
-            Payload::PackedSplit {
+            Msg::Gradient {
                 step: 1,
-                part: SplitPart::Gradient,
-                labels: Vec::new(),
-                data: pack(&[1.0; 4 * F]),
+                grad: Tensor::packed(pack(&[1.0; 4 * F])),
             },
-            "unexpected packed-split",
+            "unexpected split-gradient",
         ),
     ];
     for (p, needle) in cases {
@@ -478,12 +480,12 @@ fn compressed_split_messages_are_checked() {
 
     // A client of a compressed run: wrong sizes and the plain form are refused.
     let mut client = SplitClient::new(1, Arc::new(vec![0, 1, 2]), 7).with_compression(&s);
-    let req = |n: usize| Payload::PackedSplitRequest {
+    let req = |n: usize| Msg::Request {
         step: 1,
         epoch: 1,
         offset: 0,
         count: 2,
-        params: Arc::new(pack(&vec![0.0; n])),
+        client_part: Tensor::packed(pack(&vec![0.0; n])),
     };
     let (r, _) = Fake::ctx_run(&mut client, SERVER, req(CLIENT_PARAMS + 1));
     let e = r.unwrap_err().to_string();
@@ -494,17 +496,15 @@ fn compressed_split_messages_are_checked() {
     let (r, sent) = Fake::ctx_run(&mut client, SERVER, req(CLIENT_PARAMS));
     r.unwrap();
     assert!(matches!(
-        sent[0].1,
-        Payload::PackedSplit {
-            part: SplitPart::Activations,
+        &sent[0].1,
+        Body::Msg(Msg::Activations {
+            acts: Tensor::Packed(_),
             ..
-        }
+        })
     ));
-    let grad = |n: usize| Payload::PackedSplit {
+    let grad = |n: usize| Msg::Gradient {
         step: 1,
-        part: SplitPart::Gradient,
-        labels: Vec::new(),
-        data: pack(&vec![1.0; n]),
+        grad: Tensor::packed(pack(&vec![1.0; n])),
     };
     let (r, _) = Fake::ctx_run(&mut client, SERVER, grad(2 * F + 1));
     let e = r.unwrap_err().to_string();
@@ -512,11 +512,11 @@ fn compressed_split_messages_are_checked() {
     let (r, sent) = Fake::ctx_run(&mut client, SERVER, grad(2 * F));
     r.unwrap();
     assert!(matches!(
-        sent[0].1,
-        Payload::PackedSplit {
-            part: SplitPart::ClientGrad,
+        &sent[0].1,
+        Body::Msg(Msg::ClientGrad {
+            grad: Tensor::Packed(_),
             ..
-        }
+        })
     ));
     // A plain client refuses compressed messages.
     let mut plain = SplitClient::new(1, Arc::new(vec![0, 1, 2]), 7);

@@ -8,11 +8,13 @@ use std::time::Duration;
 
 use braid_core::latency::LatencyConfig;
 use braid_engine::accounting::FlopsPerSample;
-use braid_engine::algorithms::fedavg::{FedAvgClient, FedAvgServer, ServerConfig};
+use braid_engine::algorithms::fedavg::{
+    FedAvgClient, FedAvgServer, FedCtx, Msg, RoundMetrics, ServerConfig,
+};
 use braid_engine::algorithms::fedbuff::{FedBuffServer, FedBuffSettings, Staleness};
-use braid_engine::node::{EngineError, LocalTrainer, Node, NodeCtx};
+use braid_engine::node::{BoxNode, EngineError, LocalTrainer, Node, NodeCtx};
 use braid_engine::sim::{SimOutcome, Simulator, Timing, Worker};
-use braid_engine::wire::{NodeId, Payload};
+use braid_engine::wire::{Body, NodeId, Tensor};
 use braid_nn::{EvalOutcome, OptimizerState, TrainOutcome};
 
 /// GFLOP per training sample of the fake model.
@@ -69,18 +71,16 @@ impl LocalTrainer for Fake {
 struct Dead(NodeId);
 
 impl Node for Dead {
+    type Msg = Msg;
+    type Metrics = RoundMetrics;
+
     fn id(&self) -> NodeId {
         self.0
     }
-    fn on_start(&mut self, _: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+    fn on_start(&mut self, _: &mut FedCtx<'_>) -> Result<(), EngineError> {
         Ok(())
     }
-    fn on_message(
-        &mut self,
-        _: NodeId,
-        _: Payload,
-        _: &mut NodeCtx<'_>,
-    ) -> Result<(), EngineError> {
+    fn on_message(&mut self, _: NodeId, _: Msg, _: &mut FedCtx<'_>) -> Result<(), EngineError> {
         Ok(())
     }
 }
@@ -119,12 +119,12 @@ fn server_config(rounds: u32, per_round: usize) -> ServerConfig {
 }
 
 fn run(
-    server: Box<dyn Node>,
+    server: BoxNode<Msg, RoundMetrics>,
     clients: usize,
     dead: &[NodeId],
     timing: Option<Timing>,
     workers: usize,
-) -> SimOutcome {
+) -> SimOutcome<RoundMetrics> {
     let mut nodes = vec![server];
     for k in 1..=clients {
         let id = k as NodeId;
@@ -153,7 +153,7 @@ fn timing(clients: usize, slow: f64) -> Timing {
     )
 }
 
-fn fedavg(rounds: u32, clients: usize) -> Box<dyn Node> {
+fn fedavg(rounds: u32, clients: usize) -> BoxNode<Msg, RoundMetrics> {
     Box::new(
         FedAvgServer::new(
             server_config(rounds, clients),
@@ -164,7 +164,7 @@ fn fedavg(rounds: u32, clients: usize) -> Box<dyn Node> {
     )
 }
 
-fn fedbuff(rounds: u32, clients: usize, settings: FedBuffSettings) -> Box<dyn Node> {
+fn fedbuff(rounds: u32, clients: usize, settings: FedBuffSettings) -> BoxNode<Msg, RoundMetrics> {
     Box::new(
         FedBuffServer::new(
             server_config(rounds, clients),
@@ -178,18 +178,18 @@ fn fedbuff(rounds: u32, clients: usize, settings: FedBuffSettings) -> Box<dyn No
 
 /// Bytes of a request and of a reply for the fake model.
 fn sizes() -> (u64, u64) {
-    let req = Payload::TrainRequest {
+    let req = Body::Msg(Msg::Request {
         round: 1,
-        params: Arc::new(vec![0.0; PARAMS]),
-    }
+        model: Tensor::exact(vec![0.0; PARAMS]),
+    })
     .encoded_len() as u64;
-    let rep = Payload::TrainReply {
+    let rep = Body::Msg(Msg::Reply {
         round: 1,
         num_samples: 1,
         steps: 1,
         train_loss: 0.0,
-        params: vec![0.0; PARAMS],
-    }
+        update: Tensor::exact(vec![0.0; PARAMS]),
+    })
     .encoded_len() as u64;
     (req, rep)
 }
@@ -207,12 +207,12 @@ fn a_synchronous_round_lasts_as_long_as_its_slowest_client() {
     );
     // Time changes when things happen, not what a synchronous round computes.
     assert_eq!(plain.final_params, timed.final_params);
-    assert!(plain.rounds.iter().all(|(m, _)| m.sim_time_s.is_none()));
+    assert!(plain.rows.iter().all(|(m, _)| m.sim_time_s.is_none()));
     // Client 4 is the slowest: 4 samples at 1 GFLOP/s, plus the request and reply over 1 MB/s
     // links and 10 ms each way.
     let (req, rep) = sizes();
     let round = 0.02 + 4.0 + (req + rep) as f64 / 1e6;
-    for (r, (m, _)) in timed.rounds.iter().enumerate() {
+    for (r, (m, _)) in timed.rows.iter().enumerate() {
         let t = m.sim_time_s.unwrap();
         assert!(
             (t - round * (r + 1) as f64).abs() < 1e-6,
@@ -228,7 +228,7 @@ fn a_synchronous_round_lasts_as_long_as_its_slowest_client() {
         Some(timing(clients, 0.5)),
         2,
     );
-    let t = |o: &SimOutcome| o.rounds.last().unwrap().0.sim_time_s.unwrap();
+    let t = |o: &SimOutcome<RoundMetrics>| o.rows.last().unwrap().0.sim_time_s.unwrap();
     assert!(t(&slow) > 2.0 * t(&timed), "{} vs {}", t(&slow), t(&timed));
     assert_eq!(slow.final_params, plain.final_params);
 }
@@ -256,11 +256,12 @@ fn fedbuff_steps_without_waiting_for_stragglers() {
         Some(timing(clients, 0.25)),
         2,
     );
-    assert_eq!(asyn.rounds.len(), 16);
+    assert_eq!(asyn.rows.len(), 16);
     // Both took 32 client updates; FedBuff did not wait for the two 10x slower clients.
-    let updates = |o: &SimOutcome| o.rounds.iter().map(|(m, _)| m.clients).sum::<usize>();
+    let updates =
+        |o: &SimOutcome<RoundMetrics>| o.rows.iter().map(|(m, _)| m.clients).sum::<usize>();
     assert_eq!((updates(&sync), updates(&asyn)), (32, 32));
-    let t = |o: &SimOutcome| o.rounds.last().unwrap().0.sim_time_s.unwrap();
+    let t = |o: &SimOutcome<RoundMetrics>| o.rows.last().unwrap().0.sim_time_s.unwrap();
     assert!(
         t(&asyn) * 2.0 < t(&sync),
         "fedbuff {} vs fedavg {}",
@@ -269,16 +270,16 @@ fn fedbuff_steps_without_waiting_for_stragglers() {
     );
     // Simulated time only moves forward; every step reports its updates' staleness.
     let times: Vec<f64> = asyn
-        .rounds
+        .rows
         .iter()
         .map(|(m, _)| m.sim_time_s.unwrap())
         .collect();
     assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
     assert!(asyn
-        .rounds
+        .rows
         .iter()
         .all(|(m, _)| m.clients == 2 && m.staleness.is_some()));
-    assert!(asyn.rounds.iter().any(|(m, _)| m.staleness.unwrap().1 > 0));
+    assert!(asyn.rows.iter().any(|(m, _)| m.staleness.unwrap().1 > 0));
     // The same with one worker: the order of events is the model's, not the threads'.
     let again = run(
         fedbuff(16, clients, settings),
@@ -290,14 +291,11 @@ fn fedbuff_steps_without_waiting_for_stragglers() {
     assert_eq!(again.final_params, asyn.final_params);
     assert_eq!(
         again
-            .rounds
+            .rows
             .iter()
             .map(|(m, _)| m.clone())
             .collect::<Vec<_>>(),
-        asyn.rounds
-            .iter()
-            .map(|(m, _)| m.clone())
-            .collect::<Vec<_>>()
+        asyn.rows.iter().map(|(m, _)| m.clone()).collect::<Vec<_>>()
     );
 }
 
@@ -319,7 +317,7 @@ fn a_buffer_of_every_client_at_once_is_one_fedavg_round() {
         x.iter().zip(&y).all(|(p, q)| (p - q).abs() < 1e-5),
         "{x:?} vs {y:?}"
     );
-    assert_eq!(a.rounds[0].0.staleness, Some((0.0, 0)));
+    assert_eq!(a.rows[0].0.staleness, Some((0.0, 0)));
 }
 
 #[test]
@@ -349,7 +347,7 @@ fn stale_updates_weigh_less_or_are_dropped() {
     );
     // Client k trains k seconds, so the slow ones answer after several steps.
     let stale: Vec<u32> = constant
-        .rounds
+        .rows
         .iter()
         .map(|(m, _)| m.staleness.unwrap().1)
         .collect();
@@ -370,13 +368,13 @@ fn stale_updates_weigh_less_or_are_dropped() {
         t(),
         2,
     );
-    assert_eq!(capped.rounds.len(), 6);
+    assert_eq!(capped.rows.len(), 6);
     assert!(capped
-        .rounds
+        .rows
         .iter()
         .all(|(m, _)| m.staleness == Some((0.0, 0))));
-    let dropped: usize = capped.rounds.iter().map(|(m, _)| m.stragglers).sum();
-    assert!(dropped >= 1, "{:?}", capped.rounds);
+    let dropped: usize = capped.rows.iter().map(|(m, _)| m.stragglers).sum();
+    assert!(dropped >= 1, "{:?}", capped.rows);
 }
 
 #[test]
@@ -403,10 +401,10 @@ fn a_client_that_never_answers_is_replaced_at_its_deadline() {
         Some(timing(clients, 0.0)),
         2,
     );
-    assert_eq!(out.rounds.len(), 10);
+    assert_eq!(out.rows.len(), 10);
     // Client 2 holds its slot until the deadline, then counts as dropped.
-    let dropped: usize = out.rounds.iter().map(|(m, _)| m.stragglers).sum();
-    assert!(dropped >= 1, "{:?}", out.rounds);
+    let dropped: usize = out.rows.iter().map(|(m, _)| m.stragglers).sum();
+    assert!(dropped >= 1, "{:?}", out.rows);
 }
 
 #[test]
@@ -438,12 +436,12 @@ fn fedbuff_refuses_bad_settings_and_replies_it_did_not_ask_for() {
     };
     let (mut out2, mut ev2) = (Vec::new(), Vec::new());
     let ctx = &mut NodeCtx::new(&mut out2, &mut ev2, &mut t);
-    let reply = |round, params: Vec<f32>| Payload::TrainReply {
+    let reply = |round, params: Vec<f32>| Msg::Reply {
         round,
         num_samples: 1,
         steps: 1,
         train_loss: 0.0,
-        params,
+        update: Tensor::exact(params),
     };
     let other = (1..=3).find(|c| *c != asked).unwrap();
     for (from, p) in [
@@ -461,9 +459,9 @@ fn fedbuff_refuses_bad_settings_and_replies_it_did_not_ask_for() {
     assert_eq!(ev2.len(), 1, "one server step");
 }
 
-fn ctx_sent(out: &[(NodeId, Payload)]) -> Option<NodeId> {
+fn ctx_sent(out: &[(NodeId, Body<Msg>)]) -> Option<NodeId> {
     out.iter()
-        .find(|(_, p)| matches!(p, Payload::TrainRequest { .. }))
+        .find(|(_, p)| matches!(p, Body::Msg(Msg::Request { .. })))
         .map(|(c, _)| *c)
 }
 
@@ -523,7 +521,7 @@ fn a_node_computing_faster_than_ever_before_is_an_error_not_a_wrong_order() {
         vec![0.0; PARAMS],
     )
     .unwrap();
-    let nodes: Vec<Box<dyn Node>> = vec![
+    let nodes: Vec<BoxNode<Msg, RoundMetrics>> = vec![
         Box::new(server),
         Box::new(FedAvgClient::new(1, Arc::new((0..9).collect()), 3)),
         Box::new(FedAvgClient::new(2, Arc::new((100..115).collect()), 3)),
@@ -558,8 +556,8 @@ fn a_round_deadline_in_simulated_time_skips_the_slow_clients() {
         Some(timing(clients, 0.0)),
         2,
     );
-    assert_eq!(out.rounds.len(), 3);
-    for (r, (m, _)) in out.rounds.iter().enumerate() {
+    assert_eq!(out.rows.len(), 3);
+    for (r, (m, _)) in out.rows.iter().enumerate() {
         assert_eq!((m.clients, m.stragglers), (2, 2));
         let t = m.sim_time_s.unwrap();
         assert!((t - 2.5 * (r + 1) as f64).abs() < 1e-6, "{t}");
@@ -591,12 +589,12 @@ fn a_fedbuff_checkpoint_keeps_its_steps_model_and_optimizer() {
     let asked = ctx_sent(&out).unwrap();
     let (mut out2, mut ev2) = (Vec::new(), Vec::new());
     let ctx = &mut NodeCtx::new(&mut out2, &mut ev2, &mut t);
-    let reply = Payload::TrainReply {
+    let reply = Msg::Reply {
         round: 1,
         num_samples: 1,
         steps: 1,
         train_loss: 0.0,
-        params: vec![2.0; PARAMS],
+        update: Tensor::exact(vec![2.0; PARAMS]),
     };
     server.on_message(asked, reply, ctx).unwrap();
     let state = server.save_state().unwrap();

@@ -1,7 +1,7 @@
 //! Framing of braid messages on libp2p request-response streams.
 //!
 //! One message per stream: an 8-byte little-endian length, then that many bytes (a
-//! [`braid_engine::wire::Payload`] encoding). The reader refuses a length above the configured
+//! [`braid_engine::wire::Body`] encoding). The reader refuses a length above the configured
 //! maximum before reading anything else, and grows its buffer only as bytes actually arrive, so
 //! an announced size costs nothing until it is sent. The answer is a short acknowledgement:
 //! one status byte and, when the message was refused, the reason.

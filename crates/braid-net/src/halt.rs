@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use braid_engine::config::ExperimentConfig;
-use braid_engine::wire::{halt_message, NodeId, Payload};
+use braid_engine::wire::{halt_message, Control, NodeId};
 use libp2p::identity::{Keypair, PublicKey};
 use libp2p::{Multiaddr, PeerId};
 
@@ -38,11 +38,11 @@ pub fn run_id(hex: &str) -> Result<[u8; 32], NetError> {
 }
 
 /// A halt for run `run`, signed by `key`.
-pub fn sign(key: &Keypair, run: [u8; 32], issued_at: u64) -> Result<Payload, NetError> {
+pub fn sign(key: &Keypair, run: [u8; 32], issued_at: u64) -> Result<Control, NetError> {
     let signature = key
         .sign(&halt_message(&run, issued_at))
         .map_err(|e| NetError::Key(format!("cannot sign the halt: {e}")))?;
-    Ok(Payload::Halt {
+    Ok(Control::Halt {
         run,
         issued_at,
         signer: key.public().encode_protobuf(),
@@ -57,12 +57,12 @@ pub const CLOCK_SKEW_S: u64 = 300;
 /// seconds: a halt issued more than [`CLOCK_SKEW_S`] before it is a replay of an old one, e.g.
 /// against a resumed run); returns the signer.
 pub fn verify(
-    halt: &Payload,
+    halt: &Control,
     run: &[u8; 32],
     authorized: &[PeerId],
     started_at: u64,
 ) -> Result<PeerId, String> {
-    let Payload::Halt {
+    let Control::Halt {
         run: r,
         issued_at,
         signer,
@@ -98,10 +98,10 @@ pub fn verify(
 pub fn send(
     key: &Keypair,
     targets: &[(NodeId, PeerId, Multiaddr)],
-    halt: &Payload,
+    halt: &Control,
     timeout: Duration,
 ) -> Vec<(NodeId, Result<Outcome, NetError>)> {
-    let body = halt.encode();
+    let body = halt.frame();
     let mut frame = (body.len() as u64).to_le_bytes().to_vec();
     frame.extend_from_slice(&body);
     targets
@@ -136,7 +136,14 @@ mod tests {
             Ok(boss.public().to_peer_id())
         );
         // Survives the wire.
-        let back = Payload::decode(&ok.encode(), 0).unwrap();
+        let back = braid_engine::wire::Body::<braid_engine::algorithms::fedavg::Msg>::decode(
+            &ok.frame(),
+            &braid_engine::wire::Limits::new(0),
+        )
+        .unwrap();
+        let braid_engine::wire::Body::Control(back) = back else {
+            unreachable!()
+        };
         assert!(verify(&back, &run, &authorized, 0).is_ok());
         // Another run, an unauthorized signer, a tampered field, a key swapped in.
         assert!(verify(&ok, &[8u8; 32], &authorized, 0).is_err());
@@ -144,13 +151,13 @@ mod tests {
         assert!(verify(&forged, &run, &authorized, 0)
             .unwrap_err()
             .contains("not in network.halt_keys"));
-        let Payload::Halt {
+        let Control::Halt {
             signer, signature, ..
         } = ok.clone()
         else {
             unreachable!()
         };
-        let later = Payload::Halt {
+        let later = Control::Halt {
             run,
             issued_at: 101,
             signer: signer.clone(),
@@ -159,14 +166,14 @@ mod tests {
         assert!(verify(&later, &run, &authorized, 0)
             .unwrap_err()
             .contains("does not verify"));
-        let Payload::Halt {
+        let Control::Halt {
             signature: other_sig,
             ..
         } = forged
         else {
             unreachable!()
         };
-        let spliced = Payload::Halt {
+        let spliced = Control::Halt {
             run,
             issued_at: 100,
             signer,

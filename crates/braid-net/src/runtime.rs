@@ -1,7 +1,8 @@
 //! Runs one braid node in this process over libp2p.
 //!
 //! Two threads of control:
-//! - the node thread owns the algorithm's [`Node`] and the [`LocalTrainer`]; it handles one
+//! - the node thread owns the algorithm's node (a [`WireNode`]: any algorithm's node, its
+//!   protocol erased to bytes) and the [`LocalTrainer`]; it handles one
 //!   message or deadline at a time, exactly as the simulator would, so training never blocks
 //!   the network;
 //! - the network task (tokio) owns the libp2p swarm: it sends what the node sends, receives,
@@ -22,10 +23,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use braid_engine::accounting::{Compute, Metered};
-use braid_engine::checkpoint::{Checkpoint, Reported};
-use braid_engine::node::{EngineError, Event, Input, LocalTrainer, Node, NodeCtx};
+use braid_engine::checkpoint::Checkpoint;
+use braid_engine::node::{EngineError, LocalTrainer};
 use braid_engine::transport::NodeTraffic;
-use braid_engine::wire::{NodeId, Payload};
+use braid_engine::wire::NodeId;
+use braid_engine::wire_node::{Decoded, Outgoing as Encoded, WireEvent, WireInput, WireNode};
 use futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
@@ -47,8 +49,6 @@ pub struct RuntimeOptions {
     pub listen: Vec<Multiaddr>,
     /// Largest message accepted, in bytes.
     pub max_message_bytes: u64,
-    /// Largest parameter vector accepted in a message.
-    pub max_params: usize,
     /// Time allowed to deliver and acknowledge one message.
     pub request_timeout: Duration,
     /// How long to keep retrying a message to an unreachable participant.
@@ -69,7 +69,7 @@ pub struct RuntimeOptions {
 /// What the network task hands the node thread.
 enum ToNode {
     /// An input for the node.
-    Input(Input),
+    Input(WireInput),
     /// An authorized halt: stop now.
     Halt,
 }
@@ -102,7 +102,7 @@ fn sync_log(log: &SharedLog) -> Result<(), NetError> {
 #[derive(Debug, Clone, Default)]
 pub struct RunReport {
     /// Every event the node emitted, with seconds since the start.
-    pub events: Vec<(Event, f64)>,
+    pub events: Vec<(WireEvent, f64)>,
     /// Bytes and messages this node sent (first attempts; retries are not counted twice)
     /// and accepted.
     pub traffic: NodeTraffic,
@@ -118,7 +118,7 @@ pub struct RunReport {
 
 /// Something the node thread asks of the network task.
 enum ToNet {
-    Send(NodeId, Payload),
+    Send(NodeId, Encoded),
     Finished,
     Failed(String),
 }
@@ -155,12 +155,12 @@ struct Outgoing {
 /// called with every address the process listens on.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
-    node: Box<dyn Node>,
+    node: Box<dyn WireNode>,
     trainer: Box<dyn LocalTrainer>,
     key: Keypair,
     roster: Roster,
     options: RuntimeOptions,
-    observer: Box<dyn FnMut(&Event) + Send>,
+    observer: Box<dyn FnMut(&WireEvent) + Send>,
     on_listen: Box<dyn FnMut(&Multiaddr) + Send>,
 ) -> Result<RunReport, NetError> {
     let me = crate::identity::peer_id(&key);
@@ -182,7 +182,8 @@ pub fn run(
     let mut restored = Vec::new();
     if let (true, Some(path)) = (options.resume, &options.checkpoint) {
         if path.exists() {
-            let c = Checkpoint::load(path).map_err(|e| NetError::Node(e.to_string()))?;
+            let c = Checkpoint::<serde_json::Value>::load(path)
+                .map_err(|e| NetError::Node(e.to_string()))?;
             node.load_state(c.state)
                 .map_err(|e| NetError::Node(format!("cannot resume: {e}")))?;
             info!("resumed from {}", path.display());
@@ -227,6 +228,7 @@ pub fn run(
     let start = Instant::now();
     let node_log = log.clone();
     let node_stop = Arc::clone(&stop);
+    let decoder = node.decoder();
     let node_thread = std::thread::Builder::new()
         .name(format!("braid-node-{my_node}"))
         .spawn(move || {
@@ -240,6 +242,7 @@ pub fn run(
         key,
         roster,
         options,
+        decoder,
         from_node,
         to_node,
         on_listen,
@@ -265,27 +268,37 @@ pub fn run(
 }
 
 /// Events, rejected messages, compute, halted.
-type NodeOutcome = (Vec<(Event, f64)>, u64, Compute, bool);
+type NodeOutcome = (Vec<(WireEvent, f64)>, u64, Compute, bool);
+
+/// A metrics row kept across restarts, with its wall-clock seconds.
+type Reported = (serde_json::Value, f64);
 
 #[allow(clippy::too_many_arguments)]
 fn node_loop(
-    mut node: Box<dyn Node>,
+    mut node: Box<dyn WireNode>,
     mut trainer: Box<dyn LocalTrainer>,
     inbox: std_mpsc::Receiver<ToNode>,
     to_net: tokio_mpsc::UnboundedSender<ToNet>,
-    mut observer: Box<dyn FnMut(&Event) + Send>,
+    mut observer: Box<dyn FnMut(&WireEvent) + Send>,
     start: Instant,
     checkpoint: Option<PathBuf>,
-    restored: Vec<(Reported, f64)>,
+    restored: Vec<Reported>,
     log: SharedLog,
     stop: Arc<AtomicBool>,
 ) -> Result<NodeOutcome, NetError> {
     // Wall-clock seconds continue from the restored metrics.
     let offset = restored.last().map_or(0.0, |(_, w)| *w);
     let mut reported = restored;
-    let mut events: Vec<(Event, f64)> = reported
+    let mut events: Vec<(WireEvent, f64)> = reported
         .iter()
-        .map(|(r, w)| (r.clone().into_event(), *w))
+        .map(|(r, w)| {
+            let event = node.row_event(r).unwrap_or_else(|| WireEvent::Metrics {
+                progress: (0, None),
+                line: String::new(),
+                row: r.clone(),
+            });
+            (event, *w)
+        })
         .collect();
     let mut saved_version = 0u64;
     let mut rejected = 0u64;
@@ -308,7 +321,7 @@ fn node_loop(
             }
             break Ok(true);
         } else if first.take().is_some() {
-            Input::Start
+            WireInput::Start
         } else if node.finished() {
             break Ok(false);
         } else {
@@ -333,21 +346,20 @@ fn node_loop(
                 Some(ToNode::Input(message)) => message,
                 Some(ToNode::Halt) => continue, // the flag is set: stop at the top
                 None => match timers.pop() {
-                    Some(Reverse((_, _, token))) => Input::Deadline(token),
+                    Some(Reverse((_, _, token))) => WireInput::Deadline(token),
                     None => continue,
                 },
             }
         };
-        let (mut outbox, mut emitted) = (Vec::new(), Vec::new());
-        let round = input.round();
+        let round = node.round_of(&input);
         let mut metered = Metered::new(trainer.as_mut());
         if log.is_some() {
             metered = metered.hashing_models();
         }
-        let mut ctx = NodeCtx::new(&mut outbox, &mut emitted, &mut metered);
-        let r = input.apply(node.as_mut(), &mut ctx);
+        let (handled, r) = node.handle(input, &mut metered);
+        let (outbox, emitted) = (handled.outbox, handled.events);
         let now = Instant::now();
-        for (token, after) in ctx.take_deadlines() {
+        for (token, after) in handled.deadlines {
             timers.push(Reverse((now + after, seq, token)));
             seq += 1;
         }
@@ -392,23 +404,14 @@ fn node_loop(
         let mut log_failed = None;
         for ev in &emitted {
             let entry = match ev {
-                Event::Round(m) => LogEvent::Progress {
-                    round: u64::from(m.round),
-                    accuracy: m.accuracy,
+                WireEvent::Metrics {
+                    progress: (round, accuracy),
+                    ..
+                } => LogEvent::Progress {
+                    round: *round,
+                    accuracy: *accuracy,
                 },
-                Event::Gossip(m) => LogEvent::Progress {
-                    round: m.step,
-                    accuracy: Some(m.merged_accuracy),
-                },
-                Event::Split(m) => LogEvent::Progress {
-                    round: u64::from(m.epoch),
-                    accuracy: m.accuracy,
-                },
-                Event::Mutual(m) => LogEvent::Progress {
-                    round: u64::from(m.round),
-                    accuracy: Some(m.accuracy),
-                },
-                Event::Finished { params } => LogEvent::Final {
+                WireEvent::Finished { params } => LogEvent::Final {
                     model_hash: model_hash(params),
                 },
             };
@@ -423,8 +426,8 @@ fn node_loop(
         for ev in emitted {
             observer(&ev);
             let wall = offset + start.elapsed().as_secs_f64();
-            if let Some(r) = Reported::from_event(&ev) {
-                reported.push((r, wall));
+            if let WireEvent::Metrics { row, .. } = &ev {
+                reported.push((row.clone(), wall));
             }
             events.push((ev, wall));
         }
@@ -540,6 +543,7 @@ async fn network_loop(
     key: Keypair,
     roster: Roster,
     options: RuntimeOptions,
+    decoder: braid_engine::wire_node::Decoder,
     mut from_node: tokio_mpsc::UnboundedReceiver<ToNet>,
     to_node: std_mpsc::Sender<ToNode>,
     mut on_listen: Box<dyn FnMut(&Multiaddr) + Send>,
@@ -584,14 +588,12 @@ async fn network_loop(
         }
         tokio::select! {
             cmd = from_node.recv() => match cmd {
-                Some(ToNet::Send(to, payload)) => {
+                Some(ToNet::Send(to, message)) => {
                     let Some(peer) = roster.peer_of(to) else {
-                        warn!("node {to} is not in network.participants; dropped a {}", payload.kind());
+                        warn!("node {to} is not in network.participants; dropped a {}", message.kind);
                         continue;
                     };
-                    let bytes = Arc::new(payload.encode());
-                    let last_word = matches!(payload, Payload::Shutdown { .. });
-                    let out = Outgoing { to, peer, bytes, since: Instant::now(), what: payload.kind(), retry: true, last_word };
+                    let out = Outgoing { to, peer, bytes: message.bytes, since: Instant::now(), what: message.kind, retry: true, last_word: message.last_word };
                     first_send(&mut swarm, &mut pending, &mut report, &log, out)?;
                 }
                 Some(ToNet::Finished) | None => node_done = true,
@@ -664,14 +666,14 @@ async fn network_loop(
                                     record(&log, LogEvent::Refused { from: who, why: why.clone() })?;
                                     Ack::Refused(why)
                                 }
-                                (_, Frame::Bytes(request)) => match Payload::decode(&request, options.max_params) {
+                                (_, Frame::Bytes(request)) => match decoder(&request) {
                                     Err(e) => {
                                         warn!("refused a message from {who}: {e}");
                                         report.refused_messages += 1;
                                         record(&log, LogEvent::Refused { from: who, why: e.to_string() })?;
                                         Ack::Refused(e.to_string())
                                     }
-                                    Ok(p @ Payload::Halt { .. }) => {
+                                    Ok(Decoded::Halt(p)) => {
                                         let checked = match &run_id {
                                             Some(run) => crate::halt::verify(&p, run, roster.halters(), started_at),
                                             None => Err("this node was started without a run id".into()),
@@ -722,7 +724,7 @@ async fn network_loop(
                                         report.refused_messages += 1;
                                         Ack::Refused("a halt key may only send a halt".into())
                                     }
-                                    Ok(p) => {
+                                    Ok(Decoded::Input { kind, body }) => {
                                         let from = sender.unwrap_or_default();
                                         report.traffic.bytes_received += request.len() as u64;
                                         report.traffic.messages_received += 1;
@@ -730,11 +732,11 @@ async fn network_loop(
                                         // sender logs as delivered is always in this log.
                                         record(&log, LogEvent::Received {
                                             from,
-                                            what: p.kind().into(),
+                                            what: kind.into(),
                                             bytes: request.len() as u64,
                                             hash: sha256_hex(&request),
                                         })?;
-                                        if to_node.send(ToNode::Input(Input::Message(from, p))).is_err() {
+                                        if to_node.send(ToNode::Input(WireInput::Message(from, body))).is_err() {
                                             node_done = true;
                                         }
                                         Ack::Accepted

@@ -1,4 +1,7 @@
-//! Algorithms, one file each, every role a [`crate::node::Node`].
+//! The built-in algorithms, one folder each: its nodes (every role a
+//! [`crate::node::Node`]), its protocol (`msg.rs`), its metrics and reports (`report.rs`)
+//! and its [`crate::algorithm::Algorithm`] implementation. [`builtin`] is the registry's
+//! list; an algorithm is added with its folder and one line there.
 //!
 //! - [`fedavg`]: server-based federated learning: FedAvg (sample-weighted averaging), FedProx
 //!   (the client-side proximal term is a training option), partial participation, and server
@@ -13,8 +16,88 @@
 //! - [`split`]: parallel split learning: clients run the first layers of a cut model, the
 //!   server the rest, with global sampling (GPSL) or fixed local batches (FLS, FPLS).
 
+pub mod common;
 pub mod dsgd;
 pub mod fedavg;
 pub mod fedbuff;
 pub mod mutual;
 pub mod split;
+
+use crate::algorithm::Registry;
+
+/// braid's own algorithms, in the order `braid` lists them.
+pub fn builtin() -> Registry {
+    let mut r = Registry::empty();
+    let added = (|| {
+        r.add::<fedavg::FedAvg>()?
+            .add::<fedavg::FedProx>()?
+            .add::<fedavg::Centralized>()?
+            .add::<dsgd::Dsgd>()?
+            .add::<split::Split>()?
+            .add::<mutual::Dfml>()?
+            .add::<mutual::Local>()?
+            .add::<mutual::Fml>()?
+            .add::<mutual::DefKt>()?
+            .add::<fedbuff::FedBuff>()?;
+        Ok::<(), crate::algorithm::RegistryError>(())
+    })();
+    debug_assert!(added.is_ok(), "the built-in algorithms register: {added:?}");
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::algorithm::RegistryError;
+
+    #[test]
+    fn every_builtin_algorithm_registers_once() {
+        let r = builtin();
+        assert_eq!(
+            r.names(),
+            [
+                "fedavg",
+                "fedprox",
+                "centralized",
+                "dsgd",
+                "split",
+                "dfml",
+                "local",
+                "fml",
+                "def-kt",
+                "fedbuff"
+            ]
+        );
+        let protocols: Vec<_> = r
+            .names()
+            .iter()
+            .map(|n| r.get(n).map(|e| e.protocol()))
+            .collect();
+        assert!(protocols.iter().all(|p| p.is_some()));
+        assert_eq!(r.tables(), ["decentralized", "fedbuff", "mutual", "split"]);
+    }
+
+    #[test]
+    fn a_second_algorithm_of_the_same_name_is_refused() {
+        let mut r = builtin();
+        let e = r.add::<dsgd::Dsgd>().err();
+        assert_eq!(e, Some(RegistryError::Name("dsgd")));
+        assert_eq!(
+            e.map(|e| e.to_string()).unwrap_or_default(),
+            "an algorithm named \"dsgd\" is already registered"
+        );
+        // An empty registry knows nothing and says what it knows.
+        let empty = Registry::empty();
+        let c = crate::config::ExperimentConfig::parse_with(
+            "name = \"x\"\n[data]\ndataset = \"synthetic\"\n[partition]\nclients = 2\n[model]\nname = \"mlp\"\n[algorithm]\nname = \"fedavg\"\nrounds = 1\n",
+            "x.toml",
+            &[],
+            &builtin(),
+        );
+        let c = c.expect("a valid config");
+        assert_eq!(
+            empty.of(&c).err().unwrap_or_default(),
+            "algorithm.name: unknown algorithm `fedavg`, expected one of "
+        );
+    }
+}

@@ -22,9 +22,9 @@ use std::collections::{BTreeMap, HashMap};
 use braid_core::latency::{LatencyConfig, LatencyModel};
 
 use super::{SimOutcome, Simulator, TaskOutput};
-use crate::node::{EngineError, Event, Input};
+use crate::node::{EngineError, Event, Input, Metrics};
 use crate::transport::{Envelope, Transport};
-use crate::wire::NodeId;
+use crate::wire::{Message, NodeId};
 
 /// Nanoseconds of simulated time.
 type Nanos = u64;
@@ -105,9 +105,9 @@ impl Timing {
 }
 
 /// An input waiting at a node.
-struct Queued {
+struct Queued<M> {
     from: Option<NodeId>,
-    input: Input,
+    input: Input<M>,
 }
 
 /// Which inputs a node's handling of one step covered: when each arrived, and its kind.
@@ -116,22 +116,18 @@ struct Taken {
     starts: Vec<(Nanos, &'static str)>,
 }
 
-fn kind(input: &Input) -> &'static str {
-    match input {
-        Input::Start => "start",
-        Input::Message(_, p) => p.kind(),
-        Input::Deadline(_) => "deadline",
-    }
+fn kind<M: Message>(input: &Input<M>) -> &'static str {
+    input.kind()
 }
 
-impl Simulator {
+impl<M: Message, R: Metrics> Simulator<M, R> {
     /// Runs with simulated time from `timing` (see the module documentation). Every round's
     /// metrics get the simulated seconds at which the round ended.
     pub(super) fn run_timed(
         &mut self,
         timing: &Timing,
-        observer: &mut dyn FnMut(&Event),
-    ) -> Result<SimOutcome, EngineError> {
+        observer: &mut dyn FnMut(&Event<R>),
+    ) -> Result<SimOutcome<R>, EngineError> {
         let t0 = std::time::Instant::now();
         let n = self.nodes.len();
         let mut outcome = SimOutcome {
@@ -153,7 +149,7 @@ impl Simulator {
             .collect();
         // Per node: queued inputs by (arrival, sequence), queued messages by sender, when it
         // is next free, the least compute seen per input kind, and the latest input handled.
-        let mut inbox: Vec<BTreeMap<(Nanos, u64), Queued>> =
+        let mut inbox: Vec<BTreeMap<(Nanos, u64), Queued<M>>> =
             (0..n).map(|_| BTreeMap::new()).collect();
         let mut queued_from: Vec<HashMap<NodeId, usize>> = vec![HashMap::new(); n];
         let mut free_at: Vec<Nanos> = vec![0; n];
@@ -209,7 +205,7 @@ impl Simulator {
             }
             // Take, per node, the queued inputs in order while nothing can still arrive
             // before them.
-            let mut tasks: Vec<(NodeId, Vec<Input>)> = Vec::new();
+            let mut tasks: Vec<(NodeId, Vec<Input<M>>)> = Vec::new();
             let mut taken: Vec<Taken> = Vec::new();
             for i in 0..n {
                 let mut inputs = Vec::new();
@@ -282,11 +278,11 @@ impl Simulator {
         &mut self,
         timing: &Timing,
         from: NodeId,
-        out: TaskOutput,
+        out: TaskOutput<M, R>,
         starts: &[(Nanos, &'static str)],
-        st: &mut Timed<'_>,
-        outcome: &mut SimOutcome,
-        observer: &mut dyn FnMut(&Event),
+        st: &mut Timed<'_, M>,
+        outcome: &mut SimOutcome<R>,
+        observer: &mut dyn FnMut(&Event<R>),
         t0: std::time::Instant,
     ) -> Result<(), EngineError> {
         let f = from as usize;
@@ -304,23 +300,23 @@ impl Simulator {
             *least = (*least).min(took);
             for ev in events.by_ref().take(mark.events - e0) {
                 let ev = match ev {
-                    Event::Round(mut m) => {
-                        m.sim_time_s = Some(done as f64 / 1e9);
-                        Event::Round(m)
+                    Event::Metrics(mut m) => {
+                        m.set_sim_time(done as f64 / 1e9);
+                        Event::Metrics(m)
                     }
                     other => other,
                 };
                 observer(&ev);
                 outcome.record(ev, t0.elapsed().as_secs_f64());
             }
-            for (to, payload) in outbox.by_ref().take(mark.outbox - m0) {
+            for (to, body) in outbox.by_ref().take(mark.outbox - m0) {
                 let t = to as usize;
                 if t >= st.inbox.len() {
                     return Err(EngineError::Setup(format!(
                         "node {from} sent a message to unknown node {to}"
                     )));
                 }
-                let bytes = payload.encoded_len() as u64;
+                let bytes = body.encoded_len() as u64;
                 let key = (from, to);
                 let arrival = (done + timing.transfer(from, to, bytes))
                     .max(st.last_arrival.get(&key).copied().unwrap_or(0));
@@ -328,19 +324,19 @@ impl Simulator {
                 if arrival < st.handled_upto[t] {
                     return Err(EngineError::Setup(format!(
                         "simulated time: a {} from node {from} would arrive at node {to} at {:.6} s, after it handled an input of {:.6} s (node {from} computed faster than it ever had for this kind of input)",
-                        payload.kind(),
+                        body.kind(),
                         arrival as f64 / 1e9,
                         st.handled_upto[t] as f64 / 1e9
                     )));
                 }
                 // Through the in-process transport, which counts the bytes.
-                self.transport.send(Envelope { from, to, payload });
+                self.transport.send(Envelope { from, to, body });
                 for env in self.transport.drain() {
                     st.inbox[t].insert(
                         (arrival, *st.seq),
                         Queued {
                             from: Some(from),
-                            input: Input::Message(from, env.payload),
+                            input: Input::arrived(from, env.body),
                         },
                     );
                     *st.seq += 1;
@@ -375,8 +371,8 @@ impl Simulator {
 }
 
 /// The timed run's state that delivering a step's output changes.
-struct Timed<'a> {
-    inbox: &'a mut Vec<BTreeMap<(Nanos, u64), Queued>>,
+struct Timed<'a, M> {
+    inbox: &'a mut Vec<BTreeMap<(Nanos, u64), Queued<M>>>,
     queued_from: &'a mut Vec<HashMap<NodeId, usize>>,
     free_at: &'a mut Vec<Nanos>,
     least: &'a mut Vec<HashMap<&'static str, Nanos>>,

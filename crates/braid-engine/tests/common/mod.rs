@@ -1,8 +1,8 @@
 //! Pieces several protocol tests share.
 
-use braid_engine::algorithms::fedavg::FedAvgClient;
-use braid_engine::node::{EngineError, Node, NodeCtx};
-use braid_engine::wire::{NodeId, Payload};
+use braid_engine::algorithms::fedavg::{FedAvgClient, FedCtx, Msg, RoundMetrics};
+use braid_engine::node::{EngineError, Node};
+use braid_engine::wire::{Control, NodeId};
 
 /// A client that ignores the first `drop` messages it gets (crashed, then back).
 pub struct Flaky {
@@ -13,22 +13,33 @@ pub struct Flaky {
 }
 
 impl Node for Flaky {
+    type Msg = Msg;
+    type Metrics = RoundMetrics;
+
     fn id(&self) -> NodeId {
         self.inner.id()
     }
-    fn on_start(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+    fn on_start(&mut self, ctx: &mut FedCtx<'_>) -> Result<(), EngineError> {
         self.inner.on_start(ctx)
     }
     fn on_message(
         &mut self,
         from: NodeId,
-        payload: Payload,
-        ctx: &mut NodeCtx<'_>,
+        msg: Msg,
+        ctx: &mut FedCtx<'_>,
     ) -> Result<(), EngineError> {
         if self.drop > 0 {
             self.drop -= 1;
             return Ok(());
         }
-        self.inner.on_message(from, payload, ctx)
+        self.inner.on_message(from, msg, ctx)
+    }
+    fn on_control(
+        &mut self,
+        from: NodeId,
+        c: Control,
+        ctx: &mut FedCtx<'_>,
+    ) -> Result<(), EngineError> {
+        self.inner.on_control(from, c, ctx)
     }
 }

@@ -22,9 +22,10 @@ use std::sync::Arc;
 use braid_core::compress::{self, Compression};
 use braid_core::seed;
 
+use super::Msg;
 use super::SERVER;
 use crate::node::{EngineError, NodeState};
-use crate::wire::{NodeId, Payload};
+use crate::wire::{NodeId, Tensor};
 
 /// `copy += change`, the one way server and clients both update their copies, so they stay
 /// equal bit for bit.
@@ -86,18 +87,18 @@ impl ServerCopy {
 
     /// What `client` is sent in the current round: the change if it holds the previous
     /// round's copy, else the whole copy.
-    pub(super) fn request_for(&self, client: NodeId) -> Payload {
+    pub(super) fn request_for(&self, client: NodeId) -> Msg {
         let held = self.synced.get(&client).copied().unwrap_or(0);
         if self.round > 0 && held == self.round - 1 {
-            Payload::DeltaRequest {
+            Msg::DeltaRequest {
                 round: self.round,
                 base: held,
-                delta: Arc::clone(&self.delta),
+                delta: Tensor::Packed(Arc::clone(&self.delta)),
             }
         } else {
-            Payload::TrainRequest {
+            Msg::Request {
                 round: self.round,
-                params: Arc::new(self.copy.clone()),
+                model: Tensor::exact(self.copy.clone()),
             }
         }
     }

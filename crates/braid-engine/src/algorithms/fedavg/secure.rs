@@ -2,7 +2,7 @@
 //! the round's updates (`braid_core::secagg`, Bonawitz et al. 2017).
 //!
 //! Each client trains as usual, then takes part in the four protocol steps through
-//! [`Payload::SecAgg`] messages. Its input is, in fixed point, `[w * update, w, samples,
+//! [`Msg::SecAgg`] messages. Its input is, in fixed point, `[w * update, w, samples,
 //! samples * train_loss, steps]`, with `w` its sample count (or 1 under local DP, whose
 //! average has equal weights); the server divides the first block of the sum by `w`'s sum, so
 //! the average is FedAvg's and the round's statistics are sums too. Keys are fresh random
@@ -20,9 +20,10 @@ use std::sync::Arc;
 use braid_core::secagg::{self, ClientId, Message, PublicKeys, Sealed, SecAggError};
 
 use super::{Aggregated, FedAvgClient, FedAvgServer, SERVER};
+use super::{FedCtx, Msg};
 use crate::config::DpMode;
-use crate::node::{EngineError, NodeCtx};
-use crate::wire::{NodeId, Payload};
+use crate::node::EngineError;
+use crate::wire::NodeId;
 
 /// Encoded protocol messages, by recipient.
 type Outbox = Vec<(NodeId, Arc<Vec<u8>>)>;
@@ -121,7 +122,7 @@ impl FedAvgServer {
         round: u32,
         body: &[u8],
         bytes: u64,
-        ctx: &mut NodeCtx<'_>,
+        ctx: &mut FedCtx<'_>,
     ) -> Result<(), EngineError> {
         let reject = EngineError::rejecter(SERVER, from, "secagg");
         if round != self.round {
@@ -180,7 +181,7 @@ impl FedAvgServer {
     pub(super) fn secure_deadline(
         &mut self,
         t: u64,
-        ctx: &mut NodeCtx<'_>,
+        ctx: &mut FedCtx<'_>,
     ) -> Result<(), EngineError> {
         let (Some(sr), Some(settings)) = (self.sec.as_ref(), self.secure) else {
             return Ok(());
@@ -210,7 +211,7 @@ impl FedAvgServer {
     }
 
     /// Starts the round again with the same clients and new keys.
-    fn secure_restart(&mut self, ctx: &mut NodeCtx<'_>, why: &str) -> Result<(), EngineError> {
+    fn secure_restart(&mut self, ctx: &mut FedCtx<'_>, why: &str) -> Result<(), EngineError> {
         let (Some(sr), Some(settings)) = (self.sec.take(), self.secure) else {
             return Ok(());
         };
@@ -237,7 +238,7 @@ impl FedAvgServer {
 
     /// Moves to the next step with the answers in; a protocol failure (too few clients)
     /// starts the round again.
-    fn secure_advance(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+    fn secure_advance(&mut self, ctx: &mut FedCtx<'_>) -> Result<(), EngineError> {
         let round = self.round;
         let Some(sr) = self.sec.as_mut() else {
             return Ok(());
@@ -288,7 +289,7 @@ impl FedAvgServer {
         sr.step += 1;
         sr.pending = sent.iter().map(|(id, _)| *id).collect();
         for (id, body) in sent {
-            self.bytes_down += ctx.send(id, Payload::SecAgg { round, body }) as u64;
+            self.bytes_down += ctx.send(id, Msg::SecAgg { round, body }) as u64;
         }
         if let Some(d) = self.config.round_deadline {
             ctx.set_deadline(token(round, sr.step), d);
@@ -299,7 +300,7 @@ impl FedAvgServer {
     /// Ends a secure round from the unmasked sum of the survivors' inputs.
     fn close_secure_round(
         &mut self,
-        ctx: &mut NodeCtx<'_>,
+        ctx: &mut FedCtx<'_>,
         sum: &[u64],
         survivors: &[ClientId],
         stragglers: usize,
@@ -370,7 +371,7 @@ impl FedAvgClient {
         samples: u64,
         steps: u32,
         train_loss: f32,
-        ctx: &mut NodeCtx<'_>,
+        ctx: &mut FedCtx<'_>,
     ) -> Result<(), EngineError> {
         let Some(settings) = self.secure else {
             return Ok(());
@@ -396,7 +397,7 @@ impl FedAvgClient {
         });
         ctx.send(
             SERVER,
-            Payload::SecAgg {
+            Msg::SecAgg {
                 round,
                 body: Arc::new(body),
             },
@@ -409,7 +410,7 @@ impl FedAvgClient {
         &mut self,
         round: u32,
         body: &[u8],
-        ctx: &mut NodeCtx<'_>,
+        ctx: &mut FedCtx<'_>,
     ) -> Result<(), EngineError> {
         let reject = EngineError::rejecter(self.id, SERVER, "secagg");
         let Some(settings) = self.secure else {
@@ -448,7 +449,7 @@ impl FedAvgClient {
         };
         ctx.send(
             SERVER,
-            Payload::SecAgg {
+            Msg::SecAgg {
                 round,
                 body: Arc::new(reply.encode()),
             },

@@ -29,9 +29,17 @@ use braid_core::server_opt::ServerOptimizer;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::fedavg::{model_request, restore_server, server_state, ServerConfig, SERVER};
-use crate::node::{check_params, EngineError, Event, Node, NodeCtx, NodeState, RoundMetrics};
-use crate::wire::{NodeId, Payload};
+use super::common;
+use super::fedavg::algorithm::build_family;
+use super::fedavg::{
+    model_request, restore_server, server_state, FedCtx, Msg, RoundMetrics, ServerConfig, SERVER,
+};
+use crate::algorithm::{Algorithm, Feature, Summary};
+use crate::config::ExperimentConfig;
+use crate::experiment::Prepared;
+use crate::node::{check_params, BoxNode, EngineError, Event, Node, NodeState};
+use crate::sim::Timing;
+use crate::wire::{Control, Message as _, NodeId, Tensor, HEADER};
 
 /// How an update's weight falls with its staleness `tau`.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
@@ -159,7 +167,7 @@ impl FedBuffServer {
 
     /// Sends the current model to an idle client, preferring clients that have not been sent
     /// this version; nothing if every client is busy.
-    fn dispatch(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+    fn dispatch(&mut self, ctx: &mut FedCtx<'_>) -> Result<(), EngineError> {
         let idle: Vec<NodeId> = self
             .clients
             .iter()
@@ -187,7 +195,10 @@ impl FedBuffServer {
         )?;
         if !self.models.contains_key(&self.version) {
             let model = match &request {
-                Payload::PackedRequest { model, .. } => Arc::new(
+                Msg::Request {
+                    model: Tensor::Packed(model),
+                    ..
+                } => Arc::new(
                     compress::decode(model, self.params.len())
                         .map_err(|e| EngineError::Setup(format!("downlink: {e}")))?,
                 ),
@@ -213,7 +224,7 @@ impl FedBuffServer {
     }
 
     /// One server step from the buffer.
-    fn step(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+    fn step(&mut self, ctx: &mut FedCtx<'_>) -> Result<(), EngineError> {
         let buffered = std::mem::take(&mut self.buffer);
         let samples: u64 = buffered.iter().map(|b| b.samples).sum();
         let total = samples.max(1) as f64;
@@ -241,7 +252,7 @@ impl FedBuffServer {
             (None, None)
         };
         let n = buffered.len().max(1) as f64;
-        ctx.emit(Event::Round(RoundMetrics {
+        ctx.emit(Event::Metrics(RoundMetrics {
             round: self.version,
             accuracy,
             loss,
@@ -268,9 +279,9 @@ impl FedBuffServer {
                 params: self.params.clone(),
             });
             for &c in &self.clients {
-                ctx.send(
+                ctx.send_control(
                     c,
-                    Payload::Shutdown {
+                    Control::Shutdown {
                         round: self.version,
                     },
                 );
@@ -282,11 +293,14 @@ impl FedBuffServer {
 }
 
 impl Node for FedBuffServer {
+    type Msg = Msg;
+    type Metrics = RoundMetrics;
+
     fn id(&self) -> NodeId {
         SERVER
     }
 
-    fn on_start(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+    fn on_start(&mut self, ctx: &mut FedCtx<'_>) -> Result<(), EngineError> {
         if self.version >= self.config.rounds {
             self.done = true;
             ctx.emit(Event::Finished {
@@ -303,11 +317,11 @@ impl Node for FedBuffServer {
     fn on_message(
         &mut self,
         from: NodeId,
-        payload: Payload,
-        ctx: &mut NodeCtx<'_>,
+        msg: Msg,
+        ctx: &mut FedCtx<'_>,
     ) -> Result<(), EngineError> {
-        let reject = EngineError::rejecter(SERVER, from, payload.kind());
-        let bytes = payload.encoded_len() as u64;
+        let reject = EngineError::rejecter(SERVER, from, msg.kind());
+        let bytes = (HEADER + msg.encoded_len()) as u64;
         if self.done {
             return Ok(()); // a client that was still training when the run ended
         }
@@ -319,25 +333,25 @@ impl Node for FedBuffServer {
             .get(&version)
             .cloned()
             .ok_or_else(|| reject("no model of the version this client was sent".into()))?;
-        let (round, samples, steps, train_loss, delta) = match payload {
-            Payload::TrainReply {
+        let (round, samples, steps, train_loss, delta) = match msg {
+            Msg::Reply {
                 round,
                 num_samples,
                 steps,
                 train_loss,
-                params,
+                update: Tensor::Exact(params),
             } => {
                 check_params(&params, self.params.len())
                     .map_err(|why| reject(format!("update: {why}")))?;
                 let delta = braid_core::params::sub(&params, &model)?;
                 (round, num_samples, steps, train_loss, delta)
             }
-            Payload::PackedReply {
+            Msg::Reply {
                 round,
                 num_samples,
                 steps,
                 train_loss,
-                update,
+                update: Tensor::Packed(update),
             } => {
                 let delta = compress::decode(&update, self.params.len())
                     .map_err(|e| reject(format!("update: {e}")))?;
@@ -378,7 +392,7 @@ impl Node for FedBuffServer {
         Ok(())
     }
 
-    fn on_deadline(&mut self, token: u64, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+    fn on_deadline(&mut self, token: u64, ctx: &mut FedCtx<'_>) -> Result<(), EngineError> {
         let late = self
             .in_flight
             .iter()
@@ -421,6 +435,129 @@ impl Node for FedBuffServer {
         self.params = params;
         self.version = version;
         Ok(())
+    }
+}
+
+/// `[fedbuff]`: FedBuff's asynchronous server (algorithm `fedbuff`).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FedBuffConfig {
+    /// Clients training at once (default: `algorithm.clients_per_round`, itself all clients
+    /// by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<usize>,
+    /// Updates per server step (default: half the concurrency, at least 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buffer: Option<usize>,
+    /// `{ kind = "sqrt" }` (1 / sqrt(1 + tau), the default), `constant` or `poly` (a).
+    #[serde(default)]
+    pub staleness: Staleness,
+    /// Updates from models more than this many server steps old are dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_staleness: Option<u32>,
+}
+
+impl FedBuffConfig {
+    /// The concurrency for a run whose clients per round is `per_round`.
+    pub fn concurrency_for(&self, per_round: usize) -> usize {
+        self.concurrency.unwrap_or(per_round)
+    }
+
+    /// The buffer size for a run whose clients per round is `per_round`.
+    pub fn buffer_for(&self, per_round: usize) -> usize {
+        self.buffer
+            .unwrap_or((self.concurrency_for(per_round) / 2).max(1))
+    }
+}
+
+/// FedBuff as an [`Algorithm`]: FedAvg's clients and protocol, an asynchronous server.
+pub struct FedBuff;
+
+/// The settings of a FedBuff run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FedBuffRun {
+    /// Server steps.
+    pub rounds: u32,
+    /// `[fedbuff]`, with its defaults resolved.
+    pub settings: FedBuffSettings,
+}
+
+impl Algorithm for FedBuff {
+    const NAME: &'static str = "fedbuff";
+    type Config = FedBuffRun;
+    type Msg = Msg;
+    type Metrics = RoundMetrics;
+    const TABLES: &'static [&'static str] = &["fedbuff"];
+    const FEATURES: &'static [Feature] = &[Feature::Compression, Feature::Latency];
+
+    fn config(c: &ExperimentConfig) -> Result<FedBuffRun, String> {
+        common::check_compression(c, common::CompressionUse::Server)?;
+        let rounds = common::rounds(c, "fedbuff")?;
+        common::check_mu(c, false)?;
+        common::check_clients_per_round(c)?;
+        let f: FedBuffConfig = c.table("fedbuff")?.unwrap_or_default();
+        let per_round = c.clients_per_round();
+        let concurrency = f.concurrency_for(per_round);
+        if concurrency == 0 || concurrency > c.partition.clients {
+            return Err(format!(
+                "fedbuff.concurrency = {concurrency} must be between 1 and the {} clients",
+                c.partition.clients
+            ));
+        }
+        if f.buffer_for(per_round) == 0 {
+            return Err("fedbuff.buffer must be at least 1".into());
+        }
+        if let Staleness::Poly { a } = f.staleness {
+            if !(a.is_finite() && a >= 0.0) {
+                return Err(format!("fedbuff.staleness.a = {a} must be >= 0"));
+            }
+        }
+        if c.algorithm.min_replies.is_some() {
+            return Err("algorithm.min_replies does not apply to \"fedbuff\" (the server steps on every fedbuff.buffer updates)".into());
+        }
+        if c.compression.is_some_and(|k| k.downlink_delta) {
+            return Err(
+                "compression.downlink_delta needs synchronous rounds: not with \"fedbuff\"".into(),
+            );
+        }
+        Ok(FedBuffRun {
+            rounds,
+            settings: FedBuffSettings {
+                concurrency,
+                buffer: f.buffer_for(per_round),
+                staleness: f.staleness,
+                max_staleness: f.max_staleness,
+            },
+        })
+    }
+
+    fn build(
+        p: &Prepared,
+        run: &FedBuffRun,
+    ) -> Result<Vec<BoxNode<Msg, RoundMetrics>>, EngineError> {
+        let downlink = p.config.compression.and_then(|k| k.downlink);
+        let settings = run.settings;
+        build_family(p, |config, clients, initial| {
+            Ok(Box::new(
+                FedBuffServer::new(config, settings, clients, initial)?.with_downlink(downlink),
+            ))
+        })
+    }
+
+    fn timing(p: &Prepared, _run: &FedBuffRun) -> Option<Timing> {
+        super::fedavg::algorithm::timing(p)
+    }
+
+    fn describe(p: &Prepared, _run: &FedBuffRun) -> String {
+        super::fedavg::algorithm::describe(p)
+    }
+
+    fn progress(_c: &ExperimentConfig, run: &FedBuffRun) -> (&'static str, u64) {
+        ("round", u64::from(run.rounds))
+    }
+
+    fn summary(p: &Prepared, _run: &FedBuffRun, rows: &[(RoundMetrics, f64)]) -> Summary {
+        super::fedavg::algorithm::summary(p, rows)
     }
 }
 

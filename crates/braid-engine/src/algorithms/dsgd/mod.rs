@@ -29,8 +29,70 @@ use braid_core::seed;
 use braid_core::topology::{Graph, Mixing, MixingRule, Topology};
 use braid_nn::OptimizerState;
 
-use crate::node::{check_params, EngineError, Event, GossipMetrics, Node, NodeCtx, NodeState};
-use crate::wire::{NodeId, Payload};
+use braid_core::schedule::Budget;
+use braid_core::topology::TopologyConfig;
+use serde::{Deserialize, Serialize};
+
+use super::common;
+use crate::algorithm::{Algorithm, Baseline, Feature, Summary};
+use crate::config::ExperimentConfig;
+use crate::experiment::Prepared;
+use crate::node::{check_params, BoxNode, EngineError, Event, Metrics, Node, NodeCtx, NodeState};
+use crate::wire::{Control, Message as _, NodeId, Tensor};
+
+mod msg;
+mod report;
+pub use msg::Msg;
+
+/// What a node of decentralized SGD can do while handling an event.
+pub type DsgdCtx<'a> = NodeCtx<'a, Msg, GossipMetrics>;
+
+/// Metrics of a decentralized run at one evaluation point, as the monitor sees them.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GossipMetrics {
+    /// Local steps every peer has taken.
+    pub step: u64,
+    /// Training progress, `step / total steps`.
+    pub progress: f64,
+    /// Communication rounds so far (`step / every`, counting rounds with no edges).
+    pub comm_rounds: u64,
+    /// The budget r(p) at this point.
+    pub budget: f64,
+    /// Mean test accuracy of the local models (on the evaluation sample).
+    pub local_mean: f64,
+    /// Worst local model.
+    pub local_min: f64,
+    /// Best local model.
+    pub local_max: f64,
+    /// Test accuracy of the global merge (exact average of all local models), full test set.
+    pub merged_accuracy: f64,
+    /// Test loss of the global merge.
+    pub merged_loss: f64,
+    /// Mergeability gap: the merge's accuracy minus the mean local accuracy, both on the
+    /// local models' evaluation sample (so the two are measured on the same samples).
+    pub gap: f64,
+    /// Consensus distance: mean squared L2 distance of the local models to their average.
+    pub consensus: f64,
+    /// Mean training loss of the peers since the previous evaluation point.
+    pub train_loss: f64,
+    /// Gossip bytes sent per peer so far, mean over peers.
+    pub bytes_per_peer: f64,
+    /// Gossip bytes sent so far by the busiest peer.
+    pub bytes_max_peer: u64,
+}
+
+impl Metrics for GossipMetrics {
+    fn progress(&self) -> (u64, Option<f64>) {
+        (self.step, Some(self.merged_accuracy))
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "step {:>6} | merged {:.4} | local mean {:.4}",
+            self.step, self.merged_accuracy, self.local_mean
+        )
+    }
+}
 
 /// Settings shared by every peer and the monitor of a decentralized run.
 #[derive(Debug, Clone)]
@@ -240,7 +302,7 @@ impl DsgdPeer {
         step: u64,
         mixed_through: u32,
         params: Arc<Vec<f32>>,
-        ctx: &mut NodeCtx<'_>,
+        ctx: &mut DsgdCtx<'_>,
     ) -> Result<(), EngineError> {
         tracing::info!(
             "peer {} rejoins at step {step} (round {mixed_through} mixed) with peer {from}'s model",
@@ -294,7 +356,7 @@ impl DsgdPeer {
         next
     }
 
-    fn snapshot(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+    fn snapshot(&mut self, ctx: &mut DsgdCtx<'_>) -> Result<(), EngineError> {
         let e = ctx
             .trainer
             .evaluate_sample(&self.params, self.settings.eval_samples)?;
@@ -317,13 +379,13 @@ impl DsgdPeer {
         }
         ctx.send(
             self.settings.monitor(),
-            Payload::Snapshot {
+            Msg::Snapshot {
                 step: self.step,
                 train_loss: train_loss as f32,
                 accuracy: e.accuracy as f32,
                 loss: e.loss as f32,
                 gossip_bytes: self.gossip_bytes,
-                params: Arc::clone(&self.params),
+                model: Tensor::Exact(Arc::clone(&self.params)),
             },
         );
         Ok(())
@@ -331,7 +393,7 @@ impl DsgdPeer {
 
     /// Starts communication round `round`: sends to the peers listening to this one and
     /// waits for this one's in-neighbours, if any.
-    fn start_round(&mut self, round: u32, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+    fn start_round(&mut self, round: u32, ctx: &mut DsgdCtx<'_>) -> Result<(), EngineError> {
         let graph = self.settings.round_graph(round);
         let me = self.id as usize;
         let message = match &self.settings.gossip_compression {
@@ -342,14 +404,14 @@ impl DsgdPeer {
                 );
                 let model = braid_core::compress::encode(&self.params, c, &mut rng)
                     .map_err(|e| EngineError::Setup(e.to_string()))?;
-                Payload::PackedGossip {
+                Msg::Gossip {
                     round,
-                    model: Arc::new(model),
+                    model: Tensor::packed(model),
                 }
             }
-            None => Payload::Gossip {
+            None => Msg::Gossip {
                 round,
-                params: Arc::clone(&self.params),
+                model: Tensor::Exact(Arc::clone(&self.params)),
             },
         };
         for (j, listens_to) in graph.peers.iter().enumerate() {
@@ -422,7 +484,7 @@ impl DsgdPeer {
         &mut self,
         batches: &[Vec<usize>],
         lr_scale: f64,
-        ctx: &mut NodeCtx<'_>,
+        ctx: &mut DsgdCtx<'_>,
     ) -> Result<(), EngineError> {
         let out =
             ctx.trainer
@@ -434,7 +496,7 @@ impl DsgdPeer {
     }
 
     /// Trains and communicates until the run ends or a round waits for messages.
-    fn run(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+    fn run(&mut self, ctx: &mut DsgdCtx<'_>) -> Result<(), EngineError> {
         loop {
             if self.waiting.is_some() {
                 if !self.try_mix(false)? {
@@ -474,6 +536,9 @@ impl DsgdPeer {
 }
 
 impl Node for DsgdPeer {
+    type Msg = Msg;
+    type Metrics = GossipMetrics;
+
     fn id(&self) -> NodeId {
         self.id
     }
@@ -533,13 +598,13 @@ impl Node for DsgdPeer {
         self.rejoining = true;
     }
 
-    fn on_start(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+    fn on_start(&mut self, ctx: &mut DsgdCtx<'_>) -> Result<(), EngineError> {
         if self.rejoining {
             // Ask every other peer where the run is; the first useful answer wins, and
             // without one this peer goes on from its own state when the wait is over.
             for j in 0..self.settings.peers() as NodeId {
                 if j != self.id {
-                    ctx.send(j, Payload::JoinRequest { step: self.step });
+                    ctx.send_control(j, Control::JoinRequest { step: self.step });
                 }
             }
             let wait = self.settings.gossip_deadline.unwrap_or(DEFAULT_JOIN_WAIT);
@@ -550,7 +615,7 @@ impl Node for DsgdPeer {
         self.run(ctx)
     }
 
-    fn on_deadline(&mut self, token: u64, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+    fn on_deadline(&mut self, token: u64, ctx: &mut DsgdCtx<'_>) -> Result<(), EngineError> {
         if token == JOIN_DEADLINE {
             if !self.rejoining {
                 return Ok(());
@@ -575,59 +640,83 @@ impl Node for DsgdPeer {
         self.run(ctx)
     }
 
-    fn on_message(
+    fn on_control(
         &mut self,
         from: NodeId,
-        payload: Payload,
-        ctx: &mut NodeCtx<'_>,
+        c: Control,
+        ctx: &mut DsgdCtx<'_>,
     ) -> Result<(), EngineError> {
-        let kind = payload.kind();
-        let reject = EngineError::rejecter(self.id, from, kind);
+        let reject = EngineError::rejecter(self.id, from, c.kind());
         if from as usize >= self.settings.peers() {
             return Err(reject("the sender is not a peer of this run".into()));
         }
-        let (round, params) = match payload {
-            Payload::Gossip { round, params } => (round, params),
-            Payload::PackedGossip { round, model } => {
-                let params = braid_core::compress::decode(&model, self.settings.num_params)
-                    .map_err(|e| reject(format!("parameters: {e}")))?;
-                (round, Arc::new(params))
-            }
-            Payload::JoinRequest { .. } => {
+        match c {
+            Control::JoinRequest { .. } => {
                 // A restarted peer asks where the run is: tell it (unless this peer is itself
                 // rejoining: its state is a checkpoint, not where the run is).
                 if self.rejoining {
                     return Ok(());
                 }
-                ctx.send(
+                ctx.send_control(
                     from,
-                    Payload::JoinReply {
+                    Control::JoinReply {
                         step: self.step,
-                        mixed_through: self.mixed_through,
-                        params: Arc::clone(&self.params),
+                        round: self.mixed_through,
+                        model: Tensor::Exact(Arc::clone(&self.params)),
                     },
                 );
-                return Ok(());
+                Ok(())
             }
-            Payload::JoinReply {
+            Control::JoinReply {
                 step,
-                mixed_through,
-                params,
+                round: mixed_through,
+                model,
             } => {
                 if step > self.settings.total_steps || mixed_through > self.settings.last_round() {
                     return Err(reject(format!(
                         "step {step} or round {mixed_through} is past the run's end"
                     )));
                 }
+                let params = model.exact_values().map_err(reject)?.clone();
                 check_params(&params, self.settings.num_params).map_err(reject)?;
                 // Late answers, and answers from peers behind this one's own state, are not
                 // needed.
                 if self.rejoining && step >= self.step {
                     return self.adopt(from, step, mixed_through, params, ctx);
                 }
-                return Ok(());
+                Ok(())
             }
-            _ => {
+            _ => Err(reject(
+                "a peer only accepts gossip and join messages".into(),
+            )),
+        }
+    }
+
+    fn on_message(
+        &mut self,
+        from: NodeId,
+        msg: Msg,
+        ctx: &mut DsgdCtx<'_>,
+    ) -> Result<(), EngineError> {
+        let kind = msg.kind();
+        let reject = EngineError::rejecter(self.id, from, kind);
+        if from as usize >= self.settings.peers() {
+            return Err(reject("the sender is not a peer of this run".into()));
+        }
+        let (round, params) = match msg {
+            Msg::Gossip {
+                round,
+                model: Tensor::Exact(params),
+            } => (round, params),
+            Msg::Gossip {
+                round,
+                model: Tensor::Packed(model),
+            } => {
+                let params = braid_core::compress::decode(&model, self.settings.num_params)
+                    .map_err(|e| reject(format!("parameters: {e}")))?;
+                (round, Arc::new(params))
+            }
+            Msg::Snapshot { .. } => {
                 return Err(reject(
                     "a peer only accepts gossip and join messages".into(),
                 ))
@@ -696,7 +785,7 @@ impl DsgdMonitor {
     }
 
     /// Reports, in step order, every evaluation point that every present peer has reached.
-    fn report_complete(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+    fn report_complete(&mut self, ctx: &mut DsgdCtx<'_>) -> Result<(), EngineError> {
         let present = self.settings.peers() - self.absent.len();
         while let Some(entry) = self.pending.first_entry() {
             if entry.get().len() < present {
@@ -713,7 +802,7 @@ impl DsgdMonitor {
         &mut self,
         step: u64,
         snaps: BTreeMap<NodeId, Snap>,
-        ctx: &mut NodeCtx<'_>,
+        ctx: &mut DsgdCtx<'_>,
     ) -> Result<(), EngineError> {
         let n = snaps.len() as f64;
         let items: Vec<(&[f32], f64)> =
@@ -733,7 +822,7 @@ impl DsgdMonitor {
         let accs: Vec<f64> = snaps.values().map(|s| f64::from(s.accuracy)).collect();
         let local_mean = accs.iter().sum::<f64>() / n;
         let s = &self.settings;
-        ctx.emit(Event::Gossip(GossipMetrics {
+        ctx.emit(Event::Metrics(GossipMetrics {
             step,
             progress: step as f64 / s.total_steps.max(1) as f64,
             comm_rounds: step / s.schedule.every.max(1),
@@ -757,6 +846,9 @@ impl DsgdMonitor {
 }
 
 impl Node for DsgdMonitor {
+    type Msg = Msg;
+    type Metrics = GossipMetrics;
+
     fn id(&self) -> NodeId {
         self.settings.monitor()
     }
@@ -765,7 +857,7 @@ impl Node for DsgdMonitor {
         self.done.contains(&self.settings.total_steps)
     }
 
-    fn on_deadline(&mut self, step: u64, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+    fn on_deadline(&mut self, step: u64, ctx: &mut DsgdCtx<'_>) -> Result<(), EngineError> {
         // Some peer's snapshot did not come in time: report the evaluation point without it,
         // and every earlier one still open first (messages can arrive out of order across a
         // network, so an earlier point's deadline may be the later one), keeping step order.
@@ -785,29 +877,30 @@ impl Node for DsgdMonitor {
         self.report_complete(ctx)
     }
 
-    fn on_start(&mut self, _ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+    fn on_start(&mut self, _ctx: &mut DsgdCtx<'_>) -> Result<(), EngineError> {
         Ok(())
     }
 
     fn on_message(
         &mut self,
         from: NodeId,
-        payload: Payload,
-        ctx: &mut NodeCtx<'_>,
+        msg: Msg,
+        ctx: &mut DsgdCtx<'_>,
     ) -> Result<(), EngineError> {
-        let kind = payload.kind();
+        let kind = msg.kind();
         let reject = EngineError::rejecter(self.settings.monitor(), from, kind);
-        let Payload::Snapshot {
+        let Msg::Snapshot {
             step,
             train_loss,
             accuracy,
             gossip_bytes,
-            params,
+            model,
             ..
-        } = payload
+        } = msg
         else {
             return Err(reject("the monitor only accepts snapshots".into()));
         };
+        let params = model.exact_values().map_err(reject)?.clone();
         let s = &self.settings;
         if from as usize >= s.peers() {
             return Err(reject("the sender is not a peer of this run".into()));
@@ -845,4 +938,232 @@ impl Node for DsgdMonitor {
         self.absent.remove(&from);
         self.report_complete(ctx)
     }
+}
+
+/// `[decentralized]`: who talks to whom, when, and how much (algorithm `dsgd`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecentralizedConfig {
+    /// The peer graph, e.g. `{ kind = "random" }` or `{ kind = "ring" }` (default: random).
+    #[serde(default = "default_topology")]
+    pub topology: TopologyConfig,
+    /// `metropolis-hastings` or `uniform` (default: Metropolis-Hastings on undirected
+    /// topologies, uniform on directed ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mixing: Option<MixingRule>,
+    /// Local steps between communication rounds.
+    #[serde(default = "default_every")]
+    pub every: u64,
+    /// The budget r(p), e.g. `{ kind = "fixed", r = 1 }` (default: fixed r = 1).
+    #[serde(default = "default_budget")]
+    pub budget: Budget,
+    /// Test samples each local model is evaluated on at an evaluation point (the merged model
+    /// always uses the whole test set).
+    #[serde(default = "default_eval_samples")]
+    pub eval_samples: usize,
+    /// Seconds a peer waits for its in-neighbours in a round before mixing with those that
+    /// sent (default: wait for all). For deployments where peers can fail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gossip_timeout_s: Option<f64>,
+}
+
+fn default_topology() -> TopologyConfig {
+    TopologyConfig::Random
+}
+fn default_every() -> u64 {
+    1
+}
+fn default_budget() -> Budget {
+    Budget::Fixed { r: 1.0 }
+}
+fn default_eval_samples() -> usize {
+    2000
+}
+
+impl Default for DecentralizedConfig {
+    fn default() -> Self {
+        Self {
+            topology: default_topology(),
+            mixing: None,
+            every: default_every(),
+            budget: default_budget(),
+            eval_samples: default_eval_samples(),
+            gossip_timeout_s: None,
+        }
+    }
+}
+
+impl DecentralizedConfig {
+    /// The communication schedule.
+    pub fn schedule(&self) -> CommSchedule {
+        CommSchedule {
+            every: self.every,
+            budget: self.budget.clone(),
+        }
+    }
+}
+
+/// Decentralized SGD as an [`Algorithm`]: peers `0..n` and the monitor `n`.
+pub struct Dsgd;
+
+impl Algorithm for Dsgd {
+    const NAME: &'static str = "dsgd";
+    type Config = DecentralizedConfig;
+    type Msg = Msg;
+    type Metrics = GossipMetrics;
+    const TABLES: &'static [&'static str] = &["decentralized"];
+    const FEATURES: &'static [Feature] = &[Feature::Compression];
+
+    fn config(c: &ExperimentConfig) -> Result<DecentralizedConfig, String> {
+        common::check_compression(c, common::CompressionUse::Gossip)?;
+        match (c.algorithm.rounds, c.algorithm.steps) {
+            (Some(_), _) => {
+                return Err("algorithm.rounds does not apply to \"dsgd\"; set algorithm.steps (local steps per peer)".into())
+            }
+            (_, None) => {
+                return Err("algorithm.name = \"dsgd\" needs algorithm.steps (local steps per peer)".into())
+            }
+            _ => {}
+        }
+        if c.partition.clients < 2 {
+            return Err("\"dsgd\" needs partition.clients >= 2 peers".into());
+        }
+        if c.algorithm.clients_per_round.is_some() {
+            return Err(
+                "algorithm.clients_per_round does not apply to \"dsgd\" (every peer trains)".into(),
+            );
+        }
+        if c.algorithm.server_optimizer != Default::default() {
+            return Err(
+                "algorithm.server_optimizer does not apply to \"dsgd\" (there is no server)".into(),
+            );
+        }
+        let d: DecentralizedConfig = c.table("decentralized")?.unwrap_or_default();
+        d.schedule()
+            .validate()
+            .map_err(|e| format!("decentralized.{e}"))?;
+        if d.eval_samples == 0 {
+            return Err("decentralized.eval_samples must be at least 1".into());
+        }
+        if let Some(t) = d.gossip_timeout_s {
+            if !(t.is_finite() && t > 0.0 && t < 1e9) {
+                return Err(format!(
+                    "decentralized.gossip_timeout_s = {t} must be a positive number of seconds"
+                ));
+            }
+        }
+        common::check_mu(c, false)?;
+        Ok(d)
+    }
+
+    fn build(
+        p: &Prepared,
+        d: &DecentralizedConfig,
+    ) -> Result<Vec<BoxNode<Msg, GossipMetrics>>, EngineError> {
+        let c = &p.config;
+        let settings = Arc::new(dsgd_settings(p, d)?);
+        let init = p.arch.init_params(c.seed);
+        let mut nodes: Vec<BoxNode<Msg, GossipMetrics>> = Vec::with_capacity(p.parts.len() + 1);
+        for (id, part) in p.parts.iter().enumerate() {
+            nodes.push(Box::new(DsgdPeer::new(
+                id as NodeId,
+                Arc::clone(&settings),
+                part.clone(),
+                init.clone(),
+            )));
+        }
+        nodes.push(Box::new(DsgdMonitor::new(settings)));
+        Ok(nodes)
+    }
+
+    fn node_of_shard(k: usize) -> NodeId {
+        k as NodeId
+    }
+
+    fn shard_of_node(id: NodeId, shards: usize) -> Option<usize> {
+        let k = id as usize;
+        (k < shards).then_some(k)
+    }
+
+    fn role(_d: &DecentralizedConfig, node: usize, nodes: usize) -> &'static str {
+        if node + 1 == nodes {
+            "monitor"
+        } else {
+            "peer"
+        }
+    }
+
+    fn describe(p: &Prepared, d: &DecentralizedConfig) -> String {
+        format!(
+            "{} peers, topology {:?}, every {} step(s), budget {:?}",
+            p.parts.len(),
+            d.topology,
+            d.every,
+            d.budget
+        )
+    }
+
+    fn progress(c: &ExperimentConfig, _d: &DecentralizedConfig) -> (&'static str, u64) {
+        ("step", c.algorithm.steps.unwrap_or(0))
+    }
+
+    fn summary(_p: &Prepared, _d: &DecentralizedConfig, rows: &[(GossipMetrics, f64)]) -> Summary {
+        let last = rows.last().map(|(m, _)| m);
+        Summary {
+            accuracy: last.map(|m| m.merged_accuracy),
+            line: format!(
+                "final: merged model {} | local mean {} | {:.1} MB gossip per peer",
+                last.map_or("-".into(), |m| format!("{:.4}", m.merged_accuracy)),
+                last.map_or("-".into(), |m| format!("{:.4}", m.local_mean)),
+                last.map_or(0.0, |m| m.bytes_per_peer / 1e6),
+            ),
+        }
+    }
+
+    /// Parallel SGD on the same peers, data and steps: an exact global average after every
+    /// local step (every peer talks to every other; no quantized gossip).
+    fn baseline(c: &ExperimentConfig) -> Option<Baseline> {
+        let mut reference = c.clone();
+        reference.name = format!("{}-parallel-sgd", c.name);
+        let mut d: DecentralizedConfig = c.table("decentralized").ok()?.unwrap_or_default();
+        d.every = 1;
+        d.budget = Budget::Fixed {
+            r: c.partition.clients.saturating_sub(1) as f64,
+        };
+        reference
+            .tables
+            .insert("decentralized".into(), toml::Value::try_from(&d).ok()?);
+        reference.compression = None;
+        Some(Baseline {
+            config: reference,
+            subject: "dsgd merged-model accuracy".into(),
+            what: "parallel SGD reference",
+        })
+    }
+}
+
+/// The settings of a decentralized run.
+pub fn dsgd_settings(p: &Prepared, d: &DecentralizedConfig) -> Result<DsgdSettings, EngineError> {
+    let c = &p.config;
+    let mut rng = seed::rng(c.seed, &[seed::stream::TOPOLOGY]);
+    let topology = Topology::new(d.topology.clone(), p.parts.len(), &mut rng)
+        .map_err(|e| EngineError::Setup(format!("decentralized.{e}")))?;
+    let settings = DsgdSettings {
+        mixing: d.mixing.unwrap_or_else(|| topology.default_mixing()),
+        topology,
+        schedule: d.schedule(),
+        total_steps: c.algorithm.steps.unwrap_or(0),
+        eval_every: u64::from(c.algorithm.eval_every),
+        eval_samples: d.eval_samples,
+        batch_size: c.train.batch_size,
+        num_params: p.arch.num_params(),
+        lr_schedule: c.train.lr_schedule.clone(),
+        gossip_deadline: d
+            .gossip_timeout_s
+            .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok()),
+        seed: c.seed,
+        gossip_compression: c.compression.and_then(|k| k.gossip),
+    };
+    settings.validate()?;
+    Ok(settings)
 }

@@ -41,12 +41,78 @@ use rand::seq::index::sample;
 use braid_core::privacy::{self, RdpAccountant};
 
 use crate::config::{CompressionConfig, DpMode, OnTarget, PrivacyConfig};
-use crate::node::{check_params, EngineError, Event, Node, NodeCtx, NodeState, RoundMetrics};
-use crate::wire::{NodeId, Payload};
+use crate::node::{check_params, EngineError, Event, Metrics, Node, NodeCtx, NodeState};
+use crate::wire::{Control, NodeId, Tensor};
 
+pub mod algorithm;
 mod downlink;
+mod msg;
+mod report;
 mod secure;
+pub use algorithm::{Centralized, FedAvg, FedProx};
+pub use msg::Msg;
+pub use report::MetricsRow;
 pub use secure::{SecureSettings, MAX_RESTARTS};
+
+/// What a node of the FedAvg family can do while handling an event.
+pub type FedCtx<'a> = NodeCtx<'a, Msg, RoundMetrics>;
+
+/// Metrics of one completed round, as the server sees them (FedAvg, FedProx, FedBuff and the
+/// centralized baseline).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RoundMetrics {
+    /// Round number, from 1.
+    pub round: u32,
+    /// Test accuracy of the global model (None if not evaluated this round).
+    pub accuracy: Option<f64>,
+    /// Test loss of the global model (None if not evaluated this round).
+    pub loss: Option<f64>,
+    /// Sample-weighted mean of the clients' training losses.
+    pub train_loss: f64,
+    /// Clients whose updates were aggregated.
+    pub clients: usize,
+    /// Clients asked to train that had not replied by the round's deadline (skipped).
+    pub stragglers: usize,
+    /// Training samples they hold (the FedAvg weights).
+    pub samples: u64,
+    /// Local optimizer steps they took this round, summed over clients.
+    pub local_steps: u64,
+    /// Encoded bytes clients sent to the server this round.
+    pub bytes_up: u64,
+    /// Encoded bytes the server sent to clients this round.
+    pub bytes_down: u64,
+    /// Differential privacy spent so far: epsilon at the configured delta (`[privacy]` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon: Option<f64>,
+    /// Simulated seconds from the start to the end of the round (set by the simulator when
+    /// it runs with a `[latency]` model; nodes leave it `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sim_time_s: Option<f64>,
+    /// How many server updates old the models were that this round's updates were trained
+    /// from: mean and largest (asynchronous servers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staleness: Option<(f64, u32)>,
+}
+
+impl Metrics for RoundMetrics {
+    fn progress(&self) -> (u64, Option<f64>) {
+        (u64::from(self.round), self.accuracy)
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "round {:>4} | accuracy {} | clients {} (stragglers {})",
+            self.round,
+            self.accuracy.map_or("-".into(), |a| format!("{a:.4}")),
+            self.clients,
+            self.stragglers
+        )
+    }
+
+    fn set_sim_time(&mut self, seconds: f64) {
+        self.sim_time_s = Some(seconds);
+    }
+}
 
 /// The server's id.
 pub const SERVER: NodeId = 0;
@@ -322,7 +388,7 @@ impl FedAvgServer {
         &self.params
     }
 
-    fn start_round(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+    fn start_round(&mut self, ctx: &mut FedCtx<'_>) -> Result<(), EngineError> {
         self.round += 1;
         let mut rng = seed::rng(
             self.config.seed,
@@ -357,7 +423,7 @@ impl FedAvgServer {
 
     /// Sends the round's request to every chosen client that has not replied yet, and arms
     /// the round's deadline.
-    fn ask_missing(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+    fn ask_missing(&mut self, ctx: &mut FedCtx<'_>) -> Result<(), EngineError> {
         let missing: Vec<NodeId> = match &self.sec {
             Some(sr) => sr.missing(),
             None => self
@@ -392,14 +458,14 @@ impl FedAvgServer {
     }
 
     /// Ends the run: reports the final model and tells every client.
-    fn finish(&mut self, ctx: &mut NodeCtx<'_>) {
+    fn finish(&mut self, ctx: &mut FedCtx<'_>) {
         ctx.emit(Event::Finished {
             params: self.params.clone(),
         });
         for &c in &self.clients {
-            ctx.send(
+            ctx.send_control(
                 c,
-                Payload::Shutdown {
+                Control::Shutdown {
                     round: self.completed,
                 },
             );
@@ -407,7 +473,7 @@ impl FedAvgServer {
         self.done = true;
     }
 
-    fn finish_round(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+    fn finish_round(&mut self, ctx: &mut FedCtx<'_>) -> Result<(), EngineError> {
         let asked = self.waiting.len();
         let (ids, replies): (Vec<NodeId>, Vec<Reply>) = std::mem::take(&mut self.waiting)
             .into_iter()
@@ -467,7 +533,7 @@ impl FedAvgServer {
     /// reports the round and starts the next one or ends the run.
     fn close_round(
         &mut self,
-        ctx: &mut NodeCtx<'_>,
+        ctx: &mut FedCtx<'_>,
         mean: Vec<f32>,
         agg: Aggregated,
     ) -> Result<(), EngineError> {
@@ -518,7 +584,7 @@ impl FedAvgServer {
         } else {
             (None, None)
         };
-        ctx.emit(Event::Round(RoundMetrics {
+        ctx.emit(Event::Metrics(RoundMetrics {
             round: self.round,
             accuracy,
             loss,
@@ -543,11 +609,14 @@ impl FedAvgServer {
 }
 
 impl Node for FedAvgServer {
+    type Msg = Msg;
+    type Metrics = RoundMetrics;
+
     fn id(&self) -> NodeId {
         SERVER
     }
 
-    fn on_start(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+    fn on_start(&mut self, ctx: &mut FedCtx<'_>) -> Result<(), EngineError> {
         if let Some(dp) = &self.privacy {
             if let Some(target) = dp.config.target_epsilon {
                 let first = dp.epsilon_after(1)?;
@@ -661,13 +730,14 @@ impl Node for FedAvgServer {
     fn on_message(
         &mut self,
         from: NodeId,
-        payload: Payload,
-        ctx: &mut NodeCtx<'_>,
+        msg: Msg,
+        ctx: &mut FedCtx<'_>,
     ) -> Result<(), EngineError> {
-        let kind = payload.kind();
+        use crate::wire::Message as _;
+        let kind = msg.kind();
         let reject = EngineError::rejecter(SERVER, from, kind);
-        let bytes = payload.encoded_len() as u64;
-        if let Payload::SecAgg { round, body } = &payload {
+        let bytes = (crate::wire::HEADER + msg.encoded_len()) as u64;
+        if let Msg::SecAgg { round, body } = &msg {
             return self.on_secagg(from, *round, body, bytes, ctx);
         }
         if self.secure.is_some() {
@@ -675,32 +745,35 @@ impl Node for FedAvgServer {
                 "secure aggregation is on: updates come only as secagg messages".into(),
             ));
         }
-        let (round, num_samples, steps, train_loss, params) = match payload {
-            Payload::TrainReply {
+        let (round, num_samples, steps, train_loss, params) = match msg {
+            Msg::Reply {
                 round,
                 num_samples,
                 steps,
                 train_loss,
-                params,
-            } => match &self.copy {
-                // Trained from the clients' copy: the update applies to the exact model.
-                Some(copy) if params.len() == self.params.len() => {
-                    let params = params
-                        .iter()
-                        .zip(copy.copy())
-                        .zip(&self.params)
-                        .map(|((t, c), p)| p + (t - c))
-                        .collect();
-                    (round, num_samples, steps, train_loss, params)
+                update: Tensor::Exact(params),
+            } => {
+                let params = Arc::try_unwrap(params).unwrap_or_else(|p| (*p).clone());
+                match &self.copy {
+                    // Trained from the clients' copy: the update applies to the exact model.
+                    Some(copy) if params.len() == self.params.len() => {
+                        let params = params
+                            .iter()
+                            .zip(copy.copy())
+                            .zip(&self.params)
+                            .map(|((t, c), p)| p + (t - c))
+                            .collect();
+                        (round, num_samples, steps, train_loss, params)
+                    }
+                    _ => (round, num_samples, steps, train_loss, params),
                 }
-                _ => (round, num_samples, steps, train_loss, params),
-            },
-            Payload::PackedReply {
+            }
+            Msg::Reply {
                 round,
                 num_samples,
                 steps,
                 train_loss,
-                update,
+                update: Tensor::Packed(update),
             } => {
                 // The update applies to the exact global model (clients may have trained
                 // from a compressed copy of it).
@@ -748,7 +821,7 @@ impl Node for FedAvgServer {
         self.done
     }
 
-    fn on_deadline(&mut self, token: u64, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+    fn on_deadline(&mut self, token: u64, ctx: &mut FedCtx<'_>) -> Result<(), EngineError> {
         if self.secure.is_some() {
             return self.secure_deadline(token, ctx);
         }
@@ -816,7 +889,7 @@ pub(crate) fn model_request(
     params: &[f32],
     downlink: Option<&Compression>,
     experiment_seed: u64,
-) -> Result<Payload, EngineError> {
+) -> Result<Msg, EngineError> {
     Ok(match downlink {
         Some(c) => {
             let mut rng = seed::rng(
@@ -825,14 +898,14 @@ pub(crate) fn model_request(
             );
             let model = compress::encode(params, c, &mut rng)
                 .map_err(|e| EngineError::Setup(e.to_string()))?;
-            Payload::PackedRequest {
+            Msg::Request {
                 round,
-                model: Arc::new(model),
+                model: Tensor::packed(model),
             }
         }
-        None => Payload::TrainRequest {
+        None => Msg::Request {
             round,
-            params: Arc::new(params.to_vec()),
+            model: Tensor::exact(params.to_vec()),
         },
     })
 }
@@ -944,6 +1017,9 @@ impl FedAvgClient {
 }
 
 impl Node for FedAvgClient {
+    type Msg = Msg;
+    type Metrics = RoundMetrics;
+
     fn id(&self) -> NodeId {
         self.id
     }
@@ -956,17 +1032,38 @@ impl Node for FedAvgClient {
         self.done
     }
 
-    fn on_start(&mut self, _ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+    fn on_start(&mut self, _ctx: &mut FedCtx<'_>) -> Result<(), EngineError> {
         Ok(())
+    }
+
+    fn on_control(
+        &mut self,
+        from: NodeId,
+        c: Control,
+        _ctx: &mut FedCtx<'_>,
+    ) -> Result<(), EngineError> {
+        match c {
+            Control::Shutdown { .. } if from == SERVER => {
+                self.done = true;
+                Ok(())
+            }
+            c => Err(EngineError::Rejected {
+                node: self.id,
+                from,
+                kind: c.kind(),
+                why: "a client only takes a shutdown from the server".into(),
+            }),
+        }
     }
 
     fn on_message(
         &mut self,
         from: NodeId,
-        payload: Payload,
-        ctx: &mut NodeCtx<'_>,
+        msg: Msg,
+        ctx: &mut FedCtx<'_>,
     ) -> Result<(), EngineError> {
-        let kind = payload.kind();
+        use crate::wire::Message as _;
+        let kind = msg.kind();
         if from != SERVER {
             return Err(EngineError::Rejected {
                 node: self.id,
@@ -976,35 +1073,40 @@ impl Node for FedAvgClient {
             });
         }
         let reject = EngineError::rejecter(self.id, from, kind);
-        let (round, params) = match payload {
-            Payload::TrainRequest { round, params } => {
+        let (round, params) = match msg {
+            Msg::Request {
+                round,
+                model: Tensor::Exact(params),
+            } => {
                 if let Some(copy) = self.copy.as_mut() {
                     copy.replace(round, &params)
                         .map_err(|e| reject(format!("model: {e}")))?;
                 }
                 (round, params)
             }
-            Payload::DeltaRequest { round, base, delta } => {
+            Msg::DeltaRequest { round, base, delta } => {
                 let copy = self
                     .copy
                     .as_mut()
                     .ok_or_else(|| reject("this client keeps no copy of the model".into()))?;
+                let delta = delta
+                    .packed_bytes()
+                    .map_err(|e| reject(format!("model change: {e}")))?;
                 let params = copy
-                    .apply(round, base, &delta)
+                    .apply(round, base, delta)
                     .map_err(|e| reject(format!("model change: {e}")))?;
                 (round, Arc::new(params.to_vec()))
             }
-            Payload::PackedRequest { round, model } => {
+            Msg::Request {
+                round,
+                model: Tensor::Packed(model),
+            } => {
                 let params = compress::decode(&model, self.num_params)
                     .map_err(|e| reject(format!("model: {e}")))?;
                 (round, Arc::new(params))
             }
-            Payload::Shutdown { .. } => {
-                self.done = true;
-                return Ok(());
-            }
-            Payload::SecAgg { round, body } => return self.on_secagg(round, &body, ctx),
-            _ => {
+            Msg::SecAgg { round, body } => return self.on_secagg(round, &body, ctx),
+            Msg::Reply { .. } => {
                 return Err(EngineError::Rejected {
                     node: self.id,
                     from,
@@ -1054,12 +1156,12 @@ impl Node for FedAvgClient {
             );
         }
         let reply = match &mut self.uplink {
-            None => Payload::TrainReply {
+            None => Msg::Reply {
                 round,
                 num_samples: self.shard.len() as u64,
                 steps: out.steps as u32,
                 train_loss: out.mean_loss as f32,
-                params: out.params,
+                update: Tensor::exact(out.params),
             },
             Some((c, ef)) => {
                 let delta: Vec<f32> = out
@@ -1086,12 +1188,12 @@ impl Node for FedAvgClient {
                     (_, None) => compress::encode(&delta, c, &mut rng),
                 }
                 .map_err(|e| EngineError::Setup(e.to_string()))?;
-                Payload::PackedReply {
+                Msg::Reply {
                     round,
                     num_samples: self.shard.len() as u64,
                     steps: out.steps as u32,
                     train_loss: out.mean_loss as f32,
-                    update,
+                    update: Tensor::packed(update),
                 }
             }
         };

@@ -3,7 +3,7 @@
 //!
 //! The model is cut in two (`braid_nn::split`). Each step `t` of epoch `e`:
 //! 1. the server sends every client with a non-zero local batch `b[t][k]` a
-//!    [`Payload::SplitRequest`]: the client part's current parameters, and which of the
+//!    [`Msg::Request`]: the client part's current parameters, and which of the
 //!    client's samples to use (a window of its epoch-`e` shuffled order, so a client keeps no
 //!    state between steps);
 //! 2. each client runs its part and replies with the activations at the cut and the labels;
@@ -18,7 +18,7 @@
 //!    thus identical by construction.
 //!
 //! With `compression.split` every one of these messages carries its values compressed
-//! ([`Payload::PackedSplitRequest`], [`Payload::PackedSplit`]; quantizers only): the server
+//! (packed [`crate::wire::Tensor`]s; quantizers only): the server
 //! keeps the exact client part, and each side decodes what it receives before using it.
 //!
 //! Local batch sizes come from `braid_core::split_batches` (global sampling, FLS, FPLS).
@@ -36,9 +36,29 @@ use braid_core::split_batches::{self, plan_epoch, Sampler};
 use braid_nn::OptimizerState;
 use rand::seq::SliceRandom;
 
-use crate::config::ClientGradients;
-use crate::node::{check_params, EngineError, Event, Node, NodeCtx, NodeState};
-use crate::wire::{NodeId, Payload, SplitPart};
+use serde::{Deserialize, Serialize};
+
+use super::common;
+use crate::algorithm::{Algorithm, Feature, Summary};
+use crate::config::ExperimentConfig;
+use crate::experiment::Prepared;
+use crate::node::{check_params, BoxNode, EngineError, Event, Metrics, Node, NodeCtx, NodeState};
+use crate::wire::{Control, Message as _, NodeId, Tensor, HEADER};
+
+mod msg;
+mod report;
+pub use msg::Msg;
+
+/// What a node of split learning can do while handling an event.
+pub type SplitCtx<'a> = NodeCtx<'a, Msg, SplitMetrics>;
+
+/// Which values a split message carries (its number seeds the codec's random stream).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Activations = 0,
+    Gradient = 1,
+    ClientGrad = 2,
+}
 
 /// The server's id.
 pub const SERVER: NodeId = 0;
@@ -84,28 +104,25 @@ fn split_message(
     seed: u64,
     (from, to): (NodeId, NodeId),
     step: u64,
-    part: SplitPart,
+    part: Part,
     labels: Vec<u8>,
     values: Vec<f32>,
-) -> Result<Payload, EngineError> {
-    let Some(c) = compression else {
-        return Ok(match part {
-            SplitPart::Activations => Payload::SplitActivations {
-                step,
-                labels,
-                acts: values,
-            },
-            SplitPart::Gradient => Payload::SplitGradient { step, grad: values },
-            SplitPart::ClientGrad => Payload::SplitClientGrad { step, grad: values },
-        });
+) -> Result<Msg, EngineError> {
+    let values = match compression {
+        None => Tensor::exact(values),
+        Some(c) => {
+            let key = [u64::from(from), u64::from(to), step, part as u64];
+            Tensor::packed(pack(&values, c, seed, &key)?)
+        }
     };
-    let key = [u64::from(from), u64::from(to), step, part as u64];
-    let data = pack(&values, c, seed, &key)?;
-    Ok(Payload::PackedSplit {
-        step,
-        part,
-        labels,
-        data,
+    Ok(match part {
+        Part::Activations => Msg::Activations {
+            step,
+            labels,
+            acts: values,
+        },
+        Part::Gradient => Msg::Gradient { step, grad: values },
+        Part::ClientGrad => Msg::ClientGrad { step, grad: values },
     })
 }
 
@@ -119,24 +136,30 @@ fn pack(values: &[f32], c: &Compression, seed: u64, key: &[u64]) -> Result<Vec<u
 }
 
 /// Why a message's form does not match the run's `compression.split`, if it does not.
-fn form_mismatch(compressed: bool, payload: &Payload) -> Option<String> {
-    let packed = matches!(
-        payload,
-        Payload::PackedSplit { .. } | Payload::PackedSplitRequest { .. }
-    );
-    let plain = matches!(
-        payload,
-        Payload::SplitRequest { .. }
-            | Payload::SplitActivations { .. }
-            | Payload::SplitGradient { .. }
-            | Payload::SplitClientGrad { .. }
-    );
-    if packed && !compressed {
-        Some("compressed, but this run has no compression.split".into())
-    } else if plain && compressed {
-        Some("uncompressed, but this run sets compression.split".into())
-    } else {
-        None
+fn form_mismatch(compressed: bool, msg: &Msg) -> Option<String> {
+    let tensor = match msg {
+        Msg::Request { client_part: t, .. }
+        | Msg::Activations { acts: t, .. }
+        | Msg::Gradient { grad: t, .. }
+        | Msg::ClientGrad { grad: t, .. } => t,
+    };
+    match (tensor, compressed) {
+        (Tensor::Packed(_), false) => {
+            Some("compressed, but this run has no compression.split".into())
+        }
+        (Tensor::Exact(_), true) => {
+            Some("uncompressed, but this run sets compression.split".into())
+        }
+        _ => None,
+    }
+}
+
+/// The values of a split message's tensor: exact ones as they are, packed ones decoded to `n`
+/// values.
+fn values(t: Tensor, n: usize, what: &str) -> Result<Vec<f32>, String> {
+    match t {
+        Tensor::Exact(v) => Ok(Arc::try_unwrap(v).unwrap_or_else(|v| (*v).clone())),
+        Tensor::Packed(b) => unpack(&b, n, what),
     }
 }
 
@@ -172,6 +195,21 @@ pub struct SplitMetrics {
     pub bytes_down: u64,
     /// Simulated seconds of the epoch under the straggler and link model.
     pub sim_time_s: f64,
+}
+
+impl Metrics for SplitMetrics {
+    fn progress(&self) -> (u64, Option<f64>) {
+        (u64::from(self.epoch), self.accuracy)
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "epoch {:>4} | accuracy {} | {} steps",
+            self.epoch,
+            self.accuracy.map_or("-".into(), |a| format!("{a:.4}")),
+            self.steps
+        )
+    }
 }
 
 /// Per asked client: its labels and activations, once they arrive.
@@ -281,7 +319,7 @@ impl SplitServer {
             .factor((self.step.saturating_sub(1)) as f64 / total)
     }
 
-    fn start_epoch(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+    fn start_epoch(&mut self, ctx: &mut SplitCtx<'_>) -> Result<(), EngineError> {
         self.epoch += 1;
         let s = &self.settings;
         let mut rng = seed::rng(s.seed, &[seed::stream::SAMPLING, u64::from(self.epoch)]);
@@ -296,7 +334,7 @@ impl SplitServer {
         self.start_step(ctx)
     }
 
-    fn start_step(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+    fn start_step(&mut self, ctx: &mut SplitCtx<'_>) -> Result<(), EngineError> {
         self.step += 1;
         let params = Arc::new(self.client_params.clone());
         // Compressed once per step, shared by the step's clients.
@@ -316,20 +354,14 @@ impl SplitServer {
             let node = k as NodeId + 1;
             let (step, epoch, offset, count32) =
                 (self.step, self.epoch, self.offsets[k] as u32, count as u32);
-            let request = match &packed {
-                Some(p) => Payload::PackedSplitRequest {
-                    step,
-                    epoch,
-                    offset,
-                    count: count32,
-                    params: Arc::clone(p),
-                },
-                None => Payload::SplitRequest {
-                    step,
-                    epoch,
-                    offset,
-                    count: count32,
-                    params: Arc::clone(&params),
+            let request = Msg::Request {
+                step,
+                epoch,
+                offset,
+                count: count32,
+                client_part: match &packed {
+                    Some(p) => Tensor::Packed(Arc::clone(p)),
+                    None => Tensor::Exact(Arc::clone(&params)),
                 },
             };
             let bytes = ctx.send(node, request) as u64;
@@ -351,7 +383,7 @@ impl SplitServer {
     }
 
     /// Every activation is in: run the server part and send back the gradients.
-    fn server_step(&mut self, got: Activations, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+    fn server_step(&mut self, got: Activations, ctx: &mut SplitCtx<'_>) -> Result<(), EngineError> {
         let (mut labels, mut acts, mut rows) = (Vec::new(), Vec::new(), Vec::new());
         for (node, reply) in got {
             let (l, a) = reply.unwrap_or_default();
@@ -389,7 +421,7 @@ impl SplitServer {
                 s.seed,
                 (SERVER, node),
                 self.step,
-                SplitPart::Gradient,
+                Part::Gradient,
                 Vec::new(),
                 grad,
             )?;
@@ -415,7 +447,7 @@ impl SplitServer {
     fn client_step(
         &mut self,
         got: BTreeMap<NodeId, Option<Vec<f32>>>,
-        ctx: &mut NodeCtx<'_>,
+        ctx: &mut SplitCtx<'_>,
     ) -> Result<(), EngineError> {
         let n = got.len();
         let mut sum = vec![0.0f32; self.client_params.len()];
@@ -442,7 +474,7 @@ impl SplitServer {
         self.finish_epoch(ctx)
     }
 
-    fn finish_epoch(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+    fn finish_epoch(&mut self, ctx: &mut SplitCtx<'_>) -> Result<(), EngineError> {
         self.completed = self.epoch;
         let last = self.epoch >= self.settings.epochs;
         let whole = self.whole();
@@ -454,7 +486,7 @@ impl SplitServer {
             (None, None)
         };
         let t = std::mem::take(&mut self.totals);
-        ctx.emit(Event::Split(SplitMetrics {
+        ctx.emit(Event::Metrics(SplitMetrics {
             epoch: self.epoch,
             accuracy,
             loss,
@@ -482,15 +514,15 @@ impl SplitServer {
         }
     }
 
-    fn finish(&mut self, ctx: &mut NodeCtx<'_>) {
+    fn finish(&mut self, ctx: &mut SplitCtx<'_>) {
         self.phase = Phase::Idle;
         ctx.emit(Event::Finished {
             params: self.whole(),
         });
         for k in 0..self.settings.counts.len() {
-            ctx.send(
+            ctx.send_control(
                 k as NodeId + 1,
-                Payload::Shutdown {
+                Control::Shutdown {
                     round: self.completed,
                 },
             );
@@ -500,11 +532,14 @@ impl SplitServer {
 }
 
 impl Node for SplitServer {
+    type Msg = Msg;
+    type Metrics = SplitMetrics;
+
     fn id(&self) -> NodeId {
         SERVER
     }
 
-    fn on_start(&mut self, ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+    fn on_start(&mut self, ctx: &mut SplitCtx<'_>) -> Result<(), EngineError> {
         // A fresh server starts at epoch 0; a resumed one after its last completed epoch.
         self.epoch = self.completed;
         if self.completed >= self.settings.epochs {
@@ -562,24 +597,23 @@ impl Node for SplitServer {
     fn on_message(
         &mut self,
         from: NodeId,
-        payload: Payload,
-        ctx: &mut NodeCtx<'_>,
+        msg: Msg,
+        ctx: &mut SplitCtx<'_>,
     ) -> Result<(), EngineError> {
-        let kind = payload.kind();
+        let kind = msg.kind();
         let reject = EngineError::rejecter(SERVER, from, kind);
-        let bytes = payload.encoded_len() as u64;
+        let bytes = (HEADER + msg.encoded_len()) as u64;
         let Some(k) = self.client_of(from) else {
             return Err(reject("not a client of this run".into()));
         };
-        if let Some(why) = form_mismatch(self.settings.compression.is_some(), &payload) {
+        if let Some(why) = form_mismatch(self.settings.compression.is_some(), &msg) {
             return Err(reject(why));
         }
-        let payload = match payload {
-            Payload::PackedSplit {
+        let msg = match msg {
+            Msg::Activations {
                 step,
-                part: SplitPart::Activations,
                 labels,
-                data,
+                acts: Tensor::Packed(data),
             } => {
                 // The label count is checked before decoding, so a hostile count cannot size the
                 // decoded vector; the values per label are checked below.
@@ -592,30 +626,36 @@ impl Node for SplitServer {
                     )));
                 }
                 let acts = unpack(&data, n, "activations").map_err(&reject)?;
-                Payload::SplitActivations { step, labels, acts }
+                Msg::Activations {
+                    step,
+                    labels,
+                    acts: Tensor::exact(acts),
+                }
             }
-            Payload::PackedSplit {
+            Msg::ClientGrad {
                 step,
-                part: SplitPart::ClientGrad,
-                data,
-                ..
+                grad: Tensor::Packed(data),
             } => {
                 let n = self.client_params.len();
                 let grad = unpack(&data, n, "client-part gradient").map_err(&reject)?;
-                Payload::SplitClientGrad { step, grad }
+                Msg::ClientGrad {
+                    step,
+                    grad: Tensor::exact(grad),
+                }
             }
-            p => p,
+            m => m,
         };
         let step = self.step;
-        match (payload, &mut self.phase) {
+        match (msg, &mut self.phase) {
             (
-                Payload::SplitActivations {
+                Msg::Activations {
                     step: s,
                     labels,
                     acts,
                 },
                 Phase::Forward(waiting),
             ) => {
+                let acts = acts.into_values().map_err(&reject)?;
                 if s != step {
                     return Err(reject(format!("for step {s}, the current step is {step}")));
                 }
@@ -650,7 +690,8 @@ impl Node for SplitServer {
                 }
                 Ok(())
             }
-            (Payload::SplitClientGrad { step: s, grad }, Phase::Backward(waiting)) => {
+            (Msg::ClientGrad { step: s, grad }, Phase::Backward(waiting)) => {
+                let grad = grad.into_values().map_err(&reject)?;
                 if s != step {
                     return Err(reject(format!("for step {s}, the current step is {step}")));
                 }
@@ -672,7 +713,7 @@ impl Node for SplitServer {
                 }
                 Ok(())
             }
-            (p, _) => Err(reject(format!("unexpected {} in step {step}", p.kind()))),
+            (m, _) => Err(reject(format!("unexpected {} in step {step}", m.kind()))),
         }
     }
 }
@@ -733,11 +774,14 @@ impl SplitClient {
 }
 
 impl Node for SplitClient {
+    type Msg = Msg;
+    type Metrics = SplitMetrics;
+
     fn id(&self) -> NodeId {
         self.id
     }
 
-    fn on_start(&mut self, _ctx: &mut NodeCtx<'_>) -> Result<(), EngineError> {
+    fn on_start(&mut self, _ctx: &mut SplitCtx<'_>) -> Result<(), EngineError> {
         Ok(())
     }
 
@@ -748,62 +792,34 @@ impl Node for SplitClient {
     fn on_message(
         &mut self,
         from: NodeId,
-        payload: Payload,
-        ctx: &mut NodeCtx<'_>,
+        msg: Msg,
+        ctx: &mut SplitCtx<'_>,
     ) -> Result<(), EngineError> {
-        let kind = payload.kind();
+        let kind = msg.kind();
         let node = self.id;
         let reject = EngineError::rejecter(node, from, kind);
         if from != SERVER {
             return Err(reject("only the server sends to split clients".into()));
         }
-        if let Some(why) = form_mismatch(self.compression.is_some(), &payload) {
+        if let Some(why) = form_mismatch(self.compression.is_some(), &msg) {
             return Err(reject(why));
         }
-        let payload = match payload {
-            Payload::PackedSplitRequest {
-                step,
-                epoch,
-                offset,
-                count,
-                params,
-            } => {
-                let n = self.compression.map_or(0, |(_, n, _)| n);
-                let params = unpack(&params, n, "client part").map_err(&reject)?;
-                Payload::SplitRequest {
-                    step,
-                    epoch,
-                    offset,
-                    count,
-                    params: Arc::new(params),
-                }
-            }
-            Payload::PackedSplit {
-                step,
-                part: SplitPart::Gradient,
-                data,
-                ..
-            } => {
-                let Some((_, samples, _)) = &self.pending else {
-                    return Err(reject(format!("no request is open for step {step}")));
-                };
-                // The gradient has the activations' shape: features per sample x samples.
-                let f = self.compression.map_or(0, |(_, _, f)| f);
-                let n = f.saturating_mul(samples.len());
-                let grad = unpack(&data, n, "gradient").map_err(&reject)?;
-                Payload::SplitGradient { step, grad }
-            }
-            p => p,
-        };
         let compression = self.compression.map(|(c, _, _)| c);
-        match payload {
-            Payload::SplitRequest {
+        match msg {
+            Msg::Request {
                 step,
                 epoch,
                 offset,
                 count,
-                params,
+                client_part,
             } => {
+                let params = match client_part {
+                    Tensor::Exact(p) => p,
+                    Tensor::Packed(b) => {
+                        let n = self.compression.map_or(0, |(_, n, _)| n);
+                        Arc::new(unpack(&b, n, "client part").map_err(&reject)?)
+                    }
+                };
                 let (offset, count) = (offset as usize, count as usize);
                 let held = self.shard.len();
                 if offset.checked_add(count).is_none_or(|end| end > held) {
@@ -819,7 +835,7 @@ impl Node for SplitClient {
                     self.seed,
                     (node, SERVER),
                     step,
-                    SplitPart::Activations,
+                    Part::Activations,
                     labels,
                     acts,
                 )?;
@@ -827,9 +843,18 @@ impl Node for SplitClient {
                 self.pending = Some((step, samples, params));
                 Ok(())
             }
-            Payload::SplitGradient { step, grad } => {
+            Msg::Gradient { step, grad } => {
                 let Some((s, samples, params)) = self.pending.take() else {
                     return Err(reject(format!("no request is open for step {step}")));
+                };
+                // A packed gradient has the activations' shape: features per sample x samples.
+                let f = self.compression.map_or(0, |(_, _, f)| f);
+                let grad = match values(grad, f.saturating_mul(samples.len()), "gradient") {
+                    Ok(g) => g,
+                    Err(why) => {
+                        self.pending = Some((s, samples, params));
+                        return Err(reject(why));
+                    }
                 };
                 if s != step {
                     self.pending = Some((s, samples, params));
@@ -841,18 +866,218 @@ impl Node for SplitClient {
                     self.seed,
                     (node, SERVER),
                     step,
-                    SplitPart::ClientGrad,
+                    Part::ClientGrad,
                     Vec::new(),
                     grad,
                 )?;
                 ctx.send(SERVER, message);
                 Ok(())
             }
-            Payload::Shutdown { .. } => {
+            m => Err(reject(format!("unexpected {}", m.kind()))),
+        }
+    }
+
+    fn on_control(
+        &mut self,
+        from: NodeId,
+        c: Control,
+        _ctx: &mut SplitCtx<'_>,
+    ) -> Result<(), EngineError> {
+        match c {
+            Control::Shutdown { .. } if from == SERVER => {
                 self.done = true;
                 Ok(())
             }
-            p => Err(reject(format!("unexpected {}", p.kind()))),
+            c => Err(EngineError::rejecter(self.id, from, c.kind())(
+                "a split client only takes a shutdown from the server".into(),
+            )),
         }
     }
+}
+
+/// `[split]`: parallel split learning (algorithm `split`). The global batch B is
+/// `train.batch_size` and the epochs are `algorithm.rounds`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitConfig {
+    /// `global` (GPSL), `fixed-local` (FLS) or `fixed-proportional` (FPLS).
+    #[serde(default = "default_sampler")]
+    pub sampler: braid_core::split_batches::Sampler,
+    /// The layer the model is cut after, e.g. `blocks.0` (default: the first one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cut: Option<String>,
+    /// How the clients' gradients of the client part are combined: `sum` (default; the
+    /// gradient of the global batch's loss, as the authors' code does) or `mean`.
+    #[serde(default)]
+    pub client_gradients: ClientGradients,
+    /// The straggler and link model for the simulated time.
+    #[serde(default)]
+    pub latency: braid_core::latency::LatencyConfig,
+}
+
+fn default_sampler() -> braid_core::split_batches::Sampler {
+    braid_core::split_batches::Sampler::Global
+}
+
+impl Default for SplitConfig {
+    fn default() -> Self {
+        Self {
+            sampler: default_sampler(),
+            cut: None,
+            client_gradients: ClientGradients::default(),
+            latency: braid_core::latency::LatencyConfig::default(),
+        }
+    }
+}
+
+/// How client-part gradients are combined in split learning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientGradients {
+    /// Summed over the step's clients.
+    #[default]
+    Sum,
+    /// Averaged over the step's clients.
+    Mean,
+}
+
+/// Parallel split learning as an [`Algorithm`]: the server is node 0, clients are nodes 1...
+pub struct Split;
+
+impl Algorithm for Split {
+    const NAME: &'static str = "split";
+    type Config = SplitConfig;
+    type Msg = Msg;
+    type Metrics = SplitMetrics;
+    const TABLES: &'static [&'static str] = &["split"];
+    const FEATURES: &'static [Feature] = &[Feature::Compression];
+
+    fn instead(feature: Feature) -> Option<&'static str> {
+        (feature == Feature::Latency).then_some("split learning has [split.latency]")
+    }
+
+    fn config(c: &ExperimentConfig) -> Result<SplitConfig, String> {
+        common::check_compression(c, common::CompressionUse::Split)?;
+        common::rounds(c, "split")?;
+        if c.algorithm.clients_per_round.is_some() {
+            return Err("algorithm.clients_per_round does not apply to \"split\" (the sampler decides who takes part in each step)".into());
+        }
+        if c.algorithm.server_optimizer != Default::default() {
+            return Err("algorithm.server_optimizer does not apply to \"split\" (the server part uses train.optimizer)".into());
+        }
+        if c.algorithm.round_timeout_s.is_some() || c.algorithm.min_replies.is_some() {
+            return Err("algorithm.round_timeout_s and min_replies do not apply to \"split\" (every step waits for its clients)".into());
+        }
+        if c.train.local_steps.is_some() || c.train.local_epochs != 1 {
+            return Err("train.local_epochs and local_steps do not apply to \"split\" (algorithm.rounds are epochs)".into());
+        }
+        let sc: SplitConfig = c.table("split")?.unwrap_or_default();
+        sc.latency
+            .validate()
+            .map_err(|e| format!("split.latency.{e}"))?;
+        common::check_mu(c, false)?;
+        Ok(sc)
+    }
+
+    fn prepare(p: &mut Prepared, sc: &SplitConfig) -> Result<(), EngineError> {
+        let cut = sc
+            .cut
+            .clone()
+            .or_else(|| p.arch.cut_points().into_iter().next())
+            .ok_or_else(|| {
+                EngineError::Setup(format!(
+                    "model {} has no layer to cut after",
+                    p.arch.name.as_str()
+                ))
+            })?;
+        p.split = Some(p.arch.split(&cut)?);
+        Ok(())
+    }
+
+    fn build(
+        p: &Prepared,
+        sc: &SplitConfig,
+    ) -> Result<Vec<BoxNode<Msg, SplitMetrics>>, EngineError> {
+        let c = &p.config;
+        let settings = Arc::new(split_settings(p, sc)?);
+        let mut nodes: Vec<BoxNode<Msg, SplitMetrics>> = vec![Box::new(SplitServer::new(
+            Arc::clone(&settings),
+            p.arch.init_params(c.seed),
+        )?)];
+        for (k, part) in p.parts.iter().enumerate() {
+            nodes.push(Box::new(
+                SplitClient::new(k as NodeId + 1, Arc::new(part.clone()), c.seed)
+                    .with_compression(&settings),
+            ));
+        }
+        Ok(nodes)
+    }
+
+    fn max_message_values(p: &Prepared, _sc: &SplitConfig) -> usize {
+        let activations = p.split.as_ref().map_or(0, |s| {
+            s.cut_features().saturating_mul(p.config.train.batch_size)
+        });
+        p.arch.num_params().max(activations)
+    }
+
+    fn describe(p: &Prepared, sc: &SplitConfig) -> String {
+        match &p.split {
+            Some(split) => format!(
+                "{} clients, sampler {}, global batch {}, cut after {} ({} client-part parameters, {} values per sample at the cut)",
+                p.parts.len(),
+                sc.sampler.as_str(),
+                p.config.train.batch_size,
+                split.cut,
+                split.client_params(),
+                split.cut_features()
+            ),
+            None => format!("{} clients", p.parts.len()),
+        }
+    }
+
+    fn progress(c: &ExperimentConfig, _sc: &SplitConfig) -> (&'static str, u64) {
+        ("round", u64::from(c.algorithm.rounds.unwrap_or(0)))
+    }
+
+    fn summary(_p: &Prepared, _sc: &SplitConfig, rows: &[(SplitMetrics, f64)]) -> Summary {
+        let accuracy = rows.iter().rev().find_map(|(m, _)| m.accuracy);
+        let bytes: u64 = rows.iter().map(|(m, _)| m.bytes_up + m.bytes_down).sum();
+        let sim: f64 = rows.iter().map(|(m, _)| m.sim_time_s).sum();
+        Summary {
+            accuracy,
+            line: format!(
+                "final test accuracy {} after {} epochs | {:.1} MB communicated | {:.0} s simulated",
+                accuracy.map_or("-".to_string(), |x| format!("{x:.4}")),
+                rows.len(),
+                bytes as f64 / 1e6,
+                sim,
+            ),
+        }
+    }
+}
+
+/// The settings of a split-learning run.
+pub fn split_settings(p: &Prepared, sc: &SplitConfig) -> Result<SplitSettings, EngineError> {
+    let c = &p.config;
+    let split = p
+        .split
+        .as_ref()
+        .ok_or_else(|| EngineError::Setup("not a split-learning run".into()))?;
+    let mut rng = seed::rng(c.seed, &[seed::stream::LATENCY]);
+    Ok(SplitSettings {
+        sampler: sc.sampler,
+        batch: c.train.batch_size,
+        epochs: c.algorithm.rounds.unwrap_or(0),
+        eval_every: c.algorithm.eval_every,
+        client_gradients: sc.client_gradients,
+        counts: p.parts.iter().map(Vec::len).collect(),
+        client_params: split.client_params(),
+        num_params: p.arch.num_params(),
+        cut_features: split.cut_features(),
+        flops: (split.client.forward_flops(), split.server.forward_flops()),
+        latency: braid_core::latency::LatencyModel::new(&sc.latency, p.parts.len(), &mut rng),
+        lr_schedule: c.train.lr_schedule.clone(),
+        seed: c.seed,
+        compression: c.compression.and_then(|k| k.split),
+    })
 }

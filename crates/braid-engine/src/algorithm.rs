@@ -1,0 +1,539 @@
+//! The [`Algorithm`] contract, and the [`Registry`] that lists the algorithms a program knows.
+//!
+//! An algorithm is one folder under `algorithms/` (or a type in a user's crate): its config
+//! section (the `[algorithm]` fields it uses and the tables it owns), its protocol (a
+//! [`Message`] type), its metrics row, the nodes it builds from a prepared experiment and the
+//! feature layers it accepts. Everything else is generic over it: config loading and `--set`,
+//! experiment building, the simulator, reports, the CLI (including `--baseline`) and the
+//! network runtime (through [`WireNode`]). The registry is the one place that lists
+//! algorithms; a program adds its own with [`Registry::add`].
+
+use std::path::{Path, PathBuf};
+
+use crate::config::ExperimentConfig;
+use crate::experiment::Prepared;
+use crate::node::{BoxNode, EngineError, Metrics};
+use crate::report::Rows;
+use crate::sim::Timing;
+use crate::wire::{Message, NodeId};
+use crate::wire_node::WireNode;
+
+/// A feature layer an algorithm may accept (its table in the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feature {
+    /// `[compression]` (each algorithm checks the fields it takes).
+    Compression,
+    /// `[privacy]`: differential privacy.
+    Privacy,
+    /// `[attack]`: simulated attackers.
+    Attack,
+    /// `[secure_aggregation]`.
+    SecureAggregation,
+    /// `algorithm.aggregator`: robust aggregation rules.
+    RobustAggregation,
+    /// `[latency]`: simulated time.
+    Latency,
+}
+
+impl Feature {
+    /// Every feature, in the order refusals check them.
+    pub const ALL: [Feature; 6] = [
+        Feature::Compression,
+        Feature::Privacy,
+        Feature::Attack,
+        Feature::SecureAggregation,
+        Feature::RobustAggregation,
+        Feature::Latency,
+    ];
+
+    /// How the config names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Feature::Compression => "[compression]",
+            Feature::Privacy => "[privacy]",
+            Feature::Attack => "[attack]",
+            Feature::SecureAggregation => "[secure_aggregation]",
+            Feature::RobustAggregation => "algorithm.aggregator",
+            Feature::Latency => "[latency]",
+        }
+    }
+
+    /// Whether `config` turns it on.
+    pub fn is_set(self, config: &ExperimentConfig) -> bool {
+        match self {
+            Feature::Compression => config.compression.is_some(),
+            Feature::Privacy => config.privacy.is_some(),
+            Feature::Attack => config.attack.is_some(),
+            Feature::SecureAggregation => config.secure_aggregation.is_some(),
+            Feature::RobustAggregation => {
+                config.algorithm.aggregator != braid_core::robust::Aggregator::Mean
+            }
+            Feature::Latency => config.latency.is_some(),
+        }
+    }
+}
+
+/// The reference run `--baseline` compares a run with.
+#[derive(Debug, Clone)]
+pub struct Baseline {
+    /// The reference's config.
+    pub config: ExperimentConfig,
+    /// What the comparison line says of the run (e.g. "fedavg final accuracy").
+    pub subject: String,
+    /// What the reference is, for the comparison line (e.g. "centralized baseline").
+    pub what: &'static str,
+}
+
+/// What an algorithm says at the end of a run, besides its metrics table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    /// The accuracy `--baseline` compares (the final model's, or the merged model's).
+    pub accuracy: Option<f64>,
+    /// The summary line's beginning, e.g. `final test accuracy 0.81 after 10 rounds | 13 MB
+    /// communicated`; the CLI adds wall time, memory and where the results are.
+    pub line: String,
+}
+
+/// A node of algorithm `A`, boxed.
+pub type NodeOf<A> = BoxNode<<A as Algorithm>::Msg, <A as Algorithm>::Metrics>;
+
+/// One algorithm: see the module documentation.
+pub trait Algorithm: Send + Sync + 'static {
+    /// Its name in `algorithm.name`.
+    const NAME: &'static str;
+    /// Its settings, read from `[algorithm]` and the tables it owns.
+    type Config: Clone + Send + Sync + 'static;
+    /// The messages its nodes exchange.
+    type Msg: Message;
+    /// The rows of its `metrics.csv`.
+    type Metrics: Metrics + Rows;
+    /// Top-level tables of the config it owns (e.g. `["decentralized"]`).
+    const TABLES: &'static [&'static str] = &[];
+    /// The feature layers it accepts.
+    const FEATURES: &'static [Feature] = &[];
+
+    /// What it offers in place of a feature it refuses, added to the refusal (split learning:
+    /// "split learning has [split.latency]" for `[latency]`).
+    fn instead(_feature: Feature) -> Option<&'static str> {
+        None
+    }
+
+    /// Reads and checks its settings; the error names the field and the rule.
+    fn config(config: &ExperimentConfig) -> Result<Self::Config, String>;
+
+    /// How many data shards (participants holding data) the run has.
+    fn shards(config: &ExperimentConfig) -> usize {
+        config.partition.clients
+    }
+
+    /// Adds what the algorithm needs to the prepared run (a split model, a list of models).
+    fn prepare(_prepared: &mut Prepared, _settings: &Self::Config) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    /// The run's nodes, node 0 first.
+    fn build(
+        prepared: &Prepared,
+        settings: &Self::Config,
+    ) -> Result<Vec<NodeOf<Self>>, EngineError>;
+
+    /// The node that holds shard `k` (default: node 0 is a server, shards are nodes 1..).
+    fn node_of_shard(k: usize) -> NodeId {
+        k as NodeId + 1
+    }
+
+    /// The shard node `id` holds, if any.
+    fn shard_of_node(id: NodeId, shards: usize) -> Option<usize> {
+        let k = (id as usize).checked_sub(1)?;
+        (k < shards).then_some(k)
+    }
+
+    /// The role of node `node` of `nodes`, for reports.
+    fn role(_settings: &Self::Config, node: usize, _nodes: usize) -> &'static str {
+        if node == 0 {
+            "server"
+        } else {
+            "client"
+        }
+    }
+
+    /// The simulated-time model of the run, if it keeps simulated time.
+    fn timing(_prepared: &Prepared, _settings: &Self::Config) -> Option<Timing> {
+        None
+    }
+
+    /// The most values one message of the run may carry (the decoders' limit).
+    fn max_message_values(prepared: &Prepared, _settings: &Self::Config) -> usize {
+        prepared.arch.num_params()
+    }
+
+    /// Who takes part, for the run's first line (e.g. "10 clients (10 per round)").
+    fn describe(prepared: &Prepared, settings: &Self::Config) -> String;
+
+    /// The progress bar's unit and length (e.g. `("round", 10)`).
+    fn progress(config: &ExperimentConfig, settings: &Self::Config) -> (&'static str, u64);
+
+    /// The summary of a finished run.
+    fn summary(
+        prepared: &Prepared,
+        settings: &Self::Config,
+        rows: &[(Self::Metrics, f64)],
+    ) -> Summary;
+
+    /// The reference `--baseline` runs: by default the centralized baseline (one client
+    /// holding all data, the same model, data, training and rounds).
+    fn baseline(config: &ExperimentConfig) -> Option<Baseline> {
+        Some(Baseline {
+            config: crate::config::centralized(config),
+            subject: format!("{} final accuracy", Self::NAME),
+            what: "centralized baseline",
+        })
+    }
+}
+
+/// A finished simulated run, its metrics types erased: what the CLI prints and writes.
+pub trait Finished {
+    /// The metrics table printed after the run.
+    fn table(&self) -> String;
+    /// Writes every output file into `dir`; returns their paths.
+    fn write(&self, dir: &Path) -> Result<Vec<PathBuf>, String>;
+    /// The run's summary.
+    fn summary(&self) -> Summary;
+}
+
+/// An algorithm with its types erased, as the registry holds it.
+pub trait Registered: Send + Sync {
+    /// Its name.
+    fn name(&self) -> &'static str;
+    /// The protocol its nodes speak.
+    fn protocol(&self) -> (&'static str, u8);
+    /// The tables it owns.
+    fn tables(&self) -> &'static [&'static str];
+    /// The features it accepts.
+    fn features(&self) -> &'static [Feature];
+    /// See [`Algorithm::instead`].
+    fn instead(&self, feature: Feature) -> Option<&'static str>;
+    /// Checks its settings in `config`.
+    fn check(&self, config: &ExperimentConfig) -> Result<(), String>;
+    /// Data shards of the run.
+    fn shards(&self, config: &ExperimentConfig) -> usize;
+    /// Prepares the run (data, partition, model and what the algorithm adds).
+    fn prepare(&self, config: &ExperimentConfig) -> Result<Prepared, EngineError>;
+    /// See [`Algorithm::node_of_shard`].
+    fn node_of_shard(&self, k: usize) -> NodeId;
+    /// See [`Algorithm::shard_of_node`].
+    fn shard_of_node(&self, id: NodeId, shards: usize) -> Option<usize>;
+    /// See [`Algorithm::role`].
+    fn role(&self, config: &ExperimentConfig, node: usize, nodes: usize) -> &'static str;
+    /// See [`Algorithm::max_message_values`].
+    fn max_message_values(&self, prepared: &Prepared) -> Result<usize, EngineError>;
+    /// See [`Algorithm::describe`].
+    fn describe(&self, prepared: &Prepared) -> Result<String, EngineError>;
+    /// See [`Algorithm::progress`].
+    fn progress(&self, config: &ExperimentConfig) -> Result<(&'static str, u64), EngineError>;
+    /// See [`Algorithm::baseline`].
+    fn baseline(&self, config: &ExperimentConfig) -> Option<Baseline>;
+    /// Runs the experiment in the simulator; `on_progress` sees each metrics row's progress
+    /// (position, accuracy) as it is reported.
+    fn simulate(
+        &self,
+        prepared: &Prepared,
+        on_progress: &mut dyn FnMut(u64, Option<f64>),
+    ) -> Result<Box<dyn Finished>, EngineError>;
+    /// Node `id` of a deployed run, its protocol erased to bytes for the network runtime.
+    fn deploy(&self, prepared: &Prepared, id: NodeId) -> Result<Box<dyn WireNode>, EngineError>;
+    /// The outputs of a deployed node from the rows it reported (as JSON values, see
+    /// [`WireNode`]) and its final parameters.
+    fn finished_from_rows(
+        &self,
+        prepared: &Prepared,
+        rows: Vec<(serde_json::Value, f64)>,
+        final_params: Option<Vec<f32>>,
+    ) -> Result<Box<dyn Finished>, EngineError>;
+}
+
+/// The algorithms a program knows, by name.
+pub struct Registry {
+    entries: Vec<Box<dyn Registered>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.names()).finish()
+    }
+}
+
+/// Why an algorithm cannot be registered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// Its name is taken.
+    #[error("an algorithm named {0:?} is already registered")]
+    Name(&'static str),
+    /// It owns a table another algorithm owns with another layout, or a common one.
+    #[error("table [{table}] of algorithm {name:?} is a common table of the config")]
+    Table {
+        /// The algorithm.
+        name: &'static str,
+        /// The table.
+        table: &'static str,
+    },
+    /// Its protocol tag is taken by another protocol.
+    #[error(
+        "protocol {protocol:?} of algorithm {name:?} uses tag {tag}, which protocol {other:?} has"
+    )]
+    Tag {
+        /// The algorithm.
+        name: &'static str,
+        /// Its protocol.
+        protocol: &'static str,
+        /// The tag.
+        tag: u8,
+        /// The protocol that has it.
+        other: &'static str,
+    },
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn empty() -> Self {
+        Self {
+            entries: Vec::new(),
+        }
+    }
+
+    /// braid's own algorithms.
+    pub fn builtin() -> Self {
+        crate::algorithms::builtin()
+    }
+
+    /// Adds algorithm `A`.
+    pub fn add<A: Algorithm>(&mut self) -> Result<&mut Self, RegistryError> {
+        if self.get(A::NAME).is_some() {
+            return Err(RegistryError::Name(A::NAME));
+        }
+        if let Some(t) = A::TABLES
+            .iter()
+            .find(|t| crate::config::COMMON_TABLES.contains(t))
+        {
+            return Err(RegistryError::Table {
+                name: A::NAME,
+                table: t,
+            });
+        }
+        let tag = <A::Msg as Message>::TAG;
+        let protocol = <A::Msg as Message>::PROTOCOL;
+        let taken = crate::wire::BUILTIN_PROTOCOLS
+            .iter()
+            .map(|&(t, n)| (n, t))
+            .chain(self.entries.iter().map(|e| e.protocol()))
+            .find(|&(n, t)| t == tag && n != protocol);
+        if let Some((other, _)) = taken {
+            return Err(RegistryError::Tag {
+                name: A::NAME,
+                protocol,
+                tag,
+                other,
+            });
+        }
+        self.entries
+            .push(Box::new(Entry::<A>(std::marker::PhantomData)));
+        Ok(self)
+    }
+
+    /// The algorithm named `name`.
+    pub fn get(&self, name: &str) -> Option<&dyn Registered> {
+        self.entries
+            .iter()
+            .find(|e| e.name() == name)
+            .map(|e| e.as_ref())
+    }
+
+    /// The algorithm `config` names, or an error listing the known ones.
+    pub fn of(&self, config: &ExperimentConfig) -> Result<&dyn Registered, String> {
+        self.get(&config.algorithm.name).ok_or_else(|| {
+            format!(
+                "algorithm.name: unknown algorithm `{}`, expected one of {}",
+                config.algorithm.name,
+                self.names()
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+    }
+
+    /// Every registered name, in registration order.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.entries.iter().map(|e| e.name()).collect()
+    }
+
+    /// Every table some algorithm owns.
+    pub fn tables(&self) -> Vec<&'static str> {
+        let mut t: Vec<&'static str> = self
+            .entries
+            .iter()
+            .flat_map(|e| e.tables().iter().copied())
+            .collect();
+        t.sort_unstable();
+        t.dedup();
+        t
+    }
+
+    /// The algorithms owning `table` or accepting `feature`, quoted and joined as a sentence
+    /// ("\"fedavg\" and \"fedprox\"").
+    pub fn who(&self, pick: impl Fn(&dyn Registered) -> bool, last: &str) -> String {
+        let names: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|e| pick(e.as_ref()))
+            .map(|e| format!("\"{}\"", e.name()))
+            .collect();
+        match names.split_last() {
+            None => "no algorithm".into(),
+            Some((only, [])) => only.clone(),
+            Some((l, rest)) => format!("{} {last} {l}", rest.join(", ")),
+        }
+    }
+}
+
+/// A registered algorithm.
+struct Entry<A>(std::marker::PhantomData<A>);
+
+impl<A: Algorithm> Entry<A> {
+    fn settings(config: &ExperimentConfig) -> Result<A::Config, EngineError> {
+        A::config(config).map_err(EngineError::Setup)
+    }
+}
+
+impl<A: Algorithm> Registered for Entry<A> {
+    fn name(&self) -> &'static str {
+        A::NAME
+    }
+
+    fn protocol(&self) -> (&'static str, u8) {
+        (<A::Msg as Message>::PROTOCOL, <A::Msg as Message>::TAG)
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        A::TABLES
+    }
+
+    fn features(&self) -> &'static [Feature] {
+        A::FEATURES
+    }
+
+    fn instead(&self, feature: Feature) -> Option<&'static str> {
+        A::instead(feature)
+    }
+
+    fn check(&self, config: &ExperimentConfig) -> Result<(), String> {
+        A::config(config).map(|_| ())
+    }
+
+    fn shards(&self, config: &ExperimentConfig) -> usize {
+        A::shards(config)
+    }
+
+    fn prepare(&self, config: &ExperimentConfig) -> Result<Prepared, EngineError> {
+        let settings = Self::settings(config)?;
+        let mut prepared = crate::experiment::prepare_data(config, A::shards(config))?;
+        A::prepare(&mut prepared, &settings)?;
+        Ok(prepared)
+    }
+
+    fn node_of_shard(&self, k: usize) -> NodeId {
+        A::node_of_shard(k)
+    }
+
+    fn shard_of_node(&self, id: NodeId, shards: usize) -> Option<usize> {
+        A::shard_of_node(id, shards)
+    }
+
+    fn role(&self, config: &ExperimentConfig, node: usize, nodes: usize) -> &'static str {
+        match A::config(config) {
+            Ok(s) => A::role(&s, node, nodes),
+            Err(_) => "node",
+        }
+    }
+
+    fn max_message_values(&self, prepared: &Prepared) -> Result<usize, EngineError> {
+        Ok(A::max_message_values(
+            prepared,
+            &Self::settings(&prepared.config)?,
+        ))
+    }
+
+    fn describe(&self, prepared: &Prepared) -> Result<String, EngineError> {
+        Ok(A::describe(prepared, &Self::settings(&prepared.config)?))
+    }
+
+    fn progress(&self, config: &ExperimentConfig) -> Result<(&'static str, u64), EngineError> {
+        Ok(A::progress(config, &Self::settings(config)?))
+    }
+
+    fn baseline(&self, config: &ExperimentConfig) -> Option<Baseline> {
+        A::baseline(config)
+    }
+
+    fn simulate(
+        &self,
+        prepared: &Prepared,
+        on_progress: &mut dyn FnMut(u64, Option<f64>),
+    ) -> Result<Box<dyn Finished>, EngineError> {
+        let settings = Self::settings(&prepared.config)?;
+        let outcome = crate::experiment::simulate::<A>(prepared, &settings, &mut |e| {
+            if let crate::node::Event::Metrics(m) = e {
+                let (at, acc) = m.progress();
+                on_progress(at, acc);
+            }
+        })?;
+        Ok(Box::new(crate::report::Outcome::<A> {
+            prepared: prepared.clone(),
+            settings,
+            outcome,
+        }))
+    }
+
+    fn deploy(&self, prepared: &Prepared, id: NodeId) -> Result<Box<dyn WireNode>, EngineError> {
+        let settings = Self::settings(&prepared.config)?;
+        let limits = crate::wire::Limits::new(A::max_message_values(prepared, &settings));
+        let nodes = A::build(prepared, &settings)?;
+        let n = nodes.len();
+        let node = nodes
+            .into_iter()
+            .find(|node| node.id() == id)
+            .ok_or_else(|| {
+                EngineError::Setup(format!(
+                    "node {id} is not part of this run (it has nodes 0..{n})"
+                ))
+            })?;
+        Ok(Box::new(crate::wire_node::Wired::new(node, limits)))
+    }
+
+    fn finished_from_rows(
+        &self,
+        prepared: &Prepared,
+        rows: Vec<(serde_json::Value, f64)>,
+        final_params: Option<Vec<f32>>,
+    ) -> Result<Box<dyn Finished>, EngineError> {
+        let settings = Self::settings(&prepared.config)?;
+        let rows = rows
+            .into_iter()
+            .map(|(v, w)| {
+                serde_json::from_value::<A::Metrics>(v)
+                    .map(|m| (m, w))
+                    .map_err(|e| EngineError::Setup(format!("a reported row: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Box::new(crate::report::Outcome::<A> {
+            prepared: prepared.clone(),
+            settings,
+            outcome: crate::sim::SimOutcome {
+                rows,
+                final_params,
+                ..Default::default()
+            },
+        }))
+    }
+}
