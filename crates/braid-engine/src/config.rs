@@ -734,6 +734,27 @@ impl ExperimentConfig {
         Ok(config)
     }
 
+    /// A config built in code: model `model` and algorithm `algorithm`, every other value at
+    /// the default a TOML file gets. Set fields, then check it with
+    /// [`ExperimentConfig::validate_with`] before preparing a run.
+    pub fn new(model: &str, algorithm: &str) -> Result<Self, ConfigError> {
+        let mut t = toml::Table::new();
+        for (section, name) in [("model", model), ("algorithm", algorithm)] {
+            let mut s = toml::Table::new();
+            s.insert("name".into(), toml::Value::String(name.into()));
+            t.insert(section.into(), toml::Value::Table(s));
+        }
+        Self::deserialize(t).map_err(|e| ConfigError {
+            origin: "ExperimentConfig::new".into(),
+            message: e.message().trim().replace('\n', " "),
+        })
+    }
+
+    /// Sets the table an algorithm owns (e.g. `"decentralized"`), as a TOML file would.
+    pub fn set_table(&mut self, name: &str, value: toml::Table) {
+        self.tables.insert(name.into(), toml::Value::Table(value));
+    }
+
     /// Reads and parses a config file (braid's built-in algorithms).
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
         Self::load_with(path, overrides, &crate::algorithm::Registry::builtin())

@@ -191,7 +191,7 @@ pub(crate) fn describe(p: &Prepared) -> String {
 }
 
 /// The summary of a FedAvg-family run (and FedBuff's).
-pub(crate) fn summary(p: &Prepared, rows: &[(RoundMetrics, f64)]) -> Summary {
+pub fn summary(p: &Prepared, rows: &[(RoundMetrics, f64)]) -> Summary {
     let rows = super::report::rows(rows);
     let accuracy = rows.iter().rev().find_map(|r| r.metrics.accuracy);
     let total_bytes = rows.last().map_or(0, |r| r.cum_bytes);

@@ -60,9 +60,9 @@ pub fn keygen(args: KeygenArgs) -> Result<()> {
 }
 
 /// Runs one node of a deployed experiment until its part of the run is over.
-pub fn node(args: NodeArgs) -> Result<()> {
+pub fn node(args: NodeArgs, registry: &Registry) -> Result<()> {
     let t0 = Instant::now();
-    let config = ExperimentConfig::load(&args.file, &args.set)?;
+    let config = ExperimentConfig::load_with(&args.file, &args.set, registry)?;
     let Some(net) = config.network.clone() else {
         bail!(
             "{} has no [network] table: braid node needs the participants (node, peer_id, addr)",
@@ -81,7 +81,6 @@ pub fn node(args: NodeArgs) -> Result<()> {
     let id = roster
         .node_of(&me)
         .with_context(|| format!("this key's peer id {me} is not in network.participants"))?;
-    let registry = Registry::builtin();
     let algorithm = registry.of(&config).map_err(anyhow::Error::msg)?;
     let mut prepared = algorithm.prepare(&config)?;
     if let Some(dir) = &args.data {
@@ -231,8 +230,8 @@ pub struct HaltArgs {
 }
 
 /// Sends a signed halt to every participant with an address; nodes forward it to the rest.
-pub fn halt(args: HaltArgs) -> Result<()> {
-    let config = ExperimentConfig::load(&args.file, &args.set)?;
+pub fn halt(args: HaltArgs, registry: &Registry) -> Result<()> {
+    let config = ExperimentConfig::load_with(&args.file, &args.set, registry)?;
     let net = config
         .network
         .clone()

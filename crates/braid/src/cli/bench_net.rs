@@ -178,7 +178,7 @@ fn braid_rounds(args: &BenchNetArgs) -> Result<Vec<f64>> {
     let keys: Vec<_> = (0..total)
         .map(|_| braid_net::identity::generate())
         .collect();
-    let ports = crate::launch::free_ports(total)?;
+    let ports = super::launch::free_ports(total)?;
     let network = NetworkConfig {
         participants: (0..total)
             .map(|i| Participant {

@@ -1,4 +1,6 @@
-//! `braid`: a thin command line over braid's engine.
+//! The `braid` command line, as a library: [`main_with`] runs it with a registry of
+//! algorithms, so a program that registers its own algorithms keeps every command (`run`,
+//! `node`, `launch`, `audit`, `halt`, ...) for them.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -21,7 +23,7 @@ mod launch;
 mod node;
 
 /// The bundled quick-start experiment, compiled in so `braid demo` works from any directory.
-const QUICKSTART: &str = include_str!("../../../configs/quickstart.toml");
+const QUICKSTART: &str = include_str!("../../../../configs/quickstart.toml");
 
 #[derive(Parser)]
 #[command(
@@ -121,15 +123,18 @@ enum Command {
     Audit(audit::AuditCommand),
 }
 
-fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+/// Runs the command line (arguments from the process) with the algorithms of `registry`; the
+/// process's exit code. `braid`'s own `main` is `main_with(Registry::builtin())`.
+pub fn main_with(registry: Registry) -> ExitCode {
+    // A program may have set up tracing itself; then its subscriber stays.
+    let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    match dispatch(Cli::parse()) {
+        .try_init();
+    match dispatch(Cli::parse(), &registry) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
@@ -139,8 +144,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn dispatch(cli: Cli) -> Result<()> {
-    let registry = Registry::builtin();
+fn dispatch(cli: Cli, registry: &Registry) -> Result<()> {
     match cli.command {
         Command::Run {
             file,
@@ -149,16 +153,16 @@ fn dispatch(cli: Cli) -> Result<()> {
             baseline,
             quiet,
         } => {
-            let config = ExperimentConfig::load_with(&file, &set, &registry)?;
-            run_and_report(&registry, config, out, baseline, quiet)
+            let config = ExperimentConfig::load_with(&file, &set, registry)?;
+            run_and_report(registry, config, out, baseline, quiet)
         }
         Command::Demo { set, out, quiet } => {
             let config =
-                ExperimentConfig::parse_with(QUICKSTART, "quickstart.toml", &set, &registry)?;
-            run_and_report(&registry, config, out, false, quiet)
+                ExperimentConfig::parse_with(QUICKSTART, "quickstart.toml", &set, registry)?;
+            run_and_report(registry, config, out, false, quiet)
         }
         Command::Partition { file, set, write } => {
-            let config = ExperimentConfig::load_with(&file, &set, &registry)?;
+            let config = ExperimentConfig::load_with(&file, &set, registry)?;
             let algorithm = registry.of(&config).map_err(anyhow::Error::msg)?;
             let prepared = algorithm.prepare(&config)?;
             print_histogram(&prepared);
@@ -175,11 +179,11 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::BenchNet(args) => bench_net::run(args),
         Command::BenchStep(args) => bench_step::run(args),
         Command::Keygen(args) => node::keygen(args),
-        Command::Node(args) => node::node(args),
-        Command::Launch(args) => launch::launch(args),
-        Command::Audit(cmd) => audit::run(cmd),
+        Command::Node(args) => node::node(args, registry),
+        Command::Launch(args) => launch::launch(args, registry),
+        Command::Audit(cmd) => audit::run(cmd, registry),
         Command::Compare(args) => compare::run(args),
-        Command::Halt(args) => node::halt(args),
+        Command::Halt(args) => node::halt(args, registry),
         Command::Topology {
             nodes,
             r,

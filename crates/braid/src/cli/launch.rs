@@ -55,9 +55,9 @@ struct Launched {
 }
 
 /// Runs every participant of the experiment as its own process on loopback.
-pub fn launch(args: LaunchArgs) -> Result<()> {
+pub fn launch(args: LaunchArgs, registry: &Registry) -> Result<()> {
     let t0 = Instant::now();
-    let mut config = ExperimentConfig::load(&args.file, &args.set)?;
+    let mut config = ExperimentConfig::load_with(&args.file, &args.set, registry)?;
     if let Some(n) = args.nodes {
         if n == 0 {
             bail!("--nodes must be at least 1");
@@ -65,7 +65,6 @@ pub fn launch(args: LaunchArgs) -> Result<()> {
         config.partition.clients = n;
     }
     let participants = config.partition.clients;
-    let registry = Registry::builtin();
     let algorithm = registry.of(&config).map_err(anyhow::Error::msg)?;
     if algorithm.shards(&config) < 2 {
         bail!(
@@ -123,7 +122,7 @@ pub fn launch(args: LaunchArgs) -> Result<()> {
         })
         .collect();
     config.network = Some(network);
-    config.validate().map_err(anyhow::Error::msg)?;
+    config.validate_with(registry).map_err(anyhow::Error::msg)?;
     let launch_file = dir.join("launch.toml");
     report::write_atomic(&launch_file, config.to_toml().as_bytes()).map_err(anyhow::Error::msg)?;
 

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use braid_engine::algorithm::Registry;
 use braid_engine::config::ExperimentConfig;
 use braid_engine::report;
 use braid_engine::wire::NodeId;
@@ -44,10 +45,10 @@ pub enum AuditCommand {
 }
 
 /// Runs an audit command.
-pub fn run(cmd: AuditCommand) -> Result<()> {
+pub fn run(cmd: AuditCommand, registry: &Registry) -> Result<()> {
     match cmd {
         AuditCommand::Verify { dir, config } => {
-            let audit = check(&dir, config.as_deref())?;
+            let audit = check(&dir, config.as_deref(), registry)?;
             audit.print_problems();
             if audit.problems() > 0 {
                 bail!("{} problem(s) found in {}", audit.problems(), dir.display());
@@ -65,7 +66,7 @@ pub fn run(cmd: AuditCommand) -> Result<()> {
             Ok(())
         }
         AuditCommand::Report { dir, config } => {
-            let audit = check(&dir, config.as_deref())?;
+            let audit = check(&dir, config.as_deref(), registry)?;
             audit.print_problems();
             let r = totals(&audit);
             let json = serde_json::to_string_pretty(&r).context("cannot encode the report")?;
@@ -161,13 +162,13 @@ fn find_logs(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-fn check(dir: &Path, config: Option<&Path>) -> Result<Audit> {
+fn check(dir: &Path, config: Option<&Path>, registry: &Registry) -> Result<Audit> {
     let config = config
         .map(Path::to_owned)
         .or_else(|| Some(dir.join("launch.toml")).filter(|p| p.is_file()));
     let roster = match &config {
         Some(c) => {
-            let cfg = ExperimentConfig::load(c, &[])?;
+            let cfg = ExperimentConfig::load_with(c, &[], registry)?;
             let net = cfg
                 .network
                 .with_context(|| format!("{} has no [network] table", c.display()))?;

@@ -1,0 +1,46 @@
+//! braid as a library: federated, decentralized, split and mutual learning as sans-IO state
+//! machines, run by a deterministic simulator or across processes over libp2p.
+//!
+//! This crate is the facade a program builds on. [`prelude`] brings in what an algorithm or
+//! an embedding program needs; the layers are re-exported whole:
+//!
+//! - [`braid_core`]: numerics free of the deep-learning backend (parameters, seeds,
+//!   partitions, topologies, compression, privacy accounting, secure aggregation, the byte
+//!   reader and writer);
+//! - [`braid_data`]: datasets; [`braid_nn`]: models and training (burn);
+//! - [`braid_engine`]: the [`Algorithm`](braid_engine::algorithm::Algorithm) contract and the
+//!   [`Registry`], the built-in algorithms, configs, the simulator and reports;
+//! - [`braid_net`]: the network runtime (libp2p), identities, signed run logs and halts;
+//! - [`cli`]: the `braid` command line, which [`cli::main_with`] runs for any registry: a
+//!   program that registers its own algorithms keeps every command for them.
+//!
+//! Examples (run by `cargo test`): `examples/own_algorithm` adds an algorithm with its own
+//! config section and protocol; `examples/embed` runs experiments from Rust code.
+
+pub mod cli;
+
+pub use braid_core;
+pub use braid_data;
+pub use braid_engine;
+pub use braid_net;
+pub use braid_nn;
+
+pub use braid_engine::algorithm::Registry;
+
+/// What an algorithm, or a program running experiments, usually needs.
+pub mod prelude {
+    pub use braid_core::bytes::{ReadError, Reader, Writer};
+    pub use braid_engine::algorithm::{
+        Algorithm, Baseline, Feature, Finished, NodeOf, Registry, RegistryError, Summary,
+    };
+    pub use braid_engine::config::ExperimentConfig;
+    pub use braid_engine::experiment::{self, Prepared};
+    pub use braid_engine::node::{
+        check_params, BoxNode, Ctx, EngineError, Event, LocalTrainer, Metrics, Node, NodeCtx,
+    };
+    pub use braid_engine::report::Rows;
+    pub use braid_engine::sim::SimOutcome;
+    pub use braid_engine::wire::{
+        unknown_kind, Control, Limits, Message, NodeId, Tensor, WireError,
+    };
+}

@@ -1,0 +1,459 @@
+//! q-weighted FedAvg, an algorithm written outside braid's crates: this one file plus one
+//! registry line (`registry.add::<QFedAvg>()` in `main.rs`).
+//!
+//! Each round the server sends the global model to every client; each client trains on its
+//! own data and replies with its parameters and its mean training loss `L_k`; the server
+//! averages the parameters with weights `n_k * L_k^q` (`n_k`: the client's samples) and
+//! applies `algorithm.server_optimizer` to that mean, as FedAvg does. Clients
+//! that fit the model badly pull it harder as `q` grows, the idea of q-FFL (Li et al., "Fair
+//! Resource Allocation in Federated Learning", ICLR 2020), here in its simplest form: the loss
+//! is the client's own training loss of the round, not the loss of the received model. At
+//! `q = 0` it is FedAvg with every client in every round (the example's tests check that it
+//! reproduces braid's `fedavg` to the bit).
+//!
+//! What it owns: its settings (the `[qfedavg]` table), its protocol (`qfedavg`, tag 16,
+//! two message kinds), its two node roles, and its checks. It reuses FedAvg's metrics row, so
+//! braid's reports (metrics.csv, plots, traffic and accounting) and `--baseline` work as for
+//! FedAvg.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use braid::braid_core::params::weighted_mean;
+use braid::braid_core::seed;
+use braid::braid_core::server_opt::ServerOptimizer;
+use braid::braid_engine::algorithms::{common, fedavg};
+use braid::prelude::*;
+
+/// `[qfedavg]`: the table this algorithm owns.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Table {
+    /// How much a high training loss raises a client's weight (0: FedAvg's sample weights).
+    q: f64,
+}
+
+/// The settings of a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Rounds.
+    pub rounds: u32,
+    /// The fairness exponent.
+    pub q: f64,
+}
+
+/// q-weighted FedAvg.
+pub struct QFedAvg;
+
+impl Algorithm for QFedAvg {
+    const NAME: &'static str = "qfedavg";
+    type Config = Settings;
+    type Msg = QMsg;
+    type Metrics = fedavg::RoundMetrics;
+    const TABLES: &'static [&'static str] = &["qfedavg"];
+
+    fn config(c: &ExperimentConfig) -> Result<Settings, String> {
+        let rounds = common::rounds(c, Self::NAME)?;
+        common::check_mu(c, false)?;
+        if c.algorithm.round_timeout_s.is_some() || c.algorithm.min_replies.is_some() {
+            return Err("algorithm.round_timeout_s and min_replies do not apply to \"qfedavg\" (it waits for every client)".into());
+        }
+        if c.algorithm.clients_per_round.is_some() {
+            return Err("algorithm.clients_per_round does not apply to \"qfedavg\" (every client trains every round)".into());
+        }
+        let table: Table = c
+            .table("qfedavg")?
+            .ok_or("algorithm.name = \"qfedavg\" needs a [qfedavg] table with q")?;
+        if !(table.q.is_finite() && (0.0..=10.0).contains(&table.q)) {
+            return Err(format!("qfedavg.q = {} must be in [0, 10]", table.q));
+        }
+        Ok(Settings { rounds, q: table.q })
+    }
+
+    fn build(p: &Prepared, s: &Settings) -> Result<Vec<NodeOf<Self>>, EngineError> {
+        let c = &p.config;
+        let clients: Vec<NodeId> = (1..=p.parts.len() as NodeId).collect();
+        let mut nodes: Vec<NodeOf<Self>> = vec![Box::new(Server {
+            settings: s.clone(),
+            eval_every: c.algorithm.eval_every.max(1),
+            clients: clients.clone(),
+            params: p.arch.init_params(c.seed),
+            optimizer: ServerOptimizer::new(c.algorithm.server_optimizer.clone()),
+            round: 0,
+            replies: BTreeMap::new(),
+            bytes: (0, 0),
+            done: false,
+        })];
+        for (&id, shard) in clients.iter().zip(&p.parts) {
+            nodes.push(Box::new(Client {
+                id,
+                shard: Arc::new(shard.clone()),
+                seed: c.seed,
+                rounds: s.rounds,
+                lr_schedule: c.train.lr_schedule.clone(),
+                num_params: p.arch.num_params(),
+                done: false,
+            }));
+        }
+        Ok(nodes)
+    }
+
+    fn describe(p: &Prepared, s: &Settings) -> String {
+        format!("{} clients (all per round), q = {}", p.parts.len(), s.q)
+    }
+
+    fn progress(_c: &ExperimentConfig, s: &Settings) -> (&'static str, u64) {
+        ("round", u64::from(s.rounds))
+    }
+
+    fn summary(p: &Prepared, _s: &Settings, rows: &[(fedavg::RoundMetrics, f64)]) -> Summary {
+        fedavg::algorithm::summary(p, rows)
+    }
+}
+
+/// The `qfedavg` protocol.
+#[derive(Debug, Clone, PartialEq)]
+pub enum QMsg {
+    /// Server to client: train from this model in round `round`.
+    Model {
+        /// Round, from 1.
+        round: u32,
+        /// The global model.
+        model: Tensor,
+    },
+    /// Client to server: the trained parameters and the loss that weighs them.
+    Update {
+        /// The round answered.
+        round: u32,
+        /// The client's training samples.
+        samples: u64,
+        /// Optimizer steps taken.
+        steps: u32,
+        /// Mean training loss of the round.
+        loss: f32,
+        /// The trained parameters.
+        params: Tensor,
+    },
+}
+
+const KIND_MODEL: u8 = 1;
+const KIND_UPDATE: u8 = 2;
+
+impl Message for QMsg {
+    const PROTOCOL: &'static str = "qfedavg";
+    const TAG: u8 = 16;
+    const VERSION: u8 = 1;
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Model { .. } => "model",
+            Self::Update { .. } => "update",
+        }
+    }
+
+    fn round(&self) -> Option<u64> {
+        match self {
+            Self::Model { round, .. } | Self::Update { round, .. } => Some(u64::from(*round)),
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        1 + match self {
+            Self::Model { model, .. } => 4 + model.encoded_len(),
+            Self::Update { params, .. } => 4 + 8 + 4 + 4 + params.encoded_len(),
+        }
+    }
+
+    fn encode(&self, w: &mut Writer) {
+        match self {
+            Self::Model { round, model } => {
+                w.u8(KIND_MODEL);
+                w.u32(*round);
+                model.encode(w);
+            }
+            Self::Update {
+                round,
+                samples,
+                steps,
+                loss,
+                params,
+            } => {
+                w.u8(KIND_UPDATE);
+                w.u32(*round);
+                w.u64(*samples);
+                w.u32(*steps);
+                w.f32(*loss);
+                params.encode(w);
+            }
+        }
+    }
+
+    fn decode(r: &mut Reader<'_>, limits: &Limits) -> Result<Self, WireError> {
+        Ok(match r.u8("kind")? {
+            KIND_MODEL => Self::Model {
+                round: r.u32("round")?,
+                model: Tensor::decode(r, limits)?,
+            },
+            KIND_UPDATE => Self::Update {
+                round: r.u32("round")?,
+                samples: r.u64("samples")?,
+                steps: r.u32("steps")?,
+                loss: r.f32("loss")?,
+                params: Tensor::decode(r, limits)?,
+            },
+            k => return Err(unknown_kind(Self::PROTOCOL, k)),
+        })
+    }
+}
+
+/// One client's answer.
+struct Reply {
+    samples: u64,
+    steps: u32,
+    loss: f32,
+    params: Vec<f32>,
+}
+
+/// The server (node 0).
+struct Server {
+    settings: Settings,
+    eval_every: u32,
+    clients: Vec<NodeId>,
+    params: Vec<f32>,
+    /// `algorithm.server_optimizer`, applied to the weighted mean (default: the mean).
+    optimizer: ServerOptimizer,
+    round: u32,
+    /// This round's replies by client (`BTreeMap`: averaged in client order, whatever the
+    /// arrival order).
+    replies: BTreeMap<NodeId, Reply>,
+    /// Bytes (up, down) of the round.
+    bytes: (u64, u64),
+    done: bool,
+}
+
+impl Server {
+    fn start_round(&mut self, ctx: &mut Ctx<'_, Self>) {
+        self.round += 1;
+        self.replies.clear();
+        let model = Tensor::exact(self.params.clone());
+        self.bytes = (0, 0);
+        for &c in &self.clients {
+            let msg = QMsg::Model {
+                round: self.round,
+                model: model.clone(),
+            };
+            self.bytes.1 += ctx.send(c, msg) as u64;
+        }
+    }
+
+    fn finish_round(&mut self, ctx: &mut Ctx<'_, Self>) -> Result<(), EngineError> {
+        let q = self.settings.q;
+        let items: Vec<(&[f32], f64)> = self
+            .replies
+            .values()
+            .map(|r| {
+                (
+                    r.params.as_slice(),
+                    r.samples as f64 * f64::from(r.loss).powf(q),
+                )
+            })
+            .collect();
+        let mean = weighted_mean(&items)?;
+        self.optimizer.step(&mut self.params, &mean)?;
+        let samples: u64 = self.replies.values().map(|r| r.samples).sum();
+        let last = self.round == self.settings.rounds;
+        let (accuracy, loss) = if last || self.round.is_multiple_of(self.eval_every) {
+            let e = ctx.trainer.evaluate(&self.params)?;
+            (Some(e.accuracy), Some(e.loss))
+        } else {
+            (None, None)
+        };
+        ctx.emit(Event::Metrics(fedavg::RoundMetrics {
+            round: self.round,
+            accuracy,
+            loss,
+            train_loss: self
+                .replies
+                .values()
+                .map(|r| f64::from(r.loss) * r.samples as f64)
+                .sum::<f64>()
+                / samples.max(1) as f64,
+            clients: self.replies.len(),
+            stragglers: 0,
+            samples,
+            local_steps: self.replies.values().map(|r| u64::from(r.steps)).sum(),
+            bytes_up: self.bytes.0,
+            bytes_down: self.bytes.1,
+            epsilon: None,
+            sim_time_s: None,
+            staleness: None,
+        }));
+        if last {
+            ctx.emit(Event::Finished {
+                params: self.params.clone(),
+            });
+            for &c in &self.clients {
+                ctx.send_control(c, Control::Shutdown { round: self.round });
+            }
+            self.done = true;
+        } else {
+            self.start_round(ctx);
+        }
+        Ok(())
+    }
+}
+
+impl Node for Server {
+    type Msg = QMsg;
+    type Metrics = fedavg::RoundMetrics;
+
+    fn id(&self) -> NodeId {
+        0
+    }
+
+    fn on_start(&mut self, ctx: &mut Ctx<'_, Self>) -> Result<(), EngineError> {
+        self.start_round(ctx);
+        Ok(())
+    }
+
+    fn on_message(
+        &mut self,
+        from: NodeId,
+        msg: QMsg,
+        ctx: &mut Ctx<'_, Self>,
+    ) -> Result<(), EngineError> {
+        let reject = EngineError::rejecter(0, from, msg.kind());
+        let size = (braid::braid_engine::wire::HEADER + msg.encoded_len()) as u64;
+        let QMsg::Update {
+            round,
+            samples,
+            steps,
+            loss,
+            params,
+        } = msg
+        else {
+            return Err(reject("the server only takes updates".into()));
+        };
+        if round != self.round || self.done {
+            return Err(reject(format!(
+                "update for round {round}, the round is {}",
+                self.round
+            )));
+        }
+        if !self.clients.contains(&from) {
+            return Err(reject("not a client of this run".into()));
+        }
+        if self.replies.contains_key(&from) {
+            return Err(reject("duplicate update".into()));
+        }
+        if !(loss.is_finite() && loss >= 0.0) || samples == 0 {
+            return Err(reject(format!("loss {loss} over {samples} samples")));
+        }
+        let params = params.into_values().map_err(reject)?;
+        check_params(&params, self.params.len()).map_err(reject)?;
+        self.bytes.0 += size;
+        self.replies.insert(
+            from,
+            Reply {
+                samples,
+                steps,
+                loss,
+                params,
+            },
+        );
+        if self.replies.len() == self.clients.len() {
+            self.finish_round(ctx)?;
+        }
+        Ok(())
+    }
+
+    fn finished(&self) -> bool {
+        self.done
+    }
+}
+
+/// A client.
+struct Client {
+    id: NodeId,
+    shard: Arc<Vec<usize>>,
+    seed: u64,
+    rounds: u32,
+    lr_schedule: braid::braid_core::lr_schedule::LrSchedule,
+    num_params: usize,
+    done: bool,
+}
+
+impl Node for Client {
+    type Msg = QMsg;
+    type Metrics = fedavg::RoundMetrics;
+
+    fn id(&self) -> NodeId {
+        self.id
+    }
+
+    fn on_start(&mut self, _ctx: &mut Ctx<'_, Self>) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    fn on_message(
+        &mut self,
+        from: NodeId,
+        msg: QMsg,
+        ctx: &mut Ctx<'_, Self>,
+    ) -> Result<(), EngineError> {
+        let reject = EngineError::rejecter(self.id, from, msg.kind());
+        let QMsg::Model { round, model } = msg else {
+            return Err(reject("a client only takes models".into()));
+        };
+        if from != 0 {
+            return Err(reject("models come from the server".into()));
+        }
+        let params = model.into_values().map_err(reject)?;
+        check_params(&params, self.num_params).map_err(reject)?;
+        // The same seeds and learning-rate schedule as braid's FedAvg clients.
+        let s = seed::derive(
+            self.seed,
+            &[
+                seed::stream::LOCAL_TRAIN,
+                u64::from(round),
+                u64::from(self.id),
+            ],
+        );
+        let progress = f64::from(round.saturating_sub(1)) / f64::from(self.rounds);
+        let out = ctx
+            .trainer
+            .train(&params, &self.shard, s, self.lr_schedule.factor(progress))?;
+        ctx.send(
+            0,
+            QMsg::Update {
+                round,
+                samples: self.shard.len() as u64,
+                steps: out.steps as u32,
+                loss: out.mean_loss as f32,
+                params: Tensor::exact(out.params),
+            },
+        );
+        Ok(())
+    }
+
+    fn on_control(
+        &mut self,
+        from: NodeId,
+        c: Control,
+        _ctx: &mut Ctx<'_, Self>,
+    ) -> Result<(), EngineError> {
+        match c {
+            Control::Shutdown { .. } if from == 0 => {
+                self.done = true;
+                Ok(())
+            }
+            c => Err(EngineError::rejecter(self.id, from, c.kind())(
+                "a client only takes a shutdown from the server".into(),
+            )),
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.done
+    }
+}
