@@ -11,17 +11,21 @@ mod qfedavg;
 use braid::Registry;
 
 /// braid's algorithms and this program's.
-fn registry() -> Registry {
+fn registry() -> Result<Registry, braid::braid_engine::algorithm::RegistryError> {
     let mut registry = Registry::builtin();
     // The one line that adds the algorithm.
-    registry
-        .add::<qfedavg::QFedAvg>()
-        .expect("qfedavg registers");
-    registry
+    registry.add::<qfedavg::QFedAvg>()?;
+    Ok(registry)
 }
 
 fn main() -> std::process::ExitCode {
-    braid::cli::main_with(registry())
+    match registry() {
+        Ok(registry) => braid::cli::main_with(registry),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 #[cfg(test)]
@@ -56,7 +60,8 @@ q = 0.0
 
     fn config(src: &str, set: &[&str]) -> ExperimentConfig {
         let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
-        ExperimentConfig::parse_with(src, "q.toml", &set, &registry()).expect("a valid config")
+        ExperimentConfig::parse_with(src, "q.toml", &set, &registry().expect("registers"))
+            .expect("a valid config")
     }
 
     fn rows_of<A: Algorithm<Metrics = braid::braid_engine::algorithms::fedavg::RoundMetrics>>(
@@ -66,6 +71,7 @@ q = 0.0
         Vec<f32>,
     ) {
         let p = registry()
+            .expect("registers")
             .of(c)
             .expect("registered")
             .prepare(c)
@@ -98,7 +104,7 @@ q = 0.0
     fn its_table_and_checks_are_its_own() {
         let e = |src: &str, set: &[&str]| {
             let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
-            ExperimentConfig::parse_with(src, "q.toml", &set, &registry())
+            ExperimentConfig::parse_with(src, "q.toml", &set, &registry().expect("registers"))
                 .err()
                 .map(|e| e.to_string())
                 .unwrap_or_default()
