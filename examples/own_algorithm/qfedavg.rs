@@ -50,6 +50,7 @@ impl Algorithm for QFedAvg {
     type Config = Settings;
     type Msg = QMsg;
     type Metrics = fedavg::RoundMetrics;
+    type Trainer = dyn fedavg::FedTrainer;
     const TABLES: &'static [&'static str] = &["qfedavg"];
 
     fn config(c: &ExperimentConfig) -> Result<Settings, String> {
@@ -306,6 +307,7 @@ impl Server {
 impl Node for Server {
     type Msg = QMsg;
     type Metrics = fedavg::RoundMetrics;
+    type Trainer = dyn fedavg::FedTrainer;
 
     fn id(&self) -> NodeId {
         0
@@ -386,6 +388,7 @@ struct Client {
 impl Node for Client {
     type Msg = QMsg;
     type Metrics = fedavg::RoundMetrics;
+    type Trainer = dyn fedavg::FedTrainer;
 
     fn id(&self) -> NodeId {
         self.id

@@ -12,8 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use sha2::{Digest, Sha256};
 
-use crate::node::{EngineError, LocalTrainer};
-use braid_nn::{EvalOutcome, OptimizerState, TrainOutcome};
+use std::sync::{Arc, Mutex};
+
+use crate::node::EngineError;
+use braid_nn::{EvalOutcome, TrainOutcome};
 
 /// Compute spent by one participant (or one round, or a whole run).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -63,41 +65,124 @@ pub fn model_hash(params: &[f32]) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A trainer that counts the compute going through it.
-pub struct Metered<'a> {
-    inner: &'a mut dyn LocalTrainer,
+/// What a [`Meter`] has counted since it was last read.
+#[derive(Debug, Default)]
+struct Metering {
     per_sample: FlopsPerSample,
-    /// Forward FLOPs per sample of a split model's client and server parts.
-    split_per_sample: (u64, u64),
-    /// What has gone through so far.
-    pub compute: Compute,
+    compute: Compute,
     hash_models: bool,
-    /// With [`Metered::hashing_models`]: [`model_hash`] of the parameters the first training
-    /// call started from and of those the last one returned.
-    pub models: Option<(String, String)>,
+    models: Option<(String, String)>,
 }
 
-impl<'a> Metered<'a> {
-    /// Meters `inner`.
-    pub fn new(inner: &'a mut dyn LocalTrainer) -> Self {
-        let per_sample = inner.flops_per_sample();
-        let split_per_sample = inner.split_flops();
-        Self {
-            inner,
+/// The counter a [`Metered`] trainer adds to; the driver that lent the trainer reads it after
+/// each input it hands a node, so compute is attributed to that node and round.
+#[derive(Debug, Clone, Default)]
+pub struct Meter(Arc<Mutex<Metering>>);
+
+impl Meter {
+    /// A meter for a trainer whose model costs `per_sample`.
+    pub fn new(per_sample: FlopsPerSample) -> Self {
+        Self(Arc::new(Mutex::new(Metering {
             per_sample,
-            split_per_sample,
-            compute: Compute::default(),
-            hash_models: false,
-            models: None,
-        }
+            ..Metering::default()
+        })))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Metering> {
+        // A panic while counting leaves plain numbers behind: still usable.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Also records the model hash before and after training (for run logs).
-    pub fn hashing_models(mut self) -> Self {
-        self.hash_models = true;
-        self
+    pub fn hash_models(&self, on: bool) {
+        self.lock().hash_models = on;
     }
 
+    /// What was spent since the last call, and (with [`Meter::hash_models`]) the
+    /// [`model_hash`] of the parameters the first training call started from and of those the
+    /// last one returned; the counters start again from zero.
+    pub fn take(&self) -> (Compute, Option<(String, String)>) {
+        let mut m = self.lock();
+        (std::mem::take(&mut m.compute), m.models.take())
+    }
+}
+
+/// A trainer that counts the compute going through it on a [`Meter`]: every capability of
+/// the inner trainer passes through (see [`crate::trainer`]).
+pub struct Metered<T: ?Sized> {
+    meter: Meter,
+    inner: Box<T>,
+}
+
+impl<T: ?Sized> Metered<T> {
+    /// Meters `inner` on `meter`.
+    pub fn new(inner: Box<T>, meter: Meter) -> Self {
+        Self { meter, inner }
+    }
+
+    pub(crate) fn inner(&self) -> &T {
+        &self.inner
+    }
+
+    pub(crate) fn inner_mut(&mut self) -> &mut T {
+        &mut self.inner
+    }
+
+    /// Runs a training call: samples and FLOPs from its outcome, model hashes around it.
+    pub(crate) fn training(
+        &mut self,
+        params: &[f32],
+        call: impl FnOnce(&mut T) -> Result<TrainOutcome, EngineError>,
+    ) -> Result<TrainOutcome, EngineError> {
+        let t0 = Instant::now();
+        let out = call(&mut self.inner)?;
+        let mut m = self.meter.lock();
+        let n = out.samples as u64;
+        let flops = n.saturating_mul(m.per_sample.train);
+        m.spent(n, flops, t0);
+        m.hash(params, &out.params);
+        Ok(out)
+    }
+
+    /// Runs an evaluation call; `forward` FLOPs per sample (default: the model's).
+    pub(crate) fn evaluating(
+        &mut self,
+        forward: Option<u64>,
+        call: impl FnOnce(&mut T) -> Result<EvalOutcome, EngineError>,
+    ) -> Result<EvalOutcome, EngineError> {
+        let t0 = Instant::now();
+        let out = call(&mut self.inner)?;
+        let mut m = self.meter.lock();
+        let n = out.samples as u64;
+        let per = forward.unwrap_or(m.per_sample.forward);
+        m.compute.eval_samples += n;
+        m.compute.flops = m.compute.flops.saturating_add(n.saturating_mul(per));
+        m.compute.seconds += t0.elapsed().as_secs_f64();
+        Ok(out)
+    }
+
+    /// Runs any other call, which spent `train_samples` and `flops` (given its result).
+    pub(crate) fn spending<O>(
+        &mut self,
+        call: impl FnOnce(&mut T) -> Result<O, EngineError>,
+        cost: impl FnOnce(&O) -> (u64, u64),
+    ) -> Result<O, EngineError> {
+        let t0 = Instant::now();
+        let out = call(&mut self.inner)?;
+        let (samples, flops) = cost(&out);
+        self.meter.lock().spent(samples, flops, t0);
+        Ok(out)
+    }
+
+    /// Records the model hashes around a step whose result is `after`.
+    pub(crate) fn hashed(&self, before: &[f32], after: &[f32]) {
+        self.meter.lock().hash(before, after);
+    }
+}
+
+impl Metering {
     fn hash(&mut self, before: &[f32], after: &[f32]) {
         if self.hash_models {
             let after = model_hash(after);
@@ -108,199 +193,9 @@ impl<'a> Metered<'a> {
         }
     }
 
-    fn trained(&mut self, out: &TrainOutcome, t0: Instant) {
-        let n = out.samples as u64;
-        self.spent(n, n.saturating_mul(self.per_sample.train), t0);
-    }
-
     fn spent(&mut self, train_samples: u64, flops: u64, t0: Instant) {
         self.compute.train_samples += train_samples;
         self.compute.flops = self.compute.flops.saturating_add(flops);
         self.compute.seconds += t0.elapsed().as_secs_f64();
-    }
-
-    fn evaluated(&mut self, out: &EvalOutcome, t0: Instant) {
-        let n = out.samples as u64;
-        self.compute.eval_samples += n;
-        self.compute.flops = self
-            .compute
-            .flops
-            .saturating_add(n.saturating_mul(self.per_sample.forward));
-        self.compute.seconds += t0.elapsed().as_secs_f64();
-    }
-}
-
-impl LocalTrainer for Metered<'_> {
-    fn train(
-        &mut self,
-        params: &[f32],
-        shard: &[usize],
-        seed: u64,
-        lr_scale: f64,
-    ) -> Result<TrainOutcome, EngineError> {
-        let t0 = Instant::now();
-        let out = self.inner.train(params, shard, seed, lr_scale)?;
-        self.trained(&out, t0);
-        self.hash(params, &out.params);
-        Ok(out)
-    }
-
-    fn train_label_flipped(
-        &mut self,
-        params: &[f32],
-        shard: &[usize],
-        seed: u64,
-        lr_scale: f64,
-    ) -> Result<TrainOutcome, EngineError> {
-        let t0 = Instant::now();
-        let out = self
-            .inner
-            .train_label_flipped(params, shard, seed, lr_scale)?;
-        self.trained(&out, t0);
-        self.hash(params, &out.params);
-        Ok(out)
-    }
-
-    fn train_batches(
-        &mut self,
-        params: &[f32],
-        batches: &[Vec<usize>],
-        state: &mut OptimizerState,
-        lr_scale: f64,
-    ) -> Result<TrainOutcome, EngineError> {
-        let t0 = Instant::now();
-        let out = self.inner.train_batches(params, batches, state, lr_scale)?;
-        self.trained(&out, t0);
-        self.hash(params, &out.params);
-        Ok(out)
-    }
-
-    fn evaluate(&mut self, params: &[f32]) -> Result<EvalOutcome, EngineError> {
-        let t0 = Instant::now();
-        let out = self.inner.evaluate(params)?;
-        self.evaluated(&out, t0);
-        Ok(out)
-    }
-
-    fn evaluate_sample(
-        &mut self,
-        params: &[f32],
-        max_samples: usize,
-    ) -> Result<EvalOutcome, EngineError> {
-        let t0 = Instant::now();
-        let out = self.inner.evaluate_sample(params, max_samples)?;
-        self.evaluated(&out, t0);
-        Ok(out)
-    }
-
-    fn flops_per_sample(&self) -> FlopsPerSample {
-        self.per_sample
-    }
-
-    fn split_forward(
-        &mut self,
-        params: &[f32],
-        samples: &[usize],
-    ) -> Result<(Vec<f32>, Vec<u8>), EngineError> {
-        let t0 = Instant::now();
-        let out = self.inner.split_forward(params, samples)?;
-        // The forward half of training: samples are counted once, at the backward pass.
-        self.spent(0, samples.len() as u64 * self.split_per_sample.0, t0);
-        Ok(out)
-    }
-
-    fn split_backward(
-        &mut self,
-        params: &[f32],
-        samples: &[usize],
-        grad: &[f32],
-    ) -> Result<Vec<f32>, EngineError> {
-        let t0 = Instant::now();
-        let out = self.inner.split_backward(params, samples, grad)?;
-        // The forward pass again (it is recomputed), then the backward pass (2x forward).
-        let n = samples.len() as u64;
-        self.spent(n, 3 * n * self.split_per_sample.0, t0);
-        Ok(out)
-    }
-
-    fn split_server_step(
-        &mut self,
-        params: &[f32],
-        acts: &[f32],
-        labels: &[u8],
-        state: &mut OptimizerState,
-        lr_scale: f64,
-    ) -> Result<braid_nn::ServerStep, EngineError> {
-        let t0 = Instant::now();
-        let out = self
-            .inner
-            .split_server_step(params, acts, labels, state, lr_scale)?;
-        let n = labels.len() as u64;
-        self.spent(n, 3 * n * self.split_per_sample.1, t0);
-        self.hash(params, &out.params);
-        Ok(out)
-    }
-
-    fn split_client_update(
-        &mut self,
-        params: &[f32],
-        grad: &[f32],
-        state: &mut OptimizerState,
-        lr_scale: f64,
-    ) -> Result<Vec<f32>, EngineError> {
-        let t0 = Instant::now();
-        let out = self
-            .inner
-            .split_client_update(params, grad, state, lr_scale)?;
-        self.spent(0, 0, t0);
-        Ok(out)
-    }
-
-    fn split_flops(&self) -> (u64, u64) {
-        self.split_per_sample
-    }
-
-    fn mutual_train(
-        &mut self,
-        members: &[braid_nn::Member<'_>],
-        batches: &[Vec<usize>],
-        alpha: f64,
-        lr_scale: f64,
-    ) -> Result<braid_nn::MutualOutcome, EngineError> {
-        let t0 = Instant::now();
-        let out = self.inner.mutual_train(members, batches, alpha, lr_scale)?;
-        // Every member trains on every sample: samples and FLOPs count once per member.
-        let n = out.samples as u64;
-        let flops = members.iter().fold(0u64, |acc, m| {
-            acc.saturating_add(n.saturating_mul(self.inner.arch_flops(m.arch).train))
-        });
-        self.spent(n * members.len() as u64, flops, t0);
-        Ok(out)
-    }
-
-    fn evaluate_arch(
-        &mut self,
-        arch: usize,
-        params: &[f32],
-        max_samples: usize,
-    ) -> Result<EvalOutcome, EngineError> {
-        let t0 = Instant::now();
-        let out = self.inner.evaluate_arch(arch, params, max_samples)?;
-        let n = out.samples as u64;
-        self.compute.eval_samples += n;
-        self.compute.flops = self
-            .compute
-            .flops
-            .saturating_add(n.saturating_mul(self.inner.arch_flops(arch).forward));
-        self.compute.seconds += t0.elapsed().as_secs_f64();
-        Ok(out)
-    }
-
-    fn arch_flops(&self, arch: usize) -> FlopsPerSample {
-        self.inner.arch_flops(arch)
-    }
-
-    fn set_stop_flag(&mut self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) {
-        self.inner.set_stop_flag(flag);
     }
 }

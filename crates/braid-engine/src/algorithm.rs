@@ -15,6 +15,7 @@ use crate::experiment::Prepared;
 use crate::node::{BoxNode, EngineError, Metrics};
 use crate::report::Rows;
 use crate::sim::Timing;
+use crate::trainer::TrainerObject;
 use crate::wire::{Message, NodeId};
 use crate::wire_node::WireNode;
 
@@ -95,7 +96,8 @@ pub struct Summary {
 }
 
 /// A node of algorithm `A`, boxed.
-pub type NodeOf<A> = BoxNode<<A as Algorithm>::Msg, <A as Algorithm>::Metrics>;
+pub type NodeOf<A> =
+    BoxNode<<A as Algorithm>::Msg, <A as Algorithm>::Metrics, <A as Algorithm>::Trainer>;
 
 /// One algorithm: see the module documentation.
 pub trait Algorithm: Send + Sync + 'static {
@@ -107,6 +109,9 @@ pub trait Algorithm: Send + Sync + 'static {
     type Msg: Message;
     /// The rows of its `metrics.csv`.
     type Metrics: Metrics + Rows;
+    /// What its nodes ask of their trainer: a bundle of capabilities declared with
+    /// [`crate::trainer_bundle!`] (`dyn FedTrainer`), checked when the algorithm compiles.
+    type Trainer: TrainerObject + ?Sized;
     /// Top-level tables of the config it owns (e.g. `["decentralized"]`).
     const TABLES: &'static [&'static str] = &[];
     /// The feature layers it accepts.
@@ -508,7 +513,10 @@ impl<A: Algorithm> Registered for Entry<A> {
                     "node {id} is not part of this run (it has nodes 0..{n})"
                 ))
             })?;
-        Ok(Box::new(crate::wire_node::Wired::new(node, limits)))
+        let trainer = A::Trainer::from_full(crate::experiment::BurnTrainer::new(prepared)?);
+        Ok(Box::new(crate::wire_node::Wired::new(
+            node, trainer, limits,
+        )))
     }
 
     fn finished_from_rows(

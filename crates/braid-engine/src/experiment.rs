@@ -13,8 +13,12 @@ use rand::seq::SliceRandom;
 
 use crate::algorithm::Algorithm;
 use crate::config::ExperimentConfig;
-use crate::node::{EngineError, Event, LocalTrainer};
+use crate::node::{EngineError, Event};
 use crate::sim::{SimOutcome, Simulator, Worker};
+use crate::trainer::{
+    Evaluate, FlipLabels, MutualSteps, SplitSteps, Train, TrainSteps, Trainer as Capabilities,
+    TrainerObject,
+};
 
 /// A config with its data loaded and partitioned, ready to run.
 #[derive(Clone)]
@@ -107,7 +111,7 @@ pub fn simulate<A: Algorithm>(
 ) -> Result<SimOutcome<A::Metrics>, EngineError> {
     let nodes = A::build(prepared, settings)?;
     let workers = (0..prepared.workers())
-        .map(|_| Worker::new(Box::new(BurnTrainer::new(prepared)?)))
+        .map(|_| Worker::new(A::Trainer::from_full(BurnTrainer::new(prepared)?)))
         .collect::<Result<Vec<_>, _>>()?;
     Simulator::new(nodes, workers)?
         .with_timing(A::timing(prepared, settings))
@@ -179,7 +183,9 @@ impl Prepared {
     }
 }
 
-/// A [`LocalTrainer`] on burn: trains on the shared training set, evaluates on the test set.
+/// braid's trainer on burn: trains on the shared training set, evaluates on the test set. It
+/// has every capability of [`crate::trainer`] (split and mutual learning when the run set up
+/// a split model or a list of models).
 pub struct BurnTrainer {
     trainer: Trainer,
     /// Mutual learning over the run's list of models, and one evaluator per model (made on
@@ -244,7 +250,7 @@ impl BurnTrainer {
     }
 }
 
-impl LocalTrainer for BurnTrainer {
+impl MutualSteps for BurnTrainer {
     fn mutual_train(
         &mut self,
         members: &[Member<'_>],
@@ -263,7 +269,6 @@ impl LocalTrainer for BurnTrainer {
         let (trainer, _) = self.mutual.as_mut().ok_or_else(no_models)?;
         Ok(trainer.train(members, &data.train, batches, &spec)?)
     }
-
     fn evaluate_arch(
         &mut self,
         arch: usize,
@@ -287,7 +292,6 @@ impl LocalTrainer for BurnTrainer {
         let idx = &self.eval_order[..max_samples.min(self.eval_order.len())];
         Ok(evaluator.evaluate(params, &self.data.test, Some(idx))?)
     }
-
     fn arch_flops(&self, arch: usize) -> crate::accounting::FlopsPerSample {
         self.mutual
             .as_ref()
@@ -297,7 +301,9 @@ impl LocalTrainer for BurnTrainer {
                 forward: a.forward_flops(),
             })
     }
+}
 
+impl SplitSteps for BurnTrainer {
     fn split_forward(
         &mut self,
         params: &[f32],
@@ -308,7 +314,6 @@ impl LocalTrainer for BurnTrainer {
             .split_part()?
             .client_forward(params, &data.train, samples)?)
     }
-
     fn split_backward(
         &mut self,
         params: &[f32],
@@ -320,7 +325,6 @@ impl LocalTrainer for BurnTrainer {
             .split_part()?
             .client_backward(params, &data.train, samples, grad)?)
     }
-
     fn split_server_step(
         &mut self,
         params: &[f32],
@@ -334,7 +338,6 @@ impl LocalTrainer for BurnTrainer {
             .split_part()?
             .server_step(params, acts, labels, &opt, state, lr_scale)?)
     }
-
     fn split_client_update(
         &mut self,
         params: &[f32],
@@ -347,7 +350,6 @@ impl LocalTrainer for BurnTrainer {
             .split_part()?
             .client_update(params, grad, &opt, state, lr_scale)?)
     }
-
     fn split_flops(&self) -> (u64, u64) {
         self.split.as_ref().map_or((0, 0), |s| {
             (
@@ -356,11 +358,12 @@ impl LocalTrainer for BurnTrainer {
             )
         })
     }
+}
 
+impl Capabilities for BurnTrainer {
     fn set_stop_flag(&mut self, flag: Arc<std::sync::atomic::AtomicBool>) {
         self.trainer.set_stop_flag(flag);
     }
-
     fn flops_per_sample(&self) -> crate::accounting::FlopsPerSample {
         let arch = self.trainer.arch();
         crate::accounting::FlopsPerSample {
@@ -368,7 +371,12 @@ impl LocalTrainer for BurnTrainer {
             forward: arch.forward_flops(),
         }
     }
+    fn label_flipper(&mut self) -> Option<&mut dyn FlipLabels> {
+        Some(self)
+    }
+}
 
+impl Train for BurnTrainer {
     fn train(
         &mut self,
         params: &[f32],
@@ -381,7 +389,9 @@ impl LocalTrainer for BurnTrainer {
             .trainer
             .train(params, &self.data.train, shard, &self.spec, seed)?)
     }
+}
 
+impl FlipLabels for BurnTrainer {
     fn train_label_flipped(
         &mut self,
         params: &[f32],
@@ -398,7 +408,9 @@ impl LocalTrainer for BurnTrainer {
             .trainer
             .train(params, flipped, shard, &self.spec, seed)?)
     }
+}
 
+impl TrainSteps for BurnTrainer {
     fn train_batches(
         &mut self,
         params: &[f32],
@@ -411,11 +423,12 @@ impl LocalTrainer for BurnTrainer {
             .trainer
             .train_batches(params, &self.data.train, batches, &self.spec, state)?)
     }
+}
 
+impl Evaluate for BurnTrainer {
     fn evaluate(&mut self, params: &[f32]) -> Result<EvalOutcome, EngineError> {
         Ok(self.trainer.evaluate(params, &self.data.test, None)?)
     }
-
     fn evaluate_sample(
         &mut self,
         params: &[f32],

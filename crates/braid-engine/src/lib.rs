@@ -6,6 +6,7 @@
 //! - [`wire`]: the frame every message travels in (protocol, version, the protocol's bytes),
 //!   control messages and the tensor payload;
 //! - [`node`]: the sans-IO node trait every algorithm role implements;
+//! - [`trainer`]: what nodes can ask of a trainer, one trait per capability;
 //! - [`transport`]: the transport interface and the in-process transport (byte-counting);
 //! - [`sim`]: the simulator driver (parallel, deterministic);
 //! - [`wire_node`]: nodes with their protocol erased to bytes, for the network runtime;
@@ -24,6 +25,7 @@ pub mod experiment;
 pub mod node;
 pub mod report;
 pub mod sim;
+pub mod trainer;
 pub mod transport;
 pub mod wire;
 pub mod wire_node;

@@ -1,154 +1,16 @@
 //! The shape every algorithm role has: a message-driven state machine ("sans-IO").
 //!
 //! A [`Node`] reacts to its start and to messages; it sends by pushing onto its [`NodeCtx`],
-//! trains and evaluates through the [`LocalTrainer`] the driver lends it, and reports progress
+//! trains and evaluates through the trainer the driver lends it (a bundle of the
+//! capabilities in [`crate::trainer`] its algorithm needs), and reports progress
 //! as [`Event`]s. It never touches sockets, threads or clocks, so the same code runs in the
 //! simulator and across real processes.
 
 use std::time::Duration;
 
-use braid_nn::{EvalOutcome, OptimizerState, TrainOutcome};
 use thiserror::Error;
 
 use crate::wire::{Body, Control, Message, NodeId};
-
-/// Local training and evaluation, lent to a node by the driver. A driver keeps one per worker
-/// thread, so nodes (clients) hold no model between calls.
-pub trait LocalTrainer: Send {
-    /// Trains from `params` on the training samples `shard`; batch order from `seed`; the
-    /// configured learning rate is multiplied by `lr_scale`.
-    fn train(
-        &mut self,
-        params: &[f32],
-        shard: &[usize],
-        seed: u64,
-        lr_scale: f64,
-    ) -> Result<TrainOutcome, EngineError>;
-    /// [`LocalTrainer::train`] on the same samples with every label `l` replaced by
-    /// `classes - 1 - l` (a label-flipping attacker). Default: refused.
-    fn train_label_flipped(
-        &mut self,
-        _params: &[f32],
-        _shard: &[usize],
-        _seed: u64,
-        _lr_scale: f64,
-    ) -> Result<TrainOutcome, EngineError> {
-        Err(EngineError::Setup(
-            "this trainer cannot train on flipped labels (attack kind \"label-flip\")".into(),
-        ))
-    }
-    /// One optimizer step per batch (training-sample indices), continuing from `state`'s
-    /// optimizer state and updating it: for participants that keep their optimizer across
-    /// rounds (decentralized peers). The learning rate is multiplied by `lr_scale`.
-    fn train_batches(
-        &mut self,
-        params: &[f32],
-        batches: &[Vec<usize>],
-        state: &mut OptimizerState,
-        lr_scale: f64,
-    ) -> Result<TrainOutcome, EngineError>;
-    /// Evaluates `params` on the test set.
-    fn evaluate(&mut self, params: &[f32]) -> Result<EvalOutcome, EngineError>;
-    /// Evaluates `params` on a fixed, seeded sample of at most `max_samples` test samples
-    /// (the same sample for every call of a run), for cheap per-participant metrics.
-    fn evaluate_sample(
-        &mut self,
-        params: &[f32],
-        max_samples: usize,
-    ) -> Result<EvalOutcome, EngineError>;
-    /// FLOPs of training and of evaluating one sample, for compute accounting (zero if the
-    /// trainer does not know its model).
-    fn flops_per_sample(&self) -> crate::accounting::FlopsPerSample {
-        crate::accounting::FlopsPerSample::default()
-    }
-    /// Asks the trainer to stop after the step in progress once `flag` is set (a halt).
-    /// Default: ignored (the call finishes).
-    fn set_stop_flag(&mut self, _flag: std::sync::Arc<std::sync::atomic::AtomicBool>) {}
-    /// Split learning, client side: the client part's activations at the cut for training
-    /// samples `samples` (row by row), and their labels.
-    fn split_forward(
-        &mut self,
-        _params: &[f32],
-        _samples: &[usize],
-    ) -> Result<(Vec<f32>, Vec<u8>), EngineError> {
-        Err(no_split())
-    }
-    /// Split learning, client side: the gradient of the client part's parameters given the
-    /// loss's gradient `grad` with respect to the activations of `samples`.
-    fn split_backward(
-        &mut self,
-        _params: &[f32],
-        _samples: &[usize],
-        _grad: &[f32],
-    ) -> Result<Vec<f32>, EngineError> {
-        Err(no_split())
-    }
-    /// Split learning, server side: one optimizer step of the server part on a global batch
-    /// of activations; returns the new parameters and the activations' gradient.
-    fn split_server_step(
-        &mut self,
-        _params: &[f32],
-        _acts: &[f32],
-        _labels: &[u8],
-        _state: &mut OptimizerState,
-        _lr_scale: f64,
-    ) -> Result<braid_nn::ServerStep, EngineError> {
-        Err(no_split())
-    }
-    /// Split learning: one optimizer step of the client part with an aggregated gradient.
-    fn split_client_update(
-        &mut self,
-        _params: &[f32],
-        _grad: &[f32],
-        _state: &mut OptimizerState,
-        _lr_scale: f64,
-    ) -> Result<Vec<f32>, EngineError> {
-        Err(no_split())
-    }
-    /// Forward FLOPs per sample of the client part and of the server part of a split model
-    /// (zero if the trainer has no split model).
-    fn split_flops(&self) -> (u64, u64) {
-        (0, 0)
-    }
-    /// Mutual learning: trains `members` (models of the run's list of architectures)
-    /// together on `batches` of training samples with distillation weight `alpha` (see
-    /// [`braid_nn::mutual`]); the learning rate is multiplied by `lr_scale`.
-    fn mutual_train(
-        &mut self,
-        _members: &[braid_nn::Member<'_>],
-        _batches: &[Vec<usize>],
-        _alpha: f64,
-        _lr_scale: f64,
-    ) -> Result<braid_nn::MutualOutcome, EngineError> {
-        Err(no_mutual())
-    }
-    /// Evaluates `params`, a model of architecture `arch` of the run's list, on a fixed,
-    /// seeded sample of at most `max_samples` test samples.
-    fn evaluate_arch(
-        &mut self,
-        _arch: usize,
-        _params: &[f32],
-        _max_samples: usize,
-    ) -> Result<EvalOutcome, EngineError> {
-        Err(no_mutual())
-    }
-    /// FLOPs per sample of architecture `arch` of the run's list (zero if unknown).
-    fn arch_flops(&self, _arch: usize) -> crate::accounting::FlopsPerSample {
-        crate::accounting::FlopsPerSample::default()
-    }
-}
-
-fn no_mutual() -> EngineError {
-    EngineError::Setup(
-        "this trainer has no list of models (the mutual-learning algorithms set one up)".into(),
-    )
-}
-
-fn no_split() -> EngineError {
-    EngineError::Setup(
-        "this trainer has no split model (algorithm.name = \"split\" sets one up)".into(),
-    )
-}
 
 /// A row of an algorithm's metrics (`metrics.csv`): what its reporting node emits at each
 /// round, evaluation point or epoch.
@@ -282,21 +144,22 @@ impl NodeState {
 }
 
 /// What a node can do while handling an event: send messages of protocol `M`, report
-/// metrics rows `R`, set deadlines, and train and evaluate.
-pub struct NodeCtx<'a, M, R> {
+/// metrics rows `R`, set deadlines, and train and evaluate with a trainer `T` (its
+/// algorithm's bundle of capabilities, see [`crate::trainer`]).
+pub struct NodeCtx<'a, M, R, T: ?Sized> {
     outbox: &'a mut Vec<(NodeId, Body<M>)>,
     events: &'a mut Vec<Event<R>>,
     deadlines: Vec<(u64, Duration)>,
     /// Training and evaluation.
-    pub trainer: &'a mut dyn LocalTrainer,
+    pub trainer: &'a mut T,
 }
 
-impl<'a, M: Message, R> NodeCtx<'a, M, R> {
+impl<'a, M: Message, R, T: ?Sized> NodeCtx<'a, M, R, T> {
     /// A context writing into the given buffers (drivers and tests build these).
     pub fn new(
         outbox: &'a mut Vec<(NodeId, Body<M>)>,
         events: &'a mut Vec<Event<R>>,
-        trainer: &'a mut dyn LocalTrainer,
+        trainer: &'a mut T,
     ) -> Self {
         Self {
             outbox,
@@ -384,10 +247,10 @@ impl<M: Message> Input<M> {
     }
 
     /// Hands this input to `node`.
-    pub fn apply<R>(
+    pub fn apply<R, T: ?Sized>(
         self,
-        node: &mut dyn Node<Msg = M, Metrics = R>,
-        ctx: &mut NodeCtx<'_, M, R>,
+        node: &mut dyn Node<Msg = M, Metrics = R, Trainer = T>,
+        ctx: &mut NodeCtx<'_, M, R, T>,
     ) -> Result<(), EngineError> {
         match self {
             Self::Start => node.on_start(ctx),
@@ -399,7 +262,7 @@ impl<M: Message> Input<M> {
 }
 
 /// A node's context, from its own types.
-pub type Ctx<'a, N> = NodeCtx<'a, <N as Node>::Msg, <N as Node>::Metrics>;
+pub type Ctx<'a, N> = NodeCtx<'a, <N as Node>::Msg, <N as Node>::Metrics, <N as Node>::Trainer>;
 
 /// One role of an algorithm on one participant.
 pub trait Node: Send {
@@ -407,19 +270,21 @@ pub trait Node: Send {
     type Msg: Message;
     /// The metrics rows it reports (nodes that report none use their algorithm's type).
     type Metrics;
+    /// The trainer it is lent: its algorithm's bundle of capabilities (`dyn FedTrainer`).
+    type Trainer: ?Sized;
     /// This node's id.
     fn id(&self) -> NodeId;
     /// Called once when the run starts.
     fn on_start(
         &mut self,
-        ctx: &mut NodeCtx<'_, Self::Msg, Self::Metrics>,
+        ctx: &mut NodeCtx<'_, Self::Msg, Self::Metrics, Self::Trainer>,
     ) -> Result<(), EngineError>;
     /// Called for every message of the run's protocol delivered to this node.
     fn on_message(
         &mut self,
         from: NodeId,
         msg: Self::Msg,
-        ctx: &mut NodeCtx<'_, Self::Msg, Self::Metrics>,
+        ctx: &mut NodeCtx<'_, Self::Msg, Self::Metrics, Self::Trainer>,
     ) -> Result<(), EngineError>;
     /// Called for every control message delivered to this node (halts never reach nodes:
     /// the network runtime handles them). Default: refused.
@@ -427,7 +292,7 @@ pub trait Node: Send {
         &mut self,
         from: NodeId,
         c: Control,
-        _ctx: &mut NodeCtx<'_, Self::Msg, Self::Metrics>,
+        _ctx: &mut NodeCtx<'_, Self::Msg, Self::Metrics, Self::Trainer>,
     ) -> Result<(), EngineError> {
         Err(EngineError::Rejected {
             node: self.id(),
@@ -467,7 +332,7 @@ pub trait Node: Send {
     fn on_deadline(
         &mut self,
         _token: u64,
-        _ctx: &mut NodeCtx<'_, Self::Msg, Self::Metrics>,
+        _ctx: &mut NodeCtx<'_, Self::Msg, Self::Metrics, Self::Trainer>,
     ) -> Result<(), EngineError> {
         Ok(())
     }
@@ -478,5 +343,5 @@ pub trait Node: Send {
     }
 }
 
-/// A boxed node of protocol `M` reporting rows `R`.
-pub type BoxNode<M, R> = Box<dyn Node<Msg = M, Metrics = R>>;
+/// A boxed node of protocol `M` reporting rows `R`, lent trainers `T`.
+pub type BoxNode<M, R, T> = Box<dyn Node<Msg = M, Metrics = R, Trainer = T>>;

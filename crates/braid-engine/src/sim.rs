@@ -3,7 +3,7 @@
 //! It delivers messages through an [`InProcessTransport`] in rounds of "everything that is
 //! ready": the ready messages are grouped by receiver, receivers are handled in parallel on
 //! `workers` threads (each with its own single-threaded rayon pool and its own
-//! [`LocalTrainer`]), and their outgoing messages are queued in receiver-id order. Handling is
+//! trainer, metered), and their outgoing messages are queued in receiver-id order. Handling is
 //! deterministic per node and outputs are merged in a fixed order, so results do not depend
 //! on the number of workers or on thread timing. When only one node has work (the server
 //! aggregating and evaluating), it runs on the global rayon pool and uses every core.
@@ -23,28 +23,36 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::accounting::{Compute, Metered};
-use crate::node::{BoxNode, EngineError, Event, Input, LocalTrainer, Metrics, Node, NodeCtx};
+use crate::accounting::{Compute, Meter};
+use crate::node::{BoxNode, EngineError, Event, Input, Metrics, Node, NodeCtx};
+use crate::trainer::TrainerObject;
 use crate::transport::{Envelope, InProcessTransport, NodeTraffic, Transport};
 use crate::wire::{Body, Message, NodeId};
 
 pub mod timed;
 pub use timed::Timing;
 
-/// A worker thread's resources.
-pub struct Worker {
-    trainer: Box<dyn LocalTrainer>,
+/// A worker thread's resources: a trainer of type `T` (an algorithm's bundle of
+/// capabilities, see [`crate::trainer`]), metered, and a single-threaded rayon pool.
+pub struct Worker<T: ?Sized> {
+    trainer: Box<T>,
+    meter: Meter,
     pool: rayon::ThreadPool,
 }
 
-impl Worker {
+impl<T: TrainerObject + ?Sized> Worker<T> {
     /// A worker with its own trainer and a single-threaded rayon pool.
-    pub fn new(trainer: Box<dyn LocalTrainer>) -> Result<Self, EngineError> {
+    pub fn new(trainer: Box<T>) -> Result<Self, EngineError> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(1)
             .build()
             .map_err(|e| EngineError::Setup(format!("cannot start a worker thread pool: {e}")))?;
-        Ok(Self { trainer, pool })
+        let (trainer, meter) = crate::trainer::metered(trainer);
+        Ok(Self {
+            trainer,
+            meter,
+            pool,
+        })
     }
 }
 
@@ -105,11 +113,12 @@ struct Mark {
     flops: u64,
 }
 
-/// Runs the nodes of a run of protocol `M` (reporting rows `R`) in one process.
-pub struct Simulator<M, R> {
-    nodes: Vec<Option<BoxNode<M, R>>>,
+/// Runs the nodes of a run of protocol `M` (reporting rows `R`, lent trainers `T`) in one
+/// process.
+pub struct Simulator<M, R, T: ?Sized> {
+    nodes: Vec<Option<BoxNode<M, R, T>>>,
     transport: InProcessTransport<M>,
-    workers: Vec<Worker>,
+    workers: Vec<Worker<T>>,
     timing: Option<Timing>,
     /// With simulated time, messages can arrive late (a straggler's reply after its round
     /// closed): nodes reject them and the run goes on, as across processes.
@@ -118,10 +127,10 @@ pub struct Simulator<M, R> {
 
 /// Hands `inputs` to `node` in order. With `drop_rejected`, a message the node rejects is
 /// dropped and logged, as the network runtime does, instead of ending the run.
-fn handle<M: Message, R>(
-    node: &mut dyn Node<Msg = M, Metrics = R>,
+fn handle<M: Message, R, T: ?Sized>(
+    node: &mut dyn Node<Msg = M, Metrics = R, Trainer = T>,
     inputs: Vec<Input<M>>,
-    trainer: &mut dyn LocalTrainer,
+    (trainer, meter): (&mut T, &Meter),
     drop_rejected: bool,
 ) -> Result<TaskOutput<M, R>, EngineError> {
     let (mut outbox, mut events, mut deadlines) = (Vec::new(), Vec::new(), Vec::new());
@@ -129,8 +138,8 @@ fn handle<M: Message, R>(
     for input in inputs {
         // Metered per input, so compute is attributed to the round that caused it.
         let round = input.round();
-        let mut metered = Metered::new(&mut *trainer);
-        let mut ctx = NodeCtx::new(&mut outbox, &mut events, &mut metered);
+        meter.take();
+        let mut ctx = NodeCtx::new(&mut outbox, &mut events, &mut *trainer);
         match input.apply(node, &mut ctx) {
             Err(e @ EngineError::Rejected { .. }) if drop_rejected => {
                 tracing::info!("simulated time: dropped a message: {e}");
@@ -138,14 +147,15 @@ fn handle<M: Message, R>(
             other => other?,
         }
         deadlines.extend(ctx.take_deadlines());
-        if !metered.compute.is_zero() {
-            compute.push((round, metered.compute));
+        let (spent, _) = meter.take();
+        if !spent.is_zero() {
+            compute.push((round, spent));
         }
         marks.push(Mark {
             outbox: outbox.len(),
             events: events.len(),
             deadlines: deadlines.len(),
-            flops: metered.compute.flops,
+            flops: spent.flops,
         });
     }
     Ok(TaskOutput {
@@ -157,9 +167,9 @@ fn handle<M: Message, R>(
     })
 }
 
-impl<M: Message, R: Metrics> Simulator<M, R> {
+impl<M: Message, R: Metrics, T: TrainerObject + ?Sized> Simulator<M, R, T> {
     /// A simulator over `nodes` (ids must be 0..n in order) with at least one worker.
-    pub fn new(nodes: Vec<BoxNode<M, R>>, workers: Vec<Worker>) -> Result<Self, EngineError> {
+    pub fn new(nodes: Vec<BoxNode<M, R, T>>, workers: Vec<Worker<T>>) -> Result<Self, EngineError> {
         if workers.is_empty() {
             return Err(EngineError::Setup(
                 "the simulator needs at least one worker".into(),
@@ -289,20 +299,27 @@ impl<M: Message, R: Metrics> Simulator<M, R> {
                 drop_rejected: self.drop_rejected,
             });
         }
-        let results: Vec<Done<M, R>> = if work.len() == 1 || self.workers.len() == 1 {
-            let trainer = &mut self.workers[0].trainer;
-            work.into_iter().map(|t| t.run(trainer.as_mut())).collect()
+        let results: Vec<Done<M, R, T>> = if work.len() == 1 || self.workers.len() == 1 {
+            let Worker { trainer, meter, .. } = &mut self.workers[0];
+            work.into_iter()
+                .map(|t| t.run((trainer.as_mut(), meter)))
+                .collect()
         } else {
             let n = work.len();
-            let queue: Vec<Mutex<Option<Task<M, R>>>> =
+            let queue: Vec<Mutex<Option<Task<M, R, T>>>> =
                 work.into_iter().map(|w| Mutex::new(Some(w))).collect();
-            let done: Vec<Mutex<Option<Done<M, R>>>> = (0..n).map(|_| Mutex::new(None)).collect();
+            let done: Vec<Mutex<Option<Done<M, R, T>>>> =
+                (0..n).map(|_| Mutex::new(None)).collect();
             let next = AtomicUsize::new(0);
             std::thread::scope(|s| {
                 for worker in self.workers.iter_mut() {
                     let (queue, done, next) = (&queue, &done, &next);
                     s.spawn(move || {
-                        let Worker { trainer, pool } = worker;
+                        let Worker {
+                            trainer,
+                            meter,
+                            pool,
+                        } = worker;
                         pool.install(|| loop {
                             let i = next.fetch_add(1, Ordering::Relaxed);
                             if i >= n {
@@ -310,7 +327,7 @@ impl<M: Message, R: Metrics> Simulator<M, R> {
                             }
                             let taken = queue[i].lock().ok().and_then(|mut q| q.take());
                             if let Some(task) = taken {
-                                let d = task.run(trainer.as_mut());
+                                let d = task.run((trainer.as_mut(), meter));
                                 if let Ok(mut slot) = done[i].lock() {
                                     *slot = Some(d);
                                 }
@@ -338,22 +355,22 @@ impl<M: Message, R: Metrics> Simulator<M, R> {
 }
 
 /// One node's share of a delivery step.
-struct Task<M, R> {
+struct Task<M, R, T: ?Sized> {
     id: NodeId,
-    node: BoxNode<M, R>,
+    node: BoxNode<M, R, T>,
     what: Vec<Input<M>>,
     drop_rejected: bool,
 }
 
 /// A handled task: the node goes back to the simulator with its output.
-struct Done<M, R> {
+struct Done<M, R, T: ?Sized> {
     id: NodeId,
-    node: BoxNode<M, R>,
+    node: BoxNode<M, R, T>,
     result: Result<TaskOutput<M, R>, EngineError>,
 }
 
-impl<M: Message, R> Task<M, R> {
-    fn run(mut self, trainer: &mut dyn LocalTrainer) -> Done<M, R> {
+impl<M: Message, R, T: ?Sized> Task<M, R, T> {
+    fn run(mut self, trainer: (&mut T, &Meter)) -> Done<M, R, T> {
         let result = handle(self.node.as_mut(), self.what, trainer, self.drop_rejected);
         Done {
             id: self.id,

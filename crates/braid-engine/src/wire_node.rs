@@ -1,11 +1,14 @@
-//! [`WireNode`]: a node with its protocol erased to bytes, for drivers that move bytes between
-//! processes (the network runtime). The simulator drives typed nodes directly.
+//! [`WireNode`]: a node with its protocol erased to bytes, and the trainer it is lent, for
+//! drivers that move bytes between processes (the network runtime). The simulator drives
+//! typed nodes directly.
 
 use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::node::{BoxNode, EngineError, Event, Input, LocalTrainer, Metrics, NodeCtx, NodeState};
+use crate::accounting::{Compute, Meter};
+use crate::node::{BoxNode, EngineError, Event, Input, Metrics, NodeCtx, NodeState};
+use crate::trainer::TrainerObject;
 use crate::wire::{Body, Control, Limits, Message, NodeId, WireError};
 
 /// A decoded message, ready for the node thread.
@@ -73,9 +76,14 @@ pub struct Handled {
     pub events: Vec<WireEvent>,
     /// Deadlines set.
     pub deadlines: Vec<(u64, Duration)>,
+    /// Compute spent in the trainer.
+    pub compute: Compute,
+    /// With [`WireNode::hash_models`]: the model hash before the first and after the last
+    /// training call.
+    pub models: Option<(String, String)>,
 }
 
-/// A node whose messages are bytes.
+/// A node whose messages are bytes, with its trainer.
 pub trait WireNode: Send {
     /// The node's id.
     fn id(&self) -> NodeId;
@@ -85,11 +93,11 @@ pub trait WireNode: Send {
     fn round_of(&self, input: &WireInput) -> Option<u64>;
     /// Hands the node an input; what it produced is returned even when the node refuses a
     /// message (an `Err` of [`EngineError::Rejected`]).
-    fn handle(
-        &mut self,
-        input: WireInput,
-        trainer: &mut dyn LocalTrainer,
-    ) -> (Handled, Result<(), EngineError>);
+    fn handle(&mut self, input: WireInput) -> (Handled, Result<(), EngineError>);
+    /// Asks the trainer to stop after the step in progress once `flag` is set (a halt).
+    fn set_stop_flag(&mut self, flag: Arc<std::sync::atomic::AtomicBool>);
+    /// Also records model hashes around training ([`Handled::models`]), for run logs.
+    fn hash_models(&mut self);
     /// The event of a metrics row this node reported (a [`WireEvent::Metrics`] row, e.g.
     /// restored from a checkpoint); `None` if it is not one of its rows.
     fn row_event(&self, row: &serde_json::Value) -> Option<WireEvent>;
@@ -107,16 +115,24 @@ pub trait WireNode: Send {
     fn finished(&self) -> bool;
 }
 
-/// A typed node behind [`WireNode`].
-pub struct Wired<M, R> {
-    node: BoxNode<M, R>,
+/// A typed node behind [`WireNode`], with its trainer (metered).
+pub struct Wired<M, R, T: ?Sized> {
+    node: BoxNode<M, R, T>,
+    trainer: Box<T>,
+    meter: Meter,
     limits: Limits,
 }
 
-impl<M: Message, R: Metrics> Wired<M, R> {
-    /// `node`, decoding messages within `limits`.
-    pub fn new(node: BoxNode<M, R>, limits: Limits) -> Self {
-        Self { node, limits }
+impl<M: Message, R: Metrics, T: TrainerObject + ?Sized> Wired<M, R, T> {
+    /// `node` lent `trainer`, decoding messages within `limits`.
+    pub fn new(node: BoxNode<M, R, T>, trainer: Box<T>, limits: Limits) -> Self {
+        let (trainer, meter) = crate::trainer::metered(trainer);
+        Self {
+            node,
+            trainer,
+            meter,
+            limits,
+        }
     }
 
     fn typed(input: WireInput) -> Result<Input<M>, EngineError> {
@@ -135,7 +151,7 @@ impl<M: Message, R: Metrics> Wired<M, R> {
     }
 }
 
-impl<M: Message, R: Metrics> WireNode for Wired<M, R> {
+impl<M: Message, R: Metrics, T: TrainerObject + ?Sized> WireNode for Wired<M, R, T> {
     fn id(&self) -> NodeId {
         self.node.id()
     }
@@ -160,19 +176,17 @@ impl<M: Message, R: Metrics> WireNode for Wired<M, R> {
         }
     }
 
-    fn handle(
-        &mut self,
-        input: WireInput,
-        trainer: &mut dyn LocalTrainer,
-    ) -> (Handled, Result<(), EngineError>) {
+    fn handle(&mut self, input: WireInput) -> (Handled, Result<(), EngineError>) {
         let input = match Self::typed(input) {
             Ok(i) => i,
             Err(e) => return (Handled::default(), Err(e)),
         };
         let (mut outbox, mut events) = (Vec::new(), Vec::new());
-        let mut ctx: NodeCtx<'_, M, R> = NodeCtx::new(&mut outbox, &mut events, trainer);
+        self.meter.take();
+        let mut ctx = NodeCtx::new(&mut outbox, &mut events, self.trainer.as_mut());
         let result = input.apply(self.node.as_mut(), &mut ctx);
         let deadlines = ctx.take_deadlines();
+        let (compute, models) = self.meter.take();
         let outbox = outbox
             .into_iter()
             .map(|(to, body)| {
@@ -203,9 +217,19 @@ impl<M: Message, R: Metrics> WireNode for Wired<M, R> {
                 outbox,
                 events,
                 deadlines,
+                compute,
+                models,
             },
             result,
         )
+    }
+
+    fn set_stop_flag(&mut self, flag: Arc<std::sync::atomic::AtomicBool>) {
+        self.trainer.set_stop_flag(flag);
+    }
+
+    fn hash_models(&mut self) {
+        self.meter.hash_models(true);
     }
 
     fn row_event(&self, row: &serde_json::Value) -> Option<WireEvent> {

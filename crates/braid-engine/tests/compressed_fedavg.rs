@@ -11,12 +11,14 @@ use std::time::Duration;
 
 use braid_core::compress::{encoded_len, Compression, Quantize, Sparsify};
 use braid_core::lowrank::Block;
+use braid_engine::algorithms::fedavg::FedTrainer;
 use braid_engine::algorithms::fedavg::{
     FedAvgClient, FedAvgServer, Msg, RoundMetrics, ServerConfig, SERVER,
 };
 use braid_engine::config::CompressionConfig;
-use braid_engine::node::{BoxNode, EngineError, LocalTrainer, Node, NodeCtx};
+use braid_engine::node::{BoxNode, EngineError, Node, NodeCtx};
 use braid_engine::sim::{SimOutcome, Simulator, Worker};
+use braid_engine::trainer::{Evaluate, Train, TrainSteps, Trainer};
 use braid_engine::wire::{Body, NodeId, Tensor};
 use braid_nn::{EvalOutcome, OptimizerState, TrainOutcome};
 
@@ -40,7 +42,9 @@ struct Quadratic {
     optimum: Vec<f32>,
 }
 
-impl LocalTrainer for Quadratic {
+impl Trainer for Quadratic {}
+
+impl Train for Quadratic {
     fn train(
         &mut self,
         params: &[f32],
@@ -64,6 +68,9 @@ impl LocalTrainer for Quadratic {
             mean_loss: 0.0,
         })
     }
+}
+
+impl TrainSteps for Quadratic {
     fn train_batches(
         &mut self,
         _: &[f32],
@@ -73,6 +80,9 @@ impl LocalTrainer for Quadratic {
     ) -> Result<TrainOutcome, EngineError> {
         Err(EngineError::Setup("not used".into()))
     }
+}
+
+impl Evaluate for Quadratic {
     fn evaluate(&mut self, _: &[f32]) -> Result<EvalOutcome, EngineError> {
         Ok(EvalOutcome {
             accuracy: 0.0,
@@ -80,6 +90,7 @@ impl LocalTrainer for Quadratic {
             samples: 1,
         })
     }
+
     fn evaluate_sample(&mut self, p: &[f32], _: usize) -> Result<EvalOutcome, EngineError> {
         self.evaluate(p)
     }
@@ -112,7 +123,7 @@ fn run(
         .unwrap()
         .with_downlink(cfg.downlink.filter(|_| !delta))
         .with_downlink_delta(cfg.downlink.filter(|_| delta));
-    let mut nodes: Vec<BoxNode<Msg, RoundMetrics>> = vec![Box::new(server)];
+    let mut nodes: Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>> = vec![Box::new(server)];
     for k in 0..2usize {
         let c = FedAvgClient::new(k as NodeId + 1, Arc::new(vec![k]), 4)
             .with_compression(cfg, N)
@@ -132,7 +143,9 @@ fn run(
         });
     }
     let workers = (0..workers)
-        .map(|_| Worker::new(Box::new(Quadratic { optimum: optimum() })).unwrap())
+        .map(|_| {
+            Worker::new(Box::new(Quadratic { optimum: optimum() }) as Box<dyn FedTrainer>).unwrap()
+        })
         .collect();
     Simulator::new(nodes, workers)
         .unwrap()
@@ -295,7 +308,7 @@ fn a_client_applies_a_change_once_and_only_to_the_copy_it_was_made_for() {
             .on_message(
                 SERVER,
                 request,
-                &mut NodeCtx::new(&mut out, &mut ev, &mut t),
+                &mut NodeCtx::new(&mut out, &mut ev, &mut t as &mut dyn FedTrainer),
             )
             .unwrap();
         replies.push(out);
@@ -303,7 +316,7 @@ fn a_client_applies_a_change_once_and_only_to_the_copy_it_was_made_for() {
     // Asked twice for round 1: it trains from the same copy both times.
     assert_eq!(replies[0], replies[1]);
     let (mut out, mut ev) = (Vec::new(), Vec::new());
-    let ctx = &mut NodeCtx::new(&mut out, &mut ev, &mut t);
+    let ctx = &mut NodeCtx::new(&mut out, &mut ev, &mut t as &mut dyn FedTrainer);
     // A change from a copy it does not hold is refused, not applied.
     let r = client.on_message(SERVER, ask(3, 2), ctx);
     assert!(matches!(r, Err(EngineError::Rejected { .. })), "{r:?}");
@@ -335,7 +348,11 @@ fn the_servers_copy_survives_a_checkpoint() {
     let mut server = make();
     let (mut out, mut ev) = (Vec::new(), Vec::new());
     server
-        .on_start(&mut NodeCtx::new(&mut out, &mut ev, &mut t))
+        .on_start(&mut NodeCtx::new(
+            &mut out,
+            &mut ev,
+            &mut t as &mut dyn FedTrainer,
+        ))
         .unwrap();
     let state = server.save_state().unwrap();
     let mut restored = make();

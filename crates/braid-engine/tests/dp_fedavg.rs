@@ -6,12 +6,14 @@ use std::sync::Arc;
 
 use braid_core::privacy::RdpAccountant;
 use braid_core::server_opt::ServerOptimizerConfig;
+use braid_engine::algorithms::fedavg::FedTrainer;
 use braid_engine::algorithms::fedavg::{
     FedAvgClient, FedAvgServer, Msg, RoundMetrics, ServerConfig,
 };
 use braid_engine::config::{DpMode, OnTarget, PrivacyConfig};
-use braid_engine::node::{BoxNode, EngineError, LocalTrainer, Node, NodeCtx};
+use braid_engine::node::{BoxNode, EngineError, Node, NodeCtx};
 use braid_engine::sim::{SimOutcome, Simulator, Worker};
+use braid_engine::trainer::{Evaluate, Train, TrainSteps, Trainer};
 use braid_engine::wire::Tensor;
 use braid_nn::{EvalOutcome, OptimizerState, TrainOutcome};
 
@@ -20,7 +22,9 @@ struct Shift {
     step: f32,
 }
 
-impl LocalTrainer for Shift {
+impl Trainer for Shift {}
+
+impl Train for Shift {
     fn train(
         &mut self,
         params: &[f32],
@@ -35,6 +39,9 @@ impl LocalTrainer for Shift {
             mean_loss: 0.5,
         })
     }
+}
+
+impl TrainSteps for Shift {
     fn train_batches(
         &mut self,
         _: &[f32],
@@ -44,6 +51,9 @@ impl LocalTrainer for Shift {
     ) -> Result<TrainOutcome, EngineError> {
         Err(EngineError::Setup("not used".into()))
     }
+}
+
+impl Evaluate for Shift {
     fn evaluate(&mut self, _: &[f32]) -> Result<EvalOutcome, EngineError> {
         Ok(EvalOutcome {
             accuracy: 0.5,
@@ -51,6 +61,7 @@ impl LocalTrainer for Shift {
             samples: 1,
         })
     }
+
     fn evaluate_sample(&mut self, p: &[f32], _: usize) -> Result<EvalOutcome, EngineError> {
         self.evaluate(p)
     }
@@ -88,7 +99,7 @@ fn run_dp_sgd(
     rounds: u32,
 ) -> Result<SimOutcome<RoundMetrics>, EngineError> {
     let clients: Vec<u32> = (1..=CLIENTS as u32).collect();
-    let mut nodes: Vec<BoxNode<Msg, RoundMetrics>> = vec![Box::new(
+    let mut nodes: Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>> = vec![Box::new(
         FedAvgServer::new(
             server_config(rounds, CLIENTS),
             clients.clone(),
@@ -102,7 +113,9 @@ fn run_dp_sgd(
             FedAvgClient::new(id, Arc::new(shard), 9).with_privacy(Some(privacy)),
         ));
     }
-    let workers = vec![Worker::new(Box::new(Shift { step: 1.0 }))?];
+    let workers = vec![Worker::new(
+        Box::new(Shift { step: 1.0 }) as Box<dyn FedTrainer>
+    )?];
     Simulator::new(nodes, workers)?.run(&mut |_| {})
 }
 
@@ -115,7 +128,7 @@ fn run(
 ) -> Result<SimOutcome<RoundMetrics>, EngineError> {
     let clients: Vec<u32> = (1..=CLIENTS as u32).collect();
     let config = server_config(rounds, per_round);
-    let mut nodes: Vec<BoxNode<Msg, RoundMetrics>> = vec![Box::new(
+    let mut nodes: Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>> = vec![Box::new(
         FedAvgServer::new(config, clients.clone(), vec![0.0; n])?.with_privacy(
             Some(privacy),
             CLIENTS,
@@ -127,7 +140,7 @@ fn run(
             FedAvgClient::new(id, Arc::new(vec![0, 1, 2]), 9).with_privacy(Some(privacy)),
         ));
     }
-    let workers = vec![Worker::new(Box::new(Shift { step }))?];
+    let workers = vec![Worker::new(Box::new(Shift { step }) as Box<dyn FedTrainer>)?];
     Simulator::new(nodes, workers)?.run(&mut |_| {})
 }
 
@@ -260,7 +273,7 @@ fn dp_sgd_budgets_survive_a_checkpoint() {
     let mut t = Shift { step: 0.0 };
     let mut server = make();
     let (mut out, mut ev) = (Vec::new(), Vec::new());
-    let ctx = &mut NodeCtx::new(&mut out, &mut ev, &mut t);
+    let ctx = &mut NodeCtx::new(&mut out, &mut ev, &mut t as &mut dyn FedTrainer);
     server.on_start(ctx).unwrap();
     for (id, samples) in [(1, 8), (2, 40)] {
         let reply = Msg::Reply {

@@ -8,11 +8,13 @@ use std::sync::{Arc, Mutex};
 use braid_core::lr_schedule::LrSchedule;
 use braid_core::schedule::{Budget, CommSchedule};
 use braid_core::topology::{MixingRule, Topology, TopologyConfig};
+use braid_engine::algorithms::dsgd::PeerTrainer;
 use braid_engine::algorithms::dsgd::{
     DsgdCtx, DsgdMonitor, DsgdPeer, DsgdSettings, GossipMetrics, Msg,
 };
-use braid_engine::node::{BoxNode, EngineError, Event, LocalTrainer, Node, NodeCtx};
+use braid_engine::node::{BoxNode, EngineError, Event, Node, NodeCtx};
 use braid_engine::sim::{SimOutcome, Simulator, Worker};
+use braid_engine::trainer::{Evaluate, Train, TrainSteps, Trainer};
 use braid_engine::wire::{Body, Control, NodeId, Tensor};
 use braid_nn::{EvalOutcome, OptimizerState, TrainOutcome};
 
@@ -35,7 +37,9 @@ impl Fake {
     }
 }
 
-impl LocalTrainer for Fake {
+impl Trainer for Fake {}
+
+impl Train for Fake {
     fn train(
         &mut self,
         _: &[f32],
@@ -45,6 +49,9 @@ impl LocalTrainer for Fake {
     ) -> Result<TrainOutcome, EngineError> {
         Err(EngineError::Setup("peers train on explicit batches".into()))
     }
+}
+
+impl TrainSteps for Fake {
     fn train_batches(
         &mut self,
         params: &[f32],
@@ -69,6 +76,9 @@ impl LocalTrainer for Fake {
             mean_loss: 1.0,
         })
     }
+}
+
+impl Evaluate for Fake {
     fn evaluate(&mut self, params: &[f32]) -> Result<EvalOutcome, EngineError> {
         Ok(EvalOutcome {
             accuracy: f64::from(params[0]) / 100.0,
@@ -76,6 +86,7 @@ impl LocalTrainer for Fake {
             samples: 1,
         })
     }
+
     fn evaluate_sample(&mut self, params: &[f32], _: usize) -> Result<EvalOutcome, EngineError> {
         self.evaluate(params)
     }
@@ -101,16 +112,16 @@ fn settings(topology: TopologyConfig, every: u64, budget: Budget, steps: u64) ->
 }
 
 /// Peer `i` holds samples `[20 i, 20 i + 20)` and starts from parameters all equal to `10 i`.
-fn nodes(s: &Arc<DsgdSettings>) -> Vec<BoxNode<Msg, GossipMetrics>> {
+fn nodes(s: &Arc<DsgdSettings>) -> Vec<BoxNode<Msg, GossipMetrics, dyn PeerTrainer>> {
     let n = s.peers();
-    let mut v: Vec<BoxNode<Msg, GossipMetrics>> = (0..n)
+    let mut v: Vec<BoxNode<Msg, GossipMetrics, dyn PeerTrainer>> = (0..n)
         .map(|i| {
             Box::new(DsgdPeer::new(
                 i as NodeId,
                 Arc::clone(s),
                 (20 * i..20 * i + 20).collect(),
                 vec![10.0 * i as f32; P],
-            )) as BoxNode<Msg, GossipMetrics>
+            )) as BoxNode<Msg, GossipMetrics, dyn PeerTrainer>
         })
         .collect();
     v.push(Box::new(DsgdMonitor::new(Arc::clone(s))));
@@ -120,7 +131,7 @@ fn nodes(s: &Arc<DsgdSettings>) -> Vec<BoxNode<Msg, GossipMetrics>> {
 fn run(s: DsgdSettings, workers: usize, frozen: bool) -> SimOutcome<GossipMetrics> {
     let s = Arc::new(s);
     let w = (0..workers)
-        .map(|_| Worker::new(Box::new(Fake::new(frozen))).unwrap())
+        .map(|_| Worker::new(Box::new(Fake::new(frozen)) as Box<dyn PeerTrainer>).unwrap())
         .collect();
     Simulator::new(nodes(&s), w)
         .unwrap()
@@ -216,7 +227,7 @@ fn quantized_gossip_costs_its_encoded_bytes_and_still_reaches_consensus() {
             round: 1,
             model: Tensor::packed(bad),
         },
-        &mut NodeCtx::new(&mut out, &mut ev, &mut t),
+        &mut NodeCtx::new(&mut out, &mut ev, &mut t as &mut dyn PeerTrainer),
     );
     assert!(matches!(r, Err(EngineError::Rejected { .. })), "{r:?}");
 }
@@ -315,7 +326,7 @@ fn a_peer_rejects_what_it_did_not_ask_for() {
     let mut trainer = Fake::new(false);
     let (mut out, mut ev) = (Vec::new(), Vec::<Event<GossipMetrics>>::new());
     {
-        let mut ctx = NodeCtx::new(&mut out, &mut ev, &mut trainer);
+        let mut ctx = NodeCtx::new(&mut out, &mut ev, &mut trainer as &mut dyn PeerTrainer);
         peer.on_start(&mut ctx).unwrap();
     }
     // It trained one step, sent to its ring neighbours 1 and 7, and waits for round 1.
@@ -327,7 +338,7 @@ fn a_peer_rejects_what_it_did_not_ask_for() {
         round,
         model: Tensor::exact(vec![v; n]),
     };
-    let mut ctx = NodeCtx::new(&mut out, &mut ev, &mut trainer);
+    let mut ctx = NodeCtx::new(&mut out, &mut ev, &mut trainer as &mut dyn PeerTrainer);
     let cases: Vec<(NodeId, Msg)> = vec![
         (4, gossip(1, 1.0, P)),      // not a ring neighbour of 0
         (99, gossip(1, 1.0, P)),     // not a peer at all
@@ -374,10 +385,13 @@ fn a_learning_rate_schedule_sets_every_steps_rate_even_between_rounds() {
     let s = Arc::new(s);
     let fake = Fake::new(false);
     let calls = Arc::clone(&fake.calls);
-    Simulator::new(nodes(&s), vec![Worker::new(Box::new(fake)).unwrap()])
-        .unwrap()
-        .run(&mut |_| {})
-        .unwrap();
+    Simulator::new(
+        nodes(&s),
+        vec![Worker::new(Box::new(fake) as Box<dyn PeerTrainer>).unwrap()],
+    )
+    .unwrap()
+    .run(&mut |_| {})
+    .unwrap();
     let calls = calls.lock().unwrap();
     assert_eq!(calls.len(), 8 * s.peers(), "one call per step and peer");
     assert!(calls.iter().all(|&(steps, _)| steps == 1));
@@ -399,10 +413,13 @@ fn a_learning_rate_schedule_sets_every_steps_rate_even_between_rounds() {
     ));
     let fake = Fake::new(false);
     let calls = Arc::clone(&fake.calls);
-    Simulator::new(nodes(&s), vec![Worker::new(Box::new(fake)).unwrap()])
-        .unwrap()
-        .run(&mut |_| {})
-        .unwrap();
+    Simulator::new(
+        nodes(&s),
+        vec![Worker::new(Box::new(fake) as Box<dyn PeerTrainer>).unwrap()],
+    )
+    .unwrap()
+    .run(&mut |_| {})
+    .unwrap();
     assert!(calls
         .lock()
         .unwrap()
@@ -416,6 +433,7 @@ struct Dead(NodeId);
 impl Node for Dead {
     type Msg = Msg;
     type Metrics = GossipMetrics;
+    type Trainer = dyn PeerTrainer;
 
     fn id(&self) -> NodeId {
         self.0
@@ -435,10 +453,13 @@ fn with_a_gossip_deadline_peers_go_on_without_a_dead_neighbour() {
     let s = Arc::new(s);
     let mut v = nodes(&s);
     v[3] = Box::new(Dead(3));
-    let out = Simulator::new(v, vec![Worker::new(Box::new(Fake::new(true))).unwrap()])
-        .unwrap()
-        .run(&mut |_| {})
-        .unwrap();
+    let out = Simulator::new(
+        v,
+        vec![Worker::new(Box::new(Fake::new(true)) as Box<dyn PeerTrainer>).unwrap()],
+    )
+    .unwrap()
+    .run(&mut |_| {})
+    .unwrap();
     // Every evaluation point (steps 0, 4, 8) is reported, from the 7 live peers.
     let pts = points(&out);
     assert_eq!(
@@ -467,7 +488,7 @@ fn the_monitor_reports_in_step_order_even_when_snapshots_arrive_out_of_order() {
     let mut monitor = DsgdMonitor::new(Arc::clone(&s));
     let mut trainer = Fake::new(true);
     let (mut out, mut ev) = (Vec::new(), Vec::new());
-    let mut ctx = NodeCtx::new(&mut out, &mut ev, &mut trainer);
+    let mut ctx = NodeCtx::new(&mut out, &mut ev, &mut trainer as &mut dyn PeerTrainer);
     let snap = |step: u64| Msg::Snapshot {
         step,
         train_loss: 1.0,
@@ -496,15 +517,15 @@ fn the_monitor_reports_in_step_order_even_when_snapshots_arrive_out_of_order() {
 
 /// Drives one node with one input; returns what it sent.
 fn drive(
-    node: &mut dyn Node<Msg = Msg, Metrics = GossipMetrics>,
+    node: &mut dyn Node<Msg = Msg, Metrics = GossipMetrics, Trainer = dyn PeerTrainer>,
     trainer: &mut Fake,
     f: impl FnOnce(
-        &mut dyn Node<Msg = Msg, Metrics = GossipMetrics>,
+        &mut dyn Node<Msg = Msg, Metrics = GossipMetrics, Trainer = dyn PeerTrainer>,
         &mut DsgdCtx<'_>,
     ) -> Result<(), EngineError>,
 ) -> Vec<(NodeId, Body<Msg>)> {
     let (mut out, mut ev) = (Vec::new(), Vec::<Event<GossipMetrics>>::new());
-    let mut ctx = NodeCtx::new(&mut out, &mut ev, trainer);
+    let mut ctx = NodeCtx::new(&mut out, &mut ev, trainer as &mut dyn PeerTrainer);
     f(node, &mut ctx).unwrap();
     out
 }

@@ -7,11 +7,13 @@ use common::Flaky;
 use std::sync::Arc;
 
 use braid_core::server_opt::ServerOptimizerConfig;
+use braid_engine::algorithms::fedavg::FedTrainer;
 use braid_engine::algorithms::fedavg::{
     FedAvgClient, FedAvgServer, Msg, RoundMetrics, ServerConfig, SERVER,
 };
-use braid_engine::node::{BoxNode, EngineError, Event, LocalTrainer, Node, NodeCtx};
+use braid_engine::node::{BoxNode, EngineError, Event, Node, NodeCtx};
 use braid_engine::sim::{Simulator, Worker};
+use braid_engine::trainer::{Evaluate, Train, TrainSteps, Trainer};
 use braid_engine::wire::{Body, Control, NodeId, Tensor};
 use braid_nn::{EvalOutcome, OptimizerState, TrainOutcome};
 
@@ -21,7 +23,9 @@ struct FakeTrainer {
     jitter: bool,
 }
 
-impl LocalTrainer for FakeTrainer {
+impl Trainer for FakeTrainer {}
+
+impl Train for FakeTrainer {
     fn train(
         &mut self,
         params: &[f32],
@@ -42,6 +46,9 @@ impl LocalTrainer for FakeTrainer {
             mean_loss: 1.0,
         })
     }
+}
+
+impl TrainSteps for FakeTrainer {
     fn train_batches(
         &mut self,
         _params: &[f32],
@@ -53,6 +60,9 @@ impl LocalTrainer for FakeTrainer {
             "FedAvg never trains on explicit batches".into(),
         ))
     }
+}
+
+impl Evaluate for FakeTrainer {
     fn evaluate(&mut self, params: &[f32]) -> Result<EvalOutcome, EngineError> {
         Ok(EvalOutcome {
             accuracy: f64::from(params[0]),
@@ -60,6 +70,7 @@ impl LocalTrainer for FakeTrainer {
             samples: 1,
         })
     }
+
     fn evaluate_sample(&mut self, params: &[f32], _n: usize) -> Result<EvalOutcome, EngineError> {
         self.evaluate(params)
     }
@@ -70,7 +81,7 @@ fn nodes(
     per_round: usize,
     rounds: u32,
     opt: ServerOptimizerConfig,
-) -> Vec<BoxNode<Msg, RoundMetrics>> {
+) -> Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>> {
     let clients: Vec<NodeId> = (1..=shards.len() as NodeId).collect();
     let config = ServerConfig {
         rounds,
@@ -82,7 +93,7 @@ fn nodes(
         min_replies: 1,
         aggregator: Default::default(),
     };
-    let mut v: Vec<BoxNode<Msg, RoundMetrics>> = vec![Box::new(
+    let mut v: Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>> = vec![Box::new(
         FedAvgServer::new(config, clients.clone(), vec![0.0; 4]).unwrap(),
     )];
     for (id, s) in clients.iter().zip(shards) {
@@ -91,9 +102,9 @@ fn nodes(
     v
 }
 
-fn workers(n: usize, jitter: bool) -> Vec<Worker> {
+fn workers(n: usize, jitter: bool) -> Vec<Worker<dyn FedTrainer>> {
     (0..n)
-        .map(|_| Worker::new(Box::new(FakeTrainer { jitter })).unwrap())
+        .map(|_| Worker::new(Box::new(FakeTrainer { jitter }) as Box<dyn FedTrainer>).unwrap())
         .collect()
 }
 
@@ -191,13 +202,13 @@ type Handled = (
 );
 
 fn drive(
-    node: &mut dyn Node<Msg = Msg, Metrics = RoundMetrics>,
+    node: &mut dyn Node<Msg = Msg, Metrics = RoundMetrics, Trainer = dyn FedTrainer>,
     from: NodeId,
     payload: Msg,
 ) -> Handled {
     let (mut out, mut ev) = (Vec::new(), Vec::new());
     let mut t = FakeTrainer { jitter: false };
-    let mut ctx = NodeCtx::new(&mut out, &mut ev, &mut t);
+    let mut ctx = NodeCtx::new(&mut out, &mut ev, &mut t as &mut dyn FedTrainer);
     let r = node.on_message(from, payload, &mut ctx);
     (r, out, ev)
 }
@@ -218,7 +229,11 @@ fn server_rejects_hostile_or_stale_updates() {
     let (mut out, mut ev) = (Vec::new(), Vec::new());
     let mut t = FakeTrainer { jitter: false };
     server
-        .on_start(&mut NodeCtx::new(&mut out, &mut ev, &mut t))
+        .on_start(&mut NodeCtx::new(
+            &mut out,
+            &mut ev,
+            &mut t as &mut dyn FedTrainer,
+        ))
         .unwrap();
     assert_eq!(out.len(), 2);
     let reply = |round, params: Vec<f32>| Msg::Reply {
@@ -319,7 +334,9 @@ fn bad_setups_are_errors() {
 /// Records the learning-rate scale of every training call.
 struct LrRecorder(Vec<f64>);
 
-impl LocalTrainer for LrRecorder {
+impl Trainer for LrRecorder {}
+
+impl Train for LrRecorder {
     fn train(
         &mut self,
         params: &[f32],
@@ -335,6 +352,9 @@ impl LocalTrainer for LrRecorder {
             mean_loss: 1.0,
         })
     }
+}
+
+impl TrainSteps for LrRecorder {
     fn train_batches(
         &mut self,
         _: &[f32],
@@ -344,9 +364,13 @@ impl LocalTrainer for LrRecorder {
     ) -> Result<TrainOutcome, EngineError> {
         Err(EngineError::Setup("unused".into()))
     }
+}
+
+impl Evaluate for LrRecorder {
     fn evaluate(&mut self, _: &[f32]) -> Result<EvalOutcome, EngineError> {
         Err(EngineError::Setup("unused".into()))
     }
+
     fn evaluate_sample(&mut self, _: &[f32], _: usize) -> Result<EvalOutcome, EngineError> {
         Err(EngineError::Setup("unused".into()))
     }
@@ -365,7 +389,7 @@ fn clients_follow_the_learning_rate_schedule_by_round() {
     let mut rec = LrRecorder(Vec::new());
     let (mut out, mut ev) = (Vec::new(), Vec::new());
     for round in 1..=4 {
-        let mut ctx = NodeCtx::new(&mut out, &mut ev, &mut rec);
+        let mut ctx = NodeCtx::new(&mut out, &mut ev, &mut rec as &mut dyn FedTrainer);
         let req = Msg::Request {
             round,
             model: Tensor::exact(vec![0.0; 4]),
@@ -393,7 +417,7 @@ fn flaky_run(
         min_replies,
         aggregator: Default::default(),
     };
-    let mut v: Vec<BoxNode<Msg, RoundMetrics>> = vec![Box::new(
+    let mut v: Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>> = vec![Box::new(
         FedAvgServer::new(config, vec![1, 2, 3], vec![0.0; 4]).unwrap(),
     )];
     for (i, s) in shards.iter().enumerate() {
@@ -503,7 +527,7 @@ fn compressed_nodes(
     shards: &[Vec<usize>],
     rounds: u32,
     cfg: &braid_engine::config::CompressionConfig,
-) -> Vec<BoxNode<Msg, RoundMetrics>> {
+) -> Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>> {
     let n = 100;
     let clients: Vec<NodeId> = (1..=shards.len() as NodeId).collect();
     let config = ServerConfig {
@@ -516,7 +540,7 @@ fn compressed_nodes(
         min_replies: 1,
         aggregator: Default::default(),
     };
-    let mut v: Vec<BoxNode<Msg, RoundMetrics>> = vec![Box::new(
+    let mut v: Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>> = vec![Box::new(
         FedAvgServer::new(config, clients.clone(), vec![0.0; n])
             .unwrap()
             .with_downlink(cfg.downlink),
@@ -614,7 +638,11 @@ fn compressed_messages_are_counted_exactly_and_lossless_settings_change_nothing(
     let mut t = FakeTrainer { jitter: false };
     let (mut o, mut e) = (Vec::new(), Vec::new());
     server
-        .on_start(&mut NodeCtx::new(&mut o, &mut e, &mut t))
+        .on_start(&mut NodeCtx::new(
+            &mut o,
+            &mut e,
+            &mut t as &mut dyn FedTrainer,
+        ))
         .unwrap();
     let mut rng = braid_core::seed::rng(1, &[]);
     let wrong_size =
@@ -628,7 +656,7 @@ fn compressed_messages_are_counted_exactly_and_lossless_settings_change_nothing(
             train_loss: 0.0,
             update: Tensor::packed(wrong_size),
         },
-        &mut NodeCtx::new(&mut o, &mut e, &mut t),
+        &mut NodeCtx::new(&mut o, &mut e, &mut t as &mut dyn FedTrainer),
     );
     assert!(matches!(r, Err(EngineError::Rejected { .. })), "{r:?}");
 }

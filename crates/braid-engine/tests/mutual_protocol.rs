@@ -7,11 +7,13 @@ use std::sync::{Arc, Mutex};
 
 use braid_core::lr_schedule::LrSchedule;
 use braid_core::mutual::{dfml_round, AlphaCycle, CycleShape};
+use braid_engine::algorithms::mutual::MutualLearner;
 use braid_engine::algorithms::mutual::{
     client_node, Msg, MutualClient, MutualHub, MutualMetrics, MutualSettings, Variant, HUB,
 };
-use braid_engine::node::{BoxNode, EngineError, LocalTrainer, Node, NodeCtx};
+use braid_engine::node::{BoxNode, EngineError, Node, NodeCtx};
 use braid_engine::sim::{SimOutcome, Simulator, Worker};
+use braid_engine::trainer::{Evaluate, MutualSteps, Train, TrainSteps, Trainer};
 use braid_engine::wire::{Body, NodeId, Tensor};
 use braid_nn::{EvalOutcome, Member, MutualOutcome, OptimizerState, TrainOutcome};
 
@@ -25,7 +27,9 @@ struct Fake {
     calls: Arc<Mutex<Vec<Vec<usize>>>>,
 }
 
-impl LocalTrainer for Fake {
+impl Trainer for Fake {}
+
+impl Train for Fake {
     fn train(
         &mut self,
         _: &[f32],
@@ -35,6 +39,9 @@ impl LocalTrainer for Fake {
     ) -> Result<TrainOutcome, EngineError> {
         Err(EngineError::Setup("not used".into()))
     }
+}
+
+impl TrainSteps for Fake {
     fn train_batches(
         &mut self,
         _: &[f32],
@@ -44,12 +51,19 @@ impl LocalTrainer for Fake {
     ) -> Result<TrainOutcome, EngineError> {
         Err(EngineError::Setup("not used".into()))
     }
+}
+
+impl Evaluate for Fake {
     fn evaluate(&mut self, _: &[f32]) -> Result<EvalOutcome, EngineError> {
         Err(EngineError::Setup("not used".into()))
     }
+
     fn evaluate_sample(&mut self, _: &[f32], _: usize) -> Result<EvalOutcome, EngineError> {
         Err(EngineError::Setup("not used".into()))
     }
+}
+
+impl MutualSteps for Fake {
     fn mutual_train(
         &mut self,
         members: &[Member<'_>],
@@ -78,6 +92,7 @@ impl LocalTrainer for Fake {
             samples: batches.iter().map(Vec::len).sum(),
         })
     }
+
     fn evaluate_arch(
         &mut self,
         arch: usize,
@@ -121,13 +136,13 @@ fn settings(variant: Variant, clients: usize, rounds: u32) -> MutualSettings {
 }
 
 /// Client k starts from `10 k` in every parameter.
-fn nodes(s: &Arc<MutualSettings>) -> Vec<BoxNode<Msg, MutualMetrics>> {
+fn nodes(s: &Arc<MutualSettings>) -> Vec<BoxNode<Msg, MutualMetrics, dyn MutualLearner>> {
     let global = if s.variant == Variant::Fml {
         vec![500.0; SIZES[s.global_model]]
     } else {
         Vec::new()
     };
-    let mut out: Vec<BoxNode<Msg, MutualMetrics>> =
+    let mut out: Vec<BoxNode<Msg, MutualMetrics, dyn MutualLearner>> =
         vec![Box::new(MutualHub::new(Arc::clone(s), global))];
     for k in 0..s.clients() {
         let shard: Vec<usize> = (k * 20..k * 20 + 10).collect();
@@ -145,7 +160,7 @@ fn simulate(s: MutualSettings, workers: usize) -> (SimOutcome<MutualMetrics>, Ve
     let s = Arc::new(s);
     let fake = Fake::default();
     let ws = (0..workers)
-        .map(|_| Worker::new(Box::new(fake.clone())).unwrap())
+        .map(|_| Worker::new(Box::new(fake.clone()) as Box<dyn MutualLearner>).unwrap())
         .collect();
     let out = Simulator::new(nodes(&s), ws)
         .unwrap()
@@ -157,12 +172,12 @@ fn simulate(s: MutualSettings, workers: usize) -> (SimOutcome<MutualMetrics>, Ve
 
 /// Runs `node`'s handler for `input`; returns what it sent.
 fn step(
-    node: &mut dyn Node<Msg = Msg, Metrics = MutualMetrics>,
+    node: &mut dyn Node<Msg = Msg, Metrics = MutualMetrics, Trainer = dyn MutualLearner>,
     fake: &mut Fake,
     from: Option<(NodeId, Msg)>,
 ) -> Result<Vec<(NodeId, Body<Msg>)>, EngineError> {
     let (mut outbox, mut events) = (Vec::new(), Vec::new());
-    let mut ctx = NodeCtx::new(&mut outbox, &mut events, fake);
+    let mut ctx = NodeCtx::new(&mut outbox, &mut events, fake as &mut dyn MutualLearner);
     match from {
         None => node.on_start(&mut ctx)?,
         Some((f, p)) => node.on_message(f, p, &mut ctx)?,
@@ -341,7 +356,7 @@ fn quantized_models_cost_their_encoded_bytes_and_keep_dfml_deterministic() {
                 arch,
                 model: Tensor::packed(model),
             },
-            &mut NodeCtx::new(&mut out, &mut ev, &mut t),
+            &mut NodeCtx::new(&mut out, &mut ev, &mut t as &mut dyn MutualLearner),
         );
         assert!(matches!(r, Err(EngineError::Rejected { .. })), "{r:?}");
     }

@@ -4,16 +4,20 @@
 use std::sync::Arc;
 
 use braid_core::robust::{Aggregator, Attack};
+use braid_engine::algorithms::fedavg::FedTrainer;
 use braid_engine::algorithms::fedavg::{
     FedAvgClient, FedAvgServer, Msg, RoundMetrics, ServerConfig,
 };
-use braid_engine::node::{BoxNode, EngineError, LocalTrainer};
+use braid_engine::node::{BoxNode, EngineError};
 use braid_engine::sim::{Simulator, Worker};
+use braid_engine::trainer::{Evaluate, Train, TrainSteps, Trainer};
 use braid_nn::{EvalOutcome, OptimizerState, TrainOutcome};
 
 struct Shift;
 
-impl LocalTrainer for Shift {
+impl Trainer for Shift {}
+
+impl Train for Shift {
     fn train(
         &mut self,
         p: &[f32],
@@ -28,6 +32,9 @@ impl LocalTrainer for Shift {
             mean_loss: 0.5,
         })
     }
+}
+
+impl TrainSteps for Shift {
     fn train_batches(
         &mut self,
         _: &[f32],
@@ -37,6 +44,9 @@ impl LocalTrainer for Shift {
     ) -> Result<TrainOutcome, EngineError> {
         Err(EngineError::Setup("not used".into()))
     }
+}
+
+impl Evaluate for Shift {
     fn evaluate(&mut self, _: &[f32]) -> Result<EvalOutcome, EngineError> {
         Ok(EvalOutcome {
             accuracy: 0.5,
@@ -44,6 +54,7 @@ impl LocalTrainer for Shift {
             samples: 1,
         })
     }
+
     fn evaluate_sample(&mut self, p: &[f32], _: usize) -> Result<EvalOutcome, EngineError> {
         self.evaluate(p)
     }
@@ -66,18 +77,20 @@ fn one_round(
         min_replies: 1,
         aggregator,
     };
-    let mut nodes: Vec<BoxNode<Msg, RoundMetrics>> = vec![Box::new(FedAvgServer::new(
-        config,
-        clients.clone(),
-        vec![0.0; 5],
-    )?)];
+    let mut nodes: Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>> = vec![Box::new(
+        FedAvgServer::new(config, clients.clone(), vec![0.0; 5])?,
+    )];
     for (k, id) in clients.into_iter().enumerate() {
         let a = bad.contains(&k).then_some(attack);
         nodes.push(Box::new(
             FedAvgClient::new(id, Arc::new(vec![0, 1]), 3).with_attack(a),
         ));
     }
-    let out = Simulator::new(nodes, vec![Worker::new(Box::new(Shift))?])?.run(&mut |_| {})?;
+    let out = Simulator::new(
+        nodes,
+        vec![Worker::new(Box::new(Shift) as Box<dyn FedTrainer>)?],
+    )?
+    .run(&mut |_| {})?;
     out.final_params
         .ok_or_else(|| EngineError::Setup("no final model".into()))
 }

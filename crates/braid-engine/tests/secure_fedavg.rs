@@ -6,12 +6,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use braid_core::secagg::{self, Message};
+use braid_engine::algorithms::fedavg::FedTrainer;
 use braid_engine::algorithms::fedavg::{
     FedAvgClient, FedAvgServer, FedCtx, Msg, RoundMetrics, SecureSettings, ServerConfig,
     MAX_RESTARTS,
 };
-use braid_engine::node::{BoxNode, EngineError, LocalTrainer, Node};
+use braid_engine::node::{BoxNode, EngineError, Node};
 use braid_engine::sim::{SimOutcome, Simulator, Worker};
+use braid_engine::trainer::{Evaluate, Train, TrainSteps, Trainer};
 use braid_engine::wire::{Control, NodeId};
 use braid_nn::{EvalOutcome, OptimizerState, TrainOutcome};
 
@@ -19,7 +21,9 @@ use braid_nn::{EvalOutcome, OptimizerState, TrainOutcome};
 /// parameter, so each client's update differs.
 struct Shift;
 
-impl LocalTrainer for Shift {
+impl Trainer for Shift {}
+
+impl Train for Shift {
     fn train(
         &mut self,
         p: &[f32],
@@ -40,6 +44,9 @@ impl LocalTrainer for Shift {
             mean_loss: 0.25 * shard.len() as f64,
         })
     }
+}
+
+impl TrainSteps for Shift {
     fn train_batches(
         &mut self,
         _: &[f32],
@@ -49,6 +56,9 @@ impl LocalTrainer for Shift {
     ) -> Result<TrainOutcome, EngineError> {
         Err(EngineError::Setup("not used".into()))
     }
+}
+
+impl Evaluate for Shift {
     fn evaluate(&mut self, p: &[f32]) -> Result<EvalOutcome, EngineError> {
         Ok(EvalOutcome {
             accuracy: f64::from(p[0]),
@@ -56,6 +66,7 @@ impl LocalTrainer for Shift {
             samples: 1,
         })
     }
+
     fn evaluate_sample(&mut self, p: &[f32], _: usize) -> Result<EvalOutcome, EngineError> {
         self.evaluate(p)
     }
@@ -73,6 +84,7 @@ struct Dropout {
 impl Node for Dropout {
     type Msg = Msg;
     type Metrics = RoundMetrics;
+    type Trainer = dyn FedTrainer;
 
     fn on_control(
         &mut self,
@@ -119,6 +131,7 @@ struct Spy {
 impl Node for Spy {
     type Msg = Msg;
     type Metrics = RoundMetrics;
+    type Trainer = dyn FedTrainer;
 
     fn id(&self) -> NodeId {
         self.inner.id()
@@ -178,7 +191,7 @@ fn run(s: &Setup, seen: Option<Log>) -> Result<SimOutcome<RoundMetrics>, EngineE
     };
     let server = FedAvgServer::new(config, ids.clone(), vec![0.5; PARAMS])?
         .with_secure_aggregation(s.secure);
-    let mut nodes: Vec<BoxNode<Msg, RoundMetrics>> = vec![match seen {
+    let mut nodes: Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>> = vec![match seen {
         Some(seen) => Box::new(Spy {
             inner: server,
             seen,
@@ -204,7 +217,10 @@ fn run(s: &Setup, seen: Option<Log>) -> Result<SimOutcome<RoundMetrics>, EngineE
     }
     Simulator::new(
         nodes,
-        vec![Worker::new(Box::new(Shift))?, Worker::new(Box::new(Shift))?],
+        vec![
+            Worker::new(Box::new(Shift) as Box<dyn FedTrainer>)?,
+            Worker::new(Box::new(Shift) as Box<dyn FedTrainer>)?,
+        ],
     )?
     .run(&mut |_| {})
 }

@@ -10,11 +10,13 @@ use braid_core::latency::{LatencyConfig, LatencyModel};
 use braid_core::lr_schedule::LrSchedule;
 use braid_core::seed;
 use braid_core::split_batches::Sampler;
+use braid_engine::algorithms::split::SplitLearner;
 use braid_engine::algorithms::split::{
     ClientGradients, Msg, SplitClient, SplitMetrics, SplitServer, SplitSettings, SERVER,
 };
-use braid_engine::node::{BoxNode, EngineError, Event, LocalTrainer, Node, NodeCtx};
+use braid_engine::node::{BoxNode, EngineError, Event, Node, NodeCtx};
 use braid_engine::sim::{SimOutcome, Simulator, Worker};
+use braid_engine::trainer::{Evaluate, SplitSteps, Train, TrainSteps, Trainer};
 use braid_engine::wire::{Body, Control, NodeId, Tensor};
 use braid_nn::{EvalOutcome, OptimizerState, ServerStep, TrainOutcome};
 
@@ -30,7 +32,9 @@ struct Fake {
     seen: Arc<Mutex<Vec<usize>>>,
 }
 
-impl LocalTrainer for Fake {
+impl Trainer for Fake {}
+
+impl Train for Fake {
     fn train(
         &mut self,
         _: &[f32],
@@ -40,6 +44,9 @@ impl LocalTrainer for Fake {
     ) -> Result<TrainOutcome, EngineError> {
         Err(EngineError::Setup("not used".into()))
     }
+}
+
+impl TrainSteps for Fake {
     fn train_batches(
         &mut self,
         _: &[f32],
@@ -49,6 +56,9 @@ impl LocalTrainer for Fake {
     ) -> Result<TrainOutcome, EngineError> {
         Err(EngineError::Setup("not used".into()))
     }
+}
+
+impl Evaluate for Fake {
     fn evaluate(&mut self, params: &[f32]) -> Result<EvalOutcome, EngineError> {
         Ok(EvalOutcome {
             accuracy: f64::from(params[0]),
@@ -56,9 +66,13 @@ impl LocalTrainer for Fake {
             samples: 1,
         })
     }
+
     fn evaluate_sample(&mut self, params: &[f32], _: usize) -> Result<EvalOutcome, EngineError> {
         self.evaluate(params)
     }
+}
+
+impl SplitSteps for Fake {
     fn split_forward(
         &mut self,
         params: &[f32],
@@ -74,6 +88,7 @@ impl LocalTrainer for Fake {
             .collect();
         Ok((acts, samples.iter().map(|&i| (i % 10) as u8).collect()))
     }
+
     fn split_backward(
         &mut self,
         _: &[f32],
@@ -83,6 +98,7 @@ impl LocalTrainer for Fake {
         assert_eq!(grad.len(), samples.len() * F);
         Ok(vec![samples.len() as f32, 1.0])
     }
+
     fn split_server_step(
         &mut self,
         params: &[f32],
@@ -97,6 +113,7 @@ impl LocalTrainer for Fake {
             loss: labels.len() as f64,
         })
     }
+
     fn split_client_update(
         &mut self,
         params: &[f32],
@@ -106,6 +123,7 @@ impl LocalTrainer for Fake {
     ) -> Result<Vec<f32>, EngineError> {
         Ok(params.iter().zip(grad).map(|(p, g)| p - g).collect())
     }
+
     fn split_flops(&self) -> (u64, u64) {
         (100, 1000)
     }
@@ -137,8 +155,8 @@ fn settings(
 }
 
 /// Clients hold consecutive sample ranges of the given sizes.
-fn nodes(s: &Arc<SplitSettings>) -> Vec<BoxNode<Msg, SplitMetrics>> {
-    let mut v: Vec<BoxNode<Msg, SplitMetrics>> = vec![Box::new(
+fn nodes(s: &Arc<SplitSettings>) -> Vec<BoxNode<Msg, SplitMetrics, dyn SplitLearner>> {
+    let mut v: Vec<BoxNode<Msg, SplitMetrics, dyn SplitLearner>> = vec![Box::new(
         SplitServer::new(Arc::clone(s), vec![0.0; NUM_PARAMS]).unwrap(),
     )];
     let mut start = 0;
@@ -160,7 +178,7 @@ fn run(s: SplitSettings, workers: usize) -> (SimOutcome<SplitMetrics>, Vec<usize
     let s = Arc::new(s);
     let fake = Fake::default();
     let w = (0..workers)
-        .map(|_| Worker::new(Box::new(fake.clone())).unwrap())
+        .map(|_| Worker::new(Box::new(fake.clone()) as Box<dyn SplitLearner>).unwrap())
         .collect();
     let out = Simulator::new(nodes(&s), w)
         .unwrap()
@@ -271,13 +289,13 @@ type Handled = (Result<(), EngineError>, Vec<(NodeId, Body<Msg>)>);
 
 impl Fake {
     fn ctx_run(
-        node: &mut dyn Node<Msg = Msg, Metrics = SplitMetrics>,
+        node: &mut dyn Node<Msg = Msg, Metrics = SplitMetrics, Trainer = dyn SplitLearner>,
         from: NodeId,
         p: Msg,
     ) -> Handled {
         let (mut out, mut ev) = (Vec::new(), Vec::<Event<SplitMetrics>>::new());
         let mut t = Fake::default();
-        let mut ctx = NodeCtx::new(&mut out, &mut ev, &mut t);
+        let mut ctx = NodeCtx::new(&mut out, &mut ev, &mut t as &mut dyn SplitLearner);
         let r = node.on_message(from, p, &mut ctx);
         (r, out)
     }
@@ -295,7 +313,11 @@ fn hostile_messages_get_clear_errors() {
     let (mut out, mut ev) = (Vec::new(), Vec::new());
     let mut t = Fake::default();
     server
-        .on_start(&mut NodeCtx::new(&mut out, &mut ev, &mut t))
+        .on_start(&mut NodeCtx::new(
+            &mut out,
+            &mut ev,
+            &mut t as &mut dyn SplitLearner,
+        ))
         .unwrap();
     assert_eq!(out.len(), 2, "both clients asked");
     let acts = |n: usize, f: usize, step: u64| Msg::Activations {
@@ -435,7 +457,11 @@ fn compressed_split_messages_are_checked() {
     let (mut out, mut ev) = (Vec::new(), Vec::new());
     let mut t = Fake::default();
     server
-        .on_start(&mut NodeCtx::new(&mut out, &mut ev, &mut t))
+        .on_start(&mut NodeCtx::new(
+            &mut out,
+            &mut ev,
+            &mut t as &mut dyn SplitLearner,
+        ))
         .unwrap();
     let c = s.compression.unwrap();
     let Body::Msg(Msg::Request { client_part, .. }) = &out[0].1 else {

@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use braid_core::latency::LatencyConfig;
 use braid_engine::accounting::FlopsPerSample;
+use braid_engine::algorithms::fedavg::FedTrainer;
 use braid_engine::algorithms::fedavg::{
     FedAvgClient, FedAvgServer, FedCtx, Msg, RoundMetrics, ServerConfig,
 };
 use braid_engine::algorithms::fedbuff::{FedBuffServer, FedBuffSettings, Staleness};
-use braid_engine::node::{BoxNode, EngineError, LocalTrainer, Node, NodeCtx};
+use braid_engine::node::{BoxNode, EngineError, Node, NodeCtx};
 use braid_engine::sim::{SimOutcome, Simulator, Timing, Worker};
+use braid_engine::trainer::{Evaluate, Train, TrainSteps, Trainer};
 use braid_engine::wire::{Body, NodeId, Tensor};
 use braid_nn::{EvalOutcome, OptimizerState, TrainOutcome};
 
@@ -24,7 +26,16 @@ const GFLOP: u64 = 1_000_000_000;
 /// per sample held; evaluation costs nothing and reports the first parameter.
 struct Fake;
 
-impl LocalTrainer for Fake {
+impl Trainer for Fake {
+    fn flops_per_sample(&self) -> FlopsPerSample {
+        FlopsPerSample {
+            train: GFLOP,
+            forward: 0,
+        }
+    }
+}
+
+impl Train for Fake {
     fn train(
         &mut self,
         params: &[f32],
@@ -40,6 +51,9 @@ impl LocalTrainer for Fake {
             mean_loss: 0.5,
         })
     }
+}
+
+impl TrainSteps for Fake {
     fn train_batches(
         &mut self,
         _: &[f32],
@@ -49,6 +63,9 @@ impl LocalTrainer for Fake {
     ) -> Result<TrainOutcome, EngineError> {
         Err(EngineError::Setup("not used".into()))
     }
+}
+
+impl Evaluate for Fake {
     fn evaluate(&mut self, p: &[f32]) -> Result<EvalOutcome, EngineError> {
         Ok(EvalOutcome {
             accuracy: f64::from(p[0]),
@@ -56,14 +73,9 @@ impl LocalTrainer for Fake {
             samples: 1,
         })
     }
+
     fn evaluate_sample(&mut self, p: &[f32], _: usize) -> Result<EvalOutcome, EngineError> {
         self.evaluate(p)
-    }
-    fn flops_per_sample(&self) -> FlopsPerSample {
-        FlopsPerSample {
-            train: GFLOP,
-            forward: 0,
-        }
     }
 }
 
@@ -73,6 +85,7 @@ struct Dead(NodeId);
 impl Node for Dead {
     type Msg = Msg;
     type Metrics = RoundMetrics;
+    type Trainer = dyn FedTrainer;
 
     fn id(&self) -> NodeId {
         self.0
@@ -119,7 +132,7 @@ fn server_config(rounds: u32, per_round: usize) -> ServerConfig {
 }
 
 fn run(
-    server: BoxNode<Msg, RoundMetrics>,
+    server: BoxNode<Msg, RoundMetrics, dyn FedTrainer>,
     clients: usize,
     dead: &[NodeId],
     timing: Option<Timing>,
@@ -135,7 +148,7 @@ fn run(
         });
     }
     let workers = (0..workers)
-        .map(|_| Worker::new(Box::new(Fake)).unwrap())
+        .map(|_| Worker::new(Box::new(Fake) as Box<dyn FedTrainer>).unwrap())
         .collect();
     Simulator::new(nodes, workers)
         .unwrap()
@@ -153,7 +166,7 @@ fn timing(clients: usize, slow: f64) -> Timing {
     )
 }
 
-fn fedavg(rounds: u32, clients: usize) -> BoxNode<Msg, RoundMetrics> {
+fn fedavg(rounds: u32, clients: usize) -> BoxNode<Msg, RoundMetrics, dyn FedTrainer> {
     Box::new(
         FedAvgServer::new(
             server_config(rounds, clients),
@@ -164,7 +177,11 @@ fn fedavg(rounds: u32, clients: usize) -> BoxNode<Msg, RoundMetrics> {
     )
 }
 
-fn fedbuff(rounds: u32, clients: usize, settings: FedBuffSettings) -> BoxNode<Msg, RoundMetrics> {
+fn fedbuff(
+    rounds: u32,
+    clients: usize,
+    settings: FedBuffSettings,
+) -> BoxNode<Msg, RoundMetrics, dyn FedTrainer> {
     Box::new(
         FedBuffServer::new(
             server_config(rounds, clients),
@@ -428,14 +445,14 @@ fn fedbuff_refuses_bad_settings_and_replies_it_did_not_ask_for() {
     let mut server = make(1, 1).unwrap();
     let mut t = Fake;
     let (mut out, mut ev) = (Vec::new(), Vec::new());
-    let ctx = &mut NodeCtx::new(&mut out, &mut ev, &mut t);
+    let ctx = &mut NodeCtx::new(&mut out, &mut ev, &mut t as &mut dyn FedTrainer);
     server.on_start(ctx).unwrap();
     let asked = match ctx_sent(&out) {
         Some(c) => c,
         None => panic!("no request sent"),
     };
     let (mut out2, mut ev2) = (Vec::new(), Vec::new());
-    let ctx = &mut NodeCtx::new(&mut out2, &mut ev2, &mut t);
+    let ctx = &mut NodeCtx::new(&mut out2, &mut ev2, &mut t as &mut dyn FedTrainer);
     let reply = |round, params: Vec<f32>| Msg::Reply {
         round,
         num_samples: 1,
@@ -470,7 +487,13 @@ struct Shrinking {
     seen: std::collections::BTreeSet<usize>,
 }
 
-impl LocalTrainer for Shrinking {
+impl Trainer for Shrinking {
+    fn flops_per_sample(&self) -> FlopsPerSample {
+        Fake.flops_per_sample()
+    }
+}
+
+impl Train for Shrinking {
     fn train(
         &mut self,
         params: &[f32],
@@ -484,6 +507,9 @@ impl LocalTrainer for Shrinking {
         }
         Ok(out)
     }
+}
+
+impl TrainSteps for Shrinking {
     fn train_batches(
         &mut self,
         p: &[f32],
@@ -493,14 +519,15 @@ impl LocalTrainer for Shrinking {
     ) -> Result<TrainOutcome, EngineError> {
         Fake.train_batches(p, b, s, l)
     }
+}
+
+impl Evaluate for Shrinking {
     fn evaluate(&mut self, p: &[f32]) -> Result<EvalOutcome, EngineError> {
         Fake.evaluate(p)
     }
+
     fn evaluate_sample(&mut self, p: &[f32], n: usize) -> Result<EvalOutcome, EngineError> {
         Fake.evaluate_sample(p, n)
-    }
-    fn flops_per_sample(&self) -> FlopsPerSample {
-        Fake.flops_per_sample()
     }
 }
 
@@ -521,14 +548,14 @@ fn a_node_computing_faster_than_ever_before_is_an_error_not_a_wrong_order() {
         vec![0.0; PARAMS],
     )
     .unwrap();
-    let nodes: Vec<BoxNode<Msg, RoundMetrics>> = vec![
+    let nodes: Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>> = vec![
         Box::new(server),
         Box::new(FedAvgClient::new(1, Arc::new((0..9).collect()), 3)),
         Box::new(FedAvgClient::new(2, Arc::new((100..115).collect()), 3)),
     ];
     let worker = Worker::new(Box::new(Shrinking {
         seen: Default::default(),
-    }))
+    }) as Box<dyn FedTrainer>)
     .unwrap();
     let err = Simulator::new(nodes, vec![worker])
         .unwrap()
@@ -584,11 +611,11 @@ fn a_fedbuff_checkpoint_keeps_its_steps_model_and_optimizer() {
     let mut server = make();
     let mut t = Fake;
     let (mut out, mut ev) = (Vec::new(), Vec::new());
-    let ctx = &mut NodeCtx::new(&mut out, &mut ev, &mut t);
+    let ctx = &mut NodeCtx::new(&mut out, &mut ev, &mut t as &mut dyn FedTrainer);
     server.on_start(ctx).unwrap();
     let asked = ctx_sent(&out).unwrap();
     let (mut out2, mut ev2) = (Vec::new(), Vec::new());
-    let ctx = &mut NodeCtx::new(&mut out2, &mut ev2, &mut t);
+    let ctx = &mut NodeCtx::new(&mut out2, &mut ev2, &mut t as &mut dyn FedTrainer);
     let reply = Msg::Reply {
         round: 1,
         num_samples: 1,

@@ -2,7 +2,7 @@
 //!
 //! Two threads of control:
 //! - the node thread owns the algorithm's node (a [`WireNode`]: any algorithm's node, its
-//!   protocol erased to bytes) and the [`LocalTrainer`]; it handles one
+//!   protocol erased to bytes, with its trainer); it handles one
 //!   message or deadline at a time, exactly as the simulator would, so training never blocks
 //!   the network;
 //! - the network task (tokio) owns the libp2p swarm: it sends what the node sends, receives,
@@ -22,9 +22,9 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use braid_engine::accounting::{Compute, Metered};
+use braid_engine::accounting::Compute;
 use braid_engine::checkpoint::Checkpoint;
-use braid_engine::node::{EngineError, LocalTrainer};
+use braid_engine::node::EngineError;
 use braid_engine::transport::NodeTraffic;
 use braid_engine::wire::NodeId;
 use braid_engine::wire_node::{Decoded, Outgoing as Encoded, WireEvent, WireInput, WireNode};
@@ -156,7 +156,6 @@ struct Outgoing {
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     node: Box<dyn WireNode>,
-    trainer: Box<dyn LocalTrainer>,
     key: Keypair,
     roster: Roster,
     options: RuntimeOptions,
@@ -214,9 +213,11 @@ pub fn run(
         }
         None => None,
     };
+    if log.is_some() {
+        node.hash_models();
+    }
     let stop = Arc::new(AtomicBool::new(false));
-    let mut trainer = trainer;
-    trainer.set_stop_flag(Arc::clone(&stop));
+    node.set_stop_flag(Arc::clone(&stop));
     let checkpoint = options.checkpoint.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -233,8 +234,7 @@ pub fn run(
         .name(format!("braid-node-{my_node}"))
         .spawn(move || {
             node_loop(
-                node, trainer, from_net, to_net, observer, start, checkpoint, restored, node_log,
-                node_stop,
+                node, from_net, to_net, observer, start, checkpoint, restored, node_log, node_stop,
             )
         })
         .map_err(|e| NetError::Io(format!("cannot start the node thread: {e}")))?;
@@ -276,7 +276,6 @@ type Reported = (serde_json::Value, f64);
 #[allow(clippy::too_many_arguments)]
 fn node_loop(
     mut node: Box<dyn WireNode>,
-    mut trainer: Box<dyn LocalTrainer>,
     inbox: std_mpsc::Receiver<ToNode>,
     to_net: tokio_mpsc::UnboundedSender<ToNet>,
     mut observer: Box<dyn FnMut(&WireEvent) + Send>,
@@ -352,20 +351,15 @@ fn node_loop(
             }
         };
         let round = node.round_of(&input);
-        let mut metered = Metered::new(trainer.as_mut());
-        if log.is_some() {
-            metered = metered.hashing_models();
-        }
-        let (handled, r) = node.handle(input, &mut metered);
+        let (handled, r) = node.handle(input);
         let (outbox, emitted) = (handled.outbox, handled.events);
         let now = Instant::now();
         for (token, after) in handled.deadlines {
             timers.push(Reverse((now + after, seq, token)));
             seq += 1;
         }
-        compute.add(&metered.compute);
-        let c = metered.compute;
-        let models = metered.models.take();
+        compute.add(&handled.compute);
+        let (c, models) = (handled.compute, handled.models);
         if !c.is_zero() {
             let (model_before, model_after) = models.unzip();
             let e = LogEvent::Compute {

@@ -36,7 +36,7 @@ pub mod prelude {
     pub use braid_engine::config::ExperimentConfig;
     pub use braid_engine::experiment::{self, Prepared};
     pub use braid_engine::node::{
-        check_params, BoxNode, Ctx, EngineError, Event, LocalTrainer, Metrics, Node, NodeCtx,
+        check_params, BoxNode, Ctx, EngineError, Event, Metrics, Node, NodeCtx,
     };
     pub use braid_engine::report::Rows;
     pub use braid_engine::sim::SimOutcome;

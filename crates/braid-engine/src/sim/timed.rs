@@ -120,7 +120,7 @@ fn kind<M: Message>(input: &Input<M>) -> &'static str {
     input.kind()
 }
 
-impl<M: Message, R: Metrics> Simulator<M, R> {
+impl<M: Message, R: Metrics, T: crate::trainer::TrainerObject + ?Sized> Simulator<M, R, T> {
     /// Runs with simulated time from `timing` (see the module documentation). Every round's
     /// metrics get the simulated seconds at which the round ended.
     pub(super) fn run_timed(

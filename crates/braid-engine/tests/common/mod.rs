@@ -1,5 +1,6 @@
 //! Pieces several protocol tests share.
 
+use braid_engine::algorithms::fedavg::FedTrainer;
 use braid_engine::algorithms::fedavg::{FedAvgClient, FedCtx, Msg, RoundMetrics};
 use braid_engine::node::{EngineError, Node};
 use braid_engine::wire::{Control, NodeId};
@@ -15,6 +16,7 @@ pub struct Flaky {
 impl Node for Flaky {
     type Msg = Msg;
     type Metrics = RoundMetrics;
+    type Trainer = dyn FedTrainer;
 
     fn id(&self) -> NodeId {
         self.inner.id()

@@ -15,10 +15,12 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use braid_engine::algorithms::fedavg::FedTrainer;
 use braid_engine::algorithms::fedavg::{FedAvgClient, FedAvgServer, ServerConfig};
 use braid_engine::algorithms::fedavg::{Msg, RoundMetrics};
 use braid_engine::config::{NetworkConfig, Participant};
-use braid_engine::node::{BoxNode, EngineError, LocalTrainer};
+use braid_engine::node::{BoxNode, EngineError};
+use braid_engine::trainer::{Evaluate, Train, TrainSteps, Trainer};
 use braid_engine::wire::{Body, Limits, Tensor};
 use braid_engine::wire_node::{WireEvent, WireNode, Wired};
 use braid_net::roster::Roster;
@@ -46,7 +48,9 @@ pub struct BenchNetArgs {
 /// A trainer that trains nothing: the round is all communication.
 struct Echo;
 
-impl LocalTrainer for Echo {
+impl Trainer for Echo {}
+
+impl Train for Echo {
     fn train(
         &mut self,
         params: &[f32],
@@ -61,7 +65,9 @@ impl LocalTrainer for Echo {
             mean_loss: 0.0,
         })
     }
+}
 
+impl TrainSteps for Echo {
     fn train_batches(
         &mut self,
         params: &[f32],
@@ -71,7 +77,9 @@ impl LocalTrainer for Echo {
     ) -> Result<TrainOutcome, EngineError> {
         self.train(params, &[], 0, 1.0)
     }
+}
 
+impl Evaluate for Echo {
     fn evaluate(&mut self, _: &[f32]) -> Result<EvalOutcome, EngineError> {
         Ok(EvalOutcome {
             accuracy: 0.0,
@@ -205,14 +213,14 @@ fn braid_rounds(args: &BenchNetArgs) -> Result<Vec<f64>> {
         clients.clone(),
         vec![0.5; args.params],
     )?;
-    let mut nodes: Vec<BoxNode<Msg, RoundMetrics>> = vec![Box::new(server)];
+    let mut nodes: Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>> = vec![Box::new(server)];
     for &c in &clients {
         nodes.push(Box::new(FedAvgClient::new(c, Arc::new(vec![0]), 1)));
     }
     let limits = Limits::new(args.params);
     let nodes: Vec<Box<dyn WireNode>> = nodes
         .into_iter()
-        .map(|n| Box::new(Wired::new(n, limits)) as Box<dyn WireNode>)
+        .map(|n| Box::new(Wired::new(n, Box::new(Echo), limits)) as Box<dyn WireNode>)
         .collect();
     let mut handles = Vec::new();
     for (i, (node, key)) in nodes.into_iter().zip(keys).enumerate() {
@@ -230,7 +238,6 @@ fn braid_rounds(args: &BenchNetArgs) -> Result<Vec<f64>> {
         handles.push(std::thread::spawn(move || {
             runtime::run(
                 node,
-                Box::new(Echo),
                 key,
                 roster,
                 options,

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use braid_engine::algorithm::Registry;
 use braid_engine::config::ExperimentConfig;
-use braid_engine::experiment::BurnTrainer;
 use braid_engine::report;
 use braid_engine::wire_node::WireEvent;
 use braid_net::roster::Roster;
@@ -135,7 +134,6 @@ pub fn node(args: NodeArgs, registry: &Registry) -> Result<()> {
         prepared.arch.num_params(),
         roster.len()
     );
-    let trainer = BurnTrainer::new(&prepared)?;
     let observer = Box::new(move |e: &WireEvent| match e {
         WireEvent::Metrics { line, .. } => {
             println!("{line} | {:.1} s", t0.elapsed().as_secs_f64())
@@ -145,16 +143,8 @@ pub fn node(args: NodeArgs, registry: &Registry) -> Result<()> {
     let on_listen = Box::new(move |a: &braid_net::Multiaddr| {
         println!("listening on {a}/p2p/{me}");
     });
-    let mut report = runtime::run(
-        node,
-        Box::new(trainer),
-        key,
-        roster,
-        options,
-        observer,
-        on_listen,
-    )
-    .context("node failed")?;
+    let mut report =
+        runtime::run(node, key, roster, options, observer, on_listen).context("node failed")?;
     let mut rows = Vec::new();
     let mut final_params = None;
     for (e, wall) in std::mem::take(&mut report.events) {

@@ -45,7 +45,13 @@ mod report;
 pub use msg::Msg;
 
 /// What a node of decentralized SGD can do while handling an event.
-pub type DsgdCtx<'a> = NodeCtx<'a, Msg, GossipMetrics>;
+pub type DsgdCtx<'a> = NodeCtx<'a, Msg, GossipMetrics, dyn PeerTrainer>;
+
+crate::trainer_bundle!(
+    /// What decentralized peers ask of their trainer: steps that keep their optimizer state,
+    /// and evaluation.
+    pub PeerTrainer: TrainSteps + Evaluate
+);
 
 /// Metrics of a decentralized run at one evaluation point, as the monitor sees them.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -538,6 +544,7 @@ impl DsgdPeer {
 impl Node for DsgdPeer {
     type Msg = Msg;
     type Metrics = GossipMetrics;
+    type Trainer = dyn PeerTrainer;
 
     fn id(&self) -> NodeId {
         self.id
@@ -848,6 +855,7 @@ impl DsgdMonitor {
 impl Node for DsgdMonitor {
     type Msg = Msg;
     type Metrics = GossipMetrics;
+    type Trainer = dyn PeerTrainer;
 
     fn id(&self) -> NodeId {
         self.settings.monitor()
@@ -1011,6 +1019,7 @@ impl Algorithm for Dsgd {
     type Config = DecentralizedConfig;
     type Msg = Msg;
     type Metrics = GossipMetrics;
+    type Trainer = dyn PeerTrainer;
     const TABLES: &'static [&'static str] = &["decentralized"];
     const FEATURES: &'static [Feature] = &[Feature::Compression];
 
@@ -1059,11 +1068,12 @@ impl Algorithm for Dsgd {
     fn build(
         p: &Prepared,
         d: &DecentralizedConfig,
-    ) -> Result<Vec<BoxNode<Msg, GossipMetrics>>, EngineError> {
+    ) -> Result<Vec<BoxNode<Msg, GossipMetrics, dyn PeerTrainer>>, EngineError> {
         let c = &p.config;
         let settings = Arc::new(dsgd_settings(p, d)?);
         let init = p.arch.init_params(c.seed);
-        let mut nodes: Vec<BoxNode<Msg, GossipMetrics>> = Vec::with_capacity(p.parts.len() + 1);
+        let mut nodes: Vec<BoxNode<Msg, GossipMetrics, dyn PeerTrainer>> =
+            Vec::with_capacity(p.parts.len() + 1);
         for (id, part) in p.parts.iter().enumerate() {
             nodes.push(Box::new(DsgdPeer::new(
                 id as NodeId,

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use super::FedTrainer;
 use super::{FedAvgClient, FedAvgServer, Msg, RoundMetrics, SecureSettings, ServerConfig, SERVER};
 use crate::algorithm::{Algorithm, Feature, Summary};
 use crate::algorithms::common;
@@ -96,8 +97,8 @@ pub(crate) fn build_family(
         ServerConfig,
         Vec<NodeId>,
         Vec<f32>,
-    ) -> Result<BoxNode<Msg, RoundMetrics>, EngineError>,
-) -> Result<Vec<BoxNode<Msg, RoundMetrics>>, EngineError> {
+    ) -> Result<BoxNode<Msg, RoundMetrics, dyn FedTrainer>, EngineError>,
+) -> Result<Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>>, EngineError> {
     let c = &p.config;
     let clients: Vec<NodeId> = (1..=p.parts.len() as NodeId).collect();
     let secure = c.secure_aggregation.map(|sa| SecureSettings {
@@ -149,7 +150,9 @@ fn clients_per_round(p: &Prepared) -> usize {
         .unwrap_or(p.parts.len())
 }
 
-fn build_fedavg(p: &Prepared) -> Result<Vec<BoxNode<Msg, RoundMetrics>>, EngineError> {
+fn build_fedavg(
+    p: &Prepared,
+) -> Result<Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>>, EngineError> {
     let c = &p.config;
     let delta = c.compression.is_some_and(|k| k.downlink_delta);
     let downlink = c.compression.and_then(|k| k.downlink);
@@ -231,6 +234,7 @@ macro_rules! fedavg_family {
             type Config = FedAvgSettings;
             type Msg = Msg;
             type Metrics = RoundMetrics;
+            type Trainer = dyn FedTrainer;
             const FEATURES: &'static [Feature] = $features;
 
             fn config(c: &ExperimentConfig) -> Result<FedAvgSettings, String> {
@@ -248,7 +252,7 @@ macro_rules! fedavg_family {
             fn build(
                 p: &Prepared,
                 _settings: &FedAvgSettings,
-            ) -> Result<Vec<BoxNode<Msg, RoundMetrics>>, EngineError> {
+            ) -> Result<Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>>, EngineError> {
                 build_fedavg(p)
             }
 

@@ -55,7 +55,13 @@ pub use report::MetricsRow;
 pub use secure::{SecureSettings, MAX_RESTARTS};
 
 /// What a node of the FedAvg family can do while handling an event.
-pub type FedCtx<'a> = NodeCtx<'a, Msg, RoundMetrics>;
+pub type FedCtx<'a> = NodeCtx<'a, Msg, RoundMetrics, dyn FedTrainer>;
+
+crate::trainer_bundle!(
+    /// What FedAvg-family nodes ask of their trainer: clients train from the global model
+    /// with a fresh optimizer, the server evaluates.
+    pub FedTrainer: Train + Evaluate
+);
 
 /// Metrics of one completed round, as the server sees them (FedAvg, FedProx, FedBuff and the
 /// centralized baseline).
@@ -611,6 +617,7 @@ impl FedAvgServer {
 impl Node for FedAvgServer {
     type Msg = Msg;
     type Metrics = RoundMetrics;
+    type Trainer = dyn FedTrainer;
 
     fn id(&self) -> NodeId {
         SERVER
@@ -1019,6 +1026,7 @@ impl FedAvgClient {
 impl Node for FedAvgClient {
     type Msg = Msg;
     type Metrics = RoundMetrics;
+    type Trainer = dyn FedTrainer;
 
     fn id(&self) -> NodeId {
         self.id
@@ -1127,6 +1135,13 @@ impl Node for FedAvgClient {
         let lr_scale = self.lr_schedule.factor(progress);
         let mut out = if self.attack.is_some_and(|a| a.poisons_labels()) {
             ctx.trainer
+                .label_flipper()
+                .ok_or_else(|| {
+                    EngineError::Setup(
+                        "this trainer cannot train on flipped labels (attack kind \"label-flip\")"
+                            .into(),
+                    )
+                })?
                 .train_label_flipped(&params, &self.shard, s, lr_scale)?
         } else {
             ctx.trainer.train(&params, &self.shard, s, lr_scale)?

@@ -35,6 +35,7 @@ use super::fedavg::{
     model_request, restore_server, server_state, FedCtx, Msg, RoundMetrics, ServerConfig, SERVER,
 };
 use crate::algorithm::{Algorithm, Feature, Summary};
+use crate::algorithms::fedavg::FedTrainer;
 use crate::config::ExperimentConfig;
 use crate::experiment::Prepared;
 use crate::node::{check_params, BoxNode, EngineError, Event, Node, NodeState};
@@ -295,6 +296,7 @@ impl FedBuffServer {
 impl Node for FedBuffServer {
     type Msg = Msg;
     type Metrics = RoundMetrics;
+    type Trainer = dyn FedTrainer;
 
     fn id(&self) -> NodeId {
         SERVER
@@ -487,6 +489,7 @@ impl Algorithm for FedBuff {
     type Config = FedBuffRun;
     type Msg = Msg;
     type Metrics = RoundMetrics;
+    type Trainer = dyn FedTrainer;
     const TABLES: &'static [&'static str] = &["fedbuff"];
     const FEATURES: &'static [Feature] = &[Feature::Compression, Feature::Latency];
 
@@ -534,7 +537,7 @@ impl Algorithm for FedBuff {
     fn build(
         p: &Prepared,
         run: &FedBuffRun,
-    ) -> Result<Vec<BoxNode<Msg, RoundMetrics>>, EngineError> {
+    ) -> Result<Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>>, EngineError> {
         let downlink = p.config.compression.and_then(|k| k.downlink);
         let settings = run.settings;
         build_family(p, |config, clients, initial| {

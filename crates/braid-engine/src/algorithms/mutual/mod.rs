@@ -61,7 +61,13 @@ mod msg;
 pub use msg::Msg;
 
 /// What a node of mutual learning can do while handling an event.
-pub type MutualCtx<'a> = NodeCtx<'a, Msg, MutualMetrics>;
+pub type MutualCtx<'a> = NodeCtx<'a, Msg, MutualMetrics, dyn MutualLearner>;
+
+crate::trainer_bundle!(
+    /// What mutual-learning nodes ask of their trainer: training a list of models together
+    /// and evaluating each.
+    pub MutualLearner: MutualSteps
+);
 
 /// The hub's node id.
 pub const HUB: NodeId = 0;
@@ -558,6 +564,7 @@ impl MutualClient {
 impl Node for MutualClient {
     type Msg = Msg;
     type Metrics = MutualMetrics;
+    type Trainer = dyn MutualLearner;
 
     fn id(&self) -> NodeId {
         client_node(self.k)
@@ -791,6 +798,7 @@ impl MutualHub {
 impl Node for MutualHub {
     type Msg = Msg;
     type Metrics = MutualMetrics;
+    type Trainer = dyn MutualLearner;
 
     fn id(&self) -> NodeId {
         HUB
@@ -1185,7 +1193,7 @@ pub fn mutual_settings(p: &Prepared, run: &MutualRun) -> Result<MutualSettings, 
 fn build_mutual(
     p: &Prepared,
     run: &MutualRun,
-) -> Result<Vec<BoxNode<Msg, MutualMetrics>>, EngineError> {
+) -> Result<Vec<BoxNode<Msg, MutualMetrics, dyn MutualLearner>>, EngineError> {
     let c = &p.config;
     let settings = Arc::new(mutual_settings(p, run)?);
     let global = if settings.variant == Variant::Fml {
@@ -1193,7 +1201,7 @@ fn build_mutual(
     } else {
         Vec::new()
     };
-    let mut nodes: Vec<BoxNode<Msg, MutualMetrics>> =
+    let mut nodes: Vec<BoxNode<Msg, MutualMetrics, dyn MutualLearner>> =
         vec![Box::new(MutualHub::new(Arc::clone(&settings), global))];
     for (k, part) in p.parts.iter().enumerate() {
         // Clients with the same model start from the same seeded init, as FedAvg's do.
@@ -1246,6 +1254,7 @@ macro_rules! mutual_algorithm {
             type Config = MutualRun;
             type Msg = Msg;
             type Metrics = MutualMetrics;
+            type Trainer = dyn MutualLearner;
             const TABLES: &'static [&'static str] = &["mutual"];
             const FEATURES: &'static [Feature] = &[Feature::Compression];
 
@@ -1260,7 +1269,7 @@ macro_rules! mutual_algorithm {
             fn build(
                 p: &Prepared,
                 run: &MutualRun,
-            ) -> Result<Vec<BoxNode<Msg, MutualMetrics>>, EngineError> {
+            ) -> Result<Vec<BoxNode<Msg, MutualMetrics, dyn MutualLearner>>, EngineError> {
                 build_mutual(p, run)
             }
 

@@ -50,7 +50,13 @@ mod report;
 pub use msg::Msg;
 
 /// What a node of split learning can do while handling an event.
-pub type SplitCtx<'a> = NodeCtx<'a, Msg, SplitMetrics>;
+pub type SplitCtx<'a> = NodeCtx<'a, Msg, SplitMetrics, dyn SplitLearner>;
+
+crate::trainer_bundle!(
+    /// What split-learning nodes ask of their trainer: the two halves' steps, and the whole
+    /// model's evaluation.
+    pub SplitLearner: SplitSteps + Evaluate
+);
 
 /// Which values a split message carries (its number seeds the codec's random stream).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -534,6 +540,7 @@ impl SplitServer {
 impl Node for SplitServer {
     type Msg = Msg;
     type Metrics = SplitMetrics;
+    type Trainer = dyn SplitLearner;
 
     fn id(&self) -> NodeId {
         SERVER
@@ -776,6 +783,7 @@ impl SplitClient {
 impl Node for SplitClient {
     type Msg = Msg;
     type Metrics = SplitMetrics;
+    type Trainer = dyn SplitLearner;
 
     fn id(&self) -> NodeId {
         self.id
@@ -949,6 +957,7 @@ impl Algorithm for Split {
     type Config = SplitConfig;
     type Msg = Msg;
     type Metrics = SplitMetrics;
+    type Trainer = dyn SplitLearner;
     const TABLES: &'static [&'static str] = &["split"];
     const FEATURES: &'static [Feature] = &[Feature::Compression];
 
@@ -997,13 +1006,12 @@ impl Algorithm for Split {
     fn build(
         p: &Prepared,
         sc: &SplitConfig,
-    ) -> Result<Vec<BoxNode<Msg, SplitMetrics>>, EngineError> {
+    ) -> Result<Vec<BoxNode<Msg, SplitMetrics, dyn SplitLearner>>, EngineError> {
         let c = &p.config;
         let settings = Arc::new(split_settings(p, sc)?);
-        let mut nodes: Vec<BoxNode<Msg, SplitMetrics>> = vec![Box::new(SplitServer::new(
-            Arc::clone(&settings),
-            p.arch.init_params(c.seed),
-        )?)];
+        let mut nodes: Vec<BoxNode<Msg, SplitMetrics, dyn SplitLearner>> = vec![Box::new(
+            SplitServer::new(Arc::clone(&settings), p.arch.init_params(c.seed))?,
+        )];
         for (k, part) in p.parts.iter().enumerate() {
             nodes.push(Box::new(
                 SplitClient::new(k as NodeId + 1, Arc::new(part.clone()), c.seed)
