@@ -87,11 +87,15 @@ mod tests {
         assert_eq!(a.len(), 3);
         let last = a.last().and_then(|(m, _)| m.accuracy).unwrap_or(0.0);
         assert!(last > 0.3, "accuracy {last} (chance is 0.1)");
-        // What the code sets is checked as a file would be.
+        // What the code sets is checked as a file would be, and the refusal can be matched.
         let mut bad = c.clone();
         bad.partition.alpha = None;
         let e = bad.validate_with(&Registry::builtin()).unwrap_err();
-        assert!(e.contains("partition.alpha"), "{e}");
+        assert_eq!(
+            (e.field.as_str(), e.rule),
+            ("partition.alpha", Rule::Missing)
+        );
+        assert!(e.to_string().contains("needs partition.alpha"), "{e}");
         // The TOML it stands for parses back to the same config.
         let again = ExperimentConfig::parse(&c.to_toml(), "embed.toml", &[]).expect("parses");
         assert_eq!(again, c);

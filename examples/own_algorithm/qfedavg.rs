@@ -53,20 +53,26 @@ impl Algorithm for QFedAvg {
     type Trainer = dyn fedavg::FedTrainer;
     const TABLES: &'static [&'static str] = &["qfedavg"];
 
-    fn config(c: &ExperimentConfig) -> Result<Settings, String> {
+    fn config(c: &ExperimentConfig) -> Result<Settings, Invalid> {
         let rounds = common::rounds(c, Self::NAME)?;
         common::check_mu(c, false)?;
         if c.algorithm.round_timeout_s.is_some() || c.algorithm.min_replies.is_some() {
-            return Err("algorithm.round_timeout_s and min_replies do not apply to \"qfedavg\" (it waits for every client)".into());
+            return Err(Invalid::not_applicable("algorithm.round_timeout_s", "algorithm.round_timeout_s and min_replies do not apply to \"qfedavg\" (it waits for every client)"));
         }
         if c.algorithm.clients_per_round.is_some() {
-            return Err("algorithm.clients_per_round does not apply to \"qfedavg\" (every client trains every round)".into());
+            return Err(Invalid::not_applicable("algorithm.clients_per_round", "algorithm.clients_per_round does not apply to \"qfedavg\" (every client trains every round)"));
         }
-        let table: Table = c
-            .table("qfedavg")?
-            .ok_or("algorithm.name = \"qfedavg\" needs a [qfedavg] table with q")?;
+        let table: Table = c.table("qfedavg")?.ok_or_else(|| {
+            Invalid::missing(
+                "qfedavg",
+                "algorithm.name = \"qfedavg\" needs a [qfedavg] table with q",
+            )
+        })?;
         if !(table.q.is_finite() && (0.0..=10.0).contains(&table.q)) {
-            return Err(format!("qfedavg.q = {} must be in [0, 10]", table.q));
+            return Err(Invalid::range(
+                "qfedavg.q",
+                format!("qfedavg.q = {} must be in [0, 10]", table.q),
+            ));
         }
         Ok(Settings { rounds, q: table.q })
     }

@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::ExperimentConfig;
+use crate::error::{Invalid, Rule};
 use crate::experiment::Prepared;
 use crate::node::{BoxNode, EngineError, Metrics};
 use crate::report::Rows;
@@ -124,7 +125,7 @@ pub trait Algorithm: Send + Sync + 'static {
     }
 
     /// Reads and checks its settings; the error names the field and the rule.
-    fn config(config: &ExperimentConfig) -> Result<Self::Config, String>;
+    fn config(config: &ExperimentConfig) -> Result<Self::Config, Invalid>;
 
     /// How many data shards (participants holding data) the run has.
     fn shards(config: &ExperimentConfig) -> usize {
@@ -219,7 +220,7 @@ pub trait Registered: Send + Sync {
     /// See [`Algorithm::instead`].
     fn instead(&self, feature: Feature) -> Option<&'static str>;
     /// Checks its settings in `config`.
-    fn check(&self, config: &ExperimentConfig) -> Result<(), String>;
+    fn check(&self, config: &ExperimentConfig) -> Result<(), Invalid>;
     /// Data shards of the run.
     fn shards(&self, config: &ExperimentConfig) -> usize;
     /// Prepares the run (data, partition, model and what the algorithm adds).
@@ -354,16 +355,20 @@ impl Registry {
     }
 
     /// The algorithm `config` names, or an error listing the known ones.
-    pub fn of(&self, config: &ExperimentConfig) -> Result<&dyn Registered, String> {
+    pub fn of(&self, config: &ExperimentConfig) -> Result<&dyn Registered, Invalid> {
         self.get(&config.algorithm.name).ok_or_else(|| {
-            format!(
-                "algorithm.name: unknown algorithm `{}`, expected one of {}",
-                config.algorithm.name,
-                self.names()
-                    .iter()
-                    .map(|n| format!("`{n}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+            Invalid::new(
+                "algorithm.name",
+                Rule::Unknown,
+                format!(
+                    "algorithm.name: unknown algorithm `{}`, expected one of {}",
+                    config.algorithm.name,
+                    self.names()
+                        .iter()
+                        .map(|n| format!("`{n}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             )
         })
     }
@@ -407,7 +412,7 @@ struct Entry<A>(std::marker::PhantomData<A>);
 
 impl<A: Algorithm> Entry<A> {
     fn settings(config: &ExperimentConfig) -> Result<A::Config, EngineError> {
-        A::config(config).map_err(EngineError::Setup)
+        A::config(config).map_err(EngineError::from)
     }
 }
 
@@ -432,7 +437,7 @@ impl<A: Algorithm> Registered for Entry<A> {
         A::instead(feature)
     }
 
-    fn check(&self, config: &ExperimentConfig) -> Result<(), String> {
+    fn check(&self, config: &ExperimentConfig) -> Result<(), Invalid> {
         A::config(config).map(|_| ())
     }
 
@@ -509,7 +514,7 @@ impl<A: Algorithm> Registered for Entry<A> {
             .into_iter()
             .find(|node| node.id() == id)
             .ok_or_else(|| {
-                EngineError::Setup(format!(
+                EngineError::Driver(format!(
                     "node {id} is not part of this run (it has nodes 0..{n})"
                 ))
             })?;
@@ -531,7 +536,7 @@ impl<A: Algorithm> Registered for Entry<A> {
             .map(|(v, w)| {
                 serde_json::from_value::<A::Metrics>(v)
                     .map(|m| (m, w))
-                    .map_err(|e| EngineError::Setup(format!("a reported row: {e}")))
+                    .map_err(|e| EngineError::Driver(format!("a reported row: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Box::new(crate::report::Outcome::<A> {

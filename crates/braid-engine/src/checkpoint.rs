@@ -39,7 +39,7 @@ struct Header<R> {
 }
 
 fn bad(path: &Path, why: impl std::fmt::Display) -> EngineError {
-    EngineError::Setup(format!("checkpoint {} is unusable: {why}", path.display()))
+    EngineError::Checkpoint(format!("checkpoint {} is unusable: {why}", path.display()))
 }
 
 impl<R: Serialize + serde::de::DeserializeOwned + Clone> Checkpoint<R> {
@@ -62,7 +62,7 @@ impl<R: Serialize + serde::de::DeserializeOwned + Clone> Checkpoint<R> {
                 .collect(),
         };
         let h = serde_json::to_vec(&header)
-            .map_err(|e| EngineError::Setup(format!("cannot encode a checkpoint: {e}")))?;
+            .map_err(|e| EngineError::Checkpoint(format!("cannot encode a checkpoint: {e}")))?;
         let data: usize = self
             .state
             .tensors
@@ -135,16 +135,16 @@ impl<R: Serialize + serde::de::DeserializeOwned + Clone> Checkpoint<R> {
     pub fn save(&self, path: &Path) -> Result<(), EngineError> {
         if let Some(d) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             fs::create_dir_all(d).map_err(|e| {
-                EngineError::Setup(format!("cannot write checkpoint {}: {e}", path.display()))
+                EngineError::Checkpoint(format!("cannot write checkpoint {}: {e}", path.display()))
             })?;
         }
-        crate::report::write_atomic(path, &self.encode()?).map_err(EngineError::Setup)
+        crate::report::write_atomic(path, &self.encode()?).map_err(EngineError::Checkpoint)
     }
 
     /// Reads a checkpoint written by [`Checkpoint::save`].
     pub fn load(path: &Path) -> Result<Self, EngineError> {
         let bytes = fs::read(path).map_err(|e| {
-            EngineError::Setup(format!("cannot read checkpoint {}: {e}", path.display()))
+            EngineError::Checkpoint(format!("cannot read checkpoint {}: {e}", path.display()))
         })?;
         Self::decode(&bytes, path)
     }

@@ -13,17 +13,28 @@ use braid_data::DataConfig;
 use braid_nn::{DeviceKind, ModelName, OptimizerConfig, TrainSpec};
 
 use crate::algorithm::{Feature, Registry};
+use crate::error::{Invalid, Rule};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-/// A config that cannot be used; the message names the field and what is allowed.
+/// A config that cannot be used: where it came from, and the refused setting (its field,
+/// the rule and the line naming both).
 #[derive(Debug, Error)]
-#[error("{origin}: {message}")]
+#[error("{origin}: {invalid}")]
 pub struct ConfigError {
     /// The file (or "--set").
     pub origin: String,
     /// What is wrong.
-    pub message: String,
+    pub invalid: Invalid,
+}
+
+impl ConfigError {
+    fn new(origin: impl Into<String>, invalid: Invalid) -> Self {
+        Self {
+            origin: origin.into(),
+            invalid,
+        }
+    }
 }
 
 /// The top-level keys of the config that are not an algorithm's own tables.
@@ -200,22 +211,34 @@ fn default_delta() -> f64 {
 
 impl PrivacyConfig {
     /// Checks the fields; the error names the one that is wrong.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         if !(self.clip.is_finite() && self.clip > 0.0) {
-            return Err(format!("privacy.clip = {} must be > 0", self.clip));
+            return Err(Invalid::range(
+                "privacy.clip",
+                format!("privacy.clip = {} must be > 0", self.clip),
+            ));
         }
         if !(self.noise_multiplier.is_finite() && self.noise_multiplier >= 0.0) {
-            return Err(format!(
-                "privacy.noise_multiplier = {} must be >= 0",
-                self.noise_multiplier
+            return Err(Invalid::range(
+                "privacy.noise_multiplier",
+                format!(
+                    "privacy.noise_multiplier = {} must be >= 0",
+                    self.noise_multiplier
+                ),
             ));
         }
         if !(self.delta > 0.0 && self.delta < 1.0) {
-            return Err(format!("privacy.delta = {} must be in (0, 1)", self.delta));
+            return Err(Invalid::range(
+                "privacy.delta",
+                format!("privacy.delta = {} must be in (0, 1)", self.delta),
+            ));
         }
         if let Some(t) = self.target_epsilon {
             if !(t.is_finite() && t > 0.0) {
-                return Err(format!("privacy.target_epsilon = {t} must be > 0"));
+                return Err(Invalid::range(
+                    "privacy.target_epsilon",
+                    format!("privacy.target_epsilon = {t} must be > 0"),
+                ));
             }
         }
         Ok(())
@@ -303,7 +326,7 @@ pub struct CompressionConfig {
 
 impl CompressionConfig {
     /// Checks each setting.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         for (name, c) in [
             ("uplink", &self.uplink),
             ("downlink", &self.downlink),
@@ -312,29 +335,42 @@ impl CompressionConfig {
             ("split", &self.split),
         ] {
             if let Some(c) = c {
-                c.validate()
-                    .map_err(|e| format!("compression.{name}: {e}"))?;
+                c.validate().map_err(|e| {
+                    Invalid::range(
+                        format!("compression.{name}"),
+                        format!("compression.{name}: {e}"),
+                    )
+                })?;
             }
         }
         if matches!(
             self.downlink.map(|d| d.sparsify),
             Some(braid_core::compress::Sparsify::PowerSgd { .. })
         ) {
-            return Err("compression.downlink: power-sgd applies to the uplink only".into());
+            return Err(Invalid::not_applicable(
+                "compression.downlink",
+                "compression.downlink: power-sgd applies to the uplink only",
+            ));
         }
         match &self.downlink {
             Some(d)
                 if d.sparsify != braid_core::compress::Sparsify::None && !self.downlink_delta =>
             {
-                return Err("compression.downlink: only quantizers (no sparsify) unless downlink_delta = true: clients need the whole model".into());
+                return Err(Invalid::not_applicable("compression.downlink", "compression.downlink: only quantizers (no sparsify) unless downlink_delta = true: clients need the whole model"));
             }
             None if self.downlink_delta => {
-                return Err("compression.downlink_delta needs compression.downlink".into());
+                return Err(Invalid::missing(
+                    "compression.downlink",
+                    "compression.downlink_delta needs compression.downlink",
+                ));
             }
             _ => {}
         }
         if self.error_feedback && self.uplink.is_none() {
-            return Err("compression.error_feedback needs compression.uplink".into());
+            return Err(Invalid::missing(
+                "compression.uplink",
+                "compression.error_feedback needs compression.uplink",
+            ));
         }
         Ok(())
     }
@@ -358,31 +394,37 @@ pub struct Participant {
 impl NetworkConfig {
     /// Checks ids are unique and limits are sane (peer ids and addresses are parsed by the
     /// network layer).
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         let mut nodes = std::collections::BTreeSet::new();
         let mut peers = std::collections::BTreeSet::new();
         for p in &self.participants {
             if !nodes.insert(p.node) {
-                return Err(format!(
-                    "network.participants: node {} appears twice",
-                    p.node
+                return Err(Invalid::range(
+                    "network.participants",
+                    format!("network.participants: node {} appears twice", p.node),
                 ));
             }
             if !peers.insert(p.peer_id.as_str()) {
-                return Err(format!(
-                    "network.participants: peer_id {} appears twice",
-                    p.peer_id
+                return Err(Invalid::range(
+                    "network.participants",
+                    format!("network.participants: peer_id {} appears twice", p.peer_id),
                 ));
             }
         }
         if self.max_message_mib == 0 || self.max_message_mib > 1 << 20 {
-            return Err(format!(
-                "network.max_message_mib = {} must be between 1 and 1048576",
-                self.max_message_mib
+            return Err(Invalid::range(
+                "network.max_message_mib",
+                format!(
+                    "network.max_message_mib = {} must be between 1 and 1048576",
+                    self.max_message_mib
+                ),
             ));
         }
         if self.request_timeout_s == 0 {
-            return Err("network.request_timeout_s must be at least 1".into());
+            return Err(Invalid::range(
+                "network.request_timeout_s",
+                "network.request_timeout_s must be at least 1",
+            ));
         }
         Ok(())
     }
@@ -459,13 +501,15 @@ impl Default for PartitionConfig {
 
 impl PartitionConfig {
     /// The scheme, checking that exactly the fields the kind needs are given.
-    pub fn scheme(&self) -> Result<PartitionScheme, String> {
-        let need = |v: Option<f64>, f: &str| {
-            v.ok_or_else(|| format!("partition.kind = {:?} needs partition.{f}", self.kind))
+    pub fn scheme(&self) -> Result<PartitionScheme, Invalid> {
+        let missing = |f: &str| {
+            Invalid::missing(
+                format!("partition.{f}"),
+                format!("partition.kind = {:?} needs partition.{f}", self.kind),
+            )
         };
-        let needu = |v: Option<usize>, f: &str| {
-            v.ok_or_else(|| format!("partition.kind = {:?} needs partition.{f}", self.kind))
-        };
+        let need = |v: Option<f64>, f: &str| v.ok_or_else(|| missing(f));
+        let needu = |v: Option<usize>, f: &str| v.ok_or_else(|| missing(f));
         let given: Vec<&str> = [
             ("alpha", self.alpha.is_some()),
             ("min_size", self.min_size.is_some()),
@@ -507,9 +551,12 @@ impl PartitionConfig {
             ),
         };
         if let Some(extra) = given.iter().find(|f| !allowed.contains(f)) {
-            return Err(format!(
-                "partition.{extra} does not apply to partition.kind = {:?}",
-                self.kind
+            return Err(Invalid::not_applicable(
+                "partition.kind",
+                format!(
+                    "partition.{extra} does not apply to partition.kind = {:?}",
+                    self.kind
+                ),
             ));
         }
         Ok(scheme)
@@ -685,16 +732,12 @@ impl ExperimentConfig {
         overrides: &[String],
         registry: &Registry,
     ) -> Result<Self, ConfigError> {
-        let err = |message: String| ConfigError {
-            origin: origin.to_owned(),
-            message,
-        };
+        let err =
+            |message: String| ConfigError::new(origin, Invalid::new("", Rule::Syntax, message));
         let mut value: toml::Table = toml::from_str(src).map_err(|e| err(one_line(src, &e)))?;
         for o in overrides {
-            apply_override(&mut value, o).map_err(|m| ConfigError {
-                origin: "--set".into(),
-                message: m,
-            })?;
+            apply_override(&mut value, o)
+                .map_err(|m| ConfigError::new("--set", Invalid::new("", Rule::Syntax, m)))?;
         }
         // The tables algorithms own are the algorithm's to read; anything else must be one
         // of the common keys.
@@ -711,14 +754,21 @@ impl ExperimentConfig {
         {
             let mut expected: Vec<&str> = COMMON_TABLES[..COMMON_TABLES.len() - 1].to_vec();
             expected.extend(owned.iter().copied());
-            return Err(err(format!(
-                "unknown field `{k}`, expected one of {}",
-                expected
-                    .iter()
-                    .map(|e| format!("`{e}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
+            return Err(ConfigError::new(
+                origin,
+                Invalid::new(
+                    k.as_str(),
+                    Rule::Unknown,
+                    format!(
+                        "unknown field `{k}`, expected one of {}",
+                        expected
+                            .iter()
+                            .map(|e| format!("`{e}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ),
+            ));
         }
         let text = toml::to_string(&value).map_err(|e| err(e.to_string()))?;
         let mut config: Self = toml::from_str(&text).map_err(|e| {
@@ -730,7 +780,9 @@ impl ExperimentConfig {
             }
         })?;
         config.tables = tables;
-        config.validate_with(registry).map_err(err)?;
+        config
+            .validate_with(registry)
+            .map_err(|e| ConfigError::new(origin, e))?;
         Ok(config)
     }
 
@@ -744,9 +796,11 @@ impl ExperimentConfig {
             s.insert("name".into(), toml::Value::String(name.into()));
             t.insert(section.into(), toml::Value::Table(s));
         }
-        Self::deserialize(t).map_err(|e| ConfigError {
-            origin: "ExperimentConfig::new".into(),
-            message: e.message().trim().replace('\n', " "),
+        Self::deserialize(t).map_err(|e| {
+            ConfigError::new(
+                "ExperimentConfig::new",
+                Invalid::new("", Rule::Syntax, e.message().trim().replace('\n', " ")),
+            )
         })
     }
 
@@ -767,9 +821,11 @@ impl ExperimentConfig {
         registry: &Registry,
     ) -> Result<Self, ConfigError> {
         let origin = path.display().to_string();
-        let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            origin: origin.clone(),
-            message: format!("cannot read: {e}"),
+        let src = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(
+                origin.clone(),
+                Invalid::new("", Rule::Unreadable, format!("cannot read: {e}")),
+            )
         })?;
         Self::parse_with(&src, &origin, overrides, registry)
     }
@@ -790,87 +846,119 @@ impl ExperimentConfig {
 
     /// The algorithm's own table `name`, if the config has it, read as `T`; the error names
     /// the table.
-    pub fn table<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<Option<T>, String> {
+    pub fn table<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<Option<T>, Invalid> {
         self.tables
             .get(name)
             .map(|v| {
-                T::deserialize(v.clone())
-                    .map_err(|e| format!("{name}: {}", e.message().trim().replace('\n', " ")))
+                T::deserialize(v.clone()).map_err(|e| {
+                    Invalid::new(
+                        name,
+                        Rule::Syntax,
+                        format!("{name}: {}", e.message().trim().replace('\n', " ")),
+                    )
+                })
             })
             .transpose()
     }
 
     /// Checks values the types cannot express, for braid's built-in algorithms.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         self.validate_with(&crate::algorithm::Registry::builtin())
     }
 
     /// Checks values the types cannot express: the common sections, then the algorithm's own
     /// settings ([`crate::algorithm::Algorithm::config`]), then that every table and feature
     /// layer set is one the algorithm takes.
-    pub fn validate_with(&self, registry: &Registry) -> Result<(), String> {
+    pub fn validate_with(&self, registry: &Registry) -> Result<(), Invalid> {
         let algorithm = registry.of(self)?;
         if self.partition.clients == 0 {
-            return Err("partition.clients must be at least 1".into());
+            return Err(Invalid::range(
+                "partition.clients",
+                "partition.clients must be at least 1",
+            ));
         }
         if let Some(c) = &self.compression {
             c.validate()?;
         }
         self.partition.scheme()?;
         if self.train.batch_size == 0 {
-            return Err("train.batch_size must be at least 1".into());
+            return Err(Invalid::range(
+                "train.batch_size",
+                "train.batch_size must be at least 1",
+            ));
         }
         self.train
             .lr_schedule
             .validate()
-            .map_err(|e| format!("train.lr_schedule.{e}"))?;
+            .map_err(|e| Invalid::within("train.lr_schedule", e))?;
         if self.train.local_epochs == 0 && self.train.local_steps.is_none() {
-            return Err("train.local_epochs must be at least 1 (or set train.local_steps)".into());
+            return Err(Invalid::range(
+                "train.local_epochs",
+                "train.local_epochs must be at least 1 (or set train.local_steps)",
+            ));
         }
         if self.train.local_steps == Some(0) {
-            return Err("train.local_steps must be at least 1".into());
+            return Err(Invalid::range(
+                "train.local_steps",
+                "train.local_steps must be at least 1",
+            ));
         }
-        self.train.optimizer.validate().map_err(|e| e.to_string())?;
+        self.train
+            .optimizer
+            .validate()
+            .map_err(|e| Invalid::range("train.optimizer", e.to_string()))?;
         self.algorithm
             .server_optimizer
             .validate()
-            .map_err(|e| format!("algorithm.{e}"))?;
+            .map_err(|e| Invalid::within("algorithm", e))?;
         if self.algorithm.eval_every == 0 {
-            return Err("algorithm.eval_every must be at least 1".into());
+            return Err(Invalid::range(
+                "algorithm.eval_every",
+                "algorithm.eval_every must be at least 1",
+            ));
         }
         self.algorithm
             .aggregator
             .validate()
-            .map_err(|e| format!("algorithm.{e}"))?;
+            .map_err(|e| Invalid::within("algorithm", e))?;
         if let Some(a) = &self.attack {
             if !(0.0..=1.0).contains(&a.fraction) {
-                return Err(format!(
-                    "attack.fraction = {} must be in [0, 1]",
-                    a.fraction
+                return Err(Invalid::range(
+                    "attack.fraction",
+                    format!("attack.fraction = {} must be in [0, 1]", a.fraction),
                 ));
             }
-            a.kind.validate().map_err(|e| format!("attack.{e}"))?;
+            a.kind
+                .validate()
+                .map_err(|e| Invalid::within("attack", e))?;
         }
         if let Some(l) = &self.latency {
-            l.validate().map_err(|e| format!("latency.{e}"))?;
+            l.validate().map_err(|e| Invalid::within("latency", e))?;
         }
         if let Some(p) = &self.privacy {
             p.validate()?;
         }
         if let Some(t) = self.algorithm.round_timeout_s {
             if !(t.is_finite() && t > 0.0 && t < 1e9) {
-                return Err(format!(
-                    "algorithm.round_timeout_s = {t} must be a positive number of seconds"
+                return Err(Invalid::range(
+                    "algorithm.round_timeout_s",
+                    format!("algorithm.round_timeout_s = {t} must be a positive number of seconds"),
                 ));
             }
         }
         if self.algorithm.min_replies == Some(0) {
-            return Err("algorithm.min_replies must be at least 1".into());
+            return Err(Invalid::range(
+                "algorithm.min_replies",
+                "algorithm.min_replies must be at least 1",
+            ));
         }
         for t in self.tables.keys() {
             if !algorithm.tables().contains(&t.as_str()) {
                 let owners = registry.who(|e| e.tables().contains(&t.as_str()), "or");
-                return Err(format!("[{t}] only applies to algorithm.name = {owners}"));
+                return Err(Invalid::not_applicable(
+                    t.as_str(),
+                    format!("[{t}] only applies to algorithm.name = {owners}"),
+                ));
             }
         }
         for f in Feature::ALL {
@@ -885,10 +973,12 @@ impl ExperimentConfig {
                         registry.who(|e| e.features().contains(&f), "and")
                     ),
                 };
-                return Err(match algorithm.instead(f) {
+                let refusal = match algorithm.instead(f) {
                     Some(hint) => format!("{refusal} ({hint})"),
                     None => refusal,
-                });
+                };
+                let field = f.name().trim_start_matches('[').trim_end_matches(']');
+                return Err(Invalid::not_applicable(field, refusal));
             }
         }
         algorithm.check(self)?;
@@ -896,9 +986,10 @@ impl ExperimentConfig {
             n.validate()?;
         }
         if self.runtime.workers == Some(0) {
-            return Err(
-                "runtime.workers must be at least 1 (or leave it out for automatic)".into(),
-            );
+            return Err(Invalid::range(
+                "runtime.workers",
+                "runtime.workers must be at least 1 (or leave it out for automatic)",
+            ));
         }
         Ok(())
     }

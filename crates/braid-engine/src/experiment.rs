@@ -49,7 +49,7 @@ pub struct Prepared {
 /// is wrong. Algorithms add what they need with [`Algorithm::prepare`].
 pub fn prepare_data(config: &ExperimentConfig, shards: usize) -> Result<Prepared, EngineError> {
     let data = braid_data::load(&config.data, config.seed)
-        .map_err(|e| EngineError::Setup(e.to_string()))?;
+        .map_err(|e| EngineError::Data(e.to_string()))?;
     let data_description = match &config.data {
         braid_data::DataConfig::FashionMnist { source, .. } => {
             braid_data::FashionSource::resolve(source)
@@ -66,7 +66,7 @@ pub fn prepare_data(config: &ExperimentConfig, shards: usize) -> Result<Prepared
         data.train.sample_shape(),
         data.train.num_classes(),
     )?;
-    let scheme = config.partition.scheme().map_err(EngineError::Setup)?;
+    let scheme = config.partition.scheme()?;
     let parts = if shards == 1 {
         vec![(0..data.train.len()).collect()]
     } else {
@@ -79,7 +79,7 @@ pub fn prepare_data(config: &ExperimentConfig, shards: usize) -> Result<Prepared
             shards,
             &mut rng,
         )
-        .map_err(|e| EngineError::Setup(e.to_string()))?
+        .map_err(|e| EngineError::Data(e.to_string()))?
     };
     Ok(Prepared {
         config: config.clone(),
@@ -97,8 +97,7 @@ pub fn prepare_data(config: &ExperimentConfig, shards: usize) -> Result<Prepared
 /// Loads, partitions and prepares `config` for its algorithm in braid's built-in registry.
 pub fn prepare(config: &ExperimentConfig) -> Result<Prepared, EngineError> {
     crate::algorithm::Registry::builtin()
-        .of(config)
-        .map_err(EngineError::Setup)?
+        .of(config)?
         .prepare(config)
 }
 
@@ -124,7 +123,7 @@ pub fn run<A: Algorithm>(
     prepared: &Prepared,
     observer: &mut dyn FnMut(&Event<A::Metrics>),
 ) -> Result<SimOutcome<A::Metrics>, EngineError> {
-    let settings = A::config(&prepared.config).map_err(EngineError::Setup)?;
+    let settings = A::config(&prepared.config)?;
     simulate::<A>(prepared, &settings, observer)
 }
 
@@ -135,7 +134,7 @@ impl Prepared {
     pub fn use_own_data(&mut self, k: usize, own: braid_data::Dataset) -> Result<(), EngineError> {
         let train = &self.data.train;
         if own.sample_shape() != train.sample_shape() || own.num_classes() != train.num_classes() {
-            return Err(EngineError::Setup(format!(
+            return Err(EngineError::Data(format!(
                 "own data has samples of shape {:?} with {} classes; the experiment's have {:?} with {}",
                 own.sample_shape(),
                 own.num_classes(),
@@ -144,12 +143,12 @@ impl Prepared {
             )));
         }
         if own.is_empty() {
-            return Err(EngineError::Setup("own data holds no samples".into()));
+            return Err(EngineError::Data("own data holds no samples".into()));
         }
         let part = self
             .parts
             .get_mut(k)
-            .ok_or_else(|| EngineError::Setup(format!("there is no shard {k}")))?;
+            .ok_or_else(|| EngineError::Data(format!("there is no shard {k}")))?;
         *part = (0..own.len()).collect();
         self.data = Arc::new(DataSplit {
             train: own,
@@ -237,7 +236,7 @@ impl BurnTrainer {
 }
 
 fn no_models() -> EngineError {
-    EngineError::Setup(
+    EngineError::Unsupported(
         "this run has no list of models (a mutual-learning algorithm sets one up)".into(),
     )
 }
@@ -245,7 +244,9 @@ fn no_models() -> EngineError {
 impl BurnTrainer {
     fn split_part(&mut self) -> Result<&mut SplitTrainer, EngineError> {
         self.split.as_mut().ok_or_else(|| {
-            EngineError::Setup("this run has no split model (algorithm.name = \"split\")".into())
+            EngineError::Unsupported(
+                "this run has no split model (algorithm.name = \"split\")".into(),
+            )
         })
     }
 }
@@ -278,11 +279,11 @@ impl MutualSteps for BurnTrainer {
         let device = self.device.clone();
         let (trainer, evaluators) = self.mutual.as_mut().ok_or_else(no_models)?;
         let model = trainer.archs().get(arch).cloned().ok_or_else(|| {
-            EngineError::Setup(format!("model index {arch} is outside the list of models"))
+            EngineError::Data(format!("model index {arch} is outside the list of models"))
         })?;
         let slot = evaluators
             .get_mut(arch)
-            .ok_or_else(|| EngineError::Setup(format!("no evaluator for model {arch}")))?;
+            .ok_or_else(|| EngineError::Data(format!("no evaluator for model {arch}")))?;
         if slot.is_none() {
             *slot = Some(Trainer::new(model, &device)?);
         }

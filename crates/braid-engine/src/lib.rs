@@ -13,6 +13,7 @@
 //! - [`accounting`]: compute spent per participant (samples, FLOPs, seconds);
 //! - [`checkpoint`]: atomic checkpoints of a node's state and metrics (for resuming);
 //! - [`config`]: the experiment file;
+//! - [`error`]: the engine's errors, typed (refused settings name their field and rule);
 //! - [`experiment`]: config to finished run;
 //! - [`report`]: metrics files, plots and the final weights.
 
@@ -21,6 +22,7 @@ pub mod algorithm;
 pub mod algorithms;
 pub mod checkpoint;
 pub mod config;
+pub mod error;
 pub mod experiment;
 pub mod node;
 pub mod report;

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use thiserror::Error;
+pub use crate::error::EngineError;
 
 use crate::wire::{Body, Control, Message, NodeId};
 
@@ -44,32 +44,6 @@ pub enum Event<R> {
         /// Final parameters.
         params: Vec<f32>,
     },
-}
-
-/// Errors inside the engine.
-#[derive(Debug, Error)]
-pub enum EngineError {
-    /// Training or evaluation failed.
-    #[error(transparent)]
-    Nn(#[from] braid_nn::NnError),
-    /// Combining parameters failed.
-    #[error(transparent)]
-    Params(#[from] braid_core::params::ParamsError),
-    /// A node got a message it cannot accept (wrong round, unknown sender, bad shape).
-    #[error("node {node} rejected a {kind} from node {from}: {why}")]
-    Rejected {
-        /// Receiving node.
-        node: NodeId,
-        /// Sender.
-        from: NodeId,
-        /// Message kind.
-        kind: &'static str,
-        /// Reason.
-        why: String,
-    },
-    /// The run cannot be set up as configured.
-    #[error("{0}")]
-    Setup(String),
 }
 
 impl EngineError {
@@ -122,7 +96,7 @@ impl NodeState {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, t)| t.as_slice())
-            .ok_or_else(|| EngineError::Setup(format!("checkpoint has no {name:?}")))
+            .ok_or_else(|| EngineError::Checkpoint(format!("checkpoint has no {name:?}")))
     }
 
     /// The byte string called `name`.
@@ -131,7 +105,7 @@ impl NodeState {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, b)| b.as_slice())
-            .ok_or_else(|| EngineError::Setup(format!("checkpoint has no {name:?}")))
+            .ok_or_else(|| EngineError::Checkpoint(format!("checkpoint has no {name:?}")))
     }
 
     /// The unsigned integer `name` in the metadata.
@@ -139,7 +113,7 @@ impl NodeState {
         self.meta
             .get(name)
             .and_then(serde_json::Value::as_u64)
-            .ok_or_else(|| EngineError::Setup(format!("checkpoint has no number {name:?}")))
+            .ok_or_else(|| EngineError::Checkpoint(format!("checkpoint has no number {name:?}")))
     }
 }
 
@@ -312,7 +286,7 @@ pub trait Node: Send {
     }
     /// Restores a checkpoint taken by [`Node::save_state`], before [`Node::on_start`].
     fn load_state(&mut self, _state: NodeState) -> Result<(), EngineError> {
-        Err(EngineError::Setup(
+        Err(EngineError::Checkpoint(
             "this node keeps no state to resume from".into(),
         ))
     }

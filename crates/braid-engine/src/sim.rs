@@ -46,7 +46,7 @@ impl<T: TrainerObject + ?Sized> Worker<T> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(1)
             .build()
-            .map_err(|e| EngineError::Setup(format!("cannot start a worker thread pool: {e}")))?;
+            .map_err(|e| EngineError::Driver(format!("cannot start a worker thread pool: {e}")))?;
         let (trainer, meter) = crate::trainer::metered(trainer);
         Ok(Self {
             trainer,
@@ -171,7 +171,7 @@ impl<M: Message, R: Metrics, T: TrainerObject + ?Sized> Simulator<M, R, T> {
     /// A simulator over `nodes` (ids must be 0..n in order) with at least one worker.
     pub fn new(nodes: Vec<BoxNode<M, R, T>>, workers: Vec<Worker<T>>) -> Result<Self, EngineError> {
         if workers.is_empty() {
-            return Err(EngineError::Setup(
+            return Err(EngineError::Driver(
                 "the simulator needs at least one worker".into(),
             ));
         }
@@ -180,7 +180,7 @@ impl<M: Message, R: Metrics, T: TrainerObject + ?Sized> Simulator<M, R, T> {
             .enumerate()
             .find(|(i, n)| n.id() as usize != *i)
         {
-            return Err(EngineError::Setup(format!(
+            return Err(EngineError::Driver(format!(
                 "node at position {i} has id {}",
                 n.id()
             )));
@@ -246,7 +246,7 @@ impl<M: Message, R: Metrics, T: TrainerObject + ?Sized> Simulator<M, R, T> {
                 }
                 for (to, body) in out.outbox {
                     if to as usize >= self.nodes.len() {
-                        return Err(EngineError::Setup(format!(
+                        return Err(EngineError::Driver(format!(
                             "node {from} sent a message to unknown node {to}"
                         )));
                     }
@@ -291,7 +291,7 @@ impl<M: Message, R: Metrics, T: TrainerObject + ?Sized> Simulator<M, R, T> {
         for (id, what) in tasks {
             let node = self.nodes[id as usize]
                 .take()
-                .ok_or_else(|| EngineError::Setup(format!("node {id} is missing")))?;
+                .ok_or_else(|| EngineError::Driver(format!("node {id} is missing")))?;
             work.push(Task {
                 id,
                 node,
@@ -341,7 +341,7 @@ impl<M: Message, R: Metrics, T: TrainerObject + ?Sized> Simulator<M, R, T> {
                     m.into_inner()
                         .ok()
                         .flatten()
-                        .ok_or_else(|| EngineError::Setup("a worker thread failed".into()))
+                        .ok_or_else(|| EngineError::Driver("a worker thread failed".into()))
                 })
                 .collect::<Result<_, _>>()?
         };

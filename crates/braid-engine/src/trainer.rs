@@ -288,7 +288,7 @@ impl<T: Trainer + ?Sized> FlipLabels for Metered<T> {
     ) -> Result<TrainOutcome, EngineError> {
         self.training(params, |t| match t.label_flipper() {
             Some(f) => f.train_label_flipped(params, shard, seed, lr_scale),
-            None => Err(EngineError::Setup(
+            None => Err(EngineError::Unsupported(
                 "this trainer cannot train on flipped labels (attack kind \"label-flip\")".into(),
             )),
         })

@@ -142,7 +142,7 @@ impl<M: Message, R: Metrics, T: TrainerObject + ?Sized> Wired<M, R, T> {
             WireInput::Message(from, body) => match body.downcast::<Body<M>>() {
                 Ok(b) => Input::arrived(from, *b),
                 Err(_) => {
-                    return Err(EngineError::Setup(
+                    return Err(EngineError::Driver(
                         "a message decoded for another protocol".into(),
                     ))
                 }

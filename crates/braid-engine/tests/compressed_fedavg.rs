@@ -18,9 +18,9 @@ use braid_engine::algorithms::fedavg::{
 use braid_engine::config::CompressionConfig;
 use braid_engine::node::{BoxNode, EngineError, Node, NodeCtx};
 use braid_engine::sim::{SimOutcome, Simulator, Worker};
-use braid_engine::trainer::{Evaluate, Train, TrainSteps, Trainer};
+use braid_engine::trainer::{Evaluate, Train, Trainer};
 use braid_engine::wire::{Body, NodeId, Tensor};
-use braid_nn::{EvalOutcome, OptimizerState, TrainOutcome};
+use braid_nn::{EvalOutcome, TrainOutcome};
 
 const N: usize = 200;
 /// How far apart the two clients' optima are on the first two coordinates.
@@ -67,18 +67,6 @@ impl Train for Quadratic {
             steps: 1,
             mean_loss: 0.0,
         })
-    }
-}
-
-impl TrainSteps for Quadratic {
-    fn train_batches(
-        &mut self,
-        _: &[f32],
-        _: &[Vec<usize>],
-        _: &mut OptimizerState,
-        _: f64,
-    ) -> Result<TrainOutcome, EngineError> {
-        Err(EngineError::Setup("not used".into()))
     }
 }
 

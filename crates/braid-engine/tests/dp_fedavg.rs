@@ -13,9 +13,9 @@ use braid_engine::algorithms::fedavg::{
 use braid_engine::config::{DpMode, OnTarget, PrivacyConfig};
 use braid_engine::node::{BoxNode, EngineError, Node, NodeCtx};
 use braid_engine::sim::{SimOutcome, Simulator, Worker};
-use braid_engine::trainer::{Evaluate, Train, TrainSteps, Trainer};
+use braid_engine::trainer::{Evaluate, Train, Trainer};
 use braid_engine::wire::Tensor;
-use braid_nn::{EvalOutcome, OptimizerState, TrainOutcome};
+use braid_nn::{EvalOutcome, TrainOutcome};
 
 /// Local training moves every parameter by `step`.
 struct Shift {
@@ -38,18 +38,6 @@ impl Train for Shift {
             steps: 1,
             mean_loss: 0.5,
         })
-    }
-}
-
-impl TrainSteps for Shift {
-    fn train_batches(
-        &mut self,
-        _: &[f32],
-        _: &[Vec<usize>],
-        _: &mut OptimizerState,
-        _: f64,
-    ) -> Result<TrainOutcome, EngineError> {
-        Err(EngineError::Setup("not used".into()))
     }
 }
 

@@ -14,7 +14,7 @@ use braid_engine::algorithms::dsgd::{
 };
 use braid_engine::node::{BoxNode, EngineError, Event, Node, NodeCtx};
 use braid_engine::sim::{SimOutcome, Simulator, Worker};
-use braid_engine::trainer::{Evaluate, Train, TrainSteps, Trainer};
+use braid_engine::trainer::{Evaluate, TrainSteps, Trainer};
 use braid_engine::wire::{Body, Control, NodeId, Tensor};
 use braid_nn::{EvalOutcome, OptimizerState, TrainOutcome};
 
@@ -38,18 +38,6 @@ impl Fake {
 }
 
 impl Trainer for Fake {}
-
-impl Train for Fake {
-    fn train(
-        &mut self,
-        _: &[f32],
-        _: &[usize],
-        _: u64,
-        _: f64,
-    ) -> Result<TrainOutcome, EngineError> {
-        Err(EngineError::Setup("peers train on explicit batches".into()))
-    }
-}
 
 impl TrainSteps for Fake {
     fn train_batches(
@@ -309,7 +297,13 @@ fn results_do_not_depend_on_worker_threads() {
 fn metropolis_hastings_on_a_directed_topology_is_refused() {
     let mut s = settings(TopologyConfig::Random, 1, Budget::Fixed { r: 1.0 }, 4);
     s.mixing = MixingRule::MetropolisHastings;
-    assert!(matches!(s.validate(), Err(EngineError::Setup(_))));
+    match s.validate() {
+        Err(EngineError::Invalid(e)) => {
+            assert_eq!(e.field, "decentralized.mixing");
+            assert_eq!(e.rule, braid_engine::error::Rule::Range);
+        }
+        other => panic!("expected a refused decentralized.mixing, got {other:?}"),
+    }
 }
 
 /// Drives one peer by hand: outsiders, wrong rounds, wrong sizes and non-finite values are

@@ -13,9 +13,9 @@ use braid_engine::algorithms::fedavg::{
 };
 use braid_engine::node::{BoxNode, EngineError, Event, Node, NodeCtx};
 use braid_engine::sim::{Simulator, Worker};
-use braid_engine::trainer::{Evaluate, Train, TrainSteps, Trainer};
+use braid_engine::trainer::{Evaluate, Train, Trainer};
 use braid_engine::wire::{Body, Control, NodeId, Tensor};
-use braid_nn::{EvalOutcome, OptimizerState, TrainOutcome};
+use braid_nn::{EvalOutcome, TrainOutcome};
 
 /// "Training" moves every parameter to the mean of the shard's indices plus a seed-dependent
 /// jitter; evaluation reports the first parameter as "accuracy".
@@ -48,17 +48,13 @@ impl Train for FakeTrainer {
     }
 }
 
-impl TrainSteps for FakeTrainer {
-    fn train_batches(
-        &mut self,
-        _params: &[f32],
-        _batches: &[Vec<usize>],
-        _state: &mut OptimizerState,
-        _lr_scale: f64,
-    ) -> Result<TrainOutcome, EngineError> {
-        Err(EngineError::Setup(
-            "FedAvg never trains on explicit batches".into(),
-        ))
+impl Evaluate for LrRecorder {
+    fn evaluate(&mut self, _: &[f32]) -> Result<EvalOutcome, EngineError> {
+        Err(EngineError::Unsupported("a client never evaluates".into()))
+    }
+
+    fn evaluate_sample(&mut self, _: &[f32], _: usize) -> Result<EvalOutcome, EngineError> {
+        Err(EngineError::Unsupported("a client never evaluates".into()))
     }
 }
 
@@ -351,28 +347,6 @@ impl Train for LrRecorder {
             steps: 1,
             mean_loss: 1.0,
         })
-    }
-}
-
-impl TrainSteps for LrRecorder {
-    fn train_batches(
-        &mut self,
-        _: &[f32],
-        _: &[Vec<usize>],
-        _: &mut OptimizerState,
-        _: f64,
-    ) -> Result<TrainOutcome, EngineError> {
-        Err(EngineError::Setup("unused".into()))
-    }
-}
-
-impl Evaluate for LrRecorder {
-    fn evaluate(&mut self, _: &[f32]) -> Result<EvalOutcome, EngineError> {
-        Err(EngineError::Setup("unused".into()))
-    }
-
-    fn evaluate_sample(&mut self, _: &[f32], _: usize) -> Result<EvalOutcome, EngineError> {
-        Err(EngineError::Setup("unused".into()))
     }
 }
 

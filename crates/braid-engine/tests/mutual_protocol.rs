@@ -13,9 +13,9 @@ use braid_engine::algorithms::mutual::{
 };
 use braid_engine::node::{BoxNode, EngineError, Node, NodeCtx};
 use braid_engine::sim::{SimOutcome, Simulator, Worker};
-use braid_engine::trainer::{Evaluate, MutualSteps, Train, TrainSteps, Trainer};
+use braid_engine::trainer::{MutualSteps, Trainer};
 use braid_engine::wire::{Body, NodeId, Tensor};
-use braid_nn::{EvalOutcome, Member, MutualOutcome, OptimizerState, TrainOutcome};
+use braid_nn::{EvalOutcome, Member, MutualOutcome};
 
 /// Parameter counts of the two architectures.
 const SIZES: [usize; 2] = [2, 3];
@@ -28,40 +28,6 @@ struct Fake {
 }
 
 impl Trainer for Fake {}
-
-impl Train for Fake {
-    fn train(
-        &mut self,
-        _: &[f32],
-        _: &[usize],
-        _: u64,
-        _: f64,
-    ) -> Result<TrainOutcome, EngineError> {
-        Err(EngineError::Setup("not used".into()))
-    }
-}
-
-impl TrainSteps for Fake {
-    fn train_batches(
-        &mut self,
-        _: &[f32],
-        _: &[Vec<usize>],
-        _: &mut OptimizerState,
-        _: f64,
-    ) -> Result<TrainOutcome, EngineError> {
-        Err(EngineError::Setup("not used".into()))
-    }
-}
-
-impl Evaluate for Fake {
-    fn evaluate(&mut self, _: &[f32]) -> Result<EvalOutcome, EngineError> {
-        Err(EngineError::Setup("not used".into()))
-    }
-
-    fn evaluate_sample(&mut self, _: &[f32], _: usize) -> Result<EvalOutcome, EngineError> {
-        Err(EngineError::Setup("not used".into()))
-    }
-}
 
 impl MutualSteps for Fake {
     fn mutual_train(

@@ -10,8 +10,8 @@ use braid_engine::algorithms::fedavg::{
 };
 use braid_engine::node::{BoxNode, EngineError};
 use braid_engine::sim::{Simulator, Worker};
-use braid_engine::trainer::{Evaluate, Train, TrainSteps, Trainer};
-use braid_nn::{EvalOutcome, OptimizerState, TrainOutcome};
+use braid_engine::trainer::{Evaluate, Train, Trainer};
+use braid_nn::{EvalOutcome, TrainOutcome};
 
 struct Shift;
 
@@ -31,18 +31,6 @@ impl Train for Shift {
             steps: 1,
             mean_loss: 0.5,
         })
-    }
-}
-
-impl TrainSteps for Shift {
-    fn train_batches(
-        &mut self,
-        _: &[f32],
-        _: &[Vec<usize>],
-        _: &mut OptimizerState,
-        _: f64,
-    ) -> Result<TrainOutcome, EngineError> {
-        Err(EngineError::Setup("not used".into()))
     }
 }
 
@@ -92,7 +80,7 @@ fn one_round(
     )?
     .run(&mut |_| {})?;
     out.final_params
-        .ok_or_else(|| EngineError::Setup("no final model".into()))
+        .ok_or_else(|| EngineError::Driver("no final model".into()))
 }
 
 #[test]

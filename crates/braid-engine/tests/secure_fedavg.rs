@@ -13,9 +13,9 @@ use braid_engine::algorithms::fedavg::{
 };
 use braid_engine::node::{BoxNode, EngineError, Node};
 use braid_engine::sim::{SimOutcome, Simulator, Worker};
-use braid_engine::trainer::{Evaluate, Train, TrainSteps, Trainer};
+use braid_engine::trainer::{Evaluate, Train, Trainer};
 use braid_engine::wire::{Control, NodeId};
-use braid_nn::{EvalOutcome, OptimizerState, TrainOutcome};
+use braid_nn::{EvalOutcome, TrainOutcome};
 
 /// "Training" adds the mean of the shard's indices plus a seed-dependent fraction to every
 /// parameter, so each client's update differs.
@@ -43,18 +43,6 @@ impl Train for Shift {
             steps: 2,
             mean_loss: 0.25 * shard.len() as f64,
         })
-    }
-}
-
-impl TrainSteps for Shift {
-    fn train_batches(
-        &mut self,
-        _: &[f32],
-        _: &[Vec<usize>],
-        _: &mut OptimizerState,
-        _: f64,
-    ) -> Result<TrainOutcome, EngineError> {
-        Err(EngineError::Setup("not used".into()))
     }
 }
 

@@ -16,9 +16,9 @@ use braid_engine::algorithms::split::{
 };
 use braid_engine::node::{BoxNode, EngineError, Event, Node, NodeCtx};
 use braid_engine::sim::{SimOutcome, Simulator, Worker};
-use braid_engine::trainer::{Evaluate, SplitSteps, Train, TrainSteps, Trainer};
+use braid_engine::trainer::{Evaluate, SplitSteps, Trainer};
 use braid_engine::wire::{Body, Control, NodeId, Tensor};
-use braid_nn::{EvalOutcome, OptimizerState, ServerStep, TrainOutcome};
+use braid_nn::{EvalOutcome, OptimizerState, ServerStep};
 
 const F: usize = 3; // values per sample at the cut
 const CLIENT_PARAMS: usize = 2;
@@ -33,30 +33,6 @@ struct Fake {
 }
 
 impl Trainer for Fake {}
-
-impl Train for Fake {
-    fn train(
-        &mut self,
-        _: &[f32],
-        _: &[usize],
-        _: u64,
-        _: f64,
-    ) -> Result<TrainOutcome, EngineError> {
-        Err(EngineError::Setup("not used".into()))
-    }
-}
-
-impl TrainSteps for Fake {
-    fn train_batches(
-        &mut self,
-        _: &[f32],
-        _: &[Vec<usize>],
-        _: &mut OptimizerState,
-        _: f64,
-    ) -> Result<TrainOutcome, EngineError> {
-        Err(EngineError::Setup("not used".into()))
-    }
-}
 
 impl Evaluate for Fake {
     fn evaluate(&mut self, params: &[f32]) -> Result<EvalOutcome, EngineError> {

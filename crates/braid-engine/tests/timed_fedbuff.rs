@@ -15,9 +15,9 @@ use braid_engine::algorithms::fedavg::{
 use braid_engine::algorithms::fedbuff::{FedBuffServer, FedBuffSettings, Staleness};
 use braid_engine::node::{BoxNode, EngineError, Node, NodeCtx};
 use braid_engine::sim::{SimOutcome, Simulator, Timing, Worker};
-use braid_engine::trainer::{Evaluate, Train, TrainSteps, Trainer};
+use braid_engine::trainer::{Evaluate, Train, Trainer};
 use braid_engine::wire::{Body, NodeId, Tensor};
-use braid_nn::{EvalOutcome, OptimizerState, TrainOutcome};
+use braid_nn::{EvalOutcome, TrainOutcome};
 
 /// GFLOP per training sample of the fake model.
 const GFLOP: u64 = 1_000_000_000;
@@ -50,18 +50,6 @@ impl Train for Fake {
             steps: 1,
             mean_loss: 0.5,
         })
-    }
-}
-
-impl TrainSteps for Fake {
-    fn train_batches(
-        &mut self,
-        _: &[f32],
-        _: &[Vec<usize>],
-        _: &mut OptimizerState,
-        _: f64,
-    ) -> Result<TrainOutcome, EngineError> {
-        Err(EngineError::Setup("not used".into()))
     }
 }
 
@@ -506,18 +494,6 @@ impl Train for Shrinking {
             out.samples = 1;
         }
         Ok(out)
-    }
-}
-
-impl TrainSteps for Shrinking {
-    fn train_batches(
-        &mut self,
-        p: &[f32],
-        b: &[Vec<usize>],
-        s: &mut OptimizerState,
-        l: f64,
-    ) -> Result<TrainOutcome, EngineError> {
-        Fake.train_batches(p, b, s, l)
     }
 }
 

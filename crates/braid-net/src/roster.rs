@@ -19,7 +19,9 @@ pub struct Roster {
 impl Roster {
     /// Parses the `[network]` participants; errors name the offending entry.
     pub fn from_config(config: &NetworkConfig) -> Result<Self, NetError> {
-        config.validate().map_err(NetError::Config)?;
+        config
+            .validate()
+            .map_err(|e| NetError::Config(e.to_string()))?;
         let mut by_node = BTreeMap::new();
         let mut by_peer = HashMap::new();
         for p in &config.participants {

@@ -34,12 +34,16 @@ pub mod prelude {
         Algorithm, Baseline, Feature, Finished, NodeOf, Registry, RegistryError, Summary,
     };
     pub use braid_engine::config::ExperimentConfig;
+    pub use braid_engine::error::{Invalid, Rule};
     pub use braid_engine::experiment::{self, Prepared};
     pub use braid_engine::node::{
         check_params, BoxNode, Ctx, EngineError, Event, Metrics, Node, NodeCtx,
     };
     pub use braid_engine::report::Rows;
     pub use braid_engine::sim::SimOutcome;
+    pub use braid_engine::trainer::{
+        Evaluate, FlipLabels, MutualSteps, SplitSteps, Train, TrainSteps, Trainer,
+    };
     pub use braid_engine::wire::{
         unknown_kind, Control, Limits, Message, NodeId, Tensor, WireError,
     };

@@ -4,40 +4,53 @@
 use braid_core::compress::Sparsify;
 
 use crate::config::{is_mean, DpMode, ExperimentConfig};
+use crate::error::Invalid;
 
 /// `algorithm.rounds`, which algorithm `name` needs (and `algorithm.steps`, which it refuses).
-pub fn rounds(c: &ExperimentConfig, name: &str) -> Result<u32, String> {
-    let rounds = c
-        .algorithm
-        .rounds
-        .ok_or_else(|| format!("algorithm.name = {name} needs algorithm.rounds"))?;
+pub fn rounds(c: &ExperimentConfig, name: &str) -> Result<u32, Invalid> {
+    let rounds = c.algorithm.rounds.ok_or_else(|| {
+        Invalid::missing(
+            "algorithm.rounds",
+            format!("algorithm.name = {name} needs algorithm.rounds"),
+        )
+    })?;
     if c.algorithm.steps.is_some() {
-        return Err(
-            "algorithm.steps only applies to \"dsgd\" (use train.local_steps for steps per round)"
-                .into(),
-        );
+        return Err(Invalid::not_applicable(
+            "algorithm.steps",
+            "algorithm.steps only applies to \"dsgd\" (use train.local_steps for steps per round)",
+        ));
     }
     Ok(rounds)
 }
 
 /// `algorithm.mu`: needed by FedProx (`fedprox`), refused by everything else.
-pub fn check_mu(c: &ExperimentConfig, fedprox: bool) -> Result<(), String> {
+pub fn check_mu(c: &ExperimentConfig, fedprox: bool) -> Result<(), Invalid> {
     match (fedprox, c.algorithm.mu) {
-        (true, None) => Err("algorithm.name = \"fedprox\" needs algorithm.mu (e.g. 0.01)".into()),
-        (true, Some(mu)) if !(mu.is_finite() && mu >= 0.0) => {
-            Err(format!("algorithm.mu must be >= 0 (got {mu})"))
-        }
-        (false, Some(_)) => Err("algorithm.mu only applies to algorithm.name = \"fedprox\"".into()),
+        (true, None) => Err(Invalid::missing(
+            "algorithm.mu",
+            "algorithm.name = \"fedprox\" needs algorithm.mu (e.g. 0.01)",
+        )),
+        (true, Some(mu)) if !(mu.is_finite() && mu >= 0.0) => Err(Invalid::range(
+            "algorithm.mu",
+            format!("algorithm.mu must be >= 0 (got {mu})"),
+        )),
+        (false, Some(_)) => Err(Invalid::not_applicable(
+            "algorithm.mu",
+            "algorithm.mu only applies to algorithm.name = \"fedprox\"",
+        )),
         _ => Ok(()),
     }
 }
 
 /// `algorithm.clients_per_round`, between 1 and the clients.
-pub fn check_clients_per_round(c: &ExperimentConfig) -> Result<(), String> {
+pub fn check_clients_per_round(c: &ExperimentConfig) -> Result<(), Invalid> {
     match c.algorithm.clients_per_round {
-        Some(k) if k == 0 || k > c.partition.clients => Err(format!(
-            "algorithm.clients_per_round = {k} must be between 1 and partition.clients = {}",
-            c.partition.clients
+        Some(k) if k == 0 || k > c.partition.clients => Err(Invalid::range(
+            "algorithm.clients_per_round",
+            format!(
+                "algorithm.clients_per_round = {k} must be between 1 and partition.clients = {}",
+                c.partition.clients
+            ),
         )),
         _ => Ok(()),
     }
@@ -58,20 +71,29 @@ pub enum CompressionUse {
 
 /// Checks that `[compression]` sets only the fields `takes` names, and that the
 /// quantizer-only fields do not sparsify.
-pub fn check_compression(c: &ExperimentConfig, takes: CompressionUse) -> Result<(), String> {
+pub fn check_compression(c: &ExperimentConfig, takes: CompressionUse) -> Result<(), Invalid> {
     let Some(k) = &c.compression else {
         return Ok(());
     };
     let server_side = k.uplink.is_some() || k.downlink.is_some() || k.error_feedback;
     match takes {
         CompressionUse::Gossip if server_side || k.models.is_some() || k.split.is_some() => {
-            return Err("dsgd has no server: its [compression] takes only gossip".into())
+            return Err(Invalid::not_applicable(
+                "compression",
+                "dsgd has no server: its [compression] takes only gossip",
+            ))
         }
         CompressionUse::Models if server_side || k.gossip.is_some() || k.split.is_some() => {
-            return Err("mutual learning's [compression] takes only models".into())
+            return Err(Invalid::not_applicable(
+                "compression",
+                "mutual learning's [compression] takes only models",
+            ))
         }
         CompressionUse::Split if server_side || k.gossip.is_some() || k.models.is_some() => {
-            return Err("split learning's [compression] takes only split".into())
+            return Err(Invalid::not_applicable(
+                "compression",
+                "split learning's [compression] takes only split",
+            ))
         }
         _ => {}
     }
@@ -100,11 +122,15 @@ pub fn check_compression(c: &ExperimentConfig, takes: CompressionUse) -> Result<
     ] {
         let Some(setting) = setting else { continue };
         if !applies {
-            return Err(format!("compression.{field} applies to {to} only"));
+            return Err(Invalid::not_applicable(
+                format!("compression.{field}"),
+                format!("compression.{field} applies to {to} only"),
+            ));
         }
         if setting.sparsify != Sparsify::None {
-            return Err(format!(
-                "compression.{field}: only quantizers (no sparsify): {why}"
+            return Err(Invalid::range(
+                format!("compression.{field}"),
+                format!("compression.{field}: only quantizers (no sparsify): {why}"),
             ));
         }
     }
@@ -113,47 +139,56 @@ pub fn check_compression(c: &ExperimentConfig, takes: CompressionUse) -> Result<
 
 /// `[secure_aggregation]`: the threshold, the fixed-point scale, and the feature layers it
 /// cannot be combined with.
-pub fn check_secure_aggregation(c: &ExperimentConfig) -> Result<(), String> {
+pub fn check_secure_aggregation(c: &ExperimentConfig) -> Result<(), Invalid> {
     let Some(sa) = &c.secure_aggregation else {
         return Ok(());
     };
     let m = c.clients_per_round();
     let t = sa.threshold_for(m);
     if t < 2 || t > m {
-        return Err(format!(
+        return Err(Invalid::range(
+            "secure_aggregation.threshold",
+            format!(
             "secure_aggregation.threshold = {t} must be between 2 and the {m} clients per round"
+        ),
         ));
     }
     if !(8..=40).contains(&sa.scale_bits) {
-        return Err(format!(
-            "secure_aggregation.scale_bits = {} must be in 8..=40",
-            sa.scale_bits
+        return Err(Invalid::range(
+            "secure_aggregation.scale_bits",
+            format!(
+                "secure_aggregation.scale_bits = {} must be in 8..=40",
+                sa.scale_bits
+            ),
         ));
     }
     if !is_mean(&c.algorithm.aggregator) {
-        return Err("[secure_aggregation] hides single updates, which algorithm.aggregator needs: they cannot be combined".into());
+        return Err(Invalid::conflict("secure_aggregation", "[secure_aggregation] hides single updates, which algorithm.aggregator needs: they cannot be combined"));
     }
     if c.privacy.is_some_and(|p| p.mode == DpMode::Central) {
-        return Err("[secure_aggregation] hides single updates, which central DP clips at the server: use [privacy] mode = \"local\"".into());
+        return Err(Invalid::conflict("secure_aggregation", "[secure_aggregation] hides single updates, which central DP clips at the server: use [privacy] mode = \"local\""));
     }
     if c.privacy.is_some_and(|p| p.mode == DpMode::DpSgd) {
-        return Err("[secure_aggregation] hides each client's sample count and steps, which the server's DP-SGD accountant needs: use [privacy] mode = \"local\"".into());
+        return Err(Invalid::conflict("secure_aggregation", "[secure_aggregation] hides each client's sample count and steps, which the server's DP-SGD accountant needs: use [privacy] mode = \"local\""));
     }
     if c.compression.is_some_and(|k| k.uplink.is_some()) {
-        return Err("[secure_aggregation] and compression.uplink cannot be combined (masked updates are ring elements); compression.downlink can".into());
+        return Err(Invalid::conflict("secure_aggregation", "[secure_aggregation] and compression.uplink cannot be combined (masked updates are ring elements); compression.downlink can"));
     }
     Ok(())
 }
 
 /// Refuses the FedAvg server's `[algorithm]` fields for algorithm `name`, which has no such
 /// server.
-pub fn no_server_fields(c: &ExperimentConfig, name: &str) -> Result<(), String> {
+pub fn no_server_fields(c: &ExperimentConfig, name: &str) -> Result<(), Invalid> {
     if c.algorithm.server_optimizer != Default::default()
         || c.algorithm.round_timeout_s.is_some()
         || c.algorithm.min_replies.is_some()
     {
-        return Err(format!(
+        return Err(Invalid::not_applicable(
+            "algorithm.server_optimizer",
+            format!(
             "algorithm.server_optimizer, round_timeout_s and min_replies do not apply to {name:?}"
+        ),
         ));
     }
     Ok(())

@@ -95,8 +95,16 @@ mod tests {
             &builtin(),
         );
         let c = c.expect("a valid config");
+        let e = empty
+            .of(&c)
+            .err()
+            .expect("an empty registry knows no algorithm");
         assert_eq!(
-            empty.of(&c).err().unwrap_or_default(),
+            (e.field.as_str(), e.rule),
+            ("algorithm.name", crate::error::Rule::Unknown)
+        );
+        assert_eq!(
+            e.message,
             "algorithm.name: unknown algorithm `fedavg`, expected one of "
         );
     }

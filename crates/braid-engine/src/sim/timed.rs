@@ -239,7 +239,7 @@ impl<M: Message, R: Metrics, T: crate::trainer::TrainerObject + ?Sized> Simulato
                 }
             }
             if tasks.is_empty() {
-                return Err(EngineError::Setup(
+                return Err(EngineError::Driver(
                     "simulated time: no input can be handled (a bug in the simulator)".into(),
                 ));
             }
@@ -312,7 +312,7 @@ impl<M: Message, R: Metrics, T: crate::trainer::TrainerObject + ?Sized> Simulato
             for (to, body) in outbox.by_ref().take(mark.outbox - m0) {
                 let t = to as usize;
                 if t >= st.inbox.len() {
-                    return Err(EngineError::Setup(format!(
+                    return Err(EngineError::Driver(format!(
                         "node {from} sent a message to unknown node {to}"
                     )));
                 }
@@ -322,7 +322,7 @@ impl<M: Message, R: Metrics, T: crate::trainer::TrainerObject + ?Sized> Simulato
                     .max(st.last_arrival.get(&key).copied().unwrap_or(0));
                 st.last_arrival.insert(key, arrival);
                 if arrival < st.handled_upto[t] {
-                    return Err(EngineError::Setup(format!(
+                    return Err(EngineError::Driver(format!(
                         "simulated time: a {} from node {from} would arrive at node {to} at {:.6} s, after it handled an input of {:.6} s (node {from} computed faster than it ever had for this kind of input)",
                         body.kind(),
                         arrival as f64 / 1e9,

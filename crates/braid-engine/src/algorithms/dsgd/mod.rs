@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use super::common;
 use crate::algorithm::{Algorithm, Baseline, Feature, Summary};
 use crate::config::ExperimentConfig;
+use crate::error::Invalid;
 use crate::experiment::Prepared;
 use crate::node::{check_params, BoxNode, EngineError, Event, Metrics, Node, NodeCtx, NodeState};
 use crate::wire::{Control, Message as _, NodeId, Tensor};
@@ -137,25 +138,24 @@ impl DsgdSettings {
     pub fn validate(&self) -> Result<(), EngineError> {
         self.schedule
             .validate()
-            .map_err(|e| EngineError::Setup(format!("decentralized.{e}")))?;
+            .map_err(|e| Invalid::within("decentralized", e))?;
         self.lr_schedule
             .validate()
-            .map_err(|e| EngineError::Setup(format!("train.lr_schedule.{e}")))?;
+            .map_err(|e| Invalid::within("train.lr_schedule", e))?;
         if self.batch_size == 0 {
-            return Err(EngineError::Setup(
-                "train.batch_size must be at least 1".into(),
-            ));
+            return Err(EngineError::Invalid(Invalid::range(
+                "train.batch_size",
+                "train.batch_size must be at least 1",
+            )));
         }
         if self.mixing == MixingRule::MetropolisHastings
             && self.topology.default_mixing() != MixingRule::MetropolisHastings
         {
-            return Err(EngineError::Setup(
-                "decentralized.mixing = \"metropolis-hastings\" needs an undirected topology (ring, torus, complete, erdos-renyi); this one is directed, use \"uniform\"".into(),
-            ));
+            return Err(EngineError::Invalid(Invalid::range("decentralized.mixing", "decentralized.mixing = \"metropolis-hastings\" needs an undirected topology (ring, torus, complete, erdos-renyi); this one is directed, use \"uniform\"")));
         }
         let rounds = self.total_steps / self.schedule.every.max(1);
         if rounds > u64::from(u32::MAX) {
-            return Err(EngineError::Setup(format!(
+            return Err(EngineError::Failed(format!(
                 "{rounds} communication rounds is more than braid supports ({})",
                 u32::MAX
             )));
@@ -409,7 +409,7 @@ impl DsgdPeer {
                     &[seed::stream::COMPRESS, u64::from(self.id), u64::from(round)],
                 );
                 let model = braid_core::compress::encode(&self.params, c, &mut rng)
-                    .map_err(|e| EngineError::Setup(e.to_string()))?;
+                    .map_err(|e| EngineError::Failed(e.to_string()))?;
                 Msg::Gossip {
                     round,
                     model: Tensor::packed(model),
@@ -455,7 +455,7 @@ impl DsgdPeer {
             }
         }
         let row = Mixing::new(&w.graph, self.settings.mixing)
-            .map_err(EngineError::Setup)?
+            .map_err(EngineError::Failed)?
             .rows
             .swap_remove(me);
         let round = w.round;
@@ -572,7 +572,7 @@ impl Node for DsgdPeer {
     }
 
     fn load_state(&mut self, state: NodeState) -> Result<(), EngineError> {
-        let bad = |why: String| EngineError::Setup(format!("checkpoint: {why}"));
+        let bad = |why: String| EngineError::Checkpoint(format!("checkpoint: {why}"));
         let step = state.meta_u64("step")?;
         if step > self.settings.total_steps {
             return Err(bad(format!(
@@ -1023,41 +1023,52 @@ impl Algorithm for Dsgd {
     const TABLES: &'static [&'static str] = &["decentralized"];
     const FEATURES: &'static [Feature] = &[Feature::Compression];
 
-    fn config(c: &ExperimentConfig) -> Result<DecentralizedConfig, String> {
+    fn config(c: &ExperimentConfig) -> Result<DecentralizedConfig, Invalid> {
         common::check_compression(c, common::CompressionUse::Gossip)?;
         match (c.algorithm.rounds, c.algorithm.steps) {
             (Some(_), _) => {
-                return Err("algorithm.rounds does not apply to \"dsgd\"; set algorithm.steps (local steps per peer)".into())
+                return Err(Invalid::not_applicable("algorithm.rounds", "algorithm.rounds does not apply to \"dsgd\"; set algorithm.steps (local steps per peer)"))
             }
             (_, None) => {
-                return Err("algorithm.name = \"dsgd\" needs algorithm.steps (local steps per peer)".into())
+                return Err(Invalid::missing("algorithm.steps", "algorithm.name = \"dsgd\" needs algorithm.steps (local steps per peer)"))
             }
             _ => {}
         }
         if c.partition.clients < 2 {
-            return Err("\"dsgd\" needs partition.clients >= 2 peers".into());
+            return Err(Invalid::range(
+                "partition.clients",
+                "\"dsgd\" needs partition.clients >= 2 peers",
+            ));
         }
         if c.algorithm.clients_per_round.is_some() {
-            return Err(
-                "algorithm.clients_per_round does not apply to \"dsgd\" (every peer trains)".into(),
-            );
+            return Err(Invalid::not_applicable(
+                "algorithm.clients_per_round",
+                "algorithm.clients_per_round does not apply to \"dsgd\" (every peer trains)",
+            ));
         }
         if c.algorithm.server_optimizer != Default::default() {
-            return Err(
-                "algorithm.server_optimizer does not apply to \"dsgd\" (there is no server)".into(),
-            );
+            return Err(Invalid::not_applicable(
+                "algorithm.server_optimizer",
+                "algorithm.server_optimizer does not apply to \"dsgd\" (there is no server)",
+            ));
         }
         let d: DecentralizedConfig = c.table("decentralized")?.unwrap_or_default();
         d.schedule()
             .validate()
-            .map_err(|e| format!("decentralized.{e}"))?;
+            .map_err(|e| Invalid::within("decentralized", e))?;
         if d.eval_samples == 0 {
-            return Err("decentralized.eval_samples must be at least 1".into());
+            return Err(Invalid::range(
+                "decentralized.eval_samples",
+                "decentralized.eval_samples must be at least 1",
+            ));
         }
         if let Some(t) = d.gossip_timeout_s {
             if !(t.is_finite() && t > 0.0 && t < 1e9) {
-                return Err(format!(
-                    "decentralized.gossip_timeout_s = {t} must be a positive number of seconds"
+                return Err(Invalid::range(
+                    "decentralized.gossip_timeout_s",
+                    format!(
+                        "decentralized.gossip_timeout_s = {t} must be a positive number of seconds"
+                    ),
                 ));
             }
         }
@@ -1157,7 +1168,7 @@ pub fn dsgd_settings(p: &Prepared, d: &DecentralizedConfig) -> Result<DsgdSettin
     let c = &p.config;
     let mut rng = seed::rng(c.seed, &[seed::stream::TOPOLOGY]);
     let topology = Topology::new(d.topology.clone(), p.parts.len(), &mut rng)
-        .map_err(|e| EngineError::Setup(format!("decentralized.{e}")))?;
+        .map_err(|e| Invalid::within("decentralized", e))?;
     let settings = DsgdSettings {
         mixing: d.mixing.unwrap_or_else(|| topology.default_mixing()),
         topology,

@@ -8,6 +8,7 @@ use super::{FedAvgClient, FedAvgServer, Msg, RoundMetrics, SecureSettings, Serve
 use crate::algorithm::{Algorithm, Feature, Summary};
 use crate::algorithms::common;
 use crate::config::{is_mean, DpMode, ExperimentConfig};
+use crate::error::Invalid;
 use crate::experiment::{matrix_blocks, Prepared};
 use crate::node::{BoxNode, EngineError};
 use crate::sim::Timing;
@@ -53,35 +54,38 @@ const FEDAVG_FEATURES: &[Feature] = &[
 ];
 
 /// Checks the settings of FedAvg, FedProx and the centralized baseline.
-fn settings(c: &ExperimentConfig, variant: Variant) -> Result<FedAvgSettings, String> {
+fn settings(c: &ExperimentConfig, variant: Variant) -> Result<FedAvgSettings, Invalid> {
     let name = match variant {
         Variant::FedAvg => "fedavg",
         Variant::FedProx => "fedprox",
         Variant::Centralized => "centralized",
     };
     if variant == Variant::Centralized && c.compression.is_some() {
-        return Err("[compression] does not apply to \"centralized\" (nothing is sent)".into());
+        return Err(Invalid::not_applicable(
+            "compression",
+            "[compression] does not apply to \"centralized\" (nothing is sent)",
+        ));
     }
     common::check_compression(c, common::CompressionUse::Server)?;
     let rounds = common::rounds(c, name)?;
     if !is_mean(&c.algorithm.aggregator) && variant != Variant::Centralized {
         if c.privacy.is_some_and(|p| p.mode != DpMode::DpSgd) {
-            return Err("algorithm.aggregator and [privacy] mode = \"central\" or \"local\" cannot be combined: the accountant assumes the clipped updates are summed, and a robust rule's sensitivity is not that of a sum (mode = \"dp-sgd\" can: its guarantee holds for whatever the server does with the updates)".into());
+            return Err(Invalid::conflict("algorithm.aggregator", "algorithm.aggregator and [privacy] mode = \"central\" or \"local\" cannot be combined: the accountant assumes the clipped updates are summed, and a robust rule's sensitivity is not that of a sum (mode = \"dp-sgd\" can: its guarantee holds for whatever the server does with the updates)"));
         }
         let need = c.algorithm.aggregator.min_updates();
         let per_round = c.clients_per_round();
         if per_round < need {
-            return Err(format!(
+            return Err(Invalid::range("algorithm.aggregator", format!(
                 "algorithm.aggregator {:?} needs at least {need} clients per round, the run has {per_round}",
                 c.algorithm.aggregator
-            ));
+            )));
         }
     }
     common::check_secure_aggregation(c)?;
     common::check_mu(c, variant == Variant::FedProx)?;
     if variant == Variant::Centralized {
         if c.algorithm.clients_per_round.is_some() {
-            return Err("algorithm.clients_per_round does not apply to \"centralized\" (one client holds all data)".into());
+            return Err(Invalid::not_applicable("algorithm.clients_per_round", "algorithm.clients_per_round does not apply to \"centralized\" (one client holds all data)"));
         }
     } else {
         common::check_clients_per_round(c)?;
@@ -237,7 +241,7 @@ macro_rules! fedavg_family {
             type Trainer = dyn FedTrainer;
             const FEATURES: &'static [Feature] = $features;
 
-            fn config(c: &ExperimentConfig) -> Result<FedAvgSettings, String> {
+            fn config(c: &ExperimentConfig) -> Result<FedAvgSettings, Invalid> {
                 settings(c, $variant)
             }
 

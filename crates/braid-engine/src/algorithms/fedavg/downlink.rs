@@ -76,9 +76,9 @@ impl ServerCopy {
             &[seed::stream::COMPRESS, u64::from(SERVER), u64::from(round)],
         );
         let bytes = compress::encode(&change, &self.compression, &mut rng)
-            .map_err(|e| EngineError::Setup(e.to_string()))?;
+            .map_err(|e| EngineError::Failed(e.to_string()))?;
         let sent = compress::decode(&bytes, change.len())
-            .map_err(|e| EngineError::Setup(e.to_string()))?;
+            .map_err(|e| EngineError::Failed(e.to_string()))?;
         add_into(&mut self.copy, &sent);
         self.round = round;
         self.delta = Arc::new(bytes);
@@ -131,7 +131,7 @@ impl ServerCopy {
 
     /// Restores what [`ServerCopy::save`] wrote.
     pub(super) fn load(&mut self, state: &NodeState) -> Result<(), EngineError> {
-        let bad = || EngineError::Setup("checkpoint: malformed downlink copy".into());
+        let bad = || EngineError::Checkpoint("checkpoint: malformed downlink copy".into());
         let copy = state.tensor("downlink.copy")?;
         if copy.len() != self.copy.len() {
             return Err(bad());

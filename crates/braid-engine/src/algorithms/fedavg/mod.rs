@@ -41,6 +41,7 @@ use rand::seq::index::sample;
 use braid_core::privacy::{self, RdpAccountant};
 
 use crate::config::{CompressionConfig, DpMode, OnTarget, PrivacyConfig};
+use crate::error::Invalid;
 use crate::node::{check_params, EngineError, Event, Metrics, Node, NodeCtx, NodeState};
 use crate::wire::{Control, NodeId, Tensor};
 
@@ -213,7 +214,7 @@ impl DpServer {
     /// for local DP).
     fn epsilon_after(&self, extra: u64) -> Result<f64, EngineError> {
         let c = &self.config;
-        let err = |e: privacy::PrivacyError| EngineError::Setup(format!("privacy: {e}"));
+        let err = |e: privacy::PrivacyError| EngineError::Failed(format!("privacy: {e}"));
         match c.mode {
             DpMode::Central => {
                 let mut a = self.accountant.clone();
@@ -265,7 +266,7 @@ impl DpServer {
         b.steps = u64::from(steps);
         b.accountant
             .step(q, self.config.noise_multiplier, u64::from(steps))
-            .map_err(|e| EngineError::Setup(format!("privacy: {e}")))
+            .map_err(|e| EngineError::Failed(format!("privacy: {e}")))
     }
 }
 
@@ -277,21 +278,27 @@ impl FedAvgServer {
         initial: Vec<f32>,
     ) -> Result<Self, EngineError> {
         if clients.is_empty() {
-            return Err(EngineError::Setup(
-                "FedAvg needs at least one client".into(),
-            ));
+            return Err(
+                Invalid::range("partition.clients", "FedAvg needs at least one client").into(),
+            );
         }
         if config.clients_per_round == 0 || config.clients_per_round > clients.len() {
-            return Err(EngineError::Setup(format!(
-                "algorithm.clients_per_round = {} must be between 1 and the {} clients",
-                config.clients_per_round,
-                clients.len()
+            return Err(EngineError::Invalid(Invalid::range(
+                "algorithm.clients_per_round",
+                format!(
+                    "algorithm.clients_per_round = {} must be between 1 and the {} clients",
+                    config.clients_per_round,
+                    clients.len()
+                ),
             )));
         }
         if config.min_replies > config.clients_per_round {
-            return Err(EngineError::Setup(format!(
-                "algorithm.min_replies = {} is more than the {} clients asked per round",
-                config.min_replies, config.clients_per_round
+            return Err(EngineError::Invalid(Invalid::range(
+                "algorithm.min_replies",
+                format!(
+                    "algorithm.min_replies = {} is more than the {} clients asked per round",
+                    config.min_replies, config.clients_per_round
+                ),
             )));
         }
         let optimizer = ServerOptimizer::new(config.server_optimizer.clone());
@@ -339,7 +346,7 @@ impl FedAvgServer {
     /// clients asked per round, added to the global model.
     fn private_mean(&mut self, replies: &[(NodeId, &Reply)]) -> Result<Vec<f32>, EngineError> {
         let Some(dp) = self.privacy.as_mut() else {
-            return Err(EngineError::Setup("no [privacy] configured".into()));
+            return Err(EngineError::Failed("no [privacy] configured".into()));
         };
         let mut sum = vec![0f32; self.params.len()];
         for (id, r) in replies {
@@ -364,7 +371,7 @@ impl FedAvgServer {
             privacy::add_gaussian_noise(&mut sum, std, &mut rng);
             dp.accountant
                 .step(dp.q, dp.config.noise_multiplier, 1)
-                .map_err(|e| EngineError::Setup(format!("privacy: {e}")))?;
+                .map_err(|e| EngineError::Failed(format!("privacy: {e}")))?;
         }
         let m = self.config.clients_per_round.max(1) as f32;
         Ok(self
@@ -512,7 +519,7 @@ impl FedAvgServer {
                 .config
                 .aggregator
                 .aggregate(&refs, &weights)
-                .map_err(|e| EngineError::Setup(format!("round {}: {e}", self.round)))?;
+                .map_err(|e| EngineError::Failed(format!("round {}: {e}", self.round)))?;
             self.params.iter().zip(&agg).map(|(p, d)| p + d).collect()
         };
         let samples: u64 = replies.iter().map(|r| r.num_samples).sum();
@@ -629,9 +636,9 @@ impl Node for FedAvgServer {
                 let first = dp.epsilon_after(1)?;
                 // (DP-SGD: unknown until clients report their sample counts.)
                 if self.completed == 0 && first > target {
-                    return Err(EngineError::Setup(format!(
+                    return Err(EngineError::Invalid(Invalid::range("privacy.target_epsilon", format!(
                         "privacy.target_epsilon = {target} is spent by a single round (epsilon {first:.3}); raise privacy.noise_multiplier"
-                    )));
+                    ))));
                 }
             }
         }
@@ -677,7 +684,7 @@ impl Node for FedAvgServer {
             &mut self.optimizer,
         )?;
         if let Some(dp) = self.privacy.as_mut() {
-            let bad = || EngineError::Setup("checkpoint: malformed privacy accountant".into());
+            let bad = || EngineError::Checkpoint("checkpoint: malformed privacy accountant".into());
             let p = state.meta.get("privacy").ok_or_else(bad)?;
             let rdp: Vec<f64> = p
                 .get("rdp")
@@ -685,7 +692,7 @@ impl Node for FedAvgServer {
                 .ok_or_else(bad)?;
             dp.accountant
                 .restore(rdp)
-                .map_err(|e| EngineError::Setup(format!("checkpoint: {e}")))?;
+                .map_err(|e| EngineError::Checkpoint(format!("checkpoint: {e}")))?;
             let parts: BTreeMap<String, u64> = p
                 .get("participations")
                 .and_then(|v| serde_json::from_value(v.clone()).ok())
@@ -714,7 +721,7 @@ impl Node for FedAvgServer {
                     let mut accountant = RdpAccountant::default();
                     accountant
                         .restore(v.rdp)
-                        .map_err(|e| EngineError::Setup(format!("checkpoint: {e}")))?;
+                        .map_err(|e| EngineError::Checkpoint(format!("checkpoint: {e}")))?;
                     Ok((
                         id,
                         ClientBudget {
@@ -872,15 +879,15 @@ pub(crate) fn restore_server(
     optimizer: &mut ServerOptimizer,
 ) -> Result<(u32, Vec<f32>), EngineError> {
     let completed = u32::try_from(state.meta_u64("completed_rounds")?)
-        .map_err(|_| EngineError::Setup("checkpoint: completed_rounds is too large".into()))?;
+        .map_err(|_| EngineError::Checkpoint("checkpoint: completed_rounds is too large".into()))?;
     if completed > rounds {
-        return Err(EngineError::Setup(format!(
+        return Err(EngineError::Checkpoint(format!(
             "checkpoint has {completed} completed rounds, the run has {rounds}"
         )));
     }
     let params = state.tensor("params")?;
     check_params(params, len)
-        .map_err(|why| EngineError::Setup(format!("checkpoint params: {why}")))?;
+        .map_err(|why| EngineError::Checkpoint(format!("checkpoint params: {why}")))?;
     optimizer.restore(
         state.tensor("server_optimizer.m")?.to_vec(),
         state.tensor("server_optimizer.v")?.to_vec(),
@@ -904,7 +911,7 @@ pub(crate) fn model_request(
                 &[seed::stream::COMPRESS, u64::from(SERVER), u64::from(round)],
             );
             let model = compress::encode(params, c, &mut rng)
-                .map_err(|e| EngineError::Setup(e.to_string()))?;
+                .map_err(|e| EngineError::Failed(e.to_string()))?;
             Msg::Request {
                 round,
                 model: Tensor::packed(model),
@@ -1137,7 +1144,7 @@ impl Node for FedAvgClient {
             ctx.trainer
                 .label_flipper()
                 .ok_or_else(|| {
-                    EngineError::Setup(
+                    EngineError::Unsupported(
                         "this trainer cannot train on flipped labels (attack kind \"label-flip\")"
                             .into(),
                     )
@@ -1202,7 +1209,7 @@ impl Node for FedAvgClient {
                     (_, Some(ef)) => ef.encode(&delta, c, &mut rng),
                     (_, None) => compress::encode(&delta, c, &mut rng),
                 }
-                .map_err(|e| EngineError::Setup(e.to_string()))?;
+                .map_err(|e| EngineError::Failed(e.to_string()))?;
                 Msg::Reply {
                     round,
                     num_samples: self.shard.len() as u64,

@@ -66,7 +66,7 @@ fn token(round: u32, step: u8) -> u64 {
 }
 
 fn setup(e: SecAggError) -> EngineError {
-    EngineError::Setup(e.to_string())
+    EngineError::Failed(e.to_string())
 }
 
 impl SecRound {
@@ -216,7 +216,7 @@ impl FedAvgServer {
             return Ok(());
         };
         if sr.restarts >= MAX_RESTARTS {
-            return Err(EngineError::Setup(format!(
+            return Err(EngineError::Failed(format!(
                 "round {}: secure aggregation failed {} times; last: {why}",
                 self.round,
                 sr.restarts + 1
@@ -278,7 +278,7 @@ impl FedAvgServer {
                 let stragglers = sr.chosen.len() - survivors.len();
                 return match sr.server.finish() {
                     Ok(sum) => self.close_secure_round(ctx, &sum, &survivors, stragglers),
-                    Err(e) => Err(EngineError::Setup(format!("round {round}: {e}"))),
+                    Err(e) => Err(EngineError::Failed(format!("round {round}: {e}"))),
                 };
             }
         };
@@ -312,7 +312,7 @@ impl FedAvgServer {
         let v = secagg::from_ring(sum, settings.scale_bits);
         let (w, samples, loss_sum, steps) = (v[n], v[n + 1], v[n + 2], v[n + 3]);
         if !(w > 0.0 && samples >= 0.0) {
-            return Err(EngineError::Setup(format!(
+            return Err(EngineError::Failed(format!(
                 "round {}: the securely aggregated weights sum to {w}",
                 self.round
             )));
@@ -432,7 +432,7 @@ impl FedAvgClient {
             Message::SharesFor(inbox) => {
                 let limit = secagg::input_limit(settings.scale_bits, inbox.len() + 1);
                 let ring = secagg::to_ring(&sec.input, settings.scale_bits, limit)
-                    .map_err(|e| EngineError::Setup(format!("client {}: {e}", self.id)))?;
+                    .map_err(|e| EngineError::Failed(format!("client {}: {e}", self.id)))?;
                 Message::Masked(sec.client.mask(inbox, &ring).map_err(protocol)?)
             }
             Message::Unmask(survivors) => {

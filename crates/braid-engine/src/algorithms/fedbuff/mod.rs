@@ -37,6 +37,7 @@ use super::fedavg::{
 use crate::algorithm::{Algorithm, Feature, Summary};
 use crate::algorithms::fedavg::FedTrainer;
 use crate::config::ExperimentConfig;
+use crate::error::Invalid;
 use crate::experiment::Prepared;
 use crate::node::{check_params, BoxNode, EngineError, Event, Node, NodeState};
 use crate::sim::Timing;
@@ -128,16 +129,20 @@ impl FedBuffServer {
         initial: Vec<f32>,
     ) -> Result<Self, EngineError> {
         if settings.concurrency == 0 || settings.concurrency > clients.len() {
-            return Err(EngineError::Setup(format!(
-                "fedbuff.concurrency = {} must be between 1 and the {} clients",
-                settings.concurrency,
-                clients.len()
+            return Err(EngineError::Invalid(Invalid::range(
+                "fedbuff.concurrency",
+                format!(
+                    "fedbuff.concurrency = {} must be between 1 and the {} clients",
+                    settings.concurrency,
+                    clients.len()
+                ),
             )));
         }
         if settings.buffer == 0 {
-            return Err(EngineError::Setup(
-                "fedbuff.buffer must be at least 1".into(),
-            ));
+            return Err(EngineError::Invalid(Invalid::range(
+                "fedbuff.buffer",
+                "fedbuff.buffer must be at least 1",
+            )));
         }
         let optimizer = ServerOptimizer::new(config.server_optimizer.clone());
         Ok(Self {
@@ -201,7 +206,7 @@ impl FedBuffServer {
                     ..
                 } => Arc::new(
                     compress::decode(model, self.params.len())
-                        .map_err(|e| EngineError::Setup(format!("downlink: {e}")))?,
+                        .map_err(|e| EngineError::Failed(format!("downlink: {e}")))?,
                 ),
                 _ => Arc::new(self.params.clone()),
             };
@@ -493,7 +498,7 @@ impl Algorithm for FedBuff {
     const TABLES: &'static [&'static str] = &["fedbuff"];
     const FEATURES: &'static [Feature] = &[Feature::Compression, Feature::Latency];
 
-    fn config(c: &ExperimentConfig) -> Result<FedBuffRun, String> {
+    fn config(c: &ExperimentConfig) -> Result<FedBuffRun, Invalid> {
         common::check_compression(c, common::CompressionUse::Server)?;
         let rounds = common::rounds(c, "fedbuff")?;
         common::check_mu(c, false)?;
@@ -502,26 +507,36 @@ impl Algorithm for FedBuff {
         let per_round = c.clients_per_round();
         let concurrency = f.concurrency_for(per_round);
         if concurrency == 0 || concurrency > c.partition.clients {
-            return Err(format!(
-                "fedbuff.concurrency = {concurrency} must be between 1 and the {} clients",
-                c.partition.clients
+            return Err(Invalid::range(
+                "fedbuff.concurrency",
+                format!(
+                    "fedbuff.concurrency = {concurrency} must be between 1 and the {} clients",
+                    c.partition.clients
+                ),
             ));
         }
         if f.buffer_for(per_round) == 0 {
-            return Err("fedbuff.buffer must be at least 1".into());
+            return Err(Invalid::range(
+                "fedbuff.buffer",
+                "fedbuff.buffer must be at least 1",
+            ));
         }
         if let Staleness::Poly { a } = f.staleness {
             if !(a.is_finite() && a >= 0.0) {
-                return Err(format!("fedbuff.staleness.a = {a} must be >= 0"));
+                return Err(Invalid::range(
+                    "fedbuff.staleness.a",
+                    format!("fedbuff.staleness.a = {a} must be >= 0"),
+                ));
             }
         }
         if c.algorithm.min_replies.is_some() {
-            return Err("algorithm.min_replies does not apply to \"fedbuff\" (the server steps on every fedbuff.buffer updates)".into());
+            return Err(Invalid::not_applicable("algorithm.min_replies", "algorithm.min_replies does not apply to \"fedbuff\" (the server steps on every fedbuff.buffer updates)"));
         }
         if c.compression.is_some_and(|k| k.downlink_delta) {
-            return Err(
-                "compression.downlink_delta needs synchronous rounds: not with \"fedbuff\"".into(),
-            );
+            return Err(Invalid::range(
+                "compression.downlink_delta",
+                "compression.downlink_delta needs synchronous rounds: not with \"fedbuff\"",
+            ));
         }
         Ok(FedBuffRun {
             rounds,

@@ -55,6 +55,7 @@ use crate::experiment::Prepared;
 use crate::node::{check_params, BoxNode, EngineError, Event, Metrics, Node, NodeCtx};
 
 mod report;
+use crate::error::Invalid;
 use crate::wire::{Message as _, NodeId, Tensor};
 
 mod msg;
@@ -149,7 +150,7 @@ impl MutualSettings {
                     &[seed::stream::COMPRESS, u64::from(from), u64::from(round)],
                 );
                 let model = braid_core::compress::encode(&params, c, &mut rng)
-                    .map_err(|e| EngineError::Setup(e.to_string()))?;
+                    .map_err(|e| EngineError::Failed(e.to_string()))?;
                 Msg::Model {
                     round,
                     arch: arch32,
@@ -209,51 +210,75 @@ impl MutualSettings {
 
     /// Checks the settings; errors name the config field.
     pub fn validate(&self) -> Result<(), EngineError> {
-        let bad = |m: String| Err(EngineError::Setup(m));
+        let bad = |field: &str, m: String| Err(Invalid::range(field, m).into());
         let n = self.clients();
         if n < 2 && self.variant != Variant::Local {
-            return bad(format!(
-                "mutual learning needs at least 2 clients, the partition has {n}"
-            ));
+            return bad(
+                "partition.clients",
+                format!("mutual learning needs at least 2 clients, the partition has {n}"),
+            );
         }
         if self.counts.len() != n {
-            return bad("one sample count per client is needed".into());
+            return bad(
+                "partition.clients",
+                "one sample count per client is needed".into(),
+            );
         }
         if let Some(a) = self.archs.iter().find(|&&a| a >= self.model_params.len()) {
-            return bad(format!("model index {a} is outside the list of models"));
+            return bad(
+                "mutual.models",
+                format!("model index {a} is outside the list of models"),
+            );
         }
         if self.rounds == 0 {
-            return bad("algorithm.rounds must be at least 1".into());
+            return bad(
+                "algorithm.rounds",
+                "algorithm.rounds must be at least 1".into(),
+            );
         }
         if self.batch_size == 0 || self.local_epochs == 0 {
-            return bad("train.batch_size and train.local_epochs must be at least 1".into());
+            return bad(
+                "train.batch_size",
+                "train.batch_size and train.local_epochs must be at least 1".into(),
+            );
         }
         if self.eval_samples == 0 {
-            return bad("mutual.eval_samples must be at least 1".into());
+            return bad(
+                "mutual.eval_samples",
+                "mutual.eval_samples must be at least 1".into(),
+            );
         }
         self.alpha
             .validate()
-            .map_err(|e| EngineError::Setup(format!("mutual.{e}")))?;
+            .map_err(|e| Invalid::within("mutual", e))?;
         self.lr_schedule
             .validate()
-            .map_err(|e| EngineError::Setup(format!("train.lr_schedule.{e}")))?;
+            .map_err(|e| Invalid::within("train.lr_schedule", e))?;
         match self.variant {
-            Variant::Dfml if self.senders == 0 || self.senders >= n => bad(format!(
-                "mutual.senders = {} must be between 1 and clients - 1 = {}",
-                self.senders,
-                n - 1
-            )),
-            Variant::DefKt if self.senders == 0 || 2 * self.senders > n => bad(format!(
-                "mutual.senders = {} (Def-KT pairs) must be between 1 and clients / 2 = {}",
-                self.senders,
-                n / 2
-            )),
-            Variant::Local | Variant::Fml if self.clients_per_round == 0 => {
-                bad("algorithm.clients_per_round must be at least 1".into())
-            }
-            Variant::Fml if self.global_model >= self.model_params.len() => {
-                bad("mutual.global_model is not in the list of models".into())
-            }
+            Variant::Dfml if self.senders == 0 || self.senders >= n => bad(
+                "mutual.senders",
+                format!(
+                    "mutual.senders = {} must be between 1 and clients - 1 = {}",
+                    self.senders,
+                    n - 1
+                ),
+            ),
+            Variant::DefKt if self.senders == 0 || 2 * self.senders > n => bad(
+                "mutual.senders",
+                format!(
+                    "mutual.senders = {} (Def-KT pairs) must be between 1 and clients / 2 = {}",
+                    self.senders,
+                    n / 2
+                ),
+            ),
+            Variant::Local | Variant::Fml if self.clients_per_round == 0 => bad(
+                "algorithm.clients_per_round",
+                "algorithm.clients_per_round must be at least 1".into(),
+            ),
+            Variant::Fml if self.global_model >= self.model_params.len() => bad(
+                "mutual.global_model",
+                "mutual.global_model is not in the list of models".into(),
+            ),
             _ => Ok(()),
         }
     }
@@ -1052,75 +1077,102 @@ pub struct MutualRun {
 }
 
 /// Checks the settings of mutual-learning variant `v`.
-fn mutual_run(c: &ExperimentConfig, v: Variant) -> Result<MutualRun, String> {
+fn mutual_run(c: &ExperimentConfig, v: Variant) -> Result<MutualRun, Invalid> {
     let name = variant_name(v);
     common::check_compression(c, common::CompressionUse::Models)?;
     let rounds = common::rounds(c, name)?;
     let m: MutualConfig = c.table("mutual")?.unwrap_or_default();
     common::no_server_fields(c, name)?;
     if c.train.local_steps.is_some() {
-        return Err(format!(
-            "train.local_steps does not apply to {name:?} (use train.local_epochs)"
+        return Err(Invalid::not_applicable(
+            "train.local_steps",
+            format!("train.local_steps does not apply to {name:?} (use train.local_epochs)"),
         ));
     }
     if c.partition.clients < 2 {
-        return Err(format!("{name:?} needs partition.clients >= 2"));
+        return Err(Invalid::range(
+            "partition.clients",
+            format!("{name:?} needs partition.clients >= 2"),
+        ));
     }
-    m.alpha.validate().map_err(|e| format!("mutual.{e}"))?;
+    m.alpha
+        .validate()
+        .map_err(|e| Invalid::within("mutual", e))?;
     if !(m.temperature.is_finite() && m.temperature > 0.0) {
-        return Err(format!(
-            "mutual.temperature = {} must be > 0",
-            m.temperature
+        return Err(Invalid::range(
+            "mutual.temperature",
+            format!("mutual.temperature = {} must be > 0", m.temperature),
         ));
     }
     if m.eval_samples == 0 {
-        return Err("mutual.eval_samples must be at least 1".into());
+        return Err(Invalid::range(
+            "mutual.eval_samples",
+            "mutual.eval_samples must be at least 1",
+        ));
     }
     let models = m.model_list(c.model.name);
     for (i, a) in models.iter().enumerate() {
         if models[..i].contains(a) {
-            return Err(format!("mutual.models lists {:?} twice", a.as_str()));
+            return Err(Invalid::range(
+                "mutual.models",
+                format!("mutual.models lists {:?} twice", a.as_str()),
+            ));
         }
     }
     m.assign
         .assign(c.partition.clients, models.len(), c.seed)
-        .map_err(|e| format!("mutual.{e}"))?;
+        .map_err(|e| Invalid::within("mutual", e))?;
     if let Some(g) = m.global_model {
         if v != Variant::Fml {
-            return Err("mutual.global_model only applies to \"fml\"".into());
+            return Err(Invalid::not_applicable(
+                "mutual.global_model",
+                "mutual.global_model only applies to \"fml\"",
+            ));
         }
         if !models.contains(&g) {
-            return Err(format!(
-                "mutual.global_model = {:?} is not in mutual.models",
-                g.as_str()
+            return Err(Invalid::range(
+                "mutual.global_model",
+                format!(
+                    "mutual.global_model = {:?} is not in mutual.models",
+                    g.as_str()
+                ),
             ));
         }
     }
     let n = c.partition.clients;
     match (v, m.senders) {
         (Variant::Dfml, Some(s)) if s == 0 || s >= n => {
-            return Err(format!(
-                "mutual.senders = {s} must be between 1 and partition.clients - 1 = {}",
-                n - 1
+            return Err(Invalid::range(
+                "mutual.senders",
+                format!(
+                    "mutual.senders = {s} must be between 1 and partition.clients - 1 = {}",
+                    n - 1
+                ),
             ))
         }
         (Variant::DefKt, Some(s)) if s == 0 || 2 * s > n => {
-            return Err(format!(
+            return Err(Invalid::range(
+                "mutual.senders",
+                format!(
             "mutual.senders = {s} (Def-KT pairs) must be between 1 and partition.clients / 2 = {}",
             n / 2
-        ))
+        ),
+            ))
         }
         (Variant::Local | Variant::Fml, Some(_)) => {
-            return Err(format!(
-                "mutual.senders does not apply to {name:?} (use algorithm.clients_per_round)"
+            return Err(Invalid::not_applicable(
+                "mutual.senders",
+                format!(
+                    "mutual.senders does not apply to {name:?} (use algorithm.clients_per_round)"
+                ),
             ))
         }
         _ => {}
     }
     if matches!(v, Variant::Dfml | Variant::DefKt) && c.algorithm.clients_per_round.is_some() {
-        return Err(format!(
+        return Err(Invalid::not_applicable("algorithm.clients_per_round", format!(
             "algorithm.clients_per_round does not apply to {name:?} (mutual.senders sets who takes part)"
-        ));
+        )));
     }
     common::check_mu(c, false)?;
     common::check_clients_per_round(c)?;
@@ -1147,7 +1199,7 @@ fn prepare_models(p: &mut Prepared, run: &MutualRun) -> Result<(), EngineError> 
     p.client_models = m
         .assign
         .assign(p.parts.len(), p.models.len(), c.seed)
-        .map_err(|e| EngineError::Setup(format!("mutual.{e}")))?;
+        .map_err(|e| Invalid::within("mutual", e))?;
     p.mutual_spec = Some((m.temperature, m.supervised));
     Ok(())
 }
@@ -1258,7 +1310,7 @@ macro_rules! mutual_algorithm {
             const TABLES: &'static [&'static str] = &["mutual"];
             const FEATURES: &'static [Feature] = &[Feature::Compression];
 
-            fn config(c: &ExperimentConfig) -> Result<MutualRun, String> {
+            fn config(c: &ExperimentConfig) -> Result<MutualRun, Invalid> {
                 mutual_run(c, $variant)
             }
 

@@ -41,6 +41,7 @@ use serde::{Deserialize, Serialize};
 use super::common;
 use crate::algorithm::{Algorithm, Feature, Summary};
 use crate::config::ExperimentConfig;
+use crate::error::Invalid;
 use crate::experiment::Prepared;
 use crate::node::{check_params, BoxNode, EngineError, Event, Metrics, Node, NodeCtx, NodeState};
 use crate::wire::{Control, Message as _, NodeId, Tensor, HEADER};
@@ -137,8 +138,12 @@ fn pack(values: &[f32], c: &Compression, seed: u64, key: &[u64]) -> Result<Vec<u
     let stream: Vec<u64> = std::iter::once(seed::stream::COMPRESS)
         .chain(key.iter().copied())
         .collect();
-    compress::encode(values, c, &mut seed::rng(seed, &stream))
-        .map_err(|e| EngineError::Setup(format!("compression.split: {e}")))
+    compress::encode(values, c, &mut seed::rng(seed, &stream)).map_err(|e| {
+        EngineError::Invalid(Invalid::range(
+            "compression.split",
+            format!("compression.split: {e}"),
+        ))
+    })
 }
 
 /// Why a message's form does not match the run's `compression.split`, if it does not.
@@ -271,15 +276,15 @@ impl SplitServer {
     /// A server starting from the whole model's `initial` parameters.
     pub fn new(settings: Arc<SplitSettings>, initial: Vec<f32>) -> Result<Self, EngineError> {
         check_params(&initial, settings.num_params)
-            .map_err(|why| EngineError::Setup(format!("initial parameters: {why}")))?;
+            .map_err(|why| EngineError::Failed(format!("initial parameters: {why}")))?;
         if settings.client_params >= settings.num_params {
-            return Err(EngineError::Setup(
+            return Err(EngineError::Failed(
                 "the client part must leave layers to the server".into(),
             ));
         }
         // A bad B fails before the run starts, not at the first epoch.
         split_batches::check(settings.sampler, &settings.counts, settings.batch)
-            .map_err(|e| EngineError::Setup(format!("split: {e}")))?;
+            .map_err(|e| EngineError::Failed(format!("split: {e}")))?;
         let (c, s) = initial.split_at(settings.client_params);
         let n = settings.counts.len();
         Ok(Self {
@@ -330,7 +335,7 @@ impl SplitServer {
         let s = &self.settings;
         let mut rng = seed::rng(s.seed, &[seed::stream::SAMPLING, u64::from(self.epoch)]);
         self.plan = plan_epoch(s.sampler, &s.counts, s.batch, &mut rng)
-            .map_err(|e| EngineError::Setup(format!("split: {e}")))?;
+            .map_err(|e| EngineError::Failed(format!("split: {e}")))?;
         self.t = 0;
         self.offsets.iter_mut().for_each(|o| *o = 0);
         self.totals = EpochTotals {
@@ -577,14 +582,14 @@ impl Node for SplitServer {
             .ok()
             .filter(|&c| c <= self.settings.epochs)
             .ok_or_else(|| {
-                EngineError::Setup(format!(
+                EngineError::Checkpoint(format!(
                     "checkpoint: completed_epochs is more than the run's {} epochs",
                     self.settings.epochs
                 ))
             })?;
         let params = state.tensor("params")?;
         check_params(params, self.settings.num_params)
-            .map_err(|why| EngineError::Setup(format!("checkpoint params: {why}")))?;
+            .map_err(|why| EngineError::Checkpoint(format!("checkpoint params: {why}")))?;
         let (c, s) = params.split_at(self.settings.client_params);
         self.client_params = c.to_vec();
         self.server_params = s.to_vec();
@@ -965,25 +970,25 @@ impl Algorithm for Split {
         (feature == Feature::Latency).then_some("split learning has [split.latency]")
     }
 
-    fn config(c: &ExperimentConfig) -> Result<SplitConfig, String> {
+    fn config(c: &ExperimentConfig) -> Result<SplitConfig, Invalid> {
         common::check_compression(c, common::CompressionUse::Split)?;
         common::rounds(c, "split")?;
         if c.algorithm.clients_per_round.is_some() {
-            return Err("algorithm.clients_per_round does not apply to \"split\" (the sampler decides who takes part in each step)".into());
+            return Err(Invalid::not_applicable("algorithm.clients_per_round", "algorithm.clients_per_round does not apply to \"split\" (the sampler decides who takes part in each step)"));
         }
         if c.algorithm.server_optimizer != Default::default() {
-            return Err("algorithm.server_optimizer does not apply to \"split\" (the server part uses train.optimizer)".into());
+            return Err(Invalid::not_applicable("algorithm.server_optimizer", "algorithm.server_optimizer does not apply to \"split\" (the server part uses train.optimizer)"));
         }
         if c.algorithm.round_timeout_s.is_some() || c.algorithm.min_replies.is_some() {
-            return Err("algorithm.round_timeout_s and min_replies do not apply to \"split\" (every step waits for its clients)".into());
+            return Err(Invalid::not_applicable("algorithm.round_timeout_s", "algorithm.round_timeout_s and min_replies do not apply to \"split\" (every step waits for its clients)"));
         }
         if c.train.local_steps.is_some() || c.train.local_epochs != 1 {
-            return Err("train.local_epochs and local_steps do not apply to \"split\" (algorithm.rounds are epochs)".into());
+            return Err(Invalid::not_applicable("train.local_epochs", "train.local_epochs and local_steps do not apply to \"split\" (algorithm.rounds are epochs)"));
         }
         let sc: SplitConfig = c.table("split")?.unwrap_or_default();
         sc.latency
             .validate()
-            .map_err(|e| format!("split.latency.{e}"))?;
+            .map_err(|e| Invalid::within("split.latency", e))?;
         common::check_mu(c, false)?;
         Ok(sc)
     }
@@ -994,7 +999,7 @@ impl Algorithm for Split {
             .clone()
             .or_else(|| p.arch.cut_points().into_iter().next())
             .ok_or_else(|| {
-                EngineError::Setup(format!(
+                EngineError::Failed(format!(
                     "model {} has no layer to cut after",
                     p.arch.name.as_str()
                 ))
@@ -1070,7 +1075,7 @@ pub fn split_settings(p: &Prepared, sc: &SplitConfig) -> Result<SplitSettings, E
     let split = p
         .split
         .as_ref()
-        .ok_or_else(|| EngineError::Setup("not a split-learning run".into()))?;
+        .ok_or_else(|| EngineError::Unsupported("not a split-learning run".into()))?;
     let mut rng = seed::rng(c.seed, &[seed::stream::LATENCY]);
     Ok(SplitSettings {
         sampler: sc.sampler,
