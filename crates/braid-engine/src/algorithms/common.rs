@@ -3,7 +3,7 @@
 
 use braid_core::compress::Sparsify;
 
-use crate::config::{is_mean, DpMode, ExperimentConfig};
+use crate::config::ExperimentConfig;
 use crate::error::Invalid;
 
 /// `algorithm.rounds`, which algorithm `name` needs (and `algorithm.steps`, which it refuses).
@@ -133,46 +133,6 @@ pub fn check_compression(c: &ExperimentConfig, takes: CompressionUse) -> Result<
                 format!("compression.{field}: only quantizers (no sparsify): {why}"),
             ));
         }
-    }
-    Ok(())
-}
-
-/// `[secure_aggregation]`: the threshold, the fixed-point scale, and the feature layers it
-/// cannot be combined with.
-pub fn check_secure_aggregation(c: &ExperimentConfig) -> Result<(), Invalid> {
-    let Some(sa) = &c.secure_aggregation else {
-        return Ok(());
-    };
-    let m = c.clients_per_round();
-    let t = sa.threshold_for(m);
-    if t < 2 || t > m {
-        return Err(Invalid::range(
-            "secure_aggregation.threshold",
-            format!(
-            "secure_aggregation.threshold = {t} must be between 2 and the {m} clients per round"
-        ),
-        ));
-    }
-    if !(8..=40).contains(&sa.scale_bits) {
-        return Err(Invalid::range(
-            "secure_aggregation.scale_bits",
-            format!(
-                "secure_aggregation.scale_bits = {} must be in 8..=40",
-                sa.scale_bits
-            ),
-        ));
-    }
-    if !is_mean(&c.algorithm.aggregator) {
-        return Err(Invalid::conflict("secure_aggregation", "[secure_aggregation] hides single updates, which algorithm.aggregator needs: they cannot be combined"));
-    }
-    if c.privacy.is_some_and(|p| p.mode == DpMode::Central) {
-        return Err(Invalid::conflict("secure_aggregation", "[secure_aggregation] hides single updates, which central DP clips at the server: use [privacy] mode = \"local\""));
-    }
-    if c.privacy.is_some_and(|p| p.mode == DpMode::DpSgd) {
-        return Err(Invalid::conflict("secure_aggregation", "[secure_aggregation] hides each client's sample count and steps, which the server's DP-SGD accountant needs: use [privacy] mode = \"local\""));
-    }
-    if c.compression.is_some_and(|k| k.uplink.is_some()) {
-        return Err(Invalid::conflict("secure_aggregation", "[secure_aggregation] and compression.uplink cannot be combined (masked updates are ring elements); compression.downlink can"));
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ use super::FedTrainer;
 use super::{FedAvgClient, FedAvgServer, Msg, RoundMetrics, SecureSettings, ServerConfig, SERVER};
 use crate::algorithm::{Algorithm, Feature, Summary};
 use crate::algorithms::common;
-use crate::config::{is_mean, DpMode, ExperimentConfig};
+use crate::config::{DpMode, ExperimentConfig};
 use crate::error::Invalid;
 use crate::experiment::{matrix_blocks, Prepared};
 use crate::node::{BoxNode, EngineError};
@@ -68,20 +68,10 @@ fn settings(c: &ExperimentConfig, variant: Variant) -> Result<FedAvgSettings, In
     }
     common::check_compression(c, common::CompressionUse::Server)?;
     let rounds = common::rounds(c, name)?;
-    if !is_mean(&c.algorithm.aggregator) && variant != Variant::Centralized {
-        if c.privacy.is_some_and(|p| p.mode != DpMode::DpSgd) {
-            return Err(Invalid::conflict("algorithm.aggregator", "algorithm.aggregator and [privacy] mode = \"central\" or \"local\" cannot be combined: the accountant assumes the clipped updates are summed, and a robust rule's sensitivity is not that of a sum (mode = \"dp-sgd\" can: its guarantee holds for whatever the server does with the updates)"));
-        }
-        let need = c.algorithm.aggregator.min_updates();
-        let per_round = c.clients_per_round();
-        if per_round < need {
-            return Err(Invalid::range("algorithm.aggregator", format!(
-                "algorithm.aggregator {:?} needs at least {need} clients per round, the run has {per_round}",
-                c.algorithm.aggregator
-            )));
-        }
+    if variant != Variant::Centralized {
+        super::layers::robust::check(c)?;
     }
-    common::check_secure_aggregation(c)?;
+    super::layers::secure::check(c)?;
     common::check_mu(c, variant == Variant::FedProx)?;
     if variant == Variant::Centralized {
         if c.algorithm.clients_per_round.is_some() {

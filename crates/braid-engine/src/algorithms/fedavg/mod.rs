@@ -12,48 +12,39 @@
 //! server asks the missing clients again and waits another deadline, so a client that was
 //! restarted picks up the current round and the current global model.
 //!
-//! With `[compression]`, the server can send the model quantized (`downlink`) and clients
-//! send their update (trained parameters minus the model they received) compressed
-//! (`uplink`), optionally with error feedback; the server adds each decoded update to its
-//! exact global model before averaging, so only what crosses the wire is approximated.
-//! With `downlink_delta`, clients keep a copy of the model and the server sends the
-//! compressed change to it instead (`fedavg/downlink.rs`).
-//!
-//! With `[privacy]` (DP-FedAvg, McMahan et al. 2018), updates are clipped to an L2 bound and
-//! Gaussian noise is added, by the server to the sum of the round's clipped updates (central)
-//! or by every client to its own (local); the server then averages the updates with equal
-//! weights over the `clients_per_round` it asked (a fixed denominator, so one client's
-//! influence is bounded) and keeps a Renyi-DP accountant, reporting epsilon after every
-//! round and stopping before a round would pass a target.
+//! Compression, differential privacy, secure aggregation, robust rules and simulated attacks
+//! are layers on this path ([`layers`]): the client applies its update layers to what it
+//! trained, the server its layers to what it combines.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use braid_core::compress::{self, Compression, ErrorFeedback, Sparsify};
-use braid_core::lowrank::{Block, PowerSgd};
+use braid_core::compress::{self, Compression};
+use braid_core::lowrank::Block;
 use braid_core::lr_schedule::LrSchedule;
 use braid_core::params::weighted_mean;
 use braid_core::seed;
 use braid_core::server_opt::{ServerOptimizer, ServerOptimizerConfig};
 use rand::seq::index::sample;
 
-use braid_core::privacy::{self, RdpAccountant};
-
-use crate::config::{CompressionConfig, DpMode, OnTarget, PrivacyConfig};
+use crate::config::{CompressionConfig, PrivacyConfig};
 use crate::error::Invalid;
 use crate::node::{check_params, EngineError, Event, Metrics, Node, NodeCtx, NodeState};
 use crate::wire::{Control, NodeId, Tensor};
 
 pub mod algorithm;
-mod downlink;
+pub mod layers;
 mod msg;
 mod report;
-mod secure;
 pub use algorithm::{Centralized, FedAvg, FedProx};
+pub use layers::compression::model_request;
+use layers::compression::Uplink;
+use layers::privacy::{DpServer, LocalDp};
+pub use layers::secure::{SecureSettings, MAX_RESTARTS};
+use layers::{downlink, secure, Reply, ServerLayer, UpdateLayer};
 pub use msg::Msg;
 pub use report::MetricsRow;
-pub use secure::{SecureSettings, MAX_RESTARTS};
 
 /// What a node of the FedAvg family can do while handling an event.
 pub type FedCtx<'a> = NodeCtx<'a, Msg, RoundMetrics, dyn FedTrainer>;
@@ -154,13 +145,6 @@ struct Aggregated {
     train_loss: f64,
 }
 
-struct Reply {
-    num_samples: u64,
-    steps: u32,
-    train_loss: f32,
-    params: Vec<f32>,
-}
-
 /// The FedAvg server.
 pub struct FedAvgServer {
     config: ServerConfig,
@@ -178,96 +162,11 @@ pub struct FedAvgServer {
     downlink: Option<Compression>,
     /// With `downlink_delta`: the clients' copy of the model, which the server sends changes to.
     copy: Option<downlink::ServerCopy>,
-    /// Differential privacy: the settings and the spending so far.
-    privacy: Option<DpServer>,
+    /// The feature layers on the aggregation path (privacy, robust rules), in order.
+    layers: Vec<Box<dyn ServerLayer>>,
     /// Secure aggregation: the settings, and the current round's state.
     secure: Option<SecureSettings>,
     sec: Option<secure::SecRound>,
-}
-
-/// The server's side of DP-FedAvg.
-struct DpServer {
-    config: PrivacyConfig,
-    /// Sampling rate of a client in a round: clients per round / clients.
-    q: f64,
-    /// Central DP: the RDP of the rounds so far.
-    accountant: RdpAccountant,
-    /// Local DP: rounds each client has sent a (noised) update in.
-    participations: BTreeMap<NodeId, u64>,
-    /// DP-SGD: the local batch size (a client's sampling rate is it over its sample count).
-    batch_size: usize,
-    /// DP-SGD: each client's own accountant, and its last round's sampling rate and steps.
-    clients: BTreeMap<NodeId, ClientBudget>,
-    warned: bool,
-}
-
-/// A DP-SGD client's spending as the server accounts it from its replies.
-#[derive(Debug, Clone)]
-struct ClientBudget {
-    accountant: RdpAccountant,
-    q: f64,
-    steps: u64,
-}
-
-impl DpServer {
-    /// Epsilon after the rounds so far plus `extra` more (each client in every extra round,
-    /// for local DP).
-    fn epsilon_after(&self, extra: u64) -> Result<f64, EngineError> {
-        let c = &self.config;
-        let err = |e: privacy::PrivacyError| EngineError::Failed(format!("privacy: {e}"));
-        match c.mode {
-            DpMode::Central => {
-                let mut a = self.accountant.clone();
-                if extra > 0 {
-                    a.step(self.q, c.noise_multiplier, extra).map_err(err)?;
-                }
-                Ok(a.epsilon(c.delta).map_err(err)?.0)
-            }
-            DpMode::Local => {
-                // Each client's own noised updates, seen one by one by the server: the Gaussian
-                // mechanism without amplification by sampling, for the client sent most often.
-                let most = self.participations.values().copied().max().unwrap_or(0) + extra;
-                if most == 0 {
-                    return Ok(0.0);
-                }
-                let mut a = RdpAccountant::default();
-                a.step(1.0, c.noise_multiplier, most).map_err(err)?;
-                Ok(a.epsilon(c.delta).map_err(err)?.0)
-            }
-            DpMode::DpSgd => {
-                // Sample-level DP of each client's data: the worst client heard from so far,
-                // each extra round repeating its last one.
-                let mut worst = 0f64;
-                for b in self.clients.values() {
-                    let mut a = b.accountant.clone();
-                    if extra > 0 {
-                        a.step(b.q, c.noise_multiplier, extra * b.steps)
-                            .map_err(err)?;
-                    }
-                    worst = worst.max(a.epsilon(c.delta).map_err(err)?.0);
-                }
-                Ok(worst)
-            }
-        }
-    }
-
-    /// DP-SGD: client `id`, holding `samples` samples, took `steps` noised steps.
-    fn spent(&mut self, id: NodeId, samples: u64, steps: u32) -> Result<(), EngineError> {
-        if self.config.mode != DpMode::DpSgd || steps == 0 {
-            return Ok(());
-        }
-        let q = braid_core::privacy::poisson_rate(self.batch_size, samples);
-        let b = self.clients.entry(id).or_insert_with(|| ClientBudget {
-            accountant: RdpAccountant::default(),
-            q,
-            steps: 0,
-        });
-        b.q = q;
-        b.steps = u64::from(steps);
-        b.accountant
-            .step(q, self.config.noise_multiplier, u64::from(steps))
-            .map_err(|e| EngineError::Failed(format!("privacy: {e}")))
-    }
 }
 
 impl FedAvgServer {
@@ -302,6 +201,10 @@ impl FedAvgServer {
             )));
         }
         let optimizer = ServerOptimizer::new(config.server_optimizer.clone());
+        let layers: Vec<Box<dyn ServerLayer>> = layers::robust::Robust::of(config.aggregator)
+            .into_iter()
+            .map(|r| Box::new(r) as Box<dyn ServerLayer>)
+            .collect();
         Ok(Self {
             config,
             clients,
@@ -315,7 +218,7 @@ impl FedAvgServer {
             completed: 0,
             downlink: None,
             copy: None,
-            privacy: None,
+            layers,
             secure: None,
             sec: None,
         })
@@ -330,56 +233,18 @@ impl FedAvgServer {
         total_clients: usize,
         batch_size: usize,
     ) -> Self {
-        self.privacy = config.map(|config| DpServer {
-            config,
-            q: self.config.clients_per_round as f64 / total_clients.max(1) as f64,
-            accountant: RdpAccountant::default(),
-            participations: BTreeMap::new(),
-            batch_size,
-            clients: BTreeMap::new(),
-            warned: false,
-        });
-        self
-    }
-
-    /// DP-FedAvg's average: the clipped (central: and noised) updates summed, divided by the
-    /// clients asked per round, added to the global model.
-    fn private_mean(&mut self, replies: &[(NodeId, &Reply)]) -> Result<Vec<f32>, EngineError> {
-        let Some(dp) = self.privacy.as_mut() else {
-            return Err(EngineError::Failed("no [privacy] configured".into()));
-        };
-        let mut sum = vec![0f32; self.params.len()];
-        for (id, r) in replies {
-            let mut delta = braid_core::params::sub(&r.params, &self.params)?;
-            if dp.config.mode == DpMode::Central {
-                privacy::clip_to_norm(&mut delta, dp.config.clip);
-            } else {
-                *dp.participations.entry(*id).or_default() += 1;
-            }
-            braid_core::params::axpy(&mut sum, 1.0, &delta)?;
-        }
-        if dp.config.mode == DpMode::Central {
-            let mut rng = seed::rng(
+        if let Some(config) = config {
+            let dp = DpServer::new(
+                config,
+                self.config.clients_per_round,
+                total_clients,
+                batch_size,
                 self.config.seed,
-                &[
-                    seed::stream::PRIVACY,
-                    u64::from(SERVER),
-                    u64::from(self.round),
-                ],
             );
-            let std = dp.config.noise_multiplier * dp.config.clip;
-            privacy::add_gaussian_noise(&mut sum, std, &mut rng);
-            dp.accountant
-                .step(dp.q, dp.config.noise_multiplier, 1)
-                .map_err(|e| EngineError::Failed(format!("privacy: {e}")))?;
+            // Privacy combines first: a robust rule is refused with it, except DP-SGD's.
+            self.layers.insert(0, Box::new(dp));
         }
-        let m = self.config.clients_per_round.max(1) as f32;
-        Ok(self
-            .params
-            .iter()
-            .zip(&sum)
-            .map(|(p, s)| p + s / m)
-            .collect())
+        self
     }
 
     /// Sends the global model compressed with `c` (a quantizer) instead of as f32.
@@ -494,33 +359,21 @@ impl FedAvgServer {
             .unzip();
         let stragglers = asked - replies.len();
         self.completed = self.round;
-        let mean = if self
-            .privacy
-            .as_ref()
-            .is_some_and(|p| p.config.mode != DpMode::DpSgd)
-        {
-            let ids: Vec<(NodeId, &Reply)> = ids.into_iter().zip(&replies).collect();
-            self.private_mean(&ids)?
-        } else if self.config.aggregator == braid_core::robust::Aggregator::Mean {
-            let items: Vec<(&[f32], f64)> = replies
-                .iter()
-                .map(|r| (r.params.as_slice(), r.num_samples as f64))
-                .collect();
-            weighted_mean(&items)?
-        } else {
-            // Robust rules combine updates (trained minus global parameters).
-            let deltas = replies
-                .iter()
-                .map(|r| braid_core::params::sub(&r.params, &self.params))
-                .collect::<Result<Vec<_>, _>>()?;
-            let refs: Vec<&[f32]> = deltas.iter().map(Vec::as_slice).collect();
-            let weights: Vec<f64> = replies.iter().map(|r| r.num_samples as f64).collect();
-            let agg = self
-                .config
-                .aggregator
-                .aggregate(&refs, &weights)
-                .map_err(|e| EngineError::Failed(format!("round {}: {e}", self.round)))?;
-            self.params.iter().zip(&agg).map(|(p, d)| p + d).collect()
+        let with_ids: Vec<(NodeId, &Reply)> = ids.into_iter().zip(&replies).collect();
+        let (round, global) = (self.round, &self.params);
+        let combined = self
+            .layers
+            .iter_mut()
+            .find_map(|l| l.combine(round, global, &with_ids));
+        let mean = match combined {
+            Some(mean) => mean?,
+            None => {
+                let items: Vec<(&[f32], f64)> = replies
+                    .iter()
+                    .map(|r| (r.params.as_slice(), r.num_samples as f64))
+                    .collect();
+                weighted_mean(&items)?
+            }
         };
         let samples: u64 = replies.iter().map(|r| r.num_samples).sum();
         let local_steps: u64 = replies.iter().map(|r| u64::from(r.steps)).sum();
@@ -559,36 +412,11 @@ impl FedAvgServer {
             local_steps,
             train_loss,
         } = agg;
-        let epsilon = match &self.privacy {
-            Some(dp) => Some(dp.epsilon_after(0)?),
-            None => None,
-        };
-        // Would one more round pass the privacy target?
-        let mut over_budget = false;
-        if let Some(dp) = self.privacy.as_mut() {
-            if let Some(target) = dp.config.target_epsilon {
-                let next = dp.epsilon_after(1)?;
-                if next > target && self.round < self.config.rounds {
-                    match dp.config.on_target {
-                        OnTarget::Stop => {
-                            tracing::warn!(
-                                "privacy: round {} would take epsilon to {next:.3}, past the target {target}; stopping after round {}",
-                                self.round + 1,
-                                self.round
-                            );
-                            over_budget = true;
-                        }
-                        OnTarget::Warn if !dp.warned => {
-                            tracing::warn!(
-                                "privacy: round {} takes epsilon to {next:.3}, past the target {target}; going on (on_target = \"warn\")",
-                                self.round + 1
-                            );
-                            dp.warned = true;
-                        }
-                        OnTarget::Warn => {}
-                    }
-                }
-            }
+        let (mut epsilon, mut over_budget) = (None, false);
+        for layer in &mut self.layers {
+            let note = layer.after_round(self.round, self.config.rounds)?;
+            epsilon = epsilon.or(note.epsilon);
+            over_budget |= note.stop;
         }
         let last = self.round == self.config.rounds || over_budget;
         let (accuracy, loss) = if last || self.round.is_multiple_of(self.config.eval_every.max(1)) {
@@ -631,16 +459,8 @@ impl Node for FedAvgServer {
     }
 
     fn on_start(&mut self, ctx: &mut FedCtx<'_>) -> Result<(), EngineError> {
-        if let Some(dp) = &self.privacy {
-            if let Some(target) = dp.config.target_epsilon {
-                let first = dp.epsilon_after(1)?;
-                // (DP-SGD: unknown until clients report their sample counts.)
-                if self.completed == 0 && first > target {
-                    return Err(EngineError::Invalid(Invalid::range("privacy.target_epsilon", format!(
-                        "privacy.target_epsilon = {target} is spent by a single round (epsilon {first:.3}); raise privacy.noise_multiplier"
-                    ))));
-                }
-            }
+        for layer in &self.layers {
+            layer.before_start(self.completed)?;
         }
         // A fresh server starts at round 0; a resumed one after its last completed round.
         self.round = self.completed;
@@ -656,20 +476,11 @@ impl Node for FedAvgServer {
     }
 
     fn save_state(&self) -> Option<NodeState> {
-        let privacy = self.privacy.as_ref().map(|dp| {
-            serde_json::json!({
-                "rdp": dp.accountant.rdp(),
-                "participations": dp.participations.iter().map(|(k, v)| (k.to_string(), *v)).collect::<BTreeMap<String, u64>>(),
-                "clients": dp.clients.iter().map(|(k, b)| (k.to_string(), serde_json::json!({
-                    "rdp": b.accountant.rdp(), "q": b.q, "steps": b.steps,
-                }))).collect::<BTreeMap<String, serde_json::Value>>(),
-            })
-        });
-        let mut state = server_state(
-            serde_json::json!({ "completed_rounds": self.completed, "privacy": privacy }),
-            &self.params,
-            &self.optimizer,
-        );
+        let mut meta = serde_json::json!({ "completed_rounds": self.completed });
+        for (key, value) in self.layers.iter().filter_map(|l| l.save()) {
+            meta[key] = value;
+        }
+        let mut state = server_state(meta, &self.params, &self.optimizer);
         if let Some(copy) = &self.copy {
             copy.save(&mut state);
         }
@@ -683,55 +494,8 @@ impl Node for FedAvgServer {
             self.params.len(),
             &mut self.optimizer,
         )?;
-        if let Some(dp) = self.privacy.as_mut() {
-            let bad = || EngineError::Checkpoint("checkpoint: malformed privacy accountant".into());
-            let p = state.meta.get("privacy").ok_or_else(bad)?;
-            let rdp: Vec<f64> = p
-                .get("rdp")
-                .and_then(|v| serde_json::from_value(v.clone()).ok())
-                .ok_or_else(bad)?;
-            dp.accountant
-                .restore(rdp)
-                .map_err(|e| EngineError::Checkpoint(format!("checkpoint: {e}")))?;
-            let parts: BTreeMap<String, u64> = p
-                .get("participations")
-                .and_then(|v| serde_json::from_value(v.clone()).ok())
-                .ok_or_else(bad)?;
-            dp.participations = parts
-                .into_iter()
-                .map(|(k, v)| Ok((k.parse::<NodeId>().map_err(|_| bad())?, v)))
-                .collect::<Result<_, EngineError>>()?;
-            #[derive(serde::Deserialize)]
-            struct Saved {
-                rdp: Vec<f64>,
-                q: f64,
-                steps: u64,
-            }
-            let clients: BTreeMap<String, Saved> = match p.get("clients") {
-                Some(v) => serde_json::from_value(v.clone()).map_err(|_| bad())?,
-                None => BTreeMap::new(), // written before DP-SGD existed
-            };
-            dp.clients = clients
-                .into_iter()
-                .map(|(k, v)| {
-                    let id = k.parse::<NodeId>().map_err(|_| bad())?;
-                    if !(v.q > 0.0 && v.q <= 1.0) {
-                        return Err(bad());
-                    }
-                    let mut accountant = RdpAccountant::default();
-                    accountant
-                        .restore(v.rdp)
-                        .map_err(|e| EngineError::Checkpoint(format!("checkpoint: {e}")))?;
-                    Ok((
-                        id,
-                        ClientBudget {
-                            accountant,
-                            q: v.q,
-                            steps: v.steps,
-                        },
-                    ))
-                })
-                .collect::<Result<_, EngineError>>()?;
+        for layer in &mut self.layers {
+            layer.load(&state.meta)?;
         }
         if let Some(copy) = self.copy.as_mut() {
             copy.load(&state)?;
@@ -815,8 +579,8 @@ impl Node for FedAvgServer {
         if let Some(copy) = self.copy.as_mut() {
             copy.answered(from);
         }
-        if let Some(dp) = self.privacy.as_mut() {
-            dp.spent(from, num_samples, steps)?;
+        for layer in &mut self.layers {
+            layer.accepted(from, num_samples, steps)?;
         }
         *slot = Some(Reply {
             num_samples,
@@ -896,34 +660,6 @@ pub(crate) fn restore_server(
     Ok((completed, params.to_vec()))
 }
 
-/// The request to train from `params` in round `round`: the model in f32, or compressed with
-/// `downlink` (random choices seeded by the experiment seed and the round).
-pub(crate) fn model_request(
-    round: u32,
-    params: &[f32],
-    downlink: Option<&Compression>,
-    experiment_seed: u64,
-) -> Result<Msg, EngineError> {
-    Ok(match downlink {
-        Some(c) => {
-            let mut rng = seed::rng(
-                experiment_seed,
-                &[seed::stream::COMPRESS, u64::from(SERVER), u64::from(round)],
-            );
-            let model = compress::encode(params, c, &mut rng)
-                .map_err(|e| EngineError::Failed(e.to_string()))?;
-            Msg::Request {
-                round,
-                model: Tensor::packed(model),
-            }
-        }
-        None => Msg::Request {
-            round,
-            model: Tensor::exact(params.to_vec()),
-        },
-    })
-}
-
 /// Applies `f` to the update `trained - received` and writes `received + update` back into
 /// `trained`.
 fn rewrite_update(
@@ -947,14 +683,13 @@ pub struct FedAvgClient {
     done: bool,
     /// The model's size (to decode compressed requests).
     num_params: usize,
-    /// Compression of this client's updates, and its error-feedback memory if used.
-    uplink: Option<(Compression, Option<ErrorFeedback>)>,
-    /// The model's matrix-shaped tensors and PowerSGD's warm-start state (power-sgd uplink).
-    lowrank: (Vec<Block>, PowerSgd),
-    /// Local DP: clip bound and noise standard deviation of this client's updates.
-    local_dp: Option<(f64, f64)>,
-    /// A simulated attacker: what it does to its update.
-    attack: Option<braid_core::robust::Attack>,
+    /// Compression of this client's updates (`compression.uplink`).
+    uplink: Option<Uplink>,
+    /// The model's matrix-shaped tensors (for a power-sgd uplink).
+    blocks: Vec<Block>,
+    /// Update layers, applied in this order: a simulated attacker, then local DP.
+    attack: Option<layers::attack::Attacker>,
+    local_dp: Option<LocalDp>,
     /// Secure aggregation: the settings, and the current round's state.
     secure: Option<SecureSettings>,
     sec: Option<secure::ClientSec>,
@@ -974,9 +709,9 @@ impl FedAvgClient {
             done: false,
             num_params: 0,
             uplink: None,
-            lowrank: Default::default(),
-            local_dp: None,
+            blocks: Vec::new(),
             attack: None,
+            local_dp: None,
             secure: None,
             sec: None,
             copy: None,
@@ -992,16 +727,14 @@ impl FedAvgClient {
 
     /// Makes this client an attacker that applies `attack` to every update it sends.
     pub fn with_attack(mut self, attack: Option<braid_core::robust::Attack>) -> Self {
-        self.attack = attack;
+        self.attack = attack.map(layers::attack::Attacker);
         self
     }
 
     /// With local DP (`[privacy] mode = "local"`), clips its update to `clip` and adds
     /// Gaussian noise of standard deviation `noise_multiplier * clip` before sending.
     pub fn with_privacy(mut self, config: Option<PrivacyConfig>) -> Self {
-        self.local_dp = config
-            .filter(|c| c.mode == DpMode::Local)
-            .map(|c| (c.clip, c.noise_multiplier * c.clip));
+        self.local_dp = LocalDp::of(config);
         self
     }
 
@@ -1009,17 +742,24 @@ impl FedAvgClient {
     /// updates as `compression` says.
     pub fn with_compression(mut self, compression: &CompressionConfig, num_params: usize) -> Self {
         self.num_params = num_params;
-        self.uplink = compression.uplink.map(|c| {
-            let ef = compression.error_feedback.then(ErrorFeedback::default);
-            (c, ef)
-        });
+        self.uplink = Uplink::of(compression, self.blocks.clone());
         self
     }
 
     /// The model's matrix-shaped tensors, which a `power-sgd` uplink compresses.
     pub fn with_matrix_blocks(mut self, blocks: Vec<Block>) -> Self {
-        self.lowrank.0 = blocks;
+        if let Some(uplink) = self.uplink.as_mut() {
+            uplink.set_blocks(blocks.clone());
+        }
+        self.blocks = blocks;
         self
+    }
+
+    /// The update layers this client applies, in order.
+    fn update_layers(&self) -> impl Iterator<Item = &dyn UpdateLayer> {
+        let attack = self.attack.as_ref().map(|a| a as &dyn UpdateLayer);
+        let dp = self.local_dp.as_ref().map(|d| d as &dyn UpdateLayer);
+        attack.into_iter().chain(dp)
     }
 
     /// Scales the learning rate of round `r` by `schedule` at progress `(r - 1) / rounds`.
@@ -1140,7 +880,7 @@ impl Node for FedAvgClient {
         );
         let progress = f64::from(round.saturating_sub(1)) / f64::from(self.rounds);
         let lr_scale = self.lr_schedule.factor(progress);
-        let mut out = if self.attack.is_some_and(|a| a.poisons_labels()) {
+        let mut out = if self.update_layers().any(|l| l.flips_labels()) {
             ctx.trainer
                 .label_flipper()
                 .ok_or_else(|| {
@@ -1153,17 +893,10 @@ impl Node for FedAvgClient {
         } else {
             ctx.trainer.train(&params, &self.shard, s, lr_scale)?
         };
-        // An attacker's or a local-DP client's update is rewritten before it is sent.
-        let rng = |stream| seed::rng(self.seed, &[stream, u64::from(self.id), u64::from(round)]);
-        if let Some(attack) = self.attack {
+        // The update layers rewrite the update before it is sent.
+        for layer in self.update_layers() {
             rewrite_update(&mut out.params, &params, |d| {
-                attack.apply(d, &mut rng(seed::stream::ATTACK));
-            })?;
-        }
-        if let Some((clip, std)) = self.local_dp {
-            rewrite_update(&mut out.params, &params, |d| {
-                privacy::clip_to_norm(d, clip);
-                privacy::add_gaussian_noise(d, std, &mut rng(seed::stream::PRIVACY));
+                layer.rewrite(d, self.seed, self.id, round);
             })?;
         }
         if self.secure.is_some() {
@@ -1185,31 +918,14 @@ impl Node for FedAvgClient {
                 train_loss: out.mean_loss as f32,
                 update: Tensor::exact(out.params),
             },
-            Some((c, ef)) => {
+            Some(uplink) => {
                 let delta: Vec<f32> = out
                     .params
                     .iter()
                     .zip(params.iter())
                     .map(|(a, b)| a - b)
                     .collect();
-                let mut rng = seed::rng(
-                    self.seed,
-                    &[seed::stream::COMPRESS, u64::from(self.id), u64::from(round)],
-                );
-                let update = match (c.sparsify, ef) {
-                    (Sparsify::PowerSgd { rank }, ef) => {
-                        let (blocks, ps) = &mut self.lowrank;
-                        let mut encode =
-                            |v: &[f32]| ps.encode(v, blocks, rank, c.quantize, &mut rng);
-                        match ef {
-                            Some(ef) => ef.encode_with(&delta, encode),
-                            None => encode(&delta),
-                        }
-                    }
-                    (_, Some(ef)) => ef.encode(&delta, c, &mut rng),
-                    (_, None) => compress::encode(&delta, c, &mut rng),
-                }
-                .map_err(|e| EngineError::Failed(e.to_string()))?;
+                let update = uplink.encode(&delta, self.seed, self.id, round)?;
                 Msg::Reply {
                     round,
                     num_samples: self.shard.len() as u64,

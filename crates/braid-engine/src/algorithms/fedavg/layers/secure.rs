@@ -13,15 +13,20 @@
 //! that answered if there are at least `threshold` of them (the training step also needs
 //! `min_replies`); otherwise the round starts again with the same clients (new keys), up to
 //! [`MAX_RESTARTS`] times.
+//!
+//! Composes with `[privacy] mode = "local"` (clients noise before masking; the server divides
+//! by the clients asked) and with `compression.downlink`; refuses a robust aggregator, central
+//! DP, DP-SGD and `compression.uplink` ([`check`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use braid_core::secagg::{self, ClientId, Message, PublicKeys, Sealed, SecAggError};
 
-use super::{Aggregated, FedAvgClient, FedAvgServer, SERVER};
-use super::{FedCtx, Msg};
-use crate::config::DpMode;
+use crate::algorithms::fedavg::{Aggregated, FedAvgClient, FedAvgServer, SERVER};
+use crate::algorithms::fedavg::{FedCtx, Msg};
+use crate::config::{is_mean, DpMode, ExperimentConfig};
+use crate::error::Invalid;
 use crate::node::EngineError;
 use crate::wire::NodeId;
 
@@ -45,7 +50,7 @@ pub struct SecureSettings {
 }
 
 /// The server's state in the current round.
-pub(super) struct SecRound {
+pub(in crate::algorithms::fedavg) struct SecRound {
     server: secagg::Server,
     /// 0: training and keys, 1: shares, 2: masked inputs, 3: reveals.
     step: u8,
@@ -70,7 +75,7 @@ fn setup(e: SecAggError) -> EngineError {
 }
 
 impl SecRound {
-    pub(super) fn new(
+    pub(in crate::algorithms::fedavg) fn new(
         round: u32,
         settings: SecureSettings,
         len: usize,
@@ -90,7 +95,7 @@ impl SecRound {
     }
 
     /// The clients still to be asked to train (step 0).
-    pub(super) fn missing(&self) -> Vec<NodeId> {
+    pub(in crate::algorithms::fedavg) fn missing(&self) -> Vec<NodeId> {
         if self.step == 0 {
             self.pending.iter().copied().collect()
         } else {
@@ -116,7 +121,7 @@ impl FedAvgServer {
     }
 
     /// A secure-aggregation message from a client.
-    pub(super) fn on_secagg(
+    pub(in crate::algorithms::fedavg) fn on_secagg(
         &mut self,
         from: NodeId,
         round: u32,
@@ -178,7 +183,7 @@ impl FedAvgServer {
     }
 
     /// A deadline of a secure round.
-    pub(super) fn secure_deadline(
+    pub(in crate::algorithms::fedavg) fn secure_deadline(
         &mut self,
         t: u64,
         ctx: &mut FedCtx<'_>,
@@ -319,15 +324,12 @@ impl FedAvgServer {
         }
         // Local DP: equal weights over the clients asked per round (DP-FedAvg's fixed
         // denominator); otherwise FedAvg's sample weights.
-        let denominator = match &mut self.privacy {
-            Some(dp) if dp.config.mode == DpMode::Local => {
-                for id in survivors {
-                    *dp.participations.entry(*id).or_default() += 1;
-                }
-                self.config.clients_per_round.max(1) as f64
-            }
-            _ => w,
-        };
+        let ids: Vec<NodeId> = survivors.to_vec();
+        let denominator = self
+            .layers
+            .iter_mut()
+            .find_map(|l| l.sum_denominator(&ids))
+            .unwrap_or(w);
         let mean: Vec<f32> = self
             .params
             .iter()
@@ -349,7 +351,7 @@ impl FedAvgServer {
 }
 
 /// A client's state in the current round.
-pub(super) struct ClientSec {
+pub(in crate::algorithms::fedavg) struct ClientSec {
     round: u32,
     /// `[w * update, w, samples, samples * loss, steps]`.
     input: Vec<f64>,
@@ -364,7 +366,7 @@ impl FedAvgClient {
     }
 
     /// After training in round `round`: keeps the input and sends the keys.
-    pub(super) fn secure_start(
+    pub(in crate::algorithms::fedavg) fn secure_start(
         &mut self,
         round: u32,
         update: &[f32],
@@ -406,7 +408,7 @@ impl FedAvgClient {
     }
 
     /// A secure-aggregation step from the server.
-    pub(super) fn on_secagg(
+    pub(in crate::algorithms::fedavg) fn on_secagg(
         &mut self,
         round: u32,
         body: &[u8],
@@ -456,4 +458,44 @@ impl FedAvgClient {
         );
         Ok(())
     }
+}
+
+/// `[secure_aggregation]`: the threshold, the fixed-point scale, and the feature layers it
+/// cannot be combined with.
+pub fn check(c: &ExperimentConfig) -> Result<(), Invalid> {
+    let Some(sa) = &c.secure_aggregation else {
+        return Ok(());
+    };
+    let m = c.clients_per_round();
+    let t = sa.threshold_for(m);
+    if t < 2 || t > m {
+        return Err(Invalid::range(
+            "secure_aggregation.threshold",
+            format!(
+            "secure_aggregation.threshold = {t} must be between 2 and the {m} clients per round"
+        ),
+        ));
+    }
+    if !(8..=40).contains(&sa.scale_bits) {
+        return Err(Invalid::range(
+            "secure_aggregation.scale_bits",
+            format!(
+                "secure_aggregation.scale_bits = {} must be in 8..=40",
+                sa.scale_bits
+            ),
+        ));
+    }
+    if !is_mean(&c.algorithm.aggregator) {
+        return Err(Invalid::conflict("secure_aggregation", "[secure_aggregation] hides single updates, which algorithm.aggregator needs: they cannot be combined"));
+    }
+    if c.privacy.is_some_and(|p| p.mode == DpMode::Central) {
+        return Err(Invalid::conflict("secure_aggregation", "[secure_aggregation] hides single updates, which central DP clips at the server: use [privacy] mode = \"local\""));
+    }
+    if c.privacy.is_some_and(|p| p.mode == DpMode::DpSgd) {
+        return Err(Invalid::conflict("secure_aggregation", "[secure_aggregation] hides each client's sample count and steps, which the server's DP-SGD accountant needs: use [privacy] mode = \"local\""));
+    }
+    if c.compression.is_some_and(|k| k.uplink.is_some()) {
+        return Err(Invalid::conflict("secure_aggregation", "[secure_aggregation] and compression.uplink cannot be combined (masked updates are ring elements); compression.downlink can"));
+    }
+    Ok(())
 }

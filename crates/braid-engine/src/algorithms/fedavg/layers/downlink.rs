@@ -22,8 +22,8 @@ use std::sync::Arc;
 use braid_core::compress::{self, Compression};
 use braid_core::seed;
 
-use super::Msg;
-use super::SERVER;
+use crate::algorithms::fedavg::Msg;
+use crate::algorithms::fedavg::SERVER;
 use crate::node::{EngineError, NodeState};
 use crate::wire::{NodeId, Tensor};
 
@@ -36,7 +36,7 @@ fn add_into(copy: &mut [f32], change: &[f32]) {
 }
 
 /// The server's copy of the clients' model and what each client holds.
-pub(super) struct ServerCopy {
+pub(in crate::algorithms::fedavg) struct ServerCopy {
     compression: Compression,
     /// The copy, as of round `round`.
     copy: Vec<f32>,
@@ -49,7 +49,7 @@ pub(super) struct ServerCopy {
 
 impl ServerCopy {
     /// Starts from the initial model, which every client also holds.
-    pub(super) fn new(compression: Compression, initial: &[f32]) -> Self {
+    pub(in crate::algorithms::fedavg) fn new(compression: Compression, initial: &[f32]) -> Self {
         Self {
             compression,
             copy: initial.to_vec(),
@@ -61,7 +61,7 @@ impl ServerCopy {
 
     /// Moves the copy to round `round` by the compressed change towards `params` (the global
     /// model); a second call for the same round changes nothing.
-    pub(super) fn advance(
+    pub(in crate::algorithms::fedavg) fn advance(
         &mut self,
         round: u32,
         params: &[f32],
@@ -87,7 +87,7 @@ impl ServerCopy {
 
     /// What `client` is sent in the current round: the change if it holds the previous
     /// round's copy, else the whole copy.
-    pub(super) fn request_for(&self, client: NodeId) -> Msg {
+    pub(in crate::algorithms::fedavg) fn request_for(&self, client: NodeId) -> Msg {
         let held = self.synced.get(&client).copied().unwrap_or(0);
         if self.round > 0 && held == self.round - 1 {
             Msg::DeltaRequest {
@@ -104,17 +104,17 @@ impl ServerCopy {
     }
 
     /// `client` answered the current round: it holds the current copy.
-    pub(super) fn answered(&mut self, client: NodeId) {
+    pub(in crate::algorithms::fedavg) fn answered(&mut self, client: NodeId) {
         self.synced.insert(client, self.round);
     }
 
     /// The copy the clients of this round train from.
-    pub(super) fn copy(&self) -> &[f32] {
+    pub(in crate::algorithms::fedavg) fn copy(&self) -> &[f32] {
         &self.copy
     }
 
     /// Adds the copy and the clients' rounds to a checkpoint (taken between rounds).
-    pub(super) fn save(&self, state: &mut NodeState) {
+    pub(in crate::algorithms::fedavg) fn save(&self, state: &mut NodeState) {
         state
             .tensors
             .push(("downlink.copy".into(), self.copy.clone()));
@@ -130,7 +130,10 @@ impl ServerCopy {
     }
 
     /// Restores what [`ServerCopy::save`] wrote.
-    pub(super) fn load(&mut self, state: &NodeState) -> Result<(), EngineError> {
+    pub(in crate::algorithms::fedavg) fn load(
+        &mut self,
+        state: &NodeState,
+    ) -> Result<(), EngineError> {
         let bad = || EngineError::Checkpoint("checkpoint: malformed downlink copy".into());
         let copy = state.tensor("downlink.copy")?;
         if copy.len() != self.copy.len() {
@@ -158,14 +161,14 @@ impl ServerCopy {
 }
 
 /// A client's copy of the model (`compression.downlink_delta`).
-pub(super) struct ClientCopy {
+pub(in crate::algorithms::fedavg) struct ClientCopy {
     copy: Vec<f32>,
     round: u32,
 }
 
 impl ClientCopy {
     /// Starts from the initial model.
-    pub(super) fn new(initial: Vec<f32>) -> Self {
+    pub(in crate::algorithms::fedavg) fn new(initial: Vec<f32>) -> Self {
         Self {
             copy: initial,
             round: 0,
@@ -173,7 +176,11 @@ impl ClientCopy {
     }
 
     /// The whole copy of round `round` arrived.
-    pub(super) fn replace(&mut self, round: u32, params: &[f32]) -> Result<(), String> {
+    pub(in crate::algorithms::fedavg) fn replace(
+        &mut self,
+        round: u32,
+        params: &[f32],
+    ) -> Result<(), String> {
         if params.len() != self.copy.len() {
             return Err(format!(
                 "a model of {} values, this client's has {}",
@@ -188,7 +195,12 @@ impl ClientCopy {
 
     /// Applies round `round`'s change to the copy of round `base` (a change already applied,
     /// asked again, is not applied twice); returns the model to train from.
-    pub(super) fn apply(&mut self, round: u32, base: u32, delta: &[u8]) -> Result<&[f32], String> {
+    pub(in crate::algorithms::fedavg) fn apply(
+        &mut self,
+        round: u32,
+        base: u32,
+        delta: &[u8],
+    ) -> Result<&[f32], String> {
         if self.round == round {
             return Ok(&self.copy);
         }
