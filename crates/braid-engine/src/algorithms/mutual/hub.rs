@@ -1,0 +1,289 @@
+//! The hub: collects the clients' evaluation reports and writes the run's rows; in FML also the server of the global model.
+
+use super::*;
+
+struct Report {
+    arch: usize,
+    accuracy: f64,
+    loss: f64,
+    peak: Option<f64>,
+    train_loss: Option<f64>,
+    bytes_sent: u64,
+}
+
+/// The hub: collects evaluation reports; in FML also the server of the global model.
+pub struct MutualHub {
+    settings: Arc<MutualSettings>,
+    reports: BTreeMap<u32, BTreeMap<NodeId, Report>>,
+    /// The evaluation points already reported.
+    reported: u32,
+    prev_bytes: (u32, u64),
+    /// FML: the global model, the round in progress, and the clients asked in it with the
+    /// models they have returned.
+    global: Arc<Vec<f32>>,
+    round: u32,
+    returned: BTreeMap<NodeId, Option<Arc<Vec<f32>>>>,
+    global_eval: BTreeMap<u32, f64>,
+    bytes_sent: u64,
+    /// FML: bytes the hub had sent once round `t`'s global model was out.
+    sent_through: BTreeMap<u32, u64>,
+    done: bool,
+}
+
+impl MutualHub {
+    /// The hub; `global` is FML's initial global model (empty otherwise).
+    pub fn new(settings: Arc<MutualSettings>, global: Vec<f32>) -> Self {
+        Self {
+            settings,
+            reports: BTreeMap::new(),
+            reported: 0,
+            prev_bytes: (0, 0),
+            global: Arc::new(global),
+            round: 0,
+            returned: BTreeMap::new(),
+            global_eval: BTreeMap::new(),
+            bytes_sent: 0,
+            sent_through: BTreeMap::new(),
+            done: false,
+        }
+    }
+
+    fn fml(&self) -> bool {
+        self.settings.variant == Variant::Fml
+    }
+
+    fn start_round(&mut self, ctx: &mut MutualCtx<'_>, round: u32) -> Result<(), EngineError> {
+        let s = Arc::clone(&self.settings);
+        self.round = round;
+        self.returned = round_subset(s.seed, round, s.clients(), s.clients_per_round)
+            .into_iter()
+            .map(|k| (client_node(k), None))
+            .collect();
+        let asked: Vec<NodeId> = self.returned.keys().copied().collect();
+        for to in asked {
+            let message = self.settings.model_message(
+                round,
+                self.settings.global_model,
+                Arc::clone(&self.global),
+                HUB,
+            )?;
+            self.bytes_sent += ctx.send(to, message) as u64;
+        }
+        self.sent_through.insert(round, self.bytes_sent);
+        Ok(())
+    }
+
+    /// Emits the metrics of every evaluation point whose reports are all in.
+    fn flush(&mut self, ctx: &mut MutualCtx<'_>) {
+        let s = Arc::clone(&self.settings);
+        let n = s.clients();
+        let points: Vec<u32> = (self.reported + 1..=s.rounds)
+            .filter(|&r| s.evaluates_at(r))
+            .collect();
+        for r in points {
+            let complete = self.reports.get(&r).is_some_and(|m| m.len() == n);
+            let global_ready = !self.fml() || self.global_eval.contains_key(&r);
+            if !(complete && global_ready) {
+                return;
+            }
+            let reports = self.reports.remove(&r).unwrap_or_default();
+            let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+            let acc: Vec<f64> = reports.values().map(|x| x.accuracy).collect();
+            let peaks: Vec<f64> = reports.values().filter_map(|x| x.peak).collect();
+            let losses: Vec<f64> = reports.values().filter_map(|x| x.train_loss).collect();
+            let per = |peak: bool| -> Vec<Option<f64>> {
+                (0..s.model_names.len())
+                    .map(|a| {
+                        let v: Vec<f64> = reports
+                            .values()
+                            .filter(|x| x.arch == a)
+                            .filter_map(|x| if peak { x.peak } else { Some(x.accuracy) })
+                            .collect();
+                        mean(&v)
+                    })
+                    .collect()
+            };
+            let cum = reports
+                .values()
+                .fold(0u64, |a, x| a.saturating_add(x.bytes_sent))
+                .saturating_add(self.sent_through.get(&r).copied().unwrap_or(0));
+            let rounds = r - self.prev_bytes.0;
+            let m = MutualMetrics {
+                round: r,
+                alpha: s.alpha.at(r),
+                accuracy: mean(&acc).unwrap_or(0.0),
+                loss: mean(&reports.values().map(|x| x.loss).collect::<Vec<_>>()).unwrap_or(0.0),
+                min_accuracy: acc.iter().copied().fold(f64::INFINITY, f64::min),
+                max_accuracy: acc.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                peak_accuracy: (peaks.len() == n).then(|| mean(&peaks)).flatten(),
+                per_arch: per(false),
+                per_arch_peak: per(true),
+                global_model_accuracy: self.global_eval.get(&r).copied(),
+                train_loss: mean(&losses),
+                bytes_per_round: cum.saturating_sub(self.prev_bytes.1) as f64
+                    / f64::from(rounds.max(1)),
+                cum_bytes: cum,
+            };
+            self.prev_bytes = (r, cum);
+            self.reported = r;
+            ctx.emit(Event::Metrics(m));
+            if r == s.rounds {
+                self.done = true;
+            }
+        }
+    }
+}
+
+impl Node for MutualHub {
+    type Msg = Msg;
+    type Metrics = MutualMetrics;
+    type Trainer = dyn MutualLearner;
+
+    fn id(&self) -> NodeId {
+        HUB
+    }
+
+    fn on_start(&mut self, ctx: &mut MutualCtx<'_>) -> Result<(), EngineError> {
+        if self.fml() {
+            self.start_round(ctx, 1)?;
+        }
+        Ok(())
+    }
+
+    fn on_message(
+        &mut self,
+        from: NodeId,
+        msg: Msg,
+        ctx: &mut MutualCtx<'_>,
+    ) -> Result<(), EngineError> {
+        let kind = msg.kind();
+        let reject = EngineError::rejecter(HUB, from, kind);
+        let s = Arc::clone(&self.settings);
+        if from == HUB || from as usize > s.clients() {
+            return Err(reject("not a client of this run".into()));
+        }
+        let msg = match msg {
+            Msg::Model { round, arch, model } => Msg::Model {
+                round,
+                arch,
+                model: Tensor::Exact(s.unpack(arch, model).map_err(reject)?),
+            },
+            report => report,
+        };
+        match msg {
+            Msg::Report {
+                round,
+                arch,
+                accuracy,
+                loss,
+                peak_accuracy,
+                peak_loss: _,
+                train_loss,
+                bytes_sent,
+            } => {
+                if round <= self.reported || round > s.rounds || !s.evaluates_at(round) {
+                    return Err(reject(format!(
+                        "round {round} is not an open evaluation point"
+                    )));
+                }
+                let want = s.archs[(from - 1) as usize];
+                if arch as usize != want {
+                    return Err(reject(format!(
+                        "architecture {arch}, the client has {want}"
+                    )));
+                }
+                let unit = |v: f32| (0.0..=1.0).contains(&v);
+                if !unit(accuracy) || !(peak_accuracy.is_nan() || unit(peak_accuracy)) {
+                    return Err(reject("accuracy outside [0, 1]".into()));
+                }
+                if !loss.is_finite() {
+                    return Err(reject("a loss that is not finite".into()));
+                }
+                let finite = |v: f32| v.is_finite().then_some(f64::from(v));
+                let entry = self.reports.entry(round).or_default();
+                if entry.contains_key(&from) {
+                    return Err(reject(format!("a second report for round {round}")));
+                }
+                entry.insert(
+                    from,
+                    Report {
+                        arch: want,
+                        accuracy: f64::from(accuracy),
+                        loss: f64::from(loss),
+                        peak: finite(peak_accuracy),
+                        train_loss: finite(train_loss),
+                        bytes_sent,
+                    },
+                );
+            }
+            Msg::Model {
+                round,
+                arch,
+                model: Tensor::Exact(params),
+            } if self.fml() => {
+                if round != self.round || !self.returned.contains_key(&from) {
+                    return Err(reject(format!(
+                        "not asked for round {round} (the round is {})",
+                        self.round
+                    )));
+                }
+                if arch as usize != s.global_model {
+                    return Err(reject(format!(
+                        "architecture {arch} is not the global model's"
+                    )));
+                }
+                check_params(&params, s.model_params[s.global_model]).map_err(reject)?;
+                let slot = self.returned.get_mut(&from);
+                if slot.as_ref().is_some_and(|m| m.is_some()) {
+                    return Err(reject(format!("a second model for round {round}")));
+                }
+                if let Some(slot) = slot {
+                    *slot = Some(params);
+                }
+                if self.returned.values().all(Option::is_some) {
+                    // Weighted by sample counts; equal weights if the clients hold no samples.
+                    let total: usize = self
+                        .returned
+                        .keys()
+                        .map(|f| s.counts[(*f - 1) as usize])
+                        .sum();
+                    let items: Vec<(&[f32], f64)> = self
+                        .returned
+                        .iter()
+                        .filter_map(|(f, p)| {
+                            let w = if total == 0 {
+                                1.0
+                            } else {
+                                s.counts[(*f - 1) as usize] as f64
+                            };
+                            Some((p.as_ref()?.as_slice(), w))
+                        })
+                        .collect();
+                    self.global = Arc::new(weighted_mean(&items)?);
+                    if s.evaluates_at(round) {
+                        let e = ctx.trainer.evaluate_arch(
+                            s.global_model,
+                            &self.global,
+                            s.eval_samples_at(round),
+                        )?;
+                        self.global_eval.insert(round, e.accuracy);
+                    }
+                    if round < s.rounds {
+                        self.start_round(ctx, round + 1)?;
+                    }
+                }
+            }
+            _ => {
+                return Err(reject(
+                    "the hub takes reports (and FML's global models)".into(),
+                ))
+            }
+        }
+        self.flush(ctx);
+        Ok(())
+    }
+
+    fn finished(&self) -> bool {
+        self.done
+    }
+}
