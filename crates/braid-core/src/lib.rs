@@ -31,7 +31,7 @@ pub mod batches;
 pub mod bytes;
 pub mod compress;
 pub mod latency;
-pub mod lowrank;
+pub use compress::lowrank;
 pub mod lr_schedule;
 pub mod mutual;
 pub mod params;

@@ -10,10 +10,10 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::ExperimentConfig;
+use crate::config::{ConfigRules, ExperimentConfig};
 use crate::error::{Invalid, Rule};
-use crate::experiment::Prepared;
 use crate::node::{BoxNode, EngineError, Metrics};
+use crate::prepared::Prepared;
 use crate::report::Rows;
 use crate::sim::Timing;
 use crate::trainer::TrainerObject;
@@ -307,11 +307,6 @@ impl Registry {
         }
     }
 
-    /// braid's own algorithms.
-    pub fn builtin() -> Self {
-        crate::algorithms::builtin()
-    }
-
     /// Adds algorithm `A`.
     pub fn add<A: Algorithm>(&mut self) -> Result<&mut Self, RegistryError> {
         if self.get(A::NAME).is_some() {
@@ -407,146 +402,47 @@ impl Registry {
     }
 }
 
-/// A registered algorithm.
-struct Entry<A>(std::marker::PhantomData<A>);
+/// A registered algorithm (what it does for drivers is in [`crate::experiment`]).
+pub(crate) struct Entry<A>(pub(crate) std::marker::PhantomData<A>);
 
-impl<A: Algorithm> Entry<A> {
-    fn settings(config: &ExperimentConfig) -> Result<A::Config, EngineError> {
-        A::config(config).map_err(EngineError::from)
-    }
-}
-
-impl<A: Algorithm> Registered for Entry<A> {
-    fn name(&self) -> &'static str {
-        A::NAME
-    }
-
-    fn protocol(&self) -> (&'static str, u8) {
-        (<A::Msg as Message>::PROTOCOL, <A::Msg as Message>::TAG)
-    }
-
-    fn tables(&self) -> &'static [&'static str] {
-        A::TABLES
-    }
-
-    fn features(&self) -> &'static [Feature] {
-        A::FEATURES
-    }
-
-    fn instead(&self, feature: Feature) -> Option<&'static str> {
-        A::instead(feature)
+impl ConfigRules for Registry {
+    fn owned_tables(&self) -> Vec<&'static str> {
+        self.tables()
     }
 
     fn check(&self, config: &ExperimentConfig) -> Result<(), Invalid> {
-        A::config(config).map(|_| ())
-    }
-
-    fn shards(&self, config: &ExperimentConfig) -> usize {
-        A::shards(config)
-    }
-
-    fn prepare(&self, config: &ExperimentConfig) -> Result<Prepared, EngineError> {
-        let settings = Self::settings(config)?;
-        let mut prepared = crate::experiment::prepare_data(config, A::shards(config))?;
-        A::prepare(&mut prepared, &settings)?;
-        Ok(prepared)
-    }
-
-    fn node_of_shard(&self, k: usize) -> NodeId {
-        A::node_of_shard(k)
-    }
-
-    fn shard_of_node(&self, id: NodeId, shards: usize) -> Option<usize> {
-        A::shard_of_node(id, shards)
-    }
-
-    fn role(&self, config: &ExperimentConfig, node: usize, nodes: usize) -> &'static str {
-        match A::config(config) {
-            Ok(s) => A::role(&s, node, nodes),
-            Err(_) => "node",
-        }
-    }
-
-    fn max_message_values(&self, prepared: &Prepared) -> Result<usize, EngineError> {
-        Ok(A::max_message_values(
-            prepared,
-            &Self::settings(&prepared.config)?,
-        ))
-    }
-
-    fn describe(&self, prepared: &Prepared) -> Result<String, EngineError> {
-        Ok(A::describe(prepared, &Self::settings(&prepared.config)?))
-    }
-
-    fn progress(&self, config: &ExperimentConfig) -> Result<(&'static str, u64), EngineError> {
-        Ok(A::progress(config, &Self::settings(config)?))
-    }
-
-    fn baseline(&self, config: &ExperimentConfig) -> Option<Baseline> {
-        A::baseline(config)
-    }
-
-    fn simulate(
-        &self,
-        prepared: &Prepared,
-        on_progress: &mut dyn FnMut(u64, Option<f64>),
-    ) -> Result<Box<dyn Finished>, EngineError> {
-        let settings = Self::settings(&prepared.config)?;
-        let outcome = crate::experiment::simulate::<A>(prepared, &settings, &mut |e| {
-            if let crate::node::Event::Metrics(m) = e {
-                let (at, acc) = m.progress();
-                on_progress(at, acc);
+        let algorithm = self.of(config)?;
+        config.check_sections()?;
+        for t in config.tables.keys() {
+            if !algorithm.tables().contains(&t.as_str()) {
+                let owners = self.who(|e| e.tables().contains(&t.as_str()), "or");
+                return Err(Invalid::not_applicable(
+                    t.as_str(),
+                    format!("[{t}] only applies to algorithm.name = {owners}"),
+                ));
             }
-        })?;
-        Ok(Box::new(crate::report::Outcome::<A> {
-            prepared: prepared.clone(),
-            settings,
-            outcome,
-        }))
-    }
-
-    fn deploy(&self, prepared: &Prepared, id: NodeId) -> Result<Box<dyn WireNode>, EngineError> {
-        let settings = Self::settings(&prepared.config)?;
-        let limits = crate::wire::Limits::new(A::max_message_values(prepared, &settings));
-        let nodes = A::build(prepared, &settings)?;
-        let n = nodes.len();
-        let node = nodes
-            .into_iter()
-            .find(|node| node.id() == id)
-            .ok_or_else(|| {
-                EngineError::Driver(format!(
-                    "node {id} is not part of this run (it has nodes 0..{n})"
-                ))
-            })?;
-        let trainer = A::Trainer::from_full(crate::experiment::BurnTrainer::new(prepared)?);
-        Ok(Box::new(crate::wire_node::Wired::new(
-            node, trainer, limits,
-        )))
-    }
-
-    fn finished_from_rows(
-        &self,
-        prepared: &Prepared,
-        rows: Vec<(serde_json::Value, f64)>,
-        final_params: Option<Vec<f32>>,
-    ) -> Result<Box<dyn Finished>, EngineError> {
-        let settings = Self::settings(&prepared.config)?;
-        let rows = rows
-            .into_iter()
-            .map(|(v, w)| {
-                serde_json::from_value::<A::Metrics>(v)
-                    .map(|m| (m, w))
-                    .map_err(|e| EngineError::Driver(format!("a reported row: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Box::new(crate::report::Outcome::<A> {
-            prepared: prepared.clone(),
-            settings,
-            outcome: crate::sim::SimOutcome {
-                rows,
-                final_params,
-                ..Default::default()
-            },
-        }))
+        }
+        for f in Feature::ALL {
+            if f.is_set(config) && !algorithm.features().contains(&f) {
+                let refusal = match f {
+                    Feature::Compression => {
+                        format!("[compression] does not apply to \"{}\"", algorithm.name())
+                    }
+                    _ => format!(
+                        "{} applies to {}",
+                        f.name(),
+                        self.who(|e| e.features().contains(&f), "and")
+                    ),
+                };
+                let refusal = match algorithm.instead(f) {
+                    Some(hint) => format!("{refusal} ({hint})"),
+                    None => refusal,
+                };
+                let field = f.name().trim_start_matches('[').trim_end_matches(']');
+                return Err(Invalid::not_applicable(field, refusal));
+            }
+        }
+        algorithm.check(config)?;
+        config.check_runtime()
     }
 }

@@ -14,7 +14,8 @@
 //! - [`checkpoint`]: atomic checkpoints of a node's state and metrics (for resuming);
 //! - [`config`]: the experiment file;
 //! - [`error`]: the engine's errors, typed (refused settings name their field and rule);
-//! - [`experiment`]: config to finished run;
+//! - [`prepared`]: a run's data, partition and model, and braid's trainer on burn;
+//! - [`experiment`]: config to finished run, for any registered algorithm;
 //! - [`report`]: metrics files, plots and the final weights.
 
 pub mod accounting;
@@ -25,6 +26,7 @@ pub mod config;
 pub mod error;
 pub mod experiment;
 pub mod node;
+pub mod prepared;
 pub mod report;
 pub mod sim;
 pub mod trainer;

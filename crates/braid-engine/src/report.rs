@@ -8,9 +8,8 @@ use std::path::{Path, PathBuf};
 
 use plotters::prelude::*;
 
-use crate::algorithm::{Algorithm, Finished, Summary};
 use crate::config::ExperimentConfig;
-use crate::experiment::Prepared;
+use crate::prepared::Prepared;
 use crate::sim::SimOutcome;
 
 pub use plotters::style::{BLACK, BLUE, RED};
@@ -26,30 +25,6 @@ pub trait Rows: Sized {
     ) -> Result<Vec<PathBuf>, String>;
     /// The table printed after a run.
     fn table(config: &ExperimentConfig, rows: &[(Self, f64)]) -> String;
-}
-
-/// A finished run of algorithm `A`: what [`Finished`] prints and writes.
-pub struct Outcome<A: Algorithm> {
-    /// The run.
-    pub prepared: Prepared,
-    /// Its algorithm's settings.
-    pub settings: A::Config,
-    /// What it produced.
-    pub outcome: SimOutcome<A::Metrics>,
-}
-
-impl<A: Algorithm> Finished for Outcome<A> {
-    fn table(&self) -> String {
-        <A::Metrics as Rows>::table(&self.prepared.config, &self.outcome.rows)
-    }
-
-    fn write(&self, dir: &Path) -> Result<Vec<PathBuf>, String> {
-        write_all::<A>(dir, &self.prepared, &self.settings, &self.outcome)
-    }
-
-    fn summary(&self) -> Summary {
-        A::summary(&self.prepared, &self.settings, &self.outcome.rows)
-    }
 }
 
 fn io(path: &Path, e: impl std::fmt::Display) -> String {
@@ -79,12 +54,13 @@ pub fn opt(v: Option<f64>) -> String {
     v.map(|x| format!("{x:.6}")).unwrap_or_default()
 }
 
-/// Writes every output file of a run of `A`; returns the paths written.
-pub fn write_all<A: Algorithm>(
+/// Writes every output file of a run whose rows are `R` and whose node `i` of `n` has the
+/// role `role(i, n)`; returns the paths written.
+pub fn write_all<R: Rows>(
     dir: &Path,
     prepared: &Prepared,
-    settings: &A::Config,
-    outcome: &SimOutcome<A::Metrics>,
+    role: &dyn Fn(usize, usize) -> &'static str,
+    outcome: &SimOutcome<R>,
 ) -> Result<Vec<PathBuf>, String> {
     let config = &prepared.config;
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
@@ -94,9 +70,8 @@ pub fn write_all<A: Algorithm>(
     write_atomic(&p, config.to_toml().as_bytes())?;
     written.push(p);
 
-    written.extend(<A::Metrics as Rows>::write(dir, config, &outcome.rows)?);
+    written.extend(R::write(dir, config, &outcome.rows)?);
 
-    let role = |i: usize, n: usize| A::role(settings, i, n);
     let mut traffic =
         String::from("node,role,bytes_sent,bytes_received,messages_sent,messages_received\n");
     let n = outcome.traffic.len();

@@ -15,7 +15,7 @@
 //! | [`FlipLabels`] | trains on flipped labels (a simulated attacker) | optional |
 //!
 //! An algorithm's nodes receive a trait object of a *bundle* of capabilities (declared with
-//! [`trainer_bundle!`], e.g. `FedTrainer: Train + Evaluate`), named as the algorithm's
+//! [`crate::trainer_bundle!`], e.g. `FedTrainer: Train + Evaluate`), named as the algorithm's
 //! [`crate::algorithm::Algorithm::Trainer`]. A trainer that lacks a capability the algorithm
 //! needs does not compile into it. Optional capabilities that depend on the configuration
 //! rather than on the algorithm (label flipping, asked for only by `[attack] kind =
@@ -216,7 +216,7 @@ pub trait FullTrainer: Train + TrainSteps + Evaluate + SplitSteps + MutualSteps 
 impl<T: Train + TrainSteps + Evaluate + SplitSteps + MutualSteps + 'static> FullTrainer for T {}
 
 /// A bundle's trait object (`dyn FedTrainer`): what drivers need to build, meter and lend
-/// it. Implemented by [`trainer_bundle!`].
+/// it. Implemented by [`crate::trainer_bundle!`].
 pub trait TrainerObject: Trainer + 'static {
     /// A full trainer lent as this bundle.
     fn from_full<X: FullTrainer>(trainer: X) -> Box<Self>;

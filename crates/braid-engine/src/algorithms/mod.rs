@@ -23,7 +23,11 @@ pub mod fedbuff;
 pub mod mutual;
 pub mod split;
 
+use std::path::Path;
+
 use crate::algorithm::Registry;
+use crate::config::{ConfigError, ExperimentConfig};
+use crate::error::Invalid;
 
 /// braid's own algorithms, in the order `braid` lists them.
 pub fn builtin() -> Registry {
@@ -43,6 +47,33 @@ pub fn builtin() -> Registry {
     })();
     debug_assert!(added.is_ok(), "the built-in algorithms register: {added:?}");
     r
+}
+
+impl Registry {
+    /// braid's own algorithms ([`builtin`]).
+    pub fn builtin() -> Self {
+        builtin()
+    }
+}
+
+/// Config loading against braid's own algorithms (programs with their own use the `_with`
+/// forms and their registry).
+impl ExperimentConfig {
+    /// Parses a config from TOML text, applying `key.path=value` overrides, and validates it
+    /// against braid's built-in algorithms.
+    pub fn parse(src: &str, origin: &str, overrides: &[String]) -> Result<Self, ConfigError> {
+        Self::parse_with(src, origin, overrides, &builtin())
+    }
+
+    /// Reads and parses a config file (braid's built-in algorithms).
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
+        Self::load_with(path, overrides, &builtin())
+    }
+
+    /// Checks values the types cannot express, for braid's built-in algorithms.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        self.validate_with(&builtin())
+    }
 }
 
 #[cfg(test)]

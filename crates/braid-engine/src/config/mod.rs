@@ -19,7 +19,6 @@ pub use features::{
 };
 pub use network::{NetworkConfig, Participant};
 
-use crate::algorithm::{Feature, Registry};
 use crate::error::{Invalid, Rule};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -42,6 +41,17 @@ impl ConfigError {
             invalid,
         }
     }
+}
+
+/// What a config is checked against beyond its common sections: the algorithms a program
+/// knows (implemented by [`crate::algorithm::Registry`]).
+pub trait ConfigRules {
+    /// The top-level tables the algorithms own (kept as written for them to read).
+    fn owned_tables(&self) -> Vec<&'static str>;
+    /// Checks `config` as a whole: its algorithm, its common sections
+    /// ([`ExperimentConfig::check_sections`], [`ExperimentConfig::check_runtime`]), and that
+    /// every table and feature set is one its algorithm takes.
+    fn check(&self, config: &ExperimentConfig) -> Result<(), Invalid>;
 }
 
 /// The top-level keys of the config that are not an algorithm's own tables.
@@ -405,22 +415,12 @@ fn one_line(src: &str, e: &toml::de::Error) -> String {
 
 impl ExperimentConfig {
     /// Parses a config from TOML text, applying `key.path=value` overrides, and validates it
-    /// against braid's built-in algorithms.
-    pub fn parse(src: &str, origin: &str, overrides: &[String]) -> Result<Self, ConfigError> {
-        Self::parse_with(
-            src,
-            origin,
-            overrides,
-            &crate::algorithm::Registry::builtin(),
-        )
-    }
-
-    /// Parses and validates a config whose algorithm is one of `registry`'s.
+    /// against `rules` (a [`crate::algorithm::Registry`]).
     pub fn parse_with(
         src: &str,
         origin: &str,
         overrides: &[String],
-        registry: &Registry,
+        rules: &dyn ConfigRules,
     ) -> Result<Self, ConfigError> {
         let err =
             |message: String| ConfigError::new(origin, Invalid::new("", Rule::Syntax, message));
@@ -431,7 +431,7 @@ impl ExperimentConfig {
         }
         // The tables algorithms own are the algorithm's to read; anything else must be one
         // of the common keys.
-        let owned = registry.tables();
+        let owned = rules.owned_tables();
         let mut tables = BTreeMap::new();
         for t in &owned {
             if let Some(v) = value.remove(*t) {
@@ -471,7 +471,7 @@ impl ExperimentConfig {
         })?;
         config.tables = tables;
         config
-            .validate_with(registry)
+            .validate_with(rules)
             .map_err(|e| ConfigError::new(origin, e))?;
         Ok(config)
     }
@@ -499,16 +499,12 @@ impl ExperimentConfig {
         self.tables.insert(name.into(), toml::Value::Table(value));
     }
 
-    /// Reads and parses a config file (braid's built-in algorithms).
-    pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
-        Self::load_with(path, overrides, &crate::algorithm::Registry::builtin())
-    }
-
-    /// Reads and parses a config file whose algorithm is one of `registry`'s.
+    /// Reads and parses a config file, validated against `rules` (a
+    /// [`crate::algorithm::Registry`]).
     pub fn load_with(
         path: &Path,
         overrides: &[String],
-        registry: &Registry,
+        rules: &dyn ConfigRules,
     ) -> Result<Self, ConfigError> {
         let origin = path.display().to_string();
         let src = std::fs::read_to_string(path).map_err(|e| {
@@ -517,7 +513,7 @@ impl ExperimentConfig {
                 Invalid::new("", Rule::Unreadable, format!("cannot read: {e}")),
             )
         })?;
-        Self::parse_with(&src, &origin, overrides, registry)
+        Self::parse_with(&src, &origin, overrides, rules)
     }
 
     /// The config as TOML (written next to the results): the common sections, then the
@@ -551,16 +547,16 @@ impl ExperimentConfig {
             .transpose()
     }
 
-    /// Checks values the types cannot express, for braid's built-in algorithms.
-    pub fn validate(&self) -> Result<(), Invalid> {
-        self.validate_with(&crate::algorithm::Registry::builtin())
+    /// Checks values the types cannot express against `rules` (a
+    /// [`crate::algorithm::Registry`]): the algorithm, the common sections, the algorithm's own
+    /// settings ([`crate::algorithm::Algorithm::config`]), and that every table and feature
+    /// layer set is one the algorithm takes.
+    pub fn validate_with(&self, rules: &dyn ConfigRules) -> Result<(), Invalid> {
+        rules.check(self)
     }
 
-    /// Checks values the types cannot express: the common sections, then the algorithm's own
-    /// settings ([`crate::algorithm::Algorithm::config`]), then that every table and feature
-    /// layer set is one the algorithm takes.
-    pub fn validate_with(&self, registry: &Registry) -> Result<(), Invalid> {
-        let algorithm = registry.of(self)?;
+    /// Checks the common sections (before the algorithm's own checks).
+    pub fn check_sections(&self) -> Result<(), Invalid> {
         if self.partition.clients == 0 {
             return Err(Invalid::range(
                 "partition.clients",
@@ -642,36 +638,11 @@ impl ExperimentConfig {
                 "algorithm.min_replies must be at least 1",
             ));
         }
-        for t in self.tables.keys() {
-            if !algorithm.tables().contains(&t.as_str()) {
-                let owners = registry.who(|e| e.tables().contains(&t.as_str()), "or");
-                return Err(Invalid::not_applicable(
-                    t.as_str(),
-                    format!("[{t}] only applies to algorithm.name = {owners}"),
-                ));
-            }
-        }
-        for f in Feature::ALL {
-            if f.is_set(self) && !algorithm.features().contains(&f) {
-                let refusal = match f {
-                    Feature::Compression => {
-                        format!("[compression] does not apply to \"{}\"", algorithm.name())
-                    }
-                    _ => format!(
-                        "{} applies to {}",
-                        f.name(),
-                        registry.who(|e| e.features().contains(&f), "and")
-                    ),
-                };
-                let refusal = match algorithm.instead(f) {
-                    Some(hint) => format!("{refusal} ({hint})"),
-                    None => refusal,
-                };
-                let field = f.name().trim_start_matches('[').trim_end_matches(']');
-                return Err(Invalid::not_applicable(field, refusal));
-            }
-        }
-        algorithm.check(self)?;
+        Ok(())
+    }
+
+    /// Checks the deployment and runtime sections (after the algorithm's own checks).
+    pub fn check_runtime(&self) -> Result<(), Invalid> {
         if let Some(n) = &self.network {
             n.validate()?;
         }

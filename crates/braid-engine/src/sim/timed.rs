@@ -10,7 +10,7 @@
 //! Nodes still run in parallel where that cannot change the result (conservative parallel
 //! discrete-event simulation). An input at time `t` may be handled once no other node can
 //! still send this node a message arriving before `t`: every node that may send to it
-//! ([`Node::listens_to`]) either already has a message queued to it (links keep their order)
+//! ([`crate::node::Node::listens_to`]) either already has a message queued to it (links keep their order)
 //! or cannot send before `t` (its own queued inputs, its compute for them and the links in
 //! between bound the earliest it can). A node's compute for an input of one kind is assumed
 //! to be at least the least it has ever taken for that kind (true when it is a function of

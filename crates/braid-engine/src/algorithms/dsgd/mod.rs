@@ -37,8 +37,8 @@ use super::common;
 use crate::algorithm::{Algorithm, Baseline, Feature, Summary};
 use crate::config::ExperimentConfig;
 use crate::error::Invalid;
-use crate::experiment::Prepared;
 use crate::node::{check_params, BoxNode, EngineError, Event, Metrics, Node, NodeCtx, NodeState};
+use crate::prepared::Prepared;
 use crate::wire::{Control, Message as _, NodeId, Tensor};
 
 mod algorithm;

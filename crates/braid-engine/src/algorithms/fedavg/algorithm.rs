@@ -9,8 +9,8 @@ use crate::algorithm::{Algorithm, Feature, Summary};
 use crate::algorithms::common;
 use crate::config::{DpMode, ExperimentConfig};
 use crate::error::Invalid;
-use crate::experiment::{matrix_blocks, Prepared};
 use crate::node::{BoxNode, EngineError};
+use crate::prepared::{matrix_blocks, Prepared};
 use crate::sim::Timing;
 use crate::wire::NodeId;
 

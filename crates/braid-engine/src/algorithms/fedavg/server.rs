@@ -139,7 +139,7 @@ impl FedAvgServer {
 
     /// Sends each round the change to a copy of the model that the clients keep, compressed
     /// with `c`, instead of the model; the copy starts as this server's initial parameters,
-    /// which every client must start from too ([`FedAvgClient::with_model_copy`]).
+    /// which every client must start from too ([`super::FedAvgClient::with_model_copy`]).
     pub fn with_downlink_delta(mut self, c: Option<Compression>) -> Self {
         self.copy = c.map(|c| downlink::ServerCopy::new(c, &self.params));
         self

@@ -38,8 +38,8 @@ use crate::algorithm::{Algorithm, Feature, Summary};
 use crate::algorithms::fedavg::FedTrainer;
 use crate::config::ExperimentConfig;
 use crate::error::Invalid;
-use crate::experiment::Prepared;
 use crate::node::{check_params, BoxNode, EngineError, Event, Node, NodeState};
+use crate::prepared::Prepared;
 use crate::sim::Timing;
 use crate::wire::{Control, Message as _, NodeId, Tensor, HEADER};
 

@@ -51,8 +51,8 @@ use braid_nn::ModelName;
 use super::common;
 use crate::algorithm::{Algorithm, Feature, Summary};
 use crate::config::ExperimentConfig;
-use crate::experiment::Prepared;
 use crate::node::{check_params, BoxNode, EngineError, Event, Metrics, Node, NodeCtx};
+use crate::prepared::Prepared;
 
 mod report;
 use crate::error::Invalid;

@@ -42,8 +42,8 @@ use super::common;
 use crate::algorithm::{Algorithm, Feature, Summary};
 use crate::config::ExperimentConfig;
 use crate::error::Invalid;
-use crate::experiment::Prepared;
 use crate::node::{check_params, BoxNode, EngineError, Event, Metrics, Node, NodeCtx, NodeState};
+use crate::prepared::Prepared;
 use crate::wire::{Control, Message as _, NodeId, Tensor, HEADER};
 
 mod algorithm;

@@ -7,19 +7,19 @@
 //! (warm start, kept by the sender in [`PowerSgd`]); the receiver rebuilds `P Q'^T`, the best
 //! rank-r approximation once the iteration has converged. Blocks too small to gain from it,
 //! and every value outside the blocks (biases), are sent whole. The factors and whole values
-//! go through the chosen quantizer ([`crate::compress`]). Use it with error feedback: a single
+//! go through the chosen quantizer ([`super`]). Use it with error feedback: a single
 //! power step drops what lies outside the current subspace, and error feedback sends it later.
 //!
 //! The encoding is self-describing: it lists each compressed block's offset and shape, and
-//! [`crate::compress::decode`] reads it, checking every block lies inside the vector, in
+//! [`super::decode`] reads it, checking every block lies inside the vector, in
 //! order and without overlap.
 
 use rand::Rng;
 
+use super::{self as compress, CompressError, Compression, Quantize, Sparsify};
 use crate::bytes::{Reader, Writer};
-use crate::compress::{self, CompressError, Compression, Quantize, Sparsify};
 
-/// The first byte of a PowerSGD encoding (distinct from [`crate::compress`]'s versions).
+/// The first byte of a PowerSGD encoding (distinct from [`super`]'s versions).
 pub(crate) const TAG: u8 = 0x50;
 const HEADER: usize = 1 + 4 + 4 + 4; // tag, n, rank, blocks
 const BLOCK: usize = 4 + 4 + 4; // offset, rows, cols

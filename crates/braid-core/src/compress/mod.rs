@@ -30,6 +30,8 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub mod lowrank;
+
 /// Which entries are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
@@ -48,8 +50,8 @@ pub enum Sparsify {
         fraction: f64,
     },
     /// PowerSGD: every matrix-shaped tensor as two rank-`rank` factors, the rest whole
-    /// ([`crate::lowrank`]; needs the model's layout, so it is encoded by
-    /// [`crate::lowrank::PowerSgd`], not [`encode`]).
+    /// ([`lowrank`]; needs the model's layout, so it is encoded by
+    /// [`lowrank::PowerSgd`], not [`encode`]).
     PowerSgd {
         /// The factors' rank (at least 1).
         rank: usize,
@@ -166,7 +168,7 @@ fn index_bytes(n: usize, m: usize) -> usize {
 }
 
 /// Exact length of [`encode`]'s output for a vector of `n` values (PowerSGD's depends on the
-/// layout: see [`crate::lowrank::encoded_len`]; here it counts the vector dense).
+/// layout: see [`lowrank::encoded_len`]; here it counts the vector dense).
 pub fn encoded_len(n: usize, c: &Compression) -> usize {
     let m = c.kept(n);
     let indices = if matches!(c.sparsify, Sparsify::None | Sparsify::PowerSgd { .. }) {
@@ -360,8 +362,8 @@ pub fn decode(bytes: &[u8], n: usize) -> Result<Vec<f32>, CompressError> {
             bytes.len()
         )));
     }
-    if bytes[0] == crate::lowrank::TAG {
-        return crate::lowrank::decode(bytes, n);
+    if bytes[0] == lowrank::TAG {
+        return lowrank::decode(bytes, n);
     }
     let mut r = Reader::new(bytes);
     let (version, s, q) = (r.u8("version")?, r.u8("sparsifier")?, r.u8("quantizer")?);
@@ -542,7 +544,7 @@ impl ErrorFeedback {
     }
 
     /// [`ErrorFeedback::encode`] with any encoder whose output [`decode`] reads (such as
-    /// [`crate::lowrank::PowerSgd`]).
+    /// [`lowrank::PowerSgd`]).
     pub fn encode_with(
         &mut self,
         x: &[f32],

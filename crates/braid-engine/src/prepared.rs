@@ -1,0 +1,462 @@
+//! A run prepared from its config: data loaded and partitioned, the model and the seeds
+//! ([`Prepared`]), and braid's trainer on burn models ([`BurnTrainer`]).
+
+use std::sync::Arc;
+
+use braid_core::partition::{self, label_histogram};
+use braid_core::seed;
+use braid_data::DataSplit;
+use braid_nn::{
+    Arch, EvalOutcome, Member, MutualOutcome, MutualSpec, MutualTrainer, OptimizerState,
+    ServerStep, SplitArch, SplitTrainer, SupervisedLoss, TrainOutcome, TrainSpec, Trainer,
+};
+use rand::seq::SliceRandom;
+
+use crate::config::ExperimentConfig;
+use crate::node::EngineError;
+use crate::trainer::{
+    Evaluate, FlipLabels, MutualSteps, SplitSteps, Train, TrainSteps, Trainer as Capabilities,
+};
+
+/// A config with its data loaded and partitioned, ready to run.
+#[derive(Clone)]
+pub struct Prepared {
+    /// The config.
+    pub config: ExperimentConfig,
+    /// Train and test data.
+    pub data: Arc<DataSplit>,
+    /// Training-sample indices of each client.
+    pub parts: Vec<Vec<usize>>,
+    /// The model architecture bound to the data.
+    pub arch: Arch,
+    /// Human-readable data source.
+    pub data_description: String,
+    /// The model cut in two (split learning sets it).
+    pub split: Option<SplitArch>,
+    /// The run's list of models bound to the data (mutual learning sets it; empty
+    /// otherwise).
+    pub models: Vec<Arch>,
+    /// Each client's model, an index into `models` (mutual learning; empty otherwise).
+    pub client_models: Vec<usize>,
+    /// Mutual learning's distillation temperature and supervised loss (mutual learning sets
+    /// it).
+    pub mutual_spec: Option<(f64, SupervisedLoss)>,
+}
+
+/// Loads the data, partitions it into `shards` shards and binds the model; errors name what
+/// is wrong. Algorithms add what they need with [`crate::algorithm::Algorithm::prepare`].
+pub fn prepare_data(config: &ExperimentConfig, shards: usize) -> Result<Prepared, EngineError> {
+    let data = braid_data::load(&config.data, config.seed)
+        .map_err(|e| EngineError::Data(e.to_string()))?;
+    let data_description = match &config.data {
+        braid_data::DataConfig::FashionMnist { source, .. } => {
+            braid_data::FashionSource::resolve(source)
+                .map(|s| s.describe())
+                .unwrap_or_else(|_| source.clone())
+        }
+        braid_data::DataConfig::Synthetic(c) => format!(
+            "Synthetic({}, {}) with {} groups",
+            c.alpha, c.beta, c.groups
+        ),
+    };
+    let arch = Arch::new(
+        config.model.name,
+        data.train.sample_shape(),
+        data.train.num_classes(),
+    )?;
+    let scheme = config.partition.scheme()?;
+    let parts = if shards == 1 {
+        vec![(0..data.train.len()).collect()]
+    } else {
+        let mut rng = seed::rng(config.seed, &[seed::stream::PARTITION]);
+        partition::partition(
+            &scheme,
+            data.train.labels(),
+            data.train.groups(),
+            data.train.num_classes(),
+            shards,
+            &mut rng,
+        )
+        .map_err(|e| EngineError::Data(e.to_string()))?
+    };
+    Ok(Prepared {
+        config: config.clone(),
+        data: Arc::new(data),
+        parts,
+        arch,
+        data_description,
+        split: None,
+        models: Vec::new(),
+        client_models: Vec::new(),
+        mutual_spec: None,
+    })
+}
+
+impl Prepared {
+    /// Replaces shard `k` by `own`, a participant's own training data (`braid node --data`):
+    /// the participant trains on all of it; the test set and the model stay as configured.
+    /// For one node's process only: the other shards' indices no longer mean anything.
+    pub fn use_own_data(&mut self, k: usize, own: braid_data::Dataset) -> Result<(), EngineError> {
+        let train = &self.data.train;
+        if own.sample_shape() != train.sample_shape() || own.num_classes() != train.num_classes() {
+            return Err(EngineError::Data(format!(
+                "own data has samples of shape {:?} with {} classes; the experiment's have {:?} with {}",
+                own.sample_shape(),
+                own.num_classes(),
+                train.sample_shape(),
+                train.num_classes()
+            )));
+        }
+        if own.is_empty() {
+            return Err(EngineError::Data("own data holds no samples".into()));
+        }
+        let part = self
+            .parts
+            .get_mut(k)
+            .ok_or_else(|| EngineError::Data(format!("there is no shard {k}")))?;
+        *part = (0..own.len()).collect();
+        self.data = Arc::new(DataSplit {
+            train: own,
+            test: self.data.test.clone(),
+        });
+        Ok(())
+    }
+
+    /// Per-client label counts.
+    pub fn histogram(&self) -> Vec<Vec<usize>> {
+        label_histogram(
+            self.data.train.labels(),
+            &self.parts,
+            self.data.train.num_classes(),
+        )
+    }
+
+    /// Number of worker threads this run uses.
+    pub fn workers(&self) -> usize {
+        let auto = if self.config.runtime.device.is_accelerator() {
+            1
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        };
+        self.config
+            .runtime
+            .workers
+            .unwrap_or(auto)
+            .min(self.config.clients_per_round())
+            .max(1)
+    }
+}
+
+/// braid's trainer on burn: trains on the shared training set, evaluates on the test set. It
+/// has every capability of [`crate::trainer`] (split and mutual learning when the run set up
+/// a split model or a list of models).
+pub struct BurnTrainer {
+    trainer: Trainer,
+    /// Mutual learning over the run's list of models, and one evaluator per model (made on
+    /// first use).
+    mutual: Option<(MutualTrainer, Vec<Option<Trainer>>)>,
+    mutual_spec: (f64, SupervisedLoss),
+    device: braid_nn::DeviceKind,
+    /// The split model's two parts (algorithm `split`).
+    split: Option<SplitTrainer>,
+    data: Arc<DataSplit>,
+    /// The training set with flipped labels, made on first use by a label-flipping attacker.
+    flipped: Option<braid_data::Dataset>,
+    spec: TrainSpec,
+    /// The test set in a seeded order; `evaluate_sample(n)` uses its first `n` entries.
+    eval_order: Vec<usize>,
+}
+
+impl BurnTrainer {
+    /// A trainer for `prepared`'s model and data.
+    pub fn new(prepared: &Prepared) -> Result<Self, EngineError> {
+        let device = &prepared.config.runtime.device;
+        Ok(Self {
+            trainer: Trainer::new(prepared.arch.clone(), device)?,
+            mutual: if prepared.mutual_spec.is_some() {
+                Some((
+                    MutualTrainer::new(prepared.models.clone(), device)?,
+                    prepared.models.iter().map(|_| None).collect(),
+                ))
+            } else {
+                None
+            },
+            mutual_spec: prepared.mutual_spec.unwrap_or((1.0, SupervisedLoss::Ce)),
+            split: prepared
+                .split
+                .clone()
+                .map(|s| SplitTrainer::new(s, device))
+                .transpose()?,
+            data: Arc::clone(&prepared.data),
+            flipped: None,
+            spec: prepared.config.train_spec(),
+            device: device.clone(),
+            eval_order: {
+                let mut order: Vec<usize> = (0..prepared.data.test.len()).collect();
+                order.shuffle(&mut seed::rng(prepared.config.seed, &[seed::stream::EVAL]));
+                order
+            },
+        })
+    }
+}
+
+fn no_models() -> EngineError {
+    EngineError::Unsupported(
+        "this run has no list of models (a mutual-learning algorithm sets one up)".into(),
+    )
+}
+
+impl BurnTrainer {
+    fn split_part(&mut self) -> Result<&mut SplitTrainer, EngineError> {
+        self.split.as_mut().ok_or_else(|| {
+            EngineError::Unsupported(
+                "this run has no split model (algorithm.name = \"split\")".into(),
+            )
+        })
+    }
+}
+
+impl MutualSteps for BurnTrainer {
+    fn mutual_train(
+        &mut self,
+        members: &[Member<'_>],
+        batches: &[Vec<usize>],
+        alpha: f64,
+        lr_scale: f64,
+    ) -> Result<MutualOutcome, EngineError> {
+        let spec = MutualSpec {
+            optimizer: self.spec.optimizer.clone(),
+            alpha,
+            temperature: self.mutual_spec.0,
+            supervised: self.mutual_spec.1,
+            lr_scale,
+        };
+        let data = Arc::clone(&self.data);
+        let (trainer, _) = self.mutual.as_mut().ok_or_else(no_models)?;
+        Ok(trainer.train(members, &data.train, batches, &spec)?)
+    }
+    fn evaluate_arch(
+        &mut self,
+        arch: usize,
+        params: &[f32],
+        max_samples: usize,
+    ) -> Result<EvalOutcome, EngineError> {
+        let device = self.device.clone();
+        let (trainer, evaluators) = self.mutual.as_mut().ok_or_else(no_models)?;
+        let model = trainer.archs().get(arch).cloned().ok_or_else(|| {
+            EngineError::Data(format!("model index {arch} is outside the list of models"))
+        })?;
+        let slot = evaluators
+            .get_mut(arch)
+            .ok_or_else(|| EngineError::Data(format!("no evaluator for model {arch}")))?;
+        if slot.is_none() {
+            *slot = Some(Trainer::new(model, &device)?);
+        }
+        let Some(evaluator) = slot.as_mut() else {
+            return Err(no_models());
+        };
+        let idx = &self.eval_order[..max_samples.min(self.eval_order.len())];
+        Ok(evaluator.evaluate(params, &self.data.test, Some(idx))?)
+    }
+    fn arch_flops(&self, arch: usize) -> crate::accounting::FlopsPerSample {
+        self.mutual
+            .as_ref()
+            .and_then(|(t, _)| t.archs().get(arch))
+            .map_or_else(Default::default, |a| crate::accounting::FlopsPerSample {
+                train: a.train_flops(),
+                forward: a.forward_flops(),
+            })
+    }
+}
+
+impl SplitSteps for BurnTrainer {
+    fn split_forward(
+        &mut self,
+        params: &[f32],
+        samples: &[usize],
+    ) -> Result<(Vec<f32>, Vec<u8>), EngineError> {
+        let data = Arc::clone(&self.data);
+        Ok(self
+            .split_part()?
+            .client_forward(params, &data.train, samples)?)
+    }
+    fn split_backward(
+        &mut self,
+        params: &[f32],
+        samples: &[usize],
+        grad: &[f32],
+    ) -> Result<Vec<f32>, EngineError> {
+        let data = Arc::clone(&self.data);
+        Ok(self
+            .split_part()?
+            .client_backward(params, &data.train, samples, grad)?)
+    }
+    fn split_server_step(
+        &mut self,
+        params: &[f32],
+        acts: &[f32],
+        labels: &[u8],
+        state: &mut OptimizerState,
+        lr_scale: f64,
+    ) -> Result<ServerStep, EngineError> {
+        let opt = self.spec.optimizer.clone();
+        Ok(self
+            .split_part()?
+            .server_step(params, acts, labels, &opt, state, lr_scale)?)
+    }
+    fn split_client_update(
+        &mut self,
+        params: &[f32],
+        grad: &[f32],
+        state: &mut OptimizerState,
+        lr_scale: f64,
+    ) -> Result<Vec<f32>, EngineError> {
+        let opt = self.spec.optimizer.clone();
+        Ok(self
+            .split_part()?
+            .client_update(params, grad, &opt, state, lr_scale)?)
+    }
+    fn split_flops(&self) -> (u64, u64) {
+        self.split.as_ref().map_or((0, 0), |s| {
+            (
+                s.split().client.forward_flops(),
+                s.split().server.forward_flops(),
+            )
+        })
+    }
+}
+
+impl Capabilities for BurnTrainer {
+    fn set_stop_flag(&mut self, flag: Arc<std::sync::atomic::AtomicBool>) {
+        self.trainer.set_stop_flag(flag);
+    }
+    fn flops_per_sample(&self) -> crate::accounting::FlopsPerSample {
+        let arch = self.trainer.arch();
+        crate::accounting::FlopsPerSample {
+            train: arch.train_flops(),
+            forward: arch.forward_flops(),
+        }
+    }
+    fn label_flipper(&mut self) -> Option<&mut dyn FlipLabels> {
+        Some(self)
+    }
+}
+
+impl Train for BurnTrainer {
+    fn train(
+        &mut self,
+        params: &[f32],
+        shard: &[usize],
+        seed: u64,
+        lr_scale: f64,
+    ) -> Result<TrainOutcome, EngineError> {
+        self.spec.lr_scale = lr_scale;
+        Ok(self
+            .trainer
+            .train(params, &self.data.train, shard, &self.spec, seed)?)
+    }
+}
+
+impl FlipLabels for BurnTrainer {
+    fn train_label_flipped(
+        &mut self,
+        params: &[f32],
+        shard: &[usize],
+        seed: u64,
+        lr_scale: f64,
+    ) -> Result<TrainOutcome, EngineError> {
+        self.spec.lr_scale = lr_scale;
+        let data = &self.data;
+        let flipped = self
+            .flipped
+            .get_or_insert_with(|| data.train.with_labels_flipped());
+        Ok(self
+            .trainer
+            .train(params, flipped, shard, &self.spec, seed)?)
+    }
+}
+
+impl TrainSteps for BurnTrainer {
+    fn train_batches(
+        &mut self,
+        params: &[f32],
+        batches: &[Vec<usize>],
+        state: &mut OptimizerState,
+        lr_scale: f64,
+    ) -> Result<TrainOutcome, EngineError> {
+        self.spec.lr_scale = lr_scale;
+        Ok(self
+            .trainer
+            .train_batches(params, &self.data.train, batches, &self.spec, state)?)
+    }
+}
+
+impl Evaluate for BurnTrainer {
+    fn evaluate(&mut self, params: &[f32]) -> Result<EvalOutcome, EngineError> {
+        Ok(self.trainer.evaluate(params, &self.data.test, None)?)
+    }
+    fn evaluate_sample(
+        &mut self,
+        params: &[f32],
+        max_samples: usize,
+    ) -> Result<EvalOutcome, EngineError> {
+        if max_samples >= self.eval_order.len() {
+            return self.evaluate(params);
+        }
+        let idx = &self.eval_order[..max_samples];
+        Ok(self.trainer.evaluate(params, &self.data.test, Some(idx))?)
+    }
+}
+
+/// The model's matrix-shaped tensors in its flat parameter vector (a convolution's
+/// `[out, in, kh, kw]` as `out` rows), for PowerSGD.
+pub fn matrix_blocks(arch: &braid_nn::Arch) -> Vec<braid_core::lowrank::Block> {
+    let mut offset = 0;
+    let mut blocks = Vec::new();
+    for shape in arch.param_shapes() {
+        let len: usize = shape.dims.iter().product();
+        if shape.dims.len() >= 2 {
+            blocks.push(braid_core::lowrank::Block {
+                offset,
+                rows: shape.dims[0],
+                cols: len / shape.dims[0].max(1),
+            });
+        }
+        offset += len;
+    }
+    blocks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use braid_nn::{Arch, ModelName};
+
+    #[test]
+    fn matrix_blocks_cover_every_weight_of_each_model_in_order() {
+        for name in [
+            ModelName::Mlp,
+            ModelName::Cnn,
+            ModelName::CnnSmall,
+            ModelName::CnnDeep,
+        ] {
+            let arch = Arch::new(name, &[1, 28, 28], 10).unwrap();
+            let blocks = matrix_blocks(&arch);
+            let weights: Vec<_> = arch
+                .param_shapes()
+                .into_iter()
+                .filter(|s| s.dims.len() >= 2)
+                .collect();
+            assert_eq!(blocks.len(), weights.len());
+            for (b, w) in blocks.iter().zip(&weights) {
+                assert_eq!(b.rows * b.cols, w.dims.iter().product::<usize>());
+            }
+            // In order, inside the vector; biases lie between them.
+            assert!(blocks
+                .windows(2)
+                .all(|p| p[0].offset + p[0].rows * p[0].cols < p[1].offset));
+            let last = blocks.last().unwrap();
+            assert!(last.offset + last.rows * last.cols < arch.num_params());
+        }
+    }
+}
