@@ -24,7 +24,9 @@ pub enum Rule {
     /// Two settings that cannot be used together (`[secure_aggregation]` with a robust
     /// `algorithm.aggregator`).
     Conflict,
-    /// A name nothing is registered under (an algorithm, a model, a key).
+    /// A name nothing is registered under: an algorithm, or a top-level table. (A key inside
+    /// a table, or a model name, that the types do not know is a [`Rule::Syntax`] error
+    /// whose message names it.)
     Unknown,
     /// The text is not valid TOML, or a value has the wrong type.
     Syntax,
@@ -37,7 +39,7 @@ pub enum Rule {
 #[error("{message}")]
 pub struct Invalid {
     /// The field, dotted as in the config file (`"fedbuff.buffer"`), or the table
-    /// (`"privacy"`).
+    /// (`"privacy"`); empty when the fault is in the text as a whole (its message says where).
     pub field: String,
     /// The rule it breaks.
     pub rule: Rule,

@@ -234,7 +234,7 @@ pub trait TrainerObject: Trainer + 'static {
 ///     pub MyTrainer: Train + TrainSteps + Evaluate
 /// );
 /// // Any trainer with the three capabilities is one (braid's own has them all).
-/// fn lend(t: braid_engine::experiment::BurnTrainer) -> Box<dyn MyTrainer> {
+/// fn lend(t: braid_engine::prepared::BurnTrainer) -> Box<dyn MyTrainer> {
 ///     Box::new(t)
 /// }
 /// ```

@@ -300,7 +300,7 @@ fn metropolis_hastings_on_a_directed_topology_is_refused() {
     match s.validate() {
         Err(EngineError::Invalid(e)) => {
             assert_eq!(e.field, "decentralized.mixing");
-            assert_eq!(e.rule, braid_engine::error::Rule::Range);
+            assert_eq!(e.rule, braid_engine::error::Rule::Conflict);
         }
         other => panic!("expected a refused decentralized.mixing, got {other:?}"),
     }

@@ -144,8 +144,15 @@ pub fn no_server_fields(c: &ExperimentConfig, name: &str) -> Result<(), Invalid>
         || c.algorithm.round_timeout_s.is_some()
         || c.algorithm.min_replies.is_some()
     {
+        let field = if c.algorithm.server_optimizer != Default::default() {
+            "algorithm.server_optimizer"
+        } else if c.algorithm.round_timeout_s.is_some() {
+            "algorithm.round_timeout_s"
+        } else {
+            "algorithm.min_replies"
+        };
         return Err(Invalid::not_applicable(
-            "algorithm.server_optimizer",
+            field,
             format!(
             "algorithm.server_optimizer, round_timeout_s and min_replies do not apply to {name:?}"
         ),

@@ -252,7 +252,7 @@ impl PartitionConfig {
         };
         if let Some(extra) = given.iter().find(|f| !allowed.contains(f)) {
             return Err(Invalid::not_applicable(
-                "partition.kind",
+                format!("partition.{extra}"),
                 format!(
                     "partition.{extra} does not apply to partition.kind = {:?}",
                     self.kind

@@ -155,14 +155,18 @@ impl DsgdSettings {
         if self.mixing == MixingRule::MetropolisHastings
             && self.topology.default_mixing() != MixingRule::MetropolisHastings
         {
-            return Err(EngineError::Invalid(Invalid::range("decentralized.mixing", "decentralized.mixing = \"metropolis-hastings\" needs an undirected topology (ring, torus, complete, erdos-renyi); this one is directed, use \"uniform\"")));
+            return Err(EngineError::Invalid(Invalid::conflict("decentralized.mixing", "decentralized.mixing = \"metropolis-hastings\" needs an undirected topology (ring, torus, complete, erdos-renyi); this one is directed, use \"uniform\"")));
         }
         let rounds = self.total_steps / self.schedule.every.max(1);
         if rounds > u64::from(u32::MAX) {
-            return Err(EngineError::Failed(format!(
-                "{rounds} communication rounds is more than braid supports ({})",
-                u32::MAX
-            )));
+            return Err(Invalid::range(
+                "algorithm.steps",
+                format!(
+                    "{rounds} communication rounds is more than braid supports ({})",
+                    u32::MAX
+                ),
+            )
+            .into());
         }
         Ok(())
     }

@@ -114,7 +114,7 @@ pub(crate) fn build_family(
     };
     let mut nodes = vec![server(server_config, clients.clone(), initial.clone())?];
     let bad = c.attack.map_or_else(Vec::new, |a| {
-        braid_core::robust::bad_clients(clients.len(), a.fraction, c.seed)
+        super::layers::attack::attackers(clients.len(), a.fraction, c.seed)
     });
     for (k, (id, part)) in clients.iter().zip(&p.parts).enumerate() {
         let attack = c

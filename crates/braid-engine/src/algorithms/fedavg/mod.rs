@@ -165,10 +165,12 @@ pub(crate) fn restore_server(
     let params = state.tensor("params")?;
     check_params(params, len)
         .map_err(|why| EngineError::Checkpoint(format!("checkpoint params: {why}")))?;
-    optimizer.restore(
-        state.tensor("server_optimizer.m")?.to_vec(),
-        state.tensor("server_optimizer.v")?.to_vec(),
-        len,
-    )?;
+    optimizer
+        .restore(
+            state.tensor("server_optimizer.m")?.to_vec(),
+            state.tensor("server_optimizer.v")?.to_vec(),
+            len,
+        )
+        .map_err(|e| EngineError::Checkpoint(format!("checkpoint server optimizer: {e}")))?;
     Ok((completed, params.to_vec()))
 }

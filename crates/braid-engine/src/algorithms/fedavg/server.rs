@@ -369,7 +369,8 @@ impl Node for FedAvgServer {
     }
 
     fn save_state(&self) -> Option<NodeState> {
-        let mut meta = serde_json::json!({ "completed_rounds": self.completed });
+        // ("privacy": null without DP, as checkpoints written before the layers had it.)
+        let mut meta = serde_json::json!({ "completed_rounds": self.completed, "privacy": null });
         for (key, value) in self.layers.iter().filter_map(|l| l.save()) {
             meta[key] = value;
         }

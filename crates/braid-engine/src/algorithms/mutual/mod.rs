@@ -243,8 +243,13 @@ impl MutualSettings {
             );
         }
         if self.batch_size == 0 || self.local_epochs == 0 {
+            let field = if self.batch_size == 0 {
+                "train.batch_size"
+            } else {
+                "train.local_epochs"
+            };
             return bad(
-                "train.batch_size",
+                field,
                 "train.batch_size and train.local_epochs must be at least 1".into(),
             );
         }

@@ -74,10 +74,20 @@ impl Algorithm for Split {
             return Err(Invalid::not_applicable("algorithm.server_optimizer", "algorithm.server_optimizer does not apply to \"split\" (the server part uses train.optimizer)"));
         }
         if c.algorithm.round_timeout_s.is_some() || c.algorithm.min_replies.is_some() {
-            return Err(Invalid::not_applicable("algorithm.round_timeout_s", "algorithm.round_timeout_s and min_replies do not apply to \"split\" (every step waits for its clients)"));
+            let field = if c.algorithm.round_timeout_s.is_some() {
+                "algorithm.round_timeout_s"
+            } else {
+                "algorithm.min_replies"
+            };
+            return Err(Invalid::not_applicable(field, "algorithm.round_timeout_s and min_replies do not apply to \"split\" (every step waits for its clients)"));
         }
         if c.train.local_steps.is_some() || c.train.local_epochs != 1 {
-            return Err(Invalid::not_applicable("train.local_epochs", "train.local_epochs and local_steps do not apply to \"split\" (algorithm.rounds are epochs)"));
+            let field = if c.train.local_steps.is_some() {
+                "train.local_steps"
+            } else {
+                "train.local_epochs"
+            };
+            return Err(Invalid::not_applicable(field, "train.local_epochs and local_steps do not apply to \"split\" (algorithm.rounds are epochs)"));
         }
         let sc: SplitConfig = c.table("split")?.unwrap_or_default();
         sc.latency
@@ -93,9 +103,9 @@ impl Algorithm for Split {
             .clone()
             .or_else(|| p.arch.cut_points().into_iter().next())
             .ok_or_else(|| {
-                EngineError::Failed(format!(
-                    "model {} has no layer to cut after",
-                    p.arch.name.as_str()
+                EngineError::from(Invalid::range(
+                    "model.name",
+                    format!("model {} has no layer to cut after", p.arch.name.as_str()),
                 ))
             })?;
         p.split = Some(p.arch.split(&cut)?);
@@ -169,7 +179,7 @@ pub fn split_settings(p: &Prepared, sc: &SplitConfig) -> Result<SplitSettings, E
     let split = p
         .split
         .as_ref()
-        .ok_or_else(|| EngineError::Unsupported("not a split-learning run".into()))?;
+        .ok_or_else(|| EngineError::Driver("not a split-learning run".into()))?;
     let mut rng = seed::rng(c.seed, &[seed::stream::LATENCY]);
     Ok(SplitSettings {
         sampler: sc.sampler,

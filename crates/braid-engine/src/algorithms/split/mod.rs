@@ -142,12 +142,8 @@ fn pack(values: &[f32], c: &Compression, seed: u64, key: &[u64]) -> Result<Vec<u
     let stream: Vec<u64> = std::iter::once(seed::stream::COMPRESS)
         .chain(key.iter().copied())
         .collect();
-    compress::encode(values, c, &mut seed::rng(seed, &stream)).map_err(|e| {
-        EngineError::Invalid(Invalid::range(
-            "compression.split",
-            format!("compression.split: {e}"),
-        ))
-    })
+    compress::encode(values, c, &mut seed::rng(seed, &stream))
+        .map_err(|e| EngineError::Failed(format!("compression.split: {e}")))
 }
 
 /// Why a message's form does not match the run's `compression.split`, if it does not.
@@ -282,13 +278,15 @@ impl SplitServer {
         check_params(&initial, settings.num_params)
             .map_err(|why| EngineError::Failed(format!("initial parameters: {why}")))?;
         if settings.client_params >= settings.num_params {
-            return Err(EngineError::Failed(
-                "the client part must leave layers to the server".into(),
-            ));
+            return Err(Invalid::range(
+                "split.cut",
+                "split.cut: the client part must leave layers to the server",
+            )
+            .into());
         }
         // A bad B fails before the run starts, not at the first epoch.
         split_batches::check(settings.sampler, &settings.counts, settings.batch)
-            .map_err(|e| EngineError::Failed(format!("split: {e}")))?;
+            .map_err(|e| Invalid::range("split.batch", format!("split: {e}")))?;
         let (c, s) = initial.split_at(settings.client_params);
         let n = settings.counts.len();
         Ok(Self {
@@ -597,10 +595,12 @@ impl Node for SplitServer {
         let (c, s) = params.split_at(self.settings.client_params);
         self.client_params = c.to_vec();
         self.server_params = s.to_vec();
-        self.client_opt =
-            OptimizerState::from_bytes(state.blob("client_optimizer").unwrap_or(&[]))?;
-        self.server_opt =
-            OptimizerState::from_bytes(state.blob("server_optimizer").unwrap_or(&[]))?;
+        let optimizer = |name: &str| {
+            OptimizerState::from_bytes(state.blob(name).unwrap_or(&[]))
+                .map_err(|e| EngineError::Checkpoint(format!("checkpoint {name}: {e}")))
+        };
+        self.client_opt = optimizer("client_optimizer")?;
+        self.server_opt = optimizer("server_optimizer")?;
         self.step = state.meta_u64("step")?;
         self.completed = completed;
         Ok(())

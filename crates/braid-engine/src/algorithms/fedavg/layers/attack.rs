@@ -14,7 +14,10 @@ use crate::wire::NodeId;
 
 /// An attacker's client layer.
 #[derive(Debug, Clone, Copy)]
-pub struct Attacker(pub Attack);
+pub struct Attacker(
+    /// What it does to its update (or to its labels).
+    pub Attack,
+);
 
 impl UpdateLayer for Attacker {
     fn rewrite(&self, update: &mut [f32], seed: u64, client: NodeId, round: u32) {

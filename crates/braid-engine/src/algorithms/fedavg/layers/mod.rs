@@ -35,8 +35,6 @@ pub mod privacy;
 pub mod robust;
 pub mod secure;
 
-use crate::config::ExperimentConfig;
-use crate::error::Invalid;
 use crate::node::EngineError;
 use crate::wire::NodeId;
 
@@ -103,7 +101,9 @@ pub trait ServerLayer: Send {
         None
     }
     /// Secure aggregation delivered the sum of `contributors`' updates: the denominator to
-    /// divide it by, if the layer fixes one (DP-FedAvg's clients per round).
+    /// divide it by, if the layer fixes one (DP-FedAvg's clients per round; local DP also
+    /// counts the contributors' participations here). The server asks its layers in order and
+    /// takes the first answer, so a layer that answers must come before any that accounts here.
     fn sum_denominator(&mut self, _contributors: &[NodeId]) -> Option<f64> {
         None
     }
@@ -119,10 +119,4 @@ pub trait ServerLayer: Send {
     fn load(&mut self, _meta: &serde_json::Value) -> Result<(), EngineError> {
         Ok(())
     }
-}
-
-/// Checks the layers a FedAvg-family config sets, and the ways they cannot be combined.
-pub fn check(c: &ExperimentConfig) -> Result<(), Invalid> {
-    robust::check(c)?;
-    secure::check(c)
 }
