@@ -158,8 +158,7 @@ impl<T: ?Sized> Metered<T> {
         let n = out.samples as u64;
         let per = forward.unwrap_or(m.per_sample.forward);
         m.compute.eval_samples += n;
-        m.compute.flops = m.compute.flops.saturating_add(n.saturating_mul(per));
-        m.compute.seconds += t0.elapsed().as_secs_f64();
+        m.spent(0, n.saturating_mul(per), t0);
         Ok(out)
     }
 

@@ -138,16 +138,17 @@ fn handle<M: Message, R, T: ?Sized>(
     for input in inputs {
         // Metered per input, so compute is attributed to the round that caused it.
         let round = input.round();
-        meter.take();
         let mut ctx = NodeCtx::new(&mut outbox, &mut events, &mut *trainer);
-        match input.apply(node, &mut ctx) {
+        let applied = input.apply(node, &mut ctx);
+        // Read (and reset) the meter whatever the outcome, so nothing carries over.
+        let (spent, _) = meter.take();
+        match applied {
             Err(e @ EngineError::Rejected { .. }) if drop_rejected => {
                 tracing::info!("simulated time: dropped a message: {e}");
             }
             other => other?,
         }
         deadlines.extend(ctx.take_deadlines());
-        let (spent, _) = meter.take();
         if !spent.is_zero() {
             compute.push((round, spent));
         }

@@ -129,6 +129,14 @@ pub trait Evaluate: Trainer {
     ) -> Result<EvalOutcome, EngineError>;
 }
 
+/// The refusal of a trainer asked to flip labels that cannot ([`Trainer::label_flipper`] is
+/// `None`).
+pub fn no_label_flipping() -> EngineError {
+    EngineError::Unsupported(
+        "this trainer cannot train on flipped labels (attack kind \"label-flip\")".into(),
+    )
+}
+
 /// Training on flipped labels: a simulated label-flipping attacker.
 pub trait FlipLabels: Send {
     /// [`Train::train`] on the same samples with every label `l` replaced by
@@ -288,9 +296,7 @@ impl<T: Trainer + ?Sized> FlipLabels for Metered<T> {
     ) -> Result<TrainOutcome, EngineError> {
         self.training(params, |t| match t.label_flipper() {
             Some(f) => f.train_label_flipped(params, shard, seed, lr_scale),
-            None => Err(EngineError::Unsupported(
-                "this trainer cannot train on flipped labels (attack kind \"label-flip\")".into(),
-            )),
+            None => Err(no_label_flipping()),
         })
     }
 }

@@ -182,7 +182,6 @@ impl<M: Message, R: Metrics, T: TrainerObject + ?Sized> WireNode for Wired<M, R,
             Err(e) => return (Handled::default(), Err(e)),
         };
         let (mut outbox, mut events) = (Vec::new(), Vec::new());
-        self.meter.take();
         let mut ctx = NodeCtx::new(&mut outbox, &mut events, self.trainer.as_mut());
         let result = input.apply(self.node.as_mut(), &mut ctx);
         let deadlines = ctx.take_deadlines();

@@ -241,12 +241,7 @@ impl Node for FedAvgClient {
         let mut out = if self.update_layers().any(|l| l.flips_labels()) {
             ctx.trainer
                 .label_flipper()
-                .ok_or_else(|| {
-                    EngineError::Unsupported(
-                        "this trainer cannot train on flipped labels (attack kind \"label-flip\")"
-                            .into(),
-                    )
-                })?
+                .ok_or_else(crate::trainer::no_label_flipping)?
                 .train_label_flipped(&params, &self.shard, s, lr_scale)?
         } else {
             ctx.trainer.train(&params, &self.shard, s, lr_scale)?
@@ -277,12 +272,7 @@ impl Node for FedAvgClient {
                 update: Tensor::exact(out.params),
             },
             Some(uplink) => {
-                let delta: Vec<f32> = out
-                    .params
-                    .iter()
-                    .zip(params.iter())
-                    .map(|(a, b)| a - b)
-                    .collect();
+                let delta = braid_core::params::sub(&out.params, &params)?;
                 let update = uplink.encode(&delta, self.seed, self.id, round)?;
                 Msg::Reply {
                     round,

@@ -25,6 +25,11 @@ fn failed(e: privacy::PrivacyError) -> EngineError {
     EngineError::Failed(format!("privacy: {e}"))
 }
 
+/// A saved accountant that cannot be restored.
+fn unusable(e: privacy::PrivacyError) -> EngineError {
+    EngineError::Checkpoint(format!("checkpoint: {e}"))
+}
+
 /// The server's side of DP-FedAvg.
 pub struct DpServer {
     config: PrivacyConfig,
@@ -224,9 +229,7 @@ impl ServerLayer for DpServer {
             .get("rdp")
             .and_then(|v| serde_json::from_value(v.clone()).ok())
             .ok_or_else(bad)?;
-        self.accountant
-            .restore(rdp)
-            .map_err(|e| EngineError::Checkpoint(format!("checkpoint: {e}")))?;
+        self.accountant.restore(rdp).map_err(unusable)?;
         let parts: BTreeMap<String, u64> = p
             .get("participations")
             .and_then(|v| serde_json::from_value(v.clone()).ok())
@@ -253,9 +256,7 @@ impl ServerLayer for DpServer {
                     return Err(bad());
                 }
                 let mut accountant = RdpAccountant::default();
-                accountant
-                    .restore(v.rdp)
-                    .map_err(|e| EngineError::Checkpoint(format!("checkpoint: {e}")))?;
+                accountant.restore(v.rdp).map_err(unusable)?;
                 Ok((
                     id,
                     ClientBudget {
