@@ -118,98 +118,19 @@ impl Algorithm for QFedAvg {
     }
 }
 
-/// The `qfedavg` protocol.
-#[derive(Debug, Clone, PartialEq)]
-pub enum QMsg {
-    /// Server to client: train from this model in round `round`.
-    Model {
-        /// Round, from 1.
-        round: u32,
-        /// The global model.
-        model: Tensor,
-    },
-    /// Client to server: the trained parameters and the loss that weighs them.
-    Update {
-        /// The round answered.
-        round: u32,
-        /// The client's training samples.
-        samples: u64,
-        /// Optimizer steps taken.
-        steps: u32,
-        /// Mean training loss of the round.
-        loss: f32,
-        /// The trained parameters.
-        params: Tensor,
-    },
-}
-
-const KIND_MODEL: u8 = 1;
-const KIND_UPDATE: u8 = 2;
-
-impl Message for QMsg {
-    const PROTOCOL: &'static str = "qfedavg";
-    const TAG: u8 = 16;
-    const VERSION: u8 = 1;
-
-    fn kind(&self) -> &'static str {
-        match self {
-            Self::Model { .. } => "model",
-            Self::Update { .. } => "update",
-        }
-    }
-
-    fn round(&self) -> Option<u64> {
-        match self {
-            Self::Model { round, .. } | Self::Update { round, .. } => Some(u64::from(*round)),
-        }
-    }
-
-    fn encoded_len(&self) -> usize {
-        1 + match self {
-            Self::Model { model, .. } => 4 + model.encoded_len(),
-            Self::Update { params, .. } => 4 + 8 + 4 + 4 + params.encoded_len(),
-        }
-    }
-
-    fn encode(&self, w: &mut Writer) {
-        match self {
-            Self::Model { round, model } => {
-                w.u8(KIND_MODEL);
-                w.u32(*round);
-                model.encode(w);
-            }
-            Self::Update {
-                round,
-                samples,
-                steps,
-                loss,
-                params,
-            } => {
-                w.u8(KIND_UPDATE);
-                w.u32(*round);
-                w.u64(*samples);
-                w.u32(*steps);
-                w.f32(*loss);
-                params.encode(w);
-            }
-        }
-    }
-
-    fn decode(r: &mut Reader<'_>, limits: &Limits) -> Result<Self, WireError> {
-        Ok(match r.u8("kind")? {
-            KIND_MODEL => Self::Model {
-                round: r.u32("round")?,
-                model: Tensor::decode(r, limits)?,
-            },
-            KIND_UPDATE => Self::Update {
-                round: r.u32("round")?,
-                samples: r.u64("samples")?,
-                steps: r.u32("steps")?,
-                loss: r.f32("loss")?,
-                params: Tensor::decode(r, limits)?,
-            },
-            k => return Err(unknown_kind(Self::PROTOCOL, k)),
-        })
+braid::protocol! {
+    /// The `qfedavg` protocol: each message is its kind byte, then its fields in order.
+    /// Rounds count from 1.
+    pub enum QMsg {
+        protocol: "qfedavg", tag: 16, version: 1;
+        /// Server to client: train from `model`, the global model, in round `round`.
+        Model(1, "model", round = round) { round: u32, model: Tensor },
+        /// Client to server, answering round `round`: the client's training `samples`, the
+        /// optimizer `steps` it took, its mean training `loss` of the round (which weighs its
+        /// parameters) and `params`, the trained parameters.
+        Update(2, "update", round = round) {
+            round: u32, samples: u64, steps: u32, loss: f32, params: Tensor,
+        },
     }
 }
 

@@ -26,7 +26,7 @@ use braid_engine::accounting::Compute;
 use braid_engine::checkpoint::Checkpoint;
 use braid_engine::node::EngineError;
 use braid_engine::transport::NodeTraffic;
-use braid_engine::wire::NodeId;
+use braid_engine::wire::{Message, NodeId};
 use braid_engine::wire_node::{Decoded, Outgoing as Encoded, WireEvent, WireInput, WireNode};
 use futures::StreamExt;
 use libp2p::identity::Keypair;

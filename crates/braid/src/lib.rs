@@ -26,6 +26,7 @@ pub use braid_net;
 pub use braid_nn;
 
 pub use braid_engine::algorithm::Registry;
+pub use braid_engine::protocol;
 
 /// What an algorithm, or a program running experiments, usually needs.
 pub mod prelude {
@@ -45,6 +46,6 @@ pub mod prelude {
         Evaluate, FlipLabels, MutualSteps, SplitSteps, Train, TrainSteps, Trainer,
     };
     pub use braid_engine::wire::{
-        unknown_kind, Control, Limits, Message, NodeId, Tensor, WireError,
+        unknown_kind, Codec, Control, Limits, Message, NodeId, Tensor, WireError,
     };
 }

@@ -15,12 +15,17 @@
 //! used, and refuses a protocol or version the node does not speak by name.
 
 mod control;
+mod fields;
 mod tensor;
 
-use braid_core::bytes::{ReadError, Reader, Writer};
+use braid_core::bytes::ReadError;
+pub use braid_core::bytes::{Reader, Writer};
 use thiserror::Error;
 
 pub use control::{halt_message, Control};
+#[doc(hidden)]
+pub use fields::{round_of, step_of};
+pub use fields::{Codec, Labels, Plain};
 pub use tensor::Tensor;
 
 /// Identifies a node in a run (the server of server-based FL is node 0).
@@ -33,7 +38,7 @@ pub const HEADER: usize = 4;
 
 /// The built-in protocols' tags and names (user protocols take tags from 128 up).
 pub const BUILTIN_PROTOCOLS: [(u8, &str); 5] = [
-    (control::TAG, control::PROTOCOL),
+    (Control::TAG, Control::PROTOCOL),
     (1, "fedavg"),
     (2, "dsgd"),
     (3, "split"),
@@ -132,8 +137,8 @@ impl<M: Message> Body<M> {
                 m.encode(&mut w);
             }
             Self::Control(c) => {
-                w.u8(control::TAG);
-                w.u8(control::VERSION);
+                w.u8(Control::TAG);
+                w.u8(Control::VERSION);
                 c.encode(&mut w);
             }
         }
@@ -149,7 +154,7 @@ impl<M: Message> Body<M> {
         let (tag, version) = (r.u8("protocol")?, r.u8("version")?);
         let (name, speaks) = match tag {
             t if t == M::TAG => (M::PROTOCOL, M::VERSION),
-            control::TAG => (control::PROTOCOL, control::VERSION),
+            t if t == Control::TAG => (Control::PROTOCOL, Control::VERSION),
             _ => {
                 return Err(WireError::UnknownProtocol {
                     tag,
@@ -165,7 +170,7 @@ impl<M: Message> Body<M> {
                 speaks,
             });
         }
-        let body = if tag == control::TAG {
+        let body = if tag == Control::TAG {
             Self::Control(Control::decode(&mut r, limits)?)
         } else {
             Self::Msg(M::decode(&mut r, limits)?)
@@ -232,11 +237,6 @@ impl From<ReadError> for WireError {
 /// An unknown message kind of `protocol`.
 pub fn unknown_kind(protocol: &str, kind: u8) -> WireError {
     WireError::Malformed(format!("unknown {protocol} message kind {kind}"))
-}
-
-/// A list of labels (one byte each) of at most `limits.max_values`.
-pub fn read_labels(r: &mut Reader<'_>, limits: &Limits) -> Result<Vec<u8>, WireError> {
-    Ok(r.len_bytes("label count", limits.max_values)?.to_vec())
 }
 
 #[cfg(test)]

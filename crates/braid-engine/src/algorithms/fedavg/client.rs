@@ -14,7 +14,7 @@ use super::layers::{self, downlink, secure, UpdateLayer};
 use super::{FedCtx, FedTrainer, Msg, RoundMetrics, SecureSettings, SERVER};
 use crate::config::{CompressionConfig, PrivacyConfig};
 use crate::node::{EngineError, Node};
-use crate::wire::{Control, NodeId, Tensor};
+use crate::wire::{Control, Message, NodeId, Tensor};
 
 /// Applies `f` to the update `trained - received` and writes `received + update` back into
 /// `trained`.

@@ -1,0 +1,224 @@
+//! How one field of a message travels ([`Codec`]), and [`protocol!`](crate::protocol), which
+//! writes a protocol's message enum and its [`Message`](super::Message) implementation from a
+//! list of kinds and their fields.
+//!
+//! A message is its kind byte, then its fields in the order they are declared, each in its
+//! codec's layout: little-endian `u16`/`u32`/`u64`/`f32`, fixed byte arrays as they are,
+//! [`Tensor`]s as a length word and contents. A field whose layout or limit is its own names
+//! its codec (`labels: Vec<u8> as Labels`).
+
+use braid_core::bytes::{Reader, Writer};
+
+use super::{Limits, Tensor, WireError};
+
+/// The layout of a field of type `T`: its length, how it is written, and how it is read back,
+/// with every length checked against the run's [`Limits`] before anything is allocated.
+pub trait Codec<T> {
+    /// Bytes [`Codec::write`] writes for `value`.
+    fn size(value: &T) -> usize;
+    /// Writes `value`.
+    fn write(value: &T, w: &mut Writer);
+    /// Reads a value; `name` (the field's) goes into errors.
+    fn read(r: &mut Reader<'_>, name: &'static str, limits: &Limits) -> Result<T, WireError>;
+}
+
+/// The usual layout of a field's type: numbers little-endian, arrays raw, tensors as
+/// [`Tensor::encode`] writes them.
+#[derive(Debug, Clone, Copy)]
+pub struct Plain;
+
+macro_rules! plain_numbers {
+    ($($t:ident),*) => {$(
+        impl Codec<$t> for Plain {
+            fn size(_: &$t) -> usize {
+                std::mem::size_of::<$t>()
+            }
+            fn write(value: &$t, w: &mut Writer) {
+                w.$t(*value);
+            }
+            fn read(r: &mut Reader<'_>, name: &'static str, _: &Limits) -> Result<$t, WireError> {
+                Ok(r.$t(name)?)
+            }
+        }
+    )*};
+}
+
+plain_numbers!(u8, u16, u32, u64, f32);
+
+impl<const N: usize> Codec<[u8; N]> for Plain {
+    fn size(_: &[u8; N]) -> usize {
+        N
+    }
+    fn write(value: &[u8; N], w: &mut Writer) {
+        w.raw(value);
+    }
+    fn read(r: &mut Reader<'_>, name: &'static str, _: &Limits) -> Result<[u8; N], WireError> {
+        Ok(r.array(name)?)
+    }
+}
+
+impl Codec<Tensor> for Plain {
+    fn size(value: &Tensor) -> usize {
+        value.encoded_len()
+    }
+    fn write(value: &Tensor, w: &mut Writer) {
+        value.encode(w);
+    }
+    fn read(r: &mut Reader<'_>, _: &'static str, limits: &Limits) -> Result<Tensor, WireError> {
+        Tensor::decode(r, limits)
+    }
+}
+
+/// Labels, one byte each, after a `u32` count of at most `limits.max_values`.
+#[derive(Debug, Clone, Copy)]
+pub struct Labels;
+
+impl Codec<Vec<u8>> for Labels {
+    fn size(value: &Vec<u8>) -> usize {
+        4 + value.len()
+    }
+    fn write(value: &Vec<u8>, w: &mut Writer) {
+        w.len_bytes(value);
+    }
+    fn read(r: &mut Reader<'_>, _: &'static str, limits: &Limits) -> Result<Vec<u8>, WireError> {
+        Ok(r.len_bytes("label count", limits.max_values)?.to_vec())
+    }
+}
+
+/// The round or step a field holds, widened (for [`Message::round`](super::Message::round)).
+#[doc(hidden)]
+pub fn step_of<T: Copy + Into<u64>>(value: &T) -> u64 {
+    (*value).into()
+}
+
+/// The first of `steps`, if any (the round of a kind that declares one).
+#[doc(hidden)]
+pub fn round_of(steps: &[u64]) -> Option<u64> {
+    steps.first().copied()
+}
+
+/// The codec a field names, or [`Plain`] (a helper of [`protocol!`](crate::protocol)).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __wire_codec {
+    ($t:ty) => {
+        $crate::wire::Plain
+    };
+    ($t:ty, $codec:ty) => {
+        $codec
+    };
+}
+
+/// Declares a protocol: its message enum (deriving `Debug`, `Clone` and `PartialEq`, as
+/// [`Message`](crate::wire::Message) asks) and the `Message` implementation, whose layout is the
+/// kind byte and then each field in order.
+///
+/// ```
+/// use braid_engine::wire::{Body, Limits, Message, Tensor};
+///
+/// braid_engine::protocol! {
+///     /// A tiny protocol.
+///     pub enum Ping {
+///         protocol: "ping", tag: 200, version: 1;
+///         /// `model` for round `round`.
+///         Model(1, "model", round = round) { round: u32, model: Tensor },
+///         /// Goodbye (no round).
+///         Bye(2, "bye") {},
+///     }
+/// }
+///
+/// let m = Body::Msg(Ping::Model { round: 3, model: Tensor::exact(vec![1.0, 2.0]) });
+/// let bytes = m.encode();
+/// assert_eq!(bytes.len(), m.encoded_len());
+/// assert_eq!(Body::<Ping>::decode(&bytes, &Limits::new(2)), Ok(m));
+/// assert_eq!(Ping::Bye {}.round(), None);
+/// ```
+///
+/// Each kind is `Name(kind byte, "name for logs"[, round = field])`: the optional field is
+/// the round or step the message belongs to. A field's type is written with [`Plain`] unless
+/// it names another [`Codec`] (`field: Type as Codec`).
+#[macro_export]
+macro_rules! protocol {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident {
+            protocol: $proto:literal, tag: $tag:literal, version: $version:literal;
+            $(
+                $(#[$vmeta:meta])*
+                $variant:ident($kind:literal, $kname:literal $(, round = $round:ident)?) {
+                    $( $(#[$fmeta:meta])* $field:ident : $fty:ty $(as $codec:ty)? ),* $(,)?
+                }
+            ),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq)]
+        $vis enum $name {
+            $(
+                $(#[$vmeta])*
+                $variant { $( $(#[$fmeta])* $field: $fty, )* },
+            )*
+        }
+
+        impl $crate::wire::Message for $name {
+            const PROTOCOL: &'static str = $proto;
+            const TAG: u8 = $tag;
+            const VERSION: u8 = $version;
+
+            fn kind(&self) -> &'static str {
+                match self {
+                    $( Self::$variant { .. } => $kname, )*
+                }
+            }
+
+            fn round(&self) -> Option<u64> {
+                match self {
+                    $(
+                        Self::$variant { $($round,)? .. } => {
+                            $crate::wire::round_of(&[$( $crate::wire::step_of($round) )?])
+                        }
+                    )*
+                }
+            }
+
+            fn encoded_len(&self) -> usize {
+                match self {
+                    $(
+                        Self::$variant { $($field),* } => {
+                            1 $( + <$crate::__wire_codec!($fty $(, $codec)?)
+                                    as $crate::wire::Codec<$fty>>::size($field) )*
+                        }
+                    )*
+                }
+            }
+
+            fn encode(&self, w: &mut $crate::wire::Writer) {
+                match self {
+                    $(
+                        Self::$variant { $($field),* } => {
+                            w.u8($kind);
+                            $( <$crate::__wire_codec!($fty $(, $codec)?)
+                                as $crate::wire::Codec<$fty>>::write($field, w); )*
+                        }
+                    )*
+                }
+            }
+
+            fn decode(
+                r: &mut $crate::wire::Reader<'_>,
+                limits: &$crate::wire::Limits,
+            ) -> Result<Self, $crate::wire::WireError> {
+                let _ = limits;
+                Ok(match r.u8("kind")? {
+                    $(
+                        $kind => Self::$variant {
+                            $( $field: <$crate::__wire_codec!($fty $(, $codec)?)
+                                as $crate::wire::Codec<$fty>>::read(r, stringify!($field), limits)?, )*
+                        },
+                    )*
+                    k => return Err($crate::wire::unknown_kind($proto, k)),
+                })
+            }
+        }
+    };
+}
