@@ -77,7 +77,7 @@ impl Algorithm for QFedAvg {
         Ok(Settings { rounds, q: table.q })
     }
 
-    fn build(p: &Prepared, s: &Settings) -> Result<Vec<NodeOf<Self>>, EngineError> {
+    fn build(p: &Prepared, s: &Settings) -> EngineResult<Vec<NodeOf<Self>>> {
         let c = &p.config;
         let clients: Vec<NodeId> = (1..=p.parts.len() as NodeId).collect();
         let mut nodes: Vec<NodeOf<Self>> = vec![Box::new(Server {
@@ -174,7 +174,7 @@ impl Server {
         }
     }
 
-    fn finish_round(&mut self, ctx: &mut Ctx<'_, Self>) -> Result<(), EngineError> {
+    fn finish_round(&mut self, ctx: &mut Ctx<'_, Self>) -> EngineResult {
         let q = self.settings.q;
         let items: Vec<(&[f32], f64)> = self
             .replies
@@ -240,17 +240,12 @@ impl Node for Server {
         0
     }
 
-    fn on_start(&mut self, ctx: &mut Ctx<'_, Self>) -> Result<(), EngineError> {
+    fn on_start(&mut self, ctx: &mut Ctx<'_, Self>) -> EngineResult {
         self.start_round(ctx);
         Ok(())
     }
 
-    fn on_message(
-        &mut self,
-        from: NodeId,
-        msg: QMsg,
-        ctx: &mut Ctx<'_, Self>,
-    ) -> Result<(), EngineError> {
+    fn on_message(&mut self, from: NodeId, msg: QMsg, ctx: &mut Ctx<'_, Self>) -> EngineResult {
         let reject = EngineError::rejecter(0, from, msg.kind());
         let size = (braid::braid_engine::wire::HEADER + msg.encoded_len()) as u64;
         let QMsg::Update {
@@ -321,16 +316,11 @@ impl Node for Client {
         self.id
     }
 
-    fn on_start(&mut self, _ctx: &mut Ctx<'_, Self>) -> Result<(), EngineError> {
+    fn on_start(&mut self, _ctx: &mut Ctx<'_, Self>) -> EngineResult {
         Ok(())
     }
 
-    fn on_message(
-        &mut self,
-        from: NodeId,
-        msg: QMsg,
-        ctx: &mut Ctx<'_, Self>,
-    ) -> Result<(), EngineError> {
+    fn on_message(&mut self, from: NodeId, msg: QMsg, ctx: &mut Ctx<'_, Self>) -> EngineResult {
         let reject = EngineError::rejecter(self.id, from, msg.kind());
         let QMsg::Model { round, model } = msg else {
             return Err(reject("a client only takes models".into()));
@@ -366,12 +356,7 @@ impl Node for Client {
         Ok(())
     }
 
-    fn on_control(
-        &mut self,
-        from: NodeId,
-        c: Control,
-        _ctx: &mut Ctx<'_, Self>,
-    ) -> Result<(), EngineError> {
+    fn on_control(&mut self, from: NodeId, c: Control, _ctx: &mut Ctx<'_, Self>) -> EngineResult {
         match c {
             Control::Shutdown { .. } if from == 0 => {
                 self.done = true;

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use std::sync::{Arc, Mutex};
 
-use crate::node::EngineError;
+use crate::node::EngineResult;
 use braid_nn::{EvalOutcome, TrainOutcome};
 
 /// Compute spent by one participant (or one round, or a whole run).
@@ -134,8 +134,8 @@ impl<T: ?Sized> Metered<T> {
     pub(crate) fn training(
         &mut self,
         params: &[f32],
-        call: impl FnOnce(&mut T) -> Result<TrainOutcome, EngineError>,
-    ) -> Result<TrainOutcome, EngineError> {
+        call: impl FnOnce(&mut T) -> EngineResult<TrainOutcome>,
+    ) -> EngineResult<TrainOutcome> {
         let t0 = Instant::now();
         let out = call(&mut self.inner)?;
         let mut m = self.meter.lock();
@@ -150,8 +150,8 @@ impl<T: ?Sized> Metered<T> {
     pub(crate) fn evaluating(
         &mut self,
         forward: Option<u64>,
-        call: impl FnOnce(&mut T) -> Result<EvalOutcome, EngineError>,
-    ) -> Result<EvalOutcome, EngineError> {
+        call: impl FnOnce(&mut T) -> EngineResult<EvalOutcome>,
+    ) -> EngineResult<EvalOutcome> {
         let t0 = Instant::now();
         let out = call(&mut self.inner)?;
         let mut m = self.meter.lock();
@@ -165,9 +165,9 @@ impl<T: ?Sized> Metered<T> {
     /// Runs any other call, which spent `train_samples` and `flops` (given its result).
     pub(crate) fn spending<O>(
         &mut self,
-        call: impl FnOnce(&mut T) -> Result<O, EngineError>,
+        call: impl FnOnce(&mut T) -> EngineResult<O>,
         cost: impl FnOnce(&O) -> (u64, u64),
-    ) -> Result<O, EngineError> {
+    ) -> EngineResult<O> {
         let t0 = Instant::now();
         let out = call(&mut self.inner)?;
         let (samples, flops) = cost(&out);

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{ConfigRules, ExperimentConfig};
 use crate::error::{Invalid, Rule};
-use crate::node::{BoxNode, EngineError, Metrics};
+use crate::node::{BoxNode, EngineResult, Metrics};
 use crate::prepared::Prepared;
 use crate::report::Rows;
 use crate::sim::Timing;
@@ -133,15 +133,12 @@ pub trait Algorithm: Send + Sync + 'static {
     }
 
     /// Adds what the algorithm needs to the prepared run (a split model, a list of models).
-    fn prepare(_prepared: &mut Prepared, _settings: &Self::Config) -> Result<(), EngineError> {
+    fn prepare(_prepared: &mut Prepared, _settings: &Self::Config) -> EngineResult {
         Ok(())
     }
 
     /// The run's nodes, node 0 first.
-    fn build(
-        prepared: &Prepared,
-        settings: &Self::Config,
-    ) -> Result<Vec<NodeOf<Self>>, EngineError>;
+    fn build(prepared: &Prepared, settings: &Self::Config) -> EngineResult<Vec<NodeOf<Self>>>;
 
     /// The node that holds shard `k` (default: node 0 is a server, shards are nodes 1..).
     fn node_of_shard(k: usize) -> NodeId {
@@ -224,7 +221,7 @@ pub trait Registered: Send + Sync {
     /// Data shards of the run.
     fn shards(&self, config: &ExperimentConfig) -> usize;
     /// Prepares the run (data, partition, model and what the algorithm adds).
-    fn prepare(&self, config: &ExperimentConfig) -> Result<Prepared, EngineError>;
+    fn prepare(&self, config: &ExperimentConfig) -> EngineResult<Prepared>;
     /// See [`Algorithm::node_of_shard`].
     fn node_of_shard(&self, k: usize) -> NodeId;
     /// See [`Algorithm::shard_of_node`].
@@ -232,11 +229,11 @@ pub trait Registered: Send + Sync {
     /// See [`Algorithm::role`].
     fn role(&self, config: &ExperimentConfig, node: usize, nodes: usize) -> &'static str;
     /// See [`Algorithm::max_message_values`].
-    fn max_message_values(&self, prepared: &Prepared) -> Result<usize, EngineError>;
+    fn max_message_values(&self, prepared: &Prepared) -> EngineResult<usize>;
     /// See [`Algorithm::describe`].
-    fn describe(&self, prepared: &Prepared) -> Result<String, EngineError>;
+    fn describe(&self, prepared: &Prepared) -> EngineResult<String>;
     /// See [`Algorithm::progress`].
-    fn progress(&self, config: &ExperimentConfig) -> Result<(&'static str, u64), EngineError>;
+    fn progress(&self, config: &ExperimentConfig) -> EngineResult<(&'static str, u64)>;
     /// See [`Algorithm::baseline`].
     fn baseline(&self, config: &ExperimentConfig) -> Option<Baseline>;
     /// Runs the experiment in the simulator; `on_progress` sees each metrics row's progress
@@ -245,9 +242,9 @@ pub trait Registered: Send + Sync {
         &self,
         prepared: &Prepared,
         on_progress: &mut dyn FnMut(u64, Option<f64>),
-    ) -> Result<Box<dyn Finished>, EngineError>;
+    ) -> EngineResult<Box<dyn Finished>>;
     /// Node `id` of a deployed run, its protocol erased to bytes for the network runtime.
-    fn deploy(&self, prepared: &Prepared, id: NodeId) -> Result<Box<dyn WireNode>, EngineError>;
+    fn deploy(&self, prepared: &Prepared, id: NodeId) -> EngineResult<Box<dyn WireNode>>;
     /// The outputs of a deployed node from the rows it reported (as JSON values, see
     /// [`WireNode`]) and its final parameters.
     fn finished_from_rows(
@@ -255,7 +252,7 @@ pub trait Registered: Send + Sync {
         prepared: &Prepared,
         rows: Vec<(serde_json::Value, f64)>,
         final_params: Option<Vec<f32>>,
-    ) -> Result<Box<dyn Finished>, EngineError>;
+    ) -> EngineResult<Box<dyn Finished>>;
 }
 
 /// The algorithms a program knows, by name.

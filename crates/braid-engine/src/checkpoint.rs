@@ -12,7 +12,7 @@ use std::path::Path;
 use braid_core::bytes::{Reader, Writer};
 use serde::{Deserialize, Serialize};
 
-use crate::node::{EngineError, NodeState};
+use crate::node::{EngineError, EngineResult, NodeState};
 
 /// The file's first bytes. Version 2: the metrics rows are the algorithm's own type (version
 /// 1 tagged them with one of four built-in kinds).
@@ -44,7 +44,7 @@ fn bad(path: &Path, why: impl std::fmt::Display) -> EngineError {
 
 impl<R: Serialize + serde::de::DeserializeOwned + Clone> Checkpoint<R> {
     /// The file's bytes.
-    pub fn encode(&self) -> Result<Vec<u8>, EngineError> {
+    pub fn encode(&self) -> EngineResult<Vec<u8>> {
         let header = Header {
             meta: self.state.meta.clone(),
             reported: self.reported.clone(),
@@ -84,7 +84,7 @@ impl<R: Serialize + serde::de::DeserializeOwned + Clone> Checkpoint<R> {
     }
 
     /// Parses and validates a checkpoint file's bytes (`path` only names it in errors).
-    pub fn decode(bytes: &[u8], path: &Path) -> Result<Self, EngineError> {
+    pub fn decode(bytes: &[u8], path: &Path) -> EngineResult<Self> {
         if bytes.len() < 16 || &bytes[..8] != MAGIC {
             return Err(bad(
                 path,
@@ -132,7 +132,7 @@ impl<R: Serialize + serde::de::DeserializeOwned + Clone> Checkpoint<R> {
     }
 
     /// Writes the checkpoint to `path` atomically and durably ([`crate::report::write_atomic`]).
-    pub fn save(&self, path: &Path) -> Result<(), EngineError> {
+    pub fn save(&self, path: &Path) -> EngineResult {
         if let Some(d) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             fs::create_dir_all(d).map_err(|e| {
                 EngineError::Checkpoint(format!("cannot write checkpoint {}: {e}", path.display()))
@@ -142,7 +142,7 @@ impl<R: Serialize + serde::de::DeserializeOwned + Clone> Checkpoint<R> {
     }
 
     /// Reads a checkpoint written by [`Checkpoint::save`].
-    pub fn load(path: &Path) -> Result<Self, EngineError> {
+    pub fn load(path: &Path) -> EngineResult<Self> {
         let bytes = fs::read(path).map_err(|e| {
             EngineError::Checkpoint(format!("cannot read checkpoint {}: {e}", path.display()))
         })?;

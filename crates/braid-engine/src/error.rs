@@ -84,6 +84,9 @@ impl Invalid {
     }
 }
 
+/// What engine operations return: a value, or the [`EngineError`] that stopped them.
+pub type EngineResult<T = ()> = Result<T, EngineError>;
+
 /// Errors inside the engine.
 #[derive(Debug, Error)]
 #[non_exhaustive]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::algorithm::{Algorithm, Baseline, Entry, Feature, Finished, Registered, Summary};
 use crate::config::ExperimentConfig;
 use crate::error::Invalid;
-use crate::node::{EngineError, Event, Metrics};
+use crate::node::{EngineError, EngineResult, Event, Metrics};
 use crate::report::Rows;
 use crate::sim::{SimOutcome, Simulator, Worker};
 use crate::trainer::TrainerObject;
@@ -17,7 +17,7 @@ use crate::wire_node::WireNode;
 pub use crate::prepared::{matrix_blocks, prepare_data, BurnTrainer, Prepared};
 
 /// Loads, partitions and prepares `config` for its algorithm in braid's built-in registry.
-pub fn prepare(config: &ExperimentConfig) -> Result<Prepared, EngineError> {
+pub fn prepare(config: &ExperimentConfig) -> EngineResult<Prepared> {
     crate::algorithm::Registry::builtin()
         .of(config)?
         .prepare(config)
@@ -29,7 +29,7 @@ pub fn simulate<A: Algorithm>(
     prepared: &Prepared,
     settings: &A::Config,
     observer: &mut dyn FnMut(&Event<A::Metrics>),
-) -> Result<SimOutcome<A::Metrics>, EngineError> {
+) -> EngineResult<SimOutcome<A::Metrics>> {
     let nodes = A::build(prepared, settings)?;
     let workers = (0..prepared.workers())
         .map(|_| Worker::new(A::Trainer::from_full(BurnTrainer::new(prepared)?)))
@@ -44,7 +44,7 @@ pub fn simulate<A: Algorithm>(
 pub fn run<A: Algorithm>(
     prepared: &Prepared,
     observer: &mut dyn FnMut(&Event<A::Metrics>),
-) -> Result<SimOutcome<A::Metrics>, EngineError> {
+) -> EngineResult<SimOutcome<A::Metrics>> {
     let settings = A::config(&prepared.config)?;
     simulate::<A>(prepared, &settings, observer)
 }
@@ -75,7 +75,7 @@ impl<A: Algorithm> Finished for Outcome<A> {
 }
 
 impl<A: Algorithm> Entry<A> {
-    fn settings(config: &ExperimentConfig) -> Result<A::Config, EngineError> {
+    fn settings(config: &ExperimentConfig) -> EngineResult<A::Config> {
         A::config(config).map_err(EngineError::from)
     }
 }
@@ -109,7 +109,7 @@ impl<A: Algorithm> Registered for Entry<A> {
         A::shards(config)
     }
 
-    fn prepare(&self, config: &ExperimentConfig) -> Result<Prepared, EngineError> {
+    fn prepare(&self, config: &ExperimentConfig) -> EngineResult<Prepared> {
         let settings = Self::settings(config)?;
         let mut prepared = prepare_data(config, A::shards(config))?;
         A::prepare(&mut prepared, &settings)?;
@@ -131,18 +131,18 @@ impl<A: Algorithm> Registered for Entry<A> {
         }
     }
 
-    fn max_message_values(&self, prepared: &Prepared) -> Result<usize, EngineError> {
+    fn max_message_values(&self, prepared: &Prepared) -> EngineResult<usize> {
         Ok(A::max_message_values(
             prepared,
             &Self::settings(&prepared.config)?,
         ))
     }
 
-    fn describe(&self, prepared: &Prepared) -> Result<String, EngineError> {
+    fn describe(&self, prepared: &Prepared) -> EngineResult<String> {
         Ok(A::describe(prepared, &Self::settings(&prepared.config)?))
     }
 
-    fn progress(&self, config: &ExperimentConfig) -> Result<(&'static str, u64), EngineError> {
+    fn progress(&self, config: &ExperimentConfig) -> EngineResult<(&'static str, u64)> {
         Ok(A::progress(config, &Self::settings(config)?))
     }
 
@@ -154,7 +154,7 @@ impl<A: Algorithm> Registered for Entry<A> {
         &self,
         prepared: &Prepared,
         on_progress: &mut dyn FnMut(u64, Option<f64>),
-    ) -> Result<Box<dyn Finished>, EngineError> {
+    ) -> EngineResult<Box<dyn Finished>> {
         let settings = Self::settings(&prepared.config)?;
         let outcome = simulate::<A>(prepared, &settings, &mut |e| {
             if let crate::node::Event::Metrics(m) = e {
@@ -169,7 +169,7 @@ impl<A: Algorithm> Registered for Entry<A> {
         }))
     }
 
-    fn deploy(&self, prepared: &Prepared, id: NodeId) -> Result<Box<dyn WireNode>, EngineError> {
+    fn deploy(&self, prepared: &Prepared, id: NodeId) -> EngineResult<Box<dyn WireNode>> {
         let settings = Self::settings(&prepared.config)?;
         let limits = crate::wire::Limits::new(A::max_message_values(prepared, &settings));
         let nodes = A::build(prepared, &settings)?;
@@ -193,7 +193,7 @@ impl<A: Algorithm> Registered for Entry<A> {
         prepared: &Prepared,
         rows: Vec<(serde_json::Value, f64)>,
         final_params: Option<Vec<f32>>,
-    ) -> Result<Box<dyn Finished>, EngineError> {
+    ) -> EngineResult<Box<dyn Finished>> {
         let settings = Self::settings(&prepared.config)?;
         let rows = rows
             .into_iter()

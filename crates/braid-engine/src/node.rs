@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-pub use crate::error::EngineError;
+pub use crate::error::{EngineError, EngineResult};
 
 use crate::wire::{Body, Control, Message, NodeId};
 
@@ -91,7 +91,7 @@ pub struct NodeState {
 
 impl NodeState {
     /// The vector called `name`.
-    pub fn tensor(&self, name: &str) -> Result<&[f32], EngineError> {
+    pub fn tensor(&self, name: &str) -> EngineResult<&[f32]> {
         self.tensors
             .iter()
             .find(|(n, _)| n == name)
@@ -100,7 +100,7 @@ impl NodeState {
     }
 
     /// The byte string called `name`.
-    pub fn blob(&self, name: &str) -> Result<&[u8], EngineError> {
+    pub fn blob(&self, name: &str) -> EngineResult<&[u8]> {
         self.blobs
             .iter()
             .find(|(n, _)| n == name)
@@ -109,7 +109,7 @@ impl NodeState {
     }
 
     /// The unsigned integer `name` in the metadata.
-    pub fn meta_u64(&self, name: &str) -> Result<u64, EngineError> {
+    pub fn meta_u64(&self, name: &str) -> EngineResult<u64> {
         self.meta
             .get(name)
             .and_then(serde_json::Value::as_u64)
@@ -225,7 +225,7 @@ impl<M: Message> Input<M> {
         self,
         node: &mut dyn Node<Msg = M, Metrics = R, Trainer = T>,
         ctx: &mut NodeCtx<'_, M, R, T>,
-    ) -> Result<(), EngineError> {
+    ) -> EngineResult {
         match self {
             Self::Start => node.on_start(ctx),
             Self::Message(from, m) => node.on_message(from, m, ctx),
@@ -252,14 +252,14 @@ pub trait Node: Send {
     fn on_start(
         &mut self,
         ctx: &mut NodeCtx<'_, Self::Msg, Self::Metrics, Self::Trainer>,
-    ) -> Result<(), EngineError>;
+    ) -> EngineResult;
     /// Called for every message of the run's protocol delivered to this node.
     fn on_message(
         &mut self,
         from: NodeId,
         msg: Self::Msg,
         ctx: &mut NodeCtx<'_, Self::Msg, Self::Metrics, Self::Trainer>,
-    ) -> Result<(), EngineError>;
+    ) -> EngineResult;
     /// Called for every control message delivered to this node (halts never reach nodes:
     /// the network runtime handles them). Default: refused.
     fn on_control(
@@ -267,7 +267,7 @@ pub trait Node: Send {
         from: NodeId,
         c: Control,
         _ctx: &mut NodeCtx<'_, Self::Msg, Self::Metrics, Self::Trainer>,
-    ) -> Result<(), EngineError> {
+    ) -> EngineResult {
         Err(EngineError::Rejected {
             node: self.id(),
             from,
@@ -285,7 +285,7 @@ pub trait Node: Send {
         None
     }
     /// Restores a checkpoint taken by [`Node::save_state`], before [`Node::on_start`].
-    fn load_state(&mut self, _state: NodeState) -> Result<(), EngineError> {
+    fn load_state(&mut self, _state: NodeState) -> EngineResult {
         Err(EngineError::Checkpoint(
             "this node keeps no state to resume from".into(),
         ))
@@ -307,7 +307,7 @@ pub trait Node: Send {
         &mut self,
         _token: u64,
         _ctx: &mut NodeCtx<'_, Self::Msg, Self::Metrics, Self::Trainer>,
-    ) -> Result<(), EngineError> {
+    ) -> EngineResult {
         Ok(())
     }
     /// The nodes this node accepts messages from, if only some (`None`: any node). Drivers

@@ -13,7 +13,7 @@ use braid_nn::{
 use rand::seq::SliceRandom;
 
 use crate::config::ExperimentConfig;
-use crate::node::EngineError;
+use crate::node::{EngineError, EngineResult};
 use crate::trainer::{
     Evaluate, FlipLabels, MutualSteps, SplitSteps, Train, TrainSteps, Trainer as Capabilities,
 };
@@ -45,7 +45,7 @@ pub struct Prepared {
 
 /// Loads the data, partitions it into `shards` shards and binds the model; errors name what
 /// is wrong. Algorithms add what they need with [`crate::algorithm::Algorithm::prepare`].
-pub fn prepare_data(config: &ExperimentConfig, shards: usize) -> Result<Prepared, EngineError> {
+pub fn prepare_data(config: &ExperimentConfig, shards: usize) -> EngineResult<Prepared> {
     let data = braid_data::load(&config.data, config.seed)
         .map_err(|e| EngineError::Data(e.to_string()))?;
     let data_description = match &config.data {
@@ -96,7 +96,7 @@ impl Prepared {
     /// Replaces shard `k` by `own`, a participant's own training data (`braid node --data`):
     /// the participant trains on all of it; the test set and the model stay as configured.
     /// For one node's process only: the other shards' indices no longer mean anything.
-    pub fn use_own_data(&mut self, k: usize, own: braid_data::Dataset) -> Result<(), EngineError> {
+    pub fn use_own_data(&mut self, k: usize, own: braid_data::Dataset) -> EngineResult {
         let train = &self.data.train;
         if own.sample_shape() != train.sample_shape() || own.num_classes() != train.num_classes() {
             return Err(EngineError::Data(format!(
@@ -169,7 +169,7 @@ pub struct BurnTrainer {
 
 impl BurnTrainer {
     /// A trainer for `prepared`'s model and data.
-    pub fn new(prepared: &Prepared) -> Result<Self, EngineError> {
+    pub fn new(prepared: &Prepared) -> EngineResult<Self> {
         let device = &prepared.config.runtime.device;
         Ok(Self {
             trainer: Trainer::new(prepared.arch.clone(), device)?,
@@ -207,7 +207,7 @@ fn no_models() -> EngineError {
 }
 
 impl BurnTrainer {
-    fn split_part(&mut self) -> Result<&mut SplitTrainer, EngineError> {
+    fn split_part(&mut self) -> EngineResult<&mut SplitTrainer> {
         self.split.as_mut().ok_or_else(|| {
             EngineError::Unsupported(
                 "this run has no split model (algorithm.name = \"split\")".into(),
@@ -223,7 +223,7 @@ impl MutualSteps for BurnTrainer {
         batches: &[Vec<usize>],
         alpha: f64,
         lr_scale: f64,
-    ) -> Result<MutualOutcome, EngineError> {
+    ) -> EngineResult<MutualOutcome> {
         let spec = MutualSpec {
             optimizer: self.spec.optimizer.clone(),
             alpha,
@@ -240,7 +240,7 @@ impl MutualSteps for BurnTrainer {
         arch: usize,
         params: &[f32],
         max_samples: usize,
-    ) -> Result<EvalOutcome, EngineError> {
+    ) -> EngineResult<EvalOutcome> {
         let device = self.device.clone();
         let (trainer, evaluators) = self.mutual.as_mut().ok_or_else(no_models)?;
         let model = trainer.archs().get(arch).cloned().ok_or_else(|| {
@@ -274,7 +274,7 @@ impl SplitSteps for BurnTrainer {
         &mut self,
         params: &[f32],
         samples: &[usize],
-    ) -> Result<(Vec<f32>, Vec<u8>), EngineError> {
+    ) -> EngineResult<(Vec<f32>, Vec<u8>)> {
         let data = Arc::clone(&self.data);
         Ok(self
             .split_part()?
@@ -285,7 +285,7 @@ impl SplitSteps for BurnTrainer {
         params: &[f32],
         samples: &[usize],
         grad: &[f32],
-    ) -> Result<Vec<f32>, EngineError> {
+    ) -> EngineResult<Vec<f32>> {
         let data = Arc::clone(&self.data);
         Ok(self
             .split_part()?
@@ -298,7 +298,7 @@ impl SplitSteps for BurnTrainer {
         labels: &[u8],
         state: &mut OptimizerState,
         lr_scale: f64,
-    ) -> Result<ServerStep, EngineError> {
+    ) -> EngineResult<ServerStep> {
         let opt = self.spec.optimizer.clone();
         Ok(self
             .split_part()?
@@ -310,7 +310,7 @@ impl SplitSteps for BurnTrainer {
         grad: &[f32],
         state: &mut OptimizerState,
         lr_scale: f64,
-    ) -> Result<Vec<f32>, EngineError> {
+    ) -> EngineResult<Vec<f32>> {
         let opt = self.spec.optimizer.clone();
         Ok(self
             .split_part()?
@@ -349,7 +349,7 @@ impl Train for BurnTrainer {
         shard: &[usize],
         seed: u64,
         lr_scale: f64,
-    ) -> Result<TrainOutcome, EngineError> {
+    ) -> EngineResult<TrainOutcome> {
         self.spec.lr_scale = lr_scale;
         Ok(self
             .trainer
@@ -364,7 +364,7 @@ impl FlipLabels for BurnTrainer {
         shard: &[usize],
         seed: u64,
         lr_scale: f64,
-    ) -> Result<TrainOutcome, EngineError> {
+    ) -> EngineResult<TrainOutcome> {
         self.spec.lr_scale = lr_scale;
         let data = &self.data;
         let flipped = self
@@ -383,7 +383,7 @@ impl TrainSteps for BurnTrainer {
         batches: &[Vec<usize>],
         state: &mut OptimizerState,
         lr_scale: f64,
-    ) -> Result<TrainOutcome, EngineError> {
+    ) -> EngineResult<TrainOutcome> {
         self.spec.lr_scale = lr_scale;
         Ok(self
             .trainer
@@ -392,14 +392,10 @@ impl TrainSteps for BurnTrainer {
 }
 
 impl Evaluate for BurnTrainer {
-    fn evaluate(&mut self, params: &[f32]) -> Result<EvalOutcome, EngineError> {
+    fn evaluate(&mut self, params: &[f32]) -> EngineResult<EvalOutcome> {
         Ok(self.trainer.evaluate(params, &self.data.test, None)?)
     }
-    fn evaluate_sample(
-        &mut self,
-        params: &[f32],
-        max_samples: usize,
-    ) -> Result<EvalOutcome, EngineError> {
+    fn evaluate_sample(&mut self, params: &[f32], max_samples: usize) -> EngineResult<EvalOutcome> {
         if max_samples >= self.eval_order.len() {
             return self.evaluate(params);
         }

@@ -24,7 +24,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::accounting::{Compute, Meter};
-use crate::node::{BoxNode, EngineError, Event, Input, Metrics, Node, NodeCtx};
+use crate::node::{BoxNode, EngineError, EngineResult, Event, Input, Metrics, Node, NodeCtx};
 use crate::trainer::TrainerObject;
 use crate::transport::{Envelope, InProcessTransport, NodeTraffic, Transport};
 use crate::wire::{Body, Message, NodeId};
@@ -42,7 +42,7 @@ pub struct Worker<T: ?Sized> {
 
 impl<T: TrainerObject + ?Sized> Worker<T> {
     /// A worker with its own trainer and a single-threaded rayon pool.
-    pub fn new(trainer: Box<T>) -> Result<Self, EngineError> {
+    pub fn new(trainer: Box<T>) -> EngineResult<Self> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(1)
             .build()
@@ -132,7 +132,7 @@ fn handle<M: Message, R, T: ?Sized>(
     inputs: Vec<Input<M>>,
     (trainer, meter): (&mut T, &Meter),
     drop_rejected: bool,
-) -> Result<TaskOutput<M, R>, EngineError> {
+) -> EngineResult<TaskOutput<M, R>> {
     let (mut outbox, mut events, mut deadlines) = (Vec::new(), Vec::new(), Vec::new());
     let (mut compute, mut marks) = (Vec::new(), Vec::new());
     for input in inputs {
@@ -170,7 +170,7 @@ fn handle<M: Message, R, T: ?Sized>(
 
 impl<M: Message, R: Metrics, T: TrainerObject + ?Sized> Simulator<M, R, T> {
     /// A simulator over `nodes` (ids must be 0..n in order) with at least one worker.
-    pub fn new(nodes: Vec<BoxNode<M, R, T>>, workers: Vec<Worker<T>>) -> Result<Self, EngineError> {
+    pub fn new(nodes: Vec<BoxNode<M, R, T>>, workers: Vec<Worker<T>>) -> EngineResult<Self> {
         if workers.is_empty() {
             return Err(EngineError::Driver(
                 "the simulator needs at least one worker".into(),
@@ -202,10 +202,7 @@ impl<M: Message, R: Metrics, T: TrainerObject + ?Sized> Simulator<M, R, T> {
     }
 
     /// Runs until no message is left, calling `observer` for every event as it happens.
-    pub fn run(
-        &mut self,
-        observer: &mut dyn FnMut(&Event<R>),
-    ) -> Result<SimOutcome<R>, EngineError> {
+    pub fn run(&mut self, observer: &mut dyn FnMut(&Event<R>)) -> EngineResult<SimOutcome<R>> {
         if let Some(timing) = self.timing.take() {
             self.drop_rejected = true;
             let out = self.run_timed(&timing, observer);
@@ -287,7 +284,7 @@ impl<M: Message, R: Metrics, T: TrainerObject + ?Sized> Simulator<M, R, T> {
     fn run_tasks(
         &mut self,
         tasks: Vec<(NodeId, Vec<Input<M>>)>,
-    ) -> Result<Vec<(NodeId, TaskOutput<M, R>)>, EngineError> {
+    ) -> EngineResult<Vec<(NodeId, TaskOutput<M, R>)>> {
         let mut work = Vec::with_capacity(tasks.len());
         for (id, what) in tasks {
             let node = self.nodes[id as usize]
@@ -367,7 +364,7 @@ struct Task<M, R, T: ?Sized> {
 struct Done<M, R, T: ?Sized> {
     id: NodeId,
     node: BoxNode<M, R, T>,
-    result: Result<TaskOutput<M, R>, EngineError>,
+    result: EngineResult<TaskOutput<M, R>>,
 }
 
 impl<M: Message, R, T: ?Sized> Task<M, R, T> {

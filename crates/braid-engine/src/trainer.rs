@@ -32,15 +32,15 @@
 //! struct Mine;
 //! impl Trainer for Mine {}
 //! impl Train for Mine {
-//!     fn train(&mut self, p: &[f32], s: &[usize], _: u64, _: f64) -> Result<TrainOutcome, EngineError> {
+//!     fn train(&mut self, p: &[f32], s: &[usize], _: u64, _: f64) -> EngineResult<TrainOutcome> {
 //!         Ok(TrainOutcome { params: p.to_vec(), samples: s.len(), steps: 1, mean_loss: 0.0 })
 //!     }
 //! }
 //! impl Evaluate for Mine {
-//!     fn evaluate(&mut self, _: &[f32]) -> Result<EvalOutcome, EngineError> {
+//!     fn evaluate(&mut self, _: &[f32]) -> EngineResult<EvalOutcome> {
 //!         Ok(EvalOutcome { accuracy: 1.0, loss: 0.0, samples: 1 })
 //!     }
-//!     fn evaluate_sample(&mut self, p: &[f32], _: usize) -> Result<EvalOutcome, EngineError> {
+//!     fn evaluate_sample(&mut self, p: &[f32], _: usize) -> EngineResult<EvalOutcome> {
 //!         self.evaluate(p)
 //!     }
 //! }
@@ -59,7 +59,7 @@
 //! struct TrainsOnly;
 //! impl Trainer for TrainsOnly {}
 //! impl Train for TrainsOnly {
-//!     fn train(&mut self, p: &[f32], s: &[usize], _: u64, _: f64) -> Result<TrainOutcome, EngineError> {
+//!     fn train(&mut self, p: &[f32], s: &[usize], _: u64, _: f64) -> EngineResult<TrainOutcome> {
 //!         Ok(TrainOutcome { params: p.to_vec(), samples: s.len(), steps: 1, mean_loss: 0.0 })
 //!     }
 //! }
@@ -72,7 +72,7 @@ use std::sync::Arc;
 use braid_nn::{EvalOutcome, Member, MutualOutcome, OptimizerState, ServerStep, TrainOutcome};
 
 use crate::accounting::{FlopsPerSample, Meter, Metered};
-use crate::node::EngineError;
+use crate::node::{EngineError, EngineResult};
 
 /// What every trainer offers.
 pub trait Trainer: Send {
@@ -100,7 +100,7 @@ pub trait Train: Trainer {
         shard: &[usize],
         seed: u64,
         lr_scale: f64,
-    ) -> Result<TrainOutcome, EngineError>;
+    ) -> EngineResult<TrainOutcome>;
 }
 
 /// Training that keeps its optimizer state between calls (decentralized peers).
@@ -113,20 +113,16 @@ pub trait TrainSteps: Trainer {
         batches: &[Vec<usize>],
         state: &mut OptimizerState,
         lr_scale: f64,
-    ) -> Result<TrainOutcome, EngineError>;
+    ) -> EngineResult<TrainOutcome>;
 }
 
 /// Evaluation on the test set.
 pub trait Evaluate: Trainer {
     /// Evaluates `params` on the test set.
-    fn evaluate(&mut self, params: &[f32]) -> Result<EvalOutcome, EngineError>;
+    fn evaluate(&mut self, params: &[f32]) -> EngineResult<EvalOutcome>;
     /// Evaluates `params` on a fixed, seeded sample of at most `max_samples` test samples
     /// (the same sample for every call of a run), for cheap per-participant metrics.
-    fn evaluate_sample(
-        &mut self,
-        params: &[f32],
-        max_samples: usize,
-    ) -> Result<EvalOutcome, EngineError>;
+    fn evaluate_sample(&mut self, params: &[f32], max_samples: usize) -> EngineResult<EvalOutcome>;
 }
 
 /// The refusal of a trainer asked to flip labels that cannot ([`Trainer::label_flipper`] is
@@ -147,7 +143,7 @@ pub trait FlipLabels: Send {
         shard: &[usize],
         seed: u64,
         lr_scale: f64,
-    ) -> Result<TrainOutcome, EngineError>;
+    ) -> EngineResult<TrainOutcome>;
 }
 
 /// The two halves of split learning.
@@ -158,7 +154,7 @@ pub trait SplitSteps: Trainer {
         &mut self,
         params: &[f32],
         samples: &[usize],
-    ) -> Result<(Vec<f32>, Vec<u8>), EngineError>;
+    ) -> EngineResult<(Vec<f32>, Vec<u8>)>;
     /// Client side: the gradient of the client part's parameters given the loss's gradient
     /// `grad` with respect to the activations of `samples`.
     fn split_backward(
@@ -166,7 +162,7 @@ pub trait SplitSteps: Trainer {
         params: &[f32],
         samples: &[usize],
         grad: &[f32],
-    ) -> Result<Vec<f32>, EngineError>;
+    ) -> EngineResult<Vec<f32>>;
     /// Server side: one optimizer step of the server part on a global batch of
     /// activations; returns the new parameters and the activations' gradient.
     fn split_server_step(
@@ -176,7 +172,7 @@ pub trait SplitSteps: Trainer {
         labels: &[u8],
         state: &mut OptimizerState,
         lr_scale: f64,
-    ) -> Result<ServerStep, EngineError>;
+    ) -> EngineResult<ServerStep>;
     /// One optimizer step of the client part with an aggregated gradient.
     fn split_client_update(
         &mut self,
@@ -184,7 +180,7 @@ pub trait SplitSteps: Trainer {
         grad: &[f32],
         state: &mut OptimizerState,
         lr_scale: f64,
-    ) -> Result<Vec<f32>, EngineError>;
+    ) -> EngineResult<Vec<f32>>;
     /// Forward FLOPs per sample of the client part and of the server part (zero if
     /// unknown).
     fn split_flops(&self) -> (u64, u64) {
@@ -203,7 +199,7 @@ pub trait MutualSteps: Trainer {
         batches: &[Vec<usize>],
         alpha: f64,
         lr_scale: f64,
-    ) -> Result<MutualOutcome, EngineError>;
+    ) -> EngineResult<MutualOutcome>;
     /// Evaluates `params`, a model of architecture `arch` of the run's list, on a fixed,
     /// seeded sample of at most `max_samples` test samples.
     fn evaluate_arch(
@@ -211,7 +207,7 @@ pub trait MutualSteps: Trainer {
         arch: usize,
         params: &[f32],
         max_samples: usize,
-    ) -> Result<EvalOutcome, EngineError>;
+    ) -> EngineResult<EvalOutcome>;
     /// FLOPs per sample of architecture `arch` of the run's list (zero if unknown).
     fn arch_flops(&self, _arch: usize) -> FlopsPerSample {
         FlopsPerSample::default()
@@ -293,7 +289,7 @@ impl<T: Trainer + ?Sized> FlipLabels for Metered<T> {
         shard: &[usize],
         seed: u64,
         lr_scale: f64,
-    ) -> Result<TrainOutcome, EngineError> {
+    ) -> EngineResult<TrainOutcome> {
         self.training(params, |t| match t.label_flipper() {
             Some(f) => f.train_label_flipped(params, shard, seed, lr_scale),
             None => Err(no_label_flipping()),
@@ -308,7 +304,7 @@ impl<T: Train + ?Sized> Train for Metered<T> {
         shard: &[usize],
         seed: u64,
         lr_scale: f64,
-    ) -> Result<TrainOutcome, EngineError> {
+    ) -> EngineResult<TrainOutcome> {
         self.training(params, |t| t.train(params, shard, seed, lr_scale))
     }
 }
@@ -320,7 +316,7 @@ impl<T: TrainSteps + ?Sized> TrainSteps for Metered<T> {
         batches: &[Vec<usize>],
         state: &mut OptimizerState,
         lr_scale: f64,
-    ) -> Result<TrainOutcome, EngineError> {
+    ) -> EngineResult<TrainOutcome> {
         self.training(params, |t| {
             t.train_batches(params, batches, state, lr_scale)
         })
@@ -328,14 +324,10 @@ impl<T: TrainSteps + ?Sized> TrainSteps for Metered<T> {
 }
 
 impl<T: Evaluate + ?Sized> Evaluate for Metered<T> {
-    fn evaluate(&mut self, params: &[f32]) -> Result<EvalOutcome, EngineError> {
+    fn evaluate(&mut self, params: &[f32]) -> EngineResult<EvalOutcome> {
         self.evaluating(None, |t| t.evaluate(params))
     }
-    fn evaluate_sample(
-        &mut self,
-        params: &[f32],
-        max_samples: usize,
-    ) -> Result<EvalOutcome, EngineError> {
+    fn evaluate_sample(&mut self, params: &[f32], max_samples: usize) -> EngineResult<EvalOutcome> {
         self.evaluating(None, |t| t.evaluate_sample(params, max_samples))
     }
 }
@@ -345,7 +337,7 @@ impl<T: SplitSteps + ?Sized> SplitSteps for Metered<T> {
         &mut self,
         params: &[f32],
         samples: &[usize],
-    ) -> Result<(Vec<f32>, Vec<u8>), EngineError> {
+    ) -> EngineResult<(Vec<f32>, Vec<u8>)> {
         // The forward half of training: samples are counted once, at the backward pass.
         let n = samples.len() as u64;
         let per = self.inner().split_flops().0;
@@ -359,7 +351,7 @@ impl<T: SplitSteps + ?Sized> SplitSteps for Metered<T> {
         params: &[f32],
         samples: &[usize],
         grad: &[f32],
-    ) -> Result<Vec<f32>, EngineError> {
+    ) -> EngineResult<Vec<f32>> {
         // The forward pass again (it is recomputed), then the backward pass (2x forward).
         let n = samples.len() as u64;
         let per = self.inner().split_flops().0;
@@ -375,7 +367,7 @@ impl<T: SplitSteps + ?Sized> SplitSteps for Metered<T> {
         labels: &[u8],
         state: &mut OptimizerState,
         lr_scale: f64,
-    ) -> Result<ServerStep, EngineError> {
+    ) -> EngineResult<ServerStep> {
         let n = labels.len() as u64;
         let per = self.inner().split_flops().1;
         let out = self.spending(
@@ -391,7 +383,7 @@ impl<T: SplitSteps + ?Sized> SplitSteps for Metered<T> {
         grad: &[f32],
         state: &mut OptimizerState,
         lr_scale: f64,
-    ) -> Result<Vec<f32>, EngineError> {
+    ) -> EngineResult<Vec<f32>> {
         self.spending(
             |t| t.split_client_update(params, grad, state, lr_scale),
             |_| (0, 0),
@@ -409,7 +401,7 @@ impl<T: MutualSteps + ?Sized> MutualSteps for Metered<T> {
         batches: &[Vec<usize>],
         alpha: f64,
         lr_scale: f64,
-    ) -> Result<MutualOutcome, EngineError> {
+    ) -> EngineResult<MutualOutcome> {
         // Every member trains on every sample: samples and FLOPs count once per member.
         let per: Vec<u64> = members
             .iter()
@@ -431,7 +423,7 @@ impl<T: MutualSteps + ?Sized> MutualSteps for Metered<T> {
         arch: usize,
         params: &[f32],
         max_samples: usize,
-    ) -> Result<EvalOutcome, EngineError> {
+    ) -> EngineResult<EvalOutcome> {
         let per = self.inner().arch_flops(arch).forward;
         self.evaluating(Some(per), |t| t.evaluate_arch(arch, params, max_samples))
     }

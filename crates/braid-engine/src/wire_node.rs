@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::accounting::{Compute, Meter};
-use crate::node::{BoxNode, EngineError, Event, Input, Metrics, NodeCtx, NodeState};
+use crate::node::{BoxNode, EngineError, EngineResult, Event, Input, Metrics, NodeCtx, NodeState};
 use crate::trainer::TrainerObject;
 use crate::wire::{Body, Control, Limits, Message, NodeId, WireError};
 
@@ -93,7 +93,7 @@ pub trait WireNode: Send {
     fn round_of(&self, input: &WireInput) -> Option<u64>;
     /// Hands the node an input; what it produced is returned even when the node refuses a
     /// message (an `Err` of [`EngineError::Rejected`]).
-    fn handle(&mut self, input: WireInput) -> (Handled, Result<(), EngineError>);
+    fn handle(&mut self, input: WireInput) -> (Handled, EngineResult);
     /// Asks the trainer to stop after the step in progress once `flag` is set (a halt).
     fn set_stop_flag(&mut self, flag: Arc<std::sync::atomic::AtomicBool>);
     /// Also records model hashes around training ([`Handled::models`]), for run logs.
@@ -106,7 +106,7 @@ pub trait WireNode: Send {
     /// See [`crate::node::Node::save_state`].
     fn save_state(&self) -> Option<NodeState>;
     /// See [`crate::node::Node::load_state`].
-    fn load_state(&mut self, state: NodeState) -> Result<(), EngineError>;
+    fn load_state(&mut self, state: NodeState) -> EngineResult;
     /// See [`crate::node::Node::keep_checkpoints`].
     fn keep_checkpoints(&mut self);
     /// See [`crate::node::Node::rejoin`].
@@ -135,7 +135,7 @@ impl<M: Message, R: Metrics, T: TrainerObject + ?Sized> Wired<M, R, T> {
         }
     }
 
-    fn typed(input: WireInput) -> Result<Input<M>, EngineError> {
+    fn typed(input: WireInput) -> EngineResult<Input<M>> {
         Ok(match input {
             WireInput::Start => Input::Start,
             WireInput::Deadline(t) => Input::Deadline(t),
@@ -176,7 +176,7 @@ impl<M: Message, R: Metrics, T: TrainerObject + ?Sized> WireNode for Wired<M, R,
         }
     }
 
-    fn handle(&mut self, input: WireInput) -> (Handled, Result<(), EngineError>) {
+    fn handle(&mut self, input: WireInput) -> (Handled, EngineResult) {
         let input = match Self::typed(input) {
             Ok(i) => i,
             Err(e) => return (Handled::default(), Err(e)),
@@ -249,7 +249,7 @@ impl<M: Message, R: Metrics, T: TrainerObject + ?Sized> WireNode for Wired<M, R,
         self.node.save_state()
     }
 
-    fn load_state(&mut self, state: NodeState) -> Result<(), EngineError> {
+    fn load_state(&mut self, state: NodeState) -> EngineResult {
         self.node.load_state(state)
     }
 

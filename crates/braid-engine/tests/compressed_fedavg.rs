@@ -16,7 +16,7 @@ use braid_engine::algorithms::fedavg::{
     FedAvgClient, FedAvgServer, Msg, RoundMetrics, ServerConfig, SERVER,
 };
 use braid_engine::config::CompressionConfig;
-use braid_engine::node::{BoxNode, EngineError, Node, NodeCtx};
+use braid_engine::node::{BoxNode, EngineError, EngineResult, Node, NodeCtx};
 use braid_engine::sim::{SimOutcome, Simulator, Worker};
 use braid_engine::trainer::{Evaluate, Train, Trainer};
 use braid_engine::wire::{Body, NodeId, Tensor};
@@ -51,7 +51,7 @@ impl Train for Quadratic {
         shard: &[usize],
         _seed: u64,
         _lr_scale: f64,
-    ) -> Result<TrainOutcome, EngineError> {
+    ) -> EngineResult<TrainOutcome> {
         let sign = if shard.first() == Some(&0) { 1.0 } else { -1.0 };
         Ok(TrainOutcome {
             params: params
@@ -71,7 +71,7 @@ impl Train for Quadratic {
 }
 
 impl Evaluate for Quadratic {
-    fn evaluate(&mut self, _: &[f32]) -> Result<EvalOutcome, EngineError> {
+    fn evaluate(&mut self, _: &[f32]) -> EngineResult<EvalOutcome> {
         Ok(EvalOutcome {
             accuracy: 0.0,
             loss: 0.0,
@@ -79,7 +79,7 @@ impl Evaluate for Quadratic {
         })
     }
 
-    fn evaluate_sample(&mut self, p: &[f32], _: usize) -> Result<EvalOutcome, EngineError> {
+    fn evaluate_sample(&mut self, p: &[f32], _: usize) -> EngineResult<EvalOutcome> {
         self.evaluate(p)
     }
 }

@@ -11,7 +11,7 @@ use braid_engine::algorithms::fedavg::{
     FedAvgClient, FedAvgServer, Msg, RoundMetrics, ServerConfig,
 };
 use braid_engine::config::{DpMode, OnTarget, PrivacyConfig};
-use braid_engine::node::{BoxNode, EngineError, Node, NodeCtx};
+use braid_engine::node::{BoxNode, EngineResult, Node, NodeCtx};
 use braid_engine::sim::{SimOutcome, Simulator, Worker};
 use braid_engine::trainer::{Evaluate, Train, Trainer};
 use braid_engine::wire::Tensor;
@@ -31,7 +31,7 @@ impl Train for Shift {
         shard: &[usize],
         _: u64,
         _: f64,
-    ) -> Result<TrainOutcome, EngineError> {
+    ) -> EngineResult<TrainOutcome> {
         Ok(TrainOutcome {
             params: params.iter().map(|p| p + self.step).collect(),
             samples: shard.len(),
@@ -42,7 +42,7 @@ impl Train for Shift {
 }
 
 impl Evaluate for Shift {
-    fn evaluate(&mut self, _: &[f32]) -> Result<EvalOutcome, EngineError> {
+    fn evaluate(&mut self, _: &[f32]) -> EngineResult<EvalOutcome> {
         Ok(EvalOutcome {
             accuracy: 0.5,
             loss: 1.0,
@@ -50,7 +50,7 @@ impl Evaluate for Shift {
         })
     }
 
-    fn evaluate_sample(&mut self, p: &[f32], _: usize) -> Result<EvalOutcome, EngineError> {
+    fn evaluate_sample(&mut self, p: &[f32], _: usize) -> EngineResult<EvalOutcome> {
         self.evaluate(p)
     }
 }
@@ -82,10 +82,7 @@ fn server_config(rounds: u32, per_round: usize) -> ServerConfig {
 }
 
 /// DP-SGD: client k (1..=10) holds 8k samples; the server accounts batches of 4.
-fn run_dp_sgd(
-    privacy: PrivacyConfig,
-    rounds: u32,
-) -> Result<SimOutcome<RoundMetrics>, EngineError> {
+fn run_dp_sgd(privacy: PrivacyConfig, rounds: u32) -> EngineResult<SimOutcome<RoundMetrics>> {
     let clients: Vec<u32> = (1..=CLIENTS as u32).collect();
     let mut nodes: Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>> = vec![Box::new(
         FedAvgServer::new(
@@ -113,7 +110,7 @@ fn run(
     rounds: u32,
     n: usize,
     step: f32,
-) -> Result<SimOutcome<RoundMetrics>, EngineError> {
+) -> EngineResult<SimOutcome<RoundMetrics>> {
     let clients: Vec<u32> = (1..=CLIENTS as u32).collect();
     let config = server_config(rounds, per_round);
     let mut nodes: Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>> = vec![Box::new(

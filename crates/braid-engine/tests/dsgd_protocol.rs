@@ -12,7 +12,7 @@ use braid_engine::algorithms::dsgd::PeerTrainer;
 use braid_engine::algorithms::dsgd::{
     DsgdCtx, DsgdMonitor, DsgdPeer, DsgdSettings, GossipMetrics, Msg,
 };
-use braid_engine::node::{BoxNode, EngineError, Event, Node, NodeCtx};
+use braid_engine::node::{BoxNode, EngineError, EngineResult, Event, Node, NodeCtx};
 use braid_engine::sim::{SimOutcome, Simulator, Worker};
 use braid_engine::trainer::{Evaluate, TrainSteps, Trainer};
 use braid_engine::wire::{Body, Control, NodeId, Tensor};
@@ -46,7 +46,7 @@ impl TrainSteps for Fake {
         batches: &[Vec<usize>],
         _state: &mut OptimizerState,
         lr_scale: f64,
-    ) -> Result<TrainOutcome, EngineError> {
+    ) -> EngineResult<TrainOutcome> {
         self.calls.lock().unwrap().push((batches.len(), lr_scale));
         let mut p = params.to_vec();
         if !self.frozen {
@@ -67,7 +67,7 @@ impl TrainSteps for Fake {
 }
 
 impl Evaluate for Fake {
-    fn evaluate(&mut self, params: &[f32]) -> Result<EvalOutcome, EngineError> {
+    fn evaluate(&mut self, params: &[f32]) -> EngineResult<EvalOutcome> {
         Ok(EvalOutcome {
             accuracy: f64::from(params[0]) / 100.0,
             loss: 0.0,
@@ -75,7 +75,7 @@ impl Evaluate for Fake {
         })
     }
 
-    fn evaluate_sample(&mut self, params: &[f32], _: usize) -> Result<EvalOutcome, EngineError> {
+    fn evaluate_sample(&mut self, params: &[f32], _: usize) -> EngineResult<EvalOutcome> {
         self.evaluate(params)
     }
 }
@@ -432,10 +432,10 @@ impl Node for Dead {
     fn id(&self) -> NodeId {
         self.0
     }
-    fn on_start(&mut self, _: &mut DsgdCtx<'_>) -> Result<(), EngineError> {
+    fn on_start(&mut self, _: &mut DsgdCtx<'_>) -> EngineResult {
         Ok(())
     }
-    fn on_message(&mut self, _: NodeId, _: Msg, _: &mut DsgdCtx<'_>) -> Result<(), EngineError> {
+    fn on_message(&mut self, _: NodeId, _: Msg, _: &mut DsgdCtx<'_>) -> EngineResult {
         Ok(())
     }
 }
@@ -516,7 +516,7 @@ fn drive(
     f: impl FnOnce(
         &mut dyn Node<Msg = Msg, Metrics = GossipMetrics, Trainer = dyn PeerTrainer>,
         &mut DsgdCtx<'_>,
-    ) -> Result<(), EngineError>,
+    ) -> EngineResult,
 ) -> Vec<(NodeId, Body<Msg>)> {
     let (mut out, mut ev) = (Vec::new(), Vec::<Event<GossipMetrics>>::new());
     let mut ctx = NodeCtx::new(&mut out, &mut ev, trainer as &mut dyn PeerTrainer);

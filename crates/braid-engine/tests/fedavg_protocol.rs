@@ -11,7 +11,7 @@ use braid_engine::algorithms::fedavg::FedTrainer;
 use braid_engine::algorithms::fedavg::{
     FedAvgClient, FedAvgServer, Msg, RoundMetrics, ServerConfig, SERVER,
 };
-use braid_engine::node::{BoxNode, EngineError, Event, Node, NodeCtx};
+use braid_engine::node::{BoxNode, EngineError, EngineResult, Event, Node, NodeCtx};
 use braid_engine::sim::{Simulator, Worker};
 use braid_engine::trainer::{Evaluate, Train, Trainer};
 use braid_engine::wire::{Body, Control, NodeId, Tensor};
@@ -32,7 +32,7 @@ impl Train for FakeTrainer {
         shard: &[usize],
         seed: u64,
         _lr_scale: f64,
-    ) -> Result<TrainOutcome, EngineError> {
+    ) -> EngineResult<TrainOutcome> {
         let mean = shard.iter().sum::<usize>() as f32 / shard.len().max(1) as f32;
         let j = if self.jitter {
             (seed % 1000) as f32 * 1e-3
@@ -49,17 +49,17 @@ impl Train for FakeTrainer {
 }
 
 impl Evaluate for LrRecorder {
-    fn evaluate(&mut self, _: &[f32]) -> Result<EvalOutcome, EngineError> {
+    fn evaluate(&mut self, _: &[f32]) -> EngineResult<EvalOutcome> {
         Err(EngineError::Unsupported("a client never evaluates".into()))
     }
 
-    fn evaluate_sample(&mut self, _: &[f32], _: usize) -> Result<EvalOutcome, EngineError> {
+    fn evaluate_sample(&mut self, _: &[f32], _: usize) -> EngineResult<EvalOutcome> {
         Err(EngineError::Unsupported("a client never evaluates".into()))
     }
 }
 
 impl Evaluate for FakeTrainer {
-    fn evaluate(&mut self, params: &[f32]) -> Result<EvalOutcome, EngineError> {
+    fn evaluate(&mut self, params: &[f32]) -> EngineResult<EvalOutcome> {
         Ok(EvalOutcome {
             accuracy: f64::from(params[0]),
             loss: 0.0,
@@ -67,7 +67,7 @@ impl Evaluate for FakeTrainer {
         })
     }
 
-    fn evaluate_sample(&mut self, params: &[f32], _n: usize) -> Result<EvalOutcome, EngineError> {
+    fn evaluate_sample(&mut self, params: &[f32], _n: usize) -> EngineResult<EvalOutcome> {
         self.evaluate(params)
     }
 }
@@ -192,7 +192,7 @@ fn server_optimizer_changes_the_trajectory() {
 
 /// What handling one message produced: the result, the messages sent and the events.
 type Handled = (
-    Result<(), EngineError>,
+    EngineResult,
     Vec<(NodeId, Body<Msg>)>,
     Vec<Event<RoundMetrics>>,
 );
@@ -339,7 +339,7 @@ impl Train for LrRecorder {
         shard: &[usize],
         _seed: u64,
         lr_scale: f64,
-    ) -> Result<TrainOutcome, EngineError> {
+    ) -> EngineResult<TrainOutcome> {
         self.0.push(lr_scale);
         Ok(TrainOutcome {
             params: params.to_vec(),

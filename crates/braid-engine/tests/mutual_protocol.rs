@@ -11,7 +11,7 @@ use braid_engine::algorithms::mutual::MutualLearner;
 use braid_engine::algorithms::mutual::{
     client_node, Msg, MutualClient, MutualHub, MutualMetrics, MutualSettings, Variant, HUB,
 };
-use braid_engine::node::{BoxNode, EngineError, Node, NodeCtx};
+use braid_engine::node::{BoxNode, EngineError, EngineResult, Node, NodeCtx};
 use braid_engine::sim::{SimOutcome, Simulator, Worker};
 use braid_engine::trainer::{MutualSteps, Trainer};
 use braid_engine::wire::{Body, NodeId, Tensor};
@@ -36,7 +36,7 @@ impl MutualSteps for Fake {
         batches: &[Vec<usize>],
         _alpha: f64,
         _lr_scale: f64,
-    ) -> Result<MutualOutcome, EngineError> {
+    ) -> EngineResult<MutualOutcome> {
         for m in members {
             assert_eq!(
                 m.params.len(),
@@ -64,7 +64,7 @@ impl MutualSteps for Fake {
         arch: usize,
         params: &[f32],
         _: usize,
-    ) -> Result<EvalOutcome, EngineError> {
+    ) -> EngineResult<EvalOutcome> {
         assert_eq!(params.len(), SIZES[arch]);
         Ok(EvalOutcome {
             accuracy: f64::from(params[0]) / 1000.0,
@@ -141,7 +141,7 @@ fn step(
     node: &mut dyn Node<Msg = Msg, Metrics = MutualMetrics, Trainer = dyn MutualLearner>,
     fake: &mut Fake,
     from: Option<(NodeId, Msg)>,
-) -> Result<Vec<(NodeId, Body<Msg>)>, EngineError> {
+) -> EngineResult<Vec<(NodeId, Body<Msg>)>> {
     let (mut outbox, mut events) = (Vec::new(), Vec::new());
     let mut ctx = NodeCtx::new(&mut outbox, &mut events, fake as &mut dyn MutualLearner);
     match from {

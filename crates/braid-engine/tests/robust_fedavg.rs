@@ -8,7 +8,7 @@ use braid_engine::algorithms::fedavg::FedTrainer;
 use braid_engine::algorithms::fedavg::{
     FedAvgClient, FedAvgServer, Msg, RoundMetrics, ServerConfig,
 };
-use braid_engine::node::{BoxNode, EngineError};
+use braid_engine::node::{BoxNode, EngineError, EngineResult};
 use braid_engine::sim::{Simulator, Worker};
 use braid_engine::trainer::{Evaluate, Train, Trainer};
 use braid_nn::{EvalOutcome, TrainOutcome};
@@ -18,13 +18,7 @@ struct Shift;
 impl Trainer for Shift {}
 
 impl Train for Shift {
-    fn train(
-        &mut self,
-        p: &[f32],
-        shard: &[usize],
-        _: u64,
-        _: f64,
-    ) -> Result<TrainOutcome, EngineError> {
+    fn train(&mut self, p: &[f32], shard: &[usize], _: u64, _: f64) -> EngineResult<TrainOutcome> {
         Ok(TrainOutcome {
             params: p.iter().map(|v| v + 1.0).collect(),
             samples: shard.len(),
@@ -35,7 +29,7 @@ impl Train for Shift {
 }
 
 impl Evaluate for Shift {
-    fn evaluate(&mut self, _: &[f32]) -> Result<EvalOutcome, EngineError> {
+    fn evaluate(&mut self, _: &[f32]) -> EngineResult<EvalOutcome> {
         Ok(EvalOutcome {
             accuracy: 0.5,
             loss: 1.0,
@@ -43,17 +37,13 @@ impl Evaluate for Shift {
         })
     }
 
-    fn evaluate_sample(&mut self, p: &[f32], _: usize) -> Result<EvalOutcome, EngineError> {
+    fn evaluate_sample(&mut self, p: &[f32], _: usize) -> EngineResult<EvalOutcome> {
         self.evaluate(p)
     }
 }
 
 /// One round with 10 clients, of which `bad` (by index) attack; returns the global model.
-fn one_round(
-    aggregator: Aggregator,
-    attack: Attack,
-    bad: &[usize],
-) -> Result<Vec<f32>, EngineError> {
+fn one_round(aggregator: Aggregator, attack: Attack, bad: &[usize]) -> EngineResult<Vec<f32>> {
     let clients: Vec<u32> = (1..=10).collect();
     let config = ServerConfig {
         rounds: 1,

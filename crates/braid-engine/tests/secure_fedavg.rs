@@ -11,7 +11,7 @@ use braid_engine::algorithms::fedavg::{
     FedAvgClient, FedAvgServer, FedCtx, Msg, RoundMetrics, SecureSettings, ServerConfig,
     MAX_RESTARTS,
 };
-use braid_engine::node::{BoxNode, EngineError, Node};
+use braid_engine::node::{BoxNode, EngineResult, Node};
 use braid_engine::sim::{SimOutcome, Simulator, Worker};
 use braid_engine::trainer::{Evaluate, Train, Trainer};
 use braid_engine::wire::{Control, NodeId};
@@ -30,7 +30,7 @@ impl Train for Shift {
         shard: &[usize],
         seed: u64,
         _: f64,
-    ) -> Result<TrainOutcome, EngineError> {
+    ) -> EngineResult<TrainOutcome> {
         let mean = shard.iter().sum::<usize>() as f32 / shard.len().max(1) as f32;
         let j = (seed % 1000) as f32 * 1e-3;
         Ok(TrainOutcome {
@@ -47,7 +47,7 @@ impl Train for Shift {
 }
 
 impl Evaluate for Shift {
-    fn evaluate(&mut self, p: &[f32]) -> Result<EvalOutcome, EngineError> {
+    fn evaluate(&mut self, p: &[f32]) -> EngineResult<EvalOutcome> {
         Ok(EvalOutcome {
             accuracy: f64::from(p[0]),
             loss: 0.0,
@@ -55,7 +55,7 @@ impl Evaluate for Shift {
         })
     }
 
-    fn evaluate_sample(&mut self, p: &[f32], _: usize) -> Result<EvalOutcome, EngineError> {
+    fn evaluate_sample(&mut self, p: &[f32], _: usize) -> EngineResult<EvalOutcome> {
         self.evaluate(p)
     }
 }
@@ -74,26 +74,16 @@ impl Node for Dropout {
     type Metrics = RoundMetrics;
     type Trainer = dyn FedTrainer;
 
-    fn on_control(
-        &mut self,
-        from: NodeId,
-        c: Control,
-        ctx: &mut FedCtx<'_>,
-    ) -> Result<(), EngineError> {
+    fn on_control(&mut self, from: NodeId, c: Control, ctx: &mut FedCtx<'_>) -> EngineResult {
         self.inner.on_control(from, c, ctx)
     }
     fn id(&self) -> NodeId {
         self.inner.id()
     }
-    fn on_start(&mut self, ctx: &mut FedCtx<'_>) -> Result<(), EngineError> {
+    fn on_start(&mut self, ctx: &mut FedCtx<'_>) -> EngineResult {
         self.inner.on_start(ctx)
     }
-    fn on_message(
-        &mut self,
-        from: NodeId,
-        payload: Msg,
-        ctx: &mut FedCtx<'_>,
-    ) -> Result<(), EngineError> {
+    fn on_message(&mut self, from: NodeId, payload: Msg, ctx: &mut FedCtx<'_>) -> EngineResult {
         if self.keys_only {
             if matches!(payload, Msg::SecAgg { .. }) {
                 return Ok(());
@@ -124,15 +114,10 @@ impl Node for Spy {
     fn id(&self) -> NodeId {
         self.inner.id()
     }
-    fn on_start(&mut self, ctx: &mut FedCtx<'_>) -> Result<(), EngineError> {
+    fn on_start(&mut self, ctx: &mut FedCtx<'_>) -> EngineResult {
         self.inner.on_start(ctx)
     }
-    fn on_message(
-        &mut self,
-        from: NodeId,
-        payload: Msg,
-        ctx: &mut FedCtx<'_>,
-    ) -> Result<(), EngineError> {
+    fn on_message(&mut self, from: NodeId, payload: Msg, ctx: &mut FedCtx<'_>) -> EngineResult {
         if let Ok(mut s) = self.seen.lock() {
             s.push((from, payload.clone()));
         }
@@ -141,7 +126,7 @@ impl Node for Spy {
     fn finished(&self) -> bool {
         self.inner.finished()
     }
-    fn on_deadline(&mut self, token: u64, ctx: &mut FedCtx<'_>) -> Result<(), EngineError> {
+    fn on_deadline(&mut self, token: u64, ctx: &mut FedCtx<'_>) -> EngineResult {
         self.inner.on_deadline(token, ctx)
     }
 }
@@ -165,7 +150,7 @@ struct Setup {
     keys_only: Vec<usize>,
 }
 
-fn run(s: &Setup, seen: Option<Log>) -> Result<SimOutcome<RoundMetrics>, EngineError> {
+fn run(s: &Setup, seen: Option<Log>) -> EngineResult<SimOutcome<RoundMetrics>> {
     let ids: Vec<NodeId> = (1..=s.clients as NodeId).collect();
     let config = ServerConfig {
         rounds: s.rounds,

@@ -14,7 +14,7 @@ use braid_engine::algorithms::split::SplitLearner;
 use braid_engine::algorithms::split::{
     ClientGradients, Msg, SplitClient, SplitMetrics, SplitServer, SplitSettings, SERVER,
 };
-use braid_engine::node::{BoxNode, EngineError, Event, Node, NodeCtx};
+use braid_engine::node::{BoxNode, EngineResult, Event, Node, NodeCtx};
 use braid_engine::sim::{SimOutcome, Simulator, Worker};
 use braid_engine::trainer::{Evaluate, SplitSteps, Trainer};
 use braid_engine::wire::{Body, Control, NodeId, Tensor};
@@ -35,7 +35,7 @@ struct Fake {
 impl Trainer for Fake {}
 
 impl Evaluate for Fake {
-    fn evaluate(&mut self, params: &[f32]) -> Result<EvalOutcome, EngineError> {
+    fn evaluate(&mut self, params: &[f32]) -> EngineResult<EvalOutcome> {
         Ok(EvalOutcome {
             accuracy: f64::from(params[0]),
             loss: 0.0,
@@ -43,7 +43,7 @@ impl Evaluate for Fake {
         })
     }
 
-    fn evaluate_sample(&mut self, params: &[f32], _: usize) -> Result<EvalOutcome, EngineError> {
+    fn evaluate_sample(&mut self, params: &[f32], _: usize) -> EngineResult<EvalOutcome> {
         self.evaluate(params)
     }
 }
@@ -53,7 +53,7 @@ impl SplitSteps for Fake {
         &mut self,
         params: &[f32],
         samples: &[usize],
-    ) -> Result<(Vec<f32>, Vec<u8>), EngineError> {
+    ) -> EngineResult<(Vec<f32>, Vec<u8>)> {
         assert_eq!(params.len(), CLIENT_PARAMS);
         if let Ok(mut s) = self.seen.lock() {
             s.extend_from_slice(samples);
@@ -70,7 +70,7 @@ impl SplitSteps for Fake {
         _: &[f32],
         samples: &[usize],
         grad: &[f32],
-    ) -> Result<Vec<f32>, EngineError> {
+    ) -> EngineResult<Vec<f32>> {
         assert_eq!(grad.len(), samples.len() * F);
         Ok(vec![samples.len() as f32, 1.0])
     }
@@ -82,7 +82,7 @@ impl SplitSteps for Fake {
         labels: &[u8],
         _: &mut OptimizerState,
         _: f64,
-    ) -> Result<ServerStep, EngineError> {
+    ) -> EngineResult<ServerStep> {
         Ok(ServerStep {
             params: params.iter().map(|p| p + 1.0).collect(),
             grad: vec![1.0; acts.len()],
@@ -96,7 +96,7 @@ impl SplitSteps for Fake {
         grad: &[f32],
         _: &mut OptimizerState,
         _: f64,
-    ) -> Result<Vec<f32>, EngineError> {
+    ) -> EngineResult<Vec<f32>> {
         Ok(params.iter().zip(grad).map(|(p, g)| p - g).collect())
     }
 
@@ -261,7 +261,7 @@ fn results_do_not_depend_on_workers_and_stragglers_slow_the_clock() {
 }
 
 /// What a node's handling of one message returned, and what it sent.
-type Handled = (Result<(), EngineError>, Vec<(NodeId, Body<Msg>)>);
+type Handled = (EngineResult, Vec<(NodeId, Body<Msg>)>);
 
 impl Fake {
     fn ctx_run(

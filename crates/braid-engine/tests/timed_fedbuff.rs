@@ -13,7 +13,7 @@ use braid_engine::algorithms::fedavg::{
     FedAvgClient, FedAvgServer, FedCtx, Msg, RoundMetrics, ServerConfig,
 };
 use braid_engine::algorithms::fedbuff::{FedBuffServer, FedBuffSettings, Staleness};
-use braid_engine::node::{BoxNode, EngineError, Node, NodeCtx};
+use braid_engine::node::{BoxNode, EngineError, EngineResult, Node, NodeCtx};
 use braid_engine::sim::{SimOutcome, Simulator, Timing, Worker};
 use braid_engine::trainer::{Evaluate, Train, Trainer};
 use braid_engine::wire::{Body, NodeId, Tensor};
@@ -42,7 +42,7 @@ impl Train for Fake {
         shard: &[usize],
         _seed: u64,
         _lr_scale: f64,
-    ) -> Result<TrainOutcome, EngineError> {
+    ) -> EngineResult<TrainOutcome> {
         let target = shard.first().copied().unwrap_or(0) as f32;
         Ok(TrainOutcome {
             params: params.iter().map(|p| 0.5 * (p + target)).collect(),
@@ -54,7 +54,7 @@ impl Train for Fake {
 }
 
 impl Evaluate for Fake {
-    fn evaluate(&mut self, p: &[f32]) -> Result<EvalOutcome, EngineError> {
+    fn evaluate(&mut self, p: &[f32]) -> EngineResult<EvalOutcome> {
         Ok(EvalOutcome {
             accuracy: f64::from(p[0]),
             loss: 0.0,
@@ -62,7 +62,7 @@ impl Evaluate for Fake {
         })
     }
 
-    fn evaluate_sample(&mut self, p: &[f32], _: usize) -> Result<EvalOutcome, EngineError> {
+    fn evaluate_sample(&mut self, p: &[f32], _: usize) -> EngineResult<EvalOutcome> {
         self.evaluate(p)
     }
 }
@@ -78,10 +78,10 @@ impl Node for Dead {
     fn id(&self) -> NodeId {
         self.0
     }
-    fn on_start(&mut self, _: &mut FedCtx<'_>) -> Result<(), EngineError> {
+    fn on_start(&mut self, _: &mut FedCtx<'_>) -> EngineResult {
         Ok(())
     }
-    fn on_message(&mut self, _: NodeId, _: Msg, _: &mut FedCtx<'_>) -> Result<(), EngineError> {
+    fn on_message(&mut self, _: NodeId, _: Msg, _: &mut FedCtx<'_>) -> EngineResult {
         Ok(())
     }
 }
@@ -488,7 +488,7 @@ impl Train for Shrinking {
         shard: &[usize],
         seed: u64,
         lr: f64,
-    ) -> Result<TrainOutcome, EngineError> {
+    ) -> EngineResult<TrainOutcome> {
         let mut out = Fake.train(params, shard, seed, lr)?;
         if !self.seen.insert(shard[0]) {
             out.samples = 1;
@@ -498,11 +498,11 @@ impl Train for Shrinking {
 }
 
 impl Evaluate for Shrinking {
-    fn evaluate(&mut self, p: &[f32]) -> Result<EvalOutcome, EngineError> {
+    fn evaluate(&mut self, p: &[f32]) -> EngineResult<EvalOutcome> {
         Fake.evaluate(p)
     }
 
-    fn evaluate_sample(&mut self, p: &[f32], n: usize) -> Result<EvalOutcome, EngineError> {
+    fn evaluate_sample(&mut self, p: &[f32], n: usize) -> EngineResult<EvalOutcome> {
         Fake.evaluate_sample(p, n)
     }
 }

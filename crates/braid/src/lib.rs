@@ -38,7 +38,7 @@ pub mod prelude {
     pub use braid_engine::error::{Invalid, Rule};
     pub use braid_engine::experiment::{self, Prepared};
     pub use braid_engine::node::{
-        check_params, BoxNode, Ctx, EngineError, Event, Metrics, Node, NodeCtx,
+        check_params, BoxNode, Ctx, EngineError, EngineResult, Event, Metrics, Node, NodeCtx,
     };
     pub use braid_engine::report::Rows;
     pub use braid_engine::sim::SimOutcome;

@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, HashMap};
 use braid_core::latency::{LatencyConfig, LatencyModel};
 
 use super::{SimOutcome, Simulator, TaskOutput};
-use crate::node::{EngineError, Event, Input, Metrics};
+use crate::node::{EngineError, EngineResult, Event, Input, Metrics};
 use crate::transport::{Envelope, Transport};
 use crate::wire::{Message, NodeId};
 
@@ -127,7 +127,7 @@ impl<M: Message, R: Metrics, T: crate::trainer::TrainerObject + ?Sized> Simulato
         &mut self,
         timing: &Timing,
         observer: &mut dyn FnMut(&Event<R>),
-    ) -> Result<SimOutcome<R>, EngineError> {
+    ) -> EngineResult<SimOutcome<R>> {
         let t0 = std::time::Instant::now();
         let n = self.nodes.len();
         let mut outcome = SimOutcome {
@@ -284,7 +284,7 @@ impl<M: Message, R: Metrics, T: crate::trainer::TrainerObject + ?Sized> Simulato
         outcome: &mut SimOutcome<R>,
         observer: &mut dyn FnMut(&Event<R>),
         t0: std::time::Instant,
-    ) -> Result<(), EngineError> {
+    ) -> EngineResult {
         let f = from as usize;
         let (mut m0, mut e0, mut d0) = (0, 0, 0);
         let mut free = st.free_at[f];

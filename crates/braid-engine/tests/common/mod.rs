@@ -2,7 +2,7 @@
 
 use braid_engine::algorithms::fedavg::FedTrainer;
 use braid_engine::algorithms::fedavg::{FedAvgClient, FedCtx, Msg, RoundMetrics};
-use braid_engine::node::{EngineError, Node};
+use braid_engine::node::{EngineResult, Node};
 use braid_engine::wire::{Control, NodeId};
 
 /// A client that ignores the first `drop` messages it gets (crashed, then back).
@@ -21,27 +21,17 @@ impl Node for Flaky {
     fn id(&self) -> NodeId {
         self.inner.id()
     }
-    fn on_start(&mut self, ctx: &mut FedCtx<'_>) -> Result<(), EngineError> {
+    fn on_start(&mut self, ctx: &mut FedCtx<'_>) -> EngineResult {
         self.inner.on_start(ctx)
     }
-    fn on_message(
-        &mut self,
-        from: NodeId,
-        msg: Msg,
-        ctx: &mut FedCtx<'_>,
-    ) -> Result<(), EngineError> {
+    fn on_message(&mut self, from: NodeId, msg: Msg, ctx: &mut FedCtx<'_>) -> EngineResult {
         if self.drop > 0 {
             self.drop -= 1;
             return Ok(());
         }
         self.inner.on_message(from, msg, ctx)
     }
-    fn on_control(
-        &mut self,
-        from: NodeId,
-        c: Control,
-        ctx: &mut FedCtx<'_>,
-    ) -> Result<(), EngineError> {
+    fn on_control(&mut self, from: NodeId, c: Control, ctx: &mut FedCtx<'_>) -> EngineResult {
         self.inner.on_control(from, c, ctx)
     }
 }

@@ -19,7 +19,7 @@ use braid_engine::algorithms::fedavg::FedTrainer;
 use braid_engine::algorithms::fedavg::{FedAvgClient, FedAvgServer, ServerConfig};
 use braid_engine::algorithms::fedavg::{Msg, RoundMetrics};
 use braid_engine::config::{NetworkConfig, Participant};
-use braid_engine::node::{BoxNode, EngineError};
+use braid_engine::node::{BoxNode, EngineResult};
 use braid_engine::trainer::{Evaluate, Train, TrainSteps, Trainer};
 use braid_engine::wire::{Body, Limits, Tensor};
 use braid_engine::wire_node::{WireEvent, WireNode, Wired};
@@ -51,13 +51,7 @@ struct Echo;
 impl Trainer for Echo {}
 
 impl Train for Echo {
-    fn train(
-        &mut self,
-        params: &[f32],
-        _: &[usize],
-        _: u64,
-        _: f64,
-    ) -> Result<TrainOutcome, EngineError> {
+    fn train(&mut self, params: &[f32], _: &[usize], _: u64, _: f64) -> EngineResult<TrainOutcome> {
         Ok(TrainOutcome {
             params: params.to_vec(),
             samples: 1,
@@ -74,13 +68,13 @@ impl TrainSteps for Echo {
         _: &[Vec<usize>],
         _: &mut OptimizerState,
         _: f64,
-    ) -> Result<TrainOutcome, EngineError> {
+    ) -> EngineResult<TrainOutcome> {
         self.train(params, &[], 0, 1.0)
     }
 }
 
 impl Evaluate for Echo {
-    fn evaluate(&mut self, _: &[f32]) -> Result<EvalOutcome, EngineError> {
+    fn evaluate(&mut self, _: &[f32]) -> EngineResult<EvalOutcome> {
         Ok(EvalOutcome {
             accuracy: 0.0,
             loss: 0.0,
@@ -88,7 +82,7 @@ impl Evaluate for Echo {
         })
     }
 
-    fn evaluate_sample(&mut self, p: &[f32], _: usize) -> Result<EvalOutcome, EngineError> {
+    fn evaluate_sample(&mut self, p: &[f32], _: usize) -> EngineResult<EvalOutcome> {
         self.evaluate(p)
     }
 }

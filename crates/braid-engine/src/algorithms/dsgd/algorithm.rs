@@ -133,7 +133,7 @@ impl Algorithm for Dsgd {
     fn build(
         p: &Prepared,
         d: &DecentralizedConfig,
-    ) -> Result<Vec<BoxNode<Msg, GossipMetrics, dyn PeerTrainer>>, EngineError> {
+    ) -> EngineResult<Vec<BoxNode<Msg, GossipMetrics, dyn PeerTrainer>>> {
         let c = &p.config;
         let settings = Arc::new(dsgd_settings(p, d)?);
         let init = p.arch.init_params(c.seed);
@@ -218,7 +218,7 @@ impl Algorithm for Dsgd {
 }
 
 /// The settings of a decentralized run.
-pub fn dsgd_settings(p: &Prepared, d: &DecentralizedConfig) -> Result<DsgdSettings, EngineError> {
+pub fn dsgd_settings(p: &Prepared, d: &DecentralizedConfig) -> EngineResult<DsgdSettings> {
     let c = &p.config;
     let mut rng = seed::rng(c.seed, &[seed::stream::TOPOLOGY]);
     let topology = Topology::new(d.topology.clone(), p.parts.len(), &mut rng)

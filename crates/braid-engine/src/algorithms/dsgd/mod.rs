@@ -37,7 +37,9 @@ use super::common;
 use crate::algorithm::{Algorithm, Baseline, Feature, Summary};
 use crate::config::ExperimentConfig;
 use crate::error::Invalid;
-use crate::node::{check_params, BoxNode, EngineError, Event, Metrics, Node, NodeCtx, NodeState};
+use crate::node::{
+    check_params, BoxNode, EngineError, EngineResult, Event, Metrics, Node, NodeCtx, NodeState,
+};
 use crate::prepared::Prepared;
 use crate::wire::{Control, Message as _, NodeId, Tensor};
 
@@ -139,7 +141,7 @@ pub struct DsgdSettings {
 
 impl DsgdSettings {
     /// Checks the settings; the error names the config field.
-    pub fn validate(&self) -> Result<(), EngineError> {
+    pub fn validate(&self) -> EngineResult {
         self.schedule
             .validate()
             .map_err(|e| Invalid::within("decentralized", e))?;
@@ -317,7 +319,7 @@ impl DsgdPeer {
         mixed_through: u32,
         params: Arc<Vec<f32>>,
         ctx: &mut DsgdCtx<'_>,
-    ) -> Result<(), EngineError> {
+    ) -> EngineResult {
         tracing::info!(
             "peer {} rejoins at step {step} (round {mixed_through} mixed) with peer {from}'s model",
             self.id
@@ -370,7 +372,7 @@ impl DsgdPeer {
         next
     }
 
-    fn snapshot(&mut self, ctx: &mut DsgdCtx<'_>) -> Result<(), EngineError> {
+    fn snapshot(&mut self, ctx: &mut DsgdCtx<'_>) -> EngineResult {
         let e = ctx
             .trainer
             .evaluate_sample(&self.params, self.settings.eval_samples)?;
@@ -407,7 +409,7 @@ impl DsgdPeer {
 
     /// Starts communication round `round`: sends to the peers listening to this one and
     /// waits for this one's in-neighbours, if any.
-    fn start_round(&mut self, round: u32, ctx: &mut DsgdCtx<'_>) -> Result<(), EngineError> {
+    fn start_round(&mut self, round: u32, ctx: &mut DsgdCtx<'_>) -> EngineResult {
         let graph = self.settings.round_graph(round);
         let me = self.id as usize;
         let message = match &self.settings.gossip_compression {
@@ -446,7 +448,7 @@ impl DsgdPeer {
 
     /// Mixes if every in-neighbour of the awaited round has sent (or, if `force`, with those
     /// that have); returns whether it did.
-    fn try_mix(&mut self, force: bool) -> Result<bool, EngineError> {
+    fn try_mix(&mut self, force: bool) -> EngineResult<bool> {
         let Some(w) = &self.waiting else {
             return Ok(true);
         };
@@ -499,7 +501,7 @@ impl DsgdPeer {
         batches: &[Vec<usize>],
         lr_scale: f64,
         ctx: &mut DsgdCtx<'_>,
-    ) -> Result<(), EngineError> {
+    ) -> EngineResult {
         let out =
             ctx.trainer
                 .train_batches(&self.params, batches, &mut self.optimizer, lr_scale)?;
@@ -510,7 +512,7 @@ impl DsgdPeer {
     }
 
     /// Trains and communicates until the run ends or a round waits for messages.
-    fn run(&mut self, ctx: &mut DsgdCtx<'_>) -> Result<(), EngineError> {
+    fn run(&mut self, ctx: &mut DsgdCtx<'_>) -> EngineResult {
         loop {
             if self.waiting.is_some() {
                 if !self.try_mix(false)? {
@@ -579,7 +581,7 @@ impl Node for DsgdPeer {
         })
     }
 
-    fn load_state(&mut self, state: NodeState) -> Result<(), EngineError> {
+    fn load_state(&mut self, state: NodeState) -> EngineResult {
         let bad = |why: String| EngineError::Checkpoint(format!("checkpoint: {why}"));
         let step = state.meta_u64("step")?;
         if step > self.settings.total_steps {
@@ -613,7 +615,7 @@ impl Node for DsgdPeer {
         self.rejoining = true;
     }
 
-    fn on_start(&mut self, ctx: &mut DsgdCtx<'_>) -> Result<(), EngineError> {
+    fn on_start(&mut self, ctx: &mut DsgdCtx<'_>) -> EngineResult {
         if self.rejoining {
             // Ask every other peer where the run is; the first useful answer wins, and
             // without one this peer goes on from its own state when the wait is over.
@@ -630,7 +632,7 @@ impl Node for DsgdPeer {
         self.run(ctx)
     }
 
-    fn on_deadline(&mut self, token: u64, ctx: &mut DsgdCtx<'_>) -> Result<(), EngineError> {
+    fn on_deadline(&mut self, token: u64, ctx: &mut DsgdCtx<'_>) -> EngineResult {
         if token == JOIN_DEADLINE {
             if !self.rejoining {
                 return Ok(());
@@ -655,12 +657,7 @@ impl Node for DsgdPeer {
         self.run(ctx)
     }
 
-    fn on_control(
-        &mut self,
-        from: NodeId,
-        c: Control,
-        ctx: &mut DsgdCtx<'_>,
-    ) -> Result<(), EngineError> {
+    fn on_control(&mut self, from: NodeId, c: Control, ctx: &mut DsgdCtx<'_>) -> EngineResult {
         let reject = EngineError::rejecter(self.id, from, c.kind());
         if from as usize >= self.settings.peers() {
             return Err(reject("the sender is not a peer of this run".into()));
@@ -707,12 +704,7 @@ impl Node for DsgdPeer {
         }
     }
 
-    fn on_message(
-        &mut self,
-        from: NodeId,
-        msg: Msg,
-        ctx: &mut DsgdCtx<'_>,
-    ) -> Result<(), EngineError> {
+    fn on_message(&mut self, from: NodeId, msg: Msg, ctx: &mut DsgdCtx<'_>) -> EngineResult {
         let kind = msg.kind();
         let reject = EngineError::rejecter(self.id, from, kind);
         if from as usize >= self.settings.peers() {

@@ -31,7 +31,7 @@ impl DsgdMonitor {
     }
 
     /// Reports, in step order, every evaluation point that every present peer has reached.
-    fn report_complete(&mut self, ctx: &mut DsgdCtx<'_>) -> Result<(), EngineError> {
+    fn report_complete(&mut self, ctx: &mut DsgdCtx<'_>) -> EngineResult {
         let present = self.settings.peers() - self.absent.len();
         while let Some(entry) = self.pending.first_entry() {
             if entry.get().len() < present {
@@ -49,7 +49,7 @@ impl DsgdMonitor {
         step: u64,
         snaps: BTreeMap<NodeId, Snap>,
         ctx: &mut DsgdCtx<'_>,
-    ) -> Result<(), EngineError> {
+    ) -> EngineResult {
         let n = snaps.len() as f64;
         let items: Vec<(&[f32], f64)> =
             snaps.values().map(|s| (s.params.as_slice(), 1.0)).collect();
@@ -104,7 +104,7 @@ impl Node for DsgdMonitor {
         self.done.contains(&self.settings.total_steps)
     }
 
-    fn on_deadline(&mut self, step: u64, ctx: &mut DsgdCtx<'_>) -> Result<(), EngineError> {
+    fn on_deadline(&mut self, step: u64, ctx: &mut DsgdCtx<'_>) -> EngineResult {
         // Some peer's snapshot did not come in time: report the evaluation point without it,
         // and every earlier one still open first (messages can arrive out of order across a
         // network, so an earlier point's deadline may be the later one), keeping step order.
@@ -124,16 +124,11 @@ impl Node for DsgdMonitor {
         self.report_complete(ctx)
     }
 
-    fn on_start(&mut self, _ctx: &mut DsgdCtx<'_>) -> Result<(), EngineError> {
+    fn on_start(&mut self, _ctx: &mut DsgdCtx<'_>) -> EngineResult {
         Ok(())
     }
 
-    fn on_message(
-        &mut self,
-        from: NodeId,
-        msg: Msg,
-        ctx: &mut DsgdCtx<'_>,
-    ) -> Result<(), EngineError> {
+    fn on_message(&mut self, from: NodeId, msg: Msg, ctx: &mut DsgdCtx<'_>) -> EngineResult {
         let kind = msg.kind();
         let reject = EngineError::rejecter(self.settings.monitor(), from, kind);
         let Msg::Snapshot {

@@ -9,7 +9,7 @@ use crate::algorithm::{Algorithm, Feature, Summary};
 use crate::algorithms::common;
 use crate::config::{DpMode, ExperimentConfig};
 use crate::error::Invalid;
-use crate::node::{BoxNode, EngineError};
+use crate::node::{BoxNode, EngineResult};
 use crate::prepared::{matrix_blocks, Prepared};
 use crate::sim::Timing;
 use crate::wire::NodeId;
@@ -91,8 +91,8 @@ pub(crate) fn build_family(
         ServerConfig,
         Vec<NodeId>,
         Vec<f32>,
-    ) -> Result<BoxNode<Msg, RoundMetrics, dyn FedTrainer>, EngineError>,
-) -> Result<Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>>, EngineError> {
+    ) -> EngineResult<BoxNode<Msg, RoundMetrics, dyn FedTrainer>>,
+) -> EngineResult<Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>>> {
     let c = &p.config;
     let clients: Vec<NodeId> = (1..=p.parts.len() as NodeId).collect();
     let secure = c.secure_aggregation.map(|sa| SecureSettings {
@@ -144,9 +144,7 @@ fn clients_per_round(p: &Prepared) -> usize {
         .unwrap_or(p.parts.len())
 }
 
-fn build_fedavg(
-    p: &Prepared,
-) -> Result<Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>>, EngineError> {
+fn build_fedavg(p: &Prepared) -> EngineResult<Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>>> {
     let c = &p.config;
     let delta = c.compression.is_some_and(|k| k.downlink_delta);
     let downlink = c.compression.and_then(|k| k.downlink);
@@ -246,7 +244,7 @@ macro_rules! fedavg_family {
             fn build(
                 p: &Prepared,
                 _settings: &FedAvgSettings,
-            ) -> Result<Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>>, EngineError> {
+            ) -> EngineResult<Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>>> {
                 build_fedavg(p)
             }
 

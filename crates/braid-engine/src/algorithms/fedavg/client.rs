@@ -13,7 +13,7 @@ use super::layers::privacy::LocalDp;
 use super::layers::{self, downlink, secure, UpdateLayer};
 use super::{FedCtx, FedTrainer, Msg, RoundMetrics, SecureSettings, SERVER};
 use crate::config::{CompressionConfig, PrivacyConfig};
-use crate::node::{EngineError, Node};
+use crate::node::{EngineError, EngineResult, Node};
 use crate::wire::{Control, Message, NodeId, Tensor};
 
 /// Applies `f` to the update `trained - received` and writes `received + update` back into
@@ -22,7 +22,7 @@ pub(in crate::algorithms::fedavg) fn rewrite_update(
     trained: &mut Vec<f32>,
     received: &[f32],
     f: impl FnOnce(&mut [f32]),
-) -> Result<(), EngineError> {
+) -> EngineResult {
     let mut delta = braid_core::params::sub(trained, received)?;
     f(&mut delta);
     *trained = received.iter().zip(&delta).map(|(p, d)| p + d).collect();
@@ -145,16 +145,11 @@ impl Node for FedAvgClient {
         self.done
     }
 
-    fn on_start(&mut self, _ctx: &mut FedCtx<'_>) -> Result<(), EngineError> {
+    fn on_start(&mut self, _ctx: &mut FedCtx<'_>) -> EngineResult {
         Ok(())
     }
 
-    fn on_control(
-        &mut self,
-        from: NodeId,
-        c: Control,
-        _ctx: &mut FedCtx<'_>,
-    ) -> Result<(), EngineError> {
+    fn on_control(&mut self, from: NodeId, c: Control, _ctx: &mut FedCtx<'_>) -> EngineResult {
         match c {
             Control::Shutdown { .. } if from == SERVER => {
                 self.done = true;
@@ -169,12 +164,7 @@ impl Node for FedAvgClient {
         }
     }
 
-    fn on_message(
-        &mut self,
-        from: NodeId,
-        msg: Msg,
-        ctx: &mut FedCtx<'_>,
-    ) -> Result<(), EngineError> {
+    fn on_message(&mut self, from: NodeId, msg: Msg, ctx: &mut FedCtx<'_>) -> EngineResult {
         use crate::wire::Message as _;
         let kind = msg.kind();
         if from != SERVER {

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use braid_core::server_opt::{ServerOptimizer, ServerOptimizerConfig};
 
-use crate::node::{check_params, EngineError, Metrics, NodeCtx, NodeState};
+use crate::node::{check_params, EngineError, EngineResult, Metrics, NodeCtx, NodeState};
 use crate::wire::NodeId;
 
 pub mod algorithm;
@@ -154,7 +154,7 @@ pub(crate) fn restore_server(
     rounds: u32,
     len: usize,
     optimizer: &mut ServerOptimizer,
-) -> Result<(u32, Vec<f32>), EngineError> {
+) -> EngineResult<(u32, Vec<f32>)> {
     let completed = u32::try_from(state.meta_u64("completed_rounds")?)
         .map_err(|_| EngineError::Checkpoint("checkpoint: completed_rounds is too large".into()))?;
     if completed > rounds {

@@ -17,7 +17,7 @@ use super::{restore_server, server_state};
 use super::{FedCtx, FedTrainer, Msg, RoundMetrics, SecureSettings, ServerConfig, SERVER};
 use crate::config::PrivacyConfig;
 use crate::error::Invalid;
-use crate::node::{check_params, EngineError, Event, Node, NodeState};
+use crate::node::{check_params, EngineError, EngineResult, Event, Node, NodeState};
 use crate::wire::{Control, NodeId, Tensor};
 
 /// What a round's aggregation reports besides the average.
@@ -59,7 +59,7 @@ impl FedAvgServer {
         config: ServerConfig,
         clients: Vec<NodeId>,
         initial: Vec<f32>,
-    ) -> Result<Self, EngineError> {
+    ) -> EngineResult<Self> {
         if clients.is_empty() {
             return Err(
                 Invalid::range("partition.clients", "FedAvg needs at least one client").into(),
@@ -153,7 +153,7 @@ impl FedAvgServer {
     pub(in crate::algorithms::fedavg) fn start_round(
         &mut self,
         ctx: &mut FedCtx<'_>,
-    ) -> Result<(), EngineError> {
+    ) -> EngineResult {
         self.round += 1;
         let mut rng = seed::rng(
             self.config.seed,
@@ -191,7 +191,7 @@ impl FedAvgServer {
     pub(in crate::algorithms::fedavg) fn ask_missing(
         &mut self,
         ctx: &mut FedCtx<'_>,
-    ) -> Result<(), EngineError> {
+    ) -> EngineResult {
         let missing: Vec<NodeId> = match &self.sec {
             Some(sr) => sr.missing(),
             None => self
@@ -244,7 +244,7 @@ impl FedAvgServer {
     pub(in crate::algorithms::fedavg) fn finish_round(
         &mut self,
         ctx: &mut FedCtx<'_>,
-    ) -> Result<(), EngineError> {
+    ) -> EngineResult {
         let asked = self.waiting.len();
         let (ids, replies): (Vec<NodeId>, Vec<Reply>) = std::mem::take(&mut self.waiting)
             .into_iter()
@@ -295,7 +295,7 @@ impl FedAvgServer {
         ctx: &mut FedCtx<'_>,
         mean: Vec<f32>,
         agg: Aggregated,
-    ) -> Result<(), EngineError> {
+    ) -> EngineResult {
         self.completed = self.round;
         self.optimizer.step(&mut self.params, &mean)?;
         let Aggregated {
@@ -351,7 +351,7 @@ impl Node for FedAvgServer {
         SERVER
     }
 
-    fn on_start(&mut self, ctx: &mut FedCtx<'_>) -> Result<(), EngineError> {
+    fn on_start(&mut self, ctx: &mut FedCtx<'_>) -> EngineResult {
         for layer in &self.layers {
             layer.before_start(self.completed)?;
         }
@@ -381,7 +381,7 @@ impl Node for FedAvgServer {
         Some(state)
     }
 
-    fn load_state(&mut self, state: NodeState) -> Result<(), EngineError> {
+    fn load_state(&mut self, state: NodeState) -> EngineResult {
         let (completed, params) = restore_server(
             &state,
             self.config.rounds,
@@ -399,12 +399,7 @@ impl Node for FedAvgServer {
         Ok(())
     }
 
-    fn on_message(
-        &mut self,
-        from: NodeId,
-        msg: Msg,
-        ctx: &mut FedCtx<'_>,
-    ) -> Result<(), EngineError> {
+    fn on_message(&mut self, from: NodeId, msg: Msg, ctx: &mut FedCtx<'_>) -> EngineResult {
         use crate::wire::Message as _;
         let kind = msg.kind();
         let reject = EngineError::rejecter(SERVER, from, kind);
@@ -493,7 +488,7 @@ impl Node for FedAvgServer {
         self.done
     }
 
-    fn on_deadline(&mut self, token: u64, ctx: &mut FedCtx<'_>) -> Result<(), EngineError> {
+    fn on_deadline(&mut self, token: u64, ctx: &mut FedCtx<'_>) -> EngineResult {
         if self.secure.is_some() {
             return self.secure_deadline(token, ctx);
         }

@@ -38,7 +38,7 @@ use crate::algorithm::{Algorithm, Feature, Summary};
 use crate::algorithms::fedavg::FedTrainer;
 use crate::config::ExperimentConfig;
 use crate::error::Invalid;
-use crate::node::{check_params, BoxNode, EngineError, Event, Node, NodeState};
+use crate::node::{check_params, BoxNode, EngineError, EngineResult, Event, Node, NodeState};
 use crate::prepared::Prepared;
 use crate::sim::Timing;
 use crate::wire::{Control, Message as _, NodeId, Tensor, HEADER};
@@ -127,7 +127,7 @@ impl FedBuffServer {
         settings: FedBuffSettings,
         clients: Vec<NodeId>,
         initial: Vec<f32>,
-    ) -> Result<Self, EngineError> {
+    ) -> EngineResult<Self> {
         if settings.concurrency == 0 || settings.concurrency > clients.len() {
             return Err(EngineError::Invalid(Invalid::range(
                 "fedbuff.concurrency",
@@ -173,7 +173,7 @@ impl FedBuffServer {
 
     /// Sends the current model to an idle client, preferring clients that have not been sent
     /// this version; nothing if every client is busy.
-    fn dispatch(&mut self, ctx: &mut FedCtx<'_>) -> Result<(), EngineError> {
+    fn dispatch(&mut self, ctx: &mut FedCtx<'_>) -> EngineResult {
         let idle: Vec<NodeId> = self
             .clients
             .iter()
@@ -230,7 +230,7 @@ impl FedBuffServer {
     }
 
     /// One server step from the buffer.
-    fn step(&mut self, ctx: &mut FedCtx<'_>) -> Result<(), EngineError> {
+    fn step(&mut self, ctx: &mut FedCtx<'_>) -> EngineResult {
         let buffered = std::mem::take(&mut self.buffer);
         let samples: u64 = buffered.iter().map(|b| b.samples).sum();
         let total = samples.max(1) as f64;
@@ -307,7 +307,7 @@ impl Node for FedBuffServer {
         SERVER
     }
 
-    fn on_start(&mut self, ctx: &mut FedCtx<'_>) -> Result<(), EngineError> {
+    fn on_start(&mut self, ctx: &mut FedCtx<'_>) -> EngineResult {
         if self.version >= self.config.rounds {
             self.done = true;
             ctx.emit(Event::Finished {
@@ -321,12 +321,7 @@ impl Node for FedBuffServer {
         Ok(())
     }
 
-    fn on_message(
-        &mut self,
-        from: NodeId,
-        msg: Msg,
-        ctx: &mut FedCtx<'_>,
-    ) -> Result<(), EngineError> {
+    fn on_message(&mut self, from: NodeId, msg: Msg, ctx: &mut FedCtx<'_>) -> EngineResult {
         let reject = EngineError::rejecter(SERVER, from, msg.kind());
         let bytes = (HEADER + msg.encoded_len()) as u64;
         if self.done {
@@ -399,7 +394,7 @@ impl Node for FedBuffServer {
         Ok(())
     }
 
-    fn on_deadline(&mut self, token: u64, ctx: &mut FedCtx<'_>) -> Result<(), EngineError> {
+    fn on_deadline(&mut self, token: u64, ctx: &mut FedCtx<'_>) -> EngineResult {
         let late = self
             .in_flight
             .iter()
@@ -432,7 +427,7 @@ impl Node for FedBuffServer {
         ))
     }
 
-    fn load_state(&mut self, state: NodeState) -> Result<(), EngineError> {
+    fn load_state(&mut self, state: NodeState) -> EngineResult {
         let (version, params) = restore_server(
             &state,
             self.config.rounds,
@@ -552,7 +547,7 @@ impl Algorithm for FedBuff {
     fn build(
         p: &Prepared,
         run: &FedBuffRun,
-    ) -> Result<Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>>, EngineError> {
+    ) -> EngineResult<Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>>> {
         let downlink = p.config.compression.and_then(|k| k.downlink);
         let settings = run.settings;
         build_family(p, |config, clients, initial| {

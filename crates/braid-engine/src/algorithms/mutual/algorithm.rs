@@ -212,7 +212,7 @@ fn mutual_run(c: &ExperimentConfig, v: Variant) -> Result<MutualRun, Invalid> {
 }
 
 /// Binds the run's list of models to the data and assigns one to each client.
-fn prepare_models(p: &mut Prepared, run: &MutualRun) -> Result<(), EngineError> {
+fn prepare_models(p: &mut Prepared, run: &MutualRun) -> EngineResult {
     let c = &p.config;
     let m = &run.mutual;
     let (shape, classes) = (
@@ -233,7 +233,7 @@ fn prepare_models(p: &mut Prepared, run: &MutualRun) -> Result<(), EngineError> 
 }
 
 /// The settings shared by the nodes of a mutual-learning run.
-pub fn mutual_settings(p: &Prepared, run: &MutualRun) -> Result<MutualSettings, EngineError> {
+pub fn mutual_settings(p: &Prepared, run: &MutualRun) -> EngineResult<MutualSettings> {
     let c = &p.config;
     let variant = run.variant;
     let m = &run.mutual;
@@ -273,7 +273,7 @@ pub fn mutual_settings(p: &Prepared, run: &MutualRun) -> Result<MutualSettings, 
 fn build_mutual(
     p: &Prepared,
     run: &MutualRun,
-) -> Result<Vec<BoxNode<Msg, MutualMetrics, dyn MutualLearner>>, EngineError> {
+) -> EngineResult<Vec<BoxNode<Msg, MutualMetrics, dyn MutualLearner>>> {
     let c = &p.config;
     let settings = Arc::new(mutual_settings(p, run)?);
     let global = if settings.variant == Variant::Fml {
@@ -342,14 +342,14 @@ macro_rules! mutual_algorithm {
                 mutual_run(c, $variant)
             }
 
-            fn prepare(p: &mut Prepared, run: &MutualRun) -> Result<(), EngineError> {
+            fn prepare(p: &mut Prepared, run: &MutualRun) -> EngineResult {
                 prepare_models(p, run)
             }
 
             fn build(
                 p: &Prepared,
                 run: &MutualRun,
-            ) -> Result<Vec<BoxNode<Msg, MutualMetrics, dyn MutualLearner>>, EngineError> {
+            ) -> EngineResult<Vec<BoxNode<Msg, MutualMetrics, dyn MutualLearner>>> {
                 build_mutual(p, run)
             }
 

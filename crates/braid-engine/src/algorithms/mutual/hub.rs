@@ -52,7 +52,7 @@ impl MutualHub {
         self.settings.variant == Variant::Fml
     }
 
-    fn start_round(&mut self, ctx: &mut MutualCtx<'_>, round: u32) -> Result<(), EngineError> {
+    fn start_round(&mut self, ctx: &mut MutualCtx<'_>, round: u32) -> EngineResult {
         let s = Arc::clone(&self.settings);
         self.round = round;
         self.returned = round_subset(s.seed, round, s.clients(), s.clients_per_round)
@@ -143,19 +143,14 @@ impl Node for MutualHub {
         HUB
     }
 
-    fn on_start(&mut self, ctx: &mut MutualCtx<'_>) -> Result<(), EngineError> {
+    fn on_start(&mut self, ctx: &mut MutualCtx<'_>) -> EngineResult {
         if self.fml() {
             self.start_round(ctx, 1)?;
         }
         Ok(())
     }
 
-    fn on_message(
-        &mut self,
-        from: NodeId,
-        msg: Msg,
-        ctx: &mut MutualCtx<'_>,
-    ) -> Result<(), EngineError> {
+    fn on_message(&mut self, from: NodeId, msg: Msg, ctx: &mut MutualCtx<'_>) -> EngineResult {
         let kind = msg.kind();
         let reject = EngineError::rejecter(HUB, from, kind);
         let s = Arc::clone(&self.settings);

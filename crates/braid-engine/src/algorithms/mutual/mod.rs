@@ -51,7 +51,9 @@ use braid_nn::ModelName;
 use super::common;
 use crate::algorithm::{Algorithm, Feature, Summary};
 use crate::config::ExperimentConfig;
-use crate::node::{check_params, BoxNode, EngineError, Event, Metrics, Node, NodeCtx};
+use crate::node::{
+    check_params, BoxNode, EngineError, EngineResult, Event, Metrics, Node, NodeCtx,
+};
 use crate::prepared::Prepared;
 
 mod report;
@@ -142,7 +144,7 @@ impl MutualSettings {
         arch: usize,
         params: Arc<Vec<f32>>,
         from: NodeId,
-    ) -> Result<Msg, EngineError> {
+    ) -> EngineResult<Msg> {
         let arch32 = arch as u32;
         Ok(match &self.model_compression {
             None => Msg::Model {
@@ -215,7 +217,7 @@ impl MutualSettings {
     }
 
     /// Checks the settings; errors name the config field.
-    pub fn validate(&self) -> Result<(), EngineError> {
+    pub fn validate(&self) -> EngineResult {
         let bad = |field: &str, m: String| Err(Invalid::range(field, m).into());
         let n = self.clients();
         if n < 2 && self.variant != Variant::Local {
@@ -439,7 +441,7 @@ impl MutualClient {
         round: u32,
         arch: usize,
         params: Arc<Vec<f32>>,
-    ) -> Result<(), EngineError> {
+    ) -> EngineResult {
         let message = self
             .settings
             .model_message(round, arch, params, self.id())?;
@@ -454,7 +456,7 @@ impl MutualClient {
         ctx: &mut MutualCtx<'_>,
         round: u32,
         others: &[(usize, Arc<Vec<f32>>)],
-    ) -> Result<Vec<Vec<f32>>, EngineError> {
+    ) -> EngineResult<Vec<Vec<f32>>> {
         let own = Arc::clone(&self.params);
         let mut members = vec![Member {
             arch: self.arch(),
@@ -483,7 +485,7 @@ impl MutualClient {
     }
 
     /// Goes through the rounds until one needs a model that has not arrived.
-    fn advance(&mut self, ctx: &mut MutualCtx<'_>) -> Result<(), EngineError> {
+    fn advance(&mut self, ctx: &mut MutualCtx<'_>) -> EngineResult {
         let s = Arc::clone(&self.settings);
         while self.done < s.rounds {
             let t = self.done + 1;
@@ -555,7 +557,7 @@ impl MutualClient {
     }
 
     /// Peak snapshot and evaluation report after round `t`.
-    fn complete(&mut self, ctx: &mut MutualCtx<'_>, t: u32) -> Result<(), EngineError> {
+    fn complete(&mut self, ctx: &mut MutualCtx<'_>, t: u32) -> EngineResult {
         let s = Arc::clone(&self.settings);
         if s.variant == Variant::Dfml && s.alpha.is_peak(t) {
             self.peak = Some(Arc::clone(&self.params));
@@ -606,16 +608,11 @@ impl Node for MutualClient {
         client_node(self.k)
     }
 
-    fn on_start(&mut self, ctx: &mut MutualCtx<'_>) -> Result<(), EngineError> {
+    fn on_start(&mut self, ctx: &mut MutualCtx<'_>) -> EngineResult {
         self.advance(ctx)
     }
 
-    fn on_message(
-        &mut self,
-        from: NodeId,
-        msg: Msg,
-        ctx: &mut MutualCtx<'_>,
-    ) -> Result<(), EngineError> {
+    fn on_message(&mut self, from: NodeId, msg: Msg, ctx: &mut MutualCtx<'_>) -> EngineResult {
         let kind = msg.kind();
         let node = self.id();
         let reject = EngineError::rejecter(node, from, kind);

@@ -97,7 +97,7 @@ impl Algorithm for Split {
         Ok(sc)
     }
 
-    fn prepare(p: &mut Prepared, sc: &SplitConfig) -> Result<(), EngineError> {
+    fn prepare(p: &mut Prepared, sc: &SplitConfig) -> EngineResult {
         let cut = sc
             .cut
             .clone()
@@ -115,7 +115,7 @@ impl Algorithm for Split {
     fn build(
         p: &Prepared,
         sc: &SplitConfig,
-    ) -> Result<Vec<BoxNode<Msg, SplitMetrics, dyn SplitLearner>>, EngineError> {
+    ) -> EngineResult<Vec<BoxNode<Msg, SplitMetrics, dyn SplitLearner>>> {
         let c = &p.config;
         let settings = Arc::new(split_settings(p, sc)?);
         let mut nodes: Vec<BoxNode<Msg, SplitMetrics, dyn SplitLearner>> = vec![Box::new(
@@ -174,7 +174,7 @@ impl Algorithm for Split {
 }
 
 /// The settings of a split-learning run.
-pub fn split_settings(p: &Prepared, sc: &SplitConfig) -> Result<SplitSettings, EngineError> {
+pub fn split_settings(p: &Prepared, sc: &SplitConfig) -> EngineResult<SplitSettings> {
     let c = &p.config;
     let split = p
         .split

@@ -66,7 +66,7 @@ impl Node for SplitClient {
         self.id
     }
 
-    fn on_start(&mut self, _ctx: &mut SplitCtx<'_>) -> Result<(), EngineError> {
+    fn on_start(&mut self, _ctx: &mut SplitCtx<'_>) -> EngineResult {
         Ok(())
     }
 
@@ -74,12 +74,7 @@ impl Node for SplitClient {
         self.done
     }
 
-    fn on_message(
-        &mut self,
-        from: NodeId,
-        msg: Msg,
-        ctx: &mut SplitCtx<'_>,
-    ) -> Result<(), EngineError> {
+    fn on_message(&mut self, from: NodeId, msg: Msg, ctx: &mut SplitCtx<'_>) -> EngineResult {
         let kind = msg.kind();
         let node = self.id;
         let reject = EngineError::rejecter(node, from, kind);
@@ -162,12 +157,7 @@ impl Node for SplitClient {
         }
     }
 
-    fn on_control(
-        &mut self,
-        from: NodeId,
-        c: Control,
-        _ctx: &mut SplitCtx<'_>,
-    ) -> Result<(), EngineError> {
+    fn on_control(&mut self, from: NodeId, c: Control, _ctx: &mut SplitCtx<'_>) -> EngineResult {
         match c {
             Control::Shutdown { .. } if from == SERVER => {
                 self.done = true;

@@ -42,7 +42,9 @@ use super::common;
 use crate::algorithm::{Algorithm, Feature, Summary};
 use crate::config::ExperimentConfig;
 use crate::error::Invalid;
-use crate::node::{check_params, BoxNode, EngineError, Event, Metrics, Node, NodeCtx, NodeState};
+use crate::node::{
+    check_params, BoxNode, EngineError, EngineResult, Event, Metrics, Node, NodeCtx, NodeState,
+};
 use crate::prepared::Prepared;
 use crate::wire::{Control, Message as _, NodeId, Tensor, HEADER};
 
@@ -118,7 +120,7 @@ fn split_message(
     part: Part,
     labels: Vec<u8>,
     values: Vec<f32>,
-) -> Result<Msg, EngineError> {
+) -> EngineResult<Msg> {
     let values = match compression {
         None => Tensor::exact(values),
         Some(c) => {
@@ -138,7 +140,7 @@ fn split_message(
 }
 
 /// `values` compressed with `c`, its random choices seeded by the run and `key`.
-fn pack(values: &[f32], c: &Compression, seed: u64, key: &[u64]) -> Result<Vec<u8>, EngineError> {
+fn pack(values: &[f32], c: &Compression, seed: u64, key: &[u64]) -> EngineResult<Vec<u8>> {
     let stream: Vec<u64> = std::iter::once(seed::stream::COMPRESS)
         .chain(key.iter().copied())
         .collect();
@@ -274,7 +276,7 @@ pub struct SplitServer {
 
 impl SplitServer {
     /// A server starting from the whole model's `initial` parameters.
-    pub fn new(settings: Arc<SplitSettings>, initial: Vec<f32>) -> Result<Self, EngineError> {
+    pub fn new(settings: Arc<SplitSettings>, initial: Vec<f32>) -> EngineResult<Self> {
         check_params(&initial, settings.num_params)
             .map_err(|why| EngineError::Failed(format!("initial parameters: {why}")))?;
         if settings.client_params >= settings.num_params {
@@ -332,7 +334,7 @@ impl SplitServer {
             .factor((self.step.saturating_sub(1)) as f64 / total)
     }
 
-    fn start_epoch(&mut self, ctx: &mut SplitCtx<'_>) -> Result<(), EngineError> {
+    fn start_epoch(&mut self, ctx: &mut SplitCtx<'_>) -> EngineResult {
         self.epoch += 1;
         let s = &self.settings;
         let mut rng = seed::rng(s.seed, &[seed::stream::SAMPLING, u64::from(self.epoch)]);
@@ -347,7 +349,7 @@ impl SplitServer {
         self.start_step(ctx)
     }
 
-    fn start_step(&mut self, ctx: &mut SplitCtx<'_>) -> Result<(), EngineError> {
+    fn start_step(&mut self, ctx: &mut SplitCtx<'_>) -> EngineResult {
         self.step += 1;
         let params = Arc::new(self.client_params.clone());
         // Compressed once per step, shared by the step's clients.
@@ -396,7 +398,7 @@ impl SplitServer {
     }
 
     /// Every activation is in: run the server part and send back the gradients.
-    fn server_step(&mut self, got: Activations, ctx: &mut SplitCtx<'_>) -> Result<(), EngineError> {
+    fn server_step(&mut self, got: Activations, ctx: &mut SplitCtx<'_>) -> EngineResult {
         let (mut labels, mut acts, mut rows) = (Vec::new(), Vec::new(), Vec::new());
         for (node, reply) in got {
             let (l, a) = reply.unwrap_or_default();
@@ -461,7 +463,7 @@ impl SplitServer {
         &mut self,
         got: BTreeMap<NodeId, Option<Vec<f32>>>,
         ctx: &mut SplitCtx<'_>,
-    ) -> Result<(), EngineError> {
+    ) -> EngineResult {
         let n = got.len();
         let mut sum = vec![0.0f32; self.client_params.len()];
         for g in got.into_values().flatten() {
@@ -487,7 +489,7 @@ impl SplitServer {
         self.finish_epoch(ctx)
     }
 
-    fn finish_epoch(&mut self, ctx: &mut SplitCtx<'_>) -> Result<(), EngineError> {
+    fn finish_epoch(&mut self, ctx: &mut SplitCtx<'_>) -> EngineResult {
         self.completed = self.epoch;
         let last = self.epoch >= self.settings.epochs;
         let whole = self.whole();
@@ -553,7 +555,7 @@ impl Node for SplitServer {
         SERVER
     }
 
-    fn on_start(&mut self, ctx: &mut SplitCtx<'_>) -> Result<(), EngineError> {
+    fn on_start(&mut self, ctx: &mut SplitCtx<'_>) -> EngineResult {
         // A fresh server starts at epoch 0; a resumed one after its last completed epoch.
         self.epoch = self.completed;
         if self.completed >= self.settings.epochs {
@@ -579,7 +581,7 @@ impl Node for SplitServer {
         })
     }
 
-    fn load_state(&mut self, state: NodeState) -> Result<(), EngineError> {
+    fn load_state(&mut self, state: NodeState) -> EngineResult {
         let completed = u32::try_from(state.meta_u64("completed_epochs")?)
             .ok()
             .filter(|&c| c <= self.settings.epochs)
@@ -610,12 +612,7 @@ impl Node for SplitServer {
         self.done
     }
 
-    fn on_message(
-        &mut self,
-        from: NodeId,
-        msg: Msg,
-        ctx: &mut SplitCtx<'_>,
-    ) -> Result<(), EngineError> {
+    fn on_message(&mut self, from: NodeId, msg: Msg, ctx: &mut SplitCtx<'_>) -> EngineResult {
         let kind = msg.kind();
         let reject = EngineError::rejecter(SERVER, from, kind);
         let bytes = (HEADER + msg.encoded_len()) as u64;

@@ -14,7 +14,7 @@ use braid_core::seed;
 
 use crate::algorithms::fedavg::{Msg, SERVER};
 use crate::config::CompressionConfig;
-use crate::node::EngineError;
+use crate::node::{EngineError, EngineResult};
 use crate::wire::{NodeId, Tensor};
 
 /// A client's compressed way out for its update.
@@ -49,7 +49,7 @@ impl Uplink {
         seed: u64,
         client: NodeId,
         round: u32,
-    ) -> Result<Vec<u8>, EngineError> {
+    ) -> EngineResult<Vec<u8>> {
         let c = &self.compression;
         let mut rng = seed::rng(
             seed,
@@ -78,7 +78,7 @@ pub fn model_request(
     params: &[f32],
     downlink: Option<&Compression>,
     experiment_seed: u64,
-) -> Result<Msg, EngineError> {
+) -> EngineResult<Msg> {
     Ok(match downlink {
         Some(c) => {
             let mut rng = seed::rng(

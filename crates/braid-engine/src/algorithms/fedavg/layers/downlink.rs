@@ -24,7 +24,7 @@ use braid_core::seed;
 
 use crate::algorithms::fedavg::Msg;
 use crate::algorithms::fedavg::SERVER;
-use crate::node::{EngineError, NodeState};
+use crate::node::{EngineError, EngineResult, NodeState};
 use crate::wire::{NodeId, Tensor};
 
 /// `copy += change`, the one way server and clients both update their copies, so they stay
@@ -66,7 +66,7 @@ impl ServerCopy {
         round: u32,
         params: &[f32],
         experiment_seed: u64,
-    ) -> Result<(), EngineError> {
+    ) -> EngineResult {
         if round == self.round {
             return Ok(());
         }
@@ -130,10 +130,7 @@ impl ServerCopy {
     }
 
     /// Restores what [`ServerCopy::save`] wrote.
-    pub(in crate::algorithms::fedavg) fn load(
-        &mut self,
-        state: &NodeState,
-    ) -> Result<(), EngineError> {
+    pub(in crate::algorithms::fedavg) fn load(&mut self, state: &NodeState) -> EngineResult {
         let bad = || EngineError::Checkpoint("checkpoint: malformed downlink copy".into());
         let copy = state.tensor("downlink.copy")?;
         if copy.len() != self.copy.len() {
@@ -152,7 +149,7 @@ impl ServerCopy {
         self.synced = synced
             .into_iter()
             .map(|(k, v)| Ok((k.parse::<NodeId>().map_err(|_| bad())?, v)))
-            .collect::<Result<_, EngineError>>()?;
+            .collect::<EngineResult<_>>()?;
         self.copy = copy.to_vec();
         self.round = round;
         self.delta = Arc::new(Vec::new());

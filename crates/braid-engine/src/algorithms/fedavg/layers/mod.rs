@@ -35,7 +35,7 @@ pub mod privacy;
 pub mod robust;
 pub mod secure;
 
-use crate::node::EngineError;
+use crate::node::EngineResult;
 use crate::wire::NodeId;
 
 /// A client's reply the server accepted.
@@ -76,17 +76,12 @@ pub struct RoundNote {
 pub trait ServerLayer: Send {
     /// Before the first round of a run that has completed `completed` rounds: refuses a run
     /// the layer cannot serve.
-    fn before_start(&self, _completed: u32) -> Result<(), EngineError> {
+    fn before_start(&self, _completed: u32) -> EngineResult {
         Ok(())
     }
     /// A reply from `from` (holding `num_samples` samples, after `steps` local steps) was
     /// accepted.
-    fn accepted(
-        &mut self,
-        _from: NodeId,
-        _num_samples: u64,
-        _steps: u32,
-    ) -> Result<(), EngineError> {
+    fn accepted(&mut self, _from: NodeId, _num_samples: u64, _steps: u32) -> EngineResult {
         Ok(())
     }
     /// Combines round `round`'s accepted replies into new parameters (before the server
@@ -97,7 +92,7 @@ pub trait ServerLayer: Send {
         _round: u32,
         _global: &[f32],
         _replies: &[(NodeId, &Reply)],
-    ) -> Option<Result<Vec<f32>, EngineError>> {
+    ) -> Option<EngineResult<Vec<f32>>> {
         None
     }
     /// Secure aggregation delivered the sum of `contributors`' updates: the denominator to
@@ -108,7 +103,7 @@ pub trait ServerLayer: Send {
         None
     }
     /// After round `round` of `rounds` was combined and stepped.
-    fn after_round(&mut self, _round: u32, _rounds: u32) -> Result<RoundNote, EngineError> {
+    fn after_round(&mut self, _round: u32, _rounds: u32) -> EngineResult<RoundNote> {
         Ok(RoundNote::default())
     }
     /// The layer's durable state, under its key in the server's checkpoint.
@@ -116,7 +111,7 @@ pub trait ServerLayer: Send {
         None
     }
     /// Restores what [`ServerLayer::save`] wrote, from the checkpoint's metadata.
-    fn load(&mut self, _meta: &serde_json::Value) -> Result<(), EngineError> {
+    fn load(&mut self, _meta: &serde_json::Value) -> EngineResult {
         Ok(())
     }
 }

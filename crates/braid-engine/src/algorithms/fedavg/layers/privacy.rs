@@ -18,7 +18,7 @@ use super::{Reply, RoundNote, ServerLayer, UpdateLayer};
 use crate::algorithms::fedavg::SERVER;
 use crate::config::{DpMode, OnTarget, PrivacyConfig};
 use crate::error::Invalid;
-use crate::node::EngineError;
+use crate::node::{EngineError, EngineResult};
 use crate::wire::NodeId;
 
 fn failed(e: privacy::PrivacyError) -> EngineError {
@@ -84,7 +84,7 @@ impl DpServer {
 
     /// Epsilon after the rounds so far plus `extra` more (each client in every extra round,
     /// for local DP).
-    fn epsilon_after(&self, extra: u64) -> Result<f64, EngineError> {
+    fn epsilon_after(&self, extra: u64) -> EngineResult<f64> {
         let c = &self.config;
         match c.mode {
             DpMode::Central => {
@@ -124,7 +124,7 @@ impl DpServer {
 }
 
 impl ServerLayer for DpServer {
-    fn before_start(&self, completed: u32) -> Result<(), EngineError> {
+    fn before_start(&self, completed: u32) -> EngineResult {
         if let Some(target) = self.config.target_epsilon {
             let first = self.epsilon_after(1)?;
             // (DP-SGD: unknown until clients report their sample counts.)
@@ -138,7 +138,7 @@ impl ServerLayer for DpServer {
     }
 
     /// DP-SGD: client `from`, holding `samples` samples, took `steps` noised steps.
-    fn accepted(&mut self, from: NodeId, samples: u64, steps: u32) -> Result<(), EngineError> {
+    fn accepted(&mut self, from: NodeId, samples: u64, steps: u32) -> EngineResult {
         if self.config.mode != DpMode::DpSgd || steps == 0 {
             return Ok(());
         }
@@ -163,7 +163,7 @@ impl ServerLayer for DpServer {
         round: u32,
         global: &[f32],
         replies: &[(NodeId, &Reply)],
-    ) -> Option<Result<Vec<f32>, EngineError>> {
+    ) -> Option<EngineResult<Vec<f32>>> {
         if self.config.mode == DpMode::DpSgd {
             return None;
         }
@@ -180,7 +180,7 @@ impl ServerLayer for DpServer {
         Some(self.per_round.max(1) as f64)
     }
 
-    fn after_round(&mut self, round: u32, rounds: u32) -> Result<RoundNote, EngineError> {
+    fn after_round(&mut self, round: u32, rounds: u32) -> EngineResult<RoundNote> {
         let epsilon = Some(self.epsilon_after(0)?);
         // Would one more round pass the privacy target?
         let mut stop = false;
@@ -222,7 +222,7 @@ impl ServerLayer for DpServer {
         ))
     }
 
-    fn load(&mut self, meta: &serde_json::Value) -> Result<(), EngineError> {
+    fn load(&mut self, meta: &serde_json::Value) -> EngineResult {
         let bad = || EngineError::Checkpoint("checkpoint: malformed privacy accountant".into());
         let p = meta.get("privacy").ok_or_else(bad)?;
         let rdp: Vec<f64> = p
@@ -237,7 +237,7 @@ impl ServerLayer for DpServer {
         self.participations = parts
             .into_iter()
             .map(|(k, v)| Ok((k.parse::<NodeId>().map_err(|_| bad())?, v)))
-            .collect::<Result<_, EngineError>>()?;
+            .collect::<EngineResult<_>>()?;
         #[derive(serde::Deserialize)]
         struct Saved {
             rdp: Vec<f64>,
@@ -266,7 +266,7 @@ impl ServerLayer for DpServer {
                     },
                 ))
             })
-            .collect::<Result<_, EngineError>>()?;
+            .collect::<EngineResult<_>>()?;
         Ok(())
     }
 }
@@ -277,7 +277,7 @@ impl DpServer {
         round: u32,
         global: &[f32],
         replies: &[(NodeId, &Reply)],
-    ) -> Result<Vec<f32>, EngineError> {
+    ) -> EngineResult<Vec<f32>> {
         let mut sum = vec![0f32; global.len()];
         for (id, r) in replies {
             let mut delta = braid_core::params::sub(&r.params, global)?;

@@ -12,7 +12,7 @@ use braid_core::robust::Aggregator;
 use super::{Reply, ServerLayer};
 use crate::config::{is_mean, DpMode, ExperimentConfig};
 use crate::error::Invalid;
-use crate::node::EngineError;
+use crate::node::{EngineError, EngineResult};
 use crate::wire::NodeId;
 
 /// The server layer of a robust `algorithm.aggregator`.
@@ -33,7 +33,7 @@ impl ServerLayer for Robust {
         round: u32,
         global: &[f32],
         replies: &[(NodeId, &Reply)],
-    ) -> Option<Result<Vec<f32>, EngineError>> {
+    ) -> Option<EngineResult<Vec<f32>>> {
         // Robust rules combine updates (trained minus global parameters).
         let combined = || {
             let deltas = replies

@@ -27,7 +27,7 @@ use crate::algorithms::fedavg::{Aggregated, FedAvgClient, FedAvgServer, SERVER};
 use crate::algorithms::fedavg::{FedCtx, Msg};
 use crate::config::{is_mean, DpMode, ExperimentConfig};
 use crate::error::Invalid;
-use crate::node::EngineError;
+use crate::node::{EngineError, EngineResult};
 use crate::wire::NodeId;
 
 /// Encoded protocol messages, by recipient.
@@ -81,7 +81,7 @@ impl SecRound {
         len: usize,
         chosen: Vec<NodeId>,
         restarts: u32,
-    ) -> Result<Self, EngineError> {
+    ) -> EngineResult<Self> {
         Ok(Self {
             server: secagg::Server::new(round, settings.threshold, len + STATS).map_err(setup)?,
             step: 0,
@@ -128,7 +128,7 @@ impl FedAvgServer {
         body: &[u8],
         bytes: u64,
         ctx: &mut FedCtx<'_>,
-    ) -> Result<(), EngineError> {
+    ) -> EngineResult {
         let reject = EngineError::rejecter(SERVER, from, "secagg");
         if round != self.round {
             return Err(reject(format!(
@@ -187,7 +187,7 @@ impl FedAvgServer {
         &mut self,
         t: u64,
         ctx: &mut FedCtx<'_>,
-    ) -> Result<(), EngineError> {
+    ) -> EngineResult {
         let (Some(sr), Some(settings)) = (self.sec.as_ref(), self.secure) else {
             return Ok(());
         };
@@ -216,7 +216,7 @@ impl FedAvgServer {
     }
 
     /// Starts the round again with the same clients and new keys.
-    fn secure_restart(&mut self, ctx: &mut FedCtx<'_>, why: &str) -> Result<(), EngineError> {
+    fn secure_restart(&mut self, ctx: &mut FedCtx<'_>, why: &str) -> EngineResult {
         let (Some(sr), Some(settings)) = (self.sec.take(), self.secure) else {
             return Ok(());
         };
@@ -243,7 +243,7 @@ impl FedAvgServer {
 
     /// Moves to the next step with the answers in; a protocol failure (too few clients)
     /// starts the round again.
-    fn secure_advance(&mut self, ctx: &mut FedCtx<'_>) -> Result<(), EngineError> {
+    fn secure_advance(&mut self, ctx: &mut FedCtx<'_>) -> EngineResult {
         let round = self.round;
         let Some(sr) = self.sec.as_mut() else {
             return Ok(());
@@ -309,7 +309,7 @@ impl FedAvgServer {
         sum: &[u64],
         survivors: &[ClientId],
         stragglers: usize,
-    ) -> Result<(), EngineError> {
+    ) -> EngineResult {
         let Some(settings) = self.secure else {
             return Ok(());
         };
@@ -374,7 +374,7 @@ impl FedAvgClient {
         steps: u32,
         train_loss: f32,
         ctx: &mut FedCtx<'_>,
-    ) -> Result<(), EngineError> {
+    ) -> EngineResult {
         let Some(settings) = self.secure else {
             return Ok(());
         };
@@ -413,7 +413,7 @@ impl FedAvgClient {
         round: u32,
         body: &[u8],
         ctx: &mut FedCtx<'_>,
-    ) -> Result<(), EngineError> {
+    ) -> EngineResult {
         let reject = EngineError::rejecter(self.id, SERVER, "secagg");
         let Some(settings) = self.secure else {
             return Err(reject("secure aggregation is off".into()));
