@@ -31,10 +31,7 @@ pub enum Assign {
 impl Assign {
     /// The model index of each of `clients` clients, for `models` models.
     pub fn assign(
-        &self,
-        clients: usize,
-        models: usize,
-        seed_value: u64,
+        &self, clients: usize, models: usize, seed_value: u64,
     ) -> Result<Vec<usize>, String> {
         if models == 0 {
             return Err("the list of models is empty".into());
@@ -188,10 +185,7 @@ pub fn dfml_round(seed_value: u64, round: u32, clients: usize, senders: usize) -
 /// Round `round`'s Def-KT pairs among `clients` clients: `pairs` (teacher, student) pairs of
 /// distinct clients (at most `clients / 2`).
 pub fn defkt_round(
-    seed_value: u64,
-    round: u32,
-    clients: usize,
-    pairs: usize,
+    seed_value: u64, round: u32, clients: usize, pairs: usize,
 ) -> Vec<(usize, usize)> {
     let mut rng = seed::rng(seed_value, &[seed::stream::MUTUAL, u64::from(round)]);
     let mut all: Vec<usize> = (0..clients).collect();

@@ -109,12 +109,8 @@ pub enum PartitionError {
 
 /// Splits samples with the given labels over `clients`, deterministically from `rng`.
 pub fn partition(
-    scheme: &PartitionScheme,
-    labels: &[u8],
-    groups: Option<&[u32]>,
-    num_classes: usize,
-    clients: usize,
-    rng: &mut Rng,
+    scheme: &PartitionScheme, labels: &[u8], groups: Option<&[u32]>, num_classes: usize,
+    clients: usize, rng: &mut Rng,
 ) -> Result<Vec<Vec<usize>>, PartitionError> {
     let n = labels.len();
     if clients == 0 {
@@ -268,12 +264,7 @@ fn iid(n: usize, clients: usize, rng: &mut Rng) -> Vec<Vec<usize>> {
 }
 
 fn dirichlet(
-    labels: &[u8],
-    num_classes: usize,
-    clients: usize,
-    alpha: f64,
-    min_size: usize,
-    rng: &mut Rng,
+    labels: &[u8], num_classes: usize, clients: usize, alpha: f64, min_size: usize, rng: &mut Rng,
 ) -> Result<Vec<Vec<usize>>, PartitionError> {
     let classes = by_class(labels, num_classes);
     for _ in 0..1000 {
@@ -312,12 +303,7 @@ fn shards(labels: &[u8], clients: usize, per_client: usize, rng: &mut Rng) -> Ve
 }
 
 fn extended_dirichlet(
-    labels: &[u8],
-    num_classes: usize,
-    clients: usize,
-    per_client: usize,
-    alpha: f64,
-    rng: &mut Rng,
+    labels: &[u8], num_classes: usize, clients: usize, per_client: usize, alpha: f64, rng: &mut Rng,
 ) -> Vec<Vec<usize>> {
     // Class ownership: a shuffled round-robin covers every class, then random distinct extras.
     let mut cover: Vec<usize> = (0..num_classes).collect();
@@ -376,9 +362,7 @@ fn quantity_skew(n: usize, clients: usize, alpha: f64, rng: &mut Rng) -> Vec<Vec
 }
 
 fn natural(
-    groups: Option<&[u32]>,
-    n: usize,
-    clients: usize,
+    groups: Option<&[u32]>, n: usize, clients: usize,
 ) -> Result<Vec<Vec<usize>>, PartitionError> {
     let groups = groups.ok_or_else(|| {
         PartitionError::Natural(

@@ -165,10 +165,7 @@ fn check(q: f64, sigma: f64) -> Result<(), PrivacyError> {
 
 /// RDP of `steps` steps at each of `orders`.
 pub fn compute_rdp(
-    q: f64,
-    sigma: f64,
-    steps: u64,
-    orders: &[f64],
+    q: f64, sigma: f64, steps: u64, orders: &[f64],
 ) -> Result<Vec<f64>, PrivacyError> {
     orders
         .iter()
@@ -187,10 +184,7 @@ pub enum Conversion {
 
 /// The smallest epsilon over the orders for `delta`, and the order that gives it.
 pub fn epsilon(
-    orders: &[f64],
-    rdp: &[f64],
-    delta: f64,
-    conversion: Conversion,
+    orders: &[f64], rdp: &[f64], delta: f64, conversion: Conversion,
 ) -> Result<(f64, f64), PrivacyError> {
     if !(delta > 0.0 && delta < 1.0) {
         return Err(PrivacyError::Invalid(format!(

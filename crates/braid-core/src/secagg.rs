@@ -213,10 +213,7 @@ fn point_of(id: ClientId) -> u64 {
 /// Splits `secret` into one share per point of `xs` (distinct, non-zero), any `threshold` of
 /// which recover it and fewer reveal nothing about it.
 pub fn split(
-    secret: &[u8; 32],
-    threshold: usize,
-    xs: &[u64],
-    rng: &mut impl CryptoRng,
+    secret: &[u8; 32], threshold: usize, xs: &[u64], rng: &mut impl CryptoRng,
 ) -> Result<Vec<Share>, SecAggError> {
     if threshold == 0 || threshold > xs.len() {
         return Err(protocol(format!(
@@ -342,11 +339,7 @@ fn apply_mask(acc: &mut [u64], seed: [u8; 32], subtract: bool) {
 /// The seed of the pairwise mask between `a` and `b`, from one's mask secret and the other's
 /// mask public key.
 fn pair_seed(
-    round: u32,
-    a: ClientId,
-    b: ClientId,
-    secret: &[u8; 32],
-    public: &[u8; 32],
+    round: u32, a: ClientId, b: ClientId, secret: &[u8; 32], public: &[u8; 32],
 ) -> [u8; 32] {
     derive_key(b"pair-mask", round, a, b, &x25519(*secret, *public))
 }
@@ -370,11 +363,7 @@ fn nonce(round: u32, from: ClientId, to: ClientId) -> [u8; 12] {
 }
 
 fn cipher_for(
-    round: u32,
-    a: ClientId,
-    b: ClientId,
-    secret: &[u8; 32],
-    public: &[u8; 32],
+    round: u32, a: ClientId, b: ClientId, secret: &[u8; 32], public: &[u8; 32],
 ) -> ChaCha20Poly1305 {
     let key = derive_key(b"share-encryption", round, a, b, &x25519(*secret, *public));
     ChaCha20Poly1305::new(Key::from_slice(&key))
@@ -668,9 +657,7 @@ impl Client {
 
     /// Step 2: given U1, the encrypted share pairs for every other member, by recipient.
     pub fn share_keys(
-        &mut self,
-        roster: Vec<(ClientId, PublicKeys)>,
-        rng: &mut impl CryptoRng,
+        &mut self, roster: Vec<(ClientId, PublicKeys)>, rng: &mut impl CryptoRng,
     ) -> Result<Sealed, SecAggError> {
         if self.phase != ClientPhase::Keys {
             return Err(protocol("a roster came after this client shared its keys"));
@@ -803,8 +790,7 @@ impl Client {
     /// key for every member of U2 that dropped out. Refuses a U3 smaller than the threshold or
     /// not inside U2, so the server never gets both shares of anyone.
     pub fn unmask(
-        &mut self,
-        survivors: &[ClientId],
+        &mut self, survivors: &[ClientId],
     ) -> Result<Vec<(ClientId, Share)>, SecAggError> {
         if self.phase != ClientPhase::Masked {
             return Err(protocol(
@@ -903,8 +889,7 @@ impl Server {
 
     /// After step 1: the roster (U1) from the keys that arrived.
     pub fn roster(
-        &mut self,
-        keys: BTreeMap<ClientId, PublicKeys>,
+        &mut self, keys: BTreeMap<ClientId, PublicKeys>,
     ) -> Result<Vec<(ClientId, PublicKeys)>, SecAggError> {
         if self.phase != ServerPhase::Keys {
             return Err(protocol("the roster is already fixed"));
@@ -925,8 +910,7 @@ impl Server {
     /// U2 (the senders) and returns, for each member of U2, the ciphertexts addressed to it
     /// by the others.
     pub fn route_shares(
-        &mut self,
-        sent: BTreeMap<ClientId, Sealed>,
+        &mut self, sent: BTreeMap<ClientId, Sealed>,
     ) -> Result<BTreeMap<ClientId, Sealed>, SecAggError> {
         if self.phase != ServerPhase::Shares {
             return Err(protocol("shares routed before the roster, or twice"));
@@ -1019,9 +1003,7 @@ impl Server {
 
     /// Step 4: one survivor's shares, one per member of U2.
     pub fn add_reveal(
-        &mut self,
-        from: ClientId,
-        shares: Vec<(ClientId, Share)>,
+        &mut self, from: ClientId, shares: Vec<(ClientId, Share)>,
     ) -> Result<(), SecAggError> {
         if self.phase != ServerPhase::Reveal {
             return Err(protocol(format!(

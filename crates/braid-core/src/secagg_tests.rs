@@ -14,12 +14,8 @@ fn rng(seed: u64) -> ChaCha20Rng {
 /// masked input it saw.
 #[allow(clippy::type_complexity)]
 fn run_round(
-    inputs: &BTreeMap<ClientId, Vec<u64>>,
-    threshold: usize,
-    drop_before_shares: &[ClientId],
-    drop_before_mask: &[ClientId],
-    drop_before_reveal: &[ClientId],
-    seed: u64,
+    inputs: &BTreeMap<ClientId, Vec<u64>>, threshold: usize, drop_before_shares: &[ClientId],
+    drop_before_mask: &[ClientId], drop_before_reveal: &[ClientId], seed: u64,
 ) -> Result<(Vec<u64>, BTreeMap<ClientId, Vec<u64>>), SecAggError> {
     let mut r = rng(seed);
     let len = inputs.values().next().map_or(0, Vec::len);

@@ -95,9 +95,7 @@ pub fn check(sampler: Sampler, counts: &[usize], batch: usize) -> Result<(), Pla
 
 /// The fixed local batch sizes of FLS / FPLS for clients holding `counts` samples.
 pub fn fixed_sizes(
-    sampler: Sampler,
-    counts: &[usize],
-    batch: usize,
+    sampler: Sampler, counts: &[usize], batch: usize,
 ) -> Result<Vec<usize>, PlanError> {
     check(sampler, counts, batch)?;
     let total: usize = counts.iter().sum();
@@ -114,10 +112,7 @@ pub fn fixed_sizes(
 /// One epoch's local batch sizes: `steps[t][k]` samples from client k at step t. Every
 /// client's sizes sum to its sample count; steps where no client contributes do not occur.
 pub fn plan_epoch(
-    sampler: Sampler,
-    counts: &[usize],
-    batch: usize,
-    rng: &mut impl rand::Rng,
+    sampler: Sampler, counts: &[usize], batch: usize, rng: &mut impl rand::Rng,
 ) -> Result<Vec<Vec<usize>>, PlanError> {
     check(sampler, counts, batch)?;
     let total: usize = counts.iter().sum();

@@ -424,11 +424,7 @@ fn norm_gap(m: &DMatrix<f64>) -> f64 {
 /// `topology` under budget `r` (one round suffices for fixed topologies). For time-varying and
 /// random topologies this is the rate at which gossip mixes on average, for reports.
 pub fn expected_spectral_gap(
-    topology: &Topology,
-    rule: MixingRule,
-    r: f64,
-    rounds: u64,
-    rng: &mut Rng,
+    topology: &Topology, rule: MixingRule, r: f64, rounds: u64, rng: &mut Rng,
 ) -> Result<f64, String> {
     let rounds = rounds.max(1);
     let n = topology.nodes();

@@ -41,10 +41,7 @@ pub struct DataSplit {
 impl Dataset {
     /// Builds a data set, checking that features, labels and shape agree.
     pub fn new(
-        features: Features,
-        labels: Vec<u8>,
-        sample_shape: Vec<usize>,
-        num_classes: usize,
+        features: Features, labels: Vec<u8>, sample_shape: Vec<usize>, num_classes: usize,
     ) -> Result<Self, DataError> {
         let sample_len: usize = sample_shape.iter().product();
         let values = match &features {

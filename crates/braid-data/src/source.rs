@@ -179,9 +179,7 @@ fn read_pair(dir: &Path, prefix: &str) -> Result<Dataset, DataError> {
 }
 
 fn images_with_labels(
-    images: IdxArray,
-    labels: IdxArray,
-    what: &str,
+    images: IdxArray, labels: IdxArray, what: &str,
 ) -> Result<Dataset, DataError> {
     if images.dims.len() != 3 {
         return Err(DataError::Mismatch(format!(

@@ -132,9 +132,7 @@ impl<T: ?Sized> Metered<T> {
 
     /// Runs a training call: samples and FLOPs from its outcome, model hashes around it.
     pub(crate) fn training(
-        &mut self,
-        params: &[f32],
-        call: impl FnOnce(&mut T) -> EngineResult<TrainOutcome>,
+        &mut self, params: &[f32], call: impl FnOnce(&mut T) -> EngineResult<TrainOutcome>,
     ) -> EngineResult<TrainOutcome> {
         let t0 = Instant::now();
         let out = call(&mut self.inner)?;
@@ -148,9 +146,7 @@ impl<T: ?Sized> Metered<T> {
 
     /// Runs an evaluation call; `forward` FLOPs per sample (default: the model's).
     pub(crate) fn evaluating(
-        &mut self,
-        forward: Option<u64>,
-        call: impl FnOnce(&mut T) -> EngineResult<EvalOutcome>,
+        &mut self, forward: Option<u64>, call: impl FnOnce(&mut T) -> EngineResult<EvalOutcome>,
     ) -> EngineResult<EvalOutcome> {
         let t0 = Instant::now();
         let out = call(&mut self.inner)?;
@@ -164,8 +160,7 @@ impl<T: ?Sized> Metered<T> {
 
     /// Runs any other call, which spent `train_samples` and `flops` (given its result).
     pub(crate) fn spending<O>(
-        &mut self,
-        call: impl FnOnce(&mut T) -> EngineResult<O>,
+        &mut self, call: impl FnOnce(&mut T) -> EngineResult<O>,
         cost: impl FnOnce(&O) -> (u64, u64),
     ) -> EngineResult<O> {
         let t0 = Instant::now();

@@ -178,9 +178,7 @@ pub trait Algorithm: Send + Sync + 'static {
 
     /// The summary of a finished run.
     fn summary(
-        prepared: &Prepared,
-        settings: &Self::Config,
-        rows: &[(Self::Metrics, f64)],
+        prepared: &Prepared, settings: &Self::Config, rows: &[(Self::Metrics, f64)],
     ) -> Summary;
 
     /// The reference `--baseline` runs: by default the centralized baseline (one client
@@ -239,18 +237,14 @@ pub trait Registered: Send + Sync {
     /// Runs the experiment in the simulator; `on_progress` sees each metrics row's progress
     /// (position, accuracy) as it is reported.
     fn simulate(
-        &self,
-        prepared: &Prepared,
-        on_progress: &mut dyn FnMut(u64, Option<f64>),
+        &self, prepared: &Prepared, on_progress: &mut dyn FnMut(u64, Option<f64>),
     ) -> EngineResult<Box<dyn Finished>>;
     /// Node `id` of a deployed run, its protocol erased to bytes for the network runtime.
     fn deploy(&self, prepared: &Prepared, id: NodeId) -> EngineResult<Box<dyn WireNode>>;
     /// The outputs of a deployed node from the rows it reported (as JSON values, see
     /// [`WireNode`]) and its final parameters.
     fn finished_from_rows(
-        &self,
-        prepared: &Prepared,
-        rows: Vec<(serde_json::Value, f64)>,
+        &self, prepared: &Prepared, rows: Vec<(serde_json::Value, f64)>,
         final_params: Option<Vec<f32>>,
     ) -> EngineResult<Box<dyn Finished>>;
 }

@@ -26,9 +26,7 @@ pub fn prepare(config: &ExperimentConfig) -> EngineResult<Prepared> {
 /// Runs a prepared experiment of algorithm `A` in the simulator, reporting events to
 /// `observer`.
 pub fn simulate<A: Algorithm>(
-    prepared: &Prepared,
-    settings: &A::Config,
-    observer: &mut dyn FnMut(&Event<A::Metrics>),
+    prepared: &Prepared, settings: &A::Config, observer: &mut dyn FnMut(&Event<A::Metrics>),
 ) -> EngineResult<SimOutcome<A::Metrics>> {
     let nodes = A::build(prepared, settings)?;
     let workers = (0..prepared.workers())
@@ -42,8 +40,7 @@ pub fn simulate<A: Algorithm>(
 /// Runs `prepared`, whose config names algorithm `A`, in the simulator: [`simulate`] with the
 /// settings `A` reads from the config.
 pub fn run<A: Algorithm>(
-    prepared: &Prepared,
-    observer: &mut dyn FnMut(&Event<A::Metrics>),
+    prepared: &Prepared, observer: &mut dyn FnMut(&Event<A::Metrics>),
 ) -> EngineResult<SimOutcome<A::Metrics>> {
     let settings = A::config(&prepared.config)?;
     simulate::<A>(prepared, &settings, observer)
@@ -151,9 +148,7 @@ impl<A: Algorithm> Registered for Entry<A> {
     }
 
     fn simulate(
-        &self,
-        prepared: &Prepared,
-        on_progress: &mut dyn FnMut(u64, Option<f64>),
+        &self, prepared: &Prepared, on_progress: &mut dyn FnMut(u64, Option<f64>),
     ) -> EngineResult<Box<dyn Finished>> {
         let settings = Self::settings(&prepared.config)?;
         let outcome = simulate::<A>(prepared, &settings, &mut |e| {
@@ -189,9 +184,7 @@ impl<A: Algorithm> Registered for Entry<A> {
     }
 
     fn finished_from_rows(
-        &self,
-        prepared: &Prepared,
-        rows: Vec<(serde_json::Value, f64)>,
+        &self, prepared: &Prepared, rows: Vec<(serde_json::Value, f64)>,
         final_params: Option<Vec<f32>>,
     ) -> EngineResult<Box<dyn Finished>> {
         let settings = Self::settings(&prepared.config)?;

@@ -50,9 +50,7 @@ impl EngineError {
     /// A function that turns a reason into [`EngineError::Rejected`] for a `kind` message from
     /// `from` received by `node`: every node's message handler refuses through one.
     pub fn rejecter(
-        node: NodeId,
-        from: NodeId,
-        kind: &'static str,
+        node: NodeId, from: NodeId, kind: &'static str,
     ) -> impl Fn(String) -> EngineError + Copy {
         move |why| EngineError::Rejected {
             node,
@@ -131,9 +129,7 @@ pub struct NodeCtx<'a, M, R, T: ?Sized> {
 impl<'a, M: Message, R, T: ?Sized> NodeCtx<'a, M, R, T> {
     /// A context writing into the given buffers (drivers and tests build these).
     pub fn new(
-        outbox: &'a mut Vec<(NodeId, Body<M>)>,
-        events: &'a mut Vec<Event<R>>,
-        trainer: &'a mut T,
+        outbox: &'a mut Vec<(NodeId, Body<M>)>, events: &'a mut Vec<Event<R>>, trainer: &'a mut T,
     ) -> Self {
         Self {
             outbox,
@@ -222,8 +218,7 @@ impl<M: Message> Input<M> {
 
     /// Hands this input to `node`.
     pub fn apply<R, T: ?Sized>(
-        self,
-        node: &mut dyn Node<Msg = M, Metrics = R, Trainer = T>,
+        self, node: &mut dyn Node<Msg = M, Metrics = R, Trainer = T>,
         ctx: &mut NodeCtx<'_, M, R, T>,
     ) -> EngineResult {
         match self {
@@ -250,22 +245,17 @@ pub trait Node: Send {
     fn id(&self) -> NodeId;
     /// Called once when the run starts.
     fn on_start(
-        &mut self,
-        ctx: &mut NodeCtx<'_, Self::Msg, Self::Metrics, Self::Trainer>,
+        &mut self, ctx: &mut NodeCtx<'_, Self::Msg, Self::Metrics, Self::Trainer>,
     ) -> EngineResult;
     /// Called for every message of the run's protocol delivered to this node.
     fn on_message(
-        &mut self,
-        from: NodeId,
-        msg: Self::Msg,
+        &mut self, from: NodeId, msg: Self::Msg,
         ctx: &mut NodeCtx<'_, Self::Msg, Self::Metrics, Self::Trainer>,
     ) -> EngineResult;
     /// Called for every control message delivered to this node (halts never reach nodes:
     /// the network runtime handles them). Default: refused.
     fn on_control(
-        &mut self,
-        from: NodeId,
-        c: Control,
+        &mut self, from: NodeId, c: Control,
         _ctx: &mut NodeCtx<'_, Self::Msg, Self::Metrics, Self::Trainer>,
     ) -> EngineResult {
         Err(EngineError::Rejected {
@@ -304,9 +294,7 @@ pub trait Node: Send {
     }
     /// Called when a deadline set with [`NodeCtx::set_deadline`] has passed.
     fn on_deadline(
-        &mut self,
-        _token: u64,
-        _ctx: &mut NodeCtx<'_, Self::Msg, Self::Metrics, Self::Trainer>,
+        &mut self, _token: u64, _ctx: &mut NodeCtx<'_, Self::Msg, Self::Metrics, Self::Trainer>,
     ) -> EngineResult {
         Ok(())
     }

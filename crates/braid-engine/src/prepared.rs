@@ -218,11 +218,7 @@ impl BurnTrainer {
 
 impl MutualSteps for BurnTrainer {
     fn mutual_train(
-        &mut self,
-        members: &[Member<'_>],
-        batches: &[Vec<usize>],
-        alpha: f64,
-        lr_scale: f64,
+        &mut self, members: &[Member<'_>], batches: &[Vec<usize>], alpha: f64, lr_scale: f64,
     ) -> EngineResult<MutualOutcome> {
         let spec = MutualSpec {
             optimizer: self.spec.optimizer.clone(),
@@ -236,10 +232,7 @@ impl MutualSteps for BurnTrainer {
         Ok(trainer.train(members, &data.train, batches, &spec)?)
     }
     fn evaluate_arch(
-        &mut self,
-        arch: usize,
-        params: &[f32],
-        max_samples: usize,
+        &mut self, arch: usize, params: &[f32], max_samples: usize,
     ) -> EngineResult<EvalOutcome> {
         let device = self.device.clone();
         let (trainer, evaluators) = self.mutual.as_mut().ok_or_else(no_models)?;
@@ -271,9 +264,7 @@ impl MutualSteps for BurnTrainer {
 
 impl SplitSteps for BurnTrainer {
     fn split_forward(
-        &mut self,
-        params: &[f32],
-        samples: &[usize],
+        &mut self, params: &[f32], samples: &[usize],
     ) -> EngineResult<(Vec<f32>, Vec<u8>)> {
         let data = Arc::clone(&self.data);
         Ok(self
@@ -281,10 +272,7 @@ impl SplitSteps for BurnTrainer {
             .client_forward(params, &data.train, samples)?)
     }
     fn split_backward(
-        &mut self,
-        params: &[f32],
-        samples: &[usize],
-        grad: &[f32],
+        &mut self, params: &[f32], samples: &[usize], grad: &[f32],
     ) -> EngineResult<Vec<f32>> {
         let data = Arc::clone(&self.data);
         Ok(self
@@ -292,11 +280,7 @@ impl SplitSteps for BurnTrainer {
             .client_backward(params, &data.train, samples, grad)?)
     }
     fn split_server_step(
-        &mut self,
-        params: &[f32],
-        acts: &[f32],
-        labels: &[u8],
-        state: &mut OptimizerState,
+        &mut self, params: &[f32], acts: &[f32], labels: &[u8], state: &mut OptimizerState,
         lr_scale: f64,
     ) -> EngineResult<ServerStep> {
         let opt = self.spec.optimizer.clone();
@@ -305,11 +289,7 @@ impl SplitSteps for BurnTrainer {
             .server_step(params, acts, labels, &opt, state, lr_scale)?)
     }
     fn split_client_update(
-        &mut self,
-        params: &[f32],
-        grad: &[f32],
-        state: &mut OptimizerState,
-        lr_scale: f64,
+        &mut self, params: &[f32], grad: &[f32], state: &mut OptimizerState, lr_scale: f64,
     ) -> EngineResult<Vec<f32>> {
         let opt = self.spec.optimizer.clone();
         Ok(self
@@ -344,11 +324,7 @@ impl Capabilities for BurnTrainer {
 
 impl Train for BurnTrainer {
     fn train(
-        &mut self,
-        params: &[f32],
-        shard: &[usize],
-        seed: u64,
-        lr_scale: f64,
+        &mut self, params: &[f32], shard: &[usize], seed: u64, lr_scale: f64,
     ) -> EngineResult<TrainOutcome> {
         self.spec.lr_scale = lr_scale;
         Ok(self
@@ -359,11 +335,7 @@ impl Train for BurnTrainer {
 
 impl FlipLabels for BurnTrainer {
     fn train_label_flipped(
-        &mut self,
-        params: &[f32],
-        shard: &[usize],
-        seed: u64,
-        lr_scale: f64,
+        &mut self, params: &[f32], shard: &[usize], seed: u64, lr_scale: f64,
     ) -> EngineResult<TrainOutcome> {
         self.spec.lr_scale = lr_scale;
         let data = &self.data;
@@ -378,10 +350,7 @@ impl FlipLabels for BurnTrainer {
 
 impl TrainSteps for BurnTrainer {
     fn train_batches(
-        &mut self,
-        params: &[f32],
-        batches: &[Vec<usize>],
-        state: &mut OptimizerState,
+        &mut self, params: &[f32], batches: &[Vec<usize>], state: &mut OptimizerState,
         lr_scale: f64,
     ) -> EngineResult<TrainOutcome> {
         self.spec.lr_scale = lr_scale;

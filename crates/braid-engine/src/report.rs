@@ -19,9 +19,7 @@ pub trait Rows: Sized {
     /// Writes `metrics.csv`, `metrics.jsonl` and the plots of `rows` (each with its wall-clock
     /// seconds) into `dir`; returns the paths written.
     fn write(
-        dir: &Path,
-        config: &ExperimentConfig,
-        rows: &[(Self, f64)],
+        dir: &Path, config: &ExperimentConfig, rows: &[(Self, f64)],
     ) -> Result<Vec<PathBuf>, String>;
     /// The table printed after a run.
     fn table(config: &ExperimentConfig, rows: &[(Self, f64)]) -> String;
@@ -57,9 +55,7 @@ pub fn opt(v: Option<f64>) -> String {
 /// Writes every output file of a run whose rows are `R` and whose node `i` of `n` has the
 /// role `role(i, n)`; returns the paths written.
 pub fn write_all<R: Rows>(
-    dir: &Path,
-    prepared: &Prepared,
-    role: &dyn Fn(usize, usize) -> &'static str,
+    dir: &Path, prepared: &Prepared, role: &dyn Fn(usize, usize) -> &'static str,
     outcome: &SimOutcome<R>,
 ) -> Result<Vec<PathBuf>, String> {
     let config = &prepared.config;
@@ -124,8 +120,7 @@ pub fn write_all<R: Rows>(
 pub const ACCOUNTING_CSV_HEADER: &str = "node,role,train_samples,eval_samples,flops,compute_s,bytes_sent,bytes_received,messages_sent,messages_received";
 
 fn accounting_csv<R>(
-    role: &dyn Fn(usize, usize) -> &'static str,
-    outcome: &SimOutcome<R>,
+    role: &dyn Fn(usize, usize) -> &'static str, outcome: &SimOutcome<R>,
 ) -> String {
     let mut out = format!("{ACCOUNTING_CSV_HEADER}\n");
     let n = outcome.compute.len();
@@ -183,10 +178,7 @@ pub type Line<'a> = (&'a str, RGBColor, Vec<(f64, f64)>);
 
 /// Draws test-accuracy curves against `xlabel` into a PNG, with a legend if more than one.
 pub fn plot_lines(
-    path: &Path,
-    title: &str,
-    xlabel: &str,
-    lines: &[Line<'_>],
+    path: &Path, title: &str, xlabel: &str, lines: &[Line<'_>],
 ) -> Result<(), String> {
     let ymin = lines
         .iter()
@@ -204,10 +196,7 @@ pub fn plot_lines(
 
 /// Draws curves of any quantity (y from 0 to 10% above the largest value) into a PNG.
 pub fn plot_values(
-    path: &Path,
-    title: &str,
-    labels: (&str, &str),
-    lines: &[Line<'_>],
+    path: &Path, title: &str, labels: (&str, &str), lines: &[Line<'_>],
 ) -> Result<(), String> {
     let ymax = lines
         .iter()
@@ -222,10 +211,7 @@ pub fn plot_values(
 }
 
 fn plot_xy(
-    path: &Path,
-    caption: &str,
-    (xlabel, ylabel): (&str, &str),
-    (ylo, yhi): (f64, f64),
+    path: &Path, caption: &str, (xlabel, ylabel): (&str, &str), (ylo, yhi): (f64, f64),
     lines: &[Line<'_>],
 ) -> Result<(), String> {
     ensure_font();

@@ -128,10 +128,8 @@ pub struct Simulator<M, R, T: ?Sized> {
 /// Hands `inputs` to `node` in order. With `drop_rejected`, a message the node rejects is
 /// dropped and logged, as the network runtime does, instead of ending the run.
 fn handle<M: Message, R, T: ?Sized>(
-    node: &mut dyn Node<Msg = M, Metrics = R, Trainer = T>,
-    inputs: Vec<Input<M>>,
-    (trainer, meter): (&mut T, &Meter),
-    drop_rejected: bool,
+    node: &mut dyn Node<Msg = M, Metrics = R, Trainer = T>, inputs: Vec<Input<M>>,
+    (trainer, meter): (&mut T, &Meter), drop_rejected: bool,
 ) -> EngineResult<TaskOutput<M, R>> {
     let (mut outbox, mut events, mut deadlines) = (Vec::new(), Vec::new(), Vec::new());
     let (mut compute, mut marks) = (Vec::new(), Vec::new());
@@ -282,8 +280,7 @@ impl<M: Message, R: Metrics, T: TrainerObject + ?Sized> Simulator<M, R, T> {
     /// Handles each task's node; returns outputs in node-id order.
     #[allow(clippy::type_complexity)]
     fn run_tasks(
-        &mut self,
-        tasks: Vec<(NodeId, Vec<Input<M>>)>,
+        &mut self, tasks: Vec<(NodeId, Vec<Input<M>>)>,
     ) -> EngineResult<Vec<(NodeId, TaskOutput<M, R>)>> {
         let mut work = Vec::with_capacity(tasks.len());
         for (id, what) in tasks {

@@ -95,11 +95,7 @@ pub trait Train: Trainer {
     /// Trains from `params` on the training samples `shard`; batch order from `seed`; the
     /// configured learning rate is multiplied by `lr_scale`.
     fn train(
-        &mut self,
-        params: &[f32],
-        shard: &[usize],
-        seed: u64,
-        lr_scale: f64,
+        &mut self, params: &[f32], shard: &[usize], seed: u64, lr_scale: f64,
     ) -> EngineResult<TrainOutcome>;
 }
 
@@ -108,10 +104,7 @@ pub trait TrainSteps: Trainer {
     /// One optimizer step per batch (training-sample indices), continuing from `state`'s
     /// optimizer state and updating it. The learning rate is multiplied by `lr_scale`.
     fn train_batches(
-        &mut self,
-        params: &[f32],
-        batches: &[Vec<usize>],
-        state: &mut OptimizerState,
+        &mut self, params: &[f32], batches: &[Vec<usize>], state: &mut OptimizerState,
         lr_scale: f64,
     ) -> EngineResult<TrainOutcome>;
 }
@@ -138,11 +131,7 @@ pub trait FlipLabels: Send {
     /// [`Train::train`] on the same samples with every label `l` replaced by
     /// `classes - 1 - l`.
     fn train_label_flipped(
-        &mut self,
-        params: &[f32],
-        shard: &[usize],
-        seed: u64,
-        lr_scale: f64,
+        &mut self, params: &[f32], shard: &[usize], seed: u64, lr_scale: f64,
     ) -> EngineResult<TrainOutcome>;
 }
 
@@ -151,35 +140,22 @@ pub trait SplitSteps: Trainer {
     /// Client side: the client part's activations at the cut for training samples
     /// `samples` (row by row), and their labels.
     fn split_forward(
-        &mut self,
-        params: &[f32],
-        samples: &[usize],
+        &mut self, params: &[f32], samples: &[usize],
     ) -> EngineResult<(Vec<f32>, Vec<u8>)>;
     /// Client side: the gradient of the client part's parameters given the loss's gradient
     /// `grad` with respect to the activations of `samples`.
     fn split_backward(
-        &mut self,
-        params: &[f32],
-        samples: &[usize],
-        grad: &[f32],
+        &mut self, params: &[f32], samples: &[usize], grad: &[f32],
     ) -> EngineResult<Vec<f32>>;
     /// Server side: one optimizer step of the server part on a global batch of
     /// activations; returns the new parameters and the activations' gradient.
     fn split_server_step(
-        &mut self,
-        params: &[f32],
-        acts: &[f32],
-        labels: &[u8],
-        state: &mut OptimizerState,
+        &mut self, params: &[f32], acts: &[f32], labels: &[u8], state: &mut OptimizerState,
         lr_scale: f64,
     ) -> EngineResult<ServerStep>;
     /// One optimizer step of the client part with an aggregated gradient.
     fn split_client_update(
-        &mut self,
-        params: &[f32],
-        grad: &[f32],
-        state: &mut OptimizerState,
-        lr_scale: f64,
+        &mut self, params: &[f32], grad: &[f32], state: &mut OptimizerState, lr_scale: f64,
     ) -> EngineResult<Vec<f32>>;
     /// Forward FLOPs per sample of the client part and of the server part (zero if
     /// unknown).
@@ -194,19 +170,12 @@ pub trait MutualSteps: Trainer {
     /// of training samples with distillation weight `alpha` (see [`braid_nn::mutual`]); the
     /// learning rate is multiplied by `lr_scale`.
     fn mutual_train(
-        &mut self,
-        members: &[Member<'_>],
-        batches: &[Vec<usize>],
-        alpha: f64,
-        lr_scale: f64,
+        &mut self, members: &[Member<'_>], batches: &[Vec<usize>], alpha: f64, lr_scale: f64,
     ) -> EngineResult<MutualOutcome>;
     /// Evaluates `params`, a model of architecture `arch` of the run's list, on a fixed,
     /// seeded sample of at most `max_samples` test samples.
     fn evaluate_arch(
-        &mut self,
-        arch: usize,
-        params: &[f32],
-        max_samples: usize,
+        &mut self, arch: usize, params: &[f32], max_samples: usize,
     ) -> EngineResult<EvalOutcome>;
     /// FLOPs per sample of architecture `arch` of the run's list (zero if unknown).
     fn arch_flops(&self, _arch: usize) -> FlopsPerSample {
@@ -284,11 +253,7 @@ impl<T: Trainer + ?Sized> Trainer for Metered<T> {
 
 impl<T: Trainer + ?Sized> FlipLabels for Metered<T> {
     fn train_label_flipped(
-        &mut self,
-        params: &[f32],
-        shard: &[usize],
-        seed: u64,
-        lr_scale: f64,
+        &mut self, params: &[f32], shard: &[usize], seed: u64, lr_scale: f64,
     ) -> EngineResult<TrainOutcome> {
         self.training(params, |t| match t.label_flipper() {
             Some(f) => f.train_label_flipped(params, shard, seed, lr_scale),
@@ -299,11 +264,7 @@ impl<T: Trainer + ?Sized> FlipLabels for Metered<T> {
 
 impl<T: Train + ?Sized> Train for Metered<T> {
     fn train(
-        &mut self,
-        params: &[f32],
-        shard: &[usize],
-        seed: u64,
-        lr_scale: f64,
+        &mut self, params: &[f32], shard: &[usize], seed: u64, lr_scale: f64,
     ) -> EngineResult<TrainOutcome> {
         self.training(params, |t| t.train(params, shard, seed, lr_scale))
     }
@@ -311,10 +272,7 @@ impl<T: Train + ?Sized> Train for Metered<T> {
 
 impl<T: TrainSteps + ?Sized> TrainSteps for Metered<T> {
     fn train_batches(
-        &mut self,
-        params: &[f32],
-        batches: &[Vec<usize>],
-        state: &mut OptimizerState,
+        &mut self, params: &[f32], batches: &[Vec<usize>], state: &mut OptimizerState,
         lr_scale: f64,
     ) -> EngineResult<TrainOutcome> {
         self.training(params, |t| {
@@ -334,9 +292,7 @@ impl<T: Evaluate + ?Sized> Evaluate for Metered<T> {
 
 impl<T: SplitSteps + ?Sized> SplitSteps for Metered<T> {
     fn split_forward(
-        &mut self,
-        params: &[f32],
-        samples: &[usize],
+        &mut self, params: &[f32], samples: &[usize],
     ) -> EngineResult<(Vec<f32>, Vec<u8>)> {
         // The forward half of training: samples are counted once, at the backward pass.
         let n = samples.len() as u64;
@@ -347,10 +303,7 @@ impl<T: SplitSteps + ?Sized> SplitSteps for Metered<T> {
         )
     }
     fn split_backward(
-        &mut self,
-        params: &[f32],
-        samples: &[usize],
-        grad: &[f32],
+        &mut self, params: &[f32], samples: &[usize], grad: &[f32],
     ) -> EngineResult<Vec<f32>> {
         // The forward pass again (it is recomputed), then the backward pass (2x forward).
         let n = samples.len() as u64;
@@ -361,11 +314,7 @@ impl<T: SplitSteps + ?Sized> SplitSteps for Metered<T> {
         )
     }
     fn split_server_step(
-        &mut self,
-        params: &[f32],
-        acts: &[f32],
-        labels: &[u8],
-        state: &mut OptimizerState,
+        &mut self, params: &[f32], acts: &[f32], labels: &[u8], state: &mut OptimizerState,
         lr_scale: f64,
     ) -> EngineResult<ServerStep> {
         let n = labels.len() as u64;
@@ -378,11 +327,7 @@ impl<T: SplitSteps + ?Sized> SplitSteps for Metered<T> {
         Ok(out)
     }
     fn split_client_update(
-        &mut self,
-        params: &[f32],
-        grad: &[f32],
-        state: &mut OptimizerState,
-        lr_scale: f64,
+        &mut self, params: &[f32], grad: &[f32], state: &mut OptimizerState, lr_scale: f64,
     ) -> EngineResult<Vec<f32>> {
         self.spending(
             |t| t.split_client_update(params, grad, state, lr_scale),
@@ -396,11 +341,7 @@ impl<T: SplitSteps + ?Sized> SplitSteps for Metered<T> {
 
 impl<T: MutualSteps + ?Sized> MutualSteps for Metered<T> {
     fn mutual_train(
-        &mut self,
-        members: &[Member<'_>],
-        batches: &[Vec<usize>],
-        alpha: f64,
-        lr_scale: f64,
+        &mut self, members: &[Member<'_>], batches: &[Vec<usize>], alpha: f64, lr_scale: f64,
     ) -> EngineResult<MutualOutcome> {
         // Every member trains on every sample: samples and FLOPs count once per member.
         let per: Vec<u64> = members
@@ -419,10 +360,7 @@ impl<T: MutualSteps + ?Sized> MutualSteps for Metered<T> {
         )
     }
     fn evaluate_arch(
-        &mut self,
-        arch: usize,
-        params: &[f32],
-        max_samples: usize,
+        &mut self, arch: usize, params: &[f32], max_samples: usize,
     ) -> EngineResult<EvalOutcome> {
         let per = self.inner().arch_flops(arch).forward;
         self.evaluating(Some(per), |t| t.evaluate_arch(arch, params, max_samples))

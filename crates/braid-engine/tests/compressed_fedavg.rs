@@ -46,11 +46,7 @@ impl Trainer for Quadratic {}
 
 impl Train for Quadratic {
     fn train(
-        &mut self,
-        params: &[f32],
-        shard: &[usize],
-        _seed: u64,
-        _lr_scale: f64,
+        &mut self, params: &[f32], shard: &[usize], _seed: u64, _lr_scale: f64,
     ) -> EngineResult<TrainOutcome> {
         let sign = if shard.first() == Some(&0) { 1.0 } else { -1.0 };
         Ok(TrainOutcome {
@@ -100,10 +96,7 @@ fn config(rounds: u32) -> ServerConfig {
 /// Two clients (shards `[0]` and `[1]`) from the zero model; client 2 ignores its first
 /// `flaky` messages.
 fn run(
-    cfg: &CompressionConfig,
-    rounds: u32,
-    flaky: usize,
-    workers: usize,
+    cfg: &CompressionConfig, rounds: u32, flaky: usize, workers: usize,
 ) -> SimOutcome<RoundMetrics> {
     let initial = vec![0.0f32; N];
     let delta = cfg.downlink_delta;

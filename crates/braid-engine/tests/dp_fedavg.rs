@@ -26,11 +26,7 @@ impl Trainer for Shift {}
 
 impl Train for Shift {
     fn train(
-        &mut self,
-        params: &[f32],
-        shard: &[usize],
-        _: u64,
-        _: f64,
+        &mut self, params: &[f32], shard: &[usize], _: u64, _: f64,
     ) -> EngineResult<TrainOutcome> {
         Ok(TrainOutcome {
             params: params.iter().map(|p| p + self.step).collect(),
@@ -105,11 +101,7 @@ fn run_dp_sgd(privacy: PrivacyConfig, rounds: u32) -> EngineResult<SimOutcome<Ro
 }
 
 fn run(
-    privacy: PrivacyConfig,
-    per_round: usize,
-    rounds: u32,
-    n: usize,
-    step: f32,
+    privacy: PrivacyConfig, per_round: usize, rounds: u32, n: usize, step: f32,
 ) -> EngineResult<SimOutcome<RoundMetrics>> {
     let clients: Vec<u32> = (1..=CLIENTS as u32).collect();
     let config = server_config(rounds, per_round);

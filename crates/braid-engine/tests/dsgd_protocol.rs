@@ -41,10 +41,7 @@ impl Trainer for Fake {}
 
 impl TrainSteps for Fake {
     fn train_batches(
-        &mut self,
-        params: &[f32],
-        batches: &[Vec<usize>],
-        _state: &mut OptimizerState,
+        &mut self, params: &[f32], batches: &[Vec<usize>], _state: &mut OptimizerState,
         lr_scale: f64,
     ) -> EngineResult<TrainOutcome> {
         self.calls.lock().unwrap().push((batches.len(), lr_scale));

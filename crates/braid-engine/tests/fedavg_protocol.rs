@@ -27,11 +27,7 @@ impl Trainer for FakeTrainer {}
 
 impl Train for FakeTrainer {
     fn train(
-        &mut self,
-        params: &[f32],
-        shard: &[usize],
-        seed: u64,
-        _lr_scale: f64,
+        &mut self, params: &[f32], shard: &[usize], seed: u64, _lr_scale: f64,
     ) -> EngineResult<TrainOutcome> {
         let mean = shard.iter().sum::<usize>() as f32 / shard.len().max(1) as f32;
         let j = if self.jitter {
@@ -73,10 +69,7 @@ impl Evaluate for FakeTrainer {
 }
 
 fn nodes(
-    shards: &[Vec<usize>],
-    per_round: usize,
-    rounds: u32,
-    opt: ServerOptimizerConfig,
+    shards: &[Vec<usize>], per_round: usize, rounds: u32, opt: ServerOptimizerConfig,
 ) -> Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>> {
     let clients: Vec<NodeId> = (1..=shards.len() as NodeId).collect();
     let config = ServerConfig {
@@ -198,8 +191,7 @@ type Handled = (
 );
 
 fn drive(
-    node: &mut dyn Node<Msg = Msg, Metrics = RoundMetrics, Trainer = dyn FedTrainer>,
-    from: NodeId,
+    node: &mut dyn Node<Msg = Msg, Metrics = RoundMetrics, Trainer = dyn FedTrainer>, from: NodeId,
     payload: Msg,
 ) -> Handled {
     let (mut out, mut ev) = (Vec::new(), Vec::new());
@@ -334,11 +326,7 @@ impl Trainer for LrRecorder {}
 
 impl Train for LrRecorder {
     fn train(
-        &mut self,
-        params: &[f32],
-        shard: &[usize],
-        _seed: u64,
-        lr_scale: f64,
+        &mut self, params: &[f32], shard: &[usize], _seed: u64, lr_scale: f64,
     ) -> EngineResult<TrainOutcome> {
         self.0.push(lr_scale);
         Ok(TrainOutcome {
@@ -376,9 +364,7 @@ fn clients_follow_the_learning_rate_schedule_by_round() {
 /// Server with a 30 s round deadline over clients holding {0}, {1, 2, 3}, {10, 20}; client 3
 /// ignores its first `drop` requests.
 fn flaky_run(
-    drop: usize,
-    min_replies: usize,
-    rounds: u32,
+    drop: usize, min_replies: usize, rounds: u32,
 ) -> braid_engine::sim::SimOutcome<RoundMetrics> {
     let shards = [vec![0], vec![1, 2, 3], vec![10, 20]];
     let config = ServerConfig {
@@ -498,9 +484,7 @@ fn a_server_resumed_from_its_state_finishes_like_an_uninterrupted_one() {
 }
 
 fn compressed_nodes(
-    shards: &[Vec<usize>],
-    rounds: u32,
-    cfg: &braid_engine::config::CompressionConfig,
+    shards: &[Vec<usize>], rounds: u32, cfg: &braid_engine::config::CompressionConfig,
 ) -> Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>> {
     let n = 100;
     let clients: Vec<NodeId> = (1..=shards.len() as NodeId).collect();

@@ -31,11 +31,7 @@ impl Trainer for Fake {}
 
 impl MutualSteps for Fake {
     fn mutual_train(
-        &mut self,
-        members: &[Member<'_>],
-        batches: &[Vec<usize>],
-        _alpha: f64,
-        _lr_scale: f64,
+        &mut self, members: &[Member<'_>], batches: &[Vec<usize>], _alpha: f64, _lr_scale: f64,
     ) -> EngineResult<MutualOutcome> {
         for m in members {
             assert_eq!(
@@ -60,10 +56,7 @@ impl MutualSteps for Fake {
     }
 
     fn evaluate_arch(
-        &mut self,
-        arch: usize,
-        params: &[f32],
-        _: usize,
+        &mut self, arch: usize, params: &[f32], _: usize,
     ) -> EngineResult<EvalOutcome> {
         assert_eq!(params.len(), SIZES[arch]);
         Ok(EvalOutcome {
@@ -139,8 +132,7 @@ fn simulate(s: MutualSettings, workers: usize) -> (SimOutcome<MutualMetrics>, Ve
 /// Runs `node`'s handler for `input`; returns what it sent.
 fn step(
     node: &mut dyn Node<Msg = Msg, Metrics = MutualMetrics, Trainer = dyn MutualLearner>,
-    fake: &mut Fake,
-    from: Option<(NodeId, Msg)>,
+    fake: &mut Fake, from: Option<(NodeId, Msg)>,
 ) -> EngineResult<Vec<(NodeId, Body<Msg>)>> {
     let (mut outbox, mut events) = (Vec::new(), Vec::new());
     let mut ctx = NodeCtx::new(&mut outbox, &mut events, fake as &mut dyn MutualLearner);

@@ -25,11 +25,7 @@ impl Trainer for Shift {}
 
 impl Train for Shift {
     fn train(
-        &mut self,
-        p: &[f32],
-        shard: &[usize],
-        seed: u64,
-        _: f64,
+        &mut self, p: &[f32], shard: &[usize], seed: u64, _: f64,
     ) -> EngineResult<TrainOutcome> {
         let mean = shard.iter().sum::<usize>() as f32 / shard.len().max(1) as f32;
         let j = (seed % 1000) as f32 * 1e-3;

@@ -50,9 +50,7 @@ impl Evaluate for Fake {
 
 impl SplitSteps for Fake {
     fn split_forward(
-        &mut self,
-        params: &[f32],
-        samples: &[usize],
+        &mut self, params: &[f32], samples: &[usize],
     ) -> EngineResult<(Vec<f32>, Vec<u8>)> {
         assert_eq!(params.len(), CLIENT_PARAMS);
         if let Ok(mut s) = self.seen.lock() {
@@ -66,22 +64,14 @@ impl SplitSteps for Fake {
     }
 
     fn split_backward(
-        &mut self,
-        _: &[f32],
-        samples: &[usize],
-        grad: &[f32],
+        &mut self, _: &[f32], samples: &[usize], grad: &[f32],
     ) -> EngineResult<Vec<f32>> {
         assert_eq!(grad.len(), samples.len() * F);
         Ok(vec![samples.len() as f32, 1.0])
     }
 
     fn split_server_step(
-        &mut self,
-        params: &[f32],
-        acts: &[f32],
-        labels: &[u8],
-        _: &mut OptimizerState,
-        _: f64,
+        &mut self, params: &[f32], acts: &[f32], labels: &[u8], _: &mut OptimizerState, _: f64,
     ) -> EngineResult<ServerStep> {
         Ok(ServerStep {
             params: params.iter().map(|p| p + 1.0).collect(),
@@ -91,11 +81,7 @@ impl SplitSteps for Fake {
     }
 
     fn split_client_update(
-        &mut self,
-        params: &[f32],
-        grad: &[f32],
-        _: &mut OptimizerState,
-        _: f64,
+        &mut self, params: &[f32], grad: &[f32], _: &mut OptimizerState, _: f64,
     ) -> EngineResult<Vec<f32>> {
         Ok(params.iter().zip(grad).map(|(p, g)| p - g).collect())
     }
@@ -106,10 +92,7 @@ impl SplitSteps for Fake {
 }
 
 fn settings(
-    counts: Vec<usize>,
-    sampler: Sampler,
-    batch: usize,
-    latency: LatencyConfig,
+    counts: Vec<usize>, sampler: Sampler, batch: usize, latency: LatencyConfig,
 ) -> SplitSettings {
     let k = counts.len();
     SplitSettings {
@@ -266,8 +249,7 @@ type Handled = (EngineResult, Vec<(NodeId, Body<Msg>)>);
 impl Fake {
     fn ctx_run(
         node: &mut dyn Node<Msg = Msg, Metrics = SplitMetrics, Trainer = dyn SplitLearner>,
-        from: NodeId,
-        p: Msg,
+        from: NodeId, p: Msg,
     ) -> Handled {
         let (mut out, mut ev) = (Vec::new(), Vec::<Event<SplitMetrics>>::new());
         let mut t = Fake::default();

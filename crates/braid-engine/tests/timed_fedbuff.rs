@@ -37,11 +37,7 @@ impl Trainer for Fake {
 
 impl Train for Fake {
     fn train(
-        &mut self,
-        params: &[f32],
-        shard: &[usize],
-        _seed: u64,
-        _lr_scale: f64,
+        &mut self, params: &[f32], shard: &[usize], _seed: u64, _lr_scale: f64,
     ) -> EngineResult<TrainOutcome> {
         let target = shard.first().copied().unwrap_or(0) as f32;
         Ok(TrainOutcome {
@@ -120,11 +116,8 @@ fn server_config(rounds: u32, per_round: usize) -> ServerConfig {
 }
 
 fn run(
-    server: BoxNode<Msg, RoundMetrics, dyn FedTrainer>,
-    clients: usize,
-    dead: &[NodeId],
-    timing: Option<Timing>,
-    workers: usize,
+    server: BoxNode<Msg, RoundMetrics, dyn FedTrainer>, clients: usize, dead: &[NodeId],
+    timing: Option<Timing>, workers: usize,
 ) -> SimOutcome<RoundMetrics> {
     let mut nodes = vec![server];
     for k in 1..=clients {
@@ -166,9 +159,7 @@ fn fedavg(rounds: u32, clients: usize) -> BoxNode<Msg, RoundMetrics, dyn FedTrai
 }
 
 fn fedbuff(
-    rounds: u32,
-    clients: usize,
-    settings: FedBuffSettings,
+    rounds: u32, clients: usize, settings: FedBuffSettings,
 ) -> BoxNode<Msg, RoundMetrics, dyn FedTrainer> {
     Box::new(
         FedBuffServer::new(
@@ -483,11 +474,7 @@ impl Trainer for Shrinking {
 
 impl Train for Shrinking {
     fn train(
-        &mut self,
-        params: &[f32],
-        shard: &[usize],
-        seed: u64,
-        lr: f64,
+        &mut self, params: &[f32], shard: &[usize], seed: u64, lr: f64,
     ) -> EngineResult<TrainOutcome> {
         let mut out = Fake.train(params, shard, seed, lr)?;
         if !self.seen.insert(shard[0]) {

@@ -124,10 +124,7 @@ impl request_response::Codec for FrameCodec {
     }
 
     async fn write_request<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        req: Frame,
+        &mut self, _: &StreamProtocol, io: &mut T, req: Frame,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
@@ -142,10 +139,7 @@ impl request_response::Codec for FrameCodec {
     }
 
     async fn write_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        ack: Ack,
+        &mut self, _: &StreamProtocol, io: &mut T, ack: Ack,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,

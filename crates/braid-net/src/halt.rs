@@ -57,10 +57,7 @@ pub const CLOCK_SKEW_S: u64 = 300;
 /// seconds: a halt issued more than [`CLOCK_SKEW_S`] before it is a replay of an old one, e.g.
 /// against a resumed run); returns the signer.
 pub fn verify(
-    halt: &Control,
-    run: &[u8; 32],
-    authorized: &[PeerId],
-    started_at: u64,
+    halt: &Control, run: &[u8; 32], authorized: &[PeerId], started_at: u64,
 ) -> Result<PeerId, String> {
     let Control::Halt {
         run: r,
@@ -96,10 +93,7 @@ pub fn verify(
 /// Sends `halt` as `key` to every target (node id, peer id, address); returns what each
 /// answered.
 pub fn send(
-    key: &Keypair,
-    targets: &[(NodeId, PeerId, Multiaddr)],
-    halt: &Control,
-    timeout: Duration,
+    key: &Keypair, targets: &[(NodeId, PeerId, Multiaddr)], halt: &Control, timeout: Duration,
 ) -> Vec<(NodeId, Result<Outcome, NetError>)> {
     let body = halt.frame();
     let mut frame = (body.len() as u64).to_le_bytes().to_vec();

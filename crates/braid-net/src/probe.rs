@@ -55,10 +55,7 @@ impl request_response::Codec for RawCodec {
     }
 
     async fn write_request<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        req: Vec<u8>,
+        &mut self, _: &StreamProtocol, io: &mut T, req: Vec<u8>,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
@@ -82,11 +79,7 @@ impl request_response::Codec for RawCodec {
 /// node `peer` at `addr`, one after the other, as `key`; waits at most `timeout` for each
 /// answer.
 pub fn send_raw(
-    key: Keypair,
-    addr: Multiaddr,
-    peer: PeerId,
-    streams: Vec<Vec<u8>>,
-    timeout: Duration,
+    key: Keypair, addr: Multiaddr, peer: PeerId, streams: Vec<Vec<u8>>, timeout: Duration,
 ) -> Result<Vec<Outcome>, NetError> {
     let io_err = |e: &dyn std::fmt::Display| NetError::Io(format!("probe: {e}"));
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -155,12 +155,8 @@ struct Outgoing {
 /// called with every address the process listens on.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
-    node: Box<dyn WireNode>,
-    key: Keypair,
-    roster: Roster,
-    options: RuntimeOptions,
-    observer: Box<dyn FnMut(&WireEvent) + Send>,
-    on_listen: Box<dyn FnMut(&Multiaddr) + Send>,
+    node: Box<dyn WireNode>, key: Keypair, roster: Roster, options: RuntimeOptions,
+    observer: Box<dyn FnMut(&WireEvent) + Send>, on_listen: Box<dyn FnMut(&Multiaddr) + Send>,
 ) -> Result<RunReport, NetError> {
     let me = crate::identity::peer_id(&key);
     let my_node = node.id();
@@ -275,14 +271,9 @@ type Reported = (serde_json::Value, f64);
 
 #[allow(clippy::too_many_arguments)]
 fn node_loop(
-    mut node: Box<dyn WireNode>,
-    inbox: std_mpsc::Receiver<ToNode>,
-    to_net: tokio_mpsc::UnboundedSender<ToNet>,
-    mut observer: Box<dyn FnMut(&WireEvent) + Send>,
-    start: Instant,
-    checkpoint: Option<PathBuf>,
-    restored: Vec<Reported>,
-    log: SharedLog,
+    mut node: Box<dyn WireNode>, inbox: std_mpsc::Receiver<ToNode>,
+    to_net: tokio_mpsc::UnboundedSender<ToNet>, mut observer: Box<dyn FnMut(&WireEvent) + Send>,
+    start: Instant, checkpoint: Option<PathBuf>, restored: Vec<Reported>, log: SharedLog,
     stop: Arc<AtomicBool>,
 ) -> Result<NodeOutcome, NetError> {
     // Wall-clock seconds continue from the restored metrics.
@@ -457,9 +448,7 @@ fn node_loop(
 }
 
 fn build_swarm(
-    key: Keypair,
-    roster: &Roster,
-    options: &RuntimeOptions,
+    key: Keypair, roster: &Roster, options: &RuntimeOptions,
 ) -> Result<Swarm<Behaviour>, NetError> {
     let io = |e: &dyn std::fmt::Display| NetError::Io(format!("cannot build the network: {e}"));
     let max = options.max_message_bytes;
@@ -507,11 +496,8 @@ fn build_swarm(
 
 /// A message's first attempt: counted as traffic, logged as sent, handed to the swarm.
 fn first_send(
-    swarm: &mut Swarm<Behaviour>,
-    pending: &mut HashMap<OutboundRequestId, Outgoing>,
-    report: &mut RunReport,
-    log: &SharedLog,
-    out: Outgoing,
+    swarm: &mut Swarm<Behaviour>, pending: &mut HashMap<OutboundRequestId, Outgoing>,
+    report: &mut RunReport, log: &SharedLog, out: Outgoing,
 ) -> Result<(), NetError> {
     report.traffic.bytes_sent += out.bytes.len() as u64;
     report.traffic.messages_sent += 1;
@@ -534,15 +520,10 @@ fn first_send(
 
 #[allow(clippy::too_many_arguments)]
 async fn network_loop(
-    key: Keypair,
-    roster: Roster,
-    options: RuntimeOptions,
-    decoder: braid_engine::wire_node::Decoder,
-    mut from_node: tokio_mpsc::UnboundedReceiver<ToNet>,
-    to_node: std_mpsc::Sender<ToNode>,
-    mut on_listen: Box<dyn FnMut(&Multiaddr) + Send>,
-    log: SharedLog,
-    stop: Arc<AtomicBool>,
+    key: Keypair, roster: Roster, options: RuntimeOptions,
+    decoder: braid_engine::wire_node::Decoder, mut from_node: tokio_mpsc::UnboundedReceiver<ToNet>,
+    to_node: std_mpsc::Sender<ToNode>, mut on_listen: Box<dyn FnMut(&Multiaddr) + Send>,
+    log: SharedLog, stop: Arc<AtomicBool>,
 ) -> Result<RunReport, NetError> {
     let run_id = match &options.run_id {
         Some(h) => Some(crate::halt::run_id(h)?),

@@ -196,10 +196,7 @@ impl MutualTrainer {
     /// Trains `members` together: one optimizer step per model and entry of `batches`
     /// (training-sample indices into `data`). With one member this is plain supervised training.
     pub fn train(
-        &mut self,
-        members: &[Member<'_>],
-        data: &Dataset,
-        batches: &[Vec<usize>],
+        &mut self, members: &[Member<'_>], data: &Dataset, batches: &[Vec<usize>],
         spec: &MutualSpec,
     ) -> Result<MutualOutcome, NnError> {
         self.check(members, data)?;

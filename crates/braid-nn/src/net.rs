@@ -64,10 +64,7 @@ impl Net {
     /// The module kept in `slot` (or a new one for `arch` on `device`), loaded with `params`:
     /// trainers reuse one module across calls.
     pub(crate) fn loaded(
-        slot: &mut Option<Net>,
-        arch: &Arch,
-        device: &Device,
-        params: &[f32],
+        slot: &mut Option<Net>, arch: &Arch, device: &Device, params: &[f32],
     ) -> Net {
         let model = slot
             .take()

@@ -227,10 +227,7 @@ impl SplitTrainer {
     /// The client part's activations for samples `idx` of `data` (`idx.len() x
     /// cut_features` values, row by row) and their labels.
     pub fn client_forward(
-        &mut self,
-        params: &[f32],
-        data: &Dataset,
-        idx: &[usize],
+        &mut self, params: &[f32], data: &Dataset, idx: &[usize],
     ) -> Result<(Vec<f32>, Vec<u8>), NnError> {
         Self::check(&self.split.client, params, "client")?;
         let x = self.input(data, idx, &self.device.clone().inner())?;
@@ -248,11 +245,7 @@ impl SplitTrainer {
     /// Gradient of the client part's parameters, given the gradient `grad` of the loss with
     /// respect to its activations for samples `idx` (recomputes the forward pass).
     pub fn client_backward(
-        &mut self,
-        params: &[f32],
-        data: &Dataset,
-        idx: &[usize],
-        grad: &[f32],
+        &mut self, params: &[f32], data: &Dataset, idx: &[usize], grad: &[f32],
     ) -> Result<Vec<f32>, NnError> {
         Self::check(&self.split.client, params, "client")?;
         let f = self.split.cut_features();
@@ -288,13 +281,8 @@ impl SplitTrainer {
     /// x cut_features` values): mean cross-entropy, backward, update. Returns the updated
     /// parameters and the gradient with respect to the activations.
     pub fn server_step(
-        &mut self,
-        params: &[f32],
-        acts: &[f32],
-        labels: &[u8],
-        optimizer: &OptimizerConfig,
-        state: &mut OptimizerState,
-        lr_scale: f64,
+        &mut self, params: &[f32], acts: &[f32], labels: &[u8], optimizer: &OptimizerConfig,
+        state: &mut OptimizerState, lr_scale: f64,
     ) -> Result<ServerStep, NnError> {
         Self::check(&self.split.server, params, "server")?;
         let f = self.split.cut_features();
@@ -348,12 +336,8 @@ impl SplitTrainer {
     /// One optimizer step of the client part with the (aggregated) gradient `grad`: what every
     /// client does with the gradient of the global batch so that all client parts stay equal.
     pub fn client_update(
-        &mut self,
-        params: &[f32],
-        grad: &[f32],
-        optimizer: &OptimizerConfig,
-        state: &mut OptimizerState,
-        lr_scale: f64,
+        &mut self, params: &[f32], grad: &[f32], optimizer: &OptimizerConfig,
+        state: &mut OptimizerState, lr_scale: f64,
     ) -> Result<Vec<f32>, NnError> {
         Self::check(&self.split.client, params, "client")?;
         if grad.len() != params.len() {
@@ -381,10 +365,7 @@ impl SplitTrainer {
     }
 
     fn step(
-        optimizer: &OptimizerConfig,
-        state: &mut OptimizerState,
-        lr_scale: f64,
-        model: Net,
+        optimizer: &OptimizerConfig, state: &mut OptimizerState, lr_scale: f64, model: Net,
         grads: GradientsParams,
     ) -> Net {
         let mut optim = optimizer.build();

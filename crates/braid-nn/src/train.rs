@@ -224,10 +224,7 @@ impl TrainOutcome {
     /// The outcome of a finished training run, or [`NnError::Diverged`] if the loss or any
     /// parameter is not finite.
     fn checked(
-        params: Vec<f32>,
-        samples: usize,
-        steps: usize,
-        mean_loss: f64,
+        params: Vec<f32>, samples: usize, steps: usize, mean_loss: f64,
     ) -> Result<Self, NnError> {
         if !mean_loss.is_finite() || !braid_core::params::all_finite(&params) {
             return Err(NnError::Diverged);
@@ -438,14 +435,8 @@ impl Trainer {
     /// batches, per-sample clipped gradients, Gaussian noise from `seed_value`.
     #[allow(clippy::too_many_arguments)]
     fn train_dp_sgd(
-        &mut self,
-        params: &[f32],
-        data: &Dataset,
-        shard: &[usize],
-        spec: &TrainSpec,
-        dp: DpSgd,
-        steps: usize,
-        seed_value: u64,
+        &mut self, params: &[f32], data: &Dataset, shard: &[usize], spec: &TrainSpec, dp: DpSgd,
+        steps: usize, seed_value: u64,
     ) -> Result<TrainOutcome, NnError> {
         self.check_call(params, data, spec)?;
         if !(dp.clip.is_finite() && dp.clip > 0.0) {
@@ -551,11 +542,7 @@ impl Trainer {
     /// Trains from `params` on samples `shard` of `data` with a fresh optimizer: `spec.epochs`
     /// shuffled passes (or `spec.max_steps` steps); batch order is drawn from `seed_value`.
     pub fn train(
-        &mut self,
-        params: &[f32],
-        data: &Dataset,
-        shard: &[usize],
-        spec: &TrainSpec,
+        &mut self, params: &[f32], data: &Dataset, shard: &[usize], spec: &TrainSpec,
         seed_value: u64,
     ) -> Result<TrainOutcome, NnError> {
         if spec.batch_size == 0 {
@@ -591,11 +578,7 @@ impl Trainer {
     /// decentralized peer keeps its momentum between calls). `spec`'s optimizer and proximal
     /// weight apply; its batch size, epochs and step limit do not.
     pub fn train_batches(
-        &mut self,
-        params: &[f32],
-        data: &Dataset,
-        batches: &[Vec<usize>],
-        spec: &TrainSpec,
+        &mut self, params: &[f32], data: &Dataset, batches: &[Vec<usize>], spec: &TrainSpec,
         state: &mut OptimizerState,
     ) -> Result<TrainOutcome, NnError> {
         if spec.dp_sgd.is_some() {
@@ -675,10 +658,7 @@ impl Trainer {
 
     /// Accuracy and mean loss of `params` on samples `idx` of `data` (all samples if `None`).
     pub fn evaluate(
-        &mut self,
-        params: &[f32],
-        data: &Dataset,
-        idx: Option<&[usize]>,
+        &mut self, params: &[f32], data: &Dataset, idx: Option<&[usize]>,
     ) -> Result<EvalOutcome, NnError> {
         self.check(params, data)?;
         let all: Vec<usize>;

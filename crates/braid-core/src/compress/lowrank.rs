@@ -96,12 +96,7 @@ impl PowerSgd {
     /// written with `quantize`. `rng` draws the first query of each block and the
     /// quantizer's random choices.
     pub fn encode(
-        &mut self,
-        x: &[f32],
-        blocks: &[Block],
-        rank: usize,
-        quantize: Quantize,
-        rng: &mut impl Rng,
+        &mut self, x: &[f32], blocks: &[Block], rank: usize, quantize: Quantize, rng: &mut impl Rng,
     ) -> Result<Vec<u8>, CompressError> {
         check_blocks(blocks, x.len()).map_err(CompressError::Config)?;
         if rank == 0 {

@@ -535,10 +535,7 @@ pub struct ErrorFeedback {
 impl ErrorFeedback {
     /// Compresses `x` plus the residual so far; keeps the new residual.
     pub fn encode(
-        &mut self,
-        x: &[f32],
-        c: &Compression,
-        rng: &mut impl Rng,
+        &mut self, x: &[f32], c: &Compression, rng: &mut impl Rng,
     ) -> Result<Vec<u8>, CompressError> {
         self.encode_with(x, |v| encode(v, c, rng))
     }
@@ -546,9 +543,7 @@ impl ErrorFeedback {
     /// [`ErrorFeedback::encode`] with any encoder whose output [`decode`] reads (such as
     /// [`lowrank::PowerSgd`]).
     pub fn encode_with(
-        &mut self,
-        x: &[f32],
-        encoder: impl FnOnce(&[f32]) -> Result<Vec<u8>, CompressError>,
+        &mut self, x: &[f32], encoder: impl FnOnce(&[f32]) -> Result<Vec<u8>, CompressError>,
     ) -> Result<Vec<u8>, CompressError> {
         if self.residual.len() != x.len() {
             self.residual = vec![0.0; x.len()];

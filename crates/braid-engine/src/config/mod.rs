@@ -417,10 +417,7 @@ impl ExperimentConfig {
     /// Parses a config from TOML text, applying `key.path=value` overrides, and validates it
     /// against `rules` (a [`crate::algorithm::Registry`]).
     pub fn parse_with(
-        src: &str,
-        origin: &str,
-        overrides: &[String],
-        rules: &dyn ConfigRules,
+        src: &str, origin: &str, overrides: &[String], rules: &dyn ConfigRules,
     ) -> Result<Self, ConfigError> {
         let err =
             |message: String| ConfigError::new(origin, Invalid::new("", Rule::Syntax, message));
@@ -502,9 +499,7 @@ impl ExperimentConfig {
     /// Reads and parses a config file, validated against `rules` (a
     /// [`crate::algorithm::Registry`]).
     pub fn load_with(
-        path: &Path,
-        overrides: &[String],
-        rules: &dyn ConfigRules,
+        path: &Path, overrides: &[String], rules: &dyn ConfigRules,
     ) -> Result<Self, ConfigError> {
         let origin = path.display().to_string();
         let src = std::fs::read_to_string(path).map_err(|e| {

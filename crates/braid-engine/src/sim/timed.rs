@@ -46,10 +46,7 @@ impl Timing {
     /// A model for `nodes` nodes, of which `servers` compute at the server's speed; the others
     /// are clients, in id order, with stragglers drawn from `rng`.
     pub fn new(
-        config: &LatencyConfig,
-        nodes: usize,
-        servers: &[NodeId],
-        rng: &mut impl rand::Rng,
+        config: &LatencyConfig, nodes: usize, servers: &[NodeId], rng: &mut impl rand::Rng,
     ) -> Self {
         let mut next = 0;
         let clients: Vec<Option<usize>> = (0..nodes)
@@ -124,9 +121,7 @@ impl<M: Message, R: Metrics, T: crate::trainer::TrainerObject + ?Sized> Simulato
     /// Runs with simulated time from `timing` (see the module documentation). Every round's
     /// metrics get the simulated seconds at which the round ended.
     pub(super) fn run_timed(
-        &mut self,
-        timing: &Timing,
-        observer: &mut dyn FnMut(&Event<R>),
+        &mut self, timing: &Timing, observer: &mut dyn FnMut(&Event<R>),
     ) -> EngineResult<SimOutcome<R>> {
         let t0 = std::time::Instant::now();
         let n = self.nodes.len();
@@ -275,15 +270,9 @@ impl<M: Message, R: Metrics, T: crate::trainer::TrainerObject + ?Sized> Simulato
     /// Timestamps one node's output of a step and queues its messages and deadlines.
     #[allow(clippy::too_many_arguments)]
     fn deliver_timed(
-        &mut self,
-        timing: &Timing,
-        from: NodeId,
-        out: TaskOutput<M, R>,
-        starts: &[(Nanos, &'static str)],
-        st: &mut Timed<'_, M>,
-        outcome: &mut SimOutcome<R>,
-        observer: &mut dyn FnMut(&Event<R>),
-        t0: std::time::Instant,
+        &mut self, timing: &Timing, from: NodeId, out: TaskOutput<M, R>,
+        starts: &[(Nanos, &'static str)], st: &mut Timed<'_, M>, outcome: &mut SimOutcome<R>,
+        observer: &mut dyn FnMut(&Event<R>), t0: std::time::Instant,
     ) -> EngineResult {
         let f = from as usize;
         let (mut m0, mut e0, mut d0) = (0, 0, 0);

@@ -196,12 +196,7 @@ fn matmul_blocks(dst: &mut [f32], a: Mat<'_>, b: Mat<'_>, accumulate: bool) {
 /// `x · weight + bias` for `x: [rows, inputs]`, `weight: [inputs, outputs]` (burn's layout),
 /// `bias: [outputs]`: a fully connected layer, `[rows, outputs]`.
 pub fn linear_forward(
-    x: &[f32],
-    weight: &[f32],
-    bias: &[f32],
-    rows: usize,
-    inputs: usize,
-    outputs: usize,
+    x: &[f32], weight: &[f32], bias: &[f32], rows: usize, inputs: usize, outputs: usize,
 ) -> Vec<f32> {
     assert!(
         x.len() == rows * inputs && weight.len() == inputs * outputs && bias.len() == outputs,
@@ -226,10 +221,7 @@ pub fn linear_forward(
 /// Gradients of [`linear_forward`] from the output gradient `dy`: `(dx, dweight, dbias)`, with
 /// `dx` only when `need_dx`. The bias gradient sums the rows in order.
 pub fn linear_backward(
-    dy: &[f32],
-    x: &[f32],
-    weight: &[f32],
-    (rows, inputs, outputs): (usize, usize, usize),
+    dy: &[f32], x: &[f32], weight: &[f32], (rows, inputs, outputs): (usize, usize, usize),
     need_dx: bool,
 ) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
     assert!(
@@ -343,10 +335,7 @@ pub struct ConvSaved {
 /// `relu(conv3x3(x, weight) + bias)` for `x: [n, cin, h, w]`, `weight: [cout, cin, 3, 3]`,
 /// `bias: [cout]`; returns the output `[n, cout, h, w]` and the unfolded input.
 pub fn conv3x3_relu_forward(
-    x: &[f32],
-    weight: &[f32],
-    bias: &[f32],
-    s: ConvShape,
+    x: &[f32], weight: &[f32], bias: &[f32], s: ConvShape,
 ) -> (Vec<f32>, ConvSaved) {
     assert!(
         x.len() == s.n * s.cin * s.hw() && weight.len() == s.cout * s.k() && bias.len() == s.cout,
@@ -382,11 +371,7 @@ pub fn conv3x3_relu_forward(
 /// Gradients of [`conv3x3_relu_forward`] from the output gradient `dy` and the output `y`:
 /// `(dx, dweight, dbias)`, with `dx` only when `need_dx`.
 pub fn conv3x3_relu_backward(
-    dy: &[f32],
-    y: &[f32],
-    weight: &[f32],
-    saved: &ConvSaved,
-    need_dx: bool,
+    dy: &[f32], y: &[f32], weight: &[f32], saved: &ConvSaved, need_dx: bool,
 ) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
     let s = saved.shape;
     let (hw, cols) = (s.hw(), s.cols());
@@ -498,11 +483,7 @@ pub fn max_pool2x2_forward(x: &[f32], planes: usize, h: usize, w: usize) -> (Vec
 
 /// The gradient of [`max_pool2x2_forward`]: each output gradient goes to the input that won.
 pub fn max_pool2x2_backward(
-    dout: &[f32],
-    arg: &[u8],
-    planes: usize,
-    h: usize,
-    w: usize,
+    dout: &[f32], arg: &[u8], planes: usize, h: usize, w: usize,
 ) -> Vec<f32> {
     let (oh, ow) = (h / 2, w / 2);
     assert!(

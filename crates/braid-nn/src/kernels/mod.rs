@@ -37,17 +37,13 @@ pub trait CpuKernels: burn::backend::Backend {
     /// `relu(conv2d(x, weight, bias))` with a 3x3 kernel, stride 1 and padding 1:
     /// `x: [n, cin, h, w]`, `weight: [cout, cin, 3, 3]`, `bias: [cout]`.
     fn conv3x3_relu(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        bias: FloatTensor<Self>,
+        x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>,
     ) -> FloatTensor<Self>;
     /// 2x2 max-pooling with stride 2 of `x: [n, c, h, w]`.
     fn max_pool2x2(x: FloatTensor<Self>) -> FloatTensor<Self>;
     /// `x · weight + bias`: `x: [rows, inputs]`, `weight: [inputs, outputs]`, `bias: [outputs]`.
     fn linear(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        bias: FloatTensor<Self>,
+        x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>,
     ) -> FloatTensor<Self>;
 }
 
@@ -235,9 +231,7 @@ impl Backward<Flex, 1> for MaxPool2x2Backward {
 
 impl<C: CheckpointStrategy> CpuKernels for Autodiff<Flex, C> {
     fn conv3x3_relu(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        bias: FloatTensor<Self>,
+        x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
         match Conv3x3ReluBackward
             .prepare::<C>([x.node(), weight.node(), bias.node()])
@@ -269,9 +263,7 @@ impl<C: CheckpointStrategy> CpuKernels for Autodiff<Flex, C> {
     }
 
     fn linear(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        bias: FloatTensor<Self>,
+        x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
         match LinearBackward
             .prepare::<C>([x.node(), weight.node(), bias.node()])

@@ -63,11 +63,7 @@ impl Train for Echo {
 
 impl TrainSteps for Echo {
     fn train_batches(
-        &mut self,
-        params: &[f32],
-        _: &[Vec<usize>],
-        _: &mut OptimizerState,
-        _: f64,
+        &mut self, params: &[f32], _: &[Vec<usize>], _: &mut OptimizerState, _: f64,
     ) -> EngineResult<TrainOutcome> {
         self.train(params, &[], 0, 1.0)
     }

@@ -61,10 +61,7 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 }
 
 fn measure(
-    args: &BenchStepArgs,
-    arch: &Arch,
-    batches: &[(Vec<f32>, Vec<i64>)],
-    threads: usize,
+    args: &BenchStepArgs, arch: &Arch, batches: &[(Vec<f32>, Vec<i64>)], threads: usize,
 ) -> Result<Timing> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)

@@ -232,9 +232,7 @@ pub(crate) fn free_ports(n: usize) -> Result<Vec<u16>> {
 
 /// Copies each line of a child's output to its log file and, prefixed, to our stdout.
 fn relay(
-    from: impl std::io::Read + Send + 'static,
-    label: String,
-    log: Arc<Mutex<std::fs::File>>,
+    from: impl std::io::Read + Send + 'static, label: String, log: Arc<Mutex<std::fs::File>>,
     stdout: Arc<Mutex<std::io::Stdout>>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {

@@ -194,10 +194,7 @@ fn dispatch(cli: Cli, registry: &Registry) -> Result<()> {
 }
 
 fn run_and_report(
-    registry: &Registry,
-    config: ExperimentConfig,
-    out: Option<PathBuf>,
-    baseline: bool,
+    registry: &Registry, config: ExperimentConfig, out: Option<PathBuf>, baseline: bool,
     quiet: bool,
 ) -> Result<()> {
     let dir = out.unwrap_or_else(|| config.output_dir());
@@ -236,10 +233,7 @@ pub fn peak_rss_mib() -> Option<f64> {
 /// Runs one experiment, writes its outputs, prints a summary; returns the accuracy a baseline
 /// is compared with.
 fn run_one(
-    registry: &Registry,
-    config: &ExperimentConfig,
-    dir: &Path,
-    quiet: bool,
+    registry: &Registry, config: &ExperimentConfig, dir: &Path, quiet: bool,
 ) -> Result<Option<f64>> {
     let t0 = Instant::now();
     let algorithm = registry.of(config).map_err(anyhow::Error::msg)?;

@@ -176,10 +176,7 @@ pub fn node(args: NodeArgs, registry: &Registry) -> Result<()> {
 
 /// `node.csv`: this node's traffic, refusals and compute (one row; `braid launch` joins them).
 fn write_node_summary(
-    dir: &Path,
-    id: u32,
-    role: &str,
-    r: &braid_net::runtime::RunReport,
+    dir: &Path, id: u32, role: &str, r: &braid_net::runtime::RunReport,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let (t, c) = (&r.traffic, &r.compute);

@@ -131,8 +131,7 @@ impl Algorithm for Dsgd {
     }
 
     fn build(
-        p: &Prepared,
-        d: &DecentralizedConfig,
+        p: &Prepared, d: &DecentralizedConfig,
     ) -> EngineResult<Vec<BoxNode<Msg, GossipMetrics, dyn PeerTrainer>>> {
         let c = &p.config;
         let settings = Arc::new(dsgd_settings(p, d)?);

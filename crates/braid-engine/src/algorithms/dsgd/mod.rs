@@ -275,10 +275,7 @@ const DEFAULT_JOIN_WAIT: std::time::Duration = std::time::Duration::from_secs(30
 impl DsgdPeer {
     /// Peer `id` holding training samples `shard`, starting from `initial` parameters.
     pub fn new(
-        id: NodeId,
-        settings: Arc<DsgdSettings>,
-        shard: Vec<usize>,
-        initial: Vec<f32>,
+        id: NodeId, settings: Arc<DsgdSettings>, shard: Vec<usize>, initial: Vec<f32>,
     ) -> Self {
         let batch_seed = seed::derive(settings.seed, &[seed::stream::LOCAL_TRAIN, u64::from(id)]);
         let batches = EpochBatches::new(shard, settings.batch_size, batch_seed);
@@ -313,11 +310,7 @@ impl DsgdPeer {
 
     /// Takes over another peer's state (a join reply): its step, round and parameters.
     fn adopt(
-        &mut self,
-        from: NodeId,
-        step: u64,
-        mixed_through: u32,
-        params: Arc<Vec<f32>>,
+        &mut self, from: NodeId, step: u64, mixed_through: u32, params: Arc<Vec<f32>>,
         ctx: &mut DsgdCtx<'_>,
     ) -> EngineResult {
         tracing::info!(
@@ -497,10 +490,7 @@ impl DsgdPeer {
     }
 
     fn train(
-        &mut self,
-        batches: &[Vec<usize>],
-        lr_scale: f64,
-        ctx: &mut DsgdCtx<'_>,
+        &mut self, batches: &[Vec<usize>], lr_scale: f64, ctx: &mut DsgdCtx<'_>,
     ) -> EngineResult {
         let out =
             ctx.trainer

@@ -45,10 +45,7 @@ impl DsgdMonitor {
     }
 
     fn report(
-        &mut self,
-        step: u64,
-        snaps: BTreeMap<NodeId, Snap>,
-        ctx: &mut DsgdCtx<'_>,
+        &mut self, step: u64, snaps: BTreeMap<NodeId, Snap>, ctx: &mut DsgdCtx<'_>,
     ) -> EngineResult {
         let n = snaps.len() as f64;
         let items: Vec<(&[f32], f64)> =

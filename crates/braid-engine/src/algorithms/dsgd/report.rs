@@ -10,9 +10,7 @@ use crate::report::{plot_lines, write_atomic, RGBColor, Rows, BLUE, RED};
 
 impl Rows for GossipMetrics {
     fn write(
-        dir: &Path,
-        config: &ExperimentConfig,
-        rows: &[(Self, f64)],
+        dir: &Path, config: &ExperimentConfig, rows: &[(Self, f64)],
     ) -> Result<Vec<PathBuf>, String> {
         write_gossip(dir, config, rows)
     }
@@ -64,9 +62,7 @@ struct GossipRow<'a> {
 }
 
 fn write_gossip(
-    dir: &Path,
-    config: &ExperimentConfig,
-    points: &[(GossipMetrics, f64)],
+    dir: &Path, config: &ExperimentConfig, points: &[(GossipMetrics, f64)],
 ) -> Result<Vec<PathBuf>, String> {
     let mut written = Vec::new();
     let mut csv = format!("{GOSSIP_CSV_HEADER}\n");

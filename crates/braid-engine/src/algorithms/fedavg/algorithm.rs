@@ -242,8 +242,7 @@ macro_rules! fedavg_family {
             }
 
             fn build(
-                p: &Prepared,
-                _settings: &FedAvgSettings,
+                p: &Prepared, _settings: &FedAvgSettings,
             ) -> EngineResult<Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>>> {
                 build_fedavg(p)
             }
@@ -261,9 +260,7 @@ macro_rules! fedavg_family {
             }
 
             fn summary(
-                p: &Prepared,
-                _settings: &FedAvgSettings,
-                rows: &[(RoundMetrics, f64)],
+                p: &Prepared, _settings: &FedAvgSettings, rows: &[(RoundMetrics, f64)],
             ) -> Summary {
                 summary(p, rows)
             }

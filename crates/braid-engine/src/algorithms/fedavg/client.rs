@@ -19,9 +19,7 @@ use crate::wire::{Control, Message, NodeId, Tensor};
 /// Applies `f` to the update `trained - received` and writes `received + update` back into
 /// `trained`.
 pub(in crate::algorithms::fedavg) fn rewrite_update(
-    trained: &mut Vec<f32>,
-    received: &[f32],
-    f: impl FnOnce(&mut [f32]),
+    trained: &mut Vec<f32>, received: &[f32], f: impl FnOnce(&mut [f32]),
 ) -> EngineResult {
     let mut delta = braid_core::params::sub(trained, received)?;
     f(&mut delta);

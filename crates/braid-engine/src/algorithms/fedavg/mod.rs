@@ -131,9 +131,7 @@ pub struct ServerConfig {
 /// A server's checkpoint: `meta` (with `completed_rounds`), the global model and the server
 /// optimizer's buffers.
 pub(crate) fn server_state(
-    meta: serde_json::Value,
-    params: &[f32],
-    optimizer: &ServerOptimizer,
+    meta: serde_json::Value, params: &[f32], optimizer: &ServerOptimizer,
 ) -> NodeState {
     let (m, v) = optimizer.buffers();
     NodeState {
@@ -150,10 +148,7 @@ pub(crate) fn server_state(
 /// Reads back what [`server_state`] wrote for a run of `rounds` rounds and a model of `len`
 /// values: restores `optimizer` and returns the completed rounds and the global model.
 pub(crate) fn restore_server(
-    state: &NodeState,
-    rounds: u32,
-    len: usize,
-    optimizer: &mut ServerOptimizer,
+    state: &NodeState, rounds: u32, len: usize, optimizer: &mut ServerOptimizer,
 ) -> EngineResult<(u32, Vec<f32>)> {
     let completed = u32::try_from(state.meta_u64("completed_rounds")?)
         .map_err(|_| EngineError::Checkpoint("checkpoint: completed_rounds is too large".into()))?;

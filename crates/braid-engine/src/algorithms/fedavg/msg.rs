@@ -45,9 +45,7 @@ impl Codec<Arc<Vec<u8>>> for SecAggBytes {
         w.len_bytes(value);
     }
     fn read(
-        r: &mut Reader<'_>,
-        _: &'static str,
-        limits: &Limits,
+        r: &mut Reader<'_>, _: &'static str, limits: &Limits,
     ) -> Result<Arc<Vec<u8>>, WireError> {
         let limit = (1usize << 20).saturating_add(limits.max_values.saturating_mul(8));
         Ok(Arc::new(r.len_bytes("secagg length", limit)?.to_vec()))

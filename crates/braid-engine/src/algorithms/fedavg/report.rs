@@ -38,9 +38,7 @@ pub fn rows(rounds: &[(RoundMetrics, f64)]) -> Vec<MetricsRow> {
 
 impl Rows for RoundMetrics {
     fn write(
-        dir: &Path,
-        config: &ExperimentConfig,
-        rounds: &[(Self, f64)],
+        dir: &Path, config: &ExperimentConfig, rounds: &[(Self, f64)],
     ) -> Result<Vec<PathBuf>, String> {
         write_rounds(dir, config, &rows(rounds))
     }
@@ -69,9 +67,7 @@ impl Rows for RoundMetrics {
 }
 
 fn write_rounds(
-    dir: &Path,
-    config: &ExperimentConfig,
-    rows: &[MetricsRow],
+    dir: &Path, config: &ExperimentConfig, rows: &[MetricsRow],
 ) -> Result<Vec<PathBuf>, String> {
     let mut written = Vec::new();
     let mut csv = String::from(

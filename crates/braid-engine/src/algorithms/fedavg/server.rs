@@ -56,9 +56,7 @@ pub struct FedAvgServer {
 impl FedAvgServer {
     /// A server for `clients`, starting from `initial` parameters.
     pub fn new(
-        config: ServerConfig,
-        clients: Vec<NodeId>,
-        initial: Vec<f32>,
+        config: ServerConfig, clients: Vec<NodeId>, initial: Vec<f32>,
     ) -> EngineResult<Self> {
         if clients.is_empty() {
             return Err(
@@ -112,10 +110,7 @@ impl FedAvgServer {
     /// `clients_per_round / total_clients`); under DP-SGD, accounts each client's steps at
     /// sampling rate `batch_size` over its sample count.
     pub fn with_privacy(
-        mut self,
-        config: Option<PrivacyConfig>,
-        total_clients: usize,
-        batch_size: usize,
+        mut self, config: Option<PrivacyConfig>, total_clients: usize, batch_size: usize,
     ) -> Self {
         if let Some(config) = config {
             let dp = DpServer::new(
@@ -151,8 +146,7 @@ impl FedAvgServer {
     }
 
     pub(in crate::algorithms::fedavg) fn start_round(
-        &mut self,
-        ctx: &mut FedCtx<'_>,
+        &mut self, ctx: &mut FedCtx<'_>,
     ) -> EngineResult {
         self.round += 1;
         let mut rng = seed::rng(
@@ -189,8 +183,7 @@ impl FedAvgServer {
     /// Sends the round's request to every chosen client that has not replied yet, and arms
     /// the round's deadline.
     pub(in crate::algorithms::fedavg) fn ask_missing(
-        &mut self,
-        ctx: &mut FedCtx<'_>,
+        &mut self, ctx: &mut FedCtx<'_>,
     ) -> EngineResult {
         let missing: Vec<NodeId> = match &self.sec {
             Some(sr) => sr.missing(),
@@ -242,8 +235,7 @@ impl FedAvgServer {
     }
 
     pub(in crate::algorithms::fedavg) fn finish_round(
-        &mut self,
-        ctx: &mut FedCtx<'_>,
+        &mut self, ctx: &mut FedCtx<'_>,
     ) -> EngineResult {
         let asked = self.waiting.len();
         let (ids, replies): (Vec<NodeId>, Vec<Reply>) = std::mem::take(&mut self.waiting)
@@ -291,10 +283,7 @@ impl FedAvgServer {
     /// Applies the server optimizer to the round's average `mean` (parameters), evaluates,
     /// reports the round and starts the next one or ends the run.
     pub(in crate::algorithms::fedavg) fn close_round(
-        &mut self,
-        ctx: &mut FedCtx<'_>,
-        mean: Vec<f32>,
-        agg: Aggregated,
+        &mut self, ctx: &mut FedCtx<'_>, mean: Vec<f32>, agg: Aggregated,
     ) -> EngineResult {
         self.completed = self.round;
         self.optimizer.step(&mut self.params, &mean)?;

@@ -123,10 +123,7 @@ impl FedBuffServer {
     /// A server for `clients` from `initial` parameters; `config.rounds` is the number of
     /// server steps.
     pub fn new(
-        config: ServerConfig,
-        settings: FedBuffSettings,
-        clients: Vec<NodeId>,
-        initial: Vec<f32>,
+        config: ServerConfig, settings: FedBuffSettings, clients: Vec<NodeId>, initial: Vec<f32>,
     ) -> EngineResult<Self> {
         if settings.concurrency == 0 || settings.concurrency > clients.len() {
             return Err(EngineError::Invalid(Invalid::range(
@@ -545,8 +542,7 @@ impl Algorithm for FedBuff {
     }
 
     fn build(
-        p: &Prepared,
-        run: &FedBuffRun,
+        p: &Prepared, run: &FedBuffRun,
     ) -> EngineResult<Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>>> {
         let downlink = p.config.compression.and_then(|k| k.downlink);
         let settings = run.settings;

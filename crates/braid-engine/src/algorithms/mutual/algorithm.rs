@@ -271,8 +271,7 @@ pub fn mutual_settings(p: &Prepared, run: &MutualRun) -> EngineResult<MutualSett
 }
 
 fn build_mutual(
-    p: &Prepared,
-    run: &MutualRun,
+    p: &Prepared, run: &MutualRun,
 ) -> EngineResult<Vec<BoxNode<Msg, MutualMetrics, dyn MutualLearner>>> {
     let c = &p.config;
     let settings = Arc::new(mutual_settings(p, run)?);
@@ -347,8 +346,7 @@ macro_rules! mutual_algorithm {
             }
 
             fn build(
-                p: &Prepared,
-                run: &MutualRun,
+                p: &Prepared, run: &MutualRun,
             ) -> EngineResult<Vec<BoxNode<Msg, MutualMetrics, dyn MutualLearner>>> {
                 build_mutual(p, run)
             }

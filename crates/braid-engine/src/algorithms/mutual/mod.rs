@@ -139,11 +139,7 @@ impl MutualSettings {
     /// The message carrying model `params` of architecture `arch` for round `round` from
     /// `from`: quantized if the run says so (random choices seeded by sender and round).
     fn model_message(
-        &self,
-        round: u32,
-        arch: usize,
-        params: Arc<Vec<f32>>,
-        from: NodeId,
+        &self, round: u32, arch: usize, params: Arc<Vec<f32>>, from: NodeId,
     ) -> EngineResult<Msg> {
         let arch32 = arch as u32;
         Ok(match &self.model_compression {
@@ -390,10 +386,7 @@ impl MutualClient {
     /// Client `k`, holding training samples `shard`, starting from `initial` parameters of its
     /// architecture.
     pub fn new(
-        k: usize,
-        settings: Arc<MutualSettings>,
-        shard: Arc<Vec<usize>>,
-        initial: Vec<f32>,
+        k: usize, settings: Arc<MutualSettings>, shard: Arc<Vec<usize>>, initial: Vec<f32>,
     ) -> Self {
         Self {
             k,
@@ -435,11 +428,7 @@ impl MutualClient {
     }
 
     fn send_model(
-        &mut self,
-        ctx: &mut MutualCtx<'_>,
-        to: NodeId,
-        round: u32,
-        arch: usize,
+        &mut self, ctx: &mut MutualCtx<'_>, to: NodeId, round: u32, arch: usize,
         params: Arc<Vec<f32>>,
     ) -> EngineResult {
         let message = self
@@ -452,10 +441,7 @@ impl MutualClient {
     /// Trains `others` (architecture, parameters) together with the own model in round
     /// `round`; returns the others' parameters after training (the own model is updated).
     fn train_with(
-        &mut self,
-        ctx: &mut MutualCtx<'_>,
-        round: u32,
-        others: &[(usize, Arc<Vec<f32>>)],
+        &mut self, ctx: &mut MutualCtx<'_>, round: u32, others: &[(usize, Arc<Vec<f32>>)],
     ) -> EngineResult<Vec<Vec<f32>>> {
         let own = Arc::clone(&self.params);
         let mut members = vec![Member {

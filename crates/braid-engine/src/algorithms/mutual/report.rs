@@ -8,9 +8,7 @@ use crate::report::{opt, plot_lines, write_atomic, Line, RGBColor, Rows, BLACK, 
 
 impl Rows for MutualMetrics {
     fn write(
-        dir: &Path,
-        config: &ExperimentConfig,
-        rows: &[(Self, f64)],
+        dir: &Path, config: &ExperimentConfig, rows: &[(Self, f64)],
     ) -> Result<Vec<PathBuf>, String> {
         write_mutual(dir, config, rows)
     }
@@ -59,9 +57,7 @@ pub const MUTUAL_CSV_HEADER: &str = "round,alpha,accuracy,loss,min_accuracy,max_
 type OwnedLine = (String, RGBColor, Vec<(f64, f64)>);
 
 fn write_mutual(
-    dir: &Path,
-    config: &ExperimentConfig,
-    points: &[(MutualMetrics, f64)],
+    dir: &Path, config: &ExperimentConfig, points: &[(MutualMetrics, f64)],
 ) -> Result<Vec<PathBuf>, String> {
     let names = super::model_names(config);
     let mut csv = String::from(MUTUAL_CSV_HEADER);

@@ -113,8 +113,7 @@ impl Algorithm for Split {
     }
 
     fn build(
-        p: &Prepared,
-        sc: &SplitConfig,
+        p: &Prepared, sc: &SplitConfig,
     ) -> EngineResult<Vec<BoxNode<Msg, SplitMetrics, dyn SplitLearner>>> {
         let c = &p.config;
         let settings = Arc::new(split_settings(p, sc)?);

@@ -113,13 +113,8 @@ pub struct SplitSettings {
 /// compressed with `compression`, its random choices seeded by the run, both ends, the step
 /// and the part.
 fn split_message(
-    compression: Option<&Compression>,
-    seed: u64,
-    (from, to): (NodeId, NodeId),
-    step: u64,
-    part: Part,
-    labels: Vec<u8>,
-    values: Vec<f32>,
+    compression: Option<&Compression>, seed: u64, (from, to): (NodeId, NodeId), step: u64,
+    part: Part, labels: Vec<u8>, values: Vec<f32>,
 ) -> EngineResult<Msg> {
     let values = match compression {
         None => Tensor::exact(values),
@@ -460,9 +455,7 @@ impl SplitServer {
 
     /// Every client-part gradient is in: update the client part and move on.
     fn client_step(
-        &mut self,
-        got: BTreeMap<NodeId, Option<Vec<f32>>>,
-        ctx: &mut SplitCtx<'_>,
+        &mut self, got: BTreeMap<NodeId, Option<Vec<f32>>>, ctx: &mut SplitCtx<'_>,
     ) -> EngineResult {
         let n = got.len();
         let mut sum = vec![0.0f32; self.client_params.len()];

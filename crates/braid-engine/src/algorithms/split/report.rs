@@ -10,9 +10,7 @@ use crate::report::{opt, plot_lines, write_atomic, Rows, BLUE};
 
 impl Rows for SplitMetrics {
     fn write(
-        dir: &Path,
-        config: &ExperimentConfig,
-        rows: &[(Self, f64)],
+        dir: &Path, config: &ExperimentConfig, rows: &[(Self, f64)],
     ) -> Result<Vec<PathBuf>, String> {
         write_split(dir, config, rows)
     }
@@ -65,9 +63,7 @@ struct SplitRow<'a> {
 }
 
 fn write_split(
-    dir: &Path,
-    config: &ExperimentConfig,
-    epochs: &[(SplitMetrics, f64)],
+    dir: &Path, config: &ExperimentConfig, epochs: &[(SplitMetrics, f64)],
 ) -> Result<Vec<PathBuf>, String> {
     let mut written = Vec::new();
     let mut csv = format!("{SPLIT_CSV_HEADER}\n");

@@ -44,11 +44,7 @@ impl Uplink {
     /// Encodes client `client`'s update `delta` of round `round` (random choices from the
     /// experiment seed `seed`).
     pub fn encode(
-        &mut self,
-        delta: &[f32],
-        seed: u64,
-        client: NodeId,
-        round: u32,
+        &mut self, delta: &[f32], seed: u64, client: NodeId, round: u32,
     ) -> EngineResult<Vec<u8>> {
         let c = &self.compression;
         let mut rng = seed::rng(
@@ -74,10 +70,7 @@ impl Uplink {
 /// The request to train from `params` in round `round`: the model in f32, or compressed with
 /// `downlink` (random choices seeded by the experiment seed and the round).
 pub fn model_request(
-    round: u32,
-    params: &[f32],
-    downlink: Option<&Compression>,
-    experiment_seed: u64,
+    round: u32, params: &[f32], downlink: Option<&Compression>, experiment_seed: u64,
 ) -> EngineResult<Msg> {
     Ok(match downlink {
         Some(c) => {

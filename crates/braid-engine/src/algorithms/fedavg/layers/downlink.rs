@@ -62,10 +62,7 @@ impl ServerCopy {
     /// Moves the copy to round `round` by the compressed change towards `params` (the global
     /// model); a second call for the same round changes nothing.
     pub(in crate::algorithms::fedavg) fn advance(
-        &mut self,
-        round: u32,
-        params: &[f32],
-        experiment_seed: u64,
+        &mut self, round: u32, params: &[f32], experiment_seed: u64,
     ) -> EngineResult {
         if round == self.round {
             return Ok(());
@@ -174,9 +171,7 @@ impl ClientCopy {
 
     /// The whole copy of round `round` arrived.
     pub(in crate::algorithms::fedavg) fn replace(
-        &mut self,
-        round: u32,
-        params: &[f32],
+        &mut self, round: u32, params: &[f32],
     ) -> Result<(), String> {
         if params.len() != self.copy.len() {
             return Err(format!(
@@ -193,10 +188,7 @@ impl ClientCopy {
     /// Applies round `round`'s change to the copy of round `base` (a change already applied,
     /// asked again, is not applied twice); returns the model to train from.
     pub(in crate::algorithms::fedavg) fn apply(
-        &mut self,
-        round: u32,
-        base: u32,
-        delta: &[u8],
+        &mut self, round: u32, base: u32, delta: &[u8],
     ) -> Result<&[f32], String> {
         if self.round == round {
             return Ok(&self.copy);

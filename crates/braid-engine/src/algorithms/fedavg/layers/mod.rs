@@ -88,10 +88,7 @@ pub trait ServerLayer: Send {
     /// optimizer), or `None` to leave combining to the next layer (and finally to the
     /// sample-weighted mean).
     fn combine(
-        &mut self,
-        _round: u32,
-        _global: &[f32],
-        _replies: &[(NodeId, &Reply)],
+        &mut self, _round: u32, _global: &[f32], _replies: &[(NodeId, &Reply)],
     ) -> Option<EngineResult<Vec<f32>>> {
         None
     }

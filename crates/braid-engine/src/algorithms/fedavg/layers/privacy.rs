@@ -63,11 +63,7 @@ impl DpServer {
     /// round (experiment seed `seed`); under DP-SGD, accounting each client's steps at
     /// sampling rate `batch_size` over its sample count.
     pub fn new(
-        config: PrivacyConfig,
-        per_round: usize,
-        total_clients: usize,
-        batch_size: usize,
-        seed: u64,
+        config: PrivacyConfig, per_round: usize, total_clients: usize, batch_size: usize, seed: u64,
     ) -> Self {
         Self {
             config,
@@ -159,10 +155,7 @@ impl ServerLayer for DpServer {
     /// clients asked per round, added to the global model. DP-SGD leaves combining to the
     /// next layer.
     fn combine(
-        &mut self,
-        round: u32,
-        global: &[f32],
-        replies: &[(NodeId, &Reply)],
+        &mut self, round: u32, global: &[f32], replies: &[(NodeId, &Reply)],
     ) -> Option<EngineResult<Vec<f32>>> {
         if self.config.mode == DpMode::DpSgd {
             return None;
@@ -273,10 +266,7 @@ impl ServerLayer for DpServer {
 
 impl DpServer {
     fn private_mean(
-        &mut self,
-        round: u32,
-        global: &[f32],
-        replies: &[(NodeId, &Reply)],
+        &mut self, round: u32, global: &[f32], replies: &[(NodeId, &Reply)],
     ) -> EngineResult<Vec<f32>> {
         let mut sum = vec![0f32; global.len()];
         for (id, r) in replies {

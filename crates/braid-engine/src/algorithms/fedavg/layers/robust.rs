@@ -29,10 +29,7 @@ impl Robust {
 
 impl ServerLayer for Robust {
     fn combine(
-        &mut self,
-        round: u32,
-        global: &[f32],
-        replies: &[(NodeId, &Reply)],
+        &mut self, round: u32, global: &[f32], replies: &[(NodeId, &Reply)],
     ) -> Option<EngineResult<Vec<f32>>> {
         // Robust rules combine updates (trained minus global parameters).
         let combined = || {

@@ -76,11 +76,7 @@ fn setup(e: SecAggError) -> EngineError {
 
 impl SecRound {
     pub(in crate::algorithms::fedavg) fn new(
-        round: u32,
-        settings: SecureSettings,
-        len: usize,
-        chosen: Vec<NodeId>,
-        restarts: u32,
+        round: u32, settings: SecureSettings, len: usize, chosen: Vec<NodeId>, restarts: u32,
     ) -> EngineResult<Self> {
         Ok(Self {
             server: secagg::Server::new(round, settings.threshold, len + STATS).map_err(setup)?,
@@ -122,12 +118,7 @@ impl FedAvgServer {
 
     /// A secure-aggregation message from a client.
     pub(in crate::algorithms::fedavg) fn on_secagg(
-        &mut self,
-        from: NodeId,
-        round: u32,
-        body: &[u8],
-        bytes: u64,
-        ctx: &mut FedCtx<'_>,
+        &mut self, from: NodeId, round: u32, body: &[u8], bytes: u64, ctx: &mut FedCtx<'_>,
     ) -> EngineResult {
         let reject = EngineError::rejecter(SERVER, from, "secagg");
         if round != self.round {
@@ -184,9 +175,7 @@ impl FedAvgServer {
 
     /// A deadline of a secure round.
     pub(in crate::algorithms::fedavg) fn secure_deadline(
-        &mut self,
-        t: u64,
-        ctx: &mut FedCtx<'_>,
+        &mut self, t: u64, ctx: &mut FedCtx<'_>,
     ) -> EngineResult {
         let (Some(sr), Some(settings)) = (self.sec.as_ref(), self.secure) else {
             return Ok(());
@@ -304,11 +293,7 @@ impl FedAvgServer {
 
     /// Ends a secure round from the unmasked sum of the survivors' inputs.
     fn close_secure_round(
-        &mut self,
-        ctx: &mut FedCtx<'_>,
-        sum: &[u64],
-        survivors: &[ClientId],
-        stragglers: usize,
+        &mut self, ctx: &mut FedCtx<'_>, sum: &[u64], survivors: &[ClientId], stragglers: usize,
     ) -> EngineResult {
         let Some(settings) = self.secure else {
             return Ok(());
@@ -367,12 +352,7 @@ impl FedAvgClient {
 
     /// After training in round `round`: keeps the input and sends the keys.
     pub(in crate::algorithms::fedavg) fn secure_start(
-        &mut self,
-        round: u32,
-        update: &[f32],
-        samples: u64,
-        steps: u32,
-        train_loss: f32,
+        &mut self, round: u32, update: &[f32], samples: u64, steps: u32, train_loss: f32,
         ctx: &mut FedCtx<'_>,
     ) -> EngineResult {
         let Some(settings) = self.secure else {
@@ -409,10 +389,7 @@ impl FedAvgClient {
 
     /// A secure-aggregation step from the server.
     pub(in crate::algorithms::fedavg) fn on_secagg(
-        &mut self,
-        round: u32,
-        body: &[u8],
-        ctx: &mut FedCtx<'_>,
+        &mut self, round: u32, body: &[u8], ctx: &mut FedCtx<'_>,
     ) -> EngineResult {
         let reject = EngineError::rejecter(self.id, SERVER, "secagg");
         let Some(settings) = self.secure else {
