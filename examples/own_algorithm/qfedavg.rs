@@ -20,7 +20,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use braid::braid_core::params::weighted_mean;
-use braid::braid_core::seed;
 use braid::braid_core::server_opt::ServerOptimizer;
 use braid::braid_engine::algorithms::{common, fedavg};
 use braid::prelude::*;
@@ -331,18 +330,9 @@ impl Node for Client {
         let params = model.into_values().map_err(reject)?;
         check_params(&params, self.num_params).map_err(reject)?;
         // The same seeds and learning-rate schedule as braid's FedAvg clients.
-        let s = seed::derive(
-            self.seed,
-            &[
-                seed::stream::LOCAL_TRAIN,
-                u64::from(round),
-                u64::from(self.id),
-            ],
-        );
-        let progress = f64::from(round.saturating_sub(1)) / f64::from(self.rounds);
-        let out = ctx
-            .trainer
-            .train(&params, &self.shard, s, self.lr_schedule.factor(progress))?;
+        let (s, lr_scale) =
+            fedavg::local_training(self.seed, self.id, round, self.rounds, &self.lr_schedule);
+        let out = ctx.trainer.train(&params, &self.shard, s, lr_scale)?;
         ctx.send(
             0,
             QMsg::Update {

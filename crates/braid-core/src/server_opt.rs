@@ -30,35 +30,9 @@ pub enum ServerOptimizerConfig {
         momentum: f32,
     },
     /// FedAdam: Adam moments of `delta`, `x <- x + lr m / (sqrt(v) + tau)`.
-    Adam {
-        /// Server learning rate.
-        #[serde(default = "default_adaptive_lr")]
-        lr: f32,
-        /// First-moment decay.
-        #[serde(default = "default_beta1")]
-        beta1: f32,
-        /// Second-moment decay.
-        #[serde(default = "default_beta2")]
-        beta2: f32,
-        /// Adaptivity (the epsilon of Adam).
-        #[serde(default = "default_tau")]
-        tau: f32,
-    },
+    Adam(Adaptive),
     /// FedYogi: like FedAdam with Yogi's additive second-moment update.
-    Yogi {
-        /// Server learning rate.
-        #[serde(default = "default_adaptive_lr")]
-        lr: f32,
-        /// First-moment decay.
-        #[serde(default = "default_beta1")]
-        beta1: f32,
-        /// Second-moment decay.
-        #[serde(default = "default_beta2")]
-        beta2: f32,
-        /// Adaptivity (the epsilon of Adam).
-        #[serde(default = "default_tau")]
-        tau: f32,
-    },
+    Yogi(Adaptive),
     /// DiLoCo's outer optimizer: SGD with Nesterov momentum on `g = -delta`.
     Nesterov {
         /// Outer learning rate (DiLoCo: 0.7).
@@ -68,6 +42,24 @@ pub enum ServerOptimizerConfig {
         #[serde(default = "default_momentum")]
         momentum: f32,
     },
+}
+
+/// The hyper-parameters of FedAdam and FedYogi.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Adaptive {
+    /// Server learning rate.
+    #[serde(default = "default_adaptive_lr")]
+    pub lr: f32,
+    /// First-moment decay.
+    #[serde(default = "default_beta1")]
+    pub beta1: f32,
+    /// Second-moment decay.
+    #[serde(default = "default_beta2")]
+    pub beta2: f32,
+    /// Adaptivity (the epsilon of Adam).
+    #[serde(default = "default_tau")]
+    pub tau: f32,
 }
 
 fn one() -> f32 {
@@ -123,22 +115,11 @@ impl ServerOptimizerConfig {
                 pos("lr", lr)?;
                 unit("momentum", momentum)
             }
-            Self::Adam {
-                lr,
-                beta1,
-                beta2,
-                tau,
-            }
-            | Self::Yogi {
-                lr,
-                beta1,
-                beta2,
-                tau,
-            } => {
-                pos("lr", lr)?;
-                unit("beta1", beta1)?;
-                unit("beta2", beta2)?;
-                pos("tau", tau)
+            Self::Adam(a) | Self::Yogi(a) => {
+                pos("lr", a.lr)?;
+                unit("beta1", a.beta1)?;
+                unit("beta2", a.beta2)?;
+                pos("tau", a.tau)
             }
         }
     }
@@ -214,19 +195,14 @@ impl ServerOptimizer {
                     *xi += lr * *buf;
                 }
             }
-            ServerOptimizerConfig::Adam {
-                lr,
-                beta1,
-                beta2,
-                tau,
-            }
-            | ServerOptimizerConfig::Yogi {
-                lr,
-                beta1,
-                beta2,
-                tau,
-            } => {
-                let yogi = matches!(self.config, ServerOptimizerConfig::Yogi { .. });
+            ServerOptimizerConfig::Adam(a) | ServerOptimizerConfig::Yogi(a) => {
+                let Adaptive {
+                    lr,
+                    beta1,
+                    beta2,
+                    tau,
+                } = a;
+                let yogi = matches!(self.config, ServerOptimizerConfig::Yogi(_));
                 for i in 0..n {
                     let d = mean[i] - x[i];
                     self.m[i] = beta1 * self.m[i] + (1.0 - beta1) * d;
@@ -290,12 +266,12 @@ mod tests {
 
     #[test]
     fn adam_moves_toward_mean_by_about_lr() {
-        let mut opt = ServerOptimizer::new(ServerOptimizerConfig::Adam {
+        let mut opt = ServerOptimizer::new(ServerOptimizerConfig::Adam(Adaptive {
             lr: 0.1,
             beta1: 0.9,
             beta2: 0.99,
             tau: 1e-3,
-        });
+        }));
         let mut x = vec![0.0, 0.0];
         opt.step(&mut x, &[1.0, -1.0]).unwrap();
         // m = 0.1 d, v = 0.01 d^2 -> step = lr * 0.1 / (0.1 + tau) ~ lr
@@ -305,15 +281,33 @@ mod tests {
 
     #[test]
     fn yogi_moves_toward_mean() {
-        let mut opt = ServerOptimizer::new(ServerOptimizerConfig::Yogi {
+        let mut opt = ServerOptimizer::new(ServerOptimizerConfig::Yogi(Adaptive {
             lr: 0.1,
             beta1: 0.9,
             beta2: 0.99,
             tau: 1e-3,
-        });
+        }));
         let mut x = vec![0.0];
         opt.step(&mut x, &[2.0]).unwrap();
         assert!(x[0] > 0.0);
+    }
+
+    #[test]
+    fn adaptive_optimizers_read_their_table_with_defaults_and_refuse_other_fields() {
+        let read = |s: &str| toml::from_str::<ServerOptimizerConfig>(s);
+        let want = Adaptive {
+            lr: 0.5,
+            beta1: 0.9,
+            beta2: 0.99,
+            tau: 1e-3,
+        };
+        let yogi = read("kind = \"yogi\"\nlr = 0.5").unwrap();
+        assert_eq!(yogi, ServerOptimizerConfig::Yogi(want));
+        let written = toml::to_string(&yogi).unwrap();
+        assert!(written.contains("kind = \"yogi\""), "{written}");
+        assert!(written.contains("beta2 = "), "{written}");
+        let e = read("kind = \"adam\"\nmomentum = 0.5").unwrap_err();
+        assert!(e.to_string().contains("unknown field `momentum`"), "{e}");
     }
 
     #[test]

@@ -85,6 +85,20 @@ impl<R> Default for SimOutcome<R> {
 }
 
 impl<R> SimOutcome<R> {
+    /// Adds the compute node `node` spent on the inputs of one step, each with the round of
+    /// the message that caused it.
+    pub fn add_compute(&mut self, node: NodeId, spent: &[(Option<u64>, Compute)]) {
+        for (round, c) in spent {
+            if let Some(total) = self.compute.get_mut(node as usize) {
+                total.add(c);
+            }
+            self.compute_by_round
+                .entry((node, *round))
+                .or_default()
+                .add(c);
+        }
+    }
+
     /// Records an event a node emitted `wall` seconds into the run.
     pub fn record(&mut self, event: Event<R>, wall: f64) {
         match event {
@@ -222,16 +236,7 @@ impl<M: Message, R: Metrics, T: TrainerObject + ?Sized> Simulator<M, R, T> {
         while !tasks.is_empty() {
             let outputs = self.run_tasks(tasks)?;
             for (from, out) in outputs {
-                for (round, c) in &out.compute {
-                    if let Some(total) = outcome.compute.get_mut(from as usize) {
-                        total.add(c);
-                    }
-                    outcome
-                        .compute_by_round
-                        .entry((from, *round))
-                        .or_default()
-                        .add(c);
-                }
+                outcome.add_compute(from, &out.compute);
                 for (token, after) in out.deadlines {
                     timers.push(Reverse((now + after, seq, from, token)));
                     seq += 1;

@@ -345,16 +345,7 @@ impl<M: Message, R: Metrics, T: crate::trainer::TrainerObject + ?Sized> Simulato
             (m0, e0, d0) = (mark.outbox, mark.events, mark.deadlines);
         }
         st.free_at[f] = free;
-        for (round, c) in &out.compute {
-            if let Some(total) = outcome.compute.get_mut(f) {
-                total.add(c);
-            }
-            outcome
-                .compute_by_round
-                .entry((from, *round))
-                .or_default()
-                .add(c);
-        }
+        outcome.add_compute(from, &out.compute);
         Ok(())
     }
 }

@@ -43,15 +43,8 @@ pub struct FedProx;
 /// One client holding all training data: the reference every federated run is compared with.
 pub struct Centralized;
 
-/// The features the FedAvg family accepts.
-const FEDAVG_FEATURES: &[Feature] = &[
-    Feature::Compression,
-    Feature::Privacy,
-    Feature::Attack,
-    Feature::SecureAggregation,
-    Feature::RobustAggregation,
-    Feature::Latency,
-];
+/// The features the FedAvg family accepts: all of them.
+const FEDAVG_FEATURES: &[Feature] = &Feature::ALL;
 
 /// Checks the settings of FedAvg, FedProx and the centralized baseline.
 fn settings(c: &ExperimentConfig, variant: Variant) -> Result<FedAvgSettings, Invalid> {

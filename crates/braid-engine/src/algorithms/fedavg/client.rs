@@ -51,6 +51,24 @@ pub struct FedAvgClient {
     pub(in crate::algorithms::fedavg) copy: Option<downlink::ClientCopy>,
 }
 
+/// The batch-order seed and learning-rate scale of client `client`'s local training in round
+/// `round` of `rounds` (experiment seed `seed`, schedule `schedule` over the rounds): the
+/// FedAvg family's convention, for algorithms that want to train as its clients do.
+pub fn local_training(
+    seed: u64, client: NodeId, round: u32, rounds: u32, schedule: &LrSchedule,
+) -> (u64, f64) {
+    let s = seed::derive(
+        seed,
+        &[
+            seed::stream::LOCAL_TRAIN,
+            u64::from(round),
+            u64::from(client),
+        ],
+    );
+    let progress = f64::from(round.saturating_sub(1)) / f64::from(rounds);
+    (s, schedule.factor(progress))
+}
+
 impl FedAvgClient {
     /// Client `id` holding training samples `shard`, training at the configured learning rate.
     pub fn new(id: NodeId, shard: Arc<Vec<usize>>, seed: u64) -> Self {
@@ -216,16 +234,8 @@ impl Node for FedAvgClient {
                 })
             }
         };
-        let s = seed::derive(
-            self.seed,
-            &[
-                seed::stream::LOCAL_TRAIN,
-                u64::from(round),
-                u64::from(self.id),
-            ],
-        );
-        let progress = f64::from(round.saturating_sub(1)) / f64::from(self.rounds);
-        let lr_scale = self.lr_schedule.factor(progress);
+        let (s, lr_scale) =
+            local_training(self.seed, self.id, round, self.rounds, &self.lr_schedule);
         let mut out = if self.update_layers().any(|l| l.flips_labels()) {
             ctx.trainer
                 .label_flipper()

@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use braid_core::server_opt::{ServerOptimizer, ServerOptimizerConfig};
 
-use crate::node::{check_params, EngineError, EngineResult, Metrics, NodeCtx, NodeState};
-use crate::wire::NodeId;
+use crate::node::{check_params, EngineError, EngineResult, Event, Metrics, NodeCtx, NodeState};
+use crate::wire::{Control, NodeId};
 
 pub mod algorithm;
 mod client;
@@ -30,7 +30,7 @@ mod msg;
 mod report;
 mod server;
 pub use algorithm::{Centralized, FedAvg, FedProx};
-pub use client::FedAvgClient;
+pub use client::{local_training, FedAvgClient};
 pub use layers::compression::model_request;
 pub use layers::secure::{SecureSettings, MAX_RESTARTS};
 pub use msg::Msg;
@@ -126,6 +126,17 @@ pub struct ServerConfig {
     pub min_replies: usize,
     /// How the round's updates are combined.
     pub aggregator: braid_core::robust::Aggregator,
+}
+
+/// Ends a server's run: reports the final model `params` and tells every client that the run
+/// ended after round `round`.
+pub(crate) fn end_run(ctx: &mut FedCtx<'_>, params: &[f32], clients: &[NodeId], round: u32) {
+    ctx.emit(Event::Finished {
+        params: params.to_vec(),
+    });
+    for &c in clients {
+        ctx.send_control(c, Control::Shutdown { round });
+    }
 }
 
 /// A server's checkpoint: `meta` (with `completed_rounds`), the global model and the server

@@ -2,15 +2,14 @@
 //! layers, steps the server optimizer, evaluates and reports each round.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-use braid_core::compress::{self, Compression};
+use braid_core::compress::Compression;
 use braid_core::params::weighted_mean;
 use braid_core::seed;
 use braid_core::server_opt::ServerOptimizer;
 use rand::seq::index::sample;
 
-use super::layers::compression::model_request;
+use super::layers::compression::{answer, model_request, Answer, Update};
 use super::layers::privacy::DpServer;
 use super::layers::{self, downlink, secure, Reply, ServerLayer};
 use super::{restore_server, server_state};
@@ -18,7 +17,7 @@ use super::{FedCtx, FedTrainer, Msg, RoundMetrics, SecureSettings, ServerConfig,
 use crate::config::PrivacyConfig;
 use crate::error::Invalid;
 use crate::node::{check_params, EngineError, EngineResult, Event, Node, NodeState};
-use crate::wire::{Control, NodeId, Tensor};
+use crate::wire::NodeId;
 
 /// What a round's aggregation reports besides the average.
 pub(in crate::algorithms::fedavg) struct Aggregated {
@@ -220,17 +219,7 @@ impl FedAvgServer {
 
     /// Ends the run: reports the final model and tells every client.
     pub(in crate::algorithms::fedavg) fn finish(&mut self, ctx: &mut FedCtx<'_>) {
-        ctx.emit(Event::Finished {
-            params: self.params.clone(),
-        });
-        for &c in &self.clients {
-            ctx.send_control(
-                c,
-                Control::Shutdown {
-                    round: self.completed,
-                },
-            );
-        }
+        super::end_run(ctx, &self.params, &self.clients, self.completed);
         self.done = true;
     }
 
@@ -401,44 +390,29 @@ impl Node for FedAvgServer {
                 "secure aggregation is on: updates come only as secagg messages".into(),
             ));
         }
-        let (round, num_samples, steps, train_loss, params) = match msg {
-            Msg::Reply {
-                round,
-                num_samples,
-                steps,
-                train_loss,
-                update: Tensor::Exact(params),
-            } => {
-                let params = Arc::try_unwrap(params).unwrap_or_else(|p| (*p).clone());
-                match &self.copy {
-                    // Trained from the clients' copy: the update applies to the exact model.
-                    Some(copy) if params.len() == self.params.len() => {
-                        let params = params
-                            .iter()
-                            .zip(copy.copy())
-                            .zip(&self.params)
-                            .map(|((t, c), p)| p + (t - c))
-                            .collect();
-                        (round, num_samples, steps, train_loss, params)
-                    }
-                    _ => (round, num_samples, steps, train_loss, params),
-                }
+        let Answer {
+            round,
+            num_samples,
+            steps,
+            train_loss,
+            update,
+        } = answer(msg, self.params.len())
+            .map_err(|e| reject(format!("update: {e}")))?
+            .ok_or_else(|| reject("the server only accepts train replies".into()))?;
+        let params = match (update, &self.copy) {
+            // Trained from the clients' copy: the update applies to the exact model.
+            (Update::Trained(params), Some(copy)) if params.len() == self.params.len() => params
+                .iter()
+                .zip(copy.copy())
+                .zip(&self.params)
+                .map(|((t, c), p)| p + (t - c))
+                .collect(),
+            (Update::Trained(params), _) => params,
+            // The update applies to the exact global model (clients may have trained from a
+            // compressed copy of it).
+            (Update::Delta(delta), _) => {
+                self.params.iter().zip(&delta).map(|(p, d)| p + d).collect()
             }
-            Msg::Reply {
-                round,
-                num_samples,
-                steps,
-                train_loss,
-                update: Tensor::Packed(update),
-            } => {
-                // The update applies to the exact global model (clients may have trained
-                // from a compressed copy of it).
-                let delta = compress::decode(&update, self.params.len())
-                    .map_err(|e| reject(format!("update: {e}")))?;
-                let params = self.params.iter().zip(&delta).map(|(p, d)| p + d).collect();
-                (round, num_samples, steps, train_loss, params)
-            }
-            _ => return Err(reject("the server only accepts train replies".into())),
         };
         if round != self.round {
             return Err(reject(format!(

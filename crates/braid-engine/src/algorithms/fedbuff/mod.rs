@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use super::common;
 use super::fedavg::algorithm::build_family;
+use super::fedavg::layers::compression::{answer, Answer, Update};
 use super::fedavg::{
     model_request, restore_server, server_state, FedCtx, Msg, RoundMetrics, ServerConfig, SERVER,
 };
@@ -41,7 +42,7 @@ use crate::error::Invalid;
 use crate::node::{check_params, BoxNode, EngineError, EngineResult, Event, Node, NodeState};
 use crate::prepared::Prepared;
 use crate::sim::Timing;
-use crate::wire::{Control, Message as _, NodeId, Tensor, HEADER};
+use crate::wire::{Message as _, NodeId, Tensor, HEADER};
 
 /// How an update's weight falls with its staleness `tau`.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
@@ -278,17 +279,7 @@ impl FedBuffServer {
             )),
         }));
         if last {
-            ctx.emit(Event::Finished {
-                params: self.params.clone(),
-            });
-            for &c in &self.clients {
-                ctx.send_control(
-                    c,
-                    Control::Shutdown {
-                        round: self.version,
-                    },
-                );
-            }
+            super::fedavg::end_run(ctx, &self.params, &self.clients, self.version);
             self.done = true;
         }
         Ok(())
@@ -332,31 +323,22 @@ impl Node for FedBuffServer {
             .get(&version)
             .cloned()
             .ok_or_else(|| reject("no model of the version this client was sent".into()))?;
-        let (round, samples, steps, train_loss, delta) = match msg {
-            Msg::Reply {
-                round,
-                num_samples,
-                steps,
-                train_loss,
-                update: Tensor::Exact(params),
-            } => {
+        let Answer {
+            round,
+            num_samples: samples,
+            steps,
+            train_loss,
+            update,
+        } = answer(msg, self.params.len())
+            .map_err(|e| reject(format!("update: {e}")))?
+            .ok_or_else(|| reject("the server only accepts train replies".into()))?;
+        let delta = match update {
+            Update::Trained(params) => {
                 check_params(&params, self.params.len())
                     .map_err(|why| reject(format!("update: {why}")))?;
-                let delta = braid_core::params::sub(&params, &model)?;
-                (round, num_samples, steps, train_loss, delta)
+                braid_core::params::sub(&params, &model)?
             }
-            Msg::Reply {
-                round,
-                num_samples,
-                steps,
-                train_loss,
-                update: Tensor::Packed(update),
-            } => {
-                let delta = compress::decode(&update, self.params.len())
-                    .map_err(|e| reject(format!("update: {e}")))?;
-                (round, num_samples, steps, train_loss, delta)
-            }
-            _ => return Err(reject("the server only accepts train replies".into())),
+            Update::Delta(delta) => delta,
         };
         if round != version + 1 {
             return Err(reject(format!(

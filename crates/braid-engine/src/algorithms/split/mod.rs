@@ -223,6 +223,31 @@ impl Metrics for SplitMetrics {
 /// Per asked client: its labels and activations, once they arrive.
 type Activations = BTreeMap<NodeId, Option<(Vec<u8>, Vec<f32>)>>;
 
+/// Every answer, taken out, once every client asked has answered.
+fn take_if_complete<T>(
+    waiting: &mut BTreeMap<NodeId, Option<T>>,
+) -> Option<BTreeMap<NodeId, Option<T>>> {
+    waiting
+        .values()
+        .all(Option::is_some)
+        .then(|| std::mem::take(waiting))
+}
+
+/// The empty slot of `from`'s answer for step `s`, while the server waits on step `step`; why
+/// the answer is refused otherwise.
+fn answer_slot<T>(
+    waiting: &mut BTreeMap<NodeId, Option<T>>, from: NodeId, s: u64, step: u64,
+) -> Result<&mut Option<T>, String> {
+    if s != step {
+        return Err(format!("for step {s}, the current step is {step}"));
+    }
+    match waiting.get_mut(&from) {
+        None => Err(format!("node {from} was not asked in step {step}")),
+        Some(Some(_)) => Err(format!("a second answer for step {step}")),
+        Some(slot) => Ok(slot),
+    }
+}
+
 enum Phase {
     /// Waiting for activations.
     Forward(Activations),
@@ -393,6 +418,14 @@ impl SplitServer {
     }
 
     /// Every activation is in: run the server part and send back the gradients.
+    /// Counts `bytes` received from client `from` in this step.
+    fn counted_up(&mut self, from: NodeId, bytes: u64) {
+        self.totals.bytes_up += bytes;
+        if let Some(l) = self.legs.get_mut(&from) {
+            l.bytes_up = bytes;
+        }
+    }
+
     fn server_step(&mut self, got: Activations, ctx: &mut SplitCtx<'_>) -> EngineResult {
         let (mut labels, mut acts, mut rows) = (Vec::new(), Vec::new(), Vec::new());
         for (node, reply) in got {
@@ -662,15 +695,7 @@ impl Node for SplitServer {
                 Phase::Forward(waiting),
             ) => {
                 let acts = acts.into_values().map_err(&reject)?;
-                if s != step {
-                    return Err(reject(format!("for step {s}, the current step is {step}")));
-                }
-                let Some(slot) = waiting.get_mut(&from) else {
-                    return Err(reject(format!("node {from} was not asked in step {step}")));
-                };
-                if slot.is_some() {
-                    return Err(reject(format!("a second answer for step {step}")));
-                }
+                let slot = answer_slot(waiting, from, s, step).map_err(&reject)?;
                 let asked = self.plan[self.t][from as usize - 1];
                 let f = self.settings.cut_features;
                 if labels.len() != asked {
@@ -686,38 +711,18 @@ impl Node for SplitServer {
                     )));
                 }
                 *slot = Some((labels, acts));
-                self.totals.bytes_up += bytes;
-                if let Some(l) = self.legs.get_mut(&from) {
-                    l.bytes_up = bytes;
-                }
-                if waiting.values().all(Option::is_some) {
-                    let got = std::mem::take(waiting);
-                    self.server_step(got, ctx)?;
-                }
-                Ok(())
+                let got = take_if_complete(waiting);
+                self.counted_up(from, bytes);
+                got.map_or(Ok(()), |got| self.server_step(got, ctx))
             }
             (Msg::ClientGrad { step: s, grad }, Phase::Backward(waiting)) => {
                 let grad = grad.into_values().map_err(&reject)?;
-                if s != step {
-                    return Err(reject(format!("for step {s}, the current step is {step}")));
-                }
-                let Some(slot) = waiting.get_mut(&from) else {
-                    return Err(reject(format!("node {from} was not asked in step {step}")));
-                };
-                if slot.is_some() {
-                    return Err(reject(format!("a second answer for step {step}")));
-                }
+                let slot = answer_slot(waiting, from, s, step).map_err(&reject)?;
                 check_params(&grad, self.client_params.len()).map_err(reject)?;
                 *slot = Some(grad);
-                self.totals.bytes_up += bytes;
-                if let Some(l) = self.legs.get_mut(&from) {
-                    l.bytes_up = bytes;
-                }
-                if waiting.values().all(Option::is_some) {
-                    let got = std::mem::take(waiting);
-                    self.client_step(got, ctx)?;
-                }
-                Ok(())
+                let got = take_if_complete(waiting);
+                self.counted_up(from, bytes);
+                got.map_or(Ok(()), |got| self.client_step(got, ctx))
             }
             (m, _) => Err(reject(format!("unexpected {} in step {step}", m.kind()))),
         }

@@ -8,6 +8,8 @@
 //! secure aggregation's uplink ([`super::secure::check`]); what each algorithm takes is
 //! checked by `algorithms::common::check_compression`.
 
+use std::sync::Arc;
+
 use braid_core::compress::{self, Compression, ErrorFeedback, Sparsify};
 use braid_core::lowrank::{Block, PowerSgd};
 use braid_core::seed;
@@ -16,6 +18,60 @@ use crate::algorithms::fedavg::{Msg, SERVER};
 use crate::config::CompressionConfig;
 use crate::node::{EngineError, EngineResult};
 use crate::wire::{NodeId, Tensor};
+
+/// A client's train reply, as a server reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    /// The round answered.
+    pub round: u32,
+    /// The client's training samples.
+    pub num_samples: u64,
+    /// Its local optimizer steps.
+    pub steps: u32,
+    /// Its mean local training loss.
+    pub train_loss: f32,
+    /// What it trained.
+    pub update: Update,
+}
+
+/// The update a train reply carries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Update {
+    /// The trained parameters, exactly.
+    Trained(Vec<f32>),
+    /// The change from the model the client trained from (`compression.uplink`), unpacked.
+    Delta(Vec<f32>),
+}
+
+/// Reads `msg` as a train reply for a model of `len` parameters: `None` if it is another
+/// kind, an error if its packed update does not unpack to `len` values.
+pub fn answer(msg: Msg, len: usize) -> Result<Option<Answer>, String> {
+    let Msg::Reply {
+        round,
+        num_samples,
+        steps,
+        train_loss,
+        update,
+    } = msg
+    else {
+        return Ok(None);
+    };
+    let update = match update {
+        Tensor::Exact(params) => {
+            Update::Trained(Arc::try_unwrap(params).unwrap_or_else(|p| (*p).clone()))
+        }
+        Tensor::Packed(bytes) => {
+            Update::Delta(compress::decode(&bytes, len).map_err(|e| e.to_string())?)
+        }
+    };
+    Ok(Some(Answer {
+        round,
+        num_samples,
+        steps,
+        train_loss,
+        update,
+    }))
+}
 
 /// A client's compressed way out for its update.
 pub struct Uplink {
