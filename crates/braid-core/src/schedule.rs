@@ -129,24 +129,21 @@ impl Budget {
                 r_start,
                 r_end,
                 point1,
-            } => {
-                r_ok("r_start", r_start)?;
-                r_ok("r_end", r_end)?;
-                p_ok("point1", point1)
             }
-            Self::Window {
+            | Self::Window {
                 r_start,
                 r_end,
                 point1,
-                width,
+                ..
             } => {
                 r_ok("r_start", r_start)?;
                 r_ok("r_end", r_end)?;
                 p_ok("point1", point1)?;
-                if width > 0.0 && width <= 1.0 {
-                    Ok(())
-                } else {
-                    Err(format!("budget.width must be in (0, 1] (got {width})"))
+                match *self {
+                    Self::Window { width, .. } if !(width > 0.0 && width <= 1.0) => {
+                        Err(format!("budget.width must be in (0, 1] (got {width})"))
+                    }
+                    _ => Ok(()),
                 }
             }
             Self::Linear { r_start, r_end } | Self::Cosine { r_start, r_end } => {

@@ -14,7 +14,7 @@ use futures::{AsyncRead, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::identity::Keypair;
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol};
+use libp2p::{Multiaddr, PeerId, StreamProtocol};
 
 use crate::codec::{read_ack, Ack, PROTOCOL};
 use crate::NetError;
@@ -87,24 +87,15 @@ pub fn send_raw(
         .build()
         .map_err(|e| io_err(&e))?;
     rt.block_on(async move {
-        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default(),
-                noise::Config::new,
-                yamux::Config::default,
+        let behaviour = |_: &Keypair| {
+            request_response::Behaviour::with_codec(
+                RawCodec,
+                [(PROTOCOL, ProtocolSupport::Outbound)],
+                request_response::Config::default().with_request_timeout(timeout),
             )
-            .map_err(|e| io_err(&e))?
-            .with_behaviour(|_| {
-                request_response::Behaviour::with_codec(
-                    RawCodec,
-                    [(PROTOCOL, ProtocolSupport::Outbound)],
-                    request_response::Config::default().with_request_timeout(timeout),
-                )
-            })
-            .map_err(|e| io_err(&e))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-            .build();
+        };
+        let mut swarm = crate::runtime::tcp_swarm(key, behaviour, Duration::from_secs(60))
+            .map_err(|e| io_err(&e))?;
         swarm.add_peer_address(peer, addr);
         let mut outcomes = Vec::with_capacity(streams.len());
         for bytes in streams {

@@ -447,35 +447,44 @@ fn node_loop(
     result.map(|halted| (events, rejected, compute, halted))
 }
 
-fn build_swarm(
-    key: Keypair, roster: &Roster, options: &RuntimeOptions,
-) -> Result<Swarm<Behaviour>, NetError> {
-    let io = |e: &dyn std::fmt::Display| NetError::Io(format!("cannot build the network: {e}"));
-    let max = options.max_message_bytes;
-    let timeout = options.request_timeout;
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+/// A swarm on braid's one transport (TCP, Noise, Yamux) with `behaviour`, closing
+/// connections idle for `idle`.
+pub(crate) fn tcp_swarm<B: NetworkBehaviour>(
+    key: Keypair, behaviour: impl FnOnce(&Keypair) -> B, idle: Duration,
+) -> Result<Swarm<B>, String> {
+    Ok(libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
             tcp::Config::default(),
             noise::Config::new,
             yamux::Config::default,
         )
-        .map_err(|e| io(&e))?
-        .with_behaviour(|key| Behaviour {
-            allow: allow_block_list::Behaviour::default(),
-            identify: identify::Behaviour::new(identify::Config::new(
-                "/braid/id/1".into(),
-                key.public(),
-            )),
-            msg: request_response::Behaviour::with_codec(
-                FrameCodec::new(max),
-                [(PROTOCOL, ProtocolSupport::Full)],
-                request_response::Config::default().with_request_timeout(timeout),
-            ),
-        })
-        .map_err(|e| io(&e))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
-        .build();
+        .map_err(|e| e.to_string())?
+        .with_behaviour(behaviour)
+        .map_err(|e| e.to_string())?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+        .build())
+}
+
+fn build_swarm(
+    key: Keypair, roster: &Roster, options: &RuntimeOptions,
+) -> Result<Swarm<Behaviour>, NetError> {
+    let io = |e: &dyn std::fmt::Display| NetError::Io(format!("cannot build the network: {e}"));
+    let max = options.max_message_bytes;
+    let timeout = options.request_timeout;
+    let behaviour = |key: &Keypair| Behaviour {
+        allow: allow_block_list::Behaviour::default(),
+        identify: identify::Behaviour::new(identify::Config::new(
+            "/braid/id/1".into(),
+            key.public(),
+        )),
+        msg: request_response::Behaviour::with_codec(
+            FrameCodec::new(max),
+            [(PROTOCOL, ProtocolSupport::Full)],
+            request_response::Config::default().with_request_timeout(timeout),
+        ),
+    };
+    let mut swarm = tcp_swarm(key, behaviour, Duration::from_secs(3600)).map_err(|e| io(&e))?;
     for (_, peer, addr) in roster.iter() {
         swarm.behaviour_mut().allow.allow_peer(peer);
         if let Some(a) = addr {

@@ -396,9 +396,7 @@ impl Node for FedAvgServer {
             steps,
             train_loss,
             update,
-        } = answer(msg, self.params.len())
-            .map_err(|e| reject(format!("update: {e}")))?
-            .ok_or_else(|| reject("the server only accepts train replies".into()))?;
+        } = answer(msg, self.params.len()).map_err(&reject)?;
         let params = match (update, &self.copy) {
             // Trained from the clients' copy: the update applies to the exact model.
             (Update::Trained(params), Some(copy)) if params.len() == self.params.len() => params

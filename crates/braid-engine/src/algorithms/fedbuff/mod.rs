@@ -329,9 +329,7 @@ impl Node for FedBuffServer {
             steps,
             train_loss,
             update,
-        } = answer(msg, self.params.len())
-            .map_err(|e| reject(format!("update: {e}")))?
-            .ok_or_else(|| reject("the server only accepts train replies".into()))?;
+        } = answer(msg, self.params.len()).map_err(&reject)?;
         let delta = match update {
             Update::Trained(params) => {
                 check_params(&params, self.params.len())

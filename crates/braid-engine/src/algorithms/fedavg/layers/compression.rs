@@ -43,9 +43,9 @@ pub enum Update {
     Delta(Vec<f32>),
 }
 
-/// Reads `msg` as a train reply for a model of `len` parameters: `None` if it is another
-/// kind, an error if its packed update does not unpack to `len` values.
-pub fn answer(msg: Msg, len: usize) -> Result<Option<Answer>, String> {
+/// Reads `msg` as a train reply for a model of `len` parameters; why it is refused if it is
+/// another kind or its packed update does not unpack to `len` values.
+pub fn answer(msg: Msg, len: usize) -> Result<Answer, String> {
     let Msg::Reply {
         round,
         num_samples,
@@ -54,23 +54,23 @@ pub fn answer(msg: Msg, len: usize) -> Result<Option<Answer>, String> {
         update,
     } = msg
     else {
-        return Ok(None);
+        return Err("the server only accepts train replies".into());
     };
     let update = match update {
         Tensor::Exact(params) => {
             Update::Trained(Arc::try_unwrap(params).unwrap_or_else(|p| (*p).clone()))
         }
         Tensor::Packed(bytes) => {
-            Update::Delta(compress::decode(&bytes, len).map_err(|e| e.to_string())?)
+            Update::Delta(compress::decode(&bytes, len).map_err(|e| format!("update: {e}"))?)
         }
     };
-    Ok(Some(Answer {
+    Ok(Answer {
         round,
         num_samples,
         steps,
         train_loss,
         update,
-    }))
+    })
 }
 
 /// A client's compressed way out for its update.
