@@ -25,7 +25,7 @@
 //!
 //! ```
 //! use braid_engine::algorithms::fedavg::FedTrainer;
-//! use braid_engine::node::EngineError;
+//! use braid_engine::node::EngineResult;
 //! use braid_engine::trainer::{Evaluate, Train, Trainer};
 //! use braid_nn::{EvalOutcome, TrainOutcome};
 //!
@@ -52,7 +52,7 @@
 //!
 //! ```compile_fail
 //! use braid_engine::algorithms::fedavg::FedTrainer;
-//! use braid_engine::node::EngineError;
+//! use braid_engine::node::EngineResult;
 //! use braid_engine::trainer::{Train, Trainer};
 //! use braid_nn::TrainOutcome;
 //!
