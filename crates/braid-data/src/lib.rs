@@ -2,11 +2,22 @@
 //!
 //! - [`idx`]: a strict reader for IDX files (the MNIST family's format), gzipped or not;
 //! - [`dataset`]: an in-memory labelled data set that hands out batches as `f32`;
+//! - [`cifar`]: CIFAR-10 and CIFAR-100 binary batches;
+//! - [`npy`]: NumPy's `.npy` arrays and `.npz` archives; [`arrays`]: data sets made of them;
+//! - [`csv_table`]: numeric CSV tables with a label column and an optional group column;
 //! - [`source`]: where data comes from: the bundled Fashion-MNIST subset, Debian's full
-//!   `dataset-fashion-mnist`, any IDX directory, or FedProx's Synthetic(alpha, beta) generator.
+//!   `dataset-fashion-mnist`, any IDX directory, the formats above, or FedProx's
+//!   Synthetic(alpha, beta) generator.
+//!
+//! Every reader checks a file's size against [`max_file_bytes`] before reading it, and what a
+//! header declares against what the file holds before allocating for it.
 
+pub mod arrays;
+pub mod cifar;
+pub mod csv_table;
 pub mod dataset;
 pub mod idx;
+pub mod npy;
 pub mod source;
 pub mod synthetic;
 
@@ -35,6 +46,26 @@ pub enum DataError {
         /// What is wrong.
         why: String,
     },
+    /// The file is not a valid file of its format.
+    #[error("{path}: not a valid {format} file: {why}")]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// The format expected.
+        format: &'static str,
+        /// What is wrong.
+        why: String,
+    },
+    /// The file is larger than a reader takes.
+    #[error("{path}: {size} bytes, more than the {max} a data file may have (see braid_data::max_file_bytes)")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
     /// Images and labels do not fit together.
     #[error("{0}")]
     Mismatch(String),
@@ -49,4 +80,45 @@ pub enum DataError {
         /// The rule it breaks.
         why: String,
     },
+}
+
+/// The most bytes one data file may hold, or unpack to: half the memory available now (from
+/// `/proc/meminfo`), 16 GiB where that cannot be read.
+pub fn max_file_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let line = m.lines().find(|l| l.starts_with("MemAvailable:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib.saturating_mul(1024) / 2)
+        })
+        .unwrap_or(16 << 30)
+}
+
+/// Reads a whole file of at most `max` bytes, checking its size before reading it.
+pub fn read_bounded(path: &std::path::Path, max: u64) -> Result<Vec<u8>, DataError> {
+    use std::io::Read;
+    let io = |source| DataError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let size = file.metadata().map_err(io)?.len();
+    if size > max {
+        return Err(DataError::TooLarge {
+            path: path.to_owned(),
+            size,
+            max,
+        });
+    }
+    let mut raw = Vec::with_capacity(size as usize);
+    file.take(max + 1).read_to_end(&mut raw).map_err(io)?;
+    if raw.len() as u64 > max {
+        return Err(DataError::TooLarge {
+            path: path.to_owned(),
+            size: raw.len() as u64,
+            max,
+        });
+    }
+    Ok(raw)
 }

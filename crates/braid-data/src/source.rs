@@ -4,6 +4,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::arrays::{NpyConfig, NpzConfig};
+use crate::cifar::CifarConfig;
+use crate::csv_table::CsvConfig;
 use crate::dataset::{DataSplit, Dataset, Features};
 use crate::idx::{parse_idx, read_idx, IdxArray};
 use crate::synthetic::{self, SyntheticConfig};
@@ -40,6 +43,14 @@ pub enum DataConfig {
     },
     /// FedProx's Synthetic(alpha, beta): each group has its own softmax model and input distribution.
     Synthetic(SyntheticConfig),
+    /// CIFAR-10 or CIFAR-100 binary files (32x32 colour images).
+    Cifar(CifarConfig),
+    /// A numeric CSV table for training and one for testing.
+    Csv(CsvConfig),
+    /// Four NumPy `.npy` arrays.
+    Npy(NpyConfig),
+    /// One NumPy `.npz` archive.
+    Npz(NpzConfig),
 }
 
 fn default_source() -> String {
@@ -99,36 +110,68 @@ impl FashionSource {
     }
 }
 
+impl DataConfig {
+    /// A short description for logs and reports.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::FashionMnist { source, .. } => FashionSource::resolve(source)
+                .map(|s| s.describe())
+                .unwrap_or_else(|_| source.clone()),
+            Self::Synthetic(c) => format!(
+                "Synthetic({}, {}) with {} groups",
+                c.alpha, c.beta, c.groups
+            ),
+            Self::Cifar(c) => format!("{} binary files in {}", c.set.name(), c.dir.display()),
+            Self::Csv(c) => format!("CSV tables {} and {}", c.train.display(), c.test.display()),
+            Self::Npy(c) => format!("NumPy arrays {} ...", c.train_features.display()),
+            Self::Npz(c) => format!("NumPy archive {}", c.path.display()),
+        }
+    }
+}
+
 /// Loads the data set named by `config`.
 pub fn load(config: &DataConfig, seed: u64) -> Result<DataSplit, DataError> {
+    let max = crate::max_file_bytes();
     match config {
         DataConfig::FashionMnist {
             source,
             train_limit,
             test_limit,
-        } => {
-            let mut split = load_fashion(&FashionSource::resolve(source)?)?;
-            for (limit, set, field) in [
-                (train_limit, &mut split.train, "train_limit"),
-                (test_limit, &mut split.test, "test_limit"),
-            ] {
-                if let Some(n) = *limit {
-                    if n == 0 || n > set.len() {
-                        return Err(DataError::BadConfig {
-                            field,
-                            why: format!(
-                                "{n} is not between 1 and the {} samples available",
-                                set.len()
-                            ),
-                        });
-                    }
-                    *set = set.select(&(0..n).collect::<Vec<_>>());
-                }
-            }
-            Ok(split)
-        }
+        } => limited(
+            load_fashion(&FashionSource::resolve(source)?)?,
+            *train_limit,
+            *test_limit,
+        ),
         DataConfig::Synthetic(c) => synthetic::generate(c, seed),
+        DataConfig::Cifar(c) => limited(c.set.load(&c.dir, max)?, c.train_limit, c.test_limit),
+        DataConfig::Csv(c) => c.load(max),
+        DataConfig::Npy(c) => c.load(max),
+        DataConfig::Npz(c) => c.load(max),
     }
+}
+
+/// Keeps the first `train_limit` training and `test_limit` test samples.
+fn limited(
+    mut split: DataSplit, train_limit: Option<usize>, test_limit: Option<usize>,
+) -> Result<DataSplit, DataError> {
+    for (limit, set, field) in [
+        (train_limit, &mut split.train, "train_limit"),
+        (test_limit, &mut split.test, "test_limit"),
+    ] {
+        if let Some(n) = limit {
+            if n == 0 || n > set.len() {
+                return Err(DataError::BadConfig {
+                    field,
+                    why: format!(
+                        "{n} is not between 1 and the {} samples available",
+                        set.len()
+                    ),
+                });
+            }
+            *set = set.select(&(0..n).collect::<Vec<_>>());
+        }
+    }
+    Ok(split)
 }
 
 /// Loads Fashion-MNIST from a source.

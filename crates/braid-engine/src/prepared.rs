@@ -48,17 +48,7 @@ pub struct Prepared {
 pub fn prepare_data(config: &ExperimentConfig, shards: usize) -> EngineResult<Prepared> {
     let data = braid_data::load(&config.data, config.seed)
         .map_err(|e| EngineError::Data(e.to_string()))?;
-    let data_description = match &config.data {
-        braid_data::DataConfig::FashionMnist { source, .. } => {
-            braid_data::FashionSource::resolve(source)
-                .map(|s| s.describe())
-                .unwrap_or_else(|_| source.clone())
-        }
-        braid_data::DataConfig::Synthetic(c) => format!(
-            "Synthetic({}, {}) with {} groups",
-            c.alpha, c.beta, c.groups
-        ),
-    };
+    let data_description = config.data.describe();
     let arch = Arch::new(
         config.model.name,
         data.train.sample_shape(),

@@ -1,0 +1,152 @@
+//! braid's data formats end to end: a config names a CSV table, CIFAR-format binary files or
+//! NumPy arrays in its `[data]` table, and FedAvg trains on them (generated here, small).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use braid_engine::algorithms::fedavg::FedAvg;
+use braid_engine::config::ExperimentConfig;
+use braid_engine::experiment;
+use rand::{Rng, SeedableRng};
+
+/// The final test accuracy of FedAvg run from `toml`.
+fn accuracy(toml: &str) -> f64 {
+    let c = ExperimentConfig::parse(toml, "test", &[]).unwrap_or_else(|e| panic!("{e}"));
+    let prepared = experiment::prepare(&c).unwrap_or_else(|e| panic!("{e}"));
+    let out = experiment::run::<FedAvg>(&prepared, &mut |_| {}).unwrap();
+    out.rows.last().and_then(|(m, _)| m.accuracy).unwrap()
+}
+
+/// Three classes of points around three centres in the plane, with a writer column.
+fn blobs(n: usize, seed: u64) -> String {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut s = String::from("x,y,label,writer\n");
+    for i in 0..n {
+        let l = i % 3;
+        let (cx, cy) = [(0.0, 3.0), (3.0, -2.0), (-3.0, -2.0)][l];
+        let (dx, dy): (f64, f64) = (rng.random_range(-1.0..1.0), rng.random_range(-1.0..1.0));
+        writeln!(s, "{},{},{l},{}", cx + dx, cy + dy, i % 6).unwrap();
+    }
+    s
+}
+
+#[test]
+fn fedavg_trains_on_csv_tables_partitioned_by_their_group_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, test) = (dir.path().join("train.csv"), dir.path().join("test.csv"));
+    std::fs::write(&train, blobs(300, 1)).unwrap();
+    std::fs::write(&test, blobs(90, 2)).unwrap();
+    let acc = accuracy(&format!(
+        r#"
+[data]
+dataset = "csv"
+train = {train:?}
+test = {test:?}
+group = "writer"
+[partition]
+clients = 6
+kind = "natural"
+[model]
+name = "mlp"
+[train]
+batch_size = 10
+optimizer = {{ name = "sgd", lr = 0.1 }}
+[algorithm]
+name = "fedavg"
+rounds = 5
+"#
+    ));
+    assert!(acc > 0.9, "accuracy {acc}");
+}
+
+/// `n` CIFAR records of four classes: a bright red, green or blue image, or a dark one.
+fn cifar_records(n: usize, seed: u64) -> Vec<u8> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut out = Vec::new();
+    for i in 0..n {
+        let l = (i % 4) as u8;
+        out.push(l);
+        for plane in 0..3u8 {
+            for _ in 0..1024 {
+                let base = if plane == l { 150 } else { 30 };
+                out.push(base + rng.random_range(0..60));
+            }
+        }
+    }
+    out
+}
+
+fn write_cifar10(dir: &Path) {
+    for (k, name) in [
+        "data_batch_1",
+        "data_batch_2",
+        "data_batch_3",
+        "data_batch_4",
+        "data_batch_5",
+    ]
+    .iter()
+    .enumerate()
+    {
+        std::fs::write(dir.join(format!("{name}.bin")), cifar_records(40, k as u64)).unwrap();
+    }
+    std::fs::write(dir.join("test_batch.bin"), cifar_records(50, 9)).unwrap();
+}
+
+#[test]
+fn fedavg_trains_a_cnn_on_cifar_format_files() {
+    let dir = tempfile::tempdir().unwrap();
+    write_cifar10(dir.path());
+    let acc = accuracy(&format!(
+        r#"
+[data]
+dataset = "cifar"
+set = "cifar-10"
+dir = {:?}
+test_limit = 40
+[partition]
+clients = 2
+[model]
+name = "cnn-small"
+[train]
+batch_size = 20
+local_epochs = 2
+optimizer = {{ name = "sgd", lr = 0.1 }}
+[algorithm]
+name = "fedavg"
+rounds = 10
+"#,
+        dir.path()
+    ));
+    assert!(acc > 0.6, "accuracy {acc} (chance is 0.25)");
+}
+
+#[test]
+fn a_data_table_of_the_wrong_format_is_one_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("train.bin"), b"short").unwrap();
+    let toml = format!(
+        "[data]\ndataset = \"cifar\"\nset = \"cifar-100\"\ndir = {:?}\n[model]\nname = \"cnn\"\n[algorithm]\nname = \"fedavg\"\nrounds = 1\n",
+        dir.path()
+    );
+    let c = ExperimentConfig::parse(&toml, "test", &[]).unwrap();
+    let e = experiment::prepare(&c).err().unwrap().to_string();
+    assert!(e.contains("train.bin: not a valid CIFAR-100 file"), "{e}");
+    let e = ExperimentConfig::parse(
+        "[data]\ndataset = \"csv\"\ntrain = \"a.csv\"\n[model]\nname = \"mlp\"\n[algorithm]\nname = \"fedavg\"\nrounds = 1\n",
+        "test",
+        &[],
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("test"), "{e}");
+    let e = ExperimentConfig::parse(
+        "[data]\ndataset = \"npz\"\npath = \"a\"\nextra = 1\n[model]\nname = \"mlp\"\n[algorithm]\nname = \"fedavg\"\nrounds = 1\n",
+        "test",
+        &[],
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("extra"), "{e}");
+}
