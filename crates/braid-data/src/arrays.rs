@@ -175,19 +175,21 @@ fn dataset(name: &str, x: NpyArray, labels: Vec<u8>, classes: usize) -> Result<D
         [h, w] => vec![1, *h, *w],
         s => s.to_vec(),
     };
-    let features = if x.dtype != crate::npy::Dtype::U8 {
-        let values = x.to_f64();
-        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-            return Err(bad(format!(
-                "value {} at position {i} is not finite",
-                values[i]
-            )));
-        }
-        Features::F32(values.into_iter().map(|v| v as f32).collect())
-    } else {
-        Features::U8 {
-            data: x.into_bytes().unwrap_or_default(),
+    let features = match x.into_bytes() {
+        Ok(data) => Features::U8 {
+            data,
             scale: 1.0 / 255.0,
+        },
+        Err(x) => {
+            // Checked after the conversion: an f8 value beyond f32's range is refused too.
+            let values = x.to_f32();
+            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                let v = x.to_f64()[i];
+                return Err(bad(format!(
+                    "value {v:e} at position {i} is not finite in f32"
+                )));
+            }
+            Features::F32(values)
         }
     };
     Dataset::new(features, labels, shape, classes).map_err(|e| bad(e.to_string()))
@@ -199,6 +201,10 @@ mod tests {
     use crate::npy::tests::npy;
 
     fn f32s(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    fn f64s(v: &[f64]) -> Vec<u8> {
         v.iter().flat_map(|x| x.to_le_bytes()).collect()
     }
 
@@ -288,6 +294,10 @@ mod tests {
             (
                 [npy("<f4", &[2, 1], &f32s(&[1.0, f32::NAN])), y(), x(), y()],
                 "not finite",
+            ),
+            (
+                [npy("<f8", &[2, 1], &f64s(&[1.0, 1e300])), y(), x(), y()],
+                "value 1e300 at position 1 is not finite in f32",
             ),
             (
                 [x(), y(), npy("<f4", &[2, 2], &f32s(&[0.0; 4])), y()],

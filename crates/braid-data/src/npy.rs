@@ -103,33 +103,44 @@ impl NpyArray {
         self.data.is_empty()
     }
 
-    /// The raw bytes of a `u1` array.
-    pub fn into_bytes(self) -> Option<Vec<u8>> {
-        (self.dtype == Dtype::U8).then_some(self.data)
+    /// The raw bytes of a `u1` array; the array itself if it has another type.
+    pub fn into_bytes(self) -> Result<Vec<u8>, Self> {
+        if self.dtype == Dtype::U8 {
+            Ok(self.data)
+        } else {
+            Err(self)
+        }
     }
 
     /// Every value as `f64`, in order (exact for every type but 64-bit integers beyond 2^53).
     pub fn to_f64(&self) -> Vec<f64> {
+        self.values().collect()
+    }
+
+    /// Every value as `f32`, in order, without an `f64` copy of the array (values beyond
+    /// `f32`'s range become infinite).
+    pub fn to_f32(&self) -> Vec<f32> {
+        self.values().map(|v| v as f32).collect()
+    }
+
+    fn values(&self) -> impl Iterator<Item = f64> + '_ {
         let s = self.dtype.size();
-        self.data
-            .chunks_exact(s)
-            .map(|b| {
-                let mut w = [0u8; 8];
-                w[..s].copy_from_slice(b);
-                match self.dtype {
-                    Dtype::U8 => f64::from(b[0]),
-                    Dtype::I8 => f64::from(b[0] as i8),
-                    Dtype::U16 => f64::from(u16::from_le_bytes([w[0], w[1]])),
-                    Dtype::I16 => f64::from(i16::from_le_bytes([w[0], w[1]])),
-                    Dtype::U32 => f64::from(u32::from_le_bytes([w[0], w[1], w[2], w[3]])),
-                    Dtype::I32 => f64::from(i32::from_le_bytes([w[0], w[1], w[2], w[3]])),
-                    Dtype::F32 => f64::from(f32::from_le_bytes([w[0], w[1], w[2], w[3]])),
-                    Dtype::U64 => u64::from_le_bytes(w) as f64,
-                    Dtype::I64 => i64::from_le_bytes(w) as f64,
-                    Dtype::F64 => f64::from_le_bytes(w),
-                }
-            })
-            .collect()
+        self.data.chunks_exact(s).map(move |b| {
+            let mut w = [0u8; 8];
+            w[..s].copy_from_slice(b);
+            match self.dtype {
+                Dtype::U8 => f64::from(b[0]),
+                Dtype::I8 => f64::from(b[0] as i8),
+                Dtype::U16 => f64::from(u16::from_le_bytes([w[0], w[1]])),
+                Dtype::I16 => f64::from(i16::from_le_bytes([w[0], w[1]])),
+                Dtype::U32 => f64::from(u32::from_le_bytes([w[0], w[1], w[2], w[3]])),
+                Dtype::I32 => f64::from(i32::from_le_bytes([w[0], w[1], w[2], w[3]])),
+                Dtype::F32 => f64::from(f32::from_le_bytes([w[0], w[1], w[2], w[3]])),
+                Dtype::U64 => u64::from_le_bytes(w) as f64,
+                Dtype::I64 => i64::from_le_bytes(w) as f64,
+                Dtype::F64 => f64::from_le_bytes(w),
+            }
+        })
     }
 }
 
@@ -375,7 +386,7 @@ pub(crate) mod tests {
         );
         let b = parse_npy(&npy("|u1", &[1, 2, 2], &[0, 1, 2, 255])).unwrap();
         assert_eq!(b.shape, vec![1, 2, 2]);
-        assert_eq!(b.into_bytes(), Some(vec![0, 1, 2, 255]));
+        assert_eq!(b.into_bytes().ok(), Some(vec![0, 1, 2, 255]));
         let s = parse_npy(&npy("<u2", &[], &[1, 1])).unwrap();
         assert_eq!(s.to_f64(), vec![257.0]);
     }
@@ -434,7 +445,7 @@ pub(crate) mod tests {
         z.write_all(&npy("|u1", &[5000], &[0; 5000])).unwrap();
         z.finish().unwrap();
         let a = read_npz(&path, "x_train", 1 << 20).unwrap();
-        assert_eq!(a.into_bytes(), Some(vec![1, 2, 3]));
+        assert_eq!(a.into_bytes().ok(), Some(vec![1, 2, 3]));
         let e = read_npz(&path, "y_train", 1 << 20).unwrap_err().to_string();
         assert!(
             e.contains("no array \"y_train\"") && e.contains("x_train"),
