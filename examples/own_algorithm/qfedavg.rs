@@ -83,7 +83,7 @@ impl Algorithm for QFedAvg {
             settings: s.clone(),
             eval_every: c.algorithm.eval_every.max(1),
             clients: clients.clone(),
-            params: p.arch.init_params(c.seed),
+            params: p.model.init_params(c.seed)?,
             optimizer: ServerOptimizer::new(c.algorithm.server_optimizer.clone()),
             round: 0,
             replies: BTreeMap::new(),
@@ -97,7 +97,7 @@ impl Algorithm for QFedAvg {
                 seed: c.seed,
                 rounds: s.rounds,
                 lr_schedule: c.train.lr_schedule.clone(),
-                num_params: p.arch.num_params(),
+                num_params: p.model.num_params(),
                 done: false,
             }));
         }

@@ -9,6 +9,9 @@
 //! algorithms; a program adds its own with [`Registry::add`].
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use braid_nn::{AnyModelKind, Kind, ModelKind};
 
 use crate::config::{ConfigRules, ExperimentConfig};
 use crate::error::{Invalid, Rule};
@@ -167,7 +170,7 @@ pub trait Algorithm: Send + Sync + 'static {
 
     /// The most values one message of the run may carry (the decoders' limit).
     fn max_message_values(prepared: &Prepared, _settings: &Self::Config) -> usize {
-        prepared.arch.num_params()
+        prepared.model.num_params()
     }
 
     /// Who takes part, for the run's first line (e.g. "10 clients (10 per round)").
@@ -249,14 +252,18 @@ pub trait Registered: Send + Sync {
     ) -> EngineResult<Box<dyn Finished>>;
 }
 
-/// The algorithms a program knows, by name.
+/// The algorithms and models a program knows, by name.
 pub struct Registry {
     entries: Vec<Box<dyn Registered>>,
+    models: Vec<(String, Arc<dyn AnyModelKind>)>,
 }
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.names()).finish()
+        f.debug_struct("Registry")
+            .field("algorithms", &self.names())
+            .field("models", &self.model_names())
+            .finish()
     }
 }
 
@@ -266,6 +273,9 @@ pub enum RegistryError {
     /// Its name is taken.
     #[error("an algorithm named {0:?} is already registered")]
     Name(&'static str),
+    /// A model's name is taken, or is not a plain name.
+    #[error("model name {0:?} is taken or not a plain name (letters, digits, '-', '_')")]
+    ModelName(String),
     /// It owns a table another algorithm owns with another layout, or a common one.
     #[error("table [{table}] of algorithm {name:?} is a common table of the config")]
     Table {
@@ -295,7 +305,36 @@ impl Registry {
     pub fn empty() -> Self {
         Self {
             entries: Vec::new(),
+            models: Vec::new(),
         }
+    }
+
+    /// Adds a model kind under `name`, for configs' `[model] name = "..."`.
+    pub fn add_model<K: ModelKind>(
+        &mut self, name: &str, kind: K,
+    ) -> Result<&mut Self, RegistryError> {
+        self.add_model_kind(name, Arc::new(Kind(kind)))
+    }
+
+    /// Adds a model kind already behind a trait object (the built-ins are
+    /// [`braid_nn::ModelName`]s).
+    pub fn add_model_kind(
+        &mut self, name: &str, kind: Arc<dyn AnyModelKind>,
+    ) -> Result<&mut Self, RegistryError> {
+        let plain = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !plain || self.models.iter().any(|(n, _)| n == name) {
+            return Err(RegistryError::ModelName(name.into()));
+        }
+        self.models.push((name.into(), kind));
+        Ok(self)
+    }
+
+    /// Every registered model name, in registration order.
+    pub fn model_names(&self) -> Vec<&str> {
+        self.models.iter().map(|(n, _)| n.as_str()).collect()
     }
 
     /// Adds algorithm `A`.
@@ -399,6 +438,27 @@ pub(crate) struct Entry<A>(pub(crate) std::marker::PhantomData<A>);
 impl ConfigRules for Registry {
     fn owned_tables(&self) -> Vec<&'static str> {
         self.tables()
+    }
+
+    fn model(&self, name: &str) -> Result<Arc<dyn AnyModelKind>, Invalid> {
+        self.models
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, k)| Arc::clone(k))
+            .ok_or_else(|| {
+                Invalid::new(
+                    "model.name",
+                    Rule::Unknown,
+                    format!(
+                        "model.name: unknown model `{name}`, expected one of {}",
+                        self.model_names()
+                            .iter()
+                            .map(|n| format!("`{n}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+            })
     }
 
     fn check(&self, config: &ExperimentConfig) -> Result<(), Invalid> {

@@ -24,9 +24,9 @@ pub enum Rule {
     /// Two settings that cannot be used together (`[secure_aggregation]` with a robust
     /// `algorithm.aggregator`).
     Conflict,
-    /// A name nothing is registered under: an algorithm, or a top-level table. (A key inside
-    /// a table, or a model name, that the types do not know is a [`Rule::Syntax`] error
-    /// whose message names it.)
+    /// A name nothing is registered under: an algorithm, a model, or a top-level table. (A
+    /// key inside a table that the types do not know is a [`Rule::Syntax`] error whose
+    /// message names it.)
     Unknown,
     /// The text is not valid TOML, or a value has the wrong type.
     Syntax,

@@ -7,8 +7,9 @@ use braid_core::partition::{self, label_histogram};
 use braid_core::seed;
 use braid_data::DataSplit;
 use braid_nn::{
-    Arch, EvalOutcome, Member, MutualOutcome, MutualSpec, MutualTrainer, OptimizerState,
-    ServerStep, SplitArch, SplitTrainer, SupervisedLoss, TrainOutcome, TrainSpec, Trainer,
+    BoundModel, DataShape, EvalOutcome, Member, ModelTrainer, MutualOutcome, MutualSpec,
+    MutualTrainer, OptimizerState, ServerStep, SplitArch, SplitTrainer, SupervisedLoss,
+    TrainOutcome, TrainSpec, Trainer,
 };
 use rand::seq::SliceRandom;
 
@@ -27,15 +28,15 @@ pub struct Prepared {
     pub data: Arc<DataSplit>,
     /// Training-sample indices of each client.
     pub parts: Vec<Vec<usize>>,
-    /// The model architecture bound to the data.
-    pub arch: Arch,
+    /// The model bound to the data.
+    pub model: BoundModel,
     /// Human-readable data source.
     pub data_description: String,
     /// The model cut in two (split learning sets it).
     pub split: Option<SplitArch>,
     /// The run's list of models bound to the data (mutual learning sets it; empty
     /// otherwise).
-    pub models: Vec<Arch>,
+    pub models: Vec<braid_nn::Arch>,
     /// Each client's model, an index into `models` (mutual learning; empty otherwise).
     pub client_models: Vec<usize>,
     /// Mutual learning's distillation temperature and supervised loss (mutual learning sets
@@ -49,11 +50,10 @@ pub fn prepare_data(config: &ExperimentConfig, shards: usize) -> EngineResult<Pr
     let data = braid_data::load(&config.data, config.seed)
         .map_err(|e| EngineError::Data(e.to_string()))?;
     let data_description = config.data.describe();
-    let arch = Arch::new(
-        config.model.name,
-        data.train.sample_shape(),
-        data.train.num_classes(),
-    )?;
+    let model = config.model.bind(&DataShape {
+        sample: data.train.sample_shape().to_vec(),
+        classes: data.train.num_classes(),
+    })?;
     let scheme = config.partition.scheme()?;
     let parts = if shards == 1 {
         vec![(0..data.train.len()).collect()]
@@ -73,7 +73,7 @@ pub fn prepare_data(config: &ExperimentConfig, shards: usize) -> EngineResult<Pr
         config: config.clone(),
         data: Arc::new(data),
         parts,
-        arch,
+        model,
         data_description,
         split: None,
         models: Vec::new(),
@@ -141,7 +141,9 @@ impl Prepared {
 /// has every capability of [`crate::trainer`] (split and mutual learning when the run set up
 /// a split model or a list of models).
 pub struct BurnTrainer {
-    trainer: Trainer,
+    trainer: Box<dyn ModelTrainer>,
+    /// Compute per sample of the run's model.
+    flops: crate::accounting::FlopsPerSample,
     /// Mutual learning over the run's list of models, and one evaluator per model (made on
     /// first use).
     mutual: Option<(MutualTrainer, Vec<Option<Trainer>>)>,
@@ -162,7 +164,11 @@ impl BurnTrainer {
     pub fn new(prepared: &Prepared) -> EngineResult<Self> {
         let device = &prepared.config.runtime.device;
         Ok(Self {
-            trainer: Trainer::new(prepared.arch.clone(), device)?,
+            trainer: prepared.model.trainer(device)?,
+            flops: crate::accounting::FlopsPerSample {
+                train: prepared.model.train_flops(),
+                forward: prepared.model.forward_flops(),
+            },
             mutual: if prepared.mutual_spec.is_some() {
                 Some((
                     MutualTrainer::new(prepared.models.clone(), device)?,
@@ -301,11 +307,7 @@ impl Capabilities for BurnTrainer {
         self.trainer.set_stop_flag(flag);
     }
     fn flops_per_sample(&self) -> crate::accounting::FlopsPerSample {
-        let arch = self.trainer.arch();
-        crate::accounting::FlopsPerSample {
-            train: arch.train_flops(),
-            forward: arch.forward_flops(),
-        }
+        self.flops
     }
     fn label_flipper(&mut self) -> Option<&mut dyn FlipLabels> {
         Some(self)
@@ -365,10 +367,10 @@ impl Evaluate for BurnTrainer {
 
 /// The model's matrix-shaped tensors in its flat parameter vector (a convolution's
 /// `[out, in, kh, kw]` as `out` rows), for PowerSGD.
-pub fn matrix_blocks(arch: &braid_nn::Arch) -> Vec<braid_core::lowrank::Block> {
+pub fn matrix_blocks(params: &[braid_nn::arch::ParamShape]) -> Vec<braid_core::lowrank::Block> {
     let mut offset = 0;
     let mut blocks = Vec::new();
-    for shape in arch.param_shapes() {
+    for shape in params {
         let len: usize = shape.dims.iter().product();
         if shape.dims.len() >= 2 {
             blocks.push(braid_core::lowrank::Block {
@@ -396,7 +398,7 @@ mod tests {
             ModelName::CnnDeep,
         ] {
             let arch = Arch::new(name, &[1, 28, 28], 10).unwrap();
-            let blocks = matrix_blocks(&arch);
+            let blocks = matrix_blocks(&arch.param_shapes());
             let weights: Vec<_> = arch
                 .param_shapes()
                 .into_iter()

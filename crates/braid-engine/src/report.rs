@@ -110,7 +110,7 @@ pub fn write_all<R: Rows>(
 
     if let Some(params) = &outcome.final_params {
         let p = dir.join("final.safetensors");
-        braid_nn::store::save(&prepared.arch, params, &p).map_err(|e| e.to_string())?;
+        prepared.model.save(params, &p).map_err(|e| e.to_string())?;
         written.push(p);
     }
     Ok(written)

@@ -34,6 +34,11 @@ impl ModelName {
         ModelName::CnnDeep,
     ];
 
+    /// The built-in named `name` (its config spelling), if there is one.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.as_str() == name)
+    }
+
     /// The config spelling.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -70,6 +75,13 @@ pub struct ParamShape {
     pub dims: Vec<usize>,
     /// Fan-in, which sets the init bound `1/sqrt(fan_in)`.
     pub fan_in: usize,
+}
+
+impl ParamShape {
+    /// Number of values in the tensor.
+    pub fn num_elements(&self) -> usize {
+        self.dims.iter().product()
+    }
 }
 
 impl Arch {

@@ -1,9 +1,12 @@
 //! Braid's models and local training, on burn (the `flex` CPU backend by default, `cuda` behind
 //! a cargo feature).
 //!
-//! - [`arch`]: the model registry (MLP and three CNNs), parameter shapes and seeded init, all
+//! - [`model`]: any burn module as a braid model ([`Model`], [`ModelKind`]), bound to a
+//!   dataset's shape ([`BoundModel`]);
+//! - [`arch`]: the built-in models (MLP and three CNNs), parameter shapes and seeded init, all
 //!   without touching the tensor backend;
-//! - [`net`]: the burn module that runs every architecture;
+//! - [`net`]: the burn module that runs every built-in architecture;
+//! - [`layers`]: burn's layers through braid's CPU kernels, for models of one's own;
 //! - [`flat`]: reading and writing all parameters as one `Vec<f32>` in a fixed order;
 //! - [`train`]: local training (SGD with momentum/Nesterov/weight decay, AdamW, FedProx's
 //!   proximal term) and evaluation;
@@ -17,6 +20,8 @@ pub mod arch;
 pub mod device;
 pub mod flat;
 pub mod kernels;
+pub mod layers;
+pub mod model;
 pub mod mutual;
 pub mod net;
 pub mod split;
@@ -25,10 +30,12 @@ pub mod train;
 
 pub use arch::{Arch, ModelName};
 pub use device::DeviceKind;
+pub use model::{AnyModelKind, BoundModel, DataShape, Kind, Model, ModelKind};
 pub use mutual::{Member, MutualOutcome, MutualSpec, MutualTrainer, SupervisedLoss};
 pub use split::{ServerStep, SplitArch, SplitTrainer};
 pub use train::{
-    DpSgd, EvalOutcome, OptimizerConfig, OptimizerState, TrainOutcome, TrainSpec, Trainer,
+    DpSgd, EvalOutcome, ModelTrainer, OptimizerConfig, OptimizerState, StepTime, TrainOutcome,
+    TrainSpec, Trainer,
 };
 
 use thiserror::Error;

@@ -258,11 +258,7 @@ impl MutualTrainer {
                 &self.device,
             );
             let y = Tensor::<1, Int>::from_data(TensorData::new(yv, [chunk.len()]), &self.device);
-            let logits: Vec<Tensor<2>> = models
-                .iter()
-                .zip(members)
-                .map(|(model, m)| model.forward(&self.archs[m.arch], x.clone()))
-                .collect();
+            let logits: Vec<Tensor<2>> = models.iter().map(|m| m.forward(x.clone())).collect();
             // log p_i^T (in the graph) and the peers' p_j^T and sum_c p_j log p_j (constants).
             let logp: Vec<Tensor<2>> = logits
                 .iter()

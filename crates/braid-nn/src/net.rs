@@ -16,11 +16,14 @@ pub struct ConvBlock {
     pool: MaxPool2d,
 }
 
-/// Conv blocks, then fully connected layers with ReLU between them.
+/// Conv blocks, then fully connected layers with ReLU between them: a built-in model, one
+/// [`crate::model::Model`] like any user's.
 #[derive(Module, Debug)]
 pub struct Net {
     blocks: Vec<ConvBlock>,
     fc: Vec<Linear>,
+    #[module(skip)]
+    arch: Arch,
 }
 
 impl Net {
@@ -58,7 +61,16 @@ impl Net {
                 l
             })
             .collect();
-        Self { blocks, fc }
+        Self {
+            blocks,
+            fc,
+            arch: arch.clone(),
+        }
+    }
+
+    /// The architecture this module was built for.
+    pub fn arch(&self) -> &Arch {
+        &self.arch
     }
 
     /// The module kept in `slot` (or a new one for `arch` on `device`), loaded with `params`:
@@ -75,18 +87,19 @@ impl Net {
     /// Logits for a batch `x` of shape `[batch, sample_len]` (images are reshaped to `input`).
     /// On the CPU the conv blocks and the fully connected layers run braid's own kernels
     /// ([`crate::kernels`]).
-    pub fn forward(&self, arch: &Arch, x: Tensor<2>) -> Tensor<2> {
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         let own_kernels = crate::kernels::applies_to(&x.device());
-        self.forward_with(arch, x, own_kernels)
+        self.forward_with(x, own_kernels)
     }
 
     /// [`Net::forward`] with burn's own convolution, ReLU, pooling and linear layers everywhere: the reference
     /// the CPU kernels are tested against.
-    pub fn forward_reference(&self, arch: &Arch, x: Tensor<2>) -> Tensor<2> {
-        self.forward_with(arch, x, false)
+    pub fn forward_reference(&self, x: Tensor<2>) -> Tensor<2> {
+        self.forward_with(x, false)
     }
 
-    fn forward_with(&self, arch: &Arch, x: Tensor<2>, own_kernels: bool) -> Tensor<2> {
+    fn forward_with(&self, x: Tensor<2>, own_kernels: bool) -> Tensor<2> {
+        let arch = &self.arch;
         let [batch, _] = x.dims();
         let mut h = if self.blocks.is_empty() {
             x
@@ -142,7 +155,7 @@ mod tests {
         let y: Vec<i64> = (0..batch).map(|i| (i % 10) as i64).collect();
         let x = Tensor::<2>::from_data(TensorData::new(x, [batch, len]), &device);
         let y = Tensor::<1, Int>::from_data(TensorData::new(y, [batch]), &device);
-        let logits = model.forward_with(arch, x, own);
+        let logits = model.forward_with(x, own);
         let loss = CrossEntropyLossConfig::new()
             .init(&device)
             .forward(logits.clone(), y);

@@ -236,7 +236,7 @@ impl SplitTrainer {
             return Ok((Vec::new(), labels));
         }
         let model = self.client_model(params);
-        let out = model.valid().forward(&self.split.client, x);
+        let out = model.valid().forward(x);
         self.client = Some(model);
         let acts = out.into_data().try_into_vec_as::<f32>().unwrap_or_default();
         Ok((acts, labels))
@@ -262,7 +262,7 @@ impl SplitTrainer {
         }
         let x = self.input(data, idx, &self.device)?;
         let model = self.client_model(params);
-        let out = model.forward(&self.split.client, x);
+        let out = model.forward(x);
         let g =
             Tensor::<2>::from_data(TensorData::new(grad.to_vec(), [idx.len(), f]), &self.device);
         // d/dw sum(out * g) = (d out / d w)^T g: the chain rule through the cut.
@@ -311,7 +311,7 @@ impl SplitTrainer {
             &self.device,
         );
         let model = self.server_model(params);
-        let logits = model.forward(&self.split.server, x.clone());
+        let logits = model.forward(x.clone());
         let ce = self.loss.forward(logits, y);
         let loss = f64::from(ce.clone().detach().into_scalar::<f32>());
         let mut grads = ce.backward();

@@ -6,6 +6,7 @@
 
 use std::path::Path;
 
+use burn::module::Module;
 use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
 
 use crate::arch::Arch;
@@ -22,15 +23,22 @@ fn err(path: &Path, why: impl ToString) -> NnError {
 
 /// Writes `params` of `arch` to `path` atomically.
 pub fn save(arch: &Arch, params: &[f32], path: &Path) -> Result<(), NnError> {
-    if params.len() != arch.num_params() {
+    let net = Net::new(arch, &burn::tensor::Device::flex());
+    save_module(net, arch.name.as_str(), params, path)
+}
+
+/// Writes `params` into `module` (named `name` in errors) and the module to `path` atomically.
+pub fn save_module<M: Module>(
+    module: M, name: &str, params: &[f32], path: &Path,
+) -> Result<(), NnError> {
+    if params.len() != module.num_params() {
         return Err(NnError::ParamCount {
-            model: arch.name.as_str().into(),
-            expected: arch.num_params(),
+            model: name.into(),
+            expected: module.num_params(),
             got: params.len(),
         });
     }
-    let device = burn::tensor::Device::flex();
-    let net = flat::load_flat(Net::new(arch, &device), params);
+    let net = flat::load_flat(module, params);
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -56,11 +64,20 @@ pub fn save(arch: &Arch, params: &[f32], path: &Path) -> Result<(), NnError> {
 
 /// Reads parameters of `arch` from `path`; a file for another architecture is an error.
 pub fn load(arch: &Arch, path: &Path) -> Result<Vec<f32>, NnError> {
+    load_module(
+        Net::new(arch, &burn::tensor::Device::flex()),
+        arch.name.as_str(),
+        path,
+    )
+}
+
+/// Reads the parameters of `module` (named `name` in errors) from `path`, as one flat vector;
+/// a file for another model is an error.
+pub fn load_module<M: Module>(module: M, name: &str, path: &Path) -> Result<Vec<f32>, NnError> {
     if !path.is_file() {
         return Err(err(path, "no such file"));
     }
-    let device = burn::tensor::Device::flex();
-    let mut net = Net::new(arch, &device);
+    let mut net = module;
     let mut store = SafetensorsStore::from_file(path).with_from_adapter(PyTorchToBurnAdapter);
     let result = net
         .load_from(&mut store)
@@ -70,9 +87,7 @@ pub fn load(arch: &Arch, path: &Path) -> Result<Vec<f32>, NnError> {
             path,
             format!(
                 "does not fit model {} (missing: {:?}, errors: {:?})",
-                arch.name.as_str(),
-                result.missing,
-                result.errors
+                name, result.missing, result.errors
             ),
         ));
     }

@@ -6,7 +6,7 @@
 
 use braid_core::seed;
 use braid_data::Dataset;
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::{ModuleVisitor, Param};
 use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::arch::Arch;
 use crate::device::DeviceKind;
 use crate::flat;
+use crate::model::{DataShape, Model};
 use crate::net::Net;
 use crate::NnError;
 
@@ -348,26 +349,120 @@ impl ModuleVisitor for GradWriter<'_> {
     }
 }
 
-/// Trains and evaluates models of one architecture on one device.
-pub struct Trainer {
-    arch: Arch,
+/// Local training and evaluation of one model, behind a trait object: what a
+/// [`crate::model::BoundModel`] makes, whatever the module type. [`Trainer`] implements it.
+pub trait ModelTrainer: Send {
+    /// See [`Trainer::train`].
+    fn train(
+        &mut self, params: &[f32], data: &Dataset, shard: &[usize], spec: &TrainSpec,
+        seed_value: u64,
+    ) -> Result<TrainOutcome, NnError>;
+    /// See [`Trainer::train_batches`].
+    fn train_batches(
+        &mut self, params: &[f32], data: &Dataset, batches: &[Vec<usize>], spec: &TrainSpec,
+        state: &mut OptimizerState,
+    ) -> Result<TrainOutcome, NnError>;
+    /// See [`Trainer::evaluate`].
+    fn evaluate(
+        &mut self, params: &[f32], data: &Dataset, idx: Option<&[usize]>,
+    ) -> Result<EvalOutcome, NnError>;
+    /// See [`Trainer::set_stop_flag`].
+    fn set_stop_flag(&mut self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>);
+    /// See [`Trainer::time_steps`].
+    fn time_steps(
+        &mut self, params: &[f32], data: &Dataset, batches: &[Vec<usize>], lr: f64,
+    ) -> Result<Vec<StepTime>, NnError>;
+}
+
+/// The wall time of one training step, split into its parts, in seconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepTime {
+    /// Batch to tensors, forward pass and loss (read back as a number).
+    pub forward: f64,
+    /// Backward pass to the parameters' gradients.
+    pub backward: f64,
+    /// The optimizer's update.
+    pub update: f64,
+}
+
+impl StepTime {
+    /// The whole step.
+    pub fn total(&self) -> f64 {
+        self.forward + self.backward + self.update
+    }
+}
+
+impl<M: Model> ModelTrainer for Trainer<M> {
+    fn train(
+        &mut self, params: &[f32], data: &Dataset, shard: &[usize], spec: &TrainSpec,
+        seed_value: u64,
+    ) -> Result<TrainOutcome, NnError> {
+        Trainer::train(self, params, data, shard, spec, seed_value)
+    }
+    fn train_batches(
+        &mut self, params: &[f32], data: &Dataset, batches: &[Vec<usize>], spec: &TrainSpec,
+        state: &mut OptimizerState,
+    ) -> Result<TrainOutcome, NnError> {
+        Trainer::train_batches(self, params, data, batches, spec, state)
+    }
+    fn evaluate(
+        &mut self, params: &[f32], data: &Dataset, idx: Option<&[usize]>,
+    ) -> Result<EvalOutcome, NnError> {
+        Trainer::evaluate(self, params, data, idx)
+    }
+    fn set_stop_flag(&mut self, flag: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+        Trainer::set_stop_flag(self, flag);
+    }
+    fn time_steps(
+        &mut self, params: &[f32], data: &Dataset, batches: &[Vec<usize>], lr: f64,
+    ) -> Result<Vec<StepTime>, NnError> {
+        Trainer::time_steps(self, params, data, batches, lr)
+    }
+}
+
+/// Trains and evaluates one model (a built-in [`Net`] or any [`Model`]) on one device.
+pub struct Trainer<M: Model = Net> {
+    name: String,
+    input: Vec<usize>,
+    num_params: usize,
     device: Device,
-    model: Option<Net>,
+    /// The module with zero parameters, numbered 0, 1, 2, ...: what a call starts from if
+    /// the kept module was lost.
+    template: M,
+    model: Option<M>,
     loss: CrossEntropyLoss,
     eval_batch: usize,
     stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
-impl Trainer {
-    /// A trainer for `arch` on `device`.
+impl Trainer<Net> {
+    /// A trainer for the built-in architecture `arch` on `device`.
     pub fn new(arch: Arch, device: &DeviceKind) -> Result<Self, NnError> {
+        let module = Net::new(&arch, &device.device()?.autodiff());
+        let data = DataShape {
+            sample: arch.input.clone(),
+            classes: arch.output_features(),
+        };
+        Self::from_module(arch.name.as_str(), &data, arch.num_params(), module, device)
+    }
+}
+
+impl<M: Model> Trainer<M> {
+    /// A trainer for `module` (built on `device`'s autodiff device) named `name`, for data of
+    /// shape `data`; `num_params` is its flat length.
+    pub fn from_module(
+        name: &str, data: &DataShape, num_params: usize, module: M, device: &DeviceKind,
+    ) -> Result<Self, NnError> {
         let device = device.device()?.autodiff();
-        let model = flat::renumber(Net::new(&arch, &device));
+        let template = flat::renumber(module);
         let loss = CrossEntropyLossConfig::new().init(&device);
         Ok(Self {
-            arch,
+            name: name.into(),
+            input: data.sample.clone(),
+            num_params,
             device,
-            model: Some(model),
+            model: Some(template.clone()),
+            template,
             loss,
             eval_batch: 256,
             stop: None,
@@ -387,25 +482,19 @@ impl Trainer {
         self
     }
 
-    /// The architecture.
-    pub fn arch(&self) -> &Arch {
-        &self.arch
-    }
-
     fn check(&self, params: &[f32], data: &Dataset) -> Result<(), NnError> {
-        let expected = self.arch.num_params();
-        if params.len() != expected {
+        if params.len() != self.num_params {
             return Err(NnError::ParamCount {
-                model: self.arch.name.as_str().into(),
-                expected,
+                model: self.name.clone(),
+                expected: self.num_params,
                 got: params.len(),
             });
         }
-        if data.sample_shape() != self.arch.input.as_slice() {
+        if data.sample_shape() != self.input.as_slice() {
             return Err(NnError::Shape(format!(
                 "model {} expects samples of shape {:?}, data has {:?}",
-                self.arch.name.as_str(),
-                self.arch.input,
+                self.name,
+                self.input,
                 data.sample_shape()
             )));
         }
@@ -490,7 +579,7 @@ impl Trainer {
                     continue;
                 }
                 let (x, y) = self.batch(data, &[i], &self.device);
-                let ce = self.loss.forward(model.forward(&self.arch, x), y);
+                let ce = self.loss.forward(model.forward(x), y);
                 loss_sum += f64::from(ce.clone().detach().into_scalar::<f32>());
                 let grads = GradientsParams::from_grads(ce.backward(), &model);
                 one.clear();
@@ -527,8 +616,9 @@ impl Trainer {
         TrainOutcome::checked(out, samples, steps, mean_loss)
     }
 
-    fn loaded(&mut self, params: &[f32]) -> Net {
-        Net::loaded(&mut self.model, &self.arch, &self.device, params)
+    fn loaded(&mut self, params: &[f32]) -> M {
+        let model = self.model.take().unwrap_or_else(|| self.template.clone());
+        flat::load_flat(model, params)
     }
 
     fn batch(&self, data: &Dataset, idx: &[usize], device: &Device) -> (Tensor<2>, Tensor<1, Int>) {
@@ -623,7 +713,7 @@ impl Trainer {
                 return Err(NnError::Halted);
             }
             let (x, y) = self.batch(data, chunk, &self.device);
-            let logits = model.forward(&self.arch, x);
+            let logits = model.forward(x);
             let ce = self.loss.forward(logits, y);
             let ce_value = ce.clone().detach();
             let loss = match &anchor {
@@ -656,6 +746,42 @@ impl Trainer {
         TrainOutcome::checked(out, samples, steps, mean_loss)
     }
 
+    /// Times plain SGD steps (learning rate `lr`), one per entry of `batches`, from `params`:
+    /// the cost of a step as `braid bench-step` reports it, the parameters loaded once.
+    pub fn time_steps(
+        &mut self, params: &[f32], data: &Dataset, batches: &[Vec<usize>], lr: f64,
+    ) -> Result<Vec<StepTime>, NnError> {
+        self.check(params, data)?;
+        if let Some(bad) = batches.iter().flatten().find(|&&i| i >= data.len()) {
+            return Err(NnError::Config(format!(
+                "batch sample index {bad} is outside the {} training samples",
+                data.len()
+            )));
+        }
+        let mut model = self.loaded(params);
+        let mut optim = SgdConfig::new().init();
+        let mut times = Vec::with_capacity(batches.len());
+        for chunk in batches.iter().filter(|b| !b.is_empty()) {
+            let t0 = std::time::Instant::now();
+            let (x, y) = self.batch(data, chunk, &self.device);
+            let loss = self.loss.forward(model.forward(x), y);
+            // Reading one number makes the split honest on a backend that defers work.
+            let _: f32 = loss.clone().detach().into_scalar();
+            let t1 = std::time::Instant::now();
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let t2 = std::time::Instant::now();
+            model = optim.step(lr, model, grads);
+            let t3 = std::time::Instant::now();
+            times.push(StepTime {
+                forward: (t1 - t0).as_secs_f64(),
+                backward: (t2 - t1).as_secs_f64(),
+                update: (t3 - t2).as_secs_f64(),
+            });
+        }
+        self.model = Some(model);
+        Ok(times)
+    }
+
     /// Accuracy and mean loss of `params` on samples `idx` of `data` (all samples if `None`).
     pub fn evaluate(
         &mut self, params: &[f32], data: &Dataset, idx: Option<&[usize]>,
@@ -676,7 +802,7 @@ impl Trainer {
         let (mut correct, mut loss_sum) = (0i64, 0f64);
         for chunk in idx.chunks(self.eval_batch) {
             let (x, y) = self.batch(data, chunk, &device);
-            let logits = valid.forward(&self.arch, x);
+            let logits = valid.forward(x);
             let loss = loss_fn
                 .forward(logits.clone(), y.clone())
                 .into_scalar::<f32>();

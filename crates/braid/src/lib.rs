@@ -24,6 +24,8 @@ pub use braid_data;
 pub use braid_engine;
 pub use braid_net;
 pub use braid_nn;
+/// The burn braid is built on: a program's own models use this one (the same version).
+pub use burn;
 
 pub use braid_engine::algorithm::Registry;
 pub use braid_engine::protocol;
@@ -48,4 +50,5 @@ pub mod prelude {
     pub use braid_engine::wire::{
         unknown_kind, Codec, Control, Limits, Message, NodeId, Tensor, WireError,
     };
+    pub use braid_nn::{DataShape, Model, ModelKind, NnError};
 }

@@ -70,7 +70,7 @@ fn malformed_inputs_get_one_clear_line() {
     expect_error("name = \n", "line 1");
     expect_error(
         &GOOD.replace("\"cnn-small\"", "\"resnet50\""),
-        "unknown variant `resnet50`",
+        "model.name: unknown model `resnet50`, expected one of `mlp`, `cnn`",
     );
     expect_error(
         &GOOD.replace("kind = \"iid\"", "kind = \"dirichlet\"\nalpha = 0.0"),

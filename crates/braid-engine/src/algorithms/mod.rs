@@ -43,6 +43,9 @@ pub fn builtin() -> Registry {
             .add::<mutual::Fml>()?
             .add::<mutual::DefKt>()?
             .add::<fedbuff::FedBuff>()?;
+        for model in braid_nn::ModelName::ALL {
+            r.add_model_kind(model.as_str(), std::sync::Arc::new(model))?;
+        }
         Ok::<(), crate::algorithm::RegistryError>(())
     })();
     debug_assert!(added.is_ok(), "the built-in algorithms register: {added:?}");

@@ -5,12 +5,15 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use braid_core::lr_schedule::LrSchedule;
 use braid_core::partition::PartitionScheme;
 use braid_core::server_opt::ServerOptimizerConfig;
 use braid_data::DataConfig;
-use braid_nn::{DeviceKind, ModelName, OptimizerConfig, TrainSpec};
+use braid_nn::{
+    AnyModelKind, BoundModel, DataShape, DeviceKind, ModelName, OptimizerConfig, TrainSpec,
+};
 
 mod features;
 mod network;
@@ -48,6 +51,8 @@ impl ConfigError {
 pub trait ConfigRules {
     /// The top-level tables the algorithms own (kept as written for them to read).
     fn owned_tables(&self) -> Vec<&'static str>;
+    /// The model kind registered as `name`, or an error listing the registered names.
+    fn model(&self, name: &str) -> Result<Arc<dyn AnyModelKind>, Invalid>;
     /// Checks `config` as a whole: its algorithm, its common sections
     /// ([`ExperimentConfig::check_sections`], [`ExperimentConfig::check_runtime`]), and that
     /// every table and feature set is one its algorithm takes.
@@ -267,8 +272,58 @@ impl PartitionConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
-    /// `mlp`, `cnn`, `cnn-small` or `cnn-deep`.
-    pub name: ModelName,
+    /// A registered model: a built-in (`mlp`, `cnn`, `cnn-small`, `cnn-deep`) or one a program
+    /// registered ([`crate::algorithm::Registry::add_model`]).
+    pub name: String,
+    /// The model kind `name` resolves to, set when the config is read through a registry
+    /// (not part of the TOML).
+    #[serde(skip)]
+    pub kind: ModelChoice,
+}
+
+/// The model kind a config's `[model] name` resolved to (empty until the config is read
+/// through a registry; a built-in name then still resolves).
+#[derive(Clone, Default)]
+pub struct ModelChoice(pub Option<Arc<dyn AnyModelKind>>);
+
+impl std::fmt::Debug for ModelChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "resolved"
+        } else {
+            "unresolved"
+        })
+    }
+}
+
+/// Configs are compared by the model's name: the resolved kind follows from it.
+impl PartialEq for ModelChoice {
+    fn eq(&self, _other: &Self) -> bool {
+        true
+    }
+}
+
+impl ModelConfig {
+    /// The model bound to data of shape `data`: the resolved kind, or the built-in of that
+    /// name; an error names a model nobody registered.
+    pub fn bind(&self, data: &DataShape) -> crate::error::EngineResult<BoundModel> {
+        let kind: Arc<dyn AnyModelKind> = match (&self.kind.0, ModelName::from_name(&self.name)) {
+            (Some(kind), _) => Arc::clone(kind),
+            (None, Some(builtin)) => Arc::new(builtin),
+            (None, None) => {
+                return Err(Invalid::new(
+                    "model.name",
+                    Rule::Unknown,
+                    format!(
+                        "model.name: `{}` is not a built-in model; a program that registers it (Registry::add_model) must read the config",
+                        self.name
+                    ),
+                )
+                .into())
+            }
+        };
+        Ok(kind.bind(&self.name, data)?)
+    }
 }
 
 /// `[train]`: local training on each client.
@@ -467,6 +522,11 @@ impl ExperimentConfig {
             }
         })?;
         config.tables = tables;
+        config.model.kind = ModelChoice(Some(
+            rules
+                .model(&config.model.name)
+                .map_err(|e| ConfigError::new(origin, e))?,
+        ));
         config
             .validate_with(rules)
             .map_err(|e| ConfigError::new(origin, e))?;

@@ -146,7 +146,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
 /// The same SGD steps without the framework; returns (wall seconds, accuracy of the last model).
 fn bare_loop(p: &Prepared, per_round: usize, rounds: u32, threads: usize) -> Result<(f64, f64)> {
-    let arch = &p.arch;
+    let arch = p.model.arch().ok_or_else(|| {
+        anyhow::anyhow!(
+            "the bare loop runs the built-in models; {} is not one",
+            p.model.name()
+        )
+    })?;
     let device = Device::flex().autodiff();
     let init = braid_nn::flat::load_flat(Net::new(arch, &device), &arch.init_params(p.config.seed));
     let pools: Vec<rayon::ThreadPool> = (0..threads)
@@ -185,7 +190,7 @@ fn bare_loop(p: &Prepared, per_round: usize, rounds: u32, threads: usize) -> Res
                                 TensorData::new(y, [chunk.len()]),
                                 device,
                             );
-                            let loss = loss_fn.forward(model.forward(arch, x), y);
+                            let loss = loss_fn.forward(model.forward(x), y);
                             let grads = GradientsParams::from_grads(loss.backward(), &model);
                             model = optim.step(0.05, model, grads);
                         }

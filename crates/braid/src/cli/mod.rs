@@ -177,7 +177,7 @@ fn dispatch(cli: Cli, registry: &Registry) -> Result<()> {
         }
         Command::Bench(args) => bench::run(args),
         Command::BenchNet(args) => bench_net::run(args),
-        Command::BenchStep(args) => bench_step::run(args),
+        Command::BenchStep(args) => bench_step::run(args, registry),
         Command::Keygen(args) => node::keygen(args),
         Command::Node(args) => node::node(args, registry),
         Command::Launch(args) => launch::launch(args, registry),
@@ -244,7 +244,7 @@ fn run_one(
         prepared.data_description,
         algorithm.describe(&prepared)?,
         config.model.name.as_str(),
-        prepared.arch.num_params(),
+        prepared.model.num_params(),
         prepared.workers(),
         config.seed
     );

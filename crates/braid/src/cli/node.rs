@@ -131,7 +131,7 @@ pub fn node(args: NodeArgs, registry: &Registry) -> Result<()> {
         "braid node {id} ({role}) | peer id {me} | {} | model {} ({} parameters) | {} participants | run {run_id}",
         prepared.data_description,
         config.model.name.as_str(),
-        prepared.arch.num_params(),
+        prepared.model.num_params(),
         roster.len()
     );
     let observer = Box::new(move |e: &WireEvent| match e {

@@ -135,7 +135,7 @@ impl Algorithm for Dsgd {
     ) -> EngineResult<Vec<BoxNode<Msg, GossipMetrics, dyn PeerTrainer>>> {
         let c = &p.config;
         let settings = Arc::new(dsgd_settings(p, d)?);
-        let init = p.arch.init_params(c.seed);
+        let init = p.model.init_params(c.seed)?;
         let mut nodes: Vec<BoxNode<Msg, GossipMetrics, dyn PeerTrainer>> =
             Vec::with_capacity(p.parts.len() + 1);
         for (id, part) in p.parts.iter().enumerate() {
@@ -230,7 +230,7 @@ pub fn dsgd_settings(p: &Prepared, d: &DecentralizedConfig) -> EngineResult<Dsgd
         eval_every: u64::from(c.algorithm.eval_every),
         eval_samples: d.eval_samples,
         batch_size: c.train.batch_size,
-        num_params: p.arch.num_params(),
+        num_params: p.model.num_params(),
         lr_schedule: c.train.lr_schedule.clone(),
         gossip_deadline: d
             .gossip_timeout_s

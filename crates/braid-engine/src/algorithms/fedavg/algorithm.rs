@@ -93,8 +93,8 @@ pub(crate) fn build_family(
         scale_bits: sa.scale_bits,
     });
     let delta = c.compression.is_some_and(|k| k.downlink_delta);
-    let blocks = matrix_blocks(&p.arch);
-    let initial = p.arch.init_params(c.seed);
+    let blocks = matrix_blocks(p.model.param_shapes());
+    let initial = p.model.init_params(c.seed)?;
     let server_config = ServerConfig {
         rounds: c.algorithm.rounds.unwrap_or(0),
         clients_per_round: clients_per_round(p),
@@ -117,7 +117,7 @@ pub(crate) fn build_family(
         nodes.push(Box::new(
             FedAvgClient::new(*id, Arc::new(part.clone()), c.seed)
                 .with_lr_schedule(c.train.lr_schedule.clone(), c.algorithm.rounds.unwrap_or(0))
-                .with_compression(&c.compression.unwrap_or_default(), p.arch.num_params())
+                .with_compression(&c.compression.unwrap_or_default(), p.model.num_params())
                 .with_matrix_blocks(blocks.clone())
                 .with_privacy(c.privacy)
                 .with_attack(attack)

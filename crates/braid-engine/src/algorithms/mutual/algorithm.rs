@@ -59,13 +59,18 @@ impl Default for MutualConfig {
 }
 
 impl MutualConfig {
-    /// The list of models: `models`, or `[model]` when empty.
-    pub fn model_list(&self, model: ModelName) -> Vec<ModelName> {
-        if self.models.is_empty() {
-            vec![model]
-        } else {
-            self.models.clone()
+    /// The list of models: `models`, or `[model]` (`model`) when empty. Mutual learning
+    /// trains built-in models: a registered model of a program's own is refused here.
+    pub fn model_list(&self, model: &str) -> Result<Vec<ModelName>, Invalid> {
+        if !self.models.is_empty() {
+            return Ok(self.models.clone());
         }
+        ModelName::from_name(model).map(|m| vec![m]).ok_or_else(|| {
+            Invalid::not_applicable(
+                "model.name",
+                format!("mutual learning trains built-in models (mlp, cnn, cnn-small, cnn-deep) so far; model {model:?} is not one"),
+            )
+        })
     }
 }
 
@@ -77,7 +82,8 @@ fn default_eval_samples() -> usize {
 /// alone), for reports.
 pub fn model_names(c: &ExperimentConfig) -> Vec<String> {
     let m: MutualConfig = c.table("mutual").ok().flatten().unwrap_or_default();
-    m.model_list(c.model.name)
+    m.model_list(&c.model.name)
+        .unwrap_or_default()
         .iter()
         .map(|n| n.as_str().to_string())
         .collect()
@@ -138,7 +144,7 @@ fn mutual_run(c: &ExperimentConfig, v: Variant) -> Result<MutualRun, Invalid> {
             "mutual.eval_samples must be at least 1",
         ));
     }
-    let models = m.model_list(c.model.name);
+    let models = m.model_list(&c.model.name)?;
     for (i, a) in models.iter().enumerate() {
         if models[..i].contains(a) {
             return Err(Invalid::range(
@@ -220,7 +226,7 @@ fn prepare_models(p: &mut Prepared, run: &MutualRun) -> EngineResult {
         p.data.train.num_classes(),
     );
     p.models = m
-        .model_list(c.model.name)
+        .model_list(&c.model.name)?
         .into_iter()
         .map(|name| braid_nn::Arch::new(name, &shape, classes))
         .collect::<Result<Vec<_>, _>>()?;
@@ -238,7 +244,7 @@ pub fn mutual_settings(p: &Prepared, run: &MutualRun) -> EngineResult<MutualSett
     let variant = run.variant;
     let m = &run.mutual;
     let n = p.parts.len();
-    let names = m.model_list(c.model.name);
+    let names = m.model_list(&c.model.name)?;
     let global_model = m
         .global_model
         .and_then(|g| names.iter().position(|&x| x == g))
@@ -366,7 +372,7 @@ macro_rules! mutual_algorithm {
                     .map(braid_nn::Arch::num_params)
                     .max()
                     .unwrap_or(0);
-                p.arch.num_params().max(largest)
+                p.model.num_params().max(largest)
             }
 
             fn describe(p: &Prepared, _run: &MutualRun) -> String {

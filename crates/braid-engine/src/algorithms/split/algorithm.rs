@@ -98,17 +98,23 @@ impl Algorithm for Split {
     }
 
     fn prepare(p: &mut Prepared, sc: &SplitConfig) -> EngineResult {
+        let arch = p.model.arch().ok_or_else(|| {
+            EngineError::Unsupported(format!(
+                "split learning cuts a built-in model at a named layer; model {} is not one (a registered model cannot be split yet)",
+                p.model.name()
+            ))
+        })?;
         let cut = sc
             .cut
             .clone()
-            .or_else(|| p.arch.cut_points().into_iter().next())
+            .or_else(|| arch.cut_points().into_iter().next())
             .ok_or_else(|| {
                 EngineError::from(Invalid::range(
                     "model.name",
-                    format!("model {} has no layer to cut after", p.arch.name.as_str()),
+                    format!("model {} has no layer to cut after", arch.name.as_str()),
                 ))
             })?;
-        p.split = Some(p.arch.split(&cut)?);
+        p.split = Some(arch.split(&cut)?);
         Ok(())
     }
 
@@ -118,7 +124,7 @@ impl Algorithm for Split {
         let c = &p.config;
         let settings = Arc::new(split_settings(p, sc)?);
         let mut nodes: Vec<BoxNode<Msg, SplitMetrics, dyn SplitLearner>> = vec![Box::new(
-            SplitServer::new(Arc::clone(&settings), p.arch.init_params(c.seed))?,
+            SplitServer::new(Arc::clone(&settings), p.model.init_params(c.seed)?)?,
         )];
         for (k, part) in p.parts.iter().enumerate() {
             nodes.push(Box::new(
@@ -133,7 +139,7 @@ impl Algorithm for Split {
         let activations = p.split.as_ref().map_or(0, |s| {
             s.cut_features().saturating_mul(p.config.train.batch_size)
         });
-        p.arch.num_params().max(activations)
+        p.model.num_params().max(activations)
     }
 
     fn describe(p: &Prepared, sc: &SplitConfig) -> String {
@@ -188,7 +194,7 @@ pub fn split_settings(p: &Prepared, sc: &SplitConfig) -> EngineResult<SplitSetti
         client_gradients: sc.client_gradients,
         counts: p.parts.iter().map(Vec::len).collect(),
         client_params: split.client_params(),
-        num_params: p.arch.num_params(),
+        num_params: p.model.num_params(),
         cut_features: split.cut_features(),
         flops: (split.client.forward_flops(), split.server.forward_flops()),
         latency: braid_core::latency::LatencyModel::new(&sc.latency, p.parts.len(), &mut rng),
