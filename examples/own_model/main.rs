@@ -1,0 +1,165 @@
+//! A program with its own model: braid's command line with `digits-net` ([`model`], a burn
+//! module defined here, not in braid) registered beside the built-in models. Every command
+//! works for it (`run`, `launch`, `node`, `audit`, `halt`), with every algorithm that takes a
+//! registered model (the FedAvg family with its feature layers, dsgd with the merge):
+//!
+//! ```text
+//! cargo run --release --example own_model -- run examples/own_model/fedavg.toml
+//! cargo run --release --example own_model -- run examples/own_model/dsgd.toml
+//! cargo run --release --example own_model -- launch examples/own_model/fedavg.toml
+//! ```
+
+mod model;
+
+use braid::Registry;
+
+/// braid's algorithms and models, and this program's model.
+fn registry() -> Result<Registry, braid::braid_engine::algorithm::RegistryError> {
+    let mut registry = Registry::builtin();
+    // The one line that adds the model.
+    registry.add_model("digits-net", model::DigitsNetKind { hidden: 64 })?;
+    // The built-in `mlp` written as a model of one's own, to compare their costs.
+    registry.add_model(
+        "user-mlp",
+        model::UserMlpKind {
+            braid_kernels: false,
+        },
+    )?;
+    registry.add_model(
+        "user-mlp-kernels",
+        model::UserMlpKind {
+            braid_kernels: true,
+        },
+    )?;
+    Ok(registry)
+}
+
+fn main() -> std::process::ExitCode {
+    match registry() {
+        Ok(registry) => braid::cli::main_with(registry),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use braid::braid_engine::algorithms::dsgd::Dsgd;
+    use braid::braid_engine::algorithms::fedavg::FedAvg;
+    use braid::prelude::*;
+
+    /// The repository root: the configs name the data from there.
+    fn root() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    }
+
+    fn config(file: &str, set: &[&str]) -> ExperimentConfig {
+        let src = std::fs::read_to_string(root().join("examples/own_model").join(file))
+            .expect("the example config");
+        let src = src.replace("\"examples/", &format!("\"{}/examples/", root().display()));
+        let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+        ExperimentConfig::parse_with(&src, file, &set, &registry().expect("registers"))
+            .expect("a valid config")
+    }
+
+    fn prepare(c: &ExperimentConfig) -> Prepared {
+        registry()
+            .expect("registers")
+            .of(c)
+            .expect("registered")
+            .prepare(c)
+            .expect("prepared")
+    }
+
+    #[test]
+    fn fedavg_trains_the_programs_own_model_on_csv_tables() {
+        let c = config("fedavg.toml", &["algorithm.rounds=6"]);
+        let p = prepare(&c);
+        assert_eq!(p.model.name(), "digits-net");
+        assert!(p.model.arch().is_none(), "not a built-in");
+        let names: Vec<&str> = p
+            .model
+            .param_shapes()
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "hidden.weight",
+                "hidden.bias",
+                "norm.gamma",
+                "norm.beta",
+                "out.weight",
+                "out.bias"
+            ]
+        );
+        let out = experiment::run::<FedAvg>(&p, &mut |_| {}).expect("the run");
+        let acc: Vec<f64> = out.rows.iter().filter_map(|(m, _)| m.accuracy).collect();
+        let last = acc.last().copied().unwrap_or(0.0);
+        assert!(last > 0.85, "accuracy after 6 rounds {last}: {acc:?}");
+        // The same config and seed give the same run, whatever the worker count.
+        let one = prepare(&config(
+            "fedavg.toml",
+            &["algorithm.rounds=6", "runtime.workers=1"],
+        ));
+        let again = experiment::run::<FedAvg>(&one, &mut |_| {}).expect("the run");
+        assert_eq!(again.final_params, out.final_params);
+        // The compute accounting uses the model's own count.
+        assert_eq!(p.model.forward_flops(), 64 + 8256 + 64 * 16 + 1290);
+    }
+
+    #[test]
+    fn dsgd_and_its_merge_train_the_programs_own_model() {
+        let c = config("dsgd.toml", &["algorithm.steps=300"]);
+        let p = prepare(&c);
+        let out = experiment::run::<Dsgd>(&p, &mut |_| {}).expect("the run");
+        let last = out.rows.last().map(|(m, _)| m.clone()).expect("rows");
+        assert!(
+            last.merged_accuracy > 0.8,
+            "merged accuracy {}",
+            last.merged_accuracy
+        );
+        assert!(last.local_mean > 0.5, "local accuracy {}", last.local_mean);
+    }
+
+    #[test]
+    fn names_and_misfits_are_clear_errors() {
+        let err = |set: &[&str], registry: &Registry| {
+            let src = std::fs::read_to_string(root().join("examples/own_model/fedavg.toml"))
+                .expect("config");
+            let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+            ExperimentConfig::parse_with(&src, "fedavg.toml", &set, registry)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let builtin = err(&[], &Registry::builtin());
+        assert!(
+            builtin.contains("unknown model `digits-net`, expected one of `mlp`"),
+            "{builtin}"
+        );
+        let typo = err(&["model.name=digit-net"], &registry().expect("registers"));
+        assert!(typo.contains("`digits-net`"), "{typo}");
+        // The model refuses data it does not fit, naming itself.
+        let mut c = config("fedavg.toml", &[]);
+        c.data = braid::braid_data::DataConfig::Synthetic(Default::default());
+        let e = registry()
+            .expect("registers")
+            .of(&c)
+            .expect("registered")
+            .prepare(&c)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("digits-net reads 64 pixel counts"), "{e}");
+        // A built-in's name cannot be taken.
+        let mut registry = registry().expect("registers");
+        assert!(registry
+            .add_model("mlp", model::DigitsNetKind { hidden: 8 })
+            .is_err());
+    }
+}
