@@ -83,7 +83,7 @@ impl Algorithm for QFedAvg {
             settings: s.clone(),
             eval_every: c.algorithm.eval_every.max(1),
             clients: clients.clone(),
-            params: p.model.init_params(c.seed)?,
+            params: p.initial_params()?,
             optimizer: ServerOptimizer::new(c.algorithm.server_optimizer.clone()),
             round: 0,
             replies: BTreeMap::new(),

@@ -127,6 +127,49 @@ mod tests {
     }
 
     #[test]
+    fn a_run_starts_from_weights_in_pytorchs_layout_and_misfits_are_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let p = prepare(&config("fedavg.toml", &[]));
+        let start = p.model.init_params(99).expect("init");
+        let file = dir.path().join("start.safetensors");
+        p.model.save(&start, &file).expect("saved");
+        let init = format!("model.init={:?}", file.display().to_string());
+        let from_file = prepare(&config("fedavg.toml", &[&init]));
+        assert_eq!(from_file.initial_params().expect("read"), start);
+        assert_ne!(p.initial_params().expect("seeded"), start);
+        // Weights of another model: every name that does not fit is listed.
+        let mlp = prepare(&config("fedavg.toml", &["model.name=\"mlp\""]));
+        let other = dir.path().join("mlp.safetensors");
+        mlp.model
+            .save(&mlp.initial_params().expect("init"), &other)
+            .expect("saved");
+        let init = format!("model.init={:?}", other.display().to_string());
+        let e = prepare(&config("fedavg.toml", &[&init]))
+            .initial_params()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("does not fit model digits-net: missing hidden.bias, hidden.weight")
+                && e.contains("not in the model: fc.0.bias, fc.0.weight"),
+            "{e}"
+        );
+        // A file that is not safetensors, and one that is not there.
+        let junk = dir.path().join("junk.safetensors");
+        std::fs::write(&junk, b"\xff\xff\xff\xff\xff\xff\xff\x7fnot a header").expect("written");
+        for (path, says) in [
+            (junk, "weights file"),
+            (dir.path().join("none"), "no such file"),
+        ] {
+            let init = format!("model.init={:?}", path.display().to_string());
+            let e = prepare(&config("fedavg.toml", &[&init]))
+                .initial_params()
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says) && !e.contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
     fn names_and_misfits_are_clear_errors() {
         let err = |set: &[&str], registry: &Registry| {
             let src = std::fs::read_to_string(root().join("examples/own_model/fedavg.toml"))

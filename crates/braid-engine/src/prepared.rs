@@ -112,6 +112,15 @@ impl Prepared {
         Ok(())
     }
 
+    /// The model a run starts from: the weights of `[model] init` if set, else the seeded
+    /// init from the run's seed.
+    pub fn initial_params(&self) -> EngineResult<Vec<f32>> {
+        Ok(match &self.config.model.init {
+            Some(path) => self.model.load(path)?,
+            None => self.model.init_params(self.config.seed)?,
+        })
+    }
+
     /// Per-client label counts.
     pub fn histogram(&self) -> Vec<Vec<usize>> {
         label_histogram(

@@ -77,19 +77,58 @@ pub fn load_module<M: Module>(module: M, name: &str, path: &Path) -> Result<Vec<
     if !path.is_file() {
         return Err(err(path, "no such file"));
     }
-    let mut net = module;
-    let mut store = SafetensorsStore::from_file(path).with_from_adapter(PyTorchToBurnAdapter);
-    let result = net
-        .load_from(&mut store)
-        .map_err(|e| err(path, format!("{e:?}")))?;
-    if !result.errors.is_empty() || !result.missing.is_empty() {
+    let size = std::fs::metadata(path).map_err(|e| err(path, e))?.len();
+    let limit = braid_data::max_file_bytes();
+    if size > limit {
         return Err(err(
             path,
-            format!(
-                "does not fit model {} (missing: {:?}, errors: {:?})",
-                name, result.missing, result.errors
-            ),
+            format!("{size} bytes is more than the {limit} bytes a weights file may have here"),
         ));
     }
-    Ok(flat::flatten(&net))
+    let mut net = module;
+    let mut store = SafetensorsStore::from_file(path)
+        .with_from_adapter(PyTorchToBurnAdapter)
+        .allow_partial(true);
+    let result = net
+        .load_from(&mut store)
+        .map_err(|e| err(path, one_line(&format!("{e}"))))?;
+    let mut why = Vec::new();
+    if !result.missing.is_empty() {
+        let names: Vec<&str> = result.missing.iter().map(|(n, _)| n.as_str()).collect();
+        why.push(format!("missing {}", list(&names)));
+    }
+    if !result.unused.is_empty() {
+        let names: Vec<&str> = result.unused.iter().map(String::as_str).collect();
+        why.push(format!("not in the model: {}", list(&names)));
+    }
+    for e in &result.errors {
+        why.push(one_line(&e.to_string()));
+    }
+    if !why.is_empty() {
+        return Err(err(
+            path,
+            format!("does not fit model {name}: {}", why.join("; ")),
+        ));
+    }
+    let params = flat::flatten(&net);
+    if !braid_core::params::all_finite(&params) {
+        return Err(err(
+            path,
+            "holds values that are not finite (NaN or infinity)",
+        ));
+    }
+    Ok(params)
+}
+
+/// At most five names, then how many more.
+fn list(names: &[&str]) -> String {
+    let shown = names.iter().take(5).copied().collect::<Vec<_>>().join(", ");
+    match names.len() {
+        n if n > 5 => format!("{shown} and {} more", n - 5),
+        _ => shown,
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }

@@ -275,6 +275,11 @@ pub struct ModelConfig {
     /// A registered model: a built-in (`mlp`, `cnn`, `cnn-small`, `cnn-deep`) or one a program
     /// registered ([`crate::algorithm::Registry::add_model`]).
     pub name: String,
+    /// Start from these weights instead of the seeded init: a safetensors file in PyTorch's
+    /// layout (a `state_dict` saved with `safetensors.torch.save_file`, or a `final.safetensors`
+    /// braid wrote), names and shapes checked against the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<PathBuf>,
     /// The model kind `name` resolves to, set when the config is read through a registry
     /// (not part of the TOML).
     #[serde(skip)]

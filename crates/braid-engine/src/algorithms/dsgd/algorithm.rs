@@ -133,9 +133,8 @@ impl Algorithm for Dsgd {
     fn build(
         p: &Prepared, d: &DecentralizedConfig,
     ) -> EngineResult<Vec<BoxNode<Msg, GossipMetrics, dyn PeerTrainer>>> {
-        let c = &p.config;
         let settings = Arc::new(dsgd_settings(p, d)?);
-        let init = p.model.init_params(c.seed)?;
+        let init = p.initial_params()?;
         let mut nodes: Vec<BoxNode<Msg, GossipMetrics, dyn PeerTrainer>> =
             Vec::with_capacity(p.parts.len() + 1);
         for (id, part) in p.parts.iter().enumerate() {

@@ -94,7 +94,7 @@ pub(crate) fn build_family(
     });
     let delta = c.compression.is_some_and(|k| k.downlink_delta);
     let blocks = matrix_blocks(p.model.param_shapes());
-    let initial = p.model.init_params(c.seed)?;
+    let initial = p.initial_params()?;
     let server_config = ServerConfig {
         rounds: c.algorithm.rounds.unwrap_or(0),
         clients_per_round: clients_per_round(p),

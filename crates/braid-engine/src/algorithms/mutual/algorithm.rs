@@ -144,6 +144,12 @@ fn mutual_run(c: &ExperimentConfig, v: Variant) -> Result<MutualRun, Invalid> {
             "mutual.eval_samples must be at least 1",
         ));
     }
+    if c.model.init.is_some() {
+        return Err(Invalid::not_applicable(
+            "model.init",
+            "model.init does not apply to mutual learning (each client's model starts from the seeded init of its architecture)",
+        ));
+    }
     let models = m.model_list(&c.model.name)?;
     for (i, a) in models.iter().enumerate() {
         if models[..i].contains(a) {

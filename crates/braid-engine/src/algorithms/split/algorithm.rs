@@ -124,7 +124,7 @@ impl Algorithm for Split {
         let c = &p.config;
         let settings = Arc::new(split_settings(p, sc)?);
         let mut nodes: Vec<BoxNode<Msg, SplitMetrics, dyn SplitLearner>> = vec![Box::new(
-            SplitServer::new(Arc::clone(&settings), p.model.init_params(c.seed)?)?,
+            SplitServer::new(Arc::clone(&settings), p.initial_params()?)?,
         )];
         for (k, part) in p.parts.iter().enumerate() {
             nodes.push(Box::new(
