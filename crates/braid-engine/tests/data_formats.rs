@@ -150,3 +150,53 @@ fn a_data_table_of_the_wrong_format_is_one_clear_error() {
     .to_string();
     assert!(e.contains("extra"), "{e}");
 }
+
+/// `n` CIFAR records of four classes told apart by where they are bright: the quadrant with
+/// the class's number (a normalising network sees shapes, not overall brightness).
+fn cifar_quadrants(n: usize, seed: u64) -> Vec<u8> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut out = Vec::new();
+    for i in 0..n {
+        let l = i % 4;
+        out.push(l as u8);
+        for _plane in 0..3 {
+            for p in 0..1024 {
+                let quadrant = (p / 32 >= 16) as usize * 2 + (p % 32 >= 16) as usize;
+                let base = if quadrant == l { 150 } else { 30 };
+                out.push(base + rng.random_range(0..60));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn fedavg_trains_the_resnet_on_cifar_format_files() {
+    let dir = tempfile::tempdir().unwrap();
+    for k in 1..=5 {
+        let records = cifar_quadrants(16, k);
+        std::fs::write(dir.path().join(format!("data_batch_{k}.bin")), records).unwrap();
+    }
+    std::fs::write(dir.path().join("test_batch.bin"), cifar_quadrants(40, 9)).unwrap();
+    let acc = accuracy(&format!(
+        r#"
+[data]
+dataset = "cifar"
+set = "cifar-10"
+dir = {:?}
+[partition]
+clients = 2
+[model]
+name = "resnet20"
+[train]
+batch_size = 10
+local_epochs = 2
+optimizer = {{ name = "sgd", lr = 0.05, momentum = 0.9 }}
+[algorithm]
+name = "fedavg"
+rounds = 6
+"#,
+        dir.path()
+    ));
+    assert!(acc > 0.6, "accuracy {acc} (chance is 0.25)");
+}

@@ -22,6 +22,7 @@ pub mod flat;
 pub mod kernels;
 pub mod layers;
 pub mod model;
+pub mod models;
 pub mod mutual;
 pub mod net;
 pub mod split;

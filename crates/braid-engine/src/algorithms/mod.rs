@@ -46,6 +46,7 @@ pub fn builtin() -> Registry {
         for model in braid_nn::ModelName::ALL {
             r.add_model_kind(model.as_str(), std::sync::Arc::new(model))?;
         }
+        r.add_model("resnet20", braid_nn::models::ResNetKind::resnet20())?;
         Ok::<(), crate::algorithm::RegistryError>(())
     })();
     debug_assert!(added.is_ok(), "the built-in algorithms register: {added:?}");

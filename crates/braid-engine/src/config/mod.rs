@@ -11,9 +11,7 @@ use braid_core::lr_schedule::LrSchedule;
 use braid_core::partition::PartitionScheme;
 use braid_core::server_opt::ServerOptimizerConfig;
 use braid_data::DataConfig;
-use braid_nn::{
-    AnyModelKind, BoundModel, DataShape, DeviceKind, ModelName, OptimizerConfig, TrainSpec,
-};
+use braid_nn::{AnyModelKind, BoundModel, DataShape, DeviceKind, OptimizerConfig, TrainSpec};
 
 mod features;
 mod network;
@@ -309,12 +307,13 @@ impl PartialEq for ModelChoice {
 }
 
 impl ModelConfig {
-    /// The model bound to data of shape `data`: the resolved kind, or the built-in of that
-    /// name; an error names a model nobody registered.
+    /// The model bound to data of shape `data`: the resolved kind, or braid's built-in of
+    /// that name; an error names a model nobody registered.
     pub fn bind(&self, data: &DataShape) -> crate::error::EngineResult<BoundModel> {
-        let kind: Arc<dyn AnyModelKind> = match (&self.kind.0, ModelName::from_name(&self.name)) {
+        let builtin = || crate::algorithm::Registry::builtin().model(&self.name).ok();
+        let kind: Arc<dyn AnyModelKind> = match (&self.kind.0, builtin()) {
             (Some(kind), _) => Arc::clone(kind),
-            (None, Some(builtin)) => Arc::new(builtin),
+            (None, Some(builtin)) => builtin,
             (None, None) => {
                 return Err(Invalid::new(
                     "model.name",
