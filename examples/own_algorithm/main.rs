@@ -19,13 +19,7 @@ fn registry() -> Result<Registry, braid::braid_engine::algorithm::RegistryError>
 }
 
 fn main() -> std::process::ExitCode {
-    match registry() {
-        Ok(registry) => braid::cli::main_with(registry),
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    braid::cli::main_from(registry())
 }
 
 #[cfg(test)]

@@ -123,6 +123,18 @@ enum Command {
     Audit(audit::AuditCommand),
 }
 
+/// [`main_with`] for a registry a program built, or the error building it returned (printed
+/// as one line, exit code 1): `fn main() -> ExitCode { braid::cli::main_from(registry()) }`.
+pub fn main_from<E: std::fmt::Display>(registry: Result<Registry, E>) -> ExitCode {
+    match registry {
+        Ok(registry) => main_with(registry),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs the command line (arguments from the process) with the algorithms of `registry`; the
 /// process's exit code. `braid`'s own `main` is `main_with(Registry::builtin())`.
 pub fn main_with(registry: Registry) -> ExitCode {
