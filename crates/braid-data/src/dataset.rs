@@ -19,6 +19,19 @@ pub enum Features {
     F32(Vec<f32>),
 }
 
+/// What a data set's samples are for, which sets what a model is trained to output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Task {
+    /// One label per sample, one of `num_classes`: cross-entropy, accuracy.
+    #[default]
+    Classify,
+    /// A sample is `T + 1` tokens (byte values `0..num_classes`): the model reads the first
+    /// `T` and predicts each next one (`[batch * T, num_classes]` logits, position by position);
+    /// cross-entropy per token (perplexity is its exponential), next-token accuracy. The
+    /// label is unused.
+    NextToken,
+}
+
 /// A labelled data set held in memory.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dataset {
@@ -27,6 +40,7 @@ pub struct Dataset {
     sample_shape: Vec<usize>,
     num_classes: usize,
     groups: Option<Vec<u32>>,
+    task: Task,
 }
 
 /// A training set and a test set of the same shape.
@@ -70,7 +84,19 @@ impl Dataset {
             sample_shape,
             num_classes,
             groups: None,
+            task: Task::Classify,
         })
+    }
+
+    /// The same data for another task.
+    pub fn with_task(mut self, task: Task) -> Self {
+        self.task = task;
+        self
+    }
+
+    /// What the samples are for.
+    pub fn task(&self) -> Task {
+        self.task
     }
 
     /// Attaches a natural grouping (e.g. the generating client of a synthetic sample).
@@ -176,6 +202,7 @@ impl Dataset {
                 .groups
                 .as_ref()
                 .map(|g| idx.iter().map(|&i| g[i]).collect()),
+            task: self.task,
         }
     }
 

@@ -5,6 +5,7 @@
 //! - [`cifar`]: CIFAR-10 and CIFAR-100 binary batches;
 //! - [`npy`]: NumPy's `.npy` arrays and `.npz` archives; [`arrays`]: data sets made of them;
 //! - [`csv_table`]: numeric CSV tables with a label column and an optional group column;
+//! - [`text`]: a text corpus as byte tokens in next-token windows;
 //! - [`source`]: where data comes from: the bundled Fashion-MNIST subset, Debian's full
 //!   `dataset-fashion-mnist`, any IDX directory, the formats above, or FedProx's
 //!   Synthetic(alpha, beta) generator.
@@ -20,8 +21,9 @@ pub mod idx;
 pub mod npy;
 pub mod source;
 pub mod synthetic;
+pub mod text;
 
-pub use dataset::{DataSplit, Dataset};
+pub use dataset::{DataSplit, Dataset, Task};
 pub use source::{load, load_train_dir, DataConfig, FashionSource};
 
 use std::path::PathBuf;

@@ -10,6 +10,7 @@ use crate::csv_table::CsvConfig;
 use crate::dataset::{DataSplit, Dataset, Features};
 use crate::idx::{parse_idx, read_idx, IdxArray};
 use crate::synthetic::{self, SyntheticConfig};
+use crate::text::TextConfig;
 use crate::DataError;
 
 /// Where Debian's `dataset-fashion-mnist` package puts the full data set.
@@ -51,6 +52,8 @@ pub enum DataConfig {
     Npy(NpyConfig),
     /// One NumPy `.npz` archive.
     Npz(NpzConfig),
+    /// A text corpus as byte tokens in next-token windows.
+    Text(TextConfig),
 }
 
 fn default_source() -> String {
@@ -125,6 +128,11 @@ impl DataConfig {
             Self::Csv(c) => format!("CSV tables {} and {}", c.train.display(), c.test.display()),
             Self::Npy(c) => format!("NumPy arrays {} ...", c.train_features.display()),
             Self::Npz(c) => format!("NumPy archive {}", c.path.display()),
+            Self::Text(c) => format!(
+                "text corpus {} as bytes in windows of {}",
+                c.path.display(),
+                c.window
+            ),
         }
     }
 }
@@ -147,6 +155,7 @@ pub fn load(config: &DataConfig, seed: u64) -> Result<DataSplit, DataError> {
         DataConfig::Csv(c) => c.load(max),
         DataConfig::Npy(c) => c.load(max),
         DataConfig::Npz(c) => c.load(max),
+        DataConfig::Text(c) => c.load(max),
     }
 }
 

@@ -44,16 +44,23 @@ pub struct Prepared {
     pub mutual_spec: Option<(f64, SupervisedLoss)>,
 }
 
+/// Refuses a run of `what` (an algorithm family) on data that is not for classification.
+pub(crate) fn classification_only(p: &Prepared, what: &str) -> EngineResult {
+    match p.data.train.task() {
+        braid_data::Task::Classify => Ok(()),
+        other => Err(EngineError::Unsupported(format!(
+            "{what} trains classifiers; this data is for {other:?} (the FedAvg family and dsgd train any task)"
+        ))),
+    }
+}
+
 /// Loads the data, partitions it into `shards` shards and binds the model; errors name what
 /// is wrong. Algorithms add what they need with [`crate::algorithm::Algorithm::prepare`].
 pub fn prepare_data(config: &ExperimentConfig, shards: usize) -> EngineResult<Prepared> {
     let data = braid_data::load(&config.data, config.seed)
         .map_err(|e| EngineError::Data(e.to_string()))?;
     let data_description = config.data.describe();
-    let model = config.model.bind(&DataShape {
-        sample: data.train.sample_shape().to_vec(),
-        classes: data.train.num_classes(),
-    })?;
+    let model = config.model.bind(&DataShape::of(&data.train))?;
     let scheme = config.partition.scheme()?;
     let parts = if shards == 1 {
         vec![(0..data.train.len()).collect()]
@@ -319,7 +326,8 @@ impl Capabilities for BurnTrainer {
         self.flops
     }
     fn label_flipper(&mut self) -> Option<&mut dyn FlipLabels> {
-        Some(self)
+        // Next-token windows have no labels to flip.
+        (self.data.train.task() == braid_data::Task::Classify).then_some(self as _)
     }
 }
 

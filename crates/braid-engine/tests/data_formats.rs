@@ -200,3 +200,49 @@ rounds = 6
     ));
     assert!(acc > 0.6, "accuracy {acc} (chance is 0.25)");
 }
+
+#[test]
+fn fedavg_trains_the_transformer_on_a_text_corpus_and_classifiers_refuse_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let sentence = "the quick brown fox jumps over the lazy dog. ";
+    std::fs::write(dir.path().join("corpus.txt"), sentence.repeat(100)).unwrap();
+    let toml = format!(
+        r#"
+[data]
+dataset = "text"
+path = {:?}
+window = 16
+[partition]
+clients = 2
+[model]
+name = "transformer"
+[train]
+batch_size = 16
+optimizer = {{ name = "adamw", lr = 0.003, weight_decay = 0.0 }}
+[algorithm]
+name = "fedavg"
+rounds = 3
+"#,
+        dir.path().join("corpus.txt")
+    );
+    let c = ExperimentConfig::parse(&toml, "test", &[]).unwrap_or_else(|e| panic!("{e}"));
+    let prepared = experiment::prepare(&c).unwrap_or_else(|e| panic!("{e}"));
+    let out = experiment::run::<FedAvg>(&prepared, &mut |_| {}).unwrap();
+    let losses: Vec<f64> = out.rows.iter().filter_map(|(m, _)| m.loss).collect();
+    let first = *losses.first().unwrap();
+    let last = *losses.last().unwrap();
+    // Cross-entropy per byte: ln 256 = 5.5 untrained; the sentence is learnt quickly.
+    assert!(last < 2.0 && last < first, "test loss per byte {losses:?}");
+    let acc = out.rows.last().and_then(|(m, _)| m.accuracy).unwrap();
+    assert!(acc > 0.5, "next-byte accuracy {acc}");
+    // A classifier on text, or split learning on it: one clear line each.
+    let e = ExperimentConfig::parse(&toml, "test", &["model.name=\"mlp\"".into()])
+        .map_err(|e| e.to_string())
+        .and_then(|c| {
+            experiment::prepare(&c)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+        .unwrap_err();
+    assert!(e.contains("model mlp classifies"), "{e}");
+}

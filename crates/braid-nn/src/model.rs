@@ -22,6 +22,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use braid_core::seed;
+pub use braid_data::Task;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Tensor};
 
@@ -48,13 +49,27 @@ impl Model for Net {
     }
 }
 
-/// What a model is built for: the shape of one sample and the number of classes.
+/// What a model is built for: the shape of one sample, the number of classes and the task.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataShape {
-    /// One sample's shape, e.g. `[channels, height, width]` or `[features]`.
+    /// One sample's shape, e.g. `[channels, height, width]` or `[features]` (next-token
+    /// prediction: `[T + 1]`, the model reading `T` tokens).
     pub sample: Vec<usize>,
-    /// Number of classes (the width of the output).
+    /// Number of classes (the width of the output; next-token prediction: the vocabulary).
     pub classes: usize,
+    /// Classification, or next-token prediction ([`Task`]).
+    pub task: Task,
+}
+
+impl DataShape {
+    /// The shape of a data set's samples, classes and task.
+    pub fn of(data: &braid_data::Dataset) -> Self {
+        Self {
+            sample: data.sample_shape().to_vec(),
+            classes: data.num_classes(),
+            task: data.task(),
+        }
+    }
 }
 
 impl DataShape {
@@ -93,6 +108,13 @@ impl ModelKind for ModelName {
     type Module = Net;
 
     fn build(&self, data: &DataShape, device: &Device) -> Result<Net, NnError> {
+        if data.task != Task::Classify {
+            return Err(NnError::Shape(format!(
+                "model {} classifies; the data is for {:?}",
+                self.as_str(),
+                data.task
+            )));
+        }
         Ok(Net::new(
             &Arch::new(*self, &data.sample, data.classes)?,
             device,
@@ -138,6 +160,12 @@ impl<K: ModelKind> AnyModelKind for Kind<K> {
 
 impl AnyModelKind for ModelName {
     fn bind(self: Arc<Self>, name: &str, data: &DataShape) -> Result<BoundModel, NnError> {
+        if data.task != Task::Classify {
+            return Err(NnError::Shape(format!(
+                "model {name} classifies; the data is for {:?} (a language model such as \"transformer\" fits it)",
+                data.task
+            )));
+        }
         let arch = Arch::new(*self, &data.sample, data.classes)?;
         let params = arch.param_shapes();
         Ok(BoundModel {
@@ -248,6 +276,7 @@ impl BoundModel {
             data: DataShape {
                 sample: arch.input.clone(),
                 classes: arch.output_features(),
+                task: Task::Classify,
             },
             params: arch.param_shapes().into(),
             num_params: arch.num_params(),
@@ -422,6 +451,7 @@ mod tests {
         DataShape {
             sample: vec![3],
             classes: 2,
+            task: braid_data::Task::Classify,
         }
     }
 
@@ -514,6 +544,7 @@ mod tests {
         let data = DataShape {
             sample: vec![1, 28, 28],
             classes: 10,
+            task: braid_data::Task::Classify,
         };
         let bound = Arc::new(ModelName::CnnSmall)
             .bind("cnn-small", &data)

@@ -5,7 +5,7 @@
 //! rounds and memory grows with the number of trainers (worker threads), not clients.
 
 use braid_core::seed;
-use braid_data::Dataset;
+use braid_data::{Dataset, Task};
 use burn::module::{ModuleVisitor, Param};
 use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 use burn::optim::decay::WeightDecayConfig;
@@ -242,9 +242,10 @@ impl TrainOutcome {
 /// The result of an evaluation.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EvalOutcome {
-    /// Fraction of correctly classified samples.
+    /// Fraction of correctly classified samples (next-token prediction: of tokens).
     pub accuracy: f64,
-    /// Mean cross-entropy.
+    /// Mean cross-entropy, per sample (next-token prediction: per token, in nats; the
+    /// perplexity is its exponential).
     pub loss: f64,
     /// Samples evaluated.
     pub samples: usize,
@@ -424,6 +425,7 @@ impl<M: Model> ModelTrainer for Trainer<M> {
 pub struct Trainer<M: Model = Net> {
     name: String,
     input: Vec<usize>,
+    task: Task,
     num_params: usize,
     device: Device,
     /// The module with zero parameters, numbered 0, 1, 2, ...: what a call starts from if
@@ -442,6 +444,7 @@ impl Trainer<Net> {
         let data = DataShape {
             sample: arch.input.clone(),
             classes: arch.output_features(),
+            task: Task::Classify,
         };
         Self::from_module(arch.name.as_str(), &data, arch.num_params(), module, device)
     }
@@ -459,6 +462,7 @@ impl<M: Model> Trainer<M> {
         Ok(Self {
             name: name.into(),
             input: data.sample.clone(),
+            task: data.task,
             num_params,
             device,
             model: Some(template.clone()),
@@ -489,6 +493,14 @@ impl<M: Model> Trainer<M> {
                 expected: self.num_params,
                 got: params.len(),
             });
+        }
+        if data.task() != self.task {
+            return Err(NnError::Shape(format!(
+                "model {} was built for {:?}, the data is for {:?}",
+                self.name,
+                self.task,
+                data.task()
+            )));
         }
         if data.sample_shape() != self.input.as_slice() {
             return Err(NnError::Shape(format!(
@@ -621,10 +633,26 @@ impl<M: Model> Trainer<M> {
         flat::load_flat(model, params)
     }
 
+    /// The model's input for samples `idx` and the targets of its output rows: the labels
+    /// (classification), or each window's tokens after the first (next-token prediction: the
+    /// input is the window without its last token, `[batch, T]`, the targets `[batch * T]`).
     fn batch(&self, data: &Dataset, idx: &[usize], device: &Device) -> (Tensor<2>, Tensor<1, Int>) {
         let (mut x, mut y) = (Vec::new(), Vec::new());
         data.gather(idx, &mut x, &mut y);
-        let xs = Tensor::<2>::from_data(TensorData::new(x, [idx.len(), data.sample_len()]), device);
+        let len = data.sample_len();
+        if data.task() == Task::NextToken {
+            let t = len.saturating_sub(1);
+            let mut input = Vec::with_capacity(idx.len() * t);
+            let mut next = Vec::with_capacity(idx.len() * t);
+            for row in x.chunks(len.max(1)) {
+                input.extend_from_slice(&row[..t]);
+                next.extend(row[1..].iter().map(|&v| v as i64));
+            }
+            let xs = Tensor::<2>::from_data(TensorData::new(input, [idx.len(), t]), device);
+            let ys = Tensor::<1, Int>::from_data(TensorData::new(next, [idx.len() * t]), device);
+            return (xs, ys);
+        }
+        let xs = Tensor::<2>::from_data(TensorData::new(x, [idx.len(), len]), device);
         let ys = Tensor::<1, Int>::from_data(TensorData::new(y, [idx.len()]), device);
         (xs, ys)
     }
@@ -799,19 +827,21 @@ impl<M: Model> Trainer<M> {
         let valid = model.valid();
         let device = self.device.clone().inner();
         let loss_fn = CrossEntropyLossConfig::new().init(&device);
-        let (mut correct, mut loss_sum) = (0i64, 0f64);
+        let (mut correct, mut loss_sum, mut targets) = (0i64, 0f64, 0usize);
         for chunk in idx.chunks(self.eval_batch) {
             let (x, y) = self.batch(data, chunk, &device);
             let logits = valid.forward(x);
+            let [rows] = y.dims();
             let loss = loss_fn
                 .forward(logits.clone(), y.clone())
                 .into_scalar::<f32>();
-            loss_sum += f64::from(loss) * chunk.len() as f64;
-            let pred = logits.argmax(1).reshape([chunk.len() as i32]);
+            loss_sum += f64::from(loss) * rows as f64;
+            let pred = logits.argmax(1).reshape([rows as i32]);
             correct += pred.equal(y).int().sum().into_scalar::<i64>();
+            targets += rows;
         }
         self.model = Some(model);
-        let n = idx.len().max(1) as f64;
+        let n = targets.max(1) as f64;
         Ok(EvalOutcome {
             accuracy: correct as f64 / n,
             loss: loss_sum / n,

@@ -47,6 +47,7 @@ pub fn builtin() -> Registry {
             r.add_model_kind(model.as_str(), std::sync::Arc::new(model))?;
         }
         r.add_model("resnet20", braid_nn::models::ResNetKind::resnet20())?;
+        r.add_model("transformer", braid_nn::models::TransformerKind::small())?;
         Ok::<(), crate::algorithm::RegistryError>(())
     })();
     debug_assert!(added.is_ok(), "the built-in algorithms register: {added:?}");

@@ -2,5 +2,7 @@
 //! with one line in the engine's built-in registry.
 
 pub mod resnet;
+pub mod transformer;
 
 pub use resnet::{ResNet, ResNetKind};
+pub use transformer::{TransformerKind, TransformerLm};

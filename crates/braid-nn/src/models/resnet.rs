@@ -191,6 +191,7 @@ mod tests {
         DataShape {
             sample: vec![3, 32, 32],
             classes: 10,
+            task: braid_data::Task::Classify,
         }
     }
 
@@ -219,6 +220,7 @@ mod tests {
                 &DataShape {
                     sample: vec![784],
                     classes: 10,
+                    task: braid_data::Task::Classify,
                 },
             )
             .unwrap_err()

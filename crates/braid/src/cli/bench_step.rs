@@ -133,10 +133,7 @@ pub fn run(args: BenchStepArgs, registry: &Registry) -> Result<()> {
         }
     };
     let data = braid_data::load(&config.data, config.seed)?;
-    let model = config.model.bind(&DataShape {
-        sample: data.train.sample_shape().to_vec(),
-        classes: data.train.num_classes(),
-    })?;
+    let model = config.model.bind(&DataShape::of(&data.train))?;
     // Consecutive batches of the training set, in file order.
     let n_batches = (data.train.len() / args.batch).clamp(1, 64);
     let batches: Vec<Vec<usize>> = (0..n_batches)

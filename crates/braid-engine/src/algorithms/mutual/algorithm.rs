@@ -225,6 +225,7 @@ fn mutual_run(c: &ExperimentConfig, v: Variant) -> Result<MutualRun, Invalid> {
 
 /// Binds the run's list of models to the data and assigns one to each client.
 fn prepare_models(p: &mut Prepared, run: &MutualRun) -> EngineResult {
+    crate::prepared::classification_only(p, "mutual learning")?;
     let c = &p.config;
     let m = &run.mutual;
     let (shape, classes) = (

@@ -98,6 +98,7 @@ impl Algorithm for Split {
     }
 
     fn prepare(p: &mut Prepared, sc: &SplitConfig) -> EngineResult {
+        crate::prepared::classification_only(p, "split learning")?;
         let arch = p.model.arch().ok_or_else(|| {
             EngineError::Unsupported(format!(
                 "split learning cuts a built-in model at a named layer; model {} is not one (a registered model cannot be split yet)",
