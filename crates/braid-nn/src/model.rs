@@ -104,21 +104,24 @@ pub trait ModelKind: Send + Sync + 'static {
     }
 }
 
+impl ModelName {
+    /// The architecture for `data`, or why it does not fit: the built-ins classify.
+    fn arch_for(self, name: &str, data: &DataShape) -> Result<Arch, NnError> {
+        if data.task != Task::Classify {
+            return Err(NnError::Shape(format!(
+                "model {name} classifies; the data is for {:?} (a language model such as \"transformer\" fits it)",
+                data.task
+            )));
+        }
+        Arch::new(self, &data.sample, data.classes)
+    }
+}
+
 impl ModelKind for ModelName {
     type Module = Net;
 
     fn build(&self, data: &DataShape, device: &Device) -> Result<Net, NnError> {
-        if data.task != Task::Classify {
-            return Err(NnError::Shape(format!(
-                "model {} classifies; the data is for {:?}",
-                self.as_str(),
-                data.task
-            )));
-        }
-        Ok(Net::new(
-            &Arch::new(*self, &data.sample, data.classes)?,
-            device,
-        ))
+        Ok(Net::new(&self.arch_for(self.as_str(), data)?, device))
     }
 
     fn forward_flops(&self, data: &DataShape, _num_params: usize) -> u64 {
@@ -160,22 +163,10 @@ impl<K: ModelKind> AnyModelKind for Kind<K> {
 
 impl AnyModelKind for ModelName {
     fn bind(self: Arc<Self>, name: &str, data: &DataShape) -> Result<BoundModel, NnError> {
-        if data.task != Task::Classify {
-            return Err(NnError::Shape(format!(
-                "model {name} classifies; the data is for {:?} (a language model such as \"transformer\" fits it)",
-                data.task
-            )));
-        }
-        let arch = Arch::new(*self, &data.sample, data.classes)?;
-        let params = arch.param_shapes();
+        let arch = self.arch_for(name, data)?;
         Ok(BoundModel {
             name: name.into(),
-            data: data.clone(),
-            forward_flops: arch.forward_flops(),
-            num_params: arch.num_params(),
-            params: params.into(),
-            arch: Some(arch),
-            maker: Arc::new(Kind(*self)),
+            ..BoundModel::builtin(&arch)
         })
     }
 }

@@ -107,15 +107,14 @@ impl Net {
             let mut t: Tensor<4> = x.reshape([batch, arch.input[0], arch.input[1], arch.input[2]]);
             for block in &self.blocks {
                 for conv in &block.convs {
-                    t = match (&conv.bias, own_kernels) {
-                        (Some(bias), true) => {
-                            crate::kernels::conv3x3_relu(t, conv.weight.val(), bias.val())
-                        }
-                        _ => relu(conv.forward(t)),
+                    t = if own_kernels {
+                        crate::layers::conv_relu(conv, t)
+                    } else {
+                        relu(conv.forward(t))
                     };
                 }
                 t = if own_kernels {
-                    crate::kernels::max_pool2x2(t)
+                    crate::layers::max_pool(&block.pool, t)
                 } else {
                     block.pool.forward(t)
                 };
@@ -124,9 +123,10 @@ impl Net {
         };
         let last = self.fc.len().saturating_sub(1);
         for (i, layer) in self.fc.iter().enumerate() {
-            h = match (&layer.bias, own_kernels) {
-                (Some(bias), true) => crate::kernels::linear(h, layer.weight.val(), bias.val()),
-                _ => layer.forward(h),
+            h = if own_kernels {
+                crate::layers::linear(layer, h)
+            } else {
+                layer.forward(h)
             };
             if i < last || arch.relu_out {
                 h = relu(h);
