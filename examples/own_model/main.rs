@@ -1,5 +1,6 @@
-//! A program with its own model: braid's command line with `digits-net` ([`model`], a burn
-//! module defined here, not in braid) registered beside the built-in models. Every command
+//! A program with its own model and data: braid's command line with `digits-net` ([`model`], a
+//! burn module defined here, not in braid) registered beside the built-in models, and
+//! `digits-images` ([`data_set`], the digits tables read as images) beside braid's data sets. Every command
 //! works for it (`run`, `launch`, `node`, `audit`, `halt`), with every algorithm that takes a
 //! registered model (the FedAvg family with its feature layers, dsgd with the merge):
 //!
@@ -7,8 +8,10 @@
 //! cargo run --release --example own_model -- run examples/own_model/fedavg.toml
 //! cargo run --release --example own_model -- run examples/own_model/dsgd.toml
 //! cargo run --release --example own_model -- launch examples/own_model/fedavg.toml
+//! cargo run --release --example own_model -- run examples/own_model/images.toml
 //! ```
 
+mod data_set;
 mod model;
 
 use braid::Registry;
@@ -31,6 +34,8 @@ fn registry() -> Result<Registry, braid::braid_engine::algorithm::RegistryError>
             braid_kernels: true,
         },
     )?;
+    // The one line that adds the data set.
+    registry.add_dataset("digits-images", data_set::DigitsImages)?;
     Ok(registry)
 }
 
@@ -160,6 +165,58 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(says) && !e.contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_programs_own_data_set_trains_and_is_written_back_as_given() {
+        let c = config("images.toml", &["algorithm.rounds=3"]);
+        let p = prepare(&c);
+        assert_eq!(p.data.train.sample_shape(), &[1, 8, 8]);
+        assert!(p.data_description.contains("as 8x8 images"));
+        let out = experiment::run::<FedAvg>(&p, &mut |_| {}).expect("the run");
+        let acc = out.rows.last().and_then(|(m, _)| m.accuracy).unwrap_or(0.0);
+        assert!(acc > 0.5, "accuracy after 3 rounds {acc}");
+        // config.toml keeps the table; read back through the registry, it is the same config.
+        let again = ExperimentConfig::parse_with(
+            &c.to_toml(),
+            "config.toml",
+            &[],
+            &registry().expect("registers"),
+        )
+        .expect("reads back");
+        assert_eq!(again, c);
+        assert!(c.to_toml().contains("dataset = \"digits-images\""));
+        // Its own options are checked by its own type, its own bounds by its loader.
+        let err = |set: &[&str]| {
+            let src = std::fs::read_to_string(root().join("examples/own_model/images.toml"))
+                .expect("config")
+                .replace("\"examples/", &format!("\"{}/examples/", root().display()));
+            let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+            match ExperimentConfig::parse_with(&src, "images.toml", &set, &registry().expect("r")) {
+                Err(e) => e.to_string(),
+                Ok(c) => prepare_err(&c),
+            }
+        };
+        let typo = err(&["data.max_cnt=3"]);
+        assert!(typo.contains("unknown field `max_cnt`"), "{typo}");
+        let low = err(&["data.max_count=4"]);
+        assert!(low.contains("not between 0 and 4"), "{low}");
+        let name = err(&["data.dataset=\"digit-images\""]);
+        assert!(
+            name.contains("unknown data set `digit-images`") && name.contains("`digits-images`"),
+            "{name}"
+        );
+        // braid's own names are not for taking.
+        let mut r = registry().expect("registers");
+        assert!(r.add_dataset("csv", data_set::DigitsImages).is_err());
+    }
+
+    fn prepare_err(c: &ExperimentConfig) -> String {
+        let r = registry().expect("registers");
+        match r.of(c).expect("registered").prepare(c) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
         }
     }
 

@@ -109,7 +109,7 @@ pub enum PartitionError {
 
 /// Splits samples with the given labels over `clients`, deterministically from `rng`.
 pub fn partition(
-    scheme: &PartitionScheme, labels: &[u8], groups: Option<&[u32]>, num_classes: usize,
+    scheme: &PartitionScheme, labels: &[u32], groups: Option<&[u32]>, num_classes: usize,
     clients: usize, rng: &mut Rng,
 ) -> Result<Vec<Vec<usize>>, PartitionError> {
     let n = labels.len();
@@ -125,10 +125,10 @@ pub fn partition(
     if let Some((index, &l)) = labels
         .iter()
         .enumerate()
-        .find(|(_, &l)| usize::from(l) >= num_classes)
+        .find(|(_, &l)| l as usize >= num_classes)
     {
         return Err(PartitionError::BadLabel {
-            label: usize::from(l),
+            label: l as usize,
             index,
             num_classes,
         });
@@ -249,10 +249,10 @@ fn dirichlet_draw(k: usize, alpha: f64, rng: &mut Rng) -> Vec<f64> {
     g
 }
 
-fn by_class(labels: &[u8], num_classes: usize) -> Vec<Vec<usize>> {
+fn by_class(labels: &[u32], num_classes: usize) -> Vec<Vec<usize>> {
     let mut classes = vec![Vec::new(); num_classes];
     for (i, &l) in labels.iter().enumerate() {
-        classes[usize::from(l)].push(i);
+        classes[l as usize].push(i);
     }
     classes
 }
@@ -264,7 +264,7 @@ fn iid(n: usize, clients: usize, rng: &mut Rng) -> Vec<Vec<usize>> {
 }
 
 fn dirichlet(
-    labels: &[u8], num_classes: usize, clients: usize, alpha: f64, min_size: usize, rng: &mut Rng,
+    labels: &[u32], num_classes: usize, clients: usize, alpha: f64, min_size: usize, rng: &mut Rng,
 ) -> Result<Vec<Vec<usize>>, PartitionError> {
     let classes = by_class(labels, num_classes);
     for _ in 0..1000 {
@@ -285,7 +285,7 @@ fn dirichlet(
     Err(PartitionError::MinSizeUnreachable { min_size })
 }
 
-fn shards(labels: &[u8], clients: usize, per_client: usize, rng: &mut Rng) -> Vec<Vec<usize>> {
+fn shards(labels: &[u32], clients: usize, per_client: usize, rng: &mut Rng) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..labels.len()).collect();
     order.shuffle(rng); // random order within each class
     order.sort_by_key(|&i| labels[i]); // stable: keeps the shuffled order inside a class
@@ -303,7 +303,8 @@ fn shards(labels: &[u8], clients: usize, per_client: usize, rng: &mut Rng) -> Ve
 }
 
 fn extended_dirichlet(
-    labels: &[u8], num_classes: usize, clients: usize, per_client: usize, alpha: f64, rng: &mut Rng,
+    labels: &[u32], num_classes: usize, clients: usize, per_client: usize, alpha: f64,
+    rng: &mut Rng,
 ) -> Vec<Vec<usize>> {
     // Class ownership: a shuffled round-robin covers every class, then random distinct extras.
     let mut cover: Vec<usize> = (0..num_classes).collect();
@@ -391,13 +392,15 @@ fn natural(
 }
 
 /// Per-client label counts: `hist[client][class]`.
-pub fn label_histogram(labels: &[u8], parts: &[Vec<usize>], num_classes: usize) -> Vec<Vec<usize>> {
+pub fn label_histogram(
+    labels: &[u32], parts: &[Vec<usize>], num_classes: usize,
+) -> Vec<Vec<usize>> {
     parts
         .iter()
         .map(|p| {
             let mut h = vec![0usize; num_classes];
             for &i in p {
-                if let Some(slot) = labels.get(i).and_then(|&l| h.get_mut(usize::from(l))) {
+                if let Some(slot) = labels.get(i).and_then(|&l| h.get_mut(l as usize)) {
                     *slot += 1;
                 }
             }
@@ -412,8 +415,8 @@ mod tests {
     use crate::seed;
     use proptest::prelude::*;
 
-    fn labels(n: usize, classes: usize) -> Vec<u8> {
-        (0..n).map(|i| (i * 7 % classes) as u8).collect()
+    fn labels(n: usize, classes: usize) -> Vec<u32> {
+        (0..n).map(|i| (i * 7 % classes) as u32).collect()
     }
 
     fn assert_exact_cover(parts: &[Vec<usize>], n: usize) {

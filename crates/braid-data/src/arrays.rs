@@ -4,7 +4,7 @@
 //! Features are `[samples, ...]`: `[n, features]` for tables, `[n, channels, height, width]`
 //! for images (`[n, height, width]` reads as one channel). `u1` features are kept as bytes and
 //! scaled by 1/255 when batched, as images are; every other type becomes `f32` and must be
-//! finite. Labels are one whole number per sample, below 256.
+//! finite. Labels are one whole number per sample, below 2^24 (any number of classes up to that).
 
 use std::path::{Path, PathBuf};
 
@@ -101,7 +101,7 @@ fn build(
     let (train_labels, test_labels) = (labels(&yn, &y)?, labels(&ytn, &yt)?);
     let classes = classes.unwrap_or_else(|| {
         let largest = train_labels.iter().chain(&test_labels).max();
-        largest.map_or(1, |l| usize::from(*l) + 1)
+        largest.map_or(1, |l| *l as usize + 1)
     });
     let train = dataset(&xn, x, train_labels, classes)?;
     let test = dataset(&xtn, xt, test_labels, classes)?;
@@ -132,7 +132,7 @@ fn build(
     Ok(DataSplit { train, test })
 }
 
-fn labels(name: &str, a: &NpyArray) -> Result<Vec<u8>, DataError> {
+fn labels(name: &str, a: &NpyArray) -> Result<Vec<crate::Label>, DataError> {
     let bad = |why: String| DataError::Mismatch(format!("{name}: {why}"));
     if a.shape.len() != 1 && !(a.shape.len() == 2 && a.shape[1] == 1) {
         return Err(bad(format!(
@@ -149,18 +149,21 @@ fn labels(name: &str, a: &NpyArray) -> Result<Vec<u8>, DataError> {
         .into_iter()
         .enumerate()
         .map(|(i, v)| {
-            if (0.0..256.0).contains(&v) {
-                Ok(v as u8)
+            if (0.0..crate::MAX_CLASSES as f64).contains(&v) {
+                Ok(v as crate::Label)
             } else {
                 Err(bad(format!(
-                    "label {v} at sample {i}; braid's labels are 0 to 255 (more classes are not supported yet)"
+                    "label {v} at sample {i} is not between 0 and braid's {} classes at most",
+                    crate::MAX_CLASSES
                 )))
             }
         })
         .collect()
 }
 
-fn dataset(name: &str, x: NpyArray, labels: Vec<u8>, classes: usize) -> Result<Dataset, DataError> {
+fn dataset(
+    name: &str, x: NpyArray, labels: Vec<crate::Label>, classes: usize,
+) -> Result<Dataset, DataError> {
     let bad = |why: String| DataError::Mismatch(format!("{name}: {why}"));
     let Some((&n, rest)) = x.shape.split_first() else {
         return Err(bad(
@@ -266,6 +269,26 @@ mod tests {
     }
 
     #[test]
+    fn labels_beyond_255_make_as_many_classes() {
+        let dir = tempfile::tempdir().unwrap();
+        let x = || npy("<f4", &[2, 1], &f32s(&[1.0, 2.0]));
+        let s = write_four(
+            dir.path(),
+            [
+                x(),
+                npy("<i8", &[2], &i64s(&[0, 999])),
+                x(),
+                npy("<i8", &[2], &i64s(&[5, 1])),
+            ],
+        )
+        .load(1 << 20)
+        .unwrap();
+        assert_eq!(s.train.labels(), &[0, 999]);
+        assert_eq!(s.train.num_classes(), 1000);
+        assert_eq!(s.test.class_counts()[5], 1);
+    }
+
+    #[test]
     fn mismatched_or_hostile_arrays_are_refused_by_name() {
         let dir = tempfile::tempdir().unwrap();
         let x = || npy("<f4", &[2, 1], &f32s(&[1.0, 2.0]));
@@ -280,8 +303,8 @@ mod tests {
                 "labels are floats",
             ),
             (
-                [x(), npy("<i8", &[2], &i64s(&[0, 300])), x(), y()],
-                "label 300 at sample 1",
+                [x(), npy("<i8", &[2], &i64s(&[0, 1 << 24])), x(), y()],
+                "label 16777216 at sample 1",
             ),
             (
                 [x(), npy("<i8", &[2], &i64s(&[0, -1])), x(), y()],

@@ -84,7 +84,7 @@ impl Cifar {
 
     /// Parses one file's records into images (appended to `images`) and labels.
     pub fn parse(
-        self, raw: &[u8], images: &mut Vec<u8>, labels: &mut Vec<u8>,
+        self, raw: &[u8], images: &mut Vec<u8>, labels: &mut Vec<crate::Label>,
     ) -> Result<(), String> {
         let lb = self.label_bytes();
         let record = lb + IMAGE_BYTES;
@@ -105,7 +105,7 @@ impl Cifar {
                     "record {i} has label {label}, not below the {classes} classes"
                 ));
             }
-            labels.push(label);
+            labels.push(label.into());
             images.extend_from_slice(&r[lb..]);
         }
         Ok(())

@@ -2,8 +2,8 @@
 //! natural partition, such as a writer or a hospital), and every other column a feature.
 //!
 //! Strict: every row has the header's fields; every feature is a finite number; a label is a
-//! whole number below 256; a group is a whole number. An error names the file, the line and
-//! the column.
+//! whole number below 2^24 (the most classes braid takes); a group is a whole number. An error
+//! names the file, the line and the column.
 
 use std::path::{Path, PathBuf};
 
@@ -43,7 +43,7 @@ pub struct Table {
     /// Row-major feature values.
     pub values: Vec<f32>,
     /// One label per row.
-    pub labels: Vec<u8>,
+    pub labels: Vec<crate::Label>,
     /// One group per row, if a group column was named.
     pub groups: Option<Vec<u32>>,
 }
@@ -109,12 +109,16 @@ pub fn parse_table(raw: &[u8], label: &str, group: Option<&str>) -> Result<Table
                 &row[label_at]
             )
         })?;
-        let l = u8::try_from(l).map_err(|_| {
-            format!(
-                "{}: label {l}; braid's labels are below 256 (more classes are not supported yet)",
-                at(label_at)
-            )
-        })?;
+        let l = crate::Label::try_from(l)
+            .ok()
+            .filter(|&l| (l as usize) < crate::MAX_CLASSES)
+            .ok_or_else(|| {
+                format!(
+                    "{}: label {l} is not below braid's {} classes at most",
+                    at(label_at),
+                    crate::MAX_CLASSES
+                )
+            })?;
         t.labels.push(l);
         if let (Some(g), Some(groups)) = (group_at, t.groups.as_mut()) {
             let v: u32 = row[g]
@@ -155,7 +159,7 @@ impl CsvConfig {
         let largest = train.labels.iter().chain(&test.labels).max().copied();
         let classes = match self.classes {
             Some(c) => c,
-            None => largest.map_or(1, |l| usize::from(l) + 1),
+            None => largest.map_or(1, |l| l as usize + 1),
         };
         let build = |t: Table| -> Result<Dataset, DataError> {
             let n = t.features.len();
@@ -202,7 +206,10 @@ mod tests {
             ),
             (b"a,label\nNaN,1\n", "not a finite number"),
             (b"a,label\ninf,1\n", "not a finite number"),
-            (b"a,label\n1,256\n", "below 256"),
+            (
+                b"a,label\n1,16777216\n",
+                "is not below braid's 16777216 classes",
+            ),
             (b"a,label\n1,-1\n", "not a whole number"),
             (b"a,label\n1,1.5\n", "not a whole number"),
             (

@@ -32,11 +32,18 @@ pub enum Task {
     NextToken,
 }
 
+/// Class labels are `u32`: any number of classes up to [`MAX_CLASSES`].
+pub type Label = u32;
+
+/// The most classes a data set may have (a limit on the per-class tables partitioners and
+/// metrics allocate, not on the label type).
+pub const MAX_CLASSES: usize = 1 << 24;
+
 /// A labelled data set held in memory.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dataset {
     features: Features,
-    labels: Vec<u8>,
+    labels: Vec<Label>,
     sample_shape: Vec<usize>,
     num_classes: usize,
     groups: Option<Vec<u32>>,
@@ -55,8 +62,13 @@ pub struct DataSplit {
 impl Dataset {
     /// Builds a data set, checking that features, labels and shape agree.
     pub fn new(
-        features: Features, labels: Vec<u8>, sample_shape: Vec<usize>, num_classes: usize,
+        features: Features, labels: Vec<Label>, sample_shape: Vec<usize>, num_classes: usize,
     ) -> Result<Self, DataError> {
+        if num_classes == 0 || num_classes > MAX_CLASSES {
+            return Err(DataError::Mismatch(format!(
+                "{num_classes} classes is not between 1 and {MAX_CLASSES}"
+            )));
+        }
         let sample_len: usize = sample_shape.iter().product();
         let values = match &features {
             Features::U8 { data, .. } => data.len(),
@@ -72,7 +84,7 @@ impl Dataset {
         if let Some((i, l)) = labels
             .iter()
             .enumerate()
-            .find(|(_, &l)| usize::from(l) >= num_classes)
+            .find(|(_, &l)| l as usize >= num_classes)
         {
             return Err(DataError::Mismatch(format!(
                 "label {l} at sample {i} is not below the {num_classes} classes"
@@ -138,7 +150,7 @@ impl Dataset {
     }
 
     /// All labels.
-    pub fn labels(&self) -> &[u8] {
+    pub fn labels(&self) -> &[Label] {
         &self.labels
     }
 
@@ -171,7 +183,7 @@ impl Dataset {
         let mut flipped = self.clone();
         let top = self.num_classes().saturating_sub(1);
         for l in &mut flipped.labels {
-            *l = u8::try_from(top.saturating_sub(usize::from(*l))).unwrap_or(0);
+            *l = Label::try_from(top.saturating_sub(*l as usize)).unwrap_or(0);
         }
         flipped
     }
@@ -222,7 +234,18 @@ impl Dataset {
                 .map_err(|_| DataError::Mismatch(format!("{v} does not fit an IDX dimension")))
         };
         let images = crate::idx::encode_idx(&[dim(self.len())?, dim(*rows)?, dim(*cols)?], data);
-        let labels = crate::idx::encode_idx(&[dim(self.len())?], &self.labels);
+        let labels: Vec<u8> = self
+            .labels
+            .iter()
+            .map(|&l| u8::try_from(l))
+            .collect::<Result<_, _>>()
+            .map_err(|_| {
+                DataError::Mismatch(format!(
+                    "IDX label files hold one byte per label; this data has {} classes",
+                    self.num_classes
+                ))
+            })?;
+        let labels = crate::idx::encode_idx(&[dim(self.len())?], &labels);
         Ok((images, labels))
     }
 
@@ -230,7 +253,7 @@ impl Dataset {
     pub fn class_counts(&self) -> Vec<usize> {
         let mut c = vec![0; self.num_classes];
         for &l in &self.labels {
-            c[usize::from(l)] += 1;
+            c[l as usize] += 1;
         }
         c
     }

@@ -6,6 +6,8 @@
 //! - [`npy`]: NumPy's `.npy` arrays and `.npz` archives; [`arrays`]: data sets made of them;
 //! - [`csv_table`]: numeric CSV tables with a label column and an optional group column;
 //! - [`text`]: a text corpus as byte tokens in next-token windows;
+//! - [`image_folder`]: PNG and JPEG images in one folder per class;
+//! - [`registered`]: data sets a program defines and registers by name;
 //! - [`source`]: where data comes from: the bundled Fashion-MNIST subset, Debian's full
 //!   `dataset-fashion-mnist`, any IDX directory, the formats above, or FedProx's
 //!   Synthetic(alpha, beta) generator.
@@ -18,12 +20,14 @@ pub mod cifar;
 pub mod csv_table;
 pub mod dataset;
 pub mod idx;
+pub mod image_folder;
 pub mod npy;
+pub mod registered;
 pub mod source;
 pub mod synthetic;
 pub mod text;
 
-pub use dataset::{DataSplit, Dataset, Task};
+pub use dataset::{DataSplit, Dataset, Label, Task, MAX_CLASSES};
 pub use source::{load, load_train_dir, DataConfig, FashionSource};
 
 use std::path::PathBuf;

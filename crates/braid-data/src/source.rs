@@ -9,6 +9,8 @@ use crate::cifar::CifarConfig;
 use crate::csv_table::CsvConfig;
 use crate::dataset::{DataSplit, Dataset, Features};
 use crate::idx::{parse_idx, read_idx, IdxArray};
+use crate::image_folder::ImageFolderConfig;
+use crate::registered::RegisteredData;
 use crate::synthetic::{self, SyntheticConfig};
 use crate::text::TextConfig;
 use crate::DataError;
@@ -54,6 +56,35 @@ pub enum DataConfig {
     Npz(NpzConfig),
     /// A text corpus as byte tokens in next-token windows.
     Text(TextConfig),
+    /// Folders of PNG or JPEG images, one subfolder per class.
+    ImageFolder(ImageFolderConfig),
+    /// A data set a program registered under its own name (read through the program's
+    /// registry, never by serde; [`DataConfig::to_table`] writes it back).
+    #[serde(skip)]
+    Registered(RegisteredData),
+}
+
+impl DataConfig {
+    /// The names of braid's own data sets (`[data] dataset = "..."`); a program's registered
+    /// data sets take other names.
+    pub const BUILTIN: [&'static str; 8] = [
+        "fashion-mnist",
+        "synthetic",
+        "cifar",
+        "csv",
+        "npy",
+        "npz",
+        "text",
+        "image-folder",
+    ];
+
+    /// The `[data]` table as TOML would write it (a registered data set too).
+    pub fn to_table(&self) -> Result<toml::Table, String> {
+        match self {
+            Self::Registered(r) => Ok(r.to_table()),
+            other => toml::Table::try_from(other).map_err(|e| e.to_string()),
+        }
+    }
 }
 
 fn default_source() -> String {
@@ -133,6 +164,12 @@ impl DataConfig {
                 c.path.display(),
                 c.window
             ),
+            Self::ImageFolder(c) => format!(
+                "image folders {} and {}",
+                c.train.display(),
+                c.test.display()
+            ),
+            Self::Registered(r) => r.kind.describe_table(&r.name, &r.options),
         }
     }
 }
@@ -156,6 +193,8 @@ pub fn load(config: &DataConfig, seed: u64) -> Result<DataSplit, DataError> {
         DataConfig::Npy(c) => c.load(max),
         DataConfig::Npz(c) => c.load(max),
         DataConfig::Text(c) => c.load(max),
+        DataConfig::ImageFolder(c) => c.load(max),
+        DataConfig::Registered(r) => r.kind.load_table(&r.options, seed),
     }
 }
 
@@ -250,7 +289,7 @@ fn images_with_labels(
             data: images.data,
             scale: 1.0 / 255.0,
         },
-        labels.data,
+        labels.data.into_iter().map(crate::Label::from).collect(),
         vec![1, images.dims[1], images.dims[2]],
         10,
     )

@@ -134,7 +134,7 @@ pub fn generate(c: &SyntheticConfig, seed_value: u64) -> Result<DataSplit, DataE
                         best
                     }
                 })
-                .0 as u8;
+                .0 as crate::Label;
             let (xs, ys) = if s < n_test {
                 (&mut te_x, &mut te_y)
             } else {

@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use braid_data::registered::{AnyDatasetKind, DatasetKind};
 use braid_nn::{AnyModelKind, Kind, ModelKind};
 
 use crate::config::{ConfigRules, ExperimentConfig};
@@ -256,6 +257,7 @@ pub trait Registered: Send + Sync {
 pub struct Registry {
     entries: Vec<Box<dyn Registered>>,
     models: Vec<(String, Arc<dyn AnyModelKind>)>,
+    datasets: Vec<(String, Arc<dyn AnyDatasetKind>)>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -263,6 +265,7 @@ impl std::fmt::Debug for Registry {
         f.debug_struct("Registry")
             .field("algorithms", &self.names())
             .field("models", &self.model_names())
+            .field("datasets", &self.dataset_names())
             .finish()
     }
 }
@@ -276,6 +279,9 @@ pub enum RegistryError {
     /// A model's name is taken, or is not a plain name.
     #[error("model name {0:?} is taken or not a plain name (letters, digits, '-', '_')")]
     ModelName(String),
+    /// A data set's name is taken (braid's own included), or is not a plain name.
+    #[error("data set name {0:?} is taken or not a plain name (letters, digits, '-', '_')")]
+    DatasetName(String),
     /// It owns a table another algorithm owns with another layout, or a common one.
     #[error("table [{table}] of algorithm {name:?} is a common table of the config")]
     Table {
@@ -306,7 +312,24 @@ impl Registry {
         Self {
             entries: Vec::new(),
             models: Vec::new(),
+            datasets: Vec::new(),
         }
+    }
+
+    /// Adds a data set under `name`, for configs' `[data] dataset = "..."` (its options are
+    /// the table's other keys). The names of braid's own data sets
+    /// ([`DataConfig::BUILTIN`](braid_data::DataConfig::BUILTIN)) are taken.
+    pub fn add_dataset<K: DatasetKind>(
+        &mut self, name: &str, kind: K,
+    ) -> Result<&mut Self, RegistryError> {
+        if !plain_name(name)
+            || braid_data::DataConfig::BUILTIN.contains(&name)
+            || self.datasets.iter().any(|(n, _)| n == name)
+        {
+            return Err(RegistryError::DatasetName(name.into()));
+        }
+        self.datasets.push((name.into(), Arc::new(kind)));
+        Ok(self)
     }
 
     /// Adds a model kind under `name`, for configs' `[model] name = "..."`.
@@ -321,15 +344,16 @@ impl Registry {
     pub fn add_model_kind(
         &mut self, name: &str, kind: Arc<dyn AnyModelKind>,
     ) -> Result<&mut Self, RegistryError> {
-        let plain = !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if !plain || self.models.iter().any(|(n, _)| n == name) {
+        if !plain_name(name) || self.models.iter().any(|(n, _)| n == name) {
             return Err(RegistryError::ModelName(name.into()));
         }
         self.models.push((name.into(), kind));
         Ok(self)
+    }
+
+    /// Every registered data set name, in registration order.
+    pub fn dataset_names(&self) -> Vec<&str> {
+        self.datasets.iter().map(|(n, _)| n.as_str()).collect()
     }
 
     /// Every registered model name, in registration order.
@@ -435,9 +459,28 @@ impl Registry {
 /// A registered algorithm (what it does for drivers is in [`crate::experiment`]).
 pub(crate) struct Entry<A>(pub(crate) std::marker::PhantomData<A>);
 
+/// Letters, digits, '-' and '_', at least one.
+fn plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
 impl ConfigRules for Registry {
     fn owned_tables(&self) -> Vec<&'static str> {
         self.tables()
+    }
+
+    fn dataset(&self, name: &str) -> Option<Arc<dyn AnyDatasetKind>> {
+        self.datasets
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, k)| Arc::clone(k))
+    }
+
+    fn dataset_names(&self) -> Vec<String> {
+        self.datasets.iter().map(|(n, _)| n.clone()).collect()
     }
 
     fn model(&self, name: &str) -> Result<Arc<dyn AnyModelKind>, Invalid> {

@@ -277,7 +277,7 @@ impl MutualSteps for BurnTrainer {
 impl SplitSteps for BurnTrainer {
     fn split_forward(
         &mut self, params: &[f32], samples: &[usize],
-    ) -> EngineResult<(Vec<f32>, Vec<u8>)> {
+    ) -> EngineResult<(Vec<f32>, Vec<u32>)> {
         let data = Arc::clone(&self.data);
         Ok(self
             .split_part()?
@@ -292,7 +292,7 @@ impl SplitSteps for BurnTrainer {
             .client_backward(params, &data.train, samples, grad)?)
     }
     fn split_server_step(
-        &mut self, params: &[f32], acts: &[f32], labels: &[u8], state: &mut OptimizerState,
+        &mut self, params: &[f32], acts: &[f32], labels: &[u32], state: &mut OptimizerState,
         lr_scale: f64,
     ) -> EngineResult<ServerStep> {
         let opt = self.spec.optimizer.clone();

@@ -141,7 +141,7 @@ pub trait SplitSteps: Trainer {
     /// `samples` (row by row), and their labels.
     fn split_forward(
         &mut self, params: &[f32], samples: &[usize],
-    ) -> EngineResult<(Vec<f32>, Vec<u8>)>;
+    ) -> EngineResult<(Vec<f32>, Vec<u32>)>;
     /// Client side: the gradient of the client part's parameters given the loss's gradient
     /// `grad` with respect to the activations of `samples`.
     fn split_backward(
@@ -150,7 +150,7 @@ pub trait SplitSteps: Trainer {
     /// Server side: one optimizer step of the server part on a global batch of
     /// activations; returns the new parameters and the activations' gradient.
     fn split_server_step(
-        &mut self, params: &[f32], acts: &[f32], labels: &[u8], state: &mut OptimizerState,
+        &mut self, params: &[f32], acts: &[f32], labels: &[u32], state: &mut OptimizerState,
         lr_scale: f64,
     ) -> EngineResult<ServerStep>;
     /// One optimizer step of the client part with an aggregated gradient.
@@ -293,7 +293,7 @@ impl<T: Evaluate + ?Sized> Evaluate for Metered<T> {
 impl<T: SplitSteps + ?Sized> SplitSteps for Metered<T> {
     fn split_forward(
         &mut self, params: &[f32], samples: &[usize],
-    ) -> EngineResult<(Vec<f32>, Vec<u8>)> {
+    ) -> EngineResult<(Vec<f32>, Vec<u32>)> {
         // The forward half of training: samples are counted once, at the backward pass.
         let n = samples.len() as u64;
         let per = self.inner().split_flops().0;
@@ -314,7 +314,7 @@ impl<T: SplitSteps + ?Sized> SplitSteps for Metered<T> {
         )
     }
     fn split_server_step(
-        &mut self, params: &[f32], acts: &[f32], labels: &[u8], state: &mut OptimizerState,
+        &mut self, params: &[f32], acts: &[f32], labels: &[u32], state: &mut OptimizerState,
         lr_scale: f64,
     ) -> EngineResult<ServerStep> {
         let n = labels.len() as u64;

@@ -65,7 +65,8 @@ proptest! {
         round_trips(vec![
             split::Msg::Request { step, epoch: round, offset: 7, count: 2, client_part: exact() },
             split::Msg::Request { step, epoch: round, offset: 7, count: 2, client_part: Tensor::packed(bytes.clone()) },
-            split::Msg::Activations { step: 9, labels: bytes.clone(), acts: exact() },
+            split::Msg::Activations { step: 9, labels: bytes.iter().map(|&b| u32::from(b)).collect(), acts: exact() },
+            split::Msg::Activations { step: 5, labels: values.iter().map(|v| v.to_bits()).collect(), acts: exact() },
             split::Msg::Activations { step: 3, labels: vec![1, 2], acts: Tensor::packed(bytes.clone()) },
             split::Msg::Gradient { step: 1, grad: exact() },
             split::Msg::ClientGrad { step: 2, grad: exact() },

@@ -51,7 +51,7 @@ impl Evaluate for Fake {
 impl SplitSteps for Fake {
     fn split_forward(
         &mut self, params: &[f32], samples: &[usize],
-    ) -> EngineResult<(Vec<f32>, Vec<u8>)> {
+    ) -> EngineResult<(Vec<f32>, Vec<u32>)> {
         assert_eq!(params.len(), CLIENT_PARAMS);
         if let Ok(mut s) = self.seen.lock() {
             s.extend_from_slice(samples);
@@ -60,7 +60,7 @@ impl SplitSteps for Fake {
             .iter()
             .flat_map(|&i| std::iter::repeat_n(i as f32, F))
             .collect();
-        Ok((acts, samples.iter().map(|&i| (i % 10) as u8).collect()))
+        Ok((acts, samples.iter().map(|&i| (i % 10) as u32).collect()))
     }
 
     fn split_backward(
@@ -71,7 +71,7 @@ impl SplitSteps for Fake {
     }
 
     fn split_server_step(
-        &mut self, params: &[f32], acts: &[f32], labels: &[u8], _: &mut OptimizerState, _: f64,
+        &mut self, params: &[f32], acts: &[f32], labels: &[u32], _: &mut OptimizerState, _: f64,
     ) -> EngineResult<ServerStep> {
         Ok(ServerStep {
             params: params.iter().map(|p| p + 1.0).collect(),

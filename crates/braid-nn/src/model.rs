@@ -426,7 +426,7 @@ mod tests {
         let mut x = Vec::new();
         let mut y = Vec::new();
         for i in 0..n {
-            let class = (i % 2) as u8;
+            let class = (i % 2) as u32;
             let sign = if class == 0 { -1.0 } else { 1.0 };
             x.extend([
                 sign * (0.5 + (i % 7) as f32 / 10.0),

@@ -175,7 +175,7 @@ impl MutualTrainer {
         let mut counts = vec![0usize; data.num_classes()];
         for &i in batches.iter().copied().flatten() {
             if seen.insert(i) {
-                if let Some(c) = counts.get_mut(usize::from(data.labels()[i])) {
+                if let Some(c) = counts.get_mut(data.labels()[i] as usize) {
                     *c += 1;
                 }
             }
@@ -355,11 +355,11 @@ mod tests {
     use crate::train::{OptimizerState, TrainSpec, Trainer};
 
     /// `n` random images; labels cycle through `classes`.
-    fn data(n: usize, classes: &[u8]) -> Dataset {
+    fn data(n: usize, classes: &[u32]) -> Dataset {
         let mut rng = braid_core::seed::rng(7, &[]);
         use rand::Rng as _;
         let x: Vec<f32> = (0..n * 784).map(|_| rng.random_range(0.0..1.0)).collect();
-        let y: Vec<u8> = (0..n).map(|i| classes[i % classes.len()]).collect();
+        let y: Vec<u32> = (0..n).map(|i| classes[i % classes.len()]).collect();
         Dataset::new(
             braid_data::dataset::Features::F32(x),
             y,

@@ -228,10 +228,10 @@ impl SplitTrainer {
     /// cut_features` values, row by row) and their labels.
     pub fn client_forward(
         &mut self, params: &[f32], data: &Dataset, idx: &[usize],
-    ) -> Result<(Vec<f32>, Vec<u8>), NnError> {
+    ) -> Result<(Vec<f32>, Vec<u32>), NnError> {
         Self::check(&self.split.client, params, "client")?;
         let x = self.input(data, idx, &self.device.clone().inner())?;
-        let labels: Vec<u8> = idx.iter().map(|&i| data.labels()[i]).collect();
+        let labels: Vec<u32> = idx.iter().map(|&i| data.labels()[i]).collect();
         if idx.is_empty() {
             return Ok((Vec::new(), labels));
         }
@@ -281,7 +281,7 @@ impl SplitTrainer {
     /// x cut_features` values): mean cross-entropy, backward, update. Returns the updated
     /// parameters and the gradient with respect to the activations.
     pub fn server_step(
-        &mut self, params: &[f32], acts: &[f32], labels: &[u8], optimizer: &OptimizerConfig,
+        &mut self, params: &[f32], acts: &[f32], labels: &[u32], optimizer: &OptimizerConfig,
         state: &mut OptimizerState, lr_scale: f64,
     ) -> Result<ServerStep, NnError> {
         Self::check(&self.split.server, params, "server")?;
@@ -298,7 +298,7 @@ impl SplitTrainer {
         }
         finite(acts, "activations")?;
         let classes = self.split.full.fc.last().copied().unwrap_or(0);
-        if let Some(bad) = labels.iter().find(|&&l| usize::from(l) >= classes) {
+        if let Some(bad) = labels.iter().find(|&&l| l as usize >= classes) {
             return Err(NnError::Shape(format!(
                 "label {bad} is out of range for {classes} classes"
             )));
@@ -388,7 +388,7 @@ mod tests {
         let mut rng = braid_core::seed::rng(7, &[]);
         use rand::Rng as _;
         let x: Vec<f32> = (0..n * 784).map(|_| rng.random_range(0.0..1.0)).collect();
-        let y: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+        let y: Vec<u32> = (0..n).map(|i| (i % 10) as u32).collect();
         Dataset::new(
             braid_data::dataset::Features::F32(x),
             y,

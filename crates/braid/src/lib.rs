@@ -33,6 +33,8 @@ pub use braid_engine::protocol;
 /// What an algorithm, or a program running experiments, usually needs.
 pub mod prelude {
     pub use braid_core::bytes::{ReadError, Reader, Writer};
+    pub use braid_data::registered::DatasetKind;
+    pub use braid_data::{DataError, DataSplit, Dataset};
     pub use braid_engine::algorithm::{
         Algorithm, Baseline, Feature, Finished, NodeOf, Registry, RegistryError, Summary,
     };

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use braid_core::lr_schedule::LrSchedule;
 use braid_core::partition::PartitionScheme;
 use braid_core::server_opt::ServerOptimizerConfig;
+use braid_data::registered::{AnyDatasetKind, RegisteredData};
 use braid_data::DataConfig;
 use braid_nn::{AnyModelKind, BoundModel, DataShape, DeviceKind, OptimizerConfig, TrainSpec};
 
@@ -51,6 +52,14 @@ pub trait ConfigRules {
     fn owned_tables(&self) -> Vec<&'static str>;
     /// The model kind registered as `name`, or an error listing the registered names.
     fn model(&self, name: &str) -> Result<Arc<dyn AnyModelKind>, Invalid>;
+    /// The data set a program registered as `name` (none by default).
+    fn dataset(&self, _name: &str) -> Option<Arc<dyn AnyDatasetKind>> {
+        None
+    }
+    /// The names of the data sets a program registered (none by default).
+    fn dataset_names(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// Checks `config` as a whole: its algorithm, its common sections
     /// ([`ExperimentConfig::check_sections`], [`ExperimentConfig::check_runtime`]), and that
     /// every table and feature set is one its algorithm takes.
@@ -458,6 +467,61 @@ pub struct RuntimeConfig {
     pub workers: Option<usize>,
 }
 
+/// Takes `[data]` out of `value` when it names a data set the program registered (serde reads
+/// braid's own); an unknown name is refused with every name known.
+fn take_registered_data(
+    value: &mut toml::Table, rules: &dyn ConfigRules,
+) -> Result<Option<RegisteredData>, Invalid> {
+    let Some(toml::Value::Table(data)) = value.get("data") else {
+        return Ok(None);
+    };
+    let Some(toml::Value::String(name)) = data.get("dataset") else {
+        return Ok(None);
+    };
+    if DataConfig::BUILTIN.contains(&name.as_str()) {
+        return Ok(None);
+    }
+    let name = name.clone();
+    let Some(kind) = rules.dataset(&name) else {
+        let known: Vec<String> = DataConfig::BUILTIN
+            .iter()
+            .map(|n| n.to_string())
+            .chain(rules.dataset_names())
+            .map(|n| format!("`{n}`"))
+            .collect();
+        return Err(Invalid::new(
+            "data.dataset",
+            Rule::Unknown,
+            format!(
+                "data.dataset: unknown data set `{name}`, expected one of {}",
+                known.join(", ")
+            ),
+        ));
+    };
+    let Some(toml::Value::Table(mut options)) = value.remove("data") else {
+        return Ok(None);
+    };
+    options.remove("dataset");
+    kind.check(&options).map_err(|e| {
+        Invalid::new(
+            "data",
+            Rule::Syntax,
+            format!("data (dataset `{name}`): {}", strip_field(&e)),
+        )
+    })?;
+    Ok(Some(RegisteredData {
+        name,
+        options,
+        kind,
+    }))
+}
+
+/// A data error's message without the `data.dataset: ` prefix of a bad option.
+fn strip_field(e: &braid_data::DataError) -> String {
+    let s = e.to_string();
+    s.strip_prefix("data.dataset: ").unwrap_or(&s).to_string()
+}
+
 /// Turns a TOML parse error into one line: `line L, column C: message`.
 fn one_line(src: &str, e: &toml::de::Error) -> String {
     let msg = e.message().trim().replace('\n', " ");
@@ -487,6 +551,8 @@ impl ExperimentConfig {
         }
         // The tables algorithms own are the algorithm's to read; anything else must be one
         // of the common keys.
+        let registered =
+            take_registered_data(&mut value, rules).map_err(|e| ConfigError::new(origin, e))?;
         let owned = rules.owned_tables();
         let mut tables = BTreeMap::new();
         for t in &owned {
@@ -526,6 +592,9 @@ impl ExperimentConfig {
             }
         })?;
         config.tables = tables;
+        if let Some(r) = registered {
+            config.data = DataConfig::Registered(r);
+        }
         config.model.kind = ModelChoice(Some(
             rules
                 .model(&config.model.name)
@@ -578,10 +647,22 @@ impl ExperimentConfig {
     /// The config as TOML (written next to the results): the common sections, then the
     /// algorithm's own tables.
     pub fn to_toml(&self) -> String {
-        let mut table = match toml::Table::try_from(self) {
+        // A registered data set is written from its table (serde does not know it).
+        let (plain, data) = match &self.data {
+            DataConfig::Registered(r) => {
+                let mut c = self.clone();
+                c.data = DataConfig::default();
+                (std::borrow::Cow::Owned(c), Some(r.to_table()))
+            }
+            _ => (std::borrow::Cow::Borrowed(self), None),
+        };
+        let mut table = match toml::Table::try_from(plain.as_ref()) {
             Ok(t) => t,
             Err(e) => return format!("# config could not be serialized: {e}\n"),
         };
+        if let Some(d) = data {
+            table.insert("data".into(), toml::Value::Table(d));
+        }
         for (k, v) in &self.tables {
             table.insert(k.clone(), v.clone());
         }

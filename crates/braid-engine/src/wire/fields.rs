@@ -5,7 +5,7 @@
 //! A message is its kind byte, then its fields in the order they are declared, each in its
 //! codec's layout: little-endian `u16`/`u32`/`u64`/`f32`, fixed byte arrays as they are,
 //! [`Tensor`]s as a length word and contents. A field whose layout or limit is its own names
-//! its codec (`labels: Vec<u8> as Labels`).
+//! its codec (`labels: Vec<u32> as Labels`).
 
 use braid_core::bytes::{Reader, Writer};
 
@@ -69,19 +69,62 @@ impl Codec<Tensor> for Plain {
     }
 }
 
-/// Labels, one byte each, after a `u32` count of at most `limits.max_values`.
+/// Class labels after a `u32` count of at most `limits.max_values`: one byte each when every
+/// label is below 256 (the layout of braid's first wire version, so such messages are
+/// unchanged), else the count with its top bit set and four bytes (`u32`, little-endian) each.
+/// Only the shorter form is accepted for a set of labels.
 #[derive(Debug, Clone, Copy)]
 pub struct Labels;
 
-impl Codec<Vec<u8>> for Labels {
-    fn size(value: &Vec<u8>) -> usize {
-        4 + value.len()
+/// The count bit that marks four-byte labels.
+const WIDE_LABELS: u32 = 1 << 31;
+
+fn narrow(labels: &[u32]) -> bool {
+    labels.iter().all(|&l| l < 256)
+}
+
+impl Codec<Vec<u32>> for Labels {
+    fn size(value: &Vec<u32>) -> usize {
+        4 + value.len() * if narrow(value) { 1 } else { 4 }
     }
-    fn write(value: &Vec<u8>, w: &mut Writer) {
-        w.len_bytes(value);
+    fn write(value: &Vec<u32>, w: &mut Writer) {
+        // Counts are bounded by `limits.max_values` (far below 2^31) when read back.
+        let n = u32::try_from(value.len()).unwrap_or(u32::MAX) & !WIDE_LABELS;
+        if narrow(value) {
+            w.u32(n);
+            for &l in value {
+                w.u8(l as u8);
+            }
+        } else {
+            w.u32(n | WIDE_LABELS);
+            for &l in value {
+                w.u32(l);
+            }
+        }
     }
-    fn read(r: &mut Reader<'_>, _: &'static str, limits: &Limits) -> Result<Vec<u8>, WireError> {
-        Ok(r.len_bytes("label count", limits.max_values)?.to_vec())
+    fn read(r: &mut Reader<'_>, _: &'static str, limits: &Limits) -> Result<Vec<u32>, WireError> {
+        let raw = r.u32("label count")?;
+        let (wide, n) = (raw & WIDE_LABELS != 0, (raw & !WIDE_LABELS) as usize);
+        if n > limits.max_values {
+            return Err(WireError::TooLarge {
+                got: n,
+                max: limits.max_values,
+            });
+        }
+        if !wide {
+            return Ok(r.take(n, "labels")?.iter().map(|&b| u32::from(b)).collect());
+        }
+        let labels: Vec<u32> = r
+            .take(n.saturating_mul(4), "labels")?
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        if narrow(&labels) {
+            return Err(WireError::Malformed(
+                "labels below 256 sent four bytes each".into(),
+            ));
+        }
+        Ok(labels)
     }
 }
 
@@ -221,4 +264,43 @@ macro_rules! protocol {
             }
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(labels: &[u32]) -> Vec<u8> {
+        let mut w = Writer::new();
+        Labels::write(&labels.to_vec(), &mut w);
+        let bytes = w.into_vec();
+        assert_eq!(bytes.len(), Labels::size(&labels.to_vec()));
+        bytes
+    }
+
+    fn decode(bytes: &[u8], max: usize) -> Result<Vec<u32>, WireError> {
+        let mut r = Reader::new(bytes);
+        Labels::read(&mut r, "labels", &Limits::new(max))
+    }
+
+    #[test]
+    fn labels_below_256_keep_the_one_byte_layout_and_wider_ones_take_four() {
+        assert_eq!(encode(&[1, 2, 255]), [3, 0, 0, 0, 1, 2, 255]);
+        assert_eq!(decode(&encode(&[1, 2, 255]), 3).unwrap(), [1, 2, 255]);
+        let wide = encode(&[1, 999]);
+        assert_eq!(wide, [2, 0, 0, 0x80, 1, 0, 0, 0, 0xe7, 3, 0, 0]);
+        assert_eq!(decode(&wide, 2).unwrap(), [1, 999]);
+        // The wide form of labels that fit a byte is refused: one encoding per set of labels.
+        let mut w = Writer::new();
+        w.u32(2 | WIDE_LABELS);
+        w.u32(1);
+        w.u32(2);
+        assert!(matches!(
+            decode(&w.into_vec(), 2),
+            Err(WireError::Malformed(_))
+        ));
+        // Counts are bounded before anything is read, and cuts are refused.
+        assert!(matches!(decode(&wide, 1), Err(WireError::TooLarge { .. })));
+        assert!(decode(&wide[..wide.len() - 1], 2).is_err());
+    }
 }

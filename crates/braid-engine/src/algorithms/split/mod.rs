@@ -114,7 +114,7 @@ pub struct SplitSettings {
 /// and the part.
 fn split_message(
     compression: Option<&Compression>, seed: u64, (from, to): (NodeId, NodeId), step: u64,
-    part: Part, labels: Vec<u8>, values: Vec<f32>,
+    part: Part, labels: Vec<u32>, values: Vec<f32>,
 ) -> EngineResult<Msg> {
     let values = match compression {
         None => Tensor::exact(values),
@@ -221,7 +221,7 @@ impl Metrics for SplitMetrics {
 }
 
 /// Per asked client: its labels and activations, once they arrive.
-type Activations = BTreeMap<NodeId, Option<(Vec<u8>, Vec<f32>)>>;
+type Activations = BTreeMap<NodeId, Option<(Vec<u32>, Vec<f32>)>>;
 
 /// Every answer, taken out, once every client asked has answered.
 fn take_if_complete<T>(

@@ -14,10 +14,10 @@ crate::protocol! {
         Request(1, "split-request", round = step) {
             step: u64, epoch: u32, offset: u32, count: u32, client_part: Tensor,
         },
-        /// Client to server: the samples' `labels` (one byte each) and `acts`, their
+        /// Client to server: the samples' `labels` (one byte each below 256 classes) and `acts`, their
         /// activations at the cut, sample by sample, answering a [`Msg::Request`].
         Activations(2, "split-activations", round = step) {
-            step: u64, labels: Vec<u8> as Labels, acts: Tensor,
+            step: u64, labels: Vec<u32> as Labels, acts: Tensor,
         },
         /// Server to client: `grad`, the loss's gradient with respect to the client's
         /// activations (same layout).
