@@ -29,6 +29,10 @@ pub struct CsvConfig {
     /// The number of classes (default: the largest label of both tables, plus one).
     #[serde(default)]
     pub classes: Option<usize>,
+    /// The label column is a real-valued target to regress on (mean squared error), not a
+    /// class.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub regression: bool,
 }
 
 fn default_label() -> String {
@@ -46,10 +50,20 @@ pub struct Table {
     pub labels: Vec<crate::Label>,
     /// One group per row, if a group column was named.
     pub groups: Option<Vec<u32>>,
+    /// One real-valued target per row, when the label column was read as one (then `labels`
+    /// are all 0).
+    pub targets: Vec<f32>,
 }
 
 /// Parses a CSV table (`raw`, UTF-8) with label column `label` and optional group column.
 pub fn parse_table(raw: &[u8], label: &str, group: Option<&str>) -> Result<Table, String> {
+    parse_table_as(raw, label, group, false)
+}
+
+/// [`parse_table`], reading the label column as real-valued targets when `regression`.
+pub fn parse_table_as(
+    raw: &[u8], label: &str, group: Option<&str>, regression: bool,
+) -> Result<Table, String> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .trim(csv::Trim::All)
@@ -85,6 +99,7 @@ pub fn parse_table(raw: &[u8], label: &str, group: Option<&str>) -> Result<Table
         values: Vec::new(),
         labels: Vec::new(),
         groups: group_at.map(|_| Vec::new()),
+        targets: Vec::new(),
     };
     for row in reader.records() {
         let row = row.map_err(|e| match e.position() {
@@ -101,6 +116,31 @@ pub fn parse_table(raw: &[u8], label: &str, group: Option<&str>) -> Result<Table
                 return Err(format!("{}: {} is not a finite number", at(i), &row[i]));
             }
             t.values.push(v);
+        }
+        if regression {
+            let v: f32 = row[label_at].parse().map_err(|_| {
+                format!(
+                    "{}: target {:?} is not a number",
+                    at(label_at),
+                    &row[label_at]
+                )
+            })?;
+            if !v.is_finite() {
+                return Err(format!(
+                    "{}: target {} is not a finite number",
+                    at(label_at),
+                    &row[label_at]
+                ));
+            }
+            t.targets.push(v);
+            t.labels.push(0);
+            if let (Some(g), Some(groups)) = (group_at, t.groups.as_mut()) {
+                let v: u32 = row[g]
+                    .parse()
+                    .map_err(|_| format!("{}: group {:?} is not a whole number", at(g), &row[g]))?;
+                groups.push(v);
+            }
+            continue;
         }
         let l: u64 = row[label_at].parse().map_err(|_| {
             format!(
@@ -138,13 +178,13 @@ impl CsvConfig {
     pub fn load(&self, max_bytes: u64) -> Result<DataSplit, DataError> {
         let read = |path: &Path| -> Result<Table, DataError> {
             let raw = crate::read_bounded(path, max_bytes)?;
-            parse_table(&raw, &self.label, self.group.as_deref()).map_err(|why| {
-                DataError::Malformed {
+            parse_table_as(&raw, &self.label, self.group.as_deref(), self.regression).map_err(
+                |why| DataError::Malformed {
                     path: path.to_owned(),
                     format: "CSV",
                     why,
-                }
-            })
+                },
+            )
         };
         let (train, test) = (read(&self.train)?, read(&self.test)?);
         if train.features != test.features {
@@ -161,9 +201,19 @@ impl CsvConfig {
             Some(c) => c,
             None => largest.map_or(1, |l| l as usize + 1),
         };
+        if self.regression && self.classes.is_some() {
+            return Err(DataError::BadConfig {
+                field: "classes",
+                why: "a regression table has no classes (data.regression = true)".into(),
+            });
+        }
         let build = |t: Table| -> Result<Dataset, DataError> {
             let n = t.features.len();
-            let d = Dataset::new(Features::F32(t.values), t.labels, vec![n], classes)?;
+            let d = if self.regression {
+                Dataset::regression(Features::F32(t.values), t.targets, vec![n], 1)?
+            } else {
+                Dataset::new(Features::F32(t.values), t.labels, vec![n], classes)?
+            };
             match t.groups {
                 Some(g) => d.with_groups(g),
                 None => Ok(d),
@@ -245,6 +295,7 @@ mod tests {
             label: "label".into(),
             group: Some("site".into()),
             classes: None,
+            regression: false,
         };
         let s = c.load(1 << 20).unwrap();
         assert_eq!((s.train.len(), s.test.len()), (3, 1));
@@ -265,5 +316,37 @@ mod tests {
         assert!(e.contains("other feature columns"), "{e}");
         let e = c.load(10).unwrap_err().to_string();
         assert!(e.contains("train.csv") && e.contains("10"), "{e}");
+    }
+
+    #[test]
+    fn a_label_column_read_as_targets_makes_a_regression_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let (train, test) = (dir.path().join("train.csv"), dir.path().join("test.csv"));
+        std::fs::write(&train, "x,y\n0,0.5\n1,-2.25\n").unwrap();
+        std::fs::write(&test, "x,y\n2,1e3\n").unwrap();
+        let c = CsvConfig {
+            train: train.clone(),
+            test,
+            label: "y".into(),
+            group: None,
+            classes: None,
+            regression: true,
+        };
+        let s = c.load(1 << 20).unwrap();
+        assert_eq!(s.train.task(), crate::Task::Regress);
+        assert_eq!(s.train.targets(), &[0.5, -2.25]);
+        assert_eq!(s.test.targets(), &[1000.0]);
+        assert_eq!(s.train.select(&[1]).targets(), &[-2.25]);
+        std::fs::write(&train, "x,y\n0,NaN\n").unwrap();
+        let e = c.load(1 << 20).unwrap_err().to_string();
+        assert!(e.contains("not a finite number"), "{e}");
+        std::fs::write(&train, "x,y\n0,seven\n").unwrap();
+        let e = c.load(1 << 20).unwrap_err().to_string();
+        assert!(e.contains("target \"seven\" is not a number"), "{e}");
+        let with_classes = CsvConfig {
+            classes: Some(2),
+            ..c
+        };
+        assert!(with_classes.load(1 << 20).is_err());
     }
 }

@@ -30,6 +30,9 @@ pub enum Task {
     /// cross-entropy per token (perplexity is its exponential), next-token accuracy. The
     /// label is unused.
     NextToken,
+    /// Each sample has `num_classes` real-valued targets ([`Dataset::targets`]): the model
+    /// outputs `[batch, num_classes]` values; mean squared error. The label is unused.
+    Regress,
 }
 
 /// Class labels are `u32`: any number of classes up to [`MAX_CLASSES`].
@@ -48,6 +51,8 @@ pub struct Dataset {
     num_classes: usize,
     groups: Option<Vec<u32>>,
     task: Task,
+    /// `num_classes` values per sample for [`Task::Regress`], else empty.
+    targets: Vec<f32>,
 }
 
 /// A training set and a test set of the same shape.
@@ -97,12 +102,62 @@ impl Dataset {
             num_classes,
             groups: None,
             task: Task::Classify,
+            targets: Vec::new(),
         })
     }
 
-    /// The same data for another task.
+    /// A regression set: `outputs` finite targets per sample (`targets` row by row).
+    pub fn regression(
+        features: Features, targets: Vec<f32>, sample_shape: Vec<usize>, outputs: usize,
+    ) -> Result<Self, DataError> {
+        if outputs == 0 || outputs > MAX_CLASSES {
+            return Err(DataError::Mismatch(format!(
+                "{outputs} targets per sample is not between 1 and {MAX_CLASSES}"
+            )));
+        }
+        if !targets.len().is_multiple_of(outputs) {
+            return Err(DataError::Mismatch(format!(
+                "{} target values are not a whole number of rows of {outputs}",
+                targets.len()
+            )));
+        }
+        if let Some(i) = targets.iter().position(|v| !v.is_finite()) {
+            return Err(DataError::Mismatch(format!(
+                "target {} of sample {} is not finite",
+                i % outputs,
+                i / outputs
+            )));
+        }
+        let n = targets.len() / outputs;
+        let mut set = Self::new(features, vec![0; n], sample_shape, outputs)?;
+        set.task = Task::Regress;
+        set.targets = targets;
+        Ok(set)
+    }
+
+    /// The regression targets, `num_classes` per sample (empty for other tasks).
+    pub fn targets(&self) -> &[f32] {
+        &self.targets
+    }
+
+    /// Appends the regression targets of samples `idx` to `out`.
+    pub fn gather_targets(&self, idx: &[usize], out: &mut Vec<f32>) {
+        let k = self.num_classes;
+        if self.targets.len() != k * self.len() {
+            return;
+        }
+        out.reserve(idx.len() * k);
+        for &i in idx {
+            out.extend_from_slice(&self.targets[i * k..(i + 1) * k]);
+        }
+    }
+
+    /// The same data for another task (not for [`Task::Regress`], which needs targets: see
+    /// [`Dataset::regression`]; asked for it, a set without targets stays as it is).
     pub fn with_task(mut self, task: Task) -> Self {
-        self.task = task;
+        if task != Task::Regress || self.targets.len() == self.num_classes * self.len() {
+            self.task = task;
+        }
         self
     }
 
@@ -215,6 +270,16 @@ impl Dataset {
                 .as_ref()
                 .map(|g| idx.iter().map(|&i| g[i]).collect()),
             task: self.task,
+            targets: {
+                let k = self.num_classes;
+                if self.targets.len() == k * self.len() {
+                    idx.iter()
+                        .flat_map(|&i| self.targets[i * k..(i + 1) * k].iter().copied())
+                        .collect()
+                } else {
+                    Vec::new()
+                }
+            },
         }
     }
 

@@ -62,6 +62,17 @@ pub fn prepare_data(config: &ExperimentConfig, shards: usize) -> EngineResult<Pr
     let data_description = config.data.describe();
     let model = config.model.bind(&DataShape::of(&data.train))?;
     let scheme = config.partition.scheme()?;
+    let by_label = !matches!(
+        scheme,
+        partition::PartitionScheme::Iid | partition::PartitionScheme::Natural
+    );
+    if by_label && shards > 1 && data.train.task() != braid_data::Task::Classify {
+        return Err(EngineError::Data(format!(
+            "partition.kind {:?} splits by class label, and this data is for {:?}, which has none; use \"iid\" or \"natural\"",
+            config.partition.kind,
+            data.train.task()
+        )));
+    }
     let parts = if shards == 1 {
         vec![(0..data.train.len()).collect()]
     } else {

@@ -246,3 +246,91 @@ rounds = 3
         .unwrap_err();
     assert!(e.contains("model mlp classifies"), "{e}");
 }
+
+/// `y = 2 a - b + 0.5` plus noise of spread 0.1, from uniform `a`, `b` in [-1, 1].
+fn linear(n: usize, seed: u64) -> String {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut s = String::from("a,b,y\n");
+    for _ in 0..n {
+        let (a, b): (f64, f64) = (rng.random_range(-1.0..1.0), rng.random_range(-1.0..1.0));
+        let noise: f64 = rng.random_range(-0.1..0.1);
+        writeln!(s, "{a},{b},{}", 2.0 * a - b + 0.5 + noise).unwrap();
+    }
+    s
+}
+
+#[test]
+fn fedavg_and_dsgd_regress_on_a_csv_target_column_with_mse() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, test) = (dir.path().join("train.csv"), dir.path().join("test.csv"));
+    std::fs::write(&train, linear(400, 1)).unwrap();
+    std::fs::write(&test, linear(100, 2)).unwrap();
+    let base = format!(
+        r#"
+[data]
+dataset = "csv"
+train = {train:?}
+test = {test:?}
+label = "y"
+regression = true
+[partition]
+clients = 4
+[model]
+name = "mlp"
+[train]
+batch_size = 16
+optimizer = {{ name = "adamw", lr = 0.01, weight_decay = 0.0 }}
+"#
+    );
+    let c = ExperimentConfig::parse(
+        &format!("{base}[algorithm]\nname = \"fedavg\"\nrounds = 8\n"),
+        "test",
+        &[],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let p = experiment::prepare(&c).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(p.data.train.task(), braid_data::Task::Regress);
+    let out = experiment::run::<FedAvg>(&p, &mut |_| {}).unwrap();
+    let last = &out.rows[out.rows.len() - 1].0;
+    // The accuracy column holds R^2, the loss column the test MSE (the targets' variance is
+    // about 5/3, the noise's 1/300).
+    let (r2, mse) = (last.accuracy.unwrap(), last.loss.unwrap());
+    assert!(r2 > 0.95 && mse < 0.1, "R^2 {r2}, MSE {mse}");
+    // dsgd and its merge train the same task.
+    let d = ExperimentConfig::parse(
+        &format!("{base}[algorithm]\nname = \"dsgd\"\nsteps = 150\n"),
+        "test",
+        &[],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let pd = experiment::prepare(&d).unwrap_or_else(|e| panic!("{e}"));
+    let out = experiment::run::<braid_engine::algorithms::dsgd::Dsgd>(&pd, &mut |_| {}).unwrap();
+    let merged = out.rows.last().map(|(m, _)| m.merged_accuracy).unwrap();
+    assert!(merged > 0.9, "merged R^2 {merged}");
+    // Partitions by class label, and algorithms that train classifiers, refuse the data.
+    for (set, says) in [
+        (
+            &["partition.kind=\"dirichlet\"", "partition.alpha=0.5"][..],
+            "splits by class label, and this data is for Regress",
+        ),
+        (
+            &["partition.kind=\"shards\"", "partition.shards_per_client=2"][..],
+            "splits by class label",
+        ),
+    ] {
+        let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+        let c = ExperimentConfig::parse(
+            &format!("{base}[algorithm]\nname = \"fedavg\"\nrounds = 1\n"),
+            "test",
+            &set,
+        );
+        let e = match c {
+            Err(e) => e.to_string(),
+            Ok(c) => experiment::prepare(&c)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default(),
+        };
+        assert!(e.contains(says), "{set:?}: {e}");
+    }
+}

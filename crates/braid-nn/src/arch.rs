@@ -102,10 +102,10 @@ impl Arch {
                 )));
             }
         }
-        if classes < 2 {
-            return Err(NnError::Shape(format!(
-                "need at least 2 classes, got {classes}"
-            )));
+        if classes < 1 {
+            return Err(NnError::Shape(
+                "need at least one output (a class or a regression target), got 0".into(),
+            ));
         }
         let mut fc = hidden;
         fc.push(classes);

@@ -105,12 +105,19 @@ pub trait ModelKind: Send + Sync + 'static {
 }
 
 impl ModelName {
-    /// The architecture for `data`, or why it does not fit: the built-ins classify.
+    /// The architecture for `data`, or why it does not fit: the built-ins classify, or regress
+    /// (their last layer giving the targets).
     fn arch_for(self, name: &str, data: &DataShape) -> Result<Arch, NnError> {
-        if data.task != Task::Classify {
+        if data.task == Task::NextToken {
             return Err(NnError::Shape(format!(
                 "model {name} classifies; the data is for {:?} (a language model such as \"transformer\" fits it)",
                 data.task
+            )));
+        }
+        if data.task == Task::Classify && data.classes < 2 {
+            return Err(NnError::Shape(format!(
+                "model {name} needs at least 2 classes, the data has {}",
+                data.classes
             )));
         }
         Arch::new(self, &data.sample, data.classes)
@@ -164,9 +171,14 @@ impl<K: ModelKind> AnyModelKind for Kind<K> {
 impl AnyModelKind for ModelName {
     fn bind(self: Arc<Self>, name: &str, data: &DataShape) -> Result<BoundModel, NnError> {
         let arch = self.arch_for(name, data)?;
+        let builtin = BoundModel::builtin(&arch);
         Ok(BoundModel {
             name: name.into(),
-            ..BoundModel::builtin(&arch)
+            data: DataShape {
+                task: data.task,
+                ..builtin.data.clone()
+            },
+            ..builtin
         })
     }
 }

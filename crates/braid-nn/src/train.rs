@@ -591,7 +591,7 @@ impl<M: Model> Trainer<M> {
                     continue;
                 }
                 let (x, y) = self.batch(data, &[i], &self.device);
-                let ce = self.loss.forward(model.forward(x), y);
+                let ce = task_loss(&self.loss, model.forward(x), y);
                 loss_sum += f64::from(ce.clone().detach().into_scalar::<f32>());
                 let grads = GradientsParams::from_grads(ce.backward(), &model);
                 one.clear();
@@ -636,10 +636,18 @@ impl<M: Model> Trainer<M> {
     /// The model's input for samples `idx` and the targets of its output rows: the labels
     /// (classification), or each window's tokens after the first (next-token prediction: the
     /// input is the window without its last token, `[batch, T]`, the targets `[batch * T]`).
-    fn batch(&self, data: &Dataset, idx: &[usize], device: &Device) -> (Tensor<2>, Tensor<1, Int>) {
+    fn batch(&self, data: &Dataset, idx: &[usize], device: &Device) -> (Tensor<2>, Targets) {
         let (mut x, mut y) = (Vec::new(), Vec::new());
         data.gather(idx, &mut x, &mut y);
         let len = data.sample_len();
+        if data.task() == Task::Regress {
+            let mut v = Vec::with_capacity(idx.len() * data.num_classes());
+            data.gather_targets(idx, &mut v);
+            let xs = Tensor::<2>::from_data(TensorData::new(x, [idx.len(), len]), device);
+            let vs =
+                Tensor::<2>::from_data(TensorData::new(v, [idx.len(), data.num_classes()]), device);
+            return (xs, Targets::Values(vs));
+        }
         if data.task() == Task::NextToken {
             let t = len.saturating_sub(1);
             let mut input = Vec::with_capacity(idx.len() * t);
@@ -650,11 +658,11 @@ impl<M: Model> Trainer<M> {
             }
             let xs = Tensor::<2>::from_data(TensorData::new(input, [idx.len(), t]), device);
             let ys = Tensor::<1, Int>::from_data(TensorData::new(next, [idx.len() * t]), device);
-            return (xs, ys);
+            return (xs, Targets::Classes(ys));
         }
         let xs = Tensor::<2>::from_data(TensorData::new(x, [idx.len(), len]), device);
         let ys = Tensor::<1, Int>::from_data(TensorData::new(y, [idx.len()]), device);
-        (xs, ys)
+        (xs, Targets::Classes(ys))
     }
 
     /// Trains from `params` on samples `shard` of `data` with a fresh optimizer: `spec.epochs`
@@ -742,7 +750,7 @@ impl<M: Model> Trainer<M> {
             }
             let (x, y) = self.batch(data, chunk, &self.device);
             let logits = model.forward(x);
-            let ce = self.loss.forward(logits, y);
+            let ce = task_loss(&self.loss, logits, y);
             let ce_value = ce.clone().detach();
             let loss = match &anchor {
                 Some(a) => {
@@ -792,7 +800,7 @@ impl<M: Model> Trainer<M> {
         for chunk in batches.iter().filter(|b| !b.is_empty()) {
             let t0 = std::time::Instant::now();
             let (x, y) = self.batch(data, chunk, &self.device);
-            let loss = self.loss.forward(model.forward(x), y);
+            let loss = task_loss(&self.loss, model.forward(x), y);
             // Reading one number makes the split honest on a backend that defers work.
             let _: f32 = loss.clone().detach().into_scalar();
             let t1 = std::time::Instant::now();
@@ -827,9 +835,17 @@ impl<M: Model> Trainer<M> {
         let valid = model.valid();
         let device = self.device.clone().inner();
         let loss_fn = CrossEntropyLossConfig::new().init(&device);
+        if data.task() == Task::Regress {
+            let out = Self::evaluate_regression(&valid, data, idx, self.eval_batch, &device);
+            self.model = Some(model);
+            return out;
+        }
         let (mut correct, mut loss_sum, mut targets) = (0i64, 0f64, 0usize);
         for chunk in idx.chunks(self.eval_batch) {
             let (x, y) = self.batch(data, chunk, &device);
+            let Targets::Classes(y) = y else {
+                break;
+            };
             let logits = valid.forward(x);
             let [rows] = y.dims();
             let loss = loss_fn
@@ -845,6 +861,74 @@ impl<M: Model> Trainer<M> {
         Ok(EvalOutcome {
             accuracy: correct as f64 / n,
             loss: loss_sum / n,
+            samples: idx.len(),
+        })
+    }
+}
+
+/// What a batch's output rows are compared with.
+enum Targets {
+    /// Class ids, one per output row (cross-entropy).
+    Classes(Tensor<1, Int>),
+    /// Real values, `[batch, outputs]` (mean squared error).
+    Values(Tensor<2>),
+}
+
+/// The task's loss of `out` against `targets`: cross-entropy for classes, the mean squared
+/// error over every value for regression.
+fn task_loss(ce: &CrossEntropyLoss, out: Tensor<2>, targets: Targets) -> Tensor<1> {
+    match targets {
+        Targets::Classes(y) => ce.forward(out, y),
+        Targets::Values(v) => (out - v).powi_scalar(2).mean(),
+    }
+}
+
+impl<M: Model> Trainer<M> {
+    /// Mean squared error (over every target value) and R^2 (one minus the squared error over
+    /// the squared deviation from each output's mean, summed over outputs), reported as
+    /// `loss` and `accuracy`.
+    fn evaluate_regression(
+        valid: &M, data: &Dataset, idx: &[usize], eval_batch: usize, device: &Device,
+    ) -> Result<EvalOutcome, NnError> {
+        let k = data.num_classes();
+        let (mut sse, mut sum, mut sum_sq) = (0f64, vec![0f64; k], vec![0f64; k]);
+        for chunk in idx.chunks(eval_batch) {
+            let (mut x, mut y) = (Vec::new(), Vec::new());
+            data.gather(chunk, &mut x, &mut y);
+            let xs = Tensor::<2>::from_data(
+                TensorData::new(x, [chunk.len(), data.sample_len()]),
+                device,
+            );
+            let pred: Vec<f32> = valid
+                .forward(xs)
+                .into_data()
+                .try_to_vec::<f32>()
+                .map_err(|e| NnError::Shape(format!("reading predictions: {e:?}")))?;
+            let mut t = Vec::with_capacity(chunk.len() * k);
+            data.gather_targets(chunk, &mut t);
+            if pred.len() != t.len() {
+                return Err(NnError::Shape(format!(
+                    "the model gives {} values for {} samples of {k} targets",
+                    pred.len(),
+                    chunk.len()
+                )));
+            }
+            for (j, (&p, &v)) in pred.iter().zip(&t).enumerate() {
+                let (p, v) = (f64::from(p), f64::from(v));
+                sse += (p - v) * (p - v);
+                sum[j % k] += v;
+                sum_sq[j % k] += v * v;
+            }
+        }
+        let n = idx.len().max(1) as f64;
+        let sst: f64 = sum
+            .iter()
+            .zip(&sum_sq)
+            .map(|(s, q)| (q - s * s / n).max(0.0))
+            .sum();
+        Ok(EvalOutcome {
+            accuracy: if sst > 0.0 { 1.0 - sse / sst } else { 0.0 },
+            loss: sse / (n * k as f64),
             samples: idx.len(),
         })
     }

@@ -201,11 +201,25 @@ pub fn summary(p: &Prepared, rows: &[(RoundMetrics, f64)]) -> Summary {
         .last()
         .and_then(|r| r.metrics.sim_time_s)
         .map_or(String::new(), |t| format!(" | {t:.1} s simulated"));
+    // Regression reports R^2 in the accuracy column, and its MSE beside it.
+    let measure = match p.data.test.task() {
+        braid_data::Task::Regress => {
+            let mse = rows.iter().rev().find_map(|r| r.metrics.loss);
+            format!(
+                "final test R^2 {} (MSE {})",
+                accuracy.map_or("-".into(), |a| format!("{a:.4}")),
+                mse.map_or("-".into(), |m| format!("{m:.4}"))
+            )
+        }
+        _ => format!(
+            "final test accuracy {}",
+            accuracy.map_or("-".into(), |a| format!("{a:.4}"))
+        ),
+    };
     Summary {
         accuracy,
         line: format!(
-            "final test accuracy {} after {} rounds{privacy} | {:.1} MB communicated{simulated}",
-            accuracy.map_or("-".into(), |a| format!("{a:.4}")),
+            "{measure} after {} rounds{privacy} | {:.1} MB communicated{simulated}",
             rows.len(),
             total_bytes as f64 / 1e6,
         ),
