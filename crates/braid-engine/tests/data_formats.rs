@@ -282,13 +282,14 @@ batch_size = 16
 optimizer = {{ name = "adamw", lr = 0.01, weight_decay = 0.0 }}
 "#
     );
-    let c = ExperimentConfig::parse(
-        &format!("{base}[algorithm]\nname = \"fedavg\"\nrounds = 8\n"),
-        "test",
-        &[],
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let p = experiment::prepare(&c).unwrap_or_else(|e| panic!("{e}"));
+    // The run prepared from `base` with `algorithm`'s table and `set`, or its one-line error.
+    let prepared = |algorithm: &str, set: &[&str]| {
+        let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+        let c = ExperimentConfig::parse(&format!("{base}[algorithm]\n{algorithm}\n"), "test", &set)
+            .map_err(|e| e.to_string())?;
+        experiment::prepare(&c).map_err(|e| e.to_string())
+    };
+    let p = prepared("name = \"fedavg\"\nrounds = 8", &[]).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(p.data.train.task(), braid_data::Task::Regress);
     let out = experiment::run::<FedAvg>(&p, &mut |_| {}).unwrap();
     let last = &out.rows[out.rows.len() - 1].0;
@@ -297,17 +298,11 @@ optimizer = {{ name = "adamw", lr = 0.01, weight_decay = 0.0 }}
     let (r2, mse) = (last.accuracy.unwrap(), last.loss.unwrap());
     assert!(r2 > 0.95 && mse < 0.1, "R^2 {r2}, MSE {mse}");
     // dsgd and its merge train the same task.
-    let d = ExperimentConfig::parse(
-        &format!("{base}[algorithm]\nname = \"dsgd\"\nsteps = 150\n"),
-        "test",
-        &[],
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let pd = experiment::prepare(&d).unwrap_or_else(|e| panic!("{e}"));
+    let pd = prepared("name = \"dsgd\"\nsteps = 150", &[]).unwrap_or_else(|e| panic!("{e}"));
     let out = experiment::run::<braid_engine::algorithms::dsgd::Dsgd>(&pd, &mut |_| {}).unwrap();
     let merged = out.rows.last().map(|(m, _)| m.merged_accuracy).unwrap();
     assert!(merged > 0.9, "merged R^2 {merged}");
-    // Partitions by class label, and algorithms that train classifiers, refuse the data.
+    // Partitions by class label refuse data without classes.
     for (set, says) in [
         (
             &["partition.kind=\"dirichlet\"", "partition.alpha=0.5"][..],
@@ -318,19 +313,9 @@ optimizer = {{ name = "adamw", lr = 0.01, weight_decay = 0.0 }}
             "splits by class label",
         ),
     ] {
-        let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
-        let c = ExperimentConfig::parse(
-            &format!("{base}[algorithm]\nname = \"fedavg\"\nrounds = 1\n"),
-            "test",
-            &set,
-        );
-        let e = match c {
-            Err(e) => e.to_string(),
-            Ok(c) => experiment::prepare(&c)
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default(),
-        };
+        let e = prepared("name = \"fedavg\"\nrounds = 1", set)
+            .err()
+            .unwrap_or_default();
         assert!(e.contains(says), "{set:?}: {e}");
     }
 }
