@@ -2,13 +2,16 @@
 //! burn module defined here, not in braid) registered beside the built-in models, and
 //! `digits-images` ([`data_set`], the digits tables read as images) beside braid's data sets. Every command
 //! works for it (`run`, `launch`, `node`, `audit`, `halt`), with every algorithm that takes a
-//! registered model (the FedAvg family with its feature layers, dsgd with the merge):
+//! registered model (the FedAvg family with its feature layers, dsgd with the merge, mutual
+//! learning beside built-ins, split learning for `digits-split`, given in two parts):
 //!
 //! ```text
 //! cargo run --release --example own_model -- run examples/own_model/fedavg.toml
 //! cargo run --release --example own_model -- run examples/own_model/dsgd.toml
 //! cargo run --release --example own_model -- launch examples/own_model/fedavg.toml
 //! cargo run --release --example own_model -- run examples/own_model/images.toml
+//! cargo run --release --example own_model -- run examples/own_model/dfml.toml
+//! cargo run --release --example own_model -- run examples/own_model/split.toml
 //! ```
 
 mod data_set;
@@ -32,6 +35,14 @@ fn registry() -> Result<Registry, braid::braid_engine::algorithm::RegistryError>
         "user-mlp-kernels",
         model::UserMlpKind {
             braid_kernels: true,
+        },
+    )?;
+    // A model given as two parts: split learning cuts it between them.
+    registry.add_model(
+        "digits-split",
+        braid::prelude::SplitModel {
+            client: model::DigitsEncoderKind { hidden: 64 },
+            server: model::DigitsHeadKind { hidden: 32 },
         },
     )?;
     // The one line that adds the data set.
@@ -123,6 +134,83 @@ mod tests {
             last.merged_accuracy
         );
         assert!(last.local_mean > 0.5, "local accuracy {}", last.local_mean);
+    }
+
+    #[test]
+    fn dfml_trains_the_programs_own_model_with_a_built_in() {
+        use braid::braid_engine::algorithms::mutual::Dfml;
+        let run = |workers: &str| {
+            let c = config("dfml.toml", &["algorithm.rounds=10", workers]);
+            let p = prepare(&c);
+            let names: Vec<&str> = p.models.iter().map(|m| m.name()).collect();
+            assert_eq!(names, ["digits-net", "mlp"]);
+            assert!(p.models[0].arch().is_none() && p.models[1].arch().is_some());
+            experiment::run::<Dfml>(&p, &mut |_| {}).expect("the run")
+        };
+        let out = run("runtime.workers=2");
+        let last = out.rows.last().map(|(m, _)| m.clone()).expect("rows");
+        assert!(
+            last.accuracy > 0.6,
+            "accuracy after 10 rounds {}",
+            last.accuracy
+        );
+        // Both types learned: each one's mean accuracy is reported.
+        assert_eq!(last.per_arch.len(), 2);
+        assert!(
+            last.per_arch.iter().all(|a| a.is_some_and(|a| a > 0.4)),
+            "{:?}",
+            last.per_arch
+        );
+        // The same seed gives the same run with one worker.
+        let again = run("runtime.workers=1");
+        let acc: Vec<f64> = out.rows.iter().map(|(m, _)| m.accuracy).collect();
+        let acc_again: Vec<f64> = again.rows.iter().map(|(m, _)| m.accuracy).collect();
+        assert_eq!(acc_again, acc);
+        // A name nobody registered is refused, naming the field.
+        let src =
+            std::fs::read_to_string(root().join("examples/own_model/dfml.toml")).expect("config");
+        let e = ExperimentConfig::parse_with(
+            &src,
+            "dfml.toml",
+            &["mutual.models=[\"digits-net\", \"digit-net\"]".to_string()],
+            &registry().expect("registers"),
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(
+            e.contains("mutual.models: `digit-net` is not a built-in model"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn split_learning_cuts_the_programs_own_model_between_its_two_parts() {
+        use braid::braid_engine::algorithms::split::Split;
+        let p = prepare(&config("split.toml", &["algorithm.rounds=3"]));
+        let cut = p.split.clone().expect("a split run");
+        assert_eq!((cut.cut.as_str(), cut.cut_features), ("client", 64));
+        assert_eq!(cut.client_params + cut.server_params, p.model.num_params());
+        let out = experiment::run::<Split>(&p, &mut |_| {}).expect("the run");
+        let acc = out.rows.last().and_then(|(m, _)| m.accuracy).unwrap_or(0.0);
+        assert!(acc > 0.8, "accuracy after 3 epochs {acc}");
+        // The same model trains whole with FedAvg: its parts are one model there.
+        let whole = prepare(&config(
+            "fedavg.toml",
+            &["model.name=\"digits-split\"", "algorithm.rounds=3"],
+        ));
+        let fed = experiment::run::<FedAvg>(&whole, &mut |_| {}).expect("the run");
+        assert!(fed.rows.last().and_then(|(m, _)| m.accuracy).unwrap_or(0.0) > 0.5);
+        // A model in one piece cannot be split, and the error says how it could be.
+        let one = registry()
+            .expect("registers")
+            .of(&config("split.toml", &["model.name=\"digits-net\""]))
+            .expect("registered")
+            .prepare(&config("split.toml", &["model.name=\"digits-net\""]))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(one.contains("register it as a SplitModel"), "{one}");
     }
 
     #[test]

@@ -104,3 +104,66 @@ impl ModelKind for UserMlpKind {
         })
     }
 }
+
+/// The client part of `digits-split`: pixels scaled to [0, 1], a hidden layer, layer
+/// normalisation and GELU; its output rows (`hidden` values per sample) are what a client
+/// sends to the server in split learning.
+#[derive(Module, Debug)]
+pub struct DigitsEncoder {
+    hidden: Linear,
+    norm: LayerNorm,
+}
+
+impl Model for DigitsEncoder {
+    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        gelu(self.norm.forward(self.hidden.forward(x.div_scalar(16.0))))
+    }
+}
+
+/// Builds [`DigitsEncoder`].
+pub struct DigitsEncoderKind {
+    /// Width of the hidden layer (the values per sample at the cut).
+    pub hidden: usize,
+}
+
+impl ModelKind for DigitsEncoderKind {
+    type Module = DigitsEncoder;
+
+    fn build(&self, data: &DataShape, device: &Device) -> Result<DigitsEncoder, NnError> {
+        Ok(DigitsEncoder {
+            hidden: LinearConfig::new(data.sample_len(), self.hidden).init(device),
+            norm: LayerNormConfig::new(self.hidden).init(device),
+        })
+    }
+}
+
+/// The server part of `digits-split`: a GELU hidden layer and the class logits, reading
+/// whatever width the client part gives (`data.sample` is `[width]` for it).
+#[derive(Module, Debug)]
+pub struct DigitsHead {
+    hidden: Linear,
+    out: Linear,
+}
+
+impl Model for DigitsHead {
+    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        self.out.forward(gelu(self.hidden.forward(x)))
+    }
+}
+
+/// Builds [`DigitsHead`].
+pub struct DigitsHeadKind {
+    /// Width of its hidden layer.
+    pub hidden: usize,
+}
+
+impl ModelKind for DigitsHeadKind {
+    type Module = DigitsHead;
+
+    fn build(&self, data: &DataShape, device: &Device) -> Result<DigitsHead, NnError> {
+        Ok(DigitsHead {
+            hidden: LinearConfig::new(data.sample_len(), self.hidden).init(device),
+            out: LinearConfig::new(self.hidden, data.classes).init(device),
+        })
+    }
+}

@@ -483,6 +483,10 @@ impl ConfigRules for Registry {
         self.datasets.iter().map(|(n, _)| n.clone()).collect()
     }
 
+    fn models(&self) -> Vec<(String, Arc<dyn AnyModelKind>)> {
+        self.models.clone()
+    }
+
     fn model(&self, name: &str) -> Result<Arc<dyn AnyModelKind>, Invalid> {
         self.models
             .iter()

@@ -8,8 +8,8 @@ use braid_core::seed;
 use braid_data::DataSplit;
 use braid_nn::{
     BoundModel, DataShape, EvalOutcome, Member, ModelTrainer, MutualOutcome, MutualSpec,
-    MutualTrainer, OptimizerState, ServerStep, SplitArch, SplitTrainer, SupervisedLoss,
-    TrainOutcome, TrainSpec, Trainer,
+    MutualTrainer, OptimizerState, ServerStep, SplitShape, SplitTrainer, SupervisedLoss,
+    TrainOutcome, TrainSpec,
 };
 use rand::seq::SliceRandom;
 
@@ -32,11 +32,11 @@ pub struct Prepared {
     pub model: BoundModel,
     /// Human-readable data source.
     pub data_description: String,
-    /// The model cut in two (split learning sets it).
-    pub split: Option<SplitArch>,
+    /// Where and how the model is cut in two (split learning sets it).
+    pub split: Option<SplitShape>,
     /// The run's list of models bound to the data (mutual learning sets it; empty
     /// otherwise).
-    pub models: Vec<braid_nn::Arch>,
+    pub models: Vec<BoundModel>,
     /// Each client's model, an index into `models` (mutual learning; empty otherwise).
     pub client_models: Vec<usize>,
     /// Mutual learning's distillation temperature and supervised loss (mutual learning sets
@@ -164,6 +164,9 @@ impl Prepared {
     }
 }
 
+/// An evaluator of one model of mutual learning's list, made on first use.
+type Evaluator = Box<dyn ModelTrainer>;
+
 /// braid's trainer on burn: trains on the shared training set, evaluates on the test set. It
 /// has every capability of [`crate::trainer`] (split and mutual learning when the run set up
 /// a split model or a list of models).
@@ -173,7 +176,7 @@ pub struct BurnTrainer {
     flops: crate::accounting::FlopsPerSample,
     /// Mutual learning over the run's list of models, and one evaluator per model (made on
     /// first use).
-    mutual: Option<(MutualTrainer, Vec<Option<Trainer>>)>,
+    mutual: Option<(MutualTrainer, Vec<Option<Evaluator>>)>,
     mutual_spec: (f64, SupervisedLoss),
     device: braid_nn::DeviceKind,
     /// The split model's two parts (algorithm `split`).
@@ -207,8 +210,8 @@ impl BurnTrainer {
             mutual_spec: prepared.mutual_spec.unwrap_or((1.0, SupervisedLoss::Ce)),
             split: prepared
                 .split
-                .clone()
-                .map(|s| SplitTrainer::new(s, device))
+                .as_ref()
+                .map(|s| prepared.model.split_trainer(s, device))
                 .transpose()?,
             data: Arc::clone(&prepared.data),
             flipped: None,
@@ -259,14 +262,14 @@ impl MutualSteps for BurnTrainer {
     ) -> EngineResult<EvalOutcome> {
         let device = self.device.clone();
         let (trainer, evaluators) = self.mutual.as_mut().ok_or_else(no_models)?;
-        let model = trainer.archs().get(arch).cloned().ok_or_else(|| {
+        let model = trainer.models().get(arch).cloned().ok_or_else(|| {
             EngineError::Data(format!("model index {arch} is outside the list of models"))
         })?;
         let slot = evaluators
             .get_mut(arch)
             .ok_or_else(|| EngineError::Data(format!("no evaluator for model {arch}")))?;
         if slot.is_none() {
-            *slot = Some(Trainer::new(model, &device)?);
+            *slot = Some(model.trainer(&device)?);
         }
         let Some(evaluator) = slot.as_mut() else {
             return Err(no_models());
@@ -277,7 +280,7 @@ impl MutualSteps for BurnTrainer {
     fn arch_flops(&self, arch: usize) -> crate::accounting::FlopsPerSample {
         self.mutual
             .as_ref()
-            .and_then(|(t, _)| t.archs().get(arch))
+            .and_then(|(t, _)| t.models().get(arch))
             .map_or_else(Default::default, |a| crate::accounting::FlopsPerSample {
                 train: a.train_flops(),
                 forward: a.forward_flops(),
@@ -320,12 +323,9 @@ impl SplitSteps for BurnTrainer {
             .client_update(params, grad, &opt, state, lr_scale)?)
     }
     fn split_flops(&self) -> (u64, u64) {
-        self.split.as_ref().map_or((0, 0), |s| {
-            (
-                s.split().client.forward_flops(),
-                s.split().server.forward_flops(),
-            )
-        })
+        self.split
+            .as_ref()
+            .map_or((0, 0), |s| (s.shape().client_flops, s.shape().server_flops))
     }
 }
 

@@ -18,6 +18,7 @@
 
 pub mod arch;
 pub mod device;
+mod dyn_net;
 pub mod flat;
 pub mod kernels;
 pub mod layers;
@@ -33,7 +34,7 @@ pub use arch::{Arch, ModelName};
 pub use device::DeviceKind;
 pub use model::{AnyModelKind, BoundModel, DataShape, Kind, Model, ModelKind};
 pub use mutual::{Member, MutualOutcome, MutualSpec, MutualTrainer, SupervisedLoss};
-pub use split::{ServerStep, SplitArch, SplitTrainer};
+pub use split::{Halves, Part, ServerStep, SplitArch, SplitModel, SplitShape, SplitTrainer};
 pub use train::{
     DpSgd, EvalOutcome, ModelTrainer, OptimizerConfig, OptimizerState, StepTime, TrainOutcome,
     TrainSpec, Trainer,

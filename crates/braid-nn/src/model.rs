@@ -28,7 +28,9 @@ use burn::tensor::{Device, Tensor};
 
 use crate::arch::{Arch, ModelName, ParamShape};
 use crate::device::DeviceKind;
+use crate::dyn_net::{DynNet, Held};
 use crate::net::Net;
+use crate::split::{Part, SplitShape, SplitTrainer};
 use crate::train::{ModelTrainer, Trainer};
 use crate::NnError;
 
@@ -102,6 +104,21 @@ pub trait ModelKind: Send + Sync + 'static {
     fn init_params(&self, _data: &DataShape, _seed: u64) -> Option<Vec<f32>> {
         None
     }
+
+    /// Floating-point operations of one forward pass of one sample through `module` (built
+    /// for `data`). Default: [`ModelKind::forward_flops`] with the module's parameter count.
+    fn module_flops(&self, module: &Self::Module, data: &DataShape) -> u64 {
+        self.forward_flops(data, module.num_params())
+    }
+
+    /// The model's two parts for split learning, built for `data` on `device`: the client
+    /// part (from the input to the cut; its parameters are the first values of the flat
+    /// vector) and the server part (the rest, reading the client part's output rows). `None`
+    /// (the default): the model is not split. [`crate::split::SplitModel`] gives both for a
+    /// model made of two.
+    fn parts(&self, _data: &DataShape, _device: &Device) -> Option<Result<(Part, Part), NnError>> {
+        None
+    }
 }
 
 impl ModelName {
@@ -159,7 +176,7 @@ impl<K: ModelKind> AnyModelKind for Kind<K> {
         Ok(BoundModel {
             name: name.into(),
             data: data.clone(),
-            forward_flops: self.0.forward_flops(data, num_params),
+            forward_flops: self.0.module_flops(&module, data),
             params: params.into(),
             num_params,
             arch: None,
@@ -193,6 +210,8 @@ trait Maker: Send + Sync {
         &self, name: &str, data: &DataShape, params: &[f32], path: &Path,
     ) -> Result<(), NnError>;
     fn load(&self, name: &str, data: &DataShape, path: &Path) -> Result<Vec<f32>, NnError>;
+    fn member(&self, data: &DataShape, device: &Device) -> Result<Box<dyn DynNet>, NnError>;
+    fn parts(&self, data: &DataShape, device: &Device) -> Option<Result<(Part, Part), NnError>>;
 }
 
 /// burn's CPU random generator is process-wide, and building a module draws from it (its
@@ -206,14 +225,31 @@ impl<K: ModelKind> Kind<K> {
     fn built(
         &self, data: &DataShape, device: &Device, seed_value: Option<u64>,
     ) -> Result<K::Module, NnError> {
-        let _one_at_a_time = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = seed_value {
-            device.seed(s);
-        }
-        let module = self.0.build(data, device)?;
-        // Reading the parameters runs their lazy initializers, inside the lock.
-        Ok(crate::flat::renumber(module))
+        build_locked(&self.0, data, device, seed_value)
     }
+}
+
+/// `kind`'s module for `data` on `device`, its parameters initialised (by its own
+/// initializers) while holding [`BUILD`]; `seed`, if given, seeds burn's generator first.
+pub(crate) fn build_locked<K: ModelKind>(
+    kind: &K, data: &DataShape, device: &Device, seed_value: Option<u64>,
+) -> Result<K::Module, NnError> {
+    let _one_at_a_time = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(s) = seed_value {
+        device.seed(s);
+    }
+    let module = kind.build(data, device)?;
+    // Reading the parameters runs their lazy initializers, inside the lock.
+    Ok(crate::flat::renumber(module))
+}
+
+/// `kind`'s module for `data` initialised by its own initializers under the run's seed, flat.
+pub(crate) fn seeded_flat<K: ModelKind>(
+    kind: &K, data: &DataShape, seed_value: u64,
+) -> Result<Vec<f32>, NnError> {
+    let seed_value = seed::derive(seed_value, &[seed::stream::INIT]);
+    let module = build_locked(kind, data, &Device::flex(), Some(seed_value))?;
+    Ok(crate::flat::flatten(&module))
 }
 
 impl<K: ModelKind> Maker for Kind<K> {
@@ -221,9 +257,7 @@ impl<K: ModelKind> Maker for Kind<K> {
         if let Some(own) = self.0.init_params(data, seed_value) {
             return Ok(own);
         }
-        let seed_value = seed::derive(seed_value, &[seed::stream::INIT]);
-        let module = self.built(data, &Device::flex(), Some(seed_value))?;
-        Ok(crate::flat::flatten(&module))
+        seeded_flat(&self.0, data, seed_value)
     }
 
     fn trainer(
@@ -245,6 +279,16 @@ impl<K: ModelKind> Maker for Kind<K> {
     fn load(&self, name: &str, data: &DataShape, path: &Path) -> Result<Vec<f32>, NnError> {
         let module = self.built(data, &Device::flex(), None)?;
         crate::store::load_module(module, name, path)
+    }
+
+    fn member(&self, data: &DataShape, device: &Device) -> Result<Box<dyn DynNet>, NnError> {
+        Ok(Box::new(Held::new(self.built(data, device, None)?)))
+    }
+
+    fn parts(&self, data: &DataShape, device: &Device) -> Option<Result<(Part, Part), NnError>> {
+        // Building reads parameters, which draws from burn's generator: one at a time.
+        let _one_at_a_time = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+        self.0.parts(data, device)
     }
 }
 
@@ -349,6 +393,76 @@ impl BoundModel {
     /// PyTorch for the same module); a file for another model is an error.
     pub fn load(&self, path: &Path) -> Result<Vec<f32>, NnError> {
         self.maker.load(&self.name, &self.data, path)
+    }
+
+    /// A module of this model on `device` (an autodiff device) for mutual learning.
+    pub(crate) fn member(&self, device: &Device) -> Result<Box<dyn DynNet>, NnError> {
+        self.maker.member(&self.data, device)
+    }
+
+    /// The model cut in two for split learning: a built-in after its layer `cut` (default:
+    /// the first it can be cut after), a model of one's own between the two parts its kind
+    /// gives ([`ModelKind::parts`], e.g. a [`crate::split::SplitModel`]).
+    pub fn split(&self, cut: Option<&str>) -> Result<SplitShape, NnError> {
+        if let Some(arch) = &self.arch {
+            let cut = match cut {
+                Some(c) => c.to_string(),
+                None => arch.cut_points().into_iter().next().ok_or_else(|| {
+                    NnError::Config(format!("model {} has no layer to cut after", self.name))
+                })?,
+            };
+            let mut shape = arch.split(&cut)?.shape();
+            shape.model.clone_from(&self.name);
+            return Ok(shape);
+        }
+        if let Some(c) = cut {
+            return Err(NnError::Config(format!(
+                "split.cut = {c:?} names a layer of a built-in model; model {} is cut between the two parts its kind gives",
+                self.name
+            )));
+        }
+        let device = Device::flex();
+        let (client, server) = self.parts(&device)?;
+        let shape = SplitShape {
+            model: self.name.clone(),
+            cut: "client".into(),
+            input: self.data.sample.clone(),
+            classes: self.data.classes,
+            client_params: client.num_params(),
+            server_params: server.num_params(),
+            cut_features: client.width(&self.data, &device)?,
+            client_flops: client.forward_flops(),
+            server_flops: server.forward_flops(),
+        };
+        if shape.client_params + shape.server_params != self.num_params {
+            return Err(NnError::Config(format!(
+                "model {}'s parts have {} + {} parameters, the whole model {}",
+                self.name, shape.client_params, shape.server_params, self.num_params
+            )));
+        }
+        Ok(shape)
+    }
+
+    fn parts(&self, device: &Device) -> Result<(Part, Part), NnError> {
+        self.maker.parts(&self.data, device).unwrap_or_else(|| {
+            Err(NnError::Config(format!(
+                "model {} cannot be split: register it as a SplitModel {{ client, server }} of two models, or give its kind's ModelKind::parts",
+                self.name
+            )))
+        })
+    }
+
+    /// A trainer for this model's two parts cut as `shape` ([`BoundModel::split`]) on
+    /// `device`.
+    pub fn split_trainer(
+        &self, shape: &SplitShape, device: &DeviceKind,
+    ) -> Result<SplitTrainer, NnError> {
+        if let Some(arch) = &self.arch {
+            return SplitTrainer::new(arch.split(&shape.cut)?, device);
+        }
+        let device = device.device()?.autodiff();
+        let (client, server) = self.parts(&device)?;
+        SplitTrainer::from_parts(shape.clone(), client, server, device)
     }
 
     /// A trainer for this model on `device`.

@@ -13,15 +13,13 @@
 
 use braid_data::Dataset;
 use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
-use burn::optim::GradientsParams;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::arch::Arch;
 use crate::device::DeviceKind;
-use crate::flat;
-use crate::net::Net;
+use crate::dyn_net::DynNet;
+use crate::model::BoundModel;
 use crate::train::OptimizerConfig;
 use crate::NnError;
 
@@ -79,10 +77,10 @@ impl MutualSpec {
     }
 }
 
-/// One model taking part: its architecture (an index into the trainer's list) and parameters.
+/// One model taking part: its model (an index into the trainer's list) and parameters.
 #[derive(Debug, Clone, Copy)]
 pub struct Member<'a> {
-    /// Index into [`MutualTrainer::archs`].
+    /// Index into [`MutualTrainer::models`].
     pub arch: usize,
     /// Its flat parameters.
     pub params: &'a [f32],
@@ -103,12 +101,13 @@ pub struct MutualOutcome {
     pub samples: usize,
 }
 
-/// Trains groups of models of a fixed list of architectures together.
+/// Trains groups of models of a fixed list together: built-ins and models of one's own,
+/// of any mix of types.
 pub struct MutualTrainer {
-    archs: Vec<Arch>,
+    models: Vec<BoundModel>,
     device: Device,
-    /// Spare modules per architecture, reused across calls.
-    pool: Vec<Vec<Net>>,
+    /// Spare modules per model, reused across calls.
+    pool: Vec<Vec<Box<dyn DynNet>>>,
     loss: CrossEntropyLoss,
     stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
@@ -117,22 +116,22 @@ pub struct MutualTrainer {
 const MASKED: f32 = -1.0e4;
 
 impl MutualTrainer {
-    /// A trainer for models of `archs` on `device`.
-    pub fn new(archs: Vec<Arch>, device: &DeviceKind) -> Result<Self, NnError> {
+    /// A trainer for models of the list `models` on `device`.
+    pub fn new(models: Vec<BoundModel>, device: &DeviceKind) -> Result<Self, NnError> {
         let device = device.device()?.autodiff();
         let loss = CrossEntropyLossConfig::new().init(&device);
         Ok(Self {
-            pool: archs.iter().map(|_| Vec::new()).collect(),
-            archs,
+            pool: models.iter().map(|_| Vec::new()).collect(),
+            models,
             device,
             loss,
             stop: None,
         })
     }
 
-    /// The architectures, in index order.
-    pub fn archs(&self) -> &[Arch] {
-        &self.archs
+    /// The models, in index order.
+    pub fn models(&self) -> &[BoundModel] {
+        &self.models
     }
 
     /// Training stops after the step in progress once `flag` is set, with [`NnError::Halted`].
@@ -142,25 +141,25 @@ impl MutualTrainer {
 
     fn check(&self, members: &[Member<'_>], data: &Dataset) -> Result<(), NnError> {
         for m in members {
-            let arch = self.archs.get(m.arch).ok_or_else(|| {
+            let model = self.models.get(m.arch).ok_or_else(|| {
                 NnError::Config(format!(
-                    "architecture index {} is outside the {} configured models",
+                    "model index {} is outside the {} configured models",
                     m.arch,
-                    self.archs.len()
+                    self.models.len()
                 ))
             })?;
-            if m.params.len() != arch.num_params() {
+            if m.params.len() != model.num_params() {
                 return Err(NnError::ParamCount {
-                    model: arch.name.as_str().into(),
-                    expected: arch.num_params(),
+                    model: model.name().into(),
+                    expected: model.num_params(),
                     got: m.params.len(),
                 });
             }
-            if data.sample_shape() != arch.input.as_slice() {
+            if data.sample_shape() != model.data().sample.as_slice() {
                 return Err(NnError::Shape(format!(
                     "model {} expects samples of shape {:?}, data has {:?}",
-                    arch.name.as_str(),
-                    arch.input,
+                    model.name(),
+                    model.data().sample,
                     data.sample_shape()
                 )));
             }
@@ -218,13 +217,15 @@ impl MutualTrainer {
                 samples: 0,
             });
         }
-        let mut models: Vec<Net> = members
-            .iter()
-            .map(|m| {
-                let mut slot = self.pool[m.arch].pop();
-                Net::loaded(&mut slot, &self.archs[m.arch], &self.device, m.params)
-            })
-            .collect();
+        let mut models: Vec<Box<dyn DynNet>> = Vec::with_capacity(n);
+        for m in members {
+            let mut module = match self.pool[m.arch].pop() {
+                Some(module) => module,
+                None => self.models[m.arch].member(&self.device)?,
+            };
+            module.load(m.params);
+            models.push(module);
+        }
         let mut optims: Vec<_> = members.iter().map(|_| spec.optimizer.build()).collect();
         let lr = spec.optimizer.lr() * spec.lr_scale;
         let wsm = (spec.supervised == SupervisedLoss::Wsm).then(|| {
@@ -297,18 +298,14 @@ impl MutualTrainer {
             }
             let Some(total) = total else { break };
             let mut grads = total.backward();
-            models = models
-                .into_iter()
-                .zip(optims.iter_mut())
-                .map(|(model, optim)| {
-                    let gp = GradientsParams::from_module(&mut grads, &model);
-                    optim.step(lr, model, gp)
-                })
-                .collect();
+            for (model, optim) in models.iter_mut().zip(optims.iter_mut()) {
+                let gp = model.take_grads(&mut grads);
+                model.step(optim, lr, gp);
+            }
             steps += 1;
             samples += chunk.len();
         }
-        let params: Vec<Vec<f32>> = models.iter().map(flat::flatten).collect();
+        let params: Vec<Vec<f32>> = models.iter().map(|m| m.params()).collect();
         for (model, m) in models.into_iter().zip(members) {
             self.pool[m.arch].push(model);
         }
@@ -351,7 +348,7 @@ fn add(acc: Option<Tensor<1>>, v: Tensor<1>) -> Tensor<1> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::arch::ModelName;
+    use crate::arch::{Arch, ModelName};
     use crate::train::{OptimizerState, TrainSpec, Trainer};
 
     /// `n` random images; labels cycle through `classes`.
@@ -390,7 +387,10 @@ mod tests {
 
     fn trainer() -> MutualTrainer {
         MutualTrainer::new(
-            vec![arch(ModelName::CnnSmall), arch(ModelName::Mlp)],
+            vec![
+                BoundModel::builtin(&arch(ModelName::CnnSmall)),
+                BoundModel::builtin(&arch(ModelName::Mlp)),
+            ],
             &DeviceKind::Cpu,
         )
         .unwrap()
@@ -408,7 +408,7 @@ mod tests {
     fn kl_is_zero_for_identical_models_and_positive_otherwise() {
         let mut t = trainer();
         let d = data(32, &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
-        let p = t.archs()[0].init_params(1);
+        let p = t.models()[0].init_params(1).unwrap();
         let same = [
             Member {
                 arch: 0,
@@ -428,8 +428,8 @@ mod tests {
         );
         assert_eq!(out.params[0], out.params[1]);
 
-        let q = t.archs()[0].init_params(2);
-        let m = t.archs()[1].init_params(3);
+        let q = t.models()[0].init_params(2).unwrap();
+        let m = t.models()[1].init_params(3).unwrap();
         let differ = [
             Member {
                 arch: 0,
@@ -447,7 +447,7 @@ mod tests {
         let out = t.train(&differ, &d, &batches(32, 16), &spec(0.5)).unwrap();
         assert!(out.distill.iter().all(|&k| k > 1e-6), "{:?}", out.distill);
         assert_eq!(out.steps, 2);
-        assert_eq!(out.params[2].len(), t.archs()[1].num_params());
+        assert_eq!(out.params[2].len(), t.models()[1].num_params());
     }
 
     #[test]
@@ -512,7 +512,10 @@ mod tests {
     fn distillation_pulls_the_models_predictions_together() {
         let mut t = trainer();
         let d = data(64, &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
-        let (p, q) = (t.archs()[0].init_params(8), t.archs()[1].init_params(9));
+        let (p, q) = (
+            t.models()[0].init_params(8).unwrap(),
+            t.models()[1].init_params(9).unwrap(),
+        );
         let mut s = spec(1.0);
         s.temperature = 1.0;
         let b: Vec<Vec<usize>> = (0..6).flat_map(|_| batches(64, 32)).collect();
@@ -582,7 +585,7 @@ mod tests {
         let a = arch(ModelName::Mlp);
         let p = a.init_params(11);
         let bias_of_last = |params: &[f32]| params[params.len() - 10..].to_vec();
-        let mut t = MutualTrainer::new(vec![a], &DeviceKind::Cpu).unwrap();
+        let mut t = MutualTrainer::new(vec![BoundModel::builtin(&a)], &DeviceKind::Cpu).unwrap();
         let mut s = spec(0.0);
         s.supervised = SupervisedLoss::Wsm;
         let out = t
@@ -627,7 +630,7 @@ mod tests {
     fn bad_inputs_are_errors() {
         let mut t = trainer();
         let d = data(8, &[0, 1]);
-        let p = t.archs()[0].init_params(1);
+        let p = t.models()[0].init_params(1).unwrap();
         let e = t
             .train(
                 &[Member {

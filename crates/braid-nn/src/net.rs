@@ -73,17 +73,6 @@ impl Net {
         &self.arch
     }
 
-    /// The module kept in `slot` (or a new one for `arch` on `device`), loaded with `params`:
-    /// trainers reuse one module across calls.
-    pub(crate) fn loaded(
-        slot: &mut Option<Net>, arch: &Arch, device: &Device, params: &[f32],
-    ) -> Net {
-        let model = slot
-            .take()
-            .unwrap_or_else(|| crate::flat::renumber(Net::new(arch, device)));
-        crate::flat::load_flat(model, params)
-    }
-
     /// Logits for a batch `x` of shape `[batch, sample_len]` (images are reshaped to `input`).
     /// On the CPU the conv blocks and the fully connected layers run braid's own kernels
     /// ([`crate::kernels`]).

@@ -52,5 +52,5 @@ pub mod prelude {
     pub use braid_engine::wire::{
         unknown_kind, Codec, Control, Limits, Message, NodeId, Tensor, WireError,
     };
-    pub use braid_nn::{DataShape, Model, ModelKind, NnError};
+    pub use braid_nn::{DataShape, Model, ModelKind, NnError, Part, SplitModel};
 }

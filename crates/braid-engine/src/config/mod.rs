@@ -60,6 +60,10 @@ pub trait ConfigRules {
     fn dataset_names(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Every model kind registered, by name (none by default: the built-ins resolve anyway).
+    fn models(&self) -> Vec<(String, Arc<dyn AnyModelKind>)> {
+        Vec::new()
+    }
     /// Checks `config` as a whole: its algorithm, its common sections
     /// ([`ExperimentConfig::check_sections`], [`ExperimentConfig::check_runtime`]), and that
     /// every table and feature set is one its algorithm takes.
@@ -291,6 +295,29 @@ pub struct ModelConfig {
     /// (not part of the TOML).
     #[serde(skip)]
     pub kind: ModelChoice,
+    /// Every model kind the reading registry holds, by name, for algorithms that name further
+    /// models (mutual learning's `[mutual] models`); not part of the TOML.
+    #[serde(skip)]
+    pub registered: RegisteredModels,
+}
+
+/// The model kinds a registry holds, by name (empty until the config is read through one).
+#[derive(Clone, Default)]
+pub struct RegisteredModels(pub Vec<(String, Arc<dyn AnyModelKind>)>);
+
+impl std::fmt::Debug for RegisteredModels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(n, _)| n))
+            .finish()
+    }
+}
+
+/// Configs are compared by what they say: the registry that read them is not part of it.
+impl PartialEq for RegisteredModels {
+    fn eq(&self, _other: &Self) -> bool {
+        true
+    }
 }
 
 /// The model kind a config's `[model] name` resolved to (empty until the config is read
@@ -319,23 +346,40 @@ impl ModelConfig {
     /// The model bound to data of shape `data`: the resolved kind, or braid's built-in of
     /// that name; an error names a model nobody registered.
     pub fn bind(&self, data: &DataShape) -> crate::error::EngineResult<BoundModel> {
-        let builtin = || crate::algorithm::Registry::builtin().model(&self.name).ok();
-        let kind: Arc<dyn AnyModelKind> = match (&self.kind.0, builtin()) {
-            (Some(kind), _) => Arc::clone(kind),
-            (None, Some(builtin)) => builtin,
-            (None, None) => {
-                return Err(Invalid::new(
-                    "model.name",
-                    Rule::Unknown,
-                    format!(
-                        "model.name: `{}` is not a built-in model; a program that registers it (Registry::add_model) must read the config",
-                        self.name
-                    ),
-                )
-                .into())
+        self.bind_named("model.name", &self.name, data)
+    }
+
+    /// The kind registered as `name`: `[model]`'s own kind, one the reading registry holds,
+    /// or a built-in; `None` if nobody registered it.
+    pub fn resolve(&self, name: &str) -> Option<Arc<dyn AnyModelKind>> {
+        if name == self.name {
+            if let Some(kind) = &self.kind.0 {
+                return Some(Arc::clone(kind));
             }
-        };
-        Ok(kind.bind(&self.name, data)?)
+        }
+        self.registered
+            .0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, k)| Arc::clone(k))
+            .or_else(|| crate::algorithm::Registry::builtin().model(name).ok())
+    }
+
+    /// Model `name` (named by config field `field`) bound to data of shape `data`; an error
+    /// names a model nobody registered.
+    pub fn bind_named(
+        &self, field: &str, name: &str, data: &DataShape,
+    ) -> crate::error::EngineResult<BoundModel> {
+        let kind = self.resolve(name).ok_or_else(|| {
+            Invalid::new(
+                field,
+                Rule::Unknown,
+                format!(
+                    "{field}: `{name}` is not a built-in model; a program that registers it (Registry::add_model) must read the config"
+                ),
+            )
+        })?;
+        Ok(kind.bind(name, data)?)
     }
 }
 
@@ -600,6 +644,7 @@ impl ExperimentConfig {
                 .model(&config.model.name)
                 .map_err(|e| ConfigError::new(origin, e))?,
         ));
+        config.model.registered = RegisteredModels(rules.models());
         config
             .validate_with(rules)
             .map_err(|e| ConfigError::new(origin, e))?;

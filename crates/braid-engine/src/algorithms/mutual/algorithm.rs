@@ -6,9 +6,10 @@ use super::*;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MutualConfig {
-    /// The models clients may have, e.g. `["cnn-small", "mlp", "cnn"]` (default: `[model.name]`).
+    /// The models clients may have, e.g. `["cnn-small", "mlp", "cnn"]` (default: `[model.name]`):
+    /// built-ins, or models a program registered.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub models: Vec<ModelName>,
+    pub models: Vec<String>,
     /// How clients get their model: `{ kind = "cycle" }` (client k gets models[k mod m]),
     /// `{ kind = "ratio", weights = [2, 1, 1] }` or `{ kind = "random" }` (seeded).
     #[serde(default = "default_assign")]
@@ -33,7 +34,7 @@ pub struct MutualConfig {
     pub eval_samples: usize,
     /// FML: the global model's architecture (default: the first of `models`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub global_model: Option<ModelName>,
+    pub global_model: Option<String>,
 }
 
 fn default_assign() -> braid_core::mutual::Assign {
@@ -59,18 +60,13 @@ impl Default for MutualConfig {
 }
 
 impl MutualConfig {
-    /// The list of models: `models`, or `[model]` (`model`) when empty. Mutual learning
-    /// trains built-in models: a registered model of a program's own is refused here.
-    pub fn model_list(&self, model: &str) -> Result<Vec<ModelName>, Invalid> {
-        if !self.models.is_empty() {
-            return Ok(self.models.clone());
+    /// The list of models: `models`, or `[model]` (`model`) when empty.
+    pub fn model_list(&self, model: &str) -> Vec<String> {
+        if self.models.is_empty() {
+            vec![model.to_string()]
+        } else {
+            self.models.clone()
         }
-        ModelName::from_name(model).map(|m| vec![m]).ok_or_else(|| {
-            Invalid::not_applicable(
-                "model.name",
-                format!("mutual learning trains built-in models (mlp, cnn, cnn-small, cnn-deep) so far; model {model:?} is not one"),
-            )
-        })
     }
 }
 
@@ -83,10 +79,6 @@ fn default_eval_samples() -> usize {
 pub fn model_names(c: &ExperimentConfig) -> Vec<String> {
     let m: MutualConfig = c.table("mutual").ok().flatten().unwrap_or_default();
     m.model_list(&c.model.name)
-        .unwrap_or_default()
-        .iter()
-        .map(|n| n.as_str().to_string())
-        .collect()
 }
 
 /// The name a variant has in `algorithm.name`.
@@ -150,32 +142,36 @@ fn mutual_run(c: &ExperimentConfig, v: Variant) -> Result<MutualRun, Invalid> {
             "model.init does not apply to mutual learning (each client's model starts from the seeded init of its architecture)",
         ));
     }
-    let models = m.model_list(&c.model.name)?;
+    let models = m.model_list(&c.model.name);
     for (i, a) in models.iter().enumerate() {
         if models[..i].contains(a) {
             return Err(Invalid::range(
                 "mutual.models",
-                format!("mutual.models lists {:?} twice", a.as_str()),
+                format!("mutual.models lists {a:?} twice"),
+            ));
+        }
+        if c.model.resolve(a).is_none() {
+            return Err(Invalid::new(
+                "mutual.models",
+                crate::error::Rule::Unknown,
+                format!("mutual.models: `{a}` is not a built-in model; a program that registers it (Registry::add_model) must read the config"),
             ));
         }
     }
     m.assign
         .assign(c.partition.clients, models.len(), c.seed)
         .map_err(|e| Invalid::within("mutual", e))?;
-    if let Some(g) = m.global_model {
+    if let Some(g) = &m.global_model {
         if v != Variant::Fml {
             return Err(Invalid::not_applicable(
                 "mutual.global_model",
                 "mutual.global_model only applies to \"fml\"",
             ));
         }
-        if !models.contains(&g) {
+        if !models.contains(g) {
             return Err(Invalid::range(
                 "mutual.global_model",
-                format!(
-                    "mutual.global_model = {:?} is not in mutual.models",
-                    g.as_str()
-                ),
+                format!("mutual.global_model = {g:?} is not in mutual.models"),
             ));
         }
     }
@@ -228,14 +224,11 @@ fn prepare_models(p: &mut Prepared, run: &MutualRun) -> EngineResult {
     crate::prepared::classification_only(p, "mutual learning")?;
     let c = &p.config;
     let m = &run.mutual;
-    let (shape, classes) = (
-        p.data.train.sample_shape().to_vec(),
-        p.data.train.num_classes(),
-    );
+    let shape = braid_nn::DataShape::of(&p.data.train);
     p.models = m
-        .model_list(&c.model.name)?
-        .into_iter()
-        .map(|name| braid_nn::Arch::new(name, &shape, classes))
+        .model_list(&c.model.name)
+        .iter()
+        .map(|name| c.model.bind_named("mutual.models", name, &shape))
         .collect::<Result<Vec<_>, _>>()?;
     p.client_models = m
         .assign
@@ -251,10 +244,11 @@ pub fn mutual_settings(p: &Prepared, run: &MutualRun) -> EngineResult<MutualSett
     let variant = run.variant;
     let m = &run.mutual;
     let n = p.parts.len();
-    let names = m.model_list(&c.model.name)?;
+    let names = m.model_list(&c.model.name);
     let global_model = m
         .global_model
-        .and_then(|g| names.iter().position(|&x| x == g))
+        .as_ref()
+        .and_then(|g| names.iter().position(|x| x == g))
         .unwrap_or(0);
     let senders = m.senders.unwrap_or(match variant {
         Variant::DefKt => (n / 5).clamp(1, (n / 2).max(1)),
@@ -265,8 +259,12 @@ pub fn mutual_settings(p: &Prepared, run: &MutualRun) -> EngineResult<MutualSett
         rounds: run.rounds,
         eval_every: c.algorithm.eval_every,
         eval_samples: m.eval_samples,
-        model_names: names.iter().map(|n| n.as_str().to_string()).collect(),
-        model_params: p.models.iter().map(braid_nn::Arch::num_params).collect(),
+        model_names: names,
+        model_params: p
+            .models
+            .iter()
+            .map(braid_nn::BoundModel::num_params)
+            .collect(),
         archs: p.client_models.clone(),
         counts: p.parts.iter().map(Vec::len).collect(),
         senders,
@@ -289,7 +287,7 @@ fn build_mutual(
     let c = &p.config;
     let settings = Arc::new(mutual_settings(p, run)?);
     let global = if settings.variant == Variant::Fml {
-        p.models[settings.global_model].init_params(c.seed)
+        p.models[settings.global_model].init_params(c.seed)?
     } else {
         Vec::new()
     };
@@ -297,7 +295,7 @@ fn build_mutual(
         vec![Box::new(MutualHub::new(Arc::clone(&settings), global))];
     for (k, part) in p.parts.iter().enumerate() {
         // Clients with the same model start from the same seeded init, as FedAvg's do.
-        let init = p.models[p.client_models[k]].init_params(c.seed);
+        let init = p.models[p.client_models[k]].init_params(c.seed)?;
         nodes.push(Box::new(MutualClient::new(
             k,
             Arc::clone(&settings),
@@ -315,7 +313,7 @@ fn describe(p: &Prepared) -> String {
         .enumerate()
         .map(|(i, a)| {
             let n = p.client_models.iter().filter(|&&m| m == i).count();
-            format!("{n} x {} ({} parameters)", a.name.as_str(), a.num_params())
+            format!("{n} x {} ({} parameters)", a.name(), a.num_params())
         })
         .collect();
     format!("{} clients: {}", p.parts.len(), counts.join(", "))
@@ -376,7 +374,7 @@ macro_rules! mutual_algorithm {
                 let largest = p
                     .models
                     .iter()
-                    .map(braid_nn::Arch::num_params)
+                    .map(braid_nn::BoundModel::num_params)
                     .max()
                     .unwrap_or(0);
                 p.model.num_params().max(largest)

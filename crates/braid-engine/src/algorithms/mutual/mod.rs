@@ -46,8 +46,6 @@ use braid_nn::Member;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-use braid_nn::ModelName;
-
 use super::common;
 use crate::algorithm::{Algorithm, Feature, Summary};
 use crate::config::ExperimentConfig;

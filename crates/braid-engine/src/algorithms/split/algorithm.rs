@@ -99,23 +99,7 @@ impl Algorithm for Split {
 
     fn prepare(p: &mut Prepared, sc: &SplitConfig) -> EngineResult {
         crate::prepared::classification_only(p, "split learning")?;
-        let arch = p.model.arch().ok_or_else(|| {
-            EngineError::Unsupported(format!(
-                "split learning cuts a built-in model at a named layer; model {} is not one (a registered model cannot be split yet)",
-                p.model.name()
-            ))
-        })?;
-        let cut = sc
-            .cut
-            .clone()
-            .or_else(|| arch.cut_points().into_iter().next())
-            .ok_or_else(|| {
-                EngineError::from(Invalid::range(
-                    "model.name",
-                    format!("model {} has no layer to cut after", arch.name.as_str()),
-                ))
-            })?;
-        p.split = Some(arch.split(&cut)?);
+        p.split = Some(p.model.split(sc.cut.as_deref())?);
         Ok(())
     }
 
@@ -138,7 +122,7 @@ impl Algorithm for Split {
 
     fn max_message_values(p: &Prepared, _sc: &SplitConfig) -> usize {
         let activations = p.split.as_ref().map_or(0, |s| {
-            s.cut_features().saturating_mul(p.config.train.batch_size)
+            s.cut_features.saturating_mul(p.config.train.batch_size)
         });
         p.model.num_params().max(activations)
     }
@@ -150,9 +134,7 @@ impl Algorithm for Split {
                 p.parts.len(),
                 sc.sampler.as_str(),
                 p.config.train.batch_size,
-                split.cut,
-                split.client_params(),
-                split.cut_features()
+                split.cut, split.client_params, split.cut_features
             ),
             None => format!("{} clients", p.parts.len()),
         }
@@ -194,10 +176,10 @@ pub fn split_settings(p: &Prepared, sc: &SplitConfig) -> EngineResult<SplitSetti
         eval_every: c.algorithm.eval_every,
         client_gradients: sc.client_gradients,
         counts: p.parts.iter().map(Vec::len).collect(),
-        client_params: split.client_params(),
+        client_params: split.client_params,
         num_params: p.model.num_params(),
-        cut_features: split.cut_features(),
-        flops: (split.client.forward_flops(), split.server.forward_flops()),
+        cut_features: split.cut_features,
+        flops: (split.client_flops, split.server_flops),
         latency: braid_core::latency::LatencyModel::new(&sc.latency, p.parts.len(), &mut rng),
         lr_schedule: c.train.lr_schedule.clone(),
         seed: c.seed,
