@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use braid_data::Dataset;
 use braid_engine::algorithm::Registry;
 use braid_engine::config::ExperimentConfig;
 use braid_engine::report;
@@ -39,10 +40,12 @@ pub struct NodeArgs {
     /// `/node-<id>`).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Train on the IDX training files in this directory (this participant's own data, e.g.
-    /// a shard from `braid partition --write`) instead of its share of the experiment's
-    /// partition. The experiment's data source still gives the test set and the model shape.
-    #[arg(long, value_name = "DIR")]
+    /// Train on this participant's own data instead of its share of the experiment's
+    /// partition: a directory of IDX training files (e.g. a shard from `braid partition
+    /// --write`), or a TOML file with a `[data]` table in any format the experiment's
+    /// `[data]` takes (CSV, NumPy, image folders, a program's own data set; its training part
+    /// is used). The experiment's data source still gives the test set and the model shape.
+    #[arg(long, value_name = "DIR|FILE.toml")]
     pub data: Option<PathBuf>,
     /// Continue from the checkpoint in the output directory (after a crash or kill -9): the
     /// server resumes after its last completed round; clients simply rejoin.
@@ -59,6 +62,31 @@ pub fn keygen(args: KeygenArgs) -> Result<()> {
 }
 
 /// Runs one node of a deployed experiment until its part of the run is over.
+/// A participant's own training data: IDX files in a directory, or the `[data]` table of a
+/// TOML file, read as the experiment's config would read it (so a program's registered data
+/// sets work too).
+fn own_data(config: &ExperimentConfig, path: &Path, registry: &Registry) -> Result<Dataset> {
+    if path.is_dir() {
+        return Ok(braid_data::load_train_dir(path)?);
+    }
+    let src = std::fs::read_to_string(path)
+        .context("cannot read it (a directory of IDX files or a TOML file with a [data] table)")?;
+    let file: toml::Table = toml::from_str(&src)
+        .map_err(|e| anyhow::anyhow!("not TOML: {}", e.message().trim().replace('\n', " ")))?;
+    let Some(data) = file.get("data").filter(|d| d.is_table()) else {
+        bail!("no [data] table (a directory of IDX files, or a TOML file whose [data] table says where the data is)");
+    };
+    if let Some(k) = file.keys().find(|k| k.as_str() != "data") {
+        bail!("unknown table `{k}`: the file holds the participant's [data] table only");
+    }
+    // The experiment's config with this [data] table: read and checked as a config would be.
+    let mut whole: toml::Table = toml::from_str(&config.to_toml())?;
+    whole.insert("data".into(), data.clone());
+    let text = toml::to_string(&whole)?;
+    let own = ExperimentConfig::parse_with(&text, &path.display().to_string(), &[], registry)?;
+    Ok(braid_data::load(&own.data, own.seed)?.train)
+}
+
 pub fn node(args: NodeArgs, registry: &Registry) -> Result<()> {
     let t0 = Instant::now();
     let config = ExperimentConfig::load_with(&args.file, &args.set, registry)?;
@@ -86,8 +114,8 @@ pub fn node(args: NodeArgs, registry: &Registry) -> Result<()> {
         let k = algorithm.shard_of_node(id, prepared.parts.len()).with_context(|| {
             format!("--data: node {id} holds no training data in this run (it is the server or the monitor)")
         })?;
-        let own =
-            braid_data::load_train_dir(dir).with_context(|| format!("--data {}", dir.display()))?;
+        let own = own_data(&config, dir, registry)
+            .with_context(|| format!("--data {}", dir.display()))?;
         let n = own.len();
         prepared
             .use_own_data(k, own)
@@ -278,4 +306,64 @@ pub fn halt(args: HaltArgs, registry: &Registry) -> Result<()> {
         bail!("no node accepted the halt");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digits(file: &str) -> String {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/own_model/data");
+        root.join(file).display().to_string()
+    }
+
+    /// `[data]` of the digits tables, as the experiment and as a participant's own file.
+    fn data_table(train: &str) -> String {
+        format!(
+            "[data]\ndataset = \"csv\"\ntrain = {:?}\ntest = {:?}\n",
+            digits(train),
+            digits("digits-test.csv")
+        )
+    }
+
+    #[test]
+    fn own_data_reads_a_data_table_in_any_format_and_refuses_misfits_in_one_line() {
+        let registry = Registry::builtin();
+        let src = format!(
+            "{}[partition]\nclients = 4\n[model]\nname = \"mlp\"\n[algorithm]\nname = \"fedavg\"\nrounds = 1\n",
+            data_table("digits-train.csv")
+        );
+        let config = ExperimentConfig::parse_with(&src, "exp.toml", &[], &registry).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let own = dir.path().join("mine.toml");
+        // The participant's table: here the test table as its training data.
+        std::fs::write(&own, data_table("digits-test.csv")).unwrap();
+        let data = own_data(&config, &own, &registry).unwrap();
+        assert_eq!((data.len(), data.sample_shape()), (360, &[64][..]));
+        let err = |text: &str| {
+            std::fs::write(&own, text).unwrap();
+            format!("{:#}", own_data(&config, &own, &registry).unwrap_err())
+        };
+        for (text, says) in [
+            ("name = \"x\"\n", "no [data] table"),
+            ("[data\n", "not TOML"),
+            (
+                &format!("{}[model]\nname = \"cnn\"\n", data_table("digits-test.csv")),
+                "unknown table `model`",
+            ),
+            (
+                "[data]\ndataset = \"csv\"\ntrain = \"none.csv\"\ntest = \"none.csv\"\n",
+                "none.csv",
+            ),
+            ("[data]\ndataset = \"cvs\"\n", "cvs"),
+        ] {
+            let e = err(text);
+            assert!(e.contains(says) && !e.contains('\n'), "{text}: {e}");
+        }
+        let missing = format!(
+            "{:#}",
+            own_data(&config, &dir.path().join("nothing.toml"), &registry).unwrap_err()
+        );
+        assert!(missing.contains("cannot read it"), "{missing}");
+    }
 }
