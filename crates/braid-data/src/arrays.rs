@@ -32,6 +32,10 @@ pub struct NpyConfig {
     /// The number of classes (default: the largest label, plus one).
     #[serde(default)]
     pub classes: Option<usize>,
+    /// The label arrays hold real-valued targets (`[n]` or `[n, k]`, any numeric dtype) for
+    /// regression with mean squared error instead of class labels.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub regression: bool,
 }
 
 /// `[data] dataset = "npz"`: one archive.
@@ -50,6 +54,9 @@ pub struct NpzConfig {
     /// The number of classes (default: the largest label, plus one).
     #[serde(default)]
     pub classes: Option<usize>,
+    /// The label members hold real-valued targets for regression (see [`NpyConfig`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub regression: bool,
 }
 
 fn keras_names() -> [String; 4] {
@@ -71,7 +78,7 @@ impl NpyConfig {
                 read(&self.test_labels)?,
             ],
             groups,
-            self.classes,
+            answers(self.regression, self.classes)?,
         )
     }
 }
@@ -88,23 +95,82 @@ impl NpzConfig {
         build(
             [read(a)?, read(b)?, read(c)?, read(d)?],
             groups,
-            self.classes,
+            answers(self.regression, self.classes)?,
         )
     }
 }
 
+/// What the label arrays hold.
+enum Answers {
+    /// Class labels; the number of classes if given.
+    Labels(Option<usize>),
+    /// Real-valued regression targets.
+    Targets,
+}
+
+fn answers(regression: bool, classes: Option<usize>) -> Result<Answers, DataError> {
+    match (regression, classes) {
+        (false, classes) => Ok(Answers::Labels(classes)),
+        (true, None) => Ok(Answers::Targets),
+        (true, Some(_)) => Err(DataError::Mismatch(
+            "data.classes: a regression data set has no classes (data.regression = true)".into(),
+        )),
+    }
+}
+
+/// Real-valued targets of shape `[n]` or `[n, k]`: the values row by row and `k`.
+fn targets(name: &str, a: &NpyArray) -> Result<(Vec<f32>, usize), DataError> {
+    let k = match a.shape.as_slice() {
+        [_] => 1,
+        [_, k] if *k > 0 => *k,
+        s => {
+            return Err(DataError::Mismatch(format!(
+                "{name}: regression targets must have shape [n] or [n, k], not {s:?}"
+            )))
+        }
+    };
+    let values = a.to_f32();
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        return Err(DataError::Mismatch(format!(
+            "{name}: target {} of sample {} ({:e}) is not finite in f32",
+            i % k,
+            i / k,
+            a.to_f64()[i]
+        )));
+    }
+    Ok((values, k))
+}
+
 /// Builds a split from named arrays: training features and labels, test features and labels.
 fn build(
-    arrays: [(String, NpyArray); 4], groups: Option<(String, NpyArray)>, classes: Option<usize>,
+    arrays: [(String, NpyArray); 4], groups: Option<(String, NpyArray)>, answers: Answers,
 ) -> Result<DataSplit, DataError> {
     let [(xn, x), (yn, y), (xtn, xt), (ytn, yt)] = arrays;
-    let (train_labels, test_labels) = (labels(&yn, &y)?, labels(&ytn, &yt)?);
-    let classes = classes.unwrap_or_else(|| {
-        let largest = train_labels.iter().chain(&test_labels).max();
-        largest.map_or(1, |l| *l as usize + 1)
-    });
-    let train = dataset(&xn, x, train_labels, classes)?;
-    let test = dataset(&xtn, xt, test_labels, classes)?;
+    let (train, test) = match answers {
+        Answers::Labels(classes) => {
+            let (train_labels, test_labels) = (labels(&yn, &y)?, labels(&ytn, &yt)?);
+            let classes = classes.unwrap_or_else(|| {
+                let largest = train_labels.iter().chain(&test_labels).max();
+                largest.map_or(1, |l| *l as usize + 1)
+            });
+            (
+                dataset(&xn, x, Rows::Labels(train_labels, classes))?,
+                dataset(&xtn, xt, Rows::Labels(test_labels, classes))?,
+            )
+        }
+        Answers::Targets => {
+            let ((train_t, k), (test_t, kt)) = (targets(&yn, &y)?, targets(&ytn, &yt)?);
+            if k != kt {
+                return Err(DataError::Mismatch(format!(
+                    "{yn} has {k} targets per sample, {ytn} {kt}"
+                )));
+            }
+            (
+                dataset(&xn, x, Rows::Targets(train_t, k))?,
+                dataset(&xtn, xt, Rows::Targets(test_t, k))?,
+            )
+        }
+    };
     if train.sample_shape() != test.sample_shape() {
         return Err(DataError::Mismatch(format!(
             "{xn} has samples of shape {:?}, {xtn} of shape {:?}",
@@ -161,17 +227,26 @@ fn labels(name: &str, a: &NpyArray) -> Result<Vec<crate::Label>, DataError> {
         .collect()
 }
 
-fn dataset(
-    name: &str, x: NpyArray, labels: Vec<crate::Label>, classes: usize,
-) -> Result<Dataset, DataError> {
+/// One answer per sample: labels (and the number of classes) or targets (and their count
+/// per sample).
+enum Rows {
+    Labels(Vec<crate::Label>, usize),
+    Targets(Vec<f32>, usize),
+}
+
+fn dataset(name: &str, x: NpyArray, rows: Rows) -> Result<Dataset, DataError> {
     let bad = |why: String| DataError::Mismatch(format!("{name}: {why}"));
     let Some((&n, rest)) = x.shape.split_first() else {
         return Err(bad(
             "features must have a samples dimension, not be a scalar".into(),
         ));
     };
-    if n != labels.len() {
-        return Err(bad(format!("{n} samples but {} labels", labels.len())));
+    let (answers, what) = match &rows {
+        Rows::Labels(l, _) => (l.len(), "labels"),
+        Rows::Targets(t, k) => (t.len() / k, "rows of targets"),
+    };
+    if n != answers {
+        return Err(bad(format!("{n} samples but {answers} {what}")));
     }
     let shape = match rest {
         [] => vec![1],
@@ -195,7 +270,11 @@ fn dataset(
             Features::F32(values)
         }
     };
-    Dataset::new(features, labels, shape, classes).map_err(|e| bad(e.to_string()))
+    match rows {
+        Rows::Labels(labels, classes) => Dataset::new(features, labels, shape, classes),
+        Rows::Targets(targets, k) => Dataset::regression(features, targets, shape, k),
+    }
+    .map_err(|e| bad(e.to_string()))
 }
 
 #[cfg(test)]
@@ -227,6 +306,7 @@ mod tests {
             test_labels: dir.join(names[3]),
             train_groups: None,
             classes: None,
+            regression: false,
         }
     }
 
@@ -382,5 +462,98 @@ mod tests {
         };
         let e = other.load(1 << 20).unwrap_err().to_string();
         assert!(e.contains("no array \"labels\""), "{e}");
+    }
+
+    #[test]
+    fn regression_targets_come_from_the_label_arrays_in_any_numeric_dtype() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = write_four(
+            dir.path(),
+            [
+                npy("<f4", &[3, 2], &f32s(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])),
+                npy("<f8", &[3], &f64s(&[0.5, -1.5, 2.25])),
+                npy("<f4", &[1, 2], &f32s(&[7.0, 8.0])),
+                npy("<i8", &[1], &i64s(&[4])),
+            ],
+        );
+        c.regression = true;
+        let s = c.load(1 << 20).unwrap();
+        assert_eq!(s.train.task(), crate::Task::Regress);
+        assert_eq!(
+            (s.train.num_classes(), s.train.targets()),
+            (1, &[0.5, -1.5, 2.25][..])
+        );
+        assert_eq!(s.test.targets(), &[4.0]);
+        // Two targets per sample: [n, 2].
+        let two = write_four(
+            dir.path(),
+            [
+                npy("<f4", &[2, 1], &f32s(&[1.0, 2.0])),
+                npy("<f4", &[2, 2], &f32s(&[1.0, 2.0, 3.0, 4.0])),
+                npy("<f4", &[1, 1], &f32s(&[7.0])),
+                npy("<f4", &[1, 2], &f32s(&[5.0, 6.0])),
+            ],
+        );
+        let s = NpyConfig {
+            regression: true,
+            ..two
+        }
+        .load(1 << 20)
+        .unwrap();
+        assert_eq!((s.train.num_classes(), s.train.len()), (2, 2));
+        // Hostile: NaN, too few rows, a third dimension, another width for the test set,
+        // classes on a regression set; one line each, naming the file.
+        for (labels, test_labels, classes, says) in [
+            (
+                npy("<f8", &[3], &f64s(&[0.5, f64::NAN, 1.0])),
+                npy("<f4", &[1], &f32s(&[1.0])),
+                None,
+                "target 0 of sample 1",
+            ),
+            (
+                npy("<f8", &[3], &f64s(&[0.5, 1e300, 1.0])),
+                npy("<f4", &[1], &f32s(&[1.0])),
+                None,
+                "not finite in f32",
+            ),
+            (
+                npy("<f4", &[2], &f32s(&[0.5, 1.0])),
+                npy("<f4", &[1], &f32s(&[1.0])),
+                None,
+                "3 samples but 2 rows of targets",
+            ),
+            (
+                npy("<f4", &[3, 1, 1], &f32s(&[0.5, 1.0, 2.0])),
+                npy("<f4", &[1], &f32s(&[1.0])),
+                None,
+                "shape [n] or [n, k]",
+            ),
+            (
+                npy("<f4", &[3], &f32s(&[0.5, 1.0, 2.0])),
+                npy("<f4", &[1, 2], &f32s(&[1.0, 2.0])),
+                None,
+                "has 1 targets per sample",
+            ),
+            (
+                npy("<f4", &[3], &f32s(&[0.5, 1.0, 2.0])),
+                npy("<f4", &[1], &f32s(&[1.0])),
+                Some(3),
+                "has no classes",
+            ),
+        ] {
+            let mut c = write_four(
+                dir.path(),
+                [
+                    npy("<f4", &[3, 2], &f32s(&[1.0; 6])),
+                    labels,
+                    npy("<f4", &[1, 2], &f32s(&[7.0, 8.0])),
+                    test_labels,
+                ],
+            );
+            c.regression = true;
+            c.classes = classes;
+            let e = c.load(1 << 20).unwrap_err().to_string();
+            assert!(e.contains(says) && !e.contains('\n'), "{says}: {e}");
+        }
     }
 }
