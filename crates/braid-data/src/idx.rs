@@ -4,7 +4,7 @@
 //! number of dimensions, one big-endian `u32` per dimension, then the values. Anything that
 //! does not match exactly (bad magic, truncated or trailing data, absurd sizes) is an error.
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
 use flate2::read::GzDecoder;
@@ -23,13 +23,21 @@ pub struct IdxArray {
 /// Files larger than this once decompressed are refused (a guard against decompression bombs).
 pub const MAX_IDX_BYTES: usize = 1 << 31;
 
-/// Reads an IDX file; gzip is detected from the content, not the name.
+/// DEFLATE expands at most about 1032 to 1: a gzip file whose header promises more values
+/// than this many times its size is refused before decompressing anything.
+const MAX_GZIP_RATIO: u64 = 1100;
+
+/// Reads an IDX file; gzip is detected from the content, not the name. The header is read
+/// and checked against the file's size before the values are: nothing is allocated for sizes
+/// the file cannot hold, and a gzip stream is read no further than the header promises.
 pub fn read_idx(path: &Path) -> Result<IdxArray, DataError> {
-    let raw = std::fs::read(path).map_err(|source| DataError::Io {
+    let io = |source| DataError::Io {
         path: path.to_owned(),
         source,
-    })?;
-    parse_idx(&raw).map_err(|why| DataError::BadIdx {
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    read_stream(BufReader::new(file), len).map_err(|why| DataError::BadIdx {
         path: path.to_owned(),
         why,
     })
@@ -37,47 +45,75 @@ pub fn read_idx(path: &Path) -> Result<IdxArray, DataError> {
 
 /// Parses IDX bytes (gzipped or not).
 pub fn parse_idx(raw: &[u8]) -> Result<IdxArray, String> {
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        GzDecoder::new(raw)
-            .take(MAX_IDX_BYTES as u64 + 1)
-            .read_to_end(&mut out)
-            .map_err(|e| format!("corrupt gzip stream ({e})"))?;
-        if out.len() > MAX_IDX_BYTES {
-            return Err(format!("decompresses to more than {MAX_IDX_BYTES} bytes"));
-        }
-        return parse_plain(&out);
-    }
-    parse_plain(raw)
+    read_stream(raw, raw.len() as u64)
 }
 
-fn parse_plain(raw: &[u8]) -> Result<IdxArray, String> {
-    let header = raw.get(..4).ok_or_else(|| {
-        format!(
-            "file has {} bytes, too short for the 4-byte header",
-            raw.len()
-        )
-    })?;
+/// Reads an IDX array from `r`, which holds `len` bytes (gzipped or not).
+fn read_stream<R: BufRead>(mut r: R, len: u64) -> Result<IdxArray, String> {
+    let start = r.fill_buf().map_err(|e| format!("cannot read ({e})"))?;
+    if start.starts_with(&[0x1f, 0x8b]) {
+        read_values(GzDecoder::new(r), Source::Gzip(len))
+            .map_err(|e| e.unwrap_or_else(|io| format!("corrupt gzip stream ({io})")))
+    } else {
+        read_values(r, Source::Plain(len))
+            .map_err(|e| e.unwrap_or_else(|io| format!("cannot read ({io})")))
+    }
+}
+
+/// Where the bytes come from, with the file's size.
+#[derive(Clone, Copy)]
+enum Source {
+    Plain(u64),
+    Gzip(u64),
+}
+
+/// Reads into `buf` until it is full or the stream ends; the bytes read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// The array, or what is wrong (`Ok`: a message; `Err`: an I/O error, worded by the caller).
+fn read_values(
+    mut r: impl Read, source: Source,
+) -> Result<IdxArray, Result<String, std::io::Error>> {
+    let bad = |why: String| Ok::<String, std::io::Error>(why);
+    let mut header = [0u8; 4];
+    let got = read_full(&mut r, &mut header).map_err(Err)?;
+    if got < 4 {
+        return Err(bad(format!(
+            "file has {got} bytes, too short for the 4-byte header"
+        )));
+    }
     if header[0] != 0 || header[1] != 0 {
-        return Err(format!(
+        return Err(bad(format!(
             "bad magic bytes {:02x} {:02x} (expected 00 00)",
             header[0], header[1]
-        ));
+        )));
     }
     if header[2] != 0x08 {
-        return Err(format!(
+        return Err(bad(format!(
             "element type 0x{:02x} is not supported (only 0x08, unsigned byte)",
             header[2]
-        ));
+        )));
     }
     let ndim = usize::from(header[3]);
     if ndim == 0 || ndim > 4 {
-        return Err(format!("{ndim} dimensions (expected 1 to 4)"));
+        return Err(bad(format!("{ndim} dimensions (expected 1 to 4)")));
     }
-    let dims_end = 4 + 4 * ndim;
-    let dim_bytes = raw
-        .get(4..dims_end)
-        .ok_or("truncated in the dimension header")?;
+    let mut dim_bytes = [0u8; 16];
+    let dim_bytes = &mut dim_bytes[..4 * ndim];
+    if read_full(&mut r, dim_bytes).map_err(Err)? < 4 * ndim {
+        return Err(bad("truncated in the dimension header".into()));
+    }
     let dims: Vec<usize> = dim_bytes
         .chunks_exact(4)
         .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
@@ -87,24 +123,58 @@ fn parse_plain(raw: &[u8]) -> Result<IdxArray, String> {
         .try_fold(1usize, |acc, &d| {
             acc.checked_mul(d).filter(|&v| v <= MAX_IDX_BYTES)
         })
-        .ok_or_else(|| format!("dimensions {dims:?} are too large"))?;
-    let body = &raw[dims_end..];
-    if body.len() < count {
-        return Err(format!(
-            "truncated: header {dims:?} promises {count} values, file holds {}",
-            body.len()
-        ));
+        .ok_or_else(|| bad(format!("dimensions {dims:?} are too large")))?;
+    let header_len = 4 + 4 * ndim as u64;
+    match source {
+        Source::Plain(len) => {
+            // The file's size says whether the values are all there, before any is read.
+            let holds = len.saturating_sub(header_len);
+            if holds < count as u64 {
+                return Err(bad(format!(
+                    "truncated: header {dims:?} promises {count} values, file holds {holds}"
+                )));
+            }
+            if holds > count as u64 {
+                return Err(bad(format!(
+                    "{} unexpected bytes after the {count} values that header {dims:?} promises",
+                    holds - count as u64
+                )));
+            }
+            let mut data = vec![0u8; count];
+            let got = read_full(&mut r, &mut data).map_err(Err)?;
+            if got < count {
+                return Err(bad(format!(
+                    "truncated: header {dims:?} promises {count} values, file holds {got}"
+                )));
+            }
+            Ok(IdxArray { dims, data })
+        }
+        Source::Gzip(len) => {
+            if count as u64 > len.saturating_mul(MAX_GZIP_RATIO) {
+                return Err(bad(format!(
+                    "header {dims:?} promises {count} values, more than {len} gzipped bytes can hold"
+                )));
+            }
+            // Memory grows with what actually decompresses, and stops one byte past the promise.
+            let mut data = Vec::with_capacity(count.min(1 << 20));
+            (&mut r)
+                .take(count as u64 + 1)
+                .read_to_end(&mut data)
+                .map_err(Err)?;
+            if data.len() < count {
+                return Err(bad(format!(
+                    "truncated: header {dims:?} promises {count} values, file holds {}",
+                    data.len()
+                )));
+            }
+            if data.len() > count {
+                return Err(bad(format!(
+                    "unexpected bytes after the {count} values that header {dims:?} promises"
+                )));
+            }
+            Ok(IdxArray { dims, data })
+        }
     }
-    if body.len() > count {
-        return Err(format!(
-            "{} unexpected bytes after the {count} values that header {dims:?} promises",
-            body.len() - count
-        ));
-    }
-    Ok(IdxArray {
-        dims,
-        data: body.to_vec(),
-    })
 }
 
 /// The IDX encoding of unsigned-byte data with dimensions `dims` (what [`parse_idx`] reads).
@@ -157,6 +227,42 @@ mod tests {
         assert!(parse_idx(&[0x1f, 0x8b, 0, 1, 2])
             .unwrap_err()
             .contains("gzip"));
+    }
+
+    #[test]
+    fn bombs_and_oversized_files_are_refused_before_their_size_is_read() {
+        // A gzip stream that decompresses far past what its header promises: read no further
+        // than one byte past the promise.
+        let mut big = encode_idx(&[10], &[7; 10]);
+        big.resize(20 << 20, 0);
+        let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
+        gz.write_all(&big).unwrap();
+        let bomb = gz.finish().unwrap();
+        assert!(bomb.len() < 100_000);
+        assert!(parse_idx(&bomb).unwrap_err().contains("unexpected bytes"));
+        // A header promising 2 GB in a few hundred gzipped bytes: refused before decompressing.
+        let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
+        gz.write_all(&encode_idx(&[1 << 15, 1 << 15], &[])).unwrap();
+        let e = parse_idx(&gz.finish().unwrap()).unwrap_err();
+        assert!(e.contains("gzipped bytes can hold"), "{e}");
+        // A 2.3 GB file (sparse: nothing is on disk) whose header promises 10 values: its size
+        // alone refuses it, nothing is read.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("huge.idx");
+        let f = std::fs::File::create(&p).unwrap();
+        (&f).write_all(&encode_idx(&[10], &[0; 10])).unwrap();
+        f.set_len(2_300_000_000).unwrap();
+        let t0 = std::time::Instant::now();
+        let e = read_idx(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("unexpected bytes") && e.contains("huge.idx"),
+            "{e}"
+        );
+        assert!(t0.elapsed() < std::time::Duration::from_secs(2));
+        // A header promising more than the file holds, before allocating what it promises.
+        std::fs::write(&p, encode_idx(&[60000, 28, 28], &[1, 2, 3])).unwrap();
+        let e = read_idx(&p).unwrap_err().to_string();
+        assert!(e.contains("promises 47040000 values, file holds 3"), "{e}");
     }
 
     #[test]
