@@ -27,10 +27,15 @@ pub struct Checkpoint<R> {
     pub state: NodeState,
     /// Metrics reported so far, with their wall-clock seconds.
     pub reported: Vec<(R, f64)>,
+    /// The run it belongs to (its configuration hash), so a resume can refuse another run's
+    /// checkpoint; `None` in checkpoints of a braid that did not record it.
+    pub run: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
 struct Header<R> {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    run: Option<String>,
     meta: serde_json::Value,
     reported: Vec<(R, f64)>,
     tensors: Vec<(String, u64)>,
@@ -46,6 +51,7 @@ impl<R: Serialize + serde::de::DeserializeOwned + Clone> Checkpoint<R> {
     /// The file's bytes.
     pub fn encode(&self) -> EngineResult<Vec<u8>> {
         let header = Header {
+            run: self.run.clone(),
             meta: self.state.meta.clone(),
             reported: self.reported.clone(),
             tensors: self
@@ -128,6 +134,7 @@ impl<R: Serialize + serde::de::DeserializeOwned + Clone> Checkpoint<R> {
                 blobs,
             },
             reported: header.reported,
+            run: header.run,
         })
     }
 
@@ -183,6 +190,7 @@ mod tests {
                 },
                 0.25,
             )],
+            run: Some("ab12".into()),
         }
     }
 

@@ -9,6 +9,12 @@
 //!   checks and acknowledges what arrives, retries deliveries to participants that are not
 //!   reachable yet (or have restarted), and keeps dialing participants whose address is known.
 //!
+//! Stopping: SIGINT and SIGTERM stop a node the way an authorized halt does, on this node
+//! only (the step in progress is finished or abandoned, the checkpoint written, `leave` logged
+//! with the signal, the log flushed, and the process ends normally); a second signal ends it
+//! at once. A node that hears from no participant for [`RuntimeOptions::idle_timeout`] stops
+//! the same way: its coordinator or peers are gone.
+//!
 //! Admission: only the run's participants may connect (libp2p's allow-list, checked after the
 //! Noise handshake has proved the peer holds its key); anyone else is refused and logged.
 //! A message that fails to decode, or that the node rejects, is logged and dropped; the run
@@ -64,6 +70,9 @@ pub struct RuntimeOptions {
     /// The run's configuration hash (SHA-256, hex): recorded in the run log, and the run a
     /// halt must name. Without it the node cannot be halted.
     pub run_id: Option<String>,
+    /// Stop (as on SIGTERM) after this long without a message or acknowledgement from any
+    /// participant; `None`: wait for ever.
+    pub idle_timeout: Option<Duration>,
 }
 
 /// What the network task hands the node thread.
@@ -112,8 +121,11 @@ pub struct RunReport {
     pub refused_messages: u64,
     /// Compute this node spent in its trainer.
     pub compute: Compute,
-    /// The run was halted by an authorized key.
+    /// The run was halted by an authorized key, a signal or the idle timeout.
     pub halted: bool,
+    /// Why this node stopped early on its own (a signal, the idle timeout); `None` for an
+    /// authorized halt or a finished run.
+    pub stopped: Option<String>,
 }
 
 /// Something the node thread asks of the network task.
@@ -179,6 +191,14 @@ pub fn run(
         if path.exists() {
             let c = Checkpoint::<serde_json::Value>::load(path)
                 .map_err(|e| NetError::Node(e.to_string()))?;
+            if let (Some(theirs), Some(ours)) = (&c.run, &options.run_id) {
+                if theirs != ours {
+                    return Err(NetError::Config(format!(
+                        "--resume: {} belongs to run {theirs}, not to this run {ours} (another config, seed or override): start a fresh --out, or resume with that run's config",
+                        path.display()
+                    )));
+                }
+            }
             node.load_state(c.state)
                 .map_err(|e| NetError::Node(format!("cannot resume: {e}")))?;
             info!("resumed from {}", path.display());
@@ -226,6 +246,8 @@ pub fn run(
     let node_log = log.clone();
     let node_stop = Arc::clone(&stop);
     let decoder = node.decoder();
+    // Checkpoints name their run, so a resume can refuse another run's.
+    let checkpoint = checkpoint.map(|p| (p, options.run_id.clone()));
     let node_thread = std::thread::Builder::new()
         .name(format!("braid-node-{my_node}"))
         .spawn(move || {
@@ -249,6 +271,7 @@ pub fn run(
         .join()
         .map_err(|_| NetError::Node("the node thread panicked".into()))?;
     let reason = match (&net, &node_result) {
+        (Ok(r), Ok(_)) if r.stopped.is_some() => r.stopped.clone().unwrap_or_default(),
         (Ok(_), Ok(n)) if n.3 => "halted".to_string(),
         (Ok(_), Ok(_)) => "finished".to_string(),
         (Err(e), _) | (_, Err(e)) => format!("failed: {e}"),
@@ -273,8 +296,8 @@ type Reported = (serde_json::Value, f64);
 fn node_loop(
     mut node: Box<dyn WireNode>, inbox: std_mpsc::Receiver<ToNode>,
     to_net: tokio_mpsc::UnboundedSender<ToNet>, mut observer: Box<dyn FnMut(&WireEvent) + Send>,
-    start: Instant, checkpoint: Option<PathBuf>, restored: Vec<Reported>, log: SharedLog,
-    stop: Arc<AtomicBool>,
+    start: Instant, checkpoint: Option<(PathBuf, Option<String>)>, restored: Vec<Reported>,
+    log: SharedLog, stop: Arc<AtomicBool>,
 ) -> Result<NodeOutcome, NetError> {
     // Wall-clock seconds continue from the restored metrics.
     let offset = restored.last().map_or(0.0, |(_, w)| *w);
@@ -300,10 +323,11 @@ fn node_loop(
         // What to do next: start, a message, or a deadline.
         let input = if stop.load(Ordering::Relaxed) {
             // Halted: the durable state as it stands, then nothing more.
-            if let (Some(path), Some(state)) = (&checkpoint, node.save_state()) {
+            if let (Some((path, run_id)), Some(state)) = (&checkpoint, node.save_state()) {
                 let c = Checkpoint {
                     state,
                     reported: reported.clone(),
+                    run: run_id.clone(),
                 };
                 if let Err(e) = c.save(path) {
                     break Err(NetError::Io(e.to_string()));
@@ -416,13 +440,14 @@ fn node_loop(
             }
             events.push((ev, wall));
         }
-        if let Some(path) = &checkpoint {
+        if let Some((path, run_id)) = &checkpoint {
             let v = node.state_version();
             if v != saved_version {
                 if let Some(state) = node.save_state() {
                     let c = Checkpoint {
                         state,
                         reported: reported.clone(),
+                        run: run_id.clone(),
                     };
                     if let Err(e) = c.save(path) {
                         break Err(NetError::Io(e.to_string()));
@@ -553,6 +578,8 @@ async fn network_loop(
     // Acknowledgements queued but not yet written: a finished node flushes them before it
     // exits, so its senders do not retry into a closed socket.
     let mut acks_in_flight = 0usize;
+    let mut signals = Signals::new()?;
+    let mut last_heard = Instant::now();
     loop {
         if node_done {
             if stop.load(Ordering::Relaxed) {
@@ -571,6 +598,17 @@ async fn network_loop(
             }
         }
         tokio::select! {
+            sig = signals.next() => {
+                let why = format!("stopped by {sig}");
+                if stop.swap(true, Ordering::SeqCst) {
+                    warn!("{sig} again: exiting at once");
+                    let _ = sync_log(&log);
+                    std::process::exit(128 + signals.number(sig));
+                }
+                warn!("{sig}: stopping this node (checkpoint, leave); a second {sig} exits at once");
+                report.stopped = Some(why);
+                let _ = to_node.send(ToNode::Halt);
+            },
             cmd = from_node.recv() => match cmd {
                 Some(ToNet::Send(to, message)) => {
                     let Some(peer) = roster.peer_of(to) else {
@@ -585,6 +623,14 @@ async fn network_loop(
             },
             _ = tick.tick() => {
                 let now = Instant::now();
+                if let Some(limit) = options.idle_timeout {
+                    if !node_done && now.duration_since(last_heard) > limit && !stop.swap(true, Ordering::SeqCst) {
+                        let why = format!("no message from any participant for {} s", limit.as_secs());
+                        warn!("{why}: stopping this node (checkpoint, leave)");
+                        report.stopped = Some(format!("stopped: {why}"));
+                        let _ = to_node.send(ToNode::Halt);
+                    }
+                }
                 let (due, later): (Vec<_>, Vec<_>) = retry.drain(..).partition(|(t, _)| *t <= now);
                 retry = later;
                 for (_, out) in due {
@@ -637,6 +683,9 @@ async fn network_loop(
                     request_response::Event::Message { peer, message, .. } => match message {
                         request_response::Message::Request { request, channel, .. } => {
                             let sender = roster.node_of(&peer);
+                            if sender.is_some() {
+                                last_heard = Instant::now();
+                            }
                             let who = sender.map_or_else(|| peer.to_string(), |n| format!("node {n}"));
                             let ack = match (sender, request) {
                                 (None, _) if !roster.may_halt(&peer) => {
@@ -732,6 +781,7 @@ async fn network_loop(
                             }
                         }
                         request_response::Message::Response { request_id, response } => {
+                            last_heard = Instant::now();
                             if let Some(out) = pending.remove(&request_id) {
                                 match response {
                                     Ack::Refused(why) => warn!("node {} refused our message: {why}", out.to),
@@ -772,6 +822,53 @@ async fn network_loop(
                 },
                 _ => {}
             }
+        }
+    }
+}
+
+/// SIGINT and SIGTERM as a stream (Unix; elsewhere nothing arrives).
+struct Signals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self, NetError> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let io = |e: std::io::Error| NetError::Io(format!("cannot handle signals: {e}"));
+            Ok(Self {
+                term: signal(SignalKind::terminate()).map_err(io)?,
+                int: signal(SignalKind::interrupt()).map_err(io)?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// The next signal's name.
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                Some(()) = self.term.recv() => "SIGTERM",
+                Some(()) = self.int.recv() => "SIGINT",
+                else => std::future::pending().await,
+            }
+        }
+        #[cfg(not(unix))]
+        std::future::pending().await
+    }
+
+    /// The signal's number (for the exit status 128 + n of a process it ends).
+    fn number(&self, name: &str) -> i32 {
+        if name == "SIGINT" {
+            2
+        } else {
+            15
         }
     }
 }

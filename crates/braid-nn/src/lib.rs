@@ -1,5 +1,5 @@
-//! Braid's models and local training, on burn (the `flex` CPU backend by default, `cuda` behind
-//! a cargo feature).
+//! Braid's models and local training, on burn (the `flex` CPU backend with braid's own kernels; GPUs
+//! through burn's wgpu backend, the `gpu` cargo feature).
 //!
 //! - [`model`]: any burn module as a braid model ([`Model`], [`ModelKind`]), bound to a
 //!   dataset's shape ([`BoundModel`]);

@@ -119,6 +119,70 @@ fn malformed_inputs_get_one_clear_line() {
 }
 
 #[test]
+fn values_that_would_overflow_or_do_nothing_are_refused_at_load_time() {
+    expect_error(
+        &GOOD.replace("rounds = 1", "rounds = 0"),
+        "algorithm.rounds must be at least 1",
+    );
+    for key in ["request_timeout_s", "retry_s", "idle_timeout_s"] {
+        expect_error(
+            &format!("{GOOD}[network]\n{key} = 9223372036854775807\n"),
+            &format!("network.{key} = 9223372036854775807 must be between"),
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("exp.toml"), GOOD).unwrap();
+    // Flags: out of range is clap's one line, never a panic or minutes of work.
+    for args in [
+        vec![
+            "halt",
+            "exp.toml",
+            "--key",
+            "k.key",
+            "--timeout-s",
+            "99999999999999",
+        ],
+        vec!["launch", "exp.toml", "--grace-s", "99999999999999"],
+        vec!["launch", "exp.toml", "--nodes", "100000", "--out", "big"],
+        vec!["launch", "exp.toml", "--nodes", "1000", "--out", "many"],
+    ] {
+        let t0 = std::time::Instant::now();
+        let out = braid(&args, d);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} accepted");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(30),
+            "{args:?} took {:?}",
+            t0.elapsed()
+        );
+        assert!(
+            err.contains("--timeout-s")
+                || err.contains("--grace-s")
+                || err.contains("--nodes 100000")
+                || err.contains("partition.clients = 1000 but the training set has only 400"),
+            "{args:?}: {err}"
+        );
+    }
+    // Nothing was written for the refused launches (no keys for 100000 nodes).
+    assert!(!d.join("big").exists() && !d.join("many").exists());
+}
+
+#[cfg(feature = "gpu")]
+#[test]
+fn a_gpu_that_is_not_there_is_one_clear_line() {
+    expect_error(
+        &format!("{GOOD}[runtime]\ndevice = \"gpu:virtual:97\"\n"),
+        "runtime.device = \"gpu:virtual:97\": no such GPU through Vulkan",
+    );
+    expect_error(
+        &format!("{GOOD}[runtime]\ndevice = \"cuda:0\"\n"),
+        "no CUDA backend",
+    );
+}
+
+#[test]
 fn corrupt_idx_files_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let idx = dir.path().join("idx");

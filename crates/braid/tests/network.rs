@@ -1184,3 +1184,160 @@ fn downlink_changes_across_processes_match_the_simulator() {
     }
     assert_matches_simulator(d, "out0/metrics.csv", 4);
 }
+
+/// Sends SIGTERM to process `pid`.
+fn sigterm(pid: u32) {
+    let s = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(s.success());
+}
+
+/// The last line of a node's signed run log.
+fn last_log_entry(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn sigterm_stops_a_launched_run_cleanly_and_resume_finishes_it_as_simulated() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("exp.toml"),
+        r#"name = "stopped"
+seed = 9
+[data]
+dataset = "fashion-mnist"
+source = "bundled"
+[partition]
+clients = 2
+kind = "iid"
+[model]
+name = "mlp"
+[train]
+batch_size = 32
+local_steps = 40
+[algorithm]
+name = "fedavg"
+rounds = 10
+"#,
+    )
+    .unwrap();
+    let launch = |resume: bool| {
+        let mut c = braid();
+        c.current_dir(d)
+            .args(["launch", "exp.toml", "--out", "run"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if resume {
+            c.arg("--resume");
+        }
+        c.spawn().unwrap()
+    };
+    let first = launch(false);
+    let at = wait_for_checkpoint(&d.join("run/node-0/checkpoint.ckpt"), "completed_rounds", 2);
+    sigterm(first.id());
+    let out = finish(first, Duration::from_secs(60), "braid launch after SIGTERM");
+    assert!(
+        at < 10,
+        "the run ended before the signal; make rounds longer"
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("stopped by SIGTERM"), "{stderr}");
+    // Every node stopped as on a halt: its log ends with a leave naming the signal (the
+    // launcher waited for all of them, so none is left running).
+    for i in 0..3 {
+        let last = last_log_entry(&d.join(format!("run/node-{i}/runlog.jsonl")));
+        assert!(
+            last.contains("leave") && last.contains("stopped by SIGTERM"),
+            "node {i}: {last}"
+        );
+    }
+    let second = finish(
+        launch(true),
+        Duration::from_secs(180),
+        "braid launch --resume",
+    );
+    ok(&second, "braid launch --resume");
+    let sim = braid()
+        .current_dir(d)
+        .args(["run", "exp.toml", "-q", "--out", "sim"])
+        .output()
+        .unwrap();
+    ok(&sim, "braid run");
+    assert_eq!(
+        metrics(&d.join("run/metrics.csv")),
+        metrics(&d.join("sim/metrics.csv"))
+    );
+}
+
+#[test]
+fn a_node_whose_participants_are_gone_stops_after_the_idle_timeout_even_with_stdout_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_config(d, 1, "");
+    let cfg = std::fs::read_to_string(d.join("exp.toml"))
+        .unwrap()
+        .replace("retry_s = 60", "retry_s = 60\nidle_timeout_s = 2");
+    std::fs::write(d.join("exp.toml"), cfg).unwrap();
+    // The client alone: its server never starts. Its stdout is closed at once (a launcher that
+    // went away): printing must not kill it.
+    let mut client = spawn_node(d, "k1.key", "out1");
+    drop(client.stdout.take());
+    let out = finish(
+        client,
+        Duration::from_secs(60),
+        "a client without its server",
+    );
+    ok(&out, "a client without its server");
+    let last = last_log_entry(&d.join("out1/runlog.jsonl"));
+    assert!(
+        last.contains("leave") && last.contains("no message from any participant for 2 s"),
+        "{last}"
+    );
+}
+
+#[test]
+fn resume_refuses_the_checkpoint_of_another_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_config(d, 1, "");
+    let cfg = std::fs::read_to_string(d.join("exp.toml"))
+        .unwrap()
+        .replace("rounds = 3", "rounds = 50");
+    std::fs::write(d.join("exp.toml"), &cfg).unwrap();
+    let mut server = spawn_node(d, "k0.key", "out0");
+    let mut client = spawn_node(d, "k1.key", "out1");
+    wait_for_checkpoint(&d.join("out0/checkpoint.ckpt"), "completed_rounds", 1);
+    server.kill().unwrap();
+    client.kill().unwrap();
+    server.wait().unwrap();
+    client.wait().unwrap();
+    // The same node, key and output directory, another learning rate: another run.
+    std::fs::write(
+        d.join("exp.toml"),
+        cfg.replace(
+            "batch_size = 32",
+            "batch_size = 32\noptimizer = { name = \"sgd\", lr = 0.2 }",
+        ),
+    )
+    .unwrap();
+    let out = finish(
+        spawn_resumed(d, "k0.key", "out0"),
+        Duration::from_secs(60),
+        "a resume with another config",
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("belongs to run") && err.contains("not to this run"),
+        "{err}"
+    );
+}

@@ -20,6 +20,12 @@ pub fn rounds(c: &ExperimentConfig, name: &str) -> Result<u32, Invalid> {
             "algorithm.steps only applies to \"dsgd\" (use train.local_steps for steps per round)",
         ));
     }
+    if rounds == 0 {
+        return Err(Invalid::range(
+            "algorithm.rounds",
+            "algorithm.rounds must be at least 1 (no round would leave the untrained model as the result)",
+        ));
+    }
     Ok(rounds)
 }
 

@@ -503,7 +503,7 @@ impl AlgorithmTable {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
-    /// `cpu` (burn's flex backend) or `cuda` / `cuda:N` (needs `--features cuda`).
+    /// `cpu` (burn's flex backend) or `gpu` / `gpu:N` / `gpu:software` (burn's wgpu backend).
     #[serde(default)]
     pub device: DeviceKind,
     /// Clients trained at once, one thread each (default: one per CPU core; 1 on a GPU).

@@ -14,12 +14,19 @@ pub struct NetworkConfig {
     /// Largest message accepted, in MiB (default 1024).
     #[serde(default = "default_max_message_mib")]
     pub max_message_mib: u64,
-    /// Seconds a message may take to be delivered and acknowledged (default 120).
+    /// Seconds a message may take to be delivered and acknowledged (default 120; 1 to
+    /// [`MAX_WAIT_S`]).
     #[serde(default = "default_request_timeout_s")]
     pub request_timeout_s: u64,
-    /// Seconds a node keeps retrying a message to an unreachable participant (default 600).
+    /// Seconds a node keeps retrying a message to an unreachable participant (default 600; 0
+    /// to [`MAX_WAIT_S`]).
     #[serde(default = "default_retry_s")]
     pub retry_s: u64,
+    /// Seconds a node waits without a message or acknowledgement from any participant before
+    /// it stops as if halted (its coordinator or peers are gone); default 3600, 0: never.
+    /// Set it above the longest round.
+    #[serde(default = "default_idle_timeout_s")]
+    pub idle_timeout_s: u64,
     /// Peer ids of the keys allowed to halt the run (`braid halt`); they may connect, but
     /// only to send a halt.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -33,10 +40,15 @@ impl Default for NetworkConfig {
             max_message_mib: default_max_message_mib(),
             request_timeout_s: default_request_timeout_s(),
             retry_s: default_retry_s(),
+            idle_timeout_s: default_idle_timeout_s(),
             halt_keys: Vec::new(),
         }
     }
 }
+
+/// The longest wait a `[network]` setting may ask for: one week, in seconds. Longer waits
+/// are refused at load time (they would overflow the clock arithmetic of the nodes).
+pub const MAX_WAIT_S: u64 = 7 * 24 * 3600;
 
 fn default_max_message_mib() -> u64 {
     1024
@@ -46,6 +58,9 @@ fn default_request_timeout_s() -> u64 {
 }
 fn default_retry_s() -> u64 {
     600
+}
+fn default_idle_timeout_s() -> u64 {
+    3600
 }
 
 /// One admitted participant.
@@ -92,10 +107,31 @@ impl NetworkConfig {
                 ),
             ));
         }
-        if self.request_timeout_s == 0 {
+        if !(1..=MAX_WAIT_S).contains(&self.request_timeout_s) {
             return Err(Invalid::range(
                 "network.request_timeout_s",
-                "network.request_timeout_s must be at least 1",
+                format!(
+                    "network.request_timeout_s = {} must be between 1 and {MAX_WAIT_S} (a week)",
+                    self.request_timeout_s
+                ),
+            ));
+        }
+        if self.idle_timeout_s > MAX_WAIT_S {
+            return Err(Invalid::range(
+                "network.idle_timeout_s",
+                format!(
+                    "network.idle_timeout_s = {} must be between 0 (never) and {MAX_WAIT_S} (a week)",
+                    self.idle_timeout_s
+                ),
+            ));
+        }
+        if self.retry_s > MAX_WAIT_S {
+            return Err(Invalid::range(
+                "network.retry_s",
+                format!(
+                    "network.retry_s = {} must be between 0 and {MAX_WAIT_S} (a week)",
+                    self.retry_s
+                ),
             ));
         }
         Ok(())

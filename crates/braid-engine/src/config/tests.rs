@@ -43,7 +43,16 @@ fn errors_name_the_field_on_one_line() {
             "does not apply",
         ),
         (BASE.replace("\"fedavg\"", "\"fedprox\""), "algorithm.mu"),
-        (format!("{BASE}[runtime]\ndevice = \"tpu\"\n"), "cuda:N"),
+        (BASE.replace("rounds = 2", "rounds = 0"), "algorithm.rounds must be at least 1"),
+        (
+            format!("{BASE}[network]\nrequest_timeout_s = 9223372036854775807\n"),
+            "network.request_timeout_s",
+        ),
+        (
+            format!("{BASE}[network]\nretry_s = 9223372036854775807\n"),
+            "network.retry_s",
+        ),
+        (format!("{BASE}[runtime]\ndevice = \"tpu\"\n"), "gpu:software"),
         (
             format!("{BASE}[train.optimizer]\nname = \"sgd\"\nlr = -1.0\n"),
             "lr",

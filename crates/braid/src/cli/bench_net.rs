@@ -223,6 +223,7 @@ fn braid_rounds(args: &BenchNetArgs) -> Result<Vec<f64>> {
             resume: false,
             run_log: None,
             run_id: None,
+            idle_timeout: None,
         };
         let roster = roster.clone();
         handles.push(std::thread::spawn(move || {

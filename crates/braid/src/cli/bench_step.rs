@@ -1,4 +1,5 @@
-//! `braid bench-step`: the cost of one training step of a model on the default CPU backend.
+//! `braid bench-step`: the cost of one training step of a model on the CPU (burn's flex backend
+//! with braid's kernels) or a GPU (`--device gpu`).
 //!
 //! Times forward, backward and the plain SGD update of one model (any registered one, the
 //! program's own included) on batches of real Fashion-MNIST images, or of the training set of
@@ -44,6 +45,11 @@ pub struct BenchStepArgs {
     /// Fashion-MNIST source: "system", "bundled" or "auto".
     #[arg(long, default_value = "auto")]
     source: String,
+    /// Device: "cpu" or a GPU ("gpu", "gpu:N", "gpu:software"; see `[runtime] device`). On a
+    /// GPU, work is queued: the forward time includes the previous step's queued work, the
+    /// total is exact.
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Also write the figures as one JSON object per thread count to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -68,13 +74,13 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 
 fn measure(
     args: &BenchStepArgs, model: &BoundModel, data: &Dataset, batches: &[Vec<usize>],
-    threads: usize,
+    threads: usize, device: &DeviceKind,
 ) -> Result<Timing> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()?;
     pool.install(|| {
-        let mut trainer = model.trainer(&DeviceKind::Cpu)?;
+        let mut trainer = model.trainer(device)?;
         let plan: Vec<Vec<usize>> = (0..args.warmup + args.steps)
             .map(|i| batches[i % batches.len()].clone())
             .collect();
@@ -108,6 +114,9 @@ pub fn run(args: BenchStepArgs, registry: &Registry) -> Result<()> {
     if args.threads.contains(&0) {
         return Err(anyhow!("--threads must be at least 1"));
     }
+    let device = DeviceKind::try_from(args.device.clone()).map_err(|e| anyhow!("--device: {e}"))?;
+    // Fails here, in one line, where the GPU is not there.
+    device.device()?;
     // The model and the data: a config's, or the model named on Fashion-MNIST.
     let (config, described) = match &args.config {
         Some(path) => {
@@ -144,11 +153,12 @@ pub fn run(args: BenchStepArgs, registry: &Registry) -> Result<()> {
         })
         .collect();
     println!(
-        "train step: {} ({} parameters, {:.2} MFLOP per training sample), batch {}, SGD lr 0.05, burn flex | {} warm-up + {} timed steps | {}",
+        "train step: {} ({} parameters, {:.2} MFLOP per training sample), batch {}, SGD lr 0.05, {} | {} warm-up + {} timed steps | {}",
         model.name(),
         model.num_params(),
         model.train_flops() as f64 / 1e6,
         args.batch,
+        if device.is_accelerator() { format!("device {}", args.device) } else { "burn flex".into() },
         args.warmup,
         args.steps,
         described
@@ -166,14 +176,14 @@ pub fn run(args: BenchStepArgs, registry: &Registry) -> Result<()> {
     );
     let mut json = String::new();
     for &t in &args.threads {
-        let m = measure(&args, &model, &data.train, &batches, t)?;
+        let m = measure(&args, &model, &data.train, &batches, t, &device)?;
         println!(
             "{:>8} {:>10.2} {:>9.2} {:>9.2} {:>9.2} {:>10.2} {:>11.2} {:>10.2}",
             m.threads, m.median, m.mean, m.p10, m.p90, m.forward, m.backward, m.update
         );
         json.push_str(&format!(
-            "{{\"impl\": \"braid\", \"model\": \"{}\", \"batch\": {}, \"threads\": {}, \"median_ms\": {:.4}, \"mean_ms\": {:.4}, \"forward_ms\": {:.4}, \"backward_ms\": {:.4}, \"update_ms\": {:.4}}}\n",
-            model.name(), args.batch, m.threads, m.median, m.mean, m.forward, m.backward, m.update
+            "{{\"impl\": \"braid\", \"device\": \"{}\", \"model\": \"{}\", \"batch\": {}, \"threads\": {}, \"median_ms\": {:.4}, \"mean_ms\": {:.4}, \"forward_ms\": {:.4}, \"backward_ms\": {:.4}, \"update_ms\": {:.4}}}\n",
+            args.device, model.name(), args.batch, m.threads, m.median, m.mean, m.forward, m.backward, m.update
         ));
     }
     if let Some(path) = &args.json {

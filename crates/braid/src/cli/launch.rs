@@ -5,6 +5,12 @@
 //! per participant, relays their output with a role prefix, and collects the results of the
 //! node that evaluates (the FedAvg server or the dsgd monitor) and every node's traffic into
 //! the output directory.
+//!
+//! SIGINT and SIGTERM stop the run: the launcher sends SIGTERM to every node (each finishes or
+//! abandons its step, checkpoints and leaves), waits for them, kills what is left after 30 s,
+//! and exits with an error; `--resume` continues the run. The nodes run in their own process
+//! group (a terminal's Ctrl-C reaches only the launcher, which stops them once) and are sent
+//! SIGTERM by the kernel if the launcher dies without stopping them.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -41,10 +47,13 @@ pub struct LaunchArgs {
     #[arg(long)]
     pub resume: bool,
     /// After the evaluating node has finished, seconds to wait for the others before they are
-    /// stopped.
-    #[arg(long, default_value_t = 60)]
+    /// stopped (0 to 86400).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub grace_s: u64,
 }
+
+/// Most data-holding processes one `braid launch` starts on its machine.
+const MAX_PROCESSES: usize = 1024;
 
 /// One launched process.
 struct Launched {
@@ -59,13 +68,26 @@ pub fn launch(args: LaunchArgs, registry: &Registry) -> Result<()> {
     let t0 = Instant::now();
     let mut config = ExperimentConfig::load_with(&args.file, &args.set, registry)?;
     if let Some(n) = args.nodes {
-        if n == 0 {
-            bail!("--nodes must be at least 1");
+        if !(1..=MAX_PROCESSES).contains(&n) {
+            bail!(
+                "--nodes {n}: braid launch runs every node as a process on this machine, from 1 to {MAX_PROCESSES}; simulate more with braid run, or deploy them across machines with braid node"
+            );
         }
         config.partition.clients = n;
+        // The new count is checked (against the data and the algorithm) before any key is
+        // written.
+        config.validate_with(registry).map_err(anyhow::Error::msg)?;
     }
     let participants = config.partition.clients;
+    if participants > MAX_PROCESSES {
+        bail!(
+            "partition.clients = {participants}: braid launch runs every node as a process on this machine, at most {MAX_PROCESSES}; simulate more with braid run, or deploy them across machines with braid node"
+        );
+    }
     let algorithm = registry.of(&config).map_err(anyhow::Error::msg)?;
+    // The data and the partition, checked against the node count before any key is written
+    // (each node does the same again when it starts).
+    algorithm.prepare(&config).map_err(anyhow::Error::msg)?;
     if algorithm.shards(&config) < 2 {
         bail!(
             "algorithm.name = \"{}\" has nothing to deploy: use braid run",
@@ -126,7 +148,7 @@ pub fn launch(args: LaunchArgs, registry: &Registry) -> Result<()> {
     let launch_file = dir.join("launch.toml");
     report::write_atomic(&launch_file, config.to_toml().as_bytes()).map_err(anyhow::Error::msg)?;
 
-    println!(
+    say!(
         "braid launch: {} | {} {data_role}s + {} | {total} processes on 127.0.0.1 | config {}",
         config.name,
         participants,
@@ -134,6 +156,7 @@ pub fn launch(args: LaunchArgs, registry: &Registry) -> Result<()> {
         launch_file.display()
     );
     let exe = std::env::current_exe().context("cannot find the braid executable")?;
+    let stop = lifecycle::on_signal()?;
     let stdout = Arc::new(Mutex::new(std::io::stdout()));
     let mut launched = Vec::with_capacity(total);
     let mut relays = Vec::new();
@@ -152,6 +175,7 @@ pub fn launch(args: LaunchArgs, registry: &Registry) -> Result<()> {
             .arg(&node_dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        lifecycle::detach(&mut cmd);
         if args.resume {
             cmd.arg("--resume");
         }
@@ -180,7 +204,12 @@ pub fn launch(args: LaunchArgs, registry: &Registry) -> Result<()> {
         });
     }
 
-    let outcome = supervise(&mut launched, evaluator, Duration::from_secs(args.grace_s));
+    let outcome = supervise(
+        &mut launched,
+        evaluator,
+        Duration::from_secs(args.grace_s),
+        &stop,
+    );
     for r in relays {
         let _ = r.join();
     }
@@ -191,7 +220,7 @@ pub fn launch(args: LaunchArgs, registry: &Registry) -> Result<()> {
         .filter(|l| !l.status.is_some_and(|s| s.success()))
         .map(|l| format!("{} ({})", l.label, describe(l.status)))
         .collect();
-    println!(
+    say!(
         "braid launch: done in {:.1} s | results of {} and nodes.csv in {} ({} files){}",
         t0.elapsed().as_secs_f64(),
         label(evaluator),
@@ -251,9 +280,16 @@ fn relay(
 /// Waits for the processes. A failing evaluator stops the run (an error); other failures are
 /// reported and the run goes on (fault tolerance is the nodes' job). Once the evaluator is
 /// done, the others get `grace` to finish before they are killed.
-fn supervise(launched: &mut [Launched], evaluator: u32, grace: Duration) -> Result<()> {
+fn supervise(
+    launched: &mut [Launched], evaluator: u32, grace: Duration, stop: &lifecycle::Stop,
+) -> Result<()> {
     let mut evaluator_done: Option<Instant> = None;
     loop {
+        if let Some(sig) = stop.signalled() {
+            eprintln!("braid launch: {sig}: stopping every node (they checkpoint and leave)");
+            stop_all(launched, Duration::from_secs(30));
+            bail!("stopped by {sig}; continue the run with braid launch --resume");
+        }
         let mut running = 0;
         let mut evaluator_failed = None;
         for l in launched.iter_mut() {
@@ -296,6 +332,30 @@ fn supervise(launched: &mut [Launched], evaluator: u32, grace: Duration) -> Resu
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Sends SIGTERM to every running node, waits up to `patience` for them to exit, then kills
+/// the rest.
+fn stop_all(launched: &mut [Launched], patience: Duration) {
+    for l in launched.iter().filter(|l| l.status.is_none()) {
+        lifecycle::terminate(&l.child);
+    }
+    let t0 = Instant::now();
+    while t0.elapsed() < patience {
+        let mut running = 0;
+        for l in launched.iter_mut().filter(|l| l.status.is_none()) {
+            match l.child.try_wait() {
+                Ok(Some(s)) => l.status = Some(s),
+                Ok(None) => running += 1,
+                Err(_) => {}
+            }
+        }
+        if running == 0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    kill_all(launched);
 }
 
 fn kill_all(launched: &mut [Launched]) {
@@ -347,4 +407,78 @@ fn collect(dir: &Path, evaluator: u32, total: usize) -> Result<usize> {
     }
     report::write_atomic(&dir.join("nodes.csv"), nodes.as_bytes()).map_err(anyhow::Error::msg)?;
     Ok(written + 1)
+}
+
+/// Signals: the launcher's own, the nodes' process group, sending SIGTERM.
+mod lifecycle {
+    use std::process::{Child, Command};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use anyhow::{Context, Result};
+
+    /// The last signal received (0: none).
+    pub struct Stop(Arc<AtomicUsize>);
+
+    impl Stop {
+        /// The name of the signal that asked the launcher to stop, if one did.
+        pub fn signalled(&self) -> Option<&'static str> {
+            match self.0.load(Ordering::Relaxed) {
+                0 => None,
+                2 => Some("SIGINT"),
+                _ => Some("SIGTERM"),
+            }
+        }
+    }
+
+    /// Catches SIGINT and SIGTERM from now on.
+    #[cfg(unix)]
+    pub fn on_signal() -> Result<Stop> {
+        let last = Arc::new(AtomicUsize::new(0));
+        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            signal_hook::flag::register_usize(sig, Arc::clone(&last), sig as usize)
+                .context("cannot handle SIGINT/SIGTERM")?;
+        }
+        Ok(Stop(last))
+    }
+
+    #[cfg(not(unix))]
+    pub fn on_signal() -> Result<Stop> {
+        Ok(Stop(Arc::new(AtomicUsize::new(0))))
+    }
+
+    /// Starts the node in its own process group, and has the kernel send it SIGTERM when the
+    /// launcher dies (Linux).
+    #[cfg(unix)]
+    pub fn detach(cmd: &mut Command) {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+        #[cfg(target_os = "linux")]
+        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of the
+        // parent; it runs in the child between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+
+    #[cfg(not(unix))]
+    pub fn detach(_cmd: &mut Command) {}
+
+    /// Sends SIGTERM to `child` (where there are signals; elsewhere it is killed).
+    pub fn terminate(child: &Child) {
+        #[cfg(unix)]
+        if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+            // SAFETY: kill(2) with a pid of our own child that has not been waited for.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = child;
+    }
 }

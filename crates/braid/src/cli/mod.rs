@@ -14,6 +14,15 @@ use braid_engine::report;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+/// `println!` that ignores a closed stdout (a launcher or a pager that went away): the
+/// process goes on, its log and results are what count.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
 mod audit;
 mod bench;
 mod bench_net;
@@ -137,11 +146,23 @@ pub fn main_from<E: std::fmt::Display>(registry: Result<Registry, E>) -> ExitCod
 
 /// Runs the command line (arguments from the process) with the algorithms of `registry`; the
 /// process's exit code. `braid`'s own `main` is `main_with(Registry::builtin())`.
+///
+/// Call it first thing in `main`: where no desktop session is running it turns off Mesa's
+/// device-select Vulkan layer (`NODEVICE_SELECT=1`), which otherwise prints errors about a
+/// missing Wayland display whenever a GPU is looked for; braid picks its GPU itself.
 pub fn main_with(registry: Registry) -> ExitCode {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none()
+        && std::env::var_os("NODEVICE_SELECT").is_none()
+    {
+        // Still one thread: nothing reads the environment concurrently.
+        std::env::set_var("NODEVICE_SELECT", "1");
+    }
     // A program may have set up tracing itself; then its subscriber stays.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            // wgpu reports a missing Vulkan driver as errors of its own; braid says it in one line.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,wgpu_hal=off,wgpu_core=off".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -57,7 +57,7 @@ pub struct NodeArgs {
 pub fn keygen(args: KeygenArgs) -> Result<()> {
     let key = braid_net::identity::generate();
     braid_net::identity::save(&key, &args.out)?;
-    println!("{}", braid_net::identity::peer_id(&key));
+    say!("{}", braid_net::identity::peer_id(&key));
     Ok(())
 }
 
@@ -154,8 +154,9 @@ pub fn node(args: NodeArgs, registry: &Registry) -> Result<()> {
         resume: args.resume,
         run_log: Some(dir.join("runlog.jsonl")),
         run_id: Some(run_id.clone()),
+        idle_timeout: (net.idle_timeout_s > 0).then(|| Duration::from_secs(net.idle_timeout_s)),
     };
-    println!(
+    say!(
         "braid node {id} ({role}) | peer id {me} | {} | model {} ({} parameters) | {} participants | run {run_id}",
         prepared.data_description,
         config.model.name.as_str(),
@@ -164,12 +165,12 @@ pub fn node(args: NodeArgs, registry: &Registry) -> Result<()> {
     );
     let observer = Box::new(move |e: &WireEvent| match e {
         WireEvent::Metrics { line, .. } => {
-            println!("{line} | {:.1} s", t0.elapsed().as_secs_f64())
+            say!("{line} | {:.1} s", t0.elapsed().as_secs_f64())
         }
-        WireEvent::Finished { .. } => println!("finished"),
+        WireEvent::Finished { .. } => say!("finished"),
     });
     let on_listen = Box::new(move |a: &braid_net::Multiaddr| {
-        println!("listening on {a}/p2p/{me}");
+        say!("listening on {a}/p2p/{me}");
     });
     let mut report =
         runtime::run(node, key, roster, options, observer, on_listen).context("node failed")?;
@@ -188,7 +189,7 @@ pub fn node(args: NodeArgs, registry: &Registry) -> Result<()> {
             .map_err(anyhow::Error::msg)?;
     }
     write_node_summary(&dir, id, role, &report)?;
-    println!(
+    say!(
         "node {id} done | sent {:.1} MB in {} messages, received {:.1} MB in {} | refused {} connections, {} messages | {:.1} s | results in {}",
         report.traffic.bytes_sent as f64 / 1e6,
         report.traffic.messages_sent,
@@ -239,8 +240,8 @@ pub struct HaltArgs {
     /// The same overrides the nodes were started with (they change the run id).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// Seconds to wait for each participant's answer.
-    #[arg(long, default_value_t = 10)]
+    /// Seconds to wait for each participant's answer (1 to 3600).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub timeout_s: u64,
 }
 
@@ -284,20 +285,20 @@ pub fn halt(args: HaltArgs, registry: &Registry) -> Result<()> {
         match outcome {
             Ok(braid_net::probe::Outcome::Answered(braid_net::codec::Ack::Accepted)) => {
                 accepted += 1;
-                println!("node {node}: halt accepted");
+                say!("node {node}: halt accepted");
             }
             Ok(braid_net::probe::Outcome::Answered(braid_net::codec::Ack::Refused(why))) => {
-                println!("node {node}: refused the halt: {why}")
+                say!("node {node}: refused the halt: {why}")
             }
             Ok(braid_net::probe::Outcome::NoAnswer(why)) => {
-                println!("node {node}: no answer ({why}; a node that has halted stops listening)")
+                say!("node {node}: no answer ({why}; a node that has halted stops listening)")
             }
             Err(e) => {
-                println!("node {node}: not reached ({e}; a node that has halted stops listening)")
+                say!("node {node}: not reached ({e}; a node that has halted stops listening)")
             }
         }
     }
-    println!(
+    say!(
         "halt for run {run_hex} signed by {me}: accepted by {accepted} of {} nodes reached directly in {:.2} s; nodes forward it to the others",
         targets.len(),
         t0.elapsed().as_secs_f64()
