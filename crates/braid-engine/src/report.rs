@@ -2,6 +2,12 @@
 //! `accounting-rounds.csv` and `final.safetensors` for every algorithm, and the algorithm's
 //! own `metrics.csv`, `metrics.jsonl` and plots ([`Rows`], implemented by each algorithm's
 //! metrics row in its folder).
+//!
+//! The files are one unit: each is written atomically, and `manifest.json` (every file's name,
+//! size and SHA-256, and the run id) is removed before the first and written after the last,
+//! so a directory without a manifest, or whose files do not match it, holds no complete
+//! result ([`check_manifest`]). Files of an earlier run that this one does not write are
+//! removed. [`DirLock`] keeps a second process out of an output directory while a run uses it.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -23,6 +29,202 @@ pub trait Rows: Sized {
     ) -> Result<Vec<PathBuf>, String>;
     /// The table printed after a run.
     fn table(config: &ExperimentConfig, rows: &[(Self, f64)]) -> String;
+}
+
+/// The list of a complete set of results, written last.
+pub const MANIFEST: &str = "manifest.json";
+/// The lock file of an output directory in use.
+pub const LOCK: &str = ".braid-lock";
+
+/// An output directory held by one process (the lock file [`LOCK`] names it), released when
+/// dropped. A lock whose process is gone is taken over.
+#[derive(Debug)]
+pub struct DirLock {
+    path: PathBuf,
+}
+
+/// This process's identity for a lock: its pid and its start time (so a reused pid is not
+/// taken for the holder).
+fn process_tag(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22 (start time), counted after the parenthesised command name.
+    let after = stat.rsplit_once(')')?.1;
+    after
+        .split_whitespace()
+        .nth(19)
+        .map(|t| format!("{pid} {t}"))
+}
+
+impl DirLock {
+    /// Takes `dir` (created if missing) for this process, or says who holds it.
+    pub fn acquire(dir: &Path) -> Result<Self, String> {
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        let path = dir.join(LOCK);
+        let pid = std::process::id();
+        let tag = process_tag(pid).unwrap_or_else(|| format!("{pid} ?"));
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        for _ in 0..3 {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut f) => {
+                    f.write_all(format!("{tag}\nsince {since} (unix time)\n").as_bytes())
+                        .and_then(|_| f.sync_all())
+                        .map_err(|e| io(&path, e))?;
+                    return Ok(Self { path });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let held = std::fs::read_to_string(&path).unwrap_or_default();
+                    let holder = held.lines().next().unwrap_or_default().to_string();
+                    let holder_pid = holder
+                        .split_whitespace()
+                        .next()
+                        .and_then(|p| p.parse::<u32>().ok());
+                    // Alive: the same pid with the same start time (where /proc tells).
+                    let alive = match holder_pid.map(|p| (p, process_tag(p))) {
+                        Some((_, Some(now))) => now == holder || holder.ends_with(" ?"),
+                        Some((_, None)) => false,
+                        None => false,
+                    };
+                    if alive {
+                        return Err(format!(
+                            "{} is in use by another braid process (pid {}, {}): wait for it to end, or write to another directory",
+                            dir.display(),
+                            holder_pid.unwrap_or_default(),
+                            held.lines().nth(1).unwrap_or("since an unknown time")
+                        ));
+                    }
+                    // Its holder is gone (killed): take it over.
+                    let _ = std::fs::remove_file(&path);
+                }
+                Err(e) => return Err(io(&path, e)),
+            }
+        }
+        Err(format!("cannot take the lock {}", path.display()))
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// One file of a [`MANIFEST`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ManifestEntry {
+    /// File name, in the output directory.
+    pub name: String,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Its SHA-256, hex.
+    pub sha256: String,
+}
+
+/// A complete set of results: the run and its files.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Manifest {
+    /// The run's configuration hash (as in the run log).
+    pub run: String,
+    /// The files, in the order written.
+    pub files: Vec<ManifestEntry>,
+}
+
+fn sha256_file(path: &Path) -> Result<(u64, String), String> {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let hash = sha2::Sha256::digest(&bytes);
+    let hex = hash.iter().map(|b| format!("{b:02x}")).collect();
+    Ok((bytes.len() as u64, hex))
+}
+
+/// Starts writing a set of results into `dir`: removes its manifest (the set is incomplete
+/// from now until [`seal_results`]); returns the files the old manifest listed.
+pub fn begin_results(dir: &Path) -> Result<Vec<String>, String> {
+    let path = dir.join(MANIFEST);
+    let old = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok())
+        .map(|m| m.files.into_iter().map(|f| f.name).collect())
+        .unwrap_or_default();
+    match std::fs::remove_file(&path) {
+        Ok(()) => {
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(&path, e)),
+    }
+    Ok(old)
+}
+
+/// Ends a set of results: removes the files of `old` (an earlier run's) that `written` does
+/// not hold, then writes the manifest of `written` for run `run`.
+pub fn seal_results(
+    dir: &Path, written: &[PathBuf], old: &[String], run: &str,
+) -> Result<PathBuf, String> {
+    let mut files = Vec::with_capacity(written.len());
+    for p in written {
+        let name = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| format!("{} has no usable file name", p.display()))?
+            .to_string();
+        let (bytes, sha256) = sha256_file(p)?;
+        files.push(ManifestEntry {
+            name,
+            bytes,
+            sha256,
+        });
+    }
+    for stale in old.iter().filter(|o| !files.iter().any(|f| &f.name == *o)) {
+        // Only plain names: a manifest is not trusted to point outside its directory.
+        if !stale.contains(['/', '\\']) && stale != ".." && stale != MANIFEST {
+            let _ = std::fs::remove_file(dir.join(stale));
+        }
+    }
+    let manifest = Manifest {
+        run: run.to_string(),
+        files,
+    };
+    let text = serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?;
+    let path = dir.join(MANIFEST);
+    write_atomic(&path, &text)?;
+    Ok(path)
+}
+
+/// Checks that `dir` holds a complete set of results: its manifest is there and every file it
+/// lists has the listed size and hash. Returns the manifest.
+pub fn check_manifest(dir: &Path) -> Result<Manifest, String> {
+    let path = dir.join(MANIFEST);
+    let bytes = std::fs::read(&path).map_err(|e| {
+        format!(
+            "{}: no {MANIFEST} ({e}): the results are incomplete (a run still writing, or killed while writing)",
+            dir.display()
+        )
+    })?;
+    let m: Manifest = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{}: unreadable {MANIFEST}: {e}", dir.display()))?;
+    for f in &m.files {
+        if f.name.contains(['/', '\\']) || f.name == ".." {
+            return Err(format!("{}: {MANIFEST} names {:?}", dir.display(), f.name));
+        }
+        let (bytes, sha) = sha256_file(&dir.join(&f.name))
+            .map_err(|e| format!("{e}: the results are incomplete"))?;
+        if (bytes, sha.as_str()) != (f.bytes, f.sha256.as_str()) {
+            return Err(format!(
+                "{}: {} is not the file the run wrote (its size or SHA-256 differs from {MANIFEST}): the results are mixed or altered",
+                dir.display(),
+                f.name
+            ));
+        }
+    }
+    Ok(m)
 }
 
 fn io(path: &Path, e: impl std::fmt::Display) -> String {
@@ -60,6 +262,7 @@ pub fn write_all<R: Rows>(
 ) -> Result<Vec<PathBuf>, String> {
     let config = &prepared.config;
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let old = begin_results(dir)?;
     let mut written = Vec::new();
 
     let p = dir.join("config.toml");
@@ -113,6 +316,7 @@ pub fn write_all<R: Rows>(
         prepared.model.save(params, &p).map_err(|e| e.to_string())?;
         written.push(p);
     }
+    written.push(seal_results(dir, &written, &old, &config.run_id())?);
     Ok(written)
 }
 
@@ -272,4 +476,73 @@ fn plot_xy(
     }
     root.present().map_err(|e| err(&e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
+        let p = dir.join(name);
+        write_atomic(&p, body.as_bytes()).unwrap();
+        p
+    }
+
+    #[test]
+    fn results_are_one_unit_complete_or_visibly_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // A first run writes three files.
+        let old = begin_results(d).unwrap();
+        assert!(old.is_empty());
+        let first: Vec<PathBuf> = ["a.csv", "b.csv", "plot.png"]
+            .iter()
+            .map(|n| write(d, n, n))
+            .collect();
+        seal_results(d, &first, &old, "run-1").unwrap();
+        let m = check_manifest(d).unwrap();
+        assert_eq!((m.run.as_str(), m.files.len()), ("run-1", 3));
+        // A second run starts: until it seals, the directory is visibly incomplete.
+        let old = begin_results(d).unwrap();
+        assert_eq!(old, ["a.csv", "b.csv", "plot.png"]);
+        let a = write(d, "a.csv", "second");
+        let e = check_manifest(d).unwrap_err();
+        assert!(e.contains("incomplete"), "{e}");
+        // It writes fewer files: the first run's leftovers go, nothing of it remains.
+        seal_results(d, std::slice::from_ref(&a), &old, "run-2").unwrap();
+        assert!(!d.join("b.csv").exists() && !d.join("plot.png").exists());
+        assert_eq!(check_manifest(d).unwrap().run, "run-2");
+        // A file replaced afterwards (another run's) is found.
+        write(d, "a.csv", "third");
+        let e = check_manifest(d).unwrap_err();
+        assert!(e.contains("a.csv is not the file the run wrote"), "{e}");
+        // A manifest is not trusted to name files outside its directory.
+        std::fs::write(
+            d.join(MANIFEST),
+            r#"{"run":"x","files":[{"name":"../etc","bytes":0,"sha256":""}]}"#,
+        )
+        .unwrap();
+        assert!(check_manifest(d).unwrap_err().contains("names \"../etc\""));
+    }
+
+    #[test]
+    fn an_output_directory_has_one_holder_and_a_dead_holders_lock_is_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let held = DirLock::acquire(d).unwrap();
+        assert!(d.join(LOCK).exists());
+        // This process holds it: another acquisition (as by another process) is refused.
+        let e = DirLock::acquire(d).unwrap_err();
+        assert!(
+            e.contains("in use by another braid process")
+                && e.contains(&format!("pid {}", std::process::id())),
+            "{e}"
+        );
+        drop(held);
+        assert!(!d.join(LOCK).exists());
+        // A lock left by a process that is gone (killed) is taken over.
+        std::fs::write(d.join(LOCK), "4000000000 1\nsince 0 (unix time)\n").unwrap();
+        let again = DirLock::acquire(d).unwrap();
+        drop(again);
+    }
 }

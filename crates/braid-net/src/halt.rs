@@ -21,13 +21,7 @@ use crate::NetError;
 /// (where a node listens is not part of what is run, and changes when a launched run is
 /// resumed on new ports). Every node records it in its log and a halt must name it.
 pub fn run_id_of(config: &ExperimentConfig) -> String {
-    let mut c = config.clone();
-    if let Some(net) = &mut c.network {
-        for p in &mut net.participants {
-            p.addr = None;
-        }
-    }
-    crate::runlog::sha256_hex(c.to_toml().as_bytes())
+    config.run_id()
 }
 
 /// The SHA-256 configuration hash (hex, as in the run log) as bytes.

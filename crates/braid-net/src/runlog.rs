@@ -122,6 +122,13 @@ pub enum LogEvent {
         /// [`model_hash`] of its parameters.
         model_hash: String,
     },
+    /// The result files this node wrote after the run (the evaluating node): the SHA-256 of
+    /// their `manifest.json`, which lists every file's size and SHA-256, so the files are bound
+    /// to this signed log.
+    Results {
+        /// SHA-256 (hex) of `manifest.json`.
+        manifest: String,
+    },
     /// An authorized halt was obeyed.
     Halted {
         /// Peer id of the key that signed the halt.

@@ -1311,3 +1311,47 @@ fn privacy_and_attacks_combine_with_compression() {
         last("mean", 1)
     );
 }
+
+#[test]
+fn one_run_at_a_time_per_output_directory_and_its_results_are_one_unit() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("exp.toml"), GOOD).unwrap();
+    let mut first = Command::new(env!("CARGO_BIN_EXE_braid"))
+        .args(["run", "exp.toml", "-q", "--out", "same"])
+        .args(["--set", "algorithm.rounds=40", "--set", "runtime.workers=1"])
+        .current_dir(d)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !d.join("same/.braid-lock").exists() {
+        assert!(
+            t0.elapsed().as_secs() < 60,
+            "the first run never took its directory"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let second = braid(&["run", "exp.toml", "-q", "--out", "same"], d);
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success());
+    assert!(
+        err.contains("is in use by another braid process")
+            && err.contains(&format!("pid {}", first.id())),
+        "{err}"
+    );
+    assert!(first.wait().unwrap().success());
+    // The first run's set is complete and its own: every file as its manifest lists it.
+    let m = braid_engine::report::check_manifest(&d.join("same")).unwrap();
+    assert!(m.files.iter().any(|f| f.name == "metrics.csv"));
+    assert!(!d.join("same/.braid-lock").exists());
+    // A lock left by a killed run does not block the next one.
+    std::fs::write(d.join("same/.braid-lock"), "4000000000 1\nsince 0\n").unwrap();
+    let third = braid(&["run", "exp.toml", "-q", "--out", "same"], d);
+    assert!(
+        third.status.success(),
+        "{}",
+        String::from_utf8_lossy(&third.stderr)
+    );
+}

@@ -927,6 +927,44 @@ rounds = 2
     );
     std::fs::write(&log, &good).unwrap();
     ok(&audit(&["verify", "run"]), "verify after restoring");
+
+    // The result files are bound to the server's log (its `results` entry names the hash of
+    // their manifest): another run's metrics.csv or final model is found, in the server's
+    // directory and in the copy braid launch collected, and so is a rewritten manifest.
+    for (file, place) in [
+        ("run/node-0/metrics.csv", "node 0: "),
+        ("run/metrics.csv", "run: metrics.csv"),
+        ("run/node-0/final.safetensors", "node 0: "),
+    ] {
+        let path = d.join(file);
+        let original = std::fs::read(&path).unwrap();
+        let mut other = original.clone();
+        let last = other.len() - 2;
+        other[last] ^= 0x01;
+        std::fs::write(&path, &other).unwrap();
+        let v = audit(&["verify", "run"]);
+        assert!(!v.status.success(), "a replaced {file} went unnoticed");
+        let out = String::from_utf8_lossy(&v.stdout);
+        assert!(
+            out.contains("is not the file the run wrote") && out.contains(place),
+            "{file}: {out}"
+        );
+        std::fs::write(&path, &original).unwrap();
+    }
+    let manifest = d.join("run/node-0/manifest.json");
+    let original = std::fs::read(&manifest).unwrap();
+    let mut rewritten = original.clone();
+    rewritten.push(b'\n');
+    std::fs::write(&manifest, &rewritten).unwrap();
+    let v = audit(&["verify", "run"]);
+    assert!(!v.status.success());
+    let out = String::from_utf8_lossy(&v.stdout);
+    assert!(out.contains("is not the manifest its log names"), "{out}");
+    std::fs::write(&manifest, &original).unwrap();
+    ok(
+        &audit(&["verify", "run"]),
+        "verify after restoring the results",
+    );
 }
 
 #[test]
@@ -1194,12 +1232,13 @@ fn sigterm(pid: u32) {
     assert!(s.success());
 }
 
-/// The last line of a node's signed run log.
-fn last_log_entry(path: &Path) -> String {
+/// The last `leave` entry of a node's signed run log (an evaluating node logs its results
+/// after it).
+fn last_leave(path: &Path) -> String {
     std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .lines()
-        .last()
+        .rfind(|l| l.contains("\"leave\""))
         .unwrap_or_default()
         .to_string()
 }
@@ -1254,7 +1293,7 @@ rounds = 10
     // Every node stopped as on a halt: its log ends with a leave naming the signal (the
     // launcher waited for all of them, so none is left running).
     for i in 0..3 {
-        let last = last_log_entry(&d.join(format!("run/node-{i}/runlog.jsonl")));
+        let last = last_leave(&d.join(format!("run/node-{i}/runlog.jsonl")));
         assert!(
             last.contains("leave") && last.contains("stopped by SIGTERM"),
             "node {i}: {last}"
@@ -1297,7 +1336,7 @@ fn a_node_whose_participants_are_gone_stops_after_the_idle_timeout_even_with_std
         "a client without its server",
     );
     ok(&out, "a client without its server");
-    let last = last_log_entry(&d.join("out1/runlog.jsonl"));
+    let last = last_leave(&d.join("out1/runlog.jsonl"));
     assert!(
         last.contains("leave") && last.contains("no message from any participant for 2 s"),
         "{last}"

@@ -689,6 +689,23 @@ impl ExperimentConfig {
         Self::parse_with(&src, &origin, overrides, rules)
     }
 
+    /// The run id: the SHA-256 (hex) of the config as TOML, participants' addresses left out
+    /// (they may differ between machines of one run). Run logs, halts, checkpoints and result
+    /// manifests name their run by it.
+    pub fn run_id(&self) -> String {
+        use sha2::Digest;
+        let mut c = self.clone();
+        if let Some(net) = &mut c.network {
+            for p in &mut net.participants {
+                p.addr = None;
+            }
+        }
+        sha2::Sha256::digest(c.to_toml().as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     /// The config as TOML (written next to the results): the common sections, then the
     /// algorithm's own tables.
     pub fn to_toml(&self) -> String {

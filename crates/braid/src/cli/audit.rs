@@ -226,6 +226,7 @@ fn check(dir: &Path, config: Option<&Path>, registry: &Registry) -> Result<Audit
         .filter_map(|l| l.check.node.map(|n| (n, l.check.entries.as_slice())))
         .collect();
     run_problems.extend(runlog::cross_check(&by_node));
+    run_problems.extend(check_results(dir, &logs));
     let matched_messages = by_node
         .iter()
         .flat_map(|(_, es)| es.iter())
@@ -237,6 +238,68 @@ fn check(dir: &Path, config: Option<&Path>, registry: &Registry) -> Result<Audit
         matched_messages,
         allow_list: roster.is_some(),
     })
+}
+
+/// The result files against the logs: a node that logged `results` must have beside its log
+/// the manifest of that hash, and every file the manifest lists as listed; a node that logged
+/// a final model must have logged its results; a manifest in `dir` itself (collected by
+/// `braid launch`) must be the evaluating node's.
+fn check_results(dir: &Path, logs: &[NodeLog]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut bound = Vec::new();
+    for l in logs {
+        let node = l
+            .check
+            .node
+            .map_or_else(|| "?".to_string(), |n| n.to_string());
+        let results = l.check.entries.iter().rev().find_map(|e| match &e.event {
+            LogEvent::Results { manifest } => Some(manifest.clone()),
+            _ => None,
+        });
+        let finished = l
+            .check
+            .entries
+            .iter()
+            .any(|e| matches!(e.event, LogEvent::Final { .. }));
+        let here = l.path.parent().unwrap_or(Path::new("."));
+        match results {
+            Some(hash) => {
+                let manifest = here.join(report::MANIFEST);
+                match std::fs::read(&manifest) {
+                    Ok(bytes) if runlog::sha256_hex(&bytes) == hash => {
+                        if let Err(e) = report::check_manifest(here) {
+                            problems.push(format!("node {node}: {e}"));
+                        }
+                        bound.push(hash);
+                    }
+                    Ok(_) => problems.push(format!(
+                        "node {node}: {} is not the manifest its log names: the result files were replaced",
+                        manifest.display()
+                    )),
+                    Err(e) => problems.push(format!(
+                        "node {node}: its log names results, but {} cannot be read ({e})",
+                        manifest.display()
+                    )),
+                }
+            }
+            None if finished => problems.push(format!(
+                "node {node}: its log has a final model but no results entry: its result files are not bound to the log"
+            )),
+            None => {}
+        }
+    }
+    let top = dir.join(report::MANIFEST);
+    if let Ok(bytes) = std::fs::read(&top) {
+        if !bound.contains(&runlog::sha256_hex(&bytes)) {
+            problems.push(format!(
+                "{} is not the manifest of any node's logged results: the collected files were replaced",
+                top.display()
+            ));
+        } else if let Err(e) = report::check_manifest(dir) {
+            problems.push(e);
+        }
+    }
+    problems
 }
 
 /// One node's totals.
@@ -318,7 +381,9 @@ fn totals(audit: &Audit) -> RunTotals {
                 LogEvent::Leave { reason } => {
                     t.participation.push((e.t, format!("leave: {reason}")))
                 }
-                LogEvent::Progress { .. } | LogEvent::Delivered { .. } => {}
+                LogEvent::Progress { .. }
+                | LogEvent::Delivered { .. }
+                | LogEvent::Results { .. } => {}
             }
         }
         nodes.push(t);

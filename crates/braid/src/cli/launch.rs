@@ -113,6 +113,7 @@ pub fn launch(args: LaunchArgs, registry: &Registry) -> Result<()> {
     let data_role = algorithm.role(&config, algorithm.node_of_shard(0) as usize, total);
     let evaluator_role = algorithm.role(&config, evaluator as usize, total);
     let dir = args.out.clone().unwrap_or_else(|| config.output_dir());
+    let _lock = report::DirLock::acquire(&dir).map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(dir.join("keys"))
         .with_context(|| format!("cannot create {}", dir.join("keys").display()))?;
 
@@ -369,25 +370,21 @@ fn kill_all(launched: &mut [Launched]) {
 /// `nodes.csv`; returns how many files were written.
 fn collect(dir: &Path, evaluator: u32, total: usize) -> Result<usize> {
     let from = dir.join(format!("node-{evaluator}"));
+    // The evaluator's results as a unit: checked against its manifest, copied with the
+    // manifest removed first and written last.
+    let manifest = report::check_manifest(&from).map_err(anyhow::Error::msg)?;
+    report::begin_results(dir).map_err(anyhow::Error::msg)?;
     let mut written = 0;
-    let entries =
-        std::fs::read_dir(&from).with_context(|| format!("cannot read {}", from.display()))?;
-    for entry in entries {
-        let entry = entry.with_context(|| format!("cannot read {}", from.display()))?;
-        let name = entry.file_name();
-        let keep = name.to_str().is_some_and(|n| {
-            !matches!(
-                n,
-                "checkpoint.ckpt" | "log.txt" | "node.csv" | "runlog.jsonl"
-            )
-        });
-        if keep && entry.file_type().is_ok_and(|t| t.is_file()) {
-            let bytes = std::fs::read(entry.path())
-                .with_context(|| format!("cannot read {}", entry.path().display()))?;
-            report::write_atomic(&dir.join(&name), &bytes).map_err(anyhow::Error::msg)?;
-            written += 1;
-        }
+    for f in &manifest.files {
+        let bytes = std::fs::read(from.join(&f.name))
+            .with_context(|| format!("cannot read {}", from.join(&f.name).display()))?;
+        report::write_atomic(&dir.join(&f.name), &bytes).map_err(anyhow::Error::msg)?;
+        written += 1;
     }
+    let bytes = std::fs::read(from.join(report::MANIFEST))
+        .with_context(|| format!("cannot read {}", from.join(report::MANIFEST).display()))?;
+    report::write_atomic(&dir.join(report::MANIFEST), &bytes).map_err(anyhow::Error::msg)?;
+    written += 1;
     let mut nodes = String::new();
     for i in 0..total {
         let path = dir.join(format!("node-{i}")).join("node.csv");

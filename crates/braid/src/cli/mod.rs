@@ -231,6 +231,8 @@ fn run_and_report(
     quiet: bool,
 ) -> Result<()> {
     let dir = out.unwrap_or_else(|| config.output_dir());
+    // One run at a time per output directory (the baseline's is inside it).
+    let _lock = report::DirLock::acquire(&dir).map_err(anyhow::Error::msg)?;
     let main_acc = run_one(registry, &config, &dir, quiet)?;
     let reference = if baseline {
         registry

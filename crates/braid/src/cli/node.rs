@@ -145,6 +145,8 @@ pub fn node(args: NodeArgs, registry: &Registry) -> Result<()> {
         .clone()
         .unwrap_or_else(|| config.output_dir().join(format!("node-{id}")));
     let run_id = braid_net::halt::run_id_of(&config);
+    // One node per output directory (its checkpoint, log and results).
+    let _lock = braid_engine::report::DirLock::acquire(&dir).map_err(anyhow::Error::msg)?;
     let options = RuntimeOptions {
         listen,
         max_message_bytes: net.max_message_mib << 20,
@@ -172,8 +174,9 @@ pub fn node(args: NodeArgs, registry: &Registry) -> Result<()> {
     let on_listen = Box::new(move |a: &braid_net::Multiaddr| {
         say!("listening on {a}/p2p/{me}");
     });
-    let mut report =
-        runtime::run(node, key, roster, options, observer, on_listen).context("node failed")?;
+    let log_path = options.run_log.clone();
+    let mut report = runtime::run(node, key.clone(), roster, options, observer, on_listen)
+        .context("node failed")?;
     let mut rows = Vec::new();
     let mut final_params = None;
     for (e, wall) in std::mem::take(&mut report.events) {
@@ -187,6 +190,17 @@ pub fn node(args: NodeArgs, registry: &Registry) -> Result<()> {
             .finished_from_rows(&prepared, rows, final_params)?
             .write(&dir)
             .map_err(anyhow::Error::msg)?;
+        // The files, bound to the signed log by their manifest's hash.
+        if let Some(path) = log_path {
+            let manifest = dir.join(braid_engine::report::MANIFEST);
+            let bytes = std::fs::read(&manifest)
+                .with_context(|| format!("cannot read {}", manifest.display()))?;
+            let mut log = braid_net::runlog::RunLog::open(&path, key, id)?;
+            log.append(braid_net::runlog::LogEvent::Results {
+                manifest: braid_net::runlog::sha256_hex(&bytes),
+            })?;
+            log.sync()?;
+        }
     }
     write_node_summary(&dir, id, role, &report)?;
     say!(
