@@ -243,6 +243,12 @@ pub trait Registered: Send + Sync {
     fn simulate(
         &self, prepared: &Prepared, on_progress: &mut dyn FnMut(u64, Option<f64>),
     ) -> EngineResult<Box<dyn Finished>>;
+    /// Runs `seeds` of the fault-schedule simulator ([`crate::sim::faults::explore`]);
+    /// returns the seeds that broke an invariant.
+    fn explore_faults(
+        &self, prepared: &Prepared, plan: &crate::sim::faults::FaultPlan,
+        seeds: std::ops::Range<u64>, replay_every: u64, progress: &mut dyn FnMut(u64, bool),
+    ) -> EngineResult<Vec<crate::sim::faults::Broken>>;
     /// Node `id` of a deployed run, its protocol erased to bytes for the network runtime.
     fn deploy(&self, prepared: &Prepared, id: NodeId) -> EngineResult<Box<dyn WireNode>>;
     /// The outputs of a deployed node from the rows it reported (as JSON values, see

@@ -147,6 +147,14 @@ impl<A: Algorithm> Registered for Entry<A> {
         A::baseline(config)
     }
 
+    fn explore_faults(
+        &self, prepared: &Prepared, plan: &crate::sim::faults::FaultPlan,
+        seeds: std::ops::Range<u64>, replay_every: u64, progress: &mut dyn FnMut(u64, bool),
+    ) -> EngineResult<Vec<crate::sim::faults::Broken>> {
+        let settings = Self::settings(&prepared.config)?;
+        crate::sim::faults::explore::<A>(prepared, &settings, plan, seeds, replay_every, progress)
+    }
+
     fn simulate(
         &self, prepared: &Prepared, on_progress: &mut dyn FnMut(u64, Option<f64>),
     ) -> EngineResult<Box<dyn Finished>> {

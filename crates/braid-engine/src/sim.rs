@@ -29,6 +29,7 @@ use crate::trainer::TrainerObject;
 use crate::transport::{Envelope, InProcessTransport, NodeTraffic, Transport};
 use crate::wire::{Body, Message, NodeId};
 
+pub mod faults;
 pub mod timed;
 pub use timed::Timing;
 
@@ -108,10 +109,10 @@ impl<R> SimOutcome<R> {
     }
 }
 
-struct TaskOutput<M, R> {
-    outbox: Vec<(NodeId, Body<M>)>,
-    events: Vec<Event<R>>,
-    deadlines: Vec<(u64, Duration)>,
+pub(crate) struct TaskOutput<M, R> {
+    pub(crate) outbox: Vec<(NodeId, Body<M>)>,
+    pub(crate) events: Vec<Event<R>>,
+    pub(crate) deadlines: Vec<(u64, Duration)>,
     /// Compute spent, by the round of the input that caused it.
     compute: Vec<(Option<u64>, Compute)>,
     /// Per input, in order: where its messages, events and deadlines end in the lists above,
@@ -141,7 +142,7 @@ pub struct Simulator<M, R, T: ?Sized> {
 
 /// Hands `inputs` to `node` in order. With `drop_rejected`, a message the node rejects is
 /// dropped and logged, as the network runtime does, instead of ending the run.
-fn handle<M: Message, R, T: ?Sized>(
+pub(crate) fn handle<M: Message, R, T: ?Sized>(
     node: &mut dyn Node<Msg = M, Metrics = R, Trainer = T>, inputs: Vec<Input<M>>,
     (trainer, meter): (&mut T, &Meter), drop_rejected: bool,
 ) -> EngineResult<TaskOutput<M, R>> {

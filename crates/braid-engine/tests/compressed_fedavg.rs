@@ -19,7 +19,7 @@ use braid_engine::config::CompressionConfig;
 use braid_engine::node::{BoxNode, EngineError, EngineResult, Node, NodeCtx};
 use braid_engine::sim::{SimOutcome, Simulator, Worker};
 use braid_engine::trainer::{Evaluate, Train, Trainer};
-use braid_engine::wire::{Body, NodeId, Tensor};
+use braid_engine::wire::{Body, Control, NodeId, Tensor};
 use braid_nn::{EvalOutcome, TrainOutcome};
 
 const N: usize = 200;
@@ -296,11 +296,25 @@ fn a_client_applies_a_change_once_and_only_to_the_copy_it_was_made_for() {
     }
     // Asked twice for round 1: it trains from the same copy both times.
     assert_eq!(replies[0], replies[1]);
+    // A change from a copy it does not hold is not applied, and nothing is trained: the client
+    // asks the server for the whole model (a join request; it restarted, or missed a round).
+    let (mut out, mut ev) = (Vec::new(), Vec::new());
+    let r = client.on_message(
+        SERVER,
+        ask(3, 2),
+        &mut NodeCtx::new(&mut out, &mut ev, &mut t as &mut dyn FedTrainer),
+    );
+    assert!(r.is_ok(), "{r:?}");
+    assert_eq!(out.len(), 1);
+    assert!(
+        matches!(
+            &out[0],
+            (SERVER, Body::Control(Control::JoinRequest { .. }))
+        ),
+        "{out:?}"
+    );
     let (mut out, mut ev) = (Vec::new(), Vec::new());
     let ctx = &mut NodeCtx::new(&mut out, &mut ev, &mut t as &mut dyn FedTrainer);
-    // A change from a copy it does not hold is refused, not applied.
-    let r = client.on_message(SERVER, ask(3, 2), ctx);
-    assert!(matches!(r, Err(EngineError::Rejected { .. })), "{r:?}");
     // A client without a copy refuses changes.
     let mut plain = FedAvgClient::new(2, Arc::new(vec![1]), 4);
     let r = plain.on_message(SERVER, ask(1, 0), ctx);

@@ -1355,3 +1355,29 @@ fn one_run_at_a_time_per_output_directory_and_its_results_are_one_unit() {
         String::from_utf8_lossy(&third.stderr)
     );
 }
+
+#[test]
+fn faults_runs_seeds_and_refuses_nonsense() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("exp.toml"),
+        GOOD.replace("rounds = 1", "rounds = 2")
+            .replace("\"cnn-small\"", "\"mlp\""),
+    )
+    .unwrap();
+    let out = braid(&["faults", "exp.toml", "--seeds", "5", "--crash", "0.2"], d);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("5 seeds in") && stdout.contains("0 broke an invariant"),
+        "{stdout}"
+    );
+    let bad = braid(&["faults", "exp.toml", "--drop", "1.5"], d);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--drop 1.5 must be a probability"));
+}

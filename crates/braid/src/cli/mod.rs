@@ -28,6 +28,7 @@ mod bench;
 mod bench_net;
 mod bench_step;
 mod compare;
+mod faults;
 mod launch;
 mod node;
 
@@ -92,6 +93,9 @@ enum Command {
     },
     /// Print the quick-start config, a starting point for your own experiments.
     Init,
+    /// The fault-schedule simulator: the run's nodes under seeded delays, duplicates, losses
+    /// and crashes with restarts, checked against the fault-free run, over many seeds.
+    Faults(faults::FaultsArgs),
     /// Spectral gap and messages per round of every topology, for a number of nodes and a budget r.
     Topology {
         /// Number of nodes.
@@ -217,6 +221,7 @@ fn dispatch(cli: Cli, registry: &Registry) -> Result<()> {
         Command::Audit(cmd) => audit::run(cmd, registry),
         Command::Compare(args) => compare::run(args),
         Command::Halt(args) => node::halt(args, registry),
+        Command::Faults(args) => faults::run(args, registry),
         Command::Topology {
             nodes,
             r,

@@ -27,6 +27,11 @@ pub(in crate::algorithms::fedavg) fn rewrite_update(
     Ok(())
 }
 
+/// How long a restarted client waits for a request before it asks the server for one.
+pub const JOIN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// The deadline token of that wait.
+const JOIN_TOKEN: u64 = u64::MAX;
+
 /// A FedAvg client: holds its shard of the training set, trains when asked.
 pub struct FedAvgClient {
     pub(in crate::algorithms::fedavg) id: NodeId,
@@ -35,6 +40,12 @@ pub struct FedAvgClient {
     pub(in crate::algorithms::fedavg) lr_schedule: LrSchedule,
     pub(in crate::algorithms::fedavg) rounds: u32,
     pub(in crate::algorithms::fedavg) done: bool,
+    /// Restarted into a running run: if no request reaches it within [`JOIN_WAIT`], it asks
+    /// the server (a join request), which sends it the round's request again (the one it had
+    /// was lost with the process).
+    rejoined: bool,
+    /// A request reached it since it started.
+    heard: bool,
     /// The model's size (to decode compressed requests).
     pub(in crate::algorithms::fedavg) num_params: usize,
     /// Compression of this client's updates (`compression.uplink`).
@@ -79,6 +90,8 @@ impl FedAvgClient {
             lr_schedule: LrSchedule::Constant,
             rounds: 1,
             done: false,
+            rejoined: false,
+            heard: false,
             num_params: 0,
             uplink: None,
             blocks: Vec::new(),
@@ -161,8 +174,23 @@ impl Node for FedAvgClient {
         self.done
     }
 
-    fn on_start(&mut self, _ctx: &mut FedCtx<'_>) -> EngineResult {
+    fn on_start(&mut self, ctx: &mut FedCtx<'_>) -> EngineResult {
+        if self.rejoined {
+            ctx.set_deadline(JOIN_TOKEN, JOIN_WAIT);
+        }
         Ok(())
+    }
+
+    fn on_deadline(&mut self, token: u64, ctx: &mut FedCtx<'_>) -> EngineResult {
+        if token == JOIN_TOKEN && !self.heard && !self.done {
+            ctx.send_control(SERVER, Control::JoinRequest { step: 0 });
+            ctx.set_deadline(JOIN_TOKEN, JOIN_WAIT);
+        }
+        Ok(())
+    }
+
+    fn rejoin(&mut self) {
+        self.rejoined = true;
     }
 
     fn on_control(&mut self, from: NodeId, c: Control, _ctx: &mut FedCtx<'_>) -> EngineResult {
@@ -192,6 +220,9 @@ impl Node for FedAvgClient {
             });
         }
         let reject = EngineError::rejecter(self.id, from, kind);
+        if matches!(msg, Msg::Request { .. } | Msg::DeltaRequest { .. }) {
+            self.heard = true;
+        }
         let (round, params) = match msg {
             Msg::Request {
                 round,
@@ -208,6 +239,12 @@ impl Node for FedAvgClient {
                     .copy
                     .as_mut()
                     .ok_or_else(|| reject("this client keeps no copy of the model".into()))?;
+                if !copy.can_apply(round, base) {
+                    // Its copy is not the one the server thinks (this client restarted, and
+                    // its join request was lost): ask for the whole model.
+                    ctx.send_control(SERVER, Control::JoinRequest { step: 0 });
+                    return Ok(());
+                }
                 let delta = delta
                     .packed_bytes()
                     .map_err(|e| reject(format!("model change: {e}")))?;

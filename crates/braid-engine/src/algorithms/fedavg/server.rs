@@ -217,6 +217,21 @@ impl FedAvgServer {
         Ok(())
     }
 
+    /// Sends the round's request to `client` alone (a client that restarted and lost it).
+    fn ask_again(&mut self, client: NodeId, ctx: &mut FedCtx<'_>) -> EngineResult {
+        let request = match &self.copy {
+            Some(copy) => copy.request_for(client),
+            None => model_request(
+                self.round,
+                &self.params,
+                self.downlink.as_ref(),
+                self.config.seed,
+            )?,
+        };
+        self.bytes_down += ctx.send(client, request) as u64;
+        Ok(())
+    }
+
     /// Ends the run: reports the final model and tells every client.
     pub(in crate::algorithms::fedavg) fn finish(&mut self, ctx: &mut FedCtx<'_>) {
         super::end_run(ctx, &self.params, &self.clients, self.completed);
@@ -447,6 +462,39 @@ impl Node for FedAvgServer {
 
     fn finished(&self) -> bool {
         self.done
+    }
+
+    fn on_control(
+        &mut self, from: NodeId, c: crate::wire::Control, ctx: &mut FedCtx<'_>,
+    ) -> EngineResult {
+        use crate::wire::{Control, Message as _};
+        match c {
+            // A client restarted: the round's request, if it had one, was lost with it.
+            Control::JoinRequest { .. } if self.clients.contains(&from) => {
+                if let Some(copy) = self.copy.as_mut() {
+                    copy.forget(from);
+                }
+                if self.done {
+                    ctx.send_control(
+                        from,
+                        Control::Shutdown {
+                            round: self.completed,
+                        },
+                    );
+                } else if self.secure.is_none()
+                    && self.waiting.get(&from).is_some_and(Option::is_none)
+                {
+                    self.ask_again(from, ctx)?;
+                }
+                Ok(())
+            }
+            c => Err(EngineError::Rejected {
+                node: SERVER,
+                from,
+                kind: c.kind(),
+                why: "the server takes only join requests from its clients".into(),
+            }),
+        }
     }
 
     fn on_deadline(&mut self, token: u64, ctx: &mut FedCtx<'_>) -> EngineResult {

@@ -100,6 +100,12 @@ impl ServerCopy {
         }
     }
 
+    /// `client` restarted and holds no copy: it is sent the whole model next.
+    pub(in crate::algorithms::fedavg) fn forget(&mut self, client: NodeId) {
+        // No round's copy: never the previous round's.
+        self.synced.insert(client, u32::MAX);
+    }
+
     /// `client` answered the current round: it holds the current copy.
     pub(in crate::algorithms::fedavg) fn answered(&mut self, client: NodeId) {
         self.synced.insert(client, self.round);
@@ -115,6 +121,11 @@ impl ServerCopy {
         state
             .tensors
             .push(("downlink.copy".into(), self.copy.clone()));
+        // The current round's change: a resumed server sends it again (the copy already
+        // includes it, so it is not recomputed).
+        state
+            .blobs
+            .push(("downlink.delta".into(), self.delta.to_vec()));
         if let Some(meta) = state.meta.as_object_mut() {
             meta.insert(
                 "downlink".into(),
@@ -149,7 +160,14 @@ impl ServerCopy {
             .collect::<EngineResult<_>>()?;
         self.copy = copy.to_vec();
         self.round = round;
-        self.delta = Arc::new(Vec::new());
+        self.delta = match state.blob("downlink.delta") {
+            Ok(d) => Arc::new(d.to_vec()),
+            // A checkpoint without it (an older braid): everyone gets the whole copy.
+            Err(_) => {
+                self.synced.clear();
+                Arc::new(Vec::new())
+            }
+        };
         Ok(())
     }
 }
@@ -167,6 +185,11 @@ impl ClientCopy {
             copy: initial,
             round: 0,
         }
+    }
+
+    /// Whether a change from round `base`'s model to round `round`'s applies to this copy.
+    pub(in crate::algorithms::fedavg) fn can_apply(&self, round: u32, base: u32) -> bool {
+        self.round == round || self.round == base
     }
 
     /// The whole copy of round `round` arrived.
