@@ -40,12 +40,12 @@ pub struct FedAvgClient {
     pub(in crate::algorithms::fedavg) lr_schedule: LrSchedule,
     pub(in crate::algorithms::fedavg) rounds: u32,
     pub(in crate::algorithms::fedavg) done: bool,
-    /// Restarted into a running run: if no request reaches it within [`JOIN_WAIT`], it asks
-    /// the server (a join request), which sends it the round's request again (the one it had
-    /// was lost with the process).
+    /// Restarted into a running run: every [`JOIN_WAIT`] it tells the server the latest round
+    /// it has a request for (a join request); a server waiting on it for a later round sends
+    /// that round's request again (the one it had was lost with the process).
     rejoined: bool,
-    /// A request reached it since it started.
-    heard: bool,
+    /// The latest round it was asked to train since it started (0: none).
+    latest: u32,
     /// The model's size (to decode compressed requests).
     pub(in crate::algorithms::fedavg) num_params: usize,
     /// Compression of this client's updates (`compression.uplink`).
@@ -91,7 +91,7 @@ impl FedAvgClient {
             rounds: 1,
             done: false,
             rejoined: false,
-            heard: false,
+            latest: 0,
             num_params: 0,
             uplink: None,
             blocks: Vec::new(),
@@ -182,8 +182,13 @@ impl Node for FedAvgClient {
     }
 
     fn on_deadline(&mut self, token: u64, ctx: &mut FedCtx<'_>) -> EngineResult {
-        if token == JOIN_TOKEN && !self.heard && !self.done {
-            ctx.send_control(SERVER, Control::JoinRequest { step: 0 });
+        if token == JOIN_TOKEN && !self.done {
+            ctx.send_control(
+                SERVER,
+                Control::JoinRequest {
+                    step: u64::from(self.latest),
+                },
+            );
             ctx.set_deadline(JOIN_TOKEN, JOIN_WAIT);
         }
         Ok(())
@@ -220,8 +225,8 @@ impl Node for FedAvgClient {
             });
         }
         let reject = EngineError::rejecter(self.id, from, kind);
-        if matches!(msg, Msg::Request { .. } | Msg::DeltaRequest { .. }) {
-            self.heard = true;
+        if let Msg::Request { round, .. } | Msg::DeltaRequest { round, .. } = &msg {
+            self.latest = self.latest.max(*round);
         }
         let (round, params) = match msg {
             Msg::Request {

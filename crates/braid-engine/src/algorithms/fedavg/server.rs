@@ -469,10 +469,13 @@ impl Node for FedAvgServer {
     ) -> EngineResult {
         use crate::wire::{Control, Message as _};
         match c {
-            // A client restarted: the round's request, if it had one, was lost with it.
-            Control::JoinRequest { .. } if self.clients.contains(&from) => {
-                if let Some(copy) = self.copy.as_mut() {
-                    copy.forget(from);
+            // A restarted client, with the latest round it has a request for (0: none, and no
+            // copy of the model): asked for a later round and silent, it lost that request.
+            Control::JoinRequest { step } if self.clients.contains(&from) => {
+                if step == 0 {
+                    if let Some(copy) = self.copy.as_mut() {
+                        copy.forget(from);
+                    }
                 }
                 if self.done {
                     ctx.send_control(
@@ -482,6 +485,7 @@ impl Node for FedAvgServer {
                         },
                     );
                 } else if self.secure.is_none()
+                    && step < u64::from(self.round)
                     && self.waiting.get(&from).is_some_and(Option::is_none)
                 {
                     self.ask_again(from, ctx)?;
