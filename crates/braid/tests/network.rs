@@ -1318,7 +1318,7 @@ rounds = 10
 }
 
 #[test]
-fn a_node_whose_participants_are_gone_stops_after_the_idle_timeout_even_with_stdout_closed() {
+fn a_node_whose_participants_are_gone_stops_after_the_idle_timeout_with_its_output_closed() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     write_config(d, 1, "");
@@ -1326,10 +1326,11 @@ fn a_node_whose_participants_are_gone_stops_after_the_idle_timeout_even_with_std
         .unwrap()
         .replace("retry_s = 60", "retry_s = 60\nidle_timeout_s = 2");
     std::fs::write(d.join("exp.toml"), cfg).unwrap();
-    // The client alone: its server never starts. Its stdout is closed at once (a launcher that
-    // went away): printing must not kill it.
+    // The client alone: its server never starts. Its stdout and stderr are closed at once (a
+    // launcher that went away): printing and logging must not kill it.
     let mut client = spawn_node(d, "k1.key", "out1");
     drop(client.stdout.take());
+    drop(client.stderr.take());
     let out = finish(
         client,
         Duration::from_secs(60),

@@ -170,12 +170,16 @@ pub fn main_with(registry: Registry) -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A closed stderr (a launcher that died) must not panic the process through the
+        // subscriber's own `eprintln!` about the failed write.
+        .log_internal_errors(false)
         .try_init();
     match dispatch(Cli::parse(), &registry) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            use std::io::Write as _;
             let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            eprintln!("error: {}", chain.join(": "));
+            let _ = writeln!(std::io::stderr(), "error: {}", chain.join(": "));
             ExitCode::FAILURE
         }
     }
