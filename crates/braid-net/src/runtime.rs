@@ -11,8 +11,8 @@
 //!
 //! Stopping: SIGINT and SIGTERM stop a node the way an authorized halt does, on this node
 //! only (the step in progress is finished or abandoned, the checkpoint written, `leave` logged
-//! with the signal, the log flushed, and the process ends normally); a second signal ends it
-//! at once. A node that hears from no participant for [`RuntimeOptions::idle_timeout`] stops
+//! with the signal, the log flushed, and the process ends normally); a second SIGINT ends it
+//! at once (repeated SIGTERMs are one request). A node that hears from no participant for [`RuntimeOptions::idle_timeout`] stops
 //! the same way: its coordinator or peers are gone.
 //!
 //! Admission: only the run's participants may connect (libp2p's allow-list, checked after the
@@ -601,11 +601,17 @@ async fn network_loop(
             sig = signals.next() => {
                 let why = format!("stopped by {sig}");
                 if stop.swap(true, Ordering::SeqCst) {
-                    warn!("{sig} again: exiting at once");
-                    let _ = sync_log(&log);
-                    std::process::exit(128 + signals.number(sig));
+                    // A second Ctrl-C: the person means it. SIGTERM can arrive more than once
+                    // for one request (the kernel's parent-death signal did here), so repeats
+                    // of it change nothing; SIGKILL is the way to end a node at once.
+                    if sig == "SIGINT" {
+                        warn!("SIGINT again: exiting at once");
+                        let _ = sync_log(&log);
+                        std::process::exit(128 + signals.number(sig));
+                    }
+                    continue;
                 }
-                warn!("{sig}: stopping this node (checkpoint, leave); a second {sig} exits at once");
+                warn!("{sig}: stopping this node (checkpoint, leave); a second SIGINT exits at once");
                 report.stopped = Some(why);
                 let _ = to_node.send(ToNode::Halt);
             },

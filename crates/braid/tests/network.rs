@@ -1381,3 +1381,57 @@ fn resume_refuses_the_checkpoint_of_another_run() {
         "{err}"
     );
 }
+
+#[test]
+fn the_nodes_of_a_killed_launcher_stop_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("exp.toml"),
+        r#"name = "orphans"
+seed = 2
+[data]
+dataset = "fashion-mnist"
+source = "bundled"
+[partition]
+clients = 2
+kind = "iid"
+[model]
+name = "mlp"
+[train]
+batch_size = 32
+local_steps = 40
+[algorithm]
+name = "fedavg"
+rounds = 200
+"#,
+    )
+    .unwrap();
+    let mut launcher = braid()
+        .current_dir(d)
+        .args(["launch", "exp.toml", "--out", "run"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_checkpoint(&d.join("run/node-0/checkpoint.ckpt"), "completed_rounds", 1);
+    // SIGKILL: the launcher passes nothing on; the kernel sends its nodes SIGTERM (sometimes
+    // twice), their output pipes are gone, and each still stops as on a halt.
+    launcher.kill().unwrap();
+    launcher.wait().unwrap();
+    let t0 = Instant::now();
+    for i in 0..3 {
+        let log = d.join(format!("run/node-{i}/runlog.jsonl"));
+        loop {
+            let last = last_leave(&log);
+            if last.contains("stopped by SIGTERM") {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "node {i} did not stop cleanly after its launcher was killed: {last:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
