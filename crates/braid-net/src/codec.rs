@@ -1,10 +1,14 @@
 //! Framing of braid messages on libp2p request-response streams.
 //!
-//! One message per stream: an 8-byte little-endian length, then that many bytes (a
-//! [`braid_engine::wire::Body`] encoding). The reader refuses a length above the configured
+//! One message per stream: an 8-byte little-endian length, then that many bytes: the sender's
+//! run id (the 32-byte SHA-256 of the run's configuration) and a
+//! [`braid_engine::wire::Body`] encoding. The reader refuses a length above the configured
 //! maximum before reading anything else, and grows its buffer only as bytes actually arrive, so
-//! an announced size costs nothing until it is sent. The answer is a short acknowledgement:
-//! one status byte and, when the message was refused, the reason.
+//! an announced size costs nothing until it is sent. A frame of another run (a node started
+//! from another configuration: another learning rate, seed or data split) is handed on as
+//! [`Frame::OtherRun`], so the receiver refuses it before decoding: admission by
+//! configuration, on every message. The answer is a short acknowledgement: one status byte
+//! and, when the message was refused, the reason (or the receiver's run id).
 
 use std::io;
 
@@ -18,6 +22,19 @@ pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/braid/msg/1");
 /// Largest acknowledgement accepted.
 const MAX_ACK: u64 = 4096;
 
+/// Bytes of the run id at the start of every frame.
+pub const RUN_ID_BYTES: usize = 32;
+
+/// A whole frame as it goes on the wire: length prefix, run id, body (for hand-made
+/// messages: halts, probes).
+pub fn frame(run: &[u8; RUN_ID_BYTES], body: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(8 + RUN_ID_BYTES + body.len());
+    f.extend_from_slice(&((RUN_ID_BYTES + body.len()) as u64).to_le_bytes());
+    f.extend_from_slice(run);
+    f.extend_from_slice(body);
+    f
+}
+
 /// The receiver's answer to one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ack {
@@ -25,29 +42,34 @@ pub enum Ack {
     Accepted,
     /// Refused (malformed, too large, or not acceptable to the node); the reason.
     Refused(String),
+    /// Refused because the message belongs to another run; the receiver's run id.
+    OtherRun([u8; RUN_ID_BYTES]),
 }
 
 /// One incoming or outgoing message stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    /// A whole frame's bytes (a payload encoding, not yet validated).
+    /// A whole frame's body (a payload encoding, not yet validated) of this run.
     Bytes(std::sync::Arc<Vec<u8>>),
+    /// An incoming frame of another run: its run id (the body is not looked at).
+    OtherRun([u8; RUN_ID_BYTES]),
     /// An incoming frame that could not be read whole: too large, or cut short. Handed on
     /// (instead of failing the stream) so the receiver can log the sender and refuse it with
     /// the reason.
     Unreadable(String),
 }
 
-/// Length-prefixed frames with a size limit.
+/// Length-prefixed frames of one run with a size limit.
 #[derive(Debug, Clone)]
 pub struct FrameCodec {
     max_bytes: u64,
+    run: [u8; RUN_ID_BYTES],
 }
 
 impl FrameCodec {
-    /// Frames of at most `max_bytes` bytes.
-    pub fn new(max_bytes: u64) -> Self {
-        Self { max_bytes }
+    /// Frames of run `run` with bodies of at most `max_bytes` bytes.
+    pub fn new(max_bytes: u64, run: [u8; RUN_ID_BYTES]) -> Self {
+        Self { max_bytes, run }
     }
 }
 
@@ -79,6 +101,13 @@ pub async fn read_ack<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Ack
     match b.split_first() {
         Some((0, [])) => Ok(Ack::Accepted),
         Some((1, why)) => Ok(Ack::Refused(String::from_utf8_lossy(why).into_owned())),
+        Some((2, run)) => match <[u8; RUN_ID_BYTES]>::try_from(run) {
+            Ok(run) => Ok(Ack::OtherRun(run)),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "malformed acknowledgement",
+            )),
+        },
         _ => Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "malformed acknowledgement",
@@ -102,8 +131,21 @@ impl request_response::Codec for FrameCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        match read_frame(io, self.max_bytes).await {
-            Ok(b) => Ok(Frame::Bytes(std::sync::Arc::new(b))),
+        let max = self.max_bytes.saturating_add(RUN_ID_BYTES as u64);
+        match read_frame(io, max).await {
+            Ok(b) if b.len() < RUN_ID_BYTES => Ok(Frame::Unreadable(format!(
+                "a frame of {} bytes, shorter than its run id",
+                b.len()
+            ))),
+            Ok(mut b) => {
+                let mut run = [0u8; RUN_ID_BYTES];
+                run.copy_from_slice(&b[..RUN_ID_BYTES]);
+                if run != self.run {
+                    return Ok(Frame::OtherRun(run));
+                }
+                b.drain(..RUN_ID_BYTES);
+                Ok(Frame::Bytes(std::sync::Arc::new(b)))
+            }
             Err(e)
                 if matches!(
                     e.kind(),
@@ -130,10 +172,16 @@ impl request_response::Codec for FrameCodec {
         T: AsyncWrite + Unpin + Send,
     {
         match req {
-            Frame::Bytes(b) => write_frame(io, &b).await,
-            Frame::Unreadable(_) => Err(io::Error::new(
+            Frame::Bytes(b) => {
+                io.write_all(&((RUN_ID_BYTES + b.len()) as u64).to_le_bytes())
+                    .await?;
+                io.write_all(&self.run).await?;
+                io.write_all(&b).await?;
+                io.flush().await
+            }
+            Frame::Unreadable(_) | Frame::OtherRun(_) => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "an unreadable frame cannot be sent",
+                "only a frame of this run can be sent",
             )),
         }
     }
@@ -151,6 +199,10 @@ impl request_response::Codec for FrameCodec {
                 b.push(1);
                 let why = why.as_bytes();
                 b.extend_from_slice(&why[..why.len().min(MAX_ACK as usize - 1)]);
+            }
+            Ack::OtherRun(run) => {
+                b.push(2);
+                b.extend_from_slice(&run);
             }
         }
         write_frame(io, &b).await
@@ -182,5 +234,37 @@ mod tests {
         let mut huge = u64::MAX.to_le_bytes().to_vec();
         huge.extend_from_slice(b"xy");
         assert!(block_on(read_frame(&mut Cursor::new(huge), u64::MAX)).is_err());
+    }
+
+    #[test]
+    fn a_frame_of_another_run_is_told_apart_without_decoding_it() {
+        use request_response::Codec;
+        let (ours, theirs) = ([1u8; RUN_ID_BYTES], [2u8; RUN_ID_BYTES]);
+        let mut codec = FrameCodec::new(100, ours);
+        let mut wire = Cursor::new(Vec::new());
+        let body = std::sync::Arc::new(b"a body".to_vec());
+        block_on(codec.write_request(&PROTOCOL, &mut wire, Frame::Bytes(body.clone()))).unwrap();
+        let sent = wire.into_inner();
+        assert_eq!(sent, frame(&ours, &body));
+        let read = |bytes: Vec<u8>| {
+            block_on(FrameCodec::new(100, ours).read_request(&PROTOCOL, &mut Cursor::new(bytes)))
+                .unwrap()
+        };
+        assert_eq!(read(sent), Frame::Bytes(body));
+        assert_eq!(read(frame(&theirs, b"a body")), Frame::OtherRun(theirs));
+        // Shorter than a run id, or a body over the limit: unreadable, said why.
+        let mut short = 5u64.to_le_bytes().to_vec();
+        short.extend_from_slice(b"12345");
+        assert!(
+            matches!(read(short), Frame::Unreadable(w) if w.contains("shorter than its run id"))
+        );
+        assert!(
+            matches!(read(frame(&ours, &[0; 101])), Frame::Unreadable(w) if w.contains("larger than"))
+        );
+        // The receiver's answer names its run.
+        let mut wire = Cursor::new(Vec::new());
+        block_on(codec.write_response(&PROTOCOL, &mut wire, Ack::OtherRun(ours))).unwrap();
+        let back = block_on(read_ack(&mut Cursor::new(wire.into_inner()))).unwrap();
+        assert_eq!(back, Ack::OtherRun(ours));
     }
 }

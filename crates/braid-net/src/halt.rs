@@ -89,9 +89,13 @@ pub fn verify(
 pub fn send(
     key: &Keypair, targets: &[(NodeId, PeerId, Multiaddr)], halt: &Control, timeout: Duration,
 ) -> Vec<(NodeId, Result<Outcome, NetError>)> {
-    let body = halt.frame();
-    let mut frame = (body.len() as u64).to_le_bytes().to_vec();
-    frame.extend_from_slice(&body);
+    // The frame names the run the halt names (a halt for another run is refused by the
+    // frame's run id already).
+    let run = match halt {
+        Control::Halt { run, .. } => *run,
+        _ => [0; 32],
+    };
+    let frame = crate::codec::frame(&run, &halt.frame());
     targets
         .iter()
         .map(|(node, peer, addr)| {

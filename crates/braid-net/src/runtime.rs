@@ -43,7 +43,7 @@ use libp2p::{allow_block_list, identify, noise, tcp, yamux, Multiaddr, PeerId, S
 use tokio::sync::mpsc as tokio_mpsc;
 use tracing::{debug, info, warn};
 
-use crate::codec::{Ack, Frame, FrameCodec, PROTOCOL};
+use crate::codec::{Ack, Frame, FrameCodec, PROTOCOL, RUN_ID_BYTES};
 use crate::roster::Roster;
 use crate::runlog::{model_hash, sha256_hex, LogEvent, RunLog};
 use crate::NetError;
@@ -492,7 +492,7 @@ pub(crate) fn tcp_swarm<B: NetworkBehaviour>(
 }
 
 fn build_swarm(
-    key: Keypair, roster: &Roster, options: &RuntimeOptions,
+    key: Keypair, roster: &Roster, options: &RuntimeOptions, run: [u8; RUN_ID_BYTES],
 ) -> Result<Swarm<Behaviour>, NetError> {
     let io = |e: &dyn std::fmt::Display| NetError::Io(format!("cannot build the network: {e}"));
     let max = options.max_message_bytes;
@@ -504,7 +504,7 @@ fn build_swarm(
             key.public(),
         )),
         msg: request_response::Behaviour::with_codec(
-            FrameCodec::new(max),
+            FrameCodec::new(max, run),
             [(PROTOCOL, ProtocolSupport::Full)],
             request_response::Config::default().with_request_timeout(timeout),
         ),
@@ -526,6 +526,22 @@ fn build_swarm(
             .map_err(|e| NetError::Io(format!("cannot listen on {addr}: {e}")))?;
     }
     Ok(swarm)
+}
+
+/// Why a message of another run is refused: both run ids, and what to do.
+fn other_run(theirs: &[u8; RUN_ID_BYTES], ours: &[u8; RUN_ID_BYTES]) -> String {
+    format!(
+        "runs another configuration: its run id is {}, this node's {} (another run: every node must start from the same config file and overrides)",
+        crate::identity::hex(theirs),
+        crate::identity::hex(ours)
+    )
+}
+
+/// True when node 0 (the run's coordinator: server, hub or monitor) runs another
+/// configuration than this node, which is not node 0: this node cannot take part, and stops.
+/// Node 0 itself refuses such participants and goes on with the others.
+fn coordinator_elsewhere(me: Option<NodeId>, other: Option<NodeId>) -> bool {
+    other == Some(0) && me.is_some_and(|m| m != 0)
 }
 
 /// A message's first attempt: counted as traffic, logged as sent, handed to the swarm.
@@ -567,7 +583,9 @@ async fn network_loop(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let me = crate::identity::peer_id(&key);
-    let mut swarm = build_swarm(key, &roster, &options)?;
+    let my_node = roster.node_of(&me);
+    let run_bytes = run_id.unwrap_or([0; RUN_ID_BYTES]);
+    let mut swarm = build_swarm(key, &roster, &options, run_bytes)?;
     let mut report = RunReport::default();
     let mut pending: HashMap<OutboundRequestId, Outgoing> = HashMap::new();
     let mut retry: Vec<(Instant, Outgoing)> = Vec::new();
@@ -693,6 +711,7 @@ async fn network_loop(
                                 last_heard = Instant::now();
                             }
                             let who = sender.map_or_else(|| peer.to_string(), |n| format!("node {n}"));
+                            let mut fatal = None;
                             let ack = match (sender, request) {
                                 (None, _) if !roster.may_halt(&peer) => {
                                     warn!("refused a message from {peer}: not a participant");
@@ -704,6 +723,16 @@ async fn network_loop(
                                     report.refused_messages += 1;
                                     record(&log, LogEvent::Refused { from: who, why: why.clone() })?;
                                     Ack::Refused(why)
+                                }
+                                (_, Frame::OtherRun(theirs)) => {
+                                    let why = other_run(&theirs, &run_bytes);
+                                    warn!("refused a message from {who}: it {why}");
+                                    report.refused_messages += 1;
+                                    record(&log, LogEvent::Refused { from: who, why: format!("it {why}") })?;
+                                    if coordinator_elsewhere(my_node, sender) {
+                                        fatal = Some(NetError::Config(format!("node 0 {why}")));
+                                    }
+                                    Ack::OtherRun(run_bytes)
                                 }
                                 (_, Frame::Bytes(request)) => match decoder(&request) {
                                     Err(e) => {
@@ -785,12 +814,26 @@ async fn network_loop(
                             if swarm.behaviour_mut().msg.send_response(channel, ack).is_ok() {
                                 acks_in_flight += 1;
                             }
+                            if let Some(e) = fatal.take() {
+                                return Err(e);
+                            }
                         }
                         request_response::Message::Response { request_id, response } => {
                             last_heard = Instant::now();
                             if let Some(out) = pending.remove(&request_id) {
                                 match response {
                                     Ack::Refused(why) => warn!("node {} refused our message: {why}", out.to),
+                                    Ack::OtherRun(theirs) => {
+                                        let why = other_run(&theirs, &run_bytes);
+                                        warn!("node {} refused our message: it {why}", out.to);
+                                        record(&log, LogEvent::Refused {
+                                            from: format!("node {}", out.to),
+                                            why: format!("it refused our {}: it {why}", out.what),
+                                        })?;
+                                        if coordinator_elsewhere(my_node, Some(out.to)) {
+                                            return Err(NetError::Config(format!("node 0 {why}")));
+                                        }
+                                    }
                                     Ack::Accepted => record(&log, LogEvent::Delivered {
                                         to: out.to,
                                         what: out.what.into(),

@@ -103,6 +103,12 @@ fn wait_for_checkpoint(path: &Path, key: &str, at_least: u64) -> u64 {
     }
 }
 
+/// The run id of `exp.toml` in `dir`, as the nodes compute it.
+fn run_of(dir: &Path) -> [u8; 32] {
+    let config = braid_engine::config::ExperimentConfig::load(&dir.join("exp.toml"), &[]).unwrap();
+    braid_net::halt::run_id(&braid_net::halt::run_id_of(&config)).unwrap()
+}
+
 /// Restarts node `key` with `--resume`, logging at info level.
 fn spawn_resumed(dir: &Path, key: &str, out: &str) -> Child {
     braid()
@@ -300,6 +306,57 @@ fn a_client_killed_mid_run_is_skipped_at_the_deadline() {
 }
 
 #[test]
+fn a_client_started_from_another_configuration_is_refused_and_stops_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_config(d, 3, "round_timeout_s = 3\n");
+    let server = spawn_node(d, "k0.key", "out0");
+    let c1 = spawn_node(d, "k1.key", "out1");
+    let c2 = spawn_node(d, "k2.key", "out2");
+    // Client 3 trains with another learning rate: another run id, refused on every message.
+    let odd = braid()
+        .current_dir(d)
+        .args(["node", "exp.toml", "--key", "k3.key", "--out", "out3"])
+        .args(["--set", "train.optimizer={ name = \"sgd\", lr = 0.5 }"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let limit = Duration::from_secs(120);
+    let odd = finish(odd, limit, "client of another run");
+    assert!(!odd.status.success(), "{odd:?}");
+    let err = String::from_utf8_lossy(&odd.stderr);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("node 0 runs another configuration") && last.contains("same config"),
+        "{err}"
+    );
+    let s = finish(server, limit, "server");
+    ok(&s, "server");
+    for c in [c1, c2] {
+        ok(&finish(c, limit, "client"), "client");
+    }
+    // The server averaged only its two clients of this run, every round, and logged the refusal.
+    let csv = std::fs::read_to_string(d.join("out0/metrics.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|r| r.split(',').collect())
+        .collect();
+    assert_eq!(rows.len(), 3, "{csv}");
+    for r in &rows {
+        assert_eq!((r[4], r[5]), ("2", "1"), "{csv}");
+    }
+    let log = std::fs::read_to_string(d.join("out0/runlog.jsonl")).unwrap();
+    assert!(log.contains("runs another configuration"), "{log}");
+    let own = std::fs::read_to_string(d.join("out3/runlog.jsonl")).unwrap();
+    assert!(
+        last_leave(&d.join("out3/runlog.jsonl")).contains("another configuration"),
+        "{own}"
+    );
+}
+
+#[test]
 fn a_server_killed_mid_run_resumes_from_its_checkpoint_with_no_round_lost() {
     use braid_engine::checkpoint::Checkpoint;
     let dir = tempfile::tempdir().unwrap();
@@ -469,11 +526,8 @@ fn malformed_messages_from_an_admitted_peer_are_refused_and_logged_and_the_run_i
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let frame = |body: &[u8]| -> Vec<u8> {
-        let mut f = (body.len() as u64).to_le_bytes().to_vec();
-        f.extend_from_slice(body);
-        f
-    };
+    let run = run_of(d);
+    let frame = |body: &[u8]| braid_net::codec::frame(&run, body);
     // A well-formed reply for round 1 with the wrong number of parameters, from a node that
     // is not a client of this run: it decodes, so it is acknowledged, but the server drops it.
     let injected = Body::Msg(Msg::Reply {
@@ -484,7 +538,7 @@ fn malformed_messages_from_an_admitted_peer_are_refused_and_logged_and_the_run_i
         update: Tensor::exact(vec![1e6; 10]),
     })
     .encode();
-    let mut cut_short = frame(&[7u8; 1000]);
+    let mut cut_short = frame(&[7u8; 968]);
     cut_short.truncate(8 + 10);
     // The same reply in protocol 2 (dsgd's), and as version 9 of fedavg's protocol: the
     // header (magic "BR", protocol tag, version) names what this node does not speak.
@@ -499,6 +553,7 @@ fn malformed_messages_from_an_admitted_peer_are_refused_and_logged_and_the_run_i
         u64::MAX.to_le_bytes().to_vec(),
         frame(&other_protocol),
         frame(&other_version),
+        braid_net::codec::frame(&[9; 32], &injected),
         frame(&injected),
     ];
     let key = braid_net::identity::load(&d.join("rogue.key")).unwrap();
@@ -513,6 +568,8 @@ fn malformed_messages_from_an_admitted_peer_are_refused_and_logged_and_the_run_i
     refused(&outcomes[1], "truncated");
     // Frames cut short or announcing more than the limit are refused from what was read.
     refused(&outcomes[2], "message truncated: 10 of 1000 bytes");
+    // A message of another run (another configuration) is refused by its frame's run id.
+    assert_eq!(outcomes[6], Outcome::Answered(Ack::OtherRun(run)));
     refused(&outcomes[3], "larger than the allowed");
     refused(
         &outcomes[4],
@@ -522,7 +579,7 @@ fn malformed_messages_from_an_admitted_peer_are_refused_and_logged_and_the_run_i
         &outcomes[5],
         "a fedavg message of version 9; this node speaks version 1",
     );
-    assert_eq!(outcomes[6], Outcome::Answered(Ack::Accepted));
+    assert_eq!(outcomes[7], Outcome::Answered(Ack::Accepted));
     // The clients start only now, so every probe lands while the server waits for round 1.
     let clients: Vec<Child> = (1..=2)
         .map(|i| spawn_node(d, &format!("k{i}.key"), &format!("out{i}")))
@@ -537,7 +594,7 @@ fn malformed_messages_from_an_admitted_peer_are_refused_and_logged_and_the_run_i
     // Nothing got in: the run is bit-identical to the simulator, with the two real clients.
     assert_matches_simulator(d, "out0/metrics.csv", 4);
     let (refused_messages, node_csv) = node_csv_field(&d.join("out0/node.csv"), 7);
-    assert_eq!(refused_messages, 7, "{node_csv}");
+    assert_eq!(refused_messages, 8, "{node_csv}");
     let stderr = String::from_utf8_lossy(&s.stderr);
     assert!(stderr.contains("message truncated"), "{stderr}");
     assert!(stderr.contains("larger than the allowed"), "{stderr}");
@@ -546,6 +603,7 @@ fn malformed_messages_from_an_admitted_peer_are_refused_and_logged_and_the_run_i
         "{stderr}"
     );
     assert!(stderr.contains("of version 9"), "{stderr}");
+    assert!(stderr.contains("runs another configuration"), "{stderr}");
     assert!(stderr.contains("dropped a message"), "{stderr}");
 }
 
@@ -1000,20 +1058,13 @@ fn an_authorized_halt_stops_every_node_and_a_forged_one_changes_nothing() {
     let line = text.lines().find(|l| l.contains("node = 0,")).unwrap();
     let peer0: braid_net::PeerId = line.split('"').nth(1).unwrap().parse().unwrap();
     let addr0: braid_net::Multiaddr = line.split('"').nth(3).unwrap().parse().unwrap();
-    let frame = |c: braid_engine::wire::Control| -> Vec<u8> {
-        let body = c.frame();
-        let mut f = (body.len() as u64).to_le_bytes().to_vec();
-        f.extend_from_slice(&body);
-        f
-    };
     let rogue_key = braid_net::identity::load(&d.join("rogue.key")).unwrap();
     let halter_key = braid_net::identity::load(&d.join("halter.key")).unwrap();
-    let run = braid_net::halt::run_id(&braid_net::halt::run_id_of(
-        &braid_engine::config::ExperimentConfig::load(&d.join("exp.toml"), &[]).unwrap(),
-    ))
-    .unwrap();
+    let run = run_of(d);
     let forged = braid_net::halt::sign(&rogue_key, run, 1).unwrap();
     let other_run = braid_net::halt::sign(&halter_key, [0u8; 32], 1).unwrap();
+    // Both in frames of this run, so the halt check itself refuses them.
+    let frame = |c: braid_engine::wire::Control| braid_net::codec::frame(&run, &c.frame());
     let answers = probe::send_raw(
         rogue_key,
         addr0,

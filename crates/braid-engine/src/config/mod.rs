@@ -689,12 +689,16 @@ impl ExperimentConfig {
         Self::parse_with(&src, &origin, overrides, rules)
     }
 
-    /// The run id: the SHA-256 (hex) of the config as TOML, participants' addresses left out
-    /// (they may differ between machines of one run). Run logs, halts, checkpoints and result
-    /// manifests name their run by it.
+    /// The run id: the SHA-256 (hex) of the config as TOML, with what may differ between the
+    /// machines of one run left out: participants' addresses, `output_dir` and `[runtime]`
+    /// (device and worker threads). Run logs, halts, checkpoints and result manifests name
+    /// their run by it, and every network message carries it (a node of another run is
+    /// refused).
     pub fn run_id(&self) -> String {
         use sha2::Digest;
         let mut c = self.clone();
+        c.output_dir = None;
+        c.runtime = RuntimeConfig::default();
         if let Some(net) = &mut c.network {
             for p in &mut net.participants {
                 p.addr = None;

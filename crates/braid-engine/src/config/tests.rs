@@ -23,6 +23,30 @@ fn minimal_config_gets_defaults() {
 }
 
 #[test]
+fn the_run_id_follows_what_the_run_computes_not_where_or_on_what_it_runs() {
+    let id = |overrides: &[&str]| {
+        let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        ExperimentConfig::parse(BASE, "t.toml", &o)
+            .unwrap()
+            .run_id()
+    };
+    let base = id(&[]);
+    assert_eq!(base.len(), 64);
+    // A node's own output directory, device and worker threads: the same run.
+    assert_eq!(id(&["output_dir=\"elsewhere\"", "runtime.workers=3"]), base);
+    assert_eq!(id(&["runtime.device=\"gpu:1\""]), base);
+    // What changes the computation: another run.
+    for o in [
+        "seed=8",
+        "train.optimizer={ name = \"sgd\", lr = 0.5 }",
+        "train.batch_size=16",
+        "partition.clients=9",
+    ] {
+        assert_ne!(id(&[o]), base, "{o}");
+    }
+}
+
+#[test]
 fn errors_name_the_field_on_one_line() {
     let cases = [
         (BASE.replace("\"cnn\"", "\"resnet\""), "cnn-small"),

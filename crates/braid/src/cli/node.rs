@@ -304,6 +304,12 @@ pub fn halt(args: HaltArgs, registry: &Registry) -> Result<()> {
             Ok(braid_net::probe::Outcome::Answered(braid_net::codec::Ack::Refused(why))) => {
                 say!("node {node}: refused the halt: {why}")
             }
+            Ok(braid_net::probe::Outcome::Answered(braid_net::codec::Ack::OtherRun(theirs))) => {
+                say!(
+                    "node {node}: refused the halt: it runs another configuration (run {})",
+                    braid_net::identity::hex(&theirs)
+                )
+            }
             Ok(braid_net::probe::Outcome::NoAnswer(why)) => {
                 say!("node {node}: no answer ({why}; a node that has halted stops listening)")
             }
