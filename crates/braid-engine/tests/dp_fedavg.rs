@@ -123,19 +123,58 @@ fn run(
 
 #[test]
 fn without_noise_every_update_is_clipped_to_the_bound() {
-    // Each client moves all 100 parameters by 1 (norm 10); clipped to 0.5 and averaged.
+    // Each client moves all 100 parameters by 1 (norm 10); clipped to 0.5, summed over the
+    // round's clients and divided by the 4 asked for per round (central DP samples each client
+    // with probability 4/10, so a round holds about 4; local DP asks exactly 4).
     for mode in [DpMode::Central, DpMode::Local] {
         let out = run(dp(mode, 0.5, 0.0, None), 4, 1, 100, 1.0).unwrap();
         let p = out.final_params.unwrap();
         let norm = braid_core::params::l2_norm(&p);
-        assert!((norm - 0.5).abs() < 1e-5, "{mode:?}: {norm}");
+        let clients = out.rows[0].0.clients as f64;
+        if mode == DpMode::Local {
+            assert_eq!(clients, 4.0);
+        }
+        assert!(
+            (norm - 0.5 * clients / 4.0).abs() < 1e-5,
+            "{mode:?}: {norm}"
+        );
         // No noise: no privacy.
         assert_eq!(out.rows[0].0.epsilon, Some(f64::INFINITY));
     }
     // A small update is not scaled up.
     let out = run(dp(DpMode::Central, 0.5, 0.0, None), 4, 1, 100, 0.01).unwrap();
+    let clients = out.rows[0].0.clients as f64;
     let norm = braid_core::params::l2_norm(&out.final_params.unwrap());
-    assert!((norm - 0.1).abs() < 1e-5, "{norm}");
+    assert!((norm - 0.1 * clients / 4.0).abs() < 1e-5, "{norm}");
+}
+
+#[test]
+fn central_dp_samples_clients_as_its_accountant_assumes() {
+    // Poisson sampling: each of the 10 clients joins a round with probability 3/10, on its
+    // own, so a round's size varies around 3 and may be 0 (then the round's update is noise
+    // alone over the fixed denominator). The amplification bound the accountant uses holds
+    // for this sampling; it does not for a sample of exactly 3.
+    let rounds = 400;
+    let out = run(dp(DpMode::Central, 0.5, 1.0, None), 3, rounds, 4, 0.1).unwrap();
+    assert_eq!(out.rows.len(), rounds as usize);
+    let sizes: Vec<usize> = out.rows.iter().map(|(m, _)| m.clients).collect();
+    let mean = sizes.iter().sum::<usize>() as f64 / rounds as f64;
+    // Binomial(10, 0.3): mean 3, standard deviation of the mean 1.45 / 20 = 0.07.
+    assert!((mean - 3.0).abs() < 0.3, "{mean}");
+    let empty = sizes.iter().filter(|&&n| n == 0).count();
+    // P(empty) = 0.7^10 = 2.8%: about 11 of 400.
+    assert!((3..=25).contains(&empty), "{empty} empty rounds");
+    assert!(sizes.iter().any(|&n| n >= 6), "{sizes:?}");
+    // Same seed, same sample.
+    let again = run(dp(DpMode::Central, 0.5, 1.0, None), 3, rounds, 4, 0.1).unwrap();
+    let sizes_again: Vec<usize> = again.rows.iter().map(|(m, _)| m.clients).collect();
+    assert_eq!(sizes, sizes_again);
+    // The accountant: q = 3/10 every round, whatever the round's size.
+    let mut a = RdpAccountant::default();
+    a.step(0.3, 1.0, u64::from(rounds)).unwrap();
+    let want = a.epsilon(1e-5).unwrap().0;
+    let got = out.rows.last().unwrap().0.epsilon.unwrap();
+    assert!((got - want).abs() < 1e-9, "{got} vs {want}");
 }
 
 #[test]

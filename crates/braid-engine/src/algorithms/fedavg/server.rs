@@ -152,13 +152,21 @@ impl FedAvgServer {
             self.config.seed,
             &[seed::stream::SAMPLING, u64::from(self.round)],
         );
-        let mut chosen: Vec<NodeId> = if self.config.clients_per_round == self.clients.len() {
-            self.clients.clone()
-        } else {
-            sample(&mut rng, self.clients.len(), self.config.clients_per_round)
+        let everyone = self.config.clients_per_round == self.clients.len();
+        let chosen_by_layer = (!everyone)
+            .then(|| {
+                self.layers
+                    .iter()
+                    .find_map(|l| l.choose_clients(&self.clients, &mut rng))
+            })
+            .flatten();
+        let mut chosen: Vec<NodeId> = match chosen_by_layer {
+            Some(c) => c,
+            None if everyone => self.clients.clone(),
+            None => sample(&mut rng, self.clients.len(), self.config.clients_per_round)
                 .into_iter()
                 .map(|i| self.clients[i])
-                .collect()
+                .collect(),
         };
         chosen.sort_unstable();
         if let Some(copy) = self.copy.as_mut() {
@@ -176,6 +184,11 @@ impl FedAvgServer {
         self.waiting = chosen.into_iter().map(|c| (c, None)).collect();
         self.bytes_down = 0;
         self.bytes_up = 0;
+        if self.waiting.is_empty() {
+            // A Poisson sample can be empty: the round's aggregate is the layer's alone
+            // (DP-FedAvg: noise over the fixed denominator).
+            return self.finish_round(ctx);
+        }
         self.ask_missing(ctx)
     }
 
@@ -509,7 +522,9 @@ impl Node for FedAvgServer {
             return Ok(()); // a round that already completed
         }
         let replied = self.waiting.values().filter(|r| r.is_some()).count();
-        if replied >= self.config.min_replies.max(1) {
+        // (A Poisson sample may hold fewer clients than min_replies: then all of them.)
+        let needed = self.config.min_replies.max(1).min(self.waiting.len());
+        if replied >= needed {
             self.finish_round(ctx)
         } else {
             self.ask_missing(ctx)

@@ -37,6 +37,7 @@ pub mod secure;
 
 use crate::node::EngineResult;
 use crate::wire::NodeId;
+use braid_core::seed;
 
 /// A client's reply the server accepted.
 pub struct Reply {
@@ -78,6 +79,13 @@ pub trait ServerLayer: Send {
     /// the layer cannot serve.
     fn before_start(&self, _completed: u32) -> EngineResult {
         Ok(())
+    }
+    /// Chooses a round's clients from `clients` (ascending) with `rng`, the round's sampling
+    /// stream, when the layer's guarantee depends on how they are chosen (DP-FedAvg's
+    /// accountant: each client on its own with probability clients per round / clients);
+    /// `None` leaves the server's sample of exactly `algorithm.clients_per_round`.
+    fn choose_clients(&self, _clients: &[NodeId], _rng: &mut seed::Rng) -> Option<Vec<NodeId>> {
+        None
     }
     /// A reply from `from` (holding `num_samples` samples, after `steps` local steps) was
     /// accepted.

@@ -120,6 +120,23 @@ impl DpServer {
 }
 
 impl ServerLayer for DpServer {
+    /// Central DP: each client joins the round on its own with probability `q` (Poisson
+    /// sampling, as DP-FedAvg's accountant assumes: its amplification bound does not hold for
+    /// a sample of fixed size). Local DP and DP-SGD do not count on the clients' sampling.
+    fn choose_clients(&self, clients: &[NodeId], rng: &mut seed::Rng) -> Option<Vec<NodeId>> {
+        use rand::Rng as _;
+        if self.config.mode != DpMode::Central {
+            return None;
+        }
+        Some(
+            clients
+                .iter()
+                .copied()
+                .filter(|_| rng.random::<f64>() < self.q)
+                .collect(),
+        )
+    }
+
     fn before_start(&self, completed: u32) -> EngineResult {
         if let Some(target) = self.config.target_epsilon {
             let first = self.epsilon_after(1)?;
