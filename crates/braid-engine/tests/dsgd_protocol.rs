@@ -639,3 +639,80 @@ fn a_peer_checkpoint_restores_its_step_model_and_counters() {
         .load_state(wrong)
         .is_err());
 }
+
+#[test]
+fn a_monitor_checkpoint_keeps_the_reported_points_and_the_open_points_snapshots() {
+    let s = Arc::new(settings(TopologyConfig::Ring, 1, Budget::LocalOnly, 8));
+    let mut trainer = Fake::new(true);
+    let snap = |step: u64, peer: u32| Msg::Snapshot {
+        step,
+        train_loss: 1.0 + peer as f32,
+        accuracy: 0.1 * peer as f32,
+        loss: 1.0,
+        gossip_bytes: u64::from(peer),
+        model: Tensor::exact(vec![peer as f32 + step as f32; P]),
+    };
+    let metrics = |ev: Vec<Event<GossipMetrics>>| -> Vec<GossipMetrics> {
+        ev.into_iter()
+            .filter_map(|e| match e {
+                Event::Metrics(m) => Some(m),
+                _ => None,
+            })
+            .collect()
+    };
+    let feed = |m: &mut DsgdMonitor, t: &mut Fake, msgs: Vec<(u32, Msg)>| {
+        let (mut out, mut ev) = (Vec::new(), Vec::new());
+        let mut ctx = NodeCtx::new(&mut out, &mut ev, t as &mut dyn PeerTrainer);
+        for (from, msg) in msgs {
+            m.on_message(from, msg, &mut ctx).unwrap();
+        }
+        drop(ctx);
+        metrics(ev)
+    };
+    let mut a = DsgdMonitor::new(Arc::clone(&s));
+    assert_eq!(a.state_version(), 0);
+    // Step 0 reported; step 4 open with peers 0 to 4 in.
+    let first = feed(
+        &mut a,
+        &mut trainer,
+        (0..8).map(|p| (p, snap(0, p))).collect(),
+    );
+    assert_eq!(first.len(), 1);
+    feed(
+        &mut a,
+        &mut trainer,
+        (0..5).map(|p| (p, snap(4, p))).collect(),
+    );
+    assert_eq!(a.state_version(), 8 + 1 + 5);
+    let state = a.save_state().unwrap();
+    assert_eq!(state.meta_u64("reported_points").unwrap(), 1);
+    assert_eq!(state.tensors.len(), 5);
+    // A resumed monitor finishes step 4 exactly as the unbroken one does, and step 0 is closed.
+    let mut b = DsgdMonitor::new(Arc::clone(&s));
+    b.load_state(state.clone()).unwrap();
+    let rest: Vec<(u32, Msg)> = (5..8).map(|p| (p, snap(4, p))).collect();
+    let unbroken = feed(&mut a, &mut trainer, rest.clone());
+    let resumed = feed(&mut b, &mut trainer, rest);
+    assert_eq!(unbroken.len(), 1);
+    assert_eq!(resumed, unbroken);
+    let (mut out, mut ev) = (Vec::new(), Vec::new());
+    let mut ctx = NodeCtx::new(&mut out, &mut ev, &mut trainer as &mut dyn PeerTrainer);
+    assert!(
+        b.on_message(1, snap(0, 1), &mut ctx).is_err(),
+        "step 0 is reported"
+    );
+    drop(ctx);
+    // Damaged or foreign checkpoints are errors, not panics.
+    let mut wrong = state.clone();
+    wrong.tensors[0].1.pop();
+    assert!(DsgdMonitor::new(Arc::clone(&s)).load_state(wrong).is_err());
+    let mut wrong = state.clone();
+    wrong.meta["done"] = serde_json::json!([3]);
+    assert!(DsgdMonitor::new(Arc::clone(&s)).load_state(wrong).is_err());
+    let mut wrong = state.clone();
+    wrong.meta["absent"] = serde_json::json!([8]);
+    assert!(DsgdMonitor::new(Arc::clone(&s)).load_state(wrong).is_err());
+    let mut wrong = state;
+    wrong.meta["snapshots"][0]["step"] = serde_json::json!(0);
+    assert!(DsgdMonitor::new(Arc::clone(&s)).load_state(wrong).is_err());
+}

@@ -17,6 +17,9 @@ pub struct DsgdMonitor {
     done: BTreeSet<u64>,
     /// Peers that missed an evaluation point's deadline: not waited for until they report.
     absent: BTreeSet<NodeId>,
+    /// Changes with every accepted snapshot and every reported point (see
+    /// [`Node::state_version`]).
+    version: u64,
 }
 
 impl DsgdMonitor {
@@ -27,7 +30,83 @@ impl DsgdMonitor {
             pending: BTreeMap::new(),
             done: BTreeSet::new(),
             absent: BTreeSet::new(),
+            version: 0,
         }
+    }
+
+    /// Restores the open points' snapshots and the reported points from `state`.
+    fn restore(&mut self, state: &NodeState) -> Result<(), String> {
+        let s = &self.settings;
+        let peers = s.peers();
+        let steps = |name: &str| -> Result<Vec<u64>, String> {
+            state
+                .meta
+                .get(name)
+                .and_then(serde_json::Value::as_array)
+                .ok_or(format!("no list {name:?}"))?
+                .iter()
+                .map(|v| v.as_u64().ok_or(format!("{name:?} holds a non-number")))
+                .collect()
+        };
+        let done = steps("done")?;
+        if let Some(&bad) = done
+            .iter()
+            .find(|&&t| t > s.total_steps || !s.evaluates_at(t))
+        {
+            return Err(format!("step {bad} is not an evaluation point of this run"));
+        }
+        let absent = steps("absent")?;
+        if let Some(&bad) = absent.iter().find(|&&p| p >= peers as u64) {
+            return Err(format!("node {bad} is not a peer of this run"));
+        }
+        let snaps = state
+            .meta
+            .get("snapshots")
+            .and_then(serde_json::Value::as_array)
+            .ok_or("no list \"snapshots\"")?;
+        let mut pending: BTreeMap<u64, BTreeMap<NodeId, Snap>> = BTreeMap::new();
+        for v in snaps {
+            let num = |k: &str| v.get(k).and_then(serde_json::Value::as_f64);
+            let (Some(step), Some(peer), Some(loss), Some(acc), Some(bytes)) = (
+                v.get("step").and_then(serde_json::Value::as_u64),
+                v.get("peer").and_then(serde_json::Value::as_u64),
+                num("train_loss"),
+                num("accuracy"),
+                v.get("gossip_bytes").and_then(serde_json::Value::as_u64),
+            ) else {
+                return Err(format!("snapshot entry {v} is incomplete"));
+            };
+            let last = done.last().copied();
+            if step > s.total_steps || !s.evaluates_at(step) || last.is_some_and(|l| step <= l) {
+                return Err(format!("snapshot at step {step}, not an open point"));
+            }
+            let peer = NodeId::try_from(peer)
+                .ok()
+                .filter(|&p| (p as usize) < peers)
+                .ok_or(format!("snapshot of node {peer}, not a peer of this run"))?;
+            let params = state
+                .tensor(&format!("snapshot/{step}/{peer}"))
+                .map_err(|e| e.to_string())?;
+            check_params(params, s.num_params)?;
+            let snap = Snap {
+                train_loss: loss as f32,
+                accuracy: acc as f32,
+                gossip_bytes: bytes,
+                params: Arc::new(params.to_vec()),
+            };
+            if pending
+                .entry(step)
+                .or_default()
+                .insert(peer, snap)
+                .is_some()
+            {
+                return Err(format!("two snapshots of node {peer} at step {step}"));
+            }
+        }
+        self.done = done.into_iter().collect();
+        self.absent = absent.into_iter().map(|p| p as NodeId).collect();
+        self.pending = pending;
+        Ok(())
     }
 
     /// Reports, in step order, every evaluation point that every present peer has reached.
@@ -39,6 +118,7 @@ impl DsgdMonitor {
             }
             let (step, snaps) = entry.remove_entry();
             self.done.insert(step);
+            self.version += 1;
             self.report(step, snaps, ctx)?;
         }
         Ok(())
@@ -116,13 +196,60 @@ impl Node for DsgdMonitor {
                 }
             }
             self.done.insert(s);
+            self.version += 1;
             self.report(s, snaps, ctx)?;
         }
         self.report_complete(ctx)
     }
 
-    fn on_start(&mut self, _ctx: &mut DsgdCtx<'_>) -> EngineResult {
-        Ok(())
+    /// Changes with every accepted snapshot: a monitor killed and resumed neither loses the
+    /// points it reported nor the snapshots of an open point (the peers do not send them again).
+    fn state_version(&self) -> u64 {
+        self.version
+    }
+
+    /// The reported points, the absent peers and every open point's snapshots (one model per
+    /// peer that has reported there).
+    fn save_state(&self) -> Option<NodeState> {
+        let mut snapshots = Vec::new();
+        let mut tensors = Vec::new();
+        for (step, snaps) in &self.pending {
+            for (peer, snap) in snaps {
+                snapshots.push(serde_json::json!({
+                    "step": step,
+                    "peer": peer,
+                    "train_loss": snap.train_loss,
+                    "accuracy": snap.accuracy,
+                    "gossip_bytes": snap.gossip_bytes,
+                }));
+                tensors.push((format!("snapshot/{step}/{peer}"), snap.params.to_vec()));
+            }
+        }
+        Some(NodeState {
+            meta: serde_json::json!({
+                "reported_points": self.done.len(),
+                "done": self.done,
+                "absent": self.absent,
+                "snapshots": snapshots,
+            }),
+            tensors,
+            blobs: Vec::new(),
+        })
+    }
+
+    fn load_state(&mut self, state: NodeState) -> EngineResult {
+        self.restore(&state)
+            .map_err(|why| EngineError::Checkpoint(format!("checkpoint: {why}")))
+    }
+
+    fn on_start(&mut self, ctx: &mut DsgdCtx<'_>) -> EngineResult {
+        // Resumed with open points: their deadlines start again.
+        if let Some(d) = self.settings.gossip_deadline {
+            for &step in self.pending.keys() {
+                ctx.set_deadline(step, 3 * d);
+            }
+        }
+        self.report_complete(ctx)
     }
 
     fn on_message(&mut self, from: NodeId, msg: Msg, ctx: &mut DsgdCtx<'_>) -> EngineResult {
@@ -175,6 +302,7 @@ impl Node for DsgdMonitor {
             },
         );
         self.absent.remove(&from);
+        self.version += 1;
         self.report_complete(ctx)
     }
 }
