@@ -85,6 +85,20 @@ fn each_refusal_names_its_field_and_rule() {
             "[decentralized] only applies to algorithm.name = \"dsgd\"",
         ),
         (
+            BASE.replace("name = \"fedavg\"", "name = \"split\""),
+            vec!["split.step_timeout_s=-1"],
+            "split.step_timeout_s",
+            Rule::Range,
+            "split.step_timeout_s = -1 must be a positive number of seconds",
+        ),
+        (
+            BASE.replace("name = \"fedavg\"", "name = \"split\""),
+            vec!["algorithm.round_timeout_s=5"],
+            "algorithm.round_timeout_s",
+            Rule::NotApplicable,
+            "a step's deadline is split.step_timeout_s",
+        ),
+        (
             BASE.replace("rounds = 2", "rounds = 2\nroundz = 3"),
             vec![],
             "",

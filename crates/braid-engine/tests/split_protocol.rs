@@ -110,6 +110,7 @@ fn settings(
         lr_schedule: LrSchedule::Constant,
         seed: 7,
         compression: None,
+        step_deadline: None,
     }
 }
 
@@ -507,4 +508,118 @@ fn compressed_split_messages_are_checked() {
     let (r, _) = Fake::ctx_run(&mut plain, SERVER, req(CLIENT_PARAMS));
     let e = r.unwrap_err().to_string();
     assert!(e.contains("no compression.split"), "{e}");
+}
+
+/// A split client that crashed: it never answers (`forward`), or it answers requests and
+/// then never sends its client-part gradient (`!forward`).
+struct Crashed {
+    id: NodeId,
+    forward: bool,
+    inner: SplitClient,
+}
+
+impl Node for Crashed {
+    type Msg = Msg;
+    type Metrics = SplitMetrics;
+    type Trainer = dyn SplitLearner;
+
+    fn id(&self) -> NodeId {
+        self.id
+    }
+    fn on_start(
+        &mut self, _: &mut NodeCtx<'_, Msg, SplitMetrics, dyn SplitLearner>,
+    ) -> EngineResult {
+        Ok(())
+    }
+    fn on_message(
+        &mut self, from: NodeId, msg: Msg,
+        ctx: &mut NodeCtx<'_, Msg, SplitMetrics, dyn SplitLearner>,
+    ) -> EngineResult {
+        match msg {
+            Msg::Request { .. } if !self.forward => self.inner.on_message(from, msg, ctx),
+            _ => Ok(()),
+        }
+    }
+    fn on_control(
+        &mut self, _: NodeId, _: Control, _: &mut NodeCtx<'_, Msg, SplitMetrics, dyn SplitLearner>,
+    ) -> EngineResult {
+        Ok(())
+    }
+}
+
+fn run_with(
+    s: &Arc<SplitSettings>, crashed: Option<(NodeId, bool)>,
+) -> (SimOutcome<SplitMetrics>, Vec<usize>) {
+    let fake = Fake::default();
+    let mut v = nodes(s);
+    if let Some((id, forward)) = crashed {
+        let shard = (0..s.counts.len())
+            .take(id as usize - 1)
+            .map(|k| s.counts[k])
+            .sum::<usize>();
+        v[id as usize] = Box::new(Crashed {
+            id,
+            forward,
+            inner: SplitClient::new(
+                id,
+                Arc::new((shard..shard + s.counts[id as usize - 1]).collect()),
+                s.seed,
+            ),
+        });
+    }
+    let w = vec![Worker::new(Box::new(fake.clone()) as Box<dyn SplitLearner>).unwrap()];
+    let out = Simulator::new(v, w).unwrap().run(&mut |_| {}).unwrap();
+    let seen = fake.seen.lock().unwrap().clone();
+    (out, seen)
+}
+
+#[test]
+fn with_a_step_deadline_the_server_goes_on_without_a_crashed_client() {
+    let counts = vec![9, 5, 2, 4];
+    let plain = Arc::new(settings(
+        counts.clone(),
+        Sampler::Global,
+        8,
+        LatencyConfig::default(),
+    ));
+    let timed = Arc::new(SplitSettings {
+        step_deadline: Some(std::time::Duration::from_secs(5)),
+        ..settings(counts, Sampler::Global, 8, LatencyConfig::default())
+    });
+    // No fault: a deadline changes nothing.
+    let (a, _) = run_with(&plain, None);
+    let (b, _) = run_with(&timed, None);
+    assert_eq!(a.final_params, b.final_params);
+    assert_eq!(
+        a.rows.iter().map(|(m, _)| m.clone()).collect::<Vec<_>>(),
+        b.rows.iter().map(|(m, _)| m.clone()).collect::<Vec<_>>()
+    );
+    // Client 2 (samples 9..14) never answers: every epoch completes without its samples.
+    let (out, seen) = run_with(&timed, Some((2, true)));
+    assert_eq!(out.rows.len(), 2);
+    assert!(out.final_params.is_some(), "the run finished");
+    assert!(seen.iter().all(|&i| !(9..14).contains(&i)), "{seen:?}");
+    for (m, _) in &out.rows {
+        assert_eq!(m.samples, 15, "{m:?}");
+    }
+    // Client 2 answers requests, then never sends its gradient: the server part trains on the
+    // activations that came in time (its own included while it is not yet known to be late),
+    // the client part on the live clients' gradients only.
+    let (out, seen) = run_with(&timed, Some((2, false)));
+    assert_eq!(out.rows.len(), 2);
+    let mut seen = seen;
+    seen.sort_unstable();
+    let twice: Vec<usize> = (0..20).flat_map(|i| [i, i]).collect();
+    assert_eq!(seen, twice, "every client ran its forward passes");
+    for (m, _) in &out.rows {
+        assert!((15..=20).contains(&m.samples), "{m:?}");
+    }
+    // Client-part gradient per step: (samples, 1) summed over the clients that sent one: the
+    // crashed client's 5 samples per epoch are missing from it.
+    let p = out.final_params.unwrap();
+    assert_eq!(p[0], -30.0);
+    // Without a deadline the same crash stalls the run (the simulator ends with nothing to
+    // deliver and no result).
+    let (stalled, _) = run_with(&plain, Some((2, true)));
+    assert!(stalled.final_params.is_none());
 }

@@ -736,6 +736,121 @@ fn a_killed_dsgd_peer_restarted_with_resume_rejoins_from_its_neighbours() {
 }
 
 #[test]
+fn a_killed_dsgd_monitor_resumed_loses_no_point_and_matches_the_simulator() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_dsgd_config(d, 600, "");
+    let cfg = std::fs::read_to_string(d.join("exp.toml"))
+        .unwrap()
+        .replace("eval_every = 6", "eval_every = 100");
+    std::fs::write(d.join("exp.toml"), cfg).unwrap();
+    let mut nodes: Vec<Child> = (0..5)
+        .map(|i| spawn_node(d, &format!("k{i}.key"), &format!("out{i}")))
+        .collect();
+    // The monitor (node 4) is killed (SIGKILL) once it has reported three points (steps 0, 100
+    // and 200), and restarted with --resume while the peers go on.
+    let ckpt = d.join("out4/checkpoint.ckpt");
+    let reported = wait_for_checkpoint(&ckpt, "reported_points", 3);
+    nodes[4].kill().unwrap();
+    nodes[4].wait().unwrap();
+    assert!(
+        reported < 7,
+        "the run ended before the kill; make it longer"
+    );
+    let back = spawn_resumed(d, "k4.key", "out4");
+    let limit = Duration::from_secs(180);
+    let back = finish(back, limit, "resumed monitor");
+    ok(&back, "resumed monitor");
+    assert!(String::from_utf8_lossy(&back.stderr).contains("resumed from"));
+    for (i, n) in nodes.into_iter().take(4).enumerate() {
+        ok(&finish(n, limit, "dsgd peer"), &format!("peer {i}"));
+    }
+    // Every point, the ones reported before the kill included, equal to the simulator's.
+    assert_matches_simulator(d, "out4/metrics.csv", 8);
+}
+
+/// Split learning on the bundled data: 3 clients, the MLP cut after its first layer, global
+/// batch 32, `epochs` epochs, with `split` added to its `[split]` table.
+fn write_split_config(d: &Path, epochs: u32, split: &str) {
+    write_config(d, 3, "");
+    let cfg = std::fs::read_to_string(d.join("exp.toml"))
+        .unwrap()
+        .replace(
+            "name = \"fedavg\"\nrounds = 3",
+            &format!("name = \"split\"\nrounds = {epochs}"),
+        )
+        .replace("local_steps = 5\n", "")
+        .replace("[network]", &format!("[split]\n{split}\n[network]"));
+    std::fs::write(d.join("exp.toml"), cfg).unwrap();
+}
+
+#[test]
+fn a_split_server_killed_mid_run_resumes_from_its_epoch_checkpoint_as_simulated() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_split_config(d, 6, "");
+    let mut server = spawn_node(d, "k0.key", "out0");
+    let clients: Vec<Child> = (1..=3)
+        .map(|i| spawn_node(d, &format!("k{i}.key"), &format!("out{i}")))
+        .collect();
+    // Kill -9 the server once two epochs are checkpointed; it resumes at the third.
+    let ckpt = d.join("out0/checkpoint.ckpt");
+    let killed_after = wait_for_checkpoint(&ckpt, "completed_epochs", 2);
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert!(
+        killed_after < 6,
+        "the run ended before the kill; make it longer"
+    );
+    let resumed = spawn_resumed(d, "k0.key", "out0");
+    let limit = Duration::from_secs(180);
+    let s = finish(resumed, limit, "resumed server");
+    ok(&s, "resumed server");
+    assert!(String::from_utf8_lossy(&s.stderr).contains("resumed from"));
+    for c in clients {
+        ok(&finish(c, limit, "client"), "client");
+    }
+    assert_matches_simulator(d, "out0/metrics.csv", 7);
+}
+
+#[test]
+fn a_split_client_killed_mid_run_is_left_out_at_the_step_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_split_config(d, 4, "step_timeout_s = 2");
+    let server = spawn_node(d, "k0.key", "out0");
+    let c1 = spawn_node(d, "k1.key", "out1");
+    let c2 = spawn_node(d, "k2.key", "out2");
+    let mut c3 = spawn_node(d, "k3.key", "out3");
+    // Client 3 is killed (SIGKILL) once epoch 1 has completed with all three clients.
+    wait_for_checkpoint(&d.join("out0/checkpoint.ckpt"), "completed_epochs", 1);
+    c3.kill().unwrap();
+    c3.wait().unwrap();
+    let limit = Duration::from_secs(180);
+    let s = finish(server, limit, "server");
+    ok(&s, "server");
+    assert!(
+        String::from_utf8_lossy(&s.stderr).contains("going on without them"),
+        "{}",
+        String::from_utf8_lossy(&s.stderr)
+    );
+    for c in [c1, c2] {
+        ok(&finish(c, limit, "client"), "client");
+    }
+    // Every epoch is reported; the first used every sample, the last none of client 3's.
+    let csv = std::fs::read_to_string(d.join("out0/metrics.csv")).unwrap();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let col = header.iter().position(|h| *h == "samples").unwrap();
+    let samples: Vec<u64> = csv
+        .lines()
+        .skip(1)
+        .map(|r| r.split(',').nth(col).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(samples.len(), 4, "{csv}");
+    assert!(samples[3] < samples[0], "{csv}");
+}
+
+#[test]
 fn a_fedavg_client_killed_and_restarted_rejoins_with_the_current_model() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

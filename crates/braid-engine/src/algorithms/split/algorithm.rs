@@ -20,6 +20,11 @@ pub struct SplitConfig {
     /// The straggler and link model for the simulated time.
     #[serde(default)]
     pub latency: braid_core::latency::LatencyConfig,
+    /// Seconds each phase of a step (activations in, client-part gradients in) waits for its
+    /// clients; then the step goes on with the answers in and the late clients are not waited
+    /// for until they answer in time again. Unset: every step waits for all its clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_timeout_s: Option<f64>,
 }
 
 fn default_sampler() -> braid_core::split_batches::Sampler {
@@ -33,6 +38,7 @@ impl Default for SplitConfig {
             cut: None,
             client_gradients: ClientGradients::default(),
             latency: braid_core::latency::LatencyConfig::default(),
+            step_timeout_s: None,
         }
     }
 }
@@ -79,7 +85,7 @@ impl Algorithm for Split {
             } else {
                 "algorithm.min_replies"
             };
-            return Err(Invalid::not_applicable(field, "algorithm.round_timeout_s and min_replies do not apply to \"split\" (every step waits for its clients)"));
+            return Err(Invalid::not_applicable(field, "algorithm.round_timeout_s and min_replies do not apply to \"split\" (a step's deadline is split.step_timeout_s)"));
         }
         if c.train.local_steps.is_some() || c.train.local_epochs != 1 {
             let field = if c.train.local_steps.is_some() {
@@ -93,6 +99,14 @@ impl Algorithm for Split {
         sc.latency
             .validate()
             .map_err(|e| Invalid::within("split.latency", e))?;
+        if let Some(t) = sc.step_timeout_s {
+            if !(t.is_finite() && t > 0.0 && t < 1e9) {
+                return Err(Invalid::range(
+                    "split.step_timeout_s",
+                    format!("split.step_timeout_s = {t} must be a positive number of seconds"),
+                ));
+            }
+        }
         common::check_mu(c, false)?;
         Ok(sc)
     }
@@ -184,5 +198,8 @@ pub fn split_settings(p: &Prepared, sc: &SplitConfig) -> EngineResult<SplitSetti
         lr_schedule: c.train.lr_schedule.clone(),
         seed: c.seed,
         compression: c.compression.and_then(|k| k.split),
+        step_deadline: sc
+            .step_timeout_s
+            .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok()),
     })
 }

@@ -25,7 +25,7 @@
 //! Every step's simulated time follows `braid_core::latency`: the slowest forward leg, the
 //! server's compute, the slowest backward leg.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use braid_core::compress::{self, Compression};
@@ -76,6 +76,10 @@ enum Part {
 /// The server's id.
 pub const SERVER: NodeId = 0;
 
+/// A step's phases, for its deadlines (token `2 x step + phase`).
+const FORWARD: u64 = 0;
+const BACKWARD: u64 = 1;
+
 /// Settings shared by the server and its clients.
 #[derive(Debug, Clone)]
 pub struct SplitSettings {
@@ -107,6 +111,8 @@ pub struct SplitSettings {
     pub seed: u64,
     /// Codec of every split message's values (`compression.split`; None: f32).
     pub compression: Option<Compression>,
+    /// How long a step's phase waits for its clients (`split.step_timeout_s`; None: for ever).
+    pub step_deadline: Option<std::time::Duration>,
 }
 
 /// The message carrying `values` (`part` of step `step`, from `from` to `to`): plain, or
@@ -223,14 +229,34 @@ impl Metrics for SplitMetrics {
 /// Per asked client: its labels and activations, once they arrive.
 type Activations = BTreeMap<NodeId, Option<(Vec<u32>, Vec<f32>)>>;
 
-/// Every answer, taken out, once every client asked has answered.
+/// The answers, taken out, once every client asked has answered, or every one but those
+/// `absent` (at least one answer: a step is not made of nothing).
 fn take_if_complete<T>(
-    waiting: &mut BTreeMap<NodeId, Option<T>>,
-) -> Option<BTreeMap<NodeId, Option<T>>> {
+    waiting: &mut BTreeMap<NodeId, Option<T>>, absent: &BTreeSet<NodeId>,
+) -> Option<BTreeMap<NodeId, T>> {
+    let answered = waiting.values().filter(|v| v.is_some()).count();
+    let complete = answered > 0
+        && waiting
+            .iter()
+            .all(|(n, v)| v.is_some() || absent.contains(n));
+    complete.then(|| answers(waiting))
+}
+
+/// The clients in `waiting` that have not answered.
+fn unanswered<T>(waiting: &BTreeMap<NodeId, Option<T>>) -> Vec<NodeId> {
     waiting
-        .values()
-        .all(Option::is_some)
-        .then(|| std::mem::take(waiting))
+        .iter()
+        .filter(|(_, v)| v.is_none())
+        .map(|(&n, _)| n)
+        .collect()
+}
+
+/// The answers in `waiting`, taken out (the missing ones left behind).
+fn answers<T>(waiting: &mut BTreeMap<NodeId, Option<T>>) -> BTreeMap<NodeId, T> {
+    std::mem::take(waiting)
+        .into_iter()
+        .filter_map(|(n, v)| Some((n, v?)))
+        .collect()
 }
 
 /// The empty slot of `from`'s answer for step `s`, while the server waits on step `step`; why
@@ -292,6 +318,9 @@ pub struct SplitServer {
     done: bool,
     keep: bool,
     saved_blobs: Vec<(String, Vec<u8>)>,
+    /// Clients that missed a step's deadline: asked as before, not waited for until they
+    /// answer in time again.
+    absent: BTreeSet<NodeId>,
 }
 
 impl SplitServer {
@@ -329,6 +358,7 @@ impl SplitServer {
             done: false,
             keep: false,
             saved_blobs: Vec::new(),
+            absent: BTreeSet::new(),
             settings,
         })
     }
@@ -414,7 +444,25 @@ impl SplitServer {
             waiting.insert(node, None);
         }
         self.phase = Phase::Forward(waiting);
+        self.set_step_deadline(FORWARD, ctx);
         Ok(())
+    }
+
+    /// Starts the deadline of this step's `phase` ([`FORWARD`] or [`BACKWARD`]), if the run
+    /// has one.
+    fn set_step_deadline(&self, phase: u64, ctx: &mut SplitCtx<'_>) {
+        if let Some(d) = self.settings.step_deadline {
+            ctx.set_deadline(2 * self.step + phase, d);
+        }
+    }
+
+    /// The next step of the epoch, or the epoch's end.
+    fn next_step(&mut self, ctx: &mut SplitCtx<'_>) -> EngineResult {
+        self.t += 1;
+        if self.t < self.plan.len() {
+            return self.start_step(ctx);
+        }
+        self.finish_epoch(ctx)
     }
 
     /// Every activation is in: run the server part and send back the gradients.
@@ -426,10 +474,11 @@ impl SplitServer {
         }
     }
 
-    fn server_step(&mut self, got: Activations, ctx: &mut SplitCtx<'_>) -> EngineResult {
+    fn server_step(
+        &mut self, got: BTreeMap<NodeId, (Vec<u32>, Vec<f32>)>, ctx: &mut SplitCtx<'_>,
+    ) -> EngineResult {
         let (mut labels, mut acts, mut rows) = (Vec::new(), Vec::new(), Vec::new());
-        for (node, reply) in got {
-            let (l, a) = reply.unwrap_or_default();
+        for (node, (l, a)) in got {
             rows.push((node, l.len()));
             labels.extend(l);
             acts.extend(a);
@@ -483,16 +532,17 @@ impl SplitServer {
             waiting.insert(node, None);
         }
         self.phase = Phase::Backward(waiting);
+        self.set_step_deadline(BACKWARD, ctx);
         Ok(())
     }
 
     /// Every client-part gradient is in: update the client part and move on.
     fn client_step(
-        &mut self, got: BTreeMap<NodeId, Option<Vec<f32>>>, ctx: &mut SplitCtx<'_>,
+        &mut self, got: BTreeMap<NodeId, Vec<f32>>, ctx: &mut SplitCtx<'_>,
     ) -> EngineResult {
         let n = got.len();
         let mut sum = vec![0.0f32; self.client_params.len()];
-        for g in got.into_values().flatten() {
+        for g in got.into_values() {
             for (s, v) in sum.iter_mut().zip(g) {
                 *s += v;
             }
@@ -508,11 +558,7 @@ impl SplitServer {
         let backward: Vec<Leg> = std::mem::take(&mut self.legs).into_values().collect();
         self.totals.sim_time_s += self.step_forward_s + self.settings.latency.phase(&backward);
         self.totals.steps += 1;
-        self.t += 1;
-        if self.t < self.plan.len() {
-            return self.start_step(ctx);
-        }
-        self.finish_epoch(ctx)
+        self.next_step(ctx)
     }
 
     fn finish_epoch(&mut self, ctx: &mut SplitCtx<'_>) -> EngineResult {
@@ -552,6 +598,54 @@ impl SplitServer {
             Ok(())
         } else {
             self.start_epoch(ctx)
+        }
+    }
+
+    /// An answer from a client that missed a deadline, for a phase the server no longer waits
+    /// on (an earlier step's, or this step's forward once it is over): expected after a
+    /// deadline, so ignored rather than refused.
+    fn is_late(&self, from: NodeId, msg: &Msg) -> bool {
+        let (Msg::Activations { step: s, .. } | Msg::ClientGrad { step: s, .. }) = msg else {
+            return false;
+        };
+        let awaited = |w: Option<bool>| *s == self.step && w == Some(true);
+        let awaited = match (msg, &self.phase) {
+            (Msg::Activations { .. }, Phase::Forward(w)) => {
+                awaited(w.get(&from).map(Option::is_none))
+            }
+            (Msg::ClientGrad { .. }, Phase::Backward(w)) => {
+                awaited(w.get(&from).map(Option::is_none))
+            }
+            _ => false,
+        };
+        !awaited && self.absent.contains(&from) && *s <= self.step
+    }
+
+    /// `missing` did not answer this step's `phase` in time.
+    fn missed(&mut self, missing: Vec<NodeId>, phase: u64, ctx: &mut SplitCtx<'_>) -> EngineResult {
+        tracing::warn!(
+            "split step {}: no {} from node(s) {missing:?} in time; going on without them",
+            self.step,
+            if phase == FORWARD {
+                "activations"
+            } else {
+                "client-part gradient"
+            },
+        );
+        self.absent.extend(missing);
+        let (forward, backward) = match &mut self.phase {
+            Phase::Forward(w) => (take_if_complete(w, &self.absent), None),
+            Phase::Backward(w) => (None, take_if_complete(w, &self.absent)),
+            Phase::Idle => (None, None),
+        };
+        match (forward, backward) {
+            (Some(got), _) => self.server_step(got, ctx),
+            (_, Some(got)) => self.client_step(got, ctx),
+            // Nobody answered: wait on, for whoever answers first.
+            _ => {
+                self.set_step_deadline(phase, ctx);
+                Ok(())
+            }
         }
     }
 
@@ -638,6 +732,21 @@ impl Node for SplitServer {
         self.done
     }
 
+    /// A step's phase passed its deadline: the clients that have not answered are absent (not
+    /// waited for until they answer in time again) and the step goes on with the answers in,
+    /// or waits on while none is.
+    fn on_deadline(&mut self, token: u64, ctx: &mut SplitCtx<'_>) -> EngineResult {
+        let (phase, missing) = match &self.phase {
+            Phase::Forward(w) => (FORWARD, unanswered(w)),
+            Phase::Backward(w) => (BACKWARD, unanswered(w)),
+            Phase::Idle => return Ok(()),
+        };
+        if self.done || token != 2 * self.step + phase {
+            return Ok(()); // a phase that already completed
+        }
+        self.missed(missing, phase, ctx)
+    }
+
     fn on_message(&mut self, from: NodeId, msg: Msg, ctx: &mut SplitCtx<'_>) -> EngineResult {
         let kind = msg.kind();
         let reject = EngineError::rejecter(SERVER, from, kind);
@@ -647,6 +756,13 @@ impl Node for SplitServer {
         };
         if let Some(why) = form_mismatch(self.settings.compression.is_some(), &msg) {
             return Err(reject(why));
+        }
+        if self.is_late(from, &msg) {
+            tracing::info!(
+                "late {kind} from node {from} (the server is at step {}): ignored",
+                self.step
+            );
+            return Ok(());
         }
         let msg = match msg {
             Msg::Activations {
@@ -711,7 +827,8 @@ impl Node for SplitServer {
                     )));
                 }
                 *slot = Some((labels, acts));
-                let got = take_if_complete(waiting);
+                self.absent.remove(&from);
+                let got = take_if_complete(waiting, &self.absent);
                 self.counted_up(from, bytes);
                 got.map_or(Ok(()), |got| self.server_step(got, ctx))
             }
@@ -720,7 +837,8 @@ impl Node for SplitServer {
                 let slot = answer_slot(waiting, from, s, step).map_err(&reject)?;
                 check_params(&grad, self.client_params.len()).map_err(reject)?;
                 *slot = Some(grad);
-                let got = take_if_complete(waiting);
+                self.absent.remove(&from);
+                let got = take_if_complete(waiting, &self.absent);
                 self.counted_up(from, bytes);
                 got.map_or(Ok(()), |got| self.client_step(got, ctx))
             }
