@@ -99,6 +99,14 @@ fn each_refusal_names_its_field_and_rule() {
             "a step's deadline is split.step_timeout_s",
         ),
         (
+            BASE.replace("name = \"fedavg\"", "name = \"dfml\"")
+                .replace("[algorithm]", "[partition]\nclients = 4\n[algorithm]"),
+            vec!["mutual.round_timeout_s=0"],
+            "mutual.round_timeout_s",
+            Rule::Range,
+            "mutual.round_timeout_s = 0 must be a positive number of seconds",
+        ),
+        (
             BASE.replace("rounds = 2", "rounds = 2\nroundz = 3"),
             vec![],
             "",

@@ -91,6 +91,7 @@ fn settings(variant: Variant, clients: usize, rounds: u32) -> MutualSettings {
         lr_schedule: LrSchedule::Constant,
         seed: 3,
         model_compression: None,
+        round_deadline: None,
     }
 }
 
@@ -479,4 +480,73 @@ fn the_hub_emits_each_evaluation_point_once_all_clients_reported() {
     // trained in round 1 gained 1.
     assert!((first.accuracy - (60.0 + 2.0) / 4.0 / 1000.0).abs() < 1e-9);
     assert_eq!(first.train_loss, Some(0.5));
+}
+
+/// A client that crashed before the run: it never sends anything and ignores what it gets.
+struct Dead(NodeId);
+
+impl Node for Dead {
+    type Msg = Msg;
+    type Metrics = MutualMetrics;
+    type Trainer = dyn MutualLearner;
+
+    fn id(&self) -> NodeId {
+        self.0
+    }
+    fn on_start(
+        &mut self, _: &mut NodeCtx<'_, Msg, MutualMetrics, dyn MutualLearner>,
+    ) -> EngineResult {
+        Ok(())
+    }
+    fn on_message(
+        &mut self, _: NodeId, _: Msg, _: &mut NodeCtx<'_, Msg, MutualMetrics, dyn MutualLearner>,
+    ) -> EngineResult {
+        Ok(())
+    }
+}
+
+#[test]
+fn with_a_round_deadline_every_variant_goes_on_without_a_dead_client() {
+    for variant in [Variant::Dfml, Variant::DefKt, Variant::Fml, Variant::Local] {
+        let timed = || MutualSettings {
+            round_deadline: Some(std::time::Duration::from_secs(5)),
+            ..settings(variant, 6, 6)
+        };
+        // No fault: a deadline changes nothing.
+        let (plain, _) = simulate(settings(variant, 6, 6), 2);
+        let (same, _) = simulate(timed(), 2);
+        assert_eq!(plain.rows.len(), 6, "{variant:?}");
+        let rows = |o: &SimOutcome<MutualMetrics>| -> Vec<MutualMetrics> {
+            o.rows.iter().map(|(m, _)| m.clone()).collect()
+        };
+        assert_eq!(rows(&plain), rows(&same), "{variant:?}");
+        // Client 2 (node 3) dead from the start: every round and evaluation point completes
+        // with the five others.
+        let s = Arc::new(timed());
+        let mut v = nodes(&s);
+        v[3] = Box::new(Dead(3));
+        let fake = Fake::default();
+        let out = Simulator::new(
+            v,
+            vec![Worker::new(Box::new(fake.clone()) as Box<dyn MutualLearner>).unwrap()],
+        )
+        .unwrap()
+        .run(&mut |_| {})
+        .unwrap();
+        let got = rows(&out);
+        assert_eq!(
+            got.iter().map(|m| m.round).collect::<Vec<_>>(),
+            (1..=6).collect::<Vec<_>>(),
+            "{variant:?}"
+        );
+        // Accuracy is the mean over the five live clients' models: client 2's starting value
+        // (20) would pull it, so it differs from the fault-free run's.
+        assert_ne!(
+            got.last().unwrap().accuracy,
+            plain.rows.last().unwrap().0.accuracy
+        );
+        if variant == Variant::Fml {
+            assert!(got.iter().all(|m| m.global_model_accuracy.is_some()));
+        }
+    }
 }

@@ -851,6 +851,60 @@ fn a_split_client_killed_mid_run_is_left_out_at_the_step_deadline() {
 }
 
 #[test]
+fn a_dfml_client_killed_mid_run_is_left_out_at_the_round_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_config(d, 4, "");
+    let cfg = std::fs::read_to_string(d.join("exp.toml"))
+        .unwrap()
+        .replace(
+            "name = \"fedavg\"\nrounds = 3",
+            "name = \"dfml\"\nrounds = 12",
+        )
+        .replace("local_steps = 5\n", "")
+        .replace(
+            "[network]",
+            "[mutual]\nsenders = 2\neval_samples = 200\nround_timeout_s = 2\n[network]",
+        );
+    std::fs::write(d.join("exp.toml"), cfg).unwrap();
+    let mut nodes: Vec<Child> = (0..=4)
+        .map(|i| spawn_node(d, &format!("k{i}.key"), &format!("out{i}")))
+        .collect();
+    // Client 3 is killed (SIGKILL) once the hub has all four clients' reports of two rounds.
+    let log = d.join("out0/runlog.jsonl");
+    let t0 = Instant::now();
+    loop {
+        let reports = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"received\"") && l.contains("mutual-report"))
+            .count();
+        if reports >= 8 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(120), "no reports");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    nodes[3].kill().unwrap();
+    nodes[3].wait().unwrap();
+    let limit = Duration::from_secs(180);
+    for (i, n) in nodes.into_iter().enumerate() {
+        if i != 3 {
+            ok(&finish(n, limit, "dfml node"), &format!("node {i}"));
+        }
+    }
+    // Every round is reported, the last ones from the three live clients.
+    let csv = std::fs::read_to_string(d.join("out0/metrics.csv")).unwrap();
+    let rounds: Vec<&str> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
+    let want: Vec<String> = (1..=12).map(|r| r.to_string()).collect();
+    assert_eq!(rounds, want, "{csv}");
+}
+
+#[test]
 fn a_fedavg_client_killed_and_restarted_rejoins_with_the_current_model() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

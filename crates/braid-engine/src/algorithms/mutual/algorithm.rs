@@ -35,6 +35,11 @@ pub struct MutualConfig {
     /// FML: the global model's architecture (default: the first of `models`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub global_model: Option<String>,
+    /// Seconds a node waits for a round's models (and the hub for an evaluation point's
+    /// reports) once it is waiting; then it goes on without the missing ones. Unset: it waits
+    /// for all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round_timeout_s: Option<f64>,
 }
 
 fn default_assign() -> braid_core::mutual::Assign {
@@ -55,6 +60,7 @@ impl Default for MutualConfig {
             supervised: braid_nn::SupervisedLoss::default(),
             eval_samples: default_eval_samples(),
             global_model: None,
+            round_timeout_s: None,
         }
     }
 }
@@ -124,6 +130,14 @@ fn mutual_run(c: &ExperimentConfig, v: Variant) -> Result<MutualRun, Invalid> {
     m.alpha
         .validate()
         .map_err(|e| Invalid::within("mutual", e))?;
+    if let Some(t) = m.round_timeout_s {
+        if !(t.is_finite() && t > 0.0 && t < 1e9) {
+            return Err(Invalid::range(
+                "mutual.round_timeout_s",
+                format!("mutual.round_timeout_s = {t} must be a positive number of seconds"),
+            ));
+        }
+    }
     if !(m.temperature.is_finite() && m.temperature > 0.0) {
         return Err(Invalid::range(
             "mutual.temperature",
@@ -276,6 +290,9 @@ pub fn mutual_settings(p: &Prepared, run: &MutualRun) -> EngineResult<MutualSett
         lr_schedule: c.train.lr_schedule.clone(),
         seed: c.seed,
         model_compression: c.compression.and_then(|k| k.models),
+        round_deadline: m
+            .round_timeout_s
+            .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok()),
     };
     settings.validate()?;
     Ok(settings)

@@ -28,6 +28,18 @@ pub struct MutualHub {
     /// FML: bytes the hub had sent once round `t`'s global model was out.
     sent_through: BTreeMap<u32, u64>,
     done: bool,
+    /// Clients that missed an evaluation point's deadline: not waited for until they report.
+    absent: std::collections::BTreeSet<NodeId>,
+    /// Evaluation points whose deadline is set.
+    timed: std::collections::BTreeSet<u32>,
+}
+
+/// Deadline tokens: an evaluation point's reports, and an FML round's returned models.
+fn reports_token(round: u32) -> u64 {
+    2 * u64::from(round)
+}
+fn returns_token(round: u32) -> u64 {
+    2 * u64::from(round) + 1
 }
 
 impl MutualHub {
@@ -45,6 +57,8 @@ impl MutualHub {
             bytes_sent: 0,
             sent_through: BTreeMap::new(),
             done: false,
+            absent: Default::default(),
+            timed: Default::default(),
         }
     }
 
@@ -70,6 +84,53 @@ impl MutualHub {
             self.bytes_sent += ctx.send(to, message) as u64;
         }
         self.sent_through.insert(round, self.bytes_sent);
+        if let Some(d) = s.round_deadline {
+            ctx.set_deadline(returns_token(round), d);
+        }
+        Ok(())
+    }
+
+    /// FML: the round's returned global models are averaged (weighted by the clients' sample
+    /// counts; at a deadline, those that came; none: the global model stays), evaluated at
+    /// evaluation points, and the next round starts.
+    fn finish_fml_round(&mut self, ctx: &mut MutualCtx<'_>, round: u32) -> EngineResult {
+        let s = Arc::clone(&self.settings);
+        let returned: Vec<(NodeId, &Arc<Vec<f32>>)> = self
+            .returned
+            .iter()
+            .filter_map(|(f, p)| Some((*f, p.as_ref()?)))
+            .collect();
+        if !returned.is_empty() {
+            // Weighted by sample counts; equal weights if the clients hold no samples.
+            let total: usize = returned
+                .iter()
+                .map(|(f, _)| s.counts[(*f - 1) as usize])
+                .sum();
+            let items: Vec<(&[f32], f64)> = returned
+                .iter()
+                .map(|(f, p)| {
+                    let w = if total == 0 {
+                        1.0
+                    } else {
+                        s.counts[(*f - 1) as usize] as f64
+                    };
+                    (p.as_slice(), w)
+                })
+                .collect();
+            self.global = Arc::new(weighted_mean(&items)?);
+        }
+        self.returned.clear();
+        if s.evaluates_at(round) {
+            let e = ctx.trainer.evaluate_arch(
+                s.global_model,
+                &self.global,
+                s.eval_samples_at(round),
+            )?;
+            self.global_eval.insert(round, e.accuracy);
+        }
+        if round < s.rounds {
+            self.start_round(ctx, round + 1)?;
+        }
         Ok(())
     }
 
@@ -81,7 +142,11 @@ impl MutualHub {
             .filter(|&r| s.evaluates_at(r))
             .collect();
         for r in points {
-            let complete = self.reports.get(&r).is_some_and(|m| m.len() == n);
+            // Every client reported, or every one but those absent (at least one report).
+            let complete = self.reports.get(&r).is_some_and(|m| {
+                !m.is_empty()
+                    && (1..=n as NodeId).all(|c| m.contains_key(&c) || self.absent.contains(&c))
+            });
             let global_ready = !self.fml() || self.global_eval.contains_key(&r);
             if !(complete && global_ready) {
                 return;
@@ -115,7 +180,9 @@ impl MutualHub {
                 loss: mean(&reports.values().map(|x| x.loss).collect::<Vec<_>>()).unwrap_or(0.0),
                 min_accuracy: acc.iter().copied().fold(f64::INFINITY, f64::min),
                 max_accuracy: acc.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-                peak_accuracy: (peaks.len() == n).then(|| mean(&peaks)).flatten(),
+                peak_accuracy: (peaks.len() == reports.len())
+                    .then(|| mean(&peaks))
+                    .flatten(),
                 per_arch: per(false),
                 per_arch_peak: per(true),
                 global_model_accuracy: self.global_eval.get(&r).copied(),
@@ -165,6 +232,15 @@ impl Node for MutualHub {
             },
             report => report,
         };
+        let late = match &msg {
+            Msg::Report { round, .. } => *round <= self.reported,
+            Msg::Model { round, .. } => self.fml() && *round < self.round,
+        };
+        if late && s.round_deadline.is_some() {
+            // Expected after a deadline: the point or round went on without it.
+            tracing::info!("late {kind} from node {from}: ignored");
+            return Ok(());
+        }
         match msg {
             Msg::Report {
                 round,
@@ -210,6 +286,12 @@ impl Node for MutualHub {
                         bytes_sent,
                     },
                 );
+                self.absent.remove(&from);
+                if let Some(d) = s.round_deadline {
+                    if self.timed.insert(round) {
+                        ctx.set_deadline(reports_token(round), d);
+                    }
+                }
             }
             Msg::Model {
                 round,
@@ -236,36 +318,7 @@ impl Node for MutualHub {
                     *slot = Some(params);
                 }
                 if self.returned.values().all(Option::is_some) {
-                    // Weighted by sample counts; equal weights if the clients hold no samples.
-                    let total: usize = self
-                        .returned
-                        .keys()
-                        .map(|f| s.counts[(*f - 1) as usize])
-                        .sum();
-                    let items: Vec<(&[f32], f64)> = self
-                        .returned
-                        .iter()
-                        .filter_map(|(f, p)| {
-                            let w = if total == 0 {
-                                1.0
-                            } else {
-                                s.counts[(*f - 1) as usize] as f64
-                            };
-                            Some((p.as_ref()?.as_slice(), w))
-                        })
-                        .collect();
-                    self.global = Arc::new(weighted_mean(&items)?);
-                    if s.evaluates_at(round) {
-                        let e = ctx.trainer.evaluate_arch(
-                            s.global_model,
-                            &self.global,
-                            s.eval_samples_at(round),
-                        )?;
-                        self.global_eval.insert(round, e.accuracy);
-                    }
-                    if round < s.rounds {
-                        self.start_round(ctx, round + 1)?;
-                    }
+                    self.finish_fml_round(ctx, round)?;
                 }
             }
             _ => {
@@ -280,5 +333,38 @@ impl Node for MutualHub {
 
     fn finished(&self) -> bool {
         self.done
+    }
+
+    /// An evaluation point's reports or an FML round's models passed their deadline: the
+    /// point is reported without the missing clients (absent until they report again), and
+    /// the round goes on with the models that came.
+    fn on_deadline(&mut self, token: u64, ctx: &mut MutualCtx<'_>) -> EngineResult {
+        let round = u32::try_from(token / 2).unwrap_or(u32::MAX);
+        if token % 2 == 1 {
+            if !self.fml() || round != self.round || self.returned.is_empty() {
+                return Ok(()); // a round that already completed
+            }
+            let missing: Vec<NodeId> = self
+                .returned
+                .iter()
+                .filter(|(_, p)| p.is_none())
+                .map(|(f, _)| *f)
+                .collect();
+            tracing::warn!("FML round {round}: no model back from {missing:?} in time; going on");
+            return self.finish_fml_round(ctx, round).map(|()| self.flush(ctx));
+        }
+        let n = self.settings.clients() as NodeId;
+        let mut missing = Vec::new();
+        for (_, got) in self.reports.range(..=round) {
+            missing.extend((1..=n).filter(|c| !got.contains_key(c)));
+        }
+        if !missing.is_empty() {
+            tracing::warn!(
+                "evaluation point {round}: no report from {missing:?} in time; going on"
+            );
+        }
+        self.absent.extend(missing);
+        self.flush(ctx);
+        Ok(())
     }
 }

@@ -79,6 +79,9 @@ crate::trainer_bundle!(
 /// The hub's node id.
 pub const HUB: NodeId = 0;
 
+/// A model with its architecture (an index into the run's models).
+type ArchModel = (usize, Arc<Vec<f32>>);
+
 /// Which mutual-learning algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -131,6 +134,9 @@ pub struct MutualSettings {
     pub seed: u64,
     /// Quantizer of the models nodes exchange (`compression.models`; None: f32).
     pub model_compression: Option<braid_core::compress::Compression>,
+    /// How long a node waits for a round's models or reports (`mutual.round_timeout_s`;
+    /// None: for ever).
+    pub round_deadline: Option<std::time::Duration>,
 }
 
 impl MutualSettings {
@@ -378,6 +384,10 @@ pub struct MutualClient {
     bytes_sent: u64,
     loss_sum: f64,
     loss_count: u64,
+    /// The round whose deadline is set (0: none yet).
+    deadline_for: u32,
+    /// The round whose deadline has passed: it goes on without what is missing.
+    given_up: u32,
 }
 
 impl MutualClient {
@@ -398,7 +408,28 @@ impl MutualClient {
             bytes_sent: 0,
             loss_sum: 0.0,
             loss_count: 0,
+            deadline_for: 0,
+            given_up: 0,
         }
+    }
+
+    /// Whether round `t` waits on for what it misses: until its deadline (set here, once)
+    /// has passed; for ever without one.
+    fn waits(&mut self, ctx: &mut MutualCtx<'_>, t: u32) -> bool {
+        if self.given_up >= t {
+            tracing::warn!(
+                "mutual round {t}: client {} goes on without what did not arrive in time",
+                self.id()
+            );
+            return false;
+        }
+        if let Some(d) = self.settings.round_deadline {
+            if self.deadline_for < t {
+                ctx.set_deadline(u64::from(t), d);
+                self.deadline_for = t;
+            }
+        }
+        true
     }
 
     fn arch(&self) -> usize {
@@ -484,22 +515,26 @@ impl MutualClient {
                         self.send_model(ctx, to, t, self.arch(), p)?;
                         self.sent = t;
                     }
-                    let Some(back) = self.inbox.remove(&(t, to)) else {
-                        return Ok(());
-                    };
-                    self.params = back;
+                    // Without the aggregator's answer in time, the own model goes on.
+                    match self.inbox.remove(&(t, to)) {
+                        Some(back) => self.params = back,
+                        None if self.waits(ctx, t) => return Ok(()),
+                        None => {}
+                    }
                 }
                 Role::Aggregate(senders) => {
-                    if !senders.iter().all(|f| self.inbox.contains_key(&(t, *f))) {
+                    let all_in = senders.iter().all(|f| self.inbox.contains_key(&(t, *f)));
+                    if !all_in && self.waits(ctx, t) {
                         return Ok(());
                     }
-                    let received: Vec<(usize, Arc<Vec<f32>>)> = senders
+                    // (At the deadline: the senders whose models came.)
+                    let (from, received): (Vec<NodeId>, Vec<ArchModel>) = senders
                         .iter()
                         .filter_map(|f| {
                             let p = self.inbox.remove(&(t, *f))?;
-                            Some((s.archs[(f - 1) as usize], p))
+                            Some((*f, (s.archs[(f - 1) as usize], p)))
                         })
-                        .collect();
+                        .unzip();
                     let trained = self.train_with(ctx, t, &received)?;
                     let mut archs = vec![self.arch()];
                     archs.extend(received.iter().map(|(a, _)| *a));
@@ -510,7 +545,7 @@ impl MutualClient {
                     if let Some(own) = means.next() {
                         self.params = Arc::new(own);
                     }
-                    for ((to, (arch, _)), p) in senders.iter().zip(&received).zip(means) {
+                    for ((to, (arch, _)), p) in from.iter().zip(&received).zip(means) {
                         self.send_model(ctx, *to, t, *arch, Arc::new(p))?;
                     }
                 }
@@ -519,21 +554,24 @@ impl MutualClient {
                     let p = Arc::clone(&self.params);
                     self.send_model(ctx, student, t, self.arch(), p)?;
                 }
-                Role::Learn(teacher) => {
-                    let Some(p) = self.inbox.remove(&(t, teacher)) else {
-                        return Ok(());
-                    };
-                    let arch = s.archs[(teacher - 1) as usize];
-                    self.train_with(ctx, t, &[(arch, p)])?;
-                }
-                Role::Global => {
-                    let Some(p) = self.inbox.remove(&(t, HUB)) else {
-                        return Ok(());
-                    };
-                    let trained = self.train_with(ctx, t, &[(s.global_model, p)])?;
-                    let back = trained.into_iter().next().unwrap_or_default();
-                    self.send_model(ctx, HUB, t, s.global_model, Arc::new(back))?;
-                }
+                // Without the teacher's (or the hub's) model in time, the round is idle.
+                Role::Learn(teacher) => match self.inbox.remove(&(t, teacher)) {
+                    Some(p) => {
+                        let arch = s.archs[(teacher - 1) as usize];
+                        self.train_with(ctx, t, &[(arch, p)])?;
+                    }
+                    None if self.waits(ctx, t) => return Ok(()),
+                    None => {}
+                },
+                Role::Global => match self.inbox.remove(&(t, HUB)) {
+                    Some(p) => {
+                        let trained = self.train_with(ctx, t, &[(s.global_model, p)])?;
+                        let back = trained.into_iter().next().unwrap_or_default();
+                        self.send_model(ctx, HUB, t, s.global_model, Arc::new(back))?;
+                    }
+                    None if self.waits(ctx, t) => return Ok(()),
+                    None => {}
+                },
             }
             self.complete(ctx, t)?;
         }
@@ -603,6 +641,11 @@ impl Node for MutualClient {
         let Msg::Model { round, arch, model } = msg else {
             return Err(reject("a mutual-learning client only takes models".into()));
         };
+        if round <= self.done && self.settings.round_deadline.is_some() {
+            // Expected after a deadline: the round went on without it.
+            tracing::info!("late model from node {from} for round {round}: ignored");
+            return Ok(());
+        }
         let params = self.settings.unpack(arch, model).map_err(reject)?;
         let s = &self.settings;
         if round <= self.done || round > s.rounds {
@@ -632,6 +675,16 @@ impl Node for MutualClient {
 
     fn finished(&self) -> bool {
         self.done >= self.settings.rounds
+    }
+
+    /// The round it waits in passed its deadline: it goes on without what is missing.
+    fn on_deadline(&mut self, token: u64, ctx: &mut MutualCtx<'_>) -> EngineResult {
+        let t = self.done + 1;
+        if token != u64::from(t) || t > self.settings.rounds {
+            return Ok(()); // a round that already completed
+        }
+        self.given_up = t;
+        self.advance(ctx)
     }
 }
 
