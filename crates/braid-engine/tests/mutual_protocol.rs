@@ -550,3 +550,117 @@ fn with_a_round_deadline_every_variant_goes_on_without_a_dead_client() {
         }
     }
 }
+
+#[test]
+fn mutual_checkpoints_restore_models_received_and_messages_sent() {
+    let s = Arc::new(settings(Variant::Dfml, 6, 2));
+    let round = dfml_round(s.seed, 1, 6, 2);
+    let (agg, senders) = (round.aggregator, round.senders.clone());
+    let mut fake = Fake::default();
+    let fresh = |k: usize| {
+        MutualClient::new(
+            k,
+            Arc::clone(&s),
+            Arc::new((0..10).collect()),
+            vec![10.0 * k as f32; SIZES[s.archs[k]]],
+        )
+    };
+    // The senders' models of round 1.
+    let mut models = Vec::new();
+    for &k in &senders {
+        let mut c = fresh(k);
+        let sent = step(&mut c, &mut fake, None).unwrap();
+        let model = sent
+            .iter()
+            .find_map(|(to, p)| match p {
+                Body::Msg(m @ Msg::Model { .. }) if *to == client_node(agg) => Some(m.clone()),
+                _ => None,
+            })
+            .unwrap();
+        models.push((client_node(k), model));
+        // A resumed sender sends its model again (the kill may have come before it left).
+        let mut back = fresh(k);
+        back.load_state(c.save_state().unwrap()).unwrap();
+        let again = step(&mut back, &mut fake, None).unwrap();
+        assert!(again
+            .iter()
+            .any(|(to, p)| *to == client_node(agg)
+                && *p == Body::Msg(models.last().unwrap().1.clone())));
+    }
+    // The aggregator has the first model when it is killed; resumed, it answers the second
+    // exactly as the unbroken one does.
+    let mut a = fresh(agg);
+    step(&mut a, &mut fake, None).unwrap();
+    step(&mut a, &mut fake, Some(models[0].clone())).unwrap();
+    let state = a.save_state().unwrap();
+    let mut b = fresh(agg);
+    b.load_state(state.clone()).unwrap();
+    step(&mut b, &mut fake, None).unwrap();
+    let unbroken = step(&mut a, &mut fake, Some(models[1].clone())).unwrap();
+    let resumed = step(&mut b, &mut fake, Some(models[1].clone())).unwrap();
+    assert!(!unbroken.is_empty());
+    // (Debug text: the reports' NaN peak fields compare unequal as values.)
+    assert_eq!(format!("{resumed:?}"), format!("{unbroken:?}"));
+    // Damaged or foreign checkpoints are errors, not panics.
+    let mut wrong = state.clone();
+    wrong.tensors[0].1.push(1.0);
+    assert!(fresh(agg).load_state(wrong).is_err());
+    let mut wrong = state.clone();
+    wrong.meta["done"] = serde_json::json!(99);
+    assert!(fresh(agg).load_state(wrong).is_err());
+    let mut wrong = state.clone();
+    for (_, b) in wrong.blobs.iter_mut() {
+        b.truncate(5);
+    }
+    assert!(fresh(agg).load_state(wrong).is_err());
+    // The hub: reports of round 1 from three clients, then a kill; resumed, the point is
+    // reported as the unbroken hub reports it.
+    let report = |k: usize| Msg::Report {
+        round: 1,
+        arch: s.archs[k] as u32,
+        accuracy: 0.1 * k as f32,
+        loss: 1.0,
+        peak_accuracy: f32::NAN,
+        peak_loss: f32::NAN,
+        train_loss: 0.5,
+        bytes_sent: 100 * k as u64,
+    };
+    let metrics = |h: &mut MutualHub, k: usize, f: &mut Fake| {
+        let (mut out, mut ev) = (Vec::new(), Vec::new());
+        let mut ctx = NodeCtx::new(&mut out, &mut ev, f as &mut dyn MutualLearner);
+        h.on_message(client_node(k), report(k), &mut ctx).unwrap();
+        drop(ctx);
+        ev.len()
+    };
+    let mut h = MutualHub::new(Arc::clone(&s), Vec::new());
+    for k in 0..3 {
+        assert_eq!(metrics(&mut h, k, &mut fake), 0);
+    }
+    let mut g = MutualHub::new(Arc::clone(&s), Vec::new());
+    g.load_state(h.save_state().unwrap()).unwrap();
+    step(&mut g, &mut fake, None).unwrap();
+    for k in 3..5 {
+        assert_eq!(metrics(&mut h, k, &mut fake), 0);
+        assert_eq!(metrics(&mut g, k, &mut fake), 0);
+    }
+    let (mut o1, mut e1, mut o2, mut e2) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    h.on_message(
+        client_node(5),
+        report(5),
+        &mut NodeCtx::new(&mut o1, &mut e1, &mut fake as &mut dyn MutualLearner),
+    )
+    .unwrap();
+    g.on_message(
+        client_node(5),
+        report(5),
+        &mut NodeCtx::new(&mut o2, &mut e2, &mut fake as &mut dyn MutualLearner),
+    )
+    .unwrap();
+    assert_eq!(e1.len(), 1);
+    assert_eq!(format!("{e1:?}"), format!("{e2:?}"));
+    let mut wrong = h.save_state().unwrap();
+    wrong.meta["reported"] = serde_json::json!(7);
+    assert!(MutualHub::new(Arc::clone(&s), Vec::new())
+        .load_state(wrong)
+        .is_err());
+}

@@ -905,6 +905,78 @@ fn a_dfml_client_killed_mid_run_is_left_out_at_the_round_deadline() {
 }
 
 #[test]
+fn a_dfml_client_and_the_hub_killed_and_resumed_finish_the_run() {
+    use braid_engine::checkpoint::Checkpoint;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_config(d, 4, "");
+    let cfg = std::fs::read_to_string(d.join("exp.toml"))
+        .unwrap()
+        .replace(
+            "name = \"fedavg\"\nrounds = 3",
+            "name = \"dfml\"\nrounds = 8",
+        )
+        .replace("local_steps = 5\n", "")
+        .replace(
+            "[network]",
+            "[mutual]\nsenders = 2\neval_samples = 200\nround_timeout_s = 10\n[network]",
+        );
+    std::fs::write(d.join("exp.toml"), cfg).unwrap();
+    let mut nodes: Vec<Option<Child>> = (0..=4)
+        .map(|i| Some(spawn_node(d, &format!("k{i}.key"), &format!("out{i}"))))
+        .collect();
+    // Client 2 (node 2) is killed (SIGKILL) once it has checkpointed round 3, and restarted
+    // with --resume; then the hub, once it has reported 5 rounds.
+    let mut resumed = Vec::new();
+    let mut hub_rows = Vec::new();
+    for (node, key, at_least) in [(2usize, "done", 3u64), (0, "reported", 5)] {
+        let ckpt = d.join(format!("out{node}/checkpoint.ckpt"));
+        let seen = wait_for_checkpoint(&ckpt, key, at_least);
+        assert!(seen < 8, "the run ended before the kill; make it longer");
+        let mut child = nodes[node].take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        if node == 0 {
+            hub_rows = Checkpoint::<serde_json::Value>::load(&ckpt)
+                .unwrap()
+                .reported;
+        }
+        resumed.push(spawn_resumed(
+            d,
+            &format!("k{node}.key"),
+            &format!("out{node}"),
+        ));
+    }
+    let limit = Duration::from_secs(240);
+    for (i, n) in resumed.into_iter().enumerate() {
+        let out = finish(n, limit, "resumed node");
+        ok(&out, &format!("resumed node {i}"));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("resumed from"));
+    }
+    for (i, n) in nodes.into_iter().enumerate() {
+        if let Some(n) = n {
+            ok(&finish(n, limit, "dfml node"), &format!("node {i}"));
+        }
+    }
+    // Every round reported once and in order; the rows the hub had reported before its kill
+    // are kept as they were (from its checkpoint).
+    let csv = std::fs::read_to_string(d.join("out0/metrics.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    let rounds: Vec<&str> = rows.iter().map(|r| r[0]).collect();
+    let want: Vec<String> = (1..=8).map(|r| r.to_string()).collect();
+    assert_eq!(rounds, want, "{csv}");
+    assert!(hub_rows.len() >= 5, "{hub_rows:?}");
+    for (row, (kept, _)) in rows.iter().zip(&hub_rows) {
+        let acc = kept["accuracy"].as_f64().unwrap();
+        assert_eq!(row[2], format!("{acc:.6}"), "{csv}");
+    }
+}
+
+#[test]
 fn a_fedavg_client_killed_and_restarted_rejoins_with_the_current_model() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

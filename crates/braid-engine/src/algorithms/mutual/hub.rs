@@ -2,6 +2,7 @@
 
 use super::*;
 
+#[derive(Clone, Serialize, Deserialize)]
 struct Report {
     arch: usize,
     accuracy: f64,
@@ -32,6 +33,25 @@ pub struct MutualHub {
     absent: std::collections::BTreeSet<NodeId>,
     /// Evaluation points whose deadline is set.
     timed: std::collections::BTreeSet<u32>,
+    /// Changes with every accepted input (see [`Node::state_version`]).
+    version: u64,
+    /// Restored from a checkpoint: FML's round goes out again at the start.
+    resumed: bool,
+}
+
+/// The hub's durable state but the models (JSON in its checkpoint).
+#[derive(Serialize, Deserialize)]
+struct HubMeta {
+    reported: u32,
+    prev_bytes: (u32, u64),
+    reports: BTreeMap<u32, BTreeMap<NodeId, Report>>,
+    absent: Vec<NodeId>,
+    global_eval: BTreeMap<u32, f64>,
+    bytes_sent: u64,
+    sent_through: BTreeMap<u32, u64>,
+    round: u32,
+    /// FML: the clients asked in `round`, and whether each has returned its model.
+    returned: BTreeMap<NodeId, bool>,
 }
 
 /// Deadline tokens: an evaluation point's reports, and an FML round's returned models.
@@ -59,7 +79,60 @@ impl MutualHub {
             done: false,
             absent: Default::default(),
             timed: Default::default(),
+            version: 0,
+            resumed: false,
         }
+    }
+
+    /// The hub's state from a checkpoint taken by [`Node::save_state`].
+    fn restore(&mut self, state: &NodeState) -> Result<(), String> {
+        let s = Arc::clone(&self.settings);
+        let m: HubMeta = serde_json::from_value(state.meta.clone()).map_err(|e| e.to_string())?;
+        let n = s.clients() as NodeId;
+        let client = |c: &NodeId| (1..=n).contains(c);
+        let point = |r: &u32| *r <= s.rounds && s.evaluates_at(*r);
+        if m.reported > s.rounds || m.round > s.rounds {
+            return Err("a round past the run's".into());
+        }
+        if !m
+            .reports
+            .iter()
+            .all(|(r, c)| point(r) && *r > m.reported && c.keys().all(client))
+            || !m.absent.iter().all(client)
+            || !m.returned.keys().all(client)
+        {
+            return Err("reports or clients that are not this run's".into());
+        }
+        let mut returned = BTreeMap::new();
+        for (&c, &back) in &m.returned {
+            let p = if back {
+                let name = format!("returned/{c}");
+                let p = state.tensor(&name).map_err(|e| e.to_string())?;
+                check_params(p, s.model_params[s.global_model])
+                    .map_err(|w| format!("{name}: {w}"))?;
+                Some(Arc::new(p.to_vec()))
+            } else {
+                None
+            };
+            returned.insert(c, p);
+        }
+        if self.fml() {
+            let g = state.tensor("global").map_err(|e| e.to_string())?;
+            check_params(g, s.model_params[s.global_model]).map_err(|w| format!("global: {w}"))?;
+            self.global = Arc::new(g.to_vec());
+        }
+        self.reported = m.reported;
+        self.prev_bytes = m.prev_bytes;
+        self.reports = m.reports;
+        self.absent = m.absent.into_iter().collect();
+        self.global_eval = m.global_eval;
+        self.bytes_sent = m.bytes_sent;
+        self.sent_through = m.sent_through;
+        self.round = m.round;
+        self.returned = returned;
+        self.done = self.reported >= s.rounds;
+        self.resumed = true;
+        Ok(())
     }
 
     fn fml(&self) -> bool {
@@ -211,13 +284,87 @@ impl Node for MutualHub {
     }
 
     fn on_start(&mut self, ctx: &mut MutualCtx<'_>) -> EngineResult {
-        if self.fml() {
-            self.start_round(ctx, 1)?;
+        self.version += 1;
+        if !std::mem::take(&mut self.resumed) {
+            if self.fml() {
+                self.start_round(ctx, 1)?;
+            }
+            return Ok(());
         }
+        // Resumed: the round's global model goes out again to those that have not returned
+        // it (a second copy is refused), and the open deadlines start again.
+        let s = Arc::clone(&self.settings);
+        if self.fml() && self.round > 0 && !self.done {
+            let missing: Vec<NodeId> = self
+                .returned
+                .iter()
+                .filter(|(_, p)| p.is_none())
+                .map(|(c, _)| *c)
+                .collect();
+            for to in missing {
+                let m =
+                    s.model_message(self.round, s.global_model, Arc::clone(&self.global), HUB)?;
+                ctx.send(to, m);
+            }
+            if let Some(d) = s.round_deadline {
+                ctx.set_deadline(returns_token(self.round), d);
+            }
+        }
+        if let Some(d) = s.round_deadline {
+            for &r in self.reports.keys() {
+                self.timed.insert(r);
+                ctx.set_deadline(reports_token(r), d);
+            }
+        }
+        self.flush(ctx);
         Ok(())
     }
 
+    /// Changes with every input: the reports in, the points reported and FML's round are
+    /// durable.
+    fn state_version(&self) -> u64 {
+        self.version
+    }
+
+    fn save_state(&self) -> Option<NodeState> {
+        let meta = HubMeta {
+            reported: self.reported,
+            prev_bytes: self.prev_bytes,
+            reports: self.reports.clone(),
+            absent: self.absent.iter().copied().collect(),
+            global_eval: self.global_eval.clone(),
+            bytes_sent: self.bytes_sent,
+            sent_through: self.sent_through.clone(),
+            round: self.round,
+            returned: self
+                .returned
+                .iter()
+                .map(|(c, p)| (*c, p.is_some()))
+                .collect(),
+        };
+        let mut tensors = Vec::new();
+        if self.fml() {
+            tensors.push(("global".to_string(), self.global.to_vec()));
+            for (c, p) in &self.returned {
+                if let Some(p) = p {
+                    tensors.push((format!("returned/{c}"), p.to_vec()));
+                }
+            }
+        }
+        Some(NodeState {
+            meta: serde_json::to_value(meta).ok()?,
+            tensors,
+            blobs: Vec::new(),
+        })
+    }
+
+    fn load_state(&mut self, state: NodeState) -> EngineResult {
+        self.restore(&state)
+            .map_err(|why| EngineError::Checkpoint(format!("checkpoint: {why}")))
+    }
+
     fn on_message(&mut self, from: NodeId, msg: Msg, ctx: &mut MutualCtx<'_>) -> EngineResult {
+        self.version += 1;
         let kind = msg.kind();
         let reject = EngineError::rejecter(HUB, from, kind);
         let s = Arc::clone(&self.settings);
@@ -339,6 +486,7 @@ impl Node for MutualHub {
     /// point is reported without the missing clients (absent until they report again), and
     /// the round goes on with the models that came.
     fn on_deadline(&mut self, token: u64, ctx: &mut MutualCtx<'_>) -> EngineResult {
+        self.version += 1;
         let round = u32::try_from(token / 2).unwrap_or(u32::MAX);
         if token % 2 == 1 {
             if !self.fml() || round != self.round || self.returned.is_empty() {

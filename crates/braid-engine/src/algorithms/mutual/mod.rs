@@ -50,7 +50,7 @@ use super::common;
 use crate::algorithm::{Algorithm, Feature, Summary};
 use crate::config::ExperimentConfig;
 use crate::node::{
-    check_params, BoxNode, EngineError, EngineResult, Event, Metrics, Node, NodeCtx,
+    check_params, BoxNode, EngineError, EngineResult, Event, Metrics, Node, NodeCtx, NodeState,
 };
 use crate::prepared::Prepared;
 
@@ -388,6 +388,15 @@ pub struct MutualClient {
     deadline_for: u32,
     /// The round whose deadline has passed: it goes on without what is missing.
     given_up: u32,
+    /// Changes with every input that changes the client (see [`Node::state_version`]).
+    version: u64,
+    /// The messages of the latest input that sent any, sent again on resume: a kill between
+    /// the checkpoint and their delivery would lose them (receivers refuse a second copy).
+    last_out: Vec<(NodeId, Msg)>,
+    /// Whether the messages of the latest input are still to be collected afresh.
+    fresh_out: bool,
+    /// Restored from a checkpoint: `last_out` goes out again at the start.
+    resumed: bool,
 }
 
 impl MutualClient {
@@ -410,7 +419,103 @@ impl MutualClient {
             loss_count: 0,
             deadline_for: 0,
             given_up: 0,
+            version: 0,
+            last_out: Vec::new(),
+            fresh_out: true,
+            resumed: false,
         }
+    }
+
+    /// Sends `msg` to `to`, kept to be sent again on resume; its size.
+    fn send(&mut self, ctx: &mut MutualCtx<'_>, to: NodeId, msg: Msg) -> usize {
+        if std::mem::take(&mut self.fresh_out) {
+            self.last_out.clear();
+        }
+        self.last_out.push((to, msg.clone()));
+        ctx.send(to, msg)
+    }
+
+    /// An input begins: its messages, if any, replace the kept ones.
+    fn begin_input(&mut self) {
+        self.version += 1;
+        self.fresh_out = true;
+    }
+
+    /// The client's state from a checkpoint taken by [`Node::save_state`].
+    fn restore(&mut self, state: &NodeState) -> Result<(), String> {
+        let s = Arc::clone(&self.settings);
+        let num = |k: &str| state.meta_u64(k).map_err(|e| e.to_string());
+        let done = u32::try_from(num("done")?)
+            .ok()
+            .filter(|&d| d <= s.rounds)
+            .ok_or("done is past the run's rounds")?;
+        let sent = u32::try_from(num("sent")?)
+            .ok()
+            .filter(|&r| r <= s.rounds)
+            .ok_or("sent is past the run's rounds")?;
+        let size = s.model_params[self.arch()];
+        let model = |name: &str| -> Result<Arc<Vec<f32>>, String> {
+            let p = state.tensor(name).map_err(|e| e.to_string())?;
+            check_params(p, size).map_err(|w| format!("{name}: {w}"))?;
+            Ok(Arc::new(p.to_vec()))
+        };
+        let params = model("params")?;
+        let peak = match state.tensor("peak") {
+            Ok(_) => Some(model("peak")?),
+            Err(_) => None,
+        };
+        let mut inbox = BTreeMap::new();
+        let limits = crate::wire::Limits::new(s.model_params.iter().copied().max().unwrap_or(0));
+        for (name, bytes) in &state.blobs {
+            let Some(key) = name.strip_prefix("inbox/") else {
+                continue;
+            };
+            let (round, from) = key
+                .split_once('/')
+                .and_then(|(r, f)| Some((r.parse::<u32>().ok()?, f.parse::<NodeId>().ok()?)))
+                .ok_or(format!("{name}: not inbox/ROUND/NODE"))?;
+            let Ok(crate::wire::Body::Msg(Msg::Model { arch, model, .. })) =
+                crate::wire::Body::<Msg>::decode(bytes, &limits)
+            else {
+                return Err(format!("{name}: not a model message"));
+            };
+            let p = s.unpack(arch, model)?;
+            let want = s.expected_arch(round, self.k, from)?;
+            if arch as usize != want || round <= done {
+                return Err(format!("{name}: not a model this client waits for"));
+            }
+            check_params(&p, s.model_params[want]).map_err(|w| format!("{name}: {w}"))?;
+            inbox.insert((round, from), p);
+        }
+        let mut last_out = Vec::new();
+        for (name, bytes) in &state.blobs {
+            let Some(to) = name.strip_prefix("out/").and_then(|k| k.split('/').nth(1)) else {
+                continue;
+            };
+            let to: NodeId = to.parse().map_err(|_| format!("{name}: not out/I/NODE"))?;
+            if to as usize > s.clients() {
+                return Err(format!("{name}: node {to} is not in this run"));
+            }
+            match crate::wire::Body::<Msg>::decode(bytes, &limits) {
+                Ok(crate::wire::Body::Msg(m)) => last_out.push((to, m)),
+                _ => return Err(format!("{name}: not a message of this run")),
+            }
+        }
+        self.params = params;
+        self.peak = peak;
+        self.done = done;
+        self.sent = sent;
+        self.inbox = inbox;
+        self.bytes_sent = num("bytes_sent")?;
+        self.loss_count = num("loss_count")?;
+        self.loss_sum = state
+            .meta
+            .get("loss_sum")
+            .and_then(serde_json::Value::as_f64)
+            .ok_or("no number \"loss_sum\"")?;
+        self.last_out = last_out;
+        self.resumed = true;
+        Ok(())
     }
 
     /// Whether round `t` waits on for what it misses: until its deadline (set here, once)
@@ -463,7 +568,7 @@ impl MutualClient {
         let message = self
             .settings
             .model_message(round, arch, params, self.id())?;
-        self.bytes_sent += ctx.send(to, message) as u64;
+        self.bytes_sent += self.send(ctx, to, message) as u64;
         Ok(())
     }
 
@@ -600,7 +705,8 @@ impl MutualClient {
             } else {
                 f32::NAN
             };
-            ctx.send(
+            self.send(
+                ctx,
                 HUB,
                 Msg::Report {
                     round: t,
@@ -631,10 +737,67 @@ impl Node for MutualClient {
     }
 
     fn on_start(&mut self, ctx: &mut MutualCtx<'_>) -> EngineResult {
+        self.begin_input();
+        if std::mem::take(&mut self.resumed) {
+            // What the checkpointed input sent may not have left before the kill.
+            for (to, msg) in std::mem::take(&mut self.last_out) {
+                self.send(ctx, to, msg);
+            }
+        }
         self.advance(ctx)
     }
 
+    /// Changes with every input: the models received and the rounds done are durable.
+    fn state_version(&self) -> u64 {
+        self.version
+    }
+
+    /// The round reached, the model (and peak model), the models received for later rounds
+    /// and the messages of the latest input that sent any (as their wire frames).
+    fn save_state(&self) -> Option<NodeState> {
+        let mut tensors = vec![("params".to_string(), self.params.to_vec())];
+        if let Some(p) = &self.peak {
+            tensors.push(("peak".into(), p.to_vec()));
+        }
+        let mut blobs = Vec::new();
+        for ((round, from), p) in &self.inbox {
+            let arch = self.settings.expected_arch(*round, self.k, *from).ok()?;
+            let m = Msg::Model {
+                round: *round,
+                arch: arch as u32,
+                model: Tensor::Exact(Arc::clone(p)),
+            };
+            blobs.push((
+                format!("inbox/{round}/{from}"),
+                crate::wire::Body::Msg(m).encode(),
+            ));
+        }
+        for (i, (to, m)) in self.last_out.iter().enumerate() {
+            blobs.push((
+                format!("out/{i}/{to}"),
+                crate::wire::Body::Msg(m.clone()).encode(),
+            ));
+        }
+        Some(NodeState {
+            meta: serde_json::json!({
+                "done": self.done,
+                "sent": self.sent,
+                "bytes_sent": self.bytes_sent,
+                "loss_sum": self.loss_sum,
+                "loss_count": self.loss_count,
+            }),
+            tensors,
+            blobs,
+        })
+    }
+
+    fn load_state(&mut self, state: NodeState) -> EngineResult {
+        self.restore(&state)
+            .map_err(|why| EngineError::Checkpoint(format!("checkpoint: {why}")))
+    }
+
     fn on_message(&mut self, from: NodeId, msg: Msg, ctx: &mut MutualCtx<'_>) -> EngineResult {
+        self.begin_input();
         let kind = msg.kind();
         let node = self.id();
         let reject = EngineError::rejecter(node, from, kind);
@@ -683,6 +846,7 @@ impl Node for MutualClient {
         if token != u64::from(t) || t > self.settings.rounds {
             return Ok(()); // a round that already completed
         }
+        self.begin_input();
         self.given_up = t;
         self.advance(ctx)
     }
