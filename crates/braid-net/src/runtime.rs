@@ -22,7 +22,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use braid_engine::accounting::Compute;
 use braid_engine::checkpoint::Checkpoint;
-use braid_engine::node::EngineError;
+use braid_engine::node::{EngineError, NodeState};
 use braid_engine::transport::NodeTraffic;
 use braid_engine::wire::{Message, NodeId};
 use braid_engine::wire_node::{Decoded, Outgoing as Encoded, WireEvent, WireInput, WireNode};
@@ -144,6 +144,9 @@ struct Behaviour {
 
 /// How long a finished node keeps trying to deliver its last messages.
 const FINISH_GRACE: Duration = Duration::from_secs(10);
+/// How long a node that must stop keeps its connections after its last acknowledgement is
+/// written, so that the acknowledgement reaches its sender.
+const ACK_LINGER: Duration = Duration::from_millis(500);
 
 struct Outgoing {
     to: NodeId,
@@ -292,6 +295,20 @@ type NodeOutcome = (Vec<(WireEvent, f64)>, u64, Compute, bool);
 /// A metrics row kept across restarts, with its wall-clock seconds.
 type Reported = (serde_json::Value, f64);
 
+/// Writes `state` with the metrics `reported` so far to the checkpoint at `path`, naming run
+/// `run_id` (atomically: the old checkpoint or the new one survives a crash).
+fn save_checkpoint(
+    path: &Path, run_id: &Option<String>, state: NodeState, reported: &[Reported],
+) -> Result<(), NetError> {
+    Checkpoint {
+        state,
+        reported: reported.to_vec(),
+        run: run_id.clone(),
+    }
+    .save(path)
+    .map_err(|e| NetError::Io(e.to_string()))
+}
+
 #[allow(clippy::too_many_arguments)]
 fn node_loop(
     mut node: Box<dyn WireNode>, inbox: std_mpsc::Receiver<ToNode>,
@@ -324,13 +341,8 @@ fn node_loop(
         let input = if stop.load(Ordering::Relaxed) {
             // Halted: the durable state as it stands, then nothing more.
             if let (Some((path, run_id)), Some(state)) = (&checkpoint, node.save_state()) {
-                let c = Checkpoint {
-                    state,
-                    reported: reported.clone(),
-                    run: run_id.clone(),
-                };
-                if let Err(e) = c.save(path) {
-                    break Err(NetError::Io(e.to_string()));
+                if let Err(e) = save_checkpoint(path, run_id, state, &reported) {
+                    break Err(e);
                 }
             }
             break Ok(true);
@@ -444,13 +456,8 @@ fn node_loop(
             let v = node.state_version();
             if v != saved_version {
                 if let Some(state) = node.save_state() {
-                    let c = Checkpoint {
-                        state,
-                        reported: reported.clone(),
-                        run: run_id.clone(),
-                    };
-                    if let Err(e) = c.save(path) {
-                        break Err(NetError::Io(e.to_string()));
+                    if let Err(e) = save_checkpoint(path, run_id, state, &reported) {
+                        break Err(e);
                     }
                     if let Err(e) = sync_log(&log) {
                         break Err(e);
@@ -596,9 +603,29 @@ async fn network_loop(
     // Acknowledgements queued but not yet written: a finished node flushes them before it
     // exits, so its senders do not retry into a closed socket.
     let mut acks_in_flight = 0usize;
+    // A node that must stop (node 0 runs another configuration) first writes the
+    // acknowledgement that tells node 0 why, for at most FINISH_GRACE.
+    let mut leaving: Option<(NetError, Instant)> = None;
+    let mut linger: Option<Instant> = None;
     let mut signals = Signals::new()?;
     let mut last_heard = Instant::now();
     loop {
+        if let Some((_, since)) = &leaving {
+            // Once the acknowledgements are written, the swarm is polled a little longer so
+            // that they leave the connection before the process exits.
+            if acks_in_flight == 0 {
+                let until = *linger.get_or_insert_with(|| Instant::now() + ACK_LINGER);
+                if Instant::now() >= until || since.elapsed() > FINISH_GRACE {
+                    if let Some((e, _)) = leaving.take() {
+                        return Err(e);
+                    }
+                }
+            } else if since.elapsed() > FINISH_GRACE {
+                if let Some((e, _)) = leaving.take() {
+                    return Err(e);
+                }
+            }
+        }
         if node_done {
             if stop.load(Ordering::Relaxed) {
                 retry.clear(); // halted: nothing more to deliver
@@ -815,7 +842,7 @@ async fn network_loop(
                                 acks_in_flight += 1;
                             }
                             if let Some(e) = fatal.take() {
-                                return Err(e);
+                                leaving.get_or_insert((e, Instant::now()));
                             }
                         }
                         request_response::Message::Response { request_id, response } => {
