@@ -232,14 +232,28 @@ fn io(path: &Path, e: impl std::fmt::Display) -> String {
 }
 
 /// Writes `contents` to `path` atomically and durably (temp file, sync, rename, sync of the
-/// directory), so a crash leaves either the old file or the new one, never a torn one.
+/// directory), so a crash leaves either the old file or the new one, never a torn one; a
+/// failed write (a full disk) leaves no temp file behind.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), String> {
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
-    f.write_all(contents)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io(path, e))?;
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        f.write_all(contents)?;
+        f.sync_all()
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(path, e));
+    }
+    rename_into_place(&tmp, path)
+}
+
+/// Renames the finished temp file `tmp` to `path` and makes the rename durable; on failure
+/// removes `tmp`.
+fn rename_into_place(tmp: &Path, path: &Path) -> Result<(), String> {
+    if let Err(e) = std::fs::rename(tmp, path) {
+        let _ = std::fs::remove_file(tmp);
+        return Err(io(path, e));
+    }
     // Make the rename itself durable (best effort: not every platform can sync a directory).
     if let Some(d) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         if let Ok(dir) = std::fs::File::open(d) {
@@ -414,13 +428,32 @@ pub fn plot_values(
     plot_xy(path, title, labels, (0.0, ymax), lines)
 }
 
+/// Plot size in pixels.
+const PLOT: (u32, u32) = (800, 500);
+
+/// Draws into memory, encodes the PNG and writes it atomically: a failed write (a full disk)
+/// leaves neither a torn PNG nor a temp file, and its error names the file.
 fn plot_xy(
-    path: &Path, caption: &str, (xlabel, ylabel): (&str, &str), (ylo, yhi): (f64, f64),
-    lines: &[Line<'_>],
+    path: &Path, caption: &str, labels: (&str, &str), ys: (f64, f64), lines: &[Line<'_>],
+) -> Result<(), String> {
+    let mut rgb = vec![0u8; PLOT.0 as usize * PLOT.1 as usize * 3];
+    draw(&mut rgb, path, caption, labels, ys, lines)?;
+    let image = image::RgbImage::from_raw(PLOT.0, PLOT.1, rgb)
+        .ok_or_else(|| format!("cannot draw {}: a buffer of the wrong size", path.display()))?;
+    let mut png = std::io::Cursor::new(Vec::new());
+    image
+        .write_to(&mut png, image::ImageFormat::Png)
+        .map_err(|e| format!("cannot encode {}: {e}", path.display()))?;
+    write_atomic(path, png.get_ref())
+}
+
+fn draw(
+    rgb: &mut [u8], path: &Path, caption: &str, (xlabel, ylabel): (&str, &str),
+    (ylo, yhi): (f64, f64), lines: &[Line<'_>],
 ) -> Result<(), String> {
     ensure_font();
     let err = |e: &dyn std::fmt::Display| format!("cannot draw {}: {e}", path.display());
-    let root = BitMapBackend::new(path, (800, 500)).into_drawing_area();
+    let root = BitMapBackend::with_buffer(rgb, PLOT).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let all = || lines.iter().flat_map(|l| l.2.iter().copied());
     let xmax = all().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max);

@@ -1357,6 +1357,49 @@ fn one_run_at_a_time_per_output_directory_and_its_results_are_one_unit() {
 }
 
 #[test]
+fn a_full_disk_leaves_one_error_line_no_temp_file_and_a_visibly_incomplete_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("exp.toml"), GOOD).unwrap();
+    let first = braid(&["run", "exp.toml", "-q", "--out", "out"], d);
+    assert!(first.status.success());
+    // The second run into the same directory may write no file above 16 KiB (the model is
+    // larger): each write past that fails as on a full disk (EFBIG, with SIGXFSZ ignored).
+    let full = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -f 16; trap '' XFSZ; exec {} run exp.toml -q --out out --set seed=9",
+            env!("CARGO_BIN_EXE_braid")
+        ))
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&full.stderr);
+    assert!(!full.status.success(), "{err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {err}");
+    assert!(
+        lines[0].contains("cannot write") && lines[0].contains("out/"),
+        "{err}"
+    );
+    assert!(!err.contains("Os {") && !err.contains("panicked"), "{err}");
+    let names: Vec<String> = std::fs::read_dir(d.join("out"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.contains("tmp")),
+        "temp files left: {names:?}"
+    );
+    // The set is visibly incomplete (no manifest), the directory free for the next run.
+    assert!(braid_engine::report::check_manifest(&d.join("out")).is_err());
+    assert!(!d.join("out/.braid-lock").exists(), "{names:?}");
+    let again = braid(&["run", "exp.toml", "-q", "--out", "out"], d);
+    assert!(again.status.success());
+    assert!(braid_engine::report::check_manifest(&d.join("out")).is_ok());
+}
+
+#[test]
 fn faults_runs_seeds_and_refuses_nonsense() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
