@@ -274,20 +274,8 @@ fn a_client_killed_mid_run_is_skipped_at_the_deadline() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     write_config(d, 3, "round_timeout_s = 3\n");
-    let server = spawn_node(d, "k0.key", "out0");
-    let c1 = spawn_node(d, "k1.key", "out1");
-    let c2 = spawn_node(d, "k2.key", "out2");
-    let mut c3 = spawn_node(d, "k3.key", "out3");
     // Client 3 is killed (SIGKILL) once round 1 has completed with all three clients.
-    wait_for_checkpoint(&d.join("out0/checkpoint.ckpt"), "completed_rounds", 1);
-    c3.kill().unwrap();
-    c3.wait().unwrap();
-    let limit = Duration::from_secs(120);
-    let s = finish(server, limit, "server");
-    ok(&s, "server");
-    for c in [c1, c2] {
-        ok(&finish(c, limit, "client"), "client");
-    }
+    kill_client_3(d, "completed_rounds", Duration::from_secs(120));
     let csv = std::fs::read_to_string(d.join("out0/metrics.csv")).unwrap();
     let rows: Vec<Vec<&str>> = csv
         .lines()
@@ -348,7 +336,11 @@ fn a_client_started_from_another_configuration_is_refused_and_stops_in_one_line(
         assert_eq!((r[4], r[5]), ("2", "1"), "{csv}");
     }
     let log = std::fs::read_to_string(d.join("out0/runlog.jsonl")).unwrap();
-    assert!(log.contains("runs another configuration"), "{log}");
+    assert!(
+        log.contains("runs another configuration"),
+        "{log}\nthe other client's stderr:\n{err}\nthe server's:\n{}",
+        String::from_utf8_lossy(&s.stderr)
+    );
     let own = std::fs::read_to_string(d.join("out3/runlog.jsonl")).unwrap();
     assert!(
         last_leave(&d.join("out3/runlog.jsonl")).contains("another configuration"),
@@ -367,23 +359,31 @@ fn a_server_killed_mid_run_resumes_from_its_checkpoint_with_no_round_lost() {
         .replace("rounds = 3", "rounds = 8")
         .replace("local_steps = 5", "local_steps = 30");
     std::fs::write(d.join("exp.toml"), cfg).unwrap();
+    // Kill -9 the server once at least two rounds are checkpointed (and the run is not over).
+    let killed_after = kill_and_resume_the_server(d, "completed_rounds", 2, 8);
+    // What survived the kill: a whole checkpoint, never a torn one.
+    let ckpt = d.join("out0/checkpoint.ckpt");
+    let survived = Checkpoint::<serde_json::Value>::load(&ckpt).unwrap();
+    let at_kill = survived.state.meta_u64("completed_rounds").unwrap();
+    assert!(at_kill >= killed_after);
+    assert_matches_simulator(d, "out0/metrics.csv", 9);
+}
+
+/// Starts the server (node 0) and 3 clients of `d/exp.toml`, kills the server (SIGKILL) once
+/// its checkpoint's `key` is at least `at_least` (below `last`, the run's end), restarts it
+/// with `--resume` and waits for every node to end well; the value the kill came after.
+fn kill_and_resume_the_server(d: &Path, key: &str, at_least: u64, last: u64) -> u64 {
     let mut server = spawn_node(d, "k0.key", "out0");
     let clients: Vec<Child> = (1..=3)
         .map(|i| spawn_node(d, &format!("k{i}.key"), &format!("out{i}")))
         .collect();
-    // Kill -9 the server once at least two rounds are checkpointed (and the run is not over).
-    let ckpt = d.join("out0/checkpoint.ckpt");
-    let killed_after = wait_for_checkpoint(&ckpt, "completed_rounds", 2);
+    let killed_after = wait_for_checkpoint(&d.join("out0/checkpoint.ckpt"), key, at_least);
     server.kill().unwrap();
     server.wait().unwrap();
     assert!(
-        killed_after < 8,
-        "the run ended before the kill; make rounds longer"
+        killed_after < last,
+        "the run ended before the kill; make it longer"
     );
-    // What survived the kill: a whole checkpoint, never a torn one.
-    let survived = Checkpoint::<serde_json::Value>::load(&ckpt).unwrap();
-    let at_kill = survived.state.meta_u64("completed_rounds").unwrap();
-    assert!(at_kill >= killed_after);
     let resumed = spawn_resumed(d, "k0.key", "out0");
     let limit = Duration::from_secs(180);
     let s = finish(resumed, limit, "resumed server");
@@ -392,7 +392,26 @@ fn a_server_killed_mid_run_resumes_from_its_checkpoint_with_no_round_lost() {
     for c in clients {
         ok(&finish(c, limit, "client"), "client");
     }
-    assert_matches_simulator(d, "out0/metrics.csv", 9);
+    killed_after
+}
+
+/// Starts the server (node 0) and 3 clients of `d/exp.toml`, kills client 3 (SIGKILL) once
+/// the server's checkpoint's `key` is at least 1, and waits for the others to end well; the
+/// server's output.
+fn kill_client_3(d: &Path, key: &str, limit: Duration) -> Output {
+    let server = spawn_node(d, "k0.key", "out0");
+    let c1 = spawn_node(d, "k1.key", "out1");
+    let c2 = spawn_node(d, "k2.key", "out2");
+    let mut c3 = spawn_node(d, "k3.key", "out3");
+    wait_for_checkpoint(&d.join("out0/checkpoint.ckpt"), key, 1);
+    c3.kill().unwrap();
+    c3.wait().unwrap();
+    let s = finish(server, limit, "server");
+    ok(&s, "server");
+    for c in [c1, c2] {
+        ok(&finish(c, limit, "client"), "client");
+    }
+    s
 }
 
 /// 4 dsgd peers on a ring plus the monitor (node 4), every node with an address.
@@ -789,27 +808,8 @@ fn a_split_server_killed_mid_run_resumes_from_its_epoch_checkpoint_as_simulated(
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     write_split_config(d, 6, "");
-    let mut server = spawn_node(d, "k0.key", "out0");
-    let clients: Vec<Child> = (1..=3)
-        .map(|i| spawn_node(d, &format!("k{i}.key"), &format!("out{i}")))
-        .collect();
     // Kill -9 the server once two epochs are checkpointed; it resumes at the third.
-    let ckpt = d.join("out0/checkpoint.ckpt");
-    let killed_after = wait_for_checkpoint(&ckpt, "completed_epochs", 2);
-    server.kill().unwrap();
-    server.wait().unwrap();
-    assert!(
-        killed_after < 6,
-        "the run ended before the kill; make it longer"
-    );
-    let resumed = spawn_resumed(d, "k0.key", "out0");
-    let limit = Duration::from_secs(180);
-    let s = finish(resumed, limit, "resumed server");
-    ok(&s, "resumed server");
-    assert!(String::from_utf8_lossy(&s.stderr).contains("resumed from"));
-    for c in clients {
-        ok(&finish(c, limit, "client"), "client");
-    }
+    kill_and_resume_the_server(d, "completed_epochs", 2, 6);
     assert_matches_simulator(d, "out0/metrics.csv", 7);
 }
 
@@ -818,25 +818,13 @@ fn a_split_client_killed_mid_run_is_left_out_at_the_step_deadline() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     write_split_config(d, 4, "step_timeout_s = 2");
-    let server = spawn_node(d, "k0.key", "out0");
-    let c1 = spawn_node(d, "k1.key", "out1");
-    let c2 = spawn_node(d, "k2.key", "out2");
-    let mut c3 = spawn_node(d, "k3.key", "out3");
     // Client 3 is killed (SIGKILL) once epoch 1 has completed with all three clients.
-    wait_for_checkpoint(&d.join("out0/checkpoint.ckpt"), "completed_epochs", 1);
-    c3.kill().unwrap();
-    c3.wait().unwrap();
-    let limit = Duration::from_secs(180);
-    let s = finish(server, limit, "server");
-    ok(&s, "server");
+    let s = kill_client_3(d, "completed_epochs", Duration::from_secs(180));
     assert!(
         String::from_utf8_lossy(&s.stderr).contains("going on without them"),
         "{}",
         String::from_utf8_lossy(&s.stderr)
     );
-    for c in [c1, c2] {
-        ok(&finish(c, limit, "client"), "client");
-    }
     // Every epoch is reported; the first used every sample, the last none of client 3's.
     let csv = std::fs::read_to_string(d.join("out0/metrics.csv")).unwrap();
     let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
@@ -850,23 +838,31 @@ fn a_split_client_killed_mid_run_is_left_out_at_the_step_deadline() {
     assert!(samples[3] < samples[0], "{csv}");
 }
 
-#[test]
-fn a_dfml_client_killed_mid_run_is_left_out_at_the_round_deadline() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+/// DFML on the bundled data: the hub (node 0) and 4 clients with the MLP, 2 senders per
+/// round, `rounds` rounds, `mutual.round_timeout_s = timeout`.
+fn write_dfml_config(d: &Path, rounds: u32, timeout: u32) {
     write_config(d, 4, "");
     let cfg = std::fs::read_to_string(d.join("exp.toml"))
         .unwrap()
         .replace(
             "name = \"fedavg\"\nrounds = 3",
-            "name = \"dfml\"\nrounds = 12",
+            &format!("name = \"dfml\"\nrounds = {rounds}"),
         )
         .replace("local_steps = 5\n", "")
         .replace(
             "[network]",
-            "[mutual]\nsenders = 2\neval_samples = 200\nround_timeout_s = 2\n[network]",
+            &format!(
+                "[mutual]\nsenders = 2\neval_samples = 200\nround_timeout_s = {timeout}\n[network]"
+            ),
         );
     std::fs::write(d.join("exp.toml"), cfg).unwrap();
+}
+
+#[test]
+fn a_dfml_client_killed_mid_run_is_left_out_at_the_round_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_dfml_config(d, 12, 2);
     let mut nodes: Vec<Child> = (0..=4)
         .map(|i| spawn_node(d, &format!("k{i}.key"), &format!("out{i}")))
         .collect();
@@ -909,19 +905,7 @@ fn a_dfml_client_and_the_hub_killed_and_resumed_finish_the_run() {
     use braid_engine::checkpoint::Checkpoint;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    write_config(d, 4, "");
-    let cfg = std::fs::read_to_string(d.join("exp.toml"))
-        .unwrap()
-        .replace(
-            "name = \"fedavg\"\nrounds = 3",
-            "name = \"dfml\"\nrounds = 8",
-        )
-        .replace("local_steps = 5\n", "")
-        .replace(
-            "[network]",
-            "[mutual]\nsenders = 2\neval_samples = 200\nround_timeout_s = 10\n[network]",
-        );
-    std::fs::write(d.join("exp.toml"), cfg).unwrap();
+    write_dfml_config(d, 8, 10);
     let mut nodes: Vec<Option<Child>> = (0..=4)
         .map(|i| Some(spawn_node(d, &format!("k{i}.key"), &format!("out{i}"))))
         .collect();
