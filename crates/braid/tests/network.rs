@@ -457,6 +457,15 @@ participants = [
     std::fs::write(d.join("exp.toml"), config).unwrap();
 }
 
+/// As [`write_dsgd_config`], 600 steps evaluated every 100: long enough to kill a node mid-run.
+fn write_long_dsgd_config(d: &Path, extra: &str) {
+    write_dsgd_config(d, 600, extra);
+    let cfg = std::fs::read_to_string(d.join("exp.toml"))
+        .unwrap()
+        .replace("eval_every = 6", "eval_every = 100");
+    std::fs::write(d.join("exp.toml"), cfg).unwrap();
+}
+
 #[test]
 fn dsgd_peers_and_monitor_across_processes_match_the_simulator() {
     let dir = tempfile::tempdir().unwrap();
@@ -705,11 +714,7 @@ rounds = 3
 fn a_killed_dsgd_peer_restarted_with_resume_rejoins_from_its_neighbours() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    write_dsgd_config(d, 600, "gossip_timeout_s = 2");
-    let cfg = std::fs::read_to_string(d.join("exp.toml"))
-        .unwrap()
-        .replace("eval_every = 6", "eval_every = 100");
-    std::fs::write(d.join("exp.toml"), cfg).unwrap();
+    write_long_dsgd_config(d, "gossip_timeout_s = 2");
     let mut nodes: Vec<Child> = (0..5)
         .map(|i| spawn_node(d, &format!("k{i}.key"), &format!("out{i}")))
         .collect();
@@ -758,11 +763,7 @@ fn a_killed_dsgd_peer_restarted_with_resume_rejoins_from_its_neighbours() {
 fn a_killed_dsgd_monitor_resumed_loses_no_point_and_matches_the_simulator() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    write_dsgd_config(d, 600, "");
-    let cfg = std::fs::read_to_string(d.join("exp.toml"))
-        .unwrap()
-        .replace("eval_every = 6", "eval_every = 100");
-    std::fs::write(d.join("exp.toml"), cfg).unwrap();
+    write_long_dsgd_config(d, "");
     let mut nodes: Vec<Child> = (0..5)
         .map(|i| spawn_node(d, &format!("k{i}.key"), &format!("out{i}")))
         .collect();
