@@ -240,18 +240,8 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), String> {
         f.write_all(contents)?;
         f.sync_all()
     });
-    if let Err(e) = written {
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
         let _ = std::fs::remove_file(&tmp);
-        return Err(io(path, e));
-    }
-    rename_into_place(&tmp, path)
-}
-
-/// Renames the finished temp file `tmp` to `path` and makes the rename durable; on failure
-/// removes `tmp`.
-fn rename_into_place(tmp: &Path, path: &Path) -> Result<(), String> {
-    if let Err(e) = std::fs::rename(tmp, path) {
-        let _ = std::fs::remove_file(tmp);
         return Err(io(path, e));
     }
     // Make the rename itself durable (best effort: not every platform can sync a directory).

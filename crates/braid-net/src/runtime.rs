@@ -613,14 +613,9 @@ async fn network_loop(
         if let Some((_, since)) = &leaving {
             // Once the acknowledgements are written, the swarm is polled a little longer so
             // that they leave the connection before the process exits.
-            if acks_in_flight == 0 {
-                let until = *linger.get_or_insert_with(|| Instant::now() + ACK_LINGER);
-                if Instant::now() >= until || since.elapsed() > FINISH_GRACE {
-                    if let Some((e, _)) = leaving.take() {
-                        return Err(e);
-                    }
-                }
-            } else if since.elapsed() > FINISH_GRACE {
+            let lingered = acks_in_flight == 0
+                && Instant::now() >= *linger.get_or_insert_with(|| Instant::now() + ACK_LINGER);
+            if lingered || since.elapsed() > FINISH_GRACE {
                 if let Some((e, _)) = leaving.take() {
                     return Err(e);
                 }

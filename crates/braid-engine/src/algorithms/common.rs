@@ -1,10 +1,13 @@
 //! Checks of `[algorithm]` fields and feature tables that several algorithms share, with the
-//! messages braid has always given.
+//! messages braid has always given, and the bookkeeping of answers their nodes wait for.
+
+use std::collections::BTreeMap;
 
 use braid_core::compress::Sparsify;
 
 use crate::config::ExperimentConfig;
 use crate::error::Invalid;
+use crate::wire::NodeId;
 
 /// `algorithm.rounds`, which algorithm `name` needs (and `algorithm.steps`, which it refuses).
 pub fn rounds(c: &ExperimentConfig, name: &str) -> Result<u32, Invalid> {
@@ -165,4 +168,13 @@ pub fn no_server_fields(c: &ExperimentConfig, name: &str) -> Result<(), Invalid>
         ));
     }
     Ok(())
+}
+
+/// The nodes in `waiting` whose answer has not come.
+pub fn unanswered<T>(waiting: &BTreeMap<NodeId, Option<T>>) -> Vec<NodeId> {
+    waiting
+        .iter()
+        .filter(|(_, v)| v.is_none())
+        .map(|(&n, _)| n)
+        .collect()
 }

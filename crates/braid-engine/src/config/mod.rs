@@ -494,9 +494,24 @@ impl AlgorithmTable {
 
     /// The round deadline, if set.
     pub fn round_deadline(&self) -> Option<std::time::Duration> {
-        self.round_timeout_s
-            .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok())
+        seconds(self.round_timeout_s)
     }
+}
+
+/// Checks a timeout setting `field` (seconds, if set): positive, finite and below 1e9.
+pub fn check_seconds(field: &str, value: Option<f64>) -> Result<(), Invalid> {
+    match value {
+        Some(t) if !(t.is_finite() && t > 0.0 && t < 1e9) => Err(Invalid::range(
+            field,
+            format!("{field} = {t} must be a positive number of seconds"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A timeout setting checked by [`check_seconds`], as a duration.
+pub fn seconds(value: Option<f64>) -> Option<std::time::Duration> {
+    value.and_then(|s| std::time::Duration::try_from_secs_f64(s).ok())
 }
 
 /// `[runtime]`.
@@ -830,14 +845,7 @@ impl ExperimentConfig {
         if let Some(p) = &self.privacy {
             p.validate()?;
         }
-        if let Some(t) = self.algorithm.round_timeout_s {
-            if !(t.is_finite() && t > 0.0 && t < 1e9) {
-                return Err(Invalid::range(
-                    "algorithm.round_timeout_s",
-                    format!("algorithm.round_timeout_s = {t} must be a positive number of seconds"),
-                ));
-            }
-        }
+        check_seconds("algorithm.round_timeout_s", self.algorithm.round_timeout_s)?;
         if self.algorithm.min_replies == Some(0) {
             return Err(Invalid::range(
                 "algorithm.min_replies",

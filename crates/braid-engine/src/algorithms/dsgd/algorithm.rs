@@ -116,16 +116,7 @@ impl Algorithm for Dsgd {
                 "decentralized.eval_samples must be at least 1",
             ));
         }
-        if let Some(t) = d.gossip_timeout_s {
-            if !(t.is_finite() && t > 0.0 && t < 1e9) {
-                return Err(Invalid::range(
-                    "decentralized.gossip_timeout_s",
-                    format!(
-                        "decentralized.gossip_timeout_s = {t} must be a positive number of seconds"
-                    ),
-                ));
-            }
-        }
+        crate::config::check_seconds("decentralized.gossip_timeout_s", d.gossip_timeout_s)?;
         common::check_mu(c, false)?;
         Ok(d)
     }
@@ -231,9 +222,7 @@ pub fn dsgd_settings(p: &Prepared, d: &DecentralizedConfig) -> EngineResult<Dsgd
         batch_size: c.train.batch_size,
         num_params: p.model.num_params(),
         lr_schedule: c.train.lr_schedule.clone(),
-        gossip_deadline: d
-            .gossip_timeout_s
-            .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok()),
+        gossip_deadline: crate::config::seconds(d.gossip_timeout_s),
         seed: c.seed,
         gossip_compression: c.compression.and_then(|k| k.gossip),
     };

@@ -152,21 +152,19 @@ impl FedAvgServer {
             self.config.seed,
             &[seed::stream::SAMPLING, u64::from(self.round)],
         );
-        let everyone = self.config.clients_per_round == self.clients.len();
-        let chosen_by_layer = (!everyone)
-            .then(|| {
-                self.layers
-                    .iter()
-                    .find_map(|l| l.choose_clients(&self.clients, &mut rng))
-            })
-            .flatten();
-        let mut chosen: Vec<NodeId> = match chosen_by_layer {
-            Some(c) => c,
-            None if everyone => self.clients.clone(),
-            None => sample(&mut rng, self.clients.len(), self.config.clients_per_round)
+        let mut chosen: Vec<NodeId> = if self.config.clients_per_round == self.clients.len() {
+            self.clients.clone()
+        } else if let Some(c) = self
+            .layers
+            .iter()
+            .find_map(|l| l.choose_clients(&self.clients, &mut rng))
+        {
+            c
+        } else {
+            sample(&mut rng, self.clients.len(), self.config.clients_per_round)
                 .into_iter()
                 .map(|i| self.clients[i])
-                .collect(),
+                .collect()
         };
         chosen.sort_unstable();
         if let Some(copy) = self.copy.as_mut() {

@@ -130,14 +130,7 @@ fn mutual_run(c: &ExperimentConfig, v: Variant) -> Result<MutualRun, Invalid> {
     m.alpha
         .validate()
         .map_err(|e| Invalid::within("mutual", e))?;
-    if let Some(t) = m.round_timeout_s {
-        if !(t.is_finite() && t > 0.0 && t < 1e9) {
-            return Err(Invalid::range(
-                "mutual.round_timeout_s",
-                format!("mutual.round_timeout_s = {t} must be a positive number of seconds"),
-            ));
-        }
-    }
+    crate::config::check_seconds("mutual.round_timeout_s", m.round_timeout_s)?;
     if !(m.temperature.is_finite() && m.temperature > 0.0) {
         return Err(Invalid::range(
             "mutual.temperature",
@@ -290,9 +283,7 @@ pub fn mutual_settings(p: &Prepared, run: &MutualRun) -> EngineResult<MutualSett
         lr_schedule: c.train.lr_schedule.clone(),
         seed: c.seed,
         model_compression: c.compression.and_then(|k| k.models),
-        round_deadline: m
-            .round_timeout_s
-            .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok()),
+        round_deadline: crate::config::seconds(m.round_timeout_s),
     };
     settings.validate()?;
     Ok(settings)

@@ -148,19 +148,20 @@ impl MutualHub {
             .collect();
         let asked: Vec<NodeId> = self.returned.keys().copied().collect();
         for to in asked {
-            let message = self.settings.model_message(
-                round,
-                self.settings.global_model,
-                Arc::clone(&self.global),
-                HUB,
-            )?;
-            self.bytes_sent += ctx.send(to, message) as u64;
+            self.bytes_sent += self.send_global(ctx, to)?;
         }
         self.sent_through.insert(round, self.bytes_sent);
         if let Some(d) = s.round_deadline {
             ctx.set_deadline(returns_token(round), d);
         }
         Ok(())
+    }
+
+    /// FML: sends the global model of the round in progress to `to`; the bytes sent.
+    fn send_global(&self, ctx: &mut MutualCtx<'_>, to: NodeId) -> EngineResult<u64> {
+        let s = &self.settings;
+        let message = s.model_message(self.round, s.global_model, Arc::clone(&self.global), HUB)?;
+        Ok(ctx.send(to, message) as u64)
     }
 
     /// FML: the round's returned global models are averaged (weighted by the clients' sample
@@ -295,16 +296,8 @@ impl Node for MutualHub {
         // it (a second copy is refused), and the open deadlines start again.
         let s = Arc::clone(&self.settings);
         if self.fml() && self.round > 0 && !self.done {
-            let missing: Vec<NodeId> = self
-                .returned
-                .iter()
-                .filter(|(_, p)| p.is_none())
-                .map(|(c, _)| *c)
-                .collect();
-            for to in missing {
-                let m =
-                    s.model_message(self.round, s.global_model, Arc::clone(&self.global), HUB)?;
-                ctx.send(to, m);
+            for to in common::unanswered(&self.returned) {
+                self.send_global(ctx, to)?;
             }
             if let Some(d) = s.round_deadline {
                 ctx.set_deadline(returns_token(self.round), d);
@@ -492,12 +485,7 @@ impl Node for MutualHub {
             if !self.fml() || round != self.round || self.returned.is_empty() {
                 return Ok(()); // a round that already completed
             }
-            let missing: Vec<NodeId> = self
-                .returned
-                .iter()
-                .filter(|(_, p)| p.is_none())
-                .map(|(f, _)| *f)
-                .collect();
+            let missing = common::unanswered(&self.returned);
             tracing::warn!("FML round {round}: no model back from {missing:?} in time; going on");
             return self.finish_fml_round(ctx, round).map(|()| self.flush(ctx));
         }

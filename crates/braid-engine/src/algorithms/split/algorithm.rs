@@ -99,14 +99,7 @@ impl Algorithm for Split {
         sc.latency
             .validate()
             .map_err(|e| Invalid::within("split.latency", e))?;
-        if let Some(t) = sc.step_timeout_s {
-            if !(t.is_finite() && t > 0.0 && t < 1e9) {
-                return Err(Invalid::range(
-                    "split.step_timeout_s",
-                    format!("split.step_timeout_s = {t} must be a positive number of seconds"),
-                ));
-            }
-        }
+        crate::config::check_seconds("split.step_timeout_s", sc.step_timeout_s)?;
         common::check_mu(c, false)?;
         Ok(sc)
     }
@@ -198,8 +191,6 @@ pub fn split_settings(p: &Prepared, sc: &SplitConfig) -> EngineResult<SplitSetti
         lr_schedule: c.train.lr_schedule.clone(),
         seed: c.seed,
         compression: c.compression.and_then(|k| k.split),
-        step_deadline: sc
-            .step_timeout_s
-            .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok()),
+        step_deadline: crate::config::seconds(sc.step_timeout_s),
     })
 }

@@ -242,15 +242,6 @@ fn take_if_complete<T>(
     complete.then(|| answers(waiting))
 }
 
-/// The clients in `waiting` that have not answered.
-fn unanswered<T>(waiting: &BTreeMap<NodeId, Option<T>>) -> Vec<NodeId> {
-    waiting
-        .iter()
-        .filter(|(_, v)| v.is_none())
-        .map(|(&n, _)| n)
-        .collect()
-}
-
 /// The answers in `waiting`, taken out (the missing ones left behind).
 fn answers<T>(waiting: &mut BTreeMap<NodeId, Option<T>>) -> BTreeMap<NodeId, T> {
     std::mem::take(waiting)
@@ -608,16 +599,16 @@ impl SplitServer {
         let (Msg::Activations { step: s, .. } | Msg::ClientGrad { step: s, .. }) = msg else {
             return false;
         };
-        let awaited = |w: Option<bool>| *s == self.step && w == Some(true);
-        let awaited = match (msg, &self.phase) {
+        let slot_open = match (msg, &self.phase) {
             (Msg::Activations { .. }, Phase::Forward(w)) => {
-                awaited(w.get(&from).map(Option::is_none))
+                w.get(&from).is_some_and(Option::is_none)
             }
             (Msg::ClientGrad { .. }, Phase::Backward(w)) => {
-                awaited(w.get(&from).map(Option::is_none))
+                w.get(&from).is_some_and(Option::is_none)
             }
             _ => false,
         };
+        let awaited = *s == self.step && slot_open;
         !awaited && self.absent.contains(&from) && *s <= self.step
     }
 
@@ -737,8 +728,8 @@ impl Node for SplitServer {
     /// or waits on while none is.
     fn on_deadline(&mut self, token: u64, ctx: &mut SplitCtx<'_>) -> EngineResult {
         let (phase, missing) = match &self.phase {
-            Phase::Forward(w) => (FORWARD, unanswered(w)),
-            Phase::Backward(w) => (BACKWARD, unanswered(w)),
+            Phase::Forward(w) => (FORWARD, common::unanswered(w)),
+            Phase::Backward(w) => (BACKWARD, common::unanswered(w)),
             Phase::Idle => return Ok(()),
         };
         if self.done || token != 2 * self.step + phase {
