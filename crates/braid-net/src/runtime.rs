@@ -5,9 +5,14 @@
 //!   protocol erased to bytes, with its trainer); it handles one
 //!   message or deadline at a time, exactly as the simulator would, so training never blocks
 //!   the network;
-//! - the network task (tokio) owns the libp2p swarm: it sends what the node sends, receives,
-//!   checks and acknowledges what arrives, retries deliveries to participants that are not
-//!   reachable yet (or have restarted), and keeps dialing participants whose address is known.
+//! - the network task (tokio) owns the libp2p swarm: it sends what the node sends, receives
+//!   and checks what arrives, retries deliveries to participants that are not reachable yet
+//!   (or have restarted), and keeps dialing participants whose address is known.
+//!
+//! A message is acknowledged only once the node has handled it, written the checkpoint that
+//! holds its effect and handed over what it made the node send: a node killed before then
+//! has not acknowledged it, so its sender delivers it again to the resumed node (state
+//! machines ignore or refuse a second copy of what they already hold).
 //!
 //! Stopping: SIGINT and SIGTERM stop a node the way an authorized halt does, on this node
 //! only (the step in progress is finished or abandoned, the checkpoint written, `leave` logged
@@ -77,8 +82,9 @@ pub struct RuntimeOptions {
 
 /// What the network task hands the node thread.
 enum ToNode {
-    /// An input for the node.
-    Input(WireInput),
+    /// An input for the node, with the token of the acknowledgement its sender waits for
+    /// (sent back in [`ToNet::Handled`] once the node has handled it and checkpointed).
+    Input(WireInput, Option<u64>),
     /// An authorized halt: stop now.
     Halt,
 }
@@ -131,6 +137,9 @@ pub struct RunReport {
 /// Something the node thread asks of the network task.
 enum ToNet {
     Send(NodeId, Encoded),
+    /// The message with this acknowledgement token is handled, its effect checkpointed and
+    /// what it made the node send handed over: acknowledge it.
+    Handled(u64),
     Finished,
     Failed(String),
 }
@@ -336,6 +345,8 @@ fn node_loop(
     let mut timers: BinaryHeap<Reverse<(Instant, u64, u64)>> = BinaryHeap::new();
     let mut seq = 0u64;
     let mut first = Some(());
+    // The acknowledgement the input being handled waits for.
+    let mut ack: Option<u64> = None;
     let result = loop {
         // What to do next: start, a message, or a deadline.
         let input = if stop.load(Ordering::Relaxed) {
@@ -369,7 +380,10 @@ fn node_loop(
                 },
             };
             match got {
-                Some(ToNode::Input(message)) => message,
+                Some(ToNode::Input(message, token)) => {
+                    ack = token;
+                    message
+                }
                 Some(ToNode::Halt) => continue, // the flag is set: stop at the top
                 None => match timers.pop() {
                     Some(Reverse((_, _, token))) => WireInput::Deadline(token),
@@ -468,6 +482,13 @@ fn node_loop(
         }
         for (to, p) in outbox {
             if to_net.send(ToNet::Send(to, p)).is_err() {
+                return Err(NetError::Io("the network task stopped".into()));
+            }
+        }
+        // Acknowledged only now: a node killed before this point has not acknowledged the
+        // message, so its sender delivers it again to the resumed node.
+        if let Some(token) = ack.take() {
+            if to_net.send(ToNet::Handled(token)).is_err() {
                 return Err(NetError::Io("the network task stopped".into()));
             }
         }
@@ -603,6 +624,10 @@ async fn network_loop(
     // Acknowledgements queued but not yet written: a finished node flushes them before it
     // exits, so its senders do not retry into a closed socket.
     let mut acks_in_flight = 0usize;
+    // Messages handed to the node and not yet handled: their acknowledgements wait for it, by
+    // token, so that a message acknowledged is a message handled (and checkpointed).
+    let mut unanswered: HashMap<u64, request_response::ResponseChannel<Ack>> = HashMap::new();
+    let mut next_token = 0u64;
     // A node that must stop (node 0 runs another configuration) first writes the
     // acknowledgement that tells node 0 why, for at most FINISH_GRACE.
     let mut leaving: Option<(NetError, Instant)> = None;
@@ -664,7 +689,26 @@ async fn network_loop(
                     let out = Outgoing { to, peer, bytes: message.bytes, since: Instant::now(), what: message.kind, retry: true, last_word: message.last_word };
                     first_send(&mut swarm, &mut pending, &mut report, &log, out)?;
                 }
-                Some(ToNet::Finished) | None => node_done = true,
+                Some(ToNet::Handled(token)) => {
+                    if let Some(channel) = unanswered.remove(&token) {
+                        if swarm.behaviour_mut().msg.send_response(channel, Ack::Accepted).is_ok() {
+                            acks_in_flight += 1;
+                        }
+                    }
+                }
+                Some(ToNet::Finished) | None => {
+                    node_done = true;
+                    // Messages the node did not handle: after a finished run they no longer
+                    // matter (acknowledged, so their senders do not retry); after a halt or a
+                    // signal they are not acknowledged, so their senders deliver them again
+                    // to the node when it resumes.
+                    let halted = stop.load(Ordering::Relaxed);
+                    for (_, channel) in unanswered.drain() {
+                        if !halted && swarm.behaviour_mut().msg.send_response(channel, Ack::Accepted).is_ok() {
+                            acks_in_flight += 1;
+                        }
+                    }
+                }
                 Some(ToNet::Failed(e)) => return Err(NetError::Node(e)),
             },
             _ = tick.tick() => {
@@ -734,6 +778,7 @@ async fn network_loop(
                             }
                             let who = sender.map_or_else(|| peer.to_string(), |n| format!("node {n}"));
                             let mut fatal = None;
+                            let mut held = None;
                             let ack = match (sender, request) {
                                 (None, _) if !roster.may_halt(&peer) => {
                                     warn!("refused a message from {peer}: not a participant");
@@ -826,15 +871,28 @@ async fn network_loop(
                                             bytes: request.len() as u64,
                                             hash: sha256_hex(&request),
                                         })?;
-                                        if to_node.send(ToNode::Input(WireInput::Message(from, body))).is_err() {
+                                        // Acknowledged once the node has handled it
+                                        // (ToNet::Handled), not now.
+                                        let token = next_token;
+                                        next_token += 1;
+                                        if to_node.send(ToNode::Input(WireInput::Message(from, body), Some(token))).is_err() {
                                             node_done = true;
+                                        } else {
+                                            held = Some(token);
                                         }
                                         Ack::Accepted
                                     }
                                 },
                             };
-                            if swarm.behaviour_mut().msg.send_response(channel, ack).is_ok() {
-                                acks_in_flight += 1;
+                            match held.take() {
+                                Some(token) => {
+                                    unanswered.insert(token, channel);
+                                }
+                                None => {
+                                    if swarm.behaviour_mut().msg.send_response(channel, ack).is_ok() {
+                                        acks_in_flight += 1;
+                                    }
+                                }
                             }
                             if let Some(e) = fatal.take() {
                                 leaving.get_or_insert((e, Instant::now()));

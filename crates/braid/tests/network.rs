@@ -840,11 +840,26 @@ fn a_split_client_killed_mid_run_is_left_out_at_the_step_deadline() {
 }
 
 /// DFML on the bundled data: the hub (node 0) and 4 clients with the MLP, 2 senders per
-/// round, `rounds` rounds, `mutual.round_timeout_s = timeout`.
-fn write_dfml_config(d: &Path, rounds: u32, timeout: u32) {
+/// round, `rounds` rounds, `mutual.round_timeout_s = timeout` (none: everyone waits). Every
+/// node has an address: clients send models to each other, and a client can reach only the
+/// nodes whose address it knows or that have connected to it.
+fn write_dfml_config(d: &Path, rounds: u32, timeout: Option<u32>) {
+    let timeout = timeout.map_or(String::new(), |t| format!("round_timeout_s = {t}\n"));
     write_config(d, 4, "");
     let cfg = std::fs::read_to_string(d.join("exp.toml"))
         .unwrap()
+        .lines()
+        .map(|l| match l.strip_suffix("\" },") {
+            Some(entry) if l.starts_with("  { node = ") && !l.contains("addr") => {
+                format!(
+                    "{entry}\", addr = \"/ip4/127.0.0.1/tcp/{}\" }},",
+                    free_port()
+                )
+            }
+            _ => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
         .replace(
             "name = \"fedavg\"\nrounds = 3",
             &format!("name = \"dfml\"\nrounds = {rounds}"),
@@ -852,9 +867,7 @@ fn write_dfml_config(d: &Path, rounds: u32, timeout: u32) {
         .replace("local_steps = 5\n", "")
         .replace(
             "[network]",
-            &format!(
-                "[mutual]\nsenders = 2\neval_samples = 200\nround_timeout_s = {timeout}\n[network]"
-            ),
+            &format!("[mutual]\nsenders = 2\neval_samples = 200\n{timeout}[network]"),
         );
     std::fs::write(d.join("exp.toml"), cfg).unwrap();
 }
@@ -863,25 +876,12 @@ fn write_dfml_config(d: &Path, rounds: u32, timeout: u32) {
 fn a_dfml_client_killed_mid_run_is_left_out_at_the_round_deadline() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    write_dfml_config(d, 12, 2);
+    write_dfml_config(d, 12, Some(2));
     let mut nodes: Vec<Child> = (0..=4)
         .map(|i| spawn_node(d, &format!("k{i}.key"), &format!("out{i}")))
         .collect();
     // Client 3 is killed (SIGKILL) once the hub has all four clients' reports of two rounds.
-    let log = d.join("out0/runlog.jsonl");
-    let t0 = Instant::now();
-    loop {
-        let reports = std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains("\"received\"") && l.contains("mutual-report"))
-            .count();
-        if reports >= 8 {
-            break;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(120), "no reports");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_received(&d.join("out0/runlog.jsonl"), "mutual-report", 8);
     nodes[3].kill().unwrap();
     nodes[3].wait().unwrap();
     let limit = Duration::from_secs(180);
@@ -906,23 +906,43 @@ fn a_dfml_client_and_the_hub_killed_and_resumed_finish_the_run() {
     use braid_engine::checkpoint::Checkpoint;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    write_dfml_config(d, 8, 10);
+    // No round deadline: a message lost to a kill would stall the run for ever.
+    write_dfml_config(d, 8, None);
     let mut nodes: Vec<Option<Child>> = (0..=4)
         .map(|i| Some(spawn_node(d, &format!("k{i}.key"), &format!("out{i}"))))
         .collect();
-    // Client 2 (node 2) is killed (SIGKILL) once it has checkpointed round 3, and restarted
-    // with --resume; then the hub, once it has reported 5 rounds.
+    // Once the hub has reported 2 rounds, the first client whose log shows another model
+    // received is killed (SIGKILL) at once (so, most likely, while it handles that model,
+    // before the checkpoint that holds it) and restarted with --resume; then the hub, once it
+    // has reported 5 rounds.
+    let hub = d.join("out0/checkpoint.ckpt");
+    let seen = wait_for_checkpoint(&hub, "reported", 2);
+    assert!(seen < 8, "the run ended before the kill; make it longer");
+    let logs: Vec<_> = (1..=4)
+        .map(|i| d.join(format!("out{i}/runlog.jsonl")))
+        .collect();
+    let before: Vec<usize> = logs.iter().map(|l| received(l, "mutual-model")).collect();
+    let t0 = Instant::now();
+    let client = loop {
+        let now: Vec<usize> = logs.iter().map(|l| received(l, "mutual-model")).collect();
+        if let Some(i) = (0..4).find(|&i| now[i] > before[i]) {
+            break i + 1;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(120), "no model moved");
+        std::thread::sleep(Duration::from_millis(1));
+    };
     let mut resumed = Vec::new();
     let mut hub_rows = Vec::new();
-    for (node, key, at_least) in [(2usize, "done", 3u64), (0, "reported", 5)] {
-        let ckpt = d.join(format!("out{node}/checkpoint.ckpt"));
-        let seen = wait_for_checkpoint(&ckpt, key, at_least);
-        assert!(seen < 8, "the run ended before the kill; make it longer");
+    for node in [client, 0] {
+        if node == 0 {
+            let seen = wait_for_checkpoint(&hub, "reported", 5);
+            assert!(seen < 8, "the run ended before the kill; make it longer");
+        }
         let mut child = nodes[node].take().unwrap();
         child.kill().unwrap();
         child.wait().unwrap();
         if node == 0 {
-            hub_rows = Checkpoint::<serde_json::Value>::load(&ckpt)
+            hub_rows = Checkpoint::<serde_json::Value>::load(&hub)
                 .unwrap()
                 .reported;
         }
@@ -958,6 +978,78 @@ fn a_dfml_client_and_the_hub_killed_and_resumed_finish_the_run() {
     for (row, (kept, _)) in rows.iter().zip(&hub_rows) {
         let acc = kept["accuracy"].as_f64().unwrap();
         assert_eq!(row[2], format!("{acc:.6}"), "{csv}");
+    }
+    // The model the client was handling when it was killed had not been acknowledged, so
+    // its sender delivered it again to the resumed client (before, it was acknowledged on
+    // arrival and lost with the kill, and without a deadline the run stalled).
+    let hashes: Vec<String> = std::fs::read_to_string(&logs[client - 1])
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\"received\"") && l.contains("mutual-model"))
+        .filter_map(|l| l.rsplit_once("\"hash\":\"").map(|(_, h)| h.to_string()))
+        .collect();
+    let twice = hashes
+        .iter()
+        .filter(|h| hashes.iter().filter(|g| g == h).count() > 1)
+        .count();
+    assert!(
+        twice >= 2,
+        "no model delivered again to client {client}: {hashes:?}"
+    );
+    // Nothing was lost or counted twice: the run equals the simulator's, every column but
+    // the wall time.
+    let sim = braid()
+        .current_dir(d)
+        .args(["run", "exp.toml", "-q", "--out", "sim"])
+        .output()
+        .unwrap();
+    ok(&sim, "braid run");
+    let without_wall = |p: &str| -> Vec<String> {
+        let header = std::fs::read_to_string(d.join("out0/metrics.csv")).unwrap();
+        let wall = header
+            .lines()
+            .next()
+            .unwrap()
+            .split(',')
+            .position(|h| h == "wall_s")
+            .unwrap();
+        std::fs::read_to_string(d.join(p))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut c: Vec<&str> = l.split(',').collect();
+                c.remove(wall);
+                c.join(",")
+            })
+            .collect()
+    };
+    assert_eq!(
+        without_wall("out0/metrics.csv"),
+        without_wall("sim/metrics.csv")
+    );
+}
+
+/// How many `kind` messages the run log at `path` records as received.
+fn received(path: &Path, kind: &str) -> usize {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("\"received\"") && l.contains(kind))
+        .count()
+}
+
+/// Polls the run log at `path` until it records at least `at_least` received `kind`
+/// messages (failing the test after 120 s).
+fn wait_for_received(path: &Path, kind: &str, at_least: usize) {
+    let t0 = Instant::now();
+    while received(path, kind) < at_least {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "{} never received {at_least} {kind}:\n{}",
+            path.display(),
+            std::fs::read_to_string(path).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
