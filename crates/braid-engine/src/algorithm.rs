@@ -164,6 +164,12 @@ pub trait Algorithm: Send + Sync + 'static {
         }
     }
 
+    /// True when the run's results depend on the order in which messages arrive (an
+    /// asynchronous server that steps on whichever updates came first): the fault-schedule
+    /// simulator then checks the reported rounds and termination, not equality with the
+    /// fault-free run.
+    const ARRIVAL_ORDER_MATTERS: bool = false;
+
     /// The simulated-time model of the run, if it keeps simulated time.
     fn timing(_prepared: &Prepared, _settings: &Self::Config) -> Option<Timing> {
         None
@@ -210,6 +216,8 @@ pub trait Finished {
 pub trait Registered: Send + Sync {
     /// Its name.
     fn name(&self) -> &'static str;
+    /// [`Algorithm::ARRIVAL_ORDER_MATTERS`].
+    fn arrival_order_matters(&self) -> bool;
     /// The protocol its nodes speak.
     fn protocol(&self) -> (&'static str, u8);
     /// The tables it owns.

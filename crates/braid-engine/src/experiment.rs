@@ -82,6 +82,10 @@ impl<A: Algorithm> Registered for Entry<A> {
         A::NAME
     }
 
+    fn arrival_order_matters(&self) -> bool {
+        A::ARRIVAL_ORDER_MATTERS
+    }
+
     fn protocol(&self) -> (&'static str, u8) {
         (<A::Msg as Message>::PROTOCOL, <A::Msg as Message>::TAG)
     }

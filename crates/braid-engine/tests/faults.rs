@@ -1,10 +1,14 @@
-//! The fault-schedule simulator on the FedAvg family and dsgd: seeded delays, duplicates,
-//! reorderings and crashes with restarts from checkpoints break no invariant (see
-//! `braid_engine::sim::faults`). CI runs 100 seeds in all; `braid faults` runs more.
+//! The fault-schedule simulator on every algorithm family (the FedAvg family, FedBuff, dsgd,
+//! split learning, mutual learning): seeded delays, duplicates, reorderings and crashes with
+//! restarts from checkpoints break no invariant (see `braid_engine::sim::faults`). CI runs
+//! 120 seeds in all; `braid faults` runs more (docs/reliability.md).
 
 use braid_engine::algorithm::Algorithm;
 use braid_engine::algorithms::dsgd::Dsgd;
 use braid_engine::algorithms::fedavg::FedAvg;
+use braid_engine::algorithms::fedbuff::FedBuff;
+use braid_engine::algorithms::mutual::Dfml;
+use braid_engine::algorithms::split::Split;
 use braid_engine::config::ExperimentConfig;
 use braid_engine::experiment;
 use braid_engine::sim::faults::{explore, run_with_faults, Broken, FaultPlan};
@@ -80,9 +84,50 @@ fn seeds<A: Algorithm>(src: &str, plan: &FaultPlan, n: u64) {
     assert!(failed.is_empty(), "{}", report(&failed));
 }
 
+/// `FEDAVG` run as another algorithm (`name` and its settings in place of FedAvg's).
+fn as_algorithm(name_and_settings: &str, clients: usize) -> String {
+    FEDAVG
+        .replace("name = \"fedavg\"\nrounds = 4\n", name_and_settings)
+        .replace("local_steps = 2\n", "")
+        .replace("clients = 3", &format!("clients = {clients}"))
+}
+
 #[test]
 fn fedavg_survives_seeded_delays_duplicates_and_crashes() {
-    seeds::<FedAvg>(FEDAVG, &FaultPlan::default(), 60);
+    seeds::<FedAvg>(FEDAVG, &FaultPlan::default(), 40);
+}
+
+/// FedBuff steps on whichever updates came first, so its results depend on the delays; its
+/// rounds, once each and in order, and its termination are checked (a restarted client that
+/// lost the shutdown is told the run is over when it asks to join).
+#[test]
+fn fedbuff_survives_seeded_delays_duplicates_and_crashes() {
+    let src = FEDAVG
+        .replace("name = \"fedavg\"", "name = \"fedbuff\"")
+        .replace("clients = 3", "clients = 4")
+        + "[fedbuff]\nconcurrency = 3\nbuffer = 2\n";
+    seeds::<FedBuff>(&src, &FaultPlan::default(), 20);
+}
+
+/// Split learning: a client restarted between its activations and the server's gradient
+/// answers from its checkpointed open request; a server restarted from its epoch checkpoint
+/// asks the epoch's steps again under the same numbers; the results equal the fault-free
+/// run's bit for bit.
+#[test]
+fn split_learning_survives_seeded_delays_duplicates_and_crashes() {
+    let src = as_algorithm("name = \"split\"\nrounds = 2\n", 3);
+    seeds::<Split>(&src, &FaultPlan::default(), 20);
+}
+
+/// DFML (mutual learning across clients, a hub that evaluates): bit for bit the fault-free
+/// run's.
+#[test]
+fn dfml_survives_seeded_delays_duplicates_and_crashes() {
+    let src = as_algorithm(
+        "name = \"dfml\"\nrounds = 4\n[mutual]\nsenders = 2\neval_samples = 60\n",
+        4,
+    );
+    seeds::<Dfml>(&src, &FaultPlan::default(), 20);
 }
 
 /// dsgd under delays, duplicates and reorderings (no crashes: a crashed peer rejoins from a
@@ -95,7 +140,7 @@ fn dsgd_survives_seeded_delays_duplicates_and_reorderings() {
         duplicate: 0.1,
         ..FaultPlan::default()
     };
-    seeds::<Dsgd>(DSGD, &plan, 40);
+    seeds::<Dsgd>(DSGD, &plan, 20);
 }
 
 #[test]

@@ -127,7 +127,7 @@ fn nodes(s: &Arc<SplitSettings>) -> Vec<BoxNode<Msg, SplitMetrics, dyn SplitLear
                 Arc::new((start..start + n).collect()),
                 s.seed,
             )
-            .with_compression(s),
+            .with_settings(s),
         ));
         start += n;
     }
@@ -464,7 +464,7 @@ fn compressed_split_messages_are_checked() {
     r.unwrap();
 
     // A client of a compressed run: wrong sizes and the plain form are refused.
-    let mut client = SplitClient::new(1, Arc::new(vec![0, 1, 2]), 7).with_compression(&s);
+    let mut client = SplitClient::new(1, Arc::new(vec![0, 1, 2]), 7).with_settings(&s);
     let req = |n: usize| Msg::Request {
         step: 1,
         epoch: 1,
@@ -508,6 +508,68 @@ fn compressed_split_messages_are_checked() {
     let (r, _) = Fake::ctx_run(&mut plain, SERVER, req(CLIENT_PARAMS));
     let e = r.unwrap_err().to_string();
     assert!(e.contains("no compression.split"), "{e}");
+}
+
+/// A late second copy of an earlier request does not close the request whose gradient comes
+/// next; a gradient that does not fit its request is refused; and a client restarted from
+/// its checkpoint between its activations and the gradient answers as the unbroken one.
+#[test]
+fn a_split_client_keeps_its_open_requests_across_late_copies_and_restarts() {
+    let s = settings(vec![4], Sampler::Global, 2, LatencyConfig::default());
+    let client = || SplitClient::new(1, Arc::new(vec![0, 1, 2, 3]), 7).with_settings(&s);
+    let req = |step: u64, offset: u32| Msg::Request {
+        step,
+        epoch: 1,
+        offset,
+        count: 2,
+        client_part: Tensor::exact(vec![0.5; CLIENT_PARAMS]),
+    };
+    let grad = |step: u64, n: usize| Msg::Gradient {
+        step,
+        grad: Tensor::exact(vec![1.0; n]),
+    };
+    let mut a = client();
+    assert_eq!(a.state_version(), 0);
+    for m in [req(2, 0), req(3, 2), req(2, 0)] {
+        Fake::ctx_run(&mut a, SERVER, m).0.unwrap();
+    }
+    assert_eq!(a.state_version(), 3, "every request changes the checkpoint");
+    let e = Fake::ctx_run(&mut a, SERVER, grad(3, 2 * F + 1))
+        .0
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("a gradient of 7 values for 2 samples"),
+        "{e}"
+    );
+    // Restarted from its checkpoint: the open requests come back.
+    let mut b = client();
+    b.load_state(a.save_state().unwrap()).unwrap();
+    let (r, from_b) = Fake::ctx_run(&mut b, SERVER, grad(3, 2 * F));
+    r.unwrap();
+    let (r, from_a) = Fake::ctx_run(&mut a, SERVER, grad(3, 2 * F));
+    r.unwrap();
+    assert_eq!(format!("{from_a:?}"), format!("{from_b:?}"));
+    assert!(
+        matches!(
+            &from_a[..],
+            [(SERVER, Body::Msg(Msg::ClientGrad { step: 3, .. }))]
+        ),
+        "{from_a:?}"
+    );
+    // Step 3 is answered and closed; step 2 is still open.
+    let e = Fake::ctx_run(&mut a, SERVER, grad(3, 2 * F)).0.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("no request is open for step 3 (open: [2])"),
+        "{e}"
+    );
+    Fake::ctx_run(&mut a, SERVER, grad(2, 2 * F)).0.unwrap();
+    // A damaged checkpoint is refused.
+    let mut state = b.save_state().unwrap();
+    state.meta["open"] = serde_json::json!([{ "step": 9, "samples": [77] }]);
+    let e = client().load_state(state).unwrap_err();
+    assert!(e.to_string().contains("not one of this client's 4"), "{e}");
 }
 
 /// A split client that crashed: it never answers (`forward`), or it answers requests and

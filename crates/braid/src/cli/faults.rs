@@ -67,7 +67,8 @@ pub fn run(args: FaultsArgs, registry: &Registry) -> Result<()> {
         max_crashes: args.max_crashes,
         ..FaultPlan::default()
     };
-    let exact = braid_engine::sim::faults::exact_expected(&config, &plan);
+    let exact = braid_engine::sim::faults::exact_expected(&config, &plan)
+        && !algorithm.arrival_order_matters();
     let end = args.from.saturating_add(args.seeds);
     println!(
         "braid faults: {} | seeds {}..{end} | {plan:?} | {}",

@@ -390,6 +390,34 @@ impl Node for FedBuffServer {
         self.done
     }
 
+    /// A restarted client's join request: after the run, it is told the run is over (it
+    /// may have lost the shutdown); during it there is nothing to do, since a request it had
+    /// not handled was not acknowledged and reaches it again.
+    fn on_control(
+        &mut self, from: NodeId, c: crate::wire::Control, ctx: &mut FedCtx<'_>,
+    ) -> EngineResult {
+        use crate::wire::{Control, Message as _};
+        match c {
+            Control::JoinRequest { .. } if self.clients.contains(&from) => {
+                if self.done {
+                    ctx.send_control(
+                        from,
+                        Control::Shutdown {
+                            round: self.version,
+                        },
+                    );
+                }
+                Ok(())
+            }
+            c => Err(EngineError::Rejected {
+                node: SERVER,
+                from,
+                kind: c.kind(),
+                why: "the server takes only join requests from its clients".into(),
+            }),
+        }
+    }
+
     fn state_version(&self) -> u64 {
         1 + u64::from(self.version)
     }
@@ -532,6 +560,8 @@ impl Algorithm for FedBuff {
             ))
         })
     }
+
+    const ARRIVAL_ORDER_MATTERS: bool = true;
 
     fn timing(p: &Prepared, _run: &FedBuffRun) -> Option<Timing> {
         super::fedavg::algorithm::timing(p)

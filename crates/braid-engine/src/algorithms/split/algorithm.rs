@@ -121,7 +121,7 @@ impl Algorithm for Split {
         for (k, part) in p.parts.iter().enumerate() {
             nodes.push(Box::new(
                 SplitClient::new(k as NodeId + 1, Arc::new(part.clone()), c.seed)
-                    .with_compression(&settings),
+                    .with_settings(&settings),
             ));
         }
         Ok(nodes)

@@ -1,6 +1,15 @@
 //! The split-learning client: runs its part of the model forward and backward for the server's global batches.
 
+use std::collections::VecDeque;
+
 use super::*;
+
+/// An open request: its step, the samples it named and the client part it sent.
+type Open = (u64, Vec<usize>, Arc<Vec<f32>>);
+
+/// Requests a client keeps open (a late copy of an old request can arrive after a newer one;
+/// a server resumed from its epoch checkpoint asks for some steps again).
+const OPEN_REQUESTS: usize = 4;
 
 /// A split-learning client: runs the client part on its own samples.
 pub struct SplitClient {
@@ -9,12 +18,19 @@ pub struct SplitClient {
     seed: u64,
     /// The epoch whose sample order is cached, and that order.
     order: Option<(u32, Vec<usize>)>,
-    /// The request being served: step, samples, client-part parameters.
-    pending: Option<(u64, Vec<usize>, Arc<Vec<f32>>)>,
+    /// The requests being served, oldest first: step, samples, client-part parameters. A
+    /// few are kept ([`OPEN_REQUESTS`]), so that a late second copy of an earlier request
+    /// does not replace the one whose gradient comes next.
+    pending: VecDeque<Open>,
     /// `compression.split`, the client part's parameter count and the cut's values per
     /// sample (the sizes it decodes messages to).
     compression: Option<(Compression, usize, usize)>,
+    /// The cut's values per sample (the size of a gradient's row), once the run's settings
+    /// are known.
+    cut_features: Option<usize>,
     done: bool,
+    /// Bumped whenever `pending` or `done` changes (what a checkpoint holds).
+    version: u64,
 }
 
 impl SplitClient {
@@ -25,18 +41,22 @@ impl SplitClient {
             shard,
             seed,
             order: None,
-            pending: None,
+            pending: VecDeque::new(),
             compression: None,
+            cut_features: None,
             done: false,
+            version: 0,
         }
     }
 
-    /// Compresses what it sends and expects compressed messages if the run's settings have
+    /// Takes the run's settings: checks the size of every gradient against the cut, and
+    /// compresses what it sends and expects compressed messages if they have
     /// `compression.split`.
-    pub fn with_compression(mut self, settings: &SplitSettings) -> Self {
+    pub fn with_settings(mut self, settings: &SplitSettings) -> Self {
         self.compression = settings
             .compression
             .map(|c| (c, settings.client_params, settings.cut_features));
+        self.cut_features = Some(settings.cut_features);
         self
     }
 
@@ -72,6 +92,78 @@ impl Node for SplitClient {
 
     fn finished(&self) -> bool {
         self.done
+    }
+
+    fn listens_to(&self) -> Option<Vec<NodeId>> {
+        Some(vec![SERVER])
+    }
+
+    fn state_version(&self) -> u64 {
+        self.version
+    }
+
+    /// The open requests (step, samples and client part of each), so that a client
+    /// restarted between its activations and the server's gradient can still answer the
+    /// gradient; and whether the run is over.
+    fn save_state(&self) -> Option<NodeState> {
+        let open: Vec<_> = self
+            .pending
+            .iter()
+            .map(|(step, samples, _)| serde_json::json!({ "step": step, "samples": samples }))
+            .collect();
+        let tensors = self
+            .pending
+            .iter()
+            .enumerate()
+            .map(|(i, (_, _, params))| (format!("client_part/{i}"), params.to_vec()))
+            .collect();
+        Some(NodeState {
+            meta: serde_json::json!({ "done": self.done, "open": open }),
+            tensors,
+            blobs: Vec::new(),
+        })
+    }
+
+    fn load_state(&mut self, state: NodeState) -> EngineResult {
+        let bad = |why: String| EngineError::Checkpoint(format!("checkpoint: {why}"));
+        self.done = state.meta.get("done").and_then(serde_json::Value::as_bool) == Some(true);
+        let open = state
+            .meta
+            .get("open")
+            .and_then(serde_json::Value::as_array)
+            .ok_or_else(|| bad("no open requests".into()))?;
+        if open.len() > OPEN_REQUESTS {
+            return Err(bad(format!(
+                "{} open requests, at most {OPEN_REQUESTS}",
+                open.len()
+            )));
+        }
+        let held = self.shard.len();
+        let mut pending = VecDeque::new();
+        for (i, o) in open.iter().enumerate() {
+            let step = o
+                .get("step")
+                .and_then(serde_json::Value::as_u64)
+                .ok_or_else(|| bad("an open request without its step".into()))?;
+            let samples = o
+                .get("samples")
+                .and_then(serde_json::Value::as_array)
+                .ok_or_else(|| bad(format!("no samples for step {step}")))?
+                .iter()
+                .map(|v| {
+                    v.as_u64()
+                        .and_then(|i| usize::try_from(i).ok())
+                        .filter(|i| self.shard.contains(i))
+                        .ok_or_else(|| {
+                            bad(format!("a sample that is not one of this client's {held}"))
+                        })
+                })
+                .collect::<EngineResult<Vec<usize>>>()?;
+            let params = state.tensor(&format!("client_part/{i}"))?.to_vec();
+            pending.push_back((step, samples, Arc::new(params)));
+        }
+        self.pending = pending;
+        Ok(())
     }
 
     fn on_message(&mut self, from: NodeId, msg: Msg, ctx: &mut SplitCtx<'_>) -> EngineResult {
@@ -120,27 +212,37 @@ impl Node for SplitClient {
                     acts,
                 )?;
                 ctx.send(SERVER, message);
-                self.pending = Some((step, samples, params));
+                self.pending.retain(|(s, _, _)| *s != step);
+                if self.pending.len() == OPEN_REQUESTS {
+                    self.pending.pop_front();
+                }
+                self.pending.push_back((step, samples, params));
+                self.version += 1;
                 Ok(())
             }
             Msg::Gradient { step, grad } => {
-                let Some((s, samples, params)) = self.pending.take() else {
-                    return Err(reject(format!("no request is open for step {step}")));
+                let Some(at) = self.pending.iter().position(|(s, _, _)| *s == step) else {
+                    let open: Vec<u64> = self.pending.iter().map(|(s, _, _)| *s).collect();
+                    return Err(reject(format!(
+                        "no request is open for step {step} (open: {open:?})"
+                    )));
                 };
-                // A packed gradient has the activations' shape: features per sample x samples.
-                let f = self.compression.map_or(0, |(_, _, f)| f);
-                let grad = match values(grad, f.saturating_mul(samples.len()), "gradient") {
-                    Ok(g) => g,
-                    Err(why) => {
-                        self.pending = Some((s, samples, params));
-                        return Err(reject(why));
-                    }
-                };
-                if s != step {
-                    self.pending = Some((s, samples, params));
-                    return Err(reject(format!("for step {step}, the open step is {s}")));
+                let (_, samples, params) = &self.pending[at];
+                // A gradient has the activations' shape: features per sample x samples.
+                let f = self.cut_features.unwrap_or(0);
+                let want = f.saturating_mul(samples.len());
+                let grad = values(grad, want, "gradient").map_err(&reject)?;
+                if self.cut_features.is_some() && grad.len() != want {
+                    return Err(reject(format!(
+                        "a gradient of {} values for {} samples of {f} values each",
+                        grad.len(),
+                        samples.len()
+                    )));
                 }
+                let (samples, params) = (samples.clone(), Arc::clone(params));
+                self.pending.remove(at);
                 let grad = ctx.trainer.split_backward(&params, &samples, &grad)?;
+                self.version += 1;
                 let message = split_message(
                     compression.as_ref(),
                     self.seed,
@@ -161,6 +263,7 @@ impl Node for SplitClient {
         match c {
             Control::Shutdown { .. } if from == SERVER => {
                 self.done = true;
+                self.version += 1;
                 Ok(())
             }
             c => Err(EngineError::rejecter(self.id, from, c.kind())(

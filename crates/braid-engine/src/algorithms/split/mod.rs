@@ -306,6 +306,9 @@ pub struct SplitServer {
     /// Simulated seconds of the step's forward phase and server compute.
     step_forward_s: f64,
     completed: u32,
+    /// The step count when the last completed epoch ended (what a checkpoint holds: the
+    /// next epoch may have sent its first step already).
+    completed_step: u64,
     done: bool,
     keep: bool,
     saved_blobs: Vec<(String, Vec<u8>)>,
@@ -346,6 +349,7 @@ impl SplitServer {
             legs: BTreeMap::new(),
             step_forward_s: 0.0,
             completed: 0,
+            completed_step: 0,
             done: false,
             keep: false,
             saved_blobs: Vec::new(),
@@ -554,6 +558,7 @@ impl SplitServer {
 
     fn finish_epoch(&mut self, ctx: &mut SplitCtx<'_>) -> EngineResult {
         self.completed = self.epoch;
+        self.completed_step = self.step;
         let last = self.epoch >= self.settings.epochs;
         let whole = self.whole();
         let (accuracy, loss) = if last || self.epoch.is_multiple_of(self.settings.eval_every.max(1))
@@ -686,7 +691,7 @@ impl Node for SplitServer {
 
     fn save_state(&self) -> Option<NodeState> {
         Some(NodeState {
-            meta: serde_json::json!({ "completed_epochs": self.completed, "step": self.step }),
+            meta: serde_json::json!({ "completed_epochs": self.completed, "step": self.completed_step }),
             tensors: vec![("params".into(), self.whole())],
             blobs: self.saved_blobs.clone(),
         })
@@ -715,6 +720,7 @@ impl Node for SplitServer {
         self.client_opt = optimizer("client_optimizer")?;
         self.server_opt = optimizer("server_optimizer")?;
         self.step = state.meta_u64("step")?;
+        self.completed_step = self.step;
         self.completed = completed;
         Ok(())
     }
