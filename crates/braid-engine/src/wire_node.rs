@@ -113,6 +113,8 @@ pub trait WireNode: Send {
     fn rejoin(&mut self);
     /// See [`crate::node::Node::finished`].
     fn finished(&self) -> bool;
+    /// See [`crate::node::Node::listens_to`].
+    fn listens_to(&self) -> Option<Vec<NodeId>>;
 }
 
 /// A typed node behind [`WireNode`], with its trainer (metered).
@@ -263,5 +265,9 @@ impl<M: Message, R: Metrics, T: TrainerObject + ?Sized> WireNode for Wired<M, R,
 
     fn finished(&self) -> bool {
         self.node.finished()
+    }
+
+    fn listens_to(&self) -> Option<Vec<NodeId>> {
+        self.node.listens_to()
     }
 }

@@ -872,6 +872,38 @@ fn write_dfml_config(d: &Path, rounds: u32, timeout: Option<u32>) {
     std::fs::write(d.join("exp.toml"), cfg).unwrap();
 }
 
+/// Two DFML clients without an address could never connect (each can dial only nodes that
+/// have one): `braid node` refuses the run in one line instead of waiting for ever.
+#[test]
+fn clients_that_must_talk_but_have_no_address_are_refused_before_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_dfml_config(d, 2, None);
+    let cfg: String = std::fs::read_to_string(d.join("exp.toml"))
+        .unwrap()
+        .lines()
+        .map(|l| match l.split_once(", addr") {
+            Some((entry, _)) if l.starts_with("  { node = 1") || l.starts_with("  { node = 2") => {
+                format!("{entry} }},\n")
+            }
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(d.join("exp.toml"), cfg).unwrap();
+    let out = finish(
+        spawn_node(d, "k1.key", "out1"),
+        Duration::from_secs(60),
+        "node 1",
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("node 1 and node 2 have no addr in network.participants"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
 #[test]
 fn a_dfml_client_killed_mid_run_is_left_out_at_the_round_deadline() {
     let dir = tempfile::tempdir().unwrap();

@@ -8,6 +8,7 @@ use braid_data::Dataset;
 use braid_engine::algorithm::Registry;
 use braid_engine::config::ExperimentConfig;
 use braid_engine::report;
+use braid_engine::wire::NodeId;
 use braid_engine::wire_node::WireEvent;
 use braid_net::roster::Roster;
 use braid_net::runtime::{self, RuntimeOptions};
@@ -123,6 +124,7 @@ pub fn node(args: NodeArgs, registry: &Registry) -> Result<()> {
         prepared.data_description = format!("own data {} ({n} train samples)", dir.display());
     }
     let node = algorithm.deploy(&prepared, id)?;
+    check_reachable(&roster, id, node.listens_to())?;
     // Nodes are the participants holding data plus the server (FedAvg) or monitor (dsgd).
     let role = algorithm.role(&config, id as usize, prepared.parts.len() + 1);
     let listen = if args.listen.is_empty() {
@@ -327,6 +329,27 @@ pub fn halt(args: HaltArgs, registry: &Registry) -> Result<()> {
         bail!("no node accepted the halt");
     }
     Ok(())
+}
+
+/// Refuses a run in which node `id` could never hear from a node that sends to it: a node
+/// without an address in `network.participants` is reached only over connections it dials
+/// itself, and it can dial only nodes that have one, so two nodes without one never meet
+/// (before, such a run waited for ever, or went on only through its deadlines).
+fn check_reachable(roster: &Roster, id: NodeId, senders: Option<Vec<NodeId>>) -> Result<()> {
+    let addressed = |n: NodeId| roster.iter().any(|(m, _, a)| m == n && a.is_some());
+    if addressed(id) {
+        return Ok(());
+    }
+    let unmet = roster
+        .iter()
+        .map(|(n, _, _)| n)
+        .find(|&n| n != id && !addressed(n) && senders.as_ref().is_none_or(|s| s.contains(&n)));
+    match unmet {
+        Some(n) => bail!(
+            "node {id} and node {n} have no addr in network.participants, and node {n} sends to node {id}: they could never connect (give one of them an addr; in dsgd, DFML and Def-KT give every node one)"
+        ),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
