@@ -185,6 +185,11 @@ fn launch_and_simulate(d: &Path, expect: &str) {
     ok(&out, "braid launch");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains(expect), "{stdout}");
+    simulate(d);
+}
+
+/// Runs `d/exp.toml` in the simulator into `d/sim`.
+fn simulate(d: &Path) {
     let sim = braid()
         .current_dir(d)
         .args(["run", "exp.toml", "-q", "--out", "sim"])
@@ -196,12 +201,7 @@ fn launch_and_simulate(d: &Path, expect: &str) {
 /// Runs the same experiment in the simulator and checks the node's `metrics.csv` (`rows` lines
 /// with the header) equals the simulator's in every column but `wall_s`.
 fn assert_matches_simulator(d: &Path, node_metrics: &str, rows: usize) {
-    let sim = braid()
-        .current_dir(d)
-        .args(["run", "exp.toml", "-q", "--out", "sim"])
-        .output()
-        .unwrap();
-    ok(&sim, "braid run");
+    simulate(d);
     let net = metrics(&d.join(node_metrics));
     assert_eq!(net.len(), rows, "{net:?}");
     assert_eq!(
@@ -872,6 +872,13 @@ fn write_dfml_config(d: &Path, rounds: u32, timeout: Option<u32>) {
     std::fs::write(d.join("exp.toml"), cfg).unwrap();
 }
 
+/// The standard error of `child` (`what`), which must fail within a minute.
+fn refused(child: Child, what: &str) -> String {
+    let out = finish(child, Duration::from_secs(60), what);
+    assert!(!out.status.success(), "{what} did not fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// Two DFML clients without an address could never connect (each can dial only nodes that
 /// have one): `braid node` refuses the run in one line instead of waiting for ever.
 #[test]
@@ -890,13 +897,7 @@ fn clients_that_must_talk_but_have_no_address_are_refused_before_the_run() {
         })
         .collect();
     std::fs::write(d.join("exp.toml"), cfg).unwrap();
-    let out = finish(
-        spawn_node(d, "k1.key", "out1"),
-        Duration::from_secs(60),
-        "node 1",
-    );
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(spawn_node(d, "k1.key", "out1"), "node 1");
     assert!(
         err.contains("node 1 and node 2 have no addr in network.participants"),
         "{err}"
@@ -1030,12 +1031,7 @@ fn a_dfml_client_and_the_hub_killed_and_resumed_finish_the_run() {
     );
     // Nothing was lost or counted twice: the run equals the simulator's, every column but
     // the wall time.
-    let sim = braid()
-        .current_dir(d)
-        .args(["run", "exp.toml", "-q", "--out", "sim"])
-        .output()
-        .unwrap();
-    ok(&sim, "braid run");
+    simulate(d);
     let without_wall = |p: &str| -> Vec<String> {
         let header = std::fs::read_to_string(d.join("out0/metrics.csv")).unwrap();
         let wall = header
@@ -1706,12 +1702,7 @@ rounds = 10
         "braid launch --resume",
     );
     ok(&second, "braid launch --resume");
-    let sim = braid()
-        .current_dir(d)
-        .args(["run", "exp.toml", "-q", "--out", "sim"])
-        .output()
-        .unwrap();
-    ok(&sim, "braid run");
+    simulate(d);
     assert_eq!(
         metrics(&d.join("run/metrics.csv")),
         metrics(&d.join("sim/metrics.csv"))
@@ -1770,13 +1761,10 @@ fn resume_refuses_the_checkpoint_of_another_run() {
         ),
     )
     .unwrap();
-    let out = finish(
+    let err = refused(
         spawn_resumed(d, "k0.key", "out0"),
-        Duration::from_secs(60),
         "a resume with another config",
     );
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("belongs to run") && err.contains("not to this run"),
         "{err}"

@@ -139,6 +139,18 @@ pub(crate) fn end_run(ctx: &mut FedCtx<'_>, params: &[f32], clients: &[NodeId], 
     }
 }
 
+/// A server's refusal of a control message other than a join request from one of its
+/// clients.
+pub(crate) fn refuse_control(from: NodeId, c: &Control) -> EngineError {
+    use crate::wire::Message as _;
+    EngineError::Rejected {
+        node: SERVER,
+        from,
+        kind: c.kind(),
+        why: "the server takes only join requests from its clients".into(),
+    }
+}
+
 /// A server's checkpoint: `meta` (with `completed_rounds`), the global model and the server
 /// optimizer's buffers.
 pub(crate) fn server_state(

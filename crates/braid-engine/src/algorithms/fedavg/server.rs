@@ -478,7 +478,7 @@ impl Node for FedAvgServer {
     fn on_control(
         &mut self, from: NodeId, c: crate::wire::Control, ctx: &mut FedCtx<'_>,
     ) -> EngineResult {
-        use crate::wire::{Control, Message as _};
+        use crate::wire::Control;
         match c {
             // A restarted client, with the latest round it has a request for (0: none, and no
             // copy of the model): asked for a later round and silent, it lost that request.
@@ -503,12 +503,7 @@ impl Node for FedAvgServer {
                 }
                 Ok(())
             }
-            c => Err(EngineError::Rejected {
-                node: SERVER,
-                from,
-                kind: c.kind(),
-                why: "the server takes only join requests from its clients".into(),
-            }),
+            c => Err(super::refuse_control(from, &c)),
         }
     }
 

@@ -396,25 +396,16 @@ impl Node for FedBuffServer {
     fn on_control(
         &mut self, from: NodeId, c: crate::wire::Control, ctx: &mut FedCtx<'_>,
     ) -> EngineResult {
-        use crate::wire::{Control, Message as _};
+        use crate::wire::Control;
         match c {
             Control::JoinRequest { .. } if self.clients.contains(&from) => {
                 if self.done {
-                    ctx.send_control(
-                        from,
-                        Control::Shutdown {
-                            round: self.version,
-                        },
-                    );
+                    let round = self.version;
+                    ctx.send_control(from, Control::Shutdown { round });
                 }
                 Ok(())
             }
-            c => Err(EngineError::Rejected {
-                node: SERVER,
-                from,
-                kind: c.kind(),
-                why: "the server takes only join requests from its clients".into(),
-            }),
+            c => Err(super::fedavg::refuse_control(from, &c)),
         }
     }
 
