@@ -511,8 +511,9 @@ fn compressed_split_messages_are_checked() {
 }
 
 /// A late second copy of an earlier request does not close the request whose gradient comes
-/// next; a gradient that does not fit its request is refused; and a client restarted from
-/// its checkpoint between its activations and the gradient answers as the unbroken one.
+/// next; a gradient that does not fit its request is refused; a client restarted from its
+/// checkpoint between its activations and the gradient answers as the unbroken one; and a
+/// gradient that comes again is answered again.
 #[test]
 fn a_split_client_keeps_its_open_requests_across_late_copies_and_restarts() {
     let s = settings(vec![4], Sampler::Global, 2, LatencyConfig::default());
@@ -557,14 +558,19 @@ fn a_split_client_keeps_its_open_requests_across_late_copies_and_restarts() {
         ),
         "{from_a:?}"
     );
-    // Step 3 is answered and closed; step 2 is still open.
-    let e = Fake::ctx_run(&mut a, SERVER, grad(3, 2 * F)).0.unwrap_err();
+    // A gradient that comes again is answered again, the same way (a resumed server asks a
+    // step again); step 2 is still open; an unknown step is refused.
+    let (r, again) = Fake::ctx_run(&mut a, SERVER, grad(3, 2 * F));
+    r.unwrap();
+    assert_eq!(format!("{again:?}"), format!("{from_a:?}"));
+    assert_eq!(a.state_version(), 3, "answering changes no checkpoint");
+    Fake::ctx_run(&mut a, SERVER, grad(2, 2 * F)).0.unwrap();
+    let e = Fake::ctx_run(&mut a, SERVER, grad(4, 2 * F)).0.unwrap_err();
     assert!(
         e.to_string()
-            .contains("no request is open for step 3 (open: [2])"),
+            .contains("no request is open for step 4 (open: [3, 2])"),
         "{e}"
     );
-    Fake::ctx_run(&mut a, SERVER, grad(2, 2 * F)).0.unwrap();
     // A damaged checkpoint is refused.
     let mut state = b.save_state().unwrap();
     state.meta["open"] = serde_json::json!([{ "step": 9, "samples": [77] }]);

@@ -18,9 +18,10 @@ pub struct SplitClient {
     seed: u64,
     /// The epoch whose sample order is cached, and that order.
     order: Option<(u32, Vec<usize>)>,
-    /// The requests being served, oldest first: step, samples, client-part parameters. A
-    /// few are kept ([`OPEN_REQUESTS`]), so that a late second copy of an earlier request
-    /// does not replace the one whose gradient comes next.
+    /// The latest requests, oldest first: step, samples, client-part parameters. A few are
+    /// kept ([`OPEN_REQUESTS`]), answered gradients included, so that a late second copy of
+    /// an earlier request does not replace the one whose gradient comes next, and a gradient
+    /// sent again is answered again.
     pending: VecDeque<Open>,
     /// `compression.split`, the client part's parameter count and the cut's values per
     /// sample (the sizes it decodes messages to).
@@ -239,10 +240,11 @@ impl Node for SplitClient {
                         samples.len()
                     )));
                 }
+                // The request stays open: a gradient that comes again (from a server
+                // resumed from its epoch checkpoint, which asks the step again after this
+                // client answered the run before the crash) is answered again, identically.
                 let (samples, params) = (samples.clone(), Arc::clone(params));
-                self.pending.remove(at);
                 let grad = ctx.trainer.split_backward(&params, &samples, &grad)?;
-                self.version += 1;
                 let message = split_message(
                     compression.as_ref(),
                     self.seed,
