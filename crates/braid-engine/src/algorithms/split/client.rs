@@ -23,9 +23,9 @@ pub struct SplitClient {
     /// an earlier request does not replace the one whose gradient comes next, and a gradient
     /// sent again is answered again.
     pending: VecDeque<Open>,
-    /// `compression.split`, the client part's parameter count and the cut's values per
-    /// sample (the sizes it decodes messages to).
-    compression: Option<(Compression, usize, usize)>,
+    /// `compression.split` and the client part's parameter count (the size it decodes a
+    /// packed client part to).
+    compression: Option<(Compression, usize)>,
     /// The cut's values per sample (the size of a gradient's row), once the run's settings
     /// are known.
     cut_features: Option<usize>,
@@ -54,9 +54,7 @@ impl SplitClient {
     /// compresses what it sends and expects compressed messages if they have
     /// `compression.split`.
     pub fn with_settings(mut self, settings: &SplitSettings) -> Self {
-        self.compression = settings
-            .compression
-            .map(|c| (c, settings.client_params, settings.cut_features));
+        self.compression = settings.compression.map(|c| (c, settings.client_params));
         self.cut_features = Some(settings.cut_features);
         self
     }
@@ -177,7 +175,7 @@ impl Node for SplitClient {
         if let Some(why) = form_mismatch(self.compression.is_some(), &msg) {
             return Err(reject(why));
         }
-        let compression = self.compression.map(|(c, _, _)| c);
+        let compression = self.compression.map(|(c, _)| c);
         match msg {
             Msg::Request {
                 step,
@@ -189,7 +187,7 @@ impl Node for SplitClient {
                 let params = match client_part {
                     Tensor::Exact(p) => p,
                     Tensor::Packed(b) => {
-                        let n = self.compression.map_or(0, |(_, n, _)| n);
+                        let n = self.compression.map_or(0, |(_, n)| n);
                         Arc::new(unpack(&b, n, "client part").map_err(&reject)?)
                     }
                 };
