@@ -506,6 +506,46 @@ fn the_monitor_reports_in_step_order_even_when_snapshots_arrive_out_of_order() {
     assert_eq!(steps, vec![0, 4]);
 }
 
+/// Without deadlines a later point never goes before an earlier one, even when every peer's
+/// snapshot of the later point comes first (a monitor restarted with nothing accepted gets
+/// the snapshots held for it in any order).
+#[test]
+fn without_deadlines_the_monitor_waits_for_the_earlier_point() {
+    let s = Arc::new(settings(
+        TopologyConfig::Ring,
+        2,
+        Budget::Fixed { r: 2.0 },
+        8,
+    ));
+    let mut monitor = DsgdMonitor::new(Arc::clone(&s));
+    let mut trainer = Fake::new(true);
+    let (mut out, mut ev) = (Vec::new(), Vec::new());
+    let mut ctx = NodeCtx::new(&mut out, &mut ev, &mut trainer as &mut dyn PeerTrainer);
+    let snap = |step: u64| Msg::Snapshot {
+        step,
+        train_loss: 1.0,
+        accuracy: 0.5,
+        loss: 1.0,
+        gossip_bytes: 0,
+        model: Tensor::exact(vec![1.0; P]),
+    };
+    for peer in 0..8 {
+        monitor.on_message(peer, snap(4), &mut ctx).unwrap();
+    }
+    for peer in 0..8 {
+        monitor.on_message(peer, snap(0), &mut ctx).unwrap();
+    }
+    drop(ctx);
+    let steps: Vec<u64> = ev
+        .iter()
+        .filter_map(|e| match e {
+            Event::Metrics(m) => Some(m.step),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(steps, vec![0, 4]);
+}
+
 /// Drives one node with one input; returns what it sent.
 fn drive(
     node: &mut dyn Node<Msg = Msg, Metrics = GossipMetrics, Trainer = dyn PeerTrainer>,
@@ -605,39 +645,176 @@ fn a_restarted_peer_rejoins_from_a_live_peers_current_state() {
     );
 }
 
+/// The messages in `out` as (to, message) pairs; control messages are left out.
+fn msgs(out: Vec<(NodeId, Body<Msg>)>) -> Vec<(NodeId, Msg)> {
+    out.into_iter()
+        .filter_map(|(to, b)| match b {
+            Body::Msg(m) => Some((to, m)),
+            Body::Control(_) => None,
+        })
+        .collect()
+}
+
+fn gossip(round: u32, v: f32) -> Msg {
+    Msg::Gossip {
+        round,
+        model: Tensor::exact(vec![v; P]),
+    }
+}
+
 #[test]
-fn a_peer_checkpoint_restores_its_step_model_and_counters() {
-    let s = Arc::new(settings(TopologyConfig::Ring, 1, Budget::LocalOnly, 8));
+fn a_peer_checkpoint_taken_after_any_input_resumes_it_exactly() {
+    let s = Arc::new(settings(
+        TopologyConfig::Ring,
+        1,
+        Budget::Fixed { r: 1.0 },
+        8,
+    ));
     let mut trainer = Fake::new(false);
-    let mut a = DsgdPeer::new(2, Arc::clone(&s), (40..60).collect(), vec![20.0; P]);
+    let mut a = DsgdPeer::new(1, Arc::clone(&s), (20..40).collect(), vec![10.0; P]);
     assert!(a.save_state().is_none(), "nothing captured unless asked");
     a.keep_checkpoints();
     assert_eq!(a.state_version(), 0);
-    drive(&mut a, &mut trainer, |n, c| n.on_start(c));
-    // Local only: it ran to the end, capturing the state at steps 0, 4 and 8.
-    assert_eq!(a.state_version(), 3);
+    // Step 1 taken, round 1 gossiped to peers 0 and 2, waiting for both; peer 2's round-1
+    // gossip and (early) its round-2 gossip arrive.
+    let started = msgs(drive(&mut a, &mut trainer, |n, c| n.on_start(c)));
+    drive(&mut a, &mut trainer, |n, c| {
+        n.on_message(2, gossip(1, 30.0), c)
+    });
+    drive(&mut a, &mut trainer, |n, c| {
+        n.on_message(2, gossip(2, 31.0), c)
+    });
+    assert_eq!(a.state_version(), 3, "every input that changed the peer");
+    assert_eq!(a.step(), 1);
     let state = a.save_state().unwrap();
-    assert_eq!(state.meta_u64("step").unwrap(), 8);
-    let mut b = DsgdPeer::new(2, Arc::clone(&s), (40..60).collect(), vec![0.0; P]);
+    assert_eq!(state.meta_u64("step").unwrap(), 1);
+
+    // Restored into a fresh process: the same step and model, and on start it sends what its
+    // latest sending input sent (the round-1 gossip and the step-0 snapshot; a kill may have
+    // come before they left), and nothing else.
+    let mut b = DsgdPeer::new(1, Arc::clone(&s), (20..40).collect(), vec![0.0; P]);
+    b.keep_checkpoints();
     b.load_state(state.clone()).unwrap();
-    assert_eq!(b.step(), 8);
-    assert_eq!(b.params(), a.params());
+    b.rejoin();
+    assert_eq!((b.step(), b.params()), (a.step(), a.params()));
+    let again = msgs(drive(&mut b, &mut trainer, |n, c| n.on_start(c)));
+    assert_eq!(again, started);
+    assert!(!b.finished());
+    // Peer 0's round-1 gossip completes round 1 on both, and round 2 at once (peer 2's
+    // round-2 gossip was kept; peer 0's for round 2 is still missing): they send the same.
+    let from_a = msgs(drive(&mut a, &mut trainer, |n, c| {
+        n.on_message(0, gossip(1, 5.0), c)
+    }));
+    let from_b = msgs(drive(&mut b, &mut trainer, |n, c| {
+        n.on_message(0, gossip(1, 5.0), c)
+    }));
+    assert_eq!(from_a, from_b);
+    assert_eq!(a.step(), 2);
+    for (m, peer) in [
+        (gossip(2, 6.0), 0),
+        (gossip(3, 7.0), 0),
+        (gossip(3, 8.0), 2),
+    ] {
+        let x = msgs(drive(&mut a, &mut trainer, |n, c| {
+            n.on_message(peer, m.clone(), c)
+        }));
+        let y = msgs(drive(&mut b, &mut trainer, |n, c| n.on_message(peer, m, c)));
+        assert_eq!(x, y);
+    }
+    assert_eq!((b.step(), b.params()), (a.step(), a.params()));
+    assert_eq!(a.save_state().unwrap(), b.save_state().unwrap());
+
     // Damaged or foreign checkpoints are errors, not panics.
+    let fresh = || DsgdPeer::new(1, Arc::clone(&s), vec![], vec![0.0; P]);
     let mut wrong = state.clone();
-    wrong.meta = serde_json::json!({ "step": 99, "mixed_through": 0, "gossip_bytes": 0 });
-    assert!(DsgdPeer::new(2, Arc::clone(&s), vec![], vec![0.0; P])
-        .load_state(wrong)
-        .is_err());
+    wrong.meta["step"] = serde_json::json!(99);
+    assert!(fresh().load_state(wrong).is_err());
+    let mut wrong = state.clone();
+    wrong.meta["mixed_through"] = serde_json::json!(5);
+    assert!(fresh().load_state(wrong).is_err(), "mixed past its step");
+    let mut wrong = state.clone();
+    wrong.meta["absent"] = serde_json::json!([8]);
+    assert!(
+        fresh().load_state(wrong).is_err(),
+        "the monitor is not a peer"
+    );
     let mut wrong = state.clone();
     wrong.tensors[0].1.push(1.0);
-    assert!(DsgdPeer::new(2, Arc::clone(&s), vec![], vec![0.0; P])
-        .load_state(wrong)
-        .is_err());
-    let mut wrong = state;
+    assert!(fresh().load_state(wrong).is_err());
+    let mut wrong = state.clone();
     wrong.blobs[0].1 = b"not an optimizer state".to_vec();
-    assert!(DsgdPeer::new(2, Arc::clone(&s), vec![], vec![0.0; P])
-        .load_state(wrong)
-        .is_err());
+    assert!(fresh().load_state(wrong).is_err());
+    let mut wrong = state.clone();
+    let inbox = wrong
+        .blobs
+        .iter_mut()
+        .find(|(name, _)| name.starts_with("inbox/"))
+        .unwrap();
+    inbox.0 = "inbox/2/5".into();
+    assert!(
+        fresh().load_state(wrong).is_err(),
+        "peer 5 is not a neighbour"
+    );
+    let mut wrong = state;
+    let out = wrong
+        .blobs
+        .iter_mut()
+        .find(|(name, _)| name.starts_with("out/"))
+        .unwrap();
+    out.1.truncate(5);
+    assert!(fresh().load_state(wrong).is_err(), "a torn message");
+}
+
+/// With a gossip deadline, the others may have gone on without a killed peer: resumed from
+/// its checkpoint it asks where they are, and follows only a peer further ahead than waiting
+/// for it would allow.
+#[test]
+fn a_resumed_peer_follows_only_a_peer_that_left_it_behind() {
+    let mut s = settings(TopologyConfig::Ring, 1, Budget::Fixed { r: 1.0 }, 40);
+    s.gossip_deadline = Some(std::time::Duration::from_secs(1));
+    let s = Arc::new(s);
+    let mut trainer = Fake::new(false);
+    let mut a = DsgdPeer::new(1, Arc::clone(&s), (20..40).collect(), vec![10.0; P]);
+    a.keep_checkpoints();
+    drive(&mut a, &mut trainer, |n, c| n.on_start(c));
+    let mut b = DsgdPeer::new(1, Arc::clone(&s), (20..40).collect(), vec![0.0; P]);
+    b.load_state(a.save_state().unwrap()).unwrap();
+    b.rejoin();
+    let sent = drive(&mut b, &mut trainer, |n, c| n.on_start(c));
+    let asked = sent
+        .iter()
+        .filter(|(_, m)| matches!(m, Body::Control(Control::JoinRequest { step: 1 })))
+        .count();
+    assert_eq!(asked, 7, "every other peer is asked");
+    // A neighbour one round ahead waited for this peer: not followed.
+    let near = Control::JoinReply {
+        step: 2,
+        round: 1,
+        model: Tensor::exact(vec![50.0; P]),
+    };
+    drive(&mut b, &mut trainer, |n, c| n.on_control(2, near, c));
+    assert_eq!((b.step(), b.params()), (a.step(), a.params()));
+    // One 20 rounds ahead went on without it: followed, and it joins that peer's round.
+    let far = Control::JoinReply {
+        step: 21,
+        round: 20,
+        model: Tensor::exact(vec![60.0; P]),
+    };
+    let joined = msgs(drive(&mut b, &mut trainer, |n, c| n.on_control(2, far, c)));
+    assert_eq!(b.step(), 21);
+    assert_eq!(b.params(), &[60.0; P][..]);
+    assert!(joined
+        .iter()
+        .all(|(_, m)| matches!(m, Msg::Gossip { round: 21, .. })));
+    // After the join deadline nothing more is followed.
+    drive(&mut b, &mut trainer, |n, c| n.on_deadline(u64::MAX, c));
+    let later = Control::JoinReply {
+        step: 39,
+        round: 38,
+        model: Tensor::exact(vec![70.0; P]),
+    };
+    drive(&mut b, &mut trainer, |n, c| n.on_control(0, later, c));
+    assert_eq!(b.step(), 21);
 }
 
 #[test]

@@ -235,6 +235,9 @@ pub struct DsgdPeer {
     /// Shared with the gossip messages and snapshot that carry it, so sending copies nothing.
     params: Arc<Vec<f32>>,
     optimizer: OptimizerState,
+    /// The optimizer state as bytes after the latest training, for checkpoints (kept only
+    /// when checkpoints are).
+    optimizer_bytes: Vec<u8>,
     batches: EpochBatches,
     step: u64,
     waiting: Option<Waiting>,
@@ -247,23 +250,23 @@ pub struct DsgdPeer {
     gossip_bytes: u64,
     loss_sum: f64,
     loss_steps: u64,
-    /// Restarted into a running run: asking the other peers where it is now.
+    /// Restarted without a checkpoint: asking the other peers where the run is now.
     rejoining: bool,
-    /// Capture the state at evaluation points (only a driver that checkpoints asks).
+    /// Resumed from a checkpoint with a gossip deadline set: the other peers were asked
+    /// where they are, and a peer far ahead (the others went on without this one at their
+    /// deadlines) is followed.
+    catching_up: bool,
+    /// A driver that checkpoints asked for the state after every input.
     keep_checkpoints: bool,
-    /// The state at the last evaluation point, for checkpoints.
-    saved: Option<Saved>,
-    /// Evaluation points passed (the checkpoint version).
-    snapshots: u64,
-}
-
-/// A peer's durable state, captured at an evaluation point (all parts consistent).
-struct Saved {
-    step: u64,
-    mixed_through: u32,
-    gossip_bytes: u64,
-    params: Arc<Vec<f32>>,
-    optimizer: Vec<u8>,
+    /// Changes with every input that changes the peer (see [`Node::state_version`]).
+    version: u64,
+    /// The messages of the latest input that sent any, sent again on resume: a kill between
+    /// the checkpoint and their delivery would lose them (receivers refuse a second copy).
+    last_out: Vec<(NodeId, Msg)>,
+    /// Whether the messages of the latest input are still to be collected afresh.
+    fresh_out: bool,
+    /// Restored from a checkpoint: `last_out` goes out again at the start.
+    resumed: bool,
 }
 
 /// Deadline token of the wait for join replies (gossip deadlines use round numbers).
@@ -284,6 +287,7 @@ impl DsgdPeer {
             settings,
             params: Arc::new(initial),
             optimizer: OptimizerState::default(),
+            optimizer_bytes: Vec::new(),
             batches,
             step: 0,
             waiting: None,
@@ -294,9 +298,12 @@ impl DsgdPeer {
             loss_sum: 0.0,
             loss_steps: 0,
             rejoining: false,
+            catching_up: false,
             keep_checkpoints: false,
-            saved: None,
-            snapshots: 0,
+            version: 0,
+            last_out: Vec::new(),
+            fresh_out: true,
+            resumed: false,
         }
     }
 
@@ -318,6 +325,7 @@ impl DsgdPeer {
             self.id
         );
         self.rejoining = false;
+        self.catching_up = false;
         self.step = step;
         self.mixed_through = mixed_through;
         self.params = Arc::clone(&params);
@@ -342,6 +350,153 @@ impl DsgdPeer {
             self.start_round(round, ctx)?;
         }
         self.run(ctx)
+    }
+
+    /// Sends `msg`, keeping it among the latest input's messages (for a checkpoint).
+    fn send(&mut self, ctx: &mut DsgdCtx<'_>, to: NodeId, msg: Msg) -> usize {
+        if self.keep_checkpoints {
+            if std::mem::take(&mut self.fresh_out) {
+                self.last_out.clear();
+            }
+            self.last_out.push((to, msg.clone()));
+        }
+        ctx.send(to, msg)
+    }
+
+    /// An input that changes the peer begins: its messages, if any, replace the kept ones.
+    fn begin_input(&mut self) {
+        self.version += 1;
+        self.fresh_out = true;
+    }
+
+    /// The round this peer has gossiped in and waits to mix, derived from its step (between
+    /// inputs a peer waits only at a round's step): how a restored peer takes up its wait.
+    fn restore_wait(&mut self) {
+        let s = &self.settings;
+        self.waiting = None;
+        if !s.schedule.communicates_after(self.step) {
+            return;
+        }
+        let round = (self.step / s.schedule.every.max(1)) as u32;
+        if round > self.mixed_through {
+            let graph = s.round_graph(round);
+            if !graph.peers[self.id as usize].is_empty() {
+                self.waiting = Some(Waiting { round, graph });
+            }
+        }
+    }
+
+    /// Asks every other peer where the run is (they answer with a join reply).
+    fn ask_where_the_run_is(&self, ctx: &mut DsgdCtx<'_>) {
+        for j in 0..self.settings.peers() as NodeId {
+            if j != self.id {
+                ctx.send_control(j, Control::JoinRequest { step: self.step });
+            }
+        }
+    }
+
+    /// The peer's state from a checkpoint taken by [`Node::save_state`].
+    fn restore(&mut self, state: &NodeState) -> Result<(), String> {
+        let s = Arc::clone(&self.settings);
+        let num = |k: &str| state.meta_u64(k).map_err(|e| e.to_string());
+        let step = num("step")?;
+        if step > s.total_steps {
+            return Err(format!(
+                "step {step} is past the run's {} steps",
+                s.total_steps
+            ));
+        }
+        let mixed_through = u32::try_from(num("mixed_through")?)
+            .ok()
+            .filter(|&r| r <= s.last_round() && u64::from(r) <= step / s.schedule.every.max(1))
+            .ok_or("mixed_through is past the run's last round or the checkpoint's step")?;
+        let params = state.tensor("params").map_err(|e| e.to_string())?;
+        check_params(params, s.num_params).map_err(|w| format!("params: {w}"))?;
+        let params = Arc::new(params.to_vec());
+        let optimizer_bytes = state.blob("optimizer").map_err(|e| e.to_string())?;
+        let optimizer = OptimizerState::from_bytes(optimizer_bytes).map_err(|e| e.to_string())?;
+        let loss_sum = state
+            .meta
+            .get("loss_sum")
+            .and_then(serde_json::Value::as_f64)
+            .filter(|v| v.is_finite())
+            .ok_or("no finite number \"loss_sum\"")?;
+        let absent = state
+            .meta
+            .get("absent")
+            .and_then(serde_json::Value::as_array)
+            .ok_or("no list \"absent\"")?
+            .iter()
+            .map(|v| {
+                v.as_u64()
+                    .filter(|&p| p < s.peers() as u64)
+                    .map(|p| p as NodeId)
+                    .ok_or(format!("absent: {v} is not a peer of this run"))
+            })
+            .collect::<Result<BTreeSet<NodeId>, String>>()?;
+        let limits = crate::wire::Limits::new(s.num_params);
+        let mut inbox = BTreeMap::new();
+        let mut last_out = Vec::new();
+        for (name, bytes) in &state.blobs {
+            if let Some(key) = name.strip_prefix("inbox/") {
+                let (round, from) = key
+                    .split_once('/')
+                    .and_then(|(r, f)| Some((r.parse::<u32>().ok()?, f.parse::<NodeId>().ok()?)))
+                    .ok_or(format!("{name}: not inbox/ROUND/NODE"))?;
+                let Ok(crate::wire::Body::Msg(Msg::Gossip {
+                    model: Tensor::Exact(p),
+                    ..
+                })) = crate::wire::Body::<Msg>::decode(bytes, &limits)
+                else {
+                    return Err(format!("{name}: not exact gossip"));
+                };
+                let open = round > mixed_through && round <= s.last_round();
+                if !open || !s.round_graph(round).peers[self.id as usize].contains(&(from as usize))
+                {
+                    return Err(format!("{name}: not gossip this peer waits for"));
+                }
+                check_params(&p, s.num_params).map_err(|w| format!("{name}: {w}"))?;
+                inbox.insert((round, from), p);
+            } else if let Some(key) = name.strip_prefix("out/") {
+                let parts: Vec<&str> = key.split('/').collect();
+                let (to, of_params) = match parts[..] {
+                    [_, to] => (to.parse::<NodeId>().ok(), false),
+                    [_, to, "params"] => (to.parse::<NodeId>().ok(), true),
+                    _ => (None, false),
+                };
+                let to = to.ok_or(format!("{name}: not out/I/NODE[/params]"))?;
+                if to > s.monitor() {
+                    return Err(format!("{name}: node {to} is not in this run"));
+                }
+                let m = match crate::wire::Body::<Msg>::decode(bytes, &limits) {
+                    Ok(crate::wire::Body::Msg(Msg::Gossip { round, .. })) if of_params => {
+                        Msg::Gossip {
+                            round,
+                            model: Tensor::Exact(Arc::clone(&params)),
+                        }
+                    }
+                    Ok(crate::wire::Body::Msg(m)) if !of_params => m,
+                    _ => return Err(format!("{name}: not a message of this run")),
+                };
+                last_out.push((to, m));
+            }
+        }
+        self.gossip_bytes = num("gossip_bytes")?;
+        self.loss_steps = num("loss_steps")?;
+        self.loss_sum = loss_sum;
+        self.optimizer = optimizer;
+        self.optimizer_bytes = optimizer_bytes.to_vec();
+        self.params = params;
+        self.step = step;
+        self.mixed_through = mixed_through;
+        self.batches = self.batch_stream();
+        self.inbox = inbox;
+        self.absent = absent;
+        self.last_out = last_out;
+        self.restore_wait();
+        self.rejoining = false;
+        self.resumed = true;
+        Ok(())
     }
 
     /// The current local parameters.
@@ -376,18 +531,10 @@ impl DsgdPeer {
         };
         self.loss_sum = 0.0;
         self.loss_steps = 0;
-        if self.keep_checkpoints {
-            self.saved = Some(Saved {
-                step: self.step,
-                mixed_through: self.mixed_through,
-                gossip_bytes: self.gossip_bytes,
-                params: Arc::clone(&self.params),
-                optimizer: self.optimizer.to_bytes().map_err(EngineError::Nn)?,
-            });
-            self.snapshots += 1;
-        }
-        ctx.send(
-            self.settings.monitor(),
+        let monitor = self.settings.monitor();
+        self.send(
+            ctx,
+            monitor,
             Msg::Snapshot {
                 step: self.step,
                 train_loss: train_loss as f32,
@@ -425,7 +572,7 @@ impl DsgdPeer {
         };
         for (j, listens_to) in graph.peers.iter().enumerate() {
             if listens_to.contains(&me) {
-                self.gossip_bytes += ctx.send(j as NodeId, message.clone()) as u64;
+                self.gossip_bytes += self.send(ctx, j as NodeId, message.clone()) as u64;
             }
         }
         if graph.peers[me].is_empty() {
@@ -496,6 +643,9 @@ impl DsgdPeer {
             ctx.trainer
                 .train_batches(&self.params, batches, &mut self.optimizer, lr_scale)?;
         self.params = Arc::new(out.params);
+        if self.keep_checkpoints {
+            self.optimizer_bytes = self.optimizer.to_bytes().map_err(EngineError::Nn)?;
+        }
         self.loss_sum += out.mean_loss * out.steps as f64;
         self.loss_steps += out.steps as u64;
         Ok(())
@@ -554,69 +704,111 @@ impl Node for DsgdPeer {
         !self.rejoining && self.step >= self.settings.total_steps && self.waiting.is_none()
     }
 
+    /// Changes with every input that changes the peer: its step, model, optimizer state and
+    /// the gossip received for open rounds are durable after each.
     fn state_version(&self) -> u64 {
-        self.snapshots
+        self.version
     }
 
+    /// The step, rounds mixed, model, optimizer state, counters, the gossip received for open
+    /// rounds and the messages of the latest input that sent any (as their wire frames): all
+    /// a killed peer needs to go on as if it had not stopped.
     fn save_state(&self) -> Option<NodeState> {
-        let s = self.saved.as_ref()?;
+        if !self.keep_checkpoints {
+            return None;
+        }
+        let mut blobs = vec![("optimizer".to_string(), self.optimizer_bytes.clone())];
+        for ((round, from), p) in &self.inbox {
+            let m = Msg::Gossip {
+                round: *round,
+                model: Tensor::Exact(Arc::clone(p)),
+            };
+            blobs.push((
+                format!("inbox/{round}/{from}"),
+                crate::wire::Body::Msg(m).encode(),
+            ));
+        }
+        for (i, (to, m)) in self.last_out.iter().enumerate() {
+            // Gossip of the current model (the usual case while a round waits) is written
+            // without its copy of the model: `/params` says it is the checkpoint's `params`.
+            let (name, m) = match m {
+                Msg::Gossip {
+                    round,
+                    model: Tensor::Exact(p),
+                } if Arc::ptr_eq(p, &self.params) => (
+                    format!("out/{i}/{to}/params"),
+                    Msg::Gossip {
+                        round: *round,
+                        model: Tensor::exact(Vec::new()),
+                    },
+                ),
+                _ => (format!("out/{i}/{to}"), m.clone()),
+            };
+            blobs.push((name, crate::wire::Body::Msg(m).encode()));
+        }
         Some(NodeState {
             meta: serde_json::json!({
-                "step": s.step,
-                "mixed_through": s.mixed_through,
-                "gossip_bytes": s.gossip_bytes,
+                "step": self.step,
+                "mixed_through": self.mixed_through,
+                "gossip_bytes": self.gossip_bytes,
+                "loss_sum": self.loss_sum,
+                "loss_steps": self.loss_steps,
+                "absent": self.absent,
             }),
-            tensors: vec![("params".into(), s.params.to_vec())],
-            blobs: vec![("optimizer".into(), s.optimizer.clone())],
+            tensors: vec![("params".into(), self.params.to_vec())],
+            blobs,
         })
     }
 
     fn load_state(&mut self, state: NodeState) -> EngineResult {
-        let bad = |why: String| EngineError::Checkpoint(format!("checkpoint: {why}"));
-        let step = state.meta_u64("step")?;
-        if step > self.settings.total_steps {
-            return Err(bad(format!(
-                "step {step} is past the run's {} steps",
-                self.settings.total_steps
-            )));
-        }
-        let mixed_through = u32::try_from(state.meta_u64("mixed_through")?)
-            .ok()
-            .filter(|&r| r <= self.settings.last_round())
-            .ok_or_else(|| bad("mixed_through is past the run's last round".into()))?;
-        let params = state.tensor("params")?;
-        check_params(params, self.settings.num_params).map_err(|w| bad(format!("params: {w}")))?;
-        self.optimizer =
-            OptimizerState::from_bytes(state.blob("optimizer")?).map_err(|e| bad(e.to_string()))?;
-        self.gossip_bytes = state.meta_u64("gossip_bytes")?;
-        self.params = Arc::new(params.to_vec());
-        self.step = step;
-        self.mixed_through = mixed_through;
-        self.batches = self.batch_stream();
-        self.rejoining = true;
-        Ok(())
+        self.restore(&state)
+            .map_err(|why| EngineError::Checkpoint(format!("checkpoint: {why}")))
     }
 
     fn keep_checkpoints(&mut self) {
         self.keep_checkpoints = true;
     }
 
+    /// Restarted: from a checkpoint it goes on exactly where it stopped; without one it asks
+    /// the other peers where the run is.
     fn rejoin(&mut self) {
-        self.rejoining = true;
+        if !self.resumed {
+            self.rejoining = true;
+        }
     }
 
     fn on_start(&mut self, ctx: &mut DsgdCtx<'_>) -> EngineResult {
+        self.begin_input();
         if self.rejoining {
             // Ask every other peer where the run is; the first useful answer wins, and
             // without one this peer goes on from its own state when the wait is over.
-            for j in 0..self.settings.peers() as NodeId {
-                if j != self.id {
-                    ctx.send_control(j, Control::JoinRequest { step: self.step });
-                }
-            }
+            self.ask_where_the_run_is(ctx);
             let wait = self.settings.gossip_deadline.unwrap_or(DEFAULT_JOIN_WAIT);
             ctx.set_deadline(JOIN_DEADLINE, wait);
             return Ok(());
+        }
+        if std::mem::take(&mut self.resumed) {
+            tracing::info!(
+                "peer {} resumes at step {} (round {} mixed) from its checkpoint",
+                self.id,
+                self.step,
+                self.mixed_through
+            );
+            // What the checkpointed input sent may not have left before the kill.
+            for (to, msg) in std::mem::take(&mut self.last_out) {
+                self.send(ctx, to, msg);
+            }
+            if let Some(d) = self.settings.gossip_deadline {
+                // The others may have gone on without this peer at their deadlines: ask where
+                // they are (a peer far ahead is followed), and wait for this round again.
+                if let Some(w) = &self.waiting {
+                    ctx.set_deadline(u64::from(w.round), d);
+                }
+                self.ask_where_the_run_is(ctx);
+                self.catching_up = true;
+                ctx.set_deadline(JOIN_DEADLINE, d);
+            }
+            return self.run(ctx);
         }
         self.snapshot(ctx)?;
         self.run(ctx)
@@ -624,6 +816,7 @@ impl Node for DsgdPeer {
 
     fn on_deadline(&mut self, token: u64, ctx: &mut DsgdCtx<'_>) -> EngineResult {
         if token == JOIN_DEADLINE {
+            self.catching_up = false;
             if !self.rejoining {
                 return Ok(());
             }
@@ -632,6 +825,7 @@ impl Node for DsgdPeer {
                 self.id,
                 self.step
             );
+            self.begin_input();
             self.rejoining = false;
             return self.run(ctx);
         }
@@ -640,6 +834,7 @@ impl Node for DsgdPeer {
             _ => return Ok(()), // that round was mixed in time
         }
         // Some in-neighbour is gone or stalled: mix with those that sent, and go on.
+        self.begin_input();
         self.try_mix(true)?;
         if self.settings.evaluates_at(self.step) {
             self.snapshot(ctx)?;
@@ -682,8 +877,13 @@ impl Node for DsgdPeer {
                 let params = model.exact_values().map_err(reject)?.clone();
                 check_params(&params, self.settings.num_params).map_err(reject)?;
                 // Late answers, and answers from peers behind this one's own state, are not
-                // needed.
-                if self.rejoining && step >= self.step {
+                // needed. A peer resumed from its checkpoint follows only a peer more rounds
+                // ahead than there are peers: one that waited for it could not be.
+                let left_behind = self.catching_up
+                    && u64::from(mixed_through)
+                        > u64::from(self.mixed_through) + self.settings.peers() as u64;
+                if self.rejoining && step >= self.step || left_behind {
+                    self.begin_input();
                     return self.adopt(from, step, mixed_through, params, ctx);
                 }
                 Ok(())
@@ -745,6 +945,7 @@ impl Node for DsgdPeer {
             return Err(reject("duplicate gossip".into()));
         }
         check_params(&params, self.settings.num_params).map_err(reject)?;
+        self.begin_input();
         self.inbox.insert((round, from), params);
         if self.waiting.as_ref().is_some_and(|w| w.round == round) {
             self.run(ctx)?;

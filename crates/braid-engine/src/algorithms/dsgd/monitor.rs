@@ -109,14 +109,35 @@ impl DsgdMonitor {
         Ok(())
     }
 
-    /// Reports, in step order, every evaluation point that every present peer has reached.
+    /// The evaluation point to report next: step 0, then each one after the last reported.
+    fn next_point(&self) -> u64 {
+        let s = &self.settings;
+        match self.done.last() {
+            None => 0,
+            Some(&last) if s.eval_every > 0 => {
+                ((last / s.eval_every + 1) * s.eval_every).min(s.total_steps)
+            }
+            Some(_) => s.total_steps,
+        }
+    }
+
+    /// Reports, in step order, every evaluation point that every present peer has reached,
+    /// from the next one on: a later point waits for it (its snapshots can come after the
+    /// later point's, across a network or a restart of this monitor).
     fn report_complete(&mut self, ctx: &mut DsgdCtx<'_>) -> EngineResult {
         let present = self.settings.peers() - self.absent.len();
-        while let Some(entry) = self.pending.first_entry() {
-            if entry.get().len() < present {
+        while !self.finished() {
+            let step = self.next_point();
+            if self
+                .pending
+                .get(&step)
+                .is_none_or(|snaps| snaps.len() < present)
+            {
                 break;
             }
-            let (step, snaps) = entry.remove_entry();
+            let Some(snaps) = self.pending.remove(&step) else {
+                break;
+            };
             self.done.insert(step);
             self.version += 1;
             self.report(step, snaps, ctx)?;
