@@ -2,31 +2,12 @@
 //! (TCP, Noise, yamux) give the simulator's results bit for bit; an outsider's key is refused;
 //! a client killed mid-run is skipped at the round deadline.
 
+mod common;
+use common::*;
+
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn braid() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_braid"))
-}
-
-fn keygen(dir: &Path, name: &str) -> String {
-    let out = braid()
-        .args(["keygen", "--out"])
-        .arg(dir.join(format!("{name}.key")))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A FedAvg run on the bundled data: `clients` clients, MLP, 3 rounds; the server (node 0)
 /// listens on a fixed loopback port, clients dial it.
@@ -83,26 +64,6 @@ fn spawn_node(dir: &Path, key: &str, out: &str) -> Child {
         .unwrap()
 }
 
-/// Polls the checkpoint at `path` until its metadata number `key` is at least `at_least`
-/// (failing the test after 120 s); returns the value seen.
-fn wait_for_checkpoint(path: &Path, key: &str, at_least: u64) -> u64 {
-    let t0 = Instant::now();
-    loop {
-        let seen = braid_engine::checkpoint::Checkpoint::<serde_json::Value>::load(path)
-            .ok()
-            .and_then(|c| c.state.meta_u64(key).ok());
-        if let Some(v) = seen.filter(|&v| v >= at_least) {
-            return v;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "{} never reached {key} = {at_least}",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// The run id of `exp.toml` in `dir`, as the nodes compute it.
 fn run_of(dir: &Path) -> [u8; 32] {
     let config = braid_engine::config::ExperimentConfig::load(&dir.join("exp.toml"), &[]).unwrap();
@@ -133,44 +94,6 @@ fn node_csv_field(path: &Path, col: usize) -> (u64, String) {
     (v, text)
 }
 
-/// Waits for `child` at most `limit`; kills it and fails the test on timeout.
-fn finish(mut child: Child, limit: Duration, what: &str) -> Output {
-    let t0 = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        if t0.elapsed() > limit {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "{what} did not finish in {limit:?}\nstdout:\n{}\nstderr:\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn ok(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed\nstdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// metrics.csv without the wall-clock column.
-fn metrics(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| l.rsplit_once(',').unwrap().0.to_string())
-        .collect()
-}
-
 /// Launches `d/exp.toml` across processes into `d/run` (its server's output must contain
 /// `expect`), then runs it in the simulator into `d/sim`.
 fn launch_and_simulate(d: &Path, expect: &str) {
@@ -186,16 +109,6 @@ fn launch_and_simulate(d: &Path, expect: &str) {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains(expect), "{stdout}");
     simulate(d);
-}
-
-/// Runs `d/exp.toml` in the simulator into `d/sim`.
-fn simulate(d: &Path) {
-    let sim = braid()
-        .current_dir(d)
-        .args(["run", "exp.toml", "-q", "--out", "sim"])
-        .output()
-        .unwrap();
-    ok(&sim, "braid run");
 }
 
 /// Runs the same experiment in the simulator and checks the node's `metrics.csv` (`rows` lines
