@@ -138,6 +138,36 @@ fn dsgd_survives_seeded_delays_duplicates_and_crashes() {
     seeds::<Dsgd>(DSGD, &FaultPlan::default(), 20);
 }
 
+/// An authorized halt of the whole run (every node stops with its checkpoint as it stands,
+/// the messages in flight unacknowledged) and a resume of every node: each family finishes as
+/// if nothing had happened.
+#[test]
+fn every_family_resumes_exactly_after_a_halt_of_the_whole_run() {
+    let plan = FaultPlan {
+        crash: 0.0,
+        halt: 0.03,
+        ..FaultPlan::default()
+    };
+    let p = prepared(FEDAVG);
+    let s = FedAvg::config(&p.config).unwrap();
+    let halted = (0..10)
+        .filter(|&seed| {
+            let o = run_with_faults::<FedAvg>(&p, &s, &plan, seed).unwrap();
+            o.schedule.iter().any(|l| l.contains("authorized halt"))
+        })
+        .count();
+    assert!(halted >= 3, "only {halted} of 10 seeds halted");
+    seeds::<FedAvg>(FEDAVG, &plan, 10);
+    seeds::<Dsgd>(DSGD, &plan, 5);
+    let split = as_algorithm("name = \"split\"\nrounds = 2\n", 3);
+    seeds::<Split>(&split, &plan, 5);
+    let dfml = as_algorithm(
+        "name = \"dfml\"\nrounds = 4\n[mutual]\nsenders = 2\neval_samples = 60\n",
+        4,
+    );
+    seeds::<Dfml>(&dfml, &plan, 5);
+}
+
 #[test]
 fn the_schedule_is_the_seeds_and_faults_happen() {
     let p = prepared(FEDAVG);

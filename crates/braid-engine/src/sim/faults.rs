@@ -44,6 +44,11 @@ pub struct FaultPlan {
     pub drop: f64,
     /// Chance that a node crashes when an input reaches it.
     pub crash: f64,
+    /// Chance that an authorized halt stops the whole run when an input reaches a node: every
+    /// node stops with its checkpoint as it stands (what `braid node` writes on a halt), the
+    /// messages in flight stay unacknowledged, and after [`FaultPlan::restart_after_ms`] every
+    /// node resumes (`braid launch --resume`). Counts as one of the [`FaultPlan::max_crashes`].
+    pub halt: f64,
     /// Simulated milliseconds before a crashed node restarts.
     pub restart_after_ms: u64,
     /// Most crashes in one run.
@@ -59,6 +64,7 @@ impl Default for FaultPlan {
             duplicate: 0.05,
             drop: 0.0,
             crash: 0.02,
+            halt: 0.0,
             restart_after_ms: 500,
             max_crashes: 3,
             max_steps: 200_000,
@@ -74,6 +80,7 @@ impl FaultPlan {
             duplicate: 0.0,
             drop: 0.0,
             crash: 0.0,
+            halt: 0.0,
             restart_after_ms: 0,
             max_crashes: 0,
             ..Self::default()
@@ -171,6 +178,9 @@ pub fn run_with_faults<A: Algorithm>(
         let (node, input) = match due {
             Due::Start(id) => (id, Input::Start),
             Due::Restart(id) => {
+                if down_until[id as usize].is_some_and(|back| back > now) {
+                    continue; // a halt after the crash moved the restart later
+                }
                 let mut fresh = build()?;
                 let mut restarted = fresh[id as usize]
                     .take()
@@ -203,6 +213,29 @@ pub fn run_with_faults<A: Algorithm>(
                 if let Some(back) = down_until[to as usize] {
                     // The sender's transport keeps retrying until the receiver is back.
                     let t = back.max(now) + 1 + rng.random_range(0..=plan.max_delay_ms);
+                    at(&mut queue, t, Due::Deliver { to, from, body });
+                    continue;
+                }
+                if crashes < plan.max_crashes && plan.halt > 0.0 && rng.random_bool(plan.halt) {
+                    crashes += 1;
+                    let back = now + plan.restart_after_ms;
+                    for id in 0..n {
+                        // A node already down resumes with the others.
+                        if let Some(t) = down_until[id] {
+                            if t >= back {
+                                continue;
+                            }
+                        }
+                        life[id] += 1;
+                        nodes[id] = None;
+                        down_until[id] = Some(back);
+                        at(&mut queue, back, Due::Restart(id as NodeId));
+                    }
+                    out.schedule.push(format!(
+                        "{now} ms: an authorized halt stops every node as a {} from node {from} reaches node {to} (unacknowledged: sent again)",
+                        body.kind()
+                    ));
+                    let t = back + 1 + rng.random_range(0..=plan.max_delay_ms);
                     at(&mut queue, t, Due::Deliver { to, from, body });
                     continue;
                 }

@@ -28,6 +28,10 @@ pub struct FaultsArgs {
     /// Chance that a node crashes when an input reaches it (it restarts from its checkpoint).
     #[arg(long, default_value_t = FaultPlan::default().crash)]
     crash: f64,
+    /// Chance that an authorized halt stops every node when an input reaches one (all resume
+    /// from their checkpoints).
+    #[arg(long, default_value_t = FaultPlan::default().halt)]
+    halt: f64,
     /// Chance that a message is delivered twice.
     #[arg(long, default_value_t = FaultPlan::default().duplicate)]
     duplicate: f64,
@@ -49,6 +53,7 @@ pub struct FaultsArgs {
 pub fn run(args: FaultsArgs, registry: &Registry) -> Result<()> {
     for (name, p) in [
         ("--crash", args.crash),
+        ("--halt", args.halt),
         ("--duplicate", args.duplicate),
         ("--drop", args.drop),
     ] {
@@ -64,6 +69,7 @@ pub fn run(args: FaultsArgs, registry: &Registry) -> Result<()> {
         duplicate: args.duplicate,
         drop: args.drop,
         crash: args.crash,
+        halt: args.halt,
         max_crashes: args.max_crashes,
         ..FaultPlan::default()
     };
