@@ -722,6 +722,52 @@ fn a_split_server_killed_mid_run_resumes_from_its_epoch_checkpoint_as_simulated(
 }
 
 #[test]
+fn a_split_client_killed_and_resumed_finishes_the_run_as_simulated() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // No step deadline: the server waits for the killed client.
+    write_split_config(d, 4, "");
+    let server = spawn_node(d, "k0.key", "out0");
+    let c1 = spawn_node(d, "k1.key", "out1");
+    let c2 = spawn_node(d, "k2.key", "out2");
+    let mut c3 = spawn_node(d, "k3.key", "out3");
+    // After epoch 1, client 3 is killed (SIGKILL) once its checkpoint holds a request.
+    wait_for_checkpoint(&d.join("out0/checkpoint.ckpt"), "completed_epochs", 1);
+    let ckpt = d.join("out3/checkpoint.ckpt");
+    let t0 = Instant::now();
+    loop {
+        let open = braid_engine::checkpoint::Checkpoint::<serde_json::Value>::load(&ckpt)
+            .ok()
+            .and_then(|c| {
+                c.state
+                    .meta
+                    .get("open")
+                    .and_then(|o| o.as_array())
+                    .map(Vec::len)
+            });
+        if open.is_some_and(|n| n > 0) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no request reached client 3"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    c3.kill().unwrap();
+    c3.wait().unwrap();
+    let back = spawn_resumed(d, "k3.key", "out3");
+    let limit = Duration::from_secs(180);
+    ok(&finish(back, limit, "resumed client"), "resumed client");
+    ok(&finish(server, limit, "server"), "server");
+    for c in [c1, c2] {
+        ok(&finish(c, limit, "client"), "client");
+    }
+    // Every epoch, bit for bit the simulator's.
+    assert_matches_simulator(d, "out0/metrics.csv", 5);
+}
+
+#[test]
 fn a_split_client_killed_mid_run_is_left_out_at_the_step_deadline() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
