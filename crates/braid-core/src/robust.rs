@@ -68,8 +68,11 @@ impl Aggregator {
             Self::MultiKrum { m: 0, .. } => Err(RobustError::Invalid(
                 "aggregator.m must be at least 1".into(),
             )),
-            Self::NormClip { clip } if !(clip.is_finite() && clip > 0.0) => Err(
-                RobustError::Invalid(format!("aggregator.clip = {clip} must be > 0")),
+            Self::NormClip { clip } if !(clip > 0.0 && clip <= 1e6) => Err(RobustError::Invalid(
+                format!("aggregator.clip = {clip} must be in (0, 1e6]"),
+            )),
+            Self::Krum { f } | Self::MultiKrum { f, .. } if f > 1_000_000 => Err(
+                RobustError::Invalid(format!("aggregator.f = {f} must be at most 1000000")),
             ),
             _ => Ok(()),
         }
@@ -78,8 +81,8 @@ impl Aggregator {
     /// The fewest updates the rule can work with.
     pub fn min_updates(&self) -> usize {
         match *self {
-            Self::Krum { f } => 2 * f + 3,
-            Self::MultiKrum { f, m } => (2 * f + 3).max(m),
+            Self::Krum { f } => f.saturating_mul(2).saturating_add(3),
+            Self::MultiKrum { f, m } => f.saturating_mul(2).saturating_add(3).max(m),
             _ => 1,
         }
     }
@@ -201,11 +204,11 @@ impl Attack {
             Self::Gaussian { std } => std,
             Self::LabelFlip => return Ok(()),
         };
-        if v.is_finite() && v >= 0.0 {
+        if (0.0..=1e6).contains(&v) {
             Ok(())
         } else {
             Err(RobustError::Invalid(format!(
-                "attack parameter {v} must be finite and >= 0"
+                "attack parameter {v} must be in [0, 1e6]"
             )))
         }
     }

@@ -109,10 +109,11 @@ impl Budget {
     /// the schedule (callers prefix it, e.g. `decentralized.`).
     pub fn validate(&self) -> Result<(), String> {
         let r_ok = |name: &str, r: f64| {
-            if r.is_finite() && r >= 0.0 {
+            // r above the peer count means every neighbour every round; bounded anyway.
+            if (0.0..=1e6).contains(&r) {
                 Ok(())
             } else {
-                Err(format!("budget.{name} must be >= 0 (got {r})"))
+                Err(format!("budget.{name} must be in [0, 1e6] (got {r})"))
             }
         };
         let p_ok = |name: &str, p: f64| {

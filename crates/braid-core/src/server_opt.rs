@@ -94,10 +94,12 @@ impl ServerOptimizerConfig {
     /// Checks the hyper-parameters; the error names the offending one.
     pub fn validate(&self) -> Result<(), String> {
         let pos = |name: &str, v: f32| {
-            if v.is_finite() && v > 0.0 {
+            if v > 0.0 && v <= 1000.0 {
                 Ok(())
             } else {
-                Err(format!("server_optimizer.{name} must be > 0 (got {v})"))
+                Err(format!(
+                    "server_optimizer.{name} must be in (0, 1000] (got {v})"
+                ))
             }
         };
         let unit = |name: &str, v: f32| {

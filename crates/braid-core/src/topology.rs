@@ -211,6 +211,28 @@ fn fixed_graph(config: &TopologyConfig, n: usize, rng: &mut Rng) -> Result<Optio
     })
 }
 
+impl TopologyConfig {
+    /// Checks the parameters for `n` nodes without drawing anything (a config check); the
+    /// error names the field.
+    pub fn check(&self, n: usize) -> Result<(), String> {
+        match self {
+            Self::ErdosRenyi { p } if !(*p > 0.0 && *p <= 1.0) => {
+                Err(format!("topology.p must be in (0, 1] (got {p})"))
+            }
+            Self::Torus if torus_dims(n).is_none() => Err(format!(
+                "topology torus needs a node count with a factor >= 2 (got {n} nodes)"
+            )),
+            Self::BaseRandom { base } => match base.as_ref() {
+                Self::Random | Self::OnePeerExponential | Self::BaseRandom { .. } => Err(
+                    "topology.base must be a fixed topology: ring, torus, exponential, complete or erdos-renyi".into(),
+                ),
+                b => b.check(n).map_err(|e| e.replacen("topology.", "topology.base.", 1)),
+            },
+            _ => Ok(()),
+        }
+    }
+}
+
 impl Topology {
     /// Binds `config` to `n` nodes; fixed random graphs (Erdos-Renyi) are drawn from `rng`.
     pub fn new(config: TopologyConfig, n: usize, rng: &mut Rng) -> Result<Self, String> {

@@ -81,11 +81,11 @@ fn normal(mean: f64, sd: f64) -> Normal<f64> {
 /// Generates the data set; group `k`'s samples carry group id `k`.
 pub fn generate(c: &SyntheticConfig, seed_value: u64) -> Result<DataSplit, DataError> {
     let bad = |field, why: String| Err(DataError::BadConfig { field, why });
-    if !(c.alpha.is_finite() && c.alpha >= 0.0) {
-        return bad("alpha", format!("must be >= 0 (got {})", c.alpha));
+    if !(0.0..=1e6).contains(&c.alpha) {
+        return bad("alpha", format!("must be in [0, 1e6] (got {})", c.alpha));
     }
-    if !(c.beta.is_finite() && c.beta >= 0.0) {
-        return bad("beta", format!("must be >= 0 (got {})", c.beta));
+    if !(0.0..=1e6).contains(&c.beta) {
+        return bad("beta", format!("must be in [0, 1e6] (got {})", c.beta));
     }
     if c.groups == 0 || c.dim == 0 || !(2..=256).contains(&c.classes) {
         return bad(
@@ -93,6 +93,21 @@ pub fn generate(c: &SyntheticConfig, seed_value: u64) -> Result<DataSplit, DataE
             format!(
                 "need groups >= 1, dim >= 1 and 2 <= classes <= 256 (got {}, {}, {})",
                 c.groups, c.dim, c.classes
+            ),
+        );
+    }
+    // Every value is generated and held in memory: at most 2^28 feature values (1 GiB).
+    let values = c
+        .groups
+        .checked_mul(c.samples_per_group)
+        .and_then(|n| n.checked_mul(c.dim))
+        .filter(|&v| v <= 1 << 28);
+    if values.is_none() {
+        return bad(
+            "groups",
+            format!(
+                "groups x samples_per_group x dim = {} x {} x {} must be at most 2^28 values",
+                c.groups, c.samples_per_group, c.dim
             ),
         );
     }
@@ -196,5 +211,18 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("test_fraction"));
+        // Sizes that would not fit are refused before anything is generated (2^30 values).
+        let c = SyntheticConfig {
+            groups: 1 << 10,
+            samples_per_group: 1 << 10,
+            dim: 1 << 10,
+            ..Default::default()
+        };
+        assert!(generate(&c, 0).unwrap_err().to_string().contains("2^28"));
+        let c = SyntheticConfig {
+            beta: 1e300,
+            ..Default::default()
+        };
+        assert!(generate(&c, 0).unwrap_err().to_string().contains("beta"));
     }
 }

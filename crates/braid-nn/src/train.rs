@@ -86,14 +86,14 @@ impl OptimizerConfig {
                 weight_decay,
                 nesterov,
             } => {
-                if !(lr.is_finite() && lr > 0.0) {
-                    return bad("lr", lr, "must be > 0");
+                if !(lr > 0.0 && lr <= 1000.0) {
+                    return bad("lr", lr, "must be in (0, 1000]");
                 }
                 if !(0.0..1.0).contains(&momentum) {
                     return bad("momentum", momentum, "must be in [0, 1)");
                 }
-                if !(weight_decay.is_finite() && weight_decay >= 0.0) {
-                    return bad("weight_decay", weight_decay, "must be >= 0");
+                if !(0.0..=1000.0).contains(&weight_decay) {
+                    return bad("weight_decay", weight_decay, "must be in [0, 1000]");
                 }
                 if nesterov && momentum == 0.0 {
                     return Err(NnError::Config(
@@ -109,19 +109,23 @@ impl OptimizerConfig {
                 eps,
                 weight_decay,
             } => {
-                if !(lr.is_finite() && lr > 0.0) {
-                    return bad("lr", lr, "must be > 0");
+                if !(lr > 0.0 && lr <= 1000.0) {
+                    return bad("lr", lr, "must be in (0, 1000]");
                 }
                 for (f, v) in [("beta1", beta1), ("beta2", beta2)] {
                     if !(0.0..1.0).contains(&v) {
                         return bad(f, f64::from(v), "must be in [0, 1)");
                     }
                 }
-                if !(eps.is_finite() && eps > 0.0) {
-                    return bad("eps", f64::from(eps), "must be > 0");
+                if !(eps > 0.0 && eps <= 1.0) {
+                    return bad("eps", f64::from(eps), "must be in (0, 1]");
                 }
-                if !(weight_decay.is_finite() && weight_decay >= 0.0) {
-                    return bad("weight_decay", f64::from(weight_decay), "must be >= 0");
+                if !(0.0..=1000.0).contains(&weight_decay) {
+                    return bad(
+                        "weight_decay",
+                        f64::from(weight_decay),
+                        "must be in [0, 1000]",
+                    );
                 }
                 Ok(())
             }

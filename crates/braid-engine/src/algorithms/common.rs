@@ -29,6 +29,7 @@ pub fn rounds(c: &ExperimentConfig, name: &str) -> Result<u32, Invalid> {
             "algorithm.rounds must be at least 1 (no round would leave the untrained model as the result)",
         ));
     }
+    crate::config::check_in("algorithm.rounds", rounds, 1, 10_000_000)?;
     Ok(rounds)
 }
 
@@ -39,9 +40,9 @@ pub fn check_mu(c: &ExperimentConfig, fedprox: bool) -> Result<(), Invalid> {
             "algorithm.mu",
             "algorithm.name = \"fedprox\" needs algorithm.mu (e.g. 0.01)",
         )),
-        (true, Some(mu)) if !(mu.is_finite() && mu >= 0.0) => Err(Invalid::range(
+        (true, Some(mu)) if !(0.0..=1e4).contains(&mu) => Err(Invalid::range(
             "algorithm.mu",
-            format!("algorithm.mu must be >= 0 (got {mu})"),
+            format!("algorithm.mu = {mu} must be in [0, 1e4]"),
         )),
         (false, Some(_)) => Err(Invalid::not_applicable(
             "algorithm.mu",

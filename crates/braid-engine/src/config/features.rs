@@ -101,21 +101,14 @@ fn default_delta() -> f64 {
 impl PrivacyConfig {
     /// Checks the fields; the error names the one that is wrong.
     pub fn validate(&self) -> Result<(), Invalid> {
-        if !(self.clip.is_finite() && self.clip > 0.0) {
+        // Noise of std clip x noise_multiplier is added in f32: both bounded keep it finite.
+        if !(self.clip > 0.0 && self.clip <= 1e6) {
             return Err(Invalid::range(
                 "privacy.clip",
-                format!("privacy.clip = {} must be > 0", self.clip),
+                format!("privacy.clip = {} must be in (0, 1e6]", self.clip),
             ));
         }
-        if !(self.noise_multiplier.is_finite() && self.noise_multiplier >= 0.0) {
-            return Err(Invalid::range(
-                "privacy.noise_multiplier",
-                format!(
-                    "privacy.noise_multiplier = {} must be >= 0",
-                    self.noise_multiplier
-                ),
-            ));
-        }
+        super::check_in("privacy.noise_multiplier", self.noise_multiplier, 0.0, 1e6)?;
         if !(self.delta > 0.0 && self.delta < 1.0) {
             return Err(Invalid::range(
                 "privacy.delta",

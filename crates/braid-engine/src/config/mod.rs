@@ -509,6 +509,25 @@ pub fn check_seconds(field: &str, value: Option<f64>) -> Result<(), Invalid> {
     }
 }
 
+/// Checks that setting `field` lies in `lo..=hi` (a NaN never does): the refusal names the
+/// field, the value and the range. The ranges are listed in docs/config.md.
+pub fn check_in<T: PartialOrd + std::fmt::Display + Copy>(
+    field: &str, value: T, lo: T, hi: T,
+) -> Result<(), Invalid> {
+    if value >= lo && value <= hi {
+        Ok(())
+    } else {
+        Err(Invalid::range(
+            field,
+            format!("{field} = {value} must be in [{lo}, {hi}]"),
+        ))
+    }
+}
+
+/// Most clients (or peers) a run may have: each holds a model, and some algorithms keep a
+/// slot per client from the moment the config is checked.
+pub const MAX_CLIENTS: usize = 1_000_000;
+
 /// A timeout setting checked by [`check_seconds`], as a duration.
 pub fn seconds(value: Option<f64>) -> Option<std::time::Duration> {
     value.and_then(|s| std::time::Duration::try_from_secs_f64(s).ok())
@@ -778,11 +797,39 @@ impl ExperimentConfig {
 
     /// Checks the common sections (before the algorithm's own checks).
     pub fn check_sections(&self) -> Result<(), Invalid> {
-        if self.partition.clients == 0 {
-            return Err(Invalid::range(
-                "partition.clients",
-                "partition.clients must be at least 1",
-            ));
+        check_in("partition.clients", self.partition.clients, 1, MAX_CLIENTS)?;
+        if let Some(alpha) = self.partition.alpha {
+            check_in("partition.alpha", alpha, 1e-6, 1e6)?;
+        }
+        for (field, v) in [
+            ("partition.min_size", self.partition.min_size),
+            (
+                "partition.shards_per_client",
+                self.partition.shards_per_client,
+            ),
+            (
+                "partition.classes_per_client",
+                self.partition.classes_per_client,
+            ),
+        ] {
+            if let Some(v) = v {
+                check_in(field, v, 0, 1 << 24)?;
+            }
+        }
+        // A round's batches are drawn up front: bound the steps, epochs and samples per round.
+        check_in("train.batch_size", self.train.batch_size, 1, 1 << 20)?;
+        check_in("train.local_epochs", self.train.local_epochs, 0, 1000)?;
+        if let Some(steps) = self.train.local_steps {
+            check_in("train.local_steps", steps, 1, 1_000_000)?;
+            if steps.saturating_mul(self.train.batch_size) > 1 << 30 {
+                return Err(Invalid::range(
+                    "train.local_steps",
+                    format!(
+                        "train.local_steps x train.batch_size = {steps} x {} is more than 2^30 samples per round",
+                        self.train.batch_size
+                    ),
+                ));
+            }
         }
         if let Some(c) = &self.compression {
             c.validate()?;
@@ -860,11 +907,8 @@ impl ExperimentConfig {
         if let Some(n) = &self.network {
             n.validate()?;
         }
-        if self.runtime.workers == Some(0) {
-            return Err(Invalid::range(
-                "runtime.workers",
-                "runtime.workers must be at least 1 (or leave it out for automatic)",
-            ));
+        if let Some(w) = self.runtime.workers {
+            check_in("runtime.workers", w, 1, 1024)?;
         }
         Ok(())
     }

@@ -283,7 +283,7 @@ impl<M: Message, R: Metrics, T: crate::trainer::TrainerObject + ?Sized> Simulato
         for (mark, &(arrived, kind)) in out.marks.iter().zip(starts) {
             let start = arrived.max(free);
             let took = timing.compute(from, mark.flops);
-            let done = start + took;
+            let done = start.saturating_add(took);
             free = done;
             let least = st.least[f].entry(kind).or_insert(took);
             *least = (*least).min(took);
@@ -307,7 +307,8 @@ impl<M: Message, R: Metrics, T: crate::trainer::TrainerObject + ?Sized> Simulato
                 }
                 let bytes = body.encoded_len() as u64;
                 let key = (from, to);
-                let arrival = (done + timing.transfer(from, to, bytes))
+                let arrival = done
+                    .saturating_add(timing.transfer(from, to, bytes))
                     .max(st.last_arrival.get(&key).copied().unwrap_or(0));
                 st.last_arrival.insert(key, arrival);
                 if arrival < st.handled_upto[t] {

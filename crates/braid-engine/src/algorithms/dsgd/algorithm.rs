@@ -106,16 +106,30 @@ impl Algorithm for Dsgd {
                 "algorithm.server_optimizer does not apply to \"dsgd\" (there is no server)",
             ));
         }
+        for (field, set) in [
+            (
+                "algorithm.round_timeout_s",
+                c.algorithm.round_timeout_s.is_some(),
+            ),
+            ("algorithm.min_replies", c.algorithm.min_replies.is_some()),
+        ] {
+            if set {
+                return Err(Invalid::not_applicable(field, format!("{field} does not apply to \"dsgd\" (peers wait for their neighbours: see decentralized.gossip_timeout_s)")));
+            }
+        }
+        let steps = c.algorithm.steps.unwrap_or(0);
+        crate::config::check_in("algorithm.steps", steps, 1, 1_000_000_000)?;
         let d: DecentralizedConfig = c.table("decentralized")?.unwrap_or_default();
         d.schedule()
             .validate()
             .map_err(|e| Invalid::within("decentralized", e))?;
-        if d.eval_samples == 0 {
-            return Err(Invalid::range(
-                "decentralized.eval_samples",
-                "decentralized.eval_samples must be at least 1",
-            ));
+        if d.budget != Budget::LocalOnly {
+            crate::config::check_in("decentralized.every", d.every, 1, steps)?;
         }
+        d.topology
+            .check(c.partition.clients)
+            .map_err(|e| Invalid::within("decentralized", e))?;
+        crate::config::check_in("decentralized.eval_samples", d.eval_samples, 1, 1 << 24)?;
         crate::config::check_seconds("decentralized.gossip_timeout_s", d.gossip_timeout_s)?;
         common::check_mu(c, false)?;
         Ok(d)

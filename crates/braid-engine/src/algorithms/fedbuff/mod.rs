@@ -506,19 +506,10 @@ impl Algorithm for FedBuff {
                 ),
             ));
         }
-        if f.buffer_for(per_round) == 0 {
-            return Err(Invalid::range(
-                "fedbuff.buffer",
-                "fedbuff.buffer must be at least 1",
-            ));
-        }
+        // The server holds `buffer` model-sized updates before it steps.
+        crate::config::check_in("fedbuff.buffer", f.buffer_for(per_round), 1, 10_000)?;
         if let Staleness::Poly { a } = f.staleness {
-            if !(a.is_finite() && a >= 0.0) {
-                return Err(Invalid::range(
-                    "fedbuff.staleness.a",
-                    format!("fedbuff.staleness.a = {a} must be >= 0"),
-                ));
-            }
+            crate::config::check_in("fedbuff.staleness.a", a, 0.0, 1e3)?;
         }
         if c.algorithm.min_replies.is_some() {
             return Err(Invalid::not_applicable("algorithm.min_replies", "algorithm.min_replies does not apply to \"fedbuff\" (the server steps on every fedbuff.buffer updates)"));

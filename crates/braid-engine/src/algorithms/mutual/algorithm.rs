@@ -131,18 +131,8 @@ fn mutual_run(c: &ExperimentConfig, v: Variant) -> Result<MutualRun, Invalid> {
         .validate()
         .map_err(|e| Invalid::within("mutual", e))?;
     crate::config::check_seconds("mutual.round_timeout_s", m.round_timeout_s)?;
-    if !(m.temperature.is_finite() && m.temperature > 0.0) {
-        return Err(Invalid::range(
-            "mutual.temperature",
-            format!("mutual.temperature = {} must be > 0", m.temperature),
-        ));
-    }
-    if m.eval_samples == 0 {
-        return Err(Invalid::range(
-            "mutual.eval_samples",
-            "mutual.eval_samples must be at least 1",
-        ));
-    }
+    crate::config::check_in("mutual.temperature", m.temperature, 1e-3, 1e3)?;
+    crate::config::check_in("mutual.eval_samples", m.eval_samples, 1, 1 << 24)?;
     if c.model.init.is_some() {
         return Err(Invalid::not_applicable(
             "model.init",
