@@ -74,11 +74,11 @@ fn malformed_inputs_get_one_clear_line() {
     );
     expect_error(
         &GOOD.replace("kind = \"iid\"", "kind = \"dirichlet\"\nalpha = 0.0"),
-        "partition.alpha must be",
+        "partition.alpha = 0 must be in",
     );
     expect_error(
         &GOOD.replace("kind = \"iid\"", "kind = \"dirichlet\"\nalpha = -2.0"),
-        "partition.alpha must be",
+        "partition.alpha = -2 must be in",
     );
     expect_error(
         &GOOD.replace("clients = 4", "clients = 500"),
