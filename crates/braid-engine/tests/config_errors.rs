@@ -33,7 +33,7 @@ fn each_refusal_names_its_field_and_rule() {
             vec!["train.batch_size=0"],
             "train.batch_size",
             Rule::Range,
-            "t.toml: train.batch_size must be at least 1",
+            "t.toml: train.batch_size = 0 must be in [1, 1048576]",
         ),
         (
             BASE.into(),

@@ -835,12 +835,6 @@ impl ExperimentConfig {
             c.validate()?;
         }
         self.partition.scheme()?;
-        if self.train.batch_size == 0 {
-            return Err(Invalid::range(
-                "train.batch_size",
-                "train.batch_size must be at least 1",
-            ));
-        }
         self.train
             .lr_schedule
             .validate()
@@ -849,12 +843,6 @@ impl ExperimentConfig {
             return Err(Invalid::range(
                 "train.local_epochs",
                 "train.local_epochs must be at least 1 (or set train.local_steps)",
-            ));
-        }
-        if self.train.local_steps == Some(0) {
-            return Err(Invalid::range(
-                "train.local_steps",
-                "train.local_steps must be at least 1",
             ));
         }
         self.train
