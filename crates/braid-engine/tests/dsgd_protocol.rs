@@ -471,6 +471,28 @@ fn with_a_gossip_deadline_peers_go_on_without_a_dead_neighbour() {
     assert!(out.traffic[2].messages_sent >= 4 && out.traffic[4].messages_sent >= 4);
 }
 
+/// A peer's snapshot at `step` (a model of ones).
+fn snap(step: u64) -> Msg {
+    Msg::Snapshot {
+        step,
+        train_loss: 1.0,
+        accuracy: 0.5,
+        loss: 1.0,
+        gossip_bytes: 0,
+        model: Tensor::exact(vec![1.0; P]),
+    }
+}
+
+/// The steps of the points reported in `ev`, in order.
+fn reported_steps(ev: &[Event<GossipMetrics>]) -> Vec<u64> {
+    ev.iter()
+        .filter_map(|e| match e {
+            Event::Metrics(m) => Some(m.step),
+            _ => None,
+        })
+        .collect()
+}
+
 #[test]
 fn the_monitor_reports_in_step_order_even_when_snapshots_arrive_out_of_order() {
     let mut s = settings(TopologyConfig::Ring, 2, Budget::Fixed { r: 2.0 }, 8);
@@ -480,14 +502,6 @@ fn the_monitor_reports_in_step_order_even_when_snapshots_arrive_out_of_order() {
     let mut trainer = Fake::new(true);
     let (mut out, mut ev) = (Vec::new(), Vec::new());
     let mut ctx = NodeCtx::new(&mut out, &mut ev, &mut trainer as &mut dyn PeerTrainer);
-    let snap = |step: u64| Msg::Snapshot {
-        step,
-        train_loss: 1.0,
-        accuracy: 0.5,
-        loss: 1.0,
-        gossip_bytes: 0,
-        model: Tensor::exact(vec![1.0; P]),
-    };
     // Step 4's first snapshot arrives before any of step 0's, so its deadline comes first.
     monitor.on_message(0, snap(4), &mut ctx).unwrap();
     monitor.on_message(1, snap(0), &mut ctx).unwrap();
@@ -496,14 +510,7 @@ fn the_monitor_reports_in_step_order_even_when_snapshots_arrive_out_of_order() {
     let late = monitor.on_message(2, snap(0), &mut ctx);
     assert!(matches!(late, Err(EngineError::Rejected { .. })));
     drop(ctx);
-    let steps: Vec<u64> = ev
-        .iter()
-        .filter_map(|e| match e {
-            Event::Metrics(m) => Some(m.step),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(steps, vec![0, 4]);
+    assert_eq!(reported_steps(&ev), vec![0, 4]);
 }
 
 /// Without deadlines a later point never goes before an earlier one, even when every peer's
@@ -521,14 +528,6 @@ fn without_deadlines_the_monitor_waits_for_the_earlier_point() {
     let mut trainer = Fake::new(true);
     let (mut out, mut ev) = (Vec::new(), Vec::new());
     let mut ctx = NodeCtx::new(&mut out, &mut ev, &mut trainer as &mut dyn PeerTrainer);
-    let snap = |step: u64| Msg::Snapshot {
-        step,
-        train_loss: 1.0,
-        accuracy: 0.5,
-        loss: 1.0,
-        gossip_bytes: 0,
-        model: Tensor::exact(vec![1.0; P]),
-    };
     for peer in 0..8 {
         monitor.on_message(peer, snap(4), &mut ctx).unwrap();
     }
@@ -536,14 +535,7 @@ fn without_deadlines_the_monitor_waits_for_the_earlier_point() {
         monitor.on_message(peer, snap(0), &mut ctx).unwrap();
     }
     drop(ctx);
-    let steps: Vec<u64> = ev
-        .iter()
-        .filter_map(|e| match e {
-            Event::Metrics(m) => Some(m.step),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(steps, vec![0, 4]);
+    assert_eq!(reported_steps(&ev), vec![0, 4]);
 }
 
 /// Drives one node with one input; returns what it sent.

@@ -148,30 +148,8 @@ fn write_config(d: &Path, clients: usize, rounds: u32) {
             Namespaces::addr(i)
         ));
     }
-    let config = format!(
-        r#"name = "netns"
-seed = 5
-[data]
-dataset = "fashion-mnist"
-source = "bundled"
-[partition]
-clients = {clients}
-kind = "dirichlet"
-alpha = 0.5
-[model]
-name = "mlp"
-[train]
-batch_size = 32
-local_steps = 5
-[algorithm]
-name = "fedavg"
-rounds = {rounds}
-[network]
-retry_s = 120
-participants = [
-{parts}]
-"#
-    );
+    let config = fedavg_toml("netns", 5, clients, rounds, "", &parts)
+        .replace("retry_s = 60", "retry_s = 120");
     std::fs::write(d.join("exp.toml"), config).unwrap();
 }
 

@@ -25,31 +25,7 @@ fn write_config(dir: &Path, clients: usize, extra: &str) -> Vec<String> {
         };
         parts.push_str(&format!("  {{ node = {i}, peer_id = \"{p}\"{addr} }},\n"));
     }
-    let config = format!(
-        r#"name = "net"
-seed = 7
-[data]
-dataset = "fashion-mnist"
-source = "bundled"
-[partition]
-clients = {clients}
-kind = "dirichlet"
-alpha = 0.5
-[model]
-name = "mlp"
-[train]
-batch_size = 32
-local_steps = 5
-[algorithm]
-name = "fedavg"
-rounds = 3
-{extra}
-[network]
-retry_s = 60
-participants = [
-{parts}]
-"#
-    );
+    let config = fedavg_toml("net", 7, clients, 3, extra, &parts);
     std::fs::write(dir.join("exp.toml"), config).unwrap();
     peers
 }

@@ -179,3 +179,51 @@ pub fn unanswered<T>(waiting: &BTreeMap<NodeId, Option<T>>) -> Vec<NodeId> {
         .map(|(&n, _)| n)
         .collect()
 }
+
+/// The messages of a node's latest input that sent any, kept for its checkpoint and sent again
+/// on resume: a kill between the checkpoint and their delivery would lose them (receivers
+/// refuse or ignore a second copy).
+#[derive(Debug, Clone)]
+pub struct LatestSent<M> {
+    msgs: Vec<(crate::wire::NodeId, M)>,
+    fresh: bool,
+}
+
+impl<M: Clone> Default for LatestSent<M> {
+    fn default() -> Self {
+        Self {
+            msgs: Vec::new(),
+            fresh: true,
+        }
+    }
+}
+
+impl<M: Clone> LatestSent<M> {
+    /// Messages restored from a checkpoint.
+    pub fn restored(msgs: Vec<(crate::wire::NodeId, M)>) -> Self {
+        Self { msgs, fresh: true }
+    }
+
+    /// A new input begins: its messages, if it sends any, replace the kept ones.
+    pub fn begin(&mut self) {
+        self.fresh = true;
+    }
+
+    /// Keeps `msg` to `to` among the current input's messages.
+    pub fn keep(&mut self, to: crate::wire::NodeId, msg: &M) {
+        if std::mem::take(&mut self.fresh) {
+            self.msgs.clear();
+        }
+        self.msgs.push((to, msg.clone()));
+    }
+
+    /// The kept messages, in the order they were sent.
+    pub fn iter(&self) -> impl Iterator<Item = &(crate::wire::NodeId, M)> {
+        self.msgs.iter()
+    }
+
+    /// Takes the kept messages out (to send them again).
+    pub fn take(&mut self) -> Vec<(crate::wire::NodeId, M)> {
+        std::mem::take(&mut self.msgs)
+    }
+}

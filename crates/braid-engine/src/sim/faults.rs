@@ -216,40 +216,36 @@ pub fn run_with_faults<A: Algorithm>(
                     at(&mut queue, t, Due::Deliver { to, from, body });
                     continue;
                 }
-                if crashes < plan.max_crashes && plan.halt > 0.0 && rng.random_bool(plan.halt) {
+                let halt =
+                    crashes < plan.max_crashes && plan.halt > 0.0 && rng.random_bool(plan.halt);
+                let crash = !halt
+                    && crashes < plan.max_crashes
+                    && plan.crash > 0.0
+                    && rng.random_bool(plan.crash);
+                if halt || crash {
                     crashes += 1;
                     let back = now + plan.restart_after_ms;
-                    for id in 0..n {
-                        // A node already down resumes with the others.
-                        if let Some(t) = down_until[id] {
-                            if t >= back {
-                                continue;
-                            }
+                    let down: Vec<usize> = if halt {
+                        (0..n).collect()
+                    } else {
+                        vec![to as usize]
+                    };
+                    for id in down {
+                        // A node already down past `back` resumes when it was to.
+                        if down_until[id].is_some_and(|t| t >= back) {
+                            continue;
                         }
                         life[id] += 1;
                         nodes[id] = None;
                         down_until[id] = Some(back);
                         at(&mut queue, back, Due::Restart(id as NodeId));
                     }
-                    out.schedule.push(format!(
-                        "{now} ms: an authorized halt stops every node as a {} from node {from} reaches node {to} (unacknowledged: sent again)",
-                        body.kind()
-                    ));
-                    let t = back + 1 + rng.random_range(0..=plan.max_delay_ms);
-                    at(&mut queue, t, Due::Deliver { to, from, body });
-                    continue;
-                }
-                if crashes < plan.max_crashes && plan.crash > 0.0 && rng.random_bool(plan.crash) {
-                    crashes += 1;
-                    life[to as usize] += 1;
-                    nodes[to as usize] = None;
-                    let back = now + plan.restart_after_ms;
-                    down_until[to as usize] = Some(back);
-                    at(&mut queue, back, Due::Restart(to));
-                    out.schedule.push(format!(
-                        "{now} ms: node {to} crashes as a {} from node {from} reaches it (unacknowledged: sent again)",
-                        body.kind()
-                    ));
+                    let kind = body.kind();
+                    out.schedule.push(if halt {
+                        format!("{now} ms: an authorized halt stops every node as a {kind} from node {from} reaches node {to} (unacknowledged: sent again)")
+                    } else {
+                        format!("{now} ms: node {to} crashes as a {kind} from node {from} reaches it (unacknowledged: sent again)")
+                    });
                     let t = back + 1 + rng.random_range(0..=plan.max_delay_ms);
                     at(&mut queue, t, Due::Deliver { to, from, body });
                     continue;

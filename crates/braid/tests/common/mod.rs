@@ -95,3 +95,36 @@ pub fn simulate(d: &Path) {
         .unwrap();
     ok(&sim, "braid run");
 }
+
+/// A FedAvg experiment on the bundled data (Dirichlet 0.5, MLP, batch 32, 5 local steps)
+/// with `clients` clients and `rounds` rounds; `extra` goes at the end of `[algorithm]`,
+/// `parts` is the body of `network.participants`.
+pub fn fedavg_toml(
+    name: &str, seed: u64, clients: usize, rounds: u32, extra: &str, parts: &str,
+) -> String {
+    format!(
+        r#"name = "{name}"
+seed = {seed}
+[data]
+dataset = "fashion-mnist"
+source = "bundled"
+[partition]
+clients = {clients}
+kind = "dirichlet"
+alpha = 0.5
+[model]
+name = "mlp"
+[train]
+batch_size = 32
+local_steps = 5
+[algorithm]
+name = "fedavg"
+rounds = {rounds}
+{extra}
+[network]
+retry_s = 60
+participants = [
+{parts}]
+"#
+    )
+}

@@ -260,11 +260,8 @@ pub struct DsgdPeer {
     keep_checkpoints: bool,
     /// Changes with every input that changes the peer (see [`Node::state_version`]).
     version: u64,
-    /// The messages of the latest input that sent any, sent again on resume: a kill between
-    /// the checkpoint and their delivery would lose them (receivers refuse a second copy).
-    last_out: Vec<(NodeId, Msg)>,
-    /// Whether the messages of the latest input are still to be collected afresh.
-    fresh_out: bool,
+    /// The messages of the latest input that sent any (for checkpoints and resume).
+    last_out: common::LatestSent<Msg>,
     /// Restored from a checkpoint: `last_out` goes out again at the start.
     resumed: bool,
 }
@@ -301,8 +298,7 @@ impl DsgdPeer {
             catching_up: false,
             keep_checkpoints: false,
             version: 0,
-            last_out: Vec::new(),
-            fresh_out: true,
+            last_out: common::LatestSent::default(),
             resumed: false,
         }
     }
@@ -355,10 +351,7 @@ impl DsgdPeer {
     /// Sends `msg`, keeping it among the latest input's messages (for a checkpoint).
     fn send(&mut self, ctx: &mut DsgdCtx<'_>, to: NodeId, msg: Msg) -> usize {
         if self.keep_checkpoints {
-            if std::mem::take(&mut self.fresh_out) {
-                self.last_out.clear();
-            }
-            self.last_out.push((to, msg.clone()));
+            self.last_out.keep(to, &msg);
         }
         ctx.send(to, msg)
     }
@@ -366,7 +359,7 @@ impl DsgdPeer {
     /// An input that changes the peer begins: its messages, if any, replace the kept ones.
     fn begin_input(&mut self) {
         self.version += 1;
-        self.fresh_out = true;
+        self.last_out.begin();
     }
 
     /// The round this peer has gossiped in and waits to mix, derived from its step (between
@@ -492,7 +485,7 @@ impl DsgdPeer {
         self.batches = self.batch_stream();
         self.inbox = inbox;
         self.absent = absent;
-        self.last_out = last_out;
+        self.last_out = common::LatestSent::restored(last_out);
         self.restore_wait();
         self.rejoining = false;
         self.resumed = true;
@@ -795,7 +788,7 @@ impl Node for DsgdPeer {
                 self.mixed_through
             );
             // What the checkpointed input sent may not have left before the kill.
-            for (to, msg) in std::mem::take(&mut self.last_out) {
+            for (to, msg) in self.last_out.take() {
                 self.send(ctx, to, msg);
             }
             if let Some(d) = self.settings.gossip_deadline {

@@ -390,11 +390,8 @@ pub struct MutualClient {
     given_up: u32,
     /// Changes with every input that changes the client (see [`Node::state_version`]).
     version: u64,
-    /// The messages of the latest input that sent any, sent again on resume: a kill between
-    /// the checkpoint and their delivery would lose them (receivers refuse a second copy).
-    last_out: Vec<(NodeId, Msg)>,
-    /// Whether the messages of the latest input are still to be collected afresh.
-    fresh_out: bool,
+    /// The messages of the latest input that sent any (for checkpoints and resume).
+    last_out: common::LatestSent<Msg>,
     /// Restored from a checkpoint: `last_out` goes out again at the start.
     resumed: bool,
 }
@@ -420,25 +417,21 @@ impl MutualClient {
             deadline_for: 0,
             given_up: 0,
             version: 0,
-            last_out: Vec::new(),
-            fresh_out: true,
+            last_out: common::LatestSent::default(),
             resumed: false,
         }
     }
 
     /// Sends `msg` to `to`, kept to be sent again on resume; its size.
     fn send(&mut self, ctx: &mut MutualCtx<'_>, to: NodeId, msg: Msg) -> usize {
-        if std::mem::take(&mut self.fresh_out) {
-            self.last_out.clear();
-        }
-        self.last_out.push((to, msg.clone()));
+        self.last_out.keep(to, &msg);
         ctx.send(to, msg)
     }
 
     /// An input begins: its messages, if any, replace the kept ones.
     fn begin_input(&mut self) {
         self.version += 1;
-        self.fresh_out = true;
+        self.last_out.begin();
     }
 
     /// The client's state from a checkpoint taken by [`Node::save_state`].
@@ -513,7 +506,7 @@ impl MutualClient {
             .get("loss_sum")
             .and_then(serde_json::Value::as_f64)
             .ok_or("no number \"loss_sum\"")?;
-        self.last_out = last_out;
+        self.last_out = common::LatestSent::restored(last_out);
         self.resumed = true;
         Ok(())
     }
@@ -740,7 +733,7 @@ impl Node for MutualClient {
         self.begin_input();
         if std::mem::take(&mut self.resumed) {
             // What the checkpointed input sent may not have left before the kill.
-            for (to, msg) in std::mem::take(&mut self.last_out) {
+            for (to, msg) in self.last_out.take() {
                 self.send(ctx, to, msg);
             }
         }
