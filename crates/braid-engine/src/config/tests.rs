@@ -197,6 +197,11 @@ fn every_bounded_setting_is_refused_just_outside_its_range_at_load_time() {
             "aggregator.clip",
         ),
         (BASE, &["runtime.workers=1025"], "runtime.workers"),
+        (
+            BASE,
+            &["algorithm.clients_per_round=3", "algorithm.min_replies=4"],
+            "algorithm.min_replies",
+        ),
         (BASE, &["latency.client_gflops=0.0001"], "client_gflops"),
         (BASE, &["latency.latency_ms=1e7"], "latency_ms"),
         (BASE, &["latency.slowdown=1e5"], "slowdown"),

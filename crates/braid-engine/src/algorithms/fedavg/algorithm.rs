@@ -73,6 +73,14 @@ fn settings(c: &ExperimentConfig, variant: Variant) -> Result<FedAvgSettings, In
     } else {
         common::check_clients_per_round(c)?;
     }
+    if let Some(m) = c.algorithm.min_replies {
+        let per_round = if variant == Variant::Centralized {
+            1
+        } else {
+            c.clients_per_round()
+        };
+        crate::config::check_in("algorithm.min_replies", m, 1, per_round)?;
+    }
     Ok(FedAvgSettings { variant, rounds })
 }
 
