@@ -757,6 +757,31 @@ fn a_peer_checkpoint_taken_after_any_input_resumes_it_exactly() {
     assert!(fresh().load_state(wrong).is_err(), "a torn message");
 }
 
+/// A peer restarted without a checkpoint had sent nothing (its first checkpoint precedes its
+/// first message): without a gossip deadline it starts as if for the first time, step-0
+/// snapshot included, so the monitor and its neighbours get what they wait for.
+#[test]
+fn a_peer_restarted_without_a_checkpoint_and_without_a_deadline_starts_afresh() {
+    let s = Arc::new(settings(
+        TopologyConfig::Ring,
+        1,
+        Budget::Fixed { r: 1.0 },
+        8,
+    ));
+    let mut trainer = Fake::new(false);
+    let mut first = DsgdPeer::new(1, Arc::clone(&s), (20..40).collect(), vec![10.0; P]);
+    let mut again = DsgdPeer::new(1, Arc::clone(&s), (20..40).collect(), vec![10.0; P]);
+    again.rejoin();
+    let a = msgs(drive(&mut first, &mut trainer, |n, c| n.on_start(c)));
+    let b = msgs(drive(&mut again, &mut trainer, |n, c| n.on_start(c)));
+    assert_eq!(a, b);
+    assert!(matches!(b[0], (8, Msg::Snapshot { step: 0, .. })), "{b:?}");
+    assert_eq!(
+        (again.step(), again.params()),
+        (first.step(), first.params())
+    );
+}
+
 /// With a gossip deadline, the others may have gone on without a killed peer: resumed from
 /// its checkpoint it asks where they are, and follows only a peer further ahead than waiting
 /// for it would allow.

@@ -19,6 +19,7 @@ pub mod probe;
 pub mod roster;
 pub mod runlog;
 pub mod runtime;
+pub mod unsent;
 
 pub use libp2p::{Multiaddr, PeerId};
 

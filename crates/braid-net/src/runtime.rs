@@ -347,13 +347,19 @@ fn node_loop(
     let mut first = Some(());
     // The acknowledgement the input being handled waits for.
     let mut ack: Option<u64> = None;
+    // A halt cut the latest input short (its effects are not to be checkpointed).
+    let mut interrupted = false;
     let result = loop {
         // What to do next: start, a message, or a deadline.
         let input = if stop.load(Ordering::Relaxed) {
-            // Halted: the durable state as it stands, then nothing more.
-            if let (Some((path, run_id)), Some(state)) = (&checkpoint, node.save_state()) {
-                if let Err(e) = save_checkpoint(path, run_id, state, &reported) {
-                    break Err(e);
+            // Halted: the durable state as it stands, then nothing more. A halt that cut an
+            // input short leaves a state half way through it: the checkpoint of the inputs
+            // before stands (that input was not acknowledged, so it comes again).
+            if !interrupted {
+                if let (Some((path, run_id)), Some(state)) = (&checkpoint, node.save_state()) {
+                    if let Err(e) = save_checkpoint(path, run_id, state, &reported) {
+                        break Err(e);
+                    }
                 }
             }
             break Ok(true);
@@ -433,7 +439,10 @@ fn node_loop(
             }
             // Halted in the middle of handling this input: drop what it produced (a partial
             // training result), and stop at the top of the loop.
-            Err(_) if stop.load(Ordering::Relaxed) => continue,
+            Err(_) if stop.load(Ordering::Relaxed) => {
+                interrupted = true;
+                continue;
+            }
             Err(e) => break Err(NetError::Node(e.to_string())),
         }
         let mut log_failed = None;
@@ -617,6 +626,38 @@ async fn network_loop(
     let mut report = RunReport::default();
     let mut pending: HashMap<OutboundRequestId, Outgoing> = HashMap::new();
     let mut retry: Vec<(Instant, Outgoing)> = Vec::new();
+    // After a halt: messages sent and not acknowledged, kept beside the checkpoint for the
+    // resumed node to send again (crate::unsent).
+    let mut unsent: Vec<Outgoing> = Vec::new();
+    let unsent_path = options.checkpoint.as_deref().map(crate::unsent::path_for);
+    if let (true, Some(path)) = (options.resume, &unsent_path) {
+        let kept = crate::unsent::load(path, options.max_message_bytes).map_err(NetError::Io)?;
+        if !kept.is_empty() {
+            info!(
+                "sending again {} message(s) unacknowledged at the halt",
+                kept.len()
+            );
+        }
+        for (to, bytes) in kept {
+            let Some(peer) = roster.peer_of(to) else {
+                warn!(
+                    "{}: node {to} is not in network.participants; dropped",
+                    path.display()
+                );
+                continue;
+            };
+            let out = Outgoing {
+                to,
+                peer,
+                bytes: Arc::new(bytes),
+                since: Instant::now(),
+                what: "message sent before the halt",
+                retry: true,
+                last_word: false,
+            };
+            retry.push((Instant::now(), out));
+        }
+    }
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut last_dial = Instant::now() - Duration::from_secs(60);
     let mut node_done = false;
@@ -647,18 +688,26 @@ async fn network_loop(
             }
         }
         if node_done {
-            if stop.load(Ordering::Relaxed) {
-                retry.clear(); // halted: nothing more to deliver
+            let halted = stop.load(Ordering::Relaxed);
+            if halted {
+                // Halted: nothing more is tried; what is not acknowledged is kept.
+                unsent.extend(retry.drain(..).map(|(_, out)| out));
             }
             let since = *done_at.get_or_insert_with(Instant::now);
-            if pending.is_empty() && retry.is_empty() && acks_in_flight == 0 {
-                return Ok(report);
-            }
-            if since.elapsed() > FINISH_GRACE {
-                warn!(
-                    "exiting with {} message(s) undelivered (their receivers are unreachable)",
-                    pending.len() + retry.len()
-                );
+            let drained = pending.is_empty() && retry.is_empty() && acks_in_flight == 0;
+            if drained || since.elapsed() > FINISH_GRACE {
+                if !drained {
+                    warn!(
+                        "exiting with {} message(s) undelivered (their receivers are unreachable or halted)",
+                        pending.len() + retry.len()
+                    );
+                }
+                if let Some(path) = &unsent_path {
+                    // After a halt, the unacknowledged messages; after a finished run, none.
+                    let kept = pending.values().chain(unsent.iter()).filter(|_| halted);
+                    crate::unsent::save(path, kept.map(|o| (o.to, o.bytes.as_slice())))
+                        .map_err(NetError::Io)?;
+                }
                 return Ok(report);
             }
         }
@@ -927,7 +976,10 @@ async fn network_loop(
                         if let Some(out) = pending.remove(&request_id) {
                             if out.last_word && matches!(error, request_response::OutboundFailure::ConnectionClosed) {
                                 debug!("node {} closed its connection after our last message", out.to);
-                            } else if !out.retry || stop.load(Ordering::Relaxed) {
+                            } else if out.retry && stop.load(Ordering::Relaxed) {
+                                debug!("halted: a {} to node {} is kept for the resume", out.what, out.to);
+                                unsent.push(out);
+                            } else if !out.retry {
                                 debug!("could not forward a {} to node {}: {error}", out.what, out.to);
                             } else if out.since.elapsed() < options.retry_for {
                                 debug!("delivery to node {} failed ({error}); retrying", out.to);

@@ -762,10 +762,13 @@ impl Node for DsgdPeer {
         self.keep_checkpoints = true;
     }
 
-    /// Restarted: from a checkpoint it goes on exactly where it stopped; without one it asks
-    /// the other peers where the run is.
+    /// Restarted: from a checkpoint it goes on exactly where it stopped; without one, and with
+    /// a gossip deadline, it asks the other peers where the run is.
     fn rejoin(&mut self) {
-        if !self.resumed {
+        // Without a checkpoint it has sent nothing (its first checkpoint comes before its
+        // first message leaves): without a deadline the others wait for it, and it starts as
+        // if for the first time; with one they may have gone on, and it asks where they are.
+        if !self.resumed && self.settings.gossip_deadline.is_some() {
             self.rejoining = true;
         }
     }
@@ -913,7 +916,9 @@ impl Node for DsgdPeer {
             }
         };
         // A neighbour that missed a deadline is alive again: wait for it from now on.
-        self.absent.remove(&from);
+        if self.absent.remove(&from) {
+            self.begin_input();
+        }
         if round <= self.mixed_through || round > self.settings.last_round() {
             return Err(reject(format!(
                 "round {round} is not open (mixed through round {}, last round {})",
