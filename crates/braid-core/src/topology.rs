@@ -212,6 +212,16 @@ fn fixed_graph(config: &TopologyConfig, n: usize, rng: &mut Rng) -> Result<Optio
 }
 
 impl TopologyConfig {
+    /// Metropolis-Hastings on undirected topologies, uniform on directed ones.
+    pub fn default_mixing(&self) -> MixingRule {
+        match self {
+            Self::Ring | Self::Torus | Self::Complete | Self::ErdosRenyi { .. } => {
+                MixingRule::MetropolisHastings
+            }
+            _ => MixingRule::Uniform,
+        }
+    }
+
     /// Checks the parameters for `n` nodes without drawing anything (a config check); the
     /// error names the field.
     pub fn check(&self, n: usize) -> Result<(), String> {
@@ -251,13 +261,7 @@ impl Topology {
     /// The mixing rule that suits this topology: Metropolis-Hastings where every round's graph
     /// is undirected (ring, torus, complete, Erdos-Renyi), uniform otherwise.
     pub fn default_mixing(&self) -> MixingRule {
-        match self.config {
-            TopologyConfig::Ring
-            | TopologyConfig::Torus
-            | TopologyConfig::Complete
-            | TopologyConfig::ErdosRenyi { .. } => MixingRule::MetropolisHastings,
-            _ => MixingRule::Uniform,
-        }
+        self.config.default_mixing()
     }
 
     /// The graph of communication round `round` under budget `r`.

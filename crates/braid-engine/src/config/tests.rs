@@ -265,6 +265,14 @@ fn every_bounded_setting_is_refused_just_outside_its_range_at_load_time() {
         ),
         (
             dsgd,
+            &[
+                "decentralized.topology={ kind = \"exponential\" }",
+                "decentralized.mixing=\"metropolis-hastings\"",
+            ],
+            "needs an undirected topology",
+        ),
+        (
+            dsgd,
             &["algorithm.min_replies=1"],
             "does not apply to \"dsgd\"",
         ),
