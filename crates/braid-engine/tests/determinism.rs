@@ -234,11 +234,13 @@ fn dsgd_config_errors_name_the_field() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("algorithm.steps"), "{e}");
-    // Metropolis-Hastings on the directed random topology: a setup error.
-    let c = dsgd(&["decentralized.mixing=metropolis-hastings"]);
-    let p = experiment::prepare(&c).unwrap();
-    let e = experiment::run::<Dsgd>(&p, &mut |_| {})
-        .err()
-        .map(|e| e.to_string());
-    assert!(e.unwrap_or_default().contains("undirected"));
+    // Metropolis-Hastings on the directed random topology: refused when the file is read.
+    let e = ExperimentConfig::parse(
+        &base,
+        "d.toml",
+        &["decentralized.mixing=metropolis-hastings".to_string()],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("undirected"), "{e}");
 }
