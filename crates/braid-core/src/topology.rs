@@ -164,24 +164,37 @@ fn log2_ceil(n: usize) -> u32 {
     usize::BITS - (n.max(2) - 1).leading_zeros()
 }
 
+/// Why a torus does not fit `n` nodes.
+fn torus_unfit(n: usize) -> String {
+    format!("topology torus needs a node count with a factor >= 2 (got {n} nodes)")
+}
+
+const BASE_NOT_FIXED: &str =
+    "topology.base must be a fixed topology: ring, torus, exponential, complete or erdos-renyi";
+
 fn fixed_graph(config: &TopologyConfig, n: usize, rng: &mut Rng) -> Result<Option<Graph>, String> {
     Ok(match config {
         TopologyConfig::Ring => Some(Graph::from_sets(n, |i| vec![(i + 1) % n, (i + n - 1) % n])),
         TopologyConfig::Torus => {
-            let (rows, cols) = torus_dims(n).ok_or_else(|| format!("topology torus needs a node count with a factor >= 2 (got {n} nodes)"))?;
+            let (rows, cols) = torus_dims(n).ok_or_else(|| torus_unfit(n))?;
             Some(Graph::from_sets(n, |i| {
                 let (r, c) = (i / cols, i % cols);
-                vec![((r + 1) % rows) * cols + c, ((r + rows - 1) % rows) * cols + c, r * cols + (c + 1) % cols, r * cols + (c + cols - 1) % cols]
+                vec![
+                    ((r + 1) % rows) * cols + c,
+                    ((r + rows - 1) % rows) * cols + c,
+                    r * cols + (c + 1) % cols,
+                    r * cols + (c + cols - 1) % cols,
+                ]
             }))
         }
-        TopologyConfig::Exponential => {
-            Some(Graph::from_sets(n, |i| (0..log2_ceil(n)).map(|k| (i + n - (1usize << k) % n) % n).collect()))
-        }
+        TopologyConfig::Exponential => Some(Graph::from_sets(n, |i| {
+            (0..log2_ceil(n))
+                .map(|k| (i + n - (1usize << k) % n) % n)
+                .collect()
+        })),
         TopologyConfig::Complete => Some(Graph::complete(n)),
         TopologyConfig::ErdosRenyi { p } => {
-            if !(p.is_finite() && *p > 0.0 && *p <= 1.0) {
-                return Err(format!("topology.p must be in (0, 1] (got {p})"));
-            }
+            // p is in (0, 1]: `TopologyConfig::check` ran first.
             let mut found = None;
             for _ in 0..1000 {
                 let mut peers = vec![Vec::new(); n];
@@ -203,9 +216,9 @@ fn fixed_graph(config: &TopologyConfig, n: usize, rng: &mut Rng) -> Result<Optio
         }
         TopologyConfig::OnePeerExponential | TopologyConfig::Random => None,
         TopologyConfig::BaseRandom { base } => match base.as_ref() {
-            TopologyConfig::Random | TopologyConfig::OnePeerExponential | TopologyConfig::BaseRandom { .. } => {
-                return Err("topology.base must be a fixed topology: ring, torus, exponential, complete or erdos-renyi".into())
-            }
+            TopologyConfig::Random
+            | TopologyConfig::OnePeerExponential
+            | TopologyConfig::BaseRandom { .. } => return Err(BASE_NOT_FIXED.into()),
             b => fixed_graph(b, n, rng)?,
         },
     })
@@ -229,14 +242,14 @@ impl TopologyConfig {
             Self::ErdosRenyi { p } if !(*p > 0.0 && *p <= 1.0) => {
                 Err(format!("topology.p must be in (0, 1] (got {p})"))
             }
-            Self::Torus if torus_dims(n).is_none() => Err(format!(
-                "topology torus needs a node count with a factor >= 2 (got {n} nodes)"
-            )),
+            Self::Torus if torus_dims(n).is_none() => Err(torus_unfit(n)),
             Self::BaseRandom { base } => match base.as_ref() {
-                Self::Random | Self::OnePeerExponential | Self::BaseRandom { .. } => Err(
-                    "topology.base must be a fixed topology: ring, torus, exponential, complete or erdos-renyi".into(),
-                ),
-                b => b.check(n).map_err(|e| e.replacen("topology.", "topology.base.", 1)),
+                Self::Random | Self::OnePeerExponential | Self::BaseRandom { .. } => {
+                    Err(BASE_NOT_FIXED.into())
+                }
+                b => b
+                    .check(n)
+                    .map_err(|e| e.replacen("topology.", "topology.base.", 1)),
             },
             _ => Ok(()),
         }
@@ -249,6 +262,7 @@ impl Topology {
         if n < 2 {
             return Err(format!("a topology needs at least 2 nodes (got {n})"));
         }
+        config.check(n)?;
         let fixed = fixed_graph(&config, n, rng)?;
         Ok(Self { config, n, fixed })
     }

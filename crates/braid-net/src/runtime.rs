@@ -704,8 +704,12 @@ async fn network_loop(
                 }
                 if let Some(path) = &unsent_path {
                     // After a halt, the unacknowledged messages; after a finished run, none.
-                    let kept = pending.values().chain(unsent.iter()).filter(|_| halted);
-                    crate::unsent::save(path, kept.map(|o| (o.to, o.bytes.as_slice())))
+                    let kept: Vec<&Outgoing> = if halted {
+                        pending.values().chain(&unsent).collect()
+                    } else {
+                        Vec::new()
+                    };
+                    crate::unsent::save(path, kept.iter().map(|o| (o.to, o.bytes.as_slice())))
                         .map_err(NetError::Io)?;
                 }
                 return Ok(report);

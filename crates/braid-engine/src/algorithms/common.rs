@@ -199,11 +199,6 @@ impl<M: Clone> Default for LatestSent<M> {
 }
 
 impl<M: Clone> LatestSent<M> {
-    /// Messages restored from a checkpoint.
-    pub fn restored(msgs: Vec<(crate::wire::NodeId, M)>) -> Self {
-        Self { msgs, fresh: true }
-    }
-
     /// A new input begins: its messages, if it sends any, replace the kept ones.
     pub fn begin(&mut self) {
         self.fresh = true;
@@ -217,13 +212,74 @@ impl<M: Clone> LatestSent<M> {
         self.msgs.push((to, msg.clone()));
     }
 
-    /// The kept messages, in the order they were sent.
-    pub fn iter(&self) -> impl Iterator<Item = &(crate::wire::NodeId, M)> {
-        self.msgs.iter()
-    }
-
     /// Takes the kept messages out (to send them again).
     pub fn take(&mut self) -> Vec<(crate::wire::NodeId, M)> {
         std::mem::take(&mut self.msgs)
     }
+}
+
+impl<M: crate::wire::Message> LatestSent<M> {
+    /// The kept messages as checkpoint blobs `out/I/NODE` (their wire frames). A message that
+    /// `stand_in` replaces (one carrying the checkpoint's own model, say) is written as the
+    /// replacement under `out/I/NODE/params`, for [`LatestSent::from_blobs`]'s `fill`.
+    pub fn to_blobs(&self, stand_in: impl Fn(&M) -> Option<M>) -> Vec<(String, Vec<u8>)> {
+        self.msgs
+            .iter()
+            .enumerate()
+            .map(|(i, (to, m))| match stand_in(m) {
+                Some(short) => (
+                    format!("out/{i}/{to}/params"),
+                    crate::wire::Body::Msg(short).encode(),
+                ),
+                None => (
+                    format!("out/{i}/{to}"),
+                    crate::wire::Body::Msg(m.clone()).encode(),
+                ),
+            })
+            .collect()
+    }
+
+    /// The messages in `blobs` written by [`LatestSent::to_blobs`] (other blobs are left
+    /// alone), each to a node up to `last_node`; `fill` turns a stand-in back into the
+    /// message (None: not a stand-in this node writes).
+    pub fn from_blobs(
+        blobs: &[(String, Vec<u8>)], limits: &crate::wire::Limits, last_node: NodeId,
+        fill: impl Fn(M) -> Option<M>,
+    ) -> Result<Self, String> {
+        let mut msgs = Vec::new();
+        for (name, bytes) in blobs {
+            let Some(key) = name.strip_prefix("out/") else {
+                continue;
+            };
+            let parts: Vec<&str> = key.split('/').collect();
+            let (to, stand_in) = match parts[..] {
+                [_, to] => (to.parse::<NodeId>().ok(), false),
+                [_, to, "params"] => (to.parse::<NodeId>().ok(), true),
+                _ => (None, false),
+            };
+            let to = to.ok_or(format!("{name}: not out/I/NODE[/params]"))?;
+            if to > last_node {
+                return Err(format!("{name}: node {to} is not in this run"));
+            }
+            let m = match crate::wire::Body::<M>::decode(bytes, limits) {
+                Ok(crate::wire::Body::Msg(m)) if stand_in => fill(m),
+                Ok(crate::wire::Body::Msg(m)) => Some(m),
+                _ => None,
+            }
+            .ok_or(format!("{name}: not a message of this run"))?;
+            msgs.push((to, m));
+        }
+        Ok(Self { msgs, fresh: true })
+    }
+}
+
+/// The round and sender named by a checkpoint blob `inbox/ROUND/NODE` (None for other blobs;
+/// an error for a malformed one).
+pub fn inbox_key(name: &str) -> Option<Result<(u32, NodeId), String>> {
+    let key = name.strip_prefix("inbox/")?;
+    Some(
+        key.split_once('/')
+            .and_then(|(r, f)| Some((r.parse::<u32>().ok()?, f.parse::<NodeId>().ok()?)))
+            .ok_or(format!("{name}: not inbox/ROUND/NODE")),
+    )
 }

@@ -129,10 +129,8 @@ impl Algorithm for Dsgd {
         d.topology
             .check(c.partition.clients)
             .map_err(|e| Invalid::within("decentralized", e))?;
-        if d.mixing == Some(MixingRule::MetropolisHastings)
-            && d.topology.default_mixing() != MixingRule::MetropolisHastings
-        {
-            return Err(Invalid::conflict("decentralized.mixing", "decentralized.mixing = \"metropolis-hastings\" needs an undirected topology (ring, torus, complete, erdos-renyi); this one is directed, use \"uniform\""));
+        if let Some(m) = d.mixing {
+            super::check_mixing(m, d.topology.default_mixing())?;
         }
         crate::config::check_in("decentralized.eval_samples", d.eval_samples, 1, 1 << 24)?;
         crate::config::check_seconds("decentralized.gossip_timeout_s", d.gossip_timeout_s)?;

@@ -139,6 +139,15 @@ pub struct DsgdSettings {
     pub gossip_compression: Option<braid_core::compress::Compression>,
 }
 
+/// Metropolis-Hastings weights need an undirected topology (one whose own rule is
+/// Metropolis-Hastings, `topology_rule`).
+pub(crate) fn check_mixing(mixing: MixingRule, topology_rule: MixingRule) -> Result<(), Invalid> {
+    if mixing == MixingRule::MetropolisHastings && topology_rule != MixingRule::MetropolisHastings {
+        return Err(Invalid::conflict("decentralized.mixing", "decentralized.mixing = \"metropolis-hastings\" needs an undirected topology (ring, torus, complete, erdos-renyi); this one is directed, use \"uniform\""));
+    }
+    Ok(())
+}
+
 impl DsgdSettings {
     /// Checks the settings; the error names the config field.
     pub fn validate(&self) -> EngineResult {
@@ -154,11 +163,7 @@ impl DsgdSettings {
                 "train.batch_size must be at least 1",
             )));
         }
-        if self.mixing == MixingRule::MetropolisHastings
-            && self.topology.default_mixing() != MixingRule::MetropolisHastings
-        {
-            return Err(EngineError::Invalid(Invalid::conflict("decentralized.mixing", "decentralized.mixing = \"metropolis-hastings\" needs an undirected topology (ring, torus, complete, erdos-renyi); this one is directed, use \"uniform\"")));
-        }
+        check_mixing(self.mixing, self.topology.default_mixing())?;
         let rounds = self.total_steps / self.schedule.every.max(1);
         if rounds > u64::from(u32::MAX) {
             return Err(Invalid::range(
@@ -235,8 +240,8 @@ pub struct DsgdPeer {
     /// Shared with the gossip messages and snapshot that carry it, so sending copies nothing.
     params: Arc<Vec<f32>>,
     optimizer: OptimizerState,
-    /// The optimizer state as bytes after the latest training, for checkpoints (kept only
-    /// when checkpoints are).
+    /// The optimizer state as bytes after the latest input that trained, for checkpoints
+    /// (kept only when checkpoints are).
     optimizer_bytes: Vec<u8>,
     batches: EpochBatches,
     step: u64,
@@ -429,51 +434,33 @@ impl DsgdPeer {
             .collect::<Result<BTreeSet<NodeId>, String>>()?;
         let limits = crate::wire::Limits::new(s.num_params);
         let mut inbox = BTreeMap::new();
-        let mut last_out = Vec::new();
         for (name, bytes) in &state.blobs {
-            if let Some(key) = name.strip_prefix("inbox/") {
-                let (round, from) = key
-                    .split_once('/')
-                    .and_then(|(r, f)| Some((r.parse::<u32>().ok()?, f.parse::<NodeId>().ok()?)))
-                    .ok_or(format!("{name}: not inbox/ROUND/NODE"))?;
-                let Ok(crate::wire::Body::Msg(Msg::Gossip {
-                    model: Tensor::Exact(p),
-                    ..
-                })) = crate::wire::Body::<Msg>::decode(bytes, &limits)
-                else {
-                    return Err(format!("{name}: not exact gossip"));
-                };
-                let open = round > mixed_through && round <= s.last_round();
-                if !open || !s.round_graph(round).peers[self.id as usize].contains(&(from as usize))
-                {
-                    return Err(format!("{name}: not gossip this peer waits for"));
-                }
-                check_params(&p, s.num_params).map_err(|w| format!("{name}: {w}"))?;
-                inbox.insert((round, from), p);
-            } else if let Some(key) = name.strip_prefix("out/") {
-                let parts: Vec<&str> = key.split('/').collect();
-                let (to, of_params) = match parts[..] {
-                    [_, to] => (to.parse::<NodeId>().ok(), false),
-                    [_, to, "params"] => (to.parse::<NodeId>().ok(), true),
-                    _ => (None, false),
-                };
-                let to = to.ok_or(format!("{name}: not out/I/NODE[/params]"))?;
-                if to > s.monitor() {
-                    return Err(format!("{name}: node {to} is not in this run"));
-                }
-                let m = match crate::wire::Body::<Msg>::decode(bytes, &limits) {
-                    Ok(crate::wire::Body::Msg(Msg::Gossip { round, .. })) if of_params => {
-                        Msg::Gossip {
-                            round,
-                            model: Tensor::Exact(Arc::clone(&params)),
-                        }
-                    }
-                    Ok(crate::wire::Body::Msg(m)) if !of_params => m,
-                    _ => return Err(format!("{name}: not a message of this run")),
-                };
-                last_out.push((to, m));
+            let Some(key) = common::inbox_key(name) else {
+                continue;
+            };
+            let (round, from) = key?;
+            let Ok(crate::wire::Body::Msg(Msg::Gossip {
+                model: Tensor::Exact(p),
+                ..
+            })) = crate::wire::Body::<Msg>::decode(bytes, &limits)
+            else {
+                return Err(format!("{name}: not exact gossip"));
+            };
+            let open = round > mixed_through && round <= s.last_round();
+            if !open || !s.round_graph(round).peers[self.id as usize].contains(&(from as usize)) {
+                return Err(format!("{name}: not gossip this peer waits for"));
             }
+            check_params(&p, s.num_params).map_err(|w| format!("{name}: {w}"))?;
+            inbox.insert((round, from), p);
         }
+        let last_out =
+            common::LatestSent::from_blobs(&state.blobs, &limits, s.monitor(), |m| match m {
+                Msg::Gossip { round, .. } => Some(Msg::Gossip {
+                    round,
+                    model: Tensor::Exact(Arc::clone(&params)),
+                }),
+                Msg::Snapshot { .. } => None,
+            })?;
         self.gossip_bytes = num("gossip_bytes")?;
         self.loss_steps = num("loss_steps")?;
         self.loss_sum = loss_sum;
@@ -485,7 +472,7 @@ impl DsgdPeer {
         self.batches = self.batch_stream();
         self.inbox = inbox;
         self.absent = absent;
-        self.last_out = common::LatestSent::restored(last_out);
+        self.last_out = last_out;
         self.restore_wait();
         self.rejoining = false;
         self.resumed = true;
@@ -636,16 +623,23 @@ impl DsgdPeer {
             ctx.trainer
                 .train_batches(&self.params, batches, &mut self.optimizer, lr_scale)?;
         self.params = Arc::new(out.params);
-        if self.keep_checkpoints {
-            self.optimizer_bytes = self.optimizer.to_bytes().map_err(EngineError::Nn)?;
-        }
         self.loss_sum += out.mean_loss * out.steps as f64;
         self.loss_steps += out.steps as u64;
         Ok(())
     }
 
-    /// Trains and communicates until the run ends or a round waits for messages.
+    /// Trains and communicates until the run ends or a round waits for messages; then, for
+    /// checkpoints, serializes the optimizer state once if it trained.
     fn run(&mut self, ctx: &mut DsgdCtx<'_>) -> EngineResult {
+        let from = self.step;
+        self.advance(ctx)?;
+        if self.keep_checkpoints && self.step != from {
+            self.optimizer_bytes = self.optimizer.to_bytes().map_err(EngineError::Nn)?;
+        }
+        Ok(())
+    }
+
+    fn advance(&mut self, ctx: &mut DsgdCtx<'_>) -> EngineResult {
         loop {
             if self.waiting.is_some() {
                 if !self.try_mix(false)? {
@@ -721,24 +715,18 @@ impl Node for DsgdPeer {
                 crate::wire::Body::Msg(m).encode(),
             ));
         }
-        for (i, (to, m)) in self.last_out.iter().enumerate() {
-            // Gossip of the current model (the usual case while a round waits) is written
-            // without its copy of the model: `/params` says it is the checkpoint's `params`.
-            let (name, m) = match m {
-                Msg::Gossip {
-                    round,
-                    model: Tensor::Exact(p),
-                } if Arc::ptr_eq(p, &self.params) => (
-                    format!("out/{i}/{to}/params"),
-                    Msg::Gossip {
-                        round: *round,
-                        model: Tensor::exact(Vec::new()),
-                    },
-                ),
-                _ => (format!("out/{i}/{to}"), m.clone()),
-            };
-            blobs.push((name, crate::wire::Body::Msg(m).encode()));
-        }
+        // Gossip of the current model (the usual case while a round waits) is written without
+        // its copy of the model: it is the checkpoint's `params`.
+        blobs.extend(self.last_out.to_blobs(|m| match m {
+            Msg::Gossip {
+                round,
+                model: Tensor::Exact(p),
+            } if Arc::ptr_eq(p, &self.params) => Some(Msg::Gossip {
+                round: *round,
+                model: Tensor::exact(Vec::new()),
+            }),
+            _ => None,
+        }));
         Some(NodeState {
             meta: serde_json::json!({
                 "step": self.step,

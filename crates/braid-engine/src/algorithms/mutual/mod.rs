@@ -460,13 +460,10 @@ impl MutualClient {
         let mut inbox = BTreeMap::new();
         let limits = crate::wire::Limits::new(s.model_params.iter().copied().max().unwrap_or(0));
         for (name, bytes) in &state.blobs {
-            let Some(key) = name.strip_prefix("inbox/") else {
+            let Some(key) = common::inbox_key(name) else {
                 continue;
             };
-            let (round, from) = key
-                .split_once('/')
-                .and_then(|(r, f)| Some((r.parse::<u32>().ok()?, f.parse::<NodeId>().ok()?)))
-                .ok_or(format!("{name}: not inbox/ROUND/NODE"))?;
+            let (round, from) = key?;
             let Ok(crate::wire::Body::Msg(Msg::Model { arch, model, .. })) =
                 crate::wire::Body::<Msg>::decode(bytes, &limits)
             else {
@@ -480,20 +477,8 @@ impl MutualClient {
             check_params(&p, s.model_params[want]).map_err(|w| format!("{name}: {w}"))?;
             inbox.insert((round, from), p);
         }
-        let mut last_out = Vec::new();
-        for (name, bytes) in &state.blobs {
-            let Some(to) = name.strip_prefix("out/").and_then(|k| k.split('/').nth(1)) else {
-                continue;
-            };
-            let to: NodeId = to.parse().map_err(|_| format!("{name}: not out/I/NODE"))?;
-            if to as usize > s.clients() {
-                return Err(format!("{name}: node {to} is not in this run"));
-            }
-            match crate::wire::Body::<Msg>::decode(bytes, &limits) {
-                Ok(crate::wire::Body::Msg(m)) => last_out.push((to, m)),
-                _ => return Err(format!("{name}: not a message of this run")),
-            }
-        }
+        let last_out =
+            common::LatestSent::from_blobs(&state.blobs, &limits, s.clients() as NodeId, |_| None)?;
         self.params = params;
         self.peak = peak;
         self.done = done;
@@ -506,7 +491,7 @@ impl MutualClient {
             .get("loss_sum")
             .and_then(serde_json::Value::as_f64)
             .ok_or("no number \"loss_sum\"")?;
-        self.last_out = common::LatestSent::restored(last_out);
+        self.last_out = last_out;
         self.resumed = true;
         Ok(())
     }
@@ -765,12 +750,7 @@ impl Node for MutualClient {
                 crate::wire::Body::Msg(m).encode(),
             ));
         }
-        for (i, (to, m)) in self.last_out.iter().enumerate() {
-            blobs.push((
-                format!("out/{i}/{to}"),
-                crate::wire::Body::Msg(m.clone()).encode(),
-            ));
-        }
+        blobs.extend(self.last_out.to_blobs(|_| None));
         Some(NodeState {
             meta: serde_json::json!({
                 "done": self.done,
