@@ -170,6 +170,13 @@ pub trait Algorithm: Send + Sync + 'static {
     /// fault-free run.
     const ARRIVAL_ORDER_MATTERS: bool = false;
 
+    /// The kinds of message whose handling by a freshly built node re-does the training it
+    /// logged, bit for bit (the FedAvg family's train requests: a client keeps no training
+    /// state between rounds). Their senders keep a copy of each, and `braid audit replay`
+    /// re-executes the training claims they caused. Empty (the default): the algorithm's
+    /// claims depend on state carried between inputs, and are not replayed.
+    const REPLAY_INPUTS: &'static [&'static str] = &[];
+
     /// The simulated-time model of the run, if it keeps simulated time.
     fn timing(_prepared: &Prepared, _settings: &Self::Config) -> Option<Timing> {
         None
@@ -259,12 +266,29 @@ pub trait Registered: Send + Sync {
     ) -> EngineResult<Vec<crate::sim::faults::Broken>>;
     /// Node `id` of a deployed run, its protocol erased to bytes for the network runtime.
     fn deploy(&self, prepared: &Prepared, id: NodeId) -> EngineResult<Box<dyn WireNode>>;
+    /// See [`Algorithm::REPLAY_INPUTS`].
+    fn replay_inputs(&self) -> &'static [&'static str];
+    /// Re-executes what node `id`, freshly built, does with `input` (an encoded message from
+    /// `from`, one of [`Algorithm::REPLAY_INPUTS`]): the compute it spends and the model
+    /// hashes around its training, as its run log would record them.
+    fn replay(
+        &self, prepared: &Prepared, id: NodeId, from: NodeId, input: &[u8],
+    ) -> EngineResult<Replayed>;
     /// The outputs of a deployed node from the rows it reported (as JSON values, see
     /// [`WireNode`]) and its final parameters.
     fn finished_from_rows(
         &self, prepared: &Prepared, rows: Vec<(serde_json::Value, f64)>,
         final_params: Option<Vec<f32>>,
     ) -> EngineResult<Box<dyn Finished>>;
+}
+
+/// A training claim re-executed by [`Registered::replay`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Replayed {
+    /// The compute spent.
+    pub compute: crate::accounting::Compute,
+    /// The model hashes before and after training, if it trained.
+    pub models: Option<(String, String)>,
 }
 
 /// The algorithms and models a program knows, by name.

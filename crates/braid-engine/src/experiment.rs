@@ -4,7 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::algorithm::{Algorithm, Baseline, Entry, Feature, Finished, Registered, Summary};
+use crate::algorithm::{
+    Algorithm, Baseline, Entry, Feature, Finished, Registered, Replayed, Summary,
+};
 use crate::config::ExperimentConfig;
 use crate::error::Invalid;
 use crate::node::{EngineError, EngineResult, Event, Metrics};
@@ -12,7 +14,7 @@ use crate::report::Rows;
 use crate::sim::{SimOutcome, Simulator, Worker};
 use crate::trainer::TrainerObject;
 use crate::wire::{Message, NodeId};
-use crate::wire_node::WireNode;
+use crate::wire_node::{Decoded, WireInput, WireNode};
 
 pub use crate::prepared::{matrix_blocks, prepare_data, BurnTrainer, Prepared};
 
@@ -193,6 +195,41 @@ impl<A: Algorithm> Registered for Entry<A> {
         Ok(Box::new(crate::wire_node::Wired::new(
             node, trainer, limits,
         )))
+    }
+
+    fn replay_inputs(&self) -> &'static [&'static str] {
+        A::REPLAY_INPUTS
+    }
+
+    fn replay(
+        &self, prepared: &Prepared, id: NodeId, from: NodeId, input: &[u8],
+    ) -> EngineResult<Replayed> {
+        let mut node = self.deploy(prepared, id)?;
+        node.hash_models();
+        let body = match (node.decoder())(input) {
+            Ok(Decoded::Input { kind, body }) if A::REPLAY_INPUTS.contains(&kind) => body,
+            Ok(Decoded::Input { kind, .. }) => {
+                return Err(EngineError::Unsupported(format!(
+                    "a {kind} message of {} is not replayed (replayed: {})",
+                    A::NAME,
+                    if A::REPLAY_INPUTS.is_empty() {
+                        "none".to_string()
+                    } else {
+                        A::REPLAY_INPUTS.join(", ")
+                    }
+                )))
+            }
+            Ok(Decoded::Halt(_)) => {
+                return Err(EngineError::Unsupported("a halt is not replayed".into()))
+            }
+            Err(e) => return Err(EngineError::Driver(format!("the kept input: {e}"))),
+        };
+        let (handled, result) = node.handle(WireInput::Message(from, body));
+        result?;
+        Ok(Replayed {
+            compute: handled.compute,
+            models: handled.models,
+        })
     }
 
     fn finished_from_rows(

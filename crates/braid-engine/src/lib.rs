@@ -23,6 +23,7 @@ pub mod algorithm;
 pub mod algorithms;
 pub mod checkpoint;
 pub mod config;
+pub mod dishonest;
 pub mod error;
 pub mod experiment;
 pub mod node;

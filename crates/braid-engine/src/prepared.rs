@@ -14,6 +14,7 @@ use braid_nn::{
 use rand::seq::SliceRandom;
 
 use crate::config::ExperimentConfig;
+use crate::dishonest::Dishonesty;
 use crate::node::{EngineError, EngineResult};
 use crate::trainer::{
     Evaluate, FlipLabels, MutualSteps, SplitSteps, Train, TrainSteps, Trainer as Capabilities,
@@ -42,6 +43,8 @@ pub struct Prepared {
     /// Mutual learning's distillation temperature and supervised loss (mutual learning sets
     /// it).
     pub mutual_spec: Option<(f64, SupervisedLoss)>,
+    /// This process trains dishonestly (`braid node --dishonest`; `None` in every honest run).
+    pub dishonesty: Option<Dishonesty>,
 }
 
 /// Refuses a run of `what` (an algorithm family) on data that is not for classification.
@@ -97,6 +100,7 @@ pub fn prepare_data(config: &ExperimentConfig, shards: usize) -> EngineResult<Pr
         models: Vec::new(),
         client_models: Vec::new(),
         mutual_spec: None,
+        dishonesty: None,
     })
 }
 
@@ -187,6 +191,8 @@ pub struct BurnTrainer {
     spec: TrainSpec,
     /// The test set in a seeded order; `evaluate_sample(n)` uses its first `n` entries.
     eval_order: Vec<usize>,
+    /// How this process lies about [`Train::train`], and the shard it trains on instead.
+    dishonesty: Option<(Dishonesty, Vec<usize>)>,
 }
 
 impl BurnTrainer {
@@ -221,6 +227,19 @@ impl BurnTrainer {
                 let mut order: Vec<usize> = (0..prepared.data.test.len()).collect();
                 order.shuffle(&mut seed::rng(prepared.config.seed, &[seed::stream::EVAL]));
                 order
+            },
+            dishonesty: match &prepared.dishonesty {
+                None => None,
+                Some(d @ Dishonesty::Shard(k)) => {
+                    let shard = prepared.parts.get(*k).ok_or_else(|| {
+                        EngineError::Data(format!(
+                            "--dishonest shard={k}: the run has {} shards",
+                            prepared.parts.len()
+                        ))
+                    })?;
+                    Some((d.clone(), shard.clone()))
+                }
+                Some(d) => Some((d.clone(), Vec::new())),
             },
         })
     }
@@ -347,6 +366,17 @@ impl Train for BurnTrainer {
         &mut self, params: &[f32], shard: &[usize], seed: u64, lr_scale: f64,
     ) -> EngineResult<TrainOutcome> {
         self.spec.lr_scale = lr_scale;
+        let shard = match &self.dishonesty {
+            None => shard,
+            Some((Dishonesty::Skip, _)) => {
+                return Ok(crate::dishonest::skipped(params, shard, &self.spec, seed))
+            }
+            Some((Dishonesty::LearningRate(f), _)) => {
+                self.spec.lr_scale *= f;
+                shard
+            }
+            Some((Dishonesty::Shard(_), other)) => other,
+        };
         Ok(self
             .trainer
             .train(params, &self.data.train, shard, &self.spec, seed)?)

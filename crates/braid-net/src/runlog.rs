@@ -36,6 +36,10 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 pub use braid_engine::accounting::model_hash;
 
+/// The folder, beside a node's run log, holding copies of the messages it sent from which an
+/// auditor replays training (named by their SHA-256; see `RuntimeOptions::keep_sent`).
+pub const KEPT_DIR: &str = "sent";
+
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// What an entry records.
@@ -109,6 +113,9 @@ pub enum LogEvent {
         /// Model hash after training.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         model_after: Option<String>,
+        /// SHA-256 of the message that caused it (as in its `received` entry), if one did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        input: Option<String>,
     },
     /// Metrics the node reported (a FedAvg round, a dsgd evaluation point).
     Progress {

@@ -78,13 +78,42 @@ pub struct RuntimeOptions {
     /// Stop (as on SIGTERM) after this long without a message or acknowledgement from any
     /// participant; `None`: wait for ever.
     pub idle_timeout: Option<Duration>,
+    /// Keep a copy of each sent message of these kinds, for `braid audit replay`.
+    pub keep_sent: Option<KeepSent>,
+}
+
+/// Copies of sent messages kept for audits: the inputs from which an auditor re-executes the
+/// training they caused (the FedAvg server's train requests). Each copy is written, atomically,
+/// before the message's `sent` entry is logged, so every such entry has its copy.
+#[derive(Debug, Clone)]
+pub struct KeepSent {
+    /// The directory; each copy is named by the SHA-256 (hex) of its bytes.
+    pub dir: PathBuf,
+    /// The message kinds kept.
+    pub kinds: &'static [&'static str],
+}
+
+impl KeepSent {
+    fn keep(&self, what: &str, hash: &str, bytes: &[u8]) -> Result<(), NetError> {
+        if !self.kinds.contains(&what) {
+            return Ok(());
+        }
+        let path = self.dir.join(hash);
+        if path.exists() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| NetError::Io(format!("cannot create {}: {e}", self.dir.display())))?;
+        braid_engine::report::write_atomic(&path, bytes).map_err(NetError::Io)
+    }
 }
 
 /// What the network task hands the node thread.
 enum ToNode {
     /// An input for the node, with the token of the acknowledgement its sender waits for
-    /// (sent back in [`ToNet::Handled`] once the node has handled it and checkpointed).
-    Input(WireInput, Option<u64>),
+    /// (sent back in [`ToNet::Handled`] once the node has handled it and checkpointed), and
+    /// the SHA-256 of its encoding (what the run log names it by).
+    Input(WireInput, Option<u64>, Option<String>),
     /// An authorized halt: stop now.
     Halt,
 }
@@ -351,6 +380,8 @@ fn node_loop(
     let mut interrupted = false;
     let result = loop {
         // What to do next: start, a message, or a deadline.
+        // The SHA-256 of the message being handled, for its compute entry.
+        let mut input_hash: Option<String> = None;
         let input = if stop.load(Ordering::Relaxed) {
             // Halted: the durable state as it stands, then nothing more. A halt that cut an
             // input short leaves a state half way through it: the checkpoint of the inputs
@@ -386,8 +417,9 @@ fn node_loop(
                 },
             };
             match got {
-                Some(ToNode::Input(message, token)) => {
+                Some(ToNode::Input(message, token, hash)) => {
                     ack = token;
+                    input_hash = hash;
                     message
                 }
                 Some(ToNode::Halt) => continue, // the flag is set: stop at the top
@@ -417,6 +449,7 @@ fn node_loop(
                 seconds: c.seconds,
                 model_before,
                 model_after,
+                input: input_hash.take(),
             };
             if let Err(e) = record(&log, e) {
                 break Err(e);
@@ -584,17 +617,21 @@ fn coordinator_elsewhere(me: Option<NodeId>, other: Option<NodeId>) -> bool {
 /// A message's first attempt: counted as traffic, logged as sent, handed to the swarm.
 fn first_send(
     swarm: &mut Swarm<Behaviour>, pending: &mut HashMap<OutboundRequestId, Outgoing>,
-    report: &mut RunReport, log: &SharedLog, out: Outgoing,
+    report: &mut RunReport, log: &SharedLog, keep: Option<&KeepSent>, out: Outgoing,
 ) -> Result<(), NetError> {
     report.traffic.bytes_sent += out.bytes.len() as u64;
     report.traffic.messages_sent += 1;
+    let hash = sha256_hex(&out.bytes);
+    if let Some(k) = keep {
+        k.keep(out.what, &hash, &out.bytes)?;
+    }
     record(
         log,
         LogEvent::Sent {
             to: out.to,
             what: out.what.into(),
             bytes: out.bytes.len() as u64,
-            hash: sha256_hex(&out.bytes),
+            hash,
         },
     )?;
     let id = swarm
@@ -740,7 +777,7 @@ async fn network_loop(
                         continue;
                     };
                     let out = Outgoing { to, peer, bytes: message.bytes, since: Instant::now(), what: message.kind, retry: true, last_word: message.last_word };
-                    first_send(&mut swarm, &mut pending, &mut report, &log, out)?;
+                    first_send(&mut swarm, &mut pending, &mut report, &log, options.keep_sent.as_ref(), out)?;
                 }
                 Some(ToNet::Handled(token)) => {
                     if let Some(channel) = unanswered.remove(&token) {
@@ -900,7 +937,7 @@ async fn network_loop(
                                                             retry: false,
                                                             last_word: true,
                                                         };
-                                                        first_send(&mut swarm, &mut pending, &mut report, &log, out)?;
+                                                        first_send(&mut swarm, &mut pending, &mut report, &log, options.keep_sent.as_ref(), out)?;
                                                     }
                                                 }
                                                 Ack::Accepted
@@ -918,17 +955,18 @@ async fn network_loop(
                                         report.traffic.messages_received += 1;
                                         // Recorded before it is acknowledged, so a message its
                                         // sender logs as delivered is always in this log.
+                                        let hash = sha256_hex(&request);
                                         record(&log, LogEvent::Received {
                                             from,
                                             what: kind.into(),
                                             bytes: request.len() as u64,
-                                            hash: sha256_hex(&request),
+                                            hash: hash.clone(),
                                         })?;
                                         // Acknowledged once the node has handled it
                                         // (ToNet::Handled), not now.
                                         let token = next_token;
                                         next_token += 1;
-                                        if to_node.send(ToNode::Input(WireInput::Message(from, body), Some(token))).is_err() {
+                                        if to_node.send(ToNode::Input(WireInput::Message(from, body), Some(token), Some(hash))).is_err() {
                                             node_done = true;
                                         } else {
                                             held = Some(token);

@@ -686,20 +686,7 @@ impl<M: Model> Trainer<M> {
         if let Some(dp) = spec.dp_sgd {
             return self.train_dp_sgd(params, data, shard, spec, dp, total_steps, seed_value);
         }
-        let mut batches: Vec<Vec<usize>> = Vec::with_capacity(total_steps.min(1 << 20));
-        if !shard.is_empty() {
-            let mut rng = seed::rng(seed_value, &[]);
-            let mut order: Vec<usize> = shard.to_vec();
-            'outer: while batches.len() < total_steps {
-                order.shuffle(&mut rng);
-                for chunk in order.chunks(spec.batch_size) {
-                    if batches.len() == total_steps {
-                        break 'outer;
-                    }
-                    batches.push(chunk.to_vec());
-                }
-            }
-        }
+        let batches = plan_batches(shard, spec.batch_size, total_steps, seed_value);
         self.train_batches(params, data, &batches, spec, &mut OptimizerState::default())
     }
 
@@ -936,4 +923,27 @@ impl<M: Model> Trainer<M> {
             samples: idx.len(),
         })
     }
+}
+
+/// The batches of [`Trainer::train`] without DP-SGD: `steps` batches of at most `batch_size`
+/// samples, from passes over `shard` shuffled with `seed_value` (none for an empty shard).
+pub fn plan_batches(
+    shard: &[usize], batch_size: usize, steps: usize, seed_value: u64,
+) -> Vec<Vec<usize>> {
+    let mut batches: Vec<Vec<usize>> = Vec::with_capacity(steps.min(1 << 20));
+    if shard.is_empty() || batch_size == 0 {
+        return batches;
+    }
+    let mut rng = seed::rng(seed_value, &[]);
+    let mut order: Vec<usize> = shard.to_vec();
+    'outer: while batches.len() < steps {
+        order.shuffle(&mut rng);
+        for chunk in order.chunks(batch_size) {
+            if batches.len() == steps {
+                break 'outer;
+            }
+            batches.push(chunk.to_vec());
+        }
+    }
+    batches
 }

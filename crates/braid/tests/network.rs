@@ -1108,10 +1108,9 @@ fn clients_on_their_own_data_shards_match_the_simulator() {
     assert_matches_simulator(d, "out0/metrics.csv", 4);
 }
 
-#[test]
-fn audit_verifies_signed_logs_accounts_for_the_run_and_finds_tampering() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+/// Launches the audited FedAvg run (3 clients, 2 rounds of 4 steps, MLP, bundled data) into
+/// `d/out`, with `extra` arguments for `braid launch`.
+fn launch_audited(d: &Path, out: &str, extra: &[&str]) {
     std::fs::write(
         d.join("exp.toml"),
         r#"name = "audited"
@@ -1135,7 +1134,8 @@ rounds = 2
     .unwrap();
     let launch = braid()
         .current_dir(d)
-        .args(["launch", "exp.toml", "--out", "run"])
+        .args(["launch", "exp.toml", "--out", out])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -1144,14 +1144,24 @@ rounds = 2
         &finish(launch, Duration::from_secs(120), "launch"),
         "launch",
     );
-    let audit = |args: &[&str]| {
-        braid()
-            .current_dir(d)
-            .arg("audit")
-            .args(args)
-            .output()
-            .unwrap()
-    };
+}
+
+/// `braid audit ARGS` in `d`.
+fn audit(d: &Path, args: &[&str]) -> Output {
+    braid()
+        .current_dir(d)
+        .arg("audit")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn audit_verifies_signed_logs_accounts_for_the_run_and_finds_tampering() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    launch_audited(d, "run", &[]);
+    let audit = |args: &[&str]| audit(d, args);
     let v = audit(&["verify", "run"]);
     ok(&v, "audit verify");
     assert!(String::from_utf8_lossy(&v.stdout).contains("all 4 logs verify"));
@@ -1298,6 +1308,71 @@ rounds = 2
         &audit(&["verify", "run"]),
         "verify after restoring the results",
     );
+}
+
+#[test]
+fn audit_replay_confirms_an_honest_run_and_refutes_a_client_that_lies_about_its_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Honest: every claim confirmed, in full and in a 10% sample (1 of the 6 claims).
+    launch_audited(d, "honest", &[]);
+    let r = audit(d, &["replay", "honest"]);
+    ok(&r, "replay of the honest run");
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(
+        out.contains("6 confirmed, 0 refuted, 0 not checked"),
+        "{out}"
+    );
+    let r = audit(d, &["replay", "honest", "--sample", "0.1", "--seed", "5"]);
+    ok(&r, "replay of 10%");
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(
+        out.contains("replaying 1 of 6") && out.contains("1 confirmed, 0 refuted"),
+        "{out}"
+    );
+    // A sender's kept copy that was changed cannot vouch for anything.
+    let kept = std::fs::read_dir(d.join("honest/node-0/sent"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let original = std::fs::read(&kept).unwrap();
+    let mut changed = original.clone();
+    let last = changed.len() - 1;
+    changed[last] ^= 0x01;
+    std::fs::write(&kept, &changed).unwrap();
+    let r = audit(d, &["replay", "honest"]);
+    assert!(!r.status.success());
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(out.contains("does not hash to its name"), "{out}");
+    std::fs::write(&kept, &original).unwrap();
+
+    // Client 2 lies three ways while its signed log looks honest: `verify` passes, replay
+    // refutes both of its claims by node and entry, and confirms the others'.
+    for lie in ["skip", "lr=0.5", "shard=0"] {
+        let out_dir = format!("lie-{}", lie.replace('=', "-"));
+        launch_audited(d, &out_dir, &["--dishonest", &format!("2={lie}")]);
+        ok(&audit(d, &["verify", &out_dir]), "verify of a lying client");
+        let r = audit(d, &["replay", &out_dir]);
+        assert!(!r.status.success(), "{lie}: replay confirmed a lie");
+        let out = String::from_utf8_lossy(&r.stdout);
+        for round in [1, 2] {
+            assert!(
+                out.lines().any(|l| l.starts_with("node 2 entry ")
+                    && l.contains(&format!("(round {round}): REFUTED: model after training"))),
+                "{lie}: {out}"
+            );
+        }
+        assert!(
+            out.contains("4 confirmed, 2 refuted, 0 not checked"),
+            "{lie}: {out}"
+        );
+        assert!(
+            String::from_utf8_lossy(&r.stderr).contains("2 claim(s) refuted"),
+            "{lie}"
+        );
+    }
 }
 
 #[test]

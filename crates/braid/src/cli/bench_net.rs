@@ -224,6 +224,7 @@ fn braid_rounds(args: &BenchNetArgs) -> Result<Vec<f64>> {
             run_log: None,
             run_id: None,
             idle_timeout: None,
+            keep_sent: None,
         };
         let roster = roster.clone();
         handles.push(std::thread::spawn(move || {

@@ -50,6 +50,10 @@ pub struct LaunchArgs {
     /// stopped (0 to 86400).
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub grace_s: u64,
+    /// `NODE=KIND`: node NODE trains dishonestly (see `braid node --dishonest`). Hidden: a
+    /// test aid for `braid audit replay`.
+    #[arg(long, hide = true, value_name = "NODE=KIND")]
+    pub dishonest: Vec<String>,
 }
 
 /// Most data-holding processes one `braid launch` starts on its machine.
@@ -179,6 +183,15 @@ pub fn launch(args: LaunchArgs, registry: &Registry) -> Result<()> {
         lifecycle::detach(&mut cmd);
         if args.resume {
             cmd.arg("--resume");
+        }
+        for d in &args.dishonest {
+            match d.split_once('=') {
+                Some((n, kind)) if n.parse() == Ok(id) => {
+                    cmd.arg("--dishonest").arg(kind);
+                }
+                Some((n, _)) if n.parse::<u32>().is_ok() => {}
+                _ => bail!("--dishonest {d:?}: expected NODE=KIND"),
+            }
         }
         let mut child = match cmd.spawn() {
             Ok(c) => c,

@@ -52,6 +52,11 @@ pub struct NodeArgs {
     /// server resumes after its last completed round; clients simply rejoin.
     #[arg(long)]
     pub resume: bool,
+    /// Train dishonestly while logging honest-looking entries (`skip`, `lr=FACTOR`,
+    /// `shard=K`): the adversary `braid audit replay` is tested against. Hidden: not for
+    /// real runs.
+    #[arg(long, hide = true, value_name = "KIND")]
+    pub dishonest: Option<braid_engine::dishonest::Dishonesty>,
 }
 
 /// Writes a fresh key and prints its peer id.
@@ -123,6 +128,7 @@ pub fn node(args: NodeArgs, registry: &Registry) -> Result<()> {
             .with_context(|| format!("--data {}", dir.display()))?;
         prepared.data_description = format!("own data {} ({n} train samples)", dir.display());
     }
+    prepared.dishonesty = args.dishonest.clone();
     let node = algorithm.deploy(&prepared, id)?;
     check_reachable(&roster, id, node.listens_to())?;
     // Nodes are the participants holding data plus the server (FedAvg) or monitor (dsgd).
@@ -159,6 +165,11 @@ pub fn node(args: NodeArgs, registry: &Registry) -> Result<()> {
         run_log: Some(dir.join("runlog.jsonl")),
         run_id: Some(run_id.clone()),
         idle_timeout: (net.idle_timeout_s > 0).then(|| Duration::from_secs(net.idle_timeout_s)),
+        // The inputs `braid audit replay` re-executes training from.
+        keep_sent: Some(braid_net::runtime::KeepSent {
+            dir: dir.join(braid_net::runlog::KEPT_DIR),
+            kinds: algorithm.replay_inputs(),
+        }),
     };
     say!(
         "braid node {id} ({role}) | peer id {me} | {} | model {} ({} parameters) | {} participants | run {run_id}",

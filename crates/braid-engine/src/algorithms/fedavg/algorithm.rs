@@ -243,6 +243,8 @@ macro_rules! fedavg_family {
             type Metrics = RoundMetrics;
             type Trainer = dyn FedTrainer;
             const FEATURES: &'static [Feature] = $features;
+            // A client trains from the model in the request alone (a fresh optimizer).
+            const REPLAY_INPUTS: &'static [&'static str] = &["train-request"];
 
             fn config(c: &ExperimentConfig) -> Result<FedAvgSettings, Invalid> {
                 settings(c, $variant)

@@ -488,6 +488,8 @@ impl Algorithm for FedBuff {
     type Trainer = dyn FedTrainer;
     const TABLES: &'static [&'static str] = &["fedbuff"];
     const FEATURES: &'static [Feature] = &[Feature::Compression, Feature::Latency];
+    // Its clients are FedAvg clients: they train from the request alone.
+    const REPLAY_INPUTS: &'static [&'static str] = &["train-request"];
 
     fn config(c: &ExperimentConfig) -> Result<FedBuffRun, Invalid> {
         common::check_compression(c, common::CompressionUse::Server)?;

@@ -1,11 +1,13 @@
-//! `braid audit verify|report DIR`: check a deployed run's signed logs and account for it.
+//! `braid audit verify|report|replay DIR`: check a deployed run's signed logs, account for it,
+//! and re-execute its training claims.
 //!
 //! A run directory holds one `runlog.jsonl` per node (`DIR/node-<id>/runlog.jsonl`, the layout
 //! `braid launch` and `braid node --out` write). `verify` checks every log (signatures, chain,
 //! sequence, keys against the run's allow-list), that all nodes ran the same configuration,
 //! and that what each node says it sent the receiver says it received. `report` adds up
 //! compute, traffic and participation per node from the verified entries and writes
-//! `audit-report.json` and `audit-report.md`.
+//! `audit-report.json` and `audit-report.md`. `replay` re-executes a sample of the logged
+//! local trainings ([`replay`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,6 +22,8 @@ use braid_net::runlog::{self, Entry, LogCheck, LogEvent};
 use braid_net::PeerId;
 use clap::Subcommand;
 use serde::Serialize;
+
+mod replay;
 
 /// `braid audit`.
 #[derive(Debug, Subcommand)]
@@ -41,6 +45,23 @@ pub enum AuditCommand {
         /// The experiment file with the allow-list (default: `DIR/launch.toml`).
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+    /// Verify, then re-execute a seeded sample of the logged local trainings from the run's
+    /// configuration, the shards and the inputs their senders kept; each claim is confirmed
+    /// or refuted (model hash after training, samples, FLOPs). Exits non-zero unless every
+    /// sampled claim is confirmed.
+    Replay {
+        /// The run directory.
+        dir: PathBuf,
+        /// The run's experiment file (default: `DIR/launch.toml`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The fraction of the claims to replay (above 0, at most 1).
+        #[arg(long, default_value_t = 1.0)]
+        sample: f64,
+        /// The seed that picks the sample.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
 }
 
@@ -65,6 +86,12 @@ pub fn run(cmd: AuditCommand, registry: &Registry) -> Result<()> {
             );
             Ok(())
         }
+        AuditCommand::Replay {
+            dir,
+            config,
+            sample,
+            seed,
+        } => replay::replay(&dir, config.as_deref(), sample, seed, registry),
         AuditCommand::Report { dir, config } => {
             let audit = check(&dir, config.as_deref(), registry)?;
             audit.print_problems();
