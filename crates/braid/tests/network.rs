@@ -1239,6 +1239,11 @@ fn audit_verifies_signed_logs_accounts_for_the_run_and_finds_tampering() {
         ),
         ("a removed entry", join(&removed), "entry 2:"),
         ("two entries swapped", join(&swapped), "entry 1:"),
+        (
+            "its last entries removed",
+            join(&lines[..lines.len() - 2]),
+            "the log ends at entry",
+        ),
     ] {
         std::fs::write(&log, bytes).unwrap();
         let v = audit(&["verify", "run"]);
@@ -1307,6 +1312,42 @@ fn audit_verifies_signed_logs_accounts_for_the_run_and_finds_tampering() {
     ok(
         &audit(&["verify", "run"]),
         "verify after restoring the results",
+    );
+
+    // A server that writes other final weights than it logged, and signs results whose
+    // manifest matches them: its log's final-model hash gives it away.
+    let weights = d.join("run/node-0/final.safetensors");
+    let original = std::fs::read(&weights).unwrap();
+    let mut other = original.clone();
+    let last = other.len() - 2;
+    other[last] ^= 0x01;
+    std::fs::write(&weights, &other).unwrap();
+    let listed: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    let files: Vec<std::path::PathBuf> = listed["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| d.join("run/node-0").join(f["name"].as_str().unwrap()))
+        .collect();
+    let run = listed["run"].as_str().unwrap();
+    braid_engine::report::seal_results(&d.join("run/node-0"), &files, &[], run).unwrap();
+    let key = braid_net::identity::load(&d.join("run/keys/node-0.key")).unwrap();
+    let mut log =
+        braid_net::runlog::RunLog::open(&d.join("run/node-0/runlog.jsonl"), key, 0).unwrap();
+    log.append(braid_net::runlog::LogEvent::Results {
+        manifest: braid_net::runlog::sha256_hex(&std::fs::read(&manifest).unwrap()),
+    })
+    .unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let v = audit(&["verify", "run"]);
+    assert!(!v.status.success());
+    let out = String::from_utf8_lossy(&v.stdout);
+    assert!(
+        out.contains("node 0: ")
+            && out.contains("holds other weights than the final model its log names"),
+        "{out}"
     );
 }
 

@@ -193,15 +193,19 @@ fn check(dir: &Path, config: Option<&Path>, registry: &Registry) -> Result<Audit
     let config = config
         .map(Path::to_owned)
         .or_else(|| Some(dir.join("launch.toml")).filter(|p| p.is_file()));
-    let roster = match &config {
-        Some(c) => {
-            let cfg = ExperimentConfig::load_with(c, &[], registry)?;
+    let cfg = match &config {
+        Some(c) => Some(ExperimentConfig::load_with(c, &[], registry)?),
+        None => None,
+    };
+    let roster = match (&config, &cfg) {
+        (Some(c), Some(cfg)) => {
             let net = cfg
                 .network
+                .as_ref()
                 .with_context(|| format!("{} has no [network] table", c.display()))?;
-            Some(Roster::from_config(&net)?)
+            Some(Roster::from_config(net)?)
         }
-        None => None,
+        _ => None,
     };
     let lookup = |n: NodeId| -> Option<PeerId> { roster.as_ref().and_then(|r| r.peer_of(n)) };
     let mut logs = Vec::new();
@@ -253,7 +257,11 @@ fn check(dir: &Path, config: Option<&Path>, registry: &Registry) -> Result<Audit
         .filter_map(|l| l.check.node.map(|n| (n, l.check.entries.as_slice())))
         .collect();
     run_problems.extend(runlog::cross_check(&by_node));
+    run_problems.extend(logs.iter().filter_map(unfinished));
     run_problems.extend(check_results(dir, &logs));
+    if let Some(cfg) = &cfg {
+        run_problems.extend(check_final_models(&logs, cfg, registry));
+    }
     let matched_messages = by_node
         .iter()
         .flat_map(|(_, es)| es.iter())
@@ -264,6 +272,33 @@ fn check(dir: &Path, config: Option<&Path>, registry: &Registry) -> Result<Audit
         run_problems,
         matched_messages,
         allow_list: roster.is_some(),
+    })
+}
+
+/// A log that does not end with the node leaving (only its results may follow): its last
+/// entries were removed, or the node was killed and never resumed. Whoever holds the node's
+/// key can still sign a new ending; entries another node witnessed are protected by the
+/// cross-check.
+fn unfinished(l: &NodeLog) -> Option<String> {
+    if !l.check.problems.is_empty() || l.check.entries.is_empty() {
+        return None; // already reported where it broke
+    }
+    let last_leave = l
+        .check
+        .entries
+        .iter()
+        .rposition(|e| matches!(e.event, LogEvent::Leave { .. }));
+    let ends_well = last_leave.is_some_and(|i| {
+        l.check.entries[i + 1..]
+            .iter()
+            .all(|e| matches!(e.event, LogEvent::Results { .. }))
+    });
+    (!ends_well).then(|| {
+        format!(
+            "{}: the log ends at entry {} without the node leaving: its last entries were removed, or the node was killed and not resumed",
+            l.path.display(),
+            l.check.entries.len() - 1
+        )
     })
 }
 
@@ -324,6 +359,60 @@ fn check_results(dir: &Path, logs: &[NodeLog]) -> Vec<String> {
             ));
         } else if let Err(e) = report::check_manifest(dir) {
             problems.push(e);
+        }
+    }
+    problems
+}
+
+/// Each node's `final.safetensors` against the final-model hash in its log: a node that wrote
+/// other weights than it logged is found even when its manifest matches them. Needs the run's
+/// model, so the configuration; a file that cannot be read as that model is said, not counted.
+fn check_final_models(
+    logs: &[NodeLog], cfg: &ExperimentConfig, registry: &Registry,
+) -> Vec<String> {
+    let logged: Vec<(&NodeLog, &String)> = logs
+        .iter()
+        .filter_map(|l| {
+            let hash = l.check.entries.iter().rev().find_map(|e| match &e.event {
+                LogEvent::Final { model_hash } => Some(model_hash),
+                _ => None,
+            })?;
+            Some((l, hash))
+        })
+        .collect();
+    if logged.is_empty() {
+        return Vec::new();
+    }
+    let prepared = match registry
+        .of(cfg)
+        .map_err(|e| e.to_string())
+        .and_then(|a| a.prepare(cfg).map_err(|e| e.to_string()))
+    {
+        Ok(p) => p,
+        Err(e) => {
+            println!("note: final models not compared with their logged hashes: {e}");
+            return Vec::new();
+        }
+    };
+    let mut problems = Vec::new();
+    for (l, hash) in logged {
+        let node = l.check.node.map_or_else(|| "?".into(), |n| n.to_string());
+        let path = l.path.with_file_name("final.safetensors");
+        if !path.is_file() {
+            continue;
+        }
+        match prepared.model.load(&path) {
+            Ok(params) if runlog::model_hash(&params) == *hash => {}
+            Ok(params) => problems.push(format!(
+                "node {node}: {} holds other weights than the final model its log names ({}.., the file's {}..)",
+                path.display(),
+                hash.get(..12).unwrap_or(hash),
+                runlog::model_hash(&params).get(..12).unwrap_or_default()
+            )),
+            Err(e) => println!(
+                "note: node {node}: {} not compared with its logged hash: {e}",
+                path.display()
+            ),
         }
     }
     problems
