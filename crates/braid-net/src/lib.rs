@@ -9,6 +9,7 @@
 //! - [`codec`]: length-prefixed message frames with a size limit, and acknowledgements;
 //! - [`probe`]: hand-made (malformed) messages, for testing a deployment's input checks;
 //! - [`runlog`]: the tamper-evident run log (hash-chained, signed entries) and its checks;
+//! - [`threshold`]: `[governance]` reporting thresholds and their signed reports;
 //! - [`runtime`]: the node thread and the network task that connect a node to its peers
 //!   (TCP, Noise, yamux), with admission, retries and deadlines.
 
@@ -19,6 +20,7 @@ pub mod probe;
 pub mod roster;
 pub mod runlog;
 pub mod runtime;
+pub mod threshold;
 pub mod unsent;
 
 pub use libp2p::{Multiaddr, PeerId};

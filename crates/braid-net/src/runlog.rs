@@ -16,6 +16,7 @@
 //! edited, removed, reordered or forged entry breaks a signature, the chain or the sequence and
 //! is reported with its position.
 
+use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -136,6 +137,20 @@ pub enum LogEvent {
         /// SHA-256 (hex) of `manifest.json`.
         manifest: String,
     },
+    /// A `[governance]` threshold was crossed: the node wrote a signed report
+    /// ([`crate::threshold`]).
+    Threshold {
+        /// `flops`, `bytes` or `participants`.
+        measure: String,
+        /// The configured threshold.
+        threshold: f64,
+        /// The value that crossed it.
+        value: f64,
+        /// Where the report was written.
+        file: String,
+        /// SHA-256 (hex) of the report file.
+        report: String,
+    },
     /// An authorized halt was obeyed.
     Halted {
         /// Peer id of the key that signed the halt.
@@ -254,6 +269,45 @@ impl RunLog {
             .sync_data()
             .map_err(|e| NetError::Io(format!("run log {}: {e}", self.path.display())))
     }
+}
+
+/// What a node's own earlier log holds that a restarted node carries on with: the compute it
+/// logged and the thresholds it reported. Entries are read, not verified (the node's own
+/// file); an unreadable line ends the reading.
+pub fn history(path: &Path) -> (braid_engine::accounting::Compute, BTreeSet<String>) {
+    let mut compute = braid_engine::accounting::Compute::default();
+    let mut reported = BTreeSet::new();
+    let Ok(text) = std::fs::read(path) else {
+        return (compute, reported);
+    };
+    for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let Some(entry) = line
+            .iter()
+            .position(|&b| b == b' ')
+            .and_then(|i| serde_json::from_slice::<Entry>(&line[i + 1..]).ok())
+        else {
+            break;
+        };
+        match entry.event {
+            LogEvent::Compute {
+                train_samples,
+                eval_samples,
+                flops,
+                seconds,
+                ..
+            } => compute.add(&braid_engine::accounting::Compute {
+                train_samples,
+                eval_samples,
+                flops,
+                seconds,
+            }),
+            LogEvent::Threshold { measure, .. } => {
+                reported.insert(measure);
+            }
+            _ => {}
+        }
+    }
+    (compute, reported)
 }
 
 /// What [`verify`] found in one log.

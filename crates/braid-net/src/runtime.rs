@@ -80,6 +80,61 @@ pub struct RuntimeOptions {
     pub idle_timeout: Option<Duration>,
     /// Keep a copy of each sent message of these kinds, for `braid audit replay`.
     pub keep_sent: Option<KeepSent>,
+    /// `[governance]` reporting thresholds, and the directory reports go to (needs a run log).
+    pub governance: Option<(braid_engine::config::GovernanceConfig, PathBuf)>,
+}
+
+/// The thresholds shared by the node thread (compute) and the network task (traffic).
+type SharedGov = Option<Arc<Mutex<crate::threshold::Governor>>>;
+
+/// Logs a report just written, if any; with `pause` sets the stop flag and returns true when
+/// it was not set before (the caller stops the node). `paused` keeps why, for the leave entry.
+fn governed(
+    log: &SharedLog, stop: &AtomicBool, paused: &Mutex<Option<String>>,
+    written: Option<crate::threshold::Written>,
+) -> Result<bool, NetError> {
+    let Some(w) = written else {
+        return Ok(false);
+    };
+    let r = &w.report;
+    warn!(
+        "crossed the {} threshold ({} > {}): signed report {}",
+        r.measure,
+        r.value,
+        r.threshold,
+        w.path.display()
+    );
+    record(
+        log,
+        LogEvent::Threshold {
+            measure: r.measure.clone(),
+            threshold: r.threshold,
+            value: r.value,
+            file: w.path.display().to_string(),
+            report: w.hash.clone(),
+        },
+    )?;
+    sync_log(log)?;
+    if !r.pause {
+        return Ok(false);
+    }
+    if let Ok(mut p) = paused.lock() {
+        p.get_or_insert_with(|| {
+            format!(
+                "paused: the {} threshold was crossed (report {}); continue after braid approve",
+                r.measure,
+                w.path.display()
+            )
+        });
+    }
+    Ok(!stop.swap(true, Ordering::SeqCst))
+}
+
+fn lock_gov(
+    g: &Arc<Mutex<crate::threshold::Governor>>,
+) -> Result<std::sync::MutexGuard<'_, crate::threshold::Governor>, NetError> {
+    g.lock()
+        .map_err(|_| NetError::Io("the thresholds' lock is poisoned".into()))
 }
 
 /// Copies of sent messages kept for audits: the inputs from which an auditor re-executes the
@@ -158,6 +213,8 @@ pub struct RunReport {
     pub compute: Compute,
     /// The run was halted by an authorized key, a signal or the idle timeout.
     pub halted: bool,
+    /// Why the node paused at a `[governance]` threshold, if it did.
+    pub paused: Option<String>,
     /// Why this node stopped early on its own (a signal, the idle timeout); `None` for an
     /// authorized halt or a finished run.
     pub stopped: Option<String>,
@@ -275,6 +332,27 @@ pub fn run(
     }
     let stop = Arc::new(AtomicBool::new(false));
     node.set_stop_flag(Arc::clone(&stop));
+    let paused: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+    let gov: SharedGov = match (&options.governance, &options.run_log) {
+        (Some((config, dir)), Some(path)) => {
+            // What the node's log already counts and reports (a resumed node carries on).
+            let (earlier, reported) = crate::runlog::history(path);
+            let mut g = crate::threshold::Governor::new(
+                config.clone(),
+                dir.clone(),
+                options.run_id.clone().unwrap_or_default(),
+                my_node,
+                key.clone(),
+                roster.len(),
+                reported,
+                earlier,
+            );
+            let w = g.at_start()?;
+            governed(&log, &stop, &paused, w)?;
+            Some(Arc::new(Mutex::new(g)))
+        }
+        _ => None,
+    };
     let checkpoint = options.checkpoint.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -286,6 +364,7 @@ pub fn run(
     let start = Instant::now();
     let node_log = log.clone();
     let node_stop = Arc::clone(&stop);
+    let (node_gov, node_paused) = (gov.clone(), Arc::clone(&paused));
     let decoder = node.decoder();
     // Checkpoints name their run, so a resume can refuse another run's.
     let checkpoint = checkpoint.map(|p| (p, options.run_id.clone()));
@@ -293,7 +372,15 @@ pub fn run(
         .name(format!("braid-node-{my_node}"))
         .spawn(move || {
             node_loop(
-                node, from_net, to_net, observer, start, checkpoint, restored, node_log, node_stop,
+                node,
+                from_net,
+                to_net,
+                observer,
+                start,
+                checkpoint,
+                restored,
+                node_log,
+                (node_stop, node_gov, node_paused),
             )
         })
         .map_err(|e| NetError::Io(format!("cannot start the node thread: {e}")))?;
@@ -306,13 +393,15 @@ pub fn run(
         to_node,
         on_listen,
         log.clone(),
-        stop,
+        (stop, gov, Arc::clone(&paused)),
     ));
     let node_result = node_thread
         .join()
         .map_err(|_| NetError::Node("the node thread panicked".into()))?;
+    let paused = paused.lock().ok().and_then(|p| p.clone());
     let reason = match (&net, &node_result) {
         (Ok(r), Ok(_)) if r.stopped.is_some() => r.stopped.clone().unwrap_or_default(),
+        (Ok(_), Ok(n)) if n.3 && paused.is_some() => paused.clone().unwrap_or_default(),
         (Ok(_), Ok(n)) if n.3 => "halted".to_string(),
         (Ok(_), Ok(_)) => "finished".to_string(),
         (Err(e), _) | (_, Err(e)) => format!("failed: {e}"),
@@ -324,6 +413,7 @@ pub fn run(
     report.refused_messages += node_report.1;
     report.compute = node_report.2;
     report.halted = node_report.3;
+    report.paused = paused;
     Ok(report)
 }
 
@@ -352,7 +442,7 @@ fn node_loop(
     mut node: Box<dyn WireNode>, inbox: std_mpsc::Receiver<ToNode>,
     to_net: tokio_mpsc::UnboundedSender<ToNet>, mut observer: Box<dyn FnMut(&WireEvent) + Send>,
     start: Instant, checkpoint: Option<(PathBuf, Option<String>)>, restored: Vec<Reported>,
-    log: SharedLog, stop: Arc<AtomicBool>,
+    log: SharedLog, (stop, gov, paused): (Arc<AtomicBool>, SharedGov, Arc<Mutex<Option<String>>>),
 ) -> Result<NodeOutcome, NetError> {
     // Wall-clock seconds continue from the restored metrics.
     let offset = restored.last().map_or(0.0, |(_, w)| *w);
@@ -438,6 +528,15 @@ fn node_loop(
             seq += 1;
         }
         compute.add(&handled.compute);
+        if let Some(g) = &gov {
+            let written = match lock_gov(g).and_then(|mut g| g.set_compute(&compute)) {
+                Ok(w) => w,
+                Err(e) => break Err(e),
+            };
+            if let Err(e) = governed(&log, &stop, &paused, written) {
+                break Err(e);
+            }
+        }
         let (c, models) = (handled.compute, handled.models);
         if !c.is_zero() {
             let (model_before, model_after) = models.unzip();
@@ -647,7 +746,7 @@ async fn network_loop(
     key: Keypair, roster: Roster, options: RuntimeOptions,
     decoder: braid_engine::wire_node::Decoder, mut from_node: tokio_mpsc::UnboundedReceiver<ToNet>,
     to_node: std_mpsc::Sender<ToNode>, mut on_listen: Box<dyn FnMut(&Multiaddr) + Send>,
-    log: SharedLog, stop: Arc<AtomicBool>,
+    log: SharedLog, (stop, gov, paused): (Arc<AtomicBool>, SharedGov, Arc<Mutex<Option<String>>>),
 ) -> Result<RunReport, NetError> {
     let run_id = match &options.run_id {
         Some(h) => Some(crate::halt::run_id(h)?),
@@ -683,12 +782,19 @@ async fn network_loop(
                 );
                 continue;
             };
+            // Its kind as when it was first sent, so its delivery is logged under the name its
+            // `sent` entry and its receiver's `received` entry have.
+            let what = match decoder(&bytes) {
+                Ok(Decoded::Input { kind, .. }) => kind,
+                Ok(Decoded::Halt(c)) => c.kind(),
+                Err(_) => "message sent before the halt",
+            };
             let out = Outgoing {
                 to,
                 peer,
                 bytes: Arc::new(bytes),
                 since: Instant::now(),
-                what: "message sent before the halt",
+                what,
                 retry: true,
                 last_word: false,
             };
@@ -713,6 +819,14 @@ async fn network_loop(
     let mut signals = Signals::new()?;
     let mut last_heard = Instant::now();
     loop {
+        if let Some(g) = &gov {
+            let (sent, received) = (report.traffic.bytes_sent, report.traffic.bytes_received);
+            let written = lock_gov(g)?.set_traffic(sent, received)?;
+            if governed(&log, &stop, &paused, written)? {
+                warn!("pausing this node (checkpoint, leave) until the report is approved");
+                let _ = to_node.send(ToNode::Halt);
+            }
+        }
         if let Some((_, since)) = &leaving {
             // Once the acknowledgements are written, the swarm is polled a little longer so
             // that they leave the connection before the process exits.

@@ -1109,8 +1109,13 @@ fn clients_on_their_own_data_shards_match_the_simulator() {
 }
 
 /// Launches the audited FedAvg run (3 clients, 2 rounds of 4 steps, MLP, bundled data) into
-/// `d/out`, with `extra` arguments for `braid launch`.
+/// `d/out`, with `extra` arguments for `braid launch`, and checks that it succeeded.
 fn launch_audited(d: &Path, out: &str, extra: &[&str]) {
+    ok(&try_launch_audited(d, out, extra), "launch");
+}
+
+/// [`launch_audited`], returning how it ended.
+fn try_launch_audited(d: &Path, out: &str, extra: &[&str]) -> Output {
     std::fs::write(
         d.join("exp.toml"),
         r#"name = "audited"
@@ -1140,10 +1145,7 @@ rounds = 2
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    ok(
-        &finish(launch, Duration::from_secs(120), "launch"),
-        "launch",
-    );
+    finish(launch, Duration::from_secs(120), "launch")
 }
 
 /// `braid audit ARGS` in `d`.
@@ -1414,6 +1416,102 @@ fn audit_replay_confirms_an_honest_run_and_refutes_a_client_that_lies_about_its_
             "{lie}"
         );
     }
+}
+
+#[test]
+fn a_run_past_its_thresholds_writes_signed_reports_and_pauses_until_an_authorized_approval() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let halter = keygen(d, "halter");
+    keygen(d, "other");
+    let keys = format!("network.halt_keys=[\"{halter}\"]");
+    // Each client trains 64 samples a round at 1.2 MFLOPs each: 153 MFLOPs after round 2.
+    let args = [
+        "--set",
+        "governance.report_flops=1e8",
+        "--set",
+        "governance.pause=true",
+        "--set",
+        &keys,
+    ];
+    launch_audited(d, "gov", &args);
+    let report = |node: u32, measure: &str| {
+        d.join(format!(
+            "gov/node-{node}/threshold-{measure}-node-{node}.report"
+        ))
+    };
+    // Every node reported its FLOPs, and paused.
+    for node in 0..4 {
+        let (r, _) =
+            braid_net::threshold::read(&std::fs::read(report(node, "flops")).unwrap()).unwrap();
+        assert!(r.node == node && r.value > 1e8 && r.pause, "{r:?}");
+        let log = std::fs::read_to_string(d.join(format!("gov/node-{node}/runlog.jsonl"))).unwrap();
+        assert!(
+            log.contains("\"reason\":\"paused: the flops threshold"),
+            "{log}"
+        );
+    }
+    ok(&audit(d, &["verify", "gov"]), "verify with reports");
+    // A report changed after the fact no longer matches its log.
+    let original = std::fs::read(report(2, "flops")).unwrap();
+    let mut changed = original.clone();
+    let at = changed.len() - 5;
+    changed[at] ^= 1;
+    std::fs::write(report(2, "flops"), &changed).unwrap();
+    let v = audit(d, &["verify", "gov"]);
+    assert!(!v.status.success());
+    let out = String::from_utf8_lossy(&v.stdout);
+    assert!(
+        out.contains("the flops report is not the file the log names"),
+        "{out}"
+    );
+    std::fs::write(report(2, "flops"), &original).unwrap();
+
+    // No approval, or one by a key outside halt_keys: the nodes refuse to continue.
+    let resume: Vec<&str> = args.iter().copied().chain(["--resume"]).collect();
+    let r = try_launch_audited(d, "gov", &resume);
+    assert!(!r.status.success());
+    assert!(String::from_utf8_lossy(&r.stdout)
+        .contains("paused at the flops threshold and not approved: no approval"));
+    let reports: Vec<String> = (0..4)
+        .map(|n| report(n, "flops").display().to_string())
+        .collect();
+    let approve = |key: &str| {
+        let out = braid()
+            .current_dir(d)
+            .arg("approve")
+            .args(&reports)
+            .args(["--key", key])
+            .output()
+            .unwrap();
+        ok(&out, "approve");
+    };
+    approve("other.key");
+    let r = try_launch_audited(d, "gov", &resume);
+    assert!(!r.status.success());
+    assert!(String::from_utf8_lossy(&r.stdout).contains("which is not in network.halt_keys"));
+    // Approved by the halter: the run finishes as if never paused, and its logs verify.
+    approve("halter.key");
+    launch_audited(d, "gov", &resume);
+    // Without pause: node 0 reports the run's 4 participants at start, and the run goes on.
+    launch_audited(d, "plain", &["--set", "governance.report_participants=3"]);
+    let participants = d.join("plain/node-0/threshold-participants-node-0.report");
+    let (r, _) = braid_net::threshold::read(&std::fs::read(participants).unwrap()).unwrap();
+    assert_eq!(
+        (r.node, r.value, r.threshold, r.pause),
+        (0, 4.0, 3.0, false)
+    );
+    let columns = |p: &str| -> Vec<String> {
+        metrics(&d.join(p))
+            .iter()
+            .map(|l| l.rsplit_once(',').unwrap().0.to_string())
+            .collect()
+    };
+    assert_eq!(columns("gov/metrics.csv"), columns("plain/metrics.csv"));
+    ok(
+        &audit(d, &["verify", "gov"]),
+        "verify after the approved resume",
+    );
 }
 
 #[test]

@@ -15,10 +15,12 @@ use braid_data::DataConfig;
 use braid_nn::{AnyModelKind, BoundModel, DataShape, DeviceKind, OptimizerConfig, TrainSpec};
 
 mod features;
+mod governance;
 mod network;
 pub use features::{
     AttackConfig, CompressionConfig, DpMode, OnTarget, PrivacyConfig, SecureAggregationConfig,
 };
+pub use governance::GovernanceConfig;
 pub use network::{NetworkConfig, Participant};
 
 use crate::error::{Invalid, Rule};
@@ -71,7 +73,7 @@ pub trait ConfigRules {
 }
 
 /// The top-level keys of the config that are not an algorithm's own tables.
-pub const COMMON_TABLES: [&str; 16] = [
+pub const COMMON_TABLES: [&str; 17] = [
     "name",
     "seed",
     "output_dir",
@@ -87,6 +89,7 @@ pub const COMMON_TABLES: [&str; 16] = [
     "attack",
     "latency",
     "secure_aggregation",
+    "governance",
     "tables",
 ];
 
@@ -141,6 +144,9 @@ pub struct ExperimentConfig {
     /// (FedAvg family).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secure_aggregation: Option<SecureAggregationConfig>,
+    /// `[governance]`: reporting thresholds of a deployed run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub governance: Option<GovernanceConfig>,
     /// The algorithm's own tables (e.g. `[decentralized]`), as written.
     #[serde(skip)]
     pub tables: BTreeMap<String, toml::Value>,
@@ -724,7 +730,8 @@ impl ExperimentConfig {
     }
 
     /// The run id: the SHA-256 (hex) of the config as TOML, with what may differ between the
-    /// machines of one run left out: participants' addresses, `output_dir` and `[runtime]`
+    /// machines of one run left out: participants' addresses, `output_dir`,
+    /// `governance.report_dir` and `[runtime]`
     /// (device and worker threads). Run logs, halts, checkpoints and result manifests name
     /// their run by it, and every network message carries it (a node of another run is
     /// refused).
@@ -733,6 +740,9 @@ impl ExperimentConfig {
         let mut c = self.clone();
         c.output_dir = None;
         c.runtime = RuntimeConfig::default();
+        if let Some(g) = &mut c.governance {
+            g.report_dir = None;
+        }
         if let Some(net) = &mut c.network {
             for p in &mut net.participants {
                 p.addr = None;
@@ -894,6 +904,9 @@ impl ExperimentConfig {
     pub fn check_runtime(&self) -> Result<(), Invalid> {
         if let Some(n) = &self.network {
             n.validate()?;
+        }
+        if let Some(g) = &self.governance {
+            g.validate()?;
         }
         if let Some(w) = self.runtime.workers {
             check_in("runtime.workers", w, 1, 1024)?;

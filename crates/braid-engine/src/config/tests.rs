@@ -288,6 +288,22 @@ fn every_bounded_setting_is_refused_just_outside_its_range_at_load_time() {
             &["mutual.eval_samples=16777217"],
             "mutual.eval_samples",
         ),
+        (
+            BASE,
+            &["governance.report_flops=0.5"],
+            "governance.report_flops",
+        ),
+        (
+            BASE,
+            &["governance.report_bytes=1e19"],
+            "governance.report_bytes",
+        ),
+        (
+            BASE,
+            &["governance.report_participants=0"],
+            "governance.report_participants",
+        ),
+        (BASE, &["governance.pause=true"], "names no threshold"),
     ];
     for (src, overrides, needle) in cases {
         let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
@@ -309,6 +325,14 @@ fn every_bounded_setting_is_refused_just_outside_its_range_at_load_time() {
             vec!["train.local_steps=1000000", "train.batch_size=1024"],
         ),
         (dsgd, vec!["decentralized.every=12"]),
+        (
+            BASE,
+            vec![
+                "governance.report_flops=1e30",
+                "governance.report_bytes=1",
+                "governance.report_participants=1",
+            ],
+        ),
     ] {
         let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
         if let Err(e) = ExperimentConfig::parse(src, "f.toml", &o) {

@@ -128,6 +128,9 @@ enum Command {
     /// Halt a deployed run: a halt signed with a key from `network.halt_keys`, sent to every
     /// participant with an address and forwarded by the nodes to the rest.
     Halt(node::HaltArgs),
+    /// Approve a `[governance]` threshold report, with a key from `network.halt_keys`: the node
+    /// that paused at it may then resume.
+    Approve(node::ApproveArgs),
     /// Plot the test accuracy of several finished runs on one chart (from their metrics.csv).
     Compare(compare::CompareArgs),
     /// Check a deployed run's signed logs (`verify`) or account for its compute and traffic
@@ -195,6 +198,9 @@ fn dispatch(cli: Cli, registry: &Registry) -> Result<()> {
             quiet,
         } => {
             let config = ExperimentConfig::load_with(&file, &set, registry)?;
+            if config.governance.is_some() {
+                say!("note: [governance] thresholds are checked by deployed nodes (braid launch, braid node); the simulator reports none");
+            }
             run_and_report(registry, config, out, baseline, quiet)
         }
         Command::Demo { set, out, quiet } => {
@@ -225,6 +231,7 @@ fn dispatch(cli: Cli, registry: &Registry) -> Result<()> {
         Command::Audit(cmd) => audit::run(cmd, registry),
         Command::Compare(args) => compare::run(args),
         Command::Halt(args) => node::halt(args, registry),
+        Command::Approve(args) => node::approve(args),
         Command::Faults(args) => faults::run(args, registry),
         Command::Topology {
             nodes,

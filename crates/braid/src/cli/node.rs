@@ -155,6 +155,13 @@ pub fn node(args: NodeArgs, registry: &Registry) -> Result<()> {
     let run_id = braid_net::halt::run_id_of(&config);
     // One node per output directory (its checkpoint, log and results).
     let _lock = braid_engine::report::DirLock::acquire(&dir).map_err(anyhow::Error::msg)?;
+    if args.resume {
+        // A node paused at a [governance] threshold continues only once approved.
+        let missing = braid_net::threshold::unapproved(&dir.join("runlog.jsonl"), roster.halters());
+        if !missing.is_empty() {
+            bail!("node {id} {}", missing.join("; "));
+        }
+    }
     let options = RuntimeOptions {
         listen,
         max_message_bytes: net.max_message_mib << 20,
@@ -169,6 +176,10 @@ pub fn node(args: NodeArgs, registry: &Registry) -> Result<()> {
         keep_sent: Some(braid_net::runtime::KeepSent {
             dir: dir.join(braid_net::runlog::KEPT_DIR),
             kinds: algorithm.replay_inputs(),
+        }),
+        governance: config.governance.clone().map(|g| {
+            let to = g.report_dir.clone().unwrap_or_else(|| dir.clone());
+            (g, to)
         }),
     };
     say!(
@@ -216,6 +227,9 @@ pub fn node(args: NodeArgs, registry: &Registry) -> Result<()> {
         }
     }
     write_node_summary(&dir, id, role, &report)?;
+    if let Some(why) = &report.paused {
+        say!("node {id} {why}; then resume it with --resume");
+    }
     say!(
         "node {id} done | sent {:.1} MB in {} messages, received {:.1} MB in {} | refused {} connections, {} messages | {:.1} s | results in {}",
         report.traffic.bytes_sent as f64 / 1e6,
@@ -250,6 +264,38 @@ fn write_node_summary(
         c.seconds
     );
     report::write_atomic(&dir.join("node.csv"), body.as_bytes()).map_err(anyhow::Error::msg)
+}
+
+/// `braid approve`.
+#[derive(Debug, Args)]
+pub struct ApproveArgs {
+    /// The threshold reports paused nodes wrote (`threshold-<measure>-node-<id>.report`, in
+    /// their output directories or `governance.report_dir`).
+    #[arg(required = true)]
+    pub reports: Vec<PathBuf>,
+    /// A key named in the run's `network.halt_keys`.
+    #[arg(long)]
+    pub key: PathBuf,
+}
+
+/// Signs the approval of each threshold report beside it (`<report>.approval`): the node that
+/// paused at it may then resume.
+pub fn approve(args: ApproveArgs) -> Result<()> {
+    let key = braid_net::identity::load(&args.key)?;
+    for report in &args.reports {
+        let bytes =
+            std::fs::read(report).with_context(|| format!("cannot read {}", report.display()))?;
+        let signed = braid_net::threshold::approve(&bytes, &key)
+            .with_context(|| report.display().to_string())?;
+        let out = braid_net::threshold::approval_path(report);
+        braid_engine::report::write_atomic(&out, &signed).map_err(anyhow::Error::msg)?;
+        say!("approved {}", report.display());
+    }
+    say!(
+        "signed by {}: the nodes may resume (braid node --resume, braid launch --resume)",
+        braid_net::identity::peer_id(&key)
+    );
+    Ok(())
 }
 
 /// `braid halt`.

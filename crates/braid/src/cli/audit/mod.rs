@@ -258,6 +258,7 @@ fn check(dir: &Path, config: Option<&Path>, registry: &Registry) -> Result<Audit
         .collect();
     run_problems.extend(runlog::cross_check(&by_node));
     run_problems.extend(logs.iter().filter_map(unfinished));
+    run_problems.extend(logs.iter().flat_map(check_reports));
     run_problems.extend(check_results(dir, &logs));
     if let Some(cfg) = &cfg {
         run_problems.extend(check_final_models(&logs, cfg, registry));
@@ -300,6 +301,63 @@ fn unfinished(l: &NodeLog) -> Option<String> {
             l.check.entries.len() - 1
         )
     })
+}
+
+/// Every threshold report a log names: the file (where the node wrote it, else beside the
+/// log) must hash as logged, its signature verify, and its key, node and run be the log's.
+fn check_reports(l: &NodeLog) -> Vec<String> {
+    let mut problems = Vec::new();
+    let (mut run, mut key) = (None, None);
+    for e in &l.check.entries {
+        match &e.event {
+            LogEvent::Join {
+                run: r, public_key, ..
+            } => {
+                run = Some(r.clone());
+                key = Some(public_key.clone());
+            }
+            LogEvent::Threshold {
+                measure,
+                file,
+                report,
+                ..
+            } => {
+                let beside = l
+                    .path
+                    .with_file_name(braid_net::threshold::file_name(e.node, measure));
+                let bytes = std::fs::read(file).or_else(|_| std::fs::read(&beside));
+                let at = format!(
+                    "{}: entry {}: the {measure} report",
+                    l.path.display(),
+                    e.seq
+                );
+                let why = match bytes {
+                    Err(err) => Some(format!(
+                        "cannot be read at {file} or {} ({err})",
+                        beside.display()
+                    )),
+                    Ok(b) if runlog::sha256_hex(&b) != *report => {
+                        Some("is not the file the log names (its SHA-256 differs)".into())
+                    }
+                    Ok(b) => match braid_net::threshold::read(&b) {
+                        Err(err) => Some(err),
+                        Ok((r, _)) if Some(&r.public_key) != key.as_ref() => {
+                            Some("is signed by another key than the log".into())
+                        }
+                        Ok((r, _)) if r.node != e.node || Some(&r.run) != run.as_ref() => {
+                            Some("names another node or run".into())
+                        }
+                        Ok(_) => None,
+                    },
+                };
+                if let Some(why) = why {
+                    problems.push(format!("{at} {why}"));
+                }
+            }
+            _ => {}
+        }
+    }
+    problems
 }
 
 /// The result files against the logs: a node that logged `results` must have beside its log
@@ -494,6 +552,15 @@ fn totals(audit: &Audit) -> RunTotals {
                 LogEvent::Refused { .. } => t.refused += 1,
                 LogEvent::Final { model_hash } => final_models.push((node, model_hash.clone())),
                 LogEvent::Halted { by } => t.participation.push((e.t, format!("halted by {by}"))),
+                LogEvent::Threshold {
+                    measure,
+                    threshold,
+                    value,
+                    ..
+                } => t.participation.push((
+                    e.t,
+                    format!("reported: {measure} {value} crossed {threshold}"),
+                )),
                 LogEvent::Leave { reason } => {
                     t.participation.push((e.t, format!("leave: {reason}")))
                 }

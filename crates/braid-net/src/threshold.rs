@@ -1,0 +1,471 @@
+//! Reporting thresholds (`[governance]`): when a node's own compute or traffic crosses a
+//! configured threshold, or node 0 starts a run with more participants than one, the node
+//! writes a report signed with its key, logs the report's hash, and with `pause` stops.
+//!
+//! A report file is one line in the run log's form: the ed25519 signature (hex), a space and
+//! the report's JSON exactly as signed. It names the node's public key, so anyone can check
+//! it; `braid audit verify` also requires that key to be the one the node's log is signed
+//! with, and the file's SHA-256 to be the one the log names.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use braid_engine::accounting::Compute;
+use braid_engine::config::GovernanceConfig;
+use braid_engine::wire::NodeId;
+use libp2p::identity::{Keypair, PublicKey};
+use serde::{Deserialize, Serialize};
+
+use crate::identity::{hex, unhex};
+use crate::runlog::sha256_hex;
+use crate::NetError;
+
+/// The `kind` every report carries.
+pub const REPORT_KIND: &str = "braid-threshold-report-v1";
+
+/// What a report says: who crossed what, when, and everything the node had spent by then.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// [`REPORT_KIND`].
+    pub kind: String,
+    /// The run id (SHA-256 of the configuration).
+    pub run: String,
+    /// The reporting node.
+    pub node: NodeId,
+    /// Its peer id.
+    pub peer_id: String,
+    /// Its ed25519 public key (libp2p protobuf encoding, hex), which signs the report.
+    pub public_key: String,
+    /// `flops`, `bytes` or `participants`.
+    pub measure: String,
+    /// The configured threshold.
+    pub threshold: f64,
+    /// The value that crossed it.
+    pub value: f64,
+    /// When, in seconds since the Unix epoch.
+    pub at: f64,
+    /// FLOPs the node had spent (training and evaluation).
+    pub flops: u64,
+    /// Training samples it had processed.
+    pub train_samples: u64,
+    /// Bytes it had sent.
+    pub bytes_sent: u64,
+    /// Bytes it had received.
+    pub bytes_received: u64,
+    /// Participants of the run (`[network]`).
+    pub participants: usize,
+    /// The node stops until the report is approved.
+    pub pause: bool,
+}
+
+/// A node's thresholds and what it has reported so far.
+#[derive(Debug)]
+pub struct Governor {
+    config: GovernanceConfig,
+    dir: PathBuf,
+    run: String,
+    node: NodeId,
+    key: Keypair,
+    participants: usize,
+    /// Measures already reported (from this process or an earlier one's log).
+    reported: BTreeSet<String>,
+    /// What the node has spent: compute from earlier processes (its log) plus this one's.
+    compute: Compute,
+    earlier: Compute,
+    traffic: (u64, u64),
+}
+
+/// A report written: where, the SHA-256 of the file, and whether the node is to pause.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// The file.
+    pub path: PathBuf,
+    /// SHA-256 (hex) of its bytes.
+    pub hash: String,
+    /// What crossed.
+    pub report: Report,
+}
+
+impl Governor {
+    /// Thresholds `config` for node `node` of run `run`, reporting to `dir`; `reported` are the
+    /// measures its log already reports and `earlier` the compute its log already counts.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: GovernanceConfig, dir: PathBuf, run: String, node: NodeId, key: Keypair,
+        participants: usize, reported: BTreeSet<String>, earlier: Compute,
+    ) -> Self {
+        Self {
+            config,
+            dir,
+            run,
+            node,
+            key,
+            participants,
+            reported,
+            compute: Compute::default(),
+            earlier,
+            traffic: (0, 0),
+        }
+    }
+
+    /// With `pause`: the node stops after a crossing.
+    pub fn pauses(&self) -> bool {
+        self.config.pause
+    }
+
+    /// The compute this process has spent so far (its whole total: `compute`).
+    pub fn set_compute(&mut self, compute: &Compute) -> Result<Option<Written>, NetError> {
+        self.compute = self.earlier;
+        self.compute.add(compute);
+        let flops = self.compute.flops as f64;
+        self.cross("flops", self.config.report_flops, flops)
+    }
+
+    /// The bytes this process has sent and received so far.
+    pub fn set_traffic(&mut self, sent: u64, received: u64) -> Result<Option<Written>, NetError> {
+        self.traffic = (sent, received);
+        let bytes = sent.saturating_add(received) as f64;
+        self.cross("bytes", self.config.report_bytes, bytes)
+    }
+
+    /// At start, node 0 only: the run's participants.
+    pub fn at_start(&mut self) -> Result<Option<Written>, NetError> {
+        if self.node != 0 {
+            return Ok(None);
+        }
+        let n = self.participants as f64;
+        self.cross(
+            "participants",
+            self.config.report_participants.map(|p| p as f64),
+            n,
+        )
+    }
+
+    fn cross(
+        &mut self, measure: &str, threshold: Option<f64>, value: f64,
+    ) -> Result<Option<Written>, NetError> {
+        let Some(threshold) = threshold else {
+            return Ok(None);
+        };
+        if value <= threshold || self.reported.contains(measure) {
+            return Ok(None);
+        }
+        self.reported.insert(measure.to_string());
+        let public = self.key.public();
+        let report = Report {
+            kind: REPORT_KIND.into(),
+            run: self.run.clone(),
+            node: self.node,
+            peer_id: public.to_peer_id().to_string(),
+            public_key: hex(&public.encode_protobuf()),
+            measure: measure.into(),
+            threshold,
+            value,
+            at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+            flops: self.compute.flops,
+            train_samples: self.compute.train_samples,
+            bytes_sent: self.traffic.0,
+            bytes_received: self.traffic.1,
+            participants: self.participants,
+            pause: self.config.pause,
+        };
+        let (path, hash) = write(&self.dir, &self.key, &report)?;
+        Ok(Some(Written { path, hash, report }))
+    }
+}
+
+/// The file name of node `node`'s report on `measure`.
+pub fn file_name(node: NodeId, measure: &str) -> String {
+    format!("threshold-{measure}-node-{node}.report")
+}
+
+/// Signs `report` with `key` and writes it, atomically, into `dir`; returns the file and the
+/// SHA-256 of its bytes.
+pub fn write(dir: &Path, key: &Keypair, report: &Report) -> Result<(PathBuf, String), NetError> {
+    let json = serde_json::to_vec(report)
+        .map_err(|e| NetError::Io(format!("cannot encode a threshold report: {e}")))?;
+    let sig = key
+        .sign(&json)
+        .map_err(|e| NetError::Key(format!("cannot sign a threshold report: {e}")))?;
+    let mut bytes = hex(&sig).into_bytes();
+    bytes.push(b' ');
+    bytes.extend_from_slice(&json);
+    bytes.push(b'\n');
+    std::fs::create_dir_all(dir)
+        .map_err(|e| NetError::Io(format!("cannot create {}: {e}", dir.display())))?;
+    let path = dir.join(file_name(report.node, &report.measure));
+    braid_engine::report::write_atomic(&path, &bytes).map_err(NetError::Io)?;
+    Ok((path, sha256_hex(&bytes)))
+}
+
+/// Reads a report file and checks its signature against the key it names; returns the report
+/// and that key.
+pub fn read(bytes: &[u8]) -> Result<(Report, PublicKey), String> {
+    let line = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    let space = line
+        .iter()
+        .position(|&b| b == b' ')
+        .ok_or("not a signed report (signature, space, JSON)")?;
+    let (sig, json) = (&line[..space], &line[space + 1..]);
+    let sig = std::str::from_utf8(sig)
+        .ok()
+        .and_then(unhex)
+        .ok_or("the signature is not hex")?;
+    let report: Report =
+        serde_json::from_slice(json).map_err(|e| format!("unreadable report ({e})"))?;
+    if report.kind != REPORT_KIND {
+        return Err(format!("not a {REPORT_KIND} (kind {:?})", report.kind));
+    }
+    let key = unhex(&report.public_key)
+        .and_then(|b| PublicKey::try_decode_protobuf(&b).ok())
+        .ok_or("the report's public key is unreadable")?;
+    if key.to_peer_id().to_string() != report.peer_id {
+        return Err("the report's public key is not its peer id's".into());
+    }
+    if !key.verify(json, &sig) {
+        return Err("the signature does not verify".into());
+    }
+    Ok((report, key))
+}
+
+/// What an approval signs: that the report of this SHA-256 may be continued past.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Approval {
+    /// `braid-continue-v1`.
+    pub kind: String,
+    /// SHA-256 (hex) of the approved report file.
+    pub report: String,
+    /// The approver's public key (libp2p protobuf encoding, hex).
+    pub public_key: String,
+}
+
+const APPROVAL_KIND: &str = "braid-continue-v1";
+
+/// Where the approval of the report at `report` is kept: beside it, `.approval` appended.
+pub fn approval_path(report: &Path) -> PathBuf {
+    let mut p = report.as_os_str().to_owned();
+    p.push(".approval");
+    PathBuf::from(p)
+}
+
+/// Signs an approval of the report whose bytes are `report` with `key` (`braid approve`): one
+/// line, the signature (hex), a space and the approval's JSON.
+pub fn approve(report: &[u8], key: &Keypair) -> Result<Vec<u8>, NetError> {
+    read(report).map_err(|e| NetError::Config(format!("not a threshold report: {e}")))?;
+    let approval = Approval {
+        kind: APPROVAL_KIND.into(),
+        report: sha256_hex(report),
+        public_key: hex(&key.public().encode_protobuf()),
+    };
+    let json = serde_json::to_vec(&approval)
+        .map_err(|e| NetError::Io(format!("cannot encode an approval: {e}")))?;
+    let sig = key
+        .sign(&json)
+        .map_err(|e| NetError::Key(format!("cannot sign an approval: {e}")))?;
+    let mut bytes = hex(&sig).into_bytes();
+    bytes.push(b' ');
+    bytes.extend_from_slice(&json);
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
+/// Checks an approval of the report of SHA-256 `report`: its signature, and that its signer is
+/// one of `authorized` (`network.halt_keys`). Returns the signer.
+pub fn check_approval(
+    bytes: &[u8], report: &str, authorized: &[libp2p::PeerId],
+) -> Result<libp2p::PeerId, String> {
+    let line = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    let space = line
+        .iter()
+        .position(|&b| b == b' ')
+        .ok_or("not a signed approval")?;
+    let (sig, json) = (&line[..space], &line[space + 1..]);
+    let sig = std::str::from_utf8(sig)
+        .ok()
+        .and_then(unhex)
+        .ok_or("the signature is not hex")?;
+    let a: Approval =
+        serde_json::from_slice(json).map_err(|e| format!("unreadable approval ({e})"))?;
+    let key = unhex(&a.public_key)
+        .and_then(|b| PublicKey::try_decode_protobuf(&b).ok())
+        .ok_or("the approver's key is unreadable")?;
+    let who = key.to_peer_id();
+    if a.kind != APPROVAL_KIND || a.report != report {
+        return Err("it approves another report".into());
+    }
+    if !key.verify(json, &sig) {
+        return Err(format!("the signature by {who} does not verify"));
+    }
+    if !authorized.contains(&who) {
+        return Err(format!(
+            "signed by {who}, which is not in network.halt_keys"
+        ));
+    }
+    Ok(who)
+}
+
+/// The reports with `pause` in the node's log at `log` that lack a valid approval by one of
+/// `authorized`, each as a line saying what to do: a node resumes only when this is empty.
+pub fn unapproved(log: &Path, authorized: &[libp2p::PeerId]) -> Vec<String> {
+    let Ok(text) = std::fs::read(log) else {
+        return Vec::new();
+    };
+    let mut missing = Vec::new();
+    for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let Some(entry) = line
+            .iter()
+            .position(|&b| b == b' ')
+            .and_then(|i| serde_json::from_slice::<crate::runlog::Entry>(&line[i + 1..]).ok())
+        else {
+            break;
+        };
+        let crate::runlog::LogEvent::Threshold {
+            measure,
+            file,
+            report,
+            ..
+        } = entry.event
+        else {
+            continue;
+        };
+        let beside = log.with_file_name(file_name(entry.node, &measure));
+        let path = if Path::new(&file).is_file() {
+            PathBuf::from(&file)
+        } else {
+            beside
+        };
+        let pauses = std::fs::read(&path)
+            .ok()
+            .and_then(|b| read(&b).ok())
+            .is_none_or(|(r, _)| r.pause);
+        if !pauses {
+            continue;
+        }
+        let approval = approval_path(&path);
+        let checked = std::fs::read(&approval)
+            .map_err(|e| format!("no approval at {} ({e})", approval.display()))
+            .and_then(|b| check_approval(&b, &report, authorized));
+        if let Err(why) = checked {
+            missing.push(format!(
+                "paused at the {measure} threshold and not approved: {why}; an authorized key approves with `braid approve {} --key KEY`",
+                path.display()
+            ));
+        }
+    }
+    missing
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn governor(dir: &Path, config: GovernanceConfig) -> Governor {
+        Governor::new(
+            config,
+            dir.to_owned(),
+            "run".into(),
+            0,
+            Keypair::generate_ed25519(),
+            12,
+            BTreeSet::new(),
+            Compute::default(),
+        )
+    }
+
+    #[test]
+    fn a_crossing_writes_one_signed_report_that_reads_back_and_a_changed_byte_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut g = governor(
+            dir.path(),
+            GovernanceConfig {
+                report_flops: Some(1000.0),
+                report_participants: Some(10),
+                ..Default::default()
+            },
+        );
+        let p = g.at_start().unwrap().expect("12 participants > 10");
+        assert_eq!(p.report.measure, "participants");
+        let spent = |flops| Compute {
+            flops,
+            ..Default::default()
+        };
+        assert!(g.set_compute(&spent(1000)).unwrap().is_none(), "not above");
+        let w = g.set_compute(&spent(1001)).unwrap().expect("crossed");
+        assert!(
+            g.set_compute(&spent(5000)).unwrap().is_none(),
+            "reported once"
+        );
+        assert!(
+            g.set_traffic(1 << 40, 0).unwrap().is_none(),
+            "no bytes threshold"
+        );
+        let bytes = std::fs::read(&w.path).unwrap();
+        assert_eq!(sha256_hex(&bytes), w.hash);
+        let (r, _) = read(&bytes).unwrap();
+        assert_eq!(
+            (r.measure.as_str(), r.value, r.flops),
+            ("flops", 1001.0, 1001)
+        );
+        let mut changed = bytes.clone();
+        let at = changed.len() - 3;
+        changed[at] ^= 1;
+        assert!(read(&changed).is_err());
+
+        // Approval: only by an authorized key, only of this report.
+        let boss = Keypair::generate_ed25519();
+        let other = Keypair::generate_ed25519();
+        let ok = approve(&bytes, &boss).unwrap();
+        let allowed = [boss.public().to_peer_id()];
+        assert_eq!(check_approval(&ok, &w.hash, &allowed), Ok(allowed[0]));
+        let e = check_approval(&approve(&bytes, &other).unwrap(), &w.hash, &allowed).unwrap_err();
+        assert!(e.contains("not in network.halt_keys"), "{e}");
+        let e = check_approval(&ok, &p.hash, &allowed).unwrap_err();
+        assert!(e.contains("another report"), "{e}");
+        let mut forged = ok.clone();
+        let at = forged.len() - 4;
+        forged[at] ^= 1;
+        assert!(check_approval(&forged, &w.hash, &allowed).is_err());
+        assert!(approve(b"not a report", &boss).is_err());
+    }
+
+    #[test]
+    fn compute_of_an_earlier_process_counts_and_an_earlier_report_is_not_repeated() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = GovernanceConfig {
+            report_flops: Some(1000.0),
+            ..Default::default()
+        };
+        let earlier = Compute {
+            flops: 900,
+            ..Default::default()
+        };
+        let mut g = Governor::new(
+            config.clone(),
+            dir.path().to_owned(),
+            "run".into(),
+            3,
+            Keypair::generate_ed25519(),
+            4,
+            BTreeSet::new(),
+            earlier,
+        );
+        let more = Compute {
+            flops: 200,
+            ..Default::default()
+        };
+        assert!(g.set_compute(&more).unwrap().is_some());
+        let mut again = Governor::new(
+            config,
+            dir.path().to_owned(),
+            "run".into(),
+            3,
+            Keypair::generate_ed25519(),
+            4,
+            ["flops".to_string()].into(),
+            earlier,
+        );
+        assert!(again.set_compute(&more).unwrap().is_none());
+    }
+}
