@@ -200,19 +200,25 @@ pub fn write(dir: &Path, key: &Keypair, report: &Report) -> Result<(PathBuf, Str
     Ok((path, sha256_hex(&bytes)))
 }
 
-/// Reads a report file and checks its signature against the key it names; returns the report
-/// and that key.
-pub fn read(bytes: &[u8]) -> Result<(Report, PublicKey), String> {
+/// A signed line (the run log's form: signature in hex, a space, the JSON as signed) as the
+/// signature's bytes and the JSON.
+fn split_signed(bytes: &[u8]) -> Result<(Vec<u8>, &[u8]), String> {
     let line = bytes.strip_suffix(b"\n").unwrap_or(bytes);
     let space = line
         .iter()
         .position(|&b| b == b' ')
-        .ok_or("not a signed report (signature, space, JSON)")?;
-    let (sig, json) = (&line[..space], &line[space + 1..]);
-    let sig = std::str::from_utf8(sig)
+        .ok_or("not a signed line (signature, space, JSON)")?;
+    let sig = std::str::from_utf8(&line[..space])
         .ok()
         .and_then(unhex)
         .ok_or("the signature is not hex")?;
+    Ok((sig, &line[space + 1..]))
+}
+
+/// Reads a report file and checks its signature against the key it names; returns the report
+/// and that key.
+pub fn read(bytes: &[u8]) -> Result<(Report, PublicKey), String> {
+    let (sig, json) = split_signed(bytes)?;
     let report: Report =
         serde_json::from_slice(json).map_err(|e| format!("unreadable report ({e})"))?;
     if report.kind != REPORT_KIND {
@@ -276,16 +282,7 @@ pub fn approve(report: &[u8], key: &Keypair) -> Result<Vec<u8>, NetError> {
 pub fn check_approval(
     bytes: &[u8], report: &str, authorized: &[libp2p::PeerId],
 ) -> Result<libp2p::PeerId, String> {
-    let line = bytes.strip_suffix(b"\n").unwrap_or(bytes);
-    let space = line
-        .iter()
-        .position(|&b| b == b' ')
-        .ok_or("not a signed approval")?;
-    let (sig, json) = (&line[..space], &line[space + 1..]);
-    let sig = std::str::from_utf8(sig)
-        .ok()
-        .and_then(unhex)
-        .ok_or("the signature is not hex")?;
+    let (sig, json) = split_signed(bytes)?;
     let a: Approval =
         serde_json::from_slice(json).map_err(|e| format!("unreadable approval ({e})"))?;
     let key = unhex(&a.public_key)
