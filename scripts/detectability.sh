@@ -44,6 +44,7 @@ for v in plain topk secagg; do
   rm -rf "$out/$v"
   tcpdump -i lo -s 128 -w "$out/$v.pcap" tcp 2>/dev/null &
   dump=$!
+  trap 'kill "$dump" 2>/dev/null || true' EXIT
   sleep 1
   # shellcheck disable=SC2086
   "$B" launch "$out/base.toml" --out "$out/$v" ${extra[$v]} > "$out/$v.log" 2>&1

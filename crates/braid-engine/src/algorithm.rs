@@ -289,6 +289,8 @@ pub struct Replayed {
     pub compute: crate::accounting::Compute,
     /// The model hashes before and after training, if it trained.
     pub models: Option<(String, String)>,
+    /// The round or step the input belongs to (as the runtime logs it).
+    pub round: Option<u64>,
 }
 
 /// The algorithms and models a program knows, by name.

@@ -224,11 +224,14 @@ impl<A: Algorithm> Registered for Entry<A> {
             }
             Err(e) => return Err(EngineError::Driver(format!("the kept input: {e}"))),
         };
-        let (handled, result) = node.handle(WireInput::Message(from, body));
+        let input = WireInput::Message(from, body);
+        let round = node.round_of(&input);
+        let (handled, result) = node.handle(input);
         result?;
         Ok(Replayed {
             compute: handled.compute,
             models: handled.models,
+            round,
         })
     }
 

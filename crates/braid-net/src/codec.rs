@@ -44,6 +44,14 @@ pub enum Ack {
     Refused(String),
     /// Refused because the message belongs to another run; the receiver's run id.
     OtherRun([u8; RUN_ID_BYTES]),
+    /// Accepted and handled; the receiver's run log then ended at entry `seq`, a line of
+    /// SHA-256 `head`: the sender records it, so the receiver's log up to there is witnessed.
+    Witnessed {
+        /// The position of the receiver's last log entry.
+        seq: u64,
+        /// The SHA-256 of that entry's line.
+        head: [u8; 32],
+    },
 }
 
 /// One incoming or outgoing message stream.
@@ -108,6 +116,12 @@ pub async fn read_ack<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Ack
                 "malformed acknowledgement",
             )),
         },
+        Some((3, rest)) if rest.len() == 40 => {
+            let (seq, head) = rest.split_at(8);
+            let seq = u64::from_le_bytes(<[u8; 8]>::try_from(seq).unwrap_or_default());
+            let head = <[u8; 32]>::try_from(head).unwrap_or_default();
+            Ok(Ack::Witnessed { seq, head })
+        }
         _ => Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "malformed acknowledgement",
@@ -203,6 +217,11 @@ impl request_response::Codec for FrameCodec {
             Ack::OtherRun(run) => {
                 b.push(2);
                 b.extend_from_slice(&run);
+            }
+            Ack::Witnessed { seq, head } => {
+                b.push(3);
+                b.extend_from_slice(&seq.to_le_bytes());
+                b.extend_from_slice(&head);
             }
         }
         write_frame(io, &b).await

@@ -30,6 +30,11 @@ use sha2::{Digest, Sha256};
 use crate::identity::{hex, unhex};
 use crate::NetError;
 
+/// A SHA-256 in hex as its 32 bytes (`None` if it is not one).
+pub fn hash_bytes(hex: &str) -> Option<[u8; 32]> {
+    unhex(hex).and_then(|b| <[u8; 32]>::try_from(b).ok())
+}
+
 /// SHA-256 of `bytes`, as lowercase hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
@@ -77,6 +82,10 @@ pub enum LogEvent {
         what: String,
         /// SHA-256 of the encoding.
         hash: String,
+        /// The receiver's run log as it acknowledged: its last entry's position and the
+        /// SHA-256 of that line (`audit verify` requires the receiver's log to hold it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        receiver_log: Option<(u64, String)>,
     },
     /// A message accepted from a participant (recorded before it is acknowledged).
     Received {
@@ -263,6 +272,11 @@ impl RunLog {
         Ok(())
     }
 
+    /// The last entry written: its position and the SHA-256 of its line (none yet: `None`).
+    pub fn head(&self) -> Option<(u64, String)> {
+        self.seq.checked_sub(1).map(|s| (s, self.prev.clone()))
+    }
+
     /// Forces everything written so far to disk.
     pub fn sync(&mut self) -> Result<(), NetError> {
         self.file
@@ -271,15 +285,26 @@ impl RunLog {
     }
 }
 
-/// What a node's own earlier log holds that a restarted node carries on with: the compute it
-/// logged and the thresholds it reported. Entries are read, not verified (the node's own
-/// file); an unreadable line ends the reading.
-pub fn history(path: &Path) -> (braid_engine::accounting::Compute, BTreeSet<String>) {
-    let mut compute = braid_engine::accounting::Compute::default();
-    let mut reported = BTreeSet::new();
+/// What a node's own earlier log holds that a restarted node carries on with.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct History {
+    /// The compute its log counts.
+    pub compute: braid_engine::accounting::Compute,
+    /// Bytes it logged sending and receiving.
+    pub bytes: (u64, u64),
+    /// The thresholds it reported.
+    pub reported: BTreeSet<String>,
+}
+
+/// The [`History`] of run `run` in the node's log at `path`: only entries after a join of
+/// that run count (a directory reused for another run starts again). Entries are read, not
+/// verified (the node's own file); an unreadable line ends the reading.
+pub fn history(path: &Path, run: &str) -> History {
+    let mut h = History::default();
     let Ok(text) = std::fs::read(path) else {
-        return (compute, reported);
+        return h;
     };
+    let mut ours = false;
     for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
         let Some(entry) = line
             .iter()
@@ -288,6 +313,12 @@ pub fn history(path: &Path) -> (braid_engine::accounting::Compute, BTreeSet<Stri
         else {
             break;
         };
+        if let LogEvent::Join { run: r, .. } = &entry.event {
+            ours = r == run;
+        }
+        if !ours {
+            continue;
+        }
         match entry.event {
             LogEvent::Compute {
                 train_samples,
@@ -295,19 +326,21 @@ pub fn history(path: &Path) -> (braid_engine::accounting::Compute, BTreeSet<Stri
                 flops,
                 seconds,
                 ..
-            } => compute.add(&braid_engine::accounting::Compute {
+            } => h.compute.add(&braid_engine::accounting::Compute {
                 train_samples,
                 eval_samples,
                 flops,
                 seconds,
             }),
+            LogEvent::Sent { bytes, .. } => h.bytes.0 = h.bytes.0.saturating_add(bytes),
+            LogEvent::Received { bytes, .. } => h.bytes.1 = h.bytes.1.saturating_add(bytes),
             LogEvent::Threshold { measure, .. } => {
-                reported.insert(measure);
+                h.reported.insert(measure);
             }
             _ => {}
         }
     }
-    (compute, reported)
+    h
 }
 
 /// What [`verify`] found in one log.
@@ -321,6 +354,57 @@ pub struct LogCheck {
     pub problems: Vec<String>,
     /// The last line is cut short (a crash while writing): the entries before it stand.
     pub torn_tail: bool,
+    /// The SHA-256 of the last line that verified.
+    pub head: Option<String>,
+}
+
+impl LogCheck {
+    /// The SHA-256 of the line of entry `seq`, if it verified.
+    pub fn line_hash(&self, seq: u64) -> Option<&str> {
+        let i = usize::try_from(seq).ok()?;
+        match self.entries.get(i + 1) {
+            Some(next) => Some(next.prev.as_str()),
+            None if i + 1 == self.entries.len() => self.head.as_deref(),
+            None => None,
+        }
+    }
+}
+
+/// Every receiver's log against what its acknowledgements showed of it: a sender's
+/// `delivered` entry names the receiver's last entry and its line's hash at that moment, so a
+/// log cut before it, or rewritten up to it, is found even when its own key re-signs it.
+pub fn check_witnessed(logs: &[(NodeId, &LogCheck)]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (sender, log) in logs {
+        for e in &log.entries {
+            let LogEvent::Delivered {
+                to,
+                receiver_log: Some((seq, head)),
+                ..
+            } = &e.event
+            else {
+                continue;
+            };
+            let Some((_, theirs)) = logs.iter().find(|(n, _)| n == to) else {
+                continue;
+            };
+            if !theirs.problems.is_empty() {
+                continue; // already reported where it broke
+            }
+            match theirs.line_hash(*seq) {
+                Some(h) if h == head => {}
+                Some(_) => problems.push(format!(
+                    "node {to}'s log differs at entry {seq} from what it showed node {sender} when it acknowledged a message (node {sender}'s entry {}): it was rewritten",
+                    e.seq
+                )),
+                None => problems.push(format!(
+                    "node {to}'s log ends before entry {seq}, which it showed node {sender} when it acknowledged a message (node {sender}'s entry {}): entries were removed",
+                    e.seq
+                )),
+            }
+        }
+    }
+    problems
 }
 
 /// Checks one log's lines, sequence, chain and signatures. With `allowed`, the signing key
@@ -430,6 +514,7 @@ pub fn verify(bytes: &[u8], allowed: Option<&dyn Fn(NodeId) -> Option<PeerId>>) 
             Some(_) => {}
         }
         prev = sha256_hex(line);
+        check.head = Some(prev.clone());
         check.entries.push(entry);
     }
     check
@@ -459,7 +544,7 @@ pub fn cross_check(logs: &[(NodeId, &[Entry])]) -> Vec<String> {
                         .or_default()
                         .0 += 1;
                 }
-                LogEvent::Delivered { to, what, hash } => {
+                LogEvent::Delivered { to, what, hash, .. } => {
                     flows
                         .entry((*node, *to, what.clone(), hash.clone()))
                         .or_default()
@@ -535,6 +620,7 @@ mod tests {
                 to: 1 - node,
                 what: "gossip".into(),
                 hash: sha256_hex(&[i as u8]),
+                receiver_log: None,
             })
             .unwrap();
             log.append(LogEvent::Received {
@@ -566,6 +652,67 @@ mod tests {
             .iter()
             .flat_map(|l| l.iter().copied().chain([b'\n']))
             .collect()
+    }
+
+    #[test]
+    fn a_log_cut_before_what_it_showed_a_sender_or_rewritten_up_to_it_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let (k0, k1) = (crate::identity::generate(), crate::identity::generate());
+        let receiver = write_log(dir.path(), &k1, 1, 3);
+        let bytes = std::fs::read(&receiver).unwrap();
+        let rl = RunLog::open(&receiver, k1.clone(), 1).unwrap();
+        let (seq, head) = rl.head().unwrap();
+        assert_eq!(seq, 10, "join, 3 x 3 entries, leave");
+        drop(rl);
+        let p0 = write_log(dir.path(), &k0, 0, 0);
+        let mut log = RunLog::open(&p0, k0.clone(), 0).unwrap();
+        log.append(LogEvent::Delivered {
+            to: 1,
+            what: "gossip".into(),
+            hash: sha256_hex(b"m"),
+            receiver_log: Some((
+                seq - 1,
+                verify(&bytes, None).line_hash(seq - 1).unwrap().into(),
+            )),
+        })
+        .unwrap();
+        log.append(LogEvent::Delivered {
+            to: 1,
+            what: "gossip".into(),
+            hash: sha256_hex(b"n"),
+            receiver_log: Some((seq, head)),
+        })
+        .unwrap();
+        drop(log);
+        let sender = verify(&std::fs::read(&p0).unwrap(), None);
+        assert!(sender.problems.is_empty() && sender.entries.len() == 4);
+        let whole = verify(&bytes, None);
+        assert!(check_witnessed(&[(0, &sender), (1, &whole)]).is_empty());
+        // Its last entry removed and the log re-signed to end well: still found.
+        let mut cut = lines(&bytes);
+        cut.pop();
+        std::fs::write(&receiver, join(&cut)).unwrap();
+        let mut rl = RunLog::open(&receiver, k1.clone(), 1).unwrap();
+        rl.append(LogEvent::Leave {
+            reason: "finished".into(),
+        })
+        .unwrap();
+        drop(rl);
+        let resigned = verify(&std::fs::read(&receiver).unwrap(), None);
+        assert!(resigned.problems.is_empty());
+        let p = check_witnessed(&[(0, &sender), (1, &resigned)]);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].contains("differs at entry 10") && p[0].contains("rewritten"),
+            "{p:?}"
+        );
+        std::fs::write(&receiver, join(&cut)).unwrap();
+        let shorter = verify(&std::fs::read(&receiver).unwrap(), None);
+        let p = check_witnessed(&[(0, &sender), (1, &shorter)]);
+        assert!(
+            p.len() == 1 && p[0].contains("ends before entry 10"),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -187,6 +187,17 @@ fn record(log: &SharedLog, event: LogEvent) -> Result<(), NetError> {
     }
 }
 
+/// The acknowledgement of a handled message: with a run log, witnessing its head.
+fn accepted(log: &SharedLog) -> Ack {
+    let head = log
+        .as_ref()
+        .and_then(|l| l.lock().ok().and_then(|l| l.head()));
+    match head.and_then(|(seq, h)| Some((seq, crate::runlog::hash_bytes(&h)?))) {
+        Some((seq, head)) => Ack::Witnessed { seq, head },
+        None => Ack::Accepted,
+    }
+}
+
 fn sync_log(log: &SharedLog) -> Result<(), NetError> {
     match log {
         Some(l) => l
@@ -336,15 +347,15 @@ pub fn run(
     let gov: SharedGov = match (&options.governance, &options.run_log) {
         (Some((config, dir)), Some(path)) => {
             // What the node's log already counts and reports (a resumed node carries on).
-            let (earlier, reported) = crate::runlog::history(path);
+            let run = options.run_id.clone().unwrap_or_default();
+            let earlier = crate::runlog::history(path, &run);
             let mut g = crate::threshold::Governor::new(
                 config.clone(),
                 dir.clone(),
-                options.run_id.clone().unwrap_or_default(),
+                run,
                 my_node,
                 key.clone(),
                 roster.len(),
-                reported,
                 earlier,
             );
             let w = g.at_start()?;
@@ -528,15 +539,6 @@ fn node_loop(
             seq += 1;
         }
         compute.add(&handled.compute);
-        if let Some(g) = &gov {
-            let written = match lock_gov(g).and_then(|mut g| g.set_compute(&compute)) {
-                Ok(w) => w,
-                Err(e) => break Err(e),
-            };
-            if let Err(e) = governed(&log, &stop, &paused, written) {
-                break Err(e);
-            }
-        }
         let (c, models) = (handled.compute, handled.models);
         if !c.is_zero() {
             let (model_before, model_after) = models.unzip();
@@ -551,6 +553,16 @@ fn node_loop(
                 input: input_hash.take(),
             };
             if let Err(e) = record(&log, e) {
+                break Err(e);
+            }
+        }
+        // After the compute entry that crossed it, so the log never reports more than it counts.
+        if let Some(g) = &gov {
+            let written = match lock_gov(g).and_then(|mut g| g.set_compute(&compute)) {
+                Ok(w) => w,
+                Err(e) => break Err(e),
+            };
+            if let Err(e) = governed(&log, &stop, &paused, written) {
                 break Err(e);
             }
         }
@@ -895,7 +907,7 @@ async fn network_loop(
                 }
                 Some(ToNet::Handled(token)) => {
                     if let Some(channel) = unanswered.remove(&token) {
-                        if swarm.behaviour_mut().msg.send_response(channel, Ack::Accepted).is_ok() {
+                        if swarm.behaviour_mut().msg.send_response(channel, accepted(&log)).is_ok() {
                             acks_in_flight += 1;
                         }
                     }
@@ -908,7 +920,7 @@ async fn network_loop(
                     // to the node when it resumes.
                     let halted = stop.load(Ordering::Relaxed);
                     for (_, channel) in unanswered.drain() {
-                        if !halted && swarm.behaviour_mut().msg.send_response(channel, Ack::Accepted).is_ok() {
+                        if !halted && swarm.behaviour_mut().msg.send_response(channel, accepted(&log)).is_ok() {
                             acks_in_flight += 1;
                         }
                     }
@@ -1123,6 +1135,13 @@ async fn network_loop(
                                         to: out.to,
                                         what: out.what.into(),
                                         hash: sha256_hex(&out.bytes),
+                                        receiver_log: None,
+                                    })?,
+                                    Ack::Witnessed { seq, head } => record(&log, LogEvent::Delivered {
+                                        to: out.to,
+                                        what: out.what.into(),
+                                        hash: sha256_hex(&out.bytes),
+                                        receiver_log: Some((seq, crate::identity::hex(&head))),
                                     })?,
                                 }
                             }

@@ -17,7 +17,7 @@ use libp2p::identity::{Keypair, PublicKey};
 use serde::{Deserialize, Serialize};
 
 use crate::identity::{hex, unhex};
-use crate::runlog::sha256_hex;
+use crate::runlog::{sha256_hex, History};
 use crate::NetError;
 
 /// The `kind` every report carries.
@@ -69,10 +69,10 @@ pub struct Governor {
     participants: usize,
     /// Measures already reported (from this process or an earlier one's log).
     reported: BTreeSet<String>,
-    /// What the node has spent: compute from earlier processes (its log) plus this one's.
+    /// What the node has spent: from earlier processes (its log) plus this one's.
     compute: Compute,
-    earlier: Compute,
     traffic: (u64, u64),
+    earlier: History,
 }
 
 /// A report written: where, the SHA-256 of the file, and whether the node is to pause.
@@ -87,12 +87,11 @@ pub struct Written {
 }
 
 impl Governor {
-    /// Thresholds `config` for node `node` of run `run`, reporting to `dir`; `reported` are the
-    /// measures its log already reports and `earlier` the compute its log already counts.
-    #[allow(clippy::too_many_arguments)]
+    /// Thresholds `config` for node `node` of run `run` (of `participants`), reporting to
+    /// `dir`; `earlier` is what its log already counts and reports.
     pub fn new(
         config: GovernanceConfig, dir: PathBuf, run: String, node: NodeId, key: Keypair,
-        participants: usize, reported: BTreeSet<String>, earlier: Compute,
+        participants: usize, earlier: History,
     ) -> Self {
         Self {
             config,
@@ -101,10 +100,10 @@ impl Governor {
             node,
             key,
             participants,
-            reported,
-            compute: Compute::default(),
+            reported: earlier.reported.clone(),
+            compute: earlier.compute,
+            traffic: earlier.bytes,
             earlier,
-            traffic: (0, 0),
         }
     }
 
@@ -115,7 +114,7 @@ impl Governor {
 
     /// The compute this process has spent so far (its whole total: `compute`).
     pub fn set_compute(&mut self, compute: &Compute) -> Result<Option<Written>, NetError> {
-        self.compute = self.earlier;
+        self.compute = self.earlier.compute;
         self.compute.add(compute);
         let flops = self.compute.flops as f64;
         self.cross("flops", self.config.report_flops, flops)
@@ -123,7 +122,9 @@ impl Governor {
 
     /// The bytes this process has sent and received so far.
     pub fn set_traffic(&mut self, sent: u64, received: u64) -> Result<Option<Written>, NetError> {
-        self.traffic = (sent, received);
+        let (s0, r0) = self.earlier.bytes;
+        self.traffic = (s0.saturating_add(sent), r0.saturating_add(received));
+        let (sent, received) = self.traffic;
         let bytes = sent.saturating_add(received) as f64;
         self.cross("bytes", self.config.report_bytes, bytes)
     }
@@ -176,9 +177,46 @@ impl Governor {
     }
 }
 
-/// The file name of node `node`'s report on `measure`.
-pub fn file_name(node: NodeId, measure: &str) -> String {
-    format!("threshold-{measure}-node-{node}.report")
+/// The file name of node `node`'s report on `measure` in run `run` (its first 12 hex
+/// digits: runs sharing a `report_dir` keep their own reports).
+pub fn file_name(node: NodeId, measure: &str, run: &str) -> String {
+    format!(
+        "threshold-{measure}-node-{node}-{}.report",
+        run.get(..12).unwrap_or(run)
+    )
+}
+
+/// The largest report or approval file read (they are a few hundred bytes).
+pub const MAX_FILE_BYTES: u64 = 1 << 16;
+
+/// Reads a report or approval file, refusing anything but a regular file of at most
+/// [`MAX_FILE_BYTES`].
+pub fn read_file(path: &Path) -> Result<Vec<u8>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if !meta.is_file() || meta.len() > MAX_FILE_BYTES {
+        return Err(format!(
+            "{}: not a report or approval (a regular file of at most {MAX_FILE_BYTES} bytes)",
+            path.display()
+        ));
+    }
+    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The copy of a logged report that hashes as logged: where the node wrote it (`file`), else
+/// beside its log (`log`).
+pub fn find_report(
+    log: &Path, file: &str, node: NodeId, measure: &str, run: &str, hash: &str,
+) -> Result<(PathBuf, Vec<u8>), String> {
+    let beside = log.with_file_name(file_name(node, measure, run));
+    let mut why = Vec::new();
+    for p in [PathBuf::from(file), beside] {
+        match read_file(&p) {
+            Ok(b) if sha256_hex(&b) == hash => return Ok((p, b)),
+            Ok(_) => why.push(format!("{} is not the file the log names", p.display())),
+            Err(e) => why.push(e),
+        }
+    }
+    Err(why.join("; "))
 }
 
 /// Signs `report` with `key` and writes it, atomically, into `dir`; returns the file and the
@@ -195,7 +233,7 @@ pub fn write(dir: &Path, key: &Keypair, report: &Report) -> Result<(PathBuf, Str
     bytes.push(b'\n');
     std::fs::create_dir_all(dir)
         .map_err(|e| NetError::Io(format!("cannot create {}: {e}", dir.display())))?;
-    let path = dir.join(file_name(report.node, &report.measure));
+    let path = dir.join(file_name(report.node, &report.measure, &report.run));
     braid_engine::report::write_atomic(&path, &bytes).map_err(NetError::Io)?;
     Ok((path, sha256_hex(&bytes)))
 }
@@ -305,11 +343,12 @@ pub fn check_approval(
 
 /// The reports with `pause` in the node's log at `log` that lack a valid approval by one of
 /// `authorized`, each as a line saying what to do: a node resumes only when this is empty.
-pub fn unapproved(log: &Path, authorized: &[libp2p::PeerId]) -> Vec<String> {
+pub fn unapproved(log: &Path, run: &str, authorized: &[libp2p::PeerId]) -> Vec<String> {
     let Ok(text) = std::fs::read(log) else {
         return Vec::new();
     };
     let mut missing = Vec::new();
+    let mut ours = false;
     for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
         let Some(entry) = line
             .iter()
@@ -318,31 +357,35 @@ pub fn unapproved(log: &Path, authorized: &[libp2p::PeerId]) -> Vec<String> {
         else {
             break;
         };
-        let crate::runlog::LogEvent::Threshold {
-            measure,
-            file,
-            report,
-            ..
-        } = entry.event
-        else {
-            continue;
+        let (measure, file, report) = match entry.event {
+            crate::runlog::LogEvent::Join { run: r, .. } => {
+                ours = r == run;
+                continue;
+            }
+            crate::runlog::LogEvent::Threshold {
+                measure,
+                file,
+                report,
+                ..
+            } if ours => (measure, file, report),
+            _ => continue,
         };
-        let beside = log.with_file_name(file_name(entry.node, &measure));
-        let path = if Path::new(&file).is_file() {
-            PathBuf::from(&file)
-        } else {
-            beside
-        };
-        let pauses = std::fs::read(&path)
+        // A report that cannot be found as logged counts as one that paused.
+        let found = find_report(log, &file, entry.node, &measure, run, &report);
+        let path = found
+            .as_ref()
+            .map_or_else(|_| PathBuf::from(&file), |(p, _)| p.clone());
+        let pauses = found
+            .as_ref()
             .ok()
-            .and_then(|b| read(&b).ok())
+            .and_then(|(_, b)| read(b).ok())
             .is_none_or(|(r, _)| r.pause);
         if !pauses {
             continue;
         }
         let approval = approval_path(&path);
-        let checked = std::fs::read(&approval)
-            .map_err(|e| format!("no approval at {} ({e})", approval.display()))
+        let checked = read_file(&approval)
+            .map_err(|e| format!("no approval ({e})"))
             .and_then(|b| check_approval(&b, &report, authorized));
         if let Err(why) = checked {
             missing.push(format!(
@@ -366,8 +409,7 @@ mod tests {
             0,
             Keypair::generate_ed25519(),
             12,
-            BTreeSet::new(),
-            Compute::default(),
+            History::default(),
         )
     }
 
@@ -428,41 +470,45 @@ mod tests {
     }
 
     #[test]
-    fn compute_of_an_earlier_process_counts_and_an_earlier_report_is_not_repeated() {
+    fn what_an_earlier_process_spent_counts_and_an_earlier_report_is_not_repeated() {
         let dir = tempfile::tempdir().unwrap();
         let config = GovernanceConfig {
             report_flops: Some(1000.0),
+            report_bytes: Some(1000.0),
             ..Default::default()
         };
-        let earlier = Compute {
-            flops: 900,
-            ..Default::default()
+        let earlier = History {
+            compute: Compute {
+                flops: 900,
+                ..Default::default()
+            },
+            bytes: (600, 300),
+            reported: BTreeSet::new(),
         };
-        let mut g = Governor::new(
-            config.clone(),
-            dir.path().to_owned(),
-            "run".into(),
-            3,
-            Keypair::generate_ed25519(),
-            4,
-            BTreeSet::new(),
-            earlier,
-        );
+        let new = |earlier: History| {
+            Governor::new(
+                config.clone(),
+                dir.path().to_owned(),
+                "run".into(),
+                3,
+                Keypair::generate_ed25519(),
+                4,
+                earlier,
+            )
+        };
         let more = Compute {
             flops: 200,
             ..Default::default()
         };
+        let mut g = new(earlier.clone());
         assert!(g.set_compute(&more).unwrap().is_some());
-        let mut again = Governor::new(
-            config,
-            dir.path().to_owned(),
-            "run".into(),
-            3,
-            Keypair::generate_ed25519(),
-            4,
-            ["flops".to_string()].into(),
-            earlier,
-        );
+        let w = g.set_traffic(50, 60).unwrap().expect("900 + 110 bytes");
+        assert_eq!((w.report.bytes_sent, w.report.bytes_received), (650, 360));
+        let mut again = new(History {
+            reported: ["flops".to_string(), "bytes".to_string()].into(),
+            ..earlier
+        });
         assert!(again.set_compute(&more).unwrap().is_none());
+        assert!(again.set_traffic(50, 60).unwrap().is_none());
     }
 }

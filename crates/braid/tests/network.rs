@@ -1418,6 +1418,19 @@ fn audit_replay_confirms_an_honest_run_and_refutes_a_client_that_lies_about_its_
     }
 }
 
+/// Node `node`'s report on `measure` in `d/dir` (its name ends with the run id's start).
+fn report_file(d: &Path, dir: &str, node: u32, measure: &str) -> std::path::PathBuf {
+    let start = format!("threshold-{measure}-node-{node}-");
+    std::fs::read_dir(d.join(dir))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with(&start) && name.ends_with(".report")
+        })
+        .unwrap_or_else(|| panic!("no {start}*.report in {dir}"))
+}
+
 #[test]
 fn a_run_past_its_thresholds_writes_signed_reports_and_pauses_until_an_authorized_approval() {
     let dir = tempfile::tempdir().unwrap();
@@ -1435,11 +1448,8 @@ fn a_run_past_its_thresholds_writes_signed_reports_and_pauses_until_an_authorize
         &keys,
     ];
     launch_audited(d, "gov", &args);
-    let report = |node: u32, measure: &str| {
-        d.join(format!(
-            "gov/node-{node}/threshold-{measure}-node-{node}.report"
-        ))
-    };
+    let report =
+        |node: u32, measure: &str| report_file(d, &format!("gov/node-{node}"), node, measure);
     // Every node reported its FLOPs, and paused.
     for node in 0..4 {
         let (r, _) =
@@ -1495,7 +1505,7 @@ fn a_run_past_its_thresholds_writes_signed_reports_and_pauses_until_an_authorize
     launch_audited(d, "gov", &resume);
     // Without pause: node 0 reports the run's 4 participants at start, and the run goes on.
     launch_audited(d, "plain", &["--set", "governance.report_participants=3"]);
-    let participants = d.join("plain/node-0/threshold-participants-node-0.report");
+    let participants = report_file(d, "plain/node-0", 0, "participants");
     let (r, _) = braid_net::threshold::read(&std::fs::read(participants).unwrap()).unwrap();
     assert_eq!(
         (r.node, r.value, r.threshold, r.pause),

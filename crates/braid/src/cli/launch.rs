@@ -341,7 +341,8 @@ fn supervise(
                 "braid launch: {running} node(s) still running {} s after the evaluator finished; stopping them",
                 grace.as_secs()
             );
-            kill_all(launched);
+            // SIGTERM first: a node stopped so logs its leaving (its log then verifies).
+            stop_all(launched, Duration::from_secs(10));
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(100));

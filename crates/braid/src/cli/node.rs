@@ -155,12 +155,12 @@ pub fn node(args: NodeArgs, registry: &Registry) -> Result<()> {
     let run_id = braid_net::halt::run_id_of(&config);
     // One node per output directory (its checkpoint, log and results).
     let _lock = braid_engine::report::DirLock::acquire(&dir).map_err(anyhow::Error::msg)?;
-    if args.resume {
-        // A node paused at a [governance] threshold continues only once approved.
-        let missing = braid_net::threshold::unapproved(&dir.join("runlog.jsonl"), roster.halters());
-        if !missing.is_empty() {
-            bail!("node {id} {}", missing.join("; "));
-        }
+    // A node paused at a [governance] threshold of this run continues only once approved
+    // (whether or not it is started with --resume).
+    let missing =
+        braid_net::threshold::unapproved(&dir.join("runlog.jsonl"), &run_id, roster.halters());
+    if !missing.is_empty() {
+        bail!("node {id} {}", missing.join("; "));
     }
     let options = RuntimeOptions {
         listen,
@@ -356,7 +356,9 @@ pub fn halt(args: HaltArgs, registry: &Registry) -> Result<()> {
         Duration::from_secs(args.timeout_s),
     ) {
         match outcome {
-            Ok(braid_net::probe::Outcome::Answered(braid_net::codec::Ack::Accepted)) => {
+            Ok(braid_net::probe::Outcome::Answered(
+                braid_net::codec::Ack::Accepted | braid_net::codec::Ack::Witnessed { .. },
+            )) => {
                 accepted += 1;
                 say!("node {node}: halt accepted");
             }

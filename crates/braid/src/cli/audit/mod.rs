@@ -59,9 +59,10 @@ pub enum AuditCommand {
         /// The fraction of the claims to replay (above 0, at most 1).
         #[arg(long, default_value_t = 1.0)]
         sample: f64,
-        /// The seed that picks the sample.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
+        /// The seed that picks the sample (default: a random one, printed, so that no
+        /// participant can know in advance which claims are checked).
+        #[arg(long)]
+        seed: Option<u64>,
     },
 }
 
@@ -257,6 +258,11 @@ fn check(dir: &Path, config: Option<&Path>, registry: &Registry) -> Result<Audit
         .filter_map(|l| l.check.node.map(|n| (n, l.check.entries.as_slice())))
         .collect();
     run_problems.extend(runlog::cross_check(&by_node));
+    let checks: Vec<(NodeId, &LogCheck)> = logs
+        .iter()
+        .filter_map(|l| l.check.node.map(|n| (n, &l.check)))
+        .collect();
+    run_problems.extend(runlog::check_witnessed(&checks));
     run_problems.extend(logs.iter().filter_map(unfinished));
     run_problems.extend(logs.iter().flat_map(check_reports));
     run_problems.extend(check_results(dir, &logs));
@@ -322,24 +328,18 @@ fn check_reports(l: &NodeLog) -> Vec<String> {
                 report,
                 ..
             } => {
-                let beside = l
-                    .path
-                    .with_file_name(braid_net::threshold::file_name(e.node, measure));
-                let bytes = std::fs::read(file).or_else(|_| std::fs::read(&beside));
                 let at = format!(
                     "{}: entry {}: the {measure} report",
                     l.path.display(),
                     e.seq
                 );
-                let why = match bytes {
-                    Err(err) => Some(format!(
-                        "cannot be read at {file} or {} ({err})",
-                        beside.display()
-                    )),
-                    Ok(b) if runlog::sha256_hex(&b) != *report => {
-                        Some("is not the file the log names (its SHA-256 differs)".into())
-                    }
-                    Ok(b) => match braid_net::threshold::read(&b) {
+                let run_id = run.as_deref().unwrap_or_default();
+                let found = braid_net::threshold::find_report(
+                    &l.path, file, e.node, measure, run_id, report,
+                );
+                let why = match found {
+                    Err(err) => Some(format!("is not the file the log names: {err}")),
+                    Ok((_, b)) => match braid_net::threshold::read(&b) {
                         Err(err) => Some(err),
                         Ok((r, _)) if Some(&r.public_key) != key.as_ref() => {
                             Some("is signed by another key than the log".into())
@@ -424,7 +424,8 @@ fn check_results(dir: &Path, logs: &[NodeLog]) -> Vec<String> {
 
 /// Each node's `final.safetensors` against the final-model hash in its log: a node that wrote
 /// other weights than it logged is found even when its manifest matches them. Needs the run's
-/// model, so the configuration; a file that cannot be read as that model is said, not counted.
+/// model, so the configuration (without one, or without the data to build the model, it is
+/// said and skipped); a file that cannot be read as that model is a problem.
 fn check_final_models(
     logs: &[NodeLog], cfg: &ExperimentConfig, registry: &Registry,
 ) -> Vec<String> {
@@ -467,10 +468,11 @@ fn check_final_models(
                 hash.get(..12).unwrap_or(hash),
                 runlog::model_hash(&params).get(..12).unwrap_or_default()
             )),
-            Err(e) => println!(
-                "note: node {node}: {} not compared with its logged hash: {e}",
+            // braid writes it as the run's model: another layout is a changed file.
+            Err(e) => problems.push(format!(
+                "node {node}: {} cannot be read as the run's model, so not as the final model its log names: {e}",
                 path.display()
-            ),
+            )),
         }
     }
     problems

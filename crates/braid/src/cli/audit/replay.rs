@@ -29,9 +29,12 @@ struct Claim {
     train_samples: u64,
     flops: u64,
     seconds: f64,
-    before: String,
-    after: String,
+    /// The model hashes before and after training (an honest node always logs both).
+    models: Option<(String, String)>,
     input: Option<String>,
+    /// The `received` entry that backs it: the earliest receipt of its input before it that
+    /// backs no earlier claim of the node (`None`: there is none).
+    receipt: Option<u64>,
 }
 
 /// What replay concluded about a claim.
@@ -45,11 +48,13 @@ enum Verdict {
 
 /// `braid audit replay`.
 pub fn replay(
-    dir: &Path, config: Option<&Path>, sample: f64, seed: u64, registry: &Registry,
+    dir: &Path, config: Option<&Path>, sample: f64, seed: Option<u64>, registry: &Registry,
 ) -> Result<()> {
     if !(sample > 0.0 && sample <= 1.0) {
         bail!("--sample {sample}: a fraction of the claims, above 0 and at most 1");
     }
+    // Unpredictable unless given: a participant must not know which claims will be checked.
+    let seed = seed.unwrap_or_else(rand::random);
     let audit = check(dir, config, registry)?;
     if audit.problems() > 0 {
         audit.print_problems();
@@ -83,7 +88,7 @@ pub fn replay(
     let claims = claims(&audit.logs);
     if claims.is_empty() {
         bail!(
-            "no training claims (compute entries with model hashes) in the logs of {}",
+            "no training claims (compute entries that trained) in the logs of {}",
             dir.display()
         );
     }
@@ -94,6 +99,10 @@ pub fn replay(
         );
     }
     let chosen = choose(&claims, sample, seed);
+    let max_bytes = cfg
+        .network
+        .as_ref()
+        .map_or(1 << 30, |n| n.max_message_mib << 20);
     println!(
         "replaying {} of {} training claims (sample {sample}, seed {seed}) of run {}",
         chosen.len(),
@@ -111,13 +120,14 @@ pub fn replay(
             c.round.map_or(String::new(), |r| format!(" (round {r})"))
         );
         logged_s += c.seconds;
-        match judge(c, &audit.logs, algorithm, &prepared) {
+        match judge(c, &audit.logs, algorithm, &prepared, max_bytes) {
             Verdict::Confirmed => {
                 confirmed += 1;
+                let (before, after) = c.models.as_ref().map_or(("", ""), |(b, a)| (b, a));
                 println!(
                     "{at}: confirmed: model {}.. -> {}.., {} samples, {} FLOPs",
-                    short(&c.before),
-                    short(&c.after),
+                    short(before),
+                    short(after),
                     c.train_samples,
                     c.flops
                 );
@@ -149,34 +159,54 @@ fn short(hash: &str) -> &str {
     hash.get(..12).unwrap_or(hash)
 }
 
-/// Every compute entry that trained, in node and log order.
+/// Every compute entry that trained, in node and log order, each paired with the receipt
+/// of its input: one receipt backs one claim, so a claim cannot borrow the input of another.
 fn claims(logs: &[NodeLog]) -> Vec<Claim> {
     let mut out = Vec::new();
     for l in logs {
+        let mut used = std::collections::BTreeSet::new();
         for e in &l.check.entries {
-            if let LogEvent::Compute {
+            let LogEvent::Compute {
                 round,
                 train_samples,
                 flops,
                 seconds,
-                model_before: Some(before),
-                model_after: Some(after),
+                model_before,
+                model_after,
                 input,
                 ..
             } = &e.event
-            {
-                out.push(Claim {
-                    node: e.node,
-                    seq: e.seq,
-                    round: *round,
-                    train_samples: *train_samples,
-                    flops: *flops,
-                    seconds: *seconds,
-                    before: before.clone(),
-                    after: after.clone(),
-                    input: input.clone(),
-                });
+            else {
+                continue;
+            };
+            if *train_samples == 0 {
+                continue;
             }
+            let receipt = input.as_ref().and_then(|h| {
+                l.check
+                    .entries
+                    .iter()
+                    .take_while(|r| r.seq < e.seq)
+                    .find(|r| {
+                        !used.contains(&r.seq)
+                            && matches!(&r.event, LogEvent::Received { hash, .. } if hash == h)
+                    })
+                    .map(|r| r.seq)
+            });
+            if let Some(r) = receipt {
+                used.insert(r);
+            }
+            out.push(Claim {
+                node: e.node,
+                seq: e.seq,
+                round: *round,
+                train_samples: *train_samples,
+                flops: *flops,
+                seconds: *seconds,
+                models: model_before.clone().zip(model_after.clone()),
+                input: input.clone(),
+                receipt,
+            });
         }
     }
     out
@@ -206,23 +236,35 @@ fn log_of(logs: &[NodeLog], node: NodeId) -> Option<&NodeLog> {
 }
 
 /// Checks one claim: its input as the sender logged and kept it, then the replay.
-fn judge(c: &Claim, logs: &[NodeLog], algorithm: &dyn Registered, prepared: &Prepared) -> Verdict {
+fn judge(
+    c: &Claim, logs: &[NodeLog], algorithm: &dyn Registered, prepared: &Prepared, max_bytes: u64,
+) -> Verdict {
     let Some(input) = &c.input else {
         return Verdict::Unchecked(
             "the entry names no input message (written by a braid without replay, or training no message started)".into(),
         );
     };
-    let received = log_of(logs, c.node).and_then(|l| {
-        l.check.entries.iter().find_map(|e| match &e.event {
-            LogEvent::Received {
-                from, what, hash, ..
-            } if hash == input && e.seq < c.seq => Some((*from, what.clone())),
-            _ => None,
-        })
+    if input.len() != 64 || !input.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Verdict::Refuted(format!("its input {input:?} is not a SHA-256"));
+    }
+    let Some((claimed_before, claimed_after)) = &c.models else {
+        return Verdict::Unchecked("it logs training without the model hashes".into());
+    };
+    let received = c.receipt.and_then(|seq| {
+        log_of(logs, c.node)?
+            .check
+            .entries
+            .iter()
+            .find_map(|e| match &e.event {
+                LogEvent::Received { from, what, .. } if e.seq == seq => {
+                    Some((*from, what.clone()))
+                }
+                _ => None,
+            })
     });
     let Some((from, what)) = received else {
         return Verdict::Refuted(format!(
-            "it names input {}.., which its log does not record receiving before the claim",
+            "it names input {}.., which its log does not record receiving before the claim, other than for an earlier claim",
             short(input)
         ));
     };
@@ -238,21 +280,41 @@ fn judge(c: &Claim, logs: &[NodeLog], algorithm: &dyn Registered, prepared: &Pre
             "there is no log of node {from}, the input's sender"
         ));
     };
-    let sent = sender.check.entries.iter().any(
-        |e| matches!(&e.event, LogEvent::Sent { to, hash, .. } if *to == c.node && hash == input),
-    );
-    if !sent {
+    let sent = sender.check.entries.iter().find_map(|e| match &e.event {
+        LogEvent::Sent {
+            to, hash, bytes, ..
+        } if *to == c.node && hash == input => Some(*bytes),
+        _ => None,
+    });
+    let Some(size) = sent else {
         return Verdict::Refuted(format!(
             "node {from}'s log does not record sending it input {}..",
             short(input)
         ));
-    }
+    };
     let copy: PathBuf = sender
         .path
         .parent()
         .unwrap_or(Path::new("."))
         .join(runlog::KEPT_DIR)
         .join(input);
+    // Its size as logged, within the run's message limit, before it is read.
+    match std::fs::metadata(&copy) {
+        Ok(m) if m.is_file() && m.len() == size && size <= max_bytes => {}
+        Ok(m) => {
+            return Verdict::Unchecked(format!(
+                "{} is {} bytes, not the {size} its sender logged (at most {max_bytes})",
+                copy.display(),
+                m.len()
+            ))
+        }
+        Err(e) => {
+            return Verdict::Unchecked(format!(
+                "the sender's copy of the input, {}, cannot be read ({e})",
+                copy.display()
+            ))
+        }
+    }
     let bytes = match std::fs::read(&copy) {
         Ok(b) if runlog::sha256_hex(&b) == *input => b,
         Ok(_) => {
@@ -279,17 +341,23 @@ fn judge(c: &Claim, logs: &[NodeLog], algorithm: &dyn Registered, prepared: &Pre
         ));
     };
     let mut wrong = Vec::new();
-    if before != c.before {
+    if r.round != c.round {
+        wrong.push(format!(
+            "it is logged for round {:?}, but its input is of round {:?}",
+            c.round, r.round
+        ));
+    }
+    if before != *claimed_before {
         wrong.push(format!(
             "it claims to have trained from model {}.., but the input gives {}..",
-            short(&c.before),
+            short(claimed_before),
             short(&before)
         ));
     }
-    if after != c.after {
+    if after != *claimed_after {
         wrong.push(format!(
             "model after training: logged {}.., replay gives {}..",
-            short(&c.after),
+            short(claimed_after),
             short(&after)
         ));
     }
@@ -309,5 +377,71 @@ fn judge(c: &Claim, logs: &[NodeLog], algorithm: &dyn Registered, prepared: &Pre
         Verdict::Confirmed
     } else {
         Verdict::Refuted(wrong.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use braid_net::runlog::{Entry, LogCheck};
+
+    fn entry(seq: u64, event: LogEvent) -> Entry {
+        Entry {
+            seq,
+            prev: String::new(),
+            node: 2,
+            t: 0.0,
+            event,
+        }
+    }
+
+    fn trained(seq: u64, input: &str) -> Entry {
+        entry(
+            seq,
+            LogEvent::Compute {
+                round: Some(1),
+                train_samples: 64,
+                eval_samples: 0,
+                flops: 1,
+                seconds: 0.0,
+                model_before: Some("b".into()),
+                model_after: Some("a".into()),
+                input: Some(input.into()),
+            },
+        )
+    }
+
+    fn received(seq: u64, hash: &str) -> Entry {
+        entry(
+            seq,
+            LogEvent::Received {
+                from: 0,
+                what: "train-request".into(),
+                bytes: 1,
+                hash: hash.into(),
+            },
+        )
+    }
+
+    #[test]
+    fn a_receipt_backs_one_claim_and_only_claims_after_it() {
+        let log = NodeLog {
+            path: PathBuf::from("node-2/runlog.jsonl"),
+            check: LogCheck {
+                node: Some(2),
+                entries: vec![
+                    trained(0, "x"), // before any receipt of x
+                    received(1, "x"),
+                    trained(2, "x"), // backed by entry 1
+                    trained(3, "x"), // the same input again: no receipt left
+                    received(4, "x"),
+                    trained(5, "x"), // a second delivery backs a second training
+                ],
+                ..Default::default()
+            },
+        };
+        let c = claims(std::slice::from_ref(&log));
+        let receipts: Vec<Option<u64>> = c.iter().map(|c| c.receipt).collect();
+        assert_eq!(receipts, vec![None, Some(1), None, Some(4)]);
     }
 }
