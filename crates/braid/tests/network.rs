@@ -1316,39 +1316,60 @@ fn audit_verifies_signed_logs_accounts_for_the_run_and_finds_tampering() {
         "verify after restoring the results",
     );
 
-    // A server that writes other final weights than it logged, and signs results whose
-    // manifest matches them: its log's final-model hash gives it away.
+    // A server that writes other results than it logged, and signs a manifest that matches
+    // them: its log's final-model hash, or the metrics it logged, give it away.
+    let resign = || {
+        let listed: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+        let files: Vec<std::path::PathBuf> = listed["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| d.join("run/node-0").join(f["name"].as_str().unwrap()))
+            .collect();
+        let run = listed["run"].as_str().unwrap();
+        braid_engine::report::seal_results(&d.join("run/node-0"), &files, &[], run).unwrap();
+        let key = braid_net::identity::load(&d.join("run/keys/node-0.key")).unwrap();
+        let mut log =
+            braid_net::runlog::RunLog::open(&d.join("run/node-0/runlog.jsonl"), key, 0).unwrap();
+        log.append(braid_net::runlog::LogEvent::Results {
+            manifest: braid_net::runlog::sha256_hex(&std::fs::read(&manifest).unwrap()),
+        })
+        .unwrap();
+        log.sync().unwrap();
+    };
     let weights = d.join("run/node-0/final.safetensors");
     let original = std::fs::read(&weights).unwrap();
     let mut other = original.clone();
     let last = other.len() - 2;
     other[last] ^= 0x01;
     std::fs::write(&weights, &other).unwrap();
-    let listed: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
-    let files: Vec<std::path::PathBuf> = listed["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| d.join("run/node-0").join(f["name"].as_str().unwrap()))
-        .collect();
-    let run = listed["run"].as_str().unwrap();
-    braid_engine::report::seal_results(&d.join("run/node-0"), &files, &[], run).unwrap();
-    let key = braid_net::identity::load(&d.join("run/keys/node-0.key")).unwrap();
-    let mut log =
-        braid_net::runlog::RunLog::open(&d.join("run/node-0/runlog.jsonl"), key, 0).unwrap();
-    log.append(braid_net::runlog::LogEvent::Results {
-        manifest: braid_net::runlog::sha256_hex(&std::fs::read(&manifest).unwrap()),
-    })
-    .unwrap();
-    log.sync().unwrap();
-    drop(log);
+    resign();
     let v = audit(&["verify", "run"]);
     assert!(!v.status.success());
     let out = String::from_utf8_lossy(&v.stdout);
     assert!(
         out.contains("node 0: ")
             && out.contains("holds other weights than the final model its log names"),
+        "{out}"
+    );
+    std::fs::write(&weights, &original).unwrap();
+    // Round 2's accuracy raised by a point in metrics.csv.
+    let csv = d.join("run/node-0/metrics.csv");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    let mut row: Vec<String> = lines[2].split(',').map(String::from).collect();
+    assert_eq!(row[0], "2");
+    row[1] = format!("{:.6}", row[1].parse::<f64>().unwrap() + 0.01);
+    lines[2] = row.join(",");
+    std::fs::write(&csv, lines.join("\n") + "\n").unwrap();
+    resign();
+    let v = audit(&["verify", "run"]);
+    assert!(!v.status.success());
+    let out = String::from_utf8_lossy(&v.stdout);
+    assert!(
+        out.contains("the row of round 2 does not hold the accuracy")
+            && !out.contains("holds other weights"),
         "{out}"
     );
 }

@@ -265,6 +265,7 @@ fn check(dir: &Path, config: Option<&Path>, registry: &Registry) -> Result<Audit
     run_problems.extend(runlog::check_witnessed(&checks));
     run_problems.extend(logs.iter().filter_map(unfinished));
     run_problems.extend(logs.iter().flat_map(check_reports));
+    run_problems.extend(logs.iter().flat_map(check_metrics));
     run_problems.extend(check_results(dir, &logs));
     if let Some(cfg) = &cfg {
         run_problems.extend(check_final_models(&logs, cfg, registry));
@@ -307,6 +308,77 @@ fn unfinished(l: &NodeLog) -> Option<String> {
             l.check.entries.len() - 1
         )
     })
+}
+
+/// The evaluating node's `metrics.csv` against the metrics its log reported (`progress`
+/// entries: round or step, accuracy): every logged round has its row, agreeing with the
+/// logged accuracy to the precision a field of the row prints, and every row a logged round.
+fn check_metrics(l: &NodeLog) -> Vec<String> {
+    let bound = l
+        .check
+        .entries
+        .iter()
+        .any(|e| matches!(e.event, LogEvent::Results { .. }));
+    let path = l.path.with_file_name("metrics.csv");
+    if !bound || !path.is_file() {
+        return Vec::new();
+    }
+    let text = match std::fs::metadata(&path) {
+        Ok(m) if m.len() <= 1 << 30 => std::fs::read_to_string(&path),
+        Ok(_) => return vec![format!("{}: larger than 1 GiB", path.display())],
+        Err(e) => Err(e),
+    };
+    let text = match text {
+        Ok(t) => t,
+        Err(e) => return vec![format!("{}: cannot be read ({e})", path.display())],
+    };
+    let rows: BTreeMap<u64, Vec<&str>> = text
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(',').collect();
+            Some((fields.first()?.parse().ok()?, fields))
+        })
+        .collect();
+    // A field printed with d >= 2 decimals agrees with `x` if it is `x` rounded to d decimals
+    // (accuracies are printed so; integer fields are counts, not accuracies).
+    let agrees = |field: &str, x: f64| {
+        let decimals = field.split_once('.').map_or(0, |(_, d)| d.len());
+        decimals >= 2
+            && field.parse::<f64>().is_ok_and(|v| {
+                (v - x).abs() <= 0.5 * 10f64.powi(-(decimals.min(15) as i32)) + 1e-12
+            })
+    };
+    let mut problems = Vec::new();
+    let mut logged = std::collections::BTreeSet::new();
+    for e in &l.check.entries {
+        let LogEvent::Progress { round, accuracy } = &e.event else {
+            continue;
+        };
+        logged.insert(*round);
+        match (rows.get(round), accuracy) {
+            (None, _) => problems.push(format!(
+                "{}: no row for round {round}, which the log reports (entry {})",
+                path.display(),
+                e.seq
+            )),
+            (Some(fields), Some(a)) if !fields[1..].iter().any(|f| agrees(f, *a)) => {
+                problems.push(format!(
+                    "{}: the row of round {round} does not hold the accuracy {a} the log reports (entry {})",
+                    path.display(),
+                    e.seq
+                ))
+            }
+            _ => {}
+        }
+    }
+    for r in rows.keys().filter(|r| !logged.contains(r)) {
+        problems.push(format!(
+            "{}: a row for round {r}, which the log does not report",
+            path.display()
+        ));
+    }
+    problems
 }
 
 /// Every threshold report a log names: the file (where the node wrote it, else beside the
