@@ -46,11 +46,17 @@ pub enum Ack {
     OtherRun([u8; RUN_ID_BYTES]),
     /// Accepted and handled; the receiver's run log then ended at entry `seq`, a line of
     /// SHA-256 `head`: the sender records it, so the receiver's log up to there is witnessed.
+    /// With `[governance]`, also the receiver's totals (zero without), for run-wide
+    /// thresholds.
     Witnessed {
         /// The position of the receiver's last log entry.
         seq: u64,
         /// The SHA-256 of that entry's line.
         head: [u8; 32],
+        /// The FLOPs the receiver had spent.
+        flops: u64,
+        /// The bytes it had sent and received.
+        bytes: u64,
     },
 }
 
@@ -116,11 +122,17 @@ pub async fn read_ack<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Ack
                 "malformed acknowledgement",
             )),
         },
-        Some((3, rest)) if rest.len() == 40 => {
-            let (seq, head) = rest.split_at(8);
-            let seq = u64::from_le_bytes(<[u8; 8]>::try_from(seq).unwrap_or_default());
-            let head = <[u8; 32]>::try_from(head).unwrap_or_default();
-            Ok(Ack::Witnessed { seq, head })
+        Some((3, rest)) if rest.len() == 56 => {
+            let word = |i: usize| {
+                u64::from_le_bytes(<[u8; 8]>::try_from(&rest[i..i + 8]).unwrap_or_default())
+            };
+            let head = <[u8; 32]>::try_from(&rest[8..40]).unwrap_or_default();
+            Ok(Ack::Witnessed {
+                seq: word(0),
+                head,
+                flops: word(40),
+                bytes: word(48),
+            })
         }
         _ => Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -218,10 +230,17 @@ impl request_response::Codec for FrameCodec {
                 b.push(2);
                 b.extend_from_slice(&run);
             }
-            Ack::Witnessed { seq, head } => {
+            Ack::Witnessed {
+                seq,
+                head,
+                flops,
+                bytes,
+            } => {
                 b.push(3);
                 b.extend_from_slice(&seq.to_le_bytes());
                 b.extend_from_slice(&head);
+                b.extend_from_slice(&flops.to_le_bytes());
+                b.extend_from_slice(&bytes.to_le_bytes());
             }
         }
         write_frame(io, &b).await

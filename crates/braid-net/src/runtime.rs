@@ -87,47 +87,48 @@ pub struct RuntimeOptions {
 /// The thresholds shared by the node thread (compute) and the network task (traffic).
 type SharedGov = Option<Arc<Mutex<crate::threshold::Governor>>>;
 
-/// Logs a report just written, if any; with `pause` sets the stop flag and returns true when
-/// it was not set before (the caller stops the node). `paused` keeps why, for the leave entry.
+/// Logs the reports just written; with `pause` sets the stop flag and returns true when it
+/// was not set before (the caller stops the node). `paused` keeps why, for the leave entry.
 fn governed(
     log: &SharedLog, stop: &AtomicBool, paused: &Mutex<Option<String>>,
-    written: Option<crate::threshold::Written>,
+    written: impl IntoIterator<Item = crate::threshold::Written>,
 ) -> Result<bool, NetError> {
-    let Some(w) = written else {
-        return Ok(false);
-    };
-    let r = &w.report;
-    warn!(
-        "crossed the {} threshold ({} > {}): signed report {}",
-        r.measure,
-        r.value,
-        r.threshold,
-        w.path.display()
-    );
-    record(
-        log,
-        LogEvent::Threshold {
-            measure: r.measure.clone(),
-            threshold: r.threshold,
-            value: r.value,
-            file: w.path.display().to_string(),
-            report: w.hash.clone(),
-        },
-    )?;
-    sync_log(log)?;
-    if !r.pause {
-        return Ok(false);
+    let mut stopped_now = false;
+    for w in written {
+        let r = &w.report;
+        warn!(
+            "crossed the {} threshold ({} > {}): signed report {}",
+            r.measure,
+            r.value,
+            r.threshold,
+            w.path.display()
+        );
+        record(
+            log,
+            LogEvent::Threshold {
+                measure: r.measure.clone(),
+                threshold: r.threshold,
+                value: r.value,
+                file: w.path.display().to_string(),
+                report: w.hash.clone(),
+            },
+        )?;
+        sync_log(log)?;
+        if !r.pause {
+            continue;
+        }
+        if let Ok(mut p) = paused.lock() {
+            p.get_or_insert_with(|| {
+                format!(
+                    "paused: the {} threshold was crossed (report {}); continue after braid approve",
+                    r.measure,
+                    w.path.display()
+                )
+            });
+        }
+        stopped_now |= !stop.swap(true, Ordering::SeqCst);
     }
-    if let Ok(mut p) = paused.lock() {
-        p.get_or_insert_with(|| {
-            format!(
-                "paused: the {} threshold was crossed (report {}); continue after braid approve",
-                r.measure,
-                w.path.display()
-            )
-        });
-    }
-    Ok(!stop.swap(true, Ordering::SeqCst))
+    Ok(stopped_now)
 }
 
 fn lock_gov(
@@ -187,13 +188,23 @@ fn record(log: &SharedLog, event: LogEvent) -> Result<(), NetError> {
     }
 }
 
-/// The acknowledgement of a handled message: with a run log, witnessing its head.
-fn accepted(log: &SharedLog) -> Ack {
+/// The acknowledgement of a handled message: with a run log, witnessing its head (and with
+/// thresholds, showing this node's totals).
+fn accepted(log: &SharedLog, gov: &SharedGov) -> Ack {
     let head = log
         .as_ref()
         .and_then(|l| l.lock().ok().and_then(|l| l.head()));
+    let (flops, bytes) = gov
+        .as_ref()
+        .and_then(|g| g.lock().ok().map(|g| g.totals()))
+        .unwrap_or_default();
     match head.and_then(|(seq, h)| Some((seq, crate::runlog::hash_bytes(&h)?))) {
-        Some((seq, head)) => Ack::Witnessed { seq, head },
+        Some((seq, head)) => Ack::Witnessed {
+            seq,
+            head,
+            flops,
+            bytes,
+        },
         None => Ack::Accepted,
     }
 }
@@ -907,7 +918,7 @@ async fn network_loop(
                 }
                 Some(ToNet::Handled(token)) => {
                     if let Some(channel) = unanswered.remove(&token) {
-                        if swarm.behaviour_mut().msg.send_response(channel, accepted(&log)).is_ok() {
+                        if swarm.behaviour_mut().msg.send_response(channel, accepted(&log, &gov)).is_ok() {
                             acks_in_flight += 1;
                         }
                     }
@@ -920,7 +931,7 @@ async fn network_loop(
                     // to the node when it resumes.
                     let halted = stop.load(Ordering::Relaxed);
                     for (_, channel) in unanswered.drain() {
-                        if !halted && swarm.behaviour_mut().msg.send_response(channel, accepted(&log)).is_ok() {
+                        if !halted && swarm.behaviour_mut().msg.send_response(channel, accepted(&log, &gov)).is_ok() {
                             acks_in_flight += 1;
                         }
                     }
@@ -1137,12 +1148,21 @@ async fn network_loop(
                                         hash: sha256_hex(&out.bytes),
                                         receiver_log: None,
                                     })?,
-                                    Ack::Witnessed { seq, head } => record(&log, LogEvent::Delivered {
-                                        to: out.to,
-                                        what: out.what.into(),
-                                        hash: sha256_hex(&out.bytes),
-                                        receiver_log: Some((seq, crate::identity::hex(&head))),
-                                    })?,
+                                    Ack::Witnessed { seq, head, flops, bytes } => {
+                                        record(&log, LogEvent::Delivered {
+                                            to: out.to,
+                                            what: out.what.into(),
+                                            hash: sha256_hex(&out.bytes),
+                                            receiver_log: Some((seq, crate::identity::hex(&head))),
+                                        })?;
+                                        if let Some(g) = &gov {
+                                            let written = lock_gov(g)?.set_known(out.to, flops, bytes)?;
+                                            if governed(&log, &stop, &paused, written)? {
+                                                warn!("pausing this node (checkpoint, leave) until the report is approved");
+                                                let _ = to_node.send(ToNode::Halt);
+                                            }
+                                        }
+                                    }
                                 }
                             }
                         }

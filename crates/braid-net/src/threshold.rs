@@ -54,6 +54,13 @@ pub struct Report {
     pub bytes_received: u64,
     /// Participants of the run (`[network]`).
     pub participants: usize,
+    /// The run's FLOPs as this node knew them: its own plus the latest totals the other
+    /// nodes showed in their acknowledgements ([`Report::nodes_known`] of them).
+    pub run_flops: u64,
+    /// The run's bytes (sent plus received, per node), known the same way.
+    pub run_bytes: u64,
+    /// How many other nodes' totals the run figures include.
+    pub nodes_known: usize,
     /// The node stops until the report is approved.
     pub pause: bool,
 }
@@ -73,6 +80,8 @@ pub struct Governor {
     compute: Compute,
     traffic: (u64, u64),
     earlier: History,
+    /// The latest totals (FLOPs, bytes) each other node showed in its acknowledgements.
+    known: std::collections::BTreeMap<NodeId, (u64, u64)>,
 }
 
 /// A report written: where, the SHA-256 of the file, and whether the node is to pause.
@@ -104,7 +113,44 @@ impl Governor {
             compute: earlier.compute,
             traffic: earlier.bytes,
             earlier,
+            known: std::collections::BTreeMap::new(),
         }
+    }
+
+    /// This node's totals, for its acknowledgements: FLOPs, and bytes sent plus received.
+    pub fn totals(&self) -> (u64, u64) {
+        (
+            self.compute.flops,
+            self.traffic.0.saturating_add(self.traffic.1),
+        )
+    }
+
+    /// Node `node`'s totals as its acknowledgement showed them; node 0 checks the run's.
+    pub fn set_known(
+        &mut self, node: NodeId, flops: u64, bytes: u64,
+    ) -> Result<Vec<Written>, NetError> {
+        let e = self.known.entry(node).or_default();
+        *e = (e.0.max(flops), e.1.max(bytes));
+        self.check_run()
+    }
+
+    /// The run's totals as this node knows them: its own plus what the others showed.
+    fn run_totals(&self) -> (u64, u64) {
+        self.known.values().fold(self.totals(), |(f, b), (kf, kb)| {
+            (f.saturating_add(*kf), b.saturating_add(*kb))
+        })
+    }
+
+    /// Node 0 only: the run-wide thresholds.
+    fn check_run(&mut self) -> Result<Vec<Written>, NetError> {
+        if self.node != 0 {
+            return Ok(Vec::new());
+        }
+        let (flops, bytes) = self.run_totals();
+        let mut out = Vec::new();
+        out.extend(self.cross("run-flops", self.config.report_run_flops, flops as f64)?);
+        out.extend(self.cross("run-bytes", self.config.report_run_bytes, bytes as f64)?);
+        Ok(out)
     }
 
     /// With `pause`: the node stops after a crossing.
@@ -113,20 +159,30 @@ impl Governor {
     }
 
     /// The compute this process has spent so far (its whole total: `compute`).
-    pub fn set_compute(&mut self, compute: &Compute) -> Result<Option<Written>, NetError> {
+    pub fn set_compute(&mut self, compute: &Compute) -> Result<Vec<Written>, NetError> {
         self.compute = self.earlier.compute;
         self.compute.add(compute);
         let flops = self.compute.flops as f64;
-        self.cross("flops", self.config.report_flops, flops)
+        let mut out: Vec<Written> = self
+            .cross("flops", self.config.report_flops, flops)?
+            .into_iter()
+            .collect();
+        out.extend(self.check_run()?);
+        Ok(out)
     }
 
     /// The bytes this process has sent and received so far.
-    pub fn set_traffic(&mut self, sent: u64, received: u64) -> Result<Option<Written>, NetError> {
+    pub fn set_traffic(&mut self, sent: u64, received: u64) -> Result<Vec<Written>, NetError> {
         let (s0, r0) = self.earlier.bytes;
         self.traffic = (s0.saturating_add(sent), r0.saturating_add(received));
         let (sent, received) = self.traffic;
         let bytes = sent.saturating_add(received) as f64;
-        self.cross("bytes", self.config.report_bytes, bytes)
+        let mut out: Vec<Written> = self
+            .cross("bytes", self.config.report_bytes, bytes)?
+            .into_iter()
+            .collect();
+        out.extend(self.check_run()?);
+        Ok(out)
     }
 
     /// At start, node 0 only: the run's participants.
@@ -170,6 +226,9 @@ impl Governor {
             bytes_sent: self.traffic.0,
             bytes_received: self.traffic.1,
             participants: self.participants,
+            run_flops: self.run_totals().0,
+            run_bytes: self.run_totals().1,
+            nodes_known: self.known.len(),
             pause: self.config.pause,
         };
         let (path, hash) = write(&self.dir, &self.key, &report)?;
@@ -425,19 +484,20 @@ mod tests {
             },
         );
         let p = g.at_start().unwrap().expect("12 participants > 10");
+        assert_eq!(p.report.nodes_known, 0);
         assert_eq!(p.report.measure, "participants");
         let spent = |flops| Compute {
             flops,
             ..Default::default()
         };
-        assert!(g.set_compute(&spent(1000)).unwrap().is_none(), "not above");
-        let w = g.set_compute(&spent(1001)).unwrap().expect("crossed");
+        assert!(g.set_compute(&spent(1000)).unwrap().is_empty(), "not above");
+        let w = g.set_compute(&spent(1001)).unwrap().pop().expect("crossed");
         assert!(
-            g.set_compute(&spent(5000)).unwrap().is_none(),
+            g.set_compute(&spent(5000)).unwrap().is_empty(),
             "reported once"
         );
         assert!(
-            g.set_traffic(1 << 40, 0).unwrap().is_none(),
+            g.set_traffic(1 << 40, 0).unwrap().is_empty(),
             "no bytes threshold"
         );
         let bytes = std::fs::read(&w.path).unwrap();
@@ -467,6 +527,37 @@ mod tests {
         forged[at] ^= 1;
         assert!(check_approval(&forged, &w.hash, &allowed).is_err());
         assert!(approve(b"not a report", &boss).is_err());
+    }
+
+    #[test]
+    fn node_0_reports_the_run_once_what_the_others_showed_it_crosses_the_run_threshold() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut g = governor(
+            dir.path(),
+            GovernanceConfig {
+                report_run_flops: Some(1000.0),
+                ..Default::default()
+            },
+        );
+        let own = Compute {
+            flops: 300,
+            ..Default::default()
+        };
+        assert!(g.set_compute(&own).unwrap().is_empty());
+        assert!(g.set_known(1, 400, 0).unwrap().is_empty());
+        // An older acknowledgement does not lower what node 1 showed.
+        assert!(g.set_known(1, 100, 0).unwrap().is_empty());
+        let w = g
+            .set_known(2, 301, 0)
+            .unwrap()
+            .pop()
+            .expect("300 + 400 + 301 > 1000");
+        assert_eq!(w.report.measure, "run-flops");
+        assert_eq!((w.report.run_flops, w.report.nodes_known), (1001, 2));
+        assert!(
+            g.set_known(3, 1 << 30, 0).unwrap().is_empty(),
+            "reported once"
+        );
     }
 
     #[test]
@@ -501,14 +592,18 @@ mod tests {
             ..Default::default()
         };
         let mut g = new(earlier.clone());
-        assert!(g.set_compute(&more).unwrap().is_some());
-        let w = g.set_traffic(50, 60).unwrap().expect("900 + 110 bytes");
+        assert_eq!(g.set_compute(&more).unwrap().len(), 1);
+        let w = g
+            .set_traffic(50, 60)
+            .unwrap()
+            .pop()
+            .expect("900 + 110 bytes");
         assert_eq!((w.report.bytes_sent, w.report.bytes_received), (650, 360));
         let mut again = new(History {
             reported: ["flops".to_string(), "bytes".to_string()].into(),
             ..earlier
         });
-        assert!(again.set_compute(&more).unwrap().is_none());
-        assert!(again.set_traffic(50, 60).unwrap().is_none());
+        assert!(again.set_compute(&more).unwrap().is_empty());
+        assert!(again.set_traffic(50, 60).unwrap().is_empty());
     }
 }

@@ -1525,12 +1525,33 @@ fn a_run_past_its_thresholds_writes_signed_reports_and_pauses_until_an_authorize
     approve("halter.key");
     launch_audited(d, "gov", &resume);
     // Without pause: node 0 reports the run's 4 participants at start, and the run goes on.
-    launch_audited(d, "plain", &["--set", "governance.report_participants=3"]);
+    // Node 0 also adds up the run's FLOPs from what the clients' acknowledgements show: its
+    // own evaluation (0.8 GFLOPs a round) crosses 1e9 only with the clients' training.
+    launch_audited(
+        d,
+        "plain",
+        &[
+            "--set",
+            "governance.report_participants=3",
+            "--set",
+            "governance.report_run_flops=1e9",
+        ],
+    );
     let participants = report_file(d, "plain/node-0", 0, "participants");
     let (r, _) = braid_net::threshold::read(&std::fs::read(participants).unwrap()).unwrap();
     assert_eq!(
         (r.node, r.value, r.threshold, r.pause),
         (0, 4.0, 3.0, false)
+    );
+    let run = report_file(d, "plain/node-0", 0, "run-flops");
+    let (r, _) = braid_net::threshold::read(&std::fs::read(run).unwrap()).unwrap();
+    assert!(
+        r.value > 1e9 && r.run_flops > r.flops && r.nodes_known >= 1,
+        "{r:?}"
+    );
+    ok(
+        &audit(d, &["verify", "plain"]),
+        "verify of the reported run",
     );
     let columns = |p: &str| -> Vec<String> {
         metrics(&d.join(p))

@@ -303,6 +303,16 @@ fn every_bounded_setting_is_refused_just_outside_its_range_at_load_time() {
             &["governance.report_participants=0"],
             "governance.report_participants",
         ),
+        (
+            BASE,
+            &["governance.report_run_flops=1e31"],
+            "governance.report_run_flops",
+        ),
+        (
+            BASE,
+            &["governance.report_run_bytes=0"],
+            "governance.report_run_bytes",
+        ),
         (BASE, &["governance.pause=true"], "names no threshold"),
     ];
     for (src, overrides, needle) in cases {
