@@ -281,15 +281,7 @@ pub fn find_report(
 /// Signs `report` with `key` and writes it, atomically, into `dir`; returns the file and the
 /// SHA-256 of its bytes.
 pub fn write(dir: &Path, key: &Keypair, report: &Report) -> Result<(PathBuf, String), NetError> {
-    let json = serde_json::to_vec(report)
-        .map_err(|e| NetError::Io(format!("cannot encode a threshold report: {e}")))?;
-    let sig = key
-        .sign(&json)
-        .map_err(|e| NetError::Key(format!("cannot sign a threshold report: {e}")))?;
-    let mut bytes = hex(&sig).into_bytes();
-    bytes.push(b' ');
-    bytes.extend_from_slice(&json);
-    bytes.push(b'\n');
+    let bytes = signed_line(report, key, "a threshold report")?;
     std::fs::create_dir_all(dir)
         .map_err(|e| NetError::Io(format!("cannot create {}: {e}", dir.display())))?;
     let path = dir.join(file_name(report.node, &report.measure, &report.run));
@@ -362,11 +354,17 @@ pub fn approve(report: &[u8], key: &Keypair) -> Result<Vec<u8>, NetError> {
         report: sha256_hex(report),
         public_key: hex(&key.public().encode_protobuf()),
     };
-    let json = serde_json::to_vec(&approval)
-        .map_err(|e| NetError::Io(format!("cannot encode an approval: {e}")))?;
+    signed_line(&approval, key, "an approval")
+}
+
+/// `value` as a signed line (the run log's form: signature in hex, a space, the JSON as
+/// signed, a newline); `what` names it in errors.
+fn signed_line<T: Serialize>(value: &T, key: &Keypair, what: &str) -> Result<Vec<u8>, NetError> {
+    let json = serde_json::to_vec(value)
+        .map_err(|e| NetError::Io(format!("cannot encode {what}: {e}")))?;
     let sig = key
         .sign(&json)
-        .map_err(|e| NetError::Key(format!("cannot sign an approval: {e}")))?;
+        .map_err(|e| NetError::Key(format!("cannot sign {what}: {e}")))?;
     let mut bytes = hex(&sig).into_bytes();
     bytes.push(b' ');
     bytes.extend_from_slice(&json);
