@@ -1473,7 +1473,16 @@ fn a_run_past_its_thresholds_writes_signed_reports_and_pauses_until_an_authorize
         "--set",
         &keys,
     ];
-    launch_audited(d, "gov", &args);
+    // The launcher ends with one line saying who paused and how to go on.
+    let r = try_launch_audited(d, "gov", &args);
+    assert!(!r.status.success());
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        err.contains("paused at a [governance] threshold")
+            && err.contains("braid approve")
+            && err.contains("braid launch --resume"),
+        "{err}"
+    );
     let report =
         |node: u32, measure: &str| report_file(d, &format!("gov/node-{node}"), node, measure);
     // Every node reported its FLOPs, and paused.
@@ -1529,6 +1538,26 @@ fn a_run_past_its_thresholds_writes_signed_reports_and_pauses_until_an_authorize
     // Approved by the halter: the run finishes as if never paused, and its logs verify.
     approve("halter.key");
     launch_audited(d, "gov", &resume);
+    // A server that pauses at start (too many participants): the launcher stops the clients at
+    // once rather than letting them wait for it.
+    let t0 = Instant::now();
+    let r = try_launch_audited(
+        d,
+        "early",
+        &[
+            "--set",
+            "governance.report_participants=3",
+            "--set",
+            "governance.pause=true",
+        ],
+    );
+    assert!(!r.status.success());
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("server paused at a [governance] threshold"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert!(t0.elapsed() < Duration::from_secs(40), "{:?}", t0.elapsed());
     // Without pause: node 0 reports the run's 4 participants at start, and the run goes on.
     // Node 0 also adds up the run's FLOPs from what the clients' acknowledgements show: its
     // own evaluation (0.8 GFLOPs a round) crosses 1e9 only with the clients' training.

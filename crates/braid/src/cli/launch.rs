@@ -223,11 +223,25 @@ pub fn launch(args: LaunchArgs, registry: &Registry) -> Result<()> {
         evaluator,
         Duration::from_secs(args.grace_s),
         &stop,
+        &dir,
     );
     for r in relays {
         let _ = r.join();
     }
     outcome?;
+    let paused: Vec<String> = (0..total as u32)
+        .filter(|&i| paused(&dir, i))
+        .map(label)
+        .collect();
+    if !paused.is_empty() {
+        // What the evaluator wrote before it paused, if it wrote anything.
+        let _ = collect(&dir, evaluator, total);
+        bail!(
+            "{} paused at a [governance] threshold: a key in network.halt_keys approves the reports (braid approve {}/node-*/threshold-*.report --key KEY), then braid launch --resume continues the run",
+            paused.join(", "),
+            dir.display()
+        );
+    }
     let collected = collect(&dir, evaluator, total)?;
     let failed: Vec<String> = launched
         .iter()
@@ -295,7 +309,7 @@ fn relay(
 /// reported and the run goes on (fault tolerance is the nodes' job). Once the evaluator is
 /// done, the others get `grace` to finish before they are killed.
 fn supervise(
-    launched: &mut [Launched], evaluator: u32, grace: Duration, stop: &lifecycle::Stop,
+    launched: &mut [Launched], evaluator: u32, grace: Duration, stop: &lifecycle::Stop, dir: &Path,
 ) -> Result<()> {
     let mut evaluator_done: Option<Instant> = None;
     loop {
@@ -329,6 +343,14 @@ fn supervise(
                 Err(e) => bail!("cannot wait for {}: {e}", l.label),
             }
         }
+        // An evaluator paused at a threshold: the others would only wait for it.
+        if evaluator_done.is_some() && running > 0 && paused(dir, evaluator) {
+            eprintln!(
+                "braid launch: node {evaluator} paused at a [governance] threshold; stopping the other nodes (they checkpoint and leave)"
+            );
+            stop_all(launched, Duration::from_secs(30));
+            return Ok(());
+        }
         if let Some(why) = evaluator_failed {
             kill_all(launched);
             bail!("{why}; stopped every node (see the node-*/log.txt files)");
@@ -347,6 +369,21 @@ fn supervise(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// True when node `id`'s log in `dir` ends with it pausing at a `[governance]` threshold.
+fn paused(dir: &Path, id: u32) -> bool {
+    let Ok(text) = std::fs::read_to_string(dir.join(format!("node-{id}/runlog.jsonl"))) else {
+        return false;
+    };
+    text.lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<braid_net::runlog::Entry>(l.split_once(' ')?.1).ok())
+        .find_map(|e| match e.event {
+            braid_net::runlog::LogEvent::Leave { reason } => Some(reason.starts_with("paused")),
+            _ => None,
+        })
+        .unwrap_or(false)
 }
 
 /// Sends SIGTERM to every running node, waits up to `patience` for them to exit, then kills
