@@ -296,29 +296,41 @@ pub struct History {
     pub reported: BTreeSet<String>,
 }
 
-/// The [`History`] of run `run` in the node's log at `path`: only entries after a join of
-/// that run count (a directory reused for another run starts again). Entries are read, not
-/// verified (the node's own file); an unreadable line ends the reading.
+/// The entries of a node's own log at `path`, read, not verified (the node's own file, or one
+/// whose verification is not the point); an unreadable line ends the reading, and a missing
+/// file reads as empty.
+pub fn read_entries(path: &Path) -> Vec<Entry> {
+    let Ok(text) = std::fs::read(path) else {
+        return Vec::new();
+    };
+    text.split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map_while(|line| {
+            let space = line.iter().position(|&b| b == b' ')?;
+            serde_json::from_slice::<Entry>(&line[space + 1..]).ok()
+        })
+        .collect()
+}
+
+/// [`read_entries`] of run `run` only: the entries after a join of that run, joins included
+/// (a directory reused for another run starts again).
+pub fn run_entries(path: &Path, run: &str) -> Vec<Entry> {
+    let mut ours = false;
+    read_entries(path)
+        .into_iter()
+        .filter(|e| {
+            if let LogEvent::Join { run: r, .. } = &e.event {
+                ours = r == run;
+            }
+            ours
+        })
+        .collect()
+}
+
+/// The [`History`] of run `run` in the node's log at `path` ([`run_entries`]).
 pub fn history(path: &Path, run: &str) -> History {
     let mut h = History::default();
-    let Ok(text) = std::fs::read(path) else {
-        return h;
-    };
-    let mut ours = false;
-    for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        let Some(entry) = line
-            .iter()
-            .position(|&b| b == b' ')
-            .and_then(|i| serde_json::from_slice::<Entry>(&line[i + 1..]).ok())
-        else {
-            break;
-        };
-        if let LogEvent::Join { run: r, .. } = &entry.event {
-            ours = r == run;
-        }
-        if !ours {
-            continue;
-        }
+    for entry in run_entries(path, run) {
         match entry.event {
             LogEvent::Compute {
                 train_samples,

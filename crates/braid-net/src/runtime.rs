@@ -88,9 +88,9 @@ pub struct RuntimeOptions {
 type SharedGov = Option<Arc<Mutex<crate::threshold::Governor>>>;
 
 /// Logs the reports just written; with `pause` sets the stop flag and returns true when it
-/// was not set before (the caller stops the node). `paused` keeps why, for the leave entry.
+/// was not set before (the caller stops the node; the governor keeps why).
 fn governed(
-    log: &SharedLog, stop: &AtomicBool, paused: &Mutex<Option<String>>,
+    log: &SharedLog, stop: &AtomicBool,
     written: impl IntoIterator<Item = crate::threshold::Written>,
 ) -> Result<bool, NetError> {
     let mut stopped_now = false;
@@ -114,19 +114,9 @@ fn governed(
             },
         )?;
         sync_log(log)?;
-        if !r.pause {
-            continue;
+        if r.pause {
+            stopped_now |= !stop.swap(true, Ordering::SeqCst);
         }
-        if let Ok(mut p) = paused.lock() {
-            p.get_or_insert_with(|| {
-                format!(
-                    "paused: the {} threshold was crossed (report {}); continue after braid approve",
-                    r.measure,
-                    w.path.display()
-                )
-            });
-        }
-        stopped_now |= !stop.swap(true, Ordering::SeqCst);
     }
     Ok(stopped_now)
 }
@@ -354,7 +344,6 @@ pub fn run(
     }
     let stop = Arc::new(AtomicBool::new(false));
     node.set_stop_flag(Arc::clone(&stop));
-    let paused: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
     let gov: SharedGov = match (&options.governance, &options.run_log) {
         (Some((config, dir)), Some(path)) => {
             // What the node's log already counts and reports (a resumed node carries on).
@@ -370,7 +359,7 @@ pub fn run(
                 earlier,
             );
             let w = g.at_start()?;
-            governed(&log, &stop, &paused, w)?;
+            governed(&log, &stop, w)?;
             Some(Arc::new(Mutex::new(g)))
         }
         _ => None,
@@ -386,7 +375,7 @@ pub fn run(
     let start = Instant::now();
     let node_log = log.clone();
     let node_stop = Arc::clone(&stop);
-    let (node_gov, node_paused) = (gov.clone(), Arc::clone(&paused));
+    let node_gov = gov.clone();
     let decoder = node.decoder();
     // Checkpoints name their run, so a resume can refuse another run's.
     let checkpoint = checkpoint.map(|p| (p, options.run_id.clone()));
@@ -402,7 +391,7 @@ pub fn run(
                 checkpoint,
                 restored,
                 node_log,
-                (node_stop, node_gov, node_paused),
+                (node_stop, node_gov),
             )
         })
         .map_err(|e| NetError::Io(format!("cannot start the node thread: {e}")))?;
@@ -415,12 +404,14 @@ pub fn run(
         to_node,
         on_listen,
         log.clone(),
-        (stop, gov, Arc::clone(&paused)),
+        (stop, gov.clone()),
     ));
     let node_result = node_thread
         .join()
         .map_err(|_| NetError::Node("the node thread panicked".into()))?;
-    let paused = paused.lock().ok().and_then(|p| p.clone());
+    let paused = gov
+        .as_ref()
+        .and_then(|g| g.lock().ok()?.paused().map(String::from));
     let reason = match (&net, &node_result) {
         (Ok(r), Ok(_)) if r.stopped.is_some() => r.stopped.clone().unwrap_or_default(),
         (Ok(_), Ok(n)) if n.3 && paused.is_some() => paused.clone().unwrap_or_default(),
@@ -464,7 +455,7 @@ fn node_loop(
     mut node: Box<dyn WireNode>, inbox: std_mpsc::Receiver<ToNode>,
     to_net: tokio_mpsc::UnboundedSender<ToNet>, mut observer: Box<dyn FnMut(&WireEvent) + Send>,
     start: Instant, checkpoint: Option<(PathBuf, Option<String>)>, restored: Vec<Reported>,
-    log: SharedLog, (stop, gov, paused): (Arc<AtomicBool>, SharedGov, Arc<Mutex<Option<String>>>),
+    log: SharedLog, (stop, gov): (Arc<AtomicBool>, SharedGov),
 ) -> Result<NodeOutcome, NetError> {
     // Wall-clock seconds continue from the restored metrics.
     let offset = restored.last().map_or(0.0, |(_, w)| *w);
@@ -573,7 +564,7 @@ fn node_loop(
                 Ok(w) => w,
                 Err(e) => break Err(e),
             };
-            if let Err(e) = governed(&log, &stop, &paused, written) {
+            if let Err(e) = governed(&log, &stop, written) {
                 break Err(e);
             }
         }
@@ -769,7 +760,7 @@ async fn network_loop(
     key: Keypair, roster: Roster, options: RuntimeOptions,
     decoder: braid_engine::wire_node::Decoder, mut from_node: tokio_mpsc::UnboundedReceiver<ToNet>,
     to_node: std_mpsc::Sender<ToNode>, mut on_listen: Box<dyn FnMut(&Multiaddr) + Send>,
-    log: SharedLog, (stop, gov, paused): (Arc<AtomicBool>, SharedGov, Arc<Mutex<Option<String>>>),
+    log: SharedLog, (stop, gov): (Arc<AtomicBool>, SharedGov),
 ) -> Result<RunReport, NetError> {
     let run_id = match &options.run_id {
         Some(h) => Some(crate::halt::run_id(h)?),
@@ -845,7 +836,7 @@ async fn network_loop(
         if let Some(g) = &gov {
             let (sent, received) = (report.traffic.bytes_sent, report.traffic.bytes_received);
             let written = lock_gov(g)?.set_traffic(sent, received)?;
-            if governed(&log, &stop, &paused, written)? {
+            if governed(&log, &stop, written)? {
                 warn!("pausing this node (checkpoint, leave) until the report is approved");
                 let _ = to_node.send(ToNode::Halt);
             }
@@ -1157,7 +1148,7 @@ async fn network_loop(
                                         })?;
                                         if let Some(g) = &gov {
                                             let written = lock_gov(g)?.set_known(out.to, flops, bytes)?;
-                                            if governed(&log, &stop, &paused, written)? {
+                                            if governed(&log, &stop, written)? {
                                                 warn!("pausing this node (checkpoint, leave) until the report is approved");
                                                 let _ = to_node.send(ToNode::Halt);
                                             }

@@ -82,6 +82,8 @@ pub struct Governor {
     earlier: History,
     /// The latest totals (FLOPs, bytes) each other node showed in its acknowledgements.
     known: std::collections::BTreeMap<NodeId, (u64, u64)>,
+    /// With `pause`: why the node stopped (the first crossing), for its leave entry.
+    paused: Option<String>,
 }
 
 /// A report written: where, the SHA-256 of the file, and whether the node is to pause.
@@ -114,6 +116,7 @@ impl Governor {
             traffic: earlier.bytes,
             earlier,
             known: std::collections::BTreeMap::new(),
+            paused: None,
         }
     }
 
@@ -153,9 +156,9 @@ impl Governor {
         Ok(out)
     }
 
-    /// With `pause`: the node stops after a crossing.
-    pub fn pauses(&self) -> bool {
-        self.config.pause
+    /// With `pause`, after a crossing: why the node stopped.
+    pub fn paused(&self) -> Option<&str> {
+        self.paused.as_deref()
     }
 
     /// The compute this process has spent so far (its whole total: `compute`).
@@ -232,6 +235,14 @@ impl Governor {
             pause: self.config.pause,
         };
         let (path, hash) = write(&self.dir, &self.key, &report)?;
+        if report.pause {
+            self.paused.get_or_insert_with(|| {
+                format!(
+                    "paused: the {measure} threshold was crossed (report {}); continue after braid approve",
+                    path.display()
+                )
+            });
+        }
         Ok(Some(Written { path, hash, report }))
     }
 }
@@ -401,31 +412,16 @@ pub fn check_approval(
 /// The reports with `pause` in the node's log at `log` that lack a valid approval by one of
 /// `authorized`, each as a line saying what to do: a node resumes only when this is empty.
 pub fn unapproved(log: &Path, run: &str, authorized: &[libp2p::PeerId]) -> Vec<String> {
-    let Ok(text) = std::fs::read(log) else {
-        return Vec::new();
-    };
     let mut missing = Vec::new();
-    let mut ours = false;
-    for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        let Some(entry) = line
-            .iter()
-            .position(|&b| b == b' ')
-            .and_then(|i| serde_json::from_slice::<crate::runlog::Entry>(&line[i + 1..]).ok())
+    for entry in crate::runlog::run_entries(log, run) {
+        let crate::runlog::LogEvent::Threshold {
+            measure,
+            file,
+            report,
+            ..
+        } = entry.event
         else {
-            break;
-        };
-        let (measure, file, report) = match entry.event {
-            crate::runlog::LogEvent::Join { run: r, .. } => {
-                ours = r == run;
-                continue;
-            }
-            crate::runlog::LogEvent::Threshold {
-                measure,
-                file,
-                report,
-                ..
-            } if ours => (measure, file, report),
-            _ => continue,
+            continue;
         };
         // A report that cannot be found as logged counts as one that paused.
         let found = find_report(log, &file, entry.node, &measure, run, &report);

@@ -1153,6 +1153,16 @@ rounds = 2
     finish(launch, Duration::from_secs(120), "launch")
 }
 
+/// The standard output of a command that must have failed.
+fn failed(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "it succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// `braid audit ARGS` in `d`.
 fn audit(d: &Path, args: &[&str]) -> Output {
     braid()
@@ -1273,8 +1283,7 @@ fn audit_verifies_signed_logs_accounts_for_the_run_and_finds_tampering() {
         .unwrap();
     std::fs::write(&log, join(&lines[..keep])).unwrap();
     let v = audit(&["verify", "run"]);
-    assert!(!v.status.success());
-    let out = String::from_utf8_lossy(&v.stdout);
+    let out = failed(&v);
     assert!(
         out.contains("node 0 says it sent 1 train-request")
             && out.contains("node 2 records receiving 0"),
@@ -1312,8 +1321,7 @@ fn audit_verifies_signed_logs_accounts_for_the_run_and_finds_tampering() {
     rewritten.push(b'\n');
     std::fs::write(&manifest, &rewritten).unwrap();
     let v = audit(&["verify", "run"]);
-    assert!(!v.status.success());
-    let out = String::from_utf8_lossy(&v.stdout);
+    let out = failed(&v);
     assert!(out.contains("is not the manifest its log names"), "{out}");
     std::fs::write(&manifest, &original).unwrap();
     ok(
@@ -1351,8 +1359,7 @@ fn audit_verifies_signed_logs_accounts_for_the_run_and_finds_tampering() {
     std::fs::write(&weights, &other).unwrap();
     resign();
     let v = audit(&["verify", "run"]);
-    assert!(!v.status.success());
-    let out = String::from_utf8_lossy(&v.stdout);
+    let out = failed(&v);
     assert!(
         out.contains("node 0: ")
             && out.contains("holds other weights than the final model its log names"),
@@ -1370,8 +1377,7 @@ fn audit_verifies_signed_logs_accounts_for_the_run_and_finds_tampering() {
     std::fs::write(&csv, lines.join("\n") + "\n").unwrap();
     resign();
     let v = audit(&["verify", "run"]);
-    assert!(!v.status.success());
-    let out = String::from_utf8_lossy(&v.stdout);
+    let out = failed(&v);
     assert!(
         out.contains("the row of round 2 does not hold the accuracy")
             && !out.contains("holds other weights"),
@@ -1412,8 +1418,7 @@ fn audit_replay_confirms_an_honest_run_and_refutes_a_client_that_lies_about_its_
     changed[last] ^= 0x01;
     std::fs::write(&kept, &changed).unwrap();
     let r = audit(d, &["replay", "honest"]);
-    assert!(!r.status.success());
-    let out = String::from_utf8_lossy(&r.stdout);
+    let out = failed(&r);
     assert!(out.contains("does not hash to its name"), "{out}");
     std::fs::write(&kept, &original).unwrap();
 
@@ -1504,8 +1509,7 @@ fn a_run_past_its_thresholds_writes_signed_reports_and_pauses_until_an_authorize
     changed[at] ^= 1;
     std::fs::write(report(2, "flops"), &changed).unwrap();
     let v = audit(d, &["verify", "gov"]);
-    assert!(!v.status.success());
-    let out = String::from_utf8_lossy(&v.stdout);
+    let out = failed(&v);
     assert!(
         out.contains("the flops report is not the file the log names"),
         "{out}"

@@ -373,12 +373,9 @@ fn supervise(
 
 /// True when node `id`'s log in `dir` ends with it pausing at a `[governance]` threshold.
 fn paused(dir: &Path, id: u32) -> bool {
-    let Ok(text) = std::fs::read_to_string(dir.join(format!("node-{id}/runlog.jsonl"))) else {
-        return false;
-    };
-    text.lines()
+    braid_net::runlog::read_entries(&dir.join(format!("node-{id}/runlog.jsonl")))
+        .into_iter()
         .rev()
-        .filter_map(|l| serde_json::from_str::<braid_net::runlog::Entry>(l.split_once(' ')?.1).ok())
         .find_map(|e| match e.event {
             braid_net::runlog::LogEvent::Leave { reason } => Some(reason.starts_with("paused")),
             _ => None,

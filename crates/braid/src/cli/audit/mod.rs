@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use braid_engine::algorithm::Registry;
 use braid_engine::config::ExperimentConfig;
+use braid_engine::prepared::Prepared;
 use braid_engine::report;
 use braid_engine::wire::NodeId;
 use braid_net::roster::Roster;
@@ -131,6 +132,10 @@ struct Audit {
     run_problems: Vec<String>,
     matched_messages: u64,
     allow_list: bool,
+    /// The run's configuration (`--config`, or `DIR/launch.toml`), if there is one.
+    config: Option<ExperimentConfig>,
+    /// The run prepared from it (data, shards, model), if a check needed it.
+    prepared: Option<Prepared>,
 }
 
 impl Audit {
@@ -267,8 +272,11 @@ fn check(dir: &Path, config: Option<&Path>, registry: &Registry) -> Result<Audit
     run_problems.extend(logs.iter().flat_map(check_reports));
     run_problems.extend(logs.iter().flat_map(check_metrics));
     run_problems.extend(check_results(dir, &logs));
+    let mut prepared = None;
     if let Some(cfg) = &cfg {
-        run_problems.extend(check_final_models(&logs, cfg, registry));
+        let (problems, p) = check_final_models(&logs, cfg, registry);
+        run_problems.extend(problems);
+        prepared = p;
     }
     let matched_messages = by_node
         .iter()
@@ -280,6 +288,8 @@ fn check(dir: &Path, config: Option<&Path>, registry: &Registry) -> Result<Audit
         run_problems,
         matched_messages,
         allow_list: roster.is_some(),
+        config: cfg,
+        prepared,
     })
 }
 
@@ -500,7 +510,7 @@ fn check_results(dir: &Path, logs: &[NodeLog]) -> Vec<String> {
 /// said and skipped); a file that cannot be read as that model is a problem.
 fn check_final_models(
     logs: &[NodeLog], cfg: &ExperimentConfig, registry: &Registry,
-) -> Vec<String> {
+) -> (Vec<String>, Option<Prepared>) {
     let logged: Vec<(&NodeLog, &String)> = logs
         .iter()
         .filter_map(|l| {
@@ -512,7 +522,7 @@ fn check_final_models(
         })
         .collect();
     if logged.is_empty() {
-        return Vec::new();
+        return (Vec::new(), None);
     }
     let prepared = match registry
         .of(cfg)
@@ -522,7 +532,7 @@ fn check_final_models(
         Ok(p) => p,
         Err(e) => {
             println!("note: final models not compared with their logged hashes: {e}");
-            return Vec::new();
+            return (Vec::new(), None);
         }
     };
     let mut problems = Vec::new();
@@ -547,7 +557,7 @@ fn check_final_models(
             )),
         }
     }
-    problems
+    (problems, Some(prepared))
 }
 
 /// One node's totals.

@@ -11,9 +11,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use braid_engine::algorithm::{Registered, Registry};
-use braid_engine::config::ExperimentConfig;
 use braid_engine::prepared::Prepared;
 use braid_engine::wire::NodeId;
 use braid_net::runlog::{self, LogEvent};
@@ -55,7 +54,7 @@ pub fn replay(
     }
     // Unpredictable unless given: a participant must not know which claims will be checked.
     let seed = seed.unwrap_or_else(rand::random);
-    let audit = check(dir, config, registry)?;
+    let mut audit = check(dir, config, registry)?;
     if audit.problems() > 0 {
         audit.print_problems();
         bail!(
@@ -67,8 +66,12 @@ pub fn replay(
     let path = config
         .map(Path::to_owned)
         .unwrap_or_else(|| dir.join("launch.toml"));
-    let cfg = ExperimentConfig::load_with(&path, &[], registry)
-        .with_context(|| format!("the run's configuration {}", path.display()))?;
+    let Some(cfg) = audit.config.take() else {
+        bail!(
+            "replay needs the run's configuration: {} does not exist (give --config FILE)",
+            path.display()
+        );
+    };
     let run = braid_net::halt::run_id_of(&cfg);
     for l in &audit.logs {
         let joined = l.check.entries.iter().find_map(|e| match &e.event {
@@ -109,7 +112,11 @@ pub fn replay(
         claims.len(),
         run.get(..12).unwrap_or(&run)
     );
-    let prepared = algorithm.prepare(&cfg)?;
+    // Prepared once: verify's check of the final model may have done it already.
+    let prepared = match audit.prepared.take() {
+        Some(p) => p,
+        None => algorithm.prepare(&cfg)?,
+    };
     let t0 = Instant::now();
     let (mut confirmed, mut refuted, mut unchecked, mut logged_s) = (0, 0, 0, 0.0);
     for c in chosen {
