@@ -16,24 +16,6 @@ if [ -z "${BRAID:-}" ]; then
 fi
 B=$BRAID
 mkdir -p "$out"
-cat > "$out/base.toml" <<'EOF'
-name = "observed"
-seed = 3
-[data]
-dataset = "fashion-mnist"
-source = "bundled"
-[partition]
-clients = 4
-kind = "iid"
-[model]
-name = "mlp"
-[train]
-batch_size = 16
-local_steps = 8
-[algorithm]
-name = "fedavg"
-rounds = 5
-EOF
 params=199210
 declare -A extra=(
   [plain]=""
@@ -47,7 +29,7 @@ for v in plain topk secagg; do
   trap 'kill "$dump" 2>/dev/null || true' EXIT
   sleep 1
   # shellcheck disable=SC2086
-  "$B" launch "$out/base.toml" --out "$out/$v" ${extra[$v]} > "$out/$v.log" 2>&1
+  "$B" launch scripts/detectability.toml --out "$out/$v" ${extra[$v]} > "$out/$v.log" 2>&1
   sleep 1
   kill "$dump"; wait "$dump" 2>/dev/null || true
   echo "== $v"

@@ -10,8 +10,7 @@
 set -euo pipefail
 rounds=${1:-100}
 out=${2:-runs/dfml-compare}
-braid=${BRAID:-./target/release/braid}
-[ -x "$braid" ] || cargo build --release -p braid
+. "$(dirname "$0")/braid-bin.sh"
 mkdir -p "$out/configs"
 settings=${SETTINGS:-noniid iid homog}
 

@@ -9,8 +9,7 @@ set -euo pipefail
 out=${1:-runs/dp-sweep}
 clip=${CLIP:-1.0}
 sigmas=${SIGMAS:-0 0.3 1}
-braid=${BRAID:-./target/release/braid}
-[ -x "$braid" ] || cargo build --release -p braid
+. "$(dirname "$0")/braid-bin.sh"
 mkdir -p "$out"
 cfg=examples/compression/fedavg-20.toml
 done_already() { [ -f "$1/metrics.csv" ] && tail -n 1 "$1/metrics.csv" | grep -q "^10,"; }

@@ -20,8 +20,7 @@ case $attack in
   *) echo "unknown attack $attack (sign-flip or label-flip)" >&2; exit 1 ;;
 esac
 rules=${RULES:-mean median trimmed-mean krum multi-krum norm-clip}
-braid=${BRAID:-./target/release/braid}
-[ -x "$braid" ] || cargo build --release -p braid
+. "$(dirname "$0")/braid-bin.sh"
 mkdir -p "$out"
 cfg=examples/compression/fedavg-20.toml
 done_already() { [ -f "$1/metrics.csv" ] && tail -n 1 "$1/metrics.csv" | grep -q "^$rounds,"; }

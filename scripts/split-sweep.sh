@@ -10,8 +10,7 @@
 set -euo pipefail
 epochs=${1:-3}
 out=${2:-runs/split-sweep}
-braid=${BRAID:-./target/release/braid}
-[ -x "$braid" ] || cargo build --release -p braid
+. "$(dirname "$0")/braid-bin.sh"
 mkdir -p "$out"
 summary="$out/summary.csv"
 echo "run,clients,classes_per_client,sampler,epochs,accuracy,steps_per_epoch,min_batch,max_batch,mean_clients,mb_per_epoch,sim_s_per_epoch,wall_s" > "$summary"

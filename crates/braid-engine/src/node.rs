@@ -87,23 +87,23 @@ pub struct NodeState {
     pub blobs: Vec<(String, Vec<u8>)>,
 }
 
+/// The entry called `name` of a checkpoint's named list.
+fn named<'a, T>(list: &'a [(String, Vec<T>)], name: &str) -> EngineResult<&'a [T]> {
+    list.iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_slice())
+        .ok_or_else(|| EngineError::Checkpoint(format!("checkpoint has no {name:?}")))
+}
+
 impl NodeState {
     /// The vector called `name`.
     pub fn tensor(&self, name: &str) -> EngineResult<&[f32]> {
-        self.tensors
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, t)| t.as_slice())
-            .ok_or_else(|| EngineError::Checkpoint(format!("checkpoint has no {name:?}")))
+        named(&self.tensors, name)
     }
 
     /// The byte string called `name`.
     pub fn blob(&self, name: &str) -> EngineResult<&[u8]> {
-        self.blobs
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, b)| b.as_slice())
-            .ok_or_else(|| EngineError::Checkpoint(format!("checkpoint has no {name:?}")))
+        named(&self.blobs, name)
     }
 
     /// The unsigned integer `name` in the metadata.

@@ -23,12 +23,78 @@ pub use plotters::style::{BLACK, BLUE, RED};
 /// The rows of an algorithm's `metrics.csv`, with the files and the table that go with them.
 pub trait Rows: Sized {
     /// Writes `metrics.csv`, `metrics.jsonl` and the plots of `rows` (each with its wall-clock
-    /// seconds) into `dir`; returns the paths written.
+    /// seconds) to `out`.
     fn write(
-        dir: &Path, config: &ExperimentConfig, rows: &[(Self, f64)],
-    ) -> Result<Vec<PathBuf>, String>;
+        out: &mut Outputs<'_>, config: &ExperimentConfig, rows: &[(Self, f64)],
+    ) -> Result<(), String>;
     /// The table printed after a run.
     fn table(config: &ExperimentConfig, rows: &[(Self, f64)]) -> String;
+}
+
+/// The files of one run's results, written one by one into its directory, with their paths
+/// kept for the manifest.
+#[derive(Debug)]
+pub struct Outputs<'a> {
+    dir: &'a Path,
+    title: &'a str,
+    written: Vec<PathBuf>,
+}
+
+impl<'a> Outputs<'a> {
+    /// Files in `dir`; plots carry `title` (the run's name).
+    pub fn new(dir: &'a Path, title: &'a str) -> Self {
+        Self {
+            dir,
+            title,
+            written: Vec::new(),
+        }
+    }
+
+    /// Writes the file `name` atomically.
+    pub fn file(&mut self, name: &str, body: &[u8]) -> Result<(), String> {
+        let p = self.dir.join(name);
+        write_atomic(&p, body)?;
+        self.written.push(p);
+        Ok(())
+    }
+
+    /// Writes `metrics.csv` and `metrics.jsonl`.
+    pub fn metrics(&mut self, csv: &str, jsonl: &str) -> Result<(), String> {
+        self.file("metrics.csv", csv.as_bytes())?;
+        self.file("metrics.jsonl", jsonl.as_bytes())
+    }
+
+    /// Draws `lines` against `xlabel` into the PNG `name` ([`plot_lines`]).
+    pub fn plot(&mut self, name: &str, xlabel: &str, lines: &[Line<'_>]) -> Result<(), String> {
+        let p = self.dir.join(name);
+        plot_lines(&p, self.title, xlabel, lines)?;
+        self.written.push(p);
+        Ok(())
+    }
+
+    /// Records a file written another way.
+    pub fn wrote(&mut self, path: PathBuf) {
+        self.written.push(path);
+    }
+}
+
+/// Appends `value` to `jsonl` as one JSON line.
+pub fn json_line(jsonl: &mut String, value: &impl serde::Serialize) -> Result<(), String> {
+    jsonl.push_str(&serde_json::to_string(value).map_err(|e| e.to_string())?);
+    jsonl.push('\n');
+    Ok(())
+}
+
+/// Plots test accuracy against each x axis given (name, label, points), if there is any.
+pub fn accuracy_plots<const N: usize>(
+    out: &mut Outputs<'_>, plots: [(&str, &str, Vec<(f64, f64)>); N],
+) -> Result<(), String> {
+    for (name, xlabel, series) in plots {
+        if !series.is_empty() {
+            out.plot(name, xlabel, &[("test accuracy", BLUE, series)])?;
+        }
+    }
+    Ok(())
 }
 
 /// The list of a complete set of results, written last.
@@ -267,59 +333,45 @@ pub fn write_all<R: Rows>(
     let config = &prepared.config;
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     let old = begin_results(dir)?;
-    let mut written = Vec::new();
+    let mut out = Outputs::new(dir, &config.name);
+    out.file("config.toml", config.to_toml().as_bytes())?;
+    R::write(&mut out, config, &outcome.rows)?;
 
-    let p = dir.join("config.toml");
-    write_atomic(&p, config.to_toml().as_bytes())?;
-    written.push(p);
-
-    written.extend(R::write(dir, config, &outcome.rows)?);
-
+    let n = outcome.traffic.len();
     let mut traffic =
         String::from("node,role,bytes_sent,bytes_received,messages_sent,messages_received\n");
-    let n = outcome.traffic.len();
     for (i, t) in outcome.traffic.iter().enumerate() {
+        let (sent, received) = (t.bytes_sent, t.bytes_received);
+        let (messages_out, messages_in) = (t.messages_sent, t.messages_received);
+        let role = role(i, n);
         traffic.push_str(&format!(
-            "{i},{},{},{},{},{}\n",
-            role(i, n),
-            t.bytes_sent,
-            t.bytes_received,
-            t.messages_sent,
-            t.messages_received
+            "{i},{role},{sent},{received},{messages_out},{messages_in}\n"
         ));
     }
-    let p = dir.join("traffic.csv");
-    write_atomic(&p, traffic.as_bytes())?;
-    written.push(p);
+    out.file("traffic.csv", traffic.as_bytes())?;
 
     if !outcome.compute.is_empty() {
-        let p = dir.join("accounting.csv");
-        write_atomic(&p, accounting_csv(&role, outcome).as_bytes())?;
-        written.push(p);
+        out.file("accounting.csv", accounting_csv(&role, outcome).as_bytes())?;
         let n = outcome.compute.len();
         let mut rounds =
             String::from("node,role,round,train_samples,eval_samples,flops,compute_s\n");
         for ((node, round), c) in &outcome.compute_by_round {
+            let round = round.map_or(String::new(), |r| r.to_string());
+            let role = role(*node as usize, n);
+            let (train, eval, flops, secs) = (c.train_samples, c.eval_samples, c.flops, c.seconds);
             rounds.push_str(&format!(
-                "{node},{},{},{},{},{},{:.3}\n",
-                role(*node as usize, n),
-                round.map_or(String::new(), |r| r.to_string()),
-                c.train_samples,
-                c.eval_samples,
-                c.flops,
-                c.seconds
+                "{node},{role},{round},{train},{eval},{flops},{secs:.3}\n"
             ));
         }
-        let p = dir.join("accounting-rounds.csv");
-        write_atomic(&p, rounds.as_bytes())?;
-        written.push(p);
+        out.file("accounting-rounds.csv", rounds.as_bytes())?;
     }
 
     if let Some(params) = &outcome.final_params {
         let p = dir.join("final.safetensors");
         prepared.model.save(params, &p).map_err(|e| e.to_string())?;
-        written.push(p);
+        out.wrote(p);
     }
+    let mut written = out.written;
     written.push(seal_results(dir, &written, &old, &config.run_id())?);
     Ok(written)
 }

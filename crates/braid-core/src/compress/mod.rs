@@ -203,6 +203,18 @@ fn kinds(c: &Compression) -> (u8, u8, u32) {
     (s, q, p)
 }
 
+/// [`encode`] with its random choices drawn from the run's `seed` and the stream
+/// `[seed::stream::COMPRESS, key...]` (a sender and a round, typically), so that every
+/// packing of a run can be made again.
+pub fn encode_seeded(
+    x: &[f32], c: &Compression, seed: u64, key: &[u64],
+) -> Result<Vec<u8>, CompressError> {
+    let path: Vec<u64> = std::iter::once(crate::seed::stream::COMPRESS)
+        .chain(key.iter().copied())
+        .collect();
+    encode(x, c, &mut crate::seed::rng(seed, &path))
+}
+
 /// Compresses `x` (its length must fit in a u32). `rng` draws random-k's subset and QSGD's
 /// levels; the other settings do not use it.
 pub fn encode(x: &[f32], c: &Compression, rng: &mut impl Rng) -> Result<Vec<u8>, CompressError> {

@@ -98,41 +98,41 @@ impl NetworkConfig {
                 ));
             }
         }
-        if self.max_message_mib == 0 || self.max_message_mib > 1 << 20 {
-            return Err(Invalid::range(
-                "network.max_message_mib",
-                format!(
-                    "network.max_message_mib = {} must be between 1 and 1048576",
-                    self.max_message_mib
-                ),
-            ));
-        }
-        if !(1..=MAX_WAIT_S).contains(&self.request_timeout_s) {
-            return Err(Invalid::range(
-                "network.request_timeout_s",
-                format!(
-                    "network.request_timeout_s = {} must be between 1 and {MAX_WAIT_S} (a week)",
-                    self.request_timeout_s
-                ),
-            ));
-        }
-        if self.idle_timeout_s > MAX_WAIT_S {
-            return Err(Invalid::range(
-                "network.idle_timeout_s",
-                format!(
-                    "network.idle_timeout_s = {} must be between 0 (never) and {MAX_WAIT_S} (a week)",
-                    self.idle_timeout_s
-                ),
-            ));
-        }
-        if self.retry_s > MAX_WAIT_S {
-            return Err(Invalid::range(
-                "network.retry_s",
-                format!(
-                    "network.retry_s = {} must be between 0 and {MAX_WAIT_S} (a week)",
-                    self.retry_s
-                ),
-            ));
+        let week = format!("{MAX_WAIT_S} (a week)");
+        let checks = [
+            (
+                "max_message_mib",
+                self.max_message_mib,
+                1,
+                1 << 20,
+                "1",
+                "1048576".to_string(),
+            ),
+            (
+                "request_timeout_s",
+                self.request_timeout_s,
+                1,
+                MAX_WAIT_S,
+                "1",
+                week.clone(),
+            ),
+            (
+                "idle_timeout_s",
+                self.idle_timeout_s,
+                0,
+                MAX_WAIT_S,
+                "0 (never)",
+                week.clone(),
+            ),
+            ("retry_s", self.retry_s, 0, MAX_WAIT_S, "0", week),
+        ];
+        for (name, value, lo, hi, low, high) in checks {
+            if !(lo..=hi).contains(&value) {
+                return Err(Invalid::range(
+                    format!("network.{name}"),
+                    format!("network.{name} = {value} must be between {low} and {high}"),
+                ));
+            }
         }
         Ok(())
     }

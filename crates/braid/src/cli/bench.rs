@@ -46,36 +46,22 @@ pub struct BenchArgs {
     no_bare: bool,
 }
 
+/// The reference job, which the benchmark runs at its own size and data source.
+const REFERENCE: &str = include_str!("../../../../configs/reference-fedavg.toml");
+
 fn config(args: &BenchArgs, workers: usize) -> Result<ExperimentConfig> {
     let per_round = args.per_round.unwrap_or(args.clients);
-    let src = format!(
-        r#"
-name = "bench"
-[data]
-dataset = "fashion-mnist"
-source = "{source}"
-[partition]
-clients = {clients}
-kind = "iid"
-[model]
-name = "cnn"
-[train]
-batch_size = 32
-local_epochs = 1
-optimizer = {{ name = "sgd", lr = 0.05 }}
-[algorithm]
-name = "fedavg"
-rounds = {rounds}
-clients_per_round = {per_round}
-eval_every = {rounds}
-[runtime]
-workers = {workers}
-"#,
-        source = args.source,
-        clients = args.clients,
-        rounds = args.rounds,
-    );
-    Ok(ExperimentConfig::parse(&src, "bench", &[])?)
+    let rounds = args.rounds;
+    let overrides = [
+        "name=bench".to_string(),
+        format!("data.source={:?}", args.source),
+        format!("partition.clients={}", args.clients),
+        format!("algorithm.rounds={rounds}"),
+        format!("algorithm.clients_per_round={per_round}"),
+        format!("algorithm.eval_every={rounds}"),
+        format!("runtime.workers={workers}"),
+    ];
+    Ok(ExperimentConfig::parse(REFERENCE, "bench", &overrides)?)
 }
 
 /// Runs the benchmark and prints its table.

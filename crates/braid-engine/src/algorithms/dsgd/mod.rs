@@ -532,24 +532,17 @@ impl DsgdPeer {
     fn start_round(&mut self, round: u32, ctx: &mut DsgdCtx<'_>) -> EngineResult {
         let graph = self.settings.round_graph(round);
         let me = self.id as usize;
-        let message = match &self.settings.gossip_compression {
+        let model = match &self.settings.gossip_compression {
             Some(c) => {
-                let mut rng = seed::rng(
-                    self.settings.seed,
-                    &[seed::stream::COMPRESS, u64::from(self.id), u64::from(round)],
-                );
-                let model = braid_core::compress::encode(&self.params, c, &mut rng)
-                    .map_err(|e| EngineError::Failed(e.to_string()))?;
-                Msg::Gossip {
-                    round,
-                    model: Tensor::packed(model),
-                }
+                let key = [u64::from(self.id), u64::from(round)];
+                let packed =
+                    braid_core::compress::encode_seeded(&self.params, c, self.settings.seed, &key)
+                        .map_err(|e| EngineError::Failed(e.to_string()))?;
+                Tensor::packed(packed)
             }
-            None => Msg::Gossip {
-                round,
-                model: Tensor::Exact(Arc::clone(&self.params)),
-            },
+            None => Tensor::Exact(Arc::clone(&self.params)),
         };
+        let message = Msg::Gossip { round, model };
         for (j, listens_to) in graph.peers.iter().enumerate() {
             if listens_to.contains(&me) {
                 self.gossip_bytes += self.send(ctx, j as NodeId, message.clone()) as u64;

@@ -1,18 +1,55 @@
 //! Decentralized SGD's `metrics.csv`, `metrics.jsonl`, plots and console table.
 
-use std::path::{Path, PathBuf};
-
 use serde::Serialize;
 
 use super::GossipMetrics;
 use crate::config::ExperimentConfig;
-use crate::report::{plot_lines, write_atomic, RGBColor, Rows, BLUE, RED};
+use crate::report::{json_line, Outputs, RGBColor, Rows, BLUE, RED};
 
 impl Rows for GossipMetrics {
     fn write(
-        dir: &Path, config: &ExperimentConfig, rows: &[(Self, f64)],
-    ) -> Result<Vec<PathBuf>, String> {
-        write_gossip(dir, config, rows)
+        out: &mut Outputs<'_>, _config: &ExperimentConfig, points: &[(Self, f64)],
+    ) -> Result<(), String> {
+        let mut csv = format!("{GOSSIP_CSV_HEADER}\n");
+        let mut jsonl = String::new();
+        for (m, wall) in points {
+            csv.push_str(&csv_line(m, *wall));
+            json_line(
+                &mut jsonl,
+                &GossipRow {
+                    metrics: m,
+                    wall_s: *wall,
+                },
+            )?;
+        }
+        out.metrics(&csv, &jsonl)?;
+        let series = |f: fn(&GossipMetrics) -> f64, x: fn(&GossipMetrics) -> f64| {
+            points.iter().map(|(m, _)| (x(m), f(m))).collect::<Vec<_>>()
+        };
+        let progress = |m: &GossipMetrics| m.progress;
+        let mb = |m: &GossipMetrics| m.bytes_per_peer / 1e6;
+        let pink = RGBColor(240, 160, 160);
+        for (name, xlabel, x) in [
+            (
+                "accuracy_vs_progress.png",
+                "training progress (local steps / total)",
+                progress as fn(&GossipMetrics) -> f64,
+            ),
+            (
+                "accuracy_vs_bytes.png",
+                "MB of gossip sent per peer",
+                mb as fn(&GossipMetrics) -> f64,
+            ),
+        ] {
+            let lines = [
+                ("merged model", BLUE, series(|m| m.merged_accuracy, x)),
+                ("local mean", RED, series(|m| m.local_mean, x)),
+                ("local min", pink, series(|m| m.local_min, x)),
+                ("local max", pink, series(|m| m.local_max, x)),
+            ];
+            out.plot(name, xlabel, &lines)?;
+        }
+        Ok(())
     }
 
     fn table(_config: &ExperimentConfig, rows: &[(Self, f64)]) -> String {
@@ -61,81 +98,24 @@ struct GossipRow<'a> {
     wall_s: f64,
 }
 
-fn write_gossip(
-    dir: &Path, config: &ExperimentConfig, points: &[(GossipMetrics, f64)],
-) -> Result<Vec<PathBuf>, String> {
-    let mut written = Vec::new();
-    let mut csv = format!("{GOSSIP_CSV_HEADER}\n");
-    let mut jsonl = String::new();
-    for (m, wall) in points {
-        csv.push_str(&format!(
-            "{},{:.6},{},{:.4},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.1},{},{:.3}\n",
-            m.step,
-            m.progress,
-            m.comm_rounds,
-            m.budget,
-            m.local_mean,
-            m.local_min,
-            m.local_max,
-            m.merged_accuracy,
-            m.merged_loss,
-            m.gap,
-            m.consensus,
-            m.train_loss,
-            m.bytes_per_peer,
-            m.bytes_max_peer,
-            wall
-        ));
-        let row = GossipRow {
-            metrics: m,
-            wall_s: *wall,
-        };
-        jsonl.push_str(&serde_json::to_string(&row).map_err(|e| e.to_string())?);
-        jsonl.push('\n');
-    }
-    for (name, body) in [("metrics.csv", csv), ("metrics.jsonl", jsonl)] {
-        let p = dir.join(name);
-        write_atomic(&p, body.as_bytes())?;
-        written.push(p);
-    }
-    let series = |f: fn(&GossipMetrics) -> f64, x: fn(&GossipMetrics) -> f64| -> Vec<(f64, f64)> {
-        points.iter().map(|(m, _)| (x(m), f(m))).collect()
-    };
-    let progress = |m: &GossipMetrics| m.progress;
-    let mb = |m: &GossipMetrics| m.bytes_per_peer / 1e6;
-    for (name, xlabel, x) in [
-        (
-            "accuracy_vs_progress.png",
-            "training progress (local steps / total)",
-            progress as fn(&GossipMetrics) -> f64,
-        ),
-        (
-            "accuracy_vs_bytes.png",
-            "MB of gossip sent per peer",
-            mb as fn(&GossipMetrics) -> f64,
-        ),
-    ] {
-        let p = dir.join(name);
-        plot_lines(
-            &p,
-            &config.name,
-            xlabel,
-            &[
-                ("merged model", BLUE, series(|m| m.merged_accuracy, x)),
-                ("local mean", RED, series(|m| m.local_mean, x)),
-                (
-                    "local min",
-                    RGBColor(240, 160, 160),
-                    series(|m| m.local_min, x),
-                ),
-                (
-                    "local max",
-                    RGBColor(240, 160, 160),
-                    series(|m| m.local_max, x),
-                ),
-            ],
-        )?;
-        written.push(p);
-    }
-    Ok(written)
+/// One `metrics.csv` line.
+fn csv_line(m: &GossipMetrics, wall: f64) -> String {
+    format!(
+        "{},{:.6},{},{:.4},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.1},{},{:.3}\n",
+        m.step,
+        m.progress,
+        m.comm_rounds,
+        m.budget,
+        m.local_mean,
+        m.local_min,
+        m.local_max,
+        m.merged_accuracy,
+        m.merged_loss,
+        m.gap,
+        m.consensus,
+        m.train_loss,
+        m.bytes_per_peer,
+        m.bytes_max_peer,
+        wall
+    )
 }

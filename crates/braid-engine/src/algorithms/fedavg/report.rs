@@ -1,12 +1,10 @@
 //! The FedAvg family's `metrics.csv`, `metrics.jsonl`, plots and console table.
 
-use std::path::{Path, PathBuf};
-
 use serde::Serialize;
 
 use super::RoundMetrics;
 use crate::config::ExperimentConfig;
-use crate::report::{opt, plot_lines, write_atomic, Rows, BLUE};
+use crate::report::{accuracy_plots, json_line, opt, Outputs, Rows};
 
 /// One line of `metrics.csv` / `metrics.jsonl`: the server's round metrics plus run totals.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -38,9 +36,9 @@ pub fn rows(rounds: &[(RoundMetrics, f64)]) -> Vec<MetricsRow> {
 
 impl Rows for RoundMetrics {
     fn write(
-        dir: &Path, config: &ExperimentConfig, rounds: &[(Self, f64)],
-    ) -> Result<Vec<PathBuf>, String> {
-        write_rounds(dir, config, &rows(rounds))
+        out: &mut Outputs<'_>, _config: &ExperimentConfig, rounds: &[(Self, f64)],
+    ) -> Result<(), String> {
+        write_rounds(out, &rows(rounds))
     }
 
     fn table(_config: &ExperimentConfig, rounds: &[(Self, f64)]) -> String {
@@ -66,10 +64,7 @@ impl Rows for RoundMetrics {
     }
 }
 
-fn write_rounds(
-    dir: &Path, config: &ExperimentConfig, rows: &[MetricsRow],
-) -> Result<Vec<PathBuf>, String> {
-    let mut written = Vec::new();
+fn write_rounds(out: &mut Outputs<'_>, rows: &[MetricsRow]) -> Result<(), String> {
     let mut csv = String::from(
         "round,accuracy,loss,train_loss,clients,stragglers,samples,local_steps,bytes_up,bytes_down,cum_bytes,epsilon,sim_time_s,staleness_mean,staleness_max,wall_s\n",
     );
@@ -95,38 +90,25 @@ fn write_rounds(
             r.staleness.map_or(String::new(), |s| s.1.to_string()),
             row.wall_s
         ));
-        jsonl.push_str(&serde_json::to_string(row).map_err(|e| e.to_string())?);
-        jsonl.push('\n');
+        json_line(&mut jsonl, row)?;
     }
-    for (name, body) in [("metrics.csv", csv), ("metrics.jsonl", jsonl)] {
-        let p = dir.join(name);
-        write_atomic(&p, body.as_bytes())?;
-        written.push(p);
+    out.metrics(&csv, &jsonl)?;
+    let (mut by_round, mut by_bytes) = (Vec::new(), Vec::new());
+    for r in rows {
+        if let Some(a) = r.metrics.accuracy {
+            by_round.push((f64::from(r.metrics.round), a));
+            by_bytes.push((r.cum_bytes as f64 / 1e6, a));
+        }
     }
-
-    let points: Vec<(f64, f64, f64)> = rows
-        .iter()
-        .filter_map(|r| {
-            r.metrics
-                .accuracy
-                .map(|a| (f64::from(r.metrics.round), r.cum_bytes as f64 / 1e6, a))
-        })
-        .collect();
-    if !points.is_empty() {
-        let by_round: Vec<(f64, f64)> = points.iter().map(|p| (p.0, p.2)).collect();
-        let by_bytes: Vec<(f64, f64)> = points.iter().map(|p| (p.1, p.2)).collect();
-        for (name, xlabel, series) in [
+    accuracy_plots(
+        out,
+        [
             ("accuracy_vs_round.png", "round", by_round),
             (
                 "accuracy_vs_bytes.png",
                 "MB communicated (up + down)",
                 by_bytes,
             ),
-        ] {
-            let p = dir.join(name);
-            plot_lines(&p, &config.name, xlabel, &[("test accuracy", BLUE, series)])?;
-            written.push(p);
-        }
-    }
-    Ok(written)
+        ],
+    )
 }

@@ -145,26 +145,19 @@ impl MutualSettings {
     fn model_message(
         &self, round: u32, arch: usize, params: Arc<Vec<f32>>, from: NodeId,
     ) -> EngineResult<Msg> {
-        let arch32 = arch as u32;
-        Ok(match &self.model_compression {
-            None => Msg::Model {
-                round,
-                arch: arch32,
-                model: Tensor::Exact(params),
-            },
+        let model = match &self.model_compression {
+            None => Tensor::Exact(params),
             Some(c) => {
-                let mut rng = seed::rng(
-                    self.seed,
-                    &[seed::stream::COMPRESS, u64::from(from), u64::from(round)],
-                );
-                let model = braid_core::compress::encode(&params, c, &mut rng)
+                let key = [u64::from(from), u64::from(round)];
+                let packed = braid_core::compress::encode_seeded(&params, c, self.seed, &key)
                     .map_err(|e| EngineError::Failed(e.to_string()))?;
-                Msg::Model {
-                    round,
-                    arch: arch32,
-                    model: Tensor::packed(model),
-                }
+                Tensor::packed(packed)
             }
+        };
+        Ok(Msg::Model {
+            round,
+            arch: arch as u32,
+            model,
         })
     }
 

@@ -1,16 +1,14 @@
 //! Mutual learning's `metrics.csv`, `metrics.jsonl`, plots and console table.
 
-use std::path::{Path, PathBuf};
-
 use super::MutualMetrics;
 use crate::config::ExperimentConfig;
-use crate::report::{opt, plot_lines, write_atomic, Line, RGBColor, Rows, BLACK, BLUE, RED};
+use crate::report::{json_line, opt, Line, Outputs, RGBColor, Rows, BLACK, BLUE, RED};
 
 impl Rows for MutualMetrics {
     fn write(
-        dir: &Path, config: &ExperimentConfig, rows: &[(Self, f64)],
-    ) -> Result<Vec<PathBuf>, String> {
-        write_mutual(dir, config, rows)
+        out: &mut Outputs<'_>, config: &ExperimentConfig, rows: &[(Self, f64)],
+    ) -> Result<(), String> {
+        write_mutual(out, config, rows)
     }
 
     fn table(config: &ExperimentConfig, rows: &[(Self, f64)]) -> String {
@@ -57,8 +55,8 @@ pub const MUTUAL_CSV_HEADER: &str = "round,alpha,accuracy,loss,min_accuracy,max_
 type OwnedLine = (String, RGBColor, Vec<(f64, f64)>);
 
 fn write_mutual(
-    dir: &Path, config: &ExperimentConfig, points: &[(MutualMetrics, f64)],
-) -> Result<Vec<PathBuf>, String> {
+    out: &mut Outputs<'_>, config: &ExperimentConfig, points: &[(MutualMetrics, f64)],
+) -> Result<(), String> {
     let names = super::model_names(config);
     let mut csv = String::from(MUTUAL_CSV_HEADER);
     for prefix in ["acc", "peak"] {
@@ -88,34 +86,27 @@ fn write_mutual(
             csv.push_str(&format!(",{}", opt(*v)));
         }
         csv.push('\n');
-        jsonl.push_str(&serde_json::to_string(&(m, wall)).map_err(|e| e.to_string())?);
-        jsonl.push('\n');
+        json_line(&mut jsonl, &(m, wall))?;
     }
-    let mut written = Vec::new();
-    for (name, body) in [("metrics.csv", csv), ("metrics.jsonl", jsonl)] {
-        let p = dir.join(name);
-        write_atomic(&p, body.as_bytes())?;
-        written.push(p);
-    }
+    out.metrics(&csv, &jsonl)?;
     let x = |m: &MutualMetrics| f64::from(m.round);
     let mut lines: Vec<OwnedLine> = vec![(
         "global accuracy (mean over clients)".into(),
         BLUE,
         points.iter().map(|(m, _)| (x(m), m.accuracy)).collect(),
     )];
-    let peak: Vec<(f64, f64)> = points
-        .iter()
-        .filter_map(|(m, _)| m.peak_accuracy.map(|a| (x(m), a)))
-        .collect();
-    if !peak.is_empty() {
-        lines.push(("peak models".into(), RED, peak));
-    }
-    let global: Vec<(f64, f64)> = points
-        .iter()
-        .filter_map(|(m, _)| m.global_model_accuracy.map(|a| (x(m), a)))
-        .collect();
-    if !global.is_empty() {
-        lines.push(("FML global model".into(), BLACK, global));
+    let optional: [(&str, RGBColor, fn(&MutualMetrics) -> Option<f64>); 2] = [
+        ("peak models", RED, |m| m.peak_accuracy),
+        ("FML global model", BLACK, |m| m.global_model_accuracy),
+    ];
+    for (name, colour, value) in optional {
+        let series: Vec<(f64, f64)> = points
+            .iter()
+            .filter_map(|(m, _)| value(m).map(|a| (x(m), a)))
+            .collect();
+        if !series.is_empty() {
+            lines.push((name.into(), colour, series));
+        }
     }
     let palette = [
         RGBColor(90, 170, 90),
@@ -138,8 +129,5 @@ fn write_mutual(
         .iter()
         .map(|(n, c, v)| (n.as_str(), *c, v.clone()))
         .collect();
-    let p = dir.join("accuracy_vs_round.png");
-    plot_lines(&p, &config.name, "round", &refs)?;
-    written.push(p);
-    Ok(written)
+    out.plot("accuracy_vs_round.png", "round", &refs)
 }

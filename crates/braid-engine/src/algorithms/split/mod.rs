@@ -142,10 +142,7 @@ fn split_message(
 
 /// `values` compressed with `c`, its random choices seeded by the run and `key`.
 fn pack(values: &[f32], c: &Compression, seed: u64, key: &[u64]) -> EngineResult<Vec<u8>> {
-    let stream: Vec<u64> = std::iter::once(seed::stream::COMPRESS)
-        .chain(key.iter().copied())
-        .collect();
-    compress::encode(values, c, &mut seed::rng(seed, &stream))
+    compress::encode_seeded(values, c, seed, key)
         .map_err(|e| EngineError::Failed(format!("compression.split: {e}")))
 }
 

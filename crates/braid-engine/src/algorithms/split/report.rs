@@ -1,18 +1,16 @@
 //! Split learning's `metrics.csv`, `metrics.jsonl`, plots and console table.
 
-use std::path::{Path, PathBuf};
-
 use serde::Serialize;
 
 use super::SplitMetrics;
 use crate::config::ExperimentConfig;
-use crate::report::{opt, plot_lines, write_atomic, Rows, BLUE};
+use crate::report::{accuracy_plots, json_line, opt, Outputs, Rows};
 
 impl Rows for SplitMetrics {
     fn write(
-        dir: &Path, config: &ExperimentConfig, rows: &[(Self, f64)],
-    ) -> Result<Vec<PathBuf>, String> {
-        write_split(dir, config, rows)
+        out: &mut Outputs<'_>, _config: &ExperimentConfig, rows: &[(Self, f64)],
+    ) -> Result<(), String> {
+        write_split(out, rows)
     }
 
     fn table(_config: &ExperimentConfig, rows: &[(Self, f64)]) -> String {
@@ -62,10 +60,7 @@ struct SplitRow<'a> {
     wall_s: f64,
 }
 
-fn write_split(
-    dir: &Path, config: &ExperimentConfig, epochs: &[(SplitMetrics, f64)],
-) -> Result<Vec<PathBuf>, String> {
-    let mut written = Vec::new();
+fn write_split(out: &mut Outputs<'_>, epochs: &[(SplitMetrics, f64)]) -> Result<(), String> {
     let mut csv = format!("{SPLIT_CSV_HEADER}\n");
     let mut jsonl = String::new();
     let (mut cum_bytes, mut cum_time) = (0u64, 0f64);
@@ -97,31 +92,22 @@ fn write_split(
             cum_sim_time_s: cum_time,
             wall_s: *wall,
         };
-        jsonl.push_str(&serde_json::to_string(&row).map_err(|e| e.to_string())?);
-        jsonl.push('\n');
+        json_line(&mut jsonl, &row)?;
         if let Some(a) = m.accuracy {
             by_epoch.push((f64::from(m.epoch), a));
             by_time.push((cum_time, a));
         }
     }
-    for (name, body) in [("metrics.csv", csv), ("metrics.jsonl", jsonl)] {
-        let p = dir.join(name);
-        write_atomic(&p, body.as_bytes())?;
-        written.push(p);
-    }
-    if !by_epoch.is_empty() {
-        for (name, xlabel, series) in [
+    out.metrics(&csv, &jsonl)?;
+    accuracy_plots(
+        out,
+        [
             ("accuracy_vs_epoch.png", "epoch", by_epoch),
             (
                 "accuracy_vs_sim_time.png",
                 "simulated seconds (straggler and link model)",
                 by_time,
             ),
-        ] {
-            let p = dir.join(name);
-            plot_lines(&p, &config.name, xlabel, &[("test accuracy", BLUE, series)])?;
-            written.push(p);
-        }
-    }
-    Ok(written)
+        ],
+    )
 }

@@ -128,22 +128,14 @@ impl Uplink {
 pub fn model_request(
     round: u32, params: &[f32], downlink: Option<&Compression>, experiment_seed: u64,
 ) -> EngineResult<Msg> {
-    Ok(match downlink {
+    let model = match downlink {
         Some(c) => {
-            let mut rng = seed::rng(
-                experiment_seed,
-                &[seed::stream::COMPRESS, u64::from(SERVER), u64::from(round)],
-            );
-            let model = compress::encode(params, c, &mut rng)
+            let key = [u64::from(SERVER), u64::from(round)];
+            let packed = compress::encode_seeded(params, c, experiment_seed, &key)
                 .map_err(|e| EngineError::Failed(e.to_string()))?;
-            Msg::Request {
-                round,
-                model: Tensor::packed(model),
-            }
+            Tensor::packed(packed)
         }
-        None => Msg::Request {
-            round,
-            model: Tensor::exact(params.to_vec()),
-        },
-    })
+        None => Tensor::exact(params.to_vec()),
+    };
+    Ok(Msg::Request { round, model })
 }

@@ -20,7 +20,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use braid_core::compress::{self, Compression};
-use braid_core::seed;
 
 use crate::algorithms::fedavg::Msg;
 use crate::algorithms::fedavg::SERVER;
@@ -68,11 +67,8 @@ impl ServerCopy {
             return Ok(());
         }
         let change = braid_core::params::sub(params, &self.copy)?;
-        let mut rng = seed::rng(
-            experiment_seed,
-            &[seed::stream::COMPRESS, u64::from(SERVER), u64::from(round)],
-        );
-        let bytes = compress::encode(&change, &self.compression, &mut rng)
+        let key = [u64::from(SERVER), u64::from(round)];
+        let bytes = compress::encode_seeded(&change, &self.compression, experiment_seed, &key)
             .map_err(|e| EngineError::Failed(e.to_string()))?;
         let sent = compress::decode(&bytes, change.len())
             .map_err(|e| EngineError::Failed(e.to_string()))?;
@@ -150,14 +146,7 @@ impl ServerCopy {
             .and_then(|v| v.as_u64())
             .and_then(|v| u32::try_from(v).ok())
             .ok_or_else(bad)?;
-        let synced: BTreeMap<String, u32> = meta
-            .get("synced")
-            .and_then(|v| serde_json::from_value(v.clone()).ok())
-            .ok_or_else(bad)?;
-        self.synced = synced
-            .into_iter()
-            .map(|(k, v)| Ok((k.parse::<NodeId>().map_err(|_| bad())?, v)))
-            .collect::<EngineResult<_>>()?;
+        self.synced = super::node_map(meta.get("synced")).ok_or_else(bad)?;
         self.copy = copy.to_vec();
         self.round = round;
         self.delta = match state.blob("downlink.delta") {

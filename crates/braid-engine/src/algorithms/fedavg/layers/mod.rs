@@ -38,6 +38,7 @@ pub mod secure;
 use crate::node::EngineResult;
 use crate::wire::NodeId;
 use braid_core::seed;
+use std::collections::BTreeMap;
 
 /// A client's reply the server accepted.
 pub struct Reply {
@@ -119,4 +120,15 @@ pub trait ServerLayer: Send {
     fn load(&mut self, _meta: &serde_json::Value) -> EngineResult {
         Ok(())
     }
+}
+
+/// A map keyed by node id as a checkpoint's JSON holds it (object keys are strings); `None`
+/// if `value` is missing or is not one.
+pub(crate) fn node_map<T: serde::de::DeserializeOwned>(
+    value: Option<&serde_json::Value>,
+) -> Option<BTreeMap<NodeId, T>> {
+    let map: BTreeMap<String, T> = serde_json::from_value(value?.clone()).ok()?;
+    map.into_iter()
+        .map(|(k, v)| Some((k.parse::<NodeId>().ok()?, v)))
+        .collect()
 }

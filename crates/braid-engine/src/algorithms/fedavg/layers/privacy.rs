@@ -240,28 +240,20 @@ impl ServerLayer for DpServer {
             .and_then(|v| serde_json::from_value(v.clone()).ok())
             .ok_or_else(bad)?;
         self.accountant.restore(rdp).map_err(unusable)?;
-        let parts: BTreeMap<String, u64> = p
-            .get("participations")
-            .and_then(|v| serde_json::from_value(v.clone()).ok())
-            .ok_or_else(bad)?;
-        self.participations = parts
-            .into_iter()
-            .map(|(k, v)| Ok((k.parse::<NodeId>().map_err(|_| bad())?, v)))
-            .collect::<EngineResult<_>>()?;
+        self.participations = super::node_map(p.get("participations")).ok_or_else(bad)?;
         #[derive(serde::Deserialize)]
         struct Saved {
             rdp: Vec<f64>,
             q: f64,
             steps: u64,
         }
-        let clients: BTreeMap<String, Saved> = match p.get("clients") {
-            Some(v) => serde_json::from_value(v.clone()).map_err(|_| bad())?,
+        let clients: BTreeMap<NodeId, Saved> = match p.get("clients") {
+            Some(v) => super::node_map(Some(v)).ok_or_else(bad)?,
             None => BTreeMap::new(), // written before DP-SGD existed
         };
         self.clients = clients
             .into_iter()
-            .map(|(k, v)| {
-                let id = k.parse::<NodeId>().map_err(|_| bad())?;
+            .map(|(id, v)| {
                 if !(v.q > 0.0 && v.q <= 1.0) {
                     return Err(bad());
                 }
