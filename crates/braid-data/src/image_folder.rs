@@ -121,7 +121,7 @@ impl ImageFolderConfig {
     fn read_image(
         &self, path: &Path, shape: &mut Option<[usize; 2]>, out: &mut Vec<u8>,
     ) -> Result<[usize; 2], DataError> {
-        let malformed = |why: String| DataError::Malformed {
+        let bad = |why: String| DataError::Malformed {
             path: path.to_owned(),
             format: "PNG or JPEG",
             why,
@@ -129,12 +129,12 @@ impl ImageFolderConfig {
         let raw = crate::read_bounded(path, crate::max_file_bytes())?;
         let mut reader = image::ImageReader::new(std::io::Cursor::new(raw))
             .with_guessed_format()
-            .map_err(|e| malformed(e.to_string()))?;
+            .map_err(|e| bad(e.to_string()))?;
         let mut limits = image::Limits::default();
         limits.max_image_width = Some(MAX_SIDE);
         limits.max_image_height = Some(MAX_SIDE);
         reader.limits(limits);
-        let img = reader.decode().map_err(|e| malformed(e.to_string()))?;
+        let img = reader.decode().map_err(|e| bad(e.to_string()))?;
         let (w0, h0) = (img.width() as usize, img.height() as usize);
         let [h, w] = *shape.get_or_insert([h0, w0]);
         let img = if (h0, w0) == (h, w) {
@@ -142,7 +142,7 @@ impl ImageFolderConfig {
         } else if self.size.is_some() {
             img.resize_exact(w as u32, h as u32, image::imageops::FilterType::Triangle)
         } else {
-            return Err(malformed(format!(
+            return Err(bad(format!(
                 "{w0}x{h0} pixels, but the first image is {w}x{h}; set data.size = [height, width] to resize them all"
             )));
         };
@@ -161,8 +161,8 @@ impl ImageFolderConfig {
 }
 
 /// A folder's entries in name order, each checked to be a regular folder or file by `want_dir`;
-/// hidden entries (a leading '.') are skipped.
-fn entries(dir: &Path, want_dir: bool) -> Result<Vec<(String, PathBuf)>, DataError> {
+/// hidden entries (a leading '.') are skipped. None is an error that says `if_none`.
+fn entries(dir: &Path, want_dir: bool, if_none: &str) -> Result<Vec<(String, PathBuf)>, DataError> {
     let io = |source| DataError::Io {
         path: dir.to_owned(),
         source,
@@ -172,66 +172,53 @@ fn entries(dir: &Path, want_dir: bool) -> Result<Vec<(String, PathBuf)>, DataErr
         let e = e.map_err(io)?;
         let path = e.path();
         let Some(name) = e.file_name().to_str().map(str::to_owned) else {
-            return Err(DataError::Malformed {
-                path,
-                format: "image folder",
-                why: "the name is not UTF-8".into(),
-            });
+            return Err(malformed(path, "the name is not UTF-8"));
         };
         if name.starts_with('.') {
             continue;
         }
         let kind = e.file_type().map_err(io)?;
         if want_dir != kind.is_dir() || kind.is_symlink() {
-            return Err(DataError::Malformed {
+            return Err(malformed(
                 path,
-                format: "image folder",
-                why: if want_dir {
-                    "not a class folder (the top level holds one folder per class)".into()
+                if want_dir {
+                    "not a class folder (the top level holds one folder per class)"
                 } else {
-                    "not an image file (a class folder holds PNG or JPEG files only)".into()
+                    "not an image file (a class folder holds PNG or JPEG files only)"
                 },
-            });
+            ));
         }
         out.push((name, path));
+    }
+    if out.is_empty() {
+        return Err(malformed(dir.to_owned(), if_none));
     }
     out.sort();
     Ok(out)
 }
 
-fn class_folders(dir: &Path) -> Result<Vec<(String, PathBuf)>, DataError> {
-    let classes = entries(dir, true)?;
-    if classes.is_empty() {
-        return Err(DataError::Malformed {
-            path: dir.to_owned(),
-            format: "image folder",
-            why: "no class folders".into(),
-        });
+/// The error for a malformed image folder at `path`.
+fn malformed(path: PathBuf, why: impl Into<String>) -> DataError {
+    DataError::Malformed {
+        path,
+        format: "image folder",
+        why: why.into(),
     }
-    Ok(classes)
+}
+
+fn class_folders(dir: &Path) -> Result<Vec<(String, PathBuf)>, DataError> {
+    entries(dir, true, "no class folders")
 }
 
 fn image_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
-    let files = entries(dir, false)?;
-    if files.is_empty() {
-        return Err(DataError::Malformed {
-            path: dir.to_owned(),
-            format: "image folder",
-            why: "a class folder with no images".into(),
-        });
-    }
-    files
+    entries(dir, false, "a class folder with no images")?
         .into_iter()
         .map(|(name, path)| {
             let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
             if ext.is_some_and(|e| EXTENSIONS.contains(&e.as_str())) {
                 Ok(path)
             } else {
-                Err(DataError::Malformed {
-                    path,
-                    format: "image folder",
-                    why: "not a .png, .jpg or .jpeg file".into(),
-                })
+                Err(malformed(path, "not a .png, .jpg or .jpeg file"))
             }
         })
         .collect()

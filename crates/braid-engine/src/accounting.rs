@@ -134,13 +134,11 @@ impl<T: ?Sized> Metered<T> {
     pub(crate) fn training(
         &mut self, params: &[f32], call: impl FnOnce(&mut T) -> EngineResult<TrainOutcome>,
     ) -> EngineResult<TrainOutcome> {
-        let t0 = Instant::now();
-        let out = call(&mut self.inner)?;
-        let mut m = self.meter.lock();
-        let n = out.samples as u64;
-        let flops = n.saturating_mul(m.per_sample.train);
-        m.spent(n, flops, t0);
-        m.hash(params, &out.params);
+        let out = self.metered(call, |out, m| {
+            let n = out.samples as u64;
+            (n, n.saturating_mul(m.per_sample.train))
+        })?;
+        self.hashed(params, &out.params);
         Ok(out)
     }
 
@@ -148,14 +146,11 @@ impl<T: ?Sized> Metered<T> {
     pub(crate) fn evaluating(
         &mut self, forward: Option<u64>, call: impl FnOnce(&mut T) -> EngineResult<EvalOutcome>,
     ) -> EngineResult<EvalOutcome> {
-        let t0 = Instant::now();
-        let out = call(&mut self.inner)?;
-        let mut m = self.meter.lock();
-        let n = out.samples as u64;
-        let per = forward.unwrap_or(m.per_sample.forward);
-        m.compute.eval_samples += n;
-        m.spent(0, n.saturating_mul(per), t0);
-        Ok(out)
+        self.metered(call, |out, m| {
+            let n = out.samples as u64;
+            m.compute.eval_samples += n;
+            (0, n.saturating_mul(forward.unwrap_or(m.per_sample.forward)))
+        })
     }
 
     /// Runs any other call, which spent `train_samples` and `flops` (given its result).
@@ -163,10 +158,19 @@ impl<T: ?Sized> Metered<T> {
         &mut self, call: impl FnOnce(&mut T) -> EngineResult<O>,
         cost: impl FnOnce(&O) -> (u64, u64),
     ) -> EngineResult<O> {
+        self.metered(call, |out, _| cost(out))
+    }
+
+    /// Times `call` and adds what `cost` says it spent (training samples, FLOPs).
+    fn metered<O>(
+        &mut self, call: impl FnOnce(&mut T) -> EngineResult<O>,
+        cost: impl FnOnce(&O, &mut Metering) -> (u64, u64),
+    ) -> EngineResult<O> {
         let t0 = Instant::now();
         let out = call(&mut self.inner)?;
-        let (samples, flops) = cost(&out);
-        self.meter.lock().spent(samples, flops, t0);
+        let mut m = self.meter.lock();
+        let (samples, flops) = cost(&out, &mut m);
+        m.spent(samples, flops, t0);
         Ok(out)
     }
 

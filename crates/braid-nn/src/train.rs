@@ -79,39 +79,34 @@ impl OptimizerConfig {
         let bad = |f: &str, v: f64, rule: &str| {
             Err(NnError::Config(format!("train.optimizer.{f} = {v} {rule}")))
         };
-        match *self {
+        let lr = self.lr();
+        if !(lr > 0.0 && lr <= 1000.0) {
+            return bad("lr", lr, "must be in (0, 1000]");
+        }
+        let weight_decay = match *self {
             Self::Sgd {
-                lr,
                 momentum,
                 weight_decay,
                 nesterov,
+                ..
             } => {
-                if !(lr > 0.0 && lr <= 1000.0) {
-                    return bad("lr", lr, "must be in (0, 1000]");
-                }
                 if !(0.0..1.0).contains(&momentum) {
                     return bad("momentum", momentum, "must be in [0, 1)");
-                }
-                if !(0.0..=1000.0).contains(&weight_decay) {
-                    return bad("weight_decay", weight_decay, "must be in [0, 1000]");
                 }
                 if nesterov && momentum == 0.0 {
                     return Err(NnError::Config(
                         "train.optimizer.nesterov = true needs momentum > 0".into(),
                     ));
                 }
-                Ok(())
+                weight_decay
             }
             Self::Adamw {
-                lr,
                 beta1,
                 beta2,
                 eps,
                 weight_decay,
+                ..
             } => {
-                if !(lr > 0.0 && lr <= 1000.0) {
-                    return bad("lr", lr, "must be in (0, 1000]");
-                }
                 for (f, v) in [("beta1", beta1), ("beta2", beta2)] {
                     if !(0.0..1.0).contains(&v) {
                         return bad(f, f64::from(v), "must be in [0, 1)");
@@ -120,16 +115,13 @@ impl OptimizerConfig {
                 if !(eps > 0.0 && eps <= 1.0) {
                     return bad("eps", f64::from(eps), "must be in (0, 1]");
                 }
-                if !(0.0..=1000.0).contains(&weight_decay) {
-                    return bad(
-                        "weight_decay",
-                        f64::from(weight_decay),
-                        "must be in [0, 1000]",
-                    );
-                }
-                Ok(())
+                f64::from(weight_decay)
             }
+        };
+        if !(0.0..=1000.0).contains(&weight_decay) {
+            return bad("weight_decay", weight_decay, "must be in [0, 1000]");
         }
+        Ok(())
     }
 
     pub(crate) fn lr(&self) -> f64 {
