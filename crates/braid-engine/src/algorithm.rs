@@ -170,11 +170,11 @@ pub trait Algorithm: Send + Sync + 'static {
     /// fault-free run.
     const ARRIVAL_ORDER_MATTERS: bool = false;
 
-    /// The kinds of message whose handling by a freshly built node re-does the training it
-    /// logged, bit for bit (the FedAvg family's train requests: a client keeps no training
-    /// state between rounds). Their senders keep a copy of each, and `braid audit replay`
-    /// re-executes the training claims they caused. Empty (the default): the algorithm's
-    /// claims depend on state carried between inputs, and are not replayed.
+    /// The kinds of message whose handling re-does the training a node logged, bit for bit,
+    /// given the node's state before it (the FedAvg family's train requests, to a client that
+    /// keeps no state between rounds; dsgd's gossip, to a peer restored from its state). Their
+    /// senders keep a copy of each, nodes that carry state keep it around each training, and
+    /// `braid audit replay` re-executes the claims. Empty (the default): not replayed.
     const REPLAY_INPUTS: &'static [&'static str] = &[];
 
     /// The simulated-time model of the run, if it keeps simulated time.
@@ -268,18 +268,34 @@ pub trait Registered: Send + Sync {
     fn deploy(&self, prepared: &Prepared, id: NodeId) -> EngineResult<Box<dyn WireNode>>;
     /// See [`Algorithm::REPLAY_INPUTS`].
     fn replay_inputs(&self) -> &'static [&'static str];
-    /// Re-executes what node `id`, freshly built, does with `input` (an encoded message from
-    /// `from`, one of [`Algorithm::REPLAY_INPUTS`]): the compute it spends and the model
-    /// hashes around its training, as its run log would record them.
+    /// Re-executes what node `id`, built afresh and given `state` (as
+    /// [`crate::checkpoint::encode_state`] wrote it; `None`: as built), does with `inputs`,
+    /// one after the other: for each, the compute it spends, the model hashes around its
+    /// training and the hashes of the node's state around it, as its run log would record
+    /// them. A message the node refuses leaves it as it was, as in a run.
     fn replay(
-        &self, prepared: &Prepared, id: NodeId, from: NodeId, input: &[u8],
-    ) -> EngineResult<Replayed>;
+        &self, prepared: &Prepared, id: NodeId, state: Option<&[u8]>, inputs: &[ReplayInput<'_>],
+    ) -> EngineResult<Vec<Replayed>>;
     /// The outputs of a deployed node from the rows it reported (as JSON values, see
     /// [`WireNode`]) and its final parameters.
     fn finished_from_rows(
         &self, prepared: &Prepared, rows: Vec<(serde_json::Value, f64)>,
         final_params: Option<Vec<f32>>,
     ) -> EngineResult<Box<dyn Finished>>;
+}
+
+/// What [`Registered::replay`] hands the node.
+#[derive(Debug, Clone, Copy)]
+pub enum ReplayInput<'a> {
+    /// The run's start.
+    Start,
+    /// An encoded message (one of [`Algorithm::REPLAY_INPUTS`]) from node `from`.
+    Message {
+        /// Its sender.
+        from: NodeId,
+        /// Its frame.
+        bytes: &'a [u8],
+    },
 }
 
 /// A training claim re-executed by [`Registered::replay`].
@@ -291,6 +307,9 @@ pub struct Replayed {
     pub models: Option<(String, String)>,
     /// The round or step the input belongs to (as the runtime logs it).
     pub round: Option<u64>,
+    /// For a node that keeps state: the SHA-256 of its encoded state before the input and
+    /// after it.
+    pub states: Option<(String, String)>,
 }
 
 /// The algorithms and models a program knows, by name.

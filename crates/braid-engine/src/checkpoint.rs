@@ -157,6 +157,31 @@ impl<R: Serialize + serde::de::DeserializeOwned + Clone> Checkpoint<R> {
     }
 }
 
+/// A node's state alone in the checkpoint format (no metrics, no run id): the bytes an audit
+/// keeps and names by their SHA-256, the same for the same state on every machine.
+pub fn encode_state(state: NodeState) -> EngineResult<Vec<u8>> {
+    Checkpoint::<serde_json::Value> {
+        state,
+        reported: Vec::new(),
+        run: None,
+    }
+    .encode()
+}
+
+/// The SHA-256 (hex) of a state as [`encode_state`] encodes it: its name in audits.
+pub fn state_hash(encoded: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(encoded)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Reads what [`encode_state`] wrote (`path` only names it in errors).
+pub fn decode_state(bytes: &[u8], path: &Path) -> EngineResult<NodeState> {
+    Ok(Checkpoint::<serde_json::Value>::decode(bytes, path)?.state)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,8 @@ pub enum Dishonesty {
     Skip,
     /// Trains with the configured learning rate multiplied by this factor.
     LearningRate(f64),
-    /// Trains on shard `k` of the partition instead of its own.
+    /// Trains on shard `k` of the partition instead of its own (a dsgd peer: each batch drawn
+    /// from shard `k` at the positions of its own).
     Shard(usize),
 }
 

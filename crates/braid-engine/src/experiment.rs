@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::algorithm::{
-    Algorithm, Baseline, Entry, Feature, Finished, Registered, Replayed, Summary,
+    Algorithm, Baseline, Entry, Feature, Finished, Registered, ReplayInput, Replayed, Summary,
 };
 use crate::config::ExperimentConfig;
 use crate::error::Invalid;
@@ -202,37 +202,47 @@ impl<A: Algorithm> Registered for Entry<A> {
     }
 
     fn replay(
-        &self, prepared: &Prepared, id: NodeId, from: NodeId, input: &[u8],
-    ) -> EngineResult<Replayed> {
+        &self, prepared: &Prepared, id: NodeId, state: Option<&[u8]>, inputs: &[ReplayInput<'_>],
+    ) -> EngineResult<Vec<Replayed>> {
         let mut node = self.deploy(prepared, id)?;
+        node.keep_checkpoints();
         node.hash_models();
-        let body = match (node.decoder())(input) {
-            Ok(Decoded::Input { kind, body }) if A::REPLAY_INPUTS.contains(&kind) => body,
-            Ok(Decoded::Input { kind, .. }) => {
-                return Err(EngineError::Unsupported(format!(
-                    "a {kind} message of {} is not replayed (replayed: {})",
-                    A::NAME,
-                    if A::REPLAY_INPUTS.is_empty() {
-                        "none".to_string()
-                    } else {
-                        A::REPLAY_INPUTS.join(", ")
-                    }
-                )))
-            }
-            Ok(Decoded::Halt(_)) => {
-                return Err(EngineError::Unsupported("a halt is not replayed".into()))
-            }
-            Err(e) => return Err(EngineError::Driver(format!("the kept input: {e}"))),
+        if let Some(bytes) = state {
+            let path = std::path::Path::new("the kept state");
+            node.load_state(crate::checkpoint::decode_state(bytes, path)?)?;
+        }
+        let state_hash = |node: &dyn WireNode| -> EngineResult<Option<String>> {
+            node.save_state()
+                .map(|s| {
+                    crate::checkpoint::encode_state(s).map(|b| crate::checkpoint::state_hash(&b))
+                })
+                .transpose()
         };
-        let input = WireInput::Message(from, body);
-        let round = node.round_of(&input);
-        let (handled, result) = node.handle(input);
-        result?;
-        Ok(Replayed {
-            compute: handled.compute,
-            models: handled.models,
-            round,
-        })
+        let mut before = state_hash(node.as_ref())?;
+        let mut out = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            let input = match *input {
+                ReplayInput::Start => WireInput::Start,
+                ReplayInput::Message { from, bytes } => {
+                    WireInput::Message(from, replayed_body::<A>(node.as_ref(), bytes)?)
+                }
+            };
+            let round = node.round_of(&input);
+            let (handled, result) = node.handle(input);
+            match result {
+                Ok(()) | Err(EngineError::Rejected { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            let after = state_hash(node.as_ref())?;
+            out.push(Replayed {
+                compute: handled.compute,
+                models: handled.models,
+                round,
+                states: before.clone().zip(after.clone()),
+            });
+            before = after;
+        }
+        Ok(out)
     }
 
     fn finished_from_rows(
@@ -257,5 +267,25 @@ impl<A: Algorithm> Registered for Entry<A> {
                 ..Default::default()
             },
         }))
+    }
+}
+
+/// A kept message's body, decoded by `node`'s protocol; only kinds `A` replays.
+fn replayed_body<A: Algorithm>(
+    node: &dyn WireNode, bytes: &[u8],
+) -> EngineResult<Box<dyn std::any::Any + Send>> {
+    match (node.decoder())(bytes) {
+        Ok(Decoded::Input { kind, body }) if A::REPLAY_INPUTS.contains(&kind) => Ok(body),
+        Ok(Decoded::Input { kind, .. }) => Err(EngineError::Unsupported(format!(
+            "a {kind} message of {} is not replayed (replayed: {})",
+            A::NAME,
+            if A::REPLAY_INPUTS.is_empty() {
+                "none".to_string()
+            } else {
+                A::REPLAY_INPUTS.join(", ")
+            }
+        ))),
+        Ok(Decoded::Halt(_)) => Err(EngineError::Unsupported("a halt is not replayed".into())),
+        Err(e) => Err(EngineError::Driver(format!("the kept input: {e}"))),
     }
 }

@@ -404,6 +404,31 @@ impl TrainSteps for BurnTrainer {
         lr_scale: f64,
     ) -> EngineResult<TrainOutcome> {
         self.spec.lr_scale = lr_scale;
+        let other_data: Vec<Vec<usize>>;
+        let batches = match &self.dishonesty {
+            None => batches,
+            Some((Dishonesty::Skip, _)) => {
+                return Ok(TrainOutcome {
+                    params: params.to_vec(),
+                    samples: batches.iter().map(Vec::len).sum(),
+                    steps: batches.len(),
+                    mean_loss: 0.0,
+                })
+            }
+            Some((Dishonesty::LearningRate(f), _)) => {
+                self.spec.lr_scale *= f;
+                batches
+            }
+            // The same batch sizes, drawn from the other shard.
+            Some((Dishonesty::Shard(_), other)) if !other.is_empty() => {
+                other_data = batches
+                    .iter()
+                    .map(|b| b.iter().map(|&i| other[i % other.len()]).collect())
+                    .collect();
+                &other_data
+            }
+            Some((Dishonesty::Shard(_), _)) => batches,
+        };
         Ok(self
             .trainer
             .train_batches(params, &self.data.train, batches, &self.spec, state)?)

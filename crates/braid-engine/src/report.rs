@@ -85,9 +85,12 @@ pub fn json_line(jsonl: &mut String, value: &impl serde::Serialize) -> Result<()
     Ok(())
 }
 
-/// Plots test accuracy against each x axis given (name, label, points), if there is any.
+/// A plot of test accuracy: its file name, x-axis label and points.
+pub type AccuracyPlot<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+
+/// Plots test accuracy against each x axis given, where there are points.
 pub fn accuracy_plots<const N: usize>(
-    out: &mut Outputs<'_>, plots: [(&str, &str, Vec<(f64, f64)>); N],
+    out: &mut Outputs<'_>, plots: [AccuracyPlot<'_>; N],
 ) -> Result<(), String> {
     for (name, xlabel, series) in plots {
         if !series.is_empty() {

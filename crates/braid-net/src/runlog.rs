@@ -46,6 +46,11 @@ pub use braid_engine::accounting::model_hash;
 /// auditor replays training (named by their SHA-256; see `RuntimeOptions::keep_sent`).
 pub const KEPT_DIR: &str = "sent";
 
+/// The folder, beside a node's run log, holding its states around each training it logged,
+/// for nodes that carry state between inputs (named by their SHA-256; see
+/// `RuntimeOptions::keep_states`).
+pub const STATES_DIR: &str = "states";
+
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// What an entry records.
@@ -126,6 +131,22 @@ pub enum LogEvent {
         /// SHA-256 of the message that caused it (as in its `received` entry), if one did.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         input: Option<String>,
+        /// The run's start caused it (the first input a node handles).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        start: bool,
+        /// For nodes that carry state between inputs, when it trained: the SHA-256 of the
+        /// node's whole state before the input and after it, each kept as a file of that name
+        /// ([`STATES_DIR`]; the checkpoint format of the state alone).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        state_before: Option<String>,
+        /// See `state_before`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        state_after: Option<String>,
+        /// With the states: the inputs the node handled since its previous training (or its
+        /// start), in order: message hashes, `"start"` or `"deadline"`. Replaying them from
+        /// the previous training's `state_after` must give this one's `state_before`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        since: Vec<String>,
     },
     /// Metrics the node reported (a FedAvg round, a dsgd evaluation point).
     Progress {

@@ -80,6 +80,10 @@ pub struct RuntimeOptions {
     pub idle_timeout: Option<Duration>,
     /// Keep a copy of each sent message of these kinds, for `braid audit replay`.
     pub keep_sent: Option<KeepSent>,
+    /// Keep the node's state before and after each input it trained on, in this directory,
+    /// and log their hashes (nodes that carry state between inputs; needs a run log), for
+    /// `braid audit replay`.
+    pub keep_states: Option<PathBuf>,
     /// `[governance]` reporting thresholds, and the directory reports go to (needs a run log).
     pub governance: Option<(braid_engine::config::GovernanceConfig, PathBuf)>,
 }
@@ -151,6 +155,45 @@ impl KeepSent {
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| NetError::Io(format!("cannot create {}: {e}", self.dir.display())))?;
         braid_engine::report::write_atomic(&path, bytes).map_err(NetError::Io)
+    }
+}
+
+/// The most inputs listed between two trainings of a node (a log entry's `since`).
+const MAX_SINCE: usize = 4096;
+
+/// A node's state encoded for audits ([`braid_engine::checkpoint::encode_state`]), with its
+/// SHA-256 and the [`WireNode::state_version`] it was taken at.
+struct KeptState {
+    hash: String,
+    bytes: Vec<u8>,
+    version: u64,
+}
+
+impl KeptState {
+    /// The node's state now; `None` for a node that keeps none.
+    fn of(node: &dyn WireNode) -> Result<Option<Self>, NetError> {
+        let version = node.state_version();
+        let Some(state) = node.save_state() else {
+            return Ok(None);
+        };
+        let bytes = braid_engine::checkpoint::encode_state(state)
+            .map_err(|e| NetError::Node(e.to_string()))?;
+        Ok(Some(Self {
+            hash: braid_engine::checkpoint::state_hash(&bytes),
+            bytes,
+            version,
+        }))
+    }
+
+    /// Writes it to `dir`, named by its hash, unless it is there already.
+    fn keep(&self, dir: &Path) -> Result<(), NetError> {
+        let path = dir.join(&self.hash);
+        if path.exists() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(dir)
+            .map_err(|e| NetError::Io(format!("cannot create {}: {e}", dir.display())))?;
+        braid_engine::report::write_atomic(&path, &self.bytes).map_err(NetError::Io)
     }
 }
 
@@ -379,6 +422,7 @@ pub fn run(
     let decoder = node.decoder();
     // Checkpoints name their run, so a resume can refuse another run's.
     let checkpoint = checkpoint.map(|p| (p, options.run_id.clone()));
+    let states = options.keep_states.clone().filter(|_| log.is_some());
     let node_thread = std::thread::Builder::new()
         .name(format!("braid-node-{my_node}"))
         .spawn(move || {
@@ -391,7 +435,7 @@ pub fn run(
                 checkpoint,
                 restored,
                 node_log,
-                (node_stop, node_gov),
+                (node_stop, node_gov, states),
             )
         })
         .map_err(|e| NetError::Io(format!("cannot start the node thread: {e}")))?;
@@ -455,7 +499,7 @@ fn node_loop(
     mut node: Box<dyn WireNode>, inbox: std_mpsc::Receiver<ToNode>,
     to_net: tokio_mpsc::UnboundedSender<ToNet>, mut observer: Box<dyn FnMut(&WireEvent) + Send>,
     start: Instant, checkpoint: Option<(PathBuf, Option<String>)>, restored: Vec<Reported>,
-    log: SharedLog, (stop, gov): (Arc<AtomicBool>, SharedGov),
+    log: SharedLog, (stop, gov, states): (Arc<AtomicBool>, SharedGov, Option<PathBuf>),
 ) -> Result<NodeOutcome, NetError> {
     // Wall-clock seconds continue from the restored metrics.
     let offset = restored.last().map_or(0.0, |(_, w)| *w);
@@ -481,6 +525,10 @@ fn node_loop(
     let mut ack: Option<u64> = None;
     // A halt cut the latest input short (its effects are not to be checkpointed).
     let mut interrupted = false;
+    // With `states`: the node's state as it stands, encoded, with its hash and version, and
+    // the inputs handled since its latest training.
+    let mut state_now: Option<KeptState> = None;
+    let mut since: Vec<String> = Vec::new();
     let result = loop {
         // What to do next: start, a message, or a deadline.
         // The SHA-256 of the message being handled, for its compute entry.
@@ -533,6 +581,18 @@ fn node_loop(
             }
         };
         let round = node.round_of(&input);
+        let started = matches!(input, WireInput::Start);
+        let tag = match &input {
+            WireInput::Start => "start".to_string(),
+            WireInput::Deadline(_) => "deadline".to_string(),
+            WireInput::Message(..) => input_hash.clone().unwrap_or_else(|| "unknown".into()),
+        };
+        if states.is_some() && state_now.is_none() {
+            match KeptState::of(node.as_ref()) {
+                Ok(s) => state_now = s,
+                Err(e) => break Err(e),
+            }
+        }
         let (handled, r) = node.handle(input);
         let (outbox, emitted) = (handled.outbox, handled.events);
         let now = Instant::now();
@@ -542,6 +602,33 @@ fn node_loop(
         }
         compute.add(&handled.compute);
         let (c, models) = (handled.compute, handled.models);
+        // The states around a training, kept before its entry names them.
+        let (mut state_before, mut state_after) = (None, None);
+        if let (Some(dir), Some(before)) = (&states, state_now.take()) {
+            let after = if node.state_version() != before.version {
+                match KeptState::of(node.as_ref()) {
+                    Ok(after) => after,
+                    Err(e) => break Err(e),
+                }
+            } else {
+                None
+            };
+            if c.train_samples > 0 {
+                let now = after.as_ref().unwrap_or(&before);
+                if let Err(e) = before.keep(dir).and_then(|_| now.keep(dir)) {
+                    break Err(e);
+                }
+                state_before = Some(before.hash.clone());
+                state_after = Some(now.hash.clone());
+            } else if since.len() < MAX_SINCE {
+                since.push(tag);
+            } else {
+                // A node that has not trained for this long (a server, a monitor): the list
+                // stops growing, and a training after it is not replayed from the run.
+                since[MAX_SINCE - 1] = "too many".into();
+            }
+            state_now = Some(after.unwrap_or(before));
+        }
         if !c.is_zero() {
             let (model_before, model_after) = models.unzip();
             let e = LogEvent::Compute {
@@ -553,6 +640,14 @@ fn node_loop(
                 model_before,
                 model_after,
                 input: input_hash.take(),
+                start: started,
+                since: if state_before.is_some() {
+                    std::mem::take(&mut since)
+                } else {
+                    Vec::new()
+                },
+                state_before,
+                state_after,
             };
             if let Err(e) = record(&log, e) {
                 break Err(e);

@@ -271,7 +271,8 @@ impl OptimizerState {
         let err = |e: burn::store::RecordError| {
             NnError::Config(format!("cannot serialize the optimizer state: {e}"))
         };
-        let bytes = record.into_bytes().map_err(err)?;
+        let bytes = canonical(record.into_bytes().map_err(err)?)
+            .map_err(|e| NnError::Config(format!("cannot serialize the optimizer state: {e}")))?;
         let out = bytes.to_vec();
         self.record = Some(burn::optim::OptimizerRecord::from_bytes(bytes).map_err(err)?);
         Ok(out)
@@ -302,6 +303,27 @@ impl OptimizerState {
             record: Some(record),
         })
     }
+}
+
+/// A burnpack buffer written again with its tensors in name order. burn lays the tensors'
+/// data out in the order its optimizer's hash map yields them, which changes from process to
+/// process; so that the same state is the same bytes (audits name states by their hash), it
+/// is rewritten in the order the reader lists them.
+fn canonical(
+    bytes: burn::tensor::Bytes,
+) -> Result<burn::tensor::Bytes, burn::store::burn_pack::Error> {
+    use burn::store::burn_pack::{Reader, Writer};
+    let reader = Reader::from_bytes(bytes)?;
+    let scalars = reader.scalars().clone();
+    let metadata = reader.metadata().clone();
+    let mut writer = Writer::new(reader.into_tensors()?);
+    for (key, value) in &scalars {
+        writer = writer.with_scalar(key, *value);
+    }
+    for (key, value) in &metadata {
+        writer = writer.with_metadata(key, value);
+    }
+    writer.into_bytes()
 }
 
 /// Appends every parameter's gradient in `grads` to `out`, in visiting order (zeros for a

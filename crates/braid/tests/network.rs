@@ -1121,9 +1121,25 @@ fn launch_audited(d: &Path, out: &str, extra: &[&str]) {
 
 /// [`launch_audited`], returning how it ended.
 fn try_launch_audited(d: &Path, out: &str, extra: &[&str]) -> Output {
-    std::fs::write(
-        d.join("exp.toml"),
-        r#"name = "audited"
+    launch_file(d, "exp.toml", AUDITED, out, extra)
+}
+
+/// Writes `text` to `d/file` and launches it into `d/out` with `extra` arguments.
+fn launch_file(d: &Path, file: &str, text: &str, out: &str, extra: &[&str]) -> Output {
+    std::fs::write(d.join(file), text).unwrap();
+    let launch = braid()
+        .current_dir(d)
+        .args(["launch", file, "--out", out])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    finish(launch, Duration::from_secs(120), "launch")
+}
+
+/// The audited FedAvg run: 3 clients, 2 rounds of 4 local steps.
+const AUDITED: &str = r#"name = "audited"
 seed = 9
 [data]
 dataset = "fashion-mnist"
@@ -1139,19 +1155,7 @@ local_steps = 4
 [algorithm]
 name = "fedavg"
 rounds = 2
-"#,
-    )
-    .unwrap();
-    let launch = braid()
-        .current_dir(d)
-        .args(["launch", "exp.toml", "--out", out])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    finish(launch, Duration::from_secs(120), "launch")
-}
+"#;
 
 /// The standard output of a command that must have failed.
 fn failed(out: &Output) -> String {
@@ -1446,6 +1450,104 @@ fn audit_replay_confirms_an_honest_run_and_refutes_a_client_that_lies_about_its_
             String::from_utf8_lossy(&r.stderr).contains("2 claim(s) refuted"),
             "{lie}"
         );
+    }
+}
+
+/// An audited dsgd run: 3 peers on a ring with momentum, 12 local steps, gossip every 4.
+const AUDITED_DSGD: &str = r#"name = "audited-dsgd"
+seed = 9
+[data]
+dataset = "fashion-mnist"
+source = "bundled"
+[partition]
+clients = 3
+kind = "iid"
+[model]
+name = "mlp"
+[train]
+batch_size = 16
+optimizer = { name = "sgd", lr = 0.05, momentum = 0.9 }
+[algorithm]
+name = "dsgd"
+steps = 12
+eval_every = 12
+[decentralized]
+topology = { kind = "ring" }
+every = 4
+eval_samples = 100
+"#;
+
+#[test]
+fn audit_replay_rebuilds_each_dsgd_peers_state_from_the_run_and_refutes_a_lying_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Each peer trains at the start and after each of two gossip rounds (in one input, when
+    // the next round's gossip came first). Its first training starts from the peer as
+    // configured, each later one from the state the previous one logged plus the gossip
+    // received since (kept by its senders).
+    ok(
+        &launch_file(d, "dsgd.toml", AUDITED_DSGD, "honest", &[]),
+        "launch",
+    );
+    let r = audit(d, &["replay", "honest"]);
+    ok(&r, "replay of the honest dsgd run");
+    let out = String::from_utf8_lossy(&r.stdout);
+    let claims = out.lines().filter(|l| l.starts_with("node ")).count();
+    assert!(
+        (6..=9).contains(&claims)
+            && out.contains(&format!("{claims} confirmed, 0 refuted, 0 not checked"))
+            && out.matches("from the node as configured").count() == 3
+            && out.matches("from its previous training's state").count() == claims - 3,
+        "{out}"
+    );
+    let r = audit(d, &["replay", "honest", "--sample", "0.1", "--seed", "2"]);
+    ok(&r, "replay of 10%");
+    assert!(String::from_utf8_lossy(&r.stdout).contains("1 confirmed, 0 refuted"));
+    // A kept state that was changed cannot vouch for anything: here the state after peer 1's
+    // first training, from which its second is replayed.
+    let log = std::fs::read_to_string(d.join("honest/node-1/runlog.jsonl")).unwrap();
+    let after = log
+        .split("\"state_after\":\"")
+        .nth(1)
+        .and_then(|rest| rest.get(..64))
+        .unwrap();
+    let kept = d.join("honest/node-1/states").join(after);
+    let mut changed = std::fs::read(&kept).unwrap();
+    let last = changed.len() - 1;
+    changed[last] ^= 0x01;
+    std::fs::write(&kept, &changed).unwrap();
+    let out = failed(&audit(d, &["replay", "honest"]));
+    assert!(out.contains("does not hash to its name"), "{out}");
+
+    // Peer 2 lies three ways while its signed log looks honest: `verify` passes, replay refutes each of
+    // its trainings by node and entry, and confirms the other peers' (whose states took in
+    // its gossip as it was sent).
+    for lie in ["skip", "lr=0.5", "shard=0"] {
+        let out_dir = format!("lie-{}", lie.replace('=', "-"));
+        let extra = ["--dishonest", &format!("2={lie}")];
+        ok(
+            &launch_file(d, "dsgd.toml", AUDITED_DSGD, &out_dir, &extra),
+            "launch",
+        );
+        ok(&audit(d, &["verify", &out_dir]), "verify of a lying peer");
+        let out = failed(&audit(d, &["replay", &out_dir]));
+        let claims: Vec<&str> = out.lines().filter(|l| l.starts_with("node ")).collect();
+        let (liar, others): (Vec<&str>, Vec<&str>) =
+            claims.iter().partition(|l| l.starts_with("node 2 entry "));
+        assert!(
+            liar.len() >= 2
+                && liar
+                    .iter()
+                    .all(|l| l.contains("REFUTED: state after training"))
+                && others.iter().all(|l| l.contains(": confirmed: ")),
+            "{lie}: {out}"
+        );
+        let summary = format!(
+            "{} confirmed, {} refuted, 0 not checked",
+            others.len(),
+            liar.len()
+        );
+        assert!(out.contains(&summary), "{lie}: {out}");
     }
 }
 

@@ -225,6 +225,7 @@ fn braid_rounds(args: &BenchNetArgs) -> Result<Vec<f64>> {
             run_id: None,
             idle_timeout: None,
             keep_sent: None,
+            keep_states: None,
             governance: None,
         };
         let roster = roster.clone();

@@ -177,6 +177,9 @@ pub fn node(args: NodeArgs, registry: &Registry) -> Result<()> {
             dir: dir.join(braid_net::runlog::KEPT_DIR),
             kinds: algorithm.replay_inputs(),
         }),
+        // And, for nodes that carry state between inputs, their states around each training.
+        keep_states: (!algorithm.replay_inputs().is_empty())
+            .then(|| dir.join(braid_net::runlog::STATES_DIR)),
         governance: config.governance.clone().map(|g| {
             let to = g.report_dir.clone().unwrap_or_else(|| dir.clone());
             (g, to)

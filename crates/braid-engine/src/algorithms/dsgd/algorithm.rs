@@ -76,6 +76,9 @@ impl Algorithm for Dsgd {
     type Trainer = dyn PeerTrainer;
     const TABLES: &'static [&'static str] = &["decentralized"];
     const FEATURES: &'static [Feature] = &[Feature::Compression];
+    // A peer restored from its state before the gossip that completed a round redoes the
+    // mixing and the local steps that followed.
+    const REPLAY_INPUTS: &'static [&'static str] = &["gossip"];
 
     fn config(c: &ExperimentConfig) -> Result<DecentralizedConfig, Invalid> {
         common::check_compression(c, common::CompressionUse::Gossip)?;

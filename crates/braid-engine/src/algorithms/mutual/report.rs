@@ -95,7 +95,8 @@ fn write_mutual(
         BLUE,
         points.iter().map(|(m, _)| (x(m), m.accuracy)).collect(),
     )];
-    let optional: [(&str, RGBColor, fn(&MutualMetrics) -> Option<f64>); 2] = [
+    type Value = fn(&MutualMetrics) -> Option<f64>;
+    let optional: [(&str, RGBColor, Value); 2] = [
         ("peak models", RED, |m| m.peak_accuracy),
         ("FML global model", BLACK, |m| m.global_model_accuracy),
     ];

@@ -7,12 +7,20 @@
 //! the message, named by its SHA-256, and the sender's signed log names that hash. Replay
 //! builds the claimant's node afresh from the run's configuration (its shard, seed and
 //! settings), hands it the input and compares what it computes, bit for bit.
+//!
+//! A node that carries state between inputs (a dsgd peer) also logs the hashes of its whole
+//! state before and after each training, keeps those states, and lists the inputs it handled
+//! since its previous training. Replay starts from the state after the previous training (or
+//! from the node as the configuration builds it, for its first), re-handles those inputs (the
+//! gossip its neighbours kept), checks that they lead to the state the claim starts from,
+//! then re-does the training: so the state a claim starts from comes from the run, not from
+//! the claimant.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use braid_engine::algorithm::{Registered, Registry};
+use braid_engine::algorithm::{Registered, Registry, ReplayInput};
 use braid_engine::prepared::Prepared;
 use braid_engine::wire::NodeId;
 use braid_net::runlog::{self, LogEvent};
@@ -31,14 +39,35 @@ struct Claim {
     /// The model hashes before and after training (an honest node always logs both).
     models: Option<(String, String)>,
     input: Option<String>,
+    /// The run's start caused it.
+    start: bool,
     /// The `received` entry that backs it: the earliest receipt of its input before it that
     /// backs no earlier claim of the node (`None`: there is none).
     receipt: Option<u64>,
+    /// For a node that keeps state: its state hashes before and after the input.
+    states: Option<(String, String)>,
+    /// The inputs handled since the previous training, as logged.
+    since: Vec<String>,
+    /// Where the state the claim starts from comes from.
+    anchor: Anchor,
+}
+
+/// Where the state before a claim comes from.
+#[derive(Clone)]
+enum Anchor {
+    /// The node as the configuration builds it (its first training, not resumed).
+    Fresh,
+    /// The state after the node's previous training (its hash).
+    After(String),
+    /// Not from the run: the node resumed from its own checkpoint since, or logged no
+    /// state after its previous training (which the note says).
+    Own(&'static str),
 }
 
 /// What replay concluded about a claim.
 enum Verdict {
-    Confirmed,
+    /// Confirmed, with how its starting state was established.
+    Confirmed(&'static str),
     /// Replay computed something else: the claim is false.
     Refuted(String),
     /// The claim could not be checked (no input named, the input's copy missing).
@@ -97,7 +126,7 @@ pub fn replay(
     }
     if algorithm.replay_inputs().is_empty() {
         bail!(
-            "{} claims cannot be replayed yet: its nodes' training depends on state carried between inputs (replay covers the FedAvg family)",
+            "{} claims cannot be replayed yet (replay covers the FedAvg family, FedBuff and dsgd)",
             algorithm.name()
         );
     }
@@ -128,11 +157,11 @@ pub fn replay(
         );
         logged_s += c.seconds;
         match judge(c, &audit.logs, algorithm, &prepared, max_bytes) {
-            Verdict::Confirmed => {
+            Verdict::Confirmed(from) => {
                 confirmed += 1;
                 let (before, after) = c.models.as_ref().map_or(("", ""), |(b, a)| (b, a));
                 println!(
-                    "{at}: confirmed: model {}.. -> {}.., {} samples, {} FLOPs",
+                    "{at}: confirmed: model {}.. -> {}.., {} samples, {} FLOPs{from}",
                     short(before),
                     short(after),
                     c.train_samples,
@@ -167,11 +196,13 @@ fn short(hash: &str) -> &str {
 }
 
 /// Every compute entry that trained, in node and log order, each paired with the receipt
-/// of its input: one receipt backs one claim, so a claim cannot borrow the input of another.
+/// of its input (one receipt backs one claim, so a claim cannot borrow the input of another)
+/// and with where its starting state comes from.
 fn claims(logs: &[NodeLog]) -> Vec<Claim> {
     let mut out = Vec::new();
     for l in logs {
         let mut used = std::collections::BTreeSet::new();
+        let mut anchor = Anchor::Fresh;
         for e in &l.check.entries {
             let LogEvent::Compute {
                 round,
@@ -181,9 +212,18 @@ fn claims(logs: &[NodeLog]) -> Vec<Claim> {
                 model_before,
                 model_after,
                 input,
+                start,
+                state_before,
+                state_after,
+                since,
                 ..
             } = &e.event
             else {
+                if let LogEvent::Join { resumed: true, .. } = &e.event {
+                    anchor = Anchor::Own(
+                        "; from its own kept state (it resumed since its previous training)",
+                    );
+                }
                 continue;
             };
             if *train_samples == 0 {
@@ -203,6 +243,13 @@ fn claims(logs: &[NodeLog]) -> Vec<Claim> {
             if let Some(r) = receipt {
                 used.insert(r);
             }
+            let states = state_before.clone().zip(state_after.clone());
+            let next = match &states {
+                Some((_, after)) => Anchor::After(after.clone()),
+                None => {
+                    Anchor::Own("; from its own kept state (its previous training logged none)")
+                }
+            };
             out.push(Claim {
                 node: e.node,
                 seq: e.seq,
@@ -212,7 +259,11 @@ fn claims(logs: &[NodeLog]) -> Vec<Claim> {
                 seconds: *seconds,
                 models: model_before.clone().zip(model_after.clone()),
                 input: input.clone(),
+                start: *start,
                 receipt,
+                states,
+                since: since.clone(),
+                anchor: std::mem::replace(&mut anchor, next),
             });
         }
     }
@@ -242,130 +293,252 @@ fn log_of(logs: &[NodeLog], node: NodeId) -> Option<&NodeLog> {
     logs.iter().find(|l| l.check.node == Some(node))
 }
 
-/// Checks one claim: its input as the sender logged and kept it, then the replay.
-fn judge(
-    c: &Claim, logs: &[NodeLog], algorithm: &dyn Registered, prepared: &Prepared, max_bytes: u64,
-) -> Verdict {
-    let Some(input) = &c.input else {
-        return Verdict::Unchecked(
-            "the entry names no input message (written by a braid without replay, or training no message started)".into(),
-        );
-    };
-    if input.len() != 64 || !input.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Verdict::Refuted(format!("its input {input:?} is not a SHA-256"));
+/// A message a node received, from its sender's kept copy: the sender, as the receiver's
+/// `received` entry (number `receipt`, or else any before entry `before`) names it, must log
+/// sending it, and the copy must have the logged size and hash.
+fn kept_message(
+    node: NodeId, hash: &str, receipt: Option<u64>, before: u64, logs: &[NodeLog],
+    algorithm: &dyn Registered, max_bytes: u64,
+) -> Result<(NodeId, Vec<u8>), Verdict> {
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Verdict::Refuted(format!("input {hash:?} is not a SHA-256")));
     }
-    let Some((claimed_before, claimed_after)) = &c.models else {
-        return Verdict::Unchecked("it logs training without the model hashes".into());
-    };
-    let received = c.receipt.and_then(|seq| {
-        log_of(logs, c.node)?
-            .check
-            .entries
-            .iter()
-            .find_map(|e| match &e.event {
-                LogEvent::Received { from, what, .. } if e.seq == seq => {
-                    Some((*from, what.clone()))
-                }
-                _ => None,
-            })
+    let received = log_of(logs, node).and_then(|l| {
+        l.check.entries.iter().find_map(|e| match &e.event {
+            LogEvent::Received {
+                from,
+                what,
+                hash: h,
+                ..
+            } if receipt.map_or(e.seq < before && h == hash, |r| e.seq == r) => {
+                Some((*from, what.clone()))
+            }
+            _ => None,
+        })
     });
     let Some((from, what)) = received else {
-        return Verdict::Refuted(format!(
+        return Err(Verdict::Refuted(format!(
             "it names input {}.., which its log does not record receiving before the claim, other than for an earlier claim",
-            short(input)
-        ));
+            short(hash)
+        )));
     };
     if !algorithm.replay_inputs().contains(&what.as_str()) {
-        return Verdict::Unchecked(format!(
+        return Err(Verdict::Unchecked(format!(
             "a {what} input is not replayed for {} (replayed: {})",
             algorithm.name(),
             algorithm.replay_inputs().join(", ")
-        ));
+        )));
     }
     let Some(sender) = log_of(logs, from) else {
-        return Verdict::Unchecked(format!(
+        return Err(Verdict::Unchecked(format!(
             "there is no log of node {from}, the input's sender"
-        ));
+        )));
     };
     let sent = sender.check.entries.iter().find_map(|e| match &e.event {
         LogEvent::Sent {
-            to, hash, bytes, ..
-        } if *to == c.node && hash == input => Some(*bytes),
+            to, hash: h, bytes, ..
+        } if *to == node && h == hash => Some(*bytes),
         _ => None,
     });
     let Some(size) = sent else {
-        return Verdict::Refuted(format!(
+        return Err(Verdict::Refuted(format!(
             "node {from}'s log does not record sending it input {}..",
-            short(input)
+            short(hash)
+        )));
+    };
+    let dir = sender.path.parent().unwrap_or(Path::new("."));
+    let bytes = read_kept(
+        &dir.join(runlog::KEPT_DIR).join(hash),
+        size,
+        max_bytes,
+        "the sender's copy of the input",
+    )?;
+    Ok((from, bytes))
+}
+
+/// A kept file named by its SHA-256: `size` bytes if known (at most `max` in any case),
+/// hashing to its name.
+fn read_kept(path: &Path, size: u64, max: u64, what: &str) -> Result<Vec<u8>, Verdict> {
+    let unreadable = |e: std::io::Error| {
+        Verdict::Unchecked(format!("{what}, {}, cannot be read ({e})", path.display()))
+    };
+    // Its size, within the limit, before it is read.
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() && (size == 0 || m.len() == size) && m.len() <= max => {}
+        Ok(m) => {
+            return Err(Verdict::Unchecked(format!(
+                "{} is {} bytes, not {} (at most {max})",
+                path.display(),
+                m.len(),
+                if size == 0 {
+                    "a kept state's size".to_string()
+                } else {
+                    format!("the {size} logged")
+                }
+            )))
+        }
+        Err(e) => return Err(unreadable(e)),
+    }
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    match std::fs::read(path) {
+        Ok(b) if runlog::sha256_hex(&b) == name => Ok(b),
+        Ok(_) => Err(Verdict::Unchecked(format!(
+            "{} does not hash to its name: {what} was changed",
+            path.display()
+        ))),
+        Err(e) => Err(unreadable(e)),
+    }
+}
+
+/// Checks one claim: its inputs as their senders logged and kept them, the state it starts
+/// from, then the replay.
+fn judge(
+    c: &Claim, logs: &[NodeLog], algorithm: &dyn Registered, prepared: &Prepared, max_bytes: u64,
+) -> Verdict {
+    match replay_claim(c, logs, algorithm, prepared, max_bytes) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+fn replay_claim(
+    c: &Claim, logs: &[NodeLog], algorithm: &dyn Registered, prepared: &Prepared, max_bytes: u64,
+) -> Result<Verdict, Verdict> {
+    let Some((claimed_before, claimed_after)) = &c.models else {
+        return Err(Verdict::Unchecked(
+            "it logs training without the model hashes".into(),
         ));
     };
-    let copy: PathBuf = sender
-        .path
-        .parent()
+    // The claim's own input.
+    let own = match (&c.input, c.start) {
+        (_, true) => None,
+        (Some(hash), false) => Some(kept_message(c.node, hash, c.receipt, c.seq, logs, algorithm, max_bytes)?),
+        (None, false) => return Err(Verdict::Unchecked(
+            "the entry names no input message (written by a braid without replay, or a deadline started the training)".into(),
+        )),
+    };
+    // Where it starts: the run's state and the inputs since, or the node's own kept state.
+    let states_dir = log_of(logs, c.node)
+        .and_then(|l| l.path.parent())
         .unwrap_or(Path::new("."))
-        .join(runlog::KEPT_DIR)
-        .join(input);
-    // Its size as logged, within the run's message limit, before it is read.
-    match std::fs::metadata(&copy) {
-        Ok(m) if m.is_file() && m.len() == size && size <= max_bytes => {}
-        Ok(m) => {
-            return Verdict::Unchecked(format!(
-                "{} is {} bytes, not the {size} its sender logged (at most {max_bytes})",
-                copy.display(),
-                m.len()
-            ))
+        .join(runlog::STATES_DIR);
+    let state_limit = max_bytes.saturating_mul(8);
+    let (state, since, from) = match (&c.states, &c.anchor) {
+        (None, _) => (None, Vec::new(), ""),
+        (Some((before, _)), Anchor::Own(note)) => {
+            let path = states_dir.join(before);
+            let s = read_kept(&path, 0, state_limit, "the node's kept state")?;
+            (Some(s), Vec::new(), *note)
         }
-        Err(e) => {
-            return Verdict::Unchecked(format!(
-                "the sender's copy of the input, {}, cannot be read ({e})",
-                copy.display()
-            ))
+        (Some(_), anchor) => {
+            let state = match anchor {
+                Anchor::After(h) => Some(read_kept(
+                    &states_dir.join(h),
+                    0,
+                    state_limit,
+                    "the node's kept state",
+                )?),
+                _ => None,
+            };
+            let mut since = Vec::new();
+            for tag in &c.since {
+                match tag.as_str() {
+                    "start" if matches!(anchor, Anchor::Fresh) && since.is_empty() => {}
+                    "start" | "deadline" | "unknown" | "too many" => {
+                        return Err(Verdict::Unchecked(format!(
+                            "a {tag} input came between it and the previous training"
+                        )))
+                    }
+                    hash => since.push(kept_message(
+                        c.node, hash, None, c.seq, logs, algorithm, max_bytes,
+                    )?),
+                }
+            }
+            let note = if matches!(anchor, Anchor::Fresh) {
+                "; from the node as configured"
+            } else {
+                "; from its previous training's state"
+            };
+            (state, since, note)
         }
+    };
+    let fresh_start =
+        matches!(c.anchor, Anchor::Fresh) && c.since.first().is_some_and(|t| t == "start");
+    let mut inputs: Vec<ReplayInput<'_>> = Vec::new();
+    if fresh_start {
+        inputs.push(ReplayInput::Start);
     }
-    let bytes = match std::fs::read(&copy) {
-        Ok(b) if runlog::sha256_hex(&b) == *input => b,
-        Ok(_) => {
-            return Verdict::Unchecked(format!(
-                "{} does not hash to its name: the sender's copy was changed",
-                copy.display()
-            ))
-        }
-        Err(e) => {
-            return Verdict::Unchecked(format!(
-                "the sender's copy of the input, {}, cannot be read ({e})",
-                copy.display()
-            ))
-        }
+    inputs.extend(
+        since
+            .iter()
+            .map(|(from, bytes)| ReplayInput::Message { from: *from, bytes }),
+    );
+    inputs.push(match &own {
+        None => ReplayInput::Start,
+        Some((from, bytes)) => ReplayInput::Message { from: *from, bytes },
+    });
+    let replayed = algorithm
+        .replay(prepared, c.node, state.as_deref(), &inputs)
+        .map_err(|e| Verdict::Unchecked(format!("replay failed: {e}")))?;
+    let Some(r) = replayed.last() else {
+        return Err(Verdict::Unchecked("replay returned nothing".into()));
     };
-    let r = match algorithm.replay(prepared, c.node, from, &bytes) {
-        Ok(r) => r,
-        Err(e) => return Verdict::Unchecked(format!("replay failed: {e}")),
-    };
-    let Some((before, after)) = r.models else {
-        return Verdict::Refuted(format!(
+    let Some((before, after)) = &r.models else {
+        return Ok(Verdict::Refuted(format!(
             "given that input, node {} does not train (it logged {} samples)",
             c.node, c.train_samples
-        ));
+        )));
     };
     let mut wrong = Vec::new();
+    match (&c.states, &r.states) {
+        (None, Some(_)) => {
+            return Err(Verdict::Unchecked(
+                "the node carries state between inputs, and the entry logs none".into(),
+            ))
+        }
+        (Some((logged_before, logged_after)), Some((state_before, state_after))) => {
+            if state_before != logged_before {
+                wrong.push(format!(
+                    "it claims to start from state {}.., but {} gives {}..",
+                    short(logged_before),
+                    if from.contains("own") {
+                        "its kept state"
+                    } else {
+                        "the run"
+                    },
+                    short(state_before)
+                ));
+            }
+            if state_after != logged_after {
+                wrong.push(format!(
+                    "state after training: logged {}.., replay gives {}..",
+                    short(logged_after),
+                    short(state_after)
+                ));
+            }
+        }
+        _ => {}
+    }
     if r.round != c.round {
         wrong.push(format!(
             "it is logged for round {:?}, but its input is of round {:?}",
             c.round, r.round
         ));
     }
-    if before != *claimed_before {
+    if before != claimed_before {
         wrong.push(format!(
             "it claims to have trained from model {}.., but the input gives {}..",
             short(claimed_before),
-            short(&before)
+            short(before)
         ));
     }
-    if after != *claimed_after {
+    if after != claimed_after {
         wrong.push(format!(
             "model after training: logged {}.., replay gives {}..",
             short(claimed_after),
-            short(&after)
+            short(after)
         ));
     }
     if r.compute.train_samples != c.train_samples {
@@ -380,17 +553,18 @@ fn judge(
             c.flops, r.compute.flops
         ));
     }
-    if wrong.is_empty() {
-        Verdict::Confirmed
+    Ok(if wrong.is_empty() {
+        Verdict::Confirmed(from)
     } else {
         Verdict::Refuted(wrong.join("; "))
-    }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use braid_net::runlog::{Entry, LogCheck};
+    use std::path::PathBuf;
 
     fn entry(seq: u64, event: LogEvent) -> Entry {
         Entry {
@@ -414,6 +588,10 @@ mod tests {
                 model_before: Some("b".into()),
                 model_after: Some("a".into()),
                 input: Some(input.into()),
+                start: false,
+                state_before: None,
+                state_after: None,
+                since: Vec::new(),
             },
         )
     }
