@@ -65,6 +65,15 @@ pub fn model_hash(params: &[f32]) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// SHA-256 of `bytes`, as lowercase hex: the name of a message, a kept state or a file in logs
+/// and audits.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// What a [`Meter`] has counted since it was last read.
 #[derive(Debug, Default)]
 struct Metering {

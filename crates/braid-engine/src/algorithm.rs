@@ -177,6 +177,12 @@ pub trait Algorithm: Send + Sync + 'static {
     /// `braid audit replay` re-executes the claims. Empty (the default): not replayed.
     const REPLAY_INPUTS: &'static [&'static str] = &[];
 
+    /// Why node `id`'s training claims are not replayed, if they are not (its state before
+    /// an input is not kept: a node that checkpoints only between rounds or epochs).
+    fn not_replayed(_id: NodeId) -> Option<&'static str> {
+        None
+    }
+
     /// The simulated-time model of the run, if it keeps simulated time.
     fn timing(_prepared: &Prepared, _settings: &Self::Config) -> Option<Timing> {
         None
@@ -268,6 +274,8 @@ pub trait Registered: Send + Sync {
     fn deploy(&self, prepared: &Prepared, id: NodeId) -> EngineResult<Box<dyn WireNode>>;
     /// See [`Algorithm::REPLAY_INPUTS`].
     fn replay_inputs(&self) -> &'static [&'static str];
+    /// See [`Algorithm::not_replayed`].
+    fn not_replayed(&self, id: NodeId) -> Option<&'static str>;
     /// Re-executes what node `id`, built afresh and given `state` (as
     /// [`crate::checkpoint::encode_state`] wrote it; `None`: as built), does with `inputs`,
     /// one after the other: for each, the compute it spends, the model hashes around its
@@ -310,6 +318,9 @@ pub struct Replayed {
     /// For a node that keeps state: the SHA-256 of its encoded state before the input and
     /// after it.
     pub states: Option<(String, String)>,
+    /// The messages it sent while handling the input: receiver and SHA-256 of the frame (as
+    /// a `sent` log entry names them).
+    pub sent: Vec<(NodeId, String)>,
 }
 
 /// The algorithms and models a program knows, by name.

@@ -168,15 +168,6 @@ pub fn encode_state(state: NodeState) -> EngineResult<Vec<u8>> {
     .encode()
 }
 
-/// The SHA-256 (hex) of a state as [`encode_state`] encodes it: its name in audits.
-pub fn state_hash(encoded: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(encoded)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// Reads what [`encode_state`] wrote (`path` only names it in errors).
 pub fn decode_state(bytes: &[u8], path: &Path) -> EngineResult<NodeState> {
     Ok(Checkpoint::<serde_json::Value>::decode(bytes, path)?.state)

@@ -201,6 +201,10 @@ impl<A: Algorithm> Registered for Entry<A> {
         A::REPLAY_INPUTS
     }
 
+    fn not_replayed(&self, id: NodeId) -> Option<&'static str> {
+        A::not_replayed(id)
+    }
+
     fn replay(
         &self, prepared: &Prepared, id: NodeId, state: Option<&[u8]>, inputs: &[ReplayInput<'_>],
     ) -> EngineResult<Vec<Replayed>> {
@@ -214,7 +218,7 @@ impl<A: Algorithm> Registered for Entry<A> {
         let state_hash = |node: &dyn WireNode| -> EngineResult<Option<String>> {
             node.save_state()
                 .map(|s| {
-                    crate::checkpoint::encode_state(s).map(|b| crate::checkpoint::state_hash(&b))
+                    crate::checkpoint::encode_state(s).map(|b| crate::accounting::sha256_hex(&b))
                 })
                 .transpose()
         };
@@ -234,11 +238,17 @@ impl<A: Algorithm> Registered for Entry<A> {
                 Err(e) => return Err(e),
             }
             let after = state_hash(node.as_ref())?;
+            let sent = handled
+                .outbox
+                .iter()
+                .map(|(to, m)| (*to, crate::accounting::sha256_hex(&m.bytes)))
+                .collect();
             out.push(Replayed {
                 compute: handled.compute,
                 models: handled.models,
                 round,
                 states: before.clone().zip(after.clone()),
+                sent,
             });
             before = after;
         }

@@ -252,6 +252,15 @@ fn no_models() -> EngineError {
 }
 
 impl BurnTrainer {
+    /// The learning-rate factor of a `--dishonest lr=F` participant (1 for everyone else):
+    /// mutual and split learning's lie (their training takes no other).
+    fn lr_factor(&self) -> f64 {
+        match &self.dishonesty {
+            Some((Dishonesty::LearningRate(f), _)) => *f,
+            _ => 1.0,
+        }
+    }
+
     fn split_part(&mut self) -> EngineResult<&mut SplitTrainer> {
         self.split.as_mut().ok_or_else(|| {
             EngineError::Unsupported(
@@ -270,7 +279,7 @@ impl MutualSteps for BurnTrainer {
             alpha,
             temperature: self.mutual_spec.0,
             supervised: self.mutual_spec.1,
-            lr_scale,
+            lr_scale: lr_scale * self.lr_factor(),
         };
         let data = Arc::clone(&self.data);
         let (trainer, _) = self.mutual.as_mut().ok_or_else(no_models)?;
@@ -329,6 +338,7 @@ impl SplitSteps for BurnTrainer {
         lr_scale: f64,
     ) -> EngineResult<ServerStep> {
         let opt = self.spec.optimizer.clone();
+        let lr_scale = lr_scale * self.lr_factor();
         Ok(self
             .split_part()?
             .server_step(params, acts, labels, &opt, state, lr_scale)?)
@@ -337,6 +347,7 @@ impl SplitSteps for BurnTrainer {
         &mut self, params: &[f32], grad: &[f32], state: &mut OptimizerState, lr_scale: f64,
     ) -> EngineResult<Vec<f32>> {
         let opt = self.spec.optimizer.clone();
+        let lr_scale = lr_scale * self.lr_factor();
         Ok(self
             .split_part()?
             .client_update(params, grad, &opt, state, lr_scale)?)

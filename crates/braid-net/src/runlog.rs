@@ -25,7 +25,6 @@ use braid_engine::wire::NodeId;
 use libp2p::identity::{Keypair, PublicKey};
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::identity::{hex, unhex};
 use crate::NetError;
@@ -35,12 +34,7 @@ pub fn hash_bytes(hex: &str) -> Option<[u8; 32]> {
     unhex(hex).and_then(|b| <[u8; 32]>::try_from(b).ok())
 }
 
-/// SHA-256 of `bytes`, as lowercase hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
-}
-
-pub use braid_engine::accounting::model_hash;
+pub use braid_engine::accounting::{model_hash, sha256_hex};
 
 /// The folder, beside a node's run log, holding copies of the messages it sent from which an
 /// auditor replays training (named by their SHA-256; see `RuntimeOptions::keep_sent`).

@@ -179,7 +179,7 @@ impl KeptState {
         let bytes = braid_engine::checkpoint::encode_state(state)
             .map_err(|e| NetError::Node(e.to_string()))?;
         Ok(Some(Self {
-            hash: braid_engine::checkpoint::state_hash(&bytes),
+            hash: braid_engine::accounting::sha256_hex(&bytes),
             bytes,
             version,
         }))

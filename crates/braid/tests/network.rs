@@ -1551,6 +1551,95 @@ fn audit_replay_rebuilds_each_dsgd_peers_state_from_the_run_and_refutes_a_lying_
     }
 }
 
+/// An example config of the repository, as text.
+fn example(path: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(path),
+    )
+    .unwrap()
+}
+
+#[test]
+fn audit_replay_covers_mutual_learning_and_split_learning_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // DFML, 4 clients, 3 rounds: each round's aggregator trains (its own model and the
+    // senders'), from its state as the run built it.
+    let dfml = example("examples/dfml/dfml.toml");
+    let small = [
+        "--set",
+        "data.source=bundled",
+        "--set",
+        "data.train_limit=600",
+        "--set",
+        "data.test_limit=300",
+        "--set",
+        "algorithm.rounds=3",
+        "--set",
+        "partition.clients=4",
+        "--set",
+        "mutual.eval_samples=100",
+        "--set",
+        "mutual.senders=2",
+    ];
+    ok(
+        &launch_file(d, "dfml.toml", &dfml, "dfml", &small),
+        "launch",
+    );
+    let r = audit(d, &["replay", "dfml"]);
+    ok(&r, "replay of DFML");
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(
+        out.contains("3 confirmed, 0 refuted, 0 not checked"),
+        "{out}"
+    );
+    // Client 1 trains at half the learning rate: its training is refuted, by its state and by
+    // the models it sent back.
+    let lying = [&small[..], &["--dishonest", "1=lr=0.5"]].concat();
+    ok(
+        &launch_file(d, "dfml.toml", &dfml, "dfml-lie", &lying),
+        "launch",
+    );
+    let out = failed(&audit(d, &["replay", "dfml-lie"]));
+    let refuted: Vec<&str> = out.lines().filter(|l| l.contains("REFUTED")).collect();
+    assert!(
+        refuted.len() == 1
+            && refuted[0].starts_with("node 1 entry ")
+            && refuted[0].contains("state after training")
+            && refuted[0].contains("which its log does not record sending"),
+        "{out}"
+    );
+    // GPSL, 5 clients, 2 epochs: every client step is confirmed (its gradient as sent); the
+    // server's steps are listed as not replayed, with why.
+    let small = [
+        "--set",
+        "data.source=bundled",
+        "--set",
+        "data.train_limit=640",
+        "--set",
+        "data.test_limit=300",
+        "--set",
+        "algorithm.rounds=2",
+        "--set",
+        "partition.clients=5",
+    ];
+    let gpsl = example("examples/split/gpsl.toml");
+    ok(
+        &launch_file(d, "gpsl.toml", &gpsl, "gpsl", &small),
+        "launch",
+    );
+    let r = audit(d, &["replay", "gpsl"]);
+    ok(&r, "replay of GPSL");
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(
+        out.contains("node 0: 10 training claim(s) not replayed: the split server checkpoints once per epoch")
+            && out.contains("50 confirmed, 0 refuted, 0 not checked"),
+        "{out}"
+    );
+}
+
 /// Node `node`'s report on `measure` in `d/dir` (its name ends with the run id's start).
 fn report_file(d: &Path, dir: &str, node: u32, measure: &str) -> std::path::PathBuf {
     let start = format!("threshold-{measure}-node-{node}-");

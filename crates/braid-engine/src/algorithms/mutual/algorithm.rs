@@ -345,6 +345,8 @@ macro_rules! mutual_algorithm {
             type Trainer = dyn MutualLearner;
             const TABLES: &'static [&'static str] = &["mutual"];
             const FEATURES: &'static [Feature] = &[Feature::Compression];
+            // A client restored from its state before a model message redoes its training.
+            const REPLAY_INPUTS: &'static [&'static str] = &["mutual-model"];
 
             fn config(c: &ExperimentConfig) -> Result<MutualRun, Invalid> {
                 mutual_run(c, $variant)

@@ -65,6 +65,19 @@ impl Algorithm for Split {
     type Trainer = dyn SplitLearner;
     const TABLES: &'static [&'static str] = &["split"];
     const FEATURES: &'static [Feature] = &[Feature::Compression];
+    // Every message of a step: a server or client restored from its state redoes its side.
+    const REPLAY_INPUTS: &'static [&'static str] = &[
+        "split-request",
+        "split-activations",
+        "split-gradient",
+        "split-client-grad",
+    ];
+
+    fn not_replayed(id: NodeId) -> Option<&'static str> {
+        (id == SERVER).then_some(
+            "the split server checkpoints once per epoch, so the state a step starts from is not kept",
+        )
+    }
 
     fn instead(feature: Feature) -> Option<&'static str> {
         (feature == Feature::Latency).then_some("split learning has [split.latency]")

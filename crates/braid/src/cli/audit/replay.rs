@@ -117,7 +117,19 @@ pub fn replay(
         }
     }
     let algorithm = registry.of(&cfg).map_err(anyhow::Error::msg)?;
-    let claims = claims(&audit.logs);
+    let (claims, skipped): (Vec<Claim>, Vec<Claim>) = claims(&audit.logs)
+        .into_iter()
+        .partition(|c| algorithm.not_replayed(c.node).is_none());
+    let mut skipped_nodes = std::collections::BTreeMap::new();
+    for c in &skipped {
+        *skipped_nodes.entry(c.node).or_insert(0usize) += 1;
+    }
+    for (node, n) in &skipped_nodes {
+        println!(
+            "node {node}: {n} training claim(s) not replayed: {}",
+            algorithm.not_replayed(*node).unwrap_or_default()
+        );
+    }
     if claims.is_empty() {
         bail!(
             "no training claims (compute entries that trained) in the logs of {}",
@@ -125,10 +137,7 @@ pub fn replay(
         );
     }
     if algorithm.replay_inputs().is_empty() {
-        bail!(
-            "{} claims cannot be replayed yet (replay covers the FedAvg family, FedBuff and dsgd)",
-            algorithm.name()
-        );
+        bail!("{} claims cannot be replayed yet", algorithm.name());
     }
     let chosen = choose(&claims, sample, seed);
     let max_bytes = cfg
@@ -159,9 +168,13 @@ pub fn replay(
         match judge(c, &audit.logs, algorithm, &prepared, max_bytes) {
             Verdict::Confirmed(from) => {
                 confirmed += 1;
-                let (before, after) = c.models.as_ref().map_or(("", ""), |(b, a)| (b, a));
+                let (what, (before, after)) = match (&c.models, &c.states) {
+                    (Some((b, a)), _) => ("model", (b.as_str(), a.as_str())),
+                    (None, Some((b, a))) => ("state", (b.as_str(), a.as_str())),
+                    (None, None) => ("model", ("", "")),
+                };
                 println!(
-                    "{at}: confirmed: model {}.. -> {}.., {} samples, {} FLOPs{from}",
+                    "{at}: confirmed: {what} {}.. -> {}.., {} samples, {} FLOPs{from}",
                     short(before),
                     short(after),
                     c.train_samples,
@@ -406,11 +419,12 @@ fn judge(
 fn replay_claim(
     c: &Claim, logs: &[NodeLog], algorithm: &dyn Registered, prepared: &Prepared, max_bytes: u64,
 ) -> Result<Verdict, Verdict> {
-    let Some((claimed_before, claimed_after)) = &c.models else {
+    // A node that keeps state is checked by its whole state; others by their model hashes.
+    if c.models.is_none() && c.states.is_none() {
         return Err(Verdict::Unchecked(
             "it logs training without the model hashes".into(),
         ));
-    };
+    }
     // The claim's own input.
     let own = match (&c.input, c.start) {
         (_, true) => None,
@@ -485,12 +499,12 @@ fn replay_claim(
     let Some(r) = replayed.last() else {
         return Err(Verdict::Unchecked("replay returned nothing".into()));
     };
-    let Some((before, after)) = &r.models else {
+    if r.compute.train_samples == 0 {
         return Ok(Verdict::Refuted(format!(
             "given that input, node {} does not train (it logged {} samples)",
             c.node, c.train_samples
         )));
-    };
+    }
     let mut wrong = Vec::new();
     match (&c.states, &r.states) {
         (None, Some(_)) => {
@@ -503,7 +517,7 @@ fn replay_claim(
                 wrong.push(format!(
                     "it claims to start from state {}.., but {} gives {}..",
                     short(logged_before),
-                    if from.contains("own") {
+                    if matches!(c.anchor, Anchor::Own(_)) {
                         "its kept state"
                     } else {
                         "the run"
@@ -527,19 +541,29 @@ fn replay_claim(
             c.round, r.round
         ));
     }
-    if before != claimed_before {
-        wrong.push(format!(
-            "it claims to have trained from model {}.., but the input gives {}..",
-            short(claimed_before),
-            short(before)
-        ));
-    }
-    if after != claimed_after {
-        wrong.push(format!(
-            "model after training: logged {}.., replay gives {}..",
-            short(claimed_after),
-            short(after)
-        ));
+    match (&c.models, &r.models) {
+        (Some((claimed_before, claimed_after)), Some((before, after))) => {
+            if before != claimed_before {
+                wrong.push(format!(
+                    "it claims to have trained from model {}.., but the input gives {}..",
+                    short(claimed_before),
+                    short(before)
+                ));
+            }
+            if after != claimed_after {
+                wrong.push(format!(
+                    "model after training: logged {}.., replay gives {}..",
+                    short(claimed_after),
+                    short(after)
+                ));
+            }
+        }
+        (None, None) => {}
+        (logged, replayed) => wrong.push(format!(
+            "model hashes: {} logged, {} in replay",
+            if logged.is_some() { "some" } else { "none" },
+            if replayed.is_some() { "some" } else { "none" }
+        )),
     }
     if r.compute.train_samples != c.train_samples {
         wrong.push(format!(
@@ -552,6 +576,22 @@ fn replay_claim(
             "FLOPs: logged {}, replay {}",
             c.flops, r.compute.flops
         ));
+    }
+    // What it sent while handling the input must be what its log says it sent after it.
+    let log = log_of(logs, c.node);
+    for (to, hash) in &r.sent {
+        let logged = log.is_some_and(|l| {
+            l.check.entries.iter().any(|e| {
+                e.seq > c.seq
+                    && matches!(&e.event, LogEvent::Sent { to: t, hash: h, .. } if t == to && h == hash)
+            })
+        });
+        if !logged {
+            wrong.push(format!(
+                "replay sends node {to} message {}.., which its log does not record sending",
+                short(hash)
+            ));
+        }
     }
     Ok(if wrong.is_empty() {
         Verdict::Confirmed(from)
