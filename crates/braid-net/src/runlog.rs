@@ -40,6 +40,20 @@ pub use braid_engine::accounting::{model_hash, sha256_hex};
 /// auditor replays training (named by their SHA-256; see `RuntimeOptions::keep_sent`).
 pub const KEPT_DIR: &str = "sent";
 
+/// Entries of a `compute` entry's `since` list that are not message hashes: the run's start,
+/// a deadline, a message whose hash the runtime did not have, and the mark of a list cut at
+/// its length limit.
+pub mod since {
+    /// The run's start.
+    pub const START: &str = "start";
+    /// A deadline passed.
+    pub const DEADLINE: &str = "deadline";
+    /// A message without a hash.
+    pub const UNKNOWN: &str = "unknown";
+    /// The list reached its limit; what followed is not listed.
+    pub const TOO_MANY: &str = "too many";
+}
+
 /// The folder, beside a node's run log, holding its states around each training it logged,
 /// for nodes that carry state between inputs (named by their SHA-256; see
 /// `RuntimeOptions::keep_states`).

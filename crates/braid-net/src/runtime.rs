@@ -50,7 +50,7 @@ use tracing::{debug, info, warn};
 
 use crate::codec::{Ack, Frame, FrameCodec, PROTOCOL, RUN_ID_BYTES};
 use crate::roster::Roster;
-use crate::runlog::{model_hash, sha256_hex, LogEvent, RunLog};
+use crate::runlog::{model_hash, sha256_hex, since, LogEvent, RunLog};
 use crate::NetError;
 
 /// How a node process talks to the network.
@@ -148,14 +148,20 @@ impl KeepSent {
         if !self.kinds.contains(&what) {
             return Ok(());
         }
-        let path = self.dir.join(hash);
-        if path.exists() {
-            return Ok(());
-        }
-        std::fs::create_dir_all(&self.dir)
-            .map_err(|e| NetError::Io(format!("cannot create {}: {e}", self.dir.display())))?;
-        braid_engine::report::write_atomic(&path, bytes).map_err(NetError::Io)
+        keep_named(&self.dir, hash, bytes)
     }
+}
+
+/// Writes `bytes` to `dir/name` atomically, unless that file is there already (a kept copy
+/// is named by its content's SHA-256).
+fn keep_named(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), NetError> {
+    let path = dir.join(name);
+    if path.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| NetError::Io(format!("cannot create {}: {e}", dir.display())))?;
+    braid_engine::report::write_atomic(&path, bytes).map_err(NetError::Io)
 }
 
 /// The most inputs listed between two trainings of a node (a log entry's `since`).
@@ -187,13 +193,7 @@ impl KeptState {
 
     /// Writes it to `dir`, named by its hash, unless it is there already.
     fn keep(&self, dir: &Path) -> Result<(), NetError> {
-        let path = dir.join(&self.hash);
-        if path.exists() {
-            return Ok(());
-        }
-        std::fs::create_dir_all(dir)
-            .map_err(|e| NetError::Io(format!("cannot create {}: {e}", dir.display())))?;
-        braid_engine::report::write_atomic(&path, &self.bytes).map_err(NetError::Io)
+        keep_named(dir, &self.hash, &self.bytes)
     }
 }
 
@@ -528,7 +528,7 @@ fn node_loop(
     // With `states`: the node's state as it stands, encoded, with its hash and version, and
     // the inputs handled since its latest training.
     let mut state_now: Option<KeptState> = None;
-    let mut since: Vec<String> = Vec::new();
+    let mut inputs_since: Vec<String> = Vec::new();
     let result = loop {
         // What to do next: start, a message, or a deadline.
         // The SHA-256 of the message being handled, for its compute entry.
@@ -583,9 +583,9 @@ fn node_loop(
         let round = node.round_of(&input);
         let started = matches!(input, WireInput::Start);
         let tag = match &input {
-            WireInput::Start => "start".to_string(),
-            WireInput::Deadline(_) => "deadline".to_string(),
-            WireInput::Message(..) => input_hash.clone().unwrap_or_else(|| "unknown".into()),
+            WireInput::Start => since::START.to_string(),
+            WireInput::Deadline(_) => since::DEADLINE.to_string(),
+            WireInput::Message(..) => input_hash.clone().unwrap_or_else(|| since::UNKNOWN.into()),
         };
         if states.is_some() && state_now.is_none() {
             match KeptState::of(node.as_ref()) {
@@ -620,12 +620,12 @@ fn node_loop(
                 }
                 state_before = Some(before.hash.clone());
                 state_after = Some(now.hash.clone());
-            } else if since.len() < MAX_SINCE {
-                since.push(tag);
+            } else if inputs_since.len() < MAX_SINCE {
+                inputs_since.push(tag);
             } else {
                 // A node that has not trained for this long (a server, a monitor): the list
                 // stops growing, and a training after it is not replayed from the run.
-                since[MAX_SINCE - 1] = "too many".into();
+                inputs_since[MAX_SINCE - 1] = since::TOO_MANY.into();
             }
             state_now = Some(after.unwrap_or(before));
         }
@@ -642,7 +642,7 @@ fn node_loop(
                 input: input_hash.take(),
                 start: started,
                 since: if state_before.is_some() {
-                    std::mem::take(&mut since)
+                    std::mem::take(&mut inputs_since)
                 } else {
                     Vec::new()
                 },

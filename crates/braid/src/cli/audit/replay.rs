@@ -362,32 +362,30 @@ fn kept_message(
     let dir = sender.path.parent().unwrap_or(Path::new("."));
     let bytes = read_kept(
         &dir.join(runlog::KEPT_DIR).join(hash),
-        size,
+        Some(size),
         max_bytes,
         "the sender's copy of the input",
     )?;
     Ok((from, bytes))
 }
 
-/// A kept file named by its SHA-256: `size` bytes if known (at most `max` in any case),
-/// hashing to its name.
-fn read_kept(path: &Path, size: u64, max: u64, what: &str) -> Result<Vec<u8>, Verdict> {
+/// A kept file named by its SHA-256: `size` bytes if its size was logged (at most `max` in
+/// any case), hashing to its name.
+fn read_kept(path: &Path, size: Option<u64>, max: u64, what: &str) -> Result<Vec<u8>, Verdict> {
     let unreadable = |e: std::io::Error| {
         Verdict::Unchecked(format!("{what}, {}, cannot be read ({e})", path.display()))
     };
     // Its size, within the limit, before it is read.
     match std::fs::metadata(path) {
-        Ok(m) if m.is_file() && (size == 0 || m.len() == size) && m.len() <= max => {}
+        Ok(m) if m.is_file() && size.is_none_or(|s| m.len() == s) && m.len() <= max => {}
         Ok(m) => {
             return Err(Verdict::Unchecked(format!(
                 "{} is {} bytes, not {} (at most {max})",
                 path.display(),
                 m.len(),
-                if size == 0 {
-                    "a kept state's size".to_string()
-                } else {
-                    format!("the {size} logged")
-                }
+                size.map_or("a kept state's size".to_string(), |s| format!(
+                    "the {s} logged"
+                ))
             )))
         }
         Err(e) => return Err(unreadable(e)),
@@ -443,31 +441,37 @@ fn replay_claim(
         (None, _) => (None, Vec::new(), ""),
         (Some((before, _)), Anchor::Own(note)) => {
             let path = states_dir.join(before);
-            let s = read_kept(&path, 0, state_limit, "the node's kept state")?;
+            let s = read_kept(&path, None, state_limit, "the node's kept state")?;
             (Some(s), Vec::new(), *note)
         }
         (Some(_), anchor) => {
             let state = match anchor {
                 Anchor::After(h) => Some(read_kept(
                     &states_dir.join(h),
-                    0,
+                    None,
                     state_limit,
                     "the node's kept state",
                 )?),
                 _ => None,
             };
+            // Each input since: a kept message, or (`None`) the start of a fresh node.
             let mut since = Vec::new();
             for tag in &c.since {
                 match tag.as_str() {
-                    "start" if matches!(anchor, Anchor::Fresh) && since.is_empty() => {}
-                    "start" | "deadline" | "unknown" | "too many" => {
+                    runlog::since::START if matches!(anchor, Anchor::Fresh) && since.is_empty() => {
+                        since.push(None)
+                    }
+                    runlog::since::START
+                    | runlog::since::DEADLINE
+                    | runlog::since::UNKNOWN
+                    | runlog::since::TOO_MANY => {
                         return Err(Verdict::Unchecked(format!(
                             "a {tag} input came between it and the previous training"
                         )))
                     }
-                    hash => since.push(kept_message(
+                    hash => since.push(Some(kept_message(
                         c.node, hash, None, c.seq, logs, algorithm, max_bytes,
-                    )?),
+                    )?)),
                 }
             }
             let note = if matches!(anchor, Anchor::Fresh) {
@@ -478,21 +482,14 @@ fn replay_claim(
             (state, since, note)
         }
     };
-    let fresh_start =
-        matches!(c.anchor, Anchor::Fresh) && c.since.first().is_some_and(|t| t == "start");
-    let mut inputs: Vec<ReplayInput<'_>> = Vec::new();
-    if fresh_start {
-        inputs.push(ReplayInput::Start);
-    }
-    inputs.extend(
-        since
-            .iter()
-            .map(|(from, bytes)| ReplayInput::Message { from: *from, bytes }),
-    );
-    inputs.push(match &own {
-        None => ReplayInput::Start,
-        Some((from, bytes)) => ReplayInput::Message { from: *from, bytes },
-    });
+    let inputs: Vec<ReplayInput<'_>> = since
+        .iter()
+        .chain(std::iter::once(&own))
+        .map(|input| match input {
+            None => ReplayInput::Start,
+            Some((from, bytes)) => ReplayInput::Message { from: *from, bytes },
+        })
+        .collect();
     let replayed = algorithm
         .replay(prepared, c.node, state.as_deref(), &inputs)
         .map_err(|e| Verdict::Unchecked(format!("replay failed: {e}")))?;
