@@ -58,12 +58,11 @@ q = 0.0
             .expect("a valid config")
     }
 
-    fn rows_of<A: Algorithm<Metrics = braid::braid_engine::algorithms::fedavg::RoundMetrics>>(
+    use braid::braid_engine::algorithms::fedavg::RoundMetrics;
+
+    fn rows_of<A: Algorithm<Protocol: Protocol<Metrics = RoundMetrics>>>(
         c: &ExperimentConfig,
-    ) -> (
-        Vec<braid::braid_engine::algorithms::fedavg::RoundMetrics>,
-        Vec<f32>,
-    ) {
+    ) -> (Vec<RoundMetrics>, Vec<f32>) {
         let p = registry()
             .expect("registers")
             .of(c)

@@ -44,12 +44,13 @@ pub struct Settings {
 /// q-weighted FedAvg.
 pub struct QFedAvg;
 
+/// What its nodes exchange (its own messages), report (FedAvg's rows) and are lent.
+pub type QProtocol = Family<QMsg, fedavg::RoundMetrics, dyn fedavg::FedTrainer>;
+
 impl Algorithm for QFedAvg {
     const NAME: &'static str = "qfedavg";
     type Config = Settings;
-    type Msg = QMsg;
-    type Metrics = fedavg::RoundMetrics;
-    type Trainer = dyn fedavg::FedTrainer;
+    type Protocol = QProtocol;
     const TABLES: &'static [&'static str] = &["qfedavg"];
 
     fn config(c: &ExperimentConfig) -> Result<Settings, Invalid> {
@@ -231,9 +232,7 @@ impl Server {
 }
 
 impl Node for Server {
-    type Msg = QMsg;
-    type Metrics = fedavg::RoundMetrics;
-    type Trainer = dyn fedavg::FedTrainer;
+    type Protocol = QProtocol;
 
     fn id(&self) -> NodeId {
         0
@@ -307,9 +306,7 @@ struct Client {
 }
 
 impl Node for Client {
-    type Msg = QMsg;
-    type Metrics = fedavg::RoundMetrics;
-    type Trainer = dyn fedavg::FedTrainer;
+    type Protocol = QProtocol;
 
     fn id(&self) -> NodeId {
         self.id

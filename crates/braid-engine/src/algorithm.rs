@@ -16,7 +16,7 @@ use braid_nn::{AnyModelKind, Kind, ModelKind};
 
 use crate::config::{ConfigRules, ExperimentConfig};
 use crate::error::{Invalid, Rule};
-use crate::node::{BoxNode, EngineResult, Metrics};
+use crate::node::{BoxNode, EngineResult, Metrics, Protocol};
 use crate::prepared::Prepared;
 use crate::report::Rows;
 use crate::sim::Timing;
@@ -101,8 +101,13 @@ pub struct Summary {
 }
 
 /// A node of algorithm `A`, boxed.
-pub type NodeOf<A> =
-    BoxNode<<A as Algorithm>::Msg, <A as Algorithm>::Metrics, <A as Algorithm>::Trainer>;
+pub type NodeOf<A> = BoxNode<<A as Algorithm>::Protocol>;
+/// The messages of algorithm `A`'s protocol.
+pub type MsgOf<A> = <<A as Algorithm>::Protocol as Protocol>::Msg;
+/// The metrics rows of algorithm `A`.
+pub type MetricsOf<A> = <<A as Algorithm>::Protocol as Protocol>::Metrics;
+/// The trainer algorithm `A`'s nodes are lent.
+pub type TrainerOf<A> = <<A as Algorithm>::Protocol as Protocol>::Trainer;
 
 /// One algorithm: see the module documentation.
 pub trait Algorithm: Send + Sync + 'static {
@@ -110,13 +115,10 @@ pub trait Algorithm: Send + Sync + 'static {
     const NAME: &'static str;
     /// Its settings, read from `[algorithm]` and the tables it owns.
     type Config: Clone + Send + Sync + 'static;
-    /// The messages its nodes exchange.
-    type Msg: Message;
-    /// The rows of its `metrics.csv`.
-    type Metrics: Metrics + Rows;
-    /// What its nodes ask of their trainer: a bundle of capabilities declared with
-    /// [`crate::trainer_bundle!`] (`dyn FedTrainer`), checked when the algorithm compiles.
-    type Trainer: TrainerObject + ?Sized;
+    /// What its nodes exchange, report (the rows of its `metrics.csv`) and are lent (a
+    /// bundle of capabilities declared with [`crate::trainer_bundle!`], checked when the
+    /// algorithm compiles); algorithms that share nodes share it.
+    type Protocol: Protocol<Metrics: Metrics + Rows, Trainer: TrainerObject>;
     /// Top-level tables of the config it owns (e.g. `["decentralized"]`).
     const TABLES: &'static [&'static str] = &[];
     /// The feature layers it accepts.
@@ -170,13 +172,6 @@ pub trait Algorithm: Send + Sync + 'static {
     /// fault-free run.
     const ARRIVAL_ORDER_MATTERS: bool = false;
 
-    /// The kinds of message whose handling re-does the training a node logged, bit for bit,
-    /// given the node's state before it (the FedAvg family's train requests, to a client that
-    /// keeps no state between rounds; dsgd's gossip, to a peer restored from its state). Their
-    /// senders keep a copy of each, nodes that carry state keep it around each training, and
-    /// `braid audit replay` re-executes the claims. Empty (the default): not replayed.
-    const REPLAY_INPUTS: &'static [&'static str] = &[];
-
     /// Why node `id`'s training claims are not replayed, if they are not (its state before
     /// an input is not kept: a node that checkpoints only between rounds or epochs).
     fn not_replayed(_id: NodeId) -> Option<&'static str> {
@@ -201,7 +196,7 @@ pub trait Algorithm: Send + Sync + 'static {
 
     /// The summary of a finished run.
     fn summary(
-        prepared: &Prepared, settings: &Self::Config, rows: &[(Self::Metrics, f64)],
+        prepared: &Prepared, settings: &Self::Config, rows: &[(MetricsOf<Self>, f64)],
     ) -> Summary;
 
     /// The reference `--baseline` runs: by default the centralized baseline (one client
@@ -272,7 +267,7 @@ pub trait Registered: Send + Sync {
     ) -> EngineResult<Vec<crate::sim::faults::Broken>>;
     /// Node `id` of a deployed run, its protocol erased to bytes for the network runtime.
     fn deploy(&self, prepared: &Prepared, id: NodeId) -> EngineResult<Box<dyn WireNode>>;
-    /// See [`Algorithm::REPLAY_INPUTS`].
+    /// See [`Message::REPLAYED`].
     fn replay_inputs(&self) -> &'static [&'static str];
     /// See [`Algorithm::not_replayed`].
     fn not_replayed(&self, id: NodeId) -> Option<&'static str>;
@@ -297,7 +292,7 @@ pub trait Registered: Send + Sync {
 pub enum ReplayInput<'a> {
     /// The run's start.
     Start,
-    /// An encoded message (one of [`Algorithm::REPLAY_INPUTS`]) from node `from`.
+    /// An encoded message (one of [`Message::REPLAYED`]) from node `from`.
     Message {
         /// Its sender.
         from: NodeId,
@@ -445,8 +440,8 @@ impl Registry {
                 table: t,
             });
         }
-        let tag = <A::Msg as Message>::TAG;
-        let protocol = <A::Msg as Message>::PROTOCOL;
+        let tag = <MsgOf<A> as Message>::TAG;
+        let protocol = <MsgOf<A> as Message>::PROTOCOL;
         let taken = crate::wire::BUILTIN_PROTOCOLS
             .iter()
             .map(|&(t, n)| (n, t))

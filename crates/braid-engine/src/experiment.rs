@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::algorithm::{
-    Algorithm, Baseline, Entry, Feature, Finished, Registered, ReplayInput, Replayed, Summary,
+    Algorithm, Baseline, Entry, Feature, Finished, MetricsOf, MsgOf, Registered, ReplayInput,
+    Replayed, Summary, TrainerOf,
 };
 use crate::config::ExperimentConfig;
 use crate::error::Invalid;
@@ -28,11 +29,11 @@ pub fn prepare(config: &ExperimentConfig) -> EngineResult<Prepared> {
 /// Runs a prepared experiment of algorithm `A` in the simulator, reporting events to
 /// `observer`.
 pub fn simulate<A: Algorithm>(
-    prepared: &Prepared, settings: &A::Config, observer: &mut dyn FnMut(&Event<A::Metrics>),
-) -> EngineResult<SimOutcome<A::Metrics>> {
+    prepared: &Prepared, settings: &A::Config, observer: &mut dyn FnMut(&Event<MetricsOf<A>>),
+) -> EngineResult<SimOutcome<MetricsOf<A>>> {
     let nodes = A::build(prepared, settings)?;
     let workers = (0..prepared.workers())
-        .map(|_| Worker::new(A::Trainer::from_full(BurnTrainer::new(prepared)?)))
+        .map(|_| Worker::new(<TrainerOf<A>>::from_full(BurnTrainer::new(prepared)?)))
         .collect::<Result<Vec<_>, _>>()?;
     Simulator::new(nodes, workers)?
         .with_timing(A::timing(prepared, settings))
@@ -42,8 +43,8 @@ pub fn simulate<A: Algorithm>(
 /// Runs `prepared`, whose config names algorithm `A`, in the simulator: [`simulate`] with the
 /// settings `A` reads from the config.
 pub fn run<A: Algorithm>(
-    prepared: &Prepared, observer: &mut dyn FnMut(&Event<A::Metrics>),
-) -> EngineResult<SimOutcome<A::Metrics>> {
+    prepared: &Prepared, observer: &mut dyn FnMut(&Event<MetricsOf<A>>),
+) -> EngineResult<SimOutcome<MetricsOf<A>>> {
     let settings = A::config(&prepared.config)?;
     simulate::<A>(prepared, &settings, observer)
 }
@@ -55,12 +56,12 @@ pub struct Outcome<A: Algorithm> {
     /// Its algorithm's settings.
     pub settings: A::Config,
     /// What it produced.
-    pub outcome: SimOutcome<A::Metrics>,
+    pub outcome: SimOutcome<MetricsOf<A>>,
 }
 
 impl<A: Algorithm> Finished for Outcome<A> {
     fn table(&self) -> String {
-        <A::Metrics as Rows>::table(&self.prepared.config, &self.outcome.rows)
+        <MetricsOf<A> as Rows>::table(&self.prepared.config, &self.outcome.rows)
     }
 
     fn write(&self, dir: &Path) -> Result<Vec<PathBuf>, String> {
@@ -89,7 +90,7 @@ impl<A: Algorithm> Registered for Entry<A> {
     }
 
     fn protocol(&self) -> (&'static str, u8) {
-        (<A::Msg as Message>::PROTOCOL, <A::Msg as Message>::TAG)
+        (<MsgOf<A> as Message>::PROTOCOL, <MsgOf<A> as Message>::TAG)
     }
 
     fn tables(&self) -> &'static [&'static str] {
@@ -191,14 +192,14 @@ impl<A: Algorithm> Registered for Entry<A> {
                     "node {id} is not part of this run (it has nodes 0..{n})"
                 ))
             })?;
-        let trainer = A::Trainer::from_full(BurnTrainer::new(prepared)?);
+        let trainer = <TrainerOf<A>>::from_full(BurnTrainer::new(prepared)?);
         Ok(Box::new(crate::wire_node::Wired::new(
             node, trainer, limits,
         )))
     }
 
     fn replay_inputs(&self) -> &'static [&'static str] {
-        A::REPLAY_INPUTS
+        <MsgOf<A> as Message>::REPLAYED
     }
 
     fn not_replayed(&self, id: NodeId) -> Option<&'static str> {
@@ -263,7 +264,7 @@ impl<A: Algorithm> Registered for Entry<A> {
         let rows = rows
             .into_iter()
             .map(|(v, w)| {
-                serde_json::from_value::<A::Metrics>(v)
+                serde_json::from_value::<MetricsOf<A>>(v)
                     .map(|m| (m, w))
                     .map_err(|e| EngineError::Driver(format!("a reported row: {e}")))
             })
@@ -285,14 +286,16 @@ fn replayed_body<A: Algorithm>(
     node: &dyn WireNode, bytes: &[u8],
 ) -> EngineResult<Box<dyn std::any::Any + Send>> {
     match (node.decoder())(bytes) {
-        Ok(Decoded::Input { kind, body }) if A::REPLAY_INPUTS.contains(&kind) => Ok(body),
+        Ok(Decoded::Input { kind, body }) if <MsgOf<A> as Message>::REPLAYED.contains(&kind) => {
+            Ok(body)
+        }
         Ok(Decoded::Input { kind, .. }) => Err(EngineError::Unsupported(format!(
             "a {kind} message of {} is not replayed (replayed: {})",
             A::NAME,
-            if A::REPLAY_INPUTS.is_empty() {
+            if <MsgOf<A> as Message>::REPLAYED.is_empty() {
                 "none".to_string()
             } else {
-                A::REPLAY_INPUTS.join(", ")
+                <MsgOf<A> as Message>::REPLAYED.join(", ")
             }
         ))),
         Ok(Decoded::Halt(_)) => Err(EngineError::Unsupported("a halt is not replayed".into())),

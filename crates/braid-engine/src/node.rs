@@ -6,6 +6,7 @@
 //! as [`Event`]s. It never touches sockets, threads or clocks, so the same code runs in the
 //! simulator and across real processes.
 
+use std::marker::PhantomData;
 use std::time::Duration;
 
 pub use crate::error::{EngineError, EngineResult};
@@ -115,21 +116,45 @@ impl NodeState {
     }
 }
 
-/// What a node can do while handling an event: send messages of protocol `M`, report
-/// metrics rows `R`, set deadlines, and train and evaluate with a trainer `T` (its
-/// algorithm's bundle of capabilities, see [`crate::trainer`]).
-pub struct NodeCtx<'a, M, R, T: ?Sized> {
-    outbox: &'a mut Vec<(NodeId, Body<M>)>,
-    events: &'a mut Vec<Event<R>>,
-    deadlines: Vec<(u64, Duration)>,
-    /// Training and evaluation.
-    pub trainer: &'a mut T,
+/// What the nodes of one algorithm family share: the messages they exchange, the metrics
+/// rows they report and the trainer they are lent. A family names it once, usually as a
+/// [`Family`] (`pub type FedProtocol = Family<Msg, RoundMetrics, dyn FedTrainer>;`), and its
+/// nodes and algorithms name that.
+pub trait Protocol: 'static {
+    /// The messages its nodes exchange.
+    type Msg: Message;
+    /// The metrics rows its nodes report.
+    type Metrics;
+    /// What its nodes ask of their trainer: a bundle of capabilities declared with
+    /// [`crate::trainer_bundle!`] (`dyn FedTrainer`).
+    type Trainer: ?Sized;
 }
 
-impl<'a, M: Message, R, T: ?Sized> NodeCtx<'a, M, R, T> {
+/// The [`Protocol`] of messages `M`, metrics rows `R` and trainer `T` (a type, never a value).
+pub struct Family<M, R, T: ?Sized>(PhantomData<M>, PhantomData<R>, PhantomData<Box<T>>);
+
+impl<M: Message, R: 'static, T: ?Sized + 'static> Protocol for Family<M, R, T> {
+    type Msg = M;
+    type Metrics = R;
+    type Trainer = T;
+}
+
+/// What a node can do while handling an event: send messages of protocol `P`, report its
+/// metrics rows, set deadlines, and train and evaluate with its trainer (its algorithm's
+/// bundle of capabilities, see [`crate::trainer`]).
+pub struct NodeCtx<'a, P: Protocol> {
+    outbox: &'a mut Vec<(NodeId, Body<P::Msg>)>,
+    events: &'a mut Vec<Event<P::Metrics>>,
+    deadlines: Vec<(u64, Duration)>,
+    /// Training and evaluation.
+    pub trainer: &'a mut P::Trainer,
+}
+
+impl<'a, P: Protocol> NodeCtx<'a, P> {
     /// A context writing into the given buffers (drivers and tests build these).
     pub fn new(
-        outbox: &'a mut Vec<(NodeId, Body<M>)>, events: &'a mut Vec<Event<R>>, trainer: &'a mut T,
+        outbox: &'a mut Vec<(NodeId, Body<P::Msg>)>, events: &'a mut Vec<Event<P::Metrics>>,
+        trainer: &'a mut P::Trainer,
     ) -> Self {
         Self {
             outbox,
@@ -153,7 +178,7 @@ impl<'a, M: Message, R, T: ?Sized> NodeCtx<'a, M, R, T> {
     }
 
     /// Sends `msg` to `to`; returns its encoded size in bytes (frame included).
-    pub fn send(&mut self, to: NodeId, msg: M) -> usize {
+    pub fn send(&mut self, to: NodeId, msg: P::Msg) -> usize {
         self.send_body(to, Body::Msg(msg))
     }
 
@@ -162,14 +187,14 @@ impl<'a, M: Message, R, T: ?Sized> NodeCtx<'a, M, R, T> {
         self.send_body(to, Body::Control(c))
     }
 
-    fn send_body(&mut self, to: NodeId, body: Body<M>) -> usize {
+    fn send_body(&mut self, to: NodeId, body: Body<P::Msg>) -> usize {
         let n = body.encoded_len();
         self.outbox.push((to, body));
         n
     }
 
     /// Reports an event to the driver.
-    pub fn emit(&mut self, event: Event<R>) {
+    pub fn emit(&mut self, event: Event<P::Metrics>) {
         self.events.push(event);
     }
 }
@@ -217,9 +242,8 @@ impl<M: Message> Input<M> {
     }
 
     /// Hands this input to `node`.
-    pub fn apply<R, T: ?Sized>(
-        self, node: &mut dyn Node<Msg = M, Metrics = R, Trainer = T>,
-        ctx: &mut NodeCtx<'_, M, R, T>,
+    pub fn apply<P: Protocol<Msg = M>>(
+        self, node: &mut dyn Node<Protocol = P>, ctx: &mut NodeCtx<'_, P>,
     ) -> EngineResult {
         match self {
             Self::Start => node.on_start(ctx),
@@ -231,32 +255,25 @@ impl<M: Message> Input<M> {
 }
 
 /// A node's context, from its own types.
-pub type Ctx<'a, N> = NodeCtx<'a, <N as Node>::Msg, <N as Node>::Metrics, <N as Node>::Trainer>;
+pub type Ctx<'a, N> = NodeCtx<'a, <N as Node>::Protocol>;
 
 /// One role of an algorithm on one participant.
 pub trait Node: Send {
-    /// The protocol it speaks.
-    type Msg: Message;
-    /// The metrics rows it reports (nodes that report none use their algorithm's type).
-    type Metrics;
-    /// The trainer it is lent: its algorithm's bundle of capabilities (`dyn FedTrainer`).
-    type Trainer: ?Sized;
+    /// The protocol it speaks: its messages, metrics rows and trainer.
+    type Protocol: Protocol;
     /// This node's id.
     fn id(&self) -> NodeId;
     /// Called once when the run starts.
-    fn on_start(
-        &mut self, ctx: &mut NodeCtx<'_, Self::Msg, Self::Metrics, Self::Trainer>,
-    ) -> EngineResult;
+    fn on_start(&mut self, ctx: &mut NodeCtx<'_, Self::Protocol>) -> EngineResult;
     /// Called for every message of the run's protocol delivered to this node.
     fn on_message(
-        &mut self, from: NodeId, msg: Self::Msg,
-        ctx: &mut NodeCtx<'_, Self::Msg, Self::Metrics, Self::Trainer>,
+        &mut self, from: NodeId, msg: <Self::Protocol as Protocol>::Msg,
+        ctx: &mut NodeCtx<'_, Self::Protocol>,
     ) -> EngineResult;
     /// Called for every control message delivered to this node (halts never reach nodes:
     /// the network runtime handles them). Default: refused.
     fn on_control(
-        &mut self, from: NodeId, c: Control,
-        _ctx: &mut NodeCtx<'_, Self::Msg, Self::Metrics, Self::Trainer>,
+        &mut self, from: NodeId, c: Control, _ctx: &mut NodeCtx<'_, Self::Protocol>,
     ) -> EngineResult {
         Err(EngineError::Rejected {
             node: self.id(),
@@ -293,9 +310,7 @@ pub trait Node: Send {
         false
     }
     /// Called when a deadline set with [`NodeCtx::set_deadline`] has passed.
-    fn on_deadline(
-        &mut self, _token: u64, _ctx: &mut NodeCtx<'_, Self::Msg, Self::Metrics, Self::Trainer>,
-    ) -> EngineResult {
+    fn on_deadline(&mut self, _token: u64, _ctx: &mut NodeCtx<'_, Self::Protocol>) -> EngineResult {
         Ok(())
     }
     /// The nodes this node accepts messages from, if only some (`None`: any node). Drivers
@@ -305,5 +320,5 @@ pub trait Node: Send {
     }
 }
 
-/// A boxed node of protocol `M` reporting rows `R`, lent trainers `T`.
-pub type BoxNode<M, R, T> = Box<dyn Node<Msg = M, Metrics = R, Trainer = T>>;
+/// A boxed node of protocol `P`.
+pub type BoxNode<P> = Box<dyn Node<Protocol = P>>;

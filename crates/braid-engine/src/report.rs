@@ -327,6 +327,59 @@ pub fn opt(v: Option<f64>) -> String {
     v.map(|x| format!("{x:.6}")).unwrap_or_default()
 }
 
+/// An optional value as a table cell: four decimals, or `-` when absent.
+pub fn cell(v: Option<f64>) -> String {
+    v.map_or("-".to_string(), |x| format!("{x:.4}"))
+}
+
+/// A console table of rows `T`: a header line, then a line a row, each cell right-aligned
+/// to its column's width and the columns `gap` apart. Each column is declared once, with its
+/// header, width and how it shows a row.
+pub struct Table<'a, T> {
+    rows: &'a [T],
+    gap: &'static str,
+    columns: Vec<(String, usize, Cell<'a, T>)>,
+}
+
+/// How a [`Table`] column shows a row.
+type Cell<'a, T> = Box<dyn Fn(&T) -> String + 'a>;
+
+impl<'a, T> Table<'a, T> {
+    /// A table of `rows` with no columns yet.
+    pub fn new(rows: &'a [T], gap: &'static str) -> Self {
+        Self {
+            rows,
+            gap,
+            columns: Vec::new(),
+        }
+    }
+
+    /// Adds a column headed `head`, `width` characters wide, whose cells are `show(row)`.
+    pub fn column(
+        mut self, head: impl Into<String>, width: usize, show: impl Fn(&T) -> String + 'a,
+    ) -> Self {
+        self.columns.push((head.into(), width, Box::new(show)));
+        self
+    }
+
+    /// The table as text.
+    pub fn render(&self) -> String {
+        let line = |cells: Vec<String>| {
+            let padded: Vec<String> = cells
+                .iter()
+                .zip(&self.columns)
+                .map(|(c, (_, width, _))| format!("{c:>width$}"))
+                .collect();
+            padded.join(self.gap) + "\n"
+        };
+        let mut out = line(self.columns.iter().map(|c| c.0.clone()).collect());
+        for row in self.rows {
+            out.push_str(&line(self.columns.iter().map(|c| (c.2)(row)).collect()));
+        }
+        out
+    }
+}
+
 /// Writes every output file of a run whose rows are `R` and whose node `i` of `n` has the
 /// role `role(i, n)`; returns the paths written.
 pub fn write_all<R: Rows>(
@@ -559,6 +612,25 @@ fn draw(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_table_right_aligns_each_cell_to_its_columns_width() {
+        let rows = [(1u32, Some(0.5f64)), (12, None)];
+        let t = Table::new(&rows, "  ")
+            .column("round", 5, |(r, _)| r.to_string())
+            .column("acc", 8, |(_, a)| cell(*a))
+            .render();
+        let want = format!(
+            "{:>5}  {:>8}\n{:>5}  {:>8.4}\n{:>5}  {:>8}\n",
+            "round", "acc", 1, 0.5, 12, "-"
+        );
+        assert_eq!(t, want);
+        // A cell wider than its column is not cut.
+        let t = Table::new(&rows[..1], " ")
+            .column("r", 1, |_| "wide".into())
+            .render();
+        assert_eq!(t, "r\nwide\n");
+    }
 
     fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
         let p = dir.join(name);

@@ -24,10 +24,12 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::accounting::{Compute, Meter};
-use crate::node::{BoxNode, EngineError, EngineResult, Event, Input, Metrics, Node, NodeCtx};
+use crate::node::{
+    BoxNode, EngineError, EngineResult, Event, Input, Metrics, Node, NodeCtx, Protocol,
+};
 use crate::trainer::TrainerObject;
 use crate::transport::{Envelope, InProcessTransport, NodeTraffic, Transport};
-use crate::wire::{Body, Message, NodeId};
+use crate::wire::{Body, NodeId};
 
 pub mod faults;
 pub mod timed;
@@ -109,9 +111,9 @@ impl<R> SimOutcome<R> {
     }
 }
 
-pub(crate) struct TaskOutput<M, R> {
-    pub(crate) outbox: Vec<(NodeId, Body<M>)>,
-    pub(crate) events: Vec<Event<R>>,
+pub(crate) struct TaskOutput<P: Protocol> {
+    pub(crate) outbox: Vec<(NodeId, Body<P::Msg>)>,
+    pub(crate) events: Vec<Event<P::Metrics>>,
     pub(crate) deadlines: Vec<(u64, Duration)>,
     /// Compute spent, by the round of the input that caused it.
     compute: Vec<(Option<u64>, Compute)>,
@@ -128,12 +130,11 @@ struct Mark {
     flops: u64,
 }
 
-/// Runs the nodes of a run of protocol `M` (reporting rows `R`, lent trainers `T`) in one
-/// process.
-pub struct Simulator<M, R, T: ?Sized> {
-    nodes: Vec<Option<BoxNode<M, R, T>>>,
-    transport: InProcessTransport<M>,
-    workers: Vec<Worker<T>>,
+/// Runs the nodes of a run of protocol `P` in one process.
+pub struct Simulator<P: Protocol> {
+    nodes: Vec<Option<BoxNode<P>>>,
+    transport: InProcessTransport<P::Msg>,
+    workers: Vec<Worker<P::Trainer>>,
     timing: Option<Timing>,
     /// With simulated time, messages can arrive late (a straggler's reply after its round
     /// closed): nodes reject them and the run goes on, as across processes.
@@ -142,10 +143,10 @@ pub struct Simulator<M, R, T: ?Sized> {
 
 /// Hands `inputs` to `node` in order. With `drop_rejected`, a message the node rejects is
 /// dropped and logged, as the network runtime does, instead of ending the run.
-pub(crate) fn handle<M: Message, R, T: ?Sized>(
-    node: &mut dyn Node<Msg = M, Metrics = R, Trainer = T>, inputs: Vec<Input<M>>,
-    (trainer, meter): (&mut T, &Meter), drop_rejected: bool,
-) -> EngineResult<TaskOutput<M, R>> {
+pub(crate) fn handle<P: Protocol>(
+    node: &mut dyn Node<Protocol = P>, inputs: Vec<Input<P::Msg>>,
+    (trainer, meter): (&mut P::Trainer, &Meter), drop_rejected: bool,
+) -> EngineResult<TaskOutput<P>> {
     let (mut outbox, mut events, mut deadlines) = (Vec::new(), Vec::new(), Vec::new());
     let (mut compute, mut marks) = (Vec::new(), Vec::new());
     for input in inputs {
@@ -181,9 +182,9 @@ pub(crate) fn handle<M: Message, R, T: ?Sized>(
     })
 }
 
-impl<M: Message, R: Metrics, T: TrainerObject + ?Sized> Simulator<M, R, T> {
+impl<P: Protocol<Metrics: Metrics, Trainer: TrainerObject>> Simulator<P> {
     /// A simulator over `nodes` (ids must be 0..n in order) with at least one worker.
-    pub fn new(nodes: Vec<BoxNode<M, R, T>>, workers: Vec<Worker<T>>) -> EngineResult<Self> {
+    pub fn new(nodes: Vec<BoxNode<P>>, workers: Vec<Worker<P::Trainer>>) -> EngineResult<Self> {
         if workers.is_empty() {
             return Err(EngineError::Driver(
                 "the simulator needs at least one worker".into(),
@@ -215,7 +216,9 @@ impl<M: Message, R: Metrics, T: TrainerObject + ?Sized> Simulator<M, R, T> {
     }
 
     /// Runs until no message is left, calling `observer` for every event as it happens.
-    pub fn run(&mut self, observer: &mut dyn FnMut(&Event<R>)) -> EngineResult<SimOutcome<R>> {
+    pub fn run(
+        &mut self, observer: &mut dyn FnMut(&Event<P::Metrics>),
+    ) -> EngineResult<SimOutcome<P::Metrics>> {
         if let Some(timing) = self.timing.take() {
             self.drop_rejected = true;
             let out = self.run_timed(&timing, observer);
@@ -229,7 +232,7 @@ impl<M: Message, R: Metrics, T: TrainerObject + ?Sized> Simulator<M, R, T> {
             ..SimOutcome::default()
         };
         let ids: Vec<NodeId> = (0..self.nodes.len() as NodeId).collect();
-        let mut tasks: Vec<(NodeId, Vec<Input<M>>)> =
+        let mut tasks: Vec<(NodeId, Vec<Input<P::Msg>>)> =
             ids.iter().map(|&i| (i, vec![Input::Start])).collect();
         // Pending deadlines on the virtual clock: (due, sequence number, node, token).
         let mut timers: BinaryHeap<Reverse<(Duration, u64, NodeId, u64)>> = BinaryHeap::new();
@@ -255,7 +258,7 @@ impl<M: Message, R: Metrics, T: TrainerObject + ?Sized> Simulator<M, R, T> {
                     self.transport.send(Envelope { from, to, body });
                 }
             }
-            let mut by_node: Vec<Vec<Envelope<M>>> =
+            let mut by_node: Vec<Vec<Envelope<P::Msg>>> =
                 (0..self.nodes.len()).map(|_| Vec::new()).collect();
             for env in self.transport.drain() {
                 by_node[env.to as usize].push(env);
@@ -286,8 +289,8 @@ impl<M: Message, R: Metrics, T: TrainerObject + ?Sized> Simulator<M, R, T> {
     /// Handles each task's node; returns outputs in node-id order.
     #[allow(clippy::type_complexity)]
     fn run_tasks(
-        &mut self, tasks: Vec<(NodeId, Vec<Input<M>>)>,
-    ) -> EngineResult<Vec<(NodeId, TaskOutput<M, R>)>> {
+        &mut self, tasks: Vec<(NodeId, Vec<Input<P::Msg>>)>,
+    ) -> EngineResult<Vec<(NodeId, TaskOutput<P>)>> {
         let mut work = Vec::with_capacity(tasks.len());
         for (id, what) in tasks {
             let node = self.nodes[id as usize]
@@ -300,17 +303,16 @@ impl<M: Message, R: Metrics, T: TrainerObject + ?Sized> Simulator<M, R, T> {
                 drop_rejected: self.drop_rejected,
             });
         }
-        let results: Vec<Done<M, R, T>> = if work.len() == 1 || self.workers.len() == 1 {
+        let results: Vec<Done<P>> = if work.len() == 1 || self.workers.len() == 1 {
             let Worker { trainer, meter, .. } = &mut self.workers[0];
             work.into_iter()
                 .map(|t| t.run((trainer.as_mut(), meter)))
                 .collect()
         } else {
             let n = work.len();
-            let queue: Vec<Mutex<Option<Task<M, R, T>>>> =
+            let queue: Vec<Mutex<Option<Task<P>>>> =
                 work.into_iter().map(|w| Mutex::new(Some(w))).collect();
-            let done: Vec<Mutex<Option<Done<M, R, T>>>> =
-                (0..n).map(|_| Mutex::new(None)).collect();
+            let done: Vec<Mutex<Option<Done<P>>>> = (0..n).map(|_| Mutex::new(None)).collect();
             let next = AtomicUsize::new(0);
             std::thread::scope(|s| {
                 for worker in self.workers.iter_mut() {
@@ -356,22 +358,22 @@ impl<M: Message, R: Metrics, T: TrainerObject + ?Sized> Simulator<M, R, T> {
 }
 
 /// One node's share of a delivery step.
-struct Task<M, R, T: ?Sized> {
+struct Task<P: Protocol> {
     id: NodeId,
-    node: BoxNode<M, R, T>,
-    what: Vec<Input<M>>,
+    node: BoxNode<P>,
+    what: Vec<Input<P::Msg>>,
     drop_rejected: bool,
 }
 
 /// A handled task: the node goes back to the simulator with its output.
-struct Done<M, R, T: ?Sized> {
+struct Done<P: Protocol> {
     id: NodeId,
-    node: BoxNode<M, R, T>,
-    result: EngineResult<TaskOutput<M, R>>,
+    node: BoxNode<P>,
+    result: EngineResult<TaskOutput<P>>,
 }
 
-impl<M: Message, R, T: ?Sized> Task<M, R, T> {
-    fn run(mut self, trainer: (&mut T, &Meter)) -> Done<M, R, T> {
+impl<P: Protocol> Task<P> {
+    fn run(mut self, trainer: (&mut P::Trainer, &Meter)) -> Done<P> {
         let result = handle(self.node.as_mut(), self.what, trainer, self.drop_rejected);
         Done {
             id: self.id,

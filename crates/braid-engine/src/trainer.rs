@@ -16,7 +16,7 @@
 //!
 //! An algorithm's nodes receive a trait object of a *bundle* of capabilities (declared with
 //! [`crate::trainer_bundle!`], e.g. `FedTrainer: Train + Evaluate`), named as the algorithm's
-//! [`crate::algorithm::Algorithm::Trainer`]. A trainer that lacks a capability the algorithm
+//! [`crate::node::Protocol::Trainer`]. A trainer that lacks a capability the algorithm
 //! needs does not compile into it. Optional capabilities that depend on the configuration
 //! rather than on the algorithm (label flipping, asked for only by `[attack] kind =
 //! "label-flip"`) are asked for at run time through [`Trainer::label_flipper`].

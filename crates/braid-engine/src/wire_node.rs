@@ -7,9 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::accounting::{Compute, Meter};
-use crate::node::{BoxNode, EngineError, EngineResult, Event, Input, Metrics, NodeCtx, NodeState};
-use crate::trainer::TrainerObject;
-use crate::wire::{Body, Control, Limits, Message, NodeId, WireError};
+use crate::node::{
+    BoxNode, EngineError, EngineResult, Event, Input, Metrics, NodeCtx, NodeState, Protocol,
+};
+use crate::trainer::{Trainer, TrainerObject};
+use crate::wire::{Body, Control, Limits, NodeId, WireError};
 
 /// A decoded message, ready for the node thread.
 pub enum Decoded {
@@ -118,16 +120,16 @@ pub trait WireNode: Send {
 }
 
 /// A typed node behind [`WireNode`], with its trainer (metered).
-pub struct Wired<M, R, T: ?Sized> {
-    node: BoxNode<M, R, T>,
-    trainer: Box<T>,
+pub struct Wired<P: Protocol> {
+    node: BoxNode<P>,
+    trainer: Box<P::Trainer>,
     meter: Meter,
     limits: Limits,
 }
 
-impl<M: Message, R: Metrics, T: TrainerObject + ?Sized> Wired<M, R, T> {
+impl<P: Protocol<Metrics: Metrics, Trainer: TrainerObject>> Wired<P> {
     /// `node` lent `trainer`, decoding messages within `limits`.
-    pub fn new(node: BoxNode<M, R, T>, trainer: Box<T>, limits: Limits) -> Self {
+    pub fn new(node: BoxNode<P>, trainer: Box<P::Trainer>, limits: Limits) -> Self {
         let (trainer, meter) = crate::trainer::metered(trainer);
         Self {
             node,
@@ -137,11 +139,11 @@ impl<M: Message, R: Metrics, T: TrainerObject + ?Sized> Wired<M, R, T> {
         }
     }
 
-    fn typed(input: WireInput) -> EngineResult<Input<M>> {
+    fn typed(input: WireInput) -> EngineResult<Input<P::Msg>> {
         Ok(match input {
             WireInput::Start => Input::Start,
             WireInput::Deadline(t) => Input::Deadline(t),
-            WireInput::Message(from, body) => match body.downcast::<Body<M>>() {
+            WireInput::Message(from, body) => match body.downcast::<Body<P::Msg>>() {
                 Ok(b) => Input::arrived(from, *b),
                 Err(_) => {
                     return Err(EngineError::Driver(
@@ -153,7 +155,7 @@ impl<M: Message, R: Metrics, T: TrainerObject + ?Sized> Wired<M, R, T> {
     }
 }
 
-impl<M: Message, R: Metrics, T: TrainerObject + ?Sized> WireNode for Wired<M, R, T> {
+impl<P: Protocol<Metrics: Metrics, Trainer: TrainerObject>> WireNode for Wired<P> {
     fn id(&self) -> NodeId {
         self.node.id()
     }
@@ -161,7 +163,7 @@ impl<M: Message, R: Metrics, T: TrainerObject + ?Sized> WireNode for Wired<M, R,
     fn decoder(&self) -> Decoder {
         let limits = self.limits;
         Arc::new(move |bytes: &[u8]| {
-            Ok(match Body::<M>::decode(bytes, &limits)? {
+            Ok(match Body::<P::Msg>::decode(bytes, &limits)? {
                 Body::Control(c @ Control::Halt { .. }) => Decoded::Halt(c),
                 body => Decoded::Input {
                     kind: body.kind(),
@@ -173,7 +175,7 @@ impl<M: Message, R: Metrics, T: TrainerObject + ?Sized> WireNode for Wired<M, R,
 
     fn round_of(&self, input: &WireInput) -> Option<u64> {
         match input {
-            WireInput::Message(_, body) => body.downcast_ref::<Body<M>>()?.round(),
+            WireInput::Message(_, body) => body.downcast_ref::<Body<P::Msg>>()?.round(),
             _ => None,
         }
     }
@@ -234,7 +236,7 @@ impl<M: Message, R: Metrics, T: TrainerObject + ?Sized> WireNode for Wired<M, R,
     }
 
     fn row_event(&self, row: &serde_json::Value) -> Option<WireEvent> {
-        serde_json::from_value::<R>(row.clone())
+        serde_json::from_value::<P::Metrics>(row.clone())
             .ok()
             .map(|m| WireEvent::Metrics {
                 progress: m.progress(),

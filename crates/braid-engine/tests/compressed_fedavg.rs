@@ -5,6 +5,7 @@
 //! a round.
 
 mod common;
+use braid_engine::algorithms::fedavg::FedProtocol;
 use common::Flaky;
 use std::sync::Arc;
 use std::time::Duration;
@@ -104,7 +105,7 @@ fn run(
         .unwrap()
         .with_downlink(cfg.downlink.filter(|_| !delta))
         .with_downlink_delta(cfg.downlink.filter(|_| delta));
-    let mut nodes: Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>> = vec![Box::new(server)];
+    let mut nodes: Vec<BoxNode<FedProtocol>> = vec![Box::new(server)];
     for k in 0..2usize {
         let c = FedAvgClient::new(k as NodeId + 1, Arc::new(vec![k]), 4)
             .with_compression(cfg, N)

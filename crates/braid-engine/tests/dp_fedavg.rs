@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use braid_core::privacy::RdpAccountant;
 use braid_core::server_opt::ServerOptimizerConfig;
-use braid_engine::algorithms::fedavg::FedTrainer;
 use braid_engine::algorithms::fedavg::{
     FedAvgClient, FedAvgServer, Msg, RoundMetrics, ServerConfig,
 };
+use braid_engine::algorithms::fedavg::{FedProtocol, FedTrainer};
 use braid_engine::config::{DpMode, OnTarget, PrivacyConfig};
 use braid_engine::node::{BoxNode, EngineResult, Node, NodeCtx};
 use braid_engine::sim::{SimOutcome, Simulator, Worker};
@@ -80,7 +80,7 @@ fn server_config(rounds: u32, per_round: usize) -> ServerConfig {
 /// DP-SGD: client k (1..=10) holds 8k samples; the server accounts batches of 4.
 fn run_dp_sgd(privacy: PrivacyConfig, rounds: u32) -> EngineResult<SimOutcome<RoundMetrics>> {
     let clients: Vec<u32> = (1..=CLIENTS as u32).collect();
-    let mut nodes: Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>> = vec![Box::new(
+    let mut nodes: Vec<BoxNode<FedProtocol>> = vec![Box::new(
         FedAvgServer::new(
             server_config(rounds, CLIENTS),
             clients.clone(),
@@ -105,7 +105,7 @@ fn run(
 ) -> EngineResult<SimOutcome<RoundMetrics>> {
     let clients: Vec<u32> = (1..=CLIENTS as u32).collect();
     let config = server_config(rounds, per_round);
-    let mut nodes: Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>> = vec![Box::new(
+    let mut nodes: Vec<BoxNode<FedProtocol>> = vec![Box::new(
         FedAvgServer::new(config, clients.clone(), vec![0.0; n])?.with_privacy(
             Some(privacy),
             CLIENTS,

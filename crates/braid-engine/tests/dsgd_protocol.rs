@@ -3,6 +3,7 @@
 //! only sends nothing, bytes are counted per peer, outsiders cannot inject parameters, and
 //! results do not depend on the number of worker threads.
 
+use braid_engine::algorithms::dsgd::DsgdProtocol;
 use std::sync::{Arc, Mutex};
 
 use braid_core::lr_schedule::LrSchedule;
@@ -97,16 +98,16 @@ fn settings(topology: TopologyConfig, every: u64, budget: Budget, steps: u64) ->
 }
 
 /// Peer `i` holds samples `[20 i, 20 i + 20)` and starts from parameters all equal to `10 i`.
-fn nodes(s: &Arc<DsgdSettings>) -> Vec<BoxNode<Msg, GossipMetrics, dyn PeerTrainer>> {
+fn nodes(s: &Arc<DsgdSettings>) -> Vec<BoxNode<DsgdProtocol>> {
     let n = s.peers();
-    let mut v: Vec<BoxNode<Msg, GossipMetrics, dyn PeerTrainer>> = (0..n)
+    let mut v: Vec<BoxNode<DsgdProtocol>> = (0..n)
         .map(|i| {
             Box::new(DsgdPeer::new(
                 i as NodeId,
                 Arc::clone(s),
                 (20 * i..20 * i + 20).collect(),
                 vec![10.0 * i as f32; P],
-            )) as BoxNode<Msg, GossipMetrics, dyn PeerTrainer>
+            )) as BoxNode<DsgdProtocol>
         })
         .collect();
     v.push(Box::new(DsgdMonitor::new(Arc::clone(s))));
@@ -422,9 +423,7 @@ fn a_learning_rate_schedule_sets_every_steps_rate_even_between_rounds() {
 struct Dead(NodeId);
 
 impl Node for Dead {
-    type Msg = Msg;
-    type Metrics = GossipMetrics;
-    type Trainer = dyn PeerTrainer;
+    type Protocol = DsgdProtocol;
 
     fn id(&self) -> NodeId {
         self.0
@@ -540,12 +539,8 @@ fn without_deadlines_the_monitor_waits_for_the_earlier_point() {
 
 /// Drives one node with one input; returns what it sent.
 fn drive(
-    node: &mut dyn Node<Msg = Msg, Metrics = GossipMetrics, Trainer = dyn PeerTrainer>,
-    trainer: &mut Fake,
-    f: impl FnOnce(
-        &mut dyn Node<Msg = Msg, Metrics = GossipMetrics, Trainer = dyn PeerTrainer>,
-        &mut DsgdCtx<'_>,
-    ) -> EngineResult,
+    node: &mut dyn Node<Protocol = DsgdProtocol>, trainer: &mut Fake,
+    f: impl FnOnce(&mut dyn Node<Protocol = DsgdProtocol>, &mut DsgdCtx<'_>) -> EngineResult,
 ) -> Vec<(NodeId, Body<Msg>)> {
     let (mut out, mut ev) = (Vec::new(), Vec::<Event<GossipMetrics>>::new());
     let mut ctx = NodeCtx::new(&mut out, &mut ev, trainer as &mut dyn PeerTrainer);

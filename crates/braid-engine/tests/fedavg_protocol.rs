@@ -3,6 +3,7 @@
 //! determinism and independence from the number of worker threads.
 
 mod common;
+use braid_engine::algorithms::fedavg::FedProtocol;
 use common::Flaky;
 use std::sync::Arc;
 
@@ -70,7 +71,7 @@ impl Evaluate for FakeTrainer {
 
 fn nodes(
     shards: &[Vec<usize>], per_round: usize, rounds: u32, opt: ServerOptimizerConfig,
-) -> Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>> {
+) -> Vec<BoxNode<FedProtocol>> {
     let clients: Vec<NodeId> = (1..=shards.len() as NodeId).collect();
     let config = ServerConfig {
         rounds,
@@ -82,7 +83,7 @@ fn nodes(
         min_replies: 1,
         aggregator: Default::default(),
     };
-    let mut v: Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>> = vec![Box::new(
+    let mut v: Vec<BoxNode<FedProtocol>> = vec![Box::new(
         FedAvgServer::new(config, clients.clone(), vec![0.0; 4]).unwrap(),
     )];
     for (id, s) in clients.iter().zip(shards) {
@@ -190,10 +191,7 @@ type Handled = (
     Vec<Event<RoundMetrics>>,
 );
 
-fn drive(
-    node: &mut dyn Node<Msg = Msg, Metrics = RoundMetrics, Trainer = dyn FedTrainer>, from: NodeId,
-    payload: Msg,
-) -> Handled {
+fn drive(node: &mut dyn Node<Protocol = FedProtocol>, from: NodeId, payload: Msg) -> Handled {
     let (mut out, mut ev) = (Vec::new(), Vec::new());
     let mut t = FakeTrainer { jitter: false };
     let mut ctx = NodeCtx::new(&mut out, &mut ev, &mut t as &mut dyn FedTrainer);
@@ -377,7 +375,7 @@ fn flaky_run(
         min_replies,
         aggregator: Default::default(),
     };
-    let mut v: Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>> = vec![Box::new(
+    let mut v: Vec<BoxNode<FedProtocol>> = vec![Box::new(
         FedAvgServer::new(config, vec![1, 2, 3], vec![0.0; 4]).unwrap(),
     )];
     for (i, s) in shards.iter().enumerate() {
@@ -485,7 +483,7 @@ fn a_server_resumed_from_its_state_finishes_like_an_uninterrupted_one() {
 
 fn compressed_nodes(
     shards: &[Vec<usize>], rounds: u32, cfg: &braid_engine::config::CompressionConfig,
-) -> Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>> {
+) -> Vec<BoxNode<FedProtocol>> {
     let n = 100;
     let clients: Vec<NodeId> = (1..=shards.len() as NodeId).collect();
     let config = ServerConfig {
@@ -498,7 +496,7 @@ fn compressed_nodes(
         min_replies: 1,
         aggregator: Default::default(),
     };
-    let mut v: Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>> = vec![Box::new(
+    let mut v: Vec<BoxNode<FedProtocol>> = vec![Box::new(
         FedAvgServer::new(config, clients.clone(), vec![0.0; n])
             .unwrap()
             .with_downlink(cfg.downlink),

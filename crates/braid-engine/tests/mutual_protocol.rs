@@ -3,6 +3,7 @@
 //! within an architecture, peak models, byte accounting, determinism across worker threads,
 //! and hostile messages.
 
+use braid_engine::algorithms::mutual::MutualProtocol;
 use std::sync::{Arc, Mutex};
 
 use braid_core::lr_schedule::LrSchedule;
@@ -96,13 +97,13 @@ fn settings(variant: Variant, clients: usize, rounds: u32) -> MutualSettings {
 }
 
 /// Client k starts from `10 k` in every parameter.
-fn nodes(s: &Arc<MutualSettings>) -> Vec<BoxNode<Msg, MutualMetrics, dyn MutualLearner>> {
+fn nodes(s: &Arc<MutualSettings>) -> Vec<BoxNode<MutualProtocol>> {
     let global = if s.variant == Variant::Fml {
         vec![500.0; SIZES[s.global_model]]
     } else {
         Vec::new()
     };
-    let mut out: Vec<BoxNode<Msg, MutualMetrics, dyn MutualLearner>> =
+    let mut out: Vec<BoxNode<MutualProtocol>> =
         vec![Box::new(MutualHub::new(Arc::clone(s), global))];
     for k in 0..s.clients() {
         let shard: Vec<usize> = (k * 20..k * 20 + 10).collect();
@@ -132,8 +133,7 @@ fn simulate(s: MutualSettings, workers: usize) -> (SimOutcome<MutualMetrics>, Ve
 
 /// Runs `node`'s handler for `input`; returns what it sent.
 fn step(
-    node: &mut dyn Node<Msg = Msg, Metrics = MutualMetrics, Trainer = dyn MutualLearner>,
-    fake: &mut Fake, from: Option<(NodeId, Msg)>,
+    node: &mut dyn Node<Protocol = MutualProtocol>, fake: &mut Fake, from: Option<(NodeId, Msg)>,
 ) -> EngineResult<Vec<(NodeId, Body<Msg>)>> {
     let (mut outbox, mut events) = (Vec::new(), Vec::new());
     let mut ctx = NodeCtx::new(&mut outbox, &mut events, fake as &mut dyn MutualLearner);
@@ -486,20 +486,16 @@ fn the_hub_emits_each_evaluation_point_once_all_clients_reported() {
 struct Dead(NodeId);
 
 impl Node for Dead {
-    type Msg = Msg;
-    type Metrics = MutualMetrics;
-    type Trainer = dyn MutualLearner;
+    type Protocol = MutualProtocol;
 
     fn id(&self) -> NodeId {
         self.0
     }
-    fn on_start(
-        &mut self, _: &mut NodeCtx<'_, Msg, MutualMetrics, dyn MutualLearner>,
-    ) -> EngineResult {
+    fn on_start(&mut self, _: &mut NodeCtx<'_, MutualProtocol>) -> EngineResult {
         Ok(())
     }
     fn on_message(
-        &mut self, _: NodeId, _: Msg, _: &mut NodeCtx<'_, Msg, MutualMetrics, dyn MutualLearner>,
+        &mut self, _: NodeId, _: Msg, _: &mut NodeCtx<'_, MutualProtocol>,
     ) -> EngineResult {
         Ok(())
     }

@@ -1,13 +1,12 @@
 //! Robust aggregation in FedAvg against simulated attackers, with a pure-Rust fake trainer:
 //! every honest client moves each parameter by +1; attackers send a boosted or flipped update.
 
+use braid_engine::algorithms::fedavg::FedProtocol;
 use std::sync::Arc;
 
 use braid_core::robust::{Aggregator, Attack};
 use braid_engine::algorithms::fedavg::FedTrainer;
-use braid_engine::algorithms::fedavg::{
-    FedAvgClient, FedAvgServer, Msg, RoundMetrics, ServerConfig,
-};
+use braid_engine::algorithms::fedavg::{FedAvgClient, FedAvgServer, ServerConfig};
 use braid_engine::node::{BoxNode, EngineError, EngineResult};
 use braid_engine::sim::{Simulator, Worker};
 use braid_engine::trainer::{Evaluate, Train, Trainer};
@@ -55,9 +54,11 @@ fn one_round(aggregator: Aggregator, attack: Attack, bad: &[usize]) -> EngineRes
         min_replies: 1,
         aggregator,
     };
-    let mut nodes: Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>> = vec![Box::new(
-        FedAvgServer::new(config, clients.clone(), vec![0.0; 5])?,
-    )];
+    let mut nodes: Vec<BoxNode<FedProtocol>> = vec![Box::new(FedAvgServer::new(
+        config,
+        clients.clone(),
+        vec![0.0; 5],
+    )?)];
     for (k, id) in clients.into_iter().enumerate() {
         let a = bad.contains(&k).then_some(attack);
         nodes.push(Box::new(

@@ -2,6 +2,7 @@
 //! same model as plain FedAvg, the exact sum with clients dropping out at every step, rounds
 //! that start again when too many drop, and a server that never sees an update in the clear.
 
+use braid_engine::algorithms::fedavg::FedProtocol;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -66,9 +67,7 @@ struct Dropout {
 }
 
 impl Node for Dropout {
-    type Msg = Msg;
-    type Metrics = RoundMetrics;
-    type Trainer = dyn FedTrainer;
+    type Protocol = FedProtocol;
 
     fn on_control(&mut self, from: NodeId, c: Control, ctx: &mut FedCtx<'_>) -> EngineResult {
         self.inner.on_control(from, c, ctx)
@@ -103,9 +102,7 @@ struct Spy {
 }
 
 impl Node for Spy {
-    type Msg = Msg;
-    type Metrics = RoundMetrics;
-    type Trainer = dyn FedTrainer;
+    type Protocol = FedProtocol;
 
     fn id(&self) -> NodeId {
         self.inner.id()
@@ -160,7 +157,7 @@ fn run(s: &Setup, seen: Option<Log>) -> EngineResult<SimOutcome<RoundMetrics>> {
     };
     let server = FedAvgServer::new(config, ids.clone(), vec![0.5; PARAMS])?
         .with_secure_aggregation(s.secure);
-    let mut nodes: Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>> = vec![match seen {
+    let mut nodes: Vec<BoxNode<FedProtocol>> = vec![match seen {
         Some(seen) => Box::new(Spy {
             inner: server,
             seen,

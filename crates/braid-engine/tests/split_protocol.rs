@@ -3,6 +3,7 @@
 //! accounting, the client gradients' aggregation, simulated time, hostile messages, and
 //! determinism across worker threads.
 
+use braid_engine::algorithms::split::SplitProtocol;
 use std::sync::{Arc, Mutex};
 
 use braid_core::compress::{Compression, Quantize};
@@ -115,8 +116,8 @@ fn settings(
 }
 
 /// Clients hold consecutive sample ranges of the given sizes.
-fn nodes(s: &Arc<SplitSettings>) -> Vec<BoxNode<Msg, SplitMetrics, dyn SplitLearner>> {
-    let mut v: Vec<BoxNode<Msg, SplitMetrics, dyn SplitLearner>> = vec![Box::new(
+fn nodes(s: &Arc<SplitSettings>) -> Vec<BoxNode<SplitProtocol>> {
+    let mut v: Vec<BoxNode<SplitProtocol>> = vec![Box::new(
         SplitServer::new(Arc::clone(s), vec![0.0; NUM_PARAMS]).unwrap(),
     )];
     let mut start = 0;
@@ -248,10 +249,7 @@ fn results_do_not_depend_on_workers_and_stragglers_slow_the_clock() {
 type Handled = (EngineResult, Vec<(NodeId, Body<Msg>)>);
 
 impl Fake {
-    fn ctx_run(
-        node: &mut dyn Node<Msg = Msg, Metrics = SplitMetrics, Trainer = dyn SplitLearner>,
-        from: NodeId, p: Msg,
-    ) -> Handled {
+    fn ctx_run(node: &mut dyn Node<Protocol = SplitProtocol>, from: NodeId, p: Msg) -> Handled {
         let (mut out, mut ev) = (Vec::new(), Vec::<Event<SplitMetrics>>::new());
         let mut t = Fake::default();
         let mut ctx = NodeCtx::new(&mut out, &mut ev, &mut t as &mut dyn SplitLearner);
@@ -587,21 +585,16 @@ struct Crashed {
 }
 
 impl Node for Crashed {
-    type Msg = Msg;
-    type Metrics = SplitMetrics;
-    type Trainer = dyn SplitLearner;
+    type Protocol = SplitProtocol;
 
     fn id(&self) -> NodeId {
         self.id
     }
-    fn on_start(
-        &mut self, _: &mut NodeCtx<'_, Msg, SplitMetrics, dyn SplitLearner>,
-    ) -> EngineResult {
+    fn on_start(&mut self, _: &mut NodeCtx<'_, SplitProtocol>) -> EngineResult {
         Ok(())
     }
     fn on_message(
-        &mut self, from: NodeId, msg: Msg,
-        ctx: &mut NodeCtx<'_, Msg, SplitMetrics, dyn SplitLearner>,
+        &mut self, from: NodeId, msg: Msg, ctx: &mut NodeCtx<'_, SplitProtocol>,
     ) -> EngineResult {
         match msg {
             Msg::Request { .. } if !self.forward => self.inner.on_message(from, msg, ctx),
@@ -609,7 +602,7 @@ impl Node for Crashed {
         }
     }
     fn on_control(
-        &mut self, _: NodeId, _: Control, _: &mut NodeCtx<'_, Msg, SplitMetrics, dyn SplitLearner>,
+        &mut self, _: NodeId, _: Control, _: &mut NodeCtx<'_, SplitProtocol>,
     ) -> EngineResult {
         Ok(())
     }

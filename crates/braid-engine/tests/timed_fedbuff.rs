@@ -3,6 +3,7 @@
 //! FedAvg's rounds but not FedBuff's steps; FedBuff's staleness, weights, dropped updates and
 //! deadlines; results independent of the worker count.
 
+use braid_engine::algorithms::fedavg::FedProtocol;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,9 +68,7 @@ impl Evaluate for Fake {
 struct Dead(NodeId);
 
 impl Node for Dead {
-    type Msg = Msg;
-    type Metrics = RoundMetrics;
-    type Trainer = dyn FedTrainer;
+    type Protocol = FedProtocol;
 
     fn id(&self) -> NodeId {
         self.0
@@ -116,8 +115,8 @@ fn server_config(rounds: u32, per_round: usize) -> ServerConfig {
 }
 
 fn run(
-    server: BoxNode<Msg, RoundMetrics, dyn FedTrainer>, clients: usize, dead: &[NodeId],
-    timing: Option<Timing>, workers: usize,
+    server: BoxNode<FedProtocol>, clients: usize, dead: &[NodeId], timing: Option<Timing>,
+    workers: usize,
 ) -> SimOutcome<RoundMetrics> {
     let mut nodes = vec![server];
     for k in 1..=clients {
@@ -147,7 +146,7 @@ fn timing(clients: usize, slow: f64) -> Timing {
     )
 }
 
-fn fedavg(rounds: u32, clients: usize) -> BoxNode<Msg, RoundMetrics, dyn FedTrainer> {
+fn fedavg(rounds: u32, clients: usize) -> BoxNode<FedProtocol> {
     Box::new(
         FedAvgServer::new(
             server_config(rounds, clients),
@@ -158,9 +157,7 @@ fn fedavg(rounds: u32, clients: usize) -> BoxNode<Msg, RoundMetrics, dyn FedTrai
     )
 }
 
-fn fedbuff(
-    rounds: u32, clients: usize, settings: FedBuffSettings,
-) -> BoxNode<Msg, RoundMetrics, dyn FedTrainer> {
+fn fedbuff(rounds: u32, clients: usize, settings: FedBuffSettings) -> BoxNode<FedProtocol> {
     Box::new(
         FedBuffServer::new(
             server_config(rounds, clients),
@@ -511,7 +508,7 @@ fn a_node_computing_faster_than_ever_before_is_an_error_not_a_wrong_order() {
         vec![0.0; PARAMS],
     )
     .unwrap();
-    let nodes: Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>> = vec![
+    let nodes: Vec<BoxNode<FedProtocol>> = vec![
         Box::new(server),
         Box::new(FedAvgClient::new(1, Arc::new((0..9).collect()), 3)),
         Box::new(FedAvgClient::new(2, Arc::new((100..115).collect()), 3)),

@@ -26,6 +26,7 @@ pub mod model;
 pub mod models;
 pub mod mutual;
 pub mod net;
+pub mod optim;
 pub mod split;
 pub mod store;
 pub mod train;

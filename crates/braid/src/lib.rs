@@ -36,13 +36,15 @@ pub mod prelude {
     pub use braid_data::registered::DatasetKind;
     pub use braid_data::{DataError, DataSplit, Dataset};
     pub use braid_engine::algorithm::{
-        Algorithm, Baseline, Feature, Finished, NodeOf, Registry, RegistryError, Summary,
+        Algorithm, Baseline, Feature, Finished, MetricsOf, MsgOf, NodeOf, Registry, RegistryError,
+        Summary, TrainerOf,
     };
     pub use braid_engine::config::ExperimentConfig;
     pub use braid_engine::error::{Invalid, Rule};
     pub use braid_engine::experiment::{self, Prepared};
     pub use braid_engine::node::{
-        check_params, BoxNode, Ctx, EngineError, EngineResult, Event, Metrics, Node, NodeCtx,
+        check_params, BoxNode, Ctx, EngineError, EngineResult, Event, Family, Metrics, Node,
+        NodeCtx, Protocol,
     };
     pub use braid_engine::report::Rows;
     pub use braid_engine::sim::SimOutcome;

@@ -1,6 +1,7 @@
 //! Unit tests of config loading and checking.
 
 use super::*;
+use braid_core::partition::PartitionScheme;
 
 const BASE: &str = r#"
 name = "t"

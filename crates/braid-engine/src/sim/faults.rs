@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use crate::algorithm::{Algorithm, NodeOf};
+use crate::algorithm::{Algorithm, MetricsOf, MsgOf, NodeOf, TrainerOf};
 use crate::node::{EngineError, EngineResult, Event, Input, Metrics, NodeState};
 use crate::prepared::{BurnTrainer, Prepared};
 use crate::trainer::TrainerObject;
@@ -128,7 +128,7 @@ struct Disk<R> {
 /// Runs the nodes of `prepared` under the faults `plan` draws from `seed`.
 pub fn run_with_faults<A: Algorithm>(
     prepared: &Prepared, settings: &A::Config, plan: &FaultPlan, seed: u64,
-) -> EngineResult<FaultOutcome<A::Metrics>> {
+) -> EngineResult<FaultOutcome<MetricsOf<A>>> {
     let mut rng = braid_core::seed::rng(seed, &[0xfa17]);
     let build = || -> EngineResult<Vec<Option<NodeOf<A>>>> {
         let mut nodes = A::build(prepared, settings)?;
@@ -139,11 +139,11 @@ pub fn run_with_faults<A: Algorithm>(
     };
     let mut nodes = build()?;
     let n = nodes.len();
-    let trainer = A::Trainer::from_full(BurnTrainer::new(prepared)?);
+    let trainer = <TrainerOf<A>>::from_full(BurnTrainer::new(prepared)?);
     let (mut trainer, meter) = crate::trainer::metered(trainer);
-    let mut queue: BTreeMap<(u64, u64), Due<A::Msg>> = BTreeMap::new();
+    let mut queue: BTreeMap<(u64, u64), Due<MsgOf<A>>> = BTreeMap::new();
     let mut seq = 0u64;
-    let mut at = |queue: &mut BTreeMap<(u64, u64), Due<A::Msg>>, t: u64, due: Due<A::Msg>| {
+    let mut at = |queue: &mut BTreeMap<(u64, u64), Due<MsgOf<A>>>, t: u64, due: Due<MsgOf<A>>| {
         queue.insert((t, seq), due);
         seq += 1;
     };
@@ -152,14 +152,14 @@ pub fn run_with_faults<A: Algorithm>(
     }
     let mut life = vec![0u64; n];
     let mut down_until: Vec<Option<u64>> = vec![None; n];
-    let mut disk: Vec<Disk<A::Metrics>> = (0..n)
+    let mut disk: Vec<Disk<MetricsOf<A>>> = (0..n)
         .map(|_| Disk {
             state: None,
             rows: Vec::new(),
             version: 0,
         })
         .collect();
-    let mut rows: Vec<Vec<A::Metrics>> = vec![Vec::new(); n];
+    let mut rows: Vec<Vec<MetricsOf<A>>> = vec![Vec::new(); n];
     let mut out = FaultOutcome {
         rows: Vec::new(),
         final_params: None,

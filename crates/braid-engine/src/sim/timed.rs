@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, HashMap};
 use braid_core::latency::{LatencyConfig, LatencyModel};
 
 use super::{SimOutcome, Simulator, TaskOutput};
-use crate::node::{EngineError, EngineResult, Event, Input, Metrics};
+use crate::node::{EngineError, EngineResult, Event, Input, Metrics, Protocol};
 use crate::transport::{Envelope, Transport};
 use crate::wire::{Message, NodeId};
 
@@ -102,6 +102,9 @@ impl Timing {
 }
 
 /// An input waiting at a node.
+/// A node's pending inputs, by arrival time and sequence number.
+type Inbox<M> = BTreeMap<(Nanos, u64), Queued<M>>;
+
 struct Queued<M> {
     from: Option<NodeId>,
     input: Input<M>,
@@ -117,12 +120,12 @@ fn kind<M: Message>(input: &Input<M>) -> &'static str {
     input.kind()
 }
 
-impl<M: Message, R: Metrics, T: crate::trainer::TrainerObject + ?Sized> Simulator<M, R, T> {
+impl<P: Protocol<Metrics: Metrics, Trainer: crate::trainer::TrainerObject>> Simulator<P> {
     /// Runs with simulated time from `timing` (see the module documentation). Every round's
     /// metrics get the simulated seconds at which the round ended.
     pub(super) fn run_timed(
-        &mut self, timing: &Timing, observer: &mut dyn FnMut(&Event<R>),
-    ) -> EngineResult<SimOutcome<R>> {
+        &mut self, timing: &Timing, observer: &mut dyn FnMut(&Event<P::Metrics>),
+    ) -> EngineResult<SimOutcome<P::Metrics>> {
         let t0 = std::time::Instant::now();
         let n = self.nodes.len();
         let mut outcome = SimOutcome {
@@ -144,8 +147,7 @@ impl<M: Message, R: Metrics, T: crate::trainer::TrainerObject + ?Sized> Simulato
             .collect();
         // Per node: queued inputs by (arrival, sequence), queued messages by sender, when it
         // is next free, the least compute seen per input kind, and the latest input handled.
-        let mut inbox: Vec<BTreeMap<(Nanos, u64), Queued<M>>> =
-            (0..n).map(|_| BTreeMap::new()).collect();
+        let mut inbox: Vec<Inbox<P::Msg>> = (0..n).map(|_| BTreeMap::new()).collect();
         let mut queued_from: Vec<HashMap<NodeId, usize>> = vec![HashMap::new(); n];
         let mut free_at: Vec<Nanos> = vec![0; n];
         let mut least: Vec<HashMap<&'static str, Nanos>> = vec![HashMap::new(); n];
@@ -200,7 +202,7 @@ impl<M: Message, R: Metrics, T: crate::trainer::TrainerObject + ?Sized> Simulato
             }
             // Take, per node, the queued inputs in order while nothing can still arrive
             // before them.
-            let mut tasks: Vec<(NodeId, Vec<Input<M>>)> = Vec::new();
+            let mut tasks: Vec<(NodeId, Vec<Input<P::Msg>>)> = Vec::new();
             let mut taken: Vec<Taken> = Vec::new();
             for i in 0..n {
                 let mut inputs = Vec::new();
@@ -270,9 +272,10 @@ impl<M: Message, R: Metrics, T: crate::trainer::TrainerObject + ?Sized> Simulato
     /// Timestamps one node's output of a step and queues its messages and deadlines.
     #[allow(clippy::too_many_arguments)]
     fn deliver_timed(
-        &mut self, timing: &Timing, from: NodeId, out: TaskOutput<M, R>,
-        starts: &[(Nanos, &'static str)], st: &mut Timed<'_, M>, outcome: &mut SimOutcome<R>,
-        observer: &mut dyn FnMut(&Event<R>), t0: std::time::Instant,
+        &mut self, timing: &Timing, from: NodeId, out: TaskOutput<P>,
+        starts: &[(Nanos, &'static str)], st: &mut Timed<'_, P::Msg>,
+        outcome: &mut SimOutcome<P::Metrics>, observer: &mut dyn FnMut(&Event<P::Metrics>),
+        t0: std::time::Instant,
     ) -> EngineResult {
         let f = from as usize;
         let (mut m0, mut e0, mut d0) = (0, 0, 0);
@@ -353,7 +356,7 @@ impl<M: Message, R: Metrics, T: crate::trainer::TrainerObject + ?Sized> Simulato
 
 /// The timed run's state that delivering a step's output changes.
 struct Timed<'a, M> {
-    inbox: &'a mut Vec<BTreeMap<(Nanos, u64), Queued<M>>>,
+    inbox: &'a mut Vec<Inbox<M>>,
     queued_from: &'a mut Vec<HashMap<NodeId, usize>>,
     free_at: &'a mut Vec<Nanos>,
     least: &'a mut Vec<HashMap<&'static str, Nanos>>,

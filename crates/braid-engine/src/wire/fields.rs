@@ -152,6 +152,21 @@ macro_rules! __wire_codec {
     };
 }
 
+/// The kinds of a [`protocol!`] marked `[replay]`, as a slice (an accumulator over the kinds).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __replayed {
+    ([$($acc:literal),*]) => {
+        &[$($acc),*]
+    };
+    ([$($acc:literal),*] ($k:literal replay) $($rest:tt)*) => {
+        $crate::__replayed!([$($acc,)* $k] $($rest)*)
+    };
+    ([$($acc:literal),*] ($k:literal) $($rest:tt)*) => {
+        $crate::__replayed!([$($acc),*] $($rest)*)
+    };
+}
+
 /// Declares a protocol: its message enum (deriving `Debug`, `Clone` and `PartialEq`, as
 /// [`Message`](crate::wire::Message) asks) and the `Message` implementation, whose layout is the
 /// kind byte and then each field in order.
@@ -163,8 +178,8 @@ macro_rules! __wire_codec {
 ///     /// A tiny protocol.
 ///     pub enum Ping {
 ///         protocol: "ping", tag: 200, version: 1;
-///         /// `model` for round `round`.
-///         Model(1, "model", round = round) { round: u32, model: Tensor },
+///         /// `model` for round `round`: the receiver trains from it.
+///         Model(1, "model", round = round) [replay] { round: u32, model: Tensor },
 ///         /// Goodbye (no round).
 ///         Bye(2, "bye") {},
 ///     }
@@ -175,11 +190,14 @@ macro_rules! __wire_codec {
 /// assert_eq!(bytes.len(), m.encoded_len());
 /// assert_eq!(Body::<Ping>::decode(&bytes, &Limits::new(2)), Ok(m));
 /// assert_eq!(Ping::Bye {}.round(), None);
+/// assert_eq!(Ping::REPLAYED, ["model"]);
 /// ```
 ///
-/// Each kind is `Name(kind byte, "name for logs"[, round = field])`: the optional field is
-/// the round or step the message belongs to. A field's type is written with [`Plain`] unless
-/// it names another [`Codec`] (`field: Type as Codec`).
+/// Each kind is `Name(kind byte, "name for logs"[, round = field])[ [replay]]`: the optional
+/// field is the round or step the message belongs to; `[replay]` marks a kind whose handling
+/// re-does a training the receiver logs ([`Message::REPLAYED`](crate::wire::Message::REPLAYED)).
+/// A field's type is written with [`Plain`] unless it names another [`Codec`]
+/// (`field: Type as Codec`).
 #[macro_export]
 macro_rules! protocol {
     (
@@ -188,7 +206,8 @@ macro_rules! protocol {
             protocol: $proto:literal, tag: $tag:literal, version: $version:literal;
             $(
                 $(#[$vmeta:meta])*
-                $variant:ident($kind:literal, $kname:literal $(, round = $round:ident)?) {
+                $variant:ident($kind:literal, $kname:literal $(, round = $round:ident)?)
+                $([$replay:ident])? {
                     $( $(#[$fmeta:meta])* $field:ident : $fty:ty $(as $codec:ty)? ),* $(,)?
                 }
             ),* $(,)?
@@ -207,6 +226,8 @@ macro_rules! protocol {
             const PROTOCOL: &'static str = $proto;
             const TAG: u8 = $tag;
             const VERSION: u8 = $version;
+            const REPLAYED: &'static [&'static str] =
+                $crate::__replayed!([] $( ($kname $($replay)?) )*);
 
             fn kind(&self) -> &'static str {
                 match self {

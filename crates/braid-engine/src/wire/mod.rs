@@ -76,6 +76,12 @@ pub trait Message: Sized + Clone + std::fmt::Debug + PartialEq + Send + Sync + '
     const TAG: u8;
     /// Its version: a receiver refuses any other.
     const VERSION: u8;
+    /// The kinds whose handling re-does the training a node logged, bit for bit, given the
+    /// node's state before it (the FedAvg family's train requests, to a client that keeps no
+    /// state between rounds; dsgd's gossip, to a peer restored from its state). Their senders
+    /// keep a copy of each, nodes that carry state keep it around each training, and
+    /// `braid audit replay` re-executes the claims. Empty (the default): not replayed.
+    const REPLAYED: &'static [&'static str] = &[];
     /// The message's kind, for logs.
     fn kind(&self) -> &'static str;
     /// Length of [`Message::encode`]'s output, without encoding.

@@ -1,7 +1,7 @@
 //! Pieces several protocol tests share.
 
-use braid_engine::algorithms::fedavg::FedTrainer;
-use braid_engine::algorithms::fedavg::{FedAvgClient, FedCtx, Msg, RoundMetrics};
+use braid_engine::algorithms::fedavg::FedProtocol;
+use braid_engine::algorithms::fedavg::{FedAvgClient, FedCtx, Msg};
 use braid_engine::node::{EngineResult, Node};
 use braid_engine::wire::{Control, NodeId};
 
@@ -14,9 +14,7 @@ pub struct Flaky {
 }
 
 impl Node for Flaky {
-    type Msg = Msg;
-    type Metrics = RoundMetrics;
-    type Trainer = dyn FedTrainer;
+    type Protocol = FedProtocol;
 
     fn id(&self) -> NodeId {
         self.inner.id()

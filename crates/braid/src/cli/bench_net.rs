@@ -15,9 +15,9 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use braid_engine::algorithms::fedavg::FedTrainer;
+use braid_engine::algorithms::fedavg::FedProtocol;
+use braid_engine::algorithms::fedavg::Msg;
 use braid_engine::algorithms::fedavg::{FedAvgClient, FedAvgServer, ServerConfig};
-use braid_engine::algorithms::fedavg::{Msg, RoundMetrics};
 use braid_engine::config::{NetworkConfig, Participant};
 use braid_engine::node::{BoxNode, EngineResult};
 use braid_engine::trainer::{Evaluate, Train, TrainSteps, Trainer};
@@ -203,7 +203,7 @@ fn braid_rounds(args: &BenchNetArgs) -> Result<Vec<f64>> {
         clients.clone(),
         vec![0.5; args.params],
     )?;
-    let mut nodes: Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>> = vec![Box::new(server)];
+    let mut nodes: Vec<BoxNode<FedProtocol>> = vec![Box::new(server)];
     for &c in &clients {
         nodes.push(Box::new(FedAvgClient::new(c, Arc::new(vec![0]), 1)));
     }

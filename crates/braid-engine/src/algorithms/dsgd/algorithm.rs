@@ -71,14 +71,9 @@ pub struct Dsgd;
 impl Algorithm for Dsgd {
     const NAME: &'static str = "dsgd";
     type Config = DecentralizedConfig;
-    type Msg = Msg;
-    type Metrics = GossipMetrics;
-    type Trainer = dyn PeerTrainer;
+    type Protocol = DsgdProtocol;
     const TABLES: &'static [&'static str] = &["decentralized"];
     const FEATURES: &'static [Feature] = &[Feature::Compression];
-    // A peer restored from its state before the gossip that completed a round redoes the
-    // mixing and the local steps that followed.
-    const REPLAY_INPUTS: &'static [&'static str] = &["gossip"];
 
     fn config(c: &ExperimentConfig) -> Result<DecentralizedConfig, Invalid> {
         common::check_compression(c, common::CompressionUse::Gossip)?;
@@ -141,13 +136,10 @@ impl Algorithm for Dsgd {
         Ok(d)
     }
 
-    fn build(
-        p: &Prepared, d: &DecentralizedConfig,
-    ) -> EngineResult<Vec<BoxNode<Msg, GossipMetrics, dyn PeerTrainer>>> {
+    fn build(p: &Prepared, d: &DecentralizedConfig) -> EngineResult<Vec<BoxNode<DsgdProtocol>>> {
         let settings = Arc::new(dsgd_settings(p, d)?);
         let init = p.initial_params()?;
-        let mut nodes: Vec<BoxNode<Msg, GossipMetrics, dyn PeerTrainer>> =
-            Vec::with_capacity(p.parts.len() + 1);
+        let mut nodes: Vec<BoxNode<DsgdProtocol>> = Vec::with_capacity(p.parts.len() + 1);
         for (id, part) in p.parts.iter().enumerate() {
             nodes.push(Box::new(DsgdPeer::new(
                 id as NodeId,

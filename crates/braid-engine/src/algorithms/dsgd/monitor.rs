@@ -190,9 +190,7 @@ impl DsgdMonitor {
 }
 
 impl Node for DsgdMonitor {
-    type Msg = Msg;
-    type Metrics = GossipMetrics;
-    type Trainer = dyn PeerTrainer;
+    type Protocol = DsgdProtocol;
 
     fn id(&self) -> NodeId {
         self.settings.monitor()

@@ -9,7 +9,9 @@ crate::protocol! {
         protocol: "dsgd", tag: 2, version: 1;
         /// Peer to peer: `model`, my parameters for gossip round `round` (from 1; exact, or
         /// packed with `compression.gossip`; shared between my out-neighbours in-process).
-        Gossip(1, "gossip", round = round) { round: u32, model: Tensor },
+        /// Replayed: a peer restored from its state before the gossip that completed a round
+        /// redoes the mixing and the local steps that followed.
+        Gossip(1, "gossip", round = round) [replay] { round: u32, model: Tensor },
         /// Peer to monitor, at an evaluation point after `step` local steps: the mean
         /// training loss since the previous snapshot, the local model's test `accuracy` and
         /// `loss`, the gossip bytes I have sent so far, and `model`, my parameters exactly

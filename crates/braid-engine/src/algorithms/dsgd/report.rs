@@ -2,9 +2,56 @@
 
 use serde::Serialize;
 
-use super::GossipMetrics;
 use crate::config::ExperimentConfig;
-use crate::report::{json_line, Outputs, RGBColor, Rows, BLUE, RED};
+use crate::node::Metrics;
+use crate::report::{json_line, Outputs, RGBColor, Rows, Table, BLUE, RED};
+
+/// Metrics of a decentralized run at one evaluation point, as the monitor sees them.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GossipMetrics {
+    /// Local steps every peer has taken.
+    pub step: u64,
+    /// Training progress, `step / total steps`.
+    pub progress: f64,
+    /// Communication rounds so far (`step / every`, counting rounds with no edges).
+    pub comm_rounds: u64,
+    /// The budget r(p) at this point.
+    pub budget: f64,
+    /// Mean test accuracy of the local models (on the evaluation sample).
+    pub local_mean: f64,
+    /// Worst local model.
+    pub local_min: f64,
+    /// Best local model.
+    pub local_max: f64,
+    /// Test accuracy of the global merge (exact average of all local models), full test set.
+    pub merged_accuracy: f64,
+    /// Test loss of the global merge.
+    pub merged_loss: f64,
+    /// Mergeability gap: the merge's accuracy minus the mean local accuracy, both on the
+    /// local models' evaluation sample (so the two are measured on the same samples).
+    pub gap: f64,
+    /// Consensus distance: mean squared L2 distance of the local models to their average.
+    pub consensus: f64,
+    /// Mean training loss of the peers since the previous evaluation point.
+    pub train_loss: f64,
+    /// Gossip bytes sent per peer so far, mean over peers.
+    pub bytes_per_peer: f64,
+    /// Gossip bytes sent so far by the busiest peer.
+    pub bytes_max_peer: u64,
+}
+
+impl Metrics for GossipMetrics {
+    fn progress(&self) -> (u64, Option<f64>) {
+        (self.step, Some(self.merged_accuracy))
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "step {:>6} | merged {:.4} | local mean {:.4}",
+            self.step, self.merged_accuracy, self.local_mean
+        )
+    }
+}
 
 impl Rows for GossipMetrics {
     fn write(
@@ -53,37 +100,21 @@ impl Rows for GossipMetrics {
     }
 
     fn table(_config: &ExperimentConfig, rows: &[(Self, f64)]) -> String {
-        let mut out = format!(
-            "{:>7} {:>8} {:>6} {:>9} {:>9} {:>9} {:>8} {:>8} {:>10} {:>9} {:>8}\n",
-            "step",
-            "progress",
-            "r",
-            "local",
-            "min",
-            "max",
-            "merged",
-            "gap",
-            "consensus",
-            "MB/peer",
-            "wall_s"
-        );
-        for (m, wall) in rows {
-            out.push_str(&format!(
-                "{:>7} {:>8.3} {:>6.2} {:>9.4} {:>9.4} {:>9.4} {:>8.4} {:>+8.4} {:>10.4} {:>9.2} {:>8.1}\n",
-                m.step,
-                m.progress,
-                m.budget,
-                m.local_mean,
-                m.local_min,
-                m.local_max,
-                m.merged_accuracy,
-                m.gap,
-                m.consensus,
-                m.bytes_per_peer / 1e6,
-                wall
-            ));
-        }
-        out
+        Table::new(rows, " ")
+            .column("step", 7, |(m, _)| m.step.to_string())
+            .column("progress", 8, |(m, _)| format!("{:.3}", m.progress))
+            .column("r", 6, |(m, _)| format!("{:.2}", m.budget))
+            .column("local", 9, |(m, _)| format!("{:.4}", m.local_mean))
+            .column("min", 9, |(m, _)| format!("{:.4}", m.local_min))
+            .column("max", 9, |(m, _)| format!("{:.4}", m.local_max))
+            .column("merged", 8, |(m, _)| format!("{:.4}", m.merged_accuracy))
+            .column("gap", 8, |(m, _)| format!("{:+.4}", m.gap))
+            .column("consensus", 10, |(m, _)| format!("{:.4}", m.consensus))
+            .column("MB/peer", 9, |(m, _)| {
+                format!("{:.2}", m.bytes_per_peer / 1e6)
+            })
+            .column("wall_s", 8, |(_, wall)| format!("{wall:.1}"))
+            .render()
     }
 }
 

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use super::FedTrainer;
-use super::{FedAvgClient, FedAvgServer, Msg, RoundMetrics, SecureSettings, ServerConfig, SERVER};
+use super::FedProtocol;
+use super::{FedAvgClient, FedAvgServer, RoundMetrics, SecureSettings, ServerConfig, SERVER};
 use crate::algorithm::{Algorithm, Feature, Summary};
 use crate::algorithms::common;
 use crate::config::{DpMode, ExperimentConfig};
@@ -88,12 +88,8 @@ fn settings(c: &ExperimentConfig, variant: Variant) -> Result<FedAvgSettings, In
 /// [`ServerConfig`], clients and initial model), then one client per shard.
 pub(crate) fn build_family(
     p: &Prepared,
-    server: impl FnOnce(
-        ServerConfig,
-        Vec<NodeId>,
-        Vec<f32>,
-    ) -> EngineResult<BoxNode<Msg, RoundMetrics, dyn FedTrainer>>,
-) -> EngineResult<Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>>> {
+    server: impl FnOnce(ServerConfig, Vec<NodeId>, Vec<f32>) -> EngineResult<BoxNode<FedProtocol>>,
+) -> EngineResult<Vec<BoxNode<FedProtocol>>> {
     let c = &p.config;
     let clients: Vec<NodeId> = (1..=p.parts.len() as NodeId).collect();
     let secure = c.secure_aggregation.map(|sa| SecureSettings {
@@ -145,7 +141,7 @@ fn clients_per_round(p: &Prepared) -> usize {
         .unwrap_or(p.parts.len())
 }
 
-fn build_fedavg(p: &Prepared) -> EngineResult<Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>>> {
+fn build_fedavg(p: &Prepared) -> EngineResult<Vec<BoxNode<FedProtocol>>> {
     let c = &p.config;
     let delta = c.compression.is_some_and(|k| k.downlink_delta);
     let downlink = c.compression.and_then(|k| k.downlink);
@@ -239,12 +235,8 @@ macro_rules! fedavg_family {
         impl Algorithm for $ty {
             const NAME: &'static str = $name;
             type Config = FedAvgSettings;
-            type Msg = Msg;
-            type Metrics = RoundMetrics;
-            type Trainer = dyn FedTrainer;
+            type Protocol = FedProtocol;
             const FEATURES: &'static [Feature] = $features;
-            // A client trains from the model in the request alone (a fresh optimizer).
-            const REPLAY_INPUTS: &'static [&'static str] = &["train-request"];
 
             fn config(c: &ExperimentConfig) -> Result<FedAvgSettings, Invalid> {
                 settings(c, $variant)
@@ -260,7 +252,7 @@ macro_rules! fedavg_family {
 
             fn build(
                 p: &Prepared, _settings: &FedAvgSettings,
-            ) -> EngineResult<Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>>> {
+            ) -> EngineResult<Vec<BoxNode<FedProtocol>>> {
                 build_fedavg(p)
             }
 

@@ -11,7 +11,7 @@ use braid_core::seed;
 use super::layers::compression::Uplink;
 use super::layers::privacy::LocalDp;
 use super::layers::{self, downlink, secure, UpdateLayer};
-use super::{FedCtx, FedTrainer, Msg, RoundMetrics, SecureSettings, SERVER};
+use super::{FedCtx, FedProtocol, Msg, SecureSettings, SERVER};
 use crate::config::{CompressionConfig, PrivacyConfig};
 use crate::node::{EngineError, EngineResult, Node};
 use crate::wire::{Control, Message, NodeId, Tensor};
@@ -158,9 +158,7 @@ impl FedAvgClient {
 }
 
 impl Node for FedAvgClient {
-    type Msg = Msg;
-    type Metrics = RoundMetrics;
-    type Trainer = dyn FedTrainer;
+    type Protocol = FedProtocol;
 
     fn id(&self) -> NodeId {
         self.id

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use braid_core::server_opt::{ServerOptimizer, ServerOptimizerConfig};
 
-use crate::node::{check_params, EngineError, EngineResult, Event, Metrics, NodeCtx, NodeState};
+use crate::node::{check_params, EngineError, EngineResult, Event, Family, NodeCtx, NodeState};
 use crate::wire::{Control, NodeId};
 
 pub mod algorithm;
@@ -34,75 +34,22 @@ pub use client::{local_training, FedAvgClient};
 pub use layers::compression::model_request;
 pub use layers::secure::{SecureSettings, MAX_RESTARTS};
 pub use msg::Msg;
-pub use report::MetricsRow;
+pub use report::{MetricsRow, RoundMetrics};
 use server::Aggregated;
 pub use server::FedAvgServer;
 
+/// What the nodes of the FedAvg family (FedAvg, FedProx, the server optimizers,
+/// FedBuff) exchange, report and are lent.
+pub type FedProtocol = Family<Msg, RoundMetrics, dyn FedTrainer>;
+
 /// What a node of the FedAvg family can do while handling an event.
-pub type FedCtx<'a> = NodeCtx<'a, Msg, RoundMetrics, dyn FedTrainer>;
+pub type FedCtx<'a> = NodeCtx<'a, FedProtocol>;
 
 crate::trainer_bundle!(
     /// What FedAvg-family nodes ask of their trainer: clients train from the global model
     /// with a fresh optimizer, the server evaluates.
     pub FedTrainer: Train + Evaluate
 );
-
-/// Metrics of one completed round, as the server sees them (FedAvg, FedProx, FedBuff and the
-/// centralized baseline).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct RoundMetrics {
-    /// Round number, from 1.
-    pub round: u32,
-    /// Test accuracy of the global model (None if not evaluated this round).
-    pub accuracy: Option<f64>,
-    /// Test loss of the global model (None if not evaluated this round).
-    pub loss: Option<f64>,
-    /// Sample-weighted mean of the clients' training losses.
-    pub train_loss: f64,
-    /// Clients whose updates were aggregated.
-    pub clients: usize,
-    /// Clients asked to train that had not replied by the round's deadline (skipped).
-    pub stragglers: usize,
-    /// Training samples they hold (the FedAvg weights).
-    pub samples: u64,
-    /// Local optimizer steps they took this round, summed over clients.
-    pub local_steps: u64,
-    /// Encoded bytes clients sent to the server this round.
-    pub bytes_up: u64,
-    /// Encoded bytes the server sent to clients this round.
-    pub bytes_down: u64,
-    /// Differential privacy spent so far: epsilon at the configured delta (`[privacy]` only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub epsilon: Option<f64>,
-    /// Simulated seconds from the start to the end of the round (set by the simulator when
-    /// it runs with a `[latency]` model; nodes leave it `None`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sim_time_s: Option<f64>,
-    /// How many server updates old the models were that this round's updates were trained
-    /// from: mean and largest (asynchronous servers only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub staleness: Option<(f64, u32)>,
-}
-
-impl Metrics for RoundMetrics {
-    fn progress(&self) -> (u64, Option<f64>) {
-        (u64::from(self.round), self.accuracy)
-    }
-
-    fn line(&self) -> String {
-        format!(
-            "round {:>4} | accuracy {} | clients {} (stragglers {})",
-            self.round,
-            self.accuracy.map_or("-".into(), |a| format!("{a:.4}")),
-            self.clients,
-            self.stragglers
-        )
-    }
-
-    fn set_sim_time(&mut self, seconds: f64) {
-        self.sim_time_s = Some(seconds);
-    }
-}
 
 /// The server's id.
 pub const SERVER: NodeId = 0;
@@ -139,15 +86,31 @@ pub(crate) fn end_run(ctx: &mut FedCtx<'_>, params: &[f32], clients: &[NodeId], 
     }
 }
 
-/// A server's refusal of a control message other than a join request from one of its
-/// clients.
-pub(crate) fn refuse_control(from: NodeId, c: &Control) -> EngineError {
-    use crate::wire::Message as _;
-    EngineError::Rejected {
-        node: SERVER,
-        from,
-        kind: c.kind(),
-        why: "the server takes only join requests from its clients".into(),
+/// A FedAvg-family server's handling of a control message. A join request from one of
+/// `clients` (a restarted client) is answered with the shutdown of round `round` once the run
+/// is over (`done`: it may have lost the shutdown) and returned otherwise, with the latest
+/// round the client has a request for, for the server to act on. Any other control is
+/// refused.
+pub(crate) fn join_request(
+    ctx: &mut FedCtx<'_>, from: NodeId, c: Control, clients: &[NodeId], done: bool, round: u32,
+) -> EngineResult<Option<u64>> {
+    match c {
+        Control::JoinRequest { step } if clients.contains(&from) => {
+            if done {
+                ctx.send_control(from, Control::Shutdown { round });
+                return Ok(None);
+            }
+            Ok(Some(step))
+        }
+        c => {
+            use crate::wire::Message as _;
+            Err(EngineError::Rejected {
+                node: SERVER,
+                from,
+                kind: c.kind(),
+                why: "the server takes only join requests from its clients".into(),
+            })
+        }
     }
 }
 

@@ -12,8 +12,9 @@ crate::protocol! {
     pub enum Msg {
         protocol: "fedavg", tag: 1, version: 1;
         /// Server to client: train from `model`, the global model, for round `round` (exact,
-        /// or packed with `compression.downlink`).
-        Request(1, "train-request", round = round) { round: u32, model: Tensor },
+        /// or packed with `compression.downlink`). Replayed: a client trains from the model
+        /// in the request alone, with a fresh optimizer.
+        Request(1, "train-request", round = round) [replay] { round: u32, model: Tensor },
         /// Client to server, answering round `round`: the client holds `num_samples` training
         /// samples (FedAvg's weight), took `steps` local optimizer steps at a mean training
         /// loss of `train_loss`; `update` is the trained parameters, exactly, or with

@@ -2,9 +2,66 @@
 
 use serde::Serialize;
 
-use super::RoundMetrics;
 use crate::config::ExperimentConfig;
-use crate::report::{accuracy_plots, json_line, opt, Outputs, Rows};
+use crate::node::Metrics;
+use crate::report::{accuracy_plots, cell, json_line, opt, Outputs, Rows, Table};
+
+/// Metrics of one completed round, as the server sees them (FedAvg, FedProx, FedBuff and the
+/// centralized baseline).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RoundMetrics {
+    /// Round number, from 1.
+    pub round: u32,
+    /// Test accuracy of the global model (None if not evaluated this round).
+    pub accuracy: Option<f64>,
+    /// Test loss of the global model (None if not evaluated this round).
+    pub loss: Option<f64>,
+    /// Sample-weighted mean of the clients' training losses.
+    pub train_loss: f64,
+    /// Clients whose updates were aggregated.
+    pub clients: usize,
+    /// Clients asked to train that had not replied by the round's deadline (skipped).
+    pub stragglers: usize,
+    /// Training samples they hold (the FedAvg weights).
+    pub samples: u64,
+    /// Local optimizer steps they took this round, summed over clients.
+    pub local_steps: u64,
+    /// Encoded bytes clients sent to the server this round.
+    pub bytes_up: u64,
+    /// Encoded bytes the server sent to clients this round.
+    pub bytes_down: u64,
+    /// Differential privacy spent so far: epsilon at the configured delta (`[privacy]` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon: Option<f64>,
+    /// Simulated seconds from the start to the end of the round (set by the simulator when
+    /// it runs with a `[latency]` model; nodes leave it `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sim_time_s: Option<f64>,
+    /// How many server updates old the models were that this round's updates were trained
+    /// from: mean and largest (asynchronous servers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staleness: Option<(f64, u32)>,
+}
+
+impl Metrics for RoundMetrics {
+    fn progress(&self) -> (u64, Option<f64>) {
+        (u64::from(self.round), self.accuracy)
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "round {:>4} | accuracy {} | clients {} (stragglers {})",
+            self.round,
+            self.accuracy.map_or("-".into(), |a| format!("{a:.4}")),
+            self.clients,
+            self.stragglers
+        )
+    }
+
+    fn set_sim_time(&mut self, seconds: f64) {
+        self.sim_time_s = Some(seconds);
+    }
+}
 
 /// One line of `metrics.csv` / `metrics.jsonl`: the server's round metrics plus run totals.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -42,25 +99,19 @@ impl Rows for RoundMetrics {
     }
 
     fn table(_config: &ExperimentConfig, rounds: &[(Self, f64)]) -> String {
-        let mut out = format!(
-            "{:>5}  {:>8}  {:>8}  {:>10}  {:>9}  {:>9}  {:>8}\n",
-            "round", "accuracy", "loss", "train_loss", "MB up", "MB down", "wall_s"
-        );
-        for row in &rows(rounds) {
-            let r = &row.metrics;
-            let f = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.4}"));
-            out.push_str(&format!(
-                "{:>5}  {:>8}  {:>8}  {:>10.4}  {:>9.2}  {:>9.2}  {:>8.1}\n",
-                r.round,
-                f(r.accuracy),
-                f(r.loss),
-                r.train_loss,
-                r.bytes_up as f64 / 1e6,
-                r.bytes_down as f64 / 1e6,
-                row.wall_s
-            ));
-        }
-        out
+        Table::new(&rows(rounds), "  ")
+            .column("round", 5, |r| r.metrics.round.to_string())
+            .column("accuracy", 8, |r| cell(r.metrics.accuracy))
+            .column("loss", 8, |r| cell(r.metrics.loss))
+            .column("train_loss", 10, |r| format!("{:.4}", r.metrics.train_loss))
+            .column("MB up", 9, |r| {
+                format!("{:.2}", r.metrics.bytes_up as f64 / 1e6)
+            })
+            .column("MB down", 9, |r| {
+                format!("{:.2}", r.metrics.bytes_down as f64 / 1e6)
+            })
+            .column("wall_s", 8, |r| format!("{:.1}", r.wall_s))
+            .render()
     }
 }
 

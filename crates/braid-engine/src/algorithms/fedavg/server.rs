@@ -13,7 +13,7 @@ use super::layers::compression::{answer, model_request, Answer, Update};
 use super::layers::privacy::DpServer;
 use super::layers::{self, downlink, secure, Reply, ServerLayer};
 use super::{restore_server, server_state};
-use super::{FedCtx, FedTrainer, Msg, RoundMetrics, SecureSettings, ServerConfig, SERVER};
+use super::{FedCtx, FedProtocol, Msg, RoundMetrics, SecureSettings, ServerConfig, SERVER};
 use crate::config::PrivacyConfig;
 use crate::error::Invalid;
 use crate::node::{check_params, EngineError, EngineResult, Event, Node, NodeState};
@@ -347,9 +347,7 @@ impl FedAvgServer {
 }
 
 impl Node for FedAvgServer {
-    type Msg = Msg;
-    type Metrics = RoundMetrics;
-    type Trainer = dyn FedTrainer;
+    type Protocol = FedProtocol;
 
     fn id(&self) -> NodeId {
         SERVER
@@ -478,33 +476,25 @@ impl Node for FedAvgServer {
     fn on_control(
         &mut self, from: NodeId, c: crate::wire::Control, ctx: &mut FedCtx<'_>,
     ) -> EngineResult {
-        use crate::wire::Control;
-        match c {
-            // A restarted client, with the latest round it has a request for (0: none, and no
-            // copy of the model): asked for a later round and silent, it lost that request.
-            Control::JoinRequest { step } if self.clients.contains(&from) => {
-                if step == 0 {
-                    if let Some(copy) = self.copy.as_mut() {
-                        copy.forget(from);
-                    }
-                }
-                if self.done {
-                    ctx.send_control(
-                        from,
-                        Control::Shutdown {
-                            round: self.completed,
-                        },
-                    );
-                } else if self.secure.is_none()
-                    && step < u64::from(self.round)
-                    && self.waiting.get(&from).is_some_and(Option::is_none)
-                {
-                    self.ask_again(from, ctx)?;
-                }
-                Ok(())
+        // A restarted client, with the latest round it has a request for (0: none, and no
+        // copy of the model): asked for a later round and silent, it lost that request.
+        let Some(step) =
+            super::join_request(ctx, from, c, &self.clients, self.done, self.completed)?
+        else {
+            return Ok(());
+        };
+        if step == 0 {
+            if let Some(copy) = self.copy.as_mut() {
+                copy.forget(from);
             }
-            c => Err(super::refuse_control(from, &c)),
         }
+        if self.secure.is_none()
+            && step < u64::from(self.round)
+            && self.waiting.get(&from).is_some_and(Option::is_none)
+        {
+            self.ask_again(from, ctx)?;
+        }
+        Ok(())
     }
 
     fn on_deadline(&mut self, token: u64, ctx: &mut FedCtx<'_>) -> EngineResult {

@@ -36,7 +36,7 @@ use super::fedavg::{
     model_request, restore_server, server_state, FedCtx, Msg, RoundMetrics, ServerConfig, SERVER,
 };
 use crate::algorithm::{Algorithm, Feature, Summary};
-use crate::algorithms::fedavg::FedTrainer;
+use crate::algorithms::fedavg::FedProtocol;
 use crate::config::ExperimentConfig;
 use crate::error::Invalid;
 use crate::node::{check_params, BoxNode, EngineError, EngineResult, Event, Node, NodeState};
@@ -287,12 +287,14 @@ impl FedBuffServer {
 }
 
 impl Node for FedBuffServer {
-    type Msg = Msg;
-    type Metrics = RoundMetrics;
-    type Trainer = dyn FedTrainer;
+    type Protocol = FedProtocol;
 
     fn id(&self) -> NodeId {
         SERVER
+    }
+
+    fn finished(&self) -> bool {
+        self.done
     }
 
     fn on_start(&mut self, ctx: &mut FedCtx<'_>) -> EngineResult {
@@ -386,27 +388,14 @@ impl Node for FedBuffServer {
         Ok(())
     }
 
-    fn finished(&self) -> bool {
-        self.done
-    }
-
     /// A restarted client's join request: after the run, it is told the run is over (it
     /// may have lost the shutdown); during it there is nothing to do, since a request it had
     /// not handled was not acknowledged and reaches it again.
     fn on_control(
         &mut self, from: NodeId, c: crate::wire::Control, ctx: &mut FedCtx<'_>,
     ) -> EngineResult {
-        use crate::wire::Control;
-        match c {
-            Control::JoinRequest { .. } if self.clients.contains(&from) => {
-                if self.done {
-                    let round = self.version;
-                    ctx.send_control(from, Control::Shutdown { round });
-                }
-                Ok(())
-            }
-            c => Err(super::fedavg::refuse_control(from, &c)),
-        }
+        let clients = &self.clients;
+        super::fedavg::join_request(ctx, from, c, clients, self.done, self.version).map(drop)
     }
 
     fn state_version(&self) -> u64 {
@@ -483,13 +472,9 @@ pub struct FedBuffRun {
 impl Algorithm for FedBuff {
     const NAME: &'static str = "fedbuff";
     type Config = FedBuffRun;
-    type Msg = Msg;
-    type Metrics = RoundMetrics;
-    type Trainer = dyn FedTrainer;
+    type Protocol = FedProtocol;
     const TABLES: &'static [&'static str] = &["fedbuff"];
     const FEATURES: &'static [Feature] = &[Feature::Compression, Feature::Latency];
-    // Its clients are FedAvg clients: they train from the request alone.
-    const REPLAY_INPUTS: &'static [&'static str] = &["train-request"];
 
     fn config(c: &ExperimentConfig) -> Result<FedBuffRun, Invalid> {
         common::check_compression(c, common::CompressionUse::Server)?;
@@ -533,9 +518,7 @@ impl Algorithm for FedBuff {
         })
     }
 
-    fn build(
-        p: &Prepared, run: &FedBuffRun,
-    ) -> EngineResult<Vec<BoxNode<Msg, RoundMetrics, dyn FedTrainer>>> {
+    fn build(p: &Prepared, run: &FedBuffRun) -> EngineResult<Vec<BoxNode<FedProtocol>>> {
         let downlink = p.config.compression.and_then(|k| k.downlink);
         let settings = run.settings;
         build_family(p, |config, clients, initial| {

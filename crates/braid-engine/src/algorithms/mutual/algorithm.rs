@@ -279,9 +279,7 @@ pub fn mutual_settings(p: &Prepared, run: &MutualRun) -> EngineResult<MutualSett
     Ok(settings)
 }
 
-fn build_mutual(
-    p: &Prepared, run: &MutualRun,
-) -> EngineResult<Vec<BoxNode<Msg, MutualMetrics, dyn MutualLearner>>> {
+fn build_mutual(p: &Prepared, run: &MutualRun) -> EngineResult<Vec<BoxNode<MutualProtocol>>> {
     let c = &p.config;
     let settings = Arc::new(mutual_settings(p, run)?);
     let global = if settings.variant == Variant::Fml {
@@ -289,7 +287,7 @@ fn build_mutual(
     } else {
         Vec::new()
     };
-    let mut nodes: Vec<BoxNode<Msg, MutualMetrics, dyn MutualLearner>> =
+    let mut nodes: Vec<BoxNode<MutualProtocol>> =
         vec![Box::new(MutualHub::new(Arc::clone(&settings), global))];
     for (k, part) in p.parts.iter().enumerate() {
         // Clients with the same model start from the same seeded init, as FedAvg's do.
@@ -340,13 +338,9 @@ macro_rules! mutual_algorithm {
         impl Algorithm for $ty {
             const NAME: &'static str = $name;
             type Config = MutualRun;
-            type Msg = Msg;
-            type Metrics = MutualMetrics;
-            type Trainer = dyn MutualLearner;
+            type Protocol = MutualProtocol;
             const TABLES: &'static [&'static str] = &["mutual"];
             const FEATURES: &'static [Feature] = &[Feature::Compression];
-            // A client restored from its state before a model message redoes its training.
-            const REPLAY_INPUTS: &'static [&'static str] = &["mutual-model"];
 
             fn config(c: &ExperimentConfig) -> Result<MutualRun, Invalid> {
                 mutual_run(c, $variant)
@@ -356,9 +350,7 @@ macro_rules! mutual_algorithm {
                 prepare_models(p, run)
             }
 
-            fn build(
-                p: &Prepared, run: &MutualRun,
-            ) -> EngineResult<Vec<BoxNode<Msg, MutualMetrics, dyn MutualLearner>>> {
+            fn build(p: &Prepared, run: &MutualRun) -> EngineResult<Vec<BoxNode<MutualProtocol>>> {
                 build_mutual(p, run)
             }
 

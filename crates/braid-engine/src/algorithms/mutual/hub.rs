@@ -276,9 +276,7 @@ impl MutualHub {
 }
 
 impl Node for MutualHub {
-    type Msg = Msg;
-    type Metrics = MutualMetrics;
-    type Trainer = dyn MutualLearner;
+    type Protocol = MutualProtocol;
 
     fn id(&self) -> NodeId {
         HUB

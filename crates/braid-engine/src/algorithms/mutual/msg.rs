@@ -10,8 +10,9 @@ crate::protocol! {
         protocol: "mutual", tag: 4, version: 1;
         /// Participant to participant: a whole `model` of architecture `arch` for round
         /// `round`, to be trained by mutual learning or handed back after it (exact, or packed
-        /// with `compression.models`).
-        Model(1, "mutual-model", round = round) { round: u32, arch: u32, model: Tensor },
+        /// with `compression.models`). Replayed: a client restored from its state before a
+        /// model message redoes its training.
+        Model(1, "mutual-model", round = round) [replay] { round: u32, arch: u32, model: Tensor },
         /// Client to monitor: how the client's models do after round `round`: the current
         /// model's test `accuracy` and `loss`, the peak model's (NaN before the first peak),
         /// the mean training loss since the client's last report (NaN if it did none) and the

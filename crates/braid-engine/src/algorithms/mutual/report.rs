@@ -1,8 +1,55 @@
 //! Mutual learning's `metrics.csv`, `metrics.jsonl`, plots and console table.
 
-use super::MutualMetrics;
+use serde::{Deserialize, Serialize};
+
 use crate::config::ExperimentConfig;
-use crate::report::{json_line, opt, Line, Outputs, RGBColor, Rows, BLACK, BLUE, RED};
+use crate::node::Metrics;
+use crate::report::{cell, json_line, opt, Line, Outputs, RGBColor, Rows, Table, BLACK, BLUE, RED};
+
+/// Metrics of a mutual-learning run at one evaluation point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MutualMetrics {
+    /// Round, from 1.
+    pub round: u32,
+    /// Alpha in this round.
+    pub alpha: f64,
+    /// Global accuracy: mean test accuracy of all clients' current models.
+    pub accuracy: f64,
+    /// Mean test loss of the current models.
+    pub loss: f64,
+    /// Worst current model.
+    pub min_accuracy: f64,
+    /// Best current model.
+    pub max_accuracy: f64,
+    /// Mean test accuracy of the peak models (DFML, once every client has one).
+    pub peak_accuracy: Option<f64>,
+    /// Mean current accuracy per architecture (in the order of the list of models; None for
+    /// a model no client has).
+    pub per_arch: Vec<Option<f64>>,
+    /// Mean peak accuracy per architecture.
+    pub per_arch_peak: Vec<Option<f64>>,
+    /// FML: test accuracy of the global model.
+    pub global_model_accuracy: Option<f64>,
+    /// Mean training loss (supervised part) of the trainings since the previous point.
+    pub train_loss: Option<f64>,
+    /// Bytes of models sent by everyone since the previous evaluation point, per round.
+    pub bytes_per_round: f64,
+    /// Bytes of models sent by everyone so far.
+    pub cum_bytes: u64,
+}
+
+impl Metrics for MutualMetrics {
+    fn progress(&self) -> (u64, Option<f64>) {
+        (u64::from(self.round), Some(self.accuracy))
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "round {:>5} | global accuracy {:.4}",
+            self.round, self.accuracy
+        )
+    }
+}
 
 impl Rows for MutualMetrics {
     fn write(
@@ -12,38 +59,24 @@ impl Rows for MutualMetrics {
     }
 
     fn table(config: &ExperimentConfig, rows: &[(Self, f64)]) -> String {
-        let f = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.4}"));
-        let names = super::model_names(config);
-        let mut head = format!(
-            "{:>5}  {:>5}  {:>8}  {:>8}  {:>8}  {:>8}",
-            "round", "alpha", "global", "peak", "min", "max"
-        );
-        for n in &names {
-            head.push_str(&format!("  {n:>9}"));
+        let mut table = Table::new(rows, "  ")
+            .column("round", 5, |(m, _)| m.round.to_string())
+            .column("alpha", 5, |(m, _)| format!("{:.2}", m.alpha))
+            .column("global", 8, |(m, _)| format!("{:.4}", m.accuracy))
+            .column("peak", 8, |(m, _)| cell(m.peak_accuracy))
+            .column("min", 8, |(m, _)| format!("{:.4}", m.min_accuracy))
+            .column("max", 8, |(m, _)| format!("{:.4}", m.max_accuracy));
+        for (i, name) in super::model_names(config).into_iter().enumerate() {
+            table = table.column(name, 9, move |(m, _)| {
+                cell(m.per_arch.get(i).copied().flatten())
+            });
         }
-        head.push_str(&format!("  {:>9}  {:>8}\n", "MB/round", "wall_s"));
-        let mut out = head;
-        for (m, wall) in rows {
-            let mut line = format!(
-                "{:>5}  {:>5.2}  {:>8.4}  {:>8}  {:>8.4}  {:>8.4}",
-                m.round,
-                m.alpha,
-                m.accuracy,
-                f(m.peak_accuracy),
-                m.min_accuracy,
-                m.max_accuracy
-            );
-            for v in &m.per_arch {
-                line.push_str(&format!("  {:>9}", f(*v)));
-            }
-            line.push_str(&format!(
-                "  {:>9.2}  {:>8.1}\n",
-                m.bytes_per_round / 1e6,
-                wall
-            ));
-            out.push_str(&line);
-        }
-        out
+        table
+            .column("MB/round", 9, |(m, _)| {
+                format!("{:.2}", m.bytes_per_round / 1e6)
+            })
+            .column("wall_s", 8, |(_, wall)| format!("{wall:.1}"))
+            .render()
     }
 }
 

@@ -60,18 +60,9 @@ pub struct Split;
 impl Algorithm for Split {
     const NAME: &'static str = "split";
     type Config = SplitConfig;
-    type Msg = Msg;
-    type Metrics = SplitMetrics;
-    type Trainer = dyn SplitLearner;
+    type Protocol = SplitProtocol;
     const TABLES: &'static [&'static str] = &["split"];
     const FEATURES: &'static [Feature] = &[Feature::Compression];
-    // Every message of a step: a server or client restored from its state redoes its side.
-    const REPLAY_INPUTS: &'static [&'static str] = &[
-        "split-request",
-        "split-activations",
-        "split-gradient",
-        "split-client-grad",
-    ];
 
     fn not_replayed(id: NodeId) -> Option<&'static str> {
         (id == SERVER).then_some(
@@ -123,14 +114,13 @@ impl Algorithm for Split {
         Ok(())
     }
 
-    fn build(
-        p: &Prepared, sc: &SplitConfig,
-    ) -> EngineResult<Vec<BoxNode<Msg, SplitMetrics, dyn SplitLearner>>> {
+    fn build(p: &Prepared, sc: &SplitConfig) -> EngineResult<Vec<BoxNode<SplitProtocol>>> {
         let c = &p.config;
         let settings = Arc::new(split_settings(p, sc)?);
-        let mut nodes: Vec<BoxNode<Msg, SplitMetrics, dyn SplitLearner>> = vec![Box::new(
-            SplitServer::new(Arc::clone(&settings), p.initial_params()?)?,
-        )];
+        let mut nodes: Vec<BoxNode<SplitProtocol>> = vec![Box::new(SplitServer::new(
+            Arc::clone(&settings),
+            p.initial_params()?,
+        )?)];
         for (k, part) in p.parts.iter().enumerate() {
             nodes.push(Box::new(
                 SplitClient::new(k as NodeId + 1, Arc::new(part.clone()), c.seed)

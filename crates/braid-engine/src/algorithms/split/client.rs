@@ -77,9 +77,7 @@ impl SplitClient {
 }
 
 impl Node for SplitClient {
-    type Msg = Msg;
-    type Metrics = SplitMetrics;
-    type Trainer = dyn SplitLearner;
+    type Protocol = SplitProtocol;
 
     fn id(&self) -> NodeId {
         self.id

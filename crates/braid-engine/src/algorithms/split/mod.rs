@@ -43,7 +43,7 @@ use crate::algorithm::{Algorithm, Feature, Summary};
 use crate::config::ExperimentConfig;
 use crate::error::Invalid;
 use crate::node::{
-    check_params, BoxNode, EngineError, EngineResult, Event, Metrics, Node, NodeCtx, NodeState,
+    check_params, BoxNode, EngineError, EngineResult, Event, Family, Node, NodeCtx, NodeState,
 };
 use crate::prepared::Prepared;
 use crate::wire::{Control, Message as _, NodeId, Tensor, HEADER};
@@ -55,9 +55,13 @@ mod report;
 pub use algorithm::{split_settings, ClientGradients, Split, SplitConfig};
 pub use client::SplitClient;
 pub use msg::Msg;
+pub use report::SplitMetrics;
+
+/// What the nodes of split learning exchange, report and are lent.
+pub type SplitProtocol = Family<Msg, SplitMetrics, dyn SplitLearner>;
 
 /// What a node of split learning can do while handling an event.
-pub type SplitCtx<'a> = NodeCtx<'a, Msg, SplitMetrics, dyn SplitLearner>;
+pub type SplitCtx<'a> = NodeCtx<'a, SplitProtocol>;
 
 crate::trainer_bundle!(
     /// What split-learning nodes ask of their trainer: the two halves' steps, and the whole
@@ -177,50 +181,6 @@ fn values(t: Tensor, n: usize, what: &str) -> Result<Vec<f32>, String> {
 /// Decodes `n` values of a compressed split message.
 fn unpack(data: &[u8], n: usize, what: &str) -> Result<Vec<f32>, String> {
     compress::decode(data, n).map_err(|e| format!("{what}: {e}"))
-}
-
-/// What one epoch did, as the server reports it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct SplitMetrics {
-    /// Epoch, from 1.
-    pub epoch: u32,
-    /// Test accuracy of the whole model (None if not evaluated this epoch).
-    pub accuracy: Option<f64>,
-    /// Test loss of the whole model.
-    pub loss: Option<f64>,
-    /// Mean training loss over the epoch's samples.
-    pub train_loss: f64,
-    /// Steps (server updates) in the epoch.
-    pub steps: u64,
-    /// Training samples used.
-    pub samples: u64,
-    /// Smallest and largest global batch of the epoch.
-    pub min_batch: u64,
-    /// Largest global batch.
-    pub max_batch: u64,
-    /// Mean number of clients taking part in a step.
-    pub mean_clients: f64,
-    /// Encoded bytes clients sent to the server this epoch.
-    pub bytes_up: u64,
-    /// Encoded bytes the server sent to clients this epoch.
-    pub bytes_down: u64,
-    /// Simulated seconds of the epoch under the straggler and link model.
-    pub sim_time_s: f64,
-}
-
-impl Metrics for SplitMetrics {
-    fn progress(&self) -> (u64, Option<f64>) {
-        (u64::from(self.epoch), self.accuracy)
-    }
-
-    fn line(&self) -> String {
-        format!(
-            "epoch {:>4} | accuracy {} | {} steps",
-            self.epoch,
-            self.accuracy.map_or("-".into(), |a| format!("{a:.4}")),
-            self.steps
-        )
-    }
 }
 
 /// Per asked client: its labels and activations, once they arrive.
@@ -660,9 +620,7 @@ impl SplitServer {
 }
 
 impl Node for SplitServer {
-    type Msg = Msg;
-    type Metrics = SplitMetrics;
-    type Trainer = dyn SplitLearner;
+    type Protocol = SplitProtocol;
 
     fn id(&self) -> NodeId {
         SERVER

@@ -2,9 +2,53 @@
 
 use serde::Serialize;
 
-use super::SplitMetrics;
 use crate::config::ExperimentConfig;
-use crate::report::{accuracy_plots, json_line, opt, Outputs, Rows};
+use crate::node::Metrics;
+use crate::report::{accuracy_plots, cell, json_line, opt, Outputs, Rows, Table};
+
+/// What one epoch did, as the server reports it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SplitMetrics {
+    /// Epoch, from 1.
+    pub epoch: u32,
+    /// Test accuracy of the whole model (None if not evaluated this epoch).
+    pub accuracy: Option<f64>,
+    /// Test loss of the whole model.
+    pub loss: Option<f64>,
+    /// Mean training loss over the epoch's samples.
+    pub train_loss: f64,
+    /// Steps (server updates) in the epoch.
+    pub steps: u64,
+    /// Training samples used.
+    pub samples: u64,
+    /// Smallest and largest global batch of the epoch.
+    pub min_batch: u64,
+    /// Largest global batch.
+    pub max_batch: u64,
+    /// Mean number of clients taking part in a step.
+    pub mean_clients: f64,
+    /// Encoded bytes clients sent to the server this epoch.
+    pub bytes_up: u64,
+    /// Encoded bytes the server sent to clients this epoch.
+    pub bytes_down: u64,
+    /// Simulated seconds of the epoch under the straggler and link model.
+    pub sim_time_s: f64,
+}
+
+impl Metrics for SplitMetrics {
+    fn progress(&self) -> (u64, Option<f64>) {
+        (u64::from(self.epoch), self.accuracy)
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "epoch {:>4} | accuracy {} | {} steps",
+            self.epoch,
+            self.accuracy.map_or("-".into(), |a| format!("{a:.4}")),
+            self.steps
+        )
+    }
+}
 
 impl Rows for SplitMetrics {
     fn write(
@@ -14,36 +58,22 @@ impl Rows for SplitMetrics {
     }
 
     fn table(_config: &ExperimentConfig, rows: &[(Self, f64)]) -> String {
-        let mut out = format!(
-            "{:>5}  {:>8}  {:>8}  {:>10}  {:>6}  {:>9}  {:>8}  {:>9}  {:>9}  {:>8}\n",
-            "epoch",
-            "accuracy",
-            "loss",
-            "train_loss",
-            "steps",
-            "batch",
-            "clients",
-            "MB total",
-            "sim_s",
-            "wall_s"
-        );
-        let f = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.4}"));
-        for (m, wall) in rows {
-            out.push_str(&format!(
-                "{:>5}  {:>8}  {:>8}  {:>10.4}  {:>6}  {:>9}  {:>8.1}  {:>9.1}  {:>9.1}  {:>8.1}\n",
-                m.epoch,
-                f(m.accuracy),
-                f(m.loss),
-                m.train_loss,
-                m.steps,
-                format!("{}-{}", m.min_batch, m.max_batch),
-                m.mean_clients,
-                (m.bytes_up + m.bytes_down) as f64 / 1e6,
-                m.sim_time_s,
-                wall
-            ));
-        }
-        out
+        Table::new(rows, "  ")
+            .column("epoch", 5, |(m, _)| m.epoch.to_string())
+            .column("accuracy", 8, |(m, _)| cell(m.accuracy))
+            .column("loss", 8, |(m, _)| cell(m.loss))
+            .column("train_loss", 10, |(m, _)| format!("{:.4}", m.train_loss))
+            .column("steps", 6, |(m, _)| m.steps.to_string())
+            .column("batch", 9, |(m, _)| {
+                format!("{}-{}", m.min_batch, m.max_batch)
+            })
+            .column("clients", 8, |(m, _)| format!("{:.1}", m.mean_clients))
+            .column("MB total", 9, |(m, _)| {
+                format!("{:.1}", (m.bytes_up + m.bytes_down) as f64 / 1e6)
+            })
+            .column("sim_s", 9, |(m, _)| format!("{:.1}", m.sim_time_s))
+            .column("wall_s", 8, |(_, wall)| format!("{wall:.1}"))
+            .render()
     }
 }
 
