@@ -75,6 +75,9 @@ mod tests {
 
     #[test]
     fn the_kernels_compute_what_the_layers_compute() {
+        // Random inputs and initializers draw from burn's process-wide generator: not while
+        // another test checks that a seeded init is the same from several threads.
+        let _rng = crate::model::lock_rng();
         let device = Device::flex();
         let x = Tensor::<4>::random([2, 3, 8, 8], Distribution::Default, &device);
         for padding in [PaddingConfig2d::Explicit(1, 1, 1, 1), PaddingConfig2d::Same] {

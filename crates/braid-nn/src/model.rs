@@ -219,6 +219,12 @@ trait Maker: Send + Sync {
 /// seeding and its last draw.
 static BUILD: Mutex<()> = Mutex::new(());
 
+/// Holds [`BUILD`]: whoever draws from burn's generator (a module's random initializers,
+/// `Tensor::random`) outside a seeded build holds it, so that no seeded init sees its draws.
+pub(crate) fn lock_rng() -> std::sync::MutexGuard<'static, ()> {
+    BUILD.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl<K: ModelKind> Kind<K> {
     /// The module for `data` on `device`, its parameters initialised (by its own
     /// initializers) while holding [`BUILD`]; `seed`, if given, seeds burn's generator first.
@@ -234,7 +240,7 @@ impl<K: ModelKind> Kind<K> {
 pub(crate) fn build_locked<K: ModelKind>(
     kind: &K, data: &DataShape, device: &Device, seed_value: Option<u64>,
 ) -> Result<K::Module, NnError> {
-    let _one_at_a_time = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    let _one_at_a_time = lock_rng();
     if let Some(s) = seed_value {
         device.seed(s);
     }
@@ -287,7 +293,7 @@ impl<K: ModelKind> Maker for Kind<K> {
 
     fn parts(&self, data: &DataShape, device: &Device) -> Option<Result<(Part, Part), NnError>> {
         // Building reads parameters, which draws from burn's generator: one at a time.
-        let _one_at_a_time = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+        let _one_at_a_time = lock_rng();
         self.0.parts(data, device)
     }
 }
