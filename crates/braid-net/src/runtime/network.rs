@@ -192,6 +192,7 @@ pub(super) async fn network_loop(
     let mut last_dial = Instant::now() - Duration::from_secs(60);
     let mut node_done = false;
     let mut done_at: Option<Instant> = None;
+    let mut done_linger: Option<Instant> = None;
     // Acknowledgements queued but not yet written: a finished node flushes them before it
     // exits, so its senders do not retry into a closed socket.
     let mut acks_in_flight = 0usize;
@@ -233,7 +234,13 @@ pub(super) async fn network_loop(
             }
             let since = *done_at.get_or_insert_with(Instant::now);
             let drained = pending.is_empty() && retry.is_empty() && acks_in_flight == 0;
-            if drained || since.elapsed() > FINISH_GRACE {
+            // Written acknowledgements still need the connection a moment to reach their
+            // senders (a monitor's acknowledgement of the last snapshot): without it the
+            // sender retries until FINISH_GRACE.
+            let lingered = drained
+                && Instant::now()
+                    >= *done_linger.get_or_insert_with(|| Instant::now() + ACK_LINGER);
+            if lingered || since.elapsed() > FINISH_GRACE {
                 if !drained {
                     warn!(
                         "exiting with {} message(s) undelivered (their receivers are unreachable or halted)",
