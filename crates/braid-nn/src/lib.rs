@@ -13,6 +13,8 @@
 //! - [`mutual`]: several models, of any architectures, trained together by mutual learning
 //!   (distillation between them), for DFML and its baselines;
 //! - [`split`]: a model cut at a named layer into client and server parts, for split learning;
+//! - [`stacked`]: many clients' models of one built-in architecture trained at once, as one
+//!   computation (batched clients, for GPUs);
 //! - [`store`]: safetensors files that PyTorch can read;
 //! - [`device`]: choosing the device from the config.
 
@@ -28,6 +30,7 @@ pub mod mutual;
 pub mod net;
 pub mod optim;
 pub mod split;
+pub mod stacked;
 pub mod store;
 pub mod train;
 

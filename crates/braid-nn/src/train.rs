@@ -40,6 +40,17 @@ pub struct TrainSpec {
     pub dp_sgd: Option<DpSgd>,
 }
 
+impl TrainSpec {
+    /// Optimizer steps of one training call on a shard of `shard_len` samples: `max_steps`,
+    /// or `epochs` passes of batches of at most `batch_size`.
+    pub fn steps(&self, shard_len: usize) -> usize {
+        self.max_steps.unwrap_or(
+            self.epochs
+                .saturating_mul(shard_len.div_ceil(self.batch_size.max(1))),
+        )
+    }
+}
+
 /// DP-SGD (Abadi et al. 2016) for [`Trainer::train`]: every step's batch is a Poisson sample
 /// of the shard (each sample in with probability `batch_size / shard size`), each sample's
 /// gradient is clipped to L2 norm `clip`, Gaussian noise of standard deviation
@@ -72,7 +83,7 @@ pub struct TrainOutcome {
 impl TrainOutcome {
     /// The outcome of a finished training run, or [`NnError::Diverged`] if the loss or any
     /// parameter is not finite.
-    fn checked(
+    pub(crate) fn checked(
         params: Vec<f32>, samples: usize, steps: usize, mean_loss: f64,
     ) -> Result<Self, NnError> {
         if !mean_loss.is_finite() || !braid_core::params::all_finite(&params) {
@@ -467,9 +478,7 @@ impl<M: Model> Trainer<M> {
                 "train.batch_size must be at least 1".into(),
             ));
         }
-        let total_steps = spec
-            .max_steps
-            .unwrap_or(spec.epochs * shard.len().div_ceil(spec.batch_size));
+        let total_steps = spec.steps(shard.len());
         if let Some(dp) = spec.dp_sgd {
             return self.train_dp_sgd(params, data, shard, spec, dp, total_steps, seed_value);
         }

@@ -15,7 +15,11 @@ use braid_data::dataset::Features;
 use braid_data::{Dataset, Task};
 use braid_nn::arch::{Arch, ModelName};
 use braid_nn::models::TransformerKind;
-use braid_nn::{AnyModelKind, BoundModel, DataShape, DeviceKind, Kind, OptimizerConfig, TrainSpec};
+use braid_nn::stacked::{StackedJob, StackedTrainer};
+use braid_nn::{
+    AnyModelKind, BoundModel, DataShape, DeviceKind, Kind, OptimizerConfig, OptimizerState,
+    TrainSpec,
+};
 
 /// The GPU to test on, or `None` (with the reason printed) where there is none and none is
 /// required.
@@ -147,6 +151,57 @@ fn several_steps_track_the_cpu_and_evaluation_agrees() {
     // A sample whose top two scores tie within rounding may flip; none should here, but allow one.
     assert!((e_cpu.accuracy - e_gpu.accuracy).abs() <= 1.0 / 300.0 + 1e-12);
     assert!((e_cpu.loss - e_gpu.loss).abs() / e_cpu.loss < 1e-4);
+}
+
+#[test]
+fn clients_stacked_on_the_gpu_train_as_each_alone_on_the_cpu() {
+    let Some(gpu) = gpu() else { return };
+    let data = load_fashion(&FashionSource::Bundled).unwrap().train;
+    for name in [ModelName::CnnSmall, ModelName::Mlp] {
+        let arch = Arch::new(name, &[1, 28, 28], 10).unwrap();
+        let model = BoundModel::builtin(&arch);
+        // Three clients with 40, 56 and 72 samples: 3, 4 and 5 steps of at most 16, so the
+        // stack pads both steps and last batches.
+        let jobs: Vec<StackedJob> = (0..3)
+            .map(|m| {
+                let shard: Vec<usize> = (m * 100..m * 100 + 40 + 16 * m).collect();
+                let spec = TrainSpec {
+                    max_steps: None,
+                    ..sgd(0.05, 16, 0)
+                };
+                StackedJob::new(arch.init_params(m as u64), &shard, spec, 21 + m as u64)
+            })
+            .collect();
+        let mut stacked = StackedTrainer::new(&arch, &gpu).unwrap();
+        let on_gpu = stacked.train(&jobs, &data);
+        let mut alone = model.trainer(&DeviceKind::Cpu).unwrap();
+        for (m, (job, got)) in jobs.iter().zip(on_gpu).enumerate() {
+            let got = got.unwrap();
+            let cpu = alone
+                .train_batches(
+                    &job.params,
+                    &data,
+                    &job.batches,
+                    &job.spec,
+                    &mut OptimizerState::default(),
+                )
+                .unwrap();
+            assert_eq!(
+                (got.steps, got.samples),
+                (cpu.steps, cpu.samples),
+                "{name:?} {m}"
+            );
+            let rel = max_rel_diff(&cpu.params, &got.params);
+            assert!(
+                rel < 1e-3,
+                "{name:?} client {m}: parameters differ by {rel} (relative)"
+            );
+            assert!(
+                (got.mean_loss - cpu.mean_loss).abs() / cpu.mean_loss < 1e-4,
+                "{name:?} {m}"
+            );
+        }
+    }
 }
 
 #[test]
