@@ -3,16 +3,18 @@
 //! network runtime.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::algorithm::{
     Algorithm, Baseline, Entry, Feature, Finished, MetricsOf, MsgOf, Registered, ReplayInput,
     Replayed, Summary, TrainerOf,
 };
+use crate::batched::ClientBatcher;
 use crate::config::ExperimentConfig;
 use crate::error::Invalid;
 use crate::node::{EngineError, EngineResult, Event, Metrics};
 use crate::report::Rows;
-use crate::sim::{SimOutcome, Simulator, Worker};
+use crate::sim::{SimOutcome, Simulator, Waves, Worker};
 use crate::trainer::TrainerObject;
 use crate::wire::{Message, NodeId};
 use crate::wire_node::{Decoded, WireInput, WireNode};
@@ -32,12 +34,31 @@ pub fn simulate<A: Algorithm>(
     prepared: &Prepared, settings: &A::Config, observer: &mut dyn FnMut(&Event<MetricsOf<A>>),
 ) -> EngineResult<SimOutcome<MetricsOf<A>>> {
     let nodes = A::build(prepared, settings)?;
+    let batcher = if prepared.config.runtime.batch_clients {
+        Some(Arc::new(ClientBatcher::new(prepared)?))
+    } else {
+        None
+    };
     let workers = (0..prepared.workers())
-        .map(|_| Worker::new(<TrainerOf<A>>::from_full(BurnTrainer::new(prepared)?)))
+        .map(|slot| {
+            let mut trainer = BurnTrainer::new(prepared)?;
+            if let Some(b) = &batcher {
+                trainer = trainer.with_batcher(Arc::clone(b), slot);
+            }
+            Worker::new(<TrainerOf<A>>::from_full(trainer))
+        })
         .collect::<Result<Vec<_>, _>>()?;
-    Simulator::new(nodes, workers)?
+    let outcome = Simulator::new(nodes, workers)?
         .with_timing(A::timing(prepared, settings))
-        .run(observer)
+        .with_waves(batcher.clone().map(|b| b as Arc<dyn Waves>))
+        .run(observer)?;
+    if batcher.is_some_and(|b| b.stacks() == 0) {
+        tracing::warn!(
+            "runtime.batch_clients = true did nothing: algorithm {:?} trains no client through Train::train (batching covers the FedAvg family)",
+            prepared.config.algorithm.name
+        );
+    }
+    Ok(outcome)
 }
 
 /// Runs `prepared`, whose config names algorithm `A`, in the simulator: [`simulate`] with the

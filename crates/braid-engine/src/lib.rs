@@ -9,6 +9,8 @@
 //! - [`trainer`]: what nodes can ask of a trainer, one trait per capability;
 //! - [`transport`]: the transport interface and the in-process transport (byte-counting);
 //! - [`sim`]: the simulator driver (parallel, deterministic);
+//! - [`batched`]: batched clients, the simulator's concurrent training calls as one stacked
+//!   computation (`runtime.batch_clients`);
 //! - [`wire_node`]: nodes with their protocol erased to bytes, for the network runtime;
 //! - [`accounting`]: compute spent per participant (samples, FLOPs, seconds);
 //! - [`checkpoint`]: atomic checkpoints of a node's state and metrics (for resuming);
@@ -21,6 +23,7 @@
 pub mod accounting;
 pub mod algorithm;
 pub mod algorithms;
+pub mod batched;
 pub mod checkpoint;
 pub mod config;
 pub mod dishonest;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use braid_core::partition::{self, label_histogram};
 use braid_core::seed;
 use braid_data::DataSplit;
+use braid_nn::stacked::StackedJob;
 use braid_nn::{
     BoundModel, DataShape, EvalOutcome, Member, ModelTrainer, MutualOutcome, MutualSpec,
     MutualTrainer, OptimizerState, ServerStep, SplitShape, SplitTrainer, SupervisedLoss,
@@ -13,6 +14,7 @@ use braid_nn::{
 };
 use rand::seq::SliceRandom;
 
+use crate::batched::ClientBatcher;
 use crate::config::ExperimentConfig;
 use crate::dishonest::Dishonesty;
 use crate::node::{EngineError, EngineResult};
@@ -154,7 +156,9 @@ impl Prepared {
 
     /// Number of worker threads this run uses.
     pub fn workers(&self) -> usize {
-        let auto = if self.config.runtime.device.is_accelerator() {
+        let auto = if self.config.runtime.batch_clients {
+            self.config.clients_per_round()
+        } else if self.config.runtime.device.is_accelerator() {
             1
         } else {
             std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -193,6 +197,8 @@ pub struct BurnTrainer {
     eval_order: Vec<usize>,
     /// How this process lies about [`Train::train`], and the shard it trains on instead.
     dishonesty: Option<(Dishonesty, Vec<usize>)>,
+    /// Batched clients: the batcher the workers share, and this worker's slot in it.
+    batcher: Option<(Arc<ClientBatcher>, usize)>,
 }
 
 impl BurnTrainer {
@@ -241,7 +247,15 @@ impl BurnTrainer {
                 }
                 Some(d) => Some((d.clone(), Vec::new())),
             },
+            batcher: None,
         })
+    }
+
+    /// The trainer of worker `slot` of a simulator whose workers train their clients
+    /// together through `batcher` (`runtime.batch_clients`).
+    pub fn with_batcher(mut self, batcher: Arc<ClientBatcher>, slot: usize) -> Self {
+        self.batcher = Some((batcher, slot));
+        self
     }
 }
 
@@ -361,6 +375,9 @@ impl SplitSteps for BurnTrainer {
 
 impl Capabilities for BurnTrainer {
     fn set_stop_flag(&mut self, flag: Arc<std::sync::atomic::AtomicBool>) {
+        if let Some((batcher, _)) = &self.batcher {
+            batcher.set_stop_flag(Arc::clone(&flag));
+        }
         self.trainer.set_stop_flag(flag);
     }
     fn flops_per_sample(&self) -> crate::accounting::FlopsPerSample {
@@ -378,7 +395,13 @@ impl Train for BurnTrainer {
     ) -> EngineResult<TrainOutcome> {
         self.spec.lr_scale = lr_scale;
         let shard = match &self.dishonesty {
-            None => shard,
+            None => {
+                if let Some((batcher, slot)) = &self.batcher {
+                    let job = StackedJob::new(params.to_vec(), shard, self.spec.clone(), seed);
+                    return batcher.train(*slot, job);
+                }
+                shard
+            }
             Some((Dishonesty::Skip, _)) => {
                 return Ok(crate::dishonest::skipped(params, shard, &self.spec, seed))
             }

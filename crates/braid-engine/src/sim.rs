@@ -59,6 +59,26 @@ impl<T: TrainerObject + ?Sized> Worker<T> {
     }
 }
 
+/// Told which tasks run at once, by a trainer that the workers share (batched clients,
+/// [`crate::batched`]). With it ([`Simulator::with_waves`]) the simulator hands a delivery
+/// step's tasks to its workers in waves of fixed composition, in node-id order, task `i` of a
+/// wave to worker `i`, so who runs beside whom is the same in every run.
+pub trait Waves: Send + Sync {
+    /// `tasks` tasks are about to run at once.
+    fn begin(&self, tasks: usize);
+    /// One of them has finished (whatever it asked of its trainer).
+    fn done(&self);
+}
+
+/// Calls [`Waves::done`] when a task ends, even by a panic.
+struct TaskEnd<'a>(&'a dyn Waves);
+
+impl Drop for TaskEnd<'_> {
+    fn drop(&mut self) {
+        self.0.done();
+    }
+}
+
 /// The result of a simulated run whose reporting node emits rows `R`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SimOutcome<R> {
@@ -139,6 +159,8 @@ pub struct Simulator<P: Protocol> {
     /// With simulated time, messages can arrive late (a straggler's reply after its round
     /// closed): nodes reject them and the run goes on, as across processes.
     drop_rejected: bool,
+    /// Fixed waves of tasks, told to the workers' shared trainer.
+    waves: Option<std::sync::Arc<dyn Waves>>,
 }
 
 /// Hands `inputs` to `node` in order. With `drop_rejected`, a message the node rejects is
@@ -206,7 +228,14 @@ impl<P: Protocol<Metrics: Metrics, Trainer: TrainerObject>> Simulator<P> {
             workers,
             timing: None,
             drop_rejected: false,
+            waves: None,
         })
+    }
+
+    /// Runs tasks in fixed waves, telling `waves` (see [`Waves`]).
+    pub fn with_waves(mut self, waves: Option<std::sync::Arc<dyn Waves>>) -> Self {
+        self.waves = waves;
+        self
     }
 
     /// Keeps simulated time with `timing` (see [`timed`]).
@@ -303,7 +332,9 @@ impl<P: Protocol<Metrics: Metrics, Trainer: TrainerObject>> Simulator<P> {
                 drop_rejected: self.drop_rejected,
             });
         }
-        let results: Vec<Done<P>> = if work.len() == 1 || self.workers.len() == 1 {
+        let results: Vec<Done<P>> = if let Some(waves) = self.waves.clone() {
+            self.run_waves(work, waves.as_ref())?
+        } else if work.len() == 1 || self.workers.len() == 1 {
             let Worker { trainer, meter, .. } = &mut self.workers[0];
             work.into_iter()
                 .map(|t| t.run((trainer.as_mut(), meter)))
@@ -354,6 +385,51 @@ impl<P: Protocol<Metrics: Metrics, Trainer: TrainerObject>> Simulator<P> {
             outputs.push((id, result?));
         }
         Ok(outputs)
+    }
+}
+
+impl<P: Protocol<Metrics: Metrics, Trainer: TrainerObject>> Simulator<P> {
+    /// Runs `work` in waves of at most one task per worker, task `i` of a wave on worker `i`,
+    /// telling `waves` when each begins and ends. A wave of one runs on this thread (the
+    /// global rayon pool: a server aggregating uses every core).
+    fn run_waves(&mut self, work: Vec<Task<P>>, waves: &dyn Waves) -> EngineResult<Vec<Done<P>>> {
+        let mut done = Vec::with_capacity(work.len());
+        let mut work = work.into_iter().peekable();
+        let width = self.workers.len();
+        while work.peek().is_some() {
+            let wave: Vec<Task<P>> = work.by_ref().take(width).collect();
+            waves.begin(wave.len());
+            if let [_] = wave.as_slice() {
+                let Worker { trainer, meter, .. } = &mut self.workers[0];
+                for task in wave {
+                    let _end = TaskEnd(waves);
+                    done.push(task.run((trainer.as_mut(), meter)));
+                }
+                continue;
+            }
+            let ran: Vec<Option<Done<P>>> = std::thread::scope(|s| {
+                let handles: Vec<_> = wave
+                    .into_iter()
+                    .zip(self.workers.iter_mut())
+                    .map(|(task, worker)| {
+                        s.spawn(move || {
+                            let _end = TaskEnd(waves);
+                            let Worker {
+                                trainer,
+                                meter,
+                                pool,
+                            } = worker;
+                            pool.install(|| task.run((trainer.as_mut(), meter)))
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().ok()).collect()
+            });
+            for d in ran {
+                done.push(d.ok_or_else(|| EngineError::Driver("a worker thread failed".into()))?);
+            }
+        }
+        Ok(done)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Whole runs on the GPU (burn's wgpu backend): a FedAvg round trains and evaluates as on the
 //! CPU within float tolerance, several clients trained at once on the one GPU give the same
-//! result as one after another, and a GPU that is not there is one clear error before any
+//! result as one after another, clients batched into one stacked computation agree with the
+//! CPU's one at a time and repeat bit for bit, and a GPU that is not there is one clear error before any
 //! work.
 //!
 //! The device is `BRAID_TEST_GPU` (default `gpu`). Without a Vulkan device these tests print
@@ -92,6 +93,40 @@ fn fedavg_rounds_on_the_gpu_match_the_cpu_and_any_number_of_clients_at_once() {
     // bit for bit, as one after another.
     assert_eq!(one, four);
     assert_eq!(one_params, four_params);
+}
+
+#[test]
+fn batched_clients_on_the_gpu_match_the_cpu_one_at_a_time() {
+    let Some(gpu) = gpu() else { return };
+    let device = format!("runtime.device={gpu:?}");
+    let (cpu, cpu_params) = run(&["runtime.workers=1".into()]);
+    let batched = || run(&[device.clone(), "runtime.batch_clients=true".into()]);
+    let (stacked, stacked_params) = batched();
+    assert_eq!(cpu.len(), stacked.len());
+    for (c, g) in cpu.iter().zip(&stacked) {
+        assert_eq!(
+            (c.round, c.clients, c.samples, c.local_steps),
+            (g.round, g.clients, g.samples, g.local_steps)
+        );
+        let (ca, ga) = (c.accuracy.unwrap(), g.accuracy.unwrap());
+        assert!(
+            (ca - ga).abs() <= 1.0 / 200.0 + 1e-12,
+            "accuracy {ca} vs {ga}"
+        );
+        let (cl, gl) = (c.loss.unwrap(), g.loss.unwrap());
+        assert!((cl - gl).abs() / cl < 1e-3, "loss {cl} vs {gl}");
+    }
+    let worst = cpu_params
+        .iter()
+        .zip(&stacked_params)
+        .map(|(a, b)| (a - b).abs() / a.abs().max(b.abs()).max(1e-3))
+        .fold(0.0, f32::max);
+    assert!(
+        worst < 1e-3,
+        "final parameters differ by {worst} (relative)"
+    );
+    // The same stacks again: the same bits.
+    assert_eq!((stacked, stacked_params), batched());
 }
 
 #[test]

@@ -15,11 +15,11 @@ pub struct NetworkConfig {
     #[serde(default = "default_max_message_mib")]
     pub max_message_mib: u64,
     /// Seconds a message may take to be delivered and acknowledged (default 120; 1 to
-    /// [`MAX_WAIT_S`]).
+    /// `MAX_WAIT_S`, 7 days).
     #[serde(default = "default_request_timeout_s")]
     pub request_timeout_s: u64,
     /// Seconds a node keeps retrying a message to an unreachable participant (default 600; 0
-    /// to [`MAX_WAIT_S`]).
+    /// to `MAX_WAIT_S`).
     #[serde(default = "default_retry_s")]
     pub retry_s: u64,
     /// Seconds a node waits without a message or acknowledgement from any participant before

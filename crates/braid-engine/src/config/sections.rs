@@ -400,7 +400,13 @@ pub struct RuntimeConfig {
     /// `cpu` (burn's flex backend) or `gpu` / `gpu:N` / `gpu:software` (burn's wgpu backend).
     #[serde(default)]
     pub device: DeviceKind,
-    /// Clients trained at once, one thread each (default: one per CPU core; 1 on a GPU).
+    /// Clients trained at once, one thread each (default: one per CPU core; 1 on a GPU; the
+    /// clients of a round with `batch_clients`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers: Option<usize>,
+    /// The clients trained at once (`workers` of them) train as one stacked computation
+    /// ([`crate::batched`]): for GPUs, where a small model's step costs its kernel launches.
+    /// Built-in models and classification, without DP-SGD; the simulator only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub batch_clients: bool,
 }
