@@ -6,14 +6,18 @@
 #   - on the GPU with clients one after another (runtime.workers = 1),
 #   - on the GPU with all 10 clients at once (runtime.workers = 10: a thread, a model and an
 #     optimizer per client, their work queued on the one GPU concurrently),
-# plus the reference CNN's training step at batch 32 on the GPU. Prints one JSON object (also
+#   - on the GPU with all 10 clients batched (runtime.batch_clients = true: their models
+#     stacked into one computation, grouped convolutions and batched matrix products),
+# plus the reference CNN's training step at batch 32 on the GPU, alone and 10 stacked. Prints one JSON object (also
 # written to OUT/gpu-check.json): per mode the wall time, the seconds of each round, the
 # accuracy after each round, the GPU's peak memory in use (nvidia-smi, where there is one).
 #
 # usage: scripts/gpu-check.sh [OUT]
 #   env: DEVICE (gpu; or gpu:N, gpu:software), ROUNDS (5), FASHION (system: Debian's
 #        dataset-fashion-mnist; or a directory of the four IDX files), BRAID (a built braid
-#        binary; default target/release/braid, built with cargo if missing), STEPS (200)
+#        binary; default target/release/braid, built with cargo if missing), STEPS (200),
+#        SET (more KEY=VALUE overrides for every run, space separated, e.g.
+#        "data.train_limit=2000" for a quick try)
 # Needs: the Vulkan loader (Debian's libvulkan1) and the GPU's Vulkan driver (NVIDIA's driver
 # ships one: if the loader does not find it, export VK_DRIVER_FILES=/path/to/nvidia_icd.json),
 # python3 (to write the JSON).
@@ -39,8 +43,11 @@ mkdir -p "$OUT"
 
 # Peak GPU memory in use while a command runs, in MiB (empty without nvidia-smi).
 gpu_mem() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits 2> /dev/null | head -1; }
-run_mode() { # NAME DEVICE WORKERS
-  local name=$1 device=$2 workers=$3 dir="$OUT/$1"
+read -r -a extra <<< "${SET:-}"
+sets=()
+for kv in "${extra[@]}"; do sets+=(--set "$kv"); done
+run_mode() { # NAME DEVICE WORKERS BATCHED
+  local name=$1 device=$2 workers=$3 batched=$4 dir="$OUT/$1"
   rm -rf "$dir"
   local base peak=0 sampler=""
   base=$(gpu_mem || true)
@@ -52,7 +59,8 @@ run_mode() { # NAME DEVICE WORKERS
   t0=$(date +%s%N)
   "$BRAID" run configs/reference-fedavg.toml -q --out "$dir" --set algorithm.rounds="$ROUNDS" \
     --set data.source="\"$FASHION\"" --set runtime.device="\"$device\"" \
-    --set runtime.workers="$workers" > "$dir.log" 2>&1 || { cat "$dir.log" >&2; need "the $name run failed (log above)"; }
+    --set runtime.workers="$workers" --set runtime.batch_clients="$batched" ${sets[@]+"${sets[@]}"} \
+    > "$dir.log" 2>&1 || { cat "$dir.log" >&2; need "the $name run failed (log above)"; }
   t1=$(date +%s%N)
   if [[ -n $sampler ]]; then
     kill "$sampler" 2> /dev/null || true
@@ -61,21 +69,25 @@ run_mode() { # NAME DEVICE WORKERS
   else
     peak=""
   fi
-  echo "{\"mode\": \"$name\", \"device\": \"$device\", \"workers\": $workers, \"wall_ms\": $(((t1 - t0) / 1000000)), \"gpu_mem_mib\": \"${peak}\", \"dir\": \"$dir\"}" >> "$OUT/modes.jsonl"
+  echo "{\"mode\": \"$name\", \"device\": \"$device\", \"workers\": $workers, \"batch_clients\": $batched, \"wall_ms\": $(((t1 - t0) / 1000000)), \"gpu_mem_mib\": \"${peak}\", \"dir\": \"$dir\"}" >> "$OUT/modes.jsonl"
 }
 
 rm -f "$OUT/modes.jsonl"
 "$BRAID" bench-step --device "$DEVICE" --threads 1 --steps "$STEPS" --batch 32 \
   --source "$FASHION" --json "$OUT/step.json" > "$OUT/step.log" 2>&1 || { cat "$OUT/step.log" >&2; need "bench-step on $DEVICE failed (log above)"; }
-run_mode cpu cpu "$(nproc)"
-run_mode gpu-sequential "$DEVICE" 1
-run_mode gpu-concurrent "$DEVICE" 10
+"$BRAID" bench-step --device "$DEVICE" --threads 1 --steps "$STEPS" --batch 32 --stack 10 \
+  --source "$FASHION" --json "$OUT/step-stack.json" > "$OUT/step-stack.log" 2>&1 || { cat "$OUT/step-stack.log" >&2; need "bench-step --stack 10 on $DEVICE failed (log above)"; }
+run_mode cpu cpu "$(nproc)" false
+run_mode gpu-sequential "$DEVICE" 1 false
+run_mode gpu-concurrent "$DEVICE" 10 false
+run_mode gpu-batched "$DEVICE" 10 true
 
 python3 - "$OUT" <<'PY'
 import json, subprocess, sys
 out = sys.argv[1]
 modes = [json.loads(l) for l in open(f"{out}/modes.jsonl")]
 step = json.loads(open(f"{out}/step.json").readline())
+stack = json.loads(open(f"{out}/step-stack.json").readline())
 def gpu_name():
     try:
         return subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
@@ -83,13 +95,15 @@ def gpu_name():
     except Exception:
         return None
 result = {"job": "configs/reference-fedavg.toml", "gpu": gpu_name(),
-          "step_ms_batch32": step["median_ms"], "modes": {}}
+          "step_ms_batch32": step["median_ms"],
+          "step_ms_batch32_10_stacked": stack["median_ms"], "modes": {}}
 for m in modes:
     rows = [json.loads(l) for l in open(f"{m['dir']}/metrics.jsonl")]
     walls = [r["wall_s"] for r in rows]
     per_round = [round(b - a, 3) for a, b in zip([0.0] + walls, walls)]
     result["modes"][m["mode"]] = {
-        "device": m["device"], "workers": m["workers"], "wall_s": round(m["wall_ms"] / 1000, 2),
+        "device": m["device"], "workers": m["workers"], "batch_clients": m["batch_clients"],
+        "wall_s": round(m["wall_ms"] / 1000, 2),
         "round_s": per_round, "accuracy": [r["accuracy"] for r in rows],
         "gpu_mem_mib": int(m["gpu_mem_mib"]) if m["gpu_mem_mib"] not in ("", None) else None,
     }

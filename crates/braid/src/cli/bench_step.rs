@@ -13,7 +13,8 @@ use braid_data::source::FashionSource;
 use braid_data::{DataConfig, Dataset};
 use braid_engine::algorithm::Registry;
 use braid_engine::config::{ConfigRules, ExperimentConfig, ModelChoice};
-use braid_nn::{BoundModel, DataShape, DeviceKind, StepTime};
+use braid_nn::stacked::{StackedJob, StackedTrainer};
+use braid_nn::{BoundModel, DataShape, DeviceKind, StepTime, TrainSpec};
 use clap::Args;
 
 /// Options of `braid bench-step`.
@@ -50,6 +51,12 @@ pub struct BenchStepArgs {
     /// total is exact.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Train this many models at once as one stacked computation (what
+    /// `runtime.batch_clients` does; built-in models only), each on its own batches: the
+    /// times are per step of all of them, measured over calls of 10 steps (no split into
+    /// forward, backward and update).
+    #[arg(long, default_value_t = 1)]
+    stack: usize,
     /// Also write the figures as one JSON object per thread count to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -106,10 +113,99 @@ fn measure(
     })
 }
 
+/// Steps of `args.stack` models of `model` stacked ([`StackedTrainer`]), timed per call of
+/// [`STACK_CALL`] steps; model `k` takes the batches from position `k` on.
+fn measure_stacked(
+    args: &BenchStepArgs, model: &BoundModel, data: &Dataset, batches: &[Vec<usize>],
+    threads: usize, device: &DeviceKind,
+) -> Result<Timing> {
+    let arch = model.arch().ok_or_else(|| {
+        anyhow!(
+            "--stack: stacked training covers the built-in models, and {} is not one",
+            model.name()
+        )
+    })?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()?;
+    pool.install(|| {
+        let mut stacked = StackedTrainer::new(arch, device)?;
+        let spec = TrainSpec {
+            optimizer: braid_nn::OptimizerConfig::Sgd {
+                lr: 0.05,
+                momentum: 0.0,
+                weight_decay: 0.0,
+                nesterov: false,
+            },
+            batch_size: args.batch,
+            epochs: 1,
+            max_steps: None,
+            prox_mu: 0.0,
+            lr_scale: 1.0,
+            dp_sgd: None,
+        };
+        let mut params: Vec<Vec<f32>> = (0..args.stack)
+            .map(|k| model.init_params(k as u64))
+            .collect::<Result<_, _>>()?;
+        let calls = args.warmup.div_ceil(STACK_CALL) + args.steps.div_ceil(STACK_CALL);
+        let mut per_step = Vec::new();
+        for call in 0..calls {
+            let jobs: Vec<StackedJob> = params
+                .iter()
+                .enumerate()
+                .map(|(k, p)| StackedJob {
+                    params: p.clone(),
+                    batches: (0..STACK_CALL)
+                        .map(|i| batches[(call * STACK_CALL + i + k) % batches.len()].clone())
+                        .collect(),
+                    spec: spec.clone(),
+                })
+                .collect();
+            let t0 = std::time::Instant::now();
+            let out = stacked.train(&jobs, data);
+            let ms = t0.elapsed().as_secs_f64() * 1e3 / STACK_CALL as f64;
+            params = out
+                .into_iter()
+                .map(|r| r.map(|o| o.params))
+                .collect::<Result<_, _>>()?;
+            if call >= args.warmup.div_ceil(STACK_CALL) {
+                per_step.push(ms);
+            }
+        }
+        per_step.sort_by(f64::total_cmp);
+        let mean = per_step.iter().sum::<f64>() / per_step.len().max(1) as f64;
+        Ok(Timing {
+            threads,
+            median: percentile(&per_step, 0.5),
+            mean,
+            p10: percentile(&per_step, 0.1),
+            p90: percentile(&per_step, 0.9),
+            forward: f64::NAN,
+            backward: f64::NAN,
+            update: f64::NAN,
+        })
+    })
+}
+
+/// A time in milliseconds as JSON (`null` where it was not measured).
+fn json_ms(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:.4}")
+    } else {
+        "null".into()
+    }
+}
+
+/// Steps per timed call of stacked training.
+const STACK_CALL: usize = 10;
+
 /// Runs the benchmark and prints its table.
 pub fn run(args: BenchStepArgs, registry: &Registry) -> Result<()> {
     if args.batch == 0 || args.steps == 0 {
         return Err(anyhow!("--batch and --steps must be at least 1"));
+    }
+    if args.stack == 0 || args.stack > 1024 {
+        return Err(anyhow!("--stack must be in 1..=1024"));
     }
     if args.threads.contains(&0) {
         return Err(anyhow!("--threads must be at least 1"));
@@ -153,8 +249,9 @@ pub fn run(args: BenchStepArgs, registry: &Registry) -> Result<()> {
         })
         .collect();
     println!(
-        "train step: {} ({} parameters, {:.2} MFLOP per training sample), batch {}, SGD lr 0.05, {} | {} warm-up + {} timed steps | {}",
+        "train step: {}{} ({} parameters, {:.2} MFLOP per training sample), batch {}, SGD lr 0.05, {} | {} warm-up + {} timed steps | {}",
         model.name(),
+        if args.stack > 1 { format!(" x {} stacked", args.stack) } else { String::new() },
         model.num_params(),
         model.train_flops() as f64 / 1e6,
         args.batch,
@@ -176,14 +273,34 @@ pub fn run(args: BenchStepArgs, registry: &Registry) -> Result<()> {
     );
     let mut json = String::new();
     for &t in &args.threads {
-        let m = measure(&args, &model, &data.train, &batches, t, &device)?;
+        let m = if args.stack > 1 {
+            measure_stacked(&args, &model, &data.train, &batches, t, &device)?
+        } else {
+            measure(&args, &model, &data.train, &batches, t, &device)?
+        };
+        // Parts not measured (stacked steps) print as "-".
+        let part = |v: f64| {
+            if v.is_finite() {
+                format!("{v:.2}")
+            } else {
+                "-".into()
+            }
+        };
         println!(
-            "{:>8} {:>10.2} {:>9.2} {:>9.2} {:>9.2} {:>10.2} {:>11.2} {:>10.2}",
-            m.threads, m.median, m.mean, m.p10, m.p90, m.forward, m.backward, m.update
+            "{:>8} {:>10.2} {:>9.2} {:>9.2} {:>9.2} {:>10} {:>11} {:>10}",
+            m.threads,
+            m.median,
+            m.mean,
+            m.p10,
+            m.p90,
+            part(m.forward),
+            part(m.backward),
+            part(m.update)
         );
         json.push_str(&format!(
-            "{{\"impl\": \"braid\", \"device\": \"{}\", \"model\": \"{}\", \"batch\": {}, \"threads\": {}, \"median_ms\": {:.4}, \"mean_ms\": {:.4}, \"forward_ms\": {:.4}, \"backward_ms\": {:.4}, \"update_ms\": {:.4}}}\n",
-            args.device, model.name(), args.batch, m.threads, m.median, m.mean, m.forward, m.backward, m.update
+            "{{\"impl\": \"braid\", \"device\": \"{}\", \"model\": \"{}\", \"batch\": {}, \"stack\": {}, \"threads\": {}, \"median_ms\": {:.4}, \"mean_ms\": {:.4}, \"forward_ms\": {}, \"backward_ms\": {}, \"update_ms\": {}}}\n",
+            args.device, model.name(), args.batch, args.stack, m.threads, m.median, m.mean,
+            json_ms(m.forward), json_ms(m.backward), json_ms(m.update)
         ));
     }
     if let Some(path) = &args.json {
