@@ -8,7 +8,8 @@
 #     optimizer per client, their work queued on the one GPU concurrently),
 #   - on the GPU with all 10 clients batched (runtime.batch_clients = true: their models
 #     stacked into one computation, grouped convolutions and batched matrix products),
-# plus the reference CNN's training step at batch 32 on the GPU, alone and 10 stacked. Prints one JSON object (also
+# plus the reference CNN's training step at batch 32 on the GPU, alone and 10 stacked (both
+# ways a stack can compute its convolutions; batched runs use the unfolded one on a GPU). Prints one JSON object (also
 # written to OUT/gpu-check.json): per mode the wall time, the seconds of each round, the
 # accuracy after each round, the GPU's peak memory in use (nvidia-smi, where there is one).
 #
@@ -75,8 +76,11 @@ run_mode() { # NAME DEVICE WORKERS BATCHED
 rm -f "$OUT/modes.jsonl"
 "$BRAID" bench-step --device "$DEVICE" --threads 1 --steps "$STEPS" --batch 32 \
   --source "$FASHION" --json "$OUT/step.json" > "$OUT/step.log" 2>&1 || { cat "$OUT/step.log" >&2; need "bench-step on $DEVICE failed (log above)"; }
-"$BRAID" bench-step --device "$DEVICE" --threads 1 --steps "$STEPS" --batch 32 --stack 10 \
-  --source "$FASHION" --json "$OUT/step-stack.json" > "$OUT/step-stack.log" 2>&1 || { cat "$OUT/step-stack.log" >&2; need "bench-step --stack 10 on $DEVICE failed (log above)"; }
+for form in unfolded grouped; do
+  "$BRAID" bench-step --device "$DEVICE" --threads 1 --steps "$STEPS" --batch 32 --stack 10 \
+    --stack-conv $form --source "$FASHION" --json "$OUT/step-stack-$form.json" > "$OUT/step-stack-$form.log" 2>&1 ||
+    { cat "$OUT/step-stack-$form.log" >&2; need "bench-step --stack 10 --stack-conv $form on $DEVICE failed (log above)"; }
+done
 run_mode cpu cpu "$(nproc)" false
 run_mode gpu-sequential "$DEVICE" 1 false
 run_mode gpu-concurrent "$DEVICE" 10 false
@@ -87,7 +91,8 @@ import json, subprocess, sys
 out = sys.argv[1]
 modes = [json.loads(l) for l in open(f"{out}/modes.jsonl")]
 step = json.loads(open(f"{out}/step.json").readline())
-stack = json.loads(open(f"{out}/step-stack.json").readline())
+stack = {form: json.loads(open(f"{out}/step-stack-{form}.json").readline())
+         for form in ("unfolded", "grouped")}
 def gpu_name():
     try:
         return subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
@@ -96,7 +101,8 @@ def gpu_name():
         return None
 result = {"job": "configs/reference-fedavg.toml", "gpu": gpu_name(),
           "step_ms_batch32": step["median_ms"],
-          "step_ms_batch32_10_stacked": stack["median_ms"], "modes": {}}
+          "step_ms_batch32_10_stacked_unfolded": stack["unfolded"]["median_ms"],
+          "step_ms_batch32_10_stacked_grouped": stack["grouped"]["median_ms"], "modes": {}}
 for m in modes:
     rows = [json.loads(l) for l in open(f"{m['dir']}/metrics.jsonl")]
     walls = [r["wall_s"] for r in rows]

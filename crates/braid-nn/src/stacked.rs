@@ -26,7 +26,7 @@ use burn::module::{Module, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::activation::{log_softmax, relu};
 use burn::tensor::module::{conv2d, max_pool2d};
-use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
+use burn::tensor::ops::{ConvOptions, MaxPoolOptions, PadMode};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::arch::Arch;
@@ -133,10 +133,24 @@ impl StackedNet {
 
     /// The logits `[K, batch, classes]` of `x`, `[K, batch, sample_len]`: model `k` on
     /// its own samples `x[k]`, as [`crate::net::Net::forward`] computes them.
-    fn forward(&self, arch: &Arch, x: Tensor<3>) -> Tensor<3> {
+    fn forward(&self, arch: &Arch, x: Tensor<3>, form: ConvForm) -> Tensor<3> {
         let [k, batch, _] = x.dims();
         let mut h = if arch.blocks.is_empty() {
             x
+        } else if form == ConvForm::Unfolded {
+            // Model-major rows: model k's samples are rows k * batch .. (k + 1) * batch.
+            let (c, hh, ww) = (arch.input[0], arch.input[1], arch.input[2]);
+            let mut t: Tensor<4> = x.reshape([k * batch, c, hh, ww]);
+            let mut convs = self.convs.iter();
+            for block in &arch.blocks {
+                for _ in block {
+                    let Some(conv) = convs.next() else { break };
+                    t = relu(conv3x3_unfolded(t, conv, k));
+                }
+                t = max_pool2d(t, MaxPoolOptions::new([2, 2]));
+            }
+            let [_, c2, h2, w2] = t.dims();
+            t.reshape([k, batch, c2 * h2 * w2])
         } else {
             // Model k's channels become group k of one batch of K * channels.
             let (c, hh, ww) = (arch.input[0], arch.input[1], arch.input[2]);
@@ -162,6 +176,63 @@ impl StackedNet {
         }
         h
     }
+}
+
+/// How a stack computes its 3x3 convolutions. Both give each model its own convolution; they
+/// differ in the kernels they launch, which is what a small model's step costs on a GPU.
+/// [`ConvForm::for_device`] picks the one measured faster on each kind of device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConvForm {
+    /// One grouped convolution, `K` groups (burn's convolution kernels; on wgpu the weight
+    /// gradient of a group of several channels is one launch per group).
+    Grouped,
+    /// The windows unfolded (nine shifted copies of the padded input), then one batched
+    /// product `[K, batch * H * W, in * 9] x [K, in * 9, out]`: launches that do not grow with
+    /// `K`, and nine times the input's memory.
+    Unfolded,
+}
+
+impl ConvForm {
+    /// The form for `device`: grouped on the CPU (burn's flex convolution: a stack of 10
+    /// reference CNNs' step took 0.6 of the unfolded form's time here), unfolded on a GPU
+    /// (0.79 of the grouped form's time on Mesa's lavapipe, and launches that do not grow
+    /// with the stack; not yet measured on a hardware GPU). See docs/speed.md.
+    pub fn for_device(device: &DeviceKind) -> Self {
+        if device.is_accelerator() {
+            Self::Unfolded
+        } else {
+            Self::Grouped
+        }
+    }
+}
+
+/// Model `k`'s 3x3 convolution (padding 1, stride 1) with bias of its rows of `x`
+/// (`[K * batch, in, H, W]`, model-major), as one batched product of unfolded windows.
+fn conv3x3_unfolded(x: Tensor<4>, conv: &StackedConv, k: usize) -> Tensor<4> {
+    let [rows, c, h, w] = x.dims();
+    let batch = rows / k;
+    let padded = x.pad((1, 1, 1, 1), PadMode::Constant(0.0));
+    // Tap (di, dj) of every window, in the weight's (in, kh, kw) order.
+    let taps: Vec<Tensor<4>> = (0..9)
+        .map(|tap| {
+            let (di, dj) = (tap / 3, tap % 3);
+            padded
+                .clone()
+                .slice([0..rows, 0..c, di..di + h, dj..dj + w])
+        })
+        .collect();
+    let windows: Tensor<5> = Tensor::stack(taps, 2);
+    let windows = windows
+        .reshape([k, batch, c * 9, h * w])
+        .swap_dims(2, 3)
+        .reshape([k, batch * h * w, c * 9]);
+    let out = conv.bias.dims()[0] / k;
+    let weight = conv.weight.val().reshape([k, out, c * 9]).swap_dims(1, 2);
+    let bias = conv.bias.val().reshape([k, 1, out]);
+    (windows.matmul(weight) + bias)
+        .reshape([k, batch, h * w, out])
+        .swap_dims(2, 3)
+        .reshape([rows, out, h, w])
 }
 
 /// One client's share of a [`StackedTrainer::train`] call.
@@ -196,6 +267,7 @@ pub struct StackedTrainer {
     arch: Arch,
     device: Device,
     stop: Option<Arc<AtomicBool>>,
+    form: ConvForm,
 }
 
 impl StackedTrainer {
@@ -205,7 +277,14 @@ impl StackedTrainer {
             arch: arch.clone(),
             device: device.device()?.autodiff(),
             stop: None,
+            form: ConvForm::for_device(device),
         })
+    }
+
+    /// Computes convolutions in `form` (default [`ConvForm::for_device`]).
+    pub fn with_conv_form(mut self, form: ConvForm) -> Self {
+        self.form = form;
+        self
     }
 
     /// Training stops after the step in progress once `flag` is set (a halted run).
@@ -406,7 +485,7 @@ impl StackedTrainer {
             let x = Tensor::<3>::from_data(TensorData::new(x, [k, width, len]), &self.device);
             let target =
                 Tensor::<3>::from_data(TensorData::new(target, [k, width, classes]), &self.device);
-            let logits = model.forward(arch, x);
+            let logits = model.forward(arch, x, self.form);
             // Each model's cross-entropy, [K, 1, 1]; their sum is what is differentiated.
             let ce = (log_softmax(logits, 2) * target)
                 .sum_dim(2)

@@ -108,7 +108,10 @@ fn stacked_models_train_as_each_alone_for_every_builtin_and_optimizer() {
             0.0,
         ),
     ];
-    for name in ModelName::ALL {
+    for (name, form) in ModelName::ALL
+        .into_iter()
+        .flat_map(|n| [(n, ConvForm::Grouped), (n, ConvForm::Unfolded)])
+    {
         let arch = Arch::new(name, &shape, 5).expect("arch");
         for (optimizer, mu) in optimizers.clone() {
             // Three models from different starts on different shards; batch 8 leaves a last
@@ -124,7 +127,9 @@ fn stacked_models_train_as_each_alone_for_every_builtin_and_optimizer() {
                     )
                 })
                 .collect();
-            let mut stacked = StackedTrainer::new(&arch, &DeviceKind::Cpu).expect("stacked");
+            let mut stacked = StackedTrainer::new(&arch, &DeviceKind::Cpu)
+                .expect("stacked")
+                .with_conv_form(form);
             let got = stacked.train(&jobs, &d);
             // AdamW divides by the gradient's running magnitude: where a gradient is near
             // zero, float noise in it moves the step by a fraction of the learning rate.
@@ -132,7 +137,7 @@ fn stacked_models_train_as_each_alone_for_every_builtin_and_optimizer() {
                 OptimizerConfig::Adamw { lr, .. } => 0.1 * lr as f32,
                 OptimizerConfig::Sgd { .. } => 0.0,
             };
-            let what = format!("{name:?} {optimizer:?} mu {mu}");
+            let what = format!("{name:?} {form:?} {optimizer:?} mu {mu}");
             assert_close(&got, &alone(&arch, &jobs, &d), atol, &what);
         }
     }
@@ -247,14 +252,26 @@ fn a_models_bits_do_not_depend_on_who_shares_its_stack_on_the_cpu() {
             )
         })
         .collect();
-    let mut stacked = StackedTrainer::new(&arch, &DeviceKind::Cpu).expect("stacked");
     let params = |r: &Result<TrainOutcome, NnError>| r.as_ref().expect("trained").params.clone();
-    let first_alone = params(&stacked.train(&jobs[..1], &d)[0]);
-    for k in 2..=jobs.len() {
-        let got = stacked.train(&jobs[..k], &d);
-        assert_eq!(params(&got[0]), first_alone, "first of a stack of {k}");
-        let reversed: Vec<StackedJob> = jobs[..k].iter().rev().cloned().collect();
-        let got = stacked.train(&reversed, &d);
-        assert_eq!(params(&got[k - 1]), first_alone, "last of a stack of {k}");
+    for form in [ConvForm::Grouped, ConvForm::Unfolded] {
+        let mut stacked = StackedTrainer::new(&arch, &DeviceKind::Cpu)
+            .expect("stacked")
+            .with_conv_form(form);
+        let first_alone = params(&stacked.train(&jobs[..1], &d)[0]);
+        for k in 2..=jobs.len() {
+            let got = stacked.train(&jobs[..k], &d);
+            assert_eq!(
+                params(&got[0]),
+                first_alone,
+                "{form:?}: first of a stack of {k}"
+            );
+            let reversed: Vec<StackedJob> = jobs[..k].iter().rev().cloned().collect();
+            let got = stacked.train(&reversed, &d);
+            assert_eq!(
+                params(&got[k - 1]),
+                first_alone,
+                "{form:?}: last of a stack of {k}"
+            );
+        }
     }
 }

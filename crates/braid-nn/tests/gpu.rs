@@ -15,7 +15,7 @@ use braid_data::dataset::Features;
 use braid_data::{Dataset, Task};
 use braid_nn::arch::{Arch, ModelName};
 use braid_nn::models::TransformerKind;
-use braid_nn::stacked::{StackedJob, StackedTrainer};
+use braid_nn::stacked::{ConvForm, StackedJob, StackedTrainer};
 use braid_nn::{
     AnyModelKind, BoundModel, DataShape, DeviceKind, Kind, OptimizerConfig, OptimizerState,
     TrainSpec,
@@ -157,7 +157,12 @@ fn several_steps_track_the_cpu_and_evaluation_agrees() {
 fn clients_stacked_on_the_gpu_train_as_each_alone_on_the_cpu() {
     let Some(gpu) = gpu() else { return };
     let data = load_fashion(&FashionSource::Bundled).unwrap().train;
-    for name in [ModelName::CnnSmall, ModelName::Mlp] {
+    let cases = [
+        (ModelName::CnnSmall, ConvForm::Unfolded),
+        (ModelName::CnnSmall, ConvForm::Grouped),
+        (ModelName::Mlp, ConvForm::Unfolded),
+    ];
+    for (name, form) in cases {
         let arch = Arch::new(name, &[1, 28, 28], 10).unwrap();
         let model = BoundModel::builtin(&arch);
         // Three clients with 40, 56 and 72 samples: 3, 4 and 5 steps of at most 16, so the
@@ -172,7 +177,9 @@ fn clients_stacked_on_the_gpu_train_as_each_alone_on_the_cpu() {
                 StackedJob::new(arch.init_params(m as u64), &shard, spec, 21 + m as u64)
             })
             .collect();
-        let mut stacked = StackedTrainer::new(&arch, &gpu).unwrap();
+        let mut stacked = StackedTrainer::new(&arch, &gpu)
+            .unwrap()
+            .with_conv_form(form);
         let on_gpu = stacked.train(&jobs, &data);
         let mut alone = model.trainer(&DeviceKind::Cpu).unwrap();
         for (m, (job, got)) in jobs.iter().zip(on_gpu).enumerate() {
@@ -191,14 +198,24 @@ fn clients_stacked_on_the_gpu_train_as_each_alone_on_the_cpu() {
                 (cpu.steps, cpu.samples),
                 "{name:?} {m}"
             );
-            let rel = max_rel_diff(&cpu.params, &got.params);
+            // Within 1e-3 of the largest parameter: a ReLU or a max-pool tie that rounds the
+            // other way moves a few weights by about 1e-4 of it (the unfolded form sums its
+            // windows in another order than burn's convolution).
+            let scale = cpu.params.iter().fold(0f32, |m, p| m.max(p.abs()));
+            let worst = cpu
+                .params
+                .iter()
+                .zip(&got.params)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
             assert!(
-                rel < 1e-3,
-                "{name:?} client {m}: parameters differ by {rel} (relative)"
+                worst <= 1e-3 * scale,
+                "{name:?} {form:?} client {m}: a parameter differs by {worst} (largest {scale})"
             );
             assert!(
-                (got.mean_loss - cpu.mean_loss).abs() / cpu.mean_loss < 1e-4,
-                "{name:?} {m}"
+                (got.mean_loss - cpu.mean_loss).abs() / cpu.mean_loss < 1e-5,
+                "{name:?} {form:?} client {m}: loss {} vs {}",
+                got.mean_loss,
+                cpu.mean_loss
             );
         }
     }

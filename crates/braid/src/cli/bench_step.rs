@@ -13,7 +13,7 @@ use braid_data::source::FashionSource;
 use braid_data::{DataConfig, Dataset};
 use braid_engine::algorithm::Registry;
 use braid_engine::config::{ConfigRules, ExperimentConfig, ModelChoice};
-use braid_nn::stacked::{StackedJob, StackedTrainer};
+use braid_nn::stacked::{ConvForm, StackedJob, StackedTrainer};
 use braid_nn::{BoundModel, DataShape, DeviceKind, StepTime, TrainSpec};
 use clap::Args;
 
@@ -57,6 +57,11 @@ pub struct BenchStepArgs {
     /// forward, backward and update).
     #[arg(long, default_value_t = 1)]
     stack: usize,
+    /// How a stack computes its convolutions: "grouped" (one grouped convolution), "unfolded"
+    /// (unfolded windows and one batched product), or "auto" (what `runtime.batch_clients`
+    /// uses on the device: grouped on the CPU, unfolded on a GPU).
+    #[arg(long, default_value = "auto")]
+    stack_conv: String,
     /// Also write the figures as one JSON object per thread count to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -129,7 +134,8 @@ fn measure_stacked(
         .num_threads(threads)
         .build()?;
     pool.install(|| {
-        let mut stacked = StackedTrainer::new(arch, device)?;
+        let mut stacked =
+            StackedTrainer::new(arch, device)?.with_conv_form(conv_form(args, device)?);
         let spec = TrainSpec {
             optimizer: braid_nn::OptimizerConfig::Sgd {
                 lr: 0.05,
@@ -187,6 +193,26 @@ fn measure_stacked(
     })
 }
 
+/// `--stack-conv`.
+fn conv_form(args: &BenchStepArgs, device: &DeviceKind) -> Result<ConvForm> {
+    match args.stack_conv.as_str() {
+        "auto" => Ok(ConvForm::for_device(device)),
+        "grouped" => Ok(ConvForm::Grouped),
+        "unfolded" => Ok(ConvForm::Unfolded),
+        other => Err(anyhow!(
+            "--stack-conv {other:?}: allowed are \"auto\", \"grouped\" and \"unfolded\""
+        )),
+    }
+}
+
+/// The name of `form` as `--stack-conv` spells it.
+fn form_name(form: ConvForm) -> &'static str {
+    match form {
+        ConvForm::Grouped => "grouped",
+        ConvForm::Unfolded => "unfolded",
+    }
+}
+
 /// A time in milliseconds as JSON (`null` where it was not measured).
 fn json_ms(v: f64) -> String {
     if v.is_finite() {
@@ -207,12 +233,14 @@ pub fn run(args: BenchStepArgs, registry: &Registry) -> Result<()> {
     if args.stack == 0 || args.stack > 1024 {
         return Err(anyhow!("--stack must be in 1..=1024"));
     }
+
     if args.threads.contains(&0) {
         return Err(anyhow!("--threads must be at least 1"));
     }
     let device = DeviceKind::try_from(args.device.clone()).map_err(|e| anyhow!("--device: {e}"))?;
     // Fails here, in one line, where the GPU is not there.
     device.device()?;
+    let form = form_name(conv_form(&args, &device)?);
     // The model and the data: a config's, or the model named on Fashion-MNIST.
     let (config, described) = match &args.config {
         Some(path) => {
@@ -251,7 +279,11 @@ pub fn run(args: BenchStepArgs, registry: &Registry) -> Result<()> {
     println!(
         "train step: {}{} ({} parameters, {:.2} MFLOP per training sample), batch {}, SGD lr 0.05, {} | {} warm-up + {} timed steps | {}",
         model.name(),
-        if args.stack > 1 { format!(" x {} stacked", args.stack) } else { String::new() },
+        if args.stack > 1 {
+            format!(" x {} stacked ({form} convolutions)", args.stack)
+        } else {
+            String::new()
+        },
         model.num_params(),
         model.train_flops() as f64 / 1e6,
         args.batch,
@@ -298,8 +330,8 @@ pub fn run(args: BenchStepArgs, registry: &Registry) -> Result<()> {
             part(m.update)
         );
         json.push_str(&format!(
-            "{{\"impl\": \"braid\", \"device\": \"{}\", \"model\": \"{}\", \"batch\": {}, \"stack\": {}, \"threads\": {}, \"median_ms\": {:.4}, \"mean_ms\": {:.4}, \"forward_ms\": {}, \"backward_ms\": {}, \"update_ms\": {}}}\n",
-            args.device, model.name(), args.batch, args.stack, m.threads, m.median, m.mean,
+            "{{\"impl\": \"braid\", \"device\": \"{}\", \"model\": \"{}\", \"batch\": {}, \"stack\": {}, \"stack_conv\": \"{}\", \"threads\": {}, \"median_ms\": {:.4}, \"mean_ms\": {:.4}, \"forward_ms\": {}, \"backward_ms\": {}, \"update_ms\": {}}}\n",
+            args.device, model.name(), args.batch, args.stack, form, m.threads, m.median, m.mean,
             json_ms(m.forward), json_ms(m.backward), json_ms(m.update)
         ));
     }
