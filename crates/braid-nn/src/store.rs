@@ -50,8 +50,13 @@ pub fn save_module<M: Module>(
             .unwrap_or("weights"),
         std::process::id()
     ));
+    // burn's default metadata (format, producer, version) is written in hash-map order, which
+    // changes from process to process: the same weights would be other bytes, and a result
+    // manifest another hash. One key, PyTorch's own, keeps the file's bytes fixed.
     let mut store = SafetensorsStore::from_file(&tmp)
         .overwrite(true)
+        .clear_metadata()
+        .metadata("format", "pt")
         .with_to_adapter(BurnToPyTorchAdapter);
     net.save_into(&mut store)
         .map_err(|e| err(path, format!("{e:?}")))?;
@@ -131,4 +136,34 @@ fn list(names: &[&str]) -> String {
 
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::ModelName;
+
+    #[test]
+    fn the_same_weights_are_the_same_bytes_every_time() {
+        let arch = Arch::new(ModelName::CnnSmall, &[1, 28, 28], 10).expect("arch");
+        let params = arch.init_params(4);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let files: Vec<Vec<u8>> = (0..6)
+            .map(|i| {
+                let path = dir.path().join(format!("w{i}.safetensors"));
+                save(&arch, &params, &path).expect("save");
+                std::fs::read(&path).expect("read")
+            })
+            .collect();
+        assert!(files.iter().all(|f| f == &files[0]));
+        // The header's metadata is PyTorch's one key, and the weights read back.
+        let n = u64::from_le_bytes(files[0][..8].try_into().expect("8 bytes")) as usize;
+        let header = std::str::from_utf8(&files[0][8..8 + n]).expect("utf-8");
+        assert!(
+            header.contains(r#""__metadata__":{"format":"pt"}"#),
+            "{header}"
+        );
+        let back = load(&arch, &dir.path().join("w0.safetensors")).expect("load");
+        assert_eq!(back, params);
+    }
 }
