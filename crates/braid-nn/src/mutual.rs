@@ -67,13 +67,7 @@ impl MutualSpec {
                 self.temperature
             )));
         }
-        if !(self.lr_scale.is_finite() && self.lr_scale > 0.0) {
-            return Err(NnError::Config(format!(
-                "learning-rate scale {} must be > 0",
-                self.lr_scale
-            )));
-        }
-        Ok(())
+        crate::train::check_lr_scale(self.lr_scale)
     }
 }
 
@@ -200,12 +194,7 @@ impl MutualTrainer {
     ) -> Result<MutualOutcome, NnError> {
         self.check(members, data)?;
         spec.validate()?;
-        if let Some(bad) = batches.iter().flatten().find(|&&i| i >= data.len()) {
-            return Err(NnError::Config(format!(
-                "batch sample index {bad} is outside the {} training samples",
-                data.len()
-            )));
-        }
+        crate::train::check_indices("batch sample", batches.iter().flatten(), data)?;
         let n = members.len();
         let batches: Vec<&Vec<usize>> = batches.iter().filter(|b| !b.is_empty()).collect();
         if n == 0 || batches.is_empty() {

@@ -403,12 +403,7 @@ impl SplitTrainer {
                 data.sample_shape()
             )));
         }
-        if let Some(bad) = idx.iter().find(|&&i| i >= data.len()) {
-            return Err(NnError::Config(format!(
-                "sample index {bad} is outside the {} training samples",
-                data.len()
-            )));
-        }
+        crate::train::check_indices("sample", idx.iter(), data)?;
         let (mut x, mut y) = (Vec::new(), Vec::new());
         data.gather(idx, &mut x, &mut y);
         Ok(Tensor::<2>::from_data(

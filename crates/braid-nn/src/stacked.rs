@@ -31,7 +31,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::arch::Arch;
 use crate::device::DeviceKind;
-use crate::train::{plan_batches, TrainOutcome, TrainSpec};
+use crate::train::{check_indices, plan_batches, TrainOutcome, TrainSpec};
 use crate::{NnError, OptimizerConfig};
 
 /// `K` stacked 3x3 convolutions (padding 1): weight `[K * out, in, 3, 3]`, bias `[K * out]`.
@@ -398,20 +398,8 @@ impl StackedTrainer {
                 "DP-SGD clips each sample's gradient: its clients train one at a time".into(),
             ));
         }
-        job.spec.optimizer.validate()?;
-        if !(job.spec.lr_scale.is_finite() && job.spec.lr_scale > 0.0) {
-            return Err(NnError::Config(format!(
-                "learning-rate scale {} must be > 0",
-                job.spec.lr_scale
-            )));
-        }
-        if let Some(bad) = job.batches.iter().flatten().find(|&&i| i >= data.len()) {
-            return Err(NnError::Config(format!(
-                "batch sample index {bad} is outside the {} training samples",
-                data.len()
-            )));
-        }
-        Ok(())
+        job.spec.validate()?;
+        check_indices("batch sample", job.batches.iter().flatten(), data)
     }
 
     fn halted(&self) -> bool {

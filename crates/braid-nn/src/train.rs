@@ -40,7 +40,37 @@ pub struct TrainSpec {
     pub dp_sgd: Option<DpSgd>,
 }
 
+/// Refuses a learning-rate scale that is not a positive number.
+pub(crate) fn check_lr_scale(scale: f64) -> Result<(), NnError> {
+    if !(scale.is_finite() && scale > 0.0) {
+        return Err(NnError::Config(format!(
+            "learning-rate scale {scale} must be > 0"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses an index of `indices` outside `data`'s samples; `what` names them in the message
+/// (`"batch sample"`: "batch sample index 9 is outside the 8 training samples").
+pub(crate) fn check_indices<'a>(
+    what: &str, mut indices: impl Iterator<Item = &'a usize>, data: &Dataset,
+) -> Result<(), NnError> {
+    match indices.find(|&&i| i >= data.len()) {
+        Some(bad) => Err(NnError::Config(format!(
+            "{what} index {bad} is outside the {} training samples",
+            data.len()
+        ))),
+        None => Ok(()),
+    }
+}
+
 impl TrainSpec {
+    /// Checks the optimizer's hyper-parameters and the learning-rate scale.
+    pub(crate) fn validate(&self) -> Result<(), NnError> {
+        self.optimizer.validate()?;
+        check_lr_scale(self.lr_scale)
+    }
+
     /// Optimizer steps of one training call on a shard of `shard_len` samples: `max_steps`,
     /// or `epochs` passes of batches of at most `batch_size`.
     pub fn steps(&self, shard_len: usize) -> usize {
@@ -318,14 +348,7 @@ impl<M: Model> Trainer<M> {
     /// The checks every training call makes: parameter count, sample shape, hyper-parameters.
     fn check_call(&self, params: &[f32], data: &Dataset, spec: &TrainSpec) -> Result<(), NnError> {
         self.check(params, data)?;
-        spec.optimizer.validate()?;
-        if !(spec.lr_scale.is_finite() && spec.lr_scale > 0.0) {
-            return Err(NnError::Config(format!(
-                "learning-rate scale {} must be > 0",
-                spec.lr_scale
-            )));
-        }
-        Ok(())
+        spec.validate()
     }
 
     fn halted(&self) -> bool {
@@ -354,12 +377,7 @@ impl<M: Model> Trainer<M> {
                 dp.noise_multiplier
             )));
         }
-        if let Some(bad) = shard.iter().find(|&&i| i >= data.len()) {
-            return Err(NnError::Config(format!(
-                "shard sample index {bad} is outside the {} training samples",
-                data.len()
-            )));
-        }
+        check_indices("shard sample", shard.iter(), data)?;
         if shard.is_empty() || steps == 0 {
             return Ok(TrainOutcome {
                 params: params.to_vec(),
@@ -500,12 +518,7 @@ impl<M: Model> Trainer<M> {
             ));
         }
         self.check_call(params, data, spec)?;
-        if let Some(bad) = batches.iter().flatten().find(|&&i| i >= data.len()) {
-            return Err(NnError::Config(format!(
-                "batch sample index {bad} is outside the {} training samples",
-                data.len()
-            )));
-        }
+        check_indices("batch sample", batches.iter().flatten(), data)?;
         let batches: Vec<&Vec<usize>> = batches.iter().filter(|b| !b.is_empty()).collect();
         if batches.is_empty() {
             return Ok(TrainOutcome {
@@ -575,12 +588,7 @@ impl<M: Model> Trainer<M> {
         &mut self, params: &[f32], data: &Dataset, batches: &[Vec<usize>], lr: f64,
     ) -> Result<Vec<StepTime>, NnError> {
         self.check(params, data)?;
-        if let Some(bad) = batches.iter().flatten().find(|&&i| i >= data.len()) {
-            return Err(NnError::Config(format!(
-                "batch sample index {bad} is outside the {} training samples",
-                data.len()
-            )));
-        }
+        check_indices("batch sample", batches.iter().flatten(), data)?;
         let mut model = self.loaded(params);
         let mut optim = SgdConfig::new().init();
         let mut times = Vec::with_capacity(batches.len());
