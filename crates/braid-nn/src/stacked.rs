@@ -308,14 +308,17 @@ impl StackedTrainer {
         }
         // Groups of jobs that step together: the same spec and, unless padded steps are
         // inert, the same number of steps.
+        let steps: Vec<usize> = jobs
+            .iter()
+            .map(|j| j.batches.iter().filter(|b| !b.is_empty()).count())
+            .collect();
         let mut groups: Vec<Vec<usize>> = Vec::new();
         for (i, job) in jobs.iter().enumerate() {
             if let Err(e) = self.check_job(job, data) {
                 out[i] = Some(Err(e));
                 continue;
             }
-            let steps = job.batches.iter().filter(|b| !b.is_empty()).count();
-            if steps == 0 {
+            if steps[i] == 0 {
                 out[i] = Some(Ok(TrainOutcome {
                     params: job.params.clone(),
                     samples: 0,
@@ -325,10 +328,8 @@ impl StackedTrainer {
                 continue;
             }
             let fits = |g: &Vec<usize>| {
-                let other = &jobs[g[0]];
-                other.spec == job.spec
-                    && (padding_is_inert(&job.spec)
-                        || other.batches.iter().filter(|b| !b.is_empty()).count() == steps)
+                jobs[g[0]].spec == job.spec
+                    && (padding_is_inert(&job.spec) || steps[g[0]] == steps[i])
             };
             match groups.iter_mut().find(|g| fits(g)) {
                 Some(g) => g.push(i),
@@ -338,18 +339,14 @@ impl StackedTrainer {
         for group in groups {
             let members: Vec<&StackedJob> = group.iter().map(|&i| &jobs[i]).collect();
             match self.train_group(&members, data) {
-                Ok(results) => {
+                Some(results) => {
                     for (&i, r) in group.iter().zip(results) {
                         out[i] = Some(r);
                     }
                 }
-                Err(e) => {
-                    let why = e.to_string();
+                None => {
                     for &i in &group {
-                        out[i] = Some(Err(match &e {
-                            NnError::Halted => NnError::Halted,
-                            _ => NnError::Config(why.clone()),
-                        }));
+                        out[i] = Some(Err(NnError::Halted));
                     }
                 }
             }
@@ -408,10 +405,11 @@ impl StackedTrainer {
             .is_some_and(|f| f.load(Ordering::Relaxed))
     }
 
-    /// Trains `jobs` (one spec; equal step counts unless padding is inert) as one stack.
+    /// Trains `jobs` (one spec; equal step counts unless padding is inert) as one stack;
+    /// `None` if the run was halted first.
     fn train_group(
         &mut self, jobs: &[&StackedJob], data: &Dataset,
-    ) -> Result<Vec<Result<TrainOutcome, NnError>>, NnError> {
+    ) -> Option<Vec<Result<TrainOutcome, NnError>>> {
         let real = jobs.len();
         let spec = &jobs[0].spec;
         let arch = &self.arch;
@@ -444,7 +442,7 @@ impl StackedTrainer {
         let mut samples = vec![0usize; k];
         for t in 0..steps {
             if self.halted() {
-                return Err(NnError::Halted);
+                return None;
             }
             // Every batch padded to the configured size, whatever the others in the stack
             // hold: a model's sums then run over the same rows in any stack, so its bits do
@@ -497,16 +495,18 @@ impl StackedTrainer {
             .map(|s| s.into_data().try_into_vec_as::<f32>().unwrap_or_default())
             .unwrap_or_default();
         let trained = model.unstack(arch, k);
-        Ok(trained
-            .into_iter()
-            .take(real)
-            .enumerate()
-            .map(|(m, params)| {
-                let steps = batches[m].len();
-                let mean = f64::from(losses.get(m).copied().unwrap_or(f32::NAN)) / steps as f64;
-                TrainOutcome::checked(params, samples[m], steps, mean)
-            })
-            .collect())
+        Some(
+            trained
+                .into_iter()
+                .take(real)
+                .enumerate()
+                .map(|(m, params)| {
+                    let steps = batches[m].len();
+                    let mean = f64::from(losses.get(m).copied().unwrap_or(f32::NAN)) / steps as f64;
+                    TrainOutcome::checked(params, samples[m], steps, mean)
+                })
+                .collect(),
+        )
     }
 }
 
